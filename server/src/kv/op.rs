@@ -1,0 +1,113 @@
+//! The commands a client can ask the replicated state machine to perform.
+//!
+//! An [`Op`] travels through the Paxos log unchanged: the engine never looks
+//! inside it, it only needs its encoded size to bound batches. Everything an op
+//! needs to be applied deterministically on every replica is in the op itself.
+
+use serde::{Deserialize, Serialize};
+
+/// A condition on the current state of a key, used by compare-and-swap puts and
+/// deletes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expect {
+    /// The key's version must equal this; `0` means the key must not exist.
+    Version(u64),
+    /// The key's `mod_revision` must equal this; `0` means the key must not exist.
+    ModRevision(u64),
+}
+
+/// What a transaction compare looks at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The key's value bytes (a missing key never equals any value).
+    Value(Vec<u8>),
+    /// The key's version (`0` for a missing key).
+    Version(u64),
+    /// The key's mod revision (`0` for a missing key).
+    ModRevision(u64),
+    /// The key's create revision (`0` for a missing key).
+    CreateRevision(u64),
+}
+
+/// How a compare relates the key's current state to the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+/// One condition of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+/// One operation inside a transaction branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+    Get { key: Vec<u8> },
+}
+
+/// A multi-key transaction: if every compare holds, run `success`, else `failure`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+/// A mutating command, as it is proposed and chosen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expect: Option<Expect>,
+    },
+    Delete {
+        key: Vec<u8>,
+        expect: Option<Expect>,
+    },
+    Txn(Txn),
+}
+
+impl Op {
+    /// An estimate of the op's size on the wire and in the log, used to bound
+    /// batches. Cheap: it never serializes.
+    pub fn size_hint(&self) -> usize {
+        const OVERHEAD: usize = 16;
+        match self {
+            Op::Put { key, value, .. } => OVERHEAD + key.len() + value.len(),
+            Op::Delete { key, .. } => OVERHEAD + key.len(),
+            Op::Txn(txn) => {
+                let cmp: usize = txn
+                    .compare
+                    .iter()
+                    .map(|c| {
+                        OVERHEAD
+                            + c.key.len()
+                            + match &c.target {
+                                CompareTarget::Value(v) => v.len(),
+                                _ => 8,
+                            }
+                    })
+                    .sum();
+                let ops = |ops: &[TxnOp]| -> usize {
+                    ops.iter()
+                        .map(|o| match o {
+                            TxnOp::Put { key, value } => OVERHEAD + key.len() + value.len(),
+                            TxnOp::Delete { key } | TxnOp::Get { key } => OVERHEAD + key.len(),
+                        })
+                        .sum()
+                };
+                OVERHEAD + cmp + ops(&txn.success) + ops(&txn.failure)
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Durable storage for the engine's records and snapshots.
