@@ -1,1 +1,264 @@
 //! Durable storage for the engine's records and snapshots.
+//!
+//! The engine only produces [`Persist`] records and consumes a [`Recovered`];
+//! where they live is the caller's business. [`LogStore`] is that seam: the
+//! node runtime uses [`DiskStore`], the deterministic simulator [`MemStore`],
+//! and both obey the same semantics, checked by one shared conformance suite.
+
+mod disk;
+mod error;
+mod mem;
+
+pub use disk::{DiskStore, Identity};
+pub use error::StorageError;
+pub use mem::MemStore;
+
+use crate::paxos::{Persist, Recovered, SnapshotMeta};
+
+/// A durable home for one node's Paxos state: promise, log, commit index and
+/// latest snapshot.
+///
+/// Records are applied in order with these rules, which make replaying a
+/// record harmless and keep a late or duplicated write from undoing progress:
+/// - `Promise(b)` raises the promised ballot to `b`; a lower ballot is ignored,
+///   because an acceptor must never forget a promise it has made;
+/// - `Entry(i, e)` stores `e` in slot `i`, replacing what was there; it is
+///   ignored when `i` is covered by the snapshot, since that slot is already
+///   chosen and folded into the state machine image;
+/// - `Commit(c)` raises the commit index to `c`; it never goes down.
+pub trait LogStore {
+    /// Applies `records` in order as one atomic unit that is durable (synced
+    /// to stable storage) when this returns: after a crash, either all of them
+    /// are recovered or none.
+    fn append(&mut self, records: &[Persist]) -> Result<(), StorageError>;
+
+    /// Reads back everything durable: the engine's state, with only the log
+    /// slots above the snapshot index, and the snapshot's state-machine bytes
+    /// if a snapshot was ever stored.
+    fn recover(&self) -> Result<(Recovered, Option<Vec<u8>>), StorageError>;
+
+    /// Atomically stores a snapshot (its meta and opaque state-machine bytes),
+    /// drops the log slots up to and including `meta.index`, and raises the
+    /// commit index to at least `meta.index`.
+    ///
+    /// A snapshot older than the one already held is ignored: the slots it
+    /// would need have been dropped, so accepting it would leave a gap.
+    fn install_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError>;
+
+    /// Replaces the log prefix with a snapshot the node took of its own
+    /// applied state. Same effect as [`install_snapshot`](Self::install_snapshot),
+    /// which is why there is only one implementation of it.
+    fn compact(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        self.install_snapshot(meta, data)
+    }
+}
+
+/// Semantic tests every [`LogStore`] must pass, run against each store through
+/// [`conformance_tests!`].
+#[cfg(test)]
+pub(crate) mod conformance {
+    use std::collections::BTreeMap;
+
+    use super::LogStore;
+    use crate::paxos::{
+        Ballot, LogEntry, Member, Membership, Persist, Recovered, Role, SnapshotMeta, Value,
+    };
+
+    /// A store under test together with the means to crash and restart it.
+    pub(crate) trait Harness {
+        fn store(&mut self) -> &mut dyn LogStore;
+        /// Drops the store and reopens it from whatever it made durable.
+        fn restart(&mut self);
+    }
+
+    pub(crate) fn entry(round: u64, value: Value) -> LogEntry {
+        LogEntry {
+            ballot: Ballot::new(round, 7),
+            value,
+            chosen: false,
+        }
+    }
+
+    pub(crate) fn meta(index: u64) -> SnapshotMeta {
+        let member = Member {
+            name: "a".into(),
+            addr: "a:7000".into(),
+            role: Role::Voter,
+        };
+        SnapshotMeta {
+            index,
+            membership: Membership {
+                members: BTreeMap::from([(1, member)]),
+            },
+        }
+    }
+
+    fn append(h: &mut dyn Harness, records: &[Persist]) {
+        h.store().append(records).expect("append");
+    }
+
+    fn recover_after_restart(h: &mut dyn Harness) -> (Recovered, Option<Vec<u8>>) {
+        h.restart();
+        h.store().recover().expect("recover")
+    }
+
+    pub(crate) fn fresh_store_recovers_empty(h: &mut dyn Harness) {
+        assert_eq!(recover_after_restart(h), (Recovered::default(), None));
+    }
+
+    pub(crate) fn records_survive_restart(h: &mut dyn Harness) {
+        let e1 = entry(1, Value::Noop);
+        let e2 = entry(
+            1,
+            Value::Lease {
+                holder: 3,
+                duration_ms: 5000,
+            },
+        );
+        append(
+            h,
+            &[
+                Persist::Promise(Ballot::new(1, 7)),
+                Persist::Entry(1, e1.clone()),
+            ],
+        );
+        append(h, &[Persist::Entry(2, e2.clone()), Persist::Commit(1)]);
+        let (r, data) = recover_after_restart(h);
+        assert_eq!(r.promised, Ballot::new(1, 7));
+        assert_eq!(r.commit, 1);
+        assert_eq!(r.entries, BTreeMap::from([(1, e1), (2, e2)]));
+        assert_eq!((r.snapshot, data), (None, None));
+    }
+
+    pub(crate) fn promise_never_goes_backwards(h: &mut dyn Harness) {
+        append(h, &[Persist::Promise(Ballot::new(5, 2))]);
+        append(
+            h,
+            &[
+                Persist::Promise(Ballot::new(4, 9)),
+                Persist::Promise(Ballot::new(5, 1)),
+            ],
+        );
+        assert_eq!(recover_after_restart(h).0.promised, Ballot::new(5, 2));
+        append(h, &[Persist::Promise(Ballot::new(6, 1))]);
+        assert_eq!(recover_after_restart(h).0.promised, Ballot::new(6, 1));
+    }
+
+    pub(crate) fn entry_overwrite_keeps_latest(h: &mut dyn Harness) {
+        let later = entry(3, Value::Batch(Vec::new()));
+        append(
+            h,
+            &[
+                Persist::Entry(4, entry(1, Value::Noop)),
+                Persist::Entry(4, entry(2, Value::Noop)),
+            ],
+        );
+        append(h, &[Persist::Entry(4, later.clone())]);
+        assert_eq!(
+            recover_after_restart(h).0.entries,
+            BTreeMap::from([(4, later)])
+        );
+    }
+
+    pub(crate) fn commit_is_monotonic(h: &mut dyn Harness) {
+        append(h, &[Persist::Commit(10), Persist::Commit(3)]);
+        append(h, &[Persist::Commit(7)]);
+        assert_eq!(recover_after_restart(h).0.commit, 10);
+        append(h, &[Persist::Commit(11)]);
+        assert_eq!(recover_after_restart(h).0.commit, 11);
+    }
+
+    pub(crate) fn install_snapshot_drops_covered_entries(h: &mut dyn Harness) {
+        let records: Vec<_> = (1..=6)
+            .map(|i| Persist::Entry(i, entry(i, Value::Noop)))
+            .collect();
+        append(h, &records);
+        append(h, &[Persist::Commit(2)]);
+        h.store()
+            .install_snapshot(&meta(4), b"image@4")
+            .expect("install");
+        let (r, data) = recover_after_restart(h);
+        assert_eq!(r.entries.keys().copied().collect::<Vec<_>>(), [5, 6]);
+        assert_eq!(r.snapshot, Some(meta(4)));
+        assert_eq!(data.as_deref(), Some(&b"image@4"[..]));
+        assert_eq!(
+            r.commit, 4,
+            "a snapshot's index is chosen, so commit catches up"
+        );
+    }
+
+    pub(crate) fn entries_at_or_below_snapshot_are_ignored(h: &mut dyn Harness) {
+        h.store().install_snapshot(&meta(4), b"s").expect("install");
+        let kept = entry(2, Value::Noop);
+        append(
+            h,
+            &[
+                Persist::Entry(3, entry(2, Value::Noop)),
+                Persist::Entry(4, entry(2, Value::Noop)),
+                Persist::Entry(5, kept.clone()),
+            ],
+        );
+        assert_eq!(
+            recover_after_restart(h).0.entries,
+            BTreeMap::from([(5, kept)])
+        );
+    }
+
+    pub(crate) fn stale_snapshot_is_ignored(h: &mut dyn Harness) {
+        let records: Vec<_> = (1..=8)
+            .map(|i| Persist::Entry(i, entry(i, Value::Noop)))
+            .collect();
+        append(h, &records);
+        h.store()
+            .install_snapshot(&meta(6), b"new")
+            .expect("install");
+        h.store()
+            .install_snapshot(&meta(3), b"old")
+            .expect("install");
+        let (r, data) = recover_after_restart(h);
+        assert_eq!(r.snapshot, Some(meta(6)));
+        assert_eq!(data.as_deref(), Some(&b"new"[..]));
+        assert_eq!(r.entries.keys().copied().collect::<Vec<_>>(), [7, 8]);
+    }
+
+    pub(crate) fn compact_has_install_snapshot_effect(h: &mut dyn Harness) {
+        append(
+            h,
+            &[
+                Persist::Entry(1, entry(1, Value::Noop)),
+                Persist::Entry(2, entry(1, Value::Noop)),
+            ],
+        );
+        h.store().compact(&meta(1), b"applied").expect("compact");
+        let (r, data) = recover_after_restart(h);
+        assert_eq!(r.entries.keys().copied().collect::<Vec<_>>(), [2]);
+        assert_eq!((r.snapshot, r.commit), (Some(meta(1)), 1));
+        assert_eq!(data.as_deref(), Some(&b"applied"[..]));
+    }
+
+    /// Expands to one `#[test]` per conformance check, each starting from the
+    /// fresh harness that `$harness` evaluates to.
+    macro_rules! conformance_tests {
+        ($harness:expr) => {
+            $crate::storage::conformance::conformance_tests!(@each $harness;
+                fresh_store_recovers_empty,
+                records_survive_restart,
+                promise_never_goes_backwards,
+                entry_overwrite_keeps_latest,
+                commit_is_monotonic,
+                install_snapshot_drops_covered_entries,
+                entries_at_or_below_snapshot_are_ignored,
+                stale_snapshot_is_ignored,
+                compact_has_install_snapshot_effect,
+            );
+        };
+        (@each $harness:expr; $($name:ident),* $(,)?) => {$(
+            #[test]
+            fn $name() {
+                let mut harness = $harness;
+                $crate::storage::conformance::$name(&mut harness);
+            }
+        )*};
+    }
+    pub(crate) use conformance_tests;
+}
