@@ -792,7 +792,7 @@ mod tests {
         for id in &ids {
             s.apply(*id, &put(b"a", b"x"));
         }
-        assert_eq!(s.dedup.len(), 3);
+        assert_eq!(s.dedup.entries().count(), 3);
         // The newest ids are still deduplicated...
         s.apply(ids[4], &put(b"a", b"x"));
         assert_eq!(s.revision(), 5);

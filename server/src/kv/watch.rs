@@ -140,3 +140,188 @@ impl Store {
             .since(start_revision, self.revision, prefix, limit)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::testutil::{del, put, run};
+    use crate::kv::{Op, Txn, TxnOp};
+
+    fn summary(events: &[Event]) -> Vec<(u64, EventKind, &[u8])> {
+        events
+            .iter()
+            .map(|e| (e.revision, e.kind, e.kv.key.as_slice()))
+            .collect()
+    }
+
+    fn small_history(max_events: usize) -> Store {
+        Store::with_config(StoreConfig {
+            history_max_events: max_events,
+            ..StoreConfig::default()
+        })
+    }
+
+    fn txn_put(keys: &[&[u8]]) -> Op {
+        Op::Txn(Txn {
+            success: keys
+                .iter()
+                .map(|k| TxnOp::Put {
+                    key: k.to_vec(),
+                    value: b"t".to_vec(),
+                })
+                .collect(),
+            ..Txn::default()
+        })
+    }
+
+    #[test]
+    fn events_come_in_revision_order_and_txn_events_share_a_revision() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"a", b"1"));
+        run(&mut s, &txn_put(&[b"b", b"c"]));
+        run(&mut s, &del(b"a"));
+        run(&mut s, &del(b"missing"));
+        let events = s.events_since(0, b"", 0).expect("history is complete");
+        assert_eq!(
+            summary(&events),
+            [
+                (1, EventKind::Put, &b"a"[..]),
+                (2, EventKind::Put, b"b"),
+                (2, EventKind::Put, b"c"),
+                (3, EventKind::Delete, b"a"),
+            ]
+        );
+        let from_two = s.events_since(2, b"", 0).expect("history is complete");
+        assert_eq!(from_two.len(), 3);
+    }
+
+    #[test]
+    fn event_payloads_describe_the_change() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"a", b"1"));
+        run(&mut s, &put(b"a", b"2"));
+        run(&mut s, &del(b"a"));
+        let events = s.events_since(2, b"", 0).expect("history is complete");
+        let expected_put = KeyValue {
+            key: b"a".to_vec(),
+            value: b"2".to_vec(),
+            version: 2,
+            create_revision: 1,
+            mod_revision: 2,
+        };
+        assert_eq!(events[0].kv, expected_put);
+        let deleted = &events[1].kv;
+        assert_eq!(
+            (
+                deleted.key.as_slice(),
+                deleted.value.len(),
+                deleted.mod_revision
+            ),
+            (&b"a"[..], 0, 3)
+        );
+    }
+
+    #[test]
+    fn prefix_filters_events() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"app/1", b"x"));
+        run(&mut s, &put(b"other", b"x"));
+        run(&mut s, &txn_put(&[b"app/2", b"zzz"]));
+        let events = s.events_since(1, b"app/", 0).expect("history is complete");
+        assert_eq!(
+            summary(&events),
+            [
+                (1, EventKind::Put, &b"app/1"[..]),
+                (3, EventKind::Put, b"app/2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn start_beyond_current_revision_is_empty_not_an_error() {
+        let mut s = Store::new();
+        assert_eq!(s.events_since(1, b"", 0), Ok(vec![]));
+        run(&mut s, &put(b"a", b"1"));
+        assert_eq!(s.events_since(2, b"", 0), Ok(vec![]));
+        assert_eq!(s.events_since(u64::MAX, b"", 0), Ok(vec![]));
+    }
+
+    #[test]
+    fn eviction_keeps_the_newest_events_and_reports_compaction() {
+        let mut s = small_history(3);
+        for i in 0..5u8 {
+            run(&mut s, &put(&[b'k', i], b"v"));
+        }
+        assert_eq!(s.history.events.len(), 3);
+        let kept = s.events_since(3, b"", 0).expect("revision 3 is retained");
+        assert_eq!(
+            kept.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        assert_eq!(
+            s.events_since(2, b"", 0),
+            Err(KvError::Compacted {
+                requested: 2,
+                oldest: 3
+            })
+        );
+        assert_eq!(
+            s.events_since(0, b"", 0),
+            Err(KvError::Compacted {
+                requested: 0,
+                oldest: 3
+            })
+        );
+    }
+
+    #[test]
+    fn partly_evicted_txn_revision_counts_as_compacted() {
+        let mut s = small_history(3);
+        run(&mut s, &txn_put(&[b"a", b"b", b"c"]));
+        run(&mut s, &put(b"d", b"v"));
+        // One event of revision 1 was dropped, so revision 1 is incomplete.
+        assert_eq!(
+            s.events_since(1, b"", 0),
+            Err(KvError::Compacted {
+                requested: 1,
+                oldest: 2
+            })
+        );
+        let events = s.events_since(2, b"", 0).expect("revision 2 is retained");
+        assert_eq!(summary(&events), [(2, EventKind::Put, &b"d"[..])]);
+    }
+
+    #[test]
+    fn history_is_bounded_by_bytes() {
+        let mut s = Store::with_config(StoreConfig {
+            history_max_bytes: 2 * (EVENT_OVERHEAD + 1 + 100),
+            ..StoreConfig::default()
+        });
+        for key in [b"a", b"b", b"c"] {
+            run(&mut s, &put(key, &[0; 100]));
+        }
+        assert_eq!(s.history.events.len(), 2);
+        assert!(matches!(
+            s.events_since(1, b"", 0),
+            Err(KvError::Compacted { oldest: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn limit_stops_at_a_revision_boundary() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"a", b"1"));
+        run(&mut s, &txn_put(&[b"b", b"c"]));
+        run(&mut s, &put(b"d", b"1"));
+        let one = s.events_since(1, b"", 1).expect("history is complete");
+        assert_eq!(one.len(), 1);
+        // The txn's two events come together even though the limit is 2.
+        let two = s.events_since(1, b"", 2).expect("history is complete");
+        assert_eq!(
+            two.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            [1, 2, 2]
+        );
+        let rest = s.events_since(3, b"", 2).expect("history is complete");
+        assert_eq!(summary(&rest), [(3, EventKind::Put, &b"d"[..])]);
+    }
+}
