@@ -1,5 +1,23 @@
 //! The key-value state machine that chosen commands are applied to.
 
+pub mod dedup;
+pub mod error;
+pub mod limits;
 pub mod op;
+pub mod snapshot;
+pub mod store;
+pub mod watch;
 
+#[cfg(test)]
+mod testutil;
+
+pub use dedup::DEFAULT_DEDUP_CAPACITY;
+pub use error::KvError;
+pub use limits::Limits;
 pub use op::*;
+pub use snapshot::StoreSnapshot;
+pub use store::{
+    DEFAULT_RANGE_LIMIT, KeyValue, OpResult, RangeRequest, RangeResult, Store, StoreConfig,
+    TxnResponse,
+};
+pub use watch::{Event, EventKind};

@@ -1,0 +1,34 @@
+//! Why a key-value request was refused.
+//!
+//! Oversized or malformed ops are refused before they are proposed, so one bad
+//! request never costs a Paxos round; watch requests that reach past the
+//! retained history are refused so a client learns it has missed events
+//! instead of silently skipping them.
+
+use thiserror::Error;
+
+/// Every way the key-value layer can refuse a request.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum KvError {
+    /// A key is longer than [`Limits::max_key_bytes`](crate::kv::Limits).
+    #[error("key is {len} bytes long, the limit is {max} bytes")]
+    KeyTooLarge { len: usize, max: usize },
+    /// A value is longer than [`Limits::max_value_bytes`](crate::kv::Limits).
+    #[error("value is {len} bytes long, the limit is {max} bytes")]
+    ValueTooLarge { len: usize, max: usize },
+    /// A transaction has more compares and operations than
+    /// [`Limits::max_txn_ops`](crate::kv::Limits).
+    #[error("transaction has {len} compares and operations, the limit is {max}")]
+    TooManyTxnOps { len: usize, max: usize },
+    /// Keys must be at least one byte long.
+    #[error("key is empty; keys must be at least one byte long")]
+    EmptyKey,
+    /// A watch asked for events older than the retained history.
+    #[error(
+        "revision {requested} has been compacted; the oldest revision still available is {oldest}"
+    )]
+    Compacted { requested: u64, oldest: u64 },
+    /// A snapshot's bytes are not a valid encoded snapshot.
+    #[error("snapshot could not be decoded: {0}")]
+    SnapshotDecode(#[source] postcard::Error),
+}

@@ -1,0 +1,205 @@
+//! A self-contained copy of the replicated state, for catching up lagging
+//! replicas and for truncating the log.
+//!
+//! Everything that influences the result of a future apply is included (the
+//! data, the revision and the request-id table), so a restored store
+//! continues exactly like the original. The watch history is deliberately
+//! left out: it is a local convenience, not replicated state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::kv::dedup::DedupTable;
+use crate::kv::watch::History;
+use crate::kv::{KeyValue, KvError, OpResult, Store, StoreConfig};
+use crate::paxos::types::RequestId;
+
+/// The replicated state of a [`Store`] at one log instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreSnapshot {
+    /// The log instance the state reflects.
+    pub applied_index: u64,
+    pub revision: u64,
+    /// All keys, in key order.
+    pub kvs: Vec<KeyValue>,
+    /// Remembered request ids, oldest first.
+    pub requests: Vec<(RequestId, OpResult)>,
+}
+
+impl StoreSnapshot {
+    /// The snapshot in postcard encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        // Postcard only fails on sequences of unknown length or on custom
+        // serializer errors; the derived impls here produce neither.
+        postcard::to_stdvec(self).expect("a store snapshot always serializes")
+    }
+
+    /// Parses a snapshot produced by [`StoreSnapshot::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<StoreSnapshot, KvError> {
+        postcard::from_bytes(bytes).map_err(KvError::SnapshotDecode)
+    }
+}
+
+impl Store {
+    /// Copies the replicated state.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        StoreSnapshot {
+            applied_index: self.applied_index,
+            revision: self.revision,
+            kvs: self.kvs.values().cloned().collect(),
+            requests: self
+                .dedup
+                .entries()
+                .map(|(id, result)| (id, result.clone()))
+                .collect(),
+        }
+    }
+
+    /// Rebuilds a store from a snapshot with the default capacities.
+    pub fn restore(snap: StoreSnapshot) -> Store {
+        Store::restore_with(snap, StoreConfig::default())
+    }
+
+    /// Rebuilds a store from a snapshot. Its watch history starts empty, so
+    /// revisions up to the snapshot's are reported as compacted.
+    pub fn restore_with(snap: StoreSnapshot, config: StoreConfig) -> Store {
+        let mut dedup = DedupTable::new(config.dedup_capacity);
+        for (id, result) in snap.requests {
+            dedup.insert(id, result);
+        }
+        let data_bytes = snap
+            .kvs
+            .iter()
+            .map(|kv| kv.key.len() + kv.value.len())
+            .sum();
+        Store {
+            kvs: snap
+                .kvs
+                .into_iter()
+                .map(|kv| (kv.key.clone(), kv))
+                .collect(),
+            revision: snap.revision,
+            applied_index: snap.applied_index,
+            data_bytes,
+            dedup,
+            history: History::new(&config, snap.revision + 1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::testutil::{del, fresh_id, put, put_if, run};
+    use crate::kv::{Expect, Op, Txn, TxnOp};
+
+    /// A store that has seen every kind of op, with a known retried id.
+    fn busy_store() -> (Store, RequestId, Op) {
+        let mut s = Store::new();
+        run(&mut s, &put(b"a", b"1"));
+        run(&mut s, &put(b"b", b"22"));
+        run(&mut s, &put(b"a", b"333"));
+        run(&mut s, &del(b"b"));
+        run(&mut s, &put_if(b"c", b"x", Expect::Version(5)));
+        let retried = fresh_id();
+        let op = Op::Txn(Txn {
+            success: vec![
+                TxnOp::Put {
+                    key: b"t\xff".to_vec(),
+                    value: vec![9; 10],
+                },
+                TxnOp::Get { key: b"a".to_vec() },
+            ],
+            ..Txn::default()
+        });
+        s.apply(retried, &op);
+        s.set_applied_index(17);
+        (s, retried, op)
+    }
+
+    #[test]
+    fn snapshot_roundtrips_through_bytes_and_restore() {
+        let (s, _, _) = busy_store();
+        let snap = s.snapshot();
+        assert_eq!(snap.applied_index, 17);
+        assert_eq!(snap.revision, 5);
+        assert_eq!(snap.requests.len(), 6);
+        let decoded = StoreSnapshot::decode(&snap.encode()).expect("valid encoding");
+        assert_eq!(decoded, snap);
+        let restored = Store::restore(decoded);
+        assert_eq!(restored.snapshot(), snap);
+        assert_eq!(restored.data_bytes(), s.data_bytes());
+        assert_eq!(restored.len(), s.len());
+    }
+
+    #[test]
+    fn restored_store_behaves_like_the_original() {
+        let (mut original, retried, retried_op) = busy_store();
+        let mut restored = Store::restore(original.snapshot());
+        let ops = [
+            (retried, retried_op),
+            (fresh_id(), put(b"a", b"4")),
+            (fresh_id(), put_if(b"a", b"5", Expect::ModRevision(3))),
+            (fresh_id(), del(b"t\xff")),
+            (fresh_id(), put(b"new", b"n")),
+        ];
+        for (id, op) in &ops {
+            assert_eq!(original.apply(*id, op), restored.apply(*id, op));
+        }
+        assert_eq!(original.snapshot(), restored.snapshot());
+        assert_eq!(original.data_bytes(), restored.data_bytes());
+        // The retried txn was deduplicated on both sides.
+        assert_eq!(restored.revision(), 8);
+    }
+
+    #[test]
+    fn restored_history_starts_after_the_snapshot_revision() {
+        let (s, _, _) = busy_store();
+        let mut restored = Store::restore(s.snapshot());
+        for requested in [0, 1, 5] {
+            assert_eq!(
+                restored.events_since(requested, b"", 0),
+                Err(KvError::Compacted {
+                    requested,
+                    oldest: 6
+                })
+            );
+        }
+        assert_eq!(restored.events_since(6, b"", 0), Ok(vec![]));
+        run(&mut restored, &put(b"z", b"1"));
+        let events = restored
+            .events_since(6, b"", 0)
+            .expect("new events are kept");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].revision, 6);
+    }
+
+    #[test]
+    fn empty_store_snapshot_keeps_full_history_available() {
+        let mut restored = Store::restore(Store::new().snapshot());
+        run(&mut restored, &put(b"a", b"1"));
+        assert_eq!(restored.events_since(0, b"", 0).map(|e| e.len()), Ok(1));
+    }
+
+    #[test]
+    fn restore_respects_a_smaller_dedup_capacity() {
+        let (s, _, _) = busy_store();
+        let config = StoreConfig {
+            dedup_capacity: 2,
+            ..StoreConfig::default()
+        };
+        let restored = Store::restore_with(s.snapshot(), config);
+        let kept: Vec<_> = restored.snapshot().requests;
+        assert_eq!(kept, s.snapshot().requests[4..]);
+    }
+
+    #[test]
+    fn garbage_bytes_fail_to_decode() {
+        let encoded = busy_store().0.snapshot().encode();
+        let truncated = &encoded[..encoded.len() / 2];
+        assert!(matches!(
+            StoreSnapshot::decode(truncated),
+            Err(KvError::SnapshotDecode(_))
+        ));
+        assert!(StoreSnapshot::decode(&[0xff; 3]).is_err());
+    }
+}

@@ -1,0 +1,945 @@
+//! The key-value state machine that chosen ops are applied to.
+//!
+//! Every replica applies the same ops in the same order and must end in the
+//! same state with the same results, so nothing here depends on clocks,
+//! randomness, I/O or hash order. Revisions follow etcd: one cluster-wide
+//! counter that moves once per op that changes something, which gives
+//! clients a cheap way to order writes and to resume watches.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+use crate::kv::dedup::{DEFAULT_DEDUP_CAPACITY, DedupTable};
+use crate::kv::watch::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, Event, EventKind, History};
+use crate::kv::{Compare, CompareOp, CompareTarget, Expect, Op, Txn, TxnOp};
+use crate::paxos::types::RequestId;
+
+/// How many keys a range returns when the request leaves the limit at `0`.
+pub const DEFAULT_RANGE_LIMIT: usize = 1000;
+
+/// A stored key with its value and bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// Writes since the key was (re)created; `1` right after creation.
+    pub version: u64,
+    /// The revision that created the key.
+    pub create_revision: u64,
+    /// The revision of the last write to the key.
+    pub mod_revision: u64,
+}
+
+/// What applying an op did, as reported to the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// The put happened at `revision`; the key is now at `version`.
+    Put { revision: u64, version: u64 },
+    /// `deleted` is false when the key did not exist, in which case
+    /// `revision` is the unchanged current revision.
+    Delete { revision: u64, deleted: bool },
+    /// A put's or delete's `expect` did not hold; nothing changed. Missing
+    /// keys report `0` for both.
+    CompareFailed {
+        current_version: u64,
+        current_mod_revision: u64,
+    },
+    /// Which branch ran and what each of its operations returned, in order.
+    /// `revision` is the store revision after the transaction.
+    Txn {
+        succeeded: bool,
+        revision: u64,
+        responses: Vec<TxnResponse>,
+    },
+}
+
+/// The outcome of one operation inside a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnResponse {
+    Put {
+        revision: u64,
+    },
+    Delete {
+        deleted: bool,
+    },
+    /// Sees the writes made earlier in the same branch.
+    Get {
+        kv: Option<KeyValue>,
+    },
+}
+
+/// A scan over keys sharing a prefix, in byte order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeRequest {
+    /// Only keys starting with this; empty means all keys.
+    pub prefix: Vec<u8>,
+    /// Continue a previous scan: only keys strictly greater than this.
+    pub after: Option<Vec<u8>>,
+    /// Most keys to return; `0` means [`DEFAULT_RANGE_LIMIT`].
+    pub limit: usize,
+}
+
+/// The answer to a [`RangeRequest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// More keys match beyond the last one returned.
+    pub more: bool,
+    /// The store revision the scan reflects.
+    pub revision: u64,
+}
+
+/// Capacities of the store's bounded tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Request ids remembered for deduplication. This changes results, so it
+    /// must be the same on every replica.
+    pub dedup_capacity: usize,
+    /// Most events kept for watches. Local only: it may differ per replica.
+    pub history_max_events: usize,
+    /// Most key and value bytes kept in the watch history, so that large
+    /// values cannot make the history unbounded in memory.
+    pub history_max_bytes: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            dedup_capacity: DEFAULT_DEDUP_CAPACITY,
+            history_max_events: DEFAULT_HISTORY_EVENTS,
+            history_max_bytes: DEFAULT_HISTORY_BYTES,
+        }
+    }
+}
+
+/// The replicated key-value state machine.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub(super) kvs: BTreeMap<Vec<u8>, KeyValue>,
+    pub(super) revision: u64,
+    pub(super) applied_index: u64,
+    pub(super) data_bytes: usize,
+    pub(super) dedup: DedupTable,
+    pub(super) history: History,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new()
+    }
+}
+
+impl Store {
+    /// An empty store at revision 0 with the default capacities.
+    pub fn new() -> Store {
+        Store::with_config(StoreConfig::default())
+    }
+
+    /// An empty store at revision 0.
+    pub fn with_config(config: StoreConfig) -> Store {
+        Store {
+            kvs: BTreeMap::new(),
+            revision: 0,
+            applied_index: 0,
+            data_bytes: 0,
+            dedup: DedupTable::new(config.dedup_capacity),
+            history: History::new(&config, 1),
+        }
+    }
+
+    /// Applies a chosen op. A request id seen recently gets its first result
+    /// back and changes nothing, so retries are applied at most once.
+    pub fn apply(&mut self, id: RequestId, op: &Op) -> OpResult {
+        if let Some(result) = self.dedup.get(&id) {
+            return result.clone();
+        }
+        let result = match op {
+            Op::Put { key, value, expect } => self.apply_put(key, value, expect.as_ref()),
+            Op::Delete { key, expect } => self.apply_delete(key, expect.as_ref()),
+            Op::Txn(txn) => self.apply_txn(txn),
+        };
+        self.dedup.insert(id, result.clone());
+        result
+    }
+
+    /// Records the log instance this state reflects.
+    pub fn set_applied_index(&mut self, index: u64) {
+        self.applied_index = index;
+    }
+
+    /// The log instance this state reflects.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The current value of `key`, if it exists.
+    pub fn get(&self, key: &[u8]) -> Option<&KeyValue> {
+        self.kvs.get(key)
+    }
+
+    /// The revision of the last change.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.kvs.len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.kvs.is_empty()
+    }
+
+    /// Total bytes of all keys and values.
+    pub fn data_bytes(&self) -> usize {
+        self.data_bytes
+    }
+
+    /// Keys matching `req` in byte order, at most `req.limit` of them.
+    pub fn range(&self, req: &RangeRequest) -> RangeResult {
+        let limit = match req.limit {
+            0 => DEFAULT_RANGE_LIMIT,
+            n => n,
+        };
+        let end = prefix_end(&req.prefix);
+        let start = match &req.after {
+            Some(after) if after.as_slice() >= req.prefix.as_slice() => {
+                Bound::Excluded(after.as_slice())
+            }
+            _ => Bound::Included(req.prefix.as_slice()),
+        };
+        // BTreeMap::range panics on an empty or inverted range.
+        if let (Bound::Excluded(after), Some(end)) = (start, &end)
+            && after >= end.as_slice()
+        {
+            return RangeResult {
+                kvs: Vec::new(),
+                more: false,
+                revision: self.revision,
+            };
+        }
+        let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let mut matches = self.kvs.range::<[u8], _>((start, end)).map(|(_, kv)| kv);
+        let kvs: Vec<KeyValue> = matches.by_ref().take(limit).cloned().collect();
+        RangeResult {
+            kvs,
+            more: matches.next().is_some(),
+            revision: self.revision,
+        }
+    }
+
+    fn apply_put(&mut self, key: &[u8], value: &[u8], expect: Option<&Expect>) -> OpResult {
+        if let Some(failed) = self.check_expect(key, expect) {
+            return failed;
+        }
+        let revision = self.revision + 1;
+        let version = self.write(key, value, revision);
+        self.revision = revision;
+        OpResult::Put { revision, version }
+    }
+
+    fn apply_delete(&mut self, key: &[u8], expect: Option<&Expect>) -> OpResult {
+        if let Some(failed) = self.check_expect(key, expect) {
+            return failed;
+        }
+        let deleted = self.remove(key, self.revision + 1);
+        if deleted {
+            self.revision += 1;
+        }
+        OpResult::Delete {
+            revision: self.revision,
+            deleted,
+        }
+    }
+
+    fn apply_txn(&mut self, txn: &Txn) -> OpResult {
+        let succeeded = txn.compare.iter().all(|c| self.holds(c));
+        let branch = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        // All writes of one transaction share the next revision, which only
+        // becomes current if something actually changed.
+        let revision = self.revision + 1;
+        let mut changed = false;
+        let mut responses = Vec::with_capacity(branch.len());
+        for op in branch {
+            responses.push(match op {
+                TxnOp::Put { key, value } => {
+                    self.write(key, value, revision);
+                    changed = true;
+                    TxnResponse::Put { revision }
+                }
+                TxnOp::Delete { key } => {
+                    let deleted = self.remove(key, revision);
+                    changed |= deleted;
+                    TxnResponse::Delete { deleted }
+                }
+                TxnOp::Get { key } => TxnResponse::Get {
+                    kv: self.kvs.get(key.as_slice()).cloned(),
+                },
+            });
+        }
+        if changed {
+            self.revision = revision;
+        }
+        OpResult::Txn {
+            succeeded,
+            revision: self.revision,
+            responses,
+        }
+    }
+
+    /// `Some(CompareFailed)` when `expect` does not hold for `key`.
+    fn check_expect(&self, key: &[u8], expect: Option<&Expect>) -> Option<OpResult> {
+        let expect = expect?;
+        let (version, mod_revision) = self
+            .kvs
+            .get(key)
+            .map_or((0, 0), |kv| (kv.version, kv.mod_revision));
+        let holds = match expect {
+            Expect::Version(v) => *v == version,
+            Expect::ModRevision(r) => *r == mod_revision,
+        };
+        (!holds).then_some(OpResult::CompareFailed {
+            current_version: version,
+            current_mod_revision: mod_revision,
+        })
+    }
+
+    fn holds(&self, cmp: &Compare) -> bool {
+        let kv = self.kvs.get(cmp.key.as_slice());
+        let number = |f: fn(&KeyValue) -> u64| kv.map_or(0, f);
+        let ordering = match &cmp.target {
+            CompareTarget::Value(target) => match kv {
+                Some(kv) => kv.value.as_slice().cmp(target.as_slice()),
+                // A missing key has no value to order, so only "differs" holds.
+                None => return cmp.op == CompareOp::NotEqual,
+            },
+            CompareTarget::Version(n) => number(|kv| kv.version).cmp(n),
+            CompareTarget::ModRevision(n) => number(|kv| kv.mod_revision).cmp(n),
+            CompareTarget::CreateRevision(n) => number(|kv| kv.create_revision).cmp(n),
+        };
+        match cmp.op {
+            CompareOp::Equal => ordering.is_eq(),
+            CompareOp::NotEqual => ordering.is_ne(),
+            CompareOp::Less => ordering.is_lt(),
+            CompareOp::Greater => ordering.is_gt(),
+        }
+    }
+
+    /// Writes `value` at `revision` and returns the key's new version.
+    fn write(&mut self, key: &[u8], value: &[u8], revision: u64) -> u64 {
+        let kv = match self.kvs.get_mut(key) {
+            Some(kv) => {
+                self.data_bytes = self.data_bytes + value.len() - kv.value.len();
+                kv.value = value.to_vec();
+                kv.version += 1;
+                kv.mod_revision = revision;
+                kv.clone()
+            }
+            None => {
+                self.data_bytes += key.len() + value.len();
+                let kv = KeyValue {
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                    version: 1,
+                    create_revision: revision,
+                    mod_revision: revision,
+                };
+                self.kvs.insert(key.to_vec(), kv.clone());
+                kv
+            }
+        };
+        let version = kv.version;
+        self.history.push(Event {
+            revision,
+            kind: EventKind::Put,
+            kv,
+        });
+        version
+    }
+
+    /// Removes `key` at `revision`; false if it did not exist.
+    fn remove(&mut self, key: &[u8], revision: u64) -> bool {
+        let Some(old) = self.kvs.remove(key) else {
+            return false;
+        };
+        self.data_bytes -= old.key.len() + old.value.len();
+        self.history.push(Event {
+            revision,
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: old.key,
+                value: Vec::new(),
+                version: 0,
+                create_revision: 0,
+                mod_revision: revision,
+            },
+        });
+        true
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None`
+/// when no such key exists (empty or all-`0xff` prefix).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|&b| b != 0xff)?;
+    let mut end = prefix[..=last].to_vec();
+    end[last] += 1;
+    Some(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::testutil::{del, del_if, fresh_id, put, put_if, run};
+
+    fn cmp(key: &[u8], op: CompareOp, target: CompareTarget) -> Compare {
+        Compare {
+            key: key.to_vec(),
+            op,
+            target,
+        }
+    }
+
+    fn get(key: &[u8]) -> TxnOp {
+        TxnOp::Get { key: key.to_vec() }
+    }
+
+    fn tput(key: &[u8], value: &[u8]) -> TxnOp {
+        TxnOp::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        }
+    }
+
+    fn tdel(key: &[u8]) -> TxnOp {
+        TxnOp::Delete { key: key.to_vec() }
+    }
+
+    /// Runs a txn whose only compare is `c` and reports which branch ran.
+    fn compare_holds(store: &mut Store, c: Compare) -> bool {
+        let txn = Op::Txn(Txn {
+            compare: vec![c],
+            ..Txn::default()
+        });
+        match run(store, &txn) {
+            OpResult::Txn { succeeded, .. } => succeeded,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn keys(result: &RangeResult) -> Vec<&[u8]> {
+        result.kvs.iter().map(|kv| kv.key.as_slice()).collect()
+    }
+
+    #[test]
+    fn put_creates_then_updates_with_versions_and_revisions() {
+        let mut s = Store::new();
+        assert_eq!(
+            run(&mut s, &put(b"a", b"1")),
+            OpResult::Put {
+                revision: 1,
+                version: 1
+            }
+        );
+        run(&mut s, &put(b"b", b"1"));
+        assert_eq!(
+            run(&mut s, &put(b"a", b"22")),
+            OpResult::Put {
+                revision: 3,
+                version: 2
+            }
+        );
+        let a = s.get(b"a").expect("a exists");
+        assert_eq!((a.version, a.create_revision, a.mod_revision), (2, 1, 3));
+        assert_eq!(a.value, b"22");
+        assert_eq!(s.revision(), 3);
+        assert_eq!((s.len(), s.data_bytes()), (2, 5));
+    }
+
+    #[test]
+    fn recreated_key_starts_again_at_version_one() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"a", b"1"));
+        run(&mut s, &put(b"a", b"2"));
+        run(&mut s, &del(b"a"));
+        run(&mut s, &put(b"a", b"3"));
+        let a = s.get(b"a").expect("a exists");
+        assert_eq!((a.version, a.create_revision, a.mod_revision), (1, 4, 4));
+    }
+
+    #[test]
+    fn cas_by_version_succeeds_only_on_match() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"a", b"1"));
+        assert_eq!(
+            run(&mut s, &put_if(b"a", b"x", Expect::Version(2))),
+            OpResult::CompareFailed {
+                current_version: 1,
+                current_mod_revision: 1
+            }
+        );
+        assert_eq!(s.revision(), 1);
+        assert_eq!(s.get(b"a").map(|kv| kv.value.as_slice()), Some(&b"1"[..]));
+        assert_eq!(
+            run(&mut s, &put_if(b"a", b"2", Expect::Version(1))),
+            OpResult::Put {
+                revision: 2,
+                version: 2
+            }
+        );
+    }
+
+    #[test]
+    fn version_zero_means_must_not_exist() {
+        let mut s = Store::new();
+        assert_eq!(
+            run(&mut s, &put_if(b"a", b"1", Expect::Version(0))),
+            OpResult::Put {
+                revision: 1,
+                version: 1
+            }
+        );
+        assert_eq!(
+            run(&mut s, &put_if(b"a", b"2", Expect::Version(0))),
+            OpResult::CompareFailed {
+                current_version: 1,
+                current_mod_revision: 1
+            }
+        );
+        assert_eq!(s.get(b"a").map(|kv| kv.value.as_slice()), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn cas_by_mod_revision() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"a", b"1"));
+        run(&mut s, &put(b"b", b"1"));
+        assert!(matches!(
+            run(&mut s, &put_if(b"a", b"2", Expect::ModRevision(2))),
+            OpResult::CompareFailed {
+                current_mod_revision: 1,
+                ..
+            }
+        ));
+        assert!(matches!(
+            run(&mut s, &put_if(b"a", b"2", Expect::ModRevision(1))),
+            OpResult::Put { revision: 3, .. }
+        ));
+        assert!(matches!(
+            run(&mut s, &put_if(b"c", b"1", Expect::ModRevision(0))),
+            OpResult::Put { revision: 4, .. }
+        ));
+        assert!(matches!(
+            run(&mut s, &put_if(b"c", b"2", Expect::ModRevision(0))),
+            OpResult::CompareFailed { .. }
+        ));
+    }
+
+    #[test]
+    fn delete_existing_bumps_revision_and_missing_does_not() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"a", b"1"));
+        assert_eq!(
+            run(&mut s, &del(b"a")),
+            OpResult::Delete {
+                revision: 2,
+                deleted: true
+            }
+        );
+        assert_eq!(s.get(b"a"), None);
+        assert_eq!((s.len(), s.data_bytes()), (0, 0));
+        assert_eq!(
+            run(&mut s, &del(b"a")),
+            OpResult::Delete {
+                revision: 2,
+                deleted: false
+            }
+        );
+        assert_eq!(s.revision(), 2);
+    }
+
+    #[test]
+    fn delete_with_expect() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"a", b"1"));
+        assert_eq!(
+            run(&mut s, &del_if(b"a", Expect::Version(3))),
+            OpResult::CompareFailed {
+                current_version: 1,
+                current_mod_revision: 1
+            }
+        );
+        assert!(s.get(b"a").is_some());
+        assert_eq!(
+            run(&mut s, &del_if(b"a", Expect::ModRevision(1))),
+            OpResult::Delete {
+                revision: 2,
+                deleted: true
+            }
+        );
+        assert_eq!(
+            run(&mut s, &del_if(b"a", Expect::Version(1))),
+            OpResult::CompareFailed {
+                current_version: 0,
+                current_mod_revision: 0
+            }
+        );
+    }
+
+    #[test]
+    fn txn_success_branch_writes_atomically_at_one_revision() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"a", b"1"));
+        run(&mut s, &put(b"gone", b"1"));
+        let txn = Op::Txn(Txn {
+            compare: vec![cmp(b"a", CompareOp::Equal, CompareTarget::Version(1))],
+            success: vec![tput(b"a", b"2"), tput(b"b", b"2"), tdel(b"gone"), get(b"a")],
+            failure: vec![tput(b"never", b"x")],
+        });
+        let OpResult::Txn {
+            succeeded,
+            revision,
+            responses,
+        } = run(&mut s, &txn)
+        else {
+            panic!("not a txn result");
+        };
+        assert!(succeeded);
+        assert_eq!(revision, 3);
+        assert_eq!(s.revision(), 3);
+        assert_eq!(
+            responses[..3],
+            [
+                TxnResponse::Put { revision: 3 },
+                TxnResponse::Put { revision: 3 },
+                TxnResponse::Delete { deleted: true },
+            ]
+        );
+        let TxnResponse::Get { kv: Some(a) } = &responses[3] else {
+            panic!("get saw nothing");
+        };
+        assert_eq!(
+            (a.value.as_slice(), a.version, a.mod_revision),
+            (&b"2"[..], 2, 3)
+        );
+        assert_eq!(s.get(b"b").map(|kv| kv.mod_revision), Some(3));
+        assert_eq!(s.get(b"gone"), None);
+        assert_eq!(s.get(b"never"), None);
+    }
+
+    #[test]
+    fn txn_failure_branch_runs_when_any_compare_fails() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"a", b"1"));
+        let txn = Op::Txn(Txn {
+            compare: vec![
+                cmp(b"a", CompareOp::Equal, CompareTarget::Version(1)),
+                cmp(
+                    b"a",
+                    CompareOp::Equal,
+                    CompareTarget::Value(b"other".to_vec()),
+                ),
+            ],
+            success: vec![tput(b"a", b"success")],
+            failure: vec![tput(b"b", b"failure")],
+        });
+        assert_eq!(
+            run(&mut s, &txn),
+            OpResult::Txn {
+                succeeded: false,
+                revision: 2,
+                responses: vec![TxnResponse::Put { revision: 2 }],
+            }
+        );
+        assert_eq!(s.get(b"a").map(|kv| kv.value.as_slice()), Some(&b"1"[..]));
+        assert_eq!(
+            s.get(b"b").map(|kv| kv.value.as_slice()),
+            Some(&b"failure"[..])
+        );
+    }
+
+    #[test]
+    fn txn_that_changes_nothing_keeps_the_revision() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"a", b"1"));
+        let txn = Op::Txn(Txn {
+            success: vec![get(b"a"), get(b"missing"), tdel(b"missing")],
+            ..Txn::default()
+        });
+        let expected_a = s.get(b"a").cloned();
+        assert_eq!(
+            run(&mut s, &txn),
+            OpResult::Txn {
+                succeeded: true,
+                revision: 1,
+                responses: vec![
+                    TxnResponse::Get { kv: expected_a },
+                    TxnResponse::Get { kv: None },
+                    TxnResponse::Delete { deleted: false },
+                ],
+            }
+        );
+        assert_eq!(s.revision(), 1);
+        // The next write takes the revision the no-op txn did not use.
+        assert!(matches!(
+            run(&mut s, &put(b"b", b"1")),
+            OpResult::Put { revision: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn value_compare_on_missing_key_only_holds_for_not_equal() {
+        let mut s = Store::new();
+        let v = || CompareTarget::Value(Vec::new());
+        assert!(!compare_holds(&mut s, cmp(b"x", CompareOp::Equal, v())));
+        assert!(!compare_holds(&mut s, cmp(b"x", CompareOp::Less, v())));
+        assert!(!compare_holds(&mut s, cmp(b"x", CompareOp::Greater, v())));
+        assert!(compare_holds(&mut s, cmp(b"x", CompareOp::NotEqual, v())));
+    }
+
+    #[test]
+    fn value_compare_orders_bytes() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"k", b"m"));
+        let v = |b: &[u8]| CompareTarget::Value(b.to_vec());
+        assert!(compare_holds(&mut s, cmp(b"k", CompareOp::Equal, v(b"m"))));
+        assert!(compare_holds(&mut s, cmp(b"k", CompareOp::Less, v(b"z"))));
+        assert!(compare_holds(
+            &mut s,
+            cmp(b"k", CompareOp::Greater, v(b"a"))
+        ));
+        assert!(!compare_holds(
+            &mut s,
+            cmp(b"k", CompareOp::NotEqual, v(b"m"))
+        ));
+    }
+
+    #[test]
+    fn numeric_compares_treat_missing_key_as_zero() {
+        let mut s = Store::new();
+        for target in [
+            CompareTarget::Version(0),
+            CompareTarget::ModRevision(0),
+            CompareTarget::CreateRevision(0),
+        ] {
+            assert!(compare_holds(
+                &mut s,
+                cmp(b"x", CompareOp::Equal, target.clone())
+            ));
+        }
+        assert!(compare_holds(
+            &mut s,
+            cmp(b"x", CompareOp::Less, CompareTarget::Version(1))
+        ));
+        assert!(!compare_holds(
+            &mut s,
+            cmp(b"x", CompareOp::Greater, CompareTarget::Version(0))
+        ));
+    }
+
+    #[test]
+    fn numeric_compares_read_the_right_field() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"other", b"1"));
+        run(&mut s, &put(b"k", b"1"));
+        run(&mut s, &put(b"k", b"2"));
+        run(&mut s, &put(b"k", b"3"));
+        // k: version 3, create_revision 2, mod_revision 4.
+        let eq = |t| cmp(b"k", CompareOp::Equal, t);
+        assert!(compare_holds(&mut s, eq(CompareTarget::Version(3))));
+        assert!(compare_holds(&mut s, eq(CompareTarget::CreateRevision(2))));
+        assert!(compare_holds(&mut s, eq(CompareTarget::ModRevision(4))));
+        assert!(!compare_holds(&mut s, eq(CompareTarget::ModRevision(3))));
+        assert!(compare_holds(
+            &mut s,
+            cmp(b"k", CompareOp::Greater, CompareTarget::CreateRevision(1))
+        ));
+        assert!(compare_holds(
+            &mut s,
+            cmp(b"k", CompareOp::NotEqual, CompareTarget::Version(2))
+        ));
+    }
+
+    #[test]
+    fn duplicate_request_id_returns_cached_result_and_changes_nothing() {
+        let mut s = Store::new();
+        let id = fresh_id();
+        let first = s.apply(id, &put(b"a", b"1"));
+        run(&mut s, &put(b"b", b"1"));
+        // Even a different op under the same id is not applied again.
+        assert_eq!(s.apply(id, &put(b"a", b"changed")), first);
+        assert_eq!(s.apply(id, &del(b"b")), first);
+        assert_eq!(s.revision(), 2);
+        assert_eq!(s.get(b"a").map(|kv| kv.version), Some(1));
+        assert!(s.get(b"b").is_some());
+    }
+
+    #[test]
+    fn dedup_table_is_bounded_and_forgets_oldest_first() {
+        let mut s = Store::with_config(StoreConfig {
+            dedup_capacity: 3,
+            ..StoreConfig::default()
+        });
+        let ids: Vec<_> = (0..5).map(|_| fresh_id()).collect();
+        for id in &ids {
+            s.apply(*id, &put(b"a", b"x"));
+        }
+        assert_eq!(s.dedup.entries().count(), 3);
+        // The newest ids are still deduplicated...
+        s.apply(ids[4], &put(b"a", b"x"));
+        assert_eq!(s.revision(), 5);
+        // ...but the oldest was forgotten, so it applies again.
+        s.apply(ids[0], &put(b"a", b"x"));
+        assert_eq!(s.revision(), 6);
+    }
+
+    #[test]
+    fn failed_compare_is_remembered_too() {
+        let mut s = Store::new();
+        let id = fresh_id();
+        let failed = s.apply(id, &put_if(b"a", b"1", Expect::Version(1)));
+        assert!(matches!(failed, OpResult::CompareFailed { .. }));
+        run(&mut s, &put(b"a", b"1"));
+        assert_eq!(s.apply(id, &put_if(b"a", b"1", Expect::Version(1))), failed);
+    }
+
+    fn store_with(keys: &[&[u8]]) -> Store {
+        let mut s = Store::new();
+        for k in keys {
+            run(&mut s, &put(k, b"v"));
+        }
+        s
+    }
+
+    #[test]
+    fn range_returns_prefix_matches_in_byte_order() {
+        let s = store_with(&[b"b/2", b"a", b"b/1", b"b", b"c", b"b/10"]);
+        let r = s.range(&RangeRequest {
+            prefix: b"b/".to_vec(),
+            ..RangeRequest::default()
+        });
+        assert_eq!(keys(&r), [&b"b/1"[..], b"b/10", b"b/2"]);
+        assert!(!r.more);
+        assert_eq!(r.revision, 6);
+        let all = s.range(&RangeRequest::default());
+        assert_eq!(all.kvs.len(), 6);
+    }
+
+    #[test]
+    fn range_limit_and_continuation_page_through_all_keys() {
+        let s = store_with(&[b"p1", b"p2", b"p3", b"p4", b"p5", b"q"]);
+        let mut req = RangeRequest {
+            prefix: b"p".to_vec(),
+            after: None,
+            limit: 2,
+        };
+        let mut pages = Vec::new();
+        loop {
+            let r = s.range(&req);
+            assert!(r.kvs.len() <= 2);
+            pages.push(keys(&r).iter().map(|k| k.to_vec()).collect::<Vec<_>>());
+            if !r.more {
+                break;
+            }
+            req.after = r.kvs.last().map(|kv| kv.key.clone());
+        }
+        assert_eq!(
+            pages,
+            vec![
+                vec![b"p1".to_vec(), b"p2".to_vec()],
+                vec![b"p3".to_vec(), b"p4".to_vec()],
+                vec![b"p5".to_vec()],
+            ]
+        );
+    }
+
+    #[test]
+    fn range_limit_zero_uses_default_cap() {
+        let mut s = Store::new();
+        for i in 0..(DEFAULT_RANGE_LIMIT + 1) {
+            run(&mut s, &put(format!("k{i:05}").as_bytes(), b""));
+        }
+        let r = s.range(&RangeRequest::default());
+        assert_eq!(r.kvs.len(), DEFAULT_RANGE_LIMIT);
+        assert!(r.more);
+    }
+
+    #[test]
+    fn range_after_outside_prefix_is_clamped() {
+        let s = store_with(&[b"a", b"b1", b"b2", b"c"]);
+        let before = s.range(&RangeRequest {
+            prefix: b"b".to_vec(),
+            after: Some(b"a".to_vec()),
+            limit: 10,
+        });
+        assert_eq!(keys(&before), [&b"b1"[..], b"b2"]);
+        let beyond = s.range(&RangeRequest {
+            prefix: b"b".to_vec(),
+            after: Some(b"zz".to_vec()),
+            limit: 10,
+        });
+        assert!(beyond.kvs.is_empty() && !beyond.more);
+        // `after` equal to the prefix's end must not build an empty range.
+        let at_end = s.range(&RangeRequest {
+            prefix: b"b".to_vec(),
+            after: Some(b"c".to_vec()),
+            limit: 10,
+        });
+        assert!(at_end.kvs.is_empty());
+    }
+
+    #[test]
+    fn range_prefix_ending_in_0xff() {
+        let s = store_with(&[
+            b"a\xfe",
+            b"a\xff",
+            b"a\xff\x00",
+            b"a\xff\xff",
+            b"b",
+            b"\xff",
+            b"\xff\xff",
+        ]);
+        let r = s.range(&RangeRequest {
+            prefix: b"a\xff".to_vec(),
+            ..RangeRequest::default()
+        });
+        assert_eq!(keys(&r), [&b"a\xff"[..], b"a\xff\x00", b"a\xff\xff"]);
+        let all_ff = s.range(&RangeRequest {
+            prefix: b"\xff".to_vec(),
+            ..RangeRequest::default()
+        });
+        assert_eq!(keys(&all_ff), [&b"\xff"[..], b"\xff\xff"]);
+        assert_eq!(prefix_end(b"a\xff\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn data_bytes_tracks_puts_overwrites_and_deletes() {
+        let mut s = Store::new();
+        run(&mut s, &put(b"ab", b"1234"));
+        run(&mut s, &put(b"c", b"1"));
+        assert_eq!(s.data_bytes(), 8);
+        run(&mut s, &put(b"ab", b"1"));
+        assert_eq!(s.data_bytes(), 5);
+        run(&mut s, &del(b"c"));
+        assert_eq!(s.data_bytes(), 3);
+        assert!(!s.is_empty());
+    }
+
+    #[test]
+    fn applied_index_is_recorded() {
+        let mut s = Store::new();
+        assert_eq!(s.applied_index(), 0);
+        s.set_applied_index(42);
+        assert_eq!(s.applied_index(), 42);
+    }
+}
