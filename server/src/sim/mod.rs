@@ -1,1 +1,3 @@
 //! Deterministic simulation of a phxkv cluster.
+
+pub mod lincheck;
