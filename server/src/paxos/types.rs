@@ -128,9 +128,17 @@ impl Membership {
 /// log; see the `membership` module for why that is safe.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConfChange {
-    AddLearner { id: NodeId, name: String, addr: String },
-    Promote { id: NodeId },
-    Remove { id: NodeId },
+    AddLearner {
+        id: NodeId,
+        name: String,
+        addr: String,
+    },
+    Promote {
+        id: NodeId,
+    },
+    Remove {
+        id: NodeId,
+    },
 }
 
 /// What one Paxos instance chooses.

@@ -1,0 +1,163 @@
+//! Membership changes through the log, and why they are safe.
+//!
+//! A configuration is a value chosen like any other ([`Value::Config`]). As in
+//! Raft's single-server changes, a replica uses the *latest configuration in
+//! its log*, chosen or not, from the moment it holds it: for whom to send to,
+//! which votes count in a quorum, and whether it may run for master.
+//!
+//! # The argument
+//!
+//! 1. *Adjacent configurations share quorums.* Each change adds or removes one
+//!    voter, or turns a learner into a voter (which adds one voter). If `C'`
+//!    is `C` plus or minus one voter, every majority of `C` intersects every
+//!    majority of `C'`: with `n` voters in the smaller one, a majority of the
+//!    larger one keeps at least `floor((n+1)/2)` voters of the smaller one, and
+//!    `floor((n+1)/2) + floor(n/2) + 1 = n + 1 > n`.
+//! 2. *Only adjacent configurations are ever in use together.* A master
+//!    proposes a change only when its commit index has reached both its own
+//!    barrier (the first lease it proposed, which follows every instance an
+//!    earlier master may have left) and the index of the newest configuration
+//!    in its log. So when `C2` is proposed, `C1` and every instance before it
+//!    are chosen; instances still in flight were proposed under `C1` or `C2`,
+//!    never under `C0`. A master elected later learns the newest configuration
+//!    during phase 1: its promise quorum, counted in the configuration it knows,
+//!    intersects the quorum that accepted any newer configuration (point 1), so
+//!    that configuration shows up in a promise and the candidate counts its
+//!    quorum in it before it becomes master.
+//! 3. *In-flight instances.* An instance proposed under `C` and still unchosen
+//!    when `C'` enters the log is counted in `C'` from then on. Both quorums meet
+//!    every phase-1 quorum of `C` or `C'` (point 1), so the usual Paxos argument
+//!    (a later ballot's phase 1 sees any value that may have been chosen) holds
+//!    unchanged. That is why no `alpha` window is needed: pipelining and changes
+//!    compose because quorums of the only two live configurations intersect.
+//! 4. *Removal of the master.* A master removed from the voters keeps driving
+//!    the log until the change is committed and its window drained, then steps
+//!    down; its lease ends on its own timer, after which the remaining voters
+//!    elect a new master. The caller may hand mastership off first to avoid the
+//!    wait.
+//!
+//! New members join as learners: they receive every accept and catch up (by
+//! log or snapshot) without being counted, and become voters by a second
+//! change once caught up.
+
+#[cfg(doc)]
+use super::types::Value;
+use super::types::{ConfChange, Member, Membership, Role};
+
+/// The configuration that results from applying `change` to `current`, or why
+/// the change makes no sense.
+pub fn apply_change(current: &Membership, change: &ConfChange) -> Result<Membership, String> {
+    let mut next = current.clone();
+    match change {
+        ConfChange::AddLearner { id, name, addr } => {
+            if let Some(m) = current.members.get(id) {
+                return Err(format!("node {:?} is already a member", m.name));
+            }
+            if current.members.values().any(|m| m.name == *name) {
+                return Err(format!("a member named {name:?} already exists"));
+            }
+            next.members.insert(
+                *id,
+                Member {
+                    name: name.clone(),
+                    addr: addr.clone(),
+                    role: Role::Learner,
+                },
+            );
+        }
+        ConfChange::Promote { id } => match next.members.get_mut(id) {
+            Some(m) if m.role == Role::Learner => m.role = Role::Voter,
+            Some(m) => return Err(format!("node {:?} is already a voter", m.name)),
+            None => return Err(format!("node {id:x} is not a member")),
+        },
+        ConfChange::Remove { id } => {
+            let Some(m) = next.members.remove(id) else {
+                return Err(format!("node {id:x} is not a member"));
+            };
+            if m.role == Role::Voter && next.voter_count() == 0 {
+                return Err(format!("removing {:?} would leave no voters", m.name));
+            }
+        }
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three() -> Membership {
+        let mut m = Membership::default();
+        for (id, name) in [(1, "a"), (2, "b"), (3, "c")] {
+            m.members.insert(
+                id,
+                Member {
+                    name: name.into(),
+                    addr: String::new(),
+                    role: Role::Voter,
+                },
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn learner_then_promotion_adds_one_voter() {
+        let add = ConfChange::AddLearner {
+            id: 4,
+            name: "d".into(),
+            addr: "x".into(),
+        };
+        let m = apply_change(&three(), &add).expect("add");
+        assert_eq!(m.voter_count(), 3);
+        assert_eq!(m.members[&4].role, Role::Learner);
+        let m = apply_change(&m, &ConfChange::Promote { id: 4 }).expect("promote");
+        assert_eq!(m.voter_count(), 4);
+        assert_eq!(m.quorum(), 3);
+    }
+
+    #[test]
+    fn nonsense_changes_are_refused() {
+        let m = three();
+        assert!(apply_change(&m, &ConfChange::Promote { id: 1 }).is_err());
+        assert!(apply_change(&m, &ConfChange::Remove { id: 9 }).is_err());
+        let dup = ConfChange::AddLearner {
+            id: 1,
+            name: "z".into(),
+            addr: String::new(),
+        };
+        assert!(apply_change(&m, &dup).is_err());
+        let dup_name = ConfChange::AddLearner {
+            id: 7,
+            name: "a".into(),
+            addr: String::new(),
+        };
+        assert!(apply_change(&m, &dup_name).is_err());
+        let mut one = Membership::default();
+        one.members.insert(1, m.members[&1].clone());
+        assert!(apply_change(&one, &ConfChange::Remove { id: 1 }).is_err());
+    }
+
+    #[test]
+    fn majorities_of_adjacent_configurations_intersect() {
+        // Exhaustive over small sizes: every majority of n voters meets every
+        // majority of n+1 voters that include them.
+        for n in 1..=6usize {
+            let small = (1u32 << n) - 1;
+            let big = (1u32 << (n + 1)) - 1;
+            let q_small = n / 2 + 1;
+            let q_big = n.div_ceil(2) + 1;
+            for a in 0..=small {
+                if (a.count_ones() as usize) < q_small {
+                    continue;
+                }
+                for b in 0..=big {
+                    if (b.count_ones() as usize) < q_big {
+                        continue;
+                    }
+                    assert_ne!(a & b, 0, "n={n} a={a:b} b={b:b}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Messages between replicas. The transport (HTTP/JSON between peer ports, or
+//! the simulator's network) carries them unchanged; the engine never assumes
+//! delivery, order or uniqueness.
+
+use serde::{Deserialize, Serialize};
+
+use super::log::LogEntry;
+use super::types::{Ballot, Index, NodeId, Value};
+
+/// Why an acceptor refused a prepare or accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// The acceptor has promised a higher ballot.
+    Outdated,
+    /// The acceptor holds an unexpired lease for another node (`0`: unknown
+    /// holder, after a restart).
+    Lease { holder: NodeId },
+    /// The candidate is too far behind to be master: it must catch up first.
+    Behind { commit: Index },
+}
+
+/// A message from one replica to another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Phase 1a for every instance from `from_index` on.
+    Prepare { ballot: Ballot, from_index: Index },
+    /// Phase 1b: the acceptor promised `ballot`; `entries` are every slot it
+    /// holds at or after the prepare's `from_index`.
+    Promise {
+        ballot: Ballot,
+        entries: Vec<(Index, LogEntry)>,
+        commit: Index,
+    },
+    /// A prepare or accept at `ballot` was refused.
+    Reject {
+        ballot: Ballot,
+        promised: Ballot,
+        reason: RejectReason,
+    },
+    /// Phase 2a for a run of instances, with the master's commit index.
+    Accept {
+        ballot: Ballot,
+        entries: Vec<(Index, Value)>,
+        commit: Index,
+    },
+    /// Phase 2b: these instances were accepted at `ballot`.
+    Accepted {
+        ballot: Ballot,
+        indexes: Vec<Index>,
+        commit: Index,
+    },
+    /// The master's periodic proof of life and commit index.
+    Heartbeat { ballot: Ballot, commit: Index },
+    /// A follower's answer to a heartbeat, with how far it has learned.
+    HeartbeatAck { ballot: Ballot, commit: Index },
+    /// Asks for chosen values from `from_index` on.
+    CatchupRequest { from_index: Index },
+    /// Chosen values, contiguous from the requested index.
+    Catchup {
+        entries: Vec<(Index, Value)>,
+        commit: Index,
+    },
+}
+
+/// A message with its addressing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub msg: Message,
+}

@@ -1,0 +1,1309 @@
+//! One replica's share of Multi-Paxos: acceptor, proposer (master) and learner
+//! in one value, driven by [`Replica::step`], [`Replica::tick`] and
+//! [`Replica::propose`], drained with [`Replica::take_ready`].
+//!
+//! The replica never performs I/O and never reads a clock: time arrives as the
+//! `now` argument (a monotonic reading of the caller's clock), randomness from
+//! a seed in the config. The caller must make every [`Persist`] record of a
+//! [`Ready`] durable before sending its messages and before applying its
+//! committed values; that is what makes a promise or an accept a promise.
+//!
+//! # Roles
+//!
+//! - *Acceptor*: holds `promised` and the log slots; answers prepares and
+//!   accepts; times master leases (see [`super::lease`]).
+//! - *Proposer*: a follower that hears from no master runs phase 1 once for
+//!   every instance from its first unchosen one; with a quorum of promises it
+//!   re-proposes the highest-ballot value found for each slot (a no-op for
+//!   empty ones), then proposes its lease. From then on it runs phase 2 only:
+//!   it packs queued commands into batches and keeps up to `window` instances
+//!   in flight.
+//! - *Learner*: an instance is chosen when a quorum accepted it at one ballot.
+//!   The master learns that from `Accepted` replies and spreads its commit index
+//!   on accepts and heartbeats. A follower marks a slot chosen when it holds the
+//!   value accepted at the very ballot of the master that reports the commit
+//!   (a master proposes one value per slot per ballot); anything else it fetches
+//!   with a catch-up request, or, if the peer compacted that far, by snapshot.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::config::EngineConfig;
+use super::log::{LogEntry, Persist, Recovered, SnapshotMeta};
+use super::message::{Envelope, Message, RejectReason};
+use super::types::{Ballot, Command, ConfChange, Index, Member, Membership, NodeId, Role, Value};
+
+/// Panics with a message when a safety invariant is broken. Continuing after
+/// that would risk acknowledging or applying something that was not chosen.
+macro_rules! invariant {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            panic!("paxos invariant violated: {}", format!($($arg)+));
+        }
+    };
+}
+
+/// Why a proposal was not taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this node is not the master (master: {hint:?})")]
+    NotMaster { hint: Option<NodeId> },
+    #[error("the proposal queue is full ({0} commands); retry later")]
+    Busy(usize),
+    #[error("a membership change is already in progress")]
+    ChangeInProgress,
+    #[error("invalid membership change: {0}")]
+    InvalidChange(String),
+}
+
+/// Why a linearizable read cannot be served here now.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("this node is not the master (master: {hint:?})")]
+    NotMaster { hint: Option<NodeId> },
+    #[error("the master does not hold a valid lease yet")]
+    NoLease,
+}
+
+/// What the caller must do after feeding the replica, in this order:
+/// persist, send, apply.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Records to make durable before anything else in this value.
+    pub persist: Vec<Persist>,
+    /// Messages to send once `persist` is durable.
+    pub messages: Vec<Envelope>,
+    /// Chosen values, contiguous and in log order, to apply to the state machine.
+    pub committed: Vec<(Index, Value)>,
+    /// Commands that were queued but never proposed, because this node stopped
+    /// being master. They will never be applied through this node's proposal.
+    pub rejected: Vec<Command>,
+    /// Peers that need a snapshot: this node compacted the log they are missing.
+    pub send_snapshot: Vec<NodeId>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty()
+            && self.messages.is_empty()
+            && self.committed.is_empty()
+            && self.rejected.is_empty()
+            && self.send_snapshot.is_empty()
+    }
+}
+
+/// The lease an acceptor honours: it refuses other proposers until `until`.
+#[derive(Clone, Copy, Debug)]
+struct AcceptorLease {
+    /// `0` when unknown (after a restart).
+    holder: NodeId,
+    until: Duration,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    ballot: Ballot,
+    from_index: Index,
+    promises: BTreeMap<NodeId, Vec<(Index, LogEntry)>>,
+    started: Duration,
+    last_sent: Duration,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    value: Value,
+    acks: BTreeSet<NodeId>,
+    sent_at: Duration,
+}
+
+#[derive(Debug)]
+struct Master {
+    ballot: Ballot,
+    /// Index of the first lease this master proposed; reads are served only
+    /// once it is committed (everything an earlier master chose is below it).
+    barrier: Index,
+    next_index: Index,
+    inflight: BTreeMap<Index, Inflight>,
+    queue: VecDeque<Command>,
+    /// When each pending lease proposal started (keyed by its index).
+    lease_starts: BTreeMap<Index, Duration>,
+    /// The master's own lease: valid while `now < lease_until`.
+    lease_until: Option<Duration>,
+    /// When the newest lease proposal started.
+    last_lease_start: Duration,
+    last_heartbeat: Duration,
+    /// Highest commit index each peer reported.
+    peer_commit: BTreeMap<NodeId, Index>,
+}
+
+#[derive(Debug)]
+enum State {
+    Follower,
+    Candidate(Candidate),
+    Master(Master),
+}
+
+/// A public view of the replica, for status pages and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub is_master: bool,
+    pub master: Option<NodeId>,
+    pub ballot: Ballot,
+    pub commit: Index,
+    pub last_index: Index,
+    pub first_index: Index,
+    pub membership: Membership,
+    pub lease_remaining: Option<Duration>,
+}
+
+/// One replica of the Multi-Paxos log.
+#[derive(Debug)]
+pub struct Replica {
+    cfg: EngineConfig,
+    rng: SmallRng,
+
+    // acceptor
+    promised: Ballot,
+    log: BTreeMap<Index, LogEntry>,
+    lease: Option<AcceptorLease>,
+
+    // learner
+    /// Every slot `<= commit` is chosen and known here (or compacted).
+    commit: Index,
+    /// Last index handed out in `Ready::committed`.
+    emitted: Index,
+    /// Log slots `<= snapshot_index` were compacted into a snapshot.
+    snapshot_index: Index,
+    catchup_sent: Option<Duration>,
+
+    // membership: the latest configuration in the log rules
+    base_membership: Membership,
+    configs: BTreeMap<Index, Membership>,
+
+    // proposer
+    state: State,
+    highest_round: u64,
+    known_master: Option<NodeId>,
+    last_heard: Duration,
+    election_deadline: Duration,
+
+    ready: Ready,
+}
+
+impl Replica {
+    /// Builds a replica from what survived on disk. `initial` is the bootstrap
+    /// configuration, used only when neither the snapshot nor the log holds one
+    /// (a brand-new node of a brand-new cluster; a joining node passes an empty
+    /// one and learns its configuration from the master).
+    pub fn new(
+        cfg: EngineConfig,
+        recovered: Recovered,
+        initial: Membership,
+        now: Duration,
+    ) -> Self {
+        let rng = SmallRng::seed_from_u64(cfg.seed);
+        let (snapshot_index, base_membership) = match recovered.snapshot {
+            Some(SnapshotMeta { index, membership }) => (index, membership),
+            None => (0, initial),
+        };
+        let commit = recovered.commit.max(snapshot_index);
+        let log: BTreeMap<Index, LogEntry> = recovered
+            .entries
+            .into_iter()
+            .filter(|(i, _)| *i > snapshot_index)
+            .map(|(i, mut e)| {
+                e.chosen |= i <= commit;
+                (i, e)
+            })
+            .collect();
+        let configs = log
+            .iter()
+            .filter_map(|(i, e)| match &e.value {
+                Value::Config(m) => Some((*i, m.clone())),
+                _ => None,
+            })
+            .collect();
+        // A restarted acceptor may have accepted a lease it no longer
+        // remembers the timing of: honour an unknown holder for a full lease.
+        let lease_len = log
+            .values()
+            .filter_map(|e| match e.value {
+                Value::Lease { duration_ms, .. } => Some(Duration::from_millis(duration_ms)),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(Duration::ZERO)
+            .max(cfg.lease);
+        let mut r = Replica {
+            highest_round: recovered.promised.round,
+            promised: recovered.promised,
+            log,
+            lease: Some(AcceptorLease {
+                holder: 0,
+                until: now + lease_len,
+            }),
+            commit,
+            emitted: snapshot_index,
+            snapshot_index,
+            catchup_sent: None,
+            base_membership,
+            configs,
+            state: State::Follower,
+            known_master: None,
+            last_heard: now,
+            election_deadline: now,
+            ready: Ready::default(),
+            rng,
+            cfg,
+        };
+        r.reset_election_timer(now);
+        r.advance_commit();
+        r
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The configuration in force: the latest one in the log, chosen or not.
+    pub fn membership(&self) -> &Membership {
+        self.configs
+            .values()
+            .next_back()
+            .unwrap_or(&self.base_membership)
+    }
+
+    pub fn commit_index(&self) -> Index {
+        self.commit
+    }
+
+    pub fn is_master(&self) -> bool {
+        matches!(self.state, State::Master(_))
+    }
+
+    /// The node this replica believes is master, if any.
+    pub fn master_hint(&self) -> Option<NodeId> {
+        if self.is_master() {
+            Some(self.cfg.id)
+        } else {
+            self.known_master
+        }
+    }
+
+    /// True while this node is master and its own lease is valid. Two nodes
+    /// never both answer true at the same real time (see [`super::lease`]).
+    pub fn lease_valid(&self, now: Duration) -> bool {
+        match &self.state {
+            State::Master(m) => m.lease_until.is_some_and(|u| now < u),
+            _ => false,
+        }
+    }
+
+    pub fn status(&self, now: Duration) -> Status {
+        let (ballot, lease_remaining) = match &self.state {
+            State::Master(m) => (
+                m.ballot,
+                m.lease_until
+                    .and_then(|u| u.checked_sub(now))
+                    .filter(|d| !d.is_zero()),
+            ),
+            State::Candidate(c) => (c.ballot, None),
+            State::Follower => (self.promised, None),
+        };
+        Status {
+            id: self.cfg.id,
+            is_master: self.is_master(),
+            master: self.master_hint(),
+            ballot,
+            commit: self.commit,
+            last_index: self.last_index(),
+            first_index: self.snapshot_index + 1,
+            membership: self.membership().clone(),
+            lease_remaining,
+        }
+    }
+
+    /// Hands out everything the caller must now persist, send and apply.
+    pub fn take_ready(&mut self) -> Ready {
+        std::mem::take(&mut self.ready)
+    }
+
+    fn last_index(&self) -> Index {
+        self.log
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(self.snapshot_index)
+            .max(self.snapshot_index)
+    }
+
+    fn send(&mut self, to: NodeId, msg: Message) {
+        self.ready.messages.push(Envelope {
+            from: self.cfg.id,
+            to,
+            msg,
+        });
+    }
+
+    fn peers(&self) -> Vec<NodeId> {
+        self.membership()
+            .members
+            .keys()
+            .copied()
+            .filter(|id| *id != self.cfg.id)
+            .collect()
+    }
+
+    fn reset_election_timer(&mut self, now: Duration) {
+        let base = self.cfg.election_timeout;
+        let jitter = self.rng.random_range(0..base.as_micros().max(1) as u64);
+        self.election_deadline = now + base + Duration::from_micros(jitter);
+    }
+
+    // ---------------------------------------------------------------- log
+
+    /// Writes a slot (durably, through `persist`) and keeps the config index.
+    fn write_slot(&mut self, index: Index, entry: LogEntry) {
+        if index <= self.snapshot_index {
+            return;
+        }
+        match &entry.value {
+            Value::Config(m) => {
+                self.configs.insert(index, m.clone());
+            }
+            _ => {
+                self.configs.remove(&index);
+            }
+        }
+        self.ready
+            .persist
+            .push(Persist::Entry(index, entry.clone()));
+        self.log.insert(index, entry);
+    }
+
+    /// Records that `value` is chosen at `index`.
+    fn learn(&mut self, index: Index, value: Value) {
+        if index <= self.snapshot_index || index <= self.commit {
+            if let Some(e) = self.log.get(&index) {
+                invariant!(
+                    e.value == value,
+                    "instance {index} was chosen as {:?} but is now learned as {:?}",
+                    e.value,
+                    value
+                );
+            }
+            return;
+        }
+        match self.log.get_mut(&index) {
+            Some(e) if e.chosen => {
+                invariant!(
+                    e.value == value,
+                    "instance {index} was chosen as {:?} but is now learned as {:?}",
+                    e.value,
+                    value
+                );
+            }
+            Some(e) if e.value == value => {
+                // Same value already held: the flag needs no fsync, the
+                // commit record covers it once the prefix is contiguous.
+                e.chosen = true;
+            }
+            _ => {
+                let ballot = self.log.get(&index).map(|e| e.ballot).unwrap_or_default();
+                self.write_slot(
+                    index,
+                    LogEntry {
+                        ballot,
+                        value,
+                        chosen: true,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Moves `commit` over every contiguous chosen slot and emits them.
+    fn advance_commit(&mut self) {
+        let before = self.commit;
+        while let Some(e) = self.log.get(&(self.commit + 1)) {
+            if !e.chosen {
+                break;
+            }
+            self.commit += 1;
+        }
+        if self.commit > before {
+            self.ready.persist.push(Persist::Commit(self.commit));
+        }
+        while self.emitted < self.commit {
+            let i = self.emitted + 1;
+            let Some(e) = self.log.get(&i) else {
+                break;
+            };
+            self.ready.committed.push((i, e.value.clone()));
+            self.emitted = i;
+        }
+        // Stepping down once removed from the voters keeps a removed master
+        // from blocking the new configuration with its lease.
+        let removed = !self.membership().is_voter(self.cfg.id);
+        if removed
+            && self.is_master()
+            && let State::Master(m) = &self.state
+        {
+            let committed_removal = self
+                .configs
+                .keys()
+                .next_back()
+                .is_some_and(|ci| *ci <= self.commit);
+            if committed_removal && m.inflight.is_empty() {
+                self.step_down(None);
+            }
+        }
+    }
+
+    // ----------------------------------------------------------- inputs
+
+    /// Feeds one message from a peer.
+    pub fn step(&mut self, now: Duration, from: NodeId, msg: Message) {
+        match msg {
+            Message::Prepare { ballot, from_index } => {
+                self.on_prepare(now, from, ballot, from_index)
+            }
+            Message::Promise {
+                ballot,
+                entries,
+                commit,
+            } => self.on_promise(now, from, ballot, entries, commit),
+            Message::Reject {
+                ballot,
+                promised,
+                reason,
+            } => self.on_reject(now, from, ballot, promised, reason),
+            Message::Accept {
+                ballot,
+                entries,
+                commit,
+            } => self.on_accept(now, from, ballot, entries, commit),
+            Message::Accepted {
+                ballot,
+                indexes,
+                commit,
+            } => self.on_accepted(now, from, ballot, indexes, commit),
+            Message::Heartbeat { ballot, commit } => self.on_heartbeat(now, from, ballot, commit),
+            Message::HeartbeatAck { ballot, commit } => {
+                if let State::Master(m) = &mut self.state
+                    && m.ballot == ballot
+                {
+                    m.peer_commit.insert(from, commit);
+                }
+            }
+            Message::CatchupRequest { from_index } => self.on_catchup_request(from, from_index),
+            Message::Catchup { entries, commit } => self.on_catchup(now, from, entries, commit),
+        }
+    }
+
+    /// Advances timers: elections, retransmissions, heartbeats, lease renewal.
+    pub fn tick(&mut self, now: Duration) {
+        match &self.state {
+            State::Follower => {
+                if now >= self.election_deadline && self.may_campaign(now) {
+                    self.campaign(now);
+                }
+            }
+            State::Candidate(c) => {
+                if now >= c.started + self.cfg.election_timeout * 2 {
+                    // Split vote or lost messages: back off and try again later.
+                    self.state = State::Follower;
+                    self.reset_election_timer(now);
+                } else if now >= c.last_sent + self.cfg.retry {
+                    let (ballot, from_index) = (c.ballot, c.from_index);
+                    let missing: Vec<NodeId> = self
+                        .membership()
+                        .voters()
+                        .filter(|v| *v != self.cfg.id && !c.promises.contains_key(v))
+                        .collect();
+                    for p in missing {
+                        self.send(p, Message::Prepare { ballot, from_index });
+                    }
+                    if let State::Candidate(c) = &mut self.state {
+                        c.last_sent = now;
+                    }
+                }
+            }
+            State::Master(_) => self.master_tick(now),
+        }
+    }
+
+    fn may_campaign(&self, now: Duration) -> bool {
+        if !self.membership().is_voter(self.cfg.id) {
+            return false;
+        }
+        // Our own acceptor would refuse us while it honours another's lease.
+        !matches!(self.lease, Some(l) if now < l.until && l.holder != self.cfg.id)
+    }
+
+    // ---------------------------------------------------------- acceptor
+
+    fn lease_blocks(&self, now: Duration, proposer: NodeId) -> Option<NodeId> {
+        match self.lease {
+            Some(l) if now < l.until && l.holder != proposer => Some(l.holder),
+            _ => None,
+        }
+    }
+
+    fn reject(&mut self, to: NodeId, ballot: Ballot, reason: RejectReason) {
+        let promised = self.promised;
+        self.send(
+            to,
+            Message::Reject {
+                ballot,
+                promised,
+                reason,
+            },
+        );
+    }
+
+    fn on_prepare(&mut self, now: Duration, from: NodeId, ballot: Ballot, from_index: Index) {
+        self.highest_round = self.highest_round.max(ballot.round);
+        if ballot < self.promised {
+            return self.reject(from, ballot, RejectReason::Outdated);
+        }
+        if let Some(holder) = self.lease_blocks(now, ballot.node) {
+            return self.reject(from, ballot, RejectReason::Lease { holder });
+        }
+        if from_index <= self.snapshot_index || self.commit >= from_index + self.cfg.max_promise_lag
+        {
+            let commit = self.commit;
+            return self.reject(from, ballot, RejectReason::Behind { commit });
+        }
+        if ballot > self.promised {
+            self.promised = ballot;
+            self.ready.persist.push(Persist::Promise(ballot));
+            if from != self.cfg.id {
+                self.yield_to(now, ballot);
+            }
+        }
+        let entries: Vec<(Index, LogEntry)> = self
+            .log
+            .range(from_index..)
+            .map(|(i, e)| {
+                let mut e = e.clone();
+                e.chosen |= *i <= self.commit;
+                (*i, e)
+            })
+            .collect();
+        let commit = self.commit;
+        if from == self.cfg.id {
+            self.on_promise(now, from, ballot, entries, commit);
+        } else {
+            self.send(
+                from,
+                Message::Promise {
+                    ballot,
+                    entries,
+                    commit,
+                },
+            );
+        }
+    }
+
+    /// A higher ballot was promised to someone else: stop proposing.
+    fn yield_to(&mut self, now: Duration, ballot: Ballot) {
+        let mine = match &self.state {
+            State::Master(m) => Some(m.ballot),
+            State::Candidate(c) => Some(c.ballot),
+            State::Follower => None,
+        };
+        if mine.is_some_and(|b| b < ballot) {
+            self.step_down(Some(ballot.node));
+            self.reset_election_timer(now);
+        }
+    }
+
+    fn on_accept(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        ballot: Ballot,
+        entries: Vec<(Index, Value)>,
+        commit: Index,
+    ) {
+        self.highest_round = self.highest_round.max(ballot.round);
+        if ballot < self.promised {
+            return self.reject(from, ballot, RejectReason::Outdated);
+        }
+        if ballot > self.promised {
+            if let Some(holder) = self.lease_blocks(now, ballot.node) {
+                return self.reject(from, ballot, RejectReason::Lease { holder });
+            }
+            self.promised = ballot;
+            self.ready.persist.push(Persist::Promise(ballot));
+            if from != self.cfg.id {
+                self.yield_to(now, ballot);
+            }
+        }
+        if from != self.cfg.id {
+            self.heard_from_master(now, ballot.node);
+        }
+        let mut indexes = Vec::with_capacity(entries.len());
+        let mut stale = false;
+        for (index, value) in entries {
+            if index <= self.snapshot_index {
+                // Compacted, hence chosen: acknowledging a different value
+                // would help choose it twice, so only say the proposer is behind.
+                stale = true;
+                continue;
+            }
+            if let Some(e) = self.log.get(&index)
+                && (e.chosen || index <= self.commit)
+                && e.value != value
+            {
+                // A stale master (its ballot is below the one that chose
+                // this slot) re-proposing an old value.
+                stale = true;
+                continue;
+            }
+            if let Value::Lease {
+                holder,
+                duration_ms,
+            } = value
+            {
+                // Timed from acceptance: the master started its clock before
+                // sending, so its view of the lease ends first.
+                self.lease = Some(AcceptorLease {
+                    holder,
+                    until: now + Duration::from_millis(duration_ms),
+                });
+            }
+            match self.log.get(&index) {
+                Some(e) if e.chosen || (e.ballot == ballot && e.value == value) => {}
+                _ => self.write_slot(
+                    index,
+                    LogEntry {
+                        ballot,
+                        value,
+                        chosen: false,
+                    },
+                ),
+            }
+            indexes.push(index);
+        }
+        let my_commit = self.commit;
+        if stale {
+            self.reject(from, ballot, RejectReason::Behind { commit: my_commit });
+        }
+        if from != self.cfg.id {
+            self.send(
+                from,
+                Message::Accepted {
+                    ballot,
+                    indexes,
+                    commit: my_commit,
+                },
+            );
+            self.learn_commit(now, from, ballot, commit);
+        }
+    }
+
+    fn heard_from_master(&mut self, now: Duration, master: NodeId) {
+        self.known_master = Some(master);
+        self.last_heard = now;
+        if !self.is_master() {
+            self.reset_election_timer(now);
+        }
+    }
+
+    /// The master at `ballot` says every slot up to `commit` is chosen.
+    fn learn_commit(&mut self, now: Duration, from: NodeId, ballot: Ballot, commit: Index) {
+        if commit <= self.commit {
+            return;
+        }
+        let mut gap = false;
+        for i in self.commit + 1..=commit {
+            match self.log.get_mut(&i) {
+                Some(e) if e.chosen => {}
+                Some(e) if e.ballot == ballot => e.chosen = true,
+                _ => gap = true,
+            }
+        }
+        self.advance_commit();
+        if gap || self.commit < commit {
+            self.request_catchup(now, from);
+        }
+    }
+
+    fn request_catchup(&mut self, now: Duration, from: NodeId) {
+        if self.catchup_sent.is_some_and(|t| now < t + self.cfg.retry) {
+            return;
+        }
+        self.catchup_sent = Some(now);
+        let from_index = self.commit + 1;
+        self.send(from, Message::CatchupRequest { from_index });
+    }
+
+    fn on_heartbeat(&mut self, now: Duration, from: NodeId, ballot: Ballot, commit: Index) {
+        if ballot < self.promised {
+            return self.reject(from, ballot, RejectReason::Outdated);
+        }
+        self.heard_from_master(now, ballot.node);
+        self.learn_commit(now, from, ballot, commit);
+        let my_commit = self.commit;
+        self.send(
+            from,
+            Message::HeartbeatAck {
+                ballot,
+                commit: my_commit,
+            },
+        );
+    }
+
+    fn on_catchup_request(&mut self, from: NodeId, from_index: Index) {
+        if from_index <= self.snapshot_index {
+            if !self.ready.send_snapshot.contains(&from) {
+                self.ready.send_snapshot.push(from);
+            }
+            return;
+        }
+        let end = self.commit.min(from_index + self.cfg.catchup_batch as u64);
+        let entries: Vec<(Index, Value)> = self
+            .log
+            .range(from_index..=end.max(from_index))
+            .filter(|(i, _)| **i <= end)
+            .map(|(i, e)| (*i, e.value.clone()))
+            .collect();
+        let commit = self.commit;
+        if !entries.is_empty() || commit >= from_index {
+            self.send(from, Message::Catchup { entries, commit });
+        }
+    }
+
+    fn on_catchup(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        entries: Vec<(Index, Value)>,
+        commit: Index,
+    ) {
+        self.catchup_sent = None;
+        let mut last = self.commit;
+        for (i, v) in entries {
+            if i <= commit {
+                self.learn(i, v);
+                last = last.max(i);
+            }
+        }
+        self.advance_commit();
+        if self.commit < commit {
+            let _ = last;
+            self.request_catchup(now, from);
+        }
+    }
+
+    /// The caller installed a snapshot taken at `meta.index` (state machine and
+    /// storage). The log below it is gone; the configuration comes with it.
+    pub fn snapshot_installed(&mut self, meta: SnapshotMeta) {
+        if meta.index <= self.snapshot_index {
+            return;
+        }
+        self.snapshot_index = meta.index;
+        self.log = self.log.split_off(&(meta.index + 1));
+        self.configs = self.configs.split_off(&(meta.index + 1));
+        self.base_membership = meta.membership;
+        self.commit = self.commit.max(meta.index);
+        self.emitted = self.emitted.max(meta.index);
+        self.catchup_sent = None;
+        self.advance_commit();
+    }
+
+    /// The caller saved a snapshot of its applied state at `meta.index`; the
+    /// log up to there may go.
+    pub fn compacted(&mut self, meta: SnapshotMeta) {
+        invariant!(
+            meta.index <= self.emitted,
+            "compaction to {} beyond applied {}",
+            meta.index,
+            self.emitted
+        );
+        if meta.index <= self.snapshot_index {
+            return;
+        }
+        self.snapshot_index = meta.index;
+        self.log = self.log.split_off(&(meta.index + 1));
+        self.configs = self.configs.split_off(&(meta.index + 1));
+        self.base_membership = meta.membership;
+    }
+
+    /// The configuration in force right after `index` is applied, for the
+    /// caller's snapshot metadata.
+    pub fn membership_at(&self, index: Index) -> Membership {
+        self.configs
+            .range(..=index)
+            .next_back()
+            .map(|(_, m)| m.clone())
+            .unwrap_or_else(|| self.base_membership.clone())
+    }
+
+    // ---------------------------------------------------------- proposer
+
+    fn campaign(&mut self, now: Duration) {
+        let ballot = Ballot::new(self.highest_round.max(self.promised.round) + 1, self.cfg.id);
+        self.highest_round = ballot.round;
+        let from_index = self.commit + 1;
+        self.state = State::Candidate(Candidate {
+            ballot,
+            from_index,
+            promises: BTreeMap::new(),
+            started: now,
+            last_sent: now,
+        });
+        self.known_master = None;
+        for p in self
+            .membership()
+            .voters()
+            .filter(|v| *v != self.cfg.id)
+            .collect::<Vec<_>>()
+        {
+            self.send(p, Message::Prepare { ballot, from_index });
+        }
+        self.on_prepare(now, self.cfg.id, ballot, from_index);
+    }
+
+    fn on_promise(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        ballot: Ballot,
+        entries: Vec<(Index, LogEntry)>,
+        commit: Index,
+    ) {
+        let _ = commit;
+        let mut membership = self.membership().clone();
+        let mut newest = self.configs.keys().next_back().copied().unwrap_or(0);
+        let State::Candidate(c) = &mut self.state else {
+            return;
+        };
+        if c.ballot != ballot {
+            return;
+        }
+        c.promises.insert(from, entries);
+        // Quorum in the newest configuration seen anywhere in the promises:
+        // configurations change one voter at a time, so that one's quorums
+        // meet every quorum that could have chosen anything.
+        for entries in c.promises.values() {
+            for (i, e) in entries {
+                if let Value::Config(m) = &e.value
+                    && *i > newest
+                {
+                    newest = *i;
+                    membership = m.clone();
+                }
+            }
+        }
+        let votes = c
+            .promises
+            .keys()
+            .filter(|id| membership.is_voter(**id))
+            .count();
+        if votes >= membership.quorum() && membership.is_voter(self.cfg.id) {
+            self.become_master(now);
+        }
+    }
+
+    fn on_reject(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        ballot: Ballot,
+        promised: Ballot,
+        reason: RejectReason,
+    ) {
+        self.highest_round = self.highest_round.max(promised.round);
+        let mine = match &self.state {
+            State::Master(m) => m.ballot,
+            State::Candidate(c) => c.ballot,
+            State::Follower => return,
+        };
+        if mine != ballot {
+            return;
+        }
+        match reason {
+            RejectReason::Outdated if promised > mine => {
+                self.step_down(Some(promised.node));
+                self.reset_election_timer(now);
+            }
+            RejectReason::Behind { .. } => {
+                self.step_down(None);
+                self.reset_election_timer(now);
+                self.request_catchup(now, from);
+            }
+            // A lease elsewhere only delays us; the election timer retries.
+            _ => {}
+        }
+    }
+
+    fn step_down(&mut self, hint: Option<NodeId>) {
+        let old = std::mem::replace(&mut self.state, State::Follower);
+        if let State::Master(m) = old {
+            self.ready.rejected.extend(m.queue);
+        }
+        self.known_master = hint;
+    }
+
+    fn become_master(&mut self, now: Duration) {
+        let State::Candidate(c) = std::mem::replace(&mut self.state, State::Follower) else {
+            return;
+        };
+        let ballot = c.ballot;
+        // Merge promises: a chosen value wins; otherwise the highest ballot.
+        let mut merged: BTreeMap<Index, LogEntry> = BTreeMap::new();
+        for entries in c.promises.into_values() {
+            for (i, e) in entries {
+                if i <= self.commit {
+                    continue;
+                }
+                match merged.get(&i) {
+                    Some(m) if m.chosen => {
+                        if e.chosen {
+                            invariant!(
+                                m.value == e.value,
+                                "two chosen values for instance {i}: {:?} and {:?}",
+                                m.value,
+                                e.value
+                            );
+                        }
+                    }
+                    Some(m) if !e.chosen && m.ballot >= e.ballot => {}
+                    _ => {
+                        merged.insert(i, e);
+                    }
+                }
+            }
+        }
+        let last = merged
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(self.commit)
+            .max(self.commit);
+        let barrier = last + 1;
+        self.known_master = Some(self.cfg.id);
+        self.state = State::Master(Master {
+            ballot,
+            barrier,
+            next_index: self.commit + 1,
+            inflight: BTreeMap::new(),
+            queue: VecDeque::new(),
+            lease_starts: BTreeMap::new(),
+            lease_until: None,
+            last_lease_start: now,
+            last_heartbeat: now,
+            peer_commit: BTreeMap::new(),
+        });
+        let mut values: Vec<(Index, Value)> = Vec::new();
+        for i in c.from_index.max(self.commit + 1)..=last {
+            let v = match merged.remove(&i) {
+                Some(e) if e.chosen => {
+                    self.learn(i, e.value);
+                    continue;
+                }
+                Some(e) => e.value,
+                None => Value::Noop,
+            };
+            values.push((i, v));
+        }
+        self.advance_commit();
+        if let State::Master(m) = &mut self.state {
+            m.lease_starts.insert(barrier, now);
+            m.last_lease_start = now;
+            m.next_index = barrier + 1;
+        }
+        values.push((
+            barrier,
+            Value::Lease {
+                holder: self.cfg.id,
+                duration_ms: self.cfg.lease.as_millis() as u64,
+            },
+        ));
+        self.propose_values(now, values);
+        self.pump(now);
+    }
+
+    /// Accepts `values` locally at the master's ballot and sends them out.
+    fn propose_values(&mut self, now: Duration, values: Vec<(Index, Value)>) {
+        let State::Master(m) = &mut self.state else {
+            return;
+        };
+        let ballot = m.ballot;
+        for (i, v) in &values {
+            m.inflight.insert(
+                *i,
+                Inflight {
+                    value: v.clone(),
+                    acks: BTreeSet::new(),
+                    sent_at: now,
+                },
+            );
+        }
+        let commit = self.commit;
+        for p in self.peers() {
+            self.send(
+                p,
+                Message::Accept {
+                    ballot,
+                    entries: values.clone(),
+                    commit,
+                },
+            );
+        }
+        let me = self.cfg.id;
+        let indexes: Vec<Index> = values.iter().map(|(i, _)| *i).collect();
+        self.on_accept(now, me, ballot, values, commit);
+        self.on_accepted(now, me, ballot, indexes, commit);
+    }
+
+    fn on_accepted(
+        &mut self,
+        now: Duration,
+        from: NodeId,
+        ballot: Ballot,
+        indexes: Vec<Index>,
+        commit: Index,
+    ) {
+        let membership = self.membership().clone();
+        let quorum = membership.quorum();
+        let State::Master(m) = &mut self.state else {
+            return;
+        };
+        if m.ballot != ballot {
+            return;
+        }
+        if from != self.cfg.id {
+            let c = m.peer_commit.entry(from).or_default();
+            *c = (*c).max(commit);
+        }
+        let mut chosen = Vec::new();
+        for i in indexes {
+            if let Some(f) = m.inflight.get_mut(&i) {
+                f.acks.insert(from);
+                let votes = f.acks.iter().filter(|id| membership.is_voter(**id)).count();
+                if votes >= quorum
+                    && let Some(f) = m.inflight.remove(&i)
+                {
+                    chosen.push((i, f.value));
+                }
+            }
+        }
+        if chosen.is_empty() {
+            return;
+        }
+        for (i, v) in chosen {
+            if let (Value::Lease { holder, .. }, State::Master(m)) = (&v, &mut self.state)
+                && *holder == self.cfg.id
+                && let Some(start) = m.lease_starts.remove(&i)
+            {
+                let until = start + self.cfg.master_lease();
+                m.lease_until = Some(m.lease_until.map_or(until, |u| u.max(until)));
+            }
+            self.learn(i, v);
+        }
+        self.advance_commit();
+        self.pump(now);
+    }
+
+    fn master_tick(&mut self, now: Duration) {
+        let lease_len = self.cfg.master_lease();
+        let retry = self.cfg.retry;
+        let heartbeat = self.cfg.heartbeat;
+        let State::Master(m) = &mut self.state else {
+            return;
+        };
+        // Renew well before expiry: a third of the way in.
+        let renew = now >= m.last_lease_start + lease_len / 3 && m.lease_starts.is_empty();
+        let mut resend: Vec<(Index, Value)> = Vec::new();
+        for (i, f) in m.inflight.iter_mut() {
+            if now >= f.sent_at + retry {
+                f.sent_at = now;
+                resend.push((*i, f.value.clone()));
+            }
+        }
+        let send_heartbeat = now >= m.last_heartbeat + heartbeat;
+        if send_heartbeat {
+            m.last_heartbeat = now;
+        }
+        let ballot = m.ballot;
+        let commit = self.commit;
+        if !resend.is_empty() {
+            for p in self.peers() {
+                let entries: Vec<(Index, Value)> = match &self.state {
+                    State::Master(m) => resend
+                        .iter()
+                        .filter(|(i, _)| m.inflight.get(i).is_some_and(|f| !f.acks.contains(&p)))
+                        .cloned()
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if !entries.is_empty() {
+                    self.send(
+                        p,
+                        Message::Accept {
+                            ballot,
+                            entries,
+                            commit,
+                        },
+                    );
+                }
+            }
+        }
+        if send_heartbeat {
+            for p in self.peers() {
+                self.send(p, Message::Heartbeat { ballot, commit });
+            }
+        }
+        if renew {
+            self.propose_lease(now);
+        }
+        self.pump(now);
+    }
+
+    fn propose_lease(&mut self, now: Duration) {
+        let duration_ms = self.cfg.lease.as_millis() as u64;
+        let me = self.cfg.id;
+        let State::Master(m) = &mut self.state else {
+            return;
+        };
+        let index = m.next_index;
+        m.next_index += 1;
+        m.lease_starts.insert(index, now);
+        m.last_lease_start = now;
+        self.propose_values(
+            now,
+            vec![(
+                index,
+                Value::Lease {
+                    holder: me,
+                    duration_ms,
+                },
+            )],
+        );
+    }
+
+    /// Packs queued commands into new instances while the window has room.
+    fn pump(&mut self, now: Duration) {
+        let window = self.cfg.window;
+        let max_bytes = self.cfg.max_batch_bytes;
+        let max_cmds = self.cfg.max_batch_commands;
+        let commit = self.commit;
+        let State::Master(m) = &mut self.state else {
+            return;
+        };
+        let mut values = Vec::new();
+        while !m.queue.is_empty() && m.next_index <= commit + window {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while let Some(c) = m.queue.front() {
+                let size = c.size_hint();
+                if !batch.is_empty() && (bytes + size > max_bytes || batch.len() >= max_cmds) {
+                    break;
+                }
+                bytes += size;
+                if let Some(c) = m.queue.pop_front() {
+                    batch.push(c);
+                }
+            }
+            values.push((m.next_index, Value::Batch(batch)));
+            m.next_index += 1;
+        }
+        if !values.is_empty() {
+            self.propose_values(now, values);
+        }
+    }
+
+    /// Queues a client command. It is answered when it is applied; if this
+    /// node stops being master before proposing it, it comes back in
+    /// [`Ready::rejected`].
+    pub fn propose(&mut self, now: Duration, cmd: Command) -> Result<(), ProposeError> {
+        let max_queue = self.cfg.max_queue;
+        let hint = self.known_master;
+        let State::Master(m) = &mut self.state else {
+            return Err(ProposeError::NotMaster { hint });
+        };
+        if m.queue.len() >= max_queue {
+            return Err(ProposeError::Busy(max_queue));
+        }
+        m.queue.push_back(cmd);
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Proposes one membership change. Returns the instance it will occupy;
+    /// the change is in force once that instance is committed.
+    pub fn propose_change(
+        &mut self,
+        now: Duration,
+        change: ConfChange,
+    ) -> Result<Index, ProposeError> {
+        let hint = self.known_master;
+        let commit = self.commit;
+        let newest_config = self.configs.keys().next_back().copied().unwrap_or(0);
+        let State::Master(m) = &self.state else {
+            return Err(ProposeError::NotMaster { hint });
+        };
+        // One change at a time, and only once every instance up to the last
+        // change (and this master's own barrier) is chosen: then at most two
+        // adjacent configurations are ever in use. See `super::membership`.
+        if commit < newest_config || commit < m.barrier {
+            return Err(ProposeError::ChangeInProgress);
+        }
+        let next = super::membership::apply_change(self.membership(), &change)
+            .map_err(ProposeError::InvalidChange)?;
+        let State::Master(m) = &mut self.state else {
+            return Err(ProposeError::NotMaster { hint });
+        };
+        let index = m.next_index;
+        m.next_index += 1;
+        self.propose_values(now, vec![(index, Value::Config(next))]);
+        Ok(index)
+    }
+
+    /// A linearizable read may be served once the state machine has applied
+    /// up to the returned index. Only a master holding a valid lease, whose
+    /// barrier is committed, can promise that no newer write exists elsewhere.
+    pub fn read_index(&self, now: Duration) -> Result<Index, ReadError> {
+        match &self.state {
+            State::Master(m) => {
+                if self.commit >= m.barrier && m.lease_until.is_some_and(|u| now < u) {
+                    Ok(self.commit)
+                } else {
+                    Err(ReadError::NoLease)
+                }
+            }
+            _ => Err(ReadError::NotMaster {
+                hint: self.known_master,
+            }),
+        }
+    }
+
+    /// Members the master would send to, with their last reported commit.
+    pub fn peer_progress(&self) -> BTreeMap<NodeId, Index> {
+        match &self.state {
+            State::Master(m) => m.peer_commit.clone(),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// Adds a member record (used by bootstrap helpers and tests).
+    pub fn member(name: &str, addr: &str, role: Role) -> Member {
+        Member {
+            name: name.to_string(),
+            addr: addr.to_string(),
+            role,
+        }
+    }
+}

@@ -1,0 +1,739 @@
+//! Unit tests of the engine's roles, driven by hand in one thread: a tiny
+//! network of replicas whose messages the test delivers, drops or inspects.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use super::*;
+use crate::kv::Op;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn membership(ids: &[NodeId]) -> Membership {
+    let mut m = Membership::default();
+    for id in ids {
+        m.members.insert(
+            *id,
+            Member {
+                name: format!("n{id}"),
+                addr: String::new(),
+                role: Role::Voter,
+            },
+        );
+    }
+    m
+}
+
+fn config(id: NodeId) -> EngineConfig {
+    let mut c = EngineConfig::new(id);
+    c.lease = Duration::from_millis(1000);
+    c.election_timeout = Duration::from_millis(100);
+    c.heartbeat = Duration::from_millis(50);
+    c.retry = Duration::from_millis(40);
+    c.window = 4;
+    c.max_batch_commands = 100;
+    c
+}
+
+fn put(seq: u64, key: &str) -> Command {
+    Command {
+        id: RequestId { client: 1, seq },
+        op: Op::Put {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            expect: None,
+        },
+    }
+}
+
+/// A hand-driven cluster: messages wait in `wire` until delivered.
+struct Net {
+    nodes: BTreeMap<NodeId, Replica>,
+    wire: VecDeque<Envelope>,
+    persisted: BTreeMap<NodeId, Vec<Persist>>,
+    committed: BTreeMap<NodeId, Vec<(Index, Value)>>,
+    now: Duration,
+}
+
+impl Net {
+    fn new(ids: &[NodeId]) -> Net {
+        let m = membership(ids);
+        let nodes = ids
+            .iter()
+            .map(|id| {
+                (
+                    *id,
+                    Replica::new(config(*id), Recovered::default(), m.clone(), Duration::ZERO),
+                )
+            })
+            .collect();
+        Net {
+            nodes,
+            wire: VecDeque::new(),
+            persisted: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            now: Duration::ZERO,
+        }
+    }
+
+    fn drain(&mut self, id: NodeId) {
+        let Some(r) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let ready = r.take_ready();
+        self.persisted.entry(id).or_default().extend(ready.persist);
+        self.committed
+            .entry(id)
+            .or_default()
+            .extend(ready.committed);
+        self.wire.extend(ready.messages);
+    }
+
+    fn drain_all(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.drain(id);
+        }
+    }
+
+    /// Delivers everything on the wire (and what that produces) except
+    /// messages to or from nodes in `cut`.
+    fn settle(&mut self, cut: &[NodeId]) {
+        self.drain_all();
+        let mut budget = 10_000;
+        while let Some(env) = self.wire.pop_front() {
+            budget -= 1;
+            assert!(budget > 0, "message storm");
+            if cut.contains(&env.to) || cut.contains(&env.from) {
+                continue;
+            }
+            if let Some(r) = self.nodes.get_mut(&env.to) {
+                r.step(self.now, env.from, env.msg);
+            }
+            self.drain(env.to);
+        }
+    }
+
+    fn advance(&mut self, d: Duration, cut: &[NodeId]) {
+        let steps = (d.as_millis() / 10).max(1);
+        for _ in 0..steps {
+            self.now += 10 * MS;
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                if cut.contains(&id) {
+                    continue;
+                }
+                let now = self.now;
+                if let Some(r) = self.nodes.get_mut(&id) {
+                    r.tick(now);
+                }
+            }
+            self.settle(cut);
+        }
+    }
+
+    fn master(&self) -> Option<NodeId> {
+        self.nodes.values().find(|r| r.is_master()).map(|r| r.id())
+    }
+
+    fn elect(&mut self, id: NodeId) {
+        let now = self.now + Duration::from_secs(5);
+        self.now = now;
+        if let Some(r) = self.nodes.get_mut(&id) {
+            r.tick(now);
+        }
+        self.settle(&[]);
+        assert_eq!(
+            self.master(),
+            Some(id),
+            "node {id} should have been elected"
+        );
+    }
+
+    fn batches(&self, id: NodeId) -> Vec<Vec<u64>> {
+        self.committed
+            .get(&id)
+            .map(|c| {
+                c.iter()
+                    .filter_map(|(_, v)| match v {
+                        Value::Batch(cmds) => Some(cmds.iter().map(|c| c.id.seq).collect()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+// ------------------------------------------------------------- acceptor
+
+#[test]
+fn acceptor_promises_higher_ballots_and_persists_before_replying() {
+    let mut r = Replica::new(
+        config(2),
+        Recovered::default(),
+        membership(&[1, 2, 3]),
+        Duration::ZERO,
+    );
+    let later = Duration::from_secs(5); // past the start-up lease
+    r.step(
+        later,
+        1,
+        Message::Prepare {
+            ballot: Ballot::new(3, 1),
+            from_index: 1,
+        },
+    );
+    let ready = r.take_ready();
+    assert_eq!(ready.persist, vec![Persist::Promise(Ballot::new(3, 1))]);
+    assert!(
+        matches!(ready.messages[0].msg, Message::Promise { ballot, .. } if ballot == Ballot::new(3, 1))
+    );
+
+    r.step(
+        later,
+        3,
+        Message::Prepare {
+            ballot: Ballot::new(2, 3),
+            from_index: 1,
+        },
+    );
+    let ready = r.take_ready();
+    assert!(
+        ready.persist.is_empty(),
+        "a refused prepare persists nothing"
+    );
+    assert!(matches!(
+        ready.messages[0].msg,
+        Message::Reject { reason: RejectReason::Outdated, promised, .. } if promised == Ballot::new(3, 1)
+    ));
+}
+
+#[test]
+fn acceptor_persists_accepted_values_and_refuses_lower_ballots() {
+    let mut r = Replica::new(
+        config(2),
+        Recovered::default(),
+        membership(&[1, 2, 3]),
+        Duration::ZERO,
+    );
+    let t = Duration::from_secs(5);
+    let b = Ballot::new(4, 1);
+    r.step(
+        t,
+        1,
+        Message::Accept {
+            ballot: b,
+            entries: vec![(1, Value::Noop)],
+            commit: 0,
+        },
+    );
+    let ready = r.take_ready();
+    assert!(ready.persist.contains(&Persist::Promise(b)));
+    assert!(ready.persist.contains(&Persist::Entry(
+        1,
+        LogEntry {
+            ballot: b,
+            value: Value::Noop,
+            chosen: false
+        }
+    )));
+    assert!(
+        matches!(&ready.messages[0].msg, Message::Accepted { indexes, .. } if indexes == &vec![1])
+    );
+
+    r.step(
+        t,
+        3,
+        Message::Accept {
+            ballot: Ballot::new(2, 3),
+            entries: vec![(1, Value::Noop)],
+            commit: 0,
+        },
+    );
+    let ready = r.take_ready();
+    assert!(ready.persist.is_empty());
+    assert!(matches!(
+        ready.messages[0].msg,
+        Message::Reject {
+            reason: RejectReason::Outdated,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn acceptor_holding_a_lease_refuses_other_proposers_until_it_expires() {
+    let mut r = Replica::new(
+        config(2),
+        Recovered::default(),
+        membership(&[1, 2, 3]),
+        Duration::ZERO,
+    );
+    let t = Duration::from_secs(5);
+    let lease = Value::Lease {
+        holder: 1,
+        duration_ms: 1000,
+    };
+    r.step(
+        t,
+        1,
+        Message::Accept {
+            ballot: Ballot::new(1, 1),
+            entries: vec![(1, lease)],
+            commit: 0,
+        },
+    );
+    r.take_ready();
+    // Higher ballot from node 3 during the lease: refused.
+    r.step(
+        t + 500 * MS,
+        3,
+        Message::Prepare {
+            ballot: Ballot::new(9, 3),
+            from_index: 1,
+        },
+    );
+    let ready = r.take_ready();
+    assert!(matches!(
+        ready.messages[0].msg,
+        Message::Reject {
+            reason: RejectReason::Lease { holder: 1 },
+            ..
+        }
+    ));
+    // The holder itself may still re-prepare.
+    r.step(
+        t + 500 * MS,
+        1,
+        Message::Prepare {
+            ballot: Ballot::new(2, 1),
+            from_index: 1,
+        },
+    );
+    assert!(matches!(
+        r.take_ready().messages[0].msg,
+        Message::Promise { .. }
+    ));
+    // After the lease, node 3 gets its promise.
+    r.step(
+        t + 1001 * MS,
+        3,
+        Message::Prepare {
+            ballot: Ballot::new(9, 3),
+            from_index: 1,
+        },
+    );
+    assert!(matches!(
+        r.take_ready().messages[0].msg,
+        Message::Promise { .. }
+    ));
+}
+
+#[test]
+fn restarted_acceptor_refuses_every_proposer_for_a_whole_lease() {
+    let start = Duration::from_secs(100);
+    let mut r = Replica::new(
+        config(2),
+        Recovered::default(),
+        membership(&[1, 2, 3]),
+        start,
+    );
+    r.step(
+        start + 999 * MS,
+        1,
+        Message::Prepare {
+            ballot: Ballot::new(1, 1),
+            from_index: 1,
+        },
+    );
+    assert!(matches!(
+        r.take_ready().messages[0].msg,
+        Message::Reject {
+            reason: RejectReason::Lease { holder: 0 },
+            ..
+        }
+    ));
+    r.step(
+        start + 1001 * MS,
+        1,
+        Message::Prepare {
+            ballot: Ballot::new(1, 1),
+            from_index: 1,
+        },
+    );
+    assert!(matches!(
+        r.take_ready().messages[0].msg,
+        Message::Promise { .. }
+    ));
+}
+
+#[test]
+fn acceptor_refuses_a_candidate_that_is_far_behind() {
+    let mut cfg = config(2);
+    cfg.max_promise_lag = 2;
+    let mut rec = Recovered::default();
+    for i in 1..=5 {
+        rec.entries.insert(
+            i,
+            LogEntry {
+                ballot: Ballot::new(1, 1),
+                value: Value::Noop,
+                chosen: true,
+            },
+        );
+    }
+    rec.commit = 5;
+    let mut r = Replica::new(cfg, rec, membership(&[1, 2, 3]), Duration::ZERO);
+    r.step(
+        Duration::from_secs(5),
+        3,
+        Message::Prepare {
+            ballot: Ballot::new(2, 3),
+            from_index: 1,
+        },
+    );
+    let ready = r.take_ready();
+    assert!(
+        ready.persist.is_empty(),
+        "no promise is made to a lagging candidate"
+    );
+    assert!(matches!(
+        ready.messages[0].msg,
+        Message::Reject {
+            reason: RejectReason::Behind { commit: 5 },
+            ..
+        }
+    ));
+}
+
+// ------------------------------------------------------------- proposer
+
+#[test]
+fn election_chooses_a_lease_and_enables_lease_reads() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    let m = &net.nodes[&1];
+    assert!(m.lease_valid(now));
+    let index = m.read_index(now).expect("lease read");
+    assert!(index >= 1);
+    assert!(matches!(
+        net.nodes[&2].read_index(now),
+        Err(ReadError::NotMaster { hint: Some(1) })
+    ));
+    // The lease value is in everybody's log.
+    for id in [1, 2, 3] {
+        assert!(net.nodes[&id].commit_index() >= 1 || id != 1);
+    }
+}
+
+#[test]
+fn master_lease_ends_before_the_acceptors_lease() {
+    let cfg = config(1);
+    assert!(cfg.master_lease() < cfg.lease);
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let chosen_at = net.now;
+    // Cut the master off: it must stop claiming the lease by its own timer,
+    // strictly before the followers' leases (1000ms) run out.
+    net.advance(Duration::from_millis(990), &[2, 3]);
+    let m = &net.nodes[&1];
+    assert!(!m.lease_valid(chosen_at + cfg.master_lease()));
+    assert!(m.read_index(chosen_at + cfg.master_lease()).is_err());
+}
+
+#[test]
+fn new_master_reproposes_values_accepted_under_an_older_ballot() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    // Node 1 proposes, but only node 2 receives the accept before node 1 dies.
+    let now = net.now;
+    net.nodes.get_mut(&1).map(|r| r.propose(now, put(1, "a")));
+    net.drain(1);
+    let to2: Vec<Envelope> = net.wire.drain(..).filter(|e| e.to == 2).collect();
+    for e in to2 {
+        if let Some(r) = net.nodes.get_mut(&2) {
+            r.step(now, e.from, e.msg)
+        }
+    }
+    net.drain(2);
+    net.wire.clear();
+    net.nodes.remove(&1);
+    // Node 3 takes over after the lease: it must find and re-propose seq 1.
+    net.advance(Duration::from_millis(3000), &[1]);
+    let master = net.master().expect("a new master");
+    assert_ne!(master, 1);
+    assert_eq!(
+        net.batches(3),
+        vec![vec![1]],
+        "the accepted value survives the change of master"
+    );
+}
+
+#[test]
+fn gaps_without_accepted_values_are_filled_with_noops() {
+    let mut r = Replica::new(
+        config(1),
+        Recovered::default(),
+        membership(&[1, 2, 3]),
+        Duration::ZERO,
+    );
+    let t = Duration::from_secs(5);
+    r.tick(t);
+    let ready = r.take_ready();
+    let ballot = ready
+        .messages
+        .iter()
+        .find_map(|m| match m.msg {
+            Message::Prepare { ballot, .. } => Some(ballot),
+            _ => None,
+        })
+        .expect("prepare");
+    // Node 2 promises and reports an accepted value at instance 3 only.
+    let entry = LogEntry {
+        ballot: Ballot::new(0, 2),
+        value: Value::Batch(vec![put(9, "x")]),
+        chosen: false,
+    };
+    r.step(
+        t,
+        2,
+        Message::Promise {
+            ballot,
+            entries: vec![(3, entry)],
+            commit: 0,
+        },
+    );
+    assert!(r.is_master());
+    let ready = r.take_ready();
+    let accept = ready
+        .messages
+        .iter()
+        .find_map(|m| match &m.msg {
+            Message::Accept { entries, .. } => Some(entries.clone()),
+            _ => None,
+        })
+        .expect("accept");
+    assert_eq!(accept[0], (1, Value::Noop));
+    assert_eq!(accept[1], (2, Value::Noop));
+    assert_eq!(accept[2], (3, Value::Batch(vec![put(9, "x")])));
+    assert!(matches!(accept[3], (4, Value::Lease { holder: 1, .. })));
+}
+
+#[test]
+fn higher_ballot_makes_the_master_step_down_and_return_queued_commands() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    let r = net.nodes.get_mut(&1).expect("node 1");
+    // Fill the window so later commands stay queued.
+    for seq in 1..=10 {
+        r.propose(now, put(seq, "k")).expect("queued");
+    }
+    r.take_ready();
+    r.step(
+        now,
+        3,
+        Message::Reject {
+            ballot: Ballot::new(1, 1),
+            promised: Ballot::new(50, 3),
+            reason: RejectReason::Outdated,
+        },
+    );
+    assert!(!r.is_master());
+    let ready = r.take_ready();
+    assert!(
+        !ready.rejected.is_empty(),
+        "unproposed commands come back to the caller"
+    );
+    assert_eq!(
+        r.propose(now, put(11, "k")),
+        Err(ProposeError::NotMaster { hint: Some(3) })
+    );
+}
+
+// -------------------------------------------------- batching and pipelining
+
+#[test]
+fn master_batches_queued_commands_and_bounds_the_window() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    let r = net.nodes.get_mut(&1).expect("node 1");
+    let first = r.status(now).last_index;
+    for seq in 1..=50 {
+        r.propose(now, put(seq, "k")).expect("queued");
+    }
+    // Without any replies, at most `window` instances are in flight.
+    let st = r.status(now);
+    assert!(
+        st.last_index - st.commit <= 4 + 1,
+        "window exceeded: {st:?}"
+    );
+    assert!(st.last_index > first);
+    net.settle(&[]);
+    let batches = net.batches(1);
+    let total: usize = batches.iter().map(Vec::len).sum();
+    assert_eq!(total, 50);
+    assert!(batches.len() < 50, "commands were batched: {batches:?}");
+    // Order is preserved.
+    let flat: Vec<u64> = batches.into_iter().flatten().collect();
+    assert_eq!(flat, (1..=50).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_full_queue_refuses_proposals_as_busy() {
+    let mut cfg = config(1);
+    cfg.max_queue = 3;
+    cfg.window = 1;
+    let mut r = Replica::new(
+        cfg,
+        Recovered::default(),
+        membership(&[1, 2, 3]),
+        Duration::ZERO,
+    );
+    let t = Duration::from_secs(5);
+    r.tick(t);
+    let ballot = r.status(t).ballot;
+    r.step(
+        t,
+        2,
+        Message::Promise {
+            ballot,
+            entries: vec![],
+            commit: 0,
+        },
+    );
+    assert!(r.is_master());
+    r.take_ready();
+    // The lease instance occupies the window; everything else queues.
+    let mut refused = 0;
+    for seq in 1..=10 {
+        if let Err(e) = r.propose(t, put(seq, "k")) {
+            assert_eq!(e, ProposeError::Busy(3));
+            refused += 1;
+        }
+    }
+    assert!(refused > 0);
+}
+
+// -------------------------------------------------------------- learner
+
+#[test]
+fn followers_learn_commits_from_the_master() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    net.nodes.get_mut(&1).map(|r| r.propose(now, put(1, "a")));
+    net.settle(&[]);
+    net.advance(Duration::from_millis(100), &[]);
+    for id in [1, 2, 3] {
+        assert_eq!(net.batches(id), vec![vec![1]], "node {id}");
+    }
+}
+
+#[test]
+fn a_lagging_follower_catches_up_through_the_log() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    for seq in 1..=20 {
+        let now = net.now;
+        net.nodes.get_mut(&1).map(|r| r.propose(now, put(seq, "a")));
+        net.settle(&[3]);
+    }
+    assert!(net.batches(3).is_empty());
+    net.advance(Duration::from_millis(200), &[]);
+    let flat: Vec<u64> = net.batches(3).into_iter().flatten().collect();
+    assert_eq!(flat, (1..=20).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_follower_behind_the_compaction_point_is_sent_a_snapshot() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    for seq in 1..=5 {
+        let now = net.now;
+        net.nodes.get_mut(&1).map(|r| r.propose(now, put(seq, "a")));
+        net.settle(&[3]);
+    }
+    let r = net.nodes.get_mut(&1).expect("master");
+    let index = r.commit_index();
+    r.compacted(SnapshotMeta {
+        index,
+        membership: membership(&[1, 2, 3]),
+    });
+    let now = net.now;
+    r.step(now, 3, Message::CatchupRequest { from_index: 1 });
+    let ready = r.take_ready();
+    assert_eq!(ready.send_snapshot, vec![3]);
+    // Installing it moves the follower past the gap.
+    let f = net.nodes.get_mut(&3).expect("follower");
+    f.snapshot_installed(SnapshotMeta {
+        index,
+        membership: membership(&[1, 2, 3]),
+    });
+    assert_eq!(f.commit_index(), index);
+}
+
+// ----------------------------------------------------------- membership
+
+#[test]
+fn membership_changes_go_one_at_a_time_through_the_log() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    net.nodes.insert(
+        4,
+        Replica::new(config(4), Recovered::default(), Membership::default(), now),
+    );
+    let add = ConfChange::AddLearner {
+        id: 4,
+        name: "n4".into(),
+        addr: String::new(),
+    };
+    let r = net.nodes.get_mut(&1).expect("master");
+    r.propose_change(now, add).expect("add learner");
+    assert_eq!(
+        r.propose_change(now, ConfChange::Promote { id: 4 }),
+        Err(ProposeError::ChangeInProgress)
+    );
+    net.advance(Duration::from_millis(300), &[]);
+    // The learner caught up and knows it is a learner.
+    assert_eq!(net.nodes[&4].membership().members[&4].role, Role::Learner);
+    assert_eq!(net.nodes[&4].commit_index(), net.nodes[&1].commit_index());
+    let now = net.now;
+    net.nodes.get_mut(&1).map(|r| {
+        r.propose_change(now, ConfChange::Promote { id: 4 })
+            .expect("promote")
+    });
+    net.advance(Duration::from_millis(100), &[]);
+    assert!(net.nodes[&1].membership().is_voter(4));
+    assert_eq!(net.nodes[&1].membership().quorum(), 3);
+    // With 4 voters, two nodes alone cannot choose anything.
+    let now = net.now;
+    let before = net.nodes[&1].commit_index();
+    net.nodes.get_mut(&1).map(|r| r.propose(now, put(1, "k")));
+    net.settle(&[3, 4]);
+    assert_eq!(net.nodes[&1].commit_index(), before);
+    net.settle(&[]);
+    net.advance(Duration::from_millis(100), &[]);
+    assert!(net.nodes[&1].commit_index() > before);
+}
+
+#[test]
+fn a_removed_master_steps_down() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    net.nodes.get_mut(&1).map(|r| {
+        r.propose_change(now, ConfChange::Remove { id: 1 })
+            .expect("remove")
+    });
+    net.advance(Duration::from_millis(200), &[]);
+    assert!(!net.nodes[&1].is_master());
+    assert!(!net.nodes[&2].membership().members.contains_key(&1));
+    net.advance(Duration::from_millis(3000), &[1]);
+    let m = net.master().expect("the remaining voters elect a master");
+    assert!(m == 2 || m == 3);
+}

@@ -1,0 +1,1212 @@
+//! The simulated world: replicas with their in-memory "disks", a network that
+//! loses, duplicates, delays and partitions messages, drifting clocks, clients
+//! that record their histories, and an operator that changes membership.
+//!
+//! Everything is driven from one seeded RNG and one event queue, so a seed
+//! replays exactly. Only what a node persisted (its [`MemStore`]) survives a
+//! crash; the replica, its state machine and its waiting clients are lost.
+//! After every event the world checks its invariants; the first violation
+//! ends the run with a message and the recent trace.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::lincheck::{KvCall, KvReturn, Operation};
+use crate::kv::{Expect, Op, OpResult, Store, StoreSnapshot};
+use crate::paxos::{
+    Command, ConfChange, EngineConfig, Envelope, Index, Member, Membership, NodeId, ProposeError,
+    Replica, RequestId, Role, SnapshotMeta, Value,
+};
+use crate::storage::{LogStore, MemStore};
+
+/// Microseconds of simulated real time.
+type Time = u64;
+
+const TICK: Time = 5_000;
+const CLIENT_TIMEOUT: Time = 600_000;
+const MAX_ATTEMPTS: u32 = 12;
+const TRACE_LEN: usize = 60;
+
+/// Knobs of one simulated run, drawn from the seed.
+#[derive(Clone, Debug)]
+pub struct WorldOptions {
+    pub nodes: usize,
+    pub clients: usize,
+    pub keys: usize,
+    /// Simulated time during which clients run and faults happen.
+    pub active: Time,
+    /// Simulated time after healing for the cluster to settle.
+    pub settle: Time,
+    pub faults: bool,
+    pub membership_changes: bool,
+    /// Compact the log once it holds more than this many instances.
+    pub compact_after: u64,
+    /// How far each node's clock rate may stray from real time, in ppm.
+    pub clock_drift_ppm: u32,
+    /// The drift bound the engine is configured to tolerate, in ppm. Safe
+    /// runs use `engine_drift_ppm >= clock_drift_ppm`.
+    pub engine_drift_ppm: u32,
+    /// Every injected crash hits the master exactly between persisting and
+    /// sending, or between sending and its next record.
+    pub crash_points_only: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CrashPoint {
+    /// Crash right after persisting, before any message of that output leaves.
+    AfterPersist,
+    /// Crash after sending, before applying or answering anything.
+    AfterSend,
+}
+
+#[derive(Debug)]
+enum Event {
+    Tick(usize),
+    Deliver(Envelope),
+    Snapshot {
+        to: NodeId,
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+    },
+    ClientSend {
+        client: usize,
+    },
+    ClientArrive {
+        client: usize,
+        node: usize,
+        attempt: u32,
+    },
+    ClientReply {
+        client: usize,
+        attempt: u32,
+        reply: Reply,
+    },
+    ClientTimeout {
+        client: usize,
+        attempt: u32,
+    },
+    ClientRetry {
+        client: usize,
+        attempt: u32,
+    },
+    Crash,
+    Restart(usize),
+    Partition,
+    Heal,
+    Admin,
+}
+
+#[derive(Clone, Debug)]
+enum Reply {
+    Done(KvReturn),
+    Redirect(Option<NodeId>),
+}
+
+#[derive(Debug)]
+struct Node {
+    id: NodeId,
+    name: String,
+    up: bool,
+    /// Still a member (or about to become one); removed nodes stay down.
+    alive: bool,
+    replica: Option<Replica>,
+    store: Store,
+    disk: MemStore,
+    /// Local monotonic clock: `offset + rate * real time`.
+    clock_offset: u64,
+    clock_rate_ppm: i64,
+    initial: Membership,
+    waiters: BTreeMap<RequestId, (usize, u32)>,
+    reads: Vec<(Index, usize, u32, Vec<u8>)>,
+    crash_point: Option<CrashPoint>,
+    /// Last index applied to `store`, to check that applies are contiguous.
+    applied: Index,
+}
+
+#[derive(Debug)]
+struct Client {
+    id: u64,
+    seq: u64,
+    /// Index into the history of the operation in progress.
+    current: Option<usize>,
+    /// Token of the newest attempt; never reused, so late replies to an
+    /// earlier attempt (or an earlier operation) are recognised and dropped.
+    attempt: u32,
+    /// Attempts made for the current operation.
+    tries: u32,
+    target: usize,
+    done: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AdminStep {
+    AddLearner,
+    Promote,
+    Remove,
+    Done,
+}
+
+/// The outcome of a run.
+#[derive(Debug)]
+pub struct RunReport {
+    pub failure: Option<String>,
+    pub trace: Vec<String>,
+    pub history: Vec<Operation>,
+    pub acknowledged_writes: usize,
+    pub chosen_instances: usize,
+    /// Crashes that hit exactly between persisting and sending, or between
+    /// sending and the next record.
+    pub crash_points: usize,
+}
+
+/// A simulated cluster.
+#[derive(Debug)]
+pub struct World {
+    opts: WorldOptions,
+    rng: SmallRng,
+    now: Time,
+    seq: u64,
+    events: BTreeMap<(Time, u64), Event>,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    history: Vec<Operation>,
+    /// The chosen value of every instance, as first applied anywhere.
+    chosen: BTreeMap<Index, Value>,
+    /// Request ids of writes a client saw acknowledged.
+    acked: BTreeSet<RequestId>,
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    loss: f64,
+    dup: f64,
+    max_delay: Time,
+    engine_drift_ppm: u32,
+    admin: AdminStep,
+    admin_target: Option<usize>,
+    admin_removed: Option<usize>,
+    trace: VecDeque<String>,
+    failure: Option<String>,
+    crash_points: usize,
+    stopping: bool,
+    print_trace: bool,
+}
+
+fn node_id(i: usize) -> NodeId {
+    i as NodeId + 1
+}
+
+impl World {
+    pub fn new(seed: u64, opts: WorldOptions) -> World {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let engine_drift_ppm = opts.engine_drift_ppm;
+        let drift = i64::from(opts.clock_drift_ppm);
+        let total = opts.nodes + usize::from(opts.membership_changes);
+        let mut initial = Membership::default();
+        for i in 0..opts.nodes {
+            initial.members.insert(
+                node_id(i),
+                Member {
+                    name: format!("n{}", i + 1),
+                    addr: format!("sim://n{}", i + 1),
+                    role: Role::Voter,
+                },
+            );
+        }
+        let nodes = (0..total)
+            .map(|i| Node {
+                id: node_id(i),
+                name: format!("n{}", i + 1),
+                up: false,
+                alive: i < opts.nodes,
+                replica: None,
+                store: Store::new(),
+                disk: MemStore::new(),
+                clock_offset: rng.random_range(0..1_000_000_000),
+                // Within the engine's drift bound, at either extreme sometimes.
+                // Within the drift bound, often at either extreme.
+                clock_rate_ppm: match rng.random_range(0..4) {
+                    0 => -drift,
+                    1 => drift,
+                    _ => rng.random_range(-drift..=drift),
+                },
+                initial: if i < opts.nodes {
+                    initial.clone()
+                } else {
+                    Membership::default()
+                },
+                waiters: BTreeMap::new(),
+                reads: Vec::new(),
+                crash_point: None,
+                applied: 0,
+            })
+            .collect();
+        let clients = (0..opts.clients)
+            .map(|c| Client {
+                id: 1000 + c as u64,
+                seq: 0,
+                current: None,
+                attempt: 0,
+                tries: 0,
+                target: 0,
+                done: false,
+            })
+            .collect();
+        let loss = if opts.faults {
+            [0.0, 0.01, 0.05, 0.15][rng.random_range(0..4)]
+        } else {
+            0.0
+        };
+        let dup = if opts.faults { 0.02 } else { 0.0 };
+        let max_delay = [1_000, 5_000, 30_000][rng.random_range(0..3)];
+        let mut w = World {
+            opts,
+            rng,
+            now: 0,
+            seq: 0,
+            events: BTreeMap::new(),
+            nodes,
+            clients,
+            history: Vec::new(),
+            chosen: BTreeMap::new(),
+            acked: BTreeSet::new(),
+            blocked: BTreeSet::new(),
+            loss,
+            dup,
+            max_delay,
+            engine_drift_ppm,
+            admin: AdminStep::AddLearner,
+            admin_target: None,
+            admin_removed: None,
+            trace: VecDeque::new(),
+            failure: None,
+            crash_points: 0,
+            stopping: false,
+            print_trace: std::env::var_os("PHXKV_SIM_TRACE").is_some(),
+        };
+        for i in 0..w.opts.nodes {
+            w.start_node(i);
+        }
+        for c in 0..w.opts.clients {
+            let at = w.rng.random_range(0..50_000);
+            w.schedule(at, Event::ClientSend { client: c });
+        }
+        if w.opts.faults {
+            for _ in 0..w.rng.random_range(2..6) {
+                let at = w.rng.random_range(0..w.opts.active);
+                let ev = match w.rng.random_range(0..3) {
+                    0 => Event::Partition,
+                    _ => Event::Crash,
+                };
+                w.schedule(at, ev);
+            }
+        }
+        if w.opts.membership_changes {
+            let at = w.rng.random_range(0..w.opts.active / 2);
+            w.schedule(at, Event::Admin);
+        }
+        w
+    }
+
+    fn schedule(&mut self, delay: Time, ev: Event) {
+        self.seq += 1;
+        self.events.insert((self.now + delay, self.seq), ev);
+    }
+
+    fn note(&mut self, s: String) {
+        if self.print_trace {
+            println!("{:>9}us {s}", self.now);
+        }
+        if self.trace.len() == TRACE_LEN {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("{:>9}us {s}", self.now));
+    }
+
+    fn fail(&mut self, s: String) {
+        if self.failure.is_none() {
+            self.note(format!("FAILURE: {s}"));
+            self.failure = Some(s);
+        }
+    }
+
+    fn local_now(&self, i: usize) -> Duration {
+        let n = &self.nodes[i];
+        let scaled = self.now as i128 * (1_000_000 + n.clock_rate_ppm as i128) / 1_000_000;
+        Duration::from_micros(n.clock_offset + scaled as u64)
+    }
+
+    fn index_of(&self, id: NodeId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    fn engine_config(&self, i: usize) -> EngineConfig {
+        let mut cfg = EngineConfig::new(self.nodes[i].id);
+        cfg.lease = Duration::from_millis(400);
+        cfg.max_drift_ppm = self.engine_drift_ppm;
+        cfg.heartbeat = Duration::from_millis(50);
+        cfg.election_timeout = Duration::from_millis(150);
+        cfg.retry = Duration::from_millis(60);
+        cfg.window = 8;
+        cfg.max_batch_commands = 16;
+        cfg.catchup_batch = 64;
+        cfg.max_promise_lag = 256;
+        cfg.seed = self.nodes[i].id ^ self.now;
+        cfg
+    }
+
+    // ------------------------------------------------------------ nodes
+
+    fn start_node(&mut self, i: usize) {
+        let now = self.local_now(i);
+        let cfg = self.engine_config(i);
+        let name = self.nodes[i].name.clone();
+        let (recovered, data) = match self.nodes[i].disk.recover() {
+            Ok(r) => r,
+            Err(e) => return self.fail(format!("{name} cannot recover: {e}")),
+        };
+        let store = match data {
+            Some(bytes) => match StoreSnapshot::decode(&bytes) {
+                Ok(s) => Store::restore(s),
+                Err(e) => return self.fail(format!("{name} bad snapshot: {e}")),
+            },
+            None => Store::new(),
+        };
+        let node = &mut self.nodes[i];
+        node.store = store;
+        node.applied = node.store.applied_index();
+        node.replica = Some(Replica::new(cfg, recovered, node.initial.clone(), now));
+        node.up = true;
+        node.waiters.clear();
+        node.reads.clear();
+        let name = node.name.clone();
+        self.note(format!("{name} starts"));
+        self.schedule(TICK, Event::Tick(i));
+        self.process_ready(i);
+    }
+
+    fn crash(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.up = false;
+        node.replica = None;
+        node.waiters.clear();
+        node.reads.clear();
+        node.crash_point = None;
+        let name = node.name.clone();
+        self.note(format!("{name} crashes"));
+    }
+
+    /// Carries out a replica's output: persist, then send, then apply.
+    fn process_ready(&mut self, i: usize) {
+        let Some(replica) = self.nodes[i].replica.as_mut() else {
+            return;
+        };
+        let ready = replica.take_ready();
+        let is_master = replica.is_master();
+        if ready.is_empty() {
+            return;
+        }
+        if self.print_trace {
+            let st = replica.status(Duration::ZERO);
+            self.note(format!(
+                "{} master={is_master} ballot={} commit={} persist={} msgs={:?} committed={:?}",
+                self.nodes[i].name,
+                st.ballot,
+                st.commit,
+                ready.persist.len(),
+                ready
+                    .messages
+                    .iter()
+                    .map(|m| (m.to, short(&m.msg)))
+                    .collect::<Vec<_>>(),
+                ready
+                    .committed
+                    .iter()
+                    .map(|(i, v)| (*i, short_value(v)))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        let crash_point = self.nodes[i].crash_point;
+        if let Err(e) = self.nodes[i].disk.append(&ready.persist) {
+            return self.fail(format!("persist failed: {e}"));
+        }
+        if crash_point == Some(CrashPoint::AfterPersist) && !ready.persist.is_empty() {
+            self.crash_points += 1;
+            self.note(format!(
+                "{} crash point: persisted, nothing sent",
+                self.nodes[i].name
+            ));
+            return self.crash(i);
+        }
+        for env in ready.messages {
+            self.send(env);
+        }
+        if crash_point == Some(CrashPoint::AfterSend) && !ready.persist.is_empty() {
+            self.crash_points += 1;
+            self.note(format!(
+                "{} crash point: sent, nothing applied",
+                self.nodes[i].name
+            ));
+            return self.crash(i);
+        }
+        for (index, value) in ready.committed {
+            self.apply(i, index, value);
+        }
+        for cmd in ready.rejected {
+            if let Some((client, attempt)) = self.nodes[i].waiters.remove(&cmd.id) {
+                let hint = self.nodes[i].replica.as_ref().and_then(|r| r.master_hint());
+                self.reply(client, attempt, Reply::Redirect(hint));
+            }
+        }
+        for peer in ready.send_snapshot {
+            self.send_snapshot(i, peer);
+        }
+        self.serve_reads(i);
+        self.maybe_compact(i);
+    }
+
+    fn apply(&mut self, i: usize, index: Index, value: Value) {
+        let name = self.nodes[i].name.clone();
+        if index != self.nodes[i].applied + 1 {
+            return self.fail(format!(
+                "{name} applied {index} after {}: applied log is not a prefix",
+                self.nodes[i].applied
+            ));
+        }
+        match self.chosen.get(&index) {
+            Some(v) if *v != value => {
+                return self.fail(format!(
+                    "instance {index}: {name} applied {value:?} but {v:?} was chosen"
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.chosen.insert(index, value.clone());
+            }
+        }
+        self.nodes[i].applied = index;
+        if let Value::Batch(cmds) = &value {
+            for cmd in cmds {
+                let result = self.nodes[i].store.apply(cmd.id, &cmd.op);
+                if let Some((client, attempt)) = self.nodes[i].waiters.remove(&cmd.id) {
+                    let ret = to_return(&cmd.op, &result);
+                    self.reply(client, attempt, Reply::Done(ret));
+                }
+            }
+        }
+        self.nodes[i].store.set_applied_index(index);
+        if let Value::Config(m) = &value {
+            self.note(format!(
+                "{name} applies config at {index}: {:?}",
+                m.members.keys().collect::<Vec<_>>()
+            ));
+        }
+    }
+
+    fn serve_reads(&mut self, i: usize) {
+        let applied = self.nodes[i].store.applied_index();
+        let reads = std::mem::take(&mut self.nodes[i].reads);
+        for (index, client, attempt, key) in reads {
+            if index <= applied {
+                let v = self.nodes[i].store.get(&key).map(|kv| kv.value.clone());
+                self.reply(client, attempt, Reply::Done(KvReturn::Get(v)));
+            } else {
+                self.nodes[i].reads.push((index, client, attempt, key));
+            }
+        }
+    }
+
+    fn snapshot_of(&self, i: usize) -> (SnapshotMeta, Vec<u8>) {
+        let node = &self.nodes[i];
+        let index = node.store.applied_index();
+        let membership = node
+            .replica
+            .as_ref()
+            .map(|r| r.membership_at(index))
+            .unwrap_or_default();
+        (
+            SnapshotMeta { index, membership },
+            node.store.snapshot().encode(),
+        )
+    }
+
+    fn maybe_compact(&mut self, i: usize) {
+        let Some(r) = self.nodes[i].replica.as_ref() else {
+            return;
+        };
+        let st = r.status(Duration::ZERO);
+        let applied = self.nodes[i].store.applied_index();
+        if applied < st.first_index + self.opts.compact_after {
+            return;
+        }
+        let (meta, data) = self.snapshot_of(i);
+        if let Err(e) = self.nodes[i].disk.compact(&meta, &data) {
+            return self.fail(format!("compact failed: {e}"));
+        }
+        if let Some(r) = self.nodes[i].replica.as_mut() {
+            r.compacted(meta);
+        }
+    }
+
+    fn send_snapshot(&mut self, i: usize, peer: NodeId) {
+        let (meta, data) = self.snapshot_of(i);
+        let name = self.nodes[i].name.clone();
+        self.note(format!("{name} sends snapshot at {} to {peer}", meta.index));
+        if self.link_down(self.nodes[i].id, peer) {
+            return;
+        }
+        let d = self.rng.random_range(100..self.max_delay * 2);
+        self.schedule(
+            d,
+            Event::Snapshot {
+                to: peer,
+                meta,
+                data,
+            },
+        );
+    }
+
+    fn install_snapshot(&mut self, to: NodeId, meta: SnapshotMeta, data: Vec<u8>) {
+        let Some(i) = self.index_of(to) else { return };
+        if !self.nodes[i].up || meta.index <= self.nodes[i].store.applied_index() {
+            return;
+        }
+        let snap = match StoreSnapshot::decode(&data) {
+            Ok(s) => s,
+            Err(e) => return self.fail(format!("bad snapshot: {e}")),
+        };
+        // The snapshot stands for instances up to its index: they must agree
+        // with what was chosen.
+        if let Err(e) = self.nodes[i].disk.install_snapshot(&meta, &data) {
+            return self.fail(format!("install failed: {e}"));
+        }
+        self.nodes[i].store = Store::restore(snap);
+        self.nodes[i].applied = meta.index;
+        let name = self.nodes[i].name.clone();
+        self.note(format!("{name} installs snapshot at {}", meta.index));
+        if let Some(r) = self.nodes[i].replica.as_mut() {
+            r.snapshot_installed(meta);
+        }
+        self.process_ready(i);
+    }
+
+    // ---------------------------------------------------------- network
+
+    fn link_down(&self, from: NodeId, to: NodeId) -> bool {
+        self.blocked.contains(&(from, to))
+    }
+
+    fn send(&mut self, env: Envelope) {
+        if self.link_down(env.from, env.to) || self.rng.random_bool(self.loss) {
+            return;
+        }
+        let copies = if self.rng.random_bool(self.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let d = self.rng.random_range(50..self.max_delay);
+            self.schedule(d, Event::Deliver(env.clone()));
+        }
+    }
+
+    fn deliver(&mut self, env: Envelope) {
+        let Some(i) = self.index_of(env.to) else {
+            return;
+        };
+        if !self.nodes[i].up || self.link_down(env.from, env.to) {
+            return;
+        }
+        let now = self.local_now(i);
+        if let Some(r) = self.nodes[i].replica.as_mut() {
+            r.step(now, env.from, env.msg);
+        }
+        self.process_ready(i);
+    }
+
+    // ---------------------------------------------------------- clients
+
+    fn new_call(&mut self) -> KvCall {
+        let key = format!("k{}", self.rng.random_range(0..self.opts.keys)).into_bytes();
+        self.seq += 1;
+        let value = format!("v{}", self.seq).into_bytes();
+        match self.rng.random_range(0..10) {
+            0..=3 => KvCall::Get { key },
+            4..=6 => KvCall::Put { key, value },
+            7 => KvCall::Delete { key },
+            _ => KvCall::Cas {
+                key,
+                expected_version: self.rng.random_range(0..4),
+                value,
+            },
+        }
+    }
+
+    fn client_send(&mut self, c: usize) {
+        if self.stopping {
+            self.clients[c].done = true;
+            return;
+        }
+        let call = self.new_call();
+        self.clients[c].seq += 1;
+        self.clients[c].tries = 0;
+        self.clients[c].target = self.rng.random_range(0..self.nodes.len());
+        self.history.push(Operation {
+            client: self.clients[c].id,
+            call,
+            invoked: self.now,
+            completed: None,
+        });
+        self.clients[c].current = Some(self.history.len() - 1);
+        self.client_attempt(c);
+    }
+
+    fn client_attempt(&mut self, c: usize) {
+        let client = &mut self.clients[c];
+        client.attempt += 1;
+        client.tries += 1;
+        let attempt = client.attempt;
+        let node = client.target;
+        // Near the end, stop retrying so the cluster can go quiet before the
+        // final comparison; the operation stays open in the history.
+        let quiet = self.now > self.opts.active + self.opts.settle / 2;
+        if client.tries > MAX_ATTEMPTS || quiet {
+            // Outcome unknown: it stays open in the history.
+            client.current = None;
+            self.schedule(1_000, Event::ClientSend { client: c });
+            return;
+        }
+        let d = self.rng.random_range(50..self.max_delay);
+        self.schedule(
+            d,
+            Event::ClientArrive {
+                client: c,
+                node,
+                attempt,
+            },
+        );
+        self.schedule(CLIENT_TIMEOUT, Event::ClientTimeout { client: c, attempt });
+    }
+
+    fn reply(&mut self, client: usize, attempt: u32, reply: Reply) {
+        let d = self.rng.random_range(50..self.max_delay);
+        self.schedule(
+            d,
+            Event::ClientReply {
+                client,
+                attempt,
+                reply,
+            },
+        );
+    }
+
+    fn client_arrive(&mut self, c: usize, i: usize, attempt: u32) {
+        let Some(op) = self.clients[c].current else {
+            return;
+        };
+        if !self.nodes[i].up {
+            return; // the client times out
+        }
+        let now = self.local_now(i);
+        let call = self.history[op].call.clone();
+        let id = RequestId {
+            client: self.clients[c].id,
+            seq: self.clients[c].seq,
+        };
+        let Some(r) = self.nodes[i].replica.as_mut() else {
+            return;
+        };
+        let op = match call {
+            KvCall::Get { key } => {
+                let reply = match r.read_index(now) {
+                    Ok(index) => {
+                        self.nodes[i].reads.push((index, c, attempt, key));
+                        self.serve_reads(i);
+                        None
+                    }
+                    Err(_) => Some(Reply::Redirect(r.master_hint())),
+                };
+                if let Some(reply) = reply {
+                    self.reply(c, attempt, reply);
+                }
+                return;
+            }
+            KvCall::Put { key, value } => Some(Op::Put {
+                key,
+                value,
+                expect: None,
+            }),
+            KvCall::Delete { key } => Some(Op::Delete { key, expect: None }),
+            KvCall::Cas {
+                key,
+                expected_version,
+                value,
+            } => Some(Op::Put {
+                key,
+                value,
+                expect: Some(Expect::Version(expected_version)),
+            }),
+        };
+        let reply = match op {
+            None => None,
+            Some(op) => match r.propose(now, Command { id, op }) {
+                Ok(()) => {
+                    self.nodes[i].waiters.insert(id, (c, attempt));
+                    None
+                }
+                Err(ProposeError::NotMaster { hint }) => Some(Reply::Redirect(hint)),
+                Err(_) => Some(Reply::Redirect(None)),
+            },
+        };
+        if let Some(reply) = reply {
+            self.reply(c, attempt, reply);
+        }
+        self.process_ready(i);
+    }
+
+    fn client_reply(&mut self, c: usize, attempt: u32, reply: Reply) {
+        if self.clients[c].attempt != attempt {
+            return; // a late answer to an abandoned attempt
+        }
+        let Some(op) = self.clients[c].current else {
+            return;
+        };
+        match reply {
+            Reply::Done(ret) => {
+                self.note(format!(
+                    "client {} op {:?} -> {:?}",
+                    self.clients[c].id, self.history[op].call, ret
+                ));
+                if matches!(
+                    self.history[op].call,
+                    KvCall::Put { .. } | KvCall::Delete { .. } | KvCall::Cas { .. }
+                ) {
+                    self.acked.insert(RequestId {
+                        client: self.clients[c].id,
+                        seq: self.clients[c].seq,
+                    });
+                }
+                self.history[op].completed = Some((self.now, ret));
+                self.clients[c].current = None;
+                let think = self.rng.random_range(0..20_000);
+                self.schedule(think, Event::ClientSend { client: c });
+            }
+            Reply::Redirect(hint) => {
+                self.clients[c].target = hint
+                    .and_then(|h| self.index_of(h))
+                    .unwrap_or_else(|| self.rng.random_range(0..self.nodes.len()));
+                // Back off a little so an election can finish.
+                self.schedule(20_000, Event::ClientRetry { client: c, attempt });
+            }
+        }
+    }
+
+    fn client_timeout(&mut self, c: usize, attempt: u32) {
+        if self.clients[c].attempt != attempt || self.clients[c].current.is_none() {
+            return;
+        }
+        if self.rng.random_bool(0.5) {
+            self.clients[c].target = self.rng.random_range(0..self.nodes.len());
+        }
+        self.client_attempt(c);
+    }
+
+    // ----------------------------------------------------------- faults
+
+    fn random_crash(&mut self) {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].up)
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        // Prefer the master: that is where crashes hurt.
+        let master = up.iter().copied().find(|i| {
+            self.nodes[*i]
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.is_master())
+        });
+        let only_points = self.opts.crash_points_only;
+        let i = match master {
+            Some(m) if only_points || self.rng.random_bool(0.6) => m,
+            _ => up[self.rng.random_range(0..up.len())],
+        };
+        match self.rng.random_range(0..if only_points { 2 } else { 4 }) {
+            0 => self.nodes[i].crash_point = Some(CrashPoint::AfterPersist),
+            1 => self.nodes[i].crash_point = Some(CrashPoint::AfterSend),
+            _ => self.crash(i),
+        }
+        let down_for = self.rng.random_range(10_000..1_500_000);
+        self.schedule(down_for, Event::Restart(i));
+    }
+
+    fn partition(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        let master = self
+            .nodes
+            .iter()
+            .find(|n| n.replica.as_ref().is_some_and(|r| r.is_master()))
+            .map(|n| n.id);
+        let mut side: BTreeSet<NodeId> = BTreeSet::new();
+        match master {
+            // A lone old master, cut off from everyone.
+            Some(m) if self.rng.random_bool(0.5) => {
+                side.insert(m);
+            }
+            _ => {
+                for id in &ids {
+                    if self.rng.random_bool(0.5) {
+                        side.insert(*id);
+                    }
+                }
+            }
+        }
+        for a in &ids {
+            for b in &ids {
+                if side.contains(a) != side.contains(b) {
+                    self.blocked.insert((*a, *b));
+                }
+            }
+        }
+        self.note(format!("partition {side:?} from the rest"));
+        let d = self.rng.random_range(100_000..2_000_000);
+        self.schedule(d, Event::Heal);
+    }
+
+    // ------------------------------------------------------------ admin
+
+    fn master_index(&self) -> Option<usize> {
+        (0..self.nodes.len()).find(|i| {
+            self.nodes[*i].up
+                && self.nodes[*i]
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.is_master())
+        })
+    }
+
+    fn admin(&mut self) {
+        if self.admin == AdminStep::Done || self.stopping {
+            return;
+        }
+        let Some(m) = self.master_index() else {
+            return self.schedule(100_000, Event::Admin);
+        };
+        let spare = self.opts.nodes; // the node that joins
+        let now = self.local_now(m);
+        let change = match self.admin {
+            AdminStep::AddLearner => {
+                if !self.nodes[spare].alive {
+                    self.nodes[spare].alive = true;
+                    self.start_node(spare);
+                }
+                ConfChange::AddLearner {
+                    id: self.nodes[spare].id,
+                    name: self.nodes[spare].name.clone(),
+                    addr: format!("sim://{}", self.nodes[spare].name),
+                }
+            }
+            AdminStep::Promote => ConfChange::Promote {
+                id: self.nodes[spare].id,
+            },
+            AdminStep::Remove => {
+                let victim = *self.admin_target.get_or_insert_with(|| {
+                    // Sometimes the master itself.
+                    if self.rng.random_bool(0.4) { m } else { 0 }
+                });
+                ConfChange::Remove {
+                    id: self.nodes[victim].id,
+                }
+            }
+            AdminStep::Done => return,
+        };
+        let Some(r) = self.nodes[m].replica.as_mut() else {
+            return;
+        };
+        // Is the step already in the configuration (an earlier attempt won)?
+        let membership = r.membership().clone();
+        let already = match &change {
+            ConfChange::AddLearner { id, .. } => membership.members.contains_key(id),
+            ConfChange::Promote { id } => membership.is_voter(*id),
+            ConfChange::Remove { id } => !membership.members.contains_key(id),
+        };
+        if already {
+            if r.status(now).commit >= r.status(now).last_index.min(r.commit_index()) {
+                self.admin = match self.admin {
+                    AdminStep::AddLearner => AdminStep::Promote,
+                    AdminStep::Promote => AdminStep::Remove,
+                    _ => {
+                        self.admin_removed = self.admin_target;
+                        AdminStep::Done
+                    }
+                };
+                self.note(format!("admin step done: {change:?}"));
+            }
+        } else {
+            match r.propose_change(now, change.clone()) {
+                Ok(index) => self.note(format!("admin proposes {change:?} at {index}")),
+                Err(e) => self.note(format!("admin: {e}")),
+            }
+        }
+        self.process_ready(m);
+        self.schedule(200_000, Event::Admin);
+    }
+
+    // ------------------------------------------------------------- run
+
+    fn tick(&mut self, i: usize) {
+        if !self.nodes[i].up {
+            return;
+        }
+        let now = self.local_now(i);
+        if let Some(r) = self.nodes[i].replica.as_mut() {
+            r.tick(now);
+        }
+        self.process_ready(i);
+        // A node removed by a committed change leaves the cluster for good.
+        if self.admin_removed == Some(i) {
+            let still_member = self
+                .master_index()
+                .and_then(|m| self.nodes[m].replica.as_ref())
+                .is_some_and(|r| r.membership().members.contains_key(&self.nodes[i].id));
+            if !still_member && self.master_index().is_some_and(|m| m != i) {
+                self.nodes[i].alive = false;
+                self.crash(i);
+                return;
+            }
+        }
+        self.schedule(TICK, Event::Tick(i));
+    }
+
+    fn check_leases(&mut self) {
+        let holders: Vec<String> = (0..self.nodes.len())
+            .filter(|i| {
+                let now = self.local_now(*i);
+                self.nodes[*i].up
+                    && self.nodes[*i]
+                        .replica
+                        .as_ref()
+                        .is_some_and(|r| r.lease_valid(now))
+            })
+            .map(|i| self.nodes[i].name.clone())
+            .collect();
+        if holders.len() > 1 {
+            self.fail(format!("overlapping valid leases: {holders:?}"));
+        }
+    }
+
+    fn step_event(&mut self, ev: Event) {
+        match ev {
+            Event::Tick(i) => self.tick(i),
+            Event::Deliver(env) => self.deliver(env),
+            Event::Snapshot { to, meta, data } => self.install_snapshot(to, meta, data),
+            Event::ClientSend { client } => self.client_send(client),
+            Event::ClientArrive {
+                client,
+                node,
+                attempt,
+            } => self.client_arrive(client, node, attempt),
+            Event::ClientReply {
+                client,
+                attempt,
+                reply,
+            } => self.client_reply(client, attempt, reply),
+            Event::ClientTimeout { client, attempt } => self.client_timeout(client, attempt),
+            Event::ClientRetry { client, attempt } => {
+                if self.clients[client].attempt == attempt && self.clients[client].current.is_some()
+                {
+                    self.client_attempt(client);
+                }
+            }
+            Event::Crash => {
+                if !self.stopping {
+                    self.random_crash();
+                }
+            }
+            Event::Restart(i) => {
+                if !self.nodes[i].up && self.nodes[i].alive {
+                    self.start_node(i);
+                }
+            }
+            Event::Partition => {
+                if !self.stopping {
+                    self.partition();
+                }
+            }
+            Event::Heal => {
+                self.blocked.clear();
+                self.note("partition healed".into());
+            }
+            Event::Admin => self.admin(),
+        }
+        self.check_leases();
+    }
+
+    /// Runs the whole scenario and reports.
+    pub fn run(mut self) -> RunReport {
+        let end_active = self.opts.active;
+        let end = end_active + self.opts.settle;
+        while let Some(((t, _), ev)) = self.events.pop_first() {
+            if t > end || self.failure.is_some() {
+                break;
+            }
+            if !self.stopping && t >= end_active {
+                self.heal_all();
+            }
+            self.now = t;
+            self.step_event(ev);
+        }
+        if self.failure.is_none() {
+            self.final_checks();
+        }
+        RunReport {
+            failure: self.failure,
+            trace: self.trace.into_iter().collect(),
+            acknowledged_writes: self.acked.len(),
+            chosen_instances: self.chosen.len(),
+            crash_points: self.crash_points,
+            history: self.history,
+        }
+    }
+
+    fn heal_all(&mut self) {
+        self.stopping = true;
+        self.blocked.clear();
+        self.loss = 0.0;
+        for i in 0..self.nodes.len() {
+            self.nodes[i].crash_point = None;
+            if self.nodes[i].alive && !self.nodes[i].up {
+                self.start_node(i);
+            }
+        }
+        self.note("all faults healed; clients finish".into());
+    }
+
+    fn final_checks(&mut self) {
+        // The members are those of the newest configuration any replica holds.
+        let membership = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .max_by_key(|r| r.status(Duration::ZERO).commit)
+            .map(|r| r.membership().clone())
+            .unwrap_or_default();
+        let members: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].up && membership.members.contains_key(&self.nodes[*i].id))
+            .collect();
+        let Some(&first) = members.first() else {
+            return self.fail("no live member at the end".into());
+        };
+        if self.clients.iter().any(|c| c.current.is_some() && !c.done) {
+            // Clients still retrying at the end are fine: their outcome is open.
+        }
+        // Replicas may trail by the newest lease renewals, which change no
+        // data; the data itself and its revision must be identical.
+        let reference = self.nodes[first].store.snapshot();
+        let mut min_applied = reference.applied_index;
+        for &i in &members {
+            let s = self.nodes[i].store.snapshot();
+            min_applied = min_applied.min(s.applied_index);
+            if s.revision != reference.revision || s.kvs != reference.kvs {
+                return self.fail(format!(
+                    "after healing, {} (applied {}, revision {}) and {} (applied {}, revision {}) hold different data",
+                    self.nodes[first].name,
+                    reference.applied_index,
+                    reference.revision,
+                    self.nodes[i].name,
+                    s.applied_index,
+                    s.revision
+                ));
+            }
+        }
+        let mut applied_ids = BTreeSet::new();
+        for (index, v) in &self.chosen {
+            if *index > min_applied {
+                break;
+            }
+            if let Value::Batch(cmds) = v {
+                applied_ids.extend(cmds.iter().map(|c| c.id));
+            }
+        }
+        if let Some(lost) = self.acked.iter().find(|id| !applied_ids.contains(id)) {
+            return self.fail(format!(
+                "acknowledged write {lost:?} is not applied on live replicas"
+            ));
+        }
+        if self.acked.is_empty() {
+            self.note("warning: no write was acknowledged".into());
+        }
+    }
+}
+
+fn to_return(op: &Op, result: &OpResult) -> KvReturn {
+    match (op, result) {
+        (
+            Op::Put {
+                expect: Some(_), ..
+            },
+            OpResult::Put { .. },
+        ) => KvReturn::Cas { ok: true },
+        (
+            Op::Put {
+                expect: Some(_), ..
+            },
+            _,
+        ) => KvReturn::Cas { ok: false },
+        (Op::Delete { .. }, OpResult::Delete { deleted, .. }) => {
+            KvReturn::Delete { deleted: *deleted }
+        }
+        _ => KvReturn::Put,
+    }
+}
+
+fn short(m: &crate::paxos::Message) -> String {
+    use crate::paxos::Message as M;
+    match m {
+        M::Prepare { ballot, from_index } => format!("Prepare({ballot},{from_index})"),
+        M::Promise {
+            ballot,
+            entries,
+            commit,
+        } => {
+            format!("Promise({ballot},{} entries,c{commit})", entries.len())
+        }
+        M::Reject {
+            ballot,
+            promised,
+            reason,
+        } => format!("Reject({ballot},{promised},{reason:?})"),
+        M::Accept {
+            ballot,
+            entries,
+            commit,
+        } => format!(
+            "Accept({ballot},{:?},c{commit})",
+            entries
+                .iter()
+                .map(|(i, v)| (*i, short_value(v)))
+                .collect::<Vec<_>>()
+        ),
+        M::Accepted {
+            ballot,
+            indexes,
+            commit,
+        } => format!("Accepted({ballot},{indexes:?},c{commit})"),
+        M::Heartbeat { ballot, commit } => format!("Hb({ballot},c{commit})"),
+        M::HeartbeatAck { ballot, commit } => format!("HbAck({ballot},c{commit})"),
+        M::CatchupRequest { from_index } => format!("CatchupReq({from_index})"),
+        M::Catchup { entries, commit } => format!("Catchup({} entries,c{commit})", entries.len()),
+    }
+}
+
+fn short_value(v: &Value) -> String {
+    match v {
+        Value::Noop => "noop".into(),
+        Value::Lease { holder, .. } => format!("lease{holder}"),
+        Value::Batch(c) => format!(
+            "{:?}",
+            c.iter()
+                .map(|c| (c.id.client, c.id.seq))
+                .collect::<Vec<_>>()
+        ),
+        Value::Config(m) => format!("config{:?}", m.members.keys().collect::<Vec<_>>()),
+    }
+}
