@@ -391,6 +391,14 @@ impl Replica {
 
     /// Records that `value` is chosen at `index`.
     fn learn(&mut self, index: Index, value: Value) {
+        // A master whose own proposal lost this instance is stale: a higher
+        // ballot chose it. It must stop before it advertises a commit index
+        // covering it, which followers would read as "my value at my ballot".
+        if let State::Master(m) = &self.state
+            && m.inflight.get(&index).is_some_and(|f| f.value != value)
+        {
+            self.step_down(None);
+        }
         if index <= self.snapshot_index || index <= self.commit {
             if let Some(e) = self.log.get(&index) {
                 invariant!(
@@ -752,6 +760,9 @@ impl Replica {
         if ballot < self.promised {
             return self.reject(from, ballot, RejectReason::Outdated);
         }
+        // A master with a higher ballot exists: stop advertising commits at
+        // ours before learning anything from it.
+        self.yield_to(now, ballot);
         self.heard_from_master(now, ballot.node);
         self.learn_commit(now, from, ballot, commit);
         let my_commit = self.commit;

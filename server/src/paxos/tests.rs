@@ -737,3 +737,53 @@ fn a_removed_master_steps_down() {
     let m = net.master().expect("the remaining voters elect a master");
     assert!(m == 2 || m == 3);
 }
+
+#[test]
+fn a_master_that_hears_a_higher_ballot_heartbeat_steps_down() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    let r = net.nodes.get_mut(&1).expect("master");
+    r.step(
+        now,
+        3,
+        Message::Heartbeat {
+            ballot: Ballot::new(99, 3),
+            commit: 0,
+        },
+    );
+    assert!(!r.is_master());
+    assert_eq!(r.master_hint(), Some(3));
+}
+
+#[test]
+fn a_master_whose_proposal_lost_an_instance_steps_down_before_advertising_it() {
+    // Regression: a stale master that learned, by catch-up, a value chosen
+    // under a higher ballot at an instance where its own proposal was in
+    // flight kept advertising a commit index covering that instance at its
+    // own ballot; a follower holding the stale master's value then applied it.
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    let r = net.nodes.get_mut(&1).expect("master");
+    r.propose(now, put(1, "a")).expect("proposed");
+    let mine = r.status(now).last_index;
+    r.take_ready();
+    r.step(
+        now,
+        3,
+        Message::Catchup {
+            entries: vec![(mine, Value::Noop)],
+            commit: mine,
+        },
+    );
+    assert!(!r.is_master(), "the stale master must step down");
+    let ready = r.take_ready();
+    assert!(
+        !ready
+            .messages
+            .iter()
+            .any(|m| matches!(m.msg, Message::Heartbeat { .. } | Message::Accept { .. })),
+        "no commit index is advertised after stepping down"
+    );
+}

@@ -44,9 +44,9 @@ pub fn options_for(seed: u64) -> WorldOptions {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
     WorldOptions {
         nodes: if rng.random_bool(0.5) { 3 } else { 5 },
-        clients: rng.random_range(2..6),
+        clients: rng.random_range(2..8),
         keys: rng.random_range(2..6),
-        active: 4_000_000,
+        active: rng.random_range(5..20) * 1_000_000,
         settle: 3_000_000,
         faults: !rng.random_bool(0.1),
         membership_changes: rng.random_bool(0.35),

@@ -180,6 +180,7 @@ pub struct World {
     blocked: BTreeSet<(NodeId, NodeId)>,
     loss: f64,
     dup: f64,
+    slow: f64,
     max_delay: Time,
     engine_drift_ppm: u32,
     admin: AdminStep,
@@ -258,6 +259,7 @@ impl World {
             0.0
         };
         let dup = if opts.faults { 0.02 } else { 0.0 };
+        let opts_faults = opts.faults;
         let max_delay = [1_000, 5_000, 30_000][rng.random_range(0..3)];
         let mut w = World {
             opts,
@@ -273,6 +275,7 @@ impl World {
             blocked: BTreeSet::new(),
             loss,
             dup,
+            slow: if opts_faults { 0.01 } else { 0.0 },
             max_delay,
             engine_drift_ppm,
             admin: AdminStep::AddLearner,
@@ -292,7 +295,10 @@ impl World {
             w.schedule(at, Event::ClientSend { client: c });
         }
         if w.opts.faults {
-            for _ in 0..w.rng.random_range(2..6) {
+            // About one fault per simulated second, crashes twice as often
+            // as partitions.
+            let faults = w.opts.active / 1_000_000 + w.rng.random_range(1..4);
+            for _ in 0..faults {
                 let at = w.rng.random_range(0..w.opts.active);
                 let ev = match w.rng.random_range(0..3) {
                     0 => Event::Partition,
@@ -385,7 +391,11 @@ impl World {
         self.process_ready(i);
     }
 
+    /// Takes node `i` down, losing everything it did not persist, and
+    /// schedules its restart.
     fn crash(&mut self, i: usize) {
+        let down_for = self.rng.random_range(10_000..1_500_000);
+        self.schedule(down_for, Event::Restart(i));
         let node = &mut self.nodes[i];
         node.up = false;
         node.replica = None;
@@ -602,7 +612,13 @@ impl World {
         }
         let copies = if self.rng.random_bool(self.dup) { 2 } else { 1 };
         for _ in 0..copies {
-            let d = self.rng.random_range(50..self.max_delay);
+            // Now and then a message is held up for long, so stale messages
+            // from old ballots keep arriving after the world moved on.
+            let d = if self.rng.random_bool(self.slow) {
+                self.rng.random_range(self.max_delay..300_000)
+            } else {
+                self.rng.random_range(50..self.max_delay)
+            };
             self.schedule(d, Event::Deliver(env.clone()));
         }
     }
@@ -830,12 +846,12 @@ impl World {
             _ => up[self.rng.random_range(0..up.len())],
         };
         match self.rng.random_range(0..if only_points { 2 } else { 4 }) {
+            // The crash happens at the node's next durable write; its
+            // restart is scheduled then.
             0 => self.nodes[i].crash_point = Some(CrashPoint::AfterPersist),
             1 => self.nodes[i].crash_point = Some(CrashPoint::AfterSend),
             _ => self.crash(i),
         }
-        let down_for = self.rng.random_range(10_000..1_500_000);
-        self.schedule(down_for, Event::Restart(i));
     }
 
     fn partition(&mut self) {
