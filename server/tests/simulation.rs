@@ -1,6 +1,9 @@
 //! The deterministic simulator as part of the normal test run: hundreds of
 //! seeded runs with faults, plus runs aimed at specific hazards, and a run
 //! with a broken clock assumption that must be caught.
+//!
+//! It runs without libtest's harness so that the starting seed is printed on
+//! every run, passing or not.
 
 use phxkv::sim::{SeedOutcome, options_for, run_seed, run_with};
 
@@ -34,7 +37,6 @@ fn start_seed() -> u64 {
         })
 }
 
-#[test]
 fn two_hundred_seeded_simulations_keep_every_invariant() {
     let start = start_seed();
     let seeds = 240;
@@ -61,7 +63,6 @@ fn two_hundred_seeded_simulations_keep_every_invariant() {
     );
 }
 
-#[test]
 fn crashes_between_persist_and_send_lose_no_acknowledged_write() {
     let mut hits = 0;
     let mut failures = Vec::new();
@@ -79,7 +80,6 @@ fn crashes_between_persist_and_send_lose_no_acknowledged_write() {
     assert!(hits >= 20, "crash points were hit only {hits} times");
 }
 
-#[test]
 fn membership_changes_under_faults_keep_every_invariant() {
     let mut failures = Vec::new();
     for seed in 1000..1060 {
@@ -93,7 +93,6 @@ fn membership_changes_under_faults_keep_every_invariant() {
     assert!(failures.is_empty(), "{}", report(&failures));
 }
 
-#[test]
 fn leases_overlap_when_clocks_drift_beyond_the_configured_bound() {
     // The engine assumes perfect clocks while real ones drift by 10%: the
     // simulator's lease check must notice two masters holding leases at once.
@@ -117,4 +116,71 @@ fn leases_overlap_when_clocks_drift_beyond_the_configured_bound() {
         caught > 0,
         "no overlap detected in 200 runs with broken clock assumptions"
     );
+}
+
+fn clusters_on_real_databases_survive_crashes() {
+    // The same scenarios with every node's records in redb with fsync; a
+    // crash closes the database and the restart reopens it from the file.
+    let mut failures = Vec::new();
+    for seed in 7..10 {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut opts = options_for(seed);
+        opts.faults = true;
+        opts.active = 3_000_000;
+        opts.disk_root = Some(dir.path().to_path_buf());
+        let out = run_with(seed, opts);
+        if out.failure.is_some() {
+            failures.push(out);
+        }
+    }
+    assert!(failures.is_empty(), "{}", report(&failures));
+}
+
+fn main() {
+    let tests: [(&str, fn()); 5] = [
+        (
+            "clusters_on_real_databases_survive_crashes",
+            clusters_on_real_databases_survive_crashes,
+        ),
+        (
+            "two_hundred_seeded_simulations_keep_every_invariant",
+            two_hundred_seeded_simulations_keep_every_invariant,
+        ),
+        (
+            "crashes_between_persist_and_send_lose_no_acknowledged_write",
+            crashes_between_persist_and_send_lose_no_acknowledged_write,
+        ),
+        (
+            "membership_changes_under_faults_keep_every_invariant",
+            membership_changes_under_faults_keep_every_invariant,
+        ),
+        (
+            "leases_overlap_when_clocks_drift_beyond_the_configured_bound",
+            leases_overlap_when_clocks_drift_beyond_the_configured_bound,
+        ),
+    ];
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        match std::panic::catch_unwind(test) {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
 }

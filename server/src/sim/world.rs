@@ -20,7 +20,7 @@ use crate::paxos::{
     Command, ConfChange, EngineConfig, Envelope, Index, Member, Membership, NodeId, ProposeError,
     Replica, RequestId, Role, SnapshotMeta, Value,
 };
-use crate::storage::{LogStore, MemStore};
+use crate::storage::{DiskStore, Identity, LogStore, MemStore};
 
 /// Microseconds of simulated real time.
 type Time = u64;
@@ -52,6 +52,9 @@ pub struct WorldOptions {
     /// Every injected crash hits the master exactly between persisting and
     /// sending, or between sending and its next record.
     pub crash_points_only: bool,
+    /// Keep each node's records in a real database under this directory
+    /// (fsync and all) instead of in memory.
+    pub disk_root: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,7 +117,9 @@ struct Node {
     alive: bool,
     replica: Option<Replica>,
     store: Store,
-    disk: MemStore,
+    /// What survives a crash: in memory, or a real redb database on disk
+    /// that is closed at a crash and reopened at the restart.
+    disk: Box<dyn LogStore + Send>,
     /// Local monotonic clock: `offset + rate * real time`.
     clock_offset: u64,
     clock_rate_ppm: i64,
@@ -222,7 +227,7 @@ impl World {
                 alive: i < opts.nodes,
                 replica: None,
                 store: Store::new(),
-                disk: MemStore::new(),
+                disk: Box::new(MemStore::new()),
                 clock_offset: rng.random_range(0..1_000_000_000),
                 // Within the engine's drift bound, at either extreme sometimes.
                 // Within the drift bound, often at either extreme.
@@ -367,6 +372,17 @@ impl World {
         let now = self.local_now(i);
         let cfg = self.engine_config(i);
         let name = self.nodes[i].name.clone();
+        if let Some(root) = &self.opts.disk_root {
+            // Reopen from the file, exactly as a restarted process would.
+            let identity = Identity {
+                node: name.clone(),
+                cluster: "sim".into(),
+            };
+            match DiskStore::open(&root.join(&name), &identity) {
+                Ok(d) => self.nodes[i].disk = Box::new(d),
+                Err(e) => return self.fail(format!("{name} cannot open its data: {e}")),
+            }
+        }
         let (recovered, data) = match self.nodes[i].disk.recover() {
             Ok(r) => r,
             Err(e) => return self.fail(format!("{name} cannot recover: {e}")),
@@ -402,6 +418,10 @@ impl World {
         node.waiters.clear();
         node.reads.clear();
         node.crash_point = None;
+        if self.opts.disk_root.is_some() {
+            // Close the database: only what it made durable comes back.
+            node.disk = Box::new(MemStore::new());
+        }
         let name = node.name.clone();
         self.note(format!("{name} crashes"));
     }

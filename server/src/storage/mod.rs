@@ -26,7 +26,7 @@ use crate::paxos::{Persist, Recovered, SnapshotMeta};
 ///   ignored when `i` is covered by the snapshot, since that slot is already
 ///   chosen and folded into the state machine image;
 /// - `Commit(c)` raises the commit index to `c`; it never goes down.
-pub trait LogStore {
+pub trait LogStore: std::fmt::Debug {
     /// Applies `records` in order as one atomic unit that is durable (synced
     /// to stable storage) when this returns: after a crash, either all of them
     /// are recovered or none.
