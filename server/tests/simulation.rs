@@ -129,6 +129,11 @@ fn clusters_on_real_databases_survive_crashes() {
         opts.active = 3_000_000;
         opts.disk_root = Some(dir.path().to_path_buf());
         let out = run_with(seed, opts);
+        assert!(
+            dir.path().join("n1").join("phxkv.redb").exists(),
+            "the nodes kept their records on disk"
+        );
+        assert!(out.acknowledged_writes > 0, "seed {seed} acknowledged nothing");
         if out.failure.is_some() {
             failures.push(out);
         }

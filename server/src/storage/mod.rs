@@ -4,6 +4,13 @@
 //! where they live is the caller's business. [`LogStore`] is that seam: the
 //! node runtime uses [`DiskStore`], the deterministic simulator [`MemStore`],
 //! and both obey the same semantics, checked by one shared conformance suite.
+//!
+//! The key-value data itself is held by the state machine in memory and made
+//! durable by the log plus snapshots: a snapshot carries the KV image *with*
+//! the applied index it reflects, and is stored in the same transaction that
+//! drops the log slots it covers. Recovery loads the snapshot, then the engine
+//! hands the chosen slots after it back for replay, so the data and its
+//! applied index can never disagree after a crash at any point.
 
 mod disk;
 mod error;
