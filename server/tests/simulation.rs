@@ -133,7 +133,10 @@ fn clusters_on_real_databases_survive_crashes() {
             dir.path().join("n1").join("phxkv.redb").exists(),
             "the nodes kept their records on disk"
         );
-        assert!(out.acknowledged_writes > 0, "seed {seed} acknowledged nothing");
+        assert!(
+            out.acknowledged_writes > 0,
+            "seed {seed} acknowledged nothing"
+        );
         if out.failure.is_some() {
             failures.push(out);
         }
