@@ -6,6 +6,7 @@
 //! - [`storage`]: durable homes for the engine's records and snapshots;
 //! - [`sim`]: a deterministic simulator and the checkers it runs after every step.
 
+pub mod api;
 pub mod kv;
 pub mod paxos;
 pub mod sim;

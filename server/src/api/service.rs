@@ -1,0 +1,159 @@
+//! The seam between the HTTP layer and the replica: everything a handler may
+//! ask of the node, as a trait. The node runtime implements it for real; the
+//! API tests implement it over a plain in-memory store. Handlers map
+//! [`ServiceError`] to HTTP once, in the error module.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::kv::{Event, Limits, Op, OpResult, Store};
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read began (default).
+    Linearizable,
+    /// Served from this replica at once; if `min_revision` is set, waits
+    /// (briefly) until the replica has applied at least that revision.
+    Local { min_revision: Option<u64> },
+}
+
+/// A membership change, as the operator asks for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Join as a learner: receives the log, does not vote.
+    Add { name: String, peer_url: String },
+    /// Make a caught-up learner a voter.
+    Promote { name: String },
+    /// Remove a member (voter or learner).
+    Remove { name: String },
+}
+
+/// A member's role in quorums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    Voter,
+    Learner,
+}
+
+/// One member as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MemberInfo {
+    pub name: String,
+    pub role: MemberRole,
+    pub peer_url: String,
+    pub is_master: bool,
+    /// The member's commit index as last reported to the master (the
+    /// node's own for itself); `null` when unknown here.
+    pub commit_index: Option<u64>,
+    /// Reported recently enough to count as up.
+    pub healthy: bool,
+}
+
+/// The cluster as seen from the node that answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterInfo {
+    pub cluster_id: String,
+    /// The answering node's name.
+    pub node: String,
+    /// Current master, if known.
+    pub master: Option<String>,
+    /// Milliseconds left on the master lease, when this node is master.
+    pub lease_remaining_ms: Option<u64>,
+    /// The KV revision this node has applied.
+    pub revision: u64,
+    pub applied_index: u64,
+    pub commit_index: u64,
+    pub members: Vec<MemberInfo>,
+}
+
+/// Liveness and readiness, for `/healthz` and `/readyz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// The node is a member of a cluster that has a master, and has caught up.
+    pub ready: bool,
+    /// Why not ready, for humans.
+    pub reason: Option<String>,
+}
+
+/// What can go wrong serving a request; each maps to one HTTP status.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// Malformed or invalid input (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// Over a configured limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Watch start revision no longer in history (410).
+    #[error("revision {requested} has been compacted; the oldest available is {oldest}")]
+    Compacted { requested: u64, oldest: u64 },
+    /// Missing or wrong cluster token (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// No master or no quorum right now; retry after the hint (503).
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// The write was proposed but its outcome is unknown at the deadline; it
+    /// may still commit (504).
+    #[error("{0}")]
+    Timeout(String),
+    /// The membership change conflicts with the current configuration (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// A bug or an I/O failure on this node (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Everything the public API needs from a node.
+pub trait Service: Clone + Send + Sync + 'static {
+    /// Proposes a mutating op and waits until it is applied (chosen and
+    /// durable on a majority). Forwards to the master when needed.
+    fn write(&self, op: Op) -> impl Future<Output = Result<OpResult, ServiceError>> + Send;
+
+    /// Runs `f` against the state machine once the consistency level is met.
+    /// The closure must be quick: it holds the state machine's read lock.
+    fn read<R, F>(
+        &self,
+        consistency: Consistency,
+        f: F,
+    ) -> impl Future<Output = Result<R, ServiceError>> + Send
+    where
+        R: Send + 'static,
+        F: FnOnce(&Store) -> R + Send + 'static;
+
+    /// Changes below `start_revision` are replayed from history, then new ones
+    /// follow as they are applied, in revision order. The receiver ends when
+    /// the node shuts down or the watcher falls too far behind (an error item).
+    fn watch(
+        &self,
+        prefix: Vec<u8>,
+        start_revision: u64,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<Event, ServiceError>>, ServiceError>;
+
+    fn cluster(&self) -> impl Future<Output = Result<ClusterInfo, ServiceError>> + Send;
+
+    /// Applies one membership change through the master and waits until it
+    /// is committed.
+    fn change_members(
+        &self,
+        change: MemberChange,
+    ) -> impl Future<Output = Result<ClusterInfo, ServiceError>> + Send;
+
+    fn health(&self) -> Health;
+
+    fn limits(&self) -> Limits;
+
+    /// The cluster token membership changes must present as a bearer token.
+    fn cluster_token(&self) -> String;
+
+    /// Prometheus text exposition of the node's metrics.
+    fn metrics_text(&self) -> String;
+}
