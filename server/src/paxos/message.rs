@@ -55,6 +55,9 @@ pub enum Message {
     HeartbeatAck { ballot: Ballot, commit: Index },
     /// Asks for chosen values from `from_index` on.
     CatchupRequest { from_index: Index },
+    /// The master at `ballot` handed its mastership to the receiver, whose
+    /// lease the acceptors now honour: run for master now.
+    TimeoutNow { ballot: Ballot },
     /// Chosen values, contiguous from the requested index.
     Catchup {
         entries: Vec<(Index, Value)>,

@@ -137,6 +137,16 @@ struct Master {
     last_heartbeat: Duration,
     /// Highest commit index each peer reported.
     peer_commit: BTreeMap<NodeId, Index>,
+    /// Mastership is being handed to this node: the handoff lease was
+    /// proposed at `index` at time `since`; no new commands are taken.
+    transfer: Option<Transfer>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    target: NodeId,
+    index: Index,
+    since: Duration,
 }
 
 #[derive(Debug)]
@@ -513,6 +523,12 @@ impl Replica {
                 }
             }
             Message::CatchupRequest { from_index } => self.on_catchup_request(from, from_index),
+            Message::TimeoutNow { ballot } => {
+                // Only a handoff from the current master, never a stale one.
+                if ballot >= self.promised && !self.is_master() && self.may_campaign(now) {
+                    self.campaign(now);
+                }
+            }
             Message::Catchup { entries, commit } => self.on_catchup(now, from, entries, commit),
         }
     }
@@ -1016,6 +1032,7 @@ impl Replica {
             last_lease_start: now,
             last_heartbeat: now,
             peer_commit: BTreeMap::new(),
+            transfer: None,
         });
         let mut values: Vec<(Index, Value)> = Vec::new();
         for i in c.from_index.max(self.commit + 1)..=last {
@@ -1114,7 +1131,14 @@ impl Replica {
         if chosen.is_empty() {
             return;
         }
+        let mut handed_over = None;
         for (i, v) in chosen {
+            if let State::Master(m) = &self.state
+                && let Some(t) = m.transfer
+                && t.index == i
+            {
+                handed_over = Some(t.target);
+            }
             if let (Value::Lease { holder, .. }, State::Master(m)) = (&v, &mut self.state)
                 && *holder == self.cfg.id
                 && let Some(start) = m.lease_starts.remove(&i)
@@ -1125,7 +1149,61 @@ impl Replica {
             self.learn(i, v);
         }
         self.advance_commit();
+        if let Some(target) = handed_over {
+            // The acceptors now honour `target`'s lease: let it take over at
+            // once instead of waiting for an election timeout.
+            let ballot = self.status(now).ballot;
+            self.step_down(Some(target));
+            self.send(target, Message::TimeoutNow { ballot });
+            return;
+        }
         self.pump(now);
+    }
+
+    /// Hands mastership to `target` (a caught-up voter), for a clean
+    /// shutdown or upgrade. The master stops serving lease reads and taking
+    /// commands at once, and proposes a lease *for the target*: acceptors that
+    /// accept it refuse everyone but the target, exactly as for any lease, so
+    /// no third node can step in. Once it is chosen the master steps down and
+    /// tells the target to run for master immediately.
+    pub fn transfer_mastership(
+        &mut self,
+        now: Duration,
+        target: NodeId,
+    ) -> Result<(), ProposeError> {
+        let hint = self.known_master;
+        let duration_ms = self.cfg.lease.as_millis() as u64;
+        if target == self.cfg.id || !self.membership().is_voter(target) {
+            return Err(ProposeError::InvalidChange(format!(
+                "node {target:x} is not another voter"
+            )));
+        }
+        let State::Master(m) = &mut self.state else {
+            return Err(ProposeError::NotMaster { hint });
+        };
+        if m.transfer.is_some() {
+            return Err(ProposeError::ChangeInProgress);
+        }
+        m.lease_until = None;
+        m.lease_starts.clear();
+        let index = m.next_index;
+        m.next_index += 1;
+        m.transfer = Some(Transfer {
+            target,
+            index,
+            since: now,
+        });
+        self.propose_values(
+            now,
+            vec![(
+                index,
+                Value::Lease {
+                    holder: target,
+                    duration_ms,
+                },
+            )],
+        );
+        Ok(())
     }
 
     fn master_tick(&mut self, now: Duration) {
@@ -1135,8 +1213,19 @@ impl Replica {
         let State::Master(m) = &mut self.state else {
             return;
         };
-        // Renew well before expiry: a third of the way in.
-        let renew = now >= m.last_lease_start + lease_len / 3 && m.lease_starts.is_empty();
+        // Renew well before expiry: a third of the way in (not while handing
+        // mastership over: that lease belongs to the target now).
+        if let Some(t) = m.transfer
+            && now >= t.since + self.cfg.lease
+        {
+            // The handoff did not complete in a lease: give up mastership
+            // anyway; an ordinary election follows.
+            self.step_down(None);
+            return;
+        }
+        let renew = now >= m.last_lease_start + lease_len / 3
+            && m.lease_starts.is_empty()
+            && m.transfer.is_none();
         let mut resend: Vec<(Index, Value)> = Vec::new();
         for (i, f) in m.inflight.iter_mut() {
             if now >= f.sent_at + retry {
@@ -1245,6 +1334,11 @@ impl Replica {
         let State::Master(m) = &mut self.state else {
             return Err(ProposeError::NotMaster { hint });
         };
+        if let Some(t) = m.transfer {
+            return Err(ProposeError::NotMaster {
+                hint: Some(t.target),
+            });
+        }
         if m.queue.len() >= max_queue {
             return Err(ProposeError::Busy(max_queue));
         }

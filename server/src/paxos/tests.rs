@@ -787,3 +787,45 @@ fn a_master_whose_proposal_lost_an_instance_steps_down_before_advertising_it() {
         "no commit index is advertised after stepping down"
     );
 }
+
+#[test]
+fn mastership_handoff_elects_the_target_without_waiting_for_the_lease() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    let r = net.nodes.get_mut(&1).expect("master");
+    r.transfer_mastership(now, 2).expect("handoff starts");
+    // The old master stops serving lease reads and taking commands at once.
+    assert!(!r.lease_valid(now));
+    assert_eq!(
+        r.propose(now, put(1, "k")),
+        Err(ProposeError::NotMaster { hint: Some(2) })
+    );
+    net.settle(&[]);
+    assert_eq!(net.master(), Some(2), "the target took over at once");
+    assert!(!net.nodes[&1].is_master());
+    // Node 3 honours the target's lease: nobody else can get its promise.
+    let t = net.now;
+    net.nodes.get_mut(&3).map(|r| {
+        r.step(
+            t,
+            1,
+            Message::Prepare {
+                ballot: Ballot::new(99, 1),
+                from_index: 1,
+            },
+        )
+    });
+    let ready = net
+        .nodes
+        .get_mut(&3)
+        .map(|r| r.take_ready())
+        .expect("ready");
+    assert!(matches!(
+        ready.messages[0].msg,
+        Message::Reject {
+            reason: RejectReason::Lease { holder: 2 },
+            ..
+        }
+    ));
+}

@@ -100,6 +100,7 @@ enum Event {
     Partition,
     Heal,
     Admin,
+    Handoff,
 }
 
 #[derive(Clone, Debug)]
@@ -305,8 +306,9 @@ impl World {
             let faults = w.opts.active / 1_000_000 + w.rng.random_range(1..4);
             for _ in 0..faults {
                 let at = w.rng.random_range(0..w.opts.active);
-                let ev = match w.rng.random_range(0..3) {
+                let ev = match w.rng.random_range(0..4) {
                     0 => Event::Partition,
+                    1 => Event::Handoff,
                     _ => Event::Crash,
                 };
                 w.schedule(at, ev);
@@ -907,6 +909,25 @@ impl World {
         self.schedule(d, Event::Heal);
     }
 
+    /// The master hands its mastership to another voter, as on a clean
+    /// shutdown or upgrade.
+    fn handoff(&mut self) {
+        let Some(m) = self.master_index() else { return };
+        let now = self.local_now(m);
+        let Some(r) = self.nodes[m].replica.as_mut() else {
+            return;
+        };
+        let voters: Vec<NodeId> = r.membership().voters().filter(|v| *v != r.id()).collect();
+        if voters.is_empty() {
+            return;
+        }
+        let target = voters[self.rng.random_range(0..voters.len())];
+        let result = r.transfer_mastership(now, target);
+        let name = self.nodes[m].name.clone();
+        self.note(format!("{name} hands mastership to {target}: {result:?}"));
+        self.process_ready(m);
+    }
+
     // ------------------------------------------------------------ admin
 
     fn master_index(&self) -> Option<usize> {
@@ -1072,6 +1093,11 @@ impl World {
                 self.note("partition healed".into());
             }
             Event::Admin => self.admin(),
+            Event::Handoff => {
+                if !self.stopping {
+                    self.handoff();
+                }
+            }
         }
         self.check_leases();
     }
@@ -1230,6 +1256,7 @@ fn short(m: &crate::paxos::Message) -> String {
         M::HeartbeatAck { ballot, commit } => format!("HbAck({ballot},c{commit})"),
         M::CatchupRequest { from_index } => format!("CatchupReq({from_index})"),
         M::Catchup { entries, commit } => format!("Catchup({} entries,c{commit})", entries.len()),
+        M::TimeoutNow { ballot } => format!("TimeoutNow({ballot})"),
     }
 }
 
