@@ -13,7 +13,6 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::error::ErrorResponse;
 use crate::api::service::Service;
 use crate::api::{cluster, health, kv, txn, watch};
 
@@ -63,7 +62,9 @@ branch on `code`, never on `message`.",
 struct ApiDoc;
 
 /// Adds what every operation shares, so each handler lists only the
-/// responses particular to it.
+/// responses particular to it. The default response refers to
+/// `ErrorResponse`, which the handlers' own error responses already put
+/// among the schemas.
 #[derive(Debug)]
 struct CommonParts;
 
@@ -110,14 +111,7 @@ impl Modify for CommonParts {
 
 /// The OpenAPI 3.1 document of the public API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    // Referenced by the default responses added after schema collection.
-    let components = doc.components.get_or_insert_with(Default::default);
-    components
-        .schemas
-        .entry("ErrorResponse".into())
-        .or_insert_with(|| <ErrorResponse as utoipa::PartialSchema>::schema());
-    doc
+    ApiDoc::openapi()
 }
 
 /// The documentation routes.

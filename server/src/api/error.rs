@@ -21,7 +21,12 @@ use crate::kv::KvError;
 /// How much of a stray plain-text error body is kept as the message.
 const MAX_STRAY_MESSAGE: usize = 1024;
 
-/// A machine-readable error kind; each has exactly one HTTP status.
+/// A machine-readable error kind; each has exactly one HTTP status:
+/// `invalid_argument` 400, `unauthorized` 401, `key_not_found` and
+/// `not_found` 404, `method_not_allowed` 405, `compare_failed` and
+/// `conflict` 409, `compacted` 410, `payload_too_large` 413, `internal` 500,
+/// `unavailable` 503 (see `Retry-After`), `timeout` 504 (the write may
+/// still commit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {

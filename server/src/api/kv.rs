@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use crate::api::body::RawBody;
 use crate::api::encoding::{KvJson, percent_decode, to_b64};
 use crate::api::error::{ApiError, ErrorCode, ErrorResponse};
-use crate::api::query::QueryParams;
+use crate::api::query::{QueryParams, ReadConsistency};
 use crate::api::service::Service;
 use crate::kv::{Expect, Op, OpResult, RangeRequest};
 
@@ -167,7 +167,7 @@ pub async fn put_key<S: Service>(
     tag = "kv",
     params(
         ("key" = String, Path, description = "The key, percent-encoded.", example = "config/a"),
-        ("consistency" = Option<String>, Query, description = "`linearizable` (default) or `local` (this replica, possibly stale)."),
+        ("consistency" = Option<ReadConsistency>, Query, description = "`linearizable` (default) or `local` (this replica, possibly stale)."),
         ("min_revision" = Option<u64>, Query, description = "With `consistency=local`: wait until the replica has applied this revision."),
     ),
     responses(
@@ -273,7 +273,7 @@ pub async fn delete_key<S: Service>(
         ("prefix" = Option<String>, Query, description = "Only keys starting with these bytes (percent-encoded); all keys when absent."),
         ("limit" = Option<u64>, Query, description = "Most keys to return, 1 to 1000 (default 100).", minimum = 1, maximum = 1000),
         ("after" = Option<String>, Query, description = "Only keys strictly after this one (percent-encoded), to continue a listing."),
-        ("consistency" = Option<String>, Query, description = "`linearizable` (default) or `local`."),
+        ("consistency" = Option<ReadConsistency>, Query, description = "`linearizable` (default) or `local` (this replica, possibly stale)."),
         ("min_revision" = Option<u64>, Query, description = "With `consistency=local`: wait until the replica has applied this revision."),
     ),
     responses(

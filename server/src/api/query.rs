@@ -8,10 +8,23 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::api::encoding::percent_decode;
 use crate::api::error::ApiError;
 use crate::api::service::Consistency;
+
+/// The values of the `consistency` query parameter, for the API document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadConsistency {
+    /// Reflects every write acknowledged before the read began (default).
+    Linearizable,
+    /// Served by the answering replica at once, possibly stale; with
+    /// `min_revision`, waits until the replica has applied that revision.
+    Local,
+}
 
 /// The request's query parameters, each percent-decoded to bytes.
 ///

@@ -531,6 +531,7 @@ async fn unknown_routes_and_wrong_methods_are_json_errors() {
         .error(StatusCode::NOT_FOUND, "not_found");
     let wrong = call(&router, Method::POST, "/v1/kv/k", "v").await;
     wrong.error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    assert!(wrong.header("allow").contains("PUT"));
     call(&router, Method::PATCH, "/v1/txn", Body::empty())
         .await
         .error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
@@ -771,4 +772,24 @@ async fn docs_page_is_self_contained() {
     let html = String::from_utf8_lossy(&reply.body);
     assert!(html.contains("/openapi.json"));
     assert!(!html.contains("http://") && !html.contains("https://"));
+}
+
+#[tokio::test]
+async fn stray_plain_text_errors_are_rewritten_as_json() {
+    use axum::routing::get;
+    let router = Router::new()
+        .route(
+            "/plain",
+            get(|| async { (StatusCode::UNPROCESSABLE_ENTITY, "framework says no") }),
+        )
+        .route("/fine", get(|| async { "plain success stays" }))
+        .layer(axum::middleware::from_fn(
+            crate::api::error::json_errors_only,
+        ));
+    let err = call(&router, Method::GET, "/plain", Body::empty())
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    assert_eq!(err["message"], "framework says no");
+    let ok = call(&router, Method::GET, "/fine", Body::empty()).await;
+    assert_eq!(ok.body.as_ref(), b"plain success stays");
 }
