@@ -1,3 +1,66 @@
 //! HTTP: the public v1 API on the client port, and the peer API.
+//!
+//! [`public_router`] assembles the client-facing routes; [`openapi`]
+//! describes them. Handlers are generic over [`service::Service`] so that
+//! the same code serves a real node and the in-memory fake in the tests.
 
+pub mod body;
+pub mod cluster;
+pub mod docs;
+pub mod encoding;
+pub mod error;
+pub mod health;
+pub mod kv;
+pub mod query;
 pub mod service;
+pub mod txn;
+pub mod watch;
+
+#[cfg(test)]
+mod tests;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+
+pub use docs::openapi;
+
+use crate::kv::Limits;
+use service::Service;
+
+/// Room for everything in a body besides one maximal value: the key, JSON
+/// syntax and the other operations of a transaction.
+const BODY_SLACK: usize = 64 * 1024;
+
+/// The largest request body accepted, derived from the value limit.
+///
+/// Transaction bodies carry values as base64, a third larger than the raw
+/// bytes, so the limit leaves room for one maximal value in that form. A
+/// transaction whose values add up to more is refused as a whole with 413.
+pub fn body_limit(limits: &Limits) -> usize {
+    let value = limits.max_value_bytes;
+    value
+        .saturating_add(value / 3 + 4)
+        .saturating_add(BODY_SLACK)
+}
+
+/// The public API: `/v1/kv`, `/v1/txn`, `/v1/watch`, `/v1/cluster`, the
+/// probes, `/metrics`, `/openapi.json` and `/docs`, served from `svc`.
+///
+/// Every error, including unknown routes, wrong methods and bodies over
+/// [`body_limit`], is answered with the JSON body of [`error::ErrorResponse`].
+pub fn public_router<S: Service>(svc: S) -> Router {
+    let limit = body_limit(&svc.limits());
+    Router::new()
+        .merge(kv::routes())
+        .merge(txn::routes())
+        .merge(watch::routes())
+        .merge(cluster::routes())
+        .merge(health::routes())
+        .merge(docs::routes())
+        // Only applies to routes added above, so it must come after them.
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(error::json_errors_only))
+        .with_state(svc)
+}

@@ -1,0 +1,198 @@
+//! Cluster status and membership changes: `/v1/cluster`.
+//!
+//! Reading the cluster's shape is open to every client, but changing it can
+//! take the whole cluster down, so membership changes require the cluster
+//! token as a bearer token.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::routing::{delete, get, post};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::body::JsonBody;
+use crate::api::error::{ApiError, ErrorCode, ErrorResponse};
+use crate::api::service::{ClusterInfo, MemberChange, Service};
+
+/// A new member, joining as a learner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "node4", "peer_url": "10.0.0.4:2380"}))]
+pub struct AddMemberRequest {
+    /// A name unique in the cluster.
+    pub name: String,
+    /// Where the other members reach the new one's peer API.
+    pub peer_url: String,
+}
+
+/// Proof that the request carries the cluster token.
+#[derive(Debug)]
+pub struct ClusterAuth;
+
+impl<S: Service> FromRequestParts<S> for ClusterAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, svc: &S) -> Result<Self, Self::Rejection> {
+        let expected = svc.cluster_token();
+        // An unset token must not let an empty bearer token through.
+        if expected.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "membership changes are disabled: this node has no cluster token",
+            ));
+        }
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "membership changes need an Authorization: Bearer <cluster token> header",
+                )
+            })?;
+        if constant_time_eq(given, expected.as_bytes()) {
+            Ok(ClusterAuth)
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "wrong cluster token",
+            ))
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell an attacker how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(a.len() ^ b.len(), |acc, (x, y)| acc | usize::from(x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The member named in the path.
+#[derive(Debug)]
+pub struct MemberName(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for MemberName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(name) = Path::<String>::from_request_parts(parts, state).await?;
+        Ok(MemberName(name))
+    }
+}
+
+/// The `/v1/cluster` routes.
+pub(crate) fn routes<S: Service>() -> Router<S> {
+    Router::new()
+        .route("/v1/cluster", get(cluster::<S>))
+        .route("/v1/cluster/members", post(add_member::<S>))
+        .route("/v1/cluster/members/{name}", delete(remove_member::<S>))
+        .route(
+            "/v1/cluster/members/{name}/promote",
+            post(promote_member::<S>),
+        )
+}
+
+/// The cluster as this node sees it.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "cluster",
+    responses((status = 200, description = "Members, master and progress.", body = ClusterInfo))
+)]
+pub async fn cluster<S: Service>(State(svc): State<S>) -> Result<Json<ClusterInfo>, ApiError> {
+    Ok(Json(svc.cluster().await?))
+}
+
+/// Adds a member as a learner: it receives the log but does not vote
+/// until promoted.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/members",
+    tag = "cluster",
+    security(("cluster_token" = [])),
+    request_body = AddMemberRequest,
+    responses(
+        (status = 200, description = "The change is committed.", body = ClusterInfo),
+        (status = 400, description = "Malformed body.", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
+        (status = 409, description = "Conflicts with the current configuration (`conflict`).", body = ErrorResponse),
+    )
+)]
+pub async fn add_member<S: Service>(
+    State(svc): State<S>,
+    _auth: ClusterAuth,
+    JsonBody(body): JsonBody<AddMemberRequest>,
+) -> Result<Json<ClusterInfo>, ApiError> {
+    let change = MemberChange::Add {
+        name: body.name,
+        peer_url: body.peer_url,
+    };
+    Ok(Json(svc.change_members(change).await?))
+}
+
+/// Makes a caught-up learner a voter.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/members/{name}/promote",
+    tag = "cluster",
+    security(("cluster_token" = [])),
+    params(("name" = String, Path, description = "The member's name.")),
+    responses(
+        (status = 200, description = "The change is committed.", body = ClusterInfo),
+        (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
+        (status = 409, description = "Not a learner, or not caught up (`conflict`).", body = ErrorResponse),
+    )
+)]
+pub async fn promote_member<S: Service>(
+    State(svc): State<S>,
+    _auth: ClusterAuth,
+    MemberName(name): MemberName,
+) -> Result<Json<ClusterInfo>, ApiError> {
+    Ok(Json(
+        svc.change_members(MemberChange::Promote { name }).await?,
+    ))
+}
+
+/// Removes a member, voter or learner.
+#[utoipa::path(
+    delete,
+    path = "/v1/cluster/members/{name}",
+    tag = "cluster",
+    security(("cluster_token" = [])),
+    params(("name" = String, Path, description = "The member's name.")),
+    responses(
+        (status = 200, description = "The change is committed.", body = ClusterInfo),
+        (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
+        (status = 409, description = "Not a member, or removing it would break quorum (`conflict`).", body = ErrorResponse),
+    )
+)]
+pub async fn remove_member<S: Service>(
+    State(svc): State<S>,
+    _auth: ClusterAuth,
+    MemberName(name): MemberName,
+) -> Result<Json<ClusterInfo>, ApiError> {
+    Ok(Json(
+        svc.change_members(MemberChange::Remove { name }).await?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn constant_time_eq_needs_equal_length_and_bytes() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -1,0 +1,144 @@
+//! The API's description: `GET /openapi.json` and a readable `GET /docs`.
+//!
+//! The OpenAPI document is generated from the handlers' annotations, so it
+//! cannot drift from the code; a committed copy lets reviewers see API
+//! changes in diffs. The docs page is our own small renderer of that
+//! document, so it works on machines without internet access.
+
+use axum::Json;
+use axum::Router;
+use axum::response::Html;
+use axum::routing::get;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+
+use crate::api::service::Service;
+use crate::api::{cluster, health, kv, txn, watch};
+
+/// The HTML of `/docs`.
+const DOCS_HTML: &str = include_str!("docs.html");
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "phxkv",
+        version = env!("CARGO_PKG_VERSION"),
+        description = "A strongly consistent key-value store replicated with Multi-Paxos.\n\n\
+Keys and values are arbitrary bytes. In paths and query strings they are \
+percent-encoded; in JSON they are base64, with a `*_utf8` copy whenever the \
+bytes are valid UTF-8. Every write moves the store's single revision counter; \
+reads and watches report revisions so clients can order what they see.\n\n\
+Every error has the body `{\"error\": {\"code\": ..., \"message\": ...}}`; \
+branch on `code`, never on `message`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        kv::put_key,
+        kv::get_key,
+        kv::delete_key,
+        kv::list,
+        txn::txn,
+        watch::watch,
+        cluster::cluster,
+        cluster::add_member,
+        cluster::promote_member,
+        cluster::remove_member,
+        health::healthz,
+        health::readyz,
+        health::metrics,
+        openapi_json,
+        docs_page,
+    ),
+    components(schemas(crate::api::error::ErrorCode)),
+    tags(
+        (name = "kv", description = "Reads, writes, listings and transactions."),
+        (name = "watch", description = "Streams of changes."),
+        (name = "cluster", description = "Cluster status and membership."),
+        (name = "operations", description = "Probes, metrics and this documentation."),
+    ),
+    modifiers(&CommonParts),
+)]
+struct ApiDoc;
+
+/// Adds what every operation shares, so each handler lists only the
+/// responses particular to it. The default response refers to
+/// `ErrorResponse`, which the handlers' own error responses already put
+/// among the schemas.
+#[derive(Debug)]
+struct CommonParts;
+
+impl Modify for CommonParts {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "cluster_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The cluster token configured on every node."))
+                    .build(),
+            ),
+        );
+        let default_error = ResponseBuilder::new()
+            .description(
+                "Any other error, e.g. `unavailable` (503, with `Retry-After`), \
+                 `timeout` (504: the write may still commit) or `internal` (500).",
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorResponse")))
+                    .build(),
+            )
+            .build();
+        for item in doc.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
+            for op in operations.into_iter().flatten() {
+                op.responses
+                    .responses
+                    .entry("default".into())
+                    .or_insert_with(|| default_error.clone().into());
+            }
+        }
+    }
+}
+
+/// The OpenAPI 3.1 document of the public API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The documentation routes.
+pub(crate) fn routes<S: Service>() -> Router<S> {
+    Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .route("/docs", get(docs_page))
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI document.", content_type = "application/json"))
+)]
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+/// Human-readable API documentation, rendered from `/openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/docs",
+    tag = "operations",
+    responses((status = 200, description = "An HTML page.", content_type = "text/html"))
+)]
+pub async fn docs_page() -> Html<&'static str> {
+    Html(DOCS_HTML)
+}

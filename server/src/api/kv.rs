@@ -1,0 +1,317 @@
+//! Single-key reads and writes, and prefix listings: `/v1/kv`.
+//!
+//! The key is everything after `/v1/kv/`, percent-decoded to bytes, so any
+//! byte string is addressable; values travel as raw bodies so that storing
+//! a file needs no encoding at all. Listings are JSON, with base64 keys.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::body::RawBody;
+use crate::api::encoding::{KvJson, percent_decode, to_b64};
+use crate::api::error::{ApiError, ErrorCode, ErrorResponse};
+use crate::api::query::{QueryParams, ReadConsistency};
+use crate::api::service::Service;
+use crate::kv::{Expect, Op, OpResult, RangeRequest};
+
+/// Where keys start in the path.
+const KEY_PREFIX: &str = "/v1/kv/";
+/// Keys a listing returns unless `limit` says otherwise.
+pub const DEFAULT_LIST_LIMIT: u64 = 100;
+/// The most keys one listing may ask for.
+pub const MAX_LIST_LIMIT: u64 = 1000;
+
+/// The key's version.
+pub const VERSION_HEADER: &str = "x-phxkv-version";
+/// The revision that created the key.
+pub const CREATE_REVISION_HEADER: &str = "x-phxkv-create-revision";
+/// The revision of the key's last write.
+pub const MOD_REVISION_HEADER: &str = "x-phxkv-mod-revision";
+/// The store revision the read reflects.
+pub const REVISION_HEADER: &str = "x-phxkv-revision";
+
+/// The result of a put.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"revision": 42, "version": 3}))]
+pub struct PutResponse {
+    /// The store revision of this write.
+    pub revision: u64,
+    /// The key's version after the write; `1` when it was just created.
+    pub version: u64,
+}
+
+/// The result of a delete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"revision": 43, "deleted": true}))]
+pub struct DeleteResponse {
+    /// The revision of the deletion, or the unchanged current revision when
+    /// the key did not exist.
+    pub revision: u64,
+    /// Whether the key existed.
+    pub deleted: bool,
+}
+
+/// One page of keys sharing a prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ListResponse {
+    /// The store revision the whole page reflects.
+    pub revision: u64,
+    /// Matching keys in byte order.
+    pub kvs: Vec<KvJson>,
+    /// More keys match beyond this page.
+    pub more: bool,
+    /// With `more`: the last key of this page, base64. Pass it (decoded and
+    /// percent-encoded) as `after` to fetch the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, content_encoding = "base64")]
+    pub next_after: Option<String>,
+}
+
+/// The `/v1/kv` routes.
+pub(crate) fn routes<S: Service>() -> Router<S> {
+    let key_routes = || get(get_key::<S>).put(put_key::<S>).delete(delete_key::<S>);
+    Router::new()
+        .route("/v1/kv", get(list::<S>))
+        // An empty key gets a clear 400 from validation instead of a 404.
+        .route("/v1/kv/", key_routes())
+        .route("/v1/kv/{*key}", key_routes())
+}
+
+/// The key named by the request path.
+fn path_key(uri: &Uri) -> Result<Vec<u8>, ApiError> {
+    uri.path()
+        .strip_prefix(KEY_PREFIX)
+        .map(percent_decode)
+        .ok_or_else(|| ApiError::internal("key route matched a path outside /v1/kv/"))
+}
+
+/// The compare-and-swap condition in `if_version` / `if_mod_revision`.
+fn expect_from(query: &mut QueryParams) -> Result<Option<Expect>, ApiError> {
+    match (query.u64("if_version")?, query.u64("if_mod_revision")?) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "give at most one of if_version and if_mod_revision",
+        )),
+        (Some(v), None) => Ok(Some(Expect::Version(v))),
+        (None, Some(r)) => Ok(Some(Expect::ModRevision(r))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// For results a correct node never returns for the op it was given.
+pub(crate) fn unexpected(result: &OpResult) -> ApiError {
+    ApiError::internal(format!("unexpected result from the node: {result:?}"))
+}
+
+/// Stores a value.
+///
+/// The body is the value, stored byte for byte whatever its content type.
+/// With `if_version` or `if_mod_revision` the write only happens when the
+/// key is in that state (`0`: the key must not exist).
+#[utoipa::path(
+    put,
+    path = "/v1/kv/{key}",
+    tag = "kv",
+    params(
+        ("key" = String, Path, description = "The key: the rest of the path, percent-decoded to bytes (binary safe, may contain `/`).", example = "config/a"),
+        ("if_version" = Option<u64>, Query, description = "Write only if the key's version is this (`0`: only if absent)."),
+        ("if_mod_revision" = Option<u64>, Query, description = "Write only if the key's mod revision is this (`0`: only if absent)."),
+    ),
+    request_body(description = "The value, as raw bytes.", content(("application/octet-stream"))),
+    responses(
+        (status = 200, description = "Written.", body = PutResponse),
+        (status = 400, description = "Empty key or bad query parameter.", body = ErrorResponse),
+        (status = 409, description = "The condition did not hold (`compare_failed`); nothing changed.", body = ErrorResponse),
+        (status = 413, description = "Key or value over the limit.", body = ErrorResponse),
+    )
+)]
+pub async fn put_key<S: Service>(
+    State(svc): State<S>,
+    uri: Uri,
+    mut query: QueryParams,
+    RawBody(value): RawBody,
+) -> Result<Json<PutResponse>, ApiError> {
+    let key = path_key(&uri)?;
+    let expect = expect_from(&mut query)?;
+    query.finish()?;
+    let op = Op::Put {
+        key,
+        value: value.to_vec(),
+        expect,
+    };
+    op.validate(&svc.limits())?;
+    match svc.write(op).await? {
+        OpResult::Put { revision, version } => Ok(Json(PutResponse { revision, version })),
+        OpResult::CompareFailed {
+            current_version,
+            current_mod_revision,
+        } => Err(ApiError::compare_failed(
+            current_version,
+            current_mod_revision,
+        )),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Reads a value.
+///
+/// The body is the raw value; the key's bookkeeping is in headers.
+#[utoipa::path(
+    get,
+    path = "/v1/kv/{key}",
+    tag = "kv",
+    params(
+        ("key" = String, Path, description = "The key, percent-encoded.", example = "config/a"),
+        ("consistency" = Option<ReadConsistency>, Query, description = "`linearizable` (default) or `local` (this replica, possibly stale)."),
+        ("min_revision" = Option<u64>, Query, description = "With `consistency=local`: wait until the replica has applied this revision."),
+    ),
+    responses(
+        (status = 200, description = "The value.", content(("application/octet-stream")),
+            headers(
+                ("X-Phxkv-Version" = u64, description = "The key's version."),
+                ("X-Phxkv-Create-Revision" = u64, description = "The revision that created the key."),
+                ("X-Phxkv-Mod-Revision" = u64, description = "The revision of the key's last write."),
+                ("X-Phxkv-Revision" = u64, description = "The store revision the read reflects."),
+            )),
+        (status = 400, description = "Empty key or bad query parameter.", body = ErrorResponse),
+        (status = 404, description = "No such key (`key_not_found`).", body = ErrorResponse),
+    )
+)]
+pub async fn get_key<S: Service>(
+    State(svc): State<S>,
+    uri: Uri,
+    mut query: QueryParams,
+) -> Result<Response, ApiError> {
+    let key = path_key(&uri)?;
+    let consistency = query.consistency()?;
+    query.finish()?;
+    if key.is_empty() {
+        return Err(ApiError::invalid(
+            "key is empty; keys must be at least one byte long",
+        ));
+    }
+    let (kv, revision) = svc
+        .read(consistency, move |store| {
+            (store.get(&key).cloned(), store.revision())
+        })
+        .await?;
+    let kv = kv.ok_or_else(|| ApiError::new(ErrorCode::KeyNotFound, "no such key"))?;
+    let header =
+        |name: &'static str, value: u64| (HeaderName::from_static(name), HeaderValue::from(value));
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            header(VERSION_HEADER, kv.version),
+            header(CREATE_REVISION_HEADER, kv.create_revision),
+            header(MOD_REVISION_HEADER, kv.mod_revision),
+            header(REVISION_HEADER, revision),
+        ],
+        kv.value,
+    )
+        .into_response())
+}
+
+/// Deletes a key.
+///
+/// Deleting a missing key succeeds with `deleted: false`.
+#[utoipa::path(
+    delete,
+    path = "/v1/kv/{key}",
+    tag = "kv",
+    params(
+        ("key" = String, Path, description = "The key, percent-encoded.", example = "config/a"),
+        ("if_version" = Option<u64>, Query, description = "Delete only if the key's version is this."),
+        ("if_mod_revision" = Option<u64>, Query, description = "Delete only if the key's mod revision is this."),
+    ),
+    responses(
+        (status = 200, description = "Done.", body = DeleteResponse),
+        (status = 400, description = "Empty key or bad query parameter.", body = ErrorResponse),
+        (status = 409, description = "The condition did not hold (`compare_failed`); nothing changed.", body = ErrorResponse),
+        (status = 413, description = "Key over the limit.", body = ErrorResponse),
+    )
+)]
+pub async fn delete_key<S: Service>(
+    State(svc): State<S>,
+    uri: Uri,
+    mut query: QueryParams,
+) -> Result<Json<DeleteResponse>, ApiError> {
+    let key = path_key(&uri)?;
+    let expect = expect_from(&mut query)?;
+    query.finish()?;
+    let op = Op::Delete { key, expect };
+    op.validate(&svc.limits())?;
+    match svc.write(op).await? {
+        OpResult::Delete { revision, deleted } => Ok(Json(DeleteResponse { revision, deleted })),
+        OpResult::CompareFailed {
+            current_version,
+            current_mod_revision,
+        } => Err(ApiError::compare_failed(
+            current_version,
+            current_mod_revision,
+        )),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Lists keys sharing a prefix.
+///
+/// Every page is read at one revision. To page through, pass the previous
+/// page's `next_after` as `after`; later pages may reflect later revisions.
+#[utoipa::path(
+    get,
+    path = "/v1/kv",
+    tag = "kv",
+    params(
+        ("prefix" = Option<String>, Query, description = "Only keys starting with these bytes (percent-encoded); all keys when absent."),
+        ("limit" = Option<u64>, Query, description = "Most keys to return, 1 to 1000 (default 100).", minimum = 1, maximum = 1000),
+        ("after" = Option<String>, Query, description = "Only keys strictly after this one (percent-encoded), to continue a listing."),
+        ("consistency" = Option<ReadConsistency>, Query, description = "`linearizable` (default) or `local` (this replica, possibly stale)."),
+        ("min_revision" = Option<u64>, Query, description = "With `consistency=local`: wait until the replica has applied this revision."),
+    ),
+    responses(
+        (status = 200, description = "One page of keys.", body = ListResponse),
+        (status = 400, description = "Bad query parameter.", body = ErrorResponse),
+    )
+)]
+pub async fn list<S: Service>(
+    State(svc): State<S>,
+    mut query: QueryParams,
+) -> Result<Json<ListResponse>, ApiError> {
+    let prefix = query.bytes("prefix").unwrap_or_default();
+    let after = query.bytes("after");
+    let limit = query.u64("limit")?.unwrap_or(DEFAULT_LIST_LIMIT);
+    let consistency = query.consistency()?;
+    query.finish()?;
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}"
+        )));
+    }
+    let request = RangeRequest {
+        prefix,
+        after,
+        // In range 1..=1000, so it fits any usize.
+        limit: limit as usize,
+    };
+    let page = svc
+        .read(consistency, move |store| store.range(&request))
+        .await?;
+    let next_after = match (page.more, page.kvs.last()) {
+        (true, Some(last)) => Some(to_b64(&last.key)),
+        _ => None,
+    };
+    Ok(Json(ListResponse {
+        revision: page.revision,
+        kvs: page.kvs.iter().map(KvJson::from).collect(),
+        more: page.more,
+        next_after,
+    }))
+}

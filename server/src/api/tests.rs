@@ -1,0 +1,795 @@
+//! The public API driven end to end over an in-memory fake node.
+//!
+//! The fake applies writes straight to a [`Store`], which is enough to check
+//! everything the HTTP layer owns: routing, encodings, status codes, error
+//! bodies and the OpenAPI document.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tower::ServiceExt;
+
+use crate::api::public_router;
+use crate::api::service::{
+    ClusterInfo, Consistency, Health, MemberChange, MemberInfo, MemberRole, Service, ServiceError,
+};
+use crate::kv::{Event, KvError, Limits, Op, OpResult, Store, StoreConfig};
+use crate::paxos::types::RequestId;
+
+const TOKEN: &str = "secret";
+
+/// A node without consensus: writes apply at once, in call order.
+#[derive(Clone)]
+struct Fake {
+    inner: Arc<FakeInner>,
+}
+
+struct FakeInner {
+    store: Mutex<Store>,
+    next_seq: AtomicU64,
+    applied: broadcast::Sender<Event>,
+    ready: AtomicBool,
+    limits: Limits,
+}
+
+impl Fake {
+    fn new() -> Fake {
+        Fake::with_config(StoreConfig::default())
+    }
+
+    fn with_config(config: StoreConfig) -> Fake {
+        Fake {
+            inner: Arc::new(FakeInner {
+                store: Mutex::new(Store::with_config(config)),
+                next_seq: AtomicU64::new(1),
+                applied: broadcast::channel(1024).0,
+                ready: AtomicBool::new(true),
+                limits: Limits {
+                    max_key_bytes: 16,
+                    max_value_bytes: 64,
+                    max_txn_ops: 8,
+                },
+            }),
+        }
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.inner.store.lock().expect("store lock")
+    }
+
+    fn router(&self) -> Router {
+        public_router(self.clone())
+    }
+}
+
+fn service_err(err: KvError) -> ServiceError {
+    match err {
+        KvError::Compacted { requested, oldest } => ServiceError::Compacted { requested, oldest },
+        other => ServiceError::Internal(other.to_string()),
+    }
+}
+
+impl Service for Fake {
+    async fn write(&self, op: Op) -> Result<OpResult, ServiceError> {
+        let id = RequestId {
+            client: 1,
+            seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
+        };
+        let mut store = self.store();
+        let before = store.revision();
+        let result = store.apply(id, &op);
+        let events = store
+            .events_since(before + 1, b"", 0)
+            .map_err(service_err)?;
+        for event in events {
+            // No receivers is fine: nobody is watching.
+            let _ = self.inner.applied.send(event);
+        }
+        Ok(result)
+    }
+
+    async fn read<R, F>(&self, _consistency: Consistency, f: F) -> Result<R, ServiceError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Store) -> R + Send + 'static,
+    {
+        Ok(f(&self.store()))
+    }
+
+    fn watch(
+        &self,
+        prefix: Vec<u8>,
+        start_revision: u64,
+    ) -> Result<mpsc::Receiver<Result<Event, ServiceError>>, ServiceError> {
+        let (tx, rx) = mpsc::channel(1024);
+        let store = self.store();
+        // Subscribing under the store lock leaves no gap between the replay
+        // and the live events.
+        let mut live = self.inner.applied.subscribe();
+        let replay = store.events_since(start_revision, &prefix, 0);
+        match replay {
+            Err(err) => {
+                // Delivered as the first item, as a node replaying
+                // asynchronously would; the handler must still answer 410.
+                let _ = tx.try_send(Err(service_err(err)));
+                return Ok(rx);
+            }
+            Ok(events) => {
+                for event in events {
+                    let _ = tx.try_send(Ok(event));
+                }
+            }
+        }
+        tokio::spawn(async move {
+            while let Ok(event) = live.recv().await {
+                if event.revision < start_revision || !event.kv.key.starts_with(&prefix) {
+                    continue;
+                }
+                if tx.send(Ok(event)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn cluster(&self) -> Result<ClusterInfo, ServiceError> {
+        Ok(ClusterInfo {
+            cluster_id: "c1".into(),
+            node: "n1".into(),
+            master: Some("n1".into()),
+            lease_remaining_ms: Some(900),
+            revision: self.store().revision(),
+            applied_index: 0,
+            commit_index: 0,
+            members: vec![MemberInfo {
+                name: "n1".into(),
+                role: MemberRole::Voter,
+                peer_url: "127.0.0.1:2380".into(),
+                is_master: true,
+                commit_index: Some(0),
+                healthy: true,
+            }],
+        })
+    }
+
+    async fn change_members(&self, _change: MemberChange) -> Result<ClusterInfo, ServiceError> {
+        self.cluster().await
+    }
+
+    fn health(&self) -> Health {
+        if self.inner.ready.load(Ordering::Relaxed) {
+            Health {
+                ready: true,
+                reason: None,
+            }
+        } else {
+            Health {
+                ready: false,
+                reason: Some("no master elected".into()),
+            }
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    fn cluster_token(&self) -> String {
+        TOKEN.into()
+    }
+
+    fn metrics_text(&self) -> String {
+        "# EOF\n".into()
+    }
+}
+
+/// A response, read to the end.
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} is not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("no header {name}"))
+    }
+
+    /// Checks the common error shape and returns the error object.
+    fn error(&self, status: StatusCode, code: &str) -> Value {
+        assert_eq!(self.status, status, "body: {:?}", self.body);
+        assert_eq!(self.header("content-type"), "application/json");
+        let body = self.json();
+        assert_eq!(body["error"]["code"], code, "body: {body}");
+        assert!(body["error"]["message"].is_string());
+        body["error"].clone()
+    }
+}
+
+async fn send(router: &Router, request: Request<Body>) -> Reply {
+    let response = router
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("routers are infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body reads");
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn call(router: &Router, method: Method, uri: &str, body: impl Into<Body>) -> Reply {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(body.into())
+        .expect("valid request");
+    send(router, request).await
+}
+
+async fn call_with_token(router: &Router, method: Method, uri: &str, token: &str) -> Reply {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::from(r#"{"name":"n2","peer_url":"127.0.0.1:2381"}"#))
+        .expect("valid request");
+    send(router, request).await
+}
+
+async fn txn(router: &Router, body: Value) -> Reply {
+    call(router, Method::POST, "/v1/txn", body.to_string()).await
+}
+
+#[tokio::test]
+async fn put_get_delete_roundtrip_with_a_binary_key() {
+    let router = Fake::new().router();
+    let value: &[u8] = b"\x00bin\xff";
+    let put = call(&router, Method::PUT, "/v1/kv/a%00%FF/b", value).await;
+    assert_eq!(put.status, StatusCode::OK);
+    assert_eq!(put.json(), json!({"revision": 1, "version": 1}));
+    let put = call(&router, Method::PUT, "/v1/kv/a%00%FF/b", value).await;
+    assert_eq!(put.json(), json!({"revision": 2, "version": 2}));
+
+    let got = call(&router, Method::GET, "/v1/kv/a%00%FF/b", Body::empty()).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body.as_ref(), value);
+    assert_eq!(got.header("content-type"), "application/octet-stream");
+    assert_eq!(got.header("x-phxkv-version"), "2");
+    assert_eq!(got.header("x-phxkv-create-revision"), "1");
+    assert_eq!(got.header("x-phxkv-mod-revision"), "2");
+    assert_eq!(got.header("x-phxkv-revision"), "2");
+
+    let local = "/v1/kv/a%00%FF/b?consistency=local&min_revision=2";
+    assert_eq!(
+        call(&router, Method::GET, local, Body::empty())
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let listed = call(&router, Method::GET, "/v1/kv", Body::empty()).await;
+    let kv = &listed.json()["kvs"][0];
+    assert_eq!(kv["key"], "YQD/L2I=");
+    assert!(
+        kv.get("key_utf8").is_none(),
+        "binary keys have no utf8 copy"
+    );
+    assert_eq!(kv["value"], "AGJpbv8=");
+
+    let deleted = call(&router, Method::DELETE, "/v1/kv/a%00%FF/b", Body::empty()).await;
+    assert_eq!(deleted.json(), json!({"revision": 3, "deleted": true}));
+    let again = call(&router, Method::DELETE, "/v1/kv/a%00%FF/b", Body::empty()).await;
+    assert_eq!(again.json(), json!({"revision": 3, "deleted": false}));
+}
+
+#[tokio::test]
+async fn compare_and_swap_succeeds_or_reports_the_current_state() {
+    let router = Fake::new().router();
+    let create = call(&router, Method::PUT, "/v1/kv/k?if_version=0", "v1").await;
+    assert_eq!(create.json(), json!({"revision": 1, "version": 1}));
+
+    let again = call(&router, Method::PUT, "/v1/kv/k?if_version=0", "v2").await;
+    let err = again.error(StatusCode::CONFLICT, "compare_failed");
+    assert_eq!(err["current_version"], 1);
+    assert_eq!(err["current_mod_revision"], 1);
+
+    let swap = call(&router, Method::PUT, "/v1/kv/k?if_mod_revision=1", "v2").await;
+    assert_eq!(swap.json(), json!({"revision": 2, "version": 2}));
+
+    let stale = call(
+        &router,
+        Method::DELETE,
+        "/v1/kv/k?if_version=1",
+        Body::empty(),
+    )
+    .await;
+    let err = stale.error(StatusCode::CONFLICT, "compare_failed");
+    assert_eq!(err["current_version"], 2);
+    let ok = call(
+        &router,
+        Method::DELETE,
+        "/v1/kv/k?if_version=2",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(ok.json()["deleted"], true);
+
+    let both = "/v1/kv/k?if_version=1&if_mod_revision=1";
+    call(&router, Method::PUT, both, "x")
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    call(&router, Method::PUT, "/v1/kv/k?if_verison=1", "x")
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+}
+
+#[tokio::test]
+async fn missing_key_and_bad_reads_are_json_errors() {
+    let router = Fake::new().router();
+    call(&router, Method::GET, "/v1/kv/nope", Body::empty())
+        .await
+        .error(StatusCode::NOT_FOUND, "key_not_found");
+    call(
+        &router,
+        Method::GET,
+        "/v1/kv/k?consistency=eventual",
+        Body::empty(),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    call(&router, Method::PUT, "/v1/kv/", "v")
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+}
+
+#[tokio::test]
+async fn oversized_keys_values_and_bodies_are_413() {
+    let router = Fake::new().router();
+    let long_key = format!("/v1/kv/{}", "k".repeat(17));
+    call(&router, Method::PUT, &long_key, "v")
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    call(&router, Method::PUT, "/v1/kv/k", vec![b'v'; 65])
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    // Beyond the body limit the body is not even read.
+    call(&router, Method::PUT, "/v1/kv/k", vec![b'v'; 200_000])
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    let too_many: Vec<Value> = (0..9).map(|_| json!({"get": {"key": "k"}})).collect();
+    txn(&router, json!({"success": too_many}))
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+}
+
+#[tokio::test]
+async fn malformed_transactions_are_400_with_a_specific_message() {
+    let router = Fake::new().router();
+    let cases = [
+        (json!("not an object"), "invalid request body"),
+        (json!({"succes": []}), "unknown field"),
+        (
+            json!({"compare": [{"key": "k", "target": "version", "value": "x"}]}),
+            "compare[0]: field \"value\" does not go with target \"version\"",
+        ),
+        (
+            json!({"compare": [{"key": "k", "target": "mod_revision"}]}),
+            "compare[0]: target \"mod_revision\" needs the \"mod_revision\" field",
+        ),
+        (
+            json!({"success": [{"put": {"key": "k", "key_b64": "aw==", "value": "v"}}]}),
+            "success[0].put: give either \"key\" or \"key_b64\", not both",
+        ),
+        (
+            json!({"failure": [{"get": {"key_b64": "%%"}}]}),
+            "failure[0].get.key_b64 is not valid base64",
+        ),
+        (
+            json!({"success": [{"put": {"key": "k"}}]}),
+            "success[0].put: \"value\" or \"value_b64\" is required",
+        ),
+        (
+            json!({"success": [{"put": {"key": "k", "value": "v"}, "get": {"key": "k"}}]}),
+            "invalid request body",
+        ),
+    ];
+    for (body, message) in cases {
+        let err = txn(&router, body.clone())
+            .await
+            .error(StatusCode::BAD_REQUEST, "invalid_argument");
+        let got = err["message"].as_str().unwrap_or_default();
+        assert!(got.contains(message), "{body}: {got}");
+    }
+    call(&router, Method::POST, "/v1/txn", "{not json")
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+}
+
+#[tokio::test]
+async fn transactions_run_the_branch_their_compares_choose() {
+    let router = Fake::new().router();
+    let claim = json!({
+        "compare": [{"key": "lock", "target": "version", "version": 0}],
+        "success": [
+            {"put": {"key": "lock", "value": "me"}},
+            {"put": {"key_b64": "/w==", "value_b64": "AA=="}},
+            {"get": {"key": "lock"}}
+        ],
+        "failure": [{"get": {"key": "lock"}}, {"delete": {"key": "other"}}]
+    });
+    let first = txn(&router, claim.clone()).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let body = first.json();
+    assert_eq!(body["succeeded"], true);
+    assert_eq!(body["revision"], 1);
+    assert_eq!(body["responses"][0], json!({"put": {"revision": 1}}));
+    assert_eq!(body["responses"][2]["get"]["kv"]["value_utf8"], "me");
+
+    let second = txn(&router, claim).await.json();
+    assert_eq!(second["succeeded"], false);
+    assert_eq!(second["responses"][0]["get"]["kv"]["key_utf8"], "lock");
+    assert_eq!(
+        second["responses"][1],
+        json!({"delete": {"deleted": false}})
+    );
+
+    let by_value = json!({
+        "compare": [{"key": "lock", "target": "value", "op": "not_equal", "value": "me"}],
+        "failure": [{"get": {"key": "missing"}}]
+    });
+    let third = txn(&router, by_value).await.json();
+    assert_eq!(third["succeeded"], false);
+    assert_eq!(third["responses"][0], json!({"get": {"kv": null}}));
+}
+
+#[tokio::test]
+async fn listings_filter_by_prefix_and_continue_after_a_key() {
+    let router = Fake::new().router();
+    for key in ["a/1", "a/2", "a/3", "b/1"] {
+        call(&router, Method::PUT, &format!("/v1/kv/{key}"), key).await;
+    }
+    let first = call(
+        &router,
+        Method::GET,
+        "/v1/kv?prefix=a%2F&limit=2",
+        Body::empty(),
+    )
+    .await;
+    let body = first.json();
+    assert_eq!(body["revision"], 4);
+    assert_eq!(body["more"], true);
+    let keys: Vec<&str> = body["kvs"]
+        .as_array()
+        .map(|kvs| {
+            kvs.iter()
+                .filter_map(|kv| kv["key_utf8"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(keys, ["a/1", "a/2"]);
+    assert_eq!(body["next_after"], "YS8y");
+
+    let rest = call(
+        &router,
+        Method::GET,
+        "/v1/kv?prefix=a/&after=a/2",
+        Body::empty(),
+    )
+    .await;
+    let body = rest.json();
+    assert_eq!(body["more"], false);
+    assert!(body.get("next_after").is_none());
+    assert_eq!(body["kvs"][0]["key_utf8"], "a/3");
+    assert_eq!(body["kvs"][0]["version"], 1);
+    assert_eq!(body["kvs"].as_array().map(Vec::len), Some(1));
+
+    for bad in ["limit=0", "limit=1001", "limit=x", "bogus=1"] {
+        call(
+            &router,
+            Method::GET,
+            &format!("/v1/kv?{bad}"),
+            Body::empty(),
+        )
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_are_json_errors() {
+    let router = Fake::new().router();
+    call(&router, Method::GET, "/v2/nothing", Body::empty())
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
+    let wrong = call(&router, Method::POST, "/v1/kv/k", "v").await;
+    wrong.error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    assert!(wrong.header("allow").contains("PUT"));
+    call(&router, Method::PATCH, "/v1/txn", Body::empty())
+        .await
+        .error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn membership_changes_need_the_cluster_token() {
+    let router = Fake::new().router();
+    let add = "/v1/cluster/members";
+    call(
+        &router,
+        Method::POST,
+        add,
+        r#"{"name":"n2","peer_url":"x"}"#,
+    )
+    .await
+    .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    call_with_token(&router, Method::POST, add, "wrong")
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let ok = call_with_token(&router, Method::POST, add, TOKEN).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.json()["cluster_id"], "c1");
+
+    let promote = "/v1/cluster/members/n2/promote";
+    call_with_token(&router, Method::POST, promote, "secreT")
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let ok = call_with_token(&router, Method::POST, promote, TOKEN).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let ok = call_with_token(&router, Method::DELETE, "/v1/cluster/members/n2", TOKEN).await;
+    assert_eq!(ok.status, StatusCode::OK);
+
+    let info = call(&router, Method::GET, "/v1/cluster", Body::empty()).await;
+    assert_eq!(info.json()["members"][0]["role"], "voter");
+}
+
+/// Reads the SSE stream until `count` events have arrived.
+async fn sse_events(router: &Router, uri: &str, count: usize) -> Vec<String> {
+    let request = Request::builder()
+        .uri(uri)
+        .body(Body::empty())
+        .expect("valid request");
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+        Some(&b"text/event-stream"[..])
+    );
+    let mut body = response.into_body().into_data_stream();
+    let mut text = String::new();
+    while text.matches("\n\n").count() < count {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("an event within the deadline")
+            .expect("stream open")
+            .expect("chunk reads");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn event_data(event: &str) -> Value {
+    let data = event
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or_else(|| panic!("no data in {event:?}"));
+    serde_json::from_str(data).expect("data is JSON")
+}
+
+#[tokio::test]
+async fn watch_replays_history_then_streams_new_changes() {
+    let fake = Fake::new();
+    let router = fake.router();
+    call(&router, Method::PUT, "/v1/kv/w/a", "1").await;
+    call(&router, Method::PUT, "/v1/kv/other", "x").await;
+    call(&router, Method::DELETE, "/v1/kv/w/a", Body::empty()).await;
+
+    let replayed = sse_events(&router, "/v1/watch?prefix=w/&start_revision=1", 2).await;
+    assert!(replayed[0].contains("event: put"), "{}", replayed[0]);
+    assert!(replayed[0].contains("id: 1"));
+    let put = event_data(&replayed[0]);
+    assert_eq!(put["type"], "put");
+    assert_eq!(put["key_utf8"], "w/a");
+    assert_eq!(put["value"], "MQ==");
+    assert_eq!(put["version"], 1);
+    assert!(replayed[1].contains("event: delete"));
+    assert_eq!(event_data(&replayed[1])["revision"], 3);
+
+    // By default only changes after the current revision are sent.
+    let watcher = {
+        let router = router.clone();
+        tokio::spawn(async move { sse_events(&router, "/v1/watch?prefix=w/", 1).await })
+    };
+    // Keep writing until the watcher (subscribed at some point) sees one.
+    let mut seen = None;
+    for _ in 0..100 {
+        call(&router, Method::PUT, "/v1/kv/w/b", "new").await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if watcher.is_finished() {
+            seen = Some(watcher.await.expect("watcher ran"));
+            break;
+        }
+    }
+    let live = seen.expect("the watcher saw a new change");
+    let data = event_data(&live[0]);
+    assert_eq!(data["key_utf8"], "w/b");
+    assert!(data["revision"].as_u64() > Some(3));
+}
+
+#[tokio::test]
+async fn watch_from_a_compacted_revision_is_410() {
+    let fake = Fake::with_config(StoreConfig {
+        history_max_events: 2,
+        ..StoreConfig::default()
+    });
+    let router = fake.router();
+    for i in 0..5 {
+        call(&router, Method::PUT, "/v1/kv/k", i.to_string()).await;
+    }
+    let err = call(
+        &router,
+        Method::GET,
+        "/v1/watch?start_revision=1",
+        Body::empty(),
+    )
+    .await
+    .error(StatusCode::GONE, "compacted");
+    assert!(
+        err["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("compacted"))
+    );
+    call(
+        &router,
+        Method::GET,
+        "/v1/watch?start_revision=-1",
+        Body::empty(),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "invalid_argument");
+}
+
+#[tokio::test]
+async fn probes_and_metrics() {
+    let fake = Fake::new();
+    let router = fake.router();
+    let live = call(&router, Method::GET, "/healthz", Body::empty()).await;
+    assert_eq!(live.json(), json!({"status": "ok"}));
+    let ready = call(&router, Method::GET, "/readyz", Body::empty()).await;
+    assert_eq!(
+        (ready.status, ready.json()),
+        (StatusCode::OK, json!({"status": "ready"}))
+    );
+
+    fake.inner.ready.store(false, Ordering::Relaxed);
+    let not_ready = call(&router, Method::GET, "/readyz", Body::empty()).await;
+    assert_eq!(not_ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(not_ready.json()["reason"], "no master elected");
+
+    let metrics = call(&router, Method::GET, "/metrics", Body::empty()).await;
+    assert_eq!(
+        metrics.header("content-type"),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert_eq!(metrics.body.as_ref(), b"# EOF\n");
+}
+
+#[tokio::test]
+async fn openapi_json_describes_every_route() {
+    let router = Fake::new().router();
+    let reply = call(&router, Method::GET, "/openapi.json", Body::empty()).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let doc = reply.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["info"]["title"], "phxkv");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    let routes = [
+        ("/v1/kv/{key}", "put"),
+        ("/v1/kv/{key}", "get"),
+        ("/v1/kv/{key}", "delete"),
+        ("/v1/kv", "get"),
+        ("/v1/txn", "post"),
+        ("/v1/watch", "get"),
+        ("/v1/cluster", "get"),
+        ("/v1/cluster/members", "post"),
+        ("/v1/cluster/members/{name}/promote", "post"),
+        ("/v1/cluster/members/{name}", "delete"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+        ("/docs", "get"),
+    ];
+    for (path, method) in routes {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} is not documented");
+        assert!(op["responses"]["default"].is_object(), "{method} {path}");
+    }
+    let operations: usize = doc["paths"]
+        .as_object()
+        .map(|paths| {
+            paths
+                .values()
+                .filter_map(Value::as_object)
+                .map(|item| item.len())
+                .sum()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        operations,
+        routes.len(),
+        "an operation is documented but not listed here"
+    );
+    for schema in [
+        "ErrorResponse",
+        "KvJson",
+        "TxnRequest",
+        "TxnResult",
+        "WatchEvent",
+    ] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+}
+
+#[tokio::test]
+async fn docs_page_is_self_contained() {
+    let router = Fake::new().router();
+    let reply = call(&router, Method::GET, "/docs", Body::empty()).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.header("content-type").starts_with("text/html"));
+    let html = String::from_utf8_lossy(&reply.body);
+    assert!(html.contains("/openapi.json"));
+    assert!(!html.contains("http://") && !html.contains("https://"));
+}
+
+#[tokio::test]
+async fn stray_plain_text_errors_are_rewritten_as_json() {
+    use axum::routing::get;
+    let router = Router::new()
+        .route(
+            "/plain",
+            get(|| async { (StatusCode::UNPROCESSABLE_ENTITY, "framework says no") }),
+        )
+        .route("/fine", get(|| async { "plain success stays" }))
+        .layer(axum::middleware::from_fn(
+            crate::api::error::json_errors_only,
+        ));
+    let err = call(&router, Method::GET, "/plain", Body::empty())
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    assert_eq!(err["message"], "framework says no");
+    let ok = call(&router, Method::GET, "/fine", Body::empty()).await;
+    assert_eq!(ok.body.as_ref(), b"plain success stays");
+}
