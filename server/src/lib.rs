@@ -11,3 +11,4 @@ pub mod kv;
 pub mod paxos;
 pub mod sim;
 pub mod storage;
+pub mod telemetry;
