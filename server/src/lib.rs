@@ -7,7 +7,10 @@
 //! - [`sim`]: a deterministic simulator and the checkers it runs after every step.
 
 pub mod api;
+pub mod cli;
+pub mod cluster;
 pub mod kv;
+pub mod node;
 pub mod paxos;
 pub mod sim;
 pub mod storage;

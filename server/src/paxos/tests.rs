@@ -806,7 +806,7 @@ fn mastership_handoff_elects_the_target_without_waiting_for_the_lease() {
     assert!(!net.nodes[&1].is_master());
     // Node 3 honours the target's lease: nobody else can get its promise.
     let t = net.now;
-    net.nodes.get_mut(&3).map(|r| {
+    if let Some(r) = net.nodes.get_mut(&3) {
         r.step(
             t,
             1,
@@ -815,7 +815,7 @@ fn mastership_handoff_elects_the_target_without_waiting_for_the_lease() {
                 from_index: 1,
             },
         )
-    });
+    }
     let ready = net
         .nodes
         .get_mut(&3)

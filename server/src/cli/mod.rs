@@ -1,0 +1,131 @@
+//! The `phxkv` command line: `serve` runs a replica, `dev` a local cluster,
+//! and the client commands talk to a cluster over its public API.
+//!
+//! Exit codes: 0 success, 1 not found or compare failed, 2 usage, 3
+//! unavailable, 4 any other failure.
+
+pub mod dev;
+pub mod serve;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// phxkv: a strongly consistent key-value store on Multi-Paxos.
+#[derive(Parser, Debug)]
+#[command(name = "phxkv", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one replica (what each Kubernetes pod runs).
+    Serve(Box<serve::ServeArgs>),
+    /// Run a local cluster on this machine, for development.
+    Dev(dev::DevArgs),
+}
+
+/// A failure the CLI reports with one line and an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad flags or arguments (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The key does not exist or a compare failed (exit 1).
+    #[error("{0}")]
+    NotFound(String),
+    /// No endpoint could serve the request (exit 3).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else (exit 4).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::NotFound(_) => 1,
+            CliError::Usage(_) => 2,
+            CliError::Unavailable(_) => 3,
+            CliError::Fatal(_) => 4,
+        }
+    }
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h` (a bare number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve(args) => serve::run(*args).await,
+        Command::Dev(args) => dev::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_common_units_and_reject_garbage() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! `phxkv serve`: one replica. Every flag also reads `PHXKV_<FLAG>` from the
+//! environment; everything is validated before anything starts, and a bad
+//! value stops the process with one line that names the flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::cluster;
+use crate::kv::Limits;
+use crate::node::{Node, NodeConfig};
+use crate::paxos::{EngineConfig, Membership};
+use crate::telemetry::{self, LogFormat, Metrics};
+
+use super::{CliError, parse_duration};
+
+/// Runs one phxkv replica.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// This node's name; in Kubernetes, the pod name. Defaults to the host name.
+    #[arg(long, env = "PHXKV_ID")]
+    pub id: Option<String>,
+
+    /// Where this node keeps its log and snapshots. It records the node and
+    /// cluster it belongs to and refuses to be used by another.
+    #[arg(long, env = "PHXKV_DATA_DIR", default_value = "phxkv-data")]
+    pub data_dir: PathBuf,
+
+    /// Client API address.
+    #[arg(long, env = "PHXKV_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Peer API address (Paxos messages, snapshots, forwarded writes).
+    #[arg(long, env = "PHXKV_PEER_LISTEN", default_value = "0.0.0.0:8081")]
+    pub peer_listen: SocketAddr,
+
+    /// Bootstrap members of a new cluster: `name=http://host:peerport,...`
+    /// (this node included). Used only when the data directory is new.
+    #[arg(long, env = "PHXKV_INITIAL_MEMBERS", conflicts_with_all = ["discovery", "join"])]
+    pub initial_members: Option<String>,
+
+    /// Find the bootstrap members the Kubernetes way: `dns:<headless-service>`;
+    /// pods are `<statefulset>-<ordinal>.<service>`, the count is `--replicas`.
+    #[arg(long, env = "PHXKV_DISCOVERY", requires = "replicas")]
+    pub discovery: Option<String>,
+
+    /// Number of bootstrap replicas, with `--discovery`.
+    #[arg(long, env = "PHXKV_REPLICAS")]
+    pub replicas: Option<u32>,
+
+    /// Start with no members and wait to be added (`POST /v1/cluster/members`
+    /// on the existing cluster).
+    #[arg(long, env = "PHXKV_JOIN", default_value_t = false)]
+    pub join: bool,
+
+    /// Name of the cluster; a data directory of another cluster is refused.
+    #[arg(long, env = "PHXKV_CLUSTER_ID", default_value = "phxkv")]
+    pub cluster_id: String,
+
+    /// File holding the cluster token that peers present to each other and
+    /// that membership changes require.
+    #[arg(long, env = "PHXKV_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+
+    /// Master lease duration (e.g. 5s, 1500ms). Every node must use the same.
+    #[arg(long, env = "PHXKV_LEASE", default_value = "5s", value_parser = parse_duration)]
+    pub lease: Duration,
+
+    /// Bound on clock-rate drift between nodes, in parts per million.
+    #[arg(long, env = "PHXKV_MAX_DRIFT_PPM", default_value_t = 10_000)]
+    pub max_drift_ppm: u32,
+
+    /// How long a write waits for its outcome before answering 504.
+    #[arg(long, env = "PHXKV_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Largest key, in bytes.
+    #[arg(long, env = "PHXKV_MAX_KEY_BYTES", default_value_t = 4096)]
+    pub max_key_bytes: usize,
+
+    /// Largest value, in bytes.
+    #[arg(long, env = "PHXKV_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
+    pub max_value_bytes: usize,
+
+    /// Most compares plus operations in one transaction.
+    #[arg(long, env = "PHXKV_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+
+    /// Compact the log into a snapshot after this many applied instances.
+    #[arg(long, env = "PHXKV_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub snapshot_every: u64,
+
+    /// Log format on stderr.
+    #[arg(long, env = "PHXKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Debug)]
+pub struct Validated {
+    pub node: NodeConfig,
+    pub listen: SocketAddr,
+    pub peer_listen: SocketAddr,
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// Checks every flag and builds the node's configuration.
+    pub fn validate(&self) -> Result<Validated, CliError> {
+        let bad = |flag: &str, msg: String| CliError::Usage(format!("--{flag}: {msg}"));
+        let name = match &self.id {
+            Some(n) => n.clone(),
+            None => hostname().ok_or_else(|| {
+                bad(
+                    "id",
+                    "no node name given and the host name is unknown".into(),
+                )
+            })?,
+        };
+        cluster::validate_name(&name).map_err(|e| bad("id", e))?;
+        if self.cluster_id.is_empty() {
+            return Err(bad("cluster-id", "must not be empty".into()));
+        }
+        let initial = if let Some(spec) = &self.initial_members {
+            let m = cluster::parse_initial_members(spec).map_err(|e| bad("initial-members", e))?;
+            if !m.members.values().any(|x| x.name == name) {
+                return Err(bad(
+                    "initial-members",
+                    format!("this node ({name:?}) is not in the list"),
+                ));
+            }
+            m
+        } else if let Some(d) = &self.discovery {
+            let service = d.strip_prefix("dns:").ok_or_else(|| {
+                bad(
+                    "discovery",
+                    format!("{d:?} is not of the form dns:<headless-service>"),
+                )
+            })?;
+            if service.is_empty() {
+                return Err(bad("discovery", "the service name is empty".into()));
+            }
+            let replicas = self.replicas.unwrap_or(0);
+            cluster::dns_members(&name, service, replicas, self.peer_listen.port())
+                .map_err(|e| bad("discovery", e))?
+        } else if self.join {
+            Membership::default()
+        } else {
+            return Err(CliError::Usage(
+                "one of --initial-members, --discovery dns:<service> or --join is required".into(),
+            ));
+        };
+        let token = match &self.cluster_token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| bad("cluster-token-file", format!("{}: {e}", path.display())))?
+                .trim()
+                .to_string(),
+            None => {
+                return Err(bad(
+                    "cluster-token-file",
+                    "required: peers authenticate with this token".into(),
+                ));
+            }
+        };
+        if token.len() < 16 {
+            return Err(bad(
+                "cluster-token-file",
+                "the token must be at least 16 characters".into(),
+            ));
+        }
+        if self.lease < Duration::from_millis(100) || self.lease > Duration::from_secs(120) {
+            return Err(bad("lease", "must be between 100ms and 120s".into()));
+        }
+        if self.max_drift_ppm >= 500_000 {
+            return Err(bad("max-drift-ppm", "must be below 500000".into()));
+        }
+        if self.write_timeout < Duration::from_millis(100) {
+            return Err(bad("write-timeout", "must be at least 100ms".into()));
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > 1 << 20 {
+            return Err(bad("max-key-bytes", "must be between 1 and 1048576".into()));
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > 64 << 20 {
+            return Err(bad(
+                "max-value-bytes",
+                "must be between 1 and 67108864".into(),
+            ));
+        }
+        if self.max_txn_ops == 0 || self.max_txn_ops > 10_000 {
+            return Err(bad("max-txn-ops", "must be between 1 and 10000".into()));
+        }
+        if self.snapshot_every < 100 {
+            return Err(bad("snapshot-every", "must be at least 100".into()));
+        }
+        if self.listen == self.peer_listen {
+            return Err(bad("peer-listen", "must differ from --listen".into()));
+        }
+        let mut engine = EngineConfig::new(0);
+        engine.lease = self.lease;
+        engine.max_drift_ppm = self.max_drift_ppm;
+        // Timers scale with the lease so a short lease fails over quickly.
+        engine.heartbeat = (self.lease / 10).max(Duration::from_millis(20));
+        engine.election_timeout = (self.lease / 5).max(Duration::from_millis(100));
+        engine.retry = (self.lease / 10).max(Duration::from_millis(50));
+        Ok(Validated {
+            node: NodeConfig {
+                name,
+                cluster_id: self.cluster_id.clone(),
+                data_dir: self.data_dir.clone(),
+                initial,
+                engine,
+                limits: Limits {
+                    max_key_bytes: self.max_key_bytes,
+                    max_value_bytes: self.max_value_bytes,
+                    max_txn_ops: self.max_txn_ops,
+                },
+                token,
+                write_timeout: self.write_timeout,
+                read_timeout: self.write_timeout,
+                compact_after: self.snapshot_every,
+            },
+            listen: self.listen,
+            peer_listen: self.peer_listen,
+            log_format: self.log_format,
+        })
+    }
+}
+
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+}
+
+/// A node with both listeners bound, ready to serve.
+#[derive(Debug)]
+pub struct Running {
+    pub node: Node,
+    pub client: tokio::task::JoinHandle<()>,
+    pub peer: tokio::task::JoinHandle<()>,
+    pub client_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+}
+
+/// Binds both listeners and starts the node; serving stops when `shutdown`
+/// resolves, after in-flight requests finish.
+pub async fn start(
+    cfg: NodeConfig,
+    listen: SocketAddr,
+    peer_listen: SocketAddr,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Running, CliError> {
+    let client_listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::Usage(format!("--listen {listen}: {e}")))?;
+    let peer_listener = tokio::net::TcpListener::bind(peer_listen)
+        .await
+        .map_err(|e| CliError::Usage(format!("--peer-listen {peer_listen}: {e}")))?;
+    let client_addr = client_listener.local_addr().unwrap_or(listen);
+    let peer_addr = peer_listener.local_addr().unwrap_or(peer_listen);
+    let metrics = Metrics::new();
+    let data_dir = cfg.data_dir.clone();
+    let node = Node::start(cfg, metrics.clone()).map_err(|e| {
+        CliError::Fatal(format!(
+            "cannot start with data directory {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let app = crate::api::public_router(node.clone()).layer(axum::middleware::from_fn_with_state(
+        metrics.clone(),
+        telemetry::track_requests,
+    ));
+    let peer_app = crate::node::peer::router(node.clone());
+    let mut s1 = shutdown.clone();
+    let client = tokio::spawn(async move {
+        let r = axum::serve(client_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = s1.wait_for(|v| *v).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "client listener failed");
+        }
+    });
+    let mut s2 = shutdown;
+    let peer = tokio::spawn(async move {
+        let r = axum::serve(peer_listener, peer_app)
+            .with_graceful_shutdown(async move {
+                let _ = s2.wait_for(|v| *v).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "peer listener failed");
+        }
+    });
+    Ok(Running {
+        node,
+        client,
+        peer,
+        client_addr,
+        peer_addr,
+    })
+}
+
+/// `phxkv serve`.
+pub async fn run(args: ServeArgs) -> Result<(), CliError> {
+    let v = args.validate()?;
+    let _telemetry = telemetry::init("phxkv", &v.node.name, v.log_format)
+        .map_err(|e| CliError::Fatal(format!("cannot set up logging: {e}")))?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let name = v.node.name.clone();
+    let running = start(v.node, v.listen, v.peer_listen, rx).await?;
+    tracing::info!(
+        node = %name,
+        client = %running.client_addr,
+        peer = %running.peer_addr,
+        "phxkv serving"
+    );
+    super::wait_for_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = tx.send(true);
+    let _ = running.client.await;
+    let _ = running.peer.await;
+    running.node.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}

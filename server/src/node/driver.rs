@@ -1,0 +1,405 @@
+//! The thread that drives the engine: it owns the [`Replica`], the durable
+//! store and the write side of the state machine, and runs the loop
+//!
+//! 1. take every input that is waiting (peer messages, proposals, reads, ticks);
+//! 2. feed them all to the engine;
+//! 3. persist the engine's records with one fsync (group commit);
+//! 4. hand the messages to the transport;
+//! 5. apply what was chosen and answer the clients waiting for it.
+//!
+//! One thread, because the engine is a plain value and an fsync is a blocking
+//! call; everything else talks to it through a bounded channel.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, oneshot, watch};
+
+use crate::kv::{Event, OpResult, Store, StoreSnapshot};
+use crate::paxos::{
+    Command, ConfChange, Envelope, Index, Membership, NodeId, ProposeError, ReadError, Replica,
+    RequestId, SnapshotMeta, Status, Value,
+};
+use crate::storage::{DiskStore, LogStore};
+use crate::telemetry::Metrics;
+
+use super::transport::Outbox;
+
+/// How often the engine's timers are advanced.
+const TICK: Duration = Duration::from_millis(10);
+/// Inputs handled per loop turn before persisting (bounds latency of a turn).
+const MAX_INPUTS_PER_TURN: usize = 4096;
+
+/// Work for the driver thread.
+#[derive(Debug)]
+pub enum Input {
+    Peer(Vec<Envelope>),
+    Propose {
+        cmd: Command,
+        reply: oneshot::Sender<Result<OpResult, ProposeError>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<Index, ReadError>>,
+    },
+    Change {
+        change: ConfChange,
+        reply: oneshot::Sender<Result<Index, ProposeError>>,
+    },
+    InstallSnapshot {
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Shutdown,
+}
+
+/// What the driver publishes after every turn, for status pages and
+/// readiness without a round trip to the thread.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub status: Status,
+    pub applied: Index,
+    pub revision: u64,
+    pub peer_commit: std::collections::BTreeMap<NodeId, Index>,
+}
+
+/// Everything the driver thread owns.
+pub struct Driver {
+    pub replica: Replica,
+    pub disk: DiskStore,
+    pub store: Arc<RwLock<Store>>,
+    pub inputs: Receiver<Input>,
+    pub outbox: Outbox,
+    pub events: broadcast::Sender<Event>,
+    pub published: watch::Sender<Published>,
+    pub membership: watch::Sender<Membership>,
+    pub metrics: Metrics,
+    /// Compact the log once this many applied instances follow the snapshot.
+    pub compact_after: u64,
+    pub epoch: Instant,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("node", &self.replica.id())
+            .field("compact_after", &self.compact_after)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Waiter {
+    reply: oneshot::Sender<Result<OpResult, ProposeError>>,
+    since: Instant,
+}
+
+impl Driver {
+    /// Runs until a [`Input::Shutdown`] arrives or every sender is gone.
+    pub fn run(mut self) {
+        let mut waiters: HashMap<RequestId, Waiter> = HashMap::new();
+        let mut last_tick = Instant::now();
+        let mut was_master = false;
+        self.turn(&mut waiters);
+        loop {
+            let first = match self.inputs.recv_timeout(TICK) {
+                Ok(i) => Some(i),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut shutdown = false;
+            let mut handled = 0;
+            let mut next = first;
+            while let Some(input) = next {
+                if matches!(input, Input::Shutdown) {
+                    shutdown = true;
+                    break;
+                }
+                self.handle(input, &mut waiters);
+                handled += 1;
+                if handled >= MAX_INPUTS_PER_TURN {
+                    break;
+                }
+                next = self.inputs.try_recv().ok();
+            }
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                let now = self.now();
+                self.replica.tick(now);
+            }
+            self.turn(&mut waiters);
+            let is_master = self.replica.is_master();
+            if is_master != was_master {
+                was_master = is_master;
+                if is_master {
+                    self.metrics.inc_master_changes();
+                    tracing::info!(ballot = %self.replica.status(self.now()).ballot, "became master");
+                } else {
+                    tracing::info!(master = ?self.replica.master_hint(), "no longer master");
+                }
+            }
+            self.publish();
+            if shutdown {
+                return;
+            }
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    fn handle(&mut self, input: Input, waiters: &mut HashMap<RequestId, Waiter>) {
+        let now = self.now();
+        match input {
+            Input::Peer(envs) => {
+                self.metrics.inc_peer_messages("in", envs.len() as u64);
+                for env in envs {
+                    self.replica.step(now, env.from, env.msg);
+                }
+            }
+            Input::Propose { cmd, reply } => {
+                let id = cmd.id;
+                match self.replica.propose(now, cmd) {
+                    Ok(()) => {
+                        self.metrics.inc_proposals(1);
+                        waiters.insert(
+                            id,
+                            Waiter {
+                                reply,
+                                since: Instant::now(),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Input::ReadIndex { reply } => {
+                let _ = reply.send(self.replica.read_index(now));
+            }
+            Input::Change { change, reply } => {
+                let _ = reply.send(self.replica.propose_change(now, change));
+            }
+            Input::InstallSnapshot { meta, data, reply } => {
+                let _ = reply.send(self.install_snapshot(meta, data));
+            }
+            Input::Shutdown => {}
+        }
+    }
+
+    /// Persist, send, apply: the engine's contract, in that order.
+    fn turn(&mut self, waiters: &mut HashMap<RequestId, Waiter>) {
+        let ready = self.replica.take_ready();
+        if ready.is_empty() {
+            return;
+        }
+        if !ready.persist.is_empty() {
+            let started = Instant::now();
+            if let Err(e) = self.disk.append(&ready.persist) {
+                // Without durability no promise may leave this node: stop
+                // here rather than send anything that relies on it.
+                tracing::error!(error = %e, "cannot persist; shutting the engine down");
+                std::process::exit(70);
+            }
+            self.metrics.observe_fsync(started.elapsed());
+        }
+        self.metrics
+            .inc_peer_messages("out", ready.messages.len() as u64);
+        let me = self.replica.id();
+        let mut to_self = Vec::new();
+        for env in ready.messages {
+            if env.to == me {
+                to_self.push(env);
+            } else {
+                self.outbox.send(env);
+            }
+        }
+        if !ready.committed.is_empty() {
+            self.apply(ready.committed, waiters);
+        }
+        for cmd in ready.rejected {
+            if let Some(w) = waiters.remove(&cmd.id) {
+                let _ = w.reply.send(Err(ProposeError::NotMaster {
+                    hint: self.replica.master_hint(),
+                }));
+            }
+        }
+        for peer in ready.send_snapshot {
+            self.send_snapshot(peer);
+        }
+        // A replica's note to itself (a refusal of its own stale accept) is
+        // handled on the next turn, after this turn's records are durable.
+        let now = self.now();
+        for env in to_self {
+            self.replica.step(now, env.from, env.msg);
+        }
+        // Forget waiters whose caller gave up (deadline passed).
+        if waiters.len() > 1024 {
+            waiters.retain(|_, w| !w.reply.is_closed());
+        }
+        self.maybe_compact();
+    }
+
+    fn apply(&mut self, committed: Vec<(Index, Value)>, waiters: &mut HashMap<RequestId, Waiter>) {
+        let Ok(mut store) = self.store.write() else {
+            tracing::error!("state machine lock poisoned");
+            std::process::exit(70);
+        };
+        let before = store.revision();
+        let mut config_changed = false;
+        for (index, value) in committed {
+            match &value {
+                Value::Batch(cmds) => {
+                    self.metrics
+                        .observe_batch(cmds.len(), cmds.iter().map(Command::size_hint).sum());
+                    for cmd in cmds {
+                        let result = store.apply(cmd.id, &cmd.op);
+                        if let Some(w) = waiters.remove(&cmd.id) {
+                            self.metrics.observe_commit_latency(w.since.elapsed());
+                            let _ = w.reply.send(Ok(result));
+                        }
+                    }
+                }
+                Value::Config(_) => config_changed = true,
+                Value::Noop | Value::Lease { .. } => {}
+            }
+            store.set_applied_index(index);
+        }
+        let after = store.revision();
+        if after > before
+            && self.events.receiver_count() > 0
+            && let Ok(events) = store.events_since(before + 1, b"", usize::MAX)
+        {
+            for e in events {
+                let _ = self.events.send(e);
+            }
+        }
+        drop(store);
+        if config_changed {
+            let m = self.replica.membership().clone();
+            self.membership.send_replace(m);
+        }
+    }
+
+    fn snapshot(&self) -> Option<(SnapshotMeta, Vec<u8>)> {
+        let store = self.store.read().ok()?;
+        let index = store.applied_index();
+        let meta = SnapshotMeta {
+            index,
+            membership: self.replica.membership_at(index),
+        };
+        Some((meta, store.snapshot().encode()))
+    }
+
+    fn send_snapshot(&mut self, peer: NodeId) {
+        let Some((meta, data)) = self.snapshot() else {
+            return;
+        };
+        self.metrics.inc_snapshots("sent");
+        tracing::info!(
+            peer = format!("{peer:x}"),
+            index = meta.index,
+            bytes = data.len(),
+            "sending snapshot"
+        );
+        self.outbox.send_snapshot(peer, meta, data);
+    }
+
+    fn maybe_compact(&mut self) {
+        let applied = match self.store.read() {
+            Ok(s) => s.applied_index(),
+            Err(_) => return,
+        };
+        let first = self.replica.status(Duration::ZERO).first_index;
+        if applied < first + self.compact_after {
+            return;
+        }
+        let Some((meta, data)) = self.snapshot() else {
+            return;
+        };
+        let started = Instant::now();
+        match self.disk.compact(&meta, &data) {
+            Ok(()) => {
+                self.metrics.inc_snapshots("taken");
+                tracing::info!(
+                    index = meta.index,
+                    bytes = data.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "log compacted into a snapshot"
+                );
+                self.replica.compacted(meta);
+            }
+            Err(e) => tracing::warn!(error = %e, "compaction failed; will retry"),
+        }
+    }
+
+    fn install_snapshot(&mut self, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), String> {
+        let applied = self.store.read().map(|s| s.applied_index()).unwrap_or(0);
+        if meta.index <= applied {
+            return Ok(());
+        }
+        let snap = StoreSnapshot::decode(&data).map_err(|e| format!("bad snapshot: {e}"))?;
+        if snap.applied_index != meta.index {
+            return Err(format!(
+                "snapshot claims index {} but holds state at {}",
+                meta.index, snap.applied_index
+            ));
+        }
+        self.disk
+            .install_snapshot(&meta, &data)
+            .map_err(|e| e.to_string())?;
+        if let Ok(mut store) = self.store.write() {
+            *store = Store::restore(snap);
+        }
+        tracing::info!(index = meta.index, bytes = data.len(), "installed snapshot");
+        self.metrics.inc_snapshots("installed");
+        self.replica.snapshot_installed(meta);
+        let m = self.replica.membership().clone();
+        self.membership.send_replace(m);
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let now = self.now();
+        let status = self.replica.status(now);
+        let (applied, revision) = self
+            .store
+            .read()
+            .map(|s| (s.applied_index(), s.revision()))
+            .unwrap_or((0, 0));
+        self.metrics.set_is_master(status.is_master);
+        self.metrics
+            .set_lease_remaining(status.lease_remaining.unwrap_or_default());
+        self.metrics
+            .set_log_entries(status.last_index.saturating_sub(status.first_index) + 1);
+        self.metrics.set_commit_index(status.commit);
+        self.metrics.set_applied_index(applied);
+        let peer_commit = self.replica.peer_progress();
+        self.published.send_if_modified(|p| {
+            let changed =
+                p.status != status || p.applied != applied || p.peer_commit != peer_commit;
+            if changed {
+                *p = Published {
+                    status: status.clone(),
+                    applied,
+                    revision,
+                    peer_commit: peer_commit.clone(),
+                };
+            }
+            changed
+        });
+    }
+}
+
+/// Loads a snapshot's state machine bytes, or starts empty.
+pub fn restore_store(data: Option<Vec<u8>>) -> Result<Store, String> {
+    match data {
+        Some(bytes) => StoreSnapshot::decode(&bytes)
+            .map(Store::restore)
+            .map_err(|e| format!("the stored snapshot cannot be read: {e}")),
+        None => Ok(Store::new()),
+    }
+}

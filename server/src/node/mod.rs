@@ -1,0 +1,716 @@
+//! The runtime around the engine: a [`Node`] starts the driver thread, owns
+//! the peer transport, and implements [`Service`] for the HTTP layer:
+//! writes are proposed here or forwarded to the master, linearizable reads
+//! wait for the master's read index, watches follow the applied log.
+
+pub mod driver;
+pub mod peer;
+pub mod transport;
+pub mod wire;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::api::service::{
+    ClusterInfo, Consistency, Health, MemberChange, MemberInfo, MemberRole, Service, ServiceError,
+};
+use crate::kv::{Event, Limits, Op, OpResult, Store};
+use crate::paxos::{
+    Command, ConfChange, EngineConfig, Index, Membership, NodeId, ProposeError, ReadError, Replica,
+    RequestId, Role, node_id_from_name,
+};
+use crate::storage::{DiskStore, Identity, LogStore};
+use crate::telemetry::Metrics;
+
+use driver::{Driver, Input, Published};
+use transport::{Outbox, peer_url};
+use wire::{ChangeReply, ProposeReply, ReadIndexReply};
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's name (its pod name in Kubernetes).
+    pub name: String,
+    pub cluster_id: String,
+    pub data_dir: PathBuf,
+    /// The bootstrap configuration; empty for a node that joins an existing
+    /// cluster and waits to be added.
+    pub initial: Membership,
+    pub engine: EngineConfig,
+    pub limits: Limits,
+    pub token: String,
+    /// How long a write may wait for its outcome before answering 504.
+    pub write_timeout: Duration,
+    /// How long a read may wait for a master or for this replica to catch up.
+    pub read_timeout: Duration,
+    /// Compact the log after this many applied instances.
+    pub compact_after: u64,
+}
+
+/// Why a node cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("{0}")]
+    State(String),
+    #[error("cannot start the engine thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running replica. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: NodeConfig,
+    id: NodeId,
+    inputs: SyncSender<Input>,
+    store: Arc<RwLock<Store>>,
+    events: broadcast::Sender<Event>,
+    published: watch::Receiver<Published>,
+    membership: watch::Receiver<Membership>,
+    client: reqwest::Client,
+    metrics: Metrics,
+    client_id: u64,
+    next_seq: AtomicU64,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Bound of the driver's input channel; beyond it requests are refused busy.
+const INPUT_QUEUE: usize = 65_536;
+
+impl Node {
+    /// Opens the data directory (refusing one that belongs to another node or
+    /// cluster), recovers, and starts the driver thread. Must be called inside
+    /// a tokio runtime.
+    pub fn start(cfg: NodeConfig, metrics: Metrics) -> Result<Node, StartError> {
+        let identity = Identity {
+            node: cfg.name.clone(),
+            cluster: cfg.cluster_id.clone(),
+        };
+        let disk = DiskStore::open(&cfg.data_dir, &identity)?;
+        let (recovered, data) = disk.recover()?;
+        let store = driver::restore_store(data).map_err(StartError::State)?;
+        let id = node_id_from_name(&cfg.name);
+        let epoch = Instant::now();
+        let mut engine = cfg.engine.clone();
+        engine.id = id;
+        let replica = Replica::new(engine, recovered, cfg.initial.clone(), Duration::ZERO);
+        let membership0 = replica.membership().clone();
+        let status0 = replica.status(Duration::ZERO);
+        let store = Arc::new(RwLock::new(store));
+        let (applied0, revision0) = store
+            .read()
+            .map(|s| (s.applied_index(), s.revision()))
+            .unwrap_or_default();
+        let (membership_tx, membership_rx) = watch::channel(membership0);
+        let (published_tx, published_rx) = watch::channel(Published {
+            status: status0,
+            applied: applied0,
+            revision: revision0,
+            peer_commit: Default::default(),
+        });
+        let (events, _) = broadcast::channel(4096);
+        let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE);
+        let client = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| StartError::State(format!("cannot build the HTTP client: {e}")))?;
+        let outbox = Outbox::new(
+            client.clone(),
+            cfg.token.clone(),
+            membership_rx.clone(),
+            tokio::runtime::Handle::current(),
+            metrics.clone(),
+        );
+        let driver = Driver {
+            replica,
+            disk,
+            store: store.clone(),
+            inputs: inputs_rx,
+            outbox,
+            events: events.clone(),
+            published: published_tx,
+            membership: membership_tx,
+            metrics: metrics.clone(),
+            compact_after: cfg.compact_after,
+            epoch,
+        };
+        let thread = std::thread::Builder::new()
+            .name("phxkv-engine".into())
+            .spawn(move || driver.run())
+            .map_err(StartError::Thread)?;
+        let client_id = request_id_seed(&cfg.name, epoch);
+        Ok(Node {
+            inner: Arc::new(Inner {
+                id,
+                inputs: inputs_tx,
+                store,
+                events,
+                published: published_rx,
+                membership: membership_rx,
+                client,
+                metrics,
+                client_id,
+                next_seq: AtomicU64::new(1),
+                thread: Mutex::new(Some(thread)),
+                cfg,
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.cfg.name
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// True while this node is master.
+    pub fn is_master(&self) -> bool {
+        self.inner.published.borrow().status.is_master
+    }
+
+    /// Stops the driver thread after its current turn.
+    pub fn shutdown(&self) {
+        let _ = self.inner.inputs.try_send(Input::Shutdown);
+        let handle = self.inner.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    fn submit(&self, input: Input) -> Result<(), ServiceError> {
+        match self.inner.inputs.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(ServiceError::Unavailable {
+                message: "this node is overloaded; retry shortly".into(),
+                retry_after_secs: 1,
+            }),
+            Err(TrySendError::Disconnected(_)) => Err(ServiceError::Unavailable {
+                message: "this node is shutting down".into(),
+                retry_after_secs: 1,
+            }),
+        }
+    }
+
+    /// Feeds peer messages to the engine (from the peer API).
+    pub fn deliver(&self, envs: Vec<crate::paxos::Envelope>) -> Result<(), ServiceError> {
+        self.submit(Input::Peer(envs))
+    }
+
+    /// Proposes `cmd` on this node only and waits for it to be applied.
+    pub async fn propose_local(
+        &self,
+        cmd: Command,
+        deadline: Instant,
+    ) -> Result<ProposeReply, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Input::Propose { cmd, reply })?;
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(Ok(result))) => Ok(ProposeReply::Applied(result)),
+            Ok(Ok(Err(ProposeError::NotMaster { hint }))) => Ok(ProposeReply::NotMaster { hint }),
+            Ok(Ok(Err(e))) => Ok(ProposeReply::Busy(e.to_string())),
+            Ok(Err(_)) => Err(ServiceError::Internal("the engine stopped".into())),
+            Err(_) => Err(ServiceError::Timeout(
+                "the write was proposed but not applied before the deadline; it may still commit"
+                    .into(),
+            )),
+        }
+    }
+
+    /// This node's read index, if it is a master with a valid lease.
+    pub async fn read_index_local(&self) -> Result<ReadIndexReply, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Input::ReadIndex { reply })?;
+        match rx.await {
+            Ok(Ok(i)) => Ok(ReadIndexReply::Index(i)),
+            Ok(Err(ReadError::NotMaster { hint })) => Ok(ReadIndexReply::NotMaster { hint }),
+            Ok(Err(ReadError::NoLease)) => Ok(ReadIndexReply::NoLease),
+            Err(_) => Err(ServiceError::Internal("the engine stopped".into())),
+        }
+    }
+
+    /// Proposes a membership change on this node only.
+    pub async fn change_local(&self, change: ConfChange) -> Result<ChangeReply, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Input::Change { change, reply })?;
+        match rx.await {
+            Ok(Ok(i)) => Ok(ChangeReply::Index(i)),
+            Ok(Err(ProposeError::NotMaster { hint })) => Ok(ChangeReply::NotMaster { hint }),
+            Ok(Err(e)) => Ok(ChangeReply::Rejected(e.to_string())),
+            Err(_) => Err(ServiceError::Internal("the engine stopped".into())),
+        }
+    }
+
+    /// Installs a snapshot received from a peer.
+    pub async fn install_snapshot(
+        &self,
+        meta: crate::paxos::SnapshotMeta,
+        data: Vec<u8>,
+    ) -> Result<(), ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Input::InstallSnapshot { meta, data, reply })?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServiceError::Invalid(e)),
+            Err(_) => Err(ServiceError::Internal("the engine stopped".into())),
+        }
+    }
+
+    fn next_request_id(&self) -> RequestId {
+        RequestId {
+            client: self.inner.client_id,
+            seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// POSTs `body` to `path` on peer `to`'s peer API.
+    async fn call_peer<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        to: NodeId,
+        path: &str,
+        body: &B,
+        deadline: Instant,
+    ) -> Result<T, String> {
+        let url = peer_url(&self.inner.membership, to).ok_or("the master's address is unknown")?;
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let mut headers = reqwest::header::HeaderMap::new();
+        crate::telemetry::inject_context(&mut headers);
+        let resp = self
+            .inner
+            .client
+            .post(format!("{url}{path}"))
+            .bearer_auth(&self.inner.cfg.token)
+            .headers(headers)
+            .timeout(timeout.max(Duration::from_millis(1)))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("{url}: HTTP {}", resp.status()));
+        }
+        resp.json::<T>().await.map_err(|e| format!("{url}: {e}"))
+    }
+
+    async fn wait_until(
+        &self,
+        deadline: Instant,
+        what: &str,
+        done: impl Fn(&Published) -> bool,
+    ) -> Result<(), ServiceError> {
+        let mut rx = self.inner.published.clone();
+        loop {
+            if done(&rx.borrow_and_update()) {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline.into(), rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ServiceError::Internal("the engine stopped".into())),
+                Err(_) => {
+                    return Err(ServiceError::Unavailable {
+                        message: format!("this replica did not {what} in time"),
+                        retry_after_secs: 1,
+                    });
+                }
+            }
+        }
+    }
+
+    fn member_name(&self, id: NodeId) -> Option<String> {
+        self.inner
+            .membership
+            .borrow()
+            .members
+            .get(&id)
+            .map(|m| m.name.clone())
+    }
+
+    fn no_master(&self) -> ServiceError {
+        ServiceError::Unavailable {
+            message: "no master is elected right now; retry shortly".into(),
+            retry_after_secs: 1,
+        }
+    }
+
+    async fn read_index(&self, deadline: Instant) -> Result<Index, ServiceError> {
+        loop {
+            let reply = match self.read_index_local().await? {
+                ReadIndexReply::NotMaster { hint: Some(m) } if m != self.inner.id => match self
+                    .call_peer::<_, ReadIndexReply>(m, "/peer/v1/read_index", &(), deadline)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read index from master failed");
+                        ReadIndexReply::NoLease
+                    }
+                },
+                other => other,
+            };
+            if let ReadIndexReply::Index(i) = reply {
+                return Ok(i);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.no_master());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Node {
+    /// The cluster as this node alone sees it.
+    pub fn local_cluster(&self) -> ClusterInfo {
+        let p = self.inner.published.borrow().clone();
+        let membership = self.inner.membership.borrow().clone();
+        let master = p.status.master;
+        let members = membership
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let commit = if *id == self.inner.id {
+                    Some(p.status.commit)
+                } else {
+                    p.peer_commit.get(id).copied()
+                };
+                MemberInfo {
+                    name: m.name.clone(),
+                    role: match m.role {
+                        Role::Voter => MemberRole::Voter,
+                        Role::Learner => MemberRole::Learner,
+                    },
+                    peer_url: m.addr.clone(),
+                    is_master: master == Some(*id),
+                    commit_index: commit,
+                    healthy: *id == self.inner.id
+                        || commit.is_some_and(|c| c + 10_000 >= p.status.commit),
+                }
+            })
+            .collect();
+        ClusterInfo {
+            cluster_id: self.inner.cfg.cluster_id.clone(),
+            node: self.inner.cfg.name.clone(),
+            master: master.and_then(|m| self.member_name(m)),
+            lease_remaining_ms: p.status.lease_remaining.map(|d| d.as_millis() as u64),
+            revision: p.revision,
+            applied_index: p.applied,
+            commit_index: p.status.commit,
+            members,
+        }
+    }
+}
+
+/// A per-process id for this node's requests: the node name, the wall clock
+/// and the process id keep two incarnations of one node from reusing ids.
+fn request_id_seed(name: &str, epoch: Instant) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    epoch.hash(&mut h);
+    std::time::SystemTime::now().hash(&mut h);
+    std::process::id().hash(&mut h);
+    h.finish()
+}
+
+fn propose_error(e: ChangeReply) -> ServiceError {
+    match e {
+        ChangeReply::Rejected(m) => ServiceError::Conflict(m),
+        _ => ServiceError::Unavailable {
+            message: "no master is elected right now; retry shortly".into(),
+            retry_after_secs: 1,
+        },
+    }
+}
+
+impl Service for Node {
+    async fn write(&self, op: Op) -> Result<OpResult, ServiceError> {
+        op.validate(&self.inner.cfg.limits).map_err(|e| match e {
+            crate::kv::KvError::EmptyKey => ServiceError::Invalid(e.to_string()),
+            _ => ServiceError::TooLarge(e.to_string()),
+        })?;
+        let deadline = Instant::now() + self.inner.cfg.write_timeout;
+        let cmd = Command {
+            id: self.next_request_id(),
+            op,
+        };
+        let mut proposed = false;
+        loop {
+            let reply = match self.propose_local(cmd.clone(), deadline).await? {
+                ProposeReply::NotMaster { hint: Some(m) } if m != self.inner.id => {
+                    self.inner.metrics.inc_forwarded();
+                    match self
+                        .call_peer::<_, ProposeReply>(m, "/peer/v1/propose", &cmd, deadline)
+                        .await
+                    {
+                        Ok(r) => {
+                            proposed = true;
+                            r
+                        }
+                        Err(e) => {
+                            // The master may have received it: keep the id,
+                            // so a retry cannot apply it twice.
+                            proposed = true;
+                            tracing::debug!(error = %e, "forward to master failed");
+                            ProposeReply::NotMaster { hint: None }
+                        }
+                    }
+                }
+                other => other,
+            };
+            match reply {
+                ProposeReply::Applied(result) => return Ok(result),
+                ProposeReply::Busy(m) => {
+                    return Err(ServiceError::Unavailable {
+                        message: m,
+                        retry_after_secs: 1,
+                    });
+                }
+                ProposeReply::NotMaster { .. } => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(if proposed {
+                    ServiceError::Timeout(
+                        "no answer from the master before the deadline; the write may still commit"
+                            .into(),
+                    )
+                } else {
+                    self.no_master()
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn read<R, F>(&self, consistency: Consistency, f: F) -> Result<R, ServiceError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Store) -> R + Send + 'static,
+    {
+        let deadline = Instant::now() + self.inner.cfg.read_timeout;
+        match consistency {
+            Consistency::Linearizable => {
+                let index = self.read_index(deadline).await?;
+                self.wait_until(deadline, "catch up with the master", |p| p.applied >= index)
+                    .await?;
+            }
+            Consistency::Local {
+                min_revision: Some(min),
+            } => {
+                self.wait_until(deadline, &format!("reach revision {min}"), |p| {
+                    p.revision >= min
+                })
+                .await?;
+            }
+            Consistency::Local { min_revision: None } => {}
+        }
+        let store = self
+            .inner
+            .store
+            .read()
+            .map_err(|_| ServiceError::Internal("state machine lock poisoned".into()))?;
+        Ok(f(&store))
+    }
+
+    fn watch(
+        &self,
+        prefix: Vec<u8>,
+        start_revision: u64,
+    ) -> Result<mpsc::Receiver<Result<Event, ServiceError>>, ServiceError> {
+        // Subscribe before reading history so nothing falls in between; the
+        // driver broadcasts while holding the write lock, so every live event
+        // at or below the revision read here is also in the history.
+        let mut live = self.inner.events.subscribe();
+        let (history, seen) = {
+            let store = self
+                .inner
+                .store
+                .read()
+                .map_err(|_| ServiceError::Internal("state machine lock poisoned".into()))?;
+            let history = store
+                .events_since(start_revision, &prefix, usize::MAX)
+                .map_err(|e| match e {
+                    crate::kv::KvError::Compacted { requested, oldest } => {
+                        ServiceError::Compacted { requested, oldest }
+                    }
+                    other => ServiceError::Invalid(other.to_string()),
+                })?;
+            (history, store.revision())
+        };
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            for e in history {
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                match live.recv().await {
+                    Ok(e) => {
+                        if e.revision <= seen
+                            || e.revision < start_revision
+                            || !e.kv.key.starts_with(&prefix)
+                        {
+                            continue;
+                        }
+                        if tx.send(Ok(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // The watcher fell behind the live feed; it must
+                        // resume from history with a new watch.
+                        let _ = tx
+                            .send(Err(ServiceError::Unavailable {
+                                message: "the watcher fell behind; resume from the last revision received".into(),
+                                retry_after_secs: 0,
+                            }))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn cluster(&self) -> Result<ClusterInfo, ServiceError> {
+        // Only the master knows how far every member got: ask it, and keep
+        // this node's own view of its progress.
+        let (is_master, master) = {
+            let p = self.inner.published.borrow();
+            (p.status.is_master, p.status.master)
+        };
+        if !is_master && let Some(m) = master {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            if let Ok(mut info) = self
+                .call_peer::<_, ClusterInfo>(m, "/peer/v1/cluster", &(), deadline)
+                .await
+            {
+                let local = self.local_cluster();
+                info.node = local.node;
+                info.revision = local.revision;
+                info.applied_index = local.applied_index;
+                info.commit_index = local.commit_index;
+                info.lease_remaining_ms = None;
+                return Ok(info);
+            }
+        }
+        Ok(self.local_cluster())
+    }
+
+    async fn change_members(&self, change: MemberChange) -> Result<ClusterInfo, ServiceError> {
+        let by_name = |name: &str| -> Result<NodeId, ServiceError> {
+            self.inner
+                .membership
+                .borrow()
+                .members
+                .iter()
+                .find(|(_, m)| m.name == name)
+                .map(|(id, _)| *id)
+                .ok_or_else(|| ServiceError::Conflict(format!("no member is named {name:?}")))
+        };
+        let change = match change {
+            MemberChange::Add { name, peer_url } => {
+                if name.is_empty() || peer_url.is_empty() {
+                    return Err(ServiceError::Invalid(
+                        "a new member needs a name and a peer_url".into(),
+                    ));
+                }
+                ConfChange::AddLearner {
+                    id: node_id_from_name(&name),
+                    name,
+                    addr: peer_url,
+                }
+            }
+            MemberChange::Promote { name } => ConfChange::Promote {
+                id: by_name(&name)?,
+            },
+            MemberChange::Remove { name } => ConfChange::Remove {
+                id: by_name(&name)?,
+            },
+        };
+        let deadline = Instant::now() + self.inner.cfg.write_timeout;
+        let index = loop {
+            let reply = match self.change_local(change.clone()).await? {
+                ChangeReply::NotMaster { hint: Some(m) } if m != self.inner.id => self
+                    .call_peer::<_, ChangeReply>(m, "/peer/v1/change", &change, deadline)
+                    .await
+                    .unwrap_or(ChangeReply::NotMaster { hint: None }),
+                other => other,
+            };
+            match reply {
+                ChangeReply::Index(i) => break i,
+                ChangeReply::Rejected(m)
+                    if m.contains("in progress") && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                r @ ChangeReply::Rejected(_) => return Err(propose_error(r)),
+                r @ ChangeReply::NotMaster { .. } => {
+                    if Instant::now() >= deadline {
+                        return Err(propose_error(r));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        self.wait_until(deadline, "apply the membership change", |p| {
+            p.applied >= index || p.status.commit >= index
+        })
+        .await?;
+        self.cluster().await
+    }
+
+    fn health(&self) -> Health {
+        let p = self.inner.published.borrow();
+        let member = p.status.membership.members.contains_key(&self.inner.id);
+        let (ready, reason) = if !member {
+            (false, Some("not a member of the cluster (yet)".to_string()))
+        } else if p.status.master.is_none() {
+            (false, Some("no master is known".to_string()))
+        } else if p.applied < p.status.commit {
+            (
+                false,
+                Some(format!(
+                    "catching up: applied {} of {}",
+                    p.applied, p.status.commit
+                )),
+            )
+        } else {
+            (true, None)
+        };
+        Health { ready, reason }
+    }
+
+    fn limits(&self) -> Limits {
+        self.inner.cfg.limits
+    }
+
+    fn cluster_token(&self) -> String {
+        self.inner.cfg.token.clone()
+    }
+
+    fn metrics_text(&self) -> String {
+        self.inner.metrics.render()
+    }
+}

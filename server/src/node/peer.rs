@@ -1,0 +1,131 @@
+//! The peer API (peer port): Paxos messages, snapshots, and the master's side
+//! of forwarded writes, read-index requests and membership changes. Every
+//! route requires the cluster token as a bearer token; clients never need
+//! this port, and a NetworkPolicy can close it to everyone but the cluster.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use std::time::Instant;
+use tracing::Instrument;
+
+use crate::api::service::ServiceError;
+use crate::paxos::{Command, ConfChange, Envelope};
+
+use super::Node;
+use super::wire::{self, ChangeReply, ProposeReply, ReadIndexReply};
+
+/// Largest peer request accepted (a snapshot travels in one request).
+const MAX_PEER_BODY: usize = 4 << 30;
+
+/// The router for the peer port.
+pub fn router(node: Node) -> axum::Router {
+    axum::Router::new()
+        .route("/peer/v1/messages", post(messages))
+        .route("/peer/v1/snapshot", post(snapshot))
+        .route("/peer/v1/propose", post(propose))
+        .route("/peer/v1/read_index", post(read_index))
+        .route("/peer/v1/change", post(change))
+        .route("/peer/v1/cluster", post(cluster))
+        .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
+        .layer(middleware::from_fn_with_state(node.clone(), authenticate))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such peer route") })
+        .with_state(node)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+/// Rejects requests without the cluster token (constant-time comparison).
+async fn authenticate(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let expected = format!("Bearer {}", node.inner.cfg.token);
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !constant_time_eq(given, expected.as_bytes()) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the peer API requires the cluster token as a bearer token",
+        );
+    }
+    let span = crate::telemetry::server_span(req.method(), req.uri().path(), req.headers());
+    next.run(req).instrument(span).await
+}
+
+/// Compares without an early exit, so timing does not reveal the token.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn service_error(e: ServiceError) -> Response {
+    let status = match e {
+        ServiceError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, "peer_error", &e.to_string())
+}
+
+async fn messages(State(node): State<Node>, Json(envs): Json<Vec<Envelope>>) -> Response {
+    match node.deliver(envs) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => service_error(e),
+    }
+}
+
+async fn snapshot(State(node): State<Node>, body: Bytes) -> Response {
+    let (meta, data) = match wire::decode_snapshot(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_snapshot", &e),
+    };
+    match node.install_snapshot(meta, data).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => service_error(e),
+    }
+}
+
+async fn propose(State(node): State<Node>, Json(cmd): Json<Command>) -> Response {
+    let deadline = Instant::now() + node.inner.cfg.write_timeout;
+    match node.propose_local(cmd, deadline).await {
+        Ok(reply) => Json::<ProposeReply>(reply).into_response(),
+        Err(e) => service_error(e),
+    }
+}
+
+async fn read_index(State(node): State<Node>) -> Response {
+    match node.read_index_local().await {
+        Ok(reply) => Json::<ReadIndexReply>(reply).into_response(),
+        Err(e) => service_error(e),
+    }
+}
+
+async fn change(State(node): State<Node>, Json(change): Json<ConfChange>) -> Response {
+    match node.change_local(change).await {
+        Ok(reply) => Json::<ChangeReply>(reply).into_response(),
+        Err(e) => service_error(e),
+    }
+}
+
+async fn cluster(State(node): State<Node>) -> Response {
+    Json(node.local_cluster()).into_response()
+}

@@ -1,0 +1,181 @@
+//! Outgoing peer traffic: one queue and one sender task per peer.
+//!
+//! The driver thread drops messages into a peer's queue without waiting; the
+//! peer's task takes everything queued and sends it as one HTTP request on a
+//! pooled keep-alive connection, so a busy master sends one request per peer
+//! per round trip however many instances it has in flight. Queues are bounded:
+//! when a peer is down the oldest messages are dropped, which Paxos tolerates
+//! (everything is retransmitted or re-requested).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::paxos::{Envelope, Membership, NodeId, SnapshotMeta};
+use crate::telemetry::Metrics;
+
+use super::wire;
+
+/// Messages queued for one peer beyond which the oldest are dropped.
+const MAX_QUEUED: usize = 8192;
+/// Messages sent in one request at most.
+const MAX_BATCH: usize = 1024;
+
+#[derive(Debug, Default)]
+struct PeerQueue {
+    queue: Mutex<VecDeque<Envelope>>,
+    notify: Notify,
+}
+
+/// The sending half of the peer transport. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    peers: Mutex<HashMap<NodeId, Arc<PeerQueue>>>,
+    membership: watch::Receiver<Membership>,
+    client: reqwest::Client,
+    token: String,
+    runtime: tokio::runtime::Handle,
+    metrics: Metrics,
+}
+
+impl Outbox {
+    pub fn new(
+        client: reqwest::Client,
+        token: String,
+        membership: watch::Receiver<Membership>,
+        runtime: tokio::runtime::Handle,
+        metrics: Metrics,
+    ) -> Outbox {
+        Outbox {
+            inner: Arc::new(Inner {
+                peers: Mutex::new(HashMap::new()),
+                membership,
+                client,
+                token,
+                runtime,
+                metrics,
+            }),
+        }
+    }
+
+    /// Queues a message for its peer; never blocks.
+    pub fn send(&self, env: Envelope) {
+        let Some(q) = self.queue(env.to) else {
+            return;
+        };
+        if let Ok(mut queue) = q.queue.lock() {
+            if queue.len() >= MAX_QUEUED {
+                queue.pop_front();
+            }
+            queue.push_back(env);
+        }
+        q.notify.notify_one();
+    }
+
+    fn queue(&self, peer: NodeId) -> Option<Arc<PeerQueue>> {
+        let mut peers = self.inner.peers.lock().ok()?;
+        if let Some(q) = peers.get(&peer) {
+            return Some(q.clone());
+        }
+        let q = Arc::new(PeerQueue::default());
+        peers.insert(peer, q.clone());
+        let inner = self.inner.clone();
+        let task_q = q.clone();
+        self.inner
+            .runtime
+            .spawn(async move { sender(inner, peer, task_q).await });
+        Some(q)
+    }
+
+    /// Sends a snapshot in the background (one at a time per call site is
+    /// enough: the engine asks again if it does not arrive).
+    pub fn send_snapshot(&self, peer: NodeId, meta: SnapshotMeta, data: Vec<u8>) {
+        let inner = self.inner.clone();
+        self.inner.runtime.spawn(async move {
+            let Some(url) = peer_url(&inner.membership, peer) else {
+                return;
+            };
+            let body = wire::encode_snapshot(&meta, &data);
+            let res = inner
+                .client
+                .post(format!("{url}/peer/v1/snapshot"))
+                .bearer_auth(&inner.token)
+                .header("content-type", "application/octet-stream")
+                .timeout(Duration::from_secs(600))
+                .body(body)
+                .send()
+                .await;
+            match res {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => tracing::warn!(peer = %url, status = %r.status(), "snapshot refused"),
+                Err(e) => tracing::warn!(peer = %url, error = %e, "snapshot not delivered"),
+            }
+        });
+    }
+}
+
+/// The peer URL of `id` in the current configuration.
+pub fn peer_url(membership: &watch::Receiver<Membership>, id: NodeId) -> Option<String> {
+    membership
+        .borrow()
+        .members
+        .get(&id)
+        .map(|m| m.addr.trim_end_matches('/').to_string())
+}
+
+async fn sender(inner: Arc<Inner>, peer: NodeId, q: Arc<PeerQueue>) {
+    let mut failures: u32 = 0;
+    loop {
+        q.notify.notified().await;
+        loop {
+            let batch: Vec<Envelope> = match q.queue.lock() {
+                Ok(mut queue) => {
+                    let n = queue.len().min(MAX_BATCH);
+                    queue.drain(..n).collect()
+                }
+                Err(_) => return,
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let Some(url) = peer_url(&inner.membership, peer) else {
+                // Not (or no longer) a member: nowhere to send.
+                break;
+            };
+            let res = inner
+                .client
+                .post(format!("{url}/peer/v1/messages"))
+                .bearer_auth(&inner.token)
+                .timeout(Duration::from_secs(2))
+                .json(&batch)
+                .send()
+                .await;
+            match res {
+                Ok(r) if r.status().is_success() => failures = 0,
+                Ok(r) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(100) {
+                        tracing::warn!(peer = %url, status = %r.status(), "peer refused messages");
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(100) {
+                        tracing::debug!(peer = %url, error = %e, "peer unreachable");
+                    }
+                    // Back off a little so a dead peer costs little CPU.
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(failures.min(10))))
+                        .await;
+                }
+            }
+            inner.metrics.inc_peer_messages("sent", batch.len() as u64);
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! A real cluster for tests: `phxkv serve` processes on loopback, each with
+//! its own data directory, that tests can kill, pause, restart and query
+//! over real HTTP.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const TOKEN: &str = "test-cluster-token-0123456789";
+
+/// One `phxkv serve` process.
+pub struct Proc {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+/// A cluster of processes; killed when dropped.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub procs: Vec<Proc>,
+    pub members: String,
+    pub extra_args: Vec<String>,
+    pub http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Cluster {
+    /// Starts `n` nodes and waits until they agree on a master.
+    pub async fn start(n: usize, extra_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("token"), TOKEN).expect("token file");
+        let mut procs = Vec::new();
+        for i in 0..n {
+            let name = format!("n{}", i + 1);
+            procs.push(Proc {
+                data_dir: dir.path().join(&name),
+                log: dir.path().join(format!("{name}.log")),
+                name,
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            });
+        }
+        let members = procs
+            .iter()
+            .map(|p| format!("{}=http://127.0.0.1:{}", p.name, p.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            dir,
+            procs,
+            members,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client"),
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.wait_for_master(Duration::from_secs(20)).await;
+        c
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.procs[i].client_port)
+    }
+
+    pub fn peer_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.procs[i].peer_port)
+    }
+
+    /// The command line that starts node `i` (bootstrap members, token, a
+    /// short lease so failover tests are quick).
+    pub fn command(&self, i: usize) -> Command {
+        let p = &self.procs[i];
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_phxkv"));
+        cmd.arg("serve")
+            .args(["--id", &p.name])
+            .arg("--data-dir")
+            .arg(&p.data_dir)
+            .args(["--listen", &format!("127.0.0.1:{}", p.client_port)])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", p.peer_port)])
+            .args(["--initial-members", &self.members])
+            .arg("--cluster-token-file")
+            .arg(self.dir.path().join("token"))
+            .args(["--lease", "1s"])
+            .args(&self.extra_args);
+        cmd
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.procs[i].log)
+            .expect("log file");
+        let child = self
+            .command(i)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn phxkv");
+        self.procs[i].child = Some(child);
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        if let Some(c) = &self.procs[i].child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
+        self.signal(i, "-TERM");
+        let mut c = self.procs[i].child.take().expect("running");
+        c.wait().expect("exit status")
+    }
+
+    pub fn log_of(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.procs[i].log).unwrap_or_default()
+    }
+
+    pub async fn cluster_info(&self, i: usize) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}/v1/cluster", self.url(i)))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    /// Index of the node every live node names as master.
+    pub async fn wait_for_master(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut names = Vec::new();
+            for i in 0..self.procs.len() {
+                if self.procs[i].child.is_none() {
+                    continue;
+                }
+                let m = self
+                    .cluster_info(i)
+                    .await
+                    .and_then(|v| v["master"].as_str().map(str::to_string));
+                names.push(m);
+            }
+            if let Some(Some(first)) = names.first()
+                && names.iter().all(|n| n.as_deref() == Some(first.as_str()))
+                && let Some(i) = self.procs.iter().position(|p| &p.name == first)
+                && self.procs[i].child.is_some()
+            {
+                return i;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = (0..self.procs.len()).map(|i| self.log_of(i)).collect();
+                panic!(
+                    "no agreed master within {within:?}: {names:?}\n{}",
+                    logs.join("\n----\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// PUT with retries on 503 (an election in progress).
+    pub async fn put(&self, i: usize, key: &str, value: &str) -> reqwest::Response {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = self
+                .http
+                .put(format!("{}/v1/kv/{key}", self.url(i)))
+                .body(value.to_string())
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() != 503 => return r,
+                _ if Instant::now() > deadline => panic!("put {key} kept failing"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    pub async fn get(&self, i: usize, key: &str, query: &str) -> Option<(u16, Vec<u8>)> {
+        let r = self
+            .http
+            .get(format!("{}/v1/kv/{key}{query}", self.url(i)))
+            .send()
+            .await
+            .ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.bytes().await.ok()?.to_vec()))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.procs.len() {
+            self.resume(i);
+            self.kill9(i);
+        }
+    }
+}

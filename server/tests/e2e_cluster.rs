@@ -1,0 +1,495 @@
+//! Multi-process tests: three `phxkv serve` processes on loopback, real HTTP
+//! between them, real fsync, and real faults (kill -9, SIGSTOP, restarts).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, TOKEN};
+use serde_json::{Value, json};
+
+async fn json_of(r: reqwest::Response) -> Value {
+    r.json().await.expect("JSON body")
+}
+
+/// A node that is not the master, to prove forwarding.
+async fn follower(c: &Cluster) -> usize {
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    (m + 1) % c.procs.len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_operation_works_end_to_end_through_a_follower() {
+    let c = Cluster::start(3, &[]).await;
+    let f = follower(&c).await;
+    let other = (f + 1) % 3;
+
+    // put / get / versions
+    let r = c.put(f, "greeting", "hello").await;
+    assert_eq!(r.status(), 200);
+    let put = json_of(r).await;
+    assert_eq!(put["version"], 1);
+    let (status, body) = c.get(other, "greeting", "").await.expect("get");
+    assert_eq!((status, body.as_slice()), (200, b"hello".as_slice()));
+
+    // compare-and-swap: wrong version, then right version
+    let r = c
+        .http
+        .put(format!("{}/v1/kv/greeting?if_version=7", c.url(f)))
+        .body("nope")
+        .send()
+        .await
+        .expect("cas");
+    assert_eq!(r.status(), 409);
+    let r = c
+        .http
+        .put(format!("{}/v1/kv/greeting?if_version=1", c.url(f)))
+        .body("hi")
+        .send()
+        .await
+        .expect("cas");
+    assert_eq!(r.status(), 200);
+
+    // binary-safe keys
+    let r = c
+        .http
+        .put(format!("{}/v1/kv/bin%00%FFkey", c.url(f)))
+        .body(vec![0u8, 1, 2, 255])
+        .send()
+        .await
+        .expect("binary put");
+    assert_eq!(r.status(), 200);
+    let (status, body) = c.get(other, "bin%00%FFkey", "").await.expect("get");
+    assert_eq!((status, body), (200, vec![0u8, 1, 2, 255]));
+
+    // list with a prefix
+    for k in ["users/a", "users/b", "users/c"] {
+        assert_eq!(c.put(f, k, "x").await.status(), 200);
+    }
+    let r = c
+        .http
+        .get(format!("{}/v1/kv?prefix=users/&limit=2", c.url(other)))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(r.status(), 200);
+    let list = json_of(r).await;
+    assert_eq!(list["kvs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(list["more"], true);
+
+    // transaction
+    let txn = json!({
+        "compare": [{"key": "users/a", "target": "version", "op": "equal", "version": 1}],
+        "success": [{"put": {"key": "users/a", "value": "updated"}}, {"delete": {"key": "users/b"}}],
+        "failure": [{"get": {"key": "users/a"}}]
+    });
+    let r = c
+        .http
+        .post(format!("{}/v1/txn", c.url(f)))
+        .json(&txn)
+        .send()
+        .await
+        .expect("txn");
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["succeeded"], true);
+    let (status, _) = c.get(other, "users/b", "").await.expect("get");
+    assert_eq!(status, 404);
+
+    // delete
+    let r = c
+        .http
+        .delete(format!("{}/v1/kv/users/c", c.url(f)))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(json_of(r).await["deleted"], true);
+
+    // local read with read-your-writes
+    let r = c.put(f, "ryw", "v").await;
+    let rev = json_of(r).await["revision"].as_u64().expect("revision");
+    let (status, body) = c
+        .get(
+            other,
+            "ryw",
+            &format!("?consistency=local&min_revision={rev}"),
+        )
+        .await
+        .expect("local get");
+    assert_eq!((status, body.as_slice()), (200, b"v".as_slice()));
+
+    // watch: a change made after the watch starts arrives as an event
+    let mut watch = c
+        .http
+        .get(format!("{}/v1/watch?prefix=watched/", c.url(other)))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(watch.status(), 200);
+    assert_eq!(c.put(f, "watched/x", "seen").await.status(), 200);
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains("watched/x") && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), watch.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => break,
+        }
+    }
+    assert!(seen.contains("event: put"), "watch stream: {seen}");
+    assert!(seen.contains("watched/x"), "watch stream: {seen}");
+
+    // cluster status
+    let info = c.cluster_info(other).await.expect("cluster");
+    assert_eq!(info["members"].as_array().map(Vec::len), Some(3));
+    assert!(info["master"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_resume_after_the_master_is_killed() {
+    let mut c = Cluster::start(3, &[]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let survivor = (m + 1) % 3;
+    assert_eq!(c.put(survivor, "before", "1").await.status(), 200);
+    c.kill9(m);
+    let started = Instant::now();
+    assert_eq!(c.put(survivor, "after", "2").await.status(), 200);
+    eprintln!(
+        "write after kill -9 of the master took {:?}",
+        started.elapsed()
+    );
+    for i in 0..3 {
+        if i == m {
+            continue;
+        }
+        let (status, body) = c.get(i, "before", "").await.expect("get");
+        assert_eq!((status, body.as_slice()), (200, b"1".as_slice()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_writes_survive_killing_every_node() {
+    let mut c = Cluster::start(3, &[]).await;
+    let mut acked = Vec::new();
+    for i in 0..60 {
+        let key = format!("durable/{i}");
+        let r = c.put(i % 3, &key, &format!("v{i}")).await;
+        if r.status() == 200 {
+            acked.push(i);
+        }
+    }
+    assert_eq!(acked.len(), 60);
+    for i in 0..3 {
+        c.kill9(i);
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.wait_for_master(Duration::from_secs(20)).await;
+    for i in acked {
+        let (status, body) = c
+            .get(i % 3, &format!("durable/{i}"), "")
+            .await
+            .expect("get");
+        assert_eq!(status, 200, "durable/{i} lost");
+        assert_eq!(body, format!("v{i}").into_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_node_catches_up_by_snapshot_after_compaction() {
+    let mut c = Cluster::start(3, &["--snapshot-every", "100"]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let lagging = (m + 1) % 3;
+    c.kill9(lagging);
+    for i in 0..400 {
+        assert_eq!(c.put(m, &format!("bulk/{i}"), "x").await.status(), 200);
+    }
+    c.spawn(lagging);
+    // A local read of the last key on the restarted node must appear.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((200, _)) = c.get(lagging, "bulk/399", "?consistency=local").await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node never caught up:\n{}",
+            c.log_of(lagging)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = c.log_of(lagging);
+    assert!(
+        log.contains("installed snapshot"),
+        "caught up without a snapshot:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_master_serves_no_stale_read_after_it_resumes() {
+    let c = Cluster::start(3, &[]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let other = (m + 1) % 3;
+    assert_eq!(c.put(m, "k", "old").await.status(), 200);
+    c.pause(m);
+    // Longer than the lease (1 s): the others elect a new master.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(c.put(other, "k", "new").await.status(), 200);
+    c.resume(m);
+    // Whatever the old master answers, it must not be the old value.
+    for _ in 0..20 {
+        if let Some((status, body)) = c.get(m, "k", "").await {
+            assert!(
+                !(status == 200 && body == b"old"),
+                "stale read from the resumed old master"
+            );
+            if status == 200 {
+                assert_eq!(body, b"new");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_clear_json_errors_and_loses_nothing() {
+    let c = Cluster::start(3, &["--max-key-bytes", "64", "--max-value-bytes", "1024"]).await;
+    assert_eq!(c.put(0, "keep", "me").await.status(), 200);
+    let url = c.url(0);
+    let checks: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            c.http
+                .put(format!("{url}/v1/kv/{}", "k".repeat(100)))
+                .body("v"),
+            413,
+            "key",
+        ),
+        (
+            c.http
+                .put(format!("{url}/v1/kv/big"))
+                .body(vec![b'x'; 4096]),
+            413,
+            "value",
+        ),
+        (
+            c.http
+                .post(format!("{url}/v1/txn"))
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "malformed txn",
+        ),
+        (
+            c.http.get(format!("{url}/v1/nowhere")),
+            404,
+            "unknown route",
+        ),
+        (
+            c.http.patch(format!("{url}/v1/kv/keep")),
+            405,
+            "wrong method",
+        ),
+        (
+            c.http
+                .put(format!("{url}/v1/kv/keep?if_version=9"))
+                .body("x"),
+            409,
+            "compare",
+        ),
+        (
+            c.http.get(format!("{url}/v1/kv/missing")),
+            404,
+            "missing key",
+        ),
+    ];
+    for (req, want, what) in checks {
+        let r = req.send().await.expect(what);
+        assert_eq!(r.status().as_u16(), want, "{what}");
+        let body: Value = r
+            .json()
+            .await
+            .unwrap_or_else(|_| panic!("{what}: JSON error body"));
+        assert!(body["error"]["code"].is_string(), "{what}: {body}");
+        assert!(body["error"]["message"].is_string(), "{what}: {body}");
+    }
+    // The peer API refuses callers without the token, or with a wrong one.
+    let peer = c.peer_url(0);
+    let r = c
+        .http
+        .post(format!("{peer}/peer/v1/messages"))
+        .json(&json!([]))
+        .send()
+        .await
+        .expect("peer");
+    assert_eq!(r.status(), 401);
+    let r = c
+        .http
+        .post(format!("{peer}/peer/v1/messages"))
+        .bearer_auth("wrong-token-wrong-token")
+        .json(&json!([]))
+        .send()
+        .await
+        .expect("peer");
+    assert_eq!(r.status(), 401);
+    let r = c
+        .http
+        .post(format!("{peer}/peer/v1/messages"))
+        .bearer_auth(TOKEN)
+        .json(&json!([]))
+        .send()
+        .await
+        .expect("peer");
+    assert!(r.status().is_success());
+    // Nothing was lost along the way.
+    let (status, body) = c.get(1, "keep", "").await.expect("get");
+    assert_eq!((status, body.as_slice()), (200, b"me".as_slice()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_refuses_a_data_directory_of_another_node() {
+    let mut c = Cluster::start(3, &[]).await;
+    c.kill9(0);
+    // Start n2's identity on n1's directory.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phxkv"))
+        .arg("serve")
+        .args(["--id", "n2"])
+        .arg("--data-dir")
+        .arg(&c.procs[0].data_dir)
+        .args(["--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
+        .args(["--initial-members", &c.members])
+        .arg("--cluster-token-file")
+        .arg(c.dir.path().join("token"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("phxkv:")).collect();
+    assert_eq!(lines.len(), 1, "one readable line: {err}");
+    assert!(lines[0].contains("belongs to node \"n1\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_up_rejects_a_bad_flag_with_one_line_naming_it() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phxkv"))
+        .args([
+            "serve",
+            "--id",
+            "a",
+            "--initial-members",
+            "a=http://127.0.0.1:1",
+            "--lease",
+            "soon",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--lease"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn membership_changes_on_a_live_cluster() {
+    let mut c = Cluster::start(3, &[]).await;
+    assert_eq!(c.put(0, "before-join", "1").await.status(), 200);
+    // A fourth process that starts empty and waits to be added.
+    let dir = c.dir.path().join("n4");
+    let (client_port, peer_port) = (free_port(), free_port());
+    let mut n4 = std::process::Command::new(env!("CARGO_BIN_EXE_phxkv"))
+        .arg("serve")
+        .args(["--id", "n4", "--join"])
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--listen", &format!("127.0.0.1:{client_port}")])
+        .args(["--peer-listen", &format!("127.0.0.1:{peer_port}")])
+        .arg("--cluster-token-file")
+        .arg(c.dir.path().join("token"))
+        .args(["--lease", "1s"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn n4");
+    let url = c.url(1);
+    // Without the token: refused.
+    let r = c
+        .http
+        .post(format!("{url}/v1/cluster/members"))
+        .json(&json!({"name": "n4", "peer_url": format!("http://127.0.0.1:{peer_port}")}))
+        .send()
+        .await
+        .expect("add");
+    assert_eq!(r.status(), 401);
+    let r = c
+        .http
+        .post(format!("{url}/v1/cluster/members"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "n4", "peer_url": format!("http://127.0.0.1:{peer_port}")}))
+        .send()
+        .await
+        .expect("add");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    // The learner catches up: it serves the earlier write locally.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c
+            .http
+            .get(format!(
+                "http://127.0.0.1:{client_port}/v1/kv/before-join?consistency=local"
+            ))
+            .send()
+            .await;
+        if matches!(r, Ok(ref r) if r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "learner never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = c
+        .http
+        .post(format!("{url}/v1/cluster/members/n4/promote"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("promote");
+    assert_eq!(r.status(), 200);
+    let info = json_of(r).await;
+    let roles: Vec<(String, String)> = info["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or("").to_string(),
+                m["role"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(roles.contains(&("n4".into(), "voter".into())), "{roles:?}");
+    // Remove an original member; writes keep working.
+    let r = c
+        .http
+        .delete(format!("{url}/v1/cluster/members/n3"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("remove");
+    assert_eq!(r.status(), 200);
+    c.kill9(2);
+    assert_eq!(c.put(1, "after-change", "2").await.status(), 200);
+    let info = c.cluster_info(1).await.expect("cluster");
+    let names: Vec<&str> = info["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(!names.contains(&"n3"));
+    let _ = n4.kill();
+    let _ = n4.wait();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
