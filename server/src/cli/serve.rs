@@ -194,7 +194,7 @@ impl ServeArgs {
         if self.snapshot_every < 100 {
             return Err(bad("snapshot-every", "must be at least 100".into()));
         }
-        if self.listen == self.peer_listen {
+        if self.listen == self.peer_listen && self.listen.port() != 0 {
             return Err(bad("peer-listen", "must differ from --listen".into()));
         }
         let mut engine = EngineConfig::new(0);

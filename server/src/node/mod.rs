@@ -29,7 +29,7 @@ use crate::storage::{DiskStore, Identity, LogStore};
 use crate::telemetry::Metrics;
 
 use driver::{Driver, Input, Published};
-use transport::{Outbox, peer_url};
+use transport::Outbox;
 use wire::{ChangeReply, ProposeReply, ReadIndexReply};
 
 /// Everything a node needs to start.
@@ -80,6 +80,7 @@ struct Inner {
     published: watch::Receiver<Published>,
     membership: watch::Receiver<Membership>,
     client: reqwest::Client,
+    outbox: Outbox,
     metrics: Metrics,
     client_id: u64,
     next_seq: AtomicU64,
@@ -129,6 +130,7 @@ impl Node {
             .build()
             .map_err(|e| StartError::State(format!("cannot build the HTTP client: {e}")))?;
         let outbox = Outbox::new(
+            id,
             client.clone(),
             cfg.token.clone(),
             membership_rx.clone(),
@@ -140,7 +142,7 @@ impl Node {
             disk,
             store: store.clone(),
             inputs: inputs_rx,
-            outbox,
+            outbox: outbox.clone(),
             events: events.clone(),
             published: published_tx,
             membership: membership_tx,
@@ -162,6 +164,7 @@ impl Node {
                 published: published_rx,
                 membership: membership_rx,
                 client,
+                outbox,
                 metrics,
                 client_id,
                 next_seq: AtomicU64::new(1),
@@ -211,8 +214,16 @@ impl Node {
         }
     }
 
-    /// Feeds peer messages to the engine (from the peer API).
-    pub fn deliver(&self, envs: Vec<crate::paxos::Envelope>) -> Result<(), ServiceError> {
+    /// Feeds peer messages to the engine (from the peer API); `from_url` is
+    /// the sender's peer URL if it told us.
+    pub fn deliver(
+        &self,
+        envs: Vec<crate::paxos::Envelope>,
+        from_url: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        if let (Some(url), Some(first)) = (from_url, envs.first()) {
+            self.inner.outbox.learn_address(first.from, url);
+        }
         self.submit(Input::Peer(envs))
     }
 
@@ -290,7 +301,11 @@ impl Node {
         body: &B,
         deadline: Instant,
     ) -> Result<T, String> {
-        let url = peer_url(&self.inner.membership, to).ok_or("the master's address is unknown")?;
+        let url = self
+            .inner
+            .outbox
+            .url_of(to)
+            .ok_or("the master's address is unknown")?;
         let timeout = deadline.saturating_duration_since(Instant::now());
         let mut headers = reqwest::header::HeaderMap::new();
         crate::telemetry::inject_context(&mut headers);

@@ -86,8 +86,16 @@ fn service_error(e: ServiceError) -> Response {
     error(status, "peer_error", &e.to_string())
 }
 
-async fn messages(State(node): State<Node>, Json(envs): Json<Vec<Envelope>>) -> Response {
-    match node.deliver(envs) {
+async fn messages(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    Json(envs): Json<Vec<Envelope>>,
+) -> Response {
+    let from_url = headers
+        .get(wire::PEER_URL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"));
+    match node.deliver(envs, from_url) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => service_error(e),
     }

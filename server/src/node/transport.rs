@@ -37,7 +37,12 @@ pub struct Outbox {
 
 #[derive(Debug)]
 struct Inner {
+    self_id: NodeId,
     peers: Mutex<HashMap<NodeId, Arc<PeerQueue>>>,
+    /// Addresses of senders that are not in this node's configuration yet
+    /// (a joining learner hears from the master before it knows the
+    /// configuration that names it).
+    learned: Mutex<HashMap<NodeId, String>>,
     membership: watch::Receiver<Membership>,
     client: reqwest::Client,
     token: String,
@@ -47,6 +52,7 @@ struct Inner {
 
 impl Outbox {
     pub fn new(
+        self_id: NodeId,
         client: reqwest::Client,
         token: String,
         membership: watch::Receiver<Membership>,
@@ -55,7 +61,9 @@ impl Outbox {
     ) -> Outbox {
         Outbox {
             inner: Arc::new(Inner {
+                self_id,
                 peers: Mutex::new(HashMap::new()),
+                learned: Mutex::new(HashMap::new()),
                 membership,
                 client,
                 token,
@@ -94,12 +102,26 @@ impl Outbox {
         Some(q)
     }
 
+    /// Remembers where `id` can be reached, from a header it sent.
+    pub fn learn_address(&self, id: NodeId, url: &str) {
+        if let Ok(mut l) = self.inner.learned.lock()
+            && l.get(&id).map(String::as_str) != Some(url)
+        {
+            l.insert(id, url.trim_end_matches('/').to_string());
+        }
+    }
+
+    /// The peer URL of `id`: from the configuration, or as it told us.
+    pub fn url_of(&self, id: NodeId) -> Option<String> {
+        self.inner.url_of(id)
+    }
+
     /// Sends a snapshot in the background (one at a time per call site is
     /// enough: the engine asks again if it does not arrive).
     pub fn send_snapshot(&self, peer: NodeId, meta: SnapshotMeta, data: Vec<u8>) {
         let inner = self.inner.clone();
         self.inner.runtime.spawn(async move {
-            let Some(url) = peer_url(&inner.membership, peer) else {
+            let Some(url) = inner.url_of(peer) else {
                 return;
             };
             let body = wire::encode_snapshot(&meta, &data);
@@ -130,6 +152,13 @@ pub fn peer_url(membership: &watch::Receiver<Membership>, id: NodeId) -> Option<
         .map(|m| m.addr.trim_end_matches('/').to_string())
 }
 
+impl Inner {
+    fn url_of(&self, id: NodeId) -> Option<String> {
+        peer_url(&self.membership, id)
+            .or_else(|| self.learned.lock().ok().and_then(|l| l.get(&id).cloned()))
+    }
+}
+
 async fn sender(inner: Arc<Inner>, peer: NodeId, q: Arc<PeerQueue>) {
     let mut failures: u32 = 0;
     loop {
@@ -145,14 +174,18 @@ async fn sender(inner: Arc<Inner>, peer: NodeId, q: Arc<PeerQueue>) {
             if batch.is_empty() {
                 break;
             }
-            let Some(url) = peer_url(&inner.membership, peer) else {
+            let Some(url) = inner.url_of(peer) else {
                 // Not (or no longer) a member: nowhere to send.
                 break;
             };
-            let res = inner
+            let mut req = inner
                 .client
                 .post(format!("{url}/peer/v1/messages"))
-                .bearer_auth(&inner.token)
+                .bearer_auth(&inner.token);
+            if let Some(own) = peer_url(&inner.membership, inner.self_id) {
+                req = req.header(wire::PEER_URL_HEADER, own);
+            }
+            let res = req
                 .timeout(Duration::from_secs(2))
                 .json(&batch)
                 .send()

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::kv::OpResult;
 use crate::paxos::{Index, NodeId, SnapshotMeta};
 
+/// Header with which a node tells peers its own peer URL, so a member that
+/// does not know it yet (a learner that just joined) can answer.
+pub const PEER_URL_HEADER: &str = "x-phxkv-peer-url";
+
 /// The master's answer to a forwarded write.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ProposeReply {
