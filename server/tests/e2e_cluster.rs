@@ -493,3 +493,70 @@ fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_hands_mastership_over_and_exits_cleanly() {
+    let mut c = Cluster::start(3, &["--lease", "5s"]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let other = (m + 1) % 3;
+    assert_eq!(c.put(other, "before", "1").await.status(), 200);
+    let status = c.terminate(m);
+    assert!(status.success(), "exit status {status:?}:\n{}", c.log_of(m));
+    assert!(
+        c.log_of(m).contains("handing mastership over"),
+        "{}",
+        c.log_of(m)
+    );
+    // With a 5 s lease, an ordinary failover would take longer than this.
+    let started = Instant::now();
+    let r = c
+        .http
+        .put(format!("{}/v1/kv/after", c.url(other)))
+        .body("2")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the handoff did not spare a lease-long wait: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_expose_requests_proposals_batches_commits_fsyncs_and_master_changes() {
+    let c = Cluster::start(3, &[]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    for i in 0..5 {
+        assert_eq!(c.put(m, &format!("m/{i}"), "x").await.status(), 200);
+    }
+    let text = c
+        .http
+        .get(format!("{}/metrics", c.url(m)))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for name in [
+        "phxkv_http_requests_total{",
+        "phxkv_http_request_duration_seconds",
+        "phxkv_proposals_total",
+        "phxkv_batch_commands",
+        "phxkv_commit_latency_seconds",
+        "phxkv_fsync_duration_seconds",
+        "phxkv_master_changes_total",
+        "phxkv_is_master 1",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    let proposals: f64 = text
+        .lines()
+        .find(|l| l.starts_with("phxkv_proposals_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("proposals value");
+    assert!(proposals >= 5.0, "{proposals}");
+}

@@ -325,7 +325,8 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         "phxkv serving"
     );
     super::wait_for_signal().await;
-    tracing::info!("shutting down: finishing in-flight requests");
+    tracing::info!("shutting down: handing off mastership, finishing in-flight requests");
+    running.node.hand_off(Duration::from_secs(3)).await;
     let _ = tx.send(true);
     let _ = running.client.await;
     let _ = running.peer.await;

@@ -47,6 +47,10 @@ pub enum Input {
         change: ConfChange,
         reply: oneshot::Sender<Result<Index, ProposeError>>,
     },
+    /// Hand mastership to the most caught-up voter (clean shutdown).
+    HandOff {
+        reply: oneshot::Sender<Result<NodeId, String>>,
+    },
     InstallSnapshot {
         meta: SnapshotMeta,
         data: Vec<u8>,
@@ -185,6 +189,25 @@ impl Driver {
             }
             Input::InstallSnapshot { meta, data, reply } => {
                 let _ = reply.send(self.install_snapshot(meta, data));
+            }
+            Input::HandOff { reply } => {
+                let me = self.replica.id();
+                let progress = self.replica.peer_progress();
+                let target = self
+                    .replica
+                    .membership()
+                    .voters()
+                    .filter(|v| *v != me)
+                    .max_by_key(|v| progress.get(v).copied().unwrap_or(0));
+                let result = match target {
+                    None => Err("no other voter to hand mastership to".to_string()),
+                    Some(t) => self
+                        .replica
+                        .transfer_mastership(now, t)
+                        .map(|()| t)
+                        .map_err(|e| e.to_string()),
+                };
+                let _ = reply.send(result);
             }
             Input::Shutdown => {}
         }

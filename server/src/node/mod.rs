@@ -191,6 +191,31 @@ impl Node {
         self.inner.published.borrow().status.is_master
     }
 
+    /// If this node is master, hands mastership to the most caught-up voter
+    /// and waits (up to `within`) until it is no longer master, so clients
+    /// see no lease-long gap when this node goes away.
+    pub async fn hand_off(&self, within: Duration) {
+        if !self.is_master() {
+            return;
+        }
+        let (reply, rx) = oneshot::channel();
+        if self.submit(Input::HandOff { reply }).is_err() {
+            return;
+        }
+        match rx.await {
+            Ok(Ok(target)) => {
+                let name = self.member_name(target).unwrap_or_default();
+                tracing::info!(to = %name, "handing mastership over");
+                let deadline = Instant::now() + within;
+                let _ = self
+                    .wait_until(deadline, "hand mastership over", |p| !p.status.is_master)
+                    .await;
+            }
+            Ok(Err(e)) => tracing::info!(reason = %e, "not handing mastership over"),
+            Err(_) => {}
+        }
+    }
+
     /// Stops the driver thread after its current turn.
     pub fn shutdown(&self) {
         let _ = self.inner.inputs.try_send(Input::Shutdown);

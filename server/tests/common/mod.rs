@@ -100,8 +100,10 @@ impl Cluster {
             .args(["--initial-members", &self.members])
             .arg("--cluster-token-file")
             .arg(self.dir.path().join("token"))
-            .args(["--lease", "1s"])
             .args(&self.extra_args);
+        if !self.extra_args.iter().any(|a| a == "--lease") {
+            cmd.args(["--lease", "1s"]);
+        }
         cmd
     }
 
