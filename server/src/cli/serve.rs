@@ -274,10 +274,12 @@ pub async fn start(
             data_dir.display()
         ))
     })?;
-    let app = crate::api::public_router(node.clone()).layer(axum::middleware::from_fn_with_state(
-        metrics.clone(),
-        telemetry::track_requests,
-    ));
+    let app = crate::api::public_router(node.clone())
+        .layer(axum::middleware::from_fn(telemetry::trace_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics.clone(),
+            telemetry::track_requests,
+        ));
     let peer_app = crate::node::peer::router(node.clone());
     let mut s1 = shutdown.clone();
     let client = tokio::spawn(async move {

@@ -29,6 +29,7 @@ pub struct Cluster {
     pub procs: Vec<Proc>,
     pub members: String,
     pub extra_args: Vec<String>,
+    pub env: Vec<(String, String)>,
     pub http: reqwest::Client,
 }
 
@@ -42,6 +43,11 @@ fn free_port() -> u16 {
 impl Cluster {
     /// Starts `n` nodes and waits until they agree on a master.
     pub async fn start(n: usize, extra_args: &[&str]) -> Cluster {
+        Self::start_with_env(n, extra_args, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with extra environment for every process.
+    pub async fn start_with_env(n: usize, extra_args: &[&str], env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("token"), TOKEN).expect("token file");
         let mut procs = Vec::new();
@@ -66,6 +72,10 @@ impl Cluster {
             procs,
             members,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -116,6 +126,7 @@ impl Cluster {
         let child = self
             .command(i)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
