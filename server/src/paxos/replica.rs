@@ -819,16 +819,13 @@ impl Replica {
         commit: Index,
     ) {
         self.catchup_sent = None;
-        let mut last = self.commit;
         for (i, v) in entries {
             if i <= commit {
                 self.learn(i, v);
-                last = last.max(i);
             }
         }
         self.advance_commit();
         if self.commit < commit {
-            let _ = last;
             self.request_catchup(now, from);
         }
     }
@@ -836,15 +833,12 @@ impl Replica {
     /// The caller installed a snapshot taken at `meta.index` (state machine and
     /// storage). The log below it is gone; the configuration comes with it.
     pub fn snapshot_installed(&mut self, meta: SnapshotMeta) {
-        if meta.index <= self.snapshot_index {
+        let index = meta.index;
+        if !self.drop_log_through(meta) {
             return;
         }
-        self.snapshot_index = meta.index;
-        self.log = self.log.split_off(&(meta.index + 1));
-        self.configs = self.configs.split_off(&(meta.index + 1));
-        self.base_membership = meta.membership;
-        self.commit = self.commit.max(meta.index);
-        self.emitted = self.emitted.max(meta.index);
+        self.commit = self.commit.max(index);
+        self.emitted = self.emitted.max(index);
         self.catchup_sent = None;
         self.advance_commit();
     }
@@ -858,13 +852,20 @@ impl Replica {
             meta.index,
             self.emitted
         );
+        self.drop_log_through(meta);
+    }
+
+    /// Forgets the log up to a snapshot's index and takes its configuration
+    /// as the base; false when the snapshot is not newer than the current one.
+    fn drop_log_through(&mut self, meta: SnapshotMeta) -> bool {
         if meta.index <= self.snapshot_index {
-            return;
+            return false;
         }
         self.snapshot_index = meta.index;
         self.log = self.log.split_off(&(meta.index + 1));
         self.configs = self.configs.split_off(&(meta.index + 1));
         self.base_membership = meta.membership;
+        true
     }
 
     /// The configuration in force right after `index` is applied, for the
@@ -908,9 +909,10 @@ impl Replica {
         from: NodeId,
         ballot: Ballot,
         entries: Vec<(Index, LogEntry)>,
-        commit: Index,
+        // Slots at or below the acceptor's commit arrive flagged chosen, so
+        // the index itself adds nothing here.
+        _commit: Index,
     ) {
-        let _ = commit;
         let mut membership = self.membership().clone();
         let mut newest = self.configs.keys().next_back().copied().unwrap_or(0);
         let State::Candidate(c) = &mut self.state else {
