@@ -50,7 +50,9 @@ branch on `code`, never on `message`.",
         openapi_json,
         docs_page,
     ),
-    components(schemas(crate::api::error::ErrorCode)),
+    // Schemas referenced only from query parameters are not collected from
+    // the handlers, so they are listed here to keep every `$ref` resolvable.
+    components(schemas(crate::api::error::ErrorCode, crate::api::query::ReadConsistency)),
     tags(
         (name = "kv", description = "Reads, writes, listings and transactions."),
         (name = "watch", description = "Streams of changes."),

@@ -17,7 +17,7 @@ use crate::api::body::RawBody;
 use crate::api::encoding::{KvJson, percent_decode, to_b64};
 use crate::api::error::{ApiError, ErrorCode, ErrorResponse};
 use crate::api::query::{QueryParams, ReadConsistency};
-use crate::api::service::Service;
+use crate::api::service::{Consistency, Service};
 use crate::kv::{Expect, Op, OpResult, RangeRequest};
 
 /// Where keys start in the path.
@@ -103,6 +103,36 @@ fn expect_from(query: &mut QueryParams) -> Result<Option<Expect>, ApiError> {
     }
 }
 
+/// Refuses a local read that waits for a revision the cluster has not
+/// reached, instead of letting it wait out the read timeout and answer 503.
+///
+/// Waiting is right when this replica lags behind a revision the client saw
+/// elsewhere, so the cluster's revision is only asked for (a linearizable
+/// read through the master) when this replica is behind `min_revision`.
+/// Nobody can have seen a revision beyond the cluster's, so such a request
+/// is a client error, and no amount of retrying would make it succeed soon.
+async fn check_min_revision<S: Service>(svc: &S, consistency: Consistency) -> Result<(), ApiError> {
+    let Consistency::Local {
+        min_revision: Some(min),
+    } = consistency
+    else {
+        return Ok(());
+    };
+    let here = Consistency::Local { min_revision: None };
+    if svc.read(here, |store| store.revision()).await? >= min {
+        return Ok(());
+    }
+    let current = svc
+        .read(Consistency::Linearizable, |store| store.revision())
+        .await?;
+    if min > current {
+        return Err(ApiError::invalid(format!(
+            "min_revision {min} is ahead of the cluster's current revision {current}"
+        )));
+    }
+    Ok(())
+}
+
 /// For results a correct node never returns for the op it was given.
 pub(crate) fn unexpected(result: &OpResult) -> ApiError {
     ApiError::internal(format!("unexpected result from the node: {result:?}"))
@@ -118,7 +148,7 @@ pub(crate) fn unexpected(result: &OpResult) -> ApiError {
     path = "/v1/kv/{key}",
     tag = "kv",
     params(
-        ("key" = String, Path, description = "The key: the rest of the path, percent-decoded to bytes (binary safe, may contain `/`).", example = "config/a"),
+        ("key" = String, Path, description = "The key: the rest of the path, percent-decoded to bytes (binary safe, may contain `/`).", example = "config/a", min_length = 1),
         ("if_version" = Option<u64>, Query, description = "Write only if the key's version is this (`0`: only if absent)."),
         ("if_mod_revision" = Option<u64>, Query, description = "Write only if the key's mod revision is this (`0`: only if absent)."),
     ),
@@ -166,9 +196,9 @@ pub async fn put_key<S: Service>(
     path = "/v1/kv/{key}",
     tag = "kv",
     params(
-        ("key" = String, Path, description = "The key, percent-encoded.", example = "config/a"),
+        ("key" = String, Path, description = "The key, percent-encoded.", example = "config/a", min_length = 1),
         ("consistency" = Option<ReadConsistency>, Query, description = "`linearizable` (default) or `local` (this replica, possibly stale)."),
-        ("min_revision" = Option<u64>, Query, description = "With `consistency=local`: wait until the replica has applied this revision."),
+        ("min_revision" = Option<u64>, Query, description = "With `consistency=local`: wait until the replica has applied this revision; refused with 400 when the cluster has not reached it."),
     ),
     responses(
         (status = 200, description = "The value.", content(("application/octet-stream")),
@@ -178,7 +208,7 @@ pub async fn put_key<S: Service>(
                 ("X-Phxkv-Mod-Revision" = u64, description = "The revision of the key's last write."),
                 ("X-Phxkv-Revision" = u64, description = "The store revision the read reflects."),
             )),
-        (status = 400, description = "Empty key or bad query parameter.", body = ErrorResponse),
+        (status = 400, description = "Empty key, bad query parameter, or `min_revision` ahead of the cluster's revision.", body = ErrorResponse),
         (status = 404, description = "No such key (`key_not_found`).", body = ErrorResponse),
     )
 )]
@@ -195,6 +225,7 @@ pub async fn get_key<S: Service>(
             "key is empty; keys must be at least one byte long",
         ));
     }
+    check_min_revision(&svc, consistency).await?;
     let (kv, revision) = svc
         .read(consistency, move |store| {
             (store.get(&key).cloned(), store.revision())
@@ -227,7 +258,7 @@ pub async fn get_key<S: Service>(
     path = "/v1/kv/{key}",
     tag = "kv",
     params(
-        ("key" = String, Path, description = "The key, percent-encoded.", example = "config/a"),
+        ("key" = String, Path, description = "The key, percent-encoded.", example = "config/a", min_length = 1),
         ("if_version" = Option<u64>, Query, description = "Delete only if the key's version is this."),
         ("if_mod_revision" = Option<u64>, Query, description = "Delete only if the key's mod revision is this."),
     ),
@@ -274,11 +305,11 @@ pub async fn delete_key<S: Service>(
         ("limit" = Option<u64>, Query, description = "Most keys to return, 1 to 1000 (default 100).", minimum = 1, maximum = 1000),
         ("after" = Option<String>, Query, description = "Only keys strictly after this one (percent-encoded), to continue a listing."),
         ("consistency" = Option<ReadConsistency>, Query, description = "`linearizable` (default) or `local` (this replica, possibly stale)."),
-        ("min_revision" = Option<u64>, Query, description = "With `consistency=local`: wait until the replica has applied this revision."),
+        ("min_revision" = Option<u64>, Query, description = "With `consistency=local`: wait until the replica has applied this revision; refused with 400 when the cluster has not reached it."),
     ),
     responses(
         (status = 200, description = "One page of keys.", body = ListResponse),
-        (status = 400, description = "Bad query parameter.", body = ErrorResponse),
+        (status = 400, description = "Bad query parameter, or `min_revision` ahead of the cluster's revision.", body = ErrorResponse),
     )
 )]
 pub async fn list<S: Service>(
@@ -295,6 +326,7 @@ pub async fn list<S: Service>(
             "limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}"
         )));
     }
+    check_min_revision(&svc, consistency).await?;
     let request = RangeRequest {
         prefix,
         after,

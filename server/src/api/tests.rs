@@ -371,6 +371,28 @@ async fn missing_key_and_bad_reads_are_json_errors() {
 }
 
 #[tokio::test]
+async fn local_reads_of_a_revision_the_cluster_has_not_reached_are_400() {
+    let router = Fake::new().router();
+    let put = call(&router, Method::PUT, "/v1/kv/k", "v").await;
+    assert_eq!(put.status, StatusCode::OK);
+    for uri in [
+        "/v1/kv/k?consistency=local&min_revision=99",
+        "/v1/kv?consistency=local&min_revision=99",
+    ] {
+        call(&router, Method::GET, uri, Body::empty())
+            .await
+            .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+    for uri in [
+        "/v1/kv/k?consistency=local&min_revision=1",
+        "/v1/kv?consistency=local&min_revision=1",
+    ] {
+        let reply = call(&router, Method::GET, uri, Body::empty()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{uri}");
+    }
+}
+
+#[tokio::test]
 async fn oversized_keys_values_and_bodies_are_413() {
     let router = Fake::new().router();
     let long_key = format!("/v1/kv/{}", "k".repeat(17));
@@ -760,6 +782,36 @@ async fn openapi_json_describes_every_route() {
         "WatchEvent",
     ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+}
+
+/// Every `$ref` in `value`, in document order.
+fn refs(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get("$ref") {
+                found.push(target.clone());
+            }
+            map.values().for_each(|v| refs(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+        _ => {}
+    }
+}
+
+// A dangling reference makes generated clients and schema-based fuzzers skip
+// whatever it describes, silently.
+#[test]
+fn every_schema_reference_resolves() {
+    let doc = serde_json::to_value(crate::api::openapi()).expect("the document serializes");
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    assert!(!found.is_empty());
+    for target in found {
+        let pointer = target
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("{target} is not a local reference"));
+        assert!(doc.pointer(pointer).is_some(), "{target} does not resolve");
     }
 }
 
