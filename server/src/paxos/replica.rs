@@ -1368,6 +1368,16 @@ impl Replica {
         if commit < newest_config || commit < m.barrier {
             return Err(ProposeError::ChangeInProgress);
         }
+        // A learner that has not caught up would count in quorums without
+        // holding the log: promoting it could cost the cluster its quorum.
+        if let ConfChange::Promote { id } = &change {
+            let theirs = m.peer_commit.get(id).copied().unwrap_or(0);
+            if theirs + self.cfg.max_promise_lag < commit {
+                return Err(ProposeError::InvalidChange(format!(
+                    "node {id:x} has not caught up yet (at {theirs} of {commit}); retry once it has"
+                )));
+            }
+        }
         let next = super::membership::apply_change(self.membership(), &change)
             .map_err(ProposeError::InvalidChange)?;
         let State::Master(m) = &mut self.state else {

@@ -829,3 +829,42 @@ fn mastership_handoff_elects_the_target_without_waiting_for_the_lease() {
         }
     ));
 }
+
+#[test]
+fn a_learner_that_has_not_caught_up_cannot_be_promoted() {
+    let mut cfg_lag = config(1);
+    cfg_lag.max_promise_lag = 2;
+    let mut net = Net::new(&[1, 2, 3]);
+    net.nodes.insert(
+        1,
+        Replica::new(
+            cfg_lag,
+            Recovered::default(),
+            membership(&[1, 2, 3]),
+            Duration::ZERO,
+        ),
+    );
+    net.elect(1);
+    let now = net.now;
+    let add = ConfChange::AddLearner {
+        id: 4,
+        name: "n4".into(),
+        addr: String::new(),
+    };
+    net.nodes
+        .get_mut(&1)
+        .map(|r| r.propose_change(now, add).expect("add learner"));
+    net.settle(&[]);
+    // Node 4 does not exist, so it never reports progress; the log grows.
+    for seq in 1..=10 {
+        let now = net.now;
+        net.nodes.get_mut(&1).map(|r| r.propose(now, put(seq, "k")));
+        net.settle(&[]);
+    }
+    let now = net.now;
+    let r = net.nodes.get_mut(&1).expect("master");
+    assert!(matches!(
+        r.propose_change(now, ConfChange::Promote { id: 4 }),
+        Err(ProposeError::InvalidChange(m)) if m.contains("not caught up")
+    ));
+}
