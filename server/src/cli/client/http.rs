@@ -220,6 +220,11 @@ impl ApiFailure {
 
     /// The CLI error (and so the exit code) this answer means.
     pub fn into_cli_error(self) -> CliError {
+        // Without an API error code something else answered (a proxy, a
+        // wrong port): its 404 says nothing about the key.
+        if self.code.is_empty() {
+            return CliError::Fatal(format!("not a phxkv answer: {}", self.message));
+        }
         match self.status.as_u16() {
             401 => CliError::Usage(format!(
                 "the cluster token is missing or wrong ({}); pass --token-file or set PHXKV_CLUSTER_TOKEN_FILE",

@@ -69,8 +69,9 @@ pub fn render(info: &ClusterInfo) -> String {
         info.applied_index,
     ));
     let header = ["NAME", "ROLE", "MASTER", "COMMIT", "HEALTH", "PEER URL"];
-    let rows: Vec<[String; 6]> = info
-        .members
+    let mut members: Vec<&MemberInfo> = info.members.iter().collect();
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    let rows: Vec<[String; 6]> = members
         .iter()
         .map(|m| {
             [
