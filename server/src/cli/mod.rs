@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 not found or compare failed, 2 usage, 3
 //! unavailable, 4 any other failure.
 
+pub mod client;
 pub mod dev;
 pub mod serve;
 
@@ -25,6 +26,24 @@ pub enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Run a local cluster on this machine, for development.
     Dev(dev::DevArgs),
+    /// Store a value under a key.
+    Put(client::put::PutArgs),
+    /// Print a key's value.
+    Get(client::get::GetArgs),
+    /// Delete a key.
+    Delete(client::delete::DeleteArgs),
+    /// List keys and values, optionally under a prefix.
+    List(client::list::ListArgs),
+    /// Run a transaction (compares, then one of two branches) from JSON.
+    Txn(client::txn::TxnArgs),
+    /// Print changes to keys as they happen, until Ctrl-C.
+    Watch(client::watch::WatchArgs),
+    /// Show the cluster's members, master and progress.
+    Status(client::status::StatusArgs),
+    /// List, add, promote or remove cluster members.
+    Members(client::members::MembersArgs),
+    /// An interactive prompt: get, put, delete, list, status.
+    Shell(client::shell::ShellArgs),
 }
 
 /// A failure the CLI reports with one line and an exit code.
@@ -110,6 +129,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => serve::run(*args).await,
         Command::Dev(args) => dev::run(args).await,
+        Command::Put(args) => client::put::run(args).await,
+        Command::Get(args) => client::get::run(args).await,
+        Command::Delete(args) => client::delete::run(args).await,
+        Command::List(args) => client::list::run(args).await,
+        Command::Txn(args) => client::txn::run(args).await,
+        Command::Watch(args) => client::watch::run(args).await,
+        Command::Status(args) => client::status::run(args).await,
+        Command::Members(args) => client::members::run(args).await,
+        Command::Shell(args) => client::shell::run(args).await,
     }
 }
 

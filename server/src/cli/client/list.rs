@@ -1,0 +1,103 @@
+//! `phxkv list`: every key under a prefix, following the API's pages.
+
+use clap::Args;
+use serde::Deserialize;
+
+use super::http::{self, Client};
+use super::{ConnectArgs, KvJson, decode_b64, display_bytes, print_json, query_value};
+use crate::cli::CliError;
+
+/// The most keys the API returns in one page.
+const PAGE: u64 = 1000;
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only keys starting with P (all keys when left out).
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+    /// Stop after N keys (default: all of them, fetched in pages of 1000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Print a JSON array of the API's key objects (base64 key and value,
+    /// text forms when UTF-8, versions and revisions) instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListPage {
+    kvs: Vec<KvJson>,
+    more: bool,
+    #[serde(default)]
+    next_after: Option<String>,
+}
+
+/// Calls `each` for the keys under `prefix` in byte order, at most `limit`
+/// of them, fetching page after page.
+pub async fn list(
+    client: &Client,
+    prefix: &[u8],
+    limit: Option<u64>,
+    mut each: impl FnMut(KvJson) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    let mut remaining = limit;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page_size = remaining.map_or(PAGE, |r| r.min(PAGE));
+        let mut query = format!("/v1/kv?limit={page_size}");
+        if !prefix.is_empty() {
+            query.push_str(&format!("&prefix={}", query_value(prefix)));
+        }
+        if let Some(a) = &after {
+            query.push_str(&format!("&after={}", query_value(a)));
+        }
+        let resp = client
+            .send(|h, base| h.get(format!("{base}{query}")))
+            .await?;
+        let page: ListPage = http::json(resp).await?;
+        let got = page.kvs.len() as u64;
+        for kv in page.kvs {
+            each(kv)?;
+        }
+        if let Some(r) = remaining.as_mut() {
+            *r = r.saturating_sub(got);
+            if *r == 0 {
+                return Ok(());
+            }
+        }
+        match (page.more, page.next_after) {
+            (true, Some(next)) if got > 0 => after = Some(decode_b64("next_after", &next)?),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// One `key<TAB>value` line.
+pub fn line(kv: &KvJson) -> Result<String, CliError> {
+    Ok(format!(
+        "{}\t{}",
+        display_bytes(&kv.key_bytes()?),
+        display_bytes(&kv.value_bytes()?)
+    ))
+}
+
+pub async fn run(args: ListArgs) -> Result<(), CliError> {
+    let client = Client::new(&args.connect)?;
+    let prefix = args.prefix.unwrap_or_default();
+    if args.json {
+        let mut all = Vec::new();
+        list(&client, prefix.as_bytes(), args.limit, |kv| {
+            all.push(kv);
+            Ok(())
+        })
+        .await?;
+        return print_json(&all);
+    }
+    list(&client, prefix.as_bytes(), args.limit, |kv| {
+        println!("{}", line(&kv)?);
+        Ok(())
+    })
+    .await
+}

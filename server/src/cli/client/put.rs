@@ -1,0 +1,67 @@
+//! `phxkv put KEY [VALUE|-]`: stores a value, optionally only if the key's
+//! version matches (compare-and-swap).
+
+use clap::Args;
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+
+use super::http::{self, Client};
+use super::{ConnectArgs, key_path};
+use crate::cli::CliError;
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    /// The key (UTF-8 text; may contain `/`).
+    pub key: String,
+    /// The value. `-`, or leaving it out, reads the value from stdin as raw
+    /// bytes (binary safe, nothing stripped).
+    pub value: Option<String>,
+    /// Write only if the key's version is N (`0`: only if the key does not
+    /// exist). Otherwise nothing changes and the exit code is 1.
+    #[arg(long, value_name = "N")]
+    pub if_version: Option<u64>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// What a put did.
+#[derive(Debug, Deserialize)]
+pub struct PutResponse {
+    pub revision: u64,
+    pub version: u64,
+}
+
+/// Stores `value` under `key`.
+pub async fn put(
+    client: &Client,
+    key: &[u8],
+    value: Vec<u8>,
+    if_version: Option<u64>,
+) -> Result<PutResponse, CliError> {
+    let mut path = key_path(key)?;
+    if let Some(v) = if_version {
+        path.push_str(&format!("?if_version={v}"));
+    }
+    let resp = client
+        .send(|h, base| h.put(format!("{base}{path}")).body(value.clone()))
+        .await?;
+    http::json(resp).await
+}
+
+pub async fn run(args: PutArgs) -> Result<(), CliError> {
+    let client = Client::new(&args.connect)?;
+    let value = match args.value {
+        Some(v) if v != "-" => v.into_bytes(),
+        _ => {
+            let mut buf = Vec::new();
+            tokio::io::stdin()
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| CliError::Fatal(format!("cannot read the value from stdin: {e}")))?;
+            buf
+        }
+    };
+    let r = put(&client, args.key.as_bytes(), value, args.if_version).await?;
+    println!("OK revision={} version={}", r.revision, r.version);
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! `phxkv status`: the cluster as one node sees it, as a table.
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use super::http::{self, Client};
+use super::{ConnectArgs, print_json};
+use crate::cli::CliError;
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `GET /v1/cluster`'s answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub cluster_id: String,
+    pub node: String,
+    pub revision: u64,
+    pub applied_index: u64,
+    pub commit_index: u64,
+    #[serde(default)]
+    pub master: Option<String>,
+    #[serde(default)]
+    pub lease_remaining_ms: Option<u64>,
+    pub members: Vec<MemberInfo>,
+}
+
+/// One member in [`ClusterInfo`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub name: String,
+    pub role: String,
+    pub peer_url: String,
+    pub is_master: bool,
+    pub healthy: bool,
+    #[serde(default)]
+    pub commit_index: Option<u64>,
+}
+
+/// Fetches the cluster's state from the first endpoint that answers.
+pub async fn fetch(client: &Client) -> Result<ClusterInfo, CliError> {
+    let resp = client
+        .send(|h, base| h.get(format!("{base}/v1/cluster")))
+        .await?;
+    http::json(resp).await
+}
+
+/// The table `status` prints.
+pub fn render(info: &ClusterInfo) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "cluster {}  (as seen by {})\nmaster {}  lease {}\nrevision {}  commit index {}  applied index {}\n\n",
+        info.cluster_id,
+        info.node,
+        info.master.as_deref().unwrap_or("(none)"),
+        match info.lease_remaining_ms {
+            Some(ms) => format!("{ms}ms left"),
+            // Only the master knows its lease.
+            None => "(known to the master only)".into(),
+        },
+        info.revision,
+        info.commit_index,
+        info.applied_index,
+    ));
+    let header = ["NAME", "ROLE", "MASTER", "COMMIT", "HEALTH", "PEER URL"];
+    let mut members: Vec<&MemberInfo> = info.members.iter().collect();
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    let rows: Vec<[String; 6]> = members
+        .iter()
+        .map(|m| {
+            [
+                m.name.clone(),
+                m.role.clone(),
+                if m.is_master {
+                    "*".into()
+                } else {
+                    String::new()
+                },
+                m.commit_index.map_or("-".into(), |c| c.to_string()),
+                if m.healthy { "healthy" } else { "unhealthy" }.into(),
+                m.peer_url.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut push_row = |cells: &[String]| {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    };
+    push_row(&header.map(String::from));
+    for row in &rows {
+        push_row(row);
+    }
+    out
+}
+
+pub async fn run(args: StatusArgs) -> Result<(), CliError> {
+    let client = Client::new(&args.connect)?;
+    let info = fetch(&client).await?;
+    if args.json {
+        return print_json(&info);
+    }
+    print!("{}", render(&info));
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! The client commands of the `phxkv` binary, run as a user would run them,
+//! against a real three-node cluster: output, exit codes and failover.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
+
+use common::Cluster;
+
+/// What one CLI run printed and how it exited.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `phxkv ARGS` with `stdin` as its input, against `endpoints`.
+fn phxkv(endpoints: &str, args: &[&str], stdin: &str) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phxkv"))
+        .args(args)
+        .env("PHXKV_ENDPOINTS", endpoints)
+        .env_remove("PHXKV_CLUSTER_TOKEN_FILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn phxkv");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("phxkv output");
+    Run {
+        code: status.code().expect("exit code"),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// A loopback URL nobody listens on.
+fn dead_endpoint() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    format!("http://127.0.0.1:{port}")
+}
+
+fn all_endpoints(c: &Cluster) -> String {
+    (0..c.procs.len())
+        .map(|i| c.url(i))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_commands_round_trip_with_exit_codes() {
+    let c = Cluster::start(3, &[]).await;
+    let ep = all_endpoints(&c);
+
+    let r = phxkv(&ep, &["put", "greeting", "hello world"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("OK revision="), "{}", r.stdout);
+    assert!(r.stdout.trim_end().ends_with("version=1"), "{}", r.stdout);
+
+    // Not a terminal: the raw value, no newline added.
+    let r = phxkv(&ep, &["get", "greeting"], "");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "hello world"));
+
+    // The value from stdin, byte for byte.
+    let r = phxkv(&ep, &["put", "from-stdin", "-"], "line 1\nline 2\n");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = phxkv(&ep, &["get", "from-stdin", "--json"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+    assert_eq!(v["value"], "line 1\nline 2\n");
+    assert_eq!(v["version"], 1);
+
+    // A key that needs percent-encoding.
+    let r = phxkv(&ep, &["put", "odd key?&#%/é", "x"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = phxkv(&ep, &["get", "odd key?&#%/é"], "");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "x"));
+
+    // A local read waiting for the revision of one's own write sees it.
+    let r = phxkv(&ep, &["put", "ryw", "mine"], "");
+    let revision = r
+        .stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("revision="))
+        .expect("revision")
+        .to_string();
+    let r = phxkv(
+        &ep,
+        &["get", "ryw", "--local", "--min-revision", &revision],
+        "",
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, "mine"));
+
+    // Compare-and-swap: a wrong version changes nothing and exits 1.
+    let r = phxkv(&ep, &["put", "greeting", "nope", "--if-version", "7"], "");
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stderr.trim(), "phxkv: compare failed: current version 1");
+    let r = phxkv(&ep, &["put", "greeting", "hi", "--if-version", "1"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.trim_end().ends_with("version=2"), "{}", r.stdout);
+
+    // Delete, then the key is gone.
+    let r = phxkv(&ep, &["delete", "greeting"], "");
+    assert_eq!((r.code, r.stdout.trim()), (0, "deleted"));
+    let r = phxkv(&ep, &["delete", "greeting"], "");
+    assert_eq!((r.code, r.stdout.trim()), (1, "not found"));
+    let r = phxkv(&ep, &["get", "greeting"], "");
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stderr.trim(), "phxkv: key not found: greeting");
+    assert!(r.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_txn_and_watch() {
+    let c = Cluster::start(3, &[]).await;
+    let ep = all_endpoints(&c);
+    for (k, v) in [
+        ("users/a", "1"),
+        ("users/b", "2"),
+        ("users/c", "3"),
+        ("other", "x"),
+    ] {
+        assert_eq!(phxkv(&ep, &["put", k, v], "").code, 0);
+    }
+
+    let r = phxkv(&ep, &["list", "--prefix", "users/"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "users/a\t1\nusers/b\t2\nusers/c\t3\n");
+    let r = phxkv(&ep, &["list", "--prefix", "users/", "--limit", "2"], "");
+    assert_eq!(r.stdout, "users/a\t1\nusers/b\t2\n");
+
+    // Watch from the start: the history so far replays as lines.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_phxkv"))
+        .args(["watch", "--prefix", "users/", "--start-revision", "1"])
+        .env("PHXKV_ENDPOINTS", &ep)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn watch");
+    let out = watch.stdout.take().expect("watch stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+
+    // A transaction from stdin: it deletes users/b if users/a is at version 1.
+    let txn = r#"{"compare": [{"key": "users/a", "target": "version", "version": 1}],
+                  "success": [{"delete": {"key": "users/b"}}],
+                  "failure": []}"#;
+    let r = phxkv(&ep, &["txn", "-"], txn);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+    assert_eq!(v["succeeded"], true);
+    // The same again: users/a is still at version 1, but now a compare on
+    // the deleted key fails, so the exit code is 1.
+    let failing = r#"{"compare": [{"key": "users/b", "target": "version", "version": 1}]}"#;
+    let r = phxkv(&ep, &["txn", "-"], failing);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let r = phxkv(&ep, &["txn", "-"], "{not json");
+    assert_eq!(r.code, 2);
+
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !seen
+        .iter()
+        .any(|l: &String| l.starts_with("DELETE users/b rev="))
+        && std::time::Instant::now() < deadline
+    {
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen.push(line);
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        seen.first()
+            .is_some_and(|l| l.starts_with("PUT users/a 1 rev=")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.starts_with("DELETE users/b rev=")),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_members_and_failover() {
+    let c = Cluster::start(3, &[]).await;
+    let ep = all_endpoints(&c);
+
+    let r = phxkv(&ep, &["status"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for name in ["n1", "n2", "n3"] {
+        assert_eq!(
+            r.stdout.lines().filter(|l| l.starts_with(name)).count(),
+            1,
+            "{}",
+            r.stdout
+        );
+    }
+    assert_eq!(r.stdout.matches("voter").count(), 3, "{}", r.stdout);
+    let r = phxkv(&ep, &["status", "--json"], "");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3));
+
+    // Membership changes need the token: without it, a usage error.
+    let r = phxkv(&ep, &["members", "add", "n4", "http://127.0.0.1:9"], "");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("cluster token"), "{}", r.stderr);
+    let r = phxkv(&ep, &["members"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stdout.contains("n4"), "{}", r.stdout);
+
+    // A dead first endpoint is skipped.
+    let dead_then_live = format!("{},{}", dead_endpoint(), c.url(1));
+    let r = phxkv(&dead_then_live, &["put", "failover", "ok"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = phxkv(&dead_then_live, &["get", "failover"], "");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "ok"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shell_driven_through_stdin() {
+    let c = Cluster::start(3, &[]).await;
+    let ep = all_endpoints(&c);
+    let r = phxkv(
+        &ep,
+        &["shell"],
+        "put a 1\nget a\nget missing\nbogus\nlist\nquit\nget a\n",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines[0].starts_with("OK revision="), "{}", r.stdout);
+    assert_eq!(lines[1], "1");
+    assert_eq!(lines[2], "a\t1");
+    // Nothing after quit ran.
+    assert_eq!(lines.len(), 3, "{}", r.stdout);
+    // Each error was one line, and the session went on.
+    assert_eq!(r.stderr.lines().count(), 2, "{}", r.stderr);
+    assert!(r.stderr.contains("key not found: missing"), "{}", r.stderr);
+
+    // End of input ends the session cleanly too.
+    let r = phxkv(&ep, &["shell"], "get a\n");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "1\n"));
+}
+
+#[test]
+fn a_dead_endpoint_exits_3_with_one_line() {
+    let dead = dead_endpoint();
+    let r = phxkv(&dead, &["get", "k", "--timeout", "2s"], "");
+    assert_eq!(r.code, 3);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with(&format!(
+            "phxkv: no endpoint answered ({dead}: connection refused"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.is_empty());
+}
+
+#[test]
+fn every_client_command_documents_its_flags() {
+    for cmd in [
+        "put", "get", "delete", "list", "txn", "watch", "status", "members", "shell",
+    ] {
+        let r = phxkv("", &[cmd, "--help"], "");
+        assert_eq!(r.code, 0, "{cmd}: {}", r.stderr);
+        assert!(r.stdout.contains("--endpoints"), "{cmd}: {}", r.stdout);
+        assert!(r.stdout.contains("--timeout"), "{cmd}: {}", r.stdout);
+    }
+}
