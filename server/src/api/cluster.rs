@@ -67,7 +67,7 @@ impl<S: Service> FromRequestParts<S> for ClusterAuth {
 
 /// Compares without stopping at the first difference, so the time taken
 /// does not tell an attacker how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let diff = a
         .iter()
         .zip(b)

@@ -13,6 +13,7 @@ use axum::routing::post;
 use std::time::Instant;
 use tracing::Instrument;
 
+use crate::api::cluster::constant_time_eq;
 use crate::api::service::ServiceError;
 use crate::paxos::{Command, ConfChange, Envelope};
 
@@ -66,14 +67,6 @@ async fn authenticate(
     }
     let span = crate::telemetry::server_span(req.method(), req.uri().path(), req.headers());
     next.run(req).instrument(span).await
-}
-
-/// Compares without an early exit, so timing does not reveal the token.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn service_error(e: ServiceError) -> Response {

@@ -144,7 +144,7 @@ impl Outbox {
 }
 
 /// The peer URL of `id` in the current configuration.
-pub fn peer_url(membership: &watch::Receiver<Membership>, id: NodeId) -> Option<String> {
+fn peer_url(membership: &watch::Receiver<Membership>, id: NodeId) -> Option<String> {
     membership
         .borrow()
         .members

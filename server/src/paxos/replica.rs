@@ -34,7 +34,7 @@ use rand::{Rng, SeedableRng};
 use super::config::EngineConfig;
 use super::log::{LogEntry, Persist, Recovered, SnapshotMeta};
 use super::message::{Envelope, Message, RejectReason};
-use super::types::{Ballot, Command, ConfChange, Index, Member, Membership, NodeId, Role, Value};
+use super::types::{Ballot, Command, ConfChange, Index, Membership, NodeId, Value};
 
 /// Panics with a message when a safety invariant is broken. Continuing after
 /// that would risk acknowledging or applying something that was not chosen.
@@ -1412,15 +1412,6 @@ impl Replica {
         match &self.state {
             State::Master(m) => m.peer_commit.clone(),
             _ => BTreeMap::new(),
-        }
-    }
-
-    /// Adds a member record (used by bootstrap helpers and tests).
-    pub fn member(name: &str, addr: &str, role: Role) -> Member {
-        Member {
-            name: name.to_string(),
-            addr: addr.to_string(),
-            role,
         }
     }
 }
