@@ -43,6 +43,8 @@ pub struct ServeArgs {
 
     /// Find the bootstrap members the Kubernetes way: `dns:<headless-service>`;
     /// pods are `<statefulset>-<ordinal>.<service>`, the count is `--replicas`.
+    /// A pod whose ordinal is past the count starts empty and waits to be
+    /// added, as with `--join` (how a scaled-up StatefulSet grows).
     #[arg(long, env = "PHXKV_DISCOVERY", requires = "replicas")]
     pub discovery: Option<String>,
 
@@ -143,8 +145,15 @@ impl ServeArgs {
                 return Err(bad("discovery", "the service name is empty".into()));
             }
             let replicas = self.replicas.unwrap_or(0);
-            cluster::dns_members(&name, service, replicas, self.peer_listen.port())
-                .map_err(|e| bad("discovery", e))?
+            let initial = cluster::dns_members(&name, service, replicas, self.peer_listen.port())
+                .map_err(|e| bad("discovery", e))?;
+            // Pods past the bootstrap count are new members: they start
+            // empty and wait to be added, exactly like `--join`.
+            if initial.members.values().any(|m| m.name == name) {
+                initial
+            } else {
+                Membership::default()
+            }
         } else if self.join {
             Membership::default()
         } else {
@@ -335,4 +344,57 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     running.node.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Harness {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn pod(name: &str, token: &std::path::Path) -> Result<Validated, CliError> {
+        let token = token.to_string_lossy().into_owned();
+        let argv = [
+            "phxkv",
+            "--id",
+            name,
+            "--discovery",
+            "dns:kv-peers",
+            "--replicas",
+            "3",
+            "--cluster-token-file",
+            &token,
+        ];
+        Harness::try_parse_from(argv)
+            .map_err(|e| CliError::Usage(e.to_string()))?
+            .args
+            .validate()
+    }
+
+    #[test]
+    fn pods_past_the_bootstrap_count_start_empty_and_wait_to_be_added() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "a-cluster-token-of-some-length").expect("token");
+
+        let bootstrap = pod("kv-2", &token).expect("valid");
+        assert_eq!(bootstrap.node.initial.voter_count(), 3);
+        assert!(
+            bootstrap
+                .node
+                .initial
+                .members
+                .values()
+                .any(|m| m.name == "kv-2" && m.addr == "http://kv-2.kv-peers:8081")
+        );
+
+        let joiner = pod("kv-3", &token).expect("valid");
+        assert!(joiner.node.initial.members.is_empty());
+    }
 }

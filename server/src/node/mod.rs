@@ -284,8 +284,17 @@ impl Node {
         }
     }
 
-    /// Proposes a membership change on this node only.
+    /// Proposes a membership change on this node only. A master asked to
+    /// remove itself first hands mastership to another voter, so the cluster
+    /// does not sit out a lease without a master after the removal; the
+    /// caller then retries at the new master (the reply names it).
     pub async fn change_local(&self, change: ConfChange) -> Result<ChangeReply, ServiceError> {
+        if let ConfChange::Remove { id } = &change
+            && *id == self.inner.id
+            && self.is_master()
+        {
+            self.hand_off(self.inner.cfg.write_timeout / 2).await;
+        }
         let (reply, rx) = oneshot::channel();
         self.submit(Input::Change { change, reply })?;
         match rx.await {
