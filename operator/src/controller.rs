@@ -1,0 +1,664 @@
+//! The controller: `reconcile` brings one `PaxosKV` one step closer to its
+//! spec and reports what it saw; `error_policy` decides when to try again
+//! after a failure. Both are plain async functions over a [`Context`], so
+//! tests call them against a mocked API server.
+//!
+//! One pass: refuse an invalid spec (a condition and an event, nothing
+//! touched); apply the owned objects with server-side apply; create the
+//! token Secret once; look at the StatefulSet, its pods and what each
+//! replica reports; let [`plan`](crate::plan::plan) pick the next step; do
+//! it; write the status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::crd::{MemberStatus, PaxosKV, PaxosKVStatus, Phase};
+use crate::members::{ClusterView, MembersClient, MembersError};
+use crate::metrics::OperatorMetrics;
+use crate::plan::{Observed, PodView, Step, plan};
+use crate::render::{self, BOOTSTRAP_KEY, Defaults, MANAGER, Names, TOKEN_KEY};
+
+/// How a pod's client API is reached from the operator: by default its
+/// stable DNS name through the headless Service.
+pub type Resolver = Arc<dyn Fn(&str, &Names, &str) -> String + Send + Sync>;
+
+/// The in-cluster resolver: `http://<pod>.<cluster>-peers.<ns>.svc:8080`.
+pub fn cluster_dns() -> Resolver {
+    Arc::new(|ns: &str, names: &Names, pod: &str| {
+        format!(
+            "http://{pod}.{}.{ns}.svc:{}",
+            names.peers,
+            render::CLIENT_PORT
+        )
+    })
+}
+
+/// What every reconcile needs.
+#[derive(Clone)]
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: kube::Client,
+    /// Operator-wide settings.
+    pub defaults: Defaults,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// HTTP client for the clusters' APIs.
+    pub http: reqwest::Client,
+    /// Finds a pod's client API.
+    pub resolver: Resolver,
+    /// The operator's metrics.
+    pub metrics: OperatorMetrics,
+    /// Re-check interval while something is in progress.
+    pub busy_requeue: Duration,
+    /// Re-check interval when everything matches the spec.
+    pub idle_requeue: Duration,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("defaults", &self.defaults)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a reconcile failed; the controller retries after
+/// [`error_policy`]'s delay.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A call to the cluster's own API failed.
+    #[error("cluster API: {0}")]
+    Members(#[from] MembersError),
+    /// The resource has no namespace (the CRD is namespaced, so only a
+    /// broken client produces this).
+    #[error("the PaxosKV has no namespace")]
+    NoNamespace,
+    /// The token Secret exists but does not hold a usable token.
+    #[error(
+        "Secret {0} has no usable `token` key; restore it or delete it to have a new one generated"
+    )]
+    BadToken(String),
+    /// An object could not be turned into JSON (a bug).
+    #[error("encoding an object: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// Short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Members(_) => "cluster_api",
+            Error::NoNamespace => "no_namespace",
+            Error::BadToken(_) => "bad_token",
+            Error::Encode(_) => "encode",
+        }
+    }
+}
+
+/// Retries a failed reconcile after a pause; failures are logged and
+/// counted, never fatal.
+pub fn error_policy(pkv: Arc<PaxosKV>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(paxoskv = %pkv.name_any(), error = %error, "reconcile failed");
+    ctx.metrics.failure(error.kind());
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Reconciles one `PaxosKV`.
+#[tracing::instrument(skip_all, fields(paxoskv = %pkv.name_any(), namespace = pkv.namespace().unwrap_or_default()))]
+pub async fn reconcile(pkv: Arc<PaxosKV>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&pkv, &ctx).await;
+    ctx.metrics.reconciled(started.elapsed(), result.is_ok());
+    result
+}
+
+async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> {
+    let ns = pkv.namespace().ok_or(Error::NoNamespace)?;
+    let name = pkv.name_any();
+    let names = Names::of(&name);
+    let client = &ctx.client;
+    let generation = pkv.metadata.generation;
+
+    let problems = pkv.spec.problems(&name);
+    if !problems.is_empty() {
+        let message = problems.join("; ");
+        let old = pkv.status.clone().unwrap_or_default();
+        let already_reported =
+            old.phase == Some(Phase::Invalid) && old.observed_generation == generation;
+        if !already_reported {
+            publish(
+                ctx,
+                pkv,
+                EventType::Warning,
+                "InvalidSpec",
+                "Validate",
+                &message,
+            )
+            .await;
+        }
+        let mut status = old.clone();
+        status.phase = Some(Phase::Invalid);
+        status.observed_generation = generation;
+        status.conditions = conditions(
+            &old.conditions,
+            generation,
+            [
+                cond(
+                    "Progressing",
+                    false,
+                    "InvalidSpec",
+                    "the spec is invalid; nothing was changed",
+                ),
+                cond("Degraded", true, "InvalidSpec", &message),
+                cond("Ready", false, "InvalidSpec", &message),
+            ],
+        );
+        write_status(ctx, pkv, &status).await?;
+        return Ok(Action::await_change());
+    }
+
+    // The objects with no state of their own: apply them every time.
+    apply(client, &ns, &name, &render::service_account(pkv)).await?;
+    apply(client, &ns, &names.peers, &render::peer_service(pkv)).await?;
+    apply(client, &ns, &name, &render::client_service(pkv)).await?;
+    apply(client, &ns, &name, &render::disruption_budget(pkv)).await?;
+
+    // The token is made once; an existing Secret is never overwritten.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let token = match secrets.get_opt(&names.token).await? {
+        Some(secret) => secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(TOKEN_KEY))
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| t.len() >= 16)
+            .ok_or_else(|| Error::BadToken(names.token.clone()))?,
+        None => {
+            let token = render::generate_token();
+            secrets
+                .create(&PostParams::default(), &render::token_secret(pkv, &token))
+                .await?;
+            token
+        }
+    };
+
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let bootstrap = match configs.get_opt(&names.bootstrap).await? {
+        Some(cm) => cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(BOOTSTRAP_KEY))
+            .and_then(|v| v.parse::<i32>().ok())
+            .unwrap_or(pkv.spec.replicas),
+        None => {
+            apply(
+                client,
+                &ns,
+                &names.bootstrap,
+                &render::bootstrap_config(pkv, pkv.spec.replicas),
+            )
+            .await?;
+            pkv.spec.replicas
+        }
+    };
+
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let existing = sets.get_opt(&name).await?;
+    let created = existing.is_none();
+    let set_replicas = existing
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(pkv.spec.replicas);
+    let set: StatefulSet = apply(
+        client,
+        &ns,
+        &name,
+        &render::statefulset(pkv, &ctx.defaults, set_replicas),
+    )
+    .await?;
+    if created {
+        publish(
+            ctx,
+            pkv,
+            EventType::Normal,
+            "Created",
+            "Create",
+            &format!(
+                "created StatefulSet {name} with {set_replicas} replicas running {}",
+                render::image(pkv, &ctx.defaults)
+            ),
+        )
+        .await;
+    }
+
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let selector = render::selector_labels(&name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pod_list = pods_api
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let update_revision = set.status.as_ref().and_then(|s| s.update_revision.clone());
+    let pods = pod_views(&names, &pod_list.items, update_revision.as_deref());
+
+    let members = MembersClient::new(ctx.http.clone(), token);
+    let urls: Vec<(String, String)> = pods
+        .iter()
+        .map(|p| (p.name.clone(), (ctx.resolver)(&ns, &names, &p.name)))
+        .collect();
+    let view = members.observe(&urls).await;
+
+    let observed = Observed {
+        desired: pkv.spec.replicas,
+        set_replicas,
+        pods: pods.clone(),
+        master: view.master.clone(),
+        members: view.members.clone(),
+        ordinals: view
+            .members
+            .iter()
+            .filter_map(|m| names.ordinal(&m.name).map(|i| (m.name.clone(), i)))
+            .collect(),
+    };
+    let step = plan(&observed);
+    tracing::debug!(?step, "planned");
+    let mut step_error = None;
+    if let Err(e) = execute(ctx, pkv, &ns, &names, &members, &view, &step, bootstrap).await {
+        publish(
+            ctx,
+            pkv,
+            EventType::Warning,
+            "StepFailed",
+            "Reconcile",
+            &format!("{}: {e}", describe(&step)),
+        )
+        .await;
+        step_error = Some(e);
+    }
+
+    let status = status_of(pkv, &observed, &view, &step, &pods);
+    write_status(ctx, pkv, &status).await?;
+    if let Some(e) = step_error {
+        return Err(e);
+    }
+    Ok(match step {
+        Step::Idle if status.phase == Some(Phase::Running) => Action::requeue(ctx.idle_requeue),
+        _ => Action::requeue(ctx.busy_requeue),
+    })
+}
+
+/// Does `step`. Membership changes go to the master when it answered (any
+/// replica would forward them); pod and StatefulSet changes go to the API
+/// server.
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    ctx: &Context,
+    pkv: &PaxosKV,
+    ns: &str,
+    names: &Names,
+    members: &MembersClient,
+    view: &ClusterView,
+    step: &Step,
+    bootstrap: i32,
+) -> Result<(), Error> {
+    match step {
+        Step::Idle | Step::Wait(_) => Ok(()),
+        Step::SetReplicas(n) => {
+            if *n < bootstrap {
+                // Pods past the new size that ever come back must join,
+                // not bootstrap a cluster of their own.
+                apply(
+                    &ctx.client,
+                    ns,
+                    &names.bootstrap,
+                    &render::bootstrap_config(pkv, *n),
+                )
+                .await?;
+            }
+            let _: StatefulSet = apply(
+                &ctx.client,
+                ns,
+                &names.cluster,
+                &render::statefulset(pkv, &ctx.defaults, *n),
+            )
+            .await?;
+            ctx.metrics.step("set_replicas");
+            publish(
+                ctx,
+                pkv,
+                EventType::Normal,
+                "Scaled",
+                "Scale",
+                &describe(step),
+            )
+            .await;
+            Ok(())
+        }
+        Step::AddLearner(pod) | Step::Promote(pod) | Step::Remove(pod) => {
+            let via = view
+                .answered
+                .iter()
+                .find(|(p, _)| Some(p) == view.master.as_ref())
+                .or_else(|| view.answered.first())
+                .map(|(_, url)| url.clone())
+                .ok_or(MembersError::NoReplica)?;
+            members.change(&via, step, &names.peer_url(pod)).await?;
+            let (reason, kind) = match step {
+                Step::AddLearner(_) => ("MemberAdded", "add_learner"),
+                Step::Promote(_) => ("MemberPromoted", "promote"),
+                _ => ("MemberRemoved", "remove"),
+            };
+            ctx.metrics.step(kind);
+            publish(
+                ctx,
+                pkv,
+                EventType::Normal,
+                reason,
+                "ChangeMembership",
+                &describe(step),
+            )
+            .await;
+            Ok(())
+        }
+        Step::ReplacePod(pod) => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            pods.delete(pod, &DeleteParams::default()).await?;
+            ctx.metrics.step("replace_pod");
+            publish(
+                ctx,
+                pkv,
+                EventType::Normal,
+                "UpgradingPod",
+                "Upgrade",
+                &format!(
+                    "{}, to run {}",
+                    describe(step),
+                    render::image(pkv, &ctx.defaults)
+                ),
+            )
+            .await;
+            Ok(())
+        }
+    }
+}
+
+/// One sentence for events and conditions.
+pub fn describe(step: &Step) -> String {
+    match step {
+        Step::Idle => "the cluster matches its spec".into(),
+        Step::Wait(why) => why.clone(),
+        Step::SetReplicas(n) => format!("resizing the StatefulSet to {n} pods"),
+        Step::AddLearner(p) => format!("adding {p} as a learner"),
+        Step::Promote(p) => format!("promoting {p} to voter"),
+        Step::Remove(p) => format!("removing member {p}"),
+        Step::ReplacePod(p) => format!("replacing pod {p}"),
+    }
+}
+
+fn pod_views(names: &Names, pods: &[Pod], update_revision: Option<&str>) -> Vec<PodView> {
+    let mut out: Vec<PodView> = pods
+        .iter()
+        .filter_map(|p| {
+            let name = p.name_any();
+            let ordinal = names.ordinal(&name)?;
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let revision = p
+                .labels()
+                .get("controller-revision-hash")
+                .map(String::as_str);
+            let current = match (update_revision, revision) {
+                (Some(want), Some(have)) => want == have,
+                _ => true,
+            };
+            Some(PodView {
+                name,
+                ordinal,
+                ready,
+                current,
+                terminating: p.metadata.deletion_timestamp.is_some(),
+            })
+        })
+        .collect();
+    out.sort_by_key(|p| p.ordinal);
+    out
+}
+
+/// The status this pass reports.
+pub fn status_of(
+    pkv: &PaxosKV,
+    o: &Observed,
+    view: &ClusterView,
+    step: &Step,
+    pods: &[PodView],
+) -> PaxosKVStatus {
+    let old = pkv.status.clone().unwrap_or_default();
+    let generation = pkv.metadata.generation;
+    let ready = pods.iter().filter(|p| p.ready).count() as i32;
+    let voters = o.members.iter().filter(|m| m.voter).count();
+    let healthy_voters = o.members.iter().filter(|m| m.voter && m.healthy).count();
+    let unhealthy: Vec<&str> = o
+        .members
+        .iter()
+        .filter(|m| !m.healthy)
+        .map(|m| m.name.as_str())
+        .collect();
+    let quorum = o.master.is_some() && healthy_voters > voters / 2;
+    let scaling = step.is_scaling()
+        || o.set_replicas != o.desired
+        || o.members.len() != o.desired as usize
+        || matches!(step, Step::Wait(_) if o.members.iter().any(|m| !m.voter));
+    let upgrading = matches!(step, Step::ReplacePod(_)) || pods.iter().any(|p| !p.current);
+    let ever_ran = !old.members.is_empty();
+
+    let phase = if o.master.is_none() && !ever_ran {
+        Phase::Creating
+    } else if o.master.is_none() {
+        Phase::Degraded
+    } else if scaling {
+        Phase::Scaling
+    } else if upgrading {
+        Phase::Upgrading
+    } else if !unhealthy.is_empty() || ready < o.desired {
+        Phase::Degraded
+    } else {
+        Phase::Running
+    };
+
+    let available = if quorum {
+        cond(
+            "Available",
+            true,
+            "QuorumHealthy",
+            &format!(
+                "master {}; {healthy_voters} of {voters} voters healthy",
+                o.master.as_deref().unwrap_or("?")
+            ),
+        )
+    } else if o.master.is_none() {
+        cond(
+            "Available",
+            false,
+            "NoMaster",
+            "no replica reports a master",
+        )
+    } else {
+        cond(
+            "Available",
+            false,
+            "QuorumLost",
+            &format!("only {healthy_voters} of {voters} voters are healthy"),
+        )
+    };
+    let progressing = match phase {
+        Phase::Creating => cond("Progressing", true, "Creating", &describe(step)),
+        Phase::Scaling => cond("Progressing", true, "Scaling", &describe(step)),
+        Phase::Upgrading => cond("Progressing", true, "Upgrading", &describe(step)),
+        _ => cond("Progressing", false, "Stable", &describe(step)),
+    };
+    let degraded = if !unhealthy.is_empty() {
+        cond(
+            "Degraded",
+            true,
+            "MembersUnhealthy",
+            &format!("unhealthy members: {}", unhealthy.join(", ")),
+        )
+    } else if o.master.is_none() && ever_ran {
+        cond("Degraded", true, "NoMaster", "no replica reports a master")
+    } else if ready < o.desired && phase == Phase::Running {
+        cond(
+            "Degraded",
+            true,
+            "PodsNotReady",
+            &format!("{ready} of {} pods ready", o.desired),
+        )
+    } else {
+        cond("Degraded", false, "Healthy", "every member is healthy")
+    };
+
+    // `Ready` is what generic tools (kstatus, `helm --wait`) look for.
+    let ready_cond = if phase == Phase::Running {
+        cond(
+            "Ready",
+            true,
+            "Running",
+            "every member is healthy and matches the spec",
+        )
+    } else {
+        cond("Ready", false, &format!("{phase:?}"), &describe(step))
+    };
+    PaxosKVStatus {
+        phase: Some(phase),
+        replicas: pods.len() as i32,
+        ready_replicas: ready,
+        master: o.master.clone(),
+        members: view
+            .members
+            .iter()
+            .map(|m| MemberStatus {
+                name: m.name.clone(),
+                id: phxkv::paxos::node_id_from_name(&m.name).to_string(),
+                role: if m.voter { "voter" } else { "learner" }.into(),
+                applied_index: view.applied.get(&m.name).copied(),
+                healthy: m.healthy,
+            })
+            .collect(),
+        observed_generation: generation,
+        conditions: conditions(
+            &old.conditions,
+            generation,
+            [available, progressing, degraded, ready_cond],
+        ),
+    }
+}
+
+/// A condition without a time; [`conditions`] fills it in.
+fn cond(type_: &str, status: bool, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: None,
+        last_transition_time: Time(Timestamp::UNIX_EPOCH),
+    }
+}
+
+/// Stamps conditions, keeping the transition time of those whose status
+/// did not change.
+fn conditions<const N: usize>(
+    old: &[Condition],
+    generation: Option<i64>,
+    new: [Condition; N],
+) -> Vec<Condition> {
+    new.into_iter()
+        .map(|mut c| {
+            c.observed_generation = generation;
+            c.last_transition_time = old
+                .iter()
+                .find(|o| o.type_ == c.type_ && o.status == c.status)
+                .map(|o| o.last_transition_time.clone())
+                .unwrap_or_else(|| Time(Timestamp::now()));
+            c
+        })
+        .collect()
+}
+
+async fn write_status(ctx: &Context, pkv: &PaxosKV, status: &PaxosKVStatus) -> Result<(), Error> {
+    let ns = pkv.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<PaxosKV> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": PaxosKV::api_version(&()),
+        "kind": PaxosKV::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &pkv.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Server-side apply of one object the operator owns.
+async fn apply<K>(client: &kube::Client, ns: &str, name: &str, obj: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await?)
+}
+
+async fn publish(
+    ctx: &Context,
+    pkv: &PaxosKV,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &pkv.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not publish an event");
+    }
+    tracing::info!(reason, note, "event");
+}

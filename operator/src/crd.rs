@@ -1,0 +1,467 @@
+//! The `PaxosKV` custom resource: what a user writes (`spec`) and what the
+//! operator reports (`status`). The CRD is generated from these types
+//! (`phxkv-operator crd`) and committed into the chart; a test fails when the
+//! two differ.
+//!
+//! Every field has a default that works, so `spec: {}` is a 3-replica
+//! cluster. The schema rejects what it can (odd replica counts, enums,
+//! patterns); [`PaxosKVSpec::problems`] checks the rest at reconcile time and
+//! the operator reports them as a condition without touching anything.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the resource.
+pub const GROUP: &str = "phxkv.io";
+/// Longest name of a `PaxosKV`.
+pub const MAX_NAME: usize = 52;
+/// Largest cluster the operator manages.
+pub const MAX_REPLICAS: i32 = 9;
+
+/// A phxkv cluster: a StatefulSet of replicas running Multi-Paxos, with
+/// services for clients and peers, a disruption budget that keeps a quorum,
+/// and a generated cluster token.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "phxkv.io",
+    version = "v1alpha1",
+    kind = "PaxosKV",
+    plural = "paxoskvs",
+    singular = "paxoskv",
+    shortname = "pkv",
+    namespaced,
+    status = "PaxosKVStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas"
+    ),
+    printcolumn = r#"{"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"}"#,
+    printcolumn = r#"{"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"}"#,
+    printcolumn = r#"{"name": "Master", "type": "string", "jsonPath": ".status.master"}"#,
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    doc = "A phxkv cluster: a strongly consistent key-value store on Multi-Paxos."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PaxosKVSpec {
+    /// Number of voting replicas. Odd, so that a majority survives the loss
+    /// of a minority: 1, 3, 5, 7 or 9. Changing it scales the cluster one
+    /// membership change at a time.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 9), extend("x-kubernetes-validations" = [{
+        "rule": "self % 2 == 1",
+        "message": "replicas must be odd (1, 3, 5, 7 or 9) so a majority survives the loss of a minority"
+    }]))]
+    pub replicas: i32,
+
+    /// Container image with the `phxkv` binary. Defaults to the operator's
+    /// own version. Changing it upgrades the cluster one pod at a time,
+    /// master last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+
+    /// Image pull policy for the replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+
+    /// Secrets for pulling the image from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Persistent volume for each replica's data directory.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// CPU and memory for each replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Master lease duration (for example `2s` or `1500ms`); a killed master
+    /// is replaced after about one lease. Omit for the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m)$"))]
+    pub lease: Option<String>,
+
+    /// Request limits enforced by every replica.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+
+    /// Where the replicas may run.
+    #[serde(default)]
+    pub scheduling: SchedulingSpec,
+
+    /// The client Service.
+    #[serde(default)]
+    pub service: ServiceSpec,
+
+    /// Logs and traces.
+    #[serde(default)]
+    pub telemetry: TelemetrySpec,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+/// When to pull the image.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    /// Pull on every start.
+    Always,
+    /// Pull when the node does not have it.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+/// Storage of each replica.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each replica's volume, as a Kubernetes quantity.
+    /// Fixed at creation: volume claim templates cannot change.
+    #[serde(default = "default_storage_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"), extend("x-kubernetes-validations" = [{
+        "rule": "self == oldSelf",
+        "message": "storage.size cannot be changed after creation (volume claim templates are immutable)"
+    }]))]
+    pub size: String,
+    /// Storage class of the volumes; the cluster default when omitted.
+    /// Fixed at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self == oldSelf",
+        "message": "storage.storageClassName cannot be changed after creation"
+    }]))]
+    pub storage_class_name: Option<String>,
+    /// What happens to the volumes when the PaxosKV is deleted. Volumes of
+    /// replicas removed by scaling down are always deleted, so a later
+    /// scale-up starts them empty.
+    #[serde(default)]
+    pub reclaim_policy: ReclaimPolicy,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: default_storage_size(),
+            storage_class_name: None,
+            reclaim_policy: ReclaimPolicy::default(),
+        }
+    }
+}
+
+fn default_storage_size() -> String {
+    "1Gi".into()
+}
+
+/// Fate of the data volumes when the cluster is deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ReclaimPolicy {
+    /// Keep them (the default): the data survives a mistaken delete.
+    #[default]
+    Retain,
+    /// Delete them with the cluster.
+    Delete,
+}
+
+/// Limits on requests, passed to every replica.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Largest key, in bytes (server default 4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_key_bytes: Option<u32>,
+    /// Largest value, in bytes (server default 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 67108864))]
+    pub max_value_bytes: Option<u32>,
+    /// Most compares plus operations in one transaction (server default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_txn_ops: Option<u32>,
+}
+
+/// Pod placement.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulingSpec {
+    /// Node labels the replicas require.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Affinity rules. Without any, replicas prefer distinct nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Taints the replicas tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// How replicas spread across zones or nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// Priority class of the replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// The client Service.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Port clients connect to.
+    #[serde(default = "default_client_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Extra annotations (load balancer settings and the like).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec {
+            type_: ServiceType::default(),
+            port: default_client_port(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_client_port() -> i32 {
+    8080
+}
+
+/// Kubernetes Service types the client Service may have.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// Also on a port of every node.
+    NodePort,
+    /// Through a cloud load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The name Kubernetes uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Logs and traces of the replicas.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetrySpec {
+    /// OTLP/HTTP endpoint for traces (sets `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub otlp_endpoint: Option<String>,
+    /// Log format of the replicas.
+    #[serde(default)]
+    pub log_format: LogFormatSpec,
+}
+
+/// Log line format.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormatSpec {
+    /// One JSON object per line (the default in a cluster).
+    #[default]
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// What the operator observed and did, for `kubectl get pkv` and
+/// `kubectl describe pkv`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaxosKVStatus {
+    /// Summary: Creating, Running, Scaling, Upgrading, Degraded or Invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Pods of the StatefulSet.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods that pass their readiness probe.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Name of the current master, if one is elected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    /// Members of the Paxos configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Available, Progressing and Degraded, with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Phase of a cluster.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Objects created; waiting for a master.
+    Creating,
+    /// Every member up, nothing to do.
+    Running,
+    /// Adding or removing members.
+    Scaling,
+    /// Replacing pods with a new template, one at a time.
+    Upgrading,
+    /// Serving, but a member or pod is unhealthy, or there is no master.
+    Degraded,
+    /// The spec is invalid; nothing was changed.
+    Invalid,
+}
+
+/// One member of the Paxos configuration.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Member name (the pod name).
+    pub name: String,
+    /// Numeric node id derived from the name, as the server logs it.
+    pub id: String,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// Log index the member has applied, as the member itself reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
+    /// Whether the master heard from it recently.
+    pub healthy: bool,
+}
+
+impl PaxosKVSpec {
+    /// What is wrong with this spec (and the resource's name) beyond what
+    /// the schema checks, or when the schema was bypassed, one readable
+    /// sentence each.
+    pub fn problems(&self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        // Pod names add `-<ordinal>` and the StatefulSet's revision label
+        // adds a hash: past 52 characters they no longer fit in a label.
+        if name.len() > MAX_NAME || !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+            out.push(format!(
+                "metadata.name {name:?} must start with a lowercase letter and be at most {MAX_NAME} characters"
+            ));
+        }
+        if self.replicas < 1 || self.replicas > MAX_REPLICAS {
+            out.push(format!(
+                "spec.replicas is {}; it must be between 1 and {MAX_REPLICAS}",
+                self.replicas
+            ));
+        } else if self.replicas % 2 == 0 {
+            out.push(format!(
+                "spec.replicas is {}; it must be odd (1, 3, 5, 7 or 9) so a majority survives the loss of a minority",
+                self.replicas
+            ));
+        }
+        if let Some(lease) = &self.lease {
+            match phxkv::cli::parse_duration(lease) {
+                Ok(d) if d.as_millis() >= 100 && d.as_secs() <= 120 => {}
+                Ok(_) => out.push(format!(
+                    "spec.lease is {lease}; it must be between 100ms and 120s"
+                )),
+                Err(e) => out.push(format!("spec.lease: {e}")),
+            }
+        }
+        if matches!(&self.image, Some(i) if i.trim().is_empty()) {
+            out.push("spec.image is empty".into());
+        }
+        if !(1..=65535).contains(&self.service.port) {
+            out.push(format!(
+                "spec.service.port is {}; it must be between 1 and 65535",
+                self.service.port
+            ));
+        }
+        if self.service.port == crate::render::PEER_PORT {
+            out.push(format!(
+                "spec.service.port must not be {}, the peer port",
+                crate::render::PEER_PORT
+            ));
+        }
+        if !valid_quantity(&self.storage.size) {
+            out.push(format!(
+                "spec.storage.size is {:?}; it must be a quantity such as 1Gi or 500Mi",
+                self.storage.size
+            ));
+        }
+        out
+    }
+}
+
+fn valid_quantity(q: &str) -> bool {
+    let digits_end = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, unit) = q.split_at(digits_end);
+    !num.is_empty()
+        && num.parse::<f64>().is_ok_and(|n| n > 0.0)
+        && ["", "Ki", "Mi", "Gi", "Ti", "Pi", "k", "M", "G", "T", "P"].contains(&unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_spec_is_a_valid_three_replica_cluster() {
+        let spec: PaxosKVSpec = serde_json::from_str("{}").expect("parses");
+        assert_eq!(spec.replicas, 3);
+        assert_eq!(spec.storage.size, "1Gi");
+        assert_eq!(spec.storage.reclaim_policy, ReclaimPolicy::Retain);
+        assert_eq!(spec.service.port, 8080);
+        assert!(spec.problems("kv").is_empty(), "{:?}", spec.problems("kv"));
+    }
+
+    #[test]
+    fn even_or_out_of_range_replicas_and_bad_fields_are_named() {
+        let spec = |json: &str| -> PaxosKVSpec { serde_json::from_str(json).expect("parses") };
+        let p = spec(r#"{"replicas": 4}"#).problems("kv");
+        assert!(p[0].contains("must be odd"), "{p:?}");
+        assert!(spec(r#"{"replicas": 11}"#).problems("kv")[0].contains("between 1 and 9"));
+        assert!(spec(r#"{"replicas": 0}"#).problems("kv")[0].contains("between 1 and 9"));
+        assert!(spec(r#"{"lease": "soon"}"#).problems("kv")[0].contains("spec.lease"));
+        assert!(spec(r#"{"lease": "10ms"}"#).problems("kv")[0].contains("100ms"));
+        assert!(spec(r#"{"storage": {"size": "lots"}}"#).problems("kv")[0].contains("quantity"));
+        assert!(spec(r#"{"service": {"port": 8081}}"#).problems("kv")[0].contains("peer port"));
+        assert!(spec("{}").problems(&"k".repeat(53))[0].contains("52 characters"));
+        assert!(spec("{}").problems("9lives")[0].contains("lowercase letter"));
+        assert!(
+            spec(r#"{"replicas": 5, "lease": "2s", "storage": {"size": "10Gi"}}"#)
+                .problems("kv")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn unknown_enum_values_are_refused_when_parsing() {
+        assert!(
+            serde_json::from_str::<PaxosKVSpec>(r#"{"storage": {"reclaimPolicy": "Shred"}}"#)
+                .is_err()
+        );
+        assert!(
+            serde_json::from_str::<PaxosKVSpec>(r#"{"service": {"type": "ExternalName"}}"#)
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! Talking to a running cluster: what each replica reports (`/v1/cluster`,
+//! `/readyz`) and the membership changes the orchestration decides
+//! (`/v1/cluster/members...`, which need the cluster token). Used the same
+//! way by the controller and by the tests that drive real `phxkv` processes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use phxkv::api::service::{ClusterInfo, MemberRole};
+use serde::Deserialize;
+
+use crate::plan::{MemberView, Step};
+
+/// How long one call to a replica may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Membership changes wait for a commit (and a handoff when the master is
+/// removed), so they get longer.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why a call to the cluster failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MembersError {
+    /// The replica did not answer.
+    #[error("{url}: {source}")]
+    Unreachable {
+        /// Where the call went.
+        url: String,
+        /// What went wrong.
+        source: reqwest::Error,
+    },
+    /// The replica answered with an error.
+    #[error("{url}: HTTP {status}: {message}")]
+    Refused {
+        /// Where the call went.
+        url: String,
+        /// Status code.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// No replica answered at all.
+    #[error("no replica answered")]
+    NoReplica,
+}
+
+/// What one replica said about itself and the cluster.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The replica (pod) name.
+    pub pod: String,
+    /// `/v1/cluster` as that replica answered it.
+    pub info: ClusterInfo,
+}
+
+/// The cluster as the operator assembles it from every replica's report.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    /// The master, if any replica knows one.
+    pub master: Option<String>,
+    /// Members as the best-informed replica (the master, if it answered)
+    /// reports them.
+    pub members: Vec<MemberView>,
+    /// Each replica's own applied index.
+    pub applied: BTreeMap<String, u64>,
+    /// Replicas that answered, with their client URL.
+    pub answered: Vec<(String, String)>,
+}
+
+/// A small HTTP client for the cluster API of one cluster.
+#[derive(Clone, Debug)]
+pub struct MembersClient {
+    http: reqwest::Client,
+    token: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    message: String,
+}
+
+impl MembersClient {
+    /// A client presenting `token` on membership changes.
+    pub fn new(http: reqwest::Client, token: impl Into<String>) -> Self {
+        MembersClient {
+            http,
+            token: token.into(),
+        }
+    }
+
+    /// Asks every replica (pod name, client URL) for its view, concurrently,
+    /// and merges the answers: the master's member list wins.
+    pub async fn observe(&self, pods: &[(String, String)]) -> ClusterView {
+        let calls = pods.iter().map(|(pod, url)| async move {
+            let result = self.cluster_info(url).await;
+            (pod.clone(), url.clone(), result)
+        });
+        let mut view = ClusterView::default();
+        let mut best: Option<ClusterInfo> = None;
+        for (pod, url, result) in join_all(calls).await {
+            match result {
+                Ok(info) => {
+                    view.applied.insert(pod.clone(), info.applied_index);
+                    view.answered.push((pod.clone(), url));
+                    let is_master = info.members.iter().any(|m| m.is_master && m.name == pod);
+                    let better = match &best {
+                        None => true,
+                        Some(b) => is_master || (b.master.is_none() && info.master.is_some()),
+                    };
+                    if better {
+                        best = Some(info);
+                    }
+                }
+                Err(e) => tracing::debug!(pod = %pod, error = %e, "replica did not report"),
+            }
+        }
+        if let Some(info) = best {
+            view.master = info.master.clone();
+            view.members = info
+                .members
+                .iter()
+                .map(|m| MemberView {
+                    name: m.name.clone(),
+                    voter: m.role == MemberRole::Voter,
+                    healthy: m.healthy,
+                })
+                .collect();
+        }
+        view
+    }
+
+    /// `GET /v1/cluster` on one replica.
+    pub async fn cluster_info(&self, base: &str) -> Result<ClusterInfo, MembersError> {
+        let url = format!("{base}/v1/cluster");
+        let response = self
+            .http
+            .get(&url)
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|source| MembersError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        Self::check(&url, response)
+            .await?
+            .json()
+            .await
+            .map_err(|source| MembersError::Unreachable { url, source })
+    }
+
+    /// Performs a membership step through the replica at `base` (any member
+    /// forwards to the master). Other steps are not for this client.
+    pub async fn change(
+        &self,
+        base: &str,
+        step: &Step,
+        peer_url: &str,
+    ) -> Result<(), MembersError> {
+        let request = match step {
+            Step::AddLearner(name) => self
+                .http
+                .post(format!("{base}/v1/cluster/members"))
+                .json(&serde_json::json!({"name": name, "peer_url": peer_url})),
+            Step::Promote(name) => self
+                .http
+                .post(format!("{base}/v1/cluster/members/{name}/promote")),
+            Step::Remove(name) => self
+                .http
+                .delete(format!("{base}/v1/cluster/members/{name}")),
+            _ => return Ok(()),
+        };
+        let url = format!("{base}/v1/cluster/members");
+        let response = request
+            .bearer_auth(&self.token)
+            .timeout(CHANGE_TIMEOUT)
+            .send()
+            .await
+            .map_err(|source| MembersError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        Self::check(&url, response).await.map(|_| ())
+    }
+
+    async fn check(
+        url: &str,
+        response: reqwest::Response,
+    ) -> Result<reqwest::Response, MembersError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let message = match response.json::<ErrorBody>().await {
+            Ok(body) => body.error.message,
+            Err(_) => status.canonical_reason().unwrap_or("error").to_string(),
+        };
+        Err(MembersError::Refused {
+            url: url.to_string(),
+            status: status.as_u16(),
+            message,
+        })
+    }
+}

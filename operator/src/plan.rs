@@ -1,0 +1,340 @@
+//! The orchestration, as a pure function: from what the operator observed
+//! (the StatefulSet's size, its pods, the Paxos membership as the cluster
+//! reports it) to the one next step. The caller performs the step and comes
+//! back later; each step is small and safe on its own, so a crash of the
+//! operator between steps leaves nothing half done.
+//!
+//! The rules, in order:
+//! 1. Without a master nothing changes: membership changes need a quorum,
+//!    and an upgrade must not take a pod from a cluster that is struggling.
+//! 2. Scale down first removes members past the new size, learners first,
+//!    then voters from the highest ordinal, and only while the remaining
+//!    voters keep a healthy majority; the StatefulSet shrinks once no member
+//!    is left past the new size. A master being removed hands mastership
+//!    over first (the server does that).
+//! 3. Scale up grows the StatefulSet (new pods start empty and wait), then
+//!    adds one pod at a time as a learner and promotes it once it is ready,
+//!    i.e. caught up. One change at a time is what the engine allows.
+//! 4. Upgrade (a pod whose template is older than the StatefulSet's)
+//!    replaces one pod at a time, only when every member is healthy and
+//!    every pod ready, the master last.
+
+use std::collections::BTreeMap;
+
+/// A pod of the StatefulSet as the operator sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    /// Pod name (`<cluster>-<ordinal>`).
+    pub name: String,
+    /// Its ordinal.
+    pub ordinal: i32,
+    /// Passes its readiness probe (member, master known, caught up).
+    pub ready: bool,
+    /// Runs the StatefulSet's current template.
+    pub current: bool,
+    /// Being deleted.
+    pub terminating: bool,
+}
+
+/// A member of the Paxos configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    /// Member name (a pod name when the operator added it).
+    pub name: String,
+    /// Voter (true) or learner.
+    pub voter: bool,
+    /// The master heard from it recently.
+    pub healthy: bool,
+}
+
+/// Everything [`plan`] decides from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// `spec.replicas`.
+    pub desired: i32,
+    /// The StatefulSet's `spec.replicas`.
+    pub set_replicas: i32,
+    /// Pods that exist, by ordinal.
+    pub pods: Vec<PodView>,
+    /// The master, when one is known.
+    pub master: Option<String>,
+    /// The configuration as the cluster reports it; empty when no replica
+    /// answered.
+    pub members: Vec<MemberView>,
+    /// Maps a member name to its ordinal (`None` for names that are not
+    /// pods of this StatefulSet: those are left alone).
+    pub ordinals: BTreeMap<String, i32>,
+}
+
+/// The one next thing to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to do: the cluster matches the spec.
+    Idle,
+    /// Something must happen first (a pod must become ready, a master be
+    /// elected); the reason says what. Check again soon.
+    Wait(String),
+    /// Set the StatefulSet's replica count.
+    SetReplicas(i32),
+    /// Add this pod as a learner.
+    AddLearner(String),
+    /// Make this caught-up learner a voter.
+    Promote(String),
+    /// Remove this member from the configuration.
+    Remove(String),
+    /// Delete this pod so the StatefulSet recreates it from the current
+    /// template.
+    ReplacePod(String),
+}
+
+impl Step {
+    /// Whether the step scales the cluster (as opposed to upgrading it).
+    pub fn is_scaling(&self) -> bool {
+        matches!(
+            self,
+            Step::SetReplicas(_) | Step::AddLearner(_) | Step::Promote(_) | Step::Remove(_)
+        )
+    }
+}
+
+fn majority(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+/// Decides the next step. See the module docs for the rules.
+pub fn plan(o: &Observed) -> Step {
+    if o.master.is_none() {
+        return Step::Wait("no master is elected yet".into());
+    }
+    let ordinal = |name: &str| o.ordinals.get(name).copied();
+    let pod = |name: &str| o.pods.iter().find(|p| p.name == name);
+    let ours: Vec<(&MemberView, i32)> = o
+        .members
+        .iter()
+        .filter_map(|m| ordinal(&m.name).map(|i| (m, i)))
+        .collect();
+    let voters = o.members.iter().filter(|m| m.voter).count();
+    let healthy_voters = o.members.iter().filter(|m| m.voter && m.healthy).count();
+
+    // 2. Scale down: members past the new size go first.
+    let mut extra: Vec<&(&MemberView, i32)> =
+        ours.iter().filter(|(_, i)| *i >= o.desired).collect();
+    extra.sort_by_key(|(m, i)| (m.voter, std::cmp::Reverse(*i)));
+    if let Some((m, _)) = extra.first() {
+        if !m.voter {
+            return Step::Remove(m.name.clone());
+        }
+        let remaining = voters - 1;
+        let remaining_healthy = healthy_voters - usize::from(m.healthy);
+        if remaining == 0 || remaining_healthy < majority(remaining) {
+            return Step::Wait(format!(
+                "removing {} would leave {remaining_healthy} healthy of {remaining} voters, \
+                 not a majority; waiting for the others to be healthy",
+                m.name
+            ));
+        }
+        return Step::Remove(m.name.clone());
+    }
+    if o.set_replicas > o.desired {
+        return Step::SetReplicas(o.desired);
+    }
+
+    // 3. Scale up: grow the set, then add and promote one pod at a time.
+    if o.set_replicas < o.desired {
+        return Step::SetReplicas(o.desired);
+    }
+    if let Some((learner, _)) = ours.iter().find(|(m, _)| !m.voter) {
+        return match pod(&learner.name) {
+            Some(p) if p.ready && !p.terminating => {
+                if healthy_voters + 1 < majority(voters + 1) {
+                    Step::Wait(format!(
+                        "promoting {} needs {} healthy voters; {healthy_voters} are",
+                        learner.name,
+                        majority(voters + 1) - 1
+                    ))
+                } else {
+                    Step::Promote(learner.name.clone())
+                }
+            }
+            _ => Step::Wait(format!("learner {} is catching up", learner.name)),
+        };
+    }
+    let missing = (0..o.desired).find(|i| !ours.iter().any(|(_, j)| j == i));
+    if let Some(i) = missing {
+        return match o.pods.iter().find(|p| p.ordinal == i) {
+            Some(p) if !p.terminating => Step::AddLearner(p.name.clone()),
+            _ => Step::Wait(format!("pod with ordinal {i} does not exist yet")),
+        };
+    }
+
+    // 4. Upgrade: one outdated pod at a time, the master last.
+    let outdated: Vec<&PodView> = o
+        .pods
+        .iter()
+        .filter(|p| !p.current && p.ordinal < o.desired)
+        .collect();
+    if outdated.is_empty() {
+        return Step::Idle;
+    }
+    if let Some(p) = o.pods.iter().find(|p| !p.ready || p.terminating) {
+        return Step::Wait(format!("waiting for {} to be ready", p.name));
+    }
+    if let Some(m) = o.members.iter().find(|m| !m.healthy) {
+        return Step::Wait(format!("waiting for member {} to be healthy", m.name));
+    }
+    if (o.pods.len() as i32) < o.desired {
+        return Step::Wait("waiting for every pod to exist".into());
+    }
+    let next = outdated
+        .iter()
+        .filter(|p| Some(&p.name) != o.master.as_ref())
+        .max_by_key(|p| p.ordinal)
+        .or_else(|| outdated.first());
+    match next {
+        Some(p) => Step::ReplacePod(p.name.clone()),
+        None => Step::Idle,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(i: i32, ready: bool, current: bool) -> PodView {
+        PodView {
+            name: format!("kv-{i}"),
+            ordinal: i,
+            ready,
+            current,
+            terminating: false,
+        }
+    }
+
+    fn member(i: i32, voter: bool, healthy: bool) -> MemberView {
+        MemberView {
+            name: format!("kv-{i}"),
+            voter,
+            healthy,
+        }
+    }
+
+    fn observed(desired: i32, set: i32, pods: Vec<PodView>, members: Vec<MemberView>) -> Observed {
+        let ordinals = (0..20).map(|i| (format!("kv-{i}"), i)).collect();
+        Observed {
+            desired,
+            set_replicas: set,
+            pods,
+            master: Some("kv-0".into()),
+            members,
+            ordinals,
+        }
+    }
+
+    fn steady(n: i32) -> Observed {
+        observed(
+            n,
+            n,
+            (0..n).map(|i| pod(i, true, true)).collect(),
+            (0..n).map(|i| member(i, true, true)).collect(),
+        )
+    }
+
+    #[test]
+    fn a_cluster_that_matches_its_spec_is_left_alone() {
+        assert_eq!(plan(&steady(3)), Step::Idle);
+        let mut o = steady(3);
+        o.master = None;
+        assert!(matches!(plan(&o), Step::Wait(_)));
+    }
+
+    #[test]
+    fn scaling_up_grows_the_set_then_adds_and_promotes_one_pod_at_a_time() {
+        let mut o = steady(3);
+        o.desired = 5;
+        assert_eq!(plan(&o), Step::SetReplicas(5));
+        o.set_replicas = 5;
+        o.pods.push(pod(3, false, true));
+        o.pods.push(pod(4, false, true));
+        assert_eq!(plan(&o), Step::AddLearner("kv-3".into()));
+        o.members.push(member(3, false, true));
+        // Not ready = not caught up: no promotion, and no second learner.
+        assert!(matches!(plan(&o), Step::Wait(r) if r.contains("kv-3")));
+        o.pods[3].ready = true;
+        assert_eq!(plan(&o), Step::Promote("kv-3".into()));
+        o.members[3].voter = true;
+        assert_eq!(plan(&o), Step::AddLearner("kv-4".into()));
+        o.members.push(member(4, true, true));
+        o.pods[4].ready = true;
+        assert_eq!(plan(&o), Step::Idle);
+    }
+
+    #[test]
+    fn scaling_down_removes_members_before_pods_learners_first() {
+        let mut o = steady(5);
+        o.members.push(member(6, false, true));
+        o.desired = 3;
+        assert_eq!(plan(&o), Step::Remove("kv-6".into()));
+        o.members.pop();
+        assert_eq!(plan(&o), Step::Remove("kv-4".into()));
+        o.members.pop();
+        assert_eq!(plan(&o), Step::Remove("kv-3".into()));
+        o.members.pop();
+        assert_eq!(plan(&o), Step::SetReplicas(3));
+        o.set_replicas = 3;
+        o.pods.truncate(3);
+        assert_eq!(plan(&o), Step::Idle);
+    }
+
+    #[test]
+    fn never_removes_a_voter_when_the_rest_would_lack_a_healthy_majority() {
+        let mut o = steady(5);
+        o.desired = 3;
+        // Two of the three voters that would remain are down.
+        o.members[0].healthy = false;
+        o.members[1].healthy = false;
+        assert!(matches!(plan(&o), Step::Wait(r) if r.contains("not a majority")));
+        // Removing the unhealthy member itself is fine if the rest are healthy.
+        let mut o = steady(5);
+        o.desired = 3;
+        o.members[4].healthy = false;
+        o.members[0].healthy = false;
+        assert_eq!(plan(&o), Step::Remove("kv-4".into()));
+        // A single voter is never removed.
+        let mut o = steady(1);
+        o.desired = 0;
+        assert!(matches!(plan(&o), Step::Wait(_)));
+    }
+
+    #[test]
+    fn upgrades_replace_one_pod_at_a_time_master_last_and_only_when_healthy() {
+        let mut o = steady(3);
+        for p in &mut o.pods {
+            p.current = false;
+        }
+        o.master = Some("kv-2".into());
+        assert_eq!(plan(&o), Step::ReplacePod("kv-1".into()));
+        // kv-1 comes back on the new template but is not ready yet.
+        o.pods[1] = pod(1, false, true);
+        assert!(matches!(plan(&o), Step::Wait(r) if r.contains("kv-1")));
+        o.pods[1].ready = true;
+        assert_eq!(plan(&o), Step::ReplacePod("kv-0".into()));
+        o.pods[0] = pod(0, true, true);
+        o.members[1].healthy = false;
+        assert!(matches!(plan(&o), Step::Wait(r) if r.contains("kv-1")));
+        o.members[1].healthy = true;
+        assert_eq!(plan(&o), Step::ReplacePod("kv-2".into()));
+        o.pods[2] = pod(2, true, true);
+        assert_eq!(plan(&o), Step::Idle);
+    }
+
+    #[test]
+    fn members_that_are_not_pods_of_the_set_are_left_alone() {
+        let mut o = steady(3);
+        o.members.push(MemberView {
+            name: "manual-node".into(),
+            voter: false,
+            healthy: true,
+        });
+        assert_eq!(plan(&o), Step::Idle);
+    }
+}

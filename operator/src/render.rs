@@ -1,0 +1,720 @@
+//! The Kubernetes objects of one `PaxosKV`, as pure functions of its spec.
+//! Nothing here talks to the API server, so every object can be checked in
+//! unit tests and by `kubernetes-validate` (see `phxkv-operator render`).
+//!
+//! Per cluster `N`: StatefulSet `N` (pods `N-0`, `N-1`, ...), headless
+//! Service `N-peers` (peer discovery; it publishes pods before they are ready,
+//! since a cluster needs its peers to become ready at all), client Service
+//! `N`, PodDisruptionBudget `N`, ServiceAccount `N`, ConfigMap `N-bootstrap`
+//! and Secret `N-token`.
+//!
+//! Two choices carry the orchestration:
+//! - `podManagementPolicy: Parallel`: the bootstrap pods must all start
+//!   before any can be ready (a lone replica has no majority), and scaled-up
+//!   pods wait, unready, until the operator adds them.
+//! - `updateStrategy: OnDelete`: the operator replaces pods itself, one at a
+//!   time, master last, after the previous one caught up.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec as K8sServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{LogFormatSpec, PaxosKV, ReclaimPolicy};
+
+/// Port of the client API inside the pod.
+pub const CLIENT_PORT: i32 = 8080;
+/// Port of the peer API inside the pod.
+pub const PEER_PORT: i32 = 8081;
+/// Where each replica's volume is mounted.
+pub const DATA_MOUNT: &str = "/var/lib/phxkv";
+/// Where the cluster token Secret is mounted.
+pub const TOKEN_MOUNT: &str = "/etc/phxkv/token";
+/// Key of the token in its Secret.
+pub const TOKEN_KEY: &str = "token";
+/// Key of the bootstrap replica count in the bootstrap ConfigMap.
+pub const BOOTSTRAP_KEY: &str = "replicas";
+/// Field manager of the operator's server-side applies.
+pub const MANAGER: &str = "phxkv-operator";
+/// User and group the image runs as (distroless `nonroot`).
+const RUN_AS: i64 = 65532;
+
+/// Settings that come from the operator, not from the resource.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    /// Image used when `spec.image` is not set.
+    pub image: String,
+}
+
+/// Names of the objects of cluster `name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    /// StatefulSet, client Service, PDB and ServiceAccount.
+    pub cluster: String,
+    /// Headless Service.
+    pub peers: String,
+    /// Token Secret.
+    pub token: String,
+    /// Bootstrap ConfigMap.
+    pub bootstrap: String,
+}
+
+impl Names {
+    /// Names for cluster `name`.
+    pub fn of(name: &str) -> Names {
+        Names {
+            cluster: name.to_string(),
+            peers: format!("{name}-peers"),
+            token: format!("{name}-token"),
+            bootstrap: format!("{name}-bootstrap"),
+        }
+    }
+
+    /// Name of the pod with this ordinal.
+    pub fn pod(&self, ordinal: i32) -> String {
+        format!("{}-{ordinal}", self.cluster)
+    }
+
+    /// The ordinal of a pod of this set, if `pod` is one.
+    pub fn ordinal(&self, pod: &str) -> Option<i32> {
+        pod.strip_prefix(&self.cluster)?
+            .strip_prefix('-')?
+            .parse()
+            .ok()
+            .filter(|o: &i32| *o >= 0)
+    }
+
+    /// The peer URL a pod advertises (resolvable in the namespace through
+    /// the headless Service).
+    pub fn peer_url(&self, pod: &str) -> String {
+        format!("http://{pod}.{}:{PEER_PORT}", self.peers)
+    }
+}
+
+/// Labels on every object of cluster `name`.
+pub fn labels(name: &str) -> BTreeMap<String, String> {
+    let mut l = selector_labels(name);
+    l.insert("app.kubernetes.io/component".into(), "server".into());
+    l.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
+    l
+}
+
+/// The labels that select the pods of cluster `name`.
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "phxkv".to_string()),
+        ("app.kubernetes.io/instance".to_string(), name.to_string()),
+    ])
+}
+
+fn meta(pkv: &PaxosKV, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: pkv.namespace(),
+        labels: Some(labels(&pkv.name_any())),
+        owner_references: owner(pkv).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn owner(pkv: &PaxosKV) -> Option<OwnerReference> {
+    pkv.controller_owner_ref(&())
+}
+
+/// The image the replicas run.
+pub fn image(pkv: &PaxosKV, defaults: &Defaults) -> String {
+    pkv.spec
+        .image
+        .clone()
+        .unwrap_or_else(|| defaults.image.clone())
+}
+
+/// The StatefulSet with `replicas` pods (the orchestration decides the
+/// count; it differs from `spec.replicas` while scaling).
+pub fn statefulset(pkv: &PaxosKV, defaults: &Defaults, replicas: i32) -> StatefulSet {
+    let name = pkv.name_any();
+    let names = Names::of(&name);
+    let spec = &pkv.spec;
+    let mut pod_labels = labels(&name);
+    pod_labels.remove("app.kubernetes.io/managed-by");
+
+    let mut storage_request = BTreeMap::new();
+    storage_request.insert("storage".to_string(), Quantity(spec.storage.size.clone()));
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".into()),
+            labels: Some(selector_labels(&name)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(storage_request),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+
+    StatefulSet {
+        metadata: meta(pkv, names.cluster.clone()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(names.peers.clone()),
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                rolling_update: None,
+            }),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    // A removed member's data must not come back: a later
+                    // scale-up joins with an empty volume.
+                    when_scaled: Some("Delete".into()),
+                    when_deleted: Some(
+                        match spec.storage.reclaim_policy {
+                            ReclaimPolicy::Retain => "Retain",
+                            ReclaimPolicy::Delete => "Delete",
+                        }
+                        .into(),
+                    ),
+                },
+            ),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                match_expressions: None,
+            },
+            volume_claim_templates: Some(vec![claim]),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec(pkv, defaults, &names)),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn pod_spec(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> PodSpec {
+    let spec = &pkv.spec;
+    let sched = &spec.scheduling;
+    PodSpec {
+        service_account_name: Some(names.cluster.clone()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        // Long enough for a master to hand over before it exits.
+        termination_grace_period_seconds: Some(30),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            fs_group: Some(RUN_AS),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        }),
+        affinity: Some(
+            sched
+                .affinity
+                .clone()
+                .unwrap_or_else(|| spread_over_nodes(&names.cluster)),
+        ),
+        node_selector: (!sched.node_selector.is_empty()).then(|| sched.node_selector.clone()),
+        tolerations: (!sched.tolerations.is_empty()).then(|| sched.tolerations.clone()),
+        topology_spread_constraints: (!sched.topology_spread_constraints.is_empty())
+            .then(|| sched.topology_spread_constraints.clone()),
+        priority_class_name: sched.priority_class_name.clone(),
+        image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+            .then(|| spec.image_pull_secrets.clone()),
+        containers: vec![container(pkv, defaults, names)],
+        volumes: Some(vec![Volume {
+            name: "token".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names.token.clone()),
+                default_mode: Some(0o400),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    }
+}
+
+/// Without affinity rules in the spec, replicas prefer distinct nodes: a
+/// node failure should cost one replica, not a quorum.
+fn spread_over_nodes(name: &str) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector_labels(name)),
+                            match_expressions: None,
+                        }),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            required_during_scheduling_ignored_during_execution: None,
+        }),
+        ..Affinity::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
+    let spec = &pkv.spec;
+    let ns = pkv.namespace().unwrap_or_default();
+    let mut vars = vec![
+        EnvVar {
+            name: "PHXKV_ID".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    api_version: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        env("PHXKV_DATA_DIR", format!("{DATA_MOUNT}/data")),
+        env("PHXKV_LISTEN", format!("0.0.0.0:{CLIENT_PORT}")),
+        env("PHXKV_PEER_LISTEN", format!("0.0.0.0:{PEER_PORT}")),
+        env("PHXKV_DISCOVERY", format!("dns:{}", names.peers)),
+        // Read when a pod starts on an empty volume: pods past this count
+        // join instead of bootstrapping. A ConfigMap rather than a literal,
+        // so lowering it on scale-down does not change the pod template.
+        EnvVar {
+            name: "PHXKV_REPLICAS".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: names.bootstrap.clone(),
+                    key: BOOTSTRAP_KEY.into(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        env("PHXKV_CLUSTER_ID", format!("{}.{ns}", names.cluster)),
+        env(
+            "PHXKV_CLUSTER_TOKEN_FILE",
+            format!("{TOKEN_MOUNT}/{TOKEN_KEY}"),
+        ),
+        env(
+            "PHXKV_LOG_FORMAT",
+            match spec.telemetry.log_format {
+                LogFormatSpec::Json => "json",
+                LogFormatSpec::Text => "text",
+            },
+        ),
+    ];
+    if let Some(lease) = &spec.lease {
+        vars.push(env("PHXKV_LEASE", lease.clone()));
+    }
+    if let Some(v) = spec.limits.max_key_bytes {
+        vars.push(env("PHXKV_MAX_KEY_BYTES", v.to_string()));
+    }
+    if let Some(v) = spec.limits.max_value_bytes {
+        vars.push(env("PHXKV_MAX_VALUE_BYTES", v.to_string()));
+    }
+    if let Some(v) = spec.limits.max_txn_ops {
+        vars.push(env("PHXKV_MAX_TXN_OPS", v.to_string()));
+    }
+    if let Some(endpoint) = &spec.telemetry.otlp_endpoint {
+        vars.push(env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()));
+    }
+
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("client".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+
+    Container {
+        name: "phxkv".into(),
+        image: Some(image(pkv, defaults)),
+        image_pull_policy: spec.image_pull_policy.map(|p| format!("{p:?}")),
+        args: Some(vec!["serve".into()]),
+        env: Some(vars),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("client".into()),
+                container_port: CLIENT_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("peer".into()),
+                container_port: PEER_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
+        // Ready = member of a cluster with a master, caught up.
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        // Alive = the process answers; generous, since a restart of a
+        // replica that is merely catching up only slows it down.
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        resources: spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "data".into(),
+                mount_path: DATA_MOUNT.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "token".into(),
+                mount_path: TOKEN_MOUNT.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    }
+}
+
+fn port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
+/// The headless Service that gives each pod a stable DNS name. It lists
+/// pods before they are ready: peers must reach each other to elect a
+/// master, and the operator must reach a pod to add it.
+pub fn peer_service(pkv: &PaxosKV) -> Service {
+    let name = pkv.name_any();
+    let names = Names::of(&name);
+    Service {
+        metadata: meta(pkv, names.peers),
+        spec: Some(K8sServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![port("peer", PEER_PORT), port("client", CLIENT_PORT)]),
+            ..K8sServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Service clients use; only ready pods receive requests.
+pub fn client_service(pkv: &PaxosKV) -> Service {
+    let name = pkv.name_any();
+    let mut metadata = meta(pkv, name.clone());
+    if !pkv.spec.service.annotations.is_empty() {
+        metadata.annotations = Some(pkv.spec.service.annotations.clone());
+    }
+    Service {
+        metadata,
+        spec: Some(K8sServiceSpec {
+            type_: Some(pkv.spec.service.type_.as_str().into()),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("client".into()),
+                port: pkv.spec.service.port,
+                target_port: Some(IntOrString::String("client".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..K8sServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// A budget that lets voluntary disruptions (drains) take at most a
+/// minority: `(replicas - 1) / 2` pods, so zero for a single replica.
+pub fn disruption_budget(pkv: &PaxosKV) -> PodDisruptionBudget {
+    let name = pkv.name_any();
+    let tolerable = (pkv.spec.replicas.max(1) - 1) / 2;
+    PodDisruptionBudget {
+        metadata: meta(pkv, name.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(tolerable)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                match_expressions: None,
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The replicas' ServiceAccount: they never call the Kubernetes API, so it
+/// has no roles and no mounted token.
+pub fn service_account(pkv: &PaxosKV) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(pkv, pkv.name_any()),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+/// The bootstrap ConfigMap: how many pods form the cluster when it is
+/// first created.
+pub fn bootstrap_config(pkv: &PaxosKV, bootstrap_replicas: i32) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(pkv, Names::of(&pkv.name_any()).bootstrap),
+        data: Some(BTreeMap::from([(
+            BOOTSTRAP_KEY.to_string(),
+            bootstrap_replicas.to_string(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+/// The Secret holding the cluster token. Created once and never updated.
+pub fn token_secret(pkv: &PaxosKV, token: &str) -> Secret {
+    Secret {
+        metadata: meta(pkv, Names::of(&pkv.name_any()).token),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            TOKEN_KEY.to_string(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// A fresh cluster token: 32 random bytes, hex.
+pub fn generate_token() -> String {
+    use rand::{RngCore, SeedableRng};
+    let mut bytes = [0u8; 32];
+    rand::rngs::StdRng::from_os_rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::PaxosKVSpec;
+
+    pub(crate) fn sample(spec: PaxosKVSpec) -> PaxosKV {
+        let mut pkv = PaxosKV::new("kv", spec);
+        pkv.metadata.namespace = Some("db".into());
+        pkv.metadata.uid = Some("1111-2222".into());
+        pkv
+    }
+
+    fn defaults() -> Defaults {
+        Defaults {
+            image: "ghcr.io/phxkv/phxkv:0.1.0".into(),
+        }
+    }
+
+    fn env_of(sts: &StatefulSet) -> BTreeMap<String, EnvVar> {
+        sts.spec
+            .as_ref()
+            .expect("spec")
+            .template
+            .spec
+            .as_ref()
+            .expect("pod")
+            .containers[0]
+            .env
+            .clone()
+            .expect("env")
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect()
+    }
+
+    #[test]
+    fn statefulset_runs_non_root_read_only_with_probes_and_owner() {
+        let pkv = sample(PaxosKVSpec::default());
+        let sts = statefulset(&pkv, &defaults(), 3);
+        let spec = sts.spec.as_ref().expect("spec");
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        assert_eq!(
+            spec.update_strategy
+                .as_ref()
+                .and_then(|u| u.type_.as_deref()),
+            Some("OnDelete")
+        );
+        assert_eq!(spec.service_name.as_deref(), Some("kv-peers"));
+        let pod = spec.template.spec.as_ref().expect("pod");
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("ghcr.io/phxkv/phxkv:0.1.0"));
+        let sc = c.security_context.as_ref().expect("security context");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.as_deref()),
+            Some("/readyz")
+        );
+        assert_eq!(
+            c.liveness_probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.as_deref()),
+            Some("/healthz")
+        );
+        let owner = &sts.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(owner.kind, "PaxosKV");
+        assert_eq!(owner.controller, Some(true));
+        let env = env_of(&sts);
+        assert_eq!(
+            env["PHXKV_DISCOVERY"].value.as_deref(),
+            Some("dns:kv-peers")
+        );
+        assert_eq!(env["PHXKV_CLUSTER_ID"].value.as_deref(), Some("kv.db"));
+        assert!(env["PHXKV_REPLICAS"].value_from.is_some());
+        assert!(
+            !env.contains_key("PHXKV_LEASE"),
+            "server default unless set"
+        );
+    }
+
+    #[test]
+    fn spec_settings_reach_the_pods() {
+        let spec: PaxosKVSpec = serde_json::from_value(serde_json::json!({
+            "replicas": 5,
+            "image": "registry.example/phxkv:2",
+            "lease": "2s",
+            "limits": {"maxValueBytes": 1000},
+            "storage": {"size": "20Gi", "storageClassName": "fast", "reclaimPolicy": "Delete"},
+            "telemetry": {"otlpEndpoint": "http://collector:4318", "logFormat": "text"},
+            "scheduling": {"nodeSelector": {"disk": "ssd"}}
+        }))
+        .expect("spec");
+        let pkv = sample(spec);
+        let sts = statefulset(&pkv, &defaults(), 5);
+        let env = env_of(&sts);
+        assert_eq!(env["PHXKV_LEASE"].value.as_deref(), Some("2s"));
+        assert_eq!(env["PHXKV_MAX_VALUE_BYTES"].value.as_deref(), Some("1000"));
+        assert_eq!(env["PHXKV_LOG_FORMAT"].value.as_deref(), Some("text"));
+        assert_eq!(
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"].value.as_deref(),
+            Some("http://collector:4318")
+        );
+        let spec = sts.spec.as_ref().expect("spec");
+        let claim = &spec.volume_claim_templates.as_ref().expect("claims")[0];
+        let claim_spec = claim.spec.as_ref().expect("claim spec");
+        assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            claim_spec
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .map(|r| r["storage"].0.clone()),
+            Some("20Gi".to_string())
+        );
+        let retention = spec
+            .persistent_volume_claim_retention_policy
+            .as_ref()
+            .expect("retention");
+        assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
+        assert_eq!(retention.when_scaled.as_deref(), Some("Delete"));
+        let pod = spec.template.spec.as_ref().expect("pod");
+        assert_eq!(
+            pod.containers[0].image.as_deref(),
+            Some("registry.example/phxkv:2")
+        );
+        assert_eq!(
+            pod.node_selector.as_ref().map(|n| n["disk"].as_str()),
+            Some("ssd")
+        );
+    }
+
+    #[test]
+    fn services_budget_and_names_fit_together() {
+        let pkv = sample(PaxosKVSpec::default());
+        let peers = peer_service(&pkv);
+        let ps = peers.spec.as_ref().expect("spec");
+        assert_eq!(ps.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(ps.publish_not_ready_addresses, Some(true));
+        let client = client_service(&pkv);
+        let cs = client.spec.as_ref().expect("spec");
+        assert_eq!(cs.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(cs.ports.as_ref().expect("ports")[0].port, 8080);
+        for replicas in [1, 3, 5, 7, 9] {
+            let mut pkv = sample(PaxosKVSpec::default());
+            pkv.spec.replicas = replicas;
+            let pdb = disruption_budget(&pkv);
+            let max = pdb.spec.and_then(|s| s.max_unavailable);
+            // Losing that many still leaves a majority.
+            let IntOrString::Int(n) = max.expect("set") else {
+                panic!("an integer budget")
+            };
+            assert!(
+                replicas - n > replicas / 2,
+                "{replicas} replicas, {n} may go"
+            );
+        }
+        let names = Names::of("kv");
+        assert_eq!(names.pod(2), "kv-2");
+        assert_eq!(names.ordinal("kv-12"), Some(12));
+        assert_eq!(names.ordinal("kv-peers-0"), None);
+        assert_eq!(names.ordinal("other-1"), None);
+        assert_eq!(names.peer_url("kv-1"), "http://kv-1.kv-peers:8081");
+    }
+
+    #[test]
+    fn tokens_are_long_random_and_distinct() {
+        let (a, b) = (generate_token(), generate_token());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        let secret = token_secret(&sample(PaxosKVSpec::default()), &a);
+        assert_eq!(secret.data.expect("data")["token"].0, a.as_bytes());
+    }
+}
