@@ -162,14 +162,38 @@ expect_rejected "at '/cluster/service/type': value must be one of 'ClusterIP', '
     --set cluster.service.type=ExternalName
 expect_rejected "at '': additional properties 'replicas' not allowed" --set replicas=3
 expect_rejected "at '/cluster': additional properties 'replica' not allowed" --set cluster.replica=3
+expect_rejected "at '/cluster/resources/requests/cpu': 'anyOf' failed" --set-json cluster.resources.requests.cpu=0.5
 expect_rejected "at '/cluster/lease': value must be 'a duration" --set cluster.lease=5sec
 expect_rejected "at '/image/pullPolicy': value must be one of" --set image.pullPolicy=Sometimes
 expect_rejected "operator.watchNamespace is \"team-b\" but the release's PaxosKV goes into the release namespace" \
     --namespace team-a --set operator.watchNamespace=team-b
 check "bad values are rejected"
 
+log "NOTES.txt renders"
+"$helm" install phxkv "$chart" --namespace phxkv-check --dry-run=client >"$work/notes.out" ||
+    die "helm install --dry-run=client"
+for want in "kubectl -n phxkv-check port-forward svc/phxkv 8080:8080" "http://phxkv.phxkv-check.svc:8080" \
+    "kubectl -n phxkv-check get secret phxkv-token" "kubectl -n phxkv-check describe pkv phxkv"; do
+    grep -qF -- "$want" "$work/notes.out" || die "NOTES.txt lacks: $want"
+done
+"$helm" install phxkv "$chart" --namespace phxkv-check --dry-run=client --set cluster.enabled=false >"$work/notes.out" ||
+    die "helm install --dry-run=client --set cluster.enabled=false"
+grep -qF "No PaxosKV was created" "$work/notes.out" || die "NOTES.txt with cluster.enabled=false"
+check "NOTES.txt renders, with and without the release's cluster"
+
 log "the README's sample PaxosKV"
 validate "$repo/README.md" --markdown-block sample-paxoskv --expect PaxosKV=1 || die "README sample"
 check "README sample validates against the CRD"
+
+# The scripts are linted where shellcheck is already present; it is not
+# installed for this (apt-get update alone takes longer than every other
+# check).
+if command -v shellcheck >/dev/null; then
+    log "shellcheck of the chart and Kubernetes scripts"
+    shellcheck "$here"/*.sh "$repo"/e2e/k8s/*.sh || die "shellcheck"
+    check "shellcheck"
+else
+    log "shellcheck not installed: scripts not linted"
+fi
 
 log "$passed passed, 0 failed"
