@@ -38,6 +38,9 @@ trap 'rm -rf "$work"' EXIT
 
 # --- tools ----------------------------------------------------------------
 
+for tool in python3 node npm; do
+    command -v "$tool" >/dev/null || die "$tool is needed"
+done
 helm=$(bash "$here/install-helm.sh") || die "could not install helm"
 # A private helm home, so the user's repositories and plugins play no part.
 export HELM_CACHE_HOME=$work/helm-cache HELM_CONFIG_HOME=$work/helm-config HELM_DATA_HOME=$work/helm-data
@@ -55,7 +58,6 @@ python=$venv/bin/python
 
 if [[ ! -d $node_dir/node_modules ]]; then
     log "installing ServiceMonitor models (npm ci) into $node_dir"
-    command -v npm >/dev/null || die "npm is needed for the ServiceMonitor models"
     rm -rf "$node_dir" "$node_dir.tmp"
     mkdir -p "$node_dir.tmp"
     cp "$here/package.json" "$here/package-lock.json" "$node_dir.tmp/"
