@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# Offline checks of the Helm chart (charts/phxkv) and of the README's sample
+# PaxosKV: helm lint, rendering with several value sets, validation of every
+# rendered object against the Kubernetes schemas and the CRD, and the
+# rejections values.schema.json promises. No cluster needed; see
+# e2e/chart/README.md.
+#
+# Installs what it needs into a cache outside the repository, keyed by the
+# pinned versions, so later runs take seconds:
+#   helm          install-helm.sh
+#   python venv   kubernetes-validate, jsonschema, PyYAML
+#   node modules  models for validating ServiceMonitors (package-lock.json)
+#
+# Environment:
+#   PHXKV_CACHE  the cache directory (default ${XDG_CACHE_HOME:-~/.cache}/phxkv)
+set -euo pipefail
+
+KUBERNETES_VALIDATE_VERSION=1.37.0
+JSONSCHEMA_VERSION=4.26.0
+PYYAML_VERSION=6.0.4
+# Validated against the oldest Kubernetes the chart supports (Chart.yaml's
+# kubeVersion) and the newest kubernetes-validate knows.
+K8S_VERSIONS=(1.33 1.37)
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+chart=$repo/charts/phxkv
+crd=$chart/crds/paxoskv.yaml
+cache=${PHXKV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/phxkv}
+venv=$cache/venv-kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
+node_dir=$cache/node-chart-check-$(sha256sum "$here/package-lock.json" | cut -c1-12)
+
+log() { printf 'chart: %s\n' "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# --- tools ----------------------------------------------------------------
+
+for tool in python3 node npm; do
+    command -v "$tool" >/dev/null || die "$tool is needed"
+done
+helm=$(bash "$here/install-helm.sh") || die "could not install helm"
+# A private helm home, so the user's repositories and plugins play no part.
+export HELM_CACHE_HOME=$work/helm-cache HELM_CONFIG_HOME=$work/helm-config HELM_DATA_HOME=$work/helm-data
+
+if [[ ! -x $venv/bin/kubernetes-validate ]]; then
+    log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv"
+    rm -rf "$venv"
+    mkdir -p "$cache"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+        "jsonschema==$JSONSCHEMA_VERSION" "PyYAML==$PYYAML_VERSION"
+fi
+python=$venv/bin/python
+
+if [[ ! -d $node_dir/node_modules ]]; then
+    log "installing ServiceMonitor models (npm ci) into $node_dir"
+    rm -rf "$node_dir" "$node_dir.tmp"
+    mkdir -p "$node_dir.tmp"
+    cp "$here/package.json" "$here/package-lock.json" "$node_dir.tmp/"
+    (cd "$node_dir.tmp" && npm ci --silent --no-audit --no-fund --ignore-scripts >/dev/null) ||
+        die "npm ci failed"
+    mv "$node_dir.tmp" "$node_dir"
+fi
+
+log "$("$helm" version --short), kubernetes-validate $("$venv/bin/kubernetes-validate" --version), node $(node --version)"
+
+# --- checks ---------------------------------------------------------------
+
+passed=0
+check() { log "ok: $*"; passed=$((passed + 1)); }
+
+validate() {
+    "$python" "$here/validate.py" "${K8S_VERSIONS[@]/#/-k}" --crd "$crd" \
+        --node-modules "$node_dir/node_modules" "$@"
+}
+
+# Renders the chart (CRD included) with the given flags into $work/$name.yaml.
+render() {
+    local name=$1
+    shift
+    "$helm" template phxkv "$chart" --namespace phxkv-check --include-crds "$@" >"$work/$name.yaml" ||
+        die "helm template $* failed"
+}
+
+log "the validator rejects broken manifests (testdata/invalid.yaml)"
+docs=$(grep -c '^kind:' "$here/testdata/invalid.yaml")
+if validate "$here/testdata/invalid.yaml" >"$work/invalid.out"; then
+    cat "$work/invalid.out" >&2
+    die "validate.py accepted testdata/invalid.yaml"
+fi
+sed 's/^/  /' "$work/invalid.out" >&2
+[[ $(grep -c '^FAIL' "$work/invalid.out") -eq $docs ]] ||
+    die "validate.py should have rejected all $docs documents of testdata/invalid.yaml"
+check "the validator rejects each of the $docs broken manifests"
+
+log "helm lint --strict"
+"$helm" lint --strict "$chart" >"$work/lint.out" 2>&1 || { cat "$work/lint.out" >&2; die "helm lint --strict"; }
+# Lint in the namespace-scoped mode too: its template has its own branches.
+"$helm" lint --strict "$chart" --namespace team-a --set operator.watchNamespace=team-a >"$work/lint.out" 2>&1 ||
+    { cat "$work/lint.out" >&2; die "helm lint --strict (watchNamespace)"; }
+check "helm lint --strict"
+
+log "default values: render and validate"
+render default
+validate "$work/default.yaml" --expect CustomResourceDefinition=1 --expect PaxosKV=1 \
+    --expect Deployment=1 --expect ClusterRole=1 --expect ClusterRoleBinding=1 \
+    --expect NetworkPolicy=0 --expect ServiceMonitor=0 || die "default render does not validate"
+check "default render validates"
+
+log "every option on: render and validate"
+render full \
+    --set networkPolicy.enabled=true,serviceMonitor.enabled=true \
+    --set-json 'networkPolicy.clientFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"apps"}}}]' \
+    --set serviceMonitor.labels.release=prometheus \
+    --set cluster.replicas=5,cluster.lease=3s,cluster.storage.size=20Gi,cluster.storage.storageClassName=fast \
+    --set cluster.storage.reclaimPolicy=Delete,cluster.service.type=LoadBalancer \
+    --set cluster.otlpEndpoint=http://otel-collector:4318,operator.otlpEndpoint=http://otel-collector:4318 \
+    --set cluster.limits.maxValueBytes=65536,cluster.scheduling.priorityClassName=high \
+    --set-json 'cluster.scheduling.tolerations=[{"key":"dedicated","operator":"Equal","value":"kv","effect":"NoSchedule"}]' \
+    --set-json 'cluster.scheduling.topologySpreadConstraints=[{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"DoNotSchedule","labelSelector":{"matchLabels":{"app.kubernetes.io/instance":"phxkv"}}}]' \
+    --set-json 'operator.extraEnv=[{"name":"RUST_LOG","value":"info"}]' \
+    --set image.tag=0.1.1,imagePullSecrets[0].name=regcred
+validate "$work/full.yaml" --expect PaxosKV=1 --expect NetworkPolicy=1 --expect ServiceMonitor=2 ||
+    die "render with every option does not validate"
+grep -q -- '--default-image=ghcr.io/phxkv/phxkv:0.1.1' "$work/full.yaml" || die "image.tag does not reach --default-image"
+check "networkPolicy + serviceMonitor + every cluster option render validates"
+
+log "namespace-scoped operator: render and validate"
+render scoped --namespace team-a --set operator.watchNamespace=team-a
+validate "$work/scoped.yaml" --expect Role=1 --expect RoleBinding=1 --expect ClusterRole=0 \
+    --expect ClusterRoleBinding=0 || die "watchNamespace render does not validate"
+grep -q -- '--namespace=team-a' "$work/scoped.yaml" || die "watchNamespace does not reach --namespace"
+check "watchNamespace renders a Role, a RoleBinding and --namespace"
+
+log "cluster.enabled=false renders no PaxosKV"
+render nocluster --set cluster.enabled=false,networkPolicy.enabled=true,serviceMonitor.enabled=true
+validate "$work/nocluster.yaml" --expect PaxosKV=0 --expect NetworkPolicy=0 --expect ServiceMonitor=1 ||
+    die "cluster.enabled=false"
+check "cluster.enabled=false renders no PaxosKV (and no policy or monitor for it)"
+
+# Each of these must fail, with a message containing the given text.
+expect_rejected() {
+    local want=$1
+    shift
+    if "$helm" template phxkv "$chart" "$@" >/dev/null 2>"$work/err"; then
+        die "helm template $* succeeded; it must be rejected"
+    fi
+    grep -qF -- "$want" "$work/err" || { cat "$work/err" >&2; die "helm template $*: message lacks \"$want\""; }
+    log "  rejected $*: $(grep -F -- "$want" "$work/err" | head -n1 | sed 's/^ *//')"
+}
+log "bad values are rejected with a clear message"
+expect_rejected "at '/cluster/replicas': value must be 'an odd number" --set cluster.replicas=4
+expect_rejected "at '/cluster/replicas': maximum" --set cluster.replicas=11
+expect_rejected "at '/cluster/replicas': minimum" --set cluster.replicas=0
+expect_rejected "at '/cluster/storage/size': value must be 'a size such as 1Gi" --set cluster.storage.size=1GB
+expect_rejected "at '/cluster/storage/size': value must be 'a size such as 1Gi" --set cluster.storage.size=lots
+expect_rejected "at '/cluster/storage/reclaimPolicy': value must be one of 'Retain', 'Delete'" \
+    --set cluster.storage.reclaimPolicy=Recycle
+expect_rejected "at '/cluster/service/type': value must be one of 'ClusterIP', 'NodePort', 'LoadBalancer'" \
+    --set cluster.service.type=ExternalName
+expect_rejected "at '': additional properties 'replicas' not allowed" --set replicas=3
+expect_rejected "at '/cluster': additional properties 'replica' not allowed" --set cluster.replica=3
+expect_rejected "at '/cluster/resources/requests/cpu': 'anyOf' failed" --set-json cluster.resources.requests.cpu=0.5
+expect_rejected "at '/cluster/lease': value must be 'a duration" --set cluster.lease=5sec
+expect_rejected "at '/image/pullPolicy': value must be one of" --set image.pullPolicy=Sometimes
+expect_rejected "operator.watchNamespace is \"team-b\" but the release's PaxosKV goes into the release namespace" \
+    --namespace team-a --set operator.watchNamespace=team-b
+check "bad values are rejected"
+
+log "NOTES.txt renders"
+"$helm" install phxkv "$chart" --namespace phxkv-check --dry-run=client >"$work/notes.out" ||
+    die "helm install --dry-run=client"
+for want in "kubectl -n phxkv-check port-forward svc/phxkv 8080:8080" "http://phxkv.phxkv-check.svc:8080" \
+    "kubectl -n phxkv-check get secret phxkv-token" "kubectl -n phxkv-check describe pkv phxkv"; do
+    grep -qF -- "$want" "$work/notes.out" || die "NOTES.txt lacks: $want"
+done
+"$helm" install phxkv "$chart" --namespace phxkv-check --dry-run=client --set cluster.enabled=false >"$work/notes.out" ||
+    die "helm install --dry-run=client --set cluster.enabled=false"
+grep -qF "No PaxosKV was created" "$work/notes.out" || die "NOTES.txt with cluster.enabled=false"
+check "NOTES.txt renders, with and without the release's cluster"
+
+log "the README's sample PaxosKV"
+validate "$repo/README.md" --markdown-block sample-paxoskv --expect PaxosKV=1 || die "README sample"
+check "README sample validates against the CRD"
+
+# The scripts are linted where shellcheck is already present; it is not
+# installed for this (apt-get update alone takes longer than every other
+# check).
+if command -v shellcheck >/dev/null; then
+    log "shellcheck of the chart and Kubernetes scripts"
+    shellcheck "$here"/*.sh "$repo"/e2e/k8s/*.sh || die "shellcheck"
+    check "shellcheck"
+else
+    log "shellcheck not installed: scripts not linted"
+fi
+
+log "$passed passed, 0 failed"
