@@ -1,0 +1,444 @@
+//! `reconcile` against a mocked Kubernetes API server: every request the
+//! controller makes is checked in order (method, path, the body's key
+//! fields) and answered like the API server would. The cluster's own API is
+//! a small fake phxkv on loopback that reports a configuration and records
+//! membership changes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::{Request, Response};
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use phxkv_operator::controller::{Context, reconcile};
+use phxkv_operator::crd::{PaxosKV, PaxosKVSpec};
+use phxkv_operator::metrics::OperatorMetrics;
+use phxkv_operator::render::Defaults;
+use serde_json::{Value, json};
+use tower_test::mock::{self, Handle};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+/// A request as the mock API server saw it.
+struct Seen {
+    method: String,
+    path: String,
+    body: Value,
+}
+
+async fn next(handle: &mut ApiHandle) -> (Seen, tower_test::mock::SendResponse<Response<Body>>) {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
+        .await
+        .expect("the controller made another request")
+        .expect("the client is alive");
+    let method = request.method().to_string();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let bytes = request
+        .into_body()
+        .collect_bytes()
+        .await
+        .expect("request body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("JSON body")
+    };
+    (Seen { method, path, body }, send)
+}
+
+fn respond(send: tower_test::mock::SendResponse<Response<Body>>, status: u16, body: &Value) {
+    let response = Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).expect("encode")))
+        .expect("response");
+    send.send_response(response);
+}
+
+fn not_found(kind: &str, name: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": format!("{kind} \"{name}\" not found"), "reason": "NotFound", "code": 404})
+}
+
+/// Expects one request; answers with `reply(request body)`.
+async fn expect(
+    handle: &mut ApiHandle,
+    method: &str,
+    path: &str,
+    reply: impl FnOnce(&Value) -> (u16, Value),
+) -> Value {
+    let (seen, send) = next(handle).await;
+    assert_eq!(
+        (
+            seen.method.as_str(),
+            seen.path.split('?').next().unwrap_or("")
+        ),
+        (method, path),
+        "unexpected request {} {}",
+        seen.method,
+        seen.path
+    );
+    if method == "PATCH" {
+        assert!(
+            seen.path.contains("fieldManager=phxkv-operator") && seen.path.contains("force=true"),
+            "server-side apply as phxkv-operator: {}",
+            seen.path
+        );
+    }
+    let (status, body) = reply(&seen.body);
+    respond(send, status, &body);
+    seen.body
+}
+
+fn echo(body: &Value) -> (u16, Value) {
+    (200, body.clone())
+}
+
+/// What the fake phxkv reports and what it was asked to do.
+#[derive(Default)]
+struct FakeCluster {
+    info: Mutex<Value>,
+    changes: Mutex<Vec<(String, Value, Option<String>)>>,
+}
+
+async fn fake_phxkv(state: Arc<FakeCluster>) -> String {
+    async fn cluster(State(s): State<Arc<FakeCluster>>) -> Json<Value> {
+        Json(s.info.lock().expect("lock").clone())
+    }
+    async fn add(
+        State(s): State<Arc<FakeCluster>>,
+        headers: HeaderMap,
+        Json(body): Json<Value>,
+    ) -> Json<Value> {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        s.changes
+            .lock()
+            .expect("lock")
+            .push(("add".into(), body, auth));
+        Json(s.info.lock().expect("lock").clone())
+    }
+    let app = Router::new()
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/members", post(add))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+fn member(name: &str, voter: bool, master: bool) -> Value {
+    json!({"name": name, "role": if voter {"voter"} else {"learner"}, "peer_url": format!("http://{name}.kv-peers:8081"),
+           "is_master": master, "commit_index": 10, "healthy": true})
+}
+
+fn cluster_info(node: &str, members: Vec<Value>) -> Value {
+    json!({"cluster_id": "kv.db", "node": node, "master": "kv-0", "lease_remaining_ms": 900,
+           "revision": 5, "applied_index": 10, "commit_index": 10, "members": members})
+}
+
+fn context(client: kube::Client, url: String) -> Arc<Context> {
+    Arc::new(Context {
+        client: client.clone(),
+        defaults: Defaults {
+            image: "ghcr.io/phxkv/phxkv:0.1.0".into(),
+        },
+        recorder: Recorder::new(client, Reporter::from("phxkv-operator")),
+        http: reqwest::Client::new(),
+        resolver: Arc::new(move |_, _, _| url.clone()),
+        metrics: OperatorMetrics::new(),
+        busy_requeue: Duration::from_secs(3),
+        idle_requeue: Duration::from_secs(30),
+    })
+}
+
+fn paxoskv(spec: Value) -> PaxosKV {
+    let spec: PaxosKVSpec = serde_json::from_value(spec).expect("spec");
+    let mut pkv = PaxosKV::new("kv", spec);
+    pkv.metadata.namespace = Some("db".into());
+    pkv.metadata.uid = Some("0000-1111".into());
+    pkv.metadata.generation = Some(2);
+    pkv
+}
+
+fn pod(i: usize, ready: bool) -> Value {
+    json!({"metadata": {"name": format!("kv-{i}"), "namespace": "db",
+                        "labels": {"controller-revision-hash": "kv-rev1"}},
+           "status": {"conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}})
+}
+
+fn statefulset(replicas: i32) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+           "metadata": {"name": "kv", "namespace": "db"},
+           "spec": {"replicas": replicas, "selector": {}, "serviceName": "kv-peers", "template": {}},
+           "status": {"replicas": replicas, "updateRevision": "kv-rev1"}})
+}
+
+const NS: &str = "/api/v1/namespaces/db";
+const APPS: &str = "/apis/apps/v1/namespaces/db";
+
+/// The objects applied on every pass, in order.
+async fn expect_static_objects(h: &mut ApiHandle) {
+    let sa = expect(h, "PATCH", &format!("{NS}/serviceaccounts/kv"), echo).await;
+    assert_eq!(sa["automountServiceAccountToken"], json!(false));
+    let peers = expect(h, "PATCH", &format!("{NS}/services/kv-peers"), echo).await;
+    assert_eq!(peers["spec"]["clusterIP"], "None");
+    assert_eq!(peers["metadata"]["ownerReferences"][0]["kind"], "PaxosKV");
+    let client = expect(h, "PATCH", &format!("{NS}/services/kv"), echo).await;
+    assert_eq!(client["spec"]["ports"][0]["port"], 8080);
+    let pdb = expect(
+        h,
+        "PATCH",
+        "/apis/policy/v1/namespaces/db/poddisruptionbudgets/kv",
+        echo,
+    )
+    .await;
+    assert!(pdb["spec"]["maxUnavailable"].is_number());
+}
+
+async fn expect_existing_token_and_bootstrap(h: &mut ApiHandle, bootstrap: i32) {
+    expect(h, "GET", &format!("{NS}/secrets/kv-token"), |_| {
+        (
+            200,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kv-token"},
+                     "data": {"token": "c2VjcmV0LXRva2VuLTAxMjM0NTY3ODk="}}),
+        )
+    })
+    .await;
+    expect(h, "GET", &format!("{NS}/configmaps/kv-bootstrap"), |_| {
+        (
+            200,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kv-bootstrap"},
+                     "data": {"replicas": bootstrap.to_string()}}),
+        )
+    })
+    .await;
+}
+
+async fn expect_event(h: &mut ApiHandle, reason: &str) -> Value {
+    let event = expect(
+        h,
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/db/events",
+        echo,
+    )
+    .await;
+    assert_eq!(event["reason"], reason, "{event}");
+    event
+}
+
+async fn expect_status(h: &mut ApiHandle) -> Value {
+    let patch = expect(
+        h,
+        "PATCH",
+        "/apis/phxkv.io/v1alpha1/namespaces/db/paxoskvs/kv/status",
+        |body| {
+            // The API server answers with the whole object.
+            (
+                200,
+                json!({"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKV",
+                         "metadata": {"name": "kv", "namespace": "db"},
+                         "spec": {}, "status": body["status"].clone()}),
+            )
+        },
+    )
+    .await;
+    patch["status"].clone()
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}
+
+#[tokio::test]
+async fn a_new_paxoskv_gets_its_objects_a_token_and_a_creating_status() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let fake = Arc::new(FakeCluster::default());
+    let url = fake_phxkv(fake.clone()).await;
+    let ctx = context(client, url);
+    let pkv = Arc::new(paxoskv(json!({"replicas": 3})));
+    let run = tokio::spawn(reconcile(pkv, ctx));
+
+    expect_static_objects(&mut h).await;
+    expect(&mut h, "GET", &format!("{NS}/secrets/kv-token"), |_| {
+        (404, not_found("secrets", "kv-token"))
+    })
+    .await;
+    let secret = expect(&mut h, "POST", &format!("{NS}/secrets"), echo).await;
+    let token = secret["data"]["token"].as_str().expect("token");
+    assert!(token.len() >= 64, "a long random token, base64: {token}");
+    expect(
+        &mut h,
+        "GET",
+        &format!("{NS}/configmaps/kv-bootstrap"),
+        |_| (404, not_found("configmaps", "kv-bootstrap")),
+    )
+    .await;
+    let cm = expect(
+        &mut h,
+        "PATCH",
+        &format!("{NS}/configmaps/kv-bootstrap"),
+        echo,
+    )
+    .await;
+    assert_eq!(cm["data"]["replicas"], "3");
+    expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
+        (404, not_found("statefulsets.apps", "kv"))
+    })
+    .await;
+    let sts = expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), echo).await;
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
+    let event = expect_event(&mut h, "Created").await;
+    assert_eq!(event["regarding"]["kind"], "PaxosKV");
+    expect(&mut h, "GET", &format!("{NS}/pods"), |_| {
+        (
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+        )
+    })
+    .await;
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["phase"], "Creating");
+    assert_eq!(status["observedGeneration"], 2);
+    assert_eq!(condition(&status, "Available")["status"], "False");
+    assert_eq!(condition(&status, "Available")["reason"], "NoMaster");
+    assert_eq!(condition(&status, "Progressing")["status"], "True");
+
+    run.await.expect("joined").expect("reconciled");
+}
+
+#[tokio::test]
+async fn scaling_up_resizes_the_statefulset_then_adds_a_learner_with_the_token() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let fake = Arc::new(FakeCluster::default());
+    *fake.info.lock().expect("lock") = cluster_info(
+        "kv-0",
+        vec![
+            member("kv-0", true, true),
+            member("kv-1", true, false),
+            member("kv-2", true, false),
+        ],
+    );
+    let url = fake_phxkv(fake.clone()).await;
+    let ctx = context(client, url);
+    let pkv = Arc::new(paxoskv(json!({"replicas": 5})));
+
+    // Pass 1: the set has 3 pods; the step is to grow it to 5.
+    let run = tokio::spawn(reconcile(pkv.clone(), ctx.clone()));
+    expect_static_objects(&mut h).await;
+    expect_existing_token_and_bootstrap(&mut h, 3).await;
+    expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, statefulset(3))
+    })
+    .await;
+    let sts = expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, statefulset(3))
+    })
+    .await;
+    assert_eq!(
+        sts["spec"]["replicas"], 3,
+        "the template is applied at the current size"
+    );
+    expect(&mut h, "GET", &format!("{NS}/pods"), |_| {
+        (
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                     "items": [pod(0, true), pod(1, true), pod(2, true)]}),
+        )
+    })
+    .await;
+    let grown = expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, statefulset(5))
+    })
+    .await;
+    assert_eq!(grown["spec"]["replicas"], 5);
+    expect_event(&mut h, "Scaled").await;
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["phase"], "Scaling");
+    assert_eq!(status["master"], "kv-0");
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+    assert_eq!(condition(&status, "Available")["status"], "True");
+    run.await.expect("joined").expect("reconciled");
+    assert!(fake.changes.lock().expect("lock").is_empty());
+
+    // Pass 2: five pods exist, the new ones not ready; kv-3 is added.
+    let run = tokio::spawn(reconcile(pkv, ctx));
+    expect_static_objects(&mut h).await;
+    expect_existing_token_and_bootstrap(&mut h, 3).await;
+    expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, statefulset(5))
+    })
+    .await;
+    expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, statefulset(5))
+    })
+    .await;
+    expect(&mut h, "GET", &format!("{NS}/pods"), |_| {
+        (200, json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                     "items": [pod(0, true), pod(1, true), pod(2, true), pod(3, false), pod(4, false)]}))
+    })
+    .await;
+    expect_event(&mut h, "MemberAdded").await;
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["phase"], "Scaling");
+    run.await.expect("joined").expect("reconciled");
+
+    let changes = fake.changes.lock().expect("lock");
+    assert_eq!(changes.len(), 1);
+    let (kind, body, auth) = &changes[0];
+    assert_eq!(kind, "add");
+    assert_eq!(body["name"], "kv-3");
+    assert_eq!(body["peer_url"], "http://kv-3.kv-peers:8081");
+    assert_eq!(auth.as_deref(), Some("Bearer secret-token-0123456789"));
+}
+
+#[tokio::test]
+async fn an_invalid_spec_touches_nothing_and_says_why() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let ctx = context(client, "http://127.0.0.1:9".into());
+    let pkv = Arc::new(paxoskv(json!({"replicas": 4})));
+    let run = tokio::spawn(reconcile(pkv, ctx));
+
+    let event = expect_event(&mut h, "InvalidSpec").await;
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["note"].as_str().unwrap_or("").contains("must be odd"),
+        "{event}"
+    );
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["phase"], "Invalid");
+    assert_eq!(condition(&status, "Degraded")["reason"], "InvalidSpec");
+    assert!(
+        condition(&status, "Degraded")["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("spec.replicas is 4")
+    );
+    run.await.expect("joined").expect("reconciled");
+    // Nothing else was asked of the API server.
+    let more = tokio::time::timeout(Duration::from_millis(200), h.next_request()).await;
+    // (None: the client is gone, so nothing more can come.)
+    assert!(matches!(more, Err(_) | Ok(None)), "no further requests");
+}
