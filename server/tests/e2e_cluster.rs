@@ -560,3 +560,36 @@ async fn metrics_expose_requests_proposals_batches_commits_fsyncs_and_master_cha
         .expect("proposals value");
     assert!(proposals >= 5.0, "{proposals}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_the_master_hands_mastership_over_first() {
+    // A long lease: without a handoff the cluster would wait it out.
+    let c = Cluster::start(3, &["--lease", "10s"]).await;
+    let master = c.wait_for_master(Duration::from_secs(20)).await;
+    let name = c.procs[master].name.clone();
+    let other = (master + 1) % 3;
+    let r = c
+        .http
+        .delete(format!("{}/v1/cluster/members/{name}", c.url(other)))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("remove");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let info = json_of(r).await;
+    let names: Vec<&str> = info["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert!(!names.contains(&name.as_str()), "{names:?}");
+    assert!(
+        c.log_of(master).contains("handing mastership over"),
+        "the master handed over before its removal"
+    );
+    // The survivors have a master and take writes.
+    assert_eq!(c.put(other, "after-removal", "1").await.status(), 200);
+    let info = c.cluster_info(other).await.expect("cluster info");
+    assert_ne!(info["master"].as_str(), Some(name.as_str()));
+}

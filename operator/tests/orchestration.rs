@@ -1,0 +1,496 @@
+//! The operator's orchestration against real `phxkv` processes on loopback:
+//! the planner and the membership client the controller uses, with this
+//! file standing in for the StatefulSet controller (start a pod, stop one,
+//! replace one). A writer keeps writing through every step; at the end
+//! every acknowledged write must read back.
+//!
+//! Path: 3 replicas -> 5 -> 3, then an upgrade of every pod (master last).
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use phxkv_operator::members::MembersClient;
+use phxkv_operator::plan::{Observed, PodView, Step, plan};
+use phxkv_operator::render::Names;
+use tokio::sync::Mutex;
+
+const TOKEN: &str = "orchestration-test-token-0123456789";
+const BOOTSTRAP: i32 = 3;
+
+/// The `phxkv` binary of this build profile, built if missing (it lives in
+/// another package, so Cargo does not hand its path to this test).
+fn phxkv_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf();
+    let bin = profile_dir.join("phxkv");
+    if !bin.exists() {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.args(["build", "-p", "phxkv-server", "--bin", "phxkv"]);
+        if release {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("run cargo build");
+        assert!(status.success(), "building phxkv failed");
+    }
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Pod {
+    client_port: u16,
+    peer_port: u16,
+    version: u32,
+    child: Option<Child>,
+}
+
+/// What the StatefulSet controller and kubelet would do, with processes.
+struct FakeSet {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    names: Names,
+    replicas: i32,
+    /// The template version new pods get.
+    version: u32,
+    pods: BTreeMap<i32, Pod>,
+    bootstrap_members: String,
+}
+
+impl FakeSet {
+    fn new(bootstrap: i32) -> FakeSet {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+        let names = Names::of("kv");
+        let mut set = FakeSet {
+            dir,
+            bin: phxkv_bin(),
+            names,
+            replicas: 0,
+            version: 1,
+            pods: BTreeMap::new(),
+            bootstrap_members: String::new(),
+        };
+        let ports: Vec<(u16, u16)> = (0..bootstrap).map(|_| (free_port(), free_port())).collect();
+        set.bootstrap_members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("kv-{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (i, (client, peer)) in ports.into_iter().enumerate() {
+            set.pods.insert(
+                i as i32,
+                Pod {
+                    client_port: client,
+                    peer_port: peer,
+                    version: 1,
+                    child: None,
+                },
+            );
+            set.start(i as i32);
+        }
+        set.replicas = bootstrap;
+        set
+    }
+
+    fn data_dir(&self, i: i32) -> PathBuf {
+        self.dir.path().join(format!("kv-{i}"))
+    }
+
+    fn start(&mut self, i: i32) {
+        let data = self.data_dir(i);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("kv-{i}.log")))
+            .expect("log file");
+        let pod = self.pods.get(&i).expect("pod");
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve")
+            .args(["--id", &format!("kv-{i}")])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{}", pod.client_port)])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", pod.peer_port)])
+            .arg("--cluster-token-file")
+            .arg(self.dir.path().join("token"))
+            .args(["--cluster-id", "kv.test", "--lease", "1s"]);
+        // As with `--discovery`: pods past the bootstrap count join.
+        if i < BOOTSTRAP {
+            cmd.args(["--initial-members", &self.bootstrap_members]);
+        } else {
+            cmd.arg("--join");
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn phxkv");
+        if let Some(pod) = self.pods.get_mut(&i) {
+            pod.child = Some(child);
+        }
+    }
+
+    /// SIGTERM, as the kubelet does, then SIGKILL after a grace period.
+    fn stop(&mut self, i: i32) {
+        let Some(mut child) = self.pods.get_mut(&i).and_then(|p| p.child.take()) else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn resize(&mut self, n: i32) {
+        for i in n..self.replicas {
+            self.stop(i);
+            self.pods.remove(&i);
+            // whenScaled: Delete — the volume goes with the pod.
+            let _ = std::fs::remove_dir_all(self.data_dir(i));
+        }
+        for i in self.replicas..n {
+            self.pods.insert(
+                i,
+                Pod {
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    version: self.version,
+                    child: None,
+                },
+            );
+            self.start(i);
+        }
+        self.replicas = n;
+    }
+
+    fn replace(&mut self, name: &str) {
+        let i = self.names.ordinal(name).expect("a pod of the set");
+        self.stop(i);
+        let version = self.version;
+        if let Some(p) = self.pods.get_mut(&i) {
+            p.version = version;
+        }
+        self.start(i);
+    }
+
+    fn url(&self, i: i32) -> String {
+        format!("http://127.0.0.1:{}", self.pods[&i].client_port)
+    }
+
+    fn peer_url(&self, name: &str) -> String {
+        let i = self.names.ordinal(name).expect("a pod of the set");
+        format!("http://127.0.0.1:{}", self.pods[&i].peer_port)
+    }
+
+    fn urls(&self) -> Vec<(String, String)> {
+        self.pods
+            .keys()
+            .map(|i| (format!("kv-{i}"), self.url(*i)))
+            .collect()
+    }
+
+    async fn pod_views(&self, http: &reqwest::Client) -> Vec<PodView> {
+        let mut out = Vec::new();
+        for (i, pod) in &self.pods {
+            let ready = http
+                .get(format!("{}/readyz", self.url(*i)))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            out.push(PodView {
+                name: format!("kv-{i}"),
+                ordinal: *i,
+                ready,
+                current: pod.version == self.version,
+                terminating: false,
+            });
+        }
+        out
+    }
+
+    fn logs_tail(&self) -> String {
+        let mut out = String::new();
+        for i in self.pods.keys() {
+            let text = std::fs::read_to_string(self.dir.path().join(format!("kv-{i}.log")))
+                .unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- kv-{i}\n"));
+            for l in &lines[lines.len().saturating_sub(8)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for FakeSet {
+    fn drop(&mut self) {
+        for pod in self.pods.values_mut() {
+            if let Some(mut c) = pod.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Runs plan/step until the cluster matches `desired`; returns the steps.
+async fn converge(
+    set: &Arc<Mutex<FakeSet>>,
+    members: &MembersClient,
+    http: &reqwest::Client,
+    desired: i32,
+) -> Vec<(Step, Option<String>)> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut steps = Vec::new();
+    let mut last = String::new();
+    loop {
+        let (urls, pods, names, set_replicas) = {
+            let s = set.lock().await;
+            (
+                s.urls(),
+                s.pod_views(http).await,
+                s.names.clone(),
+                s.replicas,
+            )
+        };
+        let view = members.observe(&urls).await;
+        let observed = Observed {
+            desired,
+            set_replicas,
+            pods,
+            master: view.master.clone(),
+            members: view.members.clone(),
+            ordinals: view
+                .members
+                .iter()
+                .filter_map(|m| names.ordinal(&m.name).map(|i| (m.name.clone(), i)))
+                .collect(),
+        };
+        let step = plan(&observed);
+        if Instant::now() > deadline {
+            let logs = set.lock().await.logs_tail();
+            panic!("did not converge to {desired}: last step {step:?}\n{observed:#?}\n{logs}");
+        }
+        match &step {
+            // Done once every pod is back, not just replaced.
+            Step::Idle if observed.pods.iter().all(|p| p.ready) => return steps,
+            Step::Idle => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Step::Wait(why) => {
+                if *why != last {
+                    eprintln!("wait: {why}");
+                    last = why.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            _ => {}
+        }
+        eprintln!("step: {step:?} (master {:?})", view.master);
+        steps.push((step.clone(), view.master.clone()));
+        match &step {
+            Step::SetReplicas(n) => set.lock().await.resize(*n),
+            Step::ReplacePod(p) => set.lock().await.replace(p),
+            Step::AddLearner(p) | Step::Promote(p) | Step::Remove(p) => {
+                let via = view
+                    .answered
+                    .iter()
+                    .find(|(name, _)| Some(name) == view.master.as_ref())
+                    .or_else(|| view.answered.first())
+                    .map(|(_, url)| url.clone())
+                    .expect("a replica answered");
+                let peer_url = set.lock().await.peer_url(p);
+                if let Err(e) = members.change(&via, &step, &peer_url).await {
+                    eprintln!("step {step:?} failed, will re-plan: {e}");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+            Step::Idle | Step::Wait(_) => {}
+        }
+    }
+}
+
+/// Writes `w<n>` keys through random live pods until told to stop; returns
+/// the acknowledged ones.
+async fn writer(
+    set: Arc<Mutex<FakeSet>>,
+    http: reqwest::Client,
+    stop: Arc<AtomicBool>,
+    acked_count: Arc<AtomicU64>,
+) -> Vec<String> {
+    let mut acked = Vec::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let urls: Vec<String> = set
+            .lock()
+            .await
+            .urls()
+            .into_iter()
+            .map(|(_, u)| u)
+            .collect();
+        let url = &urls[(n as usize) % urls.len()];
+        let key = format!("w{n}");
+        let ok = http
+            .put(format!("{url}/v1/kv/{key}"))
+            .body(format!("value-{n}"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            acked.push(key);
+            acked_count.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_3_to_5_to_3_then_upgrade_with_writes_throughout() {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let members = MembersClient::new(http.clone(), TOKEN);
+    let set = Arc::new(Mutex::new(FakeSet::new(BOOTSTRAP)));
+
+    // Bootstrap: nothing to do once a master is elected.
+    let steps = converge(&set, &members, &http, 3).await;
+    assert!(
+        steps.is_empty(),
+        "a fresh 3-node cluster needs no steps: {steps:?}"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_count = Arc::new(AtomicU64::new(0));
+    let writes = tokio::spawn(writer(
+        set.clone(),
+        http.clone(),
+        stop.clone(),
+        acked_count.clone(),
+    ));
+    let progressed = |before: u64| acked_count.load(Ordering::Relaxed) > before;
+
+    // 3 -> 5: grow, then add and promote kv-3, then kv-4.
+    let before = acked_count.load(Ordering::Relaxed);
+    let up = converge(&set, &members, &http, 5).await;
+    let kinds: Vec<&Step> = up.iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            &Step::SetReplicas(5),
+            &Step::AddLearner("kv-3".into()),
+            &Step::Promote("kv-3".into()),
+            &Step::AddLearner("kv-4".into()),
+            &Step::Promote("kv-4".into()),
+        ]
+    );
+    let info = members
+        .cluster_info(&set.lock().await.url(0))
+        .await
+        .expect("cluster info");
+    assert_eq!(info.members.len(), 5);
+    assert!(progressed(before), "writes succeeded while scaling up");
+
+    // 5 -> 3: remove kv-4 and kv-3 (handing mastership off if needed),
+    // then shrink.
+    let before = acked_count.load(Ordering::Relaxed);
+    let down = converge(&set, &members, &http, 3).await;
+    let kinds: Vec<&Step> = down.iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            &Step::Remove("kv-4".into()),
+            &Step::Remove("kv-3".into()),
+            &Step::SetReplicas(3),
+        ]
+    );
+    let info = members
+        .cluster_info(&set.lock().await.url(0))
+        .await
+        .expect("cluster info");
+    assert_eq!(info.members.len(), 3);
+    assert!(progressed(before), "writes succeeded while scaling down");
+
+    // Upgrade: a new template; every pod replaced once, the master last.
+    let before = acked_count.load(Ordering::Relaxed);
+    set.lock().await.version = 2;
+    let upgrade = converge(&set, &members, &http, 3).await;
+    let replaced: Vec<&str> = upgrade
+        .iter()
+        .filter_map(|(s, _)| match s {
+            Step::ReplacePod(p) => Some(p.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut sorted = replaced.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        vec!["kv-0", "kv-1", "kv-2"],
+        "each pod once: {upgrade:?}"
+    );
+    for (i, (step, master)) in upgrade.iter().enumerate() {
+        if let Step::ReplacePod(p) = step
+            && Some(p) == master.as_ref()
+        {
+            assert_eq!(i, upgrade.len() - 1, "the master goes last: {upgrade:?}");
+        }
+    }
+    assert!(progressed(before), "writes succeeded while upgrading");
+
+    stop.store(true, Ordering::Relaxed);
+    let acked = writes.await.expect("writer");
+    assert!(!acked.is_empty());
+
+    // Every acknowledged write survived every step.
+    let url = set.lock().await.url(0);
+    for key in &acked {
+        let n = key.trim_start_matches('w');
+        let response = http
+            .get(format!("{url}/v1/kv/{key}"))
+            .send()
+            .await
+            .expect("read");
+        assert!(
+            response.status().is_success(),
+            "acknowledged {key} is missing"
+        );
+        let body = response.text().await.expect("body");
+        assert_eq!(body, format!("value-{n}"));
+    }
+    eprintln!("{} acknowledged writes, all read back", acked.len());
+}
