@@ -142,9 +142,7 @@ impl FakeSet {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn phxkv");
-        if let Some(pod) = self.pods.get_mut(&i) {
-            pod.child = Some(child);
-        }
+        self.pods.get_mut(&i).expect("pod").child = Some(child);
     }
 
     /// SIGTERM, as the kubelet does, then SIGKILL after a grace period.
