@@ -187,6 +187,28 @@ log "the README's sample PaxosKV"
 validate "$repo/README.md" --markdown-block sample-paxoskv --expect PaxosKV=1 || die "README sample"
 check "README sample validates against the CRD"
 
+# The objects the operator creates for a PaxosKV (StatefulSet, Services,
+# PDB, ...) are rendered by `phxkv-operator render` from the same code the
+# controller runs, and must validate strictly too.
+log "the operator's objects for the README sample and for an empty spec"
+operator_bin=${PHXKV_OPERATOR_BIN:-}
+if [[ -z $operator_bin ]]; then
+    log "building phxkv-operator (set PHXKV_OPERATOR_BIN to use a built one)"
+    cargo build --quiet --release --locked -p phxkv-operator --bin phxkv-operator --manifest-path "$repo/Cargo.toml" ||
+        die "cargo build of phxkv-operator"
+    operator_bin=$repo/target/release/phxkv-operator
+fi
+"$python" "$here/validate.py" --crd "$crd" --markdown-block sample-paxoskv --print "$repo/README.md" >"$work/sample-pkv.yaml" ||
+    die "extracting the README sample"
+"$operator_bin" render "$work/sample-pkv.yaml" >"$work/operator-sample.yaml" || die "phxkv-operator render (README sample)"
+printf 'apiVersion: phxkv.io/v1alpha1\nkind: PaxosKV\nmetadata: {name: minimal, namespace: kv}\nspec: {}\n' >"$work/minimal-pkv.yaml"
+"$operator_bin" render "$work/minimal-pkv.yaml" >"$work/operator-minimal.yaml" || die "phxkv-operator render (empty spec)"
+for f in operator-sample operator-minimal; do
+    validate "$work/$f.yaml" --expect StatefulSet=1 --expect Service=2 --expect PodDisruptionBudget=1 \
+        --expect ServiceAccount=1 --expect ConfigMap=1 --expect Secret=1 || die "$f objects do not validate"
+done
+check "the operator's objects validate (README sample and empty spec)"
+
 # The scripts are linted where shellcheck is already present; it is not
 # installed for this (apt-get update alone takes longer than every other
 # check).

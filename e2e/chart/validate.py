@@ -18,7 +18,7 @@ library for the built-in kinds and adds:
 
 Usage:
   validate.py [-k 1.33 ...] [--crd FILE ...] [--node-modules DIR]
-              [--expect KIND=N ...] [--markdown-block NAME] FILE|-
+              [--expect KIND=N ...] [--markdown-block NAME [--print]] FILE|-
 """
 
 from __future__ import annotations
@@ -166,8 +166,16 @@ def main() -> int:
     ap.add_argument("--expect", action="append", default=[], metavar="KIND=N",
                     help="fail unless exactly N documents of KIND are present")
     ap.add_argument("--markdown-block", metavar="NAME", help="validate the YAML block after <!-- NAME -->")
+    ap.add_argument("--print", action="store_true",
+                    help="with --markdown-block: print the block instead of validating it")
     args = ap.parse_args()
     versions = args.versions or ["1.33"]
+    if args.print:
+        if not args.markdown_block:
+            ap.error("--print needs --markdown-block")
+        text = open(args.file, encoding="utf-8").read()
+        print(extract_block(text, args.markdown_block, args.file))
+        return 0
 
     docs = load_documents(args.file, args.markdown_block)
     custom = CustomResources(args.crd)

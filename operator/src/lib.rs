@@ -23,3 +23,28 @@ pub fn crd_yaml() -> Result<String, serde_norway::Error> {
         serde_norway::to_string(&crd)?
     ))
 }
+
+/// Every object the operator creates for `pkv` (with a placeholder token),
+/// as a multi-document YAML stream, for offline validation. The PaxosKV
+/// gets a namespace and uid if it has none, as the API server would give it.
+pub fn render_all(
+    mut pkv: crd::PaxosKV,
+    defaults: &render::Defaults,
+) -> Result<String, serde_norway::Error> {
+    if pkv.metadata.namespace.is_none() {
+        pkv.metadata.namespace = Some("default".into());
+    }
+    if pkv.metadata.uid.is_none() {
+        pkv.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
+    }
+    let docs = [
+        serde_norway::to_string(&render::statefulset(&pkv, defaults, pkv.spec.replicas))?,
+        serde_norway::to_string(&render::peer_service(&pkv))?,
+        serde_norway::to_string(&render::client_service(&pkv))?,
+        serde_norway::to_string(&render::disruption_budget(&pkv))?,
+        serde_norway::to_string(&render::service_account(&pkv))?,
+        serde_norway::to_string(&render::bootstrap_config(&pkv, pkv.spec.replicas))?,
+        serde_norway::to_string(&render::token_secret(&pkv, "rendered-offline-placeholder"))?,
+    ];
+    Ok(docs.iter().map(|d| format!("---\n{d}")).collect())
+}

@@ -34,6 +34,18 @@ enum Command {
     Run(RunArgs),
     /// Print the PaxosKV CustomResourceDefinition as YAML.
     Crd,
+    /// Print the objects the operator would create for a PaxosKV manifest
+    /// (for review or offline validation); nothing is sent anywhere.
+    Render(RenderArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RenderArgs {
+    /// The PaxosKV manifest (YAML or JSON); `-` reads standard input.
+    file: std::path::PathBuf,
+    /// Image for a spec that names none.
+    #[arg(long, default_value = "ghcr.io/phxkv/phxkv:0.1.0")]
+    default_image: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -75,6 +87,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Render(args) => match render(&args) {
+            Ok(yaml) => {
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(yaml.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -92,6 +115,29 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn render(args: &RenderArgs) -> Result<String, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    if args.file.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("reading standard input: {e}"))?;
+    } else {
+        text = std::fs::read_to_string(&args.file)
+            .map_err(|e| format!("{}: {e}", args.file.display()))?;
+    }
+    let pkv: PaxosKV = serde_norway::from_str(&text)
+        .map_err(|e| format!("{}: not a PaxosKV: {e}", args.file.display()))?;
+    let problems = pkv.spec.problems(&kube::ResourceExt::name_any(&pkv));
+    if !problems.is_empty() {
+        return Err(format!("invalid PaxosKV: {}", problems.join("; ")));
+    }
+    let defaults = Defaults {
+        image: args.default_image.clone(),
+    };
+    phxkv_operator::render_all(pkv, &defaults).map_err(|e| format!("rendering: {e}"))
 }
 
 async fn run(args: RunArgs) -> Result<(), String> {
