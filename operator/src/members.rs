@@ -140,6 +140,7 @@ impl MembersClient {
         let response = self
             .http
             .get(&url)
+            .headers(trace_headers())
             .timeout(CALL_TIMEOUT)
             .send()
             .await
@@ -177,6 +178,7 @@ impl MembersClient {
         };
         let url = format!("{base}/v1/cluster/members");
         let response = request
+            .headers(trace_headers())
             .bearer_auth(&self.token)
             .timeout(CHANGE_TIMEOUT)
             .send()
@@ -206,4 +208,12 @@ impl MembersClient {
             message,
         })
     }
+}
+
+/// The current span's W3C trace context, so a reconcile and the membership
+/// change it causes show up as one trace.
+fn trace_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    phxkv::telemetry::inject_context(&mut headers);
+    headers
 }
