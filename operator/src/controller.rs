@@ -267,18 +267,7 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         .collect();
     let view = members.observe(&urls).await;
 
-    let observed = Observed {
-        desired: pkv.spec.replicas,
-        set_replicas,
-        pods: pods.clone(),
-        master: view.master.clone(),
-        members: view.members.clone(),
-        ordinals: view
-            .members
-            .iter()
-            .filter_map(|m| names.ordinal(&m.name).map(|i| (m.name.clone(), i)))
-            .collect(),
-    };
+    let observed = view.observed(&names, pkv.spec.replicas, set_replicas, pods.clone());
     let step = plan(&observed);
     tracing::debug!(?step, "planned");
     let mut step_error = None;
@@ -354,14 +343,8 @@ async fn execute(
             Ok(())
         }
         Step::AddLearner(pod) | Step::Promote(pod) | Step::Remove(pod) => {
-            let via = view
-                .answered
-                .iter()
-                .find(|(p, _)| Some(p) == view.master.as_ref())
-                .or_else(|| view.answered.first())
-                .map(|(_, url)| url.clone())
-                .ok_or(MembersError::NoReplica)?;
-            members.change(&via, step, &names.peer_url(pod)).await?;
+            let via = view.via().ok_or(MembersError::NoReplica)?;
+            members.change(via, step, &names.peer_url(pod)).await?;
             let (reason, kind) = match step {
                 Step::AddLearner(_) => ("MemberAdded", "add_learner"),
                 Step::Promote(_) => ("MemberPromoted", "promote"),

@@ -10,7 +10,8 @@ use futures_util::future::join_all;
 use phxkv::api::service::{ClusterInfo, MemberRole};
 use serde::Deserialize;
 
-use crate::plan::{MemberView, Step};
+use crate::plan::{MemberView, Observed, PodView, Step};
+use crate::render::Names;
 
 /// How long one call to a replica may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -65,6 +66,41 @@ pub struct ClusterView {
     pub applied: BTreeMap<String, u64>,
     /// Replicas that answered, with their client URL.
     pub answered: Vec<(String, String)>,
+}
+
+impl ClusterView {
+    /// Where to send a membership change: the master if it answered (any
+    /// other replica would forward it there), else any replica that did.
+    pub fn via(&self) -> Option<&str> {
+        self.answered
+            .iter()
+            .find(|(pod, _)| Some(pod) == self.master.as_ref())
+            .or_else(|| self.answered.first())
+            .map(|(_, url)| url.as_str())
+    }
+
+    /// What the planner decides from: this view plus the StatefulSet's size
+    /// and pods, for a cluster whose pods are named by `names`.
+    pub fn observed(
+        &self,
+        names: &Names,
+        desired: i32,
+        set_replicas: i32,
+        pods: Vec<PodView>,
+    ) -> Observed {
+        Observed {
+            desired,
+            set_replicas,
+            pods,
+            master: self.master.clone(),
+            members: self.members.clone(),
+            ordinals: self
+                .members
+                .iter()
+                .filter_map(|m| names.ordinal(&m.name).map(|i| (m.name.clone(), i)))
+                .collect(),
+        }
+    }
 }
 
 /// A small HTTP client for the cluster API of one cluster.
@@ -137,18 +173,8 @@ impl MembersClient {
     /// `GET /v1/cluster` on one replica.
     pub async fn cluster_info(&self, base: &str) -> Result<ClusterInfo, MembersError> {
         let url = format!("{base}/v1/cluster");
-        let response = self
-            .http
-            .get(&url)
-            .headers(trace_headers())
-            .timeout(CALL_TIMEOUT)
-            .send()
-            .await
-            .map_err(|source| MembersError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
-        Self::check(&url, response)
+        let request = self.http.get(&url).timeout(CALL_TIMEOUT);
+        Self::send(&url, request)
             .await?
             .json()
             .await
@@ -177,23 +203,24 @@ impl MembersClient {
             _ => return Ok(()),
         };
         let url = format!("{base}/v1/cluster/members");
+        let request = request.bearer_auth(&self.token).timeout(CHANGE_TIMEOUT);
+        Self::send(&url, request).await.map(|_| ())
+    }
+
+    /// Sends with the trace context; a non-2xx answer becomes
+    /// [`MembersError::Refused`] with the server's message.
+    async fn send(
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, MembersError> {
         let response = request
             .headers(trace_headers())
-            .bearer_auth(&self.token)
-            .timeout(CHANGE_TIMEOUT)
             .send()
             .await
             .map_err(|source| MembersError::Unreachable {
-                url: url.clone(),
+                url: url.to_string(),
                 source,
             })?;
-        Self::check(&url, response).await.map(|_| ())
-    }
-
-    async fn check(
-        url: &str,
-        response: reqwest::Response,
-    ) -> Result<reqwest::Response, MembersError> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use phxkv_operator::members::MembersClient;
-use phxkv_operator::plan::{Observed, PodView, Step, plan};
+use phxkv_operator::plan::{PodView, Step, plan};
 use phxkv_operator::render::Names;
 use tokio::sync::Mutex;
 
@@ -280,18 +280,7 @@ async fn converge(
             )
         };
         let view = members.observe(&urls).await;
-        let observed = Observed {
-            desired,
-            set_replicas,
-            pods,
-            master: view.master.clone(),
-            members: view.members.clone(),
-            ordinals: view
-                .members
-                .iter()
-                .filter_map(|m| names.ordinal(&m.name).map(|i| (m.name.clone(), i)))
-                .collect(),
-        };
+        let observed = view.observed(&names, desired, set_replicas, pods);
         let step = plan(&observed);
         if Instant::now() > deadline {
             let logs = set.lock().await.logs_tail();
@@ -320,13 +309,7 @@ async fn converge(
             Step::SetReplicas(n) => set.lock().await.resize(*n),
             Step::ReplacePod(p) => set.lock().await.replace(p),
             Step::AddLearner(p) | Step::Promote(p) | Step::Remove(p) => {
-                let via = view
-                    .answered
-                    .iter()
-                    .find(|(name, _)| Some(name) == view.master.as_ref())
-                    .or_else(|| view.answered.first())
-                    .map(|(_, url)| url.clone())
-                    .expect("a replica answered");
+                let via = view.via().expect("a replica answered").to_string();
                 let peer_url = set.lock().await.peer_url(p);
                 if let Err(e) = members.change(&via, &step, &peer_url).await {
                     eprintln!("step {step:?} failed, will re-plan: {e}");
