@@ -318,7 +318,8 @@ impl Node {
         }
     }
 
-    /// POSTs `body` to `path` on peer `to`'s peer API.
+    /// POSTs `body` to `path` on peer `to`'s peer API (postcard; the answer
+    /// is postcard or JSON, as its content type says).
     async fn call_peer<B: serde::Serialize, T: DeserializeOwned>(
         &self,
         to: NodeId,
@@ -341,14 +342,20 @@ impl Node {
             .bearer_auth(&self.inner.cfg.token)
             .headers(headers)
             .timeout(timeout.max(Duration::from_millis(1)))
-            .json(body)
+            .header(reqwest::header::CONTENT_TYPE, wire::POSTCARD)
+            .body(wire::encode(body)?)
             .send()
             .await
             .map_err(|e| format!("{url}: {e}"))?;
         if !resp.status().is_success() {
             return Err(format!("{url}: HTTP {}", resp.status()));
         }
-        resp.json::<T>().await.map_err(|e| format!("{url}: {e}"))
+        let json = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+        wire::decode(&bytes, json).map_err(|e| format!("{url}: {e}"))
     }
 
     async fn wait_until(

@@ -18,7 +18,7 @@ use crate::api::service::ServiceError;
 use crate::paxos::{Command, ConfChange, Envelope};
 
 use super::Node;
-use super::wire::{self, ChangeReply, ProposeReply, ReadIndexReply};
+use super::wire::{self, ChangeReply, Postcard, ProposeReply, ReadIndexReply};
 
 /// Largest peer request accepted (a snapshot travels in one request).
 const MAX_PEER_BODY: usize = 4 << 30;
@@ -82,7 +82,7 @@ fn service_error(e: ServiceError) -> Response {
 async fn messages(
     State(node): State<Node>,
     headers: HeaderMap,
-    Json(envs): Json<Vec<Envelope>>,
+    Postcard(envs): Postcard<Vec<Envelope>>,
 ) -> Response {
     let from_url = headers
         .get(wire::PEER_URL_HEADER)
@@ -105,28 +105,30 @@ async fn snapshot(State(node): State<Node>, body: Bytes) -> Response {
     }
 }
 
-async fn propose(State(node): State<Node>, Json(cmd): Json<Command>) -> Response {
+async fn propose(State(node): State<Node>, Postcard(cmd): Postcard<Command>) -> Response {
     let deadline = Instant::now() + node.inner.cfg.write_timeout;
     match node.propose_local(cmd, deadline).await {
-        Ok(reply) => Json::<ProposeReply>(reply).into_response(),
+        Ok(reply) => Postcard::<ProposeReply>(reply).into_response(),
         Err(e) => service_error(e),
     }
 }
 
 async fn read_index(State(node): State<Node>) -> Response {
     match node.read_index_local().await {
-        Ok(reply) => Json::<ReadIndexReply>(reply).into_response(),
+        Ok(reply) => Postcard::<ReadIndexReply>(reply).into_response(),
         Err(e) => service_error(e),
     }
 }
 
-async fn change(State(node): State<Node>, Json(change): Json<ConfChange>) -> Response {
+async fn change(State(node): State<Node>, Postcard(change): Postcard<ConfChange>) -> Response {
     match node.change_local(change).await {
-        Ok(reply) => Json::<ChangeReply>(reply).into_response(),
+        Ok(reply) => Postcard::<ChangeReply>(reply).into_response(),
         Err(e) => service_error(e),
     }
 }
 
+/// JSON, unlike the rest: it is rare, and its answer is the public
+/// `ClusterInfo` document.
 async fn cluster(State(node): State<Node>) -> Response {
     Json(node.local_cluster()).into_response()
 }

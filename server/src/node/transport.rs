@@ -185,9 +185,17 @@ async fn sender(inner: Arc<Inner>, peer: NodeId, q: Arc<PeerQueue>) {
             if let Some(own) = peer_url(&inner.membership, inner.self_id) {
                 req = req.header(wire::PEER_URL_HEADER, own);
             }
+            let body = match wire::encode(&batch) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "dropping peer messages");
+                    continue;
+                }
+            };
             let res = req
                 .timeout(Duration::from_secs(2))
-                .json(&batch)
+                .header(reqwest::header::CONTENT_TYPE, wire::POSTCARD)
+                .body(body)
                 .send()
                 .await;
             match res {
