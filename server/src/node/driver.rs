@@ -3,8 +3,9 @@
 //!
 //! 1. take every input that is waiting (peer messages, proposals, reads, ticks);
 //! 2. feed them all to the engine;
-//! 3. persist the engine's records with one fsync (group commit);
-//! 4. hand the messages to the transport;
+//! 3. persist the engine's records with one fsync (group commit), with the
+//!    master's proposals already on their way so the fsyncs overlap;
+//! 4. hand the other messages to the transport;
 //! 5. apply what was chosen and answer the clients waiting for it.
 //!
 //! One thread, because the engine is a plain value and an fsync is a blocking
@@ -215,9 +216,29 @@ impl Driver {
 
     /// Persist, send, apply: the engine's contract, in that order.
     fn turn(&mut self, waiters: &mut HashMap<RequestId, Waiter>) {
-        let ready = self.replica.take_ready();
+        let mut ready = self.replica.take_ready();
         if ready.is_empty() {
             return;
+        }
+        self.metrics
+            .inc_peer_messages("out", ready.messages.len() as u64);
+        let me = self.replica.id();
+        let mut to_self = Vec::new();
+        let mut after_persist = Vec::new();
+        if !ready.persist.is_empty() {
+            // Proposals go out first, so the acceptors' fsyncs overlap ours;
+            // no input is handled before ours is done (this thread is busy).
+            for env in std::mem::take(&mut ready.messages) {
+                if env.to == me {
+                    to_self.push(env);
+                } else if env.msg.may_precede_persist() {
+                    self.outbox.send(env);
+                } else {
+                    after_persist.push(env);
+                }
+            }
+        } else {
+            after_persist = std::mem::take(&mut ready.messages);
         }
         if !ready.persist.is_empty() {
             let started = Instant::now();
@@ -229,11 +250,7 @@ impl Driver {
             }
             self.metrics.observe_fsync(started.elapsed());
         }
-        self.metrics
-            .inc_peer_messages("out", ready.messages.len() as u64);
-        let me = self.replica.id();
-        let mut to_self = Vec::new();
-        for env in ready.messages {
+        for env in after_persist {
             if env.to == me {
                 to_self.push(env);
             } else {
