@@ -12,6 +12,7 @@
 //! call; everything else talks to it through a bounded channel.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -70,6 +71,39 @@ pub struct Published {
     pub peer_commit: std::collections::BTreeMap<NodeId, Index>,
 }
 
+/// What a lease read on the master needs, shared without a round trip to the
+/// driver thread.
+///
+/// The driver stores both values at the start of every turn, before
+/// anything of that turn becomes visible outside (messages, applied writes,
+/// answers). So a reader that loads them sees a commit index at least as
+/// high as that of any write acknowledged or seen before its read began,
+/// and a lease that was valid then: a mastership handoff clears it in the
+/// engine, and the turn that sends the handoff first stores "no lease".
+#[derive(Debug, Default)]
+pub struct ReadLease {
+    /// The master's lease end, in nanoseconds since the node's epoch; `0`
+    /// when this node may not serve lease reads.
+    until_ns: AtomicU64,
+    commit: AtomicU64,
+}
+
+impl ReadLease {
+    /// The read index if this node holds a valid lease at `now` (since the
+    /// node's epoch).
+    pub fn read_index(&self, now: Duration) -> Option<Index> {
+        let until = self.until_ns.load(Ordering::SeqCst);
+        let commit = self.commit.load(Ordering::SeqCst);
+        (u128::from(until) > now.as_nanos()).then_some(commit)
+    }
+
+    fn store(&self, commit: Index, until: Option<Duration>) {
+        self.commit.store(commit, Ordering::SeqCst);
+        let until = until.map_or(0, |u| u64::try_from(u.as_nanos()).unwrap_or(u64::MAX));
+        self.until_ns.store(until, Ordering::SeqCst);
+    }
+}
+
 /// Everything the driver thread owns.
 pub struct Driver {
     pub replica: Replica,
@@ -84,6 +118,7 @@ pub struct Driver {
     /// Compact the log once this many applied instances follow the snapshot.
     pub compact_after: u64,
     pub epoch: Instant,
+    pub read_lease: Arc<ReadLease>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -216,6 +251,11 @@ impl Driver {
 
     /// Persist, send, apply: the engine's contract, in that order.
     fn turn(&mut self, waiters: &mut HashMap<RequestId, Waiter>) {
+        let now = self.now();
+        self.read_lease.store(
+            self.replica.commit_index(),
+            self.replica.read_lease_until(now),
+        );
         let mut ready = self.replica.take_ready();
         if ready.is_empty() {
             return;

@@ -28,7 +28,7 @@ use crate::paxos::{
 use crate::storage::{DiskStore, Identity, LogStore};
 use crate::telemetry::Metrics;
 
-use driver::{Driver, Input, Published};
+use driver::{Driver, Input, Published, ReadLease};
 use transport::Outbox;
 use wire::{ChangeReply, ProposeReply, ReadIndexReply};
 
@@ -85,6 +85,23 @@ struct Inner {
     client_id: u64,
     next_seq: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The driver's clock origin (engine time is time since this).
+    epoch: Instant,
+    read_lease: Arc<ReadLease>,
+    /// Followers' read-index requests to the master, coalesced.
+    read_batch: Mutex<ReadBatch>,
+}
+
+/// Linearizable reads on a follower that wait for the master's read index.
+/// One request to the master is in flight at a time; reads that arrive
+/// meanwhile wait for the next one, which starts after they arrived, so
+/// every read still gets an index taken after it began (the rule that makes
+/// it linearizable) and the master answers one request per round trip
+/// instead of one per read.
+#[derive(Debug, Default)]
+struct ReadBatch {
+    running: bool,
+    waiting: Vec<oneshot::Sender<ReadIndexReply>>,
 }
 
 /// Bound of the driver's input channel; beyond it requests are refused busy.
@@ -137,6 +154,7 @@ impl Node {
             tokio::runtime::Handle::current(),
             metrics.clone(),
         );
+        let read_lease = Arc::new(ReadLease::default());
         let driver = Driver {
             replica,
             disk,
@@ -149,6 +167,7 @@ impl Node {
             metrics: metrics.clone(),
             compact_after: cfg.compact_after,
             epoch,
+            read_lease: read_lease.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("phxkv-engine".into())
@@ -169,6 +188,9 @@ impl Node {
                 client_id,
                 next_seq: AtomicU64::new(1),
                 thread: Mutex::new(Some(thread)),
+                epoch,
+                read_lease,
+                read_batch: Mutex::new(ReadBatch::default()),
                 cfg,
             }),
         })
@@ -274,6 +296,9 @@ impl Node {
 
     /// This node's read index, if it is a master with a valid lease.
     pub async fn read_index_local(&self) -> Result<ReadIndexReply, ServiceError> {
+        if let Some(i) = self.lease_read_index() {
+            return Ok(ReadIndexReply::Index(i));
+        }
         let (reply, rx) = oneshot::channel();
         self.submit(Input::ReadIndex { reply })?;
         match rx.await {
@@ -398,20 +423,81 @@ impl Node {
         }
     }
 
+    /// The read index straight from the lease, without asking the driver
+    /// thread: `Some` only on a master whose lease is valid now.
+    fn lease_read_index(&self) -> Option<Index> {
+        self.inner.read_lease.read_index(self.inner.epoch.elapsed())
+    }
+
+    /// The master's read index, through one request shared with every read
+    /// that is waiting for one (see [`ReadBatch`]).
+    async fn remote_read_index(&self) -> ReadIndexReply {
+        let (tx, rx) = oneshot::channel();
+        let start = match self.inner.read_batch.lock() {
+            Ok(mut b) => {
+                b.waiting.push(tx);
+                !std::mem::replace(&mut b.running, true)
+            }
+            Err(_) => return ReadIndexReply::NoLease,
+        };
+        if start {
+            let node = self.clone();
+            tokio::spawn(async move { node.read_index_rounds().await });
+        }
+        rx.await.unwrap_or(ReadIndexReply::NoLease)
+    }
+
+    /// Asks the master for its read index for as long as reads wait for one.
+    async fn read_index_rounds(&self) {
+        loop {
+            let waiting = match self.inner.read_batch.lock() {
+                Ok(mut b) => {
+                    if b.waiting.is_empty() {
+                        b.running = false;
+                        return;
+                    }
+                    std::mem::take(&mut b.waiting)
+                }
+                Err(_) => return,
+            };
+            let master = self.inner.published.borrow().status.master;
+            let reply = match master {
+                Some(m) if m != self.inner.id => {
+                    let deadline = Instant::now() + self.inner.cfg.read_timeout;
+                    match self
+                        .call_peer::<_, ReadIndexReply>(m, "/peer/v1/read_index", &(), deadline)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "read index from master failed");
+                            ReadIndexReply::NoLease
+                        }
+                    }
+                }
+                _ => ReadIndexReply::NotMaster { hint: master },
+            };
+            for w in waiting {
+                let _ = w.send(reply.clone());
+            }
+        }
+    }
+
     async fn read_index(&self, deadline: Instant) -> Result<Index, ServiceError> {
         loop {
-            let reply = match self.read_index_local().await? {
-                ReadIndexReply::NotMaster { hint: Some(m) } if m != self.inner.id => match self
-                    .call_peer::<_, ReadIndexReply>(m, "/peer/v1/read_index", &(), deadline)
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "read index from master failed");
-                        ReadIndexReply::NoLease
+            let known_master = {
+                let p = self.inner.published.borrow();
+                (!p.status.is_master).then_some(p.status.master).flatten()
+            };
+            let reply = match known_master {
+                // A follower that knows the master asks it directly.
+                Some(m) if m != self.inner.id => self.remote_read_index().await,
+                _ => match self.read_index_local().await? {
+                    ReadIndexReply::NotMaster { hint: Some(m) } if m != self.inner.id => {
+                        self.remote_read_index().await
                     }
+                    other => other,
                 },
-                other => other,
             };
             if let ReadIndexReply::Index(i) = reply {
                 return Ok(i);
@@ -556,6 +642,16 @@ impl Service for Node {
         match consistency {
             Consistency::Linearizable => {
                 let index = self.read_index(deadline).await?;
+                // Usually applied already: then no need to wait for the
+                // driver to publish its progress.
+                {
+                    let store = self.inner.store.read().map_err(|_| {
+                        ServiceError::Internal("state machine lock poisoned".into())
+                    })?;
+                    if store.applied_index() >= index {
+                        return Ok(f(&store));
+                    }
+                }
                 self.wait_until(deadline, "catch up with the master", |p| p.applied >= index)
                     .await?;
             }

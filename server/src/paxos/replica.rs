@@ -1411,6 +1411,17 @@ impl Replica {
         }
     }
 
+    /// Until when [`Replica::read_index`] keeps answering with the commit
+    /// index, unless this replica is fed anything first: the master's lease
+    /// end once it has committed its first lease, `None` otherwise. Lets the
+    /// runtime answer lease reads without a round trip to the engine.
+    pub fn read_lease_until(&self, now: Duration) -> Option<Duration> {
+        match &self.state {
+            State::Master(m) if self.commit >= m.barrier => m.lease_until.filter(|u| now < *u),
+            _ => None,
+        }
+    }
+
     /// Members the master would send to, with their last reported commit.
     pub fn peer_progress(&self) -> BTreeMap<NodeId, Index> {
         match &self.state {
