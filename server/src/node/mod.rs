@@ -85,6 +85,8 @@ struct Inner {
     client_id: u64,
     next_seq: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// `Bearer <cluster token>`, the peer API's authorization header.
+    auth: String,
     /// The driver's clock origin (engine time is time since this).
     epoch: Instant,
     read_lease: Arc<ReadLease>,
@@ -188,6 +190,7 @@ impl Node {
                 client_id,
                 next_seq: AtomicU64::new(1),
                 thread: Mutex::new(Some(thread)),
+                auth: format!("Bearer {}", cfg.token),
                 epoch,
                 read_lease,
                 read_batch: Mutex::new(ReadBatch::default()),
@@ -348,14 +351,14 @@ impl Node {
     async fn call_peer<B: serde::Serialize, T: DeserializeOwned>(
         &self,
         to: NodeId,
-        path: &str,
+        path: &'static str,
         body: &B,
         deadline: Instant,
     ) -> Result<T, String> {
         let url = self
             .inner
             .outbox
-            .url_of(to)
+            .endpoint(to, path)
             .ok_or("the master's address is unknown")?;
         let timeout = deadline.saturating_duration_since(Instant::now());
         let mut headers = reqwest::header::HeaderMap::new();
@@ -363,8 +366,8 @@ impl Node {
         let resp = self
             .inner
             .client
-            .post(format!("{url}{path}"))
-            .bearer_auth(&self.inner.cfg.token)
+            .post(url.clone())
+            .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
             .headers(headers)
             .timeout(timeout.max(Duration::from_millis(1)))
             .header(reqwest::header::CONTENT_TYPE, wire::POSTCARD)
