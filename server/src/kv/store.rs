@@ -22,7 +22,9 @@ pub const DEFAULT_RANGE_LIMIT: usize = 1000;
 /// A stored key with its value and bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Writes since the key was (re)created; `1` right after creation.
     pub version: u64,
