@@ -92,7 +92,24 @@ struct Inner {
     read_lease: Arc<ReadLease>,
     /// Followers' read-index requests to the master, coalesced.
     read_batch: Mutex<ReadBatch>,
+    /// Writes forwarded to the master, coalesced.
+    forward_batch: Mutex<ForwardBatch>,
 }
+
+/// Forwarded writes travel to the master in batches: at most
+/// [`FORWARDS_IN_FLIGHT`] requests are out at a time, and writes that arrive
+/// meanwhile go together in the next one. A lone write still leaves at once;
+/// under load one HTTP exchange carries many writes instead of one each.
+#[derive(Debug, Default)]
+struct ForwardBatch {
+    in_flight: usize,
+    waiting: Vec<(Command, oneshot::Sender<Result<ProposeReply, String>>)>,
+}
+
+/// Forward requests a follower keeps out at once.
+const FORWARDS_IN_FLIGHT: usize = 2;
+/// Most commands in one forward request.
+const MAX_FORWARD_BATCH: usize = 1024;
 
 /// Linearizable reads on a follower that wait for the master's read index.
 /// One request to the master is in flight at a time; reads that arrive
@@ -194,6 +211,7 @@ impl Node {
                 epoch,
                 read_lease,
                 read_batch: Mutex::new(ReadBatch::default()),
+                forward_batch: Mutex::new(ForwardBatch::default()),
                 cfg,
             }),
         })
@@ -309,6 +327,98 @@ impl Node {
             Ok(Err(ReadError::NotMaster { hint })) => Ok(ReadIndexReply::NotMaster { hint }),
             Ok(Err(ReadError::NoLease)) => Ok(ReadIndexReply::NoLease),
             Err(_) => Err(ServiceError::Internal("the engine stopped".into())),
+        }
+    }
+
+    /// Proposes a batch of forwarded commands on this node only; answers
+    /// each in order once it is applied (or refused).
+    pub async fn propose_batch_local(
+        &self,
+        cmds: Vec<Command>,
+        deadline: Instant,
+    ) -> Vec<Result<ProposeReply, String>> {
+        futures_util::future::join_all(
+            cmds.into_iter()
+                .map(|cmd| async move { self.propose_local(cmd, deadline).await }),
+        )
+        .await
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect()
+    }
+
+    /// Sends `cmd` to the master in the next forward batch (see
+    /// [`ForwardBatch`]) and waits for its answer.
+    async fn forward(&self, cmd: Command, hint: NodeId) -> Result<ProposeReply, String> {
+        let (tx, rx) = oneshot::channel();
+        let start = match self.inner.forward_batch.lock() {
+            Ok(mut b) => {
+                b.waiting.push((cmd, tx));
+                if b.in_flight < FORWARDS_IN_FLIGHT {
+                    b.in_flight += 1;
+                    true
+                } else {
+                    false
+                }
+            }
+            Err(_) => return Err("forward queue poisoned".into()),
+        };
+        if start {
+            let node = self.clone();
+            tokio::spawn(async move { node.forward_rounds(hint).await });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the forwarder stopped".into()))
+    }
+
+    /// Sends the waiting forwards to the master until none are left.
+    async fn forward_rounds(&self, hint: NodeId) {
+        loop {
+            let batch: Vec<_> = match self.inner.forward_batch.lock() {
+                Ok(mut b) => {
+                    if b.waiting.is_empty() {
+                        b.in_flight -= 1;
+                        return;
+                    }
+                    let n = b.waiting.len().min(MAX_FORWARD_BATCH);
+                    b.waiting.drain(..n).collect()
+                }
+                Err(_) => return,
+            };
+            let master = self.inner.published.borrow().status.master.unwrap_or(hint);
+            let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let deadline = Instant::now() + self.inner.cfg.write_timeout;
+            let n = cmds.len();
+            let answer = if master == self.inner.id {
+                Err("this node became master".to_string())
+            } else {
+                self.call_peer::<_, Vec<Result<ProposeReply, String>>>(
+                    master,
+                    "/peer/v1/propose_batch",
+                    &cmds,
+                    deadline,
+                )
+                .await
+                .and_then(|r| {
+                    if r.len() == n {
+                        Ok(r)
+                    } else {
+                        Err(format!("{} answers for {n} forwarded writes", r.len()))
+                    }
+                })
+            };
+            match answer {
+                Ok(results) => {
+                    for (tx, r) in replies.into_iter().zip(results) {
+                        let _ = tx.send(r);
+                    }
+                }
+                Err(e) => {
+                    for tx in replies {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
         }
     }
 
@@ -590,13 +700,20 @@ impl Service for Node {
         };
         let mut proposed = false;
         loop {
-            let reply = match self.propose_local(cmd.clone(), deadline).await? {
+            // A follower that knows the master forwards at once; otherwise
+            // the engine says whether this node is master, or who is.
+            let known_master = {
+                let p = self.inner.published.borrow();
+                (!p.status.is_master).then_some(p.status.master).flatten()
+            };
+            let local = match known_master {
+                Some(m) if m != self.inner.id => ProposeReply::NotMaster { hint: Some(m) },
+                _ => self.propose_local(cmd.clone(), deadline).await?,
+            };
+            let reply = match local {
                 ProposeReply::NotMaster { hint: Some(m) } if m != self.inner.id => {
                     self.inner.metrics.inc_forwarded();
-                    match self
-                        .call_peer::<_, ProposeReply>(m, "/peer/v1/propose", &cmd, deadline)
-                        .await
-                    {
+                    match self.forward(cmd.clone(), m).await {
                         Ok(r) => {
                             proposed = true;
                             r

@@ -29,6 +29,7 @@ pub fn router(node: Node) -> axum::Router {
         .route("/peer/v1/messages", post(messages))
         .route("/peer/v1/snapshot", post(snapshot))
         .route("/peer/v1/propose", post(propose))
+        .route("/peer/v1/propose_batch", post(propose_batch))
         .route("/peer/v1/read_index", post(read_index))
         .route("/peer/v1/change", post(change))
         .route("/peer/v1/cluster", post(cluster))
@@ -113,6 +114,16 @@ async fn propose(State(node): State<Node>, Postcard(cmd): Postcard<Command>) -> 
         Ok(reply) => Postcard::<ProposeReply>(reply).into_response(),
         Err(e) => service_error(e),
     }
+}
+
+/// Forwarded writes from a follower, in one request: answered together, in
+/// order, once every one of them is applied or refused.
+async fn propose_batch(
+    State(node): State<Node>,
+    Postcard(cmds): Postcard<Vec<Command>>,
+) -> Response {
+    let deadline = Instant::now() + node.inner.cfg.write_timeout;
+    Postcard(node.propose_batch_local(cmds, deadline).await).into_response()
 }
 
 async fn read_index(State(node): State<Node>) -> Response {
