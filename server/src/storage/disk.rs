@@ -29,6 +29,12 @@ use crate::paxos::{Ballot, Index, Persist, Recovered, SnapshotMeta};
 
 const FILE_NAME: &str = "phxkv.redb";
 
+/// redb's page cache. Its default (1 GiB) held on to every page written,
+/// snapshots included, so a replica's memory grew with the data a second
+/// time over; the log is read back only on recovery, and the write path
+/// needs little beyond the pages of one transaction.
+const CACHE_BYTES: usize = 16 << 20;
+
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<Index, &[u8]> = TableDefinition::new("log");
 const SNAPSHOT: TableDefinition<(), &[u8]> = TableDefinition::new("snapshot");
@@ -86,7 +92,10 @@ impl DiskStore {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|source| StorageError::Open { path, source })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|source| StorageError::Open { path, source })?;
         let mut store = DiskStore {
             db,
             dir: dir.to_path_buf(),
