@@ -371,7 +371,7 @@ impl Driver {
             index,
             membership: self.replica.membership_at(index),
         };
-        Some((meta, store.snapshot().encode()))
+        Some((meta, store.encode_snapshot()))
     }
 
     fn send_snapshot(&mut self, peer: NodeId) {
