@@ -23,6 +23,9 @@ const MAX_QUEUED: usize = 8192;
 /// Messages sent in one request at most.
 const MAX_BATCH: usize = 1024;
 
+/// A peer's base URL and a request URL parsed from it.
+type ParsedEndpoint = (String, reqwest::Url);
+
 #[derive(Debug, Default)]
 struct PeerQueue {
     queue: Mutex<VecDeque<Envelope>>,
@@ -46,7 +49,7 @@ struct Inner {
     /// Parsed request URLs by peer and path, with the base URL they were
     /// made from: parsing a URL cost more than the rest of building a
     /// request, and peers rarely move.
-    endpoints: Mutex<HashMap<(NodeId, &'static str), (String, reqwest::Url)>>,
+    endpoints: Mutex<HashMap<(NodeId, &'static str), ParsedEndpoint>>,
     membership: watch::Receiver<Membership>,
     client: reqwest::Client,
     /// `Bearer <cluster token>`.
