@@ -308,7 +308,8 @@ catchup() { # system
         sleep 0.1
     done
     t1=$(date +%s.%N)
-    sleep 2
+    # Let the snapshot transfer's buffers go before reading memory.
+    sleep 5
     jq -n --arg sys "$sys" --argjson s "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')" \
         --argjson rss "$(mem_max "$sys" VmRSS)" --argjson hwm "$(mem_max "$sys" VmHWM)" \
         --argjson rev "$target" \

@@ -81,6 +81,16 @@ impl Store {
     /// The replicated state in [`StoreSnapshot`] encoding, written straight
     /// from the store.
     pub fn encode_snapshot(&self) -> Vec<u8> {
+        self.encode_snapshot_into(Vec::new())
+    }
+
+    /// Appends the [`Store::encode_snapshot`] bytes to `out`, reserving room
+    /// for all of them first: a grown buffer would copy the whole image
+    /// again and could end up twice its size.
+    pub fn encode_snapshot_into(&self, mut out: Vec<u8>) -> Vec<u8> {
+        // Upper bounds: 3 varint u64s and 2 varint lengths per key, and a
+        // generous share per remembered request.
+        out.reserve(64 + self.data_bytes + self.kvs.len() * 40 + self.dedup.len() * 64);
         let view = SnapshotView {
             applied_index: self.applied_index,
             revision: self.revision,
@@ -90,7 +100,7 @@ impl Store {
             requests: self.dedup.entries().collect(),
         };
         // As for StoreSnapshot::encode: every length is known, nothing fails.
-        postcard::to_stdvec(&view).expect("a store snapshot always serializes")
+        postcard::to_extend(&view, out).expect("a store snapshot always serializes")
     }
 
     /// Copies the replicated state.

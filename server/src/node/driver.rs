@@ -28,6 +28,7 @@ use crate::storage::{DiskStore, LogStore};
 use crate::telemetry::Metrics;
 
 use super::transport::Outbox;
+use super::wire;
 
 /// How often the engine's timers are advanced.
 const TICK: Duration = Duration::from_millis(10);
@@ -55,7 +56,7 @@ pub enum Input {
     },
     InstallSnapshot {
         meta: SnapshotMeta,
-        data: Vec<u8>,
+        data: axum::body::Bytes,
         reply: oneshot::Sender<Result<(), String>>,
     },
     Shutdown,
@@ -364,28 +365,32 @@ impl Driver {
         }
     }
 
-    fn snapshot(&self) -> Option<(SnapshotMeta, Vec<u8>)> {
+    /// A snapshot as a peer body: header, then the state machine bytes from
+    /// the returned offset on, encoded in place (one copy of the image).
+    fn snapshot(&self) -> Option<(SnapshotMeta, Vec<u8>, usize)> {
         let store = self.store.read().ok()?;
         let index = store.applied_index();
         let meta = SnapshotMeta {
             index,
             membership: self.replica.membership_at(index),
         };
-        Some((meta, store.encode_snapshot()))
+        let header = wire::snapshot_header(&meta);
+        let start = header.len();
+        Some((meta, store.encode_snapshot_into(header), start))
     }
 
     fn send_snapshot(&mut self, peer: NodeId) {
-        let Some((meta, data)) = self.snapshot() else {
+        let Some((meta, body, start)) = self.snapshot() else {
             return;
         };
         self.metrics.inc_snapshots("sent");
         tracing::info!(
             peer = format!("{peer:x}"),
             index = meta.index,
-            bytes = data.len(),
+            bytes = body.len() - start,
             "sending snapshot"
         );
-        self.outbox.send_snapshot(peer, meta, data);
+        self.outbox.send_snapshot(peer, body);
     }
 
     fn maybe_compact(&mut self) {
@@ -397,11 +402,12 @@ impl Driver {
         if applied < first + self.compact_after {
             return;
         }
-        let Some((meta, data)) = self.snapshot() else {
+        let Some((meta, body, start)) = self.snapshot() else {
             return;
         };
+        let data = &body[start..];
         let started = Instant::now();
-        match self.disk.compact(&meta, &data) {
+        match self.disk.compact(&meta, data) {
             Ok(()) => {
                 self.metrics.inc_snapshots("taken");
                 tracing::info!(
@@ -416,7 +422,11 @@ impl Driver {
         }
     }
 
-    fn install_snapshot(&mut self, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), String> {
+    fn install_snapshot(
+        &mut self,
+        meta: SnapshotMeta,
+        data: axum::body::Bytes,
+    ) -> Result<(), String> {
         let applied = self.store.read().map(|s| s.applied_index()).unwrap_or(0);
         if meta.index <= applied {
             return Ok(());

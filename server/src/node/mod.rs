@@ -438,7 +438,7 @@ impl Node {
     pub async fn install_snapshot(
         &self,
         meta: crate::paxos::SnapshotMeta,
-        data: Vec<u8>,
+        data: axum::body::Bytes,
     ) -> Result<(), ServiceError> {
         let (reply, rx) = oneshot::channel();
         self.submit(Input::InstallSnapshot { meta, data, reply })?;

@@ -98,11 +98,11 @@ async fn messages(
 }
 
 async fn snapshot(State(node): State<Node>, body: Bytes) -> Response {
-    let (meta, data) = match wire::decode_snapshot(&body) {
+    let (meta, start) = match wire::decode_snapshot(&body) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_snapshot", &e),
     };
-    match node.install_snapshot(meta, data).await {
+    match node.install_snapshot(meta, body.slice(start..)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => service_error(e),
     }

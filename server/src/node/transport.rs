@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use crate::paxos::{Envelope, Membership, NodeId, SnapshotMeta};
+use crate::paxos::{Envelope, Membership, NodeId};
 use crate::telemetry::Metrics;
 
 use super::wire;
@@ -135,13 +135,14 @@ impl Outbox {
 
     /// Sends a snapshot in the background (one at a time per call site is
     /// enough: the engine asks again if it does not arrive).
-    pub fn send_snapshot(&self, peer: NodeId, meta: SnapshotMeta, data: Vec<u8>) {
+    /// `body` is a whole snapshot body ([`wire::snapshot_header`] and the
+    /// state machine bytes).
+    pub fn send_snapshot(&self, peer: NodeId, body: Vec<u8>) {
         let inner = self.inner.clone();
         self.inner.runtime.spawn(async move {
             let Some(url) = inner.url_of(peer) else {
                 return;
             };
-            let body = wire::encode_snapshot(&meta, &data);
             let res = inner
                 .client
                 .post(format!("{url}/peer/v1/snapshot"))

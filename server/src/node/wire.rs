@@ -103,16 +103,25 @@ pub enum ChangeReply {
 /// Snapshot body: a 4-byte big-endian length, the JSON metadata, then the
 /// state machine bytes.
 pub fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
-    let meta = serde_json::to_vec(meta).unwrap_or_default();
-    let mut out = Vec::with_capacity(4 + meta.len() + data.len());
-    out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
-    out.extend_from_slice(&meta);
+    let mut out = snapshot_header(meta);
     out.extend_from_slice(data);
     out
 }
 
-/// Inverse of [`encode_snapshot`].
-pub fn decode_snapshot(body: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
+/// The start of a snapshot body, for the state machine bytes to be
+/// appended to in place (a snapshot is the whole state: copying it into a
+/// body after encoding it would hold it twice).
+pub fn snapshot_header(meta: &SnapshotMeta) -> Vec<u8> {
+    let meta = serde_json::to_vec(meta).unwrap_or_default();
+    let mut out = Vec::with_capacity(4 + meta.len());
+    out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+    out.extend_from_slice(&meta);
+    out
+}
+
+/// Inverse of [`encode_snapshot`]: the metadata, and where in `body` the
+/// state machine bytes start (so the caller can keep them without a copy).
+pub fn decode_snapshot(body: &[u8]) -> Result<(SnapshotMeta, usize), String> {
     let len_bytes: [u8; 4] = body
         .get(..4)
         .and_then(|b| b.try_into().ok())
@@ -121,7 +130,7 @@ pub fn decode_snapshot(body: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
     let meta_bytes = body.get(4..4 + len).ok_or("snapshot metadata truncated")?;
     let meta: SnapshotMeta =
         serde_json::from_slice(meta_bytes).map_err(|e| format!("snapshot metadata: {e}"))?;
-    Ok((meta, body[4 + len..].to_vec()))
+    Ok((meta, 4 + len))
 }
 
 #[cfg(test)]
@@ -136,9 +145,9 @@ mod tests {
             membership: Membership::default(),
         };
         let body = encode_snapshot(&meta, b"state");
-        let (m, d) = decode_snapshot(&body).expect("decodes");
+        let (m, start) = decode_snapshot(&body).expect("decodes");
         assert_eq!(m, meta);
-        assert_eq!(d, b"state");
+        assert_eq!(&body[start..], b"state");
         assert!(decode_snapshot(b"\x00\x00").is_err());
         assert!(decode_snapshot(b"\x00\x00\x10\x00{}").is_err());
     }
