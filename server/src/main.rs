@@ -4,6 +4,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: glibc gives each thread that
+/// allocates its own 64 MiB arena and keeps what was freed in it, so a
+/// replica that had applied 1M keys held eight or more such arenas full of
+/// freed request and log memory (RSS 600 MiB for 120 MB of data); mimalloc
+/// returns freed pages to the system.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = phxkv::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -331,11 +331,13 @@ async fn bad_input_gets_clear_json_errors_and_loses_nothing() {
         .await
         .expect("peer");
     assert_eq!(r.status(), 401);
+    // With the token, an empty batch (postcard: a zero length) is taken.
     let r = c
         .http
         .post(format!("{peer}/peer/v1/messages"))
         .bearer_auth(TOKEN)
-        .json(&json!([]))
+        .header("content-type", "application/x-phxkv-postcard")
+        .body(vec![0u8])
         .send()
         .await
         .expect("peer");

@@ -228,7 +228,7 @@ pub async fn get_key<S: Service>(
     check_min_revision(&svc, consistency).await?;
     let (kv, revision) = svc
         .read(consistency, move |store| {
-            (store.get(&key).cloned(), store.revision())
+            (store.get(&key), store.revision())
         })
         .await?;
     let kv = kv.ok_or_else(|| ApiError::new(ErrorCode::KeyNotFound, "no such key"))?;

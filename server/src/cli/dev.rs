@@ -30,8 +30,8 @@ pub struct DevArgs {
     /// Throw the data away on exit (uses a temporary directory).
     #[arg(long, default_value_t = false)]
     pub ephemeral: bool,
-    /// Master lease; short, so a killed master is replaced quickly.
-    #[arg(long, default_value = "2s", value_parser = super::parse_duration)]
+    /// Master lease, as for `phxkv serve`.
+    #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
     pub lease: Duration,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

@@ -49,6 +49,11 @@ impl DedupTable {
     }
 
     /// Entries oldest first, the order in which they will be evicted.
+    /// Number of remembered requests.
+    pub(crate) fn len(&self) -> usize {
+        self.results.len()
+    }
+
     pub(crate) fn entries(&self) -> impl Iterator<Item = (RequestId, &OpResult)> {
         self.order
             .iter()

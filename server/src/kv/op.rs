@@ -6,6 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 
+// Byte strings are (de)serialized as bytes (`serde_bytes`), not as sequences
+// of numbers: in postcard the encoding is the same (a length, then the
+// bytes), so logs and snapshots written before read back unchanged, but a
+// value is copied at once instead of one element at a time.
+
 /// A condition on the current state of a key, used by compare-and-swap puts and
 /// deletes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,7 +25,7 @@ pub enum Expect {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareTarget {
     /// The key's value bytes (a missing key never equals any value).
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The key's version (`0` for a missing key).
     Version(u64),
     /// The key's mod revision (`0` for a missing key).
@@ -41,6 +46,7 @@ pub enum CompareOp {
 /// One condition of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub op: CompareOp,
     pub target: CompareTarget,
@@ -49,9 +55,20 @@ pub struct Compare {
 /// One operation inside a transaction branch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
-    Get { key: Vec<u8> },
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 /// A multi-key transaction: if every compare holds, run `success`, else `failure`.
@@ -66,11 +83,14 @@ pub struct Txn {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         expect: Option<Expect>,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         expect: Option<Expect>,
     },
@@ -109,5 +129,42 @@ impl Op {
                 OVERHEAD + cmp + ops(&txn.success) + ops(&txn.failure)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape `Op::Put` had before its byte strings were marked
+    /// `serde_bytes`.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    enum PlainOp {
+        Put {
+            key: Vec<u8>,
+            value: Vec<u8>,
+            expect: Option<Expect>,
+        },
+    }
+
+    #[test]
+    fn byte_strings_encode_as_before_so_old_logs_and_snapshots_still_read() {
+        let op = Op::Put {
+            key: b"key".to_vec(),
+            value: vec![0, 1, 2, 255],
+            expect: Some(Expect::Version(3)),
+        };
+        let plain = PlainOp::Put {
+            key: b"key".to_vec(),
+            value: vec![0, 1, 2, 255],
+            expect: Some(Expect::Version(3)),
+        };
+        let new = postcard::to_stdvec(&op).expect("encodes");
+        let old = postcard::to_stdvec(&plain).expect("encodes");
+        assert_eq!(new, old);
+        assert_eq!(postcard::from_bytes::<Op>(&old).expect("decodes"), op);
+        // JSON (older peers) reads as before too.
+        let json = serde_json::to_vec(&plain).expect("json");
+        assert_eq!(serde_json::from_slice::<Op>(&json).expect("decodes"), op);
     }
 }

@@ -3,14 +3,16 @@
 //!
 //! 1. take every input that is waiting (peer messages, proposals, reads, ticks);
 //! 2. feed them all to the engine;
-//! 3. persist the engine's records with one fsync (group commit);
-//! 4. hand the messages to the transport;
+//! 3. persist the engine's records with one fsync (group commit), with the
+//!    master's proposals already on their way so the fsyncs overlap;
+//! 4. hand the other messages to the transport;
 //! 5. apply what was chosen and answer the clients waiting for it.
 //!
 //! One thread, because the engine is a plain value and an fsync is a blocking
 //! call; everything else talks to it through a bounded channel.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ use crate::storage::{DiskStore, LogStore};
 use crate::telemetry::Metrics;
 
 use super::transport::Outbox;
+use super::wire;
 
 /// How often the engine's timers are advanced.
 const TICK: Duration = Duration::from_millis(10);
@@ -53,7 +56,7 @@ pub enum Input {
     },
     InstallSnapshot {
         meta: SnapshotMeta,
-        data: Vec<u8>,
+        data: axum::body::Bytes,
         reply: oneshot::Sender<Result<(), String>>,
     },
     Shutdown,
@@ -67,6 +70,39 @@ pub struct Published {
     pub applied: Index,
     pub revision: u64,
     pub peer_commit: std::collections::BTreeMap<NodeId, Index>,
+}
+
+/// What a lease read on the master needs, shared without a round trip to the
+/// driver thread.
+///
+/// The driver stores both values at the start of every turn, before
+/// anything of that turn becomes visible outside (messages, applied writes,
+/// answers). So a reader that loads them sees a commit index at least as
+/// high as that of any write acknowledged or seen before its read began,
+/// and a lease that was valid then: a mastership handoff clears it in the
+/// engine, and the turn that sends the handoff first stores "no lease".
+#[derive(Debug, Default)]
+pub struct ReadLease {
+    /// The master's lease end, in nanoseconds since the node's epoch; `0`
+    /// when this node may not serve lease reads.
+    until_ns: AtomicU64,
+    commit: AtomicU64,
+}
+
+impl ReadLease {
+    /// The read index if this node holds a valid lease at `now` (since the
+    /// node's epoch).
+    pub fn read_index(&self, now: Duration) -> Option<Index> {
+        let until = self.until_ns.load(Ordering::SeqCst);
+        let commit = self.commit.load(Ordering::SeqCst);
+        (u128::from(until) > now.as_nanos()).then_some(commit)
+    }
+
+    fn store(&self, commit: Index, until: Option<Duration>) {
+        self.commit.store(commit, Ordering::SeqCst);
+        let until = until.map_or(0, |u| u64::try_from(u.as_nanos()).unwrap_or(u64::MAX));
+        self.until_ns.store(until, Ordering::SeqCst);
+    }
 }
 
 /// Everything the driver thread owns.
@@ -83,6 +119,7 @@ pub struct Driver {
     /// Compact the log once this many applied instances follow the snapshot.
     pub compact_after: u64,
     pub epoch: Instant,
+    pub read_lease: Arc<ReadLease>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -215,9 +252,34 @@ impl Driver {
 
     /// Persist, send, apply: the engine's contract, in that order.
     fn turn(&mut self, waiters: &mut HashMap<RequestId, Waiter>) {
-        let ready = self.replica.take_ready();
+        let now = self.now();
+        self.read_lease.store(
+            self.replica.commit_index(),
+            self.replica.read_lease_until(now),
+        );
+        let mut ready = self.replica.take_ready();
         if ready.is_empty() {
             return;
+        }
+        self.metrics
+            .inc_peer_messages("out", ready.messages.len() as u64);
+        let me = self.replica.id();
+        let mut to_self = Vec::new();
+        let mut after_persist = Vec::new();
+        if !ready.persist.is_empty() {
+            // Proposals go out first, so the acceptors' fsyncs overlap ours;
+            // no input is handled before ours is done (this thread is busy).
+            for env in std::mem::take(&mut ready.messages) {
+                if env.to == me {
+                    to_self.push(env);
+                } else if env.msg.may_precede_persist() {
+                    self.outbox.send(env);
+                } else {
+                    after_persist.push(env);
+                }
+            }
+        } else {
+            after_persist = std::mem::take(&mut ready.messages);
         }
         if !ready.persist.is_empty() {
             let started = Instant::now();
@@ -229,11 +291,7 @@ impl Driver {
             }
             self.metrics.observe_fsync(started.elapsed());
         }
-        self.metrics
-            .inc_peer_messages("out", ready.messages.len() as u64);
-        let me = self.replica.id();
-        let mut to_self = Vec::new();
-        for env in ready.messages {
+        for env in after_persist {
             if env.to == me {
                 to_self.push(env);
             } else {
@@ -307,28 +365,32 @@ impl Driver {
         }
     }
 
-    fn snapshot(&self) -> Option<(SnapshotMeta, Vec<u8>)> {
+    /// A snapshot as a peer body: header, then the state machine bytes from
+    /// the returned offset on, encoded in place (one copy of the image).
+    fn snapshot(&self) -> Option<(SnapshotMeta, Vec<u8>, usize)> {
         let store = self.store.read().ok()?;
         let index = store.applied_index();
         let meta = SnapshotMeta {
             index,
             membership: self.replica.membership_at(index),
         };
-        Some((meta, store.snapshot().encode()))
+        let header = wire::snapshot_header(&meta);
+        let start = header.len();
+        Some((meta, store.encode_snapshot_into(header), start))
     }
 
     fn send_snapshot(&mut self, peer: NodeId) {
-        let Some((meta, data)) = self.snapshot() else {
+        let Some((meta, body, start)) = self.snapshot() else {
             return;
         };
         self.metrics.inc_snapshots("sent");
         tracing::info!(
             peer = format!("{peer:x}"),
             index = meta.index,
-            bytes = data.len(),
+            bytes = body.len() - start,
             "sending snapshot"
         );
-        self.outbox.send_snapshot(peer, meta, data);
+        self.outbox.send_snapshot(peer, body);
     }
 
     fn maybe_compact(&mut self) {
@@ -340,11 +402,12 @@ impl Driver {
         if applied < first + self.compact_after {
             return;
         }
-        let Some((meta, data)) = self.snapshot() else {
+        let Some((meta, body, start)) = self.snapshot() else {
             return;
         };
+        let data = &body[start..];
         let started = Instant::now();
-        match self.disk.compact(&meta, &data) {
+        match self.disk.compact(&meta, data) {
             Ok(()) => {
                 self.metrics.inc_snapshots("taken");
                 tracing::info!(
@@ -359,7 +422,11 @@ impl Driver {
         }
     }
 
-    fn install_snapshot(&mut self, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), String> {
+    fn install_snapshot(
+        &mut self,
+        meta: SnapshotMeta,
+        data: axum::body::Bytes,
+    ) -> Result<(), String> {
         let applied = self.store.read().map(|s| s.applied_index()).unwrap_or(0);
         if meta.index <= applied {
             return Ok(());

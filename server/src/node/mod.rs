@@ -28,7 +28,7 @@ use crate::paxos::{
 use crate::storage::{DiskStore, Identity, LogStore};
 use crate::telemetry::Metrics;
 
-use driver::{Driver, Input, Published};
+use driver::{Driver, Input, Published, ReadLease};
 use transport::Outbox;
 use wire::{ChangeReply, ProposeReply, ReadIndexReply};
 
@@ -85,6 +85,42 @@ struct Inner {
     client_id: u64,
     next_seq: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// `Bearer <cluster token>`, the peer API's authorization header.
+    auth: String,
+    /// The driver's clock origin (engine time is time since this).
+    epoch: Instant,
+    read_lease: Arc<ReadLease>,
+    /// Followers' read-index requests to the master, coalesced.
+    read_batch: Mutex<ReadBatch>,
+    /// Writes forwarded to the master, coalesced.
+    forward_batch: Mutex<ForwardBatch>,
+}
+
+/// Forwarded writes travel to the master in batches: at most
+/// [`FORWARDS_IN_FLIGHT`] requests are out at a time, and writes that arrive
+/// meanwhile go together in the next one. A lone write still leaves at once;
+/// under load one HTTP exchange carries many writes instead of one each.
+#[derive(Debug, Default)]
+struct ForwardBatch {
+    in_flight: usize,
+    waiting: Vec<(Command, oneshot::Sender<Result<ProposeReply, String>>)>,
+}
+
+/// Forward requests a follower keeps out at once.
+const FORWARDS_IN_FLIGHT: usize = 2;
+/// Most commands in one forward request.
+const MAX_FORWARD_BATCH: usize = 1024;
+
+/// Linearizable reads on a follower that wait for the master's read index.
+/// One request to the master is in flight at a time; reads that arrive
+/// meanwhile wait for the next one, which starts after they arrived, so
+/// every read still gets an index taken after it began (the rule that makes
+/// it linearizable) and the master answers one request per round trip
+/// instead of one per read.
+#[derive(Debug, Default)]
+struct ReadBatch {
+    running: bool,
+    waiting: Vec<oneshot::Sender<ReadIndexReply>>,
 }
 
 /// Bound of the driver's input channel; beyond it requests are refused busy.
@@ -137,6 +173,7 @@ impl Node {
             tokio::runtime::Handle::current(),
             metrics.clone(),
         );
+        let read_lease = Arc::new(ReadLease::default());
         let driver = Driver {
             replica,
             disk,
@@ -149,6 +186,7 @@ impl Node {
             metrics: metrics.clone(),
             compact_after: cfg.compact_after,
             epoch,
+            read_lease: read_lease.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("phxkv-engine".into())
@@ -169,6 +207,11 @@ impl Node {
                 client_id,
                 next_seq: AtomicU64::new(1),
                 thread: Mutex::new(Some(thread)),
+                auth: format!("Bearer {}", cfg.token),
+                epoch,
+                read_lease,
+                read_batch: Mutex::new(ReadBatch::default()),
+                forward_batch: Mutex::new(ForwardBatch::default()),
                 cfg,
             }),
         })
@@ -274,6 +317,9 @@ impl Node {
 
     /// This node's read index, if it is a master with a valid lease.
     pub async fn read_index_local(&self) -> Result<ReadIndexReply, ServiceError> {
+        if let Some(i) = self.lease_read_index() {
+            return Ok(ReadIndexReply::Index(i));
+        }
         let (reply, rx) = oneshot::channel();
         self.submit(Input::ReadIndex { reply })?;
         match rx.await {
@@ -281,6 +327,98 @@ impl Node {
             Ok(Err(ReadError::NotMaster { hint })) => Ok(ReadIndexReply::NotMaster { hint }),
             Ok(Err(ReadError::NoLease)) => Ok(ReadIndexReply::NoLease),
             Err(_) => Err(ServiceError::Internal("the engine stopped".into())),
+        }
+    }
+
+    /// Proposes a batch of forwarded commands on this node only; answers
+    /// each in order once it is applied (or refused).
+    pub async fn propose_batch_local(
+        &self,
+        cmds: Vec<Command>,
+        deadline: Instant,
+    ) -> Vec<Result<ProposeReply, String>> {
+        futures_util::future::join_all(
+            cmds.into_iter()
+                .map(|cmd| async move { self.propose_local(cmd, deadline).await }),
+        )
+        .await
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect()
+    }
+
+    /// Sends `cmd` to the master in the next forward batch (see
+    /// [`ForwardBatch`]) and waits for its answer.
+    async fn forward(&self, cmd: Command, hint: NodeId) -> Result<ProposeReply, String> {
+        let (tx, rx) = oneshot::channel();
+        let start = match self.inner.forward_batch.lock() {
+            Ok(mut b) => {
+                b.waiting.push((cmd, tx));
+                if b.in_flight < FORWARDS_IN_FLIGHT {
+                    b.in_flight += 1;
+                    true
+                } else {
+                    false
+                }
+            }
+            Err(_) => return Err("forward queue poisoned".into()),
+        };
+        if start {
+            let node = self.clone();
+            tokio::spawn(async move { node.forward_rounds(hint).await });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the forwarder stopped".into()))
+    }
+
+    /// Sends the waiting forwards to the master until none are left.
+    async fn forward_rounds(&self, hint: NodeId) {
+        loop {
+            let batch: Vec<_> = match self.inner.forward_batch.lock() {
+                Ok(mut b) => {
+                    if b.waiting.is_empty() {
+                        b.in_flight -= 1;
+                        return;
+                    }
+                    let n = b.waiting.len().min(MAX_FORWARD_BATCH);
+                    b.waiting.drain(..n).collect()
+                }
+                Err(_) => return,
+            };
+            let master = self.inner.published.borrow().status.master.unwrap_or(hint);
+            let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let deadline = Instant::now() + self.inner.cfg.write_timeout;
+            let n = cmds.len();
+            let answer = if master == self.inner.id {
+                Err("this node became master".to_string())
+            } else {
+                self.call_peer::<_, Vec<Result<ProposeReply, String>>>(
+                    master,
+                    "/peer/v1/propose_batch",
+                    &cmds,
+                    deadline,
+                )
+                .await
+                .and_then(|r| {
+                    if r.len() == n {
+                        Ok(r)
+                    } else {
+                        Err(format!("{} answers for {n} forwarded writes", r.len()))
+                    }
+                })
+            };
+            match answer {
+                Ok(results) => {
+                    for (tx, r) in replies.into_iter().zip(results) {
+                        let _ = tx.send(r);
+                    }
+                }
+                Err(e) => {
+                    for tx in replies {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
         }
     }
 
@@ -309,7 +447,7 @@ impl Node {
     pub async fn install_snapshot(
         &self,
         meta: crate::paxos::SnapshotMeta,
-        data: Vec<u8>,
+        data: axum::body::Bytes,
     ) -> Result<(), ServiceError> {
         let (reply, rx) = oneshot::channel();
         self.submit(Input::InstallSnapshot { meta, data, reply })?;
@@ -327,18 +465,19 @@ impl Node {
         }
     }
 
-    /// POSTs `body` to `path` on peer `to`'s peer API.
+    /// POSTs `body` to `path` on peer `to`'s peer API (postcard; the answer
+    /// is postcard or JSON, as its content type says).
     async fn call_peer<B: serde::Serialize, T: DeserializeOwned>(
         &self,
         to: NodeId,
-        path: &str,
+        path: &'static str,
         body: &B,
         deadline: Instant,
     ) -> Result<T, String> {
         let url = self
             .inner
             .outbox
-            .url_of(to)
+            .endpoint(to, path)
             .ok_or("the master's address is unknown")?;
         let timeout = deadline.saturating_duration_since(Instant::now());
         let mut headers = reqwest::header::HeaderMap::new();
@@ -346,18 +485,24 @@ impl Node {
         let resp = self
             .inner
             .client
-            .post(format!("{url}{path}"))
-            .bearer_auth(&self.inner.cfg.token)
+            .post(url.clone())
+            .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
             .headers(headers)
             .timeout(timeout.max(Duration::from_millis(1)))
-            .json(body)
+            .header(reqwest::header::CONTENT_TYPE, wire::POSTCARD)
+            .body(wire::encode(body)?)
             .send()
             .await
             .map_err(|e| format!("{url}: {e}"))?;
         if !resp.status().is_success() {
             return Err(format!("{url}: HTTP {}", resp.status()));
         }
-        resp.json::<T>().await.map_err(|e| format!("{url}: {e}"))
+        let json = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+        wire::decode(&bytes, json).map_err(|e| format!("{url}: {e}"))
     }
 
     async fn wait_until(
@@ -400,20 +545,81 @@ impl Node {
         }
     }
 
+    /// The read index straight from the lease, without asking the driver
+    /// thread: `Some` only on a master whose lease is valid now.
+    fn lease_read_index(&self) -> Option<Index> {
+        self.inner.read_lease.read_index(self.inner.epoch.elapsed())
+    }
+
+    /// The master's read index, through one request shared with every read
+    /// that is waiting for one (see [`ReadBatch`]).
+    async fn remote_read_index(&self) -> ReadIndexReply {
+        let (tx, rx) = oneshot::channel();
+        let start = match self.inner.read_batch.lock() {
+            Ok(mut b) => {
+                b.waiting.push(tx);
+                !std::mem::replace(&mut b.running, true)
+            }
+            Err(_) => return ReadIndexReply::NoLease,
+        };
+        if start {
+            let node = self.clone();
+            tokio::spawn(async move { node.read_index_rounds().await });
+        }
+        rx.await.unwrap_or(ReadIndexReply::NoLease)
+    }
+
+    /// Asks the master for its read index for as long as reads wait for one.
+    async fn read_index_rounds(&self) {
+        loop {
+            let waiting = match self.inner.read_batch.lock() {
+                Ok(mut b) => {
+                    if b.waiting.is_empty() {
+                        b.running = false;
+                        return;
+                    }
+                    std::mem::take(&mut b.waiting)
+                }
+                Err(_) => return,
+            };
+            let master = self.inner.published.borrow().status.master;
+            let reply = match master {
+                Some(m) if m != self.inner.id => {
+                    let deadline = Instant::now() + self.inner.cfg.read_timeout;
+                    match self
+                        .call_peer::<_, ReadIndexReply>(m, "/peer/v1/read_index", &(), deadline)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "read index from master failed");
+                            ReadIndexReply::NoLease
+                        }
+                    }
+                }
+                _ => ReadIndexReply::NotMaster { hint: master },
+            };
+            for w in waiting {
+                let _ = w.send(reply.clone());
+            }
+        }
+    }
+
     async fn read_index(&self, deadline: Instant) -> Result<Index, ServiceError> {
         loop {
-            let reply = match self.read_index_local().await? {
-                ReadIndexReply::NotMaster { hint: Some(m) } if m != self.inner.id => match self
-                    .call_peer::<_, ReadIndexReply>(m, "/peer/v1/read_index", &(), deadline)
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "read index from master failed");
-                        ReadIndexReply::NoLease
+            let known_master = {
+                let p = self.inner.published.borrow();
+                (!p.status.is_master).then_some(p.status.master).flatten()
+            };
+            let reply = match known_master {
+                // A follower that knows the master asks it directly.
+                Some(m) if m != self.inner.id => self.remote_read_index().await,
+                _ => match self.read_index_local().await? {
+                    ReadIndexReply::NotMaster { hint: Some(m) } if m != self.inner.id => {
+                        self.remote_read_index().await
                     }
+                    other => other,
                 },
-                other => other,
             };
             if let ReadIndexReply::Index(i) = reply {
                 return Ok(i);
@@ -503,13 +709,20 @@ impl Service for Node {
         };
         let mut proposed = false;
         loop {
-            let reply = match self.propose_local(cmd.clone(), deadline).await? {
+            // A follower that knows the master forwards at once; otherwise
+            // the engine says whether this node is master, or who is.
+            let known_master = {
+                let p = self.inner.published.borrow();
+                (!p.status.is_master).then_some(p.status.master).flatten()
+            };
+            let local = match known_master {
+                Some(m) if m != self.inner.id => ProposeReply::NotMaster { hint: Some(m) },
+                _ => self.propose_local(cmd.clone(), deadline).await?,
+            };
+            let reply = match local {
                 ProposeReply::NotMaster { hint: Some(m) } if m != self.inner.id => {
                     self.inner.metrics.inc_forwarded();
-                    match self
-                        .call_peer::<_, ProposeReply>(m, "/peer/v1/propose", &cmd, deadline)
-                        .await
-                    {
+                    match self.forward(cmd.clone(), m).await {
                         Ok(r) => {
                             proposed = true;
                             r
@@ -558,6 +771,16 @@ impl Service for Node {
         match consistency {
             Consistency::Linearizable => {
                 let index = self.read_index(deadline).await?;
+                // Usually applied already: then no need to wait for the
+                // driver to publish its progress.
+                {
+                    let store = self.inner.store.read().map_err(|_| {
+                        ServiceError::Internal("state machine lock poisoned".into())
+                    })?;
+                    if store.applied_index() >= index {
+                        return Ok(f(&store));
+                    }
+                }
                 self.wait_until(deadline, "catch up with the master", |p| p.applied >= index)
                     .await?;
             }

@@ -18,7 +18,7 @@ use crate::api::service::ServiceError;
 use crate::paxos::{Command, ConfChange, Envelope};
 
 use super::Node;
-use super::wire::{self, ChangeReply, ProposeReply, ReadIndexReply};
+use super::wire::{self, ChangeReply, Postcard, ProposeReply, ReadIndexReply};
 
 /// Largest peer request accepted (a snapshot travels in one request).
 const MAX_PEER_BODY: usize = 4 << 30;
@@ -29,6 +29,7 @@ pub fn router(node: Node) -> axum::Router {
         .route("/peer/v1/messages", post(messages))
         .route("/peer/v1/snapshot", post(snapshot))
         .route("/peer/v1/propose", post(propose))
+        .route("/peer/v1/propose_batch", post(propose_batch))
         .route("/peer/v1/read_index", post(read_index))
         .route("/peer/v1/change", post(change))
         .route("/peer/v1/cluster", post(cluster))
@@ -53,17 +54,19 @@ async fn authenticate(
     req: Request,
     next: Next,
 ) -> Response {
-    let expected = format!("Bearer {}", node.inner.cfg.token);
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !constant_time_eq(given, expected.as_bytes()) {
+    if !constant_time_eq(given, node.inner.auth.as_bytes()) {
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "the peer API requires the cluster token as a bearer token",
         );
+    }
+    if !crate::telemetry::exporting_spans() {
+        return next.run(req).await;
     }
     let span = crate::telemetry::server_span(req.method(), req.uri().path(), req.headers());
     next.run(req).instrument(span).await
@@ -82,7 +85,7 @@ fn service_error(e: ServiceError) -> Response {
 async fn messages(
     State(node): State<Node>,
     headers: HeaderMap,
-    Json(envs): Json<Vec<Envelope>>,
+    Postcard(envs): Postcard<Vec<Envelope>>,
 ) -> Response {
     let from_url = headers
         .get(wire::PEER_URL_HEADER)
@@ -95,38 +98,50 @@ async fn messages(
 }
 
 async fn snapshot(State(node): State<Node>, body: Bytes) -> Response {
-    let (meta, data) = match wire::decode_snapshot(&body) {
+    let (meta, start) = match wire::decode_snapshot(&body) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_snapshot", &e),
     };
-    match node.install_snapshot(meta, data).await {
+    match node.install_snapshot(meta, body.slice(start..)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => service_error(e),
     }
 }
 
-async fn propose(State(node): State<Node>, Json(cmd): Json<Command>) -> Response {
+async fn propose(State(node): State<Node>, Postcard(cmd): Postcard<Command>) -> Response {
     let deadline = Instant::now() + node.inner.cfg.write_timeout;
     match node.propose_local(cmd, deadline).await {
-        Ok(reply) => Json::<ProposeReply>(reply).into_response(),
+        Ok(reply) => Postcard::<ProposeReply>(reply).into_response(),
         Err(e) => service_error(e),
     }
+}
+
+/// Forwarded writes from a follower, in one request: answered together, in
+/// order, once every one of them is applied or refused.
+async fn propose_batch(
+    State(node): State<Node>,
+    Postcard(cmds): Postcard<Vec<Command>>,
+) -> Response {
+    let deadline = Instant::now() + node.inner.cfg.write_timeout;
+    Postcard(node.propose_batch_local(cmds, deadline).await).into_response()
 }
 
 async fn read_index(State(node): State<Node>) -> Response {
     match node.read_index_local().await {
-        Ok(reply) => Json::<ReadIndexReply>(reply).into_response(),
+        Ok(reply) => Postcard::<ReadIndexReply>(reply).into_response(),
         Err(e) => service_error(e),
     }
 }
 
-async fn change(State(node): State<Node>, Json(change): Json<ConfChange>) -> Response {
+async fn change(State(node): State<Node>, Postcard(change): Postcard<ConfChange>) -> Response {
     match node.change_local(change).await {
-        Ok(reply) => Json::<ChangeReply>(reply).into_response(),
+        Ok(reply) => Postcard::<ChangeReply>(reply).into_response(),
         Err(e) => service_error(e),
     }
 }
 
+/// JSON, unlike the rest: it is rare, and its answer is the public
+/// `ClusterInfo` document.
 async fn cluster(State(node): State<Node>) -> Response {
     Json(node.local_cluster()).into_response()
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use crate::paxos::{Envelope, Membership, NodeId, SnapshotMeta};
+use crate::paxos::{Envelope, Membership, NodeId};
 use crate::telemetry::Metrics;
 
 use super::wire;
@@ -22,6 +22,9 @@ use super::wire;
 const MAX_QUEUED: usize = 8192;
 /// Messages sent in one request at most.
 const MAX_BATCH: usize = 1024;
+
+/// A peer's base URL and a request URL parsed from it.
+type ParsedEndpoint = (String, reqwest::Url);
 
 #[derive(Debug, Default)]
 struct PeerQueue {
@@ -43,9 +46,14 @@ struct Inner {
     /// (a joining learner hears from the master before it knows the
     /// configuration that names it).
     learned: Mutex<HashMap<NodeId, String>>,
+    /// Parsed request URLs by peer and path, with the base URL they were
+    /// made from: parsing a URL cost more than the rest of building a
+    /// request, and peers rarely move.
+    endpoints: Mutex<HashMap<(NodeId, &'static str), ParsedEndpoint>>,
     membership: watch::Receiver<Membership>,
     client: reqwest::Client,
-    token: String,
+    /// `Bearer <cluster token>`.
+    auth: reqwest::header::HeaderValue,
     runtime: tokio::runtime::Handle,
     metrics: Metrics,
 }
@@ -59,14 +67,18 @@ impl Outbox {
         runtime: tokio::runtime::Handle,
         metrics: Metrics,
     ) -> Outbox {
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Bearer -"));
+        auth.set_sensitive(true);
         Outbox {
             inner: Arc::new(Inner {
                 self_id,
                 peers: Mutex::new(HashMap::new()),
                 learned: Mutex::new(HashMap::new()),
+                endpoints: Mutex::new(HashMap::new()),
                 membership,
                 client,
-                token,
+                auth,
                 runtime,
                 metrics,
             }),
@@ -116,19 +128,25 @@ impl Outbox {
         self.inner.url_of(id)
     }
 
+    /// `path` on peer `id`'s peer API, parsed once per address.
+    pub fn endpoint(&self, id: NodeId, path: &'static str) -> Option<reqwest::Url> {
+        self.inner.endpoint(id, path)
+    }
+
     /// Sends a snapshot in the background (one at a time per call site is
     /// enough: the engine asks again if it does not arrive).
-    pub fn send_snapshot(&self, peer: NodeId, meta: SnapshotMeta, data: Vec<u8>) {
+    /// `body` is a whole snapshot body ([`wire::snapshot_header`] and the
+    /// state machine bytes).
+    pub fn send_snapshot(&self, peer: NodeId, body: Vec<u8>) {
         let inner = self.inner.clone();
         self.inner.runtime.spawn(async move {
             let Some(url) = inner.url_of(peer) else {
                 return;
             };
-            let body = wire::encode_snapshot(&meta, &data);
             let res = inner
                 .client
                 .post(format!("{url}/peer/v1/snapshot"))
-                .bearer_auth(&inner.token)
+                .header(reqwest::header::AUTHORIZATION, inner.auth.clone())
                 .header("content-type", "application/octet-stream")
                 .timeout(Duration::from_secs(600))
                 .body(body)
@@ -157,10 +175,26 @@ impl Inner {
         peer_url(&self.membership, id)
             .or_else(|| self.learned.lock().ok().and_then(|l| l.get(&id).cloned()))
     }
+
+    fn endpoint(&self, id: NodeId, path: &'static str) -> Option<reqwest::Url> {
+        let base = self.url_of(id)?;
+        let mut cache = self.endpoints.lock().ok()?;
+        if let Some((b, url)) = cache.get(&(id, path))
+            && *b == base
+        {
+            return Some(url.clone());
+        }
+        let url = reqwest::Url::parse(&format!("{base}{path}")).ok()?;
+        cache.insert((id, path), (base, url.clone()));
+        Some(url)
+    }
 }
 
 async fn sender(inner: Arc<Inner>, peer: NodeId, q: Arc<PeerQueue>) {
     let mut failures: u32 = 0;
+    // Our own address, as a header value, rebuilt only when it changes.
+    let mut own_url: Option<reqwest::header::HeaderValue> = None;
+    let mut own_url_text = String::new();
     loop {
         q.notify.notified().await;
         loop {
@@ -174,20 +208,34 @@ async fn sender(inner: Arc<Inner>, peer: NodeId, q: Arc<PeerQueue>) {
             if batch.is_empty() {
                 break;
             }
-            let Some(url) = inner.url_of(peer) else {
+            if let Some(own) = peer_url(&inner.membership, inner.self_id)
+                && own != own_url_text
+            {
+                own_url = reqwest::header::HeaderValue::from_str(&own).ok();
+                own_url_text = own;
+            }
+            let Some(url) = inner.endpoint(peer, "/peer/v1/messages") else {
                 // Not (or no longer) a member: nowhere to send.
                 break;
             };
             let mut req = inner
                 .client
-                .post(format!("{url}/peer/v1/messages"))
-                .bearer_auth(&inner.token);
-            if let Some(own) = peer_url(&inner.membership, inner.self_id) {
-                req = req.header(wire::PEER_URL_HEADER, own);
+                .post(url.clone())
+                .header(reqwest::header::AUTHORIZATION, inner.auth.clone());
+            if let Some(own) = own_url.as_ref() {
+                req = req.header(wire::PEER_URL_HEADER, own.clone());
             }
+            let body = match wire::encode(&batch) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "dropping peer messages");
+                    continue;
+                }
+            };
             let res = req
                 .timeout(Duration::from_secs(2))
-                .json(&batch)
+                .header(reqwest::header::CONTENT_TYPE, wire::POSTCARD)
+                .body(body)
                 .send()
                 .await;
             match res {

@@ -50,7 +50,7 @@ impl EngineConfig {
             retry: Duration::from_millis(300),
             max_batch_bytes: 1 << 20,
             max_batch_commands: 4096,
-            window: 32,
+            window: 4,
             max_queue: 65_536,
             catchup_batch: 1024,
             max_promise_lag: 4096,

@@ -65,6 +65,36 @@ pub enum Message {
     },
 }
 
+impl Message {
+    /// Whether this message may leave before the records of the same
+    /// [`Ready`](super::Ready) are durable.
+    ///
+    /// Only a master's phase 2 and the learner's traffic qualify: an
+    /// `Accept` proposes a value, a `Heartbeat` carries commit knowledge,
+    /// `Catchup`/`CatchupRequest` move values that are already chosen (so
+    /// durable on a majority). None of them states anything about this
+    /// node's acceptor state, so losing this node's records in a crash
+    /// cannot contradict them. What the master records alongside (its own
+    /// acceptance of the values it proposes) counts towards a quorum only
+    /// together with a peer's `Accepted`, which can only be handled after
+    /// this output's records are durable. Sending them first lets the
+    /// master's fsync overlap the round trip to its acceptors, as etcd's
+    /// leader does with its own log append.
+    ///
+    /// Everything an acceptor says (`Promise`, `Accepted`, `Reject`,
+    /// `HeartbeatAck`) and everything that starts or hands over mastership
+    /// (`Prepare`, `TimeoutNow`) still waits for the records.
+    pub fn may_precede_persist(&self) -> bool {
+        matches!(
+            self,
+            Message::Accept { .. }
+                | Message::Heartbeat { .. }
+                | Message::CatchupRequest { .. }
+                | Message::Catchup { .. }
+        )
+    }
+}
+
 /// A message with its addressing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {

@@ -69,12 +69,16 @@ pub enum ReadError {
 }
 
 /// What the caller must do after feeding the replica, in this order:
-/// persist, send, apply.
+/// persist, send, apply. Messages for which
+/// [`Message::may_precede_persist`] holds may be sent before persisting,
+/// but nothing else this replica is fed may be handled before the records
+/// are durable.
 #[derive(Debug, Default)]
 pub struct Ready {
     /// Records to make durable before anything else in this value.
     pub persist: Vec<Persist>,
-    /// Messages to send once `persist` is durable.
+    /// Messages to send once `persist` is durable (some may go earlier: see
+    /// [`Message::may_precede_persist`]).
     pub messages: Vec<Envelope>,
     /// Chosen values, contiguous and in log order, to apply to the state machine.
     pub committed: Vec<(Index, Value)>,
@@ -1404,6 +1408,17 @@ impl Replica {
             _ => Err(ReadError::NotMaster {
                 hint: self.known_master,
             }),
+        }
+    }
+
+    /// Until when [`Replica::read_index`] keeps answering with the commit
+    /// index, unless this replica is fed anything first: the master's lease
+    /// end once it has committed its first lease, `None` otherwise. Lets the
+    /// runtime answer lease reads without a round trip to the engine.
+    pub fn read_lease_until(&self, now: Duration) -> Option<Duration> {
+        match &self.state {
+            State::Master(m) if self.commit >= m.barrier => m.lease_until.filter(|u| now < *u),
+            _ => None,
         }
     }
 

@@ -418,10 +418,13 @@ fn election_chooses_a_lease_and_enables_lease_reads() {
     assert!(m.lease_valid(now));
     let index = m.read_index(now).expect("lease read");
     assert!(index >= 1);
+    // The runtime's shortcut agrees: lease reads until the master's lease end.
+    assert!(m.read_lease_until(now).is_some_and(|u| u > now));
     assert!(matches!(
         net.nodes[&2].read_index(now),
         Err(ReadError::NotMaster { hint: Some(1) })
     ));
+    assert_eq!(net.nodes[&2].read_lease_until(now), None);
     // The lease value is in everybody's log.
     for id in [1, 2, 3] {
         assert!(net.nodes[&id].commit_index() >= 1 || id != 1);
@@ -441,6 +444,12 @@ fn master_lease_ends_before_the_acceptors_lease() {
     let m = &net.nodes[&1];
     assert!(!m.lease_valid(chosen_at + cfg.master_lease()));
     assert!(m.read_index(chosen_at + cfg.master_lease()).is_err());
+    assert_eq!(m.read_lease_until(chosen_at + cfg.master_lease()), None);
+    assert!(
+        m.read_lease_until(chosen_at)
+            .is_some_and(|u| u <= chosen_at + cfg.master_lease()),
+        "the shortcut never outlives the master's lease"
+    );
 }
 
 #[test]
@@ -797,6 +806,7 @@ fn mastership_handoff_elects_the_target_without_waiting_for_the_lease() {
     r.transfer_mastership(now, 2).expect("handoff starts");
     // The old master stops serving lease reads and taking commands at once.
     assert!(!r.lease_valid(now));
+    assert_eq!(r.read_lease_until(now), None);
     assert_eq!(
         r.propose(now, put(1, "k")),
         Err(ProposeError::NotMaster { hint: Some(2) })

@@ -49,8 +49,9 @@ pub struct WorldOptions {
     /// The drift bound the engine is configured to tolerate, in ppm. Safe
     /// runs use `engine_drift_ppm >= clock_drift_ppm`.
     pub engine_drift_ppm: u32,
-    /// Every injected crash hits the master exactly between persisting and
-    /// sending, or between sending and its next record.
+    /// Every injected crash hits the master exactly between sending its
+    /// proposals and persisting, between persisting and sending the rest,
+    /// or between sending and its next record.
     pub crash_points_only: bool,
     /// Keep each node's records in a real database under this directory
     /// (fsync and all) instead of in memory.
@@ -59,6 +60,9 @@ pub struct WorldOptions {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CrashPoint {
+    /// Crash after the messages that may precede persisting left, before
+    /// the records are durable.
+    BeforePersist,
     /// Crash right after persisting, before any message of that output leaves.
     AfterPersist,
     /// Crash after sending, before applying or answering anything.
@@ -433,7 +437,7 @@ impl World {
         let Some(replica) = self.nodes[i].replica.as_mut() else {
             return;
         };
-        let ready = replica.take_ready();
+        let mut ready = replica.take_ready();
         let is_master = replica.is_master();
         if ready.is_empty() {
             return;
@@ -459,6 +463,25 @@ impl World {
             ));
         }
         let crash_point = self.nodes[i].crash_point;
+        // As the node's driver does: proposals leave before the records
+        // are durable, everything else after.
+        if !ready.persist.is_empty() {
+            let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut ready.messages)
+                .into_iter()
+                .partition(|env| env.msg.may_precede_persist());
+            ready.messages = late;
+            for env in early {
+                self.send(env);
+            }
+            if crash_point == Some(CrashPoint::BeforePersist) {
+                self.crash_points += 1;
+                self.note(format!(
+                    "{} crash point: proposals sent, nothing persisted",
+                    self.nodes[i].name
+                ));
+                return self.crash(i);
+            }
+        }
         if let Err(e) = self.nodes[i].disk.append(&ready.persist) {
             return self.fail(format!("persist failed: {e}"));
         }
@@ -867,11 +890,12 @@ impl World {
             Some(m) if only_points || self.rng.random_bool(0.6) => m,
             _ => up[self.rng.random_range(0..up.len())],
         };
-        match self.rng.random_range(0..if only_points { 2 } else { 4 }) {
+        match self.rng.random_range(0..if only_points { 3 } else { 5 }) {
             // The crash happens at the node's next durable write; its
             // restart is scheduled then.
             0 => self.nodes[i].crash_point = Some(CrashPoint::AfterPersist),
             1 => self.nodes[i].crash_point = Some(CrashPoint::AfterSend),
+            2 => self.nodes[i].crash_point = Some(CrashPoint::BeforePersist),
             _ => self.crash(i),
         }
     }

@@ -33,10 +33,16 @@ use crate::paxos::{Persist, Recovered, SnapshotMeta};
 ///   ignored when `i` is covered by the snapshot, since that slot is already
 ///   chosen and folded into the state machine image;
 /// - `Commit(c)` raises the commit index to `c`; it never goes down.
+///
+/// The commit index is knowledge, not a vote: a replica that recovers an
+/// older one re-learns the rest from the master (or, as master, re-proposes
+/// what it had accepted, which Paxos chooses again unchanged). So a store may
+/// write it lazily: recovering any commit index at or above the last one it
+/// wrote, and at most the newest one appended, is correct.
 pub trait LogStore: std::fmt::Debug {
     /// Applies `records` in order as one atomic unit that is durable (synced
     /// to stable storage) when this returns: after a crash, either all of them
-    /// are recovered or none.
+    /// are recovered or none (the commit index may lag; see above).
     fn append(&mut self, records: &[Persist]) -> Result<(), StorageError>;
 
     /// Reads back everything durable: the engine's state, with only the log

@@ -17,6 +17,24 @@ pub use metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, metrics_handler, track_requ
 pub use propagation::{extract_context, inject_context, server_span, trace_requests};
 pub use subscriber::{LogFormat, OTLP_ENDPOINT_VAR, TelemetryError, TelemetryGuard, init};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by [`init`] when spans are exported.
+static EXPORTING_SPANS: AtomicBool = AtomicBool::new(false);
+
+/// Whether request spans go anywhere: only when [`init`] installed an OTLP
+/// exporter. Without one a request span would only decorate log lines, and
+/// creating it (formatting its fields for the log layer, reading trace
+/// headers) cost about as much CPU as the rest of a small request's HTTP
+/// handling, so the request middlewares skip it.
+pub fn exporting_spans() -> bool {
+    EXPORTING_SPANS.load(Ordering::Relaxed)
+}
+
+fn set_exporting_spans(on: bool) {
+    EXPORTING_SPANS.store(on, Ordering::Relaxed);
+}
+
 /// Route label for requests no route matched, so that probes of random paths
 /// cannot create unbounded span names or metric label values.
 const UNMATCHED_ROUTE: &str = "unmatched";

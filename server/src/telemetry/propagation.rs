@@ -91,6 +91,9 @@ pub fn server_span(method: &Method, route: &str, headers: &HeaderMap) -> tracing
 /// Install with `Router::layer(axum::middleware::from_fn(trace_requests))` so
 /// the matched route is known when it runs.
 pub async fn trace_requests(matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
+    if !super::exporting_spans() {
+        return next.run(req).await;
+    }
     let route = matched
         .as_ref()
         .map_or(UNMATCHED_ROUTE, MatchedPath::as_str);

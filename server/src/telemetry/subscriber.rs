@@ -104,8 +104,9 @@ impl Drop for TelemetryGuard {
 ///   also exported by OTLP over HTTP (protobuf) through a batch exporter on the
 ///   current Tokio runtime, tagged with `service.name = service_name` and
 ///   `service.instance.id = node`. Without the variable no exporter, provider
-///   or OpenTelemetry layer is created: spans cost what plain `tracing` spans
-///   cost and nothing leaves the process.
+///   or OpenTelemetry layer is created, nothing leaves the process, and the
+///   per-request spans are not created at all (see
+///   [`exporting_spans`](super::exporting_spans)).
 /// - The W3C TraceContext propagator is installed globally in both cases, so
 ///   [`inject_context`](super::inject_context) and
 ///   [`extract_context`](super::extract_context) speak `traceparent`.
@@ -159,6 +160,7 @@ pub fn init(
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInitialized)?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    super::set_exporting_spans(provider.is_some());
     Ok(TelemetryGuard { provider })
 }
 

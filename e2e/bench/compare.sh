@@ -1,0 +1,435 @@
+#!/usr/bin/env bash
+# phxkv and etcd side by side, on this machine, in one run, with the same load.
+#
+# Starts a 3-replica phxkv (release build, default settings: fsync on) and a
+# 3-member etcd (Debian's etcd-server, default settings) on loopback, runs the
+# same scenarios against each with phxkv-bench (alternating which system goes
+# first), measures server CPU and memory from /proc, and writes BENCHMARKS.md
+# at the repository root. Installs etcd and jq with apt-get when missing.
+#
+# Environment:
+#   BENCH_DURATION   measured seconds per load scenario (default 10)
+#   BENCH_WARMUP     warm-up seconds before each (default 2)
+#   BENCH_ROUNDS     failover rounds per system (default 5)
+#   BENCH_CATCHUP_KEYS  keys loaded while a replica is down (default 1000000)
+#   BENCH_OUT        where to write the report (default BENCHMARKS.md)
+#   BENCH_KEEP       keep the data and logs directory (prints its path)
+#   CARGO_TARGET_DIR as for cargo
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$repo"
+duration=${BENCH_DURATION:-10}
+warmup=${BENCH_WARMUP:-2}
+rounds=${BENCH_ROUNDS:-5}
+catchup_keys=${BENCH_CATCHUP_KEYS:-1000000}
+out=${BENCH_OUT:-$repo/BENCHMARKS.md}
+target_dir=$(realpath -m "${CARGO_TARGET_DIR:-$repo/target}")
+started_at=$(date +%s)
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+note() { printf '    %s\n' "$*" >&2; }
+die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- setup
+
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v jq >/dev/null || need+=(jq)
+command -v curl >/dev/null || need+=(curl)
+if ((${#need[@]})); then
+    log "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q "${need[@]}" >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null && apt-get install -y -q "${need[@]}" >/dev/null; }
+fi
+# The Debian package may start its own etcd on the default ports; ours use others.
+
+log "building phxkv and phxkv-bench (release)"
+cargo build --release --quiet -p phxkv-server --bin phxkv -p phxkv-e2e --bin phxkv-bench
+phxkv=$target_dir/release/phxkv
+bench=$target_dir/release/phxkv-bench
+[[ -x $phxkv && -x $bench ]] || die "no binaries under $target_dir/release"
+
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/phxkv-compare.XXXXXX")
+results=$work/results
+mkdir -p "$results"
+declare -A pids=()
+
+cleanup() {
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait_gone "$p" || true; done
+    if [[ -n ${BENCH_KEEP:-} ]]; then
+        printf 'compare.sh: data and logs kept in %s\n' "$work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+
+names=(a b c)
+px_client=(19081 19082 19083)
+px_peer=(19181 19182 19183)
+et_client=(23791 23792 23793)
+et_peer=(23801 23802 23803)
+for p in "${px_client[@]}" "${px_peer[@]}" "${et_client[@]}" "${et_peer[@]}"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use"; fi
+done
+px_eps=$(printf 'http://127.0.0.1:%s,' "${px_client[@]}"); px_eps=${px_eps%,}
+et_eps=$(printf 'http://127.0.0.1:%s,' "${et_client[@]}"); et_eps=${et_eps%,}
+px_members=$(for i in 0 1 2; do printf '%s=http://127.0.0.1:%s,' "${names[$i]}" "${px_peer[$i]}"; done)
+px_members=${px_members%,}
+et_members=$(for i in 0 1 2; do printf '%s=http://127.0.0.1:%s,' "${names[$i]}" "${et_peer[$i]}"; done)
+et_members=${et_members%,}
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
+
+start_phxkv() { # index
+    local i=$1 n=${names[$1]}
+    "$phxkv" serve --id "$n" --data-dir "$work/phxkv/$n" \
+        --listen "127.0.0.1:${px_client[$i]}" --peer-listen "127.0.0.1:${px_peer[$i]}" \
+        --initial-members "$px_members" --cluster-token-file "$work/token" \
+        >>"$work/phxkv-$n.log" 2>&1 &
+    pids[px$i]=$!
+    disown "$!"
+}
+
+start_etcd() { # index
+    local i=$1 n=${names[$1]} state=new
+    [[ -d $work/etcd/$n ]] && state=existing
+    etcd --name "$n" --data-dir "$work/etcd/$n" \
+        --listen-client-urls "http://127.0.0.1:${et_client[$i]}" \
+        --advertise-client-urls "http://127.0.0.1:${et_client[$i]}" \
+        --listen-peer-urls "http://127.0.0.1:${et_peer[$i]}" \
+        --initial-advertise-peer-urls "http://127.0.0.1:${et_peer[$i]}" \
+        --initial-cluster "$et_members" --initial-cluster-state "$state" \
+        --initial-cluster-token phxkv-compare --logger zap --log-outputs stderr \
+        >>"$work/etcd-$n.log" 2>&1 &
+    pids[et$i]=$!
+    disown "$!"
+}
+
+# Waits for a process that is not our child any more (disowned) to be gone.
+wait_gone() { # pid
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$1" 2>/dev/null; do
+        ((SECONDS < deadline)) || die "process $1 did not exit"
+        sleep 0.02
+    done
+}
+
+# Ready: the member answers health and the cluster has a leader.
+ready() { # system index
+    local port
+    if [[ $1 == phxkv ]]; then
+        port=${px_client[$2]}
+        curl -sf -m 1 "http://127.0.0.1:$port/readyz" >/dev/null
+    else
+        port=${et_client[$2]}
+        curl -sf -m 1 "http://127.0.0.1:$port/health" | grep -q '"health":"true"'
+    fi
+}
+
+wait_ready() { # system index...
+    local sys=$1; shift
+    local deadline=$((SECONDS + 60))
+    for i in "$@"; do
+        until ready "$sys" "$i"; do
+            ((SECONDS < deadline)) || die "$sys member ${names[$i]} not ready after 60s (logs in $work)"
+            sleep 0.05
+        done
+    done
+}
+
+# Index of the current master/leader (as seen by a surviving member).
+master_of() { # system
+    local i
+    if [[ $1 == phxkv ]]; then
+        for i in 0 1 2; do
+            local m
+            m=$(curl -sf -m 1 "http://127.0.0.1:${px_client[$i]}/v1/cluster" | jq -r '.master // empty') || continue
+            for j in 0 1 2; do [[ ${names[$j]} == "$m" ]] && { echo "$j"; return 0; }; done
+        done
+    else
+        for i in 0 1 2; do
+            local s id leader
+            s=$(curl -sf -m 1 -X POST "http://127.0.0.1:${et_client[$i]}/v3/maintenance/status" -d '{}') || continue
+            id=$(jq -r '.header.member_id' <<<"$s"); leader=$(jq -r '.leader' <<<"$s")
+            [[ $id == "$leader" ]] && { echo "$i"; return 0; }
+        done
+    fi
+    return 1
+}
+
+# The revision a member's state machine has reached.
+revision_of() { # system index
+    if [[ $1 == phxkv ]]; then
+        curl -sf -m 2 "http://127.0.0.1:${px_client[$2]}/v1/cluster" | jq -r '.revision'
+    else
+        curl -sf -m 2 -X POST "http://127.0.0.1:${et_client[$2]}/v3/maintenance/status" -d '{}' |
+            jq -r '.header.revision'
+    fi
+}
+
+pid_of() { [[ $1 == phxkv ]] && echo "${pids[px$2]}" || echo "${pids[et$2]}"; }
+
+# utime+stime of the three members, in clock ticks.
+cpu_ticks() { # system
+    local t=0 i f
+    for i in 0 1 2; do
+        f=$(awk '{print $14 + $15}' "/proc/$(pid_of "$1" "$i")/stat" 2>/dev/null || echo 0)
+        t=$((t + f))
+    done
+    echo "$t"
+}
+
+# Largest VmHWM / VmRSS among the members, in MiB.
+mem_max() { # system field
+    local m=0 i v
+    for i in 0 1 2; do
+        v=$(awk -v f="$2:" '$1 == f {print $2}' "/proc/$(pid_of "$1" "$i")/status" 2>/dev/null || echo 0)
+        ((v > m)) && m=$v
+    done
+    awk -v k="$m" 'BEGIN {printf "%.1f", k / 1024}'
+}
+
+eps_of() { [[ $1 == phxkv ]] && echo "$px_eps" || echo "$et_eps"; }
+
+# ---------------------------------------------------------------- clusters
+
+log "starting phxkv (3 replicas) and etcd (3 members) on loopback, data in $work"
+for i in 0 1 2; do start_phxkv "$i"; start_etcd "$i"; done
+wait_ready phxkv 0 1 2
+wait_ready etcd 0 1 2
+sleep 3
+idle_phxkv=$(mem_max phxkv VmRSS)
+idle_etcd=$(mem_max etcd VmRSS)
+note "idle RSS (largest member): phxkv ${idle_phxkv} MiB, etcd ${idle_etcd} MiB"
+
+# ---------------------------------------------------------------- load
+
+tick_hz=$(getconf CLK_TCK)
+scenario_n=0
+
+# Runs one scenario against both systems, alternating who goes first.
+scenario() { # name description bench-args...
+    local name=$1 desc=$2; shift 2
+    local order=(phxkv etcd)
+    ((scenario_n % 2)) && order=(etcd phxkv)
+    scenario_n=$((scenario_n + 1))
+    log "$name: $desc"
+    for sys in "${order[@]}"; do
+        local before after file=$results/$name-$sys.json
+        before=$(cpu_ticks "$sys")
+        "$bench" run --target "$sys" --endpoints "$(eps_of "$sys")" --quiet \
+            --json-file "$file" "$@" >"$results/$name-$sys.txt" ||
+            die "$name against $sys failed: $(cat "$results/$name-$sys.txt")"
+        after=$(cpu_ticks "$sys")
+        jq --arg name "$name" --arg desc "$desc" --arg sys "$sys" \
+            --argjson cpu "$(awk -v a="$after" -v b="$before" -v hz="$tick_hz" 'BEGIN {printf "%.3f", (a - b) / hz}')" \
+            --argjson hwm "$(mem_max "$sys" VmHWM)" \
+            '. + {name: $name, description: $desc, system: $sys, cpu_s: $cpu, peak_rss_mib: $hwm}' \
+            "$file" >"$file.tmp" && mv "$file.tmp" "$file"
+        note "$sys: $(jq -r '"\(.throughput | floor) ops/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, errors \(.errors), cpu \(.cpu_s) s"' "$file")"
+    done
+}
+
+common=(--duration "${duration}s" --warmup "${warmup}s" --keys 10000)
+# Every key exists before anything is read.
+scenario fill "bulk load of the 10k-key space, 256 B values, 64 clients" \
+    --fill --clients 64 --keys 10000 --value-size 256
+scenario write-1 "linearizable writes, 256 B, 1 client" "${common[@]}" --clients 1 --value-size 256
+scenario write-16 "linearizable writes, 256 B, 16 clients" "${common[@]}" --clients 16 --value-size 256
+scenario write-64 "linearizable writes, 256 B, 64 clients" "${common[@]}" --clients 64 --value-size 256
+scenario read-lin-64 "linearizable reads, 64 clients" "${common[@]}" --clients 64 --read-ratio 1
+scenario read-local-64 "local (etcd: serializable) reads, 64 clients" "${common[@]}" --clients 64 \
+    --read-ratio 1 --consistency local
+scenario mix-64 "90% linearizable reads, 10% writes of 256 B, 64 clients" "${common[@]}" --clients 64 \
+    --read-ratio 0.9 --value-size 256
+peak_phxkv=$(mem_max phxkv VmHWM)
+peak_etcd=$(mem_max etcd VmHWM)
+
+# ---------------------------------------------------------------- failover
+
+log "failover: kill -9 of the master, time to the next acknowledged write ($rounds rounds each)"
+failover_round() { # system round
+    local sys=$1 m eps="" i since json
+    m=$(master_of "$sys") || die "$sys has no master before round $2"
+    for i in 0 1 2; do
+        ((i == m)) && continue
+        [[ $sys == phxkv ]] && eps+="http://127.0.0.1:${px_client[$i]}," || eps+="http://127.0.0.1:${et_client[$i]},"
+    done
+    since=$(date +%s%N)
+    kill -9 "$(pid_of "$sys" "$m")"
+    json=$("$bench" probe --target "$sys" --endpoints "${eps%,}" --since-unix-ns "$since" --deadline 60s) ||
+        die "$sys: no write succeeded after killing the master"
+    wait_gone "$(pid_of "$sys" "$m")"
+    echo "$json" | jq --arg sys "$sys" --argjson round "$2" --arg killed "${names[$m]}" \
+        '. + {system: $sys, round: $round, killed: $killed}' >>"$results/failover.jsonl"
+    note "$sys round $2: killed ${names[$m]}, write acknowledged after $(jq -r '.ms | round' <<<"$json") ms"
+    [[ $sys == phxkv ]] && start_phxkv "$m" || start_etcd "$m"
+    wait_ready "$sys" 0 1 2
+    sleep 1
+}
+for r in $(seq 1 "$rounds"); do
+    if ((r % 2)); then failover_round phxkv "$r"; failover_round etcd "$r"
+    else failover_round etcd "$r"; failover_round phxkv "$r"; fi
+done
+
+# ---------------------------------------------------------------- catch-up
+
+log "catch-up: a replica is down while $catchup_keys keys of 100 B are written, then restarts"
+catchup() { # system
+    local sys=$1 m f i eps="" t0 t1 target rev
+    m=$(master_of "$sys") || die "$sys has no master"
+    f=$(((m + 1) % 3))
+    for i in 0 1 2; do
+        ((i == f)) && continue
+        [[ $sys == phxkv ]] && eps+="http://127.0.0.1:${px_client[$i]}," || eps+="http://127.0.0.1:${et_client[$i]},"
+    done
+    kill -TERM "$(pid_of "$sys" "$f")"
+    wait_gone "$(pid_of "$sys" "$f")"
+    t0=$(date +%s.%N)
+    "$bench" run --target "$sys" --endpoints "${eps%,}" --quiet --fill --clients 64 \
+        --keys "$catchup_keys" --value-size 100 --key-prefix catchup- \
+        --json-file "$results/load-$sys.json" >"$results/load-$sys.txt" ||
+        die "loading $sys failed: $(cat "$results/load-$sys.txt")"
+    t1=$(date +%s.%N)
+    note "$sys: loaded in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s ($(jq -r '.throughput | floor' "$results/load-$sys.json") writes/s)"
+    target=$(revision_of "$sys" "$m")
+    t0=$(date +%s.%N)
+    [[ $sys == phxkv ]] && start_phxkv "$f" || start_etcd "$f"
+    local deadline=$((SECONDS + 300))
+    while :; do
+        rev=$(revision_of "$sys" "$f" 2>/dev/null || echo 0)
+        [[ $rev =~ ^[0-9]+$ ]] || rev=0
+        ((rev >= target)) && break
+        ((SECONDS < deadline)) || die "$sys replica did not catch up within 300 s (at $rev of $target)"
+        sleep 0.1
+    done
+    t1=$(date +%s.%N)
+    # Let the snapshot transfer's buffers go before reading memory.
+    sleep 5
+    jq -n --arg sys "$sys" --argjson s "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')" \
+        --argjson rss "$(mem_max "$sys" VmRSS)" --argjson hwm "$(mem_max "$sys" VmHWM)" \
+        --argjson rev "$target" \
+        '{system: $sys, catchup_s: $s, rss_mib: $rss, peak_rss_mib: $hwm, revision: $rev}' \
+        >"$results/catchup-$sys.json"
+    note "$sys: restarted replica caught up to revision $target in $(jq -r .catchup_s "$results/catchup-$sys.json") s; largest RSS $(jq -r .rss_mib "$results/catchup-$sys.json") MiB"
+}
+catchup phxkv
+catchup etcd
+
+# ---------------------------------------------------------------- report
+
+log "writing $out"
+commit=$(git -C "$repo" rev-parse --short HEAD)
+[[ -n $(git -C "$repo" status --porcelain --untracked-files=no) ]] && commit+="-dirty"
+cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+fsync_ms=$(dd if=/dev/zero of="$work/fsync-probe" bs=4k count=200 oflag=dsync 2>&1 |
+    awk '/copied/ {for (i = 1; i <= NF; i++) if ($i ~ /^s,?$/) {printf "%.3f", $(i - 1) * 1000 / 200; exit}}')
+fs_type=$(df -T "$work" | awk 'NR == 2 {print $2}')
+phxkv_version=$("$phxkv" --version)
+etcd_version=$(etcd --version | awk '/etcd Version/ {print $3}')
+bench_seconds=$(($(date +%s) - started_at))
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
+field() { jq -r "$2" "$1"; }
+verdict() { [[ $1 == 1 ]] && echo "met" || echo "**not met**"; }
+ge() { awk -v a="$1" -v b="$2" 'BEGIN {print (a >= b) ? 1 : 0}'; }
+median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+
+{
+    echo "# Benchmarks: phxkv and etcd on the same machine"
+    echo
+    echo "Generated by \`bash e2e/bench/compare.sh\` ($bench_seconds s). Both systems ran at the"
+    echo "same time on loopback, 3 members each, default settings (fsync on for both), driven"
+    echo "by \`phxkv-bench\` with the same workload; scenarios alternate which system runs first."
+    echo "phxkv is driven through its HTTP API, etcd through its HTTP/JSON gateway (\`/v3/kv/put\`,"
+    echo "\`/v3/kv/range\`). Client \`i\` connects to member \`i mod 3\`, as a Service would spread"
+    echo "connections, so writes and reads land on followers too (both systems forward to their"
+    echo "leader). Latencies are per request, closed loop; CPU is utime+stime of the three"
+    echo "server processes during the scenario (warm-up included) divided by the operations"
+    echo "they completed; RSS is the largest member's."
+    echo
+    echo "- commit: \`$commit\`; $phxkv_version; etcd $etcd_version"
+    echo "- machine: $(nproc) cores ($cpu_model), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM, Linux $(uname -r)"
+    echo "- disk: $fs_type, a 4 KiB write+fsync (\`dd oflag=dsync\`) takes ${fsync_ms} ms"
+    echo "- each load scenario: ${warmup} s warm-up, ${duration} s measured, keys drawn uniformly from 10,000"
+    echo
+    echo "## Load"
+    echo
+    echo "| scenario | system | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | CPU s / 1k ops | peak RSS MiB |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for f in "$results"/{fill,write-1,write-16,write-64,read-lin-64,read-local-64,mix-64}-{phxkv,etcd}.json; do
+        jq -r '
+          def r(x): (x * 1000 | round) / 1000;
+          def total: (.total_ops // .ops);
+          "| \(.name) | \(.system) | \(.throughput | floor) | \(r(.latency_ms.p50)) | \(r(.latency_ms.p90)) | \(r(.latency_ms.p99)) | \(r(.latency_ms.p999)) | \(r(.latency_ms.max)) | \(.errors) | \(if total > 0 then r(.cpu_s * 1000 / total) else "n/a" end) | \(.peak_rss_mib) |"' "$f"
+    done
+    echo
+    echo "Ratios (phxkv ÷ etcd; throughput: higher is better for phxkv, latency and CPU: lower is better):"
+    echo
+    echo "| scenario | throughput | p50 | p99 | CPU / op |"
+    echo "|---|---:|---:|---:|---:|"
+    for s in fill write-1 write-16 write-64 read-lin-64 read-local-64 mix-64; do
+        p=$results/$s-phxkv.json e=$results/$s-etcd.json
+        cpu_p=$(jq -r '.cpu_s / (.total_ops // .ops)' "$p") cpu_e=$(jq -r '.cpu_s / (.total_ops // .ops)' "$e")
+        echo "| $s | $(ratio "$(field "$p" .throughput)" "$(field "$e" .throughput)") | $(ratio "$(field "$p" .latency_ms.p50)" "$(field "$e" .latency_ms.p50)") | $(ratio "$(field "$p" .latency_ms.p99)" "$(field "$e" .latency_ms.p99)") | $(ratio "$cpu_p" "$cpu_e") |"
+    done
+    echo
+    fo_p=$(jq -r 'select(.system == "phxkv") | .ms | round' "$results/failover.jsonl" | median)
+    fo_e=$(jq -r 'select(.system == "etcd") | .ms | round' "$results/failover.jsonl" | median)
+    echo "## Failover"
+    echo
+    echo "kill -9 of the master/leader, then a write is retried (500 ms per attempt, round-robin over"
+    echo "the two survivors) until one is acknowledged; the killed member is restarted and the"
+    echo "cluster is healthy again before the next round."
+    echo
+    echo "| system | rounds (ms) | median ms |"
+    echo "|---|---|---:|"
+    for sys in phxkv etcd; do
+        all=$(jq -r "select(.system == \"$sys\") | .ms | round" "$results/failover.jsonl" | paste -sd, | sed 's/,/, /g')
+        [[ $sys == phxkv ]] && med=$fo_p || med=$fo_e
+        echo "| $sys | $all | $med |"
+    done
+    echo
+    echo "## Catch-up and memory"
+    echo
+    echo "One follower is stopped (SIGTERM), $catchup_keys keys of 100 B are written through the"
+    echo "other two (64 clients), the follower restarts, and we time until its revision equals"
+    echo "the leader's. Raw data: $catchup_keys × (18 B key + 100 B value) = $(awk -v n="$catchup_keys" 'BEGIN {printf "%.0f", n * 118 / 1048576}') MiB."
+    echo
+    echo "| system | bulk load writes/s | catch-up s | RSS with the data, MiB | peak RSS, MiB | idle RSS, MiB |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for sys in phxkv etcd; do
+        c=$results/catchup-$sys.json
+        [[ $sys == phxkv ]] && idle=$idle_phxkv || idle=$idle_etcd
+        echo "| $sys | $(jq -r '.throughput | floor' "$results/load-$sys.json") | $(field "$c" .catchup_s) | $(field "$c" .rss_mib) | $(field "$c" .peak_rss_mib) | $idle |"
+    done
+    echo
+    echo "## Targets"
+    echo
+    raw_mib=$(awk -v n="$catchup_keys" 'BEGIN {print n * 118 / 1048576}')
+    w64p=$results/write-64-phxkv.json w64e=$results/write-64-etcd.json
+    rlp=$results/read-lin-64-phxkv.json rle=$results/read-lin-64-etcd.json
+    w1p=$results/write-1-phxkv.json w1e=$results/write-1-etcd.json
+    t_w=$(ratio "$(field "$w64p" .throughput)" "$(field "$w64e" .throughput)")
+    t_r=$(ratio "$(field "$rlp" .throughput)" "$(field "$rle" .throughput)")
+    echo "| target | measured | verdict |"
+    echo "|---|---|---|"
+    echo "| writes, 64 clients: ≥ 3× etcd's throughput | ${t_w}× | $(verdict "$(ge "$t_w" 3)") |"
+    echo "| writes, 64 clients: p99 no worse than etcd's | $(field "$w64p" .latency_ms.p99) vs $(field "$w64e" .latency_ms.p99) ms | $(verdict "$(ge "$(field "$w64e" .latency_ms.p99)" "$(field "$w64p" .latency_ms.p99)")") |"
+    echo "| linearizable reads, 64 clients: ≥ 4× etcd's throughput | ${t_r}× | $(verdict "$(ge "$t_r" 4)") |"
+    echo "| linearizable reads, 64 clients: p99 no worse | $(field "$rlp" .latency_ms.p99) vs $(field "$rle" .latency_ms.p99) ms | $(verdict "$(ge "$(field "$rle" .latency_ms.p99)" "$(field "$rlp" .latency_ms.p99)")") |"
+    echo "| single-client write p50 no worse than etcd's | $(field "$w1p" .latency_ms.p50) vs $(field "$w1e" .latency_ms.p50) ms | $(verdict "$(ge "$(field "$w1e" .latency_ms.p50)" "$(field "$w1p" .latency_ms.p50)")") |"
+    echo "| failover median no slower than etcd's | $fo_p vs $fo_e ms | $(verdict "$(ge "$fo_e" "$fo_p")") |"
+    echo "| idle RSS per replica < 40 MiB | $idle_phxkv MiB | $(verdict "$(ge 40 "$idle_phxkv")") |"
+    rss_1m=$(field "$results/catchup-phxkv.json" .rss_mib)
+    echo "| RSS with $catchup_keys keys of 100 B < 3× raw ($(awk -v r="$raw_mib" 'BEGIN {printf "%.0f", 3 * r}') MiB) | $rss_1m MiB | $(verdict "$(ge "$(awk -v r="$raw_mib" 'BEGIN {print 3 * r}')" "$rss_1m")") |"
+    echo
+    if [[ -f $repo/e2e/bench/notes.md ]]; then
+        cat "$repo/e2e/bench/notes.md"
+    fi
+} >"$out"
+log "done in $(($(date +%s) - started_at)) s; report in $out"

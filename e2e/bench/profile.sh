@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Instruction counts per operation for a 3-replica phxkv, from callgrind.
+#
+# Timings on a shared 2-core machine are noisy; instruction counts are not.
+# This starts three `phxkv serve` under `valgrind --tool=callgrind`, runs a
+# fixed write load and a read load with phxkv-bench, and prints, for each
+# phase, the instructions (Ir) all three replicas executed per operation,
+# plus the top functions of the busiest replica. Use it to decide what to
+# optimise and to compare before/after.
+#
+# Environment:
+#   PHXKV_BIN / BENCH_BIN   binaries (default: release builds under the target dir)
+#   PROFILE_WRITES          writes in the write phase (default 2000)
+#   PROFILE_READS_SECS      seconds of the read phase (default 10)
+#   PROFILE_CLIENTS         concurrent clients (default 16)
+#   PROFILE_KEEP            keep the callgrind files (prints the directory)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+target_dir=$(realpath -m "${CARGO_TARGET_DIR:-$repo/target}")
+phxkv=${PHXKV_BIN:-$target_dir/release/phxkv}
+bench=${BENCH_BIN:-$target_dir/release/phxkv-bench}
+writes=${PROFILE_WRITES:-2000}
+read_secs=${PROFILE_READS_SECS:-10}
+clients=${PROFILE_CLIENTS:-16}
+[[ -x $phxkv && -x $bench ]] || { echo "profile.sh: build first: cargo build --release -p phxkv-server -p phxkv-e2e" >&2; exit 2; }
+command -v valgrind >/dev/null || { echo "profile.sh: valgrind is required (apt-get install valgrind)" >&2; exit 2; }
+
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/phxkv-profile.XXXXXX")
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    if [[ -n ${PROFILE_KEEP:-} ]]; then echo "profile.sh: files kept in $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+ports=(19481 19482 19483)
+peers=(19581 19582 19583)
+names=(a b c)
+members=$(for i in 0 1 2; do printf '%s=http://127.0.0.1:%s,' "${names[$i]}" "${peers[$i]}"; done)
+members=${members%,}
+eps=$(printf 'http://127.0.0.1:%s,' "${ports[@]}"); eps=${eps%,}
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
+
+for i in 0 1 2; do
+    # A long lease: everything runs ~50x slower under callgrind.
+    valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.${names[$i]}.%p" \
+        "$phxkv" serve --id "${names[$i]}" --data-dir "$work/${names[$i]}" \
+        --listen "127.0.0.1:${ports[$i]}" --peer-listen "127.0.0.1:${peers[$i]}" \
+        --initial-members "$members" --cluster-token-file "$work/token" --lease 10s \
+        >"$work/${names[$i]}.log" 2>&1 &
+    pids+=($!)
+done
+deadline=$((SECONDS + 180))
+for p in "${ports[@]}"; do
+    until curl -sf -m 2 "http://127.0.0.1:$p/readyz" >/dev/null; do
+        ((SECONDS < deadline)) || { echo "profile.sh: cluster not ready" >&2; exit 1; }
+        sleep 0.5
+    done
+done
+
+# Sums the Ir of the dumps of one phase over the three replicas.
+phase() { # name bench-args...
+    local name=$1; shift
+    for p in "${pids[@]}"; do callgrind_control -z "$p" >/dev/null 2>&1; done
+    "$bench" run --target phxkv --endpoints "$eps" --quiet --clients "$clients" \
+        --json-file "$work/$name.json" "$@" >/dev/null
+    for p in "${pids[@]}"; do callgrind_control -d "$name" "$p" >/dev/null 2>&1; done
+    sleep 1
+    local ops total=0 f ir busiest="" max=0
+    ops=$(jq -r '.total_ops' "$work/$name.json")
+    for f in "$work"/callgrind.*; do
+        grep -q "^desc: Trigger: dump $name$" "$f" 2>/dev/null || continue
+        ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
+        total=$((total + ir))
+        if ((ir > max)); then max=$ir; busiest=$f; fi
+    done
+    printf '%-8s %8d ops  %14d Ir on 3 replicas  %10d Ir/op\n' "$name" "$ops" "$total" $((total / ops))
+    callgrind_annotate --inclusive=no "$busiest" 2>/dev/null | sed -n '/^Ir/,$p' | head -25 >"$work/$name.top"
+}
+
+phase writes --fill --keys "$writes" --value-size 256
+phase reads --read-ratio 1 --keys "$writes" --duration "${read_secs}s" --warmup 0s
+echo
+for name in writes reads; do
+    echo "top functions (exclusive Ir) of the busiest replica, $name:"
+    cat "$work/$name.top"
+    echo
+done
