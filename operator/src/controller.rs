@@ -267,7 +267,7 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         .collect();
     let view = members.observe(&urls).await;
 
-    let observed = view.observed(&names, pkv.spec.replicas, set_replicas, pods.clone());
+    let observed = view.observed(&names, pkv.spec.replicas, set_replicas, pods);
     let step = plan(&observed);
     tracing::debug!(?step, "planned");
     let mut step_error = None;
@@ -284,7 +284,7 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         step_error = Some(e);
     }
 
-    let status = status_of(pkv, &observed, &view, &step, &pods);
+    let status = status_of(pkv, &observed, &view, &step);
     write_status(ctx, pkv, &status).await?;
     if let Some(e) = step_error {
         return Err(e);
@@ -430,15 +430,10 @@ fn pod_views(names: &Names, pods: &[Pod], update_revision: Option<&str>) -> Vec<
 }
 
 /// The status this pass reports.
-pub fn status_of(
-    pkv: &PaxosKV,
-    o: &Observed,
-    view: &ClusterView,
-    step: &Step,
-    pods: &[PodView],
-) -> PaxosKVStatus {
+pub fn status_of(pkv: &PaxosKV, o: &Observed, view: &ClusterView, step: &Step) -> PaxosKVStatus {
     let old = pkv.status.clone().unwrap_or_default();
     let generation = pkv.metadata.generation;
+    let pods = &o.pods;
     let ready = pods.iter().filter(|p| p.ready).count() as i32;
     let voters = o.members.iter().filter(|m| m.voter).count();
     let healthy_voters = o.members.iter().filter(|m| m.voter && m.healthy).count();

@@ -75,29 +75,10 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => match phxkv_operator::crd_yaml() {
-            Ok(yaml) => {
-                use std::io::Write;
-                // A closed pipe (`| head`) is not an error worth a panic.
-                let _ = std::io::stdout().write_all(yaml.as_bytes());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: cannot render the CRD: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Render(args) => match render(&args) {
-            Ok(yaml) => {
-                use std::io::Write;
-                let _ = std::io::stdout().write_all(yaml.as_bytes());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Crd => {
+            print(phxkv_operator::crd_yaml().map_err(|e| format!("cannot render the CRD: {e}")))
+        }
+        Command::Render(args) => print(render(&args)),
         Command::Run(args) => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -113,6 +94,22 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Writes a rendered document to standard output, or the error to standard
+/// error. A closed pipe (`| head`) is not an error worth a panic.
+fn print(result: Result<String, String>) -> ExitCode {
+    use std::io::Write;
+    match result {
+        Ok(yaml) => {
+            let _ = std::io::stdout().write_all(yaml.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
