@@ -144,7 +144,15 @@ impl Driver {
         let mut was_master = false;
         self.turn(&mut waiters);
         loop {
-            let first = match self.inputs.recv_timeout(TICK) {
+            // The engine's own votes, fed back at the end of the last turn,
+            // may have left work (a commit, the next batch): do it now
+            // rather than after waiting for input.
+            let wait = if self.replica.has_ready() {
+                Duration::ZERO
+            } else {
+                TICK
+            };
+            let first = match self.inputs.recv_timeout(wait) {
                 Ok(i) => Some(i),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -311,8 +319,9 @@ impl Driver {
         for peer in ready.send_snapshot {
             self.send_snapshot(peer);
         }
-        // A replica's note to itself (a refusal of its own stale accept) is
-        // handled on the next turn, after this turn's records are durable.
+        // A replica's messages to itself (its own promise, its acceptance of
+        // what it proposed, a refusal of its own stale accept) count only
+        // once this turn's records are durable, which they are now.
         let now = self.now();
         for env in to_self {
             self.replica.step(now, env.from, env.msg);

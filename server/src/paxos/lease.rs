@@ -12,6 +12,12 @@
 //!   ballot above its promise, from anyone but the holder.
 //! - A restarted acceptor does not know whose lease it may have accepted, so it
 //!   refuses every other proposer for a whole lease from start-up.
+//! - When a change of voters is chosen, the master drops its lease (and the
+//!   lease proposals still in flight before the change) and takes a new one:
+//!   a majority of the configuration a lease was chosen in meets every
+//!   majority of the next configuration, but two changes later it may meet
+//!   none, and another master could be elected there while this one still
+//!   served reads (`paxos::tests::a_master_lease_does_not_outlive_two_voter_changes`).
 //!
 //! Why that is safe: the lease value is chosen, so a majority accepted it. In
 //! real time each of them refuses others until at least `t0 + duration/(1+rho)`,

@@ -24,6 +24,18 @@
 //!    intersects the quorum that accepted any newer configuration (point 1), so
 //!    that configuration shows up in a promise and the candidate counts its
 //!    quorum in it before it becomes master.
+//!
+//!    *Which* configuration a candidate counts in matters: the newest one
+//!    among the values that survive the merge of its promises (a value known
+//!    chosen, else the one accepted at the highest ballot, per slot), not
+//!    the newest one anywhere in them. A configuration whose slot a higher
+//!    ballot took over was never chosen (the higher ballot's phase 1 would
+//!    have found it), and a candidate that counted its quorum there could be
+//!    elected by a minority of the configuration actually chosen: a stale
+//!    master holding such a slot was once elected by two of four voters and
+//!    chose an instance a second time (`paxos::tests::
+//!    a_configuration_that_lost_its_slot_never_decides_a_quorum`). A
+//!    configuration that may have been chosen always survives the merge.
 //! 3. *In-flight instances.* An instance proposed under `C` and still unchosen
 //!    when `C'` enters the log is counted in `C'` from then on. Both quorums meet
 //!    every phase-1 quorum of `C` or `C'` (point 1), so the usual Paxos argument
@@ -35,6 +47,25 @@
 //!    down; its lease ends on its own timer, after which the remaining voters
 //!    elect a new master. The caller may hand mastership off first to avoid the
 //!    wait.
+//! 5. *Leases.* A lease is honoured by a majority of the configuration it
+//!    was chosen in, which meets every majority of the next configuration but
+//!    not necessarily of the one after. So when a change of voters is chosen,
+//!    the master gives up every lease chosen or proposed before it and takes
+//!    a new one in the new configuration (see `super::lease`); by the time the
+//!    following change may be proposed, no older lease is relied on.
+//! 6. *Changes that cannot finish.* A change of voters is refused unless a
+//!    quorum of the resulting configuration has answered the master
+//!    recently. Otherwise it could never be committed, and since every later
+//!    master counts its quorum in it (point 2), the cluster would be stuck
+//!    with it: removing a healthy voter while another is down is the usual
+//!    way to get there.
+//!
+//! Members are incarnations, not names: a node's id is created with its data
+//! directory, so a node that comes back with an empty disk has a new id that
+//! no configuration counts. It forgot its promises; counted under its old
+//! id, it could help choose a second value for an instance. It is replaced
+//! (the old id removed, the new one added as a learner, then promoted) like
+//! any other member.
 //!
 //! New members join as learners: they receive every accept and catch up (by
 //! log or snapshot) without being counted, and become voters by a second

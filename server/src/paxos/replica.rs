@@ -73,6 +73,13 @@ pub enum ReadError {
 /// [`Message::may_precede_persist`] holds may be sent before persisting,
 /// but nothing else this replica is fed may be handled before the records
 /// are durable.
+///
+/// Messages addressed to this replica itself are its own votes (a
+/// candidate's promise, a master's acceptance of what it proposes): the
+/// caller feeds them back with [`Replica::step`] once the records are
+/// durable, never earlier and never through the network (they must not be
+/// lost). A vote counted before it is durable could be forgotten in a
+/// crash after it helped choose a value.
 #[derive(Debug, Default)]
 pub struct Ready {
     /// Records to make durable before anything else in this value.
@@ -112,6 +119,8 @@ struct Candidate {
     ballot: Ballot,
     from_index: Index,
     promises: BTreeMap<NodeId, Vec<(Index, LogEntry)>>,
+    /// The configuration whose quorum the promises so far are counted in.
+    counting: Membership,
     started: Duration,
     last_sent: Duration,
 }
@@ -141,6 +150,8 @@ struct Master {
     last_heartbeat: Duration,
     /// Highest commit index each peer reported.
     peer_commit: BTreeMap<NodeId, Index>,
+    /// When each peer last answered this master.
+    peer_seen: BTreeMap<NodeId, Duration>,
     /// Mastership is being handed to this node: the handoff lease was
     /// proposed at `index` at time `since`; no new commands are taken.
     transfer: Option<Transfer>,
@@ -345,6 +356,11 @@ impl Replica {
         }
     }
 
+    /// Whether [`Replica::take_ready`] has anything to hand out.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// Hands out everything the caller must now persist, send and apply.
     pub fn take_ready(&mut self) -> Ready {
         std::mem::take(&mut self.ready)
@@ -455,14 +471,32 @@ impl Replica {
     /// Moves `commit` over every contiguous chosen slot and emits them.
     fn advance_commit(&mut self) {
         let before = self.commit;
+        let mut voters_changed_at = None;
         while let Some(e) = self.log.get(&(self.commit + 1)) {
             if !e.chosen {
                 break;
             }
             self.commit += 1;
+            if let Value::Config(m) = &e.value {
+                let previous = self.membership_at(self.commit - 1);
+                if !m.voters().eq(previous.voters()) {
+                    voters_changed_at = Some(self.commit);
+                }
+            }
         }
         if self.commit > before {
             self.ready.persist.push(Persist::Commit(self.commit));
+        }
+        if let (Some(at), State::Master(m)) = (voters_changed_at, &mut self.state) {
+            // A lease protects the master only in the configuration it was
+            // chosen in and the next one: their majorities meet. Once a
+            // change of voters is chosen, the next one may be proposed, and
+            // a lease from before this one could then be honoured by no
+            // majority at all. So every lease chosen (or proposed) before
+            // it is given up, and a new one in the new configuration takes
+            // its place (see `master_tick`).
+            m.lease_until = None;
+            m.lease_starts.retain(|i, _| *i > at);
         }
         while self.emitted < self.commit {
             let i = self.emitted + 1;
@@ -524,6 +558,7 @@ impl Replica {
                     && m.ballot == ballot
                 {
                     m.peer_commit.insert(from, commit);
+                    m.peer_seen.insert(from, now);
                 }
             }
             Message::CatchupRequest { from_index } => self.on_catchup_request(from, from_index),
@@ -552,9 +587,12 @@ impl Replica {
                     self.reset_election_timer(now);
                 } else if now >= c.last_sent + self.cfg.retry {
                     let (ballot, from_index) = (c.ballot, c.from_index);
-                    let missing: Vec<NodeId> = self
+                    // Voters of the configuration being counted may be
+                    // missing from the one this node holds.
+                    let missing: BTreeSet<NodeId> = self
                         .membership()
                         .voters()
+                        .chain(c.counting.voters())
                         .filter(|v| *v != self.cfg.id && !c.promises.contains_key(v))
                         .collect();
                     for p in missing {
@@ -628,18 +666,16 @@ impl Replica {
             })
             .collect();
         let commit = self.commit;
-        if from == self.cfg.id {
-            self.on_promise(now, from, ballot, entries, commit);
-        } else {
-            self.send(
-                from,
-                Message::Promise {
-                    ballot,
-                    entries,
-                    commit,
-                },
-            );
-        }
+        // Also to ourselves: our own promise counts only once the caller
+        // has made it durable and handed it back (see `Ready`).
+        self.send(
+            from,
+            Message::Promise {
+                ballot,
+                entries,
+                commit,
+            },
+        );
     }
 
     /// A higher ballot was promised to someone else: stop proposing.
@@ -727,15 +763,19 @@ impl Replica {
         if stale {
             self.reject(from, ballot, RejectReason::Behind { commit: my_commit });
         }
+        // The master's own vote travels as a message to itself too, so it
+        // counts only after its records are durable: with a single voter,
+        // counting it at once let a commit index leave (on an accept or a
+        // heartbeat that may precede the fsync) for entries durable nowhere.
+        self.send(
+            from,
+            Message::Accepted {
+                ballot,
+                indexes,
+                commit: my_commit,
+            },
+        );
         if from != self.cfg.id {
-            self.send(
-                from,
-                Message::Accepted {
-                    ballot,
-                    indexes,
-                    commit: my_commit,
-                },
-            );
             self.learn_commit(now, from, ballot, commit);
         }
     }
@@ -841,6 +881,10 @@ impl Replica {
         if !self.drop_log_through(meta) {
             return;
         }
+        // Values handed out but not yet applied that the snapshot covers are
+        // already in it: applying them on top would apply them twice and move
+        // the applied index backwards.
+        self.ready.committed.retain(|(i, _)| *i > index);
         self.commit = self.commit.max(index);
         self.emitted = self.emitted.max(index);
         self.catchup_sent = None;
@@ -888,10 +932,12 @@ impl Replica {
         let ballot = Ballot::new(self.highest_round.max(self.promised.round) + 1, self.cfg.id);
         self.highest_round = ballot.round;
         let from_index = self.commit + 1;
+        let counting = self.membership().clone();
         self.state = State::Candidate(Candidate {
             ballot,
             from_index,
             promises: BTreeMap::new(),
+            counting,
             started: now,
             last_sent: now,
         });
@@ -917,8 +963,7 @@ impl Replica {
         // the index itself adds nothing here.
         _commit: Index,
     ) {
-        let mut membership = self.membership().clone();
-        let mut newest = self.configs.keys().next_back().copied().unwrap_or(0);
+        let commit = self.commit;
         let State::Candidate(c) = &mut self.state else {
             return;
         };
@@ -926,25 +971,34 @@ impl Replica {
             return;
         }
         c.promises.insert(from, entries);
-        // Quorum in the newest configuration seen anywhere in the promises:
-        // configurations change one voter at a time, so that one's quorums
-        // meet every quorum that could have chosen anything.
-        for entries in c.promises.values() {
-            for (i, e) in entries {
-                if let Value::Config(m) = &e.value
-                    && *i > newest
-                {
-                    newest = *i;
-                    membership = m.clone();
-                }
-            }
-        }
+        // Count the quorum in the configuration of the log this candidate
+        // would drive: the newest one among the values that survive the
+        // merge (a chosen value, else the highest ballot per slot), or the
+        // one in force at the commit index. A configuration whose slot a
+        // higher ballot took over was never chosen and never will be, so it
+        // must not decide anything; one that may have been chosen survives
+        // the merge, because every quorum of a configuration meets every
+        // quorum of the next (see `super::membership`).
+        let merged = merge_promises(&c.promises, commit);
+        let counting = merged.iter().rev().find_map(|(_, e)| match &e.value {
+            Value::Config(m) => Some(m.clone()),
+            _ => None,
+        });
+        let counting = match counting {
+            Some(m) => m,
+            None => self.membership_at(commit),
+        };
+        let State::Candidate(c) = &mut self.state else {
+            return;
+        };
         let votes = c
             .promises
             .keys()
-            .filter(|id| membership.is_voter(**id))
+            .filter(|id| counting.is_voter(**id))
             .count();
-        if votes >= membership.quorum() && membership.is_voter(self.cfg.id) {
+        let won = votes >= counting.quorum() && counting.is_voter(self.cfg.id);
+        c.counting = counting;
+        if won {
             self.become_master(now);
         }
     }
@@ -994,31 +1048,10 @@ impl Replica {
             return;
         };
         let ballot = c.ballot;
-        // Merge promises: a chosen value wins; otherwise the highest ballot.
-        let mut merged: BTreeMap<Index, LogEntry> = BTreeMap::new();
-        for entries in c.promises.into_values() {
-            for (i, e) in entries {
-                if i <= self.commit {
-                    continue;
-                }
-                match merged.get(&i) {
-                    Some(m) if m.chosen => {
-                        if e.chosen {
-                            invariant!(
-                                m.value == e.value,
-                                "two chosen values for instance {i}: {:?} and {:?}",
-                                m.value,
-                                e.value
-                            );
-                        }
-                    }
-                    Some(m) if !e.chosen && m.ballot >= e.ballot => {}
-                    _ => {
-                        merged.insert(i, e);
-                    }
-                }
-            }
-        }
+        let mut merged: BTreeMap<Index, LogEntry> = merge_promises(&c.promises, self.commit)
+            .into_iter()
+            .map(|(i, e)| (i, e.clone()))
+            .collect();
         let last = merged
             .keys()
             .next_back()
@@ -1038,6 +1071,7 @@ impl Replica {
             last_lease_start: now,
             last_heartbeat: now,
             peer_commit: BTreeMap::new(),
+            peer_seen: BTreeMap::new(),
             transfer: None,
         });
         let mut values: Vec<(Index, Value)> = Vec::new();
@@ -1097,9 +1131,7 @@ impl Replica {
             );
         }
         let me = self.cfg.id;
-        let indexes: Vec<Index> = values.iter().map(|(i, _)| *i).collect();
         self.on_accept(now, me, ballot, values, commit);
-        self.on_accepted(now, me, ballot, indexes, commit);
     }
 
     fn on_accepted(
@@ -1121,6 +1153,7 @@ impl Replica {
         if from != self.cfg.id {
             let c = m.peer_commit.entry(from).or_default();
             *c = (*c).max(commit);
+            m.peer_seen.insert(from, now);
         }
         let mut chosen = Vec::new();
         for i in indexes {
@@ -1229,7 +1262,7 @@ impl Replica {
             self.step_down(None);
             return;
         }
-        let renew = now >= m.last_lease_start + lease_len / 3
+        let renew = (now >= m.last_lease_start + lease_len / 3 || m.lease_until.is_none())
             && m.lease_starts.is_empty()
             && m.transfer.is_none();
         let mut resend: Vec<(Index, Value)> = Vec::new();
@@ -1384,6 +1417,29 @@ impl Replica {
         }
         let next = super::membership::apply_change(self.membership(), &change)
             .map_err(ProposeError::InvalidChange)?;
+        // A change that leaves fewer live voters than its quorum can never
+        // be committed, and blocks every later one: the cluster would be
+        // stuck with it (etcd's strict reconfiguration check does the same).
+        if !next.voters().eq(self.membership().voters()) {
+            let recent = self.cfg.election_timeout * 2;
+            let live = next
+                .voters()
+                .filter(|v| {
+                    *v == self.cfg.id
+                        || m.peer_seen
+                            .get(v)
+                            .is_some_and(|t| now.saturating_sub(*t) <= recent)
+                })
+                .count();
+            if live < next.quorum() {
+                return Err(ProposeError::InvalidChange(format!(
+                    "after this change only {live} of its {} voters would be reachable, fewer than \
+                     the {} it needs to make progress; bring members back (or replace lost ones) first",
+                    next.voter_count(),
+                    next.quorum()
+                )));
+            }
+        }
         let State::Master(m) = &mut self.state else {
             return Err(ProposeError::NotMaster { hint });
         };
@@ -1429,4 +1485,38 @@ impl Replica {
             _ => BTreeMap::new(),
         }
     }
+}
+
+/// The log a candidate's promises add up to above `commit`: for each slot, a
+/// value known chosen, else the value accepted at the highest ballot (the
+/// only one that may have been chosen).
+fn merge_promises(
+    promises: &BTreeMap<NodeId, Vec<(Index, LogEntry)>>,
+    commit: Index,
+) -> BTreeMap<Index, &LogEntry> {
+    let mut merged: BTreeMap<Index, &LogEntry> = BTreeMap::new();
+    for entries in promises.values() {
+        for (i, e) in entries {
+            if *i <= commit {
+                continue;
+            }
+            match merged.get(i) {
+                Some(m) if m.chosen => {
+                    if e.chosen {
+                        invariant!(
+                            m.value == e.value,
+                            "two chosen values for instance {i}: {:?} and {:?}",
+                            m.value,
+                            e.value
+                        );
+                    }
+                }
+                Some(m) if !e.chosen && m.ballot >= e.ballot => {}
+                _ => {
+                    merged.insert(*i, e);
+                }
+            }
+        }
+    }
+    merged
 }

@@ -46,6 +46,9 @@ fn put(seq: u64, key: &str) -> Command {
     }
 }
 
+/// Decides which messages a test's network loses.
+type Dropper = Box<dyn Fn(&Envelope) -> bool>;
+
 /// A hand-driven cluster: messages wait in `wire` until delivered.
 struct Net {
     nodes: BTreeMap<NodeId, Replica>,
@@ -53,6 +56,8 @@ struct Net {
     persisted: BTreeMap<NodeId, Vec<Persist>>,
     committed: BTreeMap<NodeId, Vec<(Index, Value)>>,
     now: Duration,
+    /// Messages for which this returns true are lost.
+    dropper: Option<Dropper>,
 }
 
 impl Net {
@@ -73,6 +78,46 @@ impl Net {
             persisted: BTreeMap::new(),
             committed: BTreeMap::new(),
             now: Duration::ZERO,
+            dropper: None,
+        }
+    }
+
+    /// Restarts `id` from exactly what it persisted; with `forget_commit`
+    /// the commit index is lost too (a store may write it lazily).
+    fn restart(&mut self, id: NodeId, initial: Membership, forget_commit: bool) {
+        let mut rec = Recovered::default();
+        for p in self.persisted.get(&id).cloned().unwrap_or_default() {
+            match p {
+                Persist::Promise(b) => rec.promised = rec.promised.max(b),
+                Persist::Entry(i, e) => {
+                    rec.entries.insert(i, e);
+                }
+                Persist::Commit(c) => rec.commit = rec.commit.max(c),
+            }
+        }
+        if forget_commit {
+            rec.commit = 0;
+        }
+        let now = self.now;
+        self.nodes
+            .insert(id, Replica::new(config(id), rec, initial, now));
+    }
+
+    /// Every (index, value) each node applied, checked for agreement: no
+    /// two nodes ever apply different values at one index.
+    fn assert_agreement(&self) {
+        let mut chosen: BTreeMap<Index, (NodeId, &Value)> = BTreeMap::new();
+        for (id, committed) in &self.committed {
+            for (i, v) in committed {
+                if let Some((other, w)) = chosen.get(i) {
+                    assert_eq!(
+                        *w, v,
+                        "instance {i}: node {other} applied {w:?}, node {id} applied {v:?}"
+                    );
+                } else {
+                    chosen.insert(*i, (*id, v));
+                }
+            }
         }
     }
 
@@ -105,6 +150,9 @@ impl Net {
             budget -= 1;
             assert!(budget > 0, "message storm");
             if cut.contains(&env.to) || cut.contains(&env.from) {
+                continue;
+            }
+            if self.dropper.as_ref().is_some_and(|d| d(&env)) {
                 continue;
             }
             if let Some(r) = self.nodes.get_mut(&env.to) {
@@ -491,6 +539,7 @@ fn gaps_without_accepted_values_are_filled_with_noops() {
     let t = Duration::from_secs(5);
     r.tick(t);
     let ready = r.take_ready();
+    deliver_own(&mut r, t, &ready);
     let ballot = ready
         .messages
         .iter()
@@ -604,6 +653,8 @@ fn a_full_queue_refuses_proposals_as_busy() {
     );
     let t = Duration::from_secs(5);
     r.tick(t);
+    let ready = r.take_ready();
+    deliver_own(&mut r, t, &ready);
     let ballot = r.status(t).ballot;
     r.step(
         t,
@@ -877,4 +928,249 @@ fn a_learner_that_has_not_caught_up_cannot_be_promoted() {
         r.propose_change(now, ConfChange::Promote { id: 4 }),
         Err(ProposeError::InvalidChange(m)) if m.contains("not caught up")
     ));
+}
+
+// ------------------------------------------- reconfiguration and durability
+
+/// Elects `id` while the nodes in `cut` hear nothing: only `id` is ticked.
+fn elect_without(net: &mut Net, id: NodeId, cut: &[NodeId]) {
+    net.now += Duration::from_secs(5);
+    let now = net.now;
+    if let Some(r) = net.nodes.get_mut(&id) {
+        r.tick(now);
+    }
+    net.settle(cut);
+    assert!(net.nodes[&id].is_master(), "node {id} should be master");
+}
+
+#[test]
+fn a_configuration_that_lost_its_slot_never_decides_a_quorum() {
+    // Voters a=1, b=2, c=3, d=4; d is master.
+    let all = [1, 2, 3, 4];
+    let mut net = Net::new(&all);
+    net.elect(4);
+    net.advance(Duration::from_millis(100), &[]);
+    // d appends "remove c" at j; nobody else receives it, and d is cut off.
+    let now = net.now;
+    let j = net
+        .nodes
+        .get_mut(&4)
+        .and_then(|r| r.propose_change(now, ConfChange::Remove { id: 3 }).ok())
+        .expect("d proposes the change");
+    net.drain(4);
+    net.wire.clear();
+    // b is elected by {a, b, c} and fills j with its barrier.
+    elect_without(&mut net, 2, &[4]);
+    net.settle(&[4]);
+    // b commits "remove d" at j+1 and a write W at j+2 with c alone.
+    let now = net.now;
+    let removal = net
+        .nodes
+        .get_mut(&2)
+        .and_then(|r| r.propose_change(now, ConfChange::Remove { id: 4 }).ok())
+        .expect("b proposes removing d");
+    assert_eq!(removal, j + 1);
+    net.settle(&[1, 4]);
+    let now = net.now;
+    net.nodes.get_mut(&2).map(|r| r.propose(now, put(7, "w")));
+    net.settle(&[1, 4]);
+    assert_eq!(net.batches(2), vec![vec![7]], "b committed W");
+    // c restarts and forgets its commit index (it is written lazily).
+    net.restart(3, membership(&all), true);
+    // d restarts too, keeping its log; reaching a and c but not b, it
+    // campaigns under its stale config {a, b, d}, whose slot b's barrier
+    // took over.
+    net.restart(4, membership(&all), false);
+    net.now += Duration::from_secs(5);
+    let now = net.now;
+    if let Some(r) = net.nodes.get_mut(&4) {
+        r.tick(now);
+    }
+    net.settle(&[2]);
+    // Only d's timers run (its retransmissions reach c).
+    for _ in 0..6 {
+        net.now += 10 * MS;
+        let now = net.now;
+        if let Some(r) = net.nodes.get_mut(&4) {
+            r.tick(now);
+        }
+        net.settle(&[2]);
+    }
+    net.assert_agreement();
+    assert!(
+        !net.nodes[&4].is_master(),
+        "d was removed by a chosen configuration; it must not become master"
+    );
+    // Healed, the cluster goes on with W in place.
+    net.advance(Duration::from_millis(3000), &[4]);
+    net.assert_agreement();
+    for id in [1, 2, 3] {
+        assert!(net.batches(id).contains(&vec![7]), "node {id} lost W");
+    }
+}
+
+#[test]
+fn a_master_lease_does_not_outlive_two_voter_changes() {
+    // Voters 1, 2, 3 with 1 as master; its lease values reach only 1 and 3
+    // (2 and the joining 4 lose every one), which Paxos must tolerate.
+    let mut net = Net::new(&[1, 2, 3]);
+    net.nodes.insert(
+        4,
+        Replica::new(
+            config(4),
+            Recovered::default(),
+            Membership::default(),
+            Duration::ZERO,
+        ),
+    );
+    net.dropper = Some(Box::new(|e: &Envelope| {
+        e.from == 1
+            && (e.to == 2 || e.to == 4)
+            && matches!(&e.msg, Message::Accept { entries, .. }
+                if entries.iter().any(|(_, v)| matches!(v, Value::Lease { .. })))
+    }));
+    net.elect(1);
+    // Within one lease: add 4 as a learner, promote it, remove 3.
+    for change in [
+        ConfChange::AddLearner {
+            id: 4,
+            name: "n4".into(),
+            addr: String::new(),
+        },
+        ConfChange::Promote { id: 4 },
+        ConfChange::Remove { id: 3 },
+    ] {
+        let now = net.now;
+        net.nodes
+            .get_mut(&1)
+            .map(|r| r.propose_change(now, change.clone()).expect("change"));
+        net.settle(&[]);
+    }
+    assert_eq!(
+        net.nodes[&2].membership().voters().collect::<Vec<_>>(),
+        vec![1, 2, 4]
+    );
+    // 1 is cut off; {2, 4} hold no lease of 1's and elect 2. 1 must not
+    // believe in its lease while 2 holds one.
+    for _ in 0..60 {
+        net.advance(Duration::from_millis(10), &[1]);
+        let now = net.now;
+        let holders: Vec<NodeId> = [1, 2, 4]
+            .into_iter()
+            .filter(|id| net.nodes[id].lease_valid(now))
+            .collect();
+        assert!(
+            holders.len() <= 1,
+            "overlapping leases at {now:?}: {holders:?}"
+        );
+    }
+    assert!(
+        net.nodes[&2].is_master() || net.nodes[&4].is_master(),
+        "the new configuration elected a master"
+    );
+}
+
+/// Delivers the messages a replica addressed to itself, as the caller does
+/// once a Ready's records are durable.
+fn deliver_own(r: &mut Replica, now: Duration, ready: &Ready) {
+    let me = r.id();
+    for env in ready.messages.iter().filter(|e| e.to == me) {
+        r.step(now, env.from, env.msg.clone());
+    }
+}
+
+/// No message that may leave before the Ready's records are durable may
+/// carry a commit index that covers an entry of that same Ready.
+fn assert_no_early_commit(ready: &Ready) {
+    let first_new = ready
+        .persist
+        .iter()
+        .filter_map(|p| match p {
+            Persist::Entry(i, _) => Some(*i),
+            _ => None,
+        })
+        .min();
+    let Some(first_new) = first_new else { return };
+    for env in &ready.messages {
+        let commit = match &env.msg {
+            Message::Accept { commit, .. } | Message::Heartbeat { commit, .. }
+                if env.msg.may_precede_persist() =>
+            {
+                *commit
+            }
+            _ => continue,
+        };
+        assert!(
+            commit < first_new,
+            "{:?} to {} advertises commit {commit} before entry {first_new} is durable",
+            env.msg,
+            env.to
+        );
+    }
+}
+
+#[test]
+fn a_single_voter_never_advertises_a_commit_before_its_records_are_durable() {
+    let mut m = membership(&[1]);
+    m.members.insert(
+        2,
+        Member {
+            name: "n2".into(),
+            addr: String::new(),
+            role: Role::Learner,
+        },
+    );
+    let mut r = Replica::new(config(1), Recovered::default(), m, Duration::ZERO);
+    let mut now = Duration::from_secs(5);
+    r.tick(now);
+    let mut seq = 0;
+    for _ in 0..10 {
+        // Several proposals and a tick in one turn, as the driver batches them.
+        for _ in 0..3 {
+            seq += 1;
+            let _ = r.propose(now, put(seq, "k"));
+        }
+        now += Duration::from_millis(60);
+        r.tick(now);
+        let ready = r.take_ready();
+        assert_no_early_commit(&ready);
+        deliver_own(&mut r, now, &ready);
+    }
+    assert!(r.is_master());
+    assert!(r.commit_index() > 3, "the single voter made progress");
+}
+
+#[test]
+fn a_snapshot_installed_before_pending_values_are_applied_replaces_them() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    for seq in 1..=5 {
+        let now = net.now;
+        net.nodes.get_mut(&1).map(|r| r.propose(now, put(seq, "a")));
+        net.settle(&[3]);
+    }
+    let commit = net.nodes[&1].commit_index();
+    let entries: Vec<(Index, Value)> = (1..=commit)
+        .filter_map(|i| {
+            net.committed[&1]
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map(|(j, v)| (*j, v.clone()))
+        })
+        .collect();
+    // Node 3 learns everything, and before its caller applies any of it,
+    // installs a snapshot that covers most of it.
+    let now = net.now;
+    let f = net.nodes.get_mut(&3).expect("follower");
+    f.step(now, 1, Message::Catchup { entries, commit });
+    f.snapshot_installed(SnapshotMeta {
+        index: commit - 1,
+        membership: membership(&[1, 2, 3]),
+    });
+    let applied: Vec<Index> = f.take_ready().committed.iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        applied,
+        vec![commit],
+        "only what follows the snapshot is left to apply"
+    );
 }

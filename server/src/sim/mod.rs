@@ -1,11 +1,15 @@
 //! Deterministic simulation of a phxkv cluster, and the checkers it runs.
 //!
-//! [`run_seed`] builds a [`world::World`] from a seed: 3 or 5 replicas of the
-//! real engine and the real KV state machine, over a simulated network with
-//! loss, duplication, reordering, delays and partitions (including a lone old
-//! master), crashes that keep only what was persisted (also exactly between
-//! persisting and sending, and between sending and the next record), clocks
-//! that drift within the configured bound, clients, and membership changes.
+//! [`run_seed`] builds a [`world::World`] from a seed: 1, 3 or 5 voters of the
+//! real engine and the real KV state machine (a single voter always with
+//! learners beside it), over a simulated network with loss, duplication,
+//! reordering, delays and partitions (including a lone old master), crashes
+//! that keep only what was persisted (also exactly between persisting and
+//! sending, and between sending and the next record), disks lost outright (a
+//! node back with nothing, as a new incarnation that must be replaced),
+//! clocks that drift within the configured bound, clients, and membership
+//! changes proposed at any node that believes it is master (stale ones too),
+//! often several voter changes within one lease.
 //! After every event it checks that no instance chose two values, that applied
 //! logs are prefixes of one another, and that no two nodes hold valid leases
 //! at once; at the end, after healing every fault, that every acknowledged
@@ -42,19 +46,40 @@ pub struct SeedOutcome {
     pub acknowledged_writes: usize,
     pub chosen_instances: usize,
     pub crash_points: usize,
+    pub disk_losses: usize,
+    pub replacements: usize,
 }
 
 /// Options derived from a seed: cluster size, faults, membership changes.
 pub fn options_for(seed: u64) -> WorldOptions {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let nodes = [1, 3, 3, 3, 5, 5, 5][rng.random_range(0..7)];
+    let faults = !rng.random_bool(0.1);
+    // A single voter is only interesting with learners beside it.
+    let membership_changes = nodes == 1 || rng.random_bool(0.4);
+    let spares = if nodes == 1 {
+        rng.random_range(1..3)
+    } else {
+        rng.random_range(0..3)
+    };
     WorldOptions {
-        nodes: if rng.random_bool(0.5) { 3 } else { 5 },
+        nodes,
         clients: rng.random_range(2..8),
         keys: rng.random_range(2..6),
         active: rng.random_range(5..20) * 1_000_000,
         settle: 3_000_000,
-        faults: !rng.random_bool(0.1),
-        membership_changes: rng.random_bool(0.35),
+        faults,
+        membership_changes,
+        spares,
+        keep_learners: nodes == 1 && rng.random_bool(0.5),
+        // Often several steps within one lease (400ms in the simulator).
+        admin_interval: if rng.random_bool(0.5) {
+            200_000
+        } else {
+            rng.random_range(5_000..40_000)
+        },
+        disk_loss: faults && nodes >= 3 && membership_changes && rng.random_bool(0.5),
+        disk_loss_keeps_identity: false,
         compact_after: [20, 100, 1000][rng.random_range(0..3)],
         clock_drift_ppm: 10_000,
         engine_drift_ppm: 10_000,
@@ -89,6 +114,8 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
                 acknowledged_writes: 0,
                 chosen_instances: 0,
                 crash_points: 0,
+                disk_losses: 0,
+                replacements: 0,
             };
         }
     };
@@ -119,5 +146,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
         acknowledged_writes: report.acknowledged_writes,
         chosen_instances: report.chosen_instances,
         crash_points: report.crash_points,
+        disk_losses: report.disk_losses,
+        replacements: report.replacements,
     }
 }

@@ -41,7 +41,25 @@ pub struct WorldOptions {
     /// Simulated time after healing for the cluster to settle.
     pub settle: Time,
     pub faults: bool,
+    /// An administrator changes membership: adds the spare nodes as
+    /// learners, promotes them, removes a voter, and replaces nodes that
+    /// lost their disks.
     pub membership_changes: bool,
+    /// Nodes beyond `nodes` that join during the run (with membership changes).
+    pub spares: usize,
+    /// Spares stay learners (with one voter: a single voter plus learners).
+    pub keep_learners: bool,
+    /// Time between the administrator's steps; below the lease, several
+    /// voter changes complete within one lease.
+    pub admin_interval: Time,
+    /// Nodes lose their disks now and then and come back empty.
+    pub disk_loss: bool,
+    /// How a node that lost its disk comes back. `false` (the product): as a
+    /// new incarnation with a new id that votes nowhere until the
+    /// administrator replaces the old one. `true`: under its old id with the
+    /// bootstrap configuration, voting at once, as phxkv did before
+    /// incarnations; runs with it must be caught losing writes.
+    pub disk_loss_keeps_identity: bool,
     /// Compact the log once it holds more than this many instances.
     pub compact_after: u64,
     /// How far each node's clock rate may stray from real time, in ppm.
@@ -105,6 +123,7 @@ enum Event {
     Heal,
     Admin,
     Handoff,
+    DiskLoss,
 }
 
 #[derive(Clone, Debug)]
@@ -151,12 +170,20 @@ struct Client {
     done: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AdminStep {
-    AddLearner,
-    Promote,
-    Remove,
-    Done,
+/// One membership change the administrator wants, in terms of nodes; the
+/// node's current incarnation is looked up when the step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum AdminOp {
+    /// Add node `i` as a learner (starting it if it never ran).
+    Add(usize),
+    Promote(usize),
+    /// Remove a voter: the proposing master itself, sometimes; decided when
+    /// the step first runs.
+    RemoveSomeVoter,
+    /// Remove node `i`, which then leaves the cluster for good.
+    Retire(usize),
+    /// Remove one incarnation (a node's before it lost its disk).
+    RemoveIncarnation(NodeId),
 }
 
 /// The outcome of a run.
@@ -170,6 +197,9 @@ pub struct RunReport {
     /// Crashes that hit exactly between persisting and sending, or between
     /// sending and the next record.
     pub crash_points: usize,
+    /// Disks lost, and replacements of their nodes that completed.
+    pub disk_losses: usize,
+    pub replacements: usize,
 }
 
 /// A simulated cluster.
@@ -193,12 +223,19 @@ pub struct World {
     slow: f64,
     max_delay: Time,
     engine_drift_ppm: u32,
-    admin: AdminStep,
-    admin_target: Option<usize>,
-    admin_removed: Option<usize>,
+    admin: VecDeque<AdminOp>,
+    admin_running: bool,
+    /// Nodes removed for good once their removal is committed.
+    retiring: BTreeSet<usize>,
+    /// Incarnations handed out so far, for fresh ids.
+    incarnations: u64,
+    /// The last step of each replacement under way.
+    replacing: BTreeSet<AdminOp>,
     trace: VecDeque<String>,
     failure: Option<String>,
     crash_points: usize,
+    disk_losses: usize,
+    replacements: usize,
     stopping: bool,
     print_trace: bool,
 }
@@ -212,7 +249,12 @@ impl World {
         let mut rng = SmallRng::seed_from_u64(seed);
         let engine_drift_ppm = opts.engine_drift_ppm;
         let drift = i64::from(opts.clock_drift_ppm);
-        let total = opts.nodes + usize::from(opts.membership_changes);
+        let total = opts.nodes
+            + if opts.membership_changes {
+                opts.spares
+            } else {
+                0
+            };
         let mut initial = Membership::default();
         for i in 0..opts.nodes {
             initial.members.insert(
@@ -288,12 +330,16 @@ impl World {
             slow: if opts_faults { 0.01 } else { 0.0 },
             max_delay,
             engine_drift_ppm,
-            admin: AdminStep::AddLearner,
-            admin_target: None,
-            admin_removed: None,
+            admin: VecDeque::new(),
+            admin_running: false,
+            retiring: BTreeSet::new(),
+            incarnations: 0,
+            replacing: BTreeSet::new(),
             trace: VecDeque::new(),
             failure: None,
             crash_points: 0,
+            disk_losses: 0,
+            replacements: 0,
             stopping: false,
             print_trace: std::env::var_os("PHXKV_SIM_TRACE").is_some(),
         };
@@ -318,8 +364,24 @@ impl World {
                 w.schedule(at, ev);
             }
         }
+        if w.opts.disk_loss {
+            for _ in 0..w.rng.random_range(1..4) {
+                let at = w.rng.random_range(0..w.opts.active * 3 / 4);
+                w.schedule(at, Event::DiskLoss);
+            }
+        }
         if w.opts.membership_changes {
+            for s in w.opts.nodes..w.nodes.len() {
+                w.admin.push_back(AdminOp::Add(s));
+                if !w.opts.keep_learners {
+                    w.admin.push_back(AdminOp::Promote(s));
+                }
+            }
+            if w.opts.nodes + w.opts.spares > 1 && !w.opts.keep_learners {
+                w.admin.push_back(AdminOp::RemoveSomeVoter);
+            }
             let at = w.rng.random_range(0..w.opts.active / 2);
+            w.admin_running = true;
             w.schedule(at, Event::Admin);
         }
         w
@@ -493,7 +555,12 @@ impl World {
             ));
             return self.crash(i);
         }
-        for env in ready.messages {
+        // A replica's messages to itself are its own votes: handed back once
+        // the records are durable, never through the (lossy) network.
+        let me = self.nodes[i].id;
+        let (own, others): (Vec<_>, Vec<_>) =
+            ready.messages.into_iter().partition(|env| env.to == me);
+        for env in others {
             self.send(env);
         }
         if crash_point == Some(CrashPoint::AfterSend) && !ready.persist.is_empty() {
@@ -518,6 +585,15 @@ impl World {
         }
         self.serve_reads(i);
         self.maybe_compact(i);
+        if !own.is_empty() {
+            let now = self.local_now(i);
+            if let Some(r) = self.nodes[i].replica.as_mut() {
+                for env in own {
+                    r.step(now, env.from, env.msg);
+                }
+            }
+            self.process_ready(i);
+        }
     }
 
     fn apply(&mut self, i: usize, index: Index, value: Value) {
@@ -964,71 +1040,220 @@ impl World {
         })
     }
 
+    /// A node that believes it is master, stale ones included: changes are
+    /// proposed wherever an administrator's request lands.
+    fn some_master(&mut self) -> Option<usize> {
+        let masters: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| {
+                self.nodes[*i].up
+                    && self.nodes[*i]
+                        .replica
+                        .as_ref()
+                        .is_some_and(|r| r.is_master())
+            })
+            .collect();
+        if masters.is_empty() {
+            return None;
+        }
+        Some(masters[self.rng.random_range(0..masters.len())])
+    }
+
     fn admin(&mut self) {
-        if self.admin == AdminStep::Done || self.stopping {
+        let Some(&op) = self.admin.front() else {
+            self.admin_running = false;
+            return;
+        };
+        if self.stopping {
+            // The cluster settles as it is; a replacement left half done
+            // leaves the new incarnation outside, which the checks allow.
+            self.admin.clear();
+            self.admin_running = false;
             return;
         }
-        let Some(m) = self.master_index() else {
-            return self.schedule(100_000, Event::Admin);
+        let interval = self.opts.admin_interval;
+        let Some(m) = self.some_master() else {
+            return self.schedule(interval.max(50_000), Event::Admin);
         };
-        let spare = self.opts.nodes; // the node that joins
         let now = self.local_now(m);
-        let change = match self.admin {
-            AdminStep::AddLearner => {
-                if !self.nodes[spare].alive {
-                    self.nodes[spare].alive = true;
-                    self.start_node(spare);
-                }
-                ConfChange::AddLearner {
-                    id: self.nodes[spare].id,
-                    name: self.nodes[spare].name.clone(),
-                    addr: format!("sim://{}", self.nodes[spare].name),
-                }
-            }
-            AdminStep::Promote => ConfChange::Promote {
-                id: self.nodes[spare].id,
-            },
-            AdminStep::Remove => {
-                let victim = *self.admin_target.get_or_insert_with(|| {
-                    // Sometimes the master itself.
-                    if self.rng.random_bool(0.4) { m } else { 0 }
-                });
-                ConfChange::Remove {
-                    id: self.nodes[victim].id,
-                }
-            }
-            AdminStep::Done => return,
+        // Progress is judged by the newest chosen configuration anywhere
+        // (the proposer may be a stale master that knows little).
+        let Some(committed) = self.newest_committed_config() else {
+            return self.schedule(interval, Event::Admin);
         };
-        let Some(r) = self.nodes[m].replica.as_mut() else {
+        let (change, done) = match op {
+            AdminOp::Add(i) => {
+                if !self.nodes[i].alive {
+                    self.nodes[i].alive = true;
+                    self.start_node(i);
+                }
+                let id = self.nodes[i].id;
+                (
+                    Some(ConfChange::AddLearner {
+                        id,
+                        name: self.nodes[i].name.clone(),
+                        addr: format!("sim://{}", self.nodes[i].name),
+                    }),
+                    committed.members.contains_key(&id),
+                )
+            }
+            AdminOp::Promote(i) => {
+                let id = self.nodes[i].id;
+                (Some(ConfChange::Promote { id }), committed.is_voter(id))
+            }
+            AdminOp::RemoveSomeVoter => {
+                // Sometimes the master itself, else another voter.
+                let voters: Vec<NodeId> = committed.voters().collect();
+                let me = self.nodes[m].id;
+                let pick = if self.rng.random_bool(0.4) || voters.len() < 2 {
+                    me
+                } else {
+                    let others: Vec<NodeId> = voters.into_iter().filter(|v| *v != me).collect();
+                    others[self.rng.random_range(0..others.len())]
+                };
+                match self.index_of(pick) {
+                    Some(i) if committed.voter_count() > 1 => {
+                        if let Some(front) = self.admin.front_mut() {
+                            *front = AdminOp::Retire(i);
+                        }
+                        self.retiring.insert(i);
+                    }
+                    _ => {
+                        self.admin.pop_front();
+                    }
+                }
+                return self.schedule(1, Event::Admin);
+            }
+            AdminOp::Retire(i) => {
+                let id = self.nodes[i].id;
+                (
+                    Some(ConfChange::Remove { id }),
+                    !committed.members.contains_key(&id),
+                )
+            }
+            AdminOp::RemoveIncarnation(id) => (
+                Some(ConfChange::Remove { id }),
+                !committed.members.contains_key(&id),
+            ),
+        };
+        if done {
+            self.note(format!("admin step done: {op:?}"));
+            if self.replacing.remove(&op) {
+                self.replacements += 1;
+            }
+            self.admin.pop_front();
+            return self.schedule(1, Event::Admin);
+        }
+        let name = self.nodes[m].name.clone();
+        if let (Some(change), Some(r)) = (change, self.nodes[m].replica.as_mut()) {
+            match r.propose_change(now, change.clone()) {
+                Ok(index) => self.note(format!(
+                    "admin proposes {change:?} at {name}, index {index}"
+                )),
+                Err(e) => self.note(format!("admin at {name}: {e}")),
+            }
+            self.process_ready(m);
+        }
+        self.schedule(interval, Event::Admin);
+    }
+
+    /// The configuration chosen at the highest commit index any live
+    /// replica knows.
+    fn newest_committed_config(&self) -> Option<Membership> {
+        self.nodes
+            .iter()
+            .filter(|n| n.up)
+            .filter_map(|n| n.replica.as_ref())
+            // A node that joined by replaying the log knows no configuration
+            // before the one that added it.
+            .filter(|r| !r.membership_at(r.commit_index()).members.is_empty())
+            .max_by_key(|r| r.commit_index())
+            .map(|r| r.membership_at(r.commit_index()))
+    }
+
+    /// Node `i` loses its disk: it crashes and comes back with nothing.
+    fn disk_loss(&mut self) {
+        // One lost disk at a time, and only while a majority of the voters
+        // keeps theirs: more is the loss of the cluster, not of a replica.
+        if self
+            .admin
+            .iter()
+            .any(|o| matches!(o, AdminOp::RemoveIncarnation(_)))
+        {
+            return;
+        }
+        let Some(membership) = self.newest_committed_config() else {
             return;
         };
-        // Is the step already in the configuration (an earlier attempt won)?
-        let membership = r.membership().clone();
-        let already = match &change {
-            ConfChange::AddLearner { id, .. } => membership.members.contains_key(id),
-            ConfChange::Promote { id } => membership.is_voter(*id),
-            ConfChange::Remove { id } => !membership.members.contains_key(id),
+        // Every configuration that may come into force: the committed one
+        // and the newest in any log.
+        let configs: Vec<Membership> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .map(|r| r.membership().clone())
+            .chain([membership.clone()])
+            .collect();
+        // Voters that still hold their disks: the incarnation a live node runs.
+        let intact = |c: &Membership, lost: NodeId| {
+            c.voters()
+                .filter(|v| *v != lost && self.nodes.iter().any(|n| n.alive && n.id == *v))
+                .count()
         };
-        if already {
-            if r.status(now).commit >= r.status(now).last_index.min(r.commit_index()) {
-                self.admin = match self.admin {
-                    AdminStep::AddLearner => AdminStep::Promote,
-                    AdminStep::Promote => AdminStep::Remove,
-                    _ => {
-                        self.admin_removed = self.admin_target;
-                        AdminStep::Done
-                    }
-                };
-                self.note(format!("admin step done: {change:?}"));
-            }
-        } else {
-            match r.propose_change(now, change.clone()) {
-                Ok(index) => self.note(format!("admin proposes {change:?} at {index}")),
-                Err(e) => self.note(format!("admin: {e}")),
-            }
+        let candidates: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| {
+                let id = self.nodes[*i].id;
+                self.nodes[*i].alive
+                    && !self.retiring.contains(i)
+                    && membership.members.contains_key(&id)
+                    && configs.iter().all(|c| intact(c, id) >= c.quorum())
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
         }
-        self.process_ready(m);
-        self.schedule(200_000, Event::Admin);
+        let i = candidates[self.rng.random_range(0..candidates.len())];
+        let old = self.nodes[i].id;
+        if self.nodes[i].up {
+            self.crash(i);
+        }
+        let node = &mut self.nodes[i];
+        node.disk = Box::new(MemStore::new());
+        if let Some(root) = &self.opts.disk_root {
+            let _ = std::fs::remove_dir_all(root.join(&node.name));
+        }
+        let name = node.name.clone();
+        self.disk_losses += 1;
+        if self.opts.disk_loss_keeps_identity {
+            self.note(format!(
+                "{name} loses its disk; it comes back under its old id"
+            ));
+            return;
+        }
+        self.incarnations += 1;
+        let fresh = (self.incarnations << 16) | (i as NodeId + 1);
+        let node = &mut self.nodes[i];
+        node.id = fresh;
+        // A new incarnation finds the cluster existing and waits to be
+        // replaced: it holds no configuration of its own.
+        node.initial = Membership::default();
+        self.note(format!(
+            "{name} loses its disk; incarnation {old} is gone, {fresh} waits to be replaced"
+        ));
+        // Replacing it comes before anything else the administrator had
+        // planned: other voter changes may need its vote.
+        if membership.is_voter(old) {
+            self.admin.push_front(AdminOp::Promote(i));
+            self.replacing.insert(AdminOp::Promote(i));
+        } else {
+            self.replacing.insert(AdminOp::Add(i));
+        }
+        self.admin.push_front(AdminOp::Add(i));
+        self.admin.push_front(AdminOp::RemoveIncarnation(old));
+        if !self.admin_running {
+            self.admin_running = true;
+            let d = self.opts.admin_interval;
+            self.schedule(d, Event::Admin);
+        }
     }
 
     // ------------------------------------------------------------- run
@@ -1043,12 +1268,18 @@ impl World {
         }
         self.process_ready(i);
         // A node removed by a committed change leaves the cluster for good.
-        if self.admin_removed == Some(i) {
-            let still_member = self
-                .master_index()
-                .and_then(|m| self.nodes[m].replica.as_ref())
-                .is_some_and(|r| r.membership().members.contains_key(&self.nodes[i].id));
-            if !still_member && self.master_index().is_some_and(|m| m != i) {
+        if self.retiring.contains(&i) {
+            let id = self.nodes[i].id;
+            let removed = (0..self.nodes.len()).any(|m| {
+                m != i
+                    && self.nodes[m].up
+                    && self.nodes[m].replica.as_ref().is_some_and(|r| {
+                        r.is_master()
+                            && !r.membership_at(r.commit_index()).members.contains_key(&id)
+                    })
+            });
+            if removed {
+                self.retiring.remove(&i);
                 self.nodes[i].alive = false;
                 self.crash(i);
                 return;
@@ -1117,6 +1348,11 @@ impl World {
                 self.note("partition healed".into());
             }
             Event::Admin => self.admin(),
+            Event::DiskLoss => {
+                if !self.stopping {
+                    self.disk_loss();
+                }
+            }
             Event::Handoff => {
                 if !self.stopping {
                     self.handoff();
@@ -1149,6 +1385,8 @@ impl World {
             acknowledged_writes: self.acked.len(),
             chosen_instances: self.chosen.len(),
             crash_points: self.crash_points,
+            disk_losses: self.disk_losses,
+            replacements: self.replacements,
             history: self.history,
         }
     }
