@@ -362,6 +362,30 @@ async fn execute(
             .await;
             Ok(())
         }
+        Step::ReplaceMember(pod) => {
+            let via = view.via().ok_or(MembersError::NoReplica)?;
+            let why = view.lost.get(pod).cloned().unwrap_or_default();
+            let report = members.replace(via, pod).await?;
+            ctx.metrics.step("replace_member");
+            let mut message = format!("{pod} came back with an empty volume");
+            if let Some(old) = &report.removed {
+                message.push_str(&format!(": removed incarnation {old}"));
+            }
+            message.push_str(&format!("; {}", report.message));
+            if !why.is_empty() {
+                tracing::info!(pod = %pod, reason = %why, "replacing a member that lost its volume");
+            }
+            publish(
+                ctx,
+                pkv,
+                EventType::Warning,
+                "MemberReplaced",
+                "ReplaceMember",
+                &message,
+            )
+            .await;
+            Ok(())
+        }
         Step::ReplacePod(pod) => {
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
             pods.delete(pod, &DeleteParams::default()).await?;
@@ -394,6 +418,9 @@ pub fn describe(step: &Step) -> String {
         Step::Promote(p) => format!("promoting {p} to voter"),
         Step::Remove(p) => format!("removing member {p}"),
         Step::ReplacePod(p) => format!("replacing pod {p}"),
+        Step::ReplaceMember(p) => {
+            format!("replacing member {p}, whose pod came back with an empty volume")
+        }
     }
 }
 
@@ -516,6 +543,36 @@ pub fn status_of(pkv: &PaxosKV, o: &Observed, view: &ClusterView, step: &Step) -
         cond("Degraded", false, "Healthy", "every member is healthy")
     };
 
+    let volume_lost = if o.lost.is_empty() {
+        cond(
+            "VolumeLost",
+            false,
+            "NoneLost",
+            "every pod runs the incarnation its member has",
+        )
+    } else {
+        let detail: Vec<String> = o
+            .lost
+            .iter()
+            .map(|p| match view.lost.get(p) {
+                Some(why) if !why.is_empty() => format!("{p}: {why}"),
+                _ => p.clone(),
+            })
+            .collect();
+        cond(
+            "VolumeLost",
+            true,
+            if matches!(step, Step::ReplaceMember(_)) {
+                "ReplacingMember"
+            } else {
+                "WaitingToReplace"
+            },
+            &format!(
+                "came back with an empty volume and votes nowhere until replaced: {}",
+                detail.join("; ")
+            ),
+        )
+    };
     // `Ready` is what generic tools (kstatus, `helm --wait`) look for.
     let ready_cond = if phase == Phase::Running {
         cond(
@@ -537,7 +594,7 @@ pub fn status_of(pkv: &PaxosKV, o: &Observed, view: &ClusterView, step: &Step) -
             .iter()
             .map(|m| MemberStatus {
                 name: m.name.clone(),
-                id: phxkv::paxos::node_id_from_name(&m.name).to_string(),
+                id: m.id.clone(),
                 role: if m.voter { "voter" } else { "learner" }.into(),
                 applied_index: view.applied.get(&m.name).copied(),
                 healthy: m.healthy,
@@ -547,7 +604,7 @@ pub fn status_of(pkv: &PaxosKV, o: &Observed, view: &ClusterView, step: &Step) -
         conditions: conditions(
             &old.conditions,
             generation,
-            [available, progressing, degraded, ready_cond],
+            [available, progressing, degraded, volume_lost, ready_cond],
         ),
     }
 }

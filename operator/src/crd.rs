@@ -340,7 +340,8 @@ pub enum Phase {
 pub struct MemberStatus {
     /// Member name (the pod name).
     pub name: String,
-    /// Numeric node id derived from the name, as the server logs it.
+    /// The member's incarnation (16 hex digits): drawn when its volume was
+    /// created, new when a pod comes back with an empty one.
     pub id: String,
     /// `voter` or `learner`.
     pub role: String,

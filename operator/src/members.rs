@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use phxkv::api::service::{ClusterInfo, MemberRole};
+use phxkv::api::service::{ClusterInfo, MemberRole, NodeStatus, ReplaceReport};
 use serde::Deserialize;
 
 use crate::plan::{MemberView, Observed, PodView, Step};
@@ -66,6 +66,9 @@ pub struct ClusterView {
     pub applied: BTreeMap<String, u64>,
     /// Replicas that answered, with their client URL.
     pub answered: Vec<(String, String)>,
+    /// Replicas that say they came back with an empty volume and wait to
+    /// be replaced, with why.
+    pub lost: BTreeMap<String, String>,
 }
 
 impl ClusterView {
@@ -99,6 +102,7 @@ impl ClusterView {
                 .iter()
                 .filter_map(|m| names.ordinal(&m.name).map(|i| (m.name.clone(), i)))
                 .collect(),
+            lost: self.lost.keys().cloned().collect(),
         }
     }
 }
@@ -142,6 +146,12 @@ impl MembersClient {
             match result {
                 Ok(info) => {
                     view.applied.insert(pod.clone(), info.applied_index);
+                    if info.node_state == NodeStatus::AwaitingReplacement {
+                        view.lost.insert(
+                            pod.clone(),
+                            info.node_state_reason.clone().unwrap_or_default(),
+                        );
+                    }
                     view.answered.push((pod.clone(), url));
                     let is_master = info.members.iter().any(|m| m.is_master && m.name == pod);
                     let better = match &best {
@@ -164,6 +174,7 @@ impl MembersClient {
                     name: m.name.clone(),
                     voter: m.role == MemberRole::Voter,
                     healthy: m.healthy,
+                    id: m.id.clone(),
                 })
                 .collect();
         }
@@ -205,6 +216,22 @@ impl MembersClient {
         let url = format!("{base}/v1/cluster/members");
         let request = request.bearer_auth(&self.token).timeout(CHANGE_TIMEOUT);
         Self::send(&url, request).await.map(|_| ())
+    }
+
+    /// One call of the replacement of `name` through the replica at `base`;
+    /// the report says whether it is done or still catching up.
+    pub async fn replace(&self, base: &str, name: &str) -> Result<ReplaceReport, MembersError> {
+        let url = format!("{base}/v1/cluster/members/{name}/replace");
+        let request = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .timeout(CHANGE_TIMEOUT);
+        Self::send(&url, request)
+            .await?
+            .json()
+            .await
+            .map_err(|source| MembersError::Unreachable { url, source })
     }
 
     /// Sends with the trace context; a non-2xx answer becomes

@@ -18,6 +18,12 @@
 //! 4. Upgrade (a pod whose template is older than the StatefulSet's)
 //!    replaces one pod at a time, only when every member is healthy and
 //!    every pod ready, the master last.
+//!
+//! Before scaling or upgrading, a pod that came back with an empty volume
+//! (it reports `awaiting_replacement`: the cluster counts another
+//! incarnation under its name) is replaced through the membership API, one
+//! at a time, and only while the other voters keep a healthy majority
+//! without it. Until then it votes nowhere, so it weakens the cluster.
 
 use std::collections::BTreeMap;
 
@@ -45,6 +51,8 @@ pub struct MemberView {
     pub voter: bool,
     /// The master heard from it recently.
     pub healthy: bool,
+    /// Its incarnation, as the cluster reports it.
+    pub id: String,
 }
 
 /// Everything [`plan`] decides from.
@@ -64,6 +72,9 @@ pub struct Observed {
     /// Maps a member name to its ordinal (`None` for names that are not
     /// pods of this StatefulSet: those are left alone).
     pub ordinals: BTreeMap<String, i32>,
+    /// Pods that report they came back with an empty volume and wait to be
+    /// replaced.
+    pub lost: Vec<String>,
 }
 
 /// The one next thing to do.
@@ -85,6 +96,9 @@ pub enum Step {
     /// Delete this pod so the StatefulSet recreates it from the current
     /// template.
     ReplacePod(String),
+    /// Replace this member by the new incarnation its pod runs (its volume
+    /// was lost): remove, add as a learner, promote once caught up.
+    ReplaceMember(String),
 }
 
 impl Step {
@@ -92,7 +106,11 @@ impl Step {
     pub fn is_scaling(&self) -> bool {
         matches!(
             self,
-            Step::SetReplicas(_) | Step::AddLearner(_) | Step::Promote(_) | Step::Remove(_)
+            Step::SetReplicas(_)
+                | Step::AddLearner(_)
+                | Step::Promote(_)
+                | Step::Remove(_)
+                | Step::ReplaceMember(_)
         )
     }
 }
@@ -115,6 +133,22 @@ pub fn plan(o: &Observed) -> Step {
         .collect();
     let voters = o.members.iter().filter(|m| m.voter).count();
     let healthy_voters = o.members.iter().filter(|m| m.voter && m.healthy).count();
+
+    // 0. Lost volumes: the node votes nowhere until replaced.
+    if let Some(lost) = o.lost.first() {
+        let member = o.members.iter().find(|m| &m.name == lost);
+        let (remaining, remaining_healthy) = match member {
+            Some(m) if m.voter => (voters - 1, healthy_voters - usize::from(m.healthy)),
+            _ => (voters, healthy_voters),
+        };
+        if remaining == 0 || remaining_healthy < majority(remaining) {
+            return Step::Wait(format!(
+                "{lost} lost its volume, but replacing it now would leave {remaining_healthy} \
+                 healthy of {remaining} voters; waiting for the others to be healthy"
+            ));
+        }
+        return Step::ReplaceMember(lost.clone());
+    }
 
     // 2. Scale down: members past the new size go first.
     let mut extra: Vec<&(&MemberView, i32)> =
@@ -215,6 +249,7 @@ mod tests {
             name: format!("kv-{i}"),
             voter,
             healthy,
+            id: format!("{:016x}", i + 1),
         }
     }
 
@@ -227,6 +262,7 @@ mod tests {
             master: Some("kv-0".into()),
             members,
             ordinals,
+            lost: Vec::new(),
         }
     }
 
@@ -245,6 +281,25 @@ mod tests {
         let mut o = steady(3);
         o.master = None;
         assert!(matches!(plan(&o), Step::Wait(_)));
+    }
+
+    #[test]
+    fn a_pod_back_with_an_empty_volume_is_replaced_first_and_only_with_a_quorum() {
+        let mut o = steady(3);
+        o.members[1].healthy = false;
+        o.lost = vec!["kv-1".into()];
+        // Even with a scale-up pending, the lost member comes first.
+        o.desired = 5;
+        assert_eq!(plan(&o), Step::ReplaceMember("kv-1".into()));
+        assert!(Step::ReplaceMember("kv-1".into()).is_scaling());
+        // Not while the others lack a healthy majority without it.
+        o.members[2].healthy = false;
+        assert!(matches!(plan(&o), Step::Wait(r) if r.contains("kv-1 lost its volume")));
+        // A lost pod that is no member any more is added back the same way.
+        let mut o = steady(3);
+        o.members.remove(1);
+        o.lost = vec!["kv-1".into()];
+        assert_eq!(plan(&o), Step::ReplaceMember("kv-1".into()));
     }
 
     #[test]
@@ -334,6 +389,7 @@ mod tests {
             name: "manual-node".into(),
             voter: false,
             healthy: true,
+            id: "00000000000000ff".into(),
         });
         assert_eq!(plan(&o), Step::Idle);
     }

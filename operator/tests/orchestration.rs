@@ -4,7 +4,8 @@
 //! replace one). A writer keeps writing through every step; at the end
 //! every acknowledged write must read back.
 //!
-//! Path: 3 replicas -> 5 -> 3, then an upgrade of every pod (master last).
+//! Path: 3 replicas -> 5 -> 3, then an upgrade of every pod (master last),
+//! then a follower that loses its volume and is replaced.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -196,6 +197,19 @@ impl FakeSet {
         self.start(i);
     }
 
+    /// The pod's volume is lost: the pod is killed and comes back on an
+    /// empty one (a PersistentVolume gone, a pod rescheduled to a node with
+    /// fresh local storage).
+    fn lose_volume(&mut self, name: &str) {
+        let i = self.names.ordinal(name).expect("a pod of the set");
+        if let Some(mut child) = self.pods.get_mut(&i).and_then(|p| p.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        std::fs::remove_dir_all(self.data_dir(i)).expect("wipe the volume");
+        self.start(i);
+    }
+
     fn url(&self, i: i32) -> String {
         format!("http://127.0.0.1:{}", self.pods[&i].client_port)
     }
@@ -304,19 +318,36 @@ async fn converge(
             _ => {}
         }
         eprintln!("step: {step:?} (master {:?})", view.master);
-        steps.push((step.clone(), view.master.clone()));
-        match &step {
-            Step::SetReplicas(n) => set.lock().await.resize(*n),
-            Step::ReplacePod(p) => set.lock().await.replace(p),
+        // Only steps that succeeded are recorded; a failed one is planned
+        // again (a new pod not listening yet answers 503, say).
+        let done = match &step {
+            Step::SetReplicas(n) => {
+                set.lock().await.resize(*n);
+                Ok(())
+            }
+            Step::ReplacePod(p) => {
+                set.lock().await.replace(p);
+                Ok(())
+            }
             Step::AddLearner(p) | Step::Promote(p) | Step::Remove(p) => {
                 let via = view.via().expect("a replica answered").to_string();
                 let peer_url = set.lock().await.peer_url(p);
-                if let Err(e) = members.change(&via, &step, &peer_url).await {
-                    eprintln!("step {step:?} failed, will re-plan: {e}");
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
+                members.change(&via, &step, &peer_url).await
             }
-            Step::Idle | Step::Wait(_) => {}
+            Step::ReplaceMember(p) => {
+                let via = view.via().expect("a replica answered").to_string();
+                members.replace(&via, p).await.map(|r| {
+                    eprintln!("replace {p}: {:?}: {}", r.state, r.message);
+                })
+            }
+            Step::Idle | Step::Wait(_) => Ok(()),
+        };
+        match done {
+            Ok(()) => steps.push((step.clone(), view.master.clone())),
+            Err(e) => {
+                eprintln!("step {step:?} failed, will re-plan: {e}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
         }
     }
 }
@@ -452,6 +483,48 @@ async fn scale_3_to_5_to_3_then_upgrade_with_writes_throughout() {
         }
     }
     assert!(progressed(before), "writes succeeded while upgrading");
+
+    // A follower's volume is lost: the operator replaces the member on its
+    // own, and the pod rejoins as a new incarnation.
+    let before = acked_count.load(Ordering::Relaxed);
+    let master = members
+        .observe(&set.lock().await.urls())
+        .await
+        .master
+        .expect("a master");
+    let victim = ["kv-0", "kv-1", "kv-2"]
+        .into_iter()
+        .find(|p| *p != master)
+        .expect("a follower");
+    let old_id = members
+        .cluster_info(&set.lock().await.url(0))
+        .await
+        .expect("cluster info")
+        .members
+        .iter()
+        .find(|m| m.name == victim)
+        .map(|m| m.id.clone())
+        .expect("victim is a member");
+    set.lock().await.lose_volume(victim);
+    let healed = converge(&set, &members, &http, 3).await;
+    assert!(
+        healed
+            .iter()
+            .any(|(s, _)| *s == Step::ReplaceMember(victim.into())),
+        "the member with the lost volume was replaced: {healed:?}"
+    );
+    let info = members
+        .cluster_info(&set.lock().await.url(0))
+        .await
+        .expect("cluster info");
+    let replaced = info
+        .members
+        .iter()
+        .find(|m| m.name == victim)
+        .expect("still a member");
+    assert_ne!(replaced.id, old_id, "a new incarnation");
+    assert_eq!(replaced.role, phxkv::api::service::MemberRole::Voter);
+    assert!(progressed(before), "writes succeeded while replacing");
 
     stop.store(true, Ordering::Relaxed);
     let acked = writes.await.expect("writer");

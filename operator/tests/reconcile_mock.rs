@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -102,35 +102,65 @@ fn echo(body: &Value) -> (u16, Value) {
     (200, body.clone())
 }
 
-/// What the fake phxkv reports and what it was asked to do.
+/// What the fake phxkv reports and what it was asked to do. Each pod has
+/// its own base URL (`/pods/<pod>`), so each can report its own state.
 #[derive(Default)]
 struct FakeCluster {
     info: Mutex<Value>,
+    /// Pods that report they came back with an empty volume.
+    lost: Mutex<Vec<String>>,
     changes: Mutex<Vec<(String, Value, Option<String>)>>,
 }
 
+fn auth_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 async fn fake_phxkv(state: Arc<FakeCluster>) -> String {
-    async fn cluster(State(s): State<Arc<FakeCluster>>) -> Json<Value> {
-        Json(s.info.lock().expect("lock").clone())
+    async fn cluster(State(s): State<Arc<FakeCluster>>, Path(pod): Path<String>) -> Json<Value> {
+        let mut info = s.info.lock().expect("lock").clone();
+        info["node"] = json!(pod);
+        if s.lost.lock().expect("lock").contains(&pod) {
+            info["node_state"] = json!("awaiting_replacement");
+            info["node_state_reason"] = json!("the cluster exists and counts another incarnation");
+            info["node_id"] = json!("00000000000000ee");
+        }
+        Json(info)
     }
     async fn add(
         State(s): State<Arc<FakeCluster>>,
         headers: HeaderMap,
         Json(body): Json<Value>,
     ) -> Json<Value> {
-        let auth = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
         s.changes
             .lock()
             .expect("lock")
-            .push(("add".into(), body, auth));
+            .push(("add".into(), body, auth_of(&headers)));
         Json(s.info.lock().expect("lock").clone())
     }
+    async fn replace(
+        State(s): State<Arc<FakeCluster>>,
+        Path((_pod, name)): Path<(String, String)>,
+        headers: HeaderMap,
+    ) -> Json<Value> {
+        s.changes
+            .lock()
+            .expect("lock")
+            .push(("replace".into(), json!(name), auth_of(&headers)));
+        Json(json!({"member": name, "removed": "0000000000000002",
+                    "incarnation": "00000000000000ee", "state": "done",
+                    "message": format!("{name} is a voter again, as incarnation 00000000000000ee")}))
+    }
     let app = Router::new()
-        .route("/v1/cluster", get(cluster))
-        .route("/v1/cluster/members", post(add))
+        .route("/pods/{pod}/v1/cluster", get(cluster))
+        .route("/pods/{pod}/v1/cluster/members", post(add))
+        .route(
+            "/pods/{pod}/v1/cluster/members/{name}/replace",
+            post(replace),
+        )
         .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -143,12 +173,15 @@ async fn fake_phxkv(state: Arc<FakeCluster>) -> String {
 }
 
 fn member(name: &str, voter: bool, master: bool) -> Value {
-    json!({"name": name, "role": if voter {"voter"} else {"learner"}, "peer_url": format!("http://{name}.kv-peers:8081"),
+    let ordinal: u64 = name.trim_start_matches("kv-").parse().unwrap_or(9);
+    json!({"name": name, "id": format!("{:016x}", ordinal + 1),
+           "role": if voter {"voter"} else {"learner"}, "peer_url": format!("http://{name}.kv-peers:8081"),
            "is_master": master, "commit_index": 10, "healthy": true})
 }
 
 fn cluster_info(node: &str, members: Vec<Value>) -> Value {
-    json!({"cluster_id": "kv.db", "node": node, "master": "kv-0", "lease_remaining_ms": 900,
+    json!({"cluster_id": "kv.db", "node": node, "node_id": "0000000000000001", "node_state": "member",
+           "node_state_reason": null, "master": "kv-0", "lease_remaining_ms": 900,
            "revision": 5, "applied_index": 10, "commit_index": 10, "members": members})
 }
 
@@ -160,7 +193,7 @@ fn context(client: kube::Client, url: String) -> Arc<Context> {
         },
         recorder: Recorder::new(client, Reporter::from("phxkv-operator")),
         http: reqwest::Client::new(),
-        resolver: Arc::new(move |_, _, _| url.clone()),
+        resolver: Arc::new(move |_, _, pod| format!("{url}/pods/{pod}")),
         metrics: OperatorMetrics::new(),
         busy_requeue: Duration::from_secs(3),
         idle_requeue: Duration::from_secs(30),
@@ -441,4 +474,70 @@ async fn an_invalid_spec_touches_nothing_and_says_why() {
     let more = tokio::time::timeout(Duration::from_millis(200), h.next_request()).await;
     // (None: the client is gone, so nothing more can come.)
     assert!(matches!(more, Err(_) | Ok(None)), "no further requests");
+}
+
+#[tokio::test]
+async fn a_pod_back_with_an_empty_volume_is_replaced_with_an_event_and_a_condition() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let fake = Arc::new(FakeCluster::default());
+    let mut lost_member = member("kv-1", true, false);
+    lost_member["healthy"] = json!(false);
+    *fake.info.lock().expect("lock") = cluster_info(
+        "kv-0",
+        vec![
+            member("kv-0", true, true),
+            lost_member,
+            member("kv-2", true, false),
+        ],
+    );
+    fake.lost.lock().expect("lock").push("kv-1".into());
+    let url = fake_phxkv(fake.clone()).await;
+    let ctx = context(client, url);
+    let pkv = Arc::new(paxoskv(json!({"replicas": 3})));
+
+    let run = tokio::spawn(reconcile(pkv, ctx));
+    expect_static_objects(&mut h).await;
+    expect_existing_token_and_bootstrap(&mut h, 3).await;
+    expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, statefulset(3))
+    })
+    .await;
+    expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, statefulset(3))
+    })
+    .await;
+    expect(&mut h, "GET", &format!("{NS}/pods"), |_| {
+        (
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                     "items": [pod(0, true), pod(1, false), pod(2, true)]}),
+        )
+    })
+    .await;
+    let event = expect_event(&mut h, "MemberReplaced").await;
+    assert_eq!(event["type"], "Warning");
+    let note = event["note"].as_str().unwrap_or("");
+    assert!(
+        note.contains("kv-1 came back with an empty volume")
+            && note.contains("removed incarnation 0000000000000002"),
+        "{note}"
+    );
+    let status = expect_status(&mut h).await;
+    let lost = condition(&status, "VolumeLost");
+    assert_eq!(lost["status"], "True", "{status}");
+    assert_eq!(lost["reason"], "ReplacingMember");
+    assert!(
+        lost["message"].as_str().unwrap_or("").contains("kv-1"),
+        "{lost}"
+    );
+    assert_eq!(status["members"][1]["id"], "0000000000000002");
+    run.await.expect("joined").expect("reconciled");
+
+    let changes = fake.changes.lock().expect("lock");
+    assert_eq!(changes.len(), 1, "one replacement, nothing else");
+    let (kind, body, auth) = &changes[0];
+    assert_eq!(kind, "replace");
+    assert_eq!(body, "kv-1");
+    assert_eq!(auth.as_deref(), Some("Bearer secret-token-0123456789"));
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, TOKEN};
+use common::{Cluster, TOKEN, free_port};
 use serde_json::{Value, json};
 
 async fn json_of(r: reqwest::Response) -> Value {
@@ -419,14 +419,23 @@ async fn membership_changes_on_a_live_cluster() {
         .await
         .expect("add");
     assert_eq!(r.status(), 401);
-    let r = c
-        .http
-        .post(format!("{url}/v1/cluster/members"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"name": "n4", "peer_url": format!("http://127.0.0.1:{peer_port}")}))
-        .send()
-        .await
-        .expect("add");
+    // The new node must be up to say which incarnation it runs: until it
+    // listens, the answer is 503 and the client retries.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = c
+            .http
+            .post(format!("{url}/v1/cluster/members"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"name": "n4", "peer_url": format!("http://127.0.0.1:{peer_port}")}))
+            .send()
+            .await
+            .expect("add");
+        if r.status() != 503 || Instant::now() >= deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     // The learner catches up: it serves the earlier write locally.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -487,13 +496,6 @@ async fn membership_changes_on_a_live_cluster() {
     assert!(!names.contains(&"n3"));
     let _ = n4.kill();
     let _ = n4.wait();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,7 +15,8 @@ use utoipa::ToSchema;
 
 use crate::api::body::JsonBody;
 use crate::api::error::{ApiError, ErrorCode, ErrorResponse};
-use crate::api::service::{ClusterInfo, MemberChange, Service};
+use crate::api::query::QueryParams;
+use crate::api::service::{ClusterInfo, MemberChange, ReplaceReport, Service};
 
 /// A new member, joining as a learner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -97,6 +98,10 @@ pub(crate) fn routes<S: Service>() -> Router<S> {
         .route(
             "/v1/cluster/members/{name}/promote",
             post(promote_member::<S>),
+        )
+        .route(
+            "/v1/cluster/members/{name}/replace",
+            post(replace_member::<S>),
         )
 }
 
@@ -182,6 +187,62 @@ pub async fn remove_member<S: Service>(
     Ok(Json(
         svc.change_members(MemberChange::Remove { name }).await?,
     ))
+}
+
+/// Replaces a member by the incarnation that now runs at its peer URL: the
+/// way back for a node whose volume was lost (`/v1/cluster` on it says
+/// `awaiting_replacement`).
+///
+/// Removes the old incarnation, adds the new one as a learner and, once it
+/// has caught up, promotes it (waiting up to the write timeout for the
+/// catch-up). Safe to call again at any point: it does what is left, and
+/// nothing at all for a member whose node still runs the configuration's
+/// incarnation. Refused (409) when removing the old incarnation would leave
+/// fewer reachable voters than a quorum; 503 when the node cannot be asked
+/// which incarnation it runs.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/members/{name}/replace",
+    tag = "cluster",
+    security(("cluster_token" = [])),
+    params(
+        ("name" = String, Path, description = "The member's name."),
+        ("peer_url" = Option<String>, Query, description = "Where the new incarnation's peer API listens, if not at the member's peer URL."),
+        ("learner" = Option<bool>, Query, description = "Leave the new incarnation a learner instead of promoting it."),
+    ),
+    responses(
+        (status = 200, description = "What was done; `state` says whether to call again.", body = ReplaceReport),
+        (status = 400, description = "Bad parameters, or no such member and no `peer_url`.", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
+        (status = 409, description = "The node belongs elsewhere, or a change would lose quorum (`conflict`).", body = ErrorResponse),
+        (status = 503, description = "The node at the peer URL does not answer, or no master (`unavailable`).", body = ErrorResponse),
+    )
+)]
+pub async fn replace_member<S: Service>(
+    State(svc): State<S>,
+    _auth: ClusterAuth,
+    MemberName(name): MemberName,
+    mut query: QueryParams,
+) -> Result<Json<ReplaceReport>, ApiError> {
+    let peer_url = query.text("peer_url")?;
+    let learner = match query.text("learner")?.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "learner must be true or false, got {other:?}"
+            )));
+        }
+    };
+    query.finish()?;
+    if let Some(url) = &peer_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(ApiError::invalid(format!(
+            "peer_url {url:?} must start with http:// or https://"
+        )));
+    }
+    Ok(Json(svc.replace_member(name, peer_url, learner).await?))
 }
 
 #[cfg(test)]

@@ -43,6 +43,12 @@ pub enum MemberRole {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MemberInfo {
     pub name: String,
+    /// The member's incarnation: an id its data directory drew when it was
+    /// created (16 hex digits). A node back with an empty volume has a new
+    /// one and must be replaced before it counts.
+    #[schema(example = "3f9a0c4e12b7d5a8")]
+    #[serde(default)]
+    pub id: String,
     pub role: MemberRole,
     pub peer_url: String,
     pub is_master: bool,
@@ -53,12 +59,44 @@ pub struct MemberInfo {
     pub healthy: bool,
 }
 
+/// Where the answering node stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Its data directory is new: it is finding out from the bootstrap
+    /// members whether to create the cluster, join its creation or wait.
+    Bootstrapping,
+    /// Waiting to be added as a member (started with `--join`, or added and
+    /// not caught up with its first configuration yet).
+    Joining,
+    /// Its data directory is new but the cluster exists and counts another
+    /// incarnation under this node's name: the volume was lost or replaced.
+    /// It votes nowhere until replaced (`POST
+    /// /v1/cluster/members/{name}/replace`).
+    AwaitingReplacement,
+    /// A member of the cluster.
+    Member,
+}
+
+fn member_status() -> NodeStatus {
+    NodeStatus::Member
+}
+
 /// The cluster as seen from the node that answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterInfo {
     pub cluster_id: String,
     /// The answering node's name.
     pub node: String,
+    /// The answering node's incarnation (16 hex digits).
+    #[serde(default)]
+    pub node_id: String,
+    /// Missing from nodes older than incarnations, which are members.
+    #[serde(default = "member_status")]
+    pub node_state: NodeStatus,
+    /// Why the node is not (yet) a member, for people.
+    #[serde(default)]
+    pub node_state_reason: Option<String>,
     /// Current master, if known.
     pub master: Option<String>,
     /// Milliseconds left on the master lease, when this node is master.
@@ -68,6 +106,30 @@ pub struct ClusterInfo {
     pub applied_index: u64,
     pub commit_index: u64,
     pub members: Vec<MemberInfo>,
+}
+
+/// Where a replacement stands after one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplaceState {
+    /// The new incarnation is a learner receiving the log; call again to
+    /// promote it once it has caught up.
+    CatchingUp,
+    /// The member is the node's current incarnation with its old role.
+    Done,
+}
+
+/// The outcome of one call of a member replacement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplaceReport {
+    pub member: String,
+    /// The incarnation that was removed by this call, if any.
+    pub removed: Option<String>,
+    /// The incarnation the node at the member's peer URL runs now.
+    pub incarnation: String,
+    pub state: ReplaceState,
+    /// What was done and what is left, for people.
+    pub message: String,
 }
 
 /// Liveness and readiness, for `/healthz` and `/readyz`.
@@ -146,6 +208,18 @@ pub trait Service: Clone + Send + Sync + 'static {
         &self,
         change: MemberChange,
     ) -> impl Future<Output = Result<ClusterInfo, ServiceError>> + Send;
+
+    /// Replaces the member `name` by the incarnation that now runs at its
+    /// peer URL (or at `peer_url`): removes the old one, adds the new one as
+    /// a learner, and promotes it once caught up (unless `learner`). Waits
+    /// for the catch-up up to the write timeout; call again until the
+    /// report says done.
+    fn replace_member(
+        &self,
+        name: String,
+        peer_url: Option<String>,
+        learner: bool,
+    ) -> impl Future<Output = Result<ReplaceReport, ServiceError>> + Send;
 
     fn health(&self) -> Health;
 

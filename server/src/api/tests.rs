@@ -18,7 +18,8 @@ use tower::ServiceExt;
 
 use crate::api::public_router;
 use crate::api::service::{
-    ClusterInfo, Consistency, Health, MemberChange, MemberInfo, MemberRole, Service, ServiceError,
+    ClusterInfo, Consistency, Health, MemberChange, MemberInfo, MemberRole, NodeStatus,
+    ReplaceReport, ReplaceState, Service, ServiceError,
 };
 use crate::kv::{Event, KvError, Limits, Op, OpResult, Store, StoreConfig};
 use crate::paxos::types::RequestId;
@@ -144,6 +145,9 @@ impl Service for Fake {
         Ok(ClusterInfo {
             cluster_id: "c1".into(),
             node: "n1".into(),
+            node_id: "00000000000000a1".into(),
+            node_state: NodeStatus::Member,
+            node_state_reason: None,
             master: Some("n1".into()),
             lease_remaining_ms: Some(900),
             revision: self.store().revision(),
@@ -151,6 +155,7 @@ impl Service for Fake {
             commit_index: 0,
             members: vec![MemberInfo {
                 name: "n1".into(),
+                id: "00000000000000a1".into(),
                 role: MemberRole::Voter,
                 peer_url: "127.0.0.1:2380".into(),
                 is_master: true,
@@ -162,6 +167,21 @@ impl Service for Fake {
 
     async fn change_members(&self, _change: MemberChange) -> Result<ClusterInfo, ServiceError> {
         self.cluster().await
+    }
+
+    async fn replace_member(
+        &self,
+        name: String,
+        _peer_url: Option<String>,
+        _learner: bool,
+    ) -> Result<ReplaceReport, ServiceError> {
+        Ok(ReplaceReport {
+            member: name,
+            removed: None,
+            incarnation: "00000000000000a1".into(),
+            state: ReplaceState::Done,
+            message: "nothing to replace".into(),
+        })
     }
 
     fn health(&self) -> Health {
@@ -748,6 +768,7 @@ async fn openapi_json_describes_every_route() {
         ("/v1/cluster/members", "post"),
         ("/v1/cluster/members/{name}/promote", "post"),
         ("/v1/cluster/members/{name}", "delete"),
+        ("/v1/cluster/members/{name}/replace", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::cluster::BootstrapPeer;
 use crate::kv::Limits;
 use crate::node::NodeConfig;
-use crate::paxos::{EngineConfig, Member, Membership, Role, node_id_from_name};
+use crate::paxos::EngineConfig;
 use crate::telemetry::{self, LogFormat};
 
 use super::{CliError, serve};
@@ -78,19 +79,15 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             t
         }
     };
-    let mut membership = Membership::default();
+    let mut members = Vec::new();
     let mut ports = Vec::new();
     for i in 0..args.nodes {
         let name = format!("n{}", i + 1);
         let (client, peer) = (args.port + i, args.port + 100 + i);
-        membership.members.insert(
-            node_id_from_name(&name),
-            Member {
-                name: name.clone(),
-                addr: format!("http://127.0.0.1:{peer}"),
-                role: Role::Voter,
-            },
-        );
+        members.push(BootstrapPeer {
+            name: name.clone(),
+            peer_url: format!("http://127.0.0.1:{peer}"),
+        });
         ports.push((name, client, peer));
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -105,7 +102,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             name: name.clone(),
             cluster_id: "phxkv-dev".into(),
             data_dir: root.join(name),
-            initial: membership.clone(),
+            bootstrap: members.clone(),
             engine,
             limits: Limits::default(),
             token: token.clone(),

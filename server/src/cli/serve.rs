@@ -11,7 +11,7 @@ use clap::Args;
 use crate::cluster;
 use crate::kv::Limits;
 use crate::node::{Node, NodeConfig};
-use crate::paxos::{EngineConfig, Membership};
+use crate::paxos::EngineConfig;
 use crate::telemetry::{self, LogFormat, Metrics};
 
 use super::{CliError, parse_duration};
@@ -37,7 +37,11 @@ pub struct ServeArgs {
     pub peer_listen: SocketAddr,
 
     /// Bootstrap members of a new cluster: `name=http://host:peerport,...`
-    /// (this node included). Used only when the data directory is new.
+    /// (this node included, the same list on every member). Used only when
+    /// the data directory is new: the member whose name sorts first creates
+    /// the cluster once every member has answered that it is empty; a node
+    /// whose data directory is new while the cluster exists (a lost volume)
+    /// waits to be replaced (`phxkv members replace NAME`).
     #[arg(long, env = "PHXKV_INITIAL_MEMBERS", conflicts_with_all = ["discovery", "join"])]
     pub initial_members: Option<String>,
 
@@ -132,9 +136,9 @@ impl ServeArgs {
         if self.cluster_id.is_empty() {
             return Err(bad("cluster-id", "must not be empty".into()));
         }
-        let initial = if let Some(spec) = &self.initial_members {
+        let bootstrap = if let Some(spec) = &self.initial_members {
             let m = cluster::parse_initial_members(spec).map_err(|e| bad("initial-members", e))?;
-            if !m.members.values().any(|x| x.name == name) {
+            if !m.iter().any(|x| x.name == name) {
                 return Err(bad(
                     "initial-members",
                     format!("this node ({name:?}) is not in the list"),
@@ -156,13 +160,13 @@ impl ServeArgs {
                 .map_err(|e| bad("discovery", e))?;
             // Pods past the bootstrap count are new members: they start
             // empty and wait to be added, exactly like `--join`.
-            if initial.members.values().any(|m| m.name == name) {
+            if initial.iter().any(|m| m.name == name) {
                 initial
             } else {
-                Membership::default()
+                Vec::new()
             }
         } else if self.join {
-            Membership::default()
+            Vec::new()
         } else {
             return Err(CliError::Usage(
                 "one of --initial-members, --discovery dns:<service> or --join is required".into(),
@@ -225,7 +229,7 @@ impl ServeArgs {
                 name,
                 cluster_id: self.cluster_id.clone(),
                 data_dir: self.data_dir.clone(),
-                initial,
+                bootstrap,
                 engine,
                 limits: Limits {
                     max_key_bytes: self.max_key_bytes,
@@ -391,17 +395,16 @@ mod tests {
         std::fs::write(&token, "a-cluster-token-of-some-length").expect("token");
 
         let bootstrap = pod("kv-2", &token).expect("valid");
-        assert_eq!(bootstrap.node.initial.voter_count(), 3);
+        assert_eq!(bootstrap.node.bootstrap.len(), 3);
         assert!(
             bootstrap
                 .node
-                .initial
-                .members
-                .values()
-                .any(|m| m.name == "kv-2" && m.addr == "http://kv-2.kv-peers:8081")
+                .bootstrap
+                .iter()
+                .any(|m| m.name == "kv-2" && m.peer_url == "http://kv-2.kv-peers:8081")
         );
 
         let joiner = pod("kv-3", &token).expect("valid");
-        assert!(joiner.node.initial.members.is_empty());
+        assert!(joiner.node.bootstrap.is_empty());
     }
 }

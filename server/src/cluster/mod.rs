@@ -1,12 +1,21 @@
 //! Who is in the cluster at bootstrap, and who this node is: a static member
 //! list (`--initial-members`) or the Kubernetes way (`--discovery dns:`),
 //! where pods of a StatefulSet find each other through a headless Service.
+//! [`bootstrap`] decides what a node with an empty data directory does with
+//! that list.
+
+pub mod bootstrap;
+
+use std::collections::BTreeSet;
+
+pub use bootstrap::BootstrapPeer;
 
 use crate::paxos::{Member, Membership, Role, node_id_from_name};
 
-/// Parses `name=url,name=url,...` into a configuration of voters.
-pub fn parse_initial_members(spec: &str) -> Result<Membership, String> {
-    let mut m = Membership::default();
+/// Parses `name=url,name=url,...` into the bootstrap list.
+pub fn parse_initial_members(spec: &str) -> Result<Vec<BootstrapPeer>, String> {
+    let mut peers = Vec::new();
+    let mut seen = BTreeSet::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (name, url) = part
             .split_once('=')
@@ -18,26 +27,21 @@ pub fn parse_initial_members(spec: &str) -> Result<Membership, String> {
                 "member {name:?}: {url:?} must start with http:// or https://"
             ));
         }
-        let id = node_id_from_name(name);
-        if m.members.contains_key(&id) {
+        if !seen.insert(name.to_string()) {
             return Err(format!("member {name:?} is listed twice"));
         }
-        m.members.insert(
-            id,
-            Member {
-                name: name.to_string(),
-                addr: url.to_string(),
-                role: Role::Voter,
-            },
-        );
+        peers.push(BootstrapPeer {
+            name: name.to_string(),
+            peer_url: url.to_string(),
+        });
     }
-    if m.members.is_empty() {
+    if peers.is_empty() {
         return Err("the member list is empty".into());
     }
-    Ok(m)
+    Ok(peers)
 }
 
-/// The configuration of a StatefulSet of `replicas` pods named
+/// The bootstrap list of a StatefulSet of `replicas` pods named
 /// `<set>-<ordinal>`, reachable as `<pod>.<service>` on `peer_port`. The set
 /// name is this pod's name without its ordinal.
 pub fn dns_members(
@@ -45,7 +49,7 @@ pub fn dns_members(
     service: &str,
     replicas: u32,
     peer_port: u16,
-) -> Result<Membership, String> {
+) -> Result<Vec<BootstrapPeer>, String> {
     let (set, ordinal) = own_name.rsplit_once('-').ok_or_else(|| {
         format!("node name {own_name:?} is not a StatefulSet pod name (<set>-<ordinal>)")
     })?;
@@ -59,6 +63,23 @@ pub fn dns_members(
         .map(|i| format!("{set}-{i}=http://{set}-{i}.{service}:{peer_port}"))
         .collect();
     parse_initial_members(&spec.join(","))
+}
+
+/// The configuration phxkv used before incarnations: every member's id
+/// derived from its name. A data directory from that time keeps it.
+pub fn legacy_membership(peers: &[BootstrapPeer]) -> Membership {
+    let mut m = Membership::default();
+    for p in peers {
+        m.members.insert(
+            node_id_from_name(&p.name),
+            Member {
+                name: p.name.clone(),
+                addr: p.peer_url.clone(),
+                role: Role::Voter,
+            },
+        );
+    }
+    m
 }
 
 /// Node names become pod names, DNS labels and file names: keep them tame.
@@ -85,12 +106,8 @@ mod tests {
     fn static_member_lists_parse_and_reject_nonsense() {
         let m = parse_initial_members("a=http://127.0.0.1:8081, b=http://127.0.0.1:8082/")
             .expect("parses");
-        assert_eq!(m.voter_count(), 2);
-        assert!(
-            m.members
-                .values()
-                .any(|x| x.addr == "http://127.0.0.1:8082")
-        );
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].peer_url, "http://127.0.0.1:8082");
         assert!(parse_initial_members("").is_err());
         assert!(parse_initial_members("a").is_err());
         assert!(parse_initial_members("a=ftp://x").is_err());
@@ -101,10 +118,11 @@ mod tests {
     #[test]
     fn dns_discovery_names_every_pod_of_the_set() {
         let m = dns_members("phxkv-1", "phxkv-peers", 3, 8081).expect("members");
-        let addrs: Vec<&str> = m.members.values().map(|x| x.addr.as_str()).collect();
+        let addrs: Vec<&str> = m.iter().map(|x| x.peer_url.as_str()).collect();
         assert!(addrs.contains(&"http://phxkv-0.phxkv-peers:8081"));
         assert!(addrs.contains(&"http://phxkv-2.phxkv-peers:8081"));
-        assert_eq!(m.voter_count(), 3);
+        assert_eq!(m.len(), 3);
+        assert_eq!(bootstrap::seed(&m), Some("phxkv-0"));
         assert!(dns_members("laptop", "svc", 3, 8081).is_err());
         assert!(dns_members("phxkv-x", "svc", 3, 8081).is_err());
     }

@@ -5,6 +5,7 @@
 
 pub mod driver;
 pub mod peer;
+mod replace;
 pub mod transport;
 pub mod wire;
 
@@ -17,13 +18,18 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use std::collections::BTreeMap;
+
 use crate::api::service::{
-    ClusterInfo, Consistency, Health, MemberChange, MemberInfo, MemberRole, Service, ServiceError,
+    ClusterInfo, Consistency, Health, MemberChange, MemberInfo, MemberRole, NodeStatus,
+    ReplaceReport, Service, ServiceError,
 };
+use crate::cluster::bootstrap::{self, Decision, Hello, NodeState};
+use crate::cluster::{self, BootstrapPeer};
 use crate::kv::{Event, Limits, Op, OpResult, Store};
 use crate::paxos::{
     Command, ConfChange, EngineConfig, Index, Membership, NodeId, ProposeError, ReadError, Replica,
-    RequestId, Role, node_id_from_name,
+    RequestId, Role, Status,
 };
 use crate::storage::{DiskStore, Identity, LogStore};
 use crate::telemetry::Metrics;
@@ -39,9 +45,10 @@ pub struct NodeConfig {
     pub name: String,
     pub cluster_id: String,
     pub data_dir: PathBuf,
-    /// The bootstrap configuration; empty for a node that joins an existing
-    /// cluster and waits to be added.
-    pub initial: Membership,
+    /// The bootstrap members (this node among them); empty for a node that
+    /// joins an existing cluster and waits to be added. Used only while the
+    /// data directory is new: see [`crate::cluster::bootstrap`].
+    pub bootstrap: Vec<BootstrapPeer>,
     pub engine: EngineConfig,
     pub limits: Limits,
     pub token: String,
@@ -70,6 +77,22 @@ pub struct Node {
     inner: Arc<Inner>,
 }
 
+/// Where a node stands before and around its engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The data directory is new; the bootstrap is being negotiated (why it
+    /// waits, for people).
+    Bootstrapping(String),
+    /// The engine runs without a configuration that counts this node yet:
+    /// it waits to be added.
+    Joining(String),
+    /// The engine runs without a configuration that counts this node, and
+    /// the cluster counts another incarnation under its name.
+    AwaitingReplacement(String),
+    /// The engine runs with the node's own configuration.
+    Running,
+}
+
 #[derive(Debug)]
 struct Inner {
     cfg: NodeConfig,
@@ -79,6 +102,13 @@ struct Inner {
     events: broadcast::Sender<Event>,
     published: watch::Receiver<Published>,
     membership: watch::Receiver<Membership>,
+    /// What the driver thread takes when the engine starts.
+    pending: Mutex<Option<Pending>>,
+    /// The engine runs (inputs are handled).
+    running: std::sync::atomic::AtomicBool,
+    phase: RwLock<Phase>,
+    /// The configuration the cluster was bootstrapped with, once recorded.
+    bootstrap_record: RwLock<Option<Membership>>,
     client: reqwest::Client,
     outbox: Outbox,
     metrics: Metrics,
@@ -96,6 +126,15 @@ struct Inner {
     forward_batch: Mutex<ForwardBatch>,
 }
 
+/// The parts of a node that wait for its engine to start.
+#[derive(Debug)]
+struct Pending {
+    disk: DiskStore,
+    inputs: std::sync::mpsc::Receiver<Input>,
+    published: watch::Sender<Published>,
+    membership: watch::Sender<Membership>,
+}
+
 /// Forwarded writes travel to the master in batches: at most
 /// [`FORWARDS_IN_FLIGHT`] requests are out at a time, and writes that arrive
 /// meanwhile go together in the next one. A lone write still leaves at once;
@@ -104,6 +143,35 @@ struct Inner {
 struct ForwardBatch {
     in_flight: usize,
     waiting: Vec<(Command, oneshot::Sender<Result<ProposeReply, String>>)>,
+}
+
+/// Why peer messages were not taken.
+#[derive(Debug)]
+pub enum Misaddressed {
+    /// Every message was for another incarnation; this one is named.
+    OtherIncarnation(String),
+    /// The node cannot take input now.
+    Service(ServiceError),
+}
+
+/// One readable line for a failed HTTP call, without the URL reqwest repeats.
+fn short_error(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        "no answer in time".into()
+    } else if e.is_connect() {
+        "connection refused or unreachable".into()
+    } else {
+        e.without_url().to_string()
+    }
+}
+
+/// Members as `name=incarnation` for a log line.
+fn describe(m: &Membership) -> String {
+    m.members
+        .iter()
+        .map(|(id, m)| format!("{}={}", m.name, bootstrap::format_id(*id)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Forward requests a follower keeps out at once.
@@ -128,33 +196,69 @@ const INPUT_QUEUE: usize = 65_536;
 
 impl Node {
     /// Opens the data directory (refusing one that belongs to another node or
-    /// cluster), recovers, and starts the driver thread. Must be called inside
-    /// a tokio runtime.
+    /// cluster) and starts the engine: at once when the directory holds a
+    /// configuration (or the node joins), after the bootstrap negotiation
+    /// when it is new (see [`crate::cluster::bootstrap`]). Must be called
+    /// inside a tokio runtime; the peer API must be served for the
+    /// negotiation to finish.
     pub fn start(cfg: NodeConfig, metrics: Metrics) -> Result<Node, StartError> {
         let identity = Identity {
             node: cfg.name.clone(),
             cluster: cfg.cluster_id.clone(),
         };
-        let disk = DiskStore::open(&cfg.data_dir, &identity)?;
-        let (recovered, data) = disk.recover()?;
-        let store = driver::restore_store(data).map_err(StartError::State)?;
-        let id = node_id_from_name(&cfg.name);
+        let mut disk = DiskStore::open(&cfg.data_dir, &identity)?;
+        let incarnation = disk.incarnation();
+        let id = incarnation.id;
+        let listed = cfg.bootstrap.iter().any(|p| p.name == cfg.name);
+        enum Plan {
+            Run(Membership, Phase),
+            Negotiate,
+        }
+        let plan = match disk.bootstrap().cloned() {
+            Some(b) => Plan::Run(b, Phase::Running),
+            None if incarnation.migrated => {
+                // Written before incarnations: the node's id is derived from
+                // its name and its bootstrap list comes from the flags, as
+                // they always did.
+                let m = if listed {
+                    cluster::legacy_membership(&cfg.bootstrap)
+                } else {
+                    Membership::default()
+                };
+                if !m.members.is_empty() {
+                    disk.record_bootstrap(&m)?;
+                }
+                Plan::Run(m, Phase::Running)
+            }
+            // Added to a cluster earlier: its configuration is in its log.
+            None if !disk.is_fresh() => Plan::Run(Membership::default(), Phase::Running),
+            None if !listed => Plan::Run(
+                Membership::default(),
+                Phase::Joining(
+                    "waiting to be added as a member (POST /v1/cluster/members on the cluster)"
+                        .into(),
+                ),
+            ),
+            None => Plan::Negotiate,
+        };
+        let bootstrap_record = disk.bootstrap().cloned();
         let epoch = Instant::now();
-        let mut engine = cfg.engine.clone();
-        engine.id = id;
-        let replica = Replica::new(engine, recovered, cfg.initial.clone(), Duration::ZERO);
-        let membership0 = replica.membership().clone();
-        let status0 = replica.status(Duration::ZERO);
-        let store = Arc::new(RwLock::new(store));
-        let (applied0, revision0) = store
-            .read()
-            .map(|s| (s.applied_index(), s.revision()))
-            .unwrap_or_default();
-        let (membership_tx, membership_rx) = watch::channel(membership0);
+        let status0 = Status {
+            id,
+            is_master: false,
+            master: None,
+            ballot: crate::paxos::Ballot::ZERO,
+            commit: 0,
+            last_index: 0,
+            first_index: 1,
+            membership: Membership::default(),
+            lease_remaining: None,
+        };
+        let (membership_tx, membership_rx) = watch::channel(Membership::default());
         let (published_tx, published_rx) = watch::channel(Published {
             status: status0,
-            applied: applied0,
-            revision: revision0,
+            applied: 0,
+            revision: 0,
             peer_commit: Default::default(),
         });
         let (events, _) = broadcast::channel(4096);
@@ -173,48 +277,299 @@ impl Node {
             tokio::runtime::Handle::current(),
             metrics.clone(),
         );
-        let read_lease = Arc::new(ReadLease::default());
-        let driver = Driver {
-            replica,
-            disk,
-            store: store.clone(),
-            inputs: inputs_rx,
-            outbox: outbox.clone(),
-            events: events.clone(),
-            published: published_tx,
-            membership: membership_tx,
-            metrics: metrics.clone(),
-            compact_after: cfg.compact_after,
-            epoch,
-            read_lease: read_lease.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name("phxkv-engine".into())
-            .spawn(move || driver.run())
-            .map_err(StartError::Thread)?;
         let client_id = request_id_seed(&cfg.name, epoch);
-        Ok(Node {
+        let node = Node {
             inner: Arc::new(Inner {
                 id,
                 inputs: inputs_tx,
-                store,
+                store: Arc::new(RwLock::new(Store::new())),
                 events,
                 published: published_rx,
                 membership: membership_rx,
+                pending: Mutex::new(Some(Pending {
+                    disk,
+                    inputs: inputs_rx,
+                    published: published_tx,
+                    membership: membership_tx,
+                })),
+                running: std::sync::atomic::AtomicBool::new(false),
+                phase: RwLock::new(Phase::Bootstrapping("starting".into())),
+                bootstrap_record: RwLock::new(bootstrap_record),
                 client,
                 outbox,
                 metrics,
                 client_id,
                 next_seq: AtomicU64::new(1),
-                thread: Mutex::new(Some(thread)),
+                thread: Mutex::new(None),
                 auth: format!("Bearer {}", cfg.token),
                 epoch,
-                read_lease,
+                read_lease: Arc::new(ReadLease::default()),
                 read_batch: Mutex::new(ReadBatch::default()),
                 forward_batch: Mutex::new(ForwardBatch::default()),
                 cfg,
             }),
-        })
+        };
+        match plan {
+            Plan::Run(initial, phase) => node.launch(initial, phase, false)?,
+            Plan::Negotiate => {
+                node.set_phase(Phase::Bootstrapping(
+                    "asking the bootstrap members whether the cluster exists".into(),
+                ));
+                let n = node.clone();
+                tokio::spawn(async move { n.negotiate().await });
+            }
+        }
+        Ok(node)
+    }
+
+    /// Starts the engine with `initial` as the bootstrap configuration
+    /// (recording it first when `record`).
+    fn launch(&self, initial: Membership, phase: Phase, record: bool) -> Result<(), StartError> {
+        let pending = self
+            .inner
+            .pending
+            .lock()
+            .map_err(|_| StartError::State("start-up state poisoned".into()))?
+            .take();
+        let Some(Pending {
+            mut disk,
+            inputs,
+            published,
+            membership,
+        }) = pending
+        else {
+            return Err(StartError::State("the engine was started twice".into()));
+        };
+        if record {
+            // Durable before the engine says anything (rule 1 of the
+            // bootstrap argument).
+            disk.record_bootstrap(&initial)?;
+            if let Ok(mut b) = self.inner.bootstrap_record.write() {
+                *b = Some(initial.clone());
+            }
+        }
+        let (recovered, data) = disk.recover()?;
+        let restored = driver::restore_store(data).map_err(StartError::State)?;
+        let (applied0, revision0) = (restored.applied_index(), restored.revision());
+        if let Ok(mut store) = self.inner.store.write() {
+            *store = restored;
+        }
+        let mut engine = self.inner.cfg.engine.clone();
+        engine.id = self.inner.id;
+        engine.seed = self.inner.id ^ self.inner.client_id;
+        let now = self.inner.epoch.elapsed();
+        let replica = Replica::new(engine, recovered, initial, now);
+        membership.send_replace(replica.membership().clone());
+        published.send_replace(Published {
+            status: replica.status(now),
+            applied: applied0,
+            revision: revision0,
+            peer_commit: Default::default(),
+        });
+        let driver = Driver {
+            replica,
+            disk,
+            store: self.inner.store.clone(),
+            inputs,
+            outbox: self.inner.outbox.clone(),
+            events: self.inner.events.clone(),
+            published,
+            membership,
+            metrics: self.inner.metrics.clone(),
+            compact_after: self.inner.cfg.compact_after,
+            epoch: self.inner.epoch,
+            read_lease: self.inner.read_lease.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("phxkv-engine".into())
+            .spawn(move || driver.run())
+            .map_err(StartError::Thread)?;
+        if let Ok(mut t) = self.inner.thread.lock() {
+            *t = Some(thread);
+        }
+        self.inner.running.store(true, Ordering::SeqCst);
+        self.set_phase(phase);
+        Ok(())
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        if let Ok(mut p) = self.inner.phase.write() {
+            *p = phase;
+        }
+        let (state, _) = self.state();
+        self.inner.metrics.set_node_state(match state {
+            NodeStatus::Bootstrapping => "bootstrapping",
+            NodeStatus::Joining => "joining",
+            NodeStatus::AwaitingReplacement => "awaiting_replacement",
+            NodeStatus::Member => "member",
+        });
+    }
+
+    /// This node's state, and why it is not a member when it is not.
+    pub fn state(&self) -> (NodeStatus, Option<String>) {
+        let phase = self
+            .inner
+            .phase
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or(Phase::Running);
+        if let Phase::Bootstrapping(why) = phase {
+            return (NodeStatus::Bootstrapping, Some(why));
+        }
+        if self
+            .inner
+            .membership
+            .borrow()
+            .members
+            .contains_key(&self.inner.id)
+        {
+            return (NodeStatus::Member, None);
+        }
+        match phase {
+            Phase::AwaitingReplacement(why) => (NodeStatus::AwaitingReplacement, Some(why)),
+            Phase::Joining(why) => (NodeStatus::Joining, Some(why)),
+            _ => (
+                NodeStatus::Joining,
+                Some("this node is not in the cluster's configuration".into()),
+            ),
+        }
+    }
+
+    /// The bootstrap negotiation of a node with a new data directory: asks
+    /// the bootstrap members about themselves until
+    /// [`bootstrap::decide`] settles it, then starts the engine.
+    async fn negotiate(&self) {
+        let peers = self.inner.cfg.bootstrap.clone();
+        let mut said: Option<(String, Instant)> = None;
+        // Members started together need a moment to find each other; only
+        // a wait that lasts is worth a line at info level.
+        let started = Instant::now();
+        loop {
+            let answers = self.ask_peers(&peers).await;
+            let me = bootstrap::Me {
+                name: &self.inner.cfg.name,
+                incarnation: self.inner.id,
+                cluster_id: &self.inner.cfg.cluster_id,
+            };
+            let decision = bootstrap::decide(&me, &peers, &answers);
+            let id = bootstrap::format_id(self.inner.id);
+            let launched = match decision {
+                Decision::Wait(why) => {
+                    // Say it when it changes, and every 10 s while it lasts.
+                    let repeat = said
+                        .as_ref()
+                        .is_none_or(|(w, t)| *w != why || t.elapsed() >= Duration::from_secs(10));
+                    if repeat && started.elapsed() >= Duration::from_secs(2) {
+                        tracing::info!(incarnation = %id, "bootstrapping: {why}");
+                        said = Some((why.clone(), Instant::now()));
+                    } else if repeat {
+                        tracing::debug!(incarnation = %id, "bootstrapping: {why}");
+                    }
+                    self.set_phase(Phase::Bootstrapping(why));
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                }
+                Decision::Create(m) => {
+                    tracing::info!(
+                        incarnation = %id,
+                        members = %describe(&m),
+                        "every bootstrap member is empty: creating the cluster"
+                    );
+                    self.launch(m, Phase::Running, true)
+                }
+                Decision::Adopt(m) => {
+                    tracing::info!(
+                        incarnation = %id,
+                        members = %describe(&m),
+                        "joining the cluster being created"
+                    );
+                    self.launch(m, Phase::Running, true)
+                }
+                Decision::Join(why) => {
+                    tracing::info!(incarnation = %id, "{why}");
+                    self.launch(Membership::default(), Phase::Joining(why), false)
+                }
+                Decision::AwaitReplacement(why) => {
+                    tracing::warn!(incarnation = %id, "this node waits to be replaced: {why}");
+                    self.launch(
+                        Membership::default(),
+                        Phase::AwaitingReplacement(why),
+                        false,
+                    )
+                }
+            };
+            if let Err(e) = launched {
+                // Nothing was promised yet, but nothing can go on either.
+                tracing::error!(error = %e, "cannot start the engine; exiting");
+                std::process::exit(70);
+            }
+            return;
+        }
+    }
+
+    /// Asks each bootstrap member (but this node) who it is.
+    async fn ask_peers(&self, peers: &[BootstrapPeer]) -> BTreeMap<String, bootstrap::Answer> {
+        let asks = peers
+            .iter()
+            .filter(|p| p.name != self.inner.cfg.name)
+            .map(|p| async move {
+                let answer = match self.hello_of(&p.peer_url).await {
+                    Ok(h) => bootstrap::Answer::Hello(h),
+                    Err(e) => bootstrap::Answer::Unreachable(e),
+                };
+                (p.name.clone(), answer)
+            });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// `GET /peer/v1/hello` on the node at `peer_url`.
+    async fn hello_of(&self, peer_url: &str) -> Result<Hello, String> {
+        let url = format!("{}/peer/v1/hello", peer_url.trim_end_matches('/'));
+        let resp = self
+            .inner
+            .client
+            .get(&url)
+            .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map_err(short_error)?;
+        match resp.status() {
+            s if s.is_success() => {}
+            reqwest::StatusCode::UNAUTHORIZED => {
+                return Err("it refused this node's cluster token".into());
+            }
+            s => return Err(format!("HTTP {s}")),
+        }
+        resp.json::<Hello>()
+            .await
+            .map_err(|e| format!("unreadable answer: {e}"))
+    }
+
+    /// What this node tells a peer that asks who it is.
+    pub fn hello(&self) -> Hello {
+        let (state, _) = self.state();
+        let membership = self.inner.membership.borrow().clone();
+        Hello {
+            cluster_id: self.inner.cfg.cluster_id.clone(),
+            name: self.inner.cfg.name.clone(),
+            incarnation: bootstrap::format_id(self.inner.id),
+            state: match state {
+                NodeStatus::Bootstrapping => NodeState::Fresh,
+                NodeStatus::Joining | NodeStatus::AwaitingReplacement => NodeState::Joining,
+                NodeStatus::Member => NodeState::Member,
+            },
+            bootstrap: self
+                .inner
+                .bootstrap_record
+                .read()
+                .ok()
+                .and_then(|b| b.as_ref().map(bootstrap::records)),
+            members: (!membership.members.is_empty()).then(|| bootstrap::records(&membership)),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -269,6 +624,16 @@ impl Node {
     }
 
     fn submit(&self, input: Input) -> Result<(), ServiceError> {
+        if !self.inner.running.load(Ordering::SeqCst) {
+            let (_, why) = self.state();
+            return Err(ServiceError::Unavailable {
+                message: format!(
+                    "this node has not joined its cluster yet: {}",
+                    why.unwrap_or_default()
+                ),
+                retry_after_secs: 1,
+            });
+        }
         match self.inner.inputs.try_send(input) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(ServiceError::Unavailable {
@@ -283,16 +648,36 @@ impl Node {
     }
 
     /// Feeds peer messages to the engine (from the peer API); `from_url` is
-    /// the sender's peer URL if it told us.
+    /// the sender's peer URL if it told us. Messages for another incarnation
+    /// of this node (one whose volume was lost) are dropped: this one never
+    /// promised what that one did. If that is all there was, the answer says
+    /// so, and the sender can tell its operator that this node must be
+    /// replaced.
     pub fn deliver(
         &self,
-        envs: Vec<crate::paxos::Envelope>,
+        mut envs: Vec<crate::paxos::Envelope>,
         from_url: Option<&str>,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<(), Misaddressed> {
+        let before = envs.len();
+        envs.retain(|e| e.to == self.inner.id);
+        let astray = before - envs.len();
+        if astray > 0 {
+            self.inner.metrics.inc_misaddressed(astray as u64);
+        }
+        if envs.is_empty() {
+            return if astray > 0 {
+                Err(Misaddressed::OtherIncarnation(bootstrap::format_id(
+                    self.inner.id,
+                )))
+            } else {
+                Ok(())
+            };
+        }
         if let (Some(url), Some(first)) = (from_url, envs.first()) {
             self.inner.outbox.learn_address(first.from, url);
         }
         self.submit(Input::Peer(envs))
+            .map_err(Misaddressed::Service)
     }
 
     /// Proposes `cmd` on this node only and waits for it to be applied.
@@ -649,6 +1034,7 @@ impl Node {
                 };
                 MemberInfo {
                     name: m.name.clone(),
+                    id: bootstrap::format_id(*id),
                     role: match m.role {
                         Role::Voter => MemberRole::Voter,
                         Role::Learner => MemberRole::Learner,
@@ -661,9 +1047,13 @@ impl Node {
                 }
             })
             .collect();
+        let (node_state, node_state_reason) = self.state();
         ClusterInfo {
             cluster_id: self.inner.cfg.cluster_id.clone(),
             node: self.inner.cfg.name.clone(),
+            node_id: bootstrap::format_id(self.inner.id),
+            node_state,
+            node_state_reason,
             master: master.and_then(|m| self.member_name(m)),
             lease_remaining_ms: p.status.lease_remaining.map(|d| d.as_millis() as u64),
             revision: p.revision,
@@ -880,6 +1270,9 @@ impl Service for Node {
             {
                 let local = self.local_cluster();
                 info.node = local.node;
+                info.node_id = local.node_id;
+                info.node_state = local.node_state;
+                info.node_state_reason = local.node_state_reason;
                 info.revision = local.revision;
                 info.applied_index = local.applied_index;
                 info.commit_index = local.commit_index;
@@ -908,8 +1301,10 @@ impl Service for Node {
                         "a new member needs a name and a peer_url".into(),
                     ));
                 }
+                let peer_url = peer_url.trim_end_matches('/').to_string();
+                let id = self.incarnation_at(&name, &peer_url).await?;
                 ConfChange::AddLearner {
-                    id: node_id_from_name(&name),
+                    id,
                     name,
                     addr: peer_url,
                 }
@@ -953,12 +1348,25 @@ impl Service for Node {
         self.cluster().await
     }
 
+    async fn replace_member(
+        &self,
+        name: String,
+        peer_url: Option<String>,
+        learner: bool,
+    ) -> Result<ReplaceReport, ServiceError> {
+        self.replace_step(name, peer_url, learner).await
+    }
+
     fn health(&self) -> Health {
+        let (state, why) = self.state();
+        if state != NodeStatus::Member {
+            return Health {
+                ready: false,
+                reason: why.or_else(|| Some("not a member of the cluster (yet)".into())),
+            };
+        }
         let p = self.inner.published.borrow();
-        let member = p.status.membership.members.contains_key(&self.inner.id);
-        let (ready, reason) = if !member {
-            (false, Some("not a member of the cluster (yet)".to_string()))
-        } else if p.status.master.is_none() {
+        let (ready, reason) = if p.status.master.is_none() {
             (false, Some("no master is known".to_string()))
         } else if p.applied < p.status.commit {
             (

@@ -9,7 +9,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -17,8 +17,8 @@ use crate::api::cluster::constant_time_eq;
 use crate::api::service::ServiceError;
 use crate::paxos::{Command, ConfChange, Envelope};
 
-use super::Node;
 use super::wire::{self, ChangeReply, Postcard, ProposeReply, ReadIndexReply};
+use super::{Misaddressed, Node};
 
 /// Largest peer request accepted (a snapshot travels in one request).
 const MAX_PEER_BODY: usize = 4 << 30;
@@ -33,6 +33,7 @@ pub fn router(node: Node) -> axum::Router {
         .route("/peer/v1/read_index", post(read_index))
         .route("/peer/v1/change", post(change))
         .route("/peer/v1/cluster", post(cluster))
+        .route("/peer/v1/hello", get(hello))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such peer route") })
@@ -93,11 +94,44 @@ async fn messages(
         .filter(|u| u.starts_with("http://") || u.starts_with("https://"));
     match node.deliver(envs, from_url) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => service_error(e),
+        Err(Misaddressed::OtherIncarnation(mine)) => error(
+            StatusCode::CONFLICT,
+            "wrong_incarnation",
+            &format!(
+                "these messages are for another incarnation of {}; this one is {mine} (its data \
+                 directory is new) and must be replaced in the membership",
+                node.name()
+            ),
+        ),
+        Err(Misaddressed::Service(e)) => service_error(e),
     }
 }
 
-async fn snapshot(State(node): State<Node>, body: Bytes) -> Response {
+/// Who this node is, for a node deciding how to bootstrap and for a
+/// replacement: JSON, like everything a person may want to read.
+async fn hello(State(node): State<Node>) -> Response {
+    Json(node.hello()).into_response()
+}
+
+async fn snapshot(
+    State(node): State<Node>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    body: Bytes,
+) -> Response {
+    // A snapshot is for one incarnation: a node back with a new volume
+    // must not take one meant for the member it replaced.
+    let to = query
+        .as_deref()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("to=")));
+    if let Some(to) = to
+        && crate::cluster::bootstrap::parse_id(to).ok() != Some(node.id())
+    {
+        return error(
+            StatusCode::CONFLICT,
+            "wrong_incarnation",
+            &format!("this snapshot is for incarnation {to}, not this node's"),
+        );
+    }
     let (meta, start) = match wire::decode_snapshot(&body) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_snapshot", &e),

@@ -143,9 +143,10 @@ impl Outbox {
             let Some(url) = inner.url_of(peer) else {
                 return;
             };
+            let to = crate::cluster::bootstrap::format_id(peer);
             let res = inner
                 .client
-                .post(format!("{url}/peer/v1/snapshot"))
+                .post(format!("{url}/peer/v1/snapshot?to={to}"))
                 .header(reqwest::header::AUTHORIZATION, inner.auth.clone())
                 .header("content-type", "application/octet-stream")
                 .timeout(Duration::from_secs(600))
@@ -240,6 +241,29 @@ async fn sender(inner: Arc<Inner>, peer: NodeId, q: Arc<PeerQueue>) {
                 .await;
             match res {
                 Ok(r) if r.status().is_success() => failures = 0,
+                Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
+                    // The node at that address runs another incarnation: its
+                    // volume was lost. It will never answer for this one.
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(100) {
+                        let name = inner
+                            .membership
+                            .borrow()
+                            .members
+                            .get(&peer)
+                            .map(|m| m.name.clone())
+                            .unwrap_or_default();
+                        tracing::warn!(
+                            peer = %url,
+                            member = %name,
+                            incarnation = %crate::cluster::bootstrap::format_id(peer),
+                            "{name} lost its data directory: the node at its address runs a new \
+                             incarnation; replace the member (phxkv members replace {name})"
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(failures.min(10))))
+                        .await;
+                }
                 Ok(r) => {
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(100) {

@@ -13,6 +13,15 @@
 //! The owner is recorded on first open and checked on every later one, so a
 //! volume mounted on the wrong pod, or reused across clusters, is refused
 //! instead of silently voting with someone else's promises.
+//!
+//! A directory also gets an *incarnation* when it is created: a random
+//! 64-bit id that is this node's id in the cluster for as long as the
+//! directory lives. A node whose volume is lost comes back under the same
+//! name with a new incarnation, which no configuration counts, so it cannot
+//! vote with the promises it forgot (see `crate::cluster::bootstrap`).
+//! Directories written before incarnations existed keep the id they always
+//! used, derived from the node's name. The configuration a cluster was
+//! bootstrapped with is recorded once, with the node's first durable state.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -25,7 +34,9 @@ use redb::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::{LogStore, StorageError};
-use crate::paxos::{Ballot, Index, Persist, Recovered, SnapshotMeta};
+use crate::paxos::{
+    Ballot, Index, Membership, NodeId, Persist, Recovered, SnapshotMeta, node_id_from_name,
+};
 
 const FILE_NAME: &str = "phxkv.redb";
 
@@ -40,6 +51,8 @@ const LOG: TableDefinition<Index, &[u8]> = TableDefinition::new("log");
 const SNAPSHOT: TableDefinition<(), &[u8]> = TableDefinition::new("snapshot");
 
 const IDENTITY: &str = "identity";
+const INCARNATION: &str = "incarnation";
+const BOOTSTRAP: &str = "bootstrap";
 const PROMISED: &str = "promised";
 const COMMIT: &str = "commit";
 const SNAPSHOT_META: &str = "snapshot";
@@ -63,12 +76,26 @@ pub struct Identity {
 /// one, with every snapshot, and when the store is closed.
 const COMMIT_WRITE_EVERY: Index = 1024;
 
+/// Where a directory's incarnation came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incarnation {
+    /// This node's id in the cluster while the directory lives.
+    pub id: NodeId,
+    /// The directory predates incarnations: `id` is derived from the name,
+    /// and the bootstrap configuration comes from the flags as it used to.
+    pub migrated: bool,
+}
+
 /// A [`LogStore`] in one redb file inside a data directory; every write is a
 /// single fsynced transaction.
 #[derive(Debug)]
 pub struct DiskStore {
     db: Database,
     dir: PathBuf,
+    incarnation: Incarnation,
+    bootstrap: Option<Membership>,
+    /// Nothing durable yet: no promise, log entry, snapshot or configuration.
+    fresh: bool,
     /// The meta records as stored, kept here so that appending does not read
     /// them back in every transaction (this store is their only writer).
     floor: Index,
@@ -99,31 +126,110 @@ impl DiskStore {
         let mut store = DiskStore {
             db,
             dir: dir.to_path_buf(),
+            incarnation: Incarnation {
+                id: 0,
+                migrated: false,
+            },
+            bootstrap: None,
+            fresh: false,
             floor: 0,
             promised: Ballot::ZERO,
             stored_commit: 0,
             commit: 0,
         };
         let mut cached = (0, Ballot::ZERO, 0);
+        let mut incarnation = store.incarnation;
+        let mut bootstrap = None;
+        let mut fresh = false;
         store.write(|txn| {
             // Creating every table up front lets readers open them unconditionally.
-            txn.open_table(LOG)?;
+            let log = txn.open_table(LOG)?;
+            let empty_log = log.first()?.is_none();
+            drop(log);
             txn.open_table(SNAPSHOT)?;
             let mut meta = txn.open_table(META)?;
-            match get::<Identity>(&meta, IDENTITY)? {
-                None => put(&mut meta, IDENTITY, identity)?,
-                Some(found) => check_identity(dir, identity, found)?,
-            }
+            let new_dir = match get::<Identity>(&meta, IDENTITY)? {
+                None => {
+                    put(&mut meta, IDENTITY, identity)?;
+                    true
+                }
+                Some(found) => {
+                    check_identity(dir, identity, found)?;
+                    false
+                }
+            };
+            incarnation = match get::<Incarnation>(&meta, INCARNATION)? {
+                Some(i) => i,
+                None => {
+                    let i = if new_dir {
+                        Incarnation {
+                            id: random_id()?,
+                            migrated: false,
+                        }
+                    } else {
+                        Incarnation {
+                            id: node_id_from_name(&identity.node),
+                            migrated: true,
+                        }
+                    };
+                    put(&mut meta, INCARNATION, &i)?;
+                    i
+                }
+            };
+            bootstrap = get::<Membership>(&meta, BOOTSTRAP)?;
+            let snapshot = get::<SnapshotMeta>(&meta, SNAPSHOT_META)?;
+            let promised = get::<Ballot>(&meta, PROMISED)?.unwrap_or_default();
+            fresh = bootstrap.is_none()
+                && snapshot.is_none()
+                && promised == Ballot::ZERO
+                && empty_log
+                && !incarnation.migrated;
             cached = (
-                get::<SnapshotMeta>(&meta, SNAPSHOT_META)?.map_or(0, |s| s.index),
-                get::<Ballot>(&meta, PROMISED)?.unwrap_or_default(),
+                snapshot.map_or(0, |s| s.index),
+                promised,
                 get::<Index>(&meta, COMMIT)?.unwrap_or(0),
             );
             Ok(())
         })?;
         (store.floor, store.promised, store.stored_commit) = cached;
         store.commit = store.stored_commit;
+        store.incarnation = incarnation;
+        store.bootstrap = bootstrap;
+        store.fresh = fresh;
         Ok(store)
+    }
+
+    /// This directory's incarnation: the node's id in the cluster.
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+
+    /// The configuration the cluster was bootstrapped with, once recorded.
+    pub fn bootstrap(&self) -> Option<&Membership> {
+        self.bootstrap.as_ref()
+    }
+
+    /// True while nothing durable was ever written: this incarnation has
+    /// never promised, accepted or learned anything, nor joined a cluster.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh && self.promised == Ballot::ZERO && self.floor == 0 && self.commit == 0
+    }
+
+    /// Records the bootstrap configuration (fsynced). It never changes once
+    /// written: a second, different one is refused.
+    pub fn record_bootstrap(&mut self, membership: &Membership) -> Result<(), StorageError> {
+        if let Some(existing) = &self.bootstrap {
+            if existing == membership {
+                return Ok(());
+            }
+            return Err(StorageError::Corrupt(
+                "a different bootstrap configuration is already recorded".into(),
+            ));
+        }
+        self.write(|txn| put(&mut txn.open_table(META)?, BOOTSTRAP, membership))?;
+        self.bootstrap = Some(membership.clone());
+        self.fresh = false;
+        Ok(())
     }
 
     /// The directory this store lives in.
@@ -142,6 +248,19 @@ impl DiskStore {
         f(&txn)?;
         txn.commit()?;
         Ok(())
+    }
+}
+
+/// A random, non-zero node id from the operating system's generator.
+fn random_id() -> Result<NodeId, StorageError> {
+    use rand::TryRngCore;
+    loop {
+        let id = rand::rngs::OsRng
+            .try_next_u64()
+            .map_err(|e| StorageError::Random(e.to_string()))?;
+        if id != 0 {
+            return Ok(id);
+        }
     }
 }
 
@@ -180,6 +299,9 @@ impl LogStore for DiskStore {
         let write_commit = commit >= self.stored_commit + COMMIT_WRITE_EVERY;
         if !entries && promised == self.promised && !write_commit {
             return Ok(());
+        }
+        if entries {
+            self.fresh = false;
         }
         let old_promised = self.promised;
         self.write(|txn| {

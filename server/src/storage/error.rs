@@ -44,6 +44,11 @@ pub enum StorageError {
         found: String,
     },
 
+    /// The operating system could not supply randomness for a new
+    /// directory's incarnation id.
+    #[error("cannot draw a random incarnation id for a new data directory: {0}")]
+    Random(String),
+
     /// The data directory was initialised by a node of a different cluster.
     #[error(
         "data directory {} belongs to cluster {found:?}, not cluster {expected:?}; refusing to start",

@@ -16,7 +16,7 @@ mod disk;
 mod error;
 mod mem;
 
-pub use disk::{DiskStore, Identity};
+pub use disk::{DiskStore, Identity, Incarnation};
 pub use error::StorageError;
 pub use mem::MemStore;
 

@@ -73,6 +73,15 @@ struct DirectionLabels {
     direction: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+/// Every value of `phxkv_node_state`'s label, so each series exists from
+/// the start and alerts can match `== 1` on any of them.
+pub const NODE_STATES: [&str; 4] = ["bootstrapping", "joining", "awaiting_replacement", "member"];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 #[derive(Debug)]
@@ -94,6 +103,8 @@ struct Inner {
     snapshots: Family<KindLabels, Counter>,
     forwarded: Counter,
     peer_messages: Family<DirectionLabels, Counter>,
+    node_state: Family<StateLabels, Gauge>,
+    misaddressed: Counter,
 }
 
 /// A node's metrics, all named `phxkv_*`.
@@ -130,6 +141,8 @@ impl Metrics {
             snapshots: Family::default(),
             forwarded: Counter::default(),
             peer_messages: Family::default(),
+            node_state: Family::default(),
+            misaddressed: Counter::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         let r = &mut inner.registry;
@@ -213,6 +226,26 @@ impl Metrics {
             "Messages exchanged with peers",
             inner.peer_messages.clone(),
         );
+        r.register(
+            "node_state",
+            "1 for this node's state: bootstrapping, joining, awaiting_replacement (its volume \
+             was lost and the cluster counts another incarnation under its name) or member",
+            inner.node_state.clone(),
+        );
+        r.register(
+            "peer_misaddressed_messages",
+            "Peer messages refused or sent back because they were meant for another \
+             incarnation of the receiving node",
+            inner.misaddressed.clone(),
+        );
+        for state in NODE_STATES {
+            inner
+                .node_state
+                .get_or_create(&StateLabels {
+                    state: state.to_owned(),
+                })
+                .set(0);
+        }
         Self(Arc::new(inner))
     }
 
@@ -311,6 +344,23 @@ impl Metrics {
                 direction: direction.to_owned(),
             })
             .inc_by(n);
+    }
+
+    /// Sets this node's state (one of [`NODE_STATES`]) to 1, the others to 0.
+    pub fn set_node_state(&self, state: &str) {
+        for s in NODE_STATES {
+            self.0
+                .node_state
+                .get_or_create(&StateLabels {
+                    state: s.to_owned(),
+                })
+                .set(i64::from(s == state));
+        }
+    }
+
+    /// Counts peer messages meant for another incarnation of their receiver.
+    pub fn inc_misaddressed(&self, n: u64) {
+        self.0.misaddressed.inc_by(n);
     }
 
     /// Renders every series in the OpenMetrics text format, `# EOF` included.

@@ -33,11 +33,22 @@ pub struct Cluster {
     pub http: reqwest::Client,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// A port nobody listens on now and that this test binary has not handed
+/// out before (tests run in parallel; a port handed out twice would let
+/// one cluster's node answer another's).
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut given = GIVEN.lock().expect("ports");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl Cluster {
@@ -48,6 +59,20 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra environment for every process.
     pub async fn start_with_env(n: usize, extra_args: &[&str], env: &[(&str, &str)]) -> Cluster {
+        let mut c = Self::prepare(n, extra_args, env);
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.wait_for_master(Duration::from_secs(20)).await;
+        c
+    }
+
+    /// A cluster of `n` nodes none of which runs yet ([`Cluster::spawn`]).
+    pub fn start_later(n: usize, extra_args: &[&str]) -> Cluster {
+        Self::prepare(n, extra_args, &[])
+    }
+
+    fn prepare(n: usize, extra_args: &[&str], env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("token"), TOKEN).expect("token file");
         let mut procs = Vec::new();
@@ -67,7 +92,7 @@ impl Cluster {
             .map(|p| format!("{}=http://127.0.0.1:{}", p.name, p.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = Cluster {
+        Cluster {
             dir,
             procs,
             members,
@@ -80,12 +105,7 @@ impl Cluster {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("client"),
-        };
-        for i in 0..n {
-            c.spawn(i);
         }
-        c.wait_for_master(Duration::from_secs(20)).await;
-        c
     }
 
     pub fn url(&self, i: usize) -> String {

@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{self, Client};
 use super::status::{self, ClusterInfo};
-use super::{ConnectArgs, path_segment};
+use super::{ConnectArgs, path_segment, query_value};
 use crate::cli::CliError;
 
 #[derive(Args, Debug)]
@@ -16,7 +17,7 @@ pub struct MembersArgs {
     #[command(subcommand)]
     pub action: Option<MembersAction>,
     /// A file holding the cluster token (the one the nodes were started
-    /// with); needed by add, promote and remove.
+    /// with); needed by add, promote, remove and replace.
     #[arg(
         long,
         env = "PHXKV_CLUSTER_TOKEN_FILE",
@@ -50,6 +51,25 @@ pub enum MembersAction {
     Remove {
         /// The member's name.
         name: String,
+    },
+    /// Replace a member whose node came back with a new data directory (a
+    /// lost volume): remove the old incarnation, add the new one as a
+    /// learner, promote it once caught up. Start the node first, with the
+    /// same name and flags; it says it is awaiting replacement. Safe to run
+    /// again: it does what is left, and nothing to a healthy member.
+    Replace {
+        /// The member's name.
+        name: String,
+        /// Where the new node's peer API listens, if not at the member's
+        /// peer URL.
+        #[arg(long, value_name = "URL")]
+        peer_url: Option<String>,
+        /// Leave the new incarnation a learner.
+        #[arg(long)]
+        learner: bool,
+        /// Give up after this long if the new node has not caught up.
+        #[arg(long, default_value = "10m", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+        wait: std::time::Duration,
     },
 }
 
@@ -106,10 +126,79 @@ pub async fn run(args: MembersArgs) -> Result<(), CliError> {
                 .await?;
             (format!("removed {name}"), http::json(resp).await?)
         }
+        MembersAction::Replace {
+            name,
+            peer_url,
+            learner,
+            wait,
+        } => {
+            let done = replace(&client, &name, peer_url.as_deref(), learner, wait).await?;
+            (done, status::fetch(&client).await?)
+        }
     };
     if !done.is_empty() {
         println!("{done}\n");
     }
     print!("{}", status::render(&info));
     Ok(())
+}
+
+/// What one call of the replace endpoint reports.
+#[derive(Debug, Deserialize)]
+struct ReplaceReport {
+    removed: Option<String>,
+    incarnation: String,
+    state: String,
+    message: String,
+}
+
+/// Calls the replace endpoint until it says done, printing each step.
+async fn replace(
+    client: &Client,
+    name: &str,
+    peer_url: Option<&str>,
+    learner: bool,
+    wait: std::time::Duration,
+) -> Result<String, CliError> {
+    let mut path = format!(
+        "/v1/cluster/members/{}/replace?learner={learner}",
+        path_segment(name.as_bytes())
+    );
+    if let Some(url) = peer_url {
+        path.push_str(&format!("&peer_url={}", query_value(url.as_bytes())));
+    }
+    let deadline = std::time::Instant::now() + wait;
+    let mut last = String::new();
+    loop {
+        let resp = client
+            .send(|h, base| h.post(format!("{base}{path}")))
+            .await?;
+        let report: ReplaceReport = http::json(resp).await?;
+        if let Some(old) = &report.removed {
+            println!("removed incarnation {old} of {name}");
+        }
+        if report.state == "done" {
+            return Ok(report.message);
+        }
+        if report.message != last {
+            println!("{}", report.message);
+            last = report.message.clone();
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(CliError::Fatal(format!(
+                "{name} (incarnation {}) has not caught up after {}; run this again to go on",
+                report.incarnation,
+                humantime_ish(wait)
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+fn humantime_ish(d: std::time::Duration) -> String {
+    if d.as_secs() >= 60 {
+        format!("{}m{}s", d.as_secs() / 60, d.as_secs() % 60)
+    } else {
+        format!("{}s", d.as_secs())
+    }
 }

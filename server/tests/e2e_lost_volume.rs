@@ -1,0 +1,219 @@
+//! A node that loses its volume must never vote under its old identity.
+//!
+//! The scenario that lost acknowledged writes before incarnations, with
+//! real `phxkv serve` processes: the master M keeps committing with one
+//! follower F while the other follower C is away; M and F crash and F's
+//! data directory is gone; F restarts empty next to C. F and C are a
+//! majority by name that never saw those writes. F must wait to be
+//! replaced instead of voting; once M is back, every write is there, and
+//! `replace` brings F back as a new incarnation holding the data.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, TOKEN};
+use serde_json::Value;
+
+async fn state_of(c: &Cluster, i: usize) -> Option<(String, String)> {
+    let info = c.cluster_info(i).await?;
+    Some((
+        info["node_state"].as_str()?.to_string(),
+        info["node_id"].as_str()?.to_string(),
+    ))
+}
+
+async fn wait_for_state(c: &Cluster, i: usize, want: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some((state, id)) = state_of(c, i).await
+            && state == want
+        {
+            return id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never reached state {want}; last: {:?}\n{}",
+            c.procs[i].name,
+            state_of(c, i).await,
+            c.log_of(i)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_back_with_an_empty_volume_never_votes_and_is_replaced() {
+    let mut c = Cluster::start(3, &[]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let f = (m + 1) % 3;
+    let cc = (m + 2) % 3;
+    let old_f = state_of(&c, f).await.expect("F answers").1;
+
+    // 1. C is away; M commits with F.
+    c.kill9(cc);
+    for k in 0..20 {
+        let r = c.put(m, &format!("w{k}"), &format!("v{k}")).await;
+        assert_eq!(r.status(), 200, "write w{k}");
+    }
+
+    // 2. M and F crash; F's volume is gone.
+    c.kill9(m);
+    c.kill9(f);
+    std::fs::remove_dir_all(&c.procs[f].data_dir).expect("wipe F");
+
+    // 3. F restarts with the same name and flags, next to C.
+    c.spawn(f);
+    c.spawn(cc);
+    let new_f = wait_for_state(&c, f, "awaiting_replacement", Duration::from_secs(20)).await;
+    assert_ne!(new_f, old_f, "a new volume is a new incarnation");
+    let info = c.cluster_info(f).await.expect("F answers");
+    let reason = info["node_state_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("members replace {}", c.procs[f].name)),
+        "{reason}"
+    );
+    let ready = c
+        .http
+        .get(format!("{}/readyz", c.url(f)))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.url(f)))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("phxkv_node_state{state=\"awaiting_replacement\"} 1"),
+        "{metrics}"
+    );
+    // F and C are no majority: nothing may be read or written, and above
+    // all no write may read as missing.
+    for k in [0, 7, 19] {
+        let got = c
+            .get(cc, &format!("w{k}"), "")
+            .await
+            .map(|(s, _)| s)
+            .unwrap_or(0);
+        assert_ne!(got, 404, "acknowledged write w{k} reads as missing");
+        assert_ne!(got, 200, "a minority served a linearizable read");
+    }
+    let r = c
+        .http
+        .put(format!("{}/v1/kv/during", c.url(cc)))
+        .body("x")
+        .send()
+        .await
+        .expect("put");
+    assert!(
+        r.status() == 503 || r.status() == 504,
+        "a minority took a write: {}",
+        r.status()
+    );
+
+    // 4. M comes back: M and C are a majority holding every write.
+    c.spawn(m);
+    for k in 0..20 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match c.get(cc, &format!("w{k}"), "").await {
+                Some((200, v)) => {
+                    assert_eq!(v, format!("v{k}").into_bytes());
+                    break;
+                }
+                Some((404, _)) => panic!("acknowledged write w{k} was lost"),
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "w{k} unreadable");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // 5. Replace F: its new incarnation becomes a voter holding the data.
+    let name = c.procs[f].name.clone();
+    let url = c.url(m);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report: Value = loop {
+        let r = c
+            .http
+            .post(format!("{url}/v1/cluster/members/{name}/replace"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("replace");
+        let status = r.status();
+        let body: Value = r.json().await.expect("json");
+        if status == 200 && body["state"] == "done" {
+            break body;
+        }
+        assert!(
+            status == 200 || status == 503 || status == 409,
+            "replace: {status} {body}"
+        );
+        assert!(Instant::now() < deadline, "replace never finished: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(report["incarnation"], Value::String(new_f.clone()));
+    wait_for_state(&c, f, "member", Duration::from_secs(20)).await;
+    let info = c.cluster_info(m).await.expect("cluster");
+    let member = info["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|x| x["name"] == Value::String(name.clone()))
+        .cloned()
+        .expect("F is a member");
+    assert_eq!(member["id"], Value::String(new_f));
+    assert_eq!(member["role"], "voter");
+    for k in 0..20 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some((200, v)) = c.get(f, &format!("w{k}"), "?consistency=local").await {
+                assert_eq!(v, format!("v{k}").into_bytes());
+                break;
+            }
+            assert!(Instant::now() < deadline, "F never caught up on w{k}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Replacing a healthy member does nothing.
+    let r = c
+        .http
+        .post(format!("{url}/v1/cluster/members/{name}/replace"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("replace again");
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["state"], "done");
+    assert_eq!(body["removed"], Value::Null);
+    // The cluster goes on with F counting.
+    c.kill9(cc);
+    assert_eq!(c.put(m, "after", "1").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_cluster_waits_for_every_bootstrap_member() {
+    // Two of three start: the one that would create the cluster cannot know
+    // the third is empty, so nothing starts until it answers.
+    let mut c = Cluster::start_later(3, &[]);
+    c.spawn(0);
+    c.spawn(1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in [0, 1] {
+        let (state, _) = state_of(&c, i).await.expect("answers");
+        assert_eq!(state, "bootstrapping");
+    }
+    let info = c.cluster_info(0).await.expect("answers");
+    let reason = info["node_state_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("waiting for n3"), "{reason}");
+    c.spawn(2);
+    c.wait_for_master(Duration::from_secs(20)).await;
+    assert_eq!(c.put(2, "k", "v").await.status(), 200);
+}
