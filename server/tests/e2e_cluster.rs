@@ -597,3 +597,38 @@ async fn removing_the_master_hands_mastership_over_first() {
     let info = c.cluster_info(other).await.expect("cluster info");
     assert_ne!(info["master"].as_str(), Some(name.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_retried_at_another_node_with_its_idempotency_key_applies_once() {
+    // A client that got no answer (a 504: the outcome is unknown) retries
+    // elsewhere with the same Idempotency-Key: the write lands once, and the
+    // retry reports the first outcome.
+    let c = Cluster::start(3, &[]).await;
+    let put = |i: usize, value: &'static str| {
+        let url = format!("{}/v1/kv/once", c.url(i));
+        let http = c.http.clone();
+        async move {
+            http.put(url)
+                .header("idempotency-key", "0b7a9d3e-retry")
+                .body(value)
+                .send()
+                .await
+                .expect("put")
+        }
+    };
+    let first: Value = put(0, "v").await.json().await.expect("json");
+    let retry = put(1, "v").await;
+    assert_eq!(retry.status(), 200);
+    let retry: Value = retry.json().await.expect("json");
+    assert_eq!(retry, first, "the retry reports the first outcome");
+    assert_eq!(first["version"], 1);
+    let r = c
+        .http
+        .get(format!("{}/v1/kv/once", c.url(2)))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.headers()["x-phxkv-version"], "1", "applied once");
+    let reused = put(2, "different").await;
+    assert_eq!(reused.status(), 422);
+}

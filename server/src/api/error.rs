@@ -48,6 +48,9 @@ pub enum ErrorCode {
     Compacted,
     /// 413: a key, value, transaction or body is over a configured limit.
     PayloadTooLarge,
+    /// 422: the `Idempotency-Key` was used, recently, for a different
+    /// write; nothing changed.
+    IdempotencyKeyReused,
     /// 500: a bug or an I/O failure on the node.
     Internal,
     /// 503: no master or no quorum right now; retry after `Retry-After` seconds.
@@ -67,6 +70,7 @@ impl ErrorCode {
             ErrorCode::CompareFailed | ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::Compacted => StatusCode::GONE,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,

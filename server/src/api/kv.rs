@@ -18,6 +18,7 @@ use crate::api::encoding::{KvJson, percent_decode, to_b64};
 use crate::api::error::{ApiError, ErrorCode, ErrorResponse};
 use crate::api::query::{QueryParams, ReadConsistency};
 use crate::api::service::{Consistency, Service};
+use crate::kv::dedup::MAX_IDEMPOTENCY_KEY;
 use crate::kv::{Expect, Op, OpResult, RangeRequest};
 
 /// Where keys start in the path.
@@ -135,7 +136,46 @@ async fn check_min_revision<S: Service>(svc: &S, consistency: Consistency) -> Re
 
 /// For results a correct node never returns for the op it was given.
 pub(crate) fn unexpected(result: &OpResult) -> ApiError {
+    if *result == OpResult::IdempotencyKeyReused {
+        return ApiError::new(
+            ErrorCode::IdempotencyKeyReused,
+            "this Idempotency-Key was used recently for a different write; nothing changed \
+             (use a new key for each write, the same key only for its retries)",
+        );
+    }
     ApiError::internal(format!("unexpected result from the node: {result:?}"))
+}
+
+/// The `Idempotency-Key` header, if the request has one: a retry of a write
+/// with the same key, at any node, returns the first attempt's outcome
+/// instead of applying the write again.
+#[derive(Debug)]
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(v) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyKey(None));
+        };
+        let bytes = v.as_bytes();
+        if bytes.is_empty()
+            || bytes.len() > MAX_IDEMPOTENCY_KEY
+            || !bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+        {
+            return Err(ApiError::invalid(format!(
+                "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII \
+                 characters (a UUID is a good choice)"
+            )));
+        }
+        Ok(IdempotencyKey(Some(
+            String::from_utf8_lossy(bytes).into_owned(),
+        )))
+    }
 }
 
 /// Stores a value.
@@ -151,6 +191,7 @@ pub(crate) fn unexpected(result: &OpResult) -> ApiError {
         ("key" = String, Path, description = "The key: the rest of the path, percent-decoded to bytes (binary safe, may contain `/`).", example = "config/a", min_length = 1),
         ("if_version" = Option<u64>, Query, description = "Write only if the key's version is this (`0`: only if absent)."),
         ("if_mod_revision" = Option<u64>, Query, description = "Write only if the key's mod revision is this (`0`: only if absent)."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Names this write for its retries: a retry with the same key and the same request, at any replica, returns the first attempt's outcome instead of applying again (after a 504, say). Recognised while the write is among the last 100,000 applied; a key reused for a different write is refused with 422 `idempotency_key_reused`. 1 to 128 visible ASCII characters, e.g. a UUID."),
     ),
     request_body(description = "The value, as raw bytes.", content(("application/octet-stream"))),
     responses(
@@ -158,12 +199,14 @@ pub(crate) fn unexpected(result: &OpResult) -> ApiError {
         (status = 400, description = "Empty key or bad query parameter.", body = ErrorResponse),
         (status = 409, description = "The condition did not hold (`compare_failed`); nothing changed.", body = ErrorResponse),
         (status = 413, description = "Key or value over the limit.", body = ErrorResponse),
+        (status = 422, description = "The `Idempotency-Key` was used for a different write (`idempotency_key_reused`); nothing changed.", body = ErrorResponse),
     )
 )]
 pub async fn put_key<S: Service>(
     State(svc): State<S>,
     uri: Uri,
     mut query: QueryParams,
+    IdempotencyKey(idempotency): IdempotencyKey,
     RawBody(value): RawBody,
 ) -> Result<Json<PutResponse>, ApiError> {
     let key = path_key(&uri)?;
@@ -175,7 +218,7 @@ pub async fn put_key<S: Service>(
         expect,
     };
     op.validate(&svc.limits())?;
-    match svc.write(op).await? {
+    match svc.write(op, idempotency).await? {
         OpResult::Put { revision, version } => Ok(Json(PutResponse { revision, version })),
         OpResult::CompareFailed {
             current_version,
@@ -261,25 +304,28 @@ pub async fn get_key<S: Service>(
         ("key" = String, Path, description = "The key, percent-encoded.", example = "config/a", min_length = 1),
         ("if_version" = Option<u64>, Query, description = "Delete only if the key's version is this."),
         ("if_mod_revision" = Option<u64>, Query, description = "Delete only if the key's mod revision is this."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Names this write for its retries: a retry with the same key and the same request, at any replica, returns the first attempt's outcome instead of applying again (after a 504, say). Recognised while the write is among the last 100,000 applied; a key reused for a different write is refused with 422 `idempotency_key_reused`. 1 to 128 visible ASCII characters, e.g. a UUID."),
     ),
     responses(
         (status = 200, description = "Done.", body = DeleteResponse),
         (status = 400, description = "Empty key or bad query parameter.", body = ErrorResponse),
         (status = 409, description = "The condition did not hold (`compare_failed`); nothing changed.", body = ErrorResponse),
         (status = 413, description = "Key over the limit.", body = ErrorResponse),
+        (status = 422, description = "The `Idempotency-Key` was used for a different write (`idempotency_key_reused`); nothing changed.", body = ErrorResponse),
     )
 )]
 pub async fn delete_key<S: Service>(
     State(svc): State<S>,
     uri: Uri,
     mut query: QueryParams,
+    IdempotencyKey(idempotency): IdempotencyKey,
 ) -> Result<Json<DeleteResponse>, ApiError> {
     let key = path_key(&uri)?;
     let expect = expect_from(&mut query)?;
     query.finish()?;
     let op = Op::Delete { key, expect };
     op.validate(&svc.limits())?;
-    match svc.write(op).await? {
+    match svc.write(op, idempotency).await? {
         OpResult::Delete { revision, deleted } => Ok(Json(DeleteResponse { revision, deleted })),
         OpResult::CompareFailed {
             current_version,

@@ -177,8 +177,14 @@ pub enum ServiceError {
 /// Everything the public API needs from a node.
 pub trait Service: Clone + Send + Sync + 'static {
     /// Proposes a mutating op and waits until it is applied (chosen and
-    /// durable on a majority). Forwards to the master when needed.
-    fn write(&self, op: Op) -> impl Future<Output = Result<OpResult, ServiceError>> + Send;
+    /// durable on a majority). Forwards to the master when needed. With an
+    /// idempotency key, a retry of the same op (at any node) is applied at
+    /// most once and answered with the first outcome.
+    fn write(
+        &self,
+        op: Op,
+        idempotency_key: Option<String>,
+    ) -> impl Future<Output = Result<OpResult, ServiceError>> + Send;
 
     /// Runs `f` against the state machine once the consistency level is met.
     /// The closure must be quick: it holds the state machine's read lock.

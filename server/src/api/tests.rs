@@ -78,10 +78,17 @@ fn service_err(err: KvError) -> ServiceError {
 }
 
 impl Service for Fake {
-    async fn write(&self, op: Op) -> Result<OpResult, ServiceError> {
-        let id = RequestId {
-            client: 1,
-            seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
+    async fn write(
+        &self,
+        op: Op,
+        idempotency_key: Option<String>,
+    ) -> Result<OpResult, ServiceError> {
+        let id = match &idempotency_key {
+            Some(key) => crate::kv::dedup::idempotent_id(key, &op),
+            None => RequestId {
+                client: 1,
+                seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
+            },
         };
         let mut store = self.store();
         let before = store.revision();
@@ -286,6 +293,42 @@ async fn call_with_token(router: &Router, method: Method, uri: &str, token: &str
 
 async fn txn(router: &Router, body: Value) -> Reply {
     call(router, Method::POST, "/v1/txn", body.to_string()).await
+}
+
+async fn put_with_key(router: &Router, uri: &str, key: &str, value: &str) -> Reply {
+    let request = Request::builder()
+        .method(Method::PUT)
+        .uri(uri)
+        .header("idempotency-key", key)
+        .body(Body::from(value.to_string()))
+        .expect("valid request");
+    send(router, request).await
+}
+
+#[tokio::test]
+async fn a_retried_write_with_an_idempotency_key_is_applied_once() {
+    let router = Fake::new().router();
+    let first = put_with_key(&router, "/v1/kv/k", "op-1", "v").await;
+    assert_eq!(first.json(), json!({"revision": 1, "version": 1}));
+    // The retry (after a 504, say) gets the first outcome; nothing changes.
+    let retry = put_with_key(&router, "/v1/kv/k", "op-1", "v").await;
+    assert_eq!(retry.json(), json!({"revision": 1, "version": 1}));
+    let get = call(&router, Method::GET, "/v1/kv/k", Body::empty()).await;
+    assert_eq!(get.header("x-phxkv-version"), "1");
+    // The same key for another write is a mistake, refused.
+    put_with_key(&router, "/v1/kv/k", "op-1", "other")
+        .await
+        .error(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused");
+    // Without a key, every request is its own write.
+    call(&router, Method::PUT, "/v1/kv/k", "v").await;
+    let get = call(&router, Method::GET, "/v1/kv/k", Body::empty()).await;
+    assert_eq!(get.header("x-phxkv-version"), "2");
+    // Bad keys are refused before anything happens.
+    for bad in ["", &"x".repeat(129), "has space"] {
+        put_with_key(&router, "/v1/kv/k", bad, "v")
+            .await
+            .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    }
 }
 
 #[tokio::test]

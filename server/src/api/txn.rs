@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use crate::api::body::JsonBody;
 use crate::api::encoding::{KvJson, from_b64};
 use crate::api::error::{ApiError, ErrorResponse};
-use crate::api::kv::unexpected;
+use crate::api::kv::{IdempotencyKey, unexpected};
 use crate::api::service::Service;
 use crate::kv::{Compare, CompareOp, CompareTarget, Op, OpResult, Txn, TxnOp, TxnResponse};
 
@@ -328,20 +328,25 @@ pub(crate) fn routes<S: Service>() -> Router<S> {
     post,
     path = "/v1/txn",
     tag = "kv",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Names this write for its retries: a retry with the same key and the same request, at any replica, returns the first attempt's outcome instead of applying again (after a 504, say). Recognised while the write is among the last 100,000 applied; a key reused for a different write is refused with 422 `idempotency_key_reused`. 1 to 128 visible ASCII characters, e.g. a UUID."),
+    ),
     request_body = TxnRequest,
     responses(
         (status = 200, description = "The transaction ran; `succeeded` says which branch.", body = TxnResult),
         (status = 400, description = "Malformed JSON, unknown field, or a compare whose fields do not match its target.", body = ErrorResponse),
         (status = 413, description = "A key or value, or the number of compares and operations, is over the limit.", body = ErrorResponse),
+        (status = 422, description = "The `Idempotency-Key` was used for a different write (`idempotency_key_reused`); nothing changed.", body = ErrorResponse),
     )
 )]
 pub async fn txn<S: Service>(
     State(svc): State<S>,
+    IdempotencyKey(idempotency): IdempotencyKey,
     JsonBody(request): JsonBody<TxnRequest>,
 ) -> Result<Json<TxnResult>, ApiError> {
     let op = Op::Txn(request.into_txn()?);
     op.validate(&svc.limits())?;
-    match svc.write(op).await? {
+    match svc.write(op, idempotency).await? {
         OpResult::Txn {
             succeeded,
             revision,

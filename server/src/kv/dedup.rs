@@ -9,8 +9,40 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::kv::OpResult;
+use crate::kv::{Op, OpResult};
 use crate::paxos::types::RequestId;
+
+/// The bit that marks a request id derived from a client's
+/// `Idempotency-Key`; ids a node makes up for a request never have it.
+pub const IDEMPOTENT_BIT: u64 = 1 << 63;
+
+/// Longest `Idempotency-Key` accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// 64-bit FNV-1a: fixed, so every replica and every version derives the
+/// same ids from the same bytes.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The request id of a write sent with `Idempotency-Key: key`: the key names
+/// the client, a fingerprint of the operation the sequence. A retry of the
+/// same write (at any node) gets the same id, so it is applied at most once;
+/// the same key with another write is recognised as a mistake.
+pub fn idempotent_id(key: &str, op: &Op) -> RequestId {
+    let mut named = b"phxkv idempotency key\0".to_vec();
+    named.extend_from_slice(key.as_bytes());
+    let encoded = postcard::to_stdvec(op).unwrap_or_default();
+    RequestId {
+        client: fnv1a64(&named) | IDEMPOTENT_BIT,
+        seq: fnv1a64(&encoded),
+    }
+}
 
 /// How many request ids a store remembers unless configured otherwise.
 pub const DEFAULT_DEDUP_CAPACITY: usize = 100_000;
@@ -34,6 +66,19 @@ impl DedupTable {
 
     pub(crate) fn get(&self, id: &RequestId) -> Option<&OpResult> {
         self.results.get(id)
+    }
+
+    /// Any remembered request of `client`, with its sequence number.
+    pub(crate) fn of_client(&self, client: u64) -> Option<(u64, &OpResult)> {
+        let from = RequestId { client, seq: 0 };
+        let to = RequestId {
+            client,
+            seq: u64::MAX,
+        };
+        self.results
+            .range(from..=to)
+            .next()
+            .map(|(id, r)| (id.seq, r))
     }
 
     /// Remembers `result` for `id`, forgetting the oldest ids beyond capacity.

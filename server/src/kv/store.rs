@@ -11,7 +11,7 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kv::dedup::{DEFAULT_DEDUP_CAPACITY, DedupTable};
+use crate::kv::dedup::{DEFAULT_DEDUP_CAPACITY, DedupTable, IDEMPOTENT_BIT};
 use crate::kv::watch::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, Event, EventKind, History};
 use crate::kv::{Compare, CompareOp, CompareTarget, Expect, Op, Txn, TxnOp};
 use crate::paxos::types::RequestId;
@@ -55,6 +55,10 @@ pub enum OpResult {
         revision: u64,
         responses: Vec<TxnResponse>,
     },
+    /// The write came with an idempotency key already used, recently, for a
+    /// different write; nothing changed. (Last, so that results encoded
+    /// before it existed decode unchanged.)
+    IdempotencyKeyReused,
 }
 
 /// The outcome of one operation inside a transaction.
@@ -179,6 +183,11 @@ impl Store {
     pub fn apply(&mut self, id: RequestId, op: &Op) -> OpResult {
         if let Some(result) = self.dedup.get(&id) {
             return result.clone();
+        }
+        // An idempotency key reused for a different write: neither applied
+        // again nor mistaken for the first.
+        if id.client & IDEMPOTENT_BIT != 0 && self.dedup.of_client(id.client).is_some() {
+            return OpResult::IdempotencyKeyReused;
         }
         let result = match op {
             Op::Put { key, value, expect } => self.apply_put(key, value, expect.as_ref()),
@@ -803,6 +812,28 @@ mod tests {
         assert_eq!(s.revision(), 2);
         assert_eq!(s.get(b"a").map(|kv| kv.version), Some(1));
         assert!(s.get(b"b").is_some());
+    }
+
+    #[test]
+    fn an_idempotency_key_applies_its_write_once_and_refuses_other_writes() {
+        let mut s = Store::new();
+        let op = put(b"a", b"1");
+        let id = crate::kv::dedup::idempotent_id("key-1", &op);
+        let first = s.apply(id, &op);
+        // A retry, wherever it was proposed, derives the same id.
+        let again = crate::kv::dedup::idempotent_id("key-1", &op);
+        assert_eq!(s.apply(again, &op), first);
+        let other = put(b"a", b"2");
+        let reused = crate::kv::dedup::idempotent_id("key-1", &other);
+        assert_eq!(s.apply(reused, &other), OpResult::IdempotencyKeyReused);
+        assert_eq!(s.revision(), 1);
+        assert_eq!(s.get(b"a").map(|kv| kv.value.clone()), Some(b"1".to_vec()));
+        // Another key is another write.
+        let fresh = crate::kv::dedup::idempotent_id("key-2", &other);
+        assert!(matches!(
+            s.apply(fresh, &other),
+            OpResult::Put { version: 2, .. }
+        ));
     }
 
     #[test]

@@ -845,7 +845,8 @@ impl Node {
 
     fn next_request_id(&self) -> RequestId {
         RequestId {
-            client: self.inner.client_id,
+            // Never in the space of ids derived from idempotency keys.
+            client: self.inner.client_id & !crate::kv::dedup::IDEMPOTENT_BIT,
             seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -1087,16 +1088,21 @@ fn propose_error(e: ChangeReply) -> ServiceError {
 }
 
 impl Service for Node {
-    async fn write(&self, op: Op) -> Result<OpResult, ServiceError> {
+    async fn write(
+        &self,
+        op: Op,
+        idempotency_key: Option<String>,
+    ) -> Result<OpResult, ServiceError> {
         op.validate(&self.inner.cfg.limits).map_err(|e| match e {
             crate::kv::KvError::EmptyKey => ServiceError::Invalid(e.to_string()),
             _ => ServiceError::TooLarge(e.to_string()),
         })?;
         let deadline = Instant::now() + self.inner.cfg.write_timeout;
-        let cmd = Command {
-            id: self.next_request_id(),
-            op,
+        let id = match &idempotency_key {
+            Some(key) => crate::kv::dedup::idempotent_id(key, &op),
+            None => self.next_request_id(),
         };
+        let cmd = Command { id, op };
         let mut proposed = false;
         loop {
             // A follower that knows the master forwards at once; otherwise

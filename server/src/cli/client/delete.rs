@@ -38,7 +38,7 @@ pub async fn delete(
         path.push_str(&format!("?if_version={v}"));
     }
     let resp = client
-        .send(|h, base| h.delete(format!("{base}{path}")))
+        .send_write(|h, base| h.delete(format!("{base}{path}")))
         .await?;
     http::json(resp).await
 }

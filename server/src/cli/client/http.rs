@@ -91,6 +91,18 @@ impl Client {
         self.send_inner(build, Some(self.timeout)).await
     }
 
+    /// Like [`Client::send`], for a write: every attempt carries one
+    /// `Idempotency-Key`, so a write that reached a node before the
+    /// connection failed is not applied a second time by the next endpoint.
+    pub async fn send_write<F>(&self, build: F) -> Result<Response, CliError>
+    where
+        F: Fn(&reqwest::Client, &str) -> RequestBuilder,
+    {
+        let key = idempotency_key();
+        self.send(|h, base| build(h, base).header("idempotency-key", key.as_str()))
+            .await
+    }
+
     /// Like [`Client::send`] but without a deadline for the whole answer,
     /// for streams; connecting is still bounded by the timeout.
     pub async fn send_streaming<F>(&self, build: F) -> Result<Response, CliError>
@@ -256,6 +268,22 @@ pub async fn json<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T, C
     resp.json()
         .await
         .map_err(|e| CliError::Fatal(format!("unexpected answer from the server: {e}")))
+}
+
+/// A fresh random key for one write and its retries.
+fn idempotency_key() -> String {
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 16];
+    // Without OS randomness, a key from the clock and the process still
+    // differs from every other write's.
+    if rand::rngs::OsRng.try_fill_bytes(&mut bytes).is_err() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes[..16].copy_from_slice(&(now ^ u128::from(std::process::id())).to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ pub async fn put(
         path.push_str(&format!("?if_version={v}"));
     }
     let resp = client
-        .send(|h, base| h.put(format!("{base}{path}")).body(value.clone()))
+        .send_write(|h, base| h.put(format!("{base}{path}")).body(value.clone()))
         .await?;
     http::json(resp).await
 }

@@ -43,7 +43,7 @@ pub async fn run(args: TxnArgs) -> Result<(), CliError> {
     let txn: Value = serde_json::from_slice(&body)
         .map_err(|e| CliError::Usage(format!("the transaction is not valid JSON: {e}")))?;
     let resp = client
-        .send(|h, base| h.post(format!("{base}/v1/txn")).json(&txn))
+        .send_write(|h, base| h.post(format!("{base}/v1/txn")).json(&txn))
         .await?;
     let result: Value = http::json(resp).await?;
     print_json(&result)?;
