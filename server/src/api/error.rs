@@ -55,6 +55,9 @@ pub enum ErrorCode {
     Internal,
     /// 503: no master or no quorum right now; retry after `Retry-After` seconds.
     Unavailable,
+    /// 503: this replica's state differs from the cluster's; ask another
+    /// replica (it will not recover without being replaced).
+    ReplicaDiverged,
     /// 504: the write's outcome is unknown; it may still commit.
     Timeout,
 }
@@ -72,7 +75,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable | ErrorCode::ReplicaDiverged => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -207,6 +210,7 @@ impl From<ServiceError> for ApiError {
                 format!("{message}; the write may still commit, so read before retrying"),
             ),
             ServiceError::Conflict(_) => ApiError::new(ErrorCode::Conflict, message),
+            ServiceError::Diverged(_) => ApiError::new(ErrorCode::ReplicaDiverged, message),
             ServiceError::Internal(_) => ApiError::internal(message),
         }
     }

@@ -97,6 +97,11 @@ pub struct ClusterInfo {
     /// Why the node is not (yet) a member, for people.
     #[serde(default)]
     pub node_state_reason: Option<String>,
+    /// Set when the answering replica's state differs from what a majority
+    /// of the voters hold at the same log index (compared by digest): it
+    /// serves no reads and must be replaced.
+    #[serde(default)]
+    pub divergence: Option<crate::node::digest::Divergence>,
     /// Current master, if known.
     pub master: Option<String>,
     /// Milliseconds left on the master lease, when this node is master.
@@ -172,6 +177,10 @@ pub enum ServiceError {
     /// A bug or an I/O failure on this node (500).
     #[error("{0}")]
     Internal(String),
+    /// This replica's state diverged from the cluster's; it serves no reads
+    /// (503, `replica_diverged`).
+    #[error("{0}")]
+    Diverged(String),
 }
 
 /// Everything the public API needs from a node.

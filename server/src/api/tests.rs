@@ -155,6 +155,7 @@ impl Service for Fake {
             node_id: "00000000000000a1".into(),
             node_state: NodeStatus::Member,
             node_state_reason: None,
+            divergence: None,
             master: Some("n1".into()),
             lease_remaining_ms: Some(900),
             revision: self.store().revision(),

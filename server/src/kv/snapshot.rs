@@ -134,20 +134,22 @@ impl Store {
             .iter()
             .map(|kv| kv.key.len() + kv.value.len())
             .sum();
+        let kvs = snap
+            .kvs
+            .into_iter()
+            .map(|kv| {
+                let slot = Slot {
+                    value: kv.value.into_boxed_slice(),
+                    version: kv.version,
+                    create_revision: kv.create_revision,
+                    mod_revision: kv.mod_revision,
+                };
+                (kv.key.into_boxed_slice(), slot)
+            })
+            .collect();
         Store {
-            kvs: snap
-                .kvs
-                .into_iter()
-                .map(|kv| {
-                    let slot = Slot {
-                        value: kv.value.into_boxed_slice(),
-                        version: kv.version,
-                        create_revision: kv.create_revision,
-                        mod_revision: kv.mod_revision,
-                    };
-                    (kv.key.into_boxed_slice(), slot)
-                })
-                .collect(),
+            digest: super::store::digest_of(&kvs),
+            kvs,
             revision: snap.revision,
             applied_index: snap.applied_index,
             data_bytes,

@@ -54,6 +54,8 @@ pub enum Input {
     HandOff {
         reply: oneshot::Sender<Result<NodeId, String>>,
     },
+    /// This replica's state is known to be wrong: never run for master.
+    ForbidCandidacy,
     InstallSnapshot {
         meta: SnapshotMeta,
         data: axum::body::Bytes,
@@ -120,6 +122,8 @@ pub struct Driver {
     pub compact_after: u64,
     pub epoch: Instant,
     pub read_lease: Arc<ReadLease>,
+    /// Checkpoints of the state digest, compared with the peers'.
+    pub digests: Arc<std::sync::Mutex<super::digest::Digests>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -254,6 +258,7 @@ impl Driver {
                 };
                 let _ = reply.send(result);
             }
+            Input::ForbidCandidacy => self.replica.forbid_candidacy(),
             Input::Shutdown => {}
         }
     }
@@ -357,6 +362,11 @@ impl Driver {
                 Value::Noop | Value::Lease { .. } => {}
             }
             store.set_applied_index(index);
+            if index % super::digest::CHECK_EVERY == 0
+                && let Ok(mut d) = self.digests.lock()
+            {
+                d.record(index, store.digest());
+            }
         }
         let after = store.revision();
         if after > before

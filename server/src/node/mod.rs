@@ -3,6 +3,7 @@
 //! writes are proposed here or forwarded to the master, linearizable reads
 //! wait for the master's read index, watches follow the applied log.
 
+pub mod digest;
 pub mod driver;
 pub mod peer;
 mod replace;
@@ -124,6 +125,10 @@ struct Inner {
     read_batch: Mutex<ReadBatch>,
     /// Writes forwarded to the master, coalesced.
     forward_batch: Mutex<ForwardBatch>,
+    /// State digests of this replica and its peers (see [`digest`]).
+    digests: Arc<Mutex<digest::Digests>>,
+    /// Set once this replica's state is known to differ from the majority's.
+    diverged: std::sync::atomic::AtomicBool,
 }
 
 /// The parts of a node that wait for its engine to start.
@@ -190,6 +195,9 @@ struct ReadBatch {
     running: bool,
     waiting: Vec<oneshot::Sender<ReadIndexReply>>,
 }
+
+/// How often replicas exchange state digests.
+const DIGEST_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Bound of the driver's input channel; beyond it requests are refused busy.
 const INPUT_QUEUE: usize = 65_536;
@@ -306,6 +314,8 @@ impl Node {
                 read_lease: Arc::new(ReadLease::default()),
                 read_batch: Mutex::new(ReadBatch::default()),
                 forward_batch: Mutex::new(ForwardBatch::default()),
+                digests: Arc::new(Mutex::new(digest::Digests::default())),
+                diverged: std::sync::atomic::AtomicBool::new(false),
                 cfg,
             }),
         };
@@ -379,6 +389,7 @@ impl Node {
             compact_after: self.inner.cfg.compact_after,
             epoch: self.inner.epoch,
             read_lease: self.inner.read_lease.clone(),
+            digests: self.inner.digests.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("phxkv-engine".into())
@@ -389,7 +400,122 @@ impl Node {
         }
         self.inner.running.store(true, Ordering::SeqCst);
         self.set_phase(phase);
+        let node = self.clone();
+        tokio::spawn(async move { node.exchange_digests().await });
         Ok(())
+    }
+
+    /// Sends this replica's newest state digests to its peers every few
+    /// seconds and compares (see [`digest`]).
+    async fn exchange_digests(&self) {
+        let mut tick = tokio::time::interval(DIGEST_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if Arc::strong_count(&self.inner) <= 1 {
+                return;
+            }
+            let checkpoints = match self.inner.digests.lock() {
+                Ok(d) => d.newest(),
+                Err(_) => return,
+            };
+            if !checkpoints.is_empty() {
+                let report = digest::DigestReport {
+                    name: self.inner.cfg.name.clone(),
+                    checkpoints,
+                };
+                let peers: Vec<String> = self
+                    .inner
+                    .membership
+                    .borrow()
+                    .members
+                    .iter()
+                    .filter(|(id, _)| **id != self.inner.id)
+                    .map(|(_, m)| m.addr.trim_end_matches('/').to_string())
+                    .collect();
+                let sends = peers.iter().map(|url| {
+                    self.inner
+                        .client
+                        .post(format!("{url}/peer/v1/digests"))
+                        .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
+                        .timeout(Duration::from_secs(2))
+                        .json(&report)
+                        .send()
+                });
+                // Best effort: a peer that misses one report gets the next.
+                let _ = futures_util::future::join_all(sends).await;
+            }
+            self.judge_digests();
+        }
+    }
+
+    /// Takes a peer's digest report (peer API).
+    pub fn receive_digests(&self, report: digest::DigestReport) {
+        if let Ok(mut d) = self.inner.digests.lock() {
+            d.receive(&report);
+        }
+        self.judge_digests();
+    }
+
+    fn judge_digests(&self) {
+        let voters: Vec<String> = {
+            let m = self.inner.membership.borrow();
+            m.voters()
+                .filter_map(|id| m.members.get(&id).map(|x| x.name.clone()))
+                .collect()
+        };
+        let findings = match self.inner.digests.lock() {
+            Ok(mut d) => d.judge(&voters),
+            Err(_) => return,
+        };
+        for f in findings {
+            match f {
+                digest::Finding::PeerDiffers { peer, index } => {
+                    self.inner.metrics.inc_digest_mismatches();
+                    tracing::warn!(
+                        peer = %peer,
+                        index,
+                        "{peer}'s state differs from this replica's at index {index}"
+                    );
+                }
+                digest::Finding::Diverged(d) => {
+                    self.inner.metrics.inc_digest_mismatches();
+                    self.inner.metrics.set_diverged(true);
+                    self.inner.diverged.store(true, Ordering::SeqCst);
+                    tracing::error!(
+                        index = d.index,
+                        ours = %d.ours,
+                        majority = %d.majority,
+                        agreeing = %d.agreeing.join(","),
+                        "this replica's state diverged from the cluster's: it serves no reads \
+                         and will not be master; wipe its data directory and replace it \
+                         (phxkv members replace {})",
+                        self.inner.cfg.name
+                    );
+                    let _ = self.submit(Input::ForbidCandidacy);
+                    let node = self.clone();
+                    tokio::spawn(async move { node.hand_off(Duration::from_secs(3)).await });
+                }
+            }
+        }
+    }
+
+    /// Why reads are refused here, if this replica diverged.
+    fn refuse_if_diverged(&self) -> Result<(), ServiceError> {
+        if !self.inner.diverged.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let at = self
+            .inner
+            .digests
+            .lock()
+            .ok()
+            .and_then(|d| d.divergence().map(|d| d.index))
+            .unwrap_or_default();
+        Err(ServiceError::Diverged(format!(
+            "this replica's state differs from the cluster's (from log index {at} on); it \
+             serves no reads: ask another replica, and replace this one"
+        )))
     }
 
     fn set_phase(&self, phase: Phase) {
@@ -1049,7 +1175,14 @@ impl Node {
             })
             .collect();
         let (node_state, node_state_reason) = self.state();
+        let divergence = self
+            .inner
+            .digests
+            .lock()
+            .ok()
+            .and_then(|d| d.divergence().cloned());
         ClusterInfo {
+            divergence,
             cluster_id: self.inner.cfg.cluster_id.clone(),
             node: self.inner.cfg.name.clone(),
             node_id: bootstrap::format_id(self.inner.id),
@@ -1163,6 +1296,7 @@ impl Service for Node {
         R: Send + 'static,
         F: FnOnce(&Store) -> R + Send + 'static,
     {
+        self.refuse_if_diverged()?;
         let deadline = Instant::now() + self.inner.cfg.read_timeout;
         match consistency {
             Consistency::Linearizable => {
@@ -1203,6 +1337,7 @@ impl Service for Node {
         prefix: Vec<u8>,
         start_revision: u64,
     ) -> Result<mpsc::Receiver<Result<Event, ServiceError>>, ServiceError> {
+        self.refuse_if_diverged()?;
         // Subscribe before reading history so nothing falls in between; the
         // driver broadcasts while holding the write lock, so every live event
         // at or below the revision read here is also in the history.
@@ -1279,6 +1414,7 @@ impl Service for Node {
                 info.node_id = local.node_id;
                 info.node_state = local.node_state;
                 info.node_state_reason = local.node_state_reason;
+                info.divergence = local.divergence;
                 info.revision = local.revision;
                 info.applied_index = local.applied_index;
                 info.commit_index = local.commit_index;
@@ -1369,6 +1505,12 @@ impl Service for Node {
             return Health {
                 ready: false,
                 reason: why.or_else(|| Some("not a member of the cluster (yet)".into())),
+            };
+        }
+        if let Err(e) = self.refuse_if_diverged() {
+            return Health {
+                ready: false,
+                reason: Some(e.to_string()),
             };
         }
         let p = self.inner.published.borrow();

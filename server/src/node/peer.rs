@@ -34,6 +34,7 @@ pub fn router(node: Node) -> axum::Router {
         .route("/peer/v1/change", post(change))
         .route("/peer/v1/cluster", post(cluster))
         .route("/peer/v1/hello", get(hello))
+        .route("/peer/v1/digests", post(digests))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such peer route") })
@@ -105,6 +106,15 @@ async fn messages(
         ),
         Err(Misaddressed::Service(e)) => service_error(e),
     }
+}
+
+/// A peer's newest state digests (JSON).
+async fn digests(
+    State(node): State<Node>,
+    Json(report): Json<super::digest::DigestReport>,
+) -> Response {
+    node.receive_digests(report);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// Who this node is, for a node deciding how to bootstrap and for a

@@ -211,6 +211,9 @@ pub struct Replica {
 
     // proposer
     state: State,
+    /// False once this replica must never run for master (its state is
+    /// known to be wrong).
+    candidacy: bool,
     highest_round: u64,
     known_master: Option<NodeId>,
     last_heard: Duration,
@@ -278,6 +281,7 @@ impl Replica {
             base_membership,
             configs,
             state: State::Follower,
+            candidacy: true,
             known_master: None,
             last_heard: now,
             election_deadline: now,
@@ -607,8 +611,16 @@ impl Replica {
         }
     }
 
+    /// This replica will never run for master again (it keeps voting as an
+    /// acceptor: its promises and accepted values are still its own). For a
+    /// replica whose applied state is known to be wrong: as master it would
+    /// answer reads and compare-and-swaps from that state.
+    pub fn forbid_candidacy(&mut self) {
+        self.candidacy = false;
+    }
+
     fn may_campaign(&self, now: Duration) -> bool {
-        if !self.membership().is_voter(self.cfg.id) {
+        if !self.candidacy || !self.membership().is_voter(self.cfg.id) {
             return false;
         }
         // Our own acceptor would refuse us while it honours another's lease.

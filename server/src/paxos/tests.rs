@@ -1174,3 +1174,28 @@ fn a_snapshot_installed_before_pending_values_are_applied_replaces_them() {
         "only what follows the snapshot is left to apply"
     );
 }
+
+#[test]
+fn a_replica_forbidden_to_run_for_master_never_campaigns_but_still_votes() {
+    let mut net = Net::new(&[1, 2, 3]);
+    if let Some(r) = net.nodes.get_mut(&3) {
+        r.forbid_candidacy();
+    }
+    net.elect(1);
+    // With 1 gone, only 2 may take over, with 3's vote.
+    net.advance(Duration::from_secs(5), &[1]);
+    assert!(net.nodes[&2].is_master());
+    assert!(!net.nodes[&3].is_master());
+    // A handoff to 3 does not make it run either.
+    let ballot = net.nodes[&2].status(net.now).ballot;
+    let now = net.now;
+    if let Some(r) = net.nodes.get_mut(&3) {
+        r.step(now, 2, Message::TimeoutNow { ballot });
+        assert!(
+            !r.take_ready()
+                .messages
+                .iter()
+                .any(|e| matches!(e.msg, Message::Prepare { .. }))
+        );
+    }
+}

@@ -215,6 +215,8 @@ pub struct World {
     history: Vec<Operation>,
     /// The chosen value of every instance, as first applied anywhere.
     chosen: BTreeMap<Index, Value>,
+    /// The state digest after each instance, as first applied (by whom).
+    digests: BTreeMap<Index, (usize, u128)>,
     /// Request ids of writes a client saw acknowledged.
     acked: BTreeSet<RequestId>,
     blocked: BTreeSet<(NodeId, NodeId)>,
@@ -323,6 +325,7 @@ impl World {
             clients,
             history: Vec::new(),
             chosen: BTreeMap::new(),
+            digests: BTreeMap::new(),
             acked: BTreeSet::new(),
             blocked: BTreeSet::new(),
             loss,
@@ -626,6 +629,21 @@ impl World {
             }
         }
         self.nodes[i].store.set_applied_index(index);
+        // Replicas that applied the same log hold the same state: the digest
+        // the nodes compare in production must agree at every index.
+        let digest = self.nodes[i].store.digest();
+        match self.digests.get(&index) {
+            Some((first, d)) if *d != digest => {
+                let first = self.nodes[*first].name.clone();
+                return self.fail(format!(
+                    "instance {index}: {name}'s state digest differs from {first}'s"
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.digests.insert(index, (i, digest));
+            }
+        }
         if let Value::Config(m) = &value {
             self.note(format!(
                 "{name} applies config at {index}: {:?}",

@@ -105,6 +105,8 @@ struct Inner {
     peer_messages: Family<DirectionLabels, Counter>,
     node_state: Family<StateLabels, Gauge>,
     misaddressed: Counter,
+    digest_mismatches: Counter,
+    diverged: Gauge,
 }
 
 /// A node's metrics, all named `phxkv_*`.
@@ -143,6 +145,8 @@ impl Metrics {
             peer_messages: Family::default(),
             node_state: Family::default(),
             misaddressed: Counter::default(),
+            digest_mismatches: Counter::default(),
+            diverged: Gauge::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         let r = &mut inner.registry;
@@ -237,6 +241,17 @@ impl Metrics {
             "Peer messages refused or sent back because they were meant for another \
              incarnation of the receiving node",
             inner.misaddressed.clone(),
+        );
+        r.register(
+            "digest_mismatches",
+            "Times a peer's state digest differed from this replica's at the same log index",
+            inner.digest_mismatches.clone(),
+        );
+        r.register(
+            "diverged",
+            "1 once this replica's state differs from what a majority of the voters hold; \
+             it then serves no reads and must be replaced",
+            inner.diverged.clone(),
         );
         for state in NODE_STATES {
             inner
@@ -356,6 +371,16 @@ impl Metrics {
                 })
                 .set(i64::from(s == state));
         }
+    }
+
+    /// Counts a state digest that differed from a peer's.
+    pub fn inc_digest_mismatches(&self) {
+        self.0.digest_mismatches.inc();
+    }
+
+    /// Sets whether this replica diverged (exported as 1 or 0).
+    pub fn set_diverged(&self, diverged: bool) {
+        self.0.diverged.set(i64::from(diverged));
     }
 
     /// Counts peer messages meant for another incarnation of their receiver.
