@@ -29,6 +29,10 @@ pub enum MemberChange {
     Promote { name: String },
     /// Remove a member (voter or learner).
     Remove { name: String },
+    /// Remove `name` only if the configuration holds it as incarnation `id`
+    /// (16 hex digits): a replacement that raced another must not remove
+    /// the new incarnation.
+    RemoveIncarnation { name: String, id: String },
 }
 
 /// A member's role in quorums.

@@ -105,6 +105,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
 
+    /// Send every outgoing request to peers through this HTTP proxy
+    /// (`http://host:port`): an egress proxy, or a fault-injection harness
+    /// that cuts chosen links. Without it, peers are reached directly (proxy
+    /// environment variables are ignored for peer traffic).
+    #[arg(long, env = "PHXKV_PEER_PROXY", value_name = "URL")]
+    pub peer_proxy: Option<String>,
+
     /// Log format on stderr.
     #[arg(long, env = "PHXKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -214,6 +221,14 @@ impl ServeArgs {
         if self.snapshot_every < 100 {
             return Err(bad("snapshot-every", "must be at least 100".into()));
         }
+        if let Some(p) = &self.peer_proxy
+            && (reqwest::Proxy::http(p).is_err() || !p.starts_with("http://"))
+        {
+            return Err(bad(
+                "peer-proxy",
+                format!("{p:?} is not an http://host:port proxy URL"),
+            ));
+        }
         if self.listen == self.peer_listen && self.listen.port() != 0 {
             return Err(bad("peer-listen", "must differ from --listen".into()));
         }
@@ -240,6 +255,7 @@ impl ServeArgs {
                 write_timeout: self.write_timeout,
                 read_timeout: self.write_timeout,
                 compact_after: self.snapshot_every,
+                peer_proxy: self.peer_proxy.clone(),
             },
             listen: self.listen,
             peer_listen: self.peer_listen,

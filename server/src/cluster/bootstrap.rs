@@ -23,7 +23,8 @@
 //!    nothing else, so it never promises or accepts anything.
 //! 2. *Only the seed creates a cluster*: the bootstrap member whose name
 //!    sorts first. It does so only after every other bootstrap member has
-//!    answered that it is fresh (nothing durable at all), and builds the
+//!    answered that it is fresh (nothing durable at all) and was given the
+//!    same member list (two lists would make two seeds), and builds the
 //!    configuration from their answers: each member's name, peer URL and
 //!    incarnation. If any member cannot be reached, it keeps waiting: a
 //!    member that does not answer might hold a cluster. It never assumes.
@@ -103,6 +104,20 @@ pub struct Hello {
     pub bootstrap: Option<Vec<MemberRecord>>,
     /// The newest configuration this node holds, if any.
     pub members: Option<Vec<MemberRecord>>,
+    /// This node's bootstrap list as `name=peer_url`, sorted: a new cluster
+    /// is created only by members that were all given the same one.
+    #[serde(default)]
+    pub list: Vec<String>,
+}
+
+/// A bootstrap list as it travels in a [`Hello`].
+pub fn list_of(peers: &[BootstrapPeer]) -> Vec<String> {
+    let mut list: Vec<String> = peers
+        .iter()
+        .map(|p| format!("{}={}", p.name, p.peer_url))
+        .collect();
+    list.sort();
+    list
 }
 
 /// Formats an incarnation id as it appears on the wire and to people.
@@ -217,6 +232,15 @@ pub fn decide(
                     ));
                 }
                 match h.state {
+                    NodeState::Fresh if h.list != list_of(peers) => {
+                        return Decision::Wait(format!(
+                            "{} was given another member list ({}) than this node ({}); \
+                             every member must be started with the same one",
+                            peer.name,
+                            h.list.join(","),
+                            list_of(peers).join(",")
+                        ));
+                    }
                     NodeState::Fresh => match parse_id(&h.incarnation) {
                         Ok(id) => {
                             fresh.insert(peer.name.as_str(), id);
@@ -355,6 +379,7 @@ mod tests {
             state,
             bootstrap: None,
             members: None,
+            list: list_of(&peers()),
         })
     }
 
@@ -381,6 +406,7 @@ mod tests {
             state: NodeState::Member,
             bootstrap: Some(records(bootstrap)),
             members: Some(records(bootstrap)),
+            list: list_of(&peers()),
         })
     }
 
@@ -477,6 +503,7 @@ mod tests {
                 state: NodeState::Member,
                 bootstrap: Some(records(&b)),
                 members: Some(records(&now)),
+                list: list_of(&peers()),
             }),
         )]);
         assert!(matches!(
@@ -497,6 +524,18 @@ mod tests {
         ]);
         assert!(
             matches!(decide(&me("kv-0", 10), &peers(), &a), Decision::Wait(w) if w.contains("\"other\""))
+        );
+        // A fresh member given another list: nobody creates anything.
+        let mut other_list = hello("kv-1", 11, NodeState::Fresh);
+        if let Answer::Hello(h) = &mut other_list {
+            h.list = vec!["kv-1=http://kv-1:8081".into()];
+        }
+        let a = answers(vec![
+            ("kv-1", other_list),
+            ("kv-2", hello("kv-2", 12, NodeState::Fresh)),
+        ]);
+        assert!(
+            matches!(decide(&me("kv-0", 10), &peers(), &a), Decision::Wait(w) if w.contains("another member list"))
         );
         // A configuration with other names than this node's list.
         let b = config(&[("kv-0", 10), ("kv-1", 11), ("kv-9", 19)]);

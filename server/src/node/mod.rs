@@ -59,6 +59,8 @@ pub struct NodeConfig {
     pub read_timeout: Duration,
     /// Compact the log after this many applied instances.
     pub compact_after: u64,
+    /// An HTTP proxy for every request to peers; none means direct.
+    pub peer_proxy: Option<String>,
 }
 
 /// Why a node cannot start.
@@ -271,10 +273,18 @@ impl Node {
         });
         let (events, _) = broadcast::channel(4096);
         let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE);
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(2));
+        builder = match &cfg.peer_proxy {
+            Some(url) => builder.proxy(
+                reqwest::Proxy::http(url)
+                    .map_err(|e| StartError::State(format!("--peer-proxy {url}: {e}")))?,
+            ),
+            None => builder.no_proxy(),
+        };
+        let client = builder
             .build()
             .map_err(|e| StartError::State(format!("cannot build the HTTP client: {e}")))?;
         let outbox = Outbox::new(
@@ -391,6 +401,9 @@ impl Node {
             read_lease: self.inner.read_lease.clone(),
             digests: self.inner.digests.clone(),
         };
+        // Say what this node is before its engine says anything.
+        self.set_phase(phase);
+        self.inner.running.store(true, Ordering::SeqCst);
         let thread = std::thread::Builder::new()
             .name("phxkv-engine".into())
             .spawn(move || driver.run())
@@ -398,8 +411,6 @@ impl Node {
         if let Ok(mut t) = self.inner.thread.lock() {
             *t = Some(thread);
         }
-        self.inner.running.store(true, Ordering::SeqCst);
-        self.set_phase(phase);
         let node = self.clone();
         tokio::spawn(async move { node.exchange_digests().await });
         Ok(())
@@ -695,6 +706,7 @@ impl Node {
                 .ok()
                 .and_then(|b| b.as_ref().map(bootstrap::records)),
             members: (!membership.members.is_empty()).then(|| bootstrap::records(&membership)),
+            list: bootstrap::list_of(&self.inner.cfg.bootstrap),
         }
     }
 
@@ -1426,14 +1438,14 @@ impl Service for Node {
     }
 
     async fn change_members(&self, change: MemberChange) -> Result<ClusterInfo, ServiceError> {
+        // Names are resolved in the configuration the master reports (this
+        // node's own may be behind, or empty while it joins).
+        let view = self.cluster().await?;
         let by_name = |name: &str| -> Result<NodeId, ServiceError> {
-            self.inner
-                .membership
-                .borrow()
-                .members
+            view.members
                 .iter()
-                .find(|(_, m)| m.name == name)
-                .map(|(id, _)| *id)
+                .find(|m| m.name == name)
+                .and_then(|m| bootstrap::parse_id(&m.id).ok())
                 .ok_or_else(|| ServiceError::Conflict(format!("no member is named {name:?}")))
         };
         let change = match change {
@@ -1457,6 +1469,16 @@ impl Service for Node {
             MemberChange::Remove { name } => ConfChange::Remove {
                 id: by_name(&name)?,
             },
+            MemberChange::RemoveIncarnation { name, id } => {
+                let id = bootstrap::parse_id(&id).map_err(ServiceError::Invalid)?;
+                if by_name(&name)? != id {
+                    return Err(ServiceError::Conflict(format!(
+                        "{name} is no longer incarnation {}; nothing removed",
+                        bootstrap::format_id(id)
+                    )));
+                }
+                ConfChange::Remove { id }
+            }
         };
         let deadline = Instant::now() + self.inner.cfg.write_timeout;
         let index = loop {

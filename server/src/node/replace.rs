@@ -109,8 +109,11 @@ impl Node {
                         m.id
                     )));
                 }
-                self.change_members(MemberChange::Remove { name: name.clone() })
-                    .await?;
+                self.change_members(MemberChange::RemoveIncarnation {
+                    name: name.clone(),
+                    id: m.id.clone(),
+                })
+                .await?;
                 tracing::info!(member = %name, old = %m.id, new = %new_id, "replacing a member: old incarnation removed");
                 removed = Some(m.id.clone());
                 self.change_members(MemberChange::Add {

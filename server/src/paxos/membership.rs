@@ -13,13 +13,25 @@
 //!    majority of `C'`: with `n` voters in the smaller one, a majority of the
 //!    larger one keeps at least `floor((n+1)/2)` voters of the smaller one, and
 //!    `floor((n+1)/2) + floor(n/2) + 1 = n + 1 > n`.
-//! 2. *Only adjacent configurations are ever in use together.* A master
-//!    proposes a change only when its commit index has reached both its own
-//!    barrier (the first lease it proposed, which follows every instance an
-//!    earlier master may have left) and the index of the newest configuration
-//!    in its log. So when `C2` is proposed, `C1` and every instance before it
-//!    are chosen; instances still in flight were proposed under `C1` or `C2`,
-//!    never under `C0`. A master elected later learns the newest configuration
+//! 2. *Only adjacent configurations are ever in use together, and each is
+//!    built on a chosen past.* A master proposes a change only when its
+//!    commit index has reached its own barrier (the first lease it proposed,
+//!    which follows every instance an earlier master may have left) and the
+//!    newest configuration in its log, and only into the instance right
+//!    after its commit index: nothing may be in flight below it (new batches
+//!    wait while a change drains them). So when `C2` is proposed at `s`,
+//!    every instance before `s`, `C1` among them, is chosen: two masters can
+//!    never place sibling changes of one configuration in instances that
+//!    both survive (a change above unchosen instances could, at a later
+//!    election, outlive a sibling another master chose below it:
+//!    `paxos::tests::a_voter_change_above_unchosen_instances_cannot_fork_the_configuration`).
+//!    A change of voters also waits until a quorum of the *new* voters holds
+//!    every instance chosen so far: instances chosen by older quorums may be
+//!    held by none of the new configuration's majorities otherwise, and a
+//!    master elected there would fill them with no-ops (found by the
+//!    simulator: a lone learner promoted, then the old voter removed).
+//!    Instances still in flight after `C2` was proposed were proposed under
+//!    `C1` or `C2`, never under `C0`. A master elected later learns the newest configuration
 //!    during phase 1: its promise quorum, counted in the configuration it knows,
 //!    intersects the quorum that accepted any newer configuration (point 1), so
 //!    that configuration shows up in a promise and the candidate counts its

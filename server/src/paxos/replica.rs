@@ -155,6 +155,9 @@ struct Master {
     /// Mastership is being handed to this node: the handoff lease was
     /// proposed at `index` at time `since`; no new commands are taken.
     transfer: Option<Transfer>,
+    /// A membership change waits for the instances in flight to be chosen:
+    /// until then no new batch is proposed (see `propose_change`).
+    drain_until: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1085,6 +1088,7 @@ impl Replica {
             peer_commit: BTreeMap::new(),
             peer_seen: BTreeMap::new(),
             transfer: None,
+            drain_until: None,
         });
         let mut values: Vec<(Index, Value)> = Vec::new();
         for i in c.from_index.max(self.commit + 1)..=last {
@@ -1274,9 +1278,19 @@ impl Replica {
             self.step_down(None);
             return;
         }
+        // A master no longer among the voters takes no new lease: the
+        // others would have to wait it out before electing a master.
+        let voter = match &self.configs.values().next_back() {
+            Some(c) => c.is_voter(self.cfg.id),
+            None => self.base_membership.is_voter(self.cfg.id),
+        };
+        let State::Master(m) = &mut self.state else {
+            return;
+        };
         let renew = (now >= m.last_lease_start + lease_len / 3 || m.lease_until.is_none())
             && m.lease_starts.is_empty()
-            && m.transfer.is_none();
+            && m.transfer.is_none()
+            && voter;
         let mut resend: Vec<(Index, Value)> = Vec::new();
         for (i, f) in m.inflight.iter_mut() {
             if now >= f.sent_at + retry {
@@ -1354,6 +1368,9 @@ impl Replica {
         let State::Master(m) = &mut self.state else {
             return;
         };
+        if m.drain_until.is_some_and(|t| now < t) {
+            return;
+        }
         let mut values = Vec::new();
         while !m.queue.is_empty() && m.next_index <= commit + window {
             let mut batch = Vec::new();
@@ -1429,20 +1446,34 @@ impl Replica {
         }
         let next = super::membership::apply_change(self.membership(), &change)
             .map_err(ProposeError::InvalidChange)?;
-        // A change that leaves fewer live voters than its quorum can never
-        // be committed, and blocks every later one: the cluster would be
-        // stuck with it (etcd's strict reconfiguration check does the same).
-        if !next.voters().eq(self.membership().voters()) {
-            let recent = self.cfg.election_timeout * 2;
-            let live = next
-                .voters()
-                .filter(|v| {
-                    *v == self.cfg.id
-                        || m.peer_seen
-                            .get(v)
-                            .is_some_and(|t| now.saturating_sub(*t) <= recent)
-                })
-                .count();
+        let drain = self.cfg.retry * 4;
+        let voters_change = !next.voters().eq(self.membership().voters());
+        let recent = self.cfg.election_timeout * 2;
+        let me = self.cfg.id;
+        let State::Master(m) = &mut self.state else {
+            return Err(ProposeError::NotMaster { hint });
+        };
+        // Every instance below a configuration's slot must be chosen when it
+        // is proposed (see `super::membership`, point 2): a change placed
+        // above instances still in flight could outlive, at a later
+        // election, a sibling change another master chose in one of them.
+        // New batches wait meanwhile, and the caller retries.
+        if m.next_index != commit + 1 {
+            m.drain_until = Some(now + drain);
+            return Err(ProposeError::ChangeInProgress);
+        }
+        if voters_change {
+            let reachable = |v: &NodeId| {
+                *v == me
+                    || m.peer_seen
+                        .get(v)
+                        .is_some_and(|t| now.saturating_sub(*t) <= recent)
+            };
+            let live = next.voters().filter(reachable).count();
+            // A change that leaves fewer live voters than its quorum can
+            // never be committed, and blocks every later one: the cluster
+            // would be stuck with it (etcd's strict reconfiguration check
+            // does the same).
             if live < next.quorum() {
                 return Err(ProposeError::InvalidChange(format!(
                     "after this change only {live} of its {} voters would be reachable, fewer than \
@@ -1451,10 +1482,23 @@ impl Replica {
                     next.quorum()
                 )));
             }
+            // And a quorum of the new voters must hold every instance chosen
+            // so far (point 2 of `super::membership`): instances chosen by
+            // older quorums may be known to none of the new configuration's
+            // majorities otherwise, and a master elected there would fill
+            // them with no-ops.
+            let caught_up = next
+                .voters()
+                .filter(|v| {
+                    *v == me || (reachable(v) && m.peer_commit.get(v).is_some_and(|c| *c >= commit))
+                })
+                .count();
+            if caught_up < next.quorum() {
+                m.drain_until = Some(now + drain);
+                return Err(ProposeError::ChangeInProgress);
+            }
         }
-        let State::Master(m) = &mut self.state else {
-            return Err(ProposeError::NotMaster { hint });
-        };
+        m.drain_until = None;
         let index = m.next_index;
         m.next_index += 1;
         self.propose_values(now, vec![(index, Value::Config(next))]);

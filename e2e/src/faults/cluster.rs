@@ -1,0 +1,364 @@
+//! The `phxkv serve` processes of one run: started on loopback, each with
+//! its own data directory, log file and peer proxy; killed, paused, resumed,
+//! wiped and restarted by the nemesis; asked about the cluster through the
+//! public API like an operator would.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::proxy::{self, Links};
+
+pub const TOKEN: &str = "fault-injection-token-0123456789";
+
+pub struct Node {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub proxy_port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+    pub paused: bool,
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub nodes: Vec<Node>,
+    pub members: String,
+    pub links: Arc<Links>,
+    pub http: reqwest::Client,
+}
+
+fn free_port(taken: &mut Vec<u16>) -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        if port != 0 && !taken.contains(&port) {
+            taken.push(port);
+            return port;
+        }
+    }
+}
+
+impl Cluster {
+    /// Prepares `n` nodes under `dir` (nothing runs yet).
+    pub async fn new(dir: &Path, bin: &Path, n: usize) -> std::io::Result<Cluster> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("token"), TOKEN)?;
+        let mut taken = Vec::new();
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| (free_port(&mut taken), free_port(&mut taken)))
+            .collect();
+        let links = Links::new(&ports.iter().map(|(_, p)| *p).collect::<Vec<_>>());
+        let mut nodes = Vec::new();
+        for (i, (client_port, peer_port)) in ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            nodes.push(Node {
+                data_dir: dir.join(&name),
+                log: dir.join(format!("{name}.log")),
+                name,
+                client_port: *client_port,
+                peer_port: *peer_port,
+                proxy_port: proxy::start(i, links.clone()).await?,
+                child: None,
+                paused: false,
+            });
+        }
+        let members = nodes
+            .iter()
+            .map(|n| format!("{}=http://127.0.0.1:{}", n.name, n.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Cluster {
+            dir: dir.to_path_buf(),
+            bin: bin.to_path_buf(),
+            nodes,
+            members,
+            links,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .map_err(std::io::Error::other)?,
+        })
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[i].client_port)
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        (0..self.nodes.len()).map(|i| self.url(i)).collect()
+    }
+
+    pub fn start(&mut self, i: usize) -> std::io::Result<()> {
+        if self.nodes[i].child.is_some() {
+            return Ok(());
+        }
+        let n = &self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)?;
+        let child = Command::new(&self.bin)
+            .arg("serve")
+            .args(["--id", &n.name])
+            .arg("--data-dir")
+            .arg(&n.data_dir)
+            .args(["--listen", &format!("127.0.0.1:{}", n.client_port)])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", n.peer_port)])
+            .args(["--initial-members", &self.members])
+            .arg("--cluster-token-file")
+            .arg(self.dir.join("token"))
+            .args(["--lease", "1s", "--snapshot-every", "200"])
+            .args([
+                "--peer-proxy",
+                &format!("http://127.0.0.1:{}", n.proxy_port),
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        self.nodes[i].child = Some(child);
+        self.nodes[i].paused = false;
+        Ok(())
+    }
+
+    pub fn running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.nodes[i].paused = false;
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        if let Some(c) = &self.nodes[i].child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    pub fn pause(&mut self, i: usize) {
+        self.signal(i, "-STOP");
+        self.nodes[i].paused = true;
+    }
+
+    pub fn resume(&mut self, i: usize) {
+        if self.nodes[i].paused {
+            self.signal(i, "-CONT");
+            self.nodes[i].paused = false;
+        }
+    }
+
+    /// Kills node `i` and deletes its data directory: a lost volume.
+    pub fn wipe(&mut self, i: usize) -> std::io::Result<()> {
+        self.kill(i);
+        match std::fs::remove_dir_all(&self.nodes[i].data_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// `GET /v1/cluster` on node `i`.
+    pub async fn info(&self, i: usize) -> Option<Value> {
+        if !self.running(i) || self.nodes[i].paused {
+            return None;
+        }
+        let r = self
+            .http
+            .get(format!("{}/v1/cluster", self.url(i)))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    /// The index of the node that some running node names as master.
+    pub async fn master(&self) -> Option<usize> {
+        for i in 0..self.nodes.len() {
+            if let Some(info) = self.info(i).await
+                && let Some(m) = info["master"].as_str()
+            {
+                return self.nodes.iter().position(|n| n.name == m);
+            }
+        }
+        None
+    }
+
+    /// Calls the replace endpoint for `name` through running nodes until it
+    /// says done or `within` passes. The node's peer URL goes along, so a
+    /// member that was removed is added back the same way.
+    pub async fn replace(&self, name: &str, within: Duration) -> Result<(), String> {
+        let peer_url = self
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| format!("http://127.0.0.1:{}", n.peer_port))
+            .unwrap_or_default();
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        let mut k = 0;
+        while Instant::now() < deadline {
+            k += 1;
+            let candidates: Vec<usize> = (0..self.nodes.len())
+                .filter(|i| self.running(*i) && !self.nodes[*i].paused)
+                .collect();
+            if candidates.is_empty() {
+                return Err("no node runs".into());
+            }
+            let i = candidates[k % candidates.len()];
+            let r = self
+                .http
+                .post(format!(
+                    "{}/v1/cluster/members/{name}/replace?peer_url={peer_url}",
+                    self.url(i)
+                ))
+                .bearer_auth(TOKEN)
+                .timeout(Duration::from_secs(15))
+                .send()
+                .await;
+            match r {
+                Ok(r) => {
+                    let status = r.status();
+                    let body: Value = r.json().await.unwrap_or(Value::Null);
+                    if status.is_success() && body["state"] == "done" {
+                        return Ok(());
+                    }
+                    last = format!("{status} {body}");
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Err(format!("replacing {name} did not finish: {last}"))
+    }
+
+    /// Removes member `name` through running nodes; why not, if it is not
+    /// gone within `within`.
+    pub async fn remove(&self, name: &str, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        let mut k = 0;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            k += 1;
+            let i = k % self.nodes.len();
+            if !self.running(i) || self.nodes[i].paused {
+                continue;
+            }
+            let r = self
+                .http
+                .delete(format!("{}/v1/cluster/members/{name}", self.url(i)))
+                .bearer_auth(TOKEN)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => {
+                    let status = r.status();
+                    last = format!("{status} {}", r.text().await.unwrap_or_default());
+                    // An earlier attempt whose answer was lost did it.
+                    if status == 409 && last.contains("no member is named") {
+                        return Ok(());
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Err(last)
+    }
+
+    /// True when every node is a voter of the configuration a running node
+    /// reports: only then may one lose its volume without the cluster
+    /// losing its majority for good.
+    pub async fn all_voters(&self) -> bool {
+        for i in 0..self.nodes.len() {
+            if let Some(info) = self.info(i).await
+                && info["node_state"] == "member"
+                && let Some(members) = info["members"].as_array()
+            {
+                return self.nodes.iter().all(|n| {
+                    members
+                        .iter()
+                        .any(|m| m["name"] == n.name.as_str() && m["role"] == "voter")
+                }) && members.len() == self.nodes.len();
+            }
+        }
+        false
+    }
+
+    /// Heals every fault: links, paused and stopped processes.
+    pub fn heal(&mut self) -> std::io::Result<()> {
+        self.links.heal();
+        for i in 0..self.nodes.len() {
+            self.resume(i);
+            self.start(i)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every node is a member, one master is known and no
+    /// node reports a divergence; the issue found, if any, otherwise.
+    pub async fn settle(&self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let mut ok = true;
+            let mut masters = Vec::new();
+            for i in 0..self.nodes.len() {
+                match self.info(i).await {
+                    Some(info) => {
+                        if !info["divergence"].is_null() {
+                            return Err(format!(
+                                "{} reports a divergence: {}",
+                                self.nodes[i].name, info["divergence"]
+                            ));
+                        }
+                        if info["node_state"] != "member" {
+                            ok = false;
+                            last = format!("{} is {}", self.nodes[i].name, info["node_state"]);
+                        }
+                        masters.push(info["master"].as_str().map(str::to_string));
+                    }
+                    None => {
+                        ok = false;
+                        last = format!("{} does not answer", self.nodes[i].name);
+                    }
+                }
+            }
+            if ok && masters.iter().all(|m| m.is_some() && *m == masters[0]) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(format!("the cluster did not settle: {last}"))
+    }
+
+    pub fn stop_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.resume(i);
+            self.kill(i);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
