@@ -535,15 +535,7 @@ async fn metrics_expose_requests_proposals_batches_commits_fsyncs_and_master_cha
     for i in 0..5 {
         assert_eq!(c.put(m, &format!("m/{i}"), "x").await.status(), 200);
     }
-    let text = c
-        .http
-        .get(format!("{}/metrics", c.url(m)))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = c.metrics_text(m).await;
     for name in [
         "phxkv_http_requests_total{",
         "phxkv_http_request_duration_seconds",

@@ -42,15 +42,7 @@ fn damage_snapshot(data_dir: &std::path::Path) -> String {
 }
 
 async fn metric(c: &Cluster, i: usize, name: &str) -> f64 {
-    let text = c
-        .http
-        .get(format!("{}/metrics", c.url(i)))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = c.metrics_text(i).await;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())

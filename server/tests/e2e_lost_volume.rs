@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, TOKEN};
+use common::Cluster;
 use serde_json::Value;
 
 async fn state_of(c: &Cluster, i: usize) -> Option<(String, String)> {
@@ -80,15 +80,7 @@ async fn a_node_back_with_an_empty_volume_never_votes_and_is_replaced() {
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 503);
-    let metrics = c
-        .http
-        .get(format!("{}/metrics", c.url(f)))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = c.metrics_text(f).await;
     assert!(
         metrics.contains("phxkv_node_state{state=\"awaiting_replacement\"} 1"),
         "{metrics}"
@@ -137,16 +129,10 @@ async fn a_node_back_with_an_empty_volume_never_votes_and_is_replaced() {
 
     // 5. Replace F: its new incarnation becomes a voter holding the data.
     let name = c.procs[f].name.clone();
-    let url = c.url(m);
+    let replace = format!("/v1/cluster/members/{name}/replace");
     let deadline = Instant::now() + Duration::from_secs(30);
     let report: Value = loop {
-        let r = c
-            .http
-            .post(format!("{url}/v1/cluster/members/{name}/replace"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("replace");
+        let r = c.post_with_token(m, &replace).await;
         let status = r.status();
         let body: Value = r.json().await.expect("json");
         if status == 200 && body["state"] == "done" {
@@ -183,14 +169,12 @@ async fn a_node_back_with_an_empty_volume_never_votes_and_is_replaced() {
         }
     }
     // Replacing a healthy member does nothing.
-    let r = c
-        .http
-        .post(format!("{url}/v1/cluster/members/{name}/replace"))
-        .bearer_auth(TOKEN)
-        .send()
+    let body: Value = c
+        .post_with_token(m, &replace)
         .await
-        .expect("replace again");
-    let body: Value = r.json().await.expect("json");
+        .json()
+        .await
+        .expect("json");
     assert_eq!(body["state"], "done");
     assert_eq!(body["removed"], Value::Null);
     // The cluster goes on with F counting.

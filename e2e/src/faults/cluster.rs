@@ -99,7 +99,7 @@ impl Cluster {
     }
 
     pub fn start(&mut self, i: usize) -> std::io::Result<()> {
-        if self.nodes[i].child.is_some() {
+        if self.running(i) {
             return Ok(());
         }
         let n = &self.nodes[i];
@@ -131,8 +131,20 @@ impl Cluster {
         Ok(())
     }
 
-    pub fn running(&self, i: usize) -> bool {
+    /// Whether node `i`'s process is alive (one that died on its own, or
+    /// was killed from outside, is reaped here and restarted by `heal`).
+    pub fn running(&mut self, i: usize) -> bool {
+        if let Some(c) = self.nodes[i].child.as_mut()
+            && !matches!(c.try_wait(), Ok(None))
+        {
+            self.nodes[i].child = None;
+            self.nodes[i].paused = false;
+        }
         self.nodes[i].child.is_some()
+    }
+
+    fn up(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some() && !self.nodes[i].paused
     }
 
     pub fn kill(&mut self, i: usize) {
@@ -174,7 +186,7 @@ impl Cluster {
 
     /// `GET /v1/cluster` on node `i`.
     pub async fn info(&self, i: usize) -> Option<Value> {
-        if !self.running(i) || self.nodes[i].paused {
+        if !self.up(i) {
             return None;
         }
         let r = self
@@ -214,9 +226,7 @@ impl Cluster {
         let mut k = 0;
         while Instant::now() < deadline {
             k += 1;
-            let candidates: Vec<usize> = (0..self.nodes.len())
-                .filter(|i| self.running(*i) && !self.nodes[*i].paused)
-                .collect();
+            let candidates: Vec<usize> = (0..self.nodes.len()).filter(|i| self.up(*i)).collect();
             if candidates.is_empty() {
                 return Err("no node runs".into());
             }
@@ -256,7 +266,7 @@ impl Cluster {
         while Instant::now() < deadline {
             k += 1;
             let i = k % self.nodes.len();
-            if !self.running(i) || self.nodes[i].paused {
+            if !self.up(i) {
                 continue;
             }
             let r = self
@@ -307,7 +317,9 @@ impl Cluster {
         self.links.heal();
         for i in 0..self.nodes.len() {
             self.resume(i);
-            self.start(i)?;
+            if !self.running(i) {
+                self.start(i)?;
+            }
         }
         Ok(())
     }

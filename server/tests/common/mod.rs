@@ -250,6 +250,28 @@ impl Cluster {
         }
     }
 
+    /// `/metrics` of node `i`, as text.
+    pub async fn metrics_text(&self, i: usize) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url(i)))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// POSTs to `path` on node `i` with the cluster token.
+    pub async fn post_with_token(&self, i: usize, path: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.url(i)))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn get(&self, i: usize, key: &str, query: &str) -> Option<(u16, Vec<u8>)> {
         let r = self
             .http

@@ -29,12 +29,22 @@ pub struct ClusterInfo {
     #[serde(default)]
     pub lease_remaining_ms: Option<u64>,
     pub members: Vec<MemberInfo>,
+    /// Why the answering node is not a member, when it is not.
+    #[serde(default)]
+    pub node_state: Option<String>,
+    #[serde(default)]
+    pub node_state_reason: Option<String>,
+    #[serde(default)]
+    pub divergence: Option<serde_json::Value>,
 }
 
 /// One member in [`ClusterInfo`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MemberInfo {
     pub name: String,
+    /// The member's incarnation.
+    #[serde(default)]
+    pub id: String,
     pub role: String,
     pub peer_url: String,
     pub is_master: bool,
@@ -55,7 +65,7 @@ pub async fn fetch(client: &Client) -> Result<ClusterInfo, CliError> {
 pub fn render(info: &ClusterInfo) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "cluster {}  (as seen by {})\nmaster {}  lease {}\nrevision {}  commit index {}  applied index {}\n\n",
+        "cluster {}  (as seen by {})\nmaster {}  lease {}\nrevision {}  commit index {}  applied index {}\n",
         info.cluster_id,
         info.node,
         info.master.as_deref().unwrap_or("(none)"),
@@ -68,14 +78,31 @@ pub fn render(info: &ClusterInfo) -> String {
         info.commit_index,
         info.applied_index,
     ));
-    let header = ["NAME", "ROLE", "MASTER", "COMMIT", "HEALTH", "PEER URL"];
+    if let (Some(state), Some(why)) = (&info.node_state, &info.node_state_reason)
+        && state != "member"
+    {
+        out.push_str(&format!("{} is {state}: {why}\n", info.node));
+    }
+    if let Some(d) = &info.divergence
+        && !d.is_null()
+    {
+        out.push_str(&format!(
+            "{} DIVERGED from the cluster at index {}: it serves no reads; replace it\n",
+            info.node, d["index"]
+        ));
+    }
+    out.push('\n');
+    let header = [
+        "NAME", "ID", "ROLE", "MASTER", "COMMIT", "HEALTH", "PEER URL",
+    ];
     let mut members: Vec<&MemberInfo> = info.members.iter().collect();
     members.sort_by(|a, b| a.name.cmp(&b.name));
-    let rows: Vec<[String; 6]> = members
+    let rows: Vec<[String; 7]> = members
         .iter()
         .map(|m| {
             [
                 m.name.clone(),
+                m.id.clone(),
                 m.role.clone(),
                 if m.is_master {
                     "*".into()
