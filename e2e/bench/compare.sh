@@ -13,6 +13,11 @@
 #   BENCH_ROUNDS     failover rounds per system (default 5)
 #   BENCH_CATCHUP_KEYS  keys loaded while a replica is down (default 1000000)
 #   BENCH_OUT        where to write the report (default BENCHMARKS.md)
+#   BENCH_PEER_ENCODING  phxkv's --peer-encoding for the main run (default json)
+#   BENCH_ENCODINGS  1 (default): also run the write and read scenarios on phxkv
+#                    with the other peer encoding and report both; 0: skip
+#   BENCH_ONLY_LOAD  1: stop after the load scenarios (no failover, no catch-up),
+#                    for quick comparisons while profiling
 #   BENCH_KEEP       keep the data and logs directory (prints its path)
 #   CARGO_TARGET_DIR as for cargo
 set -euo pipefail
@@ -23,6 +28,12 @@ duration=${BENCH_DURATION:-10}
 warmup=${BENCH_WARMUP:-2}
 rounds=${BENCH_ROUNDS:-5}
 catchup_keys=${BENCH_CATCHUP_KEYS:-1000000}
+encoding=${BENCH_PEER_ENCODING:-json}
+case $encoding in
+    json) other_encoding=compact ;;
+    compact) other_encoding=json ;;
+    *) printf 'compare.sh: BENCH_PEER_ENCODING must be json or compact, not %s\n' "$encoding" >&2; exit 2 ;;
+esac
 out=${BENCH_OUT:-$repo/BENCHMARKS.md}
 target_dir=$(realpath -m "${CARGO_TARGET_DIR:-$repo/target}")
 started_at=$(date +%s)
@@ -84,11 +95,13 @@ et_members=$(for i in 0 1 2; do printf '%s=http://127.0.0.1:%s,' "${names[$i]}" 
 et_members=${et_members%,}
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
 
+px_encoding=$encoding
 start_phxkv() { # index
     local i=$1 n=${names[$1]}
     "$phxkv" serve --id "$n" --data-dir "$work/phxkv/$n" \
         --listen "127.0.0.1:${px_client[$i]}" --peer-listen "127.0.0.1:${px_peer[$i]}" \
         --initial-members "$px_members" --cluster-token-file "$work/token" \
+        --peer-encoding "$px_encoding" \
         >>"$work/phxkv-$n.log" 2>&1 &
     pids[px$i]=$!
     disown "$!"
@@ -249,6 +262,52 @@ scenario mix-64 "90% linearizable reads, 10% writes of 256 B, 64 clients" "${com
 peak_phxkv=$(mem_max phxkv VmHWM)
 peak_etcd=$(mem_max etcd VmHWM)
 
+# ---------------------------------------------------------------- peer encoding
+
+# Restarts the phxkv replicas one at a time with another --peer-encoding.
+restart_phxkv_with() { # encoding
+    px_encoding=$1
+    local i
+    for i in 0 1 2; do
+        kill -TERM "${pids[px$i]}"
+        wait_gone "${pids[px$i]}"
+        start_phxkv "$i"
+        wait_ready phxkv 0 1 2
+    done
+    sleep 2
+}
+
+encoding_scenarios=(write-1 write-64 read-lin-64 mix-64)
+if [[ ${BENCH_ENCODINGS:-1} == 1 ]]; then
+    log "peer encoding: phxkv again with --peer-encoding $other_encoding"
+    restart_phxkv_with "$other_encoding"
+    for s in "${encoding_scenarios[@]}"; do
+        case $s in
+            write-1) args=(--clients 1 --value-size 256) ;;
+            write-64) args=(--clients 64 --value-size 256) ;;
+            read-lin-64) args=(--clients 64 --read-ratio 1) ;;
+            mix-64) args=(--clients 64 --read-ratio 0.9 --value-size 256) ;;
+        esac
+        file=$results/$s-phxkv-$other_encoding.json
+        "$bench" run --target phxkv --endpoints "$px_eps" --quiet --json-file "$file" \
+            "${common[@]}" "${args[@]}" >"$results/$s-phxkv-$other_encoding.txt" ||
+            die "$s with $other_encoding peers failed: $(cat "$results/$s-phxkv-$other_encoding.txt")"
+        cp "$results/$s-phxkv.json" "$results/$s-phxkv-$encoding.json"
+        note "$s, $other_encoding peers: $(jq -r '"\(.throughput | floor) ops/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, errors \(.errors)"' "$file")"
+    done
+    restart_phxkv_with "$encoding"
+fi
+
+if [[ ${BENCH_ONLY_LOAD:-0} == 1 ]]; then
+    for s in fill write-1 write-16 write-64 read-lin-64 read-local-64 mix-64; do
+        for sys in phxkv etcd; do
+            jq -r '"\(.name) \(.system): \(.throughput | floor) ops/s, p50 \(.latency_ms.p50), p99 \(.latency_ms.p99), p99.9 \(.latency_ms.p999) ms"' \
+                "$results/$s-$sys.json"
+        done
+    done
+    exit 0
+fi
+
 # ---------------------------------------------------------------- failover
 
 log "failover: kill -9 of the master, time to the next acknowledged write ($rounds rounds each)"
@@ -360,6 +419,7 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
     echo "they completed; RSS is the largest member's."
     echo
     echo "- commit: \`$commit\`; $phxkv_version; etcd $etcd_version"
+    echo "- phxkv peers: \`--peer-encoding $encoding\` (HTTP/JSON between replicas unless it says compact)"
     echo "- machine: $(nproc) cores ($cpu_model), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM, Linux $(uname -r)"
     echo "- disk: $fs_type, a 4 KiB write+fsync (\`dd oflag=dsync\`) takes ${fsync_ms} ms"
     echo "- each load scenario: ${warmup} s warm-up, ${duration} s measured, keys drawn uniformly from 10,000"
@@ -387,6 +447,22 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
     echo
     fo_p=$(jq -r 'select(.system == "phxkv") | .ms | round' "$results/failover.jsonl" | median)
     fo_e=$(jq -r 'select(.system == "etcd") | .ms | round' "$results/failover.jsonl" | median)
+    if [[ ${BENCH_ENCODINGS:-1} == 1 ]]; then
+        echo "## Peer encoding"
+        echo
+        echo "The same phxkv scenarios, run again after a rolling restart with the other"
+        echo "\`--peer-encoding\` (JSON with base64 byte strings, the default and what"
+        echo "\`openapi/phxkv-peer.json\` documents; compact is postcard, used only between"
+        echo "replicas that all turned it on). Client traffic is the same HTTP/JSON in both."
+        echo
+        echo "| scenario | json ops/s | json p50 ms | json p99 ms | compact ops/s | compact p50 ms | compact p99 ms | compact ÷ json throughput |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+        for s in "${encoding_scenarios[@]}"; do
+            j=$results/$s-phxkv-json.json c=$results/$s-phxkv-compact.json
+            echo "| $s | $(field "$j" '.throughput | floor') | $(field "$j" .latency_ms.p50) | $(field "$j" .latency_ms.p99) | $(field "$c" '.throughput | floor') | $(field "$c" .latency_ms.p50) | $(field "$c" .latency_ms.p99) | $(ratio "$(field "$c" .throughput)" "$(field "$j" .throughput)") |"
+        done
+        echo
+    fi
     echo "## Failover"
     echo
     echo "kill -9 of the master/leader, then a write is retried (500 ms per attempt, round-robin over"
@@ -427,14 +503,21 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
     t_r=$(ratio "$(field "$rlp" .throughput)" "$(field "$rle" .throughput)")
     echo "| target | measured | verdict |"
     echo "|---|---|---|"
+    mxp=$results/mix-64-phxkv.json mxe=$results/mix-64-etcd.json
+    t_m=$(ratio "$(field "$mxp" .throughput)" "$(field "$mxe" .throughput)")
     echo "| writes, 64 clients: ≥ 3× etcd's throughput | ${t_w}× | $(verdict "$(ge "$t_w" 3)") |"
     echo "| writes, 64 clients: p99 no worse than etcd's | $(field "$w64p" .latency_ms.p99) vs $(field "$w64e" .latency_ms.p99) ms | $(verdict "$(ge "$(field "$w64e" .latency_ms.p99)" "$(field "$w64p" .latency_ms.p99)")") |"
-    echo "| linearizable reads, 64 clients: ≥ 4× etcd's throughput | ${t_r}× | $(verdict "$(ge "$t_r" 4)") |"
+    echo "| writes, 64 clients: p99.9 ≤ 2× etcd's | $(field "$w64p" .latency_ms.p999) vs $(field "$w64e" .latency_ms.p999) ms | $(verdict "$(ge "$(awk -v e="$(field "$w64e" .latency_ms.p999)" 'BEGIN {print 2 * e}')" "$(field "$w64p" .latency_ms.p999)")") |"
+    echo "| single-client write p50 ≤ 0.8× etcd's | $(field "$w1p" .latency_ms.p50) vs $(field "$w1e" .latency_ms.p50) ms | $(verdict "$(ge "$(awk -v e="$(field "$w1e" .latency_ms.p50)" 'BEGIN {print 0.8 * e}')" "$(field "$w1p" .latency_ms.p50)")") |"
+    echo "| linearizable reads, 64 clients: ≥ 6× etcd's throughput | ${t_r}× | $(verdict "$(ge "$t_r" 6)") |"
+    echo "| mix (90% reads), 64 clients: ≥ 4× etcd's throughput | ${t_m}× | $(verdict "$(ge "$t_m" 4)") |"
     echo "| linearizable reads, 64 clients: p99 no worse | $(field "$rlp" .latency_ms.p99) vs $(field "$rle" .latency_ms.p99) ms | $(verdict "$(ge "$(field "$rle" .latency_ms.p99)" "$(field "$rlp" .latency_ms.p99)")") |"
     echo "| single-client write p50 no worse than etcd's | $(field "$w1p" .latency_ms.p50) vs $(field "$w1e" .latency_ms.p50) ms | $(verdict "$(ge "$(field "$w1e" .latency_ms.p50)" "$(field "$w1p" .latency_ms.p50)")") |"
     echo "| failover median no slower than etcd's | $fo_p vs $fo_e ms | $(verdict "$(ge "$fo_e" "$fo_p")") |"
     echo "| idle RSS per replica < 40 MiB | $idle_phxkv MiB | $(verdict "$(ge 40 "$idle_phxkv")") |"
     rss_1m=$(field "$results/catchup-phxkv.json" .rss_mib)
+    peak_1m=$(field "$results/catchup-phxkv.json" .peak_rss_mib)
+    echo "| catch-up of $catchup_keys keys: peak RSS ≤ 1.5× the RSS with the data | $peak_1m vs $rss_1m MiB | $(verdict "$(ge "$(awk -v r="$rss_1m" 'BEGIN {print 1.5 * r}')" "$peak_1m")") |"
     echo "| RSS with $catchup_keys keys of 100 B < 3× raw ($(awk -v r="$raw_mib" 'BEGIN {printf "%.0f", 3 * r}') MiB) | $rss_1m MiB | $(verdict "$(ge "$(awk -v r="$raw_mib" 'BEGIN {print 3 * r}')" "$rss_1m")") |"
     echo
     if [[ -f $repo/e2e/bench/notes.md ]]; then

@@ -1,4 +1,5 @@
-//! The committed OpenAPI document must match what the code generates.
+//! The committed OpenAPI documents (the public API's and the peer API's)
+//! must match what the code generates.
 //!
 //! The document is committed so that API changes show up in review diffs
 //! and clients can be generated without building the server. This test
@@ -7,26 +8,63 @@
 
 use std::path::PathBuf;
 
-fn committed_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../openapi/phxkv.json")
-}
-
-#[test]
-fn committed_openapi_document_is_current() {
-    let generated = phxkv::api::openapi()
+fn check(file: &str, doc: utoipa::openapi::OpenApi) {
+    // Every reference points at a schema the document defines.
+    let value = serde_json::to_value(&doc).expect("the document is JSON");
+    let schemas = &value["components"]["schemas"];
+    let mut refs = Vec::new();
+    collect_refs(&value, &mut refs);
+    assert!(!refs.is_empty(), "{file}: no references at all");
+    for r in refs {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("{file}: unexpected reference {r}"));
+        assert!(
+            schemas.get(name).is_some(),
+            "{file}: {r} points at no schema"
+        );
+    }
+    let generated = doc
         .to_pretty_json()
         .expect("the OpenAPI document serializes")
         + "\n";
-    let path = committed_path();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../openapi")
+        .join(file);
     if std::env::var_os("PHXKV_UPDATE_OPENAPI").is_some_and(|v| v == "1") {
-        std::fs::write(&path, &generated).expect("openapi/phxkv.json is writable");
+        std::fs::write(&path, &generated).expect("the openapi directory is writable");
         return;
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == generated,
-        "openapi/phxkv.json is out of date with the API code; regenerate it with\n\
+        "openapi/{file} is out of date with the code; regenerate it with\n\
          PHXKV_UPDATE_OPENAPI=1 cargo test -p phxkv-server --test api_openapi\n\
          and commit the result"
     );
+}
+
+#[test]
+fn committed_openapi_document_is_current() {
+    check("phxkv.json", phxkv::api::openapi());
+}
+
+#[test]
+fn committed_peer_openapi_document_is_current() {
+    check("phxkv-peer.json", phxkv::node::peer::openapi());
+}
+
+fn collect_refs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("$ref", serde_json::Value::String(r)) => out.push(r.clone()),
+                    _ => collect_refs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
 }

@@ -624,3 +624,115 @@ async fn a_write_retried_at_another_node_with_its_idempotency_key_applies_once()
     let reused = put(2, "different").await;
     assert_eq!(reused.status(), 422);
 }
+
+/// Sum of a metric's samples whose line contains `filter`.
+fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peers_speak_json_and_use_the_compact_encoding_only_when_both_offer_it() {
+    let mut c = Cluster::start(3, &[]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    assert_eq!(c.put((m + 1) % 3, "k0", "v").await.status(), 200);
+
+    // The peer port documents itself, without a token.
+    let doc: Value = c
+        .http
+        .get(format!("{}/peer/v1/openapi.json", c.peer_url(0)))
+        .send()
+        .await
+        .expect("peer document")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(doc["info"]["title"], "phxkv peer API");
+    assert!(doc["components"]["schemas"]["Message"].is_object());
+
+    // A person can ask a peer route with curl-like tools and read the answer.
+    let r = c
+        .http
+        .post(format!("{}/peer/v1/read_index", c.peer_url(m)))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("read_index");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["accept-post"], "application/json");
+    let answer: Value = r.json().await.expect("JSON answer");
+    assert!(answer["index"].as_u64().is_some(), "{answer}");
+    // Bodies in an unknown encoding are refused with a JSON error.
+    let r = c
+        .http
+        .post(format!("{}/peer/v1/messages", c.peer_url(m)))
+        .bearer_auth(TOKEN)
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .expect("messages");
+    assert_eq!(r.status(), 415);
+    let err: Value = r.json().await.expect("JSON error");
+    assert_eq!(err["error"]["code"], "unsupported_media_type");
+
+    // By default, everything between peers is JSON.
+    for i in 0..3 {
+        let text = c.metrics_text(i).await;
+        let name = "phxkv_peer_message_bytes_sent_total";
+        assert_eq!(metric_sum(&text, name, "compact"), 0.0, "node {i}");
+        assert!(metric_sum(&text, name, "json") > 0.0, "node {i}:\n{text}");
+    }
+
+    // Nodes 0 and 1 restart offering the compact encoding; node 2 does not.
+    c.env
+        .push(("PHXKV_PEER_ENCODING".to_string(), "compact".to_string()));
+    for i in 0..2 {
+        c.terminate(i);
+        c.spawn(i);
+        c.wait_for_master(Duration::from_secs(20)).await;
+    }
+    c.env.pop();
+    // Followers talk to the master only: make the master one of 0 and 1
+    // (a terminated master hands over), so both directions between them
+    // carry traffic.
+    if c.wait_for_master(Duration::from_secs(20)).await == 2 {
+        c.terminate(2);
+        c.spawn(2);
+    }
+    assert_ne!(c.wait_for_master(Duration::from_secs(20)).await, 2);
+    for n in 0..30 {
+        let r = c.put(n % 3, &format!("k{n}"), "value").await;
+        assert_eq!(r.status(), 200, "put through node {}", n % 3);
+    }
+    for n in 0..30 {
+        let (status, body) = c.get((n + 1) % 3, &format!("k{n}"), "").await.expect("get");
+        assert_eq!((status, body.as_slice()), (200, b"value".as_slice()));
+    }
+    let name = "phxkv_peer_message_bytes_sent_total";
+    let texts = [
+        c.metrics_text(0).await,
+        c.metrics_text(1).await,
+        c.metrics_text(2).await,
+    ];
+    // 0 and 1 speak compact to each other (after a first JSON request), JSON
+    // to 2; 2 never sends compact.
+    for (i, text) in texts.iter().enumerate().take(2) {
+        assert!(metric_sum(text, name, "compact") > 0.0, "node {i}:\n{text}");
+        assert!(metric_sum(text, name, "json") > 0.0, "node {i}:\n{text}");
+    }
+    assert_eq!(metric_sum(&texts[2], name, "compact"), 0.0);
+    let r = c
+        .http
+        .post(format!("{}/peer/v1/read_index", c.peer_url(0)))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("read_index");
+    assert_eq!(
+        r.headers()["accept-post"],
+        "application/json, application/x-phxkv-postcard"
+    );
+}

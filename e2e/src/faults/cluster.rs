@@ -24,6 +24,20 @@ pub struct Node {
     pub log: PathBuf,
     pub child: Option<Child>,
     pub paused: bool,
+    /// Times this node was started (the mixed encoding alternates on it).
+    pub starts: usize,
+}
+
+/// The `--peer-encoding` the nodes of a run get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encodings {
+    /// Every node speaks JSON (the default of phxkv).
+    Json,
+    /// Every node offers the compact encoding.
+    Compact,
+    /// Nodes differ, and each switches at every restart: the encoding is
+    /// negotiated per peer while links fail and nodes come and go.
+    Mixed,
 }
 
 pub struct Cluster {
@@ -33,6 +47,7 @@ pub struct Cluster {
     pub members: String,
     pub links: Arc<Links>,
     pub http: reqwest::Client,
+    pub encodings: Encodings,
 }
 
 fn free_port(taken: &mut Vec<u16>) -> u16 {
@@ -70,6 +85,7 @@ impl Cluster {
                 proxy_port: proxy::start(i, links.clone()).await?,
                 child: None,
                 paused: false,
+                starts: 0,
             });
         }
         let members = nodes
@@ -83,6 +99,7 @@ impl Cluster {
             nodes,
             members,
             links,
+            encodings: Encodings::Json,
             http: reqwest::Client::builder()
                 .no_proxy()
                 .build()
@@ -103,6 +120,12 @@ impl Cluster {
             return Ok(());
         }
         let n = &self.nodes[i];
+        let encoding = match self.encodings {
+            Encodings::Json => "json",
+            Encodings::Compact => "compact",
+            Encodings::Mixed if (i + n.starts).is_multiple_of(2) => "compact",
+            Encodings::Mixed => "json",
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -118,6 +141,7 @@ impl Cluster {
             .arg("--cluster-token-file")
             .arg(self.dir.join("token"))
             .args(["--lease", "1s", "--snapshot-every", "200"])
+            .args(["--peer-encoding", encoding])
             .args([
                 "--peer-proxy",
                 &format!("http://127.0.0.1:{}", n.proxy_port),
@@ -128,6 +152,7 @@ impl Cluster {
             .spawn()?;
         self.nodes[i].child = Some(child);
         self.nodes[i].paused = false;
+        self.nodes[i].starts += 1;
         Ok(())
     }
 

@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+use cluster::Encodings;
 use phxkv::sim::lincheck::{CheckResult, KvCall, Operation, check_with_budget};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -60,6 +62,10 @@ struct Args {
     /// the clock, printed.
     #[arg(long)]
     seed: Option<u64>,
+    /// The nodes' peer encodings: json, compact, or mixed (nodes differ and
+    /// switch at every restart).
+    #[arg(long, value_enum, default_value_t = Encodings::Json)]
+    peer_encoding: Encodings,
     /// The phxkv binary; default: `phxkv` next to this program.
     #[arg(long, env = "PHXKV_BIN")]
     bin: Option<PathBuf>,
@@ -107,7 +113,10 @@ async fn run(args: &Args, bin: &std::path::Path, seed: u64, dir: PathBuf) -> Run
     // A kept directory of an earlier run with this seed must not leak in.
     let _ = std::fs::remove_dir_all(&dir);
     let mut c = match Cluster::new(&dir, bin, args.nodes).await {
-        Ok(c) => c,
+        Ok(mut c) => {
+            c.encodings = args.peer_encoding;
+            c
+        }
         Err(e) => {
             result.failure = Some(format!("cannot set up the cluster: {e}"));
             return result;
@@ -278,8 +287,8 @@ async fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("phxkv-faults-{seed}")));
     println!(
-        "phxkv-faults: {} runs of {:?}, {} nodes, {} clients, seed {seed}",
-        args.runs, args.duration, args.nodes, args.clients
+        "phxkv-faults: {} runs of {:?}, {} nodes, {} clients, {:?} peer encoding, seed {seed}",
+        args.runs, args.duration, args.nodes, args.clients, args.peer_encoding
     );
     let (mut anomalies, mut failed, mut total_ops) = (0, 0, 0);
     for r in 0..args.runs {

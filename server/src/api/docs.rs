@@ -73,41 +73,54 @@ struct CommonParts;
 
 impl Modify for CommonParts {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        let components = doc.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "cluster_token",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The cluster token configured on every node."))
-                    .build(),
-            ),
+        add_token_and_default_error(
+            doc,
+            "ErrorResponse",
+            "Any other error, e.g. `unavailable` (503, with `Retry-After`), \
+             `timeout` (504: the write may still commit) or `internal` (500).",
         );
-        let default_error = ResponseBuilder::new()
-            .description(
-                "Any other error, e.g. `unavailable` (503, with `Retry-After`), \
-                 `timeout` (504: the write may still commit) or `internal` (500).",
-            )
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ErrorResponse")))
-                    .build(),
-            )
-            .build();
-        for item in doc.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-            ];
-            for op in operations.into_iter().flatten() {
-                op.responses
-                    .responses
-                    .entry("default".into())
-                    .or_insert_with(|| default_error.clone().into());
-            }
+    }
+}
+
+/// Adds the `cluster_token` bearer scheme to `doc`, and to every operation
+/// without one a `default` response with the error schema `error_schema`:
+/// what the public and the peer documents share.
+pub(crate) fn add_token_and_default_error(
+    doc: &mut utoipa::openapi::OpenApi,
+    error_schema: &str,
+    description: &str,
+) {
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "cluster_token",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some("The cluster token configured on every node."))
+                .build(),
+        ),
+    );
+    let default_error = ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name(error_schema)))
+                .build(),
+        )
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ];
+        for op in operations.into_iter().flatten() {
+            op.responses
+                .responses
+                .entry("default".into())
+                .or_insert_with(|| default_error.clone().into());
         }
     }
 }

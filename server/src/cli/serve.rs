@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::cluster;
 use crate::kv::Limits;
+use crate::node::wire::Encoding as PeerEncoding;
 use crate::node::{Node, NodeConfig};
 use crate::paxos::EngineConfig;
 use crate::telemetry::{self, LogFormat, Metrics};
@@ -111,6 +112,13 @@ pub struct ServeArgs {
     /// environment variables are ignored for peer traffic).
     #[arg(long, env = "PHXKV_PEER_PROXY", value_name = "URL")]
     pub peer_proxy: Option<String>,
+
+    /// Encoding of peer bodies. `json` (the default) is what
+    /// `openapi/phxkv-peer.json` documents and what a person can read in a
+    /// proxy log; `compact` (postcard) is offered on top of it and used only
+    /// with peers that offer it too, each node reading both.
+    #[arg(long, env = "PHXKV_PEER_ENCODING", value_enum, default_value_t = PeerEncoding::Json)]
+    pub peer_encoding: PeerEncoding,
 
     /// Log format on stderr.
     #[arg(long, env = "PHXKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -256,6 +264,7 @@ impl ServeArgs {
                 read_timeout: self.write_timeout,
                 compact_after: self.snapshot_every,
                 peer_proxy: self.peer_proxy.clone(),
+                peer_encoding: self.peer_encoding,
             },
             listen: self.listen,
             peer_listen: self.peer_listen,

@@ -69,7 +69,7 @@ pub struct BootstrapPeer {
 }
 
 /// What a node is, as it tells its peers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     /// Nothing durable yet; working out whether to create, adopt or wait.
@@ -82,7 +82,7 @@ pub enum NodeState {
 }
 
 /// One member as it travels in a [`Hello`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberRecord {
     pub name: String,
     /// The member's incarnation id, 16 hex digits.
@@ -92,7 +92,7 @@ pub struct MemberRecord {
 }
 
 /// A node's answer to `GET /peer/v1/hello`: who it is and what it holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Hello {
     pub cluster_id: String,
     pub name: String,

@@ -1,5 +1,6 @@
 //! The key-value state machine that chosen commands are applied to.
 
+pub mod bytes;
 pub mod dedup;
 pub mod error;
 pub mod limits;

@@ -5,15 +5,17 @@
 //! needs to be applied deterministically on every replica is in the op itself.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-// Byte strings are (de)serialized as bytes (`serde_bytes`), not as sequences
-// of numbers: in postcard the encoding is the same (a length, then the
-// bytes), so logs and snapshots written before read back unchanged, but a
-// value is copied at once instead of one element at a time.
+// Byte strings go through `crate::kv::bytes`: raw bytes in postcard (the
+// log, snapshots), base64 strings in JSON (the peer protocol). Enum variants
+// are snake_case in JSON; postcard writes variant indexes, not names, so
+// renaming them changes nothing on disk.
 
 /// A condition on the current state of a key, used by compare-and-swap puts and
 /// deletes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum Expect {
     /// The key's version must equal this; `0` means the key must not exist.
     Version(u64),
@@ -22,10 +24,12 @@ pub enum Expect {
 }
 
 /// What a transaction compare looks at.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum CompareTarget {
     /// The key's value bytes (a missing key never equals any value).
-    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    #[schema(value_type = String, format = Byte)]
+    Value(#[serde(with = "crate::kv::bytes")] Vec<u8>),
     /// The key's version (`0` for a missing key).
     Version(u64),
     /// The key's mod revision (`0` for a missing key).
@@ -35,7 +39,8 @@ pub enum CompareTarget {
 }
 
 /// How a compare relates the key's current state to the target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum CompareOp {
     Equal,
     NotEqual,
@@ -44,35 +49,41 @@ pub enum CompareOp {
 }
 
 /// One condition of a transaction.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Compare {
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::kv::bytes")]
+    #[schema(value_type = String, format = Byte)]
     pub key: Vec<u8>,
     pub op: CompareOp,
     pub target: CompareTarget,
 }
 
 /// One operation inside a transaction branch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum TxnOp {
     Put {
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "crate::kv::bytes")]
+        #[schema(value_type = String, format = Byte)]
         key: Vec<u8>,
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "crate::kv::bytes")]
+        #[schema(value_type = String, format = Byte)]
         value: Vec<u8>,
     },
     Delete {
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "crate::kv::bytes")]
+        #[schema(value_type = String, format = Byte)]
         key: Vec<u8>,
     },
     Get {
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "crate::kv::bytes")]
+        #[schema(value_type = String, format = Byte)]
         key: Vec<u8>,
     },
 }
 
 /// A multi-key transaction: if every compare holds, run `success`, else `failure`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Txn {
     pub compare: Vec<Compare>,
     pub success: Vec<TxnOp>,
@@ -80,17 +91,21 @@ pub struct Txn {
 }
 
 /// A mutating command, as it is proposed and chosen.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum Op {
     Put {
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "crate::kv::bytes")]
+        #[schema(value_type = String, format = Byte)]
         key: Vec<u8>,
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "crate::kv::bytes")]
+        #[schema(value_type = String, format = Byte)]
         value: Vec<u8>,
         expect: Option<Expect>,
     },
     Delete {
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "crate::kv::bytes")]
+        #[schema(value_type = String, format = Byte)]
         key: Vec<u8>,
         expect: Option<Expect>,
     },
@@ -137,7 +152,7 @@ mod tests {
     use super::*;
 
     /// The shape `Op::Put` had before its byte strings were marked
-    /// `serde_bytes`.
+    /// `crate::kv::bytes`.
     #[derive(Serialize, Deserialize, Debug, PartialEq)]
     enum PlainOp {
         Put {
@@ -163,8 +178,13 @@ mod tests {
         let old = postcard::to_stdvec(&plain).expect("encodes");
         assert_eq!(new, old);
         assert_eq!(postcard::from_bytes::<Op>(&old).expect("decodes"), op);
-        // JSON (older peers) reads as before too.
-        let json = serde_json::to_vec(&plain).expect("json");
-        assert_eq!(serde_json::from_slice::<Op>(&json).expect("decodes"), op);
+        // JSON is the peer protocol's documented shape: snake_case variant
+        // names, byte strings as base64.
+        let json = serde_json::to_string(&op).expect("json");
+        assert_eq!(
+            json,
+            r#"{"put":{"key":"a2V5","value":"AAEC/w==","expect":{"version":3}}}"#
+        );
+        assert_eq!(serde_json::from_str::<Op>(&json).expect("decodes"), op);
     }
 }

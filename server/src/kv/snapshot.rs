@@ -68,9 +68,9 @@ impl Serialize for KvsView<'_> {
 /// [`KeyValue`]'s shape, borrowed.
 #[derive(Serialize)]
 struct KeyValueView<'a> {
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::kv::bytes")]
     key: &'a [u8],
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::kv::bytes")]
     value: &'a [u8],
     version: u64,
     create_revision: u64,

@@ -20,11 +20,13 @@ use crate::paxos::types::RequestId;
 pub const DEFAULT_RANGE_LIMIT: usize = 1000;
 
 /// A stored key with its value and bookkeeping.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyValue {
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::kv::bytes")]
+    #[schema(value_type = String, format = Byte)]
     pub key: Vec<u8>,
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::kv::bytes")]
+    #[schema(value_type = String, format = Byte)]
     pub value: Vec<u8>,
     /// Writes since the key was (re)created; `1` right after creation.
     pub version: u64,
@@ -35,7 +37,8 @@ pub struct KeyValue {
 }
 
 /// What applying an op did, as reported to the client.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum OpResult {
     /// The put happened at `revision`; the key is now at `version`.
     Put { revision: u64, version: u64 },
@@ -62,7 +65,8 @@ pub enum OpResult {
 }
 
 /// The outcome of one operation inside a transaction.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum TxnResponse {
     Put {
         revision: u64,

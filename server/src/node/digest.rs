@@ -32,7 +32,7 @@ const KEPT: usize = 64;
 pub const SENT: usize = 16;
 
 /// A digest of the state at one index, as it travels.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Checkpoint {
     pub index: u64,
     /// 32 hex digits.
@@ -40,7 +40,7 @@ pub struct Checkpoint {
 }
 
 /// What a replica sends its peers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DigestReport {
     /// The sender's member name.
     pub name: String,

@@ -61,6 +61,8 @@ pub struct NodeConfig {
     pub compact_after: u64,
     /// An HTTP proxy for every request to peers; none means direct.
     pub peer_proxy: Option<String>,
+    /// The peer encoding this node offers: JSON always, compact on request.
+    pub peer_encoding: wire::Encoding,
 }
 
 /// Why a node cannot start.
@@ -294,6 +296,7 @@ impl Node {
             membership_rx.clone(),
             tokio::runtime::Handle::current(),
             metrics.clone(),
+            cfg.peer_encoding,
         );
         let client_id = request_id_seed(&cfg.name, epoch);
         let node = Node {
@@ -859,14 +862,14 @@ impl Node {
         &self,
         cmds: Vec<Command>,
         deadline: Instant,
-    ) -> Vec<Result<ProposeReply, String>> {
+    ) -> Vec<wire::Forwarded> {
         futures_util::future::join_all(
             cmds.into_iter()
                 .map(|cmd| async move { self.propose_local(cmd, deadline).await }),
         )
         .await
         .into_iter()
-        .map(|r| r.map_err(|e| e.to_string()))
+        .map(|r| r.map_err(|e| e.to_string()).into())
         .collect()
     }
 
@@ -915,7 +918,7 @@ impl Node {
             let answer = if master == self.inner.id {
                 Err("this node became master".to_string())
             } else {
-                self.call_peer::<_, Vec<Result<ProposeReply, String>>>(
+                self.call_peer::<_, Vec<wire::Forwarded>>(
                     master,
                     "/peer/v1/propose_batch",
                     &cmds,
@@ -933,7 +936,7 @@ impl Node {
             match answer {
                 Ok(results) => {
                     for (tx, r) in replies.into_iter().zip(results) {
-                        let _ = tx.send(r);
+                        let _ = tx.send(r.into());
                     }
                 }
                 Err(e) => {
@@ -989,8 +992,9 @@ impl Node {
         }
     }
 
-    /// POSTs `body` to `path` on peer `to`'s peer API (postcard; the answer
-    /// is postcard or JSON, as its content type says).
+    /// POSTs `body` to `path` on peer `to`'s peer API, in the encoding
+    /// negotiated with that peer (JSON unless both sides announced the
+    /// compact one), and decodes the answer as its content type says.
     async fn call_peer<B: serde::Serialize, T: DeserializeOwned>(
         &self,
         to: NodeId,
@@ -998,12 +1002,12 @@ impl Node {
         body: &B,
         deadline: Instant,
     ) -> Result<T, String> {
-        let url = self
-            .inner
-            .outbox
+        let outbox = &self.inner.outbox;
+        let url = outbox
             .endpoint(to, path)
             .ok_or("the master's address is unknown")?;
         let timeout = deadline.saturating_duration_since(Instant::now());
+        let encoding = outbox.encoding_for(to);
         let mut headers = reqwest::header::HeaderMap::new();
         crate::telemetry::inject_context(&mut headers);
         let resp = self
@@ -1013,20 +1017,20 @@ impl Node {
             .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
             .headers(headers)
             .timeout(timeout.max(Duration::from_millis(1)))
-            .header(reqwest::header::CONTENT_TYPE, wire::POSTCARD)
-            .body(wire::encode(body)?)
+            .header(reqwest::header::CONTENT_TYPE, encoding.content_type())
+            .header(reqwest::header::ACCEPT, encoding.content_type())
+            .body(encoding.encode(body)?)
             .send()
             .await
             .map_err(|e| format!("{url}: {e}"))?;
+        outbox.observe(to, resp.headers());
         if !resp.status().is_success() {
             return Err(format!("{url}: HTTP {}", resp.status()));
         }
-        let json = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        let answer = wire::Encoding::of(resp.headers().get(reqwest::header::CONTENT_TYPE))
+            .ok_or_else(|| format!("{url}: an answer in an unknown content type"))?;
         let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-        wire::decode(&bytes, json).map_err(|e| format!("{url}: {e}"))
+        answer.decode(&bytes).map_err(|e| format!("{url}: {e}"))
     }
 
     async fn wait_until(

@@ -1,23 +1,31 @@
 //! The peer API (peer port): Paxos messages, snapshots, and the master's side
 //! of forwarded writes, read-index requests and membership changes. Every
-//! route requires the cluster token as a bearer token; clients never need
-//! this port, and a NetworkPolicy can close it to everyone but the cluster.
+//! route but the document itself requires the cluster token as a bearer
+//! token; clients never need this port, and a NetworkPolicy can close it to
+//! everyone but the cluster.
+//!
+//! Bodies are JSON unless both sides opted into the compact encoding (see
+//! [`super::wire`]). The handlers' annotations generate the peer API's
+//! OpenAPI document ([`openapi`], committed as `openapi/phxkv-peer.json`).
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::time::Instant;
 use tracing::Instrument;
+use utoipa::{Modify, OpenApi};
 
 use crate::api::cluster::constant_time_eq;
 use crate::api::service::ServiceError;
 use crate::paxos::{Command, ConfChange, Envelope};
 
-use super::wire::{self, ChangeReply, Postcard, ProposeReply, ReadIndexReply};
+use super::wire::{
+    self, ChangeReply, Encoding, PeerBody, PeerErrorCode, ProposeReply, ReadIndexReply, Reply,
+};
 use super::{Misaddressed, Node};
 
 /// Largest peer request accepted (a snapshot travels in one request).
@@ -37,16 +45,19 @@ pub fn router(node: Node) -> axum::Router {
         .route("/peer/v1/digests", post(digests))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such peer route") })
+        .route("/peer/v1/openapi.json", get(openapi_json))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                PeerErrorCode::NotFound,
+                "no such peer route",
+            )
+        })
         .with_state(node)
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
+fn error(status: StatusCode, code: PeerErrorCode, message: &str) -> Response {
+    wire::peer_error(status, code, message)
 }
 
 /// Rejects requests without the cluster token (constant-time comparison).
@@ -63,31 +74,58 @@ async fn authenticate(
     if !constant_time_eq(given, node.inner.auth.as_bytes()) {
         return error(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            PeerErrorCode::Unauthorized,
             "the peer API requires the cluster token as a bearer token",
         );
     }
-    if !crate::telemetry::exporting_spans() {
-        return next.run(req).await;
-    }
-    let span = crate::telemetry::server_span(req.method(), req.uri().path(), req.headers());
-    next.run(req).instrument(span).await
+    let accepts = HeaderValue::from_static(if node.inner.cfg.peer_encoding == Encoding::Compact {
+        wire::ACCEPTS_COMPACT
+    } else {
+        wire::ACCEPTS_JSON
+    });
+    let mut resp = if crate::telemetry::exporting_spans() {
+        let span = crate::telemetry::server_span(req.method(), req.uri().path(), req.headers());
+        next.run(req).instrument(span).await
+    } else {
+        next.run(req).await
+    };
+    // Every answer says which request encodings this node takes, so a
+    // sender learns it from whatever it asked last.
+    resp.headers_mut().insert("accept-post", accepts);
+    resp
 }
 
 fn service_error(e: ServiceError) -> Response {
-    let status = match e {
-        ServiceError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        ServiceError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    let (status, code) = match e {
+        ServiceError::Unavailable { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, PeerErrorCode::Unavailable)
+        }
+        ServiceError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, PeerErrorCode::Timeout),
+        ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, PeerErrorCode::BadRequest),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, PeerErrorCode::Internal),
     };
-    error(status, "peer_error", &e.to_string())
+    error(status, code, &e.to_string())
 }
 
+/// Paxos messages for this node, in order. Delivery is best effort: the
+/// engine tolerates loss, duplication and reordering, so a sender drops what
+/// it cannot deliver and the protocol retransmits.
+#[utoipa::path(
+    post,
+    path = "/peer/v1/messages",
+    tag = "paxos",
+    params(("x-phxkv-peer-url" = Option<String>, Header,
+        description = "The sender's own peer URL, so a member that does not know it yet can answer.")),
+    request_body(content((Vec<Envelope> = "application/json"), ("application/x-phxkv-postcard"))),
+    responses(
+        (status = 204, description = "Handed to the engine."),
+        (status = 409, description = "`wrong_incarnation`: the messages are for another incarnation of this member.", body = wire::PeerError),
+    )
+)]
 async fn messages(
     State(node): State<Node>,
     headers: HeaderMap,
-    Postcard(envs): Postcard<Vec<Envelope>>,
+    PeerBody { value: envs, .. }: PeerBody<Vec<Envelope>>,
 ) -> Response {
     let from_url = headers
         .get(wire::PEER_URL_HEADER)
@@ -97,7 +135,7 @@ async fn messages(
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(Misaddressed::OtherIncarnation(mine)) => error(
             StatusCode::CONFLICT,
-            "wrong_incarnation",
+            PeerErrorCode::WrongIncarnation,
             &format!(
                 "these messages are for another incarnation of {}; this one is {mine} (its data \
                  directory is new) and must be replaced in the membership",
@@ -108,7 +146,15 @@ async fn messages(
     }
 }
 
-/// A peer's newest state digests (JSON).
+/// A peer's newest state digests, compared with this node's own (a replica
+/// whose state differs from a majority's stops serving reads).
+#[utoipa::path(
+    post,
+    path = "/peer/v1/digests",
+    tag = "consistency",
+    request_body = super::digest::DigestReport,
+    responses((status = 204, description = "Compared with this node's own."))
+)]
 async fn digests(
     State(node): State<Node>,
     Json(report): Json<super::digest::DigestReport>,
@@ -119,10 +165,32 @@ async fn digests(
 
 /// Who this node is, for a node deciding how to bootstrap and for a
 /// replacement: JSON, like everything a person may want to read.
+#[utoipa::path(
+    get,
+    path = "/peer/v1/hello",
+    tag = "membership",
+    responses((status = 200, description = "Who this node is and what it holds.", body = crate::cluster::bootstrap::Hello))
+)]
 async fn hello(State(node): State<Node>) -> Response {
     Json(node.hello()).into_response()
 }
 
+/// A state machine snapshot for this node to install. The body is a 4-byte
+/// big-endian length `n`, `n` bytes of JSON `SnapshotMeta`, then the state
+/// machine image (the store in the compact encoding).
+#[utoipa::path(
+    post,
+    path = "/peer/v1/snapshot",
+    tag = "paxos",
+    params(("to" = Option<String>, Query,
+        description = "The incarnation id (16 hex digits) the snapshot is for.")),
+    request_body(content(("application/octet-stream"))),
+    responses(
+        (status = 204, description = "Installed."),
+        (status = 400, description = "`bad_snapshot`.", body = wire::PeerError),
+        (status = 409, description = "`wrong_incarnation`.", body = wire::PeerError),
+    )
+)]
 async fn snapshot(
     State(node): State<Node>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
@@ -138,13 +206,13 @@ async fn snapshot(
     {
         return error(
             StatusCode::CONFLICT,
-            "wrong_incarnation",
+            PeerErrorCode::WrongIncarnation,
             &format!("this snapshot is for incarnation {to}, not this node's"),
         );
     }
     let (meta, start) = match wire::decode_snapshot(&body) {
         Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_snapshot", &e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, PeerErrorCode::BadSnapshot, &e),
     };
     match node.install_snapshot(meta, body.slice(start..)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -152,40 +220,166 @@ async fn snapshot(
     }
 }
 
-async fn propose(State(node): State<Node>, Postcard(cmd): Postcard<Command>) -> Response {
+/// A write forwarded to the master, answered once it is applied.
+#[utoipa::path(
+    post,
+    path = "/peer/v1/propose",
+    tag = "forwarding",
+    request_body(content((Command = "application/json"), ("application/x-phxkv-postcard"))),
+    responses((status = 200, description = "The outcome, or where the master is.", body = ProposeReply))
+)]
+async fn propose(State(node): State<Node>, body: PeerBody<Command>) -> Response {
     let deadline = Instant::now() + node.inner.cfg.write_timeout;
-    match node.propose_local(cmd, deadline).await {
-        Ok(reply) => Postcard::<ProposeReply>(reply).into_response(),
+    match node.propose_local(body.value, deadline).await {
+        Ok(reply) => Reply::<ProposeReply>(body.reply, reply).into_response(),
         Err(e) => service_error(e),
     }
 }
 
 /// Forwarded writes from a follower, in one request: answered together, in
 /// order, once every one of them is applied or refused.
-async fn propose_batch(
-    State(node): State<Node>,
-    Postcard(cmds): Postcard<Vec<Command>>,
-) -> Response {
+#[utoipa::path(
+    post,
+    path = "/peer/v1/propose_batch",
+    tag = "forwarding",
+    request_body(content((Vec<Command> = "application/json"), ("application/x-phxkv-postcard"))),
+    responses((status = 200, description = "One answer per command, in order.", body = Vec<wire::Forwarded>))
+)]
+async fn propose_batch(State(node): State<Node>, body: PeerBody<Vec<Command>>) -> Response {
     let deadline = Instant::now() + node.inner.cfg.write_timeout;
-    Postcard(node.propose_batch_local(cmds, deadline).await).into_response()
+    let answers = node.propose_batch_local(body.value, deadline).await;
+    Reply(body.reply, answers).into_response()
 }
 
-async fn read_index(State(node): State<Node>) -> Response {
+/// The master's commit index for a linearizable read at a follower, given
+/// only while the master holds its lease. The body is ignored.
+#[utoipa::path(
+    post,
+    path = "/peer/v1/read_index",
+    tag = "forwarding",
+    responses((status = 200, description = "The index to wait for, or why there is none.", body = ReadIndexReply))
+)]
+async fn read_index(State(node): State<Node>, headers: HeaderMap) -> Response {
     match node.read_index_local().await {
-        Ok(reply) => Postcard::<ReadIndexReply>(reply).into_response(),
+        Ok(reply) => Reply::<ReadIndexReply>(Encoding::accepted(&headers), reply).into_response(),
         Err(e) => service_error(e),
     }
 }
 
-async fn change(State(node): State<Node>, Postcard(change): Postcard<ConfChange>) -> Response {
-    match node.change_local(change).await {
-        Ok(reply) => Postcard::<ChangeReply>(reply).into_response(),
+/// A membership change forwarded to the master.
+#[utoipa::path(
+    post,
+    path = "/peer/v1/change",
+    tag = "membership",
+    request_body(content((ConfChange = "application/json"), ("application/x-phxkv-postcard"))),
+    responses((status = 200, description = "Where the change was proposed, or why not.", body = ChangeReply))
+)]
+async fn change(State(node): State<Node>, body: PeerBody<ConfChange>) -> Response {
+    match node.change_local(body.value).await {
+        Ok(reply) => Reply::<ChangeReply>(body.reply, reply).into_response(),
         Err(e) => service_error(e),
     }
 }
 
-/// JSON, unlike the rest: it is rare, and its answer is the public
-/// `ClusterInfo` document.
+/// This node's view of the cluster: the public `ClusterInfo` document,
+/// always JSON. The body is ignored.
+#[utoipa::path(
+    post,
+    path = "/peer/v1/cluster",
+    tag = "membership",
+    responses((status = 200, description = "This node's view of the cluster.", body = crate::api::service::ClusterInfo))
+)]
 async fn cluster(State(node): State<Node>) -> Response {
     Json(node.local_cluster()).into_response()
+}
+
+/// This document. It needs no token.
+#[utoipa::path(
+    get,
+    path = "/peer/v1/openapi.json",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "The peer API's OpenAPI document.", content_type = "application/json"))
+)]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "phxkv peer API",
+        version = "1",
+        description = "What phxkv replicas say to each other on the peer port \
+(default 8081): Multi-Paxos messages, snapshots, and the master's side of \
+forwarded writes, read-index requests and membership changes.\n\n\
+Every request carries the cluster token as `Authorization: Bearer <token>`. \
+Bodies are JSON (`application/json`); byte strings (keys, values) are \
+standard base64; node ids are unsigned 64-bit integers (incarnation ids, \
+shown elsewhere as 16 hex digits) that a reader must keep exact; enum values \
+are externally tagged (`{\"accept\": {...}}`, or a bare string for a \
+variant without data). Every answer carries `Accept-Post`, the request \
+encodings the node takes: a node started with `--peer-encoding compact` \
+also takes `application/x-phxkv-postcard` (postcard, the same structures in \
+a binary form), and a sender uses it only when both sides offer it. An \
+answer uses the encoding the request's `Accept` names, JSON by default.\n\n\
+The engine tolerates loss, duplication and reordering of messages: a peer \
+may drop what it cannot deliver. The version in the path changes only with \
+an incompatible change of these bodies.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        messages,
+        snapshot,
+        propose,
+        propose_batch,
+        read_index,
+        change,
+        cluster,
+        hello,
+        digests,
+        openapi_json,
+    ),
+    // Schemas reached only through tuples and maps are not collected from the
+    // handlers, so they are listed here to keep every `$ref` resolvable.
+    components(schemas(
+        wire::PeerError,
+        wire::PeerErrorCode,
+        crate::paxos::InstanceValue,
+        crate::paxos::Membership,
+        crate::paxos::Member,
+        crate::paxos::Role,
+        crate::paxos::LogEntry,
+    )),
+    tags(
+        (name = "paxos", description = "The replication protocol."),
+        (name = "forwarding", description = "A follower asking the master."),
+        (name = "membership", description = "Members, incarnations and bootstrap."),
+        (name = "consistency", description = "Replica state checks."),
+        (name = "operations", description = "This document."),
+    ),
+    modifiers(&PeerCommon),
+    security(("cluster_token" = [])),
+)]
+struct PeerDoc;
+
+/// The token scheme, and the error answer every operation may give.
+#[derive(Debug)]
+struct PeerCommon;
+
+impl Modify for PeerCommon {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        crate::api::docs::add_token_and_default_error(
+            doc,
+            "PeerError",
+            "Any other error: `unauthorized` (401), `bad_request` (400), \
+             `unsupported_media_type` (415), `unavailable` (503), `timeout` (504), \
+             `internal` (500).",
+        );
+    }
+}
+
+/// The OpenAPI 3.1 document of the peer API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    PeerDoc::openapi()
 }

@@ -7,7 +7,7 @@
 //! when a peer is down the oldest messages are dropped, which Paxos tolerates
 //! (everything is retransmitted or re-requested).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use tokio::sync::{Notify, watch};
 use crate::paxos::{Envelope, Membership, NodeId};
 use crate::telemetry::Metrics;
 
-use super::wire;
+use super::wire::{self, Encoding};
 
 /// Messages queued for one peer beyond which the oldest are dropped.
 const MAX_QUEUED: usize = 8192;
@@ -56,6 +56,10 @@ struct Inner {
     auth: reqwest::header::HeaderValue,
     runtime: tokio::runtime::Handle,
     metrics: Metrics,
+    /// What this node offers to send: compact only when configured.
+    encoding: Encoding,
+    /// Peers whose last answer announced compact bodies (`Accept-Post`).
+    compact_peers: Mutex<HashSet<NodeId>>,
 }
 
 impl Outbox {
@@ -66,6 +70,7 @@ impl Outbox {
         membership: watch::Receiver<Membership>,
         runtime: tokio::runtime::Handle,
         metrics: Metrics,
+        encoding: Encoding,
     ) -> Outbox {
         let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
             .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Bearer -"));
@@ -81,6 +86,8 @@ impl Outbox {
                 auth,
                 runtime,
                 metrics,
+                encoding,
+                compact_peers: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -133,6 +140,17 @@ impl Outbox {
         self.inner.endpoint(id, path)
     }
 
+    /// The encoding to use for bodies sent to `peer`: compact only when this
+    /// node offers it and the peer announced it in its last answer.
+    pub fn encoding_for(&self, peer: NodeId) -> Encoding {
+        self.inner.encoding_for(peer)
+    }
+
+    /// Learns from a peer's answer whether it takes compact bodies.
+    pub fn observe(&self, peer: NodeId, headers: &reqwest::header::HeaderMap) {
+        self.inner.observe(peer, headers);
+    }
+
     /// Sends a snapshot in the background (one at a time per call site is
     /// enough: the engine asks again if it does not arrive).
     /// `body` is a whole snapshot body ([`wire::snapshot_header`] and the
@@ -172,6 +190,32 @@ fn peer_url(membership: &watch::Receiver<Membership>, id: NodeId) -> Option<Stri
 }
 
 impl Inner {
+    fn encoding_for(&self, peer: NodeId) -> Encoding {
+        if self.encoding == Encoding::Compact
+            && self
+                .compact_peers
+                .lock()
+                .is_ok_and(|peers| peers.contains(&peer))
+        {
+            Encoding::Compact
+        } else {
+            Encoding::Json
+        }
+    }
+
+    fn observe(&self, peer: NodeId, headers: &reqwest::header::HeaderMap) {
+        if self.encoding != Encoding::Compact || !headers.contains_key("accept-post") {
+            return;
+        }
+        if let Ok(mut peers) = self.compact_peers.lock() {
+            if Encoding::announced(headers) {
+                peers.insert(peer);
+            } else {
+                peers.remove(&peer);
+            }
+        }
+    }
+
     fn url_of(&self, id: NodeId) -> Option<String> {
         peer_url(&self.membership, id)
             .or_else(|| self.learned.lock().ok().and_then(|l| l.get(&id).cloned()))
@@ -226,19 +270,26 @@ async fn sender(inner: Arc<Inner>, peer: NodeId, q: Arc<PeerQueue>) {
             if let Some(own) = own_url.as_ref() {
                 req = req.header(wire::PEER_URL_HEADER, own.clone());
             }
-            let body = match wire::encode(&batch) {
+            let encoding = inner.encoding_for(peer);
+            let body = match encoding.encode(&batch) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "dropping peer messages");
                     continue;
                 }
             };
+            inner
+                .metrics
+                .inc_peer_bytes_sent(encoding.name(), body.len() as u64);
             let res = req
                 .timeout(Duration::from_secs(2))
-                .header(reqwest::header::CONTENT_TYPE, wire::POSTCARD)
+                .header(reqwest::header::CONTENT_TYPE, encoding.content_type())
                 .body(body)
                 .send()
                 .await;
+            if let Ok(r) = &res {
+                inner.observe(peer, r.headers());
+            }
             match res {
                 Ok(r) if r.status().is_success() => failures = 0,
                 Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {

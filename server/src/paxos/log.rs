@@ -9,15 +9,16 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::types::{Ballot, Index, Membership, Value};
+use super::types::{Ballot, Index, InstanceValue, Membership};
 
 /// One slot of the replicated log, as an acceptor/learner holds it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogEntry {
     /// The ballot this value was accepted at (meaningless once `chosen`).
     pub ballot: Ballot,
-    pub value: Value,
+    pub value: InstanceValue,
     /// The value is known to be chosen.
     pub chosen: bool,
 }
@@ -34,7 +35,7 @@ pub enum Persist {
 }
 
 /// The state machine image a snapshot carries, with the log position it reflects.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SnapshotMeta {
     /// The last instance whose effects the snapshot contains.
     pub index: Index,

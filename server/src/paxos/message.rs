@@ -3,12 +3,14 @@
 //! delivery, order or uniqueness.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::log::LogEntry;
-use super::types::{Ballot, Index, NodeId, Value};
+use super::types::{Ballot, Index, InstanceValue, NodeId};
 
 /// Why an acceptor refused a prepare or accept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum RejectReason {
     /// The acceptor has promised a higher ballot.
     Outdated,
@@ -20,7 +22,8 @@ pub enum RejectReason {
 }
 
 /// A message from one replica to another.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum Message {
     /// Phase 1a for every instance from `from_index` on.
     Prepare { ballot: Ballot, from_index: Index },
@@ -40,7 +43,7 @@ pub enum Message {
     /// Phase 2a for a run of instances, with the master's commit index.
     Accept {
         ballot: Ballot,
-        entries: Vec<(Index, Value)>,
+        entries: Vec<(Index, InstanceValue)>,
         commit: Index,
     },
     /// Phase 2b: these instances were accepted at `ballot`.
@@ -60,7 +63,7 @@ pub enum Message {
     TimeoutNow { ballot: Ballot },
     /// Chosen values, contiguous from the requested index.
     Catchup {
-        entries: Vec<(Index, Value)>,
+        entries: Vec<(Index, InstanceValue)>,
         commit: Index,
     },
 }
@@ -96,7 +99,7 @@ impl Message {
 }
 
 /// A message with its addressing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Envelope {
     pub from: NodeId,
     pub to: NodeId,

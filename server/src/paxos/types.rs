@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::kv::Op;
 
@@ -30,7 +31,18 @@ pub fn node_id_from_name(name: &str) -> NodeId {
 /// A proposal number: totally ordered by round, then by node id, so two
 /// proposers never use the same ballot.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    ToSchema,
 )]
 pub struct Ballot {
     pub round: u64,
@@ -55,7 +67,18 @@ impl std::fmt::Display for Ballot {
 /// Identifies one client request across retries and forwards, so a retried
 /// command is applied at most once.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    ToSchema,
 )]
 pub struct RequestId {
     /// A random id chosen by the client (or by the node on its behalf).
@@ -65,7 +88,7 @@ pub struct RequestId {
 }
 
 /// A client command as it travels through the log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Command {
     pub id: RequestId,
     pub op: Op,
@@ -78,7 +101,8 @@ impl Command {
 }
 
 /// Whether a member takes part in quorums.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Votes in phase 1 and phase 2 quorums.
     Voter,
@@ -87,7 +111,7 @@ pub enum Role {
 }
 
 /// One member of the cluster configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Member {
     /// Human name (the pod name in Kubernetes).
     pub name: String,
@@ -97,8 +121,10 @@ pub struct Member {
 }
 
 /// A cluster configuration, as chosen through the log.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Membership {
+    /// By node id; in JSON the ids are object keys, so decimal strings.
+    #[schema(value_type = BTreeMap<String, Member>)]
     pub members: BTreeMap<NodeId, Member>,
 }
 
@@ -126,7 +152,8 @@ impl Membership {
 
 /// A requested change of membership. One change at a time goes through the
 /// log; see the `membership` module for why that is safe.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum ConfChange {
     AddLearner {
         id: NodeId,
@@ -141,8 +168,15 @@ pub enum ConfChange {
     },
 }
 
+/// [`Value`] under the name the peer API's document gives it: the OpenAPI
+/// generator takes any type named `Value` for "any JSON value", so fields
+/// that travel to peers name it through this alias.
+pub type InstanceValue = Value;
+
 /// What one Paxos instance chooses.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = InstanceValue)]
 pub enum Value {
     /// Fills a gap when a new master finds an instance with no accepted value.
     Noop,

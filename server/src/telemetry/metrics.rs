@@ -74,6 +74,11 @@ struct DirectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EncodingLabels {
+    encoding: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -103,6 +108,7 @@ struct Inner {
     snapshots: Family<KindLabels, Counter>,
     forwarded: Counter,
     peer_messages: Family<DirectionLabels, Counter>,
+    peer_bytes_sent: Family<EncodingLabels, Counter>,
     node_state: Family<StateLabels, Gauge>,
     misaddressed: Counter,
     digest_mismatches: Counter,
@@ -143,6 +149,7 @@ impl Metrics {
             snapshots: Family::default(),
             forwarded: Counter::default(),
             peer_messages: Family::default(),
+            peer_bytes_sent: Family::default(),
             node_state: Family::default(),
             misaddressed: Counter::default(),
             digest_mismatches: Counter::default(),
@@ -229,6 +236,11 @@ impl Metrics {
             "peer_messages",
             "Messages exchanged with peers",
             inner.peer_messages.clone(),
+        );
+        r.register(
+            "peer_message_bytes_sent",
+            "Bytes of Paxos message bodies sent to peers, by encoding (json or compact)",
+            inner.peer_bytes_sent.clone(),
         );
         r.register(
             "node_state",
@@ -357,6 +369,16 @@ impl Metrics {
             .peer_messages
             .get_or_create(&DirectionLabels {
                 direction: direction.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts the bytes of one body of Paxos messages sent in `encoding`.
+    pub fn inc_peer_bytes_sent(&self, encoding: &str, n: u64) {
+        self.0
+            .peer_bytes_sent
+            .get_or_create(&EncodingLabels {
+                encoding: encoding.to_owned(),
             })
             .inc_by(n);
     }
@@ -490,6 +512,7 @@ mod tests {
         m.inc_forwarded();
         m.inc_peer_messages("sent", 3);
         m.inc_peer_messages("received", 4);
+        m.inc_peer_bytes_sent("json", 100);
         let text = m.render();
 
         let expected = [
@@ -513,6 +536,7 @@ mod tests {
             "phxkv_forwarded_writes_total 1",
             r#"phxkv_peer_messages_total{direction="sent"} 3"#,
             r#"phxkv_peer_messages_total{direction="received"} 4"#,
+            r#"phxkv_peer_message_bytes_sent_total{encoding="json"} 100"#,
         ];
         for series in expected {
             assert!(
