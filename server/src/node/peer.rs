@@ -91,7 +91,7 @@ async fn authenticate(
     };
     // Every answer says which request encodings this node takes, so a
     // sender learns it from whatever it asked last.
-    resp.headers_mut().insert("accept-post", accepts);
+    resp.headers_mut().insert(wire::ACCEPT_POST, accepts);
     resp
 }
 

@@ -204,7 +204,7 @@ impl Inner {
     }
 
     fn observe(&self, peer: NodeId, headers: &reqwest::header::HeaderMap) {
-        if self.encoding != Encoding::Compact || !headers.contains_key("accept-post") {
+        if self.encoding != Encoding::Compact || !headers.contains_key(wire::ACCEPT_POST) {
             return;
         }
         if let Ok(mut peers) = self.compact_peers.lock() {

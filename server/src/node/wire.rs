@@ -40,6 +40,26 @@ pub const ACCEPTS_JSON: &str = "application/json";
 /// `Accept-Post` value of a node that also takes compact bodies.
 pub const ACCEPTS_COMPACT: &str = "application/json, application/x-phxkv-postcard";
 
+/// The response header in which a node lists the request encodings it takes.
+pub const ACCEPT_POST: &str = "accept-post";
+
+/// A media type without its parameters (`application/json; charset=utf-8`
+/// is `application/json`).
+fn media_type(t: &str) -> &str {
+    t.split(';').next().unwrap_or_default().trim()
+}
+
+/// Whether the comma-separated media types of header `name` include the
+/// compact one.
+fn lists_compact(headers: &HeaderMap, name: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| media_type(t) == POSTCARD)
+}
+
 /// How peer bodies are encoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Encoding {
@@ -73,13 +93,7 @@ impl Encoding {
         let Some(ct) = content_type else {
             return Some(Encoding::Json);
         };
-        let essence = ct
-            .to_str()
-            .ok()?
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim();
+        let essence = media_type(ct.to_str().ok()?);
         if essence.eq_ignore_ascii_case(JSON) {
             Some(Encoding::Json)
         } else if essence.eq_ignore_ascii_case(POSTCARD) {
@@ -92,13 +106,7 @@ impl Encoding {
     /// The encoding the `Accept` header of a request asks the answer in:
     /// compact only when it names the compact type.
     pub fn accepted(headers: &HeaderMap) -> Encoding {
-        let compact = headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.split(';').next().unwrap_or_default().trim() == POSTCARD);
-        if compact {
+        if lists_compact(headers, header::ACCEPT.as_str()) {
             Encoding::Compact
         } else {
             Encoding::Json
@@ -107,12 +115,7 @@ impl Encoding {
 
     /// Whether an `Accept-Post` header announces compact bodies.
     pub fn announced(headers: &HeaderMap) -> bool {
-        headers
-            .get_all("accept-post")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.split(';').next().unwrap_or_default().trim() == POSTCARD)
+        lists_compact(headers, ACCEPT_POST)
     }
 
     pub fn encode<T: Serialize>(self, value: &T) -> Result<Vec<u8>, String> {
@@ -440,10 +443,10 @@ mod tests {
             header::ACCEPT,
             ct("application/json, application/x-phxkv-postcard;q=0.9"),
         );
-        h.insert("accept-post", ct(ACCEPTS_COMPACT));
+        h.insert(ACCEPT_POST, ct(ACCEPTS_COMPACT));
         assert_eq!(Encoding::accepted(&h), Encoding::Compact);
         assert!(Encoding::announced(&h));
-        h.insert("accept-post", ct(ACCEPTS_JSON));
+        h.insert(ACCEPT_POST, ct(ACCEPTS_JSON));
         assert!(!Encoding::announced(&h));
     }
 }
