@@ -8,22 +8,19 @@ use std::time::{Duration, Instant};
 
 use common::Cluster;
 use phxkv::kv::StoreSnapshot;
-use redb::{ReadableDatabase, TableDefinition};
+use phxkv::storage::snapshot_file;
 use serde_json::Value;
-
-const SNAPSHOT: TableDefinition<(), &[u8]> = TableDefinition::new("snapshot");
 
 /// Changes one value inside the node's stored snapshot, keeping everything
 /// else (index, revision, versions) as it was: the kind of damage nothing
 /// but a comparison with the other replicas can notice.
 fn damage_snapshot(data_dir: &std::path::Path) -> String {
-    let db = redb::Database::open(data_dir.join("phxkv.redb")).expect("open the store");
-    let bytes = {
-        let txn = db.begin_read().expect("read");
-        let table = txn.open_table(SNAPSHOT).expect("snapshot table");
-        let row = table.get(()).expect("get").expect("a snapshot was taken");
-        row.value().to_vec()
-    };
+    let (_, path) = snapshot_file::latest(&snapshot_file::dir_of(data_dir))
+        .expect("list snapshots")
+        .expect("a snapshot was taken");
+    let (meta, bytes) = snapshot_file::Reader::open(&path)
+        .and_then(snapshot_file::Reader::read_to_end)
+        .expect("read the snapshot");
     let mut snap = StoreSnapshot::decode(&bytes).expect("decodes");
     let kv = snap
         .kvs
@@ -32,12 +29,10 @@ fn damage_snapshot(data_dir: &std::path::Path) -> String {
         .expect("a key to damage");
     kv.value = b"damaged".to_vec();
     let key = String::from_utf8_lossy(&kv.key).into_owned();
-    let txn = db.begin_write().expect("write");
-    {
-        let mut table = txn.open_table(SNAPSHOT).expect("snapshot table");
-        table.insert((), snap.encode().as_slice()).expect("insert");
-    }
-    txn.commit().expect("commit");
+    // Written as a whole new file, checksum and all: damage no check of the
+    // file itself can see.
+    snapshot_file::write(&snapshot_file::dir_of(data_dir), &meta, &snap.encode())
+        .expect("write the damaged snapshot");
     key
 }
 

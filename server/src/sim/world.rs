@@ -141,7 +141,7 @@ struct Node {
     alive: bool,
     replica: Option<Replica>,
     store: Store,
-    /// What survives a crash: in memory, or a real redb database on disk
+    /// What survives a crash: in memory, or a real data directory on disk
     /// that is closed at a crash and reopened at the restart.
     disk: Box<dyn LogStore + Send>,
     /// Local monotonic clock: `offset + rate * real time`.

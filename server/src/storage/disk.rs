@@ -1,14 +1,16 @@
-//! The on-disk [`LogStore`] a real node runs on, built on redb.
+//! The on-disk [`LogStore`] a real node runs on.
 //!
-//! redb gives us atomic, crash-safe transactions with an explicit fsync on
-//! commit, which is exactly the engine's contract: a batch of records is
-//! durable, all or nothing, before the messages that depend on it leave.
-//!
-//! One database file holds three tables:
-//! - `meta`: the directory's owner (node and cluster), promised ballot, commit
-//!   index and snapshot meta, each postcard-encoded under a fixed key;
-//! - `log`: log slots above the snapshot, by index, postcard-encoded;
-//! - `snapshot`: the opaque state-machine bytes of the latest snapshot.
+//! A data directory holds:
+//! - `identity.json`: whose directory this is (node and cluster), its
+//!   incarnation and the configuration the cluster was bootstrapped with,
+//!   replaced atomically (written aside, synced, renamed);
+//! - `wal/`: the write-ahead log (see [`super::wal`]): promises, accepted
+//!   and chosen entries and the commit index, one checksummed frame and one
+//!   `fdatasync` per engine turn;
+//! - `snapshots/`: the newest snapshot of the state machine (see
+//!   [`super::snapshot_file`]); log segments it covers are deleted;
+//! - `phxkv.lock`: held while a process uses the directory, so that two
+//!   processes never write the same log.
 //!
 //! The owner is recorded on first open and checked on every later one, so a
 //! volume mounted on the wrong pod, or reused across clusters, is refused
@@ -20,42 +22,35 @@
 //! name with a new incarnation, which no configuration counts, so it cannot
 //! vote with the promises it forgot (see `crate::cluster::bootstrap`).
 //! Directories written before incarnations existed keep the id they always
-//! used, derived from the node's name. The configuration a cluster was
-//! bootstrapped with is recorded once, with the node's first durable state.
+//! used, derived from the node's name. Directories in the older one-database
+//! layout are converted on first open (see [`super::legacy`]).
+//!
+//! # Why not one embedded database
+//!
+//! Earlier versions kept all of this in redb, one transaction per engine
+//! turn. A B-tree transaction copies the path to every page it touches and
+//! writes them all at scattered offsets; an append writes the turn's bytes
+//! once, at the end of a file. Nothing here is ever read back except at
+//! start-up, so a log is the shape the data has.
 
-use std::collections::BTreeMap;
-use std::fmt::Display;
-use std::ops::Bound;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 
-use super::{LogStore, StorageError};
+use super::snapshot_file::{self, Reader};
+use super::wal::{Summary, Wal, io, sync_dir};
+use super::{LogStore, StorageError, legacy};
 use crate::paxos::{
     Ballot, Index, Membership, NodeId, Persist, Recovered, SnapshotMeta, node_id_from_name,
 };
 
-const FILE_NAME: &str = "phxkv.redb";
-
-/// redb's page cache. Its default (1 GiB) held on to every page written,
-/// snapshots included, so a replica's memory grew with the data a second
-/// time over; the log is read back only on recovery, and the write path
-/// needs little beyond the pages of one transaction.
-const CACHE_BYTES: usize = 16 << 20;
-
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const LOG: TableDefinition<Index, &[u8]> = TableDefinition::new("log");
-const SNAPSHOT: TableDefinition<(), &[u8]> = TableDefinition::new("snapshot");
-
-const IDENTITY: &str = "identity";
-const INCARNATION: &str = "incarnation";
-const BOOTSTRAP: &str = "bootstrap";
-const PROMISED: &str = "promised";
-const COMMIT: &str = "commit";
-const SNAPSHOT_META: &str = "snapshot";
+const IDENTITY_FILE: &str = "identity.json";
+const LOCK_FILE: &str = "phxkv.lock";
+/// The layout this version writes; an identity file with another one was
+/// written by a newer version and is refused rather than misread.
+const FORMAT: u32 = 2;
 
 /// Who a data directory belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,14 +61,13 @@ pub struct Identity {
     pub cluster: String,
 }
 
-/// Commit-index progress after which it is written even without a snapshot.
-///
-/// Each redb transaction copies the B-tree path of every table it touches,
-/// and the commit index moves with almost every write: writing it each time
-/// cost a second table path in every transaction, and a transaction (with
-/// its fsync) of its own whenever it was all there was to write. It is
-/// written with the next transaction once it is this far ahead of the stored
-/// one, with every snapshot, and when the store is closed.
+/// Commit-index progress after which it is written even when there is
+/// nothing else to write. The commit index is knowledge, not a vote (see
+/// [`LogStore`]), and it moves with almost every write: a frame and an
+/// fsync of its own each time it moved alone would double the syncs of an
+/// idle follower. It rides along with every frame written for another
+/// reason, is written alone once this far ahead of the stored one, and when
+/// the store is closed.
 const COMMIT_WRITE_EVERY: Index = 1024;
 
 /// Where a directory's incarnation came from.
@@ -86,18 +80,32 @@ pub struct Incarnation {
     pub migrated: bool,
 }
 
-/// A [`LogStore`] in one redb file inside a data directory; every write is a
-/// single fsynced transaction.
+/// The contents of `identity.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct IdentityFile {
+    format: u32,
+    node: String,
+    cluster: String,
+    incarnation: Incarnation,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bootstrap: Option<Membership>,
+}
+
+/// A [`LogStore`] in a data directory: a write-ahead log, a snapshot file
+/// and an identity file.
 #[derive(Debug)]
 pub struct DiskStore {
-    db: Database,
     dir: PathBuf,
+    /// Held (locked) for as long as the store is open.
+    _lock: File,
+    wal: Wal,
+    identity: Identity,
     incarnation: Incarnation,
     bootstrap: Option<Membership>,
     /// Nothing durable yet: no promise, log entry, snapshot or configuration.
     fresh: bool,
-    /// The meta records as stored, kept here so that appending does not read
-    /// them back in every transaction (this store is their only writer).
+    /// The index of the stored snapshot (0: none); entries at or below it
+    /// are covered by the snapshot.
     floor: Index,
     promised: Ballot,
     stored_commit: Index,
@@ -107,96 +115,75 @@ pub struct DiskStore {
 }
 
 impl DiskStore {
-    /// Opens the store in `dir`, creating the directory and database if
-    /// needed.
+    /// Opens the store in `dir`, creating the directory and its files if
+    /// needed, converting a directory of the older layout, and cutting off a
+    /// write torn by a crash at the end of the log.
     ///
     /// A new store is stamped with `identity`; an existing one must carry the
     /// same identity, or this fails with [`StorageError::WrongCluster`] or
-    /// [`StorageError::WrongNode`].
+    /// [`StorageError::WrongNode`]. A directory another process has open is
+    /// refused with [`StorageError::Locked`].
     pub fn open(dir: &Path, identity: &Identity) -> Result<DiskStore, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let path = dir.join(FILE_NAME);
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|source| StorageError::Open { path, source })?;
-        let mut store = DiskStore {
-            db,
-            dir: dir.to_path_buf(),
-            incarnation: Incarnation {
-                id: 0,
-                migrated: false,
-            },
-            bootstrap: None,
-            fresh: false,
-            floor: 0,
-            promised: Ballot::ZERO,
-            stored_commit: 0,
-            commit: 0,
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock = lock(dir)?;
+        let id_path = dir.join(IDENTITY_FILE);
+        let old_db = dir.join(legacy::FILE_NAME);
+        let file = if id_path.exists() {
+            let file = read_identity(&id_path)?;
+            check_identity(dir, identity, &file)?;
+            if old_db.exists() {
+                // Converted, but the crash came before the old file went.
+                legacy::remove(dir)?;
+            }
+            file
+        } else if old_db.exists() {
+            convert(dir, identity)?
+        } else {
+            if Wal::exists(dir)? || snapshot_file::latest(&snapshot_file::dir_of(dir))?.is_some() {
+                return Err(StorageError::Corrupt(format!(
+                    "{} has a log or snapshot but no {IDENTITY_FILE}; refusing to guess whose it is",
+                    dir.display()
+                )));
+            }
+            let file = IdentityFile {
+                format: FORMAT,
+                node: identity.node.clone(),
+                cluster: identity.cluster.clone(),
+                incarnation: Incarnation {
+                    id: random_id()?,
+                    migrated: false,
+                },
+                bootstrap: None,
+            };
+            write_identity(dir, &file)?;
+            file
         };
-        let mut cached = (0, Ballot::ZERO, 0);
-        let mut incarnation = store.incarnation;
-        let mut bootstrap = None;
-        let mut fresh = false;
-        store.write(|txn| {
-            // Creating every table up front lets readers open them unconditionally.
-            let log = txn.open_table(LOG)?;
-            let empty_log = log.first()?.is_none();
-            drop(log);
-            txn.open_table(SNAPSHOT)?;
-            let mut meta = txn.open_table(META)?;
-            let new_dir = match get::<Identity>(&meta, IDENTITY)? {
-                None => {
-                    put(&mut meta, IDENTITY, identity)?;
-                    true
-                }
-                Some(found) => {
-                    check_identity(dir, identity, found)?;
-                    false
-                }
-            };
-            incarnation = match get::<Incarnation>(&meta, INCARNATION)? {
-                Some(i) => i,
-                None => {
-                    let i = if new_dir {
-                        Incarnation {
-                            id: random_id()?,
-                            migrated: false,
-                        }
-                    } else {
-                        Incarnation {
-                            id: node_id_from_name(&identity.node),
-                            migrated: true,
-                        }
-                    };
-                    put(&mut meta, INCARNATION, &i)?;
-                    i
-                }
-            };
-            bootstrap = get::<Membership>(&meta, BOOTSTRAP)?;
-            let snapshot = get::<SnapshotMeta>(&meta, SNAPSHOT_META)?;
-            let promised = get::<Ballot>(&meta, PROMISED)?.unwrap_or_default();
-            fresh = bootstrap.is_none()
-                && snapshot.is_none()
-                && promised == Ballot::ZERO
-                && empty_log
-                && !incarnation.migrated;
-            cached = (
-                snapshot.map_or(0, |s| s.index),
-                promised,
-                get::<Index>(&meta, COMMIT)?.unwrap_or(0),
-            );
-            Ok(())
-        })?;
-        (store.floor, store.promised, store.stored_commit) = cached;
-        store.commit = store.stored_commit;
-        store.incarnation = incarnation;
-        store.bootstrap = bootstrap;
-        store.fresh = fresh;
-        Ok(store)
+        let snapshots = snapshot_file::dir_of(dir);
+        snapshot_file::tidy(&snapshots)?;
+        let floor = match snapshot_file::latest(&snapshots)? {
+            Some((_, path)) => Reader::open(&path)?.meta().index,
+            None => 0,
+        };
+        let (wal, summary) = Wal::open(dir)?;
+        let fresh = file.bootstrap.is_none()
+            && floor == 0
+            && summary.promised == Ballot::ZERO
+            && !summary.has_entries
+            && !file.incarnation.migrated;
+        let commit = summary.commit.max(floor);
+        Ok(DiskStore {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            wal,
+            identity: identity.clone(),
+            incarnation: file.incarnation,
+            bootstrap: file.bootstrap,
+            fresh,
+            floor,
+            promised: summary.promised,
+            stored_commit: commit,
+            commit,
+        })
     }
 
     /// This directory's incarnation: the node's id in the cluster.
@@ -215,7 +202,7 @@ impl DiskStore {
         self.fresh && self.promised == Ballot::ZERO && self.floor == 0 && self.commit == 0
     }
 
-    /// Records the bootstrap configuration (fsynced). It never changes once
+    /// Records the bootstrap configuration (durably). It never changes once
     /// written: a second, different one is refused.
     pub fn record_bootstrap(&mut self, membership: &Membership) -> Result<(), StorageError> {
         if let Some(existing) = &self.bootstrap {
@@ -226,7 +213,14 @@ impl DiskStore {
                 "a different bootstrap configuration is already recorded".into(),
             ));
         }
-        self.write(|txn| put(&mut txn.open_table(META)?, BOOTSTRAP, membership))?;
+        let file = IdentityFile {
+            format: FORMAT,
+            node: self.identity.node.clone(),
+            cluster: self.identity.cluster.clone(),
+            incarnation: self.incarnation,
+            bootstrap: Some(membership.clone()),
+        };
+        write_identity(&self.dir, &file)?;
         self.bootstrap = Some(membership.clone());
         self.fresh = false;
         Ok(())
@@ -237,18 +231,99 @@ impl DiskStore {
         &self.dir
     }
 
-    /// Runs `f` in one write transaction and commits it with an fsync.
-    fn write(
-        &self,
-        f: impl FnOnce(&WriteTransaction) -> Result<(), StorageError>,
-    ) -> Result<(), StorageError> {
-        let mut txn = self.db.begin_write()?;
-        // Immediate is redb's default, but the engine's safety rests on it.
-        txn.set_durability(Durability::Immediate)?;
-        f(&txn)?;
-        txn.commit()?;
-        Ok(())
+    fn summary(&self) -> Summary {
+        Summary {
+            promised: self.promised,
+            commit: self.commit,
+            has_entries: false,
+        }
     }
+}
+
+/// Takes the directory's lock, or says who (which directory) is in use.
+fn lock(dir: &Path) -> Result<File, StorageError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+    }
+}
+
+fn read_identity(path: &Path) -> Result<IdentityFile, StorageError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let file: IdentityFile = serde_json::from_slice(&bytes)
+        .map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display())))?;
+    if file.format != FORMAT {
+        return Err(StorageError::Corrupt(format!(
+            "{} is in format {}, which this version does not know (it writes format {FORMAT})",
+            path.display(),
+            file.format
+        )));
+    }
+    Ok(file)
+}
+
+/// Replaces `identity.json` atomically and durably.
+fn write_identity(dir: &Path, file: &IdentityFile) -> Result<(), StorageError> {
+    let mut bytes = serde_json::to_vec_pretty(file)
+        .map_err(|e| StorageError::Corrupt(format!("cannot encode the identity file: {e}")))?;
+    bytes.push(b'\n');
+    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(&bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    let path = dir.join(IDENTITY_FILE);
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    sync_dir(dir)
+}
+
+/// Converts a directory of the one-database layout (see [`legacy`]).
+fn convert(dir: &Path, identity: &Identity) -> Result<IdentityFile, StorageError> {
+    let old = legacy::read(&dir.join(legacy::FILE_NAME))?;
+    let found = old.identity.clone().unwrap_or_else(|| identity.clone());
+    let file = IdentityFile {
+        format: FORMAT,
+        node: found.node,
+        cluster: found.cluster,
+        // A database without an incarnation predates them: its id is the
+        // one derived from the name, as it always was.
+        incarnation: old.incarnation.unwrap_or(Incarnation {
+            id: node_id_from_name(&identity.node),
+            migrated: true,
+        }),
+        bootstrap: old.bootstrap,
+    };
+    check_identity(dir, identity, &file)?;
+    // Whatever an interrupted conversion left is redone from the database.
+    for sub in [Wal::dir_of(dir), snapshot_file::dir_of(dir)] {
+        match std::fs::remove_dir_all(&sub) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&sub)(e)),
+        }
+    }
+    if let Some((meta, data)) = &old.snapshot {
+        snapshot_file::write(&snapshot_file::dir_of(dir), meta, data)?;
+    }
+    let (mut wal, _) = Wal::open(dir)?;
+    if !old.records.is_empty() {
+        wal.append(&old.records, &Summary::default())?;
+    }
+    drop(wal);
+    write_identity(dir, &file)?;
+    legacy::remove(dir)?;
+    tracing::info!(dir = %dir.display(), "converted the data directory to the log layout");
+    Ok(file)
 }
 
 /// A random, non-zero node id from the operating system's generator.
@@ -264,20 +339,24 @@ fn random_id() -> Result<NodeId, StorageError> {
     }
 }
 
-fn check_identity(dir: &Path, expected: &Identity, found: Identity) -> Result<(), StorageError> {
+fn check_identity(
+    dir: &Path,
+    expected: &Identity,
+    found: &IdentityFile,
+) -> Result<(), StorageError> {
     if found.cluster != expected.cluster {
         return Err(StorageError::WrongCluster {
             dir: dir.to_path_buf(),
             expected: expected.cluster.clone(),
-            found: found.cluster,
+            found: found.cluster.clone(),
         });
     }
     if found.node != expected.node {
         return Err(StorageError::WrongNode {
             dir: dir.to_path_buf(),
-            cluster: found.cluster,
+            cluster: found.cluster.clone(),
             expected: expected.node.clone(),
-            found: found.node,
+            found: found.node.clone(),
         });
     }
     Ok(())
@@ -288,107 +367,67 @@ impl LogStore for DiskStore {
         let floor = self.floor;
         let mut promised = self.promised;
         let mut entries = false;
+        let mut commit_in_frame = 0;
         for record in records {
             match record {
                 Persist::Promise(b) => promised = promised.max(*b),
                 Persist::Entry(i, _) => entries |= *i > floor,
-                Persist::Commit(c) => self.commit = self.commit.max(*c),
+                Persist::Commit(c) => commit_in_frame = commit_in_frame.max(*c),
             }
         }
-        let commit = self.commit;
-        let write_commit = commit >= self.stored_commit + COMMIT_WRITE_EVERY;
+        self.commit = self.commit.max(commit_in_frame);
+        let write_commit = self.commit >= self.stored_commit + COMMIT_WRITE_EVERY;
         if !entries && promised == self.promised && !write_commit {
             return Ok(());
         }
+        let state = self.summary();
+        self.wal.append(records, &state)?;
         if entries {
             self.fresh = false;
         }
-        let old_promised = self.promised;
-        self.write(|txn| {
-            if entries {
-                let mut log = txn.open_table(LOG)?;
-                for record in records {
-                    if let Persist::Entry(i, e) = record
-                        && *i > floor
-                    {
-                        log.insert(*i, encode(e, format_args!("log entry {i}"))?.as_slice())?;
-                    }
-                }
-            }
-            if promised != old_promised || write_commit {
-                let mut meta = txn.open_table(META)?;
-                if promised != old_promised {
-                    put(&mut meta, PROMISED, &promised)?;
-                }
-                if write_commit {
-                    put(&mut meta, COMMIT, &commit)?;
-                }
-            }
-            Ok(())
-        })?;
         self.promised = promised;
-        if write_commit {
-            self.stored_commit = commit;
-        }
+        self.stored_commit = self.stored_commit.max(commit_in_frame);
         Ok(())
     }
 
     fn recover(&self) -> Result<(Recovered, Option<Vec<u8>>), StorageError> {
-        let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let snapshot = get::<SnapshotMeta>(&meta, SNAPSHOT_META)?;
+        let (snapshot, data) = match snapshot_file::latest(&snapshot_file::dir_of(&self.dir))? {
+            Some((_, path)) => {
+                let (meta, data) = Reader::open(&path)?.read_to_end()?;
+                (Some(meta), Some(data))
+            }
+            None => (None, None),
+        };
         let floor = snapshot.as_ref().map_or(0, |s| s.index);
-        let mut entries = BTreeMap::new();
-        let log = txn.open_table(LOG)?;
-        for item in log.range::<Index>((Bound::Excluded(floor), Bound::Unbounded))? {
-            let (index, bytes) = item?;
-            let index = index.value();
-            entries.insert(
-                index,
-                decode(bytes.value(), format_args!("log entry {index}"))?,
-            );
-        }
-        let data = match snapshot {
-            None => None,
-            Some(_) => match txn.open_table(SNAPSHOT)?.get(())? {
-                Some(bytes) => Some(bytes.value().to_vec()),
-                None => {
-                    return Err(StorageError::Corrupt(
-                        "snapshot meta is present but its data is missing".into(),
-                    ));
-                }
-            },
-        };
-        let recovered = Recovered {
-            promised: get(&meta, PROMISED)?.unwrap_or_default(),
-            commit: get(&meta, COMMIT)?.unwrap_or(0),
-            entries,
+        let mut recovered = Recovered {
             snapshot,
+            commit: floor,
+            ..Recovered::default()
         };
+        self.wal.replay(|record| match record {
+            Persist::Promise(b) => recovered.promised = recovered.promised.max(b),
+            Persist::Entry(i, e) if i > floor => {
+                recovered.entries.insert(i, e);
+            }
+            Persist::Entry(..) => {}
+            Persist::Commit(c) => recovered.commit = recovered.commit.max(c),
+        })?;
         Ok((recovered, data))
     }
 
     fn install_snapshot(&mut self, new: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let commit = self.commit.max(new.index);
-        let mut installed = false;
-        self.write(|txn| {
-            let mut meta = txn.open_table(META)?;
-            if get::<SnapshotMeta>(&meta, SNAPSHOT_META)?.is_some_and(|s| new.index < s.index) {
-                return Ok(());
-            }
-            put(&mut meta, COMMIT, &commit)?;
-            put(&mut meta, SNAPSHOT_META, new)?;
-            txn.open_table(LOG)?.retain_in(..=new.index, |_, _| false)?;
-            txn.open_table(SNAPSHOT)?.insert((), data)?;
-            installed = true;
-            Ok(())
-        })?;
-        if installed {
-            self.floor = new.index;
-            self.commit = commit;
-            self.stored_commit = commit;
+        if new.index < self.floor {
+            return Ok(());
         }
-        Ok(())
+        // The snapshot is durable before any segment it covers is deleted,
+        // so a crash in between leaves both, and recovery skips the entries.
+        snapshot_file::write(&snapshot_file::dir_of(&self.dir), new, data)?;
+        self.floor = new.index;
+        self.commit = self.commit.max(new.index);
+        self.stored_commit = self.stored_commit.max(new.index);
+        self.fresh = false;
+        let state = self.summary();
+        self.wal.release_through(self.floor, &state)
     }
 }
 
@@ -397,46 +436,12 @@ impl Drop for DiskStore {
     /// clean restart has nothing to re-learn.
     fn drop(&mut self) {
         if self.commit > self.stored_commit {
-            let commit = self.commit;
-            let result = self.write(|txn| put(&mut txn.open_table(META)?, COMMIT, &commit));
-            if let Err(e) = result {
+            let state = self.summary();
+            if let Err(e) = self.wal.append(&[Persist::Commit(self.commit)], &state) {
                 tracing::warn!(error = %e, "could not write the commit index on close");
             }
         }
     }
-}
-
-fn get<T: DeserializeOwned>(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    key: &str,
-) -> Result<Option<T>, StorageError> {
-    match table.get(key)? {
-        Some(bytes) => decode(bytes.value(), format_args!("meta record {key:?}")).map(Some),
-        None => Ok(None),
-    }
-}
-
-fn put<T: Serialize + ?Sized>(
-    table: &mut redb::Table<&'static str, &'static [u8]>,
-    key: &str,
-    value: &T,
-) -> Result<(), StorageError> {
-    table.insert(
-        key,
-        encode(value, format_args!("meta record {key:?}"))?.as_slice(),
-    )?;
-    Ok(())
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8], what: impl Display) -> Result<T, StorageError> {
-    postcard::from_bytes(bytes).map_err(|e| StorageError::Corrupt(format!("{what}: {e}")))
-}
-
-fn encode<T: Serialize + ?Sized>(value: &T, what: impl Display) -> Result<Vec<u8>, StorageError> {
-    // Our records always encode; a failure here means a broken type, and it
-    // is reported rather than written as half a record.
-    postcard::to_stdvec(value)
-        .map_err(|e| StorageError::Corrupt(format!("cannot encode {what}: {e}")))
 }
 
 #[cfg(test)]
@@ -479,7 +484,7 @@ mod tests {
         }
 
         fn restart(&mut self) {
-            // The old handle holds the file lock, so it must go first.
+            // The old handle holds the directory's lock, so it must go first.
             self.store = None;
             let store = DiskStore::open(self.dir.path(), &identity("a", "c1")).expect("reopen");
             self.store = Some(store);
@@ -489,12 +494,26 @@ mod tests {
     conformance_tests!(DiskHarness::new());
 
     #[test]
-    fn open_creates_missing_directory() {
+    fn open_creates_missing_directory_with_its_identity() {
         let tmp = TempDir::new().expect("tempdir");
         let dir = tmp.path().join("data").join("a");
         let store = DiskStore::open(&dir, &identity("a", "c1")).expect("open");
         assert_eq!(store.data_dir(), dir);
-        assert!(dir.join(FILE_NAME).is_file());
+        let text = std::fs::read_to_string(dir.join(IDENTITY_FILE)).expect("identity file");
+        assert!(
+            text.contains("\"node\": \"a\"") && text.contains("\"cluster\": \"c1\""),
+            "{text}"
+        );
+        assert!(store.is_fresh());
+    }
+
+    #[test]
+    fn a_directory_in_use_by_another_process_is_refused() {
+        let tmp = TempDir::new().expect("tempdir");
+        let _first = DiskStore::open(tmp.path(), &identity("a", "c1")).expect("open");
+        let err = DiskStore::open(tmp.path(), &identity("a", "c1")).expect_err("locked");
+        assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("in use"), "{err}");
     }
 
     #[test]
@@ -528,53 +547,54 @@ mod tests {
     }
 
     #[test]
-    fn corrupted_log_value_is_reported_not_panicked() {
-        let mut h = DiskHarness::new();
-        h.store()
-            .append(&[Persist::Entry(3, entry(1, Value::Noop))])
-            .expect("append");
-        let store = h.store.as_ref().expect("store is open");
-        let txn = store.db.begin_write().expect("begin");
-        txn.open_table(LOG)
-            .expect("log table")
-            .insert(3, &[0xff_u8; 3][..])
-            .expect("insert garbage");
-        txn.commit().expect("commit");
-        let err = h.store().recover().expect_err("garbage must not decode");
+    fn a_damaged_identity_file_is_reported_not_panicked() {
+        let tmp = TempDir::new().expect("tempdir");
+        drop(DiskStore::open(tmp.path(), &identity("a", "c1")).expect("open"));
+        std::fs::write(tmp.path().join(IDENTITY_FILE), b"{\"format\": 2, \"no").expect("write");
+        let err = DiskStore::open(tmp.path(), &identity("a", "c1")).expect_err("must refuse");
         assert!(
-            matches!(&err, StorageError::Corrupt(m) if m.contains("log entry 3")),
+            matches!(&err, StorageError::Corrupt(m) if m.contains(IDENTITY_FILE)),
             "{err}"
         );
     }
 
     #[test]
-    fn corrupted_meta_value_is_reported_not_panicked() {
+    fn a_log_without_an_identity_file_is_refused() {
         let mut h = DiskHarness::new();
-        let store = h.store.as_ref().expect("store is open");
-        let txn = store.db.begin_write().expect("begin");
-        txn.open_table(META)
-            .expect("meta table")
-            .insert(PROMISED, &[0xff_u8; 2][..])
-            .expect("insert garbage");
-        txn.commit().expect("commit");
-        assert!(matches!(h.store().recover(), Err(StorageError::Corrupt(_))));
-        // Opening reads the meta records too, and refuses the garbage.
+        h.store()
+            .append(&[Persist::Entry(1, entry(1, Value::Noop))])
+            .expect("append");
         h.store = None;
+        std::fs::remove_file(h.dir.path().join(IDENTITY_FILE)).expect("remove");
         let err = DiskStore::open(h.dir.path(), &identity("a", "c1")).expect_err("must refuse");
-        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+        assert!(
+            matches!(&err, StorageError::Corrupt(m) if m.contains("no identity.json")),
+            "{err}"
+        );
     }
 
     #[test]
     fn the_commit_index_is_written_lazily_but_within_bounds_and_on_close() {
         let mut h = DiskHarness::new();
         h.store().append(&[Persist::Commit(5)]).expect("append");
-        // Not written yet: no transaction (and no fsync) for a commit alone.
+        let frames = |h: &DiskHarness| {
+            std::fs::metadata(h.store.as_ref().expect("open").wal.active_path())
+                .expect("stat")
+                .len()
+        };
+        let empty = frames(&h);
+        // Not written: no frame (and no fsync) for a commit alone.
+        assert_eq!(frames(&h), empty);
         assert_eq!(h.store().recover().expect("recover").0.commit, 0);
+        // It rides along with entries.
         h.store()
             .append(&[Persist::Entry(6, entry(1, Value::Noop)), Persist::Commit(6)])
             .expect("append");
-        assert_eq!(h.store().recover().expect("recover").0.commit, 0);
-        // Far enough ahead: written with this append.
+        assert_eq!(h.store().recover().expect("recover").0.commit, 6);
+        let with_entry = frames(&h);
+        h.store().append(&[Persist::Commit(7)]).expect("append");
+        assert_eq!(frames(&h), with_entry, "a commit alone waits");
+        // Far enough ahead: written on its own.
         let far = 6 + COMMIT_WRITE_EVERY;
         h.store().append(&[Persist::Commit(far)]).expect("append");
         assert_eq!(h.store().recover().expect("recover").0.commit, far);
@@ -587,23 +607,94 @@ mod tests {
     }
 
     #[test]
-    fn install_snapshot_deletes_covered_log_rows() {
+    fn install_snapshot_deletes_covered_log_segments() {
         let mut h = DiskHarness::new();
         let records: Vec<_> = (1..=5)
             .map(|i| Persist::Entry(i, entry(1, Value::Noop)))
             .collect();
         h.store().append(&records).expect("append");
         h.store().install_snapshot(&meta(3), b"s").expect("install");
-        let store = h.store.as_ref().expect("store is open");
-        let txn = store.db.begin_read().expect("begin");
-        let log = txn.open_table(LOG).expect("log table");
-        // Recovery would hide them anyway; the point is to reclaim the space.
-        let left: Vec<Index> = log
-            .iter()
-            .expect("iter")
-            .map(|row| row.expect("row").0.value())
-            .collect();
-        assert_eq!(left, [4, 5]);
+        assert_eq!(
+            h.store.as_ref().expect("open").wal.segment_count(),
+            2,
+            "entries 4 and 5 keep their segment"
+        );
+        h.store().install_snapshot(&meta(5), b"t").expect("install");
+        assert_eq!(h.store.as_ref().expect("open").wal.segment_count(), 1);
+        let (r, data) = {
+            h.restart();
+            h.store().recover().expect("recover")
+        };
+        assert!(r.entries.is_empty());
+        assert_eq!((r.snapshot, data), (Some(meta(5)), Some(b"t".to_vec())));
+    }
+
+    #[test]
+    fn a_directory_of_the_one_database_layout_is_converted_on_open() {
+        let tmp = TempDir::new().expect("tempdir");
+        let incarnation = Incarnation {
+            id: 0xfeed,
+            migrated: false,
+        };
+        let e5 = entry(3, Value::Noop);
+        let e6 = entry(4, Value::Noop);
+        legacy::write_old(
+            tmp.path(),
+            &identity("a", "c1"),
+            &incarnation,
+            Ballot::new(4, 2),
+            &[(3, entry(1, Value::Noop)), (5, e5.clone()), (6, e6.clone())],
+            5,
+            Some((&meta(4), b"image@4")),
+        );
+        let store = DiskStore::open(tmp.path(), &identity("a", "c1")).expect("convert");
+        assert_eq!(store.incarnation(), incarnation);
+        assert!(!store.is_fresh());
+        let (r, data) = store.recover().expect("recover");
+        assert_eq!(r.promised, Ballot::new(4, 2));
+        assert_eq!(r.commit, 5);
+        assert_eq!(
+            r.entries,
+            std::collections::BTreeMap::from([(5, e5), (6, e6)])
+        );
+        assert_eq!(
+            (r.snapshot, data),
+            (Some(meta(4)), Some(b"image@4".to_vec()))
+        );
+        assert!(
+            !tmp.path().join(legacy::FILE_NAME).exists(),
+            "the old file is gone"
+        );
+        drop(store);
+        let again = DiskStore::open(tmp.path(), &identity("a", "c1")).expect("reopen");
+        assert_eq!(
+            again.recover().expect("recover").0.promised,
+            Ballot::new(4, 2)
+        );
+    }
+
+    #[test]
+    fn an_old_directory_of_another_node_is_refused_not_converted() {
+        let tmp = TempDir::new().expect("tempdir");
+        let incarnation = Incarnation {
+            id: 1,
+            migrated: false,
+        };
+        legacy::write_old(
+            tmp.path(),
+            &identity("b", "c1"),
+            &incarnation,
+            Ballot::ZERO,
+            &[],
+            0,
+            None,
+        );
+        let err = DiskStore::open(tmp.path(), &identity("a", "c1")).expect_err("must refuse");
+        assert!(matches!(err, StorageError::WrongNode { .. }), "{err}");
+        assert!(
+            tmp.path().join(legacy::FILE_NAME).exists(),
+            "nothing was touched"
+        );
     }
 
     /// Drives both stores through the same random history, restarting the
@@ -613,7 +704,7 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(0x5eed);
         let mut mem = MemStore::new();
         let mut disk = DiskHarness::new();
-        for step in 0..150 {
+        for step in 0..300 {
             let index = rng.random_range(1..40);
             if rng.random_ratio(1, 10) {
                 let data = format!("image@{index}").into_bytes();

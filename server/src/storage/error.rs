@@ -15,15 +15,22 @@ pub enum StorageError {
         source: std::io::Error,
     },
 
-    /// The database file could not be opened (already in use, unreadable, not
-    /// a database, ...).
+    /// The database file of the older layout could not be opened
+    /// (unreadable, not a database, ...).
     #[error("cannot open database {}: {source}", path.display())]
     Open {
         path: PathBuf,
         source: redb::DatabaseError,
     },
 
-    /// The embedded database failed while reading or writing.
+    /// Another process has the data directory open.
+    #[error(
+        "data directory {} is in use by another process (is another phxkv running on it?)",
+        dir.display()
+    )]
+    Locked { dir: PathBuf },
+
+    /// The database of the older layout failed while being read.
     #[error("database error: {0}")]
     Database(#[from] redb::Error),
 

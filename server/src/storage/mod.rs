@@ -7,14 +7,17 @@
 //!
 //! The key-value data itself is held by the state machine in memory and made
 //! durable by the log plus snapshots: a snapshot carries the KV image *with*
-//! the applied index it reflects, and is stored in the same transaction that
-//! drops the log slots it covers. Recovery loads the snapshot, then the engine
+//! the applied index it reflects, and is durable before the log slots it
+//! covers are dropped. Recovery loads the snapshot, then the engine
 //! hands the chosen slots after it back for replay, so the data and its
 //! applied index can never disagree after a crash at any point.
 
 mod disk;
 mod error;
+mod legacy;
 mod mem;
+pub mod snapshot_file;
+mod wal;
 
 pub use disk::{DiskStore, Identity, Incarnation};
 pub use error::StorageError;

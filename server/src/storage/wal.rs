@@ -1,0 +1,612 @@
+//! The write-ahead log: segmented, checksummed, append-only.
+//!
+//! Every engine turn becomes one *frame*: the turn's records, encoded
+//! together, written with one `write` and made durable with one
+//! `fdatasync`. A frame is the unit of atomicity: after a crash a frame is
+//! recovered whole or not at all, which is exactly the engine's contract for
+//! one [`LogStore::append`](super::LogStore::append).
+//!
+//! ```text
+//! segment := MAGIC frame*
+//! frame   := len:u32le checksum:u64le payload[len]
+//! checksum = xxh3_64(payload, seed = len)
+//! payload  = postcard([Persist])
+//! ```
+//!
+//! Segments live in `wal/` and are named by a sequence number. Each one opens
+//! with a frame that carries the promised ballot and commit index as they
+//! were when it was created, so that older segments can be deleted once a
+//! snapshot covers every entry in them without losing a promise.
+//!
+//! # Torn writes
+//!
+//! A crash during an append can leave any prefix of its frame on disk, or a
+//! file whose length grew but whose new blocks read as zeros. Only the frame
+//! being written can be damaged so: a frame is written only after the one
+//! before it was synced. So recovery accepts a damaged frame as a torn tail
+//! (and cuts it off) only in the newest segment and only when nothing but
+//! zeros follows the extent it claims; any other damage is corruption and
+//! recovery refuses to go on, rather than silently dropping acknowledged
+//! records.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::StorageError;
+use crate::paxos::{Ballot, Index, Persist};
+
+/// The first bytes of every segment, with a format version.
+const MAGIC: &[u8; 8] = b"PHXWAL\x00\x01";
+const FRAME_HEADER: usize = 12;
+/// A segment is closed and a new one started once it is this large.
+pub(super) const SEGMENT_BYTES: u64 = 64 << 20;
+const DIR: &str = "wal";
+const SUFFIX: &str = ".wal";
+
+/// One segment file and what recovery learned of it.
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    path: PathBuf,
+    /// The highest log index with an entry in this segment (0: none), so
+    /// that it can be deleted once a snapshot covers it.
+    max_index: Index,
+}
+
+/// What a scan of the whole log found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Summary {
+    pub promised: Ballot,
+    pub commit: Index,
+    /// Some entry was ever recorded (in the segments still present).
+    pub has_entries: bool,
+}
+
+/// The log of one data directory, open for appending to its newest segment.
+#[derive(Debug)]
+pub(super) struct Wal {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    active: File,
+    active_len: u64,
+    /// Reused for encoding each frame.
+    buf: Vec<u8>,
+}
+
+impl Wal {
+    /// Where the log of `data_dir` lives.
+    pub(super) fn dir_of(data_dir: &Path) -> PathBuf {
+        data_dir.join(DIR)
+    }
+
+    /// True if `data_dir` has log segments.
+    pub(super) fn exists(data_dir: &Path) -> Result<bool, StorageError> {
+        let dir = Self::dir_of(data_dir);
+        if !dir.exists() {
+            return Ok(false);
+        }
+        Ok(!list(&dir)?.is_empty())
+    }
+
+    /// Opens the log under `data_dir`, creating it if needed. A torn frame at
+    /// the end of the newest segment is cut off (and that is made durable)
+    /// so that appends continue after the last whole frame.
+    pub(super) fn open(data_dir: &Path) -> Result<(Wal, Summary), StorageError> {
+        let dir = data_dir.join(DIR);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let mut segments = list(&dir)?;
+        let mut summary = Summary::default();
+        let count = segments.len();
+        let mut keep = 0;
+        for (n, seg) in segments.iter_mut().enumerate() {
+            let last = n + 1 == count;
+            let bytes = read_all(&seg.path)?;
+            let mut max_index = 0;
+            let end = scan(&bytes, last, &seg.path, |records| {
+                for r in records {
+                    match r {
+                        Persist::Promise(b) => summary.promised = summary.promised.max(b),
+                        Persist::Entry(i, _) => max_index = max_index.max(i),
+                        Persist::Commit(c) => summary.commit = summary.commit.max(c),
+                    }
+                }
+                Ok(())
+            })?;
+            seg.max_index = max_index;
+            summary.has_entries |= max_index > 0;
+            if end < bytes.len() {
+                tracing::warn!(
+                    segment = %seg.path.display(),
+                    at = end,
+                    dropped = bytes.len() - end,
+                    "the log ends in a torn write (a crash during an append); cutting it off"
+                );
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&seg.path)
+                    .map_err(io(&seg.path))?;
+                f.set_len(end as u64).map_err(io(&seg.path))?;
+                f.sync_all().map_err(io(&seg.path))?;
+            }
+            keep = n + 1;
+            if end < MAGIC.len() {
+                // Created but never written (a crash right after creating
+                // it): begin it again rather than append after nothing.
+                std::fs::remove_file(&seg.path).map_err(io(&seg.path))?;
+                sync_dir(&dir)?;
+                keep = n;
+            }
+        }
+        segments.truncate(keep);
+        let next = segments.last().map_or(1, |s| s.seq + 1);
+        let (active, active_len) = match segments.last() {
+            Some(seg) => {
+                let f = OpenOptions::new()
+                    .append(true)
+                    .open(&seg.path)
+                    .map_err(io(&seg.path))?;
+                let len = f.metadata().map_err(io(&seg.path))?.len();
+                (f, len)
+            }
+            None => {
+                let (seg, f, len) = create(&dir, next, &summary)?;
+                segments.push(seg);
+                (f, len)
+            }
+        };
+        let wal = Wal {
+            dir,
+            segments,
+            active,
+            active_len,
+            buf: Vec::new(),
+        };
+        Ok((wal, summary))
+    }
+
+    /// Appends `records` as one frame and syncs it. On failure nothing of
+    /// the frame is left behind if that can be helped.
+    pub(super) fn append(
+        &mut self,
+        records: &[Persist],
+        state: &Summary,
+    ) -> Result<(), StorageError> {
+        if self.active_len >= SEGMENT_BYTES {
+            self.rotate(state)?;
+        }
+        encode_frame(&mut self.buf, records)?;
+        let path = &self
+            .segments
+            .last()
+            .expect("the log always has a segment")
+            .path;
+        let written = self
+            .active
+            .write_all(&self.buf)
+            .and_then(|()| self.active.sync_data());
+        if let Err(e) = written {
+            // Leave no half frame for the next append to follow; if even
+            // that fails, recovery cuts it off as a torn tail.
+            let _ = self.active.set_len(self.active_len);
+            return Err(StorageError::Io {
+                path: path.clone(),
+                source: e,
+            });
+        }
+        self.active_len += self.buf.len() as u64;
+        let seg = self
+            .segments
+            .last_mut()
+            .expect("the log always has a segment");
+        for r in records {
+            if let Persist::Entry(i, _) = r {
+                seg.max_index = seg.max_index.max(*i);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the newest segment and starts another that opens with `state`.
+    fn rotate(&mut self, state: &Summary) -> Result<(), StorageError> {
+        let next = self.segments.last().map_or(1, |s| s.seq + 1);
+        let (seg, f, len) = create(&self.dir, next, state)?;
+        self.segments.push(seg);
+        self.active = f;
+        self.active_len = len;
+        Ok(())
+    }
+
+    /// After a snapshot at `floor` is durable: starts a new segment if the
+    /// newest one holds entries, then deletes every older segment whose
+    /// entries the snapshot covers. Deletion goes oldest first and stops at
+    /// the first segment still needed, so what remains is always a suffix of
+    /// the log, opening with a segment that carries the promise.
+    pub(super) fn release_through(
+        &mut self,
+        floor: Index,
+        state: &Summary,
+    ) -> Result<(), StorageError> {
+        if self.segments.last().is_some_and(|s| s.max_index > 0) {
+            self.rotate(state)?;
+        }
+        let active = self.segments.len() - 1;
+        let removable = self.segments[..active]
+            .iter()
+            .take_while(|s| s.max_index <= floor)
+            .count();
+        for seg in self.segments.drain(..removable) {
+            std::fs::remove_file(&seg.path).map_err(io(&seg.path))?;
+        }
+        if removable > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every record of every frame, oldest first.
+    pub(super) fn replay(&self, mut f: impl FnMut(Persist)) -> Result<(), StorageError> {
+        for seg in &self.segments {
+            let bytes = read_all(&seg.path)?;
+            // Torn tails were cut off at open and appends write whole frames,
+            // so anything that does not scan now is damage.
+            let end = scan(&bytes, false, &seg.path, |records| {
+                records.into_iter().for_each(&mut f);
+                Ok(())
+            })?;
+            debug_assert_eq!(end, bytes.len());
+        }
+        Ok(())
+    }
+
+    /// Bytes in the segment being appended to.
+    #[cfg(test)]
+    pub(super) fn active_path(&self) -> &Path {
+        &self
+            .segments
+            .last()
+            .expect("the log always has a segment")
+            .path
+    }
+
+    /// How many segment files the log has.
+    #[cfg(test)]
+    pub(super) fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+/// Encodes `records` as one frame into `buf` (cleared first).
+fn encode_frame(buf: &mut Vec<u8>, records: &[Persist]) -> Result<(), StorageError> {
+    buf.clear();
+    buf.extend_from_slice(&[0; FRAME_HEADER]);
+    let mut payload = std::mem::take(buf);
+    payload = postcard::to_extend(records, payload)
+        .map_err(|e| StorageError::Corrupt(format!("cannot encode log records: {e}")))?;
+    *buf = payload;
+    let len = buf.len() - FRAME_HEADER;
+    let len32 = u32::try_from(len)
+        .map_err(|_| StorageError::Corrupt(format!("a log frame of {len} bytes is too large")))?;
+    let sum = checksum(&buf[FRAME_HEADER..], len32);
+    buf[..4].copy_from_slice(&len32.to_le_bytes());
+    buf[4..FRAME_HEADER].copy_from_slice(&sum.to_le_bytes());
+    Ok(())
+}
+
+fn checksum(payload: &[u8], len: u32) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(payload, u64::from(len))
+}
+
+/// Walks the frames of one segment's bytes, handing each frame's records to
+/// `f`, and returns where the whole frames end. A damaged frame is a torn
+/// tail (its start is returned) only if `last` and nothing but zeros lies
+/// beyond what it claims; otherwise it is reported as corruption.
+fn scan(
+    bytes: &[u8],
+    last: bool,
+    path: &Path,
+    mut f: impl FnMut(Vec<Persist>) -> Result<(), StorageError>,
+) -> Result<usize, StorageError> {
+    let corrupt = |at: usize, what: &str| {
+        StorageError::Corrupt(format!(
+            "log segment {} is damaged at byte {at}: {what}",
+            path.display()
+        ))
+    };
+    if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC[..] {
+        if last && ((bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes)) || zeros(bytes)) {
+            return Ok(0);
+        }
+        return Err(corrupt(0, "not a log segment (wrong header)"));
+    }
+    let mut at = MAGIC.len();
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        let torn = |claimed_end: usize| last && zeros(&bytes[claimed_end.min(bytes.len())..]);
+        if rest.len() < FRAME_HEADER {
+            if torn(bytes.len()) {
+                return Ok(at);
+            }
+            return Err(corrupt(at, "a frame header is cut short"));
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
+        let sum = u64::from_le_bytes(rest[4..FRAME_HEADER].try_into().expect("8 bytes"));
+        let end = at + FRAME_HEADER + len as usize;
+        if end > bytes.len() {
+            if torn(end) {
+                return Ok(at);
+            }
+            return Err(corrupt(at, "a frame runs past the end of the segment"));
+        }
+        let payload = &rest[FRAME_HEADER..FRAME_HEADER + len as usize];
+        if checksum(payload, len) != sum {
+            if torn(end) || (last && zeros(rest)) {
+                return Ok(at);
+            }
+            return Err(corrupt(at, "checksum mismatch"));
+        }
+        let records: Vec<Persist> = postcard::from_bytes(payload)
+            .map_err(|e| corrupt(at, &format!("a frame does not decode: {e}")))?;
+        f(records)?;
+        at = end;
+    }
+    Ok(at)
+}
+
+fn zeros(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0)
+}
+
+/// Creates segment `seq`, opening with `state`, durable with its directory
+/// entry before it is used.
+fn create(dir: &Path, seq: u64, state: &Summary) -> Result<(Segment, File, u64), StorageError> {
+    let path = dir.join(format!("{seq:020}{SUFFIX}"));
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    let mut opening = Vec::with_capacity(2);
+    if state.promised != Ballot::ZERO {
+        opening.push(Persist::Promise(state.promised));
+    }
+    if state.commit > 0 {
+        opening.push(Persist::Commit(state.commit));
+    }
+    let mut buf = MAGIC.to_vec();
+    if !opening.is_empty() {
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, &opening)?;
+        buf.extend_from_slice(&frame);
+    }
+    f.write_all(&buf).map_err(io(&path))?;
+    f.sync_all().map_err(io(&path))?;
+    sync_dir(dir)?;
+    let seg = Segment {
+        seq,
+        path,
+        max_index: 0,
+    };
+    Ok((seg, f, buf.len() as u64))
+}
+
+/// The segments in `dir`, oldest first.
+fn list(dir: &Path) -> Result<Vec<Segment>, StorageError> {
+    let mut segments = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(io(dir))? {
+        let item = item.map_err(io(dir))?;
+        let name = item.file_name();
+        let Some(seq) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(SUFFIX))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        segments.push(Segment {
+            seq,
+            path: item.path(),
+            max_index: 0,
+        });
+    }
+    segments.sort_by_key(|s| s.seq);
+    Ok(segments)
+}
+
+fn read_all(path: &Path) -> Result<Vec<u8>, StorageError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io(path))?;
+    Ok(bytes)
+}
+
+/// Makes the creation, renaming or removal of files in `dir` durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::paxos::{LogEntry, Value};
+
+    fn entry(i: Index) -> Persist {
+        Persist::Entry(
+            i,
+            LogEntry {
+                ballot: Ballot::new(1, 1),
+                value: Value::Lease {
+                    holder: i,
+                    duration_ms: 10,
+                },
+                chosen: false,
+            },
+        )
+    }
+
+    fn replayed(wal: &Wal) -> Vec<Persist> {
+        let mut out = Vec::new();
+        wal.replay(|r| out.push(r)).expect("replay");
+        out
+    }
+
+    #[test]
+    fn a_segment_cut_at_every_byte_of_its_last_frame_recovers_the_frames_before_it() {
+        let tmp = TempDir::new().expect("tempdir");
+        let state = Summary::default();
+        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+        wal.append(&[entry(1), Persist::Promise(Ballot::new(2, 1))], &state)
+            .expect("append");
+        wal.append(&[entry(2), entry(3), Persist::Commit(1)], &state)
+            .expect("append");
+        let path = wal.active_path().to_path_buf();
+        let before_last = std::fs::metadata(&path).expect("stat").len() as usize;
+        wal.append(&[entry(4), Persist::Commit(3)], &state)
+            .expect("append");
+        drop(wal);
+        let full = std::fs::read(&path).expect("read");
+        let kept = vec![
+            entry(1),
+            Persist::Promise(Ballot::new(2, 1)),
+            entry(2),
+            entry(3),
+            Persist::Commit(1),
+        ];
+        for cut in before_last..full.len() {
+            std::fs::write(&path, &full[..cut]).expect("cut");
+            let (wal, summary) = Wal::open(tmp.path()).expect("a torn tail is not an error");
+            assert_eq!(replayed(&wal), kept, "cut at {cut}");
+            assert_eq!(summary.commit, 1, "cut at {cut}");
+            assert_eq!(
+                std::fs::metadata(&path).expect("stat").len() as usize,
+                before_last,
+                "the torn frame is cut off on disk (cut at {cut})"
+            );
+        }
+        // And appends continue after the last whole frame.
+        std::fs::write(&path, &full[..full.len() - 1]).expect("cut");
+        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+        wal.append(&[entry(9)], &state).expect("append");
+        drop(wal);
+        let (wal, _) = Wal::open(tmp.path()).expect("open");
+        let mut expected = kept;
+        expected.push(entry(9));
+        assert_eq!(replayed(&wal), expected);
+    }
+
+    #[test]
+    fn a_tail_of_zeros_after_a_crash_is_a_torn_write() {
+        let tmp = TempDir::new().expect("tempdir");
+        let state = Summary::default();
+        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+        wal.append(&[entry(1)], &state).expect("append");
+        let path = wal.active_path().to_path_buf();
+        drop(wal);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes.extend_from_slice(&[0; 4096]);
+        std::fs::write(&path, &bytes).expect("write");
+        let (wal, _) = Wal::open(tmp.path()).expect("zeros are a torn tail");
+        assert_eq!(replayed(&wal), [entry(1)]);
+    }
+
+    #[test]
+    fn damage_before_the_last_frame_is_corruption_not_a_torn_tail() {
+        let tmp = TempDir::new().expect("tempdir");
+        let state = Summary::default();
+        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+        wal.append(&[entry(1)], &state).expect("append");
+        wal.append(&[entry(2)], &state).expect("append");
+        let path = wal.active_path().to_path_buf();
+        drop(wal);
+        let mut bytes = std::fs::read(&path).expect("read");
+        // The last byte of the first frame's payload.
+        let first_end = MAGIC.len()
+            + FRAME_HEADER
+            + u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+        bytes[first_end - 1] ^= 0x40;
+        std::fs::write(&path, &bytes).expect("write");
+        let err = Wal::open(tmp.path()).expect_err("acknowledged records must not be dropped");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("checksum mismatch") && msg.contains("byte 8"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn damage_in_an_older_segment_is_corruption_even_at_its_end() {
+        let tmp = TempDir::new().expect("tempdir");
+        let state = Summary::default();
+        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+        wal.append(&[entry(1)], &state).expect("append");
+        let old = wal.active_path().to_path_buf();
+        wal.rotate(&state).expect("rotate");
+        wal.append(&[entry(2)], &state).expect("append");
+        drop(wal);
+        let bytes = std::fs::read(&old).expect("read");
+        std::fs::write(&old, &bytes[..bytes.len() - 1]).expect("cut");
+        assert!(matches!(
+            Wal::open(tmp.path()),
+            Err(StorageError::Corrupt(m)) if m.contains("runs past the end")
+        ));
+    }
+
+    #[test]
+    fn released_segments_go_and_the_promise_survives_them() {
+        let tmp = TempDir::new().expect("tempdir");
+        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+        let mut state = Summary::default();
+        let promise = Ballot::new(7, 3);
+        wal.append(&[Persist::Promise(promise), entry(1), entry(2)], &state)
+            .expect("append");
+        state.promised = promise;
+        state.commit = 2;
+        wal.append(&[Persist::Commit(2)], &state).expect("append");
+        wal.release_through(2, &state).expect("release");
+        assert_eq!(wal.segment_count(), 1, "the covered segment was deleted");
+        wal.append(&[entry(3)], &state).expect("append");
+        drop(wal);
+        let (wal, summary) = Wal::open(tmp.path()).expect("open");
+        assert_eq!(summary.promised, promise);
+        assert_eq!(summary.commit, 2);
+        assert_eq!(
+            replayed(&wal),
+            [Persist::Promise(promise), Persist::Commit(2), entry(3)]
+        );
+    }
+
+    #[test]
+    fn a_segment_with_entries_above_the_snapshot_is_kept() {
+        let tmp = TempDir::new().expect("tempdir");
+        let state = Summary::default();
+        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+        wal.append(&[entry(1), entry(9)], &state).expect("append");
+        wal.release_through(5, &state).expect("release");
+        assert_eq!(wal.segment_count(), 2);
+        wal.release_through(9, &state).expect("release");
+        assert_eq!(wal.segment_count(), 1);
+    }
+
+    #[test]
+    fn a_segment_that_is_not_a_log_is_refused() {
+        let tmp = TempDir::new().expect("tempdir");
+        let dir = tmp.path().join(DIR);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(format!("{:020}{SUFFIX}", 1)), b"hello, world").expect("write");
+        std::fs::write(dir.join(format!("{:020}{SUFFIX}", 2)), b"").expect("write");
+        assert!(matches!(
+            Wal::open(tmp.path()),
+            Err(StorageError::Corrupt(m)) if m.contains("wrong header")
+        ));
+    }
+}
