@@ -19,7 +19,7 @@ fn damage_snapshot(data_dir: &std::path::Path) -> String {
         .expect("list snapshots")
         .expect("a snapshot was taken");
     let (meta, bytes) = snapshot_file::Reader::open(&path)
-        .and_then(snapshot_file::Reader::read_to_end)
+        .and_then(snapshot_file::Reader::read_all)
         .expect("read the snapshot");
     let mut snap = StoreSnapshot::decode(&bytes).expect("decodes");
     let kv = snap

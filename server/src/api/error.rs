@@ -225,7 +225,7 @@ impl From<KvError> for ApiError {
             | KvError::TooManyTxnOps { .. } => ApiError::new(ErrorCode::PayloadTooLarge, message),
             KvError::EmptyKey => ApiError::invalid(message),
             KvError::Compacted { .. } => ApiError::new(ErrorCode::Compacted, message),
-            KvError::SnapshotDecode(_) => ApiError::internal(message),
+            KvError::SnapshotDecode(_) | KvError::SnapshotRead(_) => ApiError::internal(message),
         }
     }
 }

@@ -31,4 +31,7 @@ pub enum KvError {
     /// A snapshot's bytes are not a valid encoded snapshot.
     #[error("snapshot could not be decoded: {0}")]
     SnapshotDecode(#[source] postcard::Error),
+    /// A snapshot could not be read from where it is streamed from.
+    #[error("snapshot could not be read: {0}")]
+    SnapshotRead(String),
 }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod limits;
 pub mod op;
 pub mod snapshot;
+pub mod snapshot_stream;
 pub mod store;
 pub mod watch;
 
@@ -17,6 +18,7 @@ pub use error::KvError;
 pub use limits::Limits;
 pub use op::*;
 pub use snapshot::StoreSnapshot;
+pub use snapshot_stream::{SnapshotAbandoned, SnapshotStart};
 pub use store::{
     DEFAULT_RANGE_LIMIT, KeyValue, OpResult, RangeRequest, RangeResult, Store, StoreConfig,
     TxnResponse,

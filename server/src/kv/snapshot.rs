@@ -67,14 +67,14 @@ impl Serialize for KvsView<'_> {
 
 /// [`KeyValue`]'s shape, borrowed.
 #[derive(Serialize)]
-struct KeyValueView<'a> {
+pub(super) struct KeyValueView<'a> {
     #[serde(with = "crate::kv::bytes")]
-    key: &'a [u8],
+    pub(super) key: &'a [u8],
     #[serde(with = "crate::kv::bytes")]
-    value: &'a [u8],
-    version: u64,
-    create_revision: u64,
-    mod_revision: u64,
+    pub(super) value: &'a [u8],
+    pub(super) version: u64,
+    pub(super) create_revision: u64,
+    pub(super) mod_revision: u64,
 }
 
 impl Store {
@@ -155,6 +155,7 @@ impl Store {
             data_bytes,
             dedup,
             history: History::new(&config, snap.revision + 1),
+            taking: None,
         }
     }
 }

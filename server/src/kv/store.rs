@@ -184,6 +184,8 @@ pub struct Store {
     pub(super) data_bytes: usize,
     pub(super) dedup: DedupTable,
     pub(super) history: History,
+    /// A snapshot in progress (see [`super::snapshot_stream`]).
+    pub(super) taking: Option<super::snapshot_stream::Taking>,
 }
 
 impl Default for Store {
@@ -208,6 +210,7 @@ impl Store {
             data_bytes: 0,
             dedup: DedupTable::new(config.dedup_capacity),
             history: History::new(&config, 1),
+            taking: None,
         }
     }
 
@@ -415,6 +418,7 @@ impl Store {
 
     /// Writes `value` at `revision` and returns the key's new version.
     fn write(&mut self, key: &[u8], value: &[u8], revision: u64) -> u64 {
+        self.note_change(key);
         let kv = match self.kvs.get_mut(key) {
             Some(slot) => {
                 self.digest = self.digest.wrapping_sub(slot.digest(key));
@@ -450,6 +454,7 @@ impl Store {
 
     /// Removes `key` at `revision`; false if it did not exist.
     fn remove(&mut self, key: &[u8], revision: u64) -> bool {
+        self.note_change(key);
         let Some(old) = self.kvs.remove(key) else {
             return false;
         };

@@ -13,27 +13,30 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, oneshot, watch};
 
-use crate::kv::{Event, OpResult, Store, StoreSnapshot};
+use crate::kv::{Event, OpResult, Store, StoreConfig};
 use crate::paxos::{
     Command, ConfChange, Envelope, Index, Membership, NodeId, ProposeError, ReadError, Replica,
     RequestId, SnapshotMeta, Status, Value,
 };
+use crate::storage::snapshot_file::{self, Sealed};
 use crate::storage::{DiskStore, LogStore};
 use crate::telemetry::Metrics;
 
 use super::transport::Outbox;
-use super::wire;
 
 /// How often the engine's timers are advanced.
 const TICK: Duration = Duration::from_millis(10);
 /// Inputs handled per loop turn before persisting (bounds latency of a turn).
 const MAX_INPUTS_PER_TURN: usize = 4096;
+/// Keys a compaction encodes per hold of the state machine's lock: bounds
+/// how long an apply can wait behind it.
+const SNAPSHOT_KEYS_PER_PIECE: usize = 1024;
 
 /// Work for the driver thread.
 #[derive(Debug)]
@@ -56,10 +59,22 @@ pub enum Input {
     },
     /// This replica's state is known to be wrong: never run for master.
     ForbidCandidacy,
+    /// A snapshot received from a peer, checked, and decoded into `store`.
     InstallSnapshot {
         meta: SnapshotMeta,
-        data: axum::body::Bytes,
+        store: Box<Store>,
+        file: Sealed,
         reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// The background compaction published a snapshot at `meta`.
+    Compacted {
+        meta: SnapshotMeta,
+        bytes: u64,
+        took: Duration,
+    },
+    /// The background compaction ended without a snapshot.
+    CompactionFailed {
+        error: String,
     },
     Shutdown,
 }
@@ -113,6 +128,10 @@ pub struct Driver {
     pub disk: DiskStore,
     pub store: Arc<RwLock<Store>>,
     pub inputs: Receiver<Input>,
+    /// For work done off this thread to report back.
+    pub inputs_tx: SyncSender<Input>,
+    /// A compaction is running in the background.
+    pub compacting: bool,
     pub outbox: Outbox,
     pub events: broadcast::Sender<Event>,
     pub published: watch::Sender<Published>,
@@ -236,8 +255,18 @@ impl Driver {
             Input::Change { change, reply } => {
                 let _ = reply.send(self.replica.propose_change(now, change));
             }
-            Input::InstallSnapshot { meta, data, reply } => {
-                let _ = reply.send(self.install_snapshot(meta, data));
+            Input::InstallSnapshot {
+                meta,
+                store,
+                file,
+                reply,
+            } => {
+                let _ = reply.send(self.install_snapshot(meta, store, file));
+            }
+            Input::Compacted { meta, bytes, took } => self.compacted(meta, bytes, took),
+            Input::CompactionFailed { error } => {
+                self.compacting = false;
+                tracing::warn!(%error, "compaction did not finish; will retry");
             }
             Input::HandOff { reply } => {
                 let me = self.replica.id();
@@ -384,35 +413,38 @@ impl Driver {
         }
     }
 
-    /// A snapshot as a peer body: header, then the state machine bytes from
-    /// the returned offset on, encoded in place (one copy of the image).
-    fn snapshot(&self) -> Option<(SnapshotMeta, Vec<u8>, usize)> {
-        let store = self.store.read().ok()?;
-        let index = store.applied_index();
-        let meta = SnapshotMeta {
-            index,
-            membership: self.replica.membership_at(index),
-        };
-        let header = wire::snapshot_header(&meta);
-        let start = header.len();
-        Some((meta, store.encode_snapshot_into(header), start))
-    }
-
+    /// Sends the newest snapshot file to `peer`. It is the one the log was
+    /// compacted to (a compaction counts only once its file is published),
+    /// so it covers everything the peer lacks that is no longer in the log.
     fn send_snapshot(&mut self, peer: NodeId) {
-        let Some((meta, body, start)) = self.snapshot() else {
-            return;
+        let path = match self.disk.latest_snapshot() {
+            Ok(Some(path)) => path,
+            Ok(None) => {
+                tracing::warn!(peer = format!("{peer:x}"), "no snapshot to send yet");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find the snapshot to send");
+                return;
+            }
         };
         self.metrics.inc_snapshots("sent");
-        tracing::info!(
-            peer = format!("{peer:x}"),
-            index = meta.index,
-            bytes = body.len() - start,
-            "sending snapshot"
-        );
-        self.outbox.send_snapshot(peer, body);
+        tracing::info!(peer = format!("{peer:x}"), file = %path.display(), "sending snapshot");
+        self.outbox.send_snapshot(peer, path);
     }
 
+    /// Starts a compaction in the background once enough was applied since
+    /// the last one.
+    ///
+    /// The snapshot is of the state machine as it is now, taken in pieces
+    /// while writes go on (see [`crate::kv::snapshot_stream`]): the lock is
+    /// held for one piece at a time, and the file is written and synced off
+    /// this thread. The log is compacted only once the file is published
+    /// ([`Input::Compacted`]).
     fn maybe_compact(&mut self) {
+        if self.compacting {
+            return;
+        }
         let applied = match self.store.read() {
             Ok(s) => s.applied_index(),
             Err(_) => return,
@@ -421,18 +453,75 @@ impl Driver {
         if applied < first + self.compact_after {
             return;
         }
-        let Some((meta, body, start)) = self.snapshot() else {
+        let Ok(mut store) = self.store.write() else {
             return;
         };
-        let data = &body[start..];
+        let start = store.begin_snapshot();
+        drop(store);
+        let meta = SnapshotMeta {
+            index: start.applied_index,
+            membership: self.replica.membership_at(start.applied_index),
+        };
+        let mut writer = match snapshot_file::Writer::create(&self.disk.snapshot_dir(), &meta) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a snapshot; will retry");
+                return;
+            }
+        };
+        let store = self.store.clone();
+        let report = self.inputs_tx.clone();
         let started = Instant::now();
-        match self.disk.compact(&meta, data) {
+        let spawned = std::thread::Builder::new()
+            .name("phxkv-snapshot".into())
+            .spawn(move || {
+                let result = (|| {
+                    writer.write(&start.head).map_err(|e| e.to_string())?;
+                    let mut piece = Vec::new();
+                    loop {
+                        piece.clear();
+                        let done = store
+                            .write()
+                            .map_err(|_| "state machine lock poisoned".to_string())?
+                            .snapshot_chunk(start.id, SNAPSHOT_KEYS_PER_PIECE, &mut piece)
+                            .map_err(|e| e.to_string())?;
+                        writer.write(&piece).map_err(|e| e.to_string())?;
+                        if done {
+                            break;
+                        }
+                    }
+                    let bytes = writer.written();
+                    writer
+                        .seal()
+                        .and_then(Sealed::publish)
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>(bytes)
+                })();
+                let input = match result {
+                    Ok(bytes) => Input::Compacted {
+                        meta,
+                        bytes,
+                        took: started.elapsed(),
+                    },
+                    Err(error) => Input::CompactionFailed { error },
+                };
+                let _ = report.send(input);
+            });
+        match spawned {
+            Ok(_) => self.compacting = true,
+            Err(e) => tracing::warn!(error = %e, "cannot start the snapshot thread"),
+        }
+    }
+
+    fn compacted(&mut self, meta: SnapshotMeta, bytes: u64, took: Duration) {
+        self.compacting = false;
+        match self.disk.snapshot_stored(&meta) {
             Ok(()) => {
                 self.metrics.inc_snapshots("taken");
                 tracing::info!(
                     index = meta.index,
-                    bytes = data.len(),
-                    ms = started.elapsed().as_millis() as u64,
+                    bytes,
+                    ms = took.as_millis() as u64,
                     "log compacted into a snapshot"
                 );
                 self.replica.compacted(meta);
@@ -444,26 +533,30 @@ impl Driver {
     fn install_snapshot(
         &mut self,
         meta: SnapshotMeta,
-        data: axum::body::Bytes,
+        store: Box<Store>,
+        file: Sealed,
     ) -> Result<(), String> {
         let applied = self.store.read().map(|s| s.applied_index()).unwrap_or(0);
         if meta.index <= applied {
+            // Nothing new in it; dropping the file deletes it.
             return Ok(());
         }
-        let snap = StoreSnapshot::decode(&data).map_err(|e| format!("bad snapshot: {e}"))?;
-        if snap.applied_index != meta.index {
+        if store.applied_index() != meta.index {
             return Err(format!(
                 "snapshot claims index {} but holds state at {}",
-                meta.index, snap.applied_index
+                meta.index,
+                store.applied_index()
             ));
         }
+        file.publish().map_err(|e| e.to_string())?;
         self.disk
-            .install_snapshot(&meta, &data)
+            .snapshot_stored(&meta)
             .map_err(|e| e.to_string())?;
-        if let Ok(mut store) = self.store.write() {
-            *store = Store::restore(snap);
+        if let Ok(mut current) = self.store.write() {
+            // Also abandons a compaction in progress: it was of the old state.
+            *current = *store;
         }
-        tracing::info!(index = meta.index, bytes = data.len(), "installed snapshot");
+        tracing::info!(index = meta.index, "installed snapshot");
         self.metrics.inc_snapshots("installed");
         self.replica.snapshot_installed(meta);
         let m = self.replica.membership().clone();
@@ -503,11 +596,11 @@ impl Driver {
     }
 }
 
-/// Loads a snapshot's state machine bytes, or starts empty.
-pub fn restore_store(data: Option<Vec<u8>>) -> Result<Store, String> {
-    match data {
-        Some(bytes) => StoreSnapshot::decode(&bytes)
-            .map(Store::restore)
+/// Loads the state machine from a snapshot file read a piece at a time, or
+/// starts empty.
+pub fn restore_store(snapshot: Option<snapshot_file::Reader>) -> Result<Store, String> {
+    match snapshot {
+        Some(reader) => Store::restore_from_reader(reader, StoreConfig::default())
             .map_err(|e| format!("the stored snapshot cannot be read: {e}")),
         None => Ok(Store::new()),
     }

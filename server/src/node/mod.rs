@@ -32,7 +32,7 @@ use crate::paxos::{
     Command, ConfChange, EngineConfig, Index, Membership, NodeId, ProposeError, ReadError, Replica,
     RequestId, Role, Status,
 };
-use crate::storage::{DiskStore, Identity, LogStore};
+use crate::storage::{DiskStore, Identity};
 use crate::telemetry::Metrics;
 
 use driver::{Driver, Input, Published, ReadLease};
@@ -371,8 +371,8 @@ impl Node {
                 *b = Some(initial.clone());
             }
         }
-        let (recovered, data) = disk.recover()?;
-        let restored = driver::restore_store(data).map_err(StartError::State)?;
+        let (recovered, snapshot) = disk.recover_streaming()?;
+        let restored = driver::restore_store(snapshot).map_err(StartError::State)?;
         let (applied0, revision0) = (restored.applied_index(), restored.revision());
         if let Ok(mut store) = self.inner.store.write() {
             *store = restored;
@@ -394,6 +394,8 @@ impl Node {
             disk,
             store: self.inner.store.clone(),
             inputs,
+            inputs_tx: self.inner.inputs.clone(),
+            compacting: false,
             outbox: self.inner.outbox.clone(),
             events: self.inner.events.clone(),
             published,
@@ -969,14 +971,21 @@ impl Node {
         }
     }
 
-    /// Installs a snapshot received from a peer.
+    /// Installs a snapshot received from a peer: its state machine, decoded
+    /// from its file, which becomes this node's snapshot.
     pub async fn install_snapshot(
         &self,
         meta: crate::paxos::SnapshotMeta,
-        data: axum::body::Bytes,
+        store: Store,
+        file: crate::storage::snapshot_file::Sealed,
     ) -> Result<(), ServiceError> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Input::InstallSnapshot { meta, data, reply })?;
+        self.submit(Input::InstallSnapshot {
+            meta,
+            store: Box::new(store),
+            file,
+            reply,
+        })?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServiceError::Invalid(e)),

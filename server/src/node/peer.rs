@@ -9,7 +9,6 @@
 //! OpenAPI document ([`openapi`], committed as `openapi/phxkv-peer.json`).
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -177,7 +176,9 @@ async fn hello(State(node): State<Node>) -> Response {
 
 /// A state machine snapshot for this node to install. The body is a 4-byte
 /// big-endian length `n`, `n` bytes of JSON `SnapshotMeta`, then the state
-/// machine image (the store in the compact encoding).
+/// machine image (the store in the compact encoding), usually streamed
+/// (chunked): it is written to a file as it arrives, checked, and decoded
+/// from the file, so it is never held in memory whole.
 #[utoipa::path(
     post,
     path = "/peer/v1/snapshot",
@@ -194,7 +195,7 @@ async fn hello(State(node): State<Node>) -> Response {
 async fn snapshot(
     State(node): State<Node>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     // A snapshot is for one incarnation: a node back with a new volume
     // must not take one meant for the member it replaced.
@@ -210,13 +211,103 @@ async fn snapshot(
             &format!("this snapshot is for incarnation {to}, not this node's"),
         );
     }
-    let (meta, start) = match wire::decode_snapshot(&body) {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, PeerErrorCode::BadSnapshot, &e),
-    };
-    match node.install_snapshot(meta, body.slice(start..)).await {
+    match receive_snapshot(&node, body).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => service_error(e),
+        Err(SnapshotError::Bad(e)) => {
+            error(StatusCode::BAD_REQUEST, PeerErrorCode::BadSnapshot, &e)
+        }
+        Err(SnapshotError::Service(e)) => service_error(e),
+    }
+}
+
+enum SnapshotError {
+    Bad(String),
+    Service(ServiceError),
+}
+
+/// Bytes gathered before each write of a received snapshot to its file.
+const SNAPSHOT_WRITE_BYTES: usize = 1 << 20;
+/// A snapshot's header (its meta, a configuration) is small.
+const MAX_SNAPSHOT_HEADER: usize = 16 << 20;
+
+/// Streams a snapshot body into a file in the snapshot directory, decodes
+/// the store from the file (which checks it), and hands both to the engine.
+async fn receive_snapshot(node: &Node, body: axum::body::Body) -> Result<(), SnapshotError> {
+    use crate::storage::snapshot_file::{self, Reader, Writer};
+    use futures_util::StreamExt;
+
+    let internal = |e: String| SnapshotError::Service(ServiceError::Internal(e));
+    let bad = |e: String| SnapshotError::Bad(e);
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let (meta, start) = loop {
+        if buf.len() >= 4 {
+            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if len > MAX_SNAPSHOT_HEADER {
+                return Err(bad("the snapshot's metadata is implausibly large".into()));
+            }
+            if buf.len() >= 4 + len {
+                break wire::decode_snapshot(&buf).map_err(bad)?;
+            }
+        }
+        match stream.next().await {
+            Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+            Some(Err(e)) => return Err(bad(format!("the snapshot did not arrive whole: {e}"))),
+            None => return Err(bad("the snapshot body ends inside its header".into())),
+        }
+    };
+    buf.drain(..start);
+    let dir = snapshot_file::dir_of(&node.inner.cfg.data_dir);
+    let file_meta = meta.clone();
+    let mut writer = blocking(move || Writer::create(&dir, &file_meta))
+        .await
+        .map_err(internal)?;
+    loop {
+        let next = if buf.len() < SNAPSHOT_WRITE_BYTES {
+            stream.next().await
+        } else {
+            None
+        };
+        let end = match next {
+            Some(Ok(chunk)) => {
+                buf.extend_from_slice(&chunk);
+                false
+            }
+            Some(Err(e)) => return Err(bad(format!("the snapshot did not arrive whole: {e}"))),
+            None => buf.len() < SNAPSHOT_WRITE_BYTES,
+        };
+        if buf.len() >= SNAPSHOT_WRITE_BYTES || end {
+            let piece = std::mem::take(&mut buf);
+            writer = blocking(move || writer.write(&piece).map(|()| writer))
+                .await
+                .map_err(internal)?;
+        }
+        if end {
+            break;
+        }
+    }
+    let sealed = blocking(move || writer.seal()).await.map_err(internal)?;
+    let path = sealed.path().to_path_buf();
+    let store = tokio::task::spawn_blocking(move || {
+        let reader = Reader::open(&path).map_err(|e| e.to_string())?;
+        crate::kv::Store::restore_from_reader(reader, crate::kv::StoreConfig::default())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?
+    .map_err(|e| bad(format!("the snapshot's data is not a store: {e}")))?;
+    node.install_snapshot(meta, store, sealed)
+        .await
+        .map_err(SnapshotError::Service)
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::storage::StorageError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -151,15 +151,21 @@ impl Outbox {
         self.inner.observe(peer, headers);
     }
 
-    /// Sends a snapshot in the background (one at a time per call site is
-    /// enough: the engine asks again if it does not arrive).
-    /// `body` is a whole snapshot body ([`wire::snapshot_header`] and the
-    /// state machine bytes).
-    pub fn send_snapshot(&self, peer: NodeId, body: Vec<u8>) {
+    /// Sends the snapshot in the file at `path` in the background, read
+    /// and sent a piece at a time (one at a time per call site is enough:
+    /// the engine asks again if it does not arrive).
+    pub fn send_snapshot(&self, peer: NodeId, path: std::path::PathBuf) {
         let inner = self.inner.clone();
         self.inner.runtime.spawn(async move {
             let Some(url) = inner.url_of(peer) else {
                 return;
+            };
+            let body = match snapshot_body(path).await {
+                Ok(body) => body,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the snapshot to send");
+                    return;
+                }
             };
             let to = crate::cluster::bootstrap::format_id(peer);
             let res = inner
@@ -178,6 +184,47 @@ impl Outbox {
             }
         });
     }
+}
+
+/// Pieces of a snapshot body read ahead of the connection; a slow peer
+/// stops the reading instead of letting it pile up in memory.
+const SNAPSHOT_PIECES_AHEAD: usize = 4;
+const SNAPSHOT_PIECE: usize = 256 << 10;
+
+/// A streaming peer body for the snapshot file at `path`: the header
+/// ([`wire::snapshot_header`]), then the data as it is read. A file that
+/// fails its checksum ends the stream with an error, so the peer never
+/// installs it.
+async fn snapshot_body(path: std::path::PathBuf) -> Result<reqwest::Body, String> {
+    use crate::storage::snapshot_file::Reader;
+    let reader = tokio::task::spawn_blocking(move || Reader::open(&path))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let header = super::wire::snapshot_header(reader.meta());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(
+        SNAPSHOT_PIECES_AHEAD,
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut reader = reader;
+        if tx.blocking_send(Ok(header.into())).is_err() {
+            return;
+        }
+        loop {
+            let piece = match reader.next_chunk(SNAPSHOT_PIECE) {
+                Ok(Some(p)) => Ok(p.into()),
+                Ok(None) => return,
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let failed = piece.is_err();
+            if tx.blocking_send(piece).is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(reqwest::Body::wrap_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ))
 }
 
 /// The peer URL of `id` in the current configuration.

@@ -153,6 +153,20 @@ struct Node {
     crash_point: Option<CrashPoint>,
     /// Last index applied to `store`, to check that applies are contiguous.
     applied: Index,
+    /// A compaction in progress, taken in pieces while applies go on, as
+    /// a real node does.
+    taking: Option<Taking>,
+}
+
+/// A snapshot being taken in pieces: its id in the store, what it covers,
+/// the bytes so far, and the bytes a one-shot snapshot gave at its start
+/// (which the pieces must add up to).
+#[derive(Debug)]
+struct Taking {
+    id: u64,
+    meta: SnapshotMeta,
+    bytes: Vec<u8>,
+    expected: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -294,6 +308,7 @@ impl World {
                 reads: Vec::new(),
                 crash_point: None,
                 applied: 0,
+                taking: None,
             })
             .collect();
         let clients = (0..opts.clients)
@@ -489,6 +504,7 @@ impl World {
         node.waiters.clear();
         node.reads.clear();
         node.crash_point = None;
+        node.taking = None;
         if self.opts.disk_root.is_some() {
             // Close the database: only what it made durable comes back.
             node.disk = Box::new(MemStore::new());
@@ -679,26 +695,72 @@ impl World {
         )
     }
 
+    /// Begins a compaction once enough was applied, and advances the one
+    /// in progress by a few keys; when its last piece is taken the log is
+    /// compacted to it.
     fn maybe_compact(&mut self, i: usize) {
-        let Some(r) = self.nodes[i].replica.as_ref() else {
+        if self.nodes[i].taking.is_none() {
+            let Some(r) = self.nodes[i].replica.as_ref() else {
+                return;
+            };
+            let st = r.status(Duration::ZERO);
+            let applied = self.nodes[i].store.applied_index();
+            if applied < st.first_index + self.opts.compact_after {
+                return;
+            }
+            let (meta, expected) = self.snapshot_of(i);
+            let start = self.nodes[i].store.begin_snapshot();
+            self.nodes[i].taking = Some(Taking {
+                id: start.id,
+                meta,
+                bytes: start.head,
+                expected,
+            });
+        }
+        let keys = self.rng.random_range(1..8);
+        let node = &mut self.nodes[i];
+        let Some(t) = node.taking.as_mut() else {
             return;
         };
-        let st = r.status(Duration::ZERO);
-        let applied = self.nodes[i].store.applied_index();
-        if applied < st.first_index + self.opts.compact_after {
-            return;
+        match node.store.snapshot_chunk(t.id, keys, &mut t.bytes) {
+            Err(_) => {
+                // A snapshot was installed over the state being taken.
+                node.taking = None;
+                return;
+            }
+            Ok(false) => return,
+            Ok(true) => {}
         }
-        let (meta, data) = self.snapshot_of(i);
-        if let Err(e) = self.nodes[i].disk.compact(&meta, &data) {
+        let Some(t) = node.taking.take() else { return };
+        if t.bytes != t.expected {
+            let name = node.name.clone();
+            return self.fail(format!(
+                "{name}: the snapshot taken in pieces at {} differs from the state at its start",
+                t.meta.index
+            ));
+        }
+        if let Err(e) = node.disk.compact(&t.meta, &t.bytes) {
             return self.fail(format!("compact failed: {e}"));
         }
-        if let Some(r) = self.nodes[i].replica.as_mut() {
-            r.compacted(meta);
+        if let Some(r) = node.replica.as_mut() {
+            r.compacted(t.meta);
         }
     }
 
+    /// Sends the stored snapshot, the one the log was compacted to, as a
+    /// node does.
     fn send_snapshot(&mut self, i: usize, peer: NodeId) {
-        let (meta, data) = self.snapshot_of(i);
+        let (meta, data) = match self.nodes[i].disk.recover() {
+            Ok((
+                crate::paxos::Recovered {
+                    snapshot: Some(meta),
+                    ..
+                },
+                Some(data),
+            )) => (meta, data),
+            Ok(_) => return self.fail("asked to send a snapshot before any was stored".into()),
+            Err(e) => return self.fail(format!("cannot read the stored snapshot: {e}")),
+        };
         let name = self.nodes[i].name.clone();
         self.note(format!("{name} sends snapshot at {} to {peer}", meta.index));
         if self.link_down(self.nodes[i].id, peer) {

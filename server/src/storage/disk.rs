@@ -231,6 +231,58 @@ impl DiskStore {
         &self.dir
     }
 
+    /// Where snapshot files are written; a snapshot written there (see
+    /// [`snapshot_file::Writer`]) counts once it is published and
+    /// [`DiskStore::snapshot_stored`] is told.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        snapshot_file::dir_of(&self.dir)
+    }
+
+    /// The newest snapshot file, if any.
+    pub fn latest_snapshot(&self) -> Result<Option<PathBuf>, StorageError> {
+        Ok(snapshot_file::latest(&self.snapshot_dir())?.map(|(_, path)| path))
+    }
+
+    /// A snapshot file for `meta` was published in [`Self::snapshot_dir`]:
+    /// the log slots it covers are no longer needed. An older snapshot than
+    /// the one already held changes nothing.
+    pub fn snapshot_stored(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        if meta.index < self.floor {
+            return Ok(());
+        }
+        self.floor = meta.index;
+        self.commit = self.commit.max(meta.index);
+        self.stored_commit = self.stored_commit.max(meta.index);
+        self.fresh = false;
+        let state = self.summary();
+        self.wal.release_through(self.floor, &state)
+    }
+
+    /// Like [`LogStore::recover`], but the snapshot's data is left in its
+    /// file, to be read a piece at a time.
+    pub fn recover_streaming(&self) -> Result<(Recovered, Option<Reader>), StorageError> {
+        let reader = match self.latest_snapshot()? {
+            Some(path) => Some(Reader::open(&path)?),
+            None => None,
+        };
+        let snapshot = reader.as_ref().map(|r| r.meta().clone());
+        let floor = snapshot.as_ref().map_or(0, |s| s.index);
+        let mut recovered = Recovered {
+            snapshot,
+            commit: floor,
+            ..Recovered::default()
+        };
+        self.wal.replay(|record| match record {
+            Persist::Promise(b) => recovered.promised = recovered.promised.max(b),
+            Persist::Entry(i, e) if i > floor => {
+                recovered.entries.insert(i, e);
+            }
+            Persist::Entry(..) => {}
+            Persist::Commit(c) => recovered.commit = recovered.commit.max(c),
+        })?;
+        Ok((recovered, reader))
+    }
+
     fn summary(&self) -> Summary {
         Summary {
             promised: self.promised,
@@ -391,27 +443,11 @@ impl LogStore for DiskStore {
     }
 
     fn recover(&self) -> Result<(Recovered, Option<Vec<u8>>), StorageError> {
-        let (snapshot, data) = match snapshot_file::latest(&snapshot_file::dir_of(&self.dir))? {
-            Some((_, path)) => {
-                let (meta, data) = Reader::open(&path)?.read_to_end()?;
-                (Some(meta), Some(data))
-            }
-            None => (None, None),
+        let (recovered, reader) = self.recover_streaming()?;
+        let data = match reader {
+            Some(r) => Some(r.read_all()?.1),
+            None => None,
         };
-        let floor = snapshot.as_ref().map_or(0, |s| s.index);
-        let mut recovered = Recovered {
-            snapshot,
-            commit: floor,
-            ..Recovered::default()
-        };
-        self.wal.replay(|record| match record {
-            Persist::Promise(b) => recovered.promised = recovered.promised.max(b),
-            Persist::Entry(i, e) if i > floor => {
-                recovered.entries.insert(i, e);
-            }
-            Persist::Entry(..) => {}
-            Persist::Commit(c) => recovered.commit = recovered.commit.max(c),
-        })?;
         Ok((recovered, data))
     }
 
@@ -421,13 +457,8 @@ impl LogStore for DiskStore {
         }
         // The snapshot is durable before any segment it covers is deleted,
         // so a crash in between leaves both, and recovery skips the entries.
-        snapshot_file::write(&snapshot_file::dir_of(&self.dir), new, data)?;
-        self.floor = new.index;
-        self.commit = self.commit.max(new.index);
-        self.stored_commit = self.stored_commit.max(new.index);
-        self.fresh = false;
-        let state = self.summary();
-        self.wal.release_through(self.floor, &state)
+        snapshot_file::write(&self.snapshot_dir(), new, data)?;
+        self.snapshot_stored(new)
     }
 }
 

@@ -2,14 +2,17 @@
 //! reflects, one file per snapshot, checksummed end to end.
 //!
 //! ```text
-//! file := MAGIC meta_len:u32le meta[meta_len] data_len:u64le data[data_len] checksum:u64le
+//! file := MAGIC meta_len:u32le meta[meta_len] data checksum:u64le
 //! checksum = xxh3_64 of every byte before it
 //! ```
 //!
-//! A snapshot is written under a temporary name, synced, renamed into place
-//! and the directory synced, so a crash leaves either the old snapshot or the
-//! new one, never half of one. Files are named by their index, so the newest
-//! is found without opening any.
+//! The data runs to the checksum, so a snapshot can be written as it is
+//! produced, without knowing its length first. It is written under a
+//! temporary name, synced, renamed into place and the directory synced, so a
+//! crash leaves either the old snapshot or the new one, never half of one.
+//! Files are named by their index, so the newest is found without opening
+//! any; a newer file is never deleted to make room for an older one (a
+//! snapshot taken here and one received from the master may race).
 //!
 //! Reading and writing go through bounded buffers: a snapshot is never
 //! required to be in memory as one piece to be stored or checked.
@@ -28,6 +31,8 @@ const MAGIC: &[u8; 8] = b"PHXSNAP\x01";
 const DIR: &str = "snapshots";
 const SUFFIX: &str = ".snap";
 const TMP_SUFFIX: &str = ".snap.tmp";
+/// Tells apart the temporary files of snapshots written at the same time.
+static TMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Buffer size for reading and writing snapshot files.
 const CHUNK: usize = 256 << 10;
 /// A snapshot's meta is a configuration: small. Anything larger is damage.
@@ -66,38 +71,52 @@ fn list(dir: &Path) -> Result<Vec<(Index, PathBuf)>, StorageError> {
 /// Writes a snapshot durably as the newest file in `dir`, then deletes the
 /// older ones (and any temporary file a crash left behind).
 pub fn write(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<PathBuf, StorageError> {
-    let mut w = Writer::create(dir, meta, data.len() as u64)?;
+    let mut w = Writer::create(dir, meta)?;
     for chunk in data.chunks(CHUNK) {
         w.write(chunk)?;
     }
-    w.finish()
+    w.seal()?.publish()
 }
 
 /// A snapshot file being written piece by piece; nothing is visible under
-/// the final name until [`Writer::finish`] succeeds.
+/// the final name until it is sealed and published. Dropped before that,
+/// it leaves nothing behind.
 pub struct Writer {
     dir: PathBuf,
     tmp: PathBuf,
     index: Index,
-    out: BufWriter<File>,
+    out: Option<BufWriter<File>>,
     hasher: Xxh3,
-    remaining: u64,
+    written: u64,
 }
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Writer")
             .field("tmp", &self.tmp)
-            .field("remaining", &self.remaining)
+            .field("written", &self.written)
             .finish_non_exhaustive()
     }
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 impl Writer {
-    /// Starts a snapshot file for `meta` whose data will be `len` bytes.
-    pub fn create(dir: &Path, meta: &SnapshotMeta, len: u64) -> Result<Writer, StorageError> {
+    /// Starts a snapshot file for `meta` in `dir`.
+    pub fn create(dir: &Path, meta: &SnapshotMeta) -> Result<Writer, StorageError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let tmp = dir.join(format!("{:020}{TMP_SUFFIX}", meta.index));
+        let seq = TMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(
+            "{:020}.{}-{seq}{TMP_SUFFIX}",
+            meta.index,
+            std::process::id()
+        ));
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -114,68 +133,110 @@ impl Writer {
             dir: dir.to_path_buf(),
             tmp,
             index: meta.index,
-            out: BufWriter::with_capacity(CHUNK, file),
+            out: Some(BufWriter::with_capacity(CHUNK, file)),
             hasher: Xxh3::new(),
-            remaining: len,
+            written: 0,
         };
         w.put(MAGIC)?;
         w.put(&meta_len.to_le_bytes())?;
         w.put(&meta_bytes)?;
-        w.put(&len.to_le_bytes())?;
         Ok(w)
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         self.hasher.update(bytes);
-        self.out.write_all(bytes).map_err(io(&self.tmp))
+        match self.out.as_mut() {
+            Some(out) => out.write_all(bytes).map_err(io(&self.tmp)),
+            None => Err(StorageError::Corrupt(
+                "snapshot writer already sealed".into(),
+            )),
+        }
     }
 
     /// Appends the next piece of the state machine data.
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
-        let n = chunk.len() as u64;
-        if n > self.remaining {
-            return Err(StorageError::Corrupt(format!(
-                "snapshot data is longer than the {} bytes announced",
-                self.remaining
-            )));
-        }
-        self.remaining -= n;
+        self.written += chunk.len() as u64;
         self.put(chunk)
     }
 
-    /// Seals the file and makes it the newest snapshot, durably.
-    pub fn finish(mut self) -> Result<PathBuf, StorageError> {
-        if self.remaining != 0 {
-            return Err(StorageError::Corrupt(format!(
-                "snapshot data ended {} bytes short of its announced length",
-                self.remaining
-            )));
-        }
+    /// Data bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Writes the checksum and syncs the file, still under its temporary
+    /// name: it can be read back (and checked) before it is published.
+    pub fn seal(mut self) -> Result<Sealed, StorageError> {
         let sum = self.hasher.digest();
-        self.out
-            .write_all(&sum.to_le_bytes())
-            .map_err(io(&self.tmp))?;
-        let file = self
+        let mut out = self
             .out
-            .into_inner()
-            .map_err(|e| io(&self.tmp)(e.into_error()))?;
-        file.sync_all().map_err(io(&self.tmp))?;
-        drop(file);
+            .take()
+            .ok_or_else(|| StorageError::Corrupt("snapshot writer already sealed".into()))?;
+        let tmp = std::mem::take(&mut self.tmp);
+        let sealed = (|| {
+            out.write_all(&sum.to_le_bytes()).map_err(io(&tmp))?;
+            let file = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+            file.sync_all().map_err(io(&tmp))
+        })();
+        if let Err(e) = sealed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(Sealed {
+            dir: std::mem::take(&mut self.dir),
+            tmp,
+            index: self.index,
+            published: false,
+        })
+    }
+}
+
+/// A complete, synced snapshot file not yet under its final name. Dropped
+/// unpublished, it is deleted.
+#[derive(Debug)]
+pub struct Sealed {
+    dir: PathBuf,
+    tmp: PathBuf,
+    index: Index,
+    published: bool,
+}
+
+impl Sealed {
+    /// The file as it is now, for reading it back before publishing.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// The index of the snapshot in it.
+    pub fn index(&self) -> Index {
+        self.index
+    }
+
+    /// Makes the file the snapshot at its index, durably, and deletes older
+    /// snapshot files. Returns its final path.
+    pub fn publish(mut self) -> Result<PathBuf, StorageError> {
         let path = self.dir.join(format!("{:020}{SUFFIX}", self.index));
         std::fs::rename(&self.tmp, &path).map_err(io(&path))?;
+        self.published = true;
         sync_dir(&self.dir)?;
-        remove_all_but(&self.dir, &path)?;
+        remove_older(&self.dir, self.index)?;
         Ok(path)
     }
 }
 
-/// Deletes every snapshot and temporary file in `dir` except `keep`.
-fn remove_all_but(dir: &Path, keep: &Path) -> Result<(), StorageError> {
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Deletes the snapshot files in `dir` older than `index`.
+fn remove_older(dir: &Path, index: Index) -> Result<(), StorageError> {
     let mut removed = false;
-    for item in std::fs::read_dir(dir).map_err(io(dir))? {
-        let path = item.map_err(io(dir))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if path != keep && (name.ends_with(SUFFIX) || name.ends_with(TMP_SUFFIX)) {
+    for (i, path) in list(dir)? {
+        if i < index {
             std::fs::remove_file(&path).map_err(io(&path))?;
             removed = true;
         }
@@ -186,11 +247,25 @@ fn remove_all_but(dir: &Path, keep: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Removes what a crash in the middle of writing a snapshot left behind.
+/// Removes what a crash left behind: temporary files, and snapshot files
+/// older than the newest. Only for a directory no one is writing to.
 pub(super) fn tidy(dir: &Path) -> Result<(), StorageError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mut removed = false;
+    for item in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = item.map_err(io(dir))?.path();
+        if path.to_str().is_some_and(|n| n.ends_with(TMP_SUFFIX)) {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
     match latest(dir)? {
-        Some((_, keep)) => remove_all_but(dir, &keep),
-        None if dir.exists() => remove_all_but(dir, &dir.join("-")),
+        Some((index, _)) => remove_older(dir, index),
         None => Ok(()),
     }
 }
@@ -202,7 +277,10 @@ pub struct Reader {
     input: BufReader<File>,
     hasher: Xxh3,
     meta: SnapshotMeta,
+    /// Data bytes not read yet.
     remaining: u64,
+    /// The checksum was read and matched.
+    verified: bool,
 }
 
 impl std::fmt::Debug for Reader {
@@ -218,6 +296,7 @@ impl Reader {
     /// Opens `path` and reads its header.
     pub fn open(path: &Path) -> Result<Reader, StorageError> {
         let file = File::open(path).map_err(io(path))?;
+        let file_len = file.metadata().map_err(io(path))?.len();
         let mut r = Reader {
             path: path.to_path_buf(),
             input: BufReader::with_capacity(CHUNK, file),
@@ -227,25 +306,27 @@ impl Reader {
                 membership: Default::default(),
             },
             remaining: 0,
+            verified: false,
         };
         let mut magic = [0; 8];
-        r.take(&mut magic)?;
+        r.fill_exact(&mut magic)?;
         if &magic != MAGIC {
             return Err(r.corrupt("not a snapshot file (wrong header)"));
         }
         let mut len4 = [0; 4];
-        r.take(&mut len4)?;
+        r.fill_exact(&mut len4)?;
         let meta_len = u32::from_le_bytes(len4);
         if meta_len > MAX_META {
             return Err(r.corrupt("its meta is implausibly large"));
         }
         let mut meta = vec![0; meta_len as usize];
-        r.take(&mut meta)?;
+        r.fill_exact(&mut meta)?;
         r.meta = postcard::from_bytes(&meta)
             .map_err(|e| r.corrupt(&format!("its meta does not decode: {e}")))?;
-        let mut len8 = [0; 8];
-        r.take(&mut len8)?;
-        r.remaining = u64::from_le_bytes(len8);
+        let header = (MAGIC.len() + 4) as u64 + u64::from(meta_len);
+        r.remaining = file_len
+            .checked_sub(header + 8)
+            .ok_or_else(|| r.corrupt("is cut short"))?;
         Ok(r)
     }
 
@@ -263,7 +344,7 @@ impl Reader {
         StorageError::Corrupt(format!("snapshot file {} {what}", self.path.display()))
     }
 
-    fn take(&mut self, buf: &mut [u8]) -> Result<(), StorageError> {
+    fn fill_exact(&mut self, buf: &mut [u8]) -> Result<(), StorageError> {
         match self.input.read_exact(buf) {
             Ok(()) => {
                 self.hasher.update(buf);
@@ -297,18 +378,46 @@ impl Reader {
             .unwrap_or(usize::MAX)
             .min(max);
         let mut chunk = vec![0; n];
-        self.take(&mut chunk)?;
+        self.fill_exact(&mut chunk)?;
         self.remaining -= n as u64;
         Ok(Some(chunk))
     }
 
     /// Reads all of the data, checksum verified.
-    pub fn read_to_end(mut self) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+    pub fn read_all(mut self) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
         let mut data = Vec::with_capacity(usize::try_from(self.remaining).unwrap_or(0));
         while let Some(chunk) = self.next_chunk(CHUNK)? {
             data.extend_from_slice(&chunk);
         }
         Ok((self.meta, data))
+    }
+}
+
+/// The data as a byte stream; the end of the stream is reported only once
+/// the checksum matched (a mismatch is an `InvalidData` error instead).
+impl Read for Reader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.remaining == 0 {
+            if !self.verified {
+                self.next_chunk(0)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                self.verified = true;
+            }
+            return Ok(0);
+        }
+        let n = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = self.input.read(&mut buf[..n])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                self.corrupt("is cut short"),
+            ));
+        }
+        self.hasher.update(&buf[..n]);
+        self.remaining -= n as u64;
+        Ok(n)
     }
 }
 
@@ -337,11 +446,29 @@ mod tests {
             1,
             "the old one is gone"
         );
-        let (m, d) = Reader::open(&path)
-            .expect("open")
-            .read_to_end()
-            .expect("read");
+        let (m, d) = Reader::open(&path).expect("open").read_all().expect("read");
         assert_eq!((m, d), (meta(9), data));
+    }
+
+    #[test]
+    fn reading_as_a_stream_checks_the_checksum_at_the_end() {
+        let tmp = TempDir::new().expect("tempdir");
+        let path = write(tmp.path(), &meta(3), b"0123456789").expect("write");
+        let mut out = Vec::new();
+        Reader::open(&path)
+            .expect("open")
+            .read_to_end(&mut out)
+            .expect("read");
+        assert_eq!(out, b"0123456789");
+        let mut bad = std::fs::read(&path).expect("read");
+        let at = bad.len() - 9;
+        bad[at] ^= 1;
+        std::fs::write(&path, &bad).expect("write");
+        let err = Reader::open(&path)
+            .expect("open")
+            .read_to_end(&mut Vec::new())
+            .expect_err("damage is an error");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     }
 
     #[test]
@@ -353,28 +480,51 @@ mod tests {
             let mut bad = good.clone();
             bad[at] ^= 0x01;
             std::fs::write(&path, &bad).expect("write");
-            let result = Reader::open(&path).and_then(Reader::read_to_end);
+            let result = Reader::open(&path).and_then(Reader::read_all);
             assert!(
                 matches!(&result, Err(StorageError::Corrupt(_))),
                 "byte {at}: {result:?}"
             );
         }
         std::fs::write(&path, &good[..good.len() - 3]).expect("write");
-        let result = Reader::open(&path).and_then(Reader::read_to_end);
-        assert!(matches!(&result, Err(StorageError::Corrupt(m)) if m.contains("cut short")));
+        let result = Reader::open(&path).and_then(Reader::read_all);
+        assert!(
+            matches!(&result, Err(StorageError::Corrupt(_))),
+            "{result:?}"
+        );
     }
 
     #[test]
-    fn a_writer_refuses_more_or_less_data_than_announced() {
+    fn an_unpublished_snapshot_leaves_nothing_behind() {
         let tmp = TempDir::new().expect("tempdir");
-        let mut w = Writer::create(tmp.path(), &meta(1), 3).expect("create");
-        assert!(w.write(b"abcd").is_err());
-        let w = Writer::create(tmp.path(), &meta(1), 3).expect("create");
-        assert!(w.finish().is_err());
-        assert_eq!(
-            latest(tmp.path()).expect("list"),
-            None,
-            "nothing half-written is visible"
-        );
+        let mut w = Writer::create(tmp.path(), &meta(1)).expect("create");
+        w.write(b"abcd").expect("write");
+        drop(w);
+        let mut w = Writer::create(tmp.path(), &meta(2)).expect("create");
+        w.write(b"abcd").expect("write");
+        let sealed = w.seal().expect("seal");
+        let (m, d) = Reader::open(sealed.path())
+            .and_then(Reader::read_all)
+            .expect("a sealed file reads back");
+        assert_eq!((m, d), (meta(2), b"abcd".to_vec()));
+        drop(sealed);
+        assert_eq!(std::fs::read_dir(tmp.path()).expect("list").count(), 0);
+    }
+
+    #[test]
+    fn an_older_snapshot_published_late_never_replaces_a_newer_one() {
+        let tmp = TempDir::new().expect("tempdir");
+        let mut old = Writer::create(tmp.path(), &meta(5)).expect("create");
+        old.write(b"old").expect("write");
+        write(tmp.path(), &meta(9), b"new").expect("write");
+        old.seal().expect("seal").publish().expect("publish");
+        let (index, path) = latest(tmp.path()).expect("list").expect("one");
+        assert_eq!(index, 9);
+        let (_, data) = Reader::open(&path)
+            .and_then(Reader::read_all)
+            .expect("read");
+        assert_eq!(data, b"new");
+        tidy(tmp.path()).expect("tidy");
+        assert_eq!(list(tmp.path()).expect("list").len(), 1);
     }
 }
