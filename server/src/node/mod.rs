@@ -133,6 +133,9 @@ struct Inner {
     digests: Arc<Mutex<digest::Digests>>,
     /// Set once this replica's state is known to differ from the majority's.
     diverged: std::sync::atomic::AtomicBool,
+    /// A snapshot is being received: one at a time, since each is decoded
+    /// into a whole store.
+    receiving_snapshot: std::sync::atomic::AtomicBool,
 }
 
 /// The parts of a node that wait for its engine to start.
@@ -329,6 +332,7 @@ impl Node {
                 forward_batch: Mutex::new(ForwardBatch::default()),
                 digests: Arc::new(Mutex::new(digest::Digests::default())),
                 diverged: std::sync::atomic::AtomicBool::new(false),
+                receiving_snapshot: std::sync::atomic::AtomicBool::new(false),
                 cfg,
             }),
         };

@@ -190,6 +190,7 @@ async fn hello(State(node): State<Node>) -> Response {
         (status = 204, description = "Installed."),
         (status = 400, description = "`bad_snapshot`.", body = wire::PeerError),
         (status = 409, description = "`wrong_incarnation`.", body = wire::PeerError),
+        (status = 503, description = "`unavailable`: a snapshot is already being received.", body = wire::PeerError),
     )
 )]
 async fn snapshot(
@@ -211,12 +212,36 @@ async fn snapshot(
             &format!("this snapshot is for incarnation {to}, not this node's"),
         );
     }
+    // Held until the handler ends, also when the sender goes away midway
+    // (the future is dropped then).
+    let Some(_receiving) = Receiving::start(&node.inner.receiving_snapshot) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PeerErrorCode::Unavailable,
+            "a snapshot is already being received",
+        );
+    };
     match receive_snapshot(&node, body).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(SnapshotError::Bad(e)) => {
             error(StatusCode::BAD_REQUEST, PeerErrorCode::BadSnapshot, &e)
         }
         Err(SnapshotError::Service(e)) => service_error(e),
+    }
+}
+
+/// The one snapshot being received.
+struct Receiving<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl<'a> Receiving<'a> {
+    fn start(flag: &'a std::sync::atomic::AtomicBool) -> Option<Receiving<'a>> {
+        (!flag.swap(true, std::sync::atomic::Ordering::SeqCst)).then_some(Receiving(flag))
+    }
+}
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -60,6 +60,10 @@ struct Inner {
     encoding: Encoding,
     /// Peers whose last answer announced compact bodies (`Accept-Post`).
     compact_peers: Mutex<HashSet<NodeId>>,
+    /// Peers a snapshot is on its way to: one at a time each, however often
+    /// the engine asks (it asks again on every catch-up request, and a
+    /// large snapshot takes longer than their interval).
+    snapshots_in_flight: Arc<Mutex<HashSet<NodeId>>>,
 }
 
 impl Outbox {
@@ -88,6 +92,7 @@ impl Outbox {
                 metrics,
                 encoding,
                 compact_peers: Mutex::new(HashSet::new()),
+                snapshots_in_flight: Arc::new(Mutex::new(HashSet::new())),
             }),
         }
     }
@@ -155,8 +160,12 @@ impl Outbox {
     /// and sent a piece at a time (one at a time per call site is enough:
     /// the engine asks again if it does not arrive).
     pub fn send_snapshot(&self, peer: NodeId, path: std::path::PathBuf) {
+        let Some(flight) = InFlight::start(&self.inner.snapshots_in_flight, peer) else {
+            return;
+        };
         let inner = self.inner.clone();
         self.inner.runtime.spawn(async move {
+            let _flight = flight;
             let Some(url) = inner.url_of(peer) else {
                 return;
             };
@@ -183,6 +192,30 @@ impl Outbox {
                 Err(e) => tracing::warn!(peer = %url, error = %e, "snapshot not delivered"),
             }
         });
+    }
+}
+
+/// A snapshot send to one peer; the peer is free for the next when it ends.
+struct InFlight {
+    set: Arc<Mutex<HashSet<NodeId>>>,
+    peer: NodeId,
+}
+
+impl InFlight {
+    fn start(set: &Arc<Mutex<HashSet<NodeId>>>, peer: NodeId) -> Option<InFlight> {
+        let mut peers = set.lock().ok()?;
+        peers.insert(peer).then(|| InFlight {
+            set: set.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut peers) = self.set.lock() {
+            peers.remove(&self.peer);
+        }
     }
 }
 
