@@ -16,6 +16,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 
 /// Which links are cut, shared by every node's proxy.
 #[derive(Debug, Default)]
@@ -113,10 +114,28 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
         return (StatusCode::BAD_GATEWAY, "link cut by the nemesis").into_response();
     }
     let (parts, body) = req.into_parts();
+    // A cut also ends exchanges already under way, as it would on a real
+    // network: a long-lived message stream is checked with every chunk.
+    let links = s.links.clone();
+    let (from, to) = (s.from, s.links.node_of(port));
+    let body = body.into_data_stream().then(move |chunk| {
+        let links = links.clone();
+        async move {
+            if let Some(to) = to
+                && links.is_cut(from, to)
+            {
+                if links.black_hole() {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                return Err(std::io::Error::other("link cut by the nemesis"));
+            }
+            chunk.map_err(std::io::Error::other)
+        }
+    });
     let mut out = s
         .http
         .request(parts.method, uri.to_string())
-        .body(reqwest::Body::wrap_stream(body.into_data_stream()));
+        .body(reqwest::Body::wrap_stream(body));
     for (name, value) in &parts.headers {
         if name != "host" && name != "proxy-connection" {
             out = out.header(name, value);

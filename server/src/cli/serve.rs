@@ -326,6 +326,11 @@ pub async fn start(
             telemetry::track_requests,
         ));
     let peer_app = crate::node::peer::router(node.clone());
+    let (closing_node, mut s0) = (node.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let _ = s0.wait_for(|v| *v).await;
+        closing_node.begin_closing();
+    });
     let mut s1 = shutdown.clone();
     let client = tokio::spawn(async move {
         let r = axum::serve(client_listener, app)

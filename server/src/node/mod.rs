@@ -136,6 +136,9 @@ struct Inner {
     /// A snapshot is being received: one at a time, since each is decoded
     /// into a whole store.
     receiving_snapshot: std::sync::atomic::AtomicBool,
+    /// Set when the node begins to shut down: long-lived exchanges (peers'
+    /// message streams) end, so that serving can finish.
+    closing: watch::Sender<bool>,
 }
 
 /// The parts of a node that wait for its engine to start.
@@ -333,6 +336,7 @@ impl Node {
                 digests: Arc::new(Mutex::new(digest::Digests::default())),
                 diverged: std::sync::atomic::AtomicBool::new(false),
                 receiving_snapshot: std::sync::atomic::AtomicBool::new(false),
+                closing: watch::channel(false).0,
                 cfg,
             }),
         };
@@ -762,6 +766,18 @@ impl Node {
     }
 
     /// Stops the driver thread after its current turn.
+    /// Ends the peers' message streams into this node (they reconnect to
+    /// another incarnation or give up), so that a graceful shutdown does
+    /// not wait for them forever.
+    pub fn begin_closing(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Becomes true when the node begins to shut down.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.inner.closing.subscribe()
+    }
+
     pub fn shutdown(&self) {
         let _ = self.inner.inputs.try_send(Input::Shutdown);
         let handle = self.inner.thread.lock().ok().and_then(|mut t| t.take());

@@ -34,6 +34,7 @@ const MAX_PEER_BODY: usize = 4 << 30;
 pub fn router(node: Node) -> axum::Router {
     axum::Router::new()
         .route("/peer/v1/messages", post(messages))
+        .route("/peer/v1/stream", post(stream))
         .route("/peer/v1/snapshot", post(snapshot))
         .route("/peer/v1/propose", post(propose))
         .route("/peer/v1/propose_batch", post(propose_batch))
@@ -143,6 +144,123 @@ async fn messages(
         ),
         Err(Misaddressed::Service(e)) => service_error(e),
     }
+}
+
+/// A long-lived stream of Paxos messages for this node: newline-delimited
+/// JSON, each line one batch (a JSON array of envelopes, as
+/// `/peer/v1/messages` takes), handed to the engine as soon as it arrives.
+/// Each peer keeps one open to each other peer and reopens it when it
+/// breaks; the answer comes when the sender ends the stream (204), or early
+/// when a line is refused, which ends it.
+#[utoipa::path(
+    post,
+    path = "/peer/v1/stream",
+    tag = "paxos",
+    params(("x-phxkv-peer-url" = Option<String>, Header,
+        description = "The sender's own peer URL, so a member that does not know it yet can answer.")),
+    request_body(content((Vec<Envelope> = "application/x-ndjson")),
+        description = "One JSON array of envelopes per line."),
+    responses(
+        (status = 204, description = "The sender ended the stream; every line was handed to the engine."),
+        (status = 400, description = "`bad_request`: a line is not a batch of envelopes.", body = wire::PeerError),
+        (status = 409, description = "`wrong_incarnation`: the messages are for another incarnation of this member.", body = wire::PeerError),
+        (status = 415, description = "`unsupported_media_type`: not `application/x-ndjson`.", body = wire::PeerError),
+    )
+)]
+async fn stream(State(node): State<Node>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    use futures_util::StreamExt;
+    let ndjson = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| wire::media_type(v) == wire::NDJSON);
+    if !ndjson {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            PeerErrorCode::UnsupportedMediaType,
+            &format!("a message stream is {}", wire::NDJSON),
+        );
+    }
+    let from_url = headers
+        .get(wire::PEER_URL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        .map(str::to_owned);
+    let mut body = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut lines = 0u64;
+    let mut closing = node.closing();
+    loop {
+        let chunk = tokio::select! {
+            chunk = body.next() => chunk,
+            // This node is shutting down: end the stream so serving can
+            // finish; the sender reconnects when it is back.
+            _ = closing.wait_for(|c| *c) => return StatusCode::NO_CONTENT.into_response(),
+        };
+        let Some(chunk) = chunk else { break };
+        let Ok(chunk) = chunk else {
+            // The sender went away; it reopens the stream.
+            return StatusCode::NO_CONTENT.into_response();
+        };
+        let scanned = buf.len();
+        buf.extend_from_slice(&chunk);
+        let mut start = 0;
+        let mut from = scanned;
+        while let Some(end) = buf[from..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map(|p| from + p)
+        {
+            let line = &buf[start..end];
+            start = end + 1;
+            from = start;
+            lines += 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let envs: Vec<Envelope> = match serde_json::from_slice(line) {
+                Ok(envs) => envs,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        PeerErrorCode::BadRequest,
+                        &format!("line {lines} of the stream is not a batch of envelopes: {e}"),
+                    );
+                }
+            };
+            match node.deliver(envs, from_url.as_deref()) {
+                Ok(()) => {}
+                Err(Misaddressed::OtherIncarnation(mine)) => {
+                    return error(
+                        StatusCode::CONFLICT,
+                        PeerErrorCode::WrongIncarnation,
+                        &format!(
+                            "these messages are for another incarnation of {}; this one is {mine}",
+                            node.name()
+                        ),
+                    );
+                }
+                // Dropped like a lost message (an overloaded or starting
+                // engine); the protocol retransmits.
+                Err(Misaddressed::Service(_)) => {}
+            }
+        }
+        buf.drain(..start);
+        if buf.len() > wire::MAX_STREAM_LINE {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                PeerErrorCode::BadRequest,
+                "a line of the stream is longer than the limit",
+            );
+        }
+    }
+    if !buf.iter().all(u8::is_ascii_whitespace) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            PeerErrorCode::BadRequest,
+            "the stream ends inside a line",
+        );
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// A peer's newest state digests, compared with this node's own (a replica
@@ -446,6 +564,7 @@ an incompatible change of these bodies.",
     ),
     paths(
         messages,
+        stream,
         snapshot,
         propose,
         propose_batch,

@@ -1,11 +1,16 @@
 //! Outgoing peer traffic: one queue and one sender task per peer.
 //!
 //! The driver thread drops messages into a peer's queue without waiting; the
-//! peer's task takes everything queued and sends it as one HTTP request on a
-//! pooled keep-alive connection, so a busy master sends one request per peer
-//! per round trip however many instances it has in flight. Queues are bounded:
-//! when a peer is down the oldest messages are dropped, which Paxos tolerates
-//! (everything is retransmitted or re-requested).
+//! peer's task takes everything queued and writes it as one line of
+//! newline-delimited JSON to a long-lived stream (one HTTP request whose body
+//! never ends while there is traffic), so a busy master sends one line per
+//! peer per turn however many instances it has in flight, without a request
+//! and an answer for each. A stream that breaks or stalls is reopened with
+//! backoff; a peer without the stream endpoint, and every peer of a node
+//! that uses the compact encoding, gets one POST per batch instead (the form
+//! a person can also `curl`). Queues are bounded: when a peer is down or
+//! slow the oldest messages are dropped, which Paxos tolerates (everything
+//! is retransmitted or re-requested).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -315,103 +320,245 @@ impl Inner {
     }
 }
 
+/// How long a stream may refuse the next line before it is abandoned and
+/// reopened: the peer is paused, or the path to it holds traffic.
+const STREAM_STALL: Duration = Duration::from_secs(2);
+/// Lines handed to a stream ahead of the connection (back-pressure: beyond
+/// this the sender waits, and new messages wait in the bounded queue).
+const STREAM_AHEAD: usize = 16;
+/// A stream with nothing to send for this long is ended.
+const STREAM_IDLE: Duration = Duration::from_secs(30);
+/// A stream that lived this long counts as a success for the backoff.
+const STREAM_HEALTHY: Duration = Duration::from_secs(5);
+
+/// What a peer's sender task remembers between requests.
+#[derive(Debug, Default)]
+struct Link {
+    /// Consecutive failures, for the backoff and to keep logs short.
+    failures: u32,
+    /// Our own address, as a header value, rebuilt only when it changes.
+    own_url: Option<reqwest::header::HeaderValue>,
+    own_url_text: String,
+    /// The peer has no stream endpoint (an older version): POST batches.
+    no_stream: bool,
+}
+
+impl Link {
+    fn refresh_own_url(&mut self, inner: &Inner) {
+        if let Some(own) = peer_url(&inner.membership, inner.self_id)
+            && own != self.own_url_text
+        {
+            self.own_url = reqwest::header::HeaderValue::from_str(&own).ok();
+            self.own_url_text = own;
+        }
+    }
+
+    async fn backoff(&self) {
+        // A dead peer costs little CPU.
+        tokio::time::sleep(Duration::from_millis(20 * u64::from(self.failures.min(10)))).await;
+    }
+}
+
+/// The task that sends one peer its messages: over a long-lived stream
+/// (newline-delimited JSON on one HTTP request per connection, reopened with
+/// backoff when it breaks), or as one POST per batch when this node uses
+/// the compact encoding or the peer has no stream endpoint.
 async fn sender(inner: Arc<Inner>, peer: NodeId, q: Arc<PeerQueue>) {
-    let mut failures: u32 = 0;
-    // Our own address, as a header value, rebuilt only when it changes.
-    let mut own_url: Option<reqwest::header::HeaderValue> = None;
-    let mut own_url_text = String::new();
+    let mut link = Link::default();
     loop {
         q.notify.notified().await;
-        loop {
-            let batch: Vec<Envelope> = match q.queue.lock() {
-                Ok(mut queue) => {
-                    let n = queue.len().min(MAX_BATCH);
-                    queue.drain(..n).collect()
+        link.refresh_own_url(&inner);
+        if link.no_stream || inner.encoding == Encoding::Compact {
+            post_queued(&inner, peer, &q, &mut link).await;
+        } else {
+            stream_queued(&inner, peer, &q, &mut link).await;
+        }
+    }
+}
+
+/// Up to [`MAX_BATCH`] queued messages; `None` if the queue is unusable.
+fn take_batch(q: &PeerQueue) -> Option<Vec<Envelope>> {
+    let mut queue = q.queue.lock().ok()?;
+    let n = queue.len().min(MAX_BATCH);
+    Some(queue.drain(..n).collect())
+}
+
+/// Opens a stream to `peer` and feeds it the queue until it breaks, stalls
+/// or idles.
+async fn stream_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &mut Link) {
+    let Some(url) = inner.endpoint(peer, "/peer/v1/stream") else {
+        // Not (or no longer) a member: nowhere to send.
+        return;
+    };
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(STREAM_AHEAD);
+    let mut req = inner
+        .client
+        .post(url.clone())
+        .header(reqwest::header::AUTHORIZATION, inner.auth.clone())
+        .header(reqwest::header::CONTENT_TYPE, wire::NDJSON);
+    if let Some(own) = link.own_url.as_ref() {
+        req = req.header(wire::PEER_URL_HEADER, own.clone());
+    }
+    let req = req.body(reqwest::Body::wrap_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ));
+    let mut answer = tokio::spawn(async move {
+        req.send()
+            .await
+            .map(|r| r.status())
+            .map_err(|e| e.to_string())
+    });
+    let opened = std::time::Instant::now();
+    let ended = |answer: Result<Result<reqwest::StatusCode, String>, tokio::task::JoinError>| {
+        answer.unwrap_or_else(|e| Err(e.to_string()))
+    };
+    loop {
+        let Some(batch) = take_batch(q) else { return };
+        if batch.is_empty() {
+            tokio::select! {
+                () = q.notify.notified() => continue,
+                a = &mut answer => {
+                    let healthy = opened.elapsed() >= STREAM_HEALTHY;
+                    return outcome(inner, peer, &url, ended(a), healthy, link).await;
                 }
-                Err(_) => return,
-            };
-            if batch.is_empty() {
-                break;
-            }
-            if let Some(own) = peer_url(&inner.membership, inner.self_id)
-                && own != own_url_text
-            {
-                own_url = reqwest::header::HeaderValue::from_str(&own).ok();
-                own_url_text = own;
-            }
-            let Some(url) = inner.endpoint(peer, "/peer/v1/messages") else {
-                // Not (or no longer) a member: nowhere to send.
-                break;
-            };
-            let mut req = inner
-                .client
-                .post(url.clone())
-                .header(reqwest::header::AUTHORIZATION, inner.auth.clone());
-            if let Some(own) = own_url.as_ref() {
-                req = req.header(wire::PEER_URL_HEADER, own.clone());
-            }
-            let encoding = inner.encoding_for(peer);
-            let body = match encoding.encode(&batch) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "dropping peer messages");
-                    continue;
-                }
-            };
-            inner
-                .metrics
-                .inc_peer_bytes_sent(encoding.name(), body.len() as u64);
-            let res = req
-                .timeout(Duration::from_secs(2))
-                .header(reqwest::header::CONTENT_TYPE, encoding.content_type())
-                .body(body)
-                .send()
-                .await;
-            if let Ok(r) = &res {
-                inner.observe(peer, r.headers());
-            }
-            match res {
-                Ok(r) if r.status().is_success() => failures = 0,
-                Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
-                    // The node at that address runs another incarnation: its
-                    // volume was lost. It will never answer for this one.
-                    failures += 1;
-                    if failures == 1 || failures.is_multiple_of(100) {
-                        let name = inner
-                            .membership
-                            .borrow()
-                            .members
-                            .get(&peer)
-                            .map(|m| m.name.clone())
-                            .unwrap_or_default();
-                        tracing::warn!(
-                            peer = %url,
-                            member = %name,
-                            incarnation = %crate::cluster::bootstrap::format_id(peer),
-                            "{name} lost its data directory: the node at its address runs a new \
-                             incarnation; replace the member (phxkv members replace {name})"
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(20 * u64::from(failures.min(10))))
-                        .await;
-                }
-                Ok(r) => {
-                    failures += 1;
-                    if failures == 1 || failures.is_multiple_of(100) {
-                        tracing::warn!(peer = %url, status = %r.status(), "peer refused messages");
-                    }
-                }
-                Err(e) => {
-                    failures += 1;
-                    if failures == 1 || failures.is_multiple_of(100) {
-                        tracing::debug!(peer = %url, error = %e, "peer unreachable");
-                    }
-                    // Back off a little so a dead peer costs little CPU.
-                    tokio::time::sleep(Duration::from_millis(20 * u64::from(failures.min(10))))
-                        .await;
+                () = tokio::time::sleep(STREAM_IDLE) => {
+                    drop(tx);
+                    let a = answer.await;
+                    return outcome(inner, peer, &url, ended(a), true, link).await;
                 }
             }
-            inner.metrics.inc_peer_messages("sent", batch.len() as u64);
+        }
+        let line = match wire::stream_line(&batch) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, "dropping peer messages");
+                continue;
+            }
+        };
+        inner
+            .metrics
+            .inc_peer_bytes_sent(Encoding::Json.name(), line.len() as u64);
+        inner.metrics.inc_peer_messages("sent", batch.len() as u64);
+        match tokio::time::timeout(STREAM_STALL, tx.send(Ok(line.into()))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                // The request ended: refused, or the connection broke.
+                let healthy = opened.elapsed() >= STREAM_HEALTHY;
+                return outcome(inner, peer, &url, ended(answer.await), healthy, link).await;
+            }
+            Err(_) => {
+                answer.abort();
+                link.failures += 1;
+                if link.failures == 1 || link.failures.is_multiple_of(100) {
+                    tracing::debug!(peer = %url, "peer stream stalled; reopening it");
+                }
+                return link.backoff().await;
+            }
+        }
+    }
+}
+
+/// Sends the queue as one POST per batch, until it is empty.
+async fn post_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &mut Link) {
+    loop {
+        let Some(batch) = take_batch(q) else { return };
+        if batch.is_empty() {
+            return;
+        }
+        let Some(url) = inner.endpoint(peer, "/peer/v1/messages") else {
+            return;
+        };
+        let mut req = inner
+            .client
+            .post(url.clone())
+            .header(reqwest::header::AUTHORIZATION, inner.auth.clone());
+        if let Some(own) = link.own_url.as_ref() {
+            req = req.header(wire::PEER_URL_HEADER, own.clone());
+        }
+        let encoding = inner.encoding_for(peer);
+        let body = match encoding.encode(&batch) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "dropping peer messages");
+                continue;
+            }
+        };
+        inner
+            .metrics
+            .inc_peer_bytes_sent(encoding.name(), body.len() as u64);
+        let res = req
+            .timeout(Duration::from_secs(2))
+            .header(reqwest::header::CONTENT_TYPE, encoding.content_type())
+            .body(body)
+            .send()
+            .await;
+        if let Ok(r) = &res {
+            inner.observe(peer, r.headers());
+        }
+        inner.metrics.inc_peer_messages("sent", batch.len() as u64);
+        let status = res.map(|r| r.status()).map_err(|e| e.to_string());
+        outcome(inner, peer, &url, status, false, link).await;
+    }
+}
+
+/// Reacts to how a request to `peer` ended: resets or counts failures, says
+/// what an operator must know, and backs off after a failure. `healthy`
+/// marks a stream that worked for a while before it ended.
+async fn outcome(
+    inner: &Inner,
+    peer: NodeId,
+    url: &reqwest::Url,
+    status: Result<reqwest::StatusCode, String>,
+    healthy: bool,
+    link: &mut Link,
+) {
+    let quiet = |failures: u32| !(failures == 1 || failures.is_multiple_of(100));
+    match status {
+        Ok(s) if s.is_success() => link.failures = 0,
+        Ok(s)
+            if s == reqwest::StatusCode::NOT_FOUND
+                || s == reqwest::StatusCode::METHOD_NOT_ALLOWED
+                || s == reqwest::StatusCode::UNSUPPORTED_MEDIA_TYPE =>
+        {
+            tracing::info!(peer = %url, status = %s, "peer takes no message stream; sending batches");
+            link.no_stream = true;
+        }
+        Ok(s) if s == reqwest::StatusCode::CONFLICT => {
+            // The node at that address runs another incarnation: its
+            // volume was lost. It will never answer for this one.
+            link.failures += 1;
+            if !quiet(link.failures) {
+                let name = inner
+                    .membership
+                    .borrow()
+                    .members
+                    .get(&peer)
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    peer = %url,
+                    member = %name,
+                    incarnation = %crate::cluster::bootstrap::format_id(peer),
+                    "{name} lost its data directory: the node at its address runs a new \
+                     incarnation; replace the member (phxkv members replace {name})"
+                );
+            }
+            link.backoff().await;
+        }
+        Ok(s) => {
+            link.failures = if healthy { 1 } else { link.failures + 1 };
+            if !quiet(link.failures) {
+                tracing::warn!(peer = %url, status = %s, "peer refused messages");
+            }
+            link.backoff().await;
+        }
+        Err(e) => {
+            link.failures = if healthy { 1 } else { link.failures + 1 };
+            if !quiet(link.failures) {
+                tracing::debug!(peer = %url, error = %e, "peer unreachable");
+            }
+            link.backoff().await;
         }
     }
 }

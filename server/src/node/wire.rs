@@ -35,6 +35,19 @@ pub const PEER_URL_HEADER: &str = "x-phxkv-peer-url";
 pub const JSON: &str = "application/json";
 /// Content type of compact (postcard) peer bodies.
 pub const POSTCARD: &str = "application/x-phxkv-postcard";
+/// The content type of a message stream: newline-delimited JSON, one batch
+/// (a JSON array of envelopes) per line.
+pub const NDJSON: &str = "application/x-ndjson";
+/// Longest line accepted on a message stream.
+pub const MAX_STREAM_LINE: usize = 256 << 20;
+
+/// One batch as a line of a message stream. serde_json escapes every
+/// newline inside strings, so the only newline is the one that ends it.
+pub fn stream_line(batch: &[crate::paxos::Envelope]) -> Result<Vec<u8>, String> {
+    let mut line = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    Ok(line)
+}
 /// `Accept-Post` value of a node that takes only JSON.
 pub const ACCEPTS_JSON: &str = "application/json";
 /// `Accept-Post` value of a node that also takes compact bodies.
@@ -45,7 +58,7 @@ pub const ACCEPT_POST: &str = "accept-post";
 
 /// A media type without its parameters (`application/json; charset=utf-8`
 /// is `application/json`).
-fn media_type(t: &str) -> &str {
+pub(super) fn media_type(t: &str) -> &str {
     t.split(';').next().unwrap_or_default().trim()
 }
 
