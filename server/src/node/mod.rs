@@ -759,13 +759,19 @@ impl Node {
                 let _ = self
                     .wait_until(deadline, "hand mastership over", |p| !p.status.is_master)
                     .await;
+                // Stepping down queues the target's cue to take over at
+                // once; leaving before it is on the wire would make it wait
+                // out an election instead.
+                let flush_by = Instant::now() + Duration::from_millis(500);
+                while !self.inner.outbox.drained() && Instant::now() < flush_by {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
             Ok(Err(e)) => tracing::info!(reason = %e, "not handing mastership over"),
             Err(_) => {}
         }
     }
 
-    /// Stops the driver thread after its current turn.
     /// Ends the peers' message streams into this node (they reconnect to
     /// another incarnation or give up), so that a graceful shutdown does
     /// not wait for them forever.
@@ -778,6 +784,7 @@ impl Node {
         self.inner.closing.subscribe()
     }
 
+    /// Stops the driver thread after its current turn.
     pub fn shutdown(&self) {
         let _ = self.inner.inputs.try_send(Input::Shutdown);
         let handle = self.inner.thread.lock().ok().and_then(|mut t| t.take());

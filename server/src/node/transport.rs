@@ -31,10 +31,32 @@ const MAX_BATCH: usize = 1024;
 /// A peer's base URL and a request URL parsed from it.
 type ParsedEndpoint = (String, reqwest::Url);
 
+/// A stream's lines not yet taken by the connection.
+/// Weak, so that it never keeps a stream open.
+type StreamLines = tokio::sync::mpsc::WeakSender<Result<axum::body::Bytes, std::io::Error>>;
+
 #[derive(Debug, Default)]
 struct PeerQueue {
     queue: Mutex<VecDeque<Envelope>>,
     notify: Notify,
+    /// The open stream's line channel, to tell whether it has drained.
+    stream: Mutex<Option<StreamLines>>,
+}
+
+impl PeerQueue {
+    /// Nothing waits to be sent: the queue is empty and the stream's
+    /// connection took every line (it is in the socket, which the kernel
+    /// delivers even if this process exits).
+    fn drained(&self) -> bool {
+        let queued = self.queue.lock().map_or(0, |q| q.len());
+        let streaming = self
+            .stream
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().and_then(|weak| weak.upgrade()))
+            .is_some_and(|tx| tx.capacity() < tx.max_capacity());
+        queued == 0 && !streaming
+    }
 }
 
 /// The sending half of the peer transport. Cheap to clone.
@@ -129,6 +151,17 @@ impl Outbox {
             .runtime
             .spawn(async move { sender(inner, peer, task_q).await });
         Some(q)
+    }
+
+    /// True once every message queued so far has left for its peer (see
+    /// [`PeerQueue::drained`]); a node shutting down waits for this so that
+    /// its last messages (the hand-over of mastership) are not lost.
+    pub fn drained(&self) -> bool {
+        self.inner
+            .peers
+            .lock()
+            .map(|peers| peers.values().all(|q| q.drained()))
+            .unwrap_or(true)
     }
 
     /// Remembers where `id` can be reached, from a header it sent.
@@ -392,6 +425,10 @@ async fn stream_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &m
     };
     let (tx, rx) =
         tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(STREAM_AHEAD);
+    if let Ok(mut s) = q.stream.lock() {
+        *s = Some(tx.downgrade());
+    }
+    let _forget = ForgetStream(q);
     let mut req = inner
         .client
         .post(url.clone())
@@ -455,6 +492,17 @@ async fn stream_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &m
                 }
                 return link.backoff().await;
             }
+        }
+    }
+}
+
+/// Clears a peer's stream channel when its stream ends.
+struct ForgetStream<'a>(&'a PeerQueue);
+
+impl Drop for ForgetStream<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.stream.lock() {
+            *s = None;
         }
     }
 }
