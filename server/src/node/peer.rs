@@ -127,11 +127,7 @@ async fn messages(
     headers: HeaderMap,
     PeerBody { value: envs, .. }: PeerBody<Vec<Envelope>>,
 ) -> Response {
-    let from_url = headers
-        .get(wire::PEER_URL_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|u| u.starts_with("http://") || u.starts_with("https://"));
-    match node.deliver(envs, from_url) {
+    match node.deliver(envs, sender_url(&headers)) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(Misaddressed::OtherIncarnation(mine)) => error(
             StatusCode::CONFLICT,
@@ -144,6 +140,14 @@ async fn messages(
         ),
         Err(Misaddressed::Service(e)) => service_error(e),
     }
+}
+
+/// The sender's own peer URL, from its header, if it is one.
+fn sender_url(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(wire::PEER_URL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
 }
 
 /// A long-lived stream of Paxos messages for this node: newline-delimited
@@ -180,11 +184,7 @@ async fn stream(State(node): State<Node>, headers: HeaderMap, body: axum::body::
             &format!("a message stream is {}", wire::NDJSON),
         );
     }
-    let from_url = headers
-        .get(wire::PEER_URL_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
-        .map(str::to_owned);
+    let from_url = sender_url(&headers).map(str::to_owned);
     let mut body = body.into_data_stream();
     let mut buf: Vec<u8> = Vec::new();
     let mut lines = 0u64;
