@@ -74,11 +74,12 @@ fn main() -> ExitCode {
                     let out = run_seed(seed);
                     if verbose {
                         println!(
-                            "seed {seed}: {} nodes, {} ops, {} acked writes, {} instances: {}",
+                            "seed {seed}: {} nodes, {} ops, {} acked writes, {} instances (largest batch {}): {}",
                             out.nodes,
                             out.operations,
                             out.acknowledged_writes,
                             out.chosen_instances,
+                            out.largest_batch,
                             out.failure.as_deref().unwrap_or("ok")
                         );
                     }

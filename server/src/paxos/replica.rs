@@ -221,6 +221,9 @@ pub struct Replica {
     known_master: Option<NodeId>,
     last_heard: Duration,
     election_deadline: Duration,
+    /// The `now` of the latest [`Replica::propose`]: queued commands are
+    /// packed into instances at [`Replica::take_ready`], at this time.
+    proposed_at: Duration,
 
     ready: Ready,
 }
@@ -288,6 +291,7 @@ impl Replica {
             known_master: None,
             last_heard: now,
             election_deadline: now,
+            proposed_at: now,
             ready: Ready::default(),
             rng,
             cfg,
@@ -365,12 +369,32 @@ impl Replica {
 
     /// Whether [`Replica::take_ready`] has anything to hand out.
     pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
+        !self.ready.is_empty() || self.can_pump()
     }
 
     /// Hands out everything the caller must now persist, send and apply.
+    ///
+    /// Commands queued by [`Replica::propose`] since the last call are packed
+    /// into instances here, so everything the caller fed in one turn travels
+    /// in as few instances (one fsync and one message per peer each) as the
+    /// window allows.
     pub fn take_ready(&mut self) -> Ready {
+        if self.can_pump() {
+            self.pump(self.proposed_at);
+        }
         std::mem::take(&mut self.ready)
+    }
+
+    /// Whether queued commands wait for an instance the window has room for.
+    fn can_pump(&self) -> bool {
+        match &self.state {
+            State::Master(m) => {
+                !m.queue.is_empty()
+                    && m.next_index <= self.commit + self.cfg.window
+                    && m.drain_until.is_none_or(|t| self.proposed_at >= t)
+            }
+            _ => false,
+        }
     }
 
     fn last_index(&self) -> Index {
@@ -1395,7 +1419,8 @@ impl Replica {
 
     /// Queues a client command. It is answered when it is applied; if this
     /// node stops being master before proposing it, it comes back in
-    /// [`Ready::rejected`].
+    /// [`Ready::rejected`]. It goes out in an instance at the next
+    /// [`Replica::take_ready`].
     pub fn propose(&mut self, now: Duration, cmd: Command) -> Result<(), ProposeError> {
         let max_queue = self.cfg.max_queue;
         let hint = self.known_master;
@@ -1411,7 +1436,8 @@ impl Replica {
             return Err(ProposeError::Busy(max_queue));
         }
         m.queue.push_back(cmd);
-        self.pump(now);
+        // Packed at take_ready, with whatever else arrives before it.
+        self.proposed_at = self.proposed_at.max(now);
         Ok(())
     }
 

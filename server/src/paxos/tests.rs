@@ -611,11 +611,11 @@ fn higher_ballot_makes_the_master_step_down_and_return_queued_commands() {
     net.elect(1);
     let now = net.now;
     let r = net.nodes.get_mut(&1).expect("node 1");
-    // Fill the window so later commands stay queued.
+    // Fill the window (one instance per turn) so later commands stay queued.
     for seq in 1..=10 {
         r.propose(now, put(seq, "k")).expect("queued");
+        r.take_ready();
     }
-    r.take_ready();
     r.step(
         now,
         3,
@@ -646,16 +646,26 @@ fn master_batches_queued_commands_and_bounds_the_window() {
     let now = net.now;
     let r = net.nodes.get_mut(&1).expect("node 1");
     let first = r.status(now).last_index;
-    for seq in 1..=50 {
+    // Commands fed in one turn share an instance.
+    for seq in 1..=10 {
         r.propose(now, put(seq, "k")).expect("queued");
     }
-    // Without any replies, at most `window` instances are in flight.
-    let st = r.status(now);
+    assert_eq!(r.status(now).last_index, first, "packed at take_ready");
+    net.drain(1);
+    assert_eq!(net.nodes[&1].status(now).last_index, first + 1);
+    // Without any replies, at most `window` instances are in flight however
+    // many turns pass.
+    for seq in 11..=50 {
+        if let Some(r) = net.nodes.get_mut(&1) {
+            r.propose(now, put(seq, "k")).expect("queued");
+        }
+        net.drain(1);
+    }
+    let st = net.nodes[&1].status(now);
     assert!(
         st.last_index - st.commit <= 4 + 1,
         "window exceeded: {st:?}"
     );
-    assert!(st.last_index > first);
     net.settle(&[]);
     let batches = net.batches(1);
     let total: usize = batches.iter().map(Vec::len).sum();
@@ -846,8 +856,8 @@ fn a_master_whose_proposal_lost_an_instance_steps_down_before_advertising_it() {
     let now = net.now;
     let r = net.nodes.get_mut(&1).expect("master");
     r.propose(now, put(1, "a")).expect("proposed");
-    let mine = r.status(now).last_index;
     r.take_ready();
+    let mine = r.status(now).last_index;
     r.step(
         now,
         3,
@@ -1220,10 +1230,13 @@ fn a_voter_change_above_unchosen_instances_cannot_fork_the_configuration() {
     // 1 (A) has writes in flight and is asked to remove 4 (D); nobody hears
     // any of it.
     let now = net.now;
-    if let Some(r) = net.nodes.get_mut(&1) {
-        for seq in 1..=4 {
+    for seq in 1..=4 {
+        if let Some(r) = net.nodes.get_mut(&1) {
             let _ = r.propose(now, put(seq, "a"));
         }
+        net.drain(1);
+    }
+    if let Some(r) = net.nodes.get_mut(&1) {
         // Refused now: the change waits for the instances in flight.
         assert_eq!(
             r.propose_change(now, ConfChange::Remove { id: 4 }),

@@ -124,6 +124,9 @@ enum Event {
     Admin,
     Handoff,
     DiskLoss,
+    /// The end of a node's turn: what it was fed since is persisted, sent
+    /// and applied together (see `World::turn_delay`).
+    Turn(usize),
 }
 
 #[derive(Clone, Debug)]
@@ -156,6 +159,8 @@ struct Node {
     /// A compaction in progress, taken in pieces while applies go on, as
     /// a real node does.
     taking: Option<Taking>,
+    /// An [`Event::Turn`] is scheduled for this node.
+    turn_pending: bool,
 }
 
 /// A snapshot being taken in pieces: its id in the store, what it covers,
@@ -208,6 +213,8 @@ pub struct RunReport {
     pub history: Vec<Operation>,
     pub acknowledged_writes: usize,
     pub chosen_instances: usize,
+    /// The most client commands chosen in one instance.
+    pub largest_batch: usize,
     /// Crashes that hit exactly between persisting and sending, or between
     /// sending and the next record.
     pub crash_points: usize,
@@ -238,6 +245,11 @@ pub struct World {
     dup: f64,
     slow: f64,
     max_delay: Time,
+    /// How long a node keeps taking client requests and messages before it
+    /// ends its turn; 0 ends a turn after every input. A real node handles
+    /// whatever is queued before one persist-send-apply, so several
+    /// proposals share an instance and several accepts one fsync.
+    turn_delay: Time,
     engine_drift_ppm: u32,
     admin: VecDeque<AdminOp>,
     admin_running: bool,
@@ -309,6 +321,7 @@ impl World {
                 crash_point: None,
                 applied: 0,
                 taking: None,
+                turn_pending: false,
             })
             .collect();
         let clients = (0..opts.clients)
@@ -330,6 +343,7 @@ impl World {
         let dup = if opts.faults { 0.02 } else { 0.0 };
         let opts_faults = opts.faults;
         let max_delay = [1_000, 5_000, 30_000][rng.random_range(0..3)];
+        let turn_delay = [0, 0, 300, 2_000][rng.random_range(0..4)];
         let mut w = World {
             opts,
             rng,
@@ -347,6 +361,7 @@ impl World {
             dup,
             slow: if opts_faults { 0.01 } else { 0.0 },
             max_delay,
+            turn_delay,
             engine_drift_ppm,
             admin: VecDeque::new(),
             admin_running: false,
@@ -835,7 +850,26 @@ impl World {
         if let Some(r) = self.nodes[i].replica.as_mut() {
             r.step(now, env.from, env.msg);
         }
-        self.process_ready(i);
+        self.end_input(i);
+    }
+
+    /// After feeding node `i` one input: end its turn now, or, when turns
+    /// are batched, by an [`Event::Turn`] that collects what else arrives.
+    fn end_input(&mut self, i: usize) {
+        if self.turn_delay == 0 {
+            self.process_ready(i);
+        } else if !self.nodes[i].turn_pending {
+            self.nodes[i].turn_pending = true;
+            let d = self.rng.random_range(1..self.turn_delay);
+            self.schedule(d, Event::Turn(i));
+        }
+    }
+
+    fn end_turn(&mut self, i: usize) {
+        self.nodes[i].turn_pending = false;
+        if self.nodes[i].up {
+            self.process_ready(i);
+        }
     }
 
     // ---------------------------------------------------------- clients
@@ -975,7 +1009,7 @@ impl World {
         if let Some(reply) = reply {
             self.reply(c, attempt, reply);
         }
-        self.process_ready(i);
+        self.end_input(i);
     }
 
     fn client_reply(&mut self, c: usize, attempt: u32, reply: Reply) {
@@ -1388,6 +1422,7 @@ impl World {
     fn step_event(&mut self, ev: Event) {
         match ev {
             Event::Tick(i) => self.tick(i),
+            Event::Turn(i) => self.end_turn(i),
             Event::Deliver(env) => self.deliver(env),
             Event::Snapshot { to, meta, data } => self.install_snapshot(to, meta, data),
             Event::ClientSend { client } => self.client_send(client),
@@ -1464,6 +1499,15 @@ impl World {
             trace: self.trace.into_iter().collect(),
             acknowledged_writes: self.acked.len(),
             chosen_instances: self.chosen.len(),
+            largest_batch: self
+                .chosen
+                .values()
+                .map(|v| match v {
+                    Value::Batch(cmds) => cmds.len(),
+                    _ => 0,
+                })
+                .max()
+                .unwrap_or(0),
             crash_points: self.crash_points,
             disk_losses: self.disk_losses,
             replacements: self.replacements,
