@@ -5,6 +5,8 @@
 //! It runs without libtest's harness so that the starting seed is printed on
 //! every run, passing or not.
 
+use phxkv::paxos::ReadMode;
+use phxkv::sim::world::WorldOptions;
 use phxkv::sim::{SeedOutcome, options_for, run_seed, run_with};
 
 fn report(failures: &[SeedOutcome]) -> String {
@@ -215,6 +217,68 @@ fn leases_overlap_when_clocks_drift_beyond_the_configured_bound() {
     );
 }
 
+/// Options for a run in which clocks misbehave: rates stray by 50% while
+/// the engine is told they are perfect, and processes pause for up to
+/// several leases.
+fn untrusted_clocks(seed: u64, mode: ReadMode) -> WorldOptions {
+    let mut opts = options_for(seed);
+    opts.faults = true;
+    opts.pauses = true;
+    opts.engine_drift_ppm = 0;
+    opts.clock_drift_ppm = 500_000;
+    opts.read_mode = mode;
+    opts
+}
+
+fn quorum_reads_stay_linearizable_when_clocks_drift_and_processes_pause() {
+    let start = start_seed();
+    let seeds = 120;
+    println!(
+        "quorum read mode, untrusted clocks: seeds {start}..{}",
+        start + seeds
+    );
+    let (mut pauses, mut reads) = (0, 0);
+    let mut failures = Vec::new();
+    for seed in start..start + seeds {
+        let out = run_with(seed, untrusted_clocks(seed, ReadMode::Quorum));
+        pauses += out.pauses;
+        reads += out.reads_answered;
+        if out.failure.is_some() {
+            failures.push(out);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed:\n{}",
+        failures.len(),
+        report(&failures)
+    );
+    assert!(
+        pauses >= seeds as usize,
+        "only {pauses} pauses in {seeds} runs"
+    );
+    assert!(reads >= seeds as usize * 5, "only {reads} reads answered");
+}
+
+fn lease_reads_are_caught_going_stale_under_the_same_clocks() {
+    // The same conditions break lease mode's assumptions: the checks must
+    // catch it (overlapping leases or a read that missed a write), which
+    // proves the run above could fail.
+    let mut caught = 0;
+    for seed in 0..120 {
+        let out = run_with(seed, untrusted_clocks(seed, ReadMode::Lease));
+        if out.failure.as_deref().is_some_and(|f| {
+            f.contains("overlapping valid leases") || f.contains("not linearizable")
+        }) {
+            caught += 1;
+        }
+    }
+    assert!(
+        caught > 0,
+        "lease mode survived 120 runs with untrusted clocks"
+    );
+}
+
 fn clusters_on_real_databases_survive_crashes() {
     // The same scenarios with every node's records in a data directory with
     // fsync; a crash closes the store and the restart reopens it from disk.
@@ -242,7 +306,15 @@ fn clusters_on_real_databases_survive_crashes() {
 }
 
 fn main() {
-    let tests: [(&str, fn()); 9] = [
+    let tests: [(&str, fn()); 11] = [
+        (
+            "quorum_reads_stay_linearizable_when_clocks_drift_and_processes_pause",
+            quorum_reads_stay_linearizable_when_clocks_drift_and_processes_pause,
+        ),
+        (
+            "lease_reads_are_caught_going_stale_under_the_same_clocks",
+            lease_reads_are_caught_going_stale_under_the_same_clocks,
+        ),
         (
             "clusters_on_real_databases_survive_crashes",
             clusters_on_real_databases_survive_crashes,

@@ -48,6 +48,8 @@ pub struct Cluster {
     pub links: Arc<Links>,
     pub http: reqwest::Client,
     pub encodings: Encodings,
+    /// Every node's `--read-mode`.
+    pub read_mode: String,
 }
 
 fn free_port(taken: &mut Vec<u16>) -> u16 {
@@ -100,6 +102,7 @@ impl Cluster {
             members,
             links,
             encodings: Encodings::Json,
+            read_mode: "lease".into(),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .build()
@@ -142,6 +145,7 @@ impl Cluster {
             .arg(self.dir.join("token"))
             .args(["--lease", "1s", "--snapshot-every", "200"])
             .args(["--peer-encoding", encoding])
+            .args(["--read-mode", &self.read_mode])
             .args([
                 "--peer-proxy",
                 &format!("http://127.0.0.1:{}", n.proxy_port),

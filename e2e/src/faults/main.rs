@@ -66,6 +66,10 @@ struct Args {
     /// switch at every restart).
     #[arg(long, value_enum, default_value_t = Encodings::Json)]
     peer_encoding: Encodings,
+    /// The nodes' `--read-mode`: `lease` or `quorum` (then SIGSTOP pauses
+    /// test reads that trust no clock).
+    #[arg(long, default_value = "lease", value_parser = ["lease", "quorum"])]
+    read_mode: String,
     /// The phxkv binary; default: `phxkv` next to this program.
     #[arg(long, env = "PHXKV_BIN")]
     bin: Option<PathBuf>,
@@ -115,6 +119,7 @@ async fn run(args: &Args, bin: &std::path::Path, seed: u64, dir: PathBuf) -> Run
     let mut c = match Cluster::new(&dir, bin, args.nodes).await {
         Ok(mut c) => {
             c.encodings = args.peer_encoding;
+            c.read_mode = args.read_mode.clone();
             c
         }
         Err(e) => {
@@ -287,8 +292,8 @@ async fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("phxkv-faults-{seed}")));
     println!(
-        "phxkv-faults: {} runs of {:?}, {} nodes, {} clients, {:?} peer encoding, seed {seed}",
-        args.runs, args.duration, args.nodes, args.clients, args.peer_encoding
+        "phxkv-faults: {} runs of {:?}, {} nodes, {} clients, {:?} peer encoding, {} reads, seed {seed}",
+        args.runs, args.duration, args.nodes, args.clients, args.peer_encoding, args.read_mode
     );
     let (mut anomalies, mut failed, mut total_ops) = (0, 0, 0);
     for r in 0..args.runs {

@@ -240,7 +240,7 @@ pub async fn put_key<S: Service>(
     tag = "kv",
     params(
         ("key" = String, Path, description = "The key, percent-encoded.", example = "config/a", min_length = 1),
-        ("consistency" = Option<ReadConsistency>, Query, description = "`linearizable` (default) or `local` (this replica, possibly stale)."),
+        ("consistency" = Option<ReadConsistency>, Query, description = "`linearizable` (default; confirmed as the cluster's `--read-mode` says: by the master's lease, or by a round trip to a majority in `quorum` mode) or `local` (this replica, possibly stale)."),
         ("min_revision" = Option<u64>, Query, description = "With `consistency=local`: wait until the replica has applied this revision; refused with 400 when the cluster has not reached it."),
     ),
     responses(
@@ -350,7 +350,7 @@ pub async fn delete_key<S: Service>(
         ("prefix" = Option<String>, Query, description = "Only keys starting with these bytes (percent-encoded); all keys when absent."),
         ("limit" = Option<u64>, Query, description = "Most keys to return, 1 to 1000 (default 100).", minimum = 1, maximum = 1000),
         ("after" = Option<String>, Query, description = "Only keys strictly after this one (percent-encoded), to continue a listing."),
-        ("consistency" = Option<ReadConsistency>, Query, description = "`linearizable` (default) or `local` (this replica, possibly stale)."),
+        ("consistency" = Option<ReadConsistency>, Query, description = "`linearizable` (default; confirmed as the cluster's `--read-mode` says: by the master's lease, or by a round trip to a majority in `quorum` mode) or `local` (this replica, possibly stale)."),
         ("min_revision" = Option<u64>, Query, description = "With `consistency=local`: wait until the replica has applied this revision; refused with 400 when the cluster has not reached it."),
     ),
     responses(

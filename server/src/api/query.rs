@@ -20,6 +20,12 @@ use crate::api::service::Consistency;
 #[serde(rename_all = "snake_case")]
 pub enum ReadConsistency {
     /// Reflects every write acknowledged before the read began (default).
+    /// How the master confirms it is still master is the cluster's
+    /// `--read-mode` (see `read_mode` in `/v1/cluster`): `lease` answers
+    /// without a round trip and assumes clock rates within
+    /// `--max-drift-ppm` and no process paused between checking its lease
+    /// and answering; `quorum` confirms with a majority first and assumes
+    /// nothing of clocks.
     Linearizable,
     /// Served by the answering replica at once, possibly stale; with
     /// `min_revision`, waits until the replica has applied that revision.

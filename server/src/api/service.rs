@@ -108,8 +108,13 @@ pub struct ClusterInfo {
     pub divergence: Option<crate::node::digest::Divergence>,
     /// Current master, if known.
     pub master: Option<String>,
-    /// Milliseconds left on the master lease, when this node is master.
+    /// Milliseconds left on the master lease, when this node is master
+    /// (never in quorum read mode, where no lease is relied on).
     pub lease_remaining_ms: Option<u64>,
+    /// How linearizable reads are confirmed (`--read-mode`, the same on
+    /// every replica).
+    #[serde(default)]
+    pub read_mode: crate::paxos::ReadMode,
     /// The KV revision this node has applied.
     pub revision: u64,
     pub applied_index: u64,

@@ -158,6 +158,7 @@ impl Service for Fake {
             divergence: None,
             master: Some("n1".into()),
             lease_remaining_ms: Some(900),
+            read_mode: crate::paxos::ReadMode::Lease,
             revision: self.store().revision(),
             applied_index: 0,
             commit_index: 0,

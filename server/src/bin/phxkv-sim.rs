@@ -74,12 +74,14 @@ fn main() -> ExitCode {
                     let out = run_seed(seed);
                     if verbose {
                         println!(
-                            "seed {seed}: {} nodes, {} ops, {} acked writes, {} instances (largest batch {}): {}",
+                            "seed {seed}: {} nodes, {} reads, {} ops, {} acked writes, {} instances (largest batch {}), {} pauses: {}",
                             out.nodes,
+                            out.read_mode.name(),
                             out.operations,
                             out.acknowledged_writes,
                             out.chosen_instances,
                             out.largest_batch,
+                            out.pauses,
                             out.failure.as_deref().unwrap_or("ok")
                         );
                     }

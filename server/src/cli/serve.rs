@@ -82,6 +82,21 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_LEASE", default_value = "1s", value_parser = parse_duration)]
     pub lease: Duration,
 
+    /// How the master makes sure it is still master before a linearizable
+    /// read. Every node of a cluster must use the same; a node refuses peers
+    /// in the other mode.
+    ///
+    /// `lease` (the default): from its master lease, with no round trip.
+    /// Safe while clock rates differ by less than --max-drift-ppm and no
+    /// process is paused between checking its lease and answering; after a
+    /// master dies the others wait out its lease before electing a new one.
+    /// `quorum`: after a round trip to a majority that starts after the
+    /// read arrived (etcd's ReadIndex). Nothing depends on clocks, reads
+    /// cost a round trip (shared by the reads waiting at once), and a new
+    /// master is elected without waiting out a lease.
+    #[arg(long, env = "PHXKV_READ_MODE", value_enum, default_value_t = ReadModeArg::Lease)]
+    pub read_mode: ReadModeArg,
+
     /// Bound on clock-rate drift between nodes, in parts per million.
     #[arg(long, env = "PHXKV_MAX_DRIFT_PPM", default_value_t = 10_000)]
     pub max_drift_ppm: u32,
@@ -243,6 +258,7 @@ impl ServeArgs {
         let mut engine = EngineConfig::new(0);
         engine.lease = self.lease;
         engine.max_drift_ppm = self.max_drift_ppm;
+        engine.read_mode = self.read_mode.into();
         // Timers scale with the lease so a short lease fails over quickly.
         engine.heartbeat = (self.lease / 10).max(Duration::from_millis(20));
         engine.election_timeout = (self.lease / 5).max(Duration::from_millis(100));
@@ -436,5 +452,21 @@ mod tests {
 
         let joiner = pod("kv-3", &token).expect("valid");
         assert!(joiner.node.bootstrap.is_empty());
+    }
+}
+
+/// `--read-mode` values (see [`crate::paxos::ReadMode`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadModeArg {
+    Lease,
+    Quorum,
+}
+
+impl From<ReadModeArg> for crate::paxos::ReadMode {
+    fn from(a: ReadModeArg) -> Self {
+        match a {
+            ReadModeArg::Lease => crate::paxos::ReadMode::Lease,
+            ReadModeArg::Quorum => crate::paxos::ReadMode::Quorum,
+        }
     }
 }

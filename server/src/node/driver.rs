@@ -143,6 +143,16 @@ pub struct Driver {
     pub read_lease: Arc<ReadLease>,
     /// Checkpoints of the state digest, compared with the peers'.
     pub digests: Arc<std::sync::Mutex<super::digest::Digests>>,
+    /// Reads the engine has not answered yet.
+    pub reads: ReadWaiters,
+}
+
+/// Callers of [`Input::ReadIndex`] waiting for the engine's answer, by the
+/// token it was asked with.
+#[derive(Debug, Default)]
+pub struct ReadWaiters {
+    waiting: HashMap<u64, oneshot::Sender<Result<Index, ReadError>>>,
+    next: u64,
 }
 
 impl std::fmt::Debug for Driver {
@@ -250,7 +260,16 @@ impl Driver {
                 }
             }
             Input::ReadIndex { reply } => {
-                let _ = reply.send(self.replica.read_index(now));
+                let token = self.reads.next;
+                self.reads.next += 1;
+                match self.replica.request_read(now, token) {
+                    Ok(()) => {
+                        self.reads.waiting.insert(token, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Input::Change { change, reply } => {
                 let _ = reply.send(self.replica.propose_change(now, change));
@@ -353,6 +372,11 @@ impl Driver {
         for peer in ready.send_snapshot {
             self.send_snapshot(peer);
         }
+        for (token, answer) in ready.reads {
+            if let Some(reply) = self.reads.waiting.remove(&token) {
+                let _ = reply.send(answer);
+            }
+        }
         // A replica's messages to itself (its own promise, its acceptance of
         // what it proposed, a refusal of its own stale accept) count only
         // once this turn's records are durable, which they are now.
@@ -363,6 +387,9 @@ impl Driver {
         // Forget waiters whose caller gave up (deadline passed).
         if waiters.len() > 1024 {
             waiters.retain(|_, w| !w.reply.is_closed());
+        }
+        if self.reads.waiting.len() > 1024 {
+            self.reads.waiting.retain(|_, r| !r.is_closed());
         }
         self.maybe_compact();
     }

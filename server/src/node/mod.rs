@@ -281,7 +281,13 @@ impl Node {
         });
         let (events, _) = broadcast::channel(4096);
         let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE);
+        let mut own_headers = reqwest::header::HeaderMap::new();
+        own_headers.insert(
+            wire::READ_MODE_HEADER,
+            reqwest::header::HeaderValue::from_static(cfg.engine.read_mode.name()),
+        );
         let mut builder = reqwest::Client::builder()
+            .default_headers(own_headers)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2));
@@ -413,6 +419,7 @@ impl Node {
             epoch: self.inner.epoch,
             read_lease: self.inner.read_lease.clone(),
             digests: self.inner.digests.clone(),
+            reads: driver::ReadWaiters::default(),
         };
         // Say what this node is before its engine says anything.
         self.set_phase(phase);
@@ -877,11 +884,15 @@ impl Node {
         }
         let (reply, rx) = oneshot::channel();
         self.submit(Input::ReadIndex { reply })?;
-        match rx.await {
-            Ok(Ok(i)) => Ok(ReadIndexReply::Index(i)),
-            Ok(Err(ReadError::NotMaster { hint })) => Ok(ReadIndexReply::NotMaster { hint }),
-            Ok(Err(ReadError::NoLease)) => Ok(ReadIndexReply::NoLease),
-            Err(_) => Err(ServiceError::Internal("the engine stopped".into())),
+        // In quorum read mode the answer waits for a round trip to a
+        // majority, which a partition can hold up: "not now" after a while.
+        match tokio::time::timeout(self.inner.cfg.read_timeout, rx).await {
+            Ok(Ok(Ok(i))) => Ok(ReadIndexReply::Index(i)),
+            Ok(Ok(Err(ReadError::NotMaster { hint }))) => Ok(ReadIndexReply::NotMaster { hint }),
+            Ok(Ok(Err(ReadError::NoLease | ReadError::Busy(_)))) | Err(_) => {
+                Ok(ReadIndexReply::NoLease)
+            }
+            Ok(Err(_)) => Err(ServiceError::Internal("the engine stopped".into())),
         }
     }
 
@@ -1242,6 +1253,7 @@ impl Node {
             node_state_reason,
             master: master.and_then(|m| self.member_name(m)),
             lease_remaining_ms: p.status.lease_remaining.map(|d| d.as_millis() as u64),
+            read_mode: self.inner.cfg.engine.read_mode,
             revision: p.revision,
             applied_index: p.applied,
             commit_index: p.status.commit,

@@ -78,6 +78,23 @@ async fn authenticate(
             "the peer API requires the cluster token as a bearer token",
         );
     }
+    let mine = node.inner.cfg.engine.read_mode.name();
+    let theirs = headers
+        .get(wire::READ_MODE_HEADER)
+        .map_or(Ok("lease"), |v| v.to_str())
+        .unwrap_or("?");
+    if theirs != mine {
+        let message = format!(
+            "this node runs --read-mode {mine} and the sender {theirs}: every replica of a \
+             cluster must use the same read mode"
+        );
+        tracing::warn!(sender = %sender_url(&headers).unwrap_or_default(), "{message}");
+        return error(
+            StatusCode::PRECONDITION_FAILED,
+            PeerErrorCode::ReadModeMismatch,
+            &message,
+        );
+    }
     let accepts = HeaderValue::from_static(if node.inner.cfg.peer_encoding == Encoding::Compact {
         wire::ACCEPTS_COMPACT
     } else {
@@ -547,7 +564,10 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         description = "What phxkv replicas say to each other on the peer port \
 (default 8081): Multi-Paxos messages, snapshots, and the master's side of \
 forwarded writes, read-index requests and membership changes.\n\n\
-Every request carries the cluster token as `Authorization: Bearer <token>`. \
+Every request carries the cluster token as `Authorization: Bearer <token>`, \
+and the sender's `--read-mode` as `phxkv-read-mode: lease` or `quorum` \
+(`lease` when absent); a node refuses a sender in another mode with 412 \
+`read_mode_mismatch`. \
 Bodies are JSON (`application/json`); byte strings (keys, values) are \
 standard base64; node ids are unsigned 64-bit integers (incarnation ids, \
 shown elsewhere as 16 hex digits) that a reader must keep exact; enum values \

@@ -572,6 +572,17 @@ async fn outcome(
             tracing::info!(peer = %url, status = %s, "peer takes no message stream; sending batches");
             link.no_stream = true;
         }
+        Ok(s) if s == reqwest::StatusCode::PRECONDITION_FAILED => {
+            link.failures += 1;
+            if !quiet(link.failures) {
+                tracing::error!(
+                    peer = %url,
+                    "the peer runs another --read-mode and refuses this node; every \
+                     replica of a cluster must use the same"
+                );
+            }
+            link.backoff().await;
+        }
         Ok(s) if s == reqwest::StatusCode::CONFLICT => {
             // The node at that address runs another incarnation: its
             // volume was lost. It will never answer for this one.

@@ -48,6 +48,11 @@ pub fn stream_line(batch: &[crate::paxos::Envelope]) -> Result<Vec<u8>, String> 
     line.push(b'\n');
     Ok(line)
 }
+/// The request header in which a node states its `--read-mode` (`lease`
+/// when absent). A node refuses peers in another mode: a quorum-mode
+/// acceptor does not honour the leases a lease-mode master reads from.
+pub const READ_MODE_HEADER: &str = "phxkv-read-mode";
+
 /// `Accept-Post` value of a node that takes only JSON.
 pub const ACCEPTS_JSON: &str = "application/json";
 /// `Accept-Post` value of a node that also takes compact bodies.
@@ -234,6 +239,9 @@ pub enum PeerErrorCode {
     Unavailable,
     /// The request's deadline passed; a write may still commit.
     Timeout,
+    /// The sender runs another read mode (`phxkv-read-mode`): every replica
+    /// of a cluster must use the same `--read-mode`.
+    ReadModeMismatch,
     /// Anything else.
     Internal,
 }

@@ -4,6 +4,51 @@ use std::time::Duration;
 
 use super::types::NodeId;
 
+/// How a master makes sure no other master exists before it answers a
+/// linearizable read. Every replica of a cluster must use the same mode.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadMode {
+    /// From a master lease: no round trip, but safe only while clock rates
+    /// differ by less than `max_drift_ppm` and a process is not paused
+    /// between checking its lease and answering (see [`super::lease`]).
+    #[default]
+    Lease,
+    /// From a round trip to a majority that starts after the read arrived
+    /// (see [`super::quorum_read`]). Nothing depends on clocks; acceptors
+    /// honour no master lease, so a new master is elected without waiting
+    /// one out.
+    Quorum,
+}
+
+impl ReadMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadMode::Lease => "lease",
+            ReadMode::Quorum => "quorum",
+        }
+    }
+
+    /// Parses a mode's [`name`](ReadMode::name).
+    pub fn parse(s: &str) -> Option<ReadMode> {
+        match s {
+            "lease" => Some(ReadMode::Lease),
+            "quorum" => Some(ReadMode::Quorum),
+            _ => None,
+        }
+    }
+}
+
 /// Engine settings. Every replica of a cluster must use the same `lease` and
 /// `max_drift_ppm`: the lease safety argument depends on them.
 #[derive(Clone, Debug)]
@@ -37,6 +82,8 @@ pub struct EngineConfig {
     pub max_promise_lag: u64,
     /// Seed for the engine's own randomness (election jitter).
     pub seed: u64,
+    /// How linearizable reads are confirmed.
+    pub read_mode: ReadMode,
 }
 
 impl EngineConfig {
@@ -55,6 +102,7 @@ impl EngineConfig {
             catchup_batch: 1024,
             max_promise_lag: 4096,
             seed: id,
+            read_mode: ReadMode::Lease,
         }
     }
 

@@ -66,6 +66,13 @@ pub enum Message {
         entries: Vec<(Index, InstanceValue)>,
         commit: Index,
     },
+    /// Quorum read mode: the master at `ballot` asks whether the receiver
+    /// still knows no higher ballot; round `seq` confirms the reads that
+    /// arrived before it started.
+    ReadProbe { ballot: Ballot, seq: u64 },
+    /// The receiver had promised no ballot above `ballot` when it answered
+    /// round `seq`.
+    ReadAck { ballot: Ballot, seq: u64 },
 }
 
 impl Message {

@@ -11,10 +11,11 @@ pub mod lease;
 pub mod log;
 pub mod membership;
 pub mod message;
+pub mod quorum_read;
 pub mod replica;
 pub mod types;
 
-pub use config::EngineConfig;
+pub use config::{EngineConfig, ReadMode};
 pub use log::*;
 pub use message::{Envelope, Message, RejectReason};
 pub use replica::{ProposeError, ReadError, Ready, Replica, Status};

@@ -31,7 +31,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::config::EngineConfig;
+use super::config::{EngineConfig, ReadMode};
 use super::log::{LogEntry, Persist, Recovered, SnapshotMeta};
 use super::message::{Envelope, Message, RejectReason};
 use super::types::{Ballot, Command, ConfChange, Index, Membership, NodeId, Value};
@@ -66,6 +66,8 @@ pub enum ReadError {
     NotMaster { hint: Option<NodeId> },
     #[error("the master does not hold a valid lease yet")]
     NoLease,
+    #[error("too many reads are waiting for a confirmation round ({0}); retry later")]
+    Busy(usize),
 }
 
 /// What the caller must do after feeding the replica, in this order:
@@ -94,6 +96,9 @@ pub struct Ready {
     pub rejected: Vec<Command>,
     /// Peers that need a snapshot: this node compacted the log they are missing.
     pub send_snapshot: Vec<NodeId>,
+    /// Answers to [`Replica::request_read`], by the caller's token: the index
+    /// to apply before reading, or why the read cannot be served here.
+    pub reads: Vec<(u64, Result<Index, ReadError>)>,
 }
 
 impl Ready {
@@ -103,6 +108,7 @@ impl Ready {
             && self.committed.is_empty()
             && self.rejected.is_empty()
             && self.send_snapshot.is_empty()
+            && self.reads.is_empty()
     }
 }
 
@@ -158,6 +164,44 @@ struct Master {
     /// A membership change waits for the instances in flight to be chosen:
     /// until then no new batch is proposed (see `propose_change`).
     drain_until: Option<Duration>,
+    /// Quorum read mode: reads waiting for a confirmation round (boxed:
+    /// empty in lease mode).
+    reads: Box<QuorumReads>,
+}
+
+/// Reads waiting for a confirmation round (see [`super::quorum_read`]).
+#[derive(Debug, Default)]
+struct QuorumReads {
+    /// Reads that arrived after the round in flight started.
+    waiting: Vec<u64>,
+    round: Option<ReadRound>,
+    /// The last round's number.
+    seq: u64,
+}
+
+impl QuorumReads {
+    /// Every read waiting or in a round. The round count stays: a round
+    /// number is never reused at one ballot, so a late ack cannot confirm a
+    /// later round.
+    fn drain(&mut self) -> Vec<u64> {
+        let mut all = self.round.take().map(|r| r.reads).unwrap_or_default();
+        all.append(&mut self.waiting);
+        all
+    }
+
+    fn len(&self) -> usize {
+        self.waiting.len() + self.round.as_ref().map_or(0, |r| r.reads.len())
+    }
+}
+
+#[derive(Debug)]
+struct ReadRound {
+    seq: u64,
+    started: Duration,
+    /// Who acknowledged this round at the master's ballot (the master too).
+    acks: BTreeSet<NodeId>,
+    /// The reads this round confirms: all arrived before it started.
+    reads: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -221,9 +265,10 @@ pub struct Replica {
     known_master: Option<NodeId>,
     last_heard: Duration,
     election_deadline: Duration,
-    /// The `now` of the latest [`Replica::propose`]: queued commands are
-    /// packed into instances at [`Replica::take_ready`], at this time.
-    proposed_at: Duration,
+    /// The latest `now` this replica was fed. Work left for
+    /// [`Replica::take_ready`] (packing queued commands into instances,
+    /// starting a read round) is done at this time.
+    last_now: Duration,
 
     ready: Ready,
 }
@@ -291,7 +336,7 @@ impl Replica {
             known_master: None,
             last_heard: now,
             election_deadline: now,
-            proposed_at: now,
+            last_now: now,
             ready: Ready::default(),
             rng,
             cfg,
@@ -369,7 +414,7 @@ impl Replica {
 
     /// Whether [`Replica::take_ready`] has anything to hand out.
     pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty() || self.can_pump()
+        !self.ready.is_empty() || self.can_pump() || self.can_start_read_round()
     }
 
     /// Hands out everything the caller must now persist, send and apply.
@@ -380,7 +425,10 @@ impl Replica {
     /// window allows.
     pub fn take_ready(&mut self) -> Ready {
         if self.can_pump() {
-            self.pump(self.proposed_at);
+            self.pump(self.last_now);
+        }
+        if self.can_start_read_round() {
+            self.start_read_round(self.last_now);
         }
         std::mem::take(&mut self.ready)
     }
@@ -391,7 +439,7 @@ impl Replica {
             State::Master(m) => {
                 !m.queue.is_empty()
                     && m.next_index <= self.commit + self.cfg.window
-                    && m.drain_until.is_none_or(|t| self.proposed_at >= t)
+                    && m.drain_until.is_none_or(|t| self.last_now >= t)
             }
             _ => false,
         }
@@ -559,6 +607,7 @@ impl Replica {
 
     /// Feeds one message from a peer.
     pub fn step(&mut self, now: Duration, from: NodeId, msg: Message) {
+        self.last_now = self.last_now.max(now);
         match msg {
             Message::Prepare { ballot, from_index } => {
                 self.on_prepare(now, from, ballot, from_index)
@@ -600,11 +649,14 @@ impl Replica {
                 }
             }
             Message::Catchup { entries, commit } => self.on_catchup(now, from, entries, commit),
+            Message::ReadProbe { ballot, seq } => self.on_read_probe(now, from, ballot, seq),
+            Message::ReadAck { ballot, seq } => self.on_read_ack(from, ballot, seq),
         }
     }
 
     /// Advances timers: elections, retransmissions, heartbeats, lease renewal.
     pub fn tick(&mut self, now: Duration) {
+        self.last_now = self.last_now.max(now);
         match &self.state {
             State::Follower => {
                 if now >= self.election_deadline && self.may_campaign(now) {
@@ -777,6 +829,7 @@ impl Replica {
                 holder,
                 duration_ms,
             } = value
+                && self.cfg.read_mode == ReadMode::Lease
             {
                 // Timed from acceptance: the master started its clock before
                 // sending, so its view of the lease ends first.
@@ -1076,8 +1129,10 @@ impl Replica {
 
     fn step_down(&mut self, hint: Option<NodeId>) {
         let old = std::mem::replace(&mut self.state, State::Follower);
-        if let State::Master(m) = old {
+        if let State::Master(mut m) = old {
+            let reads = m.reads.drain();
             self.ready.rejected.extend(m.queue);
+            self.fail_reads(reads, hint);
         }
         self.known_master = hint;
     }
@@ -1113,6 +1168,7 @@ impl Replica {
             peer_seen: BTreeMap::new(),
             transfer: None,
             drain_until: None,
+            reads: Box::default(),
         });
         let mut values: Vec<(Index, Value)> = Vec::new();
         for i in c.from_index.max(self.commit + 1)..=last {
@@ -1127,8 +1183,14 @@ impl Replica {
             values.push((i, v));
         }
         self.advance_commit();
+        let lease_mode = self.cfg.read_mode == ReadMode::Lease;
         if let State::Master(m) = &mut self.state {
-            m.lease_starts.insert(barrier, now);
+            // In quorum mode the barrier is proposed as a lease too (it is
+            // what acceptors in lease mode time), but this master never
+            // relies on it: acceptors in that mode do not honour it.
+            if lease_mode {
+                m.lease_starts.insert(barrier, now);
+            }
             m.last_lease_start = now;
             m.next_index = barrier + 1;
         }
@@ -1265,6 +1327,7 @@ impl Replica {
         }
         m.lease_until = None;
         m.lease_starts.clear();
+        let reads = m.reads.drain();
         let index = m.next_index;
         m.next_index += 1;
         m.transfer = Some(Transfer {
@@ -1282,6 +1345,7 @@ impl Replica {
                 },
             )],
         );
+        self.fail_reads(reads, Some(target));
         Ok(())
     }
 
@@ -1314,7 +1378,15 @@ impl Replica {
         let renew = (now >= m.last_lease_start + lease_len / 3 || m.lease_until.is_none())
             && m.lease_starts.is_empty()
             && m.transfer.is_none()
-            && voter;
+            && voter
+            && self.cfg.read_mode == ReadMode::Lease;
+        // A read round that got no majority in time (lost messages, a
+        // partition) is started again, with every read waiting.
+        if let Some(r) = m.reads.round.take_if(|r| now >= r.started + retry) {
+            let mut reads = r.reads;
+            reads.append(&mut m.reads.waiting);
+            m.reads.waiting = reads;
+        }
         let mut resend: Vec<(Index, Value)> = Vec::new();
         for (i, f) in m.inflight.iter_mut() {
             if now >= f.sent_at + retry {
@@ -1359,6 +1431,9 @@ impl Replica {
             self.propose_lease(now);
         }
         self.pump(now);
+        if self.can_start_read_round() {
+            self.start_read_round(now);
+        }
     }
 
     fn propose_lease(&mut self, now: Duration) {
@@ -1437,7 +1512,7 @@ impl Replica {
         }
         m.queue.push_back(cmd);
         // Packed at take_ready, with whatever else arrives before it.
-        self.proposed_at = self.proposed_at.max(now);
+        self.last_now = self.last_now.max(now);
         Ok(())
     }
 
@@ -1547,6 +1622,135 @@ impl Replica {
                 hint: self.known_master,
             }),
         }
+    }
+
+    /// Asks for a linearizable read; the answer comes out of
+    /// [`Replica::take_ready`] in [`Ready::reads`] under `token`. In lease
+    /// mode that is at once ([`Replica::read_index`]); in quorum mode once a
+    /// confirmation round that starts after this call has a majority (see
+    /// [`super::quorum_read`]), or when this node stops being master.
+    pub fn request_read(&mut self, now: Duration, token: u64) -> Result<(), ReadError> {
+        self.last_now = self.last_now.max(now);
+        if self.cfg.read_mode == ReadMode::Lease {
+            let answer = self.read_index(now);
+            self.ready.reads.push((token, answer));
+            return Ok(());
+        }
+        let max = self.cfg.max_queue;
+        let hint = self.known_master;
+        let State::Master(m) = &mut self.state else {
+            return Err(ReadError::NotMaster { hint });
+        };
+        if let Some(t) = m.transfer {
+            return Err(ReadError::NotMaster {
+                hint: Some(t.target),
+            });
+        }
+        if m.reads.len() >= max {
+            return Err(ReadError::Busy(max));
+        }
+        // Joins the next round, not the one in flight: that one may have
+        // been answered by a majority before this read arrived.
+        m.reads.waiting.push(token);
+        Ok(())
+    }
+
+    /// Whether reads wait for a round that may start now: none is in
+    /// flight, and the barrier is committed (everything an earlier master
+    /// chose is below the commit index).
+    fn can_start_read_round(&self) -> bool {
+        match &self.state {
+            State::Master(m) => {
+                self.cfg.read_mode == ReadMode::Quorum
+                    && m.reads.round.is_none()
+                    && !m.reads.waiting.is_empty()
+                    && m.transfer.is_none()
+                    && self.commit >= m.barrier
+            }
+            _ => false,
+        }
+    }
+
+    fn start_read_round(&mut self, now: Duration) {
+        let me = self.cfg.id;
+        let State::Master(m) = &mut self.state else {
+            return;
+        };
+        m.reads.seq += 1;
+        let seq = m.reads.seq;
+        let ballot = m.ballot;
+        m.reads.round = Some(ReadRound {
+            seq,
+            started: now,
+            acks: BTreeSet::from([me]),
+            reads: std::mem::take(&mut m.reads.waiting),
+        });
+        for p in self.peers() {
+            self.send(p, Message::ReadProbe { ballot, seq });
+        }
+        // A single voter is a majority by itself.
+        self.finish_read_round();
+    }
+
+    /// An acceptor answers a probe unless it promised a higher ballot.
+    fn on_read_probe(&mut self, now: Duration, from: NodeId, ballot: Ballot, seq: u64) {
+        self.highest_round = self.highest_round.max(ballot.round);
+        if ballot < self.promised {
+            return self.reject(from, ballot, RejectReason::Outdated);
+        }
+        if ballot == self.promised && from != self.cfg.id {
+            self.heard_from_master(now, ballot.node);
+        }
+        self.send(from, Message::ReadAck { ballot, seq });
+    }
+
+    fn on_read_ack(&mut self, from: NodeId, ballot: Ballot, seq: u64) {
+        let State::Master(m) = &mut self.state else {
+            return;
+        };
+        if m.ballot != ballot {
+            return;
+        }
+        if let Some(r) = m.reads.round.as_mut()
+            && r.seq == seq
+        {
+            r.acks.insert(from);
+            self.finish_read_round();
+        }
+    }
+
+    /// Answers the round's reads at the commit index once a majority of
+    /// voters acknowledged it.
+    fn finish_read_round(&mut self) {
+        let commit = self.commit;
+        let membership = self.membership().clone();
+        let State::Master(m) = &mut self.state else {
+            return;
+        };
+        let Some(r) = m.reads.round.as_ref() else {
+            return;
+        };
+        let votes = r.acks.iter().filter(|id| membership.is_voter(**id)).count();
+        if votes < membership.quorum() {
+            return;
+        }
+        invariant!(
+            commit >= m.barrier,
+            "a read round finished below the barrier ({commit} < {})",
+            m.barrier
+        );
+        let reads = m.reads.round.take().map(|r| r.reads).unwrap_or_default();
+        self.ready
+            .reads
+            .extend(reads.into_iter().map(|t| (t, Ok(commit))));
+    }
+
+    fn fail_reads(&mut self, reads: Vec<u64>, hint: Option<NodeId>) {
+        self.ready.reads.extend(
+            reads
+                .into_iter()
+                .map(|t| (t, Err(ReadError::NotMaster { hint }))),
+        );
     }
 
     /// Until when [`Replica::read_index`] keeps answering with the commit

@@ -25,7 +25,12 @@ fn membership(ids: &[NodeId]) -> Membership {
 }
 
 fn config(id: NodeId) -> EngineConfig {
+    config_in(id, ReadMode::Lease)
+}
+
+fn config_in(id: NodeId, mode: ReadMode) -> EngineConfig {
     let mut c = EngineConfig::new(id);
+    c.read_mode = mode;
     c.lease = Duration::from_millis(1000);
     c.election_timeout = Duration::from_millis(100);
     c.heartbeat = Duration::from_millis(50);
@@ -46,6 +51,9 @@ fn put(seq: u64, key: &str) -> Command {
     }
 }
 
+/// A read's token and what the replica answered.
+type ReadAnswer = (u64, Result<Index, ReadError>);
+
 /// Decides which messages a test's network loses.
 type Dropper = Box<dyn Fn(&Envelope) -> bool>;
 
@@ -55,20 +63,28 @@ struct Net {
     wire: VecDeque<Envelope>,
     persisted: BTreeMap<NodeId, Vec<Persist>>,
     committed: BTreeMap<NodeId, Vec<(Index, Value)>>,
+    /// Answers to read requests, per node, in order.
+    reads: BTreeMap<NodeId, Vec<ReadAnswer>>,
     now: Duration,
     /// Messages for which this returns true are lost.
     dropper: Option<Dropper>,
+    mode: ReadMode,
 }
 
 impl Net {
     fn new(ids: &[NodeId]) -> Net {
+        Net::in_mode(ids, ReadMode::Lease)
+    }
+
+    fn in_mode(ids: &[NodeId], mode: ReadMode) -> Net {
         let m = membership(ids);
         let nodes = ids
             .iter()
             .map(|id| {
+                let cfg = config_in(*id, mode);
                 (
                     *id,
-                    Replica::new(config(*id), Recovered::default(), m.clone(), Duration::ZERO),
+                    Replica::new(cfg, Recovered::default(), m.clone(), Duration::ZERO),
                 )
             })
             .collect();
@@ -77,8 +93,10 @@ impl Net {
             wire: VecDeque::new(),
             persisted: BTreeMap::new(),
             committed: BTreeMap::new(),
+            reads: BTreeMap::new(),
             now: Duration::ZERO,
             dropper: None,
+            mode,
         }
     }
 
@@ -99,8 +117,10 @@ impl Net {
             rec.commit = 0;
         }
         let now = self.now;
-        self.nodes
-            .insert(id, Replica::new(config(id), rec, initial, now));
+        self.nodes.insert(
+            id,
+            Replica::new(config_in(id, self.mode), rec, initial, now),
+        );
     }
 
     /// Every (index, value) each node applied, checked for agreement: no
@@ -131,6 +151,7 @@ impl Net {
             .entry(id)
             .or_default()
             .extend(ready.committed);
+        self.reads.entry(id).or_default().extend(ready.reads);
         self.wire.extend(ready.messages);
     }
 
@@ -1324,5 +1345,143 @@ fn a_voter_change_waits_until_a_quorum_of_the_new_voters_holds_every_chosen_inst
         net.batches(2).into_iter().flatten().collect::<Vec<_>>(),
         vec![1, 2, 3, 4, 5],
         "the lone voter holds every write"
+    );
+}
+
+// ------------------------------------------------------------ quorum reads
+
+/// Feeds `id` a read request and moves its output onto the wire.
+fn read(net: &mut Net, id: NodeId, token: u64) -> Result<(), ReadError> {
+    let now = net.now;
+    let r = net.nodes.get_mut(&id).expect("node");
+    let asked = r.request_read(now, token);
+    net.drain(id);
+    asked
+}
+
+fn answers(net: &Net, id: NodeId) -> Vec<ReadAnswer> {
+    net.reads.get(&id).cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_quorum_read_is_answered_after_a_majority_confirms_a_round() {
+    let mut net = Net::in_mode(&[1, 2, 3], ReadMode::Quorum);
+    net.elect(1);
+    let commit = net.nodes[&1].commit_index();
+    read(&mut net, 1, 7).expect("queued");
+    assert!(
+        answers(&net, 1).is_empty(),
+        "no answer without a round trip"
+    );
+    let probes: Vec<_> = net
+        .wire
+        .iter()
+        .filter(|e| matches!(e.msg, Message::ReadProbe { .. }))
+        .map(|e| e.to)
+        .collect();
+    assert_eq!(probes, vec![2, 3]);
+    // One follower's ack plus the master is a majority of three.
+    net.settle(&[3]);
+    assert_eq!(answers(&net, 1), vec![(7, Ok(commit))]);
+}
+
+#[test]
+fn a_quorum_read_is_not_confirmed_by_a_round_that_started_before_it() {
+    let mut net = Net::in_mode(&[1, 2, 3], ReadMode::Quorum);
+    net.elect(1);
+    read(&mut net, 1, 1).expect("queued");
+    // Round 1 is in flight; read 2 arrives and must wait for round 2.
+    read(&mut net, 1, 2).expect("queued");
+    let round1: Vec<Envelope> = net.wire.drain(..).collect();
+    let ack = |to: NodeId| {
+        round1
+            .iter()
+            .filter(|e| e.to == to)
+            .find_map(|e| match e.msg {
+                Message::ReadProbe { ballot, seq } => Some(Message::ReadAck { ballot, seq }),
+                _ => None,
+            })
+            .expect("probe")
+    };
+    let now = net.now;
+    net.nodes.get_mut(&1).expect("master").step(now, 2, ack(2));
+    net.drain(1);
+    let got: Vec<u64> = answers(&net, 1).iter().map(|(t, _)| *t).collect();
+    assert_eq!(got, vec![1], "round 1 answers read 1 only");
+    // Round 2 went out when round 1 finished; a late duplicate of round
+    // 1's ack does not confirm it.
+    net.nodes.get_mut(&1).expect("master").step(now, 3, ack(3));
+    net.drain(1);
+    assert_eq!(answers(&net, 1).len(), 1);
+    net.settle(&[]);
+    let got: Vec<u64> = answers(&net, 1).iter().map(|(t, _)| *t).collect();
+    assert_eq!(got, vec![1, 2]);
+}
+
+#[test]
+fn a_quorum_read_fails_when_a_majority_knows_a_higher_ballot() {
+    let mut net = Net::in_mode(&[1, 2, 3], ReadMode::Quorum);
+    net.elect(1);
+    // 2 and 3 elect 2 behind 1's back: no lease holds them back.
+    let t = net.now + 300 * MS;
+    net.now = t;
+    if let Some(r) = net.nodes.get_mut(&2) {
+        r.tick(t);
+    }
+    net.settle(&[1]);
+    assert!(
+        net.nodes[&2].is_master(),
+        "2 was elected without waiting out a lease"
+    );
+    assert!(net.nodes[&1].is_master(), "1 has not heard of it yet");
+    read(&mut net, 1, 9).expect("queued");
+    net.settle(&[]);
+    assert!(
+        !net.nodes[&1].is_master(),
+        "the probe's refusal made 1 step down"
+    );
+    assert!(
+        matches!(
+            answers(&net, 1).as_slice(),
+            [(9, Err(ReadError::NotMaster { .. }))]
+        ),
+        "{:?}",
+        answers(&net, 1)
+    );
+}
+
+#[test]
+fn in_lease_mode_the_same_partition_cannot_elect_another_master() {
+    let mut net = Net::in_mode(&[1, 2, 3], ReadMode::Lease);
+    net.elect(1);
+    net.advance(100 * MS, &[]);
+    let t = net.now + 300 * MS;
+    net.now = t;
+    if let Some(r) = net.nodes.get_mut(&2) {
+        r.tick(t);
+    }
+    net.settle(&[1]);
+    assert!(!net.nodes[&2].is_master(), "the acceptors honour 1's lease");
+}
+
+#[test]
+fn quorum_reads_answer_without_a_lease_and_lease_reads_do_not() {
+    let mut net = Net::in_mode(&[1, 2, 3], ReadMode::Quorum);
+    net.elect(1);
+    let now = net.now;
+    assert!(!net.nodes[&1].lease_valid(now), "no lease is relied on");
+    assert_eq!(net.nodes[&1].read_lease_until(now), None);
+    assert_eq!(
+        read(&mut net, 2, 1),
+        Err(ReadError::NotMaster { hint: Some(1) })
+    );
+    let mut lease = Net::new(&[1, 2, 3]);
+    lease.elect(1);
+    read(&mut lease, 1, 4).expect("answered");
+    let commit = lease.nodes[&1].commit_index();
+    assert_eq!(
+        answers(&lease, 1),
+        vec![(4, Ok(commit))],
+        "at once, from the lease"
     );
 }

@@ -25,6 +25,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::paxos::ReadMode;
 use lincheck::CheckResult;
 use world::{World, WorldOptions};
 
@@ -47,6 +48,9 @@ pub struct SeedOutcome {
     pub chosen_instances: usize,
     /// The most client commands chosen in one instance.
     pub largest_batch: usize,
+    pub read_mode: ReadMode,
+    pub pauses: usize,
+    pub reads_answered: usize,
     pub crash_points: usize,
     pub disk_losses: usize,
     pub replacements: usize,
@@ -64,6 +68,7 @@ pub fn options_for(seed: u64) -> WorldOptions {
     } else {
         rng.random_range(0..3)
     };
+    let quorum = rng.random_bool(0.35);
     WorldOptions {
         nodes,
         clients: rng.random_range(2..8),
@@ -83,10 +88,18 @@ pub fn options_for(seed: u64) -> WorldOptions {
         disk_loss: faults && nodes >= 3 && membership_changes && rng.random_bool(0.5),
         disk_loss_keeps_identity: false,
         compact_after: [20, 100, 1000][rng.random_range(0..3)],
-        clock_drift_ppm: 10_000,
+        // In quorum read mode nothing may depend on clocks: their rates
+        // stray far beyond what the engine is told, and processes pause.
+        clock_drift_ppm: if quorum { 300_000 } else { 10_000 },
         engine_drift_ppm: 10_000,
         crash_points_only: false,
         disk_root: None,
+        read_mode: if quorum {
+            ReadMode::Quorum
+        } else {
+            ReadMode::Lease
+        },
+        pauses: quorum && faults,
     }
 }
 
@@ -98,6 +111,7 @@ pub fn run_seed(seed: u64) -> SeedOutcome {
 /// Runs one seed with explicit options.
 pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
     let nodes = opts.nodes;
+    let read_mode = opts.read_mode;
     let result = catch_unwind(AssertUnwindSafe(|| World::new(seed, opts).run()));
     let report = match result {
         Ok(r) => r,
@@ -116,6 +130,9 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
                 acknowledged_writes: 0,
                 chosen_instances: 0,
                 largest_batch: 0,
+                read_mode,
+                pauses: 0,
+                reads_answered: 0,
                 crash_points: 0,
                 disk_losses: 0,
                 replacements: 0,
@@ -149,6 +166,9 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
         acknowledged_writes: report.acknowledged_writes,
         chosen_instances: report.chosen_instances,
         largest_batch: report.largest_batch,
+        read_mode,
+        pauses: report.pauses,
+        reads_answered: report.reads_answered,
         crash_points: report.crash_points,
         disk_losses: report.disk_losses,
         replacements: report.replacements,

@@ -18,7 +18,7 @@ use super::lincheck::{KvCall, KvReturn, Operation};
 use crate::kv::{Expect, Op, OpResult, Store, StoreSnapshot};
 use crate::paxos::{
     Command, ConfChange, EngineConfig, Envelope, Index, Member, Membership, NodeId, ProposeError,
-    Replica, RequestId, Role, SnapshotMeta, Value,
+    ReadMode, Replica, RequestId, Role, SnapshotMeta, Value,
 };
 use crate::storage::{DiskStore, Identity, LogStore, MemStore};
 
@@ -74,6 +74,11 @@ pub struct WorldOptions {
     /// Keep each node's records in a real database under this directory
     /// (fsync and all) instead of in memory.
     pub disk_root: Option<std::path::PathBuf>,
+    /// How masters confirm linearizable reads.
+    pub read_mode: ReadMode,
+    /// Processes are paused now and then (SIGSTOP, a VM migrated): nothing
+    /// they are sent is handled until they resume, while time runs on.
+    pub pauses: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +132,7 @@ enum Event {
     /// The end of a node's turn: what it was fed since is persisted, sent
     /// and applied together (see `World::turn_delay`).
     Turn(usize),
+    Pause,
 }
 
 #[derive(Clone, Debug)]
@@ -161,6 +167,10 @@ struct Node {
     taking: Option<Taking>,
     /// An [`Event::Turn`] is scheduled for this node.
     turn_pending: bool,
+    /// Reads asked of the replica and not answered yet, by token.
+    pending_reads: BTreeMap<u64, (usize, u32, Vec<u8>)>,
+    /// The process is paused until then.
+    paused_until: Time,
 }
 
 /// A snapshot being taken in pieces: its id in the store, what it covers,
@@ -215,6 +225,10 @@ pub struct RunReport {
     pub chosen_instances: usize,
     /// The most client commands chosen in one instance.
     pub largest_batch: usize,
+    /// Processes paused.
+    pub pauses: usize,
+    /// Reads answered to clients.
+    pub reads_answered: usize,
     /// Crashes that hit exactly between persisting and sending, or between
     /// sending and the next record.
     pub crash_points: usize,
@@ -264,6 +278,7 @@ pub struct World {
     crash_points: usize,
     disk_losses: usize,
     replacements: usize,
+    pauses: usize,
     stopping: bool,
     print_trace: bool,
 }
@@ -322,6 +337,8 @@ impl World {
                 applied: 0,
                 taking: None,
                 turn_pending: false,
+                pending_reads: BTreeMap::new(),
+                paused_until: 0,
             })
             .collect();
         let clients = (0..opts.clients)
@@ -373,6 +390,7 @@ impl World {
             crash_points: 0,
             disk_losses: 0,
             replacements: 0,
+            pauses: 0,
             stopping: false,
             print_trace: std::env::var_os("PHXKV_SIM_TRACE").is_some(),
         };
@@ -389,9 +407,10 @@ impl World {
             let faults = w.opts.active / 1_000_000 + w.rng.random_range(1..4);
             for _ in 0..faults {
                 let at = w.rng.random_range(0..w.opts.active);
-                let ev = match w.rng.random_range(0..4) {
+                let ev = match w.rng.random_range(0..5) {
                     0 => Event::Partition,
                     1 => Event::Handoff,
+                    2 if w.opts.pauses => Event::Pause,
                     _ => Event::Crash,
                 };
                 w.schedule(at, ev);
@@ -464,6 +483,7 @@ impl World {
         cfg.catchup_batch = 64;
         cfg.max_promise_lag = 256;
         cfg.seed = self.nodes[i].id ^ self.now;
+        cfg.read_mode = self.opts.read_mode;
         cfg
     }
 
@@ -518,6 +538,7 @@ impl World {
         node.replica = None;
         node.waiters.clear();
         node.reads.clear();
+        node.pending_reads.clear();
         node.crash_point = None;
         node.taking = None;
         if self.opts.disk_root.is_some() {
@@ -616,6 +637,18 @@ impl World {
         }
         for peer in ready.send_snapshot {
             self.send_snapshot(i, peer);
+        }
+        for (token, answer) in ready.reads {
+            let Some((client, attempt, key)) = self.nodes[i].pending_reads.remove(&token) else {
+                continue;
+            };
+            match answer {
+                Ok(index) => self.nodes[i].reads.push((index, client, attempt, key)),
+                Err(_) => {
+                    let hint = self.nodes[i].replica.as_ref().and_then(|r| r.master_hint());
+                    self.reply(client, attempt, Reply::Redirect(hint));
+                }
+            }
         }
         self.serve_reads(i);
         self.maybe_compact(i);
@@ -966,17 +999,18 @@ impl World {
         };
         let op = match call {
             KvCall::Get { key } => {
-                let reply = match r.read_index(now) {
-                    Ok(index) => {
-                        self.nodes[i].reads.push((index, c, attempt, key));
-                        self.serve_reads(i);
-                        None
+                let token = self.seq;
+                self.seq += 1;
+                match r.request_read(now, token) {
+                    Ok(()) => {
+                        self.nodes[i].pending_reads.insert(token, (c, attempt, key));
                     }
-                    Err(_) => Some(Reply::Redirect(r.master_hint())),
-                };
-                if let Some(reply) = reply {
-                    self.reply(c, attempt, reply);
+                    Err(_) => {
+                        let hint = r.master_hint();
+                        self.reply(c, attempt, Reply::Redirect(hint));
+                    }
                 }
+                self.end_input(i);
                 return;
             }
             KvCall::Put { key, value } => Some(Op::Put {
@@ -1419,8 +1453,58 @@ impl World {
         }
     }
 
-    fn step_event(&mut self, ev: Event) {
+    /// The node an event is handled by, if one.
+    fn handled_by(&self, ev: &Event) -> Option<usize> {
         match ev {
+            Event::Tick(i) | Event::Turn(i) => Some(*i),
+            Event::Deliver(env) => self.index_of(env.to),
+            Event::Snapshot { to, .. } => self.index_of(*to),
+            Event::ClientArrive { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
+
+    /// Pauses a node, the master more often than not, for up to several
+    /// leases: whatever it was about to do (answer a read whose index it
+    /// took before the pause) happens after the world moved on.
+    fn pause(&mut self) {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].up)
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        let master = up.iter().copied().find(|i| {
+            self.nodes[*i]
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.is_master())
+        });
+        let i = match master {
+            Some(m) if self.rng.random_bool(0.7) => m,
+            _ => up[self.rng.random_range(0..up.len())],
+        };
+        let d = self.rng.random_range(50_000..1_500_000);
+        self.nodes[i].paused_until = self.now + d;
+        self.pauses += 1;
+        let name = self.nodes[i].name.clone();
+        self.note(format!("{name} paused for {}ms", d / 1000));
+    }
+
+    fn step_event(&mut self, ev: Event) {
+        if let Some(i) = self.handled_by(&ev)
+            && self.nodes[i].paused_until > self.now
+        {
+            // Handled when the process resumes, in the order it arrived.
+            let d = self.nodes[i].paused_until - self.now;
+            return self.schedule(d, ev);
+        }
+        match ev {
+            Event::Pause => {
+                if !self.stopping {
+                    self.pause();
+                }
+            }
             Event::Tick(i) => self.tick(i),
             Event::Turn(i) => self.end_turn(i),
             Event::Deliver(env) => self.deliver(env),
@@ -1511,6 +1595,12 @@ impl World {
             crash_points: self.crash_points,
             disk_losses: self.disk_losses,
             replacements: self.replacements,
+            pauses: self.pauses,
+            reads_answered: self
+                .history
+                .iter()
+                .filter(|o| matches!(o.completed, Some((_, KvReturn::Get(_)))))
+                .count(),
             history: self.history,
         }
     }
@@ -1610,6 +1700,8 @@ fn short(m: &crate::paxos::Message) -> String {
     use crate::paxos::Message as M;
     match m {
         M::Prepare { ballot, from_index } => format!("Prepare({ballot},{from_index})"),
+        M::ReadProbe { ballot, seq } => format!("ReadProbe({ballot},#{seq})"),
+        M::ReadAck { ballot, seq } => format!("ReadAck({ballot},#{seq})"),
         M::Promise {
             ballot,
             entries,
