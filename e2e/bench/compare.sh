@@ -16,6 +16,8 @@
 #   BENCH_PEER_ENCODING  phxkv's --peer-encoding for the main run (default json)
 #   BENCH_ENCODINGS  1 (default): also run the write and read scenarios on phxkv
 #                    with the other peer encoding and report both; 0: skip
+#   BENCH_QUORUM     1 (default): also run read-lin-64 and failover on phxkv with
+#                    --read-mode quorum and report them beside lease mode; 0: skip
 #   BENCH_ONLY_LOAD  1: stop after the load scenarios (no failover, no catch-up),
 #                    for quick comparisons while profiling
 #   BENCH_KEEP       keep the data and logs directory (prints its path)
@@ -96,12 +98,13 @@ et_members=${et_members%,}
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
 
 px_encoding=$encoding
+px_read_mode=lease
 start_phxkv() { # index
     local i=$1 n=${names[$1]}
     "$phxkv" serve --id "$n" --data-dir "$work/phxkv/$n" \
         --listen "127.0.0.1:${px_client[$i]}" --peer-listen "127.0.0.1:${px_peer[$i]}" \
         --initial-members "$px_members" --cluster-token-file "$work/token" \
-        --peer-encoding "$px_encoding" \
+        --peer-encoding "$px_encoding" --read-mode "$px_read_mode" \
         >>"$work/phxkv-$n.log" 2>&1 &
     pids[px$i]=$!
     disown "$!"
@@ -324,7 +327,7 @@ failover_round() { # system round
         die "$sys: no write succeeded after killing the master"
     wait_gone "$(pid_of "$sys" "$m")"
     echo "$json" | jq --arg sys "$sys" --argjson round "$2" --arg killed "${names[$m]}" \
-        '. + {system: $sys, round: $round, killed: $killed}' >>"$results/failover.jsonl"
+        '. + {system: $sys, round: $round, killed: $killed}' >>"$results/${failover_file:-failover.jsonl}"
     note "$sys round $2: killed ${names[$m]}, write acknowledged after $(jq -r '.ms | round' <<<"$json") ms"
     [[ $sys == phxkv ]] && start_phxkv "$m" || start_etcd "$m"
     wait_ready "$sys" 0 1 2
@@ -385,6 +388,28 @@ catchup() { # system
 }
 catchup phxkv
 catchup etcd
+
+# ---------------------------------------------------------------- quorum reads
+
+if [[ ${BENCH_QUORUM:-1} == 1 ]]; then
+    # Replicas in different read modes refuse each other: all of them
+    # restart together.
+    log "read mode: phxkv again with --read-mode quorum"
+    for i in 0 1 2; do kill -TERM "${pids[px$i]}"; done
+    for i in 0 1 2; do wait_gone "${pids[px$i]}"; done
+    px_read_mode=quorum
+    for i in 0 1 2; do start_phxkv "$i"; done
+    wait_ready phxkv 0 1 2
+    sleep 2
+    file=$results/read-lin-64-phxkv-quorum.json
+    "$bench" run --target phxkv --endpoints "$px_eps" --quiet --json-file "$file" \
+        "${common[@]}" --clients 64 --read-ratio 1 >"$results/read-lin-64-phxkv-quorum.txt" ||
+        die "read-lin-64 in quorum mode failed: $(cat "$results/read-lin-64-phxkv-quorum.txt")"
+    note "read-lin-64, quorum reads: $(jq -r '"\(.throughput | floor) ops/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, errors \(.errors)"' "$file")"
+    failover_file=failover-quorum.jsonl
+    for r in $(seq 1 "$rounds"); do failover_round phxkv "$r"; done
+    failover_file=failover.jsonl
+fi
 
 # ---------------------------------------------------------------- report
 
@@ -477,6 +502,26 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
         echo "| $sys | $all | $med |"
     done
     echo
+    if [[ ${BENCH_QUORUM:-1} == 1 ]]; then
+        q=$results/read-lin-64-phxkv-quorum.json l=$results/read-lin-64-phxkv.json e=$results/read-lin-64-etcd.json
+        fo_q=$(jq -r '.ms | round' "$results/failover-quorum.jsonl" | median)
+        echo "## Quorum read mode"
+        echo
+        echo "The same phxkv cluster restarted with \`--read-mode quorum\`: a linearizable read is"
+        echo "answered once a majority confirmed the master in a round trip that started after the"
+        echo "read arrived (etcd's linearizable reads are ReadIndex reads, the same idea), and no"
+        echo "acceptor honours a master lease. read-lin-64 as above; failover as above, $rounds rounds."
+        echo
+        echo "| | phxkv quorum | phxkv lease | etcd |"
+        echo "|---|---:|---:|---:|"
+        echo "| read-lin-64 ops/s | $(field "$q" '.throughput | floor') | $(field "$l" '.throughput | floor') | $(field "$e" '.throughput | floor') |"
+        echo "| read-lin-64 p50 ms | $(field "$q" .latency_ms.p50) | $(field "$l" .latency_ms.p50) | $(field "$e" .latency_ms.p50) |"
+        echo "| read-lin-64 p99 ms | $(field "$q" .latency_ms.p99) | $(field "$l" .latency_ms.p99) | $(field "$e" .latency_ms.p99) |"
+        echo "| failover median ms | $fo_q | $fo_p | $fo_e |"
+        echo
+        echo "Quorum-mode failover rounds (ms): $(jq -r '.ms | round' "$results/failover-quorum.jsonl" | paste -sd, | sed 's/,/, /g'); read-lin-64 quorum ÷ etcd: $(ratio "$(field "$q" .throughput)" "$(field "$e" .throughput)")x."
+        echo
+    fi
     echo "## Catch-up and memory"
     echo
     echo "One follower is stopped (SIGTERM), $catchup_keys keys of 100 B are written through the"

@@ -23,11 +23,11 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::crd::{MemberStatus, PaxosKV, PaxosKVStatus, Phase};
+use crate::crd::{MemberStatus, PaxosKV, PaxosKVStatus, Phase, ReadModeSpec};
 use crate::members::{ClusterView, MembersClient, MembersError};
 use crate::metrics::OperatorMetrics;
 use crate::plan::{Observed, PodView, Step, plan};
-use crate::render::{self, BOOTSTRAP_KEY, Defaults, MANAGER, Names, TOKEN_KEY};
+use crate::render::{self, BOOTSTRAP_KEY, Defaults, MANAGER, Names, READ_MODE_KEY, TOKEN_KEY};
 
 /// How a pod's client API is reached from the operator: by default its
 /// stable DNS name through the headless Service.
@@ -127,49 +127,55 @@ pub async fn reconcile(pkv: Arc<PaxosKV>, ctx: Arc<Context>) -> Result<Action, E
     result
 }
 
+/// Reports a spec the operator will not act on: phase Invalid, a warning
+/// event once per generation, and nothing changed in the cluster.
+async fn report_invalid(ctx: &Context, pkv: &PaxosKV, message: &str) -> Result<Action, Error> {
+    let generation = pkv.metadata.generation;
+    let message = message.to_string();
+    let old = pkv.status.clone().unwrap_or_default();
+    let already_reported =
+        old.phase == Some(Phase::Invalid) && old.observed_generation == generation;
+    if !already_reported {
+        publish(
+            ctx,
+            pkv,
+            EventType::Warning,
+            "InvalidSpec",
+            "Validate",
+            &message,
+        )
+        .await;
+    }
+    let mut status = old.clone();
+    status.phase = Some(Phase::Invalid);
+    status.observed_generation = generation;
+    status.conditions = conditions(
+        &old.conditions,
+        generation,
+        [
+            cond(
+                "Progressing",
+                false,
+                "InvalidSpec",
+                "the spec is invalid; nothing was changed",
+            ),
+            cond("Degraded", true, "InvalidSpec", &message),
+            cond("Ready", false, "InvalidSpec", &message),
+        ],
+    );
+    write_status(ctx, pkv, &status).await?;
+    Ok(Action::await_change())
+}
+
 async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> {
     let ns = pkv.namespace().ok_or(Error::NoNamespace)?;
     let name = pkv.name_any();
     let names = Names::of(&name);
     let client = &ctx.client;
-    let generation = pkv.metadata.generation;
 
     let problems = pkv.spec.problems(&name);
     if !problems.is_empty() {
-        let message = problems.join("; ");
-        let old = pkv.status.clone().unwrap_or_default();
-        let already_reported =
-            old.phase == Some(Phase::Invalid) && old.observed_generation == generation;
-        if !already_reported {
-            publish(
-                ctx,
-                pkv,
-                EventType::Warning,
-                "InvalidSpec",
-                "Validate",
-                &message,
-            )
-            .await;
-        }
-        let mut status = old.clone();
-        status.phase = Some(Phase::Invalid);
-        status.observed_generation = generation;
-        status.conditions = conditions(
-            &old.conditions,
-            generation,
-            [
-                cond(
-                    "Progressing",
-                    false,
-                    "InvalidSpec",
-                    "the spec is invalid; nothing was changed",
-                ),
-                cond("Degraded", true, "InvalidSpec", &message),
-                cond("Ready", false, "InvalidSpec", &message),
-            ],
-        );
-        write_status(ctx, pkv, &status).await?;
-        return Ok(Action::await_change());
+        return report_invalid(ctx, pkv, &problems.join("; ")).await;
     }
 
     // The objects with no state of their own: apply them every time.
@@ -199,24 +205,41 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     };
 
     let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let bootstrap = match configs.get_opt(&names.bootstrap).await? {
-        Some(cm) => cm
-            .data
-            .as_ref()
-            .and_then(|d| d.get(BOOTSTRAP_KEY))
-            .and_then(|v| v.parse::<i32>().ok())
-            .unwrap_or(pkv.spec.replicas),
+    let wanted_mode = pkv.spec.read_mode.unwrap_or_default();
+    let (bootstrap, read_mode) = match configs.get_opt(&names.bootstrap).await? {
+        Some(cm) => {
+            let data = cm.data.unwrap_or_default();
+            let replicas = data
+                .get(BOOTSTRAP_KEY)
+                .and_then(|v| v.parse::<i32>().ok())
+                .unwrap_or(pkv.spec.replicas);
+            let mode = match data.get(READ_MODE_KEY).map(String::as_str) {
+                Some("quorum") => ReadModeSpec::Quorum,
+                _ => ReadModeSpec::Lease,
+            };
+            (replicas, mode)
+        }
         None => {
             apply(
                 client,
                 &ns,
                 &names.bootstrap,
-                &render::bootstrap_config(pkv, pkv.spec.replicas),
+                &render::bootstrap_config(pkv, pkv.spec.replicas, wanted_mode),
             )
             .await?;
-            pkv.spec.replicas
+            (pkv.spec.replicas, wanted_mode)
         }
     };
+    if read_mode != wanted_mode {
+        let message = format!(
+            "spec.readMode is {} but the cluster was created with {}: the read mode is fixed at \
+             creation (replicas in different modes refuse each other); set it back, or create a \
+             new PaxosKV with the mode you want",
+            wanted_mode.name(),
+            read_mode.name()
+        );
+        return report_invalid(ctx, pkv, &message).await;
+    }
 
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let existing = sets.get_opt(&name).await?;
@@ -271,7 +294,11 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     let step = plan(&observed);
     tracing::debug!(?step, "planned");
     let mut step_error = None;
-    if let Err(e) = execute(ctx, pkv, &ns, &names, &members, &view, &step, bootstrap).await {
+    if let Err(e) = execute(
+        ctx, pkv, &ns, &names, &members, &view, &step, bootstrap, read_mode,
+    )
+    .await
+    {
         publish(
             ctx,
             pkv,
@@ -308,6 +335,7 @@ async fn execute(
     view: &ClusterView,
     step: &Step,
     bootstrap: i32,
+    read_mode: ReadModeSpec,
 ) -> Result<(), Error> {
     match step {
         Step::Idle | Step::Wait(_) => Ok(()),
@@ -319,7 +347,7 @@ async fn execute(
                     &ctx.client,
                     ns,
                     &names.bootstrap,
-                    &render::bootstrap_config(pkv, *n),
+                    &render::bootstrap_config(pkv, *n, read_mode),
                 )
                 .await?;
             }

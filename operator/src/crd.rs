@@ -90,6 +90,14 @@ pub struct PaxosKVSpec {
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m)$"))]
     pub lease: Option<String>,
 
+    /// How the master confirms linearizable reads (`--read-mode`): `lease`
+    /// (the default: no round trip, trusts clock rates within the drift
+    /// bound) or `quorum` (a round trip to a majority, trusts no clock, and
+    /// fails over without waiting out a lease). Fixed when the cluster is
+    /// created: replicas in different modes refuse each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_mode: Option<ReadModeSpec>,
+
     /// Request limits enforced by every replica.
     #[serde(default)]
     pub limits: LimitsSpec,
@@ -276,6 +284,26 @@ pub struct TelemetrySpec {
     /// Log format of the replicas.
     #[serde(default)]
     pub log_format: LogFormatSpec,
+}
+
+/// How linearizable reads are confirmed.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadModeSpec {
+    /// From the master's lease.
+    #[default]
+    Lease,
+    /// From a round trip to a majority.
+    Quorum,
+}
+
+impl ReadModeSpec {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadModeSpec::Lease => "lease",
+            ReadModeSpec::Quorum => "quorum",
+        }
+    }
 }
 
 /// Log line format.

@@ -43,7 +43,11 @@ pub fn render_all(
         serde_norway::to_string(&render::client_service(&pkv))?,
         serde_norway::to_string(&render::disruption_budget(&pkv))?,
         serde_norway::to_string(&render::service_account(&pkv))?,
-        serde_norway::to_string(&render::bootstrap_config(&pkv, pkv.spec.replicas))?,
+        serde_norway::to_string(&render::bootstrap_config(
+            &pkv,
+            pkv.spec.replicas,
+            pkv.spec.read_mode.unwrap_or_default(),
+        ))?,
         serde_norway::to_string(&render::token_secret(&pkv, "rendered-offline-placeholder"))?,
     ];
     Ok(docs.iter().map(|d| format!("---\n{d}")).collect())

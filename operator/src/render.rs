@@ -50,6 +50,9 @@ pub const TOKEN_MOUNT: &str = "/etc/phxkv/token";
 pub const TOKEN_KEY: &str = "token";
 /// Key of the bootstrap replica count in the bootstrap ConfigMap.
 pub const BOOTSTRAP_KEY: &str = "replicas";
+/// The key of the bootstrap ConfigMap holding the read mode the cluster was
+/// created with (absent in clusters created before it existed: `lease`).
+pub const READ_MODE_KEY: &str = "readMode";
 /// Field manager of the operator's server-side applies.
 pub const MANAGER: &str = "phxkv-operator";
 /// User and group the image runs as (distroless `nonroot`).
@@ -329,6 +332,20 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
                 ..EnvVarSource::default()
             }),
         },
+        // From the ConfigMap written at creation, not from the spec: every
+        // replica keeps the mode the cluster started with.
+        EnvVar {
+            name: "PHXKV_READ_MODE".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: names.bootstrap.clone(),
+                    key: READ_MODE_KEY.into(),
+                    optional: Some(true),
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
         env("PHXKV_CLUSTER_ID", format!("{}.{ns}", names.cluster)),
         env(
             "PHXKV_CLUSTER_TOKEN_FILE",
@@ -508,13 +525,17 @@ pub fn service_account(pkv: &PaxosKV) -> ServiceAccount {
 
 /// The bootstrap ConfigMap: how many pods form the cluster when it is
 /// first created.
-pub fn bootstrap_config(pkv: &PaxosKV, bootstrap_replicas: i32) -> ConfigMap {
+pub fn bootstrap_config(
+    pkv: &PaxosKV,
+    bootstrap_replicas: i32,
+    read_mode: crate::crd::ReadModeSpec,
+) -> ConfigMap {
     ConfigMap {
         metadata: meta(pkv, Names::of(&pkv.name_any()).bootstrap),
-        data: Some(BTreeMap::from([(
-            BOOTSTRAP_KEY.to_string(),
-            bootstrap_replicas.to_string(),
-        )])),
+        data: Some(BTreeMap::from([
+            (BOOTSTRAP_KEY.to_string(), bootstrap_replicas.to_string()),
+            (READ_MODE_KEY.to_string(), read_mode.name().to_string()),
+        ])),
         ..ConfigMap::default()
     }
 }

@@ -334,6 +334,7 @@ async fn a_new_paxoskv_gets_its_objects_a_token_and_a_creating_status() {
     )
     .await;
     assert_eq!(cm["data"]["replicas"], "3");
+    assert_eq!(cm["data"]["readMode"], "lease");
     expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
         (404, not_found("statefulsets.apps", "kv"))
     })
@@ -473,6 +474,32 @@ async fn an_invalid_spec_touches_nothing_and_says_why() {
     // Nothing else was asked of the API server.
     let more = tokio::time::timeout(Duration::from_millis(200), h.next_request()).await;
     // (None: the client is gone, so nothing more can come.)
+    assert!(matches!(more, Err(_) | Ok(None)), "no further requests");
+}
+
+#[tokio::test]
+async fn the_read_mode_stays_what_the_cluster_was_created_with() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let ctx = context(client, "http://127.0.0.1:9".into());
+    // Created before read modes existed (no key: lease); now asks for quorum.
+    let pkv = Arc::new(paxoskv(json!({"replicas": 3, "readMode": "quorum"})));
+    let run = tokio::spawn(reconcile(pkv, ctx));
+    expect_static_objects(&mut h).await;
+    expect_existing_token_and_bootstrap(&mut h, 3).await;
+    let event = expect_event(&mut h, "InvalidSpec").await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("created with lease"),
+        "{event}"
+    );
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["phase"], "Invalid");
+    run.await.expect("joined").expect("reconciled");
+    // Neither the StatefulSet nor the bootstrap ConfigMap was touched.
+    let more = tokio::time::timeout(Duration::from_millis(200), h.next_request()).await;
     assert!(matches!(more, Err(_) | Ok(None)), "no further requests");
 }
 
