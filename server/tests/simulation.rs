@@ -6,8 +6,7 @@
 //! every run, passing or not.
 
 use phxkv::paxos::ReadMode;
-use phxkv::sim::world::WorldOptions;
-use phxkv::sim::{SeedOutcome, options_for, run_seed, run_with};
+use phxkv::sim::{SeedOutcome, options_for, run_seed, run_with, untrusted_clocks};
 
 fn report(failures: &[SeedOutcome]) -> String {
     failures
@@ -215,19 +214,6 @@ fn leases_overlap_when_clocks_drift_beyond_the_configured_bound() {
         caught > 0,
         "no overlap detected in 200 runs with broken clock assumptions"
     );
-}
-
-/// Options for a run in which clocks misbehave: rates stray by 50% while
-/// the engine is told they are perfect, and processes pause for up to
-/// several leases.
-fn untrusted_clocks(seed: u64, mode: ReadMode) -> WorldOptions {
-    let mut opts = options_for(seed);
-    opts.faults = true;
-    opts.pauses = true;
-    opts.engine_drift_ppm = 0;
-    opts.clock_drift_ppm = 500_000;
-    opts.read_mode = mode;
-    opts
 }
 
 fn quorum_reads_stay_linearizable_when_clocks_drift_and_processes_pause() {

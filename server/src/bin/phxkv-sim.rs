@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use clap::Parser;
 
-use phxkv::sim::{SeedOutcome, run_seed};
+use phxkv::paxos::ReadMode;
+use phxkv::sim::{SeedOutcome, run_seed, run_with, untrusted_clocks};
 
 /// Deterministic simulation of phxkv: faults, crashes, partitions, clock drift
 /// and membership changes, checked for safety and linearizability.
@@ -33,6 +34,11 @@ struct Args {
     /// batching, for this many commands.
     #[arg(long, value_name = "COMMANDS")]
     throughput: Option<u64>,
+    /// Run every seed in quorum read mode with clocks that cannot be
+    /// trusted: rates 50% off while the engine is told they are perfect,
+    /// and processes paused for up to 1.5 s. Reads must stay linearizable.
+    #[arg(long)]
+    untrusted_clocks: bool,
 }
 
 fn main() -> ExitCode {
@@ -65,13 +71,18 @@ fn main() -> ExitCode {
         .map(|_| {
             let (next, failures, passed) = (next.clone(), failures.clone(), passed.clone());
             let verbose = args.verbose;
+            let untrusted = args.untrusted_clocks;
             std::thread::spawn(move || {
                 loop {
                     let seed = next.fetch_add(1, Ordering::SeqCst);
                     if seed >= end {
                         break;
                     }
-                    let out = run_seed(seed);
+                    let out = if untrusted {
+                        run_with(seed, untrusted_clocks(seed, ReadMode::Quorum))
+                    } else {
+                        run_seed(seed)
+                    };
                     if verbose {
                         println!(
                             "seed {seed}: {} nodes, {} reads, {} ops, {} acked writes, {} instances (largest batch {}), {} pauses: {}",

@@ -103,6 +103,20 @@ pub fn options_for(seed: u64) -> WorldOptions {
     }
 }
 
+/// Options for a run in which clocks cannot be trusted: their rates stray
+/// by 50% while the engine is told they are perfect, and processes pause
+/// for up to several leases. Quorum mode must stay linearizable in it;
+/// lease mode is expected to be caught failing.
+pub fn untrusted_clocks(seed: u64, mode: ReadMode) -> WorldOptions {
+    let mut opts = options_for(seed);
+    opts.faults = true;
+    opts.pauses = true;
+    opts.engine_drift_ppm = 0;
+    opts.clock_drift_ppm = 500_000;
+    opts.read_mode = mode;
+    opts
+}
+
 /// Runs one seed with the options [`options_for`] draws, checking everything.
 pub fn run_seed(seed: u64) -> SeedOutcome {
     run_with(seed, options_for(seed))
