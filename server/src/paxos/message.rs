@@ -94,6 +94,13 @@ impl Message {
     /// Everything an acceptor says (`Promise`, `Accepted`, `Reject`,
     /// `HeartbeatAck`) and everything that starts or hands over mastership
     /// (`Prepare`, `TimeoutNow`) still waits for the records.
+    ///
+    /// `ReadProbe` and `ReadAck` qualify too: a probe states nothing about
+    /// the sender's acceptor, and an ack states that the acceptor had
+    /// promised nothing above the probe's ballot when it answered, which
+    /// its memory tells at least as well as its disk (a promise is sent only
+    /// once durable, and one raised earlier in the same turn already makes
+    /// it refuse). See [`super::quorum_read`].
     pub fn may_precede_persist(&self) -> bool {
         matches!(
             self,
@@ -101,6 +108,8 @@ impl Message {
                 | Message::Heartbeat { .. }
                 | Message::CatchupRequest { .. }
                 | Message::Catchup { .. }
+                | Message::ReadProbe { .. }
+                | Message::ReadAck { .. }
         )
     }
 }

@@ -33,8 +33,11 @@
 //! delay rounds, not confirm a stale one, since every ack answers a probe
 //! sent after the read arrived. An ack states nothing this node has to make
 //! durable (a promise is sent only once durable, so an acceptor that has
-//! durably promised more refuses in memory too); it still waits for the
-//! records of its turn like every acceptor's message.
+//! durably promised more refuses in memory too), so probes and acks leave
+//! without waiting for their turn's fsync. A round without a majority after
+//! the retry interval asks again, under the same number, the peers that have
+//! not answered: the acks it holds still answer probes sent after its reads
+//! arrived, so a slow round completes rather than starting over.
 //!
 //! Acceptors in this mode honour no master lease, so a master's death is
 //! followed by an election after the election timeout alone. They still

@@ -438,6 +438,7 @@ impl Replica {
         match &self.state {
             State::Master(m) => {
                 !m.queue.is_empty()
+                    && m.transfer.is_none()
                     && m.next_index <= self.commit + self.cfg.window
                     && m.drain_until.is_none_or(|t| self.last_now >= t)
             }
@@ -1328,6 +1329,10 @@ impl Replica {
         m.lease_until = None;
         m.lease_starts.clear();
         let reads = m.reads.drain();
+        // Commands not yet in an instance would follow the handoff lease
+        // and depend on the target's election: give them back now, the
+        // caller retries at the new master.
+        self.ready.rejected.extend(m.queue.drain(..));
         let index = m.next_index;
         m.next_index += 1;
         m.transfer = Some(Transfer {
@@ -1380,12 +1385,19 @@ impl Replica {
             && m.transfer.is_none()
             && voter
             && self.cfg.read_mode == ReadMode::Lease;
-        // A read round that got no majority in time (lost messages, a
-        // partition) is started again, with every read waiting.
-        if let Some(r) = m.reads.round.take_if(|r| now >= r.started + retry) {
-            let mut reads = r.reads;
-            reads.append(&mut m.reads.waiting);
-            m.reads.waiting = reads;
+        // A read round without a majority in time (lost messages, slow
+        // peers) asks again those that have not answered, under the same
+        // number: acks already counted stay valid (each answers a probe
+        // sent after the round's reads arrived), so a round slower than
+        // `retry` still completes instead of starting over for ever.
+        let mut acked: Vec<NodeId> = Vec::new();
+        let mut probe_seq = 0;
+        if let Some(r) = m.reads.round.as_mut()
+            && now >= r.started + retry
+        {
+            r.started = now;
+            probe_seq = r.seq;
+            acked = r.acks.iter().copied().collect();
         }
         let mut resend: Vec<(Index, Value)> = Vec::new();
         for (i, f) in m.inflight.iter_mut() {
@@ -1425,6 +1437,19 @@ impl Replica {
         if send_heartbeat {
             for p in self.peers() {
                 self.send(p, Message::Heartbeat { ballot, commit });
+            }
+        }
+        if probe_seq != 0 {
+            for p in self.peers() {
+                if !acked.contains(&p) {
+                    self.send(
+                        p,
+                        Message::ReadProbe {
+                            ballot,
+                            seq: probe_seq,
+                        },
+                    );
+                }
             }
         }
         if renew {
@@ -1467,7 +1492,7 @@ impl Replica {
         let State::Master(m) = &mut self.state else {
             return;
         };
-        if m.drain_until.is_some_and(|t| now < t) {
+        if m.drain_until.is_some_and(|t| now < t) || m.transfer.is_some() {
             return;
         }
         let mut values = Vec::new();

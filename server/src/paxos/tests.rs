@@ -1485,3 +1485,57 @@ fn quorum_reads_answer_without_a_lease_and_lease_reads_do_not() {
         "at once, from the lease"
     );
 }
+
+#[test]
+fn a_read_round_slower_than_the_retry_keeps_the_acks_it_has() {
+    let mut net = Net::in_mode(&[1, 2, 3], ReadMode::Quorum);
+    net.elect(1);
+    let commit = net.nodes[&1].commit_index();
+    read(&mut net, 1, 5).expect("queued");
+    let first: Vec<Envelope> = net.wire.drain(..).collect();
+    // No answer within the retry interval: the master asks again.
+    net.now += 50 * MS;
+    let now = net.now;
+    net.nodes.get_mut(&1).expect("master").tick(now);
+    net.drain(1);
+    let again = net
+        .wire
+        .iter()
+        .filter(|e| matches!(e.msg, Message::ReadProbe { .. }))
+        .count();
+    assert_eq!(again, 2, "both peers are asked again");
+    net.wire.clear();
+    // The answer to the first probe arrives late: it still counts.
+    let late = first
+        .iter()
+        .find_map(|e| match e.msg {
+            Message::ReadProbe { ballot, seq } if e.to == 2 => {
+                Some(Message::ReadAck { ballot, seq })
+            }
+            _ => None,
+        })
+        .expect("probe to 2");
+    net.nodes.get_mut(&1).expect("master").step(now, 2, late);
+    net.drain(1);
+    assert_eq!(answers(&net, 1), vec![(5, Ok(commit))]);
+}
+
+#[test]
+fn commands_queued_when_mastership_is_handed_over_come_back() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    let r = net.nodes.get_mut(&1).expect("master");
+    r.propose(now, put(1, "k")).expect("queued");
+    r.transfer_mastership(now, 2).expect("handoff starts");
+    let ready = r.take_ready();
+    assert_eq!(ready.rejected.len(), 1, "the queued command is given back");
+    assert!(
+        !ready.messages.iter().any(|e| matches!(
+            &e.msg,
+            Message::Accept { entries, .. }
+                if entries.iter().any(|(_, v)| matches!(v, Value::Batch(_)))
+        )),
+        "and never proposed behind the handoff"
+    );
+}
