@@ -1095,24 +1095,32 @@ impl World {
 
     // ----------------------------------------------------------- faults
 
-    fn random_crash(&mut self) {
+    /// A node that is up: the master if there is one and `prefer_master`
+    /// (asked only then) says so, else any.
+    fn pick_up_node(&mut self, prefer_master: impl FnOnce(&mut World) -> bool) -> Option<usize> {
         let up: Vec<usize> = (0..self.nodes.len())
             .filter(|i| self.nodes[*i].up)
             .collect();
         if up.is_empty() {
-            return;
+            return None;
         }
-        // Prefer the master: that is where crashes hurt.
         let master = up.iter().copied().find(|i| {
             self.nodes[*i]
                 .replica
                 .as_ref()
                 .is_some_and(|r| r.is_master())
         });
-        let only_points = self.opts.crash_points_only;
-        let i = match master {
-            Some(m) if only_points || self.rng.random_bool(0.6) => m,
+        Some(match master {
+            Some(m) if prefer_master(self) => m,
             _ => up[self.rng.random_range(0..up.len())],
+        })
+    }
+
+    fn random_crash(&mut self) {
+        let only_points = self.opts.crash_points_only;
+        // Prefer the master: that is where crashes hurt.
+        let Some(i) = self.pick_up_node(|w| only_points || w.rng.random_bool(0.6)) else {
+            return;
         };
         match self.rng.random_range(0..if only_points { 3 } else { 5 }) {
             // The crash happens at the node's next durable write; its
@@ -1468,21 +1476,8 @@ impl World {
     /// leases: whatever it was about to do (answer a read whose index it
     /// took before the pause) happens after the world moved on.
     fn pause(&mut self) {
-        let up: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].up)
-            .collect();
-        if up.is_empty() {
+        let Some(i) = self.pick_up_node(|w| w.rng.random_bool(0.7)) else {
             return;
-        }
-        let master = up.iter().copied().find(|i| {
-            self.nodes[*i]
-                .replica
-                .as_ref()
-                .is_some_and(|r| r.is_master())
-        });
-        let i = match master {
-            Some(m) if self.rng.random_bool(0.7) => m,
-            _ => up[self.rng.random_range(0..up.len())],
         };
         let d = self.rng.random_range(50_000..1_500_000);
         self.nodes[i].paused_until = self.now + d;
