@@ -121,6 +121,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
 
+    /// Threads that serve the client and peer ports (the engine and the
+    /// log have threads of their own). Default: one per CPU this process
+    /// may use, as its CPU limit allows. Replicas that share a machine's
+    /// cores run faster with fewer: measured with three replicas on two
+    /// cores, one thread each gave 7 to 10% more writes per second than two.
+    #[arg(long, env = "PHXKV_WORKER_THREADS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// Send every outgoing request to peers through this HTTP proxy
     /// (`http://host:port`): an egress proxy, or a fault-injection harness
     /// that cuts chosen links. Without it, peers are reached directly (proxy

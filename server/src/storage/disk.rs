@@ -608,11 +608,7 @@ mod tests {
     fn the_commit_index_is_written_lazily_but_within_bounds_and_on_close() {
         let mut h = DiskHarness::new();
         h.store().append(&[Persist::Commit(5)]).expect("append");
-        let frames = |h: &DiskHarness| {
-            std::fs::metadata(h.store.as_ref().expect("open").wal.active_path())
-                .expect("stat")
-                .len()
-        };
+        let frames = |h: &DiskHarness| h.store.as_ref().expect("open").wal.active_len();
         let empty = frames(&h);
         // Not written: no frame (and no fsync) for a commit alone.
         assert_eq!(frames(&h), empty);

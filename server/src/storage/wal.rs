@@ -28,10 +28,30 @@
 //! zeros follows the extent it claims; any other damage is corruption and
 //! recovery refuses to go on, rather than silently dropping acknowledged
 //! records.
+//!
+//! # Segments are written before they are used
+//!
+//! An append that makes a file longer leaves `fdatasync` two things to make
+//! durable, the data and the file's new size; on ext4 the size goes through
+//! a journal commit, a second write and a second flush of the device. So a
+//! segment is first filled with zeros and synced (by a helper thread, ahead
+//! of the rotation that will need it, as `NNN.spare`), and frames are then
+//! written over those zeros: the size never changes, and each `fdatasync`
+//! writes the frame alone. Measured on the development machine's virtual
+//! disk: 128 to 174 µs per 4 KB `write` + `fdatasync` into written zeros,
+//! 200 to 256 µs appending, 205 µs into `fallocate`d (unwritten) blocks.
+//!
+//! The zeros after the last frame are exactly what a torn write leaves, and
+//! recovery reads them the same way: the newest segment ends where its
+//! frames end. An older segment never keeps such a tail: a rotation first
+//! cuts the segment it closes to the length of its frames and syncs that,
+//! so zeros in an older segment are still damage.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use super::StorageError;
 use crate::paxos::{Ballot, Index, Persist};
@@ -39,10 +59,13 @@ use crate::paxos::{Ballot, Index, Persist};
 /// The first bytes of every segment, with a format version.
 const MAGIC: &[u8; 8] = b"PHXWAL\x00\x01";
 const FRAME_HEADER: usize = 12;
-/// A segment is closed and a new one started once it is this large.
-pub(super) const SEGMENT_BYTES: u64 = 64 << 20;
+/// A segment is closed and a new one started once it is this large; it is
+/// also how many zeros a segment is written with before it is used.
+pub(super) const SEGMENT_BYTES: u64 = 16 << 20;
 const DIR: &str = "wal";
 const SUFFIX: &str = ".wal";
+/// The file a helper thread fills with zeros for the next segment.
+const SPARE: &str = "next.spare";
 
 /// One segment file and what recovery learned of it.
 #[derive(Debug)]
@@ -52,6 +75,8 @@ struct Segment {
     /// The highest log index with an entry in this segment (0: none), so
     /// that it can be deleted once a snapshot covers it.
     max_index: Index,
+    /// Where its frames end (known once scanned or written).
+    len: u64,
 }
 
 /// What a scan of the whole log found.
@@ -69,9 +94,23 @@ pub(super) struct Wal {
     dir: PathBuf,
     segments: Vec<Segment>,
     active: File,
+    /// Where the newest segment's frames end (its file may be longer: the
+    /// zeros it was written with).
     active_len: u64,
     /// Reused for encoding each frame.
     buf: Vec<u8>,
+    /// The next segment's file, being written with zeros.
+    spare: Option<JoinHandle<std::io::Result<File>>>,
+}
+
+impl Drop for Wal {
+    /// Waits for the spare's helper thread, so that no thread of a log that
+    /// is gone still writes in its directory when it is opened again.
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
+        }
+    }
 }
 
 impl Wal {
@@ -95,6 +134,13 @@ impl Wal {
     pub(super) fn open(data_dir: &Path) -> Result<(Wal, Summary), StorageError> {
         let dir = data_dir.join(DIR);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        // A spare left by an earlier process may be half written.
+        let spare_path = dir.join(SPARE);
+        match std::fs::remove_file(&spare_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&spare_path)(e)),
+        }
         let mut segments = list(&dir)?;
         let mut summary = Summary::default();
         let count = segments.len();
@@ -115,7 +161,10 @@ impl Wal {
             })?;
             seg.max_index = max_index;
             summary.has_entries |= max_index > 0;
-            if end < bytes.len() {
+            seg.len = end as u64;
+            // Zeros after the last frame are the segment's unused space (or
+            // a write that left nothing): appends go on over them.
+            if end < bytes.len() && !zeros(&bytes[end..]) {
                 tracing::warn!(
                     segment = %seg.path.display(),
                     at = end,
@@ -143,24 +192,37 @@ impl Wal {
         let (active, active_len) = match segments.last() {
             Some(seg) => {
                 let f = OpenOptions::new()
-                    .append(true)
+                    .read(true)
+                    .write(true)
                     .open(&seg.path)
                     .map_err(io(&seg.path))?;
-                let len = f.metadata().map_err(io(&seg.path))?.len();
-                (f, len)
+                (f, seg.len)
             }
             None => {
-                let (seg, f, len) = create(&dir, next, &summary)?;
+                let zeroed = match write_spare(&spare_path) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        tracing::warn!(
+                            file = %spare_path.display(),
+                            error = %e,
+                            "cannot write the log's first segment ahead; appending to it instead"
+                        );
+                        None
+                    }
+                };
+                let (seg, f, len) = create(&dir, next, &summary, zeroed)?;
                 segments.push(seg);
                 (f, len)
             }
         };
+        let spare = start_spare(&dir);
         let wal = Wal {
             dir,
             segments,
             active,
             active_len,
             buf: Vec::new(),
+            spare,
         };
         Ok((wal, summary))
     }
@@ -183,7 +245,7 @@ impl Wal {
             .path;
         let written = self
             .active
-            .write_all(&self.buf)
+            .write_all_at(&self.buf, self.active_len)
             .and_then(|()| self.active.sync_data());
         if let Err(e) = written {
             // Leave no half frame for the next append to follow; if even
@@ -208,13 +270,52 @@ impl Wal {
     }
 
     /// Closes the newest segment and starts another that opens with `state`.
+    ///
+    /// The closed segment is first cut to the end of its frames, durably,
+    /// so that only the newest segment ever ends in zeros (see the module
+    /// docs); the new one is the spare if it is ready, a new file if not.
     fn rotate(&mut self, state: &Summary) -> Result<(), StorageError> {
-        let next = self.segments.last().map_or(1, |s| s.seq + 1);
-        let (seg, f, len) = create(&self.dir, next, state)?;
+        let last = self
+            .segments
+            .last_mut()
+            .expect("the log always has a segment");
+        let on_disk = self.active.metadata().map_err(io(&last.path))?.len();
+        if on_disk != self.active_len {
+            self.active
+                .set_len(self.active_len)
+                .and_then(|()| self.active.sync_all())
+                .map_err(io(&last.path))?;
+        }
+        last.len = self.active_len;
+        let next = last.seq + 1;
+        let zeroed = self.take_spare();
+        let (seg, f, len) = create(&self.dir, next, state, zeroed)?;
         self.segments.push(seg);
         self.active = f;
         self.active_len = len;
+        if self.spare.is_none() {
+            self.spare = start_spare(&self.dir);
+        }
         Ok(())
+    }
+
+    /// The spare, if its helper has finished writing it.
+    fn take_spare(&mut self) -> Option<File> {
+        if !self.spare.as_ref().is_some_and(JoinHandle::is_finished) {
+            return None;
+        }
+        match self.spare.take().map(JoinHandle::join) {
+            Some(Ok(Ok(f))) => Some(f),
+            Some(Ok(Err(e))) => {
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    error = %e,
+                    "cannot write the next log segment ahead; appending to it instead"
+                );
+                None
+            }
+            Some(Err(_)) | None => None,
+        }
     }
 
     /// After a snapshot at `floor` is durable: starts a new segment if the
@@ -246,15 +347,24 @@ impl Wal {
 
     /// Calls `f` with every record of every frame, oldest first.
     pub(super) fn replay(&self, mut f: impl FnMut(Persist)) -> Result<(), StorageError> {
-        for seg in &self.segments {
+        let count = self.segments.len();
+        for (n, seg) in self.segments.iter().enumerate() {
             let bytes = read_all(&seg.path)?;
+            let last = n + 1 == count;
             // Torn tails were cut off at open and appends write whole frames,
-            // so anything that does not scan now is damage.
-            let end = scan(&bytes, false, &seg.path, |records| {
+            // so anything that does not scan now is damage; only the newest
+            // segment may end in the zeros it was written with.
+            let len = if last { self.active_len } else { seg.len };
+            let end = scan(&bytes, last, &seg.path, |records| {
                 records.into_iter().for_each(&mut f);
                 Ok(())
             })?;
-            debug_assert_eq!(end, bytes.len());
+            if end as u64 != len {
+                return Err(StorageError::Corrupt(format!(
+                    "log segment {} changed under the running node: its frames end at byte {end}, not {len}",
+                    seg.path.display()
+                )));
+            }
         }
         Ok(())
     }
@@ -273,6 +383,12 @@ impl Wal {
     #[cfg(test)]
     pub(super) fn segment_count(&self) -> usize {
         self.segments.len()
+    }
+
+    /// Where the frames of the newest segment end.
+    #[cfg(test)]
+    pub(super) fn active_len(&self) -> u64 {
+        self.active_len
     }
 }
 
@@ -358,14 +474,29 @@ fn zeros(bytes: &[u8]) -> bool {
 }
 
 /// Creates segment `seq`, opening with `state`, durable with its directory
-/// entry before it is used.
-fn create(dir: &Path, seq: u64, state: &Summary) -> Result<(Segment, File, u64), StorageError> {
+/// entry before it is used: from `zeroed` (the spare, renamed) if given, as
+/// a new empty file if not.
+fn create(
+    dir: &Path,
+    seq: u64,
+    state: &Summary,
+    zeroed: Option<File>,
+) -> Result<(Segment, File, u64), StorageError> {
     let path = dir.join(format!("{seq:020}{SUFFIX}"));
-    let mut f = OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(io(&path))?;
+    let f = match zeroed {
+        Some(f) => {
+            // A crash before the header below is durable leaves a newest
+            // segment of zeros, which recovery removes.
+            std::fs::rename(dir.join(SPARE), &path).map_err(io(&path))?;
+            f
+        }
+        None => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io(&path))?,
+    };
     let mut opening = Vec::with_capacity(2);
     if state.promised != Ballot::ZERO {
         opening.push(Persist::Promise(state.promised));
@@ -379,15 +510,51 @@ fn create(dir: &Path, seq: u64, state: &Summary) -> Result<(Segment, File, u64),
         encode_frame(&mut frame, &opening)?;
         buf.extend_from_slice(&frame);
     }
-    f.write_all(&buf).map_err(io(&path))?;
+    f.write_all_at(&buf, 0).map_err(io(&path))?;
     f.sync_all().map_err(io(&path))?;
     sync_dir(dir)?;
     let seg = Segment {
         seq,
         path,
         max_index: 0,
+        len: buf.len() as u64,
     };
     Ok((seg, f, buf.len() as u64))
+}
+
+/// Starts a helper thread writing the next segment's zeros; `None` if no
+/// thread can be started (the next segment is then appended to).
+fn start_spare(dir: &Path) -> Option<JoinHandle<std::io::Result<File>>> {
+    let path = dir.join(SPARE);
+    let started = std::thread::Builder::new()
+        .name("phxkv-wal-spare".into())
+        .spawn(move || write_spare(&path));
+    match started {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the thread that writes log segments ahead");
+            None
+        }
+    }
+}
+
+/// Writes `path` as [`SEGMENT_BYTES`] of zeros and syncs it.
+fn write_spare(path: &Path) -> std::io::Result<File> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = SEGMENT_BYTES;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    Ok(f)
 }
 
 /// The segments in `dir`, oldest first.
@@ -407,6 +574,7 @@ fn list(dir: &Path) -> Result<Vec<Segment>, StorageError> {
             seq,
             path: item.path(),
             max_index: 0,
+            len: 0,
         });
     }
     segments.sort_by_key(|s| s.seq);
@@ -470,11 +638,12 @@ mod tests {
         wal.append(&[entry(2), entry(3), Persist::Commit(1)], &state)
             .expect("append");
         let path = wal.active_path().to_path_buf();
-        let before_last = std::fs::metadata(&path).expect("stat").len() as usize;
+        let before_last = wal.active_len() as usize;
         wal.append(&[entry(4), Persist::Commit(3)], &state)
             .expect("append");
+        let end = wal.active_len() as usize;
         drop(wal);
-        let full = std::fs::read(&path).expect("read");
+        let full = std::fs::read(&path).expect("read")[..end].to_vec();
         let kept = vec![
             entry(1),
             Persist::Promise(Ballot::new(2, 1)),
@@ -482,26 +651,46 @@ mod tests {
             entry(3),
             Persist::Commit(1),
         ];
-        for cut in before_last..full.len() {
-            std::fs::write(&path, &full[..cut]).expect("cut");
-            let (wal, summary) = Wal::open(tmp.path()).expect("a torn tail is not an error");
-            assert_eq!(replayed(&wal), kept, "cut at {cut}");
-            assert_eq!(summary.commit, 1, "cut at {cut}");
-            assert_eq!(
-                std::fs::metadata(&path).expect("stat").len() as usize,
-                before_last,
-                "the torn frame is cut off on disk (cut at {cut})"
-            );
+        // A segment appended to (written by an older version, or when its
+        // zeros could not be written ahead), and one written ahead: the
+        // torn frame is then followed by the zeros it was written over.
+        for padded in [false, true] {
+            for cut in before_last..end {
+                let mut bytes = full[..cut].to_vec();
+                if padded {
+                    bytes.resize(end + 65_536, 0);
+                }
+                std::fs::write(&path, &bytes).expect("cut");
+                let (wal, summary) = Wal::open(tmp.path()).expect("a torn tail is not an error");
+                assert_eq!(replayed(&wal), kept, "cut at {cut}, padded {padded}");
+                assert_eq!(summary.commit, 1, "cut at {cut}, padded {padded}");
+                assert_eq!(wal.active_len() as usize, before_last);
+                let on_disk = std::fs::read(&path).expect("read");
+                assert_eq!(
+                    on_disk[..before_last],
+                    full[..before_last],
+                    "cut at {cut}, padded {padded}"
+                );
+                assert!(
+                    zeros(&on_disk[before_last..]),
+                    "no byte of the torn frame is left for a later frame to follow \
+                     (cut at {cut}, padded {padded})"
+                );
+            }
+            // And appends continue after the last whole frame.
+            let mut bytes = full[..end - 1].to_vec();
+            if padded {
+                bytes.resize(end + 65_536, 0);
+            }
+            std::fs::write(&path, &bytes).expect("cut");
+            let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+            wal.append(&[entry(9)], &state).expect("append");
+            drop(wal);
+            let (wal, _) = Wal::open(tmp.path()).expect("open");
+            let mut expected = kept.clone();
+            expected.push(entry(9));
+            assert_eq!(replayed(&wal), expected, "padded {padded}");
         }
-        // And appends continue after the last whole frame.
-        std::fs::write(&path, &full[..full.len() - 1]).expect("cut");
-        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
-        wal.append(&[entry(9)], &state).expect("append");
-        drop(wal);
-        let (wal, _) = Wal::open(tmp.path()).expect("open");
-        let mut expected = kept;
-        expected.push(entry(9));
-        assert_eq!(replayed(&wal), expected);
     }
 
     #[test]
@@ -511,12 +700,136 @@ mod tests {
         let (mut wal, _) = Wal::open(tmp.path()).expect("open");
         wal.append(&[entry(1)], &state).expect("append");
         let path = wal.active_path().to_path_buf();
+        let end = wal.active_len() as usize;
         drop(wal);
-        let mut bytes = std::fs::read(&path).expect("read");
+        let mut bytes = std::fs::read(&path).expect("read")[..end].to_vec();
         bytes.extend_from_slice(&[0; 4096]);
         std::fs::write(&path, &bytes).expect("write");
         let (wal, _) = Wal::open(tmp.path()).expect("zeros are a torn tail");
         assert_eq!(replayed(&wal), [entry(1)]);
+    }
+
+    /// Waits for the spare's helper thread to finish.
+    fn spare_ready(wal: &Wal) {
+        while wal.spare.as_ref().is_some_and(|s| !s.is_finished()) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn segments_are_written_ahead_and_appends_never_change_their_size() {
+        let tmp = TempDir::new().expect("tempdir");
+        let state = Summary::default();
+        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+        let first = wal.active_path().to_path_buf();
+        let size = |p: &Path| std::fs::metadata(p).expect("stat").len();
+        assert_eq!(
+            size(&first),
+            SEGMENT_BYTES,
+            "the first segment is written ahead"
+        );
+        for i in 1..=50 {
+            wal.append(&[entry(i)], &state).expect("append");
+        }
+        assert_eq!(size(&first), SEGMENT_BYTES, "appends write over the zeros");
+        spare_ready(&wal);
+        wal.rotate(&state).expect("rotate");
+        let second = wal.active_path().to_path_buf();
+        assert_eq!(
+            size(&second),
+            SEGMENT_BYTES,
+            "the spare became the next segment"
+        );
+        assert_eq!(
+            size(&first),
+            wal.segments[0].len,
+            "the closed segment is cut to the end of its frames"
+        );
+        wal.append(&[entry(51)], &state).expect("append");
+        drop(wal);
+        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+        let expected: Vec<Persist> = (1..=51).map(entry).collect();
+        assert_eq!(replayed(&wal), expected);
+        assert_eq!(size(&second), SEGMENT_BYTES, "reopening keeps the zeros");
+        wal.append(&[entry(52)], &state).expect("append");
+        assert_eq!(size(&second), SEGMENT_BYTES);
+        drop(wal);
+        let (wal, _) = Wal::open(tmp.path()).expect("open");
+        let expected: Vec<Persist> = (1..=52).map(entry).collect();
+        assert_eq!(replayed(&wal), expected);
+    }
+
+    #[test]
+    fn a_rotation_without_a_spare_ready_appends_to_a_new_file() {
+        let tmp = TempDir::new().expect("tempdir");
+        let state = Summary::default();
+        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+        wal.append(&[entry(1)], &state).expect("append");
+        spare_ready(&wal);
+        // The spare is taken by this rotation; the next finds none ready
+        // only if its helper is still writing, so make sure there is none.
+        wal.rotate(&state).expect("rotate");
+        if let Some(spare) = wal.spare.take() {
+            let _ = spare.join();
+        }
+        wal.append(&[entry(2)], &state).expect("append");
+        wal.rotate(&state).expect("rotate");
+        let third = wal.active_path().to_path_buf();
+        assert_eq!(
+            std::fs::metadata(&third).expect("stat").len(),
+            wal.active_len(),
+            "a plain file"
+        );
+        wal.append(&[entry(3)], &state).expect("append");
+        drop(wal);
+        let (wal, _) = Wal::open(tmp.path()).expect("open");
+        assert_eq!(replayed(&wal), [entry(1), entry(2), entry(3)]);
+    }
+
+    #[test]
+    fn a_crash_right_after_the_spare_became_a_segment_loses_nothing() {
+        let tmp = TempDir::new().expect("tempdir");
+        let state = Summary::default();
+        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+        wal.append(&[entry(1)], &state).expect("append");
+        spare_ready(&wal);
+        wal.rotate(&state).expect("rotate");
+        let second = wal.active_path().to_path_buf();
+        drop(wal);
+        // The rename reached the disk, the segment's first bytes did not;
+        // and a spare was being written.
+        std::fs::write(&second, vec![0u8; 65_536]).expect("zero");
+        std::fs::write(Wal::dir_of(tmp.path()).join(SPARE), b"\0\0half").expect("spare");
+        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+        assert_eq!(wal.segment_count(), 1, "the segment of zeros is removed");
+        assert_eq!(replayed(&wal), [entry(1)]);
+        wal.append(&[entry(2)], &state).expect("append");
+        drop(wal);
+        let (wal, _) = Wal::open(tmp.path()).expect("open");
+        assert_eq!(replayed(&wal), [entry(1), entry(2)]);
+    }
+
+    #[test]
+    fn zeros_at_the_end_of_an_older_segment_are_damage() {
+        let tmp = TempDir::new().expect("tempdir");
+        let state = Summary::default();
+        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+        wal.append(&[entry(1)], &state).expect("append");
+        wal.append(&[entry(2)], &state).expect("append");
+        let old = wal.active_path().to_path_buf();
+        let first_end = wal.active_len();
+        spare_ready(&wal);
+        wal.rotate(&state).expect("rotate");
+        wal.append(&[entry(3)], &state).expect("append");
+        drop(wal);
+        // The last frame of the closed segment read back as zeros.
+        let mut bytes = std::fs::read(&old).expect("read");
+        assert_eq!(bytes.len() as u64, first_end);
+        let n = bytes.len();
+        bytes[n - 20..].fill(0);
+        std::fs::write(&old, &bytes).expect("write");
+        let err = Wal::open(tmp.path()).expect_err("acknowledged records must not be dropped");
+        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
     }
 
     #[test]
