@@ -18,6 +18,10 @@
 #                    with the other peer encoding and report both; 0: skip
 #   BENCH_QUORUM     1 (default): also run read-lin-64 and failover on phxkv with
 #                    --read-mode quorum and report them beside lease mode; 0: skip
+#   BENCH_PHXKV_WORKERS  phxkv's --worker-threads (default 1: the six servers
+#                    share this machine's cores, as pods with a CPU limit of
+#                    one would; empty: phxkv's own default, one per CPU).
+#                    etcd keeps its default GOMAXPROCS, its faster setting here
 #   BENCH_ONLY_LOAD  1: stop after the load scenarios (no failover, no catch-up),
 #                    for quick comparisons while profiling
 #   BENCH_KEEP       keep the data and logs directory (prints its path)
@@ -31,6 +35,7 @@ warmup=${BENCH_WARMUP:-2}
 rounds=${BENCH_ROUNDS:-5}
 catchup_keys=${BENCH_CATCHUP_KEYS:-1000000}
 encoding=${BENCH_PEER_ENCODING:-json}
+px_workers=${BENCH_PHXKV_WORKERS-1}
 case $encoding in
     json) other_encoding=compact ;;
     compact) other_encoding=json ;;
@@ -105,6 +110,7 @@ start_phxkv() { # index
         --listen "127.0.0.1:${px_client[$i]}" --peer-listen "127.0.0.1:${px_peer[$i]}" \
         --initial-members "$px_members" --cluster-token-file "$work/token" \
         --peer-encoding "$px_encoding" --read-mode "$px_read_mode" \
+        ${px_workers:+--worker-threads "$px_workers"} \
         >>"$work/phxkv-$n.log" 2>&1 &
     pids[px$i]=$!
     disown "$!"
@@ -445,6 +451,7 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
     echo
     echo "- commit: \`$commit\`; $phxkv_version; etcd $etcd_version"
     echo "- phxkv peers: \`--peer-encoding $encoding\` (HTTP/JSON between replicas unless it says compact)"
+    echo "- phxkv threads: \`--worker-threads ${px_workers:-(default)}\` (six servers share $(nproc) cores); etcd: default GOMAXPROCS"
     echo "- machine: $(nproc) cores ($cpu_model), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM, Linux $(uname -r)"
     echo "- disk: $fs_type, a 4 KiB write+fsync (\`dd oflag=dsync\`) takes ${fsync_ms} ms"
     echo "- each load scenario: ${warmup} s warm-up, ${duration} s measured, keys drawn uniformly from 10,000"
