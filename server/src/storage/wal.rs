@@ -48,7 +48,7 @@
 //! so zeros in an older segment are still damage.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -147,9 +147,8 @@ impl Wal {
         let mut keep = 0;
         for (n, seg) in segments.iter_mut().enumerate() {
             let last = n + 1 == count;
-            let bytes = read_all(&seg.path)?;
             let mut max_index = 0;
-            let end = scan(&bytes, last, &seg.path, |records| {
+            let scanned = scan(&seg.path, last, |records| {
                 for r in records {
                     match r {
                         Persist::Promise(b) => summary.promised = summary.promised.max(b),
@@ -161,25 +160,26 @@ impl Wal {
             })?;
             seg.max_index = max_index;
             summary.has_entries |= max_index > 0;
-            seg.len = end as u64;
+            let end = scanned.end;
+            seg.len = end;
             // Zeros after the last frame are the segment's unused space (or
             // a write that left nothing): appends go on over them.
-            if end < bytes.len() && !zeros(&bytes[end..]) {
+            if end < scanned.len && !scanned.zero_tail {
                 tracing::warn!(
                     segment = %seg.path.display(),
                     at = end,
-                    dropped = bytes.len() - end,
+                    dropped = scanned.len - end,
                     "the log ends in a torn write (a crash during an append); cutting it off"
                 );
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&seg.path)
                     .map_err(io(&seg.path))?;
-                f.set_len(end as u64).map_err(io(&seg.path))?;
+                f.set_len(end).map_err(io(&seg.path))?;
                 f.sync_all().map_err(io(&seg.path))?;
             }
             keep = n + 1;
-            if end < MAGIC.len() {
+            if end < MAGIC.len() as u64 {
                 // Created but never written (a crash right after creating
                 // it): begin it again rather than append after nothing.
                 std::fs::remove_file(&seg.path).map_err(io(&seg.path))?;
@@ -349,17 +349,17 @@ impl Wal {
     pub(super) fn replay(&self, mut f: impl FnMut(Persist)) -> Result<(), StorageError> {
         let count = self.segments.len();
         for (n, seg) in self.segments.iter().enumerate() {
-            let bytes = read_all(&seg.path)?;
             let last = n + 1 == count;
             // Torn tails were cut off at open and appends write whole frames,
             // so anything that does not scan now is damage; only the newest
             // segment may end in the zeros it was written with.
             let len = if last { self.active_len } else { seg.len };
-            let end = scan(&bytes, last, &seg.path, |records| {
+            let end = scan(&seg.path, last, |records| {
                 records.into_iter().for_each(&mut f);
                 Ok(())
-            })?;
-            if end as u64 != len {
+            })?
+            .end;
+            if end != len {
                 return Err(StorageError::Corrupt(format!(
                     "log segment {} changed under the running node: its frames end at byte {end}, not {len}",
                     seg.path.display()
@@ -413,60 +413,125 @@ fn checksum(payload: &[u8], len: u32) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(payload, u64::from(len))
 }
 
-/// Walks the frames of one segment's bytes, handing each frame's records to
+/// What a walk over one segment found.
+struct Scanned {
+    /// Where the whole frames end.
+    end: u64,
+    /// The file's length.
+    len: u64,
+    /// Nothing but zeros lies between `end` and `len`.
+    zero_tail: bool,
+}
+
+/// Walks the frames of one segment file, handing each frame's records to
 /// `f`, and returns where the whole frames end. A damaged frame is a torn
 /// tail (its start is returned) only if `last` and nothing but zeros lies
 /// beyond what it claims; otherwise it is reported as corruption.
+///
+/// The file is read a frame at a time, never whole: a segment is mostly
+/// zeros until it fills up, and a start-up that read it at once would keep
+/// its size in memory for good.
 fn scan(
-    bytes: &[u8],
-    last: bool,
     path: &Path,
+    last: bool,
     mut f: impl FnMut(Vec<Persist>) -> Result<(), StorageError>,
-) -> Result<usize, StorageError> {
-    let corrupt = |at: usize, what: &str| {
+) -> Result<Scanned, StorageError> {
+    let corrupt = |at: u64, what: &str| {
         StorageError::Corrupt(format!(
             "log segment {} is damaged at byte {at}: {what}",
             path.display()
         ))
     };
-    if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC[..] {
-        if last && ((bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes)) || zeros(bytes)) {
-            return Ok(0);
+    let file = File::open(path).map_err(io(path))?;
+    let len = file.metadata().map_err(io(path))?.len();
+    let zeros_from = |from: u64| zeros_in(&file, from.min(len), len).map_err(io(path));
+    let done = |end: u64| -> Result<Scanned, StorageError> {
+        Ok(Scanned {
+            end,
+            len,
+            zero_tail: zeros_from(end)?,
+        })
+    };
+    let mut head = [0u8; MAGIC.len()];
+    let magic_len = MAGIC.len() as u64;
+    let got = read_upto(&file, 0, &mut head).map_err(io(path))?;
+    if got < head.len() || head != *MAGIC {
+        if last && ((len < magic_len && MAGIC.starts_with(&head[..got])) || zeros_from(0)?) {
+            return done(0);
         }
         return Err(corrupt(0, "not a log segment (wrong header)"));
     }
-    let mut at = MAGIC.len();
-    while at < bytes.len() {
-        let rest = &bytes[at..];
-        let torn = |claimed_end: usize| last && zeros(&bytes[claimed_end.min(bytes.len())..]);
-        if rest.len() < FRAME_HEADER {
-            if torn(bytes.len()) {
-                return Ok(at);
+    let mut at = magic_len;
+    let mut payload = Vec::new();
+    while at < len {
+        let torn = |claimed_end: u64| -> Result<bool, StorageError> {
+            Ok(last && zeros_from(claimed_end)?)
+        };
+        let mut header = [0u8; FRAME_HEADER];
+        if len - at < FRAME_HEADER as u64 {
+            if torn(len)? {
+                return done(at);
             }
             return Err(corrupt(at, "a frame header is cut short"));
         }
-        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
-        let sum = u64::from_le_bytes(rest[4..FRAME_HEADER].try_into().expect("8 bytes"));
-        let end = at + FRAME_HEADER + len as usize;
-        if end > bytes.len() {
-            if torn(end) {
-                return Ok(at);
+        file.read_exact_at(&mut header, at).map_err(io(path))?;
+        let frame_len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+        let sum = u64::from_le_bytes(header[4..].try_into().expect("8 bytes"));
+        let end = at + FRAME_HEADER as u64 + u64::from(frame_len);
+        if end > len {
+            if torn(end)? {
+                return done(at);
             }
             return Err(corrupt(at, "a frame runs past the end of the segment"));
         }
-        let payload = &rest[FRAME_HEADER..FRAME_HEADER + len as usize];
-        if checksum(payload, len) != sum {
-            if torn(end) || (last && zeros(rest)) {
-                return Ok(at);
+        payload.resize(frame_len as usize, 0);
+        file.read_exact_at(&mut payload, at + FRAME_HEADER as u64)
+            .map_err(io(path))?;
+        if checksum(&payload, frame_len) != sum {
+            if torn(end)? || (last && zeros_from(at)?) {
+                return done(at);
             }
             return Err(corrupt(at, "checksum mismatch"));
         }
-        let records: Vec<Persist> = postcard::from_bytes(payload)
+        let records: Vec<Persist> = postcard::from_bytes(&payload)
             .map_err(|e| corrupt(at, &format!("a frame does not decode: {e}")))?;
         f(records)?;
         at = end;
     }
-    Ok(at)
+    done(at)
+}
+
+/// Reads into `buf` from `at` until it is full or the file ends; returns
+/// how many bytes were read.
+fn read_upto(file: &File, at: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], at + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// True if bytes `from..to` of `file` are all zeros (read in pieces).
+fn zeros_in(file: &File, from: u64, to: u64) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut at = from;
+    while at < to {
+        let want = (to - at).min(buf.len() as u64) as usize;
+        let got = read_upto(file, at, &mut buf[..want])?;
+        if got == 0 {
+            return Ok(true);
+        }
+        if !zeros(&buf[..got]) {
+            return Ok(false);
+        }
+        at += got as u64;
+    }
+    Ok(true)
 }
 
 fn zeros(bytes: &[u8]) -> bool {
@@ -579,14 +644,6 @@ fn list(dir: &Path) -> Result<Vec<Segment>, StorageError> {
     }
     segments.sort_by_key(|s| s.seq);
     Ok(segments)
-}
-
-fn read_all(path: &Path) -> Result<Vec<u8>, StorageError> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io(path))?;
-    Ok(bytes)
 }
 
 /// Makes the creation, renaming or removal of files in `dir` durable.
