@@ -13,9 +13,6 @@
 #   BENCH_ROUNDS     failover rounds per system (default 5)
 #   BENCH_CATCHUP_KEYS  keys loaded while a replica is down (default 1000000)
 #   BENCH_OUT        where to write the report (default BENCHMARKS.md)
-#   BENCH_PEER_ENCODING  phxkv's --peer-encoding for the main run (default json)
-#   BENCH_ENCODINGS  1 (default): also run the write and read scenarios on phxkv
-#                    with the other peer encoding and report both; 0: skip
 #   BENCH_QUORUM     1 (default): also run read-lin-64 and failover on phxkv with
 #                    --read-mode quorum and report them beside lease mode; 0: skip
 #   BENCH_PHXKV_WORKERS  phxkv's --worker-threads (default 1: the six servers
@@ -34,13 +31,7 @@ duration=${BENCH_DURATION:-10}
 warmup=${BENCH_WARMUP:-2}
 rounds=${BENCH_ROUNDS:-5}
 catchup_keys=${BENCH_CATCHUP_KEYS:-1000000}
-encoding=${BENCH_PEER_ENCODING:-json}
 px_workers=${BENCH_PHXKV_WORKERS-1}
-case $encoding in
-    json) other_encoding=compact ;;
-    compact) other_encoding=json ;;
-    *) printf 'compare.sh: BENCH_PEER_ENCODING must be json or compact, not %s\n' "$encoding" >&2; exit 2 ;;
-esac
 out=${BENCH_OUT:-$repo/BENCHMARKS.md}
 target_dir=$(realpath -m "${CARGO_TARGET_DIR:-$repo/target}")
 started_at=$(date +%s)
@@ -102,14 +93,13 @@ et_members=$(for i in 0 1 2; do printf '%s=http://127.0.0.1:%s,' "${names[$i]}" 
 et_members=${et_members%,}
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
 
-px_encoding=$encoding
 px_read_mode=lease
 start_phxkv() { # index
     local i=$1 n=${names[$1]}
     "$phxkv" serve --id "$n" --data-dir "$work/phxkv/$n" \
         --listen "127.0.0.1:${px_client[$i]}" --peer-listen "127.0.0.1:${px_peer[$i]}" \
         --initial-members "$px_members" --cluster-token-file "$work/token" \
-        --peer-encoding "$px_encoding" --read-mode "$px_read_mode" \
+        --read-mode "$px_read_mode" \
         ${px_workers:+--worker-threads "$px_workers"} \
         >>"$work/phxkv-$n.log" 2>&1 &
     pids[px$i]=$!
@@ -271,42 +261,6 @@ scenario mix-64 "90% linearizable reads, 10% writes of 256 B, 64 clients" "${com
 peak_phxkv=$(mem_max phxkv VmHWM)
 peak_etcd=$(mem_max etcd VmHWM)
 
-# ---------------------------------------------------------------- peer encoding
-
-# Restarts the phxkv replicas one at a time with another --peer-encoding.
-restart_phxkv_with() { # encoding
-    px_encoding=$1
-    local i
-    for i in 0 1 2; do
-        kill -TERM "${pids[px$i]}"
-        wait_gone "${pids[px$i]}"
-        start_phxkv "$i"
-        wait_ready phxkv 0 1 2
-    done
-    sleep 2
-}
-
-encoding_scenarios=(write-1 write-64 read-lin-64 mix-64)
-if [[ ${BENCH_ENCODINGS:-1} == 1 ]]; then
-    log "peer encoding: phxkv again with --peer-encoding $other_encoding"
-    restart_phxkv_with "$other_encoding"
-    for s in "${encoding_scenarios[@]}"; do
-        case $s in
-            write-1) args=(--clients 1 --value-size 256) ;;
-            write-64) args=(--clients 64 --value-size 256) ;;
-            read-lin-64) args=(--clients 64 --read-ratio 1) ;;
-            mix-64) args=(--clients 64 --read-ratio 0.9 --value-size 256) ;;
-        esac
-        file=$results/$s-phxkv-$other_encoding.json
-        "$bench" run --target phxkv --endpoints "$px_eps" --quiet --json-file "$file" \
-            "${common[@]}" "${args[@]}" >"$results/$s-phxkv-$other_encoding.txt" ||
-            die "$s with $other_encoding peers failed: $(cat "$results/$s-phxkv-$other_encoding.txt")"
-        cp "$results/$s-phxkv.json" "$results/$s-phxkv-$encoding.json"
-        note "$s, $other_encoding peers: $(jq -r '"\(.throughput | floor) ops/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, errors \(.errors)"' "$file")"
-    done
-    restart_phxkv_with "$encoding"
-fi
-
 if [[ ${BENCH_ONLY_LOAD:-0} == 1 ]]; then
     for s in fill write-1 write-16 write-64 read-lin-64 read-local-64 mix-64; do
         for sys in phxkv etcd; do
@@ -450,7 +404,7 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
     echo "they completed; RSS is the largest member's."
     echo
     echo "- commit: \`$commit\`; $phxkv_version; etcd $etcd_version"
-    echo "- phxkv peers: \`--peer-encoding $encoding\` (HTTP/JSON between replicas unless it says compact)"
+    echo "- phxkv peers: HTTP/JSON between replicas (newline-delimited JSON on long-lived streams)"
     echo "- phxkv threads: \`--worker-threads ${px_workers:-(default)}\` (six servers share $(nproc) cores); etcd: default GOMAXPROCS"
     echo "- machine: $(nproc) cores ($cpu_model), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM, Linux $(uname -r)"
     echo "- disk: $fs_type, a 4 KiB write+fsync (\`dd oflag=dsync\`) takes ${fsync_ms} ms"
@@ -479,22 +433,6 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
     echo
     fo_p=$(jq -r 'select(.system == "phxkv") | .ms | round' "$results/failover.jsonl" | median)
     fo_e=$(jq -r 'select(.system == "etcd") | .ms | round' "$results/failover.jsonl" | median)
-    if [[ ${BENCH_ENCODINGS:-1} == 1 ]]; then
-        echo "## Peer encoding"
-        echo
-        echo "The same phxkv scenarios, run again after a rolling restart with the other"
-        echo "\`--peer-encoding\` (JSON with base64 byte strings, the default and what"
-        echo "\`openapi/phxkv-peer.json\` documents; compact is postcard, used only between"
-        echo "replicas that all turned it on). Client traffic is the same HTTP/JSON in both."
-        echo
-        echo "| scenario | json ops/s | json p50 ms | json p99 ms | compact ops/s | compact p50 ms | compact p99 ms | compact ÷ json throughput |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-        for s in "${encoding_scenarios[@]}"; do
-            j=$results/$s-phxkv-json.json c=$results/$s-phxkv-compact.json
-            echo "| $s | $(field "$j" '.throughput | floor') | $(field "$j" .latency_ms.p50) | $(field "$j" .latency_ms.p99) | $(field "$c" '.throughput | floor') | $(field "$c" .latency_ms.p50) | $(field "$c" .latency_ms.p99) | $(ratio "$(field "$c" .throughput)" "$(field "$j" .throughput)") |"
-        done
-        echo
-    fi
     echo "## Failover"
     echo
     echo "kill -9 of the master/leader, then a write is retried (500 ms per attempt, round-robin over"

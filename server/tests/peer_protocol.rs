@@ -1,5 +1,5 @@
-//! The peer protocol's bodies, one of every kind: each survives both
-//! encodings unchanged, and its JSON has the documented shape.
+//! The peer protocol's bodies, one of every kind: each survives a JSON
+//! round trip unchanged, and its JSON has the documented shape.
 //!
 //! With `PHXKV_PEER_SAMPLES=DIR` the JSON of every sample is also written to
 //! `DIR/<Schema>.<n>.json`, where `e2e/peer/check.sh` validates it against
@@ -14,7 +14,7 @@ use phxkv::kv::{
 };
 use phxkv::node::digest::{Checkpoint, DigestReport};
 use phxkv::node::wire::{
-    ChangeReply, Encoding, Forwarded, PeerError, PeerErrorCode, PeerErrorDetail, ProposeReply,
+    self as wire, ChangeReply, Forwarded, PeerError, PeerErrorCode, PeerErrorDetail, ProposeReply,
     ReadIndexReply,
 };
 use phxkv::paxos::{
@@ -211,7 +211,7 @@ fn results() -> Vec<OpResult> {
     ]
 }
 
-/// Writes samples when asked, and checks both encodings round-trip.
+/// Writes samples when asked, and checks each round-trips.
 struct Samples {
     dir: Option<PathBuf>,
     written: usize,
@@ -230,11 +230,9 @@ impl Samples {
     where
         T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
     {
-        for enc in [Encoding::Json, Encoding::Compact] {
-            let bytes = enc.encode(value).expect("encodes");
-            let back: T = enc.decode(&bytes).expect("decodes");
-            assert_eq!(&back, value, "{schema} in {enc:?}");
-        }
+        let bytes = wire::encode(value).expect("encodes");
+        let back: T = wire::decode(&bytes).expect("decodes");
+        assert_eq!(&back, value, "{schema}");
         let json = serde_json::to_vec_pretty(value).expect("json");
         if let Some(dir) = &self.dir {
             let path = dir.join(format!("{schema}.{}.json", self.written));
@@ -245,7 +243,7 @@ impl Samples {
 }
 
 #[test]
-fn every_peer_body_survives_both_encodings_and_can_be_checked_against_the_document() {
+fn every_peer_body_round_trips_and_can_be_checked_against_the_document() {
     let mut s = Samples::new();
     s.add("Envelope", &envelopes());
     for e in envelopes() {
@@ -338,7 +336,7 @@ fn json_bodies_read_as_the_document_says() {
             "entries": [[1, {"batch": [{"id": {"client": 1, "seq": 1},
                 "op": {"put": {"key": "aGVsbG8=", "value": "d29ybGQ", "expect": null}}}]}],
                         [2, "noop"]]}}}]"#;
-    let envs: Vec<Envelope> = Encoding::Json.decode(body.as_bytes()).expect("decodes");
+    let envs: Vec<Envelope> = wire::decode(body.as_bytes()).expect("decodes");
     assert_eq!(envs[0].to, u64::MAX - 5);
     let Message::Accept { entries, .. } = &envs[0].msg else {
         panic!("not an accept: {envs:?}");
@@ -356,15 +354,10 @@ fn json_bodies_read_as_the_document_says() {
     );
     assert_eq!(entries[1].1, Value::Noop);
     // Unknown message kinds and bad base64 are errors, not guesses.
-    assert!(
-        Encoding::Json
-            .decode::<Vec<Envelope>>(br#"[{"from":1,"to":2,"msg":{"shout":{}}}]"#)
-            .is_err()
-    );
-    let bad = Encoding::Json
-        .decode::<Command>(
-            br#"{"id":{"client":1,"seq":1},"op":{"delete":{"key":"%%","expect":null}}}"#,
-        )
-        .expect_err("bad base64");
+    assert!(wire::decode::<Vec<Envelope>>(br#"[{"from":1,"to":2,"msg":{"shout":{}}}]"#).is_err());
+    let bad = wire::decode::<Command>(
+        br#"{"id":{"client":1,"seq":1},"op":{"delete":{"key":"%%","expect":null}}}"#,
+    )
+    .expect_err("bad base64");
     assert!(bad.contains("base64"), "{bad}");
 }

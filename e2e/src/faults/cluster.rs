@@ -24,20 +24,8 @@ pub struct Node {
     pub log: PathBuf,
     pub child: Option<Child>,
     pub paused: bool,
-    /// Times this node was started (the mixed encoding alternates on it).
+    /// Times this node was started.
     pub starts: usize,
-}
-
-/// The `--peer-encoding` the nodes of a run get.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Encodings {
-    /// Every node speaks JSON (the default of phxkv).
-    Json,
-    /// Every node offers the compact encoding.
-    Compact,
-    /// Nodes differ, and each switches at every restart: the encoding is
-    /// negotiated per peer while links fail and nodes come and go.
-    Mixed,
 }
 
 pub struct Cluster {
@@ -47,7 +35,6 @@ pub struct Cluster {
     pub members: String,
     pub links: Arc<Links>,
     pub http: reqwest::Client,
-    pub encodings: Encodings,
     /// Every node's `--read-mode`.
     pub read_mode: String,
 }
@@ -101,7 +88,6 @@ impl Cluster {
             nodes,
             members,
             links,
-            encodings: Encodings::Json,
             read_mode: "lease".into(),
             http: reqwest::Client::builder()
                 .no_proxy()
@@ -123,12 +109,6 @@ impl Cluster {
             return Ok(());
         }
         let n = &self.nodes[i];
-        let encoding = match self.encodings {
-            Encodings::Json => "json",
-            Encodings::Compact => "compact",
-            Encodings::Mixed if (i + n.starts).is_multiple_of(2) => "compact",
-            Encodings::Mixed => "json",
-        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -144,7 +124,6 @@ impl Cluster {
             .arg("--cluster-token-file")
             .arg(self.dir.join("token"))
             .args(["--lease", "1s", "--snapshot-every", "200"])
-            .args(["--peer-encoding", encoding])
             .args(["--read-mode", &self.read_mode])
             .args([
                 "--peer-proxy",

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use cluster::Encodings;
 use phxkv::sim::lincheck::{CheckResult, KvCall, Operation, check_with_budget};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -62,10 +61,6 @@ struct Args {
     /// the clock, printed.
     #[arg(long)]
     seed: Option<u64>,
-    /// The nodes' peer encodings: json, compact, or mixed (nodes differ and
-    /// switch at every restart).
-    #[arg(long, value_enum, default_value_t = Encodings::Json)]
-    peer_encoding: Encodings,
     /// The nodes' `--read-mode`: `lease` or `quorum` (then SIGSTOP pauses
     /// test reads that trust no clock).
     #[arg(long, default_value = "lease", value_parser = ["lease", "quorum"])]
@@ -118,7 +113,6 @@ async fn run(args: &Args, bin: &std::path::Path, seed: u64, dir: PathBuf) -> Run
     let _ = std::fs::remove_dir_all(&dir);
     let mut c = match Cluster::new(&dir, bin, args.nodes).await {
         Ok(mut c) => {
-            c.encodings = args.peer_encoding;
             c.read_mode = args.read_mode.clone();
             c
         }
@@ -292,8 +286,8 @@ async fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("phxkv-faults-{seed}")));
     println!(
-        "phxkv-faults: {} runs of {:?}, {} nodes, {} clients, {:?} peer encoding, {} reads, seed {seed}",
-        args.runs, args.duration, args.nodes, args.clients, args.peer_encoding, args.read_mode
+        "phxkv-faults: {} runs of {:?}, {} nodes, {} clients, {} reads, seed {seed}",
+        args.runs, args.duration, args.nodes, args.clients, args.read_mode
     );
     let (mut anomalies, mut failed, mut total_ops) = (0, 0, 0);
     for r in 0..args.runs {

@@ -110,7 +110,6 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             read_timeout: Duration::from_secs(5),
             compact_after: 10_000,
             peer_proxy: None,
-            peer_encoding: Default::default(),
         };
         let listen = ([127, 0, 0, 1], *client).into();
         let peer_listen = ([127, 0, 0, 1], *peer).into();

@@ -10,7 +10,6 @@ use clap::Args;
 
 use crate::cluster;
 use crate::kv::Limits;
-use crate::node::wire::Encoding as PeerEncoding;
 use crate::node::{Node, NodeConfig};
 use crate::paxos::EngineConfig;
 use crate::telemetry::{self, LogFormat, Metrics};
@@ -137,12 +136,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_PEER_PROXY", value_name = "URL")]
     pub peer_proxy: Option<String>,
 
-    /// Encoding of peer bodies. `json` (the default) is what
-    /// `openapi/phxkv-peer.json` documents and what a person can read in a
-    /// proxy log; `compact` (postcard) is offered on top of it and used only
-    /// with peers that offer it too, each node reading both.
-    #[arg(long, env = "PHXKV_PEER_ENCODING", value_enum, default_value_t = PeerEncoding::Json)]
-    pub peer_encoding: PeerEncoding,
+    /// Accepted so that configurations of earlier versions still start, and
+    /// ignored: peers always speak JSON (the binary `compact` encoding was
+    /// removed; a node that still names it says so once in its log).
+    #[arg(long, env = "PHXKV_PEER_ENCODING", hide = true,
+          value_parser = ["json", "compact"])]
+    pub peer_encoding: Option<String>,
 
     /// Log format on stderr.
     #[arg(long, env = "PHXKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -289,7 +288,6 @@ impl ServeArgs {
                 read_timeout: self.write_timeout,
                 compact_after: self.snapshot_every,
                 peer_proxy: self.peer_proxy.clone(),
-                peer_encoding: self.peer_encoding,
             },
             listen: self.listen,
             peer_listen: self.peer_listen,
@@ -392,6 +390,12 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let v = args.validate()?;
     let _telemetry = telemetry::init("phxkv", &v.node.name, v.log_format)
         .map_err(|e| CliError::Fatal(format!("cannot set up logging: {e}")))?;
+    if args.peer_encoding.as_deref() == Some("compact") {
+        tracing::warn!(
+            "--peer-encoding compact (PHXKV_PEER_ENCODING) is ignored: this version's peers \
+             speak JSON only, which measured as fast once messages travel on streams"
+        );
+    }
     let (tx, rx) = tokio::sync::watch::channel(false);
     let name = v.node.name.clone();
     let running = start(v.node, v.listen, v.peer_listen, rx).await?;

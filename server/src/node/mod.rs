@@ -61,8 +61,6 @@ pub struct NodeConfig {
     pub compact_after: u64,
     /// An HTTP proxy for every request to peers; none means direct.
     pub peer_proxy: Option<String>,
-    /// The peer encoding this node offers: JSON always, compact on request.
-    pub peer_encoding: wire::Encoding,
 }
 
 /// Why a node cannot start.
@@ -308,7 +306,6 @@ impl Node {
             membership_rx.clone(),
             tokio::runtime::Handle::current(),
             metrics.clone(),
-            cfg.peer_encoding,
         );
         let client_id = request_id_seed(&cfg.name, epoch);
         let node = Node {
@@ -1039,9 +1036,8 @@ impl Node {
         }
     }
 
-    /// POSTs `body` to `path` on peer `to`'s peer API, in the encoding
-    /// negotiated with that peer (JSON unless both sides announced the
-    /// compact one), and decodes the answer as its content type says.
+    /// POSTs `body` to `path` on peer `to`'s peer API as JSON, and decodes
+    /// the JSON answer.
     async fn call_peer<B: serde::Serialize, T: DeserializeOwned>(
         &self,
         to: NodeId,
@@ -1054,7 +1050,6 @@ impl Node {
             .endpoint(to, path)
             .ok_or("the master's address is unknown")?;
         let timeout = deadline.saturating_duration_since(Instant::now());
-        let encoding = outbox.encoding_for(to);
         let mut headers = reqwest::header::HeaderMap::new();
         crate::telemetry::inject_context(&mut headers);
         let resp = self
@@ -1064,20 +1059,20 @@ impl Node {
             .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
             .headers(headers)
             .timeout(timeout.max(Duration::from_millis(1)))
-            .header(reqwest::header::CONTENT_TYPE, encoding.content_type())
-            .header(reqwest::header::ACCEPT, encoding.content_type())
-            .body(encoding.encode(body)?)
+            .header(reqwest::header::CONTENT_TYPE, wire::JSON)
+            .header(reqwest::header::ACCEPT, wire::JSON)
+            .body(wire::encode(body)?)
             .send()
             .await
             .map_err(|e| format!("{url}: {e}"))?;
-        outbox.observe(to, resp.headers());
         if !resp.status().is_success() {
             return Err(format!("{url}: HTTP {}", resp.status()));
         }
-        let answer = wire::Encoding::of(resp.headers().get(reqwest::header::CONTENT_TYPE))
-            .ok_or_else(|| format!("{url}: an answer in an unknown content type"))?;
+        if !wire::is_json(resp.headers().get(reqwest::header::CONTENT_TYPE)) {
+            return Err(format!("{url}: an answer that is not JSON"));
+        }
         let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-        answer.decode(&bytes).map_err(|e| format!("{url}: {e}"))
+        wire::decode(&bytes).map_err(|e| format!("{url}: {e}"))
     }
 
     async fn wait_until(

@@ -4,8 +4,7 @@
 //! token; clients never need this port, and a NetworkPolicy can close it to
 //! everyone but the cluster.
 //!
-//! Bodies are JSON unless both sides opted into the compact encoding (see
-//! [`super::wire`]). The handlers' annotations generate the peer API's
+//! Bodies are JSON (see [`super::wire`]). The handlers' annotations generate the peer API's
 //! OpenAPI document ([`openapi`], committed as `openapi/phxkv-peer.json`).
 
 use axum::Json;
@@ -23,7 +22,7 @@ use crate::api::service::ServiceError;
 use crate::paxos::{Command, ConfChange, Envelope};
 
 use super::wire::{
-    self, ChangeReply, Encoding, PeerBody, PeerErrorCode, ProposeReply, ReadIndexReply, Reply,
+    self, ChangeReply, PeerBody, PeerErrorCode, ProposeReply, ReadIndexReply, Reply,
 };
 use super::{Misaddressed, Node};
 
@@ -95,20 +94,15 @@ async fn authenticate(
             &message,
         );
     }
-    let accepts = HeaderValue::from_static(if node.inner.cfg.peer_encoding == Encoding::Compact {
-        wire::ACCEPTS_COMPACT
-    } else {
-        wire::ACCEPTS_JSON
-    });
     let mut resp = if crate::telemetry::exporting_spans() {
         let span = crate::telemetry::server_span(req.method(), req.uri().path(), req.headers());
         next.run(req).instrument(span).await
     } else {
         next.run(req).await
     };
-    // Every answer says which request encodings this node takes, so a
-    // sender learns it from whatever it asked last.
-    resp.headers_mut().insert(wire::ACCEPT_POST, accepts);
+    // Every answer says which request bodies this node takes.
+    resp.headers_mut()
+        .insert(wire::ACCEPT_POST, HeaderValue::from_static(wire::JSON));
     resp
 }
 
@@ -133,7 +127,7 @@ fn service_error(e: ServiceError) -> Response {
     tag = "paxos",
     params(("x-phxkv-peer-url" = Option<String>, Header,
         description = "The sender's own peer URL, so a member that does not know it yet can answer.")),
-    request_body(content((Vec<Envelope> = "application/json"), ("application/x-phxkv-postcard"))),
+    request_body(content((Vec<Envelope> = "application/json"))),
     responses(
         (status = 204, description = "Handed to the engine."),
         (status = 409, description = "`wrong_incarnation`: the messages are for another incarnation of this member.", body = wire::PeerError),
@@ -476,13 +470,13 @@ async fn blocking<T: Send + 'static>(
     post,
     path = "/peer/v1/propose",
     tag = "forwarding",
-    request_body(content((Command = "application/json"), ("application/x-phxkv-postcard"))),
+    request_body(content((Command = "application/json"))),
     responses((status = 200, description = "The outcome, or where the master is.", body = ProposeReply))
 )]
 async fn propose(State(node): State<Node>, body: PeerBody<Command>) -> Response {
     let deadline = Instant::now() + node.inner.cfg.write_timeout;
     match node.propose_local(body.value, deadline).await {
-        Ok(reply) => Reply::<ProposeReply>(body.reply, reply).into_response(),
+        Ok(reply) => Reply::<ProposeReply>(reply).into_response(),
         Err(e) => service_error(e),
     }
 }
@@ -493,13 +487,13 @@ async fn propose(State(node): State<Node>, body: PeerBody<Command>) -> Response 
     post,
     path = "/peer/v1/propose_batch",
     tag = "forwarding",
-    request_body(content((Vec<Command> = "application/json"), ("application/x-phxkv-postcard"))),
+    request_body(content((Vec<Command> = "application/json"))),
     responses((status = 200, description = "One answer per command, in order.", body = Vec<wire::Forwarded>))
 )]
 async fn propose_batch(State(node): State<Node>, body: PeerBody<Vec<Command>>) -> Response {
     let deadline = Instant::now() + node.inner.cfg.write_timeout;
     let answers = node.propose_batch_local(body.value, deadline).await;
-    Reply(body.reply, answers).into_response()
+    Reply(answers).into_response()
 }
 
 /// The master's commit index for a linearizable read at a follower, given
@@ -510,9 +504,9 @@ async fn propose_batch(State(node): State<Node>, body: PeerBody<Vec<Command>>) -
     tag = "forwarding",
     responses((status = 200, description = "The index to wait for, or why there is none.", body = ReadIndexReply))
 )]
-async fn read_index(State(node): State<Node>, headers: HeaderMap) -> Response {
+async fn read_index(State(node): State<Node>) -> Response {
     match node.read_index_local().await {
-        Ok(reply) => Reply::<ReadIndexReply>(Encoding::accepted(&headers), reply).into_response(),
+        Ok(reply) => Reply::<ReadIndexReply>(reply).into_response(),
         Err(e) => service_error(e),
     }
 }
@@ -522,12 +516,12 @@ async fn read_index(State(node): State<Node>, headers: HeaderMap) -> Response {
     post,
     path = "/peer/v1/change",
     tag = "membership",
-    request_body(content((ConfChange = "application/json"), ("application/x-phxkv-postcard"))),
+    request_body(content((ConfChange = "application/json"))),
     responses((status = 200, description = "Where the change was proposed, or why not.", body = ChangeReply))
 )]
 async fn change(State(node): State<Node>, body: PeerBody<ConfChange>) -> Response {
     match node.change_local(body.value).await {
-        Ok(reply) => Reply::<ChangeReply>(body.reply, reply).into_response(),
+        Ok(reply) => Reply::<ChangeReply>(reply).into_response(),
         Err(e) => service_error(e),
     }
 }
@@ -572,11 +566,8 @@ Bodies are JSON (`application/json`); byte strings (keys, values) are \
 standard base64; node ids are unsigned 64-bit integers (incarnation ids, \
 shown elsewhere as 16 hex digits) that a reader must keep exact; enum values \
 are externally tagged (`{\"accept\": {...}}`, or a bare string for a \
-variant without data). Every answer carries `Accept-Post`, the request \
-encodings the node takes: a node started with `--peer-encoding compact` \
-also takes `application/x-phxkv-postcard` (postcard, the same structures in \
-a binary form), and a sender uses it only when both sides offer it. An \
-answer uses the encoding the request's `Accept` names, JSON by default.\n\n\
+variant without data). Every answer carries `Accept-Post: application/json`, \
+the request bodies the node takes.\n\n\
 The engine tolerates loss, duplication and reordering of messages: a peer \
 may drop what it cannot deliver. The version in the path changes only with \
 an incompatible change of these bodies.",

@@ -6,9 +6,8 @@
 //! never ends while there is traffic), so a busy master sends one line per
 //! peer per turn however many instances it has in flight, without a request
 //! and an answer for each. A stream that breaks or stalls is reopened with
-//! backoff; a peer without the stream endpoint, and every peer of a node
-//! that uses the compact encoding, gets one POST per batch instead (the form
-//! a person can also `curl`). Queues are bounded: when a peer is down or
+//! backoff; a peer without the stream endpoint gets one POST per batch
+//! instead (the form a person can also `curl`). Queues are bounded: when a peer is down or
 //! slow the oldest messages are dropped, which Paxos tolerates (everything
 //! is retransmitted or re-requested).
 
@@ -21,7 +20,7 @@ use tokio::sync::{Notify, watch};
 use crate::paxos::{Envelope, Membership, NodeId};
 use crate::telemetry::Metrics;
 
-use super::wire::{self, Encoding};
+use super::wire;
 
 /// Messages queued for one peer beyond which the oldest are dropped.
 const MAX_QUEUED: usize = 8192;
@@ -83,10 +82,6 @@ struct Inner {
     auth: reqwest::header::HeaderValue,
     runtime: tokio::runtime::Handle,
     metrics: Metrics,
-    /// What this node offers to send: compact only when configured.
-    encoding: Encoding,
-    /// Peers whose last answer announced compact bodies (`Accept-Post`).
-    compact_peers: Mutex<HashSet<NodeId>>,
     /// Peers a snapshot is on its way to: one at a time each, however often
     /// the engine asks (it asks again on every catch-up request, and a
     /// large snapshot takes longer than their interval).
@@ -101,7 +96,6 @@ impl Outbox {
         membership: watch::Receiver<Membership>,
         runtime: tokio::runtime::Handle,
         metrics: Metrics,
-        encoding: Encoding,
     ) -> Outbox {
         let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
             .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Bearer -"));
@@ -117,8 +111,6 @@ impl Outbox {
                 auth,
                 runtime,
                 metrics,
-                encoding,
-                compact_peers: Mutex::new(HashSet::new()),
                 snapshots_in_flight: Arc::new(Mutex::new(HashSet::new())),
             }),
         }
@@ -181,17 +173,6 @@ impl Outbox {
     /// `path` on peer `id`'s peer API, parsed once per address.
     pub fn endpoint(&self, id: NodeId, path: &'static str) -> Option<reqwest::Url> {
         self.inner.endpoint(id, path)
-    }
-
-    /// The encoding to use for bodies sent to `peer`: compact only when this
-    /// node offers it and the peer announced it in its last answer.
-    pub fn encoding_for(&self, peer: NodeId) -> Encoding {
-        self.inner.encoding_for(peer)
-    }
-
-    /// Learns from a peer's answer whether it takes compact bodies.
-    pub fn observe(&self, peer: NodeId, headers: &reqwest::header::HeaderMap) {
-        self.inner.observe(peer, headers);
     }
 
     /// Sends the snapshot in the file at `path` in the background, read
@@ -308,32 +289,6 @@ fn peer_url(membership: &watch::Receiver<Membership>, id: NodeId) -> Option<Stri
 }
 
 impl Inner {
-    fn encoding_for(&self, peer: NodeId) -> Encoding {
-        if self.encoding == Encoding::Compact
-            && self
-                .compact_peers
-                .lock()
-                .is_ok_and(|peers| peers.contains(&peer))
-        {
-            Encoding::Compact
-        } else {
-            Encoding::Json
-        }
-    }
-
-    fn observe(&self, peer: NodeId, headers: &reqwest::header::HeaderMap) {
-        if self.encoding != Encoding::Compact || !headers.contains_key(wire::ACCEPT_POST) {
-            return;
-        }
-        if let Ok(mut peers) = self.compact_peers.lock() {
-            if Encoding::announced(headers) {
-                peers.insert(peer);
-            } else {
-                peers.remove(&peer);
-            }
-        }
-    }
-
     fn url_of(&self, id: NodeId) -> Option<String> {
         peer_url(&self.membership, id)
             .or_else(|| self.learned.lock().ok().and_then(|l| l.get(&id).cloned()))
@@ -394,14 +349,14 @@ impl Link {
 
 /// The task that sends one peer its messages: over a long-lived stream
 /// (newline-delimited JSON on one HTTP request per connection, reopened with
-/// backoff when it breaks), or as one POST per batch when this node uses
-/// the compact encoding or the peer has no stream endpoint.
+/// backoff when it breaks), or as one POST per batch when the peer has no
+/// stream endpoint.
 async fn sender(inner: Arc<Inner>, peer: NodeId, q: Arc<PeerQueue>) {
     let mut link = Link::default();
     loop {
         q.notify.notified().await;
         link.refresh_own_url(&inner);
-        if link.no_stream || inner.encoding == Encoding::Compact {
+        if link.no_stream {
             post_queued(&inner, peer, &q, &mut link).await;
         } else {
             stream_queued(&inner, peer, &q, &mut link).await;
@@ -473,9 +428,7 @@ async fn stream_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &m
                 continue;
             }
         };
-        inner
-            .metrics
-            .inc_peer_bytes_sent(Encoding::Json.name(), line.len() as u64);
+        inner.metrics.inc_peer_bytes_sent("json", line.len() as u64);
         inner.metrics.inc_peer_messages("sent", batch.len() as u64);
         match tokio::time::timeout(STREAM_STALL, tx.send(Ok(line.into()))).await {
             Ok(Ok(())) => {}
@@ -524,26 +477,20 @@ async fn post_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &mut
         if let Some(own) = link.own_url.as_ref() {
             req = req.header(wire::PEER_URL_HEADER, own.clone());
         }
-        let encoding = inner.encoding_for(peer);
-        let body = match encoding.encode(&batch) {
+        let body = match wire::encode(&batch) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "dropping peer messages");
                 continue;
             }
         };
-        inner
-            .metrics
-            .inc_peer_bytes_sent(encoding.name(), body.len() as u64);
+        inner.metrics.inc_peer_bytes_sent("json", body.len() as u64);
         let res = req
             .timeout(Duration::from_secs(2))
-            .header(reqwest::header::CONTENT_TYPE, encoding.content_type())
+            .header(reqwest::header::CONTENT_TYPE, wire::JSON)
             .body(body)
             .send()
             .await;
-        if let Ok(r) = &res {
-            inner.observe(peer, r.headers());
-        }
         inner.metrics.inc_peer_messages("sent", batch.len() as u64);
         let status = res.map(|r| r.status()).map_err(|e| e.to_string());
         outcome(inner, peer, &url, status, false, link).await;

@@ -6,19 +6,16 @@
 //! or a proxy log, and a peer can be written from the document. Byte strings
 //! (keys, values) are base64 strings ([`crate::kv::bytes`]).
 //!
-//! A compact binary encoding (postcard, the log's on-disk encoding, as
-//! `application/x-phxkv-postcard`) is an opt-in: a node started with
-//! `--peer-encoding compact` announces it in an `Accept-Post` header on every
-//! peer response, and a node sends compact bodies to a peer only when it has
-//! the option on itself and that peer announced it. Every node reads both,
-//! and answers in the encoding the request's `Accept` asks for, so the
-//! choice is per peer and either side can turn it off: a peer that stops
-//! announcing it (restarted without the option) gets JSON again after its
-//! next answer.
+//! There is no other encoding. Earlier versions offered a binary one
+//! (postcard) between nodes that both opted in; once messages travelled as
+//! lines on long-lived streams it was no faster than JSON (write-64 0.88×,
+//! read-lin-64 1.08×, write-1 1.01× of JSON's throughput in one
+//! `compare.sh` run), so it went. A node of such a version sends JSON to
+//! peers that do not announce the binary type, which no node does now.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -31,10 +28,8 @@ use crate::paxos::{Index, NodeId, SnapshotMeta};
 /// does not know it yet (a learner that just joined) can answer.
 pub const PEER_URL_HEADER: &str = "x-phxkv-peer-url";
 
-/// Content type of JSON peer bodies (the default).
+/// Content type of peer bodies.
 pub const JSON: &str = "application/json";
-/// Content type of compact (postcard) peer bodies.
-pub const POSTCARD: &str = "application/x-phxkv-postcard";
 /// The content type of a message stream: newline-delimited JSON, one batch
 /// (a JSON array of envelopes) per line.
 pub const NDJSON: &str = "application/x-ndjson";
@@ -53,12 +48,10 @@ pub fn stream_line(batch: &[crate::paxos::Envelope]) -> Result<Vec<u8>, String> 
 /// acceptor does not honour the leases a lease-mode master reads from.
 pub const READ_MODE_HEADER: &str = "phxkv-read-mode";
 
-/// `Accept-Post` value of a node that takes only JSON.
-pub const ACCEPTS_JSON: &str = "application/json";
-/// `Accept-Post` value of a node that also takes compact bodies.
-pub const ACCEPTS_COMPACT: &str = "application/json, application/x-phxkv-postcard";
-
-/// The response header in which a node lists the request encodings it takes.
+/// The response header in which a node lists the request content types it
+/// takes: `application/json`. A node of an earlier version that offered the
+/// binary encoding sends it only to peers listing it here, so this header
+/// is also what moves such a node back to JSON during an upgrade.
 pub const ACCEPT_POST: &str = "accept-post";
 
 /// A media type without its parameters (`application/json; charset=utf-8`
@@ -67,124 +60,46 @@ pub(super) fn media_type(t: &str) -> &str {
     t.split(';').next().unwrap_or_default().trim()
 }
 
-/// Whether the comma-separated media types of header `name` include the
-/// compact one.
-fn lists_compact(headers: &HeaderMap, name: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| media_type(t) == POSTCARD)
+/// Whether a request's content type is JSON (a missing one counts as JSON).
+pub fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    content_type.is_none_or(|ct| {
+        ct.to_str()
+            .is_ok_and(|t| media_type(t).eq_ignore_ascii_case(JSON))
+    })
 }
 
-/// How peer bodies are encoded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Encoding {
-    /// JSON with base64 byte strings: readable, documented, the default.
-    #[default]
-    Json,
-    /// postcard: smaller and cheaper, used only between nodes that both
-    /// turned it on.
-    Compact,
+/// Encodes a peer body.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(value).map_err(|e| format!("cannot encode a peer body: {e}"))
 }
 
-impl Encoding {
-    /// The encoding's name in flags and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            Encoding::Json => "json",
-            Encoding::Compact => "compact",
-        }
-    }
-
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Encoding::Json => JSON,
-            Encoding::Compact => POSTCARD,
-        }
-    }
-
-    /// The encoding a content type names; a missing one means JSON, an
-    /// unknown one `None`.
-    pub fn of(content_type: Option<&HeaderValue>) -> Option<Encoding> {
-        let Some(ct) = content_type else {
-            return Some(Encoding::Json);
-        };
-        let essence = media_type(ct.to_str().ok()?);
-        if essence.eq_ignore_ascii_case(JSON) {
-            Some(Encoding::Json)
-        } else if essence.eq_ignore_ascii_case(POSTCARD) {
-            Some(Encoding::Compact)
-        } else {
-            None
-        }
-    }
-
-    /// The encoding the `Accept` header of a request asks the answer in:
-    /// compact only when it names the compact type.
-    pub fn accepted(headers: &HeaderMap) -> Encoding {
-        if lists_compact(headers, header::ACCEPT.as_str()) {
-            Encoding::Compact
-        } else {
-            Encoding::Json
-        }
-    }
-
-    /// Whether an `Accept-Post` header announces compact bodies.
-    pub fn announced(headers: &HeaderMap) -> bool {
-        lists_compact(headers, ACCEPT_POST)
-    }
-
-    pub fn encode<T: Serialize>(self, value: &T) -> Result<Vec<u8>, String> {
-        match self {
-            Encoding::Json => {
-                serde_json::to_vec(value).map_err(|e| format!("cannot encode a peer body: {e}"))
-            }
-            Encoding::Compact => {
-                postcard::to_stdvec(value).map_err(|e| format!("cannot encode a peer body: {e}"))
-            }
-        }
-    }
-
-    pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, String> {
-        match self {
-            Encoding::Json => {
-                serde_json::from_slice(body).map_err(|e| format!("bad JSON peer body: {e}"))
-            }
-            Encoding::Compact => {
-                postcard::from_bytes(body).map_err(|e| format!("bad compact peer body: {e}"))
-            }
-        }
-    }
+/// Decodes a peer body.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("bad JSON peer body: {e}"))
 }
 
-/// A peer request's body, decoded as its content type says, remembering
-/// which encoding the answer should use.
+/// A peer request's JSON body, decoded.
 #[derive(Debug)]
 pub struct PeerBody<T> {
     pub value: T,
-    /// What the request's `Accept` asked the answer in.
-    pub reply: Encoding,
 }
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for PeerBody<T> {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let reply = Encoding::accepted(req.headers());
-        let Some(encoding) = Encoding::of(req.headers().get(header::CONTENT_TYPE)) else {
+        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
             return Err(peer_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 PeerErrorCode::UnsupportedMediaType,
-                "peer bodies are application/json or application/x-phxkv-postcard",
+                "peer bodies are application/json",
             ));
-        };
+        }
         let body = Bytes::from_request(req, state)
             .await
             .map_err(IntoResponse::into_response)?;
-        match encoding.decode(&body) {
-            Ok(value) => Ok(PeerBody { value, reply }),
+        match decode(&body) {
+            Ok(value) => Ok(PeerBody { value }),
             Err(e) => Err(peer_error(
                 StatusCode::BAD_REQUEST,
                 PeerErrorCode::BadRequest,
@@ -194,18 +109,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for PeerBody<T> {
     }
 }
 
-/// A peer answer in a chosen encoding.
+/// A peer answer, as JSON.
 #[derive(Debug)]
-pub struct Reply<T>(pub Encoding, pub T);
+pub struct Reply<T>(pub T);
 
 impl<T: Serialize> IntoResponse for Reply<T> {
     fn into_response(self) -> Response {
-        match self.0.encode(&self.1) {
+        match encode(&self.0) {
             Ok(body) => (
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(self.0.content_type()),
-                )],
+                [(header::CONTENT_TYPE, HeaderValue::from_static(JSON))],
                 body,
             )
                 .into_response(),
@@ -228,7 +140,7 @@ pub enum PeerErrorCode {
     NotFound,
     /// The body could not be decoded.
     BadRequest,
-    /// The body's content type is neither JSON nor the compact encoding.
+    /// The body's content type is not JSON.
     UnsupportedMediaType,
     /// The request names another incarnation of this member: its data
     /// directory is new, and the member must be replaced.
@@ -405,18 +317,13 @@ mod tests {
     }
 
     #[test]
-    fn peer_bodies_roundtrip_in_both_encodings() {
+    fn peer_bodies_roundtrip_as_readable_json() {
         use crate::paxos::Envelope;
         let envs = sample_envelopes();
-        for enc in [Encoding::Json, Encoding::Compact] {
-            let bytes = enc.encode(&envs).expect("encodes");
-            assert_eq!(enc.decode::<Vec<Envelope>>(&bytes), Ok(envs.clone()));
-        }
-        // Compact: the value travels as itself.
-        let compact = Encoding::Compact.encode(&envs).expect("encodes");
-        assert!(compact.len() < 256 + 64, "{} bytes", compact.len());
-        // JSON: readable, byte strings as base64, snake_case names, ids exact.
-        let json = String::from_utf8(Encoding::Json.encode(&envs).expect("encodes")).expect("utf8");
+        let bytes = encode(&envs).expect("encodes");
+        assert_eq!(decode::<Vec<Envelope>>(&bytes), Ok(envs.clone()));
+        // Readable, byte strings as base64, snake_case names, ids exact.
+        let json = String::from_utf8(bytes).expect("utf8");
         assert!(
             json.contains(r#""accept":{"ballot":{"round":3,"node":1}"#),
             "{json}"
@@ -432,42 +339,17 @@ mod tests {
             "{} bytes: {json}",
             json.len()
         );
-        assert!(
-            Encoding::Compact
-                .decode::<Vec<Envelope>>(b"\xff\xff")
-                .is_err()
-        );
-        assert!(Encoding::Json.decode::<Vec<Envelope>>(b"[{").is_err());
-        assert!(
-            Encoding::Compact
-                .decode::<crate::paxos::Command>(&[])
-                .is_err()
-        );
+        assert!(decode::<Vec<Envelope>>(b"[{").is_err());
+        assert!(decode::<crate::paxos::Command>(&[]).is_err());
     }
 
     #[test]
-    fn content_types_and_announcements_are_read() {
-        use axum::http::HeaderMap;
+    fn content_types_are_read() {
         let ct = |s: &'static str| HeaderValue::from_static(s);
-        assert_eq!(Encoding::of(None), Some(Encoding::Json));
-        assert_eq!(
-            Encoding::of(Some(&ct("application/json; charset=utf-8"))),
-            Some(Encoding::Json)
-        );
-        assert_eq!(Encoding::of(Some(&ct(POSTCARD))), Some(Encoding::Compact));
-        assert_eq!(Encoding::of(Some(&ct("text/plain"))), None);
-
-        let mut h = HeaderMap::new();
-        assert_eq!(Encoding::accepted(&h), Encoding::Json);
-        assert!(!Encoding::announced(&h));
-        h.insert(
-            header::ACCEPT,
-            ct("application/json, application/x-phxkv-postcard;q=0.9"),
-        );
-        h.insert(ACCEPT_POST, ct(ACCEPTS_COMPACT));
-        assert_eq!(Encoding::accepted(&h), Encoding::Compact);
-        assert!(Encoding::announced(&h));
-        h.insert(ACCEPT_POST, ct(ACCEPTS_JSON));
-        assert!(!Encoding::announced(&h));
+        assert!(is_json(None));
+        assert!(is_json(Some(&ct("application/json; charset=utf-8"))));
+        assert!(is_json(Some(&ct("Application/JSON"))));
+        assert!(!is_json(Some(&ct("application/x-phxkv-postcard"))));
+        assert!(!is_json(Some(&ct("text/plain"))));
     }
 }
