@@ -773,6 +773,20 @@ mod tests {
         }
     }
 
+    /// A log in `dir` holding `first` in its first segment, rotated once
+    /// onto the spare; with the path of that first segment.
+    fn rotated_once(dir: &Path, first: &[Persist]) -> (Wal, PathBuf) {
+        let state = Summary::default();
+        let (mut wal, _) = Wal::open(dir).expect("open");
+        for r in first {
+            wal.append(std::slice::from_ref(r), &state).expect("append");
+        }
+        let path = wal.active_path().to_path_buf();
+        spare_ready(&wal);
+        wal.rotate(&state).expect("rotate");
+        (wal, path)
+    }
+
     #[test]
     fn segments_are_written_ahead_and_appends_never_change_their_size() {
         let tmp = TempDir::new().expect("tempdir");
@@ -820,12 +834,10 @@ mod tests {
     fn a_rotation_without_a_spare_ready_appends_to_a_new_file() {
         let tmp = TempDir::new().expect("tempdir");
         let state = Summary::default();
-        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
-        wal.append(&[entry(1)], &state).expect("append");
-        spare_ready(&wal);
-        // The spare is taken by this rotation; the next finds none ready
-        // only if its helper is still writing, so make sure there is none.
-        wal.rotate(&state).expect("rotate");
+        // The spare is taken by the first rotation; the next finds none
+        // ready only if its helper is still writing, so make sure there is
+        // none.
+        let (mut wal, _) = rotated_once(tmp.path(), &[entry(1)]);
         if let Some(spare) = wal.spare.take() {
             let _ = spare.join();
         }
@@ -847,10 +859,7 @@ mod tests {
     fn a_crash_right_after_the_spare_became_a_segment_loses_nothing() {
         let tmp = TempDir::new().expect("tempdir");
         let state = Summary::default();
-        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
-        wal.append(&[entry(1)], &state).expect("append");
-        spare_ready(&wal);
-        wal.rotate(&state).expect("rotate");
+        let (wal, _) = rotated_once(tmp.path(), &[entry(1)]);
         let second = wal.active_path().to_path_buf();
         drop(wal);
         // The rename reached the disk, the segment's first bytes did not;
@@ -870,13 +879,8 @@ mod tests {
     fn zeros_at_the_end_of_an_older_segment_are_damage() {
         let tmp = TempDir::new().expect("tempdir");
         let state = Summary::default();
-        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
-        wal.append(&[entry(1)], &state).expect("append");
-        wal.append(&[entry(2)], &state).expect("append");
-        let old = wal.active_path().to_path_buf();
-        let first_end = wal.active_len();
-        spare_ready(&wal);
-        wal.rotate(&state).expect("rotate");
+        let (mut wal, old) = rotated_once(tmp.path(), &[entry(1), entry(2)]);
+        let first_end = wal.segments[0].len;
         wal.append(&[entry(3)], &state).expect("append");
         drop(wal);
         // The last frame of the closed segment read back as zeros.
