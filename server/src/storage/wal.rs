@@ -75,7 +75,8 @@ struct Segment {
     /// The highest log index with an entry in this segment (0: none), so
     /// that it can be deleted once a snapshot covers it.
     max_index: Index,
-    /// Where its frames end (known once scanned or written).
+    /// Where its frames end: known once scanned, and kept as frames are
+    /// appended to the newest segment.
     len: u64,
 }
 
@@ -93,10 +94,9 @@ pub(super) struct Summary {
 pub(super) struct Wal {
     dir: PathBuf,
     segments: Vec<Segment>,
+    /// The newest segment's file (longer than its frames while the zeros
+    /// it was written with are not all overwritten).
     active: File,
-    /// Where the newest segment's frames end (its file may be longer: the
-    /// zeros it was written with).
-    active_len: u64,
     /// Reused for encoding each frame.
     buf: Vec<u8>,
     /// The next segment's file, being written with zeros.
@@ -189,15 +189,12 @@ impl Wal {
         }
         segments.truncate(keep);
         let next = segments.last().map_or(1, |s| s.seq + 1);
-        let (active, active_len) = match segments.last() {
-            Some(seg) => {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&seg.path)
-                    .map_err(io(&seg.path))?;
-                (f, seg.len)
-            }
+        let active = match segments.last() {
+            Some(seg) => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&seg.path)
+                .map_err(io(&seg.path))?,
             None => {
                 let zeroed = match write_spare(&spare_path) {
                     Ok(f) => Some(f),
@@ -210,9 +207,9 @@ impl Wal {
                         None
                     }
                 };
-                let (seg, f, len) = create(&dir, next, &summary, zeroed)?;
+                let (seg, f) = create(&dir, next, &summary, zeroed)?;
                 segments.push(seg);
-                (f, len)
+                f
             }
         };
         let spare = start_spare(&dir);
@@ -220,7 +217,6 @@ impl Wal {
             dir,
             segments,
             active,
-            active_len,
             buf: Vec::new(),
             spare,
         };
@@ -234,33 +230,28 @@ impl Wal {
         records: &[Persist],
         state: &Summary,
     ) -> Result<(), StorageError> {
-        if self.active_len >= SEGMENT_BYTES {
+        if self.newest().len >= SEGMENT_BYTES {
             self.rotate(state)?;
         }
         encode_frame(&mut self.buf, records)?;
-        let path = &self
-            .segments
-            .last()
-            .expect("the log always has a segment")
-            .path;
-        let written = self
-            .active
-            .write_all_at(&self.buf, self.active_len)
-            .and_then(|()| self.active.sync_data());
-        if let Err(e) = written {
-            // Leave no half frame for the next append to follow; if even
-            // that fails, recovery cuts it off as a torn tail.
-            let _ = self.active.set_len(self.active_len);
-            return Err(StorageError::Io {
-                path: path.clone(),
-                source: e,
-            });
-        }
-        self.active_len += self.buf.len() as u64;
         let seg = self
             .segments
             .last_mut()
             .expect("the log always has a segment");
+        let written = self
+            .active
+            .write_all_at(&self.buf, seg.len)
+            .and_then(|()| self.active.sync_data());
+        if let Err(e) = written {
+            // Leave no half frame for the next append to follow; if even
+            // that fails, recovery cuts it off as a torn tail.
+            let _ = self.active.set_len(seg.len);
+            return Err(StorageError::Io {
+                path: seg.path.clone(),
+                source: e,
+            });
+        }
+        seg.len += self.buf.len() as u64;
         for r in records {
             if let Persist::Entry(i, _) = r {
                 seg.max_index = seg.max_index.max(*i);
@@ -280,23 +271,26 @@ impl Wal {
             .last_mut()
             .expect("the log always has a segment");
         let on_disk = self.active.metadata().map_err(io(&last.path))?.len();
-        if on_disk != self.active_len {
+        if on_disk != last.len {
             self.active
-                .set_len(self.active_len)
+                .set_len(last.len)
                 .and_then(|()| self.active.sync_all())
                 .map_err(io(&last.path))?;
         }
-        last.len = self.active_len;
         let next = last.seq + 1;
         let zeroed = self.take_spare();
-        let (seg, f, len) = create(&self.dir, next, state, zeroed)?;
+        let (seg, f) = create(&self.dir, next, state, zeroed)?;
         self.segments.push(seg);
         self.active = f;
-        self.active_len = len;
         if self.spare.is_none() {
             self.spare = start_spare(&self.dir);
         }
         Ok(())
+    }
+
+    /// The segment being appended to.
+    fn newest(&self) -> &Segment {
+        self.segments.last().expect("the log always has a segment")
     }
 
     /// The spare, if its helper has finished writing it.
@@ -353,7 +347,7 @@ impl Wal {
             // Torn tails were cut off at open and appends write whole frames,
             // so anything that does not scan now is damage; only the newest
             // segment may end in the zeros it was written with.
-            let len = if last { self.active_len } else { seg.len };
+            let len = seg.len;
             let end = scan(&seg.path, last, |records| {
                 records.into_iter().for_each(&mut f);
                 Ok(())
@@ -369,14 +363,10 @@ impl Wal {
         Ok(())
     }
 
-    /// Bytes in the segment being appended to.
+    /// The file of the segment being appended to.
     #[cfg(test)]
     pub(super) fn active_path(&self) -> &Path {
-        &self
-            .segments
-            .last()
-            .expect("the log always has a segment")
-            .path
+        &self.newest().path
     }
 
     /// How many segment files the log has.
@@ -388,7 +378,7 @@ impl Wal {
     /// Where the frames of the newest segment end.
     #[cfg(test)]
     pub(super) fn active_len(&self) -> u64 {
-        self.active_len
+        self.newest().len
     }
 }
 
@@ -546,7 +536,7 @@ fn create(
     seq: u64,
     state: &Summary,
     zeroed: Option<File>,
-) -> Result<(Segment, File, u64), StorageError> {
+) -> Result<(Segment, File), StorageError> {
     let path = dir.join(format!("{seq:020}{SUFFIX}"));
     let f = match zeroed {
         Some(f) => {
@@ -584,7 +574,7 @@ fn create(
         max_index: 0,
         len: buf.len() as u64,
     };
-    Ok((seg, f, buf.len() as u64))
+    Ok((seg, f))
 }
 
 /// Starts a helper thread writing the next segment's zeros; `None` if no
