@@ -78,11 +78,40 @@ async fn kv_commands_round_trip_with_exit_codes() {
     // The value from stdin, byte for byte.
     let r = phxkv(&ep, &["put", "from-stdin", "-"], "line 1\nline 2\n");
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let r = phxkv(&ep, &["get", "from-stdin", "--json"], "");
+    let r = phxkv(&ep, &["get", "from-stdin"], "");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "line 1\nline 2\n"));
+    // -o json: the API's key object (base64 with text copies) and the
+    // revision of the read; --json is the same.
+    for flags in [&["-o", "json"][..], &["--output=json"], &["--json"]] {
+        let args = [&["get", "from-stdin"][..], flags].concat();
+        let r = phxkv(&ep, &args, "");
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+        assert_eq!(v["key"], "ZnJvbS1zdGRpbg==", "{v}");
+        assert_eq!(v["key_utf8"], "from-stdin", "{v}");
+        assert_eq!(v["value"], "bGluZSAxCmxpbmUgMgo=", "{v}");
+        assert_eq!(v["value_utf8"], "line 1\nline 2\n", "{v}");
+        assert_eq!(v["version"], 1, "{v}");
+        assert_eq!(v["create_revision"], v["mod_revision"], "{v}");
+        assert!(v["revision"].as_u64() >= v["mod_revision"].as_u64(), "{v}");
+    }
+    // Control characters: still UTF-8, so the text copy is there too.
+    let r = phxkv(&ep, &["put", "ctl", "-"], "\u{7f}\u{0}");
     assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = phxkv(&ep, &["get", "ctl", "-o", "json"], "");
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
-    assert_eq!(v["value"], "line 1\nline 2\n");
-    assert_eq!(v["version"], 1);
+    assert_eq!(
+        (&v["value"], &v["value_utf8"]),
+        (&"fwA=".into(), &"\u{7f}\u{0}".into()),
+        "{v}"
+    );
+    // A table shows such values as base64.
+    let r = phxkv(&ep, &["get", "from-stdin", "-o", "table"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", r.stdout);
+    assert!(lines[0].starts_with("KEY         VALUE"), "{}", r.stdout);
+    assert!(lines[1].starts_with("from-stdin  b64:"), "{}", r.stdout);
 
     // A key that needs percent-encoding.
     let r = phxkv(&ep, &["put", "odd key?&#%/é", "x"], "");
@@ -142,6 +171,38 @@ async fn list_txn_and_watch() {
     assert_eq!(r.stdout, "users/a\t1\nusers/b\t2\nusers/c\t3\n");
     let r = phxkv(&ep, &["list", "--prefix", "users/", "--limit", "2"], "");
     assert_eq!(r.stdout, "users/a\t1\nusers/b\t2\n");
+    let r = phxkv(&ep, &["list", "--prefix", "users/", "-o", "json"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+    let kvs = v.as_array().expect("an array");
+    assert_eq!(kvs.len(), 3, "{v}");
+    assert_eq!(
+        (&kvs[0]["key"], &kvs[0]["key_utf8"]),
+        (&"dXNlcnMvYQ==".into(), &"users/a".into())
+    );
+    assert_eq!(
+        (&kvs[2]["value"], &kvs[2]["value_utf8"]),
+        (&"Mw==".into(), &"3".into())
+    );
+    for kv in kvs {
+        for field in ["version", "create_revision", "mod_revision"] {
+            assert!(kv[field].as_u64().is_some(), "{field}: {kv}");
+        }
+    }
+    let r = phxkv(&ep, &["list", "--prefix", "users/", "-o", "table"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", r.stdout);
+    assert!(
+        lines[0].starts_with("KEY      VALUE  VERSION  MOD_REV"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        lines[1].starts_with("users/a  1      1        "),
+        "{}",
+        r.stdout
+    );
 
     // Watch from the start: the history so far replays as lines.
     let mut watch = Command::new(env!("CARGO_BIN_EXE_phxkv"))
@@ -151,6 +212,46 @@ async fn list_txn_and_watch() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn watch");
+    // The same as NDJSON: one API watch event per line.
+    let mut json_watch = Command::new(env!("CARGO_BIN_EXE_phxkv"))
+        .args([
+            "watch",
+            "--prefix",
+            "users/",
+            "--start-revision",
+            "1",
+            "-o",
+            "json",
+        ])
+        .env("PHXKV_ENDPOINTS", &ep)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn watch");
+    let first = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let out = json_watch.stdout.take().expect("watch stdout");
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .expect("a watch line");
+        line
+    };
+    let _ = json_watch.kill();
+    let _ = json_watch.wait();
+    let ev: serde_json::Value = serde_json::from_str(&first).expect("one JSON object");
+    assert_eq!(
+        (&ev["type"], &ev["key_utf8"]),
+        (&"put".into(), &"users/a".into()),
+        "{ev}"
+    );
+    assert_eq!(
+        (&ev["value"], &ev["value_utf8"]),
+        (&"MQ==".into(), &"1".into()),
+        "{ev}"
+    );
+    assert!(ev["revision"].as_u64().is_some(), "{ev}");
+
     let out = watch.stdout.take().expect("watch stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -218,9 +319,36 @@ async fn status_members_and_failover() {
         );
     }
     assert_eq!(r.stdout.matches("voter").count(), 3, "{}", r.stdout);
-    let r = phxkv(&ep, &["status", "--json"], "");
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
-    assert_eq!(v["members"].as_array().map(Vec::len), Some(3));
+    let r = phxkv(&ep, &["status", "-o", "table"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.matches("voter").count(), 3, "{}", r.stdout);
+    for args in [
+        &["status", "--json"][..],
+        &["status", "-o", "json"],
+        &["members", "list", "-o", "json"],
+    ] {
+        let r = phxkv(&ep, args, "");
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+        for field in [
+            "cluster_id",
+            "node",
+            "revision",
+            "commit_index",
+            "applied_index",
+        ] {
+            assert!(!v[field].is_null(), "{args:?} {field}: {v}");
+        }
+        assert!(v.get("master").is_some(), "{args:?}: {v}");
+        let members = v["members"].as_array().expect("members");
+        assert_eq!(members.len(), 3, "{v}");
+        assert_eq!(members.iter().filter(|m| m["role"] == "voter").count(), 3);
+        for m in members {
+            for field in ["name", "id", "peer_url", "is_master", "healthy"] {
+                assert!(!m[field].is_null(), "{args:?} {field}: {m}");
+            }
+        }
+    }
 
     // Membership changes need the token: without it, a usage error.
     let r = phxkv(&ep, &["members", "add", "n4", "http://127.0.0.1:9"], "");

@@ -1,16 +1,31 @@
-//! `phxkv get KEY`: prints a value, raw, or with its metadata as JSON.
+//! `phxkv get KEY`: prints a value, raw, or with its metadata as JSON or
+//! a table.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 
 use clap::Args;
 use reqwest::header::HeaderMap;
-use serde_json::json;
+use serde::Serialize;
 
 use super::http::{ApiFailure, Client};
-use super::{ConnectArgs, key_path, print_json};
+use super::{
+    ConnectArgs, KvJson, Output, OutputArgs, key_path, print_json, render_table, table_cell,
+    write_out,
+};
 use crate::cli::CliError;
 
+const AFTER_HELP: &str = "\
+Output (-o):
+  text   the value, byte for byte; at a terminal a newline follows when the
+         value does not end with one (never when piped or redirected)
+  json   {\"key\": base64, \"key_utf8\": text, \"value\": base64, \"value_utf8\": text,
+          \"version\": N, \"create_revision\": R, \"mod_revision\": R, \"revision\": R}
+         *_utf8 only when the bytes are UTF-8; revision is the store's
+         revision the read reflects
+  table  KEY VALUE VERSION CREATE_REV MOD_REV, long values cut";
+
 #[derive(Args, Debug)]
+#[command(after_help = AFTER_HELP)]
 pub struct GetArgs {
     /// The key.
     pub key: String,
@@ -22,12 +37,18 @@ pub struct GetArgs {
     /// reading your own writes with a local read; implies --local).
     #[arg(long, value_name = "R")]
     pub min_revision: Option<u64>,
-    /// Print the value (as text and base64) and its versions and revisions
-    /// as JSON instead of the raw value.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+/// `get -o json`: the API's key object plus the revision of the read.
+#[derive(Debug, Serialize)]
+pub struct GetJson {
+    #[serde(flatten)]
+    pub kv: KvJson,
+    pub revision: u64,
 }
 
 /// A value with the metadata the API sends in headers.
@@ -90,30 +111,56 @@ pub async fn fetch(
     })
 }
 
+/// Whether a newline follows the value: only for a person at a terminal,
+/// so the prompt starts on a line of its own, and only when the value does
+/// not end with one. Piped or redirected, the value is written byte for
+/// byte (`phxkv get k > file` round-trips).
+pub fn newline_after(value: &[u8], stdout_is_terminal: bool) -> bool {
+    stdout_is_terminal && !value.ends_with(b"\n")
+}
+
 pub async fn run(args: GetArgs) -> Result<(), CliError> {
     let client = Client::new(&args.connect)?;
-    let f = fetch(&client, args.key.as_bytes(), args.local, args.min_revision).await?;
-    if args.json {
-        use base64::Engine as _;
-        return print_json(&json!({
-            "key": args.key,
-            "value": std::str::from_utf8(&f.value).ok(),
-            "value_b64": base64::engine::general_purpose::STANDARD.encode(&f.value),
-            "version": f.version,
-            "create_revision": f.create_revision,
-            "mod_revision": f.mod_revision,
-            "revision": f.revision,
-        }));
-    }
-    let mut out = std::io::stdout().lock();
-    // Raw bytes so `phxkv get k > file` round-trips exactly; a newline only
-    // for a person reading a terminal.
-    let mut write = || -> std::io::Result<()> {
-        out.write_all(&f.value)?;
-        if out.is_terminal() && !f.value.ends_with(b"\n") {
-            out.write_all(b"\n")?;
+    let key = args.key.as_bytes();
+    let f = fetch(&client, key, args.local, args.min_revision).await?;
+    match args.output.format() {
+        Output::Json => print_json(&GetJson {
+            kv: KvJson::from_bytes(key, &f.value, f.version, f.create_revision, f.mod_revision),
+            revision: f.revision,
+        }),
+        Output::Table => write_out(
+            render_table(
+                &["KEY", "VALUE", "VERSION", "CREATE_REV", "MOD_REV"],
+                &[[
+                    table_cell(key, 60),
+                    table_cell(&f.value, 60),
+                    f.version.to_string(),
+                    f.create_revision.to_string(),
+                    f.mod_revision.to_string(),
+                ]],
+            )
+            .as_bytes(),
+        ),
+        Output::Text => {
+            let mut value = f.value;
+            if newline_after(&value, std::io::stdout().is_terminal()) {
+                value.push(b'\n');
+            }
+            write_out(&value)
         }
-        out.flush()
-    };
-    write().map_err(|e| CliError::Fatal(format!("writing to stdout: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newline_follows_the_value_only_at_a_terminal() {
+        assert!(newline_after(b"hello", true));
+        assert!(!newline_after(b"hello", false));
+        assert!(!newline_after(b"two lines\n", true));
+        assert!(!newline_after(b"", false));
+        assert!(newline_after(b"", true));
+    }
 }

@@ -4,13 +4,27 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::http::{self, Client};
-use super::{ConnectArgs, KvJson, decode_b64, display_bytes, print_json, query_value};
+use super::{
+    ConnectArgs, KvJson, Output, OutputArgs, decode_b64, display_bytes, print_json, query_value,
+    render_table, table_cell, write_line, write_out,
+};
 use crate::cli::CliError;
+
+const AFTER_HELP: &str = "\
+Output (-o):
+  text   one line per key: KEY<TAB>VALUE; keys and values that are not
+         printable UTF-8 print as `b64:` and their base64
+  json   an array of the API's key objects:
+         [{\"key\": base64, \"key_utf8\": text, \"value\": base64, \"value_utf8\": text,
+           \"version\": N, \"create_revision\": R, \"mod_revision\": R}, ...]
+         *_utf8 only when the bytes are UTF-8
+  table  KEY VALUE VERSION MOD_REV, long values cut";
 
 /// The most keys the API returns in one page.
 const PAGE: u64 = 1000;
 
 #[derive(Args, Debug)]
+#[command(after_help = AFTER_HELP)]
 pub struct ListArgs {
     /// Only keys starting with P (all keys when left out).
     #[arg(long, value_name = "P")]
@@ -18,10 +32,8 @@ pub struct ListArgs {
     /// Stop after N keys (default: all of them, fetched in pages of 1000).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
-    /// Print a JSON array of the API's key objects (base64 key and value,
-    /// text forms when UTF-8, versions and revisions) instead of lines.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -83,21 +95,45 @@ pub fn line(kv: &KvJson) -> Result<String, CliError> {
     ))
 }
 
+/// One table row: key, value (cut), version, mod revision.
+fn table_row(kv: &KvJson) -> Result<[String; 4], CliError> {
+    Ok([
+        table_cell(&kv.key_bytes()?, 60),
+        table_cell(&kv.value_bytes()?, 60),
+        kv.version.to_string(),
+        kv.mod_revision.to_string(),
+    ])
+}
+
 pub async fn run(args: ListArgs) -> Result<(), CliError> {
     let client = Client::new(&args.connect)?;
     let prefix = args.prefix.unwrap_or_default();
-    if args.json {
-        let mut all = Vec::new();
-        list(&client, prefix.as_bytes(), args.limit, |kv| {
-            all.push(kv);
-            Ok(())
-        })
-        .await?;
-        return print_json(&all);
+    match args.output.format() {
+        Output::Json => {
+            let mut all = Vec::new();
+            list(&client, prefix.as_bytes(), args.limit, |kv| {
+                all.push(kv);
+                Ok(())
+            })
+            .await?;
+            print_json(&all)
+        }
+        Output::Table => {
+            // Aligning needs every row first (as JSON needs the whole
+            // array); --limit bounds both.
+            let mut rows = Vec::new();
+            list(&client, prefix.as_bytes(), args.limit, |kv| {
+                rows.push(table_row(&kv)?);
+                Ok(())
+            })
+            .await?;
+            write_out(render_table(&["KEY", "VALUE", "VERSION", "MOD_REV"], &rows).as_bytes())
+        }
+        Output::Text => {
+            list(&client, prefix.as_bytes(), args.limit, |kv| {
+                write_line(&line(&kv)?)
+            })
+            .await
+        }
     }
-    list(&client, prefix.as_bytes(), args.limit, |kv| {
-        println!("{}", line(&kv)?);
-        Ok(())
-    })
-    .await
 }

@@ -9,10 +9,11 @@ use serde_json::json;
 
 use super::http::{self, Client};
 use super::status::{self, ClusterInfo};
-use super::{ConnectArgs, path_segment, query_value};
+use super::{ConnectArgs, Output, OutputArgs, path_segment, query_value};
 use crate::cli::CliError;
 
 #[derive(Args, Debug)]
+#[command(after_help = status::JSON_HELP)]
 pub struct MembersArgs {
     #[command(subcommand)]
     pub action: Option<MembersAction>,
@@ -25,6 +26,10 @@ pub struct MembersArgs {
         global = true
     )]
     pub token_file: Option<PathBuf>,
+    /// With `-o json`, the cluster's state after the action is the only
+    /// thing on stdout; progress messages go to stderr.
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -91,6 +96,16 @@ fn read_token(path: Option<&PathBuf>) -> Result<Option<String>, CliError> {
 
 pub async fn run(args: MembersArgs) -> Result<(), CliError> {
     let action = args.action.unwrap_or(MembersAction::List);
+    let format = args.output.format();
+    // Progress goes where it does not corrupt a JSON document.
+    let say = |line: &str| {
+        if format == Output::Json {
+            eprintln!("{line}");
+        } else {
+            // A closed stdout shows up when the state is printed below.
+            let _ = super::write_line(line);
+        }
+    };
     let mut client = Client::new(&args.connect)?;
     if !matches!(action, MembersAction::List) {
         client = client.with_token(read_token(args.token_file.as_ref())?);
@@ -132,15 +147,14 @@ pub async fn run(args: MembersArgs) -> Result<(), CliError> {
             learner,
             wait,
         } => {
-            let done = replace(&client, &name, peer_url.as_deref(), learner, wait).await?;
+            let done = replace(&client, &name, peer_url.as_deref(), learner, wait, &say).await?;
             (done, status::fetch(&client).await?)
         }
     };
     if !done.is_empty() {
-        println!("{done}\n");
+        say(&format!("{done}\n"));
     }
-    print!("{}", status::render(&info));
-    Ok(())
+    status::print_info(&info, format)
 }
 
 /// What one call of the replace endpoint reports.
@@ -159,6 +173,7 @@ async fn replace(
     peer_url: Option<&str>,
     learner: bool,
     wait: std::time::Duration,
+    say: &dyn Fn(&str),
 ) -> Result<String, CliError> {
     let mut path = format!(
         "/v1/cluster/members/{}/replace?learner={learner}",
@@ -175,13 +190,13 @@ async fn replace(
             .await?;
         let report: ReplaceReport = http::json(resp).await?;
         if let Some(old) = &report.removed {
-            println!("removed incarnation {old} of {name}");
+            say(&format!("removed incarnation {old} of {name}"));
         }
         if report.state == "done" {
             return Ok(report.message);
         }
         if report.message != last {
-            println!("{}", report.message);
+            say(&report.message);
             last = report.message.clone();
         }
         if std::time::Instant::now() >= deadline {

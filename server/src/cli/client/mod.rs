@@ -15,11 +15,12 @@ pub mod status;
 pub mod txn;
 pub mod watch;
 
+use std::io::Write;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,98 @@ pub struct ConnectArgs {
         global = true
     )]
     pub timeout: Duration,
+}
+
+/// How a read or status command prints its answer.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// What the command has always printed (see its help).
+    Text,
+    /// One JSON document with the API's field names; keys and values in
+    /// base64, with `key_utf8` and `value_utf8` copies when they are UTF-8.
+    Json,
+    /// Aligned columns under a header, for reading.
+    Table,
+}
+
+/// `-o/--output`, shared by the commands that print data.
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// How to print the answer: text, json or table (the JSON document is
+    /// described below).
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT",
+        global = true
+    )]
+    pub output: Output,
+    /// The same as `-o json`.
+    #[arg(long, hide = true, global = true)]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    /// The format asked for; `--json` wins for older scripts.
+    pub fn format(&self) -> Output {
+        if self.json { Output::Json } else { self.output }
+    }
+}
+
+/// Writes `bytes` to stdout and flushes, turning a failed write (a closed
+/// pipe, a full disk) into an error instead of a panic.
+pub fn write_out(bytes: &[u8]) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::Fatal(format!("writing to stdout: {e}")))
+}
+
+/// Writes one line to stdout (see [`write_out`]).
+pub fn write_line(line: &str) -> Result<(), CliError> {
+    let mut buf = String::with_capacity(line.len() + 1);
+    buf.push_str(line);
+    buf.push('\n');
+    write_out(buf.as_bytes())
+}
+
+/// Lines of cells under a header, each column as wide as its widest cell
+/// (counted in characters), two spaces between columns, no trailing blanks.
+pub fn render_table<R: AsRef<[String]>>(header: &[&str], rows: &[R]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row.as_ref()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut push_row = |cells: &mut dyn Iterator<Item = &str>| {
+        let line: Vec<String> = cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    };
+    push_row(&mut header.iter().copied());
+    for row in rows {
+        push_row(&mut row.as_ref().iter().map(String::as_str));
+    }
+    out
+}
+
+/// Text for a table cell: [`display_bytes`], cut to `max` characters with
+/// `…` so that one long value does not push every other column away.
+pub fn table_cell(bytes: &[u8], max: usize) -> String {
+    let s = display_bytes(bytes);
+    if s.chars().count() <= max {
+        return s;
+    }
+    let mut cut: String = s.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 /// Bytes left alone in a key's URL path: the unreserved characters, and
@@ -128,6 +221,27 @@ pub struct KvJson {
 }
 
 impl KvJson {
+    /// The API's form of a key and value: base64, plus text copies when
+    /// they are UTF-8.
+    pub fn from_bytes(
+        key: &[u8],
+        value: &[u8],
+        version: u64,
+        create_revision: u64,
+        mod_revision: u64,
+    ) -> KvJson {
+        let utf8 = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_owned);
+        KvJson {
+            key: B64.encode(key),
+            key_utf8: utf8(key),
+            value: B64.encode(value),
+            value_utf8: utf8(value),
+            version,
+            create_revision,
+            mod_revision,
+        }
+    }
+
     pub fn key_bytes(&self) -> Result<Vec<u8>, CliError> {
         decode_b64("key", &self.key)
     }
@@ -139,10 +253,10 @@ impl KvJson {
 
 /// Prints a JSON document, pretty, on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(value)
+    let mut text = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::Fatal(format!("cannot format JSON: {e}")))?;
-    println!("{text}");
-    Ok(())
+    text.push('\n');
+    write_out(text.as_bytes())
 }
 
 #[cfg(test)]
@@ -170,5 +284,33 @@ mod tests {
         assert_eq!(display_bytes(b"a\tb"), "b64:YQli");
         assert_eq!(display_bytes(&[0xff]), "b64:/w==");
         assert_eq!(display_bytes(b"b64:x"), "b64:YjY0Ong=");
+    }
+
+    #[test]
+    fn tables_align_columns_by_characters() {
+        let rows = vec![
+            vec!["é".to_string(), "1".to_string()],
+            vec!["long key".to_string(), String::new()],
+        ];
+        assert_eq!(
+            render_table(&["KEY", "VALUE"], &rows),
+            "KEY       VALUE\né         1\nlong key\n"
+        );
+        assert_eq!(table_cell(b"abcdef", 4), "abc…");
+        assert_eq!(table_cell(b"abcd", 4), "abcd");
+    }
+
+    #[test]
+    fn kv_json_has_base64_and_text_copies() {
+        let kv = KvJson::from_bytes(b"a key", &[0xff], 1, 2, 3);
+        let v = serde_json::to_value(&kv).unwrap_or_default();
+        assert_eq!(v["key"], "YSBrZXk=");
+        assert_eq!(v["key_utf8"], "a key");
+        assert_eq!(v["value"], "/w==");
+        assert!(v.get("value_utf8").is_none(), "{v}");
+        assert_eq!(
+            (v["version"].as_u64(), v["mod_revision"].as_u64()),
+            (Some(1), Some(3))
+        );
     }
 }

@@ -4,14 +4,25 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::http::{self, Client};
-use super::{ConnectArgs, print_json};
+use super::{ConnectArgs, Output, OutputArgs, print_json, render_table, write_out};
 use crate::cli::CliError;
 
+/// The JSON that `status -o json` and `members -o json` print.
+pub const JSON_HELP: &str = "\
+Output (-o):
+  text, table  a summary (master, lease, revisions), then one row per member
+  json   the API's GET /v1/cluster answer, every field always present
+         (null when unknown):
+         {\"cluster_id\", \"node\", \"revision\", \"applied_index\", \"commit_index\",
+          \"master\", \"lease_remaining_ms\", \"node_state\", \"node_state_reason\",
+          \"divergence\", \"members\": [{\"name\", \"id\", \"role\", \"peer_url\",
+          \"is_master\", \"healthy\", \"commit_index\"}, ...]}";
+
 #[derive(Args, Debug)]
+#[command(after_help = JSON_HELP)]
 pub struct StatusArgs {
-    /// Print the API's JSON answer instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -92,9 +103,6 @@ pub fn render(info: &ClusterInfo) -> String {
         ));
     }
     out.push('\n');
-    let header = [
-        "NAME", "ID", "ROLE", "MASTER", "COMMIT", "HEALTH", "PEER URL",
-    ];
     let mut members: Vec<&MemberInfo> = info.members.iter().collect();
     members.sort_by(|a, b| a.name.cmp(&b.name));
     let rows: Vec<[String; 7]> = members
@@ -115,34 +123,26 @@ pub fn render(info: &ClusterInfo) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let mut push_row = |cells: &[String]| {
-        let line: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    };
-    push_row(&header.map(String::from));
-    for row in &rows {
-        push_row(row);
-    }
+    out.push_str(&render_table(
+        &[
+            "NAME", "ID", "ROLE", "MASTER", "COMMIT", "HEALTH", "PEER URL",
+        ],
+        &rows,
+    ));
     out
 }
 
 pub async fn run(args: StatusArgs) -> Result<(), CliError> {
     let client = Client::new(&args.connect)?;
     let info = fetch(&client).await?;
-    if args.json {
-        return print_json(&info);
+    print_info(&info, args.output.format())
+}
+
+/// Prints the cluster's state in the format asked for (text and table are
+/// the same: the text already is a table).
+pub fn print_info(info: &ClusterInfo, format: Output) -> Result<(), CliError> {
+    match format {
+        Output::Json => print_json(info),
+        Output::Text | Output::Table => write_out(render(info).as_bytes()),
     }
-    print!("{}", render(&info));
-    Ok(())
 }

@@ -4,23 +4,39 @@
 
 use std::time::Duration;
 
-use clap::Args;
-use serde::Deserialize;
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 use super::http::{self, Client};
-use super::{ConnectArgs, KvJson, display_bytes, query_value};
+use super::{ConnectArgs, KvJson, display_bytes, query_value, write_line};
 use crate::cli::CliError;
 
 /// The server sends a keep-alive comment every 15 seconds; this much
 /// silence means the connection is dead even if TCP has not noticed.
 const IDLE: Duration = Duration::from_secs(45);
 
+const AFTER_HELP: &str = "\
+Each change prints one line. Ctrl-C stops watching.
+Output (-o):
+  text  PUT key value rev=R  or  DELETE key rev=R; keys and values that are
+        not printable UTF-8 print as `b64:` and their base64
+  json  one JSON object per line (NDJSON), the API's watch event:
+        {\"type\": \"put\"|\"delete\", \"revision\": R, \"key\": base64,
+         \"key_utf8\": text, \"value\": base64, \"value_utf8\": text,
+         \"version\": N, \"create_revision\": R, \"mod_revision\": R}
+        *_utf8 only when the bytes are UTF-8";
+
+/// How `watch` prints each change.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchOutput {
+    /// One line per change (see below).
+    Text,
+    /// One JSON object per line (NDJSON).
+    Json,
+}
+
 #[derive(Args, Debug)]
-#[command(
-    after_help = "Each change prints one line:\n  PUT key value rev=R\n  DELETE key rev=R\n\
-Keys and values print as text, or as `b64:` and base64 when they are not\n\
-printable UTF-8. Ctrl-C stops watching."
-)]
+#[command(after_help = AFTER_HELP)]
 pub struct WatchArgs {
     /// Only keys starting with P (all keys when left out).
     #[arg(long, value_name = "P")]
@@ -29,11 +45,20 @@ pub struct WatchArgs {
     /// only changes made after the watch starts).
     #[arg(long, value_name = "R")]
     pub start_revision: Option<u64>,
+    /// How to print each change: text or json (described below).
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub output: WatchOutput,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct WatchEvent {
     #[serde(rename = "type")]
     kind: String,
@@ -127,7 +152,11 @@ enum Ended {
 }
 
 /// Formats one change as the line the command prints.
-fn format_event(ev: &WatchEvent) -> Result<String, CliError> {
+fn format_event(ev: &WatchEvent, output: WatchOutput) -> Result<String, CliError> {
+    if output == WatchOutput::Json {
+        return serde_json::to_string(ev)
+            .map_err(|e| CliError::Fatal(format!("cannot format JSON: {e}")));
+    }
     let key = display_bytes(&ev.kv.key_bytes()?);
     Ok(if ev.kind == "delete" {
         format!("DELETE {key} rev={}", ev.revision)
@@ -139,7 +168,11 @@ fn format_event(ev: &WatchEvent) -> Result<String, CliError> {
 
 /// Reads one connection's events, printing each and remembering the last
 /// revision in `last`.
-async fn consume(mut resp: reqwest::Response, last: &mut Option<u64>) -> Result<Ended, CliError> {
+async fn consume(
+    mut resp: reqwest::Response,
+    last: &mut Option<u64>,
+    output: WatchOutput,
+) -> Result<Ended, CliError> {
     let mut parser = SseParser::default();
     let mut events = Vec::new();
     loop {
@@ -156,7 +189,7 @@ async fn consume(mut resp: reqwest::Response, last: &mut Option<u64>) -> Result<
                     let we: WatchEvent = serde_json::from_str(&ev.data).map_err(|e| {
                         CliError::Fatal(format!("unexpected watch event from the server: {e}"))
                     })?;
-                    println!("{}", format_event(&we)?);
+                    write_line(&format_event(&we, output)?)?;
                     *last = Some(we.revision);
                 }
                 "error" => {
@@ -178,12 +211,17 @@ pub async fn run(args: WatchArgs) -> Result<(), CliError> {
     let client = Client::new(&args.connect)?;
     let prefix = args.prefix.unwrap_or_default();
     tokio::select! {
-        r = watch(&client, prefix.as_bytes(), args.start_revision) => r,
+        r = watch(&client, prefix.as_bytes(), args.start_revision, args.output) => r,
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }
 
-async fn watch(client: &Client, prefix: &[u8], start: Option<u64>) -> Result<(), CliError> {
+async fn watch(
+    client: &Client,
+    prefix: &[u8],
+    start: Option<u64>,
+    output: WatchOutput,
+) -> Result<(), CliError> {
     let mut last: Option<u64> = None;
     loop {
         let from = last.map(|r| r + 1).or(start);
@@ -199,7 +237,7 @@ async fn watch(client: &Client, prefix: &[u8], start: Option<u64>) -> Result<(),
             .send_streaming(|h, base| h.get(format!("{base}{query}")))
             .await?;
         let resp = http::check(resp).await?;
-        let Ended::Resumable(why) = consume(resp, &mut last).await?;
+        let Ended::Resumable(why) = consume(resp, &mut last, output).await?;
         eprintln!("phxkv: watch interrupted ({why}); resuming");
         // Do not hammer a node that keeps closing the stream at once.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -240,6 +278,20 @@ mod tests {
             r#"{"type":"put","revision":9,"key":"YQ==","value":"b24=","version":1,"create_revision":9,"mod_revision":9}"#,
         )
         .expect("event");
-        assert_eq!(format_event(&ev).ok().as_deref(), Some("PUT a on rev=9"));
+        assert_eq!(
+            format_event(&ev, WatchOutput::Text).ok().as_deref(),
+            Some("PUT a on rev=9")
+        );
+        let line = format_event(&ev, WatchOutput::Json).unwrap_or_default();
+        assert!(!line.contains('\n'), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        assert_eq!(
+            (v["type"].as_str(), v["revision"].as_u64()),
+            (Some("put"), Some(9))
+        );
+        assert_eq!(
+            (v["key"].as_str(), v["value_utf8"].as_str()),
+            (Some("YQ=="), None)
+        );
     }
 }
