@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// mimalloc instead of glibc's malloc: glibc gives each thread that
 /// allocates its own 64 MiB arena and keeps what was freed in it, so a
 /// replica that had applied 1M keys held eight or more such arenas full of
@@ -13,7 +11,10 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = phxkv::cli::Cli::parse();
+    let cli = match phxkv::cli::parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all().thread_name("phxkv");
     if let phxkv::cli::Command::Serve(args) = &cli.command

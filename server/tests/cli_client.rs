@@ -390,6 +390,77 @@ async fn shell_driven_through_stdin() {
     // End of input ends the session cleanly too.
     let r = phxkv(&ep, &["shell"], "get a\n");
     assert_eq!((r.code, r.stdout.as_str()), (0, "1\n"));
+
+    // Keys with spaces, quoted as in a shell; a value of several words is
+    // the rest of the line as typed.
+    let script = concat!(
+        "put \"a key\" 'two  words'\n",
+        "get \"a key\"\n",
+        "get 'a key'\n",
+        "get a\\ key\n",
+        "put plain it's  here\n",
+        "get plain\n",
+        "list \"a \"\n",
+        "get a key\n",
+        "get \"a key\n",
+        "delete \"a key\"\n",
+    );
+    let r = phxkv(&ep, &["shell"], script);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines[0].starts_with("OK revision="), "{}", r.stdout);
+    assert_eq!(lines[1..4], ["two  words"; 3], "{}", r.stdout);
+    assert!(lines[4].starts_with("OK revision="), "{}", r.stdout);
+    assert_eq!(
+        lines[5..],
+        ["it's  here", "a key\ttwo  words", "deleted"],
+        "{}",
+        r.stdout
+    );
+    let errors: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(errors.len(), 2, "{}", r.stderr);
+    assert!(errors[0].contains("quote keys with spaces"), "{}", r.stderr);
+    assert!(errors[1].contains("unterminated quote"), "{}", r.stderr);
+    assert_eq!(
+        phxkv(&ep, &["get", "a key"], "").code,
+        1,
+        "the shell's delete removed the key"
+    );
+}
+
+#[test]
+fn a_bad_output_format_exits_2_with_one_line() {
+    for args in [
+        &["get", "k", "-o", "xml"][..],
+        &["list", "--output", "yaml"],
+        &["status", "-o", "csv"],
+        &["watch", "-o", "table"],
+    ] {
+        let r = phxkv(&dead_endpoint(), args, "");
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.starts_with("phxkv: invalid value"), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("possible values: text, json"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stdout.is_empty());
+    }
+}
+
+#[test]
+fn completion_scripts_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let r = phxkv("", &["completion", shell], "");
+        assert_eq!(r.code, 0, "{shell}: {}", r.stderr);
+        assert!(r.stdout.len() > 1000, "{shell}: {}", r.stdout);
+        for word in ["phxkv", "shell", "output"] {
+            assert!(r.stdout.contains(word), "{shell} lacks {word}");
+        }
+    }
+    let r = phxkv("", &["completion", "tcsh"], "");
+    assert_eq!((r.code, r.stderr.lines().count()), (2, 1), "{}", r.stderr);
 }
 
 #[test]

@@ -5,9 +5,11 @@
 //! unavailable, 4 any other failure.
 
 pub mod client;
+pub mod completion;
 pub mod dev;
 pub mod serve;
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +46,54 @@ pub enum Command {
     Members(client::members::MembersArgs),
     /// An interactive prompt: get, put, delete, list, status.
     Shell(client::shell::ShellArgs),
+    /// Print a completion script for bash, zsh or fish.
+    Completion(completion::CompletionArgs),
+}
+
+/// Reads the command line. Help and `--version` print as clap prints them;
+/// a usage error is one line on stderr (exit 2), like every other error of
+/// the CLI, instead of clap's multi-line report.
+pub fn parse_args() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind;
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) => {
+            let code = u8::try_from(e.exit_code()).unwrap_or(2);
+            match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                }
+                _ => eprintln!("phxkv: {}", one_line_usage_error(&e.render().to_string())),
+            }
+            Err(ExitCode::from(code))
+        }
+    }
+}
+
+/// Folds clap's error report into one line: the message, then its details
+/// (possible values, a similar name) after semicolons; the usage synopsis
+/// and the pointer to `--help` are left out.
+fn one_line_usage_error(report: &str) -> String {
+    let mut out = String::new();
+    for line in report.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with("Usage:") || line.starts_with("For more information")
+        {
+            continue;
+        }
+        let line = line.strip_prefix("error: ").unwrap_or(line);
+        let line = line.strip_prefix("tip: ").unwrap_or(line);
+        let line = line
+            .strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+            .unwrap_or(line);
+        if !out.is_empty() {
+            out.push_str(if out.ends_with(':') { " " } else { "; " });
+        }
+        out.push_str(line);
+    }
+    out
 }
 
 /// A failure the CLI reports with one line and an exit code.
@@ -138,6 +188,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(args) => client::status::run(args).await,
         Command::Members(args) => client::members::run(args).await,
         Command::Shell(args) => client::shell::run(args).await,
+        Command::Completion(args) => completion::run(&args),
     }
 }
 
@@ -155,5 +206,33 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn usage_errors_fold_into_one_line() {
+        let report = "error: invalid value 'xml' for '--output <FORMAT>'\n  \
+                      [possible values: text, json, table]\n\n\
+                      For more information, try '--help'.\n";
+        assert_eq!(
+            one_line_usage_error(report),
+            "invalid value 'xml' for '--output <FORMAT>'; possible values: text, json, table"
+        );
+        let report = "error: the following required arguments were not provided:\n  \
+                      <KEY>\n\nUsage: phxkv get <KEY>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line_usage_error(report),
+            "the following required arguments were not provided: <KEY>"
+        );
+    }
+
+    #[test]
+    fn a_bad_output_format_is_a_usage_error() {
+        let e = Cli::try_parse_from(["phxkv", "get", "k", "-o", "xml"])
+            .err()
+            .map(|e| one_line_usage_error(&e.render().to_string()));
+        assert_eq!(
+            e.as_deref(),
+            Some("invalid value 'xml' for '--output <FORMAT>'; possible values: text, json, table")
+        );
     }
 }
