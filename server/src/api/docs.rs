@@ -5,19 +5,31 @@
 //! changes in diffs. The docs page is our own small renderer of that
 //! document, so it works on machines without internet access.
 
+use std::sync::LazyLock;
+
 use axum::Json;
 use axum::Router;
-use axum::response::Html;
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::service::Service;
-use crate::api::{cluster, health, kv, txn, watch};
+use crate::api::{cluster, health, kv, txn, ui, watch};
 
 /// The HTML of `/docs`.
 const DOCS_HTML: &str = include_str!("docs.html");
+
+/// `/docs` keeps its script and styles in the page, so the policy allows
+/// inline ones; everything else is as strict as the console's.
+const DOCS_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+static DOCS: LazyLock<ui::Asset> =
+    LazyLock::new(|| ui::Asset::new(DOCS_HTML, "text/html; charset=utf-8"));
 
 #[derive(OpenApi)]
 #[openapi(
@@ -50,6 +62,7 @@ branch on `code`, never on `message`.",
         health::metrics,
         openapi_json,
         docs_page,
+        ui::ui_page,
     ),
     // Schemas referenced only from query parameters are not collected from
     // the handlers, so they are listed here to keep every `$ref` resolvable.
@@ -58,7 +71,7 @@ branch on `code`, never on `message`.",
         (name = "kv", description = "Reads, writes, listings and transactions."),
         (name = "watch", description = "Streams of changes."),
         (name = "cluster", description = "Cluster status and membership."),
-        (name = "operations", description = "Probes, metrics and this documentation."),
+        (name = "operations", description = "Probes, metrics, this documentation and the web console."),
     ),
     modifiers(&CommonParts),
 )]
@@ -155,6 +168,6 @@ pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     tag = "operations",
     responses((status = 200, description = "An HTML page.", content_type = "text/html"))
 )]
-pub async fn docs_page() -> Html<&'static str> {
-    Html(DOCS_HTML)
+pub async fn docs_page(headers: HeaderMap) -> Response {
+    DOCS.serve(&headers, Some(DOCS_CSP))
 }

@@ -14,6 +14,7 @@ pub mod kv;
 pub mod query;
 pub mod service;
 pub mod txn;
+pub mod ui;
 pub mod watch;
 
 #[cfg(test)]
@@ -44,7 +45,8 @@ pub fn body_limit(limits: &Limits) -> usize {
 }
 
 /// The public API: `/v1/kv`, `/v1/txn`, `/v1/watch`, `/v1/cluster`, the
-/// probes, `/metrics`, `/openapi.json` and `/docs`, served from `svc`.
+/// probes, `/metrics`, `/openapi.json`, `/docs` and the `/ui` console,
+/// served from `svc`.
 ///
 /// Every error, including unknown routes, wrong methods and bodies over
 /// [`body_limit`], is answered with the JSON body of [`error::ErrorResponse`].
@@ -57,6 +59,7 @@ pub fn public_router<S: Service>(svc: S) -> Router {
         .merge(cluster::routes())
         .merge(health::routes())
         .merge(docs::routes())
+        .merge(ui::routes())
         // Only applies to routes added above, so it must come after them.
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)

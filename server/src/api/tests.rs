@@ -819,6 +819,7 @@ async fn openapi_json_describes_every_route() {
         ("/metrics", "get"),
         ("/openapi.json", "get"),
         ("/docs", "get"),
+        ("/ui", "get"),
     ];
     for (path, method) in routes {
         let op = &doc["paths"][path][method];
@@ -888,8 +889,57 @@ async fn docs_page_is_self_contained() {
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.header("content-type").starts_with("text/html"));
     let html = String::from_utf8_lossy(&reply.body);
-    assert!(html.contains("/openapi.json"));
+    assert!(html.contains("fetch(\"openapi.json\")"));
     assert!(!html.contains("http://") && !html.contains("https://"));
+}
+
+#[tokio::test]
+async fn docs_page_has_a_policy_and_revalidates() {
+    let router = Fake::new().router();
+    let reply = call(&router, Method::GET, "/docs", Body::empty()).await;
+    assert!(
+        reply
+            .header("content-security-policy")
+            .contains("connect-src 'self'")
+    );
+    assert_eq!(reply.header("cache-control"), "no-cache");
+    let etag = reply.header("etag").to_owned();
+    let again = Request::get("/docs")
+        .header(header::IF_NONE_MATCH, &etag)
+        .body(Body::empty())
+        .expect("request");
+    let reply = send(&router, again).await;
+    assert_eq!(reply.status, StatusCode::NOT_MODIFIED);
+    assert!(reply.body.is_empty());
+}
+
+#[tokio::test]
+async fn console_is_served_with_a_strict_policy() {
+    let router = Fake::new().router();
+    let page = call(&router, Method::GET, "/ui", Body::empty()).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.header("content-type"), "text/html; charset=utf-8");
+    let csp = page.header("content-security-policy");
+    assert!(csp.contains("script-src 'self';") && csp.contains("default-src 'none'"));
+    assert!(!csp.contains("unsafe-inline"));
+    assert_eq!(page.header("cache-control"), "no-cache");
+    assert_eq!(page.header("x-content-type-options"), "nosniff");
+    for (path, content_type) in [
+        ("/ui/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/app.css", "text/css; charset=utf-8"),
+    ] {
+        let asset = call(&router, Method::GET, path, Body::empty()).await;
+        assert_eq!(asset.status, StatusCode::OK, "{path}");
+        assert_eq!(asset.header("content-type"), content_type, "{path}");
+        assert!(!asset.body.is_empty(), "{path}");
+    }
+    let slash = call(&router, Method::GET, "/ui/", Body::empty()).await;
+    assert_eq!(slash.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(slash.header("location"), "/ui");
+    // Unknown files under /ui are ordinary JSON 404s.
+    call(&router, Method::GET, "/ui/missing.js", Body::empty())
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
 }
 
 #[tokio::test]
