@@ -144,7 +144,10 @@ mod tests {
         let asset = Asset::new("body", "text/plain");
         let with = |v: &str| {
             let mut h = HeaderMap::new();
-            h.insert(header::IF_NONE_MATCH, HeaderValue::from_str(v).unwrap());
+            h.insert(
+                header::IF_NONE_MATCH,
+                HeaderValue::from_str(v).expect("a valid header value"),
+            );
             h
         };
         assert!(matches_etag(&with(&asset.etag), &asset.etag));
