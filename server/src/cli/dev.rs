@@ -3,13 +3,15 @@
 //! its own client and peer listeners on loopback.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
+use tracing::Instrument as _;
 
+use crate::api::service::Service as _;
 use crate::cluster::BootstrapPeer;
 use crate::kv::Limits;
-use crate::node::NodeConfig;
+use crate::node::{Node, NodeConfig};
 use crate::paxos::EngineConfig;
 use crate::telemetry::{self, LogFormat};
 
@@ -58,7 +60,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             "--port: too high for this many nodes".into(),
         ));
     }
-    let _telemetry = telemetry::init("phxkv", "dev", args.log_format)
+    let _telemetry = telemetry::init_dev("phxkv", args.log_format)
         .map_err(|e| CliError::Fatal(format!("cannot set up logging: {e}")))?;
     let tmp;
     let root = if args.ephemeral {
@@ -90,6 +92,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         });
         ports.push((name, client, peer));
     }
+    let started = Instant::now();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut running = Vec::new();
     for (name, client, peer) in &ports {
@@ -113,7 +116,12 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         };
         let listen = ([127, 0, 0, 1], *client).into();
         let peer_listen = ([127, 0, 0, 1], *peer).into();
-        running.push(serve::start(cfg, listen, peer_listen, rx.clone()).await?);
+        let span = telemetry::replica_span(name);
+        running.push(
+            serve::start(cfg, listen, peer_listen, rx.clone())
+                .instrument(span)
+                .await?,
+        );
     }
     let endpoints: Vec<String> = ports
         .iter()
@@ -138,11 +146,15 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     println!("  curl -X PUT --data-binary 'hello' {first}/v1/kv/greeting");
     println!("  curl {first}/v1/kv/greeting");
     println!("  curl {first}/v1/cluster");
+    println!("  web console: {first}/ui");
     println!("  API docs: {first}/docs");
     println!("  export PHXKV_ENDPOINTS={}", endpoints.join(","));
     println!();
     println!("Ctrl-C stops the cluster.");
+    let nodes: Vec<Node> = running.iter().map(|r| r.node.clone()).collect();
+    let announce = tokio::spawn(announce_ready(nodes, started));
     super::wait_for_signal().await;
+    announce.abort();
     println!("stopping...");
     let _ = tx.send(true);
     for r in running {
@@ -155,6 +167,56 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     }
     println!("stopped");
     Ok(())
+}
+
+/// How long `phxkv dev` waits for its cluster before saying it is still
+/// waiting (it keeps waiting).
+const READY_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Prints one line once every replica is ready and they agree on a master,
+/// or why not after [`READY_PATIENCE`].
+async fn announce_ready(nodes: Vec<Node>, started: Instant) {
+    let mut warned = false;
+    loop {
+        match cluster_ready(&nodes) {
+            Ok(master) => {
+                println!(
+                    "ready: {} replicas, master {master} (after {:.1} s)",
+                    nodes.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                return;
+            }
+            Err(why) if !warned && started.elapsed() > READY_PATIENCE => {
+                println!("not ready after {} s: {why}", READY_PATIENCE.as_secs());
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The master's name once every replica is ready and names the same one.
+fn cluster_ready(nodes: &[Node]) -> Result<String, String> {
+    let mut master: Option<String> = None;
+    for node in nodes {
+        let health = node.health();
+        if !health.ready {
+            let why = health.reason.unwrap_or_else(|| "not ready".into());
+            return Err(format!("{}: {why}", node.name()));
+        }
+        let theirs = node.local_cluster().master;
+        match (&master, theirs) {
+            (_, None) => return Err(format!("{}: no master is known", node.name())),
+            (None, Some(m)) => master = Some(m),
+            (Some(a), Some(b)) if *a != b => {
+                return Err(format!("replicas name different masters ({a}, {b})"));
+            }
+            _ => {}
+        }
+    }
+    master.ok_or_else(|| "no replicas".into())
 }
 
 fn tempdir() -> Result<PathBuf, CliError> {

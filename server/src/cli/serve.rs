@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use tracing::Instrument as _;
 
 use crate::cluster;
 use crate::kv::Limits;
@@ -342,40 +343,62 @@ pub async fn start(
             data_dir.display()
         ))
     })?;
-    let app = crate::api::public_router(node.clone())
+    let mut app = crate::api::public_router(node.clone())
         .layer(axum::middleware::from_fn(telemetry::trace_requests))
         .layer(axum::middleware::from_fn_with_state(
             metrics.clone(),
             telemetry::track_requests,
         ));
-    let peer_app = crate::node::peer::router(node.clone());
+    let mut peer_app = crate::node::peer::router(node.clone());
+    // Started inside a replica's span (several replicas in one process):
+    // everything it does, requests included, names it in the logs.
+    let span = tracing::Span::current();
+    if !span.is_none() {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            span.clone(),
+            telemetry::in_replica_span,
+        ));
+        peer_app = peer_app.layer(axum::middleware::from_fn_with_state(
+            span.clone(),
+            telemetry::in_replica_span,
+        ));
+    }
     let (closing_node, mut s0) = (node.clone(), shutdown.clone());
-    tokio::spawn(async move {
-        let _ = s0.wait_for(|v| *v).await;
-        closing_node.begin_closing();
-    });
+    tokio::spawn(
+        async move {
+            let _ = s0.wait_for(|v| *v).await;
+            closing_node.begin_closing();
+        }
+        .in_current_span(),
+    );
     let mut s1 = shutdown.clone();
-    let client = tokio::spawn(async move {
-        let r = axum::serve(client_listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = s1.wait_for(|v| *v).await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "client listener failed");
+    let client = tokio::spawn(
+        async move {
+            let r = axum::serve(client_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = s1.wait_for(|v| *v).await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "client listener failed");
+            }
         }
-    });
+        .in_current_span(),
+    );
     let mut s2 = shutdown;
-    let peer = tokio::spawn(async move {
-        let r = axum::serve(peer_listener, peer_app)
-            .with_graceful_shutdown(async move {
-                let _ = s2.wait_for(|v| *v).await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "peer listener failed");
+    let peer = tokio::spawn(
+        async move {
+            let r = axum::serve(peer_listener, peer_app)
+                .with_graceful_shutdown(async move {
+                    let _ = s2.wait_for(|v| *v).await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "peer listener failed");
+            }
         }
-    });
+        .in_current_span(),
+    );
     Ok(Running {
         node,
         client,

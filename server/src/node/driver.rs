@@ -218,7 +218,13 @@ impl Driver {
                     self.metrics.inc_master_changes();
                     tracing::info!(ballot = %self.replica.status(self.now()).ballot, "became master");
                 } else {
-                    tracing::info!(master = ?self.replica.master_hint(), "no longer master");
+                    match self.replica.master_hint() {
+                        Some(m) => {
+                            let name = self.replica.membership().name_of(m);
+                            tracing::info!(master = %name, "no longer master");
+                        }
+                        None => tracing::info!("no longer master"),
+                    }
                 }
             }
             self.publish();
@@ -447,7 +453,8 @@ impl Driver {
         let path = match self.disk.latest_snapshot() {
             Ok(Some(path)) => path,
             Ok(None) => {
-                tracing::warn!(peer = format!("{peer:x}"), "no snapshot to send yet");
+                let peer = self.replica.membership().name_of(peer);
+                tracing::warn!(%peer, "no snapshot to send yet");
                 return;
             }
             Err(e) => {
@@ -456,7 +463,8 @@ impl Driver {
             }
         };
         self.metrics.inc_snapshots("sent");
-        tracing::info!(peer = format!("{peer:x}"), file = %path.display(), "sending snapshot");
+        let name = self.replica.membership().name_of(peer);
+        tracing::info!(peer = %name, file = %path.display(), "sending snapshot");
         self.outbox.send_snapshot(peer, path);
     }
 

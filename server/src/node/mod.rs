@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::Instrument as _;
 
 use std::collections::BTreeMap;
 
@@ -350,7 +351,7 @@ impl Node {
                     "asking the bootstrap members whether the cluster exists".into(),
                 ));
                 let n = node.clone();
-                tokio::spawn(async move { n.negotiate().await });
+                tokio::spawn(async move { n.negotiate().await }.in_current_span());
             }
         }
         Ok(node)
@@ -421,15 +422,17 @@ impl Node {
         // Say what this node is before its engine says anything.
         self.set_phase(phase);
         self.inner.running.store(true, Ordering::SeqCst);
+        // The engine's log lines name this replica (see `telemetry::replica_span`).
+        let span = tracing::Span::current();
         let thread = std::thread::Builder::new()
             .name("phxkv-engine".into())
-            .spawn(move || driver.run())
+            .spawn(move || span.in_scope(|| driver.run()))
             .map_err(StartError::Thread)?;
         if let Ok(mut t) = self.inner.thread.lock() {
             *t = Some(thread);
         }
         let node = self.clone();
-        tokio::spawn(async move { node.exchange_digests().await });
+        tokio::spawn(async move { node.exchange_digests().await }.in_current_span());
         Ok(())
     }
 
@@ -522,7 +525,10 @@ impl Node {
                     );
                     let _ = self.submit(Input::ForbidCandidacy);
                     let node = self.clone();
-                    tokio::spawn(async move { node.hand_off(Duration::from_secs(3)).await });
+                    tokio::spawn(
+                        async move { node.hand_off(Duration::from_secs(3)).await }
+                            .in_current_span(),
+                    );
                 }
             }
         }
@@ -928,7 +934,7 @@ impl Node {
         };
         if start {
             let node = self.clone();
-            tokio::spawn(async move { node.forward_rounds(hint).await });
+            tokio::spawn(async move { node.forward_rounds(hint).await }.in_current_span());
         }
         rx.await
             .unwrap_or_else(|_| Err("the forwarder stopped".into()))
@@ -1134,7 +1140,7 @@ impl Node {
         };
         if start {
             let node = self.clone();
-            tokio::spawn(async move { node.read_index_rounds().await });
+            tokio::spawn(async move { node.read_index_rounds().await }.in_current_span());
         }
         rx.await.unwrap_or(ReadIndexReply::NoLease)
     }

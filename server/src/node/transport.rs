@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
+use tracing::Instrument as _;
 
 use crate::paxos::{Envelope, Membership, NodeId};
 use crate::telemetry::Metrics;
@@ -141,7 +142,7 @@ impl Outbox {
         let task_q = q.clone();
         self.inner
             .runtime
-            .spawn(async move { sender(inner, peer, task_q).await });
+            .spawn(async move { sender(inner, peer, task_q).await }.in_current_span());
         Some(q)
     }
 
@@ -183,34 +184,37 @@ impl Outbox {
             return;
         };
         let inner = self.inner.clone();
-        self.inner.runtime.spawn(async move {
-            let _flight = flight;
-            let Some(url) = inner.url_of(peer) else {
-                return;
-            };
-            let body = match snapshot_body(path).await {
-                Ok(body) => body,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the snapshot to send");
+        self.inner.runtime.spawn(
+            async move {
+                let _flight = flight;
+                let Some(url) = inner.url_of(peer) else {
                     return;
+                };
+                let body = match snapshot_body(path).await {
+                    Ok(body) => body,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the snapshot to send");
+                        return;
+                    }
+                };
+                let to = crate::cluster::bootstrap::format_id(peer);
+                let res = inner
+                    .client
+                    .post(format!("{url}/peer/v1/snapshot?to={to}"))
+                    .header(reqwest::header::AUTHORIZATION, inner.auth.clone())
+                    .header("content-type", "application/octet-stream")
+                    .timeout(Duration::from_secs(600))
+                    .body(body)
+                    .send()
+                    .await;
+                match res {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => tracing::warn!(peer = %url, status = %r.status(), "snapshot refused"),
+                    Err(e) => tracing::warn!(peer = %url, error = %e, "snapshot not delivered"),
                 }
-            };
-            let to = crate::cluster::bootstrap::format_id(peer);
-            let res = inner
-                .client
-                .post(format!("{url}/peer/v1/snapshot?to={to}"))
-                .header(reqwest::header::AUTHORIZATION, inner.auth.clone())
-                .header("content-type", "application/octet-stream")
-                .timeout(Duration::from_secs(600))
-                .body(body)
-                .send()
-                .await;
-            match res {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => tracing::warn!(peer = %url, status = %r.status(), "snapshot refused"),
-                Err(e) => tracing::warn!(peer = %url, error = %e, "snapshot not delivered"),
             }
-        });
+            .in_current_span(),
+        );
     }
 }
 

@@ -136,6 +136,15 @@ impl Membership {
             .map(|(id, _)| *id)
     }
 
+    /// A member's name for people to read (logs, errors), or its id in hex
+    /// when it is not a member of this configuration.
+    pub fn name_of(&self, id: NodeId) -> String {
+        match self.members.get(&id) {
+            Some(m) => m.name.clone(),
+            None => format!("{id:016x}"),
+        }
+    }
+
     pub fn is_voter(&self, id: NodeId) -> bool {
         self.members.get(&id).is_some_and(|m| m.role == Role::Voter)
     }

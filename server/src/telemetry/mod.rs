@@ -11,11 +11,15 @@
 
 pub mod metrics;
 pub mod propagation;
+pub mod replica;
 pub mod subscriber;
 
 pub use metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, metrics_handler, track_requests};
 pub use propagation::{extract_context, inject_context, server_span, trace_requests};
-pub use subscriber::{LogFormat, OTLP_ENDPOINT_VAR, TelemetryError, TelemetryGuard, init};
+pub use replica::{in_replica_span, replica_span};
+pub use subscriber::{
+    LogFormat, OTLP_ENDPOINT_VAR, TelemetryError, TelemetryGuard, init, init_dev,
+};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -17,9 +17,12 @@ use opentelemetry_sdk::runtime;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
+
+use super::replica::{DevFormat, NameReplicas, REPLICA_SPAN};
 
 /// The variable whose presence switches span export on. It is the standard
 /// OpenTelemetry name, so collectors' usual deployment recipes work as is.
@@ -118,6 +121,22 @@ pub fn init(
     node: &str,
     format: LogFormat,
 ) -> Result<TelemetryGuard, TelemetryError> {
+    install(service_name, node, format, false)
+}
+
+/// [`init`] for a process that runs several replicas (`phxkv dev`): text
+/// lines start with the replica's name in a colour of its own (see
+/// [`DevFormat`]); JSON lines list the replica's span as usual.
+pub fn init_dev(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
+    install(service_name, "dev", format, true)
+}
+
+fn install(
+    service_name: &str,
+    node: &str,
+    format: LogFormat,
+    several_replicas: bool,
+) -> Result<TelemetryGuard, TelemetryError> {
     // Checked first so a second call does not build an exporter for nothing;
     // `try_init` below still catches a race with another thread.
     if tracing::dispatcher::has_been_set() {
@@ -133,16 +152,33 @@ pub fn init(
     } else {
         None
     };
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("phxkv")));
+    // A replica's span lasts as long as the replica: exported, it would make
+    // every request of a dev cluster one endless trace.
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("phxkv"))
+            .with_filter(filter_fn(|m| m.name() != REPLICA_SPAN))
+    });
 
-    let (text, json) = match format {
+    let dev = DevFormat::for_stderr();
+    let (text, dev_text, json) = match format {
+        LogFormat::Text if several_replicas => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(dev.ansi())
+                    .event_format(dev)
+                    .with_writer(std::io::stderr),
+            ),
+            None,
+        ),
         LogFormat::Text => (
             Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
             None,
+            None,
         ),
         LogFormat::Json => (
+            None,
             None,
             Some(
                 tracing_subscriber::fmt::layer()
@@ -155,7 +191,9 @@ pub fn init(
     tracing_subscriber::registry()
         .with(filter)
         .with(otel_layer)
+        .with(several_replicas.then_some(NameReplicas))
         .with(text)
+        .with(dev_text)
         .with(json)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInitialized)?;
