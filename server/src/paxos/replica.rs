@@ -473,9 +473,13 @@ impl Replica {
     }
 
     fn reset_election_timer(&mut self, now: Duration) {
+        self.election_deadline = now + self.cfg.election_timeout + self.election_jitter();
+    }
+
+    /// A random time in `[0, election_timeout)`.
+    fn election_jitter(&mut self) -> Duration {
         let base = self.cfg.election_timeout;
-        let jitter = self.rng.random_range(0..base.as_micros().max(1) as u64);
-        self.election_deadline = now + base + Duration::from_micros(jitter);
+        Duration::from_micros(self.rng.random_range(0..base.as_micros().max(1) as u64))
     }
 
     // ---------------------------------------------------------------- log
@@ -660,8 +664,19 @@ impl Replica {
         self.last_now = self.last_now.max(now);
         match &self.state {
             State::Follower => {
-                if now >= self.election_deadline && self.may_campaign(now) {
-                    self.campaign(now);
+                if now >= self.election_deadline {
+                    if self.may_campaign(now) {
+                        self.campaign(now);
+                    } else if let Some(until) = self.lease_for_another(now) {
+                        // Every follower that waits out the same lease (the
+                        // lost master's, or the unknown one of a restart)
+                        // would otherwise run the moment it ends, all at
+                        // once, and duelling candidates step each other down.
+                        // Run from a random point after it instead, as the
+                        // election timer does, so the first to run usually
+                        // wins before the others' turn comes.
+                        self.election_deadline = until + self.election_jitter();
+                    }
                 }
             }
             State::Candidate(c) => {
@@ -704,7 +719,16 @@ impl Replica {
             return false;
         }
         // Our own acceptor would refuse us while it honours another's lease.
-        !matches!(self.lease, Some(l) if now < l.until && l.holder != self.cfg.id)
+        self.lease_for_another(now).is_none()
+    }
+
+    /// When the lease this acceptor honours for another node ends, if it
+    /// honours one now.
+    fn lease_for_another(&self, now: Duration) -> Option<Duration> {
+        match self.lease {
+            Some(l) if now < l.until && l.holder != self.cfg.id => Some(l.until),
+            _ => None,
+        }
     }
 
     // ---------------------------------------------------------- acceptor
