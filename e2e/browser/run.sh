@@ -19,6 +19,8 @@ venv=$cache/venv-playwright-$PLAYWRIGHT_VERSION
 chromium=${CHROMIUM:-/usr/bin/chromium}
 
 log() { printf 'browser: %s\n' "$*" >&2; }
+# shellcheck source=../lib.sh
+source "$repo/e2e/lib.sh"
 
 # The system's Chromium is used; Playwright's own browser download is never
 # run (it needs a CDN these machines cannot reach).
@@ -32,66 +34,19 @@ if [[ ! -x $chromium ]]; then
     fi
 fi
 
-# The venv lives outside the repository and is keyed by the pinned version,
-# so repeated runs skip the install and a version bump starts afresh.
-if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import playwright' 2>/dev/null; then
-    log "installing playwright $PLAYWRIGHT_VERSION into $venv"
-    rm -rf "$venv"
-    mkdir -p "$cache"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        "playwright==$PLAYWRIGHT_VERSION"
-fi
-
-if [[ -n ${PHXKV_BIN:-} ]]; then
-    bin=$PHXKV_BIN
-else
-    log "building phxkv (release)"
-    (cd "$repo" && cargo build --release --quiet -p phxkv-server --bin phxkv)
-    bin=$(cd "$repo" && realpath -m "${CARGO_TARGET_DIR:-target}/release/phxkv")
-fi
-[[ -x $bin ]] || { log "no executable phxkv at $bin"; exit 2; }
+ensure_venv "$venv" 'import playwright' "playwright==$PLAYWRIGHT_VERSION"
+bin=$(phxkv_bin "$repo")
 
 # `phxkv dev` uses client ports PORT..PORT+2 and peer ports PORT+100..PORT+102,
-# and the node that joins for the membership test PORT+3 and PORT+103; pick
-# a base where all eight are free right now.
-port=$("$venv/bin/python" - <<'PY'
-import random, socket
-def free(p):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", p))
-            return True
-        except OSError:
-            return False
-for _ in range(200):
-    base = random.randrange(20000, 40000)
-    if all(free(base + d) for d in (0, 1, 2, 3, 100, 101, 102, 103)):
-        print(base)
-        break
-else:
-    raise SystemExit("no free ports")
-PY
-)
+# and the node that joins for the membership test PORT+3 and PORT+103.
+port=$(free_port_base 0 1 2 3 100 101 102 103)
 
 work=$(mktemp -d)
 cluster_pid=
 joiner_pid=
-stop() {
-    local pid=$1
-    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-        kill -INT "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-}
 cleanup() {
-    stop "$joiner_pid"
-    stop "$cluster_pid"
+    stop_process "$joiner_pid"
+    stop_process "$cluster_pid"
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -99,31 +54,9 @@ trap 'exit 130' INT TERM
 
 # A data directory of our own (not --ephemeral) so the tests can read the
 # cluster token `phxkv dev` writes there, for the membership actions.
-log "starting a dev cluster on port $port"
-"$bin" dev --data-dir "$work/data" --port "$port" >"$work/cluster.out" 2>"$work/cluster.err" &
-cluster_pid=$!
-
+start_dev_cluster "$bin" "$port" "$work/cluster" --data-dir "$work/data"
 base=http://127.0.0.1:$port
-ready=
-for _ in $(seq 300); do
-    if ! kill -0 "$cluster_pid" 2>/dev/null; then
-        log "the dev cluster exited early:"
-        cat "$work/cluster.out" "$work/cluster.err" >&2
-        exit 2
-    fi
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$base/readyz" || true)
-    if [[ $code == 200 ]]; then
-        ready=1
-        break
-    fi
-    sleep 0.1
-done
-if [[ -z $ready ]]; then
-    log "the dev cluster did not become ready within 30s:"
-    tail -n 20 "$work/cluster.err" >&2
-    exit 2
-fi
-log "cluster ready at $base"
+
 
 # A fourth node waiting to be added, so the console can add, promote and
 # remove a member that really runs.

@@ -18,92 +18,26 @@ venv=$cache/venv-schemathesis-$SCHEMATHESIS_VERSION
 max_examples=${FUZZ_MAX_EXAMPLES:-200}
 
 log() { printf 'fuzz: %s\n' "$*" >&2; }
+# shellcheck source=../lib.sh
+source "$repo/e2e/lib.sh"
 
-# The venv lives outside the repository and is keyed by the pinned version,
-# so repeated runs skip the install and a version bump starts afresh.
-if [[ ! -x $venv/bin/st ]]; then
-    log "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
-    rm -rf "$venv"
-    mkdir -p "$cache"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        "schemathesis==$SCHEMATHESIS_VERSION"
-fi
+ensure_venv "$venv" 'import schemathesis' "schemathesis==$SCHEMATHESIS_VERSION"
+bin=$(phxkv_bin "$repo")
 
-if [[ -n ${PHXKV_BIN:-} ]]; then
-    bin=$PHXKV_BIN
-else
-    log "building phxkv (release)"
-    (cd "$repo" && cargo build --release --quiet -p phxkv-server --bin phxkv)
-    bin=$(cd "$repo" && realpath -m "${CARGO_TARGET_DIR:-target}/release/phxkv")
-fi
-[[ -x $bin ]] || { log "no executable phxkv at $bin"; exit 2; }
-
-# `phxkv dev` uses client ports PORT..PORT+2 and peer ports PORT+100..PORT+102;
-# pick a base where all six are free right now.
-port=$("$venv/bin/python" - <<'EOF'
-import random, socket
-def free(p):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", p))
-            return True
-        except OSError:
-            return False
-for _ in range(200):
-    base = random.randrange(20000, 40000)
-    if all(free(base + d) for d in (0, 1, 2, 100, 101, 102)):
-        print(base)
-        break
-else:
-    raise SystemExit("no free ports")
-EOF
-)
+# `phxkv dev` uses client ports PORT..PORT+2 and peer ports PORT+100..PORT+102.
+port=$(free_port_base 0 1 2 100 101 102)
 
 work=$(mktemp -d)
 cluster_pid=
 cleanup() {
-    if [[ -n $cluster_pid ]] && kill -0 "$cluster_pid" 2>/dev/null; then
-        kill -INT "$cluster_pid" 2>/dev/null || true
-        # Give the cluster a moment to remove its ephemeral data, then insist.
-        for _ in $(seq 50); do
-            kill -0 "$cluster_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$cluster_pid" 2>/dev/null || true
-        wait "$cluster_pid" 2>/dev/null || true
-    fi
+    stop_process "$cluster_pid"
     rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log "starting a dev cluster on port $port"
-"$bin" dev --ephemeral --port "$port" >"$work/cluster.out" 2>"$work/cluster.err" &
-cluster_pid=$!
-
+start_dev_cluster "$bin" "$port" "$work/cluster" --ephemeral
 base=http://127.0.0.1:$port
-ready=
-for _ in $(seq 300); do
-    if ! kill -0 "$cluster_pid" 2>/dev/null; then
-        log "the dev cluster exited early:"
-        cat "$work/cluster.out" "$work/cluster.err" >&2
-        exit 2
-    fi
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$base/readyz" || true)
-    if [[ $code == 200 ]]; then
-        ready=1
-        break
-    fi
-    sleep 0.1
-done
-if [[ -z $ready ]]; then
-    log "the dev cluster did not become ready within 30s:"
-    tail -n 20 "$work/cluster.err" >&2
-    exit 2
-fi
-
-log "cluster ready at $base"
 
 report=()
 if [[ -n ${FUZZ_REPORT_DIR:-} ]]; then
