@@ -128,8 +128,9 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         .map(|(_, c, _)| format!("http://127.0.0.1:{c}"))
         .collect();
     println!(
-        "phxkv dev: {} replicas, data in {}{}",
+        "phxkv dev: {} replica{}, data in {}{}",
         args.nodes,
+        if args.nodes == 1 { "" } else { "s" },
         root.display(),
         if args.ephemeral {
             " (discarded on exit)"
@@ -180,9 +181,10 @@ async fn announce_ready(nodes: Vec<Node>, started: Instant) {
     loop {
         match cluster_ready(&nodes) {
             Ok(master) => {
+                let n = nodes.len();
                 println!(
-                    "ready: {} replicas, master {master} (after {:.1} s)",
-                    nodes.len(),
+                    "ready: {n} replica{}, master {master} (after {:.1} s)",
+                    if n == 1 { "" } else { "s" },
                     started.elapsed().as_secs_f64()
                 );
                 return;
