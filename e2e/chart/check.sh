@@ -209,6 +209,18 @@ for f in operator-sample operator-minimal; do
 done
 check "the operator's objects validate (README sample and empty spec)"
 
+# The release's ServiceMonitor against the Services the operator creates for
+# the release's PaxosKV: each pod must be scraped through one Service only
+# (the headless peer Service reaches the same pods).
+log "the cluster's ServiceMonitor selects one Service"
+"$python" -c 'import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "PaxosKV"]
+print(yaml.safe_dump(docs[0]))' "$work/full.yaml" >"$work/chart-pkv.yaml" || die "extracting the chart's PaxosKV"
+"$operator_bin" render "$work/chart-pkv.yaml" >"$work/operator-chart.yaml" || die "phxkv-operator render (chart's PaxosKV)"
+"$python" "$here/scrape_targets.py" "$work/full.yaml" "$work/operator-chart.yaml" ||
+    die "the cluster's ServiceMonitor must select exactly one Service"
+check "the cluster's ServiceMonitor scrapes each pod through one Service"
+
 # The scripts are linted where shellcheck is already present; it is not
 # installed for this (apt-get update alone takes longer than every other
 # check).

@@ -53,6 +53,10 @@ pub const BOOTSTRAP_KEY: &str = "replicas";
 /// The key of the bootstrap ConfigMap holding the read mode the cluster was
 /// created with (absent in clusters created before it existed: `lease`).
 pub const READ_MODE_KEY: &str = "readMode";
+/// Label telling the cluster's two Services apart: `client` on the client
+/// Service, `peers` on the headless one. Both select the same pods, so a
+/// ServiceMonitor selects `client` to scrape each pod once.
+pub const SERVICE_LABEL: &str = "phxkv.io/service";
 /// Field manager of the operator's server-side applies.
 pub const MANAGER: &str = "phxkv-operator";
 /// User and group the image runs as (distroless `nonroot`).
@@ -456,8 +460,12 @@ fn port(name: &str, port: i32) -> ServicePort {
 pub fn peer_service(pkv: &PaxosKV) -> Service {
     let name = pkv.name_any();
     let names = Names::of(&name);
+    let mut metadata = meta(pkv, names.peers);
+    if let Some(labels) = metadata.labels.as_mut() {
+        labels.insert(SERVICE_LABEL.into(), "peers".into());
+    }
     Service {
-        metadata: meta(pkv, names.peers),
+        metadata,
         spec: Some(K8sServiceSpec {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
@@ -473,6 +481,9 @@ pub fn peer_service(pkv: &PaxosKV) -> Service {
 pub fn client_service(pkv: &PaxosKV) -> Service {
     let name = pkv.name_any();
     let mut metadata = meta(pkv, name.clone());
+    if let Some(labels) = metadata.labels.as_mut() {
+        labels.insert(SERVICE_LABEL.into(), "client".into());
+    }
     if !pkv.spec.service.annotations.is_empty() {
         metadata.annotations = Some(pkv.spec.service.annotations.clone());
     }
@@ -728,6 +739,25 @@ mod tests {
         assert_eq!(names.ordinal("kv-peers-0"), None);
         assert_eq!(names.ordinal("other-1"), None);
         assert_eq!(names.peer_url("kv-1"), "http://kv-1.kv-peers:8081");
+    }
+
+    #[test]
+    fn only_the_client_service_is_labelled_for_scraping() {
+        let pkv = sample(PaxosKVSpec::default());
+        let label = |svc: &Service| {
+            svc.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_LABEL).cloned())
+        };
+        let (client, peers) = (client_service(&pkv), peer_service(&pkv));
+        assert_eq!(label(&client).as_deref(), Some("client"));
+        assert_eq!(label(&peers).as_deref(), Some("peers"));
+        // The pods are selected alike; the label is what tells them apart.
+        assert_eq!(
+            client.spec.as_ref().and_then(|s| s.selector.clone()),
+            peers.spec.as_ref().and_then(|s| s.selector.clone())
+        );
     }
 
     #[test]
