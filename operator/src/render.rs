@@ -416,6 +416,11 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
         // Alive = the process answers; generous, since a restart of a
         // replica that is merely catching up only slows it down.
         liveness_probe: Some(probe("/healthz", 10, 6)),
+        // Started = the process answers at all. A replica replays its log
+        // and snapshot before it listens, which takes minutes for a large
+        // store: up to 10 minutes (60 x 10 s) before liveness counts, so
+        // recovery is not killed and restarted in a loop.
+        startup_probe: Some(probe("/healthz", 10, 60)),
         resources: spec.resources.clone(),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -739,6 +744,30 @@ mod tests {
         assert_eq!(names.ordinal("kv-peers-0"), None);
         assert_eq!(names.ordinal("other-1"), None);
         assert_eq!(names.peer_url("kv-1"), "http://kv-1.kv-peers:8081");
+    }
+
+    #[test]
+    fn a_replica_gets_ten_minutes_to_start_before_liveness_counts() {
+        let sts = statefulset(&sample(PaxosKVSpec::default()), &defaults(), 3);
+        let pod = sts.spec.and_then(|s| s.template.spec).expect("pod");
+        let c = &pod.containers[0];
+        let budget = |p: &Probe| {
+            p.period_seconds.unwrap_or(10) * p.failure_threshold.unwrap_or(3)
+                + p.initial_delay_seconds.unwrap_or(0)
+        };
+        let startup = c.startup_probe.as_ref().expect("a startup probe");
+        assert_eq!(
+            startup.http_get.as_ref().and_then(|h| h.path.as_deref()),
+            Some("/healthz"),
+            "started = the process answers"
+        );
+        assert!(
+            budget(startup) >= 600,
+            "recovering a large store may take minutes: {}s",
+            budget(startup)
+        );
+        let liveness = c.liveness_probe.as_ref().expect("a liveness probe");
+        assert!(budget(liveness) < budget(startup));
     }
 
     #[test]
