@@ -511,10 +511,26 @@ pub fn client_service(pkv: &PaxosKV) -> Service {
 }
 
 /// A budget that lets voluntary disruptions (drains) take at most a
-/// minority: `(replicas - 1) / 2` pods, so zero for a single replica.
+/// minority of the voters: `(voters - 1) / 2` pods. Quorum is a majority of
+/// the voters, not of `spec.replicas`: while scaling, learners are pods but
+/// not voters, and voters about to be removed still count. So `voters` is
+/// the smaller of the voters the status last reported and `spec.replicas`
+/// (the spec alone before any member is known). A single voter has no
+/// quorum a drain could keep; a budget of zero would only block every
+/// drain of its node forever, so it may go (the store is down until the
+/// pod is back).
 pub fn disruption_budget(pkv: &PaxosKV) -> PodDisruptionBudget {
     let name = pkv.name_any();
-    let tolerable = (pkv.spec.replicas.max(1) - 1) / 2;
+    let known = pkv
+        .status
+        .as_ref()
+        .map(|s| s.members.iter().filter(|m| m.role == "voter").count())
+        .and_then(|n| i32::try_from(n).ok())
+        .filter(|n| *n > 0);
+    let voters = known
+        .map_or(pkv.spec.replicas, |v| v.min(pkv.spec.replicas))
+        .max(1);
+    let tolerable = if voters == 1 { 1 } else { (voters - 1) / 2 };
     PodDisruptionBudget {
         metadata: meta(pkv, name.clone()),
         spec: Some(PodDisruptionBudgetSpec {
@@ -724,7 +740,7 @@ mod tests {
         let cs = client.spec.as_ref().expect("spec");
         assert_eq!(cs.type_.as_deref(), Some("ClusterIP"));
         assert_eq!(cs.ports.as_ref().expect("ports")[0].port, 8080);
-        for replicas in [1, 3, 5, 7, 9] {
+        for replicas in [3, 5, 7, 9] {
             let mut pkv = sample(PaxosKVSpec::default());
             pkv.spec.replicas = replicas;
             let pdb = disruption_budget(&pkv);
@@ -768,6 +784,56 @@ mod tests {
         );
         let liveness = c.liveness_probe.as_ref().expect("a liveness probe");
         assert!(budget(liveness) < budget(startup));
+    }
+
+    fn max_unavailable(pkv: &PaxosKV) -> i32 {
+        match disruption_budget(pkv).spec.and_then(|s| s.max_unavailable) {
+            Some(IntOrString::Int(n)) => n,
+            other => panic!("an integer budget, not {other:?}"),
+        }
+    }
+
+    fn with_members(replicas: i32, roles: &[&str]) -> PaxosKV {
+        let mut pkv = sample(PaxosKVSpec::default());
+        pkv.spec.replicas = replicas;
+        pkv.status = Some(crate::crd::PaxosKVStatus {
+            members: roles
+                .iter()
+                .enumerate()
+                .map(|(i, role)| crate::crd::MemberStatus {
+                    name: format!("kv-{i}"),
+                    id: format!("{:016x}", i + 1),
+                    role: (*role).into(),
+                    applied_index: Some(10),
+                    healthy: true,
+                })
+                .collect(),
+            ..crate::crd::PaxosKVStatus::default()
+        });
+        pkv
+    }
+
+    #[test]
+    fn the_budget_keeps_a_majority_of_the_voters_not_of_the_spec() {
+        // Scaling 3 -> 5: three voters and a caught-up learner. Losing two
+        // pods could take two of the three voters.
+        let growing = with_members(5, &["voter", "voter", "voter", "learner"]);
+        assert_eq!(max_unavailable(&growing), 1);
+        // Scaling 5 -> 3 with five voters still in: the smaller count rules.
+        let shrinking = with_members(3, &["voter"; 5]);
+        assert_eq!(max_unavailable(&shrinking), 1);
+        // Five voters, five wanted: two may go.
+        assert_eq!(max_unavailable(&with_members(5, &["voter"; 5])), 2);
+        // Nothing known yet: the spec.
+        assert_eq!(max_unavailable(&with_members(7, &[])), 3);
+    }
+
+    #[test]
+    fn a_single_replica_does_not_block_drains_forever() {
+        // One voter has no quorum to protect from a drain; a budget of zero
+        // would only make every node drain hang.
+        assert_eq!(max_unavailable(&with_members(1, &[])), 1);
+        assert_eq!(max_unavailable(&with_members(1, &["voter"])), 1);
     }
 
     #[test]
