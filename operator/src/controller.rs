@@ -95,6 +95,15 @@ pub enum Error {
     /// An object could not be turned into JSON (a bug).
     #[error("encoding an object: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The planned step failed; the status and a `StepFailed` event already
+    /// say so.
+    #[error("{step}: {source}")]
+    Step {
+        /// What was being done.
+        step: String,
+        /// Why it failed.
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -106,6 +115,7 @@ impl Error {
             Error::NoNamespace => "no_namespace",
             Error::BadToken(_) => "bad_token",
             Error::Encode(_) => "encode",
+            Error::Step { source, .. } => source.kind(),
         }
     }
 }
@@ -124,7 +134,58 @@ pub async fn reconcile(pkv: Arc<PaxosKV>, ctx: Arc<Context>) -> Result<Action, E
     let started = Instant::now();
     let result = reconcile_inner(&pkv, &ctx).await;
     ctx.metrics.reconciled(started.elapsed(), result.is_ok());
+    if let Err(error) = &result
+        && !matches!(error, Error::Step { .. })
+    {
+        report_failure(&ctx, &pkv, error).await;
+    }
     result
+}
+
+/// Makes a failed pass visible where users look: a Warning event and
+/// `Ready=False` / `Reconciled=False` with reason `ReconcileError`. The rest
+/// of the status (phase, members) stays what was last observed. Best
+/// effort: when the API server refuses this too, the failure is logged.
+async fn report_failure(ctx: &Context, pkv: &PaxosKV, error: &Error) {
+    let message = error.to_string();
+    publish(
+        ctx,
+        pkv,
+        EventType::Warning,
+        "ReconcileFailed",
+        "Reconcile",
+        &message,
+    )
+    .await;
+    let mut status = pkv.status.clone().unwrap_or_default();
+    status.conditions = with_failure(&status.conditions, pkv.metadata.generation, &message);
+    if let Err(e) = write_status(ctx, pkv, &status).await {
+        tracing::warn!(error = %e, "could not report a failed reconcile in the status");
+    }
+}
+
+/// `conditions` with `Reconciled` and `Ready` set to False for `message`,
+/// the others kept.
+fn with_failure(
+    conditions_now: &[Condition],
+    generation: Option<i64>,
+    message: &str,
+) -> Vec<Condition> {
+    let failed = conditions(
+        conditions_now,
+        generation,
+        [
+            cond("Reconciled", false, "ReconcileError", message),
+            cond("Ready", false, "ReconcileError", message),
+        ],
+    );
+    let mut out: Vec<Condition> = conditions_now
+        .iter()
+        .filter(|c| !failed.iter().any(|f| f.type_ == c.type_))
+        .cloned()
+        .collect();
+    out.extend(failed);
+    out
 }
 
 /// Reports a spec the operator will not act on: phase Invalid, a warning
@@ -308,10 +369,17 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
             &format!("{}: {e}", describe(&step)),
         )
         .await;
-        step_error = Some(e);
+        step_error = Some(Error::Step {
+            step: describe(&step),
+            source: Box::new(e),
+        });
     }
 
-    let status = status_of(pkv, &observed, &view, &step);
+    let mut status = status_of(pkv, &observed, &view, &step);
+    if let Some(e) = &step_error {
+        status.conditions =
+            with_failure(&status.conditions, pkv.metadata.generation, &e.to_string());
+    }
     write_status(ctx, pkv, &status).await?;
     if let Some(e) = step_error {
         return Err(e);
@@ -632,7 +700,19 @@ pub fn status_of(pkv: &PaxosKV, o: &Observed, view: &ClusterView, step: &Step) -
         conditions: conditions(
             &old.conditions,
             generation,
-            [available, progressing, degraded, volume_lost, ready_cond],
+            [
+                available,
+                progressing,
+                degraded,
+                volume_lost,
+                ready_cond,
+                cond(
+                    "Reconciled",
+                    true,
+                    "Succeeded",
+                    "the last reconcile went through",
+                ),
+            ],
         ),
     }
 }

@@ -340,7 +340,9 @@ pub struct PaxosKVStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Available, Progressing and Degraded, with reasons.
+    /// Available, Progressing, Degraded, VolumeLost, Ready and Reconciled
+    /// (False with reason ReconcileError when the last pass failed), with
+    /// reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

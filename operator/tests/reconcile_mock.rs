@@ -568,3 +568,66 @@ async fn a_pod_back_with_an_empty_volume_is_replaced_with_an_event_and_a_conditi
     assert_eq!(body, "kv-1");
     assert_eq!(auth.as_deref(), Some("Bearer secret-token-0123456789"));
 }
+
+#[tokio::test]
+async fn a_failed_reconcile_shows_in_status_and_a_warning_event() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let ctx = context(client, "http://127.0.0.1:9".into());
+    // Running, then storage.storageClassName set: the API server refuses
+    // the StatefulSet (its volume claim templates are immutable).
+    let mut pkv = paxoskv(json!({"replicas": 3, "storage": {"storageClassName": "fast"}}));
+    pkv.status = Some(
+        serde_json::from_value(
+            json!({"phase": "Running", "replicas": 3, "readyReplicas": 3,
+            "master": "kv-0", "observedGeneration": 1,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Running",
+                            "message": "every member is healthy and matches the spec",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+        )
+        .expect("status"),
+    );
+    let run = tokio::spawn(reconcile(Arc::new(pkv), ctx));
+    expect_static_objects(&mut h).await;
+    expect_existing_token_and_bootstrap(&mut h, 3).await;
+    expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, statefulset(3))
+    })
+    .await;
+    let refused = "StatefulSet.apps \"kv\" is invalid: spec: Forbidden: updates to statefulset \
+                   spec for fields other than 'replicas', 'ordinals', 'template', \
+                   'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and \
+                   'minReadySeconds' are forbidden";
+    expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), |_| {
+        (
+            422,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "message": refused, "reason": "Invalid", "code": 422}),
+        )
+    })
+    .await;
+    let event = expect_event(&mut h, "ReconcileFailed").await;
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["note"].as_str().unwrap_or("").contains("Forbidden"),
+        "{event}"
+    );
+    let status = expect_status(&mut h).await;
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False", "{status}");
+    assert_eq!(ready["reason"], "ReconcileError");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Forbidden"),
+        "{ready}"
+    );
+    let reconciled = condition(&status, "Reconciled");
+    assert_eq!(reconciled["status"], "False", "{status}");
+    assert_eq!(reconciled["reason"], "ReconcileError");
+    // What was last observed of the cluster stays.
+    assert_eq!(status["master"], "kv-0");
+    let result = run.await.expect("joined");
+    assert!(result.is_err(), "the error still goes to the retry policy");
+}
