@@ -131,8 +131,17 @@ pub enum PullPolicy {
 }
 
 /// Storage of each replica.
+///
+/// `storageClassName` is checked here rather than on the field: a
+/// transition rule on a field is not evaluated when the old object lacks
+/// it, which let setting or unsetting it through. `storage` itself always
+/// exists (it has a default), so this rule sees every update.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
+    "message": "storage.storageClassName cannot be set, changed or unset after creation"
+}]))]
 pub struct StorageSpec {
     /// Size of each replica's volume, as a Kubernetes quantity.
     /// Fixed at creation: volume claim templates cannot change.
@@ -145,10 +154,6 @@ pub struct StorageSpec {
     /// Storage class of the volumes; the cluster default when omitted.
     /// Fixed at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self == oldSelf",
-        "message": "storage.storageClassName cannot be changed after creation"
-    }]))]
     pub storage_class_name: Option<String>,
     /// What happens to the volumes when the PaxosKV is deleted. Volumes of
     /// replicas removed by scaling down are always deleted, so a later
@@ -453,6 +458,47 @@ fn valid_quantity(q: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The schema of `spec.storage` in the generated CRD.
+    fn storage_schema() -> serde_json::Value {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(PaxosKV::crd()).expect("crd");
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["storage"]
+            .clone()
+    }
+
+    fn rules(schema: &serde_json::Value) -> Vec<String> {
+        schema["x-kubernetes-validations"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .filter_map(|r| r["rule"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn storage_class_name_cannot_be_set_changed_or_unset_after_creation() {
+        // A transition rule on the field itself is not evaluated when the
+        // old object has no value for it, so setting or unsetting it went
+        // through. The rule sits on `storage`, which always exists (it has
+        // a default), and compares presence as well as value.
+        let storage = storage_schema();
+        assert!(storage["default"].is_object(), "{storage}");
+        let rules = rules(&storage);
+        let rule = rules
+            .iter()
+            .find(|r| r.contains("storageClassName"))
+            .unwrap_or_else(|| panic!("a rule on storage for storageClassName: {rules:?}"));
+        for part in [
+            "has(self.storageClassName) == has(oldSelf.storageClassName)",
+            "self.storageClassName == oldSelf.storageClassName",
+        ] {
+            assert!(rule.contains(part), "{rule} lacks {part}");
+        }
+    }
 
     #[test]
     fn an_empty_spec_is_a_valid_three_replica_cluster() {
