@@ -500,6 +500,40 @@ mod tests {
         }
     }
 
+    /// Whether every rule on `spec.storage` lets `old` become `new`, as the
+    /// API server would evaluate them on an update.
+    fn storage_update_allowed(old: serde_json::Value, new: serde_json::Value) -> bool {
+        rules(&storage_schema()).iter().all(|rule| {
+            let program = cel_interpreter::Program::compile(rule)
+                .unwrap_or_else(|e| panic!("{rule} does not compile: {e:?}"));
+            let mut context = cel_interpreter::Context::default();
+            context.add_variable("self", &new).expect("self");
+            context.add_variable("oldSelf", &old).expect("oldSelf");
+            match program.execute(&context) {
+                Ok(cel_interpreter::Value::Bool(ok)) => ok,
+                other => panic!("{rule} on {old} -> {new}: {other:?}"),
+            }
+        })
+    }
+
+    #[test]
+    fn the_storage_class_rule_refuses_setting_changing_and_unsetting() {
+        use serde_json::json;
+        let none = json!({"size": "1Gi", "reclaimPolicy": "Retain"});
+        let fast = json!({"size": "1Gi", "reclaimPolicy": "Retain", "storageClassName": "fast"});
+        let slow = json!({"size": "1Gi", "reclaimPolicy": "Retain", "storageClassName": "slow"});
+        let retain_deleted = json!({"size": "1Gi", "reclaimPolicy": "Delete"});
+        assert!(storage_update_allowed(none.clone(), none.clone()));
+        assert!(storage_update_allowed(fast.clone(), fast.clone()));
+        assert!(
+            storage_update_allowed(none.clone(), retain_deleted),
+            "other storage fields are not its business"
+        );
+        assert!(!storage_update_allowed(none.clone(), fast.clone()), "set");
+        assert!(!storage_update_allowed(fast.clone(), none), "unset");
+        assert!(!storage_update_allowed(fast, slow), "changed");
+    }
+
     #[test]
     fn an_empty_spec_is_a_valid_three_replica_cluster() {
         let spec: PaxosKVSpec = serde_json::from_str("{}").expect("parses");
