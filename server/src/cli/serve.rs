@@ -371,34 +371,8 @@ pub async fn start(
         }
         .in_current_span(),
     );
-    let mut s1 = shutdown.clone();
-    let client = tokio::spawn(
-        async move {
-            let r = axum::serve(client_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = s1.wait_for(|v| *v).await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "client listener failed");
-            }
-        }
-        .in_current_span(),
-    );
-    let mut s2 = shutdown;
-    let peer = tokio::spawn(
-        async move {
-            let r = axum::serve(peer_listener, peer_app)
-                .with_graceful_shutdown(async move {
-                    let _ = s2.wait_for(|v| *v).await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "peer listener failed");
-            }
-        }
-        .in_current_span(),
-    );
+    let client = serve_until(client_listener, app, shutdown.clone(), "client");
+    let peer = serve_until(peer_listener, peer_app, shutdown, "peer");
     Ok(Running {
         node,
         client,
@@ -406,6 +380,29 @@ pub async fn start(
         client_addr,
         peer_addr,
     })
+}
+
+/// Serves `app` on `listener` until `shutdown` turns true, letting requests
+/// in flight finish; `what` names the listener in the log.
+fn serve_until(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(
+        async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.wait_for(|v| *v).await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "{what} listener failed");
+            }
+        }
+        .in_current_span(),
+    )
 }
 
 /// `phxkv serve`.
