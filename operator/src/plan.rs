@@ -17,7 +17,10 @@
 //!    i.e. caught up. One change at a time is what the engine allows.
 //! 4. Upgrade (a pod whose template is older than the StatefulSet's)
 //!    replaces one pod at a time, only when every member is healthy and
-//!    every pod ready, the master last.
+//!    every pod ready, the master last. An outdated pod that is not ready
+//!    goes first (after a rollback it is the pod that broke on the bad
+//!    template and it never gets ready on its own), as long as the other
+//!    voters keep a healthy majority.
 //!
 //! Before scaling or upgrading, a pod that came back with an empty volume
 //! (it reports `awaiting_replacement`: the cluster counts another
@@ -210,7 +213,30 @@ pub fn plan(o: &Observed) -> Step {
     if outdated.is_empty() {
         return Step::Idle;
     }
-    if let Some(p) = o.pods.iter().find(|p| !p.ready || p.terminating) {
+    if let Some(p) = o.pods.iter().find(|p| p.terminating) {
+        return Step::Wait(format!("waiting for {} to be replaced", p.name));
+    }
+    // An outdated pod that is not ready gains nothing by waiting: after a
+    // rollback it is the broken pod the upgrade stopped at, and only
+    // replacing it brings it back. It goes first, if the voters keep a
+    // healthy majority without it (it counts as healthy when the master
+    // still hears from it).
+    if let Some(p) = outdated.iter().find(|p| !p.ready) {
+        let counted = o
+            .members
+            .iter()
+            .any(|m| m.name == p.name && m.voter && m.healthy);
+        let remaining_healthy = healthy_voters - usize::from(counted);
+        if remaining_healthy >= majority(voters) {
+            return Step::ReplacePod(p.name.clone());
+        }
+        return Step::Wait(format!(
+            "{} is outdated and not ready, but replacing it now would leave {remaining_healthy} \
+             healthy of {voters} voters; waiting for the others to be healthy",
+            p.name
+        ));
+    }
+    if let Some(p) = o.pods.iter().find(|p| !p.ready) {
         return Step::Wait(format!("waiting for {} to be ready", p.name));
     }
     if let Some(m) = o.members.iter().find(|m| !m.healthy) {
@@ -380,6 +406,42 @@ mod tests {
         assert_eq!(plan(&o), Step::ReplacePod("kv-2".into()));
         o.pods[2] = pod(2, true, true);
         assert_eq!(plan(&o), Step::Idle);
+    }
+
+    #[test]
+    fn a_rollback_replaces_the_broken_pod_the_upgrade_stopped_at() {
+        // The new image crash-loops on the first pod replaced: the upgrade
+        // stops there, with the other pods on the old template.
+        let mut o = steady(3);
+        for p in &mut o.pods {
+            p.current = false;
+        }
+        o.pods[2] = pod(2, false, true);
+        o.members[2].healthy = false;
+        assert!(matches!(plan(&o), Step::Wait(r) if r.contains("kv-2")));
+        // The image is reverted: kv-2 is now the only outdated pod, and it
+        // never gets ready on its own (with OnDelete nothing else replaces
+        // it). Waiting for it would wait forever.
+        for p in &mut o.pods {
+            p.current = !p.current;
+        }
+        assert_eq!(plan(&o), Step::ReplacePod("kv-2".into()));
+        // One at a time: not while another pod is on its way out.
+        o.pods[0].terminating = true;
+        assert!(matches!(plan(&o), Step::Wait(r) if r.contains("kv-0")));
+        o.pods[0].terminating = false;
+        // Never when the others lack a healthy majority even without it.
+        o.members[1].healthy = false;
+        assert!(matches!(plan(&o), Step::Wait(_)));
+        // A broken outdated pod whose member the master still hears from
+        // (ready fails for another reason) counts as healthy: replacing it
+        // needs a healthy majority without it.
+        let mut o = steady(3);
+        o.pods[1] = pod(1, false, false);
+        o.members[2].healthy = false;
+        assert!(matches!(plan(&o), Step::Wait(_)));
+        o.members[2].healthy = true;
+        assert_eq!(plan(&o), Step::ReplacePod("kv-1".into()));
     }
 
     #[test]

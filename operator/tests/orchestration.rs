@@ -5,7 +5,8 @@
 //! every acknowledged write must read back.
 //!
 //! Path: 3 replicas -> 5 -> 3, then an upgrade of every pod (master last),
-//! then a follower that loses its volume and is replaced.
+//! then a failed upgrade (the image crash-loops) and its rollback, then a
+//! follower that loses its volume and is replaced.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -70,6 +71,9 @@ struct FakeSet {
     version: u32,
     pods: BTreeMap<i32, Pod>,
     bootstrap_members: String,
+    /// Template versions whose image is broken: the process exits at once
+    /// (a crash loop, as far as readiness goes).
+    broken: Vec<u32>,
 }
 
 impl FakeSet {
@@ -85,6 +89,7 @@ impl FakeSet {
             version: 1,
             pods: BTreeMap::new(),
             bootstrap_members: String::new(),
+            broken: Vec::new(),
         };
         let ports: Vec<(u16, u16)> = (0..bootstrap).map(|_| (free_port(), free_port())).collect();
         set.bootstrap_members = ports
@@ -122,6 +127,9 @@ impl FakeSet {
             .expect("log file");
         let pod = self.pods.get(&i).expect("pod");
         let mut cmd = Command::new(&self.bin);
+        if self.broken.contains(&pod.version) {
+            cmd.arg("--no-such-flag");
+        }
         cmd.arg("serve")
             .args(["--id", &format!("kv-{i}")])
             .arg("--data-dir")
@@ -280,9 +288,22 @@ async fn converge(
     http: &reqwest::Client,
     desired: i32,
 ) -> Vec<(Step, Option<String>)> {
+    drive(set, members, http, desired, None).await
+}
+
+/// Runs plan/step until the plan has waited for `stuck` without a step in
+/// between (or, without `stuck`, until the cluster matches `desired`).
+async fn drive(
+    set: &Arc<Mutex<FakeSet>>,
+    members: &MembersClient,
+    http: &reqwest::Client,
+    desired: i32,
+    stuck: Option<Duration>,
+) -> Vec<(Step, Option<String>)> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut steps = Vec::new();
     let mut last = String::new();
+    let mut waiting_since: Option<Instant> = None;
     loop {
         let (urls, pods, names, set_replicas) = {
             let s = set.lock().await;
@@ -308,6 +329,10 @@ async fn converge(
                 continue;
             }
             Step::Wait(why) => {
+                let since = *waiting_since.get_or_insert_with(Instant::now);
+                if stuck.is_some_and(|d| since.elapsed() >= d) {
+                    return steps;
+                }
                 if *why != last {
                     eprintln!("wait: {why}");
                     last = why.clone();
@@ -317,6 +342,7 @@ async fn converge(
             }
             _ => {}
         }
+        waiting_since = None;
         eprintln!("step: {step:?} (master {:?})", view.master);
         // Only steps that succeeded are recorded; a failed one is planned
         // again (a new pod not listening yet answers 503, say).
@@ -483,6 +509,39 @@ async fn scale_3_to_5_to_3_then_upgrade_with_writes_throughout() {
         }
     }
     assert!(progressed(before), "writes succeeded while upgrading");
+
+    // A failed upgrade: the new image crash-loops. The first pod replaced
+    // never gets ready and the upgrade stops there, the others untouched.
+    let before = acked_count.load(Ordering::Relaxed);
+    {
+        let mut s = set.lock().await;
+        s.broken.push(3);
+        s.version = 3;
+    }
+    let failed = drive(&set, &members, &http, 3, Some(Duration::from_secs(5))).await;
+    let broken: Vec<&str> = failed
+        .iter()
+        .filter_map(|(s, _)| match s {
+            Step::ReplacePod(p) => Some(p.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        broken.len(),
+        1,
+        "the upgrade stops at the first pod: {failed:?}"
+    );
+    let broken = broken[0].to_string();
+    // The rollback: the image is reverted, and the broken pod, now the
+    // only outdated one and never ready, is replaced.
+    set.lock().await.version = 2;
+    let rolled_back = converge(&set, &members, &http, 3).await;
+    let kinds: Vec<&Step> = rolled_back.iter().map(|(s, _)| s).collect();
+    assert_eq!(kinds, vec![&Step::ReplacePod(broken.clone())]);
+    assert!(
+        progressed(before),
+        "writes succeeded through the failed upgrade"
+    );
 
     // A follower's volume is lost: the operator replaces the member on its
     // own, and the pod rejoins as a new incarnation.
