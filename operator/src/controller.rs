@@ -92,6 +92,21 @@ pub enum Error {
         "Secret {0} has no usable `token` key; restore it or delete it to have a new one generated"
     )]
     BadToken(String),
+    /// An object the operator would create already exists and belongs to
+    /// something else (another PaxosKV whose names overlap, or an object
+    /// made by hand). The operator never takes it over.
+    #[error(
+        "{kind} {name} already exists and is not owned by this PaxosKV ({holder}); rename this \
+         PaxosKV, or delete or rename that {kind}"
+    )]
+    Conflict {
+        /// The object's kind.
+        kind: String,
+        /// Its name.
+        name: String,
+        /// Who owns it, as far as its metadata says.
+        holder: String,
+    },
     /// An object could not be turned into JSON (a bug).
     #[error("encoding an object: {0}")]
     Encode(#[from] serde_json::Error),
@@ -114,8 +129,18 @@ impl Error {
             Error::Members(_) => "cluster_api",
             Error::NoNamespace => "no_namespace",
             Error::BadToken(_) => "bad_token",
+            Error::Conflict { .. } => "conflict",
             Error::Encode(_) => "encode",
             Error::Step { source, .. } => source.kind(),
+        }
+    }
+
+    /// The reason shown on the `Ready` and `Reconciled` conditions.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Conflict { .. } => "NameConflict",
+            Error::Step { source, .. } => source.reason(),
+            _ => "ReconcileError",
         }
     }
 }
@@ -158,7 +183,12 @@ async fn report_failure(ctx: &Context, pkv: &PaxosKV, error: &Error) {
     )
     .await;
     let mut status = pkv.status.clone().unwrap_or_default();
-    status.conditions = with_failure(&status.conditions, pkv.metadata.generation, &message);
+    status.conditions = with_failure(
+        &status.conditions,
+        pkv.metadata.generation,
+        error.reason(),
+        &message,
+    );
     if let Err(e) = write_status(ctx, pkv, &status).await {
         tracing::warn!(error = %e, "could not report a failed reconcile in the status");
     }
@@ -169,14 +199,15 @@ async fn report_failure(ctx: &Context, pkv: &PaxosKV, error: &Error) {
 fn with_failure(
     conditions_now: &[Condition],
     generation: Option<i64>,
+    reason: &str,
     message: &str,
 ) -> Vec<Condition> {
     let failed = conditions(
         conditions_now,
         generation,
         [
-            cond("Reconciled", false, "ReconcileError", message),
-            cond("Ready", false, "ReconcileError", message),
+            cond("Reconciled", false, reason, message),
+            cond("Ready", false, reason, message),
         ],
     );
     let mut out: Vec<Condition> = conditions_now
@@ -240,10 +271,14 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     }
 
     // The objects with no state of their own: apply them every time.
-    apply(client, &ns, &name, &render::service_account(pkv)).await?;
-    apply(client, &ns, &names.peers, &render::peer_service(pkv)).await?;
-    apply(client, &ns, &name, &render::client_service(pkv)).await?;
-    apply(client, &ns, &name, &render::disruption_budget(pkv)).await?;
+    // Each is checked to be ours first: names of two PaxosKVs can overlap
+    // (`kv`'s headless Service is `kv-peers`, the client Service of a
+    // PaxosKV named `kv-peers`), and an object made by hand is not ours to
+    // take over.
+    apply_owned(client, pkv, &name, &render::service_account(pkv)).await?;
+    apply_owned(client, pkv, &names.peers, &render::peer_service(pkv)).await?;
+    apply_owned(client, pkv, &name, &render::client_service(pkv)).await?;
+    apply_owned(client, pkv, &name, &render::disruption_budget(pkv)).await?;
 
     // The token is made once; an existing Secret is never overwritten.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -269,6 +304,7 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     let wanted_mode = pkv.spec.read_mode.unwrap_or_default();
     let (bootstrap, read_mode) = match configs.get_opt(&names.bootstrap).await? {
         Some(cm) => {
+            ensure_owned(pkv, &cm, &names.bootstrap)?;
             let data = cm.data.unwrap_or_default();
             let replicas = data
                 .get(BOOTSTRAP_KEY)
@@ -304,12 +340,32 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
 
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let existing = sets.get_opt(&name).await?;
+    if let Some(set) = &existing {
+        ensure_owned(pkv, set, &name)?;
+    }
     let created = existing.is_none();
     let set_replicas = existing
         .as_ref()
         .and_then(|s| s.spec.as_ref())
         .and_then(|s| s.replicas)
         .unwrap_or(pkv.spec.replicas);
+    let hibernated_replicas = existing
+        .as_ref()
+        .and_then(|s| s.metadata.annotations.as_ref())
+        .and_then(|a| a.get(render::HIBERNATED_REPLICAS))
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|n| *n > 0);
+    if pkv.spec.hibernation {
+        return hibernate(ctx, pkv, &ns, existing.as_ref(), hibernated_replicas).await;
+    }
+    // Waking up: the pods the cluster had come back on their volumes; any
+    // change of size made meanwhile is planned from there as usual.
+    let waking = set_replicas == 0 && hibernated_replicas.is_some();
+    let set_replicas = if waking {
+        hibernated_replicas.unwrap_or(set_replicas)
+    } else {
+        set_replicas
+    };
     let set: StatefulSet = apply(
         client,
         &ns,
@@ -317,6 +373,17 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         &render::statefulset(pkv, &ctx.defaults, set_replicas),
     )
     .await?;
+    if waking {
+        publish(
+            ctx,
+            pkv,
+            EventType::Normal,
+            "Resumed",
+            "Hibernate",
+            &format!("hibernation is off: starting {set_replicas} pods on their volumes"),
+        )
+        .await;
+    }
     if created {
         publish(
             ctx,
@@ -377,8 +444,12 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
 
     let mut status = status_of(pkv, &observed, &view, &step);
     if let Some(e) = &step_error {
-        status.conditions =
-            with_failure(&status.conditions, pkv.metadata.generation, &e.to_string());
+        status.conditions = with_failure(
+            &status.conditions,
+            pkv.metadata.generation,
+            e.reason(),
+            &e.to_string(),
+        );
     }
     write_status(ctx, pkv, &status).await?;
     if let Some(e) = step_error {
@@ -387,6 +458,122 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     Ok(match step {
         Step::Idle if status.phase == Some(Phase::Running) => Action::requeue(ctx.idle_requeue),
         _ => Action::requeue(ctx.busy_requeue),
+    })
+}
+
+/// `spec.hibernation`: stops every pod and keeps everything else. In two
+/// passes, so that no volume is ever deleted: first the StatefulSet keeps
+/// its volumes when scaled (`whenScaled: Retain`), then, once the API
+/// server has that, it scales to zero. The pod count goes into an
+/// annotation for the way back. The membership is left as it is: every
+/// member comes back on its own volume.
+async fn hibernate(
+    ctx: &Context,
+    pkv: &PaxosKV,
+    ns: &str,
+    existing: Option<&StatefulSet>,
+    hibernated_replicas: Option<i32>,
+) -> Result<Action, Error> {
+    let name = pkv.name_any();
+    let mut pods_left = 0;
+    if let Some(set) = existing {
+        let spec = set.spec.as_ref();
+        let set_replicas = spec.and_then(|s| s.replicas).unwrap_or(0);
+        let retained = spec
+            .and_then(|s| s.persistent_volume_claim_retention_policy.as_ref())
+            .and_then(|p| p.when_scaled.as_deref())
+            == Some("Retain");
+        let keep = hibernated_replicas.unwrap_or(set_replicas);
+        let replicas = if retained { 0 } else { set_replicas };
+        let mut rendered = render::statefulset(pkv, &ctx.defaults, replicas);
+        if keep > 0 {
+            rendered
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(render::HIBERNATED_REPLICAS.into(), keep.to_string());
+        }
+        let _: StatefulSet = apply(&ctx.client, ns, &name, &rendered).await?;
+        if retained && set_replicas > 0 {
+            ctx.metrics.step("hibernate");
+            publish(
+                ctx,
+                pkv,
+                EventType::Normal,
+                "Hibernating",
+                "Hibernate",
+                &format!(
+                    "stopping {set_replicas} pods; the volumes, the Secrets and the membership \
+                     are kept"
+                ),
+            )
+            .await;
+        }
+        let selector = render::selector_labels(&name)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+        pods_left = pods
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+            .len();
+        if !retained {
+            // The scale-down waits for the next pass.
+            pods_left = pods_left.max(1);
+        }
+    }
+    let old = pkv.status.clone().unwrap_or_default();
+    let generation = pkv.metadata.generation;
+    let (phase, message) = if pods_left == 0 {
+        (
+            Phase::Hibernated,
+            "every pod is stopped; the volumes and Secrets are kept".to_string(),
+        )
+    } else {
+        (
+            Phase::Hibernating,
+            format!("stopping the pods: {pods_left} left"),
+        )
+    };
+    let status = PaxosKVStatus {
+        phase: Some(phase),
+        replicas: pods_left as i32,
+        ready_replicas: 0,
+        master: None,
+        // The last members seen: they are who comes back.
+        members: old.members.clone(),
+        observed_generation: generation,
+        conditions: conditions(
+            &old.conditions,
+            generation,
+            [
+                cond("Hibernated", true, &format!("{phase:?}"), &message),
+                cond("Available", false, "Hibernated", "hibernation is on"),
+                cond(
+                    "Progressing",
+                    pods_left > 0,
+                    &format!("{phase:?}"),
+                    &message,
+                ),
+                cond("Degraded", false, "Hibernated", "hibernation is on"),
+                cond("Ready", false, "Hibernated", &message),
+                cond(
+                    "Reconciled",
+                    true,
+                    "Succeeded",
+                    "the last reconcile went through",
+                ),
+            ],
+        ),
+    };
+    write_status(ctx, pkv, &status).await?;
+    Ok(if pods_left == 0 {
+        Action::requeue(ctx.idle_requeue)
+    } else {
+        Action::requeue(ctx.busy_requeue)
     })
 }
 
@@ -705,6 +892,7 @@ pub fn status_of(pkv: &PaxosKV, o: &Observed, view: &ClusterView, step: &Step) -
                 progressing,
                 degraded,
                 volume_lost,
+                cond("Hibernated", false, "Running", "hibernation is off"),
                 ready_cond,
                 cond(
                     "Reconciled",
@@ -764,6 +952,55 @@ async fn write_status(ctx: &Context, pkv: &PaxosKV, status: &PaxosKVStatus) -> R
     )
     .await?;
     Ok(())
+}
+
+/// Refuses an object that is not controlled by `pkv` (matched by UID, so
+/// a PaxosKV deleted and re-created under the same name does not inherit
+/// objects the garbage collector has yet to remove).
+fn ensure_owned<K>(pkv: &PaxosKV, obj: &K, name: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let refs = obj.meta().owner_references.as_deref().unwrap_or_default();
+    let ours = pkv.metadata.uid.as_deref();
+    if refs.iter().any(|r| Some(r.uid.as_str()) == ours) {
+        return Ok(());
+    }
+    let holder = match refs
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .or(refs.first())
+    {
+        Some(r) => format!("it belongs to {} {}", r.kind, r.name),
+        None => "it has no owner: it was made by hand or by another tool".to_string(),
+    };
+    Err(Error::Conflict {
+        kind: K::kind(&()).into_owned(),
+        name: name.to_string(),
+        holder,
+    })
+}
+
+/// [`apply`], after checking that an existing object of that name is ours.
+async fn apply_owned<K>(
+    client: &kube::Client,
+    pkv: &PaxosKV,
+    name: &str,
+    obj: &K,
+) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let ns = pkv.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    if let Some(existing) = api.get_opt(name).await? {
+        ensure_owned(pkv, &existing, name)?;
+    }
+    apply(client, &ns, name, obj).await
 }
 
 /// Server-side apply of one object the operator owns.

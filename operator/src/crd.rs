@@ -113,6 +113,13 @@ pub struct PaxosKVSpec {
     /// Logs and traces.
     #[serde(default)]
     pub telemetry: TelemetrySpec,
+
+    /// Stops every pod and keeps the volumes, the Secrets and the
+    /// membership: the cluster costs nothing but its storage. Setting it
+    /// back to false brings the same cluster back, with all its data, on
+    /// the same volumes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hibernation: bool,
 }
 
 fn default_replicas() -> i32 {
@@ -327,7 +334,8 @@ pub enum LogFormatSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaxosKVStatus {
-    /// Summary: Creating, Running, Scaling, Upgrading, Degraded or Invalid.
+    /// Summary: Creating, Running, Scaling, Upgrading, Degraded, Invalid,
+    /// Hibernating or Hibernated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// Pods of the StatefulSet.
@@ -345,9 +353,10 @@ pub struct PaxosKVStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Available, Progressing, Degraded, VolumeLost, Ready and Reconciled
-    /// (False with reason ReconcileError when the last pass failed), with
-    /// reasons.
+    /// Available, Progressing, Degraded, VolumeLost, Hibernated, Ready and
+    /// Reconciled (False with reason ReconcileError, or NameConflict when an
+    /// object of that name belongs to something else, when the last pass
+    /// failed), with reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -367,6 +376,10 @@ pub enum Phase {
     Degraded,
     /// The spec is invalid; nothing was changed.
     Invalid,
+    /// `spec.hibernation` is on and pods are being stopped.
+    Hibernating,
+    /// Every pod is stopped; the volumes and Secrets are kept.
+    Hibernated,
 }
 
 /// One member of the Paxos configuration.

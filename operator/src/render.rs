@@ -57,6 +57,9 @@ pub const READ_MODE_KEY: &str = "readMode";
 /// Service, `peers` on the headless one. Both select the same pods, so a
 /// ServiceMonitor selects `client` to scrape each pod once.
 pub const SERVICE_LABEL: &str = "phxkv.io/service";
+/// Annotation on a hibernated StatefulSet: how many pods it had, to bring
+/// back on wake-up.
+pub const HIBERNATED_REPLICAS: &str = "phxkv.io/hibernated-replicas";
 /// Field manager of the operator's server-side applies.
 pub const MANAGER: &str = "phxkv-operator";
 /// User and group the image runs as (distroless `nonroot`).
@@ -194,8 +197,9 @@ pub fn statefulset(pkv: &PaxosKV, defaults: &Defaults, replicas: i32) -> Statefu
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
                     // A removed member's data must not come back: a later
-                    // scale-up joins with an empty volume.
-                    when_scaled: Some("Delete".into()),
+                    // scale-up joins with an empty volume. Hibernation
+                    // scales to zero and must keep every volume.
+                    when_scaled: Some(if spec.hibernation { "Retain" } else { "Delete" }.into()),
                     when_deleted: Some(
                         match spec.storage.reclaim_policy {
                             ReclaimPolicy::Retain => "Retain",

@@ -215,9 +215,15 @@ fn pod(i: usize, ready: bool) -> Value {
            "status": {"conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}})
 }
 
+/// The owner reference the operator puts on every object of `kv`.
+fn ours() -> Value {
+    json!([{"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKV", "name": "kv",
+            "uid": "0000-1111", "controller": true, "blockOwnerDeletion": true}])
+}
+
 fn statefulset(replicas: i32) -> Value {
     json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-           "metadata": {"name": "kv", "namespace": "db"},
+           "metadata": {"name": "kv", "namespace": "db", "ownerReferences": ours()},
            "spec": {"replicas": replicas, "selector": {}, "serviceName": "kv-peers", "template": {}},
            "status": {"replicas": replicas, "updateRevision": "kv-rev1"}})
 }
@@ -225,22 +231,39 @@ fn statefulset(replicas: i32) -> Value {
 const NS: &str = "/api/v1/namespaces/db";
 const APPS: &str = "/apis/apps/v1/namespaces/db";
 
-/// The objects applied on every pass, in order.
+/// Answers the ownership check before an apply: the object exists and is
+/// `kv`'s.
+async fn expect_owned(h: &mut ApiHandle, path: &str, api_version: &str, kind: &str) {
+    let name = path.rsplit('/').next().unwrap_or_default().to_string();
+    expect(h, "GET", path, |_| {
+        (
+            200,
+            json!({"apiVersion": api_version, "kind": kind,
+                   "metadata": {"name": name, "namespace": "db", "ownerReferences": ours()}}),
+        )
+    })
+    .await;
+}
+
+/// The objects applied on every pass, in order, each after a check that it
+/// is ours.
 async fn expect_static_objects(h: &mut ApiHandle) {
-    let sa = expect(h, "PATCH", &format!("{NS}/serviceaccounts/kv"), echo).await;
+    let path = format!("{NS}/serviceaccounts/kv");
+    expect_owned(h, &path, "v1", "ServiceAccount").await;
+    let sa = expect(h, "PATCH", &path, echo).await;
     assert_eq!(sa["automountServiceAccountToken"], json!(false));
-    let peers = expect(h, "PATCH", &format!("{NS}/services/kv-peers"), echo).await;
+    let path = format!("{NS}/services/kv-peers");
+    expect_owned(h, &path, "v1", "Service").await;
+    let peers = expect(h, "PATCH", &path, echo).await;
     assert_eq!(peers["spec"]["clusterIP"], "None");
     assert_eq!(peers["metadata"]["ownerReferences"][0]["kind"], "PaxosKV");
-    let client = expect(h, "PATCH", &format!("{NS}/services/kv"), echo).await;
+    let path = format!("{NS}/services/kv");
+    expect_owned(h, &path, "v1", "Service").await;
+    let client = expect(h, "PATCH", &path, echo).await;
     assert_eq!(client["spec"]["ports"][0]["port"], 8080);
-    let pdb = expect(
-        h,
-        "PATCH",
-        "/apis/policy/v1/namespaces/db/poddisruptionbudgets/kv",
-        echo,
-    )
-    .await;
+    let path = "/apis/policy/v1/namespaces/db/poddisruptionbudgets/kv";
+    expect_owned(h, path, "policy/v1", "PodDisruptionBudget").await;
+    let pdb = expect(h, "PATCH", path, echo).await;
     assert!(pdb["spec"]["maxUnavailable"].is_number());
 }
 
@@ -256,7 +279,8 @@ async fn expect_existing_token_and_bootstrap(h: &mut ApiHandle, bootstrap: i32) 
     expect(h, "GET", &format!("{NS}/configmaps/kv-bootstrap"), |_| {
         (
             200,
-            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kv-bootstrap"},
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": "kv-bootstrap", "ownerReferences": ours()},
                      "data": {"replicas": bootstrap.to_string()}}),
         )
     })
@@ -630,4 +654,249 @@ async fn a_failed_reconcile_shows_in_status_and_a_warning_event() {
     assert_eq!(status["master"], "kv-0");
     let result = run.await.expect("joined");
     assert!(result.is_err(), "the error still goes to the retry policy");
+}
+
+#[tokio::test]
+async fn an_object_of_another_paxoskv_is_never_taken_over_and_the_conflict_shows() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let ctx = context(client, "http://127.0.0.1:9".into());
+    // A PaxosKV named `kv-peers`: its client Service would be `kv-peers`,
+    // which is already the headless Service of the PaxosKV `kv`.
+    let spec: PaxosKVSpec = serde_json::from_value(json!({"replicas": 3})).expect("spec");
+    let mut pkv = PaxosKV::new("kv-peers", spec);
+    pkv.metadata.namespace = Some("db".into());
+    pkv.metadata.uid = Some("2222-3333".into());
+    pkv.metadata.generation = Some(1);
+    let run = tokio::spawn(reconcile(Arc::new(pkv), ctx));
+
+    let owned_by_kv = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": "db", "ownerReferences": ours()}})
+    };
+    // Its own ServiceAccount does not exist yet: created.
+    expect(
+        &mut h,
+        "GET",
+        &format!("{NS}/serviceaccounts/kv-peers"),
+        |_| (404, not_found("serviceaccounts", "kv-peers")),
+    )
+    .await;
+    expect(
+        &mut h,
+        "PATCH",
+        &format!("{NS}/serviceaccounts/kv-peers"),
+        echo,
+    )
+    .await;
+    expect(
+        &mut h,
+        "GET",
+        &format!("{NS}/services/kv-peers-peers"),
+        |_| (404, not_found("services", "kv-peers-peers")),
+    )
+    .await;
+    expect(
+        &mut h,
+        "PATCH",
+        &format!("{NS}/services/kv-peers-peers"),
+        echo,
+    )
+    .await;
+    // `kv-peers` is kv's: no PATCH follows, the pass stops here.
+    expect(&mut h, "GET", &format!("{NS}/services/kv-peers"), |_| {
+        (200, owned_by_kv("kv-peers"))
+    })
+    .await;
+    let event = expect(
+        &mut h,
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/db/events",
+        echo,
+    )
+    .await;
+    assert_eq!(event["reason"], "ReconcileFailed", "{event}");
+    assert_eq!(event["type"], "Warning");
+    let note = event["note"].as_str().unwrap_or("");
+    assert!(
+        note.contains("Service kv-peers already exists") && note.contains("PaxosKV kv"),
+        "{note}"
+    );
+    let patch = expect(
+        &mut h,
+        "PATCH",
+        "/apis/phxkv.io/v1alpha1/namespaces/db/paxoskvs/kv-peers/status",
+        |body| {
+            (
+                200,
+                json!({"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKV",
+                       "metadata": {"name": "kv-peers", "namespace": "db"},
+                       "spec": {}, "status": body["status"].clone()}),
+            )
+        },
+    )
+    .await;
+    let status = &patch["status"];
+    let ready = condition(status, "Ready");
+    assert_eq!(ready["status"], "False", "{status}");
+    assert_eq!(ready["reason"], "NameConflict");
+    let result = run.await.expect("joined");
+    assert!(result.is_err());
+
+    // An object made by hand (no owner) is refused the same way.
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let ctx = context(client, "http://127.0.0.1:9".into());
+    let run = tokio::spawn(reconcile(Arc::new(paxoskv(json!({"replicas": 3}))), ctx));
+    expect(&mut h, "GET", &format!("{NS}/serviceaccounts/kv"), |_| {
+        (
+            200,
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": "kv", "namespace": "db"}}),
+        )
+    })
+    .await;
+    let event = expect_event(&mut h, "ReconcileFailed").await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("has no owner"),
+        "{event}"
+    );
+    let status = expect_status(&mut h).await;
+    assert_eq!(condition(&status, "Reconciled")["reason"], "NameConflict");
+    assert!(run.await.expect("joined").is_err());
+}
+
+fn hibernated_set(replicas: i32, when_scaled: &str, keep: Option<i32>) -> Value {
+    let mut set = statefulset(replicas);
+    set["spec"]["persistentVolumeClaimRetentionPolicy"] =
+        json!({"whenScaled": when_scaled, "whenDeleted": "Retain"});
+    if let Some(n) = keep {
+        set["metadata"]["annotations"] = json!({"phxkv.io/hibernated-replicas": n.to_string()});
+    }
+    set
+}
+
+#[tokio::test]
+async fn hibernation_keeps_the_volumes_then_scales_to_zero_and_wakes_up_as_it_was() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let fake = Arc::new(FakeCluster::default());
+    *fake.info.lock().expect("lock") = cluster_info(
+        "kv-0",
+        vec![
+            member("kv-0", true, true),
+            member("kv-1", true, false),
+            member("kv-2", true, false),
+        ],
+    );
+    let url = fake_phxkv(fake.clone()).await;
+    let ctx = context(client, url);
+    let hibernating = Arc::new(paxoskv(json!({"replicas": 3, "hibernation": true})));
+    let pods_json = |items: Vec<Value>| json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items});
+
+    // Pass 1: the StatefulSet first learns to keep its volumes when
+    // scaled; its size does not change yet.
+    let run = tokio::spawn(reconcile(hibernating.clone(), ctx.clone()));
+    expect_static_objects(&mut h).await;
+    expect_existing_token_and_bootstrap(&mut h, 3).await;
+    expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, hibernated_set(3, "Delete", None))
+    })
+    .await;
+    let sts = expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), echo).await;
+    assert_eq!(
+        sts["spec"]["replicas"], 3,
+        "no pod stops before Retain is in place"
+    );
+    assert_eq!(
+        sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"],
+        "Retain"
+    );
+    assert_eq!(
+        sts["metadata"]["annotations"]["phxkv.io/hibernated-replicas"],
+        "3"
+    );
+    expect(&mut h, "GET", &format!("{NS}/pods"), |_| {
+        (
+            200,
+            pods_json(vec![pod(0, true), pod(1, true), pod(2, true)]),
+        )
+    })
+    .await;
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["phase"], "Hibernating");
+    assert_eq!(condition(&status, "Hibernated")["status"], "True");
+    run.await.expect("joined").expect("reconciled");
+
+    // Pass 2: now it scales to zero, the count kept in an annotation.
+    let run = tokio::spawn(reconcile(hibernating.clone(), ctx.clone()));
+    expect_static_objects(&mut h).await;
+    expect_existing_token_and_bootstrap(&mut h, 3).await;
+    expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, hibernated_set(3, "Retain", Some(3)))
+    })
+    .await;
+    let sts = expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), echo).await;
+    assert_eq!(sts["spec"]["replicas"], 0);
+    assert_eq!(
+        sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"],
+        "Retain"
+    );
+    assert_eq!(
+        sts["metadata"]["annotations"]["phxkv.io/hibernated-replicas"],
+        "3"
+    );
+    let event = expect_event(&mut h, "Hibernating").await;
+    assert!(event["note"].as_str().unwrap_or("").contains("volumes"));
+    expect(&mut h, "GET", &format!("{NS}/pods"), |_| {
+        (200, pods_json(vec![]))
+    })
+    .await;
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["phase"], "Hibernated");
+    assert_eq!(condition(&status, "Ready")["reason"], "Hibernated");
+    run.await.expect("joined").expect("reconciled");
+    assert!(
+        fake.changes.lock().expect("lock").is_empty(),
+        "the membership is left alone"
+    );
+
+    // Pass 3, hibernation off: the three pods come back (their volumes were
+    // kept), and scaling loses its volumes again as usual.
+    let awake = Arc::new(paxoskv(json!({"replicas": 3})));
+    let run = tokio::spawn(reconcile(awake, ctx));
+    expect_static_objects(&mut h).await;
+    expect_existing_token_and_bootstrap(&mut h, 3).await;
+    expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, hibernated_set(0, "Retain", Some(3)))
+    })
+    .await;
+    let sts = expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), echo).await;
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(
+        sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"],
+        "Delete"
+    );
+    assert!(
+        sts["metadata"]["annotations"]
+            .get("phxkv.io/hibernated-replicas")
+            .is_none(),
+        "{sts}"
+    );
+    expect_event(&mut h, "Resumed").await;
+    expect(&mut h, "GET", &format!("{NS}/pods"), |_| {
+        (
+            200,
+            pods_json(vec![pod(0, true), pod(1, true), pod(2, true)]),
+        )
+    })
+    .await;
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["phase"], "Running", "{status}");
+    assert_eq!(condition(&status, "Hibernated")["status"], "False");
+    run.await.expect("joined").expect("reconciled");
+    assert!(fake.changes.lock().expect("lock").is_empty());
 }
