@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Offline checks of the Helm chart (charts/phxkv) and of the README's sample
 # PaxosKV: helm lint, rendering with several value sets, validation of every
-# rendered object against the Kubernetes schemas and the CRD, and the
-# rejections values.schema.json promises. No cluster needed; see
-# e2e/chart/README.md.
+# rendered object against the Kubernetes schemas and the CRD, the rejections
+# values.schema.json promises, and the alerting rules (promtool's unit
+# tests). No cluster needed; see e2e/chart/README.md.
 #
 # Installs what it needs into a cache outside the repository, keyed by the
 # pinned versions, so later runs take seconds:
 #   helm          install-helm.sh
+#   promtool      install-promtool.sh (from Debian's prometheus package)
 #   python venv   kubernetes-validate, jsonschema, PyYAML
-#   node modules  models for validating ServiceMonitors (package-lock.json)
+#   node modules  models for validating ServiceMonitors and PrometheusRules
+#                 (package-lock.json)
 #
 # Environment:
-#   PHXKV_CACHE  the cache directory (default ${XDG_CACHE_HOME:-~/.cache}/phxkv)
+#   PHXKV_CACHE         the cache directory (default ${XDG_CACHE_HOME:-~/.cache}/phxkv)
+#   PHXKV_OPERATOR_BIN  a built phxkv-operator (else it is built)
 set -euo pipefail
 
 KUBERNETES_VALIDATE_VERSION=1.37.0
@@ -42,6 +45,7 @@ for tool in python3 node npm; do
     command -v "$tool" >/dev/null || die "$tool is needed"
 done
 helm=$(bash "$here/install-helm.sh") || die "could not install helm"
+promtool=$(bash "$here/install-promtool.sh") || die "could not install promtool"
 # A private helm home, so the user's repositories and plugins play no part.
 export HELM_CACHE_HOME=$work/helm-cache HELM_CONFIG_HOME=$work/helm-config HELM_DATA_HOME=$work/helm-data
 
@@ -57,7 +61,7 @@ fi
 python=$venv/bin/python
 
 if [[ ! -d $node_dir/node_modules ]]; then
-    log "installing ServiceMonitor models (npm ci) into $node_dir"
+    log "installing prometheus-operator models (npm ci) into $node_dir"
     rm -rf "$node_dir" "$node_dir.tmp"
     mkdir -p "$node_dir.tmp"
     cp "$here/package.json" "$here/package-lock.json" "$node_dir.tmp/"
@@ -66,7 +70,7 @@ if [[ ! -d $node_dir/node_modules ]]; then
     mv "$node_dir.tmp" "$node_dir"
 fi
 
-log "$("$helm" version --short), kubernetes-validate $("$venv/bin/kubernetes-validate" --version), node $(node --version)"
+log "$("$helm" version --short), kubernetes-validate $("$venv/bin/kubernetes-validate" --version), node $(node --version), $("$promtool" --version 2>&1 | head -n1)"
 
 # --- checks ---------------------------------------------------------------
 
@@ -108,12 +112,14 @@ log "default values: render and validate"
 render default
 validate "$work/default.yaml" --expect CustomResourceDefinition=1 --expect PaxosKV=1 \
     --expect Deployment=1 --expect ClusterRole=1 --expect ClusterRoleBinding=1 \
-    --expect NetworkPolicy=0 --expect ServiceMonitor=0 || die "default render does not validate"
+    --expect NetworkPolicy=0 --expect ServiceMonitor=0 --expect PrometheusRule=0 ||
+    die "default render does not validate"
 check "default render validates"
 
 log "every option on: render and validate"
 render full \
     --set networkPolicy.enabled=true,serviceMonitor.enabled=true \
+    --set prometheusRule.enabled=true,prometheusRule.additionalLabels.release=prometheus \
     --set-json 'networkPolicy.clientFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"apps"}}}]' \
     --set serviceMonitor.labels.release=prometheus \
     --set cluster.replicas=5,cluster.lease=3s,cluster.storage.size=20Gi,cluster.storage.storageClassName=fast \
@@ -124,10 +130,10 @@ render full \
     --set-json 'cluster.scheduling.topologySpreadConstraints=[{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"DoNotSchedule","labelSelector":{"matchLabels":{"app.kubernetes.io/instance":"phxkv"}}}]' \
     --set-json 'operator.extraEnv=[{"name":"RUST_LOG","value":"info"}]' \
     --set image.tag=0.1.1,imagePullSecrets[0].name=regcred
-validate "$work/full.yaml" --expect PaxosKV=1 --expect NetworkPolicy=1 --expect ServiceMonitor=2 ||
-    die "render with every option does not validate"
+validate "$work/full.yaml" --expect PaxosKV=1 --expect NetworkPolicy=1 --expect ServiceMonitor=2 \
+    --expect PrometheusRule=1 || die "render with every option does not validate"
 grep -q -- '--default-image=ghcr.io/phxkv/phxkv:0.1.1' "$work/full.yaml" || die "image.tag does not reach --default-image"
-check "networkPolicy + serviceMonitor + every cluster option render validates"
+check "networkPolicy + serviceMonitor + prometheusRule + every cluster option render validates"
 
 log "namespace-scoped operator: render and validate"
 render scoped --namespace team-a --set operator.watchNamespace=team-a
@@ -169,6 +175,10 @@ expect_rejected "at '/cluster/lease': value must be 'a duration" --set cluster.l
 expect_rejected "at '/image/pullPolicy': value must be one of" --set image.pullPolicy=Sometimes
 expect_rejected "operator.watchNamespace is \"team-b\" but the release's PaxosKV goes into the release namespace" \
     --namespace team-a --set operator.watchNamespace=team-b
+expect_rejected "at '/prometheusRule/memberLag/behind': value must be 'a duration such as 10s, 30s or 1m'" \
+    --set prometheusRule.memberLag.behind=1min
+expect_rejected "at '/prometheusRule/volume/almostFull/percent': maximum" --set prometheusRule.volume.almostFull.percent=150
+expect_rejected "at '/prometheusRule/noMaster': additional properties 'after' not allowed" --set prometheusRule.noMaster.after=1m
 check "bad values are rejected"
 
 log "NOTES.txt renders"
@@ -220,6 +230,42 @@ print(yaml.safe_dump(docs[0]))' "$work/full.yaml" >"$work/chart-pkv.yaml" || die
 "$python" "$here/scrape_targets.py" "$work/full.yaml" "$work/operator-chart.yaml" ||
     die "the cluster's ServiceMonitor must select exactly one Service"
 check "the cluster's ServiceMonitor scrapes each pod through one Service"
+
+# The alerting rules, run through promtool: `check rules` (syntax, templates)
+# and `test rules` (series in, alerts out) with the tests in testdata/, which
+# must cover every alert both firing and silent. The expression tests run
+# on the rules without annotations, so a rewording needs no test change;
+# alerts-annotations.test.yaml checks the annotations that depend on the
+# series.
+log "alerting rules: promtool check rules and test rules"
+render rules --set prometheusRule.enabled=true
+"$python" "$here/observability.py" rules "$work/rules.yaml" --out "$work/rules" \
+    --tests "$here/testdata/alerts.test.yaml" "$here/testdata/alerts-annotations.test.yaml" ||
+    die "the PrometheusRule's alerts"
+cp "$here/testdata/alerts.test.yaml" "$here/testdata/alerts-annotations.test.yaml" "$work/rules/"
+"$promtool" check rules "$work/rules/rules.yaml" >&2 || die "promtool check rules"
+"$promtool" test rules "$work/rules/alerts.test.yaml" "$work/rules/alerts-annotations.test.yaml" >&2 ||
+    die "promtool test rules"
+check "alerting rules pass promtool check rules and their unit tests"
+
+# What the tests cannot see, as they run on the default values: the quorum
+# arithmetic for other sizes, and the rules without the release's cluster.
+log "alerting rules for 5 replicas, 1 replica, and no cluster"
+rules_of() {
+    "$python" "$here/observability.py" rules "$work/$1.yaml" --out "$work/$1" || die "the PrometheusRule's alerts ($1)"
+    "$promtool" check rules "$work/$1/rules.yaml" >/dev/null || die "promtool check rules ($1)"
+}
+render rules5 --set prometheusRule.enabled=true,cluster.replicas=5
+rules_of rules5
+grep -qF ') <= 3' "$work/rules5/rules-expr.yaml" || die "5 replicas: PhxkvQuorumAtRisk must fire at 3 healthy or fewer"
+grep -qF -- '< 5' "$work/rules5/rules-expr.yaml" || die "5 replicas: PhxkvMemberDown must count 5 targets"
+render rules1 --set prometheusRule.enabled=true,cluster.replicas=1
+rules_of rules1
+! grep -q "alert: PhxkvQuorumAtRisk" "$work/rules1/rules-expr.yaml" || die "1 replica: no PhxkvQuorumAtRisk (it would always fire)"
+render rules0 --set prometheusRule.enabled=true,cluster.enabled=false
+rules_of rules0
+! grep -q 'phxkv_is_master\|kubelet_' "$work/rules0/rules-expr.yaml" || die "cluster.enabled=false: only the operator's alerts"
+check "alerting rules for 5 and 1 replicas and without a cluster"
 
 # The scripts are linted where shellcheck is already present; it is not
 # installed for this (apt-get update alone takes longer than every other

@@ -10,8 +10,9 @@ library for the built-in kinds and adds:
   openAPIV3Schema as the API server would with strict field validation
   (unknown fields rejected unless x-kubernetes-preserve-unknown-fields);
   CEL rules (x-kubernetes-validations) are not evaluated;
-- ServiceMonitors (monitoring.coreos.com/v1), handed to servicemonitor.mjs,
-  which checks them with the prometheus-operator models published on npm;
+- ServiceMonitors and PrometheusRules (monitoring.coreos.com/v1), handed to
+  monitoring.mjs, which checks them with the prometheus-operator models
+  published on npm;
 - --expect KIND=N, to assert how many documents of a kind were rendered;
 - --markdown-block NAME, to check the YAML block that follows an HTML comment
   `<!-- NAME ... -->` in a Markdown file (the README's sample manifest).
@@ -39,7 +40,7 @@ import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-SERVICE_MONITOR = ("monitoring.coreos.com/v1", "ServiceMonitor")
+PROMETHEUS_OPERATOR = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 
 class Invalid(Exception):
@@ -138,21 +139,22 @@ class CustomResources:
         return True
 
 
-def validate_service_monitors(docs: list[dict], node_modules: str | None) -> list[str]:
-    """Error messages, one per invalid ServiceMonitor (empty when all pass)."""
+def validate_monitoring(docs: list[dict], node_modules: str | None) -> list[str]:
+    """Error messages, one per invalid ServiceMonitor or PrometheusRule
+    (empty when all pass)."""
     if not docs:
         return []
     if not node_modules:
-        return ["ServiceMonitor: no validator (pass --node-modules)"]
+        return ["monitoring.coreos.com/v1: no validator (pass --node-modules)"]
     proc = subprocess.run(
-        ["node", os.path.join(HERE, "servicemonitor.mjs"), node_modules],
+        ["node", os.path.join(HERE, "monitoring.mjs"), node_modules],
         input=json.dumps(docs),
         capture_output=True,
         text=True,
         check=False,
     )
     if proc.returncode not in (0, 1):
-        return [f"ServiceMonitor: validator failed: {proc.stderr.strip()}"]
+        return [f"monitoring.coreos.com/v1: validator failed: {proc.stderr.strip()}"]
     return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
@@ -184,7 +186,7 @@ def main() -> int:
 
     for doc in docs:
         ident = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
-        if (doc.get("apiVersion"), doc.get("kind")) == SERVICE_MONITOR:
+        if (doc.get("apiVersion"), doc.get("kind")) in PROMETHEUS_OPERATOR:
             monitors.append(doc)
             continue
         try:
@@ -202,11 +204,11 @@ def main() -> int:
         except kv.SchemaNotFoundError as e:
             failures.append(f"{ident}: {e.message}, and no --crd defines it")
 
-    monitor_errors = validate_service_monitors(monitors, args.node_modules)
+    monitor_errors = validate_monitoring(monitors, args.node_modules)
     failures.extend(monitor_errors)
     if monitors and not monitor_errors:
         for doc in monitors:
-            print(f"ok    ServiceMonitor/{doc['metadata']['name']} (prometheus-operator models)")
+            print(f"ok    {doc['kind']}/{doc['metadata']['name']} (prometheus-operator models)")
 
     counts = Counter(doc.get("kind") for doc in docs)
     for expectation in args.expect:
