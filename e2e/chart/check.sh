@@ -112,14 +112,16 @@ log "default values: render and validate"
 render default
 validate "$work/default.yaml" --expect CustomResourceDefinition=1 --expect PaxosKV=1 \
     --expect Deployment=1 --expect ClusterRole=1 --expect ClusterRoleBinding=1 \
-    --expect NetworkPolicy=0 --expect ServiceMonitor=0 --expect PrometheusRule=0 ||
+    --expect NetworkPolicy=0 --expect ServiceMonitor=0 --expect PrometheusRule=0 --expect ConfigMap=0 ||
     die "default render does not validate"
 check "default render validates"
 
 log "every option on: render and validate"
 render full \
     --set networkPolicy.enabled=true,serviceMonitor.enabled=true \
-    --set prometheusRule.enabled=true,prometheusRule.additionalLabels.release=prometheus \
+    --set prometheusRule.enabled=true,grafanaDashboard.enabled=true \
+    --set prometheusRule.additionalLabels.release=prometheus,grafanaDashboard.namespace=grafana \
+    --set-json 'grafanaDashboard.annotations={"grafana_folder":"Databases"}' \
     --set-json 'networkPolicy.clientFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"apps"}}}]' \
     --set serviceMonitor.labels.release=prometheus \
     --set cluster.replicas=5,cluster.lease=3s,cluster.storage.size=20Gi,cluster.storage.storageClassName=fast \
@@ -131,9 +133,9 @@ render full \
     --set-json 'operator.extraEnv=[{"name":"RUST_LOG","value":"info"}]' \
     --set image.tag=0.1.1,imagePullSecrets[0].name=regcred
 validate "$work/full.yaml" --expect PaxosKV=1 --expect NetworkPolicy=1 --expect ServiceMonitor=2 \
-    --expect PrometheusRule=1 || die "render with every option does not validate"
+    --expect PrometheusRule=1 --expect ConfigMap=1 || die "render with every option does not validate"
 grep -q -- '--default-image=ghcr.io/phxkv/phxkv:0.1.1' "$work/full.yaml" || die "image.tag does not reach --default-image"
-check "networkPolicy + serviceMonitor + prometheusRule + every cluster option render validates"
+check "networkPolicy + serviceMonitor + prometheusRule + grafanaDashboard + every cluster option render validates"
 
 log "namespace-scoped operator: render and validate"
 render scoped --namespace team-a --set operator.watchNamespace=team-a
@@ -179,6 +181,8 @@ expect_rejected "at '/prometheusRule/memberLag/behind': value must be 'a duratio
     --set prometheusRule.memberLag.behind=1min
 expect_rejected "at '/prometheusRule/volume/almostFull/percent': maximum" --set prometheusRule.volume.almostFull.percent=150
 expect_rejected "at '/prometheusRule/noMaster': additional properties 'after' not allowed" --set prometheusRule.noMaster.after=1m
+expect_rejected "at '/grafanaDashboard/label': value must be 'a label name such as grafana_dashboard'" \
+    --set "grafanaDashboard.label=grafana dashboard"
 check "bad values are rejected"
 
 log "NOTES.txt renders"
