@@ -2,20 +2,22 @@
 # Offline checks of the Helm chart (charts/phxkv) and of the README's sample
 # PaxosKV: helm lint, rendering with several value sets, validation of every
 # rendered object against the Kubernetes schemas and the CRD, the rejections
-# values.schema.json promises, and the alerting rules (promtool's unit
-# tests). No cluster needed; see e2e/chart/README.md.
+# values.schema.json promises, and the alerting rules and Grafana dashboard
+# (promtool unit tests; every query parsed and its metrics checked against
+# a real phxkv's /metrics). No cluster needed; see e2e/chart/README.md.
 #
 # Installs what it needs into a cache outside the repository, keyed by the
 # pinned versions, so later runs take seconds:
 #   helm          install-helm.sh
 #   promtool      install-promtool.sh (from Debian's prometheus package)
 #   python venv   kubernetes-validate, jsonschema, PyYAML
-#   node modules  models for validating ServiceMonitors and PrometheusRules
-#                 (package-lock.json)
+#   node modules  models for validating ServiceMonitors and PrometheusRules,
+#                 the PromQL grammar (package-lock.json)
 #
 # Environment:
 #   PHXKV_CACHE         the cache directory (default ${XDG_CACHE_HOME:-~/.cache}/phxkv)
 #   PHXKV_OPERATOR_BIN  a built phxkv-operator (else it is built)
+#   PHXKV_BIN           a built phxkv (else it is built)
 set -euo pipefail
 
 KUBERNETES_VALIDATE_VERSION=1.37.0
@@ -61,7 +63,7 @@ fi
 python=$venv/bin/python
 
 if [[ ! -d $node_dir/node_modules ]]; then
-    log "installing prometheus-operator models (npm ci) into $node_dir"
+    log "installing prometheus-operator models and the PromQL grammar (npm ci) into $node_dir"
     rm -rf "$node_dir" "$node_dir.tmp"
     mkdir -p "$node_dir.tmp"
     cp "$here/package.json" "$here/package-lock.json" "$node_dir.tmp/"
@@ -270,6 +272,26 @@ render rules0 --set prometheusRule.enabled=true,cluster.enabled=false
 rules_of rules0
 ! grep -q 'phxkv_is_master\|kubelet_' "$work/rules0/rules-expr.yaml" || die "cluster.enabled=false: only the operator's alerts"
 check "alerting rules for 5 and 1 replicas and without a cluster"
+
+# Every query of the rules and the dashboard is parsed with the PromQL
+# grammar and may use only metrics that exist: the server's as a real phxkv
+# serves them (a one-replica `phxkv dev` after a write and a read), the
+# operator's as operator/src/metrics.rs registers them, and kubelet's volume
+# statistics. Each selector must be limited to a namespace.
+log "the rules' and dashboard's queries use only metrics phxkv serves"
+phxkv_bin=${PHXKV_BIN:-}
+if [[ -z $phxkv_bin ]]; then
+    log "building phxkv (set PHXKV_BIN to use a built one)"
+    cargo build --quiet --release --locked -p phxkv-server --bin phxkv --manifest-path "$repo/Cargo.toml" ||
+        die "cargo build of phxkv"
+    phxkv_bin=$repo/target/release/phxkv
+fi
+"$python" "$here/observability.py" scrape --bin "$phxkv_bin" --out "$work/metrics.txt" >&2 || die "scraping phxkv dev"
+render observability --set prometheusRule.enabled=true,grafanaDashboard.enabled=true
+"$python" "$here/observability.py" queries "$work/observability.yaml" --namespace phxkv-check \
+    --exposition "$work/metrics.txt" --operator-source "$repo/operator/src/metrics.rs" \
+    --node-modules "$node_dir/node_modules" >&2 || die "the rules' and dashboard's queries"
+check "the rules' and dashboard's queries parse and use only metrics phxkv serves"
 
 # The scripts are linted where shellcheck is already present; it is not
 # installed for this (apt-get update alone takes longer than every other
