@@ -59,6 +59,31 @@ pub enum ProposeError {
     InvalidChange(String),
 }
 
+/// Why a master does not hand mastership over (see [`Replica::hand_off`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandoffError {
+    #[error("this node is not the master (master: {hint:?})")]
+    NotMaster { hint: Option<NodeId> },
+    #[error("node {0:016x} is the master already")]
+    AlreadyMaster(NodeId),
+    #[error("node {0:016x} is not a member")]
+    NotMember(NodeId),
+    #[error("node {0:016x} is a learner; only a voter can be master")]
+    NotVoter(NodeId),
+    #[error("node {0:016x} has not answered the master recently; it could not take over")]
+    Unreachable(NodeId),
+    #[error("node {id:016x} is behind (at {theirs} of {commit}); retry once it has caught up")]
+    Behind {
+        id: NodeId,
+        theirs: Index,
+        commit: Index,
+    },
+    #[error("a mastership handoff is already in progress")]
+    InProgress,
+    #[error("no other voter is reachable and caught up")]
+    NoCandidate,
+}
+
 /// Why a linearizable read cannot be served here now.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
@@ -1375,6 +1400,97 @@ impl Replica {
             )],
         );
         self.fail_reads(reads, Some(target));
+        Ok(())
+    }
+
+    /// Hands mastership to `target`, or to the most caught-up voter when
+    /// `None`, through [`Replica::transfer_mastership`], after checking that
+    /// the target can take over at once; returns the target.
+    ///
+    /// The handoff lease binds every acceptor that accepts it to the
+    /// target: nobody else can be elected until the target is, or until that
+    /// lease runs out. So a target that cannot win right away costs the
+    /// cluster its master for a lease, and is refused instead: one the
+    /// master has not heard from within two election timeouts (the
+    /// reachability rule of [`Replica::propose_change`]), or one more than
+    /// half of `max_promise_lag` behind the commit index (at the full lag
+    /// acceptors refuse its prepare until it has caught up; the half leaves
+    /// room for what is in flight and for a report that is a heartbeat old).
+    pub fn hand_off(
+        &mut self,
+        now: Duration,
+        target: Option<NodeId>,
+    ) -> Result<NodeId, HandoffError> {
+        let target = match target {
+            Some(t) => {
+                self.handoff_check(now, t)?;
+                t
+            }
+            None => {
+                let State::Master(m) = &self.state else {
+                    return Err(HandoffError::NotMaster {
+                        hint: self.known_master,
+                    });
+                };
+                if m.transfer.is_some() {
+                    return Err(HandoffError::InProgress);
+                }
+                // The most caught-up of those that pass, the lowest id on a tie.
+                let progress = self.peer_progress();
+                self.membership()
+                    .voters()
+                    .filter(|v| self.handoff_check(now, *v).is_ok())
+                    .max_by_key(|v| (progress.get(v).copied().unwrap_or(0), std::cmp::Reverse(*v)))
+                    .ok_or(HandoffError::NoCandidate)?
+            }
+        };
+        self.transfer_mastership(now, target).map_err(|e| match e {
+            ProposeError::NotMaster { hint } => HandoffError::NotMaster { hint },
+            ProposeError::ChangeInProgress => HandoffError::InProgress,
+            // The only other refusal it gives: not another voter.
+            ProposeError::Busy(_) | ProposeError::InvalidChange(_) => {
+                HandoffError::NotVoter(target)
+            }
+        })?;
+        Ok(target)
+    }
+
+    /// Whether this master could hand mastership to `target` now (see
+    /// [`Replica::hand_off`]).
+    fn handoff_check(&self, now: Duration, target: NodeId) -> Result<(), HandoffError> {
+        let State::Master(m) = &self.state else {
+            return Err(HandoffError::NotMaster {
+                hint: self.known_master,
+            });
+        };
+        if target == self.cfg.id {
+            return Err(HandoffError::AlreadyMaster(target));
+        }
+        let membership = self.membership();
+        if !membership.members.contains_key(&target) {
+            return Err(HandoffError::NotMember(target));
+        }
+        if !membership.is_voter(target) {
+            return Err(HandoffError::NotVoter(target));
+        }
+        if m.transfer.is_some() {
+            return Err(HandoffError::InProgress);
+        }
+        let recent = self.cfg.election_timeout * 2;
+        if m.peer_seen
+            .get(&target)
+            .is_none_or(|t| now.saturating_sub(*t) > recent)
+        {
+            return Err(HandoffError::Unreachable(target));
+        }
+        let theirs = m.peer_commit.get(&target).copied().unwrap_or(0);
+        if theirs + self.cfg.max_promise_lag / 2 < self.commit {
+            return Err(HandoffError::Behind {
+                id: target,
+                theirs,
+                commit: self.commit,
+            });
+        }
         Ok(())
     }
 

@@ -1041,6 +1041,112 @@ fn mastership_handoff_elects_the_target_without_waiting_for_the_lease() {
 }
 
 #[test]
+fn a_checked_handoff_elects_the_named_voter() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.advance(Duration::from_millis(100), &[]);
+    let now = net.now;
+    let r = net.nodes.get_mut(&1).expect("master");
+    assert_eq!(r.hand_off(now, Some(3)), Ok(3));
+    assert_eq!(
+        r.hand_off(now, Some(2)),
+        Err(HandoffError::InProgress),
+        "one handoff at a time"
+    );
+    net.settle(&[]);
+    assert_eq!(net.master(), Some(3));
+    // The new master refuses to hand over to itself, and the old one
+    // points at the new.
+    let now = net.now;
+    assert_eq!(
+        net.nodes.get_mut(&3).map(|r| r.hand_off(now, Some(3))),
+        Some(Err(HandoffError::AlreadyMaster(3)))
+    );
+    assert_eq!(
+        net.nodes.get_mut(&1).map(|r| r.hand_off(now, Some(2))),
+        Some(Err(HandoffError::NotMaster { hint: Some(3) }))
+    );
+}
+
+#[test]
+fn a_handoff_is_refused_to_a_learner_a_stranger_and_a_silent_voter() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    let learner = ConfChange::AddLearner {
+        id: 4,
+        name: "n4".into(),
+        addr: String::new(),
+    };
+    net.nodes
+        .get_mut(&1)
+        .map(|r| r.propose_change(now, learner).expect("add learner"));
+    net.settle(&[]);
+    let now = net.now;
+    let r = net.nodes.get_mut(&1).expect("master");
+    assert_eq!(r.hand_off(now, Some(4)), Err(HandoffError::NotVoter(4)));
+    assert_eq!(r.hand_off(now, Some(9)), Err(HandoffError::NotMember(9)));
+    // Node 3 stops answering: after two election timeouts it is refused,
+    // and a handoff to "anyone" picks node 2.
+    net.advance(Duration::from_millis(400), &[3]);
+    let now = net.now;
+    let r = net.nodes.get_mut(&1).expect("master");
+    assert_eq!(r.hand_off(now, Some(3)), Err(HandoffError::Unreachable(3)));
+    assert!(r.is_master(), "a refused handoff changes nothing");
+    assert!(r.lease_valid(now));
+    assert_eq!(r.hand_off(now, None), Ok(2));
+    net.settle(&[3]);
+    assert_eq!(net.master(), Some(2));
+}
+
+#[test]
+fn a_handoff_is_refused_to_a_voter_far_behind_and_to_anyone_when_none_qualifies() {
+    let mut cfg_lag = config(1);
+    cfg_lag.max_promise_lag = 4;
+    let mut net = Net::new(&[1, 2, 3]);
+    net.nodes.insert(
+        1,
+        Replica::new(
+            cfg_lag,
+            Recovered::default(),
+            membership(&[1, 2, 3]),
+            Duration::ZERO,
+        ),
+    );
+    net.elect(1);
+    // Node 3 misses a few writes (its messages are lost, its timers stop).
+    for seq in 1..=6 {
+        let now = net.now;
+        net.nodes.get_mut(&1).map(|r| r.propose(now, put(seq, "k")));
+        net.settle(&[3]);
+    }
+    // Heard from recently, but behind: refused by name, passed over by "anyone".
+    net.dropper = Some(Box::new(|e: &Envelope| {
+        e.to == 3 && matches!(e.msg, Message::Accept { .. } | Message::Catchup { .. })
+    }));
+    net.advance(Duration::from_millis(60), &[]);
+    let now = net.now;
+    let r = net.nodes.get_mut(&1).expect("master");
+    let refused = r.hand_off(now, Some(3));
+    assert!(
+        matches!(refused, Err(HandoffError::Behind { id: 3, .. })),
+        "{refused:?}"
+    );
+    assert_eq!(r.hand_off(now, None), Ok(2));
+    net.dropper = None;
+    net.settle(&[]);
+    assert_eq!(net.master(), Some(2));
+    // A cluster of one has nobody to hand over to.
+    let mut solo = Net::new(&[1]);
+    solo.elect(1);
+    let now = solo.now;
+    assert_eq!(
+        solo.nodes.get_mut(&1).map(|r| r.hand_off(now, None)),
+        Some(Err(HandoffError::NoCandidate))
+    );
+}
+
+#[test]
 fn a_learner_that_has_not_caught_up_cannot_be_promoted() {
     let mut cfg_lag = config(1);
     cfg_lag.max_promise_lag = 2;

@@ -1165,22 +1165,52 @@ impl World {
         self.schedule(d, Event::Heal);
     }
 
-    /// The master hands its mastership to another voter, as on a clean
-    /// shutdown or upgrade.
+    /// The master hands its mastership over, as on a clean shutdown, an
+    /// upgrade or an operator's switchover. A third of the time through the
+    /// engine's bare transfer to a random other voter, whatever its state
+    /// (down, cut off, far behind: the cluster must stay safe and recover);
+    /// otherwise through the checked path the runtime uses
+    /// ([`crate::paxos::Replica::hand_off`]): to a member named at random
+    /// (learners and the master itself included, which it must refuse), or
+    /// to whichever voter it picks.
     fn handoff(&mut self) {
         let Some(m) = self.master_index() else { return };
         let now = self.local_now(m);
+        let mode = self.rng.random_range(0..3);
+        let name = self.nodes[m].name.clone();
         let Some(r) = self.nodes[m].replica.as_mut() else {
             return;
         };
-        let voters: Vec<NodeId> = r.membership().voters().filter(|v| *v != r.id()).collect();
-        if voters.is_empty() {
-            return;
-        }
-        let target = voters[self.rng.random_range(0..voters.len())];
-        let result = r.transfer_mastership(now, target);
-        let name = self.nodes[m].name.clone();
-        self.note(format!("{name} hands mastership to {target}: {result:?}"));
+        let note = match mode {
+            0 => {
+                let voters: Vec<NodeId> =
+                    r.membership().voters().filter(|v| *v != r.id()).collect();
+                if voters.is_empty() {
+                    return;
+                }
+                let target = voters[self.rng.random_range(0..voters.len())];
+                let result = r.transfer_mastership(now, target);
+                format!("{name} hands mastership to {target}: {result:?}")
+            }
+            1 => {
+                let members: Vec<NodeId> = r.membership().members.keys().copied().collect();
+                let target = members[self.rng.random_range(0..members.len())];
+                let voter = r.membership().is_voter(target);
+                let me = r.id();
+                let result = r.hand_off(now, Some(target));
+                if result.is_ok() && (!voter || target == me) {
+                    self.fail(format!(
+                        "{name} accepted a handoff to {target}, which is itself or no voter"
+                    ));
+                }
+                format!("{name} hands mastership to {target} (checked): {result:?}")
+            }
+            _ => {
+                let result = r.hand_off(now, None);
+                format!("{name} hands mastership to the best voter (checked): {result:?}")
+            }
+        };
+        self.note(note);
         self.process_ready(m);
     }
 
