@@ -388,16 +388,14 @@ async fn start_up_rejects_a_bad_flag_with_one_line_naming_it() {
     assert!(err.contains("--lease"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn membership_changes_on_a_live_cluster() {
-    let mut c = Cluster::start(3, &[]).await;
-    assert_eq!(c.put(0, "before-join", "1").await.status(), 200);
-    // A fourth process that starts empty and waits to be added.
-    let dir = c.dir.path().join("n4");
+/// Starts an empty node `name` that waits to be added (`--join`); returns
+/// it with its client and peer ports.
+fn spawn_joining(c: &Cluster, name: &str) -> (std::process::Child, u16, u16) {
+    let dir = c.dir.path().join(name);
     let (client_port, peer_port) = (free_port(), free_port());
-    let mut n4 = std::process::Command::new(env!("CARGO_BIN_EXE_phxkv"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_phxkv"))
         .arg("serve")
-        .args(["--id", "n4", "--join"])
+        .args(["--id", name, "--join"])
         .arg("--data-dir")
         .arg(&dir)
         .args(["--listen", &format!("127.0.0.1:{client_port}")])
@@ -407,7 +405,16 @@ async fn membership_changes_on_a_live_cluster() {
         .args(["--lease", "1s"])
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("spawn n4");
+        .expect("spawn a joining node");
+    (child, client_port, peer_port)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn membership_changes_on_a_live_cluster() {
+    let mut c = Cluster::start(3, &[]).await;
+    assert_eq!(c.put(0, "before-join", "1").await.status(), 200);
+    // A fourth process that starts empty and waits to be added.
+    let (mut n4, client_port, peer_port) = spawn_joining(&c, "n4");
     let url = c.url(1);
     // Without the token: refused.
     let r = c
@@ -493,6 +500,100 @@ async fn membership_changes_on_a_live_cluster() {
         .collect();
     assert_eq!(names.len(), 3, "{names:?}");
     assert!(!names.contains(&"n3"));
+    let _ = n4.kill();
+    let _ = n4.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mastership_moves_to_a_named_member_on_request() {
+    // A long lease: a switchover that waited it out would be far too slow.
+    let c = Cluster::start(3, &["--lease", "5s"]).await;
+    let old = c.wait_for_master(Duration::from_secs(20)).await;
+    let target = (old + 1) % 3;
+    // Asked at the third node, which passes it to the master.
+    let via = (old + 2) % 3;
+    let name = c.procs[target].name.clone();
+    assert_eq!(c.put(via, "before", "1").await.status(), 200);
+    let transfer = |to: &str| format!("/v1/cluster/members/{to}/transfer");
+
+    let started = Instant::now();
+    let r = c.post_with_token(via, &transfer(&name)).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the switchover waited out a lease: {:?}",
+        started.elapsed()
+    );
+    let info = json_of(r).await;
+    assert_eq!(info["master"].as_str(), Some(name.as_str()), "{info}");
+    let flagged: Vec<&str> = info["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter(|m| m["is_master"] == true)
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(flagged, [name.as_str()], "{info}");
+    assert!(c.log_of(old).contains("handing mastership over"));
+    // Every node agrees, and writes go on, through the old master too.
+    assert_eq!(c.wait_for_master(Duration::from_secs(10)).await, target);
+    assert_eq!(c.put(old, "after", "2").await.status(), 200);
+    assert_eq!(c.put(target, "after", "3").await.status(), 200);
+    let (status, body) = c.get(via, "before", "").await.expect("get");
+    assert_eq!((status, body.as_slice()), (200, b"1".as_slice()));
+
+    // Naming the master again changes nothing.
+    let r = c.post_with_token(old, &transfer(&name)).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    assert_eq!(json_of(r).await["master"].as_str(), Some(name.as_str()));
+
+    // Refusals, each with its own code; none moves mastership.
+    let error_of = |v: Value| v["error"]["code"].as_str().unwrap_or_default().to_string();
+    let r = c.post_with_token(via, &transfer("nobody")).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_of(json_of(r).await), "member_not_found");
+    let r = c
+        .http
+        .post(format!("{}{}", c.url(via), transfer(&c.procs[old].name)))
+        .send()
+        .await
+        .expect("transfer without a token");
+    assert_eq!(r.status(), 401);
+    assert_eq!(error_of(json_of(r).await), "unauthorized");
+    // A learner cannot be master.
+    let (mut n4, _, peer_port) = spawn_joining(&c, "n4");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c
+            .http
+            .post(format!("{}/v1/cluster/members", c.url(via)))
+            .bearer_auth(TOKEN)
+            .json(&json!({"name": "n4", "peer_url": format!("http://127.0.0.1:{peer_port}")}))
+            .send()
+            .await
+            .expect("add");
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n4 was never added: {:?}",
+            r.text().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = c.post_with_token(via, &transfer("n4")).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(error_of(json_of(r).await), "member_not_voter");
+    let info = c.cluster_info(via).await.expect("cluster info");
+    assert_eq!(info["master"].as_str(), Some(name.as_str()), "{info}");
+
+    // And back, asked at the new master itself.
+    let old_name = c.procs[old].name.clone();
+    let r = c.post_with_token(target, &transfer(&old_name)).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    assert_eq!(json_of(r).await["master"].as_str(), Some(old_name.as_str()));
+    assert_eq!(c.put(via, "back", "4").await.status(), 200);
     let _ = n4.kill();
     let _ = n4.wait();
 }

@@ -15,7 +15,7 @@ use phxkv::kv::{
 use phxkv::node::digest::{Checkpoint, DigestReport};
 use phxkv::node::wire::{
     self as wire, ChangeReply, Forwarded, PeerError, PeerErrorCode, PeerErrorDetail, ProposeReply,
-    ReadIndexReply,
+    ReadIndexReply, TransferRefusal, TransferReply, TransferRequest,
 };
 use phxkv::paxos::{
     Ballot, Command, ConfChange, Envelope, LogEntry, Member, Membership, Message, RejectReason,
@@ -277,6 +277,30 @@ fn every_peer_body_round_trips_and_can_be_checked_against_the_document() {
     s.add("ChangeReply", &ChangeReply::Index(50));
     s.add("ChangeReply", &ChangeReply::Rejected("busy".into()));
     s.add("ChangeReply", &ChangeReply::NotMaster { hint: None });
+    s.add(
+        "TransferRequest",
+        &TransferRequest {
+            target: u64::MAX - 5,
+        },
+    );
+    for reply in [
+        TransferReply::HandedOver {
+            master: Some(u64::MAX - 5),
+        },
+        TransferReply::HandedOver { master: None },
+        TransferReply::AlreadyMaster,
+        TransferReply::NotMaster { hint: Some(17) },
+        TransferReply::Refused {
+            reason: TransferRefusal::NotReady,
+            message: "behind".into(),
+        },
+        TransferReply::Refused {
+            reason: TransferRefusal::InProgress,
+            message: "in progress".into(),
+        },
+    ] {
+        s.add("TransferReply", &reply);
+    }
     for c in [
         ConfChange::AddLearner {
             id: 18,

@@ -103,6 +103,10 @@ pub(crate) fn routes<S: Service>() -> Router<S> {
             "/v1/cluster/members/{name}/replace",
             post(replace_member::<S>),
         )
+        .route(
+            "/v1/cluster/members/{name}/transfer",
+            post(transfer_master::<S>),
+        )
 }
 
 /// The cluster as this node sees it.
@@ -164,6 +168,41 @@ pub async fn promote_member<S: Service>(
     Ok(Json(
         svc.change_members(MemberChange::Promote { name }).await?,
     ))
+}
+
+/// Makes the voter `name` the master (a switchover): the master hands
+/// mastership over the way it does before a clean shutdown, without waiting
+/// out its lease, and the answer comes once `name` says it is master.
+///
+/// The master first checks that the target can take over at once: it must
+/// be a voter that has answered the master recently and is not far behind
+/// (a target that could not would leave the cluster without a master for a
+/// lease). Asking for the current master changes nothing and answers 200.
+/// Any node takes the request and passes it to the master. Waits up to the
+/// write timeout; a 504 then means mastership was handed over and the
+/// target has not taken over yet (it may still: `GET /v1/cluster` shows
+/// the master).
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/members/{name}/transfer",
+    tag = "cluster",
+    security(("cluster_token" = [])),
+    params(("name" = String, Path, description = "The member to make master.")),
+    responses(
+        (status = 200, description = "`name` is master; the cluster as it sees it.", body = ClusterInfo),
+        (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
+        (status = 404, description = "No member has this name (`member_not_found`).", body = ErrorResponse),
+        (status = 409, description = "The member is a learner (`member_not_voter`), or has not answered the master recently or is behind (`member_not_ready`; retry once it has caught up).", body = ErrorResponse),
+        (status = 503, description = "No master to hand over from, or another handoff did not end in time (`unavailable`).", body = ErrorResponse),
+        (status = 504, description = "Handed over, but `name` was not master by the deadline; it may still take over (`timeout`).", body = ErrorResponse),
+    )
+)]
+pub async fn transfer_master<S: Service>(
+    State(svc): State<S>,
+    _auth: ClusterAuth,
+    MemberName(name): MemberName,
+) -> Result<Json<ClusterInfo>, ApiError> {
+    Ok(Json(svc.transfer_master(name).await?))
 }
 
 /// Removes a member, voter or learner.

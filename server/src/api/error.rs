@@ -22,9 +22,10 @@ use crate::kv::KvError;
 const MAX_STRAY_MESSAGE: usize = 1024;
 
 /// A machine-readable error kind; each has exactly one HTTP status:
-/// `invalid_argument` 400, `unauthorized` 401, `key_not_found` and
-/// `not_found` 404, `method_not_allowed` 405, `compare_failed` and
-/// `conflict` 409, `compacted` 410, `payload_too_large` 413, `internal` 500,
+/// `invalid_argument` 400, `unauthorized` 401, `key_not_found`,
+/// `member_not_found` and `not_found` 404, `method_not_allowed` 405,
+/// `compare_failed`, `conflict`, `member_not_voter` and `member_not_ready`
+/// 409, `compacted` 410, `payload_too_large` 413, `internal` 500,
 /// `unavailable` 503 (see `Retry-After`), `timeout` 504 (the write may
 /// still commit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -38,12 +39,19 @@ pub enum ErrorCode {
     KeyNotFound,
     /// 404: no such route.
     NotFound,
+    /// 404: no member of the cluster has the name given.
+    MemberNotFound,
     /// 405: the route exists but not with this method.
     MethodNotAllowed,
     /// 409: a compare-and-swap condition did not hold; nothing changed.
     CompareFailed,
     /// 409: the membership change conflicts with the current configuration.
     Conflict,
+    /// 409: the member is a learner; only a voter can be master.
+    MemberNotVoter,
+    /// 409: the member cannot take over mastership now: the master has not
+    /// heard from it recently, or it is behind; retry once it has caught up.
+    MemberNotReady,
     /// 410: the requested revision is no longer in the watch history.
     Compacted,
     /// 413: a key, value, transaction or body is over a configured limit.
@@ -68,9 +76,14 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::KeyNotFound | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::KeyNotFound | ErrorCode::NotFound | ErrorCode::MemberNotFound => {
+                StatusCode::NOT_FOUND
+            }
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::CompareFailed | ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::CompareFailed
+            | ErrorCode::Conflict
+            | ErrorCode::MemberNotVoter
+            | ErrorCode::MemberNotReady => StatusCode::CONFLICT,
             ErrorCode::Compacted => StatusCode::GONE,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -211,6 +224,10 @@ impl From<ServiceError> for ApiError {
             ),
             ServiceError::Conflict(_) => ApiError::new(ErrorCode::Conflict, message),
             ServiceError::Diverged(_) => ApiError::new(ErrorCode::ReplicaDiverged, message),
+            ServiceError::UnknownMember(_) => ApiError::new(ErrorCode::MemberNotFound, message),
+            ServiceError::NotVoter(_) => ApiError::new(ErrorCode::MemberNotVoter, message),
+            ServiceError::NotReady(_) => ApiError::new(ErrorCode::MemberNotReady, message),
+            ServiceError::HandoffTimeout(_) => ApiError::new(ErrorCode::Timeout, message),
             ServiceError::Internal(_) => ApiError::internal(message),
         }
     }

@@ -190,6 +190,21 @@ pub enum ServiceError {
     /// (503, `replica_diverged`).
     #[error("{0}")]
     Diverged(String),
+    /// No member has the name given (404, `member_not_found`).
+    #[error("{0}")]
+    UnknownMember(String),
+    /// The member is a learner, and the request needs a voter (409,
+    /// `member_not_voter`).
+    #[error("{0}")]
+    NotVoter(String),
+    /// The member cannot take over now: the master has not heard from it
+    /// recently, or it is behind (409, `member_not_ready`).
+    #[error("{0}")]
+    NotReady(String),
+    /// Mastership was handed over but the new master was not seen in
+    /// charge by the deadline; it may still take over (504, `timeout`).
+    #[error("{0}")]
+    HandoffTimeout(String),
 }
 
 /// Everything the public API needs from a node.
@@ -244,6 +259,16 @@ pub trait Service: Clone + Send + Sync + 'static {
         peer_url: Option<String>,
         learner: bool,
     ) -> impl Future<Output = Result<ReplaceReport, ServiceError>> + Send;
+
+    /// Moves mastership to the voter `name` (a switchover): the master
+    /// hands it over the way it does on a clean shutdown, and the call
+    /// returns once `name` says it is master, with the cluster as it sees
+    /// it. Asking for the current master changes nothing. Bounded by the
+    /// write timeout.
+    fn transfer_master(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<ClusterInfo, ServiceError>> + Send;
 
     fn health(&self) -> Health;
 

@@ -193,6 +193,20 @@ impl Service for Fake {
         })
     }
 
+    async fn transfer_master(&self, name: String) -> Result<ClusterInfo, ServiceError> {
+        match name.as_str() {
+            "n1" => self.cluster().await,
+            "learner" => Err(ServiceError::NotVoter(format!("{name} is a learner"))),
+            "lagging" => Err(ServiceError::NotReady(format!("{name} is behind"))),
+            "slow" => Err(ServiceError::HandoffTimeout(format!(
+                "{name} was not master in time"
+            ))),
+            _ => Err(ServiceError::UnknownMember(format!(
+                "no member is named {name:?}"
+            ))),
+        }
+    }
+
     fn health(&self) -> Health {
         if self.inner.ready.load(Ordering::Relaxed) {
             Health {
@@ -656,6 +670,43 @@ async fn membership_changes_need_the_cluster_token() {
     assert_eq!(info.json()["members"][0]["role"], "voter");
 }
 
+#[tokio::test]
+async fn a_mastership_transfer_needs_the_token_and_names_each_refusal() {
+    let router = Fake::new().router();
+    let path = |name: &str| format!("/v1/cluster/members/{name}/transfer");
+    call(&router, Method::POST, &path("n1"), Body::empty())
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    call_with_token(&router, Method::POST, &path("n1"), "wrong")
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let ok = call_with_token(&router, Method::POST, &path("n1"), TOKEN).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.json()["master"], "n1");
+    call_with_token(&router, Method::POST, &path("nobody"), TOKEN)
+        .await
+        .error(StatusCode::NOT_FOUND, "member_not_found");
+    call_with_token(&router, Method::POST, &path("learner"), TOKEN)
+        .await
+        .error(StatusCode::CONFLICT, "member_not_voter");
+    call_with_token(&router, Method::POST, &path("lagging"), TOKEN)
+        .await
+        .error(StatusCode::CONFLICT, "member_not_ready");
+    let slow = call_with_token(&router, Method::POST, &path("slow"), TOKEN)
+        .await
+        .error(StatusCode::GATEWAY_TIMEOUT, "timeout");
+    assert!(
+        !slow["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("write"),
+        "a handoff is not a write: {slow}"
+    );
+    call_with_token(&router, Method::GET, &path("n1"), TOKEN)
+        .await
+        .error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
+
 /// Reads the SSE stream until `count` events have arrived.
 async fn sse_events(router: &Router, uri: &str, count: usize) -> Vec<String> {
     let request = Request::builder()
@@ -814,6 +865,7 @@ async fn openapi_json_describes_every_route() {
         ("/v1/cluster/members/{name}/promote", "post"),
         ("/v1/cluster/members/{name}", "delete"),
         ("/v1/cluster/members/{name}/replace", "post"),
+        ("/v1/cluster/members/{name}/transfer", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),

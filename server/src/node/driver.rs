@@ -21,8 +21,8 @@ use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::kv::{Event, OpResult, Store, StoreConfig};
 use crate::paxos::{
-    Command, ConfChange, Envelope, Index, Membership, NodeId, ProposeError, ReadError, Replica,
-    RequestId, SnapshotMeta, Status, Value,
+    Command, ConfChange, Envelope, HandoffError, Index, Membership, NodeId, ProposeError,
+    ReadError, Replica, RequestId, SnapshotMeta, Status, Value,
 };
 use crate::storage::snapshot_file::{self, Sealed};
 use crate::storage::{DiskStore, LogStore};
@@ -53,9 +53,12 @@ pub enum Input {
         change: ConfChange,
         reply: oneshot::Sender<Result<Index, ProposeError>>,
     },
-    /// Hand mastership to the most caught-up voter (clean shutdown).
+    /// Hand mastership to `target`, or to the most caught-up voter when
+    /// `None` (clean shutdown); answered with the target once the handoff
+    /// has begun, or with why not (see [`Replica::hand_off`]).
     HandOff {
-        reply: oneshot::Sender<Result<NodeId, String>>,
+        target: Option<NodeId>,
+        reply: oneshot::Sender<Result<NodeId, HandoffError>>,
     },
     /// This replica's state is known to be wrong: never run for master.
     ForbidCandidacy,
@@ -293,24 +296,8 @@ impl Driver {
                 self.compacting = false;
                 tracing::warn!(%error, "compaction did not finish; will retry");
             }
-            Input::HandOff { reply } => {
-                let me = self.replica.id();
-                let progress = self.replica.peer_progress();
-                let target = self
-                    .replica
-                    .membership()
-                    .voters()
-                    .filter(|v| *v != me)
-                    .max_by_key(|v| progress.get(v).copied().unwrap_or(0));
-                let result = match target {
-                    None => Err("no other voter to hand mastership to".to_string()),
-                    Some(t) => self
-                        .replica
-                        .transfer_mastership(now, t)
-                        .map(|()| t)
-                        .map_err(|e| e.to_string()),
-                };
-                let _ = reply.send(result);
+            Input::HandOff { target, reply } => {
+                let _ = reply.send(self.replica.hand_off(now, target));
             }
             Input::ForbidCandidacy => self.replica.forbid_candidacy(),
             Input::Shutdown => {}

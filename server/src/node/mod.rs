@@ -7,6 +7,7 @@ pub mod digest;
 pub mod driver;
 pub mod peer;
 mod replace;
+mod transfer;
 pub mod transport;
 pub mod wire;
 
@@ -38,7 +39,7 @@ use crate::telemetry::Metrics;
 
 use driver::{Driver, Input, Published, ReadLease};
 use transport::Outbox;
-use wire::{ChangeReply, ProposeReply, ReadIndexReply};
+use wire::{ChangeReply, ProposeReply, ReadIndexReply, TransferReply};
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -751,24 +752,15 @@ impl Node {
     }
 
     /// If this node is master, hands mastership to the most caught-up voter
-    /// and waits (up to `within`) until it is no longer master, so clients
-    /// see no lease-long gap when this node goes away.
+    /// that can take over at once and waits (up to `within`) until it is no
+    /// longer master, so clients see no lease-long gap when this node goes
+    /// away.
     pub async fn hand_off(&self, within: Duration) {
         if !self.is_master() {
             return;
         }
-        let (reply, rx) = oneshot::channel();
-        if self.submit(Input::HandOff { reply }).is_err() {
-            return;
-        }
-        match rx.await {
-            Ok(Ok(target)) => {
-                let name = self.member_name(target).unwrap_or_default();
-                tracing::info!(to = %name, "handing mastership over");
-                let deadline = Instant::now() + within;
-                let _ = self
-                    .wait_until(deadline, "hand mastership over", |p| !p.status.is_master)
-                    .await;
+        match self.transfer_to(None, within).await {
+            Ok(TransferReply::HandedOver { .. }) => {
                 // Stepping down queues the target's cue to take over at
                 // once; leaving before it is on the wire would make it wait
                 // out an election instead.
@@ -777,8 +769,11 @@ impl Node {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
-            Ok(Err(e)) => tracing::info!(reason = %e, "not handing mastership over"),
-            Err(_) => {}
+            Ok(TransferReply::Refused { message, .. }) => {
+                tracing::info!(reason = %message, "not handing mastership over");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::info!(reason = %e, "mastership was not handed over"),
         }
     }
 
@@ -1263,6 +1258,24 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The master's view of the cluster (`info`) with this node's own state
+    /// and progress in it, as `/v1/cluster` answers on this node.
+    fn with_own_state(&self, mut info: ClusterInfo) -> ClusterInfo {
+        let local = self.local_cluster();
+        info.node = local.node;
+        info.node_id = local.node_id;
+        info.node_state = local.node_state;
+        info.node_state_reason = local.node_state_reason;
+        info.divergence = local.divergence;
+        info.revision = local.revision;
+        info.applied_index = local.applied_index;
+        info.commit_index = local.commit_index;
+        info.lease_remaining_ms = None;
+        info
+    }
+}
+
 /// A per-process id for this node's requests: the node name, the wall clock
 /// and the process id keep two incarnations of one node from reusing ids.
 fn request_id_seed(name: &str, epoch: Instant) -> u64 {
@@ -1470,21 +1483,11 @@ impl Service for Node {
         };
         if !is_master && let Some(m) = master {
             let deadline = Instant::now() + Duration::from_secs(1);
-            if let Ok(mut info) = self
+            if let Ok(info) = self
                 .call_peer::<_, ClusterInfo>(m, "/peer/v1/cluster", &(), deadline)
                 .await
             {
-                let local = self.local_cluster();
-                info.node = local.node;
-                info.node_id = local.node_id;
-                info.node_state = local.node_state;
-                info.node_state_reason = local.node_state_reason;
-                info.divergence = local.divergence;
-                info.revision = local.revision;
-                info.applied_index = local.applied_index;
-                info.commit_index = local.commit_index;
-                info.lease_remaining_ms = None;
-                return Ok(info);
+                return Ok(self.with_own_state(info));
             }
         }
         Ok(self.local_cluster())
@@ -1572,6 +1575,10 @@ impl Service for Node {
         learner: bool,
     ) -> Result<ReplaceReport, ServiceError> {
         self.replace_step(name, peer_url, learner).await
+    }
+
+    async fn transfer_master(&self, name: String) -> Result<ClusterInfo, ServiceError> {
+        self.switch_over(&name).await
     }
 
     fn health(&self) -> Health {

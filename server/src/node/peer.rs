@@ -1,8 +1,8 @@
 //! The peer API (peer port): Paxos messages, snapshots, and the master's side
-//! of forwarded writes, read-index requests and membership changes. Every
-//! route but the document itself requires the cluster token as a bearer
-//! token; clients never need this port, and a NetworkPolicy can close it to
-//! everyone but the cluster.
+//! of forwarded writes, read-index requests, membership changes and
+//! mastership handoffs. Every route but the document itself requires the
+//! cluster token as a bearer token; clients never need this port, and a
+//! NetworkPolicy can close it to everyone but the cluster.
 //!
 //! Bodies are JSON (see [`super::wire`]). The handlers' annotations generate the peer API's
 //! OpenAPI document ([`openapi`], committed as `openapi/phxkv-peer.json`).
@@ -22,7 +22,8 @@ use crate::api::service::ServiceError;
 use crate::paxos::{Command, ConfChange, Envelope};
 
 use super::wire::{
-    self, ChangeReply, PeerBody, PeerErrorCode, ProposeReply, ReadIndexReply, Reply,
+    self, ChangeReply, PeerBody, PeerErrorCode, ProposeReply, ReadIndexReply, Reply, TransferReply,
+    TransferRequest,
 };
 use super::{Misaddressed, Node};
 
@@ -39,6 +40,7 @@ pub fn router(node: Node) -> axum::Router {
         .route("/peer/v1/propose_batch", post(propose_batch))
         .route("/peer/v1/read_index", post(read_index))
         .route("/peer/v1/change", post(change))
+        .route("/peer/v1/transfer", post(transfer))
         .route("/peer/v1/cluster", post(cluster))
         .route("/peer/v1/hello", get(hello))
         .route("/peer/v1/digests", post(digests))
@@ -526,6 +528,24 @@ async fn change(State(node): State<Node>, body: PeerBody<ConfChange>) -> Respons
     }
 }
 
+/// A request to hand mastership to a member, forwarded to the master. The
+/// master checks that the target can take over at once, hands over, and
+/// answers once it is no longer master (or why it did not hand over).
+#[utoipa::path(
+    post,
+    path = "/peer/v1/transfer",
+    tag = "membership",
+    request_body(content((TransferRequest = "application/json"))),
+    responses((status = 200, description = "Handed over, or why not.", body = TransferReply))
+)]
+async fn transfer(State(node): State<Node>, body: PeerBody<TransferRequest>) -> Response {
+    let within = node.inner.cfg.write_timeout;
+    match node.transfer_to(Some(body.value.target), within).await {
+        Ok(reply) => Reply::<TransferReply>(reply).into_response(),
+        Err(e) => service_error(e),
+    }
+}
+
 /// This node's view of the cluster: the public `ClusterInfo` document,
 /// always JSON. The body is ignored.
 #[utoipa::path(
@@ -581,6 +601,7 @@ an incompatible change of these bodies.",
         propose_batch,
         read_index,
         change,
+        transfer,
         cluster,
         hello,
         digests,

@@ -242,6 +242,68 @@ pub enum ChangeReply {
     Rejected(String),
 }
 
+/// A request to the master to hand mastership to a member
+/// (`POST /peer/v1/transfer`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TransferRequest {
+    /// The member to hand mastership to (its incarnation id).
+    pub target: NodeId,
+}
+
+/// The master's answer to a handoff request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferReply {
+    /// Handed over: this node is no longer master, and `master` is the
+    /// node it now takes for master (the target, unless the handoff failed
+    /// and an election followed).
+    HandedOver {
+        master: Option<NodeId>,
+    },
+    /// The target is this node, and it is master.
+    AlreadyMaster,
+    NotMaster {
+        hint: Option<NodeId>,
+    },
+    /// Not handed over, and asking again at once would not change that.
+    Refused {
+        reason: TransferRefusal,
+        message: String,
+    },
+}
+
+/// Why a master refused to hand mastership to a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferRefusal {
+    /// The target is not in the master's configuration.
+    NotMember,
+    /// The target is a learner.
+    NotVoter,
+    /// The target has not answered the master recently, or is behind.
+    NotReady,
+    /// Another handoff is under way; ask again shortly.
+    InProgress,
+}
+
+impl From<crate::paxos::HandoffError> for TransferReply {
+    fn from(e: crate::paxos::HandoffError) -> Self {
+        use crate::paxos::HandoffError as E;
+        let reason = match &e {
+            E::NotMaster { hint } => return TransferReply::NotMaster { hint: *hint },
+            E::AlreadyMaster(_) => return TransferReply::AlreadyMaster,
+            E::NotMember(_) => TransferRefusal::NotMember,
+            E::NotVoter(_) => TransferRefusal::NotVoter,
+            E::Unreachable(_) | E::Behind { .. } | E::NoCandidate => TransferRefusal::NotReady,
+            E::InProgress => TransferRefusal::InProgress,
+        };
+        TransferReply::Refused {
+            reason,
+            message: e.to_string(),
+        }
+    }
+}
+
 /// Snapshot body: a 4-byte big-endian length, the JSON metadata, then the
 /// state machine bytes.
 pub fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
