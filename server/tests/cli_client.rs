@@ -368,6 +368,66 @@ async fn status_members_and_failover() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn members_transfer_moves_mastership_and_explains_refusals() {
+    let c = Cluster::start(3, &[]).await;
+    let ep = all_endpoints(&c);
+    let token = c.dir.path().join("token");
+    let token = token.to_str().expect("a UTF-8 path");
+    let old = c.wait_for_master(std::time::Duration::from_secs(20)).await;
+    let name = c.procs[(old + 1) % 3].name.clone();
+
+    let r = phxkv(
+        &ep,
+        &[
+            "members",
+            "transfer",
+            &name,
+            "--token-file",
+            token,
+            "-o",
+            "json",
+        ],
+        "",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+    assert_eq!(v["master"].as_str(), Some(name.as_str()), "{v}");
+    assert!(
+        r.stderr.contains(&format!("{name} is master")),
+        "{}",
+        r.stderr
+    );
+    // Text output: the message, then the members.
+    let r = phxkv(
+        &ep,
+        &["members", "transfer", &name, "--token-file", token],
+        "",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with(&format!("{name} is master\n")),
+        "{}",
+        r.stdout
+    );
+
+    // One line on stderr for each refusal, with the exit code it means.
+    let r = phxkv(
+        &ep,
+        &["members", "transfer", "nobody", "--token-file", token],
+        "",
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no member is named"), "{}", r.stderr);
+    let r = phxkv(&ep, &["members", "transfer", &name], "");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("cluster token"), "{}", r.stderr);
+    let r = phxkv(&ep, &["members", "transfer", "--help"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Make a voter the master"), "{}", r.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn shell_driven_through_stdin() {
     let c = Cluster::start(3, &[]).await;
     let ep = all_endpoints(&c);

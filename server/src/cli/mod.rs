@@ -42,7 +42,7 @@ pub enum Command {
     Watch(client::watch::WatchArgs),
     /// Show the cluster's members, master and progress.
     Status(client::status::StatusArgs),
-    /// List, add, promote or remove cluster members.
+    /// List, add, promote, remove or replace cluster members; move mastership.
     Members(client::members::MembersArgs),
     /// An interactive prompt: get, put, delete, list, status.
     Shell(client::shell::ShellArgs),

@@ -18,7 +18,7 @@ pub struct MembersArgs {
     #[command(subcommand)]
     pub action: Option<MembersAction>,
     /// A file holding the cluster token (the one the nodes were started
-    /// with); needed by add, promote, remove and replace.
+    /// with); needed by add, promote, remove, replace and transfer.
     #[arg(
         long,
         env = "PHXKV_CLUSTER_TOKEN_FILE",
@@ -55,6 +55,16 @@ pub enum MembersAction {
     /// Remove a member, voter or learner.
     Remove {
         /// The member's name.
+        name: String,
+    },
+    /// Make a voter the master (a switchover), without waiting out a lease.
+    ///
+    /// The master hands mastership over as it does before a clean
+    /// shutdown, and the command returns once NAME is master. Refused for a
+    /// learner, and for a voter the master has not heard from recently or
+    /// that is behind. Naming the master changes nothing.
+    Transfer {
+        /// The member to make master.
         name: String,
     },
     /// Replace a member whose node came back with a new data directory (a
@@ -140,6 +150,16 @@ pub async fn run(args: MembersArgs) -> Result<(), CliError> {
                 .send(|h, base| h.delete(format!("{base}{path}")))
                 .await?;
             (format!("removed {name}"), http::json(resp).await?)
+        }
+        MembersAction::Transfer { name } => {
+            let path = format!(
+                "/v1/cluster/members/{}/transfer",
+                path_segment(name.as_bytes())
+            );
+            let resp = client
+                .send(|h, base| h.post(format!("{base}{path}")))
+                .await?;
+            (format!("{name} is master"), http::json(resp).await?)
         }
         MembersAction::Replace {
             name,
