@@ -5,13 +5,19 @@
 //! running cluster through its own API ([`members`]), and lets a pure
 //! planner ([`plan`]) pick the next safe step: a membership change, a
 //! StatefulSet resize or one pod replaced. [`metrics`] exports what it does.
+//!
+//! Around it: [`leader`] elects one replica of the operator to reconcile,
+//! [`install`] keeps the CRD current, and [`run`] is what the leader runs.
 
 pub mod controller;
 pub mod crd;
+pub mod install;
+pub mod leader;
 pub mod members;
 pub mod metrics;
 pub mod plan;
 pub mod render;
+pub mod run;
 
 use kube::CustomResourceExt;
 

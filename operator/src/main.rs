@@ -1,24 +1,21 @@
 //! `phxkv-operator`: `run` watches `PaxosKV` resources and manages their
-//! clusters; `crd` prints the CustomResourceDefinition the chart installs.
+//! clusters (on the replica that holds the leader Lease); `crd` prints the
+//! CustomResourceDefinition the chart installs.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service;
-use kube::api::Api;
-use kube::runtime::Controller;
+use clap::{ArgAction, Parser, Subcommand};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
 use phxkv::telemetry::{self, LogFormat};
 use phxkv_operator::controller::{self, Context};
 use phxkv_operator::crd::PaxosKV;
-use phxkv_operator::metrics::{self, OperatorMetrics};
+use phxkv_operator::leader::{self, Elector, LeaseConfig, Stop};
+use phxkv_operator::metrics::{self, OperatorMetrics, Role};
 use phxkv_operator::render::Defaults;
+use phxkv_operator::run::{self, Leading};
 
 /// Kubernetes operator for phxkv: manages PaxosKV clusters.
 #[derive(Parser, Debug)]
@@ -38,6 +35,8 @@ enum Command {
     /// (for review or offline validation); nothing is sent anywhere.
     Render(RenderArgs),
 }
+
+const DEFAULT_LEASE_NAME: &str = "phxkv-operator";
 
 #[derive(clap::Args, Debug)]
 struct RenderArgs {
@@ -70,6 +69,40 @@ struct RunArgs {
     /// Re-check interval of a cluster that matches its spec.
     #[arg(long, env = "PHXKV_OPERATOR_RESYNC", default_value = "30s", value_parser = phxkv::cli::parse_duration)]
     resync: Duration,
+    /// Elect one leader among the operator's replicas through a Lease
+    /// (coordination.k8s.io/v1); only the leader reconciles, the others
+    /// wait as standbys and take over when it goes. `false` reconciles at
+    /// once: for a single replica only.
+    #[arg(long, env = "PHXKV_OPERATOR_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the leader Lease. Replicas with the same name and namespace
+    /// compete for it.
+    #[arg(long, env = "PHXKV_OPERATOR_LEASE_NAME", default_value = DEFAULT_LEASE_NAME)]
+    lease_name: String,
+    /// Namespace of the leader Lease: the operator's own (the chart sets
+    /// POD_NAMESPACE from the pod). Default: the client's namespace (in a
+    /// pod, its service account's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's name as lease holder, unique among the replicas: its
+    /// pod name (the chart sets POD_NAME from the pod). Default: the host
+    /// name.
+    #[arg(long, env = "POD_NAME")]
+    lease_identity: Option<String>,
+    /// How long the lease lasts without a renewal: whole seconds, 3s to 1h.
+    /// The leader renews every fifth of it and stops reconciling once two
+    /// thirds of it passed without a successful renewal; a standby takes
+    /// over after a whole duration without renewals (at once when the
+    /// leader released the lease on shutdown).
+    #[arg(long, env = "PHXKV_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = phxkv::cli::parse_duration)]
+    lease_duration: Duration,
+    /// Apply the PaxosKV CRD this operator was built with whenever it starts
+    /// leading (server-side apply, field manager phxkv-operator), so that
+    /// `helm upgrade` upgrades the CRD too; a CRD applied by a newer
+    /// operator is left alone. `false` never touches CRDs (and needs no RBAC
+    /// for them).
+    #[arg(long, env = "PHXKV_OPERATOR_MANAGE_CRD", default_value_t = true, action = ArgAction::Set)]
+    manage_crd: bool,
 }
 
 fn main() -> ExitCode {
@@ -141,13 +174,27 @@ async fn run(args: RunArgs) -> Result<(), String> {
     if args.default_image.trim().is_empty() {
         return Err("--default-image must name an image".into());
     }
-    let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "phxkv-operator".into());
-    let _telemetry = telemetry::init("phxkv-operator", &instance, args.log_format)
+    let identity = match &args.lease_identity {
+        Some(id) => id.clone(),
+        None => std::env::var("HOSTNAME")
+            .unwrap_or_else(|_| format!("phxkv-operator-{:08x}", rand::random::<u32>())),
+    };
+    let _telemetry = telemetry::init("phxkv-operator", &identity, args.log_format)
         .map_err(|e| format!("telemetry: {e}"))?;
 
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    let lease = LeaseConfig::new(
+        args.lease_name.clone(),
+        args.lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string()),
+        identity.clone(),
+        args.lease_duration,
+    )
+    .map_err(|e| e.to_string())?;
+
     let metrics = OperatorMetrics::new();
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
@@ -172,7 +219,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             client.clone(),
             Reporter {
                 controller: "phxkv-operator".into(),
-                instance: Some(instance),
+                instance: Some(identity.clone()),
             },
         ),
         http,
@@ -181,41 +228,64 @@ async fn run(args: RunArgs) -> Result<(), String> {
         busy_requeue: Duration::from_secs(3),
         idle_requeue: args.resync,
     });
-
-    let (pkvs, sets, services) = match &args.namespace {
-        Some(ns) => (
-            Api::<PaxosKV>::namespaced(client.clone(), ns),
-            Api::<StatefulSet>::namespaced(client.clone(), ns),
-            Api::<Service>::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::<PaxosKV>::all(client.clone()),
-            Api::<StatefulSet>::all(client.clone()),
-            Api::<Service>::all(client.clone()),
-        ),
-    };
-    // Fail early and clearly when the CRD is missing or RBAC forbids listing.
-    pkvs.list(&kube::api::ListParams::default().limit(1))
-        .await
-        .map_err(|e| format!("cannot list PaxosKV resources (is the CRD installed?): {e}"))?;
     tracing::info!(
         namespace = args.namespace.as_deref().unwrap_or("<all>"),
         image = %args.default_image,
+        identity = %identity,
+        leader_election = args.leader_election,
         "phxkv-operator started"
     );
-    metrics.set_ready();
 
-    Controller::new(pkvs, watcher::Config::default())
-        .owns(sets, watcher::Config::default())
-        .owns(services, watcher::Config::default())
-        .shutdown_on_signal()
-        .run(controller::reconcile, controller::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile did not complete");
-            }
-        })
-        .await;
+    let leading = Leading {
+        ctx,
+        namespace: args.namespace.clone(),
+        manage_crd: args.manage_crd,
+    };
+    let lead = |stop: Stop| run::lead(leading.clone(), stop);
+    let result = if args.leader_election {
+        tracing::info!(
+            lease = %lease.name,
+            namespace = %lease.namespace,
+            duration = ?lease.duration,
+            "campaigning for the leader lease"
+        );
+        let mut elector = Elector::new(client.clone(), lease);
+        leader::run_elected(&mut elector, &metrics, shutdown_signal(), lead).await
+    } else {
+        metrics.set_role(Role::Leading {
+            controller_running: false,
+        });
+        let (raise, stop) = Stop::new();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = raise.send(true);
+        });
+        lead(stop).await
+    };
     tracing::info!("phxkv-operator stopped");
-    Ok(())
+    result
+}
+
+/// Resolves on SIGTERM (what Kubernetes sends a pod it stops) or Ctrl+C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = terminate => tracing::info!("SIGTERM received"),
+        () = interrupt => tracing::info!("interrupted"),
+    }
 }

@@ -1,8 +1,17 @@
-//! The operator's own metrics (reconciles, failures, orchestration steps)
-//! and the small HTTP listener that serves them with the probes.
+//! The operator's own metrics (reconciles, failures, orchestration steps,
+//! leadership) and the small HTTP listener that serves them with the probes.
+//!
+//! The probes: `/healthz` answers 200 while the process serves HTTP (the
+//! liveness probe; a standby must never be restarted for being a standby).
+//! `/readyz` answers for the replica's [`Role`]: 200 `leader` once the
+//! leader's controller runs; 200 `standby` for a replica waiting for the
+//! lease that can read it (so it can take over: a Deployment of a leader and
+//! a standby becomes Available, rolls and drains); 503 while starting, while
+//! a new leader sets up, and for a standby that cannot read the lease. The
+//! body says which, and `phxkv_operator_leader` is 1 on the leader only.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,6 +22,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -33,7 +43,58 @@ struct Inner {
     failures: Family<KindLabel, Counter>,
     steps: Family<KindLabel, Counter>,
     duration: Histogram,
-    ready: AtomicBool,
+    leader: Gauge<i64, AtomicI64>,
+    role: Mutex<Role>,
+}
+
+/// What this replica is doing, for `/readyz` and the leader gauge.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Not yet campaigning, or stopping.
+    #[default]
+    Starting,
+    /// Waiting for the lease.
+    Standby {
+        /// Who holds it, as last seen.
+        holder: Option<String>,
+        /// The last try could read the lease (else this replica could not
+        /// take over: not ready).
+        lease_readable: bool,
+    },
+    /// Holds the lease.
+    Leading {
+        /// The controller runs (else it is still being set up).
+        controller_running: bool,
+    },
+}
+
+impl Role {
+    /// Whether `/readyz` answers 200, and what it says.
+    pub fn readiness(&self) -> (bool, String) {
+        match self {
+            Role::Starting => (false, "starting".into()),
+            Role::Leading {
+                controller_running: true,
+            } => (true, "leader".into()),
+            Role::Leading {
+                controller_running: false,
+            } => (false, "leader, starting the controller".into()),
+            Role::Standby {
+                holder,
+                lease_readable,
+            } => {
+                let held = match holder {
+                    Some(h) => format!("the lease is held by {h}"),
+                    None => "the lease has no holder".into(),
+                };
+                if *lease_readable {
+                    (true, format!("standby: {held}"))
+                } else {
+                    (false, format!("standby, cannot read the lease: {held}"))
+                }
+            }
+        }
+    }
 }
 
 /// Series the controller updates; cheap to clone.
@@ -57,7 +118,8 @@ impl OperatorMetrics {
             duration: Histogram::new([
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
-            ready: AtomicBool::new(false),
+            leader: Gauge::default(),
+            role: Mutex::new(Role::Starting),
         };
         let r = &mut inner.registry;
         r.register(
@@ -79,6 +141,11 @@ impl OperatorMetrics {
             "reconcile_duration_seconds",
             "Time one reconcile pass takes",
             inner.duration.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader lease, else 0",
+            inner.leader.clone(),
         );
         OperatorMetrics(Arc::new(inner))
     }
@@ -103,9 +170,23 @@ impl OperatorMetrics {
         self.0.steps.get_or_create(&KindLabel { kind }).inc();
     }
 
-    /// Marks the operator ready (its watches are running).
-    pub fn set_ready(&self) {
-        self.0.ready.store(true, Ordering::Relaxed);
+    /// Records what this replica does now.
+    pub fn set_role(&self, role: Role) {
+        self.0
+            .leader
+            .set(i64::from(matches!(role, Role::Leading { .. })));
+        // A poisoned lock only means a panic elsewhere; the value is plain.
+        let mut current = self.0.role.lock().unwrap_or_else(|p| p.into_inner());
+        *current = role;
+    }
+
+    /// What this replica does now.
+    pub fn role(&self) -> Role {
+        self.0
+            .role
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The OpenMetrics text of every series.
@@ -138,9 +219,11 @@ async fn render(State(m): State<OperatorMetrics>) -> impl IntoResponse {
 }
 
 async fn ready(State(m): State<OperatorMetrics>) -> impl IntoResponse {
-    if m.0.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
+    let (ready, what) = m.role().readiness();
+    let status = if ready {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, what)
 }
