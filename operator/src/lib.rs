@@ -7,8 +7,11 @@
 //! StatefulSet resize or one pod replaced. [`metrics`] exports what it does.
 //!
 //! Around it: [`leader`] elects one replica of the operator to reconcile,
-//! [`install`] keeps the CRD current, and [`run`] is what the leader runs.
+//! [`install`] keeps the CRD current, [`run`] is what the leader runs
+//! and [`access`] lists every Kubernetes API call the operator makes (the
+//! chart's RBAC grants exactly those).
 
+pub mod access;
 pub mod controller;
 pub mod crd;
 pub mod install;

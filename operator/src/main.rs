@@ -1,6 +1,7 @@
 //! `phxkv-operator`: `run` watches `PaxosKV` resources and manages their
 //! clusters (on the replica that holds the leader Lease); `crd` prints the
-//! CustomResourceDefinition the chart installs.
+//! CustomResourceDefinition the chart installs; `rbac` prints the API
+//! access the operator needs.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, Subcommand};
 use kube::runtime::events::{Recorder, Reporter};
 use phxkv::telemetry::{self, LogFormat};
+use phxkv_operator::access;
 use phxkv_operator::controller::{self, Context};
 use phxkv_operator::crd::PaxosKV;
 use phxkv_operator::leader::{self, Elector, LeaseConfig, Stop};
@@ -34,6 +36,19 @@ enum Command {
     /// Print the objects the operator would create for a PaxosKV manifest
     /// (for review or offline validation); nothing is sent anywhere.
     Render(RenderArgs),
+    /// Print, as JSON, the Kubernetes API access `run` needs with these
+    /// settings (the chart's RBAC grants exactly this).
+    Rbac(RbacArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RbacArgs {
+    /// As `run --lease-name`.
+    #[arg(long, default_value = DEFAULT_LEASE_NAME)]
+    lease_name: String,
+    /// As `run --manage-crd`.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    manage_crd: bool,
 }
 
 const DEFAULT_LEASE_NAME: &str = "phxkv-operator";
@@ -112,6 +127,17 @@ fn main() -> ExitCode {
             print(phxkv_operator::crd_yaml().map_err(|e| format!("cannot render the CRD: {e}")))
         }
         Command::Render(args) => print(render(&args)),
+        Command::Rbac(args) => print(
+            serde_json::to_string_pretty(&access::rules_json(&access::Settings {
+                lease_name: args.lease_name,
+                manage_crd: args.manage_crd,
+            }))
+            .map(|mut json| {
+                json.push('\n');
+                json
+            })
+            .map_err(|e| format!("cannot encode the rules: {e}")),
+        ),
         Command::Run(args) => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,

@@ -1,0 +1,224 @@
+//! The operator's table of API access (`phxkv_operator::access`) against
+//! what its code actually asks of the API server: every path that talks to
+//! Kubernetes runs against a fake API server, each request is turned into
+//! the RBAC permission it needs, and the set of them must equal the table.
+//! A call the table lacks fails this test, and so does a rule that no code
+//! uses; `e2e/chart/check.sh` then holds the chart's RBAC to the table.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Path;
+use axum::routing::get;
+use axum::{Json, Router};
+use kube::CustomResourceExt;
+use kube::runtime::events::{Recorder, Reporter};
+use phxkv_operator::access::{self, Permission, Settings};
+use phxkv_operator::controller::{self, Context};
+use phxkv_operator::crd::{PaxosKV, PaxosKVSpec};
+use phxkv_operator::install;
+use phxkv_operator::leader::{Elector, LeaseConfig, Stop};
+use phxkv_operator::metrics::OperatorMetrics;
+use phxkv_operator::render::Defaults;
+use phxkv_operator::run::{self, Leading};
+use serde_json::{Value, json};
+use support::{FakeApi, Seen, until};
+
+const NS: &str = "/api/v1/namespaces/db";
+const APPS: &str = "/apis/apps/v1/namespaces/db";
+const PKVS: &str = "/apis/phxkv.io/v1alpha1/namespaces/db/paxoskvs";
+const CRD: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/paxoskvs.phxkv.io";
+
+fn member(name: &str, master: bool) -> Value {
+    let ordinal: u64 = name
+        .rsplit('-')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(9);
+    json!({"name": name, "id": format!("{:016x}", ordinal + 1), "role": "voter",
+           "peer_url": format!("http://{name}.up-peers:8081"), "is_master": master,
+           "commit_index": 10, "healthy": true})
+}
+
+/// A phxkv cluster `up` of three healthy voters, kv master `up-0`.
+async fn fake_phxkv() -> String {
+    async fn cluster(Path(pod): Path<String>) -> Json<Value> {
+        Json(
+            json!({"cluster_id": "up.db", "node": pod, "node_id": "0000000000000001",
+            "node_state": "member", "node_state_reason": null, "master": "up-0",
+            "lease_remaining_ms": 900, "revision": 5, "applied_index": 10, "commit_index": 10,
+            "members": [member("up-0", true), member("up-1", false), member("up-2", false)]}),
+        )
+    }
+    let app = Router::new().route("/pods/{pod}/v1/cluster", get(cluster));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+fn paxoskv(name: &str, spec: Value) -> PaxosKV {
+    let spec: PaxosKVSpec = serde_json::from_value(spec).expect("spec");
+    let mut pkv = PaxosKV::new(name, spec);
+    pkv.metadata.namespace = Some("db".into());
+    pkv.metadata.uid = Some(format!("uid-{name}"));
+    pkv.metadata.generation = Some(1);
+    pkv
+}
+
+fn pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "db",
+                        "labels": {"app.kubernetes.io/name": "phxkv", "app.kubernetes.io/instance": "up",
+                                   "controller-revision-hash": "up-rev1"}},
+           "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
+/// The permission each request needed: its own, and `create` too for an
+/// apply that created its object.
+fn needed(log: &[Seen]) -> Vec<Permission> {
+    let mut out = vec![];
+    for s in log {
+        let Some(p) = access::permission_for(&s.method, &s.path) else {
+            continue;
+        };
+        if s.created {
+            out.push(p.with_verb("create"));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_access_table_lists_exactly_the_calls_the_operator_makes() {
+    let api = FakeApi::new();
+    let client = api.client("ops");
+    let url = fake_phxkv().await;
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        defaults: Defaults {
+            image: "ghcr.io/phxkv/phxkv:0.1.0".into(),
+        },
+        recorder: Recorder::new(client.clone(), Reporter::from("phxkv-operator")),
+        http: reqwest::Client::new(),
+        resolver: Arc::new(move |_, _, pod| format!("{url}/pods/{pod}")),
+        metrics: OperatorMetrics::new(),
+        busy_requeue: Duration::from_secs(3),
+        idle_requeue: Duration::from_secs(30),
+    });
+
+    // A new cluster: its objects, token, bootstrap record, status, events.
+    let kv = paxoskv("kv", json!({"replicas": 3}));
+    api.put(
+        &format!("{PKVS}/kv"),
+        serde_json::to_value(&kv).expect("pkv"),
+    );
+    controller::reconcile(Arc::new(kv), ctx.clone())
+        .await
+        .expect("reconciled a new cluster");
+
+    // An invalid spec twice: the second event is a repeat (a patch).
+    let odd = paxoskv("odd", json!({"replicas": 4}));
+    api.put(
+        &format!("{PKVS}/odd"),
+        serde_json::to_value(&odd).expect("pkv"),
+    );
+    for _ in 0..2 {
+        controller::reconcile(Arc::new(odd.clone()), ctx.clone())
+            .await
+            .expect("reported");
+    }
+
+    // A cluster whose pods run an older template: one pod is replaced.
+    let up = paxoskv("up", json!({"replicas": 3}));
+    api.put(
+        &format!("{PKVS}/up"),
+        serde_json::to_value(&up).expect("pkv"),
+    );
+    api.put(
+        &format!("{APPS}/statefulsets/up"),
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+               "metadata": {"name": "up", "namespace": "db", "ownerReferences": [
+                   {"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKV", "name": "up",
+                    "uid": "uid-up", "controller": true, "blockOwnerDeletion": true}]},
+               "spec": {"replicas": 3, "selector": {}, "serviceName": "up-peers", "template": {}},
+               "status": {"replicas": 3, "readyReplicas": 3, "currentRevision": "up-rev1",
+                          "updateRevision": "up-rev2"}}),
+    );
+    for i in 0..3 {
+        api.put(&format!("{NS}/pods/up-{i}"), pod(&format!("up-{i}")));
+    }
+    let _ = controller::reconcile(Arc::new(up), ctx.clone()).await;
+    assert!(
+        api.log().iter().any(|s| s.method == "DELETE"),
+        "the upgrade scenario replaced a pod: {:?}",
+        api.log()
+            .iter()
+            .map(|s| (&s.method, &s.path))
+            .collect::<Vec<_>>()
+    );
+
+    // Leader election: create, renew, release.
+    let config =
+        LeaseConfig::new("phxkv-operator", "ops", "op-a", Duration::from_secs(15)).expect("config");
+    let mut elector = Elector::new(client.clone(), config);
+    elector.try_acquire_or_renew().await.expect("created");
+    elector.try_acquire_or_renew().await.expect("renewed");
+    elector.release().await.expect("released");
+
+    // The leader's start: the CRD, the check, the controller's watches.
+    api.put(CRD, serde_json::to_value(PaxosKV::crd()).expect("crd"));
+    let (raise, stop) = Stop::new();
+    let leading = Leading {
+        ctx: ctx.clone(),
+        namespace: None,
+        manage_crd: true,
+    };
+    let task = tokio::spawn(run::lead(leading, stop));
+    assert!(
+        until(Duration::from_secs(10), || {
+            api.log()
+                .iter()
+                .filter(|s| s.path.contains("watch=true"))
+                .count()
+                >= 3
+        })
+        .await,
+        "the controller watches"
+    );
+    let _ = raise.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+
+    let settings = Settings {
+        lease_name: "phxkv-operator".into(),
+        manage_crd: true,
+    };
+    let table: BTreeSet<Permission> = access::permissions(&settings).into_iter().collect();
+    let mut used = BTreeSet::new();
+    for p in needed(&api.log()) {
+        assert!(
+            access::grants(&settings, &p),
+            "the operator needs {p:?}, which operator/src/access.rs does not list"
+        );
+        // A rule for any name covers the named objects.
+        let any = Permission {
+            name: String::new(),
+            ..p.clone()
+        };
+        used.insert(if table.contains(&any) { any } else { p });
+    }
+    let unused: Vec<&Permission> = table.difference(&used).collect();
+    assert!(
+        unused.is_empty(),
+        "operator/src/access.rs lists access no code used: {unused:?}"
+    );
+    assert_eq!(install::CRD_NAME, PaxosKV::crd_name());
+}
