@@ -37,6 +37,10 @@ pub enum MembersError {
         url: String,
         /// Status code.
         status: u16,
+        /// The server's machine-readable code (`member_not_found`,
+        /// `member_not_ready`, ...); empty when the answer was not an API
+        /// error.
+        code: String,
         /// The server's message.
         message: String,
     },
@@ -121,6 +125,8 @@ struct ErrorBody {
 
 #[derive(Deserialize)]
 struct ErrorDetail {
+    #[serde(default)]
+    code: String,
     message: String,
 }
 
@@ -234,6 +240,29 @@ impl MembersClient {
             .map_err(|source| MembersError::Unreachable { url, source })
     }
 
+    /// Moves mastership to the voter `name` through the replica at `via`
+    /// (any member passes it to the master), and returns the cluster as
+    /// `name` sees it once it is master. Naming the current master changes
+    /// nothing. [`MembersError::Refused`] carries the server's code:
+    /// `member_not_found` (404), `member_not_voter` (409, a learner),
+    /// `member_not_ready` (409: the master has not heard from it recently,
+    /// or it is behind; try again later), `unauthorized` (401),
+    /// `unavailable` (503: no master right now) or `timeout` (504: handed
+    /// over, but `name` was not master in time; it may still become it).
+    pub async fn transfer(&self, via: &str, name: &str) -> Result<ClusterInfo, MembersError> {
+        let url = format!("{via}/v1/cluster/members/{name}/transfer");
+        let request = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .timeout(CHANGE_TIMEOUT);
+        Self::send(&url, request)
+            .await?
+            .json()
+            .await
+            .map_err(|source| MembersError::Unreachable { url, source })
+    }
+
     /// Sends with the trace context; a non-2xx answer becomes
     /// [`MembersError::Refused`] with the server's message.
     async fn send(
@@ -252,13 +281,17 @@ impl MembersClient {
         if status.is_success() {
             return Ok(response);
         }
-        let message = match response.json::<ErrorBody>().await {
-            Ok(body) => body.error.message,
-            Err(_) => status.canonical_reason().unwrap_or("error").to_string(),
+        let (code, message) = match response.json::<ErrorBody>().await {
+            Ok(body) => (body.error.code, body.error.message),
+            Err(_) => (
+                String::new(),
+                status.canonical_reason().unwrap_or("error").to_string(),
+            ),
         };
         Err(MembersError::Refused {
             url: url.to_string(),
             status: status.as_u16(),
+            code,
             message,
         })
     }
@@ -270,4 +303,102 @@ fn trace_headers() -> reqwest::header::HeaderMap {
     let mut headers = reqwest::header::HeaderMap::new();
     phxkv::telemetry::inject_context(&mut headers);
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Json;
+    use axum::extract::Path;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+    use phxkv::api::service::{ClusterInfo, MemberInfo, MemberRole, NodeStatus};
+    use serde_json::json;
+
+    use super::{MembersClient, MembersError};
+
+    fn info(master: &str) -> ClusterInfo {
+        ClusterInfo {
+            cluster_id: "c".into(),
+            node: master.into(),
+            node_id: "00000000000000b1".into(),
+            node_state: NodeStatus::Member,
+            node_state_reason: None,
+            divergence: None,
+            master: Some(master.into()),
+            lease_remaining_ms: None,
+            read_mode: Default::default(),
+            revision: 1,
+            applied_index: 1,
+            commit_index: 1,
+            members: vec![MemberInfo {
+                name: master.into(),
+                id: "00000000000000b1".into(),
+                role: MemberRole::Voter,
+                peer_url: "http://b:8081".into(),
+                is_master: true,
+                commit_index: Some(1),
+                healthy: true,
+            }],
+        }
+    }
+
+    /// A replica that knows the voter `b` and the learner `c`, and wants
+    /// the token `t`.
+    async fn replica() -> String {
+        let app = axum::Router::new().route(
+            "/v1/cluster/members/{name}/transfer",
+            post(|headers: HeaderMap, Path(name): Path<String>| async move {
+                let error = |status: StatusCode, code: &str| {
+                    let body =
+                        json!({"error": {"code": code, "message": format!("{code}: {name}")}});
+                    (status, Json(body)).into_response()
+                };
+                if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer t") {
+                    return error(StatusCode::UNAUTHORIZED, "unauthorized");
+                }
+                match name.as_str() {
+                    "b" => Json(info("b")).into_response(),
+                    "c" => error(StatusCode::CONFLICT, "member_not_voter"),
+                    _ => error(StatusCode::NOT_FOUND, "member_not_found"),
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn transfer_returns_the_new_masters_view_or_the_servers_code() {
+        let via = replica().await;
+        let client = MembersClient::new(reqwest::Client::new(), "t");
+        let view = client.transfer(&via, "b").await.expect("b becomes master");
+        assert_eq!(view.master.as_deref(), Some("b"));
+        for (name, status, code) in [
+            ("c", 409, "member_not_voter"),
+            ("x", 404, "member_not_found"),
+        ] {
+            match client.transfer(&via, name).await {
+                Err(MembersError::Refused {
+                    status: s,
+                    code: c,
+                    message,
+                    ..
+                }) => {
+                    assert_eq!((s, c.as_str()), (status, code), "{message}");
+                    assert!(message.contains(name), "{message}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        let wrong = MembersClient::new(reqwest::Client::new(), "nope");
+        assert!(matches!(
+            wrong.transfer(&via, "b").await,
+            Err(MembersError::Refused { status: 401, .. })
+        ));
+    }
 }
