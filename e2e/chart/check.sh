@@ -113,10 +113,43 @@ check "helm lint --strict"
 log "default values: render and validate"
 render default
 validate "$work/default.yaml" --expect CustomResourceDefinition=1 --expect PaxosKV=1 \
-    --expect Deployment=1 --expect ClusterRole=1 --expect ClusterRoleBinding=1 \
-    --expect NetworkPolicy=0 --expect ServiceMonitor=0 --expect PrometheusRule=0 --expect ConfigMap=0 ||
+    --expect Deployment=1 --expect ClusterRole=2 --expect ClusterRoleBinding=2 --expect Role=1 \
+    --expect RoleBinding=1 --expect PodDisruptionBudget=1 --expect NetworkPolicy=0 --expect ServiceMonitor=0 --expect PrometheusRule=0 --expect ConfigMap=0 ||
     die "default render does not validate"
 check "default render validates"
+
+# The operator's Deployment: two replicas (one leads, one stands by) spread
+# over nodes, liveness on /healthz so a standby is never restarted for being
+# one, readiness on /readyz, and the pod's name and namespace for the Lease.
+log "the operator runs as a leader and a standby"
+"$python" - "$work/default.yaml" <<'PY' || die "the operator's Deployment"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+dep = next(d for d in docs if d["kind"] == "Deployment")
+spec = dep["spec"]
+assert spec["replicas"] == 2, spec["replicas"]
+assert spec["strategy"]["type"] == "RollingUpdate", spec["strategy"]
+pod = spec["template"]["spec"]
+c = pod["containers"][0]
+assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", c["livenessProbe"]
+assert c["readinessProbe"]["httpGet"]["path"] == "/readyz", c["readinessProbe"]
+env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in c["env"]}
+assert env.get("POD_NAME") == "metadata.name" and env.get("POD_NAMESPACE") == "metadata.namespace", env
+args = c["args"]
+for want in ("--lease-name=phxkv-operator", "--lease-duration=15s", "--manage-crd=true"):
+    assert want in args, (want, args)
+term = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+assert term["topologyKey"] == "kubernetes.io/hostname", term
+assert term["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"], term
+pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"], pdb
+PY
+render single --set operator.replicas=1,operator.manageCRD=false,operator.leaderElection.leaseDuration=1m
+validate "$work/single.yaml" --expect Deployment=1 --expect PodDisruptionBudget=0 --expect ClusterRole=1 \
+    --expect ClusterRoleBinding=1 --expect Role=1 || die "operator.replicas=1, manageCRD=false"
+grep -q -- '--manage-crd=false' "$work/single.yaml" || die "operator.manageCRD=false does not reach --manage-crd"
+grep -q -- '--lease-duration=1m' "$work/single.yaml" || die "leaseDuration does not reach --lease-duration"
+check "the operator: 2 replicas across nodes, a budget, probes and the Lease's settings; 1 replica has no budget"
 
 log "every option on: render and validate"
 render full \
@@ -141,10 +174,10 @@ check "networkPolicy + serviceMonitor + prometheusRule + grafanaDashboard + ever
 
 log "namespace-scoped operator: render and validate"
 render scoped --namespace team-a --set operator.watchNamespace=team-a
-validate "$work/scoped.yaml" --expect Role=1 --expect RoleBinding=1 --expect ClusterRole=0 \
-    --expect ClusterRoleBinding=0 || die "watchNamespace render does not validate"
+validate "$work/scoped.yaml" --expect Role=2 --expect RoleBinding=2 --expect ClusterRole=1 \
+    --expect ClusterRoleBinding=1 || die "watchNamespace render does not validate"
 grep -q -- '--namespace=team-a' "$work/scoped.yaml" || die "watchNamespace does not reach --namespace"
-check "watchNamespace renders a Role, a RoleBinding and --namespace"
+check "watchNamespace renders Roles (and only the CRD's ClusterRole) and --namespace"
 
 log "cluster.enabled=false renders no PaxosKV"
 render nocluster --set cluster.enabled=false,networkPolicy.enabled=true,serviceMonitor.enabled=true
@@ -177,6 +210,11 @@ expect_rejected "at '/cluster': additional properties 'replica' not allowed" --s
 expect_rejected "at '/cluster/resources/requests/cpu': 'anyOf' failed" --set-json cluster.resources.requests.cpu=0.5
 expect_rejected "at '/cluster/lease': value must be 'a duration" --set cluster.lease=5sec
 expect_rejected "at '/image/pullPolicy': value must be one of" --set image.pullPolicy=Sometimes
+expect_rejected "at '/operator/leaderElection/leaseDuration': value must be 'whole seconds" \
+    --set operator.leaderElection.leaseDuration=2s
+expect_rejected "at '/operator/leaderElection/leaseDuration': value must be 'whole seconds" \
+    --set operator.leaderElection.leaseDuration=1.5s
+expect_rejected "at '/operator/replicas': minimum" --set operator.replicas=0
 expect_rejected "operator.watchNamespace is \"team-b\" but the release's PaxosKV goes into the release namespace" \
     --namespace team-a --set operator.watchNamespace=team-b
 expect_rejected "at '/prometheusRule/memberLag/behind': value must be 'a duration such as 10s, 30s or 1m'" \
@@ -224,6 +262,33 @@ for f in operator-sample operator-minimal; do
         --expect ServiceAccount=1 --expect ConfigMap=1 --expect Secret=1 || die "$f objects do not validate"
 done
 check "the operator's objects validate (README sample and empty spec)"
+
+# The operator's RBAC against the table of the calls its code makes
+# (`phxkv-operator rbac`, operator/src/access.rs, which the operator's tests
+# hold to its calls): nothing more is granted, nothing is missing, in the
+# right Roles. First, that the check catches a chart granting one verb too
+# many or too few.
+log "the operator's RBAC grants exactly what its code uses"
+rbac_check() {
+    local rendered=$1 ns=$2
+    shift 2
+    "$python" "$here/rbac.py" "$rendered" "$work/rbac-table.json" --operator phxkv-operator --namespace "$ns" "$@"
+}
+"$operator_bin" rbac --lease-name phxkv-operator >"$work/rbac-table.json" || die "phxkv-operator rbac"
+sed 's/verbs: \["list", "delete"\]/verbs: ["list", "delete", "get"]/' "$work/default.yaml" >"$work/rbac-more.yaml"
+sed 's/verbs: \["list", "delete"\]/verbs: ["list"]/' "$work/default.yaml" >"$work/rbac-less.yaml"
+for f in rbac-more rbac-less; do
+    cmp -s "$work/default.yaml" "$work/$f.yaml" && die "could not make $f.yaml (the pods rule changed?)"
+    if rbac_check "$work/$f.yaml" phxkv-check >"$work/$f.out"; then
+        die "rbac.py accepted $f.yaml"
+    fi
+    sed 's/^/  /' "$work/$f.out" >&2
+done
+rbac_check "$work/default.yaml" phxkv-check || die "the default RBAC differs from phxkv-operator rbac"
+rbac_check "$work/scoped.yaml" team-a --watch-namespace team-a || die "the watchNamespace RBAC differs"
+"$operator_bin" rbac --lease-name phxkv-operator --manage-crd=false >"$work/rbac-table.json" || die "phxkv-operator rbac"
+rbac_check "$work/single.yaml" phxkv-check || die "the manageCRD=false RBAC differs"
+check "the operator's RBAC is exactly its table (cluster-wide, one namespace, without the CRD)"
 
 # The release's ServiceMonitor against the Services the operator creates for
 # the release's PaxosKV: each pod must be scraped through one Service only

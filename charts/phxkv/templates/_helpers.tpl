@@ -30,6 +30,11 @@ else "<release>-<chart>".
 {{- printf "%s-operator" (include "phxkv.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The operator's leader Lease, in the release namespace. */}}
+{{- define "phxkv.operatorLeaseName" -}}
+{{- default (include "phxkv.operatorName" .) .Values.operator.leaderElection.leaseName }}
+{{- end }}
+
 {{/* The operator's ServiceAccount. */}}
 {{- define "phxkv.operatorServiceAccountName" -}}
 {{- if .Values.operator.serviceAccount.create }}
