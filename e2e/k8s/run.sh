@@ -3,7 +3,8 @@
 # KUBECONFIG (or kubectl's default) points at: helm install into a fresh
 # namespace, wait for the PaxosKV, put and get through a port-forward, a
 # second PaxosKV scaled 3 -> 5 -> 3, the master pod deleted under a stream
-# of writes with every acknowledged write read back, then uninstall. When no
+# of writes with every acknowledged write read back, the leading operator
+# pod deleted (the standby takes over and reconciles), then uninstall. When no
 # cluster answers it prints "SKIPPED: ..." and exits 0. See e2e/k8s/README.md.
 #
 # Environment:
@@ -324,6 +325,37 @@ while read -r i; do
 done <"$acked"
 ((lost == 0)) || die "$lost of $total acknowledged writes did not read back"
 log "$total acknowledged writes all read back ($refused refused or unanswered during the failover)"
+
+step "operator failover: delete the leading operator pod; the standby takes over and reconciles"
+lease=$release-operator
+leader=$(k get lease "$lease" -o jsonpath='{.spec.holderIdentity}')
+[[ -n $leader ]] || die "no operator replica holds the Lease $lease"
+replicas=$(k get deployment "$release-operator" -o jsonpath='{.status.readyReplicas}')
+((${replicas:-0} >= 2)) || die "$release-operator has ${replicas:-0} ready replicas; failover needs a standby"
+log "operator $leader leads; deleting its pod"
+old_uid=$(k get service "$release" -o jsonpath='{.metadata.uid}')
+killed_at=$SECONDS
+k delete pod "$leader" --wait=false >&2
+# The leader releases the Lease on SIGTERM; a standby takes it within a
+# retry period (3 s by default). Allow a whole lease duration and more.
+new_leader=
+deadline=$((SECONDS + 60))
+while :; do
+    new_leader=$(k get lease "$lease" -o jsonpath='{.spec.holderIdentity}')
+    [[ -n $new_leader && $new_leader != "$leader" ]] && break
+    ((SECONDS < deadline)) || die "no other replica took the Lease within 60s (holder: ${new_leader:-none})"
+    sleep 1
+done
+log "operator $new_leader took over within $((SECONDS - killed_at))s"
+# Proof that it reconciles: an owned object deleted by hand comes back.
+k delete service "$release" --wait=true >&2
+deadline=$((SECONDS + 120))
+until uid=$(k get service "$release" -o jsonpath='{.metadata.uid}' 2>/dev/null) && [[ -n $uid && $uid != "$old_uid" ]]; do
+    ((SECONDS < deadline)) || die "the new leader did not recreate Service $release within 120s"
+    sleep 2
+done
+log "the new leader recreated Service $release"
+k rollout status deployment "$release-operator" --timeout="${timeout}s" >&2
 
 step "done"
 echo "PASSED: phxkv on Kubernetes ($ns)"
