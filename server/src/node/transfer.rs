@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::api::service::{ClusterInfo, MemberRole, Service as _, ServiceError};
+use crate::api::service::{ClusterInfo, MemberRole, NodeStatus, Service as _, ServiceError};
 use crate::cluster::bootstrap;
 use crate::paxos::NodeId;
 
@@ -62,6 +62,18 @@ impl Node {
     pub(super) async fn switch_over(&self, name: &str) -> Result<ClusterInfo, ServiceError> {
         let started = Instant::now();
         let deadline = started + self.inner.cfg.write_timeout;
+        // A node still joining (or awaiting replacement) knows no members
+        // and no master: "no such member" would be a wrong answer.
+        let (state, why) = self.state();
+        if state != NodeStatus::Member {
+            return Err(ServiceError::Unavailable {
+                message: format!(
+                    "this node is not a member of its cluster yet ({}); ask another",
+                    why.unwrap_or_else(|| "joining".into())
+                ),
+                retry_after_secs: 1,
+            });
+        }
         let view = self.cluster().await?;
         let member = view
             .members
