@@ -193,7 +193,7 @@ pub async fn promote_member<S: Service>(
         (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
         (status = 404, description = "No member has this name (`member_not_found`).", body = ErrorResponse),
         (status = 409, description = "The member is a learner (`member_not_voter`), or has not answered the master recently or is behind (`member_not_ready`; retry once it has caught up).", body = ErrorResponse),
-        (status = 503, description = "No master to hand over from, or another handoff did not end in time (`unavailable`).", body = ErrorResponse),
+        (status = 503, description = "No master to hand over from, another handoff did not end in time, or this node has not joined its cluster yet (`unavailable`).", body = ErrorResponse),
         (status = 504, description = "Handed over, but `name` was not master by the deadline; it may still take over (`timeout`).", body = ErrorResponse),
     )
 )]
