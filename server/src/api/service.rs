@@ -59,7 +59,9 @@ pub struct MemberInfo {
     /// The member's commit index as last reported to the master (the
     /// node's own for itself); `null` when unknown here.
     pub commit_index: Option<u64>,
-    /// Reported recently enough to count as up.
+    /// Up and caught up, as far as the answering node can tell: on the
+    /// master, heard from within two leases and no more than 10,000
+    /// entries behind; elsewhere, only the node itself is known healthy.
     pub healthy: bool,
 }
 

@@ -90,6 +90,8 @@ pub struct Published {
     pub applied: Index,
     pub revision: u64,
     pub peer_commit: std::collections::BTreeMap<NodeId, Index>,
+    /// On the master: members it has not heard from lately.
+    pub silent: std::collections::BTreeSet<NodeId>,
 }
 
 /// What a lease read on the master needs, shared without a round trip to the
@@ -602,15 +604,19 @@ impl Driver {
         self.metrics.set_commit_index(status.commit);
         self.metrics.set_applied_index(applied);
         let peer_commit = self.replica.peer_progress();
+        let silent = self.replica.silent_peers(now);
         self.published.send_if_modified(|p| {
-            let changed =
-                p.status != status || p.applied != applied || p.peer_commit != peer_commit;
+            let changed = p.status != status
+                || p.applied != applied
+                || p.peer_commit != peer_commit
+                || p.silent != silent;
             if changed {
                 *p = Published {
                     status: status.clone(),
                     applied,
                     revision,
                     peer_commit: peer_commit.clone(),
+                    silent: silent.clone(),
                 };
             }
             changed

@@ -278,6 +278,7 @@ impl Node {
             applied: 0,
             revision: 0,
             peer_commit: Default::default(),
+            silent: Default::default(),
         });
         let (events, _) = broadcast::channel(4096);
         let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE);
@@ -401,6 +402,7 @@ impl Node {
             applied: applied0,
             revision: revision0,
             peer_commit: Default::default(),
+            silent: Default::default(),
         });
         let driver = Driver {
             replica,
@@ -1229,7 +1231,8 @@ impl Node {
                     is_master: master == Some(*id),
                     commit_index: commit,
                     healthy: *id == self.inner.id
-                        || commit.is_some_and(|c| c + 10_000 >= p.status.commit),
+                        || (commit.is_some_and(|c| c + 10_000 >= p.status.commit)
+                            && !p.silent.contains(id)),
                 }
             })
             .collect();

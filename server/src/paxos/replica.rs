@@ -183,6 +183,8 @@ struct Master {
     peer_commit: BTreeMap<NodeId, Index>,
     /// When each peer last answered this master.
     peer_seen: BTreeMap<NodeId, Duration>,
+    /// When this node became master.
+    since: Duration,
     /// Mastership is being handed to this node: the handoff lease was
     /// proposed at `index` at time `since`; no new commands are taken.
     transfer: Option<Transfer>,
@@ -1216,6 +1218,7 @@ impl Replica {
             last_heartbeat: now,
             peer_commit: BTreeMap::new(),
             peer_seen: BTreeMap::new(),
+            since: now,
             transfer: None,
             drain_until: None,
             reads: Box::default(),
@@ -1935,6 +1938,28 @@ impl Replica {
             State::Master(m) => m.peer_commit.clone(),
             _ => BTreeMap::new(),
         }
+    }
+
+    /// On the master: the other members it has not heard from for longer
+    /// than twice the lease (a live member answers every heartbeat, several
+    /// per lease). A member never heard from counts from when this node
+    /// became master. Empty on other nodes, which cannot tell. For status
+    /// only: nothing in the protocol depends on it.
+    pub fn silent_peers(&self, now: Duration) -> BTreeSet<NodeId> {
+        let State::Master(m) = &self.state else {
+            return BTreeSet::new();
+        };
+        let window = self.cfg.lease * 2;
+        self.membership()
+            .members
+            .keys()
+            .copied()
+            .filter(|id| *id != self.cfg.id)
+            .filter(|id| {
+                let last = m.peer_seen.get(id).copied().unwrap_or(m.since);
+                now.saturating_sub(last) > window
+            })
+            .collect()
     }
 }
 

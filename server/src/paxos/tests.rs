@@ -1744,3 +1744,30 @@ fn commands_queued_when_mastership_is_handed_over_come_back() {
         "and never proposed behind the handoff"
     );
 }
+
+#[test]
+fn the_master_reports_members_it_has_not_heard_from_for_two_leases() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    assert!(net.nodes[&1].silent_peers(now).is_empty());
+    assert!(
+        net.nodes[&2].silent_peers(now).is_empty(),
+        "only the master can tell"
+    );
+    // Node 3 stops answering; node 2 keeps answering heartbeats.
+    net.advance(Duration::from_millis(1500), &[3]);
+    assert!(
+        net.nodes[&1].silent_peers(net.now).is_empty(),
+        "within two leases (1 s each) nobody is silent yet"
+    );
+    net.advance(Duration::from_millis(600), &[3]);
+    assert_eq!(
+        net.nodes[&1].silent_peers(net.now),
+        BTreeSet::from([3]),
+        "node 3 is silent past two leases, node 2 is not"
+    );
+    // Back: heard from again at the next heartbeat.
+    net.advance(Duration::from_millis(200), &[]);
+    assert!(net.nodes[&1].silent_peers(net.now).is_empty());
+}
