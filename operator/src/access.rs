@@ -147,7 +147,14 @@ pub const RULES: &[Rule] = &[
         "",
         "pods",
         &["list", "delete"],
-        "controller: list the cluster's pods; delete one to upgrade it",
+        "controller: list the cluster's pods; delete one to upgrade or recreate it",
+    ),
+    rule(
+        Scope::Watched,
+        "",
+        "persistentvolumeclaims",
+        &["delete"],
+        "controller: self-healing deletes the claim of a member it recreates",
     ),
     rule(
         Scope::Watched,

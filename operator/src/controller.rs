@@ -9,11 +9,12 @@
 //! replica reports; let [`plan`](crate::plan::plan) pick the next step; do
 //! it; write the status.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -26,7 +27,7 @@ use serde::de::DeserializeOwned;
 use crate::crd::{MemberStatus, PaxosKV, PaxosKVStatus, Phase, ReadModeSpec};
 use crate::members::{ClusterView, MembersClient, MembersError};
 use crate::metrics::OperatorMetrics;
-use crate::plan::{Observed, PodView, Step, plan};
+use crate::plan::{Observed, PodView, Step, failing_for, plan};
 use crate::render::{self, BOOTSTRAP_KEY, Defaults, MANAGER, Names, READ_MODE_KEY, TOKEN_KEY};
 
 /// How a pod's client API is reached from the operator: by default its
@@ -418,7 +419,17 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         .collect();
     let view = members.observe(&urls).await;
 
-    let observed = view.observed(&names, pkv.spec.replicas, set_replicas, pods);
+    let mut observed = view.observed(&names, pkv.spec.replicas, set_replicas, pods);
+    let now = Timestamp::now();
+    let mut since = failing_since(pkv, &view, now);
+    if pkv.spec.self_healing.enabled {
+        // `problems` checked the duration already.
+        let after = phxkv::cli::parse_duration(&pkv.spec.self_healing.replace_after)
+            .unwrap_or(Duration::from_secs(600));
+        observed.failing = failing_for(&since, now, |t, now| {
+            now.duration_since(t).unsigned_abs() >= after
+        });
+    }
     let step = plan(&observed);
     tracing::debug!(?step, "planned");
     let mut step_error = None;
@@ -440,9 +451,17 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
             step: describe(&step),
             source: Box::new(e),
         });
+    } else if let Step::Recreate(pod) = &step {
+        // The clock starts again: the pod comes back empty and is replaced
+        // (a lost volume comes first in the plan) long before it runs out,
+        // and it is never recreated again while it starts.
+        since.insert(pod.clone(), now);
     }
 
     let mut status = status_of(pkv, &observed, &view, &step);
+    for m in &mut status.members {
+        m.failing_since = since.get(&m.name).map(|t| Time(*t));
+    }
     if let Some(e) = &step_error {
         status.conditions = with_failure(
             &status.conditions,
@@ -459,6 +478,38 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         Step::Idle if status.phase == Some(Phase::Running) => Action::requeue(ctx.idle_requeue),
         _ => Action::requeue(ctx.busy_requeue),
     })
+}
+
+/// Since when each member has been failing (unhealthy, or more than
+/// `maxLag` entries behind the most advanced replica), carried over from
+/// the last status while it is the same incarnation and still failing.
+fn failing_since(pkv: &PaxosKV, view: &ClusterView, now: Timestamp) -> BTreeMap<String, Timestamp> {
+    let old = pkv
+        .status
+        .as_ref()
+        .map(|s| s.members.as_slice())
+        .unwrap_or_default();
+    let newest = view.applied.values().copied().max().unwrap_or(0);
+    let max_lag = pkv.spec.self_healing.max_lag;
+    view.members
+        .iter()
+        .filter(|m| {
+            let lagging = view
+                .applied
+                .get(&m.name)
+                .is_some_and(|a| newest.saturating_sub(*a) > max_lag);
+            !m.healthy || lagging
+        })
+        .map(|m| {
+            let since = old
+                .iter()
+                .find(|o| o.name == m.name && o.id == m.id)
+                .and_then(|o| o.failing_since.as_ref())
+                .map(|t| t.0)
+                .unwrap_or(now);
+            (m.name.clone(), since)
+        })
+        .collect()
 }
 
 /// `spec.hibernation`: stops every pod and keeps everything else. In two
@@ -669,6 +720,39 @@ async fn execute(
             .await;
             Ok(())
         }
+        Step::Recreate(pod) => {
+            // The claim first: it stays (protected) until its pod is gone,
+            // and the pod the StatefulSet brings back gets a new one.
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+            let claim = render::claim_name(pod);
+            match claims.delete(&claim, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            match pods.delete(pod, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            ctx.metrics.step("recreate");
+            let after = &pkv.spec.self_healing.replace_after;
+            publish(
+                ctx,
+                pkv,
+                EventType::Warning,
+                "RecreatingMember",
+                "SelfHeal",
+                &format!(
+                    "{pod} has been unhealthy or lagging for more than {after}: deleting its pod \
+                     and volume claim {claim}; it comes back empty and is replaced as a new \
+                     incarnation"
+                ),
+            )
+            .await;
+            Ok(())
+        }
         Step::ReplacePod(pod) => {
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
             pods.delete(pod, &DeleteParams::default()).await?;
@@ -704,6 +788,7 @@ pub fn describe(step: &Step) -> String {
         Step::ReplaceMember(p) => {
             format!("replacing member {p}, whose pod came back with an empty volume")
         }
+        Step::Recreate(p) => format!("recreating {p} on a new volume: it keeps failing"),
     }
 }
 
@@ -856,6 +941,25 @@ pub fn status_of(pkv: &PaxosKV, o: &Observed, view: &ClusterView, step: &Step) -
             ),
         )
     };
+    let self_healing = match step {
+        Step::Recreate(_) => cond("SelfHealing", true, "RecreatingMember", &describe(step)),
+        _ if !o.failing.is_empty() => cond(
+            "SelfHealing",
+            true,
+            "Waiting",
+            &format!(
+                "failing past the threshold: {}; {}",
+                o.failing.join(", "),
+                describe(step)
+            ),
+        ),
+        _ => cond(
+            "SelfHealing",
+            false,
+            "NoneFailing",
+            "no member has been failing past the threshold",
+        ),
+    };
     // `Ready` is what generic tools (kstatus, `helm --wait`) look for.
     let ready_cond = if phase == Phase::Running {
         cond(
@@ -881,6 +985,7 @@ pub fn status_of(pkv: &PaxosKV, o: &Observed, view: &ClusterView, step: &Step) -
                 role: if m.voter { "voter" } else { "learner" }.into(),
                 applied_index: view.applied.get(&m.name).copied(),
                 healthy: m.healthy,
+                failing_since: None,
             })
             .collect(),
         observed_generation: generation,
@@ -892,6 +997,7 @@ pub fn status_of(pkv: &PaxosKV, o: &Observed, view: &ClusterView, step: &Step) -
                 progressing,
                 degraded,
                 volume_lost,
+                self_healing,
                 cond("Hibernated", false, "Running", "hibernation is off"),
                 ready_cond,
                 cond(

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,10 @@ pub struct PaxosKVSpec {
     #[serde(default)]
     pub telemetry: TelemetrySpec,
 
+    /// Replacing members that keep failing.
+    #[serde(default)]
+    pub self_healing: SelfHealingSpec,
+
     /// Stops every pod and keeps the volumes, the Secrets and the
     /// membership: the cluster costs nothing but its storage. Setting it
     /// back to false brings the same cluster back, with all its data, on
@@ -124,6 +128,53 @@ pub struct PaxosKVSpec {
 
 fn default_replicas() -> i32 {
     3
+}
+
+/// Self-healing: a member that has been unhealthy (the master does not
+/// hear from it) or lagging for longer than `replaceAfter` is recreated on
+/// a new volume: its pod and claim are deleted, the pod comes back empty
+/// (possibly on another node) and is replaced as a new incarnation
+/// (removed, added as a learner, promoted once caught up). One member at a
+/// time, never during another change, and only while the other voters
+/// keep a healthy majority.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfHealingSpec {
+    /// Turns self-healing on (the default) or off.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How long a member must keep failing before it is recreated (for
+    /// example `10m`); at least 1m.
+    #[serde(default = "default_replace_after")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub replace_after: String,
+    /// A member whose applied index is this many entries behind the
+    /// master's commit index counts as failing (lagging).
+    #[serde(default = "default_max_lag")]
+    #[schemars(range(min = 1))]
+    pub max_lag: u64,
+}
+
+impl Default for SelfHealingSpec {
+    fn default() -> Self {
+        SelfHealingSpec {
+            enabled: true,
+            replace_after: default_replace_after(),
+            max_lag: default_max_lag(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_replace_after() -> String {
+    "10m".into()
+}
+
+fn default_max_lag() -> u64 {
+    100_000
 }
 
 /// When to pull the image.
@@ -398,6 +449,10 @@ pub struct MemberStatus {
     pub applied_index: Option<u64>,
     /// Whether the master heard from it recently.
     pub healthy: bool,
+    /// Since when this incarnation has been unhealthy or lagging, as the
+    /// operator first saw it (self-healing counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<Time>,
 }
 
 impl PaxosKVSpec {
@@ -447,6 +502,14 @@ impl PaxosKVSpec {
                 "spec.service.port must not be {}, the peer port",
                 crate::render::PEER_PORT
             ));
+        }
+        match phxkv::cli::parse_duration(&self.self_healing.replace_after) {
+            Ok(d) if d.as_secs() >= 60 => {}
+            Ok(_) => out.push(format!(
+                "spec.selfHealing.replaceAfter is {}; it must be at least 1m",
+                self.self_healing.replace_after
+            )),
+            Err(e) => out.push(format!("spec.selfHealing.replaceAfter: {e}")),
         }
         if !valid_quantity(&self.storage.size) {
             out.push(format!(

@@ -107,6 +107,7 @@ impl ClusterView {
                 .filter_map(|m| names.ordinal(&m.name).map(|i| (m.name.clone(), i)))
                 .collect(),
             lost: self.lost.keys().cloned().collect(),
+            failing: Vec::new(),
         }
     }
 }

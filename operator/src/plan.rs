@@ -22,6 +22,12 @@
 //!    template and it never gets ready on its own), as long as the other
 //!    voters keep a healthy majority.
 //!
+//! Self-healing comes next (rule 1): a member that has been unhealthy or
+//! lagging for longer than the configured threshold is recreated on a new
+//! volume (its pod and claim deleted; the pod then comes back empty and is
+//! replaced as below), one at a time, never during another change, and
+//! only while the other voters keep a healthy majority.
+//!
 //! Before scaling or upgrading, a pod that came back with an empty volume
 //! (it reports `awaiting_replacement`: the cluster counts another
 //! incarnation under its name) is replaced through the membership API, one
@@ -78,6 +84,9 @@ pub struct Observed {
     /// Pods that report they came back with an empty volume and wait to be
     /// replaced.
     pub lost: Vec<String>,
+    /// Members that have been unhealthy or lagging for longer than the
+    /// self-healing threshold (see [`failing_for`]), longest first.
+    pub failing: Vec<String>,
 }
 
 /// The one next thing to do.
@@ -102,6 +111,11 @@ pub enum Step {
     /// Replace this member by the new incarnation its pod runs (its volume
     /// was lost): remove, add as a learner, promote once caught up.
     ReplaceMember(String),
+    /// Self-healing: this member has been failing past the threshold.
+    /// Delete its pod and volume; the StatefulSet brings the pod back on a
+    /// new, empty volume (on any node), and [`Step::ReplaceMember`] takes it
+    /// from there.
+    Recreate(String),
 }
 
 impl Step {
@@ -114,8 +128,25 @@ impl Step {
                 | Step::Promote(_)
                 | Step::Remove(_)
                 | Step::ReplaceMember(_)
+                | Step::Recreate(_)
         )
     }
+}
+
+/// Members failing (unhealthy, or lagging) since at least `threshold`
+/// before `now`, given when each was first seen failing; longest first.
+pub fn failing_for<T: Ord + Copy>(
+    since: &BTreeMap<String, T>,
+    now: T,
+    threshold: impl Fn(T, T) -> bool,
+) -> Vec<String> {
+    let mut out: Vec<(&String, T)> = since
+        .iter()
+        .filter(|(_, t)| threshold(**t, now))
+        .map(|(n, t)| (n, *t))
+        .collect();
+    out.sort_by_key(|(n, t)| (*t, (*n).clone()));
+    out.into_iter().map(|(n, _)| n.clone()).collect()
 }
 
 fn majority(voters: usize) -> usize {
@@ -151,6 +182,30 @@ pub fn plan(o: &Observed) -> Step {
             ));
         }
         return Step::ReplaceMember(lost.clone());
+    }
+
+    // 1. Self-healing: a member failing past the threshold is recreated on
+    // a new volume, one at a time: not while a membership change or a pod
+    // replacement is under way, and only when the other voters keep a
+    // healthy majority without it (it counts when the master still hears
+    // from it, as a lagging member is heard).
+    let busy = o.members.iter().any(|m| !m.voter) || o.pods.iter().any(|p| p.terminating);
+    if let Some(name) = o.failing.iter().find(|n| ordinal(n).is_some()) {
+        let member = o.members.iter().find(|m| &m.name == name);
+        let counted = member.is_some_and(|m| m.voter && m.healthy);
+        let remaining_healthy = healthy_voters - usize::from(counted);
+        if busy {
+            return Step::Wait(format!(
+                "{name} keeps failing; it is recreated once the change under way is done"
+            ));
+        }
+        if voters < 2 || remaining_healthy < majority(voters) {
+            return Step::Wait(format!(
+                "{name} keeps failing, but recreating it would leave {remaining_healthy} healthy \
+                 of {voters} voters; waiting for the others to be healthy"
+            ));
+        }
+        return Step::Recreate(name.clone());
     }
 
     // 2. Scale down: members past the new size go first.
@@ -289,6 +344,7 @@ mod tests {
             members,
             ordinals,
             lost: Vec::new(),
+            failing: Vec::new(),
         }
     }
 
@@ -442,6 +498,58 @@ mod tests {
         assert!(matches!(plan(&o), Step::Wait(_)));
         o.members[2].healthy = true;
         assert_eq!(plan(&o), Step::ReplacePod("kv-1".into()));
+    }
+
+    #[test]
+    fn a_member_failing_past_the_threshold_is_recreated_one_at_a_time_with_a_quorum() {
+        let mut o = steady(5);
+        o.members[3].healthy = false;
+        o.members[4].healthy = false;
+        o.failing = vec!["kv-4".into(), "kv-3".into()];
+        assert_eq!(plan(&o), Step::Recreate("kv-4".into()));
+        assert!(Step::Recreate("kv-4".into()).is_scaling());
+        // Its pod is on its way out: nothing else until it is back.
+        o.pods[4].terminating = true;
+        assert!(matches!(plan(&o), Step::Wait(r) if r.contains("change under way")));
+        // While it comes back as a learner, kv-3 waits.
+        o.pods[4].terminating = false;
+        o.failing = vec!["kv-3".into()];
+        o.members[4].voter = false;
+        assert!(matches!(plan(&o), Step::Wait(_)));
+        // Never when the others lack a healthy majority without it.
+        let mut o = steady(3);
+        o.members[1].healthy = false;
+        o.members[2].healthy = false;
+        o.failing = vec!["kv-2".into()];
+        assert!(matches!(plan(&o), Step::Wait(r) if r.contains("healthy")));
+        // A lagging member the master still hears from counts as healthy.
+        let mut o = steady(3);
+        o.members[1].healthy = false;
+        o.failing = vec!["kv-2".into()];
+        assert!(matches!(plan(&o), Step::Wait(_)));
+        o.members[1].healthy = true;
+        assert_eq!(plan(&o), Step::Recreate("kv-2".into()));
+        // A lone voter is never recreated.
+        let mut o = steady(1);
+        o.failing = vec!["kv-0".into()];
+        assert!(matches!(plan(&o), Step::Wait(_)));
+        // Members that are not pods of the set are left alone.
+        let mut o = steady(3);
+        o.failing = vec!["manual-node".into()];
+        assert_eq!(plan(&o), Step::Idle);
+    }
+
+    #[test]
+    fn failing_for_keeps_those_past_the_threshold_longest_first() {
+        let since: BTreeMap<String, u64> = [
+            ("kv-1".into(), 50),
+            ("kv-2".into(), 10),
+            ("kv-3".into(), 95),
+        ]
+        .into_iter()
+        .collect();
+        let past = failing_for(&since, 100, |t, now| now - t >= 30);
+        assert_eq!(past, vec!["kv-2".to_string(), "kv-1".to_string()]);
     }
 
     #[test]

@@ -147,6 +147,12 @@ fn owner(pkv: &PaxosKV) -> Option<OwnerReference> {
     pkv.controller_owner_ref(&())
 }
 
+/// The volume claim of a pod of the StatefulSet (its claim template is
+/// named `data`).
+pub fn claim_name(pod: &str) -> String {
+    format!("data-{pod}")
+}
+
 /// The image the replicas run.
 pub fn image(pkv: &PaxosKV, defaults: &Defaults) -> String {
     pkv.spec
@@ -810,6 +816,7 @@ mod tests {
                     role: (*role).into(),
                     applied_index: Some(10),
                     healthy: true,
+                    failing_since: None,
                 })
                 .collect(),
             ..crate::crd::PaxosKVStatus::default()

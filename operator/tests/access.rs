@@ -38,19 +38,31 @@ fn member(name: &str, master: bool) -> Value {
         .next()
         .and_then(|o| o.parse().ok())
         .unwrap_or(9);
+    let (cluster, _) = name.rsplit_once('-').unwrap_or((name, ""));
     json!({"name": name, "id": format!("{:016x}", ordinal + 1), "role": "voter",
-           "peer_url": format!("http://{name}.up-peers:8081"), "is_master": master,
+           "peer_url": format!("http://{name}.{cluster}-peers:8081"), "is_master": master,
            "commit_index": 10, "healthy": true})
 }
 
-/// A phxkv cluster `up` of three healthy voters, kv master `up-0`.
+/// A phxkv cluster of three voters named after the pod asked (`up-1` is a
+/// pod of `up`), master `<cluster>-0`; in the cluster `heal`, `heal-2` is
+/// unhealthy.
 async fn fake_phxkv() -> String {
     async fn cluster(Path(pod): Path<String>) -> Json<Value> {
+        let (name, _) = pod.rsplit_once('-').unwrap_or((pod.as_str(), ""));
+        let mut members = vec![
+            member(&format!("{name}-0"), true),
+            member(&format!("{name}-1"), false),
+            member(&format!("{name}-2"), false),
+        ];
+        if name == "heal" {
+            members[2]["healthy"] = json!(false);
+        }
         Json(
-            json!({"cluster_id": "up.db", "node": pod, "node_id": "0000000000000001",
-            "node_state": "member", "node_state_reason": null, "master": "up-0",
+            json!({"cluster_id": format!("{name}.db"), "node": pod, "node_id": "0000000000000001",
+            "node_state": "member", "node_state_reason": null, "master": format!("{name}-0"),
             "lease_remaining_ms": 900, "revision": 5, "applied_index": 10, "commit_index": 10,
-            "members": [member("up-0", true), member("up-1", false), member("up-2", false)]}),
+            "members": members}),
         )
     }
     let app = Router::new().route("/pods/{pod}/v1/cluster", get(cluster));
@@ -74,11 +86,23 @@ fn paxoskv(name: &str, spec: Value) -> PaxosKV {
 }
 
 fn pod(name: &str) -> Value {
+    let (cluster, _) = name.rsplit_once('-').unwrap_or((name, ""));
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": "db",
-                        "labels": {"app.kubernetes.io/name": "phxkv", "app.kubernetes.io/instance": "up",
-                                   "controller-revision-hash": "up-rev1"}},
+                        "labels": {"app.kubernetes.io/name": "phxkv", "app.kubernetes.io/instance": cluster,
+                                   "controller-revision-hash": format!("{cluster}-rev1")}},
            "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
+/// A StatefulSet of `name` owned by the PaxosKV of that name.
+fn owned_set(name: &str, update_revision: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+           "metadata": {"name": name, "namespace": "db", "ownerReferences": [
+               {"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKV", "name": name,
+                "uid": format!("uid-{name}"), "controller": true, "blockOwnerDeletion": true}]},
+           "spec": {"replicas": 3, "selector": {}, "serviceName": format!("{name}-peers"), "template": {}},
+           "status": {"replicas": 3, "readyReplicas": 3, "currentRevision": format!("{name}-rev1"),
+                      "updateRevision": update_revision}})
 }
 
 /// The permission each request needed: its own, and `create` too for an
@@ -145,13 +169,7 @@ async fn the_access_table_lists_exactly_the_calls_the_operator_makes() {
     );
     api.put(
         &format!("{APPS}/statefulsets/up"),
-        json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-               "metadata": {"name": "up", "namespace": "db", "ownerReferences": [
-                   {"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKV", "name": "up",
-                    "uid": "uid-up", "controller": true, "blockOwnerDeletion": true}]},
-               "spec": {"replicas": 3, "selector": {}, "serviceName": "up-peers", "template": {}},
-               "status": {"replicas": 3, "readyReplicas": 3, "currentRevision": "up-rev1",
-                          "updateRevision": "up-rev2"}}),
+        owned_set("up", "up-rev2"),
     );
     for i in 0..3 {
         api.put(&format!("{NS}/pods/up-{i}"), pod(&format!("up-{i}")));
@@ -164,6 +182,40 @@ async fn the_access_table_lists_exactly_the_calls_the_operator_makes() {
             .iter()
             .map(|s| (&s.method, &s.path))
             .collect::<Vec<_>>()
+    );
+
+    // Self-healing: a member failing for long is recreated (its claim and
+    // pod deleted).
+    let mut heal = paxoskv("heal", json!({"replicas": 3}));
+    heal.status = Some(
+        serde_json::from_value(json!({"members": [
+            {"name": "heal-2", "id": "0000000000000003", "role": "voter", "healthy": false,
+             "failingSince": "2026-01-01T00:00:00Z"}]}))
+        .expect("status"),
+    );
+    api.put(
+        &format!("{PKVS}/heal"),
+        serde_json::to_value(&heal).expect("pkv"),
+    );
+    api.put(
+        &format!("{APPS}/statefulsets/heal"),
+        owned_set("heal", "heal-rev1"),
+    );
+    for i in 0..3 {
+        api.put(&format!("{NS}/pods/heal-{i}"), pod(&format!("heal-{i}")));
+    }
+    api.put(
+        &format!("{NS}/persistentvolumeclaims/data-heal-2"),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "data-heal-2", "namespace": "db"}}),
+    );
+    let _ = controller::reconcile(Arc::new(heal), ctx.clone()).await;
+    assert!(
+        api.log()
+            .iter()
+            .any(|s| s.method == "DELETE"
+                && s.route().ends_with("/persistentvolumeclaims/data-heal-2")),
+        "the self-healing scenario recreated a member"
     );
 
     // Leader election: create, renew, release.

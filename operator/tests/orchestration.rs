@@ -6,7 +6,8 @@
 //!
 //! Path: 3 replicas -> 5 -> 3, then an upgrade of every pod (master last),
 //! then a failed upgrade (the image crash-loops) and its rollback, then a
-//! follower that loses its volume and is replaced.
+//! follower that loses its volume and is replaced, then a follower that
+//! dies for good and is recreated by self-healing.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use phxkv_operator::members::MembersClient;
-use phxkv_operator::plan::{PodView, Step, plan};
+use phxkv_operator::plan::{PodView, Step, failing_for, plan};
 use phxkv_operator::render::Names;
 use tokio::sync::Mutex;
 
@@ -218,6 +219,24 @@ impl FakeSet {
         self.start(i);
     }
 
+    /// What the StatefulSet does after the operator deletes a pod and its
+    /// claim: the pod comes back on a new, empty volume.
+    fn recreate(&mut self, name: &str) {
+        let i = self.names.ordinal(name).expect("a pod of the set");
+        self.stop(i);
+        let _ = std::fs::remove_dir_all(self.data_dir(i));
+        self.start(i);
+    }
+
+    /// The pod's process dies and stays dead (a node gone, a crash loop).
+    fn kill_for_good(&mut self, name: &str) {
+        let i = self.names.ordinal(name).expect("a pod of the set");
+        if let Some(mut child) = self.pods.get_mut(&i).and_then(|p| p.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     fn url(&self, i: i32) -> String {
         format!("http://127.0.0.1:{}", self.pods[&i].client_port)
     }
@@ -288,22 +307,27 @@ async fn converge(
     http: &reqwest::Client,
     desired: i32,
 ) -> Vec<(Step, Option<String>)> {
-    drive(set, members, http, desired, None).await
+    drive(set, members, http, desired, None, None).await
 }
 
 /// Runs plan/step until the plan has waited for `stuck` without a step in
 /// between (or, without `stuck`, until the cluster matches `desired`).
+/// With `heal_after`, members failing that long are reported to the plan
+/// as the controller does (self-healing).
 async fn drive(
     set: &Arc<Mutex<FakeSet>>,
     members: &MembersClient,
     http: &reqwest::Client,
     desired: i32,
     stuck: Option<Duration>,
+    heal_after: Option<Duration>,
 ) -> Vec<(Step, Option<String>)> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut steps = Vec::new();
     let mut last = String::new();
     let mut waiting_since: Option<Instant> = None;
+    // Member name -> (incarnation, first seen failing).
+    let mut failing: BTreeMap<String, (String, Instant)> = BTreeMap::new();
     loop {
         let (urls, pods, names, set_replicas) = {
             let s = set.lock().await;
@@ -315,7 +339,25 @@ async fn drive(
             )
         };
         let view = members.observe(&urls).await;
-        let observed = view.observed(&names, desired, set_replicas, pods);
+        let mut observed = view.observed(&names, desired, set_replicas, pods);
+        if let Some(after) = heal_after {
+            let now = Instant::now();
+            failing = view
+                .members
+                .iter()
+                .filter(|m| !m.healthy)
+                .map(|m| {
+                    let since = match failing.get(&m.name) {
+                        Some((id, t)) if *id == m.id => *t,
+                        _ => now,
+                    };
+                    (m.name.clone(), (m.id.clone(), since))
+                })
+                .collect();
+            let since: BTreeMap<String, Instant> =
+                failing.iter().map(|(n, (_, t))| (n.clone(), *t)).collect();
+            observed.failing = failing_for(&since, now, |t, now| now - t >= after);
+        }
         let step = plan(&observed);
         if Instant::now() > deadline {
             let logs = set.lock().await.logs_tail();
@@ -353,6 +395,14 @@ async fn drive(
             }
             Step::ReplacePod(p) => {
                 set.lock().await.replace(p);
+                Ok(())
+            }
+            Step::Recreate(p) => {
+                set.lock().await.recreate(p);
+                // As the controller does: the clock starts again.
+                if let Some((_, since)) = failing.get_mut(p) {
+                    *since = Instant::now();
+                }
                 Ok(())
             }
             Step::AddLearner(p) | Step::Promote(p) | Step::Remove(p) => {
@@ -518,7 +568,7 @@ async fn scale_3_to_5_to_3_then_upgrade_with_writes_throughout() {
         s.broken.push(3);
         s.version = 3;
     }
-    let failed = drive(&set, &members, &http, 3, Some(Duration::from_secs(5))).await;
+    let failed = drive(&set, &members, &http, 3, Some(Duration::from_secs(5)), None).await;
     let broken: Vec<&str> = failed
         .iter()
         .filter_map(|(s, _)| match s {
@@ -584,6 +634,61 @@ async fn scale_3_to_5_to_3_then_upgrade_with_writes_throughout() {
     assert_ne!(replaced.id, old_id, "a new incarnation");
     assert_eq!(replaced.role, phxkv::api::service::MemberRole::Voter);
     assert!(progressed(before), "writes succeeded while replacing");
+
+    // Self-healing: a follower dies for good. Once it has been failing for
+    // the threshold it is recreated on a new volume and replaced as a new
+    // incarnation.
+    let before = acked_count.load(Ordering::Relaxed);
+    let master = members
+        .observe(&set.lock().await.urls())
+        .await
+        .master
+        .expect("a master");
+    let victim = ["kv-0", "kv-1", "kv-2"]
+        .into_iter()
+        .find(|p| *p != master)
+        .expect("a follower");
+    let old_id = members
+        .cluster_info(&set.lock().await.url(0))
+        .await
+        .expect("cluster info")
+        .members
+        .iter()
+        .find(|m| m.name == victim)
+        .map(|m| m.id.clone())
+        .expect("victim is a member");
+    set.lock().await.kill_for_good(victim);
+    let healed = drive(&set, &members, &http, 3, None, Some(Duration::from_secs(3))).await;
+    let kinds: Vec<&Step> = healed.iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        kinds.first(),
+        Some(&&Step::Recreate(victim.into())),
+        "the dead member is recreated: {healed:?}"
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|s| matches!(s, Step::Recreate(_)))
+            .count(),
+        1,
+        "once, not again while it starts: {healed:?}"
+    );
+    assert!(
+        kinds.contains(&&Step::ReplaceMember(victim.into())),
+        "then replaced as a new incarnation: {healed:?}"
+    );
+    let info = members
+        .cluster_info(&set.lock().await.url(0))
+        .await
+        .expect("cluster info");
+    let healed_member = info
+        .members
+        .iter()
+        .find(|m| m.name == victim)
+        .expect("still a member");
+    assert_ne!(healed_member.id, old_id, "a new incarnation");
+    assert_eq!(healed_member.role, phxkv::api::service::MemberRole::Voter);
+    assert!(progressed(before), "writes succeeded while healing");
 
     stop.store(true, Ordering::Relaxed);
     let acked = writes.await.expect("writer");

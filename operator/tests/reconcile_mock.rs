@@ -900,3 +900,139 @@ async fn hibernation_keeps_the_volumes_then_scales_to_zero_and_wakes_up_as_it_wa
     run.await.expect("joined").expect("reconciled");
     assert!(fake.changes.lock().expect("lock").is_empty());
 }
+
+#[tokio::test]
+async fn a_member_failing_past_the_threshold_is_recreated_on_a_new_volume() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let fake = Arc::new(FakeCluster::default());
+    let mut down = member("kv-2", true, false);
+    down["healthy"] = json!(false);
+    *fake.info.lock().expect("lock") = cluster_info(
+        "kv-0",
+        vec![
+            member("kv-0", true, true),
+            member("kv-1", true, false),
+            down,
+        ],
+    );
+    let url = fake_phxkv(fake.clone()).await;
+    let ctx = context(client, url);
+    let pods_json = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                           "items": [pod(0, true), pod(1, true), pod(2, false)]});
+
+    // First seen failing: only noted, with the time.
+    let pkv = Arc::new(paxoskv(json!({"replicas": 3})));
+    let run = tokio::spawn(reconcile(pkv, ctx.clone()));
+    expect_static_objects(&mut h).await;
+    expect_existing_token_and_bootstrap(&mut h, 3).await;
+    for method in ["GET", "PATCH"] {
+        expect(&mut h, method, &format!("{APPS}/statefulsets/kv"), |_| {
+            (200, statefulset(3))
+        })
+        .await;
+    }
+    let listed = pods_json.clone();
+    expect(&mut h, "GET", &format!("{NS}/pods"), move |_| (200, listed)).await;
+    let status = expect_status(&mut h).await;
+    let kv2 = &status["members"][2];
+    assert_eq!(kv2["name"], "kv-2");
+    let first_seen: k8s_openapi::jiff::Timestamp = kv2["failingSince"]
+        .as_str()
+        .expect("failingSince")
+        .parse()
+        .expect("a time");
+    let age = k8s_openapi::jiff::Timestamp::now().duration_since(first_seen);
+    assert!(age.as_secs() < 60, "noted now: {first_seen}");
+    assert!(status["members"][0].get("failingSince").is_none());
+    run.await.expect("joined").expect("reconciled");
+
+    // Still failing eleven minutes later (the default threshold is 10m):
+    // its claim and pod are deleted, with a Warning event.
+    let mut pkv = paxoskv(json!({"replicas": 3}));
+    pkv.status = Some(
+        serde_json::from_value(json!({"members": [
+            {"name": "kv-0", "id": "0000000000000001", "role": "voter", "healthy": true},
+            {"name": "kv-1", "id": "0000000000000002", "role": "voter", "healthy": true},
+            {"name": "kv-2", "id": "0000000000000003", "role": "voter", "healthy": false,
+             "failingSince": "2026-01-01T00:00:00Z"}]}))
+        .expect("status"),
+    );
+    let run = tokio::spawn(reconcile(Arc::new(pkv), ctx.clone()));
+    expect_static_objects(&mut h).await;
+    expect_existing_token_and_bootstrap(&mut h, 3).await;
+    for method in ["GET", "PATCH"] {
+        expect(&mut h, method, &format!("{APPS}/statefulsets/kv"), |_| {
+            (200, statefulset(3))
+        })
+        .await;
+    }
+    let listed = pods_json.clone();
+    expect(&mut h, "GET", &format!("{NS}/pods"), move |_| (200, listed)).await;
+    let deleted =
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"});
+    let reply = deleted.clone();
+    expect(
+        &mut h,
+        "DELETE",
+        &format!("{NS}/persistentvolumeclaims/data-kv-2"),
+        move |_| (200, reply),
+    )
+    .await;
+    expect(&mut h, "DELETE", &format!("{NS}/pods/kv-2"), move |_| {
+        (200, deleted)
+    })
+    .await;
+    let event = expect_event(&mut h, "RecreatingMember").await;
+    assert_eq!(event["type"], "Warning");
+    let status = expect_status(&mut h).await;
+    assert_eq!(
+        condition(&status, "SelfHealing")["reason"],
+        "RecreatingMember"
+    );
+    let restarted: k8s_openapi::jiff::Timestamp = status["members"][2]["failingSince"]
+        .as_str()
+        .expect("failingSince")
+        .parse()
+        .expect("a time");
+    assert!(
+        k8s_openapi::jiff::Timestamp::now()
+            .duration_since(restarted)
+            .as_secs()
+            < 60,
+        "the clock starts again, so the pod is not recreated again while it starts"
+    );
+    run.await.expect("joined").expect("reconciled");
+
+    // Turned off, or another incarnation under the same name: nothing is
+    // deleted.
+    for (spec, id) in [
+        (
+            json!({"replicas": 3, "selfHealing": {"enabled": false}}),
+            "0000000000000003",
+        ),
+        (json!({"replicas": 3}), "00000000000000aa"),
+    ] {
+        let mut pkv = paxoskv(spec);
+        pkv.status = Some(
+            serde_json::from_value(json!({"members": [
+                {"name": "kv-2", "id": id, "role": "voter", "healthy": false,
+                 "failingSince": "2026-01-01T00:00:00Z"}]}))
+            .expect("status"),
+        );
+        let run = tokio::spawn(reconcile(Arc::new(pkv), ctx.clone()));
+        expect_static_objects(&mut h).await;
+        expect_existing_token_and_bootstrap(&mut h, 3).await;
+        for method in ["GET", "PATCH"] {
+            expect(&mut h, method, &format!("{APPS}/statefulsets/kv"), |_| {
+                (200, statefulset(3))
+            })
+            .await;
+        }
+        let listed = pods_json.clone();
+        expect(&mut h, "GET", &format!("{NS}/pods"), move |_| (200, listed)).await;
+        let status = expect_status(&mut h).await;
+        assert_eq!(status["phase"], "Degraded", "{status}");
+        run.await.expect("joined").expect("reconciled");
+    }
+}
