@@ -24,7 +24,9 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::crd::{MemberStatus, PaxosKV, PaxosKVStatus, Phase, ReadModeSpec};
+use crate::crd::{
+    MemberStatus, PaxosKV, PaxosKVStatus, Phase, ReadModeSpec, SwitchoverPhase, SwitchoverStatus,
+};
 use crate::members::{ClusterView, MembersClient, MembersError};
 use crate::metrics::OperatorMetrics;
 use crate::plan::{Observed, PodView, Step, failing_for, plan};
@@ -458,7 +460,10 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         since.insert(pod.clone(), now);
     }
 
+    let switchover = switchover(ctx, pkv, &members, &view, &step).await;
+
     let mut status = status_of(pkv, &observed, &view, &step);
+    status.switchover = switchover;
     for m in &mut status.members {
         m.failing_since = since.get(&m.name).map(|t| Time(*t));
     }
@@ -474,10 +479,103 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     if let Some(e) = step_error {
         return Err(e);
     }
+    let switching = status
+        .switchover
+        .as_ref()
+        .is_some_and(|s| s.phase == SwitchoverPhase::Pending);
     Ok(match step {
-        Step::Idle if status.phase == Some(Phase::Running) => Action::requeue(ctx.idle_requeue),
+        Step::Idle if status.phase == Some(Phase::Running) && !switching => {
+            Action::requeue(ctx.idle_requeue)
+        }
         _ => Action::requeue(ctx.busy_requeue),
     })
+}
+
+/// The `phxkv.io/switchover` annotation: moves mastership to the member it
+/// names, through the master's hand-off (the target must be a voter the
+/// master hears from and caught up; the server checks). Only when the plan
+/// has nothing else to do, so it never races a membership change or an
+/// upgrade. A request is done once: when it succeeded or failed, the status
+/// says so until the annotation changes; without the annotation the status
+/// has no switchover.
+async fn switchover(
+    ctx: &Context,
+    pkv: &PaxosKV,
+    members: &MembersClient,
+    view: &ClusterView,
+    step: &Step,
+) -> Option<SwitchoverStatus> {
+    let target = pkv
+        .annotations()
+        .get(render::SWITCHOVER)
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())?;
+    let last = pkv.status.as_ref().and_then(|s| s.switchover.clone());
+    if let Some(last) = last.filter(|l| l.target == target && l.phase != SwitchoverPhase::Pending) {
+        return Some(last);
+    }
+    let done = |phase, message: String| {
+        Some(SwitchoverStatus {
+            target: target.clone(),
+            phase,
+            message,
+        })
+    };
+    if view.master.as_deref() == Some(target.as_str()) {
+        return done(SwitchoverPhase::Succeeded, format!("{target} is master"));
+    }
+    if !matches!(step, Step::Idle) {
+        return done(
+            SwitchoverPhase::Pending,
+            format!("waits for the cluster to settle: {}", describe(step)),
+        );
+    }
+    let Some(via) = view.via() else {
+        return done(
+            SwitchoverPhase::Pending,
+            "no replica answered; retrying".into(),
+        );
+    };
+    let from = view.master.clone().unwrap_or_else(|| "none".into());
+    match members.transfer(via, &target).await {
+        Ok(info) if info.master.as_deref() == Some(target.as_str()) => {
+            ctx.metrics.step("switchover");
+            let message = format!("mastership moved from {from} to {target}");
+            publish(
+                ctx,
+                pkv,
+                EventType::Normal,
+                "SwitchedOver",
+                "Switchover",
+                &message,
+            )
+            .await;
+            done(SwitchoverPhase::Succeeded, message)
+        }
+        Ok(info) => done(
+            SwitchoverPhase::Pending,
+            format!(
+                "handed over, but the master is {}; retrying",
+                info.master.as_deref().unwrap_or("unknown")
+            ),
+        ),
+        Err(MembersError::Refused { code, message, .. })
+            if code == "member_not_found" || code == "member_not_voter" =>
+        {
+            let message = format!("{target} cannot be master: {message}");
+            publish(
+                ctx,
+                pkv,
+                EventType::Warning,
+                "SwitchoverFailed",
+                "Switchover",
+                &message,
+            )
+            .await;
+            done(SwitchoverPhase::Failed, message)
+        }
+        Err(e) => done(SwitchoverPhase::Pending, format!("{e}; retrying")),
+    }
 }
 
 /// Since when each member has been failing (unhealthy, or more than
@@ -596,6 +694,7 @@ async fn hibernate(
         master: None,
         // The last members seen: they are who comes back.
         members: old.members.clone(),
+        switchover: old.switchover.clone(),
         observed_generation: generation,
         conditions: conditions(
             &old.conditions,
@@ -988,6 +1087,7 @@ pub fn status_of(pkv: &PaxosKV, o: &Observed, view: &ClusterView, step: &Step) -
                 failing_since: None,
             })
             .collect(),
+        switchover: None,
         observed_generation: generation,
         conditions: conditions(
             &old.conditions,

@@ -404,12 +404,41 @@ pub struct PaxosKVStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The last switchover asked for with the `phxkv.io/switchover`
+    /// annotation, and how it went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<SwitchoverStatus>,
     /// Available, Progressing, Degraded, VolumeLost, Hibernated, Ready and
     /// Reconciled (False with reason ReconcileError, or NameConflict when an
     /// object of that name belongs to something else, when the last pass
     /// failed), with reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// A switchover: mastership moved to a named member on request.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchoverStatus {
+    /// The member asked for.
+    pub target: String,
+    /// Pending, Succeeded or Failed.
+    pub phase: SwitchoverPhase,
+    /// What happened, or what it waits for.
+    pub message: String,
+}
+
+/// Where a switchover stands.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SwitchoverPhase {
+    /// Not done yet: waiting for the cluster to settle, or for the target
+    /// to be caught up; retried.
+    Pending,
+    /// The target is master.
+    Succeeded,
+    /// It cannot be done (no such member, or a learner); set the
+    /// annotation to another member.
+    Failed,
 }
 
 /// Phase of a cluster.

@@ -57,6 +57,9 @@ pub const READ_MODE_KEY: &str = "readMode";
 /// Service, `peers` on the headless one. Both select the same pods, so a
 /// ServiceMonitor selects `client` to scrape each pod once.
 pub const SERVICE_LABEL: &str = "phxkv.io/service";
+/// Annotation on a `PaxosKV` asking for mastership to move to the member
+/// it names (a switchover).
+pub const SWITCHOVER: &str = "phxkv.io/switchover";
 /// Annotation on a hibernated StatefulSet: how many pods it had, to bring
 /// back on wake-up.
 pub const HIBERNATED_REPLICAS: &str = "phxkv.io/hibernated-replicas";

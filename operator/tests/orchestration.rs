@@ -7,7 +7,8 @@
 //! Path: 3 replicas -> 5 -> 3, then an upgrade of every pod (master last),
 //! then a failed upgrade (the image crash-loops) and its rollback, then a
 //! follower that loses its volume and is replaced, then a follower that
-//! dies for good and is recreated by self-healing.
+//! dies for good and is recreated by self-healing, then a switchover to a
+//! named follower.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -689,6 +690,42 @@ async fn scale_3_to_5_to_3_then_upgrade_with_writes_throughout() {
     assert_ne!(healed_member.id, old_id, "a new incarnation");
     assert_eq!(healed_member.role, phxkv::api::service::MemberRole::Voter);
     assert!(progressed(before), "writes succeeded while healing");
+
+    // Switchover: mastership moves to a named follower, as the operator
+    // asks for it, with writes going on.
+    let before = acked_count.load(Ordering::Relaxed);
+    let view = members.observe(&set.lock().await.urls()).await;
+    let from = view.master.clone().expect("a master");
+    let target = ["kv-0", "kv-1", "kv-2"]
+        .into_iter()
+        .find(|p| *p != from)
+        .expect("a follower");
+    let via = view.via().expect("a replica answered").to_string();
+    let mut moved = None;
+    for _ in 0..20 {
+        match members.transfer(&via, target).await {
+            Ok(info) => {
+                moved = Some(info);
+                break;
+            }
+            // Just replaced or healed members may not be caught up yet.
+            Err(e) => {
+                eprintln!("switchover to {target} not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let info = moved.expect("the switchover went through");
+    assert_eq!(info.master.as_deref(), Some(target), "{from} -> {target}");
+    let view = members.observe(&set.lock().await.urls()).await;
+    assert_eq!(view.master.as_deref(), Some(target));
+    let steps = converge(&set, &members, &http, 3).await;
+    assert!(steps.is_empty(), "nothing else to do: {steps:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !progressed(before) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(progressed(before), "writes succeeded after the switchover");
 
     stop.store(true, Ordering::Relaxed);
     let acked = writes.await.expect("writer");

@@ -154,8 +154,36 @@ async fn fake_phxkv(state: Arc<FakeCluster>) -> String {
                     "incarnation": "00000000000000ee", "state": "done",
                     "message": format!("{name} is a voter again, as incarnation 00000000000000ee")}))
     }
+    async fn transfer(
+        State(s): State<Arc<FakeCluster>>,
+        Path((_pod, name)): Path<(String, String)>,
+        headers: HeaderMap,
+    ) -> (axum::http::StatusCode, Json<Value>) {
+        s.changes
+            .lock()
+            .expect("lock")
+            .push(("transfer".into(), json!(name), auth_of(&headers)));
+        let mut info = s.info.lock().expect("lock").clone();
+        let known = info["members"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().any(|m| m["name"] == name));
+        if !known {
+            return (
+                axum::http::StatusCode::NOT_FOUND,
+                Json(json!({"error": {"code": "member_not_found",
+                                      "message": format!("no member is named {name}")}})),
+            );
+        }
+        info["master"] = json!(name);
+        *s.info.lock().expect("lock") = info.clone();
+        (axum::http::StatusCode::OK, Json(info))
+    }
     let app = Router::new()
         .route("/pods/{pod}/v1/cluster", get(cluster))
+        .route(
+            "/pods/{pod}/v1/cluster/members/{name}/transfer",
+            post(transfer),
+        )
         .route("/pods/{pod}/v1/cluster/members", post(add))
         .route(
             "/pods/{pod}/v1/cluster/members/{name}/replace",
@@ -1035,4 +1063,128 @@ async fn a_member_failing_past_the_threshold_is_recreated_on_a_new_volume() {
         assert_eq!(status["phase"], "Degraded", "{status}");
         run.await.expect("joined").expect("reconciled");
     }
+}
+
+#[tokio::test]
+async fn a_switchover_moves_mastership_once_and_a_bad_target_fails_with_a_reason() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let fake = Arc::new(FakeCluster::default());
+    *fake.info.lock().expect("lock") = cluster_info(
+        "kv-0",
+        vec![
+            member("kv-0", true, true),
+            member("kv-1", true, false),
+            member("kv-2", true, false),
+        ],
+    );
+    let url = fake_phxkv(fake.clone()).await;
+    let ctx = context(client, url);
+    let pods_json = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                           "items": [pod(0, true), pod(1, true), pod(2, true)]});
+    let with_annotation = |target: &str, last: Option<Value>| {
+        let mut pkv = paxoskv(json!({"replicas": 3}));
+        pkv.metadata.annotations = Some(
+            [("phxkv.io/switchover".to_string(), target.to_string())]
+                .into_iter()
+                .collect(),
+        );
+        if let Some(last) = last {
+            pkv.status = Some(serde_json::from_value(json!({"switchover": last})).expect("status"));
+        }
+        Arc::new(pkv)
+    };
+    async fn steady_pass(h: &mut ApiHandle, pods: &Value) {
+        expect_static_objects(h).await;
+        expect_existing_token_and_bootstrap(h, 3).await;
+        for method in ["GET", "PATCH"] {
+            expect(h, method, &format!("{APPS}/statefulsets/kv"), |_| {
+                (200, statefulset(3))
+            })
+            .await;
+        }
+        let listed = pods.clone();
+        expect(h, "GET", &format!("{NS}/pods"), move |_| (200, listed)).await;
+    }
+
+    // Asked for kv-1 while kv-0 is master: handed over, with an event.
+    let run = tokio::spawn(reconcile(with_annotation("kv-1", None), ctx.clone()));
+    steady_pass(&mut h, &pods_json).await;
+    let event = expect_event(&mut h, "SwitchedOver").await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("from kv-0 to kv-1"),
+        "{event}"
+    );
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["switchover"]["target"], "kv-1");
+    assert_eq!(status["switchover"]["phase"], "Succeeded");
+    run.await.expect("joined").expect("reconciled");
+    {
+        let changes = fake.changes.lock().expect("lock");
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].0, "transfer");
+        assert_eq!(changes[0].1, "kv-1");
+        assert_eq!(
+            changes[0].2.as_deref(),
+            Some("Bearer secret-token-0123456789")
+        );
+    }
+
+    // Done once: when mastership later moves elsewhere, the same request
+    // is not carried out again.
+    fake.info.lock().expect("lock")["master"] = json!("kv-2");
+    let last = json!({"target": "kv-1", "phase": "Succeeded", "message": "kv-1 is master"});
+    let run = tokio::spawn(reconcile(with_annotation("kv-1", Some(last)), ctx.clone()));
+    steady_pass(&mut h, &pods_json).await;
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["switchover"]["phase"], "Succeeded");
+    run.await.expect("joined").expect("reconciled");
+    assert_eq!(fake.changes.lock().expect("lock").len(), 1);
+
+    // A member that does not exist: Failed, with the server's reason and a
+    // Warning event.
+    let run = tokio::spawn(reconcile(with_annotation("kv-7", None), ctx.clone()));
+    steady_pass(&mut h, &pods_json).await;
+    let event = expect_event(&mut h, "SwitchoverFailed").await;
+    assert_eq!(event["type"], "Warning");
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["switchover"]["phase"], "Failed");
+    assert!(
+        status["switchover"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no member is named kv-7"),
+        "{status}"
+    );
+    run.await.expect("joined").expect("reconciled");
+
+    // Not while something else is under way: pending, nothing asked.
+    let mut pkv = (*with_annotation("kv-0", None)).clone();
+    pkv.spec.replicas = 5;
+    let before = fake.changes.lock().expect("lock").len();
+    let run = tokio::spawn(reconcile(Arc::new(pkv), ctx));
+    expect_static_objects(&mut h).await;
+    expect_existing_token_and_bootstrap(&mut h, 3).await;
+    expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, statefulset(3))
+    })
+    .await;
+    expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, statefulset(3))
+    })
+    .await;
+    let listed = pods_json.clone();
+    expect(&mut h, "GET", &format!("{NS}/pods"), move |_| (200, listed)).await;
+    expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, statefulset(5))
+    })
+    .await;
+    expect_event(&mut h, "Scaled").await;
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["switchover"]["phase"], "Pending", "{status}");
+    run.await.expect("joined").expect("reconciled");
+    assert_eq!(fake.changes.lock().expect("lock").len(), before);
 }
