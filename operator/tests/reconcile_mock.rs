@@ -178,8 +178,38 @@ async fn fake_phxkv(state: Arc<FakeCluster>) -> String {
         *s.info.lock().expect("lock") = info.clone();
         (axum::http::StatusCode::OK, Json(info))
     }
+    async fn promote(
+        State(s): State<Arc<FakeCluster>>,
+        Path((_pod, name)): Path<(String, String)>,
+        headers: HeaderMap,
+    ) -> Json<Value> {
+        s.changes
+            .lock()
+            .expect("lock")
+            .push(("promote".into(), json!(name), auth_of(&headers)));
+        Json(s.info.lock().expect("lock").clone())
+    }
+    async fn remove(
+        State(s): State<Arc<FakeCluster>>,
+        Path((_pod, name)): Path<(String, String)>,
+        headers: HeaderMap,
+    ) -> Json<Value> {
+        s.changes
+            .lock()
+            .expect("lock")
+            .push(("remove".into(), json!(name), auth_of(&headers)));
+        Json(s.info.lock().expect("lock").clone())
+    }
     let app = Router::new()
         .route("/pods/{pod}/v1/cluster", get(cluster))
+        .route(
+            "/pods/{pod}/v1/cluster/members/{name}/promote",
+            post(promote),
+        )
+        .route(
+            "/pods/{pod}/v1/cluster/members/{name}",
+            axum::routing::delete(remove),
+        )
         .route(
             "/pods/{pod}/v1/cluster/members/{name}/transfer",
             post(transfer),
@@ -1187,4 +1217,128 @@ async fn a_switchover_moves_mastership_once_and_a_bad_target_fails_with_a_reason
     assert_eq!(status["switchover"]["phase"], "Pending", "{status}");
     run.await.expect("joined").expect("reconciled");
     assert_eq!(fake.changes.lock().expect("lock").len(), before);
+}
+
+#[tokio::test]
+async fn a_caught_up_learner_is_promoted_and_scaling_down_removes_the_highest_voter() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let fake = Arc::new(FakeCluster::default());
+    let five = |learner: bool| {
+        cluster_info(
+            "kv-0",
+            vec![
+                member("kv-0", true, true),
+                member("kv-1", true, false),
+                member("kv-2", true, false),
+                member("kv-3", !learner, false),
+                member("kv-4", true, false),
+            ],
+        )
+    };
+    *fake.info.lock().expect("lock") = five(true);
+    let url = fake_phxkv(fake.clone()).await;
+    let ctx = context(client, url);
+    let pods = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                      "items": (0..5).map(|i| pod(i, true)).collect::<Vec<_>>()});
+    async fn pass_at_five(h: &mut ApiHandle, pods: &Value) {
+        expect_static_objects(h).await;
+        expect_existing_token_and_bootstrap(h, 3).await;
+        for method in ["GET", "PATCH"] {
+            expect(h, method, &format!("{APPS}/statefulsets/kv"), |_| {
+                (200, statefulset(5))
+            })
+            .await;
+        }
+        let listed = pods.clone();
+        expect(h, "GET", &format!("{NS}/pods"), move |_| (200, listed)).await;
+    }
+
+    // kv-3 is a learner whose pod is ready (caught up): promoted.
+    let run = tokio::spawn(reconcile(
+        Arc::new(paxoskv(json!({"replicas": 5}))),
+        ctx.clone(),
+    ));
+    pass_at_five(&mut h, &pods).await;
+    expect_event(&mut h, "MemberPromoted").await;
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["phase"], "Scaling");
+    run.await.expect("joined").expect("reconciled");
+
+    // Scaled down to 3: the highest voter is removed first, the pods stay
+    // until no member is left past the new size.
+    *fake.info.lock().expect("lock") = five(false);
+    let run = tokio::spawn(reconcile(
+        Arc::new(paxoskv(json!({"replicas": 3}))),
+        ctx.clone(),
+    ));
+    pass_at_five(&mut h, &pods).await;
+    expect_event(&mut h, "MemberRemoved").await;
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["phase"], "Scaling");
+    run.await.expect("joined").expect("reconciled");
+
+    let changes = fake.changes.lock().expect("lock");
+    let done: Vec<(&str, &Value)> = changes.iter().map(|(k, b, _)| (k.as_str(), b)).collect();
+    assert_eq!(
+        done,
+        vec![("promote", &json!("kv-3")), ("remove", &json!("kv-4"))]
+    );
+}
+
+#[tokio::test]
+async fn conflicts_and_forbidden_calls_of_the_api_server_show_in_status() {
+    let forbidden = "statefulsets.apps \"kv\" is forbidden: User \
+                     \"system:serviceaccount:ops:phxkv-operator\" cannot patch resource \
+                     \"statefulsets\" in API group \"apps\" in the namespace \"db\"";
+    let conflict = "secrets \"kv-token\" already exists";
+    for (code, reason, message) in [
+        (403, "Forbidden", forbidden),
+        (409, "AlreadyExists", conflict),
+    ] {
+        let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "db");
+        let ctx = context(client, "http://127.0.0.1:9".into());
+        let run = tokio::spawn(reconcile(Arc::new(paxoskv(json!({"replicas": 3}))), ctx));
+        let error = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                           "status": "Failure", "message": message, "reason": reason,
+                           "code": code});
+        expect_static_objects(&mut h).await;
+        if code == 409 {
+            // Two operators racing to create the token: the create is refused.
+            expect(&mut h, "GET", &format!("{NS}/secrets/kv-token"), |_| {
+                (404, not_found("secrets", "kv-token"))
+            })
+            .await;
+            expect(&mut h, "POST", &format!("{NS}/secrets"), move |_| {
+                (409, error)
+            })
+            .await;
+        } else {
+            expect_existing_token_and_bootstrap(&mut h, 3).await;
+            expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
+                (200, statefulset(3))
+            })
+            .await;
+            expect(
+                &mut h,
+                "PATCH",
+                &format!("{APPS}/statefulsets/kv"),
+                move |_| (403, error),
+            )
+            .await;
+        }
+        let event = expect_event(&mut h, "ReconcileFailed").await;
+        assert_eq!(event["type"], "Warning");
+        let status = expect_status(&mut h).await;
+        let ready = condition(&status, "Ready");
+        assert_eq!(ready["status"], "False", "{status}");
+        assert_eq!(ready["reason"], "ReconcileError");
+        assert!(
+            ready["message"].as_str().unwrap_or("").contains(message),
+            "HTTP {code}: {ready}"
+        );
+        assert_eq!(condition(&status, "Reconciled")["status"], "False");
+        assert!(run.await.expect("joined").is_err());
+    }
 }
