@@ -166,10 +166,13 @@ render full \
     --set-json 'cluster.scheduling.tolerations=[{"key":"dedicated","operator":"Equal","value":"kv","effect":"NoSchedule"}]' \
     --set-json 'cluster.scheduling.topologySpreadConstraints=[{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"DoNotSchedule","labelSelector":{"matchLabels":{"app.kubernetes.io/instance":"phxkv"}}}]' \
     --set-json 'operator.extraEnv=[{"name":"RUST_LOG","value":"info"}]' \
+    --set cluster.hibernation=true,cluster.selfHealing.replaceAfter=30m,cluster.selfHealing.maxLag=5000 \
     --set image.tag=0.1.1,imagePullSecrets[0].name=regcred
 validate "$work/full.yaml" --expect PaxosKV=1 --expect NetworkPolicy=1 --expect ServiceMonitor=2 \
     --expect PrometheusRule=1 --expect ConfigMap=1 || die "render with every option does not validate"
 grep -q -- '--default-image=ghcr.io/phxkv/phxkv:0.1.1' "$work/full.yaml" || die "image.tag does not reach --default-image"
+grep -q '^  hibernation: true' "$work/full.yaml" || die "cluster.hibernation does not reach the PaxosKV"
+grep -q '^    replaceAfter: "30m"' "$work/full.yaml" || die "cluster.selfHealing does not reach the PaxosKV"
 check "networkPolicy + serviceMonitor + prometheusRule + grafanaDashboard + every cluster option render validates"
 
 log "namespace-scoped operator: render and validate"
@@ -209,6 +212,9 @@ expect_rejected "at '': additional properties 'replicas' not allowed" --set repl
 expect_rejected "at '/cluster': additional properties 'replica' not allowed" --set cluster.replica=3
 expect_rejected "at '/cluster/resources/requests/cpu': 'anyOf' failed" --set-json cluster.resources.requests.cpu=0.5
 expect_rejected "at '/cluster/lease': value must be 'a duration" --set cluster.lease=5sec
+expect_rejected "at '/cluster/selfHealing/replaceAfter': '5s' does not match pattern" \
+    --set cluster.selfHealing.replaceAfter=5s
+expect_rejected "at '/cluster/selfHealing/maxLag': minimum" --set cluster.selfHealing.maxLag=0
 expect_rejected "at '/image/pullPolicy': value must be one of" --set image.pullPolicy=Sometimes
 expect_rejected "at '/operator/leaderElection/leaseDuration': value must be 'whole seconds" \
     --set operator.leaderElection.leaseDuration=2s
