@@ -822,19 +822,9 @@ async fn execute(
         Step::Recreate(pod) => {
             // The claim first: it stays (protected) until its pod is gone,
             // and the pod the StatefulSet brings back gets a new one.
-            let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
             let claim = render::claim_name(pod);
-            match claims.delete(&claim, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-            match pods.delete(pod, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            delete_if_present::<PersistentVolumeClaim>(ctx, ns, &claim).await?;
+            delete_if_present::<Pod>(ctx, ns, pod).await?;
             ctx.metrics.step("recreate");
             let after = &pkv.spec.self_healing.replace_after;
             publish(
@@ -871,6 +861,22 @@ async fn execute(
             .await;
             Ok(())
         }
+    }
+}
+
+/// Deletes an object; one already gone is fine.
+async fn delete_if_present<K>(ctx: &Context, ns: &str, name: &str) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -467,6 +467,29 @@ async fn writer(
     acked
 }
 
+/// A follower of the three-pod set, with its incarnation.
+async fn a_follower(set: &Arc<Mutex<FakeSet>>, members: &MembersClient) -> (&'static str, String) {
+    let master = members
+        .observe(&set.lock().await.urls())
+        .await
+        .master
+        .expect("a master");
+    let victim = ["kv-0", "kv-1", "kv-2"]
+        .into_iter()
+        .find(|p| *p != master)
+        .expect("a follower");
+    let id = members
+        .cluster_info(&set.lock().await.url(0))
+        .await
+        .expect("cluster info")
+        .members
+        .iter()
+        .find(|m| m.name == victim)
+        .map(|m| m.id.clone())
+        .expect("victim is a member");
+    (victim, id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_3_to_5_to_3_then_upgrade_with_writes_throughout() {
     let http = reqwest::Client::builder()
@@ -597,24 +620,7 @@ async fn scale_3_to_5_to_3_then_upgrade_with_writes_throughout() {
     // A follower's volume is lost: the operator replaces the member on its
     // own, and the pod rejoins as a new incarnation.
     let before = acked_count.load(Ordering::Relaxed);
-    let master = members
-        .observe(&set.lock().await.urls())
-        .await
-        .master
-        .expect("a master");
-    let victim = ["kv-0", "kv-1", "kv-2"]
-        .into_iter()
-        .find(|p| *p != master)
-        .expect("a follower");
-    let old_id = members
-        .cluster_info(&set.lock().await.url(0))
-        .await
-        .expect("cluster info")
-        .members
-        .iter()
-        .find(|m| m.name == victim)
-        .map(|m| m.id.clone())
-        .expect("victim is a member");
+    let (victim, old_id) = a_follower(&set, &members).await;
     set.lock().await.lose_volume(victim);
     let healed = converge(&set, &members, &http, 3).await;
     assert!(
@@ -640,24 +646,7 @@ async fn scale_3_to_5_to_3_then_upgrade_with_writes_throughout() {
     // the threshold it is recreated on a new volume and replaced as a new
     // incarnation.
     let before = acked_count.load(Ordering::Relaxed);
-    let master = members
-        .observe(&set.lock().await.urls())
-        .await
-        .master
-        .expect("a master");
-    let victim = ["kv-0", "kv-1", "kv-2"]
-        .into_iter()
-        .find(|p| *p != master)
-        .expect("a follower");
-    let old_id = members
-        .cluster_info(&set.lock().await.url(0))
-        .await
-        .expect("cluster info")
-        .members
-        .iter()
-        .find(|m| m.name == victim)
-        .map(|m| m.id.clone())
-        .expect("victim is a member");
+    let (victim, old_id) = a_follower(&set, &members).await;
     set.lock().await.kill_for_good(victim);
     let healed = drive(&set, &members, &http, 3, None, Some(Duration::from_secs(3))).await;
     let kinds: Vec<&Step> = healed.iter().map(|(s, _)| s).collect();

@@ -345,6 +345,22 @@ async fn expect_existing_token_and_bootstrap(h: &mut ApiHandle, bootstrap: i32) 
     .await;
 }
 
+/// A pass over a cluster of `kv` that exists with `replicas` pods and
+/// bootstrapped with 3, up to the pod listing (answered with `pods`): what
+/// follows depends on the plan.
+async fn expect_settled_pass(h: &mut ApiHandle, replicas: i32, pods: &Value) {
+    expect_static_objects(h).await;
+    expect_existing_token_and_bootstrap(h, 3).await;
+    for method in ["GET", "PATCH"] {
+        expect(h, method, &format!("{APPS}/statefulsets/kv"), |_| {
+            (200, statefulset(replicas))
+        })
+        .await;
+    }
+    let listed = pods.clone();
+    expect(h, "GET", &format!("{NS}/pods"), move |_| (200, listed)).await;
+}
+
 async fn expect_event(h: &mut ApiHandle, reason: &str) -> Value {
     let event = expect(
         h,
@@ -982,16 +998,7 @@ async fn a_member_failing_past_the_threshold_is_recreated_on_a_new_volume() {
     // First seen failing: only noted, with the time.
     let pkv = Arc::new(paxoskv(json!({"replicas": 3})));
     let run = tokio::spawn(reconcile(pkv, ctx.clone()));
-    expect_static_objects(&mut h).await;
-    expect_existing_token_and_bootstrap(&mut h, 3).await;
-    for method in ["GET", "PATCH"] {
-        expect(&mut h, method, &format!("{APPS}/statefulsets/kv"), |_| {
-            (200, statefulset(3))
-        })
-        .await;
-    }
-    let listed = pods_json.clone();
-    expect(&mut h, "GET", &format!("{NS}/pods"), move |_| (200, listed)).await;
+    expect_settled_pass(&mut h, 3, &pods_json).await;
     let status = expect_status(&mut h).await;
     let kv2 = &status["members"][2];
     assert_eq!(kv2["name"], "kv-2");
@@ -1017,16 +1024,7 @@ async fn a_member_failing_past_the_threshold_is_recreated_on_a_new_volume() {
         .expect("status"),
     );
     let run = tokio::spawn(reconcile(Arc::new(pkv), ctx.clone()));
-    expect_static_objects(&mut h).await;
-    expect_existing_token_and_bootstrap(&mut h, 3).await;
-    for method in ["GET", "PATCH"] {
-        expect(&mut h, method, &format!("{APPS}/statefulsets/kv"), |_| {
-            (200, statefulset(3))
-        })
-        .await;
-    }
-    let listed = pods_json.clone();
-    expect(&mut h, "GET", &format!("{NS}/pods"), move |_| (200, listed)).await;
+    expect_settled_pass(&mut h, 3, &pods_json).await;
     let deleted =
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"});
     let reply = deleted.clone();
@@ -1079,16 +1077,7 @@ async fn a_member_failing_past_the_threshold_is_recreated_on_a_new_volume() {
             .expect("status"),
         );
         let run = tokio::spawn(reconcile(Arc::new(pkv), ctx.clone()));
-        expect_static_objects(&mut h).await;
-        expect_existing_token_and_bootstrap(&mut h, 3).await;
-        for method in ["GET", "PATCH"] {
-            expect(&mut h, method, &format!("{APPS}/statefulsets/kv"), |_| {
-                (200, statefulset(3))
-            })
-            .await;
-        }
-        let listed = pods_json.clone();
-        expect(&mut h, "GET", &format!("{NS}/pods"), move |_| (200, listed)).await;
+        expect_settled_pass(&mut h, 3, &pods_json).await;
         let status = expect_status(&mut h).await;
         assert_eq!(status["phase"], "Degraded", "{status}");
         run.await.expect("joined").expect("reconciled");
@@ -1124,22 +1113,9 @@ async fn a_switchover_moves_mastership_once_and_a_bad_target_fails_with_a_reason
         }
         Arc::new(pkv)
     };
-    async fn steady_pass(h: &mut ApiHandle, pods: &Value) {
-        expect_static_objects(h).await;
-        expect_existing_token_and_bootstrap(h, 3).await;
-        for method in ["GET", "PATCH"] {
-            expect(h, method, &format!("{APPS}/statefulsets/kv"), |_| {
-                (200, statefulset(3))
-            })
-            .await;
-        }
-        let listed = pods.clone();
-        expect(h, "GET", &format!("{NS}/pods"), move |_| (200, listed)).await;
-    }
-
     // Asked for kv-1 while kv-0 is master: handed over, with an event.
     let run = tokio::spawn(reconcile(with_annotation("kv-1", None), ctx.clone()));
-    steady_pass(&mut h, &pods_json).await;
+    expect_settled_pass(&mut h, 3, &pods_json).await;
     let event = expect_event(&mut h, "SwitchedOver").await;
     assert!(
         event["note"]
@@ -1168,7 +1144,7 @@ async fn a_switchover_moves_mastership_once_and_a_bad_target_fails_with_a_reason
     fake.info.lock().expect("lock")["master"] = json!("kv-2");
     let last = json!({"target": "kv-1", "phase": "Succeeded", "message": "kv-1 is master"});
     let run = tokio::spawn(reconcile(with_annotation("kv-1", Some(last)), ctx.clone()));
-    steady_pass(&mut h, &pods_json).await;
+    expect_settled_pass(&mut h, 3, &pods_json).await;
     let status = expect_status(&mut h).await;
     assert_eq!(status["switchover"]["phase"], "Succeeded");
     run.await.expect("joined").expect("reconciled");
@@ -1177,7 +1153,7 @@ async fn a_switchover_moves_mastership_once_and_a_bad_target_fails_with_a_reason
     // A member that does not exist: Failed, with the server's reason and a
     // Warning event.
     let run = tokio::spawn(reconcile(with_annotation("kv-7", None), ctx.clone()));
-    steady_pass(&mut h, &pods_json).await;
+    expect_settled_pass(&mut h, 3, &pods_json).await;
     let event = expect_event(&mut h, "SwitchoverFailed").await;
     assert_eq!(event["type"], "Warning");
     let status = expect_status(&mut h).await;
@@ -1241,25 +1217,12 @@ async fn a_caught_up_learner_is_promoted_and_scaling_down_removes_the_highest_vo
     let ctx = context(client, url);
     let pods = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
                       "items": (0..5).map(|i| pod(i, true)).collect::<Vec<_>>()});
-    async fn pass_at_five(h: &mut ApiHandle, pods: &Value) {
-        expect_static_objects(h).await;
-        expect_existing_token_and_bootstrap(h, 3).await;
-        for method in ["GET", "PATCH"] {
-            expect(h, method, &format!("{APPS}/statefulsets/kv"), |_| {
-                (200, statefulset(5))
-            })
-            .await;
-        }
-        let listed = pods.clone();
-        expect(h, "GET", &format!("{NS}/pods"), move |_| (200, listed)).await;
-    }
-
     // kv-3 is a learner whose pod is ready (caught up): promoted.
     let run = tokio::spawn(reconcile(
         Arc::new(paxoskv(json!({"replicas": 5}))),
         ctx.clone(),
     ));
-    pass_at_five(&mut h, &pods).await;
+    expect_settled_pass(&mut h, 5, &pods).await;
     expect_event(&mut h, "MemberPromoted").await;
     let status = expect_status(&mut h).await;
     assert_eq!(status["phase"], "Scaling");
@@ -1272,7 +1235,7 @@ async fn a_caught_up_learner_is_promoted_and_scaling_down_removes_the_highest_vo
         Arc::new(paxoskv(json!({"replicas": 3}))),
         ctx.clone(),
     ));
-    pass_at_five(&mut h, &pods).await;
+    expect_settled_pass(&mut h, 5, &pods).await;
     expect_event(&mut h, "MemberRemoved").await;
     let status = expect_status(&mut h).await;
     assert_eq!(status["phase"], "Scaling");
