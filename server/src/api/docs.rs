@@ -17,7 +17,7 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::service::Service;
-use crate::api::{cluster, health, kv, txn, ui, watch};
+use crate::api::{admin, cluster, health, kv, txn, ui, watch};
 
 /// The HTML of `/docs`.
 const DOCS_HTML: &str = include_str!("docs.html");
@@ -58,6 +58,7 @@ branch on `code`, never on `message`.",
         cluster::remove_member,
         cluster::replace_member,
         cluster::transfer_master,
+        admin::snapshot,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -72,6 +73,7 @@ branch on `code`, never on `message`.",
         (name = "kv", description = "Reads, writes, listings and transactions."),
         (name = "watch", description = "Streams of changes."),
         (name = "cluster", description = "Cluster status and membership."),
+        (name = "admin", description = "Backups: a consistent snapshot of the store."),
         (name = "operations", description = "Probes, metrics, this documentation and the web console."),
     ),
     modifiers(&CommonParts),

@@ -4,6 +4,7 @@
 //! describes them. Handlers are generic over [`service::Service`] so that
 //! the same code serves a real node and the in-memory fake in the tests.
 
+pub mod admin;
 pub mod body;
 pub mod cluster;
 pub mod docs;
@@ -57,6 +58,7 @@ pub fn public_router<S: Service>(svc: S) -> Router {
         .merge(txn::routes())
         .merge(watch::routes())
         .merge(cluster::routes())
+        .merge(admin::routes())
         .merge(health::routes())
         .merge(docs::routes())
         .merge(ui::routes())

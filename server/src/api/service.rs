@@ -209,6 +209,21 @@ pub enum ServiceError {
     HandoffTimeout(String),
 }
 
+/// A snapshot of the state machine on its way out, for a backup.
+#[derive(Debug)]
+pub struct BackupStream {
+    /// The cluster it is of.
+    pub cluster_id: String,
+    /// The log index it reflects.
+    pub index: u64,
+    /// The store revision at that index.
+    pub revision: u64,
+    /// The store image (the snapshot encoding), piece by piece, then
+    /// `Ok(None)` once it is complete: a channel that closes without it
+    /// was cut short.
+    pub pieces: tokio::sync::mpsc::Receiver<Result<Option<Vec<u8>>, ServiceError>>,
+}
+
 /// Everything the public API needs from a node.
 pub trait Service: Clone + Send + Sync + 'static {
     /// Proposes a mutating op and waits until it is applied (chosen and
@@ -271,6 +286,13 @@ pub trait Service: Clone + Send + Sync + 'static {
         &self,
         name: String,
     ) -> impl Future<Output = Result<ClusterInfo, ServiceError>> + Send;
+
+    /// Begins a consistent snapshot of the state machine for a backup: at
+    /// an applied index at or after a linearizable read barrier, so it
+    /// holds every write acknowledged before the call. The image arrives in
+    /// pieces through a bounded channel while writes go on; an error item
+    /// ends it early.
+    fn backup(&self) -> impl Future<Output = Result<BackupStream, ServiceError>> + Send;
 
     fn health(&self) -> Health;
 

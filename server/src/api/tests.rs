@@ -103,6 +103,20 @@ impl Service for Fake {
         Ok(result)
     }
 
+    async fn backup(&self) -> Result<crate::api::service::BackupStream, ServiceError> {
+        let store = self.store();
+        let (tx, pieces) = mpsc::channel(2);
+        // A test store is small: one piece.
+        let _ = tx.try_send(Ok(Some(store.encode_snapshot())));
+        let _ = tx.try_send(Ok(None));
+        Ok(crate::api::service::BackupStream {
+            cluster_id: "test".into(),
+            index: store.applied_index(),
+            revision: store.revision(),
+            pieces,
+        })
+    }
+
     async fn read<R, F>(&self, _consistency: Consistency, f: F) -> Result<R, ServiceError>
     where
         R: Send + 'static,
@@ -866,6 +880,7 @@ async fn openapi_json_describes_every_route() {
         ("/v1/cluster/members/{name}", "delete"),
         ("/v1/cluster/members/{name}/replace", "post"),
         ("/v1/cluster/members/{name}/transfer", "post"),
+        ("/v1/admin/snapshot", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),

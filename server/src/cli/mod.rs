@@ -44,6 +44,9 @@ pub enum Command {
     Status(client::status::StatusArgs),
     /// List, add, promote, remove or replace cluster members; move mastership.
     Members(client::members::MembersArgs),
+    /// Save a consistent backup of a cluster, inspect one, or restore one
+    /// into the first member of a new cluster.
+    Backup(client::backup::BackupArgs),
     /// An interactive prompt: get, put, delete, list, status.
     Shell(client::shell::ShellArgs),
     /// Print a completion script for bash, zsh or fish.
@@ -187,6 +190,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Watch(args) => client::watch::run(args).await,
         Command::Status(args) => client::status::run(args).await,
         Command::Members(args) => client::members::run(args).await,
+        Command::Backup(args) => client::backup::run(args).await,
         Command::Shell(args) => client::shell::run(args).await,
         Command::Completion(args) => completion::run(&args),
     }

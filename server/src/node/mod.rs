@@ -1301,6 +1301,12 @@ fn propose_error(e: ChangeReply) -> ServiceError {
     }
 }
 
+/// Pieces of a backup queued for the client at most: with
+/// [`BACKUP_KEYS_PER_PIECE`], what bounds a backup's memory.
+const BACKUP_QUEUE: usize = 4;
+/// Keys encoded per piece of a backup, under the state machine's lock.
+const BACKUP_KEYS_PER_PIECE: usize = 256;
+
 impl Service for Node {
     async fn write(
         &self,
@@ -1370,6 +1376,69 @@ impl Service for Node {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    async fn backup(&self) -> Result<crate::api::service::BackupStream, ServiceError> {
+        // A linearizable read first: what follows is at or after its index.
+        self.read(Consistency::Linearizable, |_| ()).await?;
+        let poisoned = || ServiceError::Internal("state machine lock poisoned".into());
+        let (start, revision) = {
+            let mut store = self.inner.store.write().map_err(|_| poisoned())?;
+            let revision = store.revision();
+            (store.begin_snapshot(), revision)
+        };
+        let (tx, pieces) = tokio::sync::mpsc::channel(BACKUP_QUEUE);
+        let store = self.inner.store.clone();
+        let spawned = std::thread::Builder::new()
+            .name("phxkv-backup".into())
+            .spawn(move || {
+                if tx.blocking_send(Ok(Some(start.head))).is_err() {
+                    return;
+                }
+                loop {
+                    let mut piece = Vec::new();
+                    // The lock is held for one piece: writes go on between.
+                    let done = match store.write() {
+                        Ok(mut s) => s.snapshot_chunk(start.id, BACKUP_KEYS_PER_PIECE, &mut piece),
+                        Err(_) => {
+                            let _ = tx.blocking_send(Err(ServiceError::Internal(
+                                "state machine lock poisoned".into(),
+                            )));
+                            return;
+                        }
+                    };
+                    let done = match done {
+                        Ok(done) => done,
+                        Err(e) => {
+                            // A compaction or an installed snapshot took over.
+                            let _ = tx.blocking_send(Err(ServiceError::Unavailable {
+                                message: format!("{e}; retry"),
+                                retry_after_secs: 1,
+                            }));
+                            return;
+                        }
+                    };
+                    // The receiver gone means the client went away.
+                    if tx.blocking_send(Ok(Some(piece))).is_err() {
+                        return;
+                    }
+                    if done {
+                        let _ = tx.blocking_send(Ok(None));
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            return Err(ServiceError::Internal(format!(
+                "cannot start the backup thread: {e}"
+            )));
+        }
+        Ok(crate::api::service::BackupStream {
+            cluster_id: self.inner.cfg.cluster_id.clone(),
+            index: start.applied_index,
+            revision,
+            pieces,
+        })
     }
 
     async fn read<R, F>(&self, consistency: Consistency, f: F) -> Result<R, ServiceError>

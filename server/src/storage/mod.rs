@@ -12,6 +12,7 @@
 //! hands the chosen slots after it back for replay, so the data and its
 //! applied index can never disagree after a crash at any point.
 
+pub mod backup_file;
 mod disk;
 mod error;
 mod legacy;

@@ -88,7 +88,8 @@ pub enum MembersAction {
     },
 }
 
-fn read_token(path: Option<&PathBuf>) -> Result<Option<String>, CliError> {
+/// The cluster token from `--token-file`, if one was given.
+pub(crate) fn read_token(path: Option<&PathBuf>) -> Result<Option<String>, CliError> {
     let Some(path) = path else {
         return Ok(None);
     };

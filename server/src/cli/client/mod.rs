@@ -4,6 +4,7 @@
 //! Each command lives in its own module with a `run` entry point; the
 //! pieces the interactive shell reuses (fetching, printing) are public too.
 
+pub mod backup;
 pub mod delete;
 pub mod get;
 pub mod http;
