@@ -273,6 +273,21 @@ new_event() {
 # write_key PKV KEY VALUE, expect_key PKV KEY VALUE: through a fresh
 # port-forward to PKV's client Service (the pod an earlier one went to may
 # be gone).
+# Waits for a MemberReplaced event newer than those in $3, phase Running
+# and three members, and for member $1 to be another incarnation than $2;
+# sets new_id to it.
+expect_replaced() {
+    local victim=$1 old_id=$2 before=$3
+    wait_until "$timeout" "no MemberReplaced event about demo" \
+        new_event demo MemberReplaced "$before"
+    log "$(tail -n 1 "$work/wait.out")"
+    wait_until "$timeout" "demo did not get back to phase Running" phase_is demo Running
+    wait_for_size demo 3
+    new_id=$(member demo "$victim" id)
+    [[ -n $new_id && $new_id != "$old_id" ]] ||
+        die "member $victim is incarnation ${new_id:-none}, not a new one (it was $old_id)"
+}
+
 write_key() {
     forward "svc/$1" 8080
     retry put "$forward_port" "$2" "$3" >/dev/null || die "PUT $2 on $1"
@@ -582,14 +597,7 @@ events demo MemberReplaced >"$work/events-before"
 log "deleting claim data-$victim and pod $victim (member incarnation $old_id)"
 k delete pvc "data-$victim" --wait=false >&2
 k delete pod "$victim" --wait=false >&2
-wait_until "$timeout" "no MemberReplaced event about demo" \
-    new_event demo MemberReplaced "$work/events-before"
-log "$(tail -n 1 "$work/wait.out")"
-wait_until "$timeout" "demo did not get back to phase Running" phase_is demo Running
-wait_for_size demo 3
-new_id=$(member demo "$victim" id)
-[[ -n $new_id && $new_id != "$old_id" ]] ||
-    die "member $victim is incarnation ${new_id:-none}, not a new one (it was $old_id)"
+expect_replaced "$victim" "$old_id" "$work/events-before"
 new_claim=$(k get pvc "data-$victim" -o jsonpath='{.metadata.uid}')
 [[ -n $new_claim && $new_claim != "$old_claim" ]] || die "data-$victim is not a new claim"
 log "$victim is member incarnation $new_id on a new claim"
@@ -749,14 +757,7 @@ if [[ $slow == 1 ]]; then
     quota=
     # The StatefulSet retries the pod with a growing back-off, so it may
     # take a minute or two after the quota goes.
-    wait_until "$timeout" "no MemberReplaced event about demo after the recreation" \
-        new_event demo MemberReplaced "$work/replaced-before"
-    log "$(tail -n 1 "$work/wait.out")"
-    wait_until "$timeout" "demo did not get back to phase Running" phase_is demo Running
-    wait_for_size demo 3
-    new_id=$(member demo "$victim" id)
-    [[ -n $new_id && $new_id != "$old_id" ]] ||
-        die "member $victim is incarnation ${new_id:-none}, not a new one (it was $old_id)"
+    expect_replaced "$victim" "$old_id" "$work/replaced-before"
     log "$victim is back as member incarnation $new_id"
     expect_key demo self-healing/kept yes
     k patch pkv demo --type merge -p "{\"spec\":{\"selfHealing\":$healing}}" >&2
