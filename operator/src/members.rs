@@ -228,17 +228,7 @@ impl MembersClient {
     /// One call of the replacement of `name` through the replica at `base`;
     /// the report says whether it is done or still catching up.
     pub async fn replace(&self, base: &str, name: &str) -> Result<ReplaceReport, MembersError> {
-        let url = format!("{base}/v1/cluster/members/{name}/replace");
-        let request = self
-            .http
-            .post(&url)
-            .bearer_auth(&self.token)
-            .timeout(CHANGE_TIMEOUT);
-        Self::send(&url, request)
-            .await?
-            .json()
-            .await
-            .map_err(|source| MembersError::Unreachable { url, source })
+        self.member_action(base, name, "replace").await
     }
 
     /// Moves mastership to the voter `name` through the replica at `via`
@@ -251,7 +241,18 @@ impl MembersClient {
     /// `unavailable` (503: no master right now) or `timeout` (504: handed
     /// over, but `name` was not master in time; it may still become it).
     pub async fn transfer(&self, via: &str, name: &str) -> Result<ClusterInfo, MembersError> {
-        let url = format!("{via}/v1/cluster/members/{name}/transfer");
+        self.member_action(via, name, "transfer").await
+    }
+
+    /// `POST <base>/v1/cluster/members/<name>/<action>` with the token; the
+    /// answer decoded as `T`.
+    async fn member_action<T: serde::de::DeserializeOwned>(
+        &self,
+        base: &str,
+        name: &str,
+        action: &str,
+    ) -> Result<T, MembersError> {
+        let url = format!("{base}/v1/cluster/members/{name}/{action}");
         let request = self
             .http
             .post(&url)

@@ -230,6 +230,20 @@ async fn fake_phxkv(state: Arc<FakeCluster>) -> String {
     format!("http://{addr}")
 }
 
+/// A fake cluster of three healthy voters, master kv-0.
+fn three_voters() -> Arc<FakeCluster> {
+    let fake = Arc::new(FakeCluster::default());
+    *fake.info.lock().expect("lock") = cluster_info(
+        "kv-0",
+        vec![
+            member("kv-0", true, true),
+            member("kv-1", true, false),
+            member("kv-2", true, false),
+        ],
+    );
+    fake
+}
+
 fn member(name: &str, voter: bool, master: bool) -> Value {
     let ordinal: u64 = name.trim_start_matches("kv-").parse().unwrap_or(9);
     json!({"name": name, "id": format!("{:016x}", ordinal + 1),
@@ -463,15 +477,7 @@ async fn a_new_paxoskv_gets_its_objects_a_token_and_a_creating_status() {
 async fn scaling_up_resizes_the_statefulset_then_adds_a_learner_with_the_token() {
     let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "db");
-    let fake = Arc::new(FakeCluster::default());
-    *fake.info.lock().expect("lock") = cluster_info(
-        "kv-0",
-        vec![
-            member("kv-0", true, true),
-            member("kv-1", true, false),
-            member("kv-2", true, false),
-        ],
-    );
+    let fake = three_voters();
     let url = fake_phxkv(fake.clone()).await;
     let ctx = context(client, url);
     let pkv = Arc::new(paxoskv(json!({"replicas": 5})));
@@ -857,15 +863,7 @@ fn hibernated_set(replicas: i32, when_scaled: &str, keep: Option<i32>) -> Value 
 async fn hibernation_keeps_the_volumes_then_scales_to_zero_and_wakes_up_as_it_was() {
     let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "db");
-    let fake = Arc::new(FakeCluster::default());
-    *fake.info.lock().expect("lock") = cluster_info(
-        "kv-0",
-        vec![
-            member("kv-0", true, true),
-            member("kv-1", true, false),
-            member("kv-2", true, false),
-        ],
-    );
+    let fake = three_voters();
     let url = fake_phxkv(fake.clone()).await;
     let ctx = context(client, url);
     let hibernating = Arc::new(paxoskv(json!({"replicas": 3, "hibernation": true})));
@@ -1088,15 +1086,7 @@ async fn a_member_failing_past_the_threshold_is_recreated_on_a_new_volume() {
 async fn a_switchover_moves_mastership_once_and_a_bad_target_fails_with_a_reason() {
     let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "db");
-    let fake = Arc::new(FakeCluster::default());
-    *fake.info.lock().expect("lock") = cluster_info(
-        "kv-0",
-        vec![
-            member("kv-0", true, true),
-            member("kv-1", true, false),
-            member("kv-2", true, false),
-        ],
-    );
+    let fake = three_voters();
     let url = fake_phxkv(fake.clone()).await;
     let ctx = context(client, url);
     let pods_json = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
