@@ -43,7 +43,7 @@ pub enum Names {
     Any,
     /// The leader Lease (`--lease-name`).
     Lease,
-    /// The operator's CRD.
+    /// The operator's CRDs.
     Crd,
 }
 
@@ -90,8 +90,9 @@ pub const RULES: &[Rule] = &[
         Scope::Watched,
         "phxkv.io",
         "paxoskvs",
-        &["list", "watch"],
-        "the controller's watch; the start-up check that the CRD is served",
+        &["get", "list", "watch"],
+        "the controller's watch; the start-up check that the CRD is served; backup: read the \
+         cluster of a PaxosKVBackup",
     ),
     rule(
         Scope::Watched,
@@ -99,6 +100,21 @@ pub const RULES: &[Rule] = &[
         "paxoskvs/status",
         &["patch"],
         "controller::write_status (server-side apply of status)",
+    ),
+    rule(
+        Scope::Watched,
+        "phxkv.io",
+        "paxoskvbackups",
+        &["list", "watch", "create"],
+        "the backup controller's watch and the owned-backup watch; backup::cluster_pass lists a \
+         cluster's backups and creates the scheduled ones",
+    ),
+    rule(
+        Scope::Watched,
+        "phxkv.io",
+        "paxoskvbackups/status",
+        &["patch"],
+        "backup::reconcile writes a backup's status (server-side apply)",
     ),
     rule(
         Scope::Watched,
@@ -140,7 +156,8 @@ pub const RULES: &[Rule] = &[
         "",
         "secrets",
         &["get", "create"],
-        "controller: read the token Secret, create it once (never patched)",
+        "controller: read the token Secret, create it once (never patched); backup: read it to \
+         ask for a backup",
     ),
     rule(
         Scope::Watched,
@@ -190,7 +207,7 @@ pub const RULES: &[Rule] = &[
             "apiextensions.k8s.io",
             "customresourcedefinitions",
             &["get", "patch"],
-            "install::apply_crd: read the CRD's version, apply this operator's",
+            "install::apply_crd, apply_backup_crd: read each CRD's version, apply this operator's",
         )
     },
 ];
@@ -229,23 +246,36 @@ pub fn permissions(settings: &Settings) -> Vec<Permission> {
         .iter()
         .filter(|r| settings.manage_crd || !r.crd_only)
         .flat_map(|r| {
-            let name = match r.names {
-                Names::Any => String::new(),
-                Names::Lease => settings.lease_name.clone(),
-                Names::Crd => install::CRD_NAME.to_string(),
+            let names = match names_of(r, settings).as_slice() {
+                [] => vec![String::new()],
+                some => some.to_vec(),
             };
-            r.verbs.iter().map(move |verb| Permission {
-                scope: r.scope,
-                group: r.group.into(),
-                resource: r.resource.into(),
-                verb: (*verb).into(),
-                name: name.clone(),
+            names.into_iter().flat_map(move |name| {
+                r.verbs.iter().map(move |verb| Permission {
+                    scope: r.scope,
+                    group: r.group.into(),
+                    resource: r.resource.into(),
+                    verb: (*verb).into(),
+                    name: name.clone(),
+                })
             })
         })
         .collect();
     out.sort();
     out.dedup();
     out
+}
+
+/// The objects a rule is limited to (none: any).
+fn names_of(rule: &Rule, settings: &Settings) -> Vec<String> {
+    match rule.names {
+        Names::Any => vec![],
+        Names::Lease => vec![settings.lease_name.clone()],
+        Names::Crd => vec![
+            install::CRD_NAME.to_string(),
+            install::BACKUP_CRD_NAME.to_string(),
+        ],
+    }
 }
 
 /// Whether the table (with these settings) grants `wanted`: a rule for any
@@ -351,11 +381,7 @@ pub fn rules_json(settings: &Settings) -> serde_json::Value {
         .iter()
         .filter(|r| settings.manage_crd || !r.crd_only)
         .map(|r| {
-            let names: Vec<String> = match r.names {
-                Names::Any => vec![],
-                Names::Lease => vec![settings.lease_name.clone()],
-                Names::Crd => vec![install::CRD_NAME.to_string()],
-            };
+            let names = names_of(r, settings);
             serde_json::json!({
                 "scope": r.scope,
                 "apiGroups": [r.group],

@@ -25,12 +25,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::crd::{
-    MemberStatus, PaxosKV, PaxosKVStatus, Phase, ReadModeSpec, SwitchoverPhase, SwitchoverStatus,
+    MemberStatus, PaxosKV, PaxosKVStatus, Phase, RecoveryPhase, RecoveryStatus, SwitchoverPhase,
+    SwitchoverStatus,
 };
 use crate::members::{ClusterView, MembersClient, MembersError};
 use crate::metrics::OperatorMetrics;
 use crate::plan::{Observed, PodView, Step, failing_for, plan};
-use crate::render::{self, BOOTSTRAP_KEY, Defaults, MANAGER, Names, READ_MODE_KEY, TOKEN_KEY};
+use crate::render::{self, Bootstrap, Defaults, MANAGER, Names, TOKEN_KEY};
 
 /// How a pod's client API is reached from the operator: by default its
 /// stable DNS name through the headless Service.
@@ -305,31 +306,55 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
 
     let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let wanted_mode = pkv.spec.read_mode.unwrap_or_default();
-    let (bootstrap, read_mode) = match configs.get_opt(&names.bootstrap).await? {
+    let wanted_recovery = pkv
+        .spec
+        .bootstrap
+        .as_ref()
+        .and_then(|b| b.recovery.as_ref());
+    let mut bootstrap = match configs.get_opt(&names.bootstrap).await? {
         Some(cm) => {
             ensure_owned(pkv, &cm, &names.bootstrap)?;
-            let data = cm.data.unwrap_or_default();
-            let replicas = data
-                .get(BOOTSTRAP_KEY)
-                .and_then(|v| v.parse::<i32>().ok())
-                .unwrap_or(pkv.spec.replicas);
-            let mode = match data.get(READ_MODE_KEY).map(String::as_str) {
-                Some("quorum") => ReadModeSpec::Quorum,
-                _ => ReadModeSpec::Lease,
-            };
-            (replicas, mode)
+            Bootstrap::from_data(&cm.data.unwrap_or_default(), pkv.spec.replicas)
         }
         None => {
+            let bootstrap = Bootstrap::initial(pkv);
             apply(
                 client,
                 &ns,
                 &names.bootstrap,
-                &render::bootstrap_config(pkv, pkv.spec.replicas, wanted_mode),
+                &render::bootstrap_config(pkv, &bootstrap),
             )
             .await?;
-            (pkv.spec.replicas, wanted_mode)
+            if let Some(r) = &bootstrap.recovery {
+                publish(
+                    ctx,
+                    pkv,
+                    EventType::Normal,
+                    "Recovering",
+                    "Recover",
+                    &format!(
+                        "{} restores from {} to {}; the other replicas join once it runs",
+                        r.restore_member, r.source, r.target
+                    ),
+                )
+                .await;
+            }
+            bootstrap
         }
     };
+    let read_mode = bootstrap.read_mode;
+    // The CRD refuses changing spec.bootstrap after creation; this catches
+    // a recovery added where the schema was bypassed, which would only put
+    // an init container that does nothing into every pod.
+    if let Some(r) = wanted_recovery
+        && bootstrap
+            .recovery
+            .as_ref()
+            .is_none_or(|rec| rec.source != r.source.url)
+    {
+        let message = "spec.bootstrap.recovery was set after the cluster was created: a cluster                        is recovered only when it is created; remove it, or create a new PaxosKV                        to recover into";
+        return report_invalid(ctx, pkv, message).await;
+    }
     if read_mode != wanted_mode {
         let message = format!(
             "spec.readMode is {} but the cluster was created with {}: the read mode is fixed at \
@@ -351,7 +376,7 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         .as_ref()
         .and_then(|s| s.spec.as_ref())
         .and_then(|s| s.replicas)
-        .unwrap_or(pkv.spec.replicas);
+        .unwrap_or(bootstrap.replicas);
     let hibernated_replicas = existing
         .as_ref()
         .and_then(|s| s.metadata.annotations.as_ref())
@@ -435,11 +460,7 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     let step = plan(&observed);
     tracing::debug!(?step, "planned");
     let mut step_error = None;
-    if let Err(e) = execute(
-        ctx, pkv, &ns, &names, &members, &view, &step, bootstrap, read_mode,
-    )
-    .await
-    {
+    if let Err(e) = execute(ctx, pkv, &ns, &names, &members, &view, &step, &bootstrap).await {
         publish(
             ctx,
             pkv,
@@ -461,9 +482,43 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     }
 
     let switchover = switchover(ctx, pkv, &members, &view, &step).await;
+    let recovery = recovery(ctx, pkv, &ns, &names, &view, &mut bootstrap).await?;
+    let backups = crate::backup::cluster_pass(ctx, pkv, &ns, &members, &view).await;
 
     let mut status = status_of(pkv, &observed, &view, &step);
     status.switchover = switchover;
+    let old_conditions = pkv
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    if let Some(r) = recovery {
+        let done = r.phase == RecoveryPhase::Recovered;
+        let message = format!("from {} to {}", r.source, r.target);
+        status.conditions.push(stamp(
+            &old_conditions,
+            pkv.metadata.generation,
+            cond(
+                "Recovered",
+                done,
+                if done {
+                    "RestoredFromArchive"
+                } else {
+                    "Restoring"
+                },
+                &message,
+            ),
+        ));
+        status.recovery = Some(r);
+    }
+    let mut next_backup = None;
+    if let Some(b) = backups {
+        status
+            .conditions
+            .push(stamp(&old_conditions, pkv.metadata.generation, b.condition));
+        status.backup = Some(b.status);
+        next_backup = b.next;
+    }
     for m in &mut status.members {
         m.failing_since = since.get(&m.name).map(|t| Time(*t));
     }
@@ -483,12 +538,74 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         .switchover
         .as_ref()
         .is_some_and(|s| s.phase == SwitchoverPhase::Pending);
-    Ok(match step {
-        Step::Idle if status.phase == Some(Phase::Running) && !switching => {
-            Action::requeue(ctx.idle_requeue)
+    let every = match step {
+        Step::Idle if status.phase == Some(Phase::Running) && !switching => ctx.idle_requeue,
+        _ => ctx.busy_requeue,
+    };
+    // Back in time for the next scheduled backup (a second late, so it is
+    // due), unless something else comes sooner.
+    Ok(Action::requeue(
+        next_backup.map_or(every, |n| every.min(n + Duration::from_secs(1))),
+    ))
+}
+
+/// A cluster created from an archive: its status, and the end of the
+/// recovery once the restored replica runs with a master. Then the
+/// bootstrap ConfigMap no longer names a pod to restore, so a pod that
+/// later comes back on an empty volume starts empty and is replaced like
+/// in any cluster, instead of restoring the archive again.
+async fn recovery(
+    ctx: &Context,
+    pkv: &PaxosKV,
+    ns: &str,
+    names: &Names,
+    view: &ClusterView,
+    bootstrap: &mut Bootstrap,
+) -> Result<Option<RecoveryStatus>, Error> {
+    let Some(record) = bootstrap.recovery.clone() else {
+        return Ok(None);
+    };
+    let restoring = !record.restore_member.is_empty();
+    if restoring && view.master.is_some() && !view.members.is_empty() {
+        let mut done = bootstrap.clone();
+        if let Some(r) = done.recovery.as_mut() {
+            r.restore_member.clear();
         }
-        _ => Action::requeue(ctx.busy_requeue),
-    })
+        apply(
+            &ctx.client,
+            ns,
+            &names.bootstrap,
+            &render::bootstrap_config(pkv, &done),
+        )
+        .await?;
+        *bootstrap = done;
+        ctx.metrics.step("recovered");
+        publish(
+            ctx,
+            pkv,
+            EventType::Normal,
+            "Recovered",
+            "Recover",
+            &format!(
+                "{} runs, restored from {} to {}; the other replicas join it",
+                record.restore_member, record.source, record.target
+            ),
+        )
+        .await;
+    }
+    let recovered = bootstrap
+        .recovery
+        .as_ref()
+        .is_some_and(|r| r.restore_member.is_empty());
+    Ok(Some(RecoveryStatus {
+        source: record.source,
+        target: record.target,
+        phase: if recovered {
+            RecoveryPhase::Recovered
+        } else {
+            RecoveryPhase::Restoring
+        },
+    }))
 }
 
 /// The `phxkv.io/switchover` annotation: moves mastership to the member it
@@ -695,6 +812,8 @@ async fn hibernate(
         // The last members seen: they are who comes back.
         members: old.members.clone(),
         switchover: old.switchover.clone(),
+        backup: old.backup.clone(),
+        recovery: old.recovery.clone(),
         observed_generation: generation,
         conditions: conditions(
             &old.conditions,
@@ -739,20 +858,23 @@ async fn execute(
     members: &MembersClient,
     view: &ClusterView,
     step: &Step,
-    bootstrap: i32,
-    read_mode: ReadModeSpec,
+    bootstrap: &Bootstrap,
 ) -> Result<(), Error> {
     match step {
         Step::Idle | Step::Wait(_) => Ok(()),
         Step::SetReplicas(n) => {
-            if *n < bootstrap {
+            if *n < bootstrap.replicas {
                 // Pods past the new size that ever come back must join,
                 // not bootstrap a cluster of their own.
+                let lowered = Bootstrap {
+                    replicas: *n,
+                    ..bootstrap.clone()
+                };
                 apply(
                     &ctx.client,
                     ns,
                     &names.bootstrap,
-                    &render::bootstrap_config(pkv, *n, read_mode),
+                    &render::bootstrap_config(pkv, &lowered),
                 )
                 .await?;
             }
@@ -1094,6 +1216,8 @@ pub fn status_of(pkv: &PaxosKV, o: &Observed, view: &ClusterView, step: &Step) -
             })
             .collect(),
         switchover: None,
+        backup: None,
+        recovery: None,
         observed_generation: generation,
         conditions: conditions(
             &old.conditions,
@@ -1117,8 +1241,8 @@ pub fn status_of(pkv: &PaxosKV, o: &Observed, view: &ClusterView, step: &Step) -
     }
 }
 
-/// A condition without a time; [`conditions`] fills it in.
-fn cond(type_: &str, status: bool, reason: &str, message: &str) -> Condition {
+/// A condition without a time; [`conditions`] or [`stamp`] fills it in.
+pub(crate) fn cond(type_: &str, status: bool, reason: &str, message: &str) -> Condition {
     Condition {
         type_: type_.into(),
         status: if status { "True" } else { "False" }.into(),
@@ -1136,17 +1260,19 @@ fn conditions<const N: usize>(
     generation: Option<i64>,
     new: [Condition; N],
 ) -> Vec<Condition> {
-    new.into_iter()
-        .map(|mut c| {
-            c.observed_generation = generation;
-            c.last_transition_time = old
-                .iter()
-                .find(|o| o.type_ == c.type_ && o.status == c.status)
-                .map(|o| o.last_transition_time.clone())
-                .unwrap_or_else(|| Time(Timestamp::now()));
-            c
-        })
-        .collect()
+    new.into_iter().map(|c| stamp(old, generation, c)).collect()
+}
+
+/// Stamps one condition: the generation, and the transition time it had
+/// in `old` when its status did not change (now otherwise).
+pub(crate) fn stamp(old: &[Condition], generation: Option<i64>, mut c: Condition) -> Condition {
+    c.observed_generation = generation;
+    c.last_transition_time = old
+        .iter()
+        .find(|o| o.type_ == c.type_ && o.status == c.status)
+        .map(|o| o.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::now()));
+    c
 }
 
 async fn write_status(ctx: &Context, pkv: &PaxosKV, status: &PaxosKVStatus) -> Result<(), Error> {
@@ -1242,6 +1368,18 @@ async fn publish(
     action: &str,
     note: &str,
 ) {
+    publish_to(ctx, &pkv.object_ref(&()), type_, reason, action, note).await;
+}
+
+/// Publishes an Event about any object; failures are logged.
+pub(crate) async fn publish_to(
+    ctx: &Context,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
@@ -1249,7 +1387,7 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &pkv.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&event, regarding).await {
         tracing::warn!(error = %e, reason, "could not publish an event");
     }
     tracing::info!(reason, note, "event");

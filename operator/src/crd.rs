@@ -50,6 +50,10 @@ pub const MAX_REPLICAS: i32 = 9;
     doc = "A phxkv cluster: a strongly consistent key-value store on Multi-Paxos."
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.bootstrap) == has(oldSelf.bootstrap) && (!has(self.bootstrap) || self.bootstrap == oldSelf.bootstrap)",
+    "message": "spec.bootstrap cannot be set, changed or unset after creation: a cluster is recovered only when it is created"
+}]))]
 pub struct PaxosKVSpec {
     /// Number of voting replicas. Odd, so that a majority survives the loss
     /// of a minority: 1, 3, 5, 7 or 9. Changing it scales the cluster one
@@ -124,6 +128,144 @@ pub struct PaxosKVSpec {
     /// the same volumes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hibernation: bool,
+
+    /// Continuous archiving to object storage, scheduled backups and their
+    /// retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+
+    /// How the cluster starts when it is created: from an archive
+    /// (`recovery`) instead of empty. Fixed at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
+}
+
+/// Where backups go and when they are taken.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// The archive. Each cluster writes under
+    /// `<url>/<namespace>/<name>`: the master ships its log there
+    /// continuously, with periodic base snapshots.
+    pub destination: ArchiveSpec,
+    /// When to take a base backup (a `PaxosKVBackup` is created each
+    /// time), in cron syntax with five fields (minute hour day-of-month
+    /// month day-of-week), in UTC; for example `0 3 * * *`. Without it only
+    /// the backups you create and the server's periodic bases are taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub schedule: Option<String>,
+    /// Which base backups to keep in the archive.
+    #[serde(default)]
+    pub retention: RetentionSpec,
+}
+
+/// An archive in object storage or on a file system.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveSpec {
+    /// `s3://bucket/prefix` or `file:///dir`.
+    #[schemars(
+        length(max = 1024),
+        regex(pattern = r"^(s3://[a-z0-9][a-z0-9.-]*[a-z0-9](/.*)?|file:///.*)$")
+    )]
+    pub url: String,
+    /// A Secret in the same namespace with `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY` (optionally `AWS_REGION` and
+    /// `AWS_ENDPOINT_URL`), given to the replicas as environment variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<SecretName>,
+    /// Endpoint of an S3-compatible server (for example
+    /// `http://minio.storage:9000`); AWS when omitted.
+    #[serde(
+        default,
+        rename = "endpointURL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(length(max = 1024), regex(pattern = r"^https?://"))]
+    pub endpoint_url: Option<String>,
+    /// S3 region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+}
+
+/// A Secret in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct SecretName {
+    /// Its name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Retention of base backups. After each completed backup, and
+/// periodically, the operator deletes the bases past `keep` (newest kept)
+/// and those older than `maxAge`; the newest base is never deleted. The
+/// server then drops the log no remaining base needs. Without either,
+/// everything is kept.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// How many bases to keep at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep: Option<u32>,
+    /// How old a base may get (for example `30d`, `12h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(m|h|d)$"))]
+    pub max_age: Option<String>,
+}
+
+/// How a cluster starts.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Restore the first replica from an archive, to its latest point or to
+    /// a target; the others join it and are added one at a time, as when
+    /// scaling up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoverySpec>,
+}
+
+/// Recovery from an archive.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!(has(self.targetRevision) && has(self.targetTime))",
+    "message": "set at most one of targetRevision and targetTime"
+}]))]
+pub struct RecoverySpec {
+    /// The archive, with its full URL (a cluster's archive is
+    /// `<destination>/<namespace>/<name>`).
+    pub source: ArchiveSpec,
+    /// Recover up to this revision (inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_revision: Option<u64>,
+    /// Recover up to this time (RFC 3339, for example
+    /// `2026-01-31T12:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub target_time: Option<String>,
+}
+
+impl RecoverySpec {
+    /// The target in words: `revision 12`, `2026-01-31T12:00:00Z`, or the
+    /// latest recoverable point.
+    pub fn target(&self) -> String {
+        match (&self.target_revision, &self.target_time) {
+            (Some(r), _) => format!("revision {r}"),
+            (None, Some(t)) => t.clone(),
+            (None, None) => "the latest recoverable point".into(),
+        }
+    }
+}
+
+impl BackupSpec {
+    /// The archive of cluster `name` in namespace `ns`.
+    pub fn archive_url(&self, ns: &str, name: &str) -> String {
+        format!("{}/{ns}/{name}", self.destination.url.trim_end_matches('/'))
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -408,12 +550,85 @@ pub struct PaxosKVStatus {
     /// annotation, and how it went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switchover: Option<SwitchoverStatus>,
+    /// Archiving and backups, when `spec.backup` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+    /// Where the cluster was recovered from, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryStatus>,
     /// Available, Progressing, Degraded, VolumeLost, Hibernated, Ready and
     /// Reconciled (False with reason ReconcileError, or NameConflict when an
     /// object of that name belongs to something else, when the last pass
     /// failed), with reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Archiving and backups of a cluster.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// The cluster's archive.
+    pub archive_url: String,
+    /// The fire time of the last scheduled backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    /// The newest completed `PaxosKVBackup` of this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_backup: Option<BackupRef>,
+    /// The oldest point the archive can recover to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_recoverable: Option<RecoverablePoint>,
+    /// The newest point the archive can recover to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_recoverable: Option<RecoverablePoint>,
+    /// Log entries committed but not yet archived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_lag: Option<u64>,
+}
+
+/// A completed backup.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRef {
+    /// The base's name in the archive.
+    pub name: String,
+    /// The store's revision it holds.
+    pub revision: u64,
+    /// When it was taken.
+    pub time: Time,
+}
+
+/// A point the archive can recover to.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoverablePoint {
+    /// The store's revision.
+    pub revision: u64,
+    /// When it was committed.
+    pub time: Time,
+}
+
+/// Where a cluster was recovered from.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryStatus {
+    /// The archive.
+    pub source: String,
+    /// The target: a revision, a time, or the latest recoverable point.
+    pub target: String,
+    /// Restoring (the first replica restores and starts) or Recovered (it
+    /// runs; the others join it).
+    pub phase: RecoveryPhase,
+}
+
+/// Where a recovery stands.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RecoveryPhase {
+    /// The first replica restores from the archive.
+    Restoring,
+    /// The restored replica runs and has a master.
+    Recovered,
 }
 
 /// A switchover: mastership moved to a named member on request.
@@ -540,6 +755,45 @@ impl PaxosKVSpec {
             )),
             Err(e) => out.push(format!("spec.selfHealing.replaceAfter: {e}")),
         }
+        if let Some(backup) = &self.backup {
+            if let Some(schedule) = &backup.schedule
+                && let Err(e) = crate::backup::parse_schedule(schedule)
+            {
+                out.push(format!("spec.backup.schedule: {e}"));
+            }
+            if let Some(age) = &backup.retention.max_age
+                && let Err(e) = crate::backup::parse_age(age)
+            {
+                out.push(format!("spec.backup.retention.maxAge: {e}"));
+            }
+            if !valid_archive_url(&backup.destination.url) {
+                out.push(format!(
+                    "spec.backup.destination.url is {:?}; it must be s3://bucket[/prefix] or file:///dir",
+                    backup.destination.url
+                ));
+            }
+        }
+        if let Some(recovery) = self.bootstrap.as_ref().and_then(|b| b.recovery.as_ref()) {
+            if recovery.target_revision.is_some() && recovery.target_time.is_some() {
+                out.push(
+                    "spec.bootstrap.recovery: set at most one of targetRevision and targetTime"
+                        .into(),
+                );
+            }
+            if let Some(t) = &recovery.target_time
+                && t.parse::<k8s_openapi::jiff::Timestamp>().is_err()
+            {
+                out.push(format!(
+                    "spec.bootstrap.recovery.targetTime is {t:?}; it must be an RFC 3339 time such as 2026-01-31T12:00:00Z"
+                ));
+            }
+            if !valid_archive_url(&recovery.source.url) {
+                out.push(format!(
+                    "spec.bootstrap.recovery.source.url is {:?}; it must be s3://bucket[/prefix] or file:///dir",
+                    recovery.source.url
+                ));
+            }
+        }
         if !valid_quantity(&self.storage.size) {
             out.push(format!(
                 "spec.storage.size is {:?}; it must be a quantity such as 1Gi or 500Mi",
@@ -547,6 +801,19 @@ impl PaxosKVSpec {
             ));
         }
         out
+    }
+}
+
+fn valid_archive_url(url: &str) -> bool {
+    match url.strip_prefix("s3://") {
+        Some(rest) => {
+            let bucket = rest.split('/').next().unwrap_or_default();
+            bucket.len() >= 3
+                && bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        }
+        None => url.strip_prefix("file:///").is_some(),
     }
 }
 
@@ -558,6 +825,101 @@ fn valid_quantity(q: &str) -> bool {
     !num.is_empty()
         && num.parse::<f64>().is_ok_and(|n| n > 0.0)
         && ["", "Ki", "Mi", "Gi", "Ti", "Pi", "k", "M", "G", "T", "P"].contains(&unit)
+}
+
+/// One base backup of a cluster: the operator asks a replica of the
+/// `PaxosKV` named in `spec.cluster` to take a consistent snapshot and
+/// upload it to the cluster's archive (`spec.backup.destination`), and
+/// records the result. Done once: a Completed or Failed backup is never
+/// run again. The operator creates one for each fire time of
+/// `spec.backup.schedule`, owned by the cluster.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "phxkv.io",
+    version = "v1alpha1",
+    kind = "PaxosKVBackup",
+    plural = "paxoskvbackups",
+    singular = "paxoskvbackup",
+    shortname = "pkvb",
+    namespaced,
+    status = "PaxosKVBackupStatus",
+    printcolumn = r#"{"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster"}"#,
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
+    printcolumn = r#"{"name": "Revision", "type": "integer", "jsonPath": ".status.revision"}"#,
+    printcolumn = r#"{"name": "Backup", "type": "string", "jsonPath": ".status.backupName"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    doc = "A base backup of a PaxosKV, uploaded to the cluster's archive."
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self == oldSelf",
+    "message": "the spec of a PaxosKVBackup cannot change; create another one"
+}]))]
+pub struct PaxosKVBackupSpec {
+    /// The `PaxosKV` to back up, in the same namespace.
+    #[schemars(length(min = 1, max = 52))]
+    pub cluster: String,
+}
+
+/// What happened to a backup.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaxosKVBackupStatus {
+    /// Pending, Running, Completed or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<BackupPhase>,
+    /// The base's name in the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_name: Option<String>,
+    /// The store's revision the backup holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// The log index the backup holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    /// Its size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// When the operator first asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When it completed or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// Attempts made (a replica that does not answer, or a cluster without
+    /// a master, is tried again a few times).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    /// What happened, or what it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `Complete` and `Failed`, with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Where a backup stands.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum BackupPhase {
+    /// Waiting for the cluster (no replica to ask yet).
+    Pending,
+    /// A replica was asked and is taking it.
+    Running,
+    /// In the archive.
+    Completed,
+    /// It could not be taken; not tried again.
+    Failed,
+}
+
+impl BackupPhase {
+    /// Completed or Failed: never run again.
+    pub fn is_done(self) -> bool {
+        matches!(self, BackupPhase::Completed | BackupPhase::Failed)
+    }
 }
 
 #[cfg(test)]
@@ -637,6 +999,111 @@ mod tests {
         assert!(!storage_update_allowed(none.clone(), fast.clone()), "set");
         assert!(!storage_update_allowed(fast.clone(), none), "unset");
         assert!(!storage_update_allowed(fast, slow), "changed");
+    }
+
+    /// Whether the rules at `schema` let `old` become `new` (`old` absent:
+    /// a create, where transition rules are not evaluated).
+    fn allowed(
+        schema: &serde_json::Value,
+        old: Option<&serde_json::Value>,
+        new: &serde_json::Value,
+    ) -> bool {
+        rules(schema).iter().all(|rule| {
+            if old.is_none() && rule.contains("oldSelf") {
+                return true;
+            }
+            let program = cel_interpreter::Program::compile(rule)
+                .unwrap_or_else(|e| panic!("{rule} does not compile: {e:?}"));
+            let mut context = cel_interpreter::Context::default();
+            context.add_variable("self", new).expect("self");
+            if let Some(old) = old {
+                context.add_variable("oldSelf", old).expect("oldSelf");
+            }
+            match program.execute(&context) {
+                Ok(cel_interpreter::Value::Bool(ok)) => ok,
+                other => panic!("{rule} on {old:?} -> {new}: {other:?}"),
+            }
+        })
+    }
+
+    fn spec_schema() -> serde_json::Value {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(PaxosKV::crd()).expect("crd");
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+    }
+
+    #[test]
+    fn the_recovery_of_a_cluster_cannot_be_added_changed_or_removed_after_creation() {
+        use serde_json::json;
+        let spec = spec_schema();
+        let plain = json!({"replicas": 3});
+        let recovered = json!({"replicas": 3, "bootstrap": {"recovery": {
+            "source": {"url": "s3://backups/db/kv"}, "targetRevision": 40}}});
+        let elsewhere = json!({"replicas": 3, "bootstrap": {"recovery": {
+            "source": {"url": "s3://backups/db/other"}}}});
+        let scaled = json!({"replicas": 5, "bootstrap": {"recovery": {
+            "source": {"url": "s3://backups/db/kv"}, "targetRevision": 40}}});
+        assert!(allowed(&spec, None, &recovered), "created with a recovery");
+        assert!(allowed(&spec, Some(&plain), &plain));
+        assert!(
+            allowed(&spec, Some(&recovered), &scaled),
+            "other fields change freely"
+        );
+        assert!(!allowed(&spec, Some(&plain), &recovered), "added");
+        assert!(!allowed(&spec, Some(&recovered), &plain), "removed");
+        assert!(!allowed(&spec, Some(&recovered), &elsewhere), "changed");
+    }
+
+    #[test]
+    fn a_recovery_has_a_revision_or_a_time_as_its_target_not_both() {
+        use serde_json::json;
+        let recovery = spec_schema()["properties"]["bootstrap"]["properties"]["recovery"].clone();
+        let source = json!({"url": "s3://backups/db/kv"});
+        assert!(allowed(&recovery, None, &json!({"source": source})));
+        assert!(allowed(
+            &recovery,
+            None,
+            &json!({"source": source, "targetRevision": 4})
+        ));
+        assert!(allowed(
+            &recovery,
+            None,
+            &json!({"source": source, "targetTime": "2026-01-31T12:00:00Z"})
+        ));
+        assert!(!allowed(
+            &recovery,
+            None,
+            &json!({"source": source, "targetRevision": 4, "targetTime": "2026-01-31T12:00:00Z"})
+        ));
+    }
+
+    #[test]
+    fn backup_and_recovery_settings_are_checked_at_reconcile_time() {
+        let spec = |json: &str| -> PaxosKVSpec { serde_json::from_str(json).expect("parses") };
+        let ok = spec(
+            r#"{"backup": {"destination": {"url": "s3://backups/prod"}, "schedule": "0 3 * * *",
+                "retention": {"keep": 7, "maxAge": "30d"}},
+                "bootstrap": {"recovery": {"source": {"url": "file:///archive/db/kv"},
+                "targetTime": "2026-01-31T12:00:00Z"}}}"#,
+        );
+        assert!(ok.problems("kv").is_empty(), "{:?}", ok.problems("kv"));
+        let p =
+            spec(r#"{"backup": {"destination": {"url": "s3://backups"}, "schedule": "daily"}}"#)
+                .problems("kv");
+        assert!(p[0].contains("spec.backup.schedule"), "{p:?}");
+        let p = spec(
+            r#"{"backup": {"destination": {"url": "http://x"}, "retention": {"maxAge": "1y"}}}"#,
+        )
+        .problems("kv");
+        assert!(p.iter().any(|m| m.contains("maxAge")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("destination.url")), "{p:?}");
+        let p = spec(
+            r#"{"bootstrap": {"recovery": {"source": {"url": "s3://b/x"}, "targetRevision": 3,
+                "targetTime": "yesterday"}}}"#,
+        )
+        .problems("kv");
+        assert!(p.iter().any(|m| m.contains("at most one")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("RFC 3339")), "{p:?}");
     }
 
     #[test]

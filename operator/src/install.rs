@@ -19,16 +19,25 @@
 //! The operator never creates the CRD (its RBAC names this one CRD, and
 //! `create` cannot be limited to a name): a missing CRD is an error that
 //! says how to install it.
+//!
+//! The `PaxosKVBackup` CRD ([`BACKUP_CRD_NAME`], `crds/paxoskvbackup.yaml`)
+//! is kept current the same way ([`apply_backup_crd`]). It came later: a
+//! `helm upgrade` from a chart without it does not install it, so the
+//! leader runs without backups (with a warning saying how to install it)
+//! rather than not at all.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{CustomResourceExt, ResourceExt};
 
-use crate::crd::PaxosKV;
+use crate::crd::{PaxosKV, PaxosKVBackup};
 use crate::render::MANAGER;
 
 /// The CRD's name (`<plural>.<group>`); a test checks it against the type.
 pub const CRD_NAME: &str = "paxoskvs.phxkv.io";
+
+/// The `PaxosKVBackup` CRD's name.
+pub const BACKUP_CRD_NAME: &str = "paxoskvbackups.phxkv.io";
 
 /// Annotation on the applied CRD: the version of the operator that applied it.
 pub const VERSION_ANNOTATION: &str = "phxkv.io/operator-version";
@@ -86,7 +95,15 @@ pub enum CrdError {
 /// The CRD as the operator applies it: the generated one, annotated with
 /// this operator's version.
 pub fn desired_crd() -> CustomResourceDefinition {
-    let mut crd = PaxosKV::crd();
+    annotated(PaxosKV::crd())
+}
+
+/// The `PaxosKVBackup` CRD as the operator applies it.
+pub fn desired_backup_crd() -> CustomResourceDefinition {
+    annotated(PaxosKVBackup::crd())
+}
+
+fn annotated(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     crd.annotations_mut()
         .insert(VERSION_ANNOTATION.into(), VERSION.into());
     crd
@@ -128,7 +145,20 @@ fn classify(name: &str, source: kube::Error) -> CrdError {
 /// this operator's with server-side apply (field manager `phxkv-operator`,
 /// taking over the fields Helm or `kubectl` set).
 pub async fn apply_crd(client: &kube::Client) -> Result<CrdOutcome, CrdError> {
-    let name = CRD_NAME;
+    apply(client, desired_crd()).await
+}
+
+/// [`apply_crd`] for the `PaxosKVBackup` CRD.
+pub async fn apply_backup_crd(client: &kube::Client) -> Result<CrdOutcome, CrdError> {
+    apply(client, desired_backup_crd()).await
+}
+
+async fn apply(
+    client: &kube::Client,
+    desired: CustomResourceDefinition,
+) -> Result<CrdOutcome, CrdError> {
+    let name = desired.name_any();
+    let name = name.as_str();
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let installed = api
         .get_opt(name)
@@ -146,7 +176,7 @@ pub async fn apply_crd(client: &kube::Client) -> Result<CrdOutcome, CrdError> {
     api.patch(
         name,
         &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&desired_crd()),
+        &Patch::Apply(&desired),
     )
     .await
     .map_err(|e| classify(name, e))?;
@@ -181,5 +211,8 @@ mod tests {
             Some(VERSION)
         );
         assert_eq!(crd.spec, PaxosKV::crd().spec);
+        let backups = desired_backup_crd();
+        assert_eq!(backups.name_any(), BACKUP_CRD_NAME);
+        assert_eq!(PaxosKVBackup::crd_name(), BACKUP_CRD_NAME);
     }
 }

@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Watch PaxosKV resources and reconcile their clusters.
     Run(RunArgs),
-    /// Print the PaxosKV CustomResourceDefinition as YAML.
+    /// Print the PaxosKV and PaxosKVBackup CustomResourceDefinitions as YAML.
     Crd,
     /// Print the objects the operator would create for a PaxosKV manifest
     /// (for review or offline validation); nothing is sent anywhere.
@@ -124,7 +124,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => {
-            print(phxkv_operator::crd_yaml().map_err(|e| format!("cannot render the CRD: {e}")))
+            print(phxkv_operator::crds_yaml().map_err(|e| format!("cannot render the CRDs: {e}")))
         }
         Command::Render(args) => print(render(&args)),
         Command::Rbac(args) => print(

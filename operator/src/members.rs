@@ -18,6 +18,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Membership changes wait for a commit (and a handoff when the master is
 /// removed), so they get longer.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A base backup is taken and uploaded before the answer: minutes for a
+/// large store.
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Listing and deleting bases in the archive.
+const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a call to the cluster failed.
 #[derive(Debug, thiserror::Error)]
@@ -119,9 +124,13 @@ pub struct MembersClient {
     token: String,
 }
 
+/// The server's error: `{"error": {"code", "message"}}`, or the same
+/// fields at the top level.
 #[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
+#[serde(untagged)]
+enum ErrorBody {
+    Wrapped { error: ErrorDetail },
+    Flat(ErrorDetail),
 }
 
 #[derive(Deserialize)]
@@ -129,6 +138,61 @@ struct ErrorDetail {
     #[serde(default)]
     code: String,
     message: String,
+}
+
+/// A base backup in a cluster's archive, as the server lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct ArchivedBase {
+    /// Its name in the archive.
+    pub name: String,
+    /// The store's revision it holds.
+    pub revision: u64,
+    /// The log index it holds.
+    pub index: u64,
+    /// When it was taken, in Unix seconds.
+    pub created_at: i64,
+    /// Its size.
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+/// A point the archive can recover to.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct ArchivePoint {
+    /// The store's revision.
+    pub revision: u64,
+    /// The log index.
+    pub index: u64,
+    /// When it was committed, in Unix seconds.
+    pub time: i64,
+}
+
+/// The range of points the archive can recover to.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct Recoverable {
+    /// The oldest.
+    pub first: ArchivePoint,
+    /// The newest.
+    pub last: ArchivePoint,
+}
+
+/// `GET /v1/admin/backups`: the archive as the master sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct ArchiveListing {
+    /// Where it is.
+    pub archive_url: String,
+    /// Its bases, oldest first.
+    #[serde(default)]
+    pub backups: Vec<ArchivedBase>,
+    /// What it can recover to; none before the first base.
+    #[serde(default)]
+    pub recoverable: Option<Recoverable>,
+    /// The last log index archived.
+    #[serde(default)]
+    pub archived_index: u64,
+    /// Log entries committed and not yet archived.
+    #[serde(default)]
+    pub archive_lag: u64,
 }
 
 impl MembersClient {
@@ -244,6 +308,55 @@ impl MembersClient {
         self.member_action(via, name, "transfer").await
     }
 
+    /// `POST <base>/v1/admin/backups`: takes a consistent base backup and
+    /// uploads it to the cluster's archive; answers once it is there.
+    /// [`MembersError::Refused`] with code `no_archive` (412) when the
+    /// replicas have no archive, `unavailable` (503) without a master.
+    pub async fn take_backup(&self, base: &str) -> Result<ArchivedBase, MembersError> {
+        let url = format!("{base}/v1/admin/backups");
+        let request = self
+            .http
+            .post(&url)
+            .json(&serde_json::json!({}))
+            .bearer_auth(&self.token)
+            .timeout(BACKUP_TIMEOUT);
+        Self::send(&url, request)
+            .await?
+            .json()
+            .await
+            .map_err(|source| MembersError::Unreachable { url, source })
+    }
+
+    /// `GET <base>/v1/admin/backups`: the bases in the archive and what it
+    /// can recover to.
+    pub async fn list_backups(&self, base: &str) -> Result<ArchiveListing, MembersError> {
+        let url = format!("{base}/v1/admin/backups");
+        let request = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .timeout(ARCHIVE_TIMEOUT);
+        Self::send(&url, request)
+            .await?
+            .json()
+            .await
+            .map_err(|source| MembersError::Unreachable { url, source })
+    }
+
+    /// `DELETE <base>/v1/admin/backups/<name>`: one already gone is fine.
+    pub async fn delete_backup(&self, base: &str, name: &str) -> Result<(), MembersError> {
+        let url = format!("{base}/v1/admin/backups/{name}");
+        let request = self
+            .http
+            .delete(&url)
+            .bearer_auth(&self.token)
+            .timeout(ARCHIVE_TIMEOUT);
+        match Self::send(&url, request).await {
+            Ok(_) | Err(MembersError::Refused { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `POST <base>/v1/cluster/members/<name>/<action>` with the token; the
     /// answer decoded as `T`.
     async fn member_action<T: serde::de::DeserializeOwned>(
@@ -284,7 +397,7 @@ impl MembersClient {
             return Ok(response);
         }
         let (code, message) = match response.json::<ErrorBody>().await {
-            Ok(body) => (body.error.code, body.error.message),
+            Ok(ErrorBody::Wrapped { error: e } | ErrorBody::Flat(e)) => (e.code, e.message),
             Err(_) => (
                 String::new(),
                 status.canonical_reason().unwrap_or("error").to_string(),

@@ -23,12 +23,12 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
+    Affinity, Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec as K8sServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretEnvSource, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec as K8sServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -36,7 +36,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{LogFormatSpec, PaxosKV, ReclaimPolicy};
+use crate::crd::{ArchiveSpec, LogFormatSpec, PaxosKV, ReadModeSpec, ReclaimPolicy, RecoverySpec};
 
 /// Port of the client API inside the pod.
 pub const CLIENT_PORT: i32 = 8080;
@@ -53,6 +53,17 @@ pub const BOOTSTRAP_KEY: &str = "replicas";
 /// The key of the bootstrap ConfigMap holding the read mode the cluster was
 /// created with (absent in clusters created before it existed: `lease`).
 pub const READ_MODE_KEY: &str = "readMode";
+/// The key of the bootstrap ConfigMap holding the archive a recovered
+/// cluster was restored from (absent: it started empty).
+pub const RECOVERY_SOURCE_KEY: &str = "recoverySource";
+/// The key of the bootstrap ConfigMap holding the recovery's target, in
+/// words.
+pub const RECOVERY_TARGET_KEY: &str = "recoveryTarget";
+/// The key of the bootstrap ConfigMap naming the one pod that restores from
+/// the archive: the first pod while the recovery runs, empty once the
+/// restored replica runs (so a pod that later comes back on an empty volume
+/// starts empty and is replaced, as in any cluster).
+pub const RESTORE_MEMBER_KEY: &str = "restoreMember";
 /// Label telling the cluster's two Services apart: `client` on the client
 /// Service, `peers` on the headless one. Both select the same pods, so a
 /// ServiceMonitor selects `client` to scrape each pod once.
@@ -269,6 +280,11 @@ fn pod_spec(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> PodSpec {
         priority_class_name: sched.priority_class_name.clone(),
         image_pull_secrets: (!spec.image_pull_secrets.is_empty())
             .then(|| spec.image_pull_secrets.clone()),
+        init_containers: spec
+            .bootstrap
+            .as_ref()
+            .and_then(|b| b.recovery.as_ref())
+            .map(|r| vec![restore_container(pkv, defaults, names, r)]),
         containers: vec![container(pkv, defaults, names)],
         volumes: Some(vec![Volume {
             name: "token".into(),
@@ -319,17 +335,7 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
     let spec = &pkv.spec;
     let ns = pkv.namespace().unwrap_or_default();
     let mut vars = vec![
-        EnvVar {
-            name: "PHXKV_ID".into(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    api_version: None,
-                }),
-                ..EnvVarSource::default()
-            }),
-        },
+        pod_name_env(),
         env("PHXKV_DATA_DIR", format!("{DATA_MOUNT}/data")),
         env("PHXKV_LISTEN", format!("0.0.0.0:{CLIENT_PORT}")),
         env("PHXKV_PEER_LISTEN", format!("0.0.0.0:{PEER_PORT}")),
@@ -391,6 +397,15 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
     if let Some(endpoint) = &spec.telemetry.otlp_endpoint {
         vars.push(env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()));
     }
+    let mut env_from = None;
+    if let Some(backup) = &spec.backup {
+        vars.push(env(
+            "PHXKV_ARCHIVE_URL",
+            backup.archive_url(&ns, &names.cluster),
+        ));
+        vars.extend(archive_env(&backup.destination));
+        env_from = archive_env_from(&backup.destination);
+    }
 
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -410,6 +425,7 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
         image_pull_policy: spec.image_pull_policy.map(|p| format!("{p:?}")),
         args: Some(vec!["serve".into()]),
         env: Some(vars),
+        env_from,
         ports: Some(vec![
             ContainerPort {
                 name: Some("client".into()),
@@ -435,16 +451,7 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
         // recovery is not killed and restarted in a loop.
         startup_probe: Some(probe("/healthz", 10, 60)),
         resources: spec.resources.clone(),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security()),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "data".into(),
@@ -459,6 +466,143 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
             },
         ]),
         ..Container::default()
+    }
+}
+
+/// The S3 settings of an archive that are not in its Secret. Explicit
+/// variables win over the Secret's (`env` over `envFrom`).
+fn archive_env(archive: &ArchiveSpec) -> Vec<EnvVar> {
+    let mut vars = Vec::new();
+    if let Some(endpoint) = &archive.endpoint_url {
+        vars.push(env("AWS_ENDPOINT_URL", endpoint.clone()));
+    }
+    if let Some(region) = &archive.region {
+        vars.push(env("AWS_REGION", region.clone()));
+    }
+    vars
+}
+
+/// The archive's credentials Secret, as environment variables.
+fn archive_env_from(archive: &ArchiveSpec) -> Option<Vec<EnvFromSource>> {
+    archive.credentials_secret.as_ref().map(|secret| {
+        vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: secret.name.clone(),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]
+    })
+}
+
+/// The arguments of the restore for `recovery`, run in every pod of the
+/// template. `phxkv backup restore --only-member` makes it a no-op except
+/// in the pod the bootstrap ConfigMap names (the first pod, and only while
+/// the recovery runs); `--if-empty` makes a restart of the restored pod's
+/// init container harmless. The pod's name and the restoring member come
+/// from the container's environment (`$(VAR)` is expanded by the kubelet).
+pub fn restore_args(pkv: &PaxosKV, names: &Names, recovery: &RecoverySpec) -> Vec<String> {
+    let ns = pkv.namespace().unwrap_or_default();
+    let mut args: Vec<String> = vec![
+        "backup".into(),
+        "restore".into(),
+        "--from-archive".into(),
+        recovery.source.url.clone(),
+    ];
+    if let Some(revision) = recovery.target_revision {
+        args.extend(["--target-revision".into(), revision.to_string()]);
+    } else if let Some(time) = &recovery.target_time {
+        args.extend(["--target-time".into(), time.clone()]);
+    }
+    args.extend([
+        "--data-dir".into(),
+        format!("{DATA_MOUNT}/data"),
+        "--name".into(),
+        "$(PHXKV_ID)".into(),
+        "--cluster-id".into(),
+        format!("{}.{ns}", names.cluster),
+        "--initial-members".into(),
+        format!("$(PHXKV_ID)={}", names.peer_url("$(PHXKV_ID)")),
+        "--if-empty".into(),
+        "--only-member=$(PHXKV_RESTORE_MEMBER)".into(),
+    ]);
+    args
+}
+
+/// The init container that restores the first pod of a recovered cluster
+/// from its archive before the server starts on the volume.
+fn restore_container(
+    pkv: &PaxosKV,
+    defaults: &Defaults,
+    names: &Names,
+    recovery: &RecoverySpec,
+) -> Container {
+    let mut vars = vec![
+        pod_name_env(),
+        EnvVar {
+            name: "PHXKV_RESTORE_MEMBER".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: names.bootstrap.clone(),
+                    key: RESTORE_MEMBER_KEY.into(),
+                    optional: Some(true),
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        env(
+            "PHXKV_LOG_FORMAT",
+            match pkv.spec.telemetry.log_format {
+                LogFormatSpec::Json => "json",
+                LogFormatSpec::Text => "text",
+            },
+        ),
+    ];
+    vars.extend(archive_env(&recovery.source));
+    Container {
+        name: "restore".into(),
+        image: Some(image(pkv, defaults)),
+        image_pull_policy: pkv.spec.image_pull_policy.map(|p| format!("{p:?}")),
+        args: Some(restore_args(pkv, names, recovery)),
+        env: Some(vars),
+        env_from: archive_env_from(&recovery.source),
+        resources: pkv.spec.resources.clone(),
+        security_context: Some(container_security()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".into(),
+            mount_path: DATA_MOUNT.into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// `PHXKV_ID`: the pod's name, from the downward API.
+fn pod_name_env() -> EnvVar {
+    EnvVar {
+        name: "PHXKV_ID".into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
     }
 }
 
@@ -568,19 +712,95 @@ pub fn service_account(pkv: &PaxosKV) -> ServiceAccount {
     }
 }
 
+/// What a cluster was created with, as its bootstrap ConfigMap records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bootstrap {
+    /// Pods below this ordinal bootstrap together when they start on an
+    /// empty volume; the others join.
+    pub replicas: i32,
+    /// The read mode, fixed at creation.
+    pub read_mode: ReadModeSpec,
+    /// The recovery it was created with, if any.
+    pub recovery: Option<RecoveryRecord>,
+}
+
+/// A recovery as the bootstrap ConfigMap records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveryRecord {
+    /// The archive.
+    pub source: String,
+    /// The target, in words.
+    pub target: String,
+    /// The pod that restores: the first one while the recovery runs, empty
+    /// once the restored replica runs.
+    pub restore_member: String,
+}
+
+impl Bootstrap {
+    /// What a new cluster records: its size and read mode, or, recovered
+    /// from an archive, one replica (the first pod restores and starts
+    /// alone; the others join and are added as when scaling up).
+    pub fn initial(pkv: &PaxosKV) -> Bootstrap {
+        let recovery = pkv
+            .spec
+            .bootstrap
+            .as_ref()
+            .and_then(|b| b.recovery.as_ref())
+            .map(|r| RecoveryRecord {
+                source: r.source.url.clone(),
+                target: r.target(),
+                restore_member: Names::of(&pkv.name_any()).pod(0),
+            });
+        Bootstrap {
+            replicas: if recovery.is_some() {
+                1
+            } else {
+                pkv.spec.replicas
+            },
+            read_mode: pkv.spec.read_mode.unwrap_or_default(),
+            recovery,
+        }
+    }
+
+    /// Reads a bootstrap ConfigMap's data; a missing size is `replicas`
+    /// (the spec's), a missing read mode `lease`.
+    pub fn from_data(data: &BTreeMap<String, String>, replicas: i32) -> Bootstrap {
+        Bootstrap {
+            replicas: data
+                .get(BOOTSTRAP_KEY)
+                .and_then(|v| v.parse::<i32>().ok())
+                .unwrap_or(replicas),
+            read_mode: match data.get(READ_MODE_KEY).map(String::as_str) {
+                Some("quorum") => ReadModeSpec::Quorum,
+                _ => ReadModeSpec::Lease,
+            },
+            recovery: data.get(RECOVERY_SOURCE_KEY).map(|source| RecoveryRecord {
+                source: source.clone(),
+                target: data.get(RECOVERY_TARGET_KEY).cloned().unwrap_or_default(),
+                restore_member: data.get(RESTORE_MEMBER_KEY).cloned().unwrap_or_default(),
+            }),
+        }
+    }
+}
+
 /// The bootstrap ConfigMap: how many pods form the cluster when it is
-/// first created.
-pub fn bootstrap_config(
-    pkv: &PaxosKV,
-    bootstrap_replicas: i32,
-    read_mode: crate::crd::ReadModeSpec,
-) -> ConfigMap {
+/// first created, its read mode, and the recovery it was created with.
+pub fn bootstrap_config(pkv: &PaxosKV, bootstrap: &Bootstrap) -> ConfigMap {
+    let mut data = BTreeMap::from([
+        (BOOTSTRAP_KEY.to_string(), bootstrap.replicas.to_string()),
+        (
+            READ_MODE_KEY.to_string(),
+            bootstrap.read_mode.name().to_string(),
+        ),
+    ]);
+    if let Some(r) = &bootstrap.recovery {
+        data.insert(RECOVERY_SOURCE_KEY.into(), r.source.clone());
+        data.insert(RECOVERY_TARGET_KEY.into(), r.target.clone());
+        data.insert(RESTORE_MEMBER_KEY.into(), r.restore_member.clone());
+    }
     ConfigMap {
         metadata: meta(pkv, Names::of(&pkv.name_any()).bootstrap),
-        data: Some(BTreeMap::from([
-            (BOOTSTRAP_KEY.to_string(), bootstrap_replicas.to_string()),
-            (READ_MODE_KEY.to_string(), read_mode.name().to_string()),
-        ])),
+        data: Some(data),
         ..ConfigMap::default()
     }
 }

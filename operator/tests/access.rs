@@ -17,8 +17,9 @@ use axum::{Json, Router};
 use kube::CustomResourceExt;
 use kube::runtime::events::{Recorder, Reporter};
 use phxkv_operator::access::{self, Permission, Settings};
+use phxkv_operator::backup;
 use phxkv_operator::controller::{self, Context};
-use phxkv_operator::crd::{PaxosKV, PaxosKVSpec};
+use phxkv_operator::crd::{PaxosKV, PaxosKVBackup, PaxosKVSpec};
 use phxkv_operator::install;
 use phxkv_operator::leader::{Elector, LeaseConfig, Stop};
 use phxkv_operator::metrics::OperatorMetrics;
@@ -31,6 +32,9 @@ const NS: &str = "/api/v1/namespaces/db";
 const APPS: &str = "/apis/apps/v1/namespaces/db";
 const PKVS: &str = "/apis/phxkv.io/v1alpha1/namespaces/db/paxoskvs";
 const CRD: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/paxoskvs.phxkv.io";
+const BACKUP_CRD: &str =
+    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/paxoskvbackups.phxkv.io";
+const BACKUPS: &str = "/apis/phxkv.io/v1alpha1/namespaces/db/paxoskvbackups";
 
 fn member(name: &str, master: bool) -> Value {
     let ordinal: u64 = name
@@ -139,8 +143,16 @@ async fn the_access_table_lists_exactly_the_calls_the_operator_makes() {
         idle_requeue: Duration::from_secs(30),
     });
 
-    // A new cluster: its objects, token, bootstrap record, status, events.
-    let kv = paxoskv("kv", json!({"replicas": 3}));
+    // A new cluster: its objects, token, bootstrap record, status, events;
+    // its backup schedule is due, so a PaxosKVBackup is created.
+    let mut kv = paxoskv(
+        "kv",
+        json!({"replicas": 3, "backup": {"destination": {"url": "s3://backups/prod"},
+               "schedule": "0 * * * *"}}),
+    );
+    kv.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-01-01T00:00:00Z".parse().expect("a time"),
+    ));
     api.put(
         &format!("{PKVS}/kv"),
         serde_json::to_value(&kv).expect("pkv"),
@@ -148,6 +160,26 @@ async fn the_access_table_lists_exactly_the_calls_the_operator_makes() {
     controller::reconcile(Arc::new(kv), ctx.clone())
         .await
         .expect("reconciled a new cluster");
+
+    assert!(
+        api.log()
+            .iter()
+            .any(|s| s.method == "POST" && s.route() == BACKUPS),
+        "the schedule created a backup"
+    );
+
+    // A backup of a cluster without a master yet: it waits (its status).
+    api.put(
+        &format!("{BACKUPS}/kv-once"),
+        json!({"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKVBackup",
+               "metadata": {"name": "kv-once", "namespace": "db", "uid": "uid-kv-once",
+                            "creationTimestamp": "2026-01-01T00:00:00Z"},
+               "spec": {"cluster": "kv"}}),
+    );
+    let once: PaxosKVBackup =
+        serde_json::from_value(api.get(&format!("{BACKUPS}/kv-once")).expect("put"))
+            .expect("a backup");
+    let _ = backup::reconcile(Arc::new(once), ctx.clone()).await;
 
     // An invalid spec twice: the second event is a repeat (a patch).
     let odd = paxoskv("odd", json!({"replicas": 4}));
@@ -228,6 +260,10 @@ async fn the_access_table_lists_exactly_the_calls_the_operator_makes() {
 
     // The leader's start: the CRD, the check, the controller's watches.
     api.put(CRD, serde_json::to_value(PaxosKV::crd()).expect("crd"));
+    api.put(
+        BACKUP_CRD,
+        serde_json::to_value(PaxosKVBackup::crd()).expect("crd"),
+    );
     let (raise, stop) = Stop::new();
     let leading = Leading {
         ctx: ctx.clone(),
@@ -241,10 +277,10 @@ async fn the_access_table_lists_exactly_the_calls_the_operator_makes() {
                 .iter()
                 .filter(|s| s.path.contains("watch=true"))
                 .count()
-                >= 3
+                >= 5
         })
         .await,
-        "the controller watches"
+        "the controllers watch"
     );
     let _ = raise.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
@@ -273,4 +309,5 @@ async fn the_access_table_lists_exactly_the_calls_the_operator_makes() {
         "operator/src/access.rs lists access no code used: {unused:?}"
     );
     assert_eq!(install::CRD_NAME, PaxosKV::crd_name());
+    assert_eq!(install::BACKUP_CRD_NAME, PaxosKVBackup::crd_name());
 }

@@ -4,14 +4,12 @@
 
 use std::path::PathBuf;
 
-fn committed() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/phxkv/crds/paxoskv.yaml")
+fn committed(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../charts/phxkv/crds/{file}"))
 }
 
-#[test]
-fn the_chart_carries_the_crd_the_types_generate() {
-    let generated = phxkv_operator::crd_yaml().expect("the CRD renders");
-    let path = committed();
+fn check(file: &str, generated: String) {
+    let path = committed(file);
     if std::env::var_os("PHXKV_UPDATE_CRD").is_some() {
         std::fs::write(&path, &generated).expect("write the CRD");
     }
@@ -22,6 +20,31 @@ fn the_chart_carries_the_crd_the_types_generate() {
          `PHXKV_UPDATE_CRD=1 cargo test -p phxkv-operator --test crd_drift` and commit it",
         path.display()
     );
+}
+
+#[test]
+fn the_chart_carries_the_crd_the_types_generate() {
+    check(
+        "paxoskv.yaml",
+        phxkv_operator::crd_yaml().expect("the CRD renders"),
+    );
+}
+
+#[test]
+fn the_chart_carries_the_backup_crd_the_types_generate() {
+    check(
+        "paxoskvbackup.yaml",
+        phxkv_operator::backup_crd_yaml().expect("the CRD renders"),
+    );
+}
+
+#[test]
+fn the_backup_crd_names_itself_and_refuses_a_changed_spec() {
+    let yaml = phxkv_operator::backup_crd_yaml().expect("the CRD renders");
+    assert!(yaml.contains("name: paxoskvbackups.phxkv.io"));
+    assert!(yaml.contains("- pkvb"));
+    assert!(yaml.contains("rule: self == oldSelf"));
+    assert!(yaml.contains("jsonPath: .status.phase"));
 }
 
 #[test]
