@@ -7,7 +7,8 @@
 # pod deleted (the standby takes over and reconciles); then, on demo: an
 # upgrade to an image that cannot start (it stops at one pod) and its
 # rollback, a follower's volume lost, a switchover by annotation, hibernation
-# on and off, a PaxosKV whose names conflict with demo's, and (opt-in, slow)
+# on and off, a PaxosKV whose names conflict with demo's, (opt-in) a backup
+# to an in-namespace MinIO and a recovery from it, and (opt-in, slow)
 # self-healing; then uninstall. When no cluster answers it prints
 # "SKIPPED: ..." and exits 0. See e2e/k8s/README.md.
 #
@@ -21,6 +22,10 @@
 #   PHXKV_E2E_KEEP           1: leave the namespace for inspection
 #   PHXKV_K8S_SLOW           1: also run the self-healing step (several
 #                            minutes; it needs to create a ResourceQuota)
+#   PHXKV_K8S_BACKUP         1: also run the backup and recovery step (pulls
+#                            MinIO's images; several minutes)
+#   PHXKV_E2E_MINIO_IMAGE    MinIO server image (default quay.io/minio/minio)
+#   PHXKV_E2E_MC_IMAGE       MinIO client image (default quay.io/minio/mc)
 #   HELM                     helm binary (default: helm on PATH, else installed
 #                            into the cache by e2e/chart/install-helm.sh)
 set -euo pipefail
@@ -31,6 +36,7 @@ release=phxkv
 scope=${PHXKV_E2E_SCOPE:-cluster}
 timeout=${PHXKV_E2E_TIMEOUT:-600}
 slow=${PHXKV_K8S_SLOW:-0}
+backups=${PHXKV_K8S_BACKUP:-0}
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 log() { printf 'k8s: %s\n' "$*" >&2; }
@@ -57,6 +63,7 @@ case $scope in
 esac
 [[ $timeout =~ ^[0-9]+$ ]] || die "PHXKV_E2E_TIMEOUT must be a number of seconds"
 [[ $slow == 0 || $slow == 1 ]] || die "PHXKV_K8S_SLOW must be 0 or 1, not $slow"
+[[ $backups == 0 || $backups == 1 ]] || die "PHXKV_K8S_BACKUP must be 0 or 1, not $backups"
 
 step "cluster"
 kubectl version --request-timeout=5s >&2
@@ -701,6 +708,96 @@ k wait --for=condition=Available pkv/demo --timeout=120s >&2
 owner=$(k get service demo-peers -o jsonpath='{.metadata.ownerReferences[*].name}')
 [[ $owner == demo ]] || die "Service demo-peers belongs to '${owner:-nobody}' after the clean-up, not demo"
 log "demo-peers was refused and deleted; demo and its Service demo-peers are as they were"
+
+if [[ $backups == 1 ]]; then
+    step "backup and recovery: demo archives to MinIO, a PaxosKVBackup, a new PaxosKV recovered to its revision"
+    minio_image=${PHXKV_E2E_MINIO_IMAGE:-quay.io/minio/minio}
+    mc_image=${PHXKV_E2E_MC_IMAGE:-quay.io/minio/mc}
+    s3_key=phxkv-e2e
+    s3_secret=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+    k create secret generic s3-credentials --from-literal=AWS_ACCESS_KEY_ID="$s3_key" \
+        --from-literal=AWS_SECRET_ACCESS_KEY="$s3_secret" --from-literal=AWS_REGION=us-east-1 >&2
+    k create deployment minio --image="$minio_image" --port=9000 -- minio server /data >&2
+    k set env deployment/minio MINIO_ROOT_USER="$s3_key" MINIO_ROOT_PASSWORD="$s3_secret" >&2
+    k expose deployment minio --port=9000 >&2
+    k rollout status deployment/minio --timeout="${timeout}s" >&2
+    endpoint=http://minio.$ns.svc:9000
+    k create job make-bucket --image="$mc_image" -- sh -c \
+        "mc alias set s3 $endpoint $s3_key $s3_secret && mc mb --ignore-existing s3/phxkv" >&2
+    k wait --for=condition=Complete job/make-bucket --timeout="${timeout}s" >&2 || die "creating the bucket"
+
+    k patch pkv demo --type merge -p "{\"spec\":{\"backup\":{\"destination\":{\"url\":\"s3://phxkv/e2e\",
+        \"credentialsSecret\":{\"name\":\"s3-credentials\"},\"endpointURL\":\"$endpoint\"},
+        \"retention\":{\"keep\":3}}}}" >&2
+    # The pods are replaced one at a time, now with PHXKV_ARCHIVE_URL.
+    wait_until "$timeout" "demo did not settle to phase Running" phase_is demo Running
+    backup_healthy() {
+        echo "BackupHealthy $(condition demo BackupHealthy status): $(condition demo BackupHealthy message)"
+        [[ $(condition demo BackupHealthy status) == True ]]
+    }
+    wait_until "$timeout" "demo's archive is not healthy" backup_healthy
+    archive=$(field demo '{.status.backup.archiveUrl}')
+    [[ $archive == "s3://phxkv/e2e/$ns/demo" ]] || die "status.backup.archiveUrl of demo is '$archive'"
+    write_key demo backup/before yes
+    k apply -f - >&2 <<'EOF'
+apiVersion: phxkv.io/v1alpha1
+kind: PaxosKVBackup
+metadata:
+  name: demo-e2e
+spec:
+  cluster: demo
+EOF
+    backup_done() {
+        local phase
+        phase=$(k get pkvb demo-e2e -o jsonpath='{.status.phase}')
+        echo "PaxosKVBackup demo-e2e: ${phase:-none}: $(k get pkvb demo-e2e -o jsonpath='{.status.message}')"
+        [[ $phase == Failed ]] && return 2
+        [[ $phase == Completed ]]
+    }
+    wait_until "$timeout" "the backup of demo did not complete" backup_done
+    revision=$(k get pkvb demo-e2e -o jsonpath='{.status.revision}')
+    [[ $revision =~ ^[0-9]+$ ]] || die "PaxosKVBackup demo-e2e reports revision '$revision'"
+    log "demo-e2e holds revision $revision"
+    write_key demo backup/after yes
+
+    k apply -f - >&2 <<EOF
+apiVersion: phxkv.io/v1alpha1
+kind: PaxosKV
+metadata:
+  name: restored
+spec:
+  replicas: 3
+  storage:
+    size: 1Gi
+    reclaimPolicy: Delete
+  bootstrap:
+    recovery:
+      source:
+        url: $archive
+        credentialsSecret:
+          name: s3-credentials
+        endpointURL: $endpoint
+      targetRevision: $revision
+EOF
+    k wait --for=condition=Available pkv/restored --timeout="${timeout}s" >&2
+    wait_for_size restored 3
+    recovery=$(field restored '{.status.recovery.phase}')
+    [[ $recovery == Recovered ]] || die "restored reports recovery phase '$recovery'"
+    expect_key restored backup/before yes
+    forward svc/restored 8080
+    if get "$forward_port" backup/after >/dev/null 2>&1; then
+        die "backup/after, written after revision $revision, is in the cluster recovered to it"
+    fi
+    log "restored has backup/before and not backup/after: recovered to revision $revision"
+    if k patch pkv restored --type merge \
+        -p '{"spec":{"bootstrap":{"recovery":{"source":{"url":"s3://phxkv/other"}}}}}' >/dev/null 2>"$work/patch.err"; then
+        die "the API server let spec.bootstrap of restored change"
+    fi
+    log "changing spec.bootstrap is refused: $(head -n 1 "$work/patch.err")"
+    k delete pkv restored --wait=true --timeout=300s >&2
+else
+    step "backup and recovery: SKIPPED (PHXKV_K8S_BACKUP=1 runs it; it pulls MinIO's images)"
+fi
 
 if [[ $slow == 1 ]]; then
     step "self-healing: a follower that cannot come back is recreated after replaceAfter (1m)"
