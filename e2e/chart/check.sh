@@ -31,6 +31,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 chart=$repo/charts/phxkv
 crd=$chart/crds/paxoskv.yaml
+backup_crd=$chart/crds/paxoskvbackup.yaml
 cache=${PHXKV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/phxkv}
 venv=$cache/venv-kubernetes-validate-$KUBERNETES_VALIDATE_VERSION
 node_dir=$cache/node-chart-check-$(sha256sum "$here/package-lock.json" | cut -c1-12)
@@ -80,7 +81,7 @@ passed=0
 check() { log "ok: $*"; passed=$((passed + 1)); }
 
 validate() {
-    "$python" "$here/validate.py" "${K8S_VERSIONS[@]/#/-k}" --crd "$crd" \
+    "$python" "$here/validate.py" "${K8S_VERSIONS[@]/#/-k}" --crd "$crd" --crd "$backup_crd" \
         --node-modules "$node_dir/node_modules" "$@"
 }
 
@@ -112,7 +113,7 @@ check "helm lint --strict"
 
 log "default values: render and validate"
 render default
-validate "$work/default.yaml" --expect CustomResourceDefinition=1 --expect PaxosKV=1 \
+validate "$work/default.yaml" --expect CustomResourceDefinition=2 --expect PaxosKV=1 \
     --expect Deployment=1 --expect ClusterRole=2 --expect ClusterRoleBinding=2 --expect Role=1 \
     --expect RoleBinding=1 --expect PodDisruptionBudget=1 --expect NetworkPolicy=0 --expect ServiceMonitor=0 --expect PrometheusRule=0 --expect ConfigMap=0 ||
     die "default render does not validate"
@@ -167,12 +168,24 @@ render full \
     --set-json 'cluster.scheduling.topologySpreadConstraints=[{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"DoNotSchedule","labelSelector":{"matchLabels":{"app.kubernetes.io/instance":"phxkv"}}}]' \
     --set-json 'operator.extraEnv=[{"name":"RUST_LOG","value":"info"}]' \
     --set cluster.hibernation=true,cluster.selfHealing.replaceAfter=30m,cluster.selfHealing.maxLag=5000 \
+    --set cluster.backup.destination.url=s3://backups/prod,cluster.backup.destination.credentialsSecret=s3 \
+    --set cluster.backup.destination.endpointURL=http://minio.storage:9000,cluster.backup.schedule="0 3 * * *" \
+    --set cluster.backup.retention.keep=7,cluster.backup.retention.maxAge=30d \
     --set image.tag=0.1.1,imagePullSecrets[0].name=regcred
 validate "$work/full.yaml" --expect PaxosKV=1 --expect NetworkPolicy=1 --expect ServiceMonitor=2 \
     --expect PrometheusRule=1 --expect ConfigMap=1 || die "render with every option does not validate"
 grep -q -- '--default-image=ghcr.io/phxkv/phxkv:0.1.1' "$work/full.yaml" || die "image.tag does not reach --default-image"
 grep -q '^  hibernation: true' "$work/full.yaml" || die "cluster.hibernation does not reach the PaxosKV"
 grep -q '^    replaceAfter: "30m"' "$work/full.yaml" || die "cluster.selfHealing does not reach the PaxosKV"
+"$python" - "$work/full.yaml" <<'PY' || die "cluster.backup does not reach the PaxosKV"
+import sys, yaml
+pkv = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "PaxosKV")
+b = pkv["spec"]["backup"]
+assert b["destination"] == {"url": "s3://backups/prod", "credentialsSecret": {"name": "s3"},
+                            "endpointURL": "http://minio.storage:9000"}, b
+assert b["schedule"] == "0 3 * * *" and b["retention"] == {"keep": 7, "maxAge": "30d"}, b
+PY
+grep -q '^  backup:' "$work/default.yaml" && die "cluster.backup is off by default"
 check "networkPolicy + serviceMonitor + prometheusRule + grafanaDashboard + every cluster option render validates"
 
 log "namespace-scoped operator: render and validate"
@@ -215,6 +228,11 @@ expect_rejected "at '/cluster/lease': value must be 'a duration" --set cluster.l
 expect_rejected "at '/cluster/selfHealing/replaceAfter': '5s' does not match pattern" \
     --set cluster.selfHealing.replaceAfter=5s
 expect_rejected "at '/cluster/selfHealing/maxLag': minimum" --set cluster.selfHealing.maxLag=0
+expect_rejected "at '/cluster/backup/destination/url': value must be 'an archive URL" \
+    --set cluster.backup.destination.url=https://bucket.example
+expect_rejected "at '/cluster/backup/retention/maxAge': value must be 'an age such as 30d" \
+    --set cluster.backup.retention.maxAge=1y
+expect_rejected "at '/cluster/backup/retention/keep': minimum" --set cluster.backup.retention.keep=-1
 expect_rejected "at '/image/pullPolicy': value must be one of" --set image.pullPolicy=Sometimes
 expect_rejected "at '/operator/leaderElection/leaseDuration': value must be 'whole seconds" \
     --set operator.leaderElection.leaseDuration=2s

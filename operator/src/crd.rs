@@ -250,12 +250,12 @@ pub struct RecoverySpec {
 }
 
 impl RecoverySpec {
-    /// The target in words: `revision 12`, `2026-01-31T12:00:00Z`, or the
-    /// latest recoverable point.
+    /// The target in words: `revision 12`, `time 2026-01-31T12:00:00Z`, or
+    /// the latest recoverable point.
     pub fn target(&self) -> String {
         match (&self.target_revision, &self.target_time) {
             (Some(r), _) => format!("revision {r}"),
-            (None, Some(t)) => t.clone(),
+            (None, Some(t)) => format!("time {t}"),
             (None, None) => "the latest recoverable point".into(),
         }
     }

@@ -404,7 +404,7 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
             backup.archive_url(&ns, &names.cluster),
         ));
         vars.extend(archive_env(&backup.destination));
-        env_from = archive_env_from(&backup.destination);
+        env_from = archive_env_from(&backup.destination, false);
     }
 
     let probe = |path: &str, period: i32, failures: i32| Probe {
@@ -482,13 +482,15 @@ fn archive_env(archive: &ArchiveSpec) -> Vec<EnvVar> {
     vars
 }
 
-/// The archive's credentials Secret, as environment variables.
-fn archive_env_from(archive: &ArchiveSpec) -> Option<Vec<EnvFromSource>> {
+/// The archive's credentials Secret, as environment variables. `optional`
+/// lets the pod start without it (the restore of a recovery, which stays in
+/// the template after it is done, when the Secret is later deleted).
+fn archive_env_from(archive: &ArchiveSpec, optional: bool) -> Option<Vec<EnvFromSource>> {
     archive.credentials_secret.as_ref().map(|secret| {
         vec![EnvFromSource {
             secret_ref: Some(SecretEnvSource {
                 name: secret.name.clone(),
-                optional: Some(false),
+                optional: Some(optional),
             }),
             ..EnvFromSource::default()
         }]
@@ -512,7 +514,9 @@ pub fn restore_args(pkv: &PaxosKV, names: &Names, recovery: &RecoverySpec) -> Ve
     if let Some(revision) = recovery.target_revision {
         args.extend(["--target-revision".into(), revision.to_string()]);
     } else if let Some(time) = &recovery.target_time {
-        args.extend(["--target-time".into(), time.clone()]);
+        // One argument: a bare time would read as a YAML timestamp, not
+        // a string, where the rendered objects are printed as YAML.
+        args.push(format!("--target-time={time}"));
     }
     args.extend([
         "--data-dir".into(),
@@ -566,7 +570,7 @@ fn restore_container(
         image_pull_policy: pkv.spec.image_pull_policy.map(|p| format!("{p:?}")),
         args: Some(restore_args(pkv, names, recovery)),
         env: Some(vars),
-        env_from: archive_env_from(&recovery.source),
+        env_from: archive_env_from(&recovery.source, true),
         resources: pkv.spec.resources.clone(),
         security_context: Some(container_security()),
         volume_mounts: Some(vec![VolumeMount {
@@ -1086,6 +1090,37 @@ mod tests {
         assert_eq!(
             client.spec.as_ref().and_then(|s| s.selector.clone()),
             peers.spec.as_ref().and_then(|s| s.selector.clone())
+        );
+    }
+
+    #[test]
+    fn only_a_recovered_cluster_restores_and_its_target_time_is_one_argument() {
+        let plain = statefulset(&sample(PaxosKVSpec::default()), &defaults(), 3);
+        let pod = plain.spec.and_then(|s| s.template.spec).expect("pod");
+        assert!(pod.init_containers.is_none(), "nothing to restore");
+        let spec: PaxosKVSpec = serde_json::from_value(serde_json::json!({
+            "bootstrap": {"recovery": {"source": {"url": "file:///archive/db/kv",
+                          "credentialsSecret": {"name": "s3"}},
+                          "targetTime": "2026-01-31T12:00:00Z"}}
+        }))
+        .expect("spec");
+        let pkv = sample(spec);
+        let bootstrap = Bootstrap::initial(&pkv);
+        assert_eq!(bootstrap.replicas, 1);
+        let cm = bootstrap_config(&pkv, &bootstrap).data.expect("data");
+        assert_eq!(cm[RESTORE_MEMBER_KEY], "kv-0", "the first pod, and only it");
+        assert_eq!(cm[RECOVERY_TARGET_KEY], "time 2026-01-31T12:00:00Z");
+        let sts = statefulset(&pkv, &defaults(), 1);
+        let pod = sts.spec.and_then(|s| s.template.spec).expect("pod");
+        let init = &pod.init_containers.expect("a restore")[0];
+        let args = init.args.clone().expect("args");
+        assert!(args.contains(&"--target-time=2026-01-31T12:00:00Z".to_string()));
+        assert!(args.contains(&"--only-member=$(PHXKV_RESTORE_MEMBER)".to_string()));
+        let from = init.env_from.clone().expect("the Secret");
+        assert_eq!(
+            from[0].secret_ref.as_ref().and_then(|s| s.optional),
+            Some(true),
+            "a pod starts after the recovery even once the Secret is gone"
         );
     }
 
