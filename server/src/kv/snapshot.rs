@@ -155,7 +155,7 @@ impl Store {
             data_bytes,
             dedup,
             history: History::new(&config, snap.revision + 1),
-            taking: None,
+            snapshots: Default::default(),
         }
     }
 }

@@ -14,12 +14,28 @@
 //! are at most the keys written during the snapshot, and are dropped as the
 //! cursor passes them.
 //!
+//! Several snapshots may be in progress at once (a compaction, a backup
+//! download, an archive's base snapshot), up to
+//! [`MAX_SNAPSHOTS_IN_PROGRESS`]. Each has its own cursor and its own
+//! set-aside states; a write sets the prior state aside for every one whose
+//! cursor has not passed the key, sharing one copy of it between them. When
+//! the set is full, beginning another abandons the one that has gone longest
+//! without a piece being taken: a snapshot whose taker went away (a client
+//! that disconnected) stops asking for pieces, so it is the first to go, and
+//! a live one is abandoned only when more than that many are really being
+//! taken at once. A taker that gives up should say so with
+//! [`Store::abandon_snapshot`]: until it does, or the snapshot is evicted,
+//! the snapshot keeps setting states aside (at most one per key above its
+//! cursor, so never more than a copy of the store).
+//!
 //! The request-id table is small and bounded, and it is encoded whole when
 //! the snapshot begins.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::kv::dedup::DedupTable;
 use crate::kv::snapshot::KeyValueView;
@@ -28,18 +44,88 @@ use crate::kv::watch::History;
 use crate::kv::{KeyValue, KvError, OpResult, Store, StoreConfig};
 use crate::paxos::types::RequestId;
 
-/// The state of a snapshot in progress, kept by the store it is of.
+/// Most snapshots a store keeps in progress at once; beginning one more
+/// abandons the one that has gone longest without a piece taken.
+///
+/// Each costs, at most, a copy of the keys written while it is in progress
+/// (set-aside states are shared between snapshots that need the same one),
+/// so this bounds a store's snapshot memory to a few times the keys written
+/// during the longest of them.
+pub const MAX_SNAPSHOTS_IN_PROGRESS: usize = 4;
+
+/// Snapshot ids are unique in the process, not only in one store: a store
+/// replaced by an installed snapshot starts with none in progress, and a
+/// taker still holding an id of the old one must get [`SnapshotAbandoned`],
+/// never the pieces of a newer snapshot that happens to have the same id.
+static NEXT_SNAPSHOT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The state of one snapshot in progress, kept by the store it is of.
 #[derive(Clone, Debug)]
-pub(super) struct Taking {
+struct Taking {
     id: u64,
     /// Keys at or below it were emitted; `None` before the first.
     cursor: Option<Box<[u8]>>,
-    /// The state at the start of keys above the cursor changed since then.
-    before: BTreeMap<Box<[u8]>, Option<Slot>>,
+    /// The state at the start of keys above the cursor changed since then
+    /// (`None`: absent). Shared with the other snapshots that set the same
+    /// state aside.
+    before: BTreeMap<Box<[u8]>, Option<Arc<Slot>>>,
     /// Keys still to emit (the count was announced up front).
     remaining: u64,
     /// The encoded request-id table, emitted last.
     tail: Vec<u8>,
+    /// When it last began or gave a piece, on [`InProgress::clock`].
+    touched: u64,
+}
+
+/// The snapshots in progress on a store.
+///
+/// # Why each snapshot's bytes are the store at its start
+///
+/// For each snapshot `S` in progress, at every moment between calls:
+///
+/// (I) for every key `k` above `S.cursor` (every key, before the first
+/// piece), `S.before[k]` if present is `k`'s state when `S` began, and if
+/// absent `k` has not changed since `S` began.
+///
+/// It holds when `S` begins (`before` empty, nothing changed yet). The
+/// store's map changes only in `Store::write` and `Store::remove`, and both
+/// call [`Store::note_change`] first, which, for every snapshot in progress
+/// whose cursor has not passed `k` and that has nothing set aside for `k`,
+/// sets aside `k`'s state as it is just before this change; by (I) that is
+/// `k`'s state when that snapshot began, since nothing changed `k` since.
+/// Keys that already have a set-aside state keep it. So (I) survives every
+/// write, for every snapshot at once: no snapshot's bookkeeping depends on
+/// another's, and the shared copies are never changed after they are made.
+/// A piece of `S` emits keys above the cursor in order, each from
+/// `S.before` when present, else live, which by (I) is the state at the
+/// start; keys with a set-aside "absent" were created since and are
+/// skipped. It then moves the cursor to the last key it looked at and drops
+/// only set-aside states at or below it, which (I) no longer speaks of. So
+/// the keys emitted, in order, are those of the store when `S` began, with
+/// their state then, which are the bytes `Store::encode_snapshot` would have
+/// written then; the key count in the head and the request table in the tail
+/// were taken at the start.
+///
+/// A snapshot leaves the set whole (finished, abandoned or evicted), and a
+/// store replaced by an installed snapshot starts with an empty set; since
+/// ids are unique in the process, a taker holding a stale id is told
+/// [`SnapshotAbandoned`] and never given another snapshot's bytes.
+#[derive(Clone, Debug, Default)]
+pub(super) struct InProgress {
+    takings: Vec<Taking>,
+    /// Counts begins and pieces, to find the one idle the longest.
+    clock: u64,
+}
+
+impl InProgress {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    fn position(&self, id: u64) -> Option<usize> {
+        self.takings.iter().position(|t| t.id == id)
+    }
 }
 
 /// A snapshot just begun: what it is of and its first bytes.
@@ -54,29 +140,41 @@ pub struct SnapshotStart {
 }
 
 /// The snapshot a chunk was asked for is no longer in progress: the store
-/// was replaced (a newer snapshot installed) or another one began.
+/// was replaced (a newer snapshot installed), it was abandoned, or
+/// [`MAX_SNAPSHOTS_IN_PROGRESS`] others began since it last gave a piece.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the snapshot in progress was abandoned")]
 pub struct SnapshotAbandoned;
 
 impl Store {
-    /// Begins a snapshot of the store as it is now; any snapshot already in
-    /// progress is abandoned. Follow with [`Store::snapshot_chunk`] until it
-    /// says it is done; writes may be applied in between.
+    /// Begins a snapshot of the store as it is now. Follow with
+    /// [`Store::snapshot_chunk`] until it says it is done; writes, and
+    /// pieces of other snapshots, may come in between. With
+    /// [`MAX_SNAPSHOTS_IN_PROGRESS`] already in progress, the one that has
+    /// gone longest without a piece is abandoned.
     pub fn begin_snapshot(&mut self) -> SnapshotStart {
-        let id = self.taking.as_ref().map_or(1, |t| t.id + 1);
+        let id = NEXT_SNAPSHOT_ID.fetch_add(1, Ordering::Relaxed);
         let requests: Vec<(RequestId, &OpResult)> = self.dedup.entries().collect();
         // Postcard writes only sequences of unknown length or custom errors
         // as failures; these have neither.
         let tail = postcard::to_stdvec(&requests).expect("the request table always serializes");
         let head = postcard::to_stdvec(&(self.applied_index, self.revision, self.kvs.len()))
             .expect("integers always serialize");
-        self.taking = Some(Taking {
+        let snapshots = &mut self.snapshots;
+        if snapshots.takings.len() >= MAX_SNAPSHOTS_IN_PROGRESS
+            && let Some(idle) =
+                (0..snapshots.takings.len()).min_by_key(|&i| snapshots.takings[i].touched)
+        {
+            snapshots.takings.swap_remove(idle);
+        }
+        let touched = snapshots.tick();
+        snapshots.takings.push(Taking {
             id,
             cursor: None,
             before: BTreeMap::new(),
             remaining: self.kvs.len() as u64,
             tail,
+            touched,
         });
         SnapshotStart {
             id,
@@ -93,9 +191,10 @@ impl Store {
         max_keys: usize,
         out: &mut Vec<u8>,
     ) -> Result<bool, SnapshotAbandoned> {
-        let Some(t) = self.taking.as_ref().filter(|t| t.id == id) else {
+        let Some(at) = self.snapshots.position(id) else {
             return Err(SnapshotAbandoned);
         };
+        let t = &self.snapshots.takings[at];
         let lower = match &t.cursor {
             Some(c) => Bound::Excluded(&c[..]),
             None => Bound::Unbounded,
@@ -121,7 +220,7 @@ impl Store {
                 (Some((lk, _)), Some((bk, _))) if lk == bk => {
                     live.next();
                     let (k, s) = before.next().expect("peeked");
-                    (k, s.as_ref())
+                    (k, s.as_deref())
                 }
                 (Some(_), None) => {
                     let (k, s) = live.next().expect("peeked");
@@ -129,7 +228,7 @@ impl Store {
                 }
                 (_, Some(_)) => {
                     let (k, s) = before.next().expect("peeked");
-                    (k, s.as_ref())
+                    (k, s.as_deref())
                 }
             };
             last = Some(key);
@@ -148,7 +247,9 @@ impl Store {
         }
         let done = live.peek().is_none() && before.peek().is_none();
         let last = last.map(Box::<[u8]>::from);
-        let t = self.taking.as_mut().expect("checked above");
+        let touched = self.snapshots.tick();
+        let t = &mut self.snapshots.takings[at];
+        t.touched = touched;
         t.remaining = t.remaining.saturating_sub(emitted as u64);
         if let Some(last) = last {
             // Set-aside states at or below the cursor are spent.
@@ -161,20 +262,39 @@ impl Store {
         }
         debug_assert_eq!(t.remaining, 0, "a snapshot emits the keys it announced");
         out.extend_from_slice(&t.tail);
-        self.taking = None;
+        self.snapshots.takings.swap_remove(at);
         Ok(true)
     }
 
-    /// Called before `key` changes: keeps its prior state for a snapshot in
-    /// progress that has not emitted it yet.
-    pub(super) fn note_change(&mut self, key: &[u8]) {
-        let Some(t) = self.taking.as_mut() else {
-            return;
-        };
-        if t.cursor.as_deref().is_some_and(|c| key <= c) || t.before.contains_key(key) {
-            return;
+    /// Ends snapshot `id` without finishing it, dropping what it set aside;
+    /// false if it was not in progress.
+    pub fn abandon_snapshot(&mut self, id: u64) -> bool {
+        match self.snapshots.position(id) {
+            Some(at) => {
+                self.snapshots.takings.swap_remove(at);
+                true
+            }
+            None => false,
         }
-        t.before.insert(key.into(), self.kvs.get(key).cloned());
+    }
+
+    /// How many snapshots are in progress.
+    pub fn snapshots_in_progress(&self) -> usize {
+        self.snapshots.takings.len()
+    }
+
+    /// Called before `key` changes: keeps its prior state for every snapshot
+    /// in progress that has not emitted it yet nor set it aside already (see
+    /// [`InProgress`] for why that is enough).
+    pub(super) fn note_change(&mut self, key: &[u8]) {
+        let mut prior: Option<Option<Arc<Slot>>> = None;
+        for t in &mut self.snapshots.takings {
+            if t.cursor.as_deref().is_some_and(|c| key <= c) || t.before.contains_key(key) {
+                continue;
+            }
+            let prior = prior.get_or_insert_with(|| self.kvs.get(key).cloned().map(Arc::new));
+            t.before.insert(key.into(), prior.clone());
+        }
     }
 
     /// Rebuilds a store from an encoded snapshot read from `input` a piece at
@@ -209,7 +329,7 @@ impl Store {
             data_bytes,
             dedup,
             history: History::new(&config, revision + 1),
-            taking: None,
+            snapshots: InProgress::default(),
         })
     }
 }
@@ -339,7 +459,7 @@ mod tests {
                 assert!(pieces < 10_000, "seed {seed}: never finished");
             }
             assert_eq!(bytes, expected, "seed {seed}");
-            assert!(store.taking.is_none());
+            assert_eq!(store.snapshots_in_progress(), 0);
         }
     }
 
@@ -352,22 +472,189 @@ mod tests {
         assert_eq!(bytes, Store::new().encode_snapshot());
     }
 
+    /// A snapshot being taken: its id, the bytes so far and the bytes the
+    /// store encoded whole when it began.
+    struct Taken {
+        id: u64,
+        bytes: Vec<u8>,
+        expected: Vec<u8>,
+    }
+
+    fn begin(store: &mut Store) -> Taken {
+        let expected = store.encode_snapshot();
+        let start = store.begin_snapshot();
+        Taken {
+            id: start.id,
+            bytes: start.head,
+            expected,
+        }
+    }
+
+    /// Begins `count` snapshots at random moments, applies random writes,
+    /// deletes and transactions between random pieces of random ones, and
+    /// checks that each one's bytes are the store as of its own start.
+    fn interleaved_snapshots_are_each_the_store_at_their_own_start(count: usize) {
+        assert!(count <= MAX_SNAPSHOTS_IN_PROGRESS);
+        for seed in 0..80 {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut store = Store::new();
+            for _ in 0..rng.random_range(0..300) {
+                run(&mut store, &random_op(&mut rng));
+            }
+            let mut index = seed * 1000;
+            let mut taking: Vec<Taken> = Vec::new();
+            let mut begun = 0;
+            let mut finished = 0;
+            let mut steps = 0;
+            while finished < count {
+                steps += 1;
+                assert!(steps < 100_000, "seed {seed}: never finished");
+                for _ in 0..rng.random_range(0..8) {
+                    run(&mut store, &random_op(&mut rng));
+                    index += 1;
+                    store.set_applied_index(index);
+                }
+                // Begin the next one now and then, or when none is left.
+                if begun < count && (taking.is_empty() || rng.random_range(0..6) == 0) {
+                    taking.push(begin(&mut store));
+                    begun += 1;
+                    continue;
+                }
+                let i = rng.random_range(0..taking.len());
+                let t = &mut taking[i];
+                let max = rng.random_range(1..25);
+                if store
+                    .snapshot_chunk(t.id, max, &mut t.bytes)
+                    .expect("in progress")
+                {
+                    let t = taking.swap_remove(i);
+                    assert_eq!(t.bytes, t.expected, "seed {seed}: snapshot {}", t.id);
+                    // And it is a store that restores.
+                    Store::restore_from_reader(&t.bytes[..], StoreConfig::default())
+                        .expect("restores");
+                    finished += 1;
+                }
+            }
+            assert_eq!(store.snapshots_in_progress(), 0, "seed {seed}");
+        }
+    }
+
     #[test]
-    fn a_replaced_store_or_a_newer_snapshot_abandons_the_one_in_progress() {
+    fn two_interleaved_snapshots_are_each_the_store_at_their_own_start() {
+        interleaved_snapshots_are_each_the_store_at_their_own_start(2);
+    }
+
+    #[test]
+    fn three_interleaved_snapshots_are_each_the_store_at_their_own_start() {
+        interleaved_snapshots_are_each_the_store_at_their_own_start(3);
+    }
+
+    #[test]
+    fn as_many_snapshots_as_allowed_are_each_the_store_at_their_own_start() {
+        interleaved_snapshots_are_each_the_store_at_their_own_start(MAX_SNAPSHOTS_IN_PROGRESS);
+    }
+
+    /// Drives snapshot `t` to its end and checks its bytes.
+    fn finish(store: &mut Store, mut t: Taken) {
+        while !store
+            .snapshot_chunk(t.id, 3, &mut t.bytes)
+            .expect("in progress")
+        {}
+        assert_eq!(t.bytes, t.expected);
+    }
+
+    #[test]
+    fn one_snapshot_too_many_abandons_the_one_idle_longest() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut store = Store::new();
+        for _ in 0..300 {
+            run(&mut store, &random_op(&mut rng));
+        }
+        let mut taking: Vec<Taken> = (0..MAX_SNAPSHOTS_IN_PROGRESS)
+            .map(|_| begin(&mut store))
+            .collect();
+        // Every one but the second takes a piece after the second began, so
+        // the second is the one idle longest, though not the oldest.
+        for (i, t) in taking.iter_mut().enumerate() {
+            if i != 1 {
+                assert_eq!(store.snapshot_chunk(t.id, 5, &mut t.bytes), Ok(false));
+            }
+            run(&mut store, &random_op(&mut rng));
+        }
+        let newest = begin(&mut store);
+        assert_eq!(store.snapshots_in_progress(), MAX_SNAPSHOTS_IN_PROGRESS);
+        let idle = taking.remove(1);
+        let mut out = Vec::new();
+        assert_eq!(
+            store.snapshot_chunk(idle.id, 10, &mut out),
+            Err(SnapshotAbandoned)
+        );
+        run(&mut store, &random_op(&mut rng));
+        for t in taking {
+            finish(&mut store, t);
+        }
+        finish(&mut store, newest);
+        assert_eq!(store.snapshots_in_progress(), 0);
+    }
+
+    #[test]
+    fn an_abandoned_snapshot_is_gone_and_the_others_go_on() {
         let mut store = Store::new();
         run(&mut store, &put(b"a", b"1"));
-        let first = store.begin_snapshot();
-        let second = store.begin_snapshot();
+        run(&mut store, &put(b"b", b"2"));
+        let first = begin(&mut store);
+        let second = begin(&mut store);
+        run(&mut store, &del(b"a"));
+        assert!(store.abandon_snapshot(first.id));
+        assert!(!store.abandon_snapshot(first.id));
         let mut out = Vec::new();
         assert_eq!(
             store.snapshot_chunk(first.id, 10, &mut out),
             Err(SnapshotAbandoned)
         );
+        assert_eq!(store.snapshots_in_progress(), 1);
+        run(&mut store, &put(b"b", b"3"));
+        finish(&mut store, second);
+    }
+
+    #[test]
+    fn snapshots_that_need_the_same_prior_state_share_one_copy() {
+        let mut store = Store::new();
+        run(&mut store, &put(b"k", &[7; 100]));
+        let first = begin(&mut store);
+        let second = begin(&mut store);
+        run(&mut store, &put(b"k", b"new"));
+        let shared: Vec<&Arc<Slot>> = store
+            .snapshots
+            .takings
+            .iter()
+            .map(|t| t.before[&b"k"[..]].as_ref().expect("existed"))
+            .collect();
+        assert_eq!(shared.len(), 2);
+        assert!(Arc::ptr_eq(shared[0], shared[1]));
+        finish(&mut store, first);
+        finish(&mut store, second);
+    }
+
+    #[test]
+    fn a_replaced_store_abandons_every_snapshot_in_progress() {
+        let mut store = Store::new();
+        run(&mut store, &put(b"a", b"1"));
+        let first = store.begin_snapshot();
+        let second = store.begin_snapshot();
         store = Store::restore(store.snapshot());
-        assert_eq!(
-            store.snapshot_chunk(second.id, 10, &mut out),
-            Err(SnapshotAbandoned)
-        );
+        // The new store's own snapshot never answers to an old id.
+        let third = store.begin_snapshot();
+        assert!(third.id != first.id && third.id != second.id);
+        let mut out = Vec::new();
+        for id in [first.id, second.id] {
+            assert_eq!(
+                store.snapshot_chunk(id, 10, &mut out),
+                Err(SnapshotAbandoned)
+            );
+        }
+        assert!(out.is_empty());
+        assert_eq!(store.snapshots_in_progress(), 1);
     }
 
     #[test]

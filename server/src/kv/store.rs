@@ -184,8 +184,8 @@ pub struct Store {
     pub(super) data_bytes: usize,
     pub(super) dedup: DedupTable,
     pub(super) history: History,
-    /// A snapshot in progress (see [`super::snapshot_stream`]).
-    pub(super) taking: Option<super::snapshot_stream::Taking>,
+    /// The snapshots in progress (see [`super::snapshot_stream`]).
+    pub(super) snapshots: super::snapshot_stream::InProgress,
 }
 
 impl Default for Store {
@@ -210,7 +210,7 @@ impl Store {
             data_bytes: 0,
             dedup: DedupTable::new(config.dedup_capacity),
             history: History::new(&config, 1),
-            taking: None,
+            snapshots: Default::default(),
         }
     }
 
