@@ -7,6 +7,7 @@
 //! - [`sim`]: a deterministic simulator and the checkers it runs after every step.
 
 pub mod api;
+pub mod archive;
 pub mod cli;
 pub mod cluster;
 pub mod kv;

@@ -1,5 +1,6 @@
 //! Administration: `GET /v1/admin/snapshot`, a consistent backup of the
-//! state machine, streamed.
+//! state machine, streamed; and `/v1/admin/backups`, base snapshots in the
+//! node's archive (see [`crate::archive`]).
 //!
 //! The body is a backup file ([`crate::storage::backup_file`]): a header,
 //! the store image in frames as the node encodes it piece by piece, and a
@@ -11,22 +12,99 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use futures_util::stream;
 
 use crate::api::cluster::ClusterAuth;
 use crate::api::error::{ApiError, ErrorResponse};
-use crate::api::service::{BackupStream, Service};
+use crate::api::service::{BackupList, BackupStream, Service};
+use crate::archive::Base;
 use crate::storage::backup_file::{Encoder, FORMAT_VERSION, Header};
 
 /// The `/v1/admin` routes.
 pub(crate) fn routes<S: Service>() -> Router<S> {
-    Router::new().route("/v1/admin/snapshot", get(snapshot::<S>))
+    Router::new()
+        .route("/v1/admin/snapshot", get(snapshot::<S>))
+        .route(
+            "/v1/admin/backups",
+            get(list_backups::<S>).post(create_backup::<S>),
+        )
+        .route("/v1/admin/backups/{name}", delete(delete_backup::<S>))
+}
+
+/// Takes a consistent base snapshot (as `GET /v1/admin/snapshot` does) and
+/// uploads it to this node's archive; answers once it is stored. It holds
+/// every write acknowledged before the request. May take minutes for a
+/// large store.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/backups",
+    tag = "admin",
+    security(("cluster_token" = [])),
+    responses(
+        (status = 201, description = "The backup is in the archive.", body = Base),
+        (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
+        (status = 412, description = "The node has no archive (`no_archive`): start it with `--archive-url`.", body = ErrorResponse),
+        (status = 503, description = "No master to confirm the read, or the archive cannot be written (`unavailable`).", body = ErrorResponse),
+    )
+)]
+pub async fn create_backup<S: Service>(
+    State(svc): State<S>,
+    _auth: ClusterAuth,
+) -> Result<(StatusCode, Json<Base>), ApiError> {
+    Ok((StatusCode::CREATED, Json(svc.archive_backup().await?)))
+}
+
+/// The base snapshots in this node's archive, the points a restore can
+/// reach, and how far the archive is behind.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/backups",
+    tag = "admin",
+    security(("cluster_token" = [])),
+    responses(
+        (status = 200, description = "The archive's backups.", body = BackupList),
+        (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
+        (status = 412, description = "The node has no archive (`no_archive`).", body = ErrorResponse),
+        (status = 503, description = "The archive cannot be listed (`unavailable`).", body = ErrorResponse),
+    )
+)]
+pub async fn list_backups<S: Service>(
+    State(svc): State<S>,
+    _auth: ClusterAuth,
+) -> Result<Json<BackupList>, ApiError> {
+    Ok(Json(svc.archive_list().await?))
+}
+
+/// Deletes a base snapshot from the archive, and the log segments that no
+/// remaining base needs (those before the oldest one left).
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/backups/{name}",
+    tag = "admin",
+    security(("cluster_token" = [])),
+    params(("name" = String, Path, description = "The backup's name, as listed.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
+        (status = 404, description = "No backup has this name (`backup_not_found`).", body = ErrorResponse),
+        (status = 412, description = "The node has no archive (`no_archive`).", body = ErrorResponse),
+        (status = 503, description = "The archive cannot be written (`unavailable`).", body = ErrorResponse),
+    )
+)]
+pub async fn delete_backup<S: Service>(
+    State(svc): State<S>,
+    _auth: ClusterAuth,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    svc.archive_delete(name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A consistent snapshot of the whole store, for `phxkv backup save`.

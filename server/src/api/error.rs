@@ -24,8 +24,9 @@ const MAX_STRAY_MESSAGE: usize = 1024;
 /// A machine-readable error kind; each has exactly one HTTP status:
 /// `invalid_argument` 400, `unauthorized` 401, `key_not_found`,
 /// `member_not_found` and `not_found` 404, `method_not_allowed` 405,
-/// `compare_failed`, `conflict`, `member_not_voter` and `member_not_ready`
-/// 409, `compacted` 410, `payload_too_large` 413, `internal` 500,
+/// `backup_not_found` 404, `compare_failed`, `conflict`, `member_not_voter`
+/// and `member_not_ready` 409, `compacted` 410, `no_archive` 412,
+/// `payload_too_large` 413, `internal` 500,
 /// `unavailable` 503 (see `Retry-After`), `timeout` 504 (the write may
 /// still commit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -41,6 +42,8 @@ pub enum ErrorCode {
     NotFound,
     /// 404: no member of the cluster has the name given.
     MemberNotFound,
+    /// 404: the archive holds no base snapshot of the name given.
+    BackupNotFound,
     /// 405: the route exists but not with this method.
     MethodNotAllowed,
     /// 409: a compare-and-swap condition did not hold; nothing changed.
@@ -54,6 +57,8 @@ pub enum ErrorCode {
     MemberNotReady,
     /// 410: the requested revision is no longer in the watch history.
     Compacted,
+    /// 412: the node was started without an archive (`--archive-url`).
+    NoArchive,
     /// 413: a key, value, transaction or body is over a configured limit.
     PayloadTooLarge,
     /// 422: the `Idempotency-Key` was used, recently, for a different
@@ -76,9 +81,11 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::KeyNotFound | ErrorCode::NotFound | ErrorCode::MemberNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ErrorCode::KeyNotFound
+            | ErrorCode::NotFound
+            | ErrorCode::MemberNotFound
+            | ErrorCode::BackupNotFound => StatusCode::NOT_FOUND,
+            ErrorCode::NoArchive => StatusCode::PRECONDITION_FAILED,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::CompareFailed
             | ErrorCode::Conflict
@@ -228,6 +235,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotVoter(_) => ApiError::new(ErrorCode::MemberNotVoter, message),
             ServiceError::NotReady(_) => ApiError::new(ErrorCode::MemberNotReady, message),
             ServiceError::HandoffTimeout(_) => ApiError::new(ErrorCode::Timeout, message),
+            ServiceError::NoArchive(_) => ApiError::new(ErrorCode::NoArchive, message),
+            ServiceError::UnknownBackup(_) => ApiError::new(ErrorCode::BackupNotFound, message),
             ServiceError::Internal(_) => ApiError::internal(message),
         }
     }

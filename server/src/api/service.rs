@@ -207,6 +207,36 @@ pub enum ServiceError {
     /// charge by the deadline; it may still take over (504, `timeout`).
     #[error("{0}")]
     HandoffTimeout(String),
+    /// The node has no archive configured (412, `no_archive`).
+    #[error("{0}")]
+    NoArchive(String),
+    /// The archive has no base of that name (404, `backup_not_found`).
+    #[error("{0}")]
+    UnknownBackup(String),
+}
+
+/// The backups in a node's archive (`GET /v1/admin/backups`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct BackupList {
+    /// Where the archive is.
+    pub archive_url: String,
+    /// Base snapshots, oldest first.
+    pub backups: Vec<crate::archive::Base>,
+    /// The first and last points a restore can reach; none without a base.
+    pub recoverable: Option<crate::archive::Recoverable>,
+    /// The archive's end as this node knows it, while it is the master that
+    /// ships the log; none on other nodes.
+    pub archived_index: Option<u64>,
+    /// Applied entries not archived yet (on the master).
+    pub archive_lag: Option<u64>,
+    /// The archiver's last error, if its last round failed.
+    pub archive_error: Option<String>,
+}
+
+fn no_archive() -> ServiceError {
+    ServiceError::NoArchive(
+        "this node has no archive; start it with --archive-url s3://bucket/prefix".into(),
+    )
 }
 
 /// A snapshot of the state machine on its way out, for a backup.
@@ -293,6 +323,29 @@ pub trait Service: Clone + Send + Sync + 'static {
     /// pieces through a bounded channel while writes go on; an error item
     /// ends it early.
     fn backup(&self) -> impl Future<Output = Result<BackupStream, ServiceError>> + Send;
+
+    /// Takes a consistent base snapshot (as [`Service::backup`]) and uploads
+    /// it to the archive.
+    fn archive_backup(
+        &self,
+    ) -> impl Future<Output = Result<crate::archive::Base, ServiceError>> + Send {
+        async { Err(no_archive()) }
+    }
+
+    /// Lists the archive.
+    fn archive_list(&self) -> impl Future<Output = Result<BackupList, ServiceError>> + Send {
+        async { Err(no_archive()) }
+    }
+
+    /// Deletes a base from the archive, and the log segments no remaining
+    /// base needs.
+    fn archive_delete(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<(), ServiceError>> + Send {
+        let _ = name;
+        async { Err(no_archive()) }
+    }
 
     fn health(&self) -> Health;
 

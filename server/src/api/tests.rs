@@ -859,6 +859,33 @@ async fn probes_and_metrics() {
 }
 
 #[tokio::test]
+async fn backups_in_an_archive_need_the_token_and_an_archive() {
+    let router = Fake::new().router();
+    for (method, uri) in [
+        (Method::POST, "/v1/admin/backups"),
+        (Method::GET, "/v1/admin/backups"),
+        (Method::DELETE, "/v1/admin/backups/b1"),
+    ] {
+        let refused = call_with_token(&router, method.clone(), uri, "wrong").await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+        let reply = call_with_token(&router, method.clone(), uri, TOKEN).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::PRECONDITION_FAILED,
+            "{method} {uri}"
+        );
+        let body = reply.json();
+        assert_eq!(body["error"]["code"], "no_archive", "{method} {uri}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--archive-url")),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn openapi_json_describes_every_route() {
     let router = Fake::new().router();
     let reply = call(&router, Method::GET, "/openapi.json", Body::empty()).await;
@@ -881,6 +908,9 @@ async fn openapi_json_describes_every_route() {
         ("/v1/cluster/members/{name}/replace", "post"),
         ("/v1/cluster/members/{name}/transfer", "post"),
         ("/v1/admin/snapshot", "get"),
+        ("/v1/admin/backups", "get"),
+        ("/v1/admin/backups", "post"),
+        ("/v1/admin/backups/{name}", "delete"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),

@@ -113,6 +113,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             read_timeout: Duration::from_secs(5),
             compact_after: 10_000,
             peer_proxy: None,
+            archive: None,
         };
         let listen = ([127, 0, 0, 1], *client).into();
         let peer_listen = ([127, 0, 0, 1], *peer).into();

@@ -147,6 +147,38 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "PHXKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Archive continuously to this location: `s3://bucket/prefix` (S3 or
+    /// an S3-compatible server) or `file:///dir`. The master ships the log
+    /// in segments and takes periodic base snapshots there, for
+    /// `phxkv backup restore --from-archive` to any point in time. Give
+    /// every cluster its own location. S3 credentials, region and endpoint
+    /// come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and
+    /// AWS_ENDPOINT_URL, or from --archive-credentials-file.
+    #[arg(long, env = "PHXKV_ARCHIVE_URL", value_name = "URL")]
+    pub archive_url: Option<String>,
+
+    /// A file of NAME=value lines (AWS_ACCESS_KEY_ID=..., etc.) for the
+    /// archive; its values win over the environment's.
+    #[arg(
+        long,
+        env = "PHXKV_ARCHIVE_CREDENTIALS_FILE",
+        value_name = "PATH",
+        requires = "archive_url"
+    )]
+    pub archive_credentials_file: Option<PathBuf>,
+
+    /// How often the master puts a new base snapshot in the archive: a
+    /// restore replays the log from the newest base before its target.
+    #[arg(long, env = "PHXKV_ARCHIVE_BASE_EVERY", default_value = "6h",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub archive_base_every: Duration,
+
+    /// How often the master ships what was applied since the last time:
+    /// the most a lost cluster loses beyond what the archive holds.
+    #[arg(long, env = "PHXKV_ARCHIVE_FLUSH_EVERY", default_value = "1s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub archive_flush_every: Duration,
 }
 
 /// Everything `serve` needs, validated.
@@ -160,6 +192,35 @@ pub struct Validated {
 
 impl ServeArgs {
     /// Checks every flag and builds the node's configuration.
+    fn archive_settings(&self) -> Result<Option<crate::archive::archiver::Settings>, CliError> {
+        let bad = |flag: &str, msg: String| CliError::Usage(format!("--{flag}: {msg}"));
+        let Some(url) = &self.archive_url else {
+            return Ok(None);
+        };
+        if !url.starts_with("s3://") && !url.starts_with("file:///") {
+            return Err(bad(
+                "archive-url",
+                format!("{url}: expected s3://bucket/prefix or file:///absolute/dir"),
+            ));
+        }
+        if self.archive_base_every < Duration::from_secs(60) {
+            return Err(bad("archive-base-every", "must be at least 1m".into()));
+        }
+        if self.archive_flush_every < Duration::from_millis(100)
+            || self.archive_flush_every > Duration::from_secs(600)
+        {
+            return Err(bad(
+                "archive-flush-every",
+                "must be between 100ms and 10m".into(),
+            ));
+        }
+        let mut settings = crate::archive::archiver::Settings::new(url.clone());
+        settings.credentials = self.archive_credentials_file.clone();
+        settings.base_every = self.archive_base_every;
+        settings.flush_every = self.archive_flush_every;
+        Ok(Some(settings))
+    }
+
     pub fn validate(&self) -> Result<Validated, CliError> {
         let bad = |flag: &str, msg: String| CliError::Usage(format!("--{flag}: {msg}"));
         let name = match &self.id {
@@ -289,6 +350,7 @@ impl ServeArgs {
                 read_timeout: self.write_timeout,
                 compact_after: self.snapshot_every,
                 peer_proxy: self.peer_proxy.clone(),
+                archive: self.archive_settings()?,
             },
             listen: self.listen,
             peer_listen: self.peer_listen,

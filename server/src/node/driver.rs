@@ -150,6 +150,8 @@ pub struct Driver {
     pub digests: Arc<std::sync::Mutex<super::digest::Digests>>,
     /// Reads the engine has not answered yet.
     pub reads: ReadWaiters,
+    /// With archiving on: every applied entry goes here, for the archiver.
+    pub archive_tail: Option<Arc<crate::archive::archiver::Archive>>,
 }
 
 /// Callers of [`Input::ReadIndex`] waiting for the engine's answer, by the
@@ -396,13 +398,21 @@ impl Driver {
         };
         let before = store.revision();
         let mut config_changed = false;
+        // Archived entries are pushed while the store's lock is held, so a
+        // snapshot begun at applied index `b` is followed in the tail by
+        // `b + 1` onwards (see `archive::tail`).
+        let archive_ms = self.archive_tail.as_ref().map(|_| crate::archive::now_ms());
         for (index, value) in committed {
+            let mut revisions = Vec::new();
             match &value {
                 Value::Batch(cmds) => {
                     self.metrics
                         .observe_batch(cmds.len(), cmds.iter().map(Command::size_hint).sum());
                     for cmd in cmds {
                         let result = store.apply(cmd.id, &cmd.op);
+                        if archive_ms.is_some() {
+                            revisions.push(store.revision());
+                        }
                         if let Some(w) = waiters.remove(&cmd.id) {
                             self.metrics.observe_commit_latency(w.since.elapsed());
                             let _ = w.reply.send(Ok(result));
@@ -413,6 +423,15 @@ impl Driver {
                 Value::Noop | Value::Lease { .. } => {}
             }
             store.set_applied_index(index);
+            if let (Some(archive), Some(time_ms)) = (&self.archive_tail, archive_ms) {
+                archive.tail.push(crate::archive::segment::Entry {
+                    index,
+                    time_ms,
+                    revision: store.revision(),
+                    value,
+                    revisions,
+                });
+            }
             if index % super::digest::CHECK_EVERY == 0
                 && let Ok(mut d) = self.digests.lock()
             {

@@ -3,6 +3,7 @@
 //! writes are proposed here or forwarded to the master, linearizable reads
 //! wait for the master's read index, watches follow the applied log.
 
+mod archiving;
 pub mod digest;
 pub mod driver;
 pub mod peer;
@@ -63,6 +64,8 @@ pub struct NodeConfig {
     pub compact_after: u64,
     /// An HTTP proxy for every request to peers; none means direct.
     pub peer_proxy: Option<String>,
+    /// Continuous archiving to object storage; none means off.
+    pub archive: Option<crate::archive::archiver::Settings>,
 }
 
 /// Why a node cannot start.
@@ -139,6 +142,8 @@ struct Inner {
     /// Set when the node begins to shut down: long-lived exchanges (peers'
     /// message streams) end, so that serving can finish.
     closing: watch::Sender<bool>,
+    /// Continuous archiving, when configured.
+    archive: Option<Arc<crate::archive::archiver::Archive>>,
 }
 
 /// The parts of a node that wait for its engine to start.
@@ -311,6 +316,13 @@ impl Node {
             metrics.clone(),
         );
         let client_id = request_id_seed(&cfg.name, epoch);
+        let archive = match &cfg.archive {
+            Some(settings) => Some(Arc::new(
+                crate::archive::archiver::Archive::open(settings.clone())
+                    .map_err(StartError::State)?,
+            )),
+            None => None,
+        };
         let node = Node {
             inner: Arc::new(Inner {
                 id,
@@ -343,6 +355,7 @@ impl Node {
                 diverged: std::sync::atomic::AtomicBool::new(false),
                 receiving_snapshot: std::sync::atomic::AtomicBool::new(false),
                 closing: watch::channel(false).0,
+                archive,
                 cfg,
             }),
         };
@@ -421,6 +434,7 @@ impl Node {
             read_lease: self.inner.read_lease.clone(),
             digests: self.inner.digests.clone(),
             reads: driver::ReadWaiters::default(),
+            archive_tail: self.inner.archive.clone(),
         };
         // Say what this node is before its engine says anything.
         self.set_phase(phase);
@@ -436,6 +450,16 @@ impl Node {
         }
         let node = self.clone();
         tokio::spawn(async move { node.exchange_digests().await }.in_current_span());
+        if let Some(archive) = &self.inner.archive {
+            tokio::spawn(
+                crate::archive::archiver::run(
+                    archive.clone(),
+                    archiving::ArchiveSource(Arc::downgrade(&self.inner)),
+                    self.closing(),
+                )
+                .in_current_span(),
+            );
+        }
         Ok(())
     }
 
@@ -1439,6 +1463,18 @@ impl Service for Node {
             revision,
             pieces,
         })
+    }
+
+    async fn archive_backup(&self) -> Result<crate::archive::Base, ServiceError> {
+        archiving::backup(self).await
+    }
+
+    async fn archive_list(&self) -> Result<crate::api::service::BackupList, ServiceError> {
+        archiving::list(self).await
+    }
+
+    async fn archive_delete(&self, name: String) -> Result<(), ServiceError> {
+        archiving::delete(self, name).await
     }
 
     async fn read<R, F>(&self, consistency: Consistency, f: F) -> Result<R, ServiceError>

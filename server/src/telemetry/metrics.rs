@@ -113,6 +113,8 @@ struct Inner {
     misaddressed: Counter,
     digest_mismatches: Counter,
     diverged: Gauge,
+    archive_lag_entries: Gauge,
+    archive_lag_seconds: Gauge,
 }
 
 /// A node's metrics, all named `phxkv_*`.
@@ -154,6 +156,8 @@ impl Metrics {
             misaddressed: Counter::default(),
             digest_mismatches: Counter::default(),
             diverged: Gauge::default(),
+            archive_lag_entries: Gauge::default(),
+            archive_lag_seconds: Gauge::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         let r = &mut inner.registry;
@@ -264,6 +268,16 @@ impl Metrics {
             "1 once this replica's state differs from what a majority of the voters hold; \
              it then serves no reads and must be replaced",
             inner.diverged.clone(),
+        );
+        r.register(
+            "archive_lag_entries",
+            "On the master with archiving on: applied log entries not yet shipped to the archive",
+            inner.archive_lag_entries.clone(),
+        );
+        r.register(
+            "archive_lag_seconds",
+            "On the master with archiving on: seconds since the archive last caught up (0 when it is)",
+            inner.archive_lag_seconds.clone(),
         );
         for state in NODE_STATES {
             inner
@@ -403,6 +417,18 @@ impl Metrics {
     /// Sets whether this replica diverged (exported as 1 or 0).
     pub fn set_diverged(&self, diverged: bool) {
         self.0.diverged.set(i64::from(diverged));
+    }
+
+    /// Sets how far the archive is behind this master: applied entries not
+    /// archived yet, and seconds since the archive last caught up (0 when it
+    /// is caught up).
+    pub fn set_archive_lag(&self, entries: u64, seconds: u64) {
+        self.0
+            .archive_lag_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.0
+            .archive_lag_seconds
+            .set(i64::try_from(seconds).unwrap_or(i64::MAX));
     }
 
     /// Counts peer messages meant for another incarnation of their receiver.

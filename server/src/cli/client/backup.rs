@@ -17,6 +17,8 @@ use clap::{Args, Subcommand};
 use super::ConnectArgs;
 use super::http::{self, Client};
 use super::members::read_token;
+use crate::archive::restore::{self as archive_restore, Target};
+use crate::archive::{Catalog, Location, Segment as ArchivedSegment};
 use crate::cli::CliError;
 use crate::cluster::bootstrap::{self, MemberRecord};
 use crate::kv::{Store, StoreConfig};
@@ -58,16 +60,58 @@ pub enum BackupAction {
         file: PathBuf,
     },
     /// Seed the data directory of the first member of a NEW cluster from a
-    /// backup: keys, versions and revisions as they were. Then start it with
-    /// `phxkv serve` and the same --data-dir, --name, --cluster-id and
-    /// --initial-members; further members start with --join and are added
-    /// (`phxkv members add`), and catch up from it.
+    /// backup file or from an archive: keys, versions and revisions as they
+    /// were. Then start it with `phxkv serve` and the same --data-dir,
+    /// --name, --cluster-id and --initial-members; further members start
+    /// with --join and are added (`phxkv members add`), and catch up from it.
     Restore {
-        /// The backup file.
-        file: PathBuf,
+        /// The backup file (or give --from-archive).
+        #[arg(
+            required_unless_present = "from_archive",
+            conflicts_with = "from_archive"
+        )]
+        file: Option<PathBuf>,
+        /// Restore from this archive (`s3://bucket/prefix` or
+        /// `file:///dir`, what the cluster ran with --archive-url): its
+        /// newest base before the target, then the log up to the target.
+        /// S3 credentials as for `phxkv serve --archive-url`.
+        #[arg(long, value_name = "URL")]
+        from_archive: Option<String>,
+        /// With --from-archive: a file of AWS_*=value lines.
+        #[arg(
+            long,
+            env = "PHXKV_ARCHIVE_CREDENTIALS_FILE",
+            value_name = "PATH",
+            requires = "from_archive"
+        )]
+        archive_credentials_file: Option<PathBuf>,
+        /// With --from-archive: restore exactly the writes with revision at
+        /// most R (default: everything the archive holds).
+        #[arg(
+            long,
+            value_name = "R",
+            requires = "from_archive",
+            conflicts_with = "target_time"
+        )]
+        target_revision: Option<u64>,
+        /// With --from-archive: restore the writes the cluster applied at
+        /// or before this time (RFC 3339, e.g. 2026-12-01T10:00:00Z, or
+        /// seconds since the Unix epoch), as the master's clock saw it.
+        #[arg(long, value_name = "TIME", requires = "from_archive",
+              value_parser = parse_time)]
+        target_time: Option<u64>,
         /// The new member's data directory; must be empty or absent.
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+        /// Do nothing, successfully, when the data directory already holds
+        /// data (for a container that restores before every start).
+        #[arg(long)]
+        if_empty: bool,
+        /// Restore only if --name is this member; otherwise (an empty value
+        /// included) do nothing, successfully. For a container every member
+        /// runs, where only the first member of the new cluster restores.
+        #[arg(long, value_name = "NAME")]
+        only_member: Option<String>,
         /// The new member's name (its --name when serving).
         #[arg(long, alias = "id")]
         name: String,
@@ -82,6 +126,19 @@ pub enum BackupAction {
     },
 }
 
+/// A time as milliseconds since the Unix epoch.
+fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return secs
+            .checked_mul(1000)
+            .ok_or_else(|| format!("{s}: too large"));
+    }
+    let at = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| {
+        format!("{s}: expected RFC 3339 (2026-12-01T10:00:00Z) or Unix seconds ({e})")
+    })?;
+    u64::try_from(at.timestamp_millis()).map_err(|_| format!("{s}: before 1970"))
+}
+
 /// Runs `phxkv backup`.
 pub async fn run(args: BackupArgs) -> Result<(), CliError> {
     match args.action {
@@ -94,11 +151,41 @@ pub async fn run(args: BackupArgs) -> Result<(), CliError> {
         BackupAction::Inspect { file } => inspect(&file),
         BackupAction::Restore {
             file,
+            from_archive,
+            archive_credentials_file,
+            target_revision,
+            target_time,
             data_dir,
+            if_empty,
+            only_member,
             name,
             cluster_id,
             initial_members,
-        } => restore(&file, &data_dir, &name, &cluster_id, &initial_members),
+        } => {
+            let member = NewMember {
+                dir: data_dir,
+                name,
+                cluster_id,
+                initial_members,
+                if_empty,
+                only_member,
+            };
+            match (file, from_archive) {
+                (Some(file), _) => restore(&file, &member, None).await,
+                (None, Some(url)) => {
+                    let target = match (target_revision, target_time) {
+                        (Some(r), _) => Target::Revision(r),
+                        (None, Some(t)) => Target::Time(t),
+                        (None, None) => Target::Latest,
+                    };
+                    restore_archive(&url, archive_credentials_file.as_deref(), target, &member)
+                        .await
+                }
+                (None, None) => Err(CliError::Usage(
+                    "give a backup FILE or --from-archive URL".into(),
+                )),
+            }
+        }
     }
 }
 
@@ -258,88 +345,179 @@ fn inspect(file: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-fn restore(
-    file: &Path,
-    dir: &Path,
-    name: &str,
-    cluster_id: &str,
-    initial_members: &str,
-) -> Result<(), CliError> {
-    crate::cluster::validate_name(name).map_err(|e| CliError::Usage(format!("--name: {e}")))?;
-    if cluster_id.is_empty() {
+/// Where a restore puts the new cluster's first member.
+#[derive(Debug)]
+struct NewMember {
+    dir: PathBuf,
+    name: String,
+    cluster_id: String,
+    initial_members: String,
+    if_empty: bool,
+    only_member: Option<String>,
+}
+
+/// Checks the arguments; the member's peer URL, or `None` when the
+/// directory holds data and `--if-empty` says to leave it.
+fn check_member(m: &NewMember) -> Result<Option<String>, CliError> {
+    crate::cluster::validate_name(&m.name).map_err(|e| CliError::Usage(format!("--name: {e}")))?;
+    if m.cluster_id.is_empty() {
         return Err(CliError::Usage("--cluster-id: must not be empty".into()));
     }
-    let peers = crate::cluster::parse_initial_members(initial_members)
+    if let Some(only) = &m.only_member
+        && *only != m.name
+    {
+        println!(
+            "nothing restored: this is {}, the restore is for {} (--only-member)",
+            m.name,
+            if only.is_empty() { "no member" } else { only }
+        );
+        return Ok(None);
+    }
+    let peers = crate::cluster::parse_initial_members(&m.initial_members)
         .map_err(|e| CliError::Usage(format!("--initial-members: {e}")))?;
     let peer_url = match peers.as_slice() {
-        [only] if only.name == name => only.peer_url.clone(),
+        [only] if only.name == m.name => only.peer_url.clone(),
         _ => {
             return Err(CliError::Usage(format!(
-                "--initial-members: a restore seeds a one-member cluster: give only {name}=URL; \
-                 start the other members with --join and add them"
+                "--initial-members: a restore seeds a one-member cluster: give only {}=URL; \
+                 start the other members with --join and add them",
+                m.name
             )));
         }
     };
-    let existed = match std::fs::read_dir(dir) {
+    match std::fs::read_dir(&m.dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
-                return Err(fatal(dir, "the data directory is not empty"));
+                if m.if_empty {
+                    println!(
+                        "{} already holds data; nothing restored (--if-empty)",
+                        m.dir.display()
+                    );
+                    return Ok(None);
+                }
+                return Err(fatal(&m.dir, "the data directory is not empty"));
             }
-            true
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(fatal(dir, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fatal(&m.dir, e)),
+    }
+    Ok(Some(peer_url))
+}
+
+/// Leaves the directory as it was found, empty or absent, after a failure.
+fn clean_up(dir: &Path, existed: bool) {
+    if existed {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let p = entry.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Restores from a backup file; with `replay`, then replays an archive's
+/// log onto it.
+async fn restore(
+    file: &Path,
+    m: &NewMember,
+    replay: Option<(&Location, &[ArchivedSegment], Target)>,
+) -> Result<(), CliError> {
+    let Some(peer_url) = check_member(m)? else {
+        return Ok(());
     };
+    let existed = m.dir.exists();
     // Checked whole before anything is written.
     let (header, _) = read_backup(file, |_| Ok::<(), String>(()))?;
-    let result = seed(file, dir, name, cluster_id, &peer_url, &header);
+    let result = seed(file, m, &peer_url, &header, replay).await;
     if result.is_err() {
-        // Leave the directory as it was found: empty or absent.
-        if existed {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for entry in entries.flatten() {
-                    let p = entry.path();
-                    let _ = if p.is_dir() {
-                        std::fs::remove_dir_all(&p)
-                    } else {
-                        std::fs::remove_file(&p)
-                    };
-                }
-            }
-        } else {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        clean_up(&m.dir, existed);
     }
-    result?;
+    let (index, revision) = result?;
     println!(
-        "restored revision {} (index {}) of cluster {} into {} as {name} of cluster {cluster_id}; \
-         start it with phxkv serve --data-dir {} --name {name} --cluster-id {cluster_id} \
-         --initial-members {name}={peer_url}",
-        header.revision,
-        header.index,
+        "restored revision {revision} (index {index}) of cluster {} into {} as {} of cluster {}; \
+         start it with phxkv serve --data-dir {} --name {} --cluster-id {} \
+         --initial-members {}={peer_url}",
         header.cluster_id,
-        dir.display(),
-        dir.display()
+        m.dir.display(),
+        m.name,
+        m.cluster_id,
+        m.dir.display(),
+        m.name,
+        m.cluster_id,
+        m.name,
     );
     Ok(())
 }
 
-/// Writes the identity, the one-member configuration and the snapshot.
-fn seed(
+/// Restores from an archive: the newest base before the target, then the
+/// log up to it.
+async fn restore_archive(
+    url: &str,
+    credentials: Option<&Path>,
+    target: Target,
+    m: &NewMember,
+) -> Result<(), CliError> {
+    if check_member(m)?.is_none() {
+        return Ok(());
+    }
+    let loc = Location::open(url, credentials).map_err(CliError::Fatal)?;
+    let catalog = Catalog::list(&loc).await.map_err(CliError::Fatal)?;
+    let plan = archive_restore::plan(&catalog, target)
+        .map_err(|e| CliError::Fatal(format!("{url}: {e}")))?;
+    // Next to the data directory, on the same volume.
+    let base_file = match m.dir.file_name() {
+        Some(name) => m
+            .dir
+            .with_file_name(format!(".{}.restore-base", name.to_string_lossy())),
+        None => return Err(CliError::Usage("--data-dir: give a directory".into())),
+    };
+    let _ = std::fs::remove_file(&base_file);
+    if let Some(parent) = base_file.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| fatal(parent, e))?;
+    }
+    eprintln!(
+        "restoring {target} from {url}: base {} (revision {}), then {} log segment(s)",
+        plan.base.name,
+        plan.base.revision,
+        plan.segments.len()
+    );
+    let result = async {
+        archive_restore::download(&loc, &plan.base.key(), &base_file)
+            .await
+            .map_err(CliError::Fatal)?;
+        restore(&base_file, m, Some((&loc, &plan.segments, target))).await
+    }
+    .await;
+    let _ = std::fs::remove_file(&base_file);
+    result
+}
+
+/// Writes the identity, the one-member configuration and the snapshot;
+/// the index and revision restored.
+async fn seed(
     file: &Path,
-    dir: &Path,
-    name: &str,
-    cluster_id: &str,
+    m: &NewMember,
     peer_url: &str,
     header: &Header,
-) -> Result<(), CliError> {
+    replay: Option<(&Location, &[ArchivedSegment], Target)>,
+) -> Result<(u64, u64), CliError> {
+    let dir = m.dir.as_path();
     let identity = Identity {
-        node: name.to_string(),
-        cluster: cluster_id.to_string(),
+        node: m.name.clone(),
+        cluster: m.cluster_id.clone(),
     };
     let mut disk = DiskStore::open(dir, &identity).map_err(|e| fatal(dir, e))?;
     let membership = bootstrap::membership(&[MemberRecord {
-        name: name.to_string(),
+        name: m.name.clone(),
         id: bootstrap::format_id(disk.incarnation().id),
         peer_url: peer_url.to_string(),
         voter: true,
@@ -357,7 +535,7 @@ fn seed(
     let sealed = writer.seal().map_err(|e| fatal(dir, e))?;
     // The image must be a store, at the index and revision it claims.
     let reader = Reader::open(sealed.path()).map_err(|e| fatal(dir, e))?;
-    let store = Store::restore_from_reader(reader, StoreConfig::default())
+    let mut store = Store::restore_from_reader(reader, StoreConfig::default())
         .map_err(|e| fatal(file, format!("the backup's data is not a store: {e}")))?;
     if store.applied_index() != header.index || store.revision() != header.revision {
         return Err(fatal(
@@ -371,10 +549,60 @@ fn seed(
             ),
         ));
     }
-    drop(store);
-    sealed.publish().map_err(|e| fatal(dir, e))?;
-    disk.snapshot_stored(&meta).map_err(|e| fatal(dir, e))?;
+    let Some((loc, segments, target)) = replay else {
+        drop(store);
+        sealed.publish().map_err(|e| fatal(dir, e))?;
+        disk.snapshot_stored(&meta).map_err(|e| fatal(dir, e))?;
+        disk.record_bootstrap(&membership)
+            .map_err(|e| fatal(dir, e))?;
+        return Ok((header.index, header.revision));
+    };
+    let mut shown = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    archive_restore::replay(loc, segments, target, &mut store, |index, revision| {
+        if terminal && shown.elapsed() > Duration::from_millis(200) {
+            shown = Instant::now();
+            eprint!("\rreplaying: index {index} revision {revision}");
+        }
+    })
+    .await
+    .map_err(|e| CliError::Fatal(format!("{}: {e}", loc.url)))?;
+    if terminal {
+        eprintln!();
+    }
+    let restored = (store.applied_index(), store.revision());
+    if store.applied_index() == header.index {
+        drop(store);
+        sealed.publish().map_err(|e| fatal(dir, e))?;
+        disk.snapshot_stored(&meta).map_err(|e| fatal(dir, e))?;
+    } else {
+        // The replayed store replaces the base's image.
+        drop(sealed);
+        let meta = SnapshotMeta {
+            index: store.applied_index(),
+            membership: membership.clone(),
+        };
+        let mut writer = Writer::create(&disk.snapshot_dir(), &meta).map_err(|e| fatal(dir, e))?;
+        let start = store.begin_snapshot();
+        writer.write(&start.head).map_err(|e| fatal(dir, e))?;
+        let mut piece = Vec::new();
+        loop {
+            piece.clear();
+            let done = store
+                .snapshot_chunk(start.id, 4096, &mut piece)
+                .map_err(|e| fatal(dir, e))?;
+            writer.write(&piece).map_err(|e| fatal(dir, e))?;
+            if done {
+                break;
+            }
+        }
+        writer
+            .seal()
+            .and_then(|s| s.publish())
+            .map_err(|e| fatal(dir, e))?;
+        disk.snapshot_stored(&meta).map_err(|e| fatal(dir, e))?;
+    }
     disk.record_bootstrap(&membership)
         .map_err(|e| fatal(dir, e))?;
-    Ok(())
+    Ok(restored)
 }

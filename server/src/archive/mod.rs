@@ -1,0 +1,359 @@
+//! Continuous archiving and point-in-time recovery.
+//!
+//! An archive is a set of objects under one location ([`location`]):
+//!
+//! ```text
+//! archive.json                                   the cluster it belongs to
+//! base/<index:020>-r<revision>-t<unix ms>.backup  base snapshots (backup files)
+//! wal/<first:020>-<last:020>-r<revision>-t<unix ms>.seg
+//!                                                log segments: chosen entries
+//!                                                first..=last; the revision
+//!                                                and time of the last one
+//! ```
+//!
+//! A base is a backup file ([`crate::storage::backup_file`]) of the store at
+//! log index `index`. A segment holds every chosen log entry of its range,
+//! each with the wall-clock time the archiving node applied it and the
+//! store revision after each of its commands ([`segment`]). Everything a
+//! listing needs is in the object names, so listing downloads nothing.
+//!
+//! **What an archive guarantees.** A point `p` is recoverable when some base
+//! has index `b <= p` and segments cover `b+1..=p` without a gap. Replaying
+//! segments onto a base reproduces the store exactly at every entry, since
+//! entries are chosen values (the same on every replica, by Paxos safety)
+//! applied in index order by the same deterministic state machine; the
+//! revisions recorded at archive time are checked against the replay's.
+//! Segments may overlap (a master change, a retried upload): the entries of
+//! an index are the same in every one, and replay skips indexes it has.
+//!
+//! The master ships ([`archiver`]); every replica keeps the latest applied
+//! entries in a bounded [`tail::Tail`] so that a new master continues where
+//! the archive stands. When the archive's end is no longer in the tail (the
+//! node was behind, an upload failed for long, the tail overflowed) the
+//! archiver starts a new base and continues from it.
+
+pub mod archiver;
+pub mod location;
+pub mod restore;
+pub mod segment;
+pub mod tail;
+
+use object_store::ObjectStoreExt as _;
+use serde::{Deserialize, Serialize};
+
+pub use location::Location;
+
+/// The object naming the cluster an archive belongs to.
+pub const MARKER: &str = "archive.json";
+/// The layout this version writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The contents of [`MARKER`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    pub format_version: u32,
+    pub cluster_id: String,
+}
+
+/// A base snapshot in the archive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Base {
+    /// Names the base (`DELETE /v1/admin/backups/{name}`).
+    pub name: String,
+    /// The store revision it holds.
+    pub revision: u64,
+    /// The log index it reflects.
+    pub index: u64,
+    /// When it was taken, in seconds since the Unix epoch.
+    pub created_at: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub created_ms: u64,
+}
+
+impl Base {
+    pub fn object_name(index: u64, revision: u64, created_ms: u64) -> String {
+        format!("{index:020}-r{revision}-t{created_ms}")
+    }
+
+    /// Parses a base's name (the object's file name without `.backup`).
+    pub fn parse(name: &str, bytes: u64) -> Option<Base> {
+        let mut parts = name.split('-');
+        let index = parts.next()?.parse().ok()?;
+        let revision = parts.next()?.strip_prefix('r')?.parse().ok()?;
+        let created_ms: u64 = parts.next()?.strip_prefix('t')?.parse().ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Base {
+            name: name.to_string(),
+            revision,
+            index,
+            created_at: created_ms / 1000,
+            bytes,
+            created_ms,
+        })
+    }
+
+    pub fn key(&self) -> String {
+        format!("base/{}.backup", self.name)
+    }
+}
+
+/// A log segment in the archive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub first: u64,
+    pub last: u64,
+    /// The store revision after its last entry.
+    pub revision: u64,
+    /// When its last entry was applied, in ms since the Unix epoch.
+    pub time_ms: u64,
+    pub key: String,
+}
+
+impl Segment {
+    pub fn object_name(first: u64, last: u64, revision: u64, time_ms: u64) -> String {
+        format!("wal/{first:020}-{last:020}-r{revision}-t{time_ms}.seg")
+    }
+
+    pub fn parse(file: &str) -> Option<Segment> {
+        let stem = file.strip_suffix(".seg")?;
+        let mut parts = stem.split('-');
+        let first = parts.next()?.parse().ok()?;
+        let last = parts.next()?.parse().ok()?;
+        let revision = parts.next()?.strip_prefix('r')?.parse().ok()?;
+        let time_ms = parts.next()?.strip_prefix('t')?.parse().ok()?;
+        if parts.next().is_some() || last < first {
+            return None;
+        }
+        Some(Segment {
+            first,
+            last,
+            revision,
+            time_ms,
+            key: format!("wal/{file}"),
+        })
+    }
+}
+
+/// A point the archive can restore to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Point {
+    pub revision: u64,
+    pub index: u64,
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+}
+
+/// The first and last points a restore can reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Recoverable {
+    pub first: Point,
+    pub last: Point,
+}
+
+/// What an archive holds, from one listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catalog {
+    pub marker: Option<Marker>,
+    /// Oldest first.
+    pub bases: Vec<Base>,
+    /// By first index.
+    pub segments: Vec<Segment>,
+}
+
+impl Catalog {
+    /// Lists the archive at `loc`.
+    pub async fn list(loc: &Location) -> Result<Catalog, String> {
+        use futures_util::StreamExt as _;
+        let mut catalog = Catalog::default();
+        let root = if loc.prefix.as_ref().is_empty() {
+            None
+        } else {
+            Some(&loc.prefix)
+        };
+        let mut listing = loc.store.list(root);
+        while let Some(item) = listing.next().await {
+            let meta = item.map_err(|e| format!("listing archive {}: {e}", loc.url))?;
+            let rel: Vec<_> = meta
+                .location
+                .prefix_match(&loc.prefix)
+                .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
+                .unwrap_or_default();
+            match rel
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                ["base", file] => {
+                    if let Some(b) = file
+                        .strip_suffix(".backup")
+                        .and_then(|n| Base::parse(n, meta.size))
+                    {
+                        catalog.bases.push(b);
+                    }
+                }
+                ["wal", file] => {
+                    if let Some(s) = Segment::parse(file) {
+                        catalog.segments.push(s);
+                    }
+                }
+                _ => {}
+            }
+        }
+        catalog.marker = read_marker(loc).await?;
+        catalog.bases.sort_by_key(|b| (b.index, b.created_ms));
+        catalog.segments.sort_by_key(|s| (s.first, s.last));
+        Ok(catalog)
+    }
+
+    /// The last index the archive covers without a gap from its newest
+    /// base (`None` without a base).
+    pub fn tail(&self) -> Option<Point> {
+        let base = self.bases.last()?;
+        Some(match restore::chain(base.index, &self.segments).last() {
+            Some(s) => Point {
+                revision: s.revision,
+                index: s.last,
+                time: s.time_ms / 1000,
+            },
+            None => Point {
+                revision: base.revision,
+                index: base.index,
+                time: base.created_at,
+            },
+        })
+    }
+
+    pub fn recoverable(&self) -> Option<Recoverable> {
+        let first = self.bases.first()?;
+        Some(Recoverable {
+            first: Point {
+                revision: first.revision,
+                index: first.index,
+                time: first.created_at,
+            },
+            last: self.tail()?,
+        })
+    }
+
+    /// Segments that end before the oldest base: no restore needs them.
+    pub fn unneeded_segments(&self) -> Vec<&Segment> {
+        match self.bases.first() {
+            Some(oldest) => self
+                .segments
+                .iter()
+                .filter(|s| s.last <= oldest.index)
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+async fn read_marker(loc: &Location) -> Result<Option<Marker>, String> {
+    match loc.store.get(&loc.path(MARKER)).await {
+        Ok(got) => {
+            let bytes = got
+                .bytes()
+                .await
+                .map_err(|e| format!("reading {MARKER} in {}: {e}", loc.url))?;
+            let marker: Marker = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{MARKER} in {} is not an archive marker: {e}", loc.url))?;
+            Ok(Some(marker))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(format!("reading {MARKER} in {}: {e}", loc.url)),
+    }
+}
+
+/// Makes sure the archive at `loc` is `cluster_id`'s: claims an empty one,
+/// refuses one that belongs to another cluster or has a newer layout.
+pub async fn claim(loc: &Location, cluster_id: &str) -> Result<(), String> {
+    match read_marker(loc).await? {
+        Some(m) if m.format_version > FORMAT_VERSION => Err(format!(
+            "the archive at {} has layout version {}; this version writes {FORMAT_VERSION}",
+            loc.url, m.format_version
+        )),
+        Some(m) if m.cluster_id != cluster_id => Err(format!(
+            "the archive at {} belongs to cluster {}, not {cluster_id}; give each cluster its own location",
+            loc.url, m.cluster_id
+        )),
+        Some(_) => Ok(()),
+        None => {
+            let marker = Marker {
+                format_version: FORMAT_VERSION,
+                cluster_id: cluster_id.to_string(),
+            };
+            let body = serde_json::to_vec(&marker).map_err(|e| e.to_string())?;
+            loc.store
+                .put(&loc.path(MARKER), body.into())
+                .await
+                .map_err(|e| format!("writing {MARKER} in {}: {e}", loc.url))?;
+            Ok(())
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(index: u64, revision: u64) -> Base {
+        Base::parse(&Base::object_name(index, revision, index * 1000), 10).expect("parse")
+    }
+
+    fn seg(first: u64, last: u64) -> Segment {
+        Segment::parse(
+            Segment::object_name(first, last, last * 2, last * 1000).trim_start_matches("wal/"),
+        )
+        .expect("parse")
+    }
+
+    #[test]
+    fn names_round_trip_and_junk_is_ignored() {
+        let b = base(42, 7);
+        assert_eq!((b.index, b.revision, b.created_at), (42, 7, 42));
+        assert_eq!(b.key(), "base/00000000000000000042-r7-t42000.backup");
+        let s = seg(3, 9);
+        assert_eq!((s.first, s.last, s.revision, s.time_ms), (3, 9, 18, 9000));
+        for junk in ["x", "1-r2", "1-r2-t3-4", "a-r1-t1"] {
+            assert!(Base::parse(junk, 0).is_none(), "{junk}");
+        }
+        assert!(Segment::parse("00000000000000000009-00000000000000000003-r1-t1.seg").is_none());
+    }
+
+    #[test]
+    fn the_tail_follows_segments_from_the_newest_base_and_stops_at_a_gap() {
+        let catalog = Catalog {
+            marker: None,
+            bases: vec![base(10, 5), base(20, 9)],
+            segments: vec![seg(11, 15), seg(16, 25), seg(21, 30), seg(32, 40)],
+        };
+        let r = catalog.recoverable().expect("recoverable");
+        assert_eq!(r.first.index, 10);
+        assert_eq!(r.last.index, 30, "segment 32..40 is after a gap");
+        assert_eq!(r.last.revision, 60);
+        assert_eq!(
+            catalog.unneeded_segments(),
+            Vec::<&Segment>::new(),
+            "15 > 10"
+        );
+        let pruned = Catalog {
+            bases: vec![base(20, 9)],
+            ..catalog
+        };
+        assert_eq!(pruned.unneeded_segments(), vec![&seg(11, 15)]);
+        assert_eq!(Catalog::default().recoverable(), None);
+    }
+}

@@ -1,0 +1,127 @@
+//! The node's side of archiving: what the archiver reads from the node, and
+//! the admin API's backups in the archive.
+
+use object_store::ObjectStoreExt as _;
+use std::sync::{Arc, Weak};
+
+use super::{Inner, Node};
+use crate::api::service::{BackupList, BackupStream, Service, ServiceError};
+use crate::archive::archiver::{self, Archive, Source};
+use crate::archive::{Base, Catalog};
+
+/// The archiver's view of its node; it does not keep the node alive.
+#[derive(Debug)]
+pub(super) struct ArchiveSource(pub(super) Weak<Inner>);
+
+impl ArchiveSource {
+    fn node(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
+}
+
+impl Source for ArchiveSource {
+    fn alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+
+    fn cluster_id(&self) -> String {
+        self.node()
+            .map(|n| n.inner.cfg.cluster_id.clone())
+            .unwrap_or_default()
+    }
+
+    fn is_master(&self) -> bool {
+        self.node().is_some_and(|n| n.is_master())
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.node()
+            .map_or(0, |n| n.inner.published.borrow().applied)
+    }
+
+    async fn snapshot(&self) -> Result<BackupStream, String> {
+        let node = self.node().ok_or("the node has stopped")?;
+        node.backup().await.map_err(|e| e.to_string())
+    }
+
+    fn set_archive_lag(&self, entries: u64, seconds: u64) {
+        if let Some(n) = self.node() {
+            n.inner.metrics.set_archive_lag(entries, seconds);
+        }
+    }
+}
+
+fn archive_of(node: &Node) -> Result<Arc<Archive>, ServiceError> {
+    node.inner.archive.clone().ok_or_else(|| {
+        ServiceError::NoArchive(
+            "this node has no archive; start it with --archive-url s3://bucket/prefix".into(),
+        )
+    })
+}
+
+fn unavailable(message: String) -> ServiceError {
+    ServiceError::Unavailable {
+        message,
+        retry_after_secs: 5,
+    }
+}
+
+pub(super) async fn backup(node: &Node) -> Result<Base, ServiceError> {
+    let archive = archive_of(node)?;
+    let source = ArchiveSource(Arc::downgrade(&node.inner));
+    archiver::take_base(&archive, &source)
+        .await
+        .map_err(unavailable)
+}
+
+pub(super) async fn list(node: &Node) -> Result<BackupList, ServiceError> {
+    let archive = archive_of(node)?;
+    let catalog = Catalog::list(&archive.location)
+        .await
+        .map_err(unavailable)?;
+    let progress = archive.progress();
+    let applied = node.inner.published.borrow().applied;
+    Ok(BackupList {
+        archive_url: archive.location.url.clone(),
+        recoverable: catalog.recoverable(),
+        archived_index: progress.archived_index,
+        archive_lag: progress
+            .archived_index
+            .map(|end| applied.saturating_sub(end)),
+        archive_error: progress.error,
+        backups: catalog.bases,
+    })
+}
+
+pub(super) async fn delete(node: &Node, name: String) -> Result<(), ServiceError> {
+    let archive = archive_of(node)?;
+    let loc = &archive.location;
+    let catalog = Catalog::list(loc).await.map_err(unavailable)?;
+    let Some(base) = catalog.bases.iter().find(|b| b.name == name) else {
+        return Err(ServiceError::UnknownBackup(format!(
+            "the archive at {} has no backup named {name:?}",
+            loc.url
+        )));
+    };
+    loc.store
+        .delete(&loc.path(&base.key()))
+        .await
+        .map_err(|e| unavailable(format!("deleting {}: {e}", base.key())))?;
+    let remaining = Catalog {
+        bases: catalog
+            .bases
+            .iter()
+            .filter(|b| b.name != name)
+            .cloned()
+            .collect(),
+        ..catalog.clone()
+    };
+    for seg in remaining.unneeded_segments() {
+        loc.store
+            .delete(&loc.path(&seg.key))
+            .await
+            .map_err(|e| unavailable(format!("deleting {}: {e}", seg.key)))?;
+    }
+    tracing::info!(backup = %name, url = %loc.url, "deleted a backup from the archive");
+    Ok(())
+}
