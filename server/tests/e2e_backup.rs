@@ -145,7 +145,19 @@ async fn everything(
 /// whether it was sent after the save returned.
 type Acked = (String, String, u64, bool);
 
-/// Puts keys until `stop`, one at a time: every other write updates one of
+/// What the writers and the test tell each other.
+#[derive(Default)]
+struct Progress {
+    /// The save returned.
+    saved: AtomicBool,
+    /// Writes acknowledged that were sent before, and after, it returned.
+    before_save: AtomicUsize,
+    after_save: AtomicUsize,
+    /// The writers are to stop.
+    stop: AtomicBool,
+}
+
+/// Puts keys until told to stop, one at a time: every other write updates one of
 /// this writer's existing keys, the rest create new ones. Any answer but
 /// success or "no master yet" (nothing proposed) fails the test, since its
 /// outcome would be unknown.
@@ -154,20 +166,17 @@ async fn writer(
     url: String,
     w: usize,
     existing: Vec<String>,
-    saved: Arc<AtomicBool>,
-    before_save: Arc<AtomicUsize>,
-    after_save: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
 ) -> Vec<Acked> {
     let mut acked = Vec::new();
     let mut n = 0;
-    while !stop.load(Ordering::SeqCst) {
+    while !progress.stop.load(Ordering::SeqCst) {
         let key = match existing.get((n / 2) % existing.len().max(1)) {
             Some(k) if n % 2 == 0 => k.clone(),
             _ => format!("load/{w}/{n:07}"),
         };
         let value = format!("w{w}-{n}");
-        let sent_after_save = saved.load(Ordering::SeqCst);
+        let sent_after_save = progress.saved.load(Ordering::SeqCst);
         let deadline = Instant::now() + Duration::from_secs(30);
         let revision = loop {
             let r = http
@@ -189,9 +198,9 @@ async fn writer(
         };
         acked.push((key, value, revision, sent_after_save));
         if sent_after_save {
-            after_save.fetch_add(1, Ordering::SeqCst);
+            progress.after_save.fetch_add(1, Ordering::SeqCst);
         } else {
-            before_save.fetch_add(1, Ordering::SeqCst);
+            progress.before_save.fetch_add(1, Ordering::SeqCst);
         }
         n += 1;
     }
@@ -328,10 +337,7 @@ async fn a_backup_saved_under_load_restores_every_key_version_and_revision_into_
 
     // Writers on every node, updating existing keys and creating new ones,
     // while the backup is saved.
-    let saved = Arc::new(AtomicBool::new(false));
-    let before_save = Arc::new(AtomicUsize::new(0));
-    let after_save = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(Progress::default());
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let existing: Vec<String> = initial
@@ -345,15 +351,12 @@ async fn a_backup_saved_under_load_restores_every_key_version_and_revision_into_
                 c.url(w % 3),
                 w,
                 existing,
-                saved.clone(),
-                before_save.clone(),
-                after_save.clone(),
-                stop.clone(),
+                progress.clone(),
             ))
         })
         .collect();
     let deadline = Instant::now() + patience;
-    while before_save.load(Ordering::SeqCst) < WRITERS * WRITES_BEFORE_SAVE {
+    while progress.before_save.load(Ordering::SeqCst) < WRITERS * WRITES_BEFORE_SAVE {
         assert!(Instant::now() < deadline, "the writers never got going");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -366,13 +369,13 @@ async fn a_backup_saved_under_load_restores_every_key_version_and_revision_into_
     .expect("save ran");
     let save_took = save_started.elapsed();
     assert_eq!(code, 0, "save failed: {err}");
-    saved.store(true, Ordering::SeqCst);
+    progress.saved.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + patience;
-    while after_save.load(Ordering::SeqCst) < WRITERS * WRITES_AFTER_SAVE {
+    while progress.after_save.load(Ordering::SeqCst) < WRITERS * WRITES_AFTER_SAVE {
         assert!(Instant::now() < deadline, "the writers stalled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.store(true, Ordering::SeqCst);
+    progress.stop.store(true, Ordering::SeqCst);
     let mut acked = Vec::new();
     for w in writers {
         acked.extend(w.await.expect("writer"));
