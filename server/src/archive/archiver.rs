@@ -65,7 +65,8 @@ pub struct Progress {
     /// The archive's end as this node last knew it (while master).
     pub archived_index: Option<u64>,
     pub last_base_ms: Option<u64>,
-    /// The last round that ended without error, in ms since the epoch.
+    /// The last round that left the archive caught up with what was
+    /// applied, in ms since the epoch.
     pub last_success_ms: Option<u64>,
     pub error: Option<String>,
 }
@@ -206,6 +207,8 @@ pub async fn run(
 ) {
     let mut end: Option<u64> = None;
     let mut backoff = archive.settings.flush_every;
+    // Since when this node has been master without a successful round.
+    let mut master_since: Option<u64> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -215,18 +218,24 @@ pub async fn run(
             return;
         }
         if !source.is_master() {
-            // Whoever is master now may move the archive on.
+            // Whoever is master now may move the archive on, and reports
+            // the lag.
             end = None;
+            master_since = None;
             archive.update(|p| p.archived_index = None);
+            source.set_archive_lag(0, 0);
             backoff = archive.settings.flush_every;
             continue;
         }
+        let since = *master_since.get_or_insert_with(now_ms);
         match round(&archive, &source, &mut end).await {
-            Ok(()) => {
+            Ok(caught_up) => {
                 backoff = archive.settings.flush_every;
                 archive.update(|p| {
                     p.archived_index = end;
-                    p.last_success_ms = Some(now_ms());
+                    if caught_up {
+                        p.last_success_ms = Some(now_ms());
+                    }
                     p.error = None;
                 });
             }
@@ -239,20 +248,21 @@ pub async fn run(
         }
         let applied = source.applied_index();
         let lag = end.map_or(applied, |e| applied.saturating_sub(e));
-        let stale = archive
-            .progress()
-            .last_success_ms
-            .map_or(0, |t| now_ms().saturating_sub(t) / 1000);
+        // Counted from the last round that caught up, or from becoming
+        // master when none has yet.
+        let caught_up = archive.progress().last_success_ms.unwrap_or(0).max(since);
+        let stale = now_ms().saturating_sub(caught_up) / 1000;
         source.set_archive_lag(lag, if lag == 0 { 0 } else { stale });
     }
 }
 
-/// One round; `end` is the archive's end as known (None: list it).
+/// One round; `end` is the archive's end as known (None: list it). True
+/// when it ends caught up with what was applied.
 async fn round(
     archive: &Archive,
     source: &impl Source,
     end: &mut Option<u64>,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let loc = &archive.location;
     if end.is_none() {
         claim(loc, &source.cluster_id()).await?;
@@ -260,6 +270,7 @@ async fn round(
         archive.update(|p| p.last_base_ms = catalog.bases.last().map(|b| b.created_ms));
         *end = catalog.tail().map(|p| p.index);
     }
+    let mut caught_up = false;
     // Bounded, so that a lost mastership or a shutdown is noticed.
     for _ in 0..MAX_SEGMENTS_PER_ROUND {
         let Some(from) = end.map(|e| e + 1) else {
@@ -272,7 +283,10 @@ async fn round(
             .tail
             .from(from, archive.settings.segment_bytes, source.applied_index())
         {
-            Slice::Entries(entries) if entries.is_empty() => break,
+            Slice::Entries(entries) if entries.is_empty() => {
+                caught_up = true;
+                break;
+            }
             Slice::Entries(entries) => {
                 let last = entries.last().map_or(from, |e| e.index);
                 let revision = entries.last().map_or(0, |e| e.revision);
@@ -304,5 +318,213 @@ async fn round(
     if due {
         take_base(archive, source).await?;
     }
-    Ok(())
+    Ok(caught_up)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::archive::restore::{self, Target};
+    use crate::archive::segment::Entry;
+    use crate::kv::{Op, Store};
+    use crate::paxos::{Command, RequestId, Value};
+
+    /// A master whose store is applied to by hand, as the driver would.
+    struct Fake {
+        store: Mutex<Store>,
+        master: AtomicBool,
+    }
+
+    impl Fake {
+        /// Applies one batch of `n` puts, pushing it to the tail.
+        fn apply(&self, archive: &Archive, n: usize) {
+            let mut store = self.store.lock().expect("store");
+            let index = store.applied_index() + 1;
+            let cmds: Vec<Command> = (0..n)
+                .map(|i| Command {
+                    id: RequestId {
+                        client: 1,
+                        seq: index * 100 + i as u64,
+                    },
+                    op: Op::Put {
+                        key: format!("k{}", (index as usize * 7 + i) % 50).into_bytes(),
+                        value: format!("v{index}-{i}").into_bytes(),
+                        expect: None,
+                    },
+                })
+                .collect();
+            let mut revisions = Vec::new();
+            for c in &cmds {
+                store.apply(c.id, &c.op);
+                revisions.push(store.revision());
+            }
+            store.set_applied_index(index);
+            archive.tail.push(Entry {
+                index,
+                time_ms: index,
+                revision: store.revision(),
+                value: Value::Batch(cmds),
+                revisions,
+            });
+        }
+    }
+
+    impl Source for Fake {
+        fn alive(&self) -> bool {
+            true
+        }
+        fn cluster_id(&self) -> String {
+            "c1".into()
+        }
+        fn is_master(&self) -> bool {
+            self.master.load(Ordering::SeqCst)
+        }
+        fn applied_index(&self) -> u64 {
+            self.store.lock().expect("store").applied_index()
+        }
+        async fn snapshot(&self) -> Result<BackupStream, String> {
+            let mut store = self.store.lock().expect("store");
+            let (index, revision) = (store.applied_index(), store.revision());
+            let start = store.begin_snapshot();
+            let (tx, pieces) = tokio::sync::mpsc::channel(1 << 16);
+            let _ = tx.try_send(Ok(Some(start.head)));
+            loop {
+                let mut piece = Vec::new();
+                let done = store
+                    .snapshot_chunk(start.id, 7, &mut piece)
+                    .map_err(|e| e.to_string())?;
+                let _ = tx.try_send(Ok(Some(piece)));
+                if done {
+                    break;
+                }
+            }
+            let _ = tx.try_send(Ok(None));
+            Ok(BackupStream {
+                cluster_id: "c1".into(),
+                index,
+                revision,
+                pieces,
+            })
+        }
+        fn set_archive_lag(&self, _: u64, _: u64) {}
+    }
+
+    /// The contents of a store as (key, value, mod revision).
+    fn contents(store: &Store) -> Vec<(Vec<u8>, Vec<u8>, u64)> {
+        (0..50)
+            .filter_map(|k| {
+                let key = format!("k{k}").into_bytes();
+                store
+                    .get(&key)
+                    .map(|kv| (key, kv.value.clone(), kv.mod_revision))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn rounds_ship_the_log_start_over_after_a_gap_and_restore_to_any_revision() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = Settings::new(format!("file://{}/a", dir.path().display()));
+        // Room for a few batches only: the tail overflows on purpose below.
+        settings.tail_bytes = 4 << 10;
+        settings.segment_bytes = 1 << 10;
+        let archive = Archive::open(settings).expect("archive");
+        let fake = Fake {
+            store: Mutex::new(Store::new()),
+            master: AtomicBool::new(true),
+        };
+        // Every state the store went through, by revision.
+        let mut history: Vec<(u64, Vec<(Vec<u8>, Vec<u8>, u64)>)> = Vec::new();
+        let mut record = |fake: &Fake| {
+            let store = fake.store.lock().expect("store");
+            history.push((store.revision(), contents(&store)));
+        };
+        for _ in 0..5 {
+            fake.apply(&archive, 3);
+        }
+        record(&fake);
+        let mut end = None;
+        // No base yet: the first round takes one.
+        assert!(round(&archive, &fake, &mut end).await.expect("round 1"));
+        assert_eq!(end, Some(5));
+        for _ in 0..4 {
+            fake.apply(&archive, 2);
+            record(&fake);
+        }
+        assert!(round(&archive, &fake, &mut end).await.expect("round 2"));
+        assert_eq!(end, Some(9));
+        // The tail overflows before the next round: a new base follows.
+        for _ in 0..60 {
+            fake.apply(&archive, 4);
+            record(&fake);
+        }
+        assert!(round(&archive, &fake, &mut end).await.expect("round 3"));
+        assert_eq!(end, Some(69));
+        for _ in 0..5 {
+            fake.apply(&archive, 1);
+            record(&fake);
+        }
+        assert!(round(&archive, &fake, &mut end).await.expect("round 4"));
+        assert_eq!(end, Some(74));
+
+        let catalog = Catalog::list(&archive.location).await.expect("list");
+        assert_eq!(
+            catalog.bases.iter().map(|b| b.index).collect::<Vec<_>>(),
+            vec![5, 69]
+        );
+        let recoverable = catalog.recoverable().expect("recoverable");
+        assert_eq!((recoverable.first.index, recoverable.last.index), (5, 74));
+        // Every revision reachable from a base restores to exactly the store
+        // as it was then; the ones in the gap are refused.
+        // The first base's chain ends at index 9; the second base starts at 69.
+        let chain_end = catalog
+            .segments
+            .iter()
+            .find(|s| s.last == 9)
+            .map(|s| s.revision)
+            .expect("the segment ending at 9");
+        let second = catalog.bases[1].revision;
+        for (revision, expected) in &history {
+            let plan = match restore::plan(&catalog, Target::Revision(*revision)) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    assert!(
+                        *revision > chain_end && *revision < second,
+                        "revision {revision}: {e}"
+                    );
+                    assert!(e.contains("past the last recoverable"), "{e}");
+                    continue;
+                }
+            };
+            let file = dir.path().join(format!("base-{revision}"));
+            restore::download(&archive.location, &plan.base.key(), &file)
+                .await
+                .expect("download");
+            let bytes = std::fs::read(&file).expect("read");
+            let mut decoder = crate::storage::backup_file::Decoder::new();
+            let mut image = Vec::new();
+            decoder
+                .feed(&bytes, &mut |d: &[u8]| {
+                    image.extend_from_slice(d);
+                    Ok::<(), String>(())
+                })
+                .expect("a whole backup");
+            let mut store =
+                Store::restore_from_reader(&image[..], Default::default()).expect("a store");
+            restore::replay(
+                &archive.location,
+                &plan.segments,
+                Target::Revision(*revision),
+                &mut store,
+                |_, _| {},
+            )
+            .await
+            .expect("replay");
+            assert_eq!(store.revision(), *revision);
+            assert_eq!(&contents(&store), expected, "at revision {revision}");
+        }
+    }
 }
