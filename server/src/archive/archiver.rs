@@ -412,8 +412,11 @@ mod tests {
         fn set_archive_lag(&self, _: u64, _: u64) {}
     }
 
-    /// The contents of a store as (key, value, mod revision).
-    fn contents(store: &Store) -> Vec<(Vec<u8>, Vec<u8>, u64)> {
+    /// Keys with their values and mod revisions.
+    type Contents = Vec<(Vec<u8>, Vec<u8>, u64)>;
+
+    /// The contents of a store.
+    fn contents(store: &Store) -> Contents {
         (0..50)
             .filter_map(|k| {
                 let key = format!("k{k}").into_bytes();
@@ -437,7 +440,7 @@ mod tests {
             master: AtomicBool::new(true),
         };
         // Every state the store went through, by revision.
-        let mut history: Vec<(u64, Vec<(Vec<u8>, Vec<u8>, u64)>)> = Vec::new();
+        let mut history: Vec<(u64, Contents)> = Vec::new();
         let mut record = |fake: &Fake| {
             let store = fake.store.lock().expect("store");
             history.push((store.revision(), contents(&store)));
