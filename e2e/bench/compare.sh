@@ -513,5 +513,10 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
     if [[ -f $repo/e2e/bench/notes.md ]]; then
         cat "$repo/e2e/bench/notes.md"
     fi
+    # The backup benchmark's last figures (bash e2e/bench/backup.sh).
+    if [[ -f $repo/e2e/bench/backup.md ]]; then
+        echo
+        cat "$repo/e2e/bench/backup.md"
+    fi
 } >"$out"
 log "done in $(($(date +%s) - started_at)) s; report in $out"

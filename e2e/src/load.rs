@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
@@ -38,6 +38,17 @@ pub struct Workload {
     pub timeout: Duration,
     pub seed: u64,
     pub progress: bool,
+    /// Keep every measured request's start and latency ([`Stats::log`]).
+    pub latency_log: bool,
+}
+
+/// One measured request: when it was due (Unix time, ns), how long it took
+/// (µs), and whether it was a read. Open loop: due is its scheduled start.
+#[derive(Clone, Copy, Debug)]
+pub struct Logged {
+    pub due_unix_ns: u64,
+    pub latency_us: u64,
+    pub read: bool,
 }
 
 /// Counts and latencies of one kind of operation (or all of them).
@@ -77,6 +88,9 @@ pub struct Stats {
     pub errors: BTreeMap<String, u64>,
     /// Reads of keys that do not exist (successful, but worth knowing).
     pub misses: u64,
+    /// Every successful measured request, with `Workload::latency_log`;
+    /// so that latencies can be split by what else happened at the time.
+    pub log: Vec<Logged>,
 }
 
 impl Stats {
@@ -86,6 +100,7 @@ impl Stats {
             writes: OpStats::new(),
             errors: BTreeMap::new(),
             misses: 0,
+            log: Vec::new(),
         }
     }
 
@@ -96,6 +111,7 @@ impl Stats {
             *self.errors.entry(k.clone()).or_default() += v;
         }
         self.misses += other.misses;
+        self.log.extend_from_slice(&other.log);
     }
 
     pub fn error_count(&self) -> u64 {
@@ -192,6 +208,17 @@ async fn client(shared: Arc<Shared>, id: usize, endpoint: Endpoint) -> (Stats, I
             .map(|i| i.mul_f64(id as f64 / w.clients as f64))
             .unwrap_or_default();
     let mut last_end = Instant::now();
+    // Instants have no epoch: one reading of both clocks relates them.
+    let (epoch_instant, epoch_unix) = (Instant::now(), SystemTime::now());
+    let unix_ns = |at: Instant| {
+        let since = epoch_unix.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let t = if at >= epoch_instant {
+            since + at.duration_since(epoch_instant)
+        } else {
+            since.saturating_sub(epoch_instant.duration_since(at))
+        };
+        t.as_nanos() as u64
+    };
     loop {
         let scheduled = match interval {
             Some(i) => {
@@ -235,6 +262,13 @@ async fn client(shared: Arc<Shared>, id: usize, endpoint: Endpoint) -> (Stats, I
             Ok((status, _)) if shared.requests.ok(is_read, status) => {
                 if counted {
                     let latency = end.saturating_duration_since(scheduled);
+                    if w.latency_log {
+                        stats.log.push(Logged {
+                            due_unix_ns: unix_ns(scheduled),
+                            latency_us: latency.as_micros() as u64,
+                            read: is_read,
+                        });
+                    }
                     if is_read {
                         stats.reads.record(latency);
                         if status == 404 {

@@ -121,6 +121,13 @@ struct RunArgs {
     #[arg(long)]
     json_file: Option<std::path::PathBuf>,
 
+    /// Write every measured request to this file, one line each: when it
+    /// was due (Unix time in ns; open loop: its scheduled start), its
+    /// latency in µs, and `r` or `w`. For splitting latencies by what else
+    /// ran at the time (e2e/bench/backup.sh).
+    #[arg(long)]
+    latency_log: Option<std::path::PathBuf>,
+
     /// No progress line on stderr.
     #[arg(long, short = 'q', default_value_t = false)]
     quiet: bool,
@@ -259,6 +266,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// One line per request, in order of when each was due.
+fn write_latency_log(path: &std::path::Path, log: &[load::Logged]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut sorted = log.to_vec();
+    sorted.sort_by_key(|l| l.due_unix_ns);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for l in sorted {
+        let kind = if l.read { 'r' } else { 'w' };
+        writeln!(out, "{} {} {kind}", l.due_unix_ns, l.latency_us)?;
+    }
+    out.flush()
+}
+
 fn run(a: RunArgs) -> ExitCode {
     let eps = match validate_run(&a) {
         Ok(e) => e,
@@ -285,6 +305,7 @@ fn run(a: RunArgs) -> ExitCode {
         timeout: a.timeout,
         seed: a.seed,
         progress: !a.quiet,
+        latency_log: a.latency_log.is_some(),
     };
     let outcome = rt.block_on(load::run(workload, requests));
     let settings = report::Settings {
@@ -318,6 +339,12 @@ fn run(a: RunArgs) -> ExitCode {
         && let Err(e) = std::fs::write(path, format!("{json}\n"))
     {
         eprintln!("phxkv-bench: --json-file {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    if let Some(path) = &a.latency_log
+        && let Err(e) = write_latency_log(path, &outcome.stats.log)
+    {
+        eprintln!("phxkv-bench: --latency-log {}: {e}", path.display());
         return ExitCode::FAILURE;
     }
     match a.output {
