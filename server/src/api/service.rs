@@ -225,11 +225,14 @@ pub struct BackupList {
     /// The first and last points a restore can reach; none without a base.
     pub recoverable: Option<crate::archive::Recoverable>,
     /// The archive's end as this node knows it, while it is the master that
-    /// ships the log; none on other nodes.
+    /// ships the log; absent on other nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archived_index: Option<u64>,
-    /// Applied entries not archived yet (on the master).
+    /// Applied entries not archived yet (on the master; absent elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_lag: Option<u64>,
     /// The archiver's last error, if its last round failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_error: Option<String>,
 }
 

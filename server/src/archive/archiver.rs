@@ -26,10 +26,13 @@ use super::segment;
 use super::tail::{Slice, Tail};
 use super::{Base, Catalog, Location, Segment, claim, now_ms};
 use crate::api::service::BackupStream;
+use crate::paxos::Value;
 use crate::storage::backup_file::{Encoder, FORMAT_VERSION, Header};
 
 /// Segments uploaded in one round at most.
 const MAX_SEGMENTS_PER_ROUND: usize = 64;
+/// How often an idle cluster (only leases and no-ops applied) uploads.
+const IDLE_FLUSH_MS: u64 = 30_000;
 
 /// How archiving is set up (`phxkv serve --archive-*`).
 #[derive(Clone, Debug)]
@@ -68,6 +71,8 @@ pub struct Progress {
     /// The last round that left the archive caught up with what was
     /// applied, in ms since the epoch.
     pub last_success_ms: Option<u64>,
+    /// The last segment uploaded, in ms since the epoch.
+    pub last_upload_ms: Option<u64>,
     pub error: Option<String>,
 }
 
@@ -268,8 +273,24 @@ async fn round(
         claim(loc, &source.cluster_id()).await?;
         let catalog = Catalog::list(loc).await?;
         archive.update(|p| p.last_base_ms = catalog.bases.last().map(|b| b.created_ms));
-        *end = catalog.tail().map(|p| p.index);
+        let tail = catalog.tail();
+        // The archive must end where this cluster's history was at that
+        // index: another history under the same cluster id (a cluster
+        // recreated or restored under its old name) is not continued.
+        if let Some(point) = tail
+            && let Some(here) = archive.tail.revision_at(point.index)
+            && here != point.revision
+        {
+            return Err(format!(
+                "the archive at {} ends at index {} with revision {}, but this cluster was at \
+                 revision {here} there: it holds another history with the same cluster id; \
+                 give this cluster its own archive location",
+                loc.url, point.index, point.revision
+            ));
+        }
+        *end = tail.map(|p| p.index);
     }
+    let mut gap_bases = 0;
     let mut caught_up = false;
     // Bounded, so that a lost mastership or a shutdown is noticed.
     for _ in 0..MAX_SEGMENTS_PER_ROUND {
@@ -284,6 +305,19 @@ async fn round(
             .from(from, archive.settings.segment_bytes, source.applied_index())
         {
             Slice::Entries(entries) if entries.is_empty() => {
+                // Behind the archive's end is not caught up: the lag shows.
+                caught_up = source.applied_index() + 1 >= from;
+                break;
+            }
+            Slice::Entries(entries)
+                if !entries.iter().any(|e| matches!(e.value, Value::Batch(_)))
+                    && archive
+                        .progress()
+                        .last_upload_ms
+                        .is_some_and(|t| now_ms().saturating_sub(t) < IDLE_FLUSH_MS) =>
+            {
+                // Only leases and no-ops: an idle cluster uploads them now
+                // and then, not every round.
                 caught_up = true;
                 break;
             }
@@ -299,8 +333,18 @@ async fn round(
                     .map_err(|e| format!("uploading {key} to {}: {e}", loc.url))?;
                 *end = Some(last);
                 archive.tail.release_through(last);
+                archive.update(|p| p.last_upload_ms = Some(now_ms()));
             }
             Slice::Gone { oldest } => {
+                gap_bases += 1;
+                if gap_bases > 1 {
+                    return Err(format!(
+                        "writes outpace archiving: more than the tail's {} bytes were applied \
+                         while a base snapshot was uploaded, so the log after it is lost \
+                         again; raise --archive-tail-bytes or speed up the object store",
+                        archive.settings.tail_bytes
+                    ));
+                }
                 tracing::info!(
                     archive_end = from - 1,
                     oldest_held = ?oldest,
@@ -498,7 +542,7 @@ mod tests {
                         *revision > chain_end && *revision < second,
                         "revision {revision}: {e}"
                     );
-                    assert!(e.contains("past the last recoverable"), "{e}");
+                    assert!(e.contains("falls in a gap"), "{e}");
                     continue;
                 }
             };
@@ -519,6 +563,7 @@ mod tests {
                 Store::restore_from_reader(&image[..], Default::default()).expect("a store");
             restore::replay(
                 &archive.location,
+                "c1",
                 &plan.segments,
                 Target::Revision(*revision),
                 &mut store,

@@ -63,6 +63,22 @@ pub fn chain(from: u64, segments: &[Segment]) -> Vec<Segment> {
 
 /// Chooses the base to start from for `target`.
 pub fn plan(catalog: &Catalog, target: Target) -> Result<Plan, String> {
+    match &catalog.marker {
+        None => {
+            return Err(format!(
+                "no {} here: not a phxkv archive (or not its root)",
+                super::MARKER
+            ));
+        }
+        Some(m) if m.format_version > super::FORMAT_VERSION => {
+            return Err(format!(
+                "the archive has layout version {}; this version reads {}",
+                m.format_version,
+                super::FORMAT_VERSION
+            ));
+        }
+        Some(_) => {}
+    }
     let Some(first) = catalog.bases.first() else {
         return Err("the archive holds no base snapshot: nothing to restore".into());
     };
@@ -79,13 +95,34 @@ pub fn plan(catalog: &Catalog, target: Target) -> Result<Plan, String> {
         ));
     };
     let segments = chain(base.index, &catalog.segments);
-    if let Target::Revision(r) = target {
-        let reach = segments.last().map_or(base.revision, |s| s.revision);
-        if reach < r {
-            return Err(format!(
-                "revision {r} is past the last recoverable revision {reach}"
-            ));
-        }
+    let (reach, reach_ms) = segments
+        .last()
+        .map_or((base.revision, base.created_ms), |s| {
+            (s.revision, s.time_ms)
+        });
+    // From this base the archive reaches `reach`; a target past it is in a
+    // gap (a newer base starts after it) or past the archive's end.
+    let past = match target {
+        Target::Latest => false,
+        Target::Revision(r) => reach < r,
+        Target::Time(t) => reach_ms < t,
+    };
+    if past {
+        let newest = catalog.tail().map_or(reach, |p| p.revision);
+        return Err(if newest > reach {
+            format!(
+                "{target} falls in a gap of the archive: from base {} it reaches revision \
+                 {reach} ({}), and the next base starts later",
+                base.name,
+                Target::Time(reach_ms)
+            )
+        } else {
+            format!(
+                "{target} is past the last recoverable point (revision {reach}, {}); \
+                 omit the target to restore all of it",
+                Target::Time(reach_ms)
+            )
+        });
     }
     Ok(Plan {
         base: base.clone(),
@@ -125,6 +162,7 @@ pub async fn download(loc: &Location, key: &str, to: &Path) -> Result<u64, Strin
 /// up to `target`. Checks every revision against the one archived.
 pub async fn replay(
     loc: &Location,
+    cluster_id: &str,
     segments: &[Segment],
     target: Target,
     store: &mut Store,
@@ -142,7 +180,13 @@ pub async fn replay(
             .bytes()
             .await
             .map_err(|e| format!("downloading {}: {e}", seg.key))?;
-        let (_, entries) = segment::decode(&bytes).map_err(|e| format!("{}: {e}", seg.key))?;
+        let (from, entries) = segment::decode(&bytes).map_err(|e| format!("{}: {e}", seg.key))?;
+        if from != cluster_id {
+            return Err(format!(
+                "{}: a segment of cluster {from}, in the archive of {cluster_id}",
+                seg.key
+            ));
+        }
         for entry in entries {
             let applied = store.applied_index();
             if entry.index <= applied {
@@ -194,6 +238,14 @@ pub async fn replay(
             if reached {
                 break 'segments;
             }
+            if store.revision() != entry.revision {
+                return Err(format!(
+                    "replaying entry {} gave revision {}, the archive says {}",
+                    entry.index,
+                    store.revision(),
+                    entry.revision
+                ));
+            }
         }
     }
     if let Target::Revision(r) = target
@@ -202,6 +254,16 @@ pub async fn replay(
         return Err(format!(
             "the archive reaches revision {}, not {r}",
             store.revision()
+        ));
+    }
+    if let (Target::Latest, Some(last)) = (target, segments.last())
+        && store.applied_index() < last.last
+    {
+        return Err(format!(
+            "{} ends at index {}, the archive lists it up to {}",
+            last.key,
+            store.applied_index(),
+            last.last
         ));
     }
     Ok(())
@@ -224,7 +286,10 @@ mod tests {
 
     fn catalog() -> Catalog {
         Catalog {
-            marker: None,
+            marker: Some(super::super::Marker {
+                format_version: 1,
+                cluster_id: "c".into(),
+            }),
             bases: vec![base(10, 5, 10_000), base(30, 20, 30_000)],
             segments: vec![
                 seg(11, 20, 9),
@@ -259,7 +324,25 @@ mod tests {
             "{early}"
         );
         let late = plan(&c, Target::Revision(31)).expect_err("too late");
-        assert!(late.contains("last recoverable revision 30"), "{late}");
+        assert!(
+            late.contains("past the last recoverable point (revision 30"),
+            "{late}"
+        );
+        let past = plan(&c, Target::Time(45_000)).expect_err("past the end");
+        assert!(past.contains("past the last recoverable point"), "{past}");
+        // Base 10's chain ends at index 20 (20 s); base 30 comes after a gap.
+        let gapped = Catalog {
+            segments: vec![seg(11, 20, 9)],
+            ..catalog()
+        };
+        let gap = plan(&gapped, Target::Time(25_000)).expect_err("in a gap");
+        assert!(gap.contains("falls in a gap"), "{gap}");
+        assert!(plan(&gapped, Target::Time(20_000)).is_ok());
+        let no_marker = Catalog {
+            marker: None,
+            ..catalog()
+        };
+        assert!(plan(&no_marker, Target::Latest).is_err());
         assert!(plan(&Catalog::default(), Target::Latest).is_err());
     }
 }

@@ -102,6 +102,14 @@ impl Tail {
         }
     }
 
+    /// The store revision after entry `index`, if held.
+    pub fn revision_at(&self, index: u64) -> Option<u64> {
+        let t = self.inner.lock().ok()?;
+        let first = t.entries.front()?.index;
+        let at = usize::try_from(index.checked_sub(first)?).ok()?;
+        t.entries.get(at).map(|e| e.revision)
+    }
+
     /// Drops the entries up to `index`, once archived.
     pub fn release_through(&self, index: u64) {
         let Ok(mut t) = self.inner.lock() else {

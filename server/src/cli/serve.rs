@@ -179,6 +179,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_ARCHIVE_FLUSH_EVERY", default_value = "1s",
           value_parser = parse_duration, value_name = "DURATION")]
     pub archive_flush_every: Duration,
+
+    /// Memory each replica keeps for applied log entries not yet archived
+    /// (in bytes). The master continues the archive from it; when a base
+    /// snapshot upload takes longer than this much writing, the archive
+    /// starts over from a new base.
+    #[arg(long, env = "PHXKV_ARCHIVE_TAIL_BYTES", default_value_t = 64 << 20,
+          value_parser = clap::value_parser!(u64).range((1 << 20)..=(16 << 30)),
+          value_name = "BYTES")]
+    pub archive_tail_bytes: u64,
 }
 
 /// Everything `serve` needs, validated.
@@ -218,6 +227,7 @@ impl ServeArgs {
         settings.credentials = self.archive_credentials_file.clone();
         settings.base_every = self.archive_base_every;
         settings.flush_every = self.archive_flush_every;
+        settings.tail_bytes = usize::try_from(self.archive_tail_bytes).unwrap_or(usize::MAX);
         Ok(Some(settings))
     }
 

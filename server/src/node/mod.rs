@@ -1416,7 +1416,17 @@ impl Service for Node {
         let spawned = std::thread::Builder::new()
             .name("phxkv-backup".into())
             .spawn(move || {
+                // The receiver gone means the client went away (or an upload
+                // failed): the snapshot is abandoned, so the store stops
+                // setting prior states aside for it.
+                let snapshot_id = start.id;
+                let give_up = || {
+                    if let Ok(mut s) = store.write() {
+                        s.abandon_snapshot(snapshot_id);
+                    }
+                };
                 if tx.blocking_send(Ok(Some(start.head))).is_err() {
+                    give_up();
                     return;
                 }
                 loop {
@@ -1442,8 +1452,8 @@ impl Service for Node {
                             return;
                         }
                     };
-                    // The receiver gone means the client went away.
                     if tx.blocking_send(Ok(Some(piece))).is_err() {
+                        give_up();
                         return;
                     }
                     if done {

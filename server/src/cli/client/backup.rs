@@ -422,12 +422,51 @@ fn clean_up(dir: &Path, existed: bool) {
     }
 }
 
+/// `.NAME.WHAT` next to `dir`, on the same file system.
+fn sibling(dir: &Path, what: &str) -> Result<PathBuf, CliError> {
+    match dir.file_name() {
+        Some(name) => Ok(dir.with_file_name(format!(".{}.{what}", name.to_string_lossy()))),
+        None => Err(CliError::Usage("--data-dir: give a directory".into())),
+    }
+}
+
+/// Moves the seeded `staging` directory to `dir` (absent or empty): one
+/// rename, or, when `dir` cannot be replaced (a mount point), its entries
+/// one by one with the identity file last.
+fn move_into_place(staging: &Path, dir: &Path) -> Result<(), CliError> {
+    let sync = |d: &Path| {
+        File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| fatal(d, e))
+    };
+    sync(staging)?;
+    if dir.exists() && std::fs::remove_dir(dir).is_err() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(staging)
+            .map_err(|e| fatal(staging, e))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| fatal(staging, e))?;
+        entries.sort_by_key(|p| p.file_name().is_some_and(|n| n == "identity.json"));
+        for from in entries {
+            let to = dir.join(from.file_name().unwrap_or_default());
+            std::fs::rename(&from, &to).map_err(|e| fatal(&to, e))?;
+        }
+        std::fs::remove_dir(staging).map_err(|e| fatal(staging, e))?;
+        return sync(dir);
+    }
+    std::fs::rename(staging, dir).map_err(|e| fatal(dir, e))?;
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync(parent),
+        None => sync(Path::new(".")),
+    }
+}
+
 /// Restores from a backup file; with `replay`, then replays an archive's
 /// log onto it.
 async fn restore(
     file: &Path,
     m: &NewMember,
-    replay: Option<(&Location, &[ArchivedSegment], Target)>,
+    replay: Option<(&Location, &str, &[ArchivedSegment], Target)>,
 ) -> Result<(), CliError> {
     let Some(peer_url) = check_member(m)? else {
         return Ok(());
@@ -435,8 +474,19 @@ async fn restore(
     let existed = m.dir.exists();
     // Checked whole before anything is written.
     let (header, _) = read_backup(file, |_| Ok::<(), String>(()))?;
-    let result = seed(file, m, &peer_url, &header, replay).await;
+    // Seeded beside the directory and moved into place once complete, so a
+    // restore killed half-way never leaves a directory that looks restored
+    // (`--if-empty` would then skip it, and the member would start empty).
+    let staging = sibling(&m.dir, "restoring")?;
+    let _ = std::fs::remove_dir_all(&staging);
+    let result = async {
+        let done = seed(file, &staging, m, &peer_url, &header, replay).await?;
+        move_into_place(&staging, &m.dir)?;
+        Ok::<_, CliError>(done)
+    }
+    .await;
     if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
         clean_up(&m.dir, existed);
     }
     let (index, revision) = result?;
@@ -471,13 +521,14 @@ async fn restore_archive(
     let catalog = Catalog::list(&loc).await.map_err(CliError::Fatal)?;
     let plan = archive_restore::plan(&catalog, target)
         .map_err(|e| CliError::Fatal(format!("{url}: {e}")))?;
+    // The plan needs the marker; it names the cluster the archive is of.
+    let cluster = catalog
+        .marker
+        .as_ref()
+        .map(|m| m.cluster_id.clone())
+        .unwrap_or_default();
     // Next to the data directory, on the same volume.
-    let base_file = match m.dir.file_name() {
-        Some(name) => m
-            .dir
-            .with_file_name(format!(".{}.restore-base", name.to_string_lossy())),
-        None => return Err(CliError::Usage("--data-dir: give a directory".into())),
-    };
+    let base_file = sibling(&m.dir, "restore-base")?;
     let _ = std::fs::remove_file(&base_file);
     if let Some(parent) = base_file.parent()
         && !parent.as_os_str().is_empty()
@@ -494,7 +545,12 @@ async fn restore_archive(
         archive_restore::download(&loc, &plan.base.key(), &base_file)
             .await
             .map_err(CliError::Fatal)?;
-        restore(&base_file, m, Some((&loc, &plan.segments, target))).await
+        restore(
+            &base_file,
+            m,
+            Some((&loc, &cluster, &plan.segments, target)),
+        )
+        .await
     }
     .await;
     let _ = std::fs::remove_file(&base_file);
@@ -505,12 +561,12 @@ async fn restore_archive(
 /// the index and revision restored.
 async fn seed(
     file: &Path,
+    dir: &Path,
     m: &NewMember,
     peer_url: &str,
     header: &Header,
-    replay: Option<(&Location, &[ArchivedSegment], Target)>,
+    replay: Option<(&Location, &str, &[ArchivedSegment], Target)>,
 ) -> Result<(u64, u64), CliError> {
-    let dir = m.dir.as_path();
     let identity = Identity {
         node: m.name.clone(),
         cluster: m.cluster_id.clone(),
@@ -549,7 +605,7 @@ async fn seed(
             ),
         ));
     }
-    let Some((loc, segments, target)) = replay else {
+    let Some((loc, cluster, segments, target)) = replay else {
         drop(store);
         sealed.publish().map_err(|e| fatal(dir, e))?;
         disk.snapshot_stored(&meta).map_err(|e| fatal(dir, e))?;
@@ -557,14 +613,27 @@ async fn seed(
             .map_err(|e| fatal(dir, e))?;
         return Ok((header.index, header.revision));
     };
+    if header.cluster_id != cluster {
+        return Err(CliError::Fatal(format!(
+            "{}: its base is of cluster {}, the archive is cluster {cluster}'s",
+            loc.url, header.cluster_id
+        )));
+    }
     let mut shown = Instant::now();
     let terminal = std::io::stderr().is_terminal();
-    archive_restore::replay(loc, segments, target, &mut store, |index, revision| {
-        if terminal && shown.elapsed() > Duration::from_millis(200) {
-            shown = Instant::now();
-            eprint!("\rreplaying: index {index} revision {revision}");
-        }
-    })
+    archive_restore::replay(
+        loc,
+        cluster,
+        segments,
+        target,
+        &mut store,
+        |index, revision| {
+            if terminal && shown.elapsed() > Duration::from_millis(200) {
+                shown = Instant::now();
+                eprint!("\rreplaying: index {index} revision {revision}");
+            }
+        },
+    )
     .await
     .map_err(|e| CliError::Fatal(format!("{}: {e}", loc.url)))?;
     if terminal {
