@@ -1444,7 +1444,7 @@ impl Service for Node {
                     let done = match done {
                         Ok(done) => done,
                         Err(e) => {
-                            // A compaction or an installed snapshot took over.
+                            // Abandoned: an installed snapshot replaced the store, or more snapshots began.
                             let _ = tx.blocking_send(Err(ServiceError::Unavailable {
                                 message: format!("{e}; retry"),
                                 retry_after_secs: 1,
