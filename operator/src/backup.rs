@@ -192,28 +192,18 @@ pub async fn reconcile(backup: Arc<PaxosKVBackup>, ctx: Arc<Context>) -> Result<
         )
         .await;
     };
-    if pkv.spec.backup.is_none() {
-        return fail(
-            &ctx,
-            &backup,
-            status,
-            now,
-            &format!(
-                "PaxosKV {cluster} has no spec.backup: set spec.backup.destination so its replicas \
-                 have an archive"
-            ),
-        )
-        .await;
-    }
-    if pkv.spec.hibernation {
-        return fail(
-            &ctx,
-            &backup,
-            status,
-            now,
-            &format!("PaxosKV {cluster} is hibernated: no replica runs"),
-        )
-        .await;
+    let refusal = if pkv.spec.backup.is_none() {
+        Some(format!(
+            "PaxosKV {cluster} has no spec.backup: set spec.backup.destination so its replicas \
+             have an archive"
+        ))
+    } else if pkv.spec.hibernation {
+        Some(format!("PaxosKV {cluster} is hibernated: no replica runs"))
+    } else {
+        None
+    };
+    if let Some(message) = refusal {
+        return fail(&ctx, &backup, status, now, &message).await;
     }
     let names = Names::of(&cluster);
     let Some(pod) = replica_to_ask(&pkv) else {

@@ -420,40 +420,6 @@ async fn an_archived_cluster_restores_to_a_revision_a_time_and_the_latest_point(
     let fresh = root.path().join("r9");
     let fresh_s = fresh.to_str().expect("utf-8 path");
     let beyond = (last + 1_000_000).to_string();
-    for (target, says) in [
-        (
-            vec!["--target-revision", beyond.as_str()],
-            "past the last recoverable",
-        ),
-        (
-            vec!["--target-time", "2001-01-01T00:00:00Z"],
-            "before the first recoverable",
-        ),
-        (vec!["--target-time", "yesterday"], "RFC 3339"),
-    ] {
-        let mut args = vec![
-            "backup",
-            "restore",
-            "--from-archive",
-            &archive,
-            "--data-dir",
-            fresh_s,
-            "--name",
-            "r9",
-            "--cluster-id",
-            "x",
-            "--initial-members",
-            members,
-        ];
-        args.extend(target.iter().copied());
-        let (code, _, err) = phxkv(&s3, &args);
-        assert_ne!(code, 0, "{target:?} was restored");
-        assert!(err.contains(says), "{target:?}: {err}");
-        assert!(!fresh.exists(), "a refused restore left {fresh_s}");
-    }
-
-    // Only the member named restores, and a used directory is left alone
-    // when asked to: both successfully, touching nothing.
     let base_args = [
         "backup",
         "restore",
@@ -468,6 +434,25 @@ async fn an_archived_cluster_restores_to_a_revision_a_time_and_the_latest_point(
         "--initial-members",
         members,
     ];
+    for (target, says) in [
+        (
+            vec!["--target-revision", beyond.as_str()],
+            "past the last recoverable",
+        ),
+        (
+            vec!["--target-time", "2001-01-01T00:00:00Z"],
+            "before the first recoverable",
+        ),
+        (vec!["--target-time", "yesterday"], "RFC 3339"),
+    ] {
+        let (code, _, err) = phxkv(&s3, &[&base_args[..], &target[..]].concat());
+        assert_ne!(code, 0, "{target:?} was restored");
+        assert!(err.contains(says), "{target:?}: {err}");
+        assert!(!fresh.exists(), "a refused restore left {fresh_s}");
+    }
+
+    // Only the member named restores, and a used directory is left alone
+    // when asked to: both successfully, touching nothing.
     for only in ["--only-member=r0", "--only-member="] {
         let (code, out, err) = phxkv(&s3, &[&base_args[..], &[only]].concat());
         assert_eq!(code, 0, "{only}: {err}");
@@ -506,23 +491,7 @@ async fn an_archived_cluster_restores_to_a_revision_a_time_and_the_latest_point(
         .put(&path, bytes.into())
         .await
         .expect("put segment");
-    let (code, _, err) = phxkv(
-        &s3,
-        &[
-            "backup",
-            "restore",
-            "--from-archive",
-            &archive,
-            "--data-dir",
-            fresh_s,
-            "--name",
-            "r9",
-            "--cluster-id",
-            "x",
-            "--initial-members",
-            members,
-        ],
-    );
+    let (code, _, err) = phxkv(&s3, &base_args);
     assert_ne!(code, 0, "a damaged segment was replayed");
     assert!(err.contains("corrupted"), "{err}");
     assert_eq!(
