@@ -79,3 +79,12 @@ pub fn render_all(
     ];
     Ok(docs.iter().map(|d| format!("---\n{d}")).collect())
 }
+
+/// Chooses rustls' crypto provider (ring) for the whole process. Both ring
+/// (the Kubernetes client's) and aws-lc-rs (the object store client's, in
+/// the server crate) are compiled in, so rustls cannot pick one itself and
+/// the first TLS connection would panic. Call before building a client;
+/// calling again does nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

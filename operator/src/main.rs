@@ -208,6 +208,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let _telemetry = telemetry::init("phxkv-operator", &identity, args.log_format)
         .map_err(|e| format!("telemetry: {e}"))?;
 
+    phxkv_operator::install_crypto_provider();
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
