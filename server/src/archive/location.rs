@@ -171,6 +171,23 @@ mod tests {
         assert_eq!(loc.path("wal/x.seg").as_ref(), "wal/x.seg");
     }
 
+    #[tokio::test]
+    async fn an_https_endpoint_that_does_not_answer_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let creds = dir.path().join("creds");
+        std::fs::write(
+            &creds,
+            "AWS_ACCESS_KEY_ID=a\nAWS_SECRET_ACCESS_KEY=b\nAWS_REGION=us-east-1\n\
+             AWS_ENDPOINT_URL=https://127.0.0.1:1\n",
+        )
+        .expect("write");
+        let loc = Location::open("s3://bucket/p", Some(&creds)).expect("open");
+        let err = crate::archive::Catalog::list(&loc)
+            .await
+            .expect_err("nothing listens there");
+        assert!(err.contains("s3://bucket/p"), "{err}");
+    }
+
     #[test]
     fn credentials_files_take_aws_names_only() {
         let dir = tempfile::tempdir().expect("tempdir");
