@@ -15,15 +15,13 @@ use axum::extract::Path;
 use axum::routing::get;
 use axum::{Json, Router};
 use kube::CustomResourceExt;
-use kube::runtime::events::{Recorder, Reporter};
 use phxkv_operator::access::{self, Permission, Settings};
 use phxkv_operator::backup;
-use phxkv_operator::controller::{self, Context};
+use phxkv_operator::controller;
 use phxkv_operator::crd::{PaxosKV, PaxosKVBackup, PaxosKVSpec};
 use phxkv_operator::install;
 use phxkv_operator::leader::{Elector, LeaseConfig, Stop};
 use phxkv_operator::metrics::OperatorMetrics;
-use phxkv_operator::render::Defaults;
 use phxkv_operator::run::{self, Leading};
 use serde_json::{Value, json};
 use support::{FakeApi, Seen, until};
@@ -70,14 +68,7 @@ async fn fake_phxkv() -> String {
         )
     }
     let app = Router::new().route("/pods/{pod}/v1/cluster", get(cluster));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
+    support::serve(app).await
 }
 
 fn paxoskv(name: &str, spec: Value) -> PaxosKV {
@@ -130,18 +121,11 @@ async fn the_access_table_lists_exactly_the_calls_the_operator_makes() {
     let api = FakeApi::new();
     let client = api.client("ops");
     let url = fake_phxkv().await;
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        defaults: Defaults {
-            image: "ghcr.io/phxkv/phxkv:0.1.0".into(),
-        },
-        recorder: Recorder::new(client.clone(), Reporter::from("phxkv-operator")),
-        http: reqwest::Client::new(),
-        resolver: Arc::new(move |_, _, pod| format!("{url}/pods/{pod}")),
-        metrics: OperatorMetrics::new(),
-        busy_requeue: Duration::from_secs(3),
-        idle_requeue: Duration::from_secs(30),
-    });
+    let ctx = support::context(
+        client.clone(),
+        support::pods_at(url),
+        OperatorMetrics::new(),
+    );
 
     // A new cluster: its objects, token, bootstrap record, status, events;
     // its backup schedule is due, so a PaxosKVBackup is created.

@@ -10,7 +10,6 @@
 mod support;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -19,12 +18,10 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
 use phxkv_operator::backup;
 use phxkv_operator::controller::{self, Context};
 use phxkv_operator::crd::{PaxosKV, PaxosKVBackup, PaxosKVSpec};
 use phxkv_operator::metrics::OperatorMetrics;
-use phxkv_operator::render::Defaults;
 use serde_json::{Value, json};
 use support::FakeApi;
 
@@ -113,29 +110,11 @@ async fn fake_phxkv(fake: Arc<Fake>) -> String {
         .route("/pods/{pod}/v1/admin/backups", get(list).post(take))
         .route("/pods/{pod}/v1/admin/backups/{name}", delete(remove))
         .with_state(fake);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
+    support::serve(app).await
 }
 
 fn context(client: kube::Client, url: String) -> Arc<Context> {
-    Arc::new(Context {
-        client: client.clone(),
-        defaults: Defaults {
-            image: "ghcr.io/phxkv/phxkv:0.1.0".into(),
-        },
-        recorder: Recorder::new(client, Reporter::from("phxkv-operator")),
-        http: reqwest::Client::new(),
-        resolver: Arc::new(move |_, _, pod| format!("{url}/pods/{pod}")),
-        metrics: OperatorMetrics::new(),
-        busy_requeue: Duration::from_secs(3),
-        idle_requeue: Duration::from_secs(30),
-    })
+    support::context(client, support::pods_at(url), OperatorMetrics::new())
 }
 
 /// A PaxosKV `kv` created at the start of 2026, stored in the fake.

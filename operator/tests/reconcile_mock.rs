@@ -4,6 +4,8 @@
 //! a small fake phxkv on loopback that reports a configuration and records
 //! membership changes.
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,11 +15,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{Request, Response};
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
 use phxkv_operator::controller::{Context, reconcile};
 use phxkv_operator::crd::{PaxosKV, PaxosKVSpec};
 use phxkv_operator::metrics::OperatorMetrics;
-use phxkv_operator::render::Defaults;
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
 
@@ -220,14 +220,7 @@ async fn fake_phxkv(state: Arc<FakeCluster>) -> String {
             post(replace),
         )
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
+    support::serve(app).await
 }
 
 /// A fake cluster of three healthy voters, master kv-0.
@@ -258,18 +251,7 @@ fn cluster_info(node: &str, members: Vec<Value>) -> Value {
 }
 
 fn context(client: kube::Client, url: String) -> Arc<Context> {
-    Arc::new(Context {
-        client: client.clone(),
-        defaults: Defaults {
-            image: "ghcr.io/phxkv/phxkv:0.1.0".into(),
-        },
-        recorder: Recorder::new(client, Reporter::from("phxkv-operator")),
-        http: reqwest::Client::new(),
-        resolver: Arc::new(move |_, _, pod| format!("{url}/pods/{pod}")),
-        metrics: OperatorMetrics::new(),
-        busy_requeue: Duration::from_secs(3),
-        idle_requeue: Duration::from_secs(30),
-    })
+    support::context(client, support::pods_at(url), OperatorMetrics::new())
 }
 
 fn paxoskv(spec: Value) -> PaxosKV {

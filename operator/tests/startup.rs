@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::CustomResourceExt;
-use kube::runtime::events::{Recorder, Reporter};
 use phxkv_operator::controller::{self, Context};
 use phxkv_operator::crd::PaxosKV;
 use phxkv_operator::install::{self, CRD_NAME, CrdError, CrdOutcome, VERSION_ANNOTATION};
@@ -34,18 +33,7 @@ fn installed_crd(version: Option<&str>) -> Value {
 }
 
 fn context(client: kube::Client, metrics: OperatorMetrics) -> Arc<Context> {
-    Arc::new(Context {
-        client: client.clone(),
-        defaults: Defaults {
-            image: "ghcr.io/phxkv/phxkv:0.1.0".into(),
-        },
-        recorder: Recorder::new(client, Reporter::from("phxkv-operator")),
-        http: reqwest::Client::new(),
-        resolver: controller::cluster_dns(),
-        metrics,
-        busy_requeue: Duration::from_secs(3),
-        idle_requeue: Duration::from_secs(30),
-    })
+    support::context(client, controller::cluster_dns(), metrics)
 }
 
 /// Starts a replica (leader election on) and returns its shutdown switch.

@@ -316,3 +316,44 @@ pub fn lease(holder: Option<&str>, duration: i32, transitions: i32) -> Value {
                     "renewTime": "2026-01-01T00:00:00.000000Z",
                     "leaseTransitions": transitions}})
 }
+
+/// A controller context as the operator builds one, with `resolver` for
+/// replicas' client URLs.
+pub fn context(
+    client: kube::Client,
+    resolver: phxkv_operator::controller::Resolver,
+    metrics: phxkv_operator::metrics::OperatorMetrics,
+) -> Arc<phxkv_operator::controller::Context> {
+    Arc::new(phxkv_operator::controller::Context {
+        client: client.clone(),
+        defaults: phxkv_operator::render::Defaults {
+            image: "ghcr.io/phxkv/phxkv:0.1.0".into(),
+        },
+        recorder: kube::runtime::events::Recorder::new(
+            client,
+            kube::runtime::events::Reporter::from("phxkv-operator"),
+        ),
+        http: reqwest::Client::new(),
+        resolver,
+        metrics,
+        busy_requeue: Duration::from_secs(3),
+        idle_requeue: Duration::from_secs(30),
+    })
+}
+
+/// Replicas served by one fake server at `{url}/pods/{pod}`.
+pub fn pods_at(url: String) -> phxkv_operator::controller::Resolver {
+    Arc::new(move |_, _, pod| format!("{url}/pods/{pod}"))
+}
+
+/// Serves `app` on a free loopback port; its base URL.
+pub async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
