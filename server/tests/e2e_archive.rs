@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Cluster, TOKEN, free_port};
@@ -79,21 +79,7 @@ impl S3 {
 
 /// Runs `phxkv ARGS` with the S3 settings; exit code, stdout, stderr.
 fn phxkv(s3: &S3, args: &[&str]) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_phxkv"))
-        .args(args)
-        .envs(s3.env())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run phxkv");
-    (
-        status.code().expect("exit code"),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
+    common::run_phxkv(args, &s3.env())
 }
 
 /// One acknowledged write.

@@ -14,7 +14,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -48,22 +48,7 @@ fn key_count() -> usize {
 
 /// Runs `phxkv ARGS`; its exit code, stdout and stderr.
 fn phxkv(args: &[&str]) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_phxkv"))
-        .args(args)
-        .env_remove("PHXKV_CLUSTER_TOKEN_FILE")
-        .env_remove("PHXKV_ENDPOINTS")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run phxkv");
-    (
-        status.code().expect("exit code"),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
+    common::run_phxkv(args, &[])
 }
 
 async fn txn(http: &reqwest::Client, url: &str, ops: Vec<Value>) {

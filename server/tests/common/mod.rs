@@ -292,3 +292,22 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Runs the `phxkv` command line with `args` and extra environment
+/// (without the client settings a developer's shell may carry); its exit
+/// code, stdout and stderr.
+pub fn run_phxkv(args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_phxkv"))
+        .args(args)
+        .env_remove("PHXKV_CLUSTER_TOKEN_FILE")
+        .env_remove("PHXKV_ENDPOINTS")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run phxkv");
+    (
+        out.status.code().expect("exit code"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
