@@ -16,3 +16,4 @@ pub mod paxos;
 pub mod sim;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;

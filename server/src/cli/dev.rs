@@ -113,13 +113,14 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             read_timeout: Duration::from_secs(5),
             compact_after: 10_000,
             peer_proxy: None,
+            peer_tls: None,
             archive: None,
         };
         let listen = ([127, 0, 0, 1], *client).into();
         let peer_listen = ([127, 0, 0, 1], *peer).into();
         let span = telemetry::replica_span(name);
         running.push(
-            serve::start(cfg, listen, peer_listen, rx.clone())
+            serve::start(cfg, None, listen, peer_listen, rx.clone())
                 .instrument(span)
                 .await?,
         );

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -14,6 +15,7 @@ use crate::kv::Limits;
 use crate::node::{Node, NodeConfig};
 use crate::paxos::EngineConfig;
 use crate::telemetry::{self, LogFormat, Metrics};
+use crate::tls::{ClientAuth, Material, TlsPaths};
 
 use super::{CliError, parse_duration};
 
@@ -144,6 +146,66 @@ pub struct ServeArgs {
           value_parser = ["json", "compact"])]
     pub peer_encoding: Option<String>,
 
+    /// Serve the client port over TLS with this certificate chain (PEM,
+    /// leaf first). Reloaded when the file changes: the next connection
+    /// gets the new certificate, open ones keep theirs. Also the peer
+    /// port's certificate unless --peer-tls-cert is given.
+    #[arg(
+        long,
+        env = "PHXKV_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "PHXKV_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that sign client certificates (see
+    /// --client-cert-auth) and, unless --peer-tls-ca is given, the peers'.
+    #[arg(long, env = "PHXKV_TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Refuse clients on the client port that do not present a certificate
+    /// signed by --tls-ca.
+    #[arg(long, env = "PHXKV_CLIENT_CERT_AUTH", default_value_t = false,
+          requires_all = ["tls_cert", "tls_ca"])]
+    pub client_cert_auth: bool,
+
+    /// The peer port's certificate (PEM), when it is not --tls-cert. It is
+    /// both served to peers and presented when calling them, so it must be
+    /// valid for the host name of this node's peer URL. With a peer
+    /// certificate the peer port speaks mutual TLS only and peer URLs are
+    /// https://.
+    #[arg(
+        long,
+        env = "PHXKV_PEER_TLS_CERT",
+        value_name = "PATH",
+        requires = "peer_tls_key"
+    )]
+    pub peer_tls_cert: Option<PathBuf>,
+
+    /// The private key of --peer-tls-cert (PEM).
+    #[arg(
+        long,
+        env = "PHXKV_PEER_TLS_KEY",
+        value_name = "PATH",
+        requires = "peer_tls_cert"
+    )]
+    pub peer_tls_key: Option<PathBuf>,
+
+    /// The CA (PEM) that signs every peer's certificate, when it is not
+    /// --tls-ca. A peer without a certificate it signed is refused during
+    /// the handshake.
+    #[arg(long, env = "PHXKV_PEER_TLS_CA", value_name = "PATH")]
+    pub peer_tls_ca: Option<PathBuf>,
+
     /// Log format on stderr.
     #[arg(long, env = "PHXKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -194,6 +256,8 @@ pub struct ServeArgs {
 #[derive(Debug)]
 pub struct Validated {
     pub node: NodeConfig,
+    /// TLS of the client port; none serves plain HTTP.
+    pub client_tls: Option<Arc<Material>>,
     pub listen: SocketAddr,
     pub peer_listen: SocketAddr,
     pub log_format: LogFormat,
@@ -231,6 +295,61 @@ impl ServeArgs {
         Ok(Some(settings))
     }
 
+    /// Loads the certificates the flags name: (client port, peer port).
+    #[allow(clippy::type_complexity)]
+    fn tls_settings(&self) -> Result<(Option<Arc<Material>>, Option<Arc<Material>>), CliError> {
+        let bad = |flag: &str, msg: String| CliError::Usage(format!("--{flag}: {msg}"));
+        let client = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let auth = if self.client_cert_auth {
+                    ClientAuth::Required
+                } else {
+                    ClientAuth::Off
+                };
+                let paths = TlsPaths {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: self.tls_ca.clone().filter(|_| self.client_cert_auth),
+                };
+                Some(Material::load(paths, auth).map_err(|e| bad("tls-cert", e.to_string()))?)
+            }
+            _ => None,
+        };
+        let (peer_cert, peer_key, cert_flag) = match (&self.peer_tls_cert, &self.peer_tls_key) {
+            (Some(c), Some(k)) => (c, k, "peer-tls-cert"),
+            _ => match (&self.tls_cert, &self.tls_key) {
+                (Some(c), Some(k)) => (c, k, "tls-cert"),
+                _ => {
+                    if self.peer_tls_ca.is_some() {
+                        return Err(bad(
+                            "peer-tls-ca",
+                            "needs a certificate for the peer port (--peer-tls-cert or --tls-cert)"
+                                .into(),
+                        ));
+                    }
+                    return Ok((client, None));
+                }
+            },
+        };
+        let Some(ca) = self.peer_tls_ca.clone().or_else(|| self.tls_ca.clone()) else {
+            return Err(bad(
+                "peer-tls-ca",
+                format!(
+                    "required with --{cert_flag}: peers prove who they are with certificates \
+                     signed by this CA (or give --tls-ca)"
+                ),
+            ));
+        };
+        let paths = TlsPaths {
+            cert: peer_cert.clone(),
+            key: peer_key.clone(),
+            ca: Some(ca),
+        };
+        let peer = Material::load(paths, ClientAuth::Required)
+            .map_err(|e| bad(cert_flag, e.to_string()))?;
+        Ok((client, Some(peer)))
+    }
+
     pub fn validate(&self) -> Result<Validated, CliError> {
         let bad = |flag: &str, msg: String| CliError::Usage(format!("--{flag}: {msg}"));
         let name = match &self.id {
@@ -246,8 +365,30 @@ impl ServeArgs {
         if self.cluster_id.is_empty() {
             return Err(bad("cluster-id", "must not be empty".into()));
         }
+        let (client_tls, peer_tls) = self.tls_settings()?;
         let bootstrap = if let Some(spec) = &self.initial_members {
             let m = cluster::parse_initial_members(spec).map_err(|e| bad("initial-members", e))?;
+            let scheme = if peer_tls.is_some() {
+                "https://"
+            } else {
+                "http://"
+            };
+            if let Some(other) = m.iter().find(|x| !x.peer_url.starts_with(scheme)) {
+                return Err(bad(
+                    "initial-members",
+                    format!(
+                        "member {:?} has peer URL {:?}, but {}",
+                        other.name,
+                        other.peer_url,
+                        if peer_tls.is_some() {
+                            "the peer port speaks TLS: peer URLs must be https://"
+                        } else {
+                            "the peer port has no TLS (--tls-cert or --peer-tls-cert): \
+                             peer URLs must be http://"
+                        }
+                    ),
+                ));
+            }
             if !m.iter().any(|x| x.name == name) {
                 return Err(bad(
                     "initial-members",
@@ -266,8 +407,10 @@ impl ServeArgs {
                 return Err(bad("discovery", "the service name is empty".into()));
             }
             let replicas = self.replicas.unwrap_or(0);
-            let initial = cluster::dns_members(&name, service, replicas, self.peer_listen.port())
-                .map_err(|e| bad("discovery", e))?;
+            let scheme = if peer_tls.is_some() { "https" } else { "http" };
+            let initial =
+                cluster::dns_members(&name, service, replicas, scheme, self.peer_listen.port())
+                    .map_err(|e| bad("discovery", e))?;
             // Pods past the bootstrap count are new members: they start
             // empty and wait to be added, exactly like `--join`.
             if initial.iter().any(|m| m.name == name) {
@@ -361,7 +504,9 @@ impl ServeArgs {
                 compact_after: self.snapshot_every,
                 peer_proxy: self.peer_proxy.clone(),
                 archive: self.archive_settings()?,
+                peer_tls,
             },
+            client_tls,
             listen: self.listen,
             peer_listen: self.peer_listen,
             log_format: self.log_format,
@@ -395,6 +540,7 @@ pub struct Running {
 /// resolves, after in-flight requests finish.
 pub async fn start(
     cfg: NodeConfig,
+    client_tls: Option<Arc<Material>>,
     listen: SocketAddr,
     peer_listen: SocketAddr,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -409,6 +555,7 @@ pub async fn start(
     let peer_addr = peer_listener.local_addr().unwrap_or(peer_listen);
     let metrics = Metrics::new();
     let data_dir = cfg.data_dir.clone();
+    let peer_tls = cfg.peer_tls.clone();
     let node = Node::start(cfg, metrics.clone()).map_err(|e| {
         CliError::Fatal(format!(
             "cannot start with data directory {}: {e}",
@@ -443,8 +590,8 @@ pub async fn start(
         }
         .in_current_span(),
     );
-    let client = serve_until(client_listener, app, shutdown.clone(), "client");
-    let peer = serve_until(peer_listener, peer_app, shutdown, "peer");
+    let client = serve_until(client_listener, client_tls, app, shutdown.clone(), "client")?;
+    let peer = serve_until(peer_listener, peer_tls, peer_app, shutdown, "peer")?;
     Ok(Running {
         node,
         client,
@@ -454,14 +601,37 @@ pub async fn start(
     })
 }
 
-/// Serves `app` on `listener` until `shutdown` turns true, letting requests
-/// in flight finish; `what` names the listener in the log.
+/// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` turns
+/// true, letting requests in flight finish; `what` names the listener in
+/// the log.
 fn serve_until(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<Material>>,
+    app: axum::Router,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    what: &'static str,
+) -> Result<tokio::task::JoinHandle<()>, CliError> {
+    let Some(tls) = tls else {
+        return Ok(serve_on(listener, app, shutdown, what));
+    };
+    let config = tls
+        .server_config()
+        .map_err(|e| CliError::Fatal(format!("{what} port TLS: {e}")))?;
+    let listener = crate::tls::listener::TlsListener::new(listener, config, what)
+        .map_err(|e| CliError::Fatal(format!("{what} port: {e}")))?;
+    Ok(serve_on(listener, app, shutdown, what))
+}
+
+fn serve_on<L>(
+    listener: L,
     app: axum::Router,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     what: &'static str,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     tokio::spawn(
         async move {
             let r = axum::serve(listener, app)
@@ -490,11 +660,21 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
     let name = v.node.name.clone();
-    let running = start(v.node, v.listen, v.peer_listen, rx).await?;
+    let scheme = if v.client_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let peer_scheme = if v.node.peer_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let running = start(v.node, v.client_tls, v.listen, v.peer_listen, rx).await?;
     tracing::info!(
         node = %name,
-        client = %running.client_addr,
-        peer = %running.peer_addr,
+        client = %format!("{scheme}://{}", running.client_addr),
+        peer = %format!("{peer_scheme}://{}", running.peer_addr),
         "phxkv serving"
     );
     super::wait_for_signal().await;

@@ -42,12 +42,14 @@ pub fn parse_initial_members(spec: &str) -> Result<Vec<BootstrapPeer>, String> {
 }
 
 /// The bootstrap list of a StatefulSet of `replicas` pods named
-/// `<set>-<ordinal>`, reachable as `<pod>.<service>` on `peer_port`. The set
-/// name is this pod's name without its ordinal.
+/// `<set>-<ordinal>`, reachable as `<pod>.<service>` on `peer_port` with
+/// `scheme` (`http` or `https`). The set name is this pod's name without
+/// its ordinal.
 pub fn dns_members(
     own_name: &str,
     service: &str,
     replicas: u32,
+    scheme: &str,
     peer_port: u16,
 ) -> Result<Vec<BootstrapPeer>, String> {
     let (set, ordinal) = own_name.rsplit_once('-').ok_or_else(|| {
@@ -60,7 +62,7 @@ pub fn dns_members(
         return Err("--replicas must be at least 1".into());
     }
     let spec: Vec<String> = (0..replicas)
-        .map(|i| format!("{set}-{i}=http://{set}-{i}.{service}:{peer_port}"))
+        .map(|i| format!("{set}-{i}={scheme}://{set}-{i}.{service}:{peer_port}"))
         .collect();
     parse_initial_members(&spec.join(","))
 }
@@ -117,13 +119,13 @@ mod tests {
 
     #[test]
     fn dns_discovery_names_every_pod_of_the_set() {
-        let m = dns_members("phxkv-1", "phxkv-peers", 3, 8081).expect("members");
+        let m = dns_members("phxkv-1", "phxkv-peers", 3, "http", 8081).expect("members");
         let addrs: Vec<&str> = m.iter().map(|x| x.peer_url.as_str()).collect();
         assert!(addrs.contains(&"http://phxkv-0.phxkv-peers:8081"));
         assert!(addrs.contains(&"http://phxkv-2.phxkv-peers:8081"));
         assert_eq!(m.len(), 3);
         assert_eq!(bootstrap::seed(&m), Some("phxkv-0"));
-        assert!(dns_members("laptop", "svc", 3, 8081).is_err());
-        assert!(dns_members("phxkv-x", "svc", 3, 8081).is_err());
+        assert!(dns_members("laptop", "svc", 3, "http", 8081).is_err());
+        assert!(dns_members("phxkv-x", "svc", 3, "http", 8081).is_err());
     }
 }

@@ -66,6 +66,10 @@ pub struct NodeConfig {
     pub peer_proxy: Option<String>,
     /// Continuous archiving to object storage; none means off.
     pub archive: Option<crate::archive::archiver::Settings>,
+    /// Mutual TLS with peers: the certificate this node presents when it
+    /// calls them and the CA their certificates must chain to. None: peers
+    /// are called over plain HTTP.
+    pub peer_tls: Option<Arc<crate::tls::Material>>,
 }
 
 /// Why a node cannot start.
@@ -174,9 +178,31 @@ pub enum Misaddressed {
     Service(ServiceError),
 }
 
+impl Node {
+    /// Refuses a peer URL that cannot work with this node's peer port: an
+    /// http:// peer when peers speak TLS, or the other way round.
+    fn check_peer_scheme(&self, url: &str) -> Result<(), ServiceError> {
+        let tls = self.inner.cfg.peer_tls.is_some();
+        let wanted = if tls { "https://" } else { "http://" };
+        if url.starts_with(wanted) {
+            return Ok(());
+        }
+        Err(ServiceError::Invalid(format!(
+            "peer_url {url:?} must start with {wanted}: this cluster's peers {}",
+            if tls {
+                "speak mutual TLS"
+            } else {
+                "speak plain HTTP"
+            }
+        )))
+    }
+}
+
 /// One readable line for a failed HTTP call, without the URL reqwest repeats.
 fn short_error(e: reqwest::Error) -> String {
-    if e.is_timeout() {
+    if let Some(reason) = crate::tls::failure_reason(&e) {
+        format!("TLS: {reason}")
+    } else if e.is_timeout() {
         "no answer in time".into()
     } else if e.is_connect() {
         "connection refused or unreachable".into()
@@ -304,6 +330,12 @@ impl Node {
             ),
             None => builder.no_proxy(),
         };
+        if let Some(tls) = &cfg.peer_tls {
+            let config = tls
+                .client_config()
+                .map_err(|e| StartError::State(format!("peer TLS: {e}")))?;
+            builder = builder.tls_backend_preconfigured(config);
+        }
         let client = builder
             .build()
             .map_err(|e| StartError::State(format!("cannot build the HTTP client: {e}")))?;
@@ -1630,6 +1662,7 @@ impl Service for Node {
                     ));
                 }
                 let peer_url = peer_url.trim_end_matches('/').to_string();
+                self.check_peer_scheme(&peer_url)?;
                 let id = self.incarnation_at(&name, &peer_url).await?;
                 ConfChange::AddLearner {
                     id,

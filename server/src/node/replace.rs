@@ -83,6 +83,7 @@ impl Node {
                 ))
             })?;
         let url = url.trim_end_matches('/').to_string();
+        self.check_peer_scheme(&url)?;
         let hello = self.asked(&name, &url).await?;
         let new_id = hello.incarnation.clone();
         let mut removed = None;

@@ -399,12 +399,8 @@ async fn stream_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &m
     let req = req.body(reqwest::Body::wrap_stream(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     ));
-    let mut answer = tokio::spawn(async move {
-        req.send()
-            .await
-            .map(|r| r.status())
-            .map_err(|e| e.to_string())
-    });
+    let mut answer =
+        tokio::spawn(async move { req.send().await.map(|r| r.status()).map_err(call_error) });
     let opened = std::time::Instant::now();
     let ended = |answer: Result<Result<reqwest::StatusCode, String>, tokio::task::JoinError>| {
         answer.unwrap_or_else(|e| Err(e.to_string()))
@@ -496,8 +492,20 @@ async fn post_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &mut
             .send()
             .await;
         inner.metrics.inc_peer_messages("sent", batch.len() as u64);
-        let status = res.map(|r| r.status()).map_err(|e| e.to_string());
+        let status = res.map(|r| r.status()).map_err(call_error);
         outcome(inner, peer, &url, status, false, link).await;
+    }
+}
+
+/// How a failed call's reason starts when TLS is why it failed.
+const TLS_FAILURE: &str = "TLS: ";
+
+/// A failed call's reason, with the TLS error named when there is one
+/// (reqwest's own text only says the request could not be sent).
+fn call_error(e: reqwest::Error) -> String {
+    match crate::tls::failure_reason(&e) {
+        Some(reason) => format!("{TLS_FAILURE}{reason}"),
+        None => e.to_string(),
     }
 }
 
@@ -566,7 +574,13 @@ async fn outcome(
         Err(e) => {
             link.failures = if healthy { 1 } else { link.failures + 1 };
             if !quiet(link.failures) {
-                tracing::debug!(peer = %url, error = %e, "peer unreachable");
+                if e.starts_with(TLS_FAILURE) {
+                    // Not a peer that is down: a certificate or CA problem
+                    // that lasts until someone fixes it.
+                    tracing::warn!(peer = %url, error = %e, "peer refused or failed TLS");
+                } else {
+                    tracing::debug!(peer = %url, error = %e, "peer unreachable");
+                }
             }
             link.backoff().await;
         }

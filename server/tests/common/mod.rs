@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -31,6 +33,8 @@ pub struct Cluster {
     pub extra_args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub http: reqwest::Client,
+    /// Certificates for both ports; none serves plain HTTP.
+    pub tls: Option<pki::TlsFiles>,
 }
 
 /// A port nobody listens on now and that this test binary has not handed
@@ -59,7 +63,7 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra environment for every process.
     pub async fn start_with_env(n: usize, extra_args: &[&str], env: &[(&str, &str)]) -> Cluster {
-        let mut c = Self::prepare(n, extra_args, env);
+        let mut c = Self::prepare(n, extra_args, env, None);
         for i in 0..n {
             c.spawn(i);
         }
@@ -69,10 +73,41 @@ impl Cluster {
 
     /// A cluster of `n` nodes none of which runs yet ([`Cluster::spawn`]).
     pub fn start_later(n: usize, extra_args: &[&str]) -> Cluster {
-        Self::prepare(n, extra_args, &[])
+        Self::prepare(n, extra_args, &[], None)
     }
 
-    fn prepare(n: usize, extra_args: &[&str], env: &[(&str, &str)]) -> Cluster {
+    /// Starts `n` nodes serving both ports over TLS with `files` (one
+    /// certificate for every node, valid for 127.0.0.1), reached by `http`.
+    pub async fn start_tls(
+        n: usize,
+        extra_args: &[&str],
+        files: pki::TlsFiles,
+        http: reqwest::Client,
+    ) -> Cluster {
+        let mut c = Self::prepare(n, extra_args, &[], Some(files));
+        c.http = http;
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.wait_for_master(Duration::from_secs(20)).await;
+        c
+    }
+
+    /// Like [`Cluster::start_later`], with TLS on both ports.
+    pub fn start_later_tls(n: usize, extra_args: &[&str], files: pki::TlsFiles) -> Cluster {
+        Self::prepare(n, extra_args, &[], Some(files))
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    fn prepare(
+        n: usize,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        tls: Option<pki::TlsFiles>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("token"), TOKEN).expect("token file");
         let mut procs = Vec::new();
@@ -87,9 +122,10 @@ impl Cluster {
                 child: None,
             });
         }
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let members = procs
             .iter()
-            .map(|p| format!("{}=http://127.0.0.1:{}", p.name, p.peer_port))
+            .map(|p| format!("{}={scheme}://127.0.0.1:{}", p.name, p.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         Cluster {
@@ -105,15 +141,20 @@ impl Cluster {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("client"),
+            tls,
         }
     }
 
     pub fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.procs[i].client_port)
+        format!(
+            "{}://127.0.0.1:{}",
+            self.scheme(),
+            self.procs[i].client_port
+        )
     }
 
     pub fn peer_url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.procs[i].peer_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.procs[i].peer_port)
     }
 
     /// The command line that starts node `i` (bootstrap members, token, a
@@ -131,6 +172,14 @@ impl Cluster {
             .arg("--cluster-token-file")
             .arg(self.dir.path().join("token"))
             .args(&self.extra_args);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--tls-cert")
+                .arg(&tls.cert)
+                .arg("--tls-key")
+                .arg(&tls.key)
+                .arg("--tls-ca")
+                .arg(&tls.ca);
+        }
         if !self.extra_args.iter().any(|a| a == "--lease") {
             cmd.args(["--lease", "1s"]);
         }
@@ -301,6 +350,7 @@ pub fn run_phxkv(args: &[&str], env: &[(&str, String)]) -> (i32, String, String)
         .args(args)
         .env_remove("PHXKV_CLUSTER_TOKEN_FILE")
         .env_remove("PHXKV_ENDPOINTS")
+        .env_remove("PHXKV_CACERT")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .output()

@@ -62,8 +62,40 @@ impl Client {
         }
         // No overall request timeout on the client itself: a watch stream
         // lasts as long as the user wants. Ordinary requests set one each.
-        let http = reqwest::Client::builder()
-            .connect_timeout(args.timeout)
+        let mut builder = reqwest::Client::builder().connect_timeout(args.timeout);
+        if let Some(path) = &args.cacert {
+            let pem = std::fs::read(path)
+                .map_err(|e| CliError::Usage(format!("--cacert {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "--cacert {}: holds no PEM certificate",
+                        path.display()
+                    ))
+                })?;
+            builder = builder.tls_certs_only(certs);
+        }
+        if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+            let read = |flag: &str, p: &std::path::Path| {
+                std::fs::read(p)
+                    .map_err(|e| CliError::Usage(format!("--{flag} {}: {e}", p.display())))
+            };
+            let mut pem = read("cert", cert)?;
+            pem.push(b'\n');
+            pem.extend(read("key", key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                CliError::Usage(format!(
+                    "--cert {} with --key {}: not a PEM certificate and key ({})",
+                    cert.display(),
+                    key.display(),
+                    describe(&e, args.timeout)
+                ))
+            })?;
+            builder = builder.identity(identity);
+        }
+        let http = builder
             .build()
             .map_err(|e| CliError::Fatal(format!("cannot set up HTTP: {e}")))?;
         Ok(Client {
@@ -174,7 +206,18 @@ pub fn describe(e: &reqwest::Error, timeout: Duration) -> String {
 }
 
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    // rustls' reasons are exact but say nothing of what to do.
+    if line.contains("invalid peer certificate") || line.contains("UnknownIssuer") {
+        format!(
+            "{line} (the server's certificate is not signed by a CA this command trusts: \
+             give the cluster's CA with --cacert)"
+        )
+    } else if line.contains("CertificateRequired") || line.contains("certificate required") {
+        format!("{line} (the server requires a client certificate: give --cert and --key)")
+    } else {
+        line
+    }
 }
 
 #[derive(Deserialize)]
@@ -294,6 +337,9 @@ mod tests {
         ConnectArgs {
             endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
             timeout: Duration::from_secs(1),
+            cacert: None,
+            cert: None,
+            key: None,
         }
     }
 

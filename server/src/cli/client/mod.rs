@@ -17,6 +17,7 @@ pub mod txn;
 pub mod watch;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -53,6 +54,30 @@ pub struct ConnectArgs {
         global = true
     )]
     pub timeout: Duration,
+    /// CA certificate(s) (PEM) to trust for https:// endpoints, instead of
+    /// the system's: the cluster's own CA (in Kubernetes, `ca.crt` of the
+    /// cluster's TLS Secret).
+    #[arg(long, env = "PHXKV_CACERT", value_name = "PATH", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate (PEM) to present, for clusters that require
+    /// one (`phxkv serve --client-cert-auth`); with --key.
+    #[arg(
+        long,
+        env = "PHXKV_CERT",
+        value_name = "PATH",
+        global = true,
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(
+        long,
+        env = "PHXKV_KEY",
+        value_name = "PATH",
+        global = true,
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
 }
 
 /// How a read or status command prints its answer.

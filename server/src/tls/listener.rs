@@ -1,0 +1,182 @@
+//! A TLS listener for `axum::serve`.
+//!
+//! axum asks its listener for one connection at a time, so handshakes are
+//! not done in `accept`: a task accepts TCP connections and runs each
+//! handshake in a task of its own (at most [`MAX_HANDSHAKES`] at once, each
+//! within [`HANDSHAKE_TIMEOUT`]), and finished connections wait in a
+//! bounded queue for axum to take them. A slow or hostile client therefore
+//! delays nobody else, and nothing grows without bound.
+//!
+//! A client that speaks plain HTTP to a TLS port (`http://` instead of
+//! `https://`) would otherwise see its request swallowed by a handshake
+//! that never completes. The first byte of every TLS connection is 0x16
+//! (a handshake record); anything else gets a plain-HTTP 400 whose JSON
+//! body says to use https, and the connection is closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// Handshakes in progress at once, per listener.
+pub const MAX_HANDSHAKES: usize = 256;
+/// How long a client has to finish its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections handshaken and waiting for the server to take them.
+const READY_QUEUE: usize = 64;
+
+/// The first byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Accepts TLS connections on a bound TCP listener.
+#[derive(Debug)]
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    /// Starts accepting on `tcp` with `config`; `port` names the listener
+    /// in the log ("client" or "peer").
+    pub fn new(
+        tcp: TcpListener,
+        config: Arc<ServerConfig>,
+        port: &'static str,
+    ) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (tx, ready) = mpsc::channel(READY_QUEUE);
+        let accepting = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx, port));
+        Ok(TlsListener {
+            ready,
+            local,
+            accepting,
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The accepting task ended (it only does when dropped): no more
+            // connections will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+async fn accept_loop(
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    port: &'static str,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let (stream, addr) = match tcp.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                tracing::warn!(port, error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (acceptor, ready) = (acceptor.clone(), ready.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = stream.set_nodelay(true);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, &acceptor)).await {
+                Ok(Ok(tls)) => {
+                    let _ = ready.send((tls, addr)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(port, %addr, error = %e, "TLS connection refused"),
+                Err(_) => tracing::debug!(port, %addr, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Why a connection did not become a TLS session.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("spoke plain HTTP to a TLS port")]
+    PlainHttp,
+    #[error("not a TLS client")]
+    NotTls,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn handshake(
+    mut stream: TcpStream,
+    acceptor: &TlsAcceptor,
+) -> Result<TlsStream<TcpStream>, Refused> {
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await? == 0 {
+        return Err(Refused::NotTls);
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        if first[0].is_ascii_uppercase() {
+            // An HTTP method: answer in HTTP so curl and browsers show why.
+            let _ = stream.write_all(plain_http_refusal().as_bytes()).await;
+            let _ = stream.shutdown().await;
+            return Err(Refused::PlainHttp);
+        }
+        return Err(Refused::NotTls);
+    }
+    Ok(acceptor.accept(stream).await?)
+}
+
+const REFUSAL_BODY: &str = r#"{"error":{"code":"tls_required","message":"this port speaks TLS: call it with https://, not http://"}}"#;
+
+fn plain_http_refusal() -> String {
+    format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n{REFUSAL_BODY}",
+        REFUSAL_BODY.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_http_refusal;
+
+    #[test]
+    fn the_plain_http_refusal_is_a_complete_json_error_response() {
+        let text = plain_http_refusal();
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+        assert!(head.starts_with("HTTP/1.1 400 "));
+        let declared: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|n| n.parse().ok())
+            .expect("a Content-Length");
+        assert_eq!(declared, body.len());
+        let json: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(json["error"]["code"], "tls_required");
+    }
+}

@@ -1,0 +1,530 @@
+//! TLS for the client port, the peer port, and the calls peers make to each
+//! other.
+//!
+//! Certificates come from PEM files (`--tls-cert`, `--tls-key`, `--tls-ca`
+//! and their `--peer-tls-*` counterparts). In Kubernetes those files are a
+//! mounted Secret that cert-manager or the operator replaces before the
+//! certificate expires, so they are never read once and kept: a
+//! [`Material`] remembers what it loaded together with a stamp of the files
+//! (device, inode, length, modification time, symlinks followed, which is
+//! how a Secret volume swaps its contents), and every TLS handshake, in
+//! either direction, first checks the stamp and reloads when it changed. A
+//! new certificate is therefore served by the next connection, with no
+//! restart and no dropped request (connections already open keep the
+//! certificate they started with). A reload that fails (a half-written
+//! file, a key that does not match the certificate) keeps the previous
+//! material and logs why, and the next handshake tries again.
+//!
+//! Everything else in rustls is used as it comes: [`ServerConfig`] and
+//! [`ClientConfig`] are built once, with resolvers and verifiers here that
+//! consult the current material on each handshake.
+//!
+//! - The client port serves the certificate and, with `--client-cert-auth`,
+//!   refuses clients without a certificate signed by the CA.
+//! - The peer port always requires one (mutual TLS): a peer that presents
+//!   no certificate, or one signed by another CA, is refused during the
+//!   handshake, before any handler runs.
+//! - Outgoing peer calls present this node's certificate and check the
+//!   other side's against the CA and against the host name of its peer URL.
+//!
+//! [`listener`] accepts TLS connections for axum and answers a plain-HTTP
+//! request on a TLS port with a clear error instead of a stalled handshake.
+
+pub mod listener;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+
+/// Why certificates could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl TlsError {
+    fn file(path: &Path, reason: impl std::fmt::Display) -> Self {
+        TlsError::File {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The cryptography every TLS connection of this process uses.
+///
+/// Named explicitly: more than one provider is compiled in (the object
+/// store client brings its own), and rustls refuses to guess between them.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The TLS error inside a failed call (a certificate the other side did
+/// not accept, or one that we did not), if TLS is why it failed.
+pub fn failure_reason(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        // io::Error's `source` skips the error it wraps (often another
+        // io::Error around rustls' error): look inside it instead.
+        current = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => match io.get_ref() {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => None,
+            },
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// Where one certificate, its key and the CA that signs its peers are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// The certificate chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that sign the certificates accepted from the
+    /// other side; none means the other side is not asked for one.
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsPaths {
+    fn files(&self) -> impl Iterator<Item = &Path> {
+        [
+            Some(self.cert.as_path()),
+            Some(self.key.as_path()),
+            self.ca.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// What identifies a version of the files: changes when any is replaced.
+type Stamp = Vec<(u64, u64, u64, Option<SystemTime>)>;
+
+fn stamp(paths: &TlsPaths) -> std::io::Result<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    paths
+        .files()
+        .map(|p| {
+            let m = std::fs::metadata(p)?;
+            Ok((m.dev(), m.ino(), m.len(), m.modified().ok()))
+        })
+        .collect()
+}
+
+/// One loaded version of the files.
+#[derive(Debug)]
+struct Loaded {
+    stamp: Stamp,
+    key: Arc<CertifiedKey>,
+    /// Checks certificates presented by servers we call (peers).
+    server_verifier: Option<Arc<WebPkiServerVerifier>>,
+    /// Checks certificates presented by clients that call us.
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+fn load(paths: &TlsPaths, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsError> {
+    // The stamp is taken first: a file replaced while it is read gives a
+    // stamp that no longer matches, so the next handshake reads it again.
+    let stamp = stamp(paths).map_err(|e| {
+        let missing = paths
+            .files()
+            .find(|p| std::fs::metadata(p).is_err())
+            .unwrap_or(&paths.cert);
+        TlsError::file(missing, e)
+    })?;
+    let chain = read_certs(&paths.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&paths.key)
+        .map_err(|e| TlsError::file(&paths.key, format!("no private key in PEM form ({e})")))?;
+    let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        TlsError::file(
+            &paths.key,
+            format!("does not go with {}: {e}", paths.cert.display()),
+        )
+    })?;
+    let (server_verifier, client_verifier) = match &paths.ca {
+        None => (None, None),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_certs(ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError::file(ca, format!("not a usable CA certificate: {e}")))?;
+            }
+            let roots = Arc::new(roots);
+            let server =
+                WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::file(ca, e))?;
+            let client = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| TlsError::file(ca, e))?;
+            (Some(server), Some(client))
+        }
+    };
+    Ok(Loaded {
+        stamp,
+        key: Arc::new(key),
+        server_verifier,
+        client_verifier,
+    })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::file(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::file(path, format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError::file(path, "holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+/// A certificate, its key and a CA, reloaded from their files when they
+/// change. Shared by the listeners and the peer client of one node.
+#[derive(Debug)]
+pub struct Material {
+    paths: TlsPaths,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<Loaded>>,
+    /// What the port this material serves demands of clients.
+    client_auth: ClientAuth,
+}
+
+/// Whether a port asks clients for a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Clients are not asked for a certificate.
+    Off,
+    /// Clients must present one signed by the CA, or the handshake fails.
+    Required,
+}
+
+impl Material {
+    /// Loads the files now; an error names the file and what is wrong.
+    pub fn load(paths: TlsPaths, client_auth: ClientAuth) -> Result<Arc<Self>, TlsError> {
+        if client_auth == ClientAuth::Required && paths.ca.is_none() {
+            return Err(TlsError::Config(
+                "client certificates are required but no CA is given to check them".into(),
+            ));
+        }
+        let provider = provider();
+        let loaded = load(&paths, &provider)?;
+        Ok(Arc::new(Material {
+            paths,
+            provider,
+            current: RwLock::new(Arc::new(loaded)),
+            client_auth,
+        }))
+    }
+
+    pub fn paths(&self) -> &TlsPaths {
+        &self.paths
+    }
+
+    /// The material to use for a handshake starting now: reloaded first if
+    /// any file changed since it was read.
+    fn current(&self) -> Arc<Loaded> {
+        let held = match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        match stamp(&self.paths) {
+            Ok(now) if now == held.stamp => held,
+            // A file missing for a moment (mid-swap) keeps what we have.
+            Err(_) => held,
+            Ok(_) => match load(&self.paths, &self.provider) {
+                Ok(fresh) => {
+                    let fresh = Arc::new(fresh);
+                    tracing::info!(cert = %self.paths.cert.display(), "TLS certificates reloaded");
+                    let mut g = match self.current.write() {
+                        Ok(g) => g,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    *g = fresh.clone();
+                    fresh
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "TLS files changed but cannot be loaded; still using the previous ones"
+                    );
+                    held
+                }
+            },
+        }
+    }
+
+    /// The configuration of a listening port.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        let builder = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut config = match self.client_auth {
+            ClientAuth::Off => builder
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(Current(self.clone()))),
+            ClientAuth::Required => builder
+                .with_client_cert_verifier(Arc::new(Current(self.clone())))
+                .with_cert_resolver(Arc::new(Current(self.clone()))),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // No resumption: every connection shows a certificate checked
+        // against the CA of the moment, and connections are long-lived, so
+        // the full handshake costs little.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(Arc::new(config))
+    }
+
+    /// The configuration for calling peers: verify them against the CA and
+    /// their URL's host name, present our own certificate.
+    pub fn client_config(self: &Arc<Self>) -> Result<ClientConfig, TlsError> {
+        if self.paths.ca.is_none() {
+            return Err(TlsError::Config(
+                "calling peers over TLS needs the CA that signs their certificates".into(),
+            ));
+        }
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Current(self.clone())))
+            .with_client_cert_resolver(Arc::new(Current(self.clone())));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+/// rustls' hooks, answered from the current material.
+#[derive(Debug)]
+struct Current(Arc<Material>);
+
+impl ResolvesServerCert for Current {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current().key.clone())
+    }
+}
+
+impl ResolvesClientCert for Current {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current().key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Signature checks do not depend on which CA is current, only on the
+/// algorithms the provider supports.
+fn algorithms(m: &Material) -> &rustls::crypto::WebPkiSupportedAlgorithms {
+    &m.provider.signature_verification_algorithms
+}
+
+impl ServerCertVerifier for Current {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match &self.0.current().server_verifier {
+            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
+            None => Err(rustls::Error::General(
+                "no CA to check peers against".into(),
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms(&self.0))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms(&self.0))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        algorithms(&self.0).supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for Current {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The hints would have to borrow from material that a reload may
+        // replace; they are optional, and clients here have one certificate.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match &self.0.current().client_verifier {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
+            None => Err(rustls::Error::General(
+                "no CA to check clients against".into(),
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms(&self.0))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms(&self.0))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        algorithms(&self.0).supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+        KeyPair,
+    };
+
+    use super::*;
+
+    /// A CA and a certificate it signs for `names`, written into `dir`.
+    fn files(dir: &Path, names: &[&str]) -> TlsPaths {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut leaf = CertificateParams::new(names).expect("params");
+        leaf.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().expect("key");
+        let cert = leaf.signed_by(&key, &ca).expect("leaf");
+        let paths = TlsPaths {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            ca: Some(dir.join("ca.crt")),
+        };
+        std::fs::write(&paths.cert, cert.pem()).expect("write");
+        std::fs::write(&paths.key, key.serialize_pem()).expect("write");
+        std::fs::write(paths.ca.as_ref().expect("ca"), ca.pem()).expect("write");
+        paths
+    }
+
+    #[tokio::test]
+    async fn a_peer_called_by_a_name_its_certificate_lacks_fails_with_that_reason() {
+        let dir = tempfile::tempdir().expect("dir");
+        let material =
+            Material::load(files(dir.path(), &["localhost"]), ClientAuth::Required).expect("load");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        let listener = listener::TlsListener::new(
+            tcp,
+            material.server_config().expect("server config"),
+            "peer",
+        )
+        .expect("listener");
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(material.client_config().expect("client config"))
+            .build()
+            .expect("client");
+
+        let ok = client
+            .get(format!("https://localhost:{port}/"))
+            .send()
+            .await
+            .expect("mutual TLS with the name the certificate has");
+        assert_eq!(ok.status(), 200);
+
+        let err = client
+            .get(format!("https://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect_err("the certificate does not name 127.0.0.1");
+        let mut chain = vec![err.to_string()];
+        let mut source = std::error::Error::source(&err);
+        while let Some(s) = source {
+            chain.push(format!("{s:?}"));
+            source = s.source();
+        }
+        let reason = failure_reason(&err).unwrap_or_else(|| panic!("no TLS reason in {chain:#?}"));
+        assert!(reason.contains("not valid for"), "{reason}");
+    }
+
+    #[test]
+    fn a_key_that_does_not_go_with_the_certificate_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("dir");
+        let paths = files(dir.path(), &["localhost"]);
+        std::fs::write(
+            &paths.key,
+            KeyPair::generate().expect("key").serialize_pem(),
+        )
+        .expect("write");
+        let e = Material::load(paths, ClientAuth::Off).expect_err("mismatched pair");
+        assert!(e.to_string().contains("tls.key"), "{e}");
+        assert!(e.to_string().contains("does not go with"), "{e}");
+    }
+}

@@ -1,0 +1,103 @@
+//! Test certificates: certificate authorities and the certificates they
+//! sign, as PEM files for `phxkv serve --tls-*` and clients.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+
+/// A certificate authority.
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A certificate and its key, in PEM.
+#[derive(Clone)]
+pub struct Leaf {
+    pub cert: String,
+    pub key: String,
+}
+
+/// The files of one TLS identity.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("CA key");
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+        }
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A certificate for `names` (host names or IP addresses), good for
+    /// both ends of a connection, as peers need.
+    pub fn issue(&self, common_name: &str, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("leaf params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// Writes `leaf` and this CA into `dir` as `<stem>.crt`, `<stem>.key`
+    /// and `<stem>-ca.crt`.
+    pub fn write(&self, dir: &Path, stem: &str, leaf: &Leaf) -> TlsFiles {
+        let files = TlsFiles {
+            cert: dir.join(format!("{stem}.crt")),
+            key: dir.join(format!("{stem}.key")),
+            ca: dir.join(format!("{stem}-ca.crt")),
+        };
+        std::fs::write(&files.cert, &leaf.cert).expect("write cert");
+        std::fs::write(&files.key, &leaf.key).expect("write key");
+        std::fs::write(&files.ca, self.cert_pem()).expect("write CA");
+        files
+    }
+}
+
+/// Replaces `path` by `contents` the way a Secret volume or cert-manager
+/// does: write a new file, rename it over the old one.
+pub fn replace(path: &Path, contents: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, contents).expect("write new file");
+    std::fs::rename(&tmp, path).expect("rename into place");
+}
+
+/// An HTTP client that trusts `ca` and, if given, presents `leaf`.
+pub fn client(ca: &Ca, leaf: Option<&Leaf>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).expect("CA")])
+        .tls_info(true);
+    if let Some(leaf) = leaf {
+        let pem = format!("{}\n{}", leaf.cert, leaf.key);
+        b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
+    }
+    b.build().expect("client")
+}
