@@ -172,18 +172,21 @@ render full \
     --set cluster.backup.destination.endpointURL=http://minio.storage:9000,cluster.backup.schedule="0 3 * * *" \
     --set cluster.backup.retention.keep=7,cluster.backup.retention.maxAge=30d \
     --set image.tag=0.1.1,imagePullSecrets[0].name=regcred
-validate "$work/full.yaml" --expect PaxosKV=1 --expect NetworkPolicy=1 --expect ServiceMonitor=2 \
+validate "$work/full.yaml" --expect PaxosKV=1 --expect NetworkPolicy=0 --expect ServiceMonitor=2 \
     --expect PrometheusRule=1 --expect ConfigMap=1 || die "render with every option does not validate"
 grep -q -- '--default-image=ghcr.io/phxkv/phxkv:0.1.1' "$work/full.yaml" || die "image.tag does not reach --default-image"
 grep -q '^  hibernation: true' "$work/full.yaml" || die "cluster.hibernation does not reach the PaxosKV"
 grep -q '^    replaceAfter: "30m"' "$work/full.yaml" || die "cluster.selfHealing does not reach the PaxosKV"
-"$python" - "$work/full.yaml" <<'PY' || die "cluster.backup does not reach the PaxosKV"
+"$python" - "$work/full.yaml" <<'PY' || die "cluster.backup or networkPolicy does not reach the PaxosKV"
 import sys, yaml
 pkv = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "PaxosKV")
 b = pkv["spec"]["backup"]
 assert b["destination"] == {"url": "s3://backups/prod", "credentialsSecret": {"name": "s3"},
                             "endpointURL": "http://minio.storage:9000"}, b
 assert b["schedule"] == "0 3 * * *" and b["retention"] == {"keep": 7, "maxAge": "30d"}, b
+np = pkv["spec"]["networkPolicy"]
+assert np == {"enabled": True, "clientFrom": [
+    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}]}, np
 PY
 grep -q '^  backup:' "$work/default.yaml" && die "cluster.backup is off by default"
 check "networkPolicy + serviceMonitor + prometheusRule + grafanaDashboard + every cluster option render validates"

@@ -146,6 +146,13 @@ pub const RULES: &[Rule] = &[
     ),
     rule(
         Scope::Watched,
+        "networking.k8s.io",
+        "networkpolicies",
+        &["get", "create", "patch", "delete"],
+        "controller: check the owner, apply the NetworkPolicy; delete it when turned off",
+    ),
+    rule(
+        Scope::Watched,
         "",
         "configmaps",
         &["get", "create", "patch"],

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -283,6 +284,11 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     apply_owned(client, pkv, &names.peers, &render::peer_service(pkv)).await?;
     apply_owned(client, pkv, &name, &render::client_service(pkv)).await?;
     apply_owned(client, pkv, &name, &render::disruption_budget(pkv)).await?;
+    if pkv.spec.network_policy.enabled {
+        apply_owned(client, pkv, &name, &render::network_policy(pkv)).await?;
+    } else {
+        delete_owned::<NetworkPolicy>(client, pkv, &name).await?;
+    }
 
     // The token is made once; an existing Secret is never overwritten.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -1339,6 +1345,27 @@ where
         ensure_owned(pkv, &existing, name)?;
     }
     apply(client, &ns, name, obj).await
+}
+
+/// Deletes `name` if it exists and is this cluster's; one made by hand is
+/// left alone.
+async fn delete_owned<K>(client: &kube::Client, pkv: &PaxosKV, name: &str) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let ns = pkv.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    match api.get_opt(name).await? {
+        Some(existing) if ensure_owned(pkv, &existing, name).is_ok() => {
+            api.delete(name, &Default::default()).await?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Server-side apply of one object the operator owns.

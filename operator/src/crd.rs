@@ -122,6 +122,10 @@ pub struct PaxosKVSpec {
     #[serde(default)]
     pub self_healing: SelfHealingSpec,
 
+    /// Who may reach the replicas' ports.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+
     /// Stops every pod and keeps the volumes, the Secrets and the
     /// membership: the cluster costs nothing but its storage. Setting it
     /// back to false brings the same cluster back, with all its data, on
@@ -303,6 +307,35 @@ impl Default for SelfHealingSpec {
             enabled: true,
             replace_after: default_replace_after(),
             max_lag: default_max_lag(),
+        }
+    }
+}
+
+/// A NetworkPolicy for the cluster's pods (ingress only). The peer port
+/// admits the cluster's own pods and nothing else: nobody else has any
+/// business there. The client port admits anyone, or, with `clientFrom`,
+/// only those peers and the operator (which drives membership changes
+/// through it).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Creates the NetworkPolicy (the default). Turned off, the operator
+    /// deletes the one it made.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// networking.k8s.io/v1 NetworkPolicyPeer objects allowed to reach the
+    /// client port; empty: anyone. Prometheus scrapes /metrics there: list
+    /// it when you restrict the port. Pods labelled
+    /// `app.kubernetes.io/name: phxkv-operator` are always allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_from: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        NetworkPolicySpec {
+            enabled: true,
+            client_from: Vec::new(),
         }
     }
 }

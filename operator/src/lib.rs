@@ -61,7 +61,7 @@ pub fn render_all(
     if pkv.metadata.uid.is_none() {
         pkv.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
     }
-    let docs = [
+    let mut docs = vec![
         serde_norway::to_string(&render::statefulset(
             &pkv,
             defaults,
@@ -77,6 +77,9 @@ pub fn render_all(
         ))?,
         serde_norway::to_string(&render::token_secret(&pkv, "rendered-offline-placeholder"))?,
     ];
+    if pkv.spec.network_policy.enabled {
+        docs.push(serde_norway::to_string(&render::network_policy(&pkv))?);
+    }
     Ok(docs.iter().map(|d| format!("---\n{d}")).collect())
 }
 

@@ -30,6 +30,10 @@ use k8s_openapi::api::core::v1::{
     SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec as K8sServiceSpec, Volume,
     VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec as K8sNetworkPolicySpec,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -706,6 +710,66 @@ pub fn disruption_budget(pkv: &PaxosKV) -> PodDisruptionBudget {
     }
 }
 
+/// Labels of the operator's pods, let through a restricted client port.
+pub const OPERATOR_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "phxkv-operator");
+
+/// The cluster's NetworkPolicy (see [`crate::crd::NetworkPolicySpec`]).
+/// Pod ports, not Service ports: policies apply at the pod.
+pub fn network_policy(pkv: &PaxosKV) -> NetworkPolicy {
+    let name = pkv.name_any();
+    let pods = || LabelSelector {
+        match_labels: Some(selector_labels(&name)),
+        match_expressions: None,
+    };
+    let tcp = |port: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        end_port: None,
+    };
+    let spec = &pkv.spec.network_policy;
+    let client_from = if spec.client_from.is_empty() {
+        None
+    } else {
+        let operator = NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector::default()),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    OPERATOR_POD_LABEL.0.to_string(),
+                    OPERATOR_POD_LABEL.1.to_string(),
+                )])),
+                match_expressions: None,
+            }),
+            ip_block: None,
+        };
+        Some(
+            std::iter::once(operator)
+                .chain(spec.client_from.iter().cloned())
+                .collect(),
+        )
+    };
+    NetworkPolicy {
+        metadata: meta(pkv, name.clone()),
+        spec: Some(K8sNetworkPolicySpec {
+            pod_selector: Some(pods()),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![tcp(PEER_PORT)]),
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(pods()),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                },
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![tcp(CLIENT_PORT)]),
+                    from: client_from,
+                },
+            ]),
+            egress: None,
+        }),
+    }
+}
+
 /// The replicas' ServiceAccount: they never call the Kubernetes API, so it
 /// has no roles and no mounted token.
 pub fn service_account(pkv: &PaxosKV) -> ServiceAccount {
@@ -912,6 +976,54 @@ mod tests {
         assert!(
             !env.contains_key("PHXKV_LEASE"),
             "server default unless set"
+        );
+    }
+
+    #[test]
+    fn the_network_policy_closes_the_peer_port_to_all_but_the_clusters_pods() {
+        let open = network_policy(&sample(PaxosKVSpec::default()));
+        let spec = open.spec.as_ref().expect("spec");
+        let own = Some(LabelSelector {
+            match_labels: Some(selector_labels("kv")),
+            match_expressions: None,
+        });
+        assert_eq!(spec.pod_selector, own);
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+        let rules = spec.ingress.as_ref().expect("rules");
+        let port_of =
+            |r: &NetworkPolicyIngressRule| r.ports.as_ref().expect("ports")[0].port.clone();
+        assert_eq!(port_of(&rules[0]), Some(IntOrString::Int(PEER_PORT)));
+        let from = rules[0].from.as_ref().expect("peers");
+        assert_eq!(from.len(), 1);
+        assert_eq!(from[0].pod_selector, own);
+        assert!(from[0].namespace_selector.is_none(), "this namespace only");
+        assert_eq!(port_of(&rules[1]), Some(IntOrString::Int(CLIENT_PORT)));
+        assert!(
+            rules[1].from.is_none(),
+            "the client port is open by default"
+        );
+
+        let restricted: PaxosKVSpec = serde_json::from_value(serde_json::json!({
+            "networkPolicy": {"clientFrom": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}
+            ]}
+        }))
+        .expect("spec");
+        let np = network_policy(&sample(restricted));
+        let rules = np
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress.clone())
+            .expect("rules");
+        let from = rules[1].from.as_ref().expect("restricted");
+        assert_eq!(from.len(), 2, "the operator, then the listed peers");
+        let operator = from[0]
+            .pod_selector
+            .as_ref()
+            .and_then(|p| p.match_labels.clone());
+        assert_eq!(
+            operator.and_then(|l| l.get(OPERATOR_POD_LABEL.0).cloned()),
+            Some(OPERATOR_POD_LABEL.1.to_string())
         );
     }
 

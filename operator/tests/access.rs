@@ -177,6 +177,32 @@ async fn the_access_table_lists_exactly_the_calls_the_operator_makes() {
             .expect("reported");
     }
 
+    // A cluster whose NetworkPolicy was turned off: the operator's goes.
+    let open = paxoskv(
+        "open",
+        json!({"replicas": 3, "networkPolicy": {"enabled": false}}),
+    );
+    api.put(
+        &format!("{PKVS}/open"),
+        serde_json::to_value(&open).expect("pkv"),
+    );
+    let policy = "/apis/networking.k8s.io/v1/namespaces/db/networkpolicies/open";
+    api.put(
+        policy,
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+               "metadata": {"name": "open", "namespace": "db", "ownerReferences": [
+                   {"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKV", "name": "open",
+                    "uid": "uid-open", "controller": true}]},
+               "spec": {"podSelector": {}}}),
+    );
+    let _ = controller::reconcile(Arc::new(open), ctx.clone()).await;
+    assert!(
+        api.log()
+            .iter()
+            .any(|s| s.method == "DELETE" && s.path.starts_with(policy)),
+        "the NetworkPolicy of a cluster that turned it off was not deleted"
+    );
+
     // A cluster whose pods run an older template: one pod is replaced.
     let up = paxoskv("up", json!({"replicas": 3}));
     api.put(

@@ -319,6 +319,16 @@ async fn expect_static_objects(h: &mut ApiHandle) {
     expect_owned(h, path, "policy/v1", "PodDisruptionBudget").await;
     let pdb = expect(h, "PATCH", path, echo).await;
     assert!(pdb["spec"]["maxUnavailable"].is_number());
+    let path = "/apis/networking.k8s.io/v1/namespaces/db/networkpolicies/kv";
+    expect_owned(h, path, "networking.k8s.io/v1", "NetworkPolicy").await;
+    let np = expect(h, "PATCH", path, echo).await;
+    // The peer port admits the cluster's own pods only.
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 8081);
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
+        np["spec"]["podSelector"]["matchLabels"]
+    );
+    assert!(np["spec"]["ingress"][1]["from"].is_null());
 }
 
 async fn expect_existing_token_and_bootstrap(h: &mut ApiHandle, bootstrap: i32) {

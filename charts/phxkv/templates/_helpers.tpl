@@ -90,9 +90,3 @@ ServiceMonitor selects the release's client Service with them.
 app.kubernetes.io/name: phxkv
 app.kubernetes.io/instance: {{ include "phxkv.clusterName" . }}
 {{- end }}
-
-{{/* The pods of the release's cluster, for the NetworkPolicy. */}}
-{{- define "phxkv.clusterPodLabels" -}}
-{{ include "phxkv.clusterSelectorLabels" . }}
-app.kubernetes.io/component: server
-{{- end }}
