@@ -14,9 +14,9 @@ Subcommands:
       exists.
 
   scrape --bin PHXKV --out FILE
-      Starts `phxkv dev` with one replica on free loopback ports, writes,
-      reads, and saves what its /metrics serves: the names the real exporter
-      uses, for `queries`.
+      Starts `phxkv dev --secure` with one replica on free loopback ports,
+      writes, reads, and saves what its /metrics serves: the names the real
+      exporter uses, for `queries` (TLS on, so its series are there too).
 
   queries RENDER --namespace NS --exposition FILE --operator-source FILE
           --node-modules DIR
@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import re
+import ssl
 import socket
 import subprocess
 import sys
@@ -164,10 +165,11 @@ def free_port_pair() -> int:
     raise Failed("no free pair of loopback ports")
 
 
-def http(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+def http(method: str, url: str, body: bytes | None = None, cafile: str | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=body, method=method)
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=5, context=context) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -175,10 +177,13 @@ def http(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
 
 def cmd_scrape(args: argparse.Namespace) -> None:
     port = free_port_pair()
-    base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as log:
+    # --secure, so that the TLS series (certificate expiry) are served too.
+    base = f"https://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory() as data:
+        cafile = os.path.join(data, "tls", "ca.crt")
         proc = subprocess.Popen(
-            [args.bin, "dev", "--ephemeral", "--nodes", "1", "--port", str(port), "--log-format", "json"],
+            [args.bin, "dev", "--data-dir", data, "--secure", "--nodes", "1", "--port", str(port),
+             "--log-format", "json"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         try:
@@ -188,7 +193,7 @@ def cmd_scrape(args: argparse.Namespace) -> None:
                     log.seek(0)
                     raise Failed(f"phxkv dev exited with {proc.returncode}: {log.read().decode(errors='replace')[-2000:]}")
                 try:
-                    if http("GET", f"{base}/readyz")[0] == 200:
+                    if os.path.exists(cafile) and http("GET", f"{base}/readyz", cafile=cafile)[0] == 200:
                         break
                 except OSError:
                     pass
@@ -197,10 +202,10 @@ def cmd_scrape(args: argparse.Namespace) -> None:
                 time.sleep(0.2)
             # A write and reads, so the per-route request series exist.
             for method, body in (("PUT", b"v"), ("GET", None), ("DELETE", None)):
-                status, text = http(method, f"{base}/v1/kv/observability-check", body)
+                status, text = http(method, f"{base}/v1/kv/observability-check", body, cafile=cafile)
                 if status != 200:
                     raise Failed(f"{method} /v1/kv/observability-check: {status} {text[:200]!r}")
-            status, exposition = http("GET", f"{base}/metrics")
+            status, exposition = http("GET", f"{base}/metrics", cafile=cafile)
             if status != 200:
                 raise Failed(f"GET /metrics: {status}")
         finally:

@@ -226,3 +226,89 @@ async fn the_command_line_trusts_the_cluster_ca_with_cacert_and_says_so_without_
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--cacert"), "{err}");
 }
+
+#[tokio::test]
+async fn each_port_reports_when_its_certificate_expires() {
+    let (c, _ca, _leaf, _dir) = secured(1).await;
+    let text = c.metrics_text(0).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    for port in ["client", "peer"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("phxkv_tls_certificate_expiry_timestamp_seconds{")
+                    && l.contains(&format!("port=\"{port}\""))
+            })
+            .unwrap_or_else(|| panic!("no expiry for the {port} port in\n{text}"));
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a number");
+        assert!(value > now, "{line}");
+    }
+}
+
+#[tokio::test]
+async fn dev_secure_serves_https_with_a_ca_it_keeps_in_the_data_directory() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = loop {
+        let p = common::free_port();
+        if p < 65_000 && std::net::TcpListener::bind(("127.0.0.1", p + 100)).is_ok() {
+            break p;
+        }
+    };
+    let mut dev = std::process::Command::new(env!("CARGO_BIN_EXE_phxkv"))
+        .args([
+            "dev",
+            "--secure",
+            "--nodes",
+            "1",
+            "--port",
+            &port.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("phxkv dev");
+    let ca = dir.path().join("tls").join("ca.crt");
+    let url = format!("https://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(pem) = std::fs::read(&ca) {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("CA")])
+                .build()
+                .expect("client");
+            if let Ok(r) = client
+                .put(format!("{url}/v1/kv/secure"))
+                .body("yes")
+                .send()
+                .await
+                && r.status() != 503
+            {
+                break r.status();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dev --secure never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = dev.kill();
+    let out = dev.wait_with_output().expect("output");
+    assert_eq!(status, 200);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(&format!("--cacert {}", ca.display())),
+        "{printed}"
+    );
+    assert!(printed.contains(&url), "{printed}");
+}

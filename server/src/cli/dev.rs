@@ -39,6 +39,11 @@ pub struct DevArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serve HTTPS on the client ports and mutual TLS between replicas,
+    /// with a private CA made on the first run and kept under
+    /// DATA_DIR/tls (clients trust it with `--cacert DATA_DIR/tls/ca.crt`).
+    #[arg(long, default_value_t = false)]
+    pub secure: bool,
 }
 
 /// A secret for a dev cluster, from the OS's randomness.
@@ -81,6 +86,21 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             t
         }
     };
+    let (client_tls, peer_tls) = if args.secure {
+        let paths = crate::tls::dev_ca::ensure(&root.join("tls"))
+            .map_err(|e| CliError::Fatal(e.to_string()))?;
+        let load = |auth| {
+            crate::tls::Material::load(paths.clone(), auth)
+                .map_err(|e| CliError::Fatal(e.to_string()))
+        };
+        (
+            Some(load(crate::tls::ClientAuth::Off)?),
+            Some(load(crate::tls::ClientAuth::Required)?),
+        )
+    } else {
+        (None, None)
+    };
+    let scheme = if args.secure { "https" } else { "http" };
     let mut members = Vec::new();
     let mut ports = Vec::new();
     for i in 0..args.nodes {
@@ -88,7 +108,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         let (client, peer) = (args.port + i, args.port + 100 + i);
         members.push(BootstrapPeer {
             name: name.clone(),
-            peer_url: format!("http://127.0.0.1:{peer}"),
+            peer_url: format!("{scheme}://127.0.0.1:{peer}"),
         });
         ports.push((name, client, peer));
     }
@@ -113,21 +133,21 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             read_timeout: Duration::from_secs(5),
             compact_after: 10_000,
             peer_proxy: None,
-            peer_tls: None,
+            peer_tls: peer_tls.clone(),
             archive: None,
         };
         let listen = ([127, 0, 0, 1], *client).into();
         let peer_listen = ([127, 0, 0, 1], *peer).into();
         let span = telemetry::replica_span(name);
         running.push(
-            serve::start(cfg, None, listen, peer_listen, rx.clone())
+            serve::start(cfg, client_tls.clone(), listen, peer_listen, rx.clone())
                 .instrument(span)
                 .await?,
         );
     }
     let endpoints: Vec<String> = ports
         .iter()
-        .map(|(_, c, _)| format!("http://127.0.0.1:{c}"))
+        .map(|(_, c, _)| format!("{scheme}://127.0.0.1:{c}"))
         .collect();
     println!(
         "phxkv dev: {} replica{}, data in {}{}",
@@ -141,17 +161,34 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         }
     );
     for (name, client, peer) in &ports {
-        println!("  {name}  client http://127.0.0.1:{client}  peer http://127.0.0.1:{peer}");
+        println!(
+            "  {name}  client {scheme}://127.0.0.1:{client}  peer {scheme}://127.0.0.1:{peer}"
+        );
     }
     let first = &endpoints[0];
+    let curl = match &client_tls {
+        Some(tls) => {
+            let ca = tls.paths().ca.clone().unwrap_or_default();
+            println!();
+            println!(
+                "TLS: certificates signed by the CA in {}; replicas speak mutual TLS",
+                ca.display()
+            );
+            format!("curl --cacert {}", ca.display())
+        }
+        None => "curl".to_string(),
+    };
     println!();
     println!("Try:");
-    println!("  curl -X PUT --data-binary 'hello' {first}/v1/kv/greeting");
-    println!("  curl {first}/v1/kv/greeting");
-    println!("  curl {first}/v1/cluster");
+    println!("  {curl} -X PUT --data-binary 'hello' {first}/v1/kv/greeting");
+    println!("  {curl} {first}/v1/kv/greeting");
+    println!("  {curl} {first}/v1/cluster");
     println!("  web console: {first}/ui");
     println!("  API docs: {first}/docs");
     println!("  export PHXKV_ENDPOINTS={}", endpoints.join(","));
+    if let Some(ca) = client_tls.as_ref().and_then(|t| t.paths().ca.clone()) {
+        println!("  export PHXKV_CACERT={}", ca.display());
+    }
     println!();
     println!("Ctrl-C stops the cluster.");
     let nodes: Vec<Node> = running.iter().map(|r| r.node.clone()).collect();

@@ -590,6 +590,11 @@ pub async fn start(
         }
         .in_current_span(),
     );
+    for (port, tls) in [("client", &client_tls), ("peer", &peer_tls)] {
+        if let Some(tls) = tls {
+            watch_certificate(port, tls.clone(), metrics.clone(), shutdown.clone());
+        }
+    }
     let client = serve_until(client_listener, client_tls, app, shutdown.clone(), "client")?;
     let peer = serve_until(peer_listener, peer_tls, peer_app, shutdown, "peer")?;
     Ok(Running {
@@ -599,6 +604,32 @@ pub async fn start(
         client_addr,
         peer_addr,
     })
+}
+
+/// How often certificate files are looked at besides at each handshake.
+const CERTIFICATE_CHECK: Duration = Duration::from_secs(30);
+
+/// Keeps `port`'s expiry metric current and looks at its files every
+/// [`CERTIFICATE_CHECK`]: peer connections last for hours, so without this
+/// a renewed certificate would wait for the next handshake to be read.
+fn watch_certificate(
+    port: &'static str,
+    tls: Arc<Material>,
+    metrics: Metrics,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    tls.observe_expiry(move |t| metrics.set_tls_expiry(port, t));
+    tokio::spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(CERTIFICATE_CHECK) => tls.refresh(),
+                    _ = shutdown.wait_for(|v| *v) => return,
+                }
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 /// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` turns

@@ -79,6 +79,11 @@ struct EncodingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -115,6 +120,7 @@ struct Inner {
     diverged: Gauge,
     archive_lag_entries: Gauge,
     archive_lag_seconds: Gauge,
+    tls_expiry: Family<PortLabels, Gauge>,
 }
 
 /// A node's metrics, all named `phxkv_*`.
@@ -158,6 +164,7 @@ impl Metrics {
             diverged: Gauge::default(),
             archive_lag_entries: Gauge::default(),
             archive_lag_seconds: Gauge::default(),
+            tls_expiry: Family::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         let r = &mut inner.registry;
@@ -273,6 +280,12 @@ impl Metrics {
             "archive_lag_entries",
             "On the master with archiving on: applied log entries not yet shipped to the archive",
             inner.archive_lag_entries.clone(),
+        );
+        r.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate this node serves on a port (client, peer) expires, in Unix \
+             seconds; absent without TLS",
+            inner.tls_expiry.clone(),
         );
         r.register(
             "archive_lag_seconds",
@@ -429,6 +442,16 @@ impl Metrics {
         self.0
             .archive_lag_seconds
             .set(i64::try_from(seconds).unwrap_or(i64::MAX));
+    }
+
+    /// Records when the certificate served on `port` expires (Unix seconds).
+    pub fn set_tls_expiry(&self, port: &str, not_after: i64) {
+        self.0
+            .tls_expiry
+            .get_or_create(&PortLabels {
+                port: port.to_owned(),
+            })
+            .set(not_after);
     }
 
     /// Counts peer messages meant for another incarnation of their receiver.

@@ -30,6 +30,7 @@
 //! [`listener`] accepts TLS connections for axum and answers a plain-HTTP
 //! request on a TLS port with a clear error instead of a stalled handshake.
 
+pub mod dev_ca;
 pub mod listener;
 
 use std::path::{Path, PathBuf};
@@ -138,6 +139,8 @@ fn stamp(paths: &TlsPaths) -> std::io::Result<Stamp> {
 #[derive(Debug)]
 struct Loaded {
     stamp: Stamp,
+    /// When the leaf certificate expires (Unix seconds).
+    not_after: i64,
     key: Arc<CertifiedKey>,
     /// Checks certificates presented by servers we call (peers).
     server_verifier: Option<Arc<WebPkiServerVerifier>>,
@@ -156,6 +159,12 @@ fn load(paths: &TlsPaths, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsE
         TlsError::file(missing, e)
     })?;
     let chain = read_certs(&paths.cert)?;
+    let not_after = x509_parser::parse_x509_certificate(&chain[0])
+        .map_err(|e| TlsError::file(&paths.cert, format!("not an X.509 certificate: {e}")))?
+        .1
+        .validity()
+        .not_after
+        .timestamp();
     let key = PrivateKeyDer::from_pem_file(&paths.key)
         .map_err(|e| TlsError::file(&paths.key, format!("no private key in PEM form ({e})")))?;
     let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
@@ -186,6 +195,7 @@ fn load(paths: &TlsPaths, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsE
     };
     Ok(Loaded {
         stamp,
+        not_after,
         key: Arc::new(key),
         server_verifier,
         client_verifier,
@@ -205,13 +215,25 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 /// A certificate, its key and a CA, reloaded from their files when they
 /// change. Shared by the listeners and the peer client of one node.
-#[derive(Debug)]
 pub struct Material {
     paths: TlsPaths,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<Loaded>>,
     /// What the port this material serves demands of clients.
     client_auth: ClientAuth,
+    /// Told the leaf's expiry (Unix seconds) at every load.
+    observer: std::sync::Mutex<Option<ExpiryObserver>>,
+}
+
+type ExpiryObserver = Box<dyn Fn(i64) + Send + Sync>;
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material")
+            .field("paths", &self.paths)
+            .field("client_auth", &self.client_auth)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whether a port asks clients for a certificate.
@@ -238,11 +260,34 @@ impl Material {
             provider,
             current: RwLock::new(Arc::new(loaded)),
             client_auth,
+            observer: std::sync::Mutex::new(None),
         }))
     }
 
     pub fn paths(&self) -> &TlsPaths {
         &self.paths
+    }
+
+    /// Calls `f` with the certificate's expiry (Unix seconds) now and after
+    /// every reload (for the expiry metric).
+    pub fn observe_expiry(&self, f: impl Fn(i64) + Send + Sync + 'static) {
+        f(self.current().not_after);
+        if let Ok(mut o) = self.observer.lock() {
+            *o = Some(Box::new(f));
+        }
+    }
+
+    /// Reloads the files if they changed. Handshakes do this themselves;
+    /// this is for a port whose connections are long-lived (the peer
+    /// port), so that what is on disk, and the expiry metric, are not
+    /// ignored until the next connection.
+    pub fn refresh(&self) {
+        let _ = self.current();
+    }
+
+    /// When the certificate in use expires (Unix seconds).
+    pub fn not_after(&self) -> i64 {
+        self.current().not_after
     }
 
     /// The material to use for a handshake starting now: reloaded first if
@@ -265,6 +310,12 @@ impl Material {
                         Err(poisoned) => poisoned.into_inner(),
                     };
                     *g = fresh.clone();
+                    drop(g);
+                    if let Ok(o) = self.observer.lock()
+                        && let Some(f) = o.as_ref()
+                    {
+                        f(fresh.not_after);
+                    }
                     fresh
                 }
                 Err(e) => {

@@ -1,0 +1,93 @@
+//! Certificates for `phxkv dev --secure`: a private CA made on the spot and
+//! one certificate it signs for every replica (they all listen on
+//! loopback), kept in the dev data directory so a restarted dev cluster,
+//! and the clients told to trust its CA, keep working.
+
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+
+use super::{TlsError, TlsPaths};
+
+/// The files under `dir`, made first if any is missing: `ca.crt`,
+/// `node.crt` (for 127.0.0.1, ::1 and localhost) and `node.key`.
+pub fn ensure(dir: &Path) -> Result<TlsPaths, TlsError> {
+    let paths = TlsPaths {
+        cert: dir.join("node.crt"),
+        key: dir.join("node.key"),
+        ca: Some(dir.join("ca.crt")),
+    };
+    if paths.files().all(Path::exists) {
+        return Ok(paths);
+    }
+    let failed = |e: rcgen::Error| TlsError::Config(format!("cannot make certificates: {e}"));
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.distinguished_name
+        .push(DnType::CommonName, "phxkv dev CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca =
+        CertifiedIssuer::self_signed(ca, KeyPair::generate().map_err(failed)?).map_err(failed)?;
+    let names = ["127.0.0.1", "::1", "localhost"].map(String::from).to_vec();
+    let mut leaf = CertificateParams::new(names).map_err(failed)?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "phxkv dev replica");
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().map_err(failed)?;
+    let cert = leaf.signed_by(&key, &ca).map_err(failed)?;
+    std::fs::create_dir_all(dir).map_err(|e| TlsError::file(dir, e))?;
+    write(&paths.key, &key.serialize_pem(), 0o600)?;
+    write(&paths.cert, &cert.pem(), 0o644)?;
+    if let Some(ca_path) = &paths.ca {
+        write(ca_path, &ca.pem(), 0o644)?;
+    }
+    Ok(paths)
+}
+
+fn write(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .map_err(|e| TlsError::file(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{ClientAuth, Material};
+
+    #[test]
+    fn dev_certificates_are_made_once_and_load_for_both_ports() {
+        let dir = tempfile::tempdir().expect("dir");
+        let tls = dir.path().join("tls");
+        let paths = ensure(&tls).expect("made");
+        let first = std::fs::read(&paths.cert).expect("cert");
+        Material::load(paths.clone(), ClientAuth::Required).expect("peer port");
+        Material::load(paths.clone(), ClientAuth::Off).expect("client port");
+        let again = ensure(&tls).expect("kept");
+        assert_eq!(again, paths);
+        assert_eq!(
+            std::fs::read(&again.cert).expect("cert"),
+            first,
+            "not remade"
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&paths.key)
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the key is readable by its owner only");
+    }
+}
