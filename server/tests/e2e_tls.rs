@@ -312,3 +312,36 @@ async fn dev_secure_serves_https_with_a_ca_it_keeps_in_the_data_directory() {
     );
     assert!(printed.contains(&url), "{printed}");
 }
+
+#[tokio::test]
+async fn with_client_cert_auth_the_client_port_wants_a_certificate_of_the_ca() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, leaf, files) = pki_in(dir.path(), &["127.0.0.1"]);
+    let user = ca.issue("app", &["app.example"]);
+    let c = Cluster::start_tls(
+        1,
+        &["--client-cert-auth"],
+        files,
+        pki::client(&ca, Some(&leaf)),
+    )
+    .await;
+    let url = format!("{}/v1/kv/mtls", c.url(0));
+
+    let anonymous = pki::client(&ca, None).put(&url).body("x").send().await;
+    assert!(anonymous.is_err(), "no certificate: {anonymous:?}");
+    let stranger = Ca::new("another CA").issue("stranger", &["127.0.0.1"]);
+    let foreign = pki::client(&ca, Some(&stranger))
+        .put(&url)
+        .body("x")
+        .send()
+        .await;
+    assert!(foreign.is_err(), "another CA's certificate: {foreign:?}");
+
+    let r = pki::client(&ca, Some(&user))
+        .put(&url)
+        .body("x")
+        .send()
+        .await
+        .expect("a certificate of the cluster's CA");
+    assert_eq!(r.status(), 200);
+}
