@@ -1325,6 +1325,25 @@ where
     })
 }
 
+/// A namespaced Kubernetes object the operator reads and applies.
+trait Namespaced:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+{
+}
+
+impl<K> Namespaced for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+{
+}
+
 /// [`apply`], after checking that an existing object of that name is ours.
 async fn apply_owned<K>(
     client: &kube::Client,
@@ -1333,11 +1352,7 @@ async fn apply_owned<K>(
     obj: &K,
 ) -> Result<K, Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
+    K: Namespaced,
 {
     let ns = pkv.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
@@ -1351,11 +1366,7 @@ where
 /// left alone.
 async fn delete_owned<K>(client: &kube::Client, pkv: &PaxosKV, name: &str) -> Result<(), Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
+    K: Namespaced,
 {
     let ns = pkv.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
@@ -1371,11 +1382,7 @@ where
 /// Server-side apply of one object the operator owns.
 async fn apply<K>(client: &kube::Client, ns: &str, name: &str, obj: &K) -> Result<K, Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
+    K: Namespaced,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     Ok(api
