@@ -345,3 +345,34 @@ async fn with_client_cert_auth_the_client_port_wants_a_certificate_of_the_ca() {
         .expect("a certificate of the cluster's CA");
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn a_silent_connection_to_a_tls_port_is_closed_within_seconds() {
+    use tokio::io::AsyncReadExt as _;
+    let (c, _ca, _leaf, _dir) = secured(1).await;
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", c.procs[0].peer_port))
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(8), idle.read(&mut buf))
+        .await
+        .expect("closed by the node, not left open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[tokio::test]
+async fn a_member_with_an_http_peer_url_is_refused_when_peers_speak_tls() {
+    let (c, _ca, _leaf, _dir) = secured(1).await;
+    let r = c
+        .http
+        .post(format!("{}/v1/cluster/members", c.url(0)))
+        .bearer_auth(common::TOKEN)
+        .json(&serde_json::json!({"name": "n9", "peer_url": "http://127.0.0.1:1"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.expect("JSON");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("https://"), "{body}");
+}

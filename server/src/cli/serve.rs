@@ -202,7 +202,8 @@ pub struct ServeArgs {
 
     /// The CA (PEM) that signs every peer's certificate, when it is not
     /// --tls-ca. A peer without a certificate it signed is refused during
-    /// the handshake.
+    /// the handshake. Give one with --client-cert-auth: otherwise every
+    /// client certificate also passes the peer port's handshake.
     #[arg(long, env = "PHXKV_PEER_TLS_CA", value_name = "PATH")]
     pub peer_tls_ca: Option<PathBuf>,
 
@@ -687,6 +688,13 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         tracing::warn!(
             "--peer-encoding compact (PHXKV_PEER_ENCODING) is ignored: this version's peers \
              speak JSON only, which measured as fast once messages travel on streams"
+        );
+    }
+    if args.client_cert_auth && args.peer_tls_ca.is_none() {
+        tracing::warn!(
+            "--client-cert-auth without --peer-tls-ca: the CA of client certificates also \
+             admits callers to the peer port's handshake (they still need the cluster token); \
+             give peers a CA of their own with --peer-tls-ca"
         );
     }
     let (tx, rx) = tokio::sync::watch::channel(false);

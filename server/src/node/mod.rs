@@ -334,7 +334,9 @@ impl Node {
             let config = tls
                 .client_config()
                 .map_err(|e| StartError::State(format!("peer TLS: {e}")))?;
-            builder = builder.tls_backend_preconfigured(config);
+            // Never plain HTTP to a peer once peers speak TLS, whatever URL
+            // a configuration names.
+            builder = builder.tls_backend_preconfigured(config).https_only(true);
         }
         let client = builder
             .build()

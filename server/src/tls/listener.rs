@@ -2,10 +2,17 @@
 //!
 //! axum asks its listener for one connection at a time, so handshakes are
 //! not done in `accept`: a task accepts TCP connections and runs each
-//! handshake in a task of its own (at most [`MAX_HANDSHAKES`] at once, each
-//! within [`HANDSHAKE_TIMEOUT`]), and finished connections wait in a
+//! handshake in a task of its own, and finished connections wait in a
 //! bounded queue for axum to take them. A slow or hostile client therefore
-//! delays nobody else, and nothing grows without bound.
+//! delays nobody else, and nothing grows without bound: at most
+//! [`MAX_HANDSHAKES`] handshakes run at once (a connection beyond that is
+//! closed at once rather than queued, so the accept loop never stalls), a
+//! client has [`FIRST_BYTE_TIMEOUT`] to start its handshake and
+//! [`HANDSHAKE_TIMEOUT`] to finish it, and a slot is given back as soon as
+//! the handshake ends. Idle connections opened to fill the slots are
+//! dropped within seconds; limiting connections per source address is left
+//! to the network (the NetworkPolicy closes the peer port to all but the
+//! cluster's pods).
 //!
 //! A client that speaks plain HTTP to a TLS port (`http://` instead of
 //! `https://`) would otherwise see its request swallowed by a handshake
@@ -25,7 +32,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 /// Handshakes in progress at once, per listener.
-pub const MAX_HANDSHAKES: usize = 256;
+pub const MAX_HANDSHAKES: usize = 1024;
+/// How long a new connection may stay silent before its first byte.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a client has to finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections handshaken and waiting for the server to take them.
@@ -102,14 +111,18 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Every slot is taken: closing this one keeps the loop free to
+            // accept the next, which may be a peer.
+            tracing::debug!(port, %addr, "too many TLS handshakes in progress; connection closed");
+            continue;
         };
         let (acceptor, ready) = (acceptor.clone(), ready.clone());
         tokio::spawn(async move {
-            let _slot = slot;
             let _ = stream.set_nodelay(true);
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, &acceptor)).await {
+            let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, &acceptor)).await;
+            drop(slot);
+            match done {
                 Ok(Ok(tls)) => {
                     let _ = ready.send((tls, addr)).await;
                 }
@@ -127,6 +140,8 @@ enum Refused {
     PlainHttp,
     #[error("not a TLS client")]
     NotTls,
+    #[error("sent nothing")]
+    Silent,
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -136,7 +151,10 @@ async fn handshake(
     acceptor: &TlsAcceptor,
 ) -> Result<TlsStream<TcpStream>, Refused> {
     let mut first = [0u8; 1];
-    if stream.peek(&mut first).await? == 0 {
+    let peeked = tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first))
+        .await
+        .map_err(|_| Refused::Silent)??;
+    if peeked == 0 {
         return Err(Refused::NotTls);
     }
     if first[0] != TLS_HANDSHAKE_RECORD {

@@ -165,6 +165,15 @@ fn load(paths: &TlsPaths, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsE
         .validity()
         .not_after
         .timestamp();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if not_after <= now {
+        tracing::warn!(
+            cert = %paths.cert.display(),
+            "this certificate has expired: clients and peers will refuse it"
+        );
+    }
     let key = PrivateKeyDer::from_pem_file(&paths.key)
         .map_err(|e| TlsError::file(&paths.key, format!("no private key in PEM form ({e})")))?;
     let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
@@ -223,6 +232,11 @@ pub struct Material {
     client_auth: ClientAuth,
     /// Told the leaf's expiry (Unix seconds) at every load.
     observer: std::sync::Mutex<Option<ExpiryObserver>>,
+    /// The stamp of files that failed to load: not tried again (by every
+    /// handshake, which anyone can start) until they change once more.
+    /// Held while loading, so that one caller loads and the others go on
+    /// with what is held.
+    failed: std::sync::Mutex<Option<Stamp>>,
 }
 
 type ExpiryObserver = Box<dyn Fn(i64) + Send + Sync>;
@@ -261,6 +275,7 @@ impl Material {
             current: RwLock::new(Arc::new(loaded)),
             client_auth,
             observer: std::sync::Mutex::new(None),
+            failed: std::sync::Mutex::new(None),
         }))
     }
 
@@ -297,35 +312,45 @@ impl Material {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        match stamp(&self.paths) {
-            Ok(now) if now == held.stamp => held,
-            // A file missing for a moment (mid-swap) keeps what we have.
-            Err(_) => held,
-            Ok(_) => match load(&self.paths, &self.provider) {
-                Ok(fresh) => {
-                    let fresh = Arc::new(fresh);
-                    tracing::info!(cert = %self.paths.cert.display(), "TLS certificates reloaded");
-                    let mut g = match self.current.write() {
-                        Ok(g) => g,
-                        Err(poisoned) => poisoned.into_inner(),
-                    };
-                    *g = fresh.clone();
-                    drop(g);
-                    if let Ok(o) = self.observer.lock()
-                        && let Some(f) = o.as_ref()
-                    {
-                        f(fresh.not_after);
-                    }
-                    fresh
+        let now = match stamp(&self.paths) {
+            Ok(now) if now != held.stamp => now,
+            // Unchanged, or a file missing for a moment (mid-swap): keep
+            // what we have.
+            _ => return held,
+        };
+        // Another handshake is loading them right now: go on with these.
+        let Ok(mut failed) = self.failed.try_lock() else {
+            return held;
+        };
+        if failed.as_ref() == Some(&now) {
+            return held;
+        }
+        match load(&self.paths, &self.provider) {
+            Ok(fresh) => {
+                *failed = None;
+                let fresh = Arc::new(fresh);
+                tracing::info!(cert = %self.paths.cert.display(), "TLS certificates reloaded");
+                let mut g = match self.current.write() {
+                    Ok(g) => g,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                *g = fresh.clone();
+                drop(g);
+                if let Ok(o) = self.observer.lock()
+                    && let Some(f) = o.as_ref()
+                {
+                    f(fresh.not_after);
                 }
-                Err(e) => {
-                    tracing::warn!(
-                        error = %e,
-                        "TLS files changed but cannot be loaded; still using the previous ones"
-                    );
-                    held
-                }
-            },
+                fresh
+            }
+            Err(e) => {
+                *failed = Some(now);
+                tracing::warn!(
+                    error = %e,
+                    "TLS files changed but cannot be loaded; still using the previous ones"
+                );
+                held
+            }
         }
     }
 
