@@ -358,6 +358,9 @@ spec:
 EOF
 k wait --for=condition=Available pkv/demo --timeout="${timeout}s" >&2
 wait_for_size demo 3
+peer_rule=$(k get networkpolicy demo -o jsonpath='{.spec.ingress[0].ports[0].port} {.spec.ingress[0].from[0].podSelector.matchLabels.app\.kubernetes\.io/instance}')
+[[ $peer_rule == "8081 demo" ]] ||
+    die "NetworkPolicy demo does not close the peer port to demo's pods (got '$peer_rule')"
 forward svc/demo 8080
 retry put "$forward_port" before-scaling kept >/dev/null || die "PUT before-scaling on demo"
 
@@ -698,7 +701,7 @@ owner=$(k get service demo-peers -o jsonpath='{.metadata.ownerReferences[*].name
 k delete pkv demo-peers --wait=true --timeout=120s >&2
 left_behind() {
     local objects
-    objects=$(k get serviceaccounts,services,poddisruptionbudgets,secrets,configmaps,statefulsets \
+    objects=$(k get serviceaccounts,services,poddisruptionbudgets,networkpolicies,secrets,configmaps,statefulsets \
         -l "app.kubernetes.io/instance=$1" -o name | xargs)
     echo "left: ${objects:-nothing}"
     [[ -z $objects ]]
