@@ -77,6 +77,19 @@ impl Client {
                 })?;
             builder = builder.tls_certs_only(certs);
         }
+        match (&args.cert, &args.key) {
+            (Some(_), None) => {
+                return Err(CliError::Usage(
+                    "--cert needs --key (its private key)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(CliError::Usage(
+                    "--key needs --cert (its certificate)".into(),
+                ));
+            }
+            _ => {}
+        }
         if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
             let read = |flag: &str, p: &std::path::Path| {
                 std::fs::read(p)
@@ -341,6 +354,16 @@ mod tests {
             cert: None,
             key: None,
         }
+    }
+
+    #[test]
+    fn a_client_certificate_without_its_key_is_a_usage_error() {
+        let mut a = args(&["https://127.0.0.1:1"]);
+        a.cert = Some("client.crt".into());
+        assert!(matches!(Client::new(&a), Err(CliError::Usage(m)) if m.contains("--key")));
+        let mut a = args(&["https://127.0.0.1:1"]);
+        a.key = Some("client.key".into());
+        assert!(matches!(Client::new(&a), Err(CliError::Usage(m)) if m.contains("--cert")));
     }
 
     #[test]
