@@ -100,7 +100,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     } else {
         (None, None)
     };
-    let scheme = if args.secure { "https" } else { "http" };
+    let scheme = crate::tls::scheme(args.secure);
     let mut members = Vec::new();
     let mut ports = Vec::new();
     for i in 0..args.nodes {

@@ -369,26 +369,10 @@ impl ServeArgs {
         let (client_tls, peer_tls) = self.tls_settings()?;
         let bootstrap = if let Some(spec) = &self.initial_members {
             let m = cluster::parse_initial_members(spec).map_err(|e| bad("initial-members", e))?;
-            let scheme = if peer_tls.is_some() {
-                "https://"
-            } else {
-                "http://"
-            };
-            if let Some(other) = m.iter().find(|x| !x.peer_url.starts_with(scheme)) {
-                return Err(bad(
-                    "initial-members",
-                    format!(
-                        "member {:?} has peer URL {:?}, but {}",
-                        other.name,
-                        other.peer_url,
-                        if peer_tls.is_some() {
-                            "the peer port speaks TLS: peer URLs must be https://"
-                        } else {
-                            "the peer port has no TLS (--tls-cert or --peer-tls-cert): \
-                             peer URLs must be http://"
-                        }
-                    ),
-                ));
+            for member in &m {
+                cluster::check_peer_scheme(&member.peer_url, peer_tls.is_some()).map_err(|e| {
+                    bad("initial-members", format!("member {:?}: {e}", member.name))
+                })?;
             }
             if !m.iter().any(|x| x.name == name) {
                 return Err(bad(
@@ -408,7 +392,7 @@ impl ServeArgs {
                 return Err(bad("discovery", "the service name is empty".into()));
             }
             let replicas = self.replicas.unwrap_or(0);
-            let scheme = if peer_tls.is_some() { "https" } else { "http" };
+            let scheme = crate::tls::scheme(peer_tls.is_some());
             let initial =
                 cluster::dns_members(&name, service, replicas, scheme, self.peer_listen.port())
                     .map_err(|e| bad("discovery", e))?;
@@ -699,16 +683,8 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
     let name = v.node.name.clone();
-    let scheme = if v.client_tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let peer_scheme = if v.node.peer_tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = crate::tls::scheme(v.client_tls.is_some());
+    let peer_scheme = crate::tls::scheme(v.node.peer_tls.is_some());
     let running = start(v.node, v.client_tls, v.listen, v.peer_listen, rx).await?;
     tracing::info!(
         node = %name,

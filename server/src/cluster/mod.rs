@@ -41,6 +41,26 @@ pub fn parse_initial_members(spec: &str) -> Result<Vec<BootstrapPeer>, String> {
     Ok(peers)
 }
 
+/// Refuses a peer URL whose scheme is not the one peer ports speak: https
+/// when peers speak TLS (`tls`), http otherwise.
+pub fn check_peer_scheme(url: &str, tls: bool) -> Result<(), String> {
+    let wanted = crate::tls::scheme(tls);
+    if url
+        .strip_prefix(wanted)
+        .is_some_and(|rest| rest.starts_with("://"))
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "{url:?} must start with {wanted}://: peers speak {}",
+        if tls {
+            "mutual TLS"
+        } else {
+            "plain HTTP (no --tls-cert or --peer-tls-cert)"
+        }
+    ))
+}
+
 /// The bootstrap list of a StatefulSet of `replicas` pods named
 /// `<set>-<ordinal>`, reachable as `<pod>.<service>` on `peer_port` with
 /// `scheme` (`http` or `https`). The set name is this pod's name without

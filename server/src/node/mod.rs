@@ -182,26 +182,15 @@ impl Node {
     /// Refuses a peer URL that cannot work with this node's peer port: an
     /// http:// peer when peers speak TLS, or the other way round.
     fn check_peer_scheme(&self, url: &str) -> Result<(), ServiceError> {
-        let tls = self.inner.cfg.peer_tls.is_some();
-        let wanted = if tls { "https://" } else { "http://" };
-        if url.starts_with(wanted) {
-            return Ok(());
-        }
-        Err(ServiceError::Invalid(format!(
-            "peer_url {url:?} must start with {wanted}: this cluster's peers {}",
-            if tls {
-                "speak mutual TLS"
-            } else {
-                "speak plain HTTP"
-            }
-        )))
+        crate::cluster::check_peer_scheme(url, self.inner.cfg.peer_tls.is_some())
+            .map_err(|e| ServiceError::Invalid(format!("peer_url {e}")))
     }
 }
 
 /// One readable line for a failed HTTP call, without the URL reqwest repeats.
 fn short_error(e: reqwest::Error) -> String {
     if let Some(reason) = crate::tls::failure_reason(&e) {
-        format!("TLS: {reason}")
+        format!("{}{reason}", transport::TLS_FAILURE)
     } else if e.is_timeout() {
         "no answer in time".into()
     } else if e.is_connect() {

@@ -498,7 +498,7 @@ async fn post_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &mut
 }
 
 /// How a failed call's reason starts when TLS is why it failed.
-const TLS_FAILURE: &str = "TLS: ";
+pub(super) const TLS_FAILURE: &str = "TLS: ";
 
 /// A failed call's reason, with the TLS error named when there is one
 /// (reqwest's own text only says the request could not be sent).

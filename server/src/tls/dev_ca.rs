@@ -12,17 +12,32 @@ use rcgen::{
 
 use super::{TlsError, TlsPaths};
 
+/// The names of the dev replicas' certificate: every one listens on
+/// loopback.
+const DEV_NAMES: [&str; 3] = ["127.0.0.1", "::1", "localhost"];
+
 /// The files under `dir`, made first if any is missing: `ca.crt`,
 /// `node.crt` (for 127.0.0.1, ::1 and localhost) and `node.key`.
 pub fn ensure(dir: &Path) -> Result<TlsPaths, TlsError> {
-    let paths = TlsPaths {
-        cert: dir.join("node.crt"),
-        key: dir.join("node.key"),
-        ca: Some(dir.join("ca.crt")),
-    };
+    let paths = paths_in(dir);
     if paths.files().all(Path::exists) {
         return Ok(paths);
     }
+    make(&paths, &DEV_NAMES)?;
+    Ok(paths)
+}
+
+fn paths_in(dir: &Path) -> TlsPaths {
+    TlsPaths {
+        cert: dir.join("node.crt"),
+        key: dir.join("node.key"),
+        ca: Some(dir.join("ca.crt")),
+    }
+}
+
+/// A new CA and a certificate it signs for `names` (host names or IP
+/// addresses, good for both ends of a connection), written to `paths`.
+pub(crate) fn make(paths: &TlsPaths, names: &[&str]) -> Result<(), TlsError> {
     let failed = |e: rcgen::Error| TlsError::Config(format!("cannot make certificates: {e}"));
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -31,7 +46,7 @@ pub fn ensure(dir: &Path) -> Result<TlsPaths, TlsError> {
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca =
         CertifiedIssuer::self_signed(ca, KeyPair::generate().map_err(failed)?).map_err(failed)?;
-    let names = ["127.0.0.1", "::1", "localhost"].map(String::from).to_vec();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let mut leaf = CertificateParams::new(names).map_err(failed)?;
     leaf.distinguished_name
         .push(DnType::CommonName, "phxkv dev replica");
@@ -41,13 +56,15 @@ pub fn ensure(dir: &Path) -> Result<TlsPaths, TlsError> {
     ];
     let key = KeyPair::generate().map_err(failed)?;
     let cert = leaf.signed_by(&key, &ca).map_err(failed)?;
-    std::fs::create_dir_all(dir).map_err(|e| TlsError::file(dir, e))?;
+    if let Some(dir) = paths.key.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| TlsError::file(dir, e))?;
+    }
     write(&paths.key, &key.serialize_pem(), 0o600)?;
     write(&paths.cert, &cert.pem(), 0o644)?;
     if let Some(ca_path) = &paths.ca {
         write(ca_path, &ca.pem(), 0o644)?;
     }
-    Ok(paths)
+    Ok(())
 }
 
 fn write(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {

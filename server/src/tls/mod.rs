@@ -76,6 +76,11 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The URL scheme of a port with or without TLS.
+pub fn scheme(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
+}
+
 /// The TLS error inside a failed call (a certificate the other side did
 /// not accept, or one that we did not), if TLS is why it failed.
 pub fn failure_reason(e: &(dyn std::error::Error + 'static)) -> Option<String> {
@@ -300,11 +305,6 @@ impl Material {
         let _ = self.current();
     }
 
-    /// When the certificate in use expires (Unix seconds).
-    pub fn not_after(&self) -> i64 {
-        self.current().not_after
-    }
-
     /// The material to use for a handshake starting now: reloaded first if
     /// any file changed since it was read.
     fn current(&self) -> Arc<Loaded> {
@@ -515,34 +515,18 @@ impl ClientCertVerifier for Current {
 
 #[cfg(test)]
 mod tests {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
-        KeyPair,
-    };
+    use rcgen::KeyPair;
 
     use super::*;
 
     /// A CA and a certificate it signs for `names`, written into `dir`.
     fn files(dir: &Path, names: &[&str]) -> TlsPaths {
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
-        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let mut leaf = CertificateParams::new(names).expect("params");
-        leaf.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().expect("key");
-        let cert = leaf.signed_by(&key, &ca).expect("leaf");
         let paths = TlsPaths {
             cert: dir.join("tls.crt"),
             key: dir.join("tls.key"),
             ca: Some(dir.join("ca.crt")),
         };
-        std::fs::write(&paths.cert, cert.pem()).expect("write");
-        std::fs::write(&paths.key, key.serialize_pem()).expect("write");
-        std::fs::write(paths.ca.as_ref().expect("ca"), ca.pem()).expect("write");
+        dev_ca::make(&paths, names).expect("certificates");
         paths
     }
 
