@@ -17,6 +17,8 @@ use crate::api::body::JsonBody;
 use crate::api::error::{ApiError, ErrorCode, ErrorResponse};
 use crate::api::query::QueryParams;
 use crate::api::service::{ClusterInfo, MemberChange, ReplaceReport, Service};
+use crate::auth::gate::Caller;
+use crate::auth::token::constant_time_eq;
 
 /// A new member, joining as a learner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -29,7 +31,8 @@ pub struct AddMemberRequest {
     pub peer_url: String,
 }
 
-/// Proof that the request carries the cluster token.
+/// Proof that the caller may change the cluster: the cluster token as a
+/// bearer token, or, with auth on, an API token whose roles grant admin.
 #[derive(Debug)]
 pub struct ClusterAuth;
 
@@ -37,6 +40,14 @@ impl<S: Service> FromRequestParts<S> for ClusterAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, svc: &S) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Caller>() {
+            // Auth is on and the gate already told who this is.
+            Some(caller @ Caller::Token { .. }) => {
+                return caller.require_admin(svc).await.map(|()| ClusterAuth);
+            }
+            Some(Caller::Admin) => return Ok(ClusterAuth),
+            Some(Caller::Anyone) | None => {}
+        }
         let expected = svc.cluster_token();
         // An unset token must not let an empty bearer token through.
         if expected.is_empty() {
@@ -64,16 +75,6 @@ impl<S: Service> FromRequestParts<S> for ClusterAuth {
             ))
         }
     }
-}
-
-/// Compares without stopping at the first difference, so the time taken
-/// does not tell an attacker how much of a guess was right.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(a.len() ^ b.len(), |acc, (x, y)| acc | usize::from(x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 /// The member named in the path.
@@ -282,17 +283,4 @@ pub async fn replace_member<S: Service>(
         )));
     }
     Ok(Json(svc.replace_member(name, peer_url, learner).await?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn constant_time_eq_needs_equal_length_and_bytes() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-    }
 }

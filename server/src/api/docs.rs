@@ -17,7 +17,7 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::service::Service;
-use crate::api::{admin, cluster, health, kv, txn, ui, watch};
+use crate::api::{admin, auth, cluster, health, kv, txn, ui, watch};
 
 /// The HTML of `/docs`.
 const DOCS_HTML: &str = include_str!("docs.html");
@@ -42,7 +42,14 @@ percent-encoded; in JSON they are base64, with a `*_utf8` copy whenever the \
 bytes are valid UTF-8. Every write moves the store's single revision counter; \
 reads and watches report revisions so clients can order what they see.\n\n\
 Every error has the body `{\"error\": {\"code\": ..., \"message\": ...}}`; \
-branch on `code`, never on `message`.",
+branch on `code`, never on `message`.\n\n\
+A cluster started with `--auth` (the default in Kubernetes) needs \
+`Authorization: Bearer <token>` on every route but the probes, `/metrics` and \
+the documentation: the cluster token (admin), or an API token from \
+`POST /v1/auth/tokens` whose roles grant read or write on key prefixes. A \
+missing or wrong token is `401 unauthorized`, too few permissions \
+`403 permission_denied`, and an address that sent 10 wrong tokens within \
+60 s gets `429 too_many_attempts` until the 60 s are over.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
@@ -62,6 +69,14 @@ branch on `code`, never on `message`.",
         admin::create_backup,
         admin::list_backups,
         admin::delete_backup,
+        auth::whoami,
+        auth::list_roles,
+        auth::put_role,
+        auth::delete_role,
+        auth::list_tokens,
+        auth::create_token,
+        auth::revoke_token,
+        auth::set_token_roles,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -76,6 +91,7 @@ branch on `code`, never on `message`.",
         (name = "kv", description = "Reads, writes, listings and transactions."),
         (name = "watch", description = "Streams of changes."),
         (name = "cluster", description = "Cluster status and membership."),
+        (name = "auth", description = "Roles and API tokens, kept in the replicated state so every replica enforces the same rules."),
         (name = "admin", description = "Backups: a consistent snapshot of the store, and base snapshots in the archive."),
         (name = "operations", description = "Probes, metrics, this documentation and the web console."),
     ),
@@ -95,9 +111,35 @@ impl Modify for CommonParts {
         add_token_and_default_error(
             doc,
             "ErrorResponse",
-            "Any other error, e.g. `unavailable` (503, with `Retry-After`), \
-             `timeout` (504: the write may still commit) or `internal` (500).",
+            "Any other error, e.g. `unauthorized` (401) or `permission_denied` (403) \
+             with auth on, `too_many_attempts` (429, with `Retry-After`), `unavailable` \
+             (503, with `Retry-After`), `timeout` (504: the write may still commit) or \
+             `internal` (500).",
         );
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "With auth on (`serve --auth`): an API token \
+                         (`phxkv_<id>_<secret>`) or the cluster token. Not needed \
+                         with auth off.",
+                    ))
+                    .build(),
+            ),
+        );
+        // Every operation may need the token (auth on) or nothing (auth
+        // off); those that name a scheme of their own keep it.
+        let either = vec![
+            utoipa::openapi::security::SecurityRequirement::new(
+                "bearer_token",
+                Vec::<String>::new(),
+            ),
+            utoipa::openapi::security::SecurityRequirement::default(),
+        ];
+        doc.security = Some(either);
     }
 }
 

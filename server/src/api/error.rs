@@ -22,11 +22,12 @@ use crate::kv::KvError;
 const MAX_STRAY_MESSAGE: usize = 1024;
 
 /// A machine-readable error kind; each has exactly one HTTP status:
-/// `invalid_argument` 400, `unauthorized` 401, `key_not_found`,
+/// `invalid_argument` 400, `unauthorized` 401, `permission_denied` 403,
+/// `key_not_found`,
 /// `member_not_found` and `not_found` 404, `method_not_allowed` 405,
 /// `backup_not_found` 404, `compare_failed`, `conflict`, `member_not_voter`
 /// and `member_not_ready` 409, `compacted` 410, `no_archive` 412,
-/// `payload_too_large` 413, `internal` 500,
+/// `payload_too_large` 413, `too_many_attempts` 429, `internal` 500,
 /// `unavailable` 503 (see `Retry-After`), `timeout` 504 (the write may
 /// still commit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -36,6 +37,8 @@ pub enum ErrorCode {
     InvalidArgument,
     /// 401: missing or wrong bearer token.
     Unauthorized,
+    /// 403: the token is valid but its roles do not allow the request.
+    PermissionDenied,
     /// 404: the key does not exist.
     KeyNotFound,
     /// 404: no such route.
@@ -64,6 +67,9 @@ pub enum ErrorCode {
     /// 422: the `Idempotency-Key` was used, recently, for a different
     /// write; nothing changed.
     IdempotencyKeyReused,
+    /// 429: too many failed authentication attempts from this address;
+    /// wait `Retry-After` seconds.
+    TooManyAttempts,
     /// 500: a bug or an I/O failure on the node.
     Internal,
     /// 503: no master or no quorum right now; retry after `Retry-After` seconds.
@@ -81,6 +87,8 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+            ErrorCode::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::KeyNotFound
             | ErrorCode::NotFound
             | ErrorCode::MemberNotFound
@@ -105,6 +113,8 @@ impl ErrorCode {
     fn for_status(status: StatusCode) -> ErrorCode {
         match status {
             StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+            StatusCode::FORBIDDEN => ErrorCode::PermissionDenied,
+            StatusCode::TOO_MANY_REQUESTS => ErrorCode::TooManyAttempts,
             StatusCode::NOT_FOUND => ErrorCode::NotFound,
             StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
             StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
@@ -184,6 +194,12 @@ impl ApiError {
         err
     }
 
+    /// The error with a `Retry-After` of `secs`.
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
     /// The error's code.
     pub fn code(&self) -> ErrorCode {
         self.detail.code
@@ -206,6 +222,20 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+impl From<crate::auth::Refusal> for ApiError {
+    fn from(r: crate::auth::Refusal) -> ApiError {
+        use crate::auth::RefusalKind;
+        let code = match r.kind {
+            RefusalKind::Unauthenticated => ErrorCode::Unauthorized,
+            RefusalKind::PermissionDenied => ErrorCode::PermissionDenied,
+            RefusalKind::Invalid => ErrorCode::InvalidArgument,
+            RefusalKind::NotFound => ErrorCode::NotFound,
+            RefusalKind::Conflict => ErrorCode::Conflict,
+        };
+        ApiError::new(code, r.message)
     }
 }
 
@@ -249,7 +279,7 @@ impl From<KvError> for ApiError {
             KvError::KeyTooLarge { .. }
             | KvError::ValueTooLarge { .. }
             | KvError::TooManyTxnOps { .. } => ApiError::new(ErrorCode::PayloadTooLarge, message),
-            KvError::EmptyKey => ApiError::invalid(message),
+            KvError::EmptyKey | KvError::ReservedKey => ApiError::invalid(message),
             KvError::Compacted { .. } => ApiError::new(ErrorCode::Compacted, message),
             KvError::SnapshotDecode(_) | KvError::SnapshotRead(_) => ApiError::internal(message),
         }

@@ -18,6 +18,8 @@ use crate::api::encoding::{KvJson, percent_decode, to_b64};
 use crate::api::error::{ApiError, ErrorCode, ErrorResponse};
 use crate::api::query::{QueryParams, ReadConsistency};
 use crate::api::service::{Consistency, Service};
+use crate::auth::gate::Caller;
+use crate::auth::{Need, Refusal};
 use crate::kv::dedup::MAX_IDEMPOTENCY_KEY;
 use crate::kv::{Expect, Op, OpResult, RangeRequest};
 
@@ -136,6 +138,9 @@ async fn check_min_revision<S: Service>(svc: &S, consistency: Consistency) -> Re
 
 /// For results a correct node never returns for the op it was given.
 pub(crate) fn unexpected(result: &OpResult) -> ApiError {
+    if let OpResult::Refused(refusal) = result {
+        return ApiError::from(refusal.clone());
+    }
     if *result == OpResult::IdempotencyKeyReused {
         return ApiError::new(
             ErrorCode::IdempotencyKeyReused,
@@ -204,6 +209,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
 )]
 pub async fn put_key<S: Service>(
     State(svc): State<S>,
+    caller: Caller,
     uri: Uri,
     mut query: QueryParams,
     IdempotencyKey(idempotency): IdempotencyKey,
@@ -218,6 +224,7 @@ pub async fn put_key<S: Service>(
         expect,
     };
     op.validate(&svc.limits())?;
+    let op = caller.authorize_write(&svc, op).await?;
     match svc.write(op, idempotency).await? {
         OpResult::Put { revision, version } => Ok(Json(PutResponse { revision, version })),
         OpResult::CompareFailed {
@@ -257,23 +264,23 @@ pub async fn put_key<S: Service>(
 )]
 pub async fn get_key<S: Service>(
     State(svc): State<S>,
+    caller: Caller,
     uri: Uri,
     mut query: QueryParams,
 ) -> Result<Response, ApiError> {
     let key = path_key(&uri)?;
     let consistency = query.consistency()?;
     query.finish()?;
-    if key.is_empty() {
-        return Err(ApiError::invalid(
-            "key is empty; keys must be at least one byte long",
-        ));
-    }
+    svc.limits().check_key(&key)?;
     check_min_revision(&svc, consistency).await?;
+    // Checked inside the read, on the state it reflects: a linearizable
+    // read sees every auth change chosen before it began.
     let (kv, revision) = svc
         .read(consistency, move |store| {
-            (store.get(&key), store.revision())
+            caller.check(store, Need::Read(&key))?;
+            Ok::<_, Refusal>((store.get(&key), store.revision()))
         })
-        .await?;
+        .await??;
     let kv = kv.ok_or_else(|| ApiError::new(ErrorCode::KeyNotFound, "no such key"))?;
     let header =
         |name: &'static str, value: u64| (HeaderName::from_static(name), HeaderValue::from(value));
@@ -316,6 +323,7 @@ pub async fn get_key<S: Service>(
 )]
 pub async fn delete_key<S: Service>(
     State(svc): State<S>,
+    caller: Caller,
     uri: Uri,
     mut query: QueryParams,
     IdempotencyKey(idempotency): IdempotencyKey,
@@ -325,6 +333,7 @@ pub async fn delete_key<S: Service>(
     query.finish()?;
     let op = Op::Delete { key, expect };
     op.validate(&svc.limits())?;
+    let op = caller.authorize_write(&svc, op).await?;
     match svc.write(op, idempotency).await? {
         OpResult::Delete { revision, deleted } => Ok(Json(DeleteResponse { revision, deleted })),
         OpResult::CompareFailed {
@@ -360,6 +369,7 @@ pub async fn delete_key<S: Service>(
 )]
 pub async fn list<S: Service>(
     State(svc): State<S>,
+    caller: Caller,
     mut query: QueryParams,
 ) -> Result<Json<ListResponse>, ApiError> {
     let prefix = query.bytes("prefix").unwrap_or_default();
@@ -380,8 +390,11 @@ pub async fn list<S: Service>(
         limit: limit as usize,
     };
     let page = svc
-        .read(consistency, move |store| store.range(&request))
-        .await?;
+        .read(consistency, move |store| {
+            caller.check(store, Need::ReadPrefix(&request.prefix))?;
+            Ok::<_, Refusal>(store.range(&request))
+        })
+        .await??;
     let next_after = match (page.more, page.kvs.last()) {
         (true, Some(last)) => Some(to_b64(&last.key)),
         _ => None,

@@ -5,6 +5,7 @@
 //! the same code serves a real node and the in-memory fake in the tests.
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod cluster;
 pub mod docs;
@@ -59,6 +60,7 @@ pub fn public_router<S: Service>(svc: S) -> Router {
         .merge(watch::routes())
         .merge(cluster::routes())
         .merge(admin::routes())
+        .merge(auth::routes())
         .merge(health::routes())
         .merge(docs::routes())
         .merge(ui::routes())
@@ -66,6 +68,10 @@ pub fn public_router<S: Service>(svc: S) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            svc.clone(),
+            crate::auth::gate::authenticate::<S>,
+        ))
         .layer(axum::middleware::from_fn(error::json_errors_only))
         .with_state(svc)
 }

@@ -357,6 +357,11 @@ pub trait Service: Clone + Send + Sync + 'static {
     /// The cluster token membership changes must present as a bearer token.
     fn cluster_token(&self) -> String;
 
+    /// Auth on this node's client port (`serve --auth`); `None` when off.
+    fn auth_gate(&self) -> Option<crate::auth::gate::Gate> {
+        None
+    }
+
     /// Prometheus text exposition of the node's metrics.
     fn metrics_text(&self) -> String;
 }

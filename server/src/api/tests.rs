@@ -38,6 +38,7 @@ struct FakeInner {
     applied: broadcast::Sender<Event>,
     ready: AtomicBool,
     limits: Limits,
+    gate: Option<crate::auth::gate::Gate>,
 }
 
 impl Fake {
@@ -57,8 +58,18 @@ impl Fake {
                     max_value_bytes: 64,
                     max_txn_ops: 8,
                 },
+                gate: None,
             }),
         }
+    }
+
+    /// A fake with auth on (`serve --auth`).
+    fn with_auth() -> Fake {
+        let mut fake = Fake::new();
+        let metrics = crate::telemetry::metrics::Metrics::new();
+        Arc::get_mut(&mut fake.inner).expect("fresh").gate =
+            Some(crate::auth::gate::Gate::new(metrics));
+        fake
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -151,7 +162,9 @@ impl Service for Fake {
         }
         tokio::spawn(async move {
             while let Ok(event) = live.recv().await {
-                if event.revision < start_revision || !event.kv.key.starts_with(&prefix) {
+                if event.revision < start_revision
+                    || !crate::auth::watch_delivers(&event.kv.key, &prefix)
+                {
                     continue;
                 }
                 if tx.send(Ok(event)).await.is_err() {
@@ -241,6 +254,10 @@ impl Service for Fake {
 
     fn cluster_token(&self) -> String {
         TOKEN.into()
+    }
+
+    fn auth_gate(&self) -> Option<crate::auth::gate::Gate> {
+        self.inner.gate.clone()
     }
 
     fn metrics_text(&self) -> String {
@@ -911,6 +928,14 @@ async fn openapi_json_describes_every_route() {
         ("/v1/admin/backups", "get"),
         ("/v1/admin/backups", "post"),
         ("/v1/admin/backups/{name}", "delete"),
+        ("/v1/auth/whoami", "get"),
+        ("/v1/auth/roles", "get"),
+        ("/v1/auth/roles/{name}", "put"),
+        ("/v1/auth/roles/{name}", "delete"),
+        ("/v1/auth/tokens", "get"),
+        ("/v1/auth/tokens", "post"),
+        ("/v1/auth/tokens/{id}", "delete"),
+        ("/v1/auth/tokens/{id}/roles", "put"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),
@@ -1057,4 +1082,285 @@ async fn stray_plain_text_errors_are_rewritten_as_json() {
     assert_eq!(err["message"], "framework says no");
     let ok = call(&router, Method::GET, "/fine", Body::empty()).await;
     assert_eq!(ok.body.as_ref(), b"plain success stays");
+}
+
+/// A request with an optional bearer token and a body, from `addr`.
+async fn as_caller(
+    router: &Router,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: impl Into<Body>,
+) -> Reply {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    send(router, request.body(body.into()).expect("valid request")).await
+}
+
+/// With auth on: a role reading `app/`, a token with it, and a key in
+/// `app/` and one in `other/`. Returns the token.
+async fn reader_of_app(router: &Router) -> String {
+    let admin = Some(TOKEN);
+    let role = json!({"permissions": [{"prefix": "app/", "read": true}]});
+    let r = as_caller(
+        router,
+        Method::PUT,
+        "/v1/auth/roles/app-reader",
+        admin,
+        role.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let req = json!({"name": "ci", "roles": ["app-reader"]});
+    let r = as_caller(
+        router,
+        Method::POST,
+        "/v1/auth/tokens",
+        admin,
+        req.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    for key in ["app/x", "other/x"] {
+        let r = as_caller(router, Method::PUT, &format!("/v1/kv/{key}"), admin, "v").await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    r.json()["token"].as_str().expect("a token").to_owned()
+}
+
+#[tokio::test]
+async fn with_auth_on_everything_but_probes_metrics_and_docs_needs_a_token() {
+    let router = Fake::with_auth().router();
+    for path in [
+        "/v1/kv/a",
+        "/v1/kv",
+        "/v1/cluster",
+        "/v1/watch",
+        "/v1/auth/whoami",
+    ] {
+        as_caller(&router, Method::GET, path, None, Body::empty())
+            .await
+            .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    as_caller(&router, Method::PUT, "/v1/kv/a", Some("wrong"), "v")
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"] {
+        let r = as_caller(&router, Method::GET, path, None, Body::empty()).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+    }
+    let who = as_caller(
+        &router,
+        Method::GET,
+        "/v1/auth/whoami",
+        Some(TOKEN),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(who.json()["kind"], "admin");
+}
+
+#[tokio::test]
+async fn a_token_with_read_on_app_reads_app_and_nothing_else() {
+    let router = Fake::with_auth().router();
+    let ci = reader_of_app(&router).await;
+    let me = Some(ci.as_str());
+    let r = as_caller(&router, Method::GET, "/v1/kv/app/x", me, Body::empty()).await;
+    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"v"[..]));
+    as_caller(&router, Method::PUT, "/v1/kv/app/x", me, "w")
+        .await
+        .error(StatusCode::FORBIDDEN, "permission_denied");
+    as_caller(&router, Method::DELETE, "/v1/kv/app/x", me, Body::empty())
+        .await
+        .error(StatusCode::FORBIDDEN, "permission_denied");
+    as_caller(&router, Method::GET, "/v1/kv/other/x", me, Body::empty())
+        .await
+        .error(StatusCode::FORBIDDEN, "permission_denied");
+    let listed = as_caller(
+        &router,
+        Method::GET,
+        "/v1/kv?prefix=app/",
+        me,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(listed.json()["kvs"].as_array().map(Vec::len), Some(1));
+    as_caller(&router, Method::GET, "/v1/kv", me, Body::empty())
+        .await
+        .error(StatusCode::FORBIDDEN, "permission_denied");
+    // A transaction is checked key by key: reading app/ is fine, writing
+    // it or reading other/ is not.
+    let get = |key: &str| json!({"get": {"key": key}});
+    let body = json!({"compare": [], "success": [get("app/x")], "failure": []});
+    let r = as_caller(&router, Method::POST, "/v1/txn", me, body.to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let body = json!({"compare": [], "success": [get("app/x")], "failure": [get("other/x")]});
+    as_caller(&router, Method::POST, "/v1/txn", me, body.to_string())
+        .await
+        .error(StatusCode::FORBIDDEN, "permission_denied");
+    as_caller(
+        &router,
+        Method::GET,
+        "/v1/watch?prefix=other/",
+        me,
+        Body::empty(),
+    )
+    .await
+    .error(StatusCode::FORBIDDEN, "permission_denied");
+    for (method, path) in [
+        (Method::GET, "/v1/auth/tokens"),
+        (Method::GET, "/v1/auth/roles"),
+        (Method::DELETE, "/v1/auth/roles/app-reader"),
+        (Method::POST, "/v1/cluster/members"),
+    ] {
+        as_caller(
+            &router,
+            method,
+            path,
+            me,
+            r#"{"name":"x","peer_url":"http://a:1"}"#,
+        )
+        .await
+        .error(StatusCode::FORBIDDEN, "permission_denied");
+    }
+    let who = as_caller(&router, Method::GET, "/v1/auth/whoami", me, Body::empty()).await;
+    assert_eq!(who.json()["kind"], "token");
+    assert_eq!(who.json()["roles"], json!(["app-reader"]));
+}
+
+#[tokio::test]
+async fn auth_records_are_out_of_reach_of_the_kv_api() {
+    let router = Fake::with_auth().router();
+    reader_of_app(&router).await;
+    let admin = Some(TOKEN);
+    let all = as_caller(&router, Method::GET, "/v1/kv", admin, Body::empty()).await;
+    let keys: Vec<&str> = all.json()["kvs"]
+        .as_array()
+        .expect("kvs")
+        .iter()
+        .filter_map(|kv| kv["key_utf8"].as_str())
+        .map(|k| if k == "app/x" { "app/x" } else { "other" })
+        .collect();
+    assert_eq!(keys, ["app/x", "other"]);
+    for (method, path) in [
+        (Method::GET, "/v1/kv/%00phxkv/auth/role/app-reader"),
+        (Method::PUT, "/v1/kv/%00phxkv/auth/role/app-reader"),
+        (Method::DELETE, "/v1/kv/%00phxkv/auth/role/app-reader"),
+    ] {
+        as_caller(&router, method, path, admin, "{}")
+            .await
+            .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+    let body = json!({"compare": [], "success": [{"delete": {"key_b64": "AHBoeGt2L2F1dGgvcm9sZS9hcHAtcmVhZGVy"}}], "failure": []});
+    as_caller(&router, Method::POST, "/v1/txn", admin, body.to_string())
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+}
+
+#[tokio::test]
+async fn revoking_a_token_or_its_grant_takes_effect_at_once() {
+    let router = Fake::with_auth().router();
+    let ci = reader_of_app(&router).await;
+    let id = ci.split('_').nth(1).expect("an id").to_owned();
+    let me = Some(ci.as_str());
+    let admin = Some(TOKEN);
+    let roles = format!("/v1/auth/tokens/{id}/roles");
+    let r = as_caller(&router, Method::PUT, &roles, admin, r#"{"roles":[]}"#).await;
+    assert_eq!(r.status, StatusCode::OK);
+    as_caller(&router, Method::GET, "/v1/kv/app/x", me, Body::empty())
+        .await
+        .error(StatusCode::FORBIDDEN, "permission_denied");
+    let r = as_caller(
+        &router,
+        Method::DELETE,
+        &format!("/v1/auth/tokens/{id}"),
+        admin,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    as_caller(&router, Method::GET, "/v1/kv/app/x", me, Body::empty())
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    as_caller(
+        &router,
+        Method::DELETE,
+        &format!("/v1/auth/tokens/{id}"),
+        admin,
+        Body::empty(),
+    )
+    .await
+    .error(StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn a_watch_ends_at_the_change_that_takes_its_read_away() {
+    let fake = Fake::with_auth();
+    let router = fake.router();
+    let ci = reader_of_app(&router).await;
+    let id = ci.split('_').nth(1).expect("an id").to_owned();
+    let request = Request::builder()
+        .uri("/v1/watch?prefix=app/")
+        .header(header::AUTHORIZATION, format!("Bearer {ci}"))
+        .body(Body::empty())
+        .expect("valid request");
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    let admin = Some(TOKEN);
+    as_caller(&router, Method::PUT, "/v1/kv/app/seen", admin, "1").await;
+    let roles = format!("/v1/auth/tokens/{id}/roles");
+    as_caller(&router, Method::PUT, &roles, admin, r#"{"roles":[]}"#).await;
+    as_caller(&router, Method::PUT, "/v1/kv/app/unseen", admin, "2").await;
+    let mut text = String::new();
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(5), body.next()).await
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("app/seen"), "{text}");
+    assert!(
+        text.contains("event: error") && text.contains("permission_denied"),
+        "{text}"
+    );
+    assert!(!text.contains("app/unseen"), "{text}");
+    assert!(
+        !text.contains("phxkv/auth"),
+        "auth markers are never sent: {text}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_tokens_from_one_address_are_limited_after_the_documented_count() {
+    use crate::auth::gate::{ClientAddr, MAX_FAILURES};
+    let router = Fake::with_auth().router();
+    let from = |ip: [u8; 4], token: &str| {
+        let mut request = Request::builder()
+            .uri("/v1/kv/a")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("valid request");
+        let addr = ClientAddr(std::net::SocketAddr::from((ip, 1234)));
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+        request
+    };
+    for _ in 0..MAX_FAILURES {
+        send(&router, from([10, 0, 0, 1], "guess"))
+            .await
+            .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let limited = send(&router, from([10, 0, 0, 1], TOKEN)).await;
+    limited.error(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts");
+    assert!(
+        limited
+            .header("retry-after")
+            .parse::<u64>()
+            .is_ok_and(|s| s >= 1)
+    );
+    // Another address is not affected.
+    let other = send(&router, from([10, 0, 0, 2], TOKEN)).await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
 }

@@ -341,11 +341,13 @@ pub(crate) fn routes<S: Service>() -> Router<S> {
 )]
 pub async fn txn<S: Service>(
     State(svc): State<S>,
+    caller: crate::auth::gate::Caller,
     IdempotencyKey(idempotency): IdempotencyKey,
     JsonBody(request): JsonBody<TxnRequest>,
 ) -> Result<Json<TxnResult>, ApiError> {
     let op = Op::Txn(request.into_txn()?);
     op.validate(&svc.limits())?;
+    let op = caller.authorize_write(&svc, op).await?;
     match svc.write(op, idempotency).await? {
         OpResult::Txn {
             succeeded,

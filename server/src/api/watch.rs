@@ -22,6 +22,8 @@ use crate::api::encoding::KvJson;
 use crate::api::error::{ApiError, ErrorResponse};
 use crate::api::query::QueryParams;
 use crate::api::service::{Consistency, Service, ServiceError};
+use crate::auth::gate::Caller;
+use crate::auth::{Need, is_system_key};
 use crate::kv::{Event, EventKind};
 
 /// What happened to the key.
@@ -89,11 +91,21 @@ pub(crate) fn routes<S: Service>() -> Router<S> {
 )]
 pub async fn watch<S: Service>(
     State(svc): State<S>,
+    caller: Caller,
     mut query: QueryParams,
 ) -> Result<Response, ApiError> {
     let prefix = query.bytes("prefix").unwrap_or_default();
     let start = query.u64("start_revision")?;
     query.finish()?;
+    // A watch on a prefix the caller cannot read is refused, not filtered,
+    // by rules that reflect every change chosen before it started.
+    if matches!(caller, Caller::Token { .. }) {
+        let (who, p) = (caller.clone(), prefix.clone());
+        svc.read(Consistency::Linearizable, move |store| {
+            who.check(store, Need::ReadPrefix(&p))
+        })
+        .await??;
+    }
     let start = match start {
         Some(revision) => revision,
         None => {
@@ -101,7 +113,7 @@ pub async fn watch<S: Service>(
             svc.read(local, |store| store.revision()).await? + 1
         }
     };
-    let mut events = svc.watch(prefix, start)?;
+    let mut events = svc.watch(prefix.clone(), start)?;
     // Replayed history is usually queued already; an error at its head
     // (typically a compacted start) is still answerable with a status code.
     let first = match events.try_recv() {
@@ -109,30 +121,75 @@ pub async fn watch<S: Service>(
         Ok(Err(err)) => return Err(err.into()),
         Err(_) => None,
     };
-    Ok(Sse::new(event_stream(first, events))
+    let recheck = Recheck {
+        svc,
+        caller,
+        prefix,
+    };
+    Ok(Sse::new(event_stream(first, events, recheck))
         .keep_alive(KeepAlive::default())
         .into_response())
 }
 
 type Source = Receiver<Result<Event, ServiceError>>;
 
+/// What a watch checks again at every auth change in its stream.
+#[derive(Clone)]
+struct Recheck<S> {
+    svc: S,
+    caller: Caller,
+    prefix: Vec<u8>,
+}
+
+impl<S: Service> Recheck<S> {
+    /// Whether the caller may still read the prefix. The replica has
+    /// applied the change (it is in the stream), so a revocation is seen
+    /// here before any later event is sent.
+    async fn still_allowed(&self) -> Result<(), ApiError> {
+        if !matches!(self.caller, Caller::Token { .. }) {
+            return Ok(());
+        }
+        let (who, p) = (self.caller.clone(), self.prefix.clone());
+        let local = Consistency::Local { min_revision: None };
+        self.svc
+            .read(local, move |store| who.check(store, Need::ReadPrefix(&p)))
+            .await??;
+        Ok(())
+    }
+}
+
 /// SSE events for `first` and then everything `events` delivers, ending
-/// after the first error.
-fn event_stream(
+/// after the first error. Auth changes arrive as markers: they are never
+/// sent, and the watch ends with a `permission_denied` (or
+/// `unauthorized`) error event at the first one that takes its read away.
+fn event_stream<S: Service>(
     first: Option<Event>,
     events: Source,
+    recheck: Recheck<S>,
 ) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
-    stream::unfold((first, Some(events)), |(pending, events)| async move {
-        let mut events = events?;
-        let item = match pending {
-            Some(event) => Ok(event),
-            None => events.recv().await?,
-        };
-        Some(match item {
-            Ok(event) => (Ok(to_sse(&event)), (None, Some(events))),
-            Err(err) => (Ok(error_event(err.into())), (None, None)),
-        })
-    })
+    stream::unfold(
+        (first, Some(events), recheck),
+        |(mut pending, events, recheck)| async move {
+            let mut events = events?;
+            loop {
+                let item = match pending.take() {
+                    Some(event) => Ok(event),
+                    None => events.recv().await?,
+                };
+                let event = match item {
+                    Ok(event) => event,
+                    Err(err) => return Some((Ok(error_event(err.into())), (None, None, recheck))),
+                };
+                if is_system_key(&event.kv.key) {
+                    if let Err(err) = recheck.still_allowed().await {
+                        return Some((Ok(error_event(err)), (None, None, recheck)));
+                    }
+                    continue;
+                }
+                return Some((Ok(to_sse(&event)), (None, Some(events), recheck)));
+            }
+        },
+    )
 }
 
 fn to_sse(event: &Event) -> SseEvent {

@@ -66,10 +66,12 @@ fn main() -> ExitCode {
     let next = Arc::new(AtomicU64::new(start));
     let failures: Arc<Mutex<Vec<SeedOutcome>>> = Arc::new(Mutex::new(Vec::new()));
     let passed = Arc::new(AtomicU64::new(0));
+    let refusals = Arc::new(AtomicU64::new(0));
     let end = start + args.seeds;
     let workers: Vec<_> = (0..jobs)
         .map(|_| {
             let (next, failures, passed) = (next.clone(), failures.clone(), passed.clone());
+            let refusals = refusals.clone();
             let verbose = args.verbose;
             let untrusted = args.untrusted_clocks;
             std::thread::spawn(move || {
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
                             out.failure.as_deref().unwrap_or("ok")
                         );
                     }
+                    refusals.fetch_add(out.auth_refusals as u64, Ordering::SeqCst);
                     if out.failure.is_some() {
                         if let Ok(mut f) = failures.lock() {
                             f.push(out);
@@ -128,7 +131,11 @@ fn main() -> ExitCode {
         }
         println!("    replay: phxkv-sim --start {} --seeds 1", f.seed);
     }
-    println!("elapsed {:.1}s", began.elapsed().as_secs_f64());
+    println!(
+        "elapsed {:.1}s; {} writes by revoked tokens refused alike on every replica",
+        began.elapsed().as_secs_f64(),
+        refusals.load(Ordering::SeqCst)
+    );
     let failed = failures.len() as u64;
     println!(
         "{} passed, {} failed",

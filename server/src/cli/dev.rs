@@ -41,7 +41,9 @@ pub struct DevArgs {
     pub log_format: LogFormat,
     /// Serve HTTPS on the client ports and mutual TLS between replicas,
     /// with a private CA made on the first run and kept under
-    /// DATA_DIR/tls (clients trust it with `--cacert DATA_DIR/tls/ca.crt`).
+    /// DATA_DIR/tls (clients trust it with `--cacert DATA_DIR/tls/ca.crt`),
+    /// and require a token on the client ports (`serve --auth`): the admin
+    /// token is DATA_DIR/cluster-token (`--token-file`).
     #[arg(long, default_value_t = false)]
     pub secure: bool,
 }
@@ -135,6 +137,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             peer_proxy: None,
             peer_tls: peer_tls.clone(),
             archive: None,
+            auth: args.secure,
         };
         let listen = ([127, 0, 0, 1], *client).into();
         let peer_listen = ([127, 0, 0, 1], *peer).into();
@@ -174,7 +177,16 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
                 "TLS: certificates signed by the CA in {}; replicas speak mutual TLS",
                 ca.display()
             );
-            format!("curl --cacert {}", ca.display())
+            println!(
+                "Auth: every request needs a token; the admin token is in {} \
+                 (make narrower ones with `phxkv auth token create`)",
+                token_path.display()
+            );
+            format!(
+                "curl --cacert {} -H \"Authorization: Bearer $(cat {})\"",
+                ca.display(),
+                token_path.display()
+            )
         }
         None => "curl".to_string(),
     };
@@ -188,6 +200,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     println!("  export PHXKV_ENDPOINTS={}", endpoints.join(","));
     if let Some(ca) = client_tls.as_ref().and_then(|t| t.paths().ca.clone()) {
         println!("  export PHXKV_CACERT={}", ca.display());
+        println!("  export PHXKV_TOKEN_FILE={}", token_path.display());
     }
     println!();
     println!("Ctrl-C stops the cluster.");

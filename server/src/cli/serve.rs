@@ -69,9 +69,20 @@ pub struct ServeArgs {
     pub cluster_id: String,
 
     /// File holding the cluster token that peers present to each other and
-    /// that membership changes require.
+    /// that membership changes require. With --auth it is also the
+    /// bootstrap admin credential on the client port.
     #[arg(long, env = "PHXKV_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
+
+    /// Require a bearer token on the client port for everything but the
+    /// probes, /metrics and the docs: the cluster token (admin) or an API
+    /// token made with `phxkv auth token create`, whose roles say which key
+    /// prefixes it may read and write. Wrong tokens answer 401, missing
+    /// permissions 403, and an address that sent 10 wrong tokens within
+    /// 60 s gets 429 until the 60 s are over. Give every node the same
+    /// setting.
+    #[arg(long, env = "PHXKV_AUTH", default_value_t = false)]
+    pub auth: bool,
 
     /// Master lease duration (e.g. 1s, 1500ms). Every node must use the same.
     ///
@@ -490,6 +501,7 @@ impl ServeArgs {
                 peer_proxy: self.peer_proxy.clone(),
                 archive: self.archive_settings()?,
                 peer_tls,
+                auth: self.auth,
             },
             client_tls,
             listen: self.listen,
@@ -647,9 +659,14 @@ fn serve_on<L>(
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
+    crate::auth::gate::ClientAddr:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
     tokio::spawn(
         async move {
+            // The caller's address reaches handlers for the failed-attempt
+            // limiter (see `crate::auth::gate`).
+            let app = app.into_make_service_with_connect_info::<crate::auth::gate::ClientAddr>();
             let r = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = shutdown.wait_for(|v| *v).await;

@@ -23,6 +23,9 @@ pub enum KvError {
     /// Keys must be at least one byte long.
     #[error("key is empty; keys must be at least one byte long")]
     EmptyKey,
+    /// Keys starting with [`crate::auth::SYSTEM_PREFIX`] are the store's own.
+    #[error("keys starting with \\0phxkv/ (a zero byte, then phxkv/) are reserved")]
+    ReservedKey,
     /// A watch asked for events older than the retained history.
     #[error(
         "revision {requested} has been compacted; the oldest revision still available is {oldest}"

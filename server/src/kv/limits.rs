@@ -28,7 +28,12 @@ impl Default for Limits {
 }
 
 impl Limits {
-    fn check_key(&self, key: &[u8]) -> Result<(), KvError> {
+    /// Checks a key a client names: not empty, not over the limit, not
+    /// in the store's reserved prefix.
+    pub fn check_key(&self, key: &[u8]) -> Result<(), KvError> {
+        if crate::auth::is_system_key(key) {
+            return Err(KvError::ReservedKey);
+        }
         if key.is_empty() {
             return Err(KvError::EmptyKey);
         }
@@ -90,6 +95,9 @@ impl Op {
                     .chain(&txn.failure)
                     .try_for_each(|op| limits.check_txn_op(op))
             }
+            // Checked against the auth rules where it is applied.
+            Op::Auth(_) => Ok(()),
+            Op::As { op, .. } => op.validate(limits),
         }
     }
 }

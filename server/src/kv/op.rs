@@ -110,6 +110,15 @@ pub enum Op {
         expect: Option<Expect>,
     },
     Txn(Txn),
+    /// A change to the auth rules (see [`crate::auth`]). (After the data
+    /// ops, so that logs written before it existed decode unchanged.)
+    Auth(crate::auth::AuthChange),
+    /// `op` on behalf of the API token `token` (its id): applied only if
+    /// the token exists and may make it at this point of the log.
+    As {
+        token: String,
+        op: Box<Op>,
+    },
 }
 
 impl Op {
@@ -143,6 +152,8 @@ impl Op {
                 };
                 OVERHEAD + cmp + ops(&txn.success) + ops(&txn.failure)
             }
+            Op::Auth(change) => OVERHEAD + serde_json::to_vec(change).map_or(OVERHEAD, |v| v.len()),
+            Op::As { token, op } => OVERHEAD + token.len() + op.size_hint(),
         }
     }
 }

@@ -147,7 +147,7 @@ impl Store {
                 (kv.key.into_boxed_slice(), slot)
             })
             .collect();
-        Store {
+        let mut store = Store {
             digest: super::store::digest_of(&kvs),
             kvs,
             revision: snap.revision,
@@ -156,7 +156,10 @@ impl Store {
             dedup,
             history: History::new(&config, snap.revision + 1),
             snapshots: Default::default(),
-        }
+            auth: Default::default(),
+        };
+        store.reload_auth();
+        store
     }
 }
 

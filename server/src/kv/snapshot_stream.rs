@@ -321,7 +321,7 @@ impl Store {
         for (id, result) in requests {
             dedup.insert(id, result);
         }
-        Ok(Store {
+        let mut store = Store {
             digest: digest_of(&kvs),
             kvs,
             revision,
@@ -330,7 +330,10 @@ impl Store {
             dedup,
             history: History::new(&config, revision + 1),
             snapshots: InProgress::default(),
-        })
+            auth: Default::default(),
+        };
+        store.reload_auth();
+        Ok(store)
     }
 }
 

@@ -11,6 +11,7 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{AuthChange, AuthState, Refusal, RefusalKind};
 use crate::kv::dedup::{DEFAULT_DEDUP_CAPACITY, DedupTable, IDEMPOTENT_BIT};
 use crate::kv::watch::{DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_EVENTS, Event, EventKind, History};
 use crate::kv::{Compare, CompareOp, CompareTarget, Expect, Op, Txn, TxnOp};
@@ -59,9 +60,14 @@ pub enum OpResult {
         responses: Vec<TxnResponse>,
     },
     /// The write came with an idempotency key already used, recently, for a
-    /// different write; nothing changed. (Last, so that results encoded
-    /// before it existed decode unchanged.)
+    /// different write; nothing changed. (After the others, so that
+    /// results encoded before it existed decode unchanged.)
     IdempotencyKeyReused,
+    /// An auth change was applied at `revision`.
+    AuthChanged { revision: u64 },
+    /// Refused by the auth rules in force where the op was chosen, or
+    /// because it names a reserved key; nothing changed.
+    Refused(crate::auth::Refusal),
 }
 
 /// The outcome of one operation inside a transaction.
@@ -186,6 +192,9 @@ pub struct Store {
     pub(super) history: History,
     /// The snapshots in progress (see [`super::snapshot_stream`]).
     pub(super) snapshots: super::snapshot_stream::InProgress,
+    /// The auth records under [`crate::auth::AUTH_PREFIX`], decoded; kept
+    /// in step by [`Store::apply`] and rebuilt by every restore.
+    pub(super) auth: AuthState,
 }
 
 impl Default for Store {
@@ -211,6 +220,7 @@ impl Store {
             dedup: DedupTable::new(config.dedup_capacity),
             history: History::new(&config, 1),
             snapshots: Default::default(),
+            auth: AuthState::default(),
         }
     }
 
@@ -225,13 +235,77 @@ impl Store {
         if id.client & IDEMPOTENT_BIT != 0 && self.dedup.of_client(id.client).is_some() {
             return OpResult::IdempotencyKeyReused;
         }
-        let result = match op {
+        let result = self.apply_op(op);
+        self.dedup.insert(id, result.clone());
+        result
+    }
+
+    fn apply_op(&mut self, op: &Op) -> OpResult {
+        // Only auth changes write the store's own keys: a client op naming
+        // one is refused here too, not just by the API, so that the auth
+        // records and their decoded copy cannot drift apart.
+        if crate::auth::touches_system_key(op) {
+            return OpResult::Refused(Refusal::new(
+                RefusalKind::Invalid,
+                "keys starting with \\0phxkv/ are reserved",
+            ));
+        }
+        match op {
             Op::Put { key, value, expect } => self.apply_put(key, value, expect.as_ref()),
             Op::Delete { key, expect } => self.apply_delete(key, expect.as_ref()),
             Op::Txn(txn) => self.apply_txn(txn),
+            Op::Auth(change) => self.apply_auth(change),
+            // The check that makes revocation exact: a token's op chosen
+            // after its token or grant was removed is refused on every
+            // replica alike, whatever the replica that took it had seen.
+            Op::As { token, op } => match &**op {
+                Op::As { .. } => OpResult::Refused(Refusal::new(
+                    RefusalKind::Invalid,
+                    "an op on behalf of a token cannot nest another",
+                )),
+                inner => match self.auth.authorize_op(token, inner) {
+                    Ok(()) => self.apply_op(inner),
+                    Err(refusal) => OpResult::Refused(refusal),
+                },
+            },
+        }
+    }
+
+    fn apply_auth(&mut self, change: &AuthChange) -> OpResult {
+        let writes = match self.auth.plan(change) {
+            Ok(writes) => writes,
+            Err(refusal) => return OpResult::Refused(refusal),
         };
-        self.dedup.insert(id, result.clone());
-        result
+        let revision = self.revision + 1;
+        for (key, value) in writes {
+            match &value {
+                Some(value) => {
+                    self.write(&key, value, revision);
+                }
+                None => {
+                    self.remove(&key, revision);
+                }
+            }
+            self.auth.note(&key, value.as_deref());
+        }
+        self.revision = revision;
+        OpResult::AuthChanged { revision }
+    }
+
+    /// The auth rules this state holds.
+    pub fn auth(&self) -> &AuthState {
+        &self.auth
+    }
+
+    /// Rebuilds [`Store::auth`] from the records; every restore ends here.
+    pub(super) fn reload_auth(&mut self) {
+        let end = prefix_end(crate::auth::AUTH_PREFIX);
+        let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        self.auth = AuthState::load(
+            self.kvs
+                .range::<[u8], _>((Bound::Included(crate::auth::AUTH_PREFIX), end))
+                .map(|(k, slot)| (&**k, &*slot.value)),
+        );
     }
 
     /// A digest of the replicated state: the keys with their values and
@@ -308,6 +382,7 @@ impl Store {
         let mut matches = self
             .kvs
             .range::<[u8], _>((start, end))
+            .filter(|(key, _)| !crate::auth::is_system_key(key))
             .map(|(key, slot)| slot.to_kv(key));
         let kvs: Vec<KeyValue> = matches.by_ref().take(limit).collect();
         RangeResult {
@@ -1087,5 +1162,112 @@ mod tests {
         assert_eq!(s.applied_index(), 0);
         s.set_applied_index(42);
         assert_eq!(s.applied_index(), 42);
+    }
+
+    mod auth {
+        use super::*;
+        use crate::auth::{Permission, Role, TokenRecord};
+
+        const ID: &str = "0123456789abcdef";
+
+        fn as_token(op: Op) -> Op {
+            Op::As {
+                token: ID.into(),
+                op: Box::new(op),
+            }
+        }
+
+        fn refusal(result: OpResult) -> RefusalKind {
+            match result {
+                OpResult::Refused(r) => r.kind,
+                other => panic!("not refused: {other:?}"),
+            }
+        }
+
+        /// A store with a role writing `app/` and a token holding it.
+        fn with_writer() -> Store {
+            let mut s = Store::new();
+            let role = Role {
+                permissions: vec![Permission {
+                    prefix: "app/".into(),
+                    read: true,
+                    write: true,
+                }],
+                admin: false,
+            };
+            let token = TokenRecord {
+                name: "ci".into(),
+                roles: vec!["w".into()],
+                secret_sha256: "a".repeat(64),
+            };
+            for change in [
+                AuthChange::PutRole {
+                    name: "w".into(),
+                    role,
+                },
+                AuthChange::CreateToken {
+                    id: ID.into(),
+                    token,
+                },
+            ] {
+                assert!(matches!(
+                    run(&mut s, &Op::Auth(change)),
+                    OpResult::AuthChanged { .. }
+                ));
+            }
+            s
+        }
+
+        #[test]
+        fn a_tokens_op_is_checked_where_it_is_applied() {
+            let mut s = with_writer();
+            assert!(matches!(
+                run(&mut s, &as_token(put(b"app/x", b"1"))),
+                OpResult::Put { .. }
+            ));
+            let revision = s.revision();
+            let denied = run(&mut s, &as_token(put(b"other/x", b"1")));
+            assert_eq!(refusal(denied), RefusalKind::PermissionDenied);
+            assert_eq!(s.revision(), revision, "a refused op changes nothing");
+            assert_eq!(s.get(b"other/x"), None);
+            // The revocation is chosen first: the op after it is refused,
+            // whatever the replica that took it had seen.
+            run(&mut s, &Op::Auth(AuthChange::DeleteToken { id: ID.into() }));
+            let late = run(&mut s, &as_token(put(b"app/y", b"1")));
+            assert_eq!(refusal(late), RefusalKind::Unauthenticated);
+            assert_eq!(s.get(b"app/y"), None);
+        }
+
+        #[test]
+        fn only_auth_changes_write_the_reserved_prefix() {
+            let mut s = with_writer();
+            let key = b"\0phxkv/auth/role/w";
+            assert_eq!(refusal(run(&mut s, &del(key))), RefusalKind::Invalid);
+            assert_eq!(
+                refusal(run(&mut s, &as_token(put(key, b"{}")))),
+                RefusalKind::Invalid
+            );
+            assert!(s.auth().roles().contains_key("w"));
+            assert_eq!(
+                put(key, b"x").validate(&crate::kv::Limits::default()),
+                Err(crate::kv::KvError::ReservedKey)
+            );
+            // Listings never show the records.
+            run(&mut s, &put(b"a", b"1"));
+            let all = s.range(&RangeRequest::default());
+            assert_eq!(all.kvs.len(), 1);
+        }
+
+        #[test]
+        fn a_restored_store_has_the_same_rules_and_digest() {
+            let s = with_writer();
+            let restored = Store::restore(s.snapshot());
+            assert_eq!(restored.auth(), s.auth());
+            assert_eq!(restored.digest(), s.digest());
+            let streamed =
+                Store::restore_from_reader(s.encode_snapshot().as_slice(), StoreConfig::default())
+                    .expect("restores");
+            assert_eq!(streamed.auth(), s.auth());
+        }
     }
 }

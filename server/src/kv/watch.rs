@@ -110,7 +110,7 @@ impl History {
         let first = self.events.partition_point(|e| e.revision < start);
         let mut out: Vec<Event> = Vec::new();
         for event in self.events.range(first..) {
-            if !event.kv.key.starts_with(prefix) {
+            if !crate::auth::watch_delivers(&event.kv.key, prefix) {
                 continue;
             }
             if out.len() >= limit && out.last().is_some_and(|e| e.revision != event.revision) {

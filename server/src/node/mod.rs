@@ -70,6 +70,8 @@ pub struct NodeConfig {
     /// calls them and the CA their certificates must chain to. None: peers
     /// are called over plain HTTP.
     pub peer_tls: Option<Arc<crate::tls::Material>>,
+    /// Require a credential on the client port (see [`crate::auth`]).
+    pub auth: bool,
 }
 
 /// Why a node cannot start.
@@ -129,6 +131,8 @@ struct Inner {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// `Bearer <cluster token>`, the peer API's authorization header.
     auth: String,
+    /// Client authentication, when on.
+    gate: Option<crate::auth::gate::Gate>,
     /// The driver's clock origin (engine time is time since this).
     epoch: Instant,
     read_lease: Arc<ReadLease>,
@@ -346,6 +350,9 @@ impl Node {
             )),
             None => None,
         };
+        let gate = cfg
+            .auth
+            .then(|| crate::auth::gate::Gate::new(metrics.clone()));
         let node = Node {
             inner: Arc::new(Inner {
                 id,
@@ -370,6 +377,7 @@ impl Node {
                 next_seq: AtomicU64::new(1),
                 thread: Mutex::new(None),
                 auth: format!("Bearer {}", cfg.token),
+                gate,
                 epoch,
                 read_lease: Arc::new(ReadLease::default()),
                 read_batch: Mutex::new(ReadBatch::default()),
@@ -1361,7 +1369,9 @@ impl Service for Node {
         idempotency_key: Option<String>,
     ) -> Result<OpResult, ServiceError> {
         op.validate(&self.inner.cfg.limits).map_err(|e| match e {
-            crate::kv::KvError::EmptyKey => ServiceError::Invalid(e.to_string()),
+            crate::kv::KvError::EmptyKey | crate::kv::KvError::ReservedKey => {
+                ServiceError::Invalid(e.to_string())
+            }
             _ => ServiceError::TooLarge(e.to_string()),
         })?;
         let deadline = Instant::now() + self.inner.cfg.write_timeout;
@@ -1589,7 +1599,7 @@ impl Service for Node {
                     Ok(e) => {
                         if e.revision <= seen
                             || e.revision < start_revision
-                            || !e.kv.key.starts_with(&prefix)
+                            || !crate::auth::watch_delivers(&e.kv.key, &prefix)
                         {
                             continue;
                         }
@@ -1760,6 +1770,10 @@ impl Service for Node {
 
     fn cluster_token(&self) -> String {
         self.inner.cfg.token.clone()
+    }
+
+    fn auth_gate(&self) -> Option<crate::auth::gate::Gate> {
+        self.inner.gate.clone()
     }
 
     fn metrics_text(&self) -> String {

@@ -17,8 +17,8 @@ use std::time::Instant;
 use tracing::Instrument;
 use utoipa::{Modify, OpenApi};
 
-use crate::api::cluster::constant_time_eq;
 use crate::api::service::ServiceError;
+use crate::auth::token::constant_time_eq;
 use crate::paxos::{Command, ConfChange, Envelope};
 
 use super::wire::{

@@ -14,7 +14,10 @@
 //! logs are prefixes of one another, and that no two nodes hold valid leases
 //! at once; at the end, after healing every fault, that every acknowledged
 //! write is applied on every live replica and that the clients' history is
-//! linearizable. The same seed replays the same run.
+//! linearizable. An auth actor meanwhile creates and revokes a token and
+//! its role and writes as that token: every replica must refuse exactly the
+//! writes the log says were made without the rights (see `world::AuthModel`).
+//! The same seed replays the same run.
 
 pub mod bench;
 pub mod lincheck;
@@ -53,6 +56,8 @@ pub struct SeedOutcome {
     pub reads_answered: usize,
     pub crash_points: usize,
     pub disk_losses: usize,
+    /// Writes by a revoked token (or one whose role was deleted) refused.
+    pub auth_refusals: usize,
     pub replacements: usize,
 }
 
@@ -149,6 +154,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
                 reads_answered: 0,
                 crash_points: 0,
                 disk_losses: 0,
+                auth_refusals: 0,
                 replacements: 0,
             };
         }
@@ -185,6 +191,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
         reads_answered: report.reads_answered,
         crash_points: report.crash_points,
         disk_losses: report.disk_losses,
+        auth_refusals: report.auth_refusals,
         replacements: report.replacements,
     }
 }

@@ -15,6 +15,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::lincheck::{KvCall, KvReturn, Operation};
+use crate::auth::{AuthChange, Permission, TokenRecord};
 use crate::kv::{Expect, Op, OpResult, Store, StoreSnapshot};
 use crate::paxos::{
     Command, ConfChange, EngineConfig, Envelope, Index, Member, Membership, NodeId, ProposeError,
@@ -133,6 +134,41 @@ enum Event {
     /// and applied together (see `World::turn_delay`).
     Turn(usize),
     Pause,
+    /// The auth actor's next step (see [`AuthModel`]).
+    Auth,
+}
+
+/// The sim's auth actor changes the rules for one token now and then
+/// (creates and revokes it, creates and deletes the role that lets it write
+/// `t/`) and writes as that token, through the log like any client. This is
+/// what the rules are at a point of the log, computed from the chosen ops
+/// alone: every replica must refuse exactly the token's writes this model
+/// refuses, whatever it restarted from or installed as a snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct AuthModel {
+    token: bool,
+    role: bool,
+}
+
+const SIM_TOKEN: &str = "00000000000000aa";
+const SIM_ROLE: &str = "t-writer";
+/// The auth actor's request ids.
+const AUTH_CLIENT: u64 = 0x7fff_0000_0000_0001;
+
+impl AuthModel {
+    fn follow(&mut self, op: &Op) {
+        match op {
+            Op::Auth(AuthChange::CreateToken { .. }) => self.token = true,
+            Op::Auth(AuthChange::DeleteToken { .. }) => self.token = false,
+            Op::Auth(AuthChange::PutRole { .. }) => self.role = true,
+            Op::Auth(AuthChange::DeleteRole { .. }) => self.role = false,
+            _ => {}
+        }
+    }
+
+    fn allows_writes(&self) -> bool {
+        self.token && self.role
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -235,6 +271,9 @@ pub struct RunReport {
     /// Disks lost, and replacements of their nodes that completed.
     pub disk_losses: usize,
     pub replacements: usize,
+    /// Writes by the auth actor's token refused because the log had
+    /// revoked it or its role first (every replica must refuse the same).
+    pub auth_refusals: usize,
 }
 
 /// A simulated cluster.
@@ -252,6 +291,15 @@ pub struct World {
     chosen: BTreeMap<Index, Value>,
     /// The state digest after each instance, as first applied (by whom).
     digests: BTreeMap<Index, (usize, u128)>,
+    /// The auth rules after each instance that changed them.
+    auth_models: BTreeMap<Index, AuthModel>,
+    /// The auth actor's ops so far, and how many of its writes were
+    /// refused as the model says.
+    auth_seq: u64,
+    auth_refusals: usize,
+    /// Where each of the actor's ops was first chosen: a copy chosen again
+    /// later is answered from the dedup table, with the first outcome.
+    auth_first: BTreeMap<RequestId, Index>,
     /// Request ids of writes a client saw acknowledged.
     acked: BTreeSet<RequestId>,
     blocked: BTreeSet<(NodeId, NodeId)>,
@@ -372,6 +420,10 @@ impl World {
             history: Vec::new(),
             chosen: BTreeMap::new(),
             digests: BTreeMap::new(),
+            auth_models: BTreeMap::new(),
+            auth_seq: 0,
+            auth_refusals: 0,
+            auth_first: BTreeMap::new(),
             acked: BTreeSet::new(),
             blocked: BTreeSet::new(),
             loss,
@@ -400,6 +452,10 @@ impl World {
         for c in 0..w.opts.clients {
             let at = w.rng.random_range(0..50_000);
             w.schedule(at, Event::ClientSend { client: c });
+        }
+        if w.opts.clients > 0 {
+            let at = w.rng.random_range(0..100_000);
+            w.schedule(at, Event::Auth);
         }
         if w.opts.faults {
             // About one fault per simulated second, crashes twice as often
@@ -684,12 +740,48 @@ impl World {
         }
         self.nodes[i].applied = index;
         if let Value::Batch(cmds) = &value {
+            let before = self
+                .auth_models
+                .range(..index)
+                .next_back()
+                .map(|(_, m)| *m)
+                .unwrap_or_default();
+            let mut model = before;
             for cmd in cmds {
                 let result = self.nodes[i].store.apply(cmd.id, &cmd.op);
+                if let Op::As { op, .. } = &cmd.op {
+                    let refused = matches!(result, OpResult::Refused(_));
+                    let written = matches!(result, OpResult::Put { .. });
+                    // A retry that the dedup table answered repeats the
+                    // first outcome; only first applies are judged.
+                    let first = *self.auth_first.entry(cmd.id).or_insert(index) == index;
+                    if cmd.id.client == AUTH_CLIENT
+                        && first
+                        && matches!(**op, Op::Put { .. })
+                        && (refused == model.allows_writes() || written == refused)
+                    {
+                        return self.fail(format!(
+                            "instance {index}: {name} answered {result:?} to a write by a token \
+                             that the log says is {}",
+                            if model.allows_writes() {
+                                "allowed"
+                            } else {
+                                "refused"
+                            }
+                        ));
+                    }
+                    if refused {
+                        self.auth_refusals += 1;
+                    }
+                }
+                model.follow(&cmd.op);
                 if let Some((client, attempt)) = self.nodes[i].waiters.remove(&cmd.id) {
                     let ret = to_return(&cmd.op, &result);
                     self.reply(client, attempt, Reply::Done(ret));
                 }
+            }
+            if model != before {
+                self.auth_models.entry(index).or_insert(model);
             }
         }
         self.nodes[i].store.set_applied_index(index);
@@ -1342,6 +1434,65 @@ impl World {
         self.schedule(interval, Event::Admin);
     }
 
+    /// One step of the auth actor: a change to its token's rules or a write
+    /// as that token, proposed at some master.
+    fn auth_step(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let Some(m) = self.some_master() else {
+            return self.schedule(50_000, Event::Auth);
+        };
+        self.auth_seq += 1;
+        let seq = self.auth_seq;
+        let op = match self.rng.random_range(0..10) {
+            0..=1 => Op::Auth(AuthChange::CreateToken {
+                id: SIM_TOKEN.into(),
+                token: TokenRecord {
+                    name: "sim".into(),
+                    roles: vec![SIM_ROLE.into()],
+                    secret_sha256: "0".repeat(64),
+                },
+            }),
+            2 => Op::Auth(AuthChange::DeleteToken {
+                id: SIM_TOKEN.into(),
+            }),
+            3..=4 => Op::Auth(AuthChange::PutRole {
+                name: SIM_ROLE.into(),
+                role: crate::auth::Role {
+                    permissions: vec![Permission {
+                        prefix: "t/".into(),
+                        read: true,
+                        write: true,
+                    }],
+                    admin: false,
+                },
+            }),
+            5 => Op::Auth(AuthChange::DeleteRole {
+                name: SIM_ROLE.into(),
+            }),
+            _ => Op::As {
+                token: SIM_TOKEN.into(),
+                op: Box::new(Op::Put {
+                    key: format!("t/{}", seq % 8).into_bytes(),
+                    value: format!("a{seq}").into_bytes(),
+                    expect: None,
+                }),
+            },
+        };
+        let now = self.local_now(m);
+        let id = RequestId {
+            client: AUTH_CLIENT,
+            seq,
+        };
+        if let Some(r) = self.nodes[m].replica.as_mut() {
+            let _ = r.propose(now, Command { id, op });
+        }
+        self.process_ready(m);
+        let next = self.rng.random_range(20_000..200_000);
+        self.schedule(next, Event::Auth);
+    }
+
     /// The configuration chosen at the highest commit index any live
     /// replica knows.
     fn newest_committed_config(&self) -> Option<Membership> {
@@ -1572,6 +1723,7 @@ impl World {
                 self.note("partition healed".into());
             }
             Event::Admin => self.admin(),
+            Event::Auth => self.auth_step(),
             Event::DiskLoss => {
                 if !self.stopping {
                     self.disk_loss();
@@ -1619,6 +1771,7 @@ impl World {
                 .unwrap_or(0),
             crash_points: self.crash_points,
             disk_losses: self.disk_losses,
+            auth_refusals: self.auth_refusals,
             replacements: self.replacements,
             pauses: self.pauses,
             reads_answered: self

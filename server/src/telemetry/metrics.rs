@@ -121,6 +121,12 @@ struct Inner {
     archive_lag_entries: Gauge,
     archive_lag_seconds: Gauge,
     tls_expiry: Family<PortLabels, Gauge>,
+    auth_failures: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 /// A node's metrics, all named `phxkv_*`.
@@ -155,6 +161,7 @@ impl Metrics {
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
             snapshots: Family::default(),
+            auth_failures: Family::default(),
             forwarded: Counter::default(),
             peer_messages: Family::default(),
             peer_bytes_sent: Family::default(),
@@ -237,6 +244,13 @@ impl Metrics {
             "snapshots",
             "Snapshots taken, sent and installed",
             inner.snapshots.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Requests refused authentication, by reason: missing (no token), invalid \
+             (a wrong or revoked token; these count towards the per-address limit), \
+             rate_limited (the address is over that limit)",
+            inner.auth_failures.clone(),
         );
         r.register(
             "forwarded_writes",
@@ -381,6 +395,17 @@ impl Metrics {
             .snapshots
             .get_or_create(&KindLabels {
                 kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a request refused authentication; `reason` is `missing`,
+    /// `invalid` or `rate_limited`.
+    pub fn inc_auth_failures(&self, reason: &str) {
+        self.0
+            .auth_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
             })
             .inc();
     }

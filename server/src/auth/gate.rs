@@ -1,0 +1,379 @@
+//! The HTTP side of auth: who is calling ([`Caller`]), the middleware that
+//! finds out ([`authenticate`]), and the failed-attempt limiter.
+//!
+//! With auth on (`phxkv serve --auth`), every route but the probes, the
+//! metrics and the documentation needs `Authorization: Bearer <token>`:
+//! either an API token (`phxkv_<id>_<secret>`, checked against the
+//! replicated records) or the cluster token, which is the bootstrap admin
+//! credential (a Secret in Kubernetes). A caller whose address sent
+//! [`MAX_FAILURES`] wrong tokens within [`WINDOW`] gets 429 until the window
+//! ends, even with a right one, so guessing is slow from any one address.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::serve::IncomingStream;
+
+use super::{Need, Refusal, token};
+use crate::api::error::{ApiError, ErrorCode};
+use crate::api::service::{Consistency, Service};
+use crate::kv::{Op, Store};
+use crate::telemetry::metrics::Metrics;
+
+/// Wrong tokens one address may send within [`WINDOW`] before it is refused.
+pub const MAX_FAILURES: u32 = 10;
+/// The limiter's window, from an address's first failure.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// Addresses the limiter remembers; beyond that the oldest is forgotten.
+const MAX_TRACKED: usize = 10_000;
+
+/// The address a connection came from, as the limiter sees it: served
+/// with `into_make_service_with_connect_info::<ClientAddr>()` on either
+/// listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, crate::tls::listener::TlsListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, crate::tls::listener::TlsListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// Who sent a request, once authenticated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// Auth is off on this node: everyone may do everything.
+    Anyone,
+    /// The bootstrap admin credential (the cluster token).
+    Admin,
+    /// An API token, by id; its rights are looked up at each check.
+    Token { id: String },
+}
+
+impl Caller {
+    /// Whether the caller may do what `need` says, by `store`'s rules.
+    pub fn check(&self, store: &Store, need: Need) -> Result<(), Refusal> {
+        match self {
+            Caller::Anyone | Caller::Admin => Ok(()),
+            Caller::Token { id } => store.auth().authorize(id, need),
+        }
+    }
+
+    /// Whether the caller may apply `op`, by `store`'s rules.
+    pub fn check_op(&self, store: &Store, op: &Op) -> Result<(), Refusal> {
+        match self {
+            Caller::Anyone | Caller::Admin => Ok(()),
+            Caller::Token { id } => store.auth().authorize_op(id, op),
+        }
+    }
+
+    /// `op` as it is proposed: a token's op carries the token, so that the
+    /// permission is checked again where the op is chosen.
+    pub fn guard(&self, op: Op) -> Op {
+        match self {
+            Caller::Anyone | Caller::Admin => op,
+            Caller::Token { id } => Op::As {
+                token: id.clone(),
+                op: Box::new(op),
+            },
+        }
+    }
+
+    /// Checks `op` against this replica's rules, so that a write the caller
+    /// may not make is refused without a trip through the log (the apply
+    /// checks again), and returns it ready to propose.
+    pub async fn authorize_write<S: Service>(&self, svc: &S, op: Op) -> Result<Op, ApiError> {
+        if matches!(self, Caller::Token { .. }) {
+            let me = self.clone();
+            let local = Consistency::Local { min_revision: None };
+            let (op, allowed) = svc
+                .read(local, move |store| {
+                    let allowed = me.check_op(store, &op);
+                    (op, allowed)
+                })
+                .await?;
+            allowed?;
+            return Ok(self.guard(op));
+        }
+        Ok(op)
+    }
+
+    /// Requires the admin permission, by rules that reflect every change
+    /// chosen before the call.
+    pub async fn require_admin<S: Service>(&self, svc: &S) -> Result<(), ApiError> {
+        if !matches!(self, Caller::Token { .. }) {
+            return Ok(());
+        }
+        let me = self.clone();
+        svc.read(Consistency::Linearizable, move |store| {
+            me.check(store, Need::Admin)
+        })
+        .await??;
+        Ok(())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _svc: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("the route was served without authentication"))
+    }
+}
+
+/// Auth on a node: on when a node has one.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    limiter: Mutex<Limiter>,
+    metrics: Metrics,
+}
+
+impl Gate {
+    pub fn new(metrics: Metrics) -> Gate {
+        Gate(Arc::new(Inner {
+            limiter: Mutex::new(Limiter::default()),
+            metrics,
+        }))
+    }
+
+    fn blocked(&self, addr: Option<IpAddr>, now: Instant) -> Option<Duration> {
+        let addr = addr?;
+        self.0.limiter.lock().ok()?.blocked(addr, now)
+    }
+
+    fn failed(&self, addr: Option<IpAddr>, now: Instant, reason: &str) {
+        self.0.metrics.inc_auth_failures(reason);
+        if let (Some(addr), Ok(mut l)) = (addr, self.0.limiter.lock()) {
+            l.fail(addr, now);
+        }
+    }
+}
+
+/// Failed attempts per address, each counted from its first failure.
+#[derive(Debug, Default)]
+struct Limiter {
+    by_addr: HashMap<IpAddr, (Instant, u32)>,
+}
+
+impl Limiter {
+    fn blocked(&mut self, addr: IpAddr, now: Instant) -> Option<Duration> {
+        let (since, count) = *self.by_addr.get(&addr)?;
+        let ends = since + WINDOW;
+        if now >= ends {
+            self.by_addr.remove(&addr);
+            return None;
+        }
+        (count >= MAX_FAILURES).then(|| ends - now)
+    }
+
+    fn fail(&mut self, addr: IpAddr, now: Instant) {
+        if !self.by_addr.contains_key(&addr) && self.by_addr.len() >= MAX_TRACKED {
+            self.by_addr.retain(|_, (since, _)| now < *since + WINDOW);
+            if self.by_addr.len() >= MAX_TRACKED
+                && let Some(oldest) = self
+                    .by_addr
+                    .iter()
+                    .min_by_key(|(_, (since, _))| *since)
+                    .map(|(a, _)| *a)
+            {
+                self.by_addr.remove(&oldest);
+            }
+        }
+        let entry = self.by_addr.entry(addr).or_insert((now, 0));
+        if now >= entry.0 + WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+}
+
+/// Routes anyone may call with auth on: probes, metrics, documentation and
+/// the console's static files.
+fn is_open(path: &str) -> bool {
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs"
+    ) || path == "/ui"
+        || path.starts_with("/ui/")
+}
+
+/// Finds out who is calling and puts the [`Caller`] in the request's
+/// extensions, or answers 401/429 itself.
+pub async fn authenticate<S: Service>(
+    State(svc): State<S>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(gate) = svc.auth_gate() else {
+        req.extensions_mut().insert(Caller::Anyone);
+        return next.run(req).await;
+    };
+    if is_open(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let addr = req
+        .extensions()
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|c| c.0.0.ip());
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|v| v.trim().to_owned());
+    match identify(&svc, &gate, addr, bearer).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn identify<S: Service>(
+    svc: &S,
+    gate: &Gate,
+    addr: Option<IpAddr>,
+    bearer: Option<String>,
+) -> Result<Caller, ApiError> {
+    let now = Instant::now();
+    if let Some(wait) = gate.blocked(addr, now) {
+        gate.0.metrics.inc_auth_failures("rate_limited");
+        return Err(ApiError::new(
+            ErrorCode::TooManyAttempts,
+            format!(
+                "too many failed authentication attempts from this address; \
+                 retry in {} s",
+                wait.as_secs().max(1)
+            ),
+        )
+        .retry_after(wait.as_secs().max(1)));
+    }
+    let Some(bearer) = bearer else {
+        gate.0.metrics.inc_auth_failures("missing");
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "this cluster requires authentication: send Authorization: Bearer <token> \
+             (the CLI reads --token-file or PHXKV_TOKEN)",
+        ));
+    };
+    let cluster_token = svc.cluster_token();
+    if !cluster_token.is_empty()
+        && token::constant_time_eq(bearer.as_bytes(), cluster_token.as_bytes())
+    {
+        return Ok(Caller::Admin);
+    }
+    if let Some(presented) = token::parse(&bearer) {
+        let id = presented.id.to_owned();
+        let secret = presented.secret.to_owned();
+        let lookup = move |store: &Store| {
+            store
+                .auth()
+                .token(&id)
+                .is_some_and(|t| token::verify(&secret, &t.secret_sha256))
+        };
+        let local = Consistency::Local { min_revision: None };
+        // A token created a moment ago elsewhere may not have reached this
+        // replica yet: before refusing, look again once it has applied
+        // everything chosen so far.
+        if svc.read(local, lookup.clone()).await?
+            || svc.read(Consistency::Linearizable, lookup).await?
+        {
+            return Ok(Caller::Token {
+                id: presented.id.to_owned(),
+            });
+        }
+    }
+    gate.failed(addr, now, "invalid");
+    Err(ApiError::new(
+        ErrorCode::Unauthorized,
+        "the bearer token is not valid here: revoked, mistyped, or from another cluster",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limiter_refuses_after_the_documented_count_until_the_window_ends() {
+        let mut l = Limiter::default();
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        let t0 = Instant::now();
+        for i in 0..MAX_FAILURES {
+            assert_eq!(l.blocked(a, t0), None, "after {i} failures");
+            l.fail(a, t0);
+        }
+        assert!(l.blocked(a, t0 + Duration::from_secs(1)).is_some());
+        assert_eq!(l.blocked(b, t0), None, "other addresses are not affected");
+        assert_eq!(l.blocked(a, t0 + WINDOW), None, "the window ends");
+        l.fail(a, t0 + WINDOW);
+        assert_eq!(
+            l.blocked(a, t0 + WINDOW),
+            None,
+            "a new window starts at one"
+        );
+    }
+
+    #[test]
+    fn the_limiter_forgets_the_oldest_address_when_full() {
+        let mut l = Limiter::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_TRACKED as u32 {
+            let addr = IpAddr::from(i.to_be_bytes());
+            l.fail(addr, t0 + Duration::from_nanos(u64::from(i)));
+        }
+        l.fail(
+            IpAddr::from([255, 255, 255, 255]),
+            t0 + Duration::from_secs(1),
+        );
+        assert_eq!(l.by_addr.len(), MAX_TRACKED);
+        assert!(!l.by_addr.contains_key(&IpAddr::from([0, 0, 0, 0])));
+    }
+
+    #[test]
+    fn only_probes_metrics_docs_and_the_console_are_open() {
+        for open in [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+            "/docs",
+            "/ui",
+            "/ui/app.js",
+        ] {
+            assert!(is_open(open), "{open}");
+        }
+        for closed in [
+            "/v1/kv/a",
+            "/v1/cluster",
+            "/v1/watch",
+            "/uix",
+            "/v1/auth/tokens",
+        ] {
+            assert!(!is_open(closed), "{closed}");
+        }
+    }
+}
