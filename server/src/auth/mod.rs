@@ -87,9 +87,11 @@ pub struct Permission {
     pub write: bool,
 }
 
-/// A named set of permissions.
+/// A named set of permissions. (`AuthRole` in the API documents, where
+/// `Role` is a member's part in quorums.)
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = AuthRole)]
 pub struct Role {
     #[serde(default)]
     pub permissions: Vec<Permission>,

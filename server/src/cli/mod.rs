@@ -44,6 +44,8 @@ pub enum Command {
     Status(client::status::StatusArgs),
     /// List, add, promote, remove or replace cluster members; move mastership.
     Members(client::members::MembersArgs),
+    /// Manage roles and API tokens of a cluster started with --auth.
+    Auth(client::auth::AuthArgs),
     /// Save a consistent backup of a cluster, inspect one, or restore one
     /// into the first member of a new cluster.
     Backup(client::backup::BackupArgs),
@@ -191,6 +193,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(args) => client::status::run(args).await,
         Command::Members(args) => client::members::run(args).await,
         Command::Backup(args) => client::backup::run(args).await,
+        Command::Auth(args) => client::auth::run(args).await,
         Command::Shell(args) => client::shell::run(args).await,
         Command::Completion(args) => completion::run(&args),
     }

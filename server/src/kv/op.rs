@@ -117,6 +117,7 @@ pub enum Op {
     /// the token exists and may make it at this point of the log.
     As {
         token: String,
+        #[schema(no_recursion)]
         op: Box<Op>,
     },
 }

@@ -241,6 +241,9 @@ impl Cluster {
         let r = self
             .http
             .get(format!("{}/v1/cluster", self.url(i)))
+            // The cluster token is the admin credential with --auth on
+            // and ignored without.
+            .bearer_auth(TOKEN)
             .timeout(Duration::from_secs(2))
             .send()
             .await
@@ -288,6 +291,7 @@ impl Cluster {
             let r = self
                 .http
                 .put(format!("{}/v1/kv/{key}", self.url(i)))
+                .bearer_auth(TOKEN)
                 .body(value.to_string())
                 .send()
                 .await;

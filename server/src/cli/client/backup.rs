@@ -16,7 +16,6 @@ use clap::{Args, Subcommand};
 
 use super::ConnectArgs;
 use super::http::{self, Client};
-use super::members::read_token;
 use crate::archive::restore::{self as archive_restore, Target};
 use crate::archive::{Catalog, Location, Segment as ArchivedSegment};
 use crate::cli::CliError;
@@ -47,10 +46,6 @@ pub enum BackupAction {
         /// Replace FILE if it exists.
         #[arg(long)]
         force: bool,
-        /// A file holding the cluster token (the one the nodes were started
-        /// with).
-        #[arg(long, env = "PHXKV_CLUSTER_TOKEN_FILE", value_name = "PATH")]
-        token_file: Option<PathBuf>,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -145,9 +140,8 @@ pub async fn run(args: BackupArgs) -> Result<(), CliError> {
         BackupAction::Save {
             file,
             force,
-            token_file,
             connect,
-        } => save(&file, force, token_file.as_ref(), &connect).await,
+        } => save(&file, force, &connect).await,
         BackupAction::Inspect { file } => inspect(&file),
         BackupAction::Restore {
             file,
@@ -217,16 +211,11 @@ impl Progress {
     }
 }
 
-async fn save(
-    file: &Path,
-    force: bool,
-    token_file: Option<&PathBuf>,
-    connect: &ConnectArgs,
-) -> Result<(), CliError> {
+async fn save(file: &Path, force: bool, connect: &ConnectArgs) -> Result<(), CliError> {
     if file.exists() && !force {
         return Err(fatal(file, "already exists; pass --force to replace it"));
     }
-    let client = Client::new(connect)?.with_token(read_token(token_file)?);
+    let client = Client::new(connect)?;
     let resp = client
         .send_streaming(|h, base| h.get(format!("{base}/v1/admin/snapshot")))
         .await?;

@@ -115,15 +115,9 @@ impl Client {
             http,
             endpoints,
             timeout: args.timeout,
-            token: None,
+            token: args.bearer()?,
             preferred: AtomicUsize::new(0),
         })
-    }
-
-    /// Sends `token` as a bearer token with every request.
-    pub fn with_token(mut self, token: Option<String>) -> Client {
-        self.token = token;
-        self
     }
 
     /// Sends a request built by `build` (given the client and an endpoint's
@@ -295,7 +289,17 @@ impl ApiFailure {
         }
         match self.status.as_u16() {
             401 => CliError::Usage(format!(
-                "the cluster token is missing or wrong ({}); pass --token-file or set PHXKV_CLUSTER_TOKEN_FILE",
+                "not authenticated ({}); pass --token-file FILE or set PHXKV_TOKEN \
+                 (an API token, or the cluster token for admin work)",
+                self.message
+            )),
+            403 => CliError::Usage(format!(
+                "permission denied ({}); ask an admin for a role that grants it \
+                 (phxkv auth role put / phxkv auth token roles)",
+                self.message
+            )),
+            429 => CliError::Fatal(format!(
+                "{}; check the token (phxkv auth whoami) before trying again",
                 self.message
             )),
             404 => CliError::NotFound(self.message),
@@ -353,6 +357,8 @@ mod tests {
             cacert: None,
             cert: None,
             key: None,
+            token_file: None,
+            token: None,
         }
     }
 

@@ -1,8 +1,6 @@
 //! `phxkv members`: lists the cluster's members and changes them. Changes
 //! need the cluster token, sent as a bearer token.
 
-use std::path::PathBuf;
-
 use clap::{Args, Subcommand};
 use serde::Deserialize;
 use serde_json::json;
@@ -17,15 +15,6 @@ use crate::cli::CliError;
 pub struct MembersArgs {
     #[command(subcommand)]
     pub action: Option<MembersAction>,
-    /// A file holding the cluster token (the one the nodes were started
-    /// with); needed by add, promote, remove, replace and transfer.
-    #[arg(
-        long,
-        env = "PHXKV_CLUSTER_TOKEN_FILE",
-        value_name = "PATH",
-        global = true
-    )]
-    pub token_file: Option<PathBuf>,
     /// With `-o json`, the cluster's state after the action is the only
     /// thing on stdout; progress messages go to stderr.
     #[command(flatten)]
@@ -88,23 +77,6 @@ pub enum MembersAction {
     },
 }
 
-/// The cluster token from `--token-file`, if one was given.
-pub(crate) fn read_token(path: Option<&PathBuf>) -> Result<Option<String>, CliError> {
-    let Some(path) = path else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::Usage(format!("--token-file {}: {e}", path.display())))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(CliError::Usage(format!(
-            "--token-file {}: the file is empty",
-            path.display()
-        )));
-    }
-    Ok(Some(token.to_string()))
-}
-
 pub async fn run(args: MembersArgs) -> Result<(), CliError> {
     let action = args.action.unwrap_or(MembersAction::List);
     let format = args.output.format();
@@ -117,10 +89,9 @@ pub async fn run(args: MembersArgs) -> Result<(), CliError> {
             let _ = super::write_line(line);
         }
     };
-    let mut client = Client::new(&args.connect)?;
-    if !matches!(action, MembersAction::List) {
-        client = client.with_token(read_token(args.token_file.as_ref())?);
-    }
+    // Changes need the cluster token (or, with --auth, an admin token):
+    // --token-file, PHXKV_TOKEN or PHXKV_CLUSTER_TOKEN_FILE.
+    let client = Client::new(&args.connect)?;
     let (done, info): (String, ClusterInfo) = match action {
         MembersAction::List => (String::new(), status::fetch(&client).await?),
         MembersAction::Add { name, peer_url } => {

@@ -4,6 +4,7 @@
 //! Each command lives in its own module with a `run` entry point; the
 //! pieces the interactive shell reuses (fetching, printing) are public too.
 
+pub mod auth;
 pub mod backup;
 pub mod delete;
 pub mod get;
@@ -78,6 +79,61 @@ pub struct ConnectArgs {
         requires = "cert"
     )]
     pub key: Option<PathBuf>,
+    /// A file holding the bearer token to send: an API token
+    /// (`phxkv auth token create`) for a cluster started with --auth, or
+    /// the cluster token, which is also what membership changes and
+    /// backups need. PHXKV_CLUSTER_TOKEN_FILE is read when neither this
+    /// nor PHXKV_TOKEN is set.
+    #[arg(long, env = "PHXKV_TOKEN_FILE", value_name = "PATH", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// The bearer token itself, from the environment only (a command line
+    /// is visible to every user of the machine).
+    #[arg(
+        long,
+        env = "PHXKV_TOKEN",
+        hide = true,
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+}
+
+impl ConnectArgs {
+    /// The bearer token to send, if any: PHXKV_TOKEN, --token-file, or
+    /// PHXKV_CLUSTER_TOKEN_FILE, in that order.
+    pub fn bearer(&self) -> Result<Option<String>, CliError> {
+        if let Some(t) = self
+            .token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            return Ok(Some(t.to_string()));
+        }
+        if let Some(path) = &self.token_file {
+            return read_token_file("--token-file", path).map(Some);
+        }
+        match std::env::var_os("PHXKV_CLUSTER_TOKEN_FILE") {
+            Some(path) if !path.is_empty() => {
+                read_token_file("PHXKV_CLUSTER_TOKEN_FILE", std::path::Path::new(&path)).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The token in the file at `path` (named `what` in errors), trimmed.
+fn read_token_file(what: &str, path: &std::path::Path) -> Result<String, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("{what} {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(CliError::Usage(format!(
+            "{what} {}: the file is empty",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
 }
 
 /// How a read or status command prints its answer.

@@ -1,0 +1,286 @@
+//! `phxkv auth`: roles and API tokens of a cluster started with `--auth`.
+//!
+//! Everything but `whoami` needs an admin credential (the cluster token, or
+//! a token with an admin role) in --token-file or PHXKV_TOKEN.
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::http::{self, Client};
+use super::{ConnectArgs, Output, OutputArgs, path_segment, print_json, render_table, write_line};
+use crate::cli::CliError;
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  phxkv auth role put app-reader --read app/
+  phxkv auth role put app-writer --read app/ --write app/
+  phxkv auth token create ci --role app-reader > ci.token
+  PHXKV_TOKEN_FILE=ci.token phxkv get app/config
+  phxkv auth token revoke 3f9a0c4e12b7d5a8")]
+pub struct AuthArgs {
+    #[command(subcommand)]
+    pub action: AuthAction,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthAction {
+    /// Who the token you send is, and whether it is an admin.
+    Whoami,
+    /// Roles: named sets of read and write permissions on key prefixes.
+    #[command(subcommand)]
+    Role(RoleAction),
+    /// API tokens: bearer credentials holding roles.
+    #[command(subcommand)]
+    Token(TokenAction),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RoleAction {
+    /// List the roles and their permissions.
+    List,
+    /// Create a role, or replace its permissions with the ones given.
+    Put {
+        /// 1 to 64 letters, digits, '.', '_', '-', '@' or ':'.
+        name: String,
+        /// Read keys starting with PREFIX ("" for every key); repeatable.
+        #[arg(long, value_name = "PREFIX")]
+        read: Vec<String>,
+        /// Write keys starting with PREFIX; repeatable.
+        #[arg(long, value_name = "PREFIX")]
+        write: Vec<String>,
+        /// Membership, auth management, backups, and every key.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Delete a role; tokens holding it lose what it granted.
+    Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// List tokens (ids, names, roles; never secrets).
+    List,
+    /// Create a token and print it: the only time it is shown.
+    Create {
+        /// Who or what it is for.
+        name: String,
+        /// A role to give it; repeatable.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+    },
+    /// Revoke a token: no replica accepts it once this returns.
+    Revoke {
+        /// The token's id (the 16 hex digits after `phxkv_`).
+        id: String,
+    },
+    /// Replace a token's roles with the ones given (none: take all away).
+    Roles {
+        id: String,
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+    },
+}
+
+/// Merges `--read` and `--write` prefixes into permissions, one per prefix.
+fn permissions(read: &[String], write: &[String]) -> Vec<Value> {
+    let mut prefixes: Vec<&String> = read.iter().chain(write).collect();
+    prefixes.sort();
+    prefixes.dedup();
+    prefixes
+        .into_iter()
+        .map(|p| json!({"prefix": p, "read": read.contains(p), "write": write.contains(p)}))
+        .collect()
+}
+
+pub async fn run(args: AuthArgs) -> Result<(), CliError> {
+    let client = Client::new(&args.connect)?;
+    let format = args.output.format();
+    let answer: Value = match args.action {
+        AuthAction::Whoami => get(&client, "/v1/auth/whoami").await?,
+        AuthAction::Role(RoleAction::List) => get(&client, "/v1/auth/roles").await?,
+        AuthAction::Role(RoleAction::Put {
+            name,
+            read,
+            write,
+            admin,
+        }) => {
+            if read.is_empty() && write.is_empty() && !admin {
+                return Err(CliError::Usage(
+                    "give at least one of --read PREFIX, --write PREFIX or --admin".into(),
+                ));
+            }
+            let body = json!({"permissions": permissions(&read, &write), "admin": admin});
+            let path = format!("/v1/auth/roles/{}", path_segment(name.as_bytes()));
+            send(&client, reqwest::Method::PUT, &path, Some(body)).await?
+        }
+        AuthAction::Role(RoleAction::Delete { name }) => {
+            let path = format!("/v1/auth/roles/{}", path_segment(name.as_bytes()));
+            send(&client, reqwest::Method::DELETE, &path, None).await?
+        }
+        AuthAction::Token(TokenAction::List) => get(&client, "/v1/auth/tokens").await?,
+        AuthAction::Token(TokenAction::Create { name, roles }) => {
+            let body = json!({"name": name, "roles": roles});
+            let created = send(
+                &client,
+                reqwest::Method::POST,
+                "/v1/auth/tokens",
+                Some(body),
+            )
+            .await?;
+            if format != Output::Json {
+                // The token alone on stdout, so `> file` keeps just it.
+                eprintln!(
+                    "created token {} ({}); it is shown only now:",
+                    created["id"].as_str().unwrap_or("?"),
+                    created["name"].as_str().unwrap_or("?")
+                );
+                return write_line(created["token"].as_str().unwrap_or_default());
+            }
+            created
+        }
+        AuthAction::Token(TokenAction::Revoke { id }) => {
+            let path = format!("/v1/auth/tokens/{}", path_segment(id.as_bytes()));
+            send(&client, reqwest::Method::DELETE, &path, None).await?
+        }
+        AuthAction::Token(TokenAction::Roles { id, roles }) => {
+            let path = format!("/v1/auth/tokens/{}/roles", path_segment(id.as_bytes()));
+            send(
+                &client,
+                reqwest::Method::PUT,
+                &path,
+                Some(json!({"roles": roles})),
+            )
+            .await?
+        }
+    };
+    if format == Output::Json {
+        return print_json(&answer);
+    }
+    print_text(&answer)
+}
+
+async fn get(client: &Client, path: &str) -> Result<Value, CliError> {
+    send(client, reqwest::Method::GET, path, None).await
+}
+
+async fn send(
+    client: &Client,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, CliError> {
+    let resp = if method == reqwest::Method::GET {
+        client
+            .send(|h, base| h.request(method.clone(), format!("{base}{path}")))
+            .await?
+    } else {
+        client
+            .send_write(|h, base| {
+                let req = h.request(method.clone(), format!("{base}{path}"));
+                match &body {
+                    Some(b) => req.json(b),
+                    None => req,
+                }
+            })
+            .await?
+    };
+    http::json(resp).await
+}
+
+/// A listing as a table, a change as its revision, `whoami` as lines.
+fn print_text(answer: &Value) -> Result<(), CliError> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let list = |v: &Value| {
+        v.as_array()
+            .map(|a| a.iter().map(text).collect::<Vec<_>>().join(","))
+            .unwrap_or_default()
+    };
+    if let Some(roles) = answer["roles"]
+        .as_array()
+        .filter(|_| answer.get("kind").is_none())
+    {
+        let rows: Vec<Vec<String>> = roles
+            .iter()
+            .map(|r| {
+                let perms = r["permissions"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .map(|p| {
+                                let mode = match (p["read"].as_bool(), p["write"].as_bool()) {
+                                    (Some(true), Some(true)) => "rw",
+                                    (_, Some(true)) => "w",
+                                    _ => "r",
+                                };
+                                format!("{mode}:{:?}", text(&p["prefix"]))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default();
+                let admin = if r["admin"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                };
+                vec![text(&r["name"]), admin.to_string(), perms]
+            })
+            .collect();
+        return super::write_out(render_table(&["ROLE", "ADMIN", "PERMISSIONS"], &rows).as_bytes());
+    }
+    if let Some(tokens) = answer["tokens"].as_array() {
+        let rows: Vec<Vec<String>> = tokens
+            .iter()
+            .map(|t| vec![text(&t["id"]), text(&t["name"]), list(&t["roles"])])
+            .collect();
+        return super::write_out(render_table(&["ID", "NAME", "ROLES"], &rows).as_bytes());
+    }
+    if let Some(kind) = answer["kind"].as_str() {
+        let enabled = answer["auth_enabled"].as_bool() == Some(true);
+        let who = match kind {
+            "token" => format!(
+                "token {} ({}), roles: {}",
+                text(&answer["id"]),
+                text(&answer["name"]),
+                list(&answer["roles"])
+            ),
+            "admin" => "the cluster token (admin)".to_string(),
+            _ => "anyone: this node does not require a token".to_string(),
+        };
+        write_line(&who)?;
+        let admin = answer["admin"].as_bool() == Some(true);
+        return write_line(&format!(
+            "auth {}; admin: {}",
+            if enabled { "on" } else { "off" },
+            if admin { "yes" } else { "no" }
+        ));
+    }
+    match answer["revision"].as_u64() {
+        Some(rev) => write_line(&format!(
+            "done at revision {rev}; in force on every replica"
+        )),
+        None => print_json(answer),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_and_write_prefixes_merge_into_one_permission_each() {
+        let got = permissions(&["app/".into(), "cfg/".into()], &["app/".into()]);
+        assert_eq!(
+            got,
+            vec![
+                json!({"prefix": "app/", "read": true, "write": true}),
+                json!({"prefix": "cfg/", "read": true, "write": false}),
+            ]
+        );
+    }
+}
