@@ -1311,10 +1311,18 @@ async fn a_watch_ends_at_the_change_that_takes_its_read_away() {
     let mut body = response.into_body().into_data_stream();
     let admin = Some(TOKEN);
     as_caller(&router, Method::PUT, "/v1/kv/app/seen", admin, "1").await;
+    let mut text = String::new();
+    while !text.contains("app/seen") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("the first event")
+            .expect("stream open")
+            .expect("chunk");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
     let roles = format!("/v1/auth/tokens/{id}/roles");
     as_caller(&router, Method::PUT, &roles, admin, r#"{"roles":[]}"#).await;
     as_caller(&router, Method::PUT, "/v1/kv/app/unseen", admin, "2").await;
-    let mut text = String::new();
     while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(5), body.next()).await
     {
         text.push_str(&String::from_utf8_lossy(&chunk));
@@ -1335,6 +1343,7 @@ async fn a_watch_ends_at_the_change_that_takes_its_read_away() {
 async fn wrong_tokens_from_one_address_are_limited_after_the_documented_count() {
     use crate::auth::gate::{ClientAddr, MAX_FAILURES};
     let router = Fake::with_auth().router();
+    let ci = reader_of_app(&router).await;
     let from = |ip: [u8; 4], token: &str| {
         let mut request = Request::builder()
             .uri("/v1/kv/a")
@@ -1363,4 +1372,10 @@ async fn wrong_tokens_from_one_address_are_limited_after_the_documented_count() 
     // Another address is not affected.
     let other = send(&router, from([10, 0, 0, 2], TOKEN)).await;
     assert_eq!(other.status, StatusCode::NOT_FOUND);
+    // A valid API token cannot have been guessed: it passes even from the
+    // blocked address (clients behind one proxy share it).
+    let mut valid = from([10, 0, 0, 1], &ci);
+    *valid.uri_mut() = "/v1/kv/app/x".parse().expect("uri");
+    let valid = send(&router, valid).await;
+    assert_eq!(valid.status, StatusCode::OK);
 }

@@ -99,12 +99,15 @@ pub async fn watch<S: Service>(
     query.finish()?;
     // A watch on a prefix the caller cannot read is refused, not filtered,
     // by rules that reflect every change chosen before it started.
+    let mut checked = 0;
     if matches!(caller, Caller::Token { .. }) {
         let (who, p) = (caller.clone(), prefix.clone());
-        svc.read(Consistency::Linearizable, move |store| {
-            who.check(store, Need::ReadPrefix(&p))
-        })
-        .await??;
+        checked = svc
+            .read(Consistency::Linearizable, move |store| {
+                who.check(store, Need::ReadPrefix(&p))
+                    .map(|()| store.auth_generation())
+            })
+            .await??;
     }
     let start = match start {
         Some(revision) => revision,
@@ -122,6 +125,7 @@ pub async fn watch<S: Service>(
         Err(_) => None,
     };
     let recheck = Recheck {
+        checked,
         svc,
         caller,
         prefix,
@@ -133,35 +137,49 @@ pub async fn watch<S: Service>(
 
 type Source = Receiver<Result<Event, ServiceError>>;
 
-/// What a watch checks again at every auth change in its stream.
+/// What a token's watch checks again before each event it sends.
 #[derive(Clone)]
 struct Recheck<S> {
     svc: S,
     caller: Caller,
     prefix: Vec<u8>,
+    /// The replica's auth generation when the rights were last checked.
+    checked: u64,
 }
 
 impl<S: Service> Recheck<S> {
-    /// Whether the caller may still read the prefix. The replica has
-    /// applied the change (it is in the stream), so a revocation is seen
-    /// here before any later event is sent.
-    async fn still_allowed(&self) -> Result<(), ApiError> {
+    /// Whether the caller may still read the prefix, checked again if the
+    /// replica's rules may have changed since the last check: an auth
+    /// change applied, or a snapshot installed (which may carry changes
+    /// whose events this stream never sees). The replica has applied every
+    /// event it sends, so a revocation ordered before an event is seen
+    /// here before that event goes out.
+    async fn still_allowed(&mut self) -> Result<(), ApiError> {
         if !matches!(self.caller, Caller::Token { .. }) {
             return Ok(());
         }
-        let (who, p) = (self.caller.clone(), self.prefix.clone());
+        let (who, p, checked) = (self.caller.clone(), self.prefix.clone(), self.checked);
         let local = Consistency::Local { min_revision: None };
-        self.svc
-            .read(local, move |store| who.check(store, Need::ReadPrefix(&p)))
+        self.checked = self
+            .svc
+            .read(local, move |store| {
+                let now = store.auth_generation();
+                if now == checked {
+                    return Ok(now);
+                }
+                who.check(store, Need::ReadPrefix(&p)).map(|()| now)
+            })
             .await??;
         Ok(())
     }
 }
 
 /// SSE events for `first` and then everything `events` delivers, ending
-/// after the first error. Auth changes arrive as markers: they are never
-/// sent, and the watch ends with a `permission_denied` (or
-/// `unauthorized`) error event at the first one that takes its read away.
+/// after the first error. A token's rights are checked again before each
+/// event once the replica's rules may have changed (auth changes also
+/// arrive as markers, which are never sent, so an idle watch notices
+/// too): the watch ends with a `permission_denied` (or `unauthorized`)
+/// error event instead of the first event it may no longer see.
 fn event_stream<S: Service>(
     first: Option<Event>,
     events: Source,
@@ -169,7 +187,7 @@ fn event_stream<S: Service>(
 ) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
     stream::unfold(
         (first, Some(events), recheck),
-        |(mut pending, events, recheck)| async move {
+        |(mut pending, events, mut recheck)| async move {
             let mut events = events?;
             loop {
                 let item = match pending.take() {
@@ -180,10 +198,10 @@ fn event_stream<S: Service>(
                     Ok(event) => event,
                     Err(err) => return Some((Ok(error_event(err.into())), (None, None, recheck))),
                 };
+                if let Err(err) = recheck.still_allowed().await {
+                    return Some((Ok(error_event(err)), (None, None, recheck)));
+                }
                 if is_system_key(&event.kv.key) {
-                    if let Err(err) = recheck.still_allowed().await {
-                        return Some((Ok(error_event(err)), (None, None, recheck)));
-                    }
                     continue;
                 }
                 return Some((Ok(to_sse(&event)), (None, Some(events), recheck)));

@@ -5,9 +5,11 @@
 //! metrics and the documentation needs `Authorization: Bearer <token>`:
 //! either an API token (`phxkv_<id>_<secret>`, checked against the
 //! replicated records) or the cluster token, which is the bootstrap admin
-//! credential (a Secret in Kubernetes). A caller whose address sent
-//! [`MAX_FAILURES`] wrong tokens within [`WINDOW`] gets 429 until the window
-//! ends, even with a right one, so guessing is slow from any one address.
+//! credential (a Secret in Kubernetes). A caller whose address (an IPv6
+//! caller's /64) sent [`MAX_FAILURES`] wrong tokens within [`WINDOW`] gets
+//! 429 until the window ends, even with the right cluster token, so
+//! guessing is slow from any one address; a valid API token still passes,
+//! since its 256-bit secret cannot have been guessed.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -97,19 +99,24 @@ impl Caller {
     /// may not make is refused without a trip through the log (the apply
     /// checks again), and returns it ready to propose.
     pub async fn authorize_write<S: Service>(&self, svc: &S, op: Op) -> Result<Op, ApiError> {
-        if matches!(self, Caller::Token { .. }) {
-            let me = self.clone();
-            let local = Consistency::Local { min_revision: None };
-            let (op, allowed) = svc
-                .read(local, move |store| {
-                    let allowed = me.check_op(store, &op);
-                    (op, allowed)
-                })
-                .await?;
-            allowed?;
-            return Ok(self.guard(op));
+        if !matches!(self, Caller::Token { .. }) {
+            return Ok(op);
         }
-        Ok(op)
+        let check = |consistency| {
+            let me = self.clone();
+            let op = op.clone();
+            svc.read(consistency, move |store| me.check_op(store, &op))
+        };
+        // A grant made a moment ago may not have reached this replica:
+        // before refusing, look again at rules that reflect every change
+        // chosen so far.
+        if check(Consistency::Local { min_revision: None })
+            .await?
+            .is_err()
+        {
+            check(Consistency::Linearizable).await??;
+        }
+        Ok(self.guard(op))
     }
 
     /// Requires the admin permission, by rules that reflect every change
@@ -158,14 +165,26 @@ impl Gate {
     }
 
     fn blocked(&self, addr: Option<IpAddr>, now: Instant) -> Option<Duration> {
-        let addr = addr?;
+        let addr = source(addr?);
         self.0.limiter.lock().ok()?.blocked(addr, now)
     }
 
     fn failed(&self, addr: Option<IpAddr>, now: Instant, reason: &str) {
         self.0.metrics.inc_auth_failures(reason);
         if let (Some(addr), Ok(mut l)) = (addr, self.0.limiter.lock()) {
-            l.fail(addr, now);
+            l.fail(source(addr), now);
+        }
+    }
+}
+
+/// Who the limiter counts a caller as: its IPv4 address, or the /64 of its
+/// IPv6 address (one host usually has a whole /64 to pick addresses from).
+fn source(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
         }
     }
 }
@@ -240,8 +259,9 @@ pub async fn authenticate<S: Service>(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|v| v.trim().to_owned());
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, v)| v.trim().to_owned());
     match identify(&svc, &gate, addr, bearer).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
@@ -259,6 +279,27 @@ async fn identify<S: Service>(
 ) -> Result<Caller, ApiError> {
     let now = Instant::now();
     if let Some(wait) = gate.blocked(addr, now) {
+        // An API token's 256-bit secret cannot be guessed, so a valid one is
+        // let through even from a blocked address (many clients may share
+        // one behind a proxy); everything else waits out the window.
+        if let Some(presented) = bearer.as_deref().and_then(token::parse) {
+            let id = presented.id.to_owned();
+            let secret = presented.secret.to_owned();
+            let local = Consistency::Local { min_revision: None };
+            let valid = svc
+                .read(local, move |store| {
+                    store
+                        .auth()
+                        .token(&id)
+                        .is_some_and(|t| token::verify(&secret, &t.secret_sha256))
+                })
+                .await?;
+            if valid {
+                return Ok(Caller::Token {
+                    id: presented.id.to_owned(),
+                });
+            }
+        }
         gate.0.metrics.inc_auth_failures("rate_limited");
         return Err(ApiError::new(
             ErrorCode::TooManyAttempts,

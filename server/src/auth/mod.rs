@@ -21,6 +21,10 @@
 //!   at every auth change that reaches them in the event stream, which is
 //!   ordered with the data: no event after a revocation is delivered.
 //!
+//! A `consistency=local` read is the exception: it is checked against the
+//! replica it reaches, which may not have applied a revocation yet, as it
+//! may not have applied a write.
+//!
 //! [`gate`] is the HTTP side: who is calling, the failed-attempt limiter.
 //! [`token`] is the token format and its hashing.
 
@@ -75,9 +79,11 @@ pub fn watch_delivers(key: &[u8], prefix: &[u8]) -> bool {
 }
 
 /// Access to keys starting with `prefix` (every key when empty).
+// No `deny_unknown_fields` on records: a replica of an older version must
+// decode a record a newer one wrote, ignoring fields it does not know,
+// instead of dropping it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"prefix": "app/", "read": true, "write": false}))]
-#[serde(deny_unknown_fields)]
 pub struct Permission {
     /// The key prefix, as text; `""` covers every key.
     pub prefix: String,
@@ -90,7 +96,6 @@ pub struct Permission {
 /// A named set of permissions. (`AuthRole` in the API documents, where
 /// `Role` is a member's part in quorums.)
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 #[schema(as = AuthRole)]
 pub struct Role {
     #[serde(default)]

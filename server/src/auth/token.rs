@@ -59,9 +59,11 @@ pub fn verify(secret: &str, expected_sha256: &str) -> bool {
 }
 
 /// Compares without stopping at the first difference, so the time taken
-/// does not tell an attacker how much of a guess was right.
+/// does not tell an attacker how much of a guess was right; both sides are
+/// hashed first, so it does not tell the length either.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+    let sha = |x: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, x);
+    aws_lc_rs::constant_time::verify_slices_are_equal(sha(a).as_ref(), sha(b).as_ref()).is_ok()
 }
 
 fn hex(bytes: &[u8]) -> String {

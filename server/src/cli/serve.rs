@@ -79,8 +79,9 @@ pub struct ServeArgs {
     /// token made with `phxkv auth token create`, whose roles say which key
     /// prefixes it may read and write. Wrong tokens answer 401, missing
     /// permissions 403, and an address that sent 10 wrong tokens within
-    /// 60 s gets 429 until the 60 s are over. Give every node the same
-    /// setting.
+    /// 60 s gets 429 until the 60 s are over (valid API tokens still pass).
+    /// Give every node the same setting: it is this node's, not the
+    /// cluster's, and a node without it serves everyone.
     #[arg(long, env = "PHXKV_AUTH", default_value_t = false)]
     pub auth: bool,
 

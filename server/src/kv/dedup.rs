@@ -19,29 +19,34 @@ pub const IDEMPOTENT_BIT: u64 = 1 << 63;
 /// Longest `Idempotency-Key` accepted, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
-/// 64-bit FNV-1a: fixed, so every replica and every version derives the
-/// same ids from the same bytes.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 /// The request id of a write sent with `Idempotency-Key: key`: the key names
 /// the client, a fingerprint of the operation the sequence. A retry of the
 /// same write (at any node) gets the same id, so it is applied at most once;
 /// the same key with another write is recognised as a mistake.
+///
+/// Both halves are SHA-256, cut to 64 bits, so that no caller can craft a
+/// write whose id equals another's (and be answered with its result), and
+/// a token's writes (`Op::As`) name the token in the client half: one
+/// caller's key is never another's.
 pub fn idempotent_id(key: &str, op: &Op) -> RequestId {
     let mut named = b"phxkv idempotency key\0".to_vec();
     named.extend_from_slice(key.as_bytes());
+    if let Op::As { token, .. } = op {
+        named.push(0);
+        named.extend_from_slice(token.as_bytes());
+    }
     let encoded = postcard::to_stdvec(op).unwrap_or_default();
     RequestId {
-        client: fnv1a64(&named) | IDEMPOTENT_BIT,
-        seq: fnv1a64(&encoded),
+        client: sha256_u64(&named) | IDEMPOTENT_BIT,
+        seq: sha256_u64(&encoded),
     }
+}
+
+fn sha256_u64(bytes: &[u8]) -> u64 {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_le_bytes(first)
 }
 
 /// How many request ids a store remembers unless configured otherwise.

@@ -157,6 +157,7 @@ impl Store {
             history: History::new(&config, snap.revision + 1),
             snapshots: Default::default(),
             auth: Default::default(),
+            auth_generation: 0,
         };
         store.reload_auth();
         store

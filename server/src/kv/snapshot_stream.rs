@@ -331,6 +331,7 @@ impl Store {
             history: History::new(&config, revision + 1),
             snapshots: InProgress::default(),
             auth: Default::default(),
+            auth_generation: 0,
         };
         store.reload_auth();
         Ok(store)

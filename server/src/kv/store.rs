@@ -195,6 +195,18 @@ pub struct Store {
     /// The auth records under [`crate::auth::AUTH_PREFIX`], decoded; kept
     /// in step by [`Store::apply`] and rebuilt by every restore.
     pub(super) auth: AuthState,
+    /// Changes whenever `auth` may have: local, never replicated (see
+    /// [`Store::auth_generation`]).
+    pub(super) auth_generation: u64,
+}
+
+/// Auth generations are drawn from one counter for the whole process, so a
+/// store restored from a snapshot never repeats the generation of the one
+/// it replaces.
+static AUTH_GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_auth_generation() -> u64 {
+    AUTH_GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
 }
 
 impl Default for Store {
@@ -221,6 +233,7 @@ impl Store {
             history: History::new(&config, 1),
             snapshots: Default::default(),
             auth: AuthState::default(),
+            auth_generation: 0,
         }
     }
 
@@ -289,12 +302,20 @@ impl Store {
             self.auth.note(&key, value.as_deref());
         }
         self.revision = revision;
+        self.auth_generation = next_auth_generation();
         OpResult::AuthChanged { revision }
     }
 
     /// The auth rules this state holds.
     pub fn auth(&self) -> &AuthState {
         &self.auth
+    }
+
+    /// A number that changes whenever [`Store::auth`] may have changed: at
+    /// every auth change applied and every restore (a snapshot installed).
+    /// Long-lived streams compare it to re-check a caller's rights.
+    pub fn auth_generation(&self) -> u64 {
+        self.auth_generation
     }
 
     /// Rebuilds [`Store::auth`] from the records; every restore ends here.
@@ -306,6 +327,7 @@ impl Store {
                 .range::<[u8], _>((Bound::Included(crate::auth::AUTH_PREFIX), end))
                 .map(|(k, slot)| (&**k, &*slot.value)),
         );
+        self.auth_generation = next_auth_generation();
     }
 
     /// A digest of the replicated state: the keys with their values and
