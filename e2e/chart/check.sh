@@ -119,6 +119,15 @@ validate "$work/default.yaml" --expect CustomResourceDefinition=2 --expect Paxos
     die "default render does not validate"
 check "default render validates"
 
+log "the default cluster requires authentication"
+"$python" - "$work/default.yaml" <<'PY' || die "auth is not on by default"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+pkv = next(d for d in docs if d["kind"] == "PaxosKV")
+assert pkv["spec"]["auth"]["enabled"] is True, pkv["spec"].get("auth")
+PY
+check "auth is on in the default PaxosKV"
+
 # The operator's Deployment: two replicas (one leads, one stands by) spread
 # over nodes, liveness on /healthz so a standby is never restarted for being
 # one, readiness on /readyz, and the pod's name and namespace for the Lease.

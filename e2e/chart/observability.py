@@ -165,8 +165,11 @@ def free_port_pair() -> int:
     raise Failed("no free pair of loopback ports")
 
 
-def http(method: str, url: str, body: bytes | None = None, cafile: str | None = None) -> tuple[int, bytes]:
+def http(method: str, url: str, body: bytes | None = None, cafile: str | None = None,
+         token: str | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=body, method=method)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
     context = ssl.create_default_context(cafile=cafile) if cafile else None
     try:
         with urllib.request.urlopen(req, timeout=5, context=context) as resp:
@@ -200,9 +203,13 @@ def cmd_scrape(args: argparse.Namespace) -> None:
                 if time.monotonic() > deadline:
                     raise Failed("phxkv dev was not ready within 60 s")
                 time.sleep(0.2)
-            # A write and reads, so the per-route request series exist.
+            # A write and reads, so the per-route request series exist
+            # (--secure turns auth on: the admin token is the cluster token).
+            with open(os.path.join(data, "cluster-token")) as f:
+                token = f.read().strip()
             for method, body in (("PUT", b"v"), ("GET", None), ("DELETE", None)):
-                status, text = http(method, f"{base}/v1/kv/observability-check", body, cafile=cafile)
+                status, text = http(method, f"{base}/v1/kv/observability-check", body,
+                                    cafile=cafile, token=token)
                 if status != 200:
                     raise Failed(f"{method} /v1/kv/observability-check: {status} {text[:200]!r}")
             status, exposition = http("GET", f"{base}/metrics", cafile=cafile)

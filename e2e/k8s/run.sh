@@ -182,9 +182,14 @@ wait_for_size() {
     done
 }
 
+# The admin token of PaxosKV NAME (auth is on by default): its generated
+# Secret NAME-token. Requests below send $bearer, set per cluster.
+token_of() { k get secret "$1-token" -o jsonpath='{.data.token}' | base64 -d; }
+bearer=
+
 # put PORT KEY VALUE, get PORT KEY
-put() { curl -sS --fail-with-body --max-time 10 -X PUT --data-binary "$3" "http://127.0.0.1:$1/v1/kv/$2"; }
-get() { curl -sS --fail-with-body --max-time 10 "http://127.0.0.1:$1/v1/kv/$2"; }
+put() { curl -sS --fail-with-body --max-time 10 -H "Authorization: Bearer $bearer" -X PUT --data-binary "$3" "http://127.0.0.1:$1/v1/kv/$2"; }
+get() { curl -sS --fail-with-body --max-time 10 -H "Authorization: Bearer $bearer" "http://127.0.0.1:$1/v1/kv/$2"; }
 
 # Retries a command for up to 60 s: a fresh port-forward, or a cluster that
 # has only just elected its master, may refuse the first requests.
@@ -337,11 +342,15 @@ k get pkv >&2
 step "put and get through kubectl port-forward svc/$release"
 forward "svc/$release" 8080
 port=$forward_port
+bearer=$(token_of "$release")
+# Auth is on by default: no token, no data.
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://127.0.0.1:$port/v1/kv/greeting" || true)
+[[ $code == 401 ]] || die "GET without a token answered $code, not 401"
 retry put "$port" greeting hello >/dev/null || die "PUT greeting"
 got=$(retry get "$port" greeting) || die "GET greeting"
 [[ $got == hello ]] || die "GET greeting returned '$got', not 'hello'"
 log "PUT then GET greeting: $got"
-retry curl -sS --fail --max-time 10 "http://127.0.0.1:$port/v1/cluster" >&2 || die "GET /v1/cluster"
+retry curl -sS --fail --max-time 10 -H "Authorization: Bearer $bearer" "http://127.0.0.1:$port/v1/cluster" >&2 || die "GET /v1/cluster"
 echo >&2
 
 step "a second PaxosKV: demo"
@@ -362,6 +371,7 @@ peer_rule=$(k get networkpolicy demo -o jsonpath='{.spec.ingress[0].ports[0].por
 [[ $peer_rule == "8081 demo" ]] ||
     die "NetworkPolicy demo does not close the peer port to demo's pods (got '$peer_rule')"
 forward svc/demo 8080
+bearer=$(token_of demo)
 retry put "$forward_port" before-scaling kept >/dev/null || die "PUT before-scaling on demo"
 
 for size in 5 3; do
@@ -396,6 +406,7 @@ acked=$work/acked
         ((SECONDS < end)) || break
         [[ -e $work/stop ]] && break
         code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X PUT \
+            -H "Authorization: Bearer $bearer" \
             --data-binary "value-$i" "http://127.0.0.1:$wport/v1/kv/failover/$i" || true)
         # Only a 200 is an acknowledgement; 503 and 504 (or no answer) are not.
         if [[ $code == 200 ]]; then
@@ -439,6 +450,7 @@ read_back() {
     local i=$1 code attempt
     for attempt in $(seq 10); do
         code=$(curl -s -o "$work/value" -w '%{http_code}' --max-time 10 \
+            -H "Authorization: Bearer $bearer" \
             "http://127.0.0.1:$wport/v1/kv/failover/$i" || true)
         case $code in
             200) [[ $(<"$work/value") == "value-$i" ]] && return 0

@@ -126,6 +126,10 @@ pub struct PaxosKVSpec {
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
 
+    /// Client authentication: on by default.
+    #[serde(default)]
+    pub auth: AuthSpec,
+
     /// Stops every pod and keeps the volumes, the Secrets and the
     /// membership: the cluster costs nothing but its storage. Setting it
     /// back to false brings the same cluster back, with all its data, on
@@ -337,6 +341,25 @@ impl Default for NetworkPolicySpec {
             enabled: true,
             client_from: Vec::new(),
         }
+    }
+}
+
+/// Client authentication (`phxkv serve --auth`). On, every request but
+/// the probes, /metrics and the documentation needs a bearer token: the
+/// cluster token in the Secret `<name>-token` (the admin credential, which
+/// the operator uses too), or an API token made with `phxkv auth token
+/// create`, whose roles grant read or write on key prefixes.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Requires a token (the default). Turning it off or on rolls the pods.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for AuthSpec {
+    fn default() -> Self {
+        AuthSpec { enabled: true }
     }
 }
 

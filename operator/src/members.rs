@@ -255,7 +255,13 @@ impl MembersClient {
     /// `GET /v1/cluster` on one replica.
     pub async fn cluster_info(&self, base: &str) -> Result<ClusterInfo, MembersError> {
         let url = format!("{base}/v1/cluster");
-        let request = self.http.get(&url).timeout(CALL_TIMEOUT);
+        // With auth on (the default), reading the cluster needs a token
+        // too; the cluster token is the admin credential.
+        let request = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .timeout(CALL_TIMEOUT);
         Self::send(&url, request)
             .await?
             .json()

@@ -378,6 +378,7 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
             "PHXKV_CLUSTER_TOKEN_FILE",
             format!("{TOKEN_MOUNT}/{TOKEN_KEY}"),
         ),
+        env("PHXKV_AUTH", spec.auth.enabled.to_string()),
         env(
             "PHXKV_LOG_FORMAT",
             match spec.telemetry.log_format {
@@ -972,6 +973,8 @@ mod tests {
             Some("dns:kv-peers")
         );
         assert_eq!(env["PHXKV_CLUSTER_ID"].value.as_deref(), Some("kv.db"));
+        // Auth is on unless the spec turns it off.
+        assert_eq!(env["PHXKV_AUTH"].value.as_deref(), Some("true"));
         assert!(env["PHXKV_REPLICAS"].value_from.is_some());
         assert!(
             !env.contains_key("PHXKV_LEASE"),
