@@ -18,13 +18,15 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::http::{Conn, Endpoint};
+use crate::http::{Conn, Endpoint, Transport};
 use crate::target::{Requests, key_name};
 
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Workload {
     pub endpoints: Vec<Endpoint>,
+    /// TLS and credentials, shared by every client's connection.
+    pub transport: Transport,
     pub clients: usize,
     pub keys: u64,
     pub key_prefix: String,
@@ -196,7 +198,7 @@ pub async fn run(workload: Workload, requests: Requests) -> Outcome {
 
 async fn client(shared: Arc<Shared>, id: usize, endpoint: Endpoint) -> (Stats, Instant) {
     let w = &shared.workload;
-    let mut conn = Conn::new(endpoint);
+    let mut conn = Conn::new(endpoint, w.transport.clone());
     let mut stats = Stats::new();
     let mut rng = SmallRng::seed_from_u64(w.seed.wrapping_add(id as u64 * 0x9e37_79b9));
     // Open loop: this client's share of the rate, staggered across clients.

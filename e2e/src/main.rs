@@ -12,12 +12,13 @@ mod probe;
 mod report;
 mod target;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use http::Endpoint;
+use http::{Endpoint, Transport};
 use target::{Consistency, Requests, Target};
 
 /// Load generator for phxkv and etcd (through etcd's HTTP/JSON gateway).
@@ -57,6 +58,26 @@ struct TargetArgs {
     /// Prefix of every key; keys are the prefix plus a 10-digit number.
     #[arg(long, default_value = "bench-")]
     key_prefix: String,
+
+    /// The CA certificate(s), PEM, that sign the servers' certificates;
+    /// needed for https:// endpoints, which are verified against it and
+    /// against the URL's host name.
+    #[arg(long, value_name = "PATH")]
+    cacert: Option<PathBuf>,
+
+    /// A client certificate chain (PEM) to present to servers that ask for
+    /// one (phxkv --client-cert-auth, etcd --client-cert-auth).
+    #[arg(long, value_name = "PATH", requires = "key", requires = "cacert")]
+    cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert.
+    #[arg(long, value_name = "PATH", requires = "cert")]
+    key: Option<PathBuf>,
+
+    /// Send `Authorization: Bearer <token>` with every request, the token
+    /// read from this file (a phxkv cluster started with --auth).
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -197,6 +218,38 @@ fn endpoints(args: &TargetArgs) -> Result<Vec<Endpoint>, String> {
         .collect()
 }
 
+/// TLS and credentials from the flags; https:// endpoints and --cacert go
+/// together.
+fn transport(args: &TargetArgs, endpoints: &[Endpoint]) -> Result<Transport, String> {
+    let any_https = endpoints.iter().any(|e| e.tls_name.is_some());
+    let mut t = Transport::default();
+    match (&args.cacert, any_https) {
+        (None, true) => {
+            return Err(
+                "--cacert: https:// endpoints need the CA that signs their certificates".into(),
+            );
+        }
+        (Some(_), false) => {
+            return Err("--cacert: only for https:// endpoints".into());
+        }
+        (Some(ca), true) => {
+            let identity = args.cert.as_deref().zip(args.key.as_deref());
+            t = t
+                .with_tls(ca, identity)
+                .map_err(|e| format!("--cacert/--cert/--key: {e}"))?;
+        }
+        (None, false) => {}
+    }
+    if let Some(path) = &args.token_file {
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+        t = t
+            .with_bearer_token(&token)
+            .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+    }
+    Ok(t)
+}
+
 fn check_target(args: &TargetArgs) -> Result<(), String> {
     if args.value_size > 1 << 20 {
         return Err("--value-size: at most 1048576 bytes".into());
@@ -212,7 +265,7 @@ fn check_target(args: &TargetArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_run(a: &RunArgs) -> Result<Vec<Endpoint>, String> {
+fn validate_run(a: &RunArgs) -> Result<(Vec<Endpoint>, Transport), String> {
     check_target(&a.target)?;
     if a.clients == 0 || a.clients > 10_000 {
         return Err("--clients: must be between 1 and 10000".into());
@@ -237,7 +290,9 @@ fn validate_run(a: &RunArgs) -> Result<Vec<Endpoint>, String> {
     if a.threads == 0 || a.threads > 64 {
         return Err("--threads: must be between 1 and 64".into());
     }
-    endpoints(&a.target)
+    let eps = endpoints(&a.target)?;
+    let t = transport(&a.target, &eps)?;
+    Ok((eps, t))
 }
 
 fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -280,8 +335,8 @@ fn write_latency_log(path: &std::path::Path, log: &[load::Logged]) -> std::io::R
 }
 
 fn run(a: RunArgs) -> ExitCode {
-    let eps = match validate_run(&a) {
-        Ok(e) => e,
+    let (eps, transport) = match validate_run(&a) {
+        Ok(v) => v,
         Err(m) => return usage(m),
     };
     let rt = match runtime(a.threads) {
@@ -294,6 +349,7 @@ fn run(a: RunArgs) -> ExitCode {
     let requests = Requests::new(a.target.target, a.consistency, value(a.target.value_size));
     let workload = load::Workload {
         endpoints: eps,
+        transport,
         clients: a.clients,
         keys: a.keys,
         key_prefix: a.target.key_prefix.clone(),
@@ -362,10 +418,11 @@ fn probe(a: ProbeArgs) -> ExitCode {
     if let Err(m) = check_target(&a.target) {
         return usage(m);
     }
-    let eps = match endpoints(&a.target) {
-        Ok(e) => e,
-        Err(m) => return usage(m),
-    };
+    let (eps, transport) =
+        match endpoints(&a.target).and_then(|eps| transport(&a.target, &eps).map(|t| (eps, t))) {
+            Ok(v) => v,
+            Err(m) => return usage(m),
+        };
     if a.request_timeout.is_zero() || a.deadline.is_zero() {
         return usage("--request-timeout and --deadline must be longer than zero".into());
     }
@@ -384,6 +441,7 @@ fn probe(a: ProbeArgs) -> ExitCode {
     let key = format!("{}probe", a.target.key_prefix);
     match rt.block_on(probe::run(
         eps,
+        transport,
         requests,
         &key,
         a.request_timeout,
@@ -450,5 +508,51 @@ mod tests {
                 .unwrap_or_default()
                 .contains("--key-prefix")
         );
+    }
+
+    #[test]
+    fn https_endpoints_and_cacert_go_together() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["phxkv-bench", "run"];
+            v.extend_from_slice(args);
+            let cli = Cli::try_parse_from(v).map_err(|e| e.to_string())?;
+            match cli.command {
+                Command::Run(a) => validate_run(&a).map(|_| ()),
+                Command::Probe(_) => unreachable!(),
+            }
+        };
+        let err = parse(&["--endpoints", "https://127.0.0.1:1"]).expect_err("no CA");
+        assert!(err.contains("--cacert"), "{err}");
+        let err = parse(&["--endpoints", "http://127.0.0.1:1", "--cacert", "ca.crt"])
+            .expect_err("CA for plain HTTP");
+        assert!(err.contains("only for https"), "{err}");
+        let err = parse(&[
+            "--endpoints",
+            "https://127.0.0.1:1",
+            "--cacert",
+            "/nonexistent/ca.crt",
+        ])
+        .expect_err("missing CA file");
+        assert!(err.contains("/nonexistent/ca.crt"), "{err}");
+        // --cert without --key is refused by the parser.
+        assert!(
+            parse(&[
+                "--endpoints",
+                "https://127.0.0.1:1",
+                "--cacert",
+                "ca.crt",
+                "--cert",
+                "c.crt",
+            ])
+            .is_err()
+        );
+        let err = parse(&[
+            "--endpoints",
+            "http://127.0.0.1:1",
+            "--token-file",
+            "/nonexistent/token",
+        ])
+        .expect_err("missing token file");
+        assert!(err.contains("--token-file"), "{err}");
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::http::{Conn, Endpoint};
+use crate::http::{Conn, Endpoint, Transport};
 use crate::target::Requests;
 
 /// The probe's answer.
@@ -23,6 +23,7 @@ pub struct ProbeResult {
 /// Retries a write until one succeeds or `deadline` passes.
 pub async fn run(
     endpoints: Vec<Endpoint>,
+    transport: Transport,
     requests: Requests,
     key: &str,
     request_timeout: Duration,
@@ -42,7 +43,10 @@ pub async fn run(
         }
         None => Duration::ZERO,
     };
-    let mut conns: Vec<Conn> = endpoints.into_iter().map(Conn::new).collect();
+    let mut conns: Vec<Conn> = endpoints
+        .into_iter()
+        .map(|e| Conn::new(e, transport.clone()))
+        .collect();
     let mut attempts = 0u64;
     let mut last_error = String::from("no attempt made");
     while started.elapsed() < deadline {
