@@ -19,8 +19,14 @@
 #                    share this machine's cores, as pods with a CPU limit of
 #                    one would; empty: phxkv's own default, one per CPU).
 #                    etcd keeps its default GOMAXPROCS, its faster setting here
-#   BENCH_ONLY_LOAD  1: stop after the load scenarios (no failover, no catch-up),
-#                    for quick comparisons while profiling
+#   BENCH_TLS        1 (default): also compare TLS on and off. Fresh plain and
+#                    fresh TLS clusters of both systems (TLS on the client and peer
+#                    ports, a CA made with openssl, mutual TLS between members, none
+#                    for clients) run the 64-client load scenarios back to back, and
+#                    the report flags phxkv's TLS throughput when it is more than 10%
+#                    below its plain throughput; 0: skip
+#   BENCH_ONLY_LOAD  1: stop after the load scenarios (and the TLS ones; no
+#                    failover, no catch-up, no report), for quick comparisons
 #   BENCH_KEEP       keep the data and logs directory (prints its path)
 #   CARGO_TARGET_DIR as for cargo
 set -euo pipefail
@@ -82,7 +88,19 @@ px_client=(19081 19082 19083)
 px_peer=(19181 19182 19183)
 et_client=(23791 23792 23793)
 et_peer=(23801 23802 23803)
-for p in "${px_client[@]}" "${px_peer[@]}" "${et_client[@]}" "${et_peer[@]}"; do
+# The TLS comparison (BENCH_TLS=1): fresh plain clusters and TLS clusters.
+pxr_client=(19071 19072 19073)
+pxr_peer=(19171 19172 19173)
+etr_client=(23871 23872 23873)
+etr_peer=(23881 23882 23883)
+pxt_client=(19091 19092 19093)
+pxt_peer=(19191 19192 19193)
+ett_client=(23891 23892 23893)
+ett_peer=(23901 23902 23903)
+tls=${BENCH_TLS:-1}
+for p in "${px_client[@]}" "${px_peer[@]}" "${et_client[@]}" "${et_peer[@]}" \
+    "${pxr_client[@]}" "${pxr_peer[@]}" "${etr_client[@]}" "${etr_peer[@]}" \
+    "${pxt_client[@]}" "${pxt_peer[@]}" "${ett_client[@]}" "${ett_peer[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use"; fi
 done
 px_eps=$(printf 'http://127.0.0.1:%s,' "${px_client[@]}"); px_eps=${px_eps%,}
@@ -91,7 +109,40 @@ px_members=$(for i in 0 1 2; do printf '%s=http://127.0.0.1:%s,' "${names[$i]}" 
 px_members=${px_members%,}
 et_members=$(for i in 0 1 2; do printf '%s=http://127.0.0.1:%s,' "${names[$i]}" "${et_peer[$i]}"; done)
 et_members=${et_members%,}
+pxr_eps=$(printf 'http://127.0.0.1:%s,' "${pxr_client[@]}"); pxr_eps=${pxr_eps%,}
+etr_eps=$(printf 'http://127.0.0.1:%s,' "${etr_client[@]}"); etr_eps=${etr_eps%,}
+pxr_members=$(for i in 0 1 2; do printf '%s=http://127.0.0.1:%s,' "${names[$i]}" "${pxr_peer[$i]}"; done)
+pxr_members=${pxr_members%,}
+etr_members=$(for i in 0 1 2; do printf '%s=http://127.0.0.1:%s,' "${names[$i]}" "${etr_peer[$i]}"; done)
+etr_members=${etr_members%,}
+pxt_eps=$(printf 'https://127.0.0.1:%s,' "${pxt_client[@]}"); pxt_eps=${pxt_eps%,}
+ett_eps=$(printf 'https://127.0.0.1:%s,' "${ett_client[@]}"); ett_eps=${ett_eps%,}
+pxt_members=$(for i in 0 1 2; do printf '%s=https://127.0.0.1:%s,' "${names[$i]}" "${pxt_peer[$i]}"; done)
+pxt_members=${pxt_members%,}
+ett_members=$(for i in 0 1 2; do printf '%s=https://127.0.0.1:%s,' "${names[$i]}" "${ett_peer[$i]}"; done)
+ett_members=${ett_members%,}
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
+
+# One CA and one certificate for every member of both systems (they all
+# listen on 127.0.0.1), usable as server and as client (peers call each
+# other with it). ECDSA P-256, which rustls and Go both handle in hardware.
+make_certs() { # dir
+    local d=$1
+    mkdir -p "$d"
+    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+        -keyout "$d/ca.key" -out "$d/ca.crt" -days 2 -subj "/CN=phxkv-compare CA" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+        2>/dev/null
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+        -keyout "$d/node.key" -out "$d/node.csr" -subj "/CN=phxkv-compare member" 2>/dev/null
+    printf '%s\n' basicConstraints=critical,CA:FALSE keyUsage=critical,digitalSignature \
+        extendedKeyUsage=serverAuth,clientAuth subjectAltName=IP:127.0.0.1,DNS:localhost \
+        >"$d/node.ext"
+    openssl x509 -req -in "$d/node.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+        -days 2 -extfile "$d/node.ext" -out "$d/node.crt" 2>/dev/null
+    openssl verify -CAfile "$d/ca.crt" "$d/node.crt" >/dev/null || die "the test certificates do not verify"
+}
+tls_dir=$work/tls
 
 px_read_mode=lease
 start_phxkv() { # index
@@ -103,6 +154,27 @@ start_phxkv() { # index
         ${px_workers:+--worker-threads "$px_workers"} \
         >>"$work/phxkv-$n.log" 2>&1 &
     pids[px$i]=$!
+    disown "$!"
+}
+
+# For the TLS comparison, a fresh cluster in its own data directory and
+# ports: plain, or with TLS on both ports (mutual TLS between replicas;
+# clients present no certificate).
+start_phxkv_fresh() { # plain|tls index
+    local v=$1 i=$2 n=${names[$2]} client peer members extra=()
+    if [[ $v == tls ]]; then
+        client=${pxt_client[$i]} peer=${pxt_peer[$i]} members=$pxt_members
+        extra=(--tls-cert "$tls_dir/node.crt" --tls-key "$tls_dir/node.key" --tls-ca "$tls_dir/ca.crt")
+    else
+        client=${pxr_client[$i]} peer=${pxr_peer[$i]} members=$pxr_members
+    fi
+    "$phxkv" serve --id "$n" --data-dir "$work/phxkv-$v/$n" \
+        --listen "127.0.0.1:$client" --peer-listen "127.0.0.1:$peer" \
+        --initial-members "$members" --cluster-token-file "$work/token" \
+        --read-mode lease "${extra[@]}" \
+        ${px_workers:+--worker-threads "$px_workers"} \
+        >>"$work/phxkv-$v-$n.log" 2>&1 &
+    pids[px$v$i]=$!
     disown "$!"
 }
 
@@ -121,6 +193,31 @@ start_etcd() { # index
     disown "$!"
 }
 
+# The same for etcd. With TLS: mutual TLS between members, none for
+# clients (etcd's --trusted-ca-file on the client port would require client
+# certificates, which phxkv's client port does not).
+start_etcd_fresh() { # plain|tls index
+    local v=$1 i=$2 n=${names[$2]} client peer members scheme=http extra=()
+    if [[ $v == tls ]]; then
+        client=${ett_client[$i]} peer=${ett_peer[$i]} members=$ett_members scheme=https
+        extra=(--cert-file "$tls_dir/node.crt" --key-file "$tls_dir/node.key"
+            --peer-cert-file "$tls_dir/node.crt" --peer-key-file "$tls_dir/node.key"
+            --peer-trusted-ca-file "$tls_dir/ca.crt" --peer-client-cert-auth)
+    else
+        client=${etr_client[$i]} peer=${etr_peer[$i]} members=$etr_members
+    fi
+    etcd --name "$n" --data-dir "$work/etcd-$v/$n" \
+        --listen-client-urls "$scheme://127.0.0.1:$client" \
+        --advertise-client-urls "$scheme://127.0.0.1:$client" \
+        --listen-peer-urls "$scheme://127.0.0.1:$peer" \
+        --initial-advertise-peer-urls "$scheme://127.0.0.1:$peer" \
+        --initial-cluster "$members" --initial-cluster-state new \
+        --initial-cluster-token "phxkv-compare-$v" --logger zap --log-outputs stderr "${extra[@]}" \
+        >>"$work/etcd-$v-$n.log" 2>&1 &
+    pids[et$v$i]=$!
+    disown "$!"
+}
+
 # Waits for a process that is not our child any more (disowned) to be gone.
 wait_gone() { # pid
     local deadline=$((SECONDS + 30))
@@ -132,14 +229,17 @@ wait_gone() { # pid
 
 # Ready: the member answers health and the cluster has a leader.
 ready() { # system index
-    local port
-    if [[ $1 == phxkv ]]; then
-        port=${px_client[$2]}
-        curl -sf -m 1 "http://127.0.0.1:$port/readyz" >/dev/null
-    else
-        port=${et_client[$2]}
-        curl -sf -m 1 "http://127.0.0.1:$port/health" | grep -q '"health":"true"'
-    fi
+    case $1 in
+        phxkv) curl -sf -m 1 "http://127.0.0.1:${px_client[$2]}/readyz" >/dev/null ;;
+        etcd) curl -sf -m 1 "http://127.0.0.1:${et_client[$2]}/health" | grep -q '"health":"true"' ;;
+        phxkv-plain) curl -sf -m 1 "http://127.0.0.1:${pxr_client[$2]}/readyz" >/dev/null ;;
+        etcd-plain) curl -sf -m 1 "http://127.0.0.1:${etr_client[$2]}/health" | grep -q '"health":"true"' ;;
+        phxkv-tls)
+            curl -sf -m 1 --cacert "$tls_dir/ca.crt" "https://127.0.0.1:${pxt_client[$2]}/readyz" >/dev/null ;;
+        etcd-tls)
+            curl -sf -m 1 --cacert "$tls_dir/ca.crt" "https://127.0.0.1:${ett_client[$2]}/health" |
+                grep -q '"health":"true"' ;;
+    esac
 }
 
 wait_ready() { # system index...
@@ -183,7 +283,16 @@ revision_of() { # system index
     fi
 }
 
-pid_of() { [[ $1 == phxkv ]] && echo "${pids[px$2]}" || echo "${pids[et$2]}"; }
+pid_of() {
+    case $1 in
+        phxkv) echo "${pids[px$2]}" ;;
+        etcd) echo "${pids[et$2]}" ;;
+        phxkv-plain) echo "${pids[pxplain$2]}" ;;
+        etcd-plain) echo "${pids[etplain$2]}" ;;
+        phxkv-tls) echo "${pids[pxtls$2]}" ;;
+        etcd-tls) echo "${pids[ettls$2]}" ;;
+    esac
+}
 
 # utime+stime of the three members, in clock ticks.
 cpu_ticks() { # system
@@ -205,7 +314,17 @@ mem_max() { # system field
     awk -v k="$m" 'BEGIN {printf "%.1f", k / 1024}'
 }
 
-eps_of() { [[ $1 == phxkv ]] && echo "$px_eps" || echo "$et_eps"; }
+eps_of() {
+    case $1 in
+        phxkv) echo "$px_eps" ;;
+        etcd) echo "$et_eps" ;;
+        phxkv-plain) echo "$pxr_eps" ;;
+        etcd-plain) echo "$etr_eps" ;;
+        phxkv-tls) echo "$pxt_eps" ;;
+        etcd-tls) echo "$ett_eps" ;;
+    esac
+}
+
 
 # ---------------------------------------------------------------- clusters
 
@@ -223,6 +342,26 @@ note "idle RSS (largest member): phxkv ${idle_phxkv} MiB, etcd ${idle_etcd} MiB"
 tick_hz=$(getconf CLK_TCK)
 scenario_n=0
 
+# Runs one scenario against one system; results in $results/<file>-<system>.json.
+run_one() { # file-prefix name description system bench-args...
+    local prefix=$1 name=$2 desc=$3 sys=$4; shift 4
+    local before after file=$results/$prefix-$sys.json
+    # phxkv-tls is phxkv with TLS: same target, https endpoints, the CA.
+    local target_args=(--target "${sys%-*}" --endpoints "$(eps_of "$sys")")
+    if [[ $sys == *-tls ]]; then target_args+=(--cacert "$tls_dir/ca.crt"); fi
+    before=$(cpu_ticks "$sys")
+    "$bench" run "${target_args[@]}" --quiet \
+        --json-file "$file" "$@" >"$results/$prefix-$sys.txt" ||
+        die "$name against $sys failed: $(cat "$results/$prefix-$sys.txt")"
+    after=$(cpu_ticks "$sys")
+    jq --arg name "$name" --arg desc "$desc" --arg sys "$sys" \
+        --argjson cpu "$(awk -v a="$after" -v b="$before" -v hz="$tick_hz" 'BEGIN {printf "%.3f", (a - b) / hz}')" \
+        --argjson hwm "$(mem_max "$sys" VmHWM)" \
+        '. + {name: $name, description: $desc, system: $sys, cpu_s: $cpu, peak_rss_mib: $hwm}' \
+        "$file" >"$file.tmp" && mv "$file.tmp" "$file"
+    note "$sys: $(jq -r '"\(.throughput | floor) ops/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, errors \(.errors), cpu \(.cpu_s) s"' "$file")"
+}
+
 # Runs one scenario against both systems, alternating who goes first.
 scenario() { # name description bench-args...
     local name=$1 desc=$2; shift 2
@@ -230,20 +369,7 @@ scenario() { # name description bench-args...
     ((scenario_n % 2)) && order=(etcd phxkv)
     scenario_n=$((scenario_n + 1))
     log "$name: $desc"
-    for sys in "${order[@]}"; do
-        local before after file=$results/$name-$sys.json
-        before=$(cpu_ticks "$sys")
-        "$bench" run --target "$sys" --endpoints "$(eps_of "$sys")" --quiet \
-            --json-file "$file" "$@" >"$results/$name-$sys.txt" ||
-            die "$name against $sys failed: $(cat "$results/$name-$sys.txt")"
-        after=$(cpu_ticks "$sys")
-        jq --arg name "$name" --arg desc "$desc" --arg sys "$sys" \
-            --argjson cpu "$(awk -v a="$after" -v b="$before" -v hz="$tick_hz" 'BEGIN {printf "%.3f", (a - b) / hz}')" \
-            --argjson hwm "$(mem_max "$sys" VmHWM)" \
-            '. + {name: $name, description: $desc, system: $sys, cpu_s: $cpu, peak_rss_mib: $hwm}' \
-            "$file" >"$file.tmp" && mv "$file.tmp" "$file"
-        note "$sys: $(jq -r '"\(.throughput | floor) ops/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, errors \(.errors), cpu \(.cpu_s) s"' "$file")"
-    done
+    for sys in "${order[@]}"; do run_one "$name" "$name" "$desc" "$sys" "$@"; done
 }
 
 common=(--duration "${duration}s" --warmup "${warmup}s" --keys 10000)
@@ -261,6 +387,62 @@ scenario mix-64 "90% linearizable reads, 10% writes of 256 B, 64 clients" "${com
 peak_phxkv=$(mem_max phxkv VmHWM)
 peak_etcd=$(mem_max etcd VmHWM)
 
+# ---------------------------------------------------------------- TLS
+
+# TLS on vs off on clusters of the same age: the clusters above are stopped
+# (they restart for the failover), fresh plain and TLS clusters of both
+# systems start side by side and are filled alike, then each 64-client
+# scenario runs on the plain cluster and on the TLS one back to back,
+# alternating which goes first, so the two figures of a pair see the same
+# machine and the same amount of history.
+tls_scenarios=(write-64 read-lin-64 read-local-64 mix-64)
+declare -A tls_args=(
+    [write-64]="--clients 64 --value-size 256"
+    [read-lin-64]="--clients 64 --read-ratio 1"
+    [read-local-64]="--clients 64 --read-ratio 1 --consistency local"
+    [mix-64]="--clients 64 --read-ratio 0.9 --value-size 256"
+)
+if [[ $tls == 1 ]]; then
+    command -v openssl >/dev/null || die "BENCH_TLS=1 needs openssl (or set BENCH_TLS=0)"
+    log "TLS: fresh plain and TLS clusters of both systems (TLS on client and peer ports)"
+    make_certs "$tls_dir"
+    for i in 0 1 2; do kill -TERM "${pids[px$i]}" "${pids[et$i]}"; done
+    for i in 0 1 2; do wait_gone "${pids[px$i]}"; wait_gone "${pids[et$i]}"; done
+    for v in plain tls; do
+        for i in 0 1 2; do start_phxkv_fresh "$v" "$i"; start_etcd_fresh "$v" "$i"; done
+    done
+    for sys in phxkv-plain etcd-plain phxkv-tls etcd-tls; do wait_ready "$sys" 0 1 2; done
+    sleep 3
+    for sys in phxkv-plain phxkv-tls etcd-plain etcd-tls; do
+        run_one tls.fill fill "bulk load of the 10k-key space, 256 B values, 64 clients" "$sys" \
+            --fill --clients 64 --keys 10000 --value-size 256
+    done
+    n=0
+    for s in "${tls_scenarios[@]}"; do
+        read -ra extra <<<"${tls_args[$s]}"
+        for base in phxkv etcd; do
+            order=("$base-plain" "$base-tls")
+            ((n % 2)) && order=("$base-tls" "$base-plain")
+            n=$((n + 1))
+            log "TLS off and on: $s, $base"
+            for sys in "${order[@]}"; do
+                run_one "tls.$s" "$s" "TLS comparison" "$sys" "${common[@]}" "${extra[@]}"
+            done
+        done
+    done
+    for v in plain tls; do
+        for i in 0 1 2; do kill -TERM "${pids[px$v$i]}" "${pids[et$v$i]}"; done
+        for i in 0 1 2; do
+            wait_gone "${pids[px$v$i]}"; wait_gone "${pids[et$v$i]}"
+            unset "pids[px$v$i]" "pids[et$v$i]"
+        done
+    done
+    for i in 0 1 2; do start_phxkv "$i"; start_etcd "$i"; done
+    wait_ready phxkv 0 1 2
+    wait_ready etcd 0 1 2
+    sleep 2
+fi
+
 if [[ ${BENCH_ONLY_LOAD:-0} == 1 ]]; then
     for s in fill write-1 write-16 write-64 read-lin-64 read-local-64 mix-64; do
         for sys in phxkv etcd; do
@@ -268,6 +450,14 @@ if [[ ${BENCH_ONLY_LOAD:-0} == 1 ]]; then
                 "$results/$s-$sys.json"
         done
     done
+    if [[ $tls == 1 ]]; then
+        for s in "${tls_scenarios[@]}"; do
+            for sys in phxkv-plain phxkv-tls etcd-plain etcd-tls; do
+                jq -r '"TLS comparison, \(.name) \(.system): \(.throughput | floor) ops/s, p50 \(.latency_ms.p50), p99 \(.latency_ms.p99) ms"' \
+                    "$results/tls.$s-$sys.json"
+            done
+        done
+    fi
     exit 0
 fi
 
@@ -386,6 +576,8 @@ bench_seconds=$(($(date +%s) - started_at))
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
 field() { jq -r "$2" "$1"; }
+# CPU seconds of the three servers per 1,000 operations of a scenario.
+cpu_per_kop() { jq -r '(.total_ops // .ops) as $n | if $n > 0 then (.cpu_s * 1000 / $n * 1000 | round) / 1000 else "n/a" end' "$1"; }
 verdict() { [[ $1 == 1 ]] && echo "met" || echo "**not met**"; }
 ge() { awk -v a="$1" -v b="$2" 'BEGIN {print (a >= b) ? 1 : 0}'; }
 median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
@@ -431,6 +623,44 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
         echo "| $s | $(ratio "$(field "$p" .throughput)" "$(field "$e" .throughput)") | $(ratio "$(field "$p" .latency_ms.p50)" "$(field "$e" .latency_ms.p50)") | $(ratio "$(field "$p" .latency_ms.p99)" "$(field "$e" .latency_ms.p99)") | $(ratio "$cpu_p" "$cpu_e") |"
     done
     echo
+    if [[ $tls == 1 ]]; then
+        echo "## TLS on and off"
+        echo
+        echo "Fresh clusters of both systems, 3 members each, started side by side after the"
+        echo "scenarios above (whose clusters were stopped meanwhile): one plain, one with TLS on"
+        echo "the client and the peer ports. One ECDSA P-256 certificate for all members from a"
+        echo "CA made by openssl; mutual TLS between members (phxkv \`--tls-cert --tls-key"
+        echo "--tls-ca\`; etcd \`--cert-file --key-file --peer-cert-file --peer-key-file"
+        echo "--peer-trusted-ca-file --peer-client-cert-auth\`), no client certificates."
+        echo "\`phxkv-bench --cacert\` verifies the servers; each client connection does one"
+        echo "handshake and keeps its session, as plain runs keep their connections. All four"
+        echo "clusters are filled alike, then each scenario runs on the plain cluster and on"
+        echo "the TLS one back to back (alternating which goes first); the TLS-off figures are"
+        echo "those of this section, not of the tables above."
+        echo
+        echo "| scenario | system | ops/s TLS off | ops/s TLS on | on ÷ off | p99 ms off | p99 ms on | CPU s / 1k ops off | CPU s / 1k ops on |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        tls_flagged=()
+        for s in "${tls_scenarios[@]}"; do
+            for sys in phxkv etcd; do
+                off=$results/tls.$s-$sys-plain.json on=$results/tls.$s-$sys-tls.json
+                r=$(ratio "$(field "$on" .throughput)" "$(field "$off" .throughput)")
+                mark=""
+                if [[ $sys == phxkv ]] && ! awk -v r="$r" 'BEGIN {exit !(r >= 0.9)}'; then
+                    mark=" **(> 10% below TLS off)**"
+                    tls_flagged+=("$s")
+                fi
+                echo "| $s | $sys | $(field "$off" '.throughput | floor') | $(field "$on" '.throughput | floor') | ${r}${mark} | $(field "$off" .latency_ms.p99) | $(field "$on" .latency_ms.p99) | $(cpu_per_kop "$off") | $(cpu_per_kop "$on") |"
+            done
+        done
+        echo
+        if ((${#tls_flagged[@]})); then
+            echo "phxkv's throughput with TLS is more than 10% below its plain throughput in: ${tls_flagged[*]}."
+        else
+            echo "phxkv's throughput with TLS is within 10% of its plain throughput in every scenario."
+        fi
+        echo
+    fi
     fo_p=$(jq -r 'select(.system == "phxkv") | .ms | round' "$results/failover.jsonl" | median)
     fo_e=$(jq -r 'select(.system == "etcd") | .ms | round' "$results/failover.jsonl" | median)
     echo "## Failover"
@@ -504,6 +734,13 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
     echo "| linearizable reads, 64 clients: p99 no worse | $(field "$rlp" .latency_ms.p99) vs $(field "$rle" .latency_ms.p99) ms | $(verdict "$(ge "$(field "$rle" .latency_ms.p99)" "$(field "$rlp" .latency_ms.p99)")") |"
     echo "| single-client write p50 no worse than etcd's | $(field "$w1p" .latency_ms.p50) vs $(field "$w1e" .latency_ms.p50) ms | $(verdict "$(ge "$(field "$w1e" .latency_ms.p50)" "$(field "$w1p" .latency_ms.p50)")") |"
     echo "| failover median no slower than etcd's | $fo_p vs $fo_e ms | $(verdict "$(ge "$fo_e" "$fo_p")") |"
+    if [[ $tls == 1 ]]; then
+        for s in "${tls_scenarios[@]}"; do
+            off=$results/tls.$s-phxkv-plain.json on=$results/tls.$s-phxkv-tls.json
+            r=$(ratio "$(field "$on" .throughput)" "$(field "$off" .throughput)")
+            echo "| $s with TLS: throughput ≥ 0.9× without | ${r}× ($(field "$on" '.throughput | floor') vs $(field "$off" '.throughput | floor') ops/s) | $(verdict "$(ge "$r" 0.9)") |"
+        done
+    fi
     echo "| idle RSS per replica < 40 MiB | $idle_phxkv MiB | $(verdict "$(ge 40 "$idle_phxkv")") |"
     rss_1m=$(field "$results/catchup-phxkv.json" .rss_mib)
     peak_1m=$(field "$results/catchup-phxkv.json" .peak_rss_mib)
