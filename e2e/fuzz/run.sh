@@ -60,21 +60,28 @@ fi
 # One worker: schemathesis' worker threads parse Python source concurrently
 # while building generators, which some CPython 3.11 releases cannot do
 # ("AST constructor recursion depth mismatch"), failing the run at random.
+# fuzz URL MAX-EXAMPLES ARGS...: one schemathesis run against URL.
+fuzz() {
+    local url=$1 examples=$2
+    shift 2
+    (
+        cd "$work"
+        "$venv/bin/st" run "$repo/openapi/phxkv.json" \
+            --url "$url" \
+            --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
+            --phases examples,coverage,fuzzing \
+            --max-examples "$examples" \
+            --request-timeout 10 \
+            --workers 1 \
+            --generation-database none \
+            --exclude-path /v1/watch \
+            --no-color \
+            "${seed[@]}" "$@"
+    )
+}
+
 status=0
-(
-    cd "$work"
-    "$venv/bin/st" run "$repo/openapi/phxkv.json" \
-        --url "$base" \
-        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
-        --phases examples,coverage,fuzzing \
-        --max-examples "$max_examples" \
-        --request-timeout 10 \
-        --workers 1 \
-        --generation-database none \
-        --exclude-path /v1/watch \
-        --no-color \
-        "${seed[@]}" "${report[@]}"
-) || status=$?
+fuzz "$base" "$max_examples" "${report[@]}" || status=$?
 
 if [[ $status -ne 0 ]]; then
     log "schemathesis reported failures (exit $status); cluster log tail:"
@@ -123,23 +130,10 @@ if [[ $code != 401 ]]; then
     log "a request without a token got $code, not 401"
     exit 1
 fi
-(
-    cd "$work"
-    "$venv/bin/st" run "$repo/openapi/phxkv.json" \
-        --url "$sbase" \
-        --tls-verify "$ca" \
-        --header "Authorization: Bearer $token" \
-        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
-        --phases examples,coverage,fuzzing \
-        --max-examples "${FUZZ_SECURE_MAX_EXAMPLES:-100}" \
-        --request-timeout 10 \
-        --workers 1 \
-        --generation-database none \
-        --exclude-path /v1/watch \
-        --exclude-path-regex '^/v1/cluster/members' \
-        --no-color \
-        "${seed[@]}"
-) || status=$?
+fuzz "$sbase" "${FUZZ_SECURE_MAX_EXAMPLES:-100}" \
+    --tls-verify "$ca" \
+    --header "Authorization: Bearer $token" \
+    --exclude-path-regex '^/v1/cluster/members' || status=$?
 if [[ $status -ne 0 ]]; then
     log "schemathesis reported failures against the secured cluster (exit $status); log tail:"
     tail -n 20 "$work/secure.err" >&2
