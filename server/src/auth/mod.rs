@@ -17,9 +17,11 @@
 //!   after a revocation is refused on every replica, deterministically;
 //! - linearizable reads check inside the read, on state that reflects every
 //!   change chosen before the read began;
-//! - watches are checked when they start (after a read barrier) and again
-//!   at every auth change that reaches them in the event stream, which is
-//!   ordered with the data: no event after a revocation is delivered.
+//! - watches are checked when they start (after a read barrier) and, for a
+//!   token, again before each event whenever the replica's rules may have
+//!   changed (an auth change applied, a snapshot installed): the replica
+//!   has applied every event it sends, so no event after a revocation is
+//!   delivered.
 //!
 //! A `consistency=local` read is the exception: it is checked against the
 //! replica it reaches, which may not have applied a revocation yet, as it
