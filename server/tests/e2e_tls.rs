@@ -286,8 +286,18 @@ async fn dev_secure_serves_https_with_a_ca_it_keeps_in_the_data_directory() {
                 .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("CA")])
                 .build()
                 .expect("client");
+            // --secure turns auth on too: the admin token is the cluster
+            // token it keeps beside the CA; without it the answer is 401.
+            let token =
+                std::fs::read_to_string(dir.path().join("cluster-token")).unwrap_or_default();
+            if let Ok(r) = client.get(format!("{url}/v1/kv/secure")).send().await
+                && r.status() != 503
+            {
+                assert_eq!(r.status(), 401, "a request without a token");
+            }
             if let Ok(r) = client
                 .put(format!("{url}/v1/kv/secure"))
+                .bearer_auth(token.trim())
                 .body("yes")
                 .send()
                 .await
