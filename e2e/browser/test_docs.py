@@ -19,7 +19,8 @@ def test_docs_render_markdown_and_examples(page, env):
     # Descriptions are formatted: code spans, not raw backticks.
     expect(intro.locator("code").first).to_have_text("*_utf8")
     assert "`" not in intro.inner_text()
-    expect(intro.locator("p")).to_have_count(3)
+    # Four paragraphs: encodings, revisions, errors, authentication.
+    expect(intro.locator("p")).to_have_count(4)
 
     # Schemas without an example of their own get a generated one.
     schema = page.locator("details#schema-ListResponse")
