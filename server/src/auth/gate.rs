@@ -271,6 +271,25 @@ pub async fn authenticate<S: Service>(
     }
 }
 
+/// Whether `presented` is a token the rules read at `consistency` hold,
+/// with that secret.
+async fn known<S: Service>(
+    svc: &S,
+    presented: &token::Presented<'_>,
+    consistency: Consistency,
+) -> Result<bool, ApiError> {
+    let id = presented.id.to_owned();
+    let secret = presented.secret.to_owned();
+    Ok(svc
+        .read(consistency, move |store| {
+            store
+                .auth()
+                .token(&id)
+                .is_some_and(|t| token::verify(&secret, &t.secret_sha256))
+        })
+        .await?)
+}
+
 async fn identify<S: Service>(
     svc: &S,
     gate: &Gate,
@@ -283,18 +302,8 @@ async fn identify<S: Service>(
         // let through even from a blocked address (many clients may share
         // one behind a proxy); everything else waits out the window.
         if let Some(presented) = bearer.as_deref().and_then(token::parse) {
-            let id = presented.id.to_owned();
-            let secret = presented.secret.to_owned();
             let local = Consistency::Local { min_revision: None };
-            let valid = svc
-                .read(local, move |store| {
-                    store
-                        .auth()
-                        .token(&id)
-                        .is_some_and(|t| token::verify(&secret, &t.secret_sha256))
-                })
-                .await?;
-            if valid {
+            if known(svc, &presented, local).await? {
                 return Ok(Caller::Token {
                     id: presented.id.to_owned(),
                 });
@@ -326,20 +335,12 @@ async fn identify<S: Service>(
         return Ok(Caller::Admin);
     }
     if let Some(presented) = token::parse(&bearer) {
-        let id = presented.id.to_owned();
-        let secret = presented.secret.to_owned();
-        let lookup = move |store: &Store| {
-            store
-                .auth()
-                .token(&id)
-                .is_some_and(|t| token::verify(&secret, &t.secret_sha256))
-        };
         let local = Consistency::Local { min_revision: None };
         // A token created a moment ago elsewhere may not have reached this
         // replica yet: before refusing, look again once it has applied
         // everything chosen so far.
-        if svc.read(local, lookup.clone()).await?
-            || svc.read(Consistency::Linearizable, lookup).await?
+        if known(svc, &presented, local).await?
+            || known(svc, &presented, Consistency::Linearizable).await?
         {
             return Ok(Caller::Token {
                 id: presented.id.to_owned(),
