@@ -128,6 +128,27 @@ assert pkv["spec"]["auth"]["enabled"] is True, pkv["spec"].get("auth")
 PY
 check "auth is on in the default PaxosKV"
 
+# TLS: on by default with the operator's own CA (no issuerRef); with
+# tls.issuerRef the operator has cert-manager issue the certificate.
+log "the default cluster uses TLS; tls.issuerRef reaches the PaxosKV"
+"$python" - "$work/default.yaml" <<'PY' || die "TLS is not on by default"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+pkv = next(d for d in docs if d["kind"] == "PaxosKV")
+tls = pkv["spec"].get("tls")
+assert tls == {"enabled": True}, tls
+PY
+render issuer --set tls.issuerRef.name=ca-issuer --set tls.issuerRef.kind=ClusterIssuer
+validate "$work/issuer.yaml" --expect PaxosKV=1 || die "render with tls.issuerRef does not validate"
+"$python" - "$work/issuer.yaml" <<'PY' || die "tls.issuerRef does not reach the PaxosKV"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+pkv = next(d for d in docs if d["kind"] == "PaxosKV")
+tls = pkv["spec"].get("tls")
+assert tls == {"enabled": True, "issuerRef": {"name": "ca-issuer", "kind": "ClusterIssuer"}}, tls
+PY
+check "TLS is on in the default PaxosKV, and tls.issuerRef reaches spec.tls.issuerRef"
+
 # The operator's Deployment: two replicas (one leads, one stands by) spread
 # over nodes, liveness on /healthz so a standby is never restarted for being
 # one, readiness on /readyz, and the pod's name and namespace for the Lease.
@@ -259,15 +280,23 @@ expect_rejected "at '/prometheusRule/volume/almostFull/percent': maximum" --set 
 expect_rejected "at '/prometheusRule/noMaster': additional properties 'after' not allowed" --set prometheusRule.noMaster.after=1m
 expect_rejected "at '/grafanaDashboard/label': value must be 'a label name such as grafana_dashboard'" \
     --set "grafanaDashboard.label=grafana dashboard"
+expect_rejected "at '/tls/issuerRef/kind': value must be one of 'Issuer', 'ClusterIssuer'" \
+    --set tls.issuerRef.name=ca-issuer,tls.issuerRef.kind=CertificateAuthority
+expect_rejected "at '/tls/issuerRef': value must be 'name (and optionally kind and group) of a cert-manager issuer" \
+    --set tls.issuerRef.kind=ClusterIssuer
+expect_rejected "at '/tls/issuerRef/name': value must be 'a name of lower-case letters" --set tls.issuerRef.name=CA_Issuer
 check "bad values are rejected"
 
 log "NOTES.txt renders"
 "$helm" install phxkv "$chart" --namespace phxkv-check --dry-run=client >"$work/notes.out" ||
     die "helm install --dry-run=client"
-for want in "kubectl -n phxkv-check port-forward svc/phxkv 8080:8080" "http://phxkv.phxkv-check.svc:8080" \
+for want in "kubectl -n phxkv-check port-forward svc/phxkv 8080:8080" "https://phxkv.phxkv-check.svc:8080" \
+    "kubectl -n phxkv-check get secret phxkv-tls -o jsonpath='{.data.ca\\.crt}'" \
+    "curl --cacert ca.crt -H \"Authorization: Bearer \$(cat admin.token)\"" "https://localhost:8080/v1/kv/greeting" \
     "kubectl -n phxkv-check get secret phxkv-token" "kubectl -n phxkv-check describe pkv phxkv"; do
     grep -qF -- "$want" "$work/notes.out" || die "NOTES.txt lacks: $want"
 done
+sed -n '/^NOTES:/,$p' "$work/notes.out" | grep -F "http://" && die "NOTES.txt shows an http:// address, but TLS is on by default"
 "$helm" install phxkv "$chart" --namespace phxkv-check --dry-run=client --set cluster.enabled=false >"$work/notes.out" ||
     die "helm install --dry-run=client --set cluster.enabled=false"
 grep -qF "No PaxosKV was created" "$work/notes.out" || die "NOTES.txt with cluster.enabled=false"
@@ -337,6 +366,18 @@ print(yaml.safe_dump(docs[0]))' "$work/full.yaml" >"$work/chart-pkv.yaml" || die
 "$python" "$here/scrape_targets.py" "$work/full.yaml" "$work/operator-chart.yaml" ||
     die "the cluster's ServiceMonitor must select exactly one Service"
 check "the cluster's ServiceMonitor scrapes each pod through one Service"
+"$python" - "$work/full.yaml" <<'PY' || die "the cluster's ServiceMonitor must scrape over HTTPS with the cluster's CA"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+pkv = next(d for d in docs if d["kind"] == "PaxosKV")
+name, ns = pkv["metadata"]["name"], pkv["metadata"]["namespace"]
+sm = next(d for d in docs if d["kind"] == "ServiceMonitor" and d["metadata"]["name"] == name)
+ep = sm["spec"]["endpoints"][0]
+assert ep["scheme"] == "https", ep
+assert ep["tlsConfig"]["ca"]["secret"] == {"name": f"{name}-tls", "key": "ca.crt"}, ep
+assert ep["tlsConfig"]["serverName"] == f"{name}.{ns}.svc", ep
+PY
+check "the cluster's ServiceMonitor scrapes over HTTPS, trusting the cluster's CA"
 
 # The alerting rules, run through promtool: `check rules` (syntax, templates)
 # and `test rules` (series in, alerts out) with the tests in testdata/, which

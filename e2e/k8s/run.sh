@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Walks the README's "Run on Kubernetes" section against the cluster that
 # KUBECONFIG (or kubectl's default) points at: helm install into a fresh
-# namespace, wait for the PaxosKV, put and get through a port-forward, a
+# namespace, wait for the PaxosKV, put and get through a port-forward (over
+# HTTPS with the cluster's CA and token; plain HTTP is refused), a
 # second PaxosKV scaled 3 -> 5 -> 3, the master pod deleted under a stream
 # of writes with every acknowledged write read back, the leading operator
 # pod deleted (the standby takes over and reconciles); then, on demo: an
@@ -187,9 +188,26 @@ wait_for_size() {
 token_of() { k get secret "$1-token" -o jsonpath='{.data.token}' | base64 -d; }
 bearer=
 
+# The CA of PaxosKV NAME (TLS is on by default): key ca.crt of its Secret
+# NAME-tls, written to $work/NAME-ca.crt, whose path it prints; fails when
+# the Secret holds no certificate there. Requests below trust $cacert, set
+# per cluster like $bearer.
+ca_of() {
+    local file=$work/$1-ca.crt
+    k get secret "$1-tls" -o jsonpath='{.data.ca\.crt}' | base64 -d >"$file" &&
+        grep -q 'BEGIN CERTIFICATE' "$file" && echo "$file"
+}
+cacert=
+
+# tls_curl ARGS...: curl trusting only $cacert. The certificate names
+# localhost, not 127.0.0.1, so a port-forward is called as
+# https://localhost:PORT, with localhost pinned to 127.0.0.1 (where forward
+# reads kubectl's port; it may not listen on ::1).
+tls_curl() { curl --cacert "$cacert" --connect-to localhost::127.0.0.1: "$@"; }
+
 # put PORT KEY VALUE, get PORT KEY
-put() { curl -sS --fail-with-body --max-time 10 -H "Authorization: Bearer $bearer" -X PUT --data-binary "$3" "http://127.0.0.1:$1/v1/kv/$2"; }
-get() { curl -sS --fail-with-body --max-time 10 -H "Authorization: Bearer $bearer" "http://127.0.0.1:$1/v1/kv/$2"; }
+put() { tls_curl -sS --fail-with-body --max-time 10 -H "Authorization: Bearer $bearer" -X PUT --data-binary "$3" "https://localhost:$1/v1/kv/$2"; }
+get() { tls_curl -sS --fail-with-body --max-time 10 -H "Authorization: Bearer $bearer" "https://localhost:$1/v1/kv/$2"; }
 
 # Retries a command for up to 60 s: a fresh port-forward, or a cluster that
 # has only just elected its master, may refuse the first requests.
@@ -282,9 +300,9 @@ new_event() {
     echo "$2: $(k get event "${line%/*}" -o jsonpath='{.message}')"
 }
 
-# write_key PKV KEY VALUE, expect_key PKV KEY VALUE: through a fresh
-# port-forward to PKV's client Service (the pod an earlier one went to may
-# be gone).
+# write_key PKV KEY VALUE, expect_key PKV KEY VALUE, expect_no_key PKV
+# KEY: through a fresh port-forward to PKV's client Service (the pod an
+# earlier one went to may be gone), with PKV's own token and CA.
 # Waits for a MemberReplaced event newer than those in $3, phase Running
 # and three members, and for member $1 to be another incarnation than $2;
 # sets new_id to it.
@@ -301,15 +319,33 @@ expect_replaced() {
 }
 
 write_key() {
+    local bearer cacert
+    bearer=$(token_of "$1")
+    cacert=$(ca_of "$1") || die "Secret $1-tls holds no ca.crt"
     forward "svc/$1" 8080
     retry put "$forward_port" "$2" "$3" >/dev/null || die "PUT $2 on $1"
 }
 expect_key() {
-    local got
+    local bearer cacert got
+    bearer=$(token_of "$1")
+    cacert=$(ca_of "$1") || die "Secret $1-tls holds no ca.crt"
     forward "svc/$1" 8080
     got=$(retry get "$forward_port" "$2") || die "GET $2 on $1"
     [[ $got == "$3" ]] || die "$2 on $1 reads '$got', not '$3'"
     log "$2 on $1 reads back '$got'"
+}
+# Only a 404 will do: a request refused for another reason (a wrong token
+# or CA) says nothing about the key.
+expect_no_key() {
+    local bearer cacert code
+    bearer=$(token_of "$1")
+    cacert=$(ca_of "$1") || die "Secret $1-tls holds no ca.crt"
+    forward "svc/$1" 8080
+    code=$(retry tls_curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H "Authorization: Bearer $bearer" \
+        "https://localhost:$forward_port/v1/kv/$2") || die "GET $2 on $1"
+    [[ $code == 200 ]] && die "$2 is on $1, where it must not be"
+    [[ $code == 404 ]] || die "GET $2 on $1 answered $code, not 404"
+    log "$2 is not on $1"
 }
 
 # --- the walk-through --------------------------------------------------------
@@ -343,14 +379,22 @@ step "put and get through kubectl port-forward svc/$release"
 forward "svc/$release" 8080
 port=$forward_port
 bearer=$(token_of "$release")
+cacert=$(ca_of "$release") || die "Secret $release-tls holds no ca.crt"
 # Auth is on by default: no token, no data.
-code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://127.0.0.1:$port/v1/kv/greeting" || true)
+code=$(tls_curl -s -o /dev/null -w '%{http_code}' --max-time 10 "https://localhost:$port/v1/kv/greeting" || true)
 [[ $code == 401 ]] || die "GET without a token answered $code, not 401"
 retry put "$port" greeting hello >/dev/null || die "PUT greeting"
 got=$(retry get "$port" greeting) || die "GET greeting"
 [[ $got == hello ]] || die "GET greeting returned '$got', not 'hello'"
 log "PUT then GET greeting: $got"
-retry curl -sS --fail --max-time 10 -H "Authorization: Bearer $bearer" "http://127.0.0.1:$port/v1/cluster" >&2 || die "GET /v1/cluster"
+# TLS is on by default: plain HTTP to the client port gets nothing, even
+# with the token (without it, a plain-HTTP server would refuse too).
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -H "Authorization: Bearer $bearer" \
+    "http://127.0.0.1:$port/v1/kv/greeting" || true)
+[[ $code != 2* ]] || die "plain HTTP to the client port answered $code"
+log "plain HTTP to the client port: ${code/#000/no answer}, no data"
+retry tls_curl -sS --fail --max-time 10 -H "Authorization: Bearer $bearer" "https://localhost:$port/v1/cluster" >&2 ||
+    die "GET /v1/cluster"
 echo >&2
 
 step "a second PaxosKV: demo"
@@ -372,6 +416,7 @@ peer_rule=$(k get networkpolicy demo -o jsonpath='{.spec.ingress[0].ports[0].por
     die "NetworkPolicy demo does not close the peer port to demo's pods (got '$peer_rule')"
 forward svc/demo 8080
 bearer=$(token_of demo)
+cacert=$(ca_of demo) || die "Secret demo-tls holds no ca.crt"
 retry put "$forward_port" before-scaling kept >/dev/null || die "PUT before-scaling on demo"
 
 for size in 5 3; do
@@ -405,9 +450,9 @@ acked=$work/acked
     for i in $(seq 5000); do
         ((SECONDS < end)) || break
         [[ -e $work/stop ]] && break
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X PUT \
+        code=$(tls_curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X PUT \
             -H "Authorization: Bearer $bearer" \
-            --data-binary "value-$i" "http://127.0.0.1:$wport/v1/kv/failover/$i" || true)
+            --data-binary "value-$i" "https://localhost:$wport/v1/kv/failover/$i" || true)
         # Only a 200 is an acknowledgement; 503 and 504 (or no answer) are not.
         if [[ $code == 200 ]]; then
             echo "$i" >>"$acked"
@@ -449,9 +494,9 @@ refused=0
 read_back() {
     local i=$1 code attempt
     for attempt in $(seq 10); do
-        code=$(curl -s -o "$work/value" -w '%{http_code}' --max-time 10 \
+        code=$(tls_curl -s -o "$work/value" -w '%{http_code}' --max-time 10 \
             -H "Authorization: Bearer $bearer" \
-            "http://127.0.0.1:$wport/v1/kv/failover/$i" || true)
+            "https://localhost:$wport/v1/kv/failover/$i" || true)
         case $code in
             200) [[ $(<"$work/value") == "value-$i" ]] && return 0
                  log "failover/$i: acknowledged, but reads '$(<"$work/value")'"
@@ -799,10 +844,8 @@ EOF
     recovery=$(field restored '{.status.recovery.phase}')
     [[ $recovery == Recovered ]] || die "restored reports recovery phase '$recovery'"
     expect_key restored backup/before yes
-    forward svc/restored 8080
-    if get "$forward_port" backup/after >/dev/null 2>&1; then
-        die "backup/after, written after revision $revision, is in the cluster recovered to it"
-    fi
+    # backup/after was written after revision $revision.
+    expect_no_key restored backup/after
     log "restored has backup/before and not backup/after: recovered to revision $revision"
     if k patch pkv restored --type merge \
         -p '{"spec":{"bootstrap":{"recovery":{"source":{"url":"s3://phxkv/other"}}}}}' >/dev/null 2>"$work/patch.err"; then

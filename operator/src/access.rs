@@ -162,9 +162,18 @@ pub const RULES: &[Rule] = &[
         Scope::Watched,
         "",
         "secrets",
-        &["get", "create"],
-        "controller: read the token Secret, create it once (never patched); backup: read it to \
-         ask for a backup",
+        &["get", "create", "patch"],
+        "controller: read the token Secret and create it once (never patched); certs: read and \
+         create the CA Secret once, apply the certificate Secret when issuing or renewing it; \
+         backup: read the token and the cluster's CA to ask for a backup",
+    ),
+    rule(
+        Scope::Watched,
+        "cert-manager.io",
+        "certificates",
+        &["get", "create", "patch", "delete"],
+        "certs: with spec.tls.issuerRef, check the owner and apply the cluster's Certificate; \
+         delete it when issuerRef is removed",
     ),
     rule(
         Scope::Watched,

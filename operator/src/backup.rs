@@ -33,7 +33,7 @@ use crate::crd::{
     PaxosKVBackupStatus, RecoverablePoint, RetentionSpec,
 };
 use crate::members::{ArchiveListing, ArchivedBase, ClusterView, MembersClient, MembersError};
-use crate::render::{self, MANAGER, Names, TOKEN_KEY};
+use crate::render::{self, CA_CERT_KEY, MANAGER, Names, TOKEN_KEY, Transport};
 
 /// Label on the backups the schedule creates: the cluster's name.
 pub const CLUSTER_LABEL: &str = "phxkv.io/cluster";
@@ -205,7 +205,7 @@ pub async fn reconcile(backup: Arc<PaxosKVBackup>, ctx: Arc<Context>) -> Result<
     if let Some(message) = refusal {
         return fail(&ctx, &backup, status, now, &message).await;
     }
-    let names = Names::of(&cluster);
+    let mut names = Names::of(&cluster);
     let Some(pod) = replica_to_ask(&pkv) else {
         let waited = backup
             .meta()
@@ -241,6 +241,22 @@ pub async fn reconcile(backup: Arc<PaxosKVBackup>, ctx: Arc<Context>) -> Result<
         .map(|t| t.trim().to_string())
         .filter(|t| t.len() >= 16)
         .ok_or_else(|| Error::BadToken(names.token.clone()))?;
+    // A TLS cluster has its certificate Secret, with the CA to trust; a
+    // plain one (or one whose certificate cert-manager has yet to write,
+    // and whose replicas cannot run yet either) has none.
+    let ca = secrets
+        .get_opt(&names.tls)
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(CA_CERT_KEY).cloned())
+        .and_then(|b| String::from_utf8(b.0).ok());
+    let http = match &ca {
+        Some(ca) => {
+            names = Names::with_transport(&cluster, &ns, Transport::Tls);
+            crate::certs::http_client(ca)?
+        }
+        None => ctx.http.clone(),
+    };
 
     // Running is written before the long call: a restarted operator sees
     // the attempt, and `kubectl get pkvb` shows it.
@@ -250,7 +266,7 @@ pub async fn reconcile(backup: Arc<PaxosKVBackup>, ctx: Arc<Context>) -> Result<
     status.message = Some(format!("{pod} is taking a base backup"));
     write_status(&ctx, &backup, &status).await?;
 
-    let members = MembersClient::new(ctx.http.clone(), token);
+    let members = MembersClient::new(http, token);
     let url = (ctx.resolver)(&ns, &names, &pod);
     match members.take_backup(&url).await {
         Ok(base) => {

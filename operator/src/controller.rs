@@ -32,21 +32,15 @@ use crate::crd::{
 use crate::members::{ClusterView, MembersClient, MembersError};
 use crate::metrics::OperatorMetrics;
 use crate::plan::{Observed, PodView, Step, failing_for, plan};
-use crate::render::{self, Bootstrap, Defaults, MANAGER, Names, TOKEN_KEY};
+use crate::render::{self, Bootstrap, Defaults, MANAGER, Names, TOKEN_KEY, Transport};
 
 /// How a pod's client API is reached from the operator: by default its
 /// stable DNS name through the headless Service.
 pub type Resolver = Arc<dyn Fn(&str, &Names, &str) -> String + Send + Sync>;
 
-/// The in-cluster resolver: `http://<pod>.<cluster>-peers.<ns>.svc:8080`.
+/// The in-cluster resolver: `http(s)://<pod>.<cluster>-peers.<ns>.svc:8080`.
 pub fn cluster_dns() -> Resolver {
-    Arc::new(|ns: &str, names: &Names, pod: &str| {
-        format!(
-            "http://{pod}.{}.{ns}.svc:{}",
-            names.peers,
-            render::CLIENT_PORT
-        )
-    })
+    Arc::new(|ns: &str, names: &Names, pod: &str| names.client_url(ns, pod))
 }
 
 /// What every reconcile needs.
@@ -97,6 +91,9 @@ pub enum Error {
         "Secret {0} has no usable `token` key; restore it or delete it to have a new one generated"
     )]
     BadToken(String),
+    /// The cluster's certificates cannot be made or read.
+    #[error("certificates: {0}")]
+    Tls(String),
     /// An object the operator would create already exists and belongs to
     /// something else (another PaxosKV whose names overlap, or an object
     /// made by hand). The operator never takes it over.
@@ -134,6 +131,7 @@ impl Error {
             Error::Members(_) => "cluster_api",
             Error::NoNamespace => "no_namespace",
             Error::BadToken(_) => "bad_token",
+            Error::Tls(_) => "tls",
             Error::Conflict { .. } => "conflict",
             Error::Encode(_) => "encode",
             Error::Step { source, .. } => source.kind(),
@@ -144,6 +142,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Conflict { .. } => "NameConflict",
+            Error::Tls(_) => "CertificateError",
             Error::Step { source, .. } => source.reason(),
             _ => "ReconcileError",
         }
@@ -349,6 +348,34 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         }
     };
     let read_mode = bootstrap.read_mode;
+    if let Some(tls) = bootstrap.tls
+        && tls != pkv.spec.tls.enabled
+    {
+        let message = format!(
+            "spec.tls.enabled is {} but the cluster was created with TLS {}: TLS is fixed at \
+             creation (the replicas record each other's peer URLs); set it back, or create a new \
+             PaxosKV and move the data with a backup",
+            pkv.spec.tls.enabled,
+            if tls { "on" } else { "off" }
+        );
+        return report_invalid(ctx, pkv, &message).await;
+    }
+    if bootstrap.tls.is_none() && pkv.spec.tls.enabled {
+        tracing::info!(
+            paxoskv = %name,
+            "created before TLS existed: the cluster stays on plain HTTP"
+        );
+    }
+    let names = Names::with_transport(&name, &ns, bootstrap.transport());
+    let http = match names.transport {
+        Transport::Plain => ctx.http.clone(),
+        Transport::Tls => match crate::certs::ensure(ctx, pkv, &ns, &names).await? {
+            Some(ca) => crate::certs::http_client(&ca)?,
+            // cert-manager has yet to write the Secret: the pods cannot
+            // start without it either.
+            None => ctx.http.clone(),
+        },
+    };
     // The CRD refuses changing spec.bootstrap after creation; this catches
     // a recovery added where the schema was bypassed, which would only put
     // an init container that does nothing into every pod.
@@ -390,7 +417,15 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         .and_then(|v| v.parse::<i32>().ok())
         .filter(|n| *n > 0);
     if pkv.spec.hibernation {
-        return hibernate(ctx, pkv, &ns, existing.as_ref(), hibernated_replicas).await;
+        return hibernate(
+            ctx,
+            pkv,
+            &ns,
+            existing.as_ref(),
+            hibernated_replicas,
+            names.transport,
+        )
+        .await;
     }
     // Waking up: the pods the cluster had come back on their volumes; any
     // change of size made meanwhile is planned from there as usual.
@@ -404,7 +439,7 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         client,
         &ns,
         &name,
-        &render::statefulset(pkv, &ctx.defaults, set_replicas),
+        &render::statefulset(pkv, &ctx.defaults, set_replicas, names.transport),
     )
     .await?;
     if waking {
@@ -445,7 +480,7 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     let update_revision = set.status.as_ref().and_then(|s| s.update_revision.clone());
     let pods = pod_views(&names, &pod_list.items, update_revision.as_deref());
 
-    let members = MembersClient::new(ctx.http.clone(), token);
+    let members = MembersClient::new(http, token);
     let urls: Vec<(String, String)> = pods
         .iter()
         .map(|p| (p.name.clone(), (ctx.resolver)(&ns, &names, &p.name)))
@@ -745,6 +780,7 @@ async fn hibernate(
     ns: &str,
     existing: Option<&StatefulSet>,
     hibernated_replicas: Option<i32>,
+    transport: Transport,
 ) -> Result<Action, Error> {
     let name = pkv.name_any();
     let mut pods_left = 0;
@@ -757,7 +793,7 @@ async fn hibernate(
             == Some("Retain");
         let keep = hibernated_replicas.unwrap_or(set_replicas);
         let replicas = if retained { 0 } else { set_replicas };
-        let mut rendered = render::statefulset(pkv, &ctx.defaults, replicas);
+        let mut rendered = render::statefulset(pkv, &ctx.defaults, replicas, transport);
         if keep > 0 {
             rendered
                 .metadata
@@ -888,7 +924,7 @@ async fn execute(
                 &ctx.client,
                 ns,
                 &names.cluster,
-                &render::statefulset(pkv, &ctx.defaults, *n),
+                &render::statefulset(pkv, &ctx.defaults, *n, bootstrap.transport()),
             )
             .await?;
             ctx.metrics.step("set_replicas");
@@ -1301,7 +1337,7 @@ async fn write_status(ctx: &Context, pkv: &PaxosKV, status: &PaxosKVStatus) -> R
 /// Refuses an object that is not controlled by `pkv` (matched by UID, so
 /// a PaxosKV deleted and re-created under the same name does not inherit
 /// objects the garbage collector has yet to remove).
-fn ensure_owned<K>(pkv: &PaxosKV, obj: &K, name: &str) -> Result<(), Error>
+pub(crate) fn ensure_owned<K>(pkv: &PaxosKV, obj: &K, name: &str) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()>,
 {
@@ -1394,7 +1430,7 @@ where
         .await?)
 }
 
-async fn publish(
+pub(crate) async fn publish(
     ctx: &Context,
     pkv: &PaxosKV,
     type_: EventType,

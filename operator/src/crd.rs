@@ -130,6 +130,11 @@ pub struct PaxosKVSpec {
     #[serde(default)]
     pub auth: AuthSpec,
 
+    /// TLS on both ports: on by default, with certificates the operator
+    /// issues or cert-manager's. Fixed when the cluster is created.
+    #[serde(default)]
+    pub tls: TlsSpec,
+
     /// Stops every pod and keeps the volumes, the Secrets and the
     /// membership: the cluster costs nothing but its storage. Setting it
     /// back to false brings the same cluster back, with all its data, on
@@ -365,6 +370,88 @@ impl Default for AuthSpec {
 
 fn yes() -> bool {
     true
+}
+
+/// TLS on both ports of every replica: HTTPS on the client port, mutual
+/// TLS on the peer port (a peer without a certificate of the cluster's CA
+/// is refused before any handler runs). The certificate (Secret
+/// `<name>-tls`: `tls.crt`, `tls.key`, `ca.crt`) names the pods through
+/// the headless Service (`*.<name>-peers.<namespace>` and its `.svc`
+/// forms), the client Service (`<name>.<namespace>.svc` and shorter
+/// forms) and `localhost` (for `kubectl port-forward`).
+///
+/// Without `issuerRef` the operator makes a CA (Secret `<name>-ca`, valid
+/// ten years, not rotated on its own) and signs the certificate with it:
+/// valid 90 days, issued again once fewer than 30 remain. The replicas
+/// load a replaced certificate at the next connection, without a restart.
+///
+/// Fixed at creation, like `readMode`: replicas record each other's peer
+/// URLs, which change with TLS. Clusters created before TLS existed stay
+/// plain HTTP.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// TLS on both ports (the default).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A cert-manager issuer to request the certificate from instead (a
+    /// `Certificate` named `<name>-tls` is created). The issuer must put
+    /// the CA in the Secret's `ca.crt`, as the CA and Vault issuers do.
+    /// Changing the issuer changes the CA: the replicas lose contact
+    /// with each other until every one has loaded the new Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        TlsSpec {
+            enabled: true,
+            issuer_ref: None,
+        }
+    }
+}
+
+/// A cert-manager issuer.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// The issuer's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (in the cluster's namespace, the default) or
+    /// `ClusterIssuer`.
+    #[serde(default)]
+    pub kind: IssuerKind,
+    /// The issuer's API group: `cert-manager.io` unless it is an external
+    /// issuer.
+    #[serde(default = "cert_manager_group")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: String,
+}
+
+/// The kind of a cert-manager issuer.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum IssuerKind {
+    /// An issuer in the cluster's namespace.
+    #[default]
+    Issuer,
+    /// An issuer for the whole Kubernetes cluster.
+    ClusterIssuer,
+}
+
+impl IssuerKind {
+    /// The kind as Kubernetes spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            IssuerKind::Issuer => "Issuer",
+            IssuerKind::ClusterIssuer => "ClusterIssuer",
+        }
+    }
+}
+
+fn cert_manager_group() -> String {
+    "cert-manager.io".into()
 }
 
 fn default_replace_after() -> String {

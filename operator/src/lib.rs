@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod backup;
+pub mod certs;
 pub mod controller;
 pub mod crd;
 pub mod install;
@@ -48,7 +49,8 @@ pub fn crds_yaml() -> Result<String, serde_norway::Error> {
     Ok(format!("{}---\n{}", crd_yaml()?, backup_crd_yaml()?))
 }
 
-/// Every object the operator creates for `pkv` (with a placeholder token),
+/// Every object the operator creates for `pkv` (with a placeholder token;
+/// the certificate Secrets, made at run time, are left out),
 /// as a multi-document YAML stream, for offline validation. The PaxosKV
 /// gets a namespace and uid if it has none, as the API server would give it.
 pub fn render_all(
@@ -61,11 +63,13 @@ pub fn render_all(
     if pkv.metadata.uid.is_none() {
         pkv.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
     }
+    let bootstrap = render::Bootstrap::initial(&pkv);
     let mut docs = vec![
         serde_norway::to_string(&render::statefulset(
             &pkv,
             defaults,
-            render::Bootstrap::initial(&pkv).replicas,
+            bootstrap.replicas,
+            bootstrap.transport(),
         ))?,
         serde_norway::to_string(&render::peer_service(&pkv))?,
         serde_norway::to_string(&render::client_service(&pkv))?,

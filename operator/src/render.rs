@@ -6,7 +6,9 @@
 //! Service `N-peers` (peer discovery; it publishes pods before they are ready,
 //! since a cluster needs its peers to become ready at all), client Service
 //! `N`, PodDisruptionBudget `N`, ServiceAccount `N`, ConfigMap `N-bootstrap`
-//! and Secret `N-token`.
+//! and Secret `N-token`; with TLS (the default) Secrets `N-tls` (the
+//! replicas' certificate) and `N-ca` (the CA the operator signs it with),
+//! or a cert-manager `Certificate` `N-tls`.
 //!
 //! Two choices carry the orchestration:
 //! - `podManagementPolicy: Parallel`: the bootstrap pods must all start
@@ -50,6 +52,20 @@ pub const PEER_PORT: i32 = 8081;
 pub const DATA_MOUNT: &str = "/var/lib/phxkv";
 /// Where the cluster token Secret is mounted.
 pub const TOKEN_MOUNT: &str = "/etc/phxkv/token";
+/// Where the certificate Secret is mounted.
+pub const TLS_MOUNT: &str = "/etc/phxkv/tls";
+/// Keys of a certificate Secret (`kubernetes.io/tls`, as cert-manager
+/// writes them): the certificate, its key, and the CA that signed it.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+/// See [`TLS_CERT_KEY`].
+pub const TLS_KEY_KEY: &str = "tls.key";
+/// See [`TLS_CERT_KEY`].
+pub const CA_CERT_KEY: &str = "ca.crt";
+/// The CA's private key, in the CA Secret only.
+pub const CA_KEY_KEY: &str = "ca.key";
+/// The key of the bootstrap ConfigMap recording whether the cluster was
+/// created with TLS (absent in clusters created before TLS existed: plain).
+pub const TLS_RECORD_KEY: &str = "tls";
 /// Key of the token in its Secret.
 pub const TOKEN_KEY: &str = "token";
 /// Key of the bootstrap replica count in the bootstrap ConfigMap.
@@ -101,6 +117,37 @@ pub struct Names {
     pub token: String,
     /// Bootstrap ConfigMap.
     pub bootstrap: String,
+    /// Secret with the replicas' certificate (and cert-manager's
+    /// `Certificate` of the same name).
+    pub tls: String,
+    /// Secret with the CA the operator issues the certificate from.
+    pub ca: String,
+    /// How the replicas talk: fixed when the cluster is created.
+    pub transport: Transport,
+    /// Host name suffix of the pods in peer URLs: `N-peers` for plain
+    /// clusters (as they always were), `N-peers.<namespace>` with TLS, so
+    /// that the certificate's `*.N-peers.<namespace>` covers each pod.
+    pub peer_domain: String,
+}
+
+/// Plain HTTP or TLS on both ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain HTTP (clusters created with `spec.tls.enabled: false`, or
+    /// before TLS existed).
+    Plain,
+    /// HTTPS on the client port, mutual TLS on the peer port.
+    Tls,
+}
+
+impl Transport {
+    /// `http` or `https`.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Transport::Plain => "http",
+            Transport::Tls => "https",
+        }
+    }
 }
 
 impl Names {
@@ -111,7 +158,48 @@ impl Names {
             peers: format!("{name}-peers"),
             token: format!("{name}-token"),
             bootstrap: format!("{name}-bootstrap"),
+            tls: format!("{name}-tls"),
+            ca: format!("{name}-ca"),
+            transport: Transport::Plain,
+            peer_domain: format!("{name}-peers"),
         }
+    }
+
+    /// Names for cluster `name` in namespace `ns` reached over `transport`.
+    pub fn with_transport(name: &str, ns: &str, transport: Transport) -> Names {
+        let mut names = Names::of(name);
+        if transport == Transport::Tls {
+            names.peer_domain = format!("{}.{ns}", names.peers);
+        }
+        names.transport = transport;
+        names
+    }
+
+    /// A pod's client API from inside the Kubernetes cluster, through the
+    /// headless Service.
+    pub fn client_url(&self, ns: &str, pod: &str) -> String {
+        format!(
+            "{}://{pod}.{}.{ns}.svc:{CLIENT_PORT}",
+            self.transport.scheme(),
+            self.peers
+        )
+    }
+
+    /// The DNS names the replicas' certificate holds (see
+    /// [`TlsSpec`](crate::crd::TlsSpec)).
+    pub fn certificate_names(&self, ns: &str) -> Vec<String> {
+        let peers = &self.peers;
+        let cluster = &self.cluster;
+        vec![
+            format!("*.{peers}.{ns}"),
+            format!("*.{peers}.{ns}.svc"),
+            format!("*.{peers}.{ns}.svc.cluster.local"),
+            cluster.clone(),
+            format!("{cluster}.{ns}"),
+            format!("{cluster}.{ns}.svc"),
+            format!("{cluster}.{ns}.svc.cluster.local"),
+            "localhost".into(),
+        ]
     }
 
     /// Name of the pod with this ordinal.
@@ -131,7 +219,11 @@ impl Names {
     /// The peer URL a pod advertises (resolvable in the namespace through
     /// the headless Service).
     pub fn peer_url(&self, pod: &str) -> String {
-        format!("http://{pod}.{}:{PEER_PORT}", self.peers)
+        format!(
+            "{}://{pod}.{}:{PEER_PORT}",
+            self.transport.scheme(),
+            self.peer_domain
+        )
     }
 }
 
@@ -151,7 +243,7 @@ pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn meta(pkv: &PaxosKV, name: String) -> ObjectMeta {
+pub(crate) fn meta(pkv: &PaxosKV, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: pkv.namespace(),
@@ -181,9 +273,14 @@ pub fn image(pkv: &PaxosKV, defaults: &Defaults) -> String {
 
 /// The StatefulSet with `replicas` pods (the orchestration decides the
 /// count; it differs from `spec.replicas` while scaling).
-pub fn statefulset(pkv: &PaxosKV, defaults: &Defaults, replicas: i32) -> StatefulSet {
+pub fn statefulset(
+    pkv: &PaxosKV,
+    defaults: &Defaults,
+    replicas: i32,
+    transport: Transport,
+) -> StatefulSet {
     let name = pkv.name_any();
-    let names = Names::of(&name);
+    let names = Names::with_transport(&name, &pkv.namespace().unwrap_or_default(), transport);
     let spec = &pkv.spec;
     let mut pod_labels = labels(&name);
     pod_labels.remove("app.kubernetes.io/managed-by");
@@ -290,17 +387,28 @@ fn pod_spec(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> PodSpec {
             .and_then(|b| b.recovery.as_ref())
             .map(|r| vec![restore_container(pkv, defaults, names, r)]),
         containers: vec![container(pkv, defaults, names)],
-        volumes: Some(vec![Volume {
-            name: "token".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(names.token.clone()),
-                default_mode: Some(0o400),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        }]),
+        volumes: Some(volumes(names)),
         ..PodSpec::default()
     }
+}
+
+/// The token Secret, and with TLS the certificate Secret (which the
+/// kubelet refreshes in place when it is renewed; the server reloads it).
+fn volumes(names: &Names) -> Vec<Volume> {
+    let secret = |volume: &str, secret: &str| Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            default_mode: Some(0o400),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let mut volumes = vec![secret("token", &names.token)];
+    if names.transport == Transport::Tls {
+        volumes.push(secret("tls", &names.tls));
+    }
+    volumes
 }
 
 /// Without affinity rules in the spec, replicas prefer distinct nodes: a
@@ -343,7 +451,7 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
         env("PHXKV_DATA_DIR", format!("{DATA_MOUNT}/data")),
         env("PHXKV_LISTEN", format!("0.0.0.0:{CLIENT_PORT}")),
         env("PHXKV_PEER_LISTEN", format!("0.0.0.0:{PEER_PORT}")),
-        env("PHXKV_DISCOVERY", format!("dns:{}", names.peers)),
+        env("PHXKV_DISCOVERY", format!("dns:{}", names.peer_domain)),
         // Read when a pod starts on an empty volume: pods past this count
         // join instead of bootstrapping. A ConfigMap rather than a literal,
         // so lowering it on scale-down does not change the pod template.
@@ -412,10 +520,23 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
         env_from = archive_env_from(&backup.destination, false);
     }
 
+    let tls = names.transport == Transport::Tls;
+    if tls {
+        // One certificate for both ports, and the CA both to verify peers
+        // (mutual TLS) and for the peers to verify this replica.
+        vars.extend([
+            env("PHXKV_TLS_CERT", format!("{TLS_MOUNT}/{TLS_CERT_KEY}")),
+            env("PHXKV_TLS_KEY", format!("{TLS_MOUNT}/{TLS_KEY_KEY}")),
+            env("PHXKV_TLS_CA", format!("{TLS_MOUNT}/{CA_CERT_KEY}")),
+        ]);
+    }
+
+    // The kubelet does not verify certificates of HTTPS probes.
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String("client".into()),
+            scheme: tls.then(|| "HTTPS".into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -457,19 +578,22 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
         startup_probe: Some(probe("/healthz", 10, 60)),
         resources: spec.resources.clone(),
         security_context: Some(container_security()),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "data".into(),
-                mount_path: DATA_MOUNT.into(),
+        volume_mounts: Some(
+            [
+                ("data", DATA_MOUNT, false),
+                ("token", TOKEN_MOUNT, true),
+                ("tls", TLS_MOUNT, true),
+            ]
+            .into_iter()
+            .filter(|(volume, ..)| *volume != "tls" || tls)
+            .map(|(volume, path, read_only)| VolumeMount {
+                name: volume.into(),
+                mount_path: path.into(),
+                read_only: read_only.then_some(true),
                 ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "token".into(),
-                mount_path: TOKEN_MOUNT.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        ]),
+            })
+            .collect(),
+        ),
         ..Container::default()
     }
 }
@@ -789,6 +913,9 @@ pub struct Bootstrap {
     pub replicas: i32,
     /// The read mode, fixed at creation.
     pub read_mode: ReadModeSpec,
+    /// Whether the cluster was created with TLS; `None` for a cluster
+    /// created before TLS existed (plain HTTP, whatever the spec says).
+    pub tls: Option<bool>,
     /// The recovery it was created with, if any.
     pub recovery: Option<RecoveryRecord>,
 }
@@ -827,7 +954,17 @@ impl Bootstrap {
                 pkv.spec.replicas
             },
             read_mode: pkv.spec.read_mode.unwrap_or_default(),
+            tls: Some(pkv.spec.tls.enabled),
             recovery,
+        }
+    }
+
+    /// How the replicas talk: as recorded at creation.
+    pub fn transport(&self) -> Transport {
+        if self.tls == Some(true) {
+            Transport::Tls
+        } else {
+            Transport::Plain
         }
     }
 
@@ -843,6 +980,7 @@ impl Bootstrap {
                 Some("quorum") => ReadModeSpec::Quorum,
                 _ => ReadModeSpec::Lease,
             },
+            tls: data.get(TLS_RECORD_KEY).map(|v| v == "true"),
             recovery: data.get(RECOVERY_SOURCE_KEY).map(|source| RecoveryRecord {
                 source: source.clone(),
                 target: data.get(RECOVERY_TARGET_KEY).cloned().unwrap_or_default(),
@@ -862,6 +1000,9 @@ pub fn bootstrap_config(pkv: &PaxosKV, bootstrap: &Bootstrap) -> ConfigMap {
             bootstrap.read_mode.name().to_string(),
         ),
     ]);
+    if let Some(tls) = bootstrap.tls {
+        data.insert(TLS_RECORD_KEY.into(), tls.to_string());
+    }
     if let Some(r) = &bootstrap.recovery {
         data.insert(RECOVERY_SOURCE_KEY.into(), r.source.clone());
         data.insert(RECOVERY_TARGET_KEY.into(), r.target.clone());
@@ -933,7 +1074,7 @@ mod tests {
     #[test]
     fn statefulset_runs_non_root_read_only_with_probes_and_owner() {
         let pkv = sample(PaxosKVSpec::default());
-        let sts = statefulset(&pkv, &defaults(), 3);
+        let sts = statefulset(&pkv, &defaults(), 3, Transport::Plain);
         let spec = sts.spec.as_ref().expect("spec");
         assert_eq!(spec.replicas, Some(3));
         assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
@@ -980,6 +1121,100 @@ mod tests {
             !env.contains_key("PHXKV_LEASE"),
             "server default unless set"
         );
+    }
+
+    #[test]
+    fn a_tls_cluster_mounts_its_certificate_probes_https_and_names_peers_by_namespace() {
+        let pkv: PaxosKV = serde_json::from_value(serde_json::json!({
+            "apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKV",
+            "metadata": {"name": "kv", "namespace": "db", "uid": "u"},
+            "spec": {"bootstrap": {"recovery": {"source": {"url": "s3://bucket/x"}}}}
+        }))
+        .expect("pkv");
+        let bootstrap = Bootstrap::initial(&pkv);
+        assert_eq!(bootstrap.transport(), Transport::Tls, "on by default");
+        let sts = statefulset(&pkv, &defaults(), 3, bootstrap.transport());
+        let env = env_of(&sts);
+        assert_eq!(
+            env["PHXKV_DISCOVERY"].value.as_deref(),
+            Some("dns:kv-peers.db"),
+            "peer URLs under the certificate's *.kv-peers.db"
+        );
+        assert_eq!(
+            env["PHXKV_TLS_CERT"].value.as_deref(),
+            Some("/etc/phxkv/tls/tls.crt")
+        );
+        assert_eq!(
+            env["PHXKV_TLS_KEY"].value.as_deref(),
+            Some("/etc/phxkv/tls/tls.key")
+        );
+        assert_eq!(
+            env["PHXKV_TLS_CA"].value.as_deref(),
+            Some("/etc/phxkv/tls/ca.crt")
+        );
+        let pod = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod");
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "tls")
+            .and_then(|v| v.secret.as_ref())
+            .expect("the certificate Secret is mounted");
+        assert_eq!(volume.secret_name.as_deref(), Some("kv-tls"));
+        let c = &pod.containers[0];
+        assert!(
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == "tls" && m.mount_path == TLS_MOUNT && m.read_only == Some(true))
+        );
+        for probe in [&c.readiness_probe, &c.liveness_probe, &c.startup_probe] {
+            let scheme = probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.scheme.as_deref());
+            assert_eq!(scheme, Some("HTTPS"));
+        }
+        // The restored member records the same peer URL as discovery.
+        let init = &pod.init_containers.as_ref().expect("restore")[0];
+        let args = init.args.clone().expect("args");
+        assert!(
+            args.contains(&"$(PHXKV_ID)=https://$(PHXKV_ID).kv-peers.db:8081".to_string()),
+            "{args:?}"
+        );
+
+        // Plain: as clusters always were.
+        let plain = statefulset(&pkv, &defaults(), 3, Transport::Plain);
+        let env = env_of(&plain);
+        assert_eq!(
+            env["PHXKV_DISCOVERY"].value.as_deref(),
+            Some("dns:kv-peers")
+        );
+        assert!(!env.contains_key("PHXKV_TLS_CERT"));
+        let pod = plain
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod");
+        assert!(pod.volumes.iter().flatten().all(|v| v.name != "tls"));
+    }
+
+    #[test]
+    fn the_bootstrap_record_keeps_tls_and_an_old_record_means_plain() {
+        let pkv = sample(PaxosKVSpec::default());
+        let initial = Bootstrap::initial(&pkv);
+        let cm = bootstrap_config(&pkv, &initial);
+        let data = cm.data.expect("data");
+        assert_eq!(data.get(TLS_RECORD_KEY).map(String::as_str), Some("true"));
+        assert_eq!(Bootstrap::from_data(&data, 3), initial);
+        let old = BTreeMap::from([(BOOTSTRAP_KEY.to_string(), "3".to_string())]);
+        let legacy = Bootstrap::from_data(&old, 3);
+        assert_eq!(legacy.tls, None);
+        assert_eq!(legacy.transport(), Transport::Plain);
     }
 
     #[test]
@@ -1043,7 +1278,7 @@ mod tests {
         }))
         .expect("spec");
         let pkv = sample(spec);
-        let sts = statefulset(&pkv, &defaults(), 5);
+        let sts = statefulset(&pkv, &defaults(), 5, Transport::Plain);
         let env = env_of(&sts);
         assert_eq!(env["PHXKV_LEASE"].value.as_deref(), Some("2s"));
         assert_eq!(env["PHXKV_MAX_VALUE_BYTES"].value.as_deref(), Some("1000"));
@@ -1116,7 +1351,12 @@ mod tests {
 
     #[test]
     fn a_replica_gets_ten_minutes_to_start_before_liveness_counts() {
-        let sts = statefulset(&sample(PaxosKVSpec::default()), &defaults(), 3);
+        let sts = statefulset(
+            &sample(PaxosKVSpec::default()),
+            &defaults(),
+            3,
+            Transport::Plain,
+        );
         let pod = sts.spec.and_then(|s| s.template.spec).expect("pod");
         let c = &pod.containers[0];
         let budget = |p: &Probe| {
@@ -1210,7 +1450,12 @@ mod tests {
 
     #[test]
     fn only_a_recovered_cluster_restores_and_its_target_time_is_one_argument() {
-        let plain = statefulset(&sample(PaxosKVSpec::default()), &defaults(), 3);
+        let plain = statefulset(
+            &sample(PaxosKVSpec::default()),
+            &defaults(),
+            3,
+            Transport::Plain,
+        );
         let pod = plain.spec.and_then(|s| s.template.spec).expect("pod");
         assert!(pod.init_containers.is_none(), "nothing to restore");
         let spec: PaxosKVSpec = serde_json::from_value(serde_json::json!({
@@ -1225,7 +1470,7 @@ mod tests {
         let cm = bootstrap_config(&pkv, &bootstrap).data.expect("data");
         assert_eq!(cm[RESTORE_MEMBER_KEY], "kv-0", "the first pod, and only it");
         assert_eq!(cm[RECOVERY_TARGET_KEY], "time 2026-01-31T12:00:00Z");
-        let sts = statefulset(&pkv, &defaults(), 1);
+        let sts = statefulset(&pkv, &defaults(), 1, Transport::Plain);
         let pod = sts.spec.and_then(|s| s.template.spec).expect("pod");
         let init = &pod.init_containers.expect("a restore")[0];
         let args = init.args.clone().expect("args");

@@ -33,6 +33,7 @@ const CRD: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/paxos
 const BACKUP_CRD: &str =
     "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/paxoskvbackups.phxkv.io";
 const BACKUPS: &str = "/apis/phxkv.io/v1alpha1/namespaces/db/paxoskvbackups";
+const CERTS: &str = "/apis/cert-manager.io/v1/namespaces/db/certificates";
 
 fn member(name: &str, master: bool) -> Value {
     let ordinal: u64 = name
@@ -201,6 +202,45 @@ async fn the_access_table_lists_exactly_the_calls_the_operator_makes() {
             .iter()
             .any(|s| s.method == "DELETE" && s.path.starts_with(policy)),
         "the NetworkPolicy of a cluster that turned it off was not deleted"
+    );
+
+    // Certificates from cert-manager: the Certificate is applied.
+    let cm = paxoskv(
+        "cm",
+        json!({"replicas": 3, "tls": {"issuerRef": {"name": "corp", "kind": "ClusterIssuer"}}}),
+    );
+    api.put(
+        &format!("{PKVS}/cm"),
+        serde_json::to_value(&cm).expect("pkv"),
+    );
+    let _ = controller::reconcile(Arc::new(cm), ctx.clone()).await;
+    assert!(
+        api.get(&format!("{CERTS}/cm-tls")).is_some(),
+        "the Certificate was applied"
+    );
+    // issuerRef removed: cert-manager's Certificate goes, the operator
+    // issues into the Secret cert-manager wrote.
+    let back = paxoskv("back", json!({"replicas": 3}));
+    api.put(
+        &format!("{PKVS}/back"),
+        serde_json::to_value(&back).expect("pkv"),
+    );
+    api.put(
+        &format!("{CERTS}/back-tls"),
+        json!({"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+               "metadata": {"name": "back-tls", "namespace": "db"}, "spec": {}}),
+    );
+    api.put(
+        &format!("{NS}/secrets/back-tls"),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "back-tls", "namespace": "db",
+                            "annotations": {"cert-manager.io/certificate-name": "back-tls"}},
+               "data": {}}),
+    );
+    let _ = controller::reconcile(Arc::new(back), ctx.clone()).await;
+    assert!(
+        api.get(&format!("{CERTS}/back-tls")).is_none(),
+        "cert-manager's Certificate was deleted"
     );
 
     // A cluster whose pods run an older template: one pod is replaced.

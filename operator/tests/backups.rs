@@ -531,7 +531,7 @@ async fn a_recovered_cluster_starts_with_its_first_pod_restoring_alone() {
             "--cluster-id",
             "kv.db",
             "--initial-members",
-            "$(PHXKV_ID)=http://$(PHXKV_ID).kv-peers:8081",
+            "$(PHXKV_ID)=https://$(PHXKV_ID).kv-peers.db:8081",
             "--if-empty",
             "--only-member=$(PHXKV_RESTORE_MEMBER)",
         ]

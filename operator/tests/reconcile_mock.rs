@@ -102,6 +102,18 @@ fn echo(body: &Value) -> (u16, Value) {
     (200, body.clone())
 }
 
+/// A Secret's key, decoded.
+fn decoded(secret: &Value, key: &str) -> String {
+    use base64::Engine as _;
+    let b64 = secret["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} in {secret}"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64");
+    String::from_utf8(bytes).expect("text")
+}
+
 /// What the fake phxkv reports and what it was asked to do. Each pod has
 /// its own base URL (`/pods/<pod>`), so each can report its own state.
 #[derive(Default)]
@@ -439,6 +451,42 @@ async fn a_new_paxoskv_gets_its_objects_a_token_and_a_creating_status() {
     .await;
     assert_eq!(cm["data"]["replicas"], "3");
     assert_eq!(cm["data"]["readMode"], "lease");
+    assert_eq!(
+        cm["data"]["tls"], "true",
+        "TLS is on by default, and recorded"
+    );
+    // A CA of its own, then the replicas' certificate signed by it.
+    expect(&mut h, "GET", &format!("{NS}/secrets/kv-ca"), |_| {
+        (404, not_found("secrets", "kv-ca"))
+    })
+    .await;
+    let ca = expect(&mut h, "POST", &format!("{NS}/secrets"), echo).await;
+    assert_eq!(ca["metadata"]["name"], "kv-ca");
+    assert_eq!(ca["metadata"]["ownerReferences"][0]["kind"], "PaxosKV");
+    let ca_pem = decoded(&ca, "ca.crt");
+    assert!(decoded(&ca, "ca.key").contains("PRIVATE KEY"));
+    expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), |_| {
+        (404, not_found("secrets", "kv-tls"))
+    })
+    .await;
+    let tls = expect(&mut h, "PATCH", &format!("{NS}/secrets/kv-tls"), echo).await;
+    assert_eq!(tls["type"], "kubernetes.io/tls");
+    assert_eq!(decoded(&tls, "ca.crt"), ca_pem);
+    let cert = decoded(&tls, "tls.crt");
+    for host in [
+        "kv-0.kv-peers.db",
+        "kv-2.kv-peers.db.svc",
+        "kv.db.svc",
+        "localhost",
+    ] {
+        phxkv::tls::issue::verifies_for(&ca_pem, &cert, host).expect(host);
+    }
+    let days = (phxkv::tls::issue::not_after_of(&cert).expect("expiry")
+        - k8s_openapi::jiff::Timestamp::now().as_second())
+        / 86_400;
+    assert!((89..=90).contains(&days), "valid 90 days: {days}");
+    let issued = expect_event(&mut h, "CertificateIssued").await;
+    assert!(issued["note"].as_str().unwrap_or("").contains("kv-tls"));
     expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
         (404, not_found("statefulsets.apps", "kv"))
     })
@@ -446,6 +494,19 @@ async fn a_new_paxoskv_gets_its_objects_a_token_and_a_creating_status() {
     let sts = expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), echo).await;
     assert_eq!(sts["spec"]["replicas"], 3);
     assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
+    let pod = &sts["spec"]["template"]["spec"];
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "kv-tls"),
+        "the replicas mount the certificate"
+    );
+    assert_eq!(
+        pod["containers"][0]["readinessProbe"]["httpGet"]["scheme"],
+        "HTTPS"
+    );
     let event = expect_event(&mut h, "Created").await;
     assert_eq!(event["regarding"]["kind"], "PaxosKV");
     expect(&mut h, "GET", &format!("{NS}/pods"), |_| {
@@ -462,6 +523,218 @@ async fn a_new_paxoskv_gets_its_objects_a_token_and_a_creating_status() {
     assert_eq!(condition(&status, "Available")["reason"], "NoMaster");
     assert_eq!(condition(&status, "Progressing")["status"], "True");
 
+    run.await.expect("joined").expect("reconciled");
+}
+
+/// The token and a bootstrap record of a cluster created with TLS.
+async fn expect_token_and_tls_bootstrap(h: &mut ApiHandle) {
+    expect(h, "GET", &format!("{NS}/secrets/kv-token"), |_| {
+        (
+            200,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kv-token"},
+                     "data": {"token": "c2VjcmV0LXRva2VuLTAxMjM0NTY3ODk="}}),
+        )
+    })
+    .await;
+    expect(h, "GET", &format!("{NS}/configmaps/kv-bootstrap"), |_| {
+        (
+            200,
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": "kv-bootstrap", "ownerReferences": ours()},
+                     "data": {"replicas": "3", "readMode": "lease", "tls": "true"}}),
+        )
+    })
+    .await;
+}
+
+/// The rest of a pass over a cluster with a StatefulSet of 3 and no pods
+/// yet, up to its status, answering only what such a pass asks.
+async fn expect_rest_of_pass(h: &mut ApiHandle) -> Value {
+    loop {
+        let (seen, send) = next(h).await;
+        let route = seen.path.split('?').next().unwrap_or("").to_string();
+        match (seen.method.as_str(), route.as_str()) {
+            ("GET" | "PATCH", r) if r == format!("{APPS}/statefulsets/kv") => {
+                respond(send, 200, &statefulset(3))
+            }
+            ("GET", r) if r == format!("{NS}/pods") => respond(
+                send,
+                200,
+                &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+            ),
+            ("POST", "/apis/events.k8s.io/v1/namespaces/db/events") => {
+                respond(send, 200, &seen.body)
+            }
+            ("PATCH", "/apis/phxkv.io/v1alpha1/namespaces/db/paxoskvs/kv/status") => {
+                let status = seen.body["status"].clone();
+                let object = json!({"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKV",
+                                    "metadata": {"name": "kv", "namespace": "db"},
+                                    "spec": {}, "status": status});
+                respond(send, 200, &object);
+                return status;
+            }
+            (m, r) => panic!("unexpected request {m} {r}"),
+        }
+    }
+}
+
+fn secret(name: &str, data: Value, annotations: Value) -> Value {
+    use base64::Engine as _;
+    let encoded: serde_json::Map<String, Value> = data
+        .as_object()
+        .expect("data")
+        .iter()
+        .map(|(k, v)| {
+            let text = v.as_str().expect("text");
+            (
+                k.clone(),
+                json!(base64::engine::general_purpose::STANDARD.encode(text)),
+            )
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": name, "namespace": "db", "ownerReferences": ours(),
+                        "annotations": annotations},
+           "data": encoded})
+}
+
+fn kv_names() -> Vec<String> {
+    phxkv_operator::render::Names::with_transport(
+        "kv",
+        "db",
+        phxkv_operator::render::Transport::Tls,
+    )
+    .certificate_names("db")
+}
+
+#[tokio::test]
+async fn an_expiring_certificate_is_issued_again_from_the_same_ca_and_a_fresh_one_is_kept() {
+    use phxkv::tls::issue;
+    const DAY: Duration = Duration::from_secs(86_400);
+    let ca = issue::new_ca("phxkv CA kv.db", 3650 * DAY).expect("ca");
+    let ca_secret = secret(
+        "kv-ca",
+        json!({"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}),
+        json!({}),
+    );
+    for (valid_days, renewed) in [(10, true), (80, false)] {
+        let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "db");
+        let ctx = context(client, "http://127.0.0.1:9".into());
+        let run = tokio::spawn(reconcile(Arc::new(paxoskv(json!({"replicas": 3}))), ctx));
+        expect_static_objects(&mut h).await;
+        expect_token_and_tls_bootstrap(&mut h).await;
+        let answer = ca_secret.clone();
+        expect(&mut h, "GET", &format!("{NS}/secrets/kv-ca"), move |_| {
+            (200, answer)
+        })
+        .await;
+        let old = issue::issue(&ca, "kv.db", &kv_names(), valid_days * DAY).expect("leaf");
+        let current = secret(
+            "kv-tls",
+            json!({"tls.crt": old.cert_pem, "tls.key": old.key_pem, "ca.crt": ca.cert_pem}),
+            json!({}),
+        );
+        expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), move |_| {
+            (200, current)
+        })
+        .await;
+        if renewed {
+            let tls = expect(&mut h, "PATCH", &format!("{NS}/secrets/kv-tls"), echo).await;
+            let cert = decoded(&tls, "tls.crt");
+            assert_ne!(cert, old.cert_pem);
+            assert_eq!(decoded(&tls, "ca.crt"), ca.cert_pem, "the same CA");
+            issue::verifies_for(&ca.cert_pem, &cert, "kv-1.kv-peers.db").expect("verifies");
+            assert!(issue::not_after_of(&cert).expect("expiry") > old.not_after + 60 * 86_400);
+            let event = expect_event(&mut h, "CertificateRenewed").await;
+            assert!(
+                event["note"].as_str().unwrap_or("").contains("expires at"),
+                "{event}"
+            );
+        }
+        // A fresh certificate: straight on to the StatefulSet.
+        expect_rest_of_pass(&mut h).await;
+        run.await.expect("joined").expect("reconciled");
+    }
+}
+
+#[tokio::test]
+async fn with_an_issuer_ref_cert_manager_makes_the_certificate_and_no_ca_is_made() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let ctx = context(client, "http://127.0.0.1:9".into());
+    let pkv = paxoskv(json!({"replicas": 3, "tls": {"issuerRef": {"name": "corp-ca"}}}));
+    let run = tokio::spawn(reconcile(Arc::new(pkv), ctx));
+    expect_static_objects(&mut h).await;
+    expect_token_and_tls_bootstrap(&mut h).await;
+    let certs = "/apis/cert-manager.io/v1/namespaces/db/certificates/kv-tls";
+    expect(&mut h, "GET", certs, |_| {
+        (404, not_found("certificates.cert-manager.io", "kv-tls"))
+    })
+    .await;
+    let cert = expect(&mut h, "PATCH", certs, echo).await;
+    assert_eq!(cert["kind"], "Certificate");
+    assert_eq!(cert["metadata"]["ownerReferences"][0]["uid"], "0000-1111");
+    assert_eq!(cert["spec"]["secretName"], "kv-tls");
+    assert_eq!(
+        cert["spec"]["issuerRef"],
+        json!({"name": "corp-ca", "kind": "Issuer", "group": "cert-manager.io"})
+    );
+    assert_eq!(cert["spec"]["dnsNames"], json!(kv_names()));
+    // cert-manager has not written the Secret yet: the pass goes on (the
+    // pods wait for their volume).
+    expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), |_| {
+        (404, not_found("secrets", "kv-tls"))
+    })
+    .await;
+    expect_rest_of_pass(&mut h).await;
+    run.await.expect("joined").expect("reconciled");
+}
+
+#[tokio::test]
+async fn without_cert_manager_installed_an_issuer_ref_fails_with_a_reason() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let ctx = context(client, "http://127.0.0.1:9".into());
+    let pkv = paxoskv(json!({"replicas": 3, "tls": {"issuerRef": {"name": "corp-ca"}}}));
+    let run = tokio::spawn(reconcile(Arc::new(pkv), ctx));
+    expect_static_objects(&mut h).await;
+    expect_token_and_tls_bootstrap(&mut h).await;
+    let certs = "/apis/cert-manager.io/v1/namespaces/db/certificates/kv-tls";
+    expect(&mut h, "GET", certs, |_| (404, not_found("", ""))).await;
+    expect(&mut h, "PATCH", certs, |_| (404, not_found("", ""))).await;
+    let event = expect_event(&mut h, "ReconcileFailed").await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("install cert-manager"),
+        "{event}"
+    );
+    let status = expect_status(&mut h).await;
+    assert_eq!(condition(&status, "Ready")["reason"], "CertificateError");
+    assert!(run.await.expect("joined").is_err());
+}
+
+#[tokio::test]
+async fn tls_stays_what_the_cluster_was_created_with() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let ctx = context(client, "http://127.0.0.1:9".into());
+    let pkv = Arc::new(paxoskv(json!({"replicas": 3, "tls": {"enabled": false}})));
+    let run = tokio::spawn(reconcile(pkv, ctx));
+    expect_static_objects(&mut h).await;
+    expect_token_and_tls_bootstrap(&mut h).await;
+    let event = expect_event(&mut h, "InvalidSpec").await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("fixed at creation"),
+        "{event}"
+    );
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["phase"], "Invalid");
     run.await.expect("joined").expect("reconciled");
 }
 

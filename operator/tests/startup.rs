@@ -280,7 +280,9 @@ fn every_object_the_operator_creates_carries_the_watched_label() {
     let selector = run::owned_selector();
     let (key, value) = selector.split_once('=').expect("key=value");
     let labels = [
-        render::statefulset(&pkv, &defaults, 3).metadata.labels,
+        render::statefulset(&pkv, &defaults, 3, render::Transport::Plain)
+            .metadata
+            .labels,
         render::peer_service(&pkv).metadata.labels,
         render::client_service(&pkv).metadata.labels,
     ];

@@ -46,7 +46,7 @@ else "<release>-<chart>".
 
 {{/*
 The release's PaxosKV: named after the release, so its client Service is
-http://<release>.<namespace>.svc:8080. Object names derived from it
+https://<release>.<namespace>.svc:8080 (with TLS, the default). Object names derived from it
 (<name>-peers, <name>-token, <name>-0 ...) must stay DNS labels.
 */}}
 {{- define "phxkv.clusterName" -}}

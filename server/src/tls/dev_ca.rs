@@ -5,12 +5,13 @@
 
 use std::path::Path;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
+use std::time::Duration;
 
-use super::{TlsError, TlsPaths};
+use super::{TlsError, TlsPaths, issue};
+
+/// How long the dev CA and certificate last: a dev data directory is not
+/// expected to outlive them.
+const DEV_CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// The names of the dev replicas' certificate: every one listens on
 /// loopback.
@@ -38,31 +39,16 @@ fn paths_in(dir: &Path) -> TlsPaths {
 /// A new CA and a certificate it signs for `names` (host names or IP
 /// addresses, good for both ends of a connection), written to `paths`.
 pub(crate) fn make(paths: &TlsPaths, names: &[&str]) -> Result<(), TlsError> {
-    let failed = |e: rcgen::Error| TlsError::Config(format!("cannot make certificates: {e}"));
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name
-        .push(DnType::CommonName, "phxkv dev CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca =
-        CertifiedIssuer::self_signed(ca, KeyPair::generate().map_err(failed)?).map_err(failed)?;
+    let ca = issue::new_ca("phxkv dev CA", DEV_CA_VALIDITY)?;
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let mut leaf = CertificateParams::new(names).map_err(failed)?;
-    leaf.distinguished_name
-        .push(DnType::CommonName, "phxkv dev replica");
-    leaf.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let key = KeyPair::generate().map_err(failed)?;
-    let cert = leaf.signed_by(&key, &ca).map_err(failed)?;
+    let leaf = issue::issue(&ca, "phxkv dev replica", &names, DEV_CA_VALIDITY)?;
     if let Some(dir) = paths.key.parent() {
         std::fs::create_dir_all(dir).map_err(|e| TlsError::file(dir, e))?;
     }
-    write(&paths.key, &key.serialize_pem(), 0o600)?;
-    write(&paths.cert, &cert.pem(), 0o644)?;
+    write(&paths.key, &leaf.key_pem, 0o600)?;
+    write(&paths.cert, &leaf.cert_pem, 0o644)?;
     if let Some(ca_path) = &paths.ca {
-        write(ca_path, &ca.pem(), 0o644)?;
+        write(ca_path, &ca.cert_pem, 0o644)?;
     }
     Ok(())
 }

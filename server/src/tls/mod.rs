@@ -31,6 +31,7 @@
 //! request on a TLS port with a clear error instead of a stalled handshake.
 
 pub mod dev_ca;
+pub mod issue;
 pub mod listener;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,245 @@
+//! Certificates made in memory: a private CA, and certificates it signs for
+//! both ends of a connection (server and client authentication, so one
+//! certificate serves the client port and mutual TLS on the peer port).
+//!
+//! The operator keeps a cluster's CA and certificate in Secrets and renews
+//! the certificate with [`issue`] from the CA it stored; `phxkv dev
+//! --secure` writes its own to files. Nothing here touches a disk or the
+//! network, so both callers test it as plain values.
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+use super::TlsError;
+
+/// How far back a new certificate's validity starts, for clocks that run a
+/// little behind the issuer's.
+const BACKDATE: Duration = Duration::from_secs(3600);
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    /// The certificate (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM, PKCS#8).
+    pub key_pem: String,
+    /// When it expires, in Unix seconds.
+    pub not_after: i64,
+}
+
+fn failed(e: rcgen::Error) -> TlsError {
+    TlsError::Config(format!("cannot make certificates: {e}"))
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Sets `params` valid from a little before now for `valid_for`; returns
+/// the end, in Unix seconds.
+fn validity(params: &mut CertificateParams, valid_for: Duration) -> Result<i64, TlsError> {
+    let now = unix_now();
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let start = now.saturating_sub(secs(BACKDATE));
+    let end = now.saturating_add(secs(valid_for));
+    let at = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .map_err(|e| TlsError::Config(format!("a validity out of range: {e}")))
+    };
+    params.not_before = at(start)?;
+    params.not_after = at(end)?;
+    Ok(end)
+}
+
+/// A new self-signed CA named `common_name`, valid for `valid_for`, that
+/// may sign certificates but no other CA.
+pub fn new_ca(common_name: &str, valid_for: Duration) -> Result<Issued, TlsError> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let not_after = validity(&mut params, valid_for)?;
+    let key = KeyPair::generate().map_err(failed)?;
+    let cert = params.self_signed(&key).map_err(failed)?;
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        not_after,
+    })
+}
+
+/// A new key and a certificate for `names` (DNS names, `*.` wildcards or
+/// IP addresses) signed by the CA `ca`, valid for `valid_for` (or until
+/// the CA expires, if that is sooner: a certificate cannot outlive its
+/// issuer's trust).
+pub fn issue(
+    ca: &Issued,
+    common_name: &str,
+    names: &[String],
+    valid_for: Duration,
+) -> Result<Issued, TlsError> {
+    if names.is_empty() {
+        return Err(TlsError::Config(
+            "a certificate needs at least one name".into(),
+        ));
+    }
+    let ca_key = KeyPair::from_pem(&ca.key_pem)
+        .map_err(|e| TlsError::Config(format!("the CA's private key is unusable: {e}")))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
+        .map_err(|e| TlsError::Config(format!("the CA certificate is unusable: {e}")))?;
+    let mut params = CertificateParams::new(names.to_vec()).map_err(failed)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let mut not_after = validity(&mut params, valid_for)?;
+    let ca_end = not_after_of(&ca.cert_pem)?;
+    if ca_end < not_after {
+        not_after = ca_end;
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(ca_end)
+            .map_err(|e| TlsError::Config(format!("a validity out of range: {e}")))?;
+    }
+    let key = KeyPair::generate().map_err(failed)?;
+    let cert = params.signed_by(&key, &issuer).map_err(failed)?;
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        not_after,
+    })
+}
+
+/// When the first certificate in `pem` expires, in Unix seconds.
+pub fn not_after_of(pem: &str) -> Result<i64, TlsError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or_else(|| TlsError::Config("no certificate in PEM form".into()))?
+        .map_err(|e| TlsError::Config(format!("no certificate in PEM form: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| TlsError::Config(format!("not an X.509 certificate: {e}")))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// Whether `cert` was signed by `ca` and is valid now for the host name
+/// `host` as a server certificate: what a peer or a client checks.
+pub fn verifies_for(ca_pem: &str, cert_pem: &str, host: &str) -> Result<(), TlsError> {
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::ServerCertVerifier as _;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let der = der.map_err(|e| TlsError::Config(format!("CA: {e}")))?;
+        roots
+            .add(der)
+            .map_err(|e| TlsError::Config(format!("CA: {e}")))?;
+    }
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots.into(), super::provider())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Config(format!("certificate: {e}")))?;
+    let (leaf, rest) = chain
+        .split_first()
+        .ok_or_else(|| TlsError::Config("no certificate in PEM form".into()))?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| TlsError::Config(format!("{host:?}: {e}")))?;
+    verifier
+        .verify_server_cert(leaf, rest, &name, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| TlsError::Config(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_wildcard_under_the_peer_service_and_namespace_verifies_each_pod() {
+        let ca = new_ca("phxkv CA kv.db", 3650 * DAY).expect("ca");
+        let leaf = issue(
+            &ca,
+            "kv.db",
+            &names(&[
+                "*.kv-peers.db",
+                "*.kv-peers.db.svc",
+                "kv.db.svc",
+                "localhost",
+            ]),
+            90 * DAY,
+        )
+        .expect("leaf");
+        for host in ["kv-0.kv-peers.db", "kv-12.kv-peers.db.svc", "kv.db.svc"] {
+            verifies_for(&ca.cert_pem, &leaf.cert_pem, host).expect(host);
+        }
+        for host in ["kv-0.other-peers.db", "kv-0.kv-peers.prod", "kv.db"] {
+            assert!(
+                verifies_for(&ca.cert_pem, &leaf.cert_pem, host).is_err(),
+                "{host} is not a name of the certificate"
+            );
+        }
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_trusted_through_the_same_ca_and_another_ca_is_not() {
+        let ca = new_ca("phxkv CA kv.db", 3650 * DAY).expect("ca");
+        let first = issue(&ca, "kv.db", &names(&["localhost"]), 90 * DAY).expect("first");
+        let renewed = issue(&ca, "kv.db", &names(&["localhost"]), 90 * DAY).expect("renewed");
+        assert_ne!(first.key_pem, renewed.key_pem, "a new key each time");
+        verifies_for(&ca.cert_pem, &renewed.cert_pem, "localhost").expect("same CA");
+        let other = new_ca("phxkv CA other", 3650 * DAY).expect("other");
+        assert!(verifies_for(&other.cert_pem, &renewed.cert_pem, "localhost").is_err());
+    }
+
+    #[test]
+    fn validity_is_what_was_asked_and_never_past_the_ca() {
+        let now = unix_now();
+        let ca = new_ca("ca", 30 * DAY).expect("ca");
+        assert_eq!(not_after_of(&ca.cert_pem).expect("parsed"), ca.not_after);
+        let leaf = issue(&ca, "x", &names(&["localhost"]), 10 * DAY).expect("leaf");
+        let expected = now + 10 * 86_400;
+        assert!((leaf.not_after - expected).abs() <= 5, "{}", leaf.not_after);
+        assert_eq!(
+            not_after_of(&leaf.cert_pem).expect("parsed"),
+            leaf.not_after
+        );
+        let capped = issue(&ca, "x", &names(&["localhost"]), 90 * DAY).expect("capped");
+        assert_eq!(capped.not_after, ca.not_after);
+    }
+
+    #[test]
+    fn unusable_inputs_are_errors_not_panics() {
+        let ca = new_ca("ca", DAY).expect("ca");
+        assert!(issue(&ca, "x", &[], DAY).is_err());
+        let broken = Issued {
+            key_pem: "not a key".into(),
+            ..ca.clone()
+        };
+        assert!(issue(&broken, "x", &names(&["localhost"]), DAY).is_err());
+        assert!(not_after_of("garbage").is_err());
+    }
+}
