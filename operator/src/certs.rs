@@ -74,7 +74,7 @@ pub fn certificate(pkv: &PaxosKV, names: &Names, ns: &str, issuer: &IssuerRef) -
             "dnsNames": names.certificate_names(ns),
             "duration": format!("{}h", CERT_VALIDITY.as_secs() / 3600),
             "renewBefore": format!("{}h", RENEW_BEFORE.as_secs() / 3600),
-            "usages": ["server auth", "client auth", "digital signature", "key encipherment"],
+            "usages": ["server auth", "client auth", "digital signature"],
             "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
             "secretTemplate": {"labels": render::labels(&names.cluster)},
         }

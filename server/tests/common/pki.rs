@@ -3,14 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
+use phxkv::tls::issue::{self, Issued};
 
-/// A certificate authority.
+const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// A certificate authority (made as the operator makes a cluster's).
 pub struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    ca: Issued,
 }
 
 /// A certificate and its key, in PEM.
@@ -30,39 +29,23 @@ pub struct TlsFiles {
 
 impl Ca {
     pub fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().expect("CA key");
         Ca {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+            ca: issue::new_ca(name, 365 * DAY).expect("CA certificate"),
         }
     }
 
     pub fn cert_pem(&self) -> String {
-        self.issuer.pem()
+        self.ca.cert_pem.clone()
     }
 
     /// A certificate for `names` (host names or IP addresses), good for
     /// both ends of a connection, as peers need.
     pub fn issue(&self, common_name: &str, names: &[&str]) -> Leaf {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let mut params = CertificateParams::new(names).expect("leaf params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("leaf certificate");
+        let leaf = issue::issue(&self.ca, common_name, &names, 30 * DAY).expect("leaf certificate");
         Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
+            cert: leaf.cert_pem,
+            key: leaf.key_pem,
         }
     }
 
