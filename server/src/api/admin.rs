@@ -123,7 +123,7 @@ pub async fn delete_backup<S: Service>(
     tag = "admin",
     security(("cluster_token" = [])),
     responses(
-        (status = 200, description = "The backup file, streamed.", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The backup file, streamed.", content_type = "application/octet-stream", body = crate::api::kv::RawValue),
         (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
         (status = 503, description = "No master to confirm the read (`unavailable`).", body = ErrorResponse),
     )

@@ -39,6 +39,12 @@ pub const MOD_REVISION_HEADER: &str = "x-phxkv-mod-revision";
 /// The store revision the read reflects.
 pub const REVISION_HEADER: &str = "x-phxkv-revision";
 
+/// A value as raw bytes: any content, sent and answered as
+/// `application/octet-stream`.
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct RawValue(pub Vec<u8>);
+
 /// The result of a put.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"revision": 42, "version": 3}))]
@@ -198,7 +204,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
         ("if_mod_revision" = Option<u64>, Query, description = "Write only if the key's mod revision is this (`0`: only if absent)."),
         ("Idempotency-Key" = Option<String>, Header, description = "Names this write for its retries: a retry with the same key and the same request, at any replica, returns the first attempt's outcome instead of applying again (after a 504, say). Recognised while the write is among the last 100,000 applied; a key reused for a different write is refused with 422 `idempotency_key_reused`. 1 to 128 visible ASCII characters, e.g. a UUID."),
     ),
-    request_body(description = "The value, as raw bytes.", content(("application/octet-stream"))),
+    request_body(description = "The value, as raw bytes.", content((RawValue = "application/octet-stream"))),
     responses(
         (status = 200, description = "Written.", body = PutResponse),
         (status = 400, description = "Empty key or bad query parameter.", body = ErrorResponse),
@@ -251,7 +257,7 @@ pub async fn put_key<S: Service>(
         ("min_revision" = Option<u64>, Query, description = "With `consistency=local`: wait until the replica has applied this revision; refused with 400 when the cluster has not reached it."),
     ),
     responses(
-        (status = 200, description = "The value.", content(("application/octet-stream")),
+        (status = 200, description = "The value.", content((RawValue = "application/octet-stream")),
             headers(
                 ("X-Phxkv-Version" = u64, description = "The key's version."),
                 ("X-Phxkv-Create-Revision" = u64, description = "The revision that created the key."),

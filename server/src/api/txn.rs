@@ -171,11 +171,35 @@ pub struct TxnResult {
 #[serde(rename_all = "snake_case")]
 pub enum TxnOpResult {
     /// The put happened at `revision`.
-    Put { revision: u64 },
+    Put(TxnPutResult),
     /// Whether the key existed.
-    Delete { deleted: bool },
+    Delete(TxnDeleteResult),
     /// The key, or `null` when it does not exist.
-    Get { kv: Option<KvJson> },
+    Get(TxnGetResult),
+}
+
+// Each outcome is a named schema, not an inline object: client generators
+// name inline objects after their position and then collide.
+
+/// The outcome of a put in a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TxnPutResult {
+    /// The revision the put happened at.
+    pub revision: u64,
+}
+
+/// The outcome of a delete in a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TxnDeleteResult {
+    /// Whether the key existed.
+    pub deleted: bool,
+}
+
+/// The outcome of a get in a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TxnGetResult {
+    /// The key, or `null` when it does not exist.
+    pub kv: Option<KvJson>,
 }
 
 /// Reads a byte field given as text (`name`) or base64 (`name_b64`).
@@ -303,13 +327,15 @@ impl TxnRequest {
 impl From<&TxnResponse> for TxnOpResult {
     fn from(r: &TxnResponse) -> TxnOpResult {
         match r {
-            TxnResponse::Put { revision } => TxnOpResult::Put {
+            TxnResponse::Put { revision } => TxnOpResult::Put(TxnPutResult {
                 revision: *revision,
-            },
-            TxnResponse::Delete { deleted } => TxnOpResult::Delete { deleted: *deleted },
-            TxnResponse::Get { kv } => TxnOpResult::Get {
+            }),
+            TxnResponse::Delete { deleted } => {
+                TxnOpResult::Delete(TxnDeleteResult { deleted: *deleted })
+            }
+            TxnResponse::Get { kv } => TxnOpResult::Get(TxnGetResult {
                 kv: kv.as_ref().map(KvJson::from),
-            },
+            }),
         }
     }
 }
