@@ -344,6 +344,11 @@ async fn expect_static_objects(h: &mut ApiHandle) {
 }
 
 async fn expect_existing_token_and_bootstrap(h: &mut ApiHandle, bootstrap: i32) {
+    expect_token_and_bootstrap_record(h, json!({"replicas": bootstrap.to_string()})).await;
+}
+
+/// The token Secret, then the bootstrap ConfigMap holding `record`.
+async fn expect_token_and_bootstrap_record(h: &mut ApiHandle, record: Value) {
     expect(h, "GET", &format!("{NS}/secrets/kv-token"), |_| {
         (
             200,
@@ -357,7 +362,7 @@ async fn expect_existing_token_and_bootstrap(h: &mut ApiHandle, bootstrap: i32) 
             200,
             json!({"apiVersion": "v1", "kind": "ConfigMap",
                      "metadata": {"name": "kv-bootstrap", "ownerReferences": ours()},
-                     "data": {"replicas": bootstrap.to_string()}}),
+                     "data": record}),
         )
     })
     .await;
@@ -528,23 +533,8 @@ async fn a_new_paxoskv_gets_its_objects_a_token_and_a_creating_status() {
 
 /// The token and a bootstrap record of a cluster created with TLS.
 async fn expect_token_and_tls_bootstrap(h: &mut ApiHandle) {
-    expect(h, "GET", &format!("{NS}/secrets/kv-token"), |_| {
-        (
-            200,
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kv-token"},
-                     "data": {"token": "c2VjcmV0LXRva2VuLTAxMjM0NTY3ODk="}}),
-        )
-    })
-    .await;
-    expect(h, "GET", &format!("{NS}/configmaps/kv-bootstrap"), |_| {
-        (
-            200,
-            json!({"apiVersion": "v1", "kind": "ConfigMap",
-                     "metadata": {"name": "kv-bootstrap", "ownerReferences": ours()},
-                     "data": {"replicas": "3", "readMode": "lease", "tls": "true"}}),
-        )
-    })
-    .await;
+    let record = json!({"replicas": "3", "readMode": "lease", "tls": "true"});
+    expect_token_and_bootstrap_record(h, record).await;
 }
 
 /// The rest of a pass over a cluster with a StatefulSet of 3 and no pods
@@ -607,6 +597,26 @@ fn kv_names() -> Vec<String> {
     .certificate_names("db")
 }
 
+/// Starts a reconcile of `kv` with `spec`, a cluster created with TLS,
+/// and answers the pass up to its certificates: the static objects, the
+/// token and the bootstrap record.
+async fn start_tls_pass(
+    spec: Value,
+) -> (
+    ApiHandle,
+    tokio::task::JoinHandle<
+        Result<kube::runtime::controller::Action, phxkv_operator::controller::Error>,
+    >,
+) {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let ctx = context(client, "http://127.0.0.1:9".into());
+    let run = tokio::spawn(reconcile(Arc::new(paxoskv(spec)), ctx));
+    expect_static_objects(&mut h).await;
+    expect_token_and_tls_bootstrap(&mut h).await;
+    (h, run)
+}
+
 #[tokio::test]
 async fn an_expiring_certificate_is_issued_again_from_the_same_ca_and_a_fresh_one_is_kept() {
     use phxkv::tls::issue;
@@ -618,12 +628,7 @@ async fn an_expiring_certificate_is_issued_again_from_the_same_ca_and_a_fresh_on
         json!({}),
     );
     for (valid_days, renewed) in [(10, true), (80, false)] {
-        let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
-        let client = kube::Client::new(service, "db");
-        let ctx = context(client, "http://127.0.0.1:9".into());
-        let run = tokio::spawn(reconcile(Arc::new(paxoskv(json!({"replicas": 3}))), ctx));
-        expect_static_objects(&mut h).await;
-        expect_token_and_tls_bootstrap(&mut h).await;
+        let (mut h, run) = start_tls_pass(json!({"replicas": 3})).await;
         let answer = ca_secret.clone();
         expect(&mut h, "GET", &format!("{NS}/secrets/kv-ca"), move |_| {
             (200, answer)
@@ -660,13 +665,8 @@ async fn an_expiring_certificate_is_issued_again_from_the_same_ca_and_a_fresh_on
 
 #[tokio::test]
 async fn with_an_issuer_ref_cert_manager_makes_the_certificate_and_no_ca_is_made() {
-    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "db");
-    let ctx = context(client, "http://127.0.0.1:9".into());
-    let pkv = paxoskv(json!({"replicas": 3, "tls": {"issuerRef": {"name": "corp-ca"}}}));
-    let run = tokio::spawn(reconcile(Arc::new(pkv), ctx));
-    expect_static_objects(&mut h).await;
-    expect_token_and_tls_bootstrap(&mut h).await;
+    let (mut h, run) =
+        start_tls_pass(json!({"replicas": 3, "tls": {"issuerRef": {"name": "corp-ca"}}})).await;
     let certs = "/apis/cert-manager.io/v1/namespaces/db/certificates/kv-tls";
     expect(&mut h, "GET", certs, |_| {
         (404, not_found("certificates.cert-manager.io", "kv-tls"))
@@ -693,13 +693,8 @@ async fn with_an_issuer_ref_cert_manager_makes_the_certificate_and_no_ca_is_made
 
 #[tokio::test]
 async fn without_cert_manager_installed_an_issuer_ref_fails_with_a_reason() {
-    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "db");
-    let ctx = context(client, "http://127.0.0.1:9".into());
-    let pkv = paxoskv(json!({"replicas": 3, "tls": {"issuerRef": {"name": "corp-ca"}}}));
-    let run = tokio::spawn(reconcile(Arc::new(pkv), ctx));
-    expect_static_objects(&mut h).await;
-    expect_token_and_tls_bootstrap(&mut h).await;
+    let (mut h, run) =
+        start_tls_pass(json!({"replicas": 3, "tls": {"issuerRef": {"name": "corp-ca"}}})).await;
     let certs = "/apis/cert-manager.io/v1/namespaces/db/certificates/kv-tls";
     expect(&mut h, "GET", certs, |_| (404, not_found("", ""))).await;
     expect(&mut h, "PATCH", certs, |_| (404, not_found("", ""))).await;
@@ -718,13 +713,7 @@ async fn without_cert_manager_installed_an_issuer_ref_fails_with_a_reason() {
 
 #[tokio::test]
 async fn tls_stays_what_the_cluster_was_created_with() {
-    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "db");
-    let ctx = context(client, "http://127.0.0.1:9".into());
-    let pkv = Arc::new(paxoskv(json!({"replicas": 3, "tls": {"enabled": false}})));
-    let run = tokio::spawn(reconcile(pkv, ctx));
-    expect_static_objects(&mut h).await;
-    expect_token_and_tls_bootstrap(&mut h).await;
+    let (mut h, run) = start_tls_pass(json!({"replicas": 3, "tls": {"enabled": false}})).await;
     let event = expect_event(&mut h, "InvalidSpec").await;
     assert!(
         event["note"]
