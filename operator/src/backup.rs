@@ -247,9 +247,7 @@ pub async fn reconcile(backup: Arc<PaxosKVBackup>, ctx: Arc<Context>) -> Result<
     let ca = secrets
         .get_opt(&names.tls)
         .await?
-        .and_then(|s| s.data)
-        .and_then(|d| d.get(CA_CERT_KEY).cloned())
-        .and_then(|b| String::from_utf8(b.0).ok());
+        .and_then(|s| crate::certs::text(&s, CA_CERT_KEY));
     let http = match &ca {
         Some(ca) => {
             names = Names::with_transport(&cluster, &ns, Transport::Tls);

@@ -33,7 +33,7 @@ use kube::runtime::events::EventType;
 use phxkv::tls::issue::{self, Issued};
 use serde_json::json;
 
-use crate::controller::{Context, Error, ensure_owned, publish};
+use crate::controller::{Context, Error, ensure_owned, ensure_owned_as, publish};
 use crate::crd::{IssuerRef, PaxosKV};
 use crate::render::{self, CA_CERT_KEY, CA_KEY_KEY, MANAGER, Names, TLS_CERT_KEY, TLS_KEY_KEY};
 
@@ -113,7 +113,8 @@ pub fn tls_secret(pkv: &PaxosKV, names: &Names, leaf: &Issued, ca_pem: &str) -> 
     }
 }
 
-fn text(secret: &Secret, key: &str) -> Option<String> {
+/// The text under `key` in `secret`, if it holds any.
+pub(crate) fn text(secret: &Secret, key: &str) -> Option<String> {
     secret
         .data
         .as_ref()?
@@ -180,7 +181,7 @@ async fn from_cert_manager(
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), ns, &certificate_resource());
     if let Some(existing) = api.get_opt(&names.tls).await.map_err(not_installed)? {
-        ensure_owned_dynamic(pkv, &existing, &names.tls)?;
+        ensure_owned_as(pkv, &existing.metadata, "Certificate", &names.tls)?;
     }
     api.patch(
         &names.tls,
@@ -208,21 +209,6 @@ fn not_installed(e: kube::Error) -> Error {
         ),
         _ => Error::Kube(e),
     }
-}
-
-fn ensure_owned_dynamic(pkv: &PaxosKV, obj: &DynamicObject, name: &str) -> Result<(), Error> {
-    let refs = obj.metadata.owner_references.as_deref().unwrap_or_default();
-    if refs
-        .iter()
-        .any(|r| Some(r.uid.as_str()) == pkv.metadata.uid.as_deref())
-    {
-        return Ok(());
-    }
-    Err(Error::Conflict {
-        kind: "Certificate".into(),
-        name: name.into(),
-        holder: "it is not owned by this PaxosKV".into(),
-    })
 }
 
 async fn own_ca(ctx: &Context, pkv: &PaxosKV, ns: &str, names: &Names) -> Result<String, Error> {

@@ -361,7 +361,7 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         return report_invalid(ctx, pkv, &message).await;
     }
     if bootstrap.tls.is_none() && pkv.spec.tls.enabled {
-        tracing::info!(
+        tracing::debug!(
             paxoskv = %name,
             "created before TLS existed: the cluster stays on plain HTTP"
         );
@@ -1341,7 +1341,18 @@ pub(crate) fn ensure_owned<K>(pkv: &PaxosKV, obj: &K, name: &str) -> Result<(), 
 where
     K: Resource<DynamicType = ()>,
 {
-    let refs = obj.meta().owner_references.as_deref().unwrap_or_default();
+    ensure_owned_as(pkv, obj.meta(), &K::kind(&()), name)
+}
+
+/// [`ensure_owned`] for an object known by its metadata and kind (one of
+/// another project's resources, read as a dynamic object).
+pub(crate) fn ensure_owned_as(
+    pkv: &PaxosKV,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    kind: &str,
+    name: &str,
+) -> Result<(), Error> {
+    let refs = meta.owner_references.as_deref().unwrap_or_default();
     let ours = pkv.metadata.uid.as_deref();
     if refs.iter().any(|r| Some(r.uid.as_str()) == ours) {
         return Ok(());
@@ -1355,7 +1366,7 @@ where
         None => "it has no owner: it was made by hand or by another tool".to_string(),
     };
     Err(Error::Conflict {
-        kind: K::kind(&()).into_owned(),
+        kind: kind.to_string(),
         name: name.to_string(),
         holder,
     })
