@@ -243,6 +243,10 @@ pub fn needs(op: &Op) -> Vec<Need<'_>> {
             out
         }
         Op::Auth(_) | Op::As { .. } => vec![Need::Admin],
+        // Any token may hold leases; a revoke is also checked against the
+        // keys it deletes, where it is applied (they are known only there).
+        Op::Lease(_) => Vec::new(),
+        Op::Leased { op, .. } => needs(op),
     }
 }
 
@@ -258,8 +262,8 @@ pub fn touches_system_key(op: &Op) -> bool {
                     }
                 })
         }
-        Op::Auth(_) => false,
-        Op::As { op, .. } => touches_system_key(op),
+        Op::Auth(_) | Op::Lease(_) => false,
+        Op::As { op, .. } | Op::Leased { op, .. } => touches_system_key(op),
     }
 }
 

@@ -34,6 +34,9 @@ pub enum KvError {
     /// A snapshot's bytes are not a valid encoded snapshot.
     #[error("snapshot could not be decoded: {0}")]
     SnapshotDecode(#[source] postcard::Error),
+    /// A lease op out of bounds (see [`crate::kv::lease`]).
+    #[error("{0}")]
+    InvalidLease(String),
     /// A snapshot could not be read from where it is streamed from.
     #[error("snapshot could not be read: {0}")]
     SnapshotRead(String),

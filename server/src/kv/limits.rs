@@ -98,6 +98,24 @@ impl Op {
             // Checked against the auth rules where it is applied.
             Op::Auth(_) => Ok(()),
             Op::As { op, .. } => op.validate(limits),
+            Op::Lease(crate::kv::LeaseOp::Grant { id, ttl_secs }) => {
+                crate::kv::lease::check_grant(*id, *ttl_secs).map_err(KvError::InvalidLease)
+            }
+            Op::Lease(_) => Ok(()),
+            Op::Leased { lease, op } => {
+                if !(1..=crate::kv::lease::MAX_LEASE_ID).contains(lease) {
+                    return Err(KvError::InvalidLease(format!(
+                        "a lease id must be between 1 and {}, got {lease}",
+                        crate::kv::lease::MAX_LEASE_ID
+                    )));
+                }
+                match &**op {
+                    Op::Put { .. } | Op::Txn(_) => op.validate(limits),
+                    _ => Err(KvError::InvalidLease(
+                        "a lease attaches to puts and transactions only".into(),
+                    )),
+                }
+            }
         }
     }
 }

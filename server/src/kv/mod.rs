@@ -3,6 +3,7 @@
 pub mod bytes;
 pub mod dedup;
 pub mod error;
+pub mod lease;
 pub mod limits;
 pub mod op;
 pub mod snapshot;
@@ -15,6 +16,7 @@ mod testutil;
 
 pub use dedup::DEFAULT_DEDUP_CAPACITY;
 pub use error::KvError;
+pub use lease::{LeaseInfo, LeaseOp, LeaseTimers};
 pub use limits::Limits;
 pub use op::*;
 pub use snapshot::StoreSnapshot;

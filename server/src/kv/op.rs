@@ -120,6 +120,15 @@ pub enum Op {
         #[schema(no_recursion)]
         op: Box<Op>,
     },
+    /// A change to the leases (see [`crate::kv::lease`]).
+    Lease(crate::kv::LeaseOp),
+    /// `op`, a put or a transaction, with every key it writes attached to
+    /// lease `lease`; refused if the lease does not exist when applied.
+    Leased {
+        lease: u64,
+        #[schema(no_recursion)]
+        op: Box<Op>,
+    },
 }
 
 impl Op {
@@ -155,6 +164,8 @@ impl Op {
             }
             Op::Auth(change) => OVERHEAD + serde_json::to_vec(change).map_or(OVERHEAD, |v| v.len()),
             Op::As { token, op } => OVERHEAD + token.len() + op.size_hint(),
+            Op::Lease(_) => OVERHEAD + 16,
+            Op::Leased { op, .. } => OVERHEAD + 8 + op.size_hint(),
         }
     }
 }

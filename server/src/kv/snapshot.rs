@@ -158,8 +158,11 @@ impl Store {
             snapshots: Default::default(),
             auth: Default::default(),
             auth_generation: 0,
+            lease_count: 0,
+            lease_generation: 0,
         };
         store.reload_auth();
+        store.reload_leases();
         store
     }
 }

@@ -332,8 +332,11 @@ impl Store {
             snapshots: InProgress::default(),
             auth: Default::default(),
             auth_generation: 0,
+            lease_count: 0,
+            lease_generation: 0,
         };
         store.reload_auth();
+        store.reload_leases();
         Ok(store)
     }
 }

@@ -68,6 +68,24 @@ pub enum OpResult {
     /// Refused by the auth rules in force where the op was chosen, or
     /// because it names a reserved key; nothing changed.
     Refused(crate::auth::Refusal),
+    /// Lease `id` was granted at `revision`. (This and the lease results
+    /// below come after the others, so that results encoded before leases
+    /// existed decode unchanged.)
+    LeaseGranted {
+        id: u64,
+        ttl_secs: u64,
+        revision: u64,
+    },
+    /// Lease `id` ended at `revision` and its `deleted` keys with it.
+    LeaseRevoked {
+        id: u64,
+        revision: u64,
+        deleted: u64,
+    },
+    /// No lease `id` exists (any more); nothing changed.
+    LeaseNotFound { id: u64 },
+    /// A lease `id` exists already; nothing changed.
+    LeaseIdTaken { id: u64 },
 }
 
 /// The outcome of one operation inside a transaction.
@@ -198,6 +216,10 @@ pub struct Store {
     /// Changes whenever `auth` may have: local, never replicated (see
     /// [`Store::auth_generation`]).
     pub(super) auth_generation: u64,
+    /// How many leases the records hold (see [`super::lease`]).
+    pub(super) lease_count: usize,
+    /// Changes whenever a lease may have come or gone: local.
+    pub(super) lease_generation: u64,
 }
 
 /// Auth generations are drawn from one counter for the whole process, so a
@@ -234,6 +256,8 @@ impl Store {
             snapshots: Default::default(),
             auth: AuthState::default(),
             auth_generation: 0,
+            lease_count: 0,
+            lease_generation: 0,
         }
     }
 
@@ -264,10 +288,28 @@ impl Store {
             ));
         }
         match op {
-            Op::Put { key, value, expect } => self.apply_put(key, value, expect.as_ref()),
+            Op::Put { key, value, expect } => self.apply_put(key, value, expect.as_ref(), 0),
             Op::Delete { key, expect } => self.apply_delete(key, expect.as_ref()),
-            Op::Txn(txn) => self.apply_txn(txn),
+            Op::Txn(txn) => self.apply_txn(txn, 0),
             Op::Auth(change) => self.apply_auth(change),
+            Op::Lease(change) => self.apply_lease(change),
+            // A put or transaction whose written keys are attached to
+            // `lease`, which must exist when it is applied.
+            Op::Leased { lease, op } => {
+                if self.lease(*lease).is_none() {
+                    return OpResult::LeaseNotFound { id: *lease };
+                }
+                match &**op {
+                    Op::Put { key, value, expect } => {
+                        self.apply_put(key, value, expect.as_ref(), *lease)
+                    }
+                    Op::Txn(txn) => self.apply_txn(txn, *lease),
+                    _ => OpResult::Refused(Refusal::new(
+                        RefusalKind::Invalid,
+                        "a lease attaches to puts and transactions only",
+                    )),
+                }
+            }
             // The check that makes revocation exact: a token's op chosen
             // after its token or grant was removed is refused on every
             // replica alike, whatever the replica that took it had seen.
@@ -276,12 +318,29 @@ impl Store {
                     RefusalKind::Invalid,
                     "an op on behalf of a token cannot nest another",
                 )),
-                inner => match self.auth.authorize_op(token, inner) {
+                // Only the master decides that a lease expired.
+                Op::Lease(crate::kv::LeaseOp::Expire { .. }) => OpResult::Refused(Refusal::new(
+                    RefusalKind::PermissionDenied,
+                    "only the cluster expires leases",
+                )),
+                inner => match self.authorize_as(token, inner) {
                     Ok(()) => self.apply_op(inner),
                     Err(refusal) => OpResult::Refused(refusal),
                 },
             },
         }
+    }
+
+    /// Whether token `id` may make `op` here: what the op names, and for a
+    /// revoke, every key it would delete (as etcd asks).
+    fn authorize_as(&self, id: &str, op: &Op) -> Result<(), Refusal> {
+        self.auth.authorize_op(id, op)?;
+        if let Op::Lease(crate::kv::LeaseOp::Revoke { id: lease }) = op {
+            for key in self.lease_keys(*lease, usize::MAX) {
+                self.auth.authorize(id, crate::auth::Need::Write(&key))?;
+            }
+        }
+        Ok(())
     }
 
     fn apply_auth(&mut self, change: &AuthChange) -> OpResult {
@@ -414,12 +473,21 @@ impl Store {
         }
     }
 
-    fn apply_put(&mut self, key: &[u8], value: &[u8], expect: Option<&Expect>) -> OpResult {
+    /// A put; `lease` is the lease to attach the key to (0: none, which
+    /// detaches it from any, as in etcd).
+    fn apply_put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        expect: Option<&Expect>,
+        lease: u64,
+    ) -> OpResult {
         if let Some(failed) = self.check_expect(key, expect) {
             return failed;
         }
         let revision = self.revision + 1;
         let version = self.write(key, value, revision);
+        self.set_lease_of(key, lease, revision);
         self.revision = revision;
         OpResult::Put { revision, version }
     }
@@ -438,7 +506,7 @@ impl Store {
         }
     }
 
-    fn apply_txn(&mut self, txn: &Txn) -> OpResult {
+    fn apply_txn(&mut self, txn: &Txn, lease: u64) -> OpResult {
         let succeeded = txn.compare.iter().all(|c| self.holds(c));
         let branch = if succeeded {
             &txn.success
@@ -454,6 +522,7 @@ impl Store {
             responses.push(match op {
                 TxnOp::Put { key, value } => {
                     self.write(key, value, revision);
+                    self.set_lease_of(key, lease, revision);
                     changed = true;
                     TxnResponse::Put { revision }
                 }
@@ -514,7 +583,7 @@ impl Store {
     }
 
     /// Writes `value` at `revision` and returns the key's new version.
-    fn write(&mut self, key: &[u8], value: &[u8], revision: u64) -> u64 {
+    pub(super) fn write(&mut self, key: &[u8], value: &[u8], revision: u64) -> u64 {
         self.note_change(key);
         let kv = match self.kvs.get_mut(key) {
             Some(slot) => {
@@ -550,11 +619,14 @@ impl Store {
     }
 
     /// Removes `key` at `revision`; false if it did not exist.
-    fn remove(&mut self, key: &[u8], revision: u64) -> bool {
+    pub(super) fn remove(&mut self, key: &[u8], revision: u64) -> bool {
         self.note_change(key);
         let Some(old) = self.kvs.remove(key) else {
             return false;
         };
+        if !crate::auth::is_system_key(key) {
+            self.set_lease_of(key, 0, revision);
+        }
         self.digest = self.digest.wrapping_sub(old.digest(key));
         self.data_bytes -= key.len() + old.value.len();
         self.history.push(Event {

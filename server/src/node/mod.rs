@@ -1369,9 +1369,9 @@ impl Service for Node {
         idempotency_key: Option<String>,
     ) -> Result<OpResult, ServiceError> {
         op.validate(&self.inner.cfg.limits).map_err(|e| match e {
-            crate::kv::KvError::EmptyKey | crate::kv::KvError::ReservedKey => {
-                ServiceError::Invalid(e.to_string())
-            }
+            crate::kv::KvError::EmptyKey
+            | crate::kv::KvError::ReservedKey
+            | crate::kv::KvError::InvalidLease(_) => ServiceError::Invalid(e.to_string()),
             _ => ServiceError::TooLarge(e.to_string()),
         })?;
         let deadline = Instant::now() + self.inner.cfg.write_timeout;

@@ -1,0 +1,725 @@
+//! Leases: keys that are deleted when their owner stops renewing them.
+//!
+//! A lease has an id and a TTL. Puts (and transactions) may attach keys to
+//! it; revoking it, or its expiry, deletes every attached key in one
+//! revision. Two halves, kept apart on purpose:
+//!
+//! - **The replicated half** lives in the state machine as records under
+//!   [`LEASE_PREFIX`], written only by applying ops, so snapshots, backups,
+//!   archives and the replicas' digest comparison carry leases with no
+//!   format of their own (as the auth records do). A lease's record holds
+//!   its TTL; each attached key has a record under the lease (to find its
+//!   keys) and one under the key (to find its lease).
+//! - **The clock half** ([`LeaseTimers`]) lives only on the master. Renewals
+//!   (keep-alives) never go through the log: they move a deadline in the
+//!   master's memory. When a deadline passes, the master proposes
+//!   [`LeaseOp::Expire`], and every replica deletes the same keys at the
+//!   same revision when it applies it.
+//!
+//! ## The guarantee, and why it holds
+//!
+//! *A lease's keys are not deleted before its TTL has elapsed, in real time,
+//! since the client sent its grant or its latest successful keep-alive*,
+//! as long as clocks keep to the engine's drift bound. Only an explicit
+//! revoke deletes them sooner.
+//!
+//! - A keep-alive is answered only by a master that holds a valid master
+//!   lease and has applied the whole log up to a read index (the path of a
+//!   linearizable read), so it sees every expiry chosen before it. It moves
+//!   the deadline to `now + TTL * (1 + drift)` on the master's clock, where
+//!   `now` is after the client sent it, and the drift factor makes that at
+//!   least `TTL` of real time.
+//! - The master proposes an expiry only once the deadline has passed, and
+//!   a renewal that arrives after the deadline is refused: both happen on
+//!   the engine's thread, so one of them comes first and the other sees it.
+//! - A new master starts every deadline afresh at `now + TTL * (1 + drift)
+//!   + extension` when it takes over (it never saw its predecessor's
+//!   keep-alives). The predecessor's lease ended before the new master's
+//!   began (master leases never overlap), so every keep-alive acknowledged
+//!   before was received before `now`. Remaining TTLs are therefore
+//!   extended across a change of master, never shortened.
+//! - An expiry names the revision that granted the lease, and applies only
+//!   to that grant: a stale expiry chosen late cannot delete a lease that
+//!   was revoked and granted again under the same id.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::kv::{OpResult, Store};
+use crate::paxos::Ballot;
+
+/// Where the lease records live (inside the store's reserved prefix).
+pub const LEASE_PREFIX: &[u8] = b"\0phxkv/lease/";
+/// A lease: `l` + id (8 bytes, big-endian) -> TTL in seconds (8 bytes).
+const RECORD: u8 = b'l';
+/// A key attached to a lease: `k` + lease id + key -> empty.
+const OWNED: u8 = b'k';
+/// The lease a key is attached to: `a` + key -> lease id.
+const ATTACHED: u8 = b'a';
+
+/// The shortest TTL a lease may have, in seconds: shorter than a master
+/// change, a lease could not be kept alive across one.
+pub const MIN_TTL_SECS: u64 = 2;
+/// The longest TTL, in seconds (seven days).
+pub const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
+/// Most leases at once: the master keeps a timer for each.
+pub const MAX_LEASES: usize = 100_000;
+/// Lease ids are `1..=MAX_LEASE_ID`, so that every JSON parser reads them
+/// exactly (2^53 - 1, the largest integer a double holds exactly).
+pub const MAX_LEASE_ID: u64 = (1 << 53) - 1;
+
+/// A change to the leases, as proposed and chosen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseOp {
+    /// Creates lease `id` with a TTL in seconds.
+    Grant { id: u64, ttl_secs: u64 },
+    /// Ends lease `id` now and deletes its keys.
+    Revoke { id: u64 },
+    /// Proposed by the master when lease `id`, granted at revision
+    /// `granted`, was not renewed in time: ends it and deletes its keys.
+    /// Applies to that grant only.
+    Expire { id: u64, granted: u64 },
+}
+
+/// A lease as the state machine holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub id: u64,
+    pub ttl_secs: u64,
+    /// The revision of its grant.
+    pub granted: u64,
+}
+
+fn record_key(id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(LEASE_PREFIX.len() + 9);
+    k.extend_from_slice(LEASE_PREFIX);
+    k.push(RECORD);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn owned_prefix(id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(LEASE_PREFIX.len() + 9);
+    k.extend_from_slice(LEASE_PREFIX);
+    k.push(OWNED);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn owned_key(id: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = owned_prefix(id);
+    k.extend_from_slice(key);
+    k
+}
+
+fn attached_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(LEASE_PREFIX.len() + 1 + key.len());
+    k.extend_from_slice(LEASE_PREFIX);
+    k.push(ATTACHED);
+    k.extend_from_slice(key);
+    k
+}
+
+fn u64_of(bytes: &[u8]) -> u64 {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        // Only this module writes these records, always 8 bytes; a record
+        // of another length reads as 0 (no lease) rather than panicking.
+        .unwrap_or(0)
+}
+
+/// Whether `key` is one of the lease records.
+pub fn is_lease_key(key: &[u8]) -> bool {
+    key.starts_with(LEASE_PREFIX)
+}
+
+/// Why a lease cannot be granted as asked, before it is proposed.
+pub fn check_grant(id: u64, ttl_secs: u64) -> Result<(), String> {
+    if !(1..=MAX_LEASE_ID).contains(&id) {
+        return Err(format!(
+            "a lease id must be between 1 and {MAX_LEASE_ID}, got {id}"
+        ));
+    }
+    if !(MIN_TTL_SECS..=MAX_TTL_SECS).contains(&ttl_secs) {
+        return Err(format!(
+            "a lease's TTL must be between {MIN_TTL_SECS} and {MAX_TTL_SECS} seconds, got {ttl_secs}"
+        ));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Lease `id`, if it exists.
+    pub fn lease(&self, id: u64) -> Option<LeaseInfo> {
+        let key = record_key(id);
+        self.kvs.get(key.as_slice()).map(|slot| LeaseInfo {
+            id,
+            ttl_secs: u64_of(&slot.value),
+            granted: slot.create_revision,
+        })
+    }
+
+    /// Every lease, by id.
+    pub fn leases(&self) -> Vec<LeaseInfo> {
+        let mut start = LEASE_PREFIX.to_vec();
+        start.push(RECORD);
+        let mut end = LEASE_PREFIX.to_vec();
+        end.push(RECORD + 1);
+        self.kvs
+            .range::<[u8], _>((
+                Bound::Included(start.as_slice()),
+                Bound::Excluded(end.as_slice()),
+            ))
+            .map(|(k, slot)| LeaseInfo {
+                id: u64_of(&k[start.len()..]),
+                ttl_secs: u64_of(&slot.value),
+                granted: slot.create_revision,
+            })
+            .collect()
+    }
+
+    /// How many leases exist.
+    pub fn lease_count(&self) -> usize {
+        self.lease_count
+    }
+
+    /// A number that changes whenever a lease is granted or ends, and at
+    /// every restore: the master's timers re-read the leases when it moves.
+    /// Local, never replicated.
+    pub fn lease_generation(&self) -> u64 {
+        self.lease_generation
+    }
+
+    /// The keys attached to lease `id`, in byte order, at most `limit`.
+    pub fn lease_keys(&self, id: u64, limit: usize) -> Vec<Vec<u8>> {
+        let prefix = owned_prefix(id);
+        let mut end = LEASE_PREFIX.to_vec();
+        end.push(OWNED);
+        end.extend_from_slice(&(id.wrapping_add(1)).to_be_bytes());
+        let end = if id == u64::MAX {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(end.as_slice())
+        };
+        self.kvs
+            .range::<[u8], _>((Bound::Included(prefix.as_slice()), end))
+            .take(limit)
+            .map(|(k, _)| k[prefix.len()..].to_vec())
+            .collect()
+    }
+
+    /// The lease `key` is attached to, if any.
+    pub fn lease_of(&self, key: &[u8]) -> Option<u64> {
+        self.kvs
+            .get(attached_key(key).as_slice())
+            .map(|slot| u64_of(&slot.value))
+            .filter(|id| *id != 0)
+    }
+
+    /// Recounts the leases; every restore ends here.
+    pub(super) fn reload_leases(&mut self) {
+        self.lease_count = self.leases().len();
+        self.lease_generation = next_lease_generation();
+    }
+
+    pub(super) fn apply_lease(&mut self, op: &LeaseOp) -> OpResult {
+        match *op {
+            LeaseOp::Grant { id, ttl_secs } => {
+                if let Err(message) = check_grant(id, ttl_secs) {
+                    return OpResult::Refused(crate::auth::Refusal::new(
+                        crate::auth::RefusalKind::Invalid,
+                        message,
+                    ));
+                }
+                if self.lease(id).is_some() {
+                    return OpResult::LeaseIdTaken { id };
+                }
+                if self.lease_count >= MAX_LEASES {
+                    return OpResult::Refused(crate::auth::Refusal::new(
+                        crate::auth::RefusalKind::Invalid,
+                        format!("the cluster holds the most leases it may ({MAX_LEASES})"),
+                    ));
+                }
+                let revision = self.revision + 1;
+                self.write(&record_key(id), &ttl_secs.to_be_bytes(), revision);
+                self.revision = revision;
+                self.lease_count += 1;
+                self.lease_generation = next_lease_generation();
+                OpResult::LeaseGranted {
+                    id,
+                    ttl_secs,
+                    revision,
+                }
+            }
+            LeaseOp::Revoke { id } => self.end_lease(id, None),
+            LeaseOp::Expire { id, granted } => self.end_lease(id, Some(granted)),
+        }
+    }
+
+    /// Deletes lease `id` (only the grant at `granted`, when given) and
+    /// every key attached to it, all at one new revision.
+    fn end_lease(&mut self, id: u64, granted: Option<u64>) -> OpResult {
+        let Some(info) = self.lease(id) else {
+            return OpResult::LeaseNotFound { id };
+        };
+        if granted.is_some_and(|g| g != info.granted) {
+            return OpResult::LeaseNotFound { id };
+        }
+        let revision = self.revision + 1;
+        let keys = self.lease_keys(id, usize::MAX);
+        for key in &keys {
+            // Removing a user key detaches it, which removes both of its
+            // attachment records.
+            self.remove(key, revision);
+        }
+        self.remove(&record_key(id), revision);
+        self.revision = revision;
+        self.lease_count = self.lease_count.saturating_sub(1);
+        self.lease_generation = next_lease_generation();
+        OpResult::LeaseRevoked {
+            id,
+            revision,
+            deleted: keys.len() as u64,
+        }
+    }
+
+    /// Attaches `key` (a client key just written) to `lease`, or detaches
+    /// it when `lease` is 0, at `revision`.
+    pub(super) fn set_lease_of(&mut self, key: &[u8], lease: u64, revision: u64) {
+        let current = self.lease_of(key).unwrap_or(0);
+        if current == lease {
+            return;
+        }
+        if current != 0 {
+            self.remove(&owned_key(current, key), revision);
+        }
+        let attached = attached_key(key);
+        if lease == 0 {
+            self.remove(&attached, revision);
+        } else {
+            self.write(&owned_key(lease, key), &[], revision);
+            self.write(&attached, &lease.to_be_bytes(), revision);
+        }
+    }
+}
+
+/// Lease generations are drawn from one counter for the whole process, like
+/// auth generations, so a restored store never repeats one.
+static LEASE_GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_lease_generation() -> u64 {
+    LEASE_GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+}
+
+/// Why a keep-alive was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenewError {
+    /// No such lease (never granted, revoked, or its expiry applied).
+    NotFound,
+    /// Its deadline passed: its expiry is proposed or about to be.
+    Expired,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Timer {
+    granted: u64,
+    ttl_secs: u64,
+    deadline: Duration,
+    /// When its expiry was last proposed, to propose it again if that
+    /// proposal was lost.
+    proposed: Option<Duration>,
+}
+
+/// The master's deadlines for every lease (the clock half; see the module
+/// doc). Times are the node's monotonic clock, as the engine's are.
+#[derive(Debug)]
+pub struct LeaseTimers {
+    /// The mastership the deadlines belong to; another one starts afresh.
+    ballot: Option<Ballot>,
+    /// The store's [`Store::lease_generation`] last read.
+    generation: u64,
+    timers: BTreeMap<u64, Timer>,
+    /// Added to every deadline when a mastership starts.
+    extension: Duration,
+    max_drift_ppm: u32,
+}
+
+/// How long before an expiry proposal that was not applied is made again.
+const REPROPOSE_AFTER: Duration = Duration::from_secs(1);
+
+impl LeaseTimers {
+    /// `extension`: how much longer than its TTL a lease lives across a
+    /// change of master (the election time is the right amount);
+    /// `max_drift_ppm`: the engine's clock drift bound.
+    pub fn new(extension: Duration, max_drift_ppm: u32) -> LeaseTimers {
+        LeaseTimers {
+            ballot: None,
+            generation: 0,
+            timers: BTreeMap::new(),
+            extension,
+            max_drift_ppm,
+        }
+    }
+
+    /// `ttl` stretched by the drift bound: at least `ttl` of real time on a
+    /// clock that runs fast by up to the bound.
+    fn stretched(&self, ttl_secs: u64) -> Duration {
+        let ttl = Duration::from_secs(ttl_secs);
+        ttl + ttl * self.max_drift_ppm / 1_000_000
+    }
+
+    /// Forgets everything: this node is not master.
+    pub fn step_down(&mut self) {
+        self.ballot = None;
+        self.timers.clear();
+    }
+
+    /// Brings the timers in line with `store` for the mastership `ballot`,
+    /// at `now`. A new mastership starts every deadline afresh, with the
+    /// extension; a lease seen for the first time starts at `now`; a lease
+    /// gone from the store is forgotten.
+    pub fn sync(&mut self, now: Duration, ballot: Ballot, store: &Store) {
+        let fresh = self.ballot != Some(ballot);
+        if fresh {
+            self.ballot = Some(ballot);
+            self.timers.clear();
+        }
+        if !fresh && self.generation == store.lease_generation() {
+            return;
+        }
+        self.generation = store.lease_generation();
+        let extension = if fresh {
+            self.extension
+        } else {
+            Duration::ZERO
+        };
+        let mut next = BTreeMap::new();
+        for info in store.leases() {
+            let timer = match self.timers.remove(&info.id) {
+                Some(t) if t.granted == info.granted => t,
+                _ => Timer {
+                    granted: info.granted,
+                    ttl_secs: info.ttl_secs,
+                    deadline: now + self.stretched(info.ttl_secs) + extension,
+                    proposed: None,
+                },
+            };
+            next.insert(info.id, timer);
+        }
+        self.timers = next;
+    }
+
+    /// A keep-alive for `id` at `now`, after [`LeaseTimers::sync`]: the TTL
+    /// it now has, in seconds.
+    pub fn renew(&mut self, id: u64, now: Duration) -> Result<u64, RenewError> {
+        let stretched = |t: &Timer| self.stretched(t.ttl_secs);
+        let timer = self.timers.get(&id).ok_or(RenewError::NotFound)?;
+        if timer.deadline <= now || timer.proposed.is_some() {
+            return Err(RenewError::Expired);
+        }
+        let deadline = now + stretched(timer);
+        let timer = self.timers.get_mut(&id).ok_or(RenewError::NotFound)?;
+        timer.deadline = timer.deadline.max(deadline);
+        Ok(timer.ttl_secs)
+    }
+
+    /// Lease `id`'s time left at `now`, as this master counts it (at least
+    /// what the client may count on).
+    pub fn remaining(&self, id: u64, now: Duration) -> Option<Duration> {
+        self.timers.get(&id).map(|t| t.deadline.saturating_sub(now))
+    }
+
+    /// The leases whose deadline passed by `now` and whose expiry is not
+    /// already proposed recently, as `(id, granted)`; each is marked
+    /// proposed. The caller proposes [`LeaseOp::Expire`] for each.
+    pub fn due(&mut self, now: Duration) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for (id, t) in &mut self.timers {
+            let again = t.proposed.is_none_or(|p| now >= p + REPROPOSE_AFTER);
+            if t.deadline <= now && again {
+                t.proposed = Some(now);
+                out.push((*id, t.granted));
+            }
+        }
+        out
+    }
+
+    /// How many leases have a timer.
+    pub fn len(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Whether no lease has a timer.
+    pub fn is_empty(&self) -> bool {
+        self.timers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::testutil::{del, put, run};
+    use crate::kv::{EventKind, Op, Txn, TxnOp};
+
+    fn grant(id: u64, ttl_secs: u64) -> Op {
+        Op::Lease(LeaseOp::Grant { id, ttl_secs })
+    }
+
+    fn leased(lease: u64, op: Op) -> Op {
+        Op::Leased {
+            lease,
+            op: Box::new(op),
+        }
+    }
+
+    fn store_with_lease(id: u64) -> Store {
+        let mut s = Store::new();
+        assert!(matches!(
+            run(&mut s, &grant(id, 10)),
+            OpResult::LeaseGranted { ttl_secs: 10, .. }
+        ));
+        s
+    }
+
+    #[test]
+    fn revoking_a_lease_deletes_its_keys_at_one_revision_and_leaves_the_others() {
+        let mut s = store_with_lease(7);
+        run(&mut s, &leased(7, put(b"a", b"1")));
+        run(&mut s, &leased(7, put(b"b", b"2")));
+        run(&mut s, &put(b"c", b"3"));
+        assert_eq!(s.lease_of(b"a"), Some(7));
+        assert_eq!(s.lease_keys(7, 10), vec![b"a".to_vec(), b"b".to_vec()]);
+        let before = s.revision();
+        let result = run(&mut s, &Op::Lease(LeaseOp::Revoke { id: 7 }));
+        assert_eq!(
+            result,
+            OpResult::LeaseRevoked {
+                id: 7,
+                revision: before + 1,
+                deleted: 2
+            }
+        );
+        assert_eq!((s.get(b"a"), s.get(b"b")), (None, None));
+        assert!(s.get(b"c").is_some());
+        assert_eq!(
+            (s.lease(7), s.lease_count(), s.lease_of(b"a")),
+            (None, 0, None)
+        );
+        // Watchers see two deletes at the same revision, and nothing of the
+        // records.
+        let events = s.events_since(before + 1, b"", 100).expect("history");
+        let deletes: Vec<_> = events
+            .iter()
+            .filter(|e| !crate::auth::is_system_key(&e.kv.key))
+            .map(|e| (e.kind, e.kv.key.clone(), e.revision))
+            .collect();
+        assert_eq!(
+            deletes,
+            vec![
+                (EventKind::Delete, b"a".to_vec(), before + 1),
+                (EventKind::Delete, b"b".to_vec(), before + 1)
+            ]
+        );
+        // Only the records are left behind: nothing of the lease remains.
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_put_without_the_lease_detaches_the_key_and_a_delete_forgets_it() {
+        let mut s = store_with_lease(1);
+        run(&mut s, &leased(1, put(b"a", b"1")));
+        run(&mut s, &put(b"a", b"2"));
+        assert_eq!(s.lease_of(b"a"), None);
+        assert!(s.lease_keys(1, 10).is_empty());
+        run(&mut s, &leased(1, put(b"b", b"1")));
+        run(&mut s, &del(b"b"));
+        run(&mut s, &Op::Lease(LeaseOp::Revoke { id: 1 }));
+        // The detached key outlives the lease.
+        assert_eq!(s.get(b"a").map(|kv| kv.value), Some(b"2".to_vec()));
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_key_moves_from_one_lease_to_another() {
+        let mut s = store_with_lease(1);
+        run(&mut s, &grant(2, 5));
+        run(&mut s, &leased(1, put(b"a", b"1")));
+        run(&mut s, &leased(2, put(b"a", b"2")));
+        assert_eq!(s.lease_keys(1, 10), Vec::<Vec<u8>>::new());
+        run(&mut s, &Op::Lease(LeaseOp::Revoke { id: 1 }));
+        assert!(s.get(b"a").is_some());
+        run(&mut s, &Op::Lease(LeaseOp::Revoke { id: 2 }));
+        assert!(s.get(b"a").is_none());
+    }
+
+    #[test]
+    fn a_transaction_attaches_the_keys_its_branch_puts() {
+        let mut s = store_with_lease(3);
+        let txn = Op::Txn(Txn {
+            compare: Vec::new(),
+            success: vec![
+                TxnOp::Put {
+                    key: b"x".to_vec(),
+                    value: b"1".to_vec(),
+                },
+                TxnOp::Put {
+                    key: b"y".to_vec(),
+                    value: b"1".to_vec(),
+                },
+            ],
+            failure: Vec::new(),
+        });
+        run(&mut s, &leased(3, txn));
+        assert_eq!(s.lease_keys(3, 10), vec![b"x".to_vec(), b"y".to_vec()]);
+    }
+
+    #[test]
+    fn ops_on_a_missing_lease_change_nothing() {
+        let mut s = Store::new();
+        let digest = s.digest();
+        assert_eq!(
+            run(&mut s, &leased(9, put(b"a", b"1"))),
+            OpResult::LeaseNotFound { id: 9 }
+        );
+        assert_eq!(
+            run(&mut s, &Op::Lease(LeaseOp::Revoke { id: 9 })),
+            OpResult::LeaseNotFound { id: 9 }
+        );
+        assert_eq!((s.digest(), s.revision()), (digest, 0));
+        run(&mut s, &grant(9, 10));
+        assert_eq!(run(&mut s, &grant(9, 20)), OpResult::LeaseIdTaken { id: 9 });
+        assert!(matches!(
+            run(&mut s, &grant(10, 1)),
+            OpResult::Refused(r) if r.kind == crate::auth::RefusalKind::Invalid
+        ));
+        assert!(matches!(
+            run(&mut s, &leased(9, del(b"a"))),
+            OpResult::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn an_expiry_applies_only_to_the_grant_it_names() {
+        let mut s = store_with_lease(4);
+        let first = s.lease(4).expect("granted").granted;
+        run(&mut s, &Op::Lease(LeaseOp::Revoke { id: 4 }));
+        run(&mut s, &grant(4, 10));
+        run(&mut s, &leased(4, put(b"k", b"v")));
+        let stale = Op::Lease(LeaseOp::Expire {
+            id: 4,
+            granted: first,
+        });
+        assert_eq!(run(&mut s, &stale), OpResult::LeaseNotFound { id: 4 });
+        assert!(s.get(b"k").is_some());
+        let current = s.lease(4).expect("granted again").granted;
+        let expire = Op::Lease(LeaseOp::Expire {
+            id: 4,
+            granted: current,
+        });
+        assert!(matches!(
+            run(&mut s, &expire),
+            OpResult::LeaseRevoked { deleted: 1, .. }
+        ));
+        assert!(s.get(b"k").is_none());
+    }
+
+    #[test]
+    fn leases_survive_a_snapshot_and_replicas_agree_on_the_digest() {
+        let mut s = store_with_lease(5);
+        run(&mut s, &leased(5, put(b"a", b"1")));
+        let mut restored =
+            Store::restore(StoreSnapshot::decode(&s.snapshot().encode()).expect("decodes"));
+        assert_eq!(restored.digest(), s.digest());
+        assert_eq!(
+            (restored.lease_count(), restored.lease_of(b"a")),
+            (1, Some(5))
+        );
+        assert_ne!(restored.lease_generation(), s.lease_generation());
+        run(&mut restored, &Op::Lease(LeaseOp::Revoke { id: 5 }));
+        run(&mut s, &Op::Lease(LeaseOp::Revoke { id: 5 }));
+        assert_eq!(restored.digest(), s.digest());
+        assert!(restored.get(b"a").is_none());
+    }
+
+    #[test]
+    fn clients_cannot_name_the_lease_records() {
+        let mut s = store_with_lease(6);
+        let mut record = LEASE_PREFIX.to_vec();
+        record.push(b'a');
+        record.extend_from_slice(b"k");
+        assert!(matches!(
+            run(&mut s, &put(&record, b"x")),
+            OpResult::Refused(_)
+        ));
+        assert!(
+            s.range(&crate::kv::RangeRequest::default()).kvs.is_empty(),
+            "listings never show lease records"
+        );
+    }
+
+    use crate::kv::StoreSnapshot;
+
+    const SEC: Duration = Duration::from_secs(1);
+    const B1: Ballot = Ballot { round: 1, node: 1 };
+    const B2: Ballot = Ballot { round: 2, node: 2 };
+
+    #[test]
+    fn a_lease_expires_only_after_its_ttl_without_renewal() {
+        let s = store_with_lease(1);
+        let mut t = LeaseTimers::new(Duration::ZERO, 0);
+        t.sync(Duration::ZERO, B1, &s);
+        assert!(t.due(9 * SEC).is_empty());
+        assert_eq!(t.renew(1, 9 * SEC), Ok(10));
+        assert!(t.due(18 * SEC).is_empty());
+        let granted = s.lease(1).expect("lease").granted;
+        assert_eq!(t.due(19 * SEC), vec![(1, granted)]);
+        // Proposed once; again only if it was not applied a while later.
+        assert!(t.due(19 * SEC + SEC / 2).is_empty());
+        assert_eq!(t.due(20 * SEC), vec![(1, granted)]);
+        // Too late to renew once the deadline passed.
+        assert_eq!(t.renew(1, 20 * SEC), Err(RenewError::Expired));
+        assert_eq!(t.renew(2, 20 * SEC), Err(RenewError::NotFound));
+    }
+
+    #[test]
+    fn a_new_master_extends_every_lease_and_drift_lengthens_the_ttl() {
+        let s = store_with_lease(1);
+        let mut t = LeaseTimers::new(3 * SEC, 100_000);
+        t.sync(Duration::ZERO, B1, &s);
+        // 10 s stretched by 10% drift, plus the extension of a new master.
+        assert_eq!(t.remaining(1, Duration::ZERO), Some(14 * SEC));
+        assert!(t.due(13 * SEC).is_empty());
+        // Another mastership starts afresh, even after the deadline passed.
+        t.sync(20 * SEC, B2, &s);
+        assert!(t.due(20 * SEC).is_empty());
+        assert_eq!(t.remaining(1, 20 * SEC), Some(14 * SEC));
+        assert_eq!(t.renew(1, 21 * SEC), Ok(10));
+        assert_eq!(
+            t.remaining(1, 21 * SEC),
+            Some(13 * SEC),
+            "a renewal never shortens"
+        );
+        t.step_down();
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn timers_follow_grants_and_revokes() {
+        let mut s = store_with_lease(1);
+        let mut t = LeaseTimers::new(Duration::ZERO, 0);
+        t.sync(Duration::ZERO, B1, &s);
+        run(&mut s, &grant(2, 5));
+        t.sync(4 * SEC, B1, &s);
+        assert_eq!((t.len(), t.remaining(2, 4 * SEC)), (2, Some(5 * SEC)));
+        assert_eq!(t.remaining(1, 4 * SEC), Some(6 * SEC), "kept its deadline");
+        run(&mut s, &Op::Lease(LeaseOp::Revoke { id: 1 }));
+        t.sync(5 * SEC, B1, &s);
+        assert_eq!((t.len(), t.remaining(1, 5 * SEC)), (1, None));
+    }
+}
