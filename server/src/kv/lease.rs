@@ -32,8 +32,8 @@
 //! - The master proposes an expiry only once the deadline has passed, and
 //!   a renewal that arrives after the deadline is refused: both happen on
 //!   the engine's thread, so one of them comes first and the other sees it.
-//! - A new master starts every deadline afresh at `now + TTL * (1 + drift)
-//!   + extension` when it takes over (it never saw its predecessor's
+//! - A new master starts every deadline afresh at
+//!   `now + TTL * (1 + drift) + extension` when it takes over (it never saw its predecessor's
 //!   keep-alives). The predecessor's lease ended before the new master's
 //!   began (master leases never overlap), so every keep-alive acknowledged
 //!   before was received before `now`. Remaining TTLs are therefore
