@@ -67,11 +67,14 @@ fn main() -> ExitCode {
     let failures: Arc<Mutex<Vec<SeedOutcome>>> = Arc::new(Mutex::new(Vec::new()));
     let passed = Arc::new(AtomicU64::new(0));
     let refusals = Arc::new(AtomicU64::new(0));
+    let renewals = Arc::new(AtomicU64::new(0));
+    let expiries = Arc::new(AtomicU64::new(0));
     let end = start + args.seeds;
     let workers: Vec<_> = (0..jobs)
         .map(|_| {
             let (next, failures, passed) = (next.clone(), failures.clone(), passed.clone());
             let refusals = refusals.clone();
+            let (renewals, expiries) = (renewals.clone(), expiries.clone());
             let verbose = args.verbose;
             let untrusted = args.untrusted_clocks;
             std::thread::spawn(move || {
@@ -99,6 +102,8 @@ fn main() -> ExitCode {
                         );
                     }
                     refusals.fetch_add(out.auth_refusals as u64, Ordering::SeqCst);
+                    renewals.fetch_add(out.lease_renewals as u64, Ordering::SeqCst);
+                    expiries.fetch_add(out.lease_expiries as u64, Ordering::SeqCst);
                     if out.failure.is_some() {
                         if let Ok(mut f) = failures.lock() {
                             f.push(out);
@@ -132,9 +137,12 @@ fn main() -> ExitCode {
         println!("    replay: phxkv-sim --start {} --seeds 1", f.seed);
     }
     println!(
-        "elapsed {:.1}s; {} writes by revoked tokens refused alike on every replica",
+        "elapsed {:.1}s; {} writes by revoked tokens refused alike on every replica; \
+         {} lease keep-alives, {} leases expired, none before its TTL",
         began.elapsed().as_secs_f64(),
-        refusals.load(Ordering::SeqCst)
+        refusals.load(Ordering::SeqCst),
+        renewals.load(Ordering::SeqCst),
+        expiries.load(Ordering::SeqCst)
     );
     let failed = failures.len() as u64;
     println!(

@@ -374,6 +374,16 @@ impl LeaseTimers {
         ttl + ttl * self.max_drift_ppm / 1_000_000
     }
 
+    /// Timers for a node running `engine`: leases live across a change of
+    /// master for the time an election takes (a lease, then up to two
+    /// election timeouts), and the drift bound is the engine's.
+    pub fn for_engine(engine: &crate::paxos::EngineConfig) -> LeaseTimers {
+        LeaseTimers::new(
+            engine.lease + engine.election_timeout * 2,
+            engine.max_drift_ppm,
+        )
+    }
+
     /// Forgets everything: this node is not master.
     pub fn step_down(&mut self) {
         self.ballot = None;

@@ -1932,6 +1932,21 @@ impl Replica {
         }
     }
 
+    /// This master's ballot while it may act on the whole log: its lease is
+    /// valid at `now` and everything earlier masters chose is committed
+    /// (what [`Replica::read_lease_until`] asks). `None` elsewhere. Lease
+    /// renewals and expiries are decided only then (see `crate::kv::lease`).
+    pub fn serving_ballot(&self, now: Duration) -> Option<Ballot> {
+        match &self.state {
+            State::Master(m)
+                if self.commit >= m.barrier && m.lease_until.is_some_and(|u| now < u) =>
+            {
+                Some(m.ballot)
+            }
+            _ => None,
+        }
+    }
+
     /// Members the master would send to, with their last reported commit.
     pub fn peer_progress(&self) -> BTreeMap<NodeId, Index> {
         match &self.state {

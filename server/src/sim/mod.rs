@@ -58,6 +58,9 @@ pub struct SeedOutcome {
     pub disk_losses: usize,
     /// Writes by a revoked token (or one whose role was deleted) refused.
     pub auth_refusals: usize,
+    /// Lease keep-alives acknowledged, and leases that expired.
+    pub lease_renewals: usize,
+    pub lease_expiries: usize,
     pub replacements: usize,
 }
 
@@ -155,6 +158,8 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
                 crash_points: 0,
                 disk_losses: 0,
                 auth_refusals: 0,
+                lease_renewals: 0,
+                lease_expiries: 0,
                 replacements: 0,
             };
         }
@@ -192,6 +197,8 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
         crash_points: report.crash_points,
         disk_losses: report.disk_losses,
         auth_refusals: report.auth_refusals,
+        lease_renewals: report.lease_renewals,
+        lease_expiries: report.lease_expiries,
         replacements: report.replacements,
     }
 }

@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 
 use super::lincheck::{KvCall, KvReturn, Operation};
 use crate::auth::{AuthChange, Permission, TokenRecord};
-use crate::kv::{Expect, Op, OpResult, Store, StoreSnapshot};
+use crate::kv::{Expect, LeaseOp, LeaseTimers, Op, OpResult, Store, StoreSnapshot};
 use crate::paxos::{
     Command, ConfChange, EngineConfig, Envelope, Index, Member, Membership, NodeId, ProposeError,
     ReadMode, Replica, RequestId, Role, SnapshotMeta, Value,
@@ -136,7 +136,38 @@ enum Event {
     Pause,
     /// The auth actor's next step (see [`AuthModel`]).
     Auth,
+    /// The lease actor's next step (see [`LeaseActor`]).
+    Lease,
 }
+
+/// The sim's lease actor: holds one lease at a time, keeps it alive at a
+/// master (as the API does: only at a master that may act on the whole
+/// log), attaches keys to it, revokes it now and then, and goes silent for
+/// longer than its TTL so that it expires. The world checks the guarantee
+/// of [`crate::kv::lease`]: no expiry is proposed, let alone applied, less
+/// than the TTL of real time after the last acknowledged keep-alive.
+#[derive(Debug, Default)]
+struct LeaseActor {
+    seq: u64,
+    /// The lease it holds, once its grant is applied.
+    held: Option<u64>,
+    /// A grant proposed and not yet seen applied: the id, and when.
+    granting: Option<(u64, Time)>,
+    /// Leases granted and not ended, with the real time of their grant or
+    /// latest acknowledged keep-alive (the guarantee counts from there).
+    alive: BTreeMap<u64, Time>,
+    /// The actor is silent (a hung client) until then.
+    silent_until: Time,
+    renewals: usize,
+    expiries: usize,
+}
+
+/// The lease actor's request ids; the masters' expiries use
+/// `EXPIRY_CLIENT + node index`.
+const LEASE_CLIENT: u64 = 0x7fff_0000_0000_0002;
+const EXPIRY_CLIENT: u64 = 0x7fff_0000_0001_0000;
+/// The actor's TTL, in seconds: the shortest allowed.
+const SIM_LEASE_TTL: u64 = crate::kv::lease::MIN_TTL_SECS;
 
 /// The sim's auth actor changes the rules for one token now and then
 /// (creates and revokes it, creates and deletes the role that lets it write
@@ -207,6 +238,8 @@ struct Node {
     pending_reads: BTreeMap<u64, (usize, u32, Vec<u8>)>,
     /// The process is paused until then.
     paused_until: Time,
+    /// The lease deadlines, kept while this node is master.
+    timers: LeaseTimers,
 }
 
 /// A snapshot being taken in pieces: its id in the store, what it covers,
@@ -274,6 +307,9 @@ pub struct RunReport {
     /// Writes by the auth actor's token refused because the log had
     /// revoked it or its role first (every replica must refuse the same).
     pub auth_refusals: usize,
+    /// Keep-alives acknowledged, and leases that expired.
+    pub lease_renewals: usize,
+    pub lease_expiries: usize,
 }
 
 /// A simulated cluster.
@@ -300,6 +336,12 @@ pub struct World {
     /// Where each of the actor's ops was first chosen: a copy chosen again
     /// later is answered from the dedup table, with the first outcome.
     auth_first: BTreeMap<RequestId, Index>,
+    lease: LeaseActor,
+    /// The first outcome of every lease change, by instance and request:
+    /// every replica must come to the same (the same keys deleted at the
+    /// same revision).
+    lease_results: BTreeMap<(Index, RequestId), OpResult>,
+    expiry_seq: u64,
     /// Request ids of writes a client saw acknowledged.
     acked: BTreeSet<RequestId>,
     blocked: BTreeSet<(NodeId, NodeId)>,
@@ -387,6 +429,7 @@ impl World {
                 turn_pending: false,
                 pending_reads: BTreeMap::new(),
                 paused_until: 0,
+                timers: LeaseTimers::for_engine(&EngineConfig::new(node_id(i))),
             })
             .collect();
         let clients = (0..opts.clients)
@@ -424,6 +467,9 @@ impl World {
             auth_seq: 0,
             auth_refusals: 0,
             auth_first: BTreeMap::new(),
+            lease: LeaseActor::default(),
+            lease_results: BTreeMap::new(),
+            expiry_seq: 0,
             acked: BTreeSet::new(),
             blocked: BTreeSet::new(),
             loss,
@@ -456,6 +502,8 @@ impl World {
         if w.opts.clients > 0 {
             let at = w.rng.random_range(0..100_000);
             w.schedule(at, Event::Auth);
+            let at = w.rng.random_range(0..100_000);
+            w.schedule(at, Event::Lease);
         }
         if w.opts.faults {
             // About one fault per simulated second, crashes twice as often
@@ -574,6 +622,7 @@ impl World {
         let node = &mut self.nodes[i];
         node.store = store;
         node.applied = node.store.applied_index();
+        node.timers = LeaseTimers::for_engine(&cfg);
         node.replica = Some(Replica::new(cfg, recovered, node.initial.clone(), now));
         node.up = true;
         node.waiters.clear();
@@ -595,6 +644,7 @@ impl World {
         node.waiters.clear();
         node.reads.clear();
         node.pending_reads.clear();
+        node.timers.step_down();
         node.crash_point = None;
         node.taking = None;
         if self.opts.disk_root.is_some() {
@@ -775,6 +825,9 @@ impl World {
                     }
                 }
                 model.follow(&cmd.op);
+                if let Err(e) = self.follow_lease(i, index, cmd, &result) {
+                    return self.fail(e);
+                }
                 if let Some((client, attempt)) = self.nodes[i].waiters.remove(&cmd.id) {
                     let ret = to_return(&cmd.op, &result);
                     self.reply(client, attempt, Reply::Done(ret));
@@ -1493,6 +1546,215 @@ impl World {
         self.schedule(next, Event::Auth);
     }
 
+    /// Checks one applied command against the lease actor's model, and
+    /// follows the actor's grants and the leases that end.
+    fn follow_lease(
+        &mut self,
+        i: usize,
+        index: Index,
+        cmd: &Command,
+        result: &OpResult,
+    ) -> Result<(), String> {
+        if !matches!(cmd.op, Op::Lease(_)) {
+            return Ok(());
+        }
+        let name = &self.nodes[i].name;
+        match self.lease_results.get(&(index, cmd.id)) {
+            Some(first) if first != result => {
+                return Err(format!(
+                    "instance {index}: {name} applied {:?} as {result:?}, another replica as {first:?}",
+                    cmd.op
+                ));
+            }
+            Some(_) => return Ok(()),
+            None => {
+                self.lease_results.insert((index, cmd.id), result.clone());
+            }
+        }
+        match (&cmd.op, result) {
+            (Op::Lease(LeaseOp::Grant { id, .. }), OpResult::LeaseGranted { .. }) => {
+                if self.lease.granting.is_some_and(|(g, _)| g == *id) {
+                    let (_, sent) = self.lease.granting.take().unwrap_or((0, self.now));
+                    self.lease.alive.insert(*id, sent);
+                    self.lease.held = Some(*id);
+                }
+            }
+            (Op::Lease(op), OpResult::LeaseRevoked { id, .. }) => {
+                if let (LeaseOp::Expire { .. }, Some(&last)) = (op, self.lease.alive.get(id))
+                    && self.clocks_in_bound()
+                    && self.now < last + SIM_LEASE_TTL * 1_000_000
+                {
+                    return Err(format!(
+                        "instance {index}: lease {id} expired {}ms after its last keep-alive, \
+                         before its TTL of {SIM_LEASE_TTL}s",
+                        (self.now - last) / 1000
+                    ));
+                }
+                if matches!(op, LeaseOp::Expire { .. }) {
+                    self.lease.expiries += 1;
+                }
+                self.lease.alive.remove(id);
+                if self.lease.held == Some(*id) {
+                    self.lease.held = None;
+                }
+                let name = name.clone();
+                self.note(format!("{name} applies the end of lease {id} at {index}"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// On a master that may act on the whole log: brings its lease timers
+    /// up to date and proposes the expiry of every lease past its deadline,
+    /// as the node's engine thread does. Elsewhere the timers are dropped.
+    fn expire_leases(&mut self, i: usize) {
+        // Nothing expires in the second half of the settling time, so that
+        // every replica has applied the same log when the run is judged.
+        if self.now > self.opts.active + self.opts.settle / 2 {
+            return;
+        }
+        let now = self.local_now(i);
+        let node = &mut self.nodes[i];
+        let Some(replica) = node.replica.as_mut() else {
+            return;
+        };
+        let ballot = replica
+            .serving_ballot(now)
+            .filter(|_| node.store.applied_index() >= replica.commit_index());
+        let Some(ballot) = ballot else {
+            if !replica.is_master() {
+                node.timers.step_down();
+            }
+            return;
+        };
+        node.timers.sync(now, ballot, &node.store);
+        let due = node.timers.due(now);
+        for (id, granted) in due {
+            if let Some(&last) = self.lease.alive.get(&id)
+                && self.clocks_in_bound()
+                && self.now < last + SIM_LEASE_TTL * 1_000_000
+            {
+                let name = self.nodes[i].name.clone();
+                return self.fail(format!(
+                    "{name} proposes the expiry of lease {id} {}ms after its last keep-alive, \
+                     before its TTL of {SIM_LEASE_TTL}s",
+                    (self.now - last) / 1000
+                ));
+            }
+            self.expiry_seq += 1;
+            let cmd = Command {
+                id: RequestId {
+                    client: EXPIRY_CLIENT + i as u64,
+                    seq: self.expiry_seq,
+                },
+                op: Op::Lease(LeaseOp::Expire { id, granted }),
+            };
+            let name = self.nodes[i].name.clone();
+            self.note(format!("{name} proposes the expiry of lease {id}"));
+            if let Some(r) = self.nodes[i].replica.as_mut() {
+                let _ = r.propose(now, cmd);
+            }
+        }
+        self.process_ready(i);
+    }
+
+    /// Whether every clock keeps to the drift bound the engine assumes:
+    /// runs with untrusted clocks promise nothing about lease time.
+    fn clocks_in_bound(&self) -> bool {
+        self.opts.clock_drift_ppm <= self.engine_drift_ppm
+    }
+
+    /// One step of the lease actor (see [`LeaseActor`]).
+    fn lease_step(&mut self) {
+        let next = self.rng.random_range(100_000..400_000);
+        self.schedule(next, Event::Lease);
+        if self.stopping || self.now < self.lease.silent_until {
+            return;
+        }
+        let Some(m) = self.some_master() else {
+            return;
+        };
+        let now = self.local_now(m);
+        self.lease.seq += 1;
+        let seq = self.lease.seq;
+        let op = match self.lease.held {
+            None => {
+                // A grant that was lost is asked again, under a new id.
+                if self
+                    .lease
+                    .granting
+                    .is_some_and(|(_, sent)| self.now < sent + 1_000_000)
+                {
+                    return;
+                }
+                let id = 1000 + seq;
+                self.lease.granting = Some((id, self.now));
+                Op::Lease(LeaseOp::Grant {
+                    id,
+                    ttl_secs: SIM_LEASE_TTL,
+                })
+            }
+            Some(id) => match self.rng.random_range(0..100) {
+                0..=64 => return self.keep_alive(m, id),
+                65..=84 => Op::Leased {
+                    lease: id,
+                    op: Box::new(Op::Put {
+                        key: format!("l/{}", seq % 4).into_bytes(),
+                        value: format!("l{seq}").into_bytes(),
+                        expect: None,
+                    }),
+                },
+                85..=89 => Op::Lease(LeaseOp::Revoke { id }),
+                _ => {
+                    let quiet = self.rng.random_range(1_000_000..4_000_000);
+                    self.lease.silent_until = self.now + quiet;
+                    self.note(format!("lease actor goes quiet for {}ms", quiet / 1000));
+                    return;
+                }
+            },
+        };
+        let cmd = Command {
+            id: RequestId {
+                client: LEASE_CLIENT,
+                seq,
+            },
+            op,
+        };
+        if let Some(r) = self.nodes[m].replica.as_mut() {
+            let _ = r.propose(now, cmd);
+        }
+        self.process_ready(m);
+    }
+
+    /// A keep-alive for lease `id` at node `m`, answered only where the
+    /// node's API would answer it: a master that may act on the whole log
+    /// and has applied it.
+    fn keep_alive(&mut self, m: usize, id: u64) {
+        let now = self.local_now(m);
+        let node = &mut self.nodes[m];
+        let Some(replica) = node.replica.as_ref() else {
+            return;
+        };
+        let Some(ballot) = replica
+            .serving_ballot(now)
+            .filter(|_| node.store.applied_index() >= replica.commit_index())
+        else {
+            return;
+        };
+        node.timers.sync(now, ballot, &node.store);
+        match node.timers.renew(id, now) {
+            Ok(_) => {
+                self.lease.renewals += 1;
+                self.lease.alive.insert(id, self.now);
+            }
+            Err(e) => {
+                let name = node.name.clone();
+                self.note(format!("{name} refuses a keep-alive of lease {id}: {e:?}"));
+            }
+        }
+    }
+
     /// The configuration chosen at the highest commit index any live
     /// replica knows.
     fn newest_committed_config(&self) -> Option<Membership> {
@@ -1604,6 +1866,7 @@ impl World {
             r.tick(now);
         }
         self.process_ready(i);
+        self.expire_leases(i);
         // A node removed by a committed change leaves the cluster for good.
         if self.retiring.contains(&i) {
             let id = self.nodes[i].id;
@@ -1724,6 +1987,7 @@ impl World {
             }
             Event::Admin => self.admin(),
             Event::Auth => self.auth_step(),
+            Event::Lease => self.lease_step(),
             Event::DiskLoss => {
                 if !self.stopping {
                     self.disk_loss();
@@ -1772,6 +2036,8 @@ impl World {
             crash_points: self.crash_points,
             disk_losses: self.disk_losses,
             auth_refusals: self.auth_refusals,
+            lease_renewals: self.lease.renewals,
+            lease_expiries: self.lease.expiries,
             replacements: self.replacements,
             pauses: self.pauses,
             reads_answered: self
