@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 use phxkv::cluster::bootstrap::{Hello, MemberRecord, NodeState};
 use phxkv::kv::{
-    Compare, CompareOp, CompareTarget, Expect, KeyValue, Op, OpResult, Txn, TxnOp, TxnResponse,
+    Compare, CompareOp, CompareTarget, Expect, KeyValue, LeaseOp, Op, OpResult, Txn, TxnOp,
+    TxnResponse,
 };
 use phxkv::node::digest::{Checkpoint, DigestReport};
 use phxkv::node::wire::{
@@ -71,8 +72,33 @@ fn commands() -> Vec<Command> {
             },
         },
         Command {
+            id: RequestId { client: 1, seq: 4 },
+            op: Op::Leased {
+                lease: 77,
+                op: Box::new(Op::Txn(txn.clone())),
+            },
+        },
+        Command {
             id: RequestId { client: 1, seq: 3 },
             op: Op::Txn(txn),
+        },
+        Command {
+            id: RequestId { client: 1, seq: 5 },
+            op: Op::Lease(LeaseOp::Grant {
+                id: 77,
+                ttl_secs: 10,
+            }),
+        },
+        Command {
+            id: RequestId { client: 1, seq: 6 },
+            op: Op::Lease(LeaseOp::Revoke { id: 77 }),
+        },
+        Command {
+            id: RequestId { client: 9, seq: 1 },
+            op: Op::Lease(LeaseOp::Expire {
+                id: 77,
+                granted: 12,
+            }),
         },
     ]
 }
@@ -208,6 +234,18 @@ fn results() -> Vec<OpResult> {
             ],
         },
         OpResult::IdempotencyKeyReused,
+        OpResult::LeaseGranted {
+            id: 77,
+            ttl_secs: 10,
+            revision: 12,
+        },
+        OpResult::LeaseRevoked {
+            id: 77,
+            revision: 20,
+            deleted: 3,
+        },
+        OpResult::LeaseNotFound { id: 77 },
+        OpResult::LeaseIdTaken { id: 77 },
     ]
 }
 
@@ -274,6 +312,27 @@ fn every_peer_body_round_trips_and_can_be_checked_against_the_document() {
         "ReadIndexReply",
         &ReadIndexReply::NotMaster { hint: Some(17) },
     );
+    s.add(
+        "LeaseQuestion",
+        &wire::LeaseQuestion {
+            ids: vec![77, 78],
+            renew: true,
+        },
+    );
+    s.add(
+        "LeaseReply",
+        &wire::LeaseReply::Leases(vec![
+            wire::LeaseAnswer::Alive {
+                id: 77,
+                ttl_secs: 10,
+                remaining_ms: 9_990,
+                granted_revision: 12,
+            },
+            wire::LeaseAnswer::NotFound { id: 78 },
+            wire::LeaseAnswer::Expired { id: 79 },
+        ]),
+    );
+    s.add("LeaseReply", &wire::LeaseReply::NotMaster { hint: Some(3) });
     s.add("ChangeReply", &ChangeReply::Index(50));
     s.add("ChangeReply", &ChangeReply::Rejected("busy".into()));
     s.add("ChangeReply", &ChangeReply::NotMaster { hint: None });

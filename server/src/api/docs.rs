@@ -17,7 +17,7 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::service::Service;
-use crate::api::{admin, auth, cluster, health, kv, txn, ui, watch};
+use crate::api::{admin, auth, cluster, health, kv, lease, txn, ui, watch};
 
 /// The HTML of `/docs`.
 const DOCS_HTML: &str = include_str!("docs.html");
@@ -58,6 +58,14 @@ missing or wrong token is `401 unauthorized`, too few permissions \
         kv::delete_key,
         kv::list,
         txn::txn,
+        lease::grant,
+        lease::list_leases,
+        lease::lease_status,
+        lease::revoke,
+        lease::keep_alive,
+        lease::keep_alive_many,
+        lease::lock,
+        lease::unlock,
         watch::watch,
         cluster::cluster,
         cluster::add_member,
@@ -89,6 +97,7 @@ missing or wrong token is `401 unauthorized`, too few permissions \
     components(schemas(crate::api::error::ErrorCode, crate::api::query::ReadConsistency)),
     tags(
         (name = "kv", description = "Reads, writes, listings and transactions."),
+        (name = "leases", description = "Leases with TTLs: keys deleted together when their lease is revoked or expires, and the lock built on them."),
         (name = "watch", description = "Streams of changes."),
         (name = "cluster", description = "Cluster status and membership."),
         (name = "auth", description = "Roles and API tokens, kept in the replicated state so every replica enforces the same rules."),

@@ -47,6 +47,8 @@ pub enum ErrorCode {
     MemberNotFound,
     /// 404: the archive holds no base snapshot of the name given.
     BackupNotFound,
+    /// 404: no such lease: never granted, revoked, or expired.
+    LeaseNotFound,
     /// 405: the route exists but not with this method.
     MethodNotAllowed,
     /// 409: a compare-and-swap condition did not hold; nothing changed.
@@ -58,6 +60,11 @@ pub enum ErrorCode {
     /// 409: the member cannot take over mastership now: the master has not
     /// heard from it recently, or it is behind; retry once it has caught up.
     MemberNotReady,
+    /// 409: a lease with the id asked for exists already.
+    LeaseExists,
+    /// 409: the lock is held by another lease, and was not released
+    /// within the time the request allowed.
+    LockHeld,
     /// 410: the requested revision is no longer in the watch history.
     Compacted,
     /// 412: the node was started without an archive (`--archive-url`).
@@ -92,13 +99,16 @@ impl ErrorCode {
             ErrorCode::KeyNotFound
             | ErrorCode::NotFound
             | ErrorCode::MemberNotFound
-            | ErrorCode::BackupNotFound => StatusCode::NOT_FOUND,
+            | ErrorCode::BackupNotFound
+            | ErrorCode::LeaseNotFound => StatusCode::NOT_FOUND,
             ErrorCode::NoArchive => StatusCode::PRECONDITION_FAILED,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::CompareFailed
             | ErrorCode::Conflict
             | ErrorCode::MemberNotVoter
-            | ErrorCode::MemberNotReady => StatusCode::CONFLICT,
+            | ErrorCode::MemberNotReady
+            | ErrorCode::LeaseExists
+            | ErrorCode::LockHeld => StatusCode::CONFLICT,
             ErrorCode::Compacted => StatusCode::GONE,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,

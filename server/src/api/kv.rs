@@ -147,6 +147,14 @@ pub(crate) fn unexpected(result: &OpResult) -> ApiError {
     if let OpResult::Refused(refusal) = result {
         return ApiError::from(refusal.clone());
     }
+    if let OpResult::LeaseNotFound { id } = result {
+        return ApiError::new(
+            ErrorCode::LeaseNotFound,
+            format!(
+                "lease {id} does not exist (never granted, revoked, or expired); nothing changed"
+            ),
+        );
+    }
     if *result == OpResult::IdempotencyKeyReused {
         return ApiError::new(
             ErrorCode::IdempotencyKeyReused,
@@ -202,12 +210,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
         ("key" = String, Path, description = "The key: the rest of the path, percent-decoded to bytes (binary safe, may contain `/`).", example = "config/a", min_length = 1),
         ("if_version" = Option<u64>, Query, description = "Write only if the key's version is this (`0`: only if absent)."),
         ("if_mod_revision" = Option<u64>, Query, description = "Write only if the key's mod revision is this (`0`: only if absent)."),
+        ("lease" = Option<u64>, Query, description = "Attach the key to this lease: it is deleted when the lease ends. A put without `lease` detaches the key from any lease."),
         ("Idempotency-Key" = Option<String>, Header, description = "Names this write for its retries: a retry with the same key and the same request, at any replica, returns the first attempt's outcome instead of applying again (after a 504, say). Recognised while the write is among the last 100,000 applied; a key reused for a different write is refused with 422 `idempotency_key_reused`. 1 to 128 visible ASCII characters, e.g. a UUID."),
     ),
     request_body(description = "The value, as raw bytes.", content((RawValue = "application/octet-stream"))),
     responses(
         (status = 200, description = "Written.", body = PutResponse),
         (status = 400, description = "Empty key or bad query parameter.", body = ErrorResponse),
+        (status = 404, description = "The `lease` does not exist (`lease_not_found`); nothing changed.", body = ErrorResponse),
         (status = 409, description = "The condition did not hold (`compare_failed`); nothing changed.", body = ErrorResponse),
         (status = 413, description = "Key or value over the limit.", body = ErrorResponse),
         (status = 422, description = "The `Idempotency-Key` was used for a different write (`idempotency_key_reused`); nothing changed.", body = ErrorResponse),
@@ -223,11 +233,19 @@ pub async fn put_key<S: Service>(
 ) -> Result<Json<PutResponse>, ApiError> {
     let key = path_key(&uri)?;
     let expect = expect_from(&mut query)?;
+    let lease = query.u64("lease")?;
     query.finish()?;
     let op = Op::Put {
         key,
         value: value.to_vec(),
         expect,
+    };
+    let op = match lease {
+        Some(lease) => Op::Leased {
+            lease,
+            op: Box::new(op),
+        },
+        None => op,
     };
     op.validate(&svc.limits())?;
     let op = caller.authorize_write(&svc, op).await?;

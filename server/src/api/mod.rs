@@ -13,6 +13,7 @@ pub mod encoding;
 pub mod error;
 pub mod health;
 pub mod kv;
+pub mod lease;
 pub mod query;
 pub mod service;
 pub mod txn;
@@ -57,6 +58,7 @@ pub fn public_router<S: Service>(svc: S) -> Router {
     Router::new()
         .merge(kv::routes())
         .merge(txn::routes())
+        .merge(lease::routes())
         .merge(watch::routes())
         .merge(cluster::routes())
         .merge(admin::routes())

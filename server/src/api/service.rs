@@ -350,6 +350,15 @@ pub trait Service: Clone + Send + Sync + 'static {
         async { Err(no_archive()) }
     }
 
+    /// Keep-alives (`renew`) or TTL questions for leases, answered by the
+    /// master (forwarded there when needed): one answer per id, in order.
+    /// Waits for a master up to the read timeout.
+    fn leases(
+        &self,
+        ids: Vec<u64>,
+        renew: bool,
+    ) -> impl Future<Output = Result<Vec<crate::node::wire::LeaseAnswer>, ServiceError>> + Send;
+
     fn health(&self) -> Health;
 
     fn limits(&self) -> Limits;

@@ -39,6 +39,10 @@ struct FakeInner {
     ready: AtomicBool,
     limits: Limits,
     gate: Option<crate::auth::gate::Gate>,
+    /// The master's lease timers, on the fake's own clock: one mastership
+    /// for the fake's whole life.
+    timers: Mutex<crate::kv::LeaseTimers>,
+    epoch: std::time::Instant,
 }
 
 impl Fake {
@@ -59,6 +63,8 @@ impl Fake {
                     max_txn_ops: 8,
                 },
                 gate: None,
+                timers: Mutex::new(crate::kv::LeaseTimers::new(Duration::ZERO, 0)),
+                epoch: std::time::Instant::now(),
             }),
         }
     }
@@ -89,6 +95,36 @@ fn service_err(err: KvError) -> ServiceError {
 }
 
 impl Service for Fake {
+    async fn leases(
+        &self,
+        ids: Vec<u64>,
+        renew: bool,
+    ) -> Result<Vec<crate::node::wire::LeaseAnswer>, ServiceError> {
+        use crate::node::wire::LeaseAnswer;
+        let store = self.store();
+        let mut timers = self.inner.timers.lock().expect("timers lock");
+        let now = self.inner.epoch.elapsed();
+        timers.sync(now, crate::paxos::Ballot { round: 1, node: 1 }, &store);
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let Some(info) = store.lease(id) else {
+                    return LeaseAnswer::NotFound { id };
+                };
+                if renew && timers.renew(id, now).is_err() {
+                    return LeaseAnswer::Expired { id };
+                }
+                let left = timers.remaining(id, now).unwrap_or_default();
+                LeaseAnswer::Alive {
+                    id,
+                    ttl_secs: info.ttl_secs,
+                    remaining_ms: left.as_millis() as u64,
+                    granted_revision: info.granted,
+                }
+            })
+            .collect())
+    }
+
     async fn write(
         &self,
         op: Op,
@@ -917,6 +953,14 @@ async fn openapi_json_describes_every_route() {
         ("/v1/kv/{key}", "delete"),
         ("/v1/kv", "get"),
         ("/v1/txn", "post"),
+        ("/v1/leases", "get"),
+        ("/v1/leases", "post"),
+        ("/v1/leases/{id}", "get"),
+        ("/v1/leases/{id}", "delete"),
+        ("/v1/leases/{id}/keepalive", "post"),
+        ("/v1/leases/keepalive", "post"),
+        ("/v1/lock/{name}", "post"),
+        ("/v1/lock/{name}", "delete"),
         ("/v1/watch", "get"),
         ("/v1/cluster", "get"),
         ("/v1/cluster/members", "post"),
@@ -1378,4 +1422,245 @@ async fn wrong_tokens_from_one_address_are_limited_after_the_documented_count() 
     *valid.uri_mut() = "/v1/kv/app/x".parse().expect("uri");
     let valid = send(&router, valid).await;
     assert_eq!(valid.status, StatusCode::OK);
+}
+
+async fn grant(router: &Router, body: Value) -> Reply {
+    call(router, Method::POST, "/v1/leases", body.to_string()).await
+}
+
+#[tokio::test]
+async fn a_revoked_lease_takes_its_keys_with_it_at_one_revision() {
+    let router = Fake::new().router();
+    let granted = grant(&router, json!({"ttl_secs": 30, "id": 42})).await;
+    assert_eq!(
+        granted.json(),
+        json!({"id": 42, "ttl_secs": 30, "revision": 1})
+    );
+    grant(&router, json!({"ttl_secs": 30, "id": 42}))
+        .await
+        .error(StatusCode::CONFLICT, "lease_exists");
+    call(&router, Method::PUT, "/v1/kv/a?lease=42", "1").await;
+    let body = json!({"success": [{"put": {"key": "b", "value": "2"}}], "lease": 42});
+    assert_eq!(txn(&router, body).await.status, StatusCode::OK);
+    call(&router, Method::PUT, "/v1/kv/c", "3").await;
+    let status = call(
+        &router,
+        Method::GET,
+        "/v1/leases/42?keys=true",
+        Body::empty(),
+    )
+    .await;
+    let status = status.json();
+    assert_eq!(status["ttl_secs"], 30);
+    assert!(
+        status["remaining_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 29_000)
+    );
+    assert_eq!(status["keys"], json!(["YQ==", "Yg=="]));
+    let list = call(&router, Method::GET, "/v1/leases", Body::empty()).await;
+    assert_eq!(
+        list.json(),
+        json!({"leases": [{"id": 42, "ttl_secs": 30, "granted_revision": 1}], "more": false})
+    );
+    let revoked = call(&router, Method::DELETE, "/v1/leases/42", Body::empty()).await;
+    assert_eq!(revoked.json(), json!({"revision": 5, "deleted": 2}));
+    for key in ["a", "b"] {
+        call(
+            &router,
+            Method::GET,
+            &format!("/v1/kv/{key}"),
+            Body::empty(),
+        )
+        .await
+        .error(StatusCode::NOT_FOUND, "key_not_found");
+    }
+    assert_eq!(
+        call(&router, Method::GET, "/v1/kv/c", Body::empty())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // A gone lease is a 404 everywhere, and a put to it changes nothing.
+    call(&router, Method::PUT, "/v1/kv/a?lease=42", "1")
+        .await
+        .error(StatusCode::NOT_FOUND, "lease_not_found");
+    call(
+        &router,
+        Method::POST,
+        "/v1/leases/42/keepalive",
+        Body::empty(),
+    )
+    .await
+    .error(StatusCode::NOT_FOUND, "lease_not_found");
+    call(&router, Method::DELETE, "/v1/leases/42", Body::empty())
+        .await
+        .error(StatusCode::NOT_FOUND, "lease_not_found");
+}
+
+#[tokio::test]
+async fn keep_alives_renew_one_lease_or_many_and_name_the_missing() {
+    let router = Fake::new().router();
+    let id = grant(&router, json!({"ttl_secs": 10})).await.json()["id"]
+        .as_u64()
+        .expect("a random id");
+    assert!((1..=crate::kv::lease::MAX_LEASE_ID).contains(&id));
+    let one = call(
+        &router,
+        Method::POST,
+        &format!("/v1/leases/{id}/keepalive"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(one.json()["ttl_secs"], 10);
+    let many = call(
+        &router,
+        Method::POST,
+        "/v1/leases/keepalive",
+        json!({"ids": [id, 7]}).to_string(),
+    )
+    .await
+    .json();
+    assert_eq!(many["leases"][0]["id"], id);
+    assert_eq!(many["missing"], json!([7]));
+}
+
+#[tokio::test]
+async fn bad_lease_requests_are_400_with_the_bound() {
+    let router = Fake::new().router();
+    for (body, needle) in [
+        (json!({"ttl_secs": 1}), "between 2 and 604800"),
+        (json!({"ttl_secs": 700000}), "between 2 and 604800"),
+        (json!({"ttl_secs": 10, "id": 0}), "between 1 and"),
+        (
+            json!({"ttl_secs": 10, "id": 9007199254740992u64}),
+            "between 1 and",
+        ),
+        (json!({"ttl": 10}), "ttl"),
+    ] {
+        let reply = grant(&router, body.clone()).await;
+        reply.error(StatusCode::BAD_REQUEST, "invalid_argument");
+        let message = reply.json()["error"]["message"].to_string();
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    for uri in ["/v1/leases/x/keepalive", "/v1/leases/0", "/v1/leases/-1"] {
+        call(&router, Method::POST, uri, Body::empty()).await;
+        call(
+            &router,
+            Method::GET,
+            uri.trim_end_matches("/keepalive"),
+            Body::empty(),
+        )
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+    call(&router, Method::PUT, "/v1/kv/a?lease=0", "1")
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    let ids: Vec<u64> = (1..=1001).collect();
+    call(
+        &router,
+        Method::POST,
+        "/v1/leases/keepalive",
+        json!({"ids": ids}).to_string(),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    call(&router, Method::GET, "/v1/leases?limit=0", Body::empty())
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+}
+
+async fn lock(router: &Router, name: &str, lease: u64, wait_ms: u64) -> Reply {
+    call(
+        router,
+        Method::POST,
+        &format!("/v1/lock/{name}"),
+        json!({"lease": lease, "wait_ms": wait_ms}).to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_lock_passes_to_the_next_waiter_in_order_with_a_larger_fencing_token() {
+    let mut fake = Fake::new();
+    // Lock keys are the name and 16 hex digits: longer than the fake's keys.
+    Arc::get_mut(&mut fake.inner).expect("fresh").limits = Limits::default();
+    let router = fake.router();
+    for id in [1, 2, 3] {
+        grant(&router, json!({"ttl_secs": 30, "id": id})).await;
+    }
+    let first = lock(&router, "jobs/nightly", 1, 0).await.json();
+    assert_eq!(first["key_utf8"], "jobs/nightly/0000000000000001");
+    let token = first["fencing_token"].as_u64().expect("token");
+    // Asking again while holding it answers at once, with the lock.
+    assert_eq!(
+        lock(&router, "jobs/nightly", 1, 0).await.status,
+        StatusCode::OK
+    );
+    // Another lease that only tries is refused, and leaves no key behind.
+    lock(&router, "jobs/nightly", 2, 0)
+        .await
+        .error(StatusCode::CONFLICT, "lock_held");
+    let keys = call(
+        &router,
+        Method::GET,
+        "/v1/kv?prefix=jobs/nightly/",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(keys.json()["kvs"].as_array().map(Vec::len), Some(1));
+    // Two waiters queue; a release wakes the first, a revoke the second.
+    let second = tokio::spawn({
+        let router = router.clone();
+        async move { lock(&router, "jobs/nightly", 2, 10_000).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let third = tokio::spawn({
+        let router = router.clone();
+        async move { lock(&router, "jobs/nightly", 3, 10_000).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!second.is_finished() && !third.is_finished());
+    let released = call(
+        &router,
+        Method::DELETE,
+        "/v1/lock/jobs/nightly?lease=1",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(released.json()["released"], true);
+    let second = second.await.expect("joins").json();
+    assert_eq!(second["lease"], 2);
+    let second_token = second["fencing_token"].as_u64().expect("token");
+    assert!(second_token > token);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!third.is_finished(), "the third waits for the second");
+    call(&router, Method::DELETE, "/v1/leases/2", Body::empty()).await;
+    let third = third.await.expect("joins").json();
+    assert!(third["fencing_token"].as_u64().expect("token") > second_token);
+    // Bad requests.
+    lock(&router, "jobs/nightly", 99, 0)
+        .await
+        .error(StatusCode::NOT_FOUND, "lease_not_found");
+    call(
+        &router,
+        Method::POST,
+        "/v1/lock/",
+        json!({"lease": 3}).to_string(),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    call(
+        &router,
+        Method::DELETE,
+        "/v1/lock/jobs/nightly",
+        Body::empty(),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    lock(&router, "jobs/nightly", 3, 700_000)
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    drop(fake);
 }

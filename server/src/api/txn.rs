@@ -38,6 +38,12 @@ pub struct TxnRequest {
     /// Operations run, in order, otherwise.
     #[serde(default)]
     pub failure: Vec<TxnRequestOp>,
+    /// Attach every key the branch that runs puts to this lease (one lease
+    /// per transaction); the transaction fails with `lease_not_found` if
+    /// the lease does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub lease: Option<u64>,
 }
 
 /// What a compare looks at.
@@ -361,6 +367,7 @@ pub(crate) fn routes<S: Service>() -> Router<S> {
     responses(
         (status = 200, description = "The transaction ran; `succeeded` says which branch.", body = TxnResult),
         (status = 400, description = "Malformed JSON, unknown field, or a compare whose fields do not match its target.", body = ErrorResponse),
+        (status = 404, description = "The `lease` does not exist (`lease_not_found`); nothing changed.", body = ErrorResponse),
         (status = 413, description = "A key or value, or the number of compares and operations, is over the limit.", body = ErrorResponse),
         (status = 422, description = "The `Idempotency-Key` was used for a different write (`idempotency_key_reused`); nothing changed.", body = ErrorResponse),
     )
@@ -371,7 +378,15 @@ pub async fn txn<S: Service>(
     IdempotencyKey(idempotency): IdempotencyKey,
     JsonBody(request): JsonBody<TxnRequest>,
 ) -> Result<Json<TxnResult>, ApiError> {
+    let lease = request.lease;
     let op = Op::Txn(request.into_txn()?);
+    let op = match lease {
+        Some(lease) => Op::Leased {
+            lease,
+            op: Box::new(op),
+        },
+        None => op,
+    };
     op.validate(&svc.limits())?;
     let op = caller.authorize_write(&svc, op).await?;
     match svc.write(op, idempotency).await? {

@@ -29,6 +29,7 @@ use crate::storage::{DiskStore, LogStore};
 use crate::telemetry::Metrics;
 
 use super::transport::Outbox;
+use super::wire::{LeaseAnswer, LeaseReply};
 
 /// How often the engine's timers are advanced.
 const TICK: Duration = Duration::from_millis(10);
@@ -79,8 +80,18 @@ pub enum Input {
     CompactionFailed {
         error: String,
     },
+    /// Keep-alives (`renew`) or TTL queries for leases, answered by a
+    /// master that may act on the whole log, after the turn's applies.
+    Lease {
+        ids: Vec<u64>,
+        renew: bool,
+        reply: oneshot::Sender<LeaseReply>,
+    },
     Shutdown,
 }
+
+/// How often the master looks for leases past their deadline.
+const LEASE_CHECK: Duration = Duration::from_millis(100);
 
 /// What the driver publishes after every turn, for status pages and
 /// readiness without a round trip to the thread.
@@ -152,6 +163,13 @@ pub struct Driver {
     pub reads: ReadWaiters,
     /// With archiving on: every applied entry goes here, for the archiver.
     pub archive_tail: Option<Arc<crate::archive::archiver::Archive>>,
+    /// The lease deadlines, kept while this node is master.
+    pub lease_timers: crate::kv::LeaseTimers,
+    /// Lease questions waiting for the end of the turn.
+    pub lease_questions: Vec<(Vec<u64>, bool, oneshot::Sender<LeaseReply>)>,
+    /// Request ids of this node's lease expiries: a client id of its own
+    /// and a counter.
+    pub expiry_ids: RequestId,
 }
 
 /// Callers of [`Input::ReadIndex`] waiting for the engine's answer, by the
@@ -181,6 +199,7 @@ impl Driver {
     pub fn run(mut self) {
         let mut waiters: HashMap<RequestId, Waiter> = HashMap::new();
         let mut last_tick = Instant::now();
+        let mut last_lease_check = Instant::now();
         let mut was_master = false;
         self.turn(&mut waiters);
         loop {
@@ -218,6 +237,11 @@ impl Driver {
                 self.replica.tick(now);
             }
             self.turn(&mut waiters);
+            self.answer_lease_questions();
+            if last_lease_check.elapsed() >= LEASE_CHECK {
+                last_lease_check = Instant::now();
+                self.expire_leases();
+            }
             let is_master = self.replica.is_master();
             if is_master != was_master {
                 was_master = is_master;
@@ -304,6 +328,7 @@ impl Driver {
                 let _ = reply.send(self.replica.hand_off(now, target));
             }
             Input::ForbidCandidacy => self.replica.forbid_candidacy(),
+            Input::Lease { ids, renew, reply } => self.lease_questions.push((ids, renew, reply)),
             Input::Shutdown => {}
         }
     }
@@ -389,6 +414,101 @@ impl Driver {
             self.reads.waiting.retain(|_, r| !r.is_closed());
         }
         self.maybe_compact();
+    }
+
+    /// The mastership this node may decide lease questions in: master with
+    /// a valid lease, everything earlier masters chose committed and
+    /// applied (see `crate::kv::lease` for why that is enough). Brings the
+    /// timers up to date for it; `None` (and timers dropped when no longer
+    /// master) otherwise.
+    fn lease_ballot(&mut self, store: &Store) -> Option<crate::paxos::Ballot> {
+        let now = self.now();
+        let ballot = self
+            .replica
+            .serving_ballot(now)
+            .filter(|_| store.applied_index() >= self.replica.commit_index());
+        match ballot {
+            Some(b) => self.lease_timers.sync(now, b, store),
+            None if !self.replica.is_master() => self.lease_timers.step_down(),
+            None => {}
+        }
+        ballot
+    }
+
+    fn answer_lease_questions(&mut self) {
+        if self.lease_questions.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let Ok(store) = store.read() else {
+            tracing::error!("state machine lock poisoned");
+            std::process::exit(70);
+        };
+        let ballot = self.lease_ballot(&store);
+        let now = self.now();
+        for (ids, renew, reply) in std::mem::take(&mut self.lease_questions) {
+            if ballot.is_none() {
+                let hint = self.replica.master_hint();
+                let _ = reply.send(LeaseReply::NotMaster { hint });
+                continue;
+            }
+            let answers = ids
+                .into_iter()
+                .map(|id| {
+                    let Some(info) = store.lease(id) else {
+                        return LeaseAnswer::NotFound { id };
+                    };
+                    if renew {
+                        match self.lease_timers.renew(id, now) {
+                            Ok(_) => {}
+                            Err(crate::kv::lease::RenewError::NotFound) => {
+                                return LeaseAnswer::NotFound { id };
+                            }
+                            Err(crate::kv::lease::RenewError::Expired) => {
+                                return LeaseAnswer::Expired { id };
+                            }
+                        }
+                    }
+                    match self.lease_timers.remaining(id, now) {
+                        Some(left) if !left.is_zero() => LeaseAnswer::Alive {
+                            id,
+                            ttl_secs: info.ttl_secs,
+                            remaining_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                            granted_revision: info.granted,
+                        },
+                        Some(_) => LeaseAnswer::Expired { id },
+                        None => LeaseAnswer::NotFound { id },
+                    }
+                })
+                .collect();
+            let _ = reply.send(LeaseReply::Leases(answers));
+        }
+    }
+
+    /// Proposes the expiry of every lease past its deadline (on a master
+    /// that may decide it; see [`Driver::lease_ballot`]).
+    fn expire_leases(&mut self) {
+        let due = {
+            let store = self.store.clone();
+            let Ok(store) = store.read() else {
+                return;
+            };
+            if self.lease_ballot(&store).is_none() {
+                return;
+            }
+            self.lease_timers.due(self.now())
+        };
+        for (id, granted) in due {
+            self.expiry_ids.seq += 1;
+            let cmd = Command {
+                id: self.expiry_ids,
+                op: crate::kv::Op::Lease(crate::kv::LeaseOp::Expire { id, granted }),
+            };
+            tracing::info!(lease = id, "lease expired; proposing its end");
+            if let Err(e) = self.replica.propose(self.now(), cmd) {
+                tracing::debug!(error = %e, lease = id, "could not propose a lease's expiry");
+            }
+        }
     }
 
     fn apply(&mut self, committed: Vec<(Index, Value)>, waiters: &mut HashMap<RequestId, Waiter>) {

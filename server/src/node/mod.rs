@@ -466,6 +466,13 @@ impl Node {
             digests: self.inner.digests.clone(),
             reads: driver::ReadWaiters::default(),
             archive_tail: self.inner.archive.clone(),
+            lease_timers: crate::kv::LeaseTimers::for_engine(&self.inner.cfg.engine),
+            lease_questions: Vec::new(),
+            expiry_ids: RequestId {
+                // A client id of its own, never one of the idempotency keys'.
+                client: (self.inner.client_id ^ 0x5eed_1ea5e) & !crate::kv::dedup::IDEMPOTENT_BIT,
+                seq: 0,
+            },
         };
         // Say what this node is before its engine says anything.
         self.set_phase(phase);
@@ -932,6 +939,31 @@ impl Node {
         }
     }
 
+    /// Lease keep-alives or TTL questions, answered by this node's engine
+    /// only if it is a master that may decide them.
+    pub async fn lease_local(
+        &self,
+        q: wire::LeaseQuestion,
+    ) -> Result<wire::LeaseReply, ServiceError> {
+        if q.ids.len() > MAX_LEASES_PER_QUESTION {
+            return Err(ServiceError::Invalid(format!(
+                "at most {MAX_LEASES_PER_QUESTION} leases per request, got {}",
+                q.ids.len()
+            )));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.submit(Input::Lease {
+            ids: q.ids,
+            renew: q.renew,
+            reply,
+        })?;
+        match tokio::time::timeout(self.inner.cfg.read_timeout, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(ServiceError::Internal("the engine stopped".into())),
+            Err(_) => Ok(wire::LeaseReply::NotMaster { hint: None }),
+        }
+    }
+
     /// This node's read index, if it is a master with a valid lease.
     pub async fn read_index_local(&self) -> Result<ReadIndexReply, ServiceError> {
         if let Some(i) = self.lease_read_index() {
@@ -1357,6 +1389,9 @@ fn propose_error(e: ChangeReply) -> ServiceError {
 }
 
 /// Pieces of a backup queued for the client at most: with
+/// Most leases one keep-alive or TTL request may name.
+pub const MAX_LEASES_PER_QUESTION: usize = 1000;
+
 /// [`BACKUP_KEYS_PER_PIECE`], what bounds a backup's memory.
 const BACKUP_QUEUE: usize = 4;
 /// Keys encoded per piece of a backup, under the state machine's lock.
@@ -1731,6 +1766,42 @@ impl Service for Node {
 
     async fn transfer_master(&self, name: String) -> Result<ClusterInfo, ServiceError> {
         self.switch_over(&name).await
+    }
+
+    async fn leases(
+        &self,
+        ids: Vec<u64>,
+        renew: bool,
+    ) -> Result<Vec<wire::LeaseAnswer>, ServiceError> {
+        let q = wire::LeaseQuestion { ids, renew };
+        let deadline = Instant::now() + self.inner.cfg.read_timeout;
+        // Ask the master this node knows of; then whoever it names.
+        let mut target = {
+            let p = self.inner.published.borrow();
+            (!p.status.is_master).then_some(p.status.master).flatten()
+        };
+        loop {
+            let reply = match target {
+                Some(m) if m != self.inner.id => self
+                    .call_peer::<_, wire::LeaseReply>(m, "/peer/v1/lease", &q, deadline)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::debug!(error = %e, "lease question to the master failed");
+                        wire::LeaseReply::NotMaster { hint: None }
+                    }),
+                _ => self.lease_local(q.clone()).await?,
+            };
+            match reply {
+                wire::LeaseReply::Leases(answers) => return Ok(answers),
+                wire::LeaseReply::NotMaster { hint } => {
+                    target = hint.or_else(|| self.inner.published.borrow().status.master);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.no_master());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     fn health(&self) -> Health {

@@ -39,6 +39,7 @@ pub fn router(node: Node) -> axum::Router {
         .route("/peer/v1/propose", post(propose))
         .route("/peer/v1/propose_batch", post(propose_batch))
         .route("/peer/v1/read_index", post(read_index))
+        .route("/peer/v1/lease", post(lease))
         .route("/peer/v1/change", post(change))
         .route("/peer/v1/transfer", post(transfer))
         .route("/peer/v1/cluster", post(cluster))
@@ -513,6 +514,25 @@ async fn read_index(State(node): State<Node>) -> Response {
     }
 }
 
+/// Keep-alives or TTL questions for client leases, asked of the master.
+/// Only a master with a valid lease that has applied everything earlier
+/// masters chose answers for leases; any other node answers `not_master`
+/// (with a hint when it knows the master; a master still catching up names
+/// itself). Keep-alives are never logged: they move the master's deadlines.
+#[utoipa::path(
+    post,
+    path = "/peer/v1/lease",
+    tag = "forwarding",
+    request_body(content((wire::LeaseQuestion = "application/json"))),
+    responses((status = 200, description = "One answer per lease, in order, or why this node cannot answer.", body = wire::LeaseReply))
+)]
+async fn lease(State(node): State<Node>, body: PeerBody<wire::LeaseQuestion>) -> Response {
+    match node.lease_local(body.value).await {
+        Ok(reply) => Reply::<wire::LeaseReply>(reply).into_response(),
+        Err(e) => service_error(e),
+    }
+}
+
 /// A membership change forwarded to the master.
 #[utoipa::path(
     post,
@@ -600,6 +620,7 @@ an incompatible change of these bodies.",
         propose,
         propose_batch,
         read_index,
+        lease,
         change,
         transfer,
         cluster,

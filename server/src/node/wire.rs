@@ -230,6 +230,45 @@ pub enum ReadIndexReply {
     NoLease,
 }
 
+/// The master's answer to lease keep-alives and TTL questions
+/// (`/peer/v1/lease`, and the engine thread's answer to the node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseReply {
+    /// One answer per id asked, in order.
+    Leases(Vec<LeaseAnswer>),
+    /// This node cannot answer for leases: it is not master (`hint`: who
+    /// is), or not yet caught up with the log (`hint` is itself).
+    NotMaster { hint: Option<NodeId> },
+}
+
+/// One lease's state as the master sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseAnswer {
+    /// The lease lives: its TTL, and the time left before the master may
+    /// expire it (after a renewal, at least the TTL).
+    Alive {
+        id: u64,
+        ttl_secs: u64,
+        remaining_ms: u64,
+        granted_revision: u64,
+    },
+    /// No such lease (never granted, revoked, or expired and deleted).
+    NotFound { id: u64 },
+    /// Its deadline passed: it is being expired and cannot be renewed.
+    Expired { id: u64 },
+}
+
+/// Keep-alives or TTL questions for leases, asked of the master.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LeaseQuestion {
+    /// The leases, at most 1,000.
+    pub ids: Vec<u64>,
+    /// Renew them (a keep-alive) rather than only report their TTL.
+    pub renew: bool,
+}
+
 /// The master's answer to a membership change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

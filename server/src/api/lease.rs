@@ -1,0 +1,749 @@
+//! Leases and the lock built on them: `/v1/leases` and `/v1/lock`.
+//!
+//! A lease is granted with a TTL; keys written with `?lease=` (or in a
+//! transaction with `lease`) are deleted, in one revision, when it is
+//! revoked or expires. Keep-alives go to the master, which alone decides
+//! expiry (see [`crate::kv::lease`] for the guarantee and its argument).
+//!
+//! The lock is etcd's recipe, run on the server: a caller puts
+//! `<name>/<lease, 16 hex digits>` attached to its lease, and holds the lock
+//! once no key under `<name>/` has a smaller create revision. Waiters wait
+//! for their predecessor's key to go, so a release wakes one waiter, and
+//! a holder that dies releases the lock when its lease expires.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::body::JsonBody;
+use crate::api::encoding::{percent_decode, to_b64};
+use crate::api::error::{ApiError, ErrorCode, ErrorResponse};
+use crate::api::kv::{IdempotencyKey, unexpected};
+use crate::api::query::QueryParams;
+use crate::api::service::{Consistency, Service};
+use crate::auth::gate::Caller;
+use crate::auth::{Need, Refusal};
+use crate::kv::lease::MAX_LEASE_ID;
+use crate::kv::{
+    Compare, CompareOp, CompareTarget, LeaseOp, Op, OpResult, RangeRequest, Txn, TxnOp, TxnResponse,
+};
+use crate::node::MAX_LEASES_PER_QUESTION;
+use crate::node::wire::LeaseAnswer;
+
+/// Leases a listing returns unless `limit` says otherwise, and at most.
+const DEFAULT_LEASE_LIST: u64 = 100;
+const MAX_LEASE_LIST: u64 = 1000;
+/// Keys `GET /v1/leases/{id}?keys=true` names at most.
+const MAX_LEASE_KEYS: usize = 1000;
+/// How long a lock request waits for the lock unless it says otherwise,
+/// and at most.
+const DEFAULT_LOCK_WAIT_MS: u64 = 30_000;
+const MAX_LOCK_WAIT_MS: u64 = 600_000;
+
+/// Asks for a lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"ttl_secs": 10}))]
+pub struct GrantRequest {
+    /// Seconds the lease lives without a keep-alive: 2 to 604800 (7 days).
+    #[schema(minimum = 2, maximum = 604800)]
+    pub ttl_secs: u64,
+    /// The lease's id, 1 to 2^53 - 1; chosen at random when absent.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 9007199254740991_f64)]
+    pub id: Option<u64>,
+}
+
+/// A lease just granted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"id": 758786123, "ttl_secs": 10, "revision": 12}))]
+pub struct GrantResponse {
+    pub id: u64,
+    pub ttl_secs: u64,
+    /// The revision of the grant.
+    pub revision: u64,
+}
+
+/// A lease revoked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RevokeResponse {
+    /// The revision at which the lease and its keys were deleted.
+    pub revision: u64,
+    /// How many keys were deleted with it.
+    pub deleted: u64,
+}
+
+/// A live lease, as the master counts it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"id": 758786123, "ttl_secs": 10, "remaining_ms": 9980, "granted_revision": 12}))]
+pub struct LeaseStatus {
+    pub id: u64,
+    /// The TTL it was granted with, in seconds.
+    pub ttl_secs: u64,
+    /// Milliseconds before the master may expire it; right after a
+    /// keep-alive, at least the TTL.
+    pub remaining_ms: u64,
+    /// The revision of its grant.
+    pub granted_revision: u64,
+    /// With `keys=true`: the keys attached to it (base64), at most 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub keys: Option<Vec<String>>,
+}
+
+/// Keep-alives for several leases in one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeepAliveRequest {
+    /// The leases to renew, at most 1000.
+    pub ids: Vec<u64>,
+}
+
+/// The outcome of a keep-alive for several leases.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KeepAliveResponse {
+    /// The leases renewed.
+    pub leases: Vec<LeaseStatus>,
+    /// The leases that no longer exist or already expired: their keys are
+    /// deleted or about to be.
+    pub missing: Vec<u64>,
+}
+
+/// One lease in a listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LeaseEntry {
+    pub id: u64,
+    pub ttl_secs: u64,
+    pub granted_revision: u64,
+}
+
+/// A page of leases, by id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LeaseList {
+    pub leases: Vec<LeaseEntry>,
+    /// More leases follow; pass the last id as `after`.
+    pub more: bool,
+}
+
+/// Asks for a lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"lease": 758786123, "wait_ms": 30000}))]
+pub struct LockRequest {
+    /// The lease that holds the lock: the lock is released when it ends.
+    pub lease: u64,
+    /// How long to wait for the lock, in milliseconds (default 30000, at
+    /// most 600000); `0` only tries.
+    #[serde(default)]
+    #[schema(maximum = 600000)]
+    pub wait_ms: Option<u64>,
+}
+
+/// A lock held.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"key": "am9icy9uaWdodGx5LzAwMDAwMDAwMmQzYTI4NGI=", "key_utf8": "jobs/nightly/000000002d3a284b", "lease": 758786123, "fencing_token": 57}))]
+pub struct LockResponse {
+    /// The holder's key (base64): it exists exactly while this holder has
+    /// the lock.
+    pub key: String,
+    /// The key as text, when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub key_utf8: Option<String>,
+    pub lease: u64,
+    /// A revision at which this holder held the lock. Every later holder
+    /// of the same lock gets a larger one, so a service that remembers
+    /// the largest token it has seen can refuse a holder whose lock has
+    /// since passed on.
+    pub fencing_token: u64,
+}
+
+/// A lock released.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UnlockResponse {
+    /// The revision after the release.
+    pub revision: u64,
+    /// Whether this lease held or waited for the lock.
+    pub released: bool,
+}
+
+/// The `/v1/leases` and `/v1/lock` routes.
+pub(crate) fn routes<S: Service>() -> Router<S> {
+    Router::new()
+        .route("/v1/leases", get(list_leases::<S>).post(grant::<S>))
+        .route("/v1/leases/keepalive", post(keep_alive_many::<S>))
+        .route(
+            "/v1/leases/{id}",
+            get(lease_status::<S>).delete(revoke::<S>),
+        )
+        .route("/v1/leases/{id}/keepalive", post(keep_alive::<S>))
+        .route("/v1/lock/", post(lock::<S>).delete(unlock::<S>))
+        .route("/v1/lock/{*name}", post(lock::<S>).delete(unlock::<S>))
+}
+
+fn lease_not_found(id: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::LeaseNotFound,
+        format!("lease {id} does not exist (never granted, revoked, or expired)"),
+    )
+}
+
+fn parse_id(text: &str) -> Result<u64, ApiError> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|id| (1..=MAX_LEASE_ID).contains(id))
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "a lease id is a number from 1 to {MAX_LEASE_ID}, got {text:?}"
+            ))
+        })
+}
+
+fn status_of(answer: LeaseAnswer) -> Result<LeaseStatus, u64> {
+    match answer {
+        LeaseAnswer::Alive {
+            id,
+            ttl_secs,
+            remaining_ms,
+            granted_revision,
+        } => Ok(LeaseStatus {
+            id,
+            ttl_secs,
+            remaining_ms,
+            granted_revision,
+            keys: None,
+        }),
+        LeaseAnswer::NotFound { id } | LeaseAnswer::Expired { id } => Err(id),
+    }
+}
+
+/// Grants a lease.
+///
+/// Keys attached to it (`PUT /v1/kv/{key}?lease=`) are deleted, together
+/// at one revision, when it is revoked or when the master has had no
+/// keep-alive for its TTL. The TTL counts from when the request was sent,
+/// and after a change of master it restarts in full, plus the election
+/// time: a lease never expires early because the master changed.
+#[utoipa::path(
+    post,
+    path = "/v1/leases",
+    tag = "leases",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Names this grant for its retries (see `PUT /v1/kv/{key}`)."),
+    ),
+    request_body = GrantRequest,
+    responses(
+        (status = 200, description = "Granted.", body = GrantResponse),
+        (status = 400, description = "TTL or id out of range, or too many leases (100,000).", body = ErrorResponse),
+        (status = 409, description = "A lease with this id exists (`lease_exists`).", body = ErrorResponse),
+    )
+)]
+pub async fn grant<S: Service>(
+    State(svc): State<S>,
+    caller: Caller,
+    IdempotencyKey(idempotency): IdempotencyKey,
+    JsonBody(request): JsonBody<GrantRequest>,
+) -> Result<Json<GrantResponse>, ApiError> {
+    let id = match request.id {
+        Some(id) => id,
+        None => rand::random_range(1..=MAX_LEASE_ID),
+    };
+    let op = Op::Lease(LeaseOp::Grant {
+        id,
+        ttl_secs: request.ttl_secs,
+    });
+    op.validate(&svc.limits())?;
+    let op = caller.authorize_write(&svc, op).await?;
+    match svc.write(op, idempotency).await? {
+        OpResult::LeaseGranted {
+            id,
+            ttl_secs,
+            revision,
+        } => Ok(Json(GrantResponse {
+            id,
+            ttl_secs,
+            revision,
+        })),
+        OpResult::LeaseIdTaken { id } => Err(ApiError::new(
+            ErrorCode::LeaseExists,
+            format!("a lease with id {id} exists already; leave the id out to get a fresh one"),
+        )),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Revokes a lease at once, deleting its keys.
+#[utoipa::path(
+    delete,
+    path = "/v1/leases/{id}",
+    tag = "leases",
+    params(("id" = u64, Path, description = "The lease.")),
+    responses(
+        (status = 200, description = "Revoked; its keys are deleted.", body = RevokeResponse),
+        (status = 400, description = "Not a lease id.", body = ErrorResponse),
+        (status = 404, description = "No such lease (`lease_not_found`).", body = ErrorResponse),
+    )
+)]
+pub async fn revoke<S: Service>(
+    State(svc): State<S>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RevokeResponse>, ApiError> {
+    let id = parse_id(&id)?;
+    let op = caller
+        .authorize_write(&svc, Op::Lease(LeaseOp::Revoke { id }))
+        .await?;
+    match svc.write(op, None).await? {
+        OpResult::LeaseRevoked {
+            revision, deleted, ..
+        } => Ok(Json(RevokeResponse { revision, deleted })),
+        OpResult::LeaseNotFound { id } => Err(lease_not_found(id)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Renews a lease (a keep-alive).
+///
+/// Answered by the master, which restarts the lease's TTL; never written
+/// to the log, so keep-alives are cheap. Renew well within the TTL (a
+/// third of it is a good interval).
+#[utoipa::path(
+    post,
+    path = "/v1/leases/{id}/keepalive",
+    tag = "leases",
+    params(("id" = u64, Path, description = "The lease.")),
+    responses(
+        (status = 200, description = "Renewed.", body = LeaseStatus),
+        (status = 400, description = "Not a lease id.", body = ErrorResponse),
+        (status = 404, description = "No such lease, or it already expired (`lease_not_found`).", body = ErrorResponse),
+    )
+)]
+pub async fn keep_alive<S: Service>(
+    State(svc): State<S>,
+    Path(id): Path<String>,
+) -> Result<Json<LeaseStatus>, ApiError> {
+    let id = parse_id(&id)?;
+    let answer = svc
+        .leases(vec![id], true)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal("the master answered no lease"))?;
+    status_of(answer).map(Json).map_err(lease_not_found)
+}
+
+/// Renews several leases in one request.
+///
+/// One connection can hold many leases this way: send this every third
+/// of the shortest TTL with every lease the client holds.
+#[utoipa::path(
+    post,
+    path = "/v1/leases/keepalive",
+    tag = "leases",
+    request_body = KeepAliveRequest,
+    responses(
+        (status = 200, description = "The leases renewed, and those that are gone.", body = KeepAliveResponse),
+        (status = 400, description = "Malformed body, or more than 1000 ids.", body = ErrorResponse),
+    )
+)]
+pub async fn keep_alive_many<S: Service>(
+    State(svc): State<S>,
+    JsonBody(request): JsonBody<KeepAliveRequest>,
+) -> Result<Json<KeepAliveResponse>, ApiError> {
+    if request.ids.len() > MAX_LEASES_PER_QUESTION {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_LEASES_PER_QUESTION} leases per keep-alive, got {}",
+            request.ids.len()
+        )));
+    }
+    let mut out = KeepAliveResponse {
+        leases: Vec::new(),
+        missing: Vec::new(),
+    };
+    for answer in svc.leases(request.ids, true).await? {
+        match status_of(answer) {
+            Ok(status) => out.leases.push(status),
+            Err(id) => out.missing.push(id),
+        }
+    }
+    Ok(Json(out))
+}
+
+/// A lease's TTL and time left, and with `keys=true` its keys.
+#[utoipa::path(
+    get,
+    path = "/v1/leases/{id}",
+    tag = "leases",
+    params(
+        ("id" = u64, Path, description = "The lease."),
+        ("keys" = Option<bool>, Query, description = "Also list the keys attached (at most 1000); needs read access to each."),
+    ),
+    responses(
+        (status = 200, description = "The lease.", body = LeaseStatus),
+        (status = 400, description = "Not a lease id, or a bad query parameter.", body = ErrorResponse),
+        (status = 404, description = "No such lease (`lease_not_found`).", body = ErrorResponse),
+    )
+)]
+pub async fn lease_status<S: Service>(
+    State(svc): State<S>,
+    caller: Caller,
+    Path(id): Path<String>,
+    mut query: QueryParams,
+) -> Result<Json<LeaseStatus>, ApiError> {
+    let id = parse_id(&id)?;
+    let with_keys = match query.bytes("keys").as_deref() {
+        None | Some(b"false") => false,
+        Some(b"true") | Some(b"") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "keys must be true or false, got {:?}",
+                String::from_utf8_lossy(other)
+            )));
+        }
+    };
+    query.finish()?;
+    let answer = svc
+        .leases(vec![id], false)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal("the master answered no lease"))?;
+    let mut status = status_of(answer).map_err(lease_not_found)?;
+    if with_keys {
+        let keys = svc
+            .read(Consistency::Linearizable, move |store| {
+                let keys = store.lease_keys(id, MAX_LEASE_KEYS);
+                for key in &keys {
+                    caller.check(store, Need::Read(key))?;
+                }
+                Ok::<_, Refusal>(keys)
+            })
+            .await??;
+        status.keys = Some(keys.iter().map(|k| to_b64(k)).collect());
+    }
+    Ok(Json(status))
+}
+
+/// Lists leases, by id.
+#[utoipa::path(
+    get,
+    path = "/v1/leases",
+    tag = "leases",
+    params(
+        ("limit" = Option<u64>, Query, description = "Most leases to return, 1 to 1000 (default 100).", minimum = 1, maximum = 1000),
+        ("after" = Option<u64>, Query, description = "Only leases with a larger id, to continue a listing."),
+    ),
+    responses(
+        (status = 200, description = "One page of leases.", body = LeaseList),
+        (status = 400, description = "Bad query parameter.", body = ErrorResponse),
+    )
+)]
+pub async fn list_leases<S: Service>(
+    State(svc): State<S>,
+    mut query: QueryParams,
+) -> Result<Json<LeaseList>, ApiError> {
+    let limit = query.u64("limit")?.unwrap_or(DEFAULT_LEASE_LIST);
+    let after = query.u64("after")?.unwrap_or(0);
+    query.finish()?;
+    if !(1..=MAX_LEASE_LIST).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit must be between 1 and {MAX_LEASE_LIST}, got {limit}"
+        )));
+    }
+    let limit = limit as usize;
+    let (leases, more) = svc
+        .read(Consistency::Linearizable, move |store| {
+            let mut page: Vec<LeaseEntry> = store
+                .leases()
+                .into_iter()
+                .filter(|l| l.id > after)
+                .take(limit + 1)
+                .map(|l| LeaseEntry {
+                    id: l.id,
+                    ttl_secs: l.ttl_secs,
+                    granted_revision: l.granted,
+                })
+                .collect();
+            let more = page.len() > limit;
+            page.truncate(limit);
+            (page, more)
+        })
+        .await?;
+    Ok(Json(LeaseList { leases, more }))
+}
+
+/// The lock's name from the path, and the key prefix under it.
+fn lock_prefix(uri: &Uri) -> Result<Vec<u8>, ApiError> {
+    let name = uri
+        .path()
+        .strip_prefix("/v1/lock/")
+        .map(percent_decode)
+        .ok_or_else(|| ApiError::internal("lock route matched a path outside /v1/lock/"))?;
+    if name.is_empty() {
+        return Err(ApiError::invalid(
+            "a lock needs a name: POST /v1/lock/{name}",
+        ));
+    }
+    let mut prefix = name;
+    prefix.push(b'/');
+    Ok(prefix)
+}
+
+fn lock_key(prefix: &[u8], lease: u64) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(format!("{lease:016x}").as_bytes());
+    key
+}
+
+/// Where a holder stands in a lock's queue.
+enum Place {
+    /// First: it holds the lock at this revision.
+    Holder(u64),
+    /// It waits for this key (the one just before it) to go.
+    Behind(Vec<u8>),
+    /// Its key is gone: its lease ended.
+    Gone,
+}
+
+/// Acquires a lock, waiting for it.
+///
+/// The lock is held by `lease`: it is released by `DELETE /v1/lock/{name}`
+/// or when the lease ends (revoked, or expired because its holder died).
+/// Waiters are served in the order they asked. Asking again with the same
+/// lease while holding it answers at once.
+#[utoipa::path(
+    post,
+    path = "/v1/lock/{name}",
+    tag = "leases",
+    params(("name" = String, Path, description = "The lock's name: the rest of the path, percent-decoded; its holders' keys live under `{name}/`.", example = "jobs/nightly")),
+    request_body = LockRequest,
+    responses(
+        (status = 200, description = "The lock is held.", body = LockResponse),
+        (status = 400, description = "No name, bad lease id or wait.", body = ErrorResponse),
+        (status = 404, description = "The lease does not exist, or ended while waiting (`lease_not_found`).", body = ErrorResponse),
+        (status = 409, description = "Another lease held the lock for all of `wait_ms` (`lock_held`); this lease is no longer queued.", body = ErrorResponse),
+    )
+)]
+pub async fn lock<S: Service>(
+    State(svc): State<S>,
+    caller: Caller,
+    uri: Uri,
+    JsonBody(request): JsonBody<LockRequest>,
+) -> Result<Json<LockResponse>, ApiError> {
+    let prefix = lock_prefix(&uri)?;
+    let lease = request.lease;
+    if !(1..=MAX_LEASE_ID).contains(&lease) {
+        return Err(ApiError::invalid(format!(
+            "lease must be a lease id from 1 to {MAX_LEASE_ID}, got {lease}"
+        )));
+    }
+    let wait_ms = request.wait_ms.unwrap_or(DEFAULT_LOCK_WAIT_MS);
+    if wait_ms > MAX_LOCK_WAIT_MS {
+        return Err(ApiError::invalid(format!(
+            "wait_ms must be at most {MAX_LOCK_WAIT_MS}, got {wait_ms}"
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_millis(wait_ms);
+    let key = lock_key(&prefix, lease);
+    // Join the queue: create the key with the lease unless it is there.
+    let txn = Op::Txn(Txn {
+        compare: vec![Compare {
+            key: key.clone(),
+            op: CompareOp::Equal,
+            target: CompareTarget::CreateRevision(0),
+        }],
+        success: vec![TxnOp::Put {
+            key: key.clone(),
+            value: Vec::new(),
+        }],
+        failure: vec![TxnOp::Get { key: key.clone() }],
+    });
+    let op = Op::Leased {
+        lease,
+        op: Box::new(txn),
+    };
+    op.validate(&svc.limits())?;
+    let op = caller.authorize_write(&svc, op).await?;
+    let (created, mine) = match svc.write(op, None).await? {
+        OpResult::Txn {
+            succeeded: true,
+            revision,
+            ..
+        } => (true, revision),
+        OpResult::Txn { responses, .. } => match responses.first() {
+            Some(TxnResponse::Get { kv: Some(kv) }) => (false, kv.create_revision),
+            _ => return Err(lease_not_found(lease)),
+        },
+        OpResult::LeaseNotFound { id } => return Err(lease_not_found(id)),
+        other => return Err(unexpected(&other)),
+    };
+    let outcome = wait_for_turn(&svc, &caller, &prefix, &key, mine, deadline).await;
+    match outcome {
+        Ok(Place::Holder(fencing_token)) => Ok(Json(LockResponse {
+            key: to_b64(&key),
+            key_utf8: String::from_utf8(key.clone()).ok(),
+            lease,
+            fencing_token,
+        })),
+        Ok(Place::Gone) => Err(ApiError::new(
+            ErrorCode::LeaseNotFound,
+            format!("lease {lease} ended while waiting for the lock"),
+        )),
+        Ok(Place::Behind(_)) | Err(_) => {
+            // Leave the queue, so that a waiter that gave up never holds the
+            // lock later without knowing it; a key that was there before
+            // this request is the caller's to release.
+            if created {
+                let op = caller
+                    .authorize_write(
+                        &svc,
+                        Op::Delete {
+                            key: key.clone(),
+                            expect: None,
+                        },
+                    )
+                    .await?;
+                svc.write(op, None).await?;
+            }
+            match outcome {
+                Err(e) => Err(e),
+                _ => Err(ApiError::new(
+                    ErrorCode::LockHeld,
+                    format!(
+                        "the lock {:?} is held by another lease; not acquired within {wait_ms} ms",
+                        String::from_utf8_lossy(&prefix[..prefix.len() - 1])
+                    ),
+                )),
+            }
+        }
+    }
+}
+
+/// Waits until `key` (created at revision `mine`) is the oldest under
+/// `prefix`, or until `deadline`.
+async fn wait_for_turn<S: Service>(
+    svc: &S,
+    caller: &Caller,
+    prefix: &[u8],
+    key: &[u8],
+    mine: u64,
+    deadline: Instant,
+) -> Result<Place, ApiError> {
+    loop {
+        let (place, revision) = {
+            let (caller, prefix, key) = (caller.clone(), prefix.to_vec(), key.to_vec());
+            svc.read(Consistency::Linearizable, move |store| {
+                caller.check(store, Need::ReadPrefix(&prefix))?;
+                Ok::<_, Refusal>((place_of(store, &prefix, &key, mine), store.revision()))
+            })
+            .await??
+        };
+        let Place::Behind(before) = place else {
+            return Ok(place);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Place::Behind(before));
+        }
+        // Wait for a change to the key ahead (its deletion, in the end),
+        // then look again.
+        let mut events = svc.watch(before.clone(), revision + 1)?;
+        let woke = tokio::time::timeout(left, async {
+            while let Some(event) = events.recv().await {
+                match event {
+                    Ok(e) if e.kv.key == before => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(ApiError::from(e)),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(e)) = woke {
+            return Err(e);
+        }
+    }
+}
+
+/// Where `key` stands among the keys under `prefix`.
+fn place_of(store: &crate::kv::Store, prefix: &[u8], key: &[u8], mine: u64) -> Place {
+    if store.get(key).is_none_or(|kv| kv.create_revision != mine) {
+        return Place::Gone;
+    }
+    let mut after = None;
+    let mut ahead: Option<(u64, Vec<u8>)> = None;
+    loop {
+        let page = store.range(&RangeRequest {
+            prefix: prefix.to_vec(),
+            after: after.clone(),
+            limit: 1000,
+        });
+        for kv in &page.kvs {
+            if kv.create_revision < mine
+                && ahead.as_ref().is_none_or(|(r, _)| kv.create_revision > *r)
+            {
+                ahead = Some((kv.create_revision, kv.key.clone()));
+            }
+        }
+        if !page.more {
+            break;
+        }
+        after = page.kvs.last().map(|kv| kv.key.clone());
+    }
+    match ahead {
+        Some((_, key)) => Place::Behind(key),
+        None => Place::Holder(store.revision()),
+    }
+}
+
+/// Releases a lock held (or waited for) by `lease`.
+#[utoipa::path(
+    delete,
+    path = "/v1/lock/{name}",
+    tag = "leases",
+    params(
+        ("name" = String, Path, description = "The lock's name.", example = "jobs/nightly"),
+        ("lease" = u64, Query, description = "The lease that holds it."),
+    ),
+    responses(
+        (status = 200, description = "Released (or it was not held by this lease).", body = UnlockResponse),
+        (status = 400, description = "No name, or a bad lease id.", body = ErrorResponse),
+    )
+)]
+pub async fn unlock<S: Service>(
+    State(svc): State<S>,
+    caller: Caller,
+    uri: Uri,
+    mut query: QueryParams,
+) -> Result<(StatusCode, Json<UnlockResponse>), ApiError> {
+    let prefix = lock_prefix(&uri)?;
+    let lease = query
+        .u64("lease")?
+        .ok_or_else(|| ApiError::invalid("give the lease that holds the lock: ?lease=ID"))?;
+    query.finish()?;
+    if !(1..=MAX_LEASE_ID).contains(&lease) {
+        return Err(ApiError::invalid(format!(
+            "lease must be a lease id from 1 to {MAX_LEASE_ID}, got {lease}"
+        )));
+    }
+    let op = Op::Delete {
+        key: lock_key(&prefix, lease),
+        expect: None,
+    };
+    op.validate(&svc.limits())?;
+    let op = caller.authorize_write(&svc, op).await?;
+    match svc.write(op, None).await? {
+        OpResult::Delete { revision, deleted } => Ok((
+            StatusCode::OK,
+            Json(UnlockResponse {
+                revision,
+                released: deleted,
+            }),
+        )),
+        other => Err(unexpected(&other)),
+    }
+}
