@@ -1572,12 +1572,12 @@ impl World {
             }
         }
         match (&cmd.op, result) {
-            (Op::Lease(LeaseOp::Grant { id, .. }), OpResult::LeaseGranted { .. }) => {
-                if self.lease.granting.is_some_and(|(g, _)| g == *id) {
-                    let (_, sent) = self.lease.granting.take().unwrap_or((0, self.now));
-                    self.lease.alive.insert(*id, sent);
-                    self.lease.held = Some(*id);
-                }
+            (Op::Lease(LeaseOp::Grant { id, .. }), OpResult::LeaseGranted { .. })
+                if self.lease.granting.is_some_and(|(g, _)| g == *id) =>
+            {
+                let (_, sent) = self.lease.granting.take().unwrap_or((0, self.now));
+                self.lease.alive.insert(*id, sent);
+                self.lease.held = Some(*id);
             }
             (Op::Lease(op), OpResult::LeaseRevoked { id, .. }) => {
                 if let (LeaseOp::Expire { .. }, Some(&last)) = (op, self.lease.alive.get(id))
