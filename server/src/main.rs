@@ -31,6 +31,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(phxkv::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(phxkv::cli::CliError::Child(code)) => ExitCode::from(code),
         Err(e) => {
             eprintln!("phxkv: {e}");
             ExitCode::from(e.exit_code())

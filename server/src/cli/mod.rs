@@ -49,6 +49,13 @@ pub enum Command {
     /// Save a consistent backup of a cluster, inspect one, or restore one
     /// into the first member of a new cluster.
     Backup(client::backup::BackupArgs),
+    /// Grant, renew, revoke and inspect leases: keys attached to a lease
+    /// (`phxkv put --lease ID`) are deleted when it ends.
+    Lease(client::lease::LeaseArgs),
+    /// Acquire a lock and run a command while holding it (like `etcdctl
+    /// lock`); the lock is released when the command ends or this process
+    /// dies (after the lease's TTL).
+    Lock(client::lease::LockArgs),
     /// An interactive prompt: get, put, delete, list, status.
     Shell(client::shell::ShellArgs),
     /// Print a completion script for bash, zsh or fish.
@@ -116,6 +123,10 @@ pub enum CliError {
     /// Anything else (exit 4).
     #[error("{0}")]
     Fatal(String),
+    /// A command run by phxkv (`phxkv lock NAME -- COMMAND`) ended with
+    /// this exit code, which phxkv exits with, saying nothing more.
+    #[error("the command exited with code {0}")]
+    Child(u8),
 }
 
 impl CliError {
@@ -125,6 +136,7 @@ impl CliError {
             CliError::Usage(_) => 2,
             CliError::Unavailable(_) => 3,
             CliError::Fatal(_) => 4,
+            CliError::Child(code) => *code,
         }
     }
 }
@@ -195,6 +207,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Backup(args) => client::backup::run(args).await,
         Command::Auth(args) => client::auth::run(args).await,
         Command::Shell(args) => client::shell::run(args).await,
+        Command::Lease(args) => client::lease::run(args).await,
+        Command::Lock(args) => client::lease::run_lock(args).await,
         Command::Completion(args) => completion::run(&args),
     }
 }

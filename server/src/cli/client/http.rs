@@ -23,6 +23,20 @@ pub struct Client {
     preferred: AtomicUsize,
 }
 
+// By hand: an atomic is not `Clone`. A clone starts at the endpoint that
+// answered last.
+impl Clone for Client {
+    fn clone(&self) -> Client {
+        Client {
+            http: self.http.clone(),
+            endpoints: self.endpoints.clone(),
+            timeout: self.timeout,
+            token: self.token.clone(),
+            preferred: AtomicUsize::new(self.preferred.load(Ordering::Relaxed)),
+        }
+    }
+}
+
 // By hand, so that debugging output never shows the cluster token.
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

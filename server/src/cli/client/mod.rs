@@ -9,6 +9,7 @@ pub mod backup;
 pub mod delete;
 pub mod get;
 pub mod http;
+pub mod lease;
 pub mod list;
 pub mod members;
 pub mod put;

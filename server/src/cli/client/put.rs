@@ -20,6 +20,10 @@ pub struct PutArgs {
     /// exist). Otherwise nothing changes and the exit code is 1.
     #[arg(long, value_name = "N")]
     pub if_version: Option<u64>,
+    /// Attach the key to lease ID (`phxkv lease grant`): it is deleted when
+    /// the lease ends. A put without --lease detaches the key from any.
+    #[arg(long, value_name = "ID")]
+    pub lease: Option<u64>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -37,10 +41,19 @@ pub async fn put(
     key: &[u8],
     value: Vec<u8>,
     if_version: Option<u64>,
+    lease: Option<u64>,
 ) -> Result<PutResponse, CliError> {
     let mut path = key_path(key)?;
+    let mut query = Vec::new();
     if let Some(v) = if_version {
-        path.push_str(&format!("?if_version={v}"));
+        query.push(format!("if_version={v}"));
+    }
+    if let Some(l) = lease {
+        query.push(format!("lease={l}"));
+    }
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&query.join("&"));
     }
     let resp = client
         .send_write(|h, base| h.put(format!("{base}{path}")).body(value.clone()))
@@ -61,7 +74,14 @@ pub async fn run(args: PutArgs) -> Result<(), CliError> {
             buf
         }
     };
-    let r = put(&client, args.key.as_bytes(), value, args.if_version).await?;
+    let r = put(
+        &client,
+        args.key.as_bytes(),
+        value,
+        args.if_version,
+        args.lease,
+    )
+    .await?;
     println!("OK revision={} version={}", r.revision, r.version);
     Ok(())
 }

@@ -255,7 +255,7 @@ async fn execute(client: &Client, line: &str) -> Result<Next, CliError> {
             write_line(&display_bytes(&f.value))?;
         }
         Line::Put(key, value) => {
-            let r = put::put(client, key.as_bytes(), value.into_bytes(), None).await?;
+            let r = put::put(client, key.as_bytes(), value.into_bytes(), None, None).await?;
             write_line(&format!("OK revision={} version={}", r.revision, r.version))?;
         }
         Line::Delete(key) => {

@@ -1,0 +1,185 @@
+//! Leases and locks on a real cluster: a lock holder killed with SIGKILL
+//! frees the lock after its TTL (not before), fencing tokens grow, and a
+//! lease kept alive through a master kill keeps its keys.
+
+mod common;
+
+use std::os::unix::process::CommandExt as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, TOKEN};
+use serde_json::{Value, json};
+
+/// `phxkv lock jobs --ttl TTL -- sh -c SCRIPT` against `c`, in its own
+/// process group (so that killing the group kills the command too).
+fn lock_command(c: &Cluster, ttl: u64, script: &str) -> std::process::Child {
+    let endpoints: Vec<String> = (0..c.procs.len()).map(|i| c.url(i)).collect();
+    Command::new(env!("CARGO_BIN_EXE_phxkv"))
+        .args([
+            "lock",
+            "jobs",
+            "--ttl",
+            &ttl.to_string(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("PHXKV_ENDPOINTS", endpoints.join(","))
+        .env("PHXKV_TOKEN", TOKEN)
+        .env_remove("PHXKV_CLUSTER_TOKEN_FILE")
+        .env_remove("PHXKV_CACERT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("run phxkv lock")
+}
+
+async fn wait_for_file(path: &std::path::Path, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
+        {
+            return text.trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_lock_holder_frees_the_lock_after_its_ttl_and_fencing_tokens_grow() {
+    let c = Cluster::start(3, &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    const TTL: u64 = 3;
+    let mut holder = lock_command(
+        &c,
+        TTL,
+        &format!("echo $PHXKV_FENCING_TOKEN > {}; sleep 600", a.display()),
+    );
+    let token_a: u64 = wait_for_file(&a, Duration::from_secs(20))
+        .await
+        .parse()
+        .expect("a token");
+    let mut waiter = lock_command(
+        &c,
+        TTL,
+        &format!("echo $PHXKV_FENCING_TOKEN > {}", b.display()),
+    );
+    // The waiter waits while the holder lives (and keeps its lease alive
+    // well past the TTL).
+    tokio::time::sleep(Duration::from_secs(TTL + 2)).await;
+    assert!(!b.exists(), "the waiter got the lock while it was held");
+    assert!(waiter.try_wait().expect("waiter").is_none());
+    // SIGKILL the holder and its command: nothing releases the lock but
+    // the lease's expiry.
+    let killed = Instant::now();
+    let group = i32::try_from(holder.id()).expect("pid");
+    let killed_ok = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{group}")])
+        .status()
+        .expect("run kill");
+    assert!(killed_ok.success());
+    let _ = holder.wait();
+    assert!(
+        waiter.try_wait().expect("waiter").is_none(),
+        "the waiter ended at the holder's death"
+    );
+    let token_b: u64 = wait_for_file(&b, Duration::from_secs(30))
+        .await
+        .parse()
+        .expect("b token");
+    let waited = killed.elapsed();
+    let status = waiter.wait().expect("waiter exits");
+    assert!(status.success(), "{status:?}");
+    // The holder's last keep-alive was at most a third of the TTL before
+    // the kill, and the lease outlives it by the TTL.
+    assert!(
+        waited >= Duration::from_secs(TTL) - Duration::from_secs(TTL) / 3,
+        "the lock passed on {waited:?} after the holder died, before its TTL"
+    );
+    assert!(token_b > token_a, "fencing tokens {token_a} then {token_b}");
+    eprintln!("lock passed on {waited:?} after kill -9; tokens {token_a} -> {token_b}");
+}
+
+async fn post(c: &Cluster, i: usize, path: &str, body: Value) -> (u16, Value) {
+    let r = c
+        .http
+        .post(format!("{}{path}", c.url(i)))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await;
+    match r {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_kept_alive_through_a_master_kill_keeps_its_keys_then_expires_everywhere() {
+    let mut c = Cluster::start(3, &[]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let f = (m + 1) % 3;
+    let (status, granted) = post(&c, f, "/v1/leases", json!({"ttl_secs": 3})).await;
+    assert_eq!(status, 200, "{granted}");
+    let id = granted["id"].as_u64().expect("id");
+    let r = c
+        .http
+        .put(format!("{}/v1/kv/owned?lease={id}", c.url(f)))
+        .bearer_auth(TOKEN)
+        .body("v")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+    c.kill9(m);
+    // Keep it alive through the follower for twice the TTL, across the
+    // election: the key must survive.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let (status, body) = post(&c, f, &format!("/v1/leases/{id}/keepalive"), json!({})).await;
+        assert!(
+            status == 200 || status == 503 || status == 0,
+            "{status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let m2 = c.wait_for_master(Duration::from_secs(20)).await;
+    let (status, _) = c.get(f, "owned", "").await.expect("get");
+    assert_eq!(status, 200, "a key of a lease kept alive was deleted");
+    // Now let it go: it expires, on every live replica at one revision.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = c.get(m2, "owned", "").await.expect("get");
+        if status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = post(&c, f, &format!("/v1/leases/{id}/keepalive"), json!({})).await;
+    assert_eq!(status, 404, "{body}");
+    for i in [m2, 3 - m - m2] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, _) = c.get(i, "owned", "consistency=local").await.expect("get");
+            if status == 404 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {i} kept the key");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
