@@ -1,7 +1,8 @@
 """A short smoke test of a Python client generated from openapi/phxkv.json.
 
 Run by run.sh against a fresh dev cluster: put, get, a compare-and-swap
-that conflicts, a listing, a transaction and a watch, each through the
+that conflicts, a listing, a transaction, a watch, and a lease (grant, a
+key attached, keep-alive, a lock, revoke), each through the
 generated package (`phxkv_client`), so that the document stays good enough
 for clients in other languages. Exits non-zero with one line on failure.
 """
@@ -13,8 +14,15 @@ import threading
 
 from phxkv_client import Client
 from phxkv_client.api.kv import get_key, list_, put_key, txn
+from phxkv_client.api.leases import grant, keep_alive, lease_status, lock, revoke
 from phxkv_client.models import (
     ErrorResponse,
+    GrantRequest,
+    GrantResponse,
+    LeaseStatus,
+    LockRequest,
+    LockResponse,
+    RevokeResponse,
     ListResponse,
     PutResponse,
     TxnRequest,
@@ -103,7 +111,33 @@ def main(base):
     check(seen, "the watch saw no event")
     event = WatchEvent.from_dict(seen[0])
     check(event.key_utf8 == "smoke/c", f"the watch's first event is {seen[0]}")
-    print("python client smoke: ok (put, get, CAS conflict, list, txn, watch)")
+
+    # A lease: grant it, attach a key, renew it, lock with it, revoke it;
+    # its keys go with it.
+    granted = grant.sync_detailed(client=client, body=GrantRequest(ttl_secs=30))
+    check(isinstance(granted.parsed, GrantResponse), f"the grant parsed as {granted.content!r}")
+    lease = granted.parsed.id
+    attached = put_key.sync_detailed("smoke/leased", client=client, body=value("x"), lease=lease)
+    check(attached.status_code == 200, f"PUT with a lease answered {attached.status_code}")
+    renewed = keep_alive.sync_detailed(lease, client=client)
+    check(isinstance(renewed.parsed, LeaseStatus), f"the keep-alive parsed as {renewed.content!r}")
+    check(renewed.parsed.remaining_ms > 25_000, f"a renewed 30 s lease has {renewed.parsed.remaining_ms} ms left")
+    status = lease_status.sync_detailed(lease, client=client, keys=True)
+    keys = [base64.b64decode(k).decode() for k in status.parsed.keys]
+    check(keys == ["smoke/leased"], f"the lease's keys are {keys}")
+    locked = lock.sync_detailed("smoke-lock", client=client, body=LockRequest(lease=lease, wait_ms=0))
+    check(isinstance(locked.parsed, LockResponse), f"the lock parsed as {locked.content!r}")
+    check(locked.parsed.fencing_token > 0, "a lock has a fencing token")
+    gone = revoke.sync_detailed(lease, client=client)
+    check(isinstance(gone.parsed, RevokeResponse), f"the revoke parsed as {gone.content!r}")
+    check(gone.parsed.deleted == 2, f"the revoke deleted {gone.parsed.deleted} keys, not 2 (the key and the lock)")
+    after = get_key.sync_detailed("smoke/leased", client=client)
+    check(after.status_code == 404, f"a revoked lease's key answers {after.status_code}")
+    missing = keep_alive.sync_detailed(lease, client=client)
+    check(missing.status_code == 404, f"a keep-alive of a revoked lease answered {missing.status_code}")
+    check(isinstance(missing.parsed, ErrorResponse), f"the 404 is not an ErrorResponse: {missing.content!r}")
+
+    print("python client smoke: ok (put, get, CAS conflict, list, txn, watch, lease, lock)")
 
 
 if __name__ == "__main__":
