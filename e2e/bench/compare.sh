@@ -373,6 +373,7 @@ scenario() { # name description bench-args...
 }
 
 common=(--duration "${duration}s" --warmup "${warmup}s" --keys 10000)
+load_scenarios=(fill write-1 write-16 write-64 read-lin-64 read-local-64 mix-64 lock-16)
 # Every key exists before anything is read.
 scenario fill "bulk load of the 10k-key space, 256 B values, 64 clients" \
     --fill --clients 64 --keys 10000 --value-size 256
@@ -384,6 +385,9 @@ scenario read-local-64 "local (etcd: serializable) reads, 64 clients" "${common[
     --read-ratio 1 --consistency local
 scenario mix-64 "90% linearizable reads, 10% writes of 256 B, 64 clients" "${common[@]}" --clients 64 \
     --read-ratio 0.9 --value-size 256
+# etcd: the v3 lock service through the JSON gateway, what `etcdctl lock` uses.
+scenario lock-16 "lock then unlock of one lock, 16 contending clients with a lease each (ops = pairs)" \
+    "${common[@]}" --clients 16 --lock bench-lock
 peak_phxkv=$(mem_max phxkv VmHWM)
 peak_etcd=$(mem_max etcd VmHWM)
 
@@ -444,7 +448,7 @@ if [[ $tls == 1 ]]; then
 fi
 
 if [[ ${BENCH_ONLY_LOAD:-0} == 1 ]]; then
-    for s in fill write-1 write-16 write-64 read-lin-64 read-local-64 mix-64; do
+    for s in "${load_scenarios[@]}"; do
         for sys in phxkv etcd; do
             jq -r '"\(.name) \(.system): \(.throughput | floor) ops/s, p50 \(.latency_ms.p50), p99 \(.latency_ms.p99), p99.9 \(.latency_ms.p999) ms"' \
                 "$results/$s-$sys.json"
@@ -612,18 +616,19 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
     echo
     echo "| scenario | system | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | CPU s / 1k ops | peak RSS MiB |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    for f in "$results"/{fill,write-1,write-16,write-64,read-lin-64,read-local-64,mix-64}-{phxkv,etcd}.json; do
+    for s in "${load_scenarios[@]}"; do for sys in phxkv etcd; do
         jq -r '
           def r(x): (x * 1000 | round) / 1000;
           def total: (.total_ops // .ops);
-          "| \(.name) | \(.system) | \(.throughput | floor) | \(r(.latency_ms.p50)) | \(r(.latency_ms.p90)) | \(r(.latency_ms.p99)) | \(r(.latency_ms.p999)) | \(r(.latency_ms.max)) | \(.errors) | \(if total > 0 then r(.cpu_s * 1000 / total) else "n/a" end) | \(.peak_rss_mib) |"' "$f"
-    done
+          "| \(.name) | \(.system) | \(.throughput | floor) | \(r(.latency_ms.p50)) | \(r(.latency_ms.p90)) | \(r(.latency_ms.p99)) | \(r(.latency_ms.p999)) | \(r(.latency_ms.max)) | \(.errors) | \(if total > 0 then r(.cpu_s * 1000 / total) else "n/a" end) | \(.peak_rss_mib) |"' \
+            "$results/$s-$sys.json"
+    done; done
     echo
     echo "Ratios (phxkv ÷ etcd; throughput: higher is better for phxkv, latency and CPU: lower is better):"
     echo
     echo "| scenario | throughput | p50 | p99 | CPU / op |"
     echo "|---|---:|---:|---:|---:|"
-    for s in fill write-1 write-16 write-64 read-lin-64 read-local-64 mix-64; do
+    for s in "${load_scenarios[@]}"; do
         p=$results/$s-phxkv.json e=$results/$s-etcd.json
         cpu_p=$(jq -r '.cpu_s / (.total_ops // .ops)' "$p") cpu_e=$(jq -r '.cpu_s / (.total_ops // .ops)' "$e")
         echo "| $s | $(ratio "$(field "$p" .throughput)" "$(field "$e" .throughput)") | $(ratio "$(field "$p" .latency_ms.p50)" "$(field "$e" .latency_ms.p50)") | $(ratio "$(field "$p" .latency_ms.p99)" "$(field "$e" .latency_ms.p99)") | $(ratio "$cpu_p" "$cpu_e") |"

@@ -42,6 +42,10 @@ pub struct Workload {
     pub progress: bool,
     /// Keep every measured request's start and latency ([`Stats::log`]).
     pub latency_log: bool,
+    /// Instead of reads and writes: every client takes and releases this
+    /// lock in a loop, holding a lease of its own; one acquire-and-release
+    /// pair counts as one write.
+    pub lock: Option<String>,
 }
 
 /// One measured request: when it was due (Unix time, ns), how long it took
@@ -197,6 +201,9 @@ pub async fn run(workload: Workload, requests: Requests) -> Outcome {
 }
 
 async fn client(shared: Arc<Shared>, id: usize, endpoint: Endpoint) -> (Stats, Instant) {
+    if let Some(name) = shared.workload.lock.clone() {
+        return lock_client(shared, endpoint, &name).await;
+    }
     let w = &shared.workload;
     let mut conn = Conn::new(endpoint, w.transport.clone());
     let mut stats = Stats::new();
@@ -299,6 +306,109 @@ async fn client(shared: Arc<Shared>, id: usize, endpoint: Endpoint) -> (Stats, I
                 // A refused connection fails at once: do not spin on it.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+        }
+    }
+    (stats, last_end)
+}
+
+/// How long the lock benchmark's leases live without a keep-alive: longer
+/// than any run, so that none expires.
+const LOCK_LEASE_TTL: u64 = 600;
+
+/// A lock client: grants its lease, then acquires and releases the lock as
+/// fast as it can (closed loop); contention with the other clients is the
+/// point.
+async fn lock_client(shared: Arc<Shared>, endpoint: Endpoint, name: &str) -> (Stats, Instant) {
+    let w = &shared.workload;
+    let r = &shared.requests;
+    let mut conn = Conn::new(endpoint, w.transport.clone());
+    let mut stats = Stats::new();
+    let fail = |stats: &mut Stats, what: String, counted: bool| {
+        if counted {
+            *stats.errors.entry(what).or_default() += 1;
+        }
+        shared.progress_errors.fetch_add(1, Ordering::Relaxed);
+    };
+    let grant = r.grant(LOCK_LEASE_TTL);
+    let lease = match conn
+        .request(
+            grant.method,
+            &grant.path,
+            grant.content_type,
+            grant.body,
+            w.timeout,
+        )
+        .await
+    {
+        Ok((status, body)) if status.is_success() => r.lease_id(&body),
+        _ => None,
+    };
+    let Some(lease) = lease else {
+        fail(&mut stats, "lease grant failed".into(), true);
+        return (stats, Instant::now());
+    };
+    let mut last_end = Instant::now();
+    loop {
+        let start = Instant::now();
+        if start >= shared.stop_at {
+            break;
+        }
+        let counted = start >= shared.measure_from;
+        let lock = r.lock(name, lease);
+        let key = match conn
+            .request(
+                lock.method,
+                &lock.path,
+                lock.content_type,
+                lock.body,
+                w.timeout,
+            )
+            .await
+        {
+            Ok((status, body)) if status.is_success() => r.lock_key(&body),
+            Ok((status, _)) => {
+                fail(
+                    &mut stats,
+                    format!("lock: http {}", status.as_u16()),
+                    counted,
+                );
+                continue;
+            }
+            Err(e) => {
+                fail(&mut stats, format!("lock: {}", e.kind()), counted);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Some(key) = key else {
+            fail(&mut stats, "lock: no key in the answer".into(), counted);
+            continue;
+        };
+        let unlock = r.unlock(name, lease, &key);
+        match conn
+            .request(
+                unlock.method,
+                &unlock.path,
+                unlock.content_type,
+                unlock.body,
+                w.timeout,
+            )
+            .await
+        {
+            Ok((status, _)) if status.is_success() => {
+                let end = Instant::now();
+                last_end = end;
+                if counted {
+                    stats.writes.record(end.saturating_duration_since(start));
+                }
+                shared.progress_ops.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok((status, _)) => fail(
+                &mut stats,
+                format!("unlock: http {}", status.as_u16()),
+                counted,
+            ),
+            Err(e) => fail(&mut stats, format!("unlock: {}", e.kind()), counted),
         }
     }
     (stats, last_end)

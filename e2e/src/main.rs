@@ -121,6 +121,13 @@ struct RunArgs {
     #[arg(long, default_value_t = false, conflicts_with_all = ["rate", "read_ratio"])]
     fill: bool,
 
+    /// Instead of reads and writes: every client acquires and releases the
+    /// lock NAME in a loop (phxkv `POST /v1/lock/{name}` and `DELETE`; etcd
+    /// the v3 lock service through its JSON gateway), each with a lease of
+    /// its own. One acquire-and-release pair counts as one write.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["rate", "read_ratio", "fill"])]
+    lock: Option<String>,
+
     /// A request without an answer after this long counts as an error.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
@@ -362,13 +369,16 @@ fn run(a: RunArgs) -> ExitCode {
         seed: a.seed,
         progress: !a.quiet,
         latency_log: a.latency_log.is_some(),
+        lock: a.lock.clone(),
     };
     let outcome = rt.block_on(load::run(workload, requests));
     let settings = report::Settings {
         target: a.target.target,
         endpoints: a.target.endpoints.clone(),
         clients: a.clients,
-        mode: if a.fill {
+        mode: if a.lock.is_some() {
+            "lock"
+        } else if a.fill {
             "fill"
         } else if a.rate.is_some() {
             "open"

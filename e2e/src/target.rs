@@ -109,10 +109,73 @@ impl Requests {
         }
     }
 
+    /// Grants a lease of `ttl` seconds (the lock benchmark's, one per
+    /// client).
+    pub fn grant(&self, ttl: u64) -> Prepared {
+        match self.target {
+            Target::Phxkv => json_post("/v1/leases", format!(r#"{{"ttl_secs":{ttl}}}"#)),
+            Target::Etcd => json_post("/v3/lease/grant", format!(r#"{{"TTL":{ttl}}}"#)),
+        }
+    }
+
+    /// The lease id in a grant's answer (etcd's gateway writes 64-bit
+    /// integers as strings).
+    pub fn lease_id(&self, body: &[u8]) -> Option<u64> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let id = match self.target {
+            Target::Phxkv => &v["id"],
+            Target::Etcd => &v["ID"],
+        };
+        id.as_u64().or_else(|| id.as_str()?.parse().ok())
+    }
+
+    /// Acquires lock `name` with `lease`, waiting for it.
+    pub fn lock(&self, name: &str, lease: u64) -> Prepared {
+        match self.target {
+            Target::Phxkv => json_post(
+                &format!("/v1/lock/{name}"),
+                format!(r#"{{"lease":{lease},"wait_ms":30000}}"#),
+            ),
+            Target::Etcd => json_post(
+                "/v3/lock/lock",
+                format!(r#"{{"name":"{}","lease":"{lease}"}}"#, B64.encode(name)),
+            ),
+        }
+    }
+
+    /// The holder's key in a lock's answer (base64), which etcd's unlock
+    /// needs.
+    pub fn lock_key(&self, body: &[u8]) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        v["key"].as_str().map(str::to_string)
+    }
+
+    /// Releases lock `name` held by `lease` under `key` (base64).
+    pub fn unlock(&self, name: &str, lease: u64, key: &str) -> Prepared {
+        match self.target {
+            Target::Phxkv => Prepared {
+                method: Method::DELETE,
+                path: format!("/v1/lock/{name}?lease={lease}"),
+                content_type: None,
+                body: Bytes::new(),
+            },
+            Target::Etcd => json_post("/v3/lock/unlock", format!(r#"{{"key":"{key}"}}"#)),
+        }
+    }
+
     /// Whether an answer counts as success. A read of a key nobody wrote is
     /// a successful read for both (phxkv says 404, etcd 200 with no kvs).
     pub fn ok(&self, is_read: bool, status: StatusCode) -> bool {
         status.is_success() || (is_read && self.target == Target::Phxkv && status == 404)
+    }
+}
+
+fn json_post(path: &str, body: String) -> Prepared {
+    Prepared {
+        method: Method::POST,
+        path: path.to_string(),
+        content_type: Some("application/json"),
+        body: Bytes::from(body),
     }
 }
 

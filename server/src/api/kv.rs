@@ -398,20 +398,14 @@ pub async fn list<S: Service>(
 ) -> Result<Json<ListResponse>, ApiError> {
     let prefix = query.bytes("prefix").unwrap_or_default();
     let after = query.bytes("after");
-    let limit = query.u64("limit")?.unwrap_or(DEFAULT_LIST_LIMIT);
+    let limit = query.page_limit(DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
     let consistency = query.consistency()?;
     query.finish()?;
-    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}"
-        )));
-    }
     check_min_revision(&svc, consistency).await?;
     let request = RangeRequest {
         prefix,
         after,
-        // In range 1..=1000, so it fits any usize.
-        limit: limit as usize,
+        limit,
     };
     let page = svc
         .read(consistency, move |store| {

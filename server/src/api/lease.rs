@@ -223,6 +223,16 @@ fn status_of(answer: LeaseAnswer) -> Result<LeaseStatus, u64> {
     }
 }
 
+/// Lease `id` as the master sees it (renewed first with `renew`), or 404.
+async fn one_lease<S: Service>(svc: &S, id: u64, renew: bool) -> Result<LeaseStatus, ApiError> {
+    let answer = svc
+        .leases(vec![id], renew)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal("the master answered no lease"))?;
+    status_of(answer).map_err(lease_not_found)
+}
+
 /// Grants a lease.
 ///
 /// Keys attached to it (`PUT /v1/kv/{key}?lease=`) are deleted, together
@@ -329,12 +339,7 @@ pub async fn keep_alive<S: Service>(
     Path(id): Path<String>,
 ) -> Result<Json<LeaseStatus>, ApiError> {
     let id = parse_id(&id)?;
-    let answer = svc
-        .leases(vec![id], true)
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::internal("the master answered no lease"))?;
-    status_of(answer).map(Json).map_err(lease_not_found)
+    one_lease(&svc, id, true).await.map(Json)
 }
 
 /// Renews several leases in one request.
@@ -407,12 +412,7 @@ pub async fn lease_status<S: Service>(
         }
     };
     query.finish()?;
-    let answer = svc
-        .leases(vec![id], false)
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::internal("the master answered no lease"))?;
-    let mut status = status_of(answer).map_err(lease_not_found)?;
+    let mut status = one_lease(&svc, id, false).await?;
     if with_keys {
         let keys = svc
             .read(Consistency::Linearizable, move |store| {
@@ -446,15 +446,9 @@ pub async fn list_leases<S: Service>(
     State(svc): State<S>,
     mut query: QueryParams,
 ) -> Result<Json<LeaseList>, ApiError> {
-    let limit = query.u64("limit")?.unwrap_or(DEFAULT_LEASE_LIST);
+    let limit = query.page_limit(DEFAULT_LEASE_LIST, MAX_LEASE_LIST)?;
     let after = query.u64("after")?.unwrap_or(0);
     query.finish()?;
-    if !(1..=MAX_LEASE_LIST).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "limit must be between 1 and {MAX_LEASE_LIST}, got {limit}"
-        )));
-    }
-    let limit = limit as usize;
     let (leases, more) = svc
         .read(Consistency::Linearizable, move |store| {
             let mut page: Vec<LeaseEntry> = store

@@ -107,6 +107,18 @@ impl QueryParams {
     }
 
     /// Refuses any parameter the handler did not take.
+    /// The `limit` of a listing: `default` when absent, else 1 to `max`.
+    pub fn page_limit(&mut self, default: u64, max: u64) -> Result<usize, ApiError> {
+        let limit = self.u64("limit")?.unwrap_or(default);
+        if !(1..=max).contains(&limit) {
+            return Err(ApiError::invalid(format!(
+                "limit must be between 1 and {max}, got {limit}"
+            )));
+        }
+        // At most `max`, a small number: it fits any usize.
+        Ok(limit as usize)
+    }
+
     pub fn finish(self) -> Result<(), ApiError> {
         match self.params.first() {
             None => Ok(()),
