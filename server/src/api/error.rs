@@ -65,6 +65,8 @@ pub enum ErrorCode {
     /// 409: the lock is held by another lease, and was not released
     /// within the time the request allowed.
     LockHeld,
+    /// 409: the lease does not lead the election.
+    NotLeader,
     /// 410: the requested revision is no longer in the watch history.
     Compacted,
     /// 412: the node was started without an archive (`--archive-url`).
@@ -108,7 +110,8 @@ impl ErrorCode {
             | ErrorCode::MemberNotVoter
             | ErrorCode::MemberNotReady
             | ErrorCode::LeaseExists
-            | ErrorCode::LockHeld => StatusCode::CONFLICT,
+            | ErrorCode::LockHeld
+            | ErrorCode::NotLeader => StatusCode::CONFLICT,
             ErrorCode::Compacted => StatusCode::GONE,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,

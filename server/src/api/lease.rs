@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::Uri;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -185,6 +185,14 @@ pub(crate) fn routes<S: Service>() -> Router<S> {
         .route("/v1/leases/{id}/keepalive", post(keep_alive::<S>))
         .route("/v1/lock/", post(lock::<S>).delete(unlock::<S>))
         .route("/v1/lock/{*name}", post(lock::<S>).delete(unlock::<S>))
+        .route("/v1/election/", post(campaign::<S>).get(leader::<S>))
+        .route(
+            "/v1/election/{*name}",
+            post(campaign::<S>)
+                .get(leader::<S>)
+                .put(proclaim::<S>)
+                .delete(resign::<S>),
+        )
 }
 
 fn lease_not_found(id: u64) -> ApiError {
@@ -470,17 +478,18 @@ pub async fn list_leases<S: Service>(
     Ok(Json(LeaseList { leases, more }))
 }
 
-/// The lock's name from the path, and the key prefix under it.
-fn lock_prefix(uri: &Uri) -> Result<Vec<u8>, ApiError> {
+/// The lock's or election's name from the path after `route`, and the key
+/// prefix under it.
+fn queue_prefix(uri: &Uri, route: &str) -> Result<Vec<u8>, ApiError> {
     let name = uri
         .path()
-        .strip_prefix("/v1/lock/")
+        .strip_prefix(route)
         .map(percent_decode)
-        .ok_or_else(|| ApiError::internal("lock route matched a path outside /v1/lock/"))?;
+        .ok_or_else(|| ApiError::internal(format!("a route matched a path outside {route}")))?;
     if name.is_empty() {
-        return Err(ApiError::invalid(
-            "a lock needs a name: POST /v1/lock/{name}",
-        ));
+        return Err(ApiError::invalid(format!(
+            "a name is needed: {route}{{name}}"
+        )));
     }
     let mut prefix = name;
     prefix.push(b'/');
@@ -528,21 +537,49 @@ pub async fn lock<S: Service>(
     uri: Uri,
     JsonBody(request): JsonBody<LockRequest>,
 ) -> Result<Json<LockResponse>, ApiError> {
-    let prefix = lock_prefix(&uri)?;
-    let lease = request.lease;
+    let prefix = queue_prefix(&uri, "/v1/lock/")?;
+    let (key, fencing_token) = join_and_wait(
+        &svc,
+        &caller,
+        &prefix,
+        request.lease,
+        Vec::new(),
+        request.wait_ms,
+    )
+    .await?;
+    Ok(Json(LockResponse {
+        key: to_b64(&key),
+        key_utf8: String::from_utf8(key).ok(),
+        lease: request.lease,
+        fencing_token,
+    }))
+}
+
+/// The queue behind a lock and an election (etcd's recipe): joins it under
+/// `prefix` with `lease` (the key `<prefix><lease, 16 hex digits>`, holding
+/// `value`) and waits up to `wait_ms` to be first. Answers the key and the
+/// revision at which it was first; leaves the queue when it gives up.
+async fn join_and_wait<S: Service>(
+    svc: &S,
+    caller: &Caller,
+    prefix: &[u8],
+    lease: u64,
+    value: Vec<u8>,
+    wait_ms: Option<u64>,
+) -> Result<(Vec<u8>, u64), ApiError> {
     if !(1..=MAX_LEASE_ID).contains(&lease) {
         return Err(ApiError::invalid(format!(
             "lease must be a lease id from 1 to {MAX_LEASE_ID}, got {lease}"
         )));
     }
-    let wait_ms = request.wait_ms.unwrap_or(DEFAULT_LOCK_WAIT_MS);
+    let wait_ms = wait_ms.unwrap_or(DEFAULT_LOCK_WAIT_MS);
     if wait_ms > MAX_LOCK_WAIT_MS {
         return Err(ApiError::invalid(format!(
             "wait_ms must be at most {MAX_LOCK_WAIT_MS}, got {wait_ms}"
         )));
     }
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
-    let key = lock_key(&prefix, lease);
+    let key = lock_key(prefix, lease);
     // Join the queue: create the key with the lease unless it is there.
     let txn = Op::Txn(Txn {
         compare: vec![Compare {
@@ -552,7 +589,7 @@ pub async fn lock<S: Service>(
         }],
         success: vec![TxnOp::Put {
             key: key.clone(),
-            value: Vec::new(),
+            value,
         }],
         failure: vec![TxnOp::Get { key: key.clone() }],
     });
@@ -561,7 +598,7 @@ pub async fn lock<S: Service>(
         op: Box::new(txn),
     };
     op.validate(&svc.limits())?;
-    let op = caller.authorize_write(&svc, op).await?;
+    let op = caller.authorize_write(svc, op).await?;
     let (created, mine) = match svc.write(op, None).await? {
         OpResult::Txn {
             succeeded: true,
@@ -575,17 +612,12 @@ pub async fn lock<S: Service>(
         OpResult::LeaseNotFound { id } => return Err(lease_not_found(id)),
         other => return Err(unexpected(&other)),
     };
-    let outcome = wait_for_turn(&svc, &caller, &prefix, &key, mine, deadline).await;
+    let outcome = wait_for_turn(svc, caller, prefix, &key, mine, deadline).await;
     match outcome {
-        Ok(Place::Holder(fencing_token)) => Ok(Json(LockResponse {
-            key: to_b64(&key),
-            key_utf8: String::from_utf8(key.clone()).ok(),
-            lease,
-            fencing_token,
-        })),
+        Ok(Place::Holder(token)) => Ok((key, token)),
         Ok(Place::Gone) => Err(ApiError::new(
             ErrorCode::LeaseNotFound,
-            format!("lease {lease} ended while waiting for the lock"),
+            format!("lease {lease} ended while waiting"),
         )),
         Ok(Place::Behind(_)) | Err(_) => {
             // Leave the queue, so that a waiter that gave up never holds the
@@ -594,7 +626,7 @@ pub async fn lock<S: Service>(
             if created {
                 let op = caller
                     .authorize_write(
-                        &svc,
+                        svc,
                         Op::Delete {
                             key: key.clone(),
                             expect: None,
@@ -608,7 +640,7 @@ pub async fn lock<S: Service>(
                 _ => Err(ApiError::new(
                     ErrorCode::LockHeld,
                     format!(
-                        "the lock {:?} is held by another lease; not acquired within {wait_ms} ms",
+                        "{:?} is held by another lease; not first within {wait_ms} ms",
                         String::from_utf8_lossy(&prefix[..prefix.len() - 1])
                     ),
                 )),
@@ -663,35 +695,53 @@ async fn wait_for_turn<S: Service>(
     }
 }
 
-/// Where `key` stands among the keys under `prefix`.
-fn place_of(store: &crate::kv::Store, prefix: &[u8], key: &[u8], mine: u64) -> Place {
-    if store.get(key).is_none_or(|kv| kv.create_revision != mine) {
-        return Place::Gone;
-    }
+/// Calls `f` with every key under `prefix`, page by page.
+fn each_under(store: &crate::kv::Store, prefix: &[u8], mut f: impl FnMut(crate::kv::KeyValue)) {
     let mut after = None;
-    let mut ahead: Option<(u64, Vec<u8>)> = None;
     loop {
         let page = store.range(&RangeRequest {
             prefix: prefix.to_vec(),
             after: after.clone(),
             limit: 1000,
         });
-        for kv in &page.kvs {
-            if kv.create_revision < mine
-                && ahead.as_ref().is_none_or(|(r, _)| kv.create_revision > *r)
-            {
-                ahead = Some((kv.create_revision, kv.key.clone()));
-            }
-        }
-        if !page.more {
-            break;
-        }
         after = page.kvs.last().map(|kv| kv.key.clone());
+        page.kvs.into_iter().for_each(&mut f);
+        if !page.more {
+            return;
+        }
     }
+}
+
+/// Where `key` stands among the keys under `prefix`.
+fn place_of(store: &crate::kv::Store, prefix: &[u8], key: &[u8], mine: u64) -> Place {
+    if store.get(key).is_none_or(|kv| kv.create_revision != mine) {
+        return Place::Gone;
+    }
+    let mut ahead: Option<(u64, Vec<u8>)> = None;
+    each_under(store, prefix, |kv| {
+        if kv.create_revision < mine && ahead.as_ref().is_none_or(|(r, _)| kv.create_revision > *r)
+        {
+            ahead = Some((kv.create_revision, kv.key));
+        }
+    });
     match ahead {
         Some((_, key)) => Place::Behind(key),
         None => Place::Holder(store.revision()),
     }
+}
+
+/// The first in the queue under `prefix`: the lock's holder, the leader.
+fn first_under(store: &crate::kv::Store, prefix: &[u8]) -> Option<crate::kv::KeyValue> {
+    let mut first: Option<crate::kv::KeyValue> = None;
+    each_under(store, prefix, |kv| {
+        if first
+            .as_ref()
+            .is_none_or(|f| kv.create_revision < f.create_revision)
+        {
+            first = Some(kv);
+        }
+    });
+    first
 }
 
 /// Releases a lock held (or waited for) by `lease`.
@@ -712,12 +762,21 @@ pub async fn unlock<S: Service>(
     State(svc): State<S>,
     caller: Caller,
     uri: Uri,
+    query: QueryParams,
+) -> Result<Json<UnlockResponse>, ApiError> {
+    leave(&svc, &caller, &queue_prefix(&uri, "/v1/lock/")?, query).await
+}
+
+/// Deletes `lease`'s key (from `?lease=`) in the queue under `prefix`.
+async fn leave<S: Service>(
+    svc: &S,
+    caller: &Caller,
+    prefix: &[u8],
     mut query: QueryParams,
-) -> Result<(StatusCode, Json<UnlockResponse>), ApiError> {
-    let prefix = lock_prefix(&uri)?;
+) -> Result<Json<UnlockResponse>, ApiError> {
     let lease = query
         .u64("lease")?
-        .ok_or_else(|| ApiError::invalid("give the lease that holds the lock: ?lease=ID"))?;
+        .ok_or_else(|| ApiError::invalid("give the lease that holds it: ?lease=ID"))?;
     query.finish()?;
     if !(1..=MAX_LEASE_ID).contains(&lease) {
         return Err(ApiError::invalid(format!(
@@ -725,19 +784,254 @@ pub async fn unlock<S: Service>(
         )));
     }
     let op = Op::Delete {
-        key: lock_key(&prefix, lease),
+        key: lock_key(prefix, lease),
         expect: None,
+    };
+    op.validate(&svc.limits())?;
+    let op = caller.authorize_write(svc, op).await?;
+    match svc.write(op, None).await? {
+        OpResult::Delete { revision, deleted } => Ok(Json(UnlockResponse {
+            revision,
+            released: deleted,
+        })),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Asks to lead an election, or (as its leader) to change the value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"lease": 758786123, "value": "10.0.0.7:8080"}))]
+pub struct CampaignRequest {
+    /// The lease that holds the leadership: it ends with the lease.
+    pub lease: u64,
+    /// What the leader announces (text); or `value_b64` for bytes.
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub value_b64: Option<String>,
+    /// A campaign waits this long to lead, in milliseconds (default 30000,
+    /// at most 600000); `0` only tries. Ignored by a proclamation.
+    #[serde(default)]
+    #[schema(maximum = 600000)]
+    pub wait_ms: Option<u64>,
+}
+
+impl CampaignRequest {
+    fn value(&self) -> Result<Vec<u8>, ApiError> {
+        match (&self.value, &self.value_b64) {
+            (Some(_), Some(_)) => Err(ApiError::invalid(
+                "give either value or value_b64, not both",
+            )),
+            (Some(text), None) => Ok(text.clone().into_bytes()),
+            (None, Some(b64)) => crate::api::encoding::from_b64("value_b64", b64),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+}
+
+/// An election's leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Leader {
+    /// The leader's key (base64), and as text when it is UTF-8.
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub key_utf8: Option<String>,
+    /// What it announces (base64), and as text when it is UTF-8.
+    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub value_utf8: Option<String>,
+    /// The lease that holds the leadership.
+    pub lease: u64,
+    /// The revision at which this leader's term began (its key's creation):
+    /// larger for every later term, so it fences like a lock's token.
+    pub term_revision: u64,
+}
+
+fn leader_of(kv: crate::kv::KeyValue, lease: u64) -> Leader {
+    Leader {
+        key: to_b64(&kv.key),
+        key_utf8: String::from_utf8(kv.key).ok(),
+        value: to_b64(&kv.value),
+        value_utf8: String::from_utf8(kv.value).ok(),
+        lease,
+        term_revision: kv.create_revision,
+    }
+}
+
+/// Campaigns to lead an election, waiting to be elected.
+///
+/// Candidates are elected in the order they campaigned; the leader leads
+/// until it resigns or its lease ends (etcd's `Campaign`).
+#[utoipa::path(
+    post,
+    path = "/v1/election/{name}",
+    tag = "leases",
+    params(("name" = String, Path, description = "The election's name; candidates' keys live under `{name}/`.", example = "scheduler")),
+    request_body = CampaignRequest,
+    responses(
+        (status = 200, description = "Elected.", body = Leader),
+        (status = 400, description = "No name, bad lease id, value or wait.", body = ErrorResponse),
+        (status = 404, description = "The lease does not exist, or ended while waiting (`lease_not_found`).", body = ErrorResponse),
+        (status = 409, description = "Another candidate led for all of `wait_ms` (`lock_held`); this one is no longer a candidate.", body = ErrorResponse),
+    )
+)]
+pub async fn campaign<S: Service>(
+    State(svc): State<S>,
+    caller: Caller,
+    uri: Uri,
+    JsonBody(request): JsonBody<CampaignRequest>,
+) -> Result<Json<Leader>, ApiError> {
+    let prefix = queue_prefix(&uri, "/v1/election/")?;
+    let value = request.value()?;
+    let (key, _) = join_and_wait(
+        &svc,
+        &caller,
+        &prefix,
+        request.lease,
+        value,
+        request.wait_ms,
+    )
+    .await?;
+    let lease = request.lease;
+    let kv = svc
+        .read(Consistency::Linearizable, move |store| store.get(&key))
+        .await?
+        .ok_or_else(|| lease_not_found(lease))?;
+    Ok(Json(leader_of(kv, lease)))
+}
+
+/// The election's leader now (etcd's `Leader`; watch `{name}/` to follow
+/// changes).
+#[utoipa::path(
+    get,
+    path = "/v1/election/{name}",
+    tag = "leases",
+    params(("name" = String, Path, description = "The election's name.", example = "scheduler")),
+    responses(
+        (status = 200, description = "The leader.", body = Leader),
+        (status = 404, description = "No leader (`key_not_found`).", body = ErrorResponse),
+    )
+)]
+pub async fn leader<S: Service>(
+    State(svc): State<S>,
+    caller: Caller,
+    uri: Uri,
+) -> Result<Json<Leader>, ApiError> {
+    let prefix = queue_prefix(&uri, "/v1/election/")?;
+    let first = svc
+        .read(Consistency::Linearizable, move |store| {
+            caller.check(store, Need::ReadPrefix(&prefix))?;
+            Ok::<_, Refusal>(first_under(store, &prefix).map(|kv| {
+                let lease = store.lease_of(&kv.key).unwrap_or(0);
+                (kv, lease)
+            }))
+        })
+        .await??;
+    let (kv, lease) =
+        first.ok_or_else(|| ApiError::new(ErrorCode::KeyNotFound, "the election has no leader"))?;
+    Ok(Json(leader_of(kv, lease)))
+}
+
+/// Changes the value the leader announces (etcd's `Proclaim`); only the
+/// leader may.
+#[utoipa::path(
+    put,
+    path = "/v1/election/{name}",
+    tag = "leases",
+    params(("name" = String, Path, description = "The election's name.", example = "scheduler")),
+    request_body = CampaignRequest,
+    responses(
+        (status = 200, description = "Announced.", body = Leader),
+        (status = 400, description = "No name, bad lease id or value.", body = ErrorResponse),
+        (status = 409, description = "This lease does not lead the election (`not_leader`); nothing changed.", body = ErrorResponse),
+    )
+)]
+pub async fn proclaim<S: Service>(
+    State(svc): State<S>,
+    caller: Caller,
+    uri: Uri,
+    JsonBody(request): JsonBody<CampaignRequest>,
+) -> Result<Json<Leader>, ApiError> {
+    let prefix = queue_prefix(&uri, "/v1/election/")?;
+    let value = request.value()?;
+    let lease = request.lease;
+    let key = lock_key(&prefix, lease);
+    let not_leader = || {
+        ApiError::new(
+            ErrorCode::NotLeader,
+            format!("lease {lease} does not lead this election"),
+        )
+    };
+    // Leading now: its key is the first. The put below is conditional on
+    // the same key (same creation), and no key can get ahead of one that
+    // exists, so it still leads when the put applies.
+    let term = {
+        let (caller, prefix, key) = (caller.clone(), prefix.clone(), key.clone());
+        svc.read(Consistency::Linearizable, move |store| {
+            caller.check(store, Need::ReadPrefix(&prefix))?;
+            Ok::<_, Refusal>(first_under(store, &prefix).filter(|kv| kv.key == key))
+        })
+        .await??
+        .ok_or_else(not_leader)?
+        .create_revision
+    };
+    let op = Op::Leased {
+        lease,
+        op: Box::new(Op::Txn(Txn {
+            compare: vec![Compare {
+                key: key.clone(),
+                op: CompareOp::Equal,
+                target: CompareTarget::CreateRevision(term),
+            }],
+            success: vec![TxnOp::Put {
+                key: key.clone(),
+                value: value.clone(),
+            }],
+            failure: Vec::new(),
+        })),
     };
     op.validate(&svc.limits())?;
     let op = caller.authorize_write(&svc, op).await?;
     match svc.write(op, None).await? {
-        OpResult::Delete { revision, deleted } => Ok((
-            StatusCode::OK,
-            Json(UnlockResponse {
-                revision,
-                released: deleted,
-            }),
-        )),
+        OpResult::Txn {
+            succeeded: true, ..
+        } => Ok(Json(leader_of(
+            crate::kv::KeyValue {
+                key,
+                value,
+                version: 0,
+                create_revision: term,
+                mod_revision: 0,
+            },
+            lease,
+        ))),
+        OpResult::Txn { .. } | OpResult::LeaseNotFound { .. } => Err(not_leader()),
         other => Err(unexpected(&other)),
     }
+}
+
+/// Resigns from an election (or stops campaigning).
+#[utoipa::path(
+    delete,
+    path = "/v1/election/{name}",
+    tag = "leases",
+    params(
+        ("name" = String, Path, description = "The election's name.", example = "scheduler"),
+        ("lease" = u64, Query, description = "The candidate's lease."),
+    ),
+    responses(
+        (status = 200, description = "Resigned (or it was not a candidate).", body = UnlockResponse),
+        (status = 400, description = "No name, or a bad lease id.", body = ErrorResponse),
+    )
+)]
+pub async fn resign<S: Service>(
+    State(svc): State<S>,
+    caller: Caller,
+    uri: Uri,
+    query: QueryParams,
+) -> Result<Json<UnlockResponse>, ApiError> {
+    leave(&svc, &caller, &queue_prefix(&uri, "/v1/election/")?, query).await
 }

@@ -961,6 +961,10 @@ async fn openapi_json_describes_every_route() {
         ("/v1/leases/keepalive", "post"),
         ("/v1/lock/{name}", "post"),
         ("/v1/lock/{name}", "delete"),
+        ("/v1/election/{name}", "post"),
+        ("/v1/election/{name}", "get"),
+        ("/v1/election/{name}", "put"),
+        ("/v1/election/{name}", "delete"),
         ("/v1/watch", "get"),
         ("/v1/cluster", "get"),
         ("/v1/cluster/members", "post"),
@@ -1663,4 +1667,68 @@ async fn a_lock_passes_to_the_next_waiter_in_order_with_a_larger_fencing_token()
         .await
         .error(StatusCode::BAD_REQUEST, "invalid_argument");
     drop(fake);
+}
+
+#[tokio::test]
+async fn an_election_has_one_leader_who_proclaims_and_passes_it_on_by_resigning() {
+    let mut fake = Fake::new();
+    Arc::get_mut(&mut fake.inner).expect("fresh").limits = Limits::default();
+    let router = fake.router();
+    for id in [1, 2] {
+        grant(&router, json!({"ttl_secs": 30, "id": id})).await;
+    }
+    call(&router, Method::GET, "/v1/election/sched", Body::empty())
+        .await
+        .error(StatusCode::NOT_FOUND, "key_not_found");
+    let campaign = |lease: u64, value: &str, wait_ms: u64| {
+        let router = router.clone();
+        let body = json!({"lease": lease, "value": value, "wait_ms": wait_ms}).to_string();
+        async move { call(&router, Method::POST, "/v1/election/sched", body).await }
+    };
+    let first = campaign(1, "a:1", 0).await.json();
+    assert_eq!(
+        (first["value_utf8"].clone(), first["lease"].clone()),
+        (json!("a:1"), json!(1))
+    );
+    let second = tokio::spawn(campaign(2, "b:1", 10_000));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!second.is_finished(), "one leader at a time");
+    // Only the leader proclaims.
+    let proclaim = |lease: u64, value: &str| {
+        let router = router.clone();
+        let body = json!({"lease": lease, "value": value}).to_string();
+        async move { call(&router, Method::PUT, "/v1/election/sched", body).await }
+    };
+    proclaim(2, "b:2")
+        .await
+        .error(StatusCode::CONFLICT, "not_leader");
+    assert_eq!(proclaim(1, "a:2").await.status, StatusCode::OK);
+    let leader = call(&router, Method::GET, "/v1/election/sched", Body::empty())
+        .await
+        .json();
+    assert_eq!(
+        (leader["value_utf8"].clone(), leader["lease"].clone()),
+        (json!("a:2"), json!(1))
+    );
+    assert_eq!(leader["term_revision"], first["term_revision"]);
+    // Resigning passes it on, to a later term.
+    let resigned = call(
+        &router,
+        Method::DELETE,
+        "/v1/election/sched?lease=1",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(resigned.json()["released"], true);
+    let second = second.await.expect("joins").json();
+    assert_eq!(second["value_utf8"], "b:1");
+    assert!(second["term_revision"].as_u64() > first["term_revision"].as_u64());
+    call(
+        &router,
+        Method::POST,
+        "/v1/election/sched",
+        json!({"lease": 2, "value": "x", "value_b64": "eA=="}).to_string(),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "invalid_argument");
 }
