@@ -598,6 +598,23 @@ impl Replica {
         if self.commit > before {
             self.ready.persist.push(Persist::Commit(self.commit));
         }
+        // Followers learn a commit from the master's next accept or
+        // heartbeat. When nothing is in flight or queued, no accept will
+        // carry it soon, and a follower would apply (and wake its watchers,
+        // its waiting lock holders, its reads) only at the next heartbeat:
+        // tell them now. Safe: a heartbeat says only what is true (these
+        // instances are chosen), whenever it is sent. Under load the next
+        // accept carries the commit, and no heartbeat is added.
+        if self.commit > before
+            && let State::Master(m) = &self.state
+            && m.inflight.is_empty()
+            && m.queue.is_empty()
+        {
+            let (ballot, commit) = (m.ballot, self.commit);
+            for p in self.peers() {
+                self.send(p, Message::Heartbeat { ballot, commit });
+            }
+        }
         if let (Some(at), State::Master(m)) = (voters_changed_at, &mut self.state) {
             // A lease protects the master only in the configuration it was
             // chosen in and the next one: their majorities meet. Once a
