@@ -43,7 +43,10 @@ const MAX_LEASE_LIST: u64 = 1000;
 const MAX_LEASE_KEYS: usize = 1000;
 /// How long a lock request waits for the lock unless it says otherwise,
 /// and at most.
-const DEFAULT_LOCK_WAIT_MS: u64 = 30_000;
+/// The default stays under the request timeouts of common HTTP clients
+/// (often 10 s); a caller that waits longer says so, and keeps its own
+/// timeout above it.
+const DEFAULT_LOCK_WAIT_MS: u64 = 5_000;
 const MAX_LOCK_WAIT_MS: u64 = 600_000;
 
 /// Asks for a lease.
@@ -134,11 +137,11 @@ pub struct LeaseList {
 /// Asks for a lock.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"lease": 758786123, "wait_ms": 30000}))]
+#[schema(example = json!({"lease": 758786123, "wait_ms": 1000}))]
 pub struct LockRequest {
     /// The lease that holds the lock: the lock is released when it ends.
     pub lease: u64,
-    /// How long to wait for the lock, in milliseconds (default 30000, at
+    /// How long to wait for the lock, in milliseconds (default 5000, at
     /// most 600000); `0` only tries.
     #[serde(default)]
     #[schema(maximum = 600000)]
@@ -528,6 +531,7 @@ enum Place {
         (status = 200, description = "The lock is held.", body = LockResponse),
         (status = 400, description = "No name, bad lease id or wait.", body = ErrorResponse),
         (status = 404, description = "The lease does not exist, or ended while waiting (`lease_not_found`).", body = ErrorResponse),
+        (status = 413, description = "The name (with the lease's 16 hex digits) or the value is over the key or value limit.", body = ErrorResponse),
         (status = 409, description = "Another lease held the lock for all of `wait_ms` (`lock_held`); this lease is no longer queued.", body = ErrorResponse),
     )
 )]
@@ -756,6 +760,7 @@ fn first_under(store: &crate::kv::Store, prefix: &[u8]) -> Option<crate::kv::Key
     responses(
         (status = 200, description = "Released (or it was not held by this lease).", body = UnlockResponse),
         (status = 400, description = "No name, or a bad lease id.", body = ErrorResponse),
+        (status = 413, description = "The name (with the lease's 16 hex digits) is over the key limit.", body = ErrorResponse),
     )
 )]
 pub async fn unlock<S: Service>(
@@ -810,7 +815,7 @@ pub struct CampaignRequest {
     pub value: Option<String>,
     #[serde(default)]
     pub value_b64: Option<String>,
-    /// A campaign waits this long to lead, in milliseconds (default 30000,
+    /// A campaign waits this long to lead, in milliseconds (default 5000,
     /// at most 600000); `0` only tries. Ignored by a proclamation.
     #[serde(default)]
     #[schema(maximum = 600000)]
@@ -875,6 +880,7 @@ fn leader_of(kv: crate::kv::KeyValue, lease: u64) -> Leader {
         (status = 200, description = "Elected.", body = Leader),
         (status = 400, description = "No name, bad lease id, value or wait.", body = ErrorResponse),
         (status = 404, description = "The lease does not exist, or ended while waiting (`lease_not_found`).", body = ErrorResponse),
+        (status = 413, description = "The name (with the lease's 16 hex digits) or the value is over the key or value limit.", body = ErrorResponse),
         (status = 409, description = "Another candidate led for all of `wait_ms` (`lock_held`); this one is no longer a candidate.", body = ErrorResponse),
     )
 )]
@@ -946,6 +952,7 @@ pub async fn leader<S: Service>(
     responses(
         (status = 200, description = "Announced.", body = Leader),
         (status = 400, description = "No name, bad lease id or value.", body = ErrorResponse),
+        (status = 413, description = "The name (with the lease's 16 hex digits) or the value is over the key or value limit.", body = ErrorResponse),
         (status = 409, description = "This lease does not lead the election (`not_leader`); nothing changed.", body = ErrorResponse),
     )
 )]
@@ -1025,6 +1032,7 @@ pub async fn proclaim<S: Service>(
     responses(
         (status = 200, description = "Resigned (or it was not a candidate).", body = UnlockResponse),
         (status = 400, description = "No name, or a bad lease id.", body = ErrorResponse),
+        (status = 413, description = "The name (with the lease's 16 hex digits) is over the key limit.", body = ErrorResponse),
     )
 )]
 pub async fn resign<S: Service>(
