@@ -271,9 +271,18 @@ pub async fn grant<S: Service>(
     IdempotencyKey(idempotency): IdempotencyKey,
     JsonBody(request): JsonBody<GrantRequest>,
 ) -> Result<Json<GrantResponse>, ApiError> {
-    let id = match request.id {
-        Some(id) => id,
-        None => rand::random_range(1..=MAX_LEASE_ID),
+    let id = match (request.id, &idempotency) {
+        (Some(id), _) => id,
+        // A retry must propose the very same grant to be recognised, so
+        // the id comes from the Idempotency-Key rather than at random.
+        (None, Some(key)) => {
+            let named = Op::Lease(LeaseOp::Grant {
+                id: 0,
+                ttl_secs: request.ttl_secs,
+            });
+            crate::kv::dedup::idempotent_id(key, &named).seq % MAX_LEASE_ID + 1
+        }
+        (None, None) => rand::random_range(1..=MAX_LEASE_ID),
     };
     let op = Op::Lease(LeaseOp::Grant {
         id,

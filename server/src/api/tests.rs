@@ -1732,3 +1732,23 @@ async fn an_election_has_one_leader_who_proclaims_and_passes_it_on_by_resigning(
     .await
     .error(StatusCode::BAD_REQUEST, "invalid_argument");
 }
+
+#[tokio::test]
+async fn a_retried_grant_with_an_idempotency_key_gets_the_same_lease() {
+    let router = Fake::new().router();
+    let request = || {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/v1/leases")
+            .header("idempotency-key", "grant-1")
+            .body(Body::from(json!({"ttl_secs": 10}).to_string()))
+            .expect("valid request")
+    };
+    let first = send(&router, request()).await.json();
+    let retry = send(&router, request()).await.json();
+    assert_eq!(first, retry);
+    let list = call(&router, Method::GET, "/v1/leases", Body::empty())
+        .await
+        .json();
+    assert_eq!(list["leases"].as_array().map(Vec::len), Some(1));
+}
