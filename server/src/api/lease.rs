@@ -274,13 +274,15 @@ pub async fn grant<S: Service>(
     let id = match (request.id, &idempotency) {
         (Some(id), _) => id,
         // A retry must propose the very same grant to be recognised, so
-        // the id comes from the Idempotency-Key rather than at random.
+        // the id comes from the Idempotency-Key (the half of the request
+        // id that names the key; the other half names the op, the same for
+        // every grant of one TTL) rather than at random.
         (None, Some(key)) => {
             let named = Op::Lease(LeaseOp::Grant {
                 id: 0,
                 ttl_secs: request.ttl_secs,
             });
-            crate::kv::dedup::idempotent_id(key, &named).seq % MAX_LEASE_ID + 1
+            crate::kv::dedup::idempotent_id(key, &named).client % MAX_LEASE_ID + 1
         }
         (None, None) => rand::random_range(1..=MAX_LEASE_ID),
     };

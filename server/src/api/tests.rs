@@ -1751,4 +1751,13 @@ async fn a_retried_grant_with_an_idempotency_key_gets_the_same_lease() {
         .await
         .json();
     assert_eq!(list["leases"].as_array().map(Vec::len), Some(1));
+    // Another key is another lease, even with the same TTL.
+    let other = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/leases")
+        .header("idempotency-key", "grant-2")
+        .body(Body::from(json!({"ttl_secs": 10}).to_string()))
+        .expect("valid request");
+    let other = send(&router, other).await.json();
+    assert_ne!(other["id"], first["id"], "{other}");
 }
