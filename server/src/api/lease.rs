@@ -582,11 +582,7 @@ async fn join_and_wait<S: Service>(
     value: Vec<u8>,
     wait_ms: Option<u64>,
 ) -> Result<(Vec<u8>, u64), ApiError> {
-    if !(1..=MAX_LEASE_ID).contains(&lease) {
-        return Err(ApiError::invalid(format!(
-            "lease must be a lease id from 1 to {MAX_LEASE_ID}, got {lease}"
-        )));
-    }
+    crate::kv::lease::check_id(lease).map_err(ApiError::invalid)?;
     let wait_ms = wait_ms.unwrap_or(DEFAULT_LOCK_WAIT_MS);
     if wait_ms > MAX_LOCK_WAIT_MS {
         return Err(ApiError::invalid(format!(
@@ -794,11 +790,7 @@ async fn leave<S: Service>(
         .u64("lease")?
         .ok_or_else(|| ApiError::invalid("give the lease that holds it: ?lease=ID"))?;
     query.finish()?;
-    if !(1..=MAX_LEASE_ID).contains(&lease) {
-        return Err(ApiError::invalid(format!(
-            "lease must be a lease id from 1 to {MAX_LEASE_ID}, got {lease}"
-        )));
-    }
+    crate::kv::lease::check_id(lease).map_err(ApiError::invalid)?;
     let op = Op::Delete {
         key: lock_key(prefix, lease),
         expect: None,

@@ -139,13 +139,20 @@ pub fn is_lease_key(key: &[u8]) -> bool {
     key.starts_with(LEASE_PREFIX)
 }
 
+/// Why `id` cannot name a lease.
+pub fn check_id(id: u64) -> Result<(), String> {
+    if (1..=MAX_LEASE_ID).contains(&id) {
+        Ok(())
+    } else {
+        Err(format!(
+            "a lease id must be between 1 and {MAX_LEASE_ID}, got {id}"
+        ))
+    }
+}
+
 /// Why a lease cannot be granted as asked, before it is proposed.
 pub fn check_grant(id: u64, ttl_secs: u64) -> Result<(), String> {
-    if !(1..=MAX_LEASE_ID).contains(&id) {
-        return Err(format!(
-            "a lease id must be between 1 and {MAX_LEASE_ID}, got {id}"
-        ));
-    }
+    check_id(id)?;
     if !(MIN_TTL_SECS..=MAX_TTL_SECS).contains(&ttl_secs) {
         return Err(format!(
             "a lease's TTL must be between {MIN_TTL_SECS} and {MAX_TTL_SECS} seconds, got {ttl_secs}"

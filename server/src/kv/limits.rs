@@ -103,12 +103,7 @@ impl Op {
             }
             Op::Lease(_) => Ok(()),
             Op::Leased { lease, op } => {
-                if !(1..=crate::kv::lease::MAX_LEASE_ID).contains(lease) {
-                    return Err(KvError::InvalidLease(format!(
-                        "a lease id must be between 1 and {}, got {lease}",
-                        crate::kv::lease::MAX_LEASE_ID
-                    )));
-                }
+                crate::kv::lease::check_id(*lease).map_err(KvError::InvalidLease)?;
                 match &**op {
                     Op::Put { .. } | Op::Txn(_) => op.validate(limits),
                     _ => Err(KvError::InvalidLease(
