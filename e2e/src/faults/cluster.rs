@@ -57,11 +57,22 @@ impl Cluster {
     pub async fn new(dir: &Path, bin: &Path, n: usize) -> std::io::Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("token"), TOKEN)?;
+        // The proxies bind first and keep their ports; the nodes' ports are
+        // then picked around them. Picked the other way round, a proxy could
+        // be handed a port just released for a node, and that node would
+        // never start ("address in use") while its peers talk to the proxy.
+        let links = Links::new();
         let mut taken = Vec::new();
+        let mut proxy_ports = Vec::new();
+        for i in 0..n {
+            let port = proxy::start(i, links.clone()).await?;
+            taken.push(port);
+            proxy_ports.push(port);
+        }
         let ports: Vec<(u16, u16)> = (0..n)
             .map(|_| (free_port(&mut taken), free_port(&mut taken)))
             .collect();
-        let links = Links::new(&ports.iter().map(|(_, p)| *p).collect::<Vec<_>>());
+        links.set_peers(&ports.iter().map(|(_, p)| *p).collect::<Vec<_>>());
         let mut nodes = Vec::new();
         for (i, (client_port, peer_port)) in ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
@@ -71,7 +82,7 @@ impl Cluster {
                 name,
                 client_port: *client_port,
                 peer_port: *peer_port,
-                proxy_port: proxy::start(i, links.clone()).await?,
+                proxy_port: proxy_ports[i],
                 child: None,
                 paused: false,
                 starts: 0,
@@ -339,6 +350,7 @@ impl Cluster {
         let mut last = String::new();
         while Instant::now() < deadline {
             let mut ok = true;
+            let mut issues = Vec::new();
             let mut masters = Vec::new();
             for i in 0..self.nodes.len() {
                 match self.info(i).await {
@@ -351,22 +363,41 @@ impl Cluster {
                         }
                         if info["node_state"] != "member" {
                             ok = false;
-                            last = format!("{} is {}", self.nodes[i].name, info["node_state"]);
+                            issues
+                                .push(format!("{} is {}", self.nodes[i].name, info["node_state"]));
                         }
                         masters.push(info["master"].as_str().map(str::to_string));
                     }
                     None => {
                         ok = false;
-                        last = format!("{} does not answer", self.nodes[i].name);
+                        issues.push(format!(
+                            "{} does not answer (its log ends: {})",
+                            self.nodes[i].name,
+                            self.last_log_line(i)
+                        ));
                     }
                 }
             }
+            last = issues.join("; ");
             if ok && masters.iter().all(|m| m.is_some() && *m == masters[0]) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Err(format!("the cluster did not settle: {last}"))
+    }
+
+    /// The last line node `i` logged, for a report.
+    fn last_log_line(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log)
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "nothing".into())
     }
 
     pub fn stop_all(&mut self) {

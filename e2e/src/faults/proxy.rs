@@ -29,14 +29,20 @@ pub struct Links {
 }
 
 impl Links {
-    pub fn new(peer_ports: &[u16]) -> Arc<Links> {
-        let links = Links::default();
-        if let Ok(mut p) = links.ports.lock() {
+    /// Links that know no node yet: the proxies start first (see
+    /// `Cluster::new`), then [`Links::set_peers`] names the nodes.
+    pub fn new() -> Arc<Links> {
+        Arc::new(Links::default())
+    }
+
+    /// Names node `i` by its peer port, `peer_ports[i]`.
+    pub fn set_peers(&self, peer_ports: &[u16]) {
+        if let Ok(mut p) = self.ports.lock() {
+            p.clear();
             for (i, port) in peer_ports.iter().enumerate() {
                 p.insert(*port, i);
             }
         }
-        Arc::new(links)
     }
 
     /// Cuts the links between every node of `a` and every node of `b`.
