@@ -542,7 +542,8 @@ fn a_dead_endpoint_exits_3_with_one_line() {
 #[test]
 fn every_client_command_documents_its_flags() {
     for cmd in [
-        "put", "get", "delete", "list", "txn", "watch", "status", "members", "shell",
+        "put", "get", "delete", "list", "txn", "watch", "status", "members", "shell", "lease",
+        "lock", "elect",
     ] {
         let r = phxkv("", &[cmd, "--help"], "");
         assert_eq!(r.code, 0, "{cmd}: {}", r.stderr);

@@ -183,3 +183,107 @@ async fn a_lease_kept_alive_through_a_master_kill_keeps_its_keys_then_expires_ev
         }
     }
 }
+
+/// `phxkv elect ARGS...` against `c`, its stdout to `out`.
+fn elect_command(c: &Cluster, args: &[&str], out: &std::path::Path) -> std::process::Child {
+    let endpoints: Vec<String> = (0..c.procs.len()).map(|i| c.url(i)).collect();
+    Command::new(env!("CARGO_BIN_EXE_phxkv"))
+        .arg("elect")
+        .args(args)
+        .env("PHXKV_ENDPOINTS", endpoints.join(","))
+        .env("PHXKV_TOKEN", TOKEN)
+        .env_remove("PHXKV_CLUSTER_TOKEN_FILE")
+        .env_remove("PHXKV_CACERT")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).expect("output file"))
+        .spawn()
+        .expect("run phxkv elect")
+}
+
+/// Waits until the file at `path` has `n` complete lines; returns them.
+async fn wait_for_lines(path: &std::path::Path, n: usize, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .map(|l| l.trim().to_string())
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} has {lines:?}, not {n} lines",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn elect_leads_until_interrupted_and_listen_follows_each_leader() {
+    let c = Cluster::start(3, &[]).await;
+    c.wait_for_master(Duration::from_secs(20)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (listen_out, a_out, b_out) = (
+        dir.path().join("listen"),
+        dir.path().join("a"),
+        dir.path().join("b"),
+    );
+    let mut listener = elect_command(&c, &["sched", "--listen"], &listen_out);
+    assert_eq!(
+        wait_for_lines(&listen_out, 1, Duration::from_secs(20)).await,
+        ["no leader"]
+    );
+    let mut a = elect_command(&c, &["sched", "host-a"], &a_out);
+    let elected_a = wait_for_lines(&a_out, 1, Duration::from_secs(20)).await;
+    assert!(
+        elected_a[0].starts_with("elected sched/") && elected_a[0].ends_with("value=host-a"),
+        "{elected_a:?}"
+    );
+    let mut b = elect_command(&c, &["sched", "host-b"], &b_out);
+    let seen = wait_for_lines(&listen_out, 2, Duration::from_secs(20)).await;
+    assert!(seen[1].ends_with("value=host-a"), "{seen:?}");
+    // b waits while a leads; a interrupted resigns, and b leads at once
+    // (not a TTL later).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list: Value = c
+            .http
+            .get(format!("{}/v1/kv?prefix=sched/", c.url(0)))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        if list["kvs"].as_array().map_or(0, Vec::len) == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never became a candidate");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(std::fs::read_to_string(&b_out).unwrap_or_default(), "");
+    let _ = Command::new("kill")
+        .args(["-INT", &a.id().to_string()])
+        .status();
+    let status = a.wait().expect("a exits");
+    assert!(status.success(), "{status:?}");
+    let elected_b = wait_for_lines(&b_out, 1, Duration::from_secs(5)).await;
+    assert!(elected_b[0].ends_with("value=host-b"), "{elected_b:?}");
+    let term = |line: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("term="))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(term(&elected_b[0]) > term(&elected_a[0]));
+    let seen = wait_for_lines(&listen_out, 3, Duration::from_secs(20)).await;
+    assert!(seen[2].ends_with("value=host-b"), "{seen:?}");
+    let _ = b.kill();
+    let _ = listener.kill();
+    let _ = (b.wait(), listener.wait());
+}

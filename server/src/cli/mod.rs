@@ -56,6 +56,9 @@ pub enum Command {
     /// lock`); the lock is released when the command ends or this process
     /// dies (after the lease's TTL).
     Lock(client::lease::LockArgs),
+    /// Campaign in a leader election and lead until Ctrl-C, or with
+    /// --listen print each new leader (like `etcdctl elect`).
+    Elect(client::elect::ElectArgs),
     /// An interactive prompt: get, put, delete, list, status.
     Shell(client::shell::ShellArgs),
     /// Print a completion script for bash, zsh or fish.
@@ -209,6 +212,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Shell(args) => client::shell::run(args).await,
         Command::Lease(args) => client::lease::run(args).await,
         Command::Lock(args) => client::lease::run_lock(args).await,
+        Command::Elect(args) => client::elect::run(args).await,
         Command::Completion(args) => completion::run(&args),
     }
 }

@@ -2,10 +2,10 @@
 //! matches.
 
 use clap::Args;
-use serde::Deserialize;
+use phxkv_client::Deleted;
 
-use super::http::{self, Client};
-use super::{ConnectArgs, key_path};
+use super::ConnectArgs;
+use super::http::Client;
 use crate::cli::CliError;
 
 #[derive(Args, Debug)]
@@ -20,27 +20,13 @@ pub struct DeleteArgs {
     pub connect: ConnectArgs,
 }
 
-/// What a delete did.
-#[derive(Debug, Deserialize)]
-pub struct DeleteResponse {
-    pub deleted: bool,
-    pub revision: u64,
-}
-
 /// Deletes `key`; a missing key is not an error here (see `deleted`).
 pub async fn delete(
     client: &Client,
     key: &[u8],
     if_version: Option<u64>,
-) -> Result<DeleteResponse, CliError> {
-    let mut path = key_path(key)?;
-    if let Some(v) = if_version {
-        path.push_str(&format!("?if_version={v}"));
-    }
-    let resp = client
-        .send_write(|h, base| h.delete(format!("{base}{path}")))
-        .await?;
-    http::json(resp).await
+) -> Result<Deleted, CliError> {
+    Ok(client.api().delete(key, if_version).await?)
 }
 
 pub async fn run(args: DeleteArgs) -> Result<(), CliError> {

@@ -4,13 +4,11 @@
 use std::io::IsTerminal;
 
 use clap::Args;
-use reqwest::header::HeaderMap;
 use serde::Serialize;
 
-use super::http::{ApiFailure, Client};
+use super::http::Client;
 use super::{
-    ConnectArgs, KvJson, Output, OutputArgs, key_path, print_json, render_table, table_cell,
-    write_out,
+    ConnectArgs, KvJson, Output, OutputArgs, print_json, render_table, table_cell, write_out,
 };
 use crate::cli::CliError;
 
@@ -61,14 +59,6 @@ pub struct Fetched {
     pub revision: u64,
 }
 
-fn header_u64(headers: &HeaderMap, name: &str) -> u64 {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Reads `key`; a missing key is [`CliError::NotFound`].
 pub async fn fetch(
     client: &Client,
@@ -76,38 +66,16 @@ pub async fn fetch(
     local: bool,
     min_revision: Option<u64>,
 ) -> Result<Fetched, CliError> {
-    let mut path = key_path(key)?;
-    if local || min_revision.is_some() {
-        path.push_str("?consistency=local");
-        if let Some(r) = min_revision {
-            path.push_str(&format!("&min_revision={r}"));
-        }
-    }
-    let resp = client
-        .send(|h, base| h.get(format!("{base}{path}")))
-        .await?;
-    if !resp.status().is_success() {
-        let failure = ApiFailure::read(resp).await;
-        if failure.code == "key_not_found" {
-            return Err(CliError::NotFound(format!(
-                "key not found: {}",
-                String::from_utf8_lossy(key)
-            )));
-        }
-        return Err(failure.into_cli_error());
-    }
-    let headers = resp.headers().clone();
-    let value = resp
-        .bytes()
-        .await
-        .map_err(|e| CliError::Fatal(format!("reading the value: {e}")))?
-        .to_vec();
+    let local = (local || min_revision.is_some()).then(|| min_revision.unwrap_or(0));
+    let read = client.api().read(key, local).await?.ok_or_else(|| {
+        CliError::NotFound(format!("key not found: {}", String::from_utf8_lossy(key)))
+    })?;
     Ok(Fetched {
-        value,
-        version: header_u64(&headers, "x-phxkv-version"),
-        create_revision: header_u64(&headers, "x-phxkv-create-revision"),
-        mod_revision: header_u64(&headers, "x-phxkv-mod-revision"),
-        revision: header_u64(&headers, "x-phxkv-revision"),
+        value: read.kv.value,
+        version: read.kv.version,
+        create_revision: read.kv.create_revision,
+        mod_revision: read.kv.mod_revision,
+        revision: read.revision,
     })
 }
 

@@ -4,11 +4,10 @@
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use phxkv_client::KeepAlive;
 
-use super::http::{self, ApiFailure, Client};
-use super::{ConnectArgs, Output, OutputArgs, decode_b64, display_bytes, path_segment};
+use super::http::Client;
+use super::{ConnectArgs, Output, OutputArgs, display_bytes};
 use crate::cli::CliError;
 
 #[derive(Args, Debug)]
@@ -52,101 +51,30 @@ pub enum LeaseCommand {
     List,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
-struct Granted {
-    id: u64,
-    ttl_secs: u64,
-    revision: u64,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-struct LeaseStatus {
-    id: u64,
-    ttl_secs: u64,
-    remaining_ms: u64,
-    granted_revision: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    keys: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-struct Revoked {
-    revision: u64,
-    deleted: u64,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-struct LeaseEntry {
-    id: u64,
-    ttl_secs: u64,
-    granted_revision: u64,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-struct LeaseList {
-    leases: Vec<LeaseEntry>,
-    more: bool,
-}
-
-/// Grants a lease of `ttl` seconds.
-async fn grant(client: &Client, ttl: u64, id: Option<u64>) -> Result<Granted, CliError> {
-    let body = serde_json::json!({ "ttl_secs": ttl, "id": id });
-    let resp = client
-        .send_write(|h, base| h.post(format!("{base}/v1/leases")).json(&body))
-        .await?;
-    http::json(resp).await
-}
-
-/// Renews lease `id` once.
-async fn keep_alive_once(client: &Client, id: u64) -> Result<LeaseStatus, CliError> {
-    let resp = client
-        .send(|h, base| h.post(format!("{base}/v1/leases/{id}/keepalive")))
-        .await?;
-    http::json(resp).await
-}
-
-/// Revokes lease `id`.
-async fn revoke(client: &Client, id: u64) -> Result<Revoked, CliError> {
-    let resp = client
-        .send(|h, base| h.delete(format!("{base}/v1/leases/{id}")))
-        .await?;
-    http::json(resp).await
-}
-
-/// Renews lease `id` every third of its TTL until it is gone (or, on
-/// errors, until it would have expired), telling `lost` when that happens.
-/// Never returns otherwise.
-async fn keep_alive_forever(
-    client: Client,
-    id: u64,
-    ttl_secs: u64,
-    lost: watch::Sender<Option<String>>,
-    print: bool,
-) {
-    let interval = Duration::from_millis(ttl_secs * 1000 / 3);
+/// Renews lease `id` every third of its TTL, printing each renewal,
+/// until it is gone (exit 1) or Ctrl-C.
+async fn keep_alive_printing(client: &Client, id: u64, ttl_secs: u64) -> Result<(), CliError> {
+    let interval = Duration::from_millis(ttl_secs.saturating_mul(1000) / 3);
     let mut last_ok = Instant::now();
     loop {
-        match keep_alive_once(&client, id).await {
+        let sent = Instant::now();
+        match client.api().keep_alive_once(id).await {
             Ok(status) => {
-                last_ok = Instant::now();
-                if print {
-                    let _ = super::write_line(&format!(
-                        "lease {id} renewed: {} s left",
-                        status.remaining_ms / 1000
-                    ));
-                }
+                last_ok = sent;
+                super::write_line(&format!(
+                    "lease {id} renewed: {} s left",
+                    status.remaining_ms / 1000
+                ))?;
                 tokio::time::sleep(interval).await;
             }
-            Err(CliError::NotFound(message)) => {
-                let _ = lost.send(Some(format!("lease {id} is gone: {message}")));
-                return;
+            Err(e) if e.is_not_found() => {
+                return Err(CliError::NotFound(format!("lease {id} is gone: {e}")));
             }
             Err(e) => {
                 if last_ok.elapsed() >= Duration::from_secs(ttl_secs) {
-                    let _ = lost.send(Some(format!(
+                    return Err(CliError::NotFound(format!(
                         "lease {id} could not be renewed for its whole TTL ({e}); it may have expired"
                     )));
-                    return;
                 }
                 tracing::debug!(error = %e, "keep-alive failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500).min(interval)).await;
@@ -160,7 +88,7 @@ pub async fn run(args: LeaseArgs) -> Result<(), CliError> {
     let format = args.output.format();
     match args.command {
         LeaseCommand::Grant { ttl, id } => {
-            let g = grant(&client, ttl, id).await?;
+            let g = client.api().grant(ttl, id).await?;
             match format {
                 Output::Json => super::print_json(&g),
                 _ => super::write_line(&format!(
@@ -170,7 +98,7 @@ pub async fn run(args: LeaseArgs) -> Result<(), CliError> {
             }
         }
         LeaseCommand::Keepalive { id, once } => {
-            let status = keep_alive_once(&client, id).await?;
+            let status = client.api().keep_alive_once(id).await?;
             if once {
                 return match format {
                     Output::Json => super::print_json(&status),
@@ -180,24 +108,13 @@ pub async fn run(args: LeaseArgs) -> Result<(), CliError> {
                     )),
                 };
             }
-            let (tx, mut rx) = watch::channel(None);
-            let keeper = tokio::spawn(keep_alive_forever(
-                client.clone(),
-                id,
-                status.ttl_secs,
-                tx,
-                true,
-            ));
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {
-                    keeper.abort();
-                    Ok(())
-                }
-                why = lost_reason(&mut rx) => Err(CliError::NotFound(why)),
+                _ = tokio::signal::ctrl_c() => Ok(()),
+                r = keep_alive_printing(&client, id, status.ttl_secs) => r,
             }
         }
         LeaseCommand::Revoke { id } => {
-            let r = revoke(&client, id).await?;
+            let r = client.api().revoke(id).await?;
             match format {
                 Output::Json => super::print_json(&r),
                 _ => super::write_line(&format!(
@@ -207,11 +124,7 @@ pub async fn run(args: LeaseArgs) -> Result<(), CliError> {
             }
         }
         LeaseCommand::Get { id, keys } => {
-            let query = if keys { "?keys=true" } else { "" };
-            let resp = client
-                .send(|h, base| h.get(format!("{base}/v1/leases/{id}{query}")))
-                .await?;
-            let s: LeaseStatus = http::json(resp).await?;
+            let s = client.api().lease(id, keys).await?;
             match format {
                 Output::Json => super::print_json(&s),
                 _ => {
@@ -222,8 +135,8 @@ pub async fn run(args: LeaseArgs) -> Result<(), CliError> {
                         s.remaining_ms as f64 / 1000.0,
                         s.granted_revision
                     ))?;
-                    for key in s.keys.iter().flatten() {
-                        super::write_line(&display_bytes(&decode_b64("key", key)?))?;
+                    for key in s.key_bytes()? {
+                        super::write_line(&display_bytes(&key))?;
                     }
                     Ok(())
                 }
@@ -233,10 +146,7 @@ pub async fn run(args: LeaseArgs) -> Result<(), CliError> {
             let mut all = Vec::new();
             let mut after = 0;
             loop {
-                let resp = client
-                    .send(|h, base| h.get(format!("{base}/v1/leases?limit=1000&after={after}")))
-                    .await?;
-                let page: LeaseList = http::json(resp).await?;
+                let page = client.api().leases(after, 1000).await?;
                 after = page.leases.last().map_or(after, |l| l.id);
                 all.extend(page.leases);
                 if !page.more {
@@ -294,70 +204,17 @@ pub struct LockArgs {
     pub connect: ConnectArgs,
 }
 
-#[derive(Debug, Deserialize)]
-struct Locked {
-    key: String,
-    fencing_token: u64,
-}
-
-/// How long one lock request waits on the server before asking again.
-const LOCK_POLL_MS: u64 = 30_000;
-
-/// Acquires the lock `name` for `lease`, waiting up to `wait`.
-async fn acquire(
-    client: &Client,
-    name: &str,
-    lease: u64,
-    wait: Option<Duration>,
-) -> Result<Locked, CliError> {
-    let path = format!(
-        "/v1/lock/{}",
-        path_segment(name.as_bytes()).replace("%2F", "/")
-    );
-    let started = Instant::now();
-    loop {
-        let left = wait.map(|w| w.saturating_sub(started.elapsed()));
-        let wait_ms = left.map_or(LOCK_POLL_MS, |l| (l.as_millis() as u64).min(LOCK_POLL_MS));
-        let body = serde_json::json!({ "lease": lease, "wait_ms": wait_ms });
-        // No deadline for the whole answer: the server holds it while it
-        // waits for the lock.
-        let resp = client
-            .send_streaming(|h, base| h.post(format!("{base}{path}")).json(&body))
-            .await?;
-        if resp.status().is_success() {
-            return resp
-                .json()
-                .await
-                .map_err(|e| CliError::Fatal(format!("unexpected answer from the server: {e}")));
-        }
-        let failure = ApiFailure::read(resp).await;
-        if failure.code != "lock_held" {
-            return Err(failure.into_cli_error());
-        }
-        if left.is_some_and(|l| l <= Duration::from_millis(wait_ms)) {
-            return Err(CliError::NotFound(failure.message));
-        }
-    }
-}
-
 pub async fn run_lock(args: LockArgs) -> Result<(), CliError> {
     if args.name.is_empty() {
         return Err(CliError::Usage("the lock needs a name".into()));
     }
     let client = Client::new(&args.connect)?;
-    let lease = grant(&client, args.ttl, None).await?;
-    let (lost_tx, mut lost) = watch::channel(None);
-    let keeper = tokio::spawn(keep_alive_forever(
-        client.clone(),
-        lease.id,
-        lease.ttl_secs,
-        lost_tx,
-        false,
-    ));
-    let outcome = hold(&client, &args, lease.id, &mut lost).await;
-    keeper.abort();
+    let lease = client.api().grant(args.ttl, None).await?;
+    let mut keeper = client.api().keep_alive(&[(lease.id, lease.ttl_secs)]);
+    let outcome = hold(&client, &args, lease.id, &mut keeper).await;
+    drop(keeper);
     // Revoking the lease releases the lock (its key goes with it).
-    if let Err(e) = revoke(&client, lease.id).await {
+    if let Err(e) = client.api().revoke(lease.id).await {
         tracing::debug!(error = %e, "revoking the lock's lease failed; it expires on its own");
     }
     match outcome? {
@@ -372,19 +229,19 @@ async fn hold(
     client: &Client,
     args: &LockArgs,
     lease: u64,
-    lost: &mut watch::Receiver<Option<String>>,
+    keeper: &mut KeepAlive,
 ) -> Result<u8, CliError> {
     let locked = tokio::select! {
-        r = acquire(client, &args.name, lease, args.wait) => r?,
+        r = client.api().lock(args.name.as_bytes(), lease, args.wait) => r?,
         _ = tokio::signal::ctrl_c() => return Ok(130),
-        why = lost_reason(lost) => return Err(CliError::Fatal(why)),
+        why = keeper.lost() => return Err(CliError::Fatal(why)),
     };
-    let key = display_bytes(&decode_b64("key", &locked.key)?);
+    let key = display_bytes(&locked.key);
     let Some((program, rest)) = args.command.split_first() else {
         super::write_line(&format!("{key} fencing_token={}", locked.fencing_token))?;
         return tokio::select! {
             _ = tokio::signal::ctrl_c() => Ok(0),
-            why = lost_reason(lost) => Err(CliError::Fatal(format!("lock lost: {why}"))),
+            why = keeper.lost() => Err(CliError::Fatal(format!("lock lost: {why}"))),
         };
     };
     let mut child = tokio::process::Command::new(program)
@@ -400,21 +257,12 @@ async fn hold(
             let status = status.map_err(|e| CliError::Fatal(format!("waiting for {program}: {e}")))?;
             Ok(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)))
         }
-        why = lost_reason(lost) => {
+        why = keeper.lost() => {
             // The lock may pass to another holder now: stop the command.
             let _ = child.kill().await;
             Err(CliError::Fatal(format!(
                 "lock lost while {program} ran, so it was stopped: {why}"
             )))
         }
-    }
-}
-
-/// Waits until the keep-alive reports the lease lost, and says why; never
-/// returns if the keep-alive stopped without a reason.
-async fn lost_reason(rx: &mut watch::Receiver<Option<String>>) -> String {
-    match rx.wait_for(Option::is_some).await {
-        Ok(why) => why.clone().unwrap_or_default(),
-        Err(_) => std::future::pending().await,
     }
 }

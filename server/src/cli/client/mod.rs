@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod backup;
 pub mod delete;
+pub mod elect;
 pub mod get;
 pub mod http;
 pub mod lease;
@@ -238,33 +239,12 @@ const PATH_SAFE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'/');
 
-/// Bytes left alone in a query parameter; `/` is harmless there too.
-const QUERY_SAFE: &AsciiSet = PATH_SAFE;
-
-/// The `/v1/kv/...` path of a key, percent-encoded byte by byte.
-///
-/// URL parsers collapse `.` and `..` path segments (even percent-encoded
-/// ones), so such keys would silently address another key; refuse them.
+/// The `/v1/kv/...` path of a key (see [`phxkv_client::key_path`]).
 pub fn key_path(key: &[u8]) -> Result<String, CliError> {
-    if key.is_empty() {
-        return Err(CliError::Usage("the key must not be empty".into()));
-    }
-    if key
-        .split(|b| *b == b'/')
-        .any(|seg| seg == b"." || seg == b"..")
-    {
-        return Err(CliError::Usage(
-            "keys with `.` or `..` between slashes cannot be addressed over HTTP; use `phxkv txn`"
-                .into(),
-        ));
-    }
-    Ok(format!("/v1/kv/{}", percent_encode(key, PATH_SAFE)))
+    Ok(phxkv_client::key_path(key)?)
 }
 
-/// A query parameter value, percent-encoded byte by byte.
-pub fn query_value(bytes: &[u8]) -> String {
-    percent_encode(bytes, QUERY_SAFE).to_string()
-}
+pub use phxkv_client::query_value;
 
 /// One URL path segment (a member's name), `/` included in the encoding.
 pub fn path_segment(bytes: &[u8]) -> String {

@@ -2,11 +2,11 @@
 //! version matches (compare-and-swap).
 
 use clap::Args;
-use serde::Deserialize;
+use phxkv_client::{PutOptions, Written};
 use tokio::io::AsyncReadExt;
 
-use super::http::{self, Client};
-use super::{ConnectArgs, key_path};
+use super::ConnectArgs;
+use super::http::Client;
 use crate::cli::CliError;
 
 #[derive(Args, Debug)]
@@ -28,13 +28,6 @@ pub struct PutArgs {
     pub connect: ConnectArgs,
 }
 
-/// What a put did.
-#[derive(Debug, Deserialize)]
-pub struct PutResponse {
-    pub revision: u64,
-    pub version: u64,
-}
-
 /// Stores `value` under `key`.
 pub async fn put(
     client: &Client,
@@ -42,23 +35,11 @@ pub async fn put(
     value: Vec<u8>,
     if_version: Option<u64>,
     lease: Option<u64>,
-) -> Result<PutResponse, CliError> {
-    let mut path = key_path(key)?;
-    let mut query = Vec::new();
-    if let Some(v) = if_version {
-        query.push(format!("if_version={v}"));
-    }
-    if let Some(l) = lease {
-        query.push(format!("lease={l}"));
-    }
-    if !query.is_empty() {
-        path.push('?');
-        path.push_str(&query.join("&"));
-    }
-    let resp = client
-        .send_write(|h, base| h.put(format!("{base}{path}")).body(value.clone()))
-        .await?;
-    http::json(resp).await
+) -> Result<Written, CliError> {
+    Ok(client
+        .api()
+        .put(key, value, PutOptions { if_version, lease })
+        .await?)
 }
 
 pub async fn run(args: PutArgs) -> Result<(), CliError> {

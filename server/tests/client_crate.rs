@@ -1,0 +1,249 @@
+//! The Rust client crate (`phxkv-client`) against a real cluster: typed
+//! calls, failover past a dead endpoint and a killed master, a watch that
+//! resumes on another node without losing or repeating a change, leases
+//! kept alive in the background, locks and elections.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, TOKEN, free_port};
+use phxkv_client::{Client, Config, Error, PutOptions, WatchKind, WatchOptions};
+
+fn client(endpoints: Vec<String>) -> Client {
+    Client::new(
+        Config::new(endpoints)
+            .timeout(Duration::from_secs(3))
+            // A master kill costs an election (lease 1 s plus timeouts).
+            .retry_for(Duration::from_secs(20))
+            .token(Some(TOKEN.into())),
+    )
+    .expect("client")
+}
+
+fn urls(c: &Cluster) -> Vec<String> {
+    (0..c.procs.len()).map(|i| c.url(i)).collect()
+}
+
+fn code(e: &Error) -> Option<&str> {
+    e.code()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_calls_fail_over_and_watches_resume_elsewhere() {
+    let mut c = Cluster::start(3, &[]).await;
+    let master = c.wait_for_master(Duration::from_secs(20)).await;
+    // A dead endpoint first: every call still gets through.
+    let mut endpoints = vec![format!("http://127.0.0.1:{}", free_port())];
+    endpoints.extend(urls(&c));
+    let api = client(endpoints);
+
+    let w = api
+        .put(b"k/a", b"1".to_vec(), PutOptions::default())
+        .await
+        .expect("put");
+    assert_eq!(w.version, 1);
+    let kv = api.get(b"k/a").await.expect("get").expect("the key");
+    assert_eq!(
+        (kv.value.as_slice(), kv.version, kv.mod_revision),
+        (&b"1"[..], 1, w.revision)
+    );
+    assert_eq!(api.get(b"k/none").await.expect("get"), None);
+    // Compare-and-swap: the API's code and the key's version come back.
+    let stale = api
+        .put(
+            b"k/a",
+            b"2".to_vec(),
+            PutOptions {
+                if_version: Some(7),
+                lease: None,
+            },
+        )
+        .await
+        .expect_err("a stale version");
+    assert_eq!(code(&stale), Some("compare_failed"), "{stale}");
+    // Paging through a listing.
+    for k in ["k/b", "k/c", "k/d"] {
+        api.put(k.as_bytes(), b"v".to_vec(), PutOptions::default())
+            .await
+            .expect("put");
+    }
+    let first = api.list(b"k/", None, 3).await.expect("list");
+    assert!(first.more);
+    let rest = api
+        .list(b"k/", first.next_after.as_deref(), 3)
+        .await
+        .expect("list");
+    let keys: Vec<Vec<u8>> = first
+        .kvs
+        .iter()
+        .chain(&rest.kvs)
+        .map(|kv| kv.key.clone())
+        .collect();
+    assert_eq!(
+        keys,
+        [b"k/a", b"k/b", b"k/c", b"k/d"]
+            .map(|k| k.to_vec())
+            .to_vec()
+    );
+    assert!(!rest.more);
+    let d = api.delete(b"k/d", None).await.expect("delete");
+    assert!(d.deleted);
+    assert!(!api.delete(b"k/d", None).await.expect("delete").deleted);
+    assert!(matches!(
+        api.put(b"", Vec::new(), PutOptions::default()).await,
+        Err(Error::Config(_))
+    ));
+
+    // A watch through a follower, which is then killed: the watch goes on
+    // through another node from the revision after the last it gave.
+    let follower = (0..3).find(|i| *i != master).expect("a follower");
+    let mut order = vec![c.url(follower)];
+    order.extend((0..3).filter(|i| *i != follower).map(|i| c.url(i)));
+    let mut watch = client(order)
+        .watch(WatchOptions {
+            prefix: b"w/".to_vec(),
+            start_revision: None,
+        })
+        .await
+        .expect("watch");
+    let mut written = Vec::new();
+    for i in 0..3 {
+        let key = format!("w/{i}");
+        written.push(
+            api.put(key.as_bytes(), b"x".to_vec(), PutOptions::default())
+                .await
+                .expect("put")
+                .revision,
+        );
+    }
+    for want in &written[..3] {
+        let ev = watch.next().await.expect("an event");
+        assert_eq!((ev.kind, ev.revision), (WatchKind::Put, *want));
+    }
+    c.kill9(follower);
+    for i in 3..6 {
+        let key = format!("w/{i}");
+        written.push(
+            api.put(key.as_bytes(), b"x".to_vec(), PutOptions::default())
+                .await
+                .expect("put")
+                .revision,
+        );
+    }
+    written.push(api.delete(b"w/0", None).await.expect("delete").revision);
+    for (n, want) in written[3..].iter().enumerate() {
+        let ev = tokio::time::timeout(Duration::from_secs(30), watch.next())
+            .await
+            .expect("the watch resumed within 30 s")
+            .expect("an event");
+        assert_eq!(ev.revision, *want, "event {} after the kill", n + 1);
+    }
+    assert_eq!(watch.last_revision(), written.last().copied());
+
+    // The master killed: a write retries through the election.
+    c.kill9(master);
+    c.spawn(follower);
+    let w = api
+        .put(b"k/after", b"y".to_vec(), PutOptions::default())
+        .await
+        .expect("a put across the master's death");
+    assert!(w.revision > *written.last().expect("revisions"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_kept_alive_in_the_background_locks_and_elections() {
+    let c = Cluster::start(3, &[]).await;
+    c.wait_for_master(Duration::from_secs(20)).await;
+    let api = client(urls(&c));
+
+    // A key on a 2 s lease outlives several TTLs while kept alive, and is
+    // deleted once the keep-alive stops.
+    let lease = api.grant(2, None).await.expect("grant");
+    api.put(
+        b"svc/a",
+        b"up".to_vec(),
+        PutOptions {
+            if_version: None,
+            lease: Some(lease.id),
+        },
+    )
+    .await
+    .expect("put");
+    let keeper = api.keep_alive(&[(lease.id, lease.ttl_secs)]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(keeper.lost_now(), None);
+    assert!(
+        api.get(b"svc/a").await.expect("get").is_some(),
+        "kept alive"
+    );
+    let status = api.lease(lease.id, true).await.expect("lease");
+    assert_eq!(status.key_bytes().expect("keys"), vec![b"svc/a".to_vec()]);
+    drop(keeper);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.get(b"svc/a").await.expect("get").is_some() {
+        assert!(Instant::now() < deadline, "the key outlived its lease");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let gone = api.keep_alive_once(lease.id).await.expect_err("expired");
+    assert!(gone.is_not_found(), "{gone}");
+    // A background keep-alive of a lease that is gone says so.
+    let mut lost = api.keep_alive(&[(lease.id, 2)]);
+    let why = tokio::time::timeout(Duration::from_secs(10), lost.lost())
+        .await
+        .expect("reported");
+    assert!(why.contains("gone"), "{why}");
+
+    // Locks: the second holder waits, and its fencing token is larger.
+    let a = api.grant(10, None).await.expect("grant").id;
+    let b = api.grant(10, None).await.expect("grant").id;
+    let first = api.lock(b"jobs", a, None).await.expect("lock");
+    let held = api
+        .lock(b"jobs", b, Some(Duration::from_millis(300)))
+        .await
+        .expect_err("held by a");
+    assert_eq!(code(&held), Some("lock_held"), "{held}");
+    assert!(api.unlock(b"jobs", a).await.expect("unlock").released);
+    let second = api
+        .lock(b"jobs", b, Some(Duration::from_secs(5)))
+        .await
+        .expect("lock after the release");
+    assert!(second.fencing_token > first.fencing_token);
+    assert!(api.unlock(b"jobs", b).await.expect("unlock").released);
+
+    // Elections: an observer sees each leader and each proclamation.
+    let mut observe = api.observe(b"sched").await.expect("observe");
+    assert_eq!(observe.next().await.expect("leader"), None);
+    let leader = api
+        .campaign(b"sched", a, b"host-a", None)
+        .await
+        .expect("campaign");
+    assert_eq!((leader.lease, leader.value.as_slice()), (a, &b"host-a"[..]));
+    let seen = observe.next().await.expect("leader").expect("a leader");
+    assert_eq!(seen.value, b"host-a");
+    let waited = api
+        .campaign(b"sched", b, b"host-b", Some(Duration::from_millis(300)))
+        .await
+        .expect_err("a leads");
+    assert_eq!(code(&waited), Some("lock_held"), "{waited}");
+    api.proclaim(b"sched", a, b"host-a:2")
+        .await
+        .expect("proclaim");
+    let seen = observe.next().await.expect("leader").expect("a leader");
+    assert_eq!((seen.lease, seen.value.as_slice()), (a, &b"host-a:2"[..]));
+    let not = api
+        .proclaim(b"sched", b, b"x")
+        .await
+        .expect_err("b does not lead");
+    assert_eq!(code(&not), Some("not_leader"), "{not}");
+    assert!(api.resign(b"sched", a).await.expect("resign").released);
+    assert_eq!(observe.next().await.expect("leader"), None);
+    let next = api
+        .campaign(b"sched", b, b"host-b", Some(Duration::from_secs(5)))
+        .await
+        .expect("b leads");
+    assert!(next.term_revision > leader.term_revision);
+    let seen = observe.next().await.expect("leader").expect("a leader");
+    assert_eq!(seen.value, b"host-b");
+    assert_eq!(api.leader(b"sched").await.expect("leader"), Some(next));
+}
