@@ -17,6 +17,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/leases/{id}", "delete"),
     ("/v1/leases/{id}/keepalive", "post"),
     ("/v1/leases/keepalive", "post"),
+    ("/v1/leases/keepalive/stream", "post"),
     ("/v1/lock/{name}", "post"),
     ("/v1/lock/{name}", "delete"),
     ("/v1/election/{name}", "post"),

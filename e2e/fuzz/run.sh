@@ -66,6 +66,8 @@ fuzz() {
     shift 2
     (
         cd "$work"
+        # hooks.py tells schemathesis how to send NDJSON bodies.
+        PYTHONPATH="$repo/e2e/fuzz" SCHEMATHESIS_HOOKS=hooks \
         "$venv/bin/st" run "$repo/openapi/phxkv.json" \
             --url "$url" \
             --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \

@@ -141,14 +141,34 @@ async fn typed_calls_fail_over_and_watches_resume_elsewhere() {
     }
     assert_eq!(watch.last_revision(), written.last().copied());
 
-    // The master killed: a write retries through the election.
-    c.kill9(master);
+    // The master killed: a write retries through the election, and a
+    // lease kept alive over a stream survives it (the stream is resumed
+    // elsewhere if it was on the master).
     c.spawn(follower);
+    let lease = api.grant(6, None).await.expect("grant");
+    api.put(
+        b"k/leased",
+        b"z".to_vec(),
+        PutOptions {
+            if_version: None,
+            lease: Some(lease.id),
+        },
+    )
+    .await
+    .expect("put");
+    let keeper = api.keep_alive(&[(lease.id, lease.ttl_secs)]);
+    c.kill9(master);
     let w = api
         .put(b"k/after", b"y".to_vec(), PutOptions::default())
         .await
         .expect("a put across the master's death");
     assert!(w.revision > *written.last().expect("revisions"));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(keeper.lost_now(), None);
+    assert!(
+        api.get(b"k/leased").await.expect("get").is_some(),
+        "the key of a lease kept alive across the master's death"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,6 +193,7 @@ async fn leases_kept_alive_in_the_background_locks_and_elections() {
     let keeper = api.keep_alive(&[(lease.id, lease.ttl_secs)]);
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(keeper.lost_now(), None);
+    assert!(keeper.streaming(), "renewals go over one stream");
     assert!(
         api.get(b"svc/a").await.expect("get").is_some(),
         "kept alive"

@@ -64,6 +64,7 @@ missing or wrong token is `401 unauthorized`, too few permissions \
         lease::revoke,
         lease::keep_alive,
         lease::keep_alive_many,
+        lease::keep_alive_stream,
         lease::lock,
         lease::unlock,
         lease::campaign,

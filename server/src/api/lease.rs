@@ -181,6 +181,7 @@ pub(crate) fn routes<S: Service>() -> Router<S> {
     Router::new()
         .route("/v1/leases", get(list_leases::<S>).post(grant::<S>))
         .route("/v1/leases/keepalive", post(keep_alive_many::<S>))
+        .route("/v1/leases/keepalive/stream", post(keep_alive_stream::<S>))
         .route(
             "/v1/leases/{id}",
             get(lease_status::<S>).delete(revoke::<S>),
@@ -382,23 +383,188 @@ pub async fn keep_alive_many<S: Service>(
     State(svc): State<S>,
     JsonBody(request): JsonBody<KeepAliveRequest>,
 ) -> Result<Json<KeepAliveResponse>, ApiError> {
-    if request.ids.len() > MAX_LEASES_PER_QUESTION {
+    renew_many(&svc, request.ids).await.map(Json)
+}
+
+/// Renews `ids` (at most [`MAX_LEASES_PER_QUESTION`]) at the master.
+async fn renew_many<S: Service>(svc: &S, ids: Vec<u64>) -> Result<KeepAliveResponse, ApiError> {
+    if ids.len() > MAX_LEASES_PER_QUESTION {
         return Err(ApiError::invalid(format!(
             "at most {MAX_LEASES_PER_QUESTION} leases per keep-alive, got {}",
-            request.ids.len()
+            ids.len()
         )));
     }
     let mut out = KeepAliveResponse {
         leases: Vec::new(),
         missing: Vec::new(),
     };
-    for answer in svc.leases(request.ids, true).await? {
+    for answer in svc.leases(ids, true).await? {
         match status_of(answer) {
             Ok(status) => out.leases.push(status),
             Err(id) => out.missing.push(id),
         }
     }
-    Ok(Json(out))
+    Ok(out)
+}
+
+/// The longest line a keep-alive stream takes: 1000 ids of 16 digits and
+/// their commas, with room to spare.
+const MAX_STREAM_LINE: usize = 64 * 1024;
+/// A keep-alive stream with no line for this long is closed (a client
+/// renews every third of its shortest TTL, and at least this often).
+const STREAM_IDLE: Duration = Duration::from_secs(300);
+
+/// Splits a request body into lines as they arrive, each bounded.
+struct LineReader {
+    body: axum::body::BodyDataStream,
+    buf: Vec<u8>,
+    ended: bool,
+}
+
+impl LineReader {
+    /// The next line that is not blank; `None` once the body has ended.
+    async fn next_line(&mut self) -> Result<Option<Vec<u8>>, ApiError> {
+        use futures_util::StreamExt as _;
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Ok(Some(line));
+            }
+            if self.ended {
+                let rest = std::mem::take(&mut self.buf);
+                return Ok((!rest.iter().all(u8::is_ascii_whitespace)).then_some(rest));
+            }
+            if self.buf.len() > MAX_STREAM_LINE {
+                return Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("a keep-alive line is at most {MAX_STREAM_LINE} bytes"),
+                ));
+            }
+            match tokio::time::timeout(STREAM_IDLE, self.body.next()).await {
+                Err(_) => {
+                    return Err(ApiError::invalid(format!(
+                        "no keep-alive for {} s; the stream is closed",
+                        STREAM_IDLE.as_secs()
+                    )));
+                }
+                Ok(None) => self.ended = true,
+                Ok(Some(Err(e))) => {
+                    return Err(ApiError::invalid(format!("reading the stream: {e}")));
+                }
+                Ok(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
+            }
+        }
+    }
+}
+
+/// One line of a keep-alive stream: the ids to renew.
+fn stream_request(line: &[u8]) -> Result<Vec<u64>, ApiError> {
+    serde_json::from_slice::<KeepAliveRequest>(line)
+        .map(|r| r.ids)
+        .map_err(|e| {
+            ApiError::invalid(format!(
+                "each line is a keep-alive request like {{\"ids\": [1, 2]}}: {e}"
+            ))
+        })
+}
+
+/// A value as one NDJSON line.
+fn ndjson_line<T: Serialize>(value: &T) -> axum::body::Bytes {
+    let mut line = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    line.into()
+}
+
+/// Renews leases for as long as the client keeps the request open.
+///
+/// The request body is a stream of lines, each a keep-alive request
+/// (`{"ids": [...]}`, at most 1000 ids, sent every third of the shortest
+/// TTL); each is answered by one line of the response, in order: a
+/// keep-alive response, or an error object (`{"error": {...}}`). So one
+/// connection holds many leases without a request per renewal. Nothing
+/// is renewed unless the client sends a line: a paused or dead client's
+/// leases expire as they would without the stream.
+///
+/// The first line is answered before the response starts, so a malformed
+/// first line gets a plain 400. After it, a malformed line is answered
+/// with an error line and ends the stream; `unavailable` (no master right
+/// now) is answered and the stream goes on. A stream idle for 300 s is
+/// closed. `curl -N -T - -H 'content-type: application/x-ndjson'` speaks it.
+#[utoipa::path(
+    post,
+    path = "/v1/leases/keepalive/stream",
+    tag = "leases",
+    request_body(content = KeepAliveRequest, content_type = "application/x-ndjson",
+        description = "One keep-alive request per line, for as long as the leases are needed."),
+    responses(
+        (status = 200, description = "One line per request line: a keep-alive response or an error object.",
+            content_type = "application/x-ndjson", body = KeepAliveResponse),
+        (status = 400, description = "The first line is malformed or names more than 1000 leases, or the body is empty.", body = ErrorResponse),
+        (status = 413, description = "A line over 64 KiB.", body = ErrorResponse),
+    )
+)]
+pub async fn keep_alive_stream<S: Service>(
+    State(svc): State<S>,
+    body: axum::body::Body,
+) -> Result<axum::response::Response, ApiError> {
+    let mut reader = LineReader {
+        body: body.into_data_stream(),
+        buf: Vec::new(),
+        ended: false,
+    };
+    let first = reader
+        .next_line()
+        .await?
+        .ok_or_else(|| ApiError::invalid("the stream ended before its first keep-alive"))?;
+    let first = renew_many(&svc, stream_request(&first)?).await?;
+    struct Session<S> {
+        svc: S,
+        reader: LineReader,
+        first: Option<KeepAliveResponse>,
+    }
+    let session = Session {
+        svc,
+        reader,
+        first: Some(first),
+    };
+    let lines = futures_util::stream::unfold(Some(session), |session| async move {
+        let mut session = session?;
+        if let Some(first) = session.first.take() {
+            return Some((Ok(ndjson_line(&first)), Some(session)));
+        }
+        let answer = match session.reader.next_line().await {
+            Ok(None) => return None,
+            Ok(Some(line)) => match stream_request(&line) {
+                Ok(ids) => renew_many(&session.svc, ids).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(a) => Some((Ok(ndjson_line(&a)), Some(session))),
+            // No master for a moment: say so and keep the stream, so the
+            // client's next line may get through.
+            Err(e) if e.code() == ErrorCode::Unavailable => {
+                let line = ndjson_line(&ErrorResponse {
+                    error: e.into_detail(),
+                });
+                Some((Ok(line), Some(session)))
+            }
+            Err(e) => {
+                let line = ndjson_line(&ErrorResponse {
+                    error: e.into_detail(),
+                });
+                Some((Ok::<_, std::convert::Infallible>(line), None))
+            }
+        }
+    });
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(axum::body::Body::from_stream(lines))
+        .map_err(|e| ApiError::internal(format!("building the stream: {e}")))
 }
 
 /// A lease's TTL and time left, and with `keys=true` its keys.

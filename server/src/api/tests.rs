@@ -959,6 +959,7 @@ async fn openapi_json_describes_every_route() {
         ("/v1/leases/{id}", "delete"),
         ("/v1/leases/{id}/keepalive", "post"),
         ("/v1/leases/keepalive", "post"),
+        ("/v1/leases/keepalive/stream", "post"),
         ("/v1/lock/{name}", "post"),
         ("/v1/lock/{name}", "delete"),
         ("/v1/election/{name}", "post"),
@@ -1527,6 +1528,61 @@ async fn keep_alives_renew_one_lease_or_many_and_name_the_missing() {
     .json();
     assert_eq!(many["leases"][0]["id"], id);
     assert_eq!(many["missing"], json!([7]));
+}
+
+#[tokio::test]
+async fn a_keep_alive_stream_answers_each_line_in_order_and_ends_on_a_bad_one() {
+    let router = Fake::new().router();
+    let id = grant(&router, json!({"ttl_secs": 10})).await.json()["id"]
+        .as_u64()
+        .expect("an id");
+    let uri = "/v1/leases/keepalive/stream";
+    // Blank lines are skipped; a last line without a newline still counts.
+    let body = format!("{{\"ids\": [{id}]}}\n\n{{\"ids\": [{id}, 7]}}\r\n{{\"ids\": []}}");
+    let reply = call(&router, Method::POST, uri, body).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("content-type"), "application/x-ndjson");
+    let lines: Vec<Value> = reply
+        .body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0]["leases"][0]["id"], id);
+    assert_eq!(lines[0]["missing"], json!([]));
+    assert_eq!(lines[1]["missing"], json!([7]));
+    assert_eq!(lines[2], json!({"leases": [], "missing": []}));
+    // A bad line after the first is answered with an error line, and
+    // nothing after it is read.
+    let body = format!("{{\"ids\": [{id}]}}\nnot json\n{{\"ids\": [{id}]}}\n");
+    let reply = call(&router, Method::POST, uri, body).await;
+    let lines: Vec<Value> = reply
+        .body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[1]["error"]["code"], "invalid_argument");
+    // A bad or missing first line is a plain 400; a line too long a 413.
+    for body in ["nope\n".to_string(), String::new(), "\n\n".to_string()] {
+        call(&router, Method::POST, uri, body)
+            .await
+            .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+    let ids: Vec<u64> = (1..=1001).collect();
+    call(
+        &router,
+        Method::POST,
+        uri,
+        json!({ "ids": ids }).to_string(),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    call(&router, Method::POST, uri, " ".repeat(70_000))
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
 }
 
 #[tokio::test]
