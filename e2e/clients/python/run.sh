@@ -36,6 +36,7 @@ trap 'exit 130' INT TERM
 
 log "generating a client from openapi/phxkv.json"
 "$venv/bin/openapi-python-client" generate --path "$repo/openapi/phxkv.json" \
+    --config "$here/config.yaml" \
     --output-path "$work/client" --meta setup >"$work/generate.log" 2>&1 ||
     { cat "$work/generate.log" >&2; die "openapi-python-client failed"; }
 # Each warning starts a line in capitals ("WARNING parsing GET /metrics ...",

@@ -14,11 +14,13 @@ import threading
 
 from phxkv_client import Client
 from phxkv_client.api.kv import get_key, list_, put_key, txn
-from phxkv_client.api.leases import grant, keep_alive, lease_status, lock, revoke
+from phxkv_client.api.leases import grant, keep_alive, keep_alive_stream, lease_status, lock, revoke
 from phxkv_client.models import (
     ErrorResponse,
     GrantRequest,
     GrantResponse,
+    KeepAliveRequest,
+    KeepAliveResponse,
     LeaseStatus,
     LockRequest,
     LockResponse,
@@ -122,6 +124,10 @@ def main(base):
     renewed = keep_alive.sync_detailed(lease, client=client)
     check(isinstance(renewed.parsed, LeaseStatus), f"the keep-alive parsed as {renewed.content!r}")
     check(renewed.parsed.remaining_ms > 25_000, f"a renewed 30 s lease has {renewed.parsed.remaining_ms} ms left")
+    # The streaming keep-alive, one line each way.
+    streamed = keep_alive_stream.sync_detailed(client=client, body=KeepAliveRequest(ids=[lease, 7]))
+    check(isinstance(streamed.parsed, KeepAliveResponse), f"the streamed keep-alive parsed as {streamed.content!r}")
+    check(streamed.parsed.missing == [7], f"the streamed keep-alive's missing leases are {streamed.parsed.missing}")
     status = lease_status.sync_detailed(lease, client=client, keys=True)
     keys = [base64.b64decode(k).decode() for k in status.parsed.keys]
     check(keys == ["smoke/leased"], f"the lease's keys are {keys}")

@@ -498,7 +498,8 @@ fn ndjson_line<T: Serialize>(value: &T) -> axum::body::Bytes {
     path = "/v1/leases/keepalive/stream",
     tag = "leases",
     request_body(content = KeepAliveRequest, content_type = "application/x-ndjson",
-        description = "One keep-alive request per line, for as long as the leases are needed."),
+        description = "One keep-alive request per line, for as long as the leases are needed; \
+            a single JSON request is a stream of one line."),
     responses(
         (status = 200, description = "One line per request line: a keep-alive response or an error object.",
             content_type = "application/x-ndjson", body = KeepAliveResponse),
