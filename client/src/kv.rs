@@ -43,6 +43,12 @@ pub fn query_value(bytes: &[u8]) -> String {
     percent_encode(bytes, PATH_SAFE).to_string()
 }
 
+/// One URL path segment (a member's name), `/` included in the encoding.
+pub fn path_segment(bytes: &[u8]) -> String {
+    const SEGMENT_SAFE: &AsciiSet = &PATH_SAFE.add(b'/');
+    percent_encode(bytes, SEGMENT_SAFE).to_string()
+}
+
 /// A key with its value and bookkeeping (the API's `KeyValue`, decoded).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kv {

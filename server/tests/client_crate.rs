@@ -29,6 +29,14 @@ fn code(e: &Error) -> Option<&str> {
     e.code()
 }
 
+async fn put_leased(api: &Client, key: &[u8], lease: u64) {
+    let opts = PutOptions {
+        if_version: None,
+        lease: Some(lease),
+    };
+    api.put(key, b"up".to_vec(), opts).await.expect("put");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_calls_fail_over_and_watches_resume_elsewhere() {
     let mut c = Cluster::start(3, &[]).await;
@@ -146,16 +154,7 @@ async fn typed_calls_fail_over_and_watches_resume_elsewhere() {
     // elsewhere if it was on the master).
     c.spawn(follower);
     let lease = api.grant(6, None).await.expect("grant");
-    api.put(
-        b"k/leased",
-        b"z".to_vec(),
-        PutOptions {
-            if_version: None,
-            lease: Some(lease.id),
-        },
-    )
-    .await
-    .expect("put");
+    put_leased(&api, b"k/leased", lease.id).await;
     let keeper = api.keep_alive(&[(lease.id, lease.ttl_secs)]);
     c.kill9(master);
     let w = api
@@ -180,16 +179,7 @@ async fn leases_kept_alive_in_the_background_locks_and_elections() {
     // A key on a 2 s lease outlives several TTLs while kept alive, and is
     // deleted once the keep-alive stops.
     let lease = api.grant(2, None).await.expect("grant");
-    api.put(
-        b"svc/a",
-        b"up".to_vec(),
-        PutOptions {
-            if_version: None,
-            lease: Some(lease.id),
-        },
-    )
-    .await
-    .expect("put");
+    put_leased(&api, b"svc/a", lease.id).await;
     let keeper = api.keep_alive(&[(lease.id, lease.ttl_secs)]);
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(keeper.lost_now(), None);

@@ -1530,6 +1530,16 @@ async fn keep_alives_renew_one_lease_or_many_and_name_the_missing() {
     assert_eq!(many["missing"], json!([7]));
 }
 
+/// The JSON lines of an NDJSON reply.
+fn ndjson_lines(reply: &Reply) -> Vec<Value> {
+    reply
+        .body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("a JSON line"))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_keep_alive_stream_answers_each_line_in_order_and_ends_on_a_bad_one() {
     let router = Fake::new().router();
@@ -1542,12 +1552,7 @@ async fn a_keep_alive_stream_answers_each_line_in_order_and_ends_on_a_bad_one() 
     let reply = call(&router, Method::POST, uri, body).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.header("content-type"), "application/x-ndjson");
-    let lines: Vec<Value> = reply
-        .body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).expect("a JSON line"))
-        .collect();
+    let lines = ndjson_lines(&reply);
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(lines[0]["leases"][0]["id"], id);
     assert_eq!(lines[0]["missing"], json!([]));
@@ -1557,12 +1562,7 @@ async fn a_keep_alive_stream_answers_each_line_in_order_and_ends_on_a_bad_one() 
     // nothing after it is read.
     let body = format!("{{\"ids\": [{id}]}}\nnot json\n{{\"ids\": [{id}]}}\n");
     let reply = call(&router, Method::POST, uri, body).await;
-    let lines: Vec<Value> = reply
-        .body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).expect("a JSON line"))
-        .collect();
+    let lines = ndjson_lines(&reply);
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[1]["error"]["code"], "invalid_argument");
     // A bad or missing first line is a plain 400; a line too long a 413.

@@ -26,7 +26,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, ValueEnum};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 use serde::{Deserialize, Serialize};
 
 use super::CliError;
@@ -230,27 +229,12 @@ pub fn table_cell(bytes: &[u8], max: usize) -> String {
     cut
 }
 
-/// Bytes left alone in a key's URL path: the unreserved characters, and
-/// `/` because the API takes the whole rest of the path as the key.
-const PATH_SAFE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~')
-    .remove(b'/');
-
 /// The `/v1/kv/...` path of a key (see [`phxkv_client::key_path`]).
 pub fn key_path(key: &[u8]) -> Result<String, CliError> {
     Ok(phxkv_client::key_path(key)?)
 }
 
-pub use phxkv_client::query_value;
-
-/// One URL path segment (a member's name), `/` included in the encoding.
-pub fn path_segment(bytes: &[u8]) -> String {
-    const SEGMENT_SAFE: &AsciiSet = &PATH_SAFE.add(b'/');
-    percent_encode(bytes, SEGMENT_SAFE).to_string()
-}
+pub use phxkv_client::{path_segment, query_value};
 
 /// Bytes as one printable token: the text itself when it is UTF-8 without
 /// control characters, otherwise `b64:` and the base64. Text that itself
