@@ -138,12 +138,15 @@ impl Client {
     }
 
     /// Keeps `leases` (id and TTL each, at most 1000) alive in the
-    /// background, all in one line of a streaming keep-alive (one
-    /// connection) every third of the shortest TTL,
-    /// until the returned handle is dropped. When one is gone, or could
-    /// not be renewed for two thirds of its TTL (so it may expire in the
-    /// third left), [`KeepAlive::lost`] says so and
-    /// the others stop being renewed too: the caller decides what next.
+    /// background until the returned handle is dropped: all in one line
+    /// of a streaming keep-alive (one connection) every third of the
+    /// shortest TTL.
+    ///
+    /// When one is gone, or could not be renewed for two thirds of its TTL
+    /// (so it may expire in the third left), [`KeepAlive::lost`] says so
+    /// and the others stop being renewed too: the caller decides what
+    /// next. Until the first renewal succeeds, the time is counted from
+    /// this call, so call it right after the grant.
     pub fn keep_alive(&self, leases: &[(u64, u64)]) -> KeepAlive {
         let (tx, rx) = watch::channel(None);
         let streaming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
