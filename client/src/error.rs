@@ -22,10 +22,6 @@ pub enum Error {
     /// The answer was not what the API documents.
     #[error("unexpected answer from the server: {0}")]
     Decode(String),
-    /// A stream broke and could not be resumed (a watch whose start
-    /// revision was compacted away, say).
-    #[error("{0}")]
-    Stream(String),
 }
 
 impl Error {

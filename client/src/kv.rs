@@ -6,7 +6,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
-use crate::{ApiError, Client, Error, check, json};
+use crate::{ApiError, Client, Error, json};
 
 /// Bytes left alone in a key's path: what RFC 3986 calls unreserved, and
 /// `/` so that hierarchical keys read naturally in logs.
@@ -245,7 +245,7 @@ impl Client {
             query.push_str(&format!("&after={}", query_value(a)));
         }
         let resp = self.send(|h, base| h.get(format!("{base}{query}"))).await?;
-        let page: ListWire = json(check(resp).await?).await?;
+        let page: ListWire = json(resp).await?;
         Ok(ListPage {
             kvs: page
                 .kvs

@@ -546,19 +546,18 @@ pub async fn keep_alive_stream<S: Service>(
         };
         match answer {
             Ok(a) => Some((Ok(ndjson_line(&a)), Some(session))),
-            // No master for a moment: say so and keep the stream, so the
-            // client's next line may get through.
-            Err(e) if e.code() == ErrorCode::Unavailable => {
-                let line = ndjson_line(&ErrorResponse {
-                    error: e.into_detail(),
-                });
-                Some((Ok(line), Some(session)))
-            }
             Err(e) => {
+                // No master for a moment: say so and keep the stream, so
+                // the client's next line may get through. Anything else
+                // ends it.
+                let keep = e.code() == ErrorCode::Unavailable;
                 let line = ndjson_line(&ErrorResponse {
                     error: e.into_detail(),
                 });
-                Some((Ok::<_, std::convert::Infallible>(line), None))
+                Some((
+                    Ok::<_, std::convert::Infallible>(line),
+                    keep.then_some(session),
+                ))
             }
         }
     });

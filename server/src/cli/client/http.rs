@@ -104,7 +104,6 @@ impl From<phxkv_client::Error> for CliError {
             e @ E::Unavailable(_) => CliError::Unavailable(e.to_string()),
             E::Api(a) => a.into_cli_error(),
             e @ E::Decode(_) => CliError::Fatal(e.to_string()),
-            E::Stream(m) => CliError::Fatal(m),
         }
     }
 }
