@@ -7,6 +7,11 @@ use std::process::ExitCode;
 /// replica that had applied 1M keys held eight or more such arenas full of
 /// freed request and log memory (RSS 600 MiB for 120 MB of data); mimalloc
 /// returns freed pages to the system.
+///
+/// Built without transparent huge pages (`no_thp`): with them, every time
+/// mimalloc reused memory it had returned, the kernel zeroed a whole 2 MiB
+/// page for it (`clear_page_erms`, 4.7% of all CPU samples in a 64-client
+/// write run, 0.06% without).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
