@@ -25,6 +25,8 @@
 #                    for clients) run the 64-client load scenarios back to back, and
 #                    the report flags phxkv's TLS throughput when it is more than 10%
 #                    below its plain throughput; 0: skip
+#   BENCH_TLS_ROUNDS rounds of each TLS on/off pair (default 3), each half of
+#                    BENCH_DURATION long (at least 3 s), alternating which goes first
 #   BENCH_ONLY_LOAD  1: stop after the load scenarios (and the TLS ones; no
 #                    failover, no catch-up, no report), for quick comparisons
 #   BENCH_KEEP       keep the data and logs directory (prints its path)
@@ -406,6 +408,32 @@ declare -A tls_args=(
     [read-local-64]="--clients 64 --read-ratio 1 --consistency local"
     [mix-64]="--clients 64 --read-ratio 0.9 --value-size 256"
 )
+# Several short rounds, alternating which of the pair goes first, tell a
+# difference of a few percent from this machine's run-to-run noise (about
+# 10% between two 5 s runs of the same cluster) better than one long run.
+tls_rounds=${BENCH_TLS_ROUNDS:-3}
+tls_duration=$(awk -v d="$duration" 'BEGIN {v = d / 2; if (v < 3) v = 3; printf "%g", v}')
+tls_warmup=1
+# One result from several rounds of one scenario on one system: throughput
+# is the mean of the rounds' (they are equally long), operations and CPU
+# add up, latency percentiles are the median round's.
+merge_rounds() { # out.json round.json...
+    local out=$1; shift
+    jq -s '
+        def mid: sort | .[(length - 1) / 2 | floor];
+        . as $all
+        | ($all[0].latency_ms | keys_unsorted) as $k
+        | $all[0] + {
+            throughput: ($all | map(.throughput) | add / length),
+            rounds_throughput: ($all | map(.throughput | floor)),
+            ops: ($all | map(.ops) | add),
+            total_ops: ($all | map(.total_ops) | add),
+            errors: ($all | map(.errors) | add),
+            cpu_s: ($all | map(.cpu_s) | add),
+            peak_rss_mib: ($all | map(.peak_rss_mib) | max),
+            latency_ms: ([$k[] as $q | {($q): ($all | map(.latency_ms[$q]) | mid)}] | add)
+          }' "$@" >"$out"
+}
 if [[ $tls == 1 ]]; then
     command -v openssl >/dev/null || die "BENCH_TLS=1 needs openssl (or set BENCH_TLS=0)"
     log "TLS: fresh plain and TLS clusters of both systems (TLS on client and peer ports)"
@@ -425,12 +453,18 @@ if [[ $tls == 1 ]]; then
     for s in "${tls_scenarios[@]}"; do
         read -ra extra <<<"${tls_args[$s]}"
         for base in phxkv etcd; do
-            order=("$base-plain" "$base-tls")
-            ((n % 2)) && order=("$base-tls" "$base-plain")
-            n=$((n + 1))
-            log "TLS off and on: $s, $base"
-            for sys in "${order[@]}"; do
-                run_one "tls.$s" "$s" "TLS comparison" "$sys" "${common[@]}" "${extra[@]}"
+            log "TLS off and on: $s, $base ($tls_rounds rounds)"
+            for ((r = 1; r <= tls_rounds; r++)); do
+                order=("$base-plain" "$base-tls")
+                ((n % 2)) && order=("$base-tls" "$base-plain")
+                n=$((n + 1))
+                for sys in "${order[@]}"; do
+                    run_one "tls.$s.r$r" "$s" "TLS comparison, round $r" "$sys" \
+                        --duration "${tls_duration}s" --warmup "${tls_warmup}s" --keys 10000 "${extra[@]}"
+                done
+            done
+            for sys in "$base-plain" "$base-tls"; do
+                merge_rounds "$results/tls.$s-$sys.json" "$results"/tls."$s".r*-"$sys".json
             done
         done
     done
@@ -646,11 +680,13 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
         echo "\`phxkv-bench --cacert\` verifies the servers; each client connection does one"
         echo "handshake and keeps its session, as plain runs keep their connections. All four"
         echo "clusters are filled alike, then each scenario runs on the plain cluster and on"
-        echo "the TLS one back to back (alternating which goes first); the TLS-off figures are"
-        echo "those of this section, not of the tables above."
+        echo "the TLS one back to back, $tls_rounds rounds of ${tls_duration} s each (after ${tls_warmup} s of warm-up), alternating"
+        echo "which goes first. Throughput is the mean of the rounds (each round's in the last"
+        echo "column), p99 the median round's; the TLS-off figures are those of this section,"
+        echo "not of the tables above."
         echo
-        echo "| scenario | system | ops/s TLS off | ops/s TLS on | on ÷ off | p99 ms off | p99 ms on | CPU s / 1k ops off | CPU s / 1k ops on |"
-        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| scenario | system | ops/s TLS off | ops/s TLS on | on ÷ off | p99 ms off | p99 ms on | CPU s / 1k ops off | CPU s / 1k ops on | rounds, ops/s off; on |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
         tls_flagged=()
         for s in "${tls_scenarios[@]}"; do
             for sys in phxkv etcd; do
@@ -661,7 +697,7 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
                     mark=" **(> 10% below TLS off)**"
                     tls_flagged+=("$s")
                 fi
-                echo "| $s | $sys | $(field "$off" '.throughput | floor') | $(field "$on" '.throughput | floor') | ${r}${mark} | $(field "$off" .latency_ms.p99) | $(field "$on" .latency_ms.p99) | $(cpu_per_kop "$off") | $(cpu_per_kop "$on") |"
+                echo "| $s | $sys | $(field "$off" '.throughput | floor') | $(field "$on" '.throughput | floor') | ${r}${mark} | $(field "$off" .latency_ms.p99) | $(field "$on" .latency_ms.p99) | $(cpu_per_kop "$off") | $(cpu_per_kop "$on") | $(jq -r '.rounds_throughput | join(", ")' "$off"); $(jq -r '.rounds_throughput | join(", ")' "$on") |"
             done
         done
         echo
