@@ -6,13 +6,30 @@
 //! the operator trusts that `ca.crt` when it calls them.
 //!
 //! Operator-issued, a reconcile:
-//! - reads `<name>-ca`, creating it once with a new CA (never overwritten,
-//!   like the token: a second CA would split the cluster);
+//! - reads `<name>-ca`, creating it once with a new CA;
+//! - rotates that CA when it expires within [`CA_RENEW_BEFORE`] (see
+//!   below);
 //! - reads `<name>-tls` and issues it again, by server-side apply, when it
 //!   is missing, does not verify against the CA for a pod's name, or
 //!   expires within [`RENEW_BEFORE`]. A renewed certificate comes from the
 //!   same CA, so replicas that still hold the old one keep trusting the
 //!   new one and nothing is interrupted.
+//!
+//! A CA is rotated in three steps, so that no replica ever meets a
+//! certificate it does not trust (each replica trusts only the `ca.crt` of
+//! its copy of `<name>-tls`, which the kubelet updates about a minute after
+//! the Secret changes, and the replicas at different moments):
+//! 1. a new CA is made; `<name>-ca` keeps the old one's certificate as
+//!    `previous-ca.crt` (its key is dropped: it signs nothing more), and the
+//!    `ca.crt` of `<name>-tls` becomes both CAs, new first. The replicas'
+//!    certificate, still from the old CA, is kept.
+//! 2. [`CA_TRUST_SPREAD`] later, when every replica trusts both, the
+//!    certificate is issued again from the new CA.
+//! 3. [`CA_OVERLAP`] after the rotation the old CA leaves `ca.crt`: clients
+//!    have had that long to fetch the new `ca.crt`.
+//!
+//! `<name>-ca` is only ever replaced with the resource version it was read
+//! at, so two writers cannot each make a CA and split the cluster.
 //!
 //! With `issuerRef`, a reconcile applies a cert-manager `Certificate` that
 //! writes `<name>-tls`, and reads the Secret for its CA once it exists.
@@ -37,8 +54,24 @@ use crate::controller::{Context, Error, ensure_owned, ensure_owned_as, publish};
 use crate::crd::{IssuerRef, PaxosKV};
 use crate::render::{self, CA_CERT_KEY, CA_KEY_KEY, MANAGER, Names, TLS_CERT_KEY, TLS_KEY_KEY};
 
-/// How long the operator's CA is valid. It is not rotated automatically.
+/// How long the operator's CA is valid.
 pub const CA_VALIDITY: Duration = Duration::from_secs(3650 * 86_400);
+/// A CA is rotated when less than this remains of it: certificates issued
+/// from it meanwhile are capped at its end, so this must exceed
+/// [`RENEW_BEFORE`] by far.
+pub const CA_RENEW_BEFORE: Duration = Duration::from_secs(365 * 86_400);
+/// After a CA rotation, how long the replicas' certificate stays with the
+/// old CA while the new one reaches every replica's trust (the kubelet
+/// refreshes a mounted Secret within about a minute, and a replica rereads
+/// its files every 30 s).
+pub const CA_TRUST_SPREAD: Duration = Duration::from_secs(10 * 60);
+/// After a CA rotation, how long the old CA is still trusted: the time
+/// clients have to fetch the new `ca.crt`.
+pub const CA_OVERLAP: Duration = Duration::from_secs(7 * 86_400);
+/// Key of `<name>-ca` with the certificate of the CA being retired.
+pub const PREVIOUS_CA_KEY: &str = "previous-ca.crt";
+/// Annotation of `<name>-ca`: when its CA replaced the previous one.
+pub const CA_ROTATED_AT: &str = "phxkv.io/ca-rotated-at";
 /// How long a certificate the operator issues is valid.
 pub const CERT_VALIDITY: Duration = Duration::from_secs(90 * 86_400);
 /// A certificate is issued again once it expires within this.
@@ -86,15 +119,154 @@ fn bytes(s: &str) -> ByteString {
     ByteString(s.as_bytes().to_vec())
 }
 
+/// The operator's CA of one cluster, as `<name>-ca` holds it.
+#[derive(Clone, Debug)]
+pub struct CaState {
+    /// The CA that signs.
+    pub current: Issued,
+    /// The CA it replaced, still trusted for a while (its certificate).
+    pub previous: Option<String>,
+    /// When `current` replaced `previous`, in Unix seconds.
+    pub rotated_at: Option<i64>,
+}
+
+/// What a reconcile does to the CA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaStep {
+    Keep,
+    /// Make a new CA; the current one becomes the previous.
+    Rotate,
+    /// Stop trusting the previous CA.
+    DropPrevious,
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+impl CaState {
+    /// What replicas and clients trust: the current CA, then the previous.
+    pub fn bundle(&self) -> String {
+        let mut pem = self.current.cert_pem.clone();
+        if let Some(previous) = &self.previous {
+            if !pem.ends_with('\n') {
+                pem.push('\n');
+            }
+            pem.push_str(previous);
+        }
+        pem
+    }
+
+    /// The step due at `now` (Unix seconds).
+    pub fn step(&self, now: i64) -> CaStep {
+        match &self.previous {
+            None if self.current.not_after.saturating_sub(now) < secs(CA_RENEW_BEFORE) => {
+                CaStep::Rotate
+            }
+            None => CaStep::Keep,
+            // Without a time of rotation (edited by hand), as soon as
+            // the previous CA has expired.
+            Some(previous) => {
+                let over = match self.rotated_at {
+                    Some(at) => now >= at.saturating_add(secs(CA_OVERLAP)),
+                    None => issue::not_after_of(previous).map_or(true, |end| end <= now),
+                };
+                if over {
+                    CaStep::DropPrevious
+                } else {
+                    CaStep::Keep
+                }
+            }
+        }
+    }
+
+    /// Whether the replicas' certificate must come from the current CA at
+    /// `now`, or may still be the previous CA's: until [`CA_TRUST_SPREAD`]
+    /// after a rotation, some replica may not trust the new CA yet.
+    pub fn only_current_signs(&self, now: i64) -> bool {
+        match (&self.previous, self.rotated_at) {
+            (None, _) | (Some(_), None) => true,
+            (Some(_), Some(at)) => now >= at.saturating_add(secs(CA_TRUST_SPREAD)),
+        }
+    }
+
+    /// This state after `step` at `now`, with `fresh` as the new CA of a
+    /// rotation.
+    pub fn after(
+        &self,
+        step: &CaStep,
+        now: i64,
+        fresh: impl FnOnce() -> Result<Issued, Error>,
+    ) -> Result<CaState, Error> {
+        Ok(match step {
+            CaStep::Keep => self.clone(),
+            CaStep::Rotate => CaState {
+                current: fresh()?,
+                previous: Some(self.current.cert_pem.clone()),
+                rotated_at: Some(now),
+            },
+            CaStep::DropPrevious => CaState {
+                current: self.current.clone(),
+                previous: None,
+                rotated_at: None,
+            },
+        })
+    }
+
+    /// Reads `<name>-ca`.
+    fn read(secret: &Secret, names: &Names) -> Result<CaState, Error> {
+        let (Some(cert_pem), Some(key_pem)) = (text(secret, CA_CERT_KEY), text(secret, CA_KEY_KEY))
+        else {
+            return Err(Error::Tls(format!(
+                "Secret {} has no `ca.crt` and `ca.key`; restore it, or delete it and \
+                 Secret {} to have a new CA made (the replicas lose contact until every \
+                 one has the new certificate)",
+                names.ca, names.tls
+            )));
+        };
+        let not_after = issue::not_after_of(&cert_pem)
+            .map_err(|e| Error::Tls(format!("Secret {}: {e}", names.ca)))?;
+        let rotated_at = secret
+            .annotations()
+            .get(CA_ROTATED_AT)
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .map(|t| t.as_second());
+        Ok(CaState {
+            current: Issued {
+                cert_pem,
+                key_pem,
+                not_after,
+            },
+            previous: text(secret, PREVIOUS_CA_KEY),
+            rotated_at,
+        })
+    }
+}
+
+fn when(t: i64) -> String {
+    Timestamp::from_second(t).map_or_else(|_| t.to_string(), |t| t.to_string())
+}
+
 /// The Secret holding the operator's CA for cluster `pkv`.
-pub fn ca_secret(pkv: &PaxosKV, names: &Names, ca: &Issued) -> Secret {
+pub fn ca_secret(pkv: &PaxosKV, names: &Names, ca: &CaState) -> Secret {
+    let mut data = BTreeMap::from([
+        (CA_CERT_KEY.to_string(), bytes(&ca.current.cert_pem)),
+        (CA_KEY_KEY.to_string(), bytes(&ca.current.key_pem)),
+    ]);
+    if let Some(previous) = &ca.previous {
+        data.insert(PREVIOUS_CA_KEY.to_string(), bytes(previous));
+    }
+    let mut metadata = render::meta(pkv, names.ca.clone());
+    if let Some(at) = ca.rotated_at {
+        metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(CA_ROTATED_AT.to_string(), when(at));
+    }
     Secret {
-        metadata: render::meta(pkv, names.ca.clone()),
+        metadata,
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([
-            (CA_CERT_KEY.to_string(), bytes(&ca.cert_pem)),
-            (CA_KEY_KEY.to_string(), bytes(&ca.key_pem)),
-        ])),
+        data: Some(data),
         ..Secret::default()
     }
 }
@@ -123,37 +295,59 @@ pub(crate) fn text(secret: &Secret, key: &str) -> Option<String> {
         .filter(|s| !s.trim().is_empty())
 }
 
-/// Why the certificate in `secret` must be issued again, or `None` while
-/// it is good: signed by `ca`, valid for the first pod's peer name, and
-/// more than [`RENEW_BEFORE`] from its end at `now` (Unix seconds).
-pub fn renewal_reason(
-    secret: &Secret,
-    ca: &Issued,
-    names: &Names,
-    ns: &str,
-    now: i64,
-) -> Option<String> {
+/// What a reconcile does to `<name>-tls`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeafStep {
+    Keep,
+    /// Keep the certificate; write the CA's current bundle as `ca.crt`.
+    Retrust,
+    /// Issue the certificate again from the current CA, for this reason.
+    Issue(String),
+}
+
+/// What the certificate in `secret` needs at `now` (Unix seconds): it is
+/// kept while it verifies for the first pod's peer name against a CA that
+/// may sign it at `now` (see [`CaState::only_current_signs`]) and is more
+/// than [`RENEW_BEFORE`] from its end; its `ca.crt` must be the CA's
+/// bundle.
+pub fn leaf_step(secret: &Secret, ca: &CaState, names: &Names, ns: &str, now: i64) -> LeafStep {
     let (Some(cert), Some(_key)) = (text(secret, TLS_CERT_KEY), text(secret, TLS_KEY_KEY)) else {
-        return Some("the Secret has no certificate and key".into());
+        return LeafStep::Issue("the Secret has no certificate and key".into());
     };
-    if text(secret, CA_CERT_KEY).as_deref() != Some(ca.cert_pem.as_str()) {
-        return Some(format!("its CA is not the one in Secret {}", names.ca));
-    }
+    let bundle = ca.bundle();
+    let trusted = text(secret, CA_CERT_KEY).as_deref() == Some(bundle.as_str());
+    let signers = if ca.only_current_signs(now) {
+        &ca.current.cert_pem
+    } else {
+        &bundle
+    };
     let host = format!("{}.{}.{ns}", names.pod(0), names.peers);
-    if let Err(e) = issue::verifies_for(&ca.cert_pem, &cert, &host) {
-        return Some(format!("it does not verify for {host}: {e}"));
+    if let Err(e) = issue::verifies_for(signers, &cert, &host) {
+        return LeafStep::Issue(
+            if ca.previous.is_some() && issue::verifies_for(&bundle, &cert, &host).is_ok() {
+                format!(
+                    "the CA was rotated at {}",
+                    when(ca.rotated_at.unwrap_or(now))
+                )
+            } else if !trusted {
+                format!("its CA is not the one in Secret {}", names.ca)
+            } else {
+                format!("it does not verify for {host}: {e}")
+            },
+        );
     }
     let end = match issue::not_after_of(&cert) {
         Ok(end) => end,
-        Err(e) => return Some(e.to_string()),
+        Err(e) => return LeafStep::Issue(e.to_string()),
     };
-    let renew = i64::try_from(RENEW_BEFORE.as_secs()).unwrap_or(i64::MAX);
-    (end.saturating_sub(now) < renew).then(|| {
-        format!(
-            "it expires at {}",
-            Timestamp::from_second(end).map_or_else(|_| end.to_string(), |t| t.to_string())
-        )
-    })
+    if end.saturating_sub(now) < secs(RENEW_BEFORE) {
+        return LeafStep::Issue(format!("it expires at {}", when(end)));
+    }
+    if trusted {
+        LeafStep::Keep
+    } else {
+        LeafStep::Retrust
+    }
 }
 
 /// Makes sure the cluster's certificate Secret exists and is current.
@@ -213,47 +407,74 @@ fn not_installed(e: kube::Error) -> Error {
 
 async fn own_ca(ctx: &Context, pkv: &PaxosKV, ns: &str, names: &Names) -> Result<String, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let now = Timestamp::now().as_second();
+    let new_ca = || {
+        issue::new_ca(&format!("phxkv CA {}.{ns}", names.cluster), CA_VALIDITY)
+            .map_err(|e| Error::Tls(e.to_string()))
+    };
     let ca = match secrets.get_opt(&names.ca).await? {
         Some(secret) => {
             ensure_owned(pkv, &secret, &names.ca)?;
-            let (Some(cert_pem), Some(key_pem)) =
-                (text(&secret, CA_CERT_KEY), text(&secret, CA_KEY_KEY))
-            else {
-                return Err(Error::Tls(format!(
-                    "Secret {} has no `ca.crt` and `ca.key`; restore it, or delete it and \
-                     Secret {} to have a new CA made (the replicas lose contact until every \
-                     one has the new certificate)",
-                    names.ca, names.tls
-                )));
-            };
-            let not_after = issue::not_after_of(&cert_pem)
-                .map_err(|e| Error::Tls(format!("Secret {}: {e}", names.ca)))?;
-            Issued {
-                cert_pem,
-                key_pem,
-                not_after,
+            let ca = CaState::read(&secret, names)?;
+            let step = ca.step(now);
+            if step == CaStep::Keep {
+                ca
+            } else {
+                let next = ca.after(&step, now, new_ca)?;
+                let mut replacement = ca_secret(pkv, names, &next);
+                // Replaced only as read: a conflict fails this pass,
+                // and the next one starts from what is stored.
+                replacement.metadata.resource_version = secret.resource_version();
+                secrets
+                    .replace(&names.ca, &PostParams::default(), &replacement)
+                    .await?;
+                let note = match step {
+                    CaStep::Rotate => format!(
+                        "Secret {}: the CA expires at {}, a new one replaces it (valid until {}); \
+                         replicas trust both now, their certificate comes from the new CA after \
+                         {} minutes, and the old CA is trusted until {}: clients should fetch \
+                         the new ca.crt of Secret {} before then",
+                        names.ca,
+                        when(ca.current.not_after),
+                        when(next.current.not_after),
+                        CA_TRUST_SPREAD.as_secs() / 60,
+                        when(now.saturating_add(secs(CA_OVERLAP))),
+                        names.tls
+                    ),
+                    _ => format!("Secret {}: the previous CA is no longer trusted", names.ca),
+                };
+                let reason = if step == CaStep::Rotate {
+                    "CARotated"
+                } else {
+                    "PreviousCARetired"
+                };
+                publish(ctx, pkv, EventType::Normal, reason, "Certificates", &note).await;
+                next
             }
         }
         None => {
-            let ca = issue::new_ca(&format!("phxkv CA {}.{ns}", names.cluster), CA_VALIDITY)
-                .map_err(|e| Error::Tls(e.to_string()))?;
+            let ca = CaState {
+                current: new_ca()?,
+                previous: None,
+                rotated_at: None,
+            };
             secrets
                 .create(&PostParams::default(), &ca_secret(pkv, names, &ca))
                 .await?;
             ca
         }
     };
+    let bundle = ca.bundle();
 
     let existing = secrets.get_opt(&names.tls).await?;
-    let reason = match &existing {
-        None => Some("there is none yet".to_string()),
+    let step = match &existing {
+        None => LeafStep::Issue("there is none yet".to_string()),
         Some(secret) => {
             let from_cert_manager = secret.annotations().contains_key(CERT_MANAGER_ANNOTATION);
             if !from_cert_manager {
                 ensure_owned(pkv, secret, &names.tls)?;
             }
-            let now = Timestamp::now().as_second();
-            let reason = renewal_reason(secret, &ca, names, ns, now);
+            let step = leaf_step(secret, &ca, names, ns, now);
             if from_cert_manager {
                 // issuerRef was removed: cert-manager must stop writing
                 // the Secret before the operator does.
@@ -264,48 +485,77 @@ async fn own_ca(ctx: &Context, pkv: &PaxosKV, ns: &str, names: &Names) -> Result
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     Err(e) => return Err(e.into()),
                 }
-                Some(reason.unwrap_or_else(|| "it was cert-manager's".into()))
+                match step {
+                    LeafStep::Issue(reason) => LeafStep::Issue(reason),
+                    _ => LeafStep::Issue("it was cert-manager's".into()),
+                }
             } else {
-                reason
+                step
             }
         }
     };
-    if let Some(reason) = reason {
-        let leaf = issue::issue(
-            &ca,
-            &format!("{}.{ns}", names.cluster),
-            &names.certificate_names(ns),
-            CERT_VALIDITY,
-        )
-        .map_err(|e| Error::Tls(e.to_string()))?;
-        secrets
-            .patch(
-                &names.tls,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&tls_secret(pkv, names, &leaf, &ca.cert_pem)),
+    let apply = |leaf: &Issued| {
+        let secrets = secrets.clone();
+        let secret = tls_secret(pkv, names, leaf, &bundle);
+        async move {
+            secrets
+                .patch(
+                    &names.tls,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&secret),
+                )
+                .await
+        }
+    };
+    match step {
+        LeafStep::Keep => {}
+        LeafStep::Retrust => {
+            // Same certificate and key, the CA's bundle as `ca.crt`.
+            if let Some(secret) = &existing
+                && let (Some(cert_pem), Some(key_pem)) =
+                    (text(secret, TLS_CERT_KEY), text(secret, TLS_KEY_KEY))
+            {
+                let not_after = issue::not_after_of(&cert_pem)
+                    .map_err(|e| Error::Tls(format!("Secret {}: {e}", names.tls)))?;
+                apply(&Issued {
+                    cert_pem,
+                    key_pem,
+                    not_after,
+                })
+                .await?;
+            }
+        }
+        LeafStep::Issue(reason) => {
+            let leaf = issue::issue(
+                &ca.current,
+                &format!("{}.{ns}", names.cluster),
+                &names.certificate_names(ns),
+                CERT_VALIDITY,
             )
-            .await?;
-        let until = Timestamp::from_second(leaf.not_after)
-            .map_or_else(|_| leaf.not_after.to_string(), |t| t.to_string());
-        let (event, verb) = if existing.is_none() {
-            ("CertificateIssued", "issued")
-        } else {
-            ("CertificateRenewed", "issued again")
-        };
-        publish(
-            ctx,
-            pkv,
-            EventType::Normal,
-            event,
-            "Certificates",
-            &format!(
-                "Secret {} {verb} ({reason}): valid until {until}, signed by the CA in Secret {}",
-                names.tls, names.ca
-            ),
-        )
-        .await;
+            .map_err(|e| Error::Tls(e.to_string()))?;
+            apply(&leaf).await?;
+            let (event, verb) = if existing.is_none() {
+                ("CertificateIssued", "issued")
+            } else {
+                ("CertificateRenewed", "issued again")
+            };
+            publish(
+                ctx,
+                pkv,
+                EventType::Normal,
+                event,
+                "Certificates",
+                &format!(
+                    "Secret {} {verb} ({reason}): valid until {}, signed by the CA in Secret {}",
+                    names.tls,
+                    when(leaf.not_after),
+                    names.ca
+                ),
+            )
+            .await;
+        }
     }
-    Ok(ca.cert_pem)
+    Ok(bundle)
 }
 
 /// An HTTP client that trusts only the cluster's CA.
@@ -344,39 +594,185 @@ mod tests {
         issue::issue(ca, "kv.db", &names().certificate_names("db"), valid_for).expect("leaf")
     }
 
+    fn state(ca: &Issued) -> CaState {
+        CaState {
+            current: ca.clone(),
+            previous: None,
+            rotated_at: None,
+        }
+    }
+
+    fn issue_reason(step: LeafStep) -> String {
+        match step {
+            LeafStep::Issue(reason) => reason,
+            other => panic!("expected the certificate issued again, got {other:?}"),
+        }
+    }
+
     #[test]
     fn a_fresh_certificate_of_the_ca_is_kept_and_anything_else_is_issued_again() {
         let pkv = sample();
         let names = names();
         let ca = issue::new_ca("ca", CA_VALIDITY).expect("ca");
+        let st = state(&ca);
         let now = Timestamp::now().as_second();
         let good = tls_secret(&pkv, &names, &leaf(&ca, CERT_VALIDITY), &ca.cert_pem);
-        assert_eq!(renewal_reason(&good, &ca, &names, "db", now), None);
+        assert_eq!(leaf_step(&good, &st, &names, "db", now), LeafStep::Keep);
         // Within 30 days of the end, by the clock or by a short lifetime.
         let later = now + 61 * 86_400;
         assert!(
-            renewal_reason(&good, &ca, &names, "db", later)
-                .expect("renew")
-                .starts_with("it expires at")
+            issue_reason(leaf_step(&good, &st, &names, "db", later)).starts_with("it expires at")
         );
         let short = tls_secret(&pkv, &names, &leaf(&ca, 10 * DAY), &ca.cert_pem);
-        assert!(renewal_reason(&short, &ca, &names, "db", now).is_some());
+        issue_reason(leaf_step(&short, &st, &names, "db", now));
         // Another CA (a CA replaced by hand) or a Secret emptied.
         let other = issue::new_ca("other", CA_VALIDITY).expect("other");
         let foreign = tls_secret(&pkv, &names, &leaf(&other, CERT_VALIDITY), &other.cert_pem);
-        assert!(
-            renewal_reason(&foreign, &ca, &names, "db", now)
-                .expect("renew")
-                .contains("CA")
-        );
+        assert!(issue_reason(leaf_step(&foreign, &st, &names, "db", now)).contains("CA"));
         let mixed = tls_secret(&pkv, &names, &leaf(&other, CERT_VALIDITY), &ca.cert_pem);
         assert!(
-            renewal_reason(&mixed, &ca, &names, "db", now)
-                .expect("renew")
-                .contains("does not verify")
+            issue_reason(leaf_step(&mixed, &st, &names, "db", now)).contains("does not verify")
         );
-        let empty = Secret::default();
-        assert!(renewal_reason(&empty, &ca, &names, "db", now).is_some());
+        issue_reason(leaf_step(&Secret::default(), &st, &names, "db", now));
+        // A good certificate under a stale `ca.crt` keeps its key.
+        let stale = tls_secret(&pkv, &names, &leaf(&ca, CERT_VALIDITY), &other.cert_pem);
+        assert_eq!(leaf_step(&stale, &st, &names, "db", now), LeafStep::Retrust);
+    }
+
+    #[test]
+    fn a_ca_is_rotated_a_year_before_its_end_and_the_old_one_is_retired_a_week_later() {
+        let now = Timestamp::now().as_second();
+        let young = state(&issue::new_ca("ca", CA_VALIDITY).expect("ca"));
+        assert_eq!(young.step(now), CaStep::Keep);
+        assert_eq!(
+            young.step(young.current.not_after - 366 * 86_400),
+            CaStep::Keep
+        );
+        assert_eq!(
+            young.step(young.current.not_after - 364 * 86_400),
+            CaStep::Rotate
+        );
+        let ageing = state(&issue::new_ca("old", 300 * DAY).expect("old"));
+        assert_eq!(ageing.step(now), CaStep::Rotate);
+        let fresh = issue::new_ca("new", CA_VALIDITY).expect("new");
+        let rotated = ageing
+            .after(&CaStep::Rotate, now, || Ok(fresh.clone()))
+            .expect("rotated");
+        assert_eq!(rotated.current.cert_pem, fresh.cert_pem);
+        assert_eq!(
+            rotated.previous.as_deref(),
+            Some(ageing.current.cert_pem.as_str())
+        );
+        assert_eq!(rotated.rotated_at, Some(now));
+        assert!(rotated.bundle().starts_with(&fresh.cert_pem));
+        assert!(rotated.bundle().ends_with(&ageing.current.cert_pem));
+        assert_eq!(rotated.step(now + 6 * 86_400), CaStep::Keep);
+        assert_eq!(rotated.step(now + 7 * 86_400), CaStep::DropPrevious);
+        assert!(!rotated.only_current_signs(now + 9 * 60));
+        assert!(rotated.only_current_signs(now + 10 * 60));
+        let retired = rotated
+            .after(&CaStep::DropPrevious, now, || panic!("no new CA"))
+            .expect("retired");
+        assert_eq!(retired.bundle(), fresh.cert_pem);
+        assert_eq!(retired.step(now), CaStep::Keep);
+        // Edited by hand without a time: the previous CA goes once expired.
+        let undated = CaState {
+            rotated_at: None,
+            ..rotated.clone()
+        };
+        assert_eq!(undated.step(now), CaStep::Keep);
+        assert_eq!(undated.step(ageing.current.not_after), CaStep::DropPrevious);
+    }
+
+    /// Walks a rotation through the replicas' eyes. The kubelet brings a
+    /// changed Secret to the replicas one by one, so after each change some
+    /// replicas still present the previous certificate and trust the
+    /// previous `ca.crt`: every certificate of the two versions must verify
+    /// against every trust of the two, and versions must be at least
+    /// [`CA_TRUST_SPREAD`] apart for the older one to be gone by the next.
+    #[test]
+    fn during_a_ca_rotation_every_replica_trusts_every_certificate_it_meets() {
+        let pkv = sample();
+        let names = names();
+        let host = "kv-1.kv-peers.db";
+        let t0 = Timestamp::now().as_second();
+        let old = issue::new_ca("old", 300 * DAY).expect("old");
+        let mut ca = state(&old);
+        let mut secret = tls_secret(&pkv, &names, &leaf(&old, CERT_VALIDITY), &old.cert_pem);
+        let mut changed_at = None;
+        let mut changes = 0;
+        // Reconciles at these times: the rotation, a pass within the
+        // spread, the switch, a pass between, the retirement, and after.
+        for t in [
+            t0,
+            t0 + 60,
+            t0 + 600,
+            t0 + 86_400,
+            t0 + 7 * 86_400,
+            t0 + 8 * 86_400,
+        ] {
+            let step = ca.step(t);
+            ca = ca
+                .after(&step, t, || {
+                    issue::new_ca("new", CA_VALIDITY).map_err(|e| Error::Tls(e.to_string()))
+                })
+                .expect("step");
+            let before = secret.clone();
+            match leaf_step(&secret, &ca, &names, "db", t) {
+                LeafStep::Keep => continue,
+                LeafStep::Retrust => {
+                    let cert = Issued {
+                        cert_pem: text(&secret, TLS_CERT_KEY).expect("cert"),
+                        key_pem: text(&secret, TLS_KEY_KEY).expect("key"),
+                        not_after: 0,
+                    };
+                    secret = tls_secret(&pkv, &names, &cert, &ca.bundle());
+                }
+                LeafStep::Issue(reason) => {
+                    assert!(reason.contains("rotated"), "{reason}");
+                    secret = tls_secret(
+                        &pkv,
+                        &names,
+                        &leaf(&ca.current, CERT_VALIDITY),
+                        &ca.bundle(),
+                    );
+                }
+            }
+            changes += 1;
+            if let Some(last) = changed_at {
+                assert!(
+                    t - last >= secs(CA_TRUST_SPREAD),
+                    "changes at +{} and +{} s",
+                    last - t0,
+                    t - t0
+                );
+            }
+            changed_at = Some(t);
+            for presenter in [&before, &secret] {
+                let cert = text(presenter, TLS_CERT_KEY).expect("cert");
+                for truster in [&before, &secret] {
+                    let trust = text(truster, CA_CERT_KEY).expect("ca");
+                    issue::verifies_for(&trust, &cert, host).unwrap_or_else(|e| {
+                        panic!(
+                            "at +{} s a replica refuses a peer's certificate: {e}",
+                            t - t0
+                        )
+                    });
+                }
+            }
+        }
+        assert_eq!(changes, 3, "new trust, new certificate, old CA retired");
+        assert_eq!(ca.previous, None);
+        assert_eq!(
+            text(&secret, CA_CERT_KEY).as_deref(),
+            Some(ca.current.cert_pem.as_str())
+        );
+        issue::verifies_for(
+            &ca.current.cert_pem,
+            &text(&secret, TLS_CERT_KEY).expect("cert"),
+            host,
+        )
+        .expect("signed by the new CA");
     }
 
     #[test]

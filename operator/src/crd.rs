@@ -381,7 +381,9 @@ fn yes() -> bool {
 /// forms) and `localhost` (for `kubectl port-forward`).
 ///
 /// Without `issuerRef` the operator makes a CA (Secret `<name>-ca`, valid
-/// ten years, not rotated on its own) and signs the certificate with it:
+/// ten years, rotated a year before its end: both CAs are trusted from the
+/// rotation, the certificate comes from the new one 10 minutes later, and
+/// the old one is dropped after 7 days) and signs the certificate with it:
 /// valid 90 days, issued again once fewer than 30 remain. The replicas
 /// load a replaced certificate at the next connection, without a restart.
 ///

@@ -663,6 +663,157 @@ async fn an_expiring_certificate_is_issued_again_from_the_same_ca_and_a_fresh_on
     }
 }
 
+/// A CA with less than a year left: the pass replaces `kv-ca` (as read, by
+/// resource version) with a new CA and keeps the old one's certificate as
+/// `previous-ca.crt`, then gives the replicas both CAs to trust while their
+/// certificate stays the old CA's; once the trust has spread, the next pass
+/// issues the certificate from the new CA.
+#[tokio::test]
+async fn an_ageing_ca_is_rotated_trust_first_then_the_certificate() {
+    use phxkv::tls::issue;
+    const DAY: Duration = Duration::from_secs(86_400);
+    let old = issue::new_ca("phxkv CA kv.db", 300 * DAY).expect("ca");
+    let mut old_secret = secret(
+        "kv-ca",
+        json!({"ca.crt": old.cert_pem, "ca.key": old.key_pem}),
+        json!({}),
+    );
+    old_secret["metadata"]["resourceVersion"] = json!("41");
+    let leaf = issue::issue(&old, "kv.db", &kv_names(), 80 * DAY).expect("leaf");
+    let leaf_secret = secret(
+        "kv-tls",
+        json!({"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": old.cert_pem}),
+        json!({}),
+    );
+
+    // The rotation.
+    let (mut h, run) = start_tls_pass(json!({"replicas": 3})).await;
+    let answer = old_secret.clone();
+    expect(&mut h, "GET", &format!("{NS}/secrets/kv-ca"), move |_| {
+        (200, answer)
+    })
+    .await;
+    let rotated = expect(&mut h, "PUT", &format!("{NS}/secrets/kv-ca"), echo).await;
+    assert_eq!(
+        rotated["metadata"]["resourceVersion"], "41",
+        "replaced as read"
+    );
+    let new_pem = decoded(&rotated, "ca.crt");
+    assert_ne!(new_pem, old.cert_pem, "a new CA");
+    assert!(decoded(&rotated, "ca.key").contains("PRIVATE KEY"));
+    assert_ne!(decoded(&rotated, "ca.key"), old.key_pem);
+    assert_eq!(decoded(&rotated, "previous-ca.crt"), old.cert_pem);
+    assert!(
+        issue::not_after_of(&new_pem).expect("expiry") > old.not_after + 3000 * 86_400,
+        "valid ten years"
+    );
+    let rotated_at = rotated["metadata"]["annotations"]["phxkv.io/ca-rotated-at"]
+        .as_str()
+        .expect("time of rotation")
+        .to_string();
+    let event = expect_event(&mut h, "CARotated").await;
+    assert!(
+        event["note"].as_str().unwrap_or("").contains("ca.crt"),
+        "{event}"
+    );
+    let current = leaf_secret.clone();
+    expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), move |_| {
+        (200, current)
+    })
+    .await;
+    let tls = expect(&mut h, "PATCH", &format!("{NS}/secrets/kv-tls"), echo).await;
+    assert_eq!(
+        decoded(&tls, "tls.crt"),
+        leaf.cert_pem,
+        "the certificate is kept"
+    );
+    assert_eq!(decoded(&tls, "tls.key"), leaf.key_pem);
+    let bundle = decoded(&tls, "ca.crt");
+    assert!(
+        bundle.starts_with(&new_pem) && bundle.ends_with(&old.cert_pem),
+        "{bundle}"
+    );
+    expect_rest_of_pass(&mut h).await;
+    run.await.expect("joined").expect("reconciled");
+
+    assert!(
+        rotated_at.parse::<k8s_openapi::jiff::Timestamp>().is_ok(),
+        "{rotated_at}"
+    );
+    let ago = |secs: i64| {
+        k8s_openapi::jiff::Timestamp::from_second(
+            k8s_openapi::jiff::Timestamp::now().as_second() - secs,
+        )
+        .expect("time")
+        .to_string()
+    };
+
+    // Twenty minutes later the trust has spread: the certificate comes from
+    // the new CA, and the CA stays as it is.
+    let mut stored = rotated.clone();
+    stored["metadata"]["annotations"]["phxkv.io/ca-rotated-at"] = json!(ago(20 * 60));
+    let (mut h, run) = start_tls_pass(json!({"replicas": 3})).await;
+    let answer = stored.clone();
+    expect(&mut h, "GET", &format!("{NS}/secrets/kv-ca"), move |_| {
+        (200, answer)
+    })
+    .await;
+    let current = tls.clone();
+    expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), move |_| {
+        (200, current)
+    })
+    .await;
+    let renewed = expect(&mut h, "PATCH", &format!("{NS}/secrets/kv-tls"), echo).await;
+    let cert = decoded(&renewed, "tls.crt");
+    assert_ne!(cert, leaf.cert_pem);
+    assert_eq!(
+        decoded(&renewed, "ca.crt"),
+        bundle,
+        "both CAs still trusted"
+    );
+    issue::verifies_for(&new_pem, &cert, "kv-2.kv-peers.db").expect("from the new CA");
+    let event = expect_event(&mut h, "CertificateRenewed").await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("the CA was rotated"),
+        "{event}"
+    );
+    expect_rest_of_pass(&mut h).await;
+    run.await.expect("joined").expect("reconciled");
+
+    // Eight days after the rotation the old CA is retired: `kv-ca` loses
+    // it, and the certificate (kept) is trusted through the new CA alone.
+    stored["metadata"]["annotations"]["phxkv.io/ca-rotated-at"] = json!(ago(8 * 86_400));
+    let (mut h, run) = start_tls_pass(json!({"replicas": 3})).await;
+    expect(&mut h, "GET", &format!("{NS}/secrets/kv-ca"), move |_| {
+        (200, stored)
+    })
+    .await;
+    let retired = expect(&mut h, "PUT", &format!("{NS}/secrets/kv-ca"), echo).await;
+    assert!(
+        retired["data"].get("previous-ca.crt").is_none(),
+        "{retired}"
+    );
+    assert_eq!(decoded(&retired, "ca.crt"), new_pem);
+    expect_event(&mut h, "PreviousCARetired").await;
+    let current = renewed.clone();
+    expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), move |_| {
+        (200, current)
+    })
+    .await;
+    let retrusted = expect(&mut h, "PATCH", &format!("{NS}/secrets/kv-tls"), echo).await;
+    assert_eq!(
+        decoded(&retrusted, "tls.crt"),
+        cert,
+        "the certificate is kept"
+    );
+    assert_eq!(decoded(&retrusted, "ca.crt"), new_pem);
+    expect_rest_of_pass(&mut h).await;
+    run.await.expect("joined").expect("reconciled");
+}
+
 #[tokio::test]
 async fn with_an_issuer_ref_cert_manager_makes_the_certificate_and_no_ca_is_made() {
     let (mut h, run) =
