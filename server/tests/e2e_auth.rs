@@ -180,3 +180,102 @@ async fn an_address_that_keeps_guessing_gets_429_after_ten_failures() {
     );
     assert!(metrics.contains(r#"phxkv_auth_failures_total{reason="rate_limited"} 1"#));
 }
+
+/// Polls `f` every 100 ms until it holds, for at most `within`.
+async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_enabled_for_the_cluster_binds_replicas_started_without_auth() {
+    use reqwest::Method;
+    let mut c = Cluster::start(3, &[]).await;
+    c.wait_for_master(Duration::from_secs(15)).await;
+    assert_eq!(c.put(0, "app/x", "v").await.status(), 200);
+    for i in 0..3 {
+        let (status, body, _) = call(&c, i, Method::GET, "/v1/kv/app/x", None, None).await;
+        assert_eq!(status, 200, "auth is off: node {i}: {body}");
+    }
+
+    // Switching it on takes the cluster token, even while auth is off.
+    let (status, body, _) = call(&c, 1, Method::POST, "/v1/auth/enable", None, None).await;
+    assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
+    let (status, body, _) = call(&c, 1, Method::POST, "/v1/auth/enable", Some("wrong"), None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body, _) = call(&c, 1, Method::POST, "/v1/auth/enable", Some(TOKEN), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["enabled"], true);
+
+    // Right after it returns, a linearizable read without a credential is
+    // refused by every replica (none was started with --auth), and one
+    // with the cluster token is served.
+    for i in 0..3 {
+        let (status, body, _) = call(&c, i, Method::GET, "/v1/kv/app/x", None, None).await;
+        assert_eq!(
+            (status, code(&body)),
+            (401, "unauthorized"),
+            "node {i}: {body}"
+        );
+        let (status, body, _) = call(&c, i, Method::GET, "/v1/kv/app/x", Some(TOKEN), None).await;
+        assert_eq!(status, 200, "node {i}: {body}");
+        // Writes are refused once the replica has applied the change (the
+        // read above made it apply it; it tells its HTTP side at the end
+        // of that engine turn).
+        let refused = eventually(Duration::from_secs(2), || async {
+            call(&c, i, Method::PUT, "/v1/kv/app/x", None, Some("w".into()))
+                .await
+                .0
+                == 401
+        })
+        .await;
+        assert!(refused, "node {i} still takes anonymous writes");
+        let (status, body, _) =
+            call(&c, i, Method::GET, "/v1/auth/whoami", Some(TOKEN), None).await;
+        assert_eq!(body["auth_enabled"], true, "node {i}: {status} {body}");
+    }
+    // Enabling again changes nothing and answers alike.
+    let (status, body, _) = call(&c, 2, Method::POST, "/v1/auth/enable", Some(TOKEN), None).await;
+    assert_eq!((status, &body["enabled"]), (200, &json!(true)), "{body}");
+
+    // Off again: every replica serves anyone once it has applied that.
+    let (status, body, _) = call(&c, 0, Method::POST, "/v1/auth/disable", Some(TOKEN), None).await;
+    assert_eq!((status, &body["enabled"]), (200, &json!(false)), "{body}");
+    for i in 0..3 {
+        let served = eventually(Duration::from_secs(5), || async {
+            call(&c, i, Method::GET, "/v1/kv/app/x", None, None).await.0 == 200
+        })
+        .await;
+        assert!(served, "node {i} still refuses anonymous reads");
+    }
+
+    // A replica restarted with --auth switches it on for the whole cluster,
+    // so the two without the flag refuse anonymous requests too.
+    c.terminate(0);
+    c.extra_args.push("--auth".into());
+    c.spawn(0);
+    for i in [1, 2] {
+        let refused = eventually(Duration::from_secs(20), || async {
+            call(&c, i, Method::GET, "/v1/kv/app/x", None, None).await.0 == 401
+        })
+        .await;
+        assert!(
+            refused,
+            "node {i} still serves anonymous reads: {}",
+            c.log_of(0)
+        );
+    }
+    assert!(c.log_of(0).contains("auth enabled for the whole cluster"));
+}

@@ -1,7 +1,8 @@
 //! Managing roles and API tokens: `/v1/auth`.
 //!
 //! Everything here but `whoami` needs the admin permission (the cluster
-//! token, or a token with an admin role). Changes go through the log like
+//! token, or a token with an admin role); `enable` and `disable` need it
+//! even while auth is off. Changes go through the log like
 //! any write (see [`crate::auth`]), so they take effect on every replica
 //! once the call returns; listings are linearizable reads.
 
@@ -9,11 +10,12 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::body::JsonBody;
+use crate::api::cluster::ClusterAuth;
 use crate::api::error::{ApiError, ErrorResponse};
 use crate::api::kv::unexpected;
 use crate::api::service::{Consistency, Service};
@@ -39,6 +41,8 @@ pub(crate) fn routes<S: Service>() -> Router<S> {
             axum::routing::delete(revoke_token::<S>),
         )
         .route("/v1/auth/tokens/{id}/roles", put(set_token_roles::<S>))
+        .route("/v1/auth/enable", post(enable::<S>))
+        .route("/v1/auth/disable", post(disable::<S>))
 }
 
 /// A role and its name.
@@ -111,11 +115,22 @@ pub struct AuthChanged {
     pub revision: u64,
 }
 
+/// Auth for the whole cluster, switched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"enabled": true, "revision": 42}))]
+pub struct AuthSwitched {
+    /// Whether every replica now requires a credential.
+    pub enabled: bool,
+    /// The revision of the change; it is in force on every replica.
+    pub revision: u64,
+}
+
 /// Who the caller is, as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"auth_enabled": true, "kind": "token", "id": "3f9a0c4e12b7d5a8", "name": "ci", "roles": ["app-reader"], "admin": false}))]
 pub struct WhoAmI {
-    /// Whether this node requires a credential (`serve --auth`).
+    /// Whether this node requires a credential: it runs with `--auth`, or
+    /// auth is enabled for the cluster (`POST /v1/auth/enable`).
     pub auth_enabled: bool,
     /// `anyone` (auth off), `admin` (the cluster token) or `token`.
     pub kind: String,
@@ -167,7 +182,7 @@ pub async fn whoami<S: Service>(
     State(svc): State<S>,
     caller: Caller,
 ) -> Result<Json<WhoAmI>, ApiError> {
-    let enabled = svc.auth_gate().is_some();
+    let enabled = svc.auth_required();
     let answer = match caller {
         Caller::Anyone => WhoAmI {
             auth_enabled: enabled,
@@ -412,4 +427,67 @@ pub async fn set_token_roles<S: Service>(
     )
     .await?;
     Ok(Json(AuthChanged { revision }))
+}
+
+/// Switches auth for the whole cluster and answers once it is applied here.
+async fn switch<S: Service>(svc: &S, caller: &Caller, on: bool) -> Result<AuthSwitched, ApiError> {
+    let change = if on {
+        AuthChange::Enable
+    } else {
+        AuthChange::Disable
+    };
+    match svc.write(caller.guard(Op::Auth(change)), None).await? {
+        OpResult::AuthChanged { revision } => Ok(AuthSwitched {
+            enabled: on,
+            revision,
+        }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Requires a credential on every replica, including those started
+/// without `--auth`: anonymous requests get 401 on each replica once it has
+/// applied the change (linearizable reads and watches that began before
+/// are refused from then on too). Needs the cluster token, or a token with
+/// an admin role, even while auth is off. Nodes started with `--auth` do
+/// this themselves when they start.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/enable",
+    tag = "auth",
+    security(("bearer_token" = [])),
+    responses(
+        (status = 200, description = "In force on every replica.", body = AuthSwitched),
+        (status = 401, description = "No cluster token or admin token (`unauthorized`).", body = ErrorResponse),
+        (status = 403, description = "The token is not an admin's (`permission_denied`).", body = ErrorResponse),
+    )
+)]
+pub async fn enable<S: Service>(
+    State(svc): State<S>,
+    _admin: ClusterAuth,
+    caller: Caller,
+) -> Result<Json<AuthSwitched>, ApiError> {
+    Ok(Json(switch(&svc, &caller, true).await?))
+}
+
+/// Stops requiring a credential on replicas started without `--auth`
+/// (those with it keep requiring one). Needs the cluster token or a token
+/// with an admin role.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/disable",
+    tag = "auth",
+    security(("bearer_token" = [])),
+    responses(
+        (status = 200, description = "In force on every replica.", body = AuthSwitched),
+        (status = 401, description = "No cluster token or admin token (`unauthorized`).", body = ErrorResponse),
+        (status = 403, description = "The token is not an admin's (`permission_denied`).", body = ErrorResponse),
+    )
+)]
+pub async fn disable<S: Service>(
+    State(svc): State<S>,
+    _admin: ClusterAuth,
+    caller: Caller,
+) -> Result<Json<AuthSwitched>, ApiError> {
+    Ok(Json(switch(&svc, &caller, false).await?))
 }

@@ -63,7 +63,7 @@ impl<S: Service> FromRequestParts<S> for ClusterAuth {
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::Unauthorized,
-                    "membership changes need an Authorization: Bearer <cluster token> header",
+                    "membership changes and switching auth need an Authorization: Bearer <cluster token> header",
                 )
             })?;
         if constant_time_eq(given, expected.as_bytes()) {

@@ -90,6 +90,8 @@ missing or wrong token is `401 unauthorized`, too few permissions \
         auth::create_token,
         auth::revoke_token,
         auth::set_token_roles,
+        auth::enable,
+        auth::disable,
         health::healthz,
         health::readyz,
         health::metrics,

@@ -366,9 +366,17 @@ pub trait Service: Clone + Send + Sync + 'static {
     /// The cluster token membership changes must present as a bearer token.
     fn cluster_token(&self) -> String;
 
-    /// Auth on this node's client port (`serve --auth`); `None` when off.
+    /// Client authentication on this node's client port; `None` when it
+    /// can never be on.
     fn auth_gate(&self) -> Option<crate::auth::gate::Gate> {
         None
+    }
+
+    /// Whether this node requires a credential now: it runs with `--auth`,
+    /// or it has applied an [`AuthChange::Enable`](crate::auth::AuthChange)
+    /// (auth on for the whole cluster).
+    fn auth_required(&self) -> bool {
+        self.auth_gate().is_some()
     }
 
     /// Prometheus text exposition of the node's metrics.

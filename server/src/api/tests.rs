@@ -985,6 +985,8 @@ async fn openapi_json_describes_every_route() {
         ("/v1/auth/tokens", "post"),
         ("/v1/auth/tokens/{id}", "delete"),
         ("/v1/auth/tokens/{id}/roles", "put"),
+        ("/v1/auth/enable", "post"),
+        ("/v1/auth/disable", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),

@@ -154,9 +154,14 @@ impl<S: Service> Recheck<S> {
     /// whose events this stream never sees). The replica has applied every
     /// event it sends, so a revocation ordered before an event is seen
     /// here before that event goes out.
-    async fn still_allowed(&mut self) -> Result<(), ApiError> {
-        if !matches!(self.caller, Caller::Token { .. }) {
-            return Ok(());
+    ///
+    /// A watch let in while auth was off is checked at each auth change
+    /// (`marker`), so that it ends once auth is enabled for the cluster.
+    async fn still_allowed(&mut self, marker: bool) -> Result<(), ApiError> {
+        match self.caller {
+            Caller::Token { .. } => {}
+            Caller::Anyone if marker => {}
+            Caller::Anyone | Caller::Admin => return Ok(()),
         }
         let (who, p, checked) = (self.caller.clone(), self.prefix.clone(), self.checked);
         let local = Consistency::Local { min_revision: None };
@@ -198,10 +203,11 @@ fn event_stream<S: Service>(
                     Ok(event) => event,
                     Err(err) => return Some((Ok(error_event(err.into())), (None, None, recheck))),
                 };
-                if let Err(err) = recheck.still_allowed().await {
+                let marker = is_system_key(&event.kv.key);
+                if let Err(err) = recheck.still_allowed(marker).await {
                     return Some((Ok(error_event(err)), (None, None, recheck)));
                 }
-                if is_system_key(&event.kv.key) {
+                if marker {
                     continue;
                 }
                 return Some((Ok(to_sse(&event)), (None, Some(events), recheck)));

@@ -58,7 +58,8 @@ impl Connected<IncomingStream<'_, crate::tls::listener::TlsListener>> for Client
 /// Who sent a request, once authenticated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
-    /// Auth is off on this node: everyone may do everything.
+    /// Auth is off on this node: everyone may do everything, until the
+    /// node applies an [`AuthChange::Enable`](crate::auth::AuthChange).
     Anyone,
     /// The bootstrap admin credential (the cluster token).
     Admin,
@@ -68,9 +69,15 @@ pub enum Caller {
 
 impl Caller {
     /// Whether the caller may do what `need` says, by `store`'s rules.
+    ///
+    /// A caller let in while auth was off is refused by a state in which
+    /// auth is on for the cluster: a linearizable read that begins after an
+    /// enable was chosen sees it, whatever the replica knew when the
+    /// request arrived.
     pub fn check(&self, store: &Store, need: Need) -> Result<(), Refusal> {
         match self {
-            Caller::Anyone | Caller::Admin => Ok(()),
+            Caller::Anyone => anonymous(store),
+            Caller::Admin => Ok(()),
             Caller::Token { id } => store.auth().authorize(id, need),
         }
     }
@@ -78,7 +85,8 @@ impl Caller {
     /// Whether the caller may apply `op`, by `store`'s rules.
     pub fn check_op(&self, store: &Store, op: &Op) -> Result<(), Refusal> {
         match self {
-            Caller::Anyone | Caller::Admin => Ok(()),
+            Caller::Anyone => anonymous(store),
+            Caller::Admin => Ok(()),
             Caller::Token { id } => store.auth().authorize_op(id, op),
         }
     }
@@ -134,6 +142,18 @@ impl Caller {
     }
 }
 
+/// A caller without a credential, by `store`'s rules.
+fn anonymous(store: &Store) -> Result<(), Refusal> {
+    if store.auth().enabled() {
+        Err(Refusal::new(
+            crate::auth::RefusalKind::Unauthenticated,
+            "auth was enabled for this cluster: send Authorization: Bearer <token>",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
@@ -146,7 +166,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// Auth on a node: on when a node has one.
+/// Auth on a node: who is calling, and the failed-attempt limiter.
 #[derive(Clone, Debug)]
 pub struct Gate(Arc<Inner>);
 
@@ -244,9 +264,12 @@ pub async fn authenticate<S: Service>(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let Some(gate) = svc.auth_gate() else {
-        req.extensions_mut().insert(Caller::Anyone);
-        return next.run(req).await;
+    let gate = match svc.auth_gate() {
+        Some(gate) if svc.auth_required() => gate,
+        _ => {
+            req.extensions_mut().insert(Caller::Anyone);
+            return next.run(req).await;
+        }
     };
     if is_open(req.uri().path()) {
         return next.run(req).await;

@@ -46,6 +46,8 @@ pub const SYSTEM_PREFIX: &[u8] = b"\0phxkv/";
 pub const AUTH_PREFIX: &[u8] = b"\0phxkv/auth/";
 const ROLE_PREFIX: &[u8] = b"\0phxkv/auth/role/";
 const TOKEN_PREFIX: &[u8] = b"\0phxkv/auth/token/";
+/// Present while auth is on for the whole cluster.
+const ENABLED_KEY: &[u8] = b"\0phxkv/auth/enabled";
 
 /// Most roles, tokens, permissions per role and roles per token: the whole
 /// auth state is read on every check, so it stays small.
@@ -145,6 +147,11 @@ pub enum AuthChange {
         id: String,
         roles: Vec<String>,
     },
+    /// Every replica requires a credential on its client port, whether or
+    /// not it runs with `--auth`.
+    Enable,
+    /// Only replicas that run with `--auth` require a credential.
+    Disable,
 }
 
 /// Why a request or an op was refused.
@@ -272,6 +279,8 @@ pub fn touches_system_key(op: &Op) -> bool {
 pub struct AuthState {
     roles: BTreeMap<String, Role>,
     tokens: BTreeMap<String, TokenRecord>,
+    /// Auth is on for the whole cluster ([`AuthChange::Enable`]).
+    enabled: bool,
 }
 
 /// One key write an auth change makes: a put (`Some`) or a delete.
@@ -366,6 +375,8 @@ impl AuthState {
                 Some(t) => self.tokens.insert(id, t),
                 None => self.tokens.remove(&id),
             };
+        } else if key == ENABLED_KEY {
+            self.enabled = value.is_some();
         }
     }
 
@@ -421,6 +432,12 @@ impl AuthState {
                 token.roles = roles.clone();
                 Ok(vec![(token_key(id), Some(encode(&token)))])
             }
+            // Already so: nothing to write (the change still gets a
+            // revision, and answers like the first one).
+            AuthChange::Enable if self.enabled => Ok(Vec::new()),
+            AuthChange::Enable => Ok(vec![(ENABLED_KEY.to_vec(), Some(b"true".to_vec()))]),
+            AuthChange::Disable if !self.enabled => Ok(Vec::new()),
+            AuthChange::Disable => Ok(vec![(ENABLED_KEY.to_vec(), None)]),
         }
     }
 
@@ -479,6 +496,12 @@ impl AuthState {
     pub fn roles(&self) -> &BTreeMap<String, Role> {
         &self.roles
     }
+
+    /// Whether auth is on for the whole cluster: then every replica
+    /// requires a credential, with or without `--auth`.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
 }
 
 #[cfg(test)]
@@ -491,6 +514,22 @@ mod tests {
             state.note(&key, value.as_deref());
         }
         Ok(())
+    }
+
+    #[test]
+    fn enabling_auth_for_the_cluster_is_a_record_and_idempotent() {
+        let mut s = AuthState::default();
+        assert!(!s.enabled());
+        assert_eq!(s.plan(&AuthChange::Disable), Ok(Vec::new()), "already off");
+        apply(&mut s, AuthChange::Enable).expect("enable");
+        assert!(s.enabled());
+        assert_eq!(s.plan(&AuthChange::Enable), Ok(Vec::new()), "already on");
+        // A store rebuilt from its keys (a snapshot, a restart) knows it.
+        let rebuilt = AuthState::load(std::iter::once((ENABLED_KEY, b"true".as_slice())));
+        assert!(rebuilt.enabled());
+        assert!(is_auth_key(ENABLED_KEY), "watches see it as an auth change");
+        apply(&mut s, AuthChange::Disable).expect("disable");
+        assert!(!s.enabled());
     }
 
     fn reader_of_app() -> AuthState {

@@ -80,8 +80,9 @@ pub struct ServeArgs {
     /// prefixes it may read and write. Wrong tokens answer 401, missing
     /// permissions 403, and an address that sent 10 wrong tokens within
     /// 60 s gets 429 until the 60 s are over (valid API tokens still pass).
-    /// Give every node the same setting: it is this node's, not the
-    /// cluster's, and a node without it serves everyone.
+    /// On start, a node with --auth also switches auth on for the whole
+    /// cluster (as `phxkv auth enable` does), so replicas started without
+    /// the flag require a credential too.
     #[arg(long, env = "PHXKV_AUTH", default_value_t = false)]
     pub auth: bool,
 

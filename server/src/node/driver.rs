@@ -103,6 +103,8 @@ pub struct Published {
     pub peer_commit: std::collections::BTreeMap<NodeId, Index>,
     /// On the master: members it has not heard from lately.
     pub silent: std::collections::BTreeSet<NodeId>,
+    /// Auth is on for the whole cluster, as far as this node has applied.
+    pub auth_enabled: bool,
 }
 
 /// What a lease read on the master needs, shared without a round trip to the
@@ -730,11 +732,11 @@ impl Driver {
     fn publish(&self) {
         let now = self.now();
         let status = self.replica.status(now);
-        let (applied, revision) = self
+        let (applied, revision, auth_enabled) = self
             .store
             .read()
-            .map(|s| (s.applied_index(), s.revision()))
-            .unwrap_or((0, 0));
+            .map(|s| (s.applied_index(), s.revision(), s.auth().enabled()))
+            .unwrap_or((0, 0, false));
         self.metrics.set_is_master(status.is_master);
         self.metrics
             .set_lease_remaining(status.lease_remaining.unwrap_or_default());
@@ -748,7 +750,8 @@ impl Driver {
             let changed = p.status != status
                 || p.applied != applied
                 || p.peer_commit != peer_commit
-                || p.silent != silent;
+                || p.silent != silent
+                || p.auth_enabled != auth_enabled;
             if changed {
                 *p = Published {
                     status: status.clone(),
@@ -756,6 +759,7 @@ impl Driver {
                     revision,
                     peer_commit: peer_commit.clone(),
                     silent: silent.clone(),
+                    auth_enabled,
                 };
             }
             changed

@@ -213,6 +213,9 @@ fn describe(m: &Membership) -> String {
         .join(",")
 }
 
+/// How often a node with `--auth` retries switching auth on for the cluster.
+const AUTH_ENABLE_RETRY: Duration = Duration::from_secs(2);
+
 /// Forward requests a follower keeps out at once.
 const FORWARDS_IN_FLIGHT: usize = 2;
 /// Most commands in one forward request.
@@ -303,6 +306,7 @@ impl Node {
             revision: 0,
             peer_commit: Default::default(),
             silent: Default::default(),
+            auth_enabled: false,
         });
         let (events, _) = broadcast::channel(4096);
         let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE);
@@ -350,9 +354,8 @@ impl Node {
             )),
             None => None,
         };
-        let gate = cfg
-            .auth
-            .then(|| crate::auth::gate::Gate::new(metrics.clone()));
+        // Even without --auth: the cluster may switch auth on.
+        let gate = Some(crate::auth::gate::Gate::new(metrics.clone()));
         let node = Node {
             inner: Arc::new(Inner {
                 id,
@@ -432,6 +435,7 @@ impl Node {
         let (recovered, snapshot) = disk.recover_streaming()?;
         let restored = driver::restore_store(snapshot).map_err(StartError::State)?;
         let (applied0, revision0) = (restored.applied_index(), restored.revision());
+        let auth0 = restored.auth().enabled();
         if let Ok(mut store) = self.inner.store.write() {
             *store = restored;
         }
@@ -447,6 +451,7 @@ impl Node {
             revision: revision0,
             peer_commit: Default::default(),
             silent: Default::default(),
+            auth_enabled: auth0,
         });
         let driver = Driver {
             replica,
@@ -488,6 +493,10 @@ impl Node {
         }
         let node = self.clone();
         tokio::spawn(async move { node.exchange_digests().await }.in_current_span());
+        if self.inner.cfg.auth {
+            let node = self.clone();
+            tokio::spawn(async move { node.enable_auth_for_the_cluster().await }.in_current_span());
+        }
         if let Some(archive) = &self.inner.archive {
             tokio::spawn(
                 crate::archive::archiver::run(
@@ -503,6 +512,47 @@ impl Node {
 
     /// Sends this replica's newest state digests to its peers every few
     /// seconds and compares (see [`digest`]).
+    /// With `--auth`: switches auth on for the whole cluster once, so that
+    /// a replica started without the flag (added by hand, or misconfigured)
+    /// requires a credential too. Tries every few seconds until this node
+    /// has applied an enable (its own or another's), then stops: an admin
+    /// may disable it later (`phxkv auth disable`), and only a restart with
+    /// `--auth` enables it again.
+    async fn enable_auth_for_the_cluster(&self) {
+        let mut closing = self.closing();
+        let mut published = self.inner.published.clone();
+        loop {
+            let (enabled, has_master) = {
+                let p = published.borrow_and_update();
+                (p.auth_enabled, p.status.master.is_some())
+            };
+            if enabled {
+                return;
+            }
+            if has_master {
+                match self
+                    .write(crate::kv::Op::Auth(crate::auth::AuthChange::Enable), None)
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!("auth enabled for the whole cluster (--auth)");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not enable auth for the cluster yet")
+                    }
+                }
+            }
+            tokio::select! {
+                _ = closing.changed() => return,
+                _ = tokio::time::sleep(AUTH_ENABLE_RETRY) => {}
+            }
+            if *closing.borrow() || Arc::strong_count(&self.inner) <= 1 {
+                return;
+            }
+        }
+    }
+
     async fn exchange_digests(&self) {
         let mut tick = tokio::time::interval(DIGEST_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1845,6 +1895,10 @@ impl Service for Node {
 
     fn auth_gate(&self) -> Option<crate::auth::gate::Gate> {
         self.inner.gate.clone()
+    }
+
+    fn auth_required(&self) -> bool {
+        self.inner.cfg.auth || self.inner.published.borrow().auth_enabled
     }
 
     fn metrics_text(&self) -> String {

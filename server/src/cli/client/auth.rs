@@ -1,4 +1,4 @@
-//! `phxkv auth`: roles and API tokens of a cluster started with `--auth`.
+//! `phxkv auth`: roles and API tokens, and auth on or off for the cluster.
 //!
 //! Everything but `whoami` needs an admin credential (the cluster token, or
 //! a token with an admin role) in --token-file or PHXKV_TOKEN.
@@ -17,7 +17,8 @@ Examples:
   phxkv auth role put app-writer --read app/ --write app/
   phxkv auth token create ci --role app-reader > ci.token
   PHXKV_TOKEN_FILE=ci.token phxkv get app/config
-  phxkv auth token revoke 3f9a0c4e12b7d5a8")]
+  phxkv auth token revoke 3f9a0c4e12b7d5a8
+  PHXKV_TOKEN_FILE=cluster.token phxkv auth enable")]
 pub struct AuthArgs {
     #[command(subcommand)]
     pub action: AuthAction,
@@ -37,6 +38,13 @@ pub enum AuthAction {
     /// API tokens: bearer credentials holding roles.
     #[command(subcommand)]
     Token(TokenAction),
+    /// Require a credential on every replica, including those started
+    /// without --auth (nodes started with --auth do this when they start).
+    /// Needs the cluster token or an admin token, even while auth is off.
+    Enable,
+    /// Stop requiring a credential on replicas started without --auth;
+    /// those with it keep requiring one.
+    Disable,
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,6 +155,10 @@ pub async fn run(args: AuthArgs) -> Result<(), CliError> {
             let path = format!("/v1/auth/tokens/{}", path_segment(id.as_bytes()));
             send(&client, reqwest::Method::DELETE, &path, None).await?
         }
+        AuthAction::Enable => send(&client, reqwest::Method::POST, "/v1/auth/enable", None).await?,
+        AuthAction::Disable => {
+            send(&client, reqwest::Method::POST, "/v1/auth/disable", None).await?
+        }
         AuthAction::Token(TokenAction::Roles { id, roles }) => {
             let path = format!("/v1/auth/tokens/{}/roles", path_segment(id.as_bytes()));
             send(
@@ -250,7 +262,7 @@ fn print_text(answer: &Value) -> Result<(), CliError> {
                 list(&answer["roles"])
             ),
             "admin" => "the cluster token (admin)".to_string(),
-            _ => "anyone: this node does not require a token".to_string(),
+            _ => "anyone: this node does not require a token (phxkv auth enable)".to_string(),
         };
         write_line(&who)?;
         let admin = answer["admin"].as_bool() == Some(true);
@@ -260,11 +272,20 @@ fn print_text(answer: &Value) -> Result<(), CliError> {
             if admin { "yes" } else { "no" }
         ));
     }
-    match answer["revision"].as_u64() {
-        Some(rev) => write_line(&format!(
+    match (answer["revision"].as_u64(), answer["enabled"].as_bool()) {
+        (Some(rev), Some(on)) => write_line(&format!(
+            "auth {} for the cluster at revision {rev}; {}",
+            if on { "enabled" } else { "disabled" },
+            if on {
+                "every replica requires a credential"
+            } else {
+                "replicas started with --auth still require one"
+            }
+        )),
+        (Some(rev), None) => write_line(&format!(
             "done at revision {rev}; in force on every replica"
         )),
-        None => print_json(answer),
+        (None, _) => print_json(answer),
     }
 }
 
