@@ -1,8 +1,8 @@
 //! Managing roles and API tokens: `/v1/auth`.
 //!
 //! Everything here but `whoami` needs the admin permission (the cluster
-//! token, or a token with an admin role); `enable` and `disable` need it
-//! even while auth is off. Changes go through the log like
+//! token, or a token with an admin role); `enable` and `disable` need the
+//! cluster token even while auth is off. Changes go through the log like
 //! any write (see [`crate::auth`]), so they take effect on every replica
 //! once the call returns; listings are linearizable reads.
 
@@ -448,9 +448,10 @@ async fn switch<S: Service>(svc: &S, caller: &Caller, on: bool) -> Result<AuthSw
 /// Requires a credential on every replica, including those started
 /// without `--auth`: anonymous requests get 401 on each replica once it has
 /// applied the change (linearizable reads and watches that began before
-/// are refused from then on too). Needs the cluster token, or a token with
-/// an admin role, even while auth is off. Nodes started with `--auth` do
-/// this themselves when they start.
+/// are refused from then on too). Needs the cluster token (while auth is
+/// off on this replica, nothing else is checked), or, while it is on, a
+/// token with an admin role. Nodes started with `--auth` do this
+/// themselves when they start.
 #[utoipa::path(
     post,
     path = "/v1/auth/enable",

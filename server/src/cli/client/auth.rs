@@ -40,7 +40,7 @@ pub enum AuthAction {
     Token(TokenAction),
     /// Require a credential on every replica, including those started
     /// without --auth (nodes started with --auth do this when they start).
-    /// Needs the cluster token or an admin token, even while auth is off.
+    /// Needs the cluster token (an admin token works only while auth is on).
     Enable,
     /// Stop requiring a credential on replicas started without --auth;
     /// those with it keep requiring one.
