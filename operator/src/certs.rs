@@ -428,25 +428,26 @@ async fn own_ca(ctx: &Context, pkv: &PaxosKV, ns: &str, names: &Names) -> Result
                 secrets
                     .replace(&names.ca, &PostParams::default(), &replacement)
                     .await?;
-                let note = match step {
-                    CaStep::Rotate => format!(
-                        "Secret {}: the CA expires at {}, a new one replaces it (valid until {}); \
-                         replicas trust both now, their certificate comes from the new CA after \
-                         {} minutes, and the old CA is trusted until {}: clients should fetch \
-                         the new ca.crt of Secret {} before then",
-                        names.ca,
-                        when(ca.current.not_after),
-                        when(next.current.not_after),
-                        CA_TRUST_SPREAD.as_secs() / 60,
-                        when(now.saturating_add(secs(CA_OVERLAP))),
-                        names.tls
+                let (reason, note) = match step {
+                    CaStep::Rotate => (
+                        "CARotated",
+                        format!(
+                            "Secret {}: the CA expires at {}, a new one replaces it (valid until \
+                             {}); replicas trust both now, their certificate comes from the new \
+                             CA after {} minutes, and the old CA is trusted until {}: clients \
+                             should fetch the new ca.crt of Secret {} before then",
+                            names.ca,
+                            when(ca.current.not_after),
+                            when(next.current.not_after),
+                            CA_TRUST_SPREAD.as_secs() / 60,
+                            when(now.saturating_add(secs(CA_OVERLAP))),
+                            names.tls
+                        ),
                     ),
-                    _ => format!("Secret {}: the previous CA is no longer trusted", names.ca),
-                };
-                let reason = if step == CaStep::Rotate {
-                    "CARotated"
-                } else {
-                    "PreviousCARetired"
+                    _ => (
+                        "PreviousCARetired",
+                        format!("Secret {}: the previous CA is no longer trusted", names.ca),
+                    ),
                 };
                 publish(ctx, pkv, EventType::Normal, reason, "Certificates", &note).await;
                 next
