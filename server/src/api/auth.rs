@@ -472,8 +472,8 @@ pub async fn enable<S: Service>(
 }
 
 /// Stops requiring a credential on replicas started without `--auth`
-/// (those with it keep requiring one). Needs the cluster token or a token
-/// with an admin role.
+/// (those with it keep requiring one). Needs the cluster token, or, while
+/// auth is on on this replica, a token with an admin role.
 #[utoipa::path(
     post,
     path = "/v1/auth/disable",
