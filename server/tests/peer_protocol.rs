@@ -191,6 +191,17 @@ fn envelopes() -> Vec<Envelope> {
             entries: vec![(3, Value::Noop)],
             commit: 14,
         },
+        Message::Forward {
+            cmds: vec![put(b"k", b"v")],
+        },
+        Message::ForwardRefused {
+            ids: vec![RequestId {
+                client: u64::MAX - 1,
+                seq: 9,
+            }],
+            hint: Some(u64::MAX - 5),
+            busy: false,
+        },
     ];
     msgs.into_iter()
         .map(|msg| Envelope {

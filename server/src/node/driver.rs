@@ -47,6 +47,13 @@ pub enum Input {
         cmd: Command,
         reply: oneshot::Sender<Result<OpResult, ProposeError>>,
     },
+    /// A write for master `to` to propose, answered when this node applies
+    /// it (see [`Replica::forward`]).
+    Forward {
+        to: NodeId,
+        cmd: Command,
+        reply: oneshot::Sender<Result<OpResult, ProposeError>>,
+    },
     ReadIndex {
         reply: oneshot::Sender<Result<Index, ReadError>>,
     },
@@ -174,6 +181,25 @@ pub struct Driver {
     pub expiry_ids: RequestId,
 }
 
+/// Once this node sees another master (or none), writes it forwarded to the
+/// old one are answered "not master", to be sent again to the new one under
+/// the same request id: the old master may never propose them, and nothing
+/// else would tell. If it did propose them and they are chosen too, the
+/// state machine applies the second copy as a duplicate (see
+/// [`crate::kv::dedup`]), so retrying is safe.
+fn answer_stale_forwards(waiters: &mut HashMap<RequestId, Waiter>, master: Option<NodeId>) {
+    let stale: Vec<RequestId> = waiters
+        .iter()
+        .filter(|(_, w)| w.forwarded_to.is_some_and(|to| Some(to) != master))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in stale {
+        if let Some(w) = waiters.remove(&id) {
+            let _ = w.reply.send(Err(ProposeError::NotMaster { hint: master }));
+        }
+    }
+}
+
 /// Callers of [`Input::ReadIndex`] waiting for the engine's answer, by the
 /// token it was asked with.
 #[derive(Debug, Default)]
@@ -194,6 +220,8 @@ impl std::fmt::Debug for Driver {
 struct Waiter {
     reply: oneshot::Sender<Result<OpResult, ProposeError>>,
     since: Instant,
+    /// The master a forwarded write went to.
+    forwarded_to: Option<NodeId>,
 }
 
 impl Driver {
@@ -203,6 +231,7 @@ impl Driver {
         let mut last_tick = Instant::now();
         let mut last_lease_check = Instant::now();
         let mut was_master = false;
+        let mut master = None;
         self.turn(&mut waiters);
         loop {
             // The engine's own votes, fed back at the end of the last turn,
@@ -239,6 +268,11 @@ impl Driver {
                 self.replica.tick(now);
             }
             self.turn(&mut waiters);
+            let now_master = self.replica.master_hint();
+            if now_master != master {
+                master = now_master;
+                answer_stale_forwards(&mut waiters, master);
+            }
             self.answer_lease_questions();
             if last_lease_check.elapsed() >= LEASE_CHECK {
                 last_lease_check = Instant::now();
@@ -282,21 +316,13 @@ impl Driver {
             }
             Input::Propose { cmd, reply } => {
                 let id = cmd.id;
-                match self.replica.propose(now, cmd) {
-                    Ok(()) => {
-                        self.metrics.inc_proposals(1);
-                        waiters.insert(
-                            id,
-                            Waiter {
-                                reply,
-                                since: Instant::now(),
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
+                let proposed = self.replica.propose(now, cmd);
+                self.wait_for(waiters, id, proposed, reply, None);
+            }
+            Input::Forward { to, cmd, reply } => {
+                let id = cmd.id;
+                let forwarded = self.replica.forward(now, to, cmd);
+                self.wait_for(waiters, id, forwarded, reply, Some(to));
             }
             Input::ReadIndex { reply } => {
                 let token = self.reads.next;
@@ -332,6 +358,36 @@ impl Driver {
             Input::ForbidCandidacy => self.replica.forbid_candidacy(),
             Input::Lease { ids, renew, reply } => self.lease_questions.push((ids, renew, reply)),
             Input::Shutdown => {}
+        }
+    }
+
+    /// Registers the caller of a write the engine took, or answers it with
+    /// why the engine did not.
+    fn wait_for(
+        &self,
+        waiters: &mut HashMap<RequestId, Waiter>,
+        id: RequestId,
+        taken: Result<(), ProposeError>,
+        reply: oneshot::Sender<Result<OpResult, ProposeError>>,
+        forwarded_to: Option<NodeId>,
+    ) {
+        match taken {
+            Ok(()) => {
+                if forwarded_to.is_none() {
+                    self.metrics.inc_proposals(1);
+                }
+                waiters.insert(
+                    id,
+                    Waiter {
+                        reply,
+                        since: Instant::now(),
+                        forwarded_to,
+                    },
+                );
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
         }
     }
 
@@ -391,6 +447,11 @@ impl Driver {
                 let _ = w.reply.send(Err(ProposeError::NotMaster {
                     hint: self.replica.master_hint(),
                 }));
+            }
+        }
+        for (id, e) in ready.refused {
+            if let Some(w) = waiters.remove(&id) {
+                let _ = w.reply.send(Err(e));
             }
         }
         for peer in ready.send_snapshot {

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::Instrument as _;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::api::service::{
     ClusterInfo, Consistency, Health, MemberChange, MemberInfo, MemberRole, NodeStatus,
@@ -140,6 +140,9 @@ struct Inner {
     read_batch: Mutex<ReadBatch>,
     /// Writes forwarded to the master, coalesced.
     forward_batch: Mutex<ForwardBatch>,
+    /// Peers whose messages said they take `forward` messages (see
+    /// [`wire::FEATURES_HEADER`]), as their latest request said.
+    takes_forwards: Mutex<HashMap<NodeId, bool>>,
     /// State digests of this replica and its peers (see [`digest`]).
     digests: Arc<Mutex<digest::Digests>>,
     /// Set once this replica's state is known to differ from the majority's.
@@ -173,6 +176,15 @@ struct ForwardBatch {
     waiting: Vec<(Command, oneshot::Sender<Result<ProposeReply, String>>)>,
 }
 
+/// Who sent peer messages, as the headers of their request say.
+#[derive(Debug, Default)]
+pub struct Origin<'a> {
+    /// The sender's own peer URL.
+    pub url: Option<&'a str>,
+    /// The sender takes `forward` messages when it is master.
+    pub takes_forwards: bool,
+}
+
 /// Why peer messages were not taken.
 #[derive(Debug)]
 pub enum Misaddressed {
@@ -189,6 +201,18 @@ impl Node {
         crate::cluster::check_peer_scheme(url, self.inner.cfg.peer_tls.is_some())
             .map_err(|e| ServiceError::Invalid(format!("peer_url {e}")))
     }
+}
+
+/// The engine's answer to a write as a [`ProposeReply`]; `None` if the
+/// engine stopped without answering.
+fn propose_reply(
+    answer: Result<Result<OpResult, ProposeError>, oneshot::error::RecvError>,
+) -> Option<ProposeReply> {
+    Some(match answer.ok()? {
+        Ok(result) => ProposeReply::Applied(result),
+        Err(ProposeError::NotMaster { hint }) => ProposeReply::NotMaster { hint },
+        Err(e) => ProposeReply::Busy(e.to_string()),
+    })
 }
 
 /// One readable line for a failed HTTP call, without the URL reqwest repeats.
@@ -215,6 +239,11 @@ fn describe(m: &Membership) -> String {
 
 /// How often a node with `--auth` retries switching auth on for the cluster.
 const AUTH_ENABLE_RETRY: Duration = Duration::from_secs(2);
+
+/// How long a write forwarded on the peer stream may go unanswered before
+/// it is sent again (under the same request id): the message may have been
+/// lost with a broken stream. Far above a commit's latency under load.
+const FORWARD_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// Forward requests a follower keeps out at once.
 const FORWARDS_IN_FLIGHT: usize = 2;
@@ -385,6 +414,7 @@ impl Node {
                 read_lease: Arc::new(ReadLease::default()),
                 read_batch: Mutex::new(ReadBatch::default()),
                 forward_batch: Mutex::new(ForwardBatch::default()),
+                takes_forwards: Mutex::new(HashMap::new()),
                 digests: Arc::new(Mutex::new(digest::Digests::default())),
                 diverged: std::sync::atomic::AtomicBool::new(false),
                 receiving_snapshot: std::sync::atomic::AtomicBool::new(false),
@@ -945,7 +975,7 @@ impl Node {
     pub fn deliver(
         &self,
         mut envs: Vec<crate::paxos::Envelope>,
-        from_url: Option<&str>,
+        origin: &Origin<'_>,
     ) -> Result<(), Misaddressed> {
         let before = envs.len();
         envs.retain(|e| e.to == self.inner.id);
@@ -962,8 +992,15 @@ impl Node {
                 Ok(())
             };
         }
-        if let (Some(url), Some(first)) = (from_url, envs.first()) {
-            self.inner.outbox.learn_address(first.from, url);
+        if let Some(first) = envs.first() {
+            if let Some(url) = origin.url {
+                self.inner.outbox.learn_address(first.from, url);
+            }
+            if let Ok(mut peers) = self.inner.takes_forwards.lock()
+                && peers.get(&first.from) != Some(&origin.takes_forwards)
+            {
+                peers.insert(first.from, origin.takes_forwards);
+            }
         }
         self.submit(Input::Peer(envs))
             .map_err(Misaddressed::Service)
@@ -978,10 +1015,8 @@ impl Node {
         let (reply, rx) = oneshot::channel();
         self.submit(Input::Propose { cmd, reply })?;
         match tokio::time::timeout_at(deadline.into(), rx).await {
-            Ok(Ok(Ok(result))) => Ok(ProposeReply::Applied(result)),
-            Ok(Ok(Err(ProposeError::NotMaster { hint }))) => Ok(ProposeReply::NotMaster { hint }),
-            Ok(Ok(Err(e))) => Ok(ProposeReply::Busy(e.to_string())),
-            Ok(Err(_)) => Err(ServiceError::Internal("the engine stopped".into())),
+            Ok(answer) => propose_reply(answer)
+                .ok_or_else(|| ServiceError::Internal("the engine stopped".into())),
             Err(_) => Err(ServiceError::Timeout(
                 "the write was proposed but not applied before the deadline; it may still commit"
                     .into(),
@@ -1050,9 +1085,29 @@ impl Node {
         .collect()
     }
 
-    /// Sends `cmd` to the master in the next forward batch (see
-    /// [`ForwardBatch`]) and waits for its answer.
-    async fn forward(&self, cmd: Command, hint: NodeId) -> Result<ProposeReply, String> {
+    /// Sends `cmd` to master `hint`: as a `forward` message on the peer
+    /// stream when the master takes them, else in the next forward request
+    /// (see [`ForwardBatch`]); waits for its answer.
+    ///
+    /// While spans are exported, forwards go by request: its headers carry
+    /// the trace context, so that a write through a follower is one trace
+    /// across both nodes, which a message on the stream (many writes of many
+    /// traces in one line) cannot be.
+    async fn forward(
+        &self,
+        cmd: Command,
+        hint: NodeId,
+        deadline: Instant,
+    ) -> Result<ProposeReply, String> {
+        let engine = !crate::telemetry::exporting_spans()
+            && self
+                .inner
+                .takes_forwards
+                .lock()
+                .is_ok_and(|peers| peers.get(&hint).copied().unwrap_or(false));
+        if engine {
+            return self.forward_by_engine(cmd, hint, deadline).await;
+        }
         let (tx, rx) = oneshot::channel();
         let start = match self.inner.forward_batch.lock() {
             Ok(mut b) => {
@@ -1072,6 +1127,30 @@ impl Node {
         }
         rx.await
             .unwrap_or_else(|_| Err("the forwarder stopped".into()))
+    }
+
+    /// Hands `cmd` to this node's engine to forward to `master` (see
+    /// [`crate::paxos::Replica::forward`]); the answer comes when this node
+    /// applies it. A forward lost on the way gets no answer: after
+    /// [`FORWARD_ATTEMPT`] the caller sends it again under the same id.
+    async fn forward_by_engine(
+        &self,
+        cmd: Command,
+        master: NodeId,
+        deadline: Instant,
+    ) -> Result<ProposeReply, String> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Input::Forward {
+            to: master,
+            cmd,
+            reply,
+        })
+        .map_err(|e| e.to_string())?;
+        let until = deadline.min(Instant::now() + FORWARD_ATTEMPT);
+        match tokio::time::timeout_at(until.into(), rx).await {
+            Ok(answer) => propose_reply(answer).ok_or_else(|| "the engine stopped".into()),
+            Err(_) => Err("the master did not answer in time".into()),
+        }
     }
 
     /// Sends the waiting forwards to the master until none are left.
@@ -1480,7 +1559,7 @@ impl Service for Node {
             let reply = match local {
                 ProposeReply::NotMaster { hint: Some(m) } if m != self.inner.id => {
                     self.inner.metrics.inc_forwarded();
-                    match self.forward(cmd.clone(), m).await {
+                    match self.forward(cmd.clone(), m, deadline).await {
                         Ok(r) => {
                             proposed = true;
                             r

@@ -25,7 +25,7 @@ use super::wire::{
     self, ChangeReply, PeerBody, PeerErrorCode, ProposeReply, ReadIndexReply, Reply, TransferReply,
     TransferRequest,
 };
-use super::{Misaddressed, Node};
+use super::{Misaddressed, Node, Origin};
 
 /// Largest peer request accepted (a snapshot travels in one request).
 const MAX_PEER_BODY: usize = 4 << 30;
@@ -129,7 +129,9 @@ fn service_error(e: ServiceError) -> Response {
     path = "/peer/v1/messages",
     tag = "paxos",
     params(("x-phxkv-peer-url" = Option<String>, Header,
-        description = "The sender's own peer URL, so a member that does not know it yet can answer.")),
+        description = "The sender's own peer URL, so a member that does not know it yet can answer."),
+        ("phxkv-peer-features" = Option<String>, Header,
+        description = "What the sender does beyond the messages every version understands, comma-separated. `forward`: as master it takes `forward` messages, so the receiver, as its follower, sends client writes that way instead of `POST /peer/v1/propose_batch`.")),
     request_body(content((Vec<Envelope> = "application/json"))),
     responses(
         (status = 204, description = "Handed to the engine."),
@@ -141,7 +143,7 @@ async fn messages(
     headers: HeaderMap,
     PeerBody { value: envs, .. }: PeerBody<Vec<Envelope>>,
 ) -> Response {
-    match node.deliver(envs, sender_url(&headers)) {
+    match node.deliver(envs, &Origin::of(&headers)) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(Misaddressed::OtherIncarnation(mine)) => error(
             StatusCode::CONFLICT,
@@ -156,12 +158,21 @@ async fn messages(
     }
 }
 
-/// The sender's own peer URL, from its header, if it is one.
+/// What the headers of a request with peer messages say of its sender.
 fn sender_url(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(wire::PEER_URL_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+}
+
+impl<'a> Origin<'a> {
+    fn of(headers: &'a HeaderMap) -> Origin<'a> {
+        Origin {
+            url: sender_url(headers),
+            takes_forwards: wire::takes_forwards(headers.get(wire::FEATURES_HEADER)),
+        }
+    }
 }
 
 /// A long-lived stream of Paxos messages for this node: newline-delimited
@@ -175,7 +186,9 @@ fn sender_url(headers: &HeaderMap) -> Option<&str> {
     path = "/peer/v1/stream",
     tag = "paxos",
     params(("x-phxkv-peer-url" = Option<String>, Header,
-        description = "The sender's own peer URL, so a member that does not know it yet can answer.")),
+        description = "The sender's own peer URL, so a member that does not know it yet can answer."),
+        ("phxkv-peer-features" = Option<String>, Header,
+        description = "As for `POST /peer/v1/messages`.")),
     request_body(content((Vec<Envelope> = "application/x-ndjson")),
         description = "One JSON array of envelopes per line."),
     responses(
@@ -198,7 +211,7 @@ async fn stream(State(node): State<Node>, headers: HeaderMap, body: axum::body::
             &format!("a message stream is {}", wire::NDJSON),
         );
     }
-    let from_url = sender_url(&headers).map(str::to_owned);
+    let sender = Origin::of(&headers);
     let mut body = body.into_data_stream();
     let mut buf: Vec<u8> = Vec::new();
     let mut lines = 0u64;
@@ -241,7 +254,7 @@ async fn stream(State(node): State<Node>, headers: HeaderMap, body: axum::body::
                     );
                 }
             };
-            match node.deliver(envs, from_url.as_deref()) {
+            match node.deliver(envs, &sender) {
                 Ok(()) => {}
                 Err(Misaddressed::OtherIncarnation(mine)) => {
                     return error(

@@ -392,7 +392,8 @@ async fn stream_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &m
         .client
         .post(url.clone())
         .header(reqwest::header::AUTHORIZATION, inner.auth.clone())
-        .header(reqwest::header::CONTENT_TYPE, wire::NDJSON);
+        .header(reqwest::header::CONTENT_TYPE, wire::NDJSON)
+        .header(wire::FEATURES_HEADER, wire::FEATURES);
     if let Some(own) = link.own_url.as_ref() {
         req = req.header(wire::PEER_URL_HEADER, own.clone());
     }
@@ -473,7 +474,8 @@ async fn post_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &mut
         let mut req = inner
             .client
             .post(url.clone())
-            .header(reqwest::header::AUTHORIZATION, inner.auth.clone());
+            .header(reqwest::header::AUTHORIZATION, inner.auth.clone())
+            .header(wire::FEATURES_HEADER, wire::FEATURES);
         if let Some(own) = link.own_url.as_ref() {
             req = req.header(wire::PEER_URL_HEADER, own.clone());
         }

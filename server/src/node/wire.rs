@@ -28,6 +28,23 @@ use crate::paxos::{Index, NodeId, SnapshotMeta};
 /// does not know it yet (a learner that just joined) can answer.
 pub const PEER_URL_HEADER: &str = "x-phxkv-peer-url";
 
+/// The request header in which a node lists, comma-separated, what it
+/// does beyond the messages every version understands. `forward`: it
+/// proposes client writes that reach it as `forward` messages, so a
+/// follower that hears this from its master sends its clients' writes that
+/// way, on its message stream, instead of `POST /peer/v1/propose_batch`
+/// (which a node of an earlier version needs, and which stays for `curl`).
+pub const FEATURES_HEADER: &str = "phxkv-peer-features";
+/// What this version puts in [`FEATURES_HEADER`].
+pub const FEATURES: &str = "forward";
+
+/// Whether a peer's [`FEATURES_HEADER`] says it takes `forward` messages.
+pub fn takes_forwards(value: Option<&HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|f| f.trim() == "forward"))
+}
+
 /// Content type of peer bodies.
 pub const JSON: &str = "application/json";
 /// The content type of a message stream: newline-delimited JSON, one batch
@@ -415,6 +432,16 @@ mod tests {
                 commit: 8,
             },
         }]
+    }
+
+    #[test]
+    fn the_features_header_is_read_as_a_list() {
+        let takes = |v: &'static str| takes_forwards(Some(&HeaderValue::from_static(v)));
+        assert!(takes(FEATURES));
+        assert!(takes("something, forward"));
+        assert!(!takes("forwarded"));
+        assert!(!takes(""));
+        assert!(!takes_forwards(None));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::log::LogEntry;
-use super::types::{Ballot, Index, InstanceValue, NodeId};
+use super::types::{Ballot, Command, Index, InstanceValue, NodeId, RequestId};
 
 /// Why an acceptor refused a prepare or accept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -73,6 +73,17 @@ pub enum Message {
     /// The receiver had promised no ballot above `ballot` when it answered
     /// round `seq`.
     ReadAck { ballot: Ballot, seq: u64 },
+    /// Client writes that reached a follower, for the master to propose. No
+    /// answer comes back for the ones it takes: the follower answers its
+    /// clients when it applies them itself (their request ids name them).
+    Forward { cmds: Vec<Command> },
+    /// The receiver did not take these forwarded writes: it is not master
+    /// (`hint`: who is, as far as it knows), or its queue is full (`busy`).
+    ForwardRefused {
+        ids: Vec<RequestId>,
+        hint: Option<NodeId>,
+        busy: bool,
+    },
 }
 
 impl Message {
@@ -95,6 +106,9 @@ impl Message {
     /// `HeartbeatAck`) and everything that starts or hands over mastership
     /// (`Prepare`, `TimeoutNow`) still waits for the records.
     ///
+    /// `Forward` and `ForwardRefused` carry client commands that are not
+    /// chosen yet and say nothing about any acceptor, so they qualify.
+    ///
     /// `ReadProbe` and `ReadAck` qualify too: a probe states nothing about
     /// the sender's acceptor, and an ack states that the acceptor had
     /// promised nothing above the probe's ballot when it answered, which
@@ -110,6 +124,8 @@ impl Message {
                 | Message::Catchup { .. }
                 | Message::ReadProbe { .. }
                 | Message::ReadAck { .. }
+                | Message::Forward { .. }
+                | Message::ForwardRefused { .. }
         )
     }
 }

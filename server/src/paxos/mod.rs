@@ -18,7 +18,10 @@ pub mod types;
 pub use config::{EngineConfig, ReadMode};
 pub use log::*;
 pub use message::{Envelope, Message, RejectReason};
-pub use replica::{HandoffError, ProposeError, ReadError, Ready, Replica, Status};
+pub use replica::{
+    HandoffError, MAX_FORWARD_BYTES, MAX_FORWARD_COMMANDS, ProposeError, ReadError, Ready, Replica,
+    Status,
+};
 pub use types::*;
 
 #[cfg(test)]

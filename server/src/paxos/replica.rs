@@ -34,7 +34,14 @@ use rand::{Rng, SeedableRng};
 use super::config::{EngineConfig, ReadMode};
 use super::log::{LogEntry, Persist, Recovered, SnapshotMeta};
 use super::message::{Envelope, Message, RejectReason};
-use super::types::{Ballot, Command, ConfChange, Index, Membership, NodeId, Value};
+use super::types::{Ballot, Command, ConfChange, Index, Membership, NodeId, RequestId, Value};
+
+/// Most commands in one [`Message::Forward`].
+pub const MAX_FORWARD_COMMANDS: usize = 1024;
+/// Most bytes of commands ([`Command::size_hint`]) in one
+/// [`Message::Forward`] beyond its first command, so that a line of the peer
+/// stream stays far below its limit whatever the value sizes.
+pub const MAX_FORWARD_BYTES: usize = 4 << 20;
 
 /// Panics with a message when a safety invariant is broken. Continuing after
 /// that would risk acknowledging or applying something that was not chosen.
@@ -124,6 +131,9 @@ pub struct Ready {
     /// Answers to [`Replica::request_read`], by the caller's token: the index
     /// to apply before reading, or why the read cannot be served here.
     pub reads: Vec<(u64, Result<Index, ReadError>)>,
+    /// Commands this node forwarded ([`Replica::forward`]) that the node they
+    /// went to did not take, and why. Taken ones are answered at apply.
+    pub refused: Vec<(RequestId, ProposeError)>,
 }
 
 impl Ready {
@@ -134,6 +144,7 @@ impl Ready {
             && self.rejected.is_empty()
             && self.send_snapshot.is_empty()
             && self.reads.is_empty()
+            && self.refused.is_empty()
     }
 }
 
@@ -296,6 +307,9 @@ pub struct Replica {
     /// [`Replica::take_ready`] (packing queued commands into instances,
     /// starting a read round) is done at this time.
     last_now: Duration,
+    /// Commands for another node to propose ([`Replica::forward`]), by that
+    /// node, sent at the next [`Replica::take_ready`].
+    forwards: BTreeMap<NodeId, Vec<Command>>,
 
     ready: Ready,
 }
@@ -364,6 +378,7 @@ impl Replica {
             last_heard: now,
             election_deadline: now,
             last_now: now,
+            forwards: BTreeMap::new(),
             ready: Ready::default(),
             rng,
             cfg,
@@ -441,7 +456,10 @@ impl Replica {
 
     /// Whether [`Replica::take_ready`] has anything to hand out.
     pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty() || self.can_pump() || self.can_start_read_round()
+        !self.ready.is_empty()
+            || self.can_pump()
+            || self.can_start_read_round()
+            || !self.forwards.is_empty()
     }
 
     /// Hands out everything the caller must now persist, send and apply.
@@ -457,7 +475,37 @@ impl Replica {
         if self.can_start_read_round() {
             self.start_read_round(self.last_now);
         }
+        self.send_forwards();
         std::mem::take(&mut self.ready)
+    }
+
+    /// Sends the commands [`Replica::forward`] queued since the last call,
+    /// one message per target unless they exceed [`MAX_FORWARD_COMMANDS`]
+    /// or [`MAX_FORWARD_BYTES`].
+    fn send_forwards(&mut self) {
+        for (to, cmds) in std::mem::take(&mut self.forwards) {
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            for cmd in cmds {
+                let size = cmd.size_hint();
+                if !chunk.is_empty()
+                    && (chunk.len() >= MAX_FORWARD_COMMANDS || bytes + size > MAX_FORWARD_BYTES)
+                {
+                    self.send(
+                        to,
+                        Message::Forward {
+                            cmds: std::mem::take(&mut chunk),
+                        },
+                    );
+                    bytes = 0;
+                }
+                bytes += size;
+                chunk.push(cmd);
+            }
+            if !chunk.is_empty() {
+                self.send(to, Message::Forward { cmds: chunk });
+            }
+        }
     }
 
     /// Whether queued commands wait for an instance the window has room for.
@@ -700,6 +748,58 @@ impl Replica {
             Message::Catchup { entries, commit } => self.on_catchup(now, from, entries, commit),
             Message::ReadProbe { ballot, seq } => self.on_read_probe(now, from, ballot, seq),
             Message::ReadAck { ballot, seq } => self.on_read_ack(from, ballot, seq),
+            Message::Forward { cmds } => self.on_forward(now, from, cmds),
+            Message::ForwardRefused { ids, hint, busy } => {
+                let max_queue = self.cfg.max_queue;
+                self.ready.refused.extend(ids.into_iter().map(|id| {
+                    let e = if busy {
+                        ProposeError::Busy(max_queue)
+                    } else {
+                        ProposeError::NotMaster { hint }
+                    };
+                    (id, e)
+                }));
+            }
+        }
+    }
+
+    /// A follower's forwarded writes: proposed as if they had arrived here;
+    /// the ones that cannot be go back refused, so that the follower retries
+    /// them (at the master it is told of) instead of waiting.
+    fn on_forward(&mut self, now: Duration, from: NodeId, cmds: Vec<Command>) {
+        let mut not_master = Vec::new();
+        let mut busy = Vec::new();
+        let mut hint = None;
+        for cmd in cmds {
+            let id = cmd.id;
+            match self.propose(now, cmd) {
+                Ok(()) => {}
+                Err(ProposeError::NotMaster { hint: h }) => {
+                    hint = h;
+                    not_master.push(id);
+                }
+                Err(_) => busy.push(id),
+            }
+        }
+        if !not_master.is_empty() {
+            self.send(
+                from,
+                Message::ForwardRefused {
+                    ids: not_master,
+                    hint,
+                    busy: false,
+                },
+            );
+        }
+        if !busy.is_empty() {
+            self.send(
+                from,
+                Message::ForwardRefused {
+                    ids: busy,
+                    hint: None,
+                    busy: true,
+                },
+            );
         }
     }
 
@@ -1697,6 +1797,25 @@ impl Replica {
         }
         m.queue.push_back(cmd);
         // Packed at take_ready, with whatever else arrives before it.
+        self.last_now = self.last_now.max(now);
+        Ok(())
+    }
+
+    /// Queues a client command for `to`, which this node believes is master,
+    /// to propose; it is answered when this node applies it, or comes back in
+    /// [`Ready::refused`] if `to` does not take it. A master proposes it
+    /// itself. Nothing is promised for a forward that is lost on the way:
+    /// the caller gives up after a while and sends it again under the same
+    /// request id, which the state machine applies at most once.
+    pub fn forward(&mut self, now: Duration, to: NodeId, cmd: Command) -> Result<(), ProposeError> {
+        if self.is_master() || to == self.cfg.id {
+            return self.propose(now, cmd);
+        }
+        let queued: usize = self.forwards.values().map(Vec::len).sum();
+        if queued >= self.cfg.max_queue {
+            return Err(ProposeError::Busy(self.cfg.max_queue));
+        }
+        self.forwards.entry(to).or_default().push(cmd);
         self.last_now = self.last_now.max(now);
         Ok(())
     }

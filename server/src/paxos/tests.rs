@@ -65,6 +65,8 @@ struct Net {
     committed: BTreeMap<NodeId, Vec<(Index, Value)>>,
     /// Answers to read requests, per node, in order.
     reads: BTreeMap<NodeId, Vec<ReadAnswer>>,
+    /// Forwarded commands that came back refused, per node, in order.
+    refused: BTreeMap<NodeId, Vec<(RequestId, ProposeError)>>,
     now: Duration,
     /// Messages for which this returns true are lost.
     dropper: Option<Dropper>,
@@ -94,6 +96,7 @@ impl Net {
             persisted: BTreeMap::new(),
             committed: BTreeMap::new(),
             reads: BTreeMap::new(),
+            refused: BTreeMap::new(),
             now: Duration::ZERO,
             dropper: None,
             mode,
@@ -152,6 +155,7 @@ impl Net {
             .or_default()
             .extend(ready.committed);
         self.reads.entry(id).or_default().extend(ready.reads);
+        self.refused.entry(id).or_default().extend(ready.refused);
         self.wire.extend(ready.messages);
     }
 
@@ -832,6 +836,28 @@ fn a_full_queue_refuses_proposals_as_busy() {
         }
     }
     assert!(refused > 0);
+    // Forwarded writes beyond the queue go back to their sender as busy.
+    r.step(
+        t,
+        2,
+        Message::Forward {
+            cmds: (11..=12).map(|seq| put(seq, "k")).collect(),
+        },
+    );
+    let back: Vec<_> = r.take_ready().messages;
+    assert!(
+        back.iter().any(|env| env.to == 2
+            && env.msg
+                == Message::ForwardRefused {
+                    ids: vec![
+                        RequestId { client: 1, seq: 11 },
+                        RequestId { client: 1, seq: 12 }
+                    ],
+                    hint: None,
+                    busy: true,
+                }),
+        "{back:?}"
+    );
 }
 
 // -------------------------------------------------------------- learner
@@ -847,6 +873,90 @@ fn followers_learn_commits_from_the_master() {
     for id in [1, 2, 3] {
         assert_eq!(net.batches(id), vec![vec![1]], "node {id}");
     }
+}
+
+#[test]
+fn a_follower_forwards_writes_in_one_message_and_applies_them_like_everyone() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    let f = net.nodes.get_mut(&2).expect("follower");
+    for seq in 1..=3 {
+        f.forward(now, 1, put(seq, "a")).expect("queued");
+    }
+    let ready = f.take_ready();
+    let forwards: Vec<_> = ready
+        .messages
+        .iter()
+        .filter(|env| matches!(env.msg, Message::Forward { .. }))
+        .collect();
+    assert_eq!(forwards.len(), 1, "{:?}", ready.messages);
+    assert_eq!(forwards[0].to, 1);
+    net.wire.extend(ready.messages);
+    net.settle(&[]);
+    net.advance(Duration::from_millis(100), &[]);
+    for id in [1, 2, 3] {
+        assert_eq!(net.batches(id), vec![vec![1, 2, 3]], "node {id}");
+    }
+    assert!(net.refused.values().all(Vec::is_empty));
+    net.assert_agreement();
+}
+
+#[test]
+fn a_forward_to_a_node_that_is_not_master_comes_back_refused_with_a_hint() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    let f = net.nodes.get_mut(&2).expect("follower");
+    f.forward(now, 3, put(7, "a")).expect("queued");
+    net.settle(&[]);
+    assert_eq!(
+        net.refused[&2],
+        vec![(
+            RequestId { client: 1, seq: 7 },
+            ProposeError::NotMaster { hint: Some(1) }
+        )]
+    );
+    assert!(net.batches(1).is_empty());
+    // The master takes what is forwarded to it as its own proposal.
+    let m = net.nodes.get_mut(&1).expect("master");
+    m.forward(now, 3, put(8, "a")).expect("proposed");
+    net.settle(&[]);
+    assert_eq!(net.batches(1), vec![vec![8]]);
+}
+
+#[test]
+fn forwards_are_split_by_count_and_by_size() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let now = net.now;
+    let f = net.nodes.get_mut(&2).expect("follower");
+    let n = MAX_FORWARD_COMMANDS as u64 + 1;
+    for seq in 1..=n {
+        f.forward(now, 1, put(seq, "a")).expect("queued");
+    }
+    let big = |seq| Command {
+        id: RequestId { client: 2, seq },
+        op: Op::Put {
+            key: b"big".to_vec(),
+            value: vec![0; MAX_FORWARD_BYTES / 2],
+            expect: None,
+        },
+    };
+    for seq in 1..=3 {
+        f.forward(now, 1, big(seq)).expect("queued");
+    }
+    let sizes: Vec<usize> = f
+        .take_ready()
+        .messages
+        .iter()
+        .filter_map(|env| match &env.msg {
+            Message::Forward { cmds } => Some(cmds.len()),
+            _ => None,
+        })
+        .collect();
+    // 1024 small ones; one small and one big; then one big each.
+    assert_eq!(sizes, vec![MAX_FORWARD_COMMANDS, 2, 1, 1]);
 }
 
 #[test]

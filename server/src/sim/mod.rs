@@ -62,6 +62,8 @@ pub struct SeedOutcome {
     pub lease_renewals: usize,
     pub lease_expiries: usize,
     pub replacements: usize,
+    /// Writes answered by a follower that had forwarded them.
+    pub forwarded_acks: usize,
 }
 
 /// Options derived from a seed: cluster size, faults, membership changes.
@@ -161,6 +163,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
                 lease_renewals: 0,
                 lease_expiries: 0,
                 replacements: 0,
+                forwarded_acks: 0,
             };
         }
     };
@@ -200,5 +203,6 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
         lease_renewals: report.lease_renewals,
         lease_expiries: report.lease_expiries,
         replacements: report.replacements,
+        forwarded_acks: report.forwarded_acks,
     }
 }

@@ -310,6 +310,8 @@ pub struct RunReport {
     /// Keep-alives acknowledged, and leases that expired.
     pub lease_renewals: usize,
     pub lease_expiries: usize,
+    /// Writes answered by a follower that had forwarded them to the master.
+    pub forwarded_acks: usize,
 }
 
 /// A simulated cluster.
@@ -333,6 +335,7 @@ pub struct World {
     /// refused as the model says.
     auth_seq: u64,
     auth_refusals: usize,
+    forwarded_acks: usize,
     /// Where each of the actor's ops was first chosen: a copy chosen again
     /// later is answered from the dedup table, with the first outcome.
     auth_first: BTreeMap<RequestId, Index>,
@@ -466,6 +469,7 @@ impl World {
             auth_models: BTreeMap::new(),
             auth_seq: 0,
             auth_refusals: 0,
+            forwarded_acks: 0,
             auth_first: BTreeMap::new(),
             lease: LeaseActor::default(),
             lease_results: BTreeMap::new(),
@@ -735,8 +739,9 @@ impl World {
         for (index, value) in ready.committed {
             self.apply(i, index, value);
         }
-        for cmd in ready.rejected {
-            if let Some((client, attempt)) = self.nodes[i].waiters.remove(&cmd.id) {
+        let refused = ready.refused.into_iter().map(|(id, _)| id);
+        for id in ready.rejected.iter().map(|c| c.id).chain(refused) {
+            if let Some((client, attempt)) = self.nodes[i].waiters.remove(&id) {
                 let hint = self.nodes[i].replica.as_ref().and_then(|r| r.master_hint());
                 self.reply(client, attempt, Reply::Redirect(hint));
             }
@@ -829,6 +834,13 @@ impl World {
                     return self.fail(e);
                 }
                 if let Some((client, attempt)) = self.nodes[i].waiters.remove(&cmd.id) {
+                    if !self.nodes[i]
+                        .replica
+                        .as_ref()
+                        .is_some_and(|r| r.is_master())
+                    {
+                        self.forwarded_acks += 1;
+                    }
                     let ret = to_return(&cmd.op, &result);
                     self.reply(client, attempt, Reply::Done(ret));
                 }
@@ -1139,6 +1151,9 @@ impl World {
             client: self.clients[c].id,
             seq: self.clients[c].seq,
         };
+        // Most writes at a follower are forwarded, the rest redirected, so
+        // both ways are exercised.
+        let may_forward = self.rng.random_bool(0.75);
         let Some(r) = self.nodes[i].replica.as_mut() else {
             return;
         };
@@ -1174,9 +1189,16 @@ impl World {
                 expect: Some(Expect::Version(expected_version)),
             }),
         };
+        // A follower that knows a master forwards the write through the
+        // engine (as a node does when its master takes forwards) and answers
+        // when it applies it; otherwise the client is redirected.
+        let forward_to = r.master_hint().filter(|m| may_forward && *m != r.id());
         let reply = match op {
             None => None,
-            Some(op) => match r.propose(now, Command { id, op }) {
+            Some(op) => match match forward_to {
+                Some(m) => r.forward(now, m, Command { id, op }),
+                None => r.propose(now, Command { id, op }),
+            } {
                 Ok(()) => {
                     self.nodes[i].waiters.insert(id, (c, attempt));
                     None
@@ -2036,6 +2058,7 @@ impl World {
             crash_points: self.crash_points,
             disk_losses: self.disk_losses,
             auth_refusals: self.auth_refusals,
+            forwarded_acks: self.forwarded_acks,
             lease_renewals: self.lease.renewals,
             lease_expiries: self.lease.expiries,
             replacements: self.replacements,
@@ -2179,6 +2202,17 @@ fn short(m: &crate::paxos::Message) -> String {
         M::CatchupRequest { from_index } => format!("CatchupReq({from_index})"),
         M::Catchup { entries, commit } => format!("Catchup({} entries,c{commit})", entries.len()),
         M::TimeoutNow { ballot } => format!("TimeoutNow({ballot})"),
+        M::Forward { cmds } => format!(
+            "Forward({:?})",
+            cmds.iter()
+                .map(|c| (c.id.client, c.id.seq))
+                .collect::<Vec<_>>()
+        ),
+        M::ForwardRefused { ids, hint, busy } => format!(
+            "ForwardRefused({:?},{hint:?}{})",
+            ids.iter().map(|id| (id.client, id.seq)).collect::<Vec<_>>(),
+            if *busy { ",busy" } else { "" }
+        ),
     }
 }
 
