@@ -19,8 +19,8 @@ use phxkv::node::wire::{
     ReadIndexReply, TransferRefusal, TransferReply, TransferRequest,
 };
 use phxkv::paxos::{
-    Ballot, Command, ConfChange, Envelope, LogEntry, Member, Membership, Message, RejectReason,
-    RequestId, Role, Value,
+    Ballot, Command, ConfChange, Envelope, LogEntry, Member, Membership, Message, ReadIndexAnswer,
+    RejectReason, RequestId, Role, Value,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -190,6 +190,19 @@ fn envelopes() -> Vec<Envelope> {
         Message::Catchup {
             entries: vec![(3, Value::Noop)],
             commit: 14,
+        },
+        Message::ReadIndexRequest { seq: u64::MAX - 2 },
+        Message::ReadIndexAnswer {
+            seq: 4,
+            answer: ReadIndexAnswer::Index(41),
+        },
+        Message::ReadIndexAnswer {
+            seq: 5,
+            answer: ReadIndexAnswer::NotMaster { hint: Some(17) },
+        },
+        Message::ReadIndexAnswer {
+            seq: 6,
+            answer: ReadIndexAnswer::NotNow,
         },
         Message::Forward {
             cmds: vec![put(b"k", b"v")],

@@ -54,8 +54,11 @@ pub enum Input {
         cmd: Command,
         reply: oneshot::Sender<Result<OpResult, ProposeError>>,
     },
+    /// A read index: this node's own, or with `master` set, asked of that
+    /// master on the peer stream (see [`Replica::request_remote_read`]).
     ReadIndex {
-        reply: oneshot::Sender<Result<Index, ReadError>>,
+        master: Option<NodeId>,
+        reply: ReadReply,
     },
     Change {
         change: ConfChange,
@@ -200,12 +203,35 @@ fn answer_stale_forwards(waiters: &mut HashMap<RequestId, Waiter>, master: Optio
     }
 }
 
+/// Where the engine's answer to [`Input::ReadIndex`] goes.
+type ReadReply = oneshot::Sender<Result<Index, ReadError>>;
+
 /// Callers of [`Input::ReadIndex`] waiting for the engine's answer, by the
 /// token it was asked with.
 #[derive(Debug, Default)]
 pub struct ReadWaiters {
-    waiting: HashMap<u64, oneshot::Sender<Result<Index, ReadError>>>,
+    /// With the master a remote request went to.
+    waiting: HashMap<u64, (ReadReply, Option<NodeId>)>,
     next: u64,
+}
+
+impl ReadWaiters {
+    /// Answers "not master" to the reads that wait for an answer from
+    /// another master than `master`: the one they asked is gone and may
+    /// never answer (their callers ask `master` next).
+    fn answer_stale(&mut self, master: Option<NodeId>) {
+        let stale: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, (_, to))| to.is_some_and(|to| Some(to) != master))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in stale {
+            if let Some((reply, _)) = self.waiting.remove(&t) {
+                let _ = reply.send(Err(ReadError::NotMaster { hint: master }));
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Driver {
@@ -272,6 +298,7 @@ impl Driver {
             if now_master != master {
                 master = now_master;
                 answer_stale_forwards(&mut waiters, master);
+                self.reads.answer_stale(master);
             }
             self.answer_lease_questions();
             if last_lease_check.elapsed() >= LEASE_CHECK {
@@ -324,12 +351,16 @@ impl Driver {
                 let forwarded = self.replica.forward(now, to, cmd);
                 self.wait_for(waiters, id, forwarded, reply, Some(to));
             }
-            Input::ReadIndex { reply } => {
+            Input::ReadIndex { master, reply } => {
                 let token = self.reads.next;
                 self.reads.next += 1;
-                match self.replica.request_read(now, token) {
+                let asked = match master {
+                    Some(m) => self.replica.request_remote_read(now, m, token),
+                    None => self.replica.request_read(now, token),
+                };
+                match asked {
                     Ok(()) => {
-                        self.reads.waiting.insert(token, reply);
+                        self.reads.waiting.insert(token, (reply, master));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -458,7 +489,7 @@ impl Driver {
             self.send_snapshot(peer);
         }
         for (token, answer) in ready.reads {
-            if let Some(reply) = self.reads.waiting.remove(&token) {
+            if let Some((reply, _)) = self.reads.waiting.remove(&token) {
                 let _ = reply.send(answer);
             }
         }
@@ -474,7 +505,7 @@ impl Driver {
             waiters.retain(|_, w| !w.reply.is_closed());
         }
         if self.reads.waiting.len() > 1024 {
-            self.reads.waiting.retain(|_, r| !r.is_closed());
+            self.reads.waiting.retain(|_, (r, _)| !r.is_closed());
         }
         self.maybe_compact();
     }

@@ -240,9 +240,10 @@ fn describe(m: &Membership) -> String {
 /// How often a node with `--auth` retries switching auth on for the cluster.
 const AUTH_ENABLE_RETRY: Duration = Duration::from_secs(2);
 
-/// How long a write forwarded on the peer stream may go unanswered before
-/// it is sent again (under the same request id): the message may have been
-/// lost with a broken stream. Far above a commit's latency under load.
+/// How long a write forwarded on the peer stream (or a read-index request)
+/// may go unanswered before it is sent again (a write under the same
+/// request id): the message may have been lost with a broken stream. Far
+/// above a commit's latency under load.
 const FORWARD_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// Forward requests a follower keeps out at once.
@@ -992,6 +993,10 @@ impl Node {
                 Ok(())
             };
         }
+        self.answer_read_index_requests(&mut envs);
+        if envs.is_empty() {
+            return Ok(());
+        }
         if let Some(first) = envs.first() {
             if let Some(url) = origin.url {
                 self.inner.outbox.learn_address(first.from, url);
@@ -1054,11 +1059,23 @@ impl Node {
         if let Some(i) = self.lease_read_index() {
             return Ok(ReadIndexReply::Index(i));
         }
-        let (reply, rx) = oneshot::channel();
-        self.submit(Input::ReadIndex { reply })?;
         // In quorum read mode the answer waits for a round trip to a
         // majority, which a partition can hold up: "not now" after a while.
-        match tokio::time::timeout(self.inner.cfg.read_timeout, rx).await {
+        self.engine_read_index(None, self.inner.cfg.read_timeout)
+            .await
+    }
+
+    /// A read index from this node's engine: its own (`master` unset), or
+    /// asked of `master` on the peer stream; "no lease" (ask again) if none
+    /// comes within `wait`.
+    async fn engine_read_index(
+        &self,
+        master: Option<NodeId>,
+        wait: Duration,
+    ) -> Result<ReadIndexReply, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Input::ReadIndex { master, reply })?;
+        match tokio::time::timeout(wait, rx).await {
             Ok(Ok(Ok(i))) => Ok(ReadIndexReply::Index(i)),
             Ok(Ok(Err(ReadError::NotMaster { hint }))) => Ok(ReadIndexReply::NotMaster { hint }),
             Ok(Ok(Err(ReadError::NoLease | ReadError::Busy(_)))) | Err(_) => {
@@ -1099,12 +1116,7 @@ impl Node {
         hint: NodeId,
         deadline: Instant,
     ) -> Result<ProposeReply, String> {
-        let engine = !crate::telemetry::exporting_spans()
-            && self
-                .inner
-                .takes_forwards
-                .lock()
-                .is_ok_and(|peers| peers.get(&hint).copied().unwrap_or(false));
+        let engine = !crate::telemetry::exporting_spans() && self.takes_stream_requests(hint);
         if engine {
             return self.forward_by_engine(cmd, hint, deadline).await;
         }
@@ -1127,6 +1139,46 @@ impl Node {
         }
         rx.await
             .unwrap_or_else(|_| Err("the forwarder stopped".into()))
+    }
+
+    /// Answers followers' read-index requests here, at once, while this
+    /// node is a master with a valid lease, as `POST /peer/v1/read_index`
+    /// does: the index is taken after the request arrived, which is all a
+    /// linearizable read needs. The rest go to the engine.
+    fn answer_read_index_requests(&self, envs: &mut Vec<crate::paxos::Envelope>) {
+        use crate::paxos::{Envelope, Message, ReadIndexAnswer};
+        if !envs
+            .iter()
+            .any(|e| matches!(e.msg, Message::ReadIndexRequest { .. }))
+        {
+            return;
+        }
+        let Some(index) = self.lease_read_index() else {
+            return;
+        };
+        envs.retain(|e| match e.msg {
+            Message::ReadIndexRequest { seq } => {
+                self.inner.outbox.send(Envelope {
+                    from: self.inner.id,
+                    to: e.from,
+                    msg: Message::ReadIndexAnswer {
+                        seq,
+                        answer: ReadIndexAnswer::Index(index),
+                    },
+                });
+                false
+            }
+            _ => true,
+        });
+    }
+
+    /// Whether `master` said it takes forwarded writes and read-index
+    /// requests on its stream (see [`wire::FEATURES_HEADER`]).
+    fn takes_stream_requests(&self, master: NodeId) -> bool {
+        self.inner
+            .takes_forwards
+            .lock()
+            .is_ok_and(|peers| peers.get(&master).copied().unwrap_or(false))
     }
 
     /// Hands `cmd` to this node's engine to forward to `master` (see
@@ -1373,6 +1425,13 @@ impl Node {
             };
             let master = self.inner.published.borrow().status.master;
             let reply = match master {
+                // On the peer stream, answered by the master's engine.
+                Some(m) if m != self.inner.id && self.takes_stream_requests(m) => {
+                    let wait = self.inner.cfg.read_timeout.min(FORWARD_ATTEMPT);
+                    self.engine_read_index(Some(m), wait)
+                        .await
+                        .unwrap_or(ReadIndexReply::NoLease)
+                }
                 Some(m) if m != self.inner.id => {
                     let deadline = Instant::now() + self.inner.cfg.read_timeout;
                     match self

@@ -29,11 +29,12 @@ use crate::paxos::{Index, NodeId, SnapshotMeta};
 pub const PEER_URL_HEADER: &str = "x-phxkv-peer-url";
 
 /// The request header in which a node lists, comma-separated, what it
-/// does beyond the messages every version understands. `forward`: it
-/// proposes client writes that reach it as `forward` messages, so a
-/// follower that hears this from its master sends its clients' writes that
-/// way, on its message stream, instead of `POST /peer/v1/propose_batch`
-/// (which a node of an earlier version needs, and which stays for `curl`).
+/// does beyond the messages every version understands. `forward`: as
+/// master it proposes client writes that reach it as `forward` messages and
+/// answers `read_index_request` messages, so a follower that hears this
+/// from its master sends those on its message stream instead of
+/// `POST /peer/v1/propose_batch` and `POST /peer/v1/read_index` (which a
+/// node of an earlier version needs, and which stay for `curl`).
 pub const FEATURES_HEADER: &str = "phxkv-peer-features";
 /// What this version puts in [`FEATURES_HEADER`].
 pub const FEATURES: &str = "forward";

@@ -21,6 +21,20 @@ pub enum RejectReason {
     Behind { commit: Index },
 }
 
+/// A master's answer to a [`Message::ReadIndexRequest`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadIndexAnswer {
+    /// Reads that began before the request may be served once the
+    /// follower has applied this index.
+    Index(Index),
+    /// The receiver is not master; `hint` is who is, as far as it knows.
+    NotMaster { hint: Option<NodeId> },
+    /// The master cannot answer now (no valid lease yet, or too many reads
+    /// wait for a confirmation round): ask again shortly.
+    NotNow,
+}
+
 /// A message from one replica to another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -73,6 +87,12 @@ pub enum Message {
     /// The receiver had promised no ballot above `ballot` when it answered
     /// round `seq`.
     ReadAck { ballot: Ballot, seq: u64 },
+    /// A follower asks the master for a read index: its linearizable reads
+    /// that arrived before this request wait for it. `seq` names the request
+    /// in the answer.
+    ReadIndexRequest { seq: u64 },
+    /// The answer to the sender's [`Message::ReadIndexRequest`] `seq`.
+    ReadIndexAnswer { seq: u64, answer: ReadIndexAnswer },
     /// Client writes that reached a follower, for the master to propose. No
     /// answer comes back for the ones it takes: the follower answers its
     /// clients when it applies them itself (their request ids name them).
@@ -106,6 +126,10 @@ impl Message {
     /// `HeartbeatAck`) and everything that starts or hands over mastership
     /// (`Prepare`, `TimeoutNow`) still waits for the records.
     ///
+    /// `ReadIndexRequest` states nothing; `ReadIndexAnswer` states a commit
+    /// index (chosen values, durable on a majority) under this master's
+    /// lease or a confirmation round, neither of which is on its disk.
+    ///
     /// `Forward` and `ForwardRefused` carry client commands that are not
     /// chosen yet and say nothing about any acceptor, so they qualify.
     ///
@@ -124,6 +148,8 @@ impl Message {
                 | Message::Catchup { .. }
                 | Message::ReadProbe { .. }
                 | Message::ReadAck { .. }
+                | Message::ReadIndexRequest { .. }
+                | Message::ReadIndexAnswer { .. }
                 | Message::Forward { .. }
                 | Message::ForwardRefused { .. }
         )
@@ -136,4 +162,26 @@ pub struct Envelope {
     pub from: NodeId,
     pub to: NodeId,
     pub msg: Message,
+}
+
+impl From<Result<Index, super::ReadError>> for ReadIndexAnswer {
+    fn from(r: Result<Index, super::ReadError>) -> Self {
+        match r {
+            Ok(i) => ReadIndexAnswer::Index(i),
+            Err(super::ReadError::NotMaster { hint }) => ReadIndexAnswer::NotMaster { hint },
+            Err(super::ReadError::NoLease | super::ReadError::Busy(_)) => ReadIndexAnswer::NotNow,
+        }
+    }
+}
+
+impl ReadIndexAnswer {
+    /// The answer as the asking replica reports it to its caller; "not
+    /// now" reads as no lease (the caller asks again either way).
+    pub fn into_result(self) -> Result<Index, super::ReadError> {
+        match self {
+            ReadIndexAnswer::Index(i) => Ok(i),
+            ReadIndexAnswer::NotMaster { hint } => Err(super::ReadError::NotMaster { hint }),
+            ReadIndexAnswer::NotNow => Err(super::ReadError::NoLease),
+        }
+    }
 }

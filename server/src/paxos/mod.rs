@@ -17,7 +17,7 @@ pub mod types;
 
 pub use config::{EngineConfig, ReadMode};
 pub use log::*;
-pub use message::{Envelope, Message, RejectReason};
+pub use message::{Envelope, Message, ReadIndexAnswer, RejectReason};
 pub use replica::{
     HandoffError, MAX_FORWARD_BYTES, MAX_FORWARD_COMMANDS, ProposeError, ReadError, Ready, Replica,
     Status,

@@ -33,8 +33,13 @@ use rand::{Rng, SeedableRng};
 
 use super::config::{EngineConfig, ReadMode};
 use super::log::{LogEntry, Persist, Recovered, SnapshotMeta};
-use super::message::{Envelope, Message, RejectReason};
+use super::message::{Envelope, Message, ReadIndexAnswer, RejectReason};
 use super::types::{Ballot, Command, ConfChange, Index, Membership, NodeId, RequestId, Value};
+
+/// The bit of the read tokens a master uses for its followers' read-index
+/// requests; the tokens callers pass to [`Replica::request_read`] must not
+/// have it.
+pub const REMOTE_READ_TOKEN: u64 = 1 << 63;
 
 /// Most commands in one [`Message::Forward`].
 pub const MAX_FORWARD_COMMANDS: usize = 1024;
@@ -310,6 +315,11 @@ pub struct Replica {
     /// Commands for another node to propose ([`Replica::forward`]), by that
     /// node, sent at the next [`Replica::take_ready`].
     forwards: BTreeMap<NodeId, Vec<Command>>,
+    /// Followers' read-index requests this master is answering, by the
+    /// token it asked itself with (see [`REMOTE_READ_TOKEN`]): who asked,
+    /// and their `seq`. Bounded; the oldest are forgotten first.
+    remote_reads: BTreeMap<u64, (NodeId, u64)>,
+    next_remote_read: u64,
 
     ready: Ready,
 }
@@ -379,6 +389,8 @@ impl Replica {
             election_deadline: now,
             last_now: now,
             forwards: BTreeMap::new(),
+            remote_reads: BTreeMap::new(),
+            next_remote_read: 0,
             ready: Ready::default(),
             rng,
             cfg,
@@ -476,7 +488,69 @@ impl Replica {
             self.start_read_round(self.last_now);
         }
         self.send_forwards();
+        self.answer_remote_reads();
         std::mem::take(&mut self.ready)
+    }
+
+    /// Sends the answers to followers' read-index requests out of the read
+    /// answers, leaving the local callers' ones.
+    fn answer_remote_reads(&mut self) {
+        if !self
+            .ready
+            .reads
+            .iter()
+            .any(|(t, _)| t & REMOTE_READ_TOKEN != 0)
+        {
+            return;
+        }
+        let (remote, local) = std::mem::take(&mut self.ready.reads)
+            .into_iter()
+            .partition(|(t, _)| t & REMOTE_READ_TOKEN != 0);
+        self.ready.reads = local;
+        for (token, answer) in remote {
+            if let Some((to, seq)) = self.remote_reads.remove(&token) {
+                let answer = ReadIndexAnswer::from(answer);
+                self.send(to, Message::ReadIndexAnswer { seq, answer });
+            }
+        }
+    }
+
+    /// A follower's read-index request: asked of this replica as its own
+    /// read under a token of its own, answered at [`Replica::take_ready`].
+    fn on_read_index_request(&mut self, now: Duration, from: NodeId, seq: u64) {
+        let token = REMOTE_READ_TOKEN | self.next_remote_read;
+        self.next_remote_read = (self.next_remote_read + 1) & !REMOTE_READ_TOKEN;
+        match self.request_read(now, token) {
+            Ok(()) => {
+                self.remote_reads.insert(token, (from, seq));
+                while self.remote_reads.len() > self.cfg.max_queue.max(1) {
+                    self.remote_reads.pop_first();
+                }
+            }
+            Err(e) => {
+                let answer = ReadIndexAnswer::from(Err(e));
+                self.send(from, Message::ReadIndexAnswer { seq, answer });
+            }
+        }
+    }
+
+    /// Asks master `to` for a read index for this node's reads: the answer
+    /// comes out of [`Replica::take_ready`] in [`Ready::reads`] under
+    /// `token`, if one comes (a lost request or answer gets none: the
+    /// caller asks again). A master answers its own, as
+    /// [`Replica::request_read`].
+    pub fn request_remote_read(
+        &mut self,
+        now: Duration,
+        to: NodeId,
+        token: u64,
+    ) -> Result<(), ReadError> {
+        if self.is_master() || to == self.cfg.id {
+            return self.request_read(now, token);
+        }
+        self.last_now = self.last_now.max(now);
+        self.send(to, Message::ReadIndexRequest { seq: token });
+        Ok(())
     }
 
     /// Sends the commands [`Replica::forward`] queued since the last call,
@@ -748,6 +822,10 @@ impl Replica {
             Message::Catchup { entries, commit } => self.on_catchup(now, from, entries, commit),
             Message::ReadProbe { ballot, seq } => self.on_read_probe(now, from, ballot, seq),
             Message::ReadAck { ballot, seq } => self.on_read_ack(from, ballot, seq),
+            Message::ReadIndexRequest { seq } => self.on_read_index_request(now, from, seq),
+            Message::ReadIndexAnswer { seq, answer } => {
+                self.ready.reads.push((seq, answer.into_result()));
+            }
             Message::Forward { cmds } => self.on_forward(now, from, cmds),
             Message::ForwardRefused { ids, hint, busy } => {
                 let max_queue = self.cfg.max_queue;

@@ -926,6 +926,31 @@ fn a_forward_to_a_node_that_is_not_master_comes_back_refused_with_a_hint() {
 }
 
 #[test]
+fn a_follower_gets_read_indexes_from_the_master_in_either_read_mode() {
+    for mode in [ReadMode::Lease, ReadMode::Quorum] {
+        let mut net = Net::in_mode(&[1, 2, 3], mode);
+        net.elect(1);
+        net.advance(Duration::from_millis(50), &[]);
+        let now = net.now;
+        let commit = net.nodes[&1].commit_index();
+        let f = net.nodes.get_mut(&2).expect("follower");
+        f.request_remote_read(now, 1, 5).expect("asked");
+        // Asked of a node that is not master: refused, with the master.
+        f.request_remote_read(now, 3, 6).expect("asked");
+        net.settle(&[]);
+        net.advance(Duration::from_millis(20), &[]);
+        let answers = &net.reads[&2];
+        assert!(answers.contains(&(5, Ok(commit))), "{mode:?}: {answers:?}");
+        assert!(
+            answers.contains(&(6, Err(ReadError::NotMaster { hint: Some(1) }))),
+            "{mode:?}: {answers:?}"
+        );
+        // The master's own reads are unaffected by its followers'.
+        assert!(net.reads.get(&1).is_none_or(|r| r.is_empty()), "{mode:?}");
+    }
+}
+
+#[test]
 fn forwards_are_split_by_count_and_by_size() {
     let mut net = Net::new(&[1, 2, 3]);
     net.elect(1);

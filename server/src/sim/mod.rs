@@ -64,6 +64,8 @@ pub struct SeedOutcome {
     pub replacements: usize,
     /// Writes answered by a follower that had forwarded them.
     pub forwarded_acks: usize,
+    /// Reads a follower served at the master's read index.
+    pub follower_reads: usize,
 }
 
 /// Options derived from a seed: cluster size, faults, membership changes.
@@ -164,6 +166,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
                 lease_expiries: 0,
                 replacements: 0,
                 forwarded_acks: 0,
+                follower_reads: 0,
             };
         }
     };
@@ -204,5 +207,6 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
         lease_expiries: report.lease_expiries,
         replacements: report.replacements,
         forwarded_acks: report.forwarded_acks,
+        follower_reads: report.follower_reads,
     }
 }

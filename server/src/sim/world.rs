@@ -312,6 +312,8 @@ pub struct RunReport {
     pub lease_expiries: usize,
     /// Writes answered by a follower that had forwarded them to the master.
     pub forwarded_acks: usize,
+    /// Reads a follower served at the master's read index.
+    pub follower_reads: usize,
 }
 
 /// A simulated cluster.
@@ -336,6 +338,7 @@ pub struct World {
     auth_seq: u64,
     auth_refusals: usize,
     forwarded_acks: usize,
+    follower_reads: usize,
     /// Where each of the actor's ops was first chosen: a copy chosen again
     /// later is answered from the dedup table, with the first outcome.
     auth_first: BTreeMap<RequestId, Index>,
@@ -470,6 +473,7 @@ impl World {
             auth_seq: 0,
             auth_refusals: 0,
             forwarded_acks: 0,
+            follower_reads: 0,
             auth_first: BTreeMap::new(),
             lease: LeaseActor::default(),
             lease_results: BTreeMap::new(),
@@ -878,6 +882,13 @@ impl World {
         let reads = std::mem::take(&mut self.nodes[i].reads);
         for (index, client, attempt, key) in reads {
             if index <= applied {
+                if !self.nodes[i]
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.is_master())
+                {
+                    self.follower_reads += 1;
+                }
                 let v = self.nodes[i].store.get(&key).map(|kv| kv.value.clone());
                 self.reply(client, attempt, Reply::Done(KvReturn::Get(v)));
             } else {
@@ -1151,8 +1162,9 @@ impl World {
             client: self.clients[c].id,
             seq: self.clients[c].seq,
         };
-        // Most writes at a follower are forwarded, the rest redirected, so
-        // both ways are exercised.
+        // Most requests at a follower are forwarded (writes) or served with
+        // the master's read index (reads), the rest redirected, so both ways
+        // are exercised.
         let may_forward = self.rng.random_bool(0.75);
         let Some(r) = self.nodes[i].replica.as_mut() else {
             return;
@@ -1161,7 +1173,14 @@ impl World {
             KvCall::Get { key } => {
                 let token = self.seq;
                 self.seq += 1;
-                match r.request_read(now, token) {
+                // A follower that knows a master asks it for a read index,
+                // as a node does on its peer stream, then serves the read
+                // itself once it has applied that index.
+                let asked = match r.master_hint().filter(|m| may_forward && *m != r.id()) {
+                    Some(m) => r.request_remote_read(now, m, token),
+                    None => r.request_read(now, token),
+                };
+                match asked {
                     Ok(()) => {
                         self.nodes[i].pending_reads.insert(token, (c, attempt, key));
                     }
@@ -2059,6 +2078,7 @@ impl World {
             disk_losses: self.disk_losses,
             auth_refusals: self.auth_refusals,
             forwarded_acks: self.forwarded_acks,
+            follower_reads: self.follower_reads,
             lease_renewals: self.lease.renewals,
             lease_expiries: self.lease.expiries,
             replacements: self.replacements,
@@ -2169,6 +2189,8 @@ fn short(m: &crate::paxos::Message) -> String {
         M::Prepare { ballot, from_index } => format!("Prepare({ballot},{from_index})"),
         M::ReadProbe { ballot, seq } => format!("ReadProbe({ballot},#{seq})"),
         M::ReadAck { ballot, seq } => format!("ReadAck({ballot},#{seq})"),
+        M::ReadIndexRequest { seq } => format!("ReadIndexReq(#{seq})"),
+        M::ReadIndexAnswer { seq, answer } => format!("ReadIndex(#{seq},{answer:?})"),
         M::Promise {
             ballot,
             entries,
