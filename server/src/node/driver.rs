@@ -216,6 +216,17 @@ pub struct ReadWaiters {
 }
 
 impl ReadWaiters {
+    /// Tokens from `seed` on (below [`crate::paxos::REMOTE_READ_TOKEN`]),
+    /// `seed` being this process's own: a read-index answer addressed to an
+    /// earlier process of this node (queued at the master while it was down)
+    /// then names no token this one waits for.
+    pub fn starting_at(seed: u64) -> ReadWaiters {
+        ReadWaiters {
+            waiting: HashMap::new(),
+            next: seed >> 2,
+        }
+    }
+
     /// Answers "not master" to the reads that wait for an answer from
     /// another master than `master`: the one they asked is gone and may
     /// never answer (their callers ask `master` next).

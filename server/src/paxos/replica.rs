@@ -548,6 +548,11 @@ impl Replica {
         if self.is_master() || to == self.cfg.id {
             return self.request_read(now, token);
         }
+        if self.known_master.is_some_and(|m| m != to) {
+            return Err(ReadError::NotMaster {
+                hint: self.known_master,
+            });
+        }
         self.last_now = self.last_now.max(now);
         self.send(to, Message::ReadIndexRequest { seq: token });
         Ok(())
@@ -1888,6 +1893,12 @@ impl Replica {
     pub fn forward(&mut self, now: Duration, to: NodeId, cmd: Command) -> Result<(), ProposeError> {
         if self.is_master() || to == self.cfg.id {
             return self.propose(now, cmd);
+        }
+        if self.known_master.is_some_and(|m| m != to) {
+            // The caller's view of the master lags this replica's.
+            return Err(ProposeError::NotMaster {
+                hint: self.known_master,
+            });
         }
         let queued: usize = self.forwards.values().map(Vec::len).sum();
         if queued >= self.cfg.max_queue {

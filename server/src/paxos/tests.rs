@@ -908,7 +908,19 @@ fn a_forward_to_a_node_that_is_not_master_comes_back_refused_with_a_hint() {
     net.elect(1);
     let now = net.now;
     let f = net.nodes.get_mut(&2).expect("follower");
-    f.forward(now, 3, put(7, "a")).expect("queued");
+    // Not to a node other than the master this replica knows.
+    assert_eq!(
+        f.forward(now, 3, put(7, "a")),
+        Err(ProposeError::NotMaster { hint: Some(1) })
+    );
+    // A node that is not master refuses what reaches it anyway.
+    net.wire.push_back(Envelope {
+        from: 2,
+        to: 3,
+        msg: Message::Forward {
+            cmds: vec![put(7, "a")],
+        },
+    });
     net.settle(&[]);
     assert_eq!(
         net.refused[&2],
@@ -935,8 +947,16 @@ fn a_follower_gets_read_indexes_from_the_master_in_either_read_mode() {
         let commit = net.nodes[&1].commit_index();
         let f = net.nodes.get_mut(&2).expect("follower");
         f.request_remote_read(now, 1, 5).expect("asked");
+        assert_eq!(
+            f.request_remote_read(now, 3, 6),
+            Err(ReadError::NotMaster { hint: Some(1) })
+        );
         // Asked of a node that is not master: refused, with the master.
-        f.request_remote_read(now, 3, 6).expect("asked");
+        net.wire.push_back(Envelope {
+            from: 2,
+            to: 3,
+            msg: Message::ReadIndexRequest { seq: 6 },
+        });
         net.settle(&[]);
         net.advance(Duration::from_millis(20), &[]);
         let answers = &net.reads[&2];
