@@ -191,16 +191,15 @@ pub struct Driver {
 /// state machine applies the second copy as a duplicate (see
 /// [`crate::kv::dedup`]), so retrying is safe.
 fn answer_stale_forwards(waiters: &mut HashMap<RequestId, Waiter>, master: Option<NodeId>) {
-    let stale: Vec<RequestId> = waiters
-        .iter()
-        .filter(|(_, w)| w.forwarded_to.is_some_and(|to| Some(to) != master))
-        .map(|(id, _)| *id)
-        .collect();
-    for id in stale {
-        if let Some(w) = waiters.remove(&id) {
-            let _ = w.reply.send(Err(ProposeError::NotMaster { hint: master }));
-        }
+    for (_, w) in waiters.extract_if(|_, w| sent_elsewhere(w.forwarded_to, master)) {
+        let _ = w.reply.send(Err(ProposeError::NotMaster { hint: master }));
     }
+}
+
+/// Whether a request that went to `to` (`None`: to this node's own engine)
+/// went to another node than `master`.
+fn sent_elsewhere(to: Option<NodeId>, master: Option<NodeId>) -> bool {
+    to.is_some_and(|to| Some(to) != master)
 }
 
 /// Where the engine's answer to [`Input::ReadIndex`] goes.
@@ -231,16 +230,11 @@ impl ReadWaiters {
     /// another master than `master`: the one they asked is gone and may
     /// never answer (their callers ask `master` next).
     fn answer_stale(&mut self, master: Option<NodeId>) {
-        let stale: Vec<u64> = self
+        for (_, (reply, _)) in self
             .waiting
-            .iter()
-            .filter(|(_, (_, to))| to.is_some_and(|to| Some(to) != master))
-            .map(|(t, _)| *t)
-            .collect();
-        for t in stale {
-            if let Some((reply, _)) = self.waiting.remove(&t) {
-                let _ = reply.send(Err(ReadError::NotMaster { hint: master }));
-            }
+            .extract_if(|_, (_, to)| sent_elsewhere(*to, master))
+        {
+            let _ = reply.send(Err(ReadError::NotMaster { hint: master }));
         }
     }
 }

@@ -158,7 +158,7 @@ async fn messages(
     }
 }
 
-/// What the headers of a request with peer messages say of its sender.
+/// The sender's own peer URL, from its header, if it is one.
 fn sender_url(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(wire::PEER_URL_HEADER)
@@ -167,6 +167,7 @@ fn sender_url(headers: &HeaderMap) -> Option<&str> {
 }
 
 impl<'a> Origin<'a> {
+    /// What the headers of a request with peer messages say of its sender.
     fn of(headers: &'a HeaderMap) -> Origin<'a> {
         Origin {
             url: sender_url(headers),
@@ -211,7 +212,7 @@ async fn stream(State(node): State<Node>, headers: HeaderMap, body: axum::body::
             &format!("a message stream is {}", wire::NDJSON),
         );
     }
-    let sender = Origin::of(&headers);
+    let origin = Origin::of(&headers);
     let mut body = body.into_data_stream();
     let mut buf: Vec<u8> = Vec::new();
     let mut lines = 0u64;
@@ -254,7 +255,7 @@ async fn stream(State(node): State<Node>, headers: HeaderMap, body: axum::body::
                     );
                 }
             };
-            match node.deliver(envs, &sender) {
+            match node.deliver(envs, &origin) {
                 Ok(()) => {}
                 Err(Misaddressed::OtherIncarnation(mine)) => {
                     return error(

@@ -1887,9 +1887,9 @@ impl Replica {
     /// Queues a client command for `to`, which this node believes is master,
     /// to propose; it is answered when this node applies it, or comes back in
     /// [`Ready::refused`] if `to` does not take it. A master proposes it
-    /// itself. Nothing is promised for a forward that is lost on the way:
-    /// the caller gives up after a while and sends it again under the same
-    /// request id, which the state machine applies at most once.
+    /// itself. Nothing answers a forward that is lost on the way: its caller
+    /// hears of it at its own deadline, or sends it again (under the same
+    /// request id) once this replica sees another master.
     pub fn forward(&mut self, now: Duration, to: NodeId, cmd: Command) -> Result<(), ProposeError> {
         if self.is_master() || to == self.cfg.id {
             return self.propose(now, cmd);
