@@ -70,6 +70,7 @@ fn main() -> ExitCode {
     let renewals = Arc::new(AtomicU64::new(0));
     let expiries = Arc::new(AtomicU64::new(0));
     let forwarded = Arc::new(AtomicU64::new(0));
+    let forward_refusals = Arc::new(AtomicU64::new(0));
     let follower_reads = Arc::new(AtomicU64::new(0));
     let end = start + args.seeds;
     let workers: Vec<_> = (0..jobs)
@@ -78,6 +79,7 @@ fn main() -> ExitCode {
             let refusals = refusals.clone();
             let (renewals, expiries) = (renewals.clone(), expiries.clone());
             let (forwarded, follower_reads) = (forwarded.clone(), follower_reads.clone());
+            let forward_refusals = forward_refusals.clone();
             let verbose = args.verbose;
             let untrusted = args.untrusted_clocks;
             std::thread::spawn(move || {
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
                     renewals.fetch_add(out.lease_renewals as u64, Ordering::SeqCst);
                     expiries.fetch_add(out.lease_expiries as u64, Ordering::SeqCst);
                     forwarded.fetch_add(out.forwarded_acks as u64, Ordering::SeqCst);
+                    forward_refusals.fetch_add(out.forward_refusals as u64, Ordering::SeqCst);
                     follower_reads.fetch_add(out.follower_reads as u64, Ordering::SeqCst);
                     if out.failure.is_some() {
                         if let Ok(mut f) = failures.lock() {
@@ -144,13 +147,14 @@ fn main() -> ExitCode {
     println!(
         "elapsed {:.1}s; {} writes by revoked tokens refused alike on every replica; \
          {} lease keep-alives, {} leases expired, none before its TTL; \
-         {} writes answered by the follower that forwarded them, {} reads served by a \
-         follower at the master's read index",
+         {} writes answered by the follower that forwarded them ({} sent back as not master), \
+         {} reads served by a follower at the master's read index",
         began.elapsed().as_secs_f64(),
         refusals.load(Ordering::SeqCst),
         renewals.load(Ordering::SeqCst),
         expiries.load(Ordering::SeqCst),
         forwarded.load(Ordering::SeqCst),
+        forward_refusals.load(Ordering::SeqCst),
         follower_reads.load(Ordering::SeqCst)
     );
     let failed = failures.len() as u64;

@@ -99,6 +99,8 @@ pub enum Message {
     Forward { cmds: Vec<Command> },
     /// The receiver did not take these forwarded writes: it is not master
     /// (`hint`: who is, as far as it knows), or its queue is full (`busy`).
+    /// A master that stops before proposing writes it took sends them back
+    /// the same way (not master), so that the follower retries at once.
     ForwardRefused {
         ids: Vec<RequestId>,
         hint: Option<NodeId>,

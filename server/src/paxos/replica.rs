@@ -128,8 +128,10 @@ pub struct Ready {
     pub messages: Vec<Envelope>,
     /// Chosen values, contiguous and in log order, to apply to the state machine.
     pub committed: Vec<(Index, Value)>,
-    /// Commands that were queued but never proposed, because this node stopped
-    /// being master. They will never be applied through this node's proposal.
+    /// Commands of this node's clients that were queued but never proposed,
+    /// because this node stopped being master. They will never be applied
+    /// through this node's proposal. (Forwarded ones go back to their
+    /// follower as `forward_refused`.)
     pub rejected: Vec<Command>,
     /// Peers that need a snapshot: this node compacted the log they are missing.
     pub send_snapshot: Vec<NodeId>,
@@ -179,6 +181,14 @@ struct Inflight {
     sent_at: Duration,
 }
 
+/// A command waiting for an instance, and the follower that forwarded it
+/// (`None`: a client of this node's).
+#[derive(Debug)]
+struct Queued {
+    cmd: Command,
+    from: Option<NodeId>,
+}
+
 #[derive(Debug)]
 struct Master {
     ballot: Ballot,
@@ -187,7 +197,7 @@ struct Master {
     barrier: Index,
     next_index: Index,
     inflight: BTreeMap<Index, Inflight>,
-    queue: VecDeque<Command>,
+    queue: VecDeque<Queued>,
     /// When each pending lease proposal started (keyed by its index).
     lease_starts: BTreeMap<Index, Duration>,
     /// The master's own lease: valid while `now < lease_until`.
@@ -855,7 +865,7 @@ impl Replica {
         let mut hint = None;
         for cmd in cmds {
             let id = cmd.id;
-            match self.propose(now, cmd) {
+            match self.enqueue(now, cmd, Some(from)) {
                 Ok(()) => {}
                 Err(ProposeError::NotMaster { hint: h }) => {
                     hint = h;
@@ -1379,11 +1389,37 @@ impl Replica {
         }
     }
 
+    /// Gives back commands this master queued but will never propose (it
+    /// stepped down, or hands mastership over): its own clients' through
+    /// [`Ready::rejected`], forwarded ones to their followers as
+    /// `forward_refused` (not master, with `hint`), so that those retry at
+    /// once instead of waiting out their deadline. Safe because none of them
+    /// is in an instance: nothing this node proposed can choose them.
+    fn give_back(&mut self, queue: VecDeque<Queued>, hint: Option<NodeId>) {
+        let mut forwarded: BTreeMap<NodeId, Vec<RequestId>> = BTreeMap::new();
+        for q in queue {
+            match q.from {
+                None => self.ready.rejected.push(q.cmd),
+                Some(from) => forwarded.entry(from).or_default().push(q.cmd.id),
+            }
+        }
+        for (from, ids) in forwarded {
+            self.send(
+                from,
+                Message::ForwardRefused {
+                    ids,
+                    hint,
+                    busy: false,
+                },
+            );
+        }
+    }
+
     fn step_down(&mut self, hint: Option<NodeId>) {
         let old = std::mem::replace(&mut self.state, State::Follower);
         if let State::Master(mut m) = old {
             let reads = m.reads.drain();
-            self.ready.rejected.extend(m.queue);
+            self.give_back(m.queue, hint);
             self.fail_reads(reads, hint);
         }
         self.known_master = hint;
@@ -1584,7 +1620,7 @@ impl Replica {
         // Commands not yet in an instance would follow the handoff lease
         // and depend on the target's election: give them back now, the
         // caller retries at the new master.
-        self.ready.rejected.extend(m.queue.drain(..));
+        let queue = std::mem::take(&mut m.queue);
         let index = m.next_index;
         m.next_index += 1;
         m.transfer = Some(Transfer {
@@ -1602,6 +1638,7 @@ impl Replica {
                 },
             )],
         );
+        self.give_back(queue, Some(target));
         self.fail_reads(reads, Some(target));
         Ok(())
     }
@@ -1842,14 +1879,14 @@ impl Replica {
         while !m.queue.is_empty() && m.next_index <= commit + window {
             let mut batch = Vec::new();
             let mut bytes = 0;
-            while let Some(c) = m.queue.front() {
-                let size = c.size_hint();
+            while let Some(q) = m.queue.front() {
+                let size = q.cmd.size_hint();
                 if !batch.is_empty() && (bytes + size > max_bytes || batch.len() >= max_cmds) {
                     break;
                 }
                 bytes += size;
-                if let Some(c) = m.queue.pop_front() {
-                    batch.push(c);
+                if let Some(q) = m.queue.pop_front() {
+                    batch.push(q.cmd);
                 }
             }
             values.push((m.next_index, Value::Batch(batch)));
@@ -1865,6 +1902,17 @@ impl Replica {
     /// [`Ready::rejected`]. It goes out in an instance at the next
     /// [`Replica::take_ready`].
     pub fn propose(&mut self, now: Duration, cmd: Command) -> Result<(), ProposeError> {
+        self.enqueue(now, cmd, None)
+    }
+
+    /// [`Replica::propose`] for a client of this node (`from` is `None`) or
+    /// of the follower `from`, which forwarded it.
+    fn enqueue(
+        &mut self,
+        now: Duration,
+        cmd: Command,
+        from: Option<NodeId>,
+    ) -> Result<(), ProposeError> {
         let max_queue = self.cfg.max_queue;
         let hint = self.known_master;
         let State::Master(m) = &mut self.state else {
@@ -1878,7 +1926,7 @@ impl Replica {
         if m.queue.len() >= max_queue {
             return Err(ProposeError::Busy(max_queue));
         }
-        m.queue.push_back(cmd);
+        m.queue.push_back(Queued { cmd, from });
         // Packed at take_ready, with whatever else arrives before it.
         self.last_now = self.last_now.max(now);
         Ok(())

@@ -860,6 +860,90 @@ fn a_full_queue_refuses_proposals_as_busy() {
     );
 }
 
+#[test]
+fn a_master_that_steps_down_refuses_queued_forwards_back_to_their_follower() {
+    let mut cfg = config(1);
+    cfg.window = 1;
+    let mut r = Replica::new(
+        cfg,
+        Recovered::default(),
+        membership(&[1, 2, 3]),
+        Duration::ZERO,
+    );
+    let t = Duration::from_secs(5);
+    r.tick(t);
+    let ready = r.take_ready();
+    deliver_own(&mut r, t, &ready);
+    let ballot = r.status(t).ballot;
+    r.step(
+        t,
+        2,
+        Message::Promise {
+            ballot,
+            entries: vec![],
+            commit: 0,
+        },
+    );
+    assert!(r.is_master());
+    r.take_ready();
+    // The lease instance occupies the window: the forwards and a write of
+    // this node's own client wait in the queue.
+    r.step(
+        t,
+        2,
+        Message::Forward {
+            cmds: (1..=2).map(|seq| put(seq, "k")).collect(),
+        },
+    );
+    r.propose(t, put(3, "k")).expect("queued");
+    let ready = r.take_ready();
+    assert!(
+        !ready
+            .messages
+            .iter()
+            .any(|env| matches!(env.msg, Message::ForwardRefused { .. })),
+        "{:?}",
+        ready.messages
+    );
+    // Node 3 was promised a higher ballot: this master stops.
+    let higher = Ballot {
+        round: ballot.round + 1,
+        node: 3,
+    };
+    r.step(
+        t,
+        3,
+        Message::Reject {
+            ballot,
+            promised: higher,
+            reason: RejectReason::Outdated,
+        },
+    );
+    assert!(!r.is_master());
+    let ready = r.take_ready();
+    let refused: Vec<_> = ready
+        .messages
+        .iter()
+        .filter(|env| matches!(env.msg, Message::ForwardRefused { .. }))
+        .collect();
+    assert_eq!(refused.len(), 1, "{:?}", ready.messages);
+    assert_eq!(refused[0].to, 2);
+    assert_eq!(
+        refused[0].msg,
+        Message::ForwardRefused {
+            ids: vec![
+                RequestId { client: 1, seq: 1 },
+                RequestId { client: 1, seq: 2 }
+            ],
+            hint: Some(3),
+            busy: false,
+        }
+    );
+    // Its own client's write comes back to this node's caller.
+    let rejected: Vec<_> = ready.rejected.iter().map(|c| c.id.seq).collect();
+    assert_eq!(rejected, vec![3]);
+}
+
 // -------------------------------------------------------------- learner
 
 #[test]

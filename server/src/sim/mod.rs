@@ -64,6 +64,9 @@ pub struct SeedOutcome {
     pub replacements: usize,
     /// Writes answered by a follower that had forwarded them.
     pub forwarded_acks: usize,
+    /// Forwarded writes sent back by a node that was not, or stopped being,
+    /// master.
+    pub forward_refusals: usize,
     /// Reads a follower served at the master's read index.
     pub follower_reads: usize,
 }
@@ -166,6 +169,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
                 lease_expiries: 0,
                 replacements: 0,
                 forwarded_acks: 0,
+                forward_refusals: 0,
                 follower_reads: 0,
             };
         }
@@ -207,6 +211,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
         lease_expiries: report.lease_expiries,
         replacements: report.replacements,
         forwarded_acks: report.forwarded_acks,
+        forward_refusals: report.forward_refusals,
         follower_reads: report.follower_reads,
     }
 }

@@ -312,6 +312,9 @@ pub struct RunReport {
     pub lease_expiries: usize,
     /// Writes answered by a follower that had forwarded them to the master.
     pub forwarded_acks: usize,
+    /// Forwarded writes the master sent back as "not master": it was not,
+    /// or it stopped before proposing them.
+    pub forward_refusals: usize,
     /// Reads a follower served at the master's read index.
     pub follower_reads: usize,
 }
@@ -338,6 +341,7 @@ pub struct World {
     auth_seq: u64,
     auth_refusals: usize,
     forwarded_acks: usize,
+    forward_refusals: usize,
     follower_reads: usize,
     /// Where each of the actor's ops was first chosen: a copy chosen again
     /// later is answered from the dedup table, with the first outcome.
@@ -473,6 +477,7 @@ impl World {
             auth_seq: 0,
             auth_refusals: 0,
             forwarded_acks: 0,
+            forward_refusals: 0,
             follower_reads: 0,
             auth_first: BTreeMap::new(),
             lease: LeaseActor::default(),
@@ -743,6 +748,11 @@ impl World {
         for (index, value) in ready.committed {
             self.apply(i, index, value);
         }
+        self.forward_refusals += ready
+            .refused
+            .iter()
+            .filter(|(_, e)| matches!(e, ProposeError::NotMaster { .. }))
+            .count();
         let refused = ready.refused.into_iter().map(|(id, _)| id);
         for id in ready.rejected.iter().map(|c| c.id).chain(refused) {
             if let Some((client, attempt)) = self.nodes[i].waiters.remove(&id) {
@@ -2078,6 +2088,7 @@ impl World {
             disk_losses: self.disk_losses,
             auth_refusals: self.auth_refusals,
             forwarded_acks: self.forwarded_acks,
+            forward_refusals: self.forward_refusals,
             follower_reads: self.follower_reads,
             lease_renewals: self.lease.renewals,
             lease_expiries: self.lease.expiries,
