@@ -800,11 +800,9 @@ fn master_batches_queued_commands_and_bounds_the_window() {
     assert_eq!(flat, (1..=50).collect::<Vec<_>>());
 }
 
-#[test]
-fn a_full_queue_refuses_proposals_as_busy() {
-    let mut cfg = config(1);
-    cfg.max_queue = 3;
-    cfg.window = 1;
+/// Node 1 of {1, 2, 3} with `cfg`, master by node 2's promise, its first
+/// turn taken; the time and its ballot.
+fn elected_alone(cfg: EngineConfig) -> (Replica, Duration, Ballot) {
     let mut r = Replica::new(
         cfg,
         Recovered::default(),
@@ -827,6 +825,15 @@ fn a_full_queue_refuses_proposals_as_busy() {
     );
     assert!(r.is_master());
     r.take_ready();
+    (r, t, ballot)
+}
+
+#[test]
+fn a_full_queue_refuses_proposals_as_busy() {
+    let mut cfg = config(1);
+    cfg.max_queue = 3;
+    cfg.window = 1;
+    let (mut r, t, _) = elected_alone(cfg);
     // The lease instance occupies the window; everything else queues.
     let mut refused = 0;
     for seq in 1..=10 {
@@ -864,28 +871,7 @@ fn a_full_queue_refuses_proposals_as_busy() {
 fn a_master_that_steps_down_refuses_queued_forwards_back_to_their_follower() {
     let mut cfg = config(1);
     cfg.window = 1;
-    let mut r = Replica::new(
-        cfg,
-        Recovered::default(),
-        membership(&[1, 2, 3]),
-        Duration::ZERO,
-    );
-    let t = Duration::from_secs(5);
-    r.tick(t);
-    let ready = r.take_ready();
-    deliver_own(&mut r, t, &ready);
-    let ballot = r.status(t).ballot;
-    r.step(
-        t,
-        2,
-        Message::Promise {
-            ballot,
-            entries: vec![],
-            commit: 0,
-        },
-    );
-    assert!(r.is_master());
-    r.take_ready();
+    let (mut r, t, ballot) = elected_alone(cfg);
     // The lease instance occupies the window: the forwards and a write of
     // this node's own client wait in the queue.
     r.step(
