@@ -316,6 +316,17 @@ mem_max() { # system field
     awk -v k="$m" 'BEGIN {printf "%.1f", k / 1024}'
 }
 
+# Sets each member's VmHWM back to its current RSS (Linux >= 4.0,
+# /proc/PID/clear_refs), so that a later VmHWM is the peak of what came
+# after, not of every scenario since the start. Prints how many it reset.
+reset_hwm() { # system
+    local n=0 i
+    for i in 0 1 2; do
+        echo 5 2>/dev/null >"/proc/$(pid_of "$1" "$i")/clear_refs" && n=$((n + 1))
+    done
+    echo "$n"
+}
+
 eps_of() {
     case $1 in
         phxkv) echo "$px_eps" ;;
@@ -345,9 +356,34 @@ tick_hz=$(getconf CLK_TCK)
 scenario_n=0
 
 # Runs one scenario against one system; results in $results/<file>-<system>.json.
+# Waits (at most 20 s) until every server this script runs, of either
+# system, is nearly idle: what one run leaves behind (etcd's snapshots and
+# compactions, phxkv's log compaction, a Go garbage collection) would
+# otherwise run on the cores the next run measures. Quiet means under 20%
+# of one core, all servers together, over half a second.
+quiesce() {
+    local t0=$SECONDS a b p
+    all_ticks() {
+        local t=0 v
+        for p in "${pids[@]}"; do
+            v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+            t=$((t + v))
+        done
+        echo "$t"
+    }
+    while ((SECONDS - t0 < 20)); do
+        a=$(all_ticks)
+        sleep 0.5
+        b=$(all_ticks)
+        ((b - a <= tick_hz / 10)) && return 0
+    done
+    note "the servers were still busy after 20 s; measuring anyway"
+}
+
 run_one() { # file-prefix name description system bench-args...
     local prefix=$1 name=$2 desc=$3 sys=$4; shift 4
     local before after file=$results/$prefix-$sys.json
+    quiesce
     # phxkv-tls is phxkv with TLS: same target, https endpoints, the CA.
     local target_args=(--target "${sys%-*}" --endpoints "$(eps_of "$sys")")
     if [[ $sys == *-tls ]]; then target_args+=(--cacert "$tls_dir/ca.crt"); fi
@@ -547,6 +583,13 @@ catchup() { # system
     t1=$(date +%s.%N)
     note "$sys: loaded in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s ($(jq -r '.throughput | floor' "$results/load-$sys.json") writes/s)"
     target=$(revision_of "$sys" "$m")
+    # The bulk load's peak is reported on its own; the catch-up's peak is
+    # measured from here: the live members' high-water marks are reset and
+    # the restarted member is a new process.
+    local load_hwm reset
+    load_hwm=$(mem_max "$sys" VmHWM)
+    reset=$(reset_hwm "$sys")
+    ((reset == 2)) || note "$sys: could not reset the peak RSS of the live members ($reset of 2); the peak includes earlier scenarios"
     t0=$(date +%s.%N)
     [[ $sys == phxkv ]] && start_phxkv "$f" || start_etcd "$f"
     local deadline=$((SECONDS + 300))
@@ -569,8 +612,8 @@ catchup() { # system
     done
     jq -n --arg sys "$sys" --argjson s "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')" \
         --argjson rss "$best" --argjson hwm "$(mem_max "$sys" VmHWM)" \
-        --argjson rev "$target" \
-        '{system: $sys, catchup_s: $s, rss_mib: $rss, peak_rss_mib: $hwm, revision: $rev}' \
+        --argjson load "$load_hwm" --argjson rev "$target" \
+        '{system: $sys, catchup_s: $s, rss_mib: $rss, peak_rss_mib: $hwm, load_peak_rss_mib: $load, revision: $rev}' \
         >"$results/catchup-$sys.json"
     note "$sys: restarted replica caught up to revision $target in $(jq -r .catchup_s "$results/catchup-$sys.json") s; largest RSS $(jq -r .rss_mib "$results/catchup-$sys.json") MiB"
 }
@@ -637,7 +680,9 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
     echo "connections, so writes and reads land on followers too (both systems forward to their"
     echo "leader). Latencies are per request, closed loop; CPU is utime+stime of the three"
     echo "server processes during the scenario (warm-up included) divided by the operations"
-    echo "they completed; RSS is the largest member's."
+    echo "they completed; RSS is the largest member's. Every run starts once all servers of"
+    echo "both systems are nearly idle (under 20% of one core together), so that what one run"
+    echo "leaves behind (compactions, snapshots, garbage collection) is not measured in the next."
     echo
     echo "- commit: \`$commit\`; $phxkv_version; etcd $etcd_version"
     echo "- phxkv peers: HTTP/JSON between replicas (newline-delimited JSON on long-lived streams)"
@@ -749,15 +794,18 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
     echo "One follower is stopped (SIGTERM), $catchup_keys keys of 100 B are written through the"
     echo "other two (64 clients), the follower restarts, and we time until its revision equals"
     echo "the leader's. RSS with the data: the largest member's, the smallest reading over the 20 s"
-    echo "after the catch-up (so not the transfer's buffers); peak RSS: the largest VmHWM."
+    echo "after the catch-up (so not the transfer's buffers); peak RSS: the largest VmHWM from the"
+    echo "restart to the end of those 20 s (the live members' high-water marks are reset when the"
+    echo "follower restarts); bulk-load peak: the largest VmHWM from the start of the run to the"
+    echo "end of the load."
     echo "Raw data: $catchup_keys × (18 B key + 100 B value) = $(awk -v n="$catchup_keys" 'BEGIN {printf "%.0f", n * 118 / 1048576}') MiB."
     echo
-    echo "| system | bulk load writes/s | catch-up s | RSS with the data, MiB | peak RSS, MiB | idle RSS, MiB |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| system | bulk load writes/s | catch-up s | RSS with the data, MiB | peak RSS, MiB | bulk-load peak RSS, MiB | idle RSS, MiB |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     for sys in phxkv etcd; do
         c=$results/catchup-$sys.json
         [[ $sys == phxkv ]] && idle=$idle_phxkv || idle=$idle_etcd
-        echo "| $sys | $(jq -r '.throughput | floor' "$results/load-$sys.json") | $(field "$c" .catchup_s) | $(field "$c" .rss_mib) | $(field "$c" .peak_rss_mib) | $idle |"
+        echo "| $sys | $(jq -r '.throughput | floor' "$results/load-$sys.json") | $(field "$c" .catchup_s) | $(field "$c" .rss_mib) | $(field "$c" .peak_rss_mib) | $(field "$c" .load_peak_rss_mib) | $idle |"
     done
     echo
     echo "## Targets"
