@@ -296,14 +296,19 @@ pid_of() {
     esac
 }
 
-# utime+stime of the three members, in clock ticks.
-cpu_ticks() { # system
-    local t=0 i f
-    for i in 0 1 2; do
-        f=$(awk '{print $14 + $15}' "/proc/$(pid_of "$1" "$i")/stat" 2>/dev/null || echo 0)
+# utime+stime of the processes, in clock ticks (0 for one that is gone).
+ticks_of() { # pid...
+    local t=0 p f
+    for p in "$@"; do
+        f=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
         t=$((t + f))
     done
     echo "$t"
+}
+
+# utime+stime of the three members, in clock ticks.
+cpu_ticks() { # system
+    ticks_of "$(pid_of "$1" 0)" "$(pid_of "$1" 1)" "$(pid_of "$1" 2)"
 }
 
 # Largest VmHWM / VmRSS among the members, in MiB.
@@ -355,31 +360,23 @@ note "idle RSS (largest member): phxkv ${idle_phxkv} MiB, etcd ${idle_etcd} MiB"
 tick_hz=$(getconf CLK_TCK)
 scenario_n=0
 
-# Runs one scenario against one system; results in $results/<file>-<system>.json.
 # Waits (at most 20 s) until every server this script runs, of either
 # system, is nearly idle: what one run leaves behind (etcd's snapshots and
 # compactions, phxkv's log compaction, a Go garbage collection) would
 # otherwise run on the cores the next run measures. Quiet means under 20%
 # of one core, all servers together, over half a second.
 quiesce() {
-    local t0=$SECONDS a b p
-    all_ticks() {
-        local t=0 v
-        for p in "${pids[@]}"; do
-            v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-            t=$((t + v))
-        done
-        echo "$t"
-    }
+    local t0=$SECONDS a b
     while ((SECONDS - t0 < 20)); do
-        a=$(all_ticks)
+        a=$(ticks_of "${pids[@]}")
         sleep 0.5
-        b=$(all_ticks)
+        b=$(ticks_of "${pids[@]}")
         ((b - a <= tick_hz / 10)) && return 0
     done
     note "the servers were still busy after 20 s; measuring anyway"
 }
 
+# Runs one scenario against one system; results in $results/<file>-<system>.json.
 run_one() { # file-prefix name description system bench-args...
     local prefix=$1 name=$2 desc=$3 sys=$4; shift 4
     local before after file=$results/$prefix-$sys.json
