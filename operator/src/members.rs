@@ -460,6 +460,7 @@ mod tests {
                 is_master: true,
                 commit_index: Some(1),
                 healthy: true,
+                peer_features: None,
             }],
         }
     }

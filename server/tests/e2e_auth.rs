@@ -199,11 +199,83 @@ where
     }
 }
 
+/// Waits until every replica knows that every other decodes anonymous ops
+/// (from the digest reports members send each other every 2 s), as its
+/// metrics say; the master's cluster view lists each member's features.
+async fn every_member_decodes_anonymous_ops(c: &Cluster) {
+    for i in 0..3 {
+        let on = eventually(Duration::from_secs(10), || async {
+            c.metrics_text(i)
+                .await
+                .lines()
+                .any(|l| l == "phxkv_anonymous_ops 1")
+        })
+        .await;
+        assert!(on, "node {i}: {}", c.metrics_text(i).await);
+    }
+    let info = c.cluster_info(0).await.expect("the cluster view");
+    let members = info["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3, "{info}");
+    for m in members {
+        assert_eq!(
+            m["peer_features"],
+            json!(["forward", "anonymous"]),
+            "{info}"
+        );
+    }
+}
+
+/// A replica that was stopped while auth was switched on takes a write
+/// without a credential as it wakes, before it has applied the enable:
+/// the write is refused where it is applied, after the enable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_through_a_replica_behind_the_enable_is_refused() {
+    use reqwest::Method;
+    let c = Cluster::start(3, &[]).await;
+    let master = c.wait_for_master(Duration::from_secs(15)).await;
+    every_member_decodes_anonymous_ops(&c).await;
+    assert_eq!(c.put(master, "app/x", "v").await.status(), 200);
+    let behind = (master + 1) % 3;
+    c.pause(behind);
+    let (status, body, _) = call(
+        &c,
+        master,
+        Method::POST,
+        "/v1/auth/enable",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The write waits in the stopped replica's socket, and is read when it
+    // wakes, beside the messages that carry the enable.
+    let (http, url) = (c.http.clone(), c.url(behind));
+    let write = tokio::spawn(async move {
+        let r = http
+            .put(format!("{url}/v1/kv/app/x"))
+            .body("w")
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.resume(behind);
+    let (status, wbody) = write.await.expect("the write's task");
+    assert_eq!(status, 401, "enable: {body}; write: {wbody}");
+    for i in 0..3 {
+        let (status, body, _) = call(&c, i, Method::GET, "/v1/kv/app/x", Some(TOKEN), None).await;
+        assert_eq!((status, body), (200, json!("v")), "node {i}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_enabled_for_the_cluster_binds_replicas_started_without_auth() {
     use reqwest::Method;
     let mut c = Cluster::start(3, &[]).await;
     c.wait_for_master(Duration::from_secs(15)).await;
+    every_member_decodes_anonymous_ops(&c).await;
     assert_eq!(c.put(0, "app/x", "v").await.status(), 200);
     for i in 0..3 {
         let (status, body, _) = call(&c, i, Method::GET, "/v1/kv/app/x", None, None).await;
@@ -219,10 +291,18 @@ async fn auth_enabled_for_the_cluster_binds_replicas_started_without_auth() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["enabled"], true);
 
-    // Right after it returns, a linearizable read without a credential is
-    // refused by every replica (none was started with --auth), and one
-    // with the cluster token is served.
+    // Right after it returns, a write without a credential is refused by
+    // every replica (none was started with --auth), whether or not it has
+    // applied the enable yet: it is checked where it is applied. So is a
+    // linearizable read, and one with the cluster token is served.
     for i in 0..3 {
+        let (status, body, _) =
+            call(&c, i, Method::PUT, "/v1/kv/app/x", None, Some("w".into())).await;
+        assert_eq!(
+            (status, code(&body)),
+            (401, "unauthorized"),
+            "node {i}: {body}"
+        );
         let (status, body, _) = call(&c, i, Method::GET, "/v1/kv/app/x", None, None).await;
         assert_eq!(
             (status, code(&body)),
@@ -231,17 +311,7 @@ async fn auth_enabled_for_the_cluster_binds_replicas_started_without_auth() {
         );
         let (status, body, _) = call(&c, i, Method::GET, "/v1/kv/app/x", Some(TOKEN), None).await;
         assert_eq!(status, 200, "node {i}: {body}");
-        // Writes are refused once the replica has applied the change (the
-        // read above made it apply it; it tells its HTTP side at the end
-        // of that engine turn).
-        let refused = eventually(Duration::from_secs(2), || async {
-            call(&c, i, Method::PUT, "/v1/kv/app/x", None, Some("w".into()))
-                .await
-                .0
-                == 401
-        })
-        .await;
-        assert!(refused, "node {i} still takes anonymous writes");
+        assert_eq!(body, json!("v"), "the value is unchanged");
         let (status, body, _) =
             call(&c, i, Method::GET, "/v1/auth/whoami", Some(TOKEN), None).await;
         assert_eq!(body["auth_enabled"], true, "node {i}: {status} {body}");

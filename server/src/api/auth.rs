@@ -164,7 +164,7 @@ where
 /// here and again where the change is chosen).
 async fn change<S: Service>(svc: &S, caller: &Caller, change: AuthChange) -> Result<u64, ApiError> {
     caller.require_admin(svc).await?;
-    match svc.write(caller.guard(Op::Auth(change)), None).await? {
+    match svc.write(caller.guard(svc, Op::Auth(change)), None).await? {
         OpResult::AuthChanged { revision } => Ok(revision),
         other => Err(unexpected(&other)),
     }
@@ -436,7 +436,7 @@ async fn switch<S: Service>(svc: &S, caller: &Caller, on: bool) -> Result<AuthSw
     } else {
         AuthChange::Disable
     };
-    match svc.write(caller.guard(Op::Auth(change)), None).await? {
+    match svc.write(caller.guard(svc, Op::Auth(change)), None).await? {
         OpResult::AuthChanged { revision } => Ok(AuthSwitched {
             enabled: on,
             revision,

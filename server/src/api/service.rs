@@ -63,6 +63,14 @@ pub struct MemberInfo {
     /// master, heard from within two leases and no more than 10,000
     /// entries behind; elsewhere, only the node itself is known healthy.
     pub healthy: bool,
+    /// What the member does beyond the base peer protocol, as its latest
+    /// request to the master said (the `phxkv-peer-features` header; see
+    /// the peer API document): `forward`, `anonymous`. During a rolling
+    /// upgrade this shows which members run a version that has them.
+    /// `null` for a member not heard from since the master started.
+    #[serde(default)]
+    #[schema(example = json!(["forward", "anonymous"]))]
+    pub peer_features: Option<Vec<String>>,
 }
 
 /// Where the answering node stands.
@@ -370,6 +378,13 @@ pub trait Service: Clone + Send + Sync + 'static {
     /// can never be on.
     fn auth_gate(&self) -> Option<crate::auth::gate::Gate> {
         None
+    }
+
+    /// Whether writes by callers without a credential may be proposed as
+    /// [`crate::kv::Op::Anonymous`], checked against the auth rules where
+    /// they are applied: every member of the configuration decodes it.
+    fn anonymous_ops(&self) -> bool {
+        false
     }
 
     /// Whether this node requires a credential now: it runs with `--auth`,

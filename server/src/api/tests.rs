@@ -233,6 +233,7 @@ impl Service for Fake {
                 is_master: true,
                 commit_index: Some(0),
                 healthy: true,
+                peer_features: None,
             }],
         })
     }
@@ -294,6 +295,10 @@ impl Service for Fake {
 
     fn auth_gate(&self) -> Option<crate::auth::gate::Gate> {
         self.inner.gate.clone()
+    }
+
+    fn anonymous_ops(&self) -> bool {
+        true
     }
 
     fn metrics_text(&self) -> String {
@@ -1211,6 +1216,54 @@ async fn with_auth_on_everything_but_probes_metrics_and_docs_needs_a_token() {
     )
     .await;
     assert_eq!(who.json()["kind"], "admin");
+}
+
+/// A replica that has not applied `auth enable` yet still takes requests
+/// without a credential: a write is proposed as an anonymous op and refused
+/// where it is applied, after the enable, and a linearizable read is
+/// refused by the state it reads. The cluster token is the admin on either
+/// side of the enable.
+#[tokio::test]
+async fn a_write_without_a_credential_is_refused_where_it_is_applied_after_auth_enable() {
+    let fake = Fake::new();
+    let router = fake.router();
+    let r = as_caller(&router, Method::PUT, "/v1/kv/app/x", None, "1").await;
+    assert_eq!(r.status, StatusCode::OK, "auth is off");
+    // The enable is chosen and applied; this replica's HTTP side has not
+    // heard of it (auth_required is still false).
+    let enabled = fake.store().apply(
+        RequestId {
+            client: 1 << 40,
+            seq: 1,
+        },
+        &Op::Auth(crate::auth::AuthChange::Enable),
+    );
+    assert!(
+        matches!(enabled, OpResult::AuthChanged { .. }),
+        "{enabled:?}"
+    );
+    let revision = fake.store().revision();
+    as_caller(&router, Method::PUT, "/v1/kv/app/x", None, "2")
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    as_caller(&router, Method::DELETE, "/v1/kv/app/x", None, Body::empty())
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    as_caller(&router, Method::GET, "/v1/kv/app/x", None, Body::empty())
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(fake.store().revision(), revision, "nothing was written");
+    let r = as_caller(
+        &router,
+        Method::GET,
+        "/v1/kv/app/x",
+        Some(TOKEN),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"1"[..]));
+    let r = as_caller(&router, Method::PUT, "/v1/kv/app/x", Some(TOKEN), "3").await;
+    assert_eq!(r.status, StatusCode::OK, "the cluster token writes");
 }
 
 #[tokio::test]

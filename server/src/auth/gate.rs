@@ -92,9 +92,13 @@ impl Caller {
     }
 
     /// `op` as it is proposed: a token's op carries the token, so that the
-    /// permission is checked again where the op is chosen.
-    pub fn guard(&self, op: Op) -> Op {
+    /// permission is checked again where the op is chosen; an anonymous op
+    /// says so, so that it is refused where it is chosen after an
+    /// `auth enable` (once the cluster's members all decode that, see
+    /// [`Service::anonymous_ops`]).
+    pub fn guard<S: Service>(&self, svc: &S, op: Op) -> Op {
         match self {
+            Caller::Anyone if svc.anonymous_ops() => Op::Anonymous { op: Box::new(op) },
             Caller::Anyone | Caller::Admin => op,
             Caller::Token { id } => Op::As {
                 token: id.clone(),
@@ -108,7 +112,7 @@ impl Caller {
     /// checks again), and returns it ready to propose.
     pub async fn authorize_write<S: Service>(&self, svc: &S, op: Op) -> Result<Op, ApiError> {
         if !matches!(self, Caller::Token { .. }) {
-            return Ok(op);
+            return Ok(self.guard(svc, op));
         }
         let check = |consistency| {
             let me = self.clone();
@@ -124,7 +128,7 @@ impl Caller {
         {
             check(Consistency::Linearizable).await??;
         }
-        Ok(self.guard(op))
+        Ok(self.guard(svc, op))
     }
 
     /// Requires the admin permission, by rules that reflect every change
@@ -145,10 +149,7 @@ impl Caller {
 /// A caller without a credential, by `store`'s rules.
 fn anonymous(store: &Store) -> Result<(), Refusal> {
     if store.auth().enabled() {
-        Err(Refusal::new(
-            crate::auth::RefusalKind::Unauthenticated,
-            "auth was enabled for this cluster: send Authorization: Bearer <token>",
-        ))
+        Err(crate::auth::anonymous_refusal())
     } else {
         Ok(())
     }
@@ -264,10 +265,27 @@ pub async fn authenticate<S: Service>(
     mut req: Request,
     next: Next,
 ) -> Response {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, v)| v.trim().to_owned());
     let gate = match svc.auth_gate() {
         Some(gate) if svc.auth_required() => gate,
         _ => {
-            req.extensions_mut().insert(Caller::Anyone);
+            // Auth is off as far as this node knows, but an enable may
+            // already be chosen and applied by the time the request reads
+            // the store (the HTTP side learns of it at the end of the
+            // engine's turn). The cluster token is the admin whichever
+            // side of that the request falls on; any other caller is
+            // checked as anonymous against the state it reads.
+            let caller = match bearer {
+                Some(b) if is_cluster_token(&svc, &b) => Caller::Admin,
+                _ => Caller::Anyone,
+            };
+            req.extensions_mut().insert(caller);
             return next.run(req).await;
         }
     };
@@ -278,13 +296,6 @@ pub async fn authenticate<S: Service>(
         .extensions()
         .get::<ConnectInfo<ClientAddr>>()
         .map(|c| c.0.0.ip());
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim_start().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, v)| v.trim().to_owned());
     match identify(&svc, &gate, addr, bearer).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
@@ -292,6 +303,13 @@ pub async fn authenticate<S: Service>(
         }
         Err(err) => err.into_response(),
     }
+}
+
+/// Whether `bearer` is this cluster's token (compared in constant time).
+fn is_cluster_token<S: Service>(svc: &S, bearer: &str) -> bool {
+    let cluster_token = svc.cluster_token();
+    !cluster_token.is_empty()
+        && token::constant_time_eq(bearer.as_bytes(), cluster_token.as_bytes())
 }
 
 /// Whether `presented` is a token the rules read at `consistency` hold,
@@ -351,10 +369,7 @@ async fn identify<S: Service>(
              (the CLI reads --token-file or PHXKV_TOKEN)",
         ));
     };
-    let cluster_token = svc.cluster_token();
-    if !cluster_token.is_empty()
-        && token::constant_time_eq(bearer.as_bytes(), cluster_token.as_bytes())
-    {
+    if is_cluster_token(svc, &bearer) {
         return Ok(Caller::Admin);
     }
     if let Some(presented) = token::parse(&bearer) {

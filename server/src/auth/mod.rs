@@ -249,12 +249,21 @@ pub fn needs(op: &Op) -> Vec<Need<'_>> {
             }
             out
         }
-        Op::Auth(_) | Op::As { .. } => vec![Need::Admin],
+        Op::Auth(_) | Op::As { .. } | Op::Anonymous { .. } => vec![Need::Admin],
         // Any token may hold leases; a revoke is also checked against the
         // keys it deletes, where it is applied (they are known only there).
         Op::Lease(_) => Vec::new(),
         Op::Leased { op, .. } => needs(op),
     }
+}
+
+/// What a caller without a credential is told once auth is on for the
+/// cluster: by a read's check, or where an anonymous write is applied.
+pub fn anonymous_refusal() -> Refusal {
+    Refusal::new(
+        RefusalKind::Unauthenticated,
+        "auth was enabled for this cluster: send Authorization: Bearer <token>",
+    )
 }
 
 /// The keys a client op names, for refusing the reserved prefix.
@@ -270,7 +279,7 @@ pub fn touches_system_key(op: &Op) -> bool {
                 })
         }
         Op::Auth(_) | Op::Lease(_) => false,
-        Op::As { op, .. } | Op::Leased { op, .. } => touches_system_key(op),
+        Op::As { op, .. } | Op::Leased { op, .. } | Op::Anonymous { op } => touches_system_key(op),
     }
 }
 

@@ -145,7 +145,7 @@ fn main() -> ExitCode {
         println!("    replay: phxkv-sim --start {} --seeds 1", f.seed);
     }
     println!(
-        "elapsed {:.1}s; {} writes by revoked tokens refused alike on every replica; \
+        "elapsed {:.1}s; {} writes refused alike on every replica by the auth rules (a revoked token, or no credential after auth enable); \
          {} lease keep-alives, {} leases expired, none before its TTL; \
          {} writes answered by the follower that forwarded them ({} sent back as not master), \
          {} reads served by a follower at the master's read index",

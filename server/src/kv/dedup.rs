@@ -27,7 +27,9 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Both halves are SHA-256, cut to 64 bits, so that no caller can craft a
 /// write whose id equals another's (and be answered with its result), and
 /// a token's writes (`Op::As`) name the token in the client half: one
-/// caller's key is never another's.
+/// caller's key is never another's. An anonymous write has the id of the
+/// op it wraps, so a retry is the same write whether or not the replica it
+/// reaches wraps it (see [`Op::Anonymous`]).
 pub fn idempotent_id(key: &str, op: &Op) -> RequestId {
     let mut named = b"phxkv idempotency key\0".to_vec();
     named.extend_from_slice(key.as_bytes());
@@ -35,6 +37,10 @@ pub fn idempotent_id(key: &str, op: &Op) -> RequestId {
         named.push(0);
         named.extend_from_slice(token.as_bytes());
     }
+    let op = match op {
+        Op::Anonymous { op } => op,
+        op => op,
+    };
     let encoded = postcard::to_stdvec(op).unwrap_or_default();
     RequestId {
         client: sha256_u64(&named) | IDEMPOTENT_BIT,

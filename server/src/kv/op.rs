@@ -129,6 +129,16 @@ pub enum Op {
         #[schema(no_recursion)]
         op: Box<Op>,
     },
+    /// `op` from a caller without a credential, taken by a replica on
+    /// which auth was off: applied only if auth is still off for the
+    /// cluster at this point of the log, so that no anonymous write chosen
+    /// after `auth enable` takes effect, whatever the replica that took it
+    /// had applied. Proposed only once every member said it decodes it
+    /// (the `anonymous` peer feature).
+    Anonymous {
+        #[schema(no_recursion)]
+        op: Box<Op>,
+    },
 }
 
 impl Op {
@@ -166,6 +176,7 @@ impl Op {
             Op::As { token, op } => OVERHEAD + token.len() + op.size_hint(),
             Op::Lease(_) => OVERHEAD + 16,
             Op::Leased { op, .. } => OVERHEAD + 8 + op.size_hint(),
+            Op::Anonymous { op } => OVERHEAD + op.size_hint(),
         }
     }
 }

@@ -323,10 +323,30 @@ impl Store {
                     RefusalKind::PermissionDenied,
                     "only the cluster expires leases",
                 )),
+                Op::Anonymous { .. } => OpResult::Refused(Refusal::new(
+                    RefusalKind::Invalid,
+                    "an op on behalf of a token cannot be anonymous",
+                )),
                 inner => match self.authorize_as(token, inner) {
                     Ok(()) => self.apply_op(inner),
                     Err(refusal) => OpResult::Refused(refusal),
                 },
+            },
+            // The check that makes `auth enable` exact for writes: one taken
+            // without a credential by a replica that had not applied the
+            // enable yet is refused wherever the enable precedes it in the
+            // log, on every replica alike.
+            Op::Anonymous { op } => match &**op {
+                Op::As { .. } | Op::Anonymous { .. } => OpResult::Refused(Refusal::new(
+                    RefusalKind::Invalid,
+                    "an anonymous op cannot nest another wrapper",
+                )),
+                Op::Lease(crate::kv::LeaseOp::Expire { .. }) => OpResult::Refused(Refusal::new(
+                    RefusalKind::PermissionDenied,
+                    "only the cluster expires leases",
+                )),
+                _ if self.auth.enabled() => OpResult::Refused(crate::auth::anonymous_refusal()),
+                inner => self.apply_op(inner),
             },
         }
     }
@@ -1330,6 +1350,55 @@ mod tests {
             let late = run(&mut s, &as_token(put(b"app/y", b"1")));
             assert_eq!(refusal(late), RefusalKind::Unauthenticated);
             assert_eq!(s.get(b"app/y"), None);
+        }
+
+        fn anonymous(op: Op) -> Op {
+            Op::Anonymous { op: Box::new(op) }
+        }
+
+        #[test]
+        fn an_anonymous_write_chosen_after_auth_enable_is_refused_where_it_is_applied() {
+            let mut s = Store::new();
+            assert!(matches!(
+                run(&mut s, &anonymous(put(b"app/x", b"1"))),
+                OpResult::Put { .. }
+            ));
+            // A replica that had not applied the enable took the next one:
+            // the enable is before it in the log, so it is refused.
+            run(&mut s, &Op::Auth(AuthChange::Enable));
+            let revision = s.revision();
+            let late = run(&mut s, &anonymous(put(b"app/x", b"2")));
+            assert_eq!(refusal(late), RefusalKind::Unauthenticated);
+            let late = run(&mut s, &anonymous(Op::Auth(AuthChange::Disable)));
+            assert_eq!(refusal(late), RefusalKind::Unauthenticated);
+            assert!(s.auth().enabled());
+            assert_eq!(s.revision(), revision, "a refused op changes nothing");
+            assert_eq!(
+                s.get(b"app/x").map(|kv| kv.value.clone()),
+                Some(b"1".to_vec())
+            );
+            // Off again: anonymous writes apply.
+            run(&mut s, &Op::Auth(AuthChange::Disable));
+            assert!(matches!(
+                run(&mut s, &anonymous(put(b"app/x", b"3"))),
+                OpResult::Put { .. }
+            ));
+            // Nothing nests in it, and it reserves what a plain op does.
+            let nested = anonymous(as_token(put(b"app/x", b"4")));
+            assert_eq!(refusal(run(&mut s, &nested)), RefusalKind::Invalid);
+            let nested = as_token(anonymous(put(b"app/x", b"4")));
+            assert_eq!(refusal(run(&mut s, &nested)), RefusalKind::Invalid);
+            let system = anonymous(put(b"\0phxkv/auth/enabled", b"{}"));
+            assert_eq!(refusal(run(&mut s, &system)), RefusalKind::Invalid);
+        }
+
+        #[test]
+        fn an_anonymous_write_has_the_idempotency_id_of_the_write_it_wraps() {
+            let op = put(b"app/x", b"1");
+            assert_eq!(
+                crate::kv::dedup::idempotent_id("k", &anonymous(op.clone())),
+                crate::kv::dedup::idempotent_id("k", &op)
+            );
         }
 
         #[test]

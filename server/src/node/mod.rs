@@ -140,9 +140,9 @@ struct Inner {
     read_batch: Mutex<ReadBatch>,
     /// Writes forwarded to the master, coalesced.
     forward_batch: Mutex<ForwardBatch>,
-    /// Peers whose messages said they take `forward` messages (see
-    /// [`wire::FEATURES_HEADER`]), as their latest request said.
-    takes_forwards: Mutex<HashMap<NodeId, bool>>,
+    /// What each peer does beyond the base protocol (see
+    /// [`wire::FEATURES_HEADER`]), as its latest request said.
+    peer_features: Mutex<HashMap<NodeId, wire::Features>>,
     /// Writes this node is forwarding to the master right now.
     forwarding: AtomicUsize,
     /// State digests of this replica and its peers (see [`digest`]).
@@ -183,8 +183,8 @@ struct ForwardBatch {
 pub struct Origin<'a> {
     /// The sender's own peer URL.
     pub url: Option<&'a str>,
-    /// The sender takes `forward` messages when it is master.
-    pub takes_forwards: bool,
+    /// What the sender does beyond the base protocol.
+    pub features: wire::Features,
 }
 
 /// Why peer messages were not taken.
@@ -425,7 +425,7 @@ impl Node {
                 read_lease: Arc::new(ReadLease::default()),
                 read_batch: Mutex::new(ReadBatch::default()),
                 forward_batch: Mutex::new(ForwardBatch::default()),
-                takes_forwards: Mutex::new(HashMap::new()),
+                peer_features: Mutex::new(HashMap::new()),
                 forwarding: AtomicUsize::new(0),
                 digests: Arc::new(Mutex::new(digest::Digests::default())),
                 diverged: std::sync::atomic::AtomicBool::new(false),
@@ -607,38 +607,62 @@ impl Node {
                 Ok(d) => d.newest(),
                 Err(_) => return,
             };
-            if !checkpoints.is_empty() {
-                let report = digest::DigestReport {
-                    name: self.inner.cfg.name.clone(),
-                    checkpoints,
-                };
-                let peers: Vec<String> = self
-                    .inner
-                    .membership
-                    .borrow()
-                    .members
-                    .iter()
-                    .filter(|(id, _)| **id != self.inner.id)
-                    .map(|(_, m)| m.addr.trim_end_matches('/').to_string())
-                    .collect();
-                let sends = peers.iter().map(|url| {
-                    self.inner
-                        .client
-                        .post(format!("{url}/peer/v1/digests"))
-                        .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
-                        .timeout(Duration::from_secs(2))
-                        .json(&report)
-                        .send()
-                });
-                // Best effort: a peer that misses one report gets the next.
-                let _ = futures_util::future::join_all(sends).await;
-            }
+            // Sent even with nothing to compare: the report's features
+            // header is how members that never exchange Paxos messages
+            // (two followers) learn what the other decodes.
+            let report = digest::DigestReport {
+                name: self.inner.cfg.name.clone(),
+                checkpoints,
+            };
+            let peers: Vec<String> = self
+                .inner
+                .membership
+                .borrow()
+                .members
+                .iter()
+                .filter(|(id, _)| **id != self.inner.id)
+                .map(|(_, m)| m.addr.trim_end_matches('/').to_string())
+                .collect();
+            let sends = peers.iter().map(|url| {
+                self.inner
+                    .client
+                    .post(format!("{url}/peer/v1/digests"))
+                    .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
+                    .header(wire::FEATURES_HEADER, wire::FEATURES)
+                    .timeout(Duration::from_secs(2))
+                    .json(&report)
+                    .send()
+            });
+            // Best effort: a peer that misses one report gets the next.
+            let _ = futures_util::future::join_all(sends).await;
             self.judge_digests();
+            // Keeps the gauge current through membership changes too.
+            self.members_decode_anonymous();
         }
     }
 
-    /// Takes a peer's digest report (peer API).
-    pub fn receive_digests(&self, report: digest::DigestReport) {
+    /// Takes a peer's digest report (peer API), sent with `features`.
+    pub fn receive_digests(&self, report: digest::DigestReport, features: wire::Features) {
+        let sender = self
+            .inner
+            .membership
+            .borrow()
+            .members
+            .iter()
+            .find(|(_, m)| m.name == report.name)
+            .map(|(id, _)| *id);
+        let learned = if let (Some(id), Ok(mut peers)) = (sender, self.inner.peer_features.lock())
+            && id != self.inner.id
+            && peers.get(&id) != Some(&features)
+        {
+            peers.insert(id, features);
+            true
+        } else {
+            false
+        };
+        if learned {
+            self.members_decode_anonymous();
+        }
         if let Ok(mut d) = self.inner.digests.lock() {
             d.receive(&report);
         }
@@ -1008,10 +1032,16 @@ impl Node {
             if let Some(url) = origin.url {
                 self.inner.outbox.learn_address(first.from, url);
             }
-            if let Ok(mut peers) = self.inner.takes_forwards.lock()
-                && peers.get(&first.from) != Some(&origin.takes_forwards)
+            let learned = if let Ok(mut peers) = self.inner.peer_features.lock()
+                && peers.get(&first.from) != Some(&origin.features)
             {
-                peers.insert(first.from, origin.takes_forwards);
+                peers.insert(first.from, origin.features);
+                true
+            } else {
+                false
+            };
+            if learned {
+                self.members_decode_anonymous();
             }
         }
         self.answer_read_index_requests(&mut envs);
@@ -1197,9 +1227,33 @@ impl Node {
     /// requests on its stream (see [`wire::FEATURES_HEADER`]).
     fn takes_stream_requests(&self, master: NodeId) -> bool {
         self.inner
-            .takes_forwards
+            .peer_features
             .lock()
-            .is_ok_and(|peers| peers.get(&master).copied().unwrap_or(false))
+            .is_ok_and(|peers| peers.get(&master).is_some_and(|f| f.forward))
+    }
+
+    /// Whether every other member of the configuration this node knows said
+    /// it decodes [`crate::kv::Op::Anonymous`].
+    ///
+    /// A member not heard from since this node started counts as one that
+    /// does not: its writes are then proposed unwrapped, as before the op
+    /// existed (checked against this replica's rules only). A node of an
+    /// earlier version added to the cluster after this check could meet
+    /// such an op in the log it catches up on; adding members of an earlier
+    /// version to an upgraded cluster is not supported.
+    fn members_decode_anonymous(&self) -> bool {
+        let all = {
+            let membership = self.inner.membership.borrow();
+            let Ok(peers) = self.inner.peer_features.lock() else {
+                return false;
+            };
+            membership
+                .members
+                .keys()
+                .all(|id| *id == self.inner.id || peers.get(id).is_some_and(|f| f.anonymous))
+        };
+        self.inner.metrics.set_anonymous_ops(all);
+        all
     }
 
     /// Hands `cmd` to this node's engine to forward to `master` (see
@@ -1511,6 +1565,12 @@ impl Node {
     pub fn local_cluster(&self) -> ClusterInfo {
         let p = self.inner.published.borrow().clone();
         let membership = self.inner.membership.borrow().clone();
+        let features = self
+            .inner
+            .peer_features
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
         let master = p.status.master;
         let members = membership
             .members
@@ -1534,6 +1594,11 @@ impl Node {
                     healthy: *id == self.inner.id
                         || (commit.is_some_and(|c| c + 10_000 >= p.status.commit)
                             && !p.silent.contains(id)),
+                    peer_features: if *id == self.inner.id {
+                        Some(wire::Features::of_own().names())
+                    } else {
+                        features.get(id).map(|f| f.names())
+                    },
                 }
             })
             .collect();
@@ -2070,6 +2135,10 @@ impl Service for Node {
 
     fn auth_required(&self) -> bool {
         self.inner.cfg.auth || self.inner.published.borrow().auth_enabled
+    }
+
+    fn anonymous_ops(&self) -> bool {
+        self.members_decode_anonymous()
     }
 
     fn metrics_text(&self) -> String {

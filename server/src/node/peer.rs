@@ -131,7 +131,7 @@ fn service_error(e: ServiceError) -> Response {
     params(("x-phxkv-peer-url" = Option<String>, Header,
         description = "The sender's own peer URL, so a member that does not know it yet can answer."),
         ("phxkv-peer-features" = Option<String>, Header,
-        description = "What the sender does beyond the messages every version understands, comma-separated. `forward`: as master it takes `forward` and `read_index_request` messages, so the receiver, as its follower, sends client writes and read-index requests that way instead of `POST /peer/v1/propose_batch` and `POST /peer/v1/read_index`.")),
+        description = "What the sender does beyond the messages every version understands, comma-separated. `forward`: as master it takes `forward` and `read_index_request` messages, so the receiver, as its follower, sends client writes and read-index requests that way instead of `POST /peer/v1/propose_batch` and `POST /peer/v1/read_index`. `anonymous`: it decodes the `anonymous` op, which the receiver proposes only once every member of its configuration said so.")),
     request_body(content((Vec<Envelope> = "application/json"))),
     responses(
         (status = 204, description = "Handed to the engine."),
@@ -171,7 +171,7 @@ impl<'a> Origin<'a> {
     fn of(headers: &'a HeaderMap) -> Origin<'a> {
         Origin {
             url: sender_url(headers),
-            takes_forwards: wire::takes_forwards(headers.get(wire::FEATURES_HEADER)),
+            features: wire::Features::of(headers.get(wire::FEATURES_HEADER)),
         }
     }
 }
@@ -297,14 +297,20 @@ async fn stream(State(node): State<Node>, headers: HeaderMap, body: axum::body::
     post,
     path = "/peer/v1/digests",
     tag = "consistency",
+    params(("phxkv-peer-features" = Option<String>, Header,
+        description = "As for `POST /peer/v1/messages`. Every member sends its report to every other every 2 s, with or without checkpoints, so members that exchange no Paxos messages (two followers) learn each other's features from it.")),
     request_body = super::digest::DigestReport,
     responses((status = 204, description = "Compared with this node's own."))
 )]
 async fn digests(
     State(node): State<Node>,
+    headers: HeaderMap,
     Json(report): Json<super::digest::DigestReport>,
 ) -> Response {
-    node.receive_digests(report);
+    node.receive_digests(
+        report,
+        wire::Features::of(headers.get(wire::FEATURES_HEADER)),
+    );
     StatusCode::NO_CONTENT.into_response()
 }
 

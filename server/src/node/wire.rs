@@ -29,21 +29,66 @@ use crate::paxos::{Index, NodeId, SnapshotMeta};
 pub const PEER_URL_HEADER: &str = "x-phxkv-peer-url";
 
 /// The request header in which a node lists, comma-separated, what it
-/// does beyond the messages every version understands. `forward`: as
-/// master it proposes client writes that reach it as `forward` messages and
-/// answers `read_index_request` messages, so a follower that hears this
-/// from its master sends those on its message stream instead of
-/// `POST /peer/v1/propose_batch` and `POST /peer/v1/read_index` (which a
-/// node of an earlier version needs, and which stay for `curl`).
+/// does beyond the messages every version understands:
+///
+/// - `forward`: as master it proposes client writes that reach it as
+///   `forward` messages and answers `read_index_request` messages, so a
+///   follower that hears this from its master sends those on its message
+///   stream instead of `POST /peer/v1/propose_batch` and
+///   `POST /peer/v1/read_index` (which a node of an earlier version needs,
+///   and which stay for `curl`).
+/// - `anonymous`: it decodes and applies the `anonymous` op (a write by a
+///   caller without a credential, refused where it is applied if auth is on
+///   by then). A node proposes that op only once every member of its
+///   configuration said this, so a node of an earlier version never meets
+///   an op it cannot read during a rolling upgrade.
 pub const FEATURES_HEADER: &str = "phxkv-peer-features";
 /// What this version puts in [`FEATURES_HEADER`].
-pub const FEATURES: &str = "forward";
+pub const FEATURES: &str = "forward,anonymous";
 
-/// Whether a peer's [`FEATURES_HEADER`] says it takes `forward` messages.
-pub fn takes_forwards(value: Option<&HeaderValue>) -> bool {
-    value
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|f| f.trim() == "forward"))
+/// What a peer's [`FEATURES_HEADER`] says it does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    /// It takes `forward` and `read_index_request` messages as master.
+    pub forward: bool,
+    /// It decodes the `anonymous` op.
+    pub anonymous: bool,
+}
+
+impl Features {
+    /// What this version does ([`FEATURES`]).
+    pub fn of_own() -> Features {
+        Features {
+            forward: true,
+            anonymous: true,
+        }
+    }
+
+    /// The features' names, as the header lists them.
+    pub fn names(&self) -> Vec<String> {
+        [("forward", self.forward), ("anonymous", self.anonymous)]
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    /// The features a [`FEATURES_HEADER`] lists; unknown ones are ignored.
+    pub fn of(value: Option<&HeaderValue>) -> Features {
+        let mut out = Features::default();
+        for f in value
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .split(',')
+        {
+            match f.trim() {
+                "forward" => out.forward = true,
+                "anonymous" => out.anonymous = true,
+                _ => {}
+            }
+        }
+        out
+    }
 }
 
 /// Content type of peer bodies.
@@ -437,12 +482,27 @@ mod tests {
 
     #[test]
     fn the_features_header_is_read_as_a_list() {
-        let takes = |v: &'static str| takes_forwards(Some(&HeaderValue::from_static(v)));
-        assert!(takes(FEATURES));
-        assert!(takes("something, forward"));
-        assert!(!takes("forwarded"));
-        assert!(!takes(""));
-        assert!(!takes_forwards(None));
+        let of = |v: &'static str| Features::of(Some(&HeaderValue::from_static(v)));
+        let both = Features {
+            forward: true,
+            anonymous: true,
+        };
+        assert_eq!(of(FEATURES), both);
+        assert_eq!(
+            Features::of_own(),
+            both,
+            "FEATURES lists what this version does"
+        );
+        assert_eq!(both.names().join(","), FEATURES);
+        assert_eq!(of("something, anonymous ,forward"), both);
+        let forward_only = Features {
+            forward: true,
+            anonymous: false,
+        };
+        assert_eq!(of("forward"), forward_only, "an earlier version");
+        assert_eq!(of("forwarded,anonymously"), Features::default());
+        assert_eq!(of(""), Features::default());
+        assert_eq!(Features::of(None), Features::default());
     }
 
     #[test]

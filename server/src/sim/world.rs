@@ -171,14 +171,16 @@ const SIM_LEASE_TTL: u64 = crate::kv::lease::MIN_TTL_SECS;
 
 /// The sim's auth actor changes the rules for one token now and then
 /// (creates and revokes it, creates and deletes the role that lets it write
-/// `t/`) and writes as that token, through the log like any client. This is
-/// what the rules are at a point of the log, computed from the chosen ops
-/// alone: every replica must refuse exactly the token's writes this model
-/// refuses, whatever it restarted from or installed as a snapshot.
+/// `t/`, switches auth on and off for the cluster) and writes as that token
+/// and without a credential, through the log like any client. This is what
+/// the rules are at a point of the log, computed from the chosen ops alone:
+/// every replica must refuse exactly the writes this model refuses,
+/// whatever it restarted from or installed as a snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct AuthModel {
     token: bool,
     role: bool,
+    enabled: bool,
 }
 
 const SIM_TOKEN: &str = "00000000000000aa";
@@ -193,12 +195,20 @@ impl AuthModel {
             Op::Auth(AuthChange::DeleteToken { .. }) => self.token = false,
             Op::Auth(AuthChange::PutRole { .. }) => self.role = true,
             Op::Auth(AuthChange::DeleteRole { .. }) => self.role = false,
+            Op::Auth(AuthChange::Enable) => self.enabled = true,
+            Op::Auth(AuthChange::Disable) => self.enabled = false,
             _ => {}
         }
     }
 
-    fn allows_writes(&self) -> bool {
-        self.token && self.role
+    /// Whether the rules refuse `op`, a put as the token or without a
+    /// credential (`None` for anything else).
+    fn refuses(&self, op: &Op) -> Option<bool> {
+        match op {
+            Op::As { op, .. } if matches!(**op, Op::Put { .. }) => Some(!(self.token && self.role)),
+            Op::Anonymous { op } if matches!(**op, Op::Put { .. }) => Some(self.enabled),
+            _ => None,
+        }
     }
 }
 
@@ -818,25 +828,18 @@ impl World {
             let mut model = before;
             for cmd in cmds {
                 let result = self.nodes[i].store.apply(cmd.id, &cmd.op);
-                if let Op::As { op, .. } = &cmd.op {
+                if let (Some(expected), AUTH_CLIENT) = (model.refuses(&cmd.op), cmd.id.client) {
                     let refused = matches!(result, OpResult::Refused(_));
                     let written = matches!(result, OpResult::Put { .. });
                     // A retry that the dedup table answered repeats the
                     // first outcome; only first applies are judged.
                     let first = *self.auth_first.entry(cmd.id).or_insert(index) == index;
-                    if cmd.id.client == AUTH_CLIENT
-                        && first
-                        && matches!(**op, Op::Put { .. })
-                        && (refused == model.allows_writes() || written == refused)
-                    {
+                    if first && (refused != expected || written == refused) {
                         return self.fail(format!(
-                            "instance {index}: {name} answered {result:?} to a write by a token \
-                             that the log says is {}",
-                            if model.allows_writes() {
-                                "allowed"
-                            } else {
-                                "refused"
-                            }
+                            "instance {index}: {name} answered {result:?} to {:?}, which the \
+                             log says is {}",
+                            cmd.op,
+                            if expected { "refused" } else { "allowed" }
                         ));
                     }
                     if refused {
@@ -1549,7 +1552,7 @@ impl World {
         };
         self.auth_seq += 1;
         let seq = self.auth_seq;
-        let op = match self.rng.random_range(0..10) {
+        let op = match self.rng.random_range(0..14) {
             0..=1 => Op::Auth(AuthChange::CreateToken {
                 id: SIM_TOKEN.into(),
                 token: TokenRecord {
@@ -1575,6 +1578,15 @@ impl World {
             5 => Op::Auth(AuthChange::DeleteRole {
                 name: SIM_ROLE.into(),
             }),
+            6 => Op::Auth(AuthChange::Enable),
+            7 => Op::Auth(AuthChange::Disable),
+            8..=9 => Op::Anonymous {
+                op: Box::new(Op::Put {
+                    key: format!("t/{}", seq % 8).into_bytes(),
+                    value: format!("n{seq}").into_bytes(),
+                    expect: None,
+                }),
+            },
             _ => Op::As {
                 token: SIM_TOKEN.into(),
                 op: Box::new(Op::Put {

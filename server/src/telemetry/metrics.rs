@@ -118,6 +118,7 @@ struct Inner {
     misaddressed: Counter,
     digest_mismatches: Counter,
     diverged: Gauge,
+    anonymous_ops: Gauge,
     archive_lag_entries: Gauge,
     archive_lag_seconds: Gauge,
     tls_expiry: Family<PortLabels, Gauge>,
@@ -169,6 +170,7 @@ impl Metrics {
             misaddressed: Counter::default(),
             digest_mismatches: Counter::default(),
             diverged: Gauge::default(),
+            anonymous_ops: Gauge::default(),
             archive_lag_entries: Gauge::default(),
             archive_lag_seconds: Gauge::default(),
             tls_expiry: Family::default(),
@@ -289,6 +291,14 @@ impl Metrics {
             "1 once this replica's state differs from what a majority of the voters hold; \
              it then serves no reads and must be replaced",
             inner.diverged.clone(),
+        );
+        r.register(
+            "anonymous_ops",
+            "1 when this node proposes writes made without a credential as anonymous ops, \
+             refused where they are applied once auth is on (every member said it decodes \
+             them); 0 while a member has not (a rolling upgrade, or in the first seconds \
+             after this node started)",
+            inner.anonymous_ops.clone(),
         );
         r.register(
             "archive_lag_entries",
@@ -450,6 +460,11 @@ impl Metrics {
     /// Counts a state digest that differed from a peer's.
     pub fn inc_digest_mismatches(&self) {
         self.0.digest_mismatches.inc();
+    }
+
+    /// Sets whether anonymous writes are proposed as anonymous ops.
+    pub fn set_anonymous_ops(&self, on: bool) {
+        self.0.anonymous_ops.set(i64::from(on));
     }
 
     /// Sets whether this replica diverged (exported as 1 or 0).
