@@ -637,7 +637,7 @@ impl Node {
             let _ = futures_util::future::join_all(sends).await;
             self.judge_digests();
             // Keeps the gauge current through membership changes too.
-            self.members_decode_anonymous();
+            self.refresh_anonymous_gauge();
         }
     }
 
@@ -651,17 +651,10 @@ impl Node {
             .iter()
             .find(|(_, m)| m.name == report.name)
             .map(|(id, _)| *id);
-        let learned = if let (Some(id), Ok(mut peers)) = (sender, self.inner.peer_features.lock())
+        if let Some(id) = sender
             && id != self.inner.id
-            && peers.get(&id) != Some(&features)
         {
-            peers.insert(id, features);
-            true
-        } else {
-            false
-        };
-        if learned {
-            self.members_decode_anonymous();
+            self.note_features(id, features);
         }
         if let Ok(mut d) = self.inner.digests.lock() {
             d.receive(&report);
@@ -1032,17 +1025,7 @@ impl Node {
             if let Some(url) = origin.url {
                 self.inner.outbox.learn_address(first.from, url);
             }
-            let learned = if let Ok(mut peers) = self.inner.peer_features.lock()
-                && peers.get(&first.from) != Some(&origin.features)
-            {
-                peers.insert(first.from, origin.features);
-                true
-            } else {
-                false
-            };
-            if learned {
-                self.members_decode_anonymous();
-            }
+            self.note_features(first.from, origin.features);
         }
         self.answer_read_index_requests(&mut envs);
         if envs.is_empty() {
@@ -1242,18 +1225,32 @@ impl Node {
     /// such an op in the log it catches up on; adding members of an earlier
     /// version to an upgraded cluster is not supported.
     fn members_decode_anonymous(&self) -> bool {
-        let all = {
-            let membership = self.inner.membership.borrow();
-            let Ok(peers) = self.inner.peer_features.lock() else {
-                return false;
-            };
-            membership
-                .members
-                .keys()
-                .all(|id| *id == self.inner.id || peers.get(id).is_some_and(|f| f.anonymous))
+        let membership = self.inner.membership.borrow();
+        let Ok(peers) = self.inner.peer_features.lock() else {
+            return false;
         };
-        self.inner.metrics.set_anonymous_ops(all);
-        all
+        membership
+            .members
+            .keys()
+            .all(|id| *id == self.inner.id || peers.get(id).is_some_and(|f| f.anonymous))
+    }
+
+    /// Sets `phxkv_anonymous_ops` from [`Node::members_decode_anonymous`].
+    fn refresh_anonymous_gauge(&self) {
+        let on = self.members_decode_anonymous();
+        self.inner.metrics.set_anonymous_ops(on);
+    }
+
+    /// Records what peer `id` said it does, as its latest request to this
+    /// node said; the gauge follows when that changes.
+    fn note_features(&self, id: NodeId, features: wire::Features) {
+        let changed = match self.inner.peer_features.lock() {
+            Ok(mut peers) => peers.insert(id, features) != Some(features),
+            Err(_) => false,
+        };
+        if changed {
+            self.refresh_anonymous_gauge();
+        }
     }
 
     /// Hands `cmd` to this node's engine to forward to `master` (see
