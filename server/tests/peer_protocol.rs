@@ -137,7 +137,7 @@ fn envelopes() -> Vec<Envelope> {
         Message::Promise {
             ballot: b,
             entries: vec![
-                (10, entry(Value::Batch(commands()), false)),
+                (10, entry(Value::Batch(commands().into()), false)),
                 (11, entry(Value::Noop, true)),
                 (12, entry(Value::Config(membership()), false)),
             ],
@@ -168,7 +168,7 @@ fn envelopes() -> Vec<Envelope> {
                         duration_ms: 1000,
                     },
                 ),
-                (14, Value::Batch(vec![put(b"k", b"v")])),
+                (14, Value::Batch(vec![put(b"k", b"v")].into())),
             ],
             commit: 12,
         },

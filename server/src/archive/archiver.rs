@@ -410,7 +410,7 @@ mod tests {
                 index,
                 time_ms: index,
                 revision: store.revision(),
-                value: Value::Batch(cmds),
+                value: Value::Batch(cmds.into()),
                 revisions,
             });
         }

@@ -122,7 +122,8 @@ mod tests {
                         value: b"v".to_vec(),
                         expect: None,
                     },
-                }]),
+                }]
+                .into()),
                 revision: 5,
                 revisions: vec![5],
             },

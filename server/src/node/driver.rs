@@ -627,7 +627,7 @@ impl Driver {
                 Value::Batch(cmds) => {
                     self.metrics
                         .observe_batch(cmds.len(), cmds.iter().map(Command::size_hint).sum());
-                    for cmd in cmds {
+                    for cmd in cmds.iter() {
                         let result = store.apply(cmd.id, &cmd.op);
                         if archive_ms.is_some() {
                             revisions.push(store.revision());

@@ -474,7 +474,7 @@ mod tests {
             to: u64::MAX - 1,
             msg: Message::Accept {
                 ballot: crate::paxos::Ballot::new(3, 1),
-                entries: vec![(9, Value::Batch(vec![cmd])), (10, Value::Noop)],
+                entries: vec![(9, Value::Batch(vec![cmd].into())), (10, Value::Noop)],
                 commit: 8,
             },
         }]

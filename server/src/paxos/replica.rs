@@ -1889,7 +1889,7 @@ impl Replica {
                     batch.push(q.cmd);
                 }
             }
-            values.push((m.next_index, Value::Batch(batch)));
+            values.push((m.next_index, Value::Batch(batch.into())));
             m.next_index += 1;
         }
         if !values.is_empty() {

@@ -701,7 +701,7 @@ fn gaps_without_accepted_values_are_filled_with_noops() {
     // Node 2 promises and reports an accepted value at instance 3 only.
     let entry = LogEntry {
         ballot: Ballot::new(0, 2),
-        value: Value::Batch(vec![put(9, "x")]),
+        value: Value::Batch(vec![put(9, "x")].into()),
         chosen: false,
     };
     r.step(
@@ -725,7 +725,7 @@ fn gaps_without_accepted_values_are_filled_with_noops() {
         .expect("accept");
     assert_eq!(accept[0], (1, Value::Noop));
     assert_eq!(accept[1], (2, Value::Noop));
-    assert_eq!(accept[2], (3, Value::Batch(vec![put(9, "x")])));
+    assert_eq!(accept[2], (3, Value::Batch(vec![put(9, "x")].into())));
     assert!(matches!(accept[3], (4, Value::Lease { holder: 1, .. })));
 }
 

@@ -79,7 +79,7 @@ pub fn throughput(commands: u64) -> Throughput {
             queue.extend(ready.messages);
             for (index, v) in ready.committed {
                 if let Value::Batch(cmds) = &v {
-                    for c in cmds {
+                    for c in cmds.iter() {
                         n.store.apply(c.id, &c.op);
                         if i == 0 {
                             *applied += 1;

@@ -826,7 +826,7 @@ impl World {
                 .map(|(_, m)| *m)
                 .unwrap_or_default();
             let mut model = before;
-            for cmd in cmds {
+            for cmd in cmds.iter() {
                 let result = self.nodes[i].store.apply(cmd.id, &cmd.op);
                 if let (Some(expected), AUTH_CLIENT) = (model.refuses(&cmd.op), cmd.id.client) {
                     let refused = matches!(result, OpResult::Refused(_));

@@ -162,7 +162,7 @@ pub(crate) mod conformance {
     }
 
     pub(crate) fn entry_overwrite_keeps_latest(h: &mut dyn Harness) {
-        let later = entry(3, Value::Batch(Vec::new()));
+        let later = entry(3, Value::Batch(Vec::new().into()));
         append(
             h,
             &[
