@@ -115,15 +115,17 @@ mod tests {
             Entry {
                 index: 8,
                 time_ms: 2,
-                value: Value::Batch(vec![Command {
-                    id: RequestId { client: 1, seq: 1 },
-                    op: Op::Put {
-                        key: b"k".to_vec(),
-                        value: b"v".to_vec(),
-                        expect: None,
-                    },
-                }]
-                .into()),
+                value: Value::Batch(
+                    vec![Command {
+                        id: RequestId { client: 1, seq: 1 },
+                        op: Op::Put {
+                            key: b"k".to_vec(),
+                            value: b"v".to_vec(),
+                            expect: None,
+                        },
+                    }]
+                    .into(),
+                ),
                 revision: 5,
                 revisions: vec![5],
             },

@@ -159,6 +159,15 @@ pub(super) struct Slot {
     pub(super) mod_revision: u64,
 }
 
+/// A lease's expiry wrapped for a client (on behalf of a token, or
+/// without a credential): only the master proposes expiries, unwrapped.
+fn only_the_cluster_expires_leases() -> OpResult {
+    OpResult::Refused(Refusal::new(
+        RefusalKind::PermissionDenied,
+        "only the cluster expires leases",
+    ))
+}
+
 impl Slot {
     pub(super) fn to_kv(&self, key: &[u8]) -> KeyValue {
         KeyValue {
@@ -319,10 +328,7 @@ impl Store {
                     "an op on behalf of a token cannot nest another",
                 )),
                 // Only the master decides that a lease expired.
-                Op::Lease(crate::kv::LeaseOp::Expire { .. }) => OpResult::Refused(Refusal::new(
-                    RefusalKind::PermissionDenied,
-                    "only the cluster expires leases",
-                )),
+                Op::Lease(crate::kv::LeaseOp::Expire { .. }) => only_the_cluster_expires_leases(),
                 Op::Anonymous { .. } => OpResult::Refused(Refusal::new(
                     RefusalKind::Invalid,
                     "an op on behalf of a token cannot be anonymous",
@@ -341,10 +347,7 @@ impl Store {
                     RefusalKind::Invalid,
                     "an anonymous op cannot nest another wrapper",
                 )),
-                Op::Lease(crate::kv::LeaseOp::Expire { .. }) => OpResult::Refused(Refusal::new(
-                    RefusalKind::PermissionDenied,
-                    "only the cluster expires leases",
-                )),
+                Op::Lease(crate::kv::LeaseOp::Expire { .. }) => only_the_cluster_expires_leases(),
                 _ if self.auth.enabled() => OpResult::Refused(crate::auth::anonymous_refusal()),
                 inner => self.apply_op(inner),
             },
