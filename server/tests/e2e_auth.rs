@@ -235,6 +235,16 @@ async fn a_write_through_a_replica_behind_the_enable_is_refused() {
     let master = c.wait_for_master(Duration::from_secs(15)).await;
     every_member_decodes_anonymous_ops(&c).await;
     assert_eq!(c.put(master, "app/x", "v").await.status(), 200);
+    let lease = c
+        .http
+        .post(format!("{}/v1/leases", c.url(master)))
+        .body(r#"{"ttl_secs": 60}"#)
+        .send()
+        .await
+        .expect("grant");
+    assert_eq!(lease.status(), 200);
+    let lease: Value = lease.json().await.expect("a lease");
+    let lease = lease["id"].as_u64().expect("an id");
     let behind = (master + 1) % 3;
     c.pause(behind);
     let (status, body, _) = call(
@@ -260,10 +270,24 @@ async fn a_write_through_a_replica_behind_the_enable_is_refused() {
         let status = r.status().as_u16();
         (status, r.text().await.unwrap_or_default())
     });
+    // So does a keep-alive, which no replica checks where it is applied
+    // (it is not written to the log): the handler confirms the caller.
+    let (http, url) = (c.http.clone(), c.url(behind));
+    let renew = tokio::spawn(async move {
+        let r = http
+            .post(format!("{url}/v1/leases/{lease}/keepalive"))
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.resume(behind);
     let (status, wbody) = write.await.expect("the write's task");
     assert_eq!(status, 401, "enable: {body}; write: {wbody}");
+    let (status, rbody) = renew.await.expect("the keep-alive's task");
+    assert_eq!(status, 401, "enable: {body}; keep-alive: {rbody}");
     for i in 0..3 {
         let (status, body, _) = call(&c, i, Method::GET, "/v1/kv/app/x", Some(TOKEN), None).await;
         assert_eq!((status, body), (200, json!("v")), "node {i}");

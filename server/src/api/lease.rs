@@ -345,7 +345,10 @@ pub async fn revoke<S: Service>(
 ///
 /// Answered by the master, which restarts the lease's TTL; never written
 /// to the log, so keep-alives are cheap. Renew well within the TTL (a
-/// third of it is a good interval).
+/// third of it is a good interval). Since no replica checks a keep-alive
+/// where it is applied, the credential is confirmed first by rules that
+/// reflect every change chosen so far: a revoked token, or no token once
+/// auth was enabled, is a 401 on every replica.
 #[utoipa::path(
     post,
     path = "/v1/leases/{id}/keepalive",
@@ -359,9 +362,11 @@ pub async fn revoke<S: Service>(
 )]
 pub async fn keep_alive<S: Service>(
     State(svc): State<S>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<LeaseStatus>, ApiError> {
     let id = parse_id(&id)?;
+    caller.confirm(&svc).await?;
     one_lease(&svc, id, true).await.map(Json)
 }
 
@@ -381,19 +386,27 @@ pub async fn keep_alive<S: Service>(
 )]
 pub async fn keep_alive_many<S: Service>(
     State(svc): State<S>,
+    caller: Caller,
     JsonBody(request): JsonBody<KeepAliveRequest>,
 ) -> Result<Json<KeepAliveResponse>, ApiError> {
-    renew_many(&svc, request.ids).await.map(Json)
+    renew_many(&svc, &caller, request.ids).await.map(Json)
 }
 
-/// Renews `ids` (at most [`MAX_LEASES_PER_QUESTION`]) at the master.
-async fn renew_many<S: Service>(svc: &S, ids: Vec<u64>) -> Result<KeepAliveResponse, ApiError> {
+/// Renews `ids` (at most [`MAX_LEASES_PER_QUESTION`]) at the master, once
+/// the caller is confirmed: a keep-alive is never written to the log, so
+/// no replica checks it where it is applied.
+async fn renew_many<S: Service>(
+    svc: &S,
+    caller: &Caller,
+    ids: Vec<u64>,
+) -> Result<KeepAliveResponse, ApiError> {
     if ids.len() > MAX_LEASES_PER_QUESTION {
         return Err(ApiError::invalid(format!(
             "at most {MAX_LEASES_PER_QUESTION} leases per keep-alive, got {}",
             ids.len()
         )));
     }
+    caller.confirm(svc).await?;
     let mut out = KeepAliveResponse {
         leases: Vec::new(),
         missing: Vec::new(),
@@ -491,7 +504,9 @@ fn ndjson_line<T: Serialize>(value: &T) -> axum::body::Bytes {
 /// The first line is answered before the response starts, so a malformed
 /// first line gets a plain 400. After it, a malformed line is answered
 /// with an error line and ends the stream; `unavailable` (no master right
-/// now) is answered and the stream goes on. A stream idle for 300 s is
+/// now) is answered and the stream goes on; a caller no longer let in
+/// (its token revoked, or auth enabled and no token) gets an
+/// `unauthorized` line and the stream ends. A stream idle for 300 s is
 /// closed. `curl -N -T - -H 'content-type: application/x-ndjson'` speaks it.
 #[utoipa::path(
     post,
@@ -509,6 +524,7 @@ fn ndjson_line<T: Serialize>(value: &T) -> axum::body::Bytes {
 )]
 pub async fn keep_alive_stream<S: Service>(
     State(svc): State<S>,
+    caller: Caller,
     body: axum::body::Body,
 ) -> Result<axum::response::Response, ApiError> {
     let mut reader = LineReader {
@@ -520,14 +536,16 @@ pub async fn keep_alive_stream<S: Service>(
         .next_line()
         .await?
         .ok_or_else(|| ApiError::invalid("the stream ended before its first keep-alive"))?;
-    let first = renew_many(&svc, stream_request(&first)?).await?;
+    let first = renew_many(&svc, &caller, stream_request(&first)?).await?;
     struct Session<S> {
         svc: S,
+        caller: Caller,
         reader: LineReader,
         first: Option<KeepAliveResponse>,
     }
     let session = Session {
         svc,
+        caller,
         reader,
         first: Some(first),
     };
@@ -539,7 +557,7 @@ pub async fn keep_alive_stream<S: Service>(
         let answer = match session.reader.next_line().await {
             Ok(None) => return None,
             Ok(Some(line)) => match stream_request(&line) {
-                Ok(ids) => renew_many(&session.svc, ids).await,
+                Ok(ids) => renew_many(&session.svc, &session.caller, ids).await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),

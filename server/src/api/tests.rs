@@ -1267,6 +1267,56 @@ async fn a_write_without_a_credential_is_refused_where_it_is_applied_after_auth_
 }
 
 #[tokio::test]
+async fn a_keep_alive_without_a_credential_is_refused_once_auth_enable_is_applied() {
+    let fake = Fake::new();
+    let router = fake.router();
+    let id = grant(&router, json!({"ttl_secs": 10})).await.json()["id"]
+        .as_u64()
+        .expect("an id");
+    let one = format!("/v1/leases/{id}/keepalive");
+    let many = json!({ "ids": [id] }).to_string();
+    let r = as_caller(&router, Method::POST, &one, None, Body::empty()).await;
+    assert_eq!(r.status, StatusCode::OK, "auth is off");
+    // The enable is chosen and applied; this replica's HTTP side has not
+    // heard of it. A keep-alive is never applied through the log, so only
+    // the handler's own check can refuse it.
+    let enabled = fake.store().apply(
+        RequestId {
+            client: 1 << 40,
+            seq: 1,
+        },
+        &Op::Auth(crate::auth::AuthChange::Enable),
+    );
+    assert!(
+        matches!(enabled, OpResult::AuthChanged { .. }),
+        "{enabled:?}"
+    );
+    as_caller(&router, Method::POST, &one, None, Body::empty())
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    as_caller(
+        &router,
+        Method::POST,
+        "/v1/leases/keepalive",
+        None,
+        many.clone(),
+    )
+    .await
+    .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    as_caller(
+        &router,
+        Method::POST,
+        "/v1/leases/keepalive/stream",
+        None,
+        format!("{many}\n"),
+    )
+    .await
+    .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let r = as_caller(&router, Method::POST, &one, Some(TOKEN), Body::empty()).await;
+    assert_eq!(r.status, StatusCode::OK, "the cluster token renews");
+}
+
+#[tokio::test]
 async fn a_token_with_read_on_app_reads_app_and_nothing_else() {
     let router = Fake::with_auth().router();
     let ci = reader_of_app(&router).await;

@@ -144,6 +144,37 @@ impl Caller {
         .await??;
         Ok(())
     }
+
+    /// Confirms, by rules that reflect every change chosen before the
+    /// call, that the caller is still let in at all: auth still off for a
+    /// caller without a credential, its token not revoked. For what is
+    /// answered without going through the log (lease keep-alives), which
+    /// no apply checks again: this replica may not have applied an
+    /// `auth enable` or a revoke that the cluster has already chosen.
+    pub async fn confirm<S: Service>(&self, svc: &S) -> Result<(), ApiError> {
+        if matches!(self, Caller::Admin) {
+            return Ok(());
+        }
+        let me = self.clone();
+        svc.read(Consistency::Linearizable, move |store| me.let_in(store))
+            .await??;
+        Ok(())
+    }
+
+    /// Whether `store`'s rules let the caller in, whatever it then does.
+    fn let_in(&self, store: &Store) -> Result<(), Refusal> {
+        match self {
+            Caller::Anyone => anonymous(store),
+            Caller::Admin => Ok(()),
+            Caller::Token { id } => match store.auth().token(id) {
+                Some(_) => Ok(()),
+                None => Err(Refusal::new(
+                    super::RefusalKind::Unauthenticated,
+                    "the token was revoked",
+                )),
+            },
+        }
+    }
 }
 
 /// A caller without a credential, by `store`'s rules.
