@@ -1218,19 +1218,10 @@ async fn with_auth_on_everything_but_probes_metrics_and_docs_needs_a_token() {
     assert_eq!(who.json()["kind"], "admin");
 }
 
-/// A replica that has not applied `auth enable` yet still takes requests
-/// without a credential: a write is proposed as an anonymous op and refused
-/// where it is applied, after the enable, and a linearizable read is
-/// refused by the state it reads. The cluster token is the admin on either
-/// side of the enable.
-#[tokio::test]
-async fn a_write_without_a_credential_is_refused_where_it_is_applied_after_auth_enable() {
-    let fake = Fake::new();
-    let router = fake.router();
-    let r = as_caller(&router, Method::PUT, "/v1/kv/app/x", None, "1").await;
-    assert_eq!(r.status, StatusCode::OK, "auth is off");
-    // The enable is chosen and applied; this replica's HTTP side has not
-    // heard of it (auth_required is still false).
+/// Applies an `auth enable` as if it had been chosen, without the HTTP
+/// side hearing of it (its `auth_required` stays false), as on a replica
+/// that applies the enable while a request is already past the gate.
+fn enable_behind_the_http_side(fake: &Fake) {
     let enabled = fake.store().apply(
         RequestId {
             client: 1 << 40,
@@ -1242,6 +1233,20 @@ async fn a_write_without_a_credential_is_refused_where_it_is_applied_after_auth_
         matches!(enabled, OpResult::AuthChanged { .. }),
         "{enabled:?}"
     );
+}
+
+/// A replica that has not applied `auth enable` yet still takes requests
+/// without a credential: a write is proposed as an anonymous op and refused
+/// where it is applied, after the enable, and a linearizable read is
+/// refused by the state it reads. The cluster token is the admin on either
+/// side of the enable.
+#[tokio::test]
+async fn a_write_without_a_credential_is_refused_where_it_is_applied_after_auth_enable() {
+    let fake = Fake::new();
+    let router = fake.router();
+    let r = as_caller(&router, Method::PUT, "/v1/kv/app/x", None, "1").await;
+    assert_eq!(r.status, StatusCode::OK, "auth is off");
+    enable_behind_the_http_side(&fake);
     let revision = fake.store().revision();
     as_caller(&router, Method::PUT, "/v1/kv/app/x", None, "2")
         .await
@@ -1277,20 +1282,9 @@ async fn a_keep_alive_without_a_credential_is_refused_once_auth_enable_is_applie
     let many = json!({ "ids": [id] }).to_string();
     let r = as_caller(&router, Method::POST, &one, None, Body::empty()).await;
     assert_eq!(r.status, StatusCode::OK, "auth is off");
-    // The enable is chosen and applied; this replica's HTTP side has not
-    // heard of it. A keep-alive is never applied through the log, so only
-    // the handler's own check can refuse it.
-    let enabled = fake.store().apply(
-        RequestId {
-            client: 1 << 40,
-            seq: 1,
-        },
-        &Op::Auth(crate::auth::AuthChange::Enable),
-    );
-    assert!(
-        matches!(enabled, OpResult::AuthChanged { .. }),
-        "{enabled:?}"
-    );
+    // A keep-alive is never applied through the log, so only the
+    // handler's own check can refuse it.
+    enable_behind_the_http_side(&fake);
     as_caller(&router, Method::POST, &one, None, Body::empty())
         .await
         .error(StatusCode::UNAUTHORIZED, "unauthorized");
