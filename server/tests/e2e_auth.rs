@@ -259,29 +259,11 @@ async fn a_write_through_a_replica_behind_the_enable_is_refused() {
     assert_eq!(status, 200, "{body}");
     // The write waits in the stopped replica's socket, and is read when it
     // wakes, beside the messages that carry the enable.
-    let (http, url) = (c.http.clone(), c.url(behind));
-    let write = tokio::spawn(async move {
-        let r = http
-            .put(format!("{url}/v1/kv/app/x"))
-            .body("w")
-            .send()
-            .await
-            .expect("request");
-        let status = r.status().as_u16();
-        (status, r.text().await.unwrap_or_default())
-    });
+    let url = c.url(behind);
+    let write = answer_later(c.http.put(format!("{url}/v1/kv/app/x")).body("w"));
     // So does a keep-alive, which no replica checks where it is applied
     // (it is not written to the log): the handler confirms the caller.
-    let (http, url) = (c.http.clone(), c.url(behind));
-    let renew = tokio::spawn(async move {
-        let r = http
-            .post(format!("{url}/v1/leases/{lease}/keepalive"))
-            .send()
-            .await
-            .expect("request");
-        let status = r.status().as_u16();
-        (status, r.text().await.unwrap_or_default())
-    });
+    let renew = answer_later(c.http.post(format!("{url}/v1/leases/{lease}/keepalive")));
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.resume(behind);
     let (status, wbody) = write.await.expect("the write's task");
@@ -292,6 +274,16 @@ async fn a_write_through_a_replica_behind_the_enable_is_refused() {
         let (status, body, _) = call(&c, i, Method::GET, "/v1/kv/app/x", Some(TOKEN), None).await;
         assert_eq!((status, body), (200, json!("v")), "node {i}");
     }
+}
+
+/// Sends `request` in a task of its own (its replica may be stopped) and
+/// gives its status and body when it is answered.
+fn answer_later(request: reqwest::RequestBuilder) -> tokio::task::JoinHandle<(u16, String)> {
+    tokio::spawn(async move {
+        let r = request.send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]

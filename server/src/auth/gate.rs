@@ -166,13 +166,7 @@ impl Caller {
         match self {
             Caller::Anyone => anonymous(store),
             Caller::Admin => Ok(()),
-            Caller::Token { id } => match store.auth().token(id) {
-                Some(_) => Ok(()),
-                None => Err(Refusal::new(
-                    super::RefusalKind::Unauthenticated,
-                    "the token was revoked",
-                )),
-            },
+            Caller::Token { id } => store.auth().signed_in(id).map(|_| ()),
         }
     }
 }

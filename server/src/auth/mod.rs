@@ -456,12 +456,17 @@ impl AuthState {
             .ok_or_else(|| Refusal::new(RefusalKind::NotFound, format!("no token {id}")))
     }
 
+    /// The token `id` of a caller let in with it, or why it no longer is:
+    /// the token was revoked since.
+    pub fn signed_in(&self, id: &str) -> Result<&TokenRecord, Refusal> {
+        self.tokens
+            .get(id)
+            .ok_or_else(|| Refusal::new(RefusalKind::Unauthenticated, "the token was revoked"))
+    }
+
     /// Whether the token `id` may do what `need` says.
     pub fn authorize(&self, id: &str, need: Need) -> Result<(), Refusal> {
-        let token = self
-            .tokens
-            .get(id)
-            .ok_or_else(|| Refusal::new(RefusalKind::Unauthenticated, "the token was revoked"))?;
+        let token = self.signed_in(id)?;
         let roles = || token.roles.iter().filter_map(|r| self.roles.get(r));
         if roles().any(|r| r.admin) {
             return Ok(());
