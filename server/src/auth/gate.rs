@@ -49,6 +49,12 @@ impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for ClientAddr {
     }
 }
 
+impl Connected<IncomingStream<'_, crate::cli::serve::PlainListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, crate::cli::serve::PlainListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
 impl Connected<IncomingStream<'_, crate::tls::listener::TlsListener>> for ClientAddr {
     fn connect_info(stream: IncomingStream<'_, crate::tls::listener::TlsListener>) -> Self {
         ClientAddr(*stream.remote_addr())
