@@ -43,12 +43,6 @@ const MAX_TRACKED: usize = 10_000;
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
 
-impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
 impl Connected<IncomingStream<'_, crate::cli::serve::PlainListener>> for ClientAddr {
     fn connect_info(stream: IncomingStream<'_, crate::cli::serve::PlainListener>) -> Self {
         ClientAddr(*stream.remote_addr())
