@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod kv;
+pub mod net;
 pub mod node;
 pub mod paxos;
 pub mod sim;

@@ -305,6 +305,14 @@ impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> ApiError {
         let status = rejection.status();
         let code = ErrorCode::for_status(status);
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The framework's own text ("length limit exceeded") names
+            // neither the limit nor what sets it.
+            return ApiError::new(
+                code,
+                "the request body is larger than this node accepts: one value of at most                  --max-value-bytes and room for the rest of the request",
+            );
+        }
         ApiError::new(code, rejection.body_text())
     }
 }

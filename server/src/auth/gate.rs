@@ -43,8 +43,8 @@ const MAX_TRACKED: usize = 10_000;
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
 
-impl Connected<IncomingStream<'_, crate::cli::serve::PlainListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, crate::cli::serve::PlainListener>) -> Self {
+impl Connected<IncomingStream<'_, crate::net::PlainListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, crate::net::PlainListener>) -> Self {
         ClientAddr(*stream.remote_addr())
     }
 }

@@ -642,7 +642,12 @@ fn serve_until(
     what: &'static str,
 ) -> Result<tokio::task::JoinHandle<()>, CliError> {
     let Some(tls) = tls else {
-        return Ok(serve_on(PlainListener(listener), app, shutdown, what));
+        return Ok(serve_on(
+            crate::net::PlainListener(listener),
+            app,
+            shutdown,
+            what,
+        ));
     };
     let config = tls
         .server_config()
@@ -650,31 +655,6 @@ fn serve_until(
     let listener = crate::tls::listener::TlsListener::new(listener, config, what)
         .map_err(|e| CliError::Fatal(format!("{what} port: {e}")))?;
     Ok(serve_on(listener, app, shutdown, what))
-}
-
-/// A plain-TCP listener whose connections send without delay: answers and
-/// peer messages are small writes that someone waits for, which Nagle's
-/// algorithm would hold back until the previous one is acknowledged (up to
-/// a delayed-ACK timeout). The TLS listener and the peer client turn it off
-/// too.
-#[derive(Debug)]
-pub struct PlainListener(tokio::net::TcpListener);
-
-impl axum::serve::Listener for PlainListener {
-    type Io = tokio::net::TcpStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (tcp, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        (tcp, addr)
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
 }
 
 fn serve_on<L>(
@@ -757,19 +737,6 @@ mod tests {
     struct Harness {
         #[command(flatten)]
         args: ServeArgs,
-    }
-
-    #[tokio::test]
-    async fn plain_connections_send_without_delay() {
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut listener = PlainListener(tcp);
-        let addr = axum::serve::Listener::local_addr(&listener).expect("address");
-        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (accepted, from) = axum::serve::Listener::accept(&mut listener).await;
-        assert_eq!(from, client.local_addr().expect("client address"));
-        assert!(accepted.nodelay().expect("TCP_NODELAY"), "Nagle is on");
     }
 
     fn pod(name: &str, token: &std::path::Path) -> Result<Validated, CliError> {

@@ -19,6 +19,8 @@
 //! that never completes. The first byte of every TLS connection is 0x16
 //! (a handshake record); anything else gets a plain-HTTP 400 whose JSON
 //! body says to use https, and the connection is closed.
+//!
+//! Connections close with a lingering close (see [`crate::net`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +32,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use crate::net::Lingering;
 
 /// Handshakes in progress at once, per listener.
 pub const MAX_HANDSHAKES: usize = 1024;
@@ -77,12 +81,12 @@ impl Drop for TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Lingering<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.ready.recv().await {
-            Some(conn) => conn,
+            Some((tls, addr)) => (Lingering::new(tls), addr),
             // The accepting task ended (it only does when dropped): no more
             // connections will come.
             None => std::future::pending().await,
@@ -160,8 +164,11 @@ async fn handshake(
     if first[0] != TLS_HANDSHAKE_RECORD {
         if first[0].is_ascii_uppercase() {
             // An HTTP method: answer in HTTP so curl and browsers show why.
+            // Closed with a lingering close, so that a request body still
+            // on its way does not reset the connection before the client
+            // has read the answer.
             let _ = stream.write_all(plain_http_refusal().as_bytes()).await;
-            let _ = stream.shutdown().await;
+            tokio::spawn(crate::net::linger(stream));
             return Err(Refused::PlainHttp);
         }
         return Err(Refused::NotTls);

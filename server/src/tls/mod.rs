@@ -575,6 +575,33 @@ mod tests {
         assert!(reason.contains("not valid for"), "{reason}");
     }
 
+    #[tokio::test]
+    async fn a_tls_client_still_sending_an_oversized_body_reads_the_413() {
+        use crate::net::tests::{send_oversized, small_body_app};
+        let dir = tempfile::tempdir().expect("dir");
+        let material =
+            Material::load(files(dir.path(), &["localhost"]), ClientAuth::Off).expect("load");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        let listener = listener::TlsListener::new(
+            tcp,
+            material.server_config().expect("server config"),
+            "client",
+        )
+        .expect("listener");
+        tokio::spawn(async move { axum::serve(listener, small_body_app()).await });
+
+        let connector =
+            tokio_rustls::TlsConnector::from(Arc::new(material.client_config().expect("config")));
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = connector.connect(name, tcp).await.expect("handshake");
+        let status = send_oversized(tls).await.expect("an answer, not a reset");
+        assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+    }
+
     #[test]
     fn a_key_that_does_not_go_with_the_certificate_is_refused_by_name() {
         let dir = tempfile::tempdir().expect("dir");

@@ -1,0 +1,252 @@
+//! Connections on the client and peer ports: how they are accepted and how
+//! they are closed.
+//!
+//! Accepting: [`PlainListener`] hands axum plain TCP connections with
+//! Nagle's algorithm off; `crate::tls::listener::TlsListener` does the same
+//! for TLS. Both hand out [`Lingering`] streams.
+//!
+//! Closing: the server sometimes answers before it has read the whole
+//! request, above all a body over the size limit (413), which is refused
+//! after reading only up to the limit. The HTTP server then closes the
+//! connection. If it simply closed the socket while the client was still
+//! sending, the kernel would answer the unread bytes with a reset, and a
+//! reset makes the client's kernel drop what it had received but not yet
+//! read: the 413 is lost and the client sees a broken connection instead
+//! ("connection reset", or over TLS "EOF in violation of protocol"). Most
+//! clients (Python's http.client, for one) send the whole body before they
+//! read anything, so this is the common case, not a corner.
+//!
+//! So a connection is closed the way web servers have long closed them (a
+//! "lingering close"): the write side is shut down first (a TLS close_notify,
+//! then a TCP FIN), and what the client still sends is read and thrown away
+//! until it closes its side, for at most [`LINGER_TIME`] and never more than
+//! [`LINGER_IDLE`] without a byte. A client that closes first (the usual
+//! end of a keep-alive connection) costs one read that returns at once.
+//! Bytes read while lingering are not decrypted or parsed: they are only
+//! taken off the socket.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The longest a closed connection is drained of what the client still sends.
+pub const LINGER_TIME: Duration = Duration::from_secs(10);
+/// The longest a closing connection waits for the client's next byte.
+pub const LINGER_IDLE: Duration = Duration::from_secs(2);
+
+/// A plain-TCP listener whose connections send without delay (answers and
+/// peer messages are small writes that someone waits for, which Nagle's
+/// algorithm would hold back until the previous one is acknowledged, up to
+/// a delayed-ACK timeout) and close with a lingering close.
+#[derive(Debug)]
+pub struct PlainListener(pub TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = Lingering<TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        (Lingering::new(tcp), addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// A stream over a TCP connection that can give that connection back once
+/// it is done with it.
+pub trait OverTcp: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The TCP connection underneath.
+    fn into_tcp(self) -> TcpStream;
+}
+
+impl OverTcp for TcpStream {
+    fn into_tcp(self) -> TcpStream {
+        self
+    }
+}
+
+impl OverTcp for tokio_rustls::server::TlsStream<TcpStream> {
+    fn into_tcp(self) -> TcpStream {
+        self.into_inner().0
+    }
+}
+
+/// A connection that, when dropped, is closed with a lingering close (see
+/// the module documentation) in a task of its own.
+#[derive(Debug)]
+pub struct Lingering<S: OverTcp> {
+    /// Always `Some` until dropped.
+    stream: Option<S>,
+}
+
+impl<S: OverTcp> Lingering<S> {
+    pub fn new(stream: S) -> Self {
+        Lingering {
+            stream: Some(stream),
+        }
+    }
+
+    /// The stream inside.
+    pub fn get_ref(&self) -> &S {
+        self.stream
+            .as_ref()
+            .expect("a Lingering stream is present until dropped")
+    }
+
+    fn pinned(&mut self) -> Pin<&mut S> {
+        Pin::new(
+            self.stream
+                .as_mut()
+                .expect("a Lingering stream is present until dropped"),
+        )
+    }
+}
+
+impl<S: OverTcp> Drop for Lingering<S> {
+    fn drop(&mut self) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        // Outside a runtime (at process exit) the socket just closes.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(linger(stream));
+        }
+    }
+}
+
+/// Shuts down the write side of `stream`, then reads and discards until the
+/// client closes its side, [`LINGER_IDLE`] passes without a byte or
+/// [`LINGER_TIME`] in all; then the socket closes.
+pub async fn linger<S: OverTcp>(mut stream: S) {
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    // The HTTP server has usually shut the write side down already; this is
+    // for connections it gave up on. Errors only mean it is closed.
+    let _ = tokio::time::timeout_at(deadline, stream.shutdown()).await;
+    let mut tcp = stream.into_tcp();
+    let mut sink = vec![0u8; 16 * 1024];
+    loop {
+        let wait = deadline.min(tokio::time::Instant::now() + LINGER_IDLE);
+        match tokio::time::timeout_at(wait, tcp.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => continue,
+            // Closed by the client, broken, or out of time.
+            _ => return,
+        }
+    }
+}
+
+impl<S: OverTcp> AsyncRead for Lingering<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.pinned().poll_read(cx, buf)
+    }
+}
+
+impl<S: OverTcp> AsyncWrite for Lingering<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.pinned().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.pinned().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.get_ref().is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.pinned().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.pinned().poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A body this much over the limit cannot fit in the sockets' buffers,
+    /// so the client is still sending when the server answers.
+    pub(crate) const OVERSIZED: usize = 16 * 1024 * 1024;
+
+    /// A server whose only route takes bodies of at most 1 KiB.
+    pub(crate) fn small_body_app() -> axum::Router {
+        axum::Router::new()
+            .route(
+                "/",
+                axum::routing::post(
+                    |body: axum::body::Bytes| async move { body.len().to_string() },
+                ),
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(1024))
+    }
+
+    /// Sends a request whose body is far over the limit the way clients that
+    /// read only after sending do, and returns the status line it gets.
+    pub(crate) async fn send_oversized<S>(mut conn: S) -> io::Result<String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let head =
+            format!("POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: {OVERSIZED}\r\n\r\n");
+        conn.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..OVERSIZED / chunk.len() {
+            conn.write_all(&chunk).await?;
+        }
+        conn.flush().await?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut answer))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??;
+        let text = String::from_utf8_lossy(&answer);
+        Ok(text.lines().next().unwrap_or_default().to_string())
+    }
+
+    #[tokio::test]
+    async fn plain_connections_send_without_delay() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut listener = PlainListener(tcp);
+        let addr = axum::serve::Listener::local_addr(&listener).expect("address");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, from) = axum::serve::Listener::accept(&mut listener).await;
+        assert_eq!(from, client.local_addr().expect("client address"));
+        assert!(
+            accepted.get_ref().nodelay().expect("TCP_NODELAY"),
+            "Nagle is on"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_still_sending_an_oversized_body_reads_the_413() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(PlainListener(tcp), small_body_app()).await });
+        let conn = TcpStream::connect(addr).await.expect("connect");
+        let status = send_oversized(conn).await.expect("an answer, not a reset");
+        assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+    }
+}
