@@ -33,8 +33,10 @@ log "validating $doc"
 samples=$(mktemp -d)
 trap 'rm -rf "$samples"' EXIT
 log "writing sample bodies"
+# --workspace, not -p phxkv-server: the same features as the workspace's
+# test build, whose artifacts are then reused instead of built again.
 (cd "$repo" && PHXKV_PEER_SAMPLES=$samples cargo test --release --quiet --locked \
-    -p phxkv-server --test peer_protocol >/dev/null)
+    --workspace --test peer_protocol >/dev/null)
 
 "$venv/bin/python" - "$doc" "$samples" <<'PY'
 import json, pathlib, sys
