@@ -310,7 +310,8 @@ impl From<BytesRejection> for ApiError {
             // neither the limit nor what sets it.
             return ApiError::new(
                 code,
-                "the request body is larger than this node accepts: one value of at most                  --max-value-bytes and room for the rest of the request",
+                "the request body is larger than this node accepts: one value of at most \
+                 --max-value-bytes and room for the rest of the request",
             );
         }
         ApiError::new(code, rejection.body_text())

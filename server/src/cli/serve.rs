@@ -12,6 +12,7 @@ use tracing::Instrument as _;
 
 use crate::cluster;
 use crate::kv::Limits;
+use crate::net::PlainListener;
 use crate::node::{Node, NodeConfig};
 use crate::paxos::EngineConfig;
 use crate::telemetry::{self, LogFormat, Metrics};
@@ -642,12 +643,7 @@ fn serve_until(
     what: &'static str,
 ) -> Result<tokio::task::JoinHandle<()>, CliError> {
     let Some(tls) = tls else {
-        return Ok(serve_on(
-            crate::net::PlainListener(listener),
-            app,
-            shutdown,
-            what,
-        ));
+        return Ok(serve_on(PlainListener(listener), app, shutdown, what));
     };
     let config = tls
         .server_config()

@@ -531,23 +531,25 @@ mod tests {
         paths
     }
 
+    /// Serves `app` over TLS with `material` on a loopback port.
+    async fn serve_tls(material: &Arc<Material>, app: axum::Router) -> std::net::SocketAddr {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        let config = material.server_config().expect("server config");
+        let listener = listener::TlsListener::new(tcp, config, "test").expect("listener");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
     #[tokio::test]
     async fn a_peer_called_by_a_name_its_certificate_lacks_fails_with_that_reason() {
         let dir = tempfile::tempdir().expect("dir");
         let material =
             Material::load(files(dir.path(), &["localhost"]), ClientAuth::Required).expect("load");
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = tcp.local_addr().expect("addr").port();
-        let listener = listener::TlsListener::new(
-            tcp,
-            material.server_config().expect("server config"),
-            "peer",
-        )
-        .expect("listener");
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let port = serve_tls(&material, app).await.port();
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(material.client_config().expect("client config"))
             .build()
@@ -581,17 +583,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let material =
             Material::load(files(dir.path(), &["localhost"]), ClientAuth::Off).expect("load");
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = tcp.local_addr().expect("addr");
-        let listener = listener::TlsListener::new(
-            tcp,
-            material.server_config().expect("server config"),
-            "client",
-        )
-        .expect("listener");
-        tokio::spawn(async move { axum::serve(listener, small_body_app()).await });
+        let addr = serve_tls(&material, small_body_app()).await;
 
         let connector =
             tokio_rustls::TlsConnector::from(Arc::new(material.client_config().expect("config")));
