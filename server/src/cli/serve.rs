@@ -595,8 +595,22 @@ pub async fn start(
             watch_certificate(port, tls.clone(), metrics.clone(), shutdown.clone());
         }
     }
-    let client = serve_until(client_listener, client_tls, app, shutdown.clone(), "client")?;
-    let peer = serve_until(peer_listener, peer_tls, peer_app, shutdown, "peer")?;
+    let client = serve_until(
+        client_listener,
+        client_tls,
+        app,
+        shutdown.clone(),
+        "client",
+        None,
+    )?;
+    let peer = serve_until(
+        peer_listener,
+        peer_tls,
+        peer_app,
+        shutdown,
+        "peer",
+        Some(crate::tls::listener::PEER_READ_BUFFER),
+    )?;
     Ok(Running {
         node,
         client,
@@ -634,13 +648,15 @@ fn watch_certificate(
 
 /// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` turns
 /// true, letting requests in flight finish; `what` names the listener in
-/// the log.
+/// the log; `read_buffer` is the TLS listener's (see
+/// `crate::tls::listener`).
 fn serve_until(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<Material>>,
     app: axum::Router,
     shutdown: tokio::sync::watch::Receiver<bool>,
     what: &'static str,
+    read_buffer: Option<usize>,
 ) -> Result<tokio::task::JoinHandle<()>, CliError> {
     let Some(tls) = tls else {
         return Ok(serve_on(PlainListener(listener), app, shutdown, what));
@@ -648,7 +664,7 @@ fn serve_until(
     let config = tls
         .server_config()
         .map_err(|e| CliError::Fatal(format!("{what} port TLS: {e}")))?;
-    let listener = crate::tls::listener::TlsListener::new(listener, config, what)
+    let listener = crate::tls::listener::TlsListener::new(listener, config, what, read_buffer)
         .map_err(|e| CliError::Fatal(format!("{what} port: {e}")))?;
     Ok(serve_on(listener, app, shutdown, what))
 }

@@ -21,19 +21,27 @@
 //! body says to use https, and the connection is closed.
 //!
 //! Connections close with a lingering close (see [`crate::net`]).
+//!
+//! rustls takes at most 4 KiB from its transport per read, so a peer
+//! message of tens of kilobytes (an accept carrying a full batch) would
+//! cost a system call per 4 KiB. The peer port therefore reads its sockets
+//! through a buffer of [`PEER_READ_BUFFER`] bytes that rustls' reads are
+//! served from: one `recvfrom` takes whatever has arrived, up to that size.
+//! The client port reads its sockets directly: its requests are small, and
+//! it may hold many connections, each of which would keep the buffer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::net::Lingering;
+use crate::net::{Lingering, Socket};
 
 /// Handshakes in progress at once, per listener.
 pub const MAX_HANDSHAKES: usize = 1024;
@@ -44,28 +52,43 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections handshaken and waiting for the server to take them.
 const READY_QUEUE: usize = 64;
 
+/// What one read of a peer connection's socket takes at most: two full
+/// TLS records, so a peer message of up to that size is one system call.
+pub const PEER_READ_BUFFER: usize = 32 * 1024;
+
+/// A TLS connection as accepted.
+pub type Accepted = TlsStream<Socket>;
+
 /// The first byte of a TLS record carrying a handshake message.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Accepts TLS connections on a bound TCP listener.
 #[derive(Debug)]
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(Accepted, SocketAddr)>,
     local: SocketAddr,
     accepting: tokio::task::JoinHandle<()>,
 }
 
 impl TlsListener {
     /// Starts accepting on `tcp` with `config`; `port` names the listener
-    /// in the log ("client" or "peer").
+    /// in the log ("client" or "peer"). With `read_buffer`, each
+    /// connection's socket is read through a buffer of that many bytes.
     pub fn new(
         tcp: TcpListener,
         config: Arc<ServerConfig>,
         port: &'static str,
+        read_buffer: Option<usize>,
     ) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_QUEUE);
-        let accepting = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx, port));
+        let accepting = tokio::spawn(accept_loop(
+            tcp,
+            TlsAcceptor::from(config),
+            tx,
+            port,
+            read_buffer,
+        ));
         Ok(TlsListener {
             ready,
             local,
@@ -81,7 +104,7 @@ impl Drop for TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = Lingering<TlsStream<TcpStream>>;
+    type Io = Lingering<Accepted>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -101,8 +124,9 @@ impl axum::serve::Listener for TlsListener {
 async fn accept_loop(
     tcp: TcpListener,
     acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Sender<(Accepted, SocketAddr)>,
     port: &'static str,
+    read_buffer: Option<usize>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
@@ -124,7 +148,9 @@ async fn accept_loop(
         let (acceptor, ready) = (acceptor.clone(), ready.clone());
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, &acceptor)).await;
+            let done =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, &acceptor, read_buffer))
+                    .await;
             drop(slot);
             match done {
                 Ok(Ok(tls)) => {
@@ -153,7 +179,8 @@ enum Refused {
 async fn handshake(
     mut stream: TcpStream,
     acceptor: &TlsAcceptor,
-) -> Result<TlsStream<TcpStream>, Refused> {
+    read_buffer: Option<usize>,
+) -> Result<Accepted, Refused> {
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first))
         .await
@@ -173,7 +200,11 @@ async fn handshake(
         }
         return Err(Refused::NotTls);
     }
-    Ok(acceptor.accept(stream).await?)
+    let socket = match read_buffer {
+        Some(size) => Socket::Buffered(BufReader::with_capacity(size.max(1), stream)),
+        None => Socket::Direct(stream),
+    };
+    Ok(acceptor.accept(socket).await?)
 }
 
 const REFUSAL_BODY: &str = r#"{"error":{"code":"tls_required","message":"this port speaks TLS: call it with https://, not http://"}}"#;

@@ -531,14 +531,20 @@ mod tests {
         paths
     }
 
-    /// Serves `app` over TLS with `material` on a loopback port.
-    async fn serve_tls(material: &Arc<Material>, app: axum::Router) -> std::net::SocketAddr {
+    /// Serves `app` over TLS with `material` on a loopback port, reading
+    /// its sockets through a buffer of `read_buffer` bytes if given.
+    async fn serve_tls(
+        material: &Arc<Material>,
+        app: axum::Router,
+        read_buffer: Option<usize>,
+    ) -> std::net::SocketAddr {
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = tcp.local_addr().expect("addr");
         let config = material.server_config().expect("server config");
-        let listener = listener::TlsListener::new(tcp, config, "test").expect("listener");
+        let listener =
+            listener::TlsListener::new(tcp, config, "test", read_buffer).expect("listener");
         tokio::spawn(async move { axum::serve(listener, app).await });
         addr
     }
@@ -549,7 +555,7 @@ mod tests {
         let material =
             Material::load(files(dir.path(), &["localhost"]), ClientAuth::Required).expect("load");
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        let port = serve_tls(&material, app).await.port();
+        let port = serve_tls(&material, app, None).await.port();
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(material.client_config().expect("client config"))
             .build()
@@ -583,15 +589,60 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let material =
             Material::load(files(dir.path(), &["localhost"]), ClientAuth::Off).expect("load");
-        let addr = serve_tls(&material, small_body_app()).await;
+        // The client port's sockets are read directly, the peer port's
+        // through a buffer: both must close the same way.
+        for read_buffer in [None, Some(listener::PEER_READ_BUFFER)] {
+            let addr = serve_tls(&material, small_body_app(), read_buffer).await;
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(
+                material.client_config().expect("config"),
+            ));
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let tls = connector.connect(name, tcp).await.expect("handshake");
+            let status = send_oversized(tls).await.expect("an answer, not a reset");
+            assert!(
+                status.starts_with("HTTP/1.1 413"),
+                "{read_buffer:?}: {status}"
+            );
+        }
+    }
 
-        let connector =
-            tokio_rustls::TlsConnector::from(Arc::new(material.client_config().expect("config")));
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let tls = connector.connect(name, tcp).await.expect("handshake");
-        let status = send_oversized(tls).await.expect("an answer, not a reset");
-        assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+    #[tokio::test]
+    async fn bodies_larger_than_the_read_buffer_arrive_whole_and_in_order() {
+        let dir = tempfile::tempdir().expect("dir");
+        let material =
+            Material::load(files(dir.path(), &["localhost"]), ClientAuth::Off).expect("load");
+        // Echoes the body back, so both directions cross the socket wrapper.
+        let echo = axum::Router::new().route(
+            "/",
+            axum::routing::post(|body: axum::body::Bytes| async move { body }),
+        );
+        // Not a multiple of any buffer or record size, and no byte pattern
+        // that a misplaced or repeated piece would leave intact.
+        let body: Vec<u8> = (0..(5 * listener::PEER_READ_BUFFER + 12_345) as u64)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for read_buffer in [None, Some(listener::PEER_READ_BUFFER), Some(1)] {
+            let port = serve_tls(&material, echo.clone(), read_buffer).await.port();
+            let client = reqwest::Client::builder()
+                .tls_backend_preconfigured(material.client_config().expect("client config"))
+                .build()
+                .expect("client");
+            // Several on one connection: what a buffer holds of one request
+            // belongs to the next.
+            for _ in 0..3 {
+                let back = client
+                    .post(format!("https://localhost:{port}/"))
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .expect("answer")
+                    .bytes()
+                    .await
+                    .expect("body");
+                assert!(back[..] == body[..], "{read_buffer:?}: the echo differs");
+            }
+        }
     }
 
     #[test]
