@@ -76,87 +76,19 @@ impl OverTcp for TcpStream {
 }
 
 impl OverTcp for crate::tls::listener::Accepted {
+    /// Anything still in a read buffer is dropped with it: a closing
+    /// connection's unread bytes are only ever discarded.
     fn into_tcp(self) -> TcpStream {
-        self.into_inner().0.into_tcp()
-    }
-}
-
-/// A TCP connection read directly or through a buffer (see
-/// `crate::tls::listener` for which and why).
-#[derive(Debug)]
-pub enum Socket {
-    Direct(TcpStream),
-    Buffered(BufReader<TcpStream>),
-}
-
-impl Socket {
-    /// The connection. Anything still in the read buffer is dropped: a
-    /// closing connection's unread bytes are only ever discarded.
-    fn into_tcp(self) -> TcpStream {
-        match self {
-            Socket::Direct(tcp) => tcp,
-            Socket::Buffered(buffered) => buffered.into_inner(),
+        match self.into_inner().0 {
+            Socket::Left(tcp) => tcp,
+            Socket::Right(buffered) => buffered.into_inner(),
         }
     }
 }
 
-impl AsyncRead for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Direct(s) => Pin::new(s).poll_read(cx, buf),
-            Socket::Buffered(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Socket::Direct(s) => Pin::new(s).poll_write(cx, buf),
-            Socket::Buffered(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Socket::Direct(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Socket::Buffered(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Socket::Direct(s) => s.is_write_vectored(),
-            Socket::Buffered(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Direct(s) => Pin::new(s).poll_flush(cx),
-            Socket::Buffered(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Direct(s) => Pin::new(s).poll_shutdown(cx),
-            Socket::Buffered(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+/// A TCP connection read directly (`Left`) or through a buffer (`Right`);
+/// see `crate::tls::listener` for which and why.
+pub type Socket = tokio_util::either::Either<TcpStream, BufReader<TcpStream>>;
 
 /// A connection that, when dropped, is closed with a lingering close (see
 /// the module documentation) in a task of its own.

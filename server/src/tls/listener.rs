@@ -201,8 +201,8 @@ async fn handshake(
         return Err(Refused::NotTls);
     }
     let socket = match read_buffer {
-        Some(size) => Socket::Buffered(BufReader::with_capacity(size.max(1), stream)),
-        None => Socket::Direct(stream),
+        Some(size) => Socket::Right(BufReader::with_capacity(size.max(1), stream)),
+        None => Socket::Left(stream),
     };
     Ok(acceptor.accept(socket).await?)
 }
