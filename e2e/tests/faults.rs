@@ -1,5 +1,6 @@
 //! The short form of the fault-injection suite, in the ordinary test run:
-//! two runs of real `phxkv serve` processes under every kind of fault, each
+//! two runs of real `phxkv serve` processes under every kind of fault, one
+//! over plain HTTP and one with TLS on both ports (as in Kubernetes), each
 //! history checked for linearizability. The long form is documented in the
 //! README (`phxkv-faults --runs 30`).
 
@@ -31,10 +32,11 @@ fn phxkv_bin() -> PathBuf {
     bin
 }
 
-#[test]
-fn histories_under_every_fault_are_linearizable() {
+/// Runs `phxkv-faults` with `extra` arguments and checks its verdict.
+fn fault_runs(extra: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_phxkv-faults"))
-        .args(["--runs", "2", "--duration", "20s"])
+        .args(["--duration", "20s"])
+        .args(extra)
         .arg("--bin")
         .arg(phxkv_bin())
         .output()
@@ -46,4 +48,11 @@ fn histories_under_every_fault_are_linearizable() {
         stdout.contains("0 anomalies, 0 runs that did not recover"),
         "{stdout}"
     );
+}
+
+/// One test, so that the two runs never share the machine's cores.
+#[test]
+fn histories_under_every_fault_are_linearizable() {
+    fault_runs(&["--runs", "1"]);
+    fault_runs(&["--runs", "1", "--tls"]);
 }

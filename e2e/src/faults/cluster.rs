@@ -2,6 +2,10 @@
 //! its own data directory, log file and peer proxy; killed, paused, resumed,
 //! wiped and restarted by the nemesis; asked about the cluster through the
 //! public API like an operator would.
+//!
+//! With TLS, every node serves both ports with one certificate for
+//! 127.0.0.1 signed by a CA made for the run (mutual TLS between peers, as
+//! in Kubernetes), and the harness's clients trust that CA.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -37,6 +41,8 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// Every node's `--read-mode`.
     pub read_mode: String,
+    /// The certificate files every node serves, when the run uses TLS.
+    pub tls: Option<phxkv::tls::TlsPaths>,
 }
 
 fn free_port(taken: &mut Vec<u16>) -> u16 {
@@ -53,10 +59,17 @@ fn free_port(taken: &mut Vec<u16>) -> u16 {
 }
 
 impl Cluster {
-    /// Prepares `n` nodes under `dir` (nothing runs yet).
-    pub async fn new(dir: &Path, bin: &Path, n: usize) -> std::io::Result<Cluster> {
+    /// Prepares `n` nodes under `dir` (nothing runs yet), with TLS on both
+    /// ports of every node when `tls`.
+    pub async fn new(dir: &Path, bin: &Path, n: usize, tls: bool) -> std::io::Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("token"), TOKEN)?;
+        let tls = if tls {
+            Some(phxkv::tls::dev_ca::ensure(&dir.join("tls")).map_err(std::io::Error::other)?)
+        } else {
+            None
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         // The proxies bind first and keep their ports; the nodes' ports are
         // then picked around them. Picked the other way round, a proxy could
         // be handed a port just released for a node, and that node would
@@ -90,9 +103,10 @@ impl Cluster {
         }
         let members = nodes
             .iter()
-            .map(|n| format!("{}=http://127.0.0.1:{}", n.name, n.peer_port))
+            .map(|n| format!("{}={scheme}://127.0.0.1:{}", n.name, n.peer_port))
             .collect::<Vec<_>>()
             .join(",");
+        let http = client(tls.as_ref())?;
         Ok(Cluster {
             dir: dir.to_path_buf(),
             bin: bin.to_path_buf(),
@@ -100,15 +114,27 @@ impl Cluster {
             members,
             links,
             read_mode: "lease".into(),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .map_err(std::io::Error::other)?,
+            http,
+            tls,
         })
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     pub fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.nodes[i].client_port)
+        format!(
+            "{}://127.0.0.1:{}",
+            self.scheme(),
+            self.nodes[i].client_port
+        )
+    }
+
+    /// A client of its own (its own connections) for the nodes' client
+    /// ports.
+    pub fn client(&self) -> reqwest::Client {
+        client(self.tls.as_ref()).unwrap_or_else(|_| self.http.clone())
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -120,6 +146,17 @@ impl Cluster {
             return Ok(());
         }
         let n = &self.nodes[i];
+        let tls_args: Vec<&std::ffi::OsStr> = match &self.tls {
+            Some(t) => vec![
+                "--tls-cert".as_ref(),
+                t.cert.as_os_str(),
+                "--tls-key".as_ref(),
+                t.key.as_os_str(),
+                "--tls-ca".as_ref(),
+                t.ca.as_deref().unwrap_or(&t.cert).as_os_str(),
+            ],
+            None => Vec::new(),
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -140,6 +177,7 @@ impl Cluster {
                 "--peer-proxy",
                 &format!("http://127.0.0.1:{}", n.proxy_port),
             ])
+            .args(&tls_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -238,7 +276,7 @@ impl Cluster {
             .nodes
             .iter()
             .find(|n| n.name == name)
-            .map(|n| format!("http://127.0.0.1:{}", n.peer_port))
+            .map(|n| format!("{}://127.0.0.1:{}", self.scheme(), n.peer_port))
             .unwrap_or_default();
         let deadline = Instant::now() + within;
         let mut last = String::new();
@@ -406,6 +444,18 @@ impl Cluster {
             self.kill(i);
         }
     }
+}
+
+/// A client for the nodes' client ports: never through a proxy, and with
+/// TLS trusting only the run's CA.
+fn client(tls: Option<&phxkv::tls::TlsPaths>) -> std::io::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().no_proxy();
+    if let Some(ca) = tls.and_then(|t| t.ca.as_ref()) {
+        let pem = std::fs::read(ca)?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(std::io::Error::other)?;
+        builder = builder.tls_certs_only([cert]);
+    }
+    builder.build().map_err(std::io::Error::other)
 }
 
 impl Drop for Cluster {

@@ -65,6 +65,11 @@ struct Args {
     /// test reads that trust no clock).
     #[arg(long, default_value = "lease", value_parser = ["lease", "quorum"])]
     read_mode: String,
+    /// TLS on both ports of every node: mutual TLS between peers (partitions
+    /// then cut the `CONNECT` tunnels peers reach one another through) and
+    /// https for the clients, as a `PaxosKV` in Kubernetes runs by default.
+    #[arg(long)]
+    tls: bool,
     /// The phxkv binary; default: `phxkv` next to this program.
     #[arg(long, env = "PHXKV_BIN")]
     bin: Option<PathBuf>,
@@ -111,7 +116,7 @@ async fn run(args: &Args, bin: &std::path::Path, seed: u64, dir: PathBuf) -> Run
     };
     // A kept directory of an earlier run with this seed must not leak in.
     let _ = std::fs::remove_dir_all(&dir);
-    let mut c = match Cluster::new(&dir, bin, args.nodes).await {
+    let mut c = match Cluster::new(&dir, bin, args.nodes, args.tls).await {
         Ok(mut c) => {
             c.read_mode = args.read_mode.clone();
             c
@@ -144,7 +149,10 @@ async fn run(args: &Args, bin: &std::path::Path, seed: u64, dir: PathBuf) -> Run
             tokio::spawn(workload::client(
                 id + 1,
                 seed,
-                c.urls(),
+                workload::Nodes {
+                    http: c.client(),
+                    urls: c.urls(),
+                },
                 args.keys,
                 history.clone(),
                 until,
@@ -176,10 +184,7 @@ async fn run(args: &Args, bin: &std::path::Path, seed: u64, dir: PathBuf) -> Run
         result.failure = Some(e);
         return result;
     }
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap_or_default();
+    let http = c.client();
     for (i, url) in c.urls().iter().enumerate() {
         for k in 0..args.keys {
             let key = format!("k{k}").into_bytes();
@@ -286,8 +291,13 @@ async fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("phxkv-faults-{seed}")));
     println!(
-        "phxkv-faults: {} runs of {:?}, {} nodes, {} clients, {} reads, seed {seed}",
-        args.runs, args.duration, args.nodes, args.clients, args.read_mode
+        "phxkv-faults: {} runs of {:?}, {} nodes, {} clients, {} reads, {}, seed {seed}",
+        args.runs,
+        args.duration,
+        args.nodes,
+        args.clients,
+        args.read_mode,
+        if args.tls { "TLS" } else { "plain HTTP" }
     );
     let (mut anomalies, mut failed, mut total_ops) = (0, 0, 0);
     for r in 0..args.runs {

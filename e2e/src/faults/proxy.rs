@@ -7,6 +7,12 @@
 //! Links are cut in both directions together: a request and its answer
 //! travel on one connection, and the nodes' replies to one another are
 //! requests of their own.
+//!
+//! Peers that speak TLS (`https://` peer URLs) reach one another through
+//! `CONNECT` tunnels instead, which carry their encrypted bytes unread; a
+//! cut ends a tunnel already open (or, as a black hole, stops it passing
+//! anything), and refuses new ones, so that partitions mean the same with
+//! TLS as without.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -14,7 +20,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
@@ -104,7 +110,15 @@ pub async fn start(from: usize, links: Arc<Links>) -> std::io::Result<u16> {
     Ok(port)
 }
 
-/// Forwards one absolute-form request (`POST http://host:port/path`).
+/// How long a black-holed exchange or tunnel hangs before it is dropped
+/// (the senders' own timeouts are shorter).
+const BLACK_HOLE: Duration = Duration::from_secs(30);
+
+/// How often an open tunnel checks whether its link was cut.
+const TUNNEL_CHECK: Duration = Duration::from_millis(20);
+
+/// Forwards one absolute-form request (`POST http://host:port/path`), or
+/// opens a tunnel for `CONNECT host:port`.
 async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
     let uri = req.uri().clone();
     let Some(port) = uri.port_u16() else {
@@ -115,9 +129,12 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
     {
         if s.links.black_hole() {
             // Nothing comes back; the sender's own timeout ends it.
-            tokio::time::sleep(Duration::from_secs(30)).await;
+            tokio::time::sleep(BLACK_HOLE).await;
         }
         return (StatusCode::BAD_GATEWAY, "link cut by the nemesis").into_response();
+    }
+    if req.method() == Method::CONNECT {
+        return tunnel(s, req).await;
     }
     let (parts, body) = req.into_parts();
     // A cut also ends exchanges already under way, as it would on a real
@@ -131,7 +148,7 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
                 && links.is_cut(from, to)
             {
                 if links.black_hole() {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    tokio::time::sleep(BLACK_HOLE).await;
                 }
                 return Err(std::io::Error::other("link cut by the nemesis"));
             }
@@ -158,5 +175,147 @@ async fn forward(State(s): State<ProxyState>, req: Request) -> Response {
                 .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
         }
         Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+/// Answers `CONNECT host:port` with a tunnel to it: the client's bytes go
+/// to the target and back unread until either end closes, or until the
+/// link is cut. Then the tunnel is closed at once, or, when cut links are
+/// black holes, kept open passing nothing for [`BLACK_HOLE`].
+async fn tunnel(s: ProxyState, req: Request) -> Response {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return (StatusCode::BAD_REQUEST, "CONNECT needs host:port").into_response();
+    };
+    let to = authority.port_u16().and_then(|p| s.links.node_of(p));
+    let upstream = match tokio::net::TcpStream::connect(authority.as_str()).await {
+        Ok(u) => u,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let _ = upstream.set_nodelay(true);
+    let upgrade = hyper::upgrade::on(req);
+    let (links, from) = (s.links, s.from);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let mut client = hyper_util::rt::TokioIo::new(upgraded);
+        let mut upstream = upstream;
+        let cut = async {
+            loop {
+                tokio::time::sleep(TUNNEL_CHECK).await;
+                if let Some(to) = to
+                    && links.is_cut(from, to)
+                {
+                    return links.black_hole();
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+            black_hole = cut => {
+                if black_hole {
+                    // Both sockets stay open and nothing moves.
+                    tokio::time::sleep(BLACK_HOLE).await;
+                }
+            }
+        }
+    });
+    StatusCode::OK.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// An echo server standing in for node 1's peer port.
+    async fn echo() -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        port
+    }
+
+    /// Opens a tunnel to `target` through the proxy on `proxy`; the
+    /// status line of the answer, and the stream if it is 200.
+    async fn connect(proxy: u16, target: u16) -> (String, TcpStream) {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy))
+            .await
+            .expect("proxy");
+        let head =
+            format!("CONNECT 127.0.0.1:{target} HTTP/1.1\r\nHost: 127.0.0.1:{target}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        while !answer.ends_with(b"\r\n\r\n") {
+            match s.read(&mut byte).await.expect("read") {
+                0 => break,
+                _ => answer.push(byte[0]),
+            }
+        }
+        let text = String::from_utf8_lossy(&answer);
+        (text.lines().next().unwrap_or("").to_string(), s)
+    }
+
+    async fn round_trip(s: &mut TcpStream, what: &[u8]) -> std::io::Result<Vec<u8>> {
+        s.write_all(what).await?;
+        let mut got = vec![0u8; what.len()];
+        s.read_exact(&mut got).await?;
+        Ok(got)
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_carries_bytes_until_its_link_is_cut() {
+        let links = Links::new();
+        let target = echo().await;
+        let proxy = start(0, links.clone()).await.expect("proxy");
+        links.set_peers(&[1, target]);
+
+        let (status, mut s) = connect(proxy, target).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert_eq!(round_trip(&mut s, b"ping").await.expect("echo"), b"ping");
+
+        // A cut closes the open tunnel, and refuses a new one.
+        links.cut(&[0], &[1], false);
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "the tunnel stayed open: {closed:?}"
+        );
+        let (status, _) = connect(proxy, target).await;
+        assert!(status.starts_with("HTTP/1.1 502"), "{status}");
+
+        // Healed, tunnels open again.
+        links.heal();
+        let (status, mut s) = connect(proxy, target).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert_eq!(round_trip(&mut s, b"pong").await.expect("echo"), b"pong");
+    }
+
+    #[tokio::test]
+    async fn a_black_holed_tunnel_stays_open_and_passes_nothing() {
+        let links = Links::new();
+        let target = echo().await;
+        let proxy = start(0, links.clone()).await.expect("proxy");
+        links.set_peers(&[1, target]);
+        let (status, mut s) = connect(proxy, target).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert_eq!(round_trip(&mut s, b"ping").await.expect("echo"), b"ping");
+
+        links.cut(&[0], &[1], true);
+        // Give the tunnel a few checks to see the cut.
+        tokio::time::sleep(TUNNEL_CHECK * 5).await;
+        let echoed =
+            tokio::time::timeout(Duration::from_millis(500), round_trip(&mut s, b"lost")).await;
+        assert!(echoed.is_err(), "bytes crossed a black hole: {echoed:?}");
     }
 }

@@ -151,20 +151,23 @@ pub fn random_call(rng: &mut SmallRng, keys: usize, seq: u64) -> KvCall {
     }
 }
 
+/// Where a client sends its calls: the nodes' client URLs, and the HTTP
+/// client to call them with (its own connections; the run's CA with TLS).
+pub struct Nodes {
+    pub http: reqwest::Client,
+    pub urls: Vec<String>,
+}
+
 /// One client: operations back to back on random nodes until `until`.
 pub async fn client(
     id: u64,
     seed: u64,
-    urls: Vec<String>,
+    Nodes { http, urls }: Nodes,
     keys: usize,
     history: Arc<History>,
     until: Instant,
     seq: Arc<std::sync::atomic::AtomicU64>,
 ) {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap_or_default();
     let mut rng = SmallRng::seed_from_u64(seed ^ id);
     while Instant::now() < until {
         let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -148,8 +148,9 @@ pub struct ServeArgs {
 
     /// Send every outgoing request to peers through this HTTP proxy
     /// (`http://host:port`): an egress proxy, or a fault-injection harness
-    /// that cuts chosen links. Without it, peers are reached directly (proxy
-    /// environment variables are ignored for peer traffic).
+    /// that cuts chosen links. `https://` peers are reached through CONNECT
+    /// tunnels, with TLS end to end. Without it, peers are reached directly
+    /// (proxy environment variables are ignored for peer traffic).
     #[arg(long, env = "PHXKV_PEER_PROXY", value_name = "URL")]
     pub peer_proxy: Option<String>,
 

@@ -360,9 +360,12 @@ impl Node {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2));
+        // Every peer call goes through the proxy: plain HTTP as requests in
+        // absolute form, https through a CONNECT tunnel (TLS stays end to
+        // end: the proxy sees only encrypted bytes).
         builder = match &cfg.peer_proxy {
             Some(url) => builder.proxy(
-                reqwest::Proxy::http(url)
+                reqwest::Proxy::all(url)
                     .map_err(|e| StartError::State(format!("--peer-proxy {url}: {e}")))?,
             ),
             None => builder.no_proxy(),
