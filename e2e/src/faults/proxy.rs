@@ -272,16 +272,22 @@ mod tests {
         Ok(got)
     }
 
-    #[tokio::test]
-    async fn a_tunnel_carries_bytes_until_its_link_is_cut() {
+    /// Node 0's proxy, an echo server as node 1, and a tunnel from the one
+    /// to the other that has carried a first message.
+    async fn open_tunnel() -> (Arc<Links>, u16, u16, TcpStream) {
         let links = Links::new();
         let target = echo().await;
         let proxy = start(0, links.clone()).await.expect("proxy");
         links.set_peers(&[1, target]);
-
         let (status, mut s) = connect(proxy, target).await;
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
         assert_eq!(round_trip(&mut s, b"ping").await.expect("echo"), b"ping");
+        (links, proxy, target, s)
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_carries_bytes_until_its_link_is_cut() {
+        let (links, proxy, target, mut s) = open_tunnel().await;
 
         // A cut closes the open tunnel, and refuses a new one.
         links.cut(&[0], &[1], false);
@@ -303,14 +309,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_black_holed_tunnel_stays_open_and_passes_nothing() {
-        let links = Links::new();
-        let target = echo().await;
-        let proxy = start(0, links.clone()).await.expect("proxy");
-        links.set_peers(&[1, target]);
-        let (status, mut s) = connect(proxy, target).await;
-        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-        assert_eq!(round_trip(&mut s, b"ping").await.expect("echo"), b"ping");
-
+        let (links, _, _, mut s) = open_tunnel().await;
         links.cut(&[0], &[1], true);
         // Give the tunnel a few checks to see the cut.
         tokio::time::sleep(TUNNEL_CHECK * 5).await;
