@@ -158,8 +158,20 @@ pub fn error_policy(pkv: Arc<PaxosKV>, error: &Error, ctx: Arc<Context>) -> Acti
 }
 
 /// Reconciles one `PaxosKV`.
+///
+/// The future is boxed here, so that this crate compiles it once: returned
+/// unboxed, every crate that polls it (the binary, each test) compiled the
+/// whole call tree again, about two and a half minutes of CPU each.
+pub fn reconcile(
+    pkv: Arc<PaxosKV>,
+    ctx: Arc<Context>,
+) -> futures_util::future::BoxFuture<'static, Result<Action, Error>> {
+    Box::pin(reconcile_unboxed(pkv, ctx))
+}
+
+/// [`reconcile`], unboxed.
 #[tracing::instrument(skip_all, fields(paxoskv = %pkv.name_any(), namespace = pkv.namespace().unwrap_or_default()))]
-pub async fn reconcile(pkv: Arc<PaxosKV>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile_unboxed(pkv: Arc<PaxosKV>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&pkv, &ctx).await;
     ctx.metrics.reconciled(started.elapsed(), result.is_ok());

@@ -81,7 +81,19 @@ pub struct Leading {
 /// PaxosKVs can be listed, then run the controller until `stop` (letting
 /// running reconciles finish). An error here is fatal: the CRD cannot be
 /// kept current, or PaxosKVs cannot be listed.
-pub async fn lead(how: Leading, stop: Stop) -> Result<(), String> {
+///
+/// The future is boxed here, so that this crate compiles it once: returned
+/// unboxed, every crate that polls it (the binary, each test) compiled the
+/// whole call tree again, about two and a half minutes of CPU each.
+pub fn lead(
+    how: Leading,
+    stop: Stop,
+) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+    Box::pin(lead_unboxed(how, stop))
+}
+
+/// [`lead`], unboxed.
+async fn lead_unboxed(how: Leading, stop: Stop) -> Result<(), String> {
     let client = how.ctx.client.clone();
     if how.manage_crd {
         match install::apply_crd(&client).await {
