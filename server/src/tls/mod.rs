@@ -75,7 +75,8 @@ impl TlsError {
 /// store client brings its own), and rustls refuses to guess between them.
 ///
 /// The suites are aws-lc-rs's defaults with AES-128-GCM moved ahead of
-/// AES-256-GCM, in TLS 1.3 and in TLS 1.2 alike; the rest keep their order.
+/// AES-256-GCM within TLS 1.3 and within TLS 1.2; the TLS 1.3 suites stay
+/// ahead of the TLS 1.2 ones, and the rest keep their order.
 /// Both are approved for TLS 1.3 (AES-128-GCM is the one every
 /// implementation must offer) and both use the processor's AES
 /// instructions, but AES-128 runs ten rounds per block instead of fourteen,
@@ -88,9 +89,13 @@ impl TlsError {
 /// order.
 pub fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    provider
-        .cipher_suites
-        .sort_by_key(|suite| !is_aes_128_gcm(suite.suite()));
+    // A stable sort: equal keys keep the defaults' order.
+    provider.cipher_suites.sort_by_key(|suite| {
+        (
+            matches!(suite, rustls::SupportedCipherSuite::Tls12(_)),
+            !is_aes_128_gcm(suite.suite()),
+        )
+    });
     Arc::new(provider)
 }
 
@@ -685,12 +690,25 @@ mod tests {
         sorted.sort_by_key(|s| u16::from(*s));
         theirs.sort_by_key(|s| u16::from(*s));
         assert_eq!(sorted, theirs, "a suite was added or lost");
-        // Within TLS 1.2 too, AES-128-GCM before AES-256-GCM.
+        // Within TLS 1.2 too, AES-128-GCM before AES-256-GCM, and every
+        // TLS 1.3 suite before every TLS 1.2 one.
         let pos = |s| ours.iter().position(|x| *x == s).expect("offered");
         use rustls::CipherSuite as S;
         assert!(
             pos(S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
                 < pos(S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384)
+        );
+        let tls13 = provider()
+            .cipher_suites
+            .iter()
+            .filter(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_)))
+            .count();
+        assert!(tls13 > 0);
+        assert!(
+            provider().cipher_suites[..tls13]
+                .iter()
+                .all(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_))),
+            "{ours:?}"
         );
     }
 
