@@ -679,13 +679,15 @@ mod tests {
 
     #[test]
     fn aes_128_gcm_comes_first_and_every_default_suite_stays() {
-        let ours: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        use rustls::CipherSuite as S;
+        let suites = provider().cipher_suites.clone();
+        let ours: Vec<_> = suites.iter().map(|s| s.suite()).collect();
         let mut theirs: Vec<_> = rustls::crypto::aws_lc_rs::default_provider()
             .cipher_suites
             .iter()
             .map(|s| s.suite())
             .collect();
-        assert_eq!(ours[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        assert_eq!(ours[0], S::TLS13_AES_128_GCM_SHA256);
         let mut sorted = ours.clone();
         sorted.sort_by_key(|s| u16::from(*s));
         theirs.sort_by_key(|s| u16::from(*s));
@@ -693,23 +695,28 @@ mod tests {
         // Within TLS 1.2 too, AES-128-GCM before AES-256-GCM, and every
         // TLS 1.3 suite before every TLS 1.2 one.
         let pos = |s| ours.iter().position(|x| *x == s).expect("offered");
-        use rustls::CipherSuite as S;
         assert!(
             pos(S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
                 < pos(S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384)
         );
-        let tls13 = provider()
-            .cipher_suites
-            .iter()
-            .filter(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_)))
-            .count();
+        let is_tls13 =
+            |s: &rustls::SupportedCipherSuite| matches!(s, rustls::SupportedCipherSuite::Tls13(_));
+        let tls13 = suites.iter().filter(|s| is_tls13(s)).count();
         assert!(tls13 > 0);
-        assert!(
-            provider().cipher_suites[..tls13]
-                .iter()
-                .all(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_))),
-            "{ours:?}"
-        );
+        assert!(suites[..tls13].iter().all(is_tls13), "{ours:?}");
+    }
+
+    /// The suite a handshake with `client` settles on.
+    async fn negotiated(client: ClientConfig, addr: std::net::SocketAddr) -> rustls::CipherSuite {
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let tls = connector.connect(name, tcp).await.expect("handshake");
+        tls.get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .expect("a suite")
+            .suite()
     }
 
     #[tokio::test]
@@ -719,15 +726,11 @@ mod tests {
             Material::load(files(dir.path(), &["localhost"]), ClientAuth::Required).expect("load");
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let addr = serve_tls(&material, app, None).await;
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
 
-        let ours =
-            tokio_rustls::TlsConnector::from(Arc::new(material.client_config().expect("config")));
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let tls = ours.connect(name.clone(), tcp).await.expect("handshake");
+        let ours = material.client_config().expect("config");
         assert_eq!(
-            tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
-            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+            negotiated(ours, addr).await,
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
         );
 
         // A client with rustls' own order (AES-256-GCM first) gets it.
@@ -746,12 +749,9 @@ mod tests {
             PrivateKeyDer::from_pem_file(&material.paths().key).expect("key"),
         )
         .expect("client auth");
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(theirs));
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let tls = connector.connect(name, tcp).await.expect("handshake");
         assert_eq!(
-            tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
-            Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384)
+            negotiated(theirs, addr).await,
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
         );
     }
 
