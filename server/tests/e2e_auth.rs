@@ -1,7 +1,8 @@
 //! Client authentication and per-prefix authorization over real processes:
 //! a three-node cluster started with `--auth`, roles and tokens made through
-//! the API, and each rule checked on every replica, including right after a
-//! revocation returns, and the failed-attempt limiter.
+//! the API (and the `phxkv auth` commands), and each rule checked on every
+//! replica, including right after a revocation returns, and the
+//! failed-attempt limiter.
 
 mod common;
 
@@ -364,4 +365,112 @@ async fn auth_enabled_for_the_cluster_binds_replicas_started_without_auth() {
         );
     }
     assert!(c.log_of(0).contains("auth enabled for the whole cluster"));
+}
+
+/// `phxkv ARGS` against nodes 0 and 1 with `token_file`; exit code, stdout
+/// and stderr.
+fn cli(c: &Cluster, token_file: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let endpoints = format!("{},{}", c.url(0), c.url(1));
+    let token = token_file.display().to_string();
+    common::run_phxkv(
+        args,
+        &[("PHXKV_ENDPOINTS", endpoints), ("PHXKV_TOKEN_FILE", token)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_auth_commands_manage_roles_and_tokens_from_the_command_line() {
+    let c = Cluster::start(3, &["--auth"]).await;
+    c.wait_for_master(Duration::from_secs(15)).await;
+    let admin = c.dir.path().join("token");
+    let ok = |(code, out, err): (i32, String, String)| {
+        assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+        (out, err)
+    };
+
+    ok(cli(
+        &c,
+        &admin,
+        &["auth", "role", "put", "app-reader", "--read", "app/"],
+    ));
+    ok(cli(&c, &admin, &["put", "app/x", "v"]));
+    ok(cli(&c, &admin, &["put", "other/x", "v"]));
+
+    // The token alone on stdout, so `> file` keeps it; no warning for a
+    // role that exists.
+    let (out, err) = ok(cli(
+        &c,
+        &admin,
+        &["auth", "token", "create", "ci", "--role", "app-reader"],
+    ));
+    let token = out.trim().to_owned();
+    assert!(
+        token.starts_with("phxkv_") && !token.contains('\n'),
+        "{out}"
+    );
+    assert!(
+        err.contains("shown only now") && !err.contains("warning"),
+        "{err}"
+    );
+    let reader = c.dir.path().join("reader.token");
+    std::fs::write(&reader, &token).expect("token file");
+
+    let (out, _) = ok(cli(&c, &reader, &["get", "app/x"]));
+    assert_eq!(out, "v");
+    for args in [&["put", "app/x", "w"][..], &["get", "other/x"][..]] {
+        let (code, _, err) = cli(&c, &reader, args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("permission denied") && err.contains("phxkv auth role put"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+
+    // A mistyped role, or none at all, is taken but said.
+    let (_, err) = ok(cli(
+        &c,
+        &admin,
+        &["auth", "token", "create", "typo", "--role", "app-raeder"],
+    ));
+    assert!(
+        err.contains("warning: no role is named \"app-raeder\""),
+        "{err}"
+    );
+    let (bare, err) = ok(cli(&c, &admin, &["auth", "token", "create", "bare"]));
+    assert!(err.contains("warning: the token holds no role"), "{err}");
+    let bare_file = c.dir.path().join("bare.token");
+    std::fs::write(&bare_file, bare.trim()).expect("token file");
+
+    let (out, _) = ok(cli(&c, &admin, &["auth", "token", "list", "-o", "json"]));
+    let list: Value = serde_json::from_str(&out).expect("JSON");
+    let names: Vec<&str> = list["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    for name in ["ci", "typo", "bare"] {
+        assert!(names.contains(&name), "{out}");
+    }
+    assert!(!out.contains(&token), "a listing shows no secret: {out}");
+
+    // Revoked: the next call is refused, with what to do about it.
+    let id = token.split('_').nth(1).expect("an id");
+    ok(cli(&c, &admin, &["auth", "token", "revoke", id]));
+    let (code, _, err) = cli(&c, &reader, &["get", "app/x"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not authenticated") && err.contains("--token-file"),
+        "{err}"
+    );
+    // Auth management needs an admin; a token file that is not there is
+    // named in the error.
+    let (code, _, err) = cli(&c, &bare_file, &["auth", "token", "list"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    let missing = c.dir.path().join("missing.token");
+    let (code, _, err) = cli(&c, &missing, &["auth", "token", "list"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("missing.token"), "{err}");
 }

@@ -140,6 +140,7 @@ pub async fn run(args: AuthArgs) -> Result<(), CliError> {
                 Some(body),
             )
             .await?;
+            warn_unknown_roles(&client, &roles, Given::Create).await;
             if format != Output::Json {
                 // The token alone on stdout, so `> file` keeps just it.
                 eprintln!(
@@ -161,19 +162,60 @@ pub async fn run(args: AuthArgs) -> Result<(), CliError> {
         }
         AuthAction::Token(TokenAction::Roles { id, roles }) => {
             let path = format!("/v1/auth/tokens/{}/roles", path_segment(id.as_bytes()));
-            send(
+            let changed = send(
                 &client,
                 reqwest::Method::PUT,
                 &path,
                 Some(json!({"roles": roles})),
             )
-            .await?
+            .await?;
+            warn_unknown_roles(&client, &roles, Given::Replace).await;
+            changed
         }
     };
     if format == Output::Json {
         return print_json(&answer);
     }
     print_text(&answer)
+}
+
+/// How a token got the roles [`warn_unknown_roles`] looks at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Given {
+    /// `token create`: no role at all is most likely a forgotten `--role`.
+    Create,
+    /// `token roles`: no role means "take them all away", as documented.
+    Replace,
+}
+
+/// Says on stderr when a token was just given roles that do not exist, or
+/// none at all. The server takes them (a role is named, not referenced: a
+/// role made later under that name grants its rights), but a mistyped name
+/// would otherwise leave a token that is refused everything, with nothing
+/// to say why. Best effort: a failed look-up says nothing.
+async fn warn_unknown_roles(client: &Client, roles: &[String], given: Given) {
+    if roles.is_empty() {
+        if given == Given::Create {
+            eprintln!(
+                "warning: the token holds no role, so it may read or write no key; \
+                 give it one with `phxkv auth token roles ID --role ROLE`"
+            );
+        }
+        return;
+    }
+    let Ok(answer) = get(client, "/v1/auth/roles").await else {
+        return;
+    };
+    let known: Vec<&str> = answer["roles"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["name"].as_str()).collect())
+        .unwrap_or_default();
+    for role in roles.iter().filter(|r| !known.contains(&r.as_str())) {
+        eprintln!(
+            "warning: no role is named {role:?}; the token gets nothing from it until \
+             one is made (`phxkv auth role put {role} --read PREFIX ...`)"
+        );
+    }
 }
 
 async fn get(client: &Client, path: &str) -> Result<Value, CliError> {
