@@ -320,9 +320,20 @@ pub fn check_name(what: &str, name: &str) -> Result<(), Refusal> {
         Ok(())
     } else {
         Err(Refusal::invalid(format!(
-            "{what} {name:?}: use 1 to {MAX_NAME} letters, digits, '.', '_', '-', '@' or ':'"
+            "{what} {}: use 1 to {MAX_NAME} letters, digits, '.', '_', '-', '@' or ':'",
+            quoted(name)
         )))
     }
+}
+
+/// `s` quoted for an error message, cut after [`MAX_NAME`] characters (with
+/// its length) so that a refused 100 KiB name is not sent back whole.
+pub(crate) fn quoted(s: &str) -> String {
+    if s.chars().count() <= MAX_NAME {
+        return format!("{s:?}");
+    }
+    let head: String = s.chars().take(MAX_NAME).collect();
+    format!("{head:?}… ({} bytes)", s.len())
 }
 
 fn check_role(role: &Role) -> Result<(), Refusal> {
@@ -528,6 +539,29 @@ mod tests {
             state.note(&key, value.as_deref());
         }
         Ok(())
+    }
+
+    #[test]
+    fn a_refused_name_is_quoted_whole_when_short_and_cut_when_long() {
+        let short = check_name("role", "bad name").expect_err("a space");
+        assert!(
+            short.message.starts_with("role \"bad name\": use 1 to"),
+            "{}",
+            short.message
+        );
+        let long = "a".repeat(100_000);
+        let refused = check_name("token name", &long).expect_err("too long");
+        let shown = format!("\"{}\"… (100000 bytes)", "a".repeat(MAX_NAME));
+        assert!(
+            refused
+                .message
+                .starts_with(&format!("token name {shown}: ")),
+            "{}",
+            refused.message
+        );
+        assert!(refused.message.len() < 300, "{}", refused.message);
+        let id = token::check_id(&long).expect_err("not an id");
+        assert!(id.message.len() < 300, "{}", id.message);
     }
 
     #[test]

@@ -34,7 +34,10 @@ pub fn check_id(id: &str) -> Result<(), Refusal> {
     } else {
         Err(Refusal::new(
             RefusalKind::Invalid,
-            format!("token id {id:?}: must be {ID_HEX} hex digits"),
+            format!(
+                "token id {}: must be {ID_HEX} hex digits",
+                super::quoted(id)
+            ),
         ))
     }
 }
