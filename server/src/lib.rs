@@ -18,4 +18,5 @@ pub mod paxos;
 pub mod sim;
 pub mod storage;
 pub mod telemetry;
+pub mod text;
 pub mod tls;

@@ -270,7 +270,8 @@ pub async fn replace_member<S: Service>(
         Some("true") => true,
         Some(other) => {
             return Err(ApiError::invalid(format!(
-                "learner must be true or false, got {other:?}"
+                "learner must be true or false, got {}",
+                crate::text::quoted(other)
             )));
         }
     };
@@ -279,7 +280,8 @@ pub async fn replace_member<S: Service>(
         && !(url.starts_with("http://") || url.starts_with("https://"))
     {
         return Err(ApiError::invalid(format!(
-            "peer_url {url:?} must start with http:// or https://"
+            "peer_url {} must start with http:// or https://",
+            crate::text::quoted(url)
         )));
     }
     Ok(Json(svc.replace_member(name, peer_url, learner).await?))

@@ -212,7 +212,8 @@ fn parse_id(text: &str) -> Result<u64, ApiError> {
         .filter(|id| (1..=MAX_LEASE_ID).contains(id))
         .ok_or_else(|| {
             ApiError::invalid(format!(
-                "a lease id is a number from 1 to {MAX_LEASE_ID}, got {text:?}"
+                "a lease id is a number from 1 to {MAX_LEASE_ID}, got {}",
+                crate::text::quoted(text)
             ))
         })
 }
@@ -612,8 +613,8 @@ pub async fn lease_status<S: Service>(
         Some(b"true") | Some(b"") => true,
         Some(other) => {
             return Err(ApiError::invalid(format!(
-                "keys must be true or false, got {:?}",
-                String::from_utf8_lossy(other)
+                "keys must be true or false, got {}",
+                crate::text::quoted(&String::from_utf8_lossy(other))
             )));
         }
     };

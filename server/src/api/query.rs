@@ -83,7 +83,8 @@ impl QueryParams {
             .map(|t| {
                 t.parse::<u64>().map_err(|_| {
                     ApiError::invalid(format!(
-                        "query parameter \"{name}\" must be a non-negative integer, got \"{t}\""
+                        "query parameter \"{name}\" must be a non-negative integer, got {}",
+                        crate::text::quoted(&t)
                     ))
                 })
             })
@@ -101,7 +102,8 @@ impl QueryParams {
             None | Some("linearizable") => Ok(Consistency::Linearizable),
             Some("local") => Ok(Consistency::Local { min_revision }),
             Some(other) => Err(ApiError::invalid(format!(
-                "consistency must be \"linearizable\" or \"local\", got \"{other}\""
+                "consistency must be \"linearizable\" or \"local\", got {}",
+                crate::text::quoted(other)
             ))),
         }
     }

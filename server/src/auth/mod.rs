@@ -321,19 +321,9 @@ pub fn check_name(what: &str, name: &str) -> Result<(), Refusal> {
     } else {
         Err(Refusal::invalid(format!(
             "{what} {}: use 1 to {MAX_NAME} letters, digits, '.', '_', '-', '@' or ':'",
-            quoted(name)
+            crate::text::quoted(name)
         )))
     }
-}
-
-/// `s` quoted for an error message, cut after [`MAX_NAME`] characters (with
-/// its length) so that a refused 100 KiB name is not sent back whole.
-pub(crate) fn quoted(s: &str) -> String {
-    if s.chars().count() <= MAX_NAME {
-        return format!("{s:?}");
-    }
-    let head: String = s.chars().take(MAX_NAME).collect();
-    format!("{head:?}… ({} bytes)", s.len())
 }
 
 fn check_role(role: &Role) -> Result<(), Refusal> {
@@ -417,7 +407,7 @@ impl AuthState {
                 if !self.roles.contains_key(name) {
                     return Err(Refusal::new(
                         RefusalKind::NotFound,
-                        format!("no role {name:?}"),
+                        format!("no role {}", crate::text::quoted(name)),
                     ));
                 }
                 Ok(vec![(role_key(name), None)])
@@ -542,7 +532,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_name_is_quoted_whole_when_short_and_cut_when_long() {
+    fn a_refused_name_or_id_is_quoted_cut_short() {
         let short = check_name("role", "bad name").expect_err("a space");
         assert!(
             short.message.starts_with("role \"bad name\": use 1 to"),
@@ -551,7 +541,7 @@ mod tests {
         );
         let long = "a".repeat(100_000);
         let refused = check_name("token name", &long).expect_err("too long");
-        let shown = format!("\"{}\"… (100000 bytes)", "a".repeat(MAX_NAME));
+        let shown = crate::text::quoted(&long);
         assert!(
             refused
                 .message

@@ -36,7 +36,7 @@ pub fn check_id(id: &str) -> Result<(), Refusal> {
             RefusalKind::Invalid,
             format!(
                 "token id {}: must be {ID_HEX} hex digits",
-                super::quoted(id)
+                crate::text::quoted(id)
             ),
         ))
     }
