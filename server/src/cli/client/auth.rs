@@ -140,7 +140,16 @@ pub async fn run(args: AuthArgs) -> Result<(), CliError> {
                 Some(body),
             )
             .await?;
-            warn_unknown_roles(&client, &roles, Given::Create).await;
+            if roles.is_empty() {
+                // Most likely a forgotten --role (`token roles` with none
+                // means "take them all away", as documented, so it does not
+                // warn).
+                eprintln!(
+                    "warning: the token holds no role, so it may read or write no key; \
+                     give it one with `phxkv auth token roles ID --role ROLE`"
+                );
+            }
+            warn_unknown_roles(&client, &roles).await;
             if format != Output::Json {
                 // The token alone on stdout, so `> file` keeps just it.
                 eprintln!(
@@ -169,7 +178,7 @@ pub async fn run(args: AuthArgs) -> Result<(), CliError> {
                 Some(json!({"roles": roles})),
             )
             .await?;
-            warn_unknown_roles(&client, &roles, Given::Replace).await;
+            warn_unknown_roles(&client, &roles).await;
             changed
         }
     };
@@ -179,28 +188,13 @@ pub async fn run(args: AuthArgs) -> Result<(), CliError> {
     print_text(&answer)
 }
 
-/// How a token got the roles [`warn_unknown_roles`] looks at.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Given {
-    /// `token create`: no role at all is most likely a forgotten `--role`.
-    Create,
-    /// `token roles`: no role means "take them all away", as documented.
-    Replace,
-}
-
-/// Says on stderr when a token was just given roles that do not exist, or
-/// none at all. The server takes them (a role is named, not referenced: a
+/// Says on stderr when a token was just given roles that do not exist.
+/// The server takes them (a role is named, not referenced: a
 /// role made later under that name grants its rights), but a mistyped name
 /// would otherwise leave a token that is refused everything, with nothing
 /// to say why. Best effort: a failed look-up says nothing.
-async fn warn_unknown_roles(client: &Client, roles: &[String], given: Given) {
+async fn warn_unknown_roles(client: &Client, roles: &[String]) {
     if roles.is_empty() {
-        if given == Given::Create {
-            eprintln!(
-                "warning: the token holds no role, so it may read or write no key; \
-                 give it one with `phxkv auth token roles ID --role ROLE`"
-            );
-        }
         return;
     }
     let Ok(answer) = get(client, "/v1/auth/roles").await else {
