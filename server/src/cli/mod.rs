@@ -70,7 +70,7 @@ pub enum Command {
 /// the CLI, instead of clap's multi-line report.
 pub fn parse_args() -> Result<Cli, ExitCode> {
     use clap::error::ErrorKind;
-    match Cli::try_parse() {
+    match parse_from(std::env::args_os()) {
         Ok(cli) => Ok(cli),
         Err(e) => {
             let code = u8::try_from(e.exit_code()).unwrap_or(2);
@@ -85,6 +85,25 @@ pub fn parse_args() -> Result<Cli, ExitCode> {
             Err(ExitCode::from(code))
         }
     }
+}
+
+/// Parses `argv` (its first item is the program's name) with every
+/// command taking a negative number as a value, as in `phxkv put
+/// temperature -5`; a `--limit -1` is then refused as a bad value of
+/// `--limit`, not as an unknown flag `-1`.
+fn parse_from<I, T>(argv: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    fn allow_negative(cmd: clap::Command) -> clap::Command {
+        cmd.allow_negative_numbers(true)
+            .mut_subcommands(allow_negative)
+    }
+    let mut cmd = allow_negative(Cli::command());
+    let matches = cmd.try_get_matches_from_mut(argv)?;
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
 }
 
 /// Folds clap's error report into one line: the message, then its details
@@ -251,8 +270,36 @@ mod tests {
     }
 
     #[test]
+    fn a_negative_number_is_a_value_not_a_flag() {
+        let cli = parse_from(["phxkv", "put", "temperature", "-5"]);
+        let Ok(Cli {
+            command: Command::Put(put),
+        }) = cli
+        else {
+            panic!("not parsed as put: {cli:?}");
+        };
+        assert_eq!(put.value.as_deref(), Some("-5"));
+        let e = parse_from(["phxkv", "list", "--limit", "-1"])
+            .err()
+            .map(|e| one_line_usage_error(&e.render().to_string()));
+        assert_eq!(
+            e.as_deref(),
+            Some("invalid value '-1' for '--limit <N>': invalid digit found in string")
+        );
+        // Anything else that starts with a dash is still a flag.
+        let e = parse_from(["phxkv", "get", "-x"])
+            .err()
+            .map(|e| one_line_usage_error(&e.render().to_string()));
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.starts_with("unexpected argument '-x' found")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn a_bad_output_format_is_a_usage_error() {
-        let e = Cli::try_parse_from(["phxkv", "get", "k", "-o", "xml"])
+        let e = parse_from(["phxkv", "get", "k", "-o", "xml"])
             .err()
             .map(|e| one_line_usage_error(&e.render().to_string()));
         assert_eq!(
