@@ -390,8 +390,7 @@ async fn identify<S: Service>(
         gate.0.metrics.inc_auth_failures("missing");
         return Err(ApiError::new(
             ErrorCode::Unauthorized,
-            "this cluster requires authentication: send Authorization: Bearer <token> \
-             (the CLI reads --token-file or PHXKV_TOKEN)",
+            "this cluster requires authentication: send Authorization: Bearer <token>",
         ));
     };
     if is_cluster_token(svc, &bearer) {
