@@ -131,7 +131,7 @@ pub async fn cluster<S: Service>(State(svc): State<S>) -> Result<Json<ClusterInf
     request_body = AddMemberRequest,
     responses(
         (status = 200, description = "The change is committed.", body = ClusterInfo),
-        (status = 400, description = "Malformed body.", body = ErrorResponse),
+        (status = 400, description = "Malformed body, or a name that is not 1 to 63 letters, digits, `-`, `_` or `.` (`invalid_argument`).", body = ErrorResponse),
         (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
         (status = 409, description = "Conflicts with the current configuration (`conflict`).", body = ErrorResponse),
     )
@@ -141,6 +141,9 @@ pub async fn add_member<S: Service>(
     _auth: ClusterAuth,
     JsonBody(body): JsonBody<AddMemberRequest>,
 ) -> Result<Json<ClusterInfo>, ApiError> {
+    // Checked before the new node is asked who it is: no node can run
+    // under a name `phxkv serve` refuses.
+    crate::cluster::validate_name(&body.name).map_err(ApiError::invalid)?;
     let change = MemberChange::Add {
         name: body.name,
         peer_url: body.peer_url,
@@ -252,7 +255,7 @@ pub async fn remove_member<S: Service>(
     ),
     responses(
         (status = 200, description = "What was done; `state` says whether to call again.", body = ReplaceReport),
-        (status = 400, description = "Bad parameters, or no such member and no `peer_url`.", body = ErrorResponse),
+        (status = 400, description = "Bad parameters, a name that is not 1 to 63 letters, digits, `-`, `_` or `.`, or no such member and no `peer_url` (`invalid_argument`).", body = ErrorResponse),
         (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
         (status = 409, description = "The node belongs elsewhere, or a change would lose quorum (`conflict`).", body = ErrorResponse),
         (status = 503, description = "The node at the peer URL does not answer, or no master (`unavailable`).", body = ErrorResponse),
@@ -276,6 +279,7 @@ pub async fn replace_member<S: Service>(
         }
     };
     query.finish()?;
+    crate::cluster::validate_name(&name).map_err(ApiError::invalid)?;
     if let Some(url) = &peer_url
         && !(url.starts_with("http://") || url.starts_with("https://"))
     {

@@ -743,6 +743,49 @@ async fn membership_changes_need_the_cluster_token() {
 }
 
 #[tokio::test]
+async fn a_member_name_no_node_could_run_under_is_refused_before_any_call() {
+    let router = Fake::new().router();
+    let with_body = |uri: &str, body: String| {
+        Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(Body::from(body))
+            .expect("valid request")
+    };
+    let add = |name: &str| {
+        with_body(
+            "/v1/cluster/members",
+            json!({"name": name, "peer_url": "http://127.0.0.1:2381"}).to_string(),
+        )
+    };
+    let e = send(&router, add("bad name"))
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    assert_eq!(
+        e["message"],
+        "node name \"bad name\" must be 1-63 characters of letters, digits, '-', '_' or '.'"
+    );
+    let e = send(&router, add(&"n".repeat(5000)))
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    assert!(e["message"].as_str().is_some_and(|m| m.len() < 300), "{e}");
+    send(&router, add(""))
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    let replace = with_body(
+        "/v1/cluster/members/bad%20name/replace?peer_url=http://127.0.0.1:2381",
+        String::new(),
+    );
+    send(&router, replace)
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    // A name a node can run under goes through.
+    let ok = send(&router, add("node-4.b_2")).await;
+    assert_eq!(ok.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_mastership_transfer_needs_the_token_and_names_each_refusal() {
     let router = Fake::new().router();
     let path = |name: &str| format!("/v1/cluster/members/{name}/transfer");

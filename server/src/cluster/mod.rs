@@ -115,7 +115,8 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "node name {name:?} must be 1-63 characters of letters, digits, '-', '_' or '.'"
+            "node name {} must be 1-63 characters of letters, digits, '-', '_' or '.'",
+            crate::text::quoted(name)
         ))
     }
 }
