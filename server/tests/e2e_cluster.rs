@@ -489,6 +489,20 @@ async fn membership_changes_on_a_live_cluster() {
         .await
         .expect("remove");
     assert_eq!(r.status(), 200);
+    // Removing it again (a retry whose first answer was lost) and promoting
+    // a name no member has are both "no such member".
+    let r = c
+        .http
+        .delete(format!("{url}/v1/cluster/members/n3"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("remove again");
+    assert_eq!(r.status(), 404);
+    assert_eq!(json_of(r).await["error"]["code"], "member_not_found");
+    let r = c.post_with_token(1, "/v1/cluster/members/n9/promote").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(json_of(r).await["error"]["code"], "member_not_found");
     c.kill9(2);
     assert_eq!(c.put(1, "after-change", "2").await.status(), 200);
     let info = c.cluster_info(1).await.expect("cluster");

@@ -339,7 +339,7 @@ impl Cluster {
                     let status = r.status();
                     last = format!("{status} {}", r.text().await.unwrap_or_default());
                     // An earlier attempt whose answer was lost did it.
-                    if status == 409 && last.contains("no member is named") {
+                    if status == 404 && last.contains("member_not_found") {
                         return Ok(());
                     }
                 }

@@ -161,6 +161,7 @@ pub async fn add_member<S: Service>(
     responses(
         (status = 200, description = "The change is committed.", body = ClusterInfo),
         (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
+        (status = 404, description = "No member has this name (`member_not_found`).", body = ErrorResponse),
         (status = 409, description = "Not a learner, or not caught up (`conflict`).", body = ErrorResponse),
     )
 )]
@@ -219,7 +220,8 @@ pub async fn transfer_master<S: Service>(
     responses(
         (status = 200, description = "The change is committed.", body = ClusterInfo),
         (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
-        (status = 409, description = "Not a member, or removing it would break quorum (`conflict`).", body = ErrorResponse),
+        (status = 404, description = "No member has this name (`member_not_found`); a retried removal whose first attempt went through gets this.", body = ErrorResponse),
+        (status = 409, description = "Removing it would break quorum (`conflict`).", body = ErrorResponse),
     )
 )]
 pub async fn remove_member<S: Service>(

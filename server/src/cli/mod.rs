@@ -1,8 +1,8 @@
 //! The `phxkv` command line: `serve` runs a replica, `dev` a local cluster,
 //! and the client commands talk to a cluster over its public API.
 //!
-//! Exit codes: 0 success, 1 not found or compare failed, 2 usage, 3
-//! unavailable, 4 any other failure.
+//! Exit codes: 0 success, 1 key or member not found or compare failed, 2
+//! usage, 3 unavailable, 4 any other failure.
 
 pub mod client;
 pub mod completion;

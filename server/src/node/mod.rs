@@ -1974,7 +1974,12 @@ impl Service for Node {
                 .iter()
                 .find(|m| m.name == name)
                 .and_then(|m| bootstrap::parse_id(&m.id).ok())
-                .ok_or_else(|| ServiceError::Conflict(format!("no member is named {name:?}")))
+                .ok_or_else(|| {
+                    ServiceError::UnknownMember(format!(
+                        "no member is named {}",
+                        crate::text::quoted(name)
+                    ))
+                })
         };
         let change = match change {
             MemberChange::Add { name, peer_url } => {
