@@ -53,7 +53,8 @@ impl<S: Service> FromRequestParts<S> for ClusterAuth {
         if expected.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::Unauthorized,
-                "membership changes are disabled: this node has no cluster token",
+                "admin operations (membership, backups, snapshots, switching auth) are disabled: \
+                 this node has no cluster token",
             ));
         }
         let given = parts
@@ -63,7 +64,8 @@ impl<S: Service> FromRequestParts<S> for ClusterAuth {
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::Unauthorized,
-                    "membership changes and switching auth need an Authorization: Bearer <cluster token> header",
+                    "admin operations (membership, backups, snapshots, switching auth) need an \
+                     Authorization: Bearer <cluster token> header",
                 )
             })?;
         if constant_time_eq(given, expected.as_bytes()) {

@@ -740,6 +740,16 @@ async fn membership_changes_need_the_cluster_token() {
 
     let info = call(&router, Method::GET, "/v1/cluster", Body::empty()).await;
     assert_eq!(info.json()["members"][0]["role"], "voter");
+
+    // The refusal names what the token is for, whichever admin route it is.
+    let e = call(&router, Method::GET, "/v1/admin/backups", Body::empty())
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let message = e["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("backups") && message.contains("Bearer <cluster token>"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
