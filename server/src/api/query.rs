@@ -39,6 +39,8 @@ pub enum ReadConsistency {
 #[derive(Debug, Default)]
 pub struct QueryParams {
     params: Vec<(String, Vec<u8>)>,
+    /// The names the handler asked for, to list when refusing the rest.
+    known: Vec<String>,
 }
 
 impl QueryParams {
@@ -52,16 +54,23 @@ impl QueryParams {
                 .map_err(|_| ApiError::invalid("query parameter names must be UTF-8"))?;
             if params.iter().any(|(n, _)| *n == name) {
                 return Err(ApiError::invalid(format!(
-                    "query parameter \"{name}\" is given more than once"
+                    "query parameter {} is given more than once",
+                    crate::text::quoted(&name)
                 )));
             }
             params.push((name, decode_component(value)));
         }
-        Ok(QueryParams { params })
+        Ok(QueryParams {
+            params,
+            known: Vec::new(),
+        })
     }
 
     /// Removes and returns the bytes of parameter `name`.
     pub fn bytes(&mut self, name: &str) -> Option<Vec<u8>> {
+        if !self.known.iter().any(|k| k == name) {
+            self.known.push(name.to_string());
+        }
         let at = self.params.iter().position(|(n, _)| n == name)?;
         Some(self.params.remove(at).1)
     }
@@ -122,12 +131,18 @@ impl QueryParams {
     }
 
     pub fn finish(self) -> Result<(), ApiError> {
-        match self.params.first() {
-            None => Ok(()),
-            Some((name, _)) => Err(ApiError::invalid(format!(
-                "unknown query parameter \"{name}\""
-            ))),
-        }
+        let Some((name, _)) = self.params.first() else {
+            return Ok(());
+        };
+        let takes = if self.known.is_empty() {
+            "this route takes none".to_string()
+        } else {
+            format!("this route takes {}", self.known.join(", "))
+        };
+        Err(ApiError::invalid(format!(
+            "unknown query parameter {}; {takes}",
+            crate::text::quoted(name)
+        )))
     }
 }
 
@@ -152,7 +167,19 @@ mod tests {
         let mut q = QueryParams::parse("prefix=a%FF+b&limit=5&x").expect("parses");
         assert_eq!(q.bytes("prefix"), Some(b"a\xff b".to_vec()));
         assert_eq!(q.u64("limit").expect("a number"), Some(5));
-        assert!(q.finish().is_err());
+        // A parameter asked for but absent still counts as one the route takes.
+        assert_eq!(q.bytes("after"), None);
+        let refused = q.finish().map_err(|e| e.into_detail().message);
+        assert_eq!(
+            refused,
+            Err("unknown query parameter \"x\"; this route takes prefix, limit, after".into())
+        );
+        let q = QueryParams::parse("x=1").expect("parses");
+        let refused = q.finish().map_err(|e| e.into_detail().message);
+        assert_eq!(
+            refused,
+            Err("unknown query parameter \"x\"; this route takes none".into())
+        );
     }
 
     #[test]
