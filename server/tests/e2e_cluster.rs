@@ -459,13 +459,7 @@ async fn membership_changes_on_a_live_cluster() {
         assert!(Instant::now() < deadline, "learner never caught up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let r = c
-        .http
-        .post(format!("{url}/v1/cluster/members/n4/promote"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("promote");
+    let r = c.post_with_token(1, "/v1/cluster/members/n4/promote").await;
     assert_eq!(r.status(), 200);
     let info = json_of(r).await;
     let roles: Vec<(String, String)> = info["members"]
@@ -481,23 +475,16 @@ async fn membership_changes_on_a_live_cluster() {
         .collect();
     assert!(roles.contains(&("n4".into(), "voter".into())), "{roles:?}");
     // Remove an original member; writes keep working.
-    let r = c
-        .http
-        .delete(format!("{url}/v1/cluster/members/n3"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("remove");
-    assert_eq!(r.status(), 200);
+    let remove_n3 = || {
+        c.http
+            .delete(format!("{url}/v1/cluster/members/n3"))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    assert_eq!(remove_n3().await.expect("remove").status(), 200);
     // Removing it again (a retry whose first answer was lost) and promoting
     // a name no member has are both "no such member".
-    let r = c
-        .http
-        .delete(format!("{url}/v1/cluster/members/n3"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("remove again");
+    let r = remove_n3().await.expect("remove again");
     assert_eq!(r.status(), 404);
     assert_eq!(json_of(r).await["error"]["code"], "member_not_found");
     let r = c.post_with_token(1, "/v1/cluster/members/n9/promote").await;
