@@ -25,7 +25,7 @@
 #                    for clients) run the 64-client load scenarios back to back, and
 #                    the report flags phxkv's TLS throughput when it is more than 10%
 #                    below its plain throughput; 0: skip
-#   BENCH_TLS_ROUNDS rounds of each TLS on/off pair (default 3), each half of
+#   BENCH_TLS_ROUNDS rounds of each TLS on/off pair (default 5), each half of
 #                    BENCH_DURATION long (at least 3 s), alternating which goes first
 #   BENCH_ONLY_LOAD  1: stop after the load scenarios (and the TLS ones; no
 #                    failover, no catch-up, no report), for quick comparisons
@@ -125,25 +125,8 @@ ett_members=$(for i in 0 1 2; do printf '%s=https://127.0.0.1:%s,' "${names[$i]}
 ett_members=${ett_members%,}
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
 
-# One CA and one certificate for every member of both systems (they all
-# listen on 127.0.0.1), usable as server and as client (peers call each
-# other with it). ECDSA P-256, which rustls and Go both handle in hardware.
-make_certs() { # dir
-    local d=$1
-    mkdir -p "$d"
-    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-        -keyout "$d/ca.key" -out "$d/ca.crt" -days 2 -subj "/CN=phxkv-compare CA" \
-        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-        2>/dev/null
-    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-        -keyout "$d/node.key" -out "$d/node.csr" -subj "/CN=phxkv-compare member" 2>/dev/null
-    printf '%s\n' basicConstraints=critical,CA:FALSE keyUsage=critical,digitalSignature \
-        extendedKeyUsage=serverAuth,clientAuth subjectAltName=IP:127.0.0.1,DNS:localhost \
-        >"$d/node.ext"
-    openssl x509 -req -in "$d/node.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
-        -days 2 -extfile "$d/node.ext" -out "$d/node.crt" 2>/dev/null
-    openssl verify -CAfile "$d/ca.crt" "$d/node.crt" >/dev/null || die "the test certificates do not verify"
-}
+# The CA and member certificate (make_certs) shared with profile.sh.
+source "$repo/e2e/bench/certs.sh"
 tls_dir=$work/tls
 
 px_read_mode=lease
@@ -443,8 +426,10 @@ declare -A tls_args=(
 )
 # Several short rounds, alternating which of the pair goes first, tell a
 # difference of a few percent from this machine's run-to-run noise (about
-# 10% between two 5 s runs of the same cluster) better than one long run.
-tls_rounds=${BENCH_TLS_ROUNDS:-3}
+# 10% between two 5 s runs of the same cluster) better than one long run;
+# five rather than three, because one slow round of three moved the mean by
+# as much as the bound.
+tls_rounds=${BENCH_TLS_ROUNDS:-5}
 tls_duration=$(awk -v d="$duration" 'BEGIN {v = d / 2; if (v < 3) v = 3; printf "%g", v}')
 tls_warmup=1
 # One result from several rounds of one scenario on one system: throughput

@@ -14,6 +14,10 @@
 #   PROFILE_READS_SECS      seconds of the read phase (default 10)
 #   PROFILE_CLIENTS         concurrent clients (default 16)
 #   PROFILE_KEEP            keep the callgrind files (prints the directory)
+#   PROFILE_TLS             1: TLS on both ports (mutual TLS between replicas,
+#                           a CA made with openssl, as compare.sh's TLS clusters),
+#                           so that a plain and a TLS run give the instructions
+#                           TLS adds per operation
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -37,9 +41,18 @@ trap cleanup EXIT
 ports=(19481 19482 19483)
 peers=(19581 19582 19583)
 names=(a b c)
-members=$(for i in 0 1 2; do printf '%s=http://127.0.0.1:%s,' "${names[$i]}" "${peers[$i]}"; done)
+scheme=http tls_serve=() ca_args=()
+if [[ ${PROFILE_TLS:-} == 1 ]]; then
+    source "$repo/e2e/bench/certs.sh"
+    make_certs "$work/tls"
+    scheme=https
+    tls_serve=(--tls-cert "$work/tls/node.crt" --tls-key "$work/tls/node.key" --tls-ca "$work/tls/ca.crt")
+    ca_args=(--cacert "$work/tls/ca.crt")
+fi
+members=$(for i in 0 1 2; do printf '%s=%s://127.0.0.1:%s,' "${names[$i]}" "$scheme" "${peers[$i]}"; done)
 members=${members%,}
-eps=$(printf 'http://127.0.0.1:%s,' "${ports[@]}"); eps=${eps%,}
+eps=$(printf "$scheme://127.0.0.1:%s," "${ports[@]}"); eps=${eps%,}
+client_ports=$(printf 'sport = :%s or ' "${ports[@]}"); client_ports=${client_ports% or }
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
 
 for i in 0 1 2; do
@@ -47,28 +60,50 @@ for i in 0 1 2; do
     valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.${names[$i]}.%p" \
         "$phxkv" serve --id "${names[$i]}" --data-dir "$work/${names[$i]}" \
         --listen "127.0.0.1:${ports[$i]}" --peer-listen "127.0.0.1:${peers[$i]}" \
-        --initial-members "$members" --cluster-token-file "$work/token" --lease 10s \
+        --initial-members "$members" --cluster-token-file "$work/token" --lease 10s "${tls_serve[@]}" \
         >"$work/${names[$i]}.log" 2>&1 &
     pids+=($!)
 done
 deadline=$((SECONDS + 180))
 for p in "${ports[@]}"; do
-    until curl -sf -m 2 "http://127.0.0.1:$p/readyz" >/dev/null; do
+    until curl -sf -m 2 "${ca_args[@]}" "$scheme://127.0.0.1:$p/readyz" >/dev/null; do
         ((SECONDS < deadline)) || { echo "profile.sh: cluster not ready" >&2; exit 1; }
         sleep 0.5
     done
 done
 
+# KV requests the three replicas have answered (their /metrics): the
+# operations of a phase are counted from when its counters were zeroed.
+kv_requests() {
+    local p
+    for p in "${ports[@]}"; do
+        curl -sf -m 10 "${ca_args[@]}" "$scheme://127.0.0.1:$p/metrics"
+    done | awk '/^phxkv_http_requests_total\{route="\/v1\/kv\/\{\*key\}"/ {n += $NF} END {print n + 0}'
+}
+
 # Sums the Ir of the dumps of one phase over the three replicas.
 phase() { # name bench-args...
     local name=$1; shift
+    "$bench" run --target phxkv --endpoints "$eps" "${ca_args[@]}" --quiet --clients "$clients" \
+        "$@" >/dev/null &
+    local load=$!
+    # Counters start once every client is connected, so that connection
+    # set-up (TLS handshakes above all, a key exchange and a signature each)
+    # is not charged to the few thousand operations measured here; a long
+    # benchmark run pays it once in hundreds of thousands.
+    local deadline=$((SECONDS + 60))
+    until (($(ss -Htn state established "( $client_ports )" | wc -l) >= clients)); do
+        ((SECONDS < deadline)) || { echo "profile.sh: the load's clients did not connect" >&2; exit 1; }
+        sleep 0.05
+    done
     for p in "${pids[@]}"; do callgrind_control -z "$p" >/dev/null 2>&1; done
-    "$bench" run --target phxkv --endpoints "$eps" --quiet --clients "$clients" \
-        --json-file "$work/$name.json" "$@" >/dev/null
+    local first ops
+    first=$(kv_requests)
+    wait "$load"
     for p in "${pids[@]}"; do callgrind_control -d "$name" "$p" >/dev/null 2>&1; done
+    ops=$(($(kv_requests) - first))
     sleep 1
-    local ops total=0 f ir busiest="" max=0
-    ops=$(jq -r '.total_ops' "$work/$name.json")
+    local total=0 f ir busiest="" max=0
     for f in "$work"/callgrind.*; do
         grep -q "^desc: Trigger: dump $name$" "$f" 2>/dev/null || continue
         ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
