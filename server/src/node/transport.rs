@@ -178,10 +178,11 @@ impl Outbox {
 
     /// Sends the snapshot in the file at `path` in the background, read
     /// and sent a piece at a time (one at a time per call site is enough:
-    /// the engine asks again if it does not arrive).
-    pub fn send_snapshot(&self, peer: NodeId, path: std::path::PathBuf) {
+    /// the engine asks again if it does not arrive). False when a snapshot
+    /// is still on its way to `peer`: nothing new is sent then.
+    pub fn send_snapshot(&self, peer: NodeId, path: std::path::PathBuf) -> bool {
         let Some(flight) = InFlight::start(&self.inner.snapshots_in_flight, peer) else {
-            return;
+            return false;
         };
         let inner = self.inner.clone();
         self.inner.runtime.spawn(
@@ -215,6 +216,7 @@ impl Outbox {
             }
             .in_current_span(),
         );
+        true
     }
 }
 
@@ -585,6 +587,63 @@ async fn outcome(
                 }
             }
             link.backoff().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::paxos::SnapshotMeta;
+    use crate::storage::snapshot_file;
+
+    #[tokio::test]
+    async fn a_snapshot_goes_to_a_peer_once_until_the_send_in_flight_ends() {
+        let tmp = TempDir::new().expect("tempdir");
+        let meta = SnapshotMeta {
+            index: 7,
+            membership: Membership::default(),
+        };
+        let path = snapshot_file::write(tmp.path(), &meta, &[1; 4096]).expect("snapshot");
+        // A peer that takes the connection into its backlog and never
+        // answers: the first send stays in flight.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let (_, membership) = watch::channel(Membership::default());
+        let outbox = Outbox::new(
+            1,
+            reqwest::Client::new(),
+            "token".into(),
+            membership,
+            tokio::runtime::Handle::current(),
+            Metrics::new(),
+        );
+        let addr = silent.local_addr().expect("address");
+        outbox.learn_address(2, &format!("http://{addr}"));
+
+        assert!(outbox.send_snapshot(2, path.clone()), "the first ask sends");
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(
+                !outbox.send_snapshot(2, path.clone()),
+                "an ask while a send is on its way began another"
+            );
+        }
+
+        // The peer goes away: the send fails, and the next ask sends again.
+        drop(silent);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !outbox.send_snapshot(2, path.clone()) {
+            assert!(
+                Instant::now() < deadline,
+                "the peer never became free for the next snapshot"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
