@@ -692,11 +692,10 @@ impl Driver {
         // The engine asks again on every catch-up request, more often than
         // a large snapshot takes to send: count and log only a send that
         // began, not the asks that found one still on its way.
-        let file = path.display().to_string();
-        if self.outbox.send_snapshot(peer, path) {
+        if self.outbox.send_snapshot(peer, &path) {
             self.metrics.inc_snapshots("sent");
             let name = self.replica.membership().name_of(peer);
-            tracing::info!(peer = %name, %file, "sending snapshot");
+            tracing::info!(peer = %name, file = %path.display(), "sending snapshot");
         }
     }
 

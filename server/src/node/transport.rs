@@ -180,10 +180,11 @@ impl Outbox {
     /// and sent a piece at a time (one at a time per call site is enough:
     /// the engine asks again if it does not arrive). False when a snapshot
     /// is still on its way to `peer`: nothing new is sent then.
-    pub fn send_snapshot(&self, peer: NodeId, path: std::path::PathBuf) -> bool {
+    pub fn send_snapshot(&self, peer: NodeId, path: &std::path::Path) -> bool {
         let Some(flight) = InFlight::start(&self.inner.snapshots_in_flight, peer) else {
             return false;
         };
+        let path = path.to_path_buf();
         let inner = self.inner.clone();
         self.inner.runtime.spawn(
             async move {
@@ -626,11 +627,11 @@ mod tests {
         let addr = silent.local_addr().expect("address");
         outbox.learn_address(2, &format!("http://{addr}"));
 
-        assert!(outbox.send_snapshot(2, path.clone()), "the first ask sends");
+        assert!(outbox.send_snapshot(2, &path), "the first ask sends");
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert!(
-                !outbox.send_snapshot(2, path.clone()),
+                !outbox.send_snapshot(2, &path),
                 "an ask while a send is on its way began another"
             );
         }
@@ -638,7 +639,7 @@ mod tests {
         // The peer goes away: the send fails, and the next ask sends again.
         drop(silent);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !outbox.send_snapshot(2, path.clone()) {
+        while !outbox.send_snapshot(2, &path) {
             assert!(
                 Instant::now() < deadline,
                 "the peer never became free for the next snapshot"
