@@ -223,6 +223,37 @@ async fn a_restarted_node_catches_up_by_snapshot_after_compaction() {
         log.contains("installed snapshot"),
         "caught up without a snapshot:\n{log}"
     );
+
+    // A snapshot this node has already applied (a catch-up request sent
+    // just before its install brings the same one again) is answered
+    // without its data being read: this data is not a store, and a node
+    // that decoded it would refuse it.
+    let stale = |index| {
+        let meta = phxkv::paxos::SnapshotMeta {
+            index,
+            membership: Default::default(),
+        };
+        let mut body = phxkv::node::wire::snapshot_header(&meta);
+        body.extend_from_slice(b"not a store");
+        c.http
+            .post(format!("{}/peer/v1/snapshot", c.peer_url(lagging)))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+    };
+    let r = stale(1).await.expect("snapshot request");
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap_or_default());
+    // One ahead of it is read, and this one is refused for its data.
+    let r = stale(1 << 40).await.expect("snapshot request");
+    assert_eq!(r.status(), 400);
+    let body = json_of(r).await;
+    assert_eq!(body["error"]["code"], "bad_snapshot", "{body}");
+    // Neither changed what the node serves.
+    assert_eq!(
+        c.get(lagging, "bulk/399", "?consistency=local").await,
+        Some((200, b"x".to_vec()))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

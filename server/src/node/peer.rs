@@ -330,7 +330,8 @@ async fn hello(State(node): State<Node>) -> Response {
 /// big-endian length `n`, `n` bytes of JSON `SnapshotMeta`, then the state
 /// machine image (the store in the compact encoding), usually streamed
 /// (chunked): it is written to a file as it arrives, checked, and decoded
-/// from the file, so it is never held in memory whole.
+/// from the file, so it is never held in memory whole. A snapshot whose
+/// index this node has already applied is answered at once, unread.
 #[utoipa::path(
     post,
     path = "/peer/v1/snapshot",
@@ -339,7 +340,7 @@ async fn hello(State(node): State<Node>) -> Response {
         description = "The incarnation id (16 hex digits) the snapshot is for.")),
     request_body(content(("application/octet-stream"))),
     responses(
-        (status = 204, description = "Installed."),
+        (status = 204, description = "Installed, or not needed: this node has already applied the snapshot's index (its data is then neither stored nor read)."),
         (status = 400, description = "`bad_snapshot`.", body = wire::PeerError),
         (status = 409, description = "`wrong_incarnation`.", body = wire::PeerError),
         (status = 503, description = "`unavailable`: a snapshot is already being received.", body = wire::PeerError),
@@ -433,6 +434,23 @@ async fn receive_snapshot(node: &Node, body: axum::body::Body) -> Result<(), Sna
             None => return Err(bad("the snapshot body ends inside its header".into())),
         }
     };
+    // A snapshot no newer than what this node has applied brings nothing:
+    // answer before a byte of its data is written or decoded. The master
+    // sends one for every catch-up request that asks for an index it has
+    // compacted away, and a request sent just before this node installed
+    // the same snapshot can arrive after that send ended: decoding it again
+    // would hold a second whole store beside the installed one only for the
+    // engine to drop it. (The engine checks again on install, so a snapshot
+    // that passes here while an install is under way is still dropped.)
+    let applied = node.inner.published.borrow().applied;
+    if meta.index <= applied {
+        tracing::debug!(
+            index = meta.index,
+            applied,
+            "snapshot not needed: already applied"
+        );
+        return Ok(());
+    }
     buf.drain(..start);
     let dir = snapshot_file::dir_of(&node.inner.cfg.data_dir);
     let file_meta = meta.clone();
