@@ -102,8 +102,71 @@ where
             .mut_subcommands(allow_negative)
     }
     let mut cmd = allow_negative(Cli::command());
+    let argv = options_after_command(&cmd, argv.into_iter().map(Into::into).collect());
     let matches = cmd.try_get_matches_from_mut(argv)?;
     Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
+/// Options written before the command's name, as etcdctl takes them
+/// (`phxkv --endpoints URL --cacert ca.crt get k`), moved after it, where
+/// the command defines them. Only when every one of them is an option of
+/// that command; otherwise `argv` is left as it is, for clap to report.
+fn options_after_command(
+    cmd: &clap::Command,
+    argv: Vec<std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    // The option an argument names (`--cacert`, `--cacert=x`, `-o`,
+    // `-ojson`), and whether its value is part of the same argument.
+    fn named(arg: &str) -> Option<(Result<&str, char>, bool)> {
+        if let Some(long) = arg.strip_prefix("--") {
+            let (name, inline) = long
+                .split_once('=')
+                .map_or((long, false), |(n, _)| (n, true));
+            return (!name.is_empty()).then_some((Ok(name), inline));
+        }
+        let mut short = arg.strip_prefix('-')?.chars();
+        let c = short.next()?;
+        Some((Err(c), short.next().is_some()))
+    }
+    fn find<'a>(cmd: &'a clap::Command, name: Result<&str, char>) -> Option<&'a clap::Arg> {
+        cmd.get_arguments().find(|a| match name {
+            Ok(long) => a.get_long() == Some(long),
+            Err(c) => a.get_short() == Some(c),
+        })
+    }
+    let mut i = 1;
+    let mut leading = Vec::new();
+    while let Some(arg) = argv.get(i).and_then(|a| a.to_str()) {
+        let Some((name, inline)) = named(arg) else {
+            break;
+        };
+        // Whether it takes a value is the same in every command that has it.
+        let Some(opt) = cmd.get_subcommands().find_map(|sub| find(sub, name)) else {
+            return argv;
+        };
+        leading.push(name);
+        i += if inline || !opt.get_action().takes_values() {
+            1
+        } else {
+            2
+        };
+    }
+    let Some(sub) = argv
+        .get(i)
+        .and_then(|a| a.to_str())
+        .and_then(|name| cmd.find_subcommand(name))
+    else {
+        return argv;
+    };
+    if i == 1 || leading.iter().any(|&name| find(sub, name).is_none()) {
+        return argv;
+    }
+    let mut out = Vec::with_capacity(argv.len());
+    out.push(argv[0].clone());
+    out.push(argv[i].clone());
+    out.extend_from_slice(&argv[1..i]);
+    out.extend_from_slice(&argv[i + 1..]);
+    out
 }
 
 /// Folds clap's error report into one line: the message, then its details
@@ -267,6 +330,49 @@ mod tests {
             one_line_usage_error(report),
             "the following required arguments were not provided: <KEY>"
         );
+    }
+
+    #[test]
+    fn connection_options_may_come_before_the_command() {
+        let cli = parse_from([
+            "phxkv",
+            "--endpoints",
+            "https://a:8080,https://b:8080",
+            "--cacert=ca.crt",
+            "-o",
+            "json",
+            "--timeout",
+            "2s",
+            "get",
+            "k",
+        ]);
+        let Ok(Cli {
+            command: Command::Get(get),
+        }) = cli
+        else {
+            panic!("not parsed as get: {cli:?}");
+        };
+        let debug = format!("{get:?}");
+        for part in ["https://a:8080", "https://b:8080", "ca.crt", "Json", "2s"] {
+            assert!(debug.contains(part), "{part} lost: {debug}");
+        }
+        // Under a command with commands of its own too.
+        let cli = parse_from(["phxkv", "--token-file", "t", "auth", "token", "list"]);
+        assert!(
+            matches!(
+                &cli,
+                Ok(Cli {
+                    command: Command::Auth(_)
+                })
+            ),
+            "{cli:?}"
+        );
+        // An option the command does not take is still refused.
+        let err =
+            parse_from(["phxkv", "-o", "json", "put", "k", "v"]).expect_err("put takes no -o");
+        assert!(err.to_string().contains("'-o'"), "{err}");
+        let err = parse_from(["phxkv", "--nonsense", "get", "k"]).expect_err("no such option");
+        assert!(err.to_string().contains("--nonsense"), "{err}");
     }
 
     #[test]
