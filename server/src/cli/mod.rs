@@ -102,7 +102,7 @@ where
             .mut_subcommands(allow_negative)
     }
     let mut cmd = allow_negative(Cli::command());
-    let argv = options_after_command(&cmd, argv.into_iter().map(Into::into).collect());
+    let argv = options_after_command(&mut cmd, argv.into_iter().map(Into::into).collect())?;
     let matches = cmd.try_get_matches_from_mut(argv)?;
     Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
 }
@@ -111,10 +111,11 @@ where
 /// (`phxkv --endpoints URL --cacert ca.crt get k`), moved after it, where
 /// the command defines them. Only when every one of them is an option of
 /// that command; otherwise `argv` is left as it is, for clap to report.
+/// Options with no command after them are an error that says so.
 fn options_after_command(
-    cmd: &clap::Command,
+    cmd: &mut clap::Command,
     argv: Vec<std::ffi::OsString>,
-) -> Vec<std::ffi::OsString> {
+) -> Result<Vec<std::ffi::OsString>, clap::Error> {
     // The option an argument names (`--cacert`, `--cacert=x`, `-o`,
     // `-ojson`), and whether its value is part of the same argument.
     fn named(arg: &str) -> Option<(Result<&str, char>, bool)> {
@@ -142,7 +143,7 @@ fn options_after_command(
         };
         // Whether it takes a value is the same in every command that has it.
         let Some(opt) = cmd.get_subcommands().find_map(|sub| find(sub, name)) else {
-            return argv;
+            return Ok(argv);
         };
         leading.push(name);
         i += if inline || !opt.get_action().takes_values() {
@@ -151,22 +152,32 @@ fn options_after_command(
             2
         };
     }
-    let Some(sub) = argv
-        .get(i)
-        .and_then(|a| a.to_str())
-        .and_then(|name| cmd.find_subcommand(name))
-    else {
-        return argv;
+    if i == 1 {
+        return Ok(argv);
+    }
+    let Some(name) = argv.get(i).map(|a| a.to_string_lossy()) else {
+        return Err(cmd.error(
+            clap::error::ErrorKind::MissingSubcommand,
+            "the options need a command after them, as in \
+             `phxkv --endpoints URLS get KEY`; `phxkv --help` lists the commands",
+        ));
     };
-    if i == 1 || leading.iter().any(|&name| find(sub, name).is_none()) {
-        return argv;
+    if name.starts_with('-') {
+        return Ok(argv);
+    }
+    // A name that is no command moves too, so that clap reports it (with
+    // a similar name, if there is one) rather than the options before it.
+    if let Some(sub) = cmd.find_subcommand(name.as_ref())
+        && leading.iter().any(|&name| find(sub, name).is_none())
+    {
+        return Ok(argv);
     }
     let mut out = Vec::with_capacity(argv.len());
     out.push(argv[0].clone());
     out.push(argv[i].clone());
     out.extend_from_slice(&argv[1..i]);
     out.extend_from_slice(&argv[i + 1..]);
-    out
+    Ok(out)
 }
 
 /// Folds clap's error report into one line: the message, then its details
@@ -373,6 +384,14 @@ mod tests {
         assert!(err.to_string().contains("'-o'"), "{err}");
         let err = parse_from(["phxkv", "--nonsense", "get", "k"]).expect_err("no such option");
         assert!(err.to_string().contains("--nonsense"), "{err}");
+        // Options with no command, or with a misspelt one.
+        let err = parse_from(["phxkv", "--endpoints", "http://a:8080"]).expect_err("no command");
+        assert!(
+            err.to_string().contains("need a command after them"),
+            "{err}"
+        );
+        let err = parse_from(["phxkv", "--cacert", "ca.crt", "gte", "k"]).expect_err("misspelt");
+        assert!(err.to_string().contains("'gte'"), "{err}");
     }
 
     #[test]
