@@ -228,7 +228,7 @@ async fn a_restarted_node_catches_up_by_snapshot_after_compaction() {
     // just before its install brings the same one again) is answered
     // without its data being read: this data is not a store, and a node
     // that decoded it would refuse it.
-    let stale = |index| {
+    let snapshot_at = |index| {
         let meta = phxkv::paxos::SnapshotMeta {
             index,
             membership: Default::default(),
@@ -242,10 +242,10 @@ async fn a_restarted_node_catches_up_by_snapshot_after_compaction() {
             .body(body)
             .send()
     };
-    let r = stale(1).await.expect("snapshot request");
+    let r = snapshot_at(1).await.expect("snapshot request");
     assert_eq!(r.status(), 204, "{}", r.text().await.unwrap_or_default());
     // One ahead of it is read, and this one is refused for its data.
-    let r = stale(1 << 40).await.expect("snapshot request");
+    let r = snapshot_at(1 << 40).await.expect("snapshot request");
     assert_eq!(r.status(), 400);
     let body = json_of(r).await;
     assert_eq!(body["error"]["code"], "bad_snapshot", "{body}");

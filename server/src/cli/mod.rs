@@ -111,7 +111,9 @@ where
 /// (`phxkv --endpoints URL --cacert ca.crt get k`), moved after it, where
 /// the command defines them. Only when every one of them is an option of
 /// that command; otherwise `argv` is left as it is, for clap to report.
-/// Options with no command after them are an error that says so.
+/// Options with no command after them are an error that says so. (Not
+/// clap's global arguments on `Cli`: those would put `--endpoints` into
+/// `serve` and `dev` too, and `-o` into commands that print nothing.)
 fn options_after_command(
     cmd: &mut clap::Command,
     argv: Vec<std::ffi::OsString>,
