@@ -507,6 +507,9 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
     if let Some(v) = spec.limits.max_txn_ops {
         vars.push(env("PHXKV_MAX_TXN_OPS", v.to_string()));
     }
+    if let Some(v) = quota_bytes(spec) {
+        vars.push(env("PHXKV_QUOTA_BYTES", v.to_string()));
+    }
     if let Some(endpoint) = &spec.telemetry.otlp_endpoint {
         vars.push(env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()));
     }
@@ -1036,6 +1039,40 @@ pub fn generate_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The store quota for the replicas: `spec.limits.quotaBytes`, else a
+/// quarter of the memory limit (the store lives in memory, and a replica
+/// needs room beyond its data for snapshots, a catch-up and requests),
+/// else none, leaving the server's default.
+fn quota_bytes(spec: &crate::crd::PaxosKVSpec) -> Option<u64> {
+    spec.limits.quota_bytes.or_else(|| {
+        let limit = spec.resources.as_ref()?.limits.as_ref()?.get("memory")?;
+        Some(quantity_bytes(&limit.0)? / 4)
+    })
+}
+
+/// A memory quantity in bytes ("512Mi", "2G", "1.5Gi", "1000"); `None`
+/// for forms this does not read (exponents, milli-units).
+fn quantity_bytes(q: &str) -> Option<u64> {
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, unit) = q.split_at(split);
+    let scale: u64 = match unit {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    let n: f64 = num.parse().ok()?;
+    (n.is_finite() && n >= 0.0).then_some((n * scale as f64) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1263,6 +1300,28 @@ mod tests {
             operator.and_then(|l| l.get(OPERATOR_POD_LABEL.0).cloned()),
             Some(OPERATOR_POD_LABEL.1.to_string())
         );
+    }
+
+    #[test]
+    fn the_store_quota_follows_the_memory_limit_unless_given() {
+        let quota = |spec: serde_json::Value| {
+            let spec: PaxosKVSpec = serde_json::from_value(spec).expect("spec");
+            let sts = statefulset(&sample(spec), &defaults(), 3, Transport::Plain);
+            env_of(&sts)
+                .get("PHXKV_QUOTA_BYTES")
+                .and_then(|v| v.value.clone())
+        };
+        let memory = |limit: &str| serde_json::json!({"resources": {"limits": {"memory": limit}}});
+        assert_eq!(quota(memory("512Mi")).as_deref(), Some("134217728"));
+        assert_eq!(quota(memory("2G")).as_deref(), Some("500000000"));
+        assert_eq!(quota(memory("1.5Gi")).as_deref(), Some("402653184"));
+        // Given, it wins; without either, the server's default applies.
+        let mut given = memory("512Mi");
+        given["limits"] = serde_json::json!({"quotaBytes": 0});
+        assert_eq!(quota(given).as_deref(), Some("0"));
+        assert_eq!(quota(serde_json::json!({})), None);
+        // A limit this operator cannot read leaves the server's default.
+        assert_eq!(quota(memory("1e9")), None);
     }
 
     #[test]

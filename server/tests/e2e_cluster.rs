@@ -842,3 +842,58 @@ async fn peers_speak_json_and_refuse_anything_else() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_past_the_store_quota_are_refused_and_deletes_make_room() {
+    let c = Cluster::start(3, &["--quota-bytes", "1000"]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let f = (m + 1) % c.procs.len();
+    let big = "v".repeat(400);
+    // 403 bytes each (key and value): two fit, a third would not.
+    assert_eq!(c.put(m, "q/1", &big).await.status(), 200);
+    assert_eq!(c.put(m, "q/2", &big).await.status(), 200);
+    let refused = c.put(m, "q/3", &big).await;
+    assert_eq!(refused.status(), 507);
+    let body = json_of(refused).await;
+    assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("quota of 1000 bytes"), "{message}");
+    assert_eq!(c.get(m, "q/3", "").await.map(|(s, _)| s), Some(404));
+    // A transaction that adds as much is refused the same way.
+    let txn = c
+        .http
+        .post(format!("{}/v1/txn", c.url(m)))
+        .bearer_auth(TOKEN)
+        .json(&json!({"success": [{"put": {"key": "cS8z", "value": "dnZ2".repeat(134)}}]}))
+        .send()
+        .await
+        .expect("txn");
+    assert_eq!(txn.status(), 507);
+
+    // A small write still fits; a delete is always taken and makes room.
+    assert_eq!(c.put(m, "q/s", "x").await.status(), 200);
+    let del = c
+        .http
+        .delete(format!("{}/v1/kv/q/1", c.url(m)))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(del.status(), 200);
+    assert_eq!(c.put(m, "q/3", &big).await.status(), 200);
+
+    // A follower checks against what it has applied: once it has caught
+    // up with the master, it refuses the next large write too.
+    let held = |text: String| metric_sum(&text, "phxkv_store_bytes", "");
+    let on_master = held(c.metrics_text(m).await);
+    assert_eq!(on_master, 810.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held(c.metrics_text(f).await) != on_master {
+        assert!(Instant::now() < deadline, "the follower never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.put(f, "q/4", &big).await.status(), 507);
+    let text = c.metrics_text(m).await;
+    assert_eq!(metric_sum(&text, "phxkv_quota_refusals_total", ""), 2.0);
+    assert_eq!(metric_sum(&text, "phxkv_store_quota_bytes", ""), 1000.0);
+}

@@ -129,8 +129,8 @@ impl Modify for CommonParts {
             "ErrorResponse",
             "Any other error, e.g. `unauthorized` (401) or `permission_denied` (403) \
              with auth on, `too_many_attempts` (429, with `Retry-After`), `unavailable` \
-             (503, with `Retry-After`), `timeout` (504: the write may still commit) or \
-             `internal` (500).",
+             (503, with `Retry-After`), `timeout` (504: the write may still commit), \
+             `quota_exceeded` (507: a write past the store quota) or `internal` (500).",
         );
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(

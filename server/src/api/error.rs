@@ -88,6 +88,10 @@ pub enum ErrorCode {
     ReplicaDiverged,
     /// 504: the write's outcome is unknown; it may still commit.
     Timeout,
+    /// 507: the write could take the store's keys and values past the
+    /// node's quota (`serve --quota-bytes`); nothing changed. Deletes are
+    /// still taken.
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -118,6 +122,7 @@ impl ErrorCode {
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable | ErrorCode::ReplicaDiverged => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -258,6 +263,7 @@ impl From<ServiceError> for ApiError {
         match err {
             ServiceError::Invalid(_) => ApiError::invalid(message),
             ServiceError::TooLarge(_) => ApiError::new(ErrorCode::PayloadTooLarge, message),
+            ServiceError::QuotaExceeded(_) => ApiError::new(ErrorCode::QuotaExceeded, message),
             ServiceError::Compacted { .. } => ApiError::new(ErrorCode::Compacted, message),
             ServiceError::Unauthorized(_) => ApiError::new(ErrorCode::Unauthorized, message),
             ServiceError::Unavailable {

@@ -221,6 +221,10 @@ pub enum ServiceError {
     /// The archive has no base of that name (404, `backup_not_found`).
     #[error("{0}")]
     UnknownBackup(String),
+    /// The write could take the store past its quota (507,
+    /// `quota_exceeded`); nothing changed.
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 /// The backups in a node's archive (`GET /v1/admin/backups`).

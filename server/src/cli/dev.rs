@@ -130,6 +130,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             bootstrap: members.clone(),
             engine,
             limits: Limits::default(),
+            quota_bytes: super::serve::DEFAULT_QUOTA_BYTES,
             token: token.clone(),
             write_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(5),

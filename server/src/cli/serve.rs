@@ -133,6 +133,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
 
+    /// Most bytes of keys and values the store may hold (2 GiB by
+    /// default; 0 for no quota). The whole store is kept in memory on every
+    /// replica, so set it well below the memory each replica has, about a
+    /// third of it. Past it, writes that add data are refused with 507
+    /// `quota_exceeded` until keys are deleted; deletes are always taken.
+    /// Give every replica the same quota.
+    #[arg(long, env = "PHXKV_QUOTA_BYTES", value_name = "BYTES", default_value_t = DEFAULT_QUOTA_BYTES)]
+    pub quota_bytes: u64,
+
     /// Compact the log into a snapshot after this many applied instances.
     #[arg(long, env = "PHXKV_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
@@ -498,6 +507,7 @@ impl ServeArgs {
                     max_value_bytes: self.max_value_bytes,
                     max_txn_ops: self.max_txn_ops,
                 },
+                quota_bytes: self.quota_bytes,
                 token,
                 write_timeout: self.write_timeout,
                 read_timeout: self.write_timeout,
@@ -622,6 +632,10 @@ pub async fn start(
 }
 
 /// How often certificate files are looked at besides at each handshake.
+/// The store quota when none is given: 2 GiB of keys and values, etcd's
+/// default backend quota too.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+
 const CERTIFICATE_CHECK: Duration = Duration::from_secs(30);
 
 /// Keeps `port`'s expiry metric current and looks at its files every

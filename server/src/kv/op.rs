@@ -179,6 +179,29 @@ impl Op {
             Op::Anonymous { op } => OVERHEAD + op.size_hint(),
         }
     }
+
+    /// The most key and value bytes the op can add to the store: what a
+    /// put writes (key and value, counted whole even when it replaces an
+    /// older value), for a transaction the larger of its two branches;
+    /// nothing for deletes, leases and auth changes, so that those stay
+    /// possible when the store is full. What the store quota is checked
+    /// against (see `Node::check_quota`).
+    pub fn stored_bytes(&self) -> usize {
+        let puts = |ops: &[TxnOp]| -> usize {
+            ops.iter()
+                .map(|o| match o {
+                    TxnOp::Put { key, value } => key.len() + value.len(),
+                    TxnOp::Delete { .. } | TxnOp::Get { .. } => 0,
+                })
+                .sum()
+        };
+        match self {
+            Op::Put { key, value, .. } => key.len() + value.len(),
+            Op::Txn(txn) => puts(&txn.success).max(puts(&txn.failure)),
+            Op::As { op, .. } | Op::Leased { op, .. } | Op::Anonymous { op } => op.stored_bytes(),
+            Op::Delete { .. } | Op::Auth(_) | Op::Lease(_) => 0,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -220,5 +243,54 @@ mod tests {
             r#"{"put":{"key":"a2V5","value":"AAEC/w==","expect":{"version":3}}}"#
         );
         assert_eq!(serde_json::from_str::<Op>(&json).expect("decodes"), op);
+    }
+
+    #[test]
+    fn stored_bytes_counts_what_a_write_may_add_and_nothing_for_deletes() {
+        let put = |k: &[u8], v: &[u8]| Op::Put {
+            key: k.to_vec(),
+            value: v.to_vec(),
+            expect: None,
+        };
+        assert_eq!(put(b"key", b"value").stored_bytes(), 8);
+        let del = Op::Delete {
+            key: b"key".to_vec(),
+            expect: None,
+        };
+        assert_eq!(del.stored_bytes(), 0);
+        assert_eq!(
+            Op::Lease(crate::kv::LeaseOp::Revoke { id: 7 }).stored_bytes(),
+            0
+        );
+        let txn = Op::Txn(Txn {
+            compare: vec![],
+            success: vec![
+                TxnOp::Put {
+                    key: b"a".to_vec(),
+                    value: b"12".to_vec(),
+                },
+                TxnOp::Put {
+                    key: b"b".to_vec(),
+                    value: b"3".to_vec(),
+                },
+                TxnOp::Delete { key: b"c".to_vec() },
+            ],
+            failure: vec![TxnOp::Put {
+                key: b"d".to_vec(),
+                value: b"45678".to_vec(),
+            }],
+        });
+        // The larger branch: 6 bytes on failure against 3 + 2 on success.
+        assert_eq!(txn.stored_bytes(), 6);
+        let wrapped = Op::As {
+            token: "t".into(),
+            op: Box::new(Op::Leased {
+                lease: 1,
+                op: Box::new(Op::Anonymous {
+                    op: Box::new(put(b"k", b"vv")),
+                }),
+            }),
+        };
+        assert_eq!(wrapped.stored_bytes(), 3);
     }
 }

@@ -115,6 +115,8 @@ pub struct Published {
     pub silent: std::collections::BTreeSet<NodeId>,
     /// Auth is on for the whole cluster, as far as this node has applied.
     pub auth_enabled: bool,
+    /// Bytes of keys and values in the store, as applied here.
+    pub data_bytes: u64,
 }
 
 /// What a lease read on the master needs, shared without a round trip to the
@@ -833,11 +835,19 @@ impl Driver {
     fn publish(&self) {
         let now = self.now();
         let status = self.replica.status(now);
-        let (applied, revision, auth_enabled) = self
+        let (applied, revision, auth_enabled, data_bytes) = self
             .store
             .read()
-            .map(|s| (s.applied_index(), s.revision(), s.auth().enabled()))
-            .unwrap_or((0, 0, false));
+            .map(|s| {
+                (
+                    s.applied_index(),
+                    s.revision(),
+                    s.auth().enabled(),
+                    s.data_bytes() as u64,
+                )
+            })
+            .unwrap_or((0, 0, false, 0));
+        self.metrics.set_store_bytes(data_bytes);
         self.metrics.set_is_master(status.is_master);
         self.metrics
             .set_lease_remaining(status.lease_remaining.unwrap_or_default());
@@ -852,7 +862,8 @@ impl Driver {
                 || p.applied != applied
                 || p.peer_commit != peer_commit
                 || p.silent != silent
-                || p.auth_enabled != auth_enabled;
+                || p.auth_enabled != auth_enabled
+                || p.data_bytes != data_bytes;
             if changed {
                 *p = Published {
                     status: status.clone(),
@@ -861,6 +872,7 @@ impl Driver {
                     peer_commit: peer_commit.clone(),
                     silent: silent.clone(),
                     auth_enabled,
+                    data_bytes,
                 };
             }
             changed

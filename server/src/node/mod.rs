@@ -55,6 +55,9 @@ pub struct NodeConfig {
     pub bootstrap: Vec<BootstrapPeer>,
     pub engine: EngineConfig,
     pub limits: Limits,
+    /// Most bytes of keys and values the store may hold before writes that
+    /// add to it are refused; 0 for no quota. See [`Node::check_quota`].
+    pub quota_bytes: u64,
     pub token: String,
     /// How long a write may wait for its outcome before answering 504.
     pub write_timeout: Duration,
@@ -287,6 +290,7 @@ impl Node {
     /// inside a tokio runtime; the peer API must be served for the
     /// negotiation to finish.
     pub fn start(cfg: NodeConfig, metrics: Metrics) -> Result<Node, StartError> {
+        metrics.set_quota_bytes(cfg.quota_bytes);
         let identity = Identity {
             node: cfg.name.clone(),
             cluster: cfg.cluster_id.clone(),
@@ -347,6 +351,7 @@ impl Node {
             peer_commit: Default::default(),
             silent: Default::default(),
             auth_enabled: false,
+            data_bytes: 0,
         });
         let (events, _) = broadcast::channel(4096);
         let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE);
@@ -481,6 +486,7 @@ impl Node {
         let restored = driver::restore_store(snapshot).map_err(StartError::State)?;
         let (applied0, revision0) = (restored.applied_index(), restored.revision());
         let auth0 = restored.auth().enabled();
+        let data_bytes0 = restored.data_bytes() as u64;
         if let Ok(mut store) = self.inner.store.write() {
             *store = restored;
         }
@@ -497,6 +503,7 @@ impl Node {
             peer_commit: Default::default(),
             silent: Default::default(),
             auth_enabled: auth0,
+            data_bytes: data_bytes0,
         });
         let driver = Driver {
             replica,
@@ -1466,6 +1473,40 @@ impl Node {
         }
     }
 
+    /// Refuses a write that could take the store's keys and values past
+    /// the quota ([`NodeConfig::quota_bytes`]), as etcd refuses writes
+    /// past its backend quota: the whole store lives in every replica's
+    /// memory, so a store allowed to grow until a replica runs out of it
+    /// would take all of them down together (they all apply the same
+    /// writes) and keep them down, since each restart loads it again.
+    ///
+    /// It is admission, checked where the write arrives against what this
+    /// replica has applied, not a rule of the state machine: a chosen op
+    /// is applied the same way everywhere, whatever each node's quota or
+    /// progress, so nodes configured differently can never disagree about
+    /// an outcome. The price is that the store may pass the quota by what
+    /// is in flight when it is reached (bounded by the proposal window and
+    /// batch size), and by a lagging replica's lag. Deletes, lease and
+    /// auth changes add nothing ([`Op::stored_bytes`]) and are always
+    /// taken, so a full store can be emptied.
+    fn check_quota(&self, op: &Op) -> Result<(), ServiceError> {
+        let quota = self.inner.cfg.quota_bytes;
+        let adds = op.stored_bytes() as u64;
+        if quota == 0 || adds == 0 {
+            return Ok(());
+        }
+        let held = self.inner.published.borrow().data_bytes;
+        if held.saturating_add(adds) <= quota {
+            return Ok(());
+        }
+        self.inner.metrics.inc_quota_refusals();
+        Err(ServiceError::QuotaExceeded(format!(
+            "the store's keys and values take {held} bytes, and this write's {adds} would \
+             pass the quota of {quota} bytes (serve --quota-bytes); delete keys, or raise \
+             the quota on every replica"
+        )))
+    }
+
     /// The read index straight from the lease, without asking the driver
     /// thread: `Some` only on a master whose lease is valid now.
     fn lease_read_index(&self) -> Option<Index> {
@@ -1688,6 +1729,7 @@ impl Service for Node {
             | crate::kv::KvError::InvalidLease(_) => ServiceError::Invalid(e.to_string()),
             _ => ServiceError::TooLarge(e.to_string()),
         })?;
+        self.check_quota(&op)?;
         let deadline = Instant::now() + self.inner.cfg.write_timeout;
         let id = match &idempotency_key {
             Some(key) => crate::kv::dedup::idempotent_id(key, &op),

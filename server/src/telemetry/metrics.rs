@@ -110,6 +110,9 @@ struct Inner {
     log_entries: Gauge<u64, AtomicU64>,
     commit_index: Gauge<u64, AtomicU64>,
     applied_index: Gauge<u64, AtomicU64>,
+    store_bytes: Gauge<u64, AtomicU64>,
+    quota_bytes: Gauge<u64, AtomicU64>,
+    quota_refusals: Counter,
     snapshots: Family<KindLabels, Counter>,
     forwarded: Counter,
     peer_messages: Family<DirectionLabels, Counter>,
@@ -161,6 +164,9 @@ impl Metrics {
             log_entries: Gauge::default(),
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
+            store_bytes: Gauge::default(),
+            quota_bytes: Gauge::default(),
+            quota_refusals: Counter::default(),
             snapshots: Family::default(),
             auth_failures: Family::default(),
             forwarded: Counter::default(),
@@ -241,6 +247,22 @@ impl Metrics {
             "applied_index",
             "Highest instance applied",
             inner.applied_index.clone(),
+        );
+        r.register(
+            "store_bytes",
+            "Bytes of keys and values in the store, as applied on this replica",
+            inner.store_bytes.clone(),
+        );
+        r.register(
+            "store_quota_bytes",
+            "Most bytes of keys and values the store may hold before writes are \
+             refused (serve --quota-bytes); 0 for no quota",
+            inner.quota_bytes.clone(),
+        );
+        r.register(
+            "quota_refusals",
+            "Writes refused because they would take the store past its quota",
+            inner.quota_refusals.clone(),
         );
         r.register(
             "snapshots",
@@ -397,6 +419,21 @@ impl Metrics {
     /// Sets the highest instance applied to the key-value state.
     pub fn set_applied_index(&self, index: u64) {
         self.0.applied_index.set(index);
+    }
+
+    /// Sets the bytes of keys and values in the store.
+    pub fn set_store_bytes(&self, bytes: u64) {
+        self.0.store_bytes.set(bytes);
+    }
+
+    /// Sets the store quota (0: none).
+    pub fn set_quota_bytes(&self, bytes: u64) {
+        self.0.quota_bytes.set(bytes);
+    }
+
+    /// Counts a write refused for the store quota.
+    pub fn inc_quota_refusals(&self) {
+        self.0.quota_refusals.inc();
     }
 
     /// Counts a snapshot event; `kind` is one of `taken`, `sent`, `installed`.
@@ -595,6 +632,9 @@ mod tests {
         m.set_log_entries(42);
         m.set_commit_index(41);
         m.set_applied_index(40);
+        m.set_store_bytes(1234);
+        m.set_quota_bytes(1 << 31);
+        m.inc_quota_refusals();
         m.inc_snapshots("taken");
         m.inc_snapshots("sent");
         m.inc_snapshots("sent");
@@ -620,6 +660,9 @@ mod tests {
             "phxkv_log_entries 42",
             "phxkv_commit_index 41",
             "phxkv_applied_index 40",
+            "phxkv_store_bytes 1234",
+            "phxkv_store_quota_bytes 2147483648",
+            "phxkv_quota_refusals_total 1",
             r#"phxkv_snapshots_total{kind="taken"} 1"#,
             r#"phxkv_snapshots_total{kind="sent"} 2"#,
             "phxkv_forwarded_writes_total 1",
