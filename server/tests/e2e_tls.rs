@@ -354,6 +354,26 @@ async fn with_client_cert_auth_the_client_port_wants_a_certificate_of_the_ca() {
         .await
         .expect("a certificate of the cluster's CA");
     assert_eq!(r.status(), 200);
+
+    // The CLI presents one too, on the commands that name a key as well.
+    let mine = ca.write(dir.path(), "app", &user);
+    let (endpoint, ca_file) = (c.url(0), mine.ca.to_string_lossy().into_owned());
+    let (cert, key) = (
+        mine.cert.to_string_lossy().into_owned(),
+        mine.key.to_string_lossy().into_owned(),
+    );
+    let tls = ["--endpoints", &endpoint, "--cacert", &ca_file];
+    let mtls = ["--cert", cert.as_str(), "--key", key.as_str()];
+    let with = |args: &[&'static str]| -> Vec<&str> { [args, &tls[..], &mtls[..]].concat() };
+    let (code, _, err) = common::run_phxkv(&with(&["put", "mtls", "from-cli"]), &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = common::run_phxkv(&with(&["get", "mtls"]), &[]);
+    assert_eq!((code, out.as_str()), (0, "from-cli"), "{err}");
+    let env = [("PHXKV_CERT", cert.clone()), ("PHXKV_KEY", key.clone())];
+    let (code, _, err) = common::run_phxkv(&[&["delete", "mtls"][..], &tls[..]].concat(), &env);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = common::run_phxkv(&[&["get", "mtls"][..], &tls[..]].concat(), &[]);
+    assert_ne!(code, 0, "no certificate, no answer: {err}");
 }
 
 #[tokio::test]

@@ -346,6 +346,27 @@ mod tests {
     }
 
     #[test]
+    fn a_client_key_and_a_key_to_read_do_not_collide() {
+        for args in [
+            &["phxkv", "get", "app/x", "--cert", "c.pem", "--key", "k.pem"][..],
+            &["phxkv", "--cert", "c.pem", "--key", "k.pem", "get", "app/x"],
+            &[
+                "phxkv", "put", "--cert", "c.pem", "--key", "k.pem", "app/x", "v",
+            ],
+            &["phxkv", "delete", "app/x", "--key=k.pem", "--cert=c.pem"],
+        ] {
+            let cli = parse_from(args.iter().copied());
+            let debug = format!("{cli:?}");
+            for part in ["\"app/x\"", "k.pem", "c.pem"] {
+                assert!(debug.contains(part), "{args:?}: {part} lost: {debug}");
+            }
+        }
+        let err = parse_from(["phxkv", "get", "app/x", "--key", "k.pem"])
+            .expect_err("--key needs --cert");
+        assert!(err.to_string().contains("--cert"), "{err}");
+    }
+
+    #[test]
     fn connection_options_may_come_before_the_command() {
         let cli = parse_from([
             "phxkv",

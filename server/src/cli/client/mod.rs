@@ -68,12 +68,14 @@ pub struct ConnectArgs {
         env = "PHXKV_CERT",
         value_name = "PATH",
         global = true,
-        requires = "key"
+        requires = "client_key"
     )]
     pub cert: Option<PathBuf>,
     /// The private key (PEM) of --cert.
+    // Its own id: `get`, `put` and `delete` have a positional named `key`.
     #[arg(
-        long,
+        id = "client_key",
+        long = "key",
         env = "PHXKV_KEY",
         value_name = "PATH",
         global = true,
