@@ -110,6 +110,52 @@ async fn a_killed_lock_holder_frees_the_lock_after_its_ttl_and_fencing_tokens_gr
     eprintln!("lock passed on {waited:?} after kill -9; tokens {token_a} -> {token_b}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_reaches_the_locked_command_and_the_lock_is_released_once_it_exits() {
+    let c = Cluster::start(3, &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // A TTL far longer than the test waits: only a release passes the lock
+    // on in time, not the lease's expiry.
+    const TTL: u64 = 60;
+    let mut holder = lock_command(
+        &c,
+        TTL,
+        &format!(
+            "trap 'sleep 1; echo done >> {a}; exit 0' TERM; echo held > {a}; \
+             while :; do sleep 0.1; done",
+            a = a.display()
+        ),
+    );
+    wait_for_file(&a, Duration::from_secs(20)).await;
+    let mut waiter = lock_command(&c, TTL, &format!("cat {} > {}", a.display(), b.display()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!b.exists(), "the waiter got the lock while it was held");
+    // SIGTERM to phxkv alone, as a service manager sends it.
+    let sent = Instant::now();
+    let termed = Command::new("kill")
+        .args(["-TERM", &holder.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(termed.success());
+    let status = holder.wait().expect("holder exits");
+    assert!(
+        status.success(),
+        "the command's exit status is phxkv's: {status:?}"
+    );
+    // The waiter's command ran after the holder's had finished.
+    let seen = wait_for_file(&b, Duration::from_secs(15)).await;
+    assert_eq!(
+        seen, "held\ndone",
+        "the lock passed on before the command ended"
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(TTL / 2),
+        "released by expiry, not on exit"
+    );
+    assert!(waiter.wait().expect("waiter exits").success());
+}
+
 async fn post(c: &Cluster, i: usize, path: &str, body: Value) -> (u16, Value) {
     let r = c
         .http

@@ -266,6 +266,42 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// SIGTERM, listened for from [`Terminate::listen`] on, and passed on to
+/// a child process.
+#[derive(Debug)]
+pub struct Terminate(tokio::signal::unix::Signal);
+
+impl Terminate {
+    /// Handles SIGTERM from now on: it no longer ends the process, and
+    /// [`Terminate::recv`] sees each one.
+    pub fn listen() -> Result<Terminate, CliError> {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map(Terminate)
+            .map_err(|e| CliError::Fatal(format!("cannot handle SIGTERM: {e}")))
+    }
+
+    /// The next SIGTERM.
+    pub async fn recv(&mut self) {
+        if self.0.recv().await.is_none() {
+            // No more signals can arrive: wait for ever, as for one that
+            // never comes.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Sends SIGTERM to process `pid`; one that has exited is left alone.
+    pub fn send_to(pid: u32) {
+        let pid = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid
+            && let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+        {
+            tracing::debug!(error = %e, "passing SIGTERM on failed");
+        }
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn wait_for_signal() {
     #[cfg(unix)]

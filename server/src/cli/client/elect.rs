@@ -13,7 +13,7 @@ use crate::cli::CliError;
 
 const AFTER_HELP: &str = "\
 Campaigning prints `elected NAME/KEY term=R value=PROPOSAL` once this process
-leads; it then leads until Ctrl-C (it resigns) or until its lease is lost
+leads; it then leads until Ctrl-C or SIGTERM (it resigns) or until its lease is lost
 (exit 1). R, the revision at which it became leader, grows with every new
 leader: pass it to the services the leader talks to as a fencing token.
 
@@ -63,7 +63,7 @@ pub async fn run(args: ElectArgs) -> Result<(), CliError> {
     if args.listen {
         return tokio::select! {
             r = listen(&client, &args.name) => r,
-            _ = tokio::signal::ctrl_c() => Ok(()),
+            () = crate::cli::wait_for_signal() => Ok(()),
         };
     }
     let proposal = args.proposal.clone().unwrap_or_default();
@@ -73,12 +73,12 @@ pub async fn run(args: ElectArgs) -> Result<(), CliError> {
     let outcome = async {
         let leader = tokio::select! {
             r = api.campaign(args.name.as_bytes(), lease.id, proposal.as_bytes(), args.wait) => r?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            () = crate::cli::wait_for_signal() => return Ok(()),
             why = keeper.lost() => return Err(CliError::Fatal(why)),
         };
         write_line(&format!("elected {}", describe(&leader)))?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => Ok(()),
+            () = crate::cli::wait_for_signal() => Ok(()),
             why = keeper.lost() => Err(CliError::Fatal(format!("leadership lost: {why}"))),
         }
     }

@@ -109,7 +109,7 @@ pub async fn run(args: LeaseArgs) -> Result<(), CliError> {
                 };
             }
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => Ok(()),
+                () = crate::cli::wait_for_signal() => Ok(()),
                 r = keep_alive_printing(&client, id, status.ttl_secs) => r,
             }
         }
@@ -189,7 +189,8 @@ pub struct LockArgs {
     /// PHXKV_LOCK_KEY, PHXKV_LOCK_LEASE and PHXKV_FENCING_TOKEN in its
     /// environment; phxkv exits with its exit code and releases the lock.
     /// Without a command, phxkv prints the lock's key and fencing token and
-    /// holds the lock until Ctrl-C.
+    /// holds the lock until Ctrl-C. SIGTERM is passed on to the command,
+    /// and the lock released once the command exits.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
     /// The TTL of the lease that holds the lock, in seconds: if this process
@@ -223,8 +224,15 @@ pub async fn run_lock(args: LockArgs) -> Result<(), CliError> {
     }
 }
 
-/// Acquires the lock, then runs the command (or waits for Ctrl-C) while
-/// the lease lives.
+/// Acquires the lock, then runs the command (or waits for Ctrl-C or
+/// SIGTERM) while the lease lives.
+///
+/// SIGTERM (what systemd, Kubernetes and CI runners send) is handled like
+/// Ctrl-C: before the command runs it ends the wait and releases the lock;
+/// while the command runs it is passed on to the command, and the lock is
+/// kept, and released, only once the command has exited. Left to its
+/// default, SIGTERM would end this process at once and leave the command
+/// running without the lock, which passes to the next holder after the TTL.
 async fn hold(
     client: &Client,
     args: &LockArgs,
@@ -233,17 +241,20 @@ async fn hold(
 ) -> Result<u8, CliError> {
     let locked = tokio::select! {
         r = client.api().lock(args.name.as_bytes(), lease, args.wait) => r?,
-        _ = tokio::signal::ctrl_c() => return Ok(130),
+        () = crate::cli::wait_for_signal() => return Ok(130),
         why = keeper.lost() => return Err(CliError::Fatal(why)),
     };
     let key = display_bytes(&locked.key);
     let Some((program, rest)) = args.command.split_first() else {
         super::write_line(&format!("{key} fencing_token={}", locked.fencing_token))?;
         return tokio::select! {
-            _ = tokio::signal::ctrl_c() => Ok(0),
+            () = crate::cli::wait_for_signal() => Ok(0),
             why = keeper.lost() => Err(CliError::Fatal(format!("lock lost: {why}"))),
         };
     };
+    // Listening before the command starts, so that no SIGTERM finds this
+    // process without a handler while the command runs.
+    let mut terminate = crate::cli::Terminate::listen()?;
     let mut child = tokio::process::Command::new(program)
         .args(rest)
         .env("PHXKV_LOCK_KEY", &key)
@@ -252,17 +263,25 @@ async fn hold(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| CliError::Usage(format!("cannot run {program}: {e}")))?;
-    tokio::select! {
-        status = child.wait() => {
-            let status = status.map_err(|e| CliError::Fatal(format!("waiting for {program}: {e}")))?;
-            Ok(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)))
-        }
-        why = keeper.lost() => {
-            // The lock may pass to another holder now: stop the command.
-            let _ = child.kill().await;
-            Err(CliError::Fatal(format!(
-                "lock lost while {program} ran, so it was stopped: {why}"
-            )))
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.map_err(|e| CliError::Fatal(format!("waiting for {program}: {e}")))?;
+                return Ok(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)));
+            }
+            why = keeper.lost() => {
+                // The lock may pass to another holder now: stop the command.
+                let _ = child.kill().await;
+                return Err(CliError::Fatal(format!(
+                    "lock lost while {program} ran, so it was stopped: {why}"
+                )));
+            }
+            () = terminate.recv() => {
+                // Passed on; the lock is held until the command exits.
+                if let Some(pid) = child.id() {
+                    crate::cli::Terminate::send_to(pid);
+                }
+            }
         }
     }
 }
