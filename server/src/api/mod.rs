@@ -14,6 +14,7 @@ pub mod error;
 pub mod health;
 pub mod kv;
 pub mod lease;
+pub mod origin;
 pub mod query;
 pub mod service;
 pub mod txn;
@@ -73,6 +74,9 @@ pub fn public_router<S: Service>(svc: S) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             svc.clone(),
             crate::auth::gate::authenticate::<S>,
+        ))
+        .layer(axum::middleware::from_fn(
+            origin::refuse_cross_origin_writes,
         ))
         .layer(axum::middleware::from_fn(error::json_errors_only))
         .with_state(svc)

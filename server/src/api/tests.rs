@@ -394,6 +394,33 @@ async fn put_with_key(router: &Router, uri: &str, key: &str, value: &str) -> Rep
 }
 
 #[tokio::test]
+async fn a_web_page_on_another_site_cannot_write_through_a_browser() {
+    let router = Fake::new().router();
+    let body = json!({"success": [{"put": {"key": "Y3NyZg==", "value": "eA=="}}]}).to_string();
+    let from = |origin: Option<&str>| {
+        let mut r = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/txn")
+            .header("host", "127.0.0.1:8080")
+            .header("content-type", "text/plain");
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.body(Body::from(body.clone())).expect("valid request")
+    };
+    send(&router, from(Some("http://evil.example")))
+        .await
+        .error(StatusCode::FORBIDDEN, "permission_denied");
+    let missing = call(&router, Method::GET, "/v1/kv/csrf", Body::empty()).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    // The node's own pages, and clients that are not browsers, write.
+    for origin in [Some("http://127.0.0.1:8080"), None] {
+        let ok = send(&router, from(origin)).await;
+        assert_eq!(ok.status, StatusCode::OK, "{origin:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_retried_write_with_an_idempotency_key_is_applied_once() {
     let router = Fake::new().router();
     let first = put_with_key(&router, "/v1/kv/k", "op-1", "v").await;
