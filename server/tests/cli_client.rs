@@ -551,3 +551,33 @@ fn every_client_command_documents_its_flags() {
         assert!(r.stdout.contains("--timeout"), "{cmd}: {}", r.stdout);
     }
 }
+
+#[test]
+fn dev_refuses_a_bad_port_and_leaves_no_temporary_directory_behind() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dev = |port: &str| {
+        Command::new(env!("CARGO_BIN_EXE_phxkv"))
+            .args(["dev", "--ephemeral", "--nodes", "1", "--port", port])
+            .env("TMPDIR", tmp.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run phxkv dev")
+    };
+    let out = dev("0");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--port"), "{err}");
+    // A client port in use: the start fails after the temporary data
+    // directory (with its token) was made, and it goes too.
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let out = dev(&port.to_string());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("read tmp")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}; {err}");
+}

@@ -398,7 +398,7 @@ async fn a_backup_saved_under_load_restores_every_key_version_and_revision_into_
 
     let members = format!("n1=http://127.0.0.1:{}", c.procs[0].peer_port);
     let restore = |from: &str, into: &Path| {
-        let (code, _, err) = phxkv(&[
+        let (code, out, err) = phxkv(&[
             "backup",
             "restore",
             from,
@@ -411,6 +411,20 @@ async fn a_backup_saved_under_load_restores_every_key_version_and_revision_into_
             "--initial-members",
             &members,
         ]);
+        if code == 0 {
+            // The command it prints to start the member is one `serve`
+            // takes (with --help at the end, clap checks every argument
+            // before it and then prints the help).
+            let serve = out
+                .split("start it with phxkv ")
+                .nth(1)
+                .and_then(|rest| rest.split(" (with").next())
+                .unwrap_or_else(|| panic!("no serve command in: {out}"));
+            let mut args: Vec<&str> = serve.split_whitespace().collect();
+            args.push("--help");
+            let (parsed, _, why) = phxkv(&args);
+            assert_eq!(parsed, 0, "{serve}: {why}");
+        }
         (code, err)
     };
 

@@ -315,6 +315,16 @@ async fn dev_secure_serves_https_with_a_ca_it_keeps_in_the_data_directory() {
     let _ = dev.kill();
     let out = dev.wait_with_output().expect("output");
     assert_eq!(status, 200);
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.path().join("cluster-token"))
+        .expect("token")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the admin token is readable by its owner only"
+    );
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
         printed.contains(&format!("--cacert {}", ca.display())),

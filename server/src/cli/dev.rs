@@ -62,6 +62,12 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     if args.nodes == 0 || args.nodes > 9 {
         return Err(CliError::Usage("--nodes: must be between 1 and 9".into()));
     }
+    if args.port == 0 {
+        return Err(CliError::Usage(
+            "--port: give the first client port, like 8080 (0 would leave clients no port to find)"
+                .into(),
+        ));
+    }
     if u32::from(args.port) + 100 + u32::from(args.nodes) > 65_535 {
         return Err(CliError::Usage(
             "--port: too high for this many nodes".into(),
@@ -69,12 +75,15 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     }
     let _telemetry = telemetry::init_dev("phxkv", args.log_format)
         .map_err(|e| CliError::Fatal(format!("cannot set up logging: {e}")))?;
-    let tmp;
-    let root = if args.ephemeral {
-        tmp = tempdir()?;
-        tmp.clone()
+    // Removed when this function returns, whether it ends well or not.
+    let ephemeral = if args.ephemeral {
+        Some(Ephemeral(tempdir()?))
     } else {
-        args.data_dir.clone()
+        None
+    };
+    let root = match &ephemeral {
+        Some(Ephemeral(dir)) => dir.clone(),
+        None => args.data_dir.clone(),
     };
     std::fs::create_dir_all(&root)
         .map_err(|e| CliError::Usage(format!("--data-dir {}: {e}", root.display())))?;
@@ -83,7 +92,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
         _ => {
             let t = new_token()?;
-            std::fs::write(&token_path, &t)
+            write_secret(&token_path, &t)
                 .map_err(|e| CliError::Fatal(format!("{}: {e}", token_path.display())))?;
             t
         }
@@ -216,9 +225,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         let _ = r.peer.await;
         r.node.shutdown();
     }
-    if args.ephemeral {
-        let _ = std::fs::remove_dir_all(&root);
-    }
+    drop(ephemeral);
     println!("stopped");
     Ok(())
 }
@@ -274,11 +281,38 @@ fn cluster_ready(nodes: &[Node]) -> Result<String, String> {
     master.ok_or_else(|| "no replicas".into())
 }
 
+/// A directory deleted with everything in it when this is dropped.
+#[derive(Debug)]
+struct Ephemeral(PathBuf);
+
+impl Drop for Ephemeral {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes a secret readable by its owner only: the cluster token is the
+/// admin credential.
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(secret.as_bytes()))
+}
+
+/// A new directory of the current user's only, under the system's
+/// temporary directory.
 fn tempdir() -> Result<PathBuf, CliError> {
+    use std::os::unix::fs::DirBuilderExt as _;
     let base = std::env::temp_dir();
     for attempt in 0..100u32 {
         let dir = base.join(format!("phxkv-dev-{}-{attempt}", std::process::id()));
-        if std::fs::create_dir(&dir).is_ok() {
+        if std::fs::DirBuilder::new().mode(0o700).create(&dir).is_ok() {
             return Ok(dir);
         }
     }

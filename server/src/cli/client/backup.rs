@@ -57,7 +57,8 @@ pub enum BackupAction {
     /// Seed the data directory of the first member of a NEW cluster from a
     /// backup file or from an archive: keys, versions and revisions as they
     /// were. Then start it with `phxkv serve` and the same --data-dir,
-    /// --name, --cluster-id and --initial-members; further members start
+    /// --cluster-id and --initial-members, this --name as its --id, and its
+    /// --listen, --peer-listen and --cluster-token-file; further members start
     /// with --join and are added (`phxkv members add`), and catch up from it.
     Restore {
         /// The backup file (or give --from-archive).
@@ -107,7 +108,7 @@ pub enum BackupAction {
         /// runs, where only the first member of the new cluster restores.
         #[arg(long, value_name = "NAME")]
         only_member: Option<String>,
-        /// The new member's name (its --name when serving).
+        /// The new member's name (its --id when serving).
         #[arg(long, alias = "id")]
         name: String,
         /// The new cluster's id (its --cluster-id when serving). May differ
@@ -481,14 +482,15 @@ async fn restore(
     let (index, revision) = result?;
     println!(
         "restored revision {revision} (index {index}) of cluster {} into {} as {} of cluster {}; \
-         start it with phxkv serve --data-dir {} --name {} --cluster-id {} \
-         --initial-members {}={peer_url}",
+         start it with phxkv serve --id {} --data-dir {} --cluster-id {} \
+         --initial-members {}={peer_url} (with its --listen, --peer-listen and \
+         --cluster-token-file)",
         header.cluster_id,
         m.dir.display(),
         m.name,
         m.cluster_id,
-        m.dir.display(),
         m.name,
+        m.dir.display(),
         m.cluster_id,
         m.name,
     );
