@@ -75,6 +75,13 @@ async fn kv_commands_round_trip_with_exit_codes() {
     let r = phxkv(&ep, &["get", "greeting"], "");
     assert_eq!((r.code, r.stdout.as_str()), (0, "hello world"));
 
+    // An endpoint with a path reaches no route: not "key not found" (exit
+    // 1), which a script would take for an answer, but a usage error.
+    let with_path = format!("{}/v1", c.url(0));
+    let r = phxkv(&with_path, &["get", "greeting"], "");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--endpoints"), "{}", r.stderr);
+
     // The value from stdin, byte for byte.
     let r = phxkv(&ep, &["put", "from-stdin", "-"], "line 1\nline 2\n");
     assert_eq!(r.code, 0, "{}", r.stderr);

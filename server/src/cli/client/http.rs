@@ -135,6 +135,13 @@ impl IntoCliError for ApiFailure {
                 "{}; check the token (phxkv auth whoami) before trying again",
                 self.message
             )),
+            // No such route: the endpoint is wrong (a path after the
+            // address, say), which says nothing about the key either.
+            404 if self.code == "not_found" => CliError::Usage(format!(
+                "{}; check --endpoints: give each node's address only, like \
+                 http://127.0.0.1:8080, without a path",
+                self.message
+            )),
             404 => CliError::NotFound(self.message),
             409 if self.code == "compare_failed" => CliError::NotFound(format!(
                 "compare failed: current version {}",
