@@ -298,9 +298,10 @@ impl From<KvError> for ApiError {
             KvError::KeyTooLarge { .. }
             | KvError::ValueTooLarge { .. }
             | KvError::TooManyTxnOps { .. } => ApiError::new(ErrorCode::PayloadTooLarge, message),
-            KvError::EmptyKey | KvError::ReservedKey | KvError::InvalidLease(_) => {
-                ApiError::invalid(message)
-            }
+            KvError::EmptyKey
+            | KvError::ReservedKey
+            | KvError::InvalidLease(_)
+            | KvError::DuplicateTxnKey(_) => ApiError::invalid(message),
             KvError::Compacted { .. } => ApiError::new(ErrorCode::Compacted, message),
             KvError::SnapshotDecode(_) | KvError::SnapshotRead(_) => ApiError::internal(message),
         }

@@ -366,7 +366,7 @@ pub(crate) fn routes<S: Service>() -> Router<S> {
     request_body = TxnRequest,
     responses(
         (status = 200, description = "The transaction ran; `succeeded` says which branch.", body = TxnResult),
-        (status = 400, description = "Malformed JSON, unknown field, or a compare whose fields do not match its target.", body = ErrorResponse),
+        (status = 400, description = "Malformed JSON, unknown field, a compare whose fields do not match its target, or a key put or deleted twice in one branch.", body = ErrorResponse),
         (status = 404, description = "The `lease` does not exist (`lease_not_found`); nothing changed.", body = ErrorResponse),
         (status = 413, description = "A key or value, or the number of compares and operations, is over the limit.", body = ErrorResponse),
         (status = 422, description = "The `Idempotency-Key` was used for a different write (`idempotency_key_reused`); nothing changed.", body = ErrorResponse),

@@ -37,6 +37,11 @@ pub enum KvError {
     /// A lease op out of bounds (see [`crate::kv::lease`]).
     #[error("{0}")]
     InvalidLease(String),
+    /// One branch of a transaction writes (puts or deletes) a key twice,
+    /// which etcd refuses too: the key's version would move twice at one
+    /// revision.
+    #[error("key {0:?} is written more than once in one branch of the transaction")]
+    DuplicateTxnKey(String),
     /// A snapshot could not be read from where it is streamed from.
     #[error("snapshot could not be read: {0}")]
     SnapshotRead(String),

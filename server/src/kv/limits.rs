@@ -93,7 +93,25 @@ impl Op {
                 txn.success
                     .iter()
                     .chain(&txn.failure)
-                    .try_for_each(|op| limits.check_txn_op(op))
+                    .try_for_each(|op| limits.check_txn_op(op))?;
+                // Checked here, where ops are admitted, not where they are
+                // applied: a transaction chosen before this check existed
+                // applies as it always did.
+                for branch in [&txn.success, &txn.failure] {
+                    let mut written = std::collections::HashSet::new();
+                    for op in branch {
+                        let key = match op {
+                            TxnOp::Put { key, .. } | TxnOp::Delete { key } => key,
+                            TxnOp::Get { .. } => continue,
+                        };
+                        if !written.insert(key.as_slice()) {
+                            return Err(KvError::DuplicateTxnKey(
+                                String::from_utf8_lossy(key).into_owned(),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
             }
             // Checked against the auth rules where it is applied.
             Op::Auth(_) => Ok(()),
@@ -142,6 +160,34 @@ mod tests {
         assert_eq!(
             (l.max_key_bytes, l.max_value_bytes, l.max_txn_ops),
             (4096, 1 << 20, 128)
+        );
+    }
+
+    #[test]
+    fn a_key_written_twice_in_one_branch_is_refused_but_once_in_each_is_not() {
+        let w = |k: &[u8]| TxnOp::Put {
+            key: k.to_vec(),
+            value: b"v".to_vec(),
+        };
+        let d = |k: &[u8]| TxnOp::Delete { key: k.to_vec() };
+        let g = |k: &[u8]| TxnOp::Get { key: k.to_vec() };
+        let txn = |success: Vec<TxnOp>, failure: Vec<TxnOp>| {
+            Op::Txn(Txn {
+                compare: vec![],
+                success,
+                failure,
+            })
+        };
+        let dup = Err(KvError::DuplicateTxnKey("a".into()));
+        assert_eq!(txn(vec![w(b"a"), w(b"a")], vec![]).validate(&small()), dup);
+        assert_eq!(txn(vec![], vec![w(b"a"), d(b"a")]).validate(&small()), dup);
+        assert_eq!(
+            txn(vec![w(b"a"), w(b"b")], vec![w(b"a")]).validate(&small()),
+            Ok(())
+        );
+        assert_eq!(
+            txn(vec![w(b"a"), g(b"a"), g(b"a")], vec![]).validate(&small()),
+            Ok(())
         );
     }
 

@@ -1726,7 +1726,8 @@ impl Service for Node {
         op.validate(&self.inner.cfg.limits).map_err(|e| match e {
             crate::kv::KvError::EmptyKey
             | crate::kv::KvError::ReservedKey
-            | crate::kv::KvError::InvalidLease(_) => ServiceError::Invalid(e.to_string()),
+            | crate::kv::KvError::InvalidLease(_)
+            | crate::kv::KvError::DuplicateTxnKey(_) => ServiceError::Invalid(e.to_string()),
             _ => ServiceError::TooLarge(e.to_string()),
         })?;
         self.check_quota(&op)?;
