@@ -37,8 +37,11 @@ fn main() -> ExitCode {
     match runtime.block_on(phxkv::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(phxkv::cli::CliError::Child(code)) => ExitCode::from(code),
+        Err(phxkv::cli::CliError::OutputClosed) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("phxkv: {e}");
+            // Not eprintln!, which panics when stderr is closed.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "phxkv: {e}");
             ExitCode::from(e.exit_code())
         }
     }

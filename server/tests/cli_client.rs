@@ -178,6 +178,35 @@ async fn list_txn_and_watch() {
     assert_eq!(r.stdout, "users/a\t1\nusers/b\t2\nusers/c\t3\n");
     let r = phxkv(&ep, &["list", "--prefix", "users/", "--limit", "2"], "");
     assert_eq!(r.stdout, "users/a\t1\nusers/b\t2\n");
+
+    // Output read by something that stops reading (`phxkv list | head -1`):
+    // the command ends quietly and successfully, as cat would. With
+    // stderr closed too, an error has nowhere to go but is no panic.
+    let closed = |args: &[&str], stderr: bool| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_phxkv"))
+            .args(args)
+            .env("PHXKV_ENDPOINTS", &ep)
+            .env_remove("PHXKV_CLUSTER_TOKEN_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn phxkv");
+        drop(child.stdout.take());
+        if !stderr {
+            drop(child.stderr.take());
+        }
+        let out = child.wait_with_output().expect("phxkv output");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(
+        closed(&["list", "--prefix", "users/"], true),
+        (Some(0), String::new())
+    );
+    assert_eq!(closed(&["get", "users/nobody"], false).0, Some(1));
     let r = phxkv(&ep, &["list", "--prefix", "users/", "-o", "json"], "");
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");

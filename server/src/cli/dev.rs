@@ -162,7 +162,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         .iter()
         .map(|(_, c, _)| format!("{scheme}://127.0.0.1:{c}"))
         .collect();
-    println!(
+    crate::cli::say!(
         "phxkv dev: {} replica{}, data in {}{}",
         args.nodes,
         if args.nodes == 1 { "" } else { "s" },
@@ -174,7 +174,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         }
     );
     for (name, client, peer) in &ports {
-        println!(
+        crate::cli::say!(
             "  {name}  client {scheme}://127.0.0.1:{client}  peer {scheme}://127.0.0.1:{peer}"
         );
     }
@@ -182,12 +182,12 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     let curl = match &client_tls {
         Some(tls) => {
             let ca = tls.paths().ca.clone().unwrap_or_default();
-            println!();
-            println!(
+            crate::cli::say!();
+            crate::cli::say!(
                 "TLS: certificates signed by the CA in {}; replicas speak mutual TLS",
                 ca.display()
             );
-            println!(
+            crate::cli::say!(
                 "Auth: every request needs a token; the admin token is in {} \
                  (make narrower ones with `phxkv auth token create`)",
                 token_path.display()
@@ -200,25 +200,25 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         }
         None => "curl".to_string(),
     };
-    println!();
-    println!("Try:");
-    println!("  {curl} -X PUT --data-binary 'hello' {first}/v1/kv/greeting");
-    println!("  {curl} {first}/v1/kv/greeting");
-    println!("  {curl} {first}/v1/cluster");
-    println!("  web console: {first}/ui");
-    println!("  API docs: {first}/docs");
-    println!("  export PHXKV_ENDPOINTS={}", endpoints.join(","));
+    crate::cli::say!();
+    crate::cli::say!("Try:");
+    crate::cli::say!("  {curl} -X PUT --data-binary 'hello' {first}/v1/kv/greeting");
+    crate::cli::say!("  {curl} {first}/v1/kv/greeting");
+    crate::cli::say!("  {curl} {first}/v1/cluster");
+    crate::cli::say!("  web console: {first}/ui");
+    crate::cli::say!("  API docs: {first}/docs");
+    crate::cli::say!("  export PHXKV_ENDPOINTS={}", endpoints.join(","));
     if let Some(ca) = client_tls.as_ref().and_then(|t| t.paths().ca.clone()) {
-        println!("  export PHXKV_CACERT={}", ca.display());
-        println!("  export PHXKV_TOKEN_FILE={}", token_path.display());
+        crate::cli::say!("  export PHXKV_CACERT={}", ca.display());
+        crate::cli::say!("  export PHXKV_TOKEN_FILE={}", token_path.display());
     }
-    println!();
-    println!("Ctrl-C stops the cluster.");
+    crate::cli::say!();
+    crate::cli::say!("Ctrl-C stops the cluster.");
     let nodes: Vec<Node> = running.iter().map(|r| r.node.clone()).collect();
     let announce = tokio::spawn(announce_ready(nodes, started));
     super::wait_for_signal().await;
     announce.abort();
-    println!("stopping...");
+    crate::cli::say!("stopping...");
     let _ = tx.send(true);
     for r in running {
         let _ = r.client.await;
@@ -226,7 +226,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         r.node.shutdown();
     }
     drop(ephemeral);
-    println!("stopped");
+    crate::cli::say!("stopped");
     Ok(())
 }
 
@@ -242,7 +242,7 @@ async fn announce_ready(nodes: Vec<Node>, started: Instant) {
         match cluster_ready(&nodes) {
             Ok(master) => {
                 let n = nodes.len();
-                println!(
+                crate::cli::say!(
                     "ready: {n} replica{}, master {master} (after {:.1} s)",
                     if n == 1 { "" } else { "s" },
                     started.elapsed().as_secs_f64()
@@ -250,7 +250,7 @@ async fn announce_ready(nodes: Vec<Node>, started: Instant) {
                 return;
             }
             Err(why) if !warned && started.elapsed() > READY_PATIENCE => {
-                println!("not ready after {} s: {why}", READY_PATIENCE.as_secs());
+                crate::cli::say!("not ready after {} s: {why}", READY_PATIENCE.as_secs());
                 warned = true;
             }
             Err(_) => {}

@@ -4,6 +4,36 @@
 //! Exit codes: 0 success, 1 key or member not found or compare failed, 2
 //! usage, 3 unavailable, 4 any other failure.
 
+/// `println!` that cannot panic: with stdout closed (`phxkv ... | head`),
+/// what cannot be written is dropped. Client commands that print much use
+/// [`client::write_out`], which stops them instead.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
+/// `eprintln!` that cannot panic (with stderr closed, as in
+/// `phxkv ... 2>&1 | head`).
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use tell;
+
+/// `eprint!` that cannot panic.
+macro_rules! tell_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use tell_part;
+
 pub mod client;
 pub mod completion;
 pub mod dev;
@@ -80,7 +110,7 @@ pub fn parse_args() -> Result<Cli, ExitCode> {
                 | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                     let _ = e.print();
                 }
-                _ => eprintln!("phxkv: {}", one_line_usage_error(&e.render().to_string())),
+                _ => crate::cli::tell!("phxkv: {}", one_line_usage_error(&e.render().to_string())),
             }
             Err(ExitCode::from(code))
         }
@@ -225,6 +255,10 @@ pub enum CliError {
     /// this exit code, which phxkv exits with, saying nothing more.
     #[error("the command exited with code {0}")]
     Child(u8),
+    /// Whoever read the output stopped reading (`phxkv list | head`): the
+    /// command ends there, successfully and silently, as `cat` would.
+    #[error("the output was closed")]
+    OutputClosed,
 }
 
 impl CliError {
@@ -235,6 +269,7 @@ impl CliError {
             CliError::Unavailable(_) => 3,
             CliError::Fatal(_) => 4,
             CliError::Child(code) => *code,
+            CliError::OutputClosed => 0,
         }
     }
 }

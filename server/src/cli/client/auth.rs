@@ -144,7 +144,7 @@ pub async fn run(args: AuthArgs) -> Result<(), CliError> {
                 // Most likely a forgotten --role (`token roles` with none
                 // means "take them all away", as documented, so it does not
                 // warn).
-                eprintln!(
+                crate::cli::tell!(
                     "warning: the token holds no role, so it may read or write no key; \
                      give it one with `phxkv auth token roles ID --role ROLE`"
                 );
@@ -152,7 +152,7 @@ pub async fn run(args: AuthArgs) -> Result<(), CliError> {
             warn_unknown_roles(&client, &roles).await;
             if format != Output::Json {
                 // The token alone on stdout, so `> file` keeps just it.
-                eprintln!(
+                crate::cli::tell!(
                     "created token {} ({}); it is shown only now:",
                     created["id"].as_str().unwrap_or("?"),
                     created["name"].as_str().unwrap_or("?")
@@ -205,7 +205,7 @@ async fn warn_unknown_roles(client: &Client, roles: &[String]) {
         .map(|a| a.iter().filter_map(|r| r["name"].as_str()).collect())
         .unwrap_or_default();
     for role in roles.iter().filter(|r| !known.contains(&r.as_str())) {
-        eprintln!(
+        crate::cli::tell!(
             "warning: no role is named {role:?}; the token gets nothing from it until \
              one is made (`phxkv auth role put {role} --read PREFIX ...`)"
         );

@@ -208,7 +208,7 @@ impl Progress {
         }
         self.last = Instant::now();
         let mib = bytes as f64 / f64::from(1 << 20);
-        eprint!("\rsaving: {mib:.1} MiB{}", if done { "\n" } else { "" });
+        crate::cli::tell_part!("\rsaving: {mib:.1} MiB{}", if done { "\n" } else { "" });
     }
 }
 
@@ -260,7 +260,7 @@ async fn save(file: &Path, force: bool, connect: &ConnectArgs) -> Result<(), Cli
     .await;
     match result {
         Ok((header, total)) => {
-            println!(
+            crate::cli::say!(
                 "saved {}: cluster {}, revision {}, index {}, {total} bytes",
                 file.display(),
                 header.cluster_id,
@@ -322,16 +322,16 @@ fn read_backup<E: std::fmt::Display>(
 
 fn inspect(file: &Path) -> Result<(), CliError> {
     let (h, data_bytes) = read_backup(file, |_| Ok::<(), String>(()))?;
-    println!("format_version: {}", h.format_version);
-    println!("cluster_id: {}", h.cluster_id);
-    println!("revision: {}", h.revision);
-    println!("index: {}", h.index);
-    println!(
+    crate::cli::say!("format_version: {}", h.format_version);
+    crate::cli::say!("cluster_id: {}", h.cluster_id);
+    crate::cli::say!("revision: {}", h.revision);
+    crate::cli::say!("index: {}", h.index);
+    crate::cli::say!(
         "created_at: {} (seconds since the Unix epoch)",
         h.created_at
     );
-    println!("data_bytes: {data_bytes}");
-    println!("checksum: ok");
+    crate::cli::say!("data_bytes: {data_bytes}");
+    crate::cli::say!("checksum: ok");
     Ok(())
 }
 
@@ -356,7 +356,7 @@ fn check_member(m: &NewMember) -> Result<Option<String>, CliError> {
     if let Some(only) = &m.only_member
         && *only != m.name
     {
-        println!(
+        crate::cli::say!(
             "nothing restored: this is {}, the restore is for {} (--only-member)",
             m.name,
             if only.is_empty() { "no member" } else { only }
@@ -379,7 +379,7 @@ fn check_member(m: &NewMember) -> Result<Option<String>, CliError> {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 if m.if_empty {
-                    println!(
+                    crate::cli::say!(
                         "{} already holds data; nothing restored (--if-empty)",
                         m.dir.display()
                     );
@@ -480,7 +480,7 @@ async fn restore(
         clean_up(&m.dir, existed);
     }
     let (index, revision) = result?;
-    println!(
+    crate::cli::say!(
         "restored revision {revision} (index {index}) of cluster {} into {} as {} of cluster {}; \
          start it with phxkv serve --id {} --data-dir {} --cluster-id {} \
          --initial-members {}={peer_url} (with its --listen, --peer-listen and \
@@ -526,7 +526,7 @@ async fn restore_archive(
     {
         std::fs::create_dir_all(parent).map_err(|e| fatal(parent, e))?;
     }
-    eprintln!(
+    crate::cli::tell!(
         "restoring {target} from {url}: base {} (revision {}), then {} log segment(s)",
         plan.base.name,
         plan.base.revision,
@@ -621,14 +621,14 @@ async fn seed(
         |index, revision| {
             if terminal && shown.elapsed() > Duration::from_millis(200) {
                 shown = Instant::now();
-                eprint!("\rreplaying: index {index} revision {revision}");
+                crate::cli::tell_part!("\rreplaying: index {index} revision {revision}");
             }
         },
     )
     .await
     .map_err(|e| CliError::Fatal(format!("{}: {e}", loc.url)))?;
     if terminal {
-        eprintln!();
+        crate::cli::tell!();
     }
     let restored = (store.applied_index(), store.revision());
     if store.applied_index() == header.index {

@@ -33,10 +33,10 @@ pub async fn run(args: DeleteArgs) -> Result<(), CliError> {
     let client = Client::new(&args.connect)?;
     let r = delete(&client, args.key.as_bytes(), args.if_version).await?;
     if r.deleted {
-        println!("deleted");
+        crate::cli::say!("deleted");
         Ok(())
     } else {
-        println!("not found");
+        crate::cli::say!("not found");
         Err(CliError::NotFound(format!("key not found: {}", args.key)))
     }
 }

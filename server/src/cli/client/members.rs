@@ -83,7 +83,7 @@ pub async fn run(args: MembersArgs) -> Result<(), CliError> {
     // Progress goes where it does not corrupt a JSON document.
     let say = |line: &str| {
         if format == Output::Json {
-            eprintln!("{line}");
+            crate::cli::tell!("{line}");
         } else {
             // A closed stdout shows up when the state is printed below.
             let _ = super::write_line(line);

@@ -183,7 +183,10 @@ pub fn write_out(bytes: &[u8]) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     out.write_all(bytes)
         .and_then(|()| out.flush())
-        .map_err(|e| CliError::Fatal(format!("writing to stdout: {e}")))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => CliError::OutputClosed,
+            _ => CliError::Fatal(format!("writing to stdout: {e}")),
+        })
 }
 
 /// Writes one line to stdout (see [`write_out`]).

@@ -63,6 +63,6 @@ pub async fn run(args: PutArgs) -> Result<(), CliError> {
         args.lease,
     )
     .await?;
-    println!("OK revision={} version={}", r.revision, r.version);
+    crate::cli::say!("OK revision={} version={}", r.revision, r.version);
     Ok(())
 }

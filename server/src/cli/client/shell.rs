@@ -411,7 +411,7 @@ pub async fn run(args: ShellArgs) -> Result<(), CliError> {
         match execute(&client, &line).await {
             Ok(Next::Quit) => return Ok(()),
             Ok(Next::Continue) => {}
-            Err(e) => eprintln!("error: {e}"),
+            Err(e) => crate::cli::tell!("error: {e}"),
         }
     }
 }
@@ -444,13 +444,13 @@ fn interactive(
         if let Some(dir) = path.parent()
             && let Err(e) = std::fs::create_dir_all(dir)
         {
-            eprintln!("phxkv: history not kept: {}: {e}", dir.display());
+            crate::cli::tell!("phxkv: history not kept: {}: {e}", dir.display());
         }
         // A missing file is a first session; anything else is worth a word.
         if path.exists()
             && let Err(e) = editor.load_history(path)
         {
-            eprintln!("phxkv: history not loaded: {}: {e}", path.display());
+            crate::cli::tell!("phxkv: history not loaded: {}: {e}", path.display());
         }
     }
     let mut save_failed = false;
@@ -471,13 +471,13 @@ fn interactive(
             && !save_failed
             && let Err(e) = editor.append_history(path)
         {
-            eprintln!("phxkv: history not saved: {}: {e}", path.display());
+            crate::cli::tell!("phxkv: history not saved: {}: {e}", path.display());
             save_failed = true;
         }
         match runtime.block_on(execute(&client, &line)) {
             Ok(Next::Quit) => return Ok(()),
             Ok(Next::Continue) => {}
-            Err(e) => eprintln!("error: {e}"),
+            Err(e) => crate::cli::tell!("error: {e}"),
         }
     }
 }

@@ -116,7 +116,7 @@ async fn watch(client: &Client, opts: WatchOptions, output: WatchOutput) -> Resu
         .api()
         .watch(opts)
         .await?
-        .on_resume(|why| eprintln!("phxkv: watch interrupted ({why}); resuming"));
+        .on_resume(|why| crate::cli::tell!("phxkv: watch interrupted ({why}); resuming"));
     loop {
         let ev = w.next().await?;
         write_line(&format_event(&ev, output)?)?;
