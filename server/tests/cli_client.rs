@@ -472,7 +472,8 @@ async fn shell_driven_through_stdin() {
         &["shell"],
         "put a 1\nget a\nget missing\nbogus\nlist\nquit\nget a\n",
     );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Every line ran; the exit code is the first failure's (not found).
+    assert_eq!(r.code, 1, "{}", r.stderr);
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert!(lines[0].starts_with("OK revision="), "{}", r.stdout);
     assert_eq!(lines[1], "1");
@@ -502,7 +503,7 @@ async fn shell_driven_through_stdin() {
         "delete \"a key\"\n",
     );
     let r = phxkv(&ep, &["shell"], script);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, 2, "a usage error came first: {}", r.stderr);
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert!(lines[0].starts_with("OK revision="), "{}", r.stdout);
     assert_eq!(lines[1..4], ["two  words"; 3], "{}", r.stdout);

@@ -39,7 +39,8 @@ commands:
   quit, exit         leave (so does end of input, or Ctrl-D)
 quote words with spaces: get \"a key\", get 'a key' or get a\\ key
 at a terminal: Tab completes commands and keys, Up and Ctrl-R search the
-history; a line starting with a space is kept out of the history";
+history; a line starting with a space is kept out of the history
+piped input: every line runs, and the exit code is the first failed line's";
 
 /// The most entries the history file keeps; older ones are dropped.
 const HISTORY_MAX: usize = 1000;
@@ -400,19 +401,31 @@ pub async fn run(args: ShellArgs) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::Fatal(format!("the prompt stopped: {e}")))?;
     }
-    // Piped input: just the answers, so scripts can read them.
+    // Piped input: just the answers, so scripts can read them. Every line
+    // runs; the exit code is that of the first line that failed (0 if
+    // none did), so a script learns that something went wrong.
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut first_failure = None;
     loop {
         let line = match lines.next_line().await {
             Ok(Some(l)) => l,
-            Ok(None) => return Ok(()),
+            Ok(None) => break,
             Err(e) => return Err(CliError::Fatal(format!("reading input: {e}"))),
         };
         match execute(&client, &line).await {
-            Ok(Next::Quit) => return Ok(()),
+            Ok(Next::Quit) => break,
             Ok(Next::Continue) => {}
-            Err(e) => crate::cli::tell!("error: {e}"),
+            Err(CliError::OutputClosed) => return Err(CliError::OutputClosed),
+            Err(e) => {
+                crate::cli::tell!("error: {e}");
+                first_failure.get_or_insert(e.exit_code());
+            }
         }
+    }
+    match first_failure {
+        // Said already, line by line: exit with the code, saying nothing more.
+        Some(code) => Err(CliError::Child(code)),
+        None => Ok(()),
     }
 }
 
