@@ -155,6 +155,66 @@ async fn tokens_and_roles_are_enforced_alike_on_every_replica() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn renewing_a_lease_needs_the_right_to_write_its_keys() {
+    use reqwest::Method;
+    let c = Cluster::start(3, &["--auth"]).await;
+    c.wait_for_master(Duration::from_secs(15)).await;
+    let reader = token_with(&c, "reader", json!([{"prefix": "app/", "read": true}])).await;
+    let writer = token_with(&c, "writer", json!([{"prefix": "app/", "write": true}])).await;
+    let (w, r) = (Some(writer.as_str()), Some(reader.as_str()));
+    let cluster = &c;
+    let grant = |token| async move {
+        let (status, body, _) = call(
+            cluster,
+            1,
+            Method::POST,
+            "/v1/leases",
+            token,
+            Some(r#"{"ttl_secs": 30}"#.into()),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        body["id"].as_u64().expect("an id")
+    };
+    // The writer's lease holds its key (as a lock's does).
+    let held = grant(w).await;
+    let path = format!("/v1/kv/app/lock?lease={held}");
+    let (status, body, _) = call(&c, 1, Method::PUT, &path, w, Some("me".into())).await;
+    assert_eq!(status, 200, "{body}");
+    let one = format!("/v1/leases/{held}/keepalive");
+    let many = Some(json!({ "ids": [held] }).to_string());
+    for i in 0..3 {
+        let (status, body, _) = call(&c, i, Method::POST, &one, r, None).await;
+        assert_eq!(
+            (status, code(&body)),
+            (403, "permission_denied"),
+            "node {i}: {body}"
+        );
+        let (status, body, _) =
+            call(&c, i, Method::POST, "/v1/leases/keepalive", r, many.clone()).await;
+        assert_eq!(
+            (status, code(&body)),
+            (403, "permission_denied"),
+            "node {i}: {body}"
+        );
+        let (status, body, _) = call(&c, i, Method::POST, &one, w, None).await;
+        assert_eq!(status, 200, "node {i}: {body}");
+    }
+    // A lease of the reader's own, with no keys, it renews.
+    let own = grant(r).await;
+    let (status, body, _) = call(
+        &c,
+        2,
+        Method::POST,
+        &format!("/v1/leases/{own}/keepalive"),
+        r,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_address_that_keeps_guessing_gets_429_after_ten_failures() {
     use reqwest::Method;
     let c = Cluster::start(1, &["--auth"]).await;

@@ -349,7 +349,10 @@ pub async fn revoke<S: Service>(
 /// third of it is a good interval). Since no replica checks a keep-alive
 /// where it is applied, the credential is confirmed first by rules that
 /// reflect every change chosen so far: a revoked token, or no token once
-/// auth was enabled, is a 401 on every replica.
+/// auth was enabled, is a 401 on every replica. With auth on, renewing
+/// needs what revoking needs: the right to write every key attached to
+/// the lease (403 `permission_denied` otherwise), so a token that may only
+/// read cannot keep another client's lock alive.
 #[utoipa::path(
     post,
     path = "/v1/leases/{id}/keepalive",
@@ -367,14 +370,18 @@ pub async fn keep_alive<S: Service>(
     Path(id): Path<String>,
 ) -> Result<Json<LeaseStatus>, ApiError> {
     let id = parse_id(&id)?;
-    caller.confirm(&svc).await?;
+    caller
+        .confirm_renewal(&svc, vec![id], MAX_LEASE_KEYS)
+        .await?;
     one_lease(&svc, id, true).await.map(Json)
 }
 
 /// Renews several leases in one request.
 ///
 /// One connection can hold many leases this way: send this every third
-/// of the shortest TTL with every lease the client holds.
+/// of the shortest TTL with every lease the client holds. Each needs the
+/// right to write every key attached to it, as for one lease; a refusal
+/// of any refuses the request.
 #[utoipa::path(
     post,
     path = "/v1/leases/keepalive",
@@ -407,7 +414,9 @@ async fn renew_many<S: Service>(
             ids.len()
         )));
     }
-    caller.confirm(svc).await?;
+    caller
+        .confirm_renewal(svc, ids.clone(), MAX_LEASE_KEYS)
+        .await?;
     let mut out = KeepAliveResponse {
         leases: Vec::new(),
         missing: Vec::new(),

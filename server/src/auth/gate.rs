@@ -161,6 +161,41 @@ impl Caller {
         Ok(())
     }
 
+    /// Confirms the caller (as [`Caller::confirm`]) and that it may write
+    /// every key attached to the leases `ids`: what revoking them needs,
+    /// since their keys go with them. A keep-alive is never written to the
+    /// log, so it is checked here, where it arrives. Without this, a token
+    /// that may only read could keep another client's lock or leadership
+    /// alive for ever. Keys past the first `max_keys` of a lease are not
+    /// looked at, which bounds the check's cost.
+    pub async fn confirm_renewal<S: Service>(
+        &self,
+        svc: &S,
+        ids: Vec<u64>,
+        max_keys: usize,
+    ) -> Result<(), ApiError> {
+        if matches!(self, Caller::Admin) {
+            return Ok(());
+        }
+        let me = self.clone();
+        svc.read(Consistency::Linearizable, move |store| {
+            me.let_in(store)?;
+            // Let in without a credential: auth is off here and for the
+            // cluster, and anyone may write anything.
+            if matches!(me, Caller::Anyone) {
+                return Ok(());
+            }
+            for id in ids {
+                for key in store.lease_keys(id, max_keys) {
+                    me.check(store, Need::Write(&key))?;
+                }
+            }
+            Ok::<_, Refusal>(())
+        })
+        .await??;
+        Ok(())
+    }
+
     /// Whether `store`'s rules let the caller in, whatever it then does.
     fn let_in(&self, store: &Store) -> Result<(), Refusal> {
         match self {
