@@ -384,6 +384,23 @@ async fn status_members_and_failover() {
                 assert!(!m[field].is_null(), "{args:?} {field}: {m}");
             }
         }
+        // Every field of the API's answer, as the README says.
+        let api: serde_json::Value = c
+            .http
+            .get(format!("{}/v1/cluster", c.url(0)))
+            .send()
+            .await
+            .expect("GET /v1/cluster")
+            .json()
+            .await
+            .expect("JSON");
+        let fields = |v: &serde_json::Value| {
+            let mut keys: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(fields(&v), fields(&api), "{args:?}");
+        assert_eq!(fields(&members[0]), fields(&api["members"][0]), "{args:?}");
     }
 
     // Membership changes need the token: without it, a usage error.

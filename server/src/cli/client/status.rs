@@ -47,6 +47,10 @@ pub struct ClusterInfo {
     pub node_state_reason: Option<String>,
     #[serde(default)]
     pub divergence: Option<serde_json::Value>,
+    /// Every other field of the answer, so that `-o json` prints all of
+    /// it, fields added later included.
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One member in [`ClusterInfo`].
@@ -62,6 +66,9 @@ pub struct MemberInfo {
     pub healthy: bool,
     #[serde(default)]
     pub commit_index: Option<u64>,
+    /// Every other field of the member's entry (see [`ClusterInfo::rest`]).
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Fetches the cluster's state from the first endpoint that answers.
