@@ -143,6 +143,9 @@ pub fn one_line(s: &str) -> String {
         )
     } else if line.contains("CertificateRequired") || line.contains("certificate required") {
         format!("{line} (the server requires a client certificate: give --cert and --key)")
+    } else if line.contains("InvalidContentType") {
+        // What rustls says when the answer to its hello is not TLS.
+        format!("{line} (the server does not speak TLS there: use http:// for this endpoint)")
     } else {
         line
     }
@@ -151,6 +154,15 @@ pub fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_failures_say_what_to_do() {
+        let plain = one_line("received corrupt message of type InvalidContentType");
+        assert!(plain.contains("use http://"), "{plain}");
+        let unknown = one_line("invalid peer certificate: UnknownIssuer");
+        assert!(unknown.contains("--cacert"), "{unknown}");
+        assert_eq!(one_line("connection\n  refused"), "connection refused");
+    }
 
     #[test]
     fn api_errors_and_other_bodies_are_told_apart() {

@@ -198,8 +198,11 @@ impl Client {
             } else {
                 format!("http://{raw}")
             };
-            let url = Url::parse(&with_scheme)
-                .map_err(|e| Error::Config(format!("--endpoints: {raw:?}: {e}")))?;
+            let url = Url::parse(&with_scheme).map_err(|e| {
+                Error::Config(format!(
+                    "--endpoints: {raw:?} is not a URL like http://127.0.0.1:8080 ({e})"
+                ))
+            })?;
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(Error::Config(format!(
                     "--endpoints: {raw:?}: only http and https URLs are supported"

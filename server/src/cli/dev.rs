@@ -211,6 +211,12 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     if let Some(ca) = client_tls.as_ref().and_then(|t| t.paths().ca.clone()) {
         crate::cli::say!("  export PHXKV_CACERT={}", ca.display());
         crate::cli::say!("  export PHXKV_TOKEN_FILE={}", token_path.display());
+    } else {
+        // Without auth, membership changes and backups still need it.
+        crate::cli::say!(
+            "  cluster token (for members and backup): --token-file {}",
+            token_path.display()
+        );
     }
     crate::cli::say!();
     crate::cli::say!("Ctrl-C stops the cluster.");

@@ -173,7 +173,13 @@ fn install(
             None,
         ),
         LogFormat::Text => (
-            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+            Some(
+                tracing_subscriber::fmt::layer()
+                    // Colours only for a person at a terminal, not in a
+                    // file or a log collector.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            ),
             None,
             None,
         ),

@@ -23,6 +23,11 @@ const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Client {
     pub fn new(args: &ConnectArgs) -> Result<Client, CliError> {
+        if args.timeout.is_zero() {
+            return Err(CliError::Usage(
+                "--timeout: must be longer than 0, like 500ms or 10s".into(),
+            ));
+        }
         let mut config = phxkv_client::Config::new(args.endpoints.iter().cloned())
             .timeout(args.timeout)
             .retry_for(RETRY_FOR.min(args.timeout))
@@ -190,6 +195,13 @@ mod tests {
         let mut a = args(&["https://127.0.0.1:1"]);
         a.key = Some("client.key".into());
         assert!(matches!(Client::new(&a), Err(CliError::Usage(m)) if m.contains("--cert")));
+    }
+
+    #[test]
+    fn a_zero_timeout_is_a_usage_error() {
+        let mut a = args(&["http://127.0.0.1:1"]);
+        a.timeout = Duration::ZERO;
+        assert!(matches!(Client::new(&a), Err(CliError::Usage(m)) if m.contains("--timeout")));
     }
 
     #[test]

@@ -34,16 +34,24 @@ pub enum LeaseCommand {
     /// Renew a lease every third of its TTL until Ctrl-C (exit 1 once it is
     /// gone), or once with --once.
     Keepalive {
+        /// The lease to renew.
         id: u64,
+        /// Renew once, print the time left, and exit.
         #[arg(long)]
         once: bool,
     },
     /// Revoke a lease now: its keys are deleted with it.
-    Revoke { id: u64 },
+    Revoke {
+        /// The lease to revoke.
+        id: u64,
+    },
     /// Show a lease's TTL and the time it has left, and with --keys the keys
     /// attached to it.
     Get {
+        /// The lease to show.
         id: u64,
+        /// Also list the keys attached to it (refused unless the token may
+        /// read them all).
         #[arg(long)]
         keys: bool,
     },

@@ -33,7 +33,7 @@ pub enum MembersAction {
         /// A name unique in the cluster (the new node's --id).
         name: String,
         /// Where the other members reach the new node's peer API, like
-        /// http://10.0.0.4:2380.
+        /// http://10.0.0.4:8081.
         peer_url: String,
     },
     /// Make a caught-up learner a voter.

@@ -21,7 +21,8 @@ pub struct PutArgs {
     #[arg(long, value_name = "N")]
     pub if_version: Option<u64>,
     /// Attach the key to lease ID (`phxkv lease grant`): it is deleted when
-    /// the lease ends. A put without --lease detaches the key from any.
+    /// the lease ends. A put without --lease detaches the key from the
+    /// lease it had.
     #[arg(long, value_name = "ID")]
     pub lease: Option<u64>,
     #[command(flatten)]
