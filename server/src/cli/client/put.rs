@@ -48,6 +48,10 @@ pub async fn run(args: PutArgs) -> Result<(), CliError> {
     let value = match args.value {
         Some(v) if v != "-" => v.into_bytes(),
         _ => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                // Otherwise a forgotten value looks like a hang.
+                crate::cli::tell!("reading the value from stdin; end it with Ctrl-D");
+            }
             let mut buf = Vec::new();
             tokio::io::stdin()
                 .read_to_end(&mut buf)
