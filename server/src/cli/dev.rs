@@ -92,7 +92,8 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
         _ => {
             let t = new_token()?;
-            write_secret(&token_path, &t)
+            // The cluster token is the admin credential: its owner's only.
+            crate::tls::dev_ca::write_with_mode(&token_path, &t, 0o600)
                 .map_err(|e| CliError::Fatal(format!("{}: {e}", token_path.display())))?;
             t
         }
@@ -295,20 +296,6 @@ impl Drop for Ephemeral {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Writes a secret readable by its owner only: the cluster token is the
-/// admin credential.
-fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(secret.as_bytes()))
 }
 
 /// A new directory of the current user's only, under the system's

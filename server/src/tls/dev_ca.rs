@@ -54,6 +54,13 @@ pub(crate) fn make(paths: &TlsPaths, names: &[&str]) -> Result<(), TlsError> {
 }
 
 fn write(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
+    write_with_mode(path, contents, mode).map_err(|e| TlsError::file(path, e))
+}
+
+/// Writes `contents` to `path`, created (or truncated) with permissions
+/// `mode`: 0o600 for a secret, which then is never readable by others,
+/// not even for a moment.
+pub(crate) fn write_with_mode(path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()
@@ -63,7 +70,6 @@ fn write(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
         .mode(mode)
         .open(path)
         .and_then(|mut f| f.write_all(contents.as_bytes()))
-        .map_err(|e| TlsError::file(path, e))
 }
 
 #[cfg(test)]
