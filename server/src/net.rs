@@ -5,6 +5,15 @@
 //! Nagle's algorithm off; `crate::tls::listener::TlsListener` does the same
 //! for TLS. Both hand out [`Lingering`] streams.
 //!
+//! Serving: [`serve`] runs HTTP/1.1 on each connection a listener hands
+//! out, and closes a connection that takes longer than [`IDLE_TIMEOUT`] to
+//! send a complete request head, counted from when it opened or from the
+//! end of its previous exchange. That bounds both the connections a client
+//! opens and leaves idle and the ones that send their headers a byte at a
+//! time ("slowloris"): without it each would hold a socket and a task for
+//! ever. An answer that takes long (a watch, a lock wait) is not cut: the
+//! clock only runs while the server waits for a request.
+//!
 //! Closing: the server sometimes answers before it has read the whole
 //! request, above all a body over the size limit (413), which is refused
 //! after reading only up to the limit. The HTTP server then closes the
@@ -30,8 +39,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument as _;
+
+use crate::auth::gate::ClientAddr;
+
+/// The longest a connection may wait, open or between two exchanges,
+/// before its next request head is complete. It is longer than the idle
+/// timeouts of common HTTP clients' connection pools (Go's 90 s, reqwest's
+/// 90 s, curl's 118 s), so that they close an idle connection before the
+/// server does and never send a request on one the server is closing.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The longest a closed connection is drained of what the client still sends.
 pub const LINGER_TIME: Duration = Duration::from_secs(10);
@@ -60,6 +80,69 @@ impl axum::serve::Listener for PlainListener {
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.0.local_addr()
     }
+}
+
+/// Serves `app` over HTTP/1.1 on every connection `listener` hands out until
+/// `shutdown` resolves, then lets the requests in flight finish (each
+/// connection closes once its current exchange ends) and returns.
+///
+/// A connection that has not sent a complete request head within `idle` of
+/// opening or of its previous answer is closed (see the module
+/// documentation). Handlers find the caller's address as
+/// `ConnectInfo<ClientAddr>`.
+pub async fn serve<L>(
+    mut listener: L,
+    app: axum::Router,
+    idle: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
+    // Each connection's task holds a receiver of `stop` (told to finish when
+    // the sender goes) and a receiver of `done` (whose sender's `closed`
+    // resolves once every task has dropped it).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let (done_tx, done_rx) = tokio::sync::watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, addr) = tokio::select! {
+            conn = listener.accept() => conn,
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            req.extensions_mut().insert(ConnectInfo(ClientAddr(addr)));
+            tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
+        });
+        let (mut stop, done) = (stop_rx.clone(), done_rx.clone());
+        tokio::spawn(
+            async move {
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(idle);
+                let conn = http
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                    .with_upgrades();
+                let mut conn = std::pin::pin!(conn);
+                let ended = tokio::select! {
+                    ended = conn.as_mut() => ended,
+                    _ = stop.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, client = %addr, "connection ended");
+                }
+                drop(done);
+            }
+            .in_current_span(),
+        );
+    }
+    drop(listener);
+    drop(stop_tx);
+    drop(done_rx);
+    done_tx.closed().await;
 }
 
 /// A stream over a TCP connection that can give that connection back once
@@ -253,9 +336,149 @@ pub(crate) mod tests {
     async fn a_client_still_sending_an_oversized_body_reads_the_413() {
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = tcp.local_addr().expect("address");
-        tokio::spawn(async move { axum::serve(PlainListener(tcp), small_body_app()).await });
+        tokio::spawn(serve(
+            PlainListener(tcp),
+            small_body_app(),
+            IDLE_TIMEOUT,
+            std::future::pending(),
+        ));
         let conn = TcpStream::connect(addr).await.expect("connect");
         let status = send_oversized(conn).await.expect("an answer, not a reset");
         assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+    }
+
+    /// A server of `app` with an idle timeout of `idle`, stopped by `stop`.
+    async fn serving(
+        app: axum::Router,
+        idle: Duration,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(PlainListener(tcp), app, idle, async move {
+            let _ = stopped.await;
+        }));
+        (addr, stop, server)
+    }
+
+    /// Reads until the server closes the connection, for at most 10 s;
+    /// returns what it sent.
+    async fn read_until_closed(conn: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got))
+            .await
+            .expect("the server closes the connection")
+            .expect("a clean close");
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    fn slow_app() -> axum::Router {
+        axum::Router::new()
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                    "done"
+                }),
+            )
+            .route(
+                "/from",
+                axum::routing::get(
+                    |ConnectInfo(ClientAddr(from)): ConnectInfo<ClientAddr>| async move {
+                        from.to_string()
+                    },
+                ),
+            )
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
+        let (addr, _stop, _server) = serving(slow_app(), Duration::from_millis(200)).await;
+        let mut conn = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(read_until_closed(&mut conn).await, "");
+    }
+
+    #[tokio::test]
+    async fn a_request_head_sent_too_slowly_is_not_waited_for() {
+        let (addr, _stop, _server) = serving(slow_app(), Duration::from_millis(300)).await;
+        let mut conn = TcpStream::connect(addr).await.expect("connect");
+        // Each byte comes well within the timeout; the head as a whole
+        // does not.
+        let mut closed = false;
+        for b in b"GET /from HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if conn.write_all(&[*b]).await.is_err() {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !closed {
+            assert_eq!(
+                read_until_closed(&mut conn).await,
+                "",
+                "no request was served"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_and_a_kept_alive_connection_are_not_cut() {
+        let (addr, _stop, _server) = serving(slow_app(), Duration::from_millis(300)).await;
+        let mut conn = TcpStream::connect(addr).await.expect("connect");
+        // The answer takes longer than the idle timeout: the clock only runs
+        // while the server waits for a request.
+        conn.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("an answer")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("done"), "{answer}");
+        // The same connection serves a second request, and names the
+        // caller's address to handlers.
+        conn.write_all(b"GET /from HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send");
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("an answer")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let me = conn.local_addr().expect("address").to_string();
+        assert!(answer.ends_with(&me), "{answer} does not end with {me}");
+        // Then, idle, it is closed.
+        assert_eq!(read_until_closed(&mut conn).await, "");
+    }
+
+    #[tokio::test]
+    async fn shutting_down_finishes_the_requests_in_flight() {
+        let (addr, stop, server) = serving(slow_app(), IDLE_TIMEOUT).await;
+        let mut busy = TcpStream::connect(addr).await.expect("connect");
+        busy.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send");
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.send(()).expect("the server is running");
+        let answer = read_until_closed(&mut busy).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("done"), "{answer}");
+        assert_eq!(read_until_closed(&mut idle).await, "");
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("serve returns once its connections are closed")
+            .expect("serve did not panic");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the listener is closed"
+        );
     }
 }

@@ -5,12 +5,23 @@
 //! becomes our JSON error. JSON bodies are accepted whatever their declared
 //! content type, because `curl -d` labels JSON as a form and refusing that
 //! would only get in the way.
+//!
+//! A body has [`BODY_TIMEOUT`] to arrive in full, so that a client that
+//! sends it a byte at a time cannot hold a connection and a request for
+//! ever (the connection's request head is bounded in `crate::net`).
+
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
 
-use crate::api::error::ApiError;
+use crate::api::error::{ApiError, ErrorCode};
+
+/// The longest a request body may take to arrive: the largest body a node
+/// takes (64 MiB at most, see `--max-value-bytes`) at about half a megabyte
+/// a second.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The raw request body.
 #[derive(Debug)]
@@ -20,7 +31,16 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(RawBody(Bytes::from_request(req, state).await?))
+        match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state)).await {
+            Ok(body) => Ok(RawBody(body?)),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} s; nothing was changed",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )),
+        }
     }
 }
 

@@ -128,7 +128,8 @@ impl Modify for CommonParts {
             doc,
             "ErrorResponse",
             "Any other error, e.g. `unauthorized` (401) or `permission_denied` (403) \
-             with auth on, `too_many_attempts` (429, with `Retry-After`), `unavailable` \
+             with auth on, `request_timeout` (408: the body did not arrive in time), \
+             `too_many_attempts` (429, with `Retry-After`), `unavailable` \
              (503, with `Retry-After`), `timeout` (504: the write may still commit), \
              `quota_exceeded` (507: a write past the store quota) or `internal` (500).",
         );

@@ -25,7 +25,7 @@ const MAX_STRAY_MESSAGE: usize = 1024;
 /// `invalid_argument` 400, `unauthorized` 401, `permission_denied` 403,
 /// `key_not_found`,
 /// `member_not_found` and `not_found` 404, `method_not_allowed` 405,
-/// `backup_not_found` 404, `compare_failed`, `conflict`, `member_not_voter`
+/// `request_timeout` 408, `backup_not_found` 404, `compare_failed`, `conflict`, `member_not_voter`
 /// and `member_not_ready` 409, `compacted` 410, `no_archive` 412,
 /// `payload_too_large` 413, `too_many_attempts` 429, `internal` 500,
 /// `unavailable` 503 (see `Retry-After`), `timeout` 504 (the write may
@@ -51,6 +51,9 @@ pub enum ErrorCode {
     LeaseNotFound,
     /// 405: the route exists but not with this method.
     MethodNotAllowed,
+    /// 408: the request body did not arrive in time (two minutes); nothing
+    /// changed.
+    RequestTimeout,
     /// 409: a compare-and-swap condition did not hold; nothing changed.
     CompareFailed,
     /// 409: the membership change conflicts with the current configuration.
@@ -109,6 +112,7 @@ impl ErrorCode {
             | ErrorCode::LeaseNotFound => StatusCode::NOT_FOUND,
             ErrorCode::NoArchive => StatusCode::PRECONDITION_FAILED,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::CompareFailed
             | ErrorCode::Conflict
             | ErrorCode::MemberNotVoter
@@ -135,6 +139,7 @@ impl ErrorCode {
             StatusCode::TOO_MANY_REQUESTS => ErrorCode::TooManyAttempts,
             StatusCode::NOT_FOUND => ErrorCode::NotFound,
             StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+            StatusCode::REQUEST_TIMEOUT => ErrorCode::RequestTimeout,
             StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
             StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
             StatusCode::GATEWAY_TIMEOUT => ErrorCode::Timeout,

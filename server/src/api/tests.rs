@@ -590,6 +590,31 @@ async fn oversized_keys_values_and_bodies_are_413() {
         .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_body_that_stops_arriving_is_408_and_changes_nothing() {
+    let router = Fake::new().router();
+    // Part of the body, then nothing more, for ever.
+    let stalled = futures_util::stream::iter([Ok::<_, std::io::Error>(
+        axum::body::Bytes::from_static(b"half a val"),
+    )])
+    .chain(futures_util::stream::pending());
+    let request = Request::builder()
+        .method(Method::PUT)
+        .uri("/v1/kv/k")
+        .header("content-length", "20")
+        .body(Body::from_stream(stalled))
+        .expect("valid request");
+    // Time is paused: it jumps ahead while everything waits.
+    let limit = crate::api::body::BODY_TIMEOUT + std::time::Duration::from_secs(60);
+    tokio::time::timeout(limit, send(&router, request))
+        .await
+        .expect("the node gives up on the body")
+        .error(StatusCode::REQUEST_TIMEOUT, "request_timeout");
+    call(&router, Method::GET, "/v1/kv/k", Body::empty())
+        .await
+        .error(StatusCode::NOT_FOUND, "key_not_found");
+}
+
 #[tokio::test]
 async fn malformed_transactions_are_400_with_a_specific_message() {
     let router = Fake::new().router();

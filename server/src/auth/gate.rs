@@ -16,13 +16,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::serve::IncomingStream;
 
 use super::{Need, Refusal, token};
 use crate::api::error::{ApiError, ErrorCode};
@@ -37,23 +35,10 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// Addresses the limiter remembers; beyond that the oldest is forgotten.
 const MAX_TRACKED: usize = 10_000;
 
-/// The address a connection came from, as the limiter sees it: served
-/// with `into_make_service_with_connect_info::<ClientAddr>()` on either
-/// listener.
+/// The address a connection came from, as the limiter sees it: set on
+/// every request by `crate::net::serve`.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, crate::net::PlainListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, crate::net::PlainListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, crate::tls::listener::TlsListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, crate::tls::listener::TlsListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
 
 /// Who sent a request, once authenticated.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -674,42 +674,28 @@ fn serve_until(
     read_buffer: Option<usize>,
 ) -> Result<tokio::task::JoinHandle<()>, CliError> {
     let Some(tls) = tls else {
-        return Ok(serve_on(PlainListener(listener), app, shutdown, what));
+        return Ok(serve_on(PlainListener(listener), app, shutdown));
     };
     let config = tls
         .server_config()
         .map_err(|e| CliError::Fatal(format!("{what} port TLS: {e}")))?;
     let listener = crate::tls::listener::TlsListener::new(listener, config, what, read_buffer)
         .map_err(|e| CliError::Fatal(format!("{what} port: {e}")))?;
-    Ok(serve_on(listener, app, shutdown, what))
+    Ok(serve_on(listener, app, shutdown))
 }
 
 fn serve_on<L>(
     listener: L,
     app: axum::Router,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-    what: &'static str,
 ) -> tokio::task::JoinHandle<()>
 where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-    crate::auth::gate::ClientAddr:
-        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+    L: axum::serve::Listener<Addr = SocketAddr>,
 {
     tokio::spawn(
-        async move {
-            // The caller's address reaches handlers for the failed-attempt
-            // limiter (see `crate::auth::gate`).
-            let app = app.into_make_service_with_connect_info::<crate::auth::gate::ClientAddr>();
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = shutdown.wait_for(|v| *v).await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "{what} listener failed");
-            }
-        }
+        crate::net::serve(listener, app, crate::net::IDLE_TIMEOUT, async move {
+            let _ = shutdown.wait_for(|v| *v).await;
+        })
         .in_current_span(),
     )
 }
