@@ -126,6 +126,33 @@ async fn kv_commands_round_trip_with_exit_codes() {
     let r = phxkv(&ep, &["get", "odd key?&#%/é"], "");
     assert_eq!((r.code, r.stdout.as_str()), (0, "x"));
 
+    // A key that is not text: list prints it as b64:..., and that form
+    // names it again in get, delete and --prefix.
+    let r = phxkv(&ep, &["put", "b64:/wBh", "binary"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = phxkv(&ep, &["list", "--prefix", "b64:/w=="], "");
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "b64:/wBh\tbinary\n"),
+        "{}",
+        r.stderr
+    );
+    let r = phxkv(&ep, &["get", "b64:/wBh"], "");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "binary"), "{}", r.stderr);
+    let r = phxkv(&ep, &["delete", "b64:/wBh"], "");
+    assert_eq!((r.code, r.stdout.trim()), (0, "deleted"), "{}", r.stderr);
+    let r = phxkv(&ep, &["get", "b64:/wBh"], "");
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stderr.trim(), "phxkv: key not found: b64:/wBh");
+    let r = phxkv(&ep, &["get", "b64:not base64"], "");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not b64: followed by base64"),
+        "{}",
+        r.stderr
+    );
+
     // A local read waiting for the revision of one's own write sees it.
     let r = phxkv(&ep, &["put", "ryw", "mine"], "");
     let revision = r

@@ -5,13 +5,15 @@ use clap::Args;
 use phxkv_client::Deleted;
 
 use super::ConnectArgs;
+use super::KeyArg;
 use super::http::Client;
 use crate::cli::CliError;
 
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
-    /// The key.
-    pub key: String,
+    /// The key: its text, or `b64:` and base64 for any bytes (the form
+    /// `list` and `watch` print keys that are not plain text in).
+    pub key: KeyArg,
     /// Delete only if the key's version is N; otherwise nothing changes and
     /// the exit code is 1.
     #[arg(long, value_name = "N")]
@@ -31,12 +33,15 @@ pub async fn delete(
 
 pub async fn run(args: DeleteArgs) -> Result<(), CliError> {
     let client = Client::new(&args.connect)?;
-    let r = delete(&client, args.key.as_bytes(), args.if_version).await?;
+    let r = delete(&client, &args.key.0, args.if_version).await?;
     if r.deleted {
         crate::cli::say!("deleted");
         Ok(())
     } else {
         crate::cli::say!("not found");
-        Err(CliError::NotFound(format!("key not found: {}", args.key)))
+        Err(CliError::NotFound(format!(
+            "key not found: {}",
+            super::display_bytes(&args.key.0)
+        )))
     }
 }

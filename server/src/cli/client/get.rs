@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::http::Client;
 use super::{
-    ConnectArgs, KvJson, Output, OutputArgs, print_json, render_table, table_cell, write_out,
+    ConnectArgs, KeyArg, KvJson, Output, OutputArgs, print_json, render_table, table_cell,
+    write_out,
 };
 use crate::cli::CliError;
 
@@ -25,8 +26,9 @@ Output (-o):
 #[derive(Args, Debug)]
 #[command(after_help = AFTER_HELP)]
 pub struct GetArgs {
-    /// The key.
-    pub key: String,
+    /// The key: its text, or `b64:` and base64 for any bytes (the form
+    /// `list` and `watch` print keys that are not plain text in).
+    pub key: KeyArg,
     /// Read from the answering replica without asking the master: faster,
     /// but possibly stale.
     #[arg(long)]
@@ -68,7 +70,7 @@ pub async fn fetch(
 ) -> Result<Fetched, CliError> {
     let local = (local || min_revision.is_some()).then(|| min_revision.unwrap_or(0));
     let read = client.api().read(key, local).await?.ok_or_else(|| {
-        CliError::NotFound(format!("key not found: {}", String::from_utf8_lossy(key)))
+        CliError::NotFound(format!("key not found: {}", super::display_bytes(key)))
     })?;
     Ok(Fetched {
         value: read.kv.value,
@@ -89,7 +91,7 @@ pub fn newline_after(value: &[u8], stdout_is_terminal: bool) -> bool {
 
 pub async fn run(args: GetArgs) -> Result<(), CliError> {
     let client = Client::new(&args.connect)?;
-    let key = args.key.as_bytes();
+    let key = &args.key.0;
     let f = fetch(&client, key, args.local, args.min_revision).await?;
     match args.output.format() {
         Output::Json => print_json(&GetJson {

@@ -5,8 +5,8 @@ use serde::Deserialize;
 
 use super::http::{self, Client};
 use super::{
-    ConnectArgs, KvJson, Output, OutputArgs, decode_b64, display_bytes, print_json, query_value,
-    render_table, table_cell, write_line, write_out,
+    ConnectArgs, KeyArg, KvJson, Output, OutputArgs, decode_b64, display_bytes, print_json,
+    query_value, render_table, table_cell, write_line, write_out,
 };
 use crate::cli::CliError;
 
@@ -26,9 +26,10 @@ const PAGE: u64 = 1000;
 #[derive(Args, Debug)]
 #[command(after_help = AFTER_HELP)]
 pub struct ListArgs {
-    /// Only keys starting with P (all keys when left out).
+    /// Only keys starting with P (all keys when left out): text, or `b64:`
+    /// and base64 for any bytes.
     #[arg(long, value_name = "P")]
-    pub prefix: Option<String>,
+    pub prefix: Option<KeyArg>,
     /// Stop after N keys (default: all of them, fetched in pages of 1000).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
@@ -107,11 +108,11 @@ fn table_row(kv: &KvJson) -> Result<[String; 4], CliError> {
 
 pub async fn run(args: ListArgs) -> Result<(), CliError> {
     let client = Client::new(&args.connect)?;
-    let prefix = args.prefix.unwrap_or_default();
+    let prefix = args.prefix.map(|p| p.0).unwrap_or_default();
     match args.output.format() {
         Output::Json => {
             let mut all = Vec::new();
-            list(&client, prefix.as_bytes(), args.limit, |kv| {
+            list(&client, &prefix, args.limit, |kv| {
                 all.push(kv);
                 Ok(())
             })
@@ -122,18 +123,13 @@ pub async fn run(args: ListArgs) -> Result<(), CliError> {
             // Aligning needs every row first (as JSON needs the whole
             // array); --limit bounds both.
             let mut rows = Vec::new();
-            list(&client, prefix.as_bytes(), args.limit, |kv| {
+            list(&client, &prefix, args.limit, |kv| {
                 rows.push(table_row(&kv)?);
                 Ok(())
             })
             .await?;
             write_out(render_table(&["KEY", "VALUE", "VERSION", "MOD_REV"], &rows).as_bytes())
         }
-        Output::Text => {
-            list(&client, prefix.as_bytes(), args.limit, |kv| {
-                write_line(&line(&kv)?)
-            })
-            .await
-        }
+        Output::Text => list(&client, &prefix, args.limit, |kv| write_line(&line(&kv)?)).await,
     }
 }

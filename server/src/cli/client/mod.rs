@@ -251,6 +251,39 @@ pub fn display_bytes(bytes: &[u8]) -> String {
     }
 }
 
+/// A key (or prefix) as given on the command line: the text itself, or,
+/// written `b64:` and base64, the bytes that decodes to. It is the form
+/// [`display_bytes`] prints, so a key that `list` or `watch` shows can be
+/// pasted into `get` or `delete` whatever its bytes. A key that really
+/// starts with `b64:` is written in the second form too, as `list` shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyArg(pub Vec<u8>);
+
+impl std::fmt::Debug for KeyArg {
+    /// As typed: `KeyArg("app/x")`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("KeyArg")
+            .field(&display_bytes(&self.0))
+            .finish()
+    }
+}
+
+impl std::str::FromStr for KeyArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("b64:") {
+            Some(encoded) => B64.decode(encoded).map(KeyArg).map_err(|e| {
+                format!(
+                    "{s:?} is not b64: followed by base64 ({e}); a key written b64:... \
+                     names the key by its bytes, as list prints keys that are not plain text"
+                )
+            }),
+            None => Ok(KeyArg(s.as_bytes().to_vec())),
+        }
+    }
+}
+
 /// Decodes a base64 field of an API answer.
 pub fn decode_b64(field: &str, s: &str) -> Result<Vec<u8>, CliError> {
     B64.decode(s)
@@ -336,6 +369,23 @@ mod tests {
         assert_eq!(display_bytes(b"a\tb"), "b64:YQli");
         assert_eq!(display_bytes(&[0xff]), "b64:/w==");
         assert_eq!(display_bytes(b"b64:x"), "b64:YjY0Ong=");
+    }
+
+    #[test]
+    fn a_key_argument_reads_back_what_display_prints() {
+        for bytes in [
+            &b"plain"[..],
+            b"a\tb",
+            &[0xff, 0x00],
+            b"b64:x",
+            "é".as_bytes(),
+        ] {
+            let shown = display_bytes(bytes);
+            let read: KeyArg = shown.parse().expect("printed keys parse");
+            assert_eq!(read.0, bytes, "{shown}");
+        }
+        let bad = "b64:not base64!".parse::<KeyArg>().expect_err("bad base64");
+        assert!(bad.contains("not b64: followed by base64"), "{bad}");
     }
 
     #[test]

@@ -5,14 +5,15 @@ use clap::Args;
 use phxkv_client::{PutOptions, Written};
 use tokio::io::AsyncReadExt;
 
-use super::ConnectArgs;
 use super::http::Client;
+use super::{ConnectArgs, KeyArg};
 use crate::cli::CliError;
 
 #[derive(Args, Debug)]
 pub struct PutArgs {
-    /// The key (UTF-8 text; may contain `/`).
-    pub key: String,
+    /// The key: its text (it may contain `/`), or `b64:` and base64 for any bytes (the form
+    /// `list` and `watch` print keys that are not plain text in).
+    pub key: KeyArg,
     /// The value. `-`, or leaving it out, reads the value from stdin as raw
     /// bytes (binary safe, nothing stripped).
     pub value: Option<String>,
@@ -60,14 +61,7 @@ pub async fn run(args: PutArgs) -> Result<(), CliError> {
             buf
         }
     };
-    let r = put(
-        &client,
-        args.key.as_bytes(),
-        value,
-        args.if_version,
-        args.lease,
-    )
-    .await?;
+    let r = put(&client, &args.key.0, value, args.if_version, args.lease).await?;
     crate::cli::say!("OK revision={} version={}", r.revision, r.version);
     Ok(())
 }

@@ -24,7 +24,9 @@ use rustyline::{CompletionType, Config, Editor, Helper};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::http::Client;
-use super::{ConnectArgs, delete, display_bytes, get, list, put, status, write_line, write_out};
+use super::{
+    ConnectArgs, KeyArg, delete, display_bytes, get, list, put, status, write_line, write_out,
+};
 use crate::cli::CliError;
 
 const HELP: &str = "\
@@ -37,6 +39,7 @@ commands:
   status             show the cluster's members and progress
   help               this text
   quit, exit         leave (so does end of input, or Ctrl-D)
+a KEY or PREFIX written b64:BASE64 names any bytes (as list prints them)
 quote words with spaces: get \"a key\", get 'a key' or get a\\ key
 at a terminal: Tab completes commands and keys, Up and Ctrl-R search the
 history; a line starting with a space is kept out of the history
@@ -245,6 +248,11 @@ enum Next {
     Quit,
 }
 
+/// A key or prefix typed in the shell, read as on the command line.
+fn key_bytes(word: &str) -> Result<Vec<u8>, CliError> {
+    word.parse::<KeyArg>().map(|k| k.0).map_err(CliError::Usage)
+}
+
 /// Runs one command line, printing its results.
 async fn execute(client: &Client, line: &str) -> Result<Next, CliError> {
     match parse(line)? {
@@ -252,19 +260,19 @@ async fn execute(client: &Client, line: &str) -> Result<Next, CliError> {
         Line::Help => write_line(HELP)?,
         Line::Quit => return Ok(Next::Quit),
         Line::Get(key) => {
-            let f = get::fetch(client, key.as_bytes(), false, None).await?;
+            let f = get::fetch(client, &key_bytes(&key)?, false, None).await?;
             write_line(&display_bytes(&f.value))?;
         }
         Line::Put(key, value) => {
-            let r = put::put(client, key.as_bytes(), value.into_bytes(), None, None).await?;
+            let r = put::put(client, &key_bytes(&key)?, value.into_bytes(), None, None).await?;
             write_line(&format!("OK revision={} version={}", r.revision, r.version))?;
         }
         Line::Delete(key) => {
-            let r = delete::delete(client, key.as_bytes(), None).await?;
+            let r = delete::delete(client, &key_bytes(&key)?, None).await?;
             write_line(if r.deleted { "deleted" } else { "not found" })?;
         }
         Line::List(prefix) => {
-            list::list(client, prefix.as_bytes(), None, |kv| {
+            list::list(client, &key_bytes(&prefix)?, None, |kv| {
                 write_line(&list::line(&kv)?)
             })
             .await?;
