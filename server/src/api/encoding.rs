@@ -35,8 +35,24 @@ pub fn utf8(bytes: &[u8]) -> Option<String> {
 ///
 /// Decoding happens on the raw text rather than through the router's path
 /// parameters, which insist on UTF-8 and would refuse binary keys.
-pub fn percent_decode(raw: &str) -> Vec<u8> {
-    percent_decode_str(raw).collect()
+///
+/// A `%` that does not start an escape (two hex digits) is refused rather
+/// than taken literally: `a%zz` could be a typo as well as a key, and a
+/// client that forgot to encode a `%` would otherwise write a key it did not
+/// mean whenever two hex digits happen to follow.
+pub fn percent_decode(raw: &str) -> Result<Vec<u8>, ApiError> {
+    let bytes = raw.as_bytes();
+    for (at, _) in raw.match_indices('%') {
+        let escape = bytes.get(at + 1..at + 3);
+        if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+            return Err(ApiError::invalid(format!(
+                "bad percent-encoding in {}: a % must start an escape of two hex digits \
+                 (write a literal % as %25)",
+                crate::text::quoted(raw)
+            )));
+        }
+    }
+    Ok(percent_decode_str(raw).collect())
 }
 
 /// A key with its value and bookkeeping, as JSON.
@@ -102,6 +118,17 @@ mod tests {
 
     #[test]
     fn percent_decoding_yields_raw_bytes() {
-        assert_eq!(percent_decode("a%00%FF%2Fb"), b"a\x00\xff/b".to_vec());
+        assert_eq!(
+            percent_decode("a%00%FF%2Fb").ok(),
+            Some(b"a\x00\xff/b".to_vec())
+        );
+        assert_eq!(percent_decode("100%25").ok(), Some(b"100%".to_vec()));
+    }
+
+    #[test]
+    fn a_percent_that_starts_no_escape_is_refused() {
+        for raw in ["a%zz", "a%", "a%4", "%g0b", "ok%41%"] {
+            assert!(percent_decode(raw).is_err(), "{raw}");
+        }
     }
 }

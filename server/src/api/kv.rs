@@ -97,7 +97,7 @@ fn path_key(uri: &Uri) -> Result<Vec<u8>, ApiError> {
     uri.path()
         .strip_prefix(KEY_PREFIX)
         .map(percent_decode)
-        .ok_or_else(|| ApiError::internal("key route matched a path outside /v1/kv/"))
+        .ok_or_else(|| ApiError::internal("key route matched a path outside /v1/kv/"))?
 }
 
 /// The compare-and-swap condition in `if_version` / `if_mod_revision`.

@@ -693,7 +693,7 @@ fn queue_prefix(uri: &Uri, route: &str) -> Result<Vec<u8>, ApiError> {
         .path()
         .strip_prefix(route)
         .map(percent_decode)
-        .ok_or_else(|| ApiError::internal(format!("a route matched a path outside {route}")))?;
+        .ok_or_else(|| ApiError::internal(format!("a route matched a path outside {route}")))??;
     if name.is_empty() {
         return Err(ApiError::invalid(format!(
             "a name is needed: {route}{{name}}"

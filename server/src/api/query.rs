@@ -50,7 +50,7 @@ impl QueryParams {
         let mut params: Vec<(String, Vec<u8>)> = Vec::new();
         for pair in raw.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = String::from_utf8(decode_component(name))
+            let name = String::from_utf8(decode_component(name)?)
                 .map_err(|_| ApiError::invalid("query parameter names must be UTF-8"))?;
             if params.iter().any(|(n, _)| *n == name) {
                 return Err(ApiError::invalid(format!(
@@ -58,7 +58,7 @@ impl QueryParams {
                     crate::text::quoted(&name)
                 )));
             }
-            params.push((name, decode_component(value)));
+            params.push((name, decode_component(value)?));
         }
         Ok(QueryParams {
             params,
@@ -146,7 +146,7 @@ impl QueryParams {
     }
 }
 
-fn decode_component(raw: &str) -> Vec<u8> {
+fn decode_component(raw: &str) -> Result<Vec<u8>, ApiError> {
     percent_decode(&raw.replace('+', " "))
 }
 

@@ -546,6 +546,23 @@ async fn missing_key_and_bad_reads_are_json_errors() {
     call(&router, Method::PUT, "/v1/kv/", "v")
         .await
         .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    // A % that starts no escape is refused, not stored literally.
+    for (method, uri) in [
+        (Method::PUT, "/v1/kv/a%zz"),
+        (Method::GET, "/v1/kv?prefix=a%zz"),
+        (Method::DELETE, "/v1/kv/a%"),
+    ] {
+        let err = call(&router, method, uri, "v")
+            .await
+            .error(StatusCode::BAD_REQUEST, "invalid_argument");
+        assert!(
+            err["message"].as_str().is_some_and(|m| m.contains("%25")),
+            "{err}"
+        );
+    }
+    call(&router, Method::GET, "/v1/kv/a%zz", Body::empty())
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
 }
 
 #[tokio::test]
