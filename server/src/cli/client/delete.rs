@@ -11,8 +11,8 @@ use crate::cli::CliError;
 
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
-    /// The key: its text, or `b64:` and base64 for any bytes (the form
-    /// `list` and `watch` print keys that are not plain text in).
+    /// The key: its text, or `b64:` and base64 for any
+    /// bytes (as `list` and `watch` print a key that is not plain text).
     pub key: KeyArg,
     /// Delete only if the key's version is N; otherwise nothing changes and
     /// the exit code is 1.

@@ -26,8 +26,8 @@ Output (-o):
 #[derive(Args, Debug)]
 #[command(after_help = AFTER_HELP)]
 pub struct GetArgs {
-    /// The key: its text, or `b64:` and base64 for any bytes (the form
-    /// `list` and `watch` print keys that are not plain text in).
+    /// The key: its text, or `b64:` and base64 for any
+    /// bytes (as `list` and `watch` print a key that is not plain text).
     pub key: KeyArg,
     /// Read from the answering replica without asking the master: faster,
     /// but possibly stale.

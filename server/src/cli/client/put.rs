@@ -11,8 +11,8 @@ use crate::cli::CliError;
 
 #[derive(Args, Debug)]
 pub struct PutArgs {
-    /// The key: its text (it may contain `/`), or `b64:` and base64 for any bytes (the form
-    /// `list` and `watch` print keys that are not plain text in).
+    /// The key: its text (it may contain `/`), or `b64:` and base64 for any
+    /// bytes (as `list` and `watch` print a key that is not plain text).
     pub key: KeyArg,
     /// The value. `-`, or leaving it out, reads the value from stdin as raw
     /// bytes (binary safe, nothing stripped).
