@@ -28,6 +28,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM_ARGS = [
@@ -126,6 +127,25 @@ def discover(directory, selected):
     return tests
 
 
+def launch(p, attempts=3):
+    """Starts Chromium, again if it dies while starting: headless Chromium
+    on a loaded machine now and then crashes before it opens a page, which
+    says nothing about the pages under test. A crash during a test is
+    still that test's failure."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return p.chromium.launch(
+                executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
+                args=CHROMIUM_ARGS,
+            )
+        except PlaywrightError as e:
+            if attempt == attempts:
+                raise
+            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"browser: Chromium did not start ({first_line}); trying again", flush=True)
+            time.sleep(2)
+
+
 def main():
     directory = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(__file__)
     env = Env(
@@ -141,10 +161,7 @@ def main():
     expect.set_options(timeout=15_000)
     failures = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
-            args=CHROMIUM_ARGS,
-        )
+        browser = launch(p)
         try:
             for name, func in tests:
                 context = browser.new_context(viewport={"width": 1360, "height": 900})
