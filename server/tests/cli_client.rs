@@ -16,12 +16,19 @@ struct Run {
     stderr: String,
 }
 
-/// Runs `phxkv ARGS` with `stdin` as its input, against `endpoints`.
-fn phxkv(endpoints: &str, args: &[&str], stdin: &str) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_phxkv"))
+/// `phxkv ARGS` against `endpoints`, its input and output still to set.
+fn phxkv_command(endpoints: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_phxkv"));
+    command
         .args(args)
         .env("PHXKV_ENDPOINTS", endpoints)
-        .env_remove("PHXKV_CLUSTER_TOKEN_FILE")
+        .env_remove("PHXKV_CLUSTER_TOKEN_FILE");
+    command
+}
+
+/// Runs `phxkv ARGS` with `stdin` as its input, against `endpoints`.
+fn phxkv(endpoints: &str, args: &[&str], stdin: &str) -> Run {
+    let mut child = phxkv_command(endpoints, args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -210,10 +217,7 @@ async fn list_txn_and_watch() {
     // the command ends quietly and successfully, as cat would. With
     // stderr closed too, an error has nowhere to go but is no panic.
     let closed = |args: &[&str], stderr: bool| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_phxkv"))
-            .args(args)
-            .env("PHXKV_ENDPOINTS", &ep)
-            .env_remove("PHXKV_CLUSTER_TOKEN_FILE")
+        let mut child = phxkv_command(&ep, args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

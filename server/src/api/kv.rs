@@ -94,10 +94,11 @@ pub(crate) fn routes<S: Service>() -> Router<S> {
 
 /// The key named by the request path.
 fn path_key(uri: &Uri) -> Result<Vec<u8>, ApiError> {
-    uri.path()
+    let raw = uri
+        .path()
         .strip_prefix(KEY_PREFIX)
-        .map(percent_decode)
-        .ok_or_else(|| ApiError::internal("key route matched a path outside /v1/kv/"))?
+        .ok_or_else(|| ApiError::internal("key route matched a path outside /v1/kv/"))?;
+    percent_decode(raw)
 }
 
 /// The compare-and-swap condition in `if_version` / `if_mod_revision`.

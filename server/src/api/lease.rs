@@ -689,11 +689,11 @@ pub async fn list_leases<S: Service>(
 /// The lock's or election's name from the path after `route`, and the key
 /// prefix under it.
 fn queue_prefix(uri: &Uri, route: &str) -> Result<Vec<u8>, ApiError> {
-    let name = uri
+    let raw = uri
         .path()
         .strip_prefix(route)
-        .map(percent_decode)
-        .ok_or_else(|| ApiError::internal(format!("a route matched a path outside {route}")))??;
+        .ok_or_else(|| ApiError::internal(format!("a route matched a path outside {route}")))?;
+    let name = percent_decode(raw)?;
     if name.is_empty() {
         return Err(ApiError::invalid(format!(
             "a name is needed: {route}{{name}}"

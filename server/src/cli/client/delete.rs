@@ -4,9 +4,8 @@
 use clap::Args;
 use phxkv_client::Deleted;
 
-use super::ConnectArgs;
-use super::KeyArg;
 use super::http::Client;
+use super::{ConnectArgs, KeyArg};
 use crate::cli::CliError;
 
 #[derive(Args, Debug)]
