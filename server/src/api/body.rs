@@ -9,11 +9,20 @@
 //! A body has [`BODY_TIMEOUT`] to arrive in full, so that a client that
 //! sends it a byte at a time cannot hold a connection and a request for
 //! ever (the connection's request head is bounded in `crate::net`).
+//!
+//! A request that declares a body over the limit in its `Content-Length` is
+//! answered 413 by [`refuse_declared_oversize`] before any of it is read:
+//! a client that waits for `100 Continue` (curl does for large uploads) is
+//! told at once instead of sending the limit's worth first, and one that
+//! declares more than it sends is not left waiting for the body timeout.
 
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::header::CONTENT_LENGTH;
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
 use serde::de::DeserializeOwned;
 
 use crate::api::error::{ApiError, ErrorCode};
@@ -22,6 +31,36 @@ use crate::api::error::{ApiError, ErrorCode};
 /// takes (64 MiB at most, see `--max-value-bytes`) at about half a megabyte
 /// a second.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The answer to a body over the limit, however it was found out.
+pub fn too_large() -> ApiError {
+    // The framework's own text ("length limit exceeded") names neither the
+    // limit nor what sets it.
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        "the request body is larger than this node accepts: one value of at most \
+         --max-value-bytes and room for the rest of the request",
+    )
+}
+
+/// Middleware: 413 for a request whose `Content-Length` is over `limit`
+/// bytes, without reading its body. Bodies without a declared length (or
+/// with a smaller one) are still held to the limit as they are read.
+pub async fn refuse_declared_oversize(
+    State(limit): State<usize>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > u64::try_from(limit).unwrap_or(u64::MAX) => too_large().into_response(),
+        _ => next.run(req).await,
+    }
+}
 
 /// The raw request body.
 #[derive(Debug)]

@@ -318,13 +318,7 @@ impl From<BytesRejection> for ApiError {
         let status = rejection.status();
         let code = ErrorCode::for_status(status);
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The framework's own text ("length limit exceeded") names
-            // neither the limit nor what sets it.
-            return ApiError::new(
-                code,
-                "the request body is larger than this node accepts: one value of at most \
-                 --max-value-bytes and room for the rest of the request",
-            );
+            return super::body::too_large();
         }
         ApiError::new(code, rejection.body_text())
     }

@@ -71,6 +71,12 @@ pub fn public_router<S: Service>(svc: S) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(limit))
+        // Inside authentication, so a caller without credentials hears 401
+        // whatever it declares.
+        .layer(axum::middleware::from_fn_with_state(
+            limit,
+            body::refuse_declared_oversize,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             svc.clone(),
             crate::auth::gate::authenticate::<S>,

@@ -632,6 +632,36 @@ async fn a_body_that_stops_arriving_is_408_and_changes_nothing() {
         .error(StatusCode::NOT_FOUND, "key_not_found");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_declared_body_over_the_limit_is_413_before_any_of_it_is_read() {
+    let router = Fake::new().router();
+    let limit = crate::api::body_limit(&Fake::new().limits());
+    let put = |declared: usize| {
+        // A body that never arrives: only the declared length can decide.
+        let never = futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        Request::builder()
+            .method(Method::PUT)
+            .uri("/v1/kv/k")
+            .header("content-length", declared.to_string())
+            .body(Body::from_stream(never))
+            .expect("valid request")
+    };
+    // Without the check this would wait out the body timeout and be 408.
+    send(&router, put(limit + 1))
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    send(&router, put(usize::MAX))
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    // At the limit the body is read (and here never comes).
+    send(&router, put(limit))
+        .await
+        .error(StatusCode::REQUEST_TIMEOUT, "request_timeout");
+    call(&router, Method::GET, "/v1/kv/k", Body::empty())
+        .await
+        .error(StatusCode::NOT_FOUND, "key_not_found");
+}
+
 #[tokio::test]
 async fn malformed_transactions_are_400_with_a_specific_message() {
     let router = Fake::new().router();
