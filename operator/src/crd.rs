@@ -547,7 +547,8 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_txn_ops: Option<u32>,
-    /// Most bytes of keys and values the store may hold before writes that
+    /// Largest size the store may reach (its keys and values plus 144
+    /// bytes per key, about what each takes in memory) before writes that
     /// add data are refused (507 `quota_exceeded`; deletes are always
     /// taken); 0 for no quota. The whole store lives in each replica's
     /// memory, so when this is left out and `resources.limits.memory` is

@@ -845,11 +845,12 @@ async fn peers_speak_json_and_refuse_anything_else() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_past_the_store_quota_are_refused_and_deletes_make_room() {
-    let c = Cluster::start(3, &["--quota-bytes", "1000"]).await;
+    let c = Cluster::start(3, &["--quota-bytes", "1400"]).await;
     let m = c.wait_for_master(Duration::from_secs(20)).await;
     let f = (m + 1) % c.procs.len();
     let big = "v".repeat(400);
-    // 403 bytes each (key and value): two fit, a third would not.
+    // 547 bytes each (key, value and 144 for the key's bookkeeping): two
+    // fit, a third would not.
     assert_eq!(c.put(m, "q/1", &big).await.status(), 200);
     assert_eq!(c.put(m, "q/2", &big).await.status(), 200);
     let refused = c.put(m, "q/3", &big).await;
@@ -857,7 +858,7 @@ async fn writes_past_the_store_quota_are_refused_and_deletes_make_room() {
     let body = json_of(refused).await;
     assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("quota of 1000 bytes"), "{message}");
+    assert!(message.contains("quota of 1400 bytes"), "{message}");
     assert_eq!(c.get(m, "q/3", "").await.map(|(s, _)| s), Some(404));
     // A transaction that adds as much is refused the same way.
     let txn = c
@@ -886,7 +887,8 @@ async fn writes_past_the_store_quota_are_refused_and_deletes_make_room() {
     // up with the master, it refuses the next large write too.
     let held = |text: String| metric_sum(&text, "phxkv_store_bytes", "");
     let on_master = held(c.metrics_text(m).await);
-    assert_eq!(on_master, 810.0);
+    // q/2, q/s and q/3: 547 + 148 + 547.
+    assert_eq!(on_master, 1242.0);
     let deadline = Instant::now() + Duration::from_secs(10);
     while held(c.metrics_text(f).await) != on_master {
         assert!(Instant::now() < deadline, "the follower never caught up");
@@ -895,5 +897,5 @@ async fn writes_past_the_store_quota_are_refused_and_deletes_make_room() {
     assert_eq!(c.put(f, "q/4", &big).await.status(), 507);
     let text = c.metrics_text(m).await;
     assert_eq!(metric_sum(&text, "phxkv_quota_refusals_total", ""), 2.0);
-    assert_eq!(metric_sum(&text, "phxkv_store_quota_bytes", ""), 1000.0);
+    assert_eq!(metric_sum(&text, "phxkv_store_quota_bytes", ""), 1400.0);
 }

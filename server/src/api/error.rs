@@ -91,7 +91,8 @@ pub enum ErrorCode {
     ReplicaDiverged,
     /// 504: the write's outcome is unknown; it may still commit.
     Timeout,
-    /// 507: the write could take the store's keys and values past the
+    /// 507: the write could take the store's size (keys, values and a
+    /// fixed overhead per key) past the
     /// node's quota (`serve --quota-bytes`); nothing changed. Deletes are
     /// still taken.
     QuotaExceeded,

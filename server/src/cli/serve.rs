@@ -133,12 +133,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
 
-    /// Most bytes of keys and values the store may hold (2 GiB by
-    /// default; 0 for no quota). The whole store is kept in memory on every
-    /// replica, so set it well below the memory each replica has, about a
-    /// third of it. Past it, writes that add data are refused with 507
-    /// `quota_exceeded` until keys are deleted; deletes are always taken.
-    /// Give every replica the same quota.
+    /// Largest size the store may reach (2 GiB by default; 0 for no
+    /// quota), counted as its keys and values plus 144 bytes per key, about
+    /// what each key takes in memory. The whole store is kept in memory on
+    /// every replica, so set it well below the memory each replica has,
+    /// about a third of it. Past it, writes that add data are refused with
+    /// 507 `quota_exceeded` until keys are deleted; deletes are always
+    /// taken. Give every replica the same quota.
     #[arg(long, env = "PHXKV_QUOTA_BYTES", value_name = "BYTES", default_value_t = DEFAULT_QUOTA_BYTES)]
     pub quota_bytes: u64,
 
@@ -750,6 +751,19 @@ mod tests {
     struct Harness {
         #[command(flatten)]
         args: ServeArgs,
+    }
+
+    #[test]
+    fn the_quota_flag_states_the_overhead_the_store_counts_per_key() {
+        use clap::CommandFactory as _;
+        let help = Harness::command().render_long_help().to_string();
+        // Lines are wrapped to the terminal's width.
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let said = format!(
+            "plus {} bytes per key",
+            crate::kv::store::KEY_OVERHEAD_BYTES
+        );
+        assert!(help.contains(&said), "--quota-bytes should say {said:?}");
     }
 
     fn pod(name: &str, token: &std::path::Path) -> Result<Validated, CliError> {

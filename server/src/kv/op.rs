@@ -180,23 +180,27 @@ impl Op {
         }
     }
 
-    /// The most key and value bytes the op can add to the store: what a
-    /// put writes (key and value, counted whole even when it replaces an
+    /// The most the op can add to the store's size as the quota counts it
+    /// ([`crate::kv::Store::size_bytes`]): what a put writes (key, value
+    /// and the per-key overhead, counted whole even when it replaces an
     /// older value), for a transaction the larger of its two branches;
     /// nothing for deletes, leases and auth changes, so that those stay
     /// possible when the store is full. What the store quota is checked
     /// against (see `Node::check_quota`).
     pub fn stored_bytes(&self) -> usize {
+        let put = |key: &[u8], value: &[u8]| {
+            key.len() + value.len() + crate::kv::store::KEY_OVERHEAD_BYTES
+        };
         let puts = |ops: &[TxnOp]| -> usize {
             ops.iter()
                 .map(|o| match o {
-                    TxnOp::Put { key, value } => key.len() + value.len(),
+                    TxnOp::Put { key, value } => put(key, value),
                     TxnOp::Delete { .. } | TxnOp::Get { .. } => 0,
                 })
                 .sum()
         };
         match self {
-            Op::Put { key, value, .. } => key.len() + value.len(),
+            Op::Put { key, value, .. } => put(key, value),
             Op::Txn(txn) => puts(&txn.success).max(puts(&txn.failure)),
             Op::As { op, .. } | Op::Leased { op, .. } | Op::Anonymous { op } => op.stored_bytes(),
             Op::Delete { .. } | Op::Auth(_) | Op::Lease(_) => 0,
@@ -252,7 +256,8 @@ mod tests {
             value: v.to_vec(),
             expect: None,
         };
-        assert_eq!(put(b"key", b"value").stored_bytes(), 8);
+        const KEY: usize = crate::kv::store::KEY_OVERHEAD_BYTES;
+        assert_eq!(put(b"key", b"value").stored_bytes(), 8 + KEY);
         let del = Op::Delete {
             key: b"key".to_vec(),
             expect: None,
@@ -280,8 +285,9 @@ mod tests {
                 value: b"45678".to_vec(),
             }],
         });
-        // The larger branch: 6 bytes on failure against 3 + 2 on success.
-        assert_eq!(txn.stored_bytes(), 6);
+        // The larger branch: two keys on success (3 + 2 bytes) against one
+        // on failure (6 bytes): each key costs its overhead too.
+        assert_eq!(txn.stored_bytes(), 5 + 2 * KEY);
         let wrapped = Op::As {
             token: "t".into(),
             op: Box::new(Op::Leased {
@@ -291,6 +297,6 @@ mod tests {
                 }),
             }),
         };
-        assert_eq!(wrapped.stored_bytes(), 3);
+        assert_eq!(wrapped.stored_bytes(), 3 + KEY);
     }
 }

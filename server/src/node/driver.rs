@@ -115,8 +115,9 @@ pub struct Published {
     pub silent: std::collections::BTreeSet<NodeId>,
     /// Auth is on for the whole cluster, as far as this node has applied.
     pub auth_enabled: bool,
-    /// Bytes of keys and values in the store, as applied here.
-    pub data_bytes: u64,
+    /// The store's size as the quota counts it, as applied here
+    /// ([`crate::kv::Store::size_bytes`]).
+    pub store_bytes: u64,
 }
 
 /// What a lease read on the master needs, shared without a round trip to the
@@ -835,7 +836,7 @@ impl Driver {
     fn publish(&self) {
         let now = self.now();
         let status = self.replica.status(now);
-        let (applied, revision, auth_enabled, data_bytes) = self
+        let (applied, revision, auth_enabled, store_bytes) = self
             .store
             .read()
             .map(|s| {
@@ -843,11 +844,11 @@ impl Driver {
                     s.applied_index(),
                     s.revision(),
                     s.auth().enabled(),
-                    s.data_bytes() as u64,
+                    s.size_bytes() as u64,
                 )
             })
             .unwrap_or((0, 0, false, 0));
-        self.metrics.set_store_bytes(data_bytes);
+        self.metrics.set_store_bytes(store_bytes);
         self.metrics.set_is_master(status.is_master);
         self.metrics
             .set_lease_remaining(status.lease_remaining.unwrap_or_default());
@@ -863,7 +864,7 @@ impl Driver {
                 || p.peer_commit != peer_commit
                 || p.silent != silent
                 || p.auth_enabled != auth_enabled
-                || p.data_bytes != data_bytes;
+                || p.store_bytes != store_bytes;
             if changed {
                 *p = Published {
                     status: status.clone(),
@@ -872,7 +873,7 @@ impl Driver {
                     peer_commit: peer_commit.clone(),
                     silent: silent.clone(),
                     auth_enabled,
-                    data_bytes,
+                    store_bytes,
                 };
             }
             changed

@@ -351,7 +351,7 @@ impl Node {
             peer_commit: Default::default(),
             silent: Default::default(),
             auth_enabled: false,
-            data_bytes: 0,
+            store_bytes: 0,
         });
         let (events, _) = broadcast::channel(4096);
         let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE);
@@ -486,7 +486,7 @@ impl Node {
         let restored = driver::restore_store(snapshot).map_err(StartError::State)?;
         let (applied0, revision0) = (restored.applied_index(), restored.revision());
         let auth0 = restored.auth().enabled();
-        let data_bytes0 = restored.data_bytes() as u64;
+        let store_bytes0 = restored.size_bytes() as u64;
         if let Ok(mut store) = self.inner.store.write() {
             *store = restored;
         }
@@ -503,7 +503,7 @@ impl Node {
             peer_commit: Default::default(),
             silent: Default::default(),
             auth_enabled: auth0,
-            data_bytes: data_bytes0,
+            store_bytes: store_bytes0,
         });
         let driver = Driver {
             replica,
@@ -1473,7 +1473,8 @@ impl Node {
         }
     }
 
-    /// Refuses a write that could take the store's keys and values past
+    /// Refuses a write that could take the store's size (its keys and
+    /// values, and a fixed overhead per key: what it takes in memory) past
     /// the quota ([`NodeConfig::quota_bytes`]), as etcd refuses writes
     /// past its backend quota: the whole store lives in every replica's
     /// memory, so a store allowed to grow until a replica runs out of it
@@ -1495,15 +1496,16 @@ impl Node {
         if quota == 0 || adds == 0 {
             return Ok(());
         }
-        let held = self.inner.published.borrow().data_bytes;
+        let held = self.inner.published.borrow().store_bytes;
         if held.saturating_add(adds) <= quota {
             return Ok(());
         }
         self.inner.metrics.inc_quota_refusals();
         Err(ServiceError::QuotaExceeded(format!(
-            "the store's keys and values take {held} bytes, and this write's {adds} would \
-             pass the quota of {quota} bytes (serve --quota-bytes); delete keys, or raise \
-             the quota on every replica"
+            "the store takes {held} bytes (its keys and values, and {overhead} bytes per key), \
+             and this write's {adds} would pass the quota of {quota} bytes \
+             (serve --quota-bytes); delete keys, or raise the quota on every replica",
+            overhead = crate::kv::store::KEY_OVERHEAD_BYTES
         )))
     }
 

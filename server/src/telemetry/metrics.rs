@@ -250,13 +250,14 @@ impl Metrics {
         );
         r.register(
             "store_bytes",
-            "Bytes of keys and values in the store, as applied on this replica",
+            "The store's size as its quota counts it, as applied on this replica: \
+             keys, values and a fixed overhead per key for the memory each takes",
             inner.store_bytes.clone(),
         );
         r.register(
             "store_quota_bytes",
-            "Most bytes of keys and values the store may hold before writes are \
-             refused (serve --quota-bytes); 0 for no quota",
+            "Largest size (see phxkv_store_bytes) the store may reach before \
+             writes are refused (serve --quota-bytes); 0 for no quota",
             inner.quota_bytes.clone(),
         );
         r.register(
