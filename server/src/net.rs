@@ -47,7 +47,8 @@ use tracing::Instrument as _;
 use crate::auth::gate::ClientAddr;
 
 /// The longest a connection may wait, open or between two exchanges,
-/// before its next request head is complete. It is longer than the idle
+/// before its next request head is complete, unless `serve --idle-timeout`
+/// says otherwise. It is longer than the idle
 /// timeouts of common HTTP clients' connection pools (Go's 90 s, reqwest's
 /// 90 s, curl's 118 s), so that they close an idle connection before the
 /// server does and never send a request on one the server is closing.

@@ -419,6 +419,28 @@ async fn start_up_rejects_a_bad_flag_with_one_line_naming_it() {
     assert!(err.contains("--lease"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed_after_the_idle_timeout_on_both_ports() {
+    use tokio::io::AsyncReadExt as _;
+    let c = Cluster::start(3, &["--idle-timeout", "1s"]).await;
+    c.wait_for_master(Duration::from_secs(20)).await;
+    let p = &c.procs[0];
+    for port in [p.client_port, p.peer_port] {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        // The default (2 minutes) would outlast this bound by far.
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut byte))
+            .await
+            .unwrap_or_else(|_| panic!("port {port} kept an idle connection open"));
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "port {port} sent something: {read:?}"
+        );
+    }
+}
+
 /// Starts an empty node `name` that waits to be added (`--join`); returns
 /// it with its client and peer ports.
 fn spawn_joining(c: &Cluster, name: &str) -> (std::process::Child, u16, u16) {

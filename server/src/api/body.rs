@@ -6,9 +6,10 @@
 //! content type, because `curl -d` labels JSON as a form and refusing that
 //! would only get in the way.
 //!
-//! A body has [`BODY_TIMEOUT`] to arrive in full, so that a client that
-//! sends it a byte at a time cannot hold a connection and a request for
-//! ever (the connection's request head is bounded in `crate::net`).
+//! A body has [`BODY_TIMEOUT`] (or the request's [`BodyTimeout`], from
+//! `serve --body-timeout`) to arrive in full, so that a client that sends it
+//! a byte at a time cannot hold a connection and a request for ever (the
+//! connection's request head is bounded in `crate::net`).
 //!
 //! A request that declares a body over the limit in its `Content-Length` is
 //! answered 413 by [`refuse_declared_oversize`] before any of it is read:
@@ -27,10 +28,15 @@ use serde::de::DeserializeOwned;
 
 use crate::api::error::{ApiError, ErrorCode};
 
-/// The longest a request body may take to arrive: the largest body a node
-/// takes (64 MiB at most, see `--max-value-bytes`) at about half a megabyte
-/// a second.
+/// The longest a request body may take to arrive, unless the request
+/// carries a [`BodyTimeout`]: the largest body a node takes (64 MiB at
+/// most, see `--max-value-bytes`) at about half a megabyte a second.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A request extension that sets how long its body may take to arrive
+/// (`serve --body-timeout`), in place of [`BODY_TIMEOUT`].
+#[derive(Clone, Copy, Debug)]
+pub struct BodyTimeout(pub Duration);
 
 /// The answer to a body over the limit, however it was found out.
 pub fn too_large() -> ApiError {
@@ -70,13 +76,18 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state)).await {
+        let limit = req
+            .extensions()
+            .get::<BodyTimeout>()
+            .map_or(BODY_TIMEOUT, |t| t.0);
+        match tokio::time::timeout(limit, Bytes::from_request(req, state)).await {
             Ok(body) => Ok(RawBody(body?)),
             Err(_) => Err(ApiError::new(
                 ErrorCode::RequestTimeout,
                 format!(
-                    "the request body did not arrive within {} s; nothing was changed",
-                    BODY_TIMEOUT.as_secs()
+                    "the request body did not arrive within {} s (serve --body-timeout); \
+                     nothing was changed",
+                    limit.as_secs_f64()
                 ),
             )),
         }

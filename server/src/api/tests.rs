@@ -633,6 +633,33 @@ async fn a_body_that_stops_arriving_is_408_and_changes_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_body_timeout_a_request_carries_replaces_the_default() {
+    let router = Fake::new()
+        .router()
+        .layer(axum::Extension(crate::api::body::BodyTimeout(
+            Duration::from_secs(5),
+        )));
+    let never = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+    let request = Request::builder()
+        .method(Method::PUT)
+        .uri("/v1/kv/k")
+        .header("content-length", "20")
+        .body(Body::from_stream(never))
+        .expect("valid request");
+    // Time is paused: it jumps ahead while everything waits, so the 5 s
+    // limit answers before this one, and the default (120 s) would not.
+    let err = tokio::time::timeout(Duration::from_secs(10), send(&router, request))
+        .await
+        .expect("the node gives up on the body after 5 s")
+        .error(StatusCode::REQUEST_TIMEOUT, "request_timeout");
+    let message = err["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("within 5 s (serve --body-timeout)"),
+        "{message}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_declared_body_over_the_limit_is_413_before_any_of_it_is_read() {
     let router = Fake::new().router();
     let limit = crate::api::body_limit(&Fake::new().limits());

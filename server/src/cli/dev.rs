@@ -154,9 +154,16 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         let peer_listen = ([127, 0, 0, 1], *peer).into();
         let span = telemetry::replica_span(name);
         running.push(
-            serve::start(cfg, client_tls.clone(), listen, peer_listen, rx.clone())
-                .instrument(span)
-                .await?,
+            serve::start(
+                cfg,
+                client_tls.clone(),
+                listen,
+                peer_listen,
+                serve::HttpTimeouts::default(),
+                rx.clone(),
+            )
+            .instrument(span)
+            .await?,
         );
     }
     let endpoints: Vec<String> = ports

@@ -121,6 +121,25 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub write_timeout: Duration,
 
+    /// How long a connection, on either port, may wait for its next
+    /// request head to be complete (from when it opens, or from the end of
+    /// its previous answer) before it is closed: idle keep-alive
+    /// connections, and clients that send a request a byte at a time.
+    /// Answers that take long (a watch, a lock wait) are never cut. Keep it
+    /// above your clients' pool idle timeouts (Go's and reqwest's 90 s,
+    /// curl's 118 s), so that they close an idle connection first.
+    #[arg(long, env = "PHXKV_IDLE_TIMEOUT", default_value = "2m",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+
+    /// How long a request body may take to arrive in full before the
+    /// request is refused with 408 `request_timeout` (nothing changes).
+    /// The default passes the largest body a node takes at about half a
+    /// megabyte a second.
+    #[arg(long, env = "PHXKV_BODY_TIMEOUT", default_value = "2m",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub body_timeout: Duration,
+
     /// Largest key, in bytes.
     #[arg(long, env = "PHXKV_MAX_KEY_BYTES", default_value_t = 4096)]
     pub max_key_bytes: usize,
@@ -286,7 +305,27 @@ pub struct Validated {
     pub client_tls: Option<Arc<Material>>,
     pub listen: SocketAddr,
     pub peer_listen: SocketAddr,
+    pub http: HttpTimeouts,
     pub log_format: LogFormat,
+}
+
+/// How long the HTTP side waits on a client (`--idle-timeout`,
+/// `--body-timeout`).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpTimeouts {
+    /// For the next request head (see [`crate::net::serve`]).
+    pub idle: Duration,
+    /// For a request body (see [`crate::api::body`]).
+    pub body: Duration,
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> Self {
+        HttpTimeouts {
+            idle: crate::net::IDLE_TIMEOUT,
+            body: crate::api::body::BODY_TIMEOUT,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -462,6 +501,14 @@ impl ServeArgs {
         if self.write_timeout < Duration::from_millis(100) {
             return Err(bad("write-timeout", "must be at least 100ms".into()));
         }
+        for (flag, d) in [
+            ("idle-timeout", self.idle_timeout),
+            ("body-timeout", self.body_timeout),
+        ] {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+                return Err(bad(flag, "must be between 1s and 1h".into()));
+            }
+        }
         if self.max_key_bytes == 0 || self.max_key_bytes > 1 << 20 {
             return Err(bad("max-key-bytes", "must be between 1 and 1048576".into()));
         }
@@ -521,6 +568,10 @@ impl ServeArgs {
             client_tls,
             listen: self.listen,
             peer_listen: self.peer_listen,
+            http: HttpTimeouts {
+                idle: self.idle_timeout,
+                body: self.body_timeout,
+            },
             log_format: self.log_format,
         })
     }
@@ -555,6 +606,7 @@ pub async fn start(
     client_tls: Option<Arc<Material>>,
     listen: SocketAddr,
     peer_listen: SocketAddr,
+    http: HttpTimeouts,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Running, CliError> {
     let client_listener = tokio::net::TcpListener::bind(listen)
@@ -575,6 +627,7 @@ pub async fn start(
         ))
     })?;
     let mut app = crate::api::public_router(node.clone())
+        .layer(axum::Extension(crate::api::body::BodyTimeout(http.body)))
         .layer(axum::middleware::from_fn(telemetry::trace_requests))
         .layer(axum::middleware::from_fn_with_state(
             metrics.clone(),
@@ -613,7 +666,7 @@ pub async fn start(
         app,
         shutdown.clone(),
         "client",
-        None,
+        (None, http.idle),
     )?;
     let peer = serve_until(
         peer_listener,
@@ -621,7 +674,7 @@ pub async fn start(
         peer_app,
         shutdown,
         "peer",
-        Some(crate::tls::listener::PEER_READ_BUFFER),
+        (Some(crate::tls::listener::PEER_READ_BUFFER), http.idle),
     )?;
     Ok(Running {
         node,
@@ -632,11 +685,11 @@ pub async fn start(
     })
 }
 
-/// How often certificate files are looked at besides at each handshake.
-/// The store quota when none is given: 2 GiB of keys and values, etcd's
-/// default backend quota too.
+/// The store quota when none is given: 2 GiB (keys, values and their
+/// bookkeeping), etcd's default backend quota too.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 
+/// How often certificate files are looked at besides at each handshake.
 const CERTIFICATE_CHECK: Duration = Duration::from_secs(30);
 
 /// Keeps `port`'s expiry metric current and looks at its files every
@@ -665,36 +718,37 @@ fn watch_certificate(
 /// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` turns
 /// true, letting requests in flight finish; `what` names the listener in
 /// the log; `read_buffer` is the TLS listener's (see
-/// `crate::tls::listener`).
+/// `crate::tls::listener`), `idle` the connections' idle timeout.
 fn serve_until(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<Material>>,
     app: axum::Router,
     shutdown: tokio::sync::watch::Receiver<bool>,
     what: &'static str,
-    read_buffer: Option<usize>,
+    (read_buffer, idle): (Option<usize>, Duration),
 ) -> Result<tokio::task::JoinHandle<()>, CliError> {
     let Some(tls) = tls else {
-        return Ok(serve_on(PlainListener(listener), app, shutdown));
+        return Ok(serve_on(PlainListener(listener), app, idle, shutdown));
     };
     let config = tls
         .server_config()
         .map_err(|e| CliError::Fatal(format!("{what} port TLS: {e}")))?;
     let listener = crate::tls::listener::TlsListener::new(listener, config, what, read_buffer)
         .map_err(|e| CliError::Fatal(format!("{what} port: {e}")))?;
-    Ok(serve_on(listener, app, shutdown))
+    Ok(serve_on(listener, app, idle, shutdown))
 }
 
 fn serve_on<L>(
     listener: L,
     app: axum::Router,
+    idle: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()>
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
     tokio::spawn(
-        crate::net::serve(listener, app, crate::net::IDLE_TIMEOUT, async move {
+        crate::net::serve(listener, app, idle, async move {
             let _ = shutdown.wait_for(|v| *v).await;
         })
         .in_current_span(),
@@ -723,7 +777,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let name = v.node.name.clone();
     let scheme = crate::tls::scheme(v.client_tls.is_some());
     let peer_scheme = crate::tls::scheme(v.node.peer_tls.is_some());
-    let running = start(v.node, v.client_tls, v.listen, v.peer_listen, rx).await?;
+    let running = start(v.node, v.client_tls, v.listen, v.peer_listen, v.http, rx).await?;
     tracing::info!(
         node = %name,
         client = %format!("{scheme}://{}", running.client_addr),
@@ -767,8 +821,12 @@ mod tests {
     }
 
     fn pod(name: &str, token: &std::path::Path) -> Result<Validated, CliError> {
+        pod_with(name, token, &[])
+    }
+
+    fn pod_with(name: &str, token: &std::path::Path, more: &[&str]) -> Result<Validated, CliError> {
         let token = token.to_string_lossy().into_owned();
-        let argv = [
+        let mut argv = vec![
             "phxkv",
             "--id",
             name,
@@ -779,10 +837,43 @@ mod tests {
             "--cluster-token-file",
             &token,
         ];
+        argv.extend_from_slice(more);
         Harness::try_parse_from(argv)
             .map_err(|e| CliError::Usage(e.to_string()))?
             .args
             .validate()
+    }
+
+    #[test]
+    fn http_timeouts_default_to_two_minutes_and_refuse_what_makes_no_sense() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "a-cluster-token-of-some-length").expect("token");
+        let v = pod("kv-0", &token).expect("valid");
+        assert_eq!(v.http.idle, Duration::from_secs(120));
+        assert_eq!(v.http.body, Duration::from_secs(120));
+        let v = pod_with(
+            "kv-0",
+            &token,
+            &["--idle-timeout", "5m", "--body-timeout", "30s"],
+        )
+        .expect("valid");
+        assert_eq!(
+            (v.http.idle, v.http.body),
+            (Duration::from_secs(300), Duration::from_secs(30))
+        );
+        for (flag, value) in [
+            ("--idle-timeout", "0s"),
+            ("--idle-timeout", "2h"),
+            ("--body-timeout", "500ms"),
+        ] {
+            let err = pod_with("kv-0", &token, &[flag, value]).expect_err(value);
+            assert!(
+                err.to_string().contains(&flag[2..])
+                    && err.to_string().contains("between 1s and 1h"),
+                "{flag} {value}: {err}"
+            );
+        }
     }
 
     #[test]
