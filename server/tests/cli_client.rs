@@ -625,6 +625,20 @@ fn a_dead_endpoint_exits_3_with_one_line() {
 }
 
 #[test]
+fn an_environment_variable_set_to_nothing_counts_as_not_set() {
+    let dead = dead_endpoint();
+    let r = phxkv_command(&dead, &["get", "k", "--timeout", "2s"])
+        .env("PHXKV_TOKEN_FILE", "")
+        .env("PHXKV_CACERT", "")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    // Not "a value is required for '--token-file'": the endpoint is tried.
+    assert_eq!(r.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("no endpoint answered"), "{stderr}");
+}
+
+#[test]
 fn every_client_command_documents_its_flags() {
     for cmd in [
         "put", "get", "delete", "list", "txn", "watch", "status", "members", "shell", "lease",

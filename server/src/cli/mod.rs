@@ -121,17 +121,28 @@ pub fn parse_args() -> Result<Cli, ExitCode> {
 /// command taking a negative number as a value, as in `phxkv put
 /// temperature -5`; a `--limit -1` is then refused as a bad value of
 /// `--limit`, not as an unknown flag `-1`.
+///
+/// An environment variable set to the empty string counts as not set, as
+/// most tools read them (`export PHXKV_TOKEN_FILE=` to stop using one),
+/// rather than as a flag given without its value.
 fn parse_from<I, T>(argv: I) -> Result<Cli, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
     use clap::{CommandFactory, FromArgMatches};
-    fn allow_negative(cmd: clap::Command) -> clap::Command {
+    fn prepare(cmd: clap::Command) -> clap::Command {
         cmd.allow_negative_numbers(true)
-            .mut_subcommands(allow_negative)
+            .mut_args(|arg| {
+                let empty = arg
+                    .get_env()
+                    .and_then(std::env::var_os)
+                    .is_some_and(|v| v.is_empty());
+                if empty { arg.env(None::<&str>) } else { arg }
+            })
+            .mut_subcommands(prepare)
     }
-    let mut cmd = allow_negative(Cli::command());
+    let mut cmd = prepare(Cli::command());
     let argv = options_after_command(&mut cmd, argv.into_iter().map(Into::into).collect())?;
     let matches = cmd.try_get_matches_from_mut(argv)?;
     Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))

@@ -55,8 +55,9 @@ pub struct NodeConfig {
     pub bootstrap: Vec<BootstrapPeer>,
     pub engine: EngineConfig,
     pub limits: Limits,
-    /// Most bytes of keys and values the store may hold before writes that
-    /// add to it are refused; 0 for no quota. See [`Node::check_quota`].
+    /// Largest size ([`crate::kv::Store::size_bytes`]) the store may reach
+    /// before writes that add to it are refused; 0 for no quota. See
+    /// [`Node::check_quota`].
     pub quota_bytes: u64,
     pub token: String,
     /// How long a write may wait for its outcome before answering 504.

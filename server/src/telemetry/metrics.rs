@@ -422,7 +422,7 @@ impl Metrics {
         self.0.applied_index.set(index);
     }
 
-    /// Sets the bytes of keys and values in the store.
+    /// Sets the store's size as the quota counts it.
     pub fn set_store_bytes(&self, bytes: u64) {
         self.0.store_bytes.set(bytes);
     }
