@@ -866,6 +866,47 @@ async fn peers_speak_json_and_refuse_anything_else() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn large_writes_compact_the_log_by_size_before_the_instance_count() {
+    // One key overwritten with large values: the store stays small, the log
+    // would not. Ten thousand instances would never come in this test.
+    let c = Cluster::start(
+        3,
+        &[
+            "--snapshot-every",
+            "10000",
+            "--snapshot-every-bytes",
+            "1048576",
+        ],
+    )
+    .await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let big = "v".repeat(200_000);
+    for _ in 0..30 {
+        assert_eq!(c.put(m, "big", &big).await.status(), 200);
+    }
+    // Every replica counts what it applied and compacts on its own.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0..c.procs.len() {
+        loop {
+            let text = c.metrics_text(i).await;
+            let taken = metric_sum(&text, "phxkv_snapshots_total", "kind=\"taken\"");
+            let entries = metric_sum(&text, "phxkv_log_entries", "");
+            // 6 MB were written: at least one compaction at each 1 MiB,
+            // and never more than about 1 MiB of instances left behind.
+            if taken >= 2.0 && entries < 15.0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {i}: {taken} snapshots taken, {entries} log entries"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(c.get(m, "big", "").await.map(|(s, _)| s), Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn writes_past_the_store_quota_are_refused_and_deletes_make_room() {
     let c = Cluster::start(3, &["--quota-bytes", "1400"]).await;
     let m = c.wait_for_master(Duration::from_secs(20)).await;

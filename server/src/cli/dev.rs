@@ -145,6 +145,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             write_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(5),
             compact_after: 10_000,
+            compact_after_bytes: super::serve::DEFAULT_SNAPSHOT_EVERY_BYTES,
             peer_proxy: None,
             peer_tls: peer_tls.clone(),
             archive: None,

@@ -166,6 +166,16 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
 
+    /// Compact the log into a snapshot once this many bytes of writes were
+    /// applied since the last one, however few the instances. Every
+    /// instance since the last snapshot is held in memory, so this bounds
+    /// what the log takes when values are large (a key overwritten with
+    /// 1 MiB values). Each compaction writes the whole store to disk.
+    #[arg(long, env = "PHXKV_SNAPSHOT_EVERY_BYTES", value_name = "BYTES",
+          default_value_t = DEFAULT_SNAPSHOT_EVERY_BYTES,
+          value_parser = clap::value_parser!(u64).range((1 << 20)..=(16 << 30)))]
+    pub snapshot_every_bytes: u64,
+
     /// Threads that serve the client and peer ports (the engine and the
     /// log have threads of their own). Default: one per CPU this process
     /// may use, as its CPU limit allows. Replicas that share a machine's
@@ -560,6 +570,7 @@ impl ServeArgs {
                 write_timeout: self.write_timeout,
                 read_timeout: self.write_timeout,
                 compact_after: self.snapshot_every,
+                compact_after_bytes: self.snapshot_every_bytes,
                 peer_proxy: self.peer_proxy.clone(),
                 archive: self.archive_settings()?,
                 peer_tls,
@@ -688,6 +699,11 @@ pub async fn start(
 /// The store quota when none is given: 2 GiB (keys, values and their
 /// bookkeeping), etcd's default backend quota too.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+
+/// `--snapshot-every-bytes` when none is given: 64 MiB, so that the log
+/// stays well inside the memory left beside the store quota the operator
+/// derives (a quarter of the memory limit) on its smallest settings.
+pub const DEFAULT_SNAPSHOT_EVERY_BYTES: u64 = 64 << 20;
 
 /// How often certificate files are looked at besides at each handshake.
 const CERTIFICATE_CHECK: Duration = Duration::from_secs(30);

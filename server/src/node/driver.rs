@@ -170,6 +170,11 @@ pub struct Driver {
     pub metrics: Metrics,
     /// Compact the log once this many applied instances follow the snapshot.
     pub compact_after: u64,
+    /// Compact the log once commands of this many bytes were applied since
+    /// the snapshot, however few the instances.
+    pub compact_after_bytes: u64,
+    /// What was applied since the snapshot, in bytes.
+    pub log_bytes: LogBytes,
     pub epoch: Instant,
     pub read_lease: Arc<ReadLease>,
     /// Checkpoints of the state digest, compared with the peers'.
@@ -239,6 +244,55 @@ impl ReadWaiters {
         {
             let _ = reply.send(Err(ReadError::NotMaster { hint: master }));
         }
+    }
+}
+
+/// The bytes of commands applied since the newest snapshot: the part of the
+/// log that a compaction would free.
+///
+/// The engine keeps every instance since the snapshot in memory (and the
+/// log on disk holds them too), so compacting only by count let the log grow
+/// with the size of what was written: ten thousand instances of one 1 MiB
+/// value each (a client overwriting one large key) is 10 GiB on every
+/// replica at once, which the store quota does not see, since the store
+/// itself holds one value. Counting bytes too bounds the log by
+/// `serve --snapshot-every-bytes` plus what one snapshot takes to write.
+#[derive(Debug, Default)]
+pub struct LogBytes {
+    /// Everything applied since the process started.
+    applied: u64,
+    /// Of that, what the newest published snapshot covers.
+    covered: u64,
+    /// `applied` when the compaction in progress began.
+    began: Option<u64>,
+}
+
+impl LogBytes {
+    fn add(&mut self, bytes: usize) {
+        self.applied = self.applied.saturating_add(bytes as u64);
+    }
+
+    /// Bytes applied that no snapshot covers yet.
+    fn since_snapshot(&self) -> u64 {
+        self.applied.saturating_sub(self.covered)
+    }
+
+    /// A compaction begins: it will cover everything applied so far.
+    fn begin(&mut self) {
+        self.began = Some(self.applied);
+    }
+
+    /// The compaction that began is published.
+    fn compacted(&mut self) {
+        if let Some(began) = self.began.take() {
+            self.covered = self.covered.max(began);
+        }
+    }
+
+    /// A snapshot from a peer replaced the state and the log before it.
+    fn replaced(&mut self) {
+        self.covered = self.applied;
+        self.began = None;
     }
 }
 
@@ -628,8 +682,9 @@ impl Driver {
             let mut revisions = Vec::new();
             match &value {
                 Value::Batch(cmds) => {
-                    self.metrics
-                        .observe_batch(cmds.len(), cmds.iter().map(Command::size_hint).sum());
+                    let bytes = cmds.iter().map(Command::size_hint).sum();
+                    self.log_bytes.add(bytes);
+                    self.metrics.observe_batch(cmds.len(), bytes);
                     for cmd in cmds.iter() {
                         let result = store.apply(cmd.id, &cmd.op);
                         if archive_ms.is_some() {
@@ -719,13 +774,18 @@ impl Driver {
             Err(_) => return,
         };
         let first = self.replica.status(Duration::ZERO).first_index;
-        if applied < first + self.compact_after {
+        if applied < first + self.compact_after
+            && self.log_bytes.since_snapshot() < self.compact_after_bytes
+        {
             return;
         }
         let Ok(mut store) = self.store.write() else {
             return;
         };
         let start = store.begin_snapshot();
+        // On this thread, as `apply` counts: the snapshot covers exactly the
+        // bytes counted so far.
+        self.log_bytes.begin();
         drop(store);
         let meta = SnapshotMeta {
             index: start.applied_index,
@@ -794,6 +854,7 @@ impl Driver {
                     "log compacted into a snapshot"
                 );
                 self.replica.compacted(meta);
+                self.log_bytes.compacted();
             }
             Err(e) => tracing::warn!(error = %e, "compaction failed; will retry"),
         }
@@ -827,6 +888,7 @@ impl Driver {
         }
         tracing::info!(index = meta.index, "installed snapshot");
         self.metrics.inc_snapshots("installed");
+        self.log_bytes.replaced();
         self.replica.snapshot_installed(meta);
         let m = self.replica.membership().clone();
         self.membership.send_replace(m);
@@ -888,5 +950,38 @@ pub fn restore_store(snapshot: Option<snapshot_file::Reader>) -> Result<Store, S
         Some(reader) => Store::restore_from_reader(reader, StoreConfig::default())
             .map_err(|e| format!("the stored snapshot cannot be read: {e}")),
         None => Ok(Store::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogBytes;
+
+    #[test]
+    fn log_bytes_count_what_no_published_snapshot_covers() {
+        let mut b = LogBytes::default();
+        b.add(300);
+        b.begin();
+        // Applied while the snapshot is written: not covered by it.
+        b.add(50);
+        assert_eq!(b.since_snapshot(), 350);
+        b.compacted();
+        assert_eq!(b.since_snapshot(), 50);
+        // A compaction that failed covers nothing; the next one covers all.
+        b.begin();
+        b.add(20);
+        b.begin();
+        b.compacted();
+        assert_eq!(b.since_snapshot(), 0);
+        // A second report of the same compaction changes nothing.
+        b.add(10);
+        b.compacted();
+        assert_eq!(b.since_snapshot(), 10);
+        // A snapshot from a peer replaces everything before it.
+        b.begin();
+        b.add(5);
+        b.replaced();
+        b.compacted();
+        assert_eq!(b.since_snapshot(), 0);
     }
 }

@@ -66,6 +66,8 @@ pub struct NodeConfig {
     pub read_timeout: Duration,
     /// Compact the log after this many applied instances.
     pub compact_after: u64,
+    /// Compact the log after commands of this many bytes were applied.
+    pub compact_after_bytes: u64,
     /// An HTTP proxy for every request to peers; none means direct.
     pub peer_proxy: Option<String>,
     /// Continuous archiving to object storage; none means off.
@@ -519,6 +521,8 @@ impl Node {
             membership,
             metrics: self.inner.metrics.clone(),
             compact_after: self.inner.cfg.compact_after,
+            compact_after_bytes: self.inner.cfg.compact_after_bytes,
+            log_bytes: Default::default(),
             epoch: self.inner.epoch,
             read_lease: self.inner.read_lease.clone(),
             digests: self.inner.digests.clone(),
