@@ -48,10 +48,10 @@ use crate::auth::gate::ClientAddr;
 
 /// The longest a connection may wait, open or between two exchanges,
 /// before its next request head is complete, unless `serve --idle-timeout`
-/// says otherwise. It is longer than the idle
-/// timeouts of common HTTP clients' connection pools (Go's 90 s, reqwest's
-/// 90 s, curl's 118 s), so that they close an idle connection before the
-/// server does and never send a request on one the server is closing.
+/// says otherwise. It is longer than the idle timeouts of common HTTP
+/// clients' connection pools (Go's 90 s, reqwest's 90 s, curl's 118 s), so
+/// that they close an idle connection before the server does and never
+/// send a request on one the server is closing.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The longest a closed connection is drained of what the client still sends.

@@ -632,6 +632,17 @@ async fn a_body_that_stops_arriving_is_408_and_changes_nothing() {
         .error(StatusCode::NOT_FOUND, "key_not_found");
 }
 
+/// `PUT /v1/kv/k` declaring a body of `declared` bytes that never comes.
+fn put_that_never_arrives(declared: usize) -> Request<Body> {
+    let never = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+    Request::builder()
+        .method(Method::PUT)
+        .uri("/v1/kv/k")
+        .header("content-length", declared.to_string())
+        .body(Body::from_stream(never))
+        .expect("valid request")
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_body_timeout_a_request_carries_replaces_the_default() {
     let router = Fake::new()
@@ -639,15 +650,9 @@ async fn the_body_timeout_a_request_carries_replaces_the_default() {
         .layer(axum::Extension(crate::api::body::BodyTimeout(
             Duration::from_secs(5),
         )));
-    let never = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
-    let request = Request::builder()
-        .method(Method::PUT)
-        .uri("/v1/kv/k")
-        .header("content-length", "20")
-        .body(Body::from_stream(never))
-        .expect("valid request");
     // Time is paused: it jumps ahead while everything waits, so the 5 s
     // limit answers before this one, and the default (120 s) would not.
+    let request = put_that_never_arrives(20);
     let err = tokio::time::timeout(Duration::from_secs(10), send(&router, request))
         .await
         .expect("the node gives up on the body after 5 s")
@@ -663,16 +668,8 @@ async fn the_body_timeout_a_request_carries_replaces_the_default() {
 async fn a_declared_body_over_the_limit_is_413_before_any_of_it_is_read() {
     let router = Fake::new().router();
     let limit = crate::api::body_limit(&Fake::new().limits());
-    let put = |declared: usize| {
-        // A body that never arrives: only the declared length can decide.
-        let never = futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
-        Request::builder()
-            .method(Method::PUT)
-            .uri("/v1/kv/k")
-            .header("content-length", declared.to_string())
-            .body(Body::from_stream(never))
-            .expect("valid request")
-    };
+    // Only the declared length can decide.
+    let put = put_that_never_arrives;
     // Without the check this would wait out the body timeout and be 408.
     send(&router, put(limit + 1))
         .await

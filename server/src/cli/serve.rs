@@ -677,7 +677,8 @@ pub async fn start(
         app,
         shutdown.clone(),
         "client",
-        (None, http.idle),
+        None,
+        http.idle,
     )?;
     let peer = serve_until(
         peer_listener,
@@ -685,7 +686,8 @@ pub async fn start(
         peer_app,
         shutdown,
         "peer",
-        (Some(crate::tls::listener::PEER_READ_BUFFER), http.idle),
+        Some(crate::tls::listener::PEER_READ_BUFFER),
+        http.idle,
     )?;
     Ok(Running {
         node,
@@ -741,7 +743,8 @@ fn serve_until(
     app: axum::Router,
     shutdown: tokio::sync::watch::Receiver<bool>,
     what: &'static str,
-    (read_buffer, idle): (Option<usize>, Duration),
+    read_buffer: Option<usize>,
+    idle: Duration,
 ) -> Result<tokio::task::JoinHandle<()>, CliError> {
     let Some(tls) = tls else {
         return Ok(serve_on(PlainListener(listener), app, idle, shutdown));
