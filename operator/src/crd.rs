@@ -556,6 +556,26 @@ pub struct LimitsSpec {
     /// server's default (2 GiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_bytes: Option<u64>,
+    /// Compact the log into a snapshot once this many bytes of writes were
+    /// applied since the last one (`--snapshot-every-bytes`, 1 MiB to
+    /// 16 GiB). The log since the last snapshot is held in memory, so when
+    /// this is left out and `resources.limits.memory` is set, it is an
+    /// eighth of that limit, at least 1 MiB and at most the server's
+    /// default (64 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1048576, max = 17179869184u64))]
+    pub snapshot_every_bytes: Option<u64>,
+    /// How long a connection may wait for its next request to begin
+    /// before it is closed (`--idle-timeout`, 1s to 1h; server default
+    /// 2m). Keep it above your clients' pool idle timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub idle_timeout: Option<String>,
+    /// How long a request body may take to arrive before the request is
+    /// refused with 408 (`--body-timeout`, 1s to 1h; server default 2m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub body_timeout: Option<String>,
 }
 
 /// Pod placement.
@@ -899,6 +919,26 @@ impl PaxosKVSpec {
             out.push(format!(
                 "spec.service.port must not be {}, the peer port",
                 crate::render::PEER_PORT
+            ));
+        }
+        for (field, value) in [
+            ("idleTimeout", &self.limits.idle_timeout),
+            ("bodyTimeout", &self.limits.body_timeout),
+        ] {
+            let Some(value) = value else { continue };
+            match phxkv::cli::parse_duration(value) {
+                Ok(d) if phxkv::cli::serve::HTTP_TIMEOUTS.contains(&d) => {}
+                Ok(_) => out.push(format!(
+                    "spec.limits.{field} is {value}; it must be between 1s and 1h"
+                )),
+                Err(e) => out.push(format!("spec.limits.{field}: {e}")),
+            }
+        }
+        if let Some(bytes) = self.limits.snapshot_every_bytes
+            && !phxkv::cli::serve::SNAPSHOT_EVERY_BYTES.contains(&bytes)
+        {
+            out.push(format!(
+                "spec.limits.snapshotEveryBytes is {bytes}; it must be between 1048576 (1 MiB) and 17179869184 (16 GiB)"
             ));
         }
         match phxkv::cli::parse_duration(&self.self_healing.replace_after) {
@@ -1280,6 +1320,21 @@ mod tests {
         assert!(spec(r#"{"lease": "soon"}"#).problems("kv")[0].contains("spec.lease"));
         assert!(spec(r#"{"lease": "10ms"}"#).problems("kv")[0].contains("100ms"));
         assert!(spec(r#"{"storage": {"size": "lots"}}"#).problems("kv")[0].contains("quantity"));
+        let limits = |l: &str| spec(&format!(r#"{{"limits": {l}}}"#)).problems("kv");
+        assert!(
+            limits(r#"{"idleTimeout": "500ms"}"#)[0]
+                .contains("spec.limits.idleTimeout is 500ms; it must be between 1s and 1h")
+        );
+        assert!(limits(r#"{"bodyTimeout": "2h"}"#)[0].contains("spec.limits.bodyTimeout is 2h"));
+        assert!(limits(r#"{"bodyTimeout": "soon"}"#)[0].contains("spec.limits.bodyTimeout:"));
+        assert!(
+            limits(r#"{"snapshotEveryBytes": 1000}"#)[0]
+                .contains("spec.limits.snapshotEveryBytes is 1000")
+        );
+        assert!(
+            limits(r#"{"idleTimeout": "1h", "bodyTimeout": "1s", "snapshotEveryBytes": 1048576}"#)
+                .is_empty()
+        );
         assert!(spec(r#"{"service": {"port": 8081}}"#).problems("kv")[0].contains("peer port"));
         assert!(spec("{}").problems(&"k".repeat(53))[0].contains("52 characters"));
         assert!(spec("{}").problems("9lives")[0].contains("lowercase letter"));

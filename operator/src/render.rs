@@ -510,6 +510,15 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
     if let Some(v) = quota_bytes(spec) {
         vars.push(env("PHXKV_QUOTA_BYTES", v.to_string()));
     }
+    if let Some(v) = snapshot_every_bytes(spec) {
+        vars.push(env("PHXKV_SNAPSHOT_EVERY_BYTES", v.to_string()));
+    }
+    if let Some(v) = &spec.limits.idle_timeout {
+        vars.push(env("PHXKV_IDLE_TIMEOUT", v.clone()));
+    }
+    if let Some(v) = &spec.limits.body_timeout {
+        vars.push(env("PHXKV_BODY_TIMEOUT", v.clone()));
+    }
     if let Some(endpoint) = &spec.telemetry.otlp_endpoint {
         vars.push(env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()));
     }
@@ -1050,6 +1059,19 @@ fn quota_bytes(spec: &crate::crd::PaxosKVSpec) -> Option<u64> {
     })
 }
 
+/// When the replicas compact their log by size: `spec.limits.snapshotEveryBytes`,
+/// else an eighth of the memory limit within 1 MiB and the server's
+/// default (the log since the last snapshot is held in memory beside the
+/// store, which may take a quarter), else none, leaving that default.
+fn snapshot_every_bytes(spec: &crate::crd::PaxosKVSpec) -> Option<u64> {
+    use phxkv::cli::serve::{DEFAULT_SNAPSHOT_EVERY_BYTES, SNAPSHOT_EVERY_BYTES};
+    spec.limits.snapshot_every_bytes.or_else(|| {
+        let limit = spec.resources.as_ref()?.limits.as_ref()?.get("memory")?;
+        let eighth = quantity_bytes(&limit.0)? / 8;
+        (eighth < DEFAULT_SNAPSHOT_EVERY_BYTES).then(|| eighth.max(*SNAPSHOT_EVERY_BYTES.start()))
+    })
+}
+
 /// A memory quantity in bytes ("512Mi", "2G", "1.5Gi", "1000"); `None`
 /// for forms this does not read (exponents, milli-units).
 fn quantity_bytes(q: &str) -> Option<u64> {
@@ -1325,12 +1347,110 @@ mod tests {
     }
 
     #[test]
+    fn the_log_compacts_by_size_within_the_memory_limit_unless_given() {
+        let every = |spec: serde_json::Value| {
+            let spec: PaxosKVSpec = serde_json::from_value(spec).expect("spec");
+            let sts = statefulset(&sample(spec), &defaults(), 3, Transport::Plain);
+            env_of(&sts)
+                .get("PHXKV_SNAPSHOT_EVERY_BYTES")
+                .and_then(|v| v.value.clone())
+        };
+        let memory = |limit: &str| serde_json::json!({"resources": {"limits": {"memory": limit}}});
+        // An eighth of the limit while that is below the server's default.
+        assert_eq!(every(memory("256Mi")).as_deref(), Some("33554432"));
+        assert_eq!(
+            every(memory("8M")).as_deref(),
+            Some("1048576"),
+            "at least 1 MiB"
+        );
+        assert_eq!(every(memory("512Mi")), None, "an eighth is the default");
+        assert_eq!(every(memory("4Gi")), None, "never above the default");
+        let mut given = memory("256Mi");
+        given["limits"] = serde_json::json!({"snapshotEveryBytes": 268435456u64});
+        assert_eq!(every(given).as_deref(), Some("268435456"));
+        assert_eq!(every(serde_json::json!({})), None);
+    }
+
+    /// Every `PHXKV_*` variable the replica container gets names a flag of
+    /// `phxkv serve`, and its value parses as that flag's: a renamed flag
+    /// or a value the server refuses would otherwise show up only as pods
+    /// that never start.
+    #[test]
+    fn every_variable_the_replicas_get_is_a_serve_flag_that_parses() {
+        use clap::{CommandFactory, Parser};
+        let spec: PaxosKVSpec = serde_json::from_value(serde_json::json!({
+            "replicas": 3,
+            "lease": "2s",
+            "readMode": "quorum",
+            "limits": {"maxKeyBytes": 100, "maxValueBytes": 1000, "maxTxnOps": 16,
+                       "quotaBytes": 1000000, "snapshotEveryBytes": 2097152,
+                       "idleTimeout": "5m", "bodyTimeout": "30s"},
+            "telemetry": {"otlpEndpoint": "http://collector:4318", "logFormat": "text"},
+            "backup": {"destination": {"url": "s3://backups/prod",
+                       "endpoint": "http://minio:9000", "region": "eu-1"}}
+        }))
+        .expect("spec");
+        let pkv = sample(spec);
+        let bootstrap = Bootstrap {
+            replicas: 3,
+            read_mode: ReadModeSpec::Quorum,
+            tls: Some(true),
+            recovery: None,
+        };
+        let config = bootstrap_config(&pkv, &bootstrap).data.expect("data");
+        let sts = statefulset(&pkv, &defaults(), 3, Transport::Tls);
+        let pod = sts.spec.and_then(|s| s.template.spec).expect("pod");
+        let container = &pod.containers[0];
+        assert_eq!(container.args.as_deref(), Some(&["serve".to_string()][..]));
+
+        let cli = phxkv::cli::Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve");
+        let mut argv = vec!["phxkv".to_string(), "serve".to_string()];
+        let mut seen = 0;
+        for var in container.env.iter().flatten() {
+            if !var.name.starts_with("PHXKV_") {
+                continue;
+            }
+            let arg = serve
+                .get_arguments()
+                .find(|a| a.get_env().and_then(|e| e.to_str()) == Some(var.name.as_str()))
+                .unwrap_or_else(|| panic!("phxkv serve reads no {}", var.name));
+            let from = var.value_from.as_ref();
+            let value = match (&var.value, from) {
+                (Some(v), _) => v.clone(),
+                (None, Some(f)) if f.field_ref.is_some() => "kv-0".into(),
+                (None, Some(f)) => {
+                    let key = &f.config_map_key_ref.as_ref().expect("a ConfigMap key").key;
+                    config.get(key).cloned().expect("written by the operator")
+                }
+                (None, None) => panic!("{} has no value", var.name),
+            };
+            let long = arg.get_long().expect("a long flag");
+            seen += 1;
+            if !arg.get_action().takes_values() {
+                // A switch: clap reads its variable as true or false.
+                match value.as_str() {
+                    "true" => argv.push(format!("--{long}")),
+                    "false" => {}
+                    other => panic!("{} is {other:?}, not true or false", var.name),
+                }
+                continue;
+            }
+            argv.push(format!("--{long}={value}"));
+        }
+        assert!(seen >= 20, "only {seen} variables: {argv:?}");
+        if let Err(e) = phxkv::cli::Cli::try_parse_from(&argv) {
+            panic!("phxkv serve refuses what the operator sets: {e}\n{argv:?}");
+        }
+    }
+
+    #[test]
     fn spec_settings_reach_the_pods() {
         let spec: PaxosKVSpec = serde_json::from_value(serde_json::json!({
             "replicas": 5,
             "image": "registry.example/phxkv:2",
             "lease": "2s",
-            "limits": {"maxValueBytes": 1000},
+            "limits": {"maxValueBytes": 1000, "idleTimeout": "5m", "bodyTimeout": "30s"},
             "storage": {"size": "20Gi", "storageClassName": "fast", "reclaimPolicy": "Delete"},
             "telemetry": {"otlpEndpoint": "http://collector:4318", "logFormat": "text"},
             "scheduling": {"nodeSelector": {"disk": "ssd"}}
@@ -1341,6 +1461,8 @@ mod tests {
         let env = env_of(&sts);
         assert_eq!(env["PHXKV_LEASE"].value.as_deref(), Some("2s"));
         assert_eq!(env["PHXKV_MAX_VALUE_BYTES"].value.as_deref(), Some("1000"));
+        assert_eq!(env["PHXKV_IDLE_TIMEOUT"].value.as_deref(), Some("5m"));
+        assert_eq!(env["PHXKV_BODY_TIMEOUT"].value.as_deref(), Some("30s"));
         assert_eq!(env["PHXKV_LOG_FORMAT"].value.as_deref(), Some("text"));
         assert_eq!(
             env["OTEL_EXPORTER_OTLP_ENDPOINT"].value.as_deref(),

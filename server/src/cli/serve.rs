@@ -173,7 +173,7 @@ pub struct ServeArgs {
     /// 1 MiB values). Each compaction writes the whole store to disk.
     #[arg(long, env = "PHXKV_SNAPSHOT_EVERY_BYTES", value_name = "BYTES",
           default_value_t = DEFAULT_SNAPSHOT_EVERY_BYTES,
-          value_parser = clap::value_parser!(u64).range((1 << 20)..=(16 << 30)))]
+          value_parser = clap::value_parser!(u64).range(SNAPSHOT_EVERY_BYTES))]
     pub snapshot_every_bytes: u64,
 
     /// Threads that serve the client and peer ports (the engine and the
@@ -515,7 +515,7 @@ impl ServeArgs {
             ("idle-timeout", self.idle_timeout),
             ("body-timeout", self.body_timeout),
         ] {
-            if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+            if !HTTP_TIMEOUTS.contains(&d) {
                 return Err(bad(flag, "must be between 1s and 1h".into()));
             }
         }
@@ -706,6 +706,13 @@ pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 /// stays well inside the memory left beside the store quota the operator
 /// derives (a quarter of the memory limit) on its smallest settings.
 pub const DEFAULT_SNAPSHOT_EVERY_BYTES: u64 = 64 << 20;
+
+/// What `--snapshot-every-bytes` may be: 1 MiB to 16 GiB.
+pub const SNAPSHOT_EVERY_BYTES: std::ops::RangeInclusive<u64> = (1 << 20)..=(16 << 30);
+
+/// What `--idle-timeout` and `--body-timeout` may be: 1s to 1h.
+pub const HTTP_TIMEOUTS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
 
 /// How often certificate files are looked at besides at each handshake.
 const CERTIFICATE_CHECK: Duration = Duration::from_secs(30);
