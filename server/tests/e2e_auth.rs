@@ -455,6 +455,12 @@ async fn the_auth_commands_manage_roles_and_tokens_from_the_command_line() {
     ));
     ok(cli(&c, &admin, &["put", "app/x", "v"]));
     ok(cli(&c, &admin, &["put", "other/x", "v"]));
+    // `create`, as for tokens, is `put` too.
+    ok(cli(
+        &c,
+        &admin,
+        &["auth", "role", "create", "app-writer", "--write", "app/"],
+    ));
 
     // The token alone on stdout, so `> file` keeps it; no warning for a
     // role that exists.

@@ -52,6 +52,7 @@ pub enum RoleAction {
     /// List the roles and their permissions.
     List,
     /// Create a role, or replace its permissions with the ones given.
+    #[command(visible_alias = "create")]
     Put {
         /// 1 to 64 letters, digits, '.', '_', '-', '@' or ':'.
         name: String,

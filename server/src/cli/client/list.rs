@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::http::{self, Client};
 use super::{
-    ConnectArgs, KeyArg, KvJson, Output, OutputArgs, decode_b64, display_bytes, print_json,
+    ConnectArgs, KvJson, Output, OutputArgs, PrefixArgs, decode_b64, display_bytes, print_json,
     query_value, render_table, table_cell, write_line, write_out,
 };
 use crate::cli::CliError;
@@ -26,10 +26,8 @@ const PAGE: u64 = 1000;
 #[derive(Args, Debug)]
 #[command(after_help = AFTER_HELP)]
 pub struct ListArgs {
-    /// Only keys starting with P (all keys when left out): text, or `b64:`
-    /// and base64 for any bytes.
-    #[arg(long, value_name = "P")]
-    pub prefix: Option<KeyArg>,
+    #[command(flatten)]
+    pub prefix: PrefixArgs,
     /// Stop after N keys (default: all of them, fetched in pages of 1000).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
@@ -108,7 +106,7 @@ fn table_row(kv: &KvJson) -> Result<[String; 4], CliError> {
 
 pub async fn run(args: ListArgs) -> Result<(), CliError> {
     let client = Client::new(&args.connect)?;
-    let prefix = args.prefix.map(|p| p.0).unwrap_or_default();
+    let prefix = args.prefix.into_bytes();
     match args.output.format() {
         Output::Json => {
             let mut all = Vec::new();

@@ -284,6 +284,26 @@ impl std::str::FromStr for KeyArg {
     }
 }
 
+/// The key prefix of `list` and `watch`: `--prefix P`, or `P` alone, the
+/// way one would type it first (`phxkv list app/`).
+#[derive(clap::Args, Debug)]
+pub struct PrefixArgs {
+    /// Only keys starting with PREFIX (all keys when left out): text, or
+    /// `b64:` and base64 for any bytes. The same as --prefix.
+    #[arg(value_name = "PREFIX", conflicts_with = "prefix")]
+    at: Option<KeyArg>,
+    /// The same as PREFIX.
+    #[arg(long, value_name = "P")]
+    prefix: Option<KeyArg>,
+}
+
+impl PrefixArgs {
+    /// The prefix's bytes; empty for every key.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.at.or(self.prefix).map(|p| p.0).unwrap_or_default()
+    }
+}
+
 /// Decodes a base64 field of an API answer.
 pub fn decode_b64(field: &str, s: &str) -> Result<Vec<u8>, CliError> {
     B64.decode(s)
@@ -347,6 +367,35 @@ pub fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_and_watch_take_their_prefix_as_an_argument_or_a_flag() {
+        use clap::Parser;
+        let prefix = |argv: &[&str]| -> Result<Vec<u8>, String> {
+            match crate::cli::Cli::try_parse_from(argv)
+                .map_err(|e| e.to_string())?
+                .command
+            {
+                crate::cli::Command::List(a) => Ok(a.prefix.into_bytes()),
+                crate::cli::Command::Watch(a) => Ok(a.prefix.into_bytes()),
+                other => panic!("{other:?}"),
+            }
+        };
+        for cmd in ["list", "watch"] {
+            assert_eq!(prefix(&["phxkv", cmd, "app/"]).as_deref(), Ok(&b"app/"[..]));
+            assert_eq!(
+                prefix(&["phxkv", cmd, "--prefix", "app/"]).as_deref(),
+                Ok(&b"app/"[..])
+            );
+            assert_eq!(
+                prefix(&["phxkv", cmd, "b64:AP8="]).as_deref(),
+                Ok(&[0u8, 255][..])
+            );
+            assert_eq!(prefix(&["phxkv", cmd]).as_deref(), Ok(&b""[..]));
+            let both = prefix(&["phxkv", cmd, "a", "--prefix", "b"]).expect_err("both");
+            assert!(both.contains("cannot be used with"), "{both}");
+        }
+    }
 
     #[test]
     fn keys_are_encoded_byte_wise_keeping_slashes() {

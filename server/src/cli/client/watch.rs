@@ -7,7 +7,7 @@ use phxkv_client::{WatchEvent, WatchKind, WatchOptions};
 use serde::{Deserialize, Serialize};
 
 use super::http::Client;
-use super::{ConnectArgs, KeyArg, KvJson, display_bytes, write_line};
+use super::{ConnectArgs, KvJson, PrefixArgs, display_bytes, write_line};
 use crate::cli::CliError;
 
 const AFTER_HELP: &str = "\
@@ -33,10 +33,8 @@ pub enum WatchOutput {
 #[derive(Args, Debug)]
 #[command(after_help = AFTER_HELP)]
 pub struct WatchArgs {
-    /// Only keys starting with P (all keys when left out): text, or `b64:`
-    /// and base64 for any bytes.
-    #[arg(long, value_name = "P")]
-    pub prefix: Option<KeyArg>,
+    #[command(flatten)]
+    pub prefix: PrefixArgs,
     /// Replay changes from revision R on before the live ones (default:
     /// only changes made after the watch starts).
     #[arg(long, value_name = "R")]
@@ -103,7 +101,7 @@ fn format_event(ev: &WatchEvent, output: WatchOutput) -> Result<String, CliError
 pub async fn run(args: WatchArgs) -> Result<(), CliError> {
     let client = Client::new(&args.connect)?;
     let opts = WatchOptions {
-        prefix: args.prefix.map(|p| p.0).unwrap_or_default(),
+        prefix: args.prefix.into_bytes(),
         start_revision: args.start_revision,
     };
     tokio::select! {
