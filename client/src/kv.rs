@@ -126,6 +126,19 @@ pub struct Deleted {
     pub revision: u64,
 }
 
+/// What one round of a prefix delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct DeletedPrefix {
+    /// Keys deleted, all at `revision`.
+    pub deleted: u64,
+    /// The revision of the deletion; the unchanged current one when no key
+    /// matched.
+    pub revision: u64,
+    /// Keys under the prefix are left (the round reached its limit): call
+    /// again for the next ones.
+    pub more: bool,
+}
+
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListPage {
@@ -226,6 +239,24 @@ impl Client {
         }
         let resp = self
             .send_write(|h, base| h.delete(format!("{base}{path}")))
+            .await?;
+        json(resp).await
+    }
+
+    /// Deletes up to `limit` keys under `prefix` (an empty prefix: every
+    /// key) at one revision; the server's bound when `limit` is `None`.
+    /// Repeat while [`DeletedPrefix::more`] to empty a larger prefix.
+    pub async fn delete_prefix(
+        &self,
+        prefix: &[u8],
+        limit: Option<u32>,
+    ) -> Result<DeletedPrefix, Error> {
+        let mut query = format!("/v1/kv?prefix={}", query_value(prefix));
+        if let Some(limit) = limit {
+            query.push_str(&format!("&limit={limit}"));
+        }
+        let resp = self
+            .send_write(|h, base| h.delete(format!("{base}{query}")))
             .await?;
         json(resp).await
     }

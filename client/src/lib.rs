@@ -57,7 +57,8 @@ use reqwest::{RequestBuilder, Response, StatusCode, Url};
 
 pub use error::{ApiError, Error, describe, one_line};
 pub use kv::{
-    Deleted, Kv, ListPage, PutOptions, Read, Written, key_path, path_segment, query_value,
+    Deleted, DeletedPrefix, Kv, ListPage, PutOptions, Read, Written, key_path, path_segment,
+    query_value,
 };
 pub use lease::{Granted, KeepAlive, KeepAliveAnswer, LeaseEntry, LeaseList, LeaseStatus, Revoked};
 pub use lock::{Leader, Locked, Observe, Released, path_name};

@@ -7,6 +7,7 @@ use serde_json::Value;
 /// The routes the crate calls: path and method.
 const ROUTES: &[(&str, &str)] = &[
     ("/v1/kv", "get"),
+    ("/v1/kv", "delete"),
     ("/v1/kv/{key}", "get"),
     ("/v1/kv/{key}", "put"),
     ("/v1/kv/{key}", "delete"),
@@ -36,6 +37,7 @@ const FIELDS: &[(&str, &[&str])] = &[
     ),
     ("PutResponse", &["revision", "version"]),
     ("DeleteResponse", &["deleted", "revision"]),
+    ("DeletePrefixResponse", &["deleted", "revision", "more"]),
     ("ListResponse", &["kvs", "more"]),
     ("GrantResponse", &["id", "ttl_secs", "revision"]),
     (

@@ -680,3 +680,79 @@ fn dev_refuses_a_bad_port_and_leaves_no_temporary_directory_behind() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}; {err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_by_prefix_removes_the_keys_under_it_on_every_replica_at_one_revision() {
+    let c = Cluster::start(3, &[]).await;
+    let ep = all_endpoints(&c);
+    for k in ["tmp/a", "tmp/b", "tmp/c/d", "tmpx", "keep"] {
+        assert_eq!(phxkv(&ep, &["put", k, "v"], "").code, 0);
+    }
+    let r = phxkv(&ep, &["delete", "--prefix", "tmp/"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with("deleted 3 keys (revision 6)"),
+        "{}",
+        r.stdout
+    );
+    // Gone from every replica's own copy once it has applied revision 6;
+    // the keys beside the prefix stay.
+    for i in 0..c.procs.len() {
+        let one = c.url(i);
+        for (key, code) in [("tmp/a", 1), ("tmp/c/d", 1), ("tmpx", 0), ("keep", 0)] {
+            let r = phxkv(&one, &["get", key, "--min-revision", "6"], "");
+            assert_eq!(r.code, code, "replica {i}, {key}: {}", r.stderr);
+        }
+    }
+    let r = phxkv(&ep, &["list"], "");
+    assert_eq!(r.stdout, "keep\tv\ntmpx\tv\n");
+    // A watcher sees the three deletes at the one revision.
+    let mut watch = phxkv_command(
+        &ep,
+        &["watch", "tmp/", "--start-revision", "6", "-o", "json"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn watch");
+    let out = watch.stdout.take().expect("watch stdout");
+    let lines: Vec<serde_json::Value> = {
+        use std::io::BufRead;
+        std::io::BufReader::new(out)
+            .lines()
+            .take(3)
+            .map(|l| serde_json::from_str(&l.expect("a line")).expect("JSON"))
+            .collect()
+    };
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let seen: Vec<(&str, u64, &str)> = lines
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default(),
+                e["revision"].as_u64().unwrap_or_default(),
+                e["key_utf8"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("delete", 6, "tmp/a"),
+            ("delete", 6, "tmp/b"),
+            ("delete", 6, "tmp/c/d")
+        ]
+    );
+    // Nothing left: still a success, with nothing deleted.
+    let r = phxkv(&ep, &["delete", "--prefix", "tmp/"], "");
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "deleted 0 keys (revision 6)\n")
+    );
+    // A key and a prefix, or neither: usage errors.
+    for args in [&["delete"][..], &["delete", "k", "--prefix", "tmp/"]] {
+        let r = phxkv(&ep, args, "");
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+    }
+}

@@ -98,6 +98,27 @@ async fn typed_calls_fail_over_and_watches_resume_elsewhere() {
     let d = api.delete(b"k/d", None).await.expect("delete");
     assert!(d.deleted);
     assert!(!api.delete(b"k/d", None).await.expect("delete").deleted);
+    // A prefix in rounds of two: k/a and k/b at one revision, then k/c.
+    let first = api
+        .delete_prefix(b"k/", Some(2))
+        .await
+        .expect("delete prefix");
+    assert_eq!((first.deleted, first.more), (2, true));
+    let last = api
+        .delete_prefix(b"k/", Some(2))
+        .await
+        .expect("delete prefix");
+    assert_eq!(
+        (last.deleted, last.more, last.revision),
+        (1, false, first.revision + 1)
+    );
+    assert!(
+        api.list(b"k/", None, 10)
+            .await
+            .expect("list")
+            .kvs
+            .is_empty()
+    );
     assert!(matches!(
         api.put(b"", Vec::new(), PutOptions::default()).await,
         Err(Error::Config(_))

@@ -280,7 +280,7 @@ async fn every_member_decodes_anonymous_ops(c: &Cluster) {
     for m in members {
         assert_eq!(
             m["peer_features"],
-            json!(["forward", "anonymous"]),
+            json!(["forward", "anonymous", "delete_prefix"]),
             "{info}"
         );
     }

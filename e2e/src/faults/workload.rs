@@ -97,6 +97,9 @@ async fn send(http: &reqwest::Client, base: &str, call: &KvCall) -> Answer {
     let key = String::from_utf8_lossy(call.key()).into_owned();
     let url = format!("{base}/v1/kv/{key}");
     let request = match call {
+        // The keys are few, far below one request's limit: one request
+        // deletes every key under the prefix, as the checker assumes.
+        KvCall::DeletePrefix { .. } => http.delete(format!("{base}/v1/kv?prefix={key}")),
         KvCall::Get { .. } => http.get(&url),
         KvCall::Put { value, .. } => http.put(&url).body(value.clone()),
         KvCall::Delete { .. } => http.delete(&url),
@@ -131,6 +134,10 @@ async fn send(http: &reqwest::Client, base: &str, call: &KvCall) -> Answer {
         },
         (KvCall::Cas { .. }, 200) => Answer::Done(KvReturn::Cas { ok: true }),
         (KvCall::Cas { .. }, 409) => Answer::Done(KvReturn::Cas { ok: false }),
+        (KvCall::DeletePrefix { .. }, 200) => match resp.json::<Value>().await {
+            Ok(v) if v["more"] == false => Answer::Done(KvReturn::DeletePrefix),
+            _ => Answer::Unknown,
+        },
         _ => Answer::Unknown,
     }
 }
@@ -142,6 +149,11 @@ pub fn random_call(rng: &mut SmallRng, keys: usize, seq: u64) -> KvCall {
     match rng.random_range(0..10) {
         0..=3 => KvCall::Get { key },
         4..=6 => KvCall::Put { key, value },
+        // Now and then every key under a prefix: "k" is all of them, "k1"
+        // k1 (and k10 to k19 when there are that many).
+        7 if rng.random_bool(0.2) => KvCall::DeletePrefix {
+            prefix: key[..rng.random_range(1..=key.len())].to_vec(),
+        },
         7 => KvCall::Delete { key },
         _ => KvCall::Cas {
             key,

@@ -56,6 +56,7 @@ missing or wrong token is `401 unauthorized`, too few permissions \
         kv::put_key,
         kv::get_key,
         kv::delete_key,
+        kv::delete_prefix,
         kv::list,
         txn::txn,
         lease::grant,

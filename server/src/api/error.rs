@@ -307,7 +307,8 @@ impl From<KvError> for ApiError {
             KvError::EmptyKey
             | KvError::ReservedKey
             | KvError::InvalidLease(_)
-            | KvError::DuplicateTxnKey(_) => ApiError::invalid(message),
+            | KvError::DuplicateTxnKey(_)
+            | KvError::DeleteLimit { .. } => ApiError::invalid(message),
             KvError::Compacted { .. } => ApiError::new(ErrorCode::Compacted, message),
             KvError::SnapshotDecode(_) | KvError::SnapshotRead(_) => ApiError::internal(message),
         }

@@ -17,11 +17,11 @@ use crate::api::body::RawBody;
 use crate::api::encoding::{KvJson, percent_decode, to_b64};
 use crate::api::error::{ApiError, ErrorCode, ErrorResponse};
 use crate::api::query::{QueryParams, ReadConsistency};
-use crate::api::service::{Consistency, Service};
+use crate::api::service::{Consistency, Service, ServiceError};
 use crate::auth::gate::Caller;
 use crate::auth::{Need, Refusal};
 use crate::kv::dedup::MAX_IDEMPOTENCY_KEY;
-use crate::kv::{Expect, Op, OpResult, RangeRequest};
+use crate::kv::{Expect, MAX_DELETE_PREFIX, Op, OpResult, RangeRequest};
 
 /// Where keys start in the path.
 const KEY_PREFIX: &str = "/v1/kv/";
@@ -66,6 +66,20 @@ pub struct DeleteResponse {
     pub deleted: bool,
 }
 
+/// The result of a prefix delete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"revision": 44, "deleted": 120, "more": false}))]
+pub struct DeletePrefixResponse {
+    /// The revision of the deletion (every key deleted shares it), or the
+    /// unchanged current revision when no key matched.
+    pub revision: u64,
+    /// How many keys were deleted.
+    pub deleted: u64,
+    /// Whether keys under the prefix are left because `limit` was reached:
+    /// send the same request again to delete the next ones.
+    pub more: bool,
+}
+
 /// One page of keys sharing a prefix.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ListResponse {
@@ -86,7 +100,7 @@ pub struct ListResponse {
 pub(crate) fn routes<S: Service>() -> Router<S> {
     let key_routes = || get(get_key::<S>).put(put_key::<S>).delete(delete_key::<S>);
     Router::new()
-        .route("/v1/kv", get(list::<S>))
+        .route("/v1/kv", get(list::<S>).delete(delete_prefix::<S>))
         // An empty key gets a clear 400 from validation instead of a 404.
         .route("/v1/kv/", key_routes())
         .route("/v1/kv/{*key}", key_routes())
@@ -369,6 +383,75 @@ pub async fn delete_key<S: Service>(
             current_version,
             current_mod_revision,
         )),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Deletes the keys under a prefix.
+///
+/// The first `limit` keys starting with `prefix`, in byte order, are
+/// deleted at one revision, atomically: a watcher sees them all at that
+/// revision. When more are left, `more` is true; send the request again
+/// for the next ones (each round is atomic, the whole is not). `prefix` is
+/// required; `prefix=` (empty) means every key.
+#[utoipa::path(
+    delete,
+    path = "/v1/kv",
+    tag = "kv",
+    params(
+        ("prefix" = String, Query, description = "Delete keys starting with these bytes (percent-encoded); required, empty for every key."),
+        ("limit" = Option<u64>, Query, description = "Most keys to delete in this request, 1 to 1000 (default 1000).", minimum = 1, maximum = 1000),
+        ("Idempotency-Key" = Option<String>, Header, description = "Names this write for its retries: a retry with the same key and the same request, at any replica, returns the first attempt's outcome instead of applying again (after a 504, say). Recognised while the write is among the last 100,000 applied; a key reused for a different write is refused with 422 `idempotency_key_reused`. 1 to 128 visible ASCII characters, e.g. a UUID."),
+    ),
+    responses(
+        (status = 200, description = "Done.", body = DeletePrefixResponse),
+        (status = 400, description = "No `prefix`, a prefix of the reserved keys, or a bad query parameter.", body = ErrorResponse),
+        (status = 413, description = "Prefix longer than the key limit.", body = ErrorResponse),
+        (status = 422, description = "The `Idempotency-Key` was used for a different write (`idempotency_key_reused`); nothing changed.", body = ErrorResponse),
+        (status = 503, description = "No master yet, or a member runs an earlier version that cannot apply a prefix delete (finish the upgrade).", body = ErrorResponse),
+    )
+)]
+pub async fn delete_prefix<S: Service>(
+    State(svc): State<S>,
+    caller: Caller,
+    mut query: QueryParams,
+    IdempotencyKey(idempotency): IdempotencyKey,
+) -> Result<Json<DeletePrefixResponse>, ApiError> {
+    let prefix = query.bytes("prefix");
+    let limit = query.page_limit(u64::from(MAX_DELETE_PREFIX), u64::from(MAX_DELETE_PREFIX))?;
+    query.finish()?;
+    let Some(prefix) = prefix else {
+        return Err(ApiError::invalid(
+            "DELETE /v1/kv needs prefix: the keys to delete start with it (prefix= for every key); \
+             DELETE /v1/kv/{key} deletes one key",
+        ));
+    };
+    if !svc.prefix_deletes() {
+        return Err(ServiceError::Unavailable {
+            message: "a member of the cluster runs an earlier version that cannot apply a \
+                      prefix delete; finish the upgrade first"
+                .into(),
+            retry_after_secs: 5,
+        }
+        .into());
+    }
+    let op = Op::DeletePrefix {
+        prefix,
+        // At most MAX_DELETE_PREFIX, checked above.
+        limit: u32::try_from(limit).unwrap_or(MAX_DELETE_PREFIX),
+    };
+    op.validate(&svc.limits())?;
+    let op = caller.authorize_write(&svc, op).await?;
+    match svc.write(op, idempotency).await? {
+        OpResult::PrefixDeleted {
+            revision,
+            deleted,
+            more,
+        } => Ok(Json(DeletePrefixResponse {
+            revision,
+            deleted,
+            more,
+        })),
         other => Err(unexpected(&other)),
     }
 }

@@ -69,7 +69,7 @@ pub struct MemberInfo {
     /// upgrade this shows which members run a version that has them.
     /// `null` for a member not heard from since the master started.
     #[serde(default)]
-    #[schema(example = json!(["forward", "anonymous"]))]
+    #[schema(example = json!(["forward", "anonymous", "delete_prefix"]))]
     pub peer_features: Option<Vec<String>>,
 }
 
@@ -388,6 +388,12 @@ pub trait Service: Clone + Send + Sync + 'static {
     /// [`crate::kv::Op::Anonymous`], checked against the auth rules where
     /// they are applied: every member of the configuration decodes it.
     fn anonymous_ops(&self) -> bool {
+        false
+    }
+
+    /// Whether [`crate::kv::Op::DeletePrefix`] may be proposed: every
+    /// member of the configuration decodes it.
+    fn prefix_deletes(&self) -> bool {
         false
     }
 

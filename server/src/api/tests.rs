@@ -37,6 +37,8 @@ struct FakeInner {
     next_seq: AtomicU64,
     applied: broadcast::Sender<Event>,
     ready: AtomicBool,
+    /// Whether every member decodes prefix deletes.
+    prefix_deletes: AtomicBool,
     limits: Limits,
     gate: Option<crate::auth::gate::Gate>,
     /// The master's lease timers, on the fake's own clock: one mastership
@@ -57,6 +59,7 @@ impl Fake {
                 next_seq: AtomicU64::new(1),
                 applied: broadcast::channel(1024).0,
                 ready: AtomicBool::new(true),
+                prefix_deletes: AtomicBool::new(true),
                 limits: Limits {
                     max_key_bytes: 16,
                     max_value_bytes: 64,
@@ -299,6 +302,10 @@ impl Service for Fake {
 
     fn anonymous_ops(&self) -> bool {
         true
+    }
+
+    fn prefix_deletes(&self) -> bool {
+        self.inner.prefix_deletes.load(Ordering::Relaxed)
     }
 
     fn metrics_text(&self) -> String {
@@ -1133,6 +1140,7 @@ async fn openapi_json_describes_every_route() {
         ("/v1/kv/{key}", "get"),
         ("/v1/kv/{key}", "delete"),
         ("/v1/kv", "get"),
+        ("/v1/kv", "delete"),
         ("/v1/txn", "post"),
         ("/v1/leases", "get"),
         ("/v1/leases", "post"),
@@ -2091,4 +2099,120 @@ async fn a_retried_grant_with_an_idempotency_key_gets_the_same_lease() {
         .expect("valid request");
     let other = send(&router, other).await.json();
     assert_ne!(other["id"], first["id"], "{other}");
+}
+
+#[tokio::test]
+async fn a_prefix_delete_removes_the_keys_under_it_in_rounds_of_limit() {
+    let fake = Fake::new();
+    let router = fake.router();
+    for key in ["app/a", "app/b", "app/c", "apple"] {
+        assert_eq!(
+            call(&router, Method::PUT, &format!("/v1/kv/{key}"), "v")
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    let first = call(
+        &router,
+        Method::DELETE,
+        "/v1/kv?prefix=app/&limit=2",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(
+        first.json(),
+        json!({"revision": 5, "deleted": 2, "more": true})
+    );
+    let rest = call(
+        &router,
+        Method::DELETE,
+        "/v1/kv?prefix=app%2F",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        rest.json(),
+        json!({"revision": 6, "deleted": 1, "more": false})
+    );
+    let listed = call(&router, Method::GET, "/v1/kv", Body::empty()).await;
+    assert_eq!(listed.json()["kvs"][0]["key_utf8"], "apple");
+    assert_eq!(listed.json()["kvs"].as_array().map(Vec::len), Some(1));
+    // prefix= is every key; no prefix at all is a mistake, not "all".
+    call(&router, Method::DELETE, "/v1/kv", Body::empty())
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    let all = call(&router, Method::DELETE, "/v1/kv?prefix=", Body::empty()).await;
+    assert_eq!(all.json()["deleted"], 1);
+    for bad in [
+        "/v1/kv?prefix=a&limit=0",
+        "/v1/kv?prefix=a&limit=1001",
+        "/v1/kv?prefix=a&after=b",
+        "/v1/kv?prefix=%00phxkv/auth/",
+    ] {
+        call(&router, Method::DELETE, bad, Body::empty())
+            .await
+            .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+    let long = format!("/v1/kv?prefix={}", "k".repeat(17));
+    call(&router, Method::DELETE, &long, Body::empty())
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    // A member that cannot apply it: refused before anything is proposed.
+    fake.inner.prefix_deletes.store(false, Ordering::Relaxed);
+    let r = call(&router, Method::DELETE, "/v1/kv?prefix=a", Body::empty()).await;
+    let e = r.error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("earlier version")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_prefix_delete_needs_write_on_the_whole_prefix() {
+    let router = Fake::with_auth().router();
+    let admin = Some(TOKEN);
+    let role = json!({"permissions": [{"prefix": "app/", "read": true, "write": true}]});
+    let r = as_caller(
+        &router,
+        Method::PUT,
+        "/v1/auth/roles/app",
+        admin,
+        role.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let req = json!({"name": "ci", "roles": ["app"]});
+    let r = as_caller(
+        &router,
+        Method::POST,
+        "/v1/auth/tokens",
+        admin,
+        req.to_string(),
+    )
+    .await;
+    let token = r.json()["token"].as_str().expect("a token").to_owned();
+    let me = Some(token.as_str());
+    for key in ["app/x", "apple"] {
+        as_caller(&router, Method::PUT, &format!("/v1/kv/{key}"), admin, "v").await;
+    }
+    for wider in ["/v1/kv?prefix=ap", "/v1/kv?prefix="] {
+        as_caller(&router, Method::DELETE, wider, me, Body::empty())
+            .await
+            .error(StatusCode::FORBIDDEN, "permission_denied");
+    }
+    let r = as_caller(
+        &router,
+        Method::DELETE,
+        "/v1/kv?prefix=app/",
+        me,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(r.json()["deleted"], 1, "{:?}", r.body);
+    let r = as_caller(&router, Method::GET, "/v1/kv/apple", admin, Body::empty()).await;
+    assert_eq!(r.status, StatusCode::OK, "apple is not under app/");
 }

@@ -199,6 +199,8 @@ pub enum Need<'a> {
     ReadPrefix(&'a [u8]),
     /// Writing one key.
     Write(&'a [u8]),
+    /// Writing (deleting) every key under a prefix.
+    WritePrefix(&'a [u8]),
     /// The admin permission.
     Admin,
 }
@@ -210,6 +212,7 @@ impl Need<'_> {
             Need::Read(k) => format!("read {:?}", text(k)),
             Need::ReadPrefix(p) => format!("read every key under {:?}", text(p)),
             Need::Write(k) => format!("write {:?}", text(k)),
+            Need::WritePrefix(p) => format!("write every key under {:?}", text(p)),
             Need::Admin => "the admin permission".into(),
         }
     }
@@ -222,6 +225,7 @@ impl Permission {
             Need::Read(key) => self.read && key.starts_with(p),
             Need::ReadPrefix(prefix) => self.read && prefix.starts_with(p),
             Need::Write(key) => self.write && key.starts_with(p),
+            Need::WritePrefix(prefix) => self.write && prefix.starts_with(p),
             Need::Admin => false,
         }
     }
@@ -249,6 +253,7 @@ pub fn needs(op: &Op) -> Vec<Need<'_>> {
             }
             out
         }
+        Op::DeletePrefix { prefix, .. } => vec![Need::WritePrefix(prefix)],
         Op::Auth(_) | Op::As { .. } | Op::Anonymous { .. } => vec![Need::Admin],
         // Any token may hold leases; a revoke is also checked against the
         // keys it deletes, where it is applied (they are known only there).
@@ -270,6 +275,8 @@ pub fn anonymous_refusal() -> Refusal {
 pub fn touches_system_key(op: &Op) -> bool {
     match op {
         Op::Put { key, .. } | Op::Delete { key, .. } => is_system_key(key),
+        // A shorter prefix (the empty one) skips the store's keys.
+        Op::DeletePrefix { prefix, .. } => is_system_key(prefix),
         Op::Txn(txn) => {
             txn.compare.iter().any(|c| is_system_key(&c.key))
                 || txn.success.iter().chain(&txn.failure).any(|o| match o {

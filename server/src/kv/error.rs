@@ -42,6 +42,9 @@ pub enum KvError {
     /// revision.
     #[error("key {0:?} is written more than once in one branch of the transaction")]
     DuplicateTxnKey(String),
+    /// A prefix delete's limit out of bounds.
+    #[error("a prefix delete's limit must be between 1 and {max}, got {limit}")]
+    DeleteLimit { limit: u32, max: u32 },
     /// A snapshot could not be read from where it is streamed from.
     #[error("snapshot could not be read: {0}")]
     SnapshotRead(String),

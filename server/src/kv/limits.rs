@@ -76,6 +76,26 @@ impl Op {
                 limits.check_value(value)
             }
             Op::Delete { key, .. } => limits.check_key(key),
+            // Any prefix, the empty one too (every client key); one of
+            // the store's own keys is refused like such a key.
+            Op::DeletePrefix { prefix, limit } => {
+                if !(1..=crate::kv::MAX_DELETE_PREFIX).contains(limit) {
+                    return Err(KvError::DeleteLimit {
+                        limit: *limit,
+                        max: crate::kv::MAX_DELETE_PREFIX,
+                    });
+                }
+                if crate::auth::is_system_key(prefix) {
+                    return Err(KvError::ReservedKey);
+                }
+                if prefix.len() > limits.max_key_bytes {
+                    return Err(KvError::KeyTooLarge {
+                        len: prefix.len(),
+                        max: limits.max_key_bytes,
+                    });
+                }
+                Ok(())
+            }
             Op::Txn(txn) => {
                 let len = txn.compare.len() + txn.success.len() + txn.failure.len();
                 if len > limits.max_txn_ops {
@@ -209,6 +229,31 @@ mod tests {
         assert_eq!(
             del.validate(&small()),
             Err(KvError::KeyTooLarge { len: 5, max: 4 })
+        );
+    }
+
+    #[test]
+    fn a_prefix_delete_is_admitted_for_any_client_prefix_within_its_limit() {
+        let wipe = |prefix: &[u8], limit| Op::DeletePrefix {
+            prefix: prefix.to_vec(),
+            limit,
+        };
+        let max = crate::kv::MAX_DELETE_PREFIX;
+        assert_eq!(wipe(b"", 1).validate(&small()), Ok(()), "every key");
+        assert_eq!(wipe(b"kkkk", max).validate(&small()), Ok(()));
+        for limit in [0, max + 1] {
+            assert_eq!(
+                wipe(b"k", limit).validate(&small()),
+                Err(KvError::DeleteLimit { limit, max })
+            );
+        }
+        assert_eq!(
+            wipe(b"kkkkk", 1).validate(&small()),
+            Err(KvError::KeyTooLarge { len: 5, max: 4 })
+        );
+        assert_eq!(
+            wipe(crate::auth::AUTH_PREFIX, 1).validate(&small()),
+            Err(KvError::ReservedKey)
         );
     }
 

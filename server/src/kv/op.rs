@@ -139,7 +139,26 @@ pub enum Op {
         #[schema(no_recursion)]
         op: Box<Op>,
     },
+    /// Deletes the first `limit` keys starting with `prefix`, in key
+    /// order, all at one revision (the store's own `\0phxkv/` keys are
+    /// never among them). Proposed only once every member said it decodes
+    /// it (the `delete_prefix` peer feature). (Last, so that logs written
+    /// before it existed decode unchanged.)
+    DeletePrefix {
+        #[serde(with = "crate::kv::bytes")]
+        #[schema(value_type = String, format = Byte)]
+        prefix: Vec<u8>,
+        limit: u32,
+    },
 }
+
+/// The most keys one [`Op::DeletePrefix`] deletes: what one chosen op may
+/// cost the state machine stays bounded, and its events (all of one
+/// revision) fit well within the live feed a watcher follows (4096 events)
+/// and the history it resumes from (10,000 by default), so a round never
+/// makes a watcher fall behind on its own. A larger prefix is emptied by
+/// repeating the delete.
+pub const MAX_DELETE_PREFIX: u32 = 1000;
 
 impl Op {
     /// An estimate of the op's size on the wire and in the log, used to bound
@@ -149,6 +168,7 @@ impl Op {
         match self {
             Op::Put { key, value, .. } => OVERHEAD + key.len() + value.len(),
             Op::Delete { key, .. } => OVERHEAD + key.len(),
+            Op::DeletePrefix { prefix, .. } => OVERHEAD + 4 + prefix.len(),
             Op::Txn(txn) => {
                 let cmp: usize = txn
                     .compare
@@ -203,7 +223,7 @@ impl Op {
             Op::Put { key, value, .. } => put(key, value),
             Op::Txn(txn) => puts(&txn.success).max(puts(&txn.failure)),
             Op::As { op, .. } | Op::Leased { op, .. } | Op::Anonymous { op } => op.stored_bytes(),
-            Op::Delete { .. } | Op::Auth(_) | Op::Lease(_) => 0,
+            Op::Delete { .. } | Op::DeletePrefix { .. } | Op::Auth(_) | Op::Lease(_) => 0,
         }
     }
 }

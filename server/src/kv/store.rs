@@ -86,6 +86,14 @@ pub enum OpResult {
     LeaseNotFound { id: u64 },
     /// A lease `id` exists already; nothing changed.
     LeaseIdTaken { id: u64 },
+    /// A prefix delete removed `deleted` keys at `revision` (the unchanged
+    /// current revision when it found none); `more` when keys under the
+    /// prefix are left because it reached its limit.
+    PrefixDeleted {
+        revision: u64,
+        deleted: u64,
+        more: bool,
+    },
 }
 
 /// The outcome of one operation inside a transaction.
@@ -309,6 +317,7 @@ impl Store {
         match op {
             Op::Put { key, value, expect } => self.apply_put(key, value, expect.as_ref(), 0),
             Op::Delete { key, expect } => self.apply_delete(key, expect.as_ref()),
+            Op::DeletePrefix { prefix, limit } => self.apply_delete_prefix(prefix, *limit),
             Op::Txn(txn) => self.apply_txn(txn, 0),
             Op::Auth(change) => self.apply_auth(change),
             Op::Lease(change) => self.apply_lease(change),
@@ -543,6 +552,38 @@ impl Store {
         OpResult::Delete {
             revision: self.revision,
             deleted,
+        }
+    }
+
+    /// Deletes the first `limit` client keys under `prefix`, at one
+    /// revision. The store's own keys sort first (`\0phxkv/`) and are
+    /// skipped, never deleted: an empty prefix empties the store of client
+    /// keys only. `limit` is applied as chosen: its bound
+    /// ([`crate::kv::MAX_DELETE_PREFIX`]) is checked where the op is
+    /// admitted, never here, so that replicas of versions with different
+    /// bounds still apply a chosen op alike.
+    fn apply_delete_prefix(&mut self, prefix: &[u8], limit: u32) -> OpResult {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let end = prefix_end(prefix);
+        let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let mut keys = self
+            .kvs
+            .range::<[u8], _>((Bound::Included(prefix), end))
+            .map(|(k, _)| k)
+            .filter(|k| !crate::auth::is_system_key(k));
+        let doomed: Vec<Vec<u8>> = keys.by_ref().take(limit).map(|k| k.to_vec()).collect();
+        let more = keys.next().is_some();
+        let revision = self.revision + 1;
+        for key in &doomed {
+            self.remove(key, revision);
+        }
+        if !doomed.is_empty() {
+            self.revision = revision;
+        }
+        OpResult::PrefixDeleted {
+            revision: self.revision,
+            deleted: doomed.len() as u64,
+            more,
         }
     }
 
@@ -1096,6 +1137,112 @@ mod tests {
         assert!(matches!(
             s.apply(fresh, &other),
             OpResult::Put { version: 2, .. }
+        ));
+    }
+
+    fn del_prefix(prefix: &[u8], limit: u32) -> Op {
+        Op::DeletePrefix {
+            prefix: prefix.to_vec(),
+            limit,
+        }
+    }
+
+    #[test]
+    fn a_prefix_delete_removes_the_first_keys_under_it_at_one_revision() {
+        let mut s = Store::new();
+        for key in [&b"ap"[..], b"app/a", b"app/b", b"app/c", b"apq", b"b"] {
+            run(&mut s, &put(key, b"v"));
+        }
+        let r = s.revision();
+        assert_eq!(
+            run(&mut s, &del_prefix(b"app/", 2)),
+            OpResult::PrefixDeleted {
+                revision: r + 1,
+                deleted: 2,
+                more: true
+            }
+        );
+        assert_eq!((s.get(b"app/a"), s.get(b"app/b")), (None, None));
+        assert!(s.get(b"app/c").is_some() && s.get(b"apq").is_some());
+        // Both deletes are events of the one revision, in key order.
+        let events = s.events_since(r + 1, b"", 0).expect("events");
+        let deleted: Vec<_> = events
+            .iter()
+            .map(|e| (e.revision, e.kind, e.kv.key.clone()))
+            .collect();
+        assert_eq!(
+            deleted,
+            [
+                (r + 1, EventKind::Delete, b"app/a".to_vec()),
+                (r + 1, EventKind::Delete, b"app/b".to_vec())
+            ]
+        );
+        assert_eq!(
+            run(&mut s, &del_prefix(b"app/", 2)),
+            OpResult::PrefixDeleted {
+                revision: r + 2,
+                deleted: 1,
+                more: false
+            }
+        );
+        // Nothing under it: the revision stays.
+        assert_eq!(
+            run(&mut s, &del_prefix(b"app/", 2)),
+            OpResult::PrefixDeleted {
+                revision: r + 2,
+                deleted: 0,
+                more: false
+            }
+        );
+        assert_eq!(s.digest, digest_of(&s.kvs));
+        assert_eq!((s.len(), s.data_bytes()), (3, 2 + 3 + 1 + 3));
+    }
+
+    #[test]
+    fn an_empty_prefix_deletes_every_client_key_and_keeps_the_auth_records() {
+        let mut s = Store::new();
+        let role = crate::auth::Role {
+            permissions: vec![],
+            admin: true,
+        };
+        run(
+            &mut s,
+            &Op::Auth(AuthChange::PutRole {
+                name: "ops".into(),
+                role,
+            }),
+        );
+        run(&mut s, &put(b"a", b"1"));
+        run(&mut s, &put(b"\xff", b"2"));
+        let roles = s.auth().roles().clone();
+        assert!(!roles.is_empty());
+        assert!(matches!(
+            run(&mut s, &del_prefix(b"", 10)),
+            OpResult::PrefixDeleted {
+                deleted: 2,
+                more: false,
+                ..
+            }
+        ));
+        assert_eq!(s.range(&RangeRequest::default()).kvs, vec![]);
+        assert_eq!(s.auth().roles(), &roles, "the auth records stay");
+        // The reserved prefix itself is refused, as a key of it is.
+        let reserved = run(&mut s, &del_prefix(crate::auth::AUTH_PREFIX, 10));
+        assert!(matches!(reserved, OpResult::Refused(_)), "{reserved:?}");
+        // A chosen op's limit applies as it is, past the bound that
+        // admission holds new ones to: a replica of another version, with
+        // another bound, must delete the same keys.
+        let past = crate::kv::MAX_DELETE_PREFIX + 1;
+        for i in 0..=past {
+            run(&mut s, &put(format!("k{i:05}").as_bytes(), b""));
+        }
+        assert!(matches!(
+            run(&mut s, &del_prefix(b"k", past)),
+            OpResult::PrefixDeleted {
+                deleted,
+                more: true,
+                ..
+            } if deleted == u64::from(past)
         ));
     }
 

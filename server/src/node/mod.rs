@@ -264,6 +264,15 @@ const READ_INDEX_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// Forward requests a follower keeps out at once.
 const FORWARDS_IN_FLIGHT: usize = 2;
+/// Applied events a watcher may be behind on the live feed before it is
+/// told to resume from history.
+const LIVE_EVENTS: usize = 4096;
+// One prefix delete's events (one revision) never make a watcher fall
+// behind, nor push their own revision out of the watch history.
+const _: () = assert!((crate::kv::MAX_DELETE_PREFIX as usize) < LIVE_EVENTS);
+const _: () =
+    assert!((crate::kv::MAX_DELETE_PREFIX as usize) < crate::kv::watch::DEFAULT_HISTORY_EVENTS);
+
 /// Most commands in one forward request.
 const MAX_FORWARD_BATCH: usize = 1024;
 
@@ -356,7 +365,7 @@ impl Node {
             auth_enabled: false,
             store_bytes: 0,
         });
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(LIVE_EVENTS);
         let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE);
         let mut own_headers = reqwest::header::HeaderMap::new();
         own_headers.insert(
@@ -1240,6 +1249,12 @@ impl Node {
     /// such an op in the log it catches up on; adding members of an earlier
     /// version to an upgraded cluster is not supported.
     fn members_decode_anonymous(&self) -> bool {
+        self.members_do(|f| f.anonymous)
+    }
+
+    /// Whether every other member of the configuration said it does
+    /// `feature`, as its latest request to this node said.
+    fn members_do(&self, feature: impl Fn(&wire::Features) -> bool) -> bool {
         let membership = self.inner.membership.borrow();
         let Ok(peers) = self.inner.peer_features.lock() else {
             return false;
@@ -1247,7 +1262,7 @@ impl Node {
         membership
             .members
             .keys()
-            .all(|id| *id == self.inner.id || peers.get(id).is_some_and(|f| f.anonymous))
+            .all(|id| *id == self.inner.id || peers.get(id).is_some_and(&feature))
     }
 
     /// Sets `phxkv_anonymous_ops` from [`Node::members_decode_anonymous`].
@@ -1734,7 +1749,8 @@ impl Service for Node {
             crate::kv::KvError::EmptyKey
             | crate::kv::KvError::ReservedKey
             | crate::kv::KvError::InvalidLease(_)
-            | crate::kv::KvError::DuplicateTxnKey(_) => ServiceError::Invalid(e.to_string()),
+            | crate::kv::KvError::DuplicateTxnKey(_)
+            | crate::kv::KvError::DeleteLimit { .. } => ServiceError::Invalid(e.to_string()),
             _ => ServiceError::TooLarge(e.to_string()),
         })?;
         self.check_quota(&op)?;
@@ -2194,6 +2210,13 @@ impl Service for Node {
 
     fn anonymous_ops(&self) -> bool {
         self.members_decode_anonymous()
+    }
+
+    fn prefix_deletes(&self) -> bool {
+        // As for anonymous ops (see `members_decode_anonymous`): a member
+        // not heard from since this node started counts as one that does
+        // not, and the API answers 503 until it is.
+        self.members_do(|f| f.delete_prefix)
     }
 
     fn metrics_text(&self) -> String {

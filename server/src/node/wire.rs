@@ -42,9 +42,12 @@ pub const PEER_URL_HEADER: &str = "x-phxkv-peer-url";
 ///   by then). A node proposes that op only once every member of its
 ///   configuration said this, so a node of an earlier version never meets
 ///   an op it cannot read during a rolling upgrade.
+/// - `delete_prefix`: it decodes and applies the `delete_prefix` op (the
+///   keys under a prefix deleted at one revision), proposed on the same
+///   condition.
 pub const FEATURES_HEADER: &str = "phxkv-peer-features";
 /// What this version puts in [`FEATURES_HEADER`].
-pub const FEATURES: &str = "forward,anonymous";
+pub const FEATURES: &str = "forward,anonymous,delete_prefix";
 
 /// What a peer's [`FEATURES_HEADER`] says it does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,6 +56,8 @@ pub struct Features {
     pub forward: bool,
     /// It decodes the `anonymous` op.
     pub anonymous: bool,
+    /// It decodes the `delete_prefix` op.
+    pub delete_prefix: bool,
 }
 
 impl Features {
@@ -61,16 +66,21 @@ impl Features {
         Features {
             forward: true,
             anonymous: true,
+            delete_prefix: true,
         }
     }
 
     /// The features' names, as the header lists them.
     pub fn names(&self) -> Vec<String> {
-        [("forward", self.forward), ("anonymous", self.anonymous)]
-            .into_iter()
-            .filter(|(_, on)| *on)
-            .map(|(name, _)| name.to_string())
-            .collect()
+        [
+            ("forward", self.forward),
+            ("anonymous", self.anonymous),
+            ("delete_prefix", self.delete_prefix),
+        ]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| name.to_string())
+        .collect()
     }
 
     /// The features a [`FEATURES_HEADER`] lists; unknown ones are ignored.
@@ -84,6 +94,7 @@ impl Features {
             match f.trim() {
                 "forward" => out.forward = true,
                 "anonymous" => out.anonymous = true,
+                "delete_prefix" => out.delete_prefix = true,
                 _ => {}
             }
         }
@@ -483,21 +494,22 @@ mod tests {
     #[test]
     fn the_features_header_is_read_as_a_list() {
         let of = |v: &'static str| Features::of(Some(&HeaderValue::from_static(v)));
-        let both = Features {
+        let all = Features {
             forward: true,
             anonymous: true,
+            delete_prefix: true,
         };
-        assert_eq!(of(FEATURES), both);
+        assert_eq!(of(FEATURES), all);
         assert_eq!(
             Features::of_own(),
-            both,
+            all,
             "FEATURES lists what this version does"
         );
-        assert_eq!(both.names().join(","), FEATURES);
-        assert_eq!(of("something, anonymous ,forward"), both);
+        assert_eq!(all.names().join(","), FEATURES);
+        assert_eq!(of("something, delete_prefix, anonymous ,forward"), all);
         let forward_only = Features {
             forward: true,
-            anonymous: false,
+            ..Features::default()
         };
         assert_eq!(of("forward"), forward_only, "an earlier version");
         assert_eq!(of("forwarded,anonymously"), Features::default());

@@ -6,14 +6,20 @@
 //! the version (a key that did not exist starts at version 1); a delete removes
 //! the key, so a recreated key starts again at version 1; a get returns the
 //! value; a compare-and-swap stores its value iff the key's version equals the
-//! expected one (0 meaning "absent").
+//! expected one (0 meaning "absent"). A prefix delete removes every key
+//! under its prefix.
 //!
 //! # Algorithm
 //!
-//! Every operation touches exactly one key, and linearizability is a *local*
-//! property (Herlihy & Wing): a history is linearizable iff each per-object
-//! sub-history is. So the history is split by key and each key is checked on its
-//! own, which keeps the search spaces small and independent.
+//! Every operation but the prefix delete touches exactly one key, and
+//! linearizability is a *local* property (Herlihy & Wing): a history is
+//! linearizable iff each per-object sub-history is. So the history is split by
+//! key and each key is checked on its own, which keeps the search spaces small
+//! and independent. A prefix delete joins the sub-history of every key under
+//! its prefix as a delete whose answer is not checked (it says how many keys
+//! it deleted, not which). That is each key's view of it; that all of them
+//! happen at one point is not checked here (the store's unit tests do: one
+//! revision for all).
 //!
 //! For one key, the search is the Wing & Gong backtracking search with Lowe's
 //! memoization. A linearization is built left to right. An operation may come
@@ -83,6 +89,10 @@ pub enum KvCall {
         expected_version: u64,
         value: Vec<u8>,
     },
+    /// Deletes every key starting with `prefix`.
+    DeletePrefix {
+        prefix: Vec<u8>,
+    },
 }
 
 impl KvCall {
@@ -92,6 +102,15 @@ impl KvCall {
             | KvCall::Get { key }
             | KvCall::Delete { key }
             | KvCall::Cas { key, .. } => key,
+            KvCall::DeletePrefix { prefix } => prefix,
+        }
+    }
+
+    /// Whether the call touches `key`.
+    pub fn touches(&self, key: &[u8]) -> bool {
+        match self {
+            KvCall::DeletePrefix { prefix } => key.starts_with(prefix),
+            other => other.key() == key,
         }
     }
 }
@@ -101,8 +120,14 @@ impl KvCall {
 pub enum KvReturn {
     Put,
     Get(Option<Vec<u8>>),
-    Delete { deleted: bool },
-    Cas { ok: bool },
+    Delete {
+        deleted: bool,
+    },
+    Cas {
+        ok: bool,
+    },
+    /// A prefix delete's answer (how many keys: not checked).
+    DeletePrefix,
 }
 
 /// One operation of a history; times come from one global logical clock.
@@ -141,8 +166,16 @@ pub fn check(history: &[Operation]) -> CheckResult {
 /// A violation on any key wins over running out of budget on another.
 pub fn check_with_budget(history: &[Operation], budget: usize) -> CheckResult {
     let mut by_key: BTreeMap<&[u8], Vec<&Operation>> = BTreeMap::new();
-    for op in history {
+    let (wide, single): (Vec<&Operation>, Vec<&Operation>) = history
+        .iter()
+        .partition(|op| matches!(op.call, KvCall::DeletePrefix { .. }));
+    for op in single {
         by_key.entry(op.call.key()).or_default().push(op);
+    }
+    // Each prefix delete is a delete of every key under it that the
+    // history names (the others no operation can tell anything about).
+    for (key, ops) in by_key.iter_mut() {
+        ops.extend(wide.iter().filter(|op| op.call.touches(key)));
     }
     let mut unknown = None;
     for (key, ops) in by_key {
@@ -175,7 +208,12 @@ enum Call {
     Put(ValueId),
     Get,
     Delete,
-    Cas { expected: u64, value: ValueId },
+    Cas {
+        expected: u64,
+        value: ValueId,
+    },
+    /// A delete whose answer is not checked (a prefix delete's view).
+    DeleteAny,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -184,6 +222,7 @@ enum Ret {
     Get(Option<ValueId>),
     Delete(bool),
     Cas(bool),
+    DeleteAny,
 }
 
 fn apply(state: State, call: Call) -> (State, Ret) {
@@ -196,6 +235,7 @@ fn apply(state: State, call: Call) -> (State, Ret) {
             (Some((value, version + 1)), Ret::Cas(true))
         }
         Call::Cas { .. } => (state, Ret::Cas(false)),
+        Call::DeleteAny => (None, Ret::DeleteAny),
     }
 }
 
@@ -276,6 +316,7 @@ fn check_key(all: &[&Operation], budget: usize) -> Outcome {
                 expected: *expected_version,
                 value: values.id(value),
             },
+            KvCall::DeletePrefix { .. } => Call::DeleteAny,
         })
         .collect();
     let rets: Vec<Option<Ret>> = ops
@@ -286,6 +327,7 @@ fn check_key(all: &[&Operation], budget: usize) -> Outcome {
                 KvReturn::Get(value) => Ret::Get(value.as_deref().map(|v| values.id(v))),
                 KvReturn::Delete { deleted } => Ret::Delete(*deleted),
                 KvReturn::Cas { ok } => Ret::Cas(*ok),
+                KvReturn::DeletePrefix => Ret::DeleteAny,
             })
         })
         .collect();
@@ -441,6 +483,7 @@ fn describe(op: &Operation) -> String {
             value,
             ..
         } => format!("cas v{expected_version} -> {}", show(value)),
+        KvCall::DeletePrefix { prefix } => format!("delete prefix {}", show(prefix)),
     };
     let outcome = match &op.completed {
         None => format!("unknown outcome, invoked {}", op.invoked),
@@ -451,6 +494,7 @@ fn describe(op: &Operation) -> String {
                 KvReturn::Get(Some(v)) => show(v),
                 KvReturn::Delete { deleted } => format!("deleted={deleted}"),
                 KvReturn::Cas { ok } => format!("ok={ok}"),
+                KvReturn::DeletePrefix => "ok".to_string(),
             };
             format!("returned {ret}, invoked {} completed {t}", op.invoked)
         }
@@ -660,6 +704,33 @@ mod tests {
     }
 
     #[test]
+    fn a_prefix_delete_counts_as_a_delete_of_every_key_under_it() {
+        let wipe = |prefix: &str| KvCall::DeletePrefix { prefix: b(prefix) };
+        // k is under "k" and "" but not under "kx".
+        for prefix in ["k", ""] {
+            assert_violation(&[
+                done(1, put("a"), 1, 2, KvReturn::Put),
+                done(1, wipe(prefix), 3, 4, KvReturn::DeletePrefix),
+                done(2, get(), 5, 6, got(Some("a"))),
+            ]);
+        }
+        let history = [
+            done(1, put("a"), 1, 2, KvReturn::Put),
+            done(1, wipe("kx"), 3, 4, KvReturn::DeletePrefix),
+            done(2, get(), 5, 6, got(Some("a"))),
+            // Overlapping the wipe, a read may see before or after it.
+            done(3, wipe("k"), 7, 10, KvReturn::DeletePrefix),
+            done(2, get(), 8, 9, got(Some("a"))),
+            done(2, get(), 11, 12, got(None)),
+            // An unknown wipe may have happened, or not.
+            lost(1, wipe("k"), 13),
+            done(1, put("b"), 14, 15, KvReturn::Put),
+            done(2, get(), 16, 17, got(Some("b"))),
+        ];
+        assert_eq!(check(&history), CheckResult::Linearizable);
+    }
+
+    #[test]
     fn violation_wins_over_unknown_and_keys_are_independent() {
         let mut history = pathological(20);
         history.push(Operation {
@@ -735,6 +806,10 @@ mod tests {
                     let call = match rng.random_range(0..10) {
                         0..4 => KvCall::Put { key, value },
                         4..7 => KvCall::Get { key },
+                        7 if rng.random_bool(0.3) => KvCall::DeletePrefix {
+                            // "k1" also covers k10.. when there are that many.
+                            prefix: key[..rng.random_range(1..=key.len())].to_vec(),
+                        },
                         7 => KvCall::Delete { key },
                         _ => {
                             let current = store.get(&key).map_or(0, |(_, v)| *v);
@@ -772,6 +847,10 @@ mod tests {
     }
 
     fn run(store: &mut HashMap<Vec<u8>, (Vec<u8>, u64)>, call: &KvCall) -> KvReturn {
+        if let KvCall::DeletePrefix { prefix } = call {
+            store.retain(|key, _| !key.starts_with(prefix));
+            return KvReturn::DeletePrefix;
+        }
         let key = call.key().to_vec();
         let version = store.get(&key).map_or(0, |(_, v)| *v);
         match call {
@@ -794,6 +873,7 @@ mod tests {
                 }
                 KvReturn::Cas { ok }
             }
+            KvCall::DeletePrefix { .. } => KvReturn::DeletePrefix,
         }
     }
 
@@ -823,7 +903,7 @@ mod tests {
                 Some(_) => true,
             };
             mutates
-                && op.call.key() == key
+                && op.call.touches(key)
                 && op.invoked > *written
                 && op
                     .completed

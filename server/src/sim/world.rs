@@ -1095,6 +1095,11 @@ impl World {
         match self.rng.random_range(0..10) {
             0..=3 => KvCall::Get { key },
             4..=6 => KvCall::Put { key, value },
+            // Now and then every key under a prefix: "k" is all of them,
+            // "k1" k1 and k10 to k19 when there are that many.
+            7 if self.rng.random_bool(0.2) => KvCall::DeletePrefix {
+                prefix: key[..self.rng.random_range(1..=key.len())].to_vec(),
+            },
             7 => KvCall::Delete { key },
             _ => KvCall::Cas {
                 key,
@@ -1211,6 +1216,12 @@ impl World {
                 expect: None,
             }),
             KvCall::Delete { key } => Some(Op::Delete { key, expect: None }),
+            // The simulator's few keys are far below the limit, so one op
+            // deletes every key under the prefix (as the checker assumes).
+            KvCall::DeletePrefix { prefix } => Some(Op::DeletePrefix {
+                prefix,
+                limit: crate::kv::MAX_DELETE_PREFIX,
+            }),
             KvCall::Cas {
                 key,
                 expected_version,
@@ -2202,6 +2213,7 @@ fn to_return(op: &Op, result: &OpResult) -> KvReturn {
         (Op::Delete { .. }, OpResult::Delete { deleted, .. }) => {
             KvReturn::Delete { deleted: *deleted }
         }
+        (Op::DeletePrefix { .. }, _) => KvReturn::DeletePrefix,
         _ => KvReturn::Put,
     }
 }

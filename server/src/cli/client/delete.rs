@@ -1,5 +1,5 @@
 //! `phxkv delete KEY`: deletes a key, optionally only if its version
-//! matches.
+//! matches; `phxkv delete --prefix P`: every key under a prefix.
 
 use clap::Args;
 use phxkv_client::Deleted;
@@ -12,11 +12,17 @@ use crate::cli::CliError;
 pub struct DeleteArgs {
     /// The key: its text, or `b64:` and base64 for any
     /// bytes (as `list` and `watch` print a key that is not plain text).
-    pub key: KeyArg,
+    #[arg(required_unless_present = "prefix")]
+    pub key: Option<KeyArg>,
     /// Delete only if the key's version is N; otherwise nothing changes and
     /// the exit code is 1.
     #[arg(long, value_name = "N")]
     pub if_version: Option<u64>,
+    /// Delete every key starting with P instead of one key ("" for every
+    /// key), up to 1000 at one revision per request, repeated until none
+    /// is left. Keys written under P meanwhile may be deleted too.
+    #[arg(long, value_name = "P", conflicts_with_all = ["key", "if_version"])]
+    pub prefix: Option<KeyArg>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -32,7 +38,12 @@ pub async fn delete(
 
 pub async fn run(args: DeleteArgs) -> Result<(), CliError> {
     let client = Client::new(&args.connect)?;
-    let r = delete(&client, &args.key.0, args.if_version).await?;
+    let key = match (args.key, args.prefix) {
+        (_, Some(prefix)) => return delete_prefix(&client, &prefix.0).await,
+        (Some(key), None) => key,
+        (None, None) => return Err(CliError::Usage("give a KEY or --prefix P".into())),
+    };
+    let r = delete(&client, &key.0, args.if_version).await?;
     if r.deleted {
         crate::cli::say!("deleted");
         Ok(())
@@ -40,7 +51,22 @@ pub async fn run(args: DeleteArgs) -> Result<(), CliError> {
         crate::cli::say!("not found");
         Err(CliError::NotFound(format!(
             "key not found: {}",
-            super::display_bytes(&args.key.0)
+            super::display_bytes(&key.0)
         )))
+    }
+}
+
+/// Deletes the keys under `prefix` a round at a time, saying how many so
+/// far on stderr while more are left.
+async fn delete_prefix(client: &Client, prefix: &[u8]) -> Result<(), CliError> {
+    let mut total = 0u64;
+    loop {
+        let round = client.api().delete_prefix(prefix, None).await?;
+        total += round.deleted;
+        if !round.more {
+            crate::cli::say!("deleted {total} keys (revision {})", round.revision);
+            return Ok(());
+        }
+        crate::cli::tell!("deleted {total} keys so far...");
     }
 }
