@@ -62,7 +62,7 @@ pub enum Command {
     Put(client::put::PutArgs),
     /// Print a key's value.
     Get(client::get::GetArgs),
-    /// Delete a key.
+    /// Delete a key, or every key under a prefix (--prefix).
     Delete(client::delete::DeleteArgs),
     /// List keys and values, optionally under a prefix.
     List(client::list::ListArgs),
