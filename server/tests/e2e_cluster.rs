@@ -779,6 +779,46 @@ async fn a_write_retried_at_another_node_with_its_idempotency_key_applies_once()
     assert_eq!(reused.status(), 422);
 }
 
+/// A restarted replica learns what its peers decode from their answers to
+/// the digest report it sends as it starts, so it takes a prefix delete
+/// (an op proposed only once every member said it decodes it) as soon as
+/// it is ready, instead of answering 503 until the other follower's next
+/// report, up to 2 s later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_replica_knows_its_peers_features_as_soon_as_it_is_ready() {
+    let mut c = Cluster::start(3, &[]).await;
+    let f = follower(&c).await;
+    assert_eq!(c.put(f, "app/a", "1").await.status(), 200);
+    c.kill9(f);
+    c.spawn(f);
+    let ready = format!("{}/readyz", c.url(f));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c
+            .http
+            .get(&ready)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", c.log_of(f));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = c
+        .http
+        .delete(format!("{}/v1/kv?prefix=app/", c.url(f)))
+        .send()
+        .await
+        .expect("delete");
+    let status = r.status();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{body}");
+    let deleted: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(deleted["deleted"], 1, "{deleted}");
+}
+
 /// Sum of a metric's samples whose line contains `filter`.
 fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
     text.lines()

@@ -408,7 +408,7 @@ pub async fn delete_key<S: Service>(
         (status = 400, description = "No `prefix`, a prefix of the reserved keys, or a bad query parameter.", body = ErrorResponse),
         (status = 413, description = "Prefix longer than the key limit.", body = ErrorResponse),
         (status = 422, description = "The `Idempotency-Key` was used for a different write (`idempotency_key_reused`); nothing changed.", body = ErrorResponse),
-        (status = 503, description = "No master yet, or not every member has said it can apply a prefix delete yet: right after a replica starts (members report every 2 s), or while one of an earlier version is a member (finish the upgrade).", body = ErrorResponse),
+        (status = 503, description = "No master yet, or not every member has said it can apply a prefix delete yet: in the round trip after a replica starts, while it hears from its peers, or while one of an earlier version is a member (finish the upgrade).", body = ErrorResponse),
     )
 )]
 pub async fn delete_prefix<S: Service>(
@@ -428,9 +428,9 @@ pub async fn delete_prefix<S: Service>(
     };
     if !svc.prefix_deletes() {
         return Err(ServiceError::Unavailable {
-            message: "not every member has said it can apply a prefix delete yet: members \
-                      report it to each other every 2 s, and one of an earlier version never \
-                      will (finish the upgrade)"
+            message: "not every member has said it can apply a prefix delete yet: a replica \
+                      that has just started hears from its peers within a round trip, and one \
+                      of an earlier version never will (finish the upgrade)"
                 .into(),
             retry_after_secs: 5,
         }

@@ -638,30 +638,54 @@ impl Node {
                 name: self.inner.cfg.name.clone(),
                 checkpoints,
             };
-            let peers: Vec<String> = self
+            let peers: Vec<(NodeId, String)> = self
                 .inner
                 .membership
                 .borrow()
                 .members
                 .iter()
                 .filter(|(id, _)| **id != self.inner.id)
-                .map(|(_, m)| m.addr.trim_end_matches('/').to_string())
+                .map(|(id, m)| (*id, m.addr.trim_end_matches('/').to_string()))
                 .collect();
-            let sends = peers.iter().map(|url| {
-                self.inner
+            let report = &report;
+            let sends = peers.iter().map(|(id, url)| async move {
+                let answer = self
+                    .inner
                     .client
                     .post(format!("{url}/peer/v1/digests"))
                     .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
                     .header(wire::FEATURES_HEADER, wire::FEATURES)
                     .timeout(Duration::from_secs(2))
-                    .json(&report)
+                    .json(report)
                     .send()
+                    .await;
+                (*id, answer)
             });
             // Best effort: a peer that misses one report gets the next.
-            let _ = futures_util::future::join_all(sends).await;
+            for (id, answer) in futures_util::future::join_all(sends).await {
+                self.note_answered_features(id, answer.ok().as_ref());
+            }
             self.judge_digests();
             // Keeps the gauge current through membership changes too.
             self.refresh_anonymous_gauge();
+        }
+    }
+
+    /// Records the features peer `id` named in its answer to this node's
+    /// digest report. The first report goes out as the node starts, so a
+    /// restarted replica knows its peers' features one round trip after it
+    /// starts, rather than once each of them next reports to it (up to
+    /// [`DIGEST_INTERVAL`] later; until then it would refuse prefix deletes
+    /// and propose writes without a credential unwrapped). An answer
+    /// without the header (a refusal, or a peer of a version that names its
+    /// features in its requests only) says nothing, and what its requests
+    /// said stands.
+    fn note_answered_features(&self, id: NodeId, answer: Option<&reqwest::Response>) {
+        let Some(answer) = answer.filter(|a| a.status().is_success()) else {
+            return;
+        };
+        if let Some(named) = answer.headers().get(wire::FEATURES_HEADER) {
+            self.note_features(id, wire::Features::of(Some(named)));
         }
     }
 

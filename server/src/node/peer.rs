@@ -300,7 +300,9 @@ async fn stream(State(node): State<Node>, headers: HeaderMap, body: axum::body::
     params(("phxkv-peer-features" = Option<String>, Header,
         description = "As for `POST /peer/v1/messages`. Every member sends its report to every other every 2 s, with or without checkpoints, so members that exchange no Paxos messages (two followers) learn each other's features from it.")),
     request_body = super::digest::DigestReport,
-    responses((status = 204, description = "Compared with this node's own."))
+    responses((status = 204, description = "Compared with this node's own.",
+        headers(("phxkv-peer-features" = String,
+            description = "This node's own features, as it names them in its requests, so that a member that has just started learns them from its first report rather than from this node's next one."))))
 )]
 async fn digests(
     State(node): State<Node>,
@@ -311,7 +313,11 @@ async fn digests(
         report,
         wire::Features::of(headers.get(wire::FEATURES_HEADER)),
     );
-    StatusCode::NO_CONTENT.into_response()
+    (
+        StatusCode::NO_CONTENT,
+        [(wire::FEATURES_HEADER, wire::FEATURES)],
+    )
+        .into_response()
 }
 
 /// Who this node is, for a node deciding how to bootstrap and for a

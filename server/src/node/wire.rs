@@ -28,8 +28,11 @@ use crate::paxos::{Index, NodeId, SnapshotMeta};
 /// does not know it yet (a learner that just joined) can answer.
 pub const PEER_URL_HEADER: &str = "x-phxkv-peer-url";
 
-/// The request header in which a node lists, comma-separated, what it
-/// does beyond the messages every version understands:
+/// The header in which a node lists, comma-separated, what it does beyond
+/// the messages every version understands. It goes with every request a
+/// node makes of its peers, and with its answer to a peer's digest report
+/// (so a node that has just started learns its peers' features from its
+/// first report):
 ///
 /// - `forward`: as master it proposes client writes that reach it as
 ///   `forward` messages and answers `read_index_request` messages, so a
