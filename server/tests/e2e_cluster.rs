@@ -819,6 +819,99 @@ async fn a_restarted_replica_knows_its_peers_features_as_soon_as_it_is_ready() {
     assert_eq!(deleted["deleted"], 1, "{deleted}");
 }
 
+/// The value of an unlabelled gauge in node `i`'s metrics.
+async fn gauge(c: &Cluster, i: usize, name: &str) -> Option<f64> {
+    c.metrics_text(i)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A watch replays a history longer than one page of it, in order and
+/// without a gap, then follows live changes; and the work behind a watch
+/// ends when its client goes away, even one on a prefix nothing is
+/// written to (which would otherwise wait for a matching change forever).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_replays_a_long_history_and_ends_with_its_client() {
+    let c = Cluster::start(3, &[]).await;
+    let f = follower(&c).await;
+    let mut first = None;
+    for i in 0..600 {
+        let r = c.put(f, &format!("w/{:03}", i % 50), &i.to_string()).await;
+        assert_eq!(r.status(), 200);
+        first.get_or_insert(json_of(r).await["revision"].as_u64().expect("revision"));
+    }
+    let first = first.expect("a revision");
+    let mut watch = c
+        .http
+        .get(format!(
+            "{}/v1/watch?prefix=w/&start_revision={first}",
+            c.url(f)
+        ))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(watch.status(), 200);
+    let mut text = String::new();
+    let mut ids = Vec::new();
+    let mut live_sent = false;
+    while ids.len() < 601 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), watch.chunk())
+            .await
+            .expect("the next events in time")
+            .expect("the stream")
+            .expect("open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let event: String = text.drain(..end + 2).collect();
+            if let Some(id) = event.lines().find_map(|l| l.strip_prefix("id: ")) {
+                ids.push(id.parse::<u64>().expect("a revision"));
+            }
+        }
+        if ids.len() >= 600 && !live_sent {
+            assert_eq!(c.put(f, "w/live", "1").await.status(), 200);
+            live_sent = true;
+        }
+    }
+    let expected: Vec<u64> = (first..first + 601).collect();
+    assert_eq!(ids, expected, "every revision once, in order");
+    assert_eq!(gauge(&c, f, "phxkv_watches").await, Some(1.0));
+    drop(watch);
+    // Changes go on elsewhere; none of them is for a watch.
+    let none_open = || async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert_eq!(c.put(f, "elsewhere", "x").await.status(), 200);
+            let open = gauge(&c, f, "phxkv_watches").await;
+            if open == Some(0.0) || Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(
+        none_open().await,
+        Some(0.0),
+        "the watch ended with its client"
+    );
+
+    let quiet = c
+        .http
+        .get(format!("{}/v1/watch?prefix=nobody-writes-here/", c.url(f)))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(quiet.status(), 200);
+    assert_eq!(gauge(&c, f, "phxkv_watches").await, Some(1.0));
+    drop(quiet);
+    assert_eq!(
+        none_open().await,
+        Some(0.0),
+        "the quiet watch ended with its client"
+    );
+}
+
 /// Sum of a metric's samples whose line contains `filter`.
 fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
     text.lines()

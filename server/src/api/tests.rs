@@ -1455,6 +1455,74 @@ async fn a_write_without_a_credential_is_refused_where_it_is_applied_after_auth_
     assert_eq!(r.status, StatusCode::OK, "the cluster token writes");
 }
 
+/// A watch is a read: one without a credential that starts after an `auth
+/// enable` is chosen is refused, on a replica that has not applied it yet
+/// too (its rules are read linearizably), even when it asks to start
+/// after the enable's revision.
+#[tokio::test]
+async fn a_watch_without_a_credential_is_refused_once_auth_enable_is_applied() {
+    let fake = Fake::new();
+    let router = fake.router();
+    enable_behind_the_http_side(&fake);
+    let next = fake.store().revision() + 1;
+    for uri in [
+        "/v1/watch?prefix=app/".to_string(),
+        format!("/v1/watch?prefix=app/&start_revision={next}"),
+    ] {
+        // Not `as_caller`: a watch let in would be a stream without end.
+        let request = Request::builder()
+            .uri(&uri)
+            .body(Body::empty())
+            .expect("valid request");
+        let response = router.clone().oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{uri}");
+    }
+    let request = Request::builder()
+        .uri("/v1/watch?prefix=app/")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .expect("valid request");
+    let admin = router.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(
+        admin.status(),
+        StatusCode::OK,
+        "the cluster token is the admin"
+    );
+}
+
+/// A watch without a credential, let in while auth was off, that asked to
+/// start past the revision at which auth is then enabled never sees the
+/// enable's own event: it ends at the first event it would send after
+/// the replica applied the enable, and that event is not sent.
+#[tokio::test]
+async fn a_watch_without_a_credential_ends_at_auth_enable_even_if_it_starts_after_it() {
+    let fake = Fake::new();
+    let router = fake.router();
+    // The enable will be the next revision and the put the one after.
+    let start = fake.store().revision() + 2;
+    let request = Request::builder()
+        .uri(format!("/v1/watch?prefix=app/&start_revision={start}"))
+        .body(Body::empty())
+        .expect("valid request");
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK, "auth is off");
+    let mut body = response.into_body().into_data_stream();
+    enable_behind_the_http_side(&fake);
+    assert_eq!(fake.store().revision() + 1, start);
+    let put = as_caller(&router, Method::PUT, "/v1/kv/app/secret", Some(TOKEN), "s").await;
+    assert_eq!(put.status, StatusCode::OK);
+    let mut text = String::new();
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(5), body.next()).await
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        text.contains("event: error") && text.contains("unauthorized"),
+        "{text}"
+    );
+    assert!(!text.contains("app/secret"), "{text}");
+}
+
 #[tokio::test]
 async fn a_keep_alive_without_a_credential_is_refused_once_auth_enable_is_applied() {
     let fake = Fake::new();

@@ -267,6 +267,11 @@ const FORWARDS_IN_FLIGHT: usize = 2;
 /// Applied events a watcher may be behind on the live feed before it is
 /// told to resume from history.
 const LIVE_EVENTS: usize = 4096;
+/// Events of history a watch reads from the store at a time (a page ends
+/// at a revision's last event, so one may hold a few more).
+const REPLAY_PAGE: usize = 256;
+/// Events queued between a watch's task and its HTTP stream.
+const WATCH_QUEUE: usize = 64;
 // One prefix delete's events (one revision) never make a watcher fall
 // behind, nor push their own revision out of the watch history.
 const _: () = assert!((crate::kv::MAX_DELETE_PREFIX as usize) < LIVE_EVENTS);
@@ -1744,6 +1749,29 @@ fn request_id_seed(name: &str, epoch: Instant) -> u64 {
     h.finish()
 }
 
+/// Up to [`REPLAY_PAGE`] events of `store`'s history from `start` on under
+/// `prefix`, and the revision the store was at when they were read (every
+/// event up to it under `prefix` is in this page or an earlier one, unless
+/// the page is full).
+fn replay_page(
+    store: &RwLock<Store>,
+    start: u64,
+    prefix: &[u8],
+) -> Result<(Vec<crate::kv::Event>, u64), ServiceError> {
+    let store = store
+        .read()
+        .map_err(|_| ServiceError::Internal("state machine lock poisoned".into()))?;
+    let page = store
+        .events_since(start, prefix, REPLAY_PAGE)
+        .map_err(|e| match e {
+            crate::kv::KvError::Compacted { requested, oldest } => {
+                ServiceError::Compacted { requested, oldest }
+            }
+            other => ServiceError::Invalid(other.to_string()),
+        })?;
+    Ok((page, store.revision()))
+}
+
 fn propose_error(e: ChangeReply) -> ServiceError {
     match e {
         ChangeReply::Rejected(m) => ServiceError::Conflict(m),
@@ -1980,33 +2008,46 @@ impl Service for Node {
         self.refuse_if_diverged()?;
         // Subscribe before reading history so nothing falls in between; the
         // driver broadcasts while holding the write lock, so every live event
-        // at or below the revision read here is also in the history.
+        // at or below the revision a page of history was read at is also in
+        // the history.
         let mut live = self.inner.events.subscribe();
-        let (history, seen) = {
-            let store = self
-                .inner
-                .store
-                .read()
-                .map_err(|_| ServiceError::Internal("state machine lock poisoned".into()))?;
-            let history = store
-                .events_since(start_revision, &prefix, usize::MAX)
-                .map_err(|e| match e {
-                    crate::kv::KvError::Compacted { requested, oldest } => {
-                        ServiceError::Compacted { requested, oldest }
-                    }
-                    other => ServiceError::Invalid(other.to_string()),
-                })?;
-            (history, store.revision())
-        };
-        let (tx, rx) = mpsc::channel(1024);
+        let store = self.inner.store.clone();
+        // The first page is read here, so that a start older than the
+        // history is answered with a status code rather than a stream.
+        let (mut page, mut seen) = replay_page(&store, start_revision, &prefix)?;
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         tokio::spawn(async move {
-            for e in history {
-                if tx.send(Ok(e)).await.is_err() {
-                    return;
+            // The rest of the history, a page at a time, each read once the
+            // previous one is sent: a watcher that reads slowly holds a page
+            // and its queue, never the whole history.
+            loop {
+                let full = page.len() >= REPLAY_PAGE;
+                let next = page.last().map(|e| e.revision + 1);
+                for e in page {
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+                let Some(next) = next.filter(|_| full) else {
+                    break;
+                };
+                match replay_page(&store, next, &prefix) {
+                    Ok((more, at)) => (page, seen) = (more, at),
+                    Err(e) => {
+                        // Compacted under a watcher that read too slowly.
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
                 }
             }
             loop {
-                match live.recv().await {
+                // A watcher that goes away is noticed even when nothing it
+                // watches changes: its task and subscription end with it.
+                let received = tokio::select! {
+                    () = tx.closed() => return,
+                    r = live.recv() => r,
+                };
+                match received {
                     Ok(e) => {
                         if e.revision <= seen
                             || e.revision < start_revision
@@ -2244,6 +2285,10 @@ impl Service for Node {
     }
 
     fn metrics_text(&self) -> String {
+        // Only watches subscribe to the feed of applied changes.
+        self.inner
+            .metrics
+            .set_watches(self.inner.events.receiver_count());
         self.inner.metrics.render()
     }
 }

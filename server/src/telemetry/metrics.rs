@@ -122,6 +122,7 @@ struct Inner {
     digest_mismatches: Counter,
     diverged: Gauge,
     anonymous_ops: Gauge,
+    watches: Gauge,
     archive_lag_entries: Gauge,
     archive_lag_seconds: Gauge,
     tls_expiry: Family<PortLabels, Gauge>,
@@ -177,6 +178,7 @@ impl Metrics {
             digest_mismatches: Counter::default(),
             diverged: Gauge::default(),
             anonymous_ops: Gauge::default(),
+            watches: Gauge::default(),
             archive_lag_entries: Gauge::default(),
             archive_lag_seconds: Gauge::default(),
             tls_expiry: Family::default(),
@@ -319,9 +321,15 @@ impl Metrics {
             "anonymous_ops",
             "1 when this node proposes writes made without a credential as anonymous ops, \
              refused where they are applied once auth is on (every member said it decodes \
-             them); 0 while a member has not (a rolling upgrade, or in the first seconds \
-             after this node started)",
+             them); 0 while a member has not (a rolling upgrade, or the round trip after \
+             this node started)",
             inner.anonymous_ops.clone(),
+        );
+        r.register(
+            "watches",
+            "Watches open on this node: each one follows its feed of applied changes until \
+             its client goes away",
+            inner.watches.clone(),
         );
         r.register(
             "archive_lag_entries",
@@ -503,6 +511,11 @@ impl Metrics {
     /// Sets whether anonymous writes are proposed as anonymous ops.
     pub fn set_anonymous_ops(&self, on: bool) {
         self.0.anonymous_ops.set(i64::from(on));
+    }
+
+    /// Sets how many watches are open on this node.
+    pub fn set_watches(&self, open: usize) {
+        self.0.watches.set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
     /// Sets whether this replica diverged (exported as 1 or 0).
