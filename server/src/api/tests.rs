@@ -1370,6 +1370,90 @@ async fn reader_of_app(router: &Router) -> String {
     r.json()["token"].as_str().expect("a token").to_owned()
 }
 
+/// A token named `name` whose one role may read and write `prefix`.
+async fn writer_of(router: &Router, prefix: &str, name: &str) -> String {
+    let admin = Some(TOKEN);
+    let role = json!({"permissions": [{"prefix": prefix, "read": true, "write": true}]});
+    let path = format!("/v1/auth/roles/{name}-writer");
+    let r = as_caller(router, Method::PUT, &path, admin, role.to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let req = json!({"name": name, "roles": [format!("{name}-writer")]});
+    let r = as_caller(
+        router,
+        Method::POST,
+        "/v1/auth/tokens",
+        admin,
+        req.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.json()["token"].as_str().expect("a token").to_owned()
+}
+
+/// A token may attach a key to a lease only if it may write every key
+/// already attached to it, as renewing the lease needs: otherwise a token
+/// that may write only `evil/` could attach `evil/x` to another client's
+/// lease, whose keep-alives would then be refused until it ended.
+#[tokio::test]
+async fn a_token_cannot_attach_a_key_to_a_lease_whose_keys_it_may_not_write() {
+    let router = Fake::with_auth().router();
+    let owner = writer_of(&router, "app/", "owner").await;
+    let other = writer_of(&router, "evil/", "other").await;
+    let lease_of = |token: String| {
+        let router = router.clone();
+        async move {
+            let r = as_caller(
+                &router,
+                Method::POST,
+                "/v1/leases",
+                Some(&token),
+                r#"{"ttl_secs": 30}"#,
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            r.json()["id"].as_u64().expect("an id")
+        }
+    };
+    let lease = lease_of(owner.clone()).await;
+    let attach = |key: &str, token: &str, lease: u64| {
+        let (router, uri, token) = (
+            router.clone(),
+            format!("/v1/kv/{key}?lease={lease}"),
+            token.to_owned(),
+        );
+        async move { as_caller(&router, Method::PUT, &uri, Some(&token), "v").await }
+    };
+    assert_eq!(
+        attach("app/lock", &owner, lease).await.status,
+        StatusCode::OK
+    );
+    attach("evil/x", &other, lease)
+        .await
+        .error(StatusCode::FORBIDDEN, "permission_denied");
+    let keep_alive = format!("/v1/leases/{lease}/keepalive");
+    let r = as_caller(
+        &router,
+        Method::POST,
+        &keep_alive,
+        Some(&owner),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the owner still renews: {:?}",
+        r.body
+    );
+    // Its own lease, and a lease with no keys yet, take its keys.
+    let own = lease_of(other.clone()).await;
+    assert_eq!(attach("evil/x", &other, own).await.status, StatusCode::OK);
+    let fresh = lease_of(owner.clone()).await;
+    assert_eq!(attach("evil/y", &other, fresh).await.status, StatusCode::OK);
+    // The cluster token is the admin, and attaches anywhere.
+    assert_eq!(attach("evil/z", TOKEN, lease).await.status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn with_auth_on_everything_but_probes_metrics_and_docs_needs_a_token() {
     let router = Fake::with_auth().router();

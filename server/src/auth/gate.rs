@@ -40,6 +40,10 @@ const MAX_TRACKED: usize = 10_000;
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// Keys of a lease that [`Caller::check_op`] checks before a token attaches
+/// another, at most (as many as a renewal checks).
+pub const LEASE_KEYS_CHECKED: usize = 1000;
+
 /// Who sent a request, once authenticated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
@@ -68,11 +72,30 @@ impl Caller {
     }
 
     /// Whether the caller may apply `op`, by `store`'s rules.
+    ///
+    /// A token may attach keys to a lease only if it may write every key
+    /// already attached to it (as etcd asks of a put with a lease).
+    /// Renewing and revoking a lease need that too, so without it a token
+    /// that may write only `evil/` could attach `evil/x` to another
+    /// client's lease and make that client's keep-alives fail, and its lock
+    /// or leadership end with the lease. Checked where the op is admitted
+    /// only: an earlier version applies the same op without it, and the
+    /// replicas of a rolling upgrade must apply each chosen op alike. Keys
+    /// past the first [`LEASE_KEYS_CHECKED`] of a lease are not looked at,
+    /// which bounds the check's cost.
     pub fn check_op(&self, store: &Store, op: &Op) -> Result<(), Refusal> {
         match self {
             Caller::Anyone => anonymous(store),
             Caller::Admin => Ok(()),
-            Caller::Token { id } => store.auth().authorize_op(id, op),
+            Caller::Token { id } => {
+                store.auth().authorize_op(id, op)?;
+                if let Op::Leased { lease, .. } = op {
+                    for key in store.lease_keys(*lease, LEASE_KEYS_CHECKED) {
+                        store.auth().authorize(id, Need::Write(&key))?;
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -245,9 +268,13 @@ impl Gate {
 
 /// Who the limiter counts a caller as: its IPv4 address, or the /64 of its
 /// IPv6 address (one host usually has a whole /64 to pick addresses from).
+/// An IPv4 client of a dual-stack listener arrives as an IPv4-mapped IPv6
+/// address (`::ffff:a.b.c.d`), whose /64 would be every IPv4 client's: it
+/// counts as its IPv4 address.
 fn source(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => addr.to_canonical(),
         IpAddr::V6(v6) => {
             let s = v6.segments();
             IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
@@ -459,6 +486,15 @@ mod tests {
             None,
             "a new window starts at one"
         );
+    }
+
+    #[test]
+    fn ipv4_clients_of_a_dual_stack_listener_are_counted_one_by_one() {
+        let mapped = |ip: &str| source(ip.parse().expect("ip"));
+        assert_eq!(mapped("::ffff:10.0.0.1"), mapped("10.0.0.1"));
+        assert_ne!(mapped("::ffff:10.0.0.1"), mapped("::ffff:10.0.0.2"));
+        assert_eq!(mapped("2001:db8::1"), mapped("2001:db8::2"), "one /64");
+        assert_ne!(mapped("2001:db8::1"), mapped("2001:db8:0:1::1"));
     }
 
     #[test]
