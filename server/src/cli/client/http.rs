@@ -113,6 +113,10 @@ impl From<phxkv_client::Error> for CliError {
     }
 }
 
+/// How the server's answer for a route that does not exist begins (see
+/// [`crate::api::error::not_found`]).
+const NO_ROUTE: &str = "no route for ";
+
 /// The CLI error (and so the exit code) an API error answer means.
 pub trait IntoCliError {
     fn into_cli_error(self) -> CliError;
@@ -141,12 +145,15 @@ impl IntoCliError for ApiFailure {
                 self.message
             )),
             // No such route: the endpoint is wrong (a path after the
-            // address, say), which says nothing about the key either.
-            404 if self.code == "not_found" => CliError::Usage(format!(
-                "{}; check --endpoints: give each node's address only, like \
-                 http://127.0.0.1:8080, without a path",
-                self.message
-            )),
+            // address, say), which says nothing about the key either. (A
+            // missing role or token is `not_found` too, and says so.)
+            404 if self.code == "not_found" && self.message.starts_with(NO_ROUTE) => {
+                CliError::Usage(format!(
+                    "{}; check --endpoints: give each node's address only, like \
+                     http://127.0.0.1:8080, without a path",
+                    self.message
+                ))
+            }
             404 => CliError::NotFound(self.message),
             409 if self.code == "compare_failed" => CliError::NotFound(format!(
                 "compare failed: current version {}",
@@ -202,6 +209,31 @@ mod tests {
         let mut a = args(&["http://127.0.0.1:1"]);
         a.timeout = Duration::ZERO;
         assert!(matches!(Client::new(&a), Err(CliError::Usage(m)) if m.contains("--timeout")));
+    }
+
+    #[test]
+    fn a_missing_route_points_at_the_endpoints_and_a_missing_role_does_not() {
+        let failure = |message: &str| ApiFailure {
+            status: reqwest::StatusCode::NOT_FOUND,
+            code: "not_found".into(),
+            message: message.into(),
+            current_version: None,
+        };
+        let route = crate::api::error::not_found(
+            axum::http::Method::GET,
+            axum::http::Uri::from_static("/x/v1/kv/a"),
+        );
+        let route = futures_util::FutureExt::now_or_never(route).expect("ready");
+        let route = failure(&route.into_detail().message).into_cli_error();
+        assert!(
+            matches!(&route, CliError::Usage(m) if m.contains("--endpoints")),
+            "{route:?}"
+        );
+        let role = failure("no role \"nosuch\"").into_cli_error();
+        assert!(
+            matches!(&role, CliError::NotFound(m) if m == "no role \"nosuch\""),
+            "{role:?}"
+        );
     }
 
     #[test]
