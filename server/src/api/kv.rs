@@ -461,6 +461,9 @@ pub async fn delete_prefix<S: Service>(
 ///
 /// Every page is read at one revision. To page through, pass the previous
 /// page's `next_after` as `after`; later pages may reflect later revisions.
+/// A page ends at `limit` keys, or sooner once its keys and values come to
+/// 4 MiB (it always holds at least one key); `more` says whether keys
+/// remain.
 #[utoipa::path(
     get,
     path = "/v1/kv",

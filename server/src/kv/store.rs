@@ -20,6 +20,12 @@ use crate::paxos::types::RequestId;
 /// How many keys a range returns when the request leaves the limit at `0`.
 pub const DEFAULT_RANGE_LIMIT: usize = 1000;
 
+/// Key and value bytes after which a range's page ends (with `more`),
+/// whatever its limit; a page holds at least one key. Without it a page of
+/// 1000 keys with 1 MiB values would be a gigabyte, copied under the
+/// store's lock, and more than twice that as JSON.
+pub const MAX_RANGE_BYTES: usize = 4 << 20;
+
 /// A stored key with its value and bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyValue {
@@ -509,15 +515,23 @@ impl Store {
             };
         }
         let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let mut matches = self
+        let matches = self
             .kvs
             .range::<[u8], _>((start, end))
-            .filter(|(key, _)| !crate::auth::is_system_key(key))
-            .map(|(key, slot)| slot.to_kv(key));
-        let kvs: Vec<KeyValue> = matches.by_ref().take(limit).collect();
+            .filter(|(key, _)| !crate::auth::is_system_key(key));
+        let (mut kvs, mut bytes, mut more) = (Vec::new(), 0, false);
+        for (key, slot) in matches {
+            let size = key.len() + slot.value.len();
+            if kvs.len() >= limit || (!kvs.is_empty() && bytes + size > MAX_RANGE_BYTES) {
+                more = true;
+                break;
+            }
+            bytes += size;
+            kvs.push(slot.to_kv(key));
+        }
         RangeResult {
             kvs,
-            more: matches.next().is_some(),
+            more,
             revision: self.revision,
         }
     }
@@ -1333,6 +1347,42 @@ mod tests {
         assert_eq!(r.revision, 6);
         let all = s.range(&RangeRequest::default());
         assert_eq!(all.kvs.len(), 6);
+    }
+
+    #[test]
+    fn a_range_page_ends_after_its_byte_bound_and_holds_at_least_one_key() {
+        let mut s = Store::new();
+        let big = vec![b'x'; MAX_RANGE_BYTES / 3];
+        for k in [b"k1", b"k2", b"k3", b"k4"] {
+            run(&mut s, &put(k, &big));
+        }
+        let mut req = RangeRequest {
+            prefix: b"k".to_vec(),
+            after: None,
+            limit: 1000,
+        };
+        let first = s.range(&req);
+        assert_eq!(
+            keys(&first),
+            [&b"k1"[..], b"k2"],
+            "three would pass the bound"
+        );
+        assert!(first.more);
+        req.after = Some(b"k2".to_vec());
+        let second = s.range(&req);
+        assert_eq!(keys(&second), [&b"k3"[..], b"k4"]);
+        assert!(!second.more);
+        let mut s = Store::new();
+        let huge = vec![b'x'; MAX_RANGE_BYTES + 1];
+        run(&mut s, &put(b"h1", &huge));
+        run(&mut s, &put(b"h2", &huge));
+        let one = s.range(&RangeRequest::default());
+        assert_eq!(
+            keys(&one),
+            [&b"h1"[..]],
+            "a key larger than the bound still comes"
+        );
+        assert!(one.more);
     }
 
     #[test]
