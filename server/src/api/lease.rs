@@ -744,8 +744,11 @@ pub async fn lock<S: Service>(
     State(svc): State<S>,
     caller: Caller,
     uri: Uri,
+    query: QueryParams,
     JsonBody(request): JsonBody<LockRequest>,
 ) -> Result<Json<LockResponse>, ApiError> {
+    // Everything this route takes is in its body.
+    query.finish()?;
     let prefix = queue_prefix(&uri, "/v1/lock/")?;
     let (key, fencing_token) = join_and_wait(
         &svc,
@@ -1085,8 +1088,11 @@ pub async fn campaign<S: Service>(
     State(svc): State<S>,
     caller: Caller,
     uri: Uri,
+    query: QueryParams,
     JsonBody(request): JsonBody<CampaignRequest>,
 ) -> Result<Json<Leader>, ApiError> {
+    // Everything this route takes is in its body.
+    query.finish()?;
     let prefix = queue_prefix(&uri, "/v1/election/")?;
     let value = request.value()?;
     let (key, _) = join_and_wait(
@@ -1122,7 +1128,9 @@ pub async fn leader<S: Service>(
     State(svc): State<S>,
     caller: Caller,
     uri: Uri,
+    query: QueryParams,
 ) -> Result<Json<Leader>, ApiError> {
+    query.finish()?;
     let prefix = queue_prefix(&uri, "/v1/election/")?;
     let first = svc
         .read(Consistency::Linearizable, move |store| {
@@ -1157,8 +1165,11 @@ pub async fn proclaim<S: Service>(
     State(svc): State<S>,
     caller: Caller,
     uri: Uri,
+    query: QueryParams,
     JsonBody(request): JsonBody<CampaignRequest>,
 ) -> Result<Json<Leader>, ApiError> {
+    // Everything this route takes is in its body.
+    query.finish()?;
     let prefix = queue_prefix(&uri, "/v1/election/")?;
     let value = request.value()?;
     let lease = request.lease;

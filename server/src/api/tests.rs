@@ -2157,6 +2157,30 @@ async fn a_lock_passes_to_the_next_waiter_in_order_with_a_larger_fencing_token()
     lock(&router, "jobs/nightly", 3, 700_000)
         .await
         .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    // A query parameter these routes do not take (the release's `lease`,
+    // say) is refused, not dropped.
+    call(
+        &router,
+        Method::POST,
+        "/v1/lock/jobs/nightly?lease=3",
+        json!({"lease": 3, "wait_ms": 0}).to_string(),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    for (method, body) in [
+        (Method::POST, json!({"lease": 3, "value": "v"}).to_string()),
+        (Method::PUT, json!({"lease": 3, "value": "v"}).to_string()),
+        (Method::GET, String::new()),
+    ] {
+        call(
+            &router,
+            method,
+            "/v1/election/sched?consistency=local",
+            body,
+        )
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid_argument");
+    }
     drop(fake);
 }
 
