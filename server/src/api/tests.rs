@@ -1339,55 +1339,43 @@ async fn as_caller(
     send(router, request.body(body.into()).expect("valid request")).await
 }
 
+/// With auth on: a role `role` with `permissions`, and a token named `name`
+/// holding it. Returns the token.
+async fn token_with_role(router: &Router, role: &str, permissions: Value, name: &str) -> String {
+    let admin = Some(TOKEN);
+    let path = format!("/v1/auth/roles/{role}");
+    let body = json!({ "permissions": permissions }).to_string();
+    let r = as_caller(router, Method::PUT, &path, admin, body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let req = json!({"name": name, "roles": [role]}).to_string();
+    let r = as_caller(router, Method::POST, "/v1/auth/tokens", admin, req).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.json()["token"].as_str().expect("a token").to_owned()
+}
+
 /// With auth on: a role reading `app/`, a token with it, and a key in
 /// `app/` and one in `other/`. Returns the token.
 async fn reader_of_app(router: &Router) -> String {
-    let admin = Some(TOKEN);
-    let role = json!({"permissions": [{"prefix": "app/", "read": true}]});
-    let r = as_caller(
-        router,
-        Method::PUT,
-        "/v1/auth/roles/app-reader",
-        admin,
-        role.to_string(),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let req = json!({"name": "ci", "roles": ["app-reader"]});
-    let r = as_caller(
-        router,
-        Method::POST,
-        "/v1/auth/tokens",
-        admin,
-        req.to_string(),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let read_app = json!([{"prefix": "app/", "read": true}]);
+    let token = token_with_role(router, "app-reader", read_app, "ci").await;
     for key in ["app/x", "other/x"] {
-        let r = as_caller(router, Method::PUT, &format!("/v1/kv/{key}"), admin, "v").await;
+        let r = as_caller(
+            router,
+            Method::PUT,
+            &format!("/v1/kv/{key}"),
+            Some(TOKEN),
+            "v",
+        )
+        .await;
         assert_eq!(r.status, StatusCode::OK);
     }
-    r.json()["token"].as_str().expect("a token").to_owned()
+    token
 }
 
 /// A token named `name` whose one role may read and write `prefix`.
 async fn writer_of(router: &Router, prefix: &str, name: &str) -> String {
-    let admin = Some(TOKEN);
-    let role = json!({"permissions": [{"prefix": prefix, "read": true, "write": true}]});
-    let path = format!("/v1/auth/roles/{name}-writer");
-    let r = as_caller(router, Method::PUT, &path, admin, role.to_string()).await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let req = json!({"name": name, "roles": [format!("{name}-writer")]});
-    let r = as_caller(
-        router,
-        Method::POST,
-        "/v1/auth/tokens",
-        admin,
-        req.to_string(),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    r.json()["token"].as_str().expect("a token").to_owned()
+    let write = json!([{"prefix": prefix, "read": true, "write": true}]);
+    token_with_role(router, &format!("{name}-writer"), write, name).await
 }
 
 /// A token may attach a key to a lease only if it may write every key
