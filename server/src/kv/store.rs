@@ -491,34 +491,32 @@ impl Store {
             .saturating_add(self.kvs.len().saturating_mul(KEY_OVERHEAD_BYTES))
     }
 
+    /// The client keys (not the store's own) starting with `prefix`, in
+    /// byte order; with `after`, only those strictly greater than it.
+    fn client_keys_under<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        after: Option<&'a [u8]>,
+    ) -> impl Iterator<Item = (&'a Box<[u8]>, &'a Slot)> {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        // The keys under a prefix are contiguous in byte order: they end at
+        // the first key that does not start with it.
+        self.kvs
+            .range::<[u8], _>((start, Bound::Unbounded))
+            .take_while(move |(key, _)| key.starts_with(prefix))
+            .filter(|(key, _)| !crate::auth::is_system_key(key))
+    }
+
     /// Keys matching `req` in byte order, at most `req.limit` of them.
     pub fn range(&self, req: &RangeRequest) -> RangeResult {
         let limit = match req.limit {
             0 => DEFAULT_RANGE_LIMIT,
             n => n,
         };
-        let end = prefix_end(&req.prefix);
-        let start = match &req.after {
-            Some(after) if after.as_slice() >= req.prefix.as_slice() => {
-                Bound::Excluded(after.as_slice())
-            }
-            _ => Bound::Included(req.prefix.as_slice()),
-        };
-        // BTreeMap::range panics on an empty or inverted range.
-        if let (Bound::Excluded(after), Some(end)) = (start, &end)
-            && after >= end.as_slice()
-        {
-            return RangeResult {
-                kvs: Vec::new(),
-                more: false,
-                revision: self.revision,
-            };
-        }
-        let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let matches = self
-            .kvs
-            .range::<[u8], _>((start, end))
-            .filter(|(key, _)| !crate::auth::is_system_key(key));
+        let matches = self.client_keys_under(&req.prefix, req.after.as_deref());
         let (mut kvs, mut bytes, mut more) = (Vec::new(), 0, false);
         for (key, slot) in matches {
             let size = key.len() + slot.value.len();
@@ -578,15 +576,11 @@ impl Store {
     /// bounds still apply a chosen op alike.
     fn apply_delete_prefix(&mut self, prefix: &[u8], limit: u32) -> OpResult {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let end = prefix_end(prefix);
-        let end = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let mut keys = self
-            .kvs
-            .range::<[u8], _>((Bound::Included(prefix), end))
-            .map(|(k, _)| k)
-            .filter(|k| !crate::auth::is_system_key(k));
-        let doomed: Vec<Vec<u8>> = keys.by_ref().take(limit).map(|k| k.to_vec()).collect();
-        let more = keys.next().is_some();
+        let (doomed, more) = {
+            let mut keys = self.client_keys_under(prefix, None).map(|(k, _)| k);
+            let doomed: Vec<Vec<u8>> = keys.by_ref().take(limit).map(|k| k.to_vec()).collect();
+            (doomed, keys.next().is_some())
+        };
         let revision = self.revision + 1;
         for key in &doomed {
             self.remove(key, revision);
