@@ -242,6 +242,90 @@ async fn an_address_that_keeps_guessing_gets_429_after_ten_failures() {
     assert!(metrics.contains(r#"phxkv_auth_failures_total{reason="rate_limited"} 1"#));
 }
 
+/// The peer port takes only the cluster token: guessing it there is
+/// limited per address like any other credential, but not from an address
+/// that has shown it holds the token, so the replicas' traffic goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_token_guesses_on_the_peer_port_are_limited() {
+    let c = Cluster::start(3, &[]).await;
+    c.wait_for_master(Duration::from_secs(15)).await;
+    // The replicas talk from 127.0.0.1; the guesser from another loopback
+    // address.
+    let guesser = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .expect("client");
+    let peer = c.peer_url(0);
+    let send = |token: &'static str| {
+        guesser
+            .post(format!("{peer}/peer/v1/messages"))
+            .bearer_auth(token)
+            .json(&json!([]))
+            .send()
+    };
+    for n in 0..10 {
+        let r = send("not-the-cluster-token").await.expect("peer");
+        assert_eq!(r.status(), 401, "attempt {n}");
+    }
+    let r = send(TOKEN).await.expect("peer");
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After");
+    assert!((1..=60).contains(&retry), "{retry}");
+    let body: Value = r.json().await.expect("a JSON error");
+    assert_eq!(code(&body), "too_many_attempts", "{body}");
+    // The client port shares the count: the cluster token is refused there
+    // too from that address.
+    let r = guesser
+        .post(format!("{}/v1/cluster/members", c.url(0)))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "n9", "peer_url": "http://127.0.0.1:1"}))
+        .send()
+        .await
+        .expect("client port");
+    assert_eq!(r.status(), 429);
+    // Ten mistakes from the replicas' own address (an operator's `curl`
+    // beside them) do not cut them off: that address has shown it holds
+    // the token.
+    let peer1 = c.peer_url(1);
+    for n in 0..10 {
+        let r = c
+            .http
+            .post(format!("{peer1}/peer/v1/messages"))
+            .bearer_auth("a-mistyped-cluster-token")
+            .json(&json!([]))
+            .send()
+            .await
+            .expect("peer");
+        assert_eq!(r.status(), 401, "attempt {n}");
+    }
+    let r = c
+        .http
+        .post(format!("{peer1}/peer/v1/messages"))
+        .bearer_auth(TOKEN)
+        .json(&json!([]))
+        .send()
+        .await
+        .expect("peer");
+    assert!(r.status().is_success(), "{}", r.status());
+    // Writes through every replica still commit.
+    for i in 0..3 {
+        let r = c.put(i, &format!("k{i}"), "v").await;
+        assert!(r.status().is_success(), "{:?}", r.text().await);
+    }
+    for i in [0, 1] {
+        let metrics = c.metrics_text(i).await;
+        assert!(
+            metrics.contains(r#"phxkv_auth_failures_total{reason="invalid"} 10"#),
+            "{metrics}"
+        );
+    }
+}
+
 /// Polls `f` every 100 ms until it holds, for at most `within`.
 async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
 where

@@ -432,6 +432,15 @@ fn every_peer_body_round_trips_and_can_be_checked_against_the_document() {
             },
         },
     );
+    s.add(
+        "PeerError",
+        &PeerError {
+            error: PeerErrorDetail {
+                code: PeerErrorCode::TooManyAttempts,
+                message: "too many wrong cluster tokens from this address; retry in 59 s".into(),
+            },
+        },
+    );
     assert!(s.written > 30);
 }
 

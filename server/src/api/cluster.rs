@@ -17,7 +17,7 @@ use crate::api::body::JsonBody;
 use crate::api::error::{ApiError, ErrorCode, ErrorResponse};
 use crate::api::query::QueryParams;
 use crate::api::service::{ClusterInfo, MemberChange, ReplaceReport, Service};
-use crate::auth::gate::Caller;
+use crate::auth::gate::{Caller, TokenCheck, addr_in, too_many_attempts};
 use crate::auth::token::constant_time_eq;
 
 /// A new member, joining as a learner.
@@ -61,20 +61,28 @@ impl<S: Service> FromRequestParts<S> for ClusterAuth {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::Unauthorized,
-                    "admin operations (membership, backups, snapshots, switching auth) need an \
-                     Authorization: Bearer <cluster token> header",
-                )
-            })?;
-        if constant_time_eq(given, expected.as_bytes()) {
-            Ok(ClusterAuth)
-        } else {
-            Err(ApiError::new(
+            .unwrap_or_default();
+        let check = match svc.auth_gate() {
+            // Guesses count towards the address's failed-attempt limit.
+            Some(gate) => {
+                gate.check_cluster_token(addr_in(&parts.extensions), given, expected.as_bytes())
+            }
+            None if given.is_empty() => TokenCheck::Missing,
+            None if constant_time_eq(given, expected.as_bytes()) => TokenCheck::Valid,
+            None => TokenCheck::Wrong,
+        };
+        match check {
+            TokenCheck::Valid => Ok(ClusterAuth),
+            TokenCheck::Missing => Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "admin operations (membership, backups, snapshots, switching auth) need an \
+                 Authorization: Bearer <cluster token> header",
+            )),
+            TokenCheck::Wrong => Err(ApiError::new(
                 ErrorCode::Unauthorized,
                 "wrong cluster token",
-            ))
+            )),
+            TokenCheck::Blocked(wait) => Err(too_many_attempts(wait)),
         }
     }
 }

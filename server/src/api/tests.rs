@@ -41,6 +41,9 @@ struct FakeInner {
     prefix_deletes: AtomicBool,
     limits: Limits,
     gate: Option<crate::auth::gate::Gate>,
+    /// Whether auth is on (`serve --auth`), given a gate: a node has a gate
+    /// with auth off too.
+    auth_on: bool,
     /// The master's lease timers, on the fake's own clock: one mastership
     /// for the fake's whole life.
     timers: Mutex<crate::kv::LeaseTimers>,
@@ -66,6 +69,7 @@ impl Fake {
                     max_txn_ops: 8,
                 },
                 gate: None,
+                auth_on: false,
                 timers: Mutex::new(crate::kv::LeaseTimers::new(Duration::ZERO, 0)),
                 epoch: std::time::Instant::now(),
             }),
@@ -74,6 +78,14 @@ impl Fake {
 
     /// A fake with auth on (`serve --auth`).
     fn with_auth() -> Fake {
+        let mut fake = Fake::with_gate();
+        Arc::get_mut(&mut fake.inner).expect("fresh").auth_on = true;
+        fake
+    }
+
+    /// A fake with auth off, as a node runs it: with the failed-attempt
+    /// limiter, for the cluster token.
+    fn with_gate() -> Fake {
         let mut fake = Fake::new();
         let metrics = crate::telemetry::metrics::Metrics::new();
         Arc::get_mut(&mut fake.inner).expect("fresh").gate =
@@ -298,6 +310,10 @@ impl Service for Fake {
 
     fn auth_gate(&self) -> Option<crate::auth::gate::Gate> {
         self.inner.gate.clone()
+    }
+
+    fn auth_required(&self) -> bool {
+        self.inner.auth_on
     }
 
     fn anonymous_ops(&self) -> bool {
@@ -1850,6 +1866,71 @@ async fn wrong_tokens_from_one_address_are_limited_after_the_documented_count() 
     *valid.uri_mut() = "/v1/kv/app/x".parse().expect("uri");
     let valid = send(&router, valid).await;
     assert_eq!(valid.status, StatusCode::OK);
+}
+
+/// A request from `ip` with `token` as its bearer token.
+fn from_address(method: Method, uri: &str, ip: [u8; 4], token: &str) -> Request<Body> {
+    let body = if uri.starts_with("/v1/kv/") {
+        "v"
+    } else {
+        r#"{"name":"n2","peer_url":"x"}"#
+    };
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::from(body))
+        .expect("valid request");
+    let addr = crate::auth::gate::ClientAddr(std::net::SocketAddr::from((ip, 1234)));
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    request
+}
+
+/// With auth off the cluster token still guards the admin routes, and
+/// guessing it is limited as with auth on.
+#[tokio::test]
+async fn cluster_token_guesses_are_limited_with_auth_off_too() {
+    use crate::auth::gate::MAX_FAILURES;
+    let router = Fake::with_gate().router();
+    let add = "/v1/cluster/members";
+    for _ in 0..MAX_FAILURES {
+        send(
+            &router,
+            from_address(Method::POST, add, [10, 0, 0, 1], "guess-guess-guess"),
+        )
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    // Now the right token is refused from that address too, so the answers
+    // say nothing about the guesses until the window ends.
+    let limited = send(
+        &router,
+        from_address(Method::POST, add, [10, 0, 0, 1], TOKEN),
+    )
+    .await;
+    limited.error(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts");
+    assert!(
+        limited
+            .header("retry-after")
+            .parse::<u64>()
+            .is_ok_and(|s| s >= 1)
+    );
+    // Keys need no credential with auth off: the address may still use them.
+    let put = send(
+        &router,
+        from_address(Method::PUT, "/v1/kv/a", [10, 0, 0, 1], TOKEN),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK, "{:?}", put.body);
+    // Another address is not affected.
+    let other = send(
+        &router,
+        from_address(Method::POST, add, [10, 0, 0, 2], TOKEN),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::OK);
 }
 
 async fn grant(router: &Router, body: Value) -> Reply {

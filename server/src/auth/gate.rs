@@ -32,6 +32,10 @@ use crate::telemetry::metrics::Metrics;
 pub const MAX_FAILURES: u32 = 10;
 /// The limiter's window, from an address's first failure.
 pub const WINDOW: Duration = Duration::from_secs(60);
+/// How long an address that presented the right cluster token on the peer
+/// port stays exempt there from the limit (see [`Gate::check_peer_token`]);
+/// a replica presents it several times a second.
+const PROVEN_FOR: Duration = Duration::from_secs(600);
 /// Addresses the limiter remembers; beyond that the oldest is forgotten.
 const MAX_TRACKED: usize = 10_000;
 
@@ -258,12 +262,124 @@ impl Gate {
         self.0.limiter.lock().ok()?.blocked(addr, now)
     }
 
+    /// How long `addr` is still refused, if it is over the limit.
+    pub fn blocked_now(&self, addr: Option<IpAddr>) -> Option<Duration> {
+        self.blocked(addr, Instant::now())
+    }
+
+    /// Whether `given` (empty when nothing was sent) is `expected`, the
+    /// cluster token as the caller must present it, for a caller at `addr`
+    /// on the client port's admin routes while auth is off, where the
+    /// cluster token is the only credential. A wrong token counts towards
+    /// the address's limit, as with auth on, and an address over the limit
+    /// is refused even with the right one until its window ends, so a
+    /// guesser learns nothing from its answers by then.
+    pub fn check_cluster_token(
+        &self,
+        addr: Option<IpAddr>,
+        given: &[u8],
+        expected: &[u8],
+    ) -> TokenCheck {
+        self.check_token(addr, given, expected, false)
+    }
+
+    /// [`Gate::check_cluster_token`] on the peer port, with one difference:
+    /// an address that has presented the right token on the peer port is
+    /// not refused there for being over the limit for [`PROVEN_FOR`] after
+    /// it last did. Replicas present the
+    /// right token with every request, and an operator's mistyped `curl`
+    /// from a replica's pod (or, on one host, from anywhere) must not cut
+    /// that replica off from its peers. Its wrong tokens still count, and
+    /// still block the address on the client port. What this gives up: a
+    /// process that shares an address with a replica can guess at the peer
+    /// port's speed, which needs a foothold in that replica's pod or host
+    /// (and, with TLS, a certificate from the cluster's CA) to begin with.
+    pub fn check_peer_token(
+        &self,
+        addr: Option<IpAddr>,
+        given: &[u8],
+        expected: &[u8],
+    ) -> TokenCheck {
+        self.check_token(addr, given, expected, true)
+    }
+
+    fn check_token(
+        &self,
+        addr: Option<IpAddr>,
+        given: &[u8],
+        expected: &[u8],
+        peer: bool,
+    ) -> TokenCheck {
+        let now = Instant::now();
+        let proven = || {
+            peer && addr.is_some_and(|a| {
+                self.0.limiter.lock().is_ok_and(|l| {
+                    l.proven
+                        .get(&source(a))
+                        .is_some_and(|t| now < *t + PROVEN_FOR)
+                })
+            })
+        };
+        if let Some(wait) = self.blocked(addr, now)
+            && !proven()
+        {
+            self.0.metrics.inc_auth_failures("rate_limited");
+            return TokenCheck::Blocked(wait);
+        }
+        if given.is_empty() {
+            self.0.metrics.inc_auth_failures("missing");
+            return TokenCheck::Missing;
+        }
+        if !expected.is_empty() && token::constant_time_eq(given, expected) {
+            if peer && let (Some(a), Ok(mut l)) = (addr, self.0.limiter.lock()) {
+                l.prove(source(a), now);
+            }
+            return TokenCheck::Valid;
+        }
+        self.failed(addr, now, "invalid");
+        TokenCheck::Wrong
+    }
+
     fn failed(&self, addr: Option<IpAddr>, now: Instant, reason: &str) {
         self.0.metrics.inc_auth_failures(reason);
         if let (Some(addr), Ok(mut l)) = (addr, self.0.limiter.lock()) {
             l.fail(source(addr), now);
         }
     }
+}
+
+/// What [`Gate::check_cluster_token`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenCheck {
+    Valid,
+    /// No token was sent.
+    Missing,
+    /// A token was sent, and it is not the cluster token.
+    Wrong,
+    /// The caller's address is over the limit for this long.
+    Blocked(Duration),
+}
+
+/// The answer to an address over the limit, which may try again in `wait`.
+pub fn too_many_attempts(wait: Duration) -> ApiError {
+    let secs = wait.as_secs().max(1);
+    ApiError::new(
+        ErrorCode::TooManyAttempts,
+        format!("too many failed authentication attempts from this address; retry in {secs} s"),
+    )
+    .retry_after(secs)
+}
+
+/// The address a request came from, as `crate::net::serve` recorded it.
+pub fn client_addr<T>(req: &axum::http::Request<T>) -> Option<IpAddr> {
+    addr_in(req.extensions())
+}
+
+/// [`client_addr`] from a request's extensions.
+pub fn addr_in(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|c| c.0.0.ip())
 }
 
 /// Who the limiter counts a caller as: its IPv4 address, or the /64 of its
@@ -286,6 +402,9 @@ fn source(addr: IpAddr) -> IpAddr {
 #[derive(Debug, Default)]
 struct Limiter {
     by_addr: HashMap<IpAddr, (Instant, u32)>,
+    /// Addresses that presented the right cluster token on the peer port,
+    /// with when they last did (see [`Gate::check_peer_token`]).
+    proven: HashMap<IpAddr, Instant>,
 }
 
 impl Limiter {
@@ -297,6 +416,20 @@ impl Limiter {
             return None;
         }
         (count >= MAX_FAILURES).then(|| ends - now)
+    }
+
+    fn prove(&mut self, addr: IpAddr, now: Instant) {
+        if !self.proven.contains_key(&addr)
+            && self.proven.len() >= MAX_TRACKED
+            && let Some(oldest) = self
+                .proven
+                .iter()
+                .min_by_key(|(_, since)| **since)
+                .map(|(a, _)| *a)
+        {
+            self.proven.remove(&oldest);
+        }
+        self.proven.insert(addr, now);
     }
 
     fn fail(&mut self, addr: IpAddr, now: Instant) {
@@ -353,8 +486,18 @@ pub async fn authenticate<S: Service>(
             // engine's turn). The cluster token is the admin whichever
             // side of that the request falls on; any other caller is
             // checked as anonymous against the state it reads.
+            // An address over the failed-attempt limit (counted where the
+            // cluster token is checked, see `ClusterAuth`) is not the
+            // admin, even with the right token, until its window ends.
             let caller = match bearer {
-                Some(b) if is_cluster_token(&svc, &b) => Caller::Admin,
+                Some(b)
+                    if is_cluster_token(&svc, &b)
+                        && svc
+                            .auth_gate()
+                            .is_none_or(|g| g.blocked_now(client_addr(&req)).is_none()) =>
+                {
+                    Caller::Admin
+                }
                 _ => Caller::Anyone,
             };
             req.extensions_mut().insert(caller);
@@ -364,10 +507,7 @@ pub async fn authenticate<S: Service>(
     if is_open(req.uri().path()) {
         return next.run(req).await;
     }
-    let addr = req
-        .extensions()
-        .get::<ConnectInfo<ClientAddr>>()
-        .map(|c| c.0.0.ip());
+    let addr = client_addr(&req);
     match identify(&svc, &gate, addr, bearer).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
@@ -423,15 +563,7 @@ async fn identify<S: Service>(
             }
         }
         gate.0.metrics.inc_auth_failures("rate_limited");
-        return Err(ApiError::new(
-            ErrorCode::TooManyAttempts,
-            format!(
-                "too many failed authentication attempts from this address; \
-                 retry in {} s",
-                wait.as_secs().max(1)
-            ),
-        )
-        .retry_after(wait.as_secs().max(1)));
+        return Err(too_many_attempts(wait));
     }
     let Some(bearer) = bearer else {
         gate.0.metrics.inc_auth_failures("missing");
@@ -486,6 +618,80 @@ mod tests {
             None,
             "a new window starts at one"
         );
+    }
+
+    #[test]
+    fn a_guessed_cluster_token_is_refused_once_the_address_is_over_the_limit() {
+        let gate = Gate::new(Metrics::new());
+        let guesser = Some(IpAddr::from([10, 0, 0, 1]));
+        let peer = Some(IpAddr::from([10, 0, 0, 2]));
+        let token = b"Bearer the-cluster-token";
+        assert_eq!(
+            gate.check_cluster_token(guesser, b"", token),
+            TokenCheck::Missing
+        );
+        for _ in 1..MAX_FAILURES {
+            assert_eq!(
+                gate.check_cluster_token(guesser, b"Bearer a-guess", token),
+                TokenCheck::Wrong
+            );
+        }
+        // The missing token did not count.
+        assert_eq!(
+            gate.check_cluster_token(guesser, token, token),
+            TokenCheck::Valid
+        );
+        assert_eq!(
+            gate.check_cluster_token(guesser, b"Bearer a-guess", token),
+            TokenCheck::Wrong
+        );
+        // Now even the right token is refused from that address.
+        assert!(matches!(
+            gate.check_cluster_token(guesser, token, token),
+            TokenCheck::Blocked(wait) if wait > Duration::ZERO && wait <= WINDOW
+        ));
+        assert_eq!(
+            gate.check_cluster_token(peer, token, token),
+            TokenCheck::Valid
+        );
+        // A node without a token takes none, not even an empty one.
+        assert_eq!(gate.check_cluster_token(peer, b"x", b""), TokenCheck::Wrong);
+    }
+
+    #[test]
+    fn an_address_that_proved_it_holds_the_token_keeps_the_peer_port() {
+        let gate = Gate::new(Metrics::new());
+        let replica = Some(IpAddr::from([10, 0, 0, 3]));
+        let stranger = Some(IpAddr::from([10, 0, 0, 4]));
+        let token = b"Bearer the-cluster-token";
+        assert_eq!(
+            gate.check_peer_token(replica, token, token),
+            TokenCheck::Valid
+        );
+        for who in [replica, stranger] {
+            for _ in 0..MAX_FAILURES {
+                assert_eq!(
+                    gate.check_peer_token(who, b"Bearer typo", token),
+                    TokenCheck::Wrong
+                );
+            }
+        }
+        // The replica's address keeps the peer port; the stranger's does not.
+        assert_eq!(
+            gate.check_peer_token(replica, token, token),
+            TokenCheck::Valid
+        );
+        assert!(matches!(
+            gate.check_peer_token(stranger, token, token),
+            TokenCheck::Blocked(_)
+        ));
+        // Both are over the limit on the client port's admin routes.
+        for who in [replica, stranger] {
+            assert!(matches!(
+                gate.check_cluster_token(who, token, token),
+                TokenCheck::Blocked(_)
+            ));
+        }
     }
 
     #[test]

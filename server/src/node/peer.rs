@@ -18,6 +18,7 @@ use tracing::Instrument;
 use utoipa::{Modify, OpenApi};
 
 use crate::api::service::ServiceError;
+use crate::auth::gate::TokenCheck;
 use crate::auth::token::constant_time_eq;
 use crate::paxos::{Command, ConfChange, Envelope};
 
@@ -73,12 +74,34 @@ async fn authenticate(
         .get(axum::http::header::AUTHORIZATION)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !constant_time_eq(given, node.inner.auth.as_bytes()) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            PeerErrorCode::Unauthorized,
-            "the peer API requires the cluster token as a bearer token",
-        );
+    let addr = crate::auth::gate::client_addr(&req);
+    let check = match &node.inner.gate {
+        // Guesses count towards the address's failed-attempt limit, shared
+        // with the client port (but see `check_peer_token`).
+        Some(gate) => gate.check_peer_token(addr, given, node.inner.auth.as_bytes()),
+        None if constant_time_eq(given, node.inner.auth.as_bytes()) => TokenCheck::Valid,
+        None => TokenCheck::Wrong,
+    };
+    match check {
+        TokenCheck::Valid => {}
+        TokenCheck::Missing | TokenCheck::Wrong => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                PeerErrorCode::Unauthorized,
+                "the peer API requires the cluster token as a bearer token",
+            );
+        }
+        TokenCheck::Blocked(wait) => {
+            let secs = wait.as_secs().max(1);
+            let mut resp = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                PeerErrorCode::TooManyAttempts,
+                &format!("too many wrong cluster tokens from this address; retry in {secs} s"),
+            );
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+            return resp;
+        }
     }
     let mine = node.inner.cfg.engine.read_mode.name();
     let theirs = headers
@@ -642,8 +665,10 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         description = "What phxkv replicas say to each other on the peer port \
 (default 8081): Multi-Paxos messages, snapshots, and the master's side of \
 forwarded writes, read-index requests and membership changes.\n\n\
-Every request carries the cluster token as `Authorization: Bearer <token>`, \
-and the sender's `--read-mode` as `phxkv-read-mode: lease` or `quorum` \
+Every request carries the cluster token as `Authorization: Bearer <token>`; \
+an address that sent 10 wrong tokens within 60 s (to either port) gets 429 \
+`too_many_attempts`, whatever it sends, until the time in `Retry-After` has \
+passed. Every request also carries the sender's `--read-mode` as `phxkv-read-mode: lease` or `quorum` \
 (`lease` when absent); a node refuses a sender in another mode with 412 \
 `read_mode_mismatch`. \
 Bodies are JSON (`application/json`); byte strings (keys, values) are \

@@ -213,6 +213,10 @@ impl<T: Serialize> IntoResponse for Reply<T> {
 pub enum PeerErrorCode {
     /// The cluster token is missing or wrong.
     Unauthorized,
+    /// The caller's address sent too many wrong cluster tokens (to either
+    /// port) within a minute; it is refused, whatever it sends, until the
+    /// time in `Retry-After` has passed.
+    TooManyAttempts,
     /// No such peer route.
     NotFound,
     /// The body could not be decoded.

@@ -274,9 +274,9 @@ impl Metrics {
         );
         r.register(
             "auth_failures",
-            "Requests refused authentication, by reason: missing (no token), invalid \
-             (a wrong or revoked token; these count towards the per-address limit), \
-             rate_limited (the address is over that limit)",
+            "Requests refused authentication on either port, by reason: missing (no \
+             token), invalid (a wrong or revoked token; these count towards the \
+             per-address limit), rate_limited (the address is over that limit)",
             inner.auth_failures.clone(),
         );
         r.register(
