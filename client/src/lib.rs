@@ -71,6 +71,7 @@ pub struct Config {
     endpoints: Vec<String>,
     timeout: Duration,
     retry_for: Duration,
+    lock_poll: Duration,
     token: Option<String>,
     ca_pem: Option<Vec<u8>>,
     identity_pem: Option<Vec<u8>>,
@@ -101,6 +102,7 @@ impl Config {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             timeout: Duration::from_secs(10),
             retry_for: Duration::from_secs(5),
+            lock_poll: lock::DEFAULT_POLL,
             token: None,
             ca_pem: None,
             identity_pem: None,
@@ -117,6 +119,15 @@ impl Config {
     /// one round only).
     pub fn retry_for(mut self, retry_for: Duration) -> Config {
         self.retry_for = retry_for;
+        self
+    }
+
+    /// How long one lock or campaign request waits on the server before
+    /// the client asks again (default 30 s; at least 1 s). Lower it behind
+    /// a proxy that closes idle requests sooner. A waiter keeps its place
+    /// in line across requests.
+    pub fn lock_poll(mut self, poll: Duration) -> Config {
+        self.lock_poll = poll.max(Duration::from_secs(1));
         self
     }
 
@@ -148,6 +159,7 @@ pub struct Client {
     endpoints: Vec<String>,
     timeout: Duration,
     retry_for: Duration,
+    lock_poll: Duration,
     token: Option<String>,
     /// The endpoint that answered last. Later requests start there, so a
     /// dead first endpoint costs one failed connect rather than one per
@@ -164,6 +176,7 @@ impl Clone for Client {
             endpoints: self.endpoints.clone(),
             timeout: self.timeout,
             retry_for: self.retry_for,
+            lock_poll: self.lock_poll,
             token: self.token.clone(),
             preferred: AtomicUsize::new(self.preferred.load(Ordering::Relaxed)),
         }
@@ -241,6 +254,7 @@ impl Client {
             endpoints,
             timeout: config.timeout,
             retry_for: config.retry_for,
+            lock_poll: config.lock_poll,
             token: config.token,
             preferred: AtomicUsize::new(0),
         })

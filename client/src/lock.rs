@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::kv::decode_b64;
@@ -69,9 +70,10 @@ impl TryFrom<LeaderWire> for Leader {
 }
 
 /// How long one lock or campaign request waits on the server before the
-/// client asks again (the server allows ten minutes; shorter requests get
-/// through proxies with idle timeouts).
-const POLL: Duration = Duration::from_secs(30);
+/// client asks again, unless [`crate::Config::lock_poll`] says otherwise
+/// (the server allows ten minutes; shorter requests get through proxies
+/// with idle timeouts).
+pub(crate) const DEFAULT_POLL: Duration = Duration::from_secs(30);
 
 /// A lock's or election's name as a URL path: percent-encoded, `/` kept.
 pub fn path_name(name: &[u8]) -> Result<String, Error> {
@@ -97,6 +99,7 @@ impl Client {
         let w: LockedWire = self
             .wait_in_queue(
                 &path,
+                lease,
                 wait,
                 |wait_ms| serde_json::json!({ "lease": lease, "wait_ms": wait_ms }),
             )
@@ -130,7 +133,7 @@ impl Client {
         let path = format!("/v1/election/{}", path_name(name)?);
         let value_b64 = crate::kv::encode_b64(value);
         let w: LeaderWire = self
-            .wait_in_queue(&path, wait, |wait_ms| {
+            .wait_in_queue(&path, lease, wait, |wait_ms| {
                 serde_json::json!({ "lease": lease, "value_b64": value_b64, "wait_ms": wait_ms })
             })
             .await?;
@@ -195,9 +198,21 @@ impl Client {
 
     /// Posts to a lock or election queue until it answers with anything
     /// but "still waiting" or `wait` is over.
+    ///
+    /// Every request but the last asks the server to keep `lease`'s place
+    /// in line when it answers "still waiting" (`keep_place`), so a long
+    /// wait is served in the order of arrival rather than rejoining at the
+    /// back at each [`crate::Config::lock_poll`]. When the wait ends
+    /// without the lock, the place is given up here, explicitly, so the
+    /// lease never holds the lock later without its owner knowing. If that
+    /// last request cannot reach the cluster, the place goes with the
+    /// lease (revoke it, or let it expire). A server of an earlier version
+    /// refuses `keep_place` as an unknown field; against one, each request
+    /// rejoins the line, as before.
     async fn wait_in_queue<T, B>(
         &self,
         path: &str,
+        lease: u64,
         wait: Option<Duration>,
         body: B,
     ) -> Result<T, Error>
@@ -206,23 +221,53 @@ impl Client {
         B: Fn(u64) -> serde_json::Value,
     {
         let started = Instant::now();
-        loop {
+        let mut server_keeps = true;
+        // Whether a request asked the server to keep the place.
+        let mut kept = false;
+        let outcome = loop {
             let left = wait.map(|w| w.saturating_sub(started.elapsed()));
-            let step = left.map_or(POLL, |l| l.min(POLL));
-            let body = body(step.as_millis() as u64);
+            let step = left.map_or(self.lock_poll, |l| l.min(self.lock_poll));
+            let last = left.is_some_and(|l| l <= step);
+            let keep = server_keeps && !last;
+            let mut body = body(step.as_millis() as u64);
+            if keep {
+                body["keep_place"] = serde_json::Value::Bool(true);
+                kept = true;
+            }
             // No deadline for the whole answer: the server holds it while
             // it waits.
-            let resp = self
+            let resp = match self
                 .send_streaming(|h, base| h.post(format!("{base}{path}")).json(&body))
-                .await?;
+                .await
+            {
+                Ok(resp) => resp,
+                Err(e) => break Err(e),
+            };
             if resp.status().is_success() {
-                return json(resp).await;
+                break json(resp).await;
             }
             let failure = ApiError::read(resp).await;
-            if failure.code != "lock_held" || left.is_some_and(|l| l <= step) {
-                return Err(Error::Api(failure));
+            if keep
+                && failure.status == StatusCode::BAD_REQUEST
+                && failure.message.contains("keep_place")
+            {
+                server_keeps = false;
+                continue;
+            }
+            if failure.code != "lock_held" || last {
+                break Err(Error::Api(failure));
+            }
+        };
+        if kept && outcome.is_err() {
+            let leave = format!("{path}?lease={lease}");
+            if let Err(e) = self
+                .send(|h, base| h.delete(format!("{base}{leave}")))
+                .await
+            {
+                tracing::debug!(error = %e, "leaving the queue failed; the place goes with the lease");
             }
         }
+        outcome
     }
 }
 

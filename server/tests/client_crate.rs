@@ -279,3 +279,127 @@ async fn leases_kept_alive_in_the_background_locks_and_elections() {
     assert_eq!(seen.value, b"host-b");
     assert_eq!(api.leader(b"sched").await.expect("leader"), Some(next));
 }
+
+/// A wait longer than one request keeps its place in line: a waiter that
+/// came later does not get the lock first, and a wait that ends without
+/// the lock leaves the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_lock_wait_keeps_its_place_in_line() {
+    let c = Cluster::start(3, &[]).await;
+    c.wait_for_master(Duration::from_secs(20)).await;
+    let api = Client::new(
+        Config::new(urls(&c))
+            .timeout(Duration::from_secs(3))
+            .retry_for(Duration::from_secs(20))
+            .lock_poll(Duration::from_secs(1))
+            .token(Some(TOKEN.into())),
+    )
+    .expect("client");
+    let [a, b, late] = [0; 3].map(|_| api.grant(30, None));
+    let (a, b, late) = (
+        a.await.expect("grant").id,
+        b.await.expect("grant").id,
+        late.await.expect("grant").id,
+    );
+    api.lock(b"q", a, None).await.expect("lock");
+    let waiter = |lease: u64| {
+        let api = api.clone();
+        tokio::spawn(async move { api.lock(b"q", lease, Some(Duration::from_secs(20))).await })
+    };
+    let first = waiter(b);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = waiter(late);
+    // By now the first waiter has asked again twice; rejoining at the back
+    // would have put it behind the second.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(api.unlock(b"q", a).await.expect("unlock").released);
+    let locked = first
+        .await
+        .expect("joins")
+        .expect("the first waiter's lock");
+    assert_eq!(locked.lease, b);
+    assert!(!second.is_finished(), "the second waits for the first");
+    assert!(api.unlock(b"q", b).await.expect("unlock").released);
+    let locked = second
+        .await
+        .expect("joins")
+        .expect("the second waiter's lock");
+    assert_eq!(locked.lease, late);
+
+    // A wait of several requests that ends without the lock leaves no place
+    // behind: the lease does not hold the lock later.
+    let gave_up = api
+        .lock(b"q", b, Some(Duration::from_millis(2500)))
+        .await
+        .expect_err("held by the second waiter");
+    assert_eq!(code(&gave_up), Some("lock_held"), "{gave_up}");
+    let status = api.lease(b, true).await.expect("lease");
+    assert_eq!(status.key_bytes().expect("keys"), Vec::<Vec<u8>>::new());
+}
+
+/// Against a server of an earlier version, which refuses `keep_place` as an
+/// unknown field, a long wait still works: each request rejoins the line,
+/// as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_lock_wait_works_with_a_server_that_cannot_keep_places() {
+    use axum::Json;
+    use axum::http::StatusCode;
+    use serde_json::{Value, json};
+    use std::sync::{Arc, Mutex};
+
+    /// The lock request of the earlier version.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Earlier {
+        lease: u64,
+        wait_ms: Option<u64>,
+    }
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let app = axum::Router::new().route(
+        "/v1/lock/{*name}",
+        axum::routing::post({
+            let seen = seen.clone();
+            move |body: String| async move {
+                let v: Value = serde_json::from_str(&body).unwrap_or_default();
+                seen.lock().expect("lock").push(v);
+                let (status, code, message) = match serde_json::from_str::<Earlier>(&body) {
+                    Err(e) => (
+                        StatusCode::BAD_REQUEST,
+                        "invalid_argument",
+                        format!("invalid request body: {e}"),
+                    ),
+                    Ok(_) => (
+                        StatusCode::CONFLICT,
+                        "lock_held",
+                        "\"q\" is held by another lease".to_owned(),
+                    ),
+                };
+                (
+                    status,
+                    Json(json!({"error": {"code": code, "message": message}})),
+                )
+            }
+        })
+        .delete(|| async { Json(json!({"released": false})) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let api = Client::new(Config::new([url]).lock_poll(Duration::from_secs(1))).expect("client");
+    let e = api
+        .lock(b"q", 7, Some(Duration::from_millis(2500)))
+        .await
+        .expect_err("held");
+    assert_eq!(code(&e), Some("lock_held"), "{e}");
+    let seen = seen.lock().expect("lock").clone();
+    // One refused request with keep_place, then requests without it.
+    assert_eq!(seen[0]["keep_place"], true, "{seen:?}");
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(
+        seen[1..].iter().all(|b| b.get("keep_place").is_none()),
+        "{seen:?}"
+    );
+}

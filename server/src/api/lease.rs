@@ -146,6 +146,14 @@ pub struct LockRequest {
     #[serde(default)]
     #[schema(maximum = 600000)]
     pub wait_ms: Option<u64>,
+    /// Stay queued when `wait_ms` ends without the lock (default false:
+    /// leave the queue, if this request joined it). A client that waits
+    /// longer than one request asks again with this set, keeping its place
+    /// in line; when it gives up, it must leave the queue itself
+    /// (`DELETE /v1/lock/{name}?lease=`), or it may hold the lock later
+    /// without knowing.
+    #[serde(default)]
+    pub keep_place: bool,
 }
 
 /// A lock held.
@@ -737,7 +745,7 @@ enum Place {
         (status = 400, description = "No name, bad lease id or wait.", body = ErrorResponse),
         (status = 404, description = "The lease does not exist, or ended while waiting (`lease_not_found`).", body = ErrorResponse),
         (status = 413, description = "The name (with the lease's 16 hex digits) or the value is over the key or value limit.", body = ErrorResponse),
-        (status = 409, description = "Another lease held the lock for all of `wait_ms` (`lock_held`); this lease is no longer queued.", body = ErrorResponse),
+        (status = 409, description = "Another lease held the lock for all of `wait_ms` (`lock_held`); this lease is no longer queued, unless the request said `keep_place` or it was queued before the request.", body = ErrorResponse),
     )
 )]
 pub async fn lock<S: Service>(
@@ -757,6 +765,7 @@ pub async fn lock<S: Service>(
         request.lease,
         Vec::new(),
         request.wait_ms,
+        request.keep_place,
     )
     .await?;
     Ok(Json(LockResponse {
@@ -770,7 +779,9 @@ pub async fn lock<S: Service>(
 /// The queue behind a lock and an election (etcd's recipe): joins it under
 /// `prefix` with `lease` (the key `<prefix><lease, 16 hex digits>`, holding
 /// `value`) and waits up to `wait_ms` to be first. Answers the key and the
-/// revision at which it was first; leaves the queue when it gives up.
+/// revision at which it was first; leaves the queue when it gives up,
+/// unless `keep_place` (the caller will ask again) or it was already queued
+/// when this request came.
 async fn join_and_wait<S: Service>(
     svc: &S,
     caller: &Caller,
@@ -778,6 +789,7 @@ async fn join_and_wait<S: Service>(
     lease: u64,
     value: Vec<u8>,
     wait_ms: Option<u64>,
+    keep_place: bool,
 ) -> Result<(Vec<u8>, u64), ApiError> {
     crate::kv::lease::check_id(lease).map_err(ApiError::invalid)?;
     let wait_ms = wait_ms.unwrap_or(DEFAULT_LOCK_WAIT_MS);
@@ -830,8 +842,10 @@ async fn join_and_wait<S: Service>(
         Ok(Place::Behind(_)) | Err(_) => {
             // Leave the queue, so that a waiter that gave up never holds the
             // lock later without knowing it; a key that was there before
-            // this request is the caller's to release.
-            if created {
+            // this request is the caller's to release, and so is one the
+            // caller asked to keep (it will ask again, or release it).
+            let kept = keep_place && outcome.is_ok();
+            if created && !kept {
                 let op = caller
                     .authorize_write(
                         svc,
@@ -848,8 +862,13 @@ async fn join_and_wait<S: Service>(
                 _ => Err(ApiError::new(
                     ErrorCode::LockHeld,
                     format!(
-                        "{:?} is held by another lease; not first within {wait_ms} ms",
-                        String::from_utf8_lossy(&prefix[..prefix.len() - 1])
+                        "{:?} is held by another lease; not first within {wait_ms} ms{}",
+                        String::from_utf8_lossy(&prefix[..prefix.len() - 1]),
+                        if keep_place {
+                            "; still queued (keep_place)"
+                        } else {
+                            ""
+                        }
                     ),
                 )),
             }
@@ -1020,6 +1039,14 @@ pub struct CampaignRequest {
     #[serde(default)]
     #[schema(maximum = 600000)]
     pub wait_ms: Option<u64>,
+    /// Stay a candidate when `wait_ms` ends without leading (default false:
+    /// stop being one, if this request made it one). A client that waits
+    /// longer than one request asks again with this set, keeping its place
+    /// in line; when it gives up, it must resign
+    /// (`DELETE /v1/election/{name}?lease=`), or it may lead later without
+    /// knowing. Ignored by a proclamation.
+    #[serde(default)]
+    pub keep_place: bool,
 }
 
 impl CampaignRequest {
@@ -1081,7 +1108,7 @@ fn leader_of(kv: crate::kv::KeyValue, lease: u64) -> Leader {
         (status = 400, description = "No name, bad lease id, value or wait.", body = ErrorResponse),
         (status = 404, description = "The lease does not exist, or ended while waiting (`lease_not_found`).", body = ErrorResponse),
         (status = 413, description = "The name (with the lease's 16 hex digits) or the value is over the key or value limit.", body = ErrorResponse),
-        (status = 409, description = "Another candidate led for all of `wait_ms` (`lock_held`); this one is no longer a candidate.", body = ErrorResponse),
+        (status = 409, description = "Another candidate led for all of `wait_ms` (`lock_held`); this one is no longer a candidate, unless the request said `keep_place` or it was one before the request.", body = ErrorResponse),
     )
 )]
 pub async fn campaign<S: Service>(
@@ -1102,6 +1129,7 @@ pub async fn campaign<S: Service>(
         request.lease,
         value,
         request.wait_ms,
+        request.keep_place,
     )
     .await?;
     let lease = request.lease;

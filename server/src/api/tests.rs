@@ -2145,6 +2145,82 @@ async fn lock(router: &Router, name: &str, lease: u64, wait_ms: u64) -> Reply {
     .await
 }
 
+/// A waiter that asks again keeps its place in line with `keep_place`;
+/// without it, each ask rejoins at the back.
+#[tokio::test]
+async fn a_waiter_that_keeps_its_place_is_served_before_later_ones() {
+    let mut fake = Fake::new();
+    Arc::get_mut(&mut fake.inner).expect("fresh").limits = Limits::default();
+    let router = fake.router();
+    for id in [1, 2, 3] {
+        grant(&router, json!({"ttl_secs": 30, "id": id})).await;
+    }
+    let ask = |lease: u64, keep_place: bool| {
+        let router = router.clone();
+        async move {
+            call(
+                &router,
+                Method::POST,
+                "/v1/lock/jobs",
+                json!({"lease": lease, "wait_ms": 20, "keep_place": keep_place}).to_string(),
+            )
+            .await
+        }
+    };
+    let queued = || {
+        let router = router.clone();
+        async move {
+            let kvs = call(&router, Method::GET, "/v1/kv?prefix=jobs/", Body::empty())
+                .await
+                .json();
+            kvs["kvs"]
+                .as_array()
+                .map(|kvs| {
+                    kvs.iter()
+                        .map(|kv| kv["key_utf8"].as_str().unwrap_or("").to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        }
+    };
+    assert_eq!(ask(1, false).await.status, StatusCode::OK);
+    // Lease 2 keeps its place; lease 3 does not, and is gone from the line.
+    let e = ask(2, true).await.error(StatusCode::CONFLICT, "lock_held");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("still queued")),
+        "{e}"
+    );
+    ask(3, false).await.error(StatusCode::CONFLICT, "lock_held");
+    assert_eq!(
+        queued().await,
+        ["jobs/0000000000000001", "jobs/0000000000000002"]
+    );
+    // Lease 3 joins for good behind 2, and 2 asks again.
+    ask(3, true).await.error(StatusCode::CONFLICT, "lock_held");
+    ask(2, true).await.error(StatusCode::CONFLICT, "lock_held");
+    // The lock passes to 2, which came first, not to 3.
+    let released = call(
+        &router,
+        Method::DELETE,
+        "/v1/lock/jobs?lease=1",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(released.json()["released"], true);
+    ask(3, true).await.error(StatusCode::CONFLICT, "lock_held");
+    let held = ask(2, true).await;
+    assert_eq!(held.status, StatusCode::OK);
+    assert_eq!(held.json()["lease"], 2);
+    // A request without `keep_place` never removes a place it did not make.
+    ask(3, false).await.error(StatusCode::CONFLICT, "lock_held");
+    assert_eq!(
+        queued().await,
+        ["jobs/0000000000000002", "jobs/0000000000000003"]
+    );
+}
+
 #[tokio::test]
 async fn a_lock_passes_to_the_next_waiter_in_order_with_a_larger_fencing_token() {
     let mut fake = Fake::new();
