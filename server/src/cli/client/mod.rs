@@ -251,6 +251,17 @@ pub fn display_bytes(bytes: &[u8]) -> String {
     }
 }
 
+/// [`display_bytes`] as one space-free word, for lines whose fields are
+/// separated by spaces: text with whitespace is written as `b64:` too.
+pub fn display_word(bytes: &[u8]) -> String {
+    let shown = display_bytes(bytes);
+    if shown.chars().any(char::is_whitespace) {
+        format!("b64:{}", B64.encode(bytes))
+    } else {
+        shown
+    }
+}
+
 /// A key (or prefix) as given on the command line: the text itself, or,
 /// written `b64:` and base64, the bytes that decodes to. It is the form
 /// [`display_bytes`] prints, so a key that `list` or `watch` shows can be
@@ -415,6 +426,9 @@ mod tests {
     #[test]
     fn bytes_display_as_text_or_base64() {
         assert_eq!(display_bytes(b"hello world"), "hello world");
+        assert_eq!(display_word(b"hello world"), "b64:aGVsbG8gd29ybGQ=");
+        assert_eq!(display_word(b"app/x"), "app/x");
+        assert_eq!(display_word(&[0xff]), "b64:/w==");
         assert_eq!(display_bytes(b"a\tb"), "b64:YQli");
         assert_eq!(display_bytes(&[0xff]), "b64:/w==");
         assert_eq!(display_bytes(b"b64:x"), "b64:YjY0Ong=");

@@ -7,14 +7,15 @@ use phxkv_client::{WatchEvent, WatchKind, WatchOptions};
 use serde::{Deserialize, Serialize};
 
 use super::http::Client;
-use super::{ConnectArgs, KvJson, PrefixArgs, display_bytes, write_line};
+use super::{ConnectArgs, KvJson, PrefixArgs, display_bytes, display_word, write_line};
 use crate::cli::CliError;
 
 const AFTER_HELP: &str = "\
 Each change prints one line. Ctrl-C stops watching.
 Output (-o):
   text  PUT key value rev=R  or  DELETE key rev=R; keys and values that are
-        not printable UTF-8 print as `b64:` and their base64
+        not printable UTF-8, and keys with spaces, print as `b64:` and their
+        base64 (the value runs to the last ` rev=`)
   json  one JSON object per line (NDJSON), the API's watch event:
         {\"type\": \"put\"|\"delete\", \"revision\": R, \"key\": base64,
          \"key_utf8\": text, \"value\": base64, \"value_utf8\": text,
@@ -88,7 +89,9 @@ fn format_event(ev: &WatchEvent, output: WatchOutput) -> Result<String, CliError
         return serde_json::to_string(&WatchEventJson::from(ev))
             .map_err(|e| CliError::Fatal(format!("cannot format JSON: {e}")));
     }
-    let key = display_bytes(&ev.kv.key);
+    // The key as one word, so that the line reads back: `PUT <key> <value
+    // to the last " rev="> rev=<n>`.
+    let key = display_word(&ev.kv.key);
     Ok(match ev.kind {
         WatchKind::Delete => format!("DELETE {key} rev={}", ev.revision),
         WatchKind::Put => {
@@ -142,6 +145,19 @@ mod tests {
         assert_eq!(
             format_event(&ev, WatchOutput::Text).ok().as_deref(),
             Some("PUT a on rev=9")
+        );
+        // A key with a space prints as one word, so the line reads back.
+        let spaced = WatchEvent {
+            kv: phxkv_client::Kv {
+                key: b"a b".to_vec(),
+                value: b"c d".to_vec(),
+                ..ev.kv.clone()
+            },
+            ..ev.clone()
+        };
+        assert_eq!(
+            format_event(&spaced, WatchOutput::Text).ok().as_deref(),
+            Some("PUT b64:YSBi c d rev=9")
         );
         let line = format_event(&ev, WatchOutput::Json).unwrap_or_default();
         assert!(!line.contains('\n'), "{line}");
