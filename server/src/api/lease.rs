@@ -31,7 +31,7 @@ use crate::auth::gate::Caller;
 use crate::auth::{Need, Refusal};
 use crate::kv::lease::MAX_LEASE_ID;
 use crate::kv::{
-    Compare, CompareOp, CompareTarget, LeaseOp, Op, OpResult, RangeRequest, Txn, TxnOp, TxnResponse,
+    Compare, CompareOp, CompareTarget, LeaseOp, Op, OpResult, Txn, TxnOp, TxnResponse,
 };
 use crate::node::MAX_LEASES_PER_QUESTION;
 use crate::node::wire::LeaseAnswer;
@@ -922,53 +922,28 @@ async fn wait_for_turn<S: Service>(
     }
 }
 
-/// Calls `f` with every key under `prefix`, page by page.
-fn each_under(store: &crate::kv::Store, prefix: &[u8], mut f: impl FnMut(crate::kv::KeyValue)) {
-    let mut after = None;
-    loop {
-        let page = store.range(&RangeRequest {
-            prefix: prefix.to_vec(),
-            after: after.clone(),
-            limit: 1000,
-        });
-        after = page.kvs.last().map(|kv| kv.key.clone());
-        page.kvs.into_iter().for_each(&mut f);
-        if !page.more {
-            return;
-        }
-    }
-}
-
 /// Where `key` stands among the keys under `prefix`.
 fn place_of(store: &crate::kv::Store, prefix: &[u8], key: &[u8], mine: u64) -> Place {
     if store.get(key).is_none_or(|kv| kv.create_revision != mine) {
         return Place::Gone;
     }
-    let mut ahead: Option<(u64, Vec<u8>)> = None;
-    each_under(store, prefix, |kv| {
-        if kv.create_revision < mine && ahead.as_ref().is_none_or(|(r, _)| kv.create_revision > *r)
-        {
-            ahead = Some((kv.create_revision, kv.key));
-        }
-    });
-    match ahead {
-        Some((_, key)) => Place::Behind(key),
+    // The key just ahead: the youngest of those older than `key`.
+    match store
+        .created_under(prefix)
+        .filter(|(_, created)| *created < mine)
+        .max_by_key(|(_, created)| *created)
+    {
+        Some((ahead, _)) => Place::Behind(ahead.to_vec()),
         None => Place::Holder(store.revision()),
     }
 }
 
 /// The first in the queue under `prefix`: the lock's holder, the leader.
 fn first_under(store: &crate::kv::Store, prefix: &[u8]) -> Option<crate::kv::KeyValue> {
-    let mut first: Option<crate::kv::KeyValue> = None;
-    each_under(store, prefix, |kv| {
-        if first
-            .as_ref()
-            .is_none_or(|f| kv.create_revision < f.create_revision)
-        {
-            first = Some(kv);
-        }
-    });
-    first
+    let (first, _) = store
+        .created_under(prefix)
+        .min_by_key(|(_, created)| *created)?;
+    store.get(first)
 }
 
 /// Releases a lock held (or waited for) by `lease`.

@@ -510,6 +510,14 @@ impl Store {
             .filter(|(key, _)| !crate::auth::is_system_key(key))
     }
 
+    /// Each client key under `prefix` with its create revision, in byte
+    /// order, without copying anything: how a lock's or an election's
+    /// queue is read (its order is by create revision).
+    pub fn created_under<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a [u8], u64)> {
+        self.client_keys_under(prefix, None)
+            .map(|(key, slot)| (&key[..], slot.create_revision))
+    }
+
     /// Keys matching `req` in byte order, at most `req.limit` of them.
     pub fn range(&self, req: &RangeRequest) -> RangeResult {
         let limit = match req.limit {
