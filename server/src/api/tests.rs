@@ -2145,16 +2145,23 @@ async fn lock(router: &Router, name: &str, lease: u64, wait_ms: u64) -> Reply {
     .await
 }
 
-/// A waiter that asks again keeps its place in line with `keep_place`;
-/// without it, each ask rejoins at the back.
-#[tokio::test]
-async fn a_waiter_that_keeps_its_place_is_served_before_later_ones() {
+/// A fake with the default key limits (lock keys are the name and 16 hex
+/// digits: longer than the fake's keys) and leases 1, 2 and 3.
+async fn with_three_leases() -> Router {
     let mut fake = Fake::new();
     Arc::get_mut(&mut fake.inner).expect("fresh").limits = Limits::default();
     let router = fake.router();
     for id in [1, 2, 3] {
         grant(&router, json!({"ttl_secs": 30, "id": id})).await;
     }
+    router
+}
+
+/// A waiter that asks again keeps its place in line with `keep_place`;
+/// without it, each ask rejoins at the back.
+#[tokio::test]
+async fn a_waiter_that_keeps_its_place_is_served_before_later_ones() {
+    let router = with_three_leases().await;
     let ask = |lease: u64, keep_place: bool| {
         let router = router.clone();
         async move {
@@ -2223,13 +2230,7 @@ async fn a_waiter_that_keeps_its_place_is_served_before_later_ones() {
 
 #[tokio::test]
 async fn a_lock_passes_to_the_next_waiter_in_order_with_a_larger_fencing_token() {
-    let mut fake = Fake::new();
-    // Lock keys are the name and 16 hex digits: longer than the fake's keys.
-    Arc::get_mut(&mut fake.inner).expect("fresh").limits = Limits::default();
-    let router = fake.router();
-    for id in [1, 2, 3] {
-        grant(&router, json!({"ttl_secs": 30, "id": id})).await;
-    }
+    let router = with_three_leases().await;
     let first = lock(&router, "jobs/nightly", 1, 0).await.json();
     assert_eq!(first["key_utf8"], "jobs/nightly/0000000000000001");
     let token = first["fencing_token"].as_u64().expect("token");
@@ -2326,7 +2327,6 @@ async fn a_lock_passes_to_the_next_waiter_in_order_with_a_larger_fencing_token()
         .await
         .error(StatusCode::BAD_REQUEST, "invalid_argument");
     }
-    drop(fake);
 }
 
 #[tokio::test]
