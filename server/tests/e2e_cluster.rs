@@ -443,7 +443,18 @@ async fn idle_connections_are_closed_after_the_idle_timeout_on_both_ports() {
 
 /// Starts an empty node `name` that waits to be added (`--join`); returns
 /// it with its client and peer ports.
-fn spawn_joining(c: &Cluster, name: &str) -> (std::process::Child, u16, u16) {
+/// A node started by [`spawn_joining`]: stopped when dropped, so a failed
+/// assertion leaves no process behind.
+struct Joining(std::process::Child);
+
+impl Drop for Joining {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_joining(c: &Cluster, name: &str) -> (Joining, u16, u16) {
     let dir = c.dir.path().join(name);
     let (client_port, peer_port) = (free_port(), free_port());
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_phxkv"))
@@ -459,7 +470,7 @@ fn spawn_joining(c: &Cluster, name: &str) -> (std::process::Child, u16, u16) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn a joining node");
-    (child, client_port, peer_port)
+    (Joining(child), client_port, peer_port)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -467,7 +478,7 @@ async fn membership_changes_on_a_live_cluster() {
     let mut c = Cluster::start(3, &[]).await;
     assert_eq!(c.put(0, "before-join", "1").await.status(), 200);
     // A fourth process that starts empty and waits to be added.
-    let (mut n4, client_port, peer_port) = spawn_joining(&c, "n4");
+    let (n4, client_port, peer_port) = spawn_joining(&c, "n4");
     let url = c.url(1);
     // Without the token: refused.
     let r = c
@@ -554,8 +565,7 @@ async fn membership_changes_on_a_live_cluster() {
         .collect();
     assert_eq!(names.len(), 3, "{names:?}");
     assert!(!names.contains(&"n3"));
-    let _ = n4.kill();
-    let _ = n4.wait();
+    drop(n4);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -615,7 +625,7 @@ async fn mastership_moves_to_a_named_member_on_request() {
     assert_eq!(r.status(), 401);
     assert_eq!(error_of(json_of(r).await), "unauthorized");
     // A learner cannot be master.
-    let (mut n4, _, peer_port) = spawn_joining(&c, "n4");
+    let (n4, _, peer_port) = spawn_joining(&c, "n4");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = c
@@ -648,8 +658,7 @@ async fn mastership_moves_to_a_named_member_on_request() {
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     assert_eq!(json_of(r).await["master"].as_str(), Some(old_name.as_str()));
     assert_eq!(c.put(via, "back", "4").await.status(), 200);
-    let _ = n4.kill();
-    let _ = n4.wait();
+    drop(n4);
 }
 
 #[tokio::test(flavor = "multi_thread")]

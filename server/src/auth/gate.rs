@@ -285,15 +285,15 @@ impl Gate {
 
     /// [`Gate::check_cluster_token`] on the peer port, with one difference:
     /// an address that has presented the right token on the peer port is
-    /// not refused there for being over the limit for [`PROVEN_FOR`] after
-    /// it last did. Replicas present the
-    /// right token with every request, and an operator's mistyped `curl`
-    /// from a replica's pod (or, on one host, from anywhere) must not cut
-    /// that replica off from its peers. Its wrong tokens still count, and
-    /// still block the address on the client port. What this gives up: a
-    /// process that shares an address with a replica can guess at the peer
-    /// port's speed, which needs a foothold in that replica's pod or host
-    /// (and, with TLS, a certificate from the cluster's CA) to begin with.
+    /// not refused there for being over the limit, for [`PROVEN_FOR`]
+    /// after it last did. Replicas present the right token with every
+    /// request, and an operator's mistyped `curl` from a replica's pod (or,
+    /// on one host, from anywhere) must not cut that replica off from its
+    /// peers. Its wrong tokens still count, and still block the address on
+    /// the client port. What this gives up: a process that shares an
+    /// address with a replica can guess at the peer port's speed, which
+    /// needs a foothold in that replica's pod or host (and, with TLS, a
+    /// certificate from the cluster's CA) to begin with.
     pub fn check_peer_token(
         &self,
         addr: Option<IpAddr>,
@@ -485,10 +485,10 @@ pub async fn authenticate<S: Service>(
             // the store (the HTTP side learns of it at the end of the
             // engine's turn). The cluster token is the admin whichever
             // side of that the request falls on; any other caller is
-            // checked as anonymous against the state it reads.
-            // An address over the failed-attempt limit (counted where the
-            // cluster token is checked, see `ClusterAuth`) is not the
-            // admin, even with the right token, until its window ends.
+            // checked as anonymous against the state it reads. An address
+            // over the failed-attempt limit (counted where the cluster token
+            // is checked, see `ClusterAuth`) is not the admin, even with the
+            // right token, until its window ends.
             let caller = match bearer {
                 Some(b)
                     if is_cluster_token(&svc, &b)

@@ -1737,6 +1737,22 @@ impl Node {
     }
 }
 
+/// Whether `info`'s members show `change` made.
+fn shows(info: &ClusterInfo, change: &ConfChange) -> bool {
+    let member = |id: NodeId| {
+        info.members
+            .iter()
+            .find(|m| bootstrap::parse_id(&m.id) == Ok(id))
+    };
+    match change {
+        ConfChange::AddLearner { id, .. } => member(*id).is_some(),
+        ConfChange::Promote { id } => {
+            member(*id).is_some_and(|m| m.role == crate::api::service::MemberRole::Voter)
+        }
+        ConfChange::Remove { id } => member(*id).is_none(),
+    }
+}
+
 /// A per-process id for this node's requests: the node name, the wall clock
 /// and the process id keep two incarnations of one node from reusing ids.
 fn request_id_seed(name: &str, epoch: Instant) -> u64 {
@@ -2174,7 +2190,18 @@ impl Service for Node {
             p.applied >= index || p.status.commit >= index
         })
         .await?;
-        self.cluster().await
+        // Answer with a view that shows the change: the master's, or this
+        // node's own when the master cannot be asked, and either may not
+        // have applied the change yet when this node learns it was chosen.
+        // A node the change removes may never learn that it was applied
+        // and answers with what it has.
+        let mut info = self.cluster().await?;
+        let removes_me = matches!(change, ConfChange::Remove { id } if id == self.inner.id);
+        while !removes_me && !shows(&info, &change) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            info = self.cluster().await?;
+        }
+        Ok(info)
     }
 
     async fn replace_member(
