@@ -18,7 +18,6 @@ use crate::api::error::{ApiError, ErrorCode, ErrorResponse};
 use crate::api::query::QueryParams;
 use crate::api::service::{ClusterInfo, MemberChange, ReplaceReport, Service};
 use crate::auth::gate::{Caller, TokenCheck, addr_in, too_many_attempts};
-use crate::auth::token::constant_time_eq;
 
 /// A new member, joining as a learner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -67,9 +66,7 @@ impl<S: Service> FromRequestParts<S> for ClusterAuth {
             Some(gate) => {
                 gate.check_cluster_token(addr_in(&parts.extensions), given, expected.as_bytes())
             }
-            None if given.is_empty() => TokenCheck::Missing,
-            None if constant_time_eq(given, expected.as_bytes()) => TokenCheck::Valid,
-            None => TokenCheck::Wrong,
+            None => TokenCheck::of(given, expected.as_bytes()),
         };
         match check {
             TokenCheck::Valid => Ok(ClusterAuth),

@@ -326,18 +326,19 @@ impl Gate {
             self.0.metrics.inc_auth_failures("rate_limited");
             return TokenCheck::Blocked(wait);
         }
-        if given.is_empty() {
-            self.0.metrics.inc_auth_failures("missing");
-            return TokenCheck::Missing;
-        }
-        if !expected.is_empty() && token::constant_time_eq(given, expected) {
-            if peer && let (Some(a), Ok(mut l)) = (addr, self.0.limiter.lock()) {
-                l.prove(source(a), now);
+        let check = TokenCheck::of(given, expected);
+        match check {
+            TokenCheck::Valid => {
+                if peer && let (Some(a), Ok(mut l)) = (addr, self.0.limiter.lock()) {
+                    l.prove(source(a), now);
+                }
             }
-            return TokenCheck::Valid;
+            TokenCheck::Missing => self.0.metrics.inc_auth_failures("missing"),
+            TokenCheck::Wrong => self.failed(addr, now, "invalid"),
+            // `of` leaves the limiter out.
+            TokenCheck::Blocked(_) => {}
         }
-        self.failed(addr, now, "invalid");
-        TokenCheck::Wrong
+        check
     }
 
     fn failed(&self, addr: Option<IpAddr>, now: Instant, reason: &str) {
@@ -358,6 +359,20 @@ pub enum TokenCheck {
     Wrong,
     /// The caller's address is over the limit for this long.
     Blocked(Duration),
+}
+
+impl TokenCheck {
+    /// Whether `given` (empty when nothing was sent) is `expected`, the
+    /// cluster token (compared in constant time), leaving the limiter out.
+    pub fn of(given: &[u8], expected: &[u8]) -> TokenCheck {
+        if given.is_empty() {
+            TokenCheck::Missing
+        } else if !expected.is_empty() && token::constant_time_eq(given, expected) {
+            TokenCheck::Valid
+        } else {
+            TokenCheck::Wrong
+        }
+    }
 }
 
 /// The answer to an address over the limit, which may try again in `wait`.
@@ -519,9 +534,7 @@ pub async fn authenticate<S: Service>(
 
 /// Whether `bearer` is this cluster's token (compared in constant time).
 fn is_cluster_token<S: Service>(svc: &S, bearer: &str) -> bool {
-    let cluster_token = svc.cluster_token();
-    !cluster_token.is_empty()
-        && token::constant_time_eq(bearer.as_bytes(), cluster_token.as_bytes())
+    TokenCheck::of(bearer.as_bytes(), svc.cluster_token().as_bytes()) == TokenCheck::Valid
 }
 
 /// Whether `presented` is a token the rules read at `consistency` hold,

@@ -138,7 +138,7 @@ struct Inner {
     /// `Bearer <cluster token>`, the peer API's authorization header.
     auth: String,
     /// Client authentication, when on.
-    gate: Option<crate::auth::gate::Gate>,
+    gate: crate::auth::gate::Gate,
     /// The driver's clock origin (engine time is time since this).
     epoch: Instant,
     read_lease: Arc<ReadLease>,
@@ -420,7 +420,7 @@ impl Node {
             None => None,
         };
         // Even without --auth: the cluster may switch auth on.
-        let gate = Some(crate::auth::gate::Gate::new(metrics.clone()));
+        let gate = crate::auth::gate::Gate::new(metrics.clone());
         let node = Node {
             inner: Arc::new(Inner {
                 id,
@@ -2293,7 +2293,7 @@ impl Service for Node {
     }
 
     fn auth_gate(&self) -> Option<crate::auth::gate::Gate> {
-        self.inner.gate.clone()
+        Some(self.inner.gate.clone())
     }
 
     fn auth_required(&self) -> bool {

@@ -19,7 +19,6 @@ use utoipa::{Modify, OpenApi};
 
 use crate::api::service::ServiceError;
 use crate::auth::gate::TokenCheck;
-use crate::auth::token::constant_time_eq;
 use crate::paxos::{Command, ConfChange, Envelope};
 
 use super::wire::{
@@ -75,14 +74,13 @@ async fn authenticate(
         .map(|v| v.as_bytes())
         .unwrap_or_default();
     let addr = crate::auth::gate::client_addr(&req);
-    let check = match &node.inner.gate {
-        // Guesses count towards the address's failed-attempt limit, shared
-        // with the client port (but see `check_peer_token`).
-        Some(gate) => gate.check_peer_token(addr, given, node.inner.auth.as_bytes()),
-        None if constant_time_eq(given, node.inner.auth.as_bytes()) => TokenCheck::Valid,
-        None => TokenCheck::Wrong,
-    };
-    match check {
+    // Guesses count towards the address's failed-attempt limit, shared with
+    // the client port (but see `check_peer_token`).
+    match node
+        .inner
+        .gate
+        .check_peer_token(addr, given, node.inner.auth.as_bytes())
+    {
         TokenCheck::Valid => {}
         TokenCheck::Missing | TokenCheck::Wrong => {
             return error(
