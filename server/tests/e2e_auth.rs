@@ -214,6 +214,74 @@ async fn renewing_a_lease_needs_the_right_to_write_its_keys() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Once every member knows lease holders (they say so in the first
+/// seconds, in their peer requests), a token's lease is its own on every
+/// replica: another token that may write the same keys can neither renew,
+/// revoke, attach to nor list it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tokens_lease_is_held_by_it_on_every_replica() {
+    use reqwest::Method;
+    let c = Cluster::start(3, &["--auth"]).await;
+    c.wait_for_master(Duration::from_secs(15)).await;
+    let app = json!([{ "prefix": "app/", "read": true, "write": true }]);
+    let mine = token_with(&c, "mine", app.clone()).await;
+    let other = token_with(&c, "other", app).await;
+    let (m, o) = (Some(mine.as_str()), Some(other.as_str()));
+    // Grants made before node 1 heard every member's features have no
+    // holder; they are left to expire.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let lease = loop {
+        let ttl = Some(r#"{"ttl_secs": 30}"#.to_string());
+        let (status, body, _) = call(&c, 1, Method::POST, "/v1/leases", m, ttl).await;
+        assert_eq!(status, 200, "{body}");
+        let lease = body["id"].as_u64().expect("an id");
+        let path = format!("/v1/leases/{lease}/keepalive");
+        if call(&c, 1, Method::POST, &path, o, None).await.0 == 403 {
+            break lease;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no grant recorded its holder within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let keep_alive = format!("/v1/leases/{lease}/keepalive");
+    let revoke = format!("/v1/leases/{lease}");
+    let attach = format!("/v1/kv/app/x?lease={lease}");
+    let cluster = &c;
+    let ids = |token| async move {
+        let (status, body, _) = call(cluster, 2, Method::GET, "/v1/leases", token, None).await;
+        assert_eq!(status, 200, "{body}");
+        let leases = body["leases"].as_array().cloned().unwrap_or_default();
+        leases
+            .iter()
+            .filter_map(|l| l["id"].as_u64())
+            .collect::<Vec<_>>()
+    };
+    for i in 0..3 {
+        for (method, path, body) in [
+            (Method::POST, &keep_alive, None),
+            (Method::DELETE, &revoke, None),
+            (Method::PUT, &attach, Some("v".to_string())),
+        ] {
+            let (status, answer, _) = call(&c, i, method.clone(), path, o, body).await;
+            assert_eq!(
+                (status, code(&answer)),
+                (403, "permission_denied"),
+                "node {i}: {method} {path}: {answer}"
+            );
+        }
+        let (status, body, _) = call(&c, i, Method::POST, &keep_alive, m, None).await;
+        assert_eq!(status, 200, "node {i}: {body}");
+    }
+    assert!(ids(m).await.contains(&lease));
+    assert!(!ids(o).await.contains(&lease));
+    let (status, body, _) = call(&c, 0, Method::PUT, &attach, m, Some("v".into())).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body, _) = call(&c, 2, Method::DELETE, &revoke, m, None).await;
+    assert_eq!((status, body["deleted"].as_u64()), (200, Some(1)), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_address_that_keeps_guessing_gets_429_after_ten_failures() {
     use reqwest::Method;
@@ -364,7 +432,7 @@ async fn every_member_decodes_anonymous_ops(c: &Cluster) {
     for m in members {
         assert_eq!(
             m["peer_features"],
-            json!(["forward", "anonymous", "delete_prefix"]),
+            json!(["forward", "anonymous", "delete_prefix", "lease_owner"]),
             "{info}"
         );
     }

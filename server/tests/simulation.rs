@@ -50,6 +50,7 @@ fn two_hundred_seeded_simulations_keep_every_invariant() {
     // Turns that take several inputs happened: clients' commands shared
     // instances, as they do under load on a real node.
     let shared = outcomes.iter().filter(|o| o.largest_batch > 1).count();
+    let intrusions: usize = outcomes.iter().map(|o| o.lease_intrusions_refused).sum();
     let failures: Vec<SeedOutcome> = outcomes
         .into_iter()
         .filter(|o| o.failure.is_some())
@@ -68,6 +69,12 @@ fn two_hundred_seeded_simulations_keep_every_invariant() {
     assert!(
         shared >= 10,
         "only {shared} of {seeds} runs chose an instance holding several commands"
+    );
+    // A token tried leases held by another token, and every replica
+    // refused it (a use that was applied fails the seed).
+    assert!(
+        intrusions > 0,
+        "no use of a lease by a token that does not hold it in {seeds} runs"
     );
 }
 

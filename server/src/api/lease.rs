@@ -28,7 +28,7 @@ use crate::api::kv::{IdempotencyKey, unexpected};
 use crate::api::query::QueryParams;
 use crate::api::service::{Consistency, Service};
 use crate::auth::gate::Caller;
-use crate::auth::{Need, Refusal};
+use crate::auth::{Need, Refusal, RefusalKind};
 use crate::kv::lease::MAX_LEASE_ID;
 use crate::kv::{
     Compare, CompareOp, CompareTarget, LeaseOp, Op, OpResult, Txn, TxnOp, TxnResponse,
@@ -261,6 +261,10 @@ async fn one_lease<S: Service>(svc: &S, id: u64, renew: bool) -> Result<LeaseSta
 /// keep-alive for its TTL. The TTL counts from when the request was sent,
 /// and after a change of master it restarts in full, plus the election
 /// time: a lease never expires early because the master changed.
+///
+/// With auth on, a lease granted with an API token is held by that token:
+/// only it and admins may renew it, revoke it or attach keys to it, and it
+/// is listed to them only (403 `permission_denied` for another token).
 #[utoipa::path(
     post,
     path = "/v1/leases",
@@ -296,10 +300,19 @@ pub async fn grant<S: Service>(
         }
         (None, None) => rand::random_range(1..=MAX_LEASE_ID),
     };
-    let op = Op::Lease(LeaseOp::Grant {
-        id,
-        ttl_secs: request.ttl_secs,
-    });
+    let op = match &caller {
+        // A token's lease is for that token (and admins): see
+        // `Store::may_hold_lease`.
+        Caller::Token { id: token } if svc.lease_owners() => Op::Lease(LeaseOp::GrantOwned {
+            id,
+            ttl_secs: request.ttl_secs,
+            owner: token.clone(),
+        }),
+        _ => Op::Lease(LeaseOp::Grant {
+            id,
+            ttl_secs: request.ttl_secs,
+        }),
+    };
     op.validate(&svc.limits())?;
     let op = caller.authorize_write(&svc, op).await?;
     match svc.write(op, idempotency).await? {
@@ -321,6 +334,10 @@ pub async fn grant<S: Service>(
 }
 
 /// Revokes a lease at once, deleting its keys.
+///
+/// With auth on, this needs the right to write every key attached, and for
+/// a lease granted with a token, to be that token or an admin (403
+/// `permission_denied` otherwise).
 #[utoipa::path(
     delete,
     path = "/v1/leases/{id}",
@@ -358,8 +375,9 @@ pub async fn revoke<S: Service>(
 /// where it is applied, the credential is confirmed first by rules that
 /// reflect every change chosen so far: a revoked token, or no token once
 /// auth was enabled, is a 401 on every replica. With auth on, renewing
-/// needs what revoking needs: the right to write every key attached to
-/// the lease (403 `permission_denied` otherwise), so a token that may only
+/// needs what revoking needs: holding the lease, or being an admin, for a
+/// lease granted with a token, and the right to write every key attached
+/// to it (403 `permission_denied` otherwise), so a token that may only
 /// read cannot keep another client's lock alive.
 #[utoipa::path(
     post,
@@ -604,6 +622,9 @@ pub async fn keep_alive_stream<S: Service>(
 }
 
 /// A lease's TTL and time left, and with `keys=true` its keys.
+///
+/// With auth on, a lease granted with a token is shown to that token and
+/// admins only (403 `permission_denied` for another token).
 #[utoipa::path(
     get,
     path = "/v1/leases/{id}",
@@ -636,6 +657,7 @@ pub async fn lease_status<S: Service>(
         }
     };
     query.finish()?;
+    check_holder(&svc, &caller, id).await?;
     let mut status = one_lease(&svc, id, false).await?;
     if with_keys {
         let keys = svc
@@ -652,7 +674,28 @@ pub async fn lease_status<S: Service>(
     Ok(Json(status))
 }
 
+/// With auth on, refuses a token other than the holder of `lease` (403),
+/// unless it is an admin's: see [`crate::kv::Store::may_hold_lease`].
+async fn check_holder<S: Service>(svc: &S, caller: &Caller, lease: u64) -> Result<(), ApiError> {
+    let Caller::Token { id } = caller else {
+        return Ok(());
+    };
+    let id = id.clone();
+    svc.read(Consistency::Linearizable, move |store| {
+        store.may_hold_lease(&id, lease)
+    })
+    .await??;
+    Ok(())
+}
+
 /// Lists leases, by id.
+///
+/// With auth on, a token sees the leases it holds (those it granted) and
+/// an admin sees every lease. A lease granted without a holder (by the
+/// cluster token, with auth off, or during an upgrade from a version
+/// without holders) is guarded by the rights to its keys alone, and while
+/// it has none by its id alone, so its id is shown to admins only. Ids
+/// drawn by the server are random (53 bits).
 #[utoipa::path(
     get,
     path = "/v1/leases",
@@ -668,6 +711,7 @@ pub async fn lease_status<S: Service>(
 )]
 pub async fn list_leases<S: Service>(
     State(svc): State<S>,
+    caller: Caller,
     mut query: QueryParams,
 ) -> Result<Json<LeaseList>, ApiError> {
     let limit = query.page_limit(DEFAULT_LEASE_LIST, MAX_LEASE_LIST)?;
@@ -675,10 +719,19 @@ pub async fn list_leases<S: Service>(
     query.finish()?;
     let (leases, more) = svc
         .read(Consistency::Linearizable, move |store| {
+            // Every lease for an admin (or anyone with auth off); a
+            // token's own otherwise, found among at most MAX_LEASES.
+            let holder = match (caller.check(store, Need::Admin), &caller) {
+                (Ok(()), _) => None,
+                (Err(r), Caller::Token { id }) if r.kind == RefusalKind::PermissionDenied => {
+                    Some(id.as_str())
+                }
+                // Revoked since the request came in, say.
+                (Err(refusal), _) => return Err(refusal),
+            };
             let mut page: Vec<LeaseEntry> = store
-                .leases()
-                .into_iter()
-                .filter(|l| l.id > after)
+                .leases_from(after.saturating_add(1))
+                .filter(|l| holder.is_none_or(|me| store.lease_owner(l.id) == Some(me)))
                 .take(limit + 1)
                 .map(|l| LeaseEntry {
                     id: l.id,
@@ -688,9 +741,9 @@ pub async fn list_leases<S: Service>(
                 .collect();
             let more = page.len() > limit;
             page.truncate(limit);
-            (page, more)
+            Ok::<_, Refusal>((page, more))
         })
-        .await?;
+        .await??;
     Ok(Json(LeaseList { leases, more }))
 }
 
@@ -947,6 +1000,9 @@ fn first_under(store: &crate::kv::Store, prefix: &[u8]) -> Option<crate::kv::Key
 }
 
 /// Releases a lock held (or waited for) by `lease`.
+///
+/// With auth on, this needs write on the lock's key, and for a lease
+/// granted with a token, to be that token or an admin.
 #[utoipa::path(
     delete,
     path = "/v1/lock/{name}",
@@ -982,6 +1038,9 @@ async fn leave<S: Service>(
         .ok_or_else(|| ApiError::invalid("give the lease that holds it: ?lease=ID"))?;
     query.finish()?;
     crate::kv::lease::check_id(lease).map_err(ApiError::invalid)?;
+    // The key is a plain key to the state machine; that it is the
+    // lease's place in the line is known here only.
+    check_holder(svc, caller, lease).await?;
     let op = Op::Delete {
         key: lock_key(prefix, lease),
         expect: None,
@@ -1232,6 +1291,8 @@ pub async fn proclaim<S: Service>(
 }
 
 /// Resigns from an election (or stops campaigning).
+///
+/// With auth on, this needs what releasing a lock needs.
 #[utoipa::path(
     delete,
     path = "/v1/election/{name}",

@@ -69,7 +69,7 @@ pub struct MemberInfo {
     /// upgrade this shows which members run a version that has them.
     /// `null` for a member not heard from since the master started.
     #[serde(default)]
-    #[schema(example = json!(["forward", "anonymous", "delete_prefix"]))]
+    #[schema(example = json!(["forward", "anonymous", "delete_prefix", "lease_owner"]))]
     pub peer_features: Option<Vec<String>>,
 }
 
@@ -394,6 +394,13 @@ pub trait Service: Clone + Send + Sync + 'static {
     /// Whether [`crate::kv::Op::DeletePrefix`] may be proposed: every
     /// member of the configuration decodes it.
     fn prefix_deletes(&self) -> bool {
+        false
+    }
+
+    /// Whether a token's grant may be proposed as
+    /// [`crate::kv::LeaseOp::GrantOwned`], recording the token as the
+    /// lease's holder: every member of the configuration decodes it.
+    fn lease_owners(&self) -> bool {
         false
     }
 

@@ -39,6 +39,7 @@ struct FakeInner {
     ready: AtomicBool,
     /// Whether every member decodes prefix deletes.
     prefix_deletes: AtomicBool,
+    lease_owners: AtomicBool,
     limits: Limits,
     gate: Option<crate::auth::gate::Gate>,
     /// Whether auth is on (`serve --auth`), given a gate: a node has a gate
@@ -63,6 +64,7 @@ impl Fake {
                 applied: broadcast::channel(1024).0,
                 ready: AtomicBool::new(true),
                 prefix_deletes: AtomicBool::new(true),
+                lease_owners: AtomicBool::new(true),
                 limits: Limits {
                     max_key_bytes: 16,
                     max_value_bytes: 64,
@@ -322,6 +324,10 @@ impl Service for Fake {
 
     fn prefix_deletes(&self) -> bool {
         self.inner.prefix_deletes.load(Ordering::Relaxed)
+    }
+
+    fn lease_owners(&self) -> bool {
+        self.inner.lease_owners.load(Ordering::Relaxed)
     }
 
     fn metrics_text(&self) -> String {
@@ -1449,13 +1455,158 @@ async fn a_token_cannot_attach_a_key_to_a_lease_whose_keys_it_may_not_write() {
         "the owner still renews: {:?}",
         r.body
     );
-    // Its own lease, and a lease with no keys yet, take its keys.
+    // Its own lease takes its keys; another token's takes none, even
+    // before it has any.
     let own = lease_of(other.clone()).await;
     assert_eq!(attach("evil/x", &other, own).await.status, StatusCode::OK);
     let fresh = lease_of(owner.clone()).await;
-    assert_eq!(attach("evil/y", &other, fresh).await.status, StatusCode::OK);
+    attach("evil/y", &other, fresh)
+        .await
+        .error(StatusCode::FORBIDDEN, "permission_denied");
     // The cluster token is the admin, and attaches anywhere.
     assert_eq!(attach("evil/z", TOKEN, lease).await.status, StatusCode::OK);
+}
+
+/// With auth on, a token's lease is held by that token: another token
+/// (that is not an admin's) can neither list, renew, revoke nor attach
+/// keys to it, even while it has no keys.
+#[tokio::test]
+async fn a_tokens_lease_is_its_own_and_its_admins() {
+    let mut fake = Fake::with_auth();
+    // Room for a lock's key: its name and the lease's 16 hex digits.
+    Arc::get_mut(&mut fake.inner).expect("fresh").limits = Limits::default();
+    let router = fake.router();
+    let app = writer_of(&router, "app/", "app").await;
+    let other = writer_of(&router, "app/", "other").await;
+    let grant = |token: String| {
+        let router = router.clone();
+        async move {
+            let body = r#"{"ttl_secs": 30}"#;
+            let r = as_caller(&router, Method::POST, "/v1/leases", Some(&token), body).await;
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            r.json()["id"].as_u64().expect("an id")
+        }
+    };
+    let mine = grant(app.clone()).await;
+    let theirs = grant(other.clone()).await;
+    let admins = grant(TOKEN.to_owned()).await;
+    let listed = |token: String| {
+        let router = router.clone();
+        async move {
+            let r = as_caller(
+                &router,
+                Method::GET,
+                "/v1/leases",
+                Some(&token),
+                Body::empty(),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            let mut ids: Vec<u64> = r.json()["leases"]
+                .as_array()
+                .expect("a list")
+                .iter()
+                .filter_map(|l| l["id"].as_u64())
+                .collect();
+            ids.sort_unstable();
+            ids
+        }
+    };
+    assert_eq!(listed(app.clone()).await, vec![mine]);
+    assert_eq!(listed(other.clone()).await, vec![theirs]);
+    let mut all = vec![mine, theirs, admins];
+    all.sort_unstable();
+    assert_eq!(listed(TOKEN.to_owned()).await, all);
+    // The other token, which may write app/ too, cannot use `mine`.
+    let keep_alive = format!("/v1/leases/{mine}/keepalive");
+    as_caller(
+        &router,
+        Method::POST,
+        &keep_alive,
+        Some(&other),
+        Body::empty(),
+    )
+    .await
+    .error(StatusCode::FORBIDDEN, "permission_denied");
+    let attach = format!("/v1/kv/app/x?lease={mine}");
+    as_caller(&router, Method::PUT, &attach, Some(&other), "v")
+        .await
+        .error(StatusCode::FORBIDDEN, "permission_denied");
+    let revoke = format!("/v1/leases/{mine}");
+    as_caller(
+        &router,
+        Method::DELETE,
+        &revoke,
+        Some(&other),
+        Body::empty(),
+    )
+    .await
+    .error(StatusCode::FORBIDDEN, "permission_denied");
+    as_caller(&router, Method::GET, &revoke, Some(&other), Body::empty())
+        .await
+        .error(StatusCode::FORBIDDEN, "permission_denied");
+    let r = as_caller(&router, Method::GET, &revoke, Some(&app), Body::empty()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // Nor release a lock held with it, though it may write the lock's key.
+    let body = json!({"lease": mine, "wait_ms": 0}).to_string();
+    let r = as_caller(&router, Method::POST, "/v1/lock/app/job", Some(&app), body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let unlock = format!("/v1/lock/app/job?lease={mine}");
+    as_caller(
+        &router,
+        Method::DELETE,
+        &unlock,
+        Some(&other),
+        Body::empty(),
+    )
+    .await
+    .error(StatusCode::FORBIDDEN, "permission_denied");
+    // Its holder and the admin can.
+    let r = as_caller(
+        &router,
+        Method::POST,
+        &keep_alive,
+        Some(&app),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = as_caller(&router, Method::PUT, &attach, Some(&app), "v").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = as_caller(
+        &router,
+        Method::POST,
+        &keep_alive,
+        Some(TOKEN),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = as_caller(&router, Method::DELETE, &revoke, Some(TOKEN), Body::empty()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // The admin's own lease, granted without a holder, is open to a token
+    // that may write its keys, as in etcd, but not listed to it.
+    let admins_attach = format!("/v1/kv/app/y?lease={admins}");
+    let r = as_caller(&router, Method::PUT, &admins_attach, Some(&other), "v").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}
+
+/// Until every member knows lease holders (a rolling upgrade), a token's
+/// lease is granted without one, as by an earlier version.
+#[tokio::test]
+async fn a_tokens_lease_has_no_holder_until_every_member_knows_them() {
+    let fake = Fake::with_auth();
+    fake.inner.lease_owners.store(false, Ordering::Relaxed);
+    let router = fake.router();
+    let app = writer_of(&router, "app/", "app").await;
+    let other = writer_of(&router, "app/", "other").await;
+    let body = r#"{"ttl_secs": 30}"#;
+    let r = as_caller(&router, Method::POST, "/v1/leases", Some(&app), body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let lease = r.json()["id"].as_u64().expect("an id");
+    let attach = format!("/v1/kv/app/x?lease={lease}");
+    let r = as_caller(&router, Method::PUT, &attach, Some(&other), "v").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 }
 
 #[tokio::test]

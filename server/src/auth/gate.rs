@@ -94,6 +94,7 @@ impl Caller {
             Caller::Token { id } => {
                 store.auth().authorize_op(id, op)?;
                 if let Op::Leased { lease, .. } = op {
+                    store.may_hold_lease(id, *lease)?;
                     for key in store.lease_keys(*lease, LEASE_KEYS_CHECKED) {
                         store.auth().authorize(id, Need::Write(&key))?;
                     }
@@ -198,6 +199,9 @@ impl Caller {
                 return Ok(());
             }
             for id in ids {
+                if let Caller::Token { id: token } = &me {
+                    store.may_hold_lease(token, id)?;
+                }
                 for key in store.lease_keys(id, max_keys) {
                     me.check(store, Need::Write(&key))?;
                 }

@@ -69,6 +69,7 @@ fn main() -> ExitCode {
     let refusals = Arc::new(AtomicU64::new(0));
     let renewals = Arc::new(AtomicU64::new(0));
     let expiries = Arc::new(AtomicU64::new(0));
+    let intrusions = Arc::new(AtomicU64::new(0));
     let forwarded = Arc::new(AtomicU64::new(0));
     let forward_refusals = Arc::new(AtomicU64::new(0));
     let follower_reads = Arc::new(AtomicU64::new(0));
@@ -79,7 +80,7 @@ fn main() -> ExitCode {
             let refusals = refusals.clone();
             let (renewals, expiries) = (renewals.clone(), expiries.clone());
             let (forwarded, follower_reads) = (forwarded.clone(), follower_reads.clone());
-            let forward_refusals = forward_refusals.clone();
+            let (forward_refusals, intrusions) = (forward_refusals.clone(), intrusions.clone());
             let verbose = args.verbose;
             let untrusted = args.untrusted_clocks;
             std::thread::spawn(move || {
@@ -109,6 +110,7 @@ fn main() -> ExitCode {
                     refusals.fetch_add(out.auth_refusals as u64, Ordering::SeqCst);
                     renewals.fetch_add(out.lease_renewals as u64, Ordering::SeqCst);
                     expiries.fetch_add(out.lease_expiries as u64, Ordering::SeqCst);
+                    intrusions.fetch_add(out.lease_intrusions_refused as u64, Ordering::SeqCst);
                     forwarded.fetch_add(out.forwarded_acks as u64, Ordering::SeqCst);
                     forward_refusals.fetch_add(out.forward_refusals as u64, Ordering::SeqCst);
                     follower_reads.fetch_add(out.follower_reads as u64, Ordering::SeqCst);
@@ -147,12 +149,14 @@ fn main() -> ExitCode {
     println!(
         "elapsed {:.1}s; {} writes refused alike on every replica by the auth rules (a revoked token, or no credential after auth enable); \
          {} lease keep-alives, {} leases expired, none before its TTL; \
+         {} uses of a lease by a token that does not hold it refused alike on every replica; \
          {} writes answered by the follower that forwarded them ({} sent back as not master), \
          {} reads served by a follower at the master's read index",
         began.elapsed().as_secs_f64(),
         refusals.load(Ordering::SeqCst),
         renewals.load(Ordering::SeqCst),
         expiries.load(Ordering::SeqCst),
+        intrusions.load(Ordering::SeqCst),
         forwarded.load(Ordering::SeqCst),
         forward_refusals.load(Ordering::SeqCst),
         follower_reads.load(Ordering::SeqCst)

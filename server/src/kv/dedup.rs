@@ -7,9 +7,10 @@
 //! replicated state: every replica must evict the same ids at the same time,
 //! so eviction follows apply order and its capacity must be equal everywhere.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::kv::{Op, OpResult};
+use crate::kv::{LeaseOp, Op, OpResult};
 use crate::paxos::types::RequestId;
 
 /// The bit that marks a request id derived from a client's
@@ -29,7 +30,10 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// a token's writes (`Op::As`) name the token in the client half: one
 /// caller's key is never another's. An anonymous write has the id of the
 /// op it wraps, so a retry is the same write whether or not the replica it
-/// reaches wraps it (see [`Op::Anonymous`]).
+/// reaches wraps it (see [`Op::Anonymous`]). A token's grant has the id of
+/// a grant without a holder, for the same reason: whether the replica
+/// proposes it with one depends on what it has heard from its peers (see
+/// [`LeaseOp::GrantOwned`]), and the holder is the token, already named.
 pub fn idempotent_id(key: &str, op: &Op) -> RequestId {
     let mut named = b"phxkv idempotency key\0".to_vec();
     named.extend_from_slice(key.as_bytes());
@@ -37,11 +41,25 @@ pub fn idempotent_id(key: &str, op: &Op) -> RequestId {
         named.push(0);
         named.extend_from_slice(token.as_bytes());
     }
-    let op = match op {
-        Op::Anonymous { op } => op,
-        op => op,
+    let plain = |op: &Op| match op {
+        Op::Lease(LeaseOp::GrantOwned { id, ttl_secs, .. }) => Some(Op::Lease(LeaseOp::Grant {
+            id: *id,
+            ttl_secs: *ttl_secs,
+        })),
+        _ => None,
     };
-    let encoded = postcard::to_stdvec(op).unwrap_or_default();
+    let op = match op {
+        Op::Anonymous { op } => Cow::Borrowed(&**op),
+        Op::As { token, op: inner } => match plain(inner) {
+            Some(grant) => Cow::Owned(Op::As {
+                token: token.clone(),
+                op: Box::new(grant),
+            }),
+            None => Cow::Borrowed(op),
+        },
+        op => plain(op).map_or(Cow::Borrowed(op), Cow::Owned),
+    };
+    let encoded = postcard::to_stdvec(&*op).unwrap_or_default();
     RequestId {
         client: sha256_u64(&named) | IDEMPOTENT_BIT,
         seq: sha256_u64(&encoded),
@@ -143,6 +161,46 @@ mod tests {
         assert_eq!(t.get(&id(2)), Some(&result(2)));
         let order: Vec<_> = t.entries().map(|(id, _)| id.seq).collect();
         assert_eq!(order, vec![2, 3]);
+    }
+
+    #[test]
+    fn a_tokens_grant_has_one_id_with_or_without_its_holder() {
+        let grant = |owned: bool, ttl_secs: u64| {
+            let op = if owned {
+                LeaseOp::GrantOwned {
+                    id: 5,
+                    ttl_secs,
+                    owner: "0123456789abcdef".into(),
+                }
+            } else {
+                LeaseOp::Grant { id: 5, ttl_secs }
+            };
+            Op::As {
+                token: "0123456789abcdef".into(),
+                op: Box::new(Op::Lease(op)),
+            }
+        };
+        let key = "grant-1";
+        assert_eq!(
+            idempotent_id(key, &grant(true, 10)),
+            idempotent_id(key, &grant(false, 10))
+        );
+        assert_ne!(
+            idempotent_id(key, &grant(true, 10)),
+            idempotent_id(key, &grant(true, 20)),
+            "another TTL is another grant"
+        );
+        let another_token = Op::As {
+            token: "fedcba9876543210".into(),
+            op: Box::new(Op::Lease(LeaseOp::Grant {
+                id: 5,
+                ttl_secs: 10,
+            })),
+        };
+        assert_ne!(
+            idempotent_id(key, &grant(true, 10)),
+            idempotent_id(key, &another_token)
+        );
     }
 
     #[test]

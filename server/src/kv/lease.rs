@@ -60,6 +60,11 @@ const RECORD: u8 = b'l';
 const OWNED: u8 = b'k';
 /// The lease a key is attached to: `a` + key -> lease id.
 const ATTACHED: u8 = b'a';
+/// The API token that holds a lease: `o` + lease id -> the token's id.
+/// Only for leases granted with [`LeaseOp::GrantOwned`].
+const OWNER: u8 = b'o';
+/// The longest owner a lease records: token ids are 16 hex digits.
+pub const MAX_OWNER_BYTES: usize = 64;
 
 /// The shortest TTL a lease may have, in seconds: shorter than a master
 /// change, a lease could not be kept alive across one.
@@ -84,6 +89,18 @@ pub enum LeaseOp {
     /// `granted`, was not renewed in time: ends it and deletes its keys.
     /// Applies to that grant only.
     Expire { id: u64, granted: u64 },
+    /// Creates lease `id` as [`LeaseOp::Grant`] does, held by the API
+    /// token `owner` (its id): with auth on, no other token but an admin's
+    /// may renew it, revoke it or attach keys to it (see
+    /// [`Store::may_hold_lease`]), and a token lists only the leases it
+    /// holds. Proposed for a token's grant once every member said it
+    /// decodes it (the `lease_owner` peer feature). (Last, so that logs
+    /// written before it existed decode unchanged.)
+    GrantOwned {
+        id: u64,
+        ttl_secs: u64,
+        owner: String,
+    },
 }
 
 /// A lease as the state machine holds it.
@@ -99,6 +116,14 @@ fn record_key(id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(LEASE_PREFIX.len() + 9);
     k.extend_from_slice(LEASE_PREFIX);
     k.push(RECORD);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn owner_key(id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(LEASE_PREFIX.len() + 9);
+    k.extend_from_slice(LEASE_PREFIX);
+    k.push(OWNER);
     k.extend_from_slice(&id.to_be_bytes());
     k
 }
@@ -150,6 +175,17 @@ pub fn check_id(id: u64) -> Result<(), String> {
     }
 }
 
+/// Why `owner` cannot hold a lease: a token's id, never empty, and short.
+pub fn check_owner(owner: &str) -> Result<(), String> {
+    if owner.is_empty() || owner.len() > MAX_OWNER_BYTES {
+        return Err(format!(
+            "a lease's owner is a token id of 1 to {MAX_OWNER_BYTES} bytes, got {} bytes",
+            owner.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Why a lease cannot be granted as asked, before it is proposed.
 pub fn check_grant(id: u64, ttl_secs: u64) -> Result<(), String> {
     check_id(id)?;
@@ -174,21 +210,26 @@ impl Store {
 
     /// Every lease, by id.
     pub fn leases(&self) -> Vec<LeaseInfo> {
-        let mut start = LEASE_PREFIX.to_vec();
-        start.push(RECORD);
+        self.leases_from(0).collect()
+    }
+
+    /// The leases with an id of at least `first`, by id, read in place (a
+    /// page of a listing costs its own length, not the number of leases).
+    pub fn leases_from(&self, first: u64) -> impl Iterator<Item = LeaseInfo> + '_ {
+        let start = record_key(first);
         let mut end = LEASE_PREFIX.to_vec();
         end.push(RECORD + 1);
+        let id_at = start.len() - 8;
         self.kvs
             .range::<[u8], _>((
                 Bound::Included(start.as_slice()),
                 Bound::Excluded(end.as_slice()),
             ))
-            .map(|(k, slot)| LeaseInfo {
-                id: u64_of(&k[start.len()..]),
+            .map(move |(k, slot)| LeaseInfo {
+                id: u64_of(&k[id_at..]),
                 ttl_secs: u64_of(&slot.value),
                 granted: slot.create_revision,
             })
-            .collect()
     }
 
     /// How many leases exist.
@@ -221,6 +262,43 @@ impl Store {
             .collect()
     }
 
+    /// The API token (its id) that holds lease `id`, if it was granted to
+    /// one ([`LeaseOp::GrantOwned`]).
+    pub fn lease_owner(&self, id: u64) -> Option<&str> {
+        self.kvs
+            .get(owner_key(id).as_slice())
+            .and_then(|slot| std::str::from_utf8(&slot.value).ok())
+    }
+
+    /// Whether API token `token` may renew lease `lease`, revoke it or
+    /// attach keys to it, as far as who holds it goes: a lease granted to
+    /// a token is for that token and admins only. A lease granted without
+    /// one (by the cluster token, with auth off, or before every member
+    /// knew owners) is open to any token, as in etcd, and guarded by the
+    /// rights to its keys alone. A lease that does not exist passes here
+    /// (the op then finds no lease).
+    pub fn may_hold_lease(&self, token: &str, lease: u64) -> Result<(), crate::auth::Refusal> {
+        match self.lease_owner(lease) {
+            Some(owner) if owner != token => {
+                if self
+                    .auth()
+                    .authorize(token, crate::auth::Need::Admin)
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+                Err(crate::auth::Refusal::new(
+                    crate::auth::RefusalKind::PermissionDenied,
+                    format!(
+                        "lease {lease} is held by another token ({owner}): only it and admins \
+                         may renew it, revoke it or attach keys to it"
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The lease `key` is attached to, if any.
     pub fn lease_of(&self, key: &[u8]) -> Option<u64> {
         self.kvs
@@ -237,35 +315,55 @@ impl Store {
 
     pub(super) fn apply_lease(&mut self, op: &LeaseOp) -> OpResult {
         match *op {
-            LeaseOp::Grant { id, ttl_secs } => {
-                if let Err(message) = check_grant(id, ttl_secs) {
-                    return OpResult::Refused(crate::auth::Refusal::new(
-                        crate::auth::RefusalKind::Invalid,
-                        message,
-                    ));
-                }
-                if self.lease(id).is_some() {
-                    return OpResult::LeaseIdTaken { id };
-                }
-                if self.lease_count >= MAX_LEASES {
-                    return OpResult::Refused(crate::auth::Refusal::new(
-                        crate::auth::RefusalKind::Invalid,
-                        format!("the cluster holds the most leases it may ({MAX_LEASES})"),
-                    ));
-                }
-                let revision = self.revision + 1;
-                self.write(&record_key(id), &ttl_secs.to_be_bytes(), revision);
-                self.revision = revision;
-                self.lease_count += 1;
-                self.lease_generation = next_lease_generation();
-                OpResult::LeaseGranted {
-                    id,
-                    ttl_secs,
-                    revision,
-                }
-            }
+            LeaseOp::Grant { id, ttl_secs } => self.grant(id, ttl_secs, None),
+            LeaseOp::GrantOwned {
+                id,
+                ttl_secs,
+                ref owner,
+            } => self.grant(id, ttl_secs, Some(owner)),
             LeaseOp::Revoke { id } => self.end_lease(id, None),
             LeaseOp::Expire { id, granted } => self.end_lease(id, Some(granted)),
+        }
+    }
+
+    /// Creates lease `id`, held by the token `owner` when there is one.
+    fn grant(&mut self, id: u64, ttl_secs: u64, owner: Option<&str>) -> OpResult {
+        let checked = check_grant(id, ttl_secs).and_then(|()| owner.map_or(Ok(()), check_owner));
+        if let Err(message) = checked {
+            return OpResult::Refused(crate::auth::Refusal::new(
+                crate::auth::RefusalKind::Invalid,
+                message,
+            ));
+        }
+        if self.lease(id).is_some() {
+            return OpResult::LeaseIdTaken { id };
+        }
+        if self.lease_count >= MAX_LEASES {
+            return OpResult::Refused(crate::auth::Refusal::new(
+                crate::auth::RefusalKind::Invalid,
+                format!("the cluster holds the most leases it may ({MAX_LEASES})"),
+            ));
+        }
+        let revision = self.revision + 1;
+        self.write(&record_key(id), &ttl_secs.to_be_bytes(), revision);
+        match owner {
+            Some(owner) => {
+                self.write(&owner_key(id), owner.as_bytes(), revision);
+            }
+            // A holder left behind by a replica of an earlier version,
+            // which ends leases without removing it, is not this lease's.
+            None if self.kvs.contains_key(owner_key(id).as_slice()) => {
+                self.remove(&owner_key(id), revision);
+            }
+            None => {}
+        }
+        self.revision = revision;
+        self.lease_count += 1;
+        self.lease_generation = next_lease_generation();
+        OpResult::LeaseGranted {
+            id,
+            ttl_secs,
+            revision,
         }
     }
 
@@ -286,6 +384,9 @@ impl Store {
             self.remove(key, revision);
         }
         self.remove(&record_key(id), revision);
+        if self.kvs.contains_key(owner_key(id).as_slice()) {
+            self.remove(&owner_key(id), revision);
+        }
         self.revision = revision;
         self.lease_count = self.lease_count.saturating_sub(1);
         self.lease_generation = next_lease_generation();
@@ -545,6 +646,58 @@ mod tests {
         );
         // Only the records are left behind: nothing of the lease remains.
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_leases_holder_is_recorded_with_it_and_goes_with_it() {
+        let owned = |id: u64, owner: &str| {
+            Op::Lease(LeaseOp::GrantOwned {
+                id,
+                ttl_secs: 10,
+                owner: owner.into(),
+            })
+        };
+        let mut s = Store::new();
+        let granted = run(&mut s, &owned(3, "0123456789abcdef"));
+        assert!(matches!(granted, OpResult::LeaseGranted { id: 3, .. }));
+        assert_eq!(s.lease_owner(3), Some("0123456789abcdef"));
+        assert_eq!(s.leases().len(), 1, "the holder's record is no lease");
+        run(&mut s, &leased(3, put(b"a", b"1")));
+        // Expired: nothing of it is left, its holder included.
+        let info = s.lease(3).expect("granted");
+        let expire = LeaseOp::Expire {
+            id: 3,
+            granted: info.granted,
+        };
+        assert!(matches!(
+            run(&mut s, &Op::Lease(expire)),
+            OpResult::LeaseRevoked { deleted: 1, .. }
+        ));
+        assert_eq!((s.lease_owner(3), s.len()), (None, 0));
+        // Revoked: the same; and one without a holder records none.
+        run(&mut s, &owned(4, "0123456789abcdef"));
+        run(&mut s, &grant(5, 10));
+        assert_eq!(s.lease_owner(5), None);
+        run(&mut s, &Op::Lease(LeaseOp::Revoke { id: 4 }));
+        run(&mut s, &Op::Lease(LeaseOp::Revoke { id: 5 }));
+        assert_eq!(s.len(), 0);
+        // A holder's record that outlived its lease (an earlier version
+        // ends leases without removing it) is not taken over by a grant
+        // without one.
+        let revision = s.revision() + 1;
+        s.write(&owner_key(8), b"0123456789abcdef", revision);
+        run(&mut s, &grant(8, 10));
+        assert_eq!(s.lease_owner(8), None);
+        run(&mut s, &Op::Lease(LeaseOp::Revoke { id: 8 }));
+        assert_eq!(s.len(), 0);
+        // A holder is a token id: never empty, and short.
+        for owner in [String::new(), "x".repeat(MAX_OWNER_BYTES + 1)] {
+            assert!(matches!(
+                run(&mut s, &owned(6, &owner)),
+                OpResult::Refused(r) if r.kind == crate::auth::RefusalKind::Invalid
+            ));
+        }
+        assert_eq!(s.lease(6), None);
     }
 
     #[test]

@@ -139,6 +139,13 @@ impl Op {
             Op::Lease(crate::kv::LeaseOp::Grant { id, ttl_secs }) => {
                 crate::kv::lease::check_grant(*id, *ttl_secs).map_err(KvError::InvalidLease)
             }
+            Op::Lease(crate::kv::LeaseOp::GrantOwned {
+                id,
+                ttl_secs,
+                owner,
+            }) => crate::kv::lease::check_grant(*id, *ttl_secs)
+                .and_then(|()| crate::kv::lease::check_owner(owner))
+                .map_err(KvError::InvalidLease),
             Op::Lease(_) => Ok(()),
             Op::Leased { lease, op } => {
                 crate::kv::lease::check_id(*lease).map_err(KvError::InvalidLease)?;

@@ -194,6 +194,7 @@ impl Op {
             }
             Op::Auth(change) => OVERHEAD + serde_json::to_vec(change).map_or(OVERHEAD, |v| v.len()),
             Op::As { token, op } => OVERHEAD + token.len() + op.size_hint(),
+            Op::Lease(crate::kv::LeaseOp::GrantOwned { owner, .. }) => OVERHEAD + 16 + owner.len(),
             Op::Lease(_) => OVERHEAD + 16,
             Op::Leased { op, .. } => OVERHEAD + 8 + op.size_hint(),
             Op::Anonymous { op } => OVERHEAD + op.size_hint(),

@@ -379,14 +379,43 @@ impl Store {
         }
     }
 
-    /// Whether token `id` may make `op` here: what the op names, and for a
-    /// revoke, every key it would delete (as etcd asks).
+    /// Whether token `id` may make `op` here: what the op names; for a
+    /// revoke, every key it would delete (as etcd asks); and for a revoke
+    /// or keys attached to a lease, that the lease is not another token's.
+    /// A token grants leases only to itself.
+    ///
+    /// Checked here, where the op is applied, so that every replica
+    /// decides alike however the lease changed after the op was admitted
+    /// (revoked and granted again under the same id to another token,
+    /// say). Replicas of an earlier version, which know no holders, apply
+    /// the same ops without this check during a rolling upgrade; they
+    /// still decide alike, because a holder is recorded only by
+    /// [`LeaseOp::GrantOwned`](crate::kv::LeaseOp::GrantOwned), which is
+    /// proposed only once every member said it decodes it: until then no
+    /// lease has a holder and the check passes on every replica.
     fn authorize_as(&self, id: &str, op: &Op) -> Result<(), Refusal> {
         self.auth.authorize_op(id, op)?;
-        if let Op::Lease(crate::kv::LeaseOp::Revoke { id: lease }) = op {
-            for key in self.lease_keys(*lease, usize::MAX) {
-                self.auth.authorize(id, crate::auth::Need::Write(&key))?;
+        match op {
+            Op::Lease(crate::kv::LeaseOp::Revoke { id: lease }) => {
+                self.may_hold_lease(id, *lease)?;
+                for key in self.lease_keys(*lease, usize::MAX) {
+                    self.auth.authorize(id, crate::auth::Need::Write(&key))?;
+                }
             }
+            Op::Leased { lease, .. } => self.may_hold_lease(id, *lease)?,
+            // Only this version proposes it, so it may be checked more
+            // closely than a grant an earlier version also applies: by a
+            // token that still exists, for itself.
+            Op::Lease(crate::kv::LeaseOp::GrantOwned { owner, .. }) => {
+                self.auth.signed_in(id)?;
+                if owner != id {
+                    return Err(Refusal::new(
+                        crate::auth::RefusalKind::PermissionDenied,
+                        "a token may grant leases to itself only",
+                    ));
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -1572,6 +1601,119 @@ mod tests {
             let late = run(&mut s, &as_token(put(b"app/y", b"1")));
             assert_eq!(refusal(late), RefusalKind::Unauthenticated);
             assert_eq!(s.get(b"app/y"), None);
+        }
+
+        /// Another token, `id`, holding the role `role` (which need not
+        /// exist).
+        fn add_token(s: &mut Store, id: &str, role: &str) {
+            let token = TokenRecord {
+                name: id.into(),
+                roles: vec![role.into()],
+                secret_sha256: "b".repeat(64),
+            };
+            let change = AuthChange::CreateToken {
+                id: id.into(),
+                token,
+            };
+            assert!(matches!(
+                run(s, &Op::Auth(change)),
+                OpResult::AuthChanged { .. }
+            ));
+        }
+
+        fn as_other(id: &str, op: Op) -> Op {
+            Op::As {
+                token: id.into(),
+                op: Box::new(op),
+            }
+        }
+
+        #[test]
+        fn a_lease_granted_to_a_token_is_for_that_token_and_admins_only() {
+            use crate::kv::LeaseOp;
+            const HOLDER: &str = "fedcba9876543210";
+            const ADMIN: &str = "00000000000000ad";
+            let mut s = with_writer();
+            add_token(&mut s, HOLDER, "w");
+            let admin_role = Role {
+                permissions: Vec::new(),
+                admin: true,
+            };
+            let change = AuthChange::PutRole {
+                name: "admin".into(),
+                role: admin_role,
+            };
+            run(&mut s, &Op::Auth(change));
+            add_token(&mut s, ADMIN, "admin");
+            let grant = |id: u64, owner: &str| {
+                Op::Lease(LeaseOp::GrantOwned {
+                    id,
+                    ttl_secs: 10,
+                    owner: owner.into(),
+                })
+            };
+            let leased = |lease: u64, key: &[u8]| Op::Leased {
+                lease,
+                op: Box::new(put(key, b"v")),
+            };
+            // A token grants leases to itself only.
+            let for_another = run(&mut s, &as_token(grant(1, HOLDER)));
+            assert_eq!(refusal(for_another), RefusalKind::PermissionDenied);
+            assert!(matches!(
+                run(&mut s, &as_other(HOLDER, grant(1, HOLDER))),
+                OpResult::LeaseGranted { .. }
+            ));
+            assert_eq!(s.lease_owner(1), Some(HOLDER));
+            // Another token may write app/, but not use the holder's lease.
+            let revision = s.revision();
+            let attach = run(&mut s, &as_token(leased(1, b"app/x")));
+            assert_eq!(refusal(attach), RefusalKind::PermissionDenied);
+            let revoke = run(&mut s, &as_token(Op::Lease(LeaseOp::Revoke { id: 1 })));
+            assert_eq!(refusal(revoke), RefusalKind::PermissionDenied);
+            assert_eq!(s.revision(), revision, "a refused op changes nothing");
+            assert_eq!(
+                s.may_hold_lease(ID, 1).map_err(|r| r.kind),
+                Err(RefusalKind::PermissionDenied)
+            );
+            // The holder and an admin may.
+            assert!(matches!(
+                run(&mut s, &as_other(HOLDER, leased(1, b"app/x"))),
+                OpResult::Put { .. }
+            ));
+            assert_eq!(s.may_hold_lease(ADMIN, 1), Ok(()));
+            assert!(matches!(
+                run(&mut s, &as_other(ADMIN, leased(1, b"app/y"))),
+                OpResult::Put { .. }
+            ));
+            assert!(matches!(
+                run(
+                    &mut s,
+                    &as_other(ADMIN, Op::Lease(LeaseOp::Revoke { id: 1 }))
+                ),
+                OpResult::LeaseRevoked { deleted: 2, .. }
+            ));
+            assert_eq!(s.lease_owner(1), None, "the holder goes with the lease");
+            // A lease granted without a holder is open to any token that
+            // may write its keys, as in etcd.
+            run(
+                &mut s,
+                &Op::Lease(LeaseOp::Grant {
+                    id: 2,
+                    ttl_secs: 10,
+                }),
+            );
+            assert_eq!(s.lease_owner(2), None);
+            assert!(matches!(
+                run(&mut s, &as_token(leased(2, b"app/z"))),
+                OpResult::Put { .. }
+            ));
+            assert!(matches!(
+                run(
+                    &mut s,
+                    &as_other(HOLDER, Op::Lease(LeaseOp::Revoke { id: 2 }))
+                ),
+                OpResult::LeaseRevoked { deleted: 1, .. }
+            ));
         }
 
         fn anonymous(op: Op) -> Op {

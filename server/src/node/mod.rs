@@ -2311,6 +2311,12 @@ impl Service for Node {
         self.members_do(|f| f.delete_prefix)
     }
 
+    fn lease_owners(&self) -> bool {
+        // As for prefix deletes; until then a token's grant records no
+        // owner, as an earlier version's does.
+        self.members_do(|f| f.lease_owner)
+    }
+
     fn metrics_text(&self) -> String {
         // Only watches subscribe to the feed of applied changes.
         self.inner

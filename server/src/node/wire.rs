@@ -48,9 +48,12 @@ pub const PEER_URL_HEADER: &str = "x-phxkv-peer-url";
 /// - `delete_prefix`: it decodes and applies the `delete_prefix` op (the
 ///   keys under a prefix deleted at one revision), proposed on the same
 ///   condition.
+/// - `lease_owner`: it decodes and applies the `grant_owned` lease op (a
+///   lease held by the API token that granted it), proposed on the same
+///   condition.
 pub const FEATURES_HEADER: &str = "phxkv-peer-features";
 /// What this version puts in [`FEATURES_HEADER`].
-pub const FEATURES: &str = "forward,anonymous,delete_prefix";
+pub const FEATURES: &str = "forward,anonymous,delete_prefix,lease_owner";
 
 /// What a peer's [`FEATURES_HEADER`] says it does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,6 +64,8 @@ pub struct Features {
     pub anonymous: bool,
     /// It decodes the `delete_prefix` op.
     pub delete_prefix: bool,
+    /// It decodes the `grant_owned` lease op.
+    pub lease_owner: bool,
 }
 
 impl Features {
@@ -70,6 +75,7 @@ impl Features {
             forward: true,
             anonymous: true,
             delete_prefix: true,
+            lease_owner: true,
         }
     }
 
@@ -79,6 +85,7 @@ impl Features {
             ("forward", self.forward),
             ("anonymous", self.anonymous),
             ("delete_prefix", self.delete_prefix),
+            ("lease_owner", self.lease_owner),
         ]
         .into_iter()
         .filter(|(_, on)| *on)
@@ -98,6 +105,7 @@ impl Features {
                 "forward" => out.forward = true,
                 "anonymous" => out.anonymous = true,
                 "delete_prefix" => out.delete_prefix = true,
+                "lease_owner" => out.lease_owner = true,
                 _ => {}
             }
         }
@@ -505,6 +513,7 @@ mod tests {
             forward: true,
             anonymous: true,
             delete_prefix: true,
+            lease_owner: true,
         };
         assert_eq!(of(FEATURES), all);
         assert_eq!(
@@ -513,7 +522,10 @@ mod tests {
             "FEATURES lists what this version does"
         );
         assert_eq!(all.names().join(","), FEATURES);
-        assert_eq!(of("something, delete_prefix, anonymous ,forward"), all);
+        assert_eq!(
+            of("something, delete_prefix, lease_owner,anonymous ,forward"),
+            all
+        );
         let forward_only = Features {
             forward: true,
             ..Features::default()

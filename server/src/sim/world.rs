@@ -160,6 +160,12 @@ struct LeaseActor {
     silent_until: Time,
     renewals: usize,
     expiries: usize,
+    /// Its leases granted to [`LEASE_OWNER`] (half of them): the auth
+    /// actor's token must never attach a key to one or revoke it.
+    owned: BTreeSet<u64>,
+    /// Attempts by the auth actor's token on such a lease, refused.
+    intrusions_refused: usize,
+    intruders_refused: BTreeSet<RequestId>,
 }
 
 /// The lease actor's request ids; the masters' expiries use
@@ -168,6 +174,11 @@ const LEASE_CLIENT: u64 = 0x7fff_0000_0000_0002;
 const EXPIRY_CLIENT: u64 = 0x7fff_0000_0001_0000;
 /// The actor's TTL, in seconds: the shortest allowed.
 const SIM_LEASE_TTL: u64 = crate::kv::lease::MIN_TTL_SECS;
+/// The token that holds the lease actor's owned leases: never the auth
+/// actor's [`SIM_TOKEN`], which tries to use them now and then.
+const LEASE_OWNER: &str = "00000000000000bb";
+/// The ids of the auth actor's own leases start above the lease actor's.
+const AUTH_LEASES: u64 = 1 << 40;
 
 /// The sim's auth actor changes the rules for one token now and then
 /// (creates and revokes it, creates and deletes the role that lets it write
@@ -202,10 +213,17 @@ impl AuthModel {
     }
 
     /// Whether the rules refuse `op`, a put as the token or without a
-    /// credential (`None` for anything else).
+    /// credential, or a grant by the token (to itself, or to another token,
+    /// which is never allowed) (`None` for anything else).
     fn refuses(&self, op: &Op) -> Option<bool> {
         match op {
             Op::As { op, .. } if matches!(**op, Op::Put { .. }) => Some(!(self.token && self.role)),
+            Op::As { op, .. } => match &**op {
+                Op::Lease(LeaseOp::GrantOwned { owner, .. }) => {
+                    Some(!self.token || owner != SIM_TOKEN)
+                }
+                _ => None,
+            },
             Op::Anonymous { op } if matches!(**op, Op::Put { .. }) => Some(self.enabled),
             _ => None,
         }
@@ -320,6 +338,8 @@ pub struct RunReport {
     /// Keep-alives acknowledged, and leases that expired.
     pub lease_renewals: usize,
     pub lease_expiries: usize,
+    /// Attempts by a token on a lease held by another token, refused.
+    pub lease_intrusions_refused: usize,
     /// Writes answered by a follower that had forwarded them to the master.
     pub forwarded_acks: usize,
     /// Forwarded writes the master sent back as "not master": it was not,
@@ -830,7 +850,8 @@ impl World {
                 let result = self.nodes[i].store.apply(cmd.id, &cmd.op);
                 if let (Some(expected), AUTH_CLIENT) = (model.refuses(&cmd.op), cmd.id.client) {
                     let refused = matches!(result, OpResult::Refused(_));
-                    let written = matches!(result, OpResult::Put { .. });
+                    let written =
+                        matches!(result, OpResult::Put { .. } | OpResult::LeaseGranted { .. });
                     // A retry that the dedup table answered repeats the
                     // first outcome; only first applies are judged.
                     let first = *self.auth_first.entry(cmd.id).or_insert(index) == index;
@@ -1563,7 +1584,8 @@ impl World {
         };
         self.auth_seq += 1;
         let seq = self.auth_seq;
-        let op = match self.rng.random_range(0..14) {
+        let held = self.lease.held;
+        let op = match self.rng.random_range(0..18) {
             0..=1 => Op::Auth(AuthChange::CreateToken {
                 id: SIM_TOKEN.into(),
                 token: TokenRecord {
@@ -1598,6 +1620,41 @@ impl World {
                     expect: None,
                 }),
             },
+            // The token tries the lease actor's lease: allowed on a lease
+            // granted without a holder (and keys it may write), refused on
+            // one held by another token (see `follow_intrusion`).
+            14 if held.is_some() => Op::As {
+                token: SIM_TOKEN.into(),
+                op: Box::new(Op::Leased {
+                    lease: held.unwrap_or_default(),
+                    op: Box::new(Op::Put {
+                        key: b"t/leased".to_vec(),
+                        value: format!("a{seq}").into_bytes(),
+                        expect: None,
+                    }),
+                }),
+            },
+            15 if held.is_some() => Op::As {
+                token: SIM_TOKEN.into(),
+                op: Box::new(Op::Lease(LeaseOp::Revoke {
+                    id: held.unwrap_or_default(),
+                })),
+            },
+            // A lease of its own (left to expire), or one for another
+            // token, which no token may grant.
+            16..=17 => Op::As {
+                token: SIM_TOKEN.into(),
+                op: Box::new(Op::Lease(LeaseOp::GrantOwned {
+                    id: AUTH_LEASES + seq,
+                    ttl_secs: SIM_LEASE_TTL,
+                    owner: if seq.is_multiple_of(2) {
+                        SIM_TOKEN
+                    } else {
+                        LEASE_OWNER
+                    }
+                    .into(),
+                })),
+            },
             _ => Op::As {
                 token: SIM_TOKEN.into(),
                 op: Box::new(Op::Put {
@@ -1621,7 +1678,8 @@ impl World {
     }
 
     /// Checks one applied command against the lease actor's model, and
-    /// follows the actor's grants and the leases that end.
+    /// follows the actor's grants and the leases that end (by the auth
+    /// actor's token too).
     fn follow_lease(
         &mut self,
         i: usize,
@@ -1629,7 +1687,12 @@ impl World {
         cmd: &Command,
         result: &OpResult,
     ) -> Result<(), String> {
-        if !matches!(cmd.op, Op::Lease(_)) {
+        self.follow_intrusion(index, cmd, result)?;
+        let op = match &cmd.op {
+            Op::As { op, .. } => &**op,
+            op => op,
+        };
+        if !matches!(op, Op::Lease(_)) {
             return Ok(());
         }
         let name = &self.nodes[i].name;
@@ -1645,10 +1708,11 @@ impl World {
                 self.lease_results.insert((index, cmd.id), result.clone());
             }
         }
-        match (&cmd.op, result) {
-            (Op::Lease(LeaseOp::Grant { id, .. }), OpResult::LeaseGranted { .. })
-                if self.lease.granting.is_some_and(|(g, _)| g == *id) =>
-            {
+        match (op, result) {
+            (
+                Op::Lease(LeaseOp::Grant { id, .. } | LeaseOp::GrantOwned { id, .. }),
+                OpResult::LeaseGranted { .. },
+            ) if self.lease.granting.is_some_and(|(g, _)| g == *id) => {
                 let (_, sent) = self.lease.granting.take().unwrap_or((0, self.now));
                 self.lease.alive.insert(*id, sent);
                 self.lease.held = Some(*id);
@@ -1677,6 +1741,46 @@ impl World {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Checks an op of the auth actor's token on one of the lease actor's
+    /// leases held by [`LEASE_OWNER`]: it must be refused (or find the
+    /// lease gone) on every replica, since only the holder and admins may
+    /// attach keys to such a lease or revoke it.
+    fn follow_intrusion(
+        &mut self,
+        index: Index,
+        cmd: &Command,
+        result: &OpResult,
+    ) -> Result<(), String> {
+        let Op::As { op, .. } = &cmd.op else {
+            return Ok(());
+        };
+        let lease = match &**op {
+            Op::Leased { lease, .. } | Op::Lease(LeaseOp::Revoke { id: lease }) => *lease,
+            _ => return Ok(()),
+        };
+        if !self.lease.owned.contains(&lease) {
+            return Ok(());
+        }
+        match result {
+            OpResult::Refused(r) => {
+                // Counted when the holder is why (the token may have
+                // lost its role, or have no right to the lease's keys).
+                if r.message.contains("held by another token")
+                    && self.lease.intruders_refused.insert(cmd.id)
+                {
+                    self.lease.intrusions_refused += 1;
+                }
+                Ok(())
+            }
+            OpResult::LeaseNotFound { .. } => Ok(()),
+            other => Err(format!(
+                "instance {index}: {:?}, by a token that does not hold lease {lease}, \
+                 applied as {other:?}",
+                cmd.op
+            )),
+        }
     }
 
     /// On a master that may act on the whole log: brings its lease timers
@@ -1764,10 +1868,19 @@ impl World {
                 }
                 let id = 1000 + seq;
                 self.lease.granting = Some((id, self.now));
-                Op::Lease(LeaseOp::Grant {
-                    id,
-                    ttl_secs: SIM_LEASE_TTL,
-                })
+                if self.rng.random_bool(0.5) {
+                    self.lease.owned.insert(id);
+                    Op::Lease(LeaseOp::GrantOwned {
+                        id,
+                        ttl_secs: SIM_LEASE_TTL,
+                        owner: LEASE_OWNER.into(),
+                    })
+                } else {
+                    Op::Lease(LeaseOp::Grant {
+                        id,
+                        ttl_secs: SIM_LEASE_TTL,
+                    })
+                }
             }
             Some(id) => match self.rng.random_range(0..100) {
                 0..=64 => return self.keep_alive(m, id),
@@ -2115,6 +2228,7 @@ impl World {
             follower_reads: self.follower_reads,
             lease_renewals: self.lease.renewals,
             lease_expiries: self.lease.expiries,
+            lease_intrusions_refused: self.lease.intrusions_refused,
             replacements: self.replacements,
             pauses: self.pauses,
             reads_answered: self

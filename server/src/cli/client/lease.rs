@@ -55,7 +55,8 @@ pub enum LeaseCommand {
         #[arg(long)]
         keys: bool,
     },
-    /// List the leases.
+    /// List the leases. With auth on: those granted with your token, or
+    /// every lease for an admin (the cluster token or an admin role)
     List,
 }
 
