@@ -1400,6 +1400,14 @@ async fn writer_of(router: &Router, prefix: &str, name: &str) -> String {
     token_with_role(router, &format!("{name}-writer"), write, name).await
 }
 
+/// A lease of 30 s granted with `token`; returns its id.
+async fn lease_for(router: &Router, token: &str) -> u64 {
+    let body = r#"{"ttl_secs": 30}"#;
+    let r = as_caller(router, Method::POST, "/v1/leases", Some(token), body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    r.json()["id"].as_u64().expect("an id")
+}
+
 /// A token may attach a key to a lease only if it may write every key
 /// already attached to it, as renewing the lease needs: otherwise a token
 /// that may write only `evil/` could attach `evil/x` to another client's
@@ -1409,22 +1417,7 @@ async fn a_token_cannot_attach_a_key_to_a_lease_whose_keys_it_may_not_write() {
     let router = Fake::with_auth().router();
     let owner = writer_of(&router, "app/", "owner").await;
     let other = writer_of(&router, "evil/", "other").await;
-    let lease_of = |token: String| {
-        let router = router.clone();
-        async move {
-            let r = as_caller(
-                &router,
-                Method::POST,
-                "/v1/leases",
-                Some(&token),
-                r#"{"ttl_secs": 30}"#,
-            )
-            .await;
-            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-            r.json()["id"].as_u64().expect("an id")
-        }
-    };
-    let lease = lease_of(owner.clone()).await;
+    let lease = lease_for(&router, &owner).await;
     let attach = |key: &str, token: &str, lease: u64| {
         let (router, uri, token) = (
             router.clone(),
@@ -1457,9 +1450,9 @@ async fn a_token_cannot_attach_a_key_to_a_lease_whose_keys_it_may_not_write() {
     );
     // Its own lease takes its keys; another token's takes none, even
     // before it has any.
-    let own = lease_of(other.clone()).await;
+    let own = lease_for(&router, &other).await;
     assert_eq!(attach("evil/x", &other, own).await.status, StatusCode::OK);
-    let fresh = lease_of(owner.clone()).await;
+    let fresh = lease_for(&router, &owner).await;
     attach("evil/y", &other, fresh)
         .await
         .error(StatusCode::FORBIDDEN, "permission_denied");
@@ -1478,18 +1471,9 @@ async fn a_tokens_lease_is_its_own_and_its_admins() {
     let router = fake.router();
     let app = writer_of(&router, "app/", "app").await;
     let other = writer_of(&router, "app/", "other").await;
-    let grant = |token: String| {
-        let router = router.clone();
-        async move {
-            let body = r#"{"ttl_secs": 30}"#;
-            let r = as_caller(&router, Method::POST, "/v1/leases", Some(&token), body).await;
-            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-            r.json()["id"].as_u64().expect("an id")
-        }
-    };
-    let mine = grant(app.clone()).await;
-    let theirs = grant(other.clone()).await;
-    let admins = grant(TOKEN.to_owned()).await;
+    let mine = lease_for(&router, &app).await;
+    let theirs = lease_for(&router, &other).await;
+    let admins = lease_for(&router, TOKEN).await;
     let listed = |token: String| {
         let router = router.clone();
         async move {
@@ -1600,10 +1584,7 @@ async fn a_tokens_lease_has_no_holder_until_every_member_knows_them() {
     let router = fake.router();
     let app = writer_of(&router, "app/", "app").await;
     let other = writer_of(&router, "app/", "other").await;
-    let body = r#"{"ttl_secs": 30}"#;
-    let r = as_caller(&router, Method::POST, "/v1/leases", Some(&app), body).await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let lease = r.json()["id"].as_u64().expect("an id");
+    let lease = lease_for(&router, &app).await;
     let attach = format!("/v1/kv/app/x?lease={lease}");
     let r = as_caller(&router, Method::PUT, &attach, Some(&other), "v").await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);

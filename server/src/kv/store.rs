@@ -1652,6 +1652,7 @@ mod tests {
                     owner: owner.into(),
                 })
             };
+            let revoke = |id: u64| Op::Lease(LeaseOp::Revoke { id });
             let leased = |lease: u64, key: &[u8]| Op::Leased {
                 lease,
                 op: Box::new(put(key, b"v")),
@@ -1668,8 +1669,8 @@ mod tests {
             let revision = s.revision();
             let attach = run(&mut s, &as_token(leased(1, b"app/x")));
             assert_eq!(refusal(attach), RefusalKind::PermissionDenied);
-            let revoke = run(&mut s, &as_token(Op::Lease(LeaseOp::Revoke { id: 1 })));
-            assert_eq!(refusal(revoke), RefusalKind::PermissionDenied);
+            let revoked = run(&mut s, &as_token(revoke(1)));
+            assert_eq!(refusal(revoked), RefusalKind::PermissionDenied);
             assert_eq!(s.revision(), revision, "a refused op changes nothing");
             assert_eq!(
                 s.may_hold_lease(ID, 1).map_err(|r| r.kind),
@@ -1686,10 +1687,7 @@ mod tests {
                 OpResult::Put { .. }
             ));
             assert!(matches!(
-                run(
-                    &mut s,
-                    &as_other(ADMIN, Op::Lease(LeaseOp::Revoke { id: 1 }))
-                ),
+                run(&mut s, &as_other(ADMIN, revoke(1))),
                 OpResult::LeaseRevoked { deleted: 2, .. }
             ));
             assert_eq!(s.lease_owner(1), None, "the holder goes with the lease");
@@ -1708,10 +1706,7 @@ mod tests {
                 OpResult::Put { .. }
             ));
             assert!(matches!(
-                run(
-                    &mut s,
-                    &as_other(HOLDER, Op::Lease(LeaseOp::Revoke { id: 2 }))
-                ),
+                run(&mut s, &as_other(HOLDER, revoke(2))),
                 OpResult::LeaseRevoked { deleted: 1, .. }
             ));
         }
