@@ -276,6 +276,15 @@ async fn a_tokens_lease_is_held_by_it_on_every_replica() {
     }
     assert!(ids(m).await.contains(&lease));
     assert!(!ids(o).await.contains(&lease));
+    // The command line says what to do instead.
+    let other_file = c.dir.path().join("other.token");
+    std::fs::write(&other_file, &other).expect("token file");
+    let (code, _, err) = cli(&c, &other_file, &["lease", "revoke", &lease.to_string()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("use the token that granted the lease"),
+        "{err}"
+    );
     let (status, body, _) = call(&c, 0, Method::PUT, &attach, m, Some("v".into())).await;
     assert_eq!(status, 200, "{body}");
     let (status, body, _) = call(&c, 2, Method::DELETE, &revoke, m, None).await;

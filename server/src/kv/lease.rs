@@ -63,6 +63,9 @@ const ATTACHED: u8 = b'a';
 /// The API token that holds a lease: `o` + lease id -> the token's id.
 /// Only for leases granted with [`LeaseOp::GrantOwned`].
 const OWNER: u8 = b'o';
+/// What a refusal by [`Store::may_hold_lease`] says, for clients (and the
+/// CLI's advice) to recognise.
+pub const HELD_BY_ANOTHER: &str = "is held by another token";
 /// The longest owner a lease records: token ids are 16 hex digits.
 pub const MAX_OWNER_BYTES: usize = 64;
 
@@ -290,8 +293,8 @@ impl Store {
                 Err(crate::auth::Refusal::new(
                     crate::auth::RefusalKind::PermissionDenied,
                     format!(
-                        "lease {lease} is held by another token ({owner}): only it and admins \
-                         may renew it, revoke it or attach keys to it"
+                        "lease {lease} {HELD_BY_ANOTHER} ({owner}): only that token and \
+                         admins may use it"
                     ),
                 ))
             }

@@ -1767,7 +1767,7 @@ impl World {
             OpResult::Refused(r) => {
                 // Counted when the holder is why (the token may have
                 // lost its role, or have no right to the lease's keys).
-                if r.message.contains("held by another token")
+                if r.message.contains(crate::kv::lease::HELD_BY_ANOTHER)
                     && self.lease.intruders_refused.insert(cmd.id)
                 {
                     self.lease.intrusions_refused += 1;

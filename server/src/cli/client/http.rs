@@ -135,6 +135,13 @@ impl IntoCliError for ApiFailure {
                  (an API token, or the cluster token for admin work)",
                 self.message
             )),
+            403 if self.message.contains(crate::kv::lease::HELD_BY_ANOTHER) => {
+                CliError::Usage(format!(
+                    "permission denied ({}); use the token that granted the lease, or an \
+                     admin's",
+                    self.message
+                ))
+            }
             403 => CliError::Usage(format!(
                 "permission denied ({}); ask an admin for a role that grants it \
                  (phxkv auth role put / phxkv auth token roles)",
