@@ -179,7 +179,7 @@ pub fn check_id(id: u64) -> Result<(), String> {
 }
 
 /// Why `owner` cannot hold a lease: a token's id, never empty, and short.
-pub fn check_owner(owner: &str) -> Result<(), String> {
+fn check_owner(owner: &str) -> Result<(), String> {
     if owner.is_empty() || owner.len() > MAX_OWNER_BYTES {
         return Err(format!(
             "a lease's owner is a token id of 1 to {MAX_OWNER_BYTES} bytes, got {} bytes",
@@ -189,15 +189,16 @@ pub fn check_owner(owner: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Why a lease cannot be granted as asked, before it is proposed.
-pub fn check_grant(id: u64, ttl_secs: u64) -> Result<(), String> {
+/// Why a lease cannot be granted as asked (held by `owner`, when given),
+/// before it is proposed.
+pub fn check_grant(id: u64, ttl_secs: u64, owner: Option<&str>) -> Result<(), String> {
     check_id(id)?;
     if !(MIN_TTL_SECS..=MAX_TTL_SECS).contains(&ttl_secs) {
         return Err(format!(
             "a lease's TTL must be between {MIN_TTL_SECS} and {MAX_TTL_SECS} seconds, got {ttl_secs}"
         ));
     }
-    Ok(())
+    owner.map_or(Ok(()), check_owner)
 }
 
 impl Store {
@@ -331,8 +332,7 @@ impl Store {
 
     /// Creates lease `id`, held by the token `owner` when there is one.
     fn grant(&mut self, id: u64, ttl_secs: u64, owner: Option<&str>) -> OpResult {
-        let checked = check_grant(id, ttl_secs).and_then(|()| owner.map_or(Ok(()), check_owner));
-        if let Err(message) = checked {
+        if let Err(message) = check_grant(id, ttl_secs, owner) {
             return OpResult::Refused(crate::auth::Refusal::new(
                 crate::auth::RefusalKind::Invalid,
                 message,

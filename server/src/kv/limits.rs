@@ -137,14 +137,13 @@ impl Op {
             Op::Auth(_) => Ok(()),
             Op::As { op, .. } | Op::Anonymous { op } => op.validate(limits),
             Op::Lease(crate::kv::LeaseOp::Grant { id, ttl_secs }) => {
-                crate::kv::lease::check_grant(*id, *ttl_secs).map_err(KvError::InvalidLease)
+                crate::kv::lease::check_grant(*id, *ttl_secs, None).map_err(KvError::InvalidLease)
             }
             Op::Lease(crate::kv::LeaseOp::GrantOwned {
                 id,
                 ttl_secs,
                 owner,
-            }) => crate::kv::lease::check_grant(*id, *ttl_secs)
-                .and_then(|()| crate::kv::lease::check_owner(owner))
+            }) => crate::kv::lease::check_grant(*id, *ttl_secs, Some(owner))
                 .map_err(KvError::InvalidLease),
             Op::Lease(_) => Ok(()),
             Op::Leased { lease, op } => {

@@ -164,8 +164,7 @@ struct LeaseActor {
     /// actor's token must never attach a key to one or revoke it.
     owned: BTreeSet<u64>,
     /// Attempts by the auth actor's token on such a lease, refused.
-    intrusions_refused: usize,
-    intruders_refused: BTreeSet<RequestId>,
+    intrusions_refused: BTreeSet<RequestId>,
 }
 
 /// The lease actor's request ids; the masters' expiries use
@@ -1767,10 +1766,8 @@ impl World {
             OpResult::Refused(r) => {
                 // Counted when the holder is why (the token may have
                 // lost its role, or have no right to the lease's keys).
-                if r.message.contains(crate::kv::lease::HELD_BY_ANOTHER)
-                    && self.lease.intruders_refused.insert(cmd.id)
-                {
-                    self.lease.intrusions_refused += 1;
+                if r.message.contains(crate::kv::lease::HELD_BY_ANOTHER) {
+                    self.lease.intrusions_refused.insert(cmd.id);
                 }
                 Ok(())
             }
@@ -2228,7 +2225,7 @@ impl World {
             follower_reads: self.follower_reads,
             lease_renewals: self.lease.renewals,
             lease_expiries: self.lease.expiries,
-            lease_intrusions_refused: self.lease.intrusions_refused,
+            lease_intrusions_refused: self.lease.intrusions_refused.len(),
             replacements: self.replacements,
             pauses: self.pauses,
             reads_answered: self
