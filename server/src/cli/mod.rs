@@ -44,9 +44,15 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+/// What `phxkv --help` says of exit codes (see [`CliError::exit_code`]).
+const EXIT_CODES: &str = "Exit codes: 0 done; 1 key or member not found, or a compare failed; \
+2 bad usage, or a missing, wrong or too narrow credential (401/403); \
+3 no endpoint answered (unreachable, or a certificate this client does not trust); \
+4 anything else. Errors are one line on stderr.";
+
 /// phxkv: a strongly consistent key-value store on Multi-Paxos.
 #[derive(Parser, Debug)]
-#[command(name = "phxkv", version, about, long_about = None)]
+#[command(name = "phxkv", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
