@@ -127,6 +127,9 @@ impl Modify for CommonParts {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         add_token_and_default_error(
             doc,
+            "The cluster token configured on every node; with auth on, an API token \
+             whose roles grant admin works too (403 `permission_denied` for one that \
+             does not).",
             "ErrorResponse",
             "Any other error, e.g. `unauthorized` (401) or `permission_denied` (403) \
              with auth on, `request_timeout` (408: the body did not arrive in time), \
@@ -161,11 +164,12 @@ impl Modify for CommonParts {
     }
 }
 
-/// Adds the `cluster_token` bearer scheme to `doc`, and to every operation
-/// without one a `default` response with the error schema `error_schema`:
-/// what the public and the peer documents share.
+/// Adds the `cluster_token` bearer scheme, described as `token`, to `doc`,
+/// and to every operation without one a `default` response with the error
+/// schema `error_schema`: what the public and the peer documents share.
 pub(crate) fn add_token_and_default_error(
     doc: &mut utoipa::openapi::OpenApi,
+    token: &str,
     error_schema: &str,
     description: &str,
 ) {
@@ -175,7 +179,7 @@ pub(crate) fn add_token_and_default_error(
         SecurityScheme::Http(
             HttpBuilder::new()
                 .scheme(HttpAuthScheme::Bearer)
-                .description(Some("The cluster token configured on every node."))
+                .description(Some(token))
                 .build(),
         ),
     );

@@ -726,6 +726,7 @@ impl Modify for PeerCommon {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         crate::api::docs::add_token_and_default_error(
             doc,
+            "The cluster token configured on every node.",
             "PeerError",
             "Any other error: `unauthorized` (401), `bad_request` (400), \
              `unsupported_media_type` (415), `unavailable` (503), `timeout` (504), \
