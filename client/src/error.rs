@@ -136,7 +136,18 @@ pub fn describe(e: &reqwest::Error, timeout: std::time::Duration) -> String {
 /// failures whose reasons (rustls') are exact but not helpful.
 pub fn one_line(s: &str) -> String {
     let line = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if line.contains("invalid peer certificate") || line.contains("UnknownIssuer") {
+    if line.contains("UnsupportedCertVersion") {
+        format!(
+            "{line} (an X.509 version 1 certificate: TLS here takes version 3, which \
+             `openssl x509 -req` makes when given an extension, e.g. -extfile with \
+             extendedKeyUsage=clientAuth for a client)"
+        )
+    } else if line.contains("NotValidForName") || line.contains("not valid for name") {
+        format!(
+            "{line} (the server's certificate does not name the host of this endpoint: \
+             call it by a name or address the certificate holds)"
+        )
+    } else if line.contains("invalid peer certificate") || line.contains("UnknownIssuer") {
         format!(
             "{line} (the server's certificate is not signed by a CA this client trusts: \
              give the cluster's CA with --cacert)"
@@ -161,6 +172,13 @@ mod tests {
         assert!(plain.contains("use http://"), "{plain}");
         let unknown = one_line("invalid peer certificate: UnknownIssuer");
         assert!(unknown.contains("--cacert"), "{unknown}");
+        let v1 = one_line("invalid peer certificate: Other(OtherError(UnsupportedCertVersion))");
+        assert!(v1.contains("version 3") && !v1.contains("--cacert"), "{v1}");
+        let name = one_line("invalid peer certificate: NotValidForName");
+        assert!(
+            name.contains("does not name the host") && !name.contains("--cacert"),
+            "{name}"
+        );
         assert_eq!(one_line("connection\n  refused"), "connection refused");
     }
 

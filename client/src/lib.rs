@@ -246,9 +246,14 @@ impl Client {
             })?;
             builder = builder.identity(identity);
         }
-        let http = builder
-            .build()
-            .map_err(|e| Error::Config(format!("cannot set up HTTP: {e}")))?;
+        let http = builder.build().map_err(|e| {
+            let why = describe(&e, config.timeout);
+            Error::Config(match &config.identity_pem {
+                // The certificate and key parsed, so rustls refused the pair.
+                Some(_) => format!("--cert with --key: {why}"),
+                None => format!("cannot set up HTTP: {why}"),
+            })
+        })?;
         Ok(Client {
             http,
             endpoints,
