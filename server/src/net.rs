@@ -36,6 +36,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -44,7 +45,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Bu
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument as _;
 
-use crate::auth::gate::ClientAddr;
+use crate::auth::gate::{ClientAddr, ClientCert};
 
 /// The longest a connection may wait, open or between two exchanges,
 /// before its next request head is complete, unless `serve --idle-timeout`
@@ -90,14 +91,16 @@ impl axum::serve::Listener for PlainListener {
 /// A connection that has not sent a complete request head within `idle` of
 /// opening or of its previous answer is closed (see the module
 /// documentation). Handlers find the caller's address as
-/// `ConnectInfo<ClientAddr>`.
-pub async fn serve<L>(
+/// `ConnectInfo<ClientAddr>`, and the name its certificate gives it, if it
+/// presented one, as [`ClientCert`].
+pub async fn serve<L, S>(
     mut listener: L,
     app: axum::Router,
     idle: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) where
-    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+    L: axum::serve::Listener<Addr = std::net::SocketAddr, Io = Lingering<S>>,
+    S: OverTcp,
 {
     // Each connection's task holds a receiver of `stop` (told to finish when
     // the sender goes) and a receiver of `done` (whose sender's `closed`
@@ -111,8 +114,12 @@ pub async fn serve<L>(
             () = &mut shutdown => break,
         };
         let app = app.clone();
+        let cert = io.get_ref().client_name().map(ClientCert);
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
             req.extensions_mut().insert(ConnectInfo(ClientAddr(addr)));
+            if let Some(cert) = &cert {
+                req.extensions_mut().insert(cert.clone());
+            }
             tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
         });
         let (mut stop, done) = (stop_rx.clone(), done_rx.clone());
@@ -151,6 +158,12 @@ pub async fn serve<L>(
 pub trait OverTcp: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The TCP connection underneath.
     fn into_tcp(self) -> TcpStream;
+
+    /// The name the client's certificate gives it, if it presented one
+    /// (see [`crate::tls::client_name`]).
+    fn client_name(&self) -> Option<Arc<str>> {
+        None
+    }
 }
 
 impl OverTcp for TcpStream {
@@ -167,6 +180,15 @@ impl OverTcp for crate::tls::listener::Accepted {
             Socket::Left(tcp) => tcp,
             Socket::Right(buffered) => buffered.into_inner(),
         }
+    }
+
+    /// A port asks for client certificates only where it verifies them
+    /// against its CA (`--client-cert-auth`, and the peer port), and
+    /// sessions are never resumed, so a certificate here was checked
+    /// during this connection's own handshake.
+    fn client_name(&self) -> Option<Arc<str>> {
+        let der = self.get_ref().1.peer_certificates()?.first()?;
+        crate::tls::client_name(der).map(Arc::from)
     }
 }
 

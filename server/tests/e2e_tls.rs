@@ -386,6 +386,100 @@ async fn with_client_cert_auth_the_client_port_wants_a_certificate_of_the_ca() {
     assert_ne!(code, 0, "no certificate, no answer: {err}");
 }
 
+/// With `--client-cert-identity`, a client certificate stands for the API
+/// token named by its common name, on every replica, until that token is
+/// revoked; a certificate naming no token gets 401.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_client_cert_identity_a_certificate_acts_as_the_token_it_names() {
+    use serde_json::{Value, json};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, leaf, files) = pki_in(dir.path(), &["127.0.0.1"]);
+    let flags = ["--auth", "--client-cert-auth", "--client-cert-identity"];
+    let admin = pki::client(&ca, Some(&leaf));
+    let c = Cluster::start_tls(3, &flags, files, admin.clone()).await;
+    let as_admin = |method: reqwest::Method, path: &str, body: Value| {
+        admin
+            .request(method, format!("{}{path}", c.url(0)))
+            .bearer_auth(common::TOKEN)
+            .json(&body)
+            .send()
+    };
+    let perms = json!({"permissions": [{"prefix": "app/", "read": true}]});
+    let r = as_admin(reqwest::Method::PUT, "/v1/auth/roles/app-reader", perms)
+        .await
+        .expect("role");
+    assert_eq!(r.status(), 200);
+    let made = json!({"name": "app-client", "roles": ["app-reader"]});
+    let r = as_admin(reqwest::Method::POST, "/v1/auth/tokens", made)
+        .await
+        .expect("token");
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    for key in ["app/x", "other/x"] {
+        assert_eq!(c.put(0, key, "v").await.status(), 200);
+    }
+
+    let app = pki::client(&ca, Some(&ca.issue("app-client", &["app.example"])));
+    let stranger = pki::client(&ca, Some(&ca.issue("nobody", &["x.example"])));
+    let status = |client: &reqwest::Client, method: reqwest::Method, url: String| {
+        let request = client.request(method, url).body("w");
+        async move { request.send().await.expect("https request").status() }
+    };
+    for i in 0..3 {
+        let (app_x, other_x) = (
+            format!("{}/v1/kv/app/x", c.url(i)),
+            format!("{}/v1/kv/other/x", c.url(i)),
+        );
+        assert_eq!(status(&app, reqwest::Method::GET, app_x.clone()).await, 200);
+        assert_eq!(status(&app, reqwest::Method::PUT, app_x.clone()).await, 403);
+        assert_eq!(status(&app, reqwest::Method::GET, other_x).await, 403);
+        assert_eq!(status(&stranger, reqwest::Method::GET, app_x).await, 401);
+    }
+
+    // The CLI needs no token then: its certificate is the credential.
+    let mine = ca.write(dir.path(), "app", &ca.issue("app-client", &["app.example"]));
+    let (endpoint, ca_file) = (c.url(1), mine.ca.to_string_lossy().into_owned());
+    let (cert, key) = (
+        mine.cert.to_string_lossy().into_owned(),
+        mine.key.to_string_lossy().into_owned(),
+    );
+    let args = [
+        "get",
+        "app/x",
+        "--endpoints",
+        &endpoint,
+        "--cacert",
+        &ca_file,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ];
+    let (code, out, err) = common::run_phxkv(&args, &[]);
+    assert_eq!((code, out.as_str()), (0, "v"), "{err}");
+
+    // Revoked at node 0: the certificate is refused everywhere right after.
+    let r = as_admin(
+        reqwest::Method::DELETE,
+        &format!("/v1/auth/tokens/{id}"),
+        Value::Null,
+    )
+    .await
+    .expect("revoke");
+    assert!(r.status().is_success(), "{}", r.status());
+    for i in 0..3 {
+        let url = format!("{}/v1/kv/app/x", c.url(i));
+        assert_eq!(
+            status(&app, reqwest::Method::GET, url).await,
+            401,
+            "node {i}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_silent_connection_to_a_tls_port_is_closed_within_seconds() {
     use tokio::io::AsyncReadExt as _;

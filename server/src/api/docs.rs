@@ -146,7 +146,8 @@ impl Modify for CommonParts {
                     .description(Some(
                         "With auth on (`serve --auth`): an API token \
                          (`phxkv_<id>_<secret>`) or the cluster token. Not needed \
-                         with auth off.",
+                         with auth off, nor from a client whose certificate names an \
+                         API token (`serve --client-cert-identity`).",
                     ))
                     .build(),
             ),

@@ -88,10 +88,22 @@ impl Fake {
     /// A fake with auth off, as a node runs it: with the failed-attempt
     /// limiter, for the cluster token.
     fn with_gate() -> Fake {
+        Fake::gated(false)
+    }
+
+    /// A fake with auth on whose client certificates name API tokens
+    /// (`--client-cert-identity`).
+    fn with_cert_identity() -> Fake {
+        let mut fake = Fake::gated(true);
+        Arc::get_mut(&mut fake.inner).expect("fresh").auth_on = true;
+        fake
+    }
+
+    fn gated(cert_identity: bool) -> Fake {
         let mut fake = Fake::new();
         let metrics = crate::telemetry::metrics::Metrics::new();
         Arc::get_mut(&mut fake.inner).expect("fresh").gate =
-            Some(crate::auth::gate::Gate::new(metrics));
+            Some(crate::auth::gate::Gate::new(metrics, cert_identity));
         fake
     }
 
@@ -1848,6 +1860,94 @@ async fn a_token_with_read_on_app_reads_app_and_nothing_else() {
     let who = as_caller(&router, Method::GET, "/v1/auth/whoami", me, Body::empty()).await;
     assert_eq!(who.json()["kind"], "token");
     assert_eq!(who.json()["roles"], json!(["app-reader"]));
+}
+
+/// A request over a connection whose client certificate names `cert` (as
+/// `crate::net::serve` marks it), with a bearer `token` if given.
+async fn with_cert(
+    router: &Router,
+    method: Method,
+    uri: &str,
+    cert: &str,
+    token: Option<&str>,
+) -> Reply {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let mut request = request.body(Body::from("v")).expect("valid request");
+    request
+        .extensions_mut()
+        .insert(crate::auth::gate::ClientCert(Arc::from(cert)));
+    send(router, request).await
+}
+
+#[tokio::test]
+async fn with_cert_identity_a_client_certificate_acts_as_the_token_it_names() {
+    let router = Fake::with_cert_identity().router();
+    // A token named "ci" that may read app/.
+    let reader = reader_of_app(&router).await;
+    let id = reader.split('_').nth(1).expect("an id").to_owned();
+
+    let r = with_cert(&router, Method::GET, "/v1/kv/app/x", "ci", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    with_cert(&router, Method::PUT, "/v1/kv/app/x", "ci", None)
+        .await
+        .error(StatusCode::FORBIDDEN, "permission_denied");
+    with_cert(&router, Method::GET, "/v1/kv/other/x", "ci", None)
+        .await
+        .error(StatusCode::FORBIDDEN, "permission_denied");
+    let who = with_cert(&router, Method::GET, "/v1/auth/whoami", "ci", None).await;
+    assert_eq!(who.json()["kind"], "token", "{:?}", who.body);
+    assert_eq!(who.json()["id"], id.as_str());
+
+    // A bearer token, when sent, is who the caller is.
+    let r = with_cert(&router, Method::GET, "/v1/kv/other/x", "ci", Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    with_cert(
+        &router,
+        Method::GET,
+        "/v1/kv/app/x",
+        "ci",
+        Some("phxkv_0_wrong"),
+    )
+    .await
+    .error(StatusCode::UNAUTHORIZED, "unauthorized");
+
+    // A name no token has, or two tokens have, names nobody.
+    let nobody = with_cert(&router, Method::GET, "/v1/kv/app/x", "cj", None)
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let says = nobody["message"].as_str().expect("a message");
+    assert!(says.contains("no API token has that name"), "{says}");
+    let twin = json!({"name": "ci", "roles": ["app-reader"]}).to_string();
+    let r = as_caller(&router, Method::POST, "/v1/auth/tokens", Some(TOKEN), twin).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let twin_id = r.json()["id"].as_str().expect("an id").to_owned();
+    let both = with_cert(&router, Method::GET, "/v1/kv/app/x", "ci", None)
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let says = both["message"].as_str().expect("a message");
+    assert!(says.contains("more than one API token"), "{says}");
+
+    // Revoking the token the certificate names shuts the certificate out.
+    for revoked in [twin_id, id] {
+        let path = format!("/v1/auth/tokens/{revoked}");
+        let r = as_caller(&router, Method::DELETE, &path, Some(TOKEN), Body::empty()).await;
+        assert!(r.status.is_success(), "{:?}", r.body);
+    }
+    with_cert(&router, Method::GET, "/v1/kv/app/x", "ci", None)
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
+async fn without_cert_identity_a_client_certificate_names_nobody() {
+    let router = Fake::with_auth().router();
+    reader_of_app(&router).await;
+    with_cert(&router, Method::GET, "/v1/kv/app/x", "ci", None)
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthorized");
 }
 
 #[tokio::test]

@@ -10,6 +10,15 @@
 //! 429 until the window ends, even with the right cluster token, so
 //! guessing is slow from any one address; a valid API token still passes,
 //! since its 256-bit secret cannot have been guessed.
+//!
+//! With `--client-cert-identity` (on a client port with
+//! `--client-cert-auth`), a request without a bearer token acts as the API
+//! token named by its client certificate: the one token whose name is the
+//! certificate's subject common name (see [`crate::tls::client_name`]). The
+//! token's roles are its rights, and revoking the token shuts the
+//! certificate out on every replica as it would the token's secret, since
+//! every check after the gate is by the token's id. A bearer token, when
+//! sent, is used instead.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -43,6 +52,13 @@ const MAX_TRACKED: usize = 10_000;
 /// every request by `crate::net::serve`.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// The name a connection's client certificate gives its holder (see
+/// [`crate::tls::client_name`]): set by `crate::net::serve` on every request
+/// of a connection that presented one, which the port verified against its
+/// CA during the handshake.
+#[derive(Clone, Debug)]
+pub struct ClientCert(pub Arc<str>);
 
 /// Keys of a lease that [`Caller::check_op`] checks before a token attaches
 /// another, at most (as many as a renewal checks).
@@ -251,13 +267,19 @@ pub struct Gate(Arc<Inner>);
 struct Inner {
     limiter: Mutex<Limiter>,
     metrics: Metrics,
+    /// Whether a client certificate names the token a request without a
+    /// bearer token acts as (`--client-cert-identity`).
+    cert_identity: bool,
 }
 
 impl Gate {
-    pub fn new(metrics: Metrics) -> Gate {
+    /// A gate counting into `metrics`; with `cert_identity`, client
+    /// certificates name API tokens (see the module documentation).
+    pub fn new(metrics: Metrics, cert_identity: bool) -> Gate {
         Gate(Arc::new(Inner {
             limiter: Mutex::new(Limiter::default()),
             metrics,
+            cert_identity,
         }))
     }
 
@@ -527,7 +549,12 @@ pub async fn authenticate<S: Service>(
         return next.run(req).await;
     }
     let addr = client_addr(&req);
-    match identify(&svc, &gate, addr, bearer).await {
+    let cert = req
+        .extensions()
+        .get::<ClientCert>()
+        .filter(|_| gate.0.cert_identity)
+        .map(|c| c.0.clone());
+    match identify(&svc, &gate, addr, bearer, cert).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await
@@ -560,29 +587,104 @@ async fn known<S: Service>(
         .await?)
 }
 
+/// Up to two ids of API tokens named `name`, in the rules read at
+/// `consistency`: two say the name is ambiguous.
+async fn tokens_named<S: Service>(
+    svc: &S,
+    name: &Arc<str>,
+    consistency: Consistency,
+) -> Result<Vec<String>, ApiError> {
+    let name = name.clone();
+    Ok(svc
+        .read(consistency, move |store| {
+            store
+                .auth()
+                .tokens()
+                .iter()
+                .filter(|(_, t)| *t.name == *name)
+                .map(|(id, _)| id.clone())
+                .take(2)
+                .collect()
+        })
+        .await?)
+}
+
+/// The token a client certificate names (see the module documentation).
+/// A certificate of the port's CA is not a guess, so a refusal here does
+/// not count towards the address's failed-attempt limit.
+async fn by_certificate<S: Service>(
+    svc: &S,
+    gate: &Gate,
+    name: &Arc<str>,
+) -> Result<Caller, ApiError> {
+    let local = Consistency::Local { min_revision: None };
+    let mut ids = tokens_named(svc, name, local).await?;
+    if ids.is_empty() {
+        // Made a moment ago elsewhere, as for a bearer token.
+        ids = tokens_named(svc, name, Consistency::Linearizable).await?;
+    }
+    let shown = crate::text::quoted(name);
+    match ids.as_slice() {
+        [id] => Ok(Caller::Token { id: id.clone() }),
+        [] => {
+            gate.0.metrics.inc_auth_failures("invalid");
+            Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "the client certificate names {shown} and no API token has that name: \
+                     an admin makes one (phxkv auth token create NAME --role ROLE), or send \
+                     Authorization: Bearer <token>"
+                ),
+            ))
+        }
+        _ => {
+            gate.0.metrics.inc_auth_failures("invalid");
+            Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "the client certificate names {shown}, and more than one API token has \
+                     that name: an admin keeps one (phxkv auth token revoke ID), or send \
+                     Authorization: Bearer <token>"
+                ),
+            ))
+        }
+    }
+}
+
 async fn identify<S: Service>(
     svc: &S,
     gate: &Gate,
     addr: Option<IpAddr>,
     bearer: Option<String>,
+    cert: Option<Arc<str>>,
 ) -> Result<Caller, ApiError> {
     let now = Instant::now();
     if let Some(wait) = gate.blocked(addr, now) {
         // An API token's 256-bit secret cannot be guessed, so a valid one is
         // let through even from a blocked address (many clients may share
-        // one behind a proxy); everything else waits out the window.
-        if let Some(presented) = bearer.as_deref().and_then(token::parse) {
-            let local = Consistency::Local { min_revision: None };
-            if known(svc, &presented, local).await? {
-                return Ok(Caller::Token {
-                    id: presented.id.to_owned(),
-                });
-            }
+        // one behind a proxy); so is a certificate of the port's CA.
+        // Everything else waits out the window.
+        let local = Consistency::Local { min_revision: None };
+        if let Some(presented) = bearer.as_deref().and_then(token::parse)
+            && known(svc, &presented, local).await?
+        {
+            return Ok(Caller::Token {
+                id: presented.id.to_owned(),
+            });
+        }
+        if bearer.is_none()
+            && let Some(name) = &cert
+            && let [id] = tokens_named(svc, name, local).await?.as_slice()
+        {
+            return Ok(Caller::Token { id: id.clone() });
         }
         gate.0.metrics.inc_auth_failures("rate_limited");
         return Err(too_many_attempts(wait));
     }
     let Some(bearer) = bearer else {
+        if let Some(name) = &cert {
+            return by_certificate(svc, gate, name).await;
+        }
         gate.0.metrics.inc_auth_failures("missing");
         return Err(ApiError::new(
             ErrorCode::Unauthorized,
@@ -639,7 +741,7 @@ mod tests {
 
     #[test]
     fn a_guessed_cluster_token_is_refused_once_the_address_is_over_the_limit() {
-        let gate = Gate::new(Metrics::new());
+        let gate = Gate::new(Metrics::new(), false);
         let guesser = Some(IpAddr::from([10, 0, 0, 1]));
         let peer = Some(IpAddr::from([10, 0, 0, 2]));
         let token = b"Bearer the-cluster-token";
@@ -677,7 +779,7 @@ mod tests {
 
     #[test]
     fn an_address_that_proved_it_holds_the_token_keeps_the_peer_port() {
-        let gate = Gate::new(Metrics::new());
+        let gate = Gate::new(Metrics::new(), false);
         let replica = Some(IpAddr::from([10, 0, 0, 3]));
         let stranger = Some(IpAddr::from([10, 0, 0, 4]));
         let token = b"Bearer the-cluster-token";

@@ -150,6 +150,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             peer_tls: peer_tls.clone(),
             archive: None,
             auth: args.secure,
+            client_cert_identity: false,
         };
         let listen = ([127, 0, 0, 1], *client).into();
         let peer_listen = ([127, 0, 0, 1], *peer).into();

@@ -232,6 +232,19 @@ pub struct ServeArgs {
           requires_all = ["tls_cert", "tls_ca"])]
     pub client_cert_auth: bool,
 
+    /// With auth on, a request that sends no bearer token acts as the API
+    /// token named by its client certificate: the one token whose name is
+    /// the certificate's subject common name (CN). Revoking that token
+    /// shuts the certificate out. Needs --client-cert-auth; give clients
+    /// their own CA, apart from the peers' (--peer-tls-ca).
+    #[arg(
+        long,
+        env = "PHXKV_CLIENT_CERT_IDENTITY",
+        default_value_t = false,
+        requires = "client_cert_auth"
+    )]
+    pub client_cert_identity: bool,
+
     /// The peer port's certificate (PEM), when it is not --tls-cert. It is
     /// both served to peers and presented when calling them, so it must be
     /// valid for the host name of this node's peer URL. With a peer
@@ -575,6 +588,7 @@ impl ServeArgs {
                 archive: self.archive_settings()?,
                 peer_tls,
                 auth: self.auth,
+                client_cert_identity: self.client_cert_identity,
             },
             client_tls,
             listen: self.listen,
@@ -764,14 +778,15 @@ fn serve_until(
     Ok(serve_on(listener, app, idle, shutdown))
 }
 
-fn serve_on<L>(
+fn serve_on<L, S>(
     listener: L,
     app: axum::Router,
     idle: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()>
 where
-    L: axum::serve::Listener<Addr = SocketAddr>,
+    L: axum::serve::Listener<Addr = SocketAddr, Io = crate::net::Lingering<S>>,
+    S: crate::net::OverTcp,
 {
     tokio::spawn(
         crate::net::serve(listener, app, idle, async move {

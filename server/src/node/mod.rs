@@ -78,6 +78,9 @@ pub struct NodeConfig {
     pub peer_tls: Option<Arc<crate::tls::Material>>,
     /// Require a credential on the client port (see [`crate::auth`]).
     pub auth: bool,
+    /// A client certificate names the API token a request without a bearer
+    /// token acts as (see [`crate::auth::gate`]).
+    pub client_cert_identity: bool,
 }
 
 /// Why a node cannot start.
@@ -420,7 +423,7 @@ impl Node {
             None => None,
         };
         // Even without --auth: the cluster may switch auth on.
-        let gate = crate::auth::gate::Gate::new(metrics.clone());
+        let gate = crate::auth::gate::Gate::new(metrics.clone(), cfg.client_cert_identity);
         let node = Node {
             inner: Arc::new(Inner {
                 id,

@@ -51,6 +51,21 @@ use rustls::{
     SignatureScheme,
 };
 
+/// The name a verified client certificate gives its holder: the common
+/// name (CN) of its subject, when it has exactly one and it is text. With
+/// `--client-cert-identity` that name is the API token a request without a
+/// bearer token acts as (see `crate::auth::gate`); a certificate without
+/// one, or with several, names nobody.
+pub fn client_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut names = cert.subject().iter_common_name();
+    let name = names.next()?.as_str().ok()?;
+    if names.next().is_some() {
+        return None;
+    }
+    Some(name.to_owned())
+}
+
 /// Why certificates could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -579,6 +594,28 @@ mod tests {
             listener::TlsListener::new(tcp, config, "test", read_buffer).expect("listener");
         tokio::spawn(async move { axum::serve(listener, app).await });
         addr
+    }
+
+    #[test]
+    fn a_client_certificate_names_its_holder_by_its_one_common_name() {
+        let cert = |cn: Option<&str>| {
+            let mut params =
+                rcgen::CertificateParams::new(vec!["client.example".to_owned()]).expect("params");
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            if let Some(cn) = cn {
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::CommonName, cn);
+            }
+            params
+                .self_signed(&KeyPair::generate().expect("key"))
+                .expect("certificate")
+                .der()
+                .to_vec()
+        };
+        assert_eq!(client_name(&cert(Some("app"))).as_deref(), Some("app"));
+        assert_eq!(client_name(&cert(None)), None);
+        assert_eq!(client_name(b"not a certificate"), None);
     }
 
     #[tokio::test]
