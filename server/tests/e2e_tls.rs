@@ -387,8 +387,8 @@ async fn with_client_cert_auth_the_client_port_wants_a_certificate_of_the_ca() {
 }
 
 /// With `--client-cert-identity`, a client certificate stands for the API
-/// token named by its common name, on every replica, until that token is
-/// revoked; a certificate naming no token gets 401.
+/// token whose id is its common name, on every replica, until that token
+/// is revoked; a certificate naming no token gets 401.
 #[tokio::test(flavor = "multi_thread")]
 async fn with_client_cert_identity_a_certificate_acts_as_the_token_it_names() {
     use serde_json::{Value, json};
@@ -422,7 +422,7 @@ async fn with_client_cert_identity_a_certificate_acts_as_the_token_it_names() {
         assert_eq!(c.put(0, key, "v").await.status(), 200);
     }
 
-    let app = pki::client(&ca, Some(&ca.issue("app-client", &["app.example"])));
+    let app = pki::client(&ca, Some(&ca.issue(&id, &["app.example"])));
     let stranger = pki::client(&ca, Some(&ca.issue("nobody", &["x.example"])));
     let status = |client: &reqwest::Client, method: reqwest::Method, url: String| {
         let request = client.request(method, url).body("w");
@@ -440,7 +440,7 @@ async fn with_client_cert_identity_a_certificate_acts_as_the_token_it_names() {
     }
 
     // The CLI needs no token then: its certificate is the credential.
-    let mine = ca.write(dir.path(), "app", &ca.issue("app-client", &["app.example"]));
+    let mine = ca.write(dir.path(), "app", &ca.issue(&id, &["app.example"]));
     let (endpoint, ca_file) = (c.url(1), mine.ca.to_string_lossy().into_owned());
     let (cert, key) = (
         mine.cert.to_string_lossy().into_owned(),

@@ -147,7 +147,7 @@ impl Modify for CommonParts {
                         "With auth on (`serve --auth`): an API token \
                          (`phxkv_<id>_<secret>`) or the cluster token. Not needed \
                          with auth off, nor from a client whose certificate names an \
-                         API token (`serve --client-cert-identity`).",
+                         API token by its id (`serve --client-cert-identity`).",
                     ))
                     .build(),
             ),

@@ -1885,67 +1885,75 @@ async fn with_cert(
 #[tokio::test]
 async fn with_cert_identity_a_client_certificate_acts_as_the_token_it_names() {
     let router = Fake::with_cert_identity().router();
-    // A token named "ci" that may read app/.
+    // A token named "ci" that may read app/; certificates name it by id.
     let reader = reader_of_app(&router).await;
     let id = reader.split('_').nth(1).expect("an id").to_owned();
 
-    let r = with_cert(&router, Method::GET, "/v1/kv/app/x", "ci", None).await;
+    let r = with_cert(&router, Method::GET, "/v1/kv/app/x", &id, None).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    with_cert(&router, Method::PUT, "/v1/kv/app/x", "ci", None)
+    with_cert(&router, Method::PUT, "/v1/kv/app/x", &id, None)
         .await
         .error(StatusCode::FORBIDDEN, "permission_denied");
-    with_cert(&router, Method::GET, "/v1/kv/other/x", "ci", None)
+    with_cert(&router, Method::GET, "/v1/kv/other/x", &id, None)
         .await
         .error(StatusCode::FORBIDDEN, "permission_denied");
-    let who = with_cert(&router, Method::GET, "/v1/auth/whoami", "ci", None).await;
+    let who = with_cert(&router, Method::GET, "/v1/auth/whoami", &id, None).await;
     assert_eq!(who.json()["kind"], "token", "{:?}", who.body);
     assert_eq!(who.json()["id"], id.as_str());
 
     // A bearer token, when sent, is who the caller is.
-    let r = with_cert(&router, Method::GET, "/v1/kv/other/x", "ci", Some(TOKEN)).await;
+    let r = with_cert(&router, Method::GET, "/v1/kv/other/x", &id, Some(TOKEN)).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     with_cert(
         &router,
         Method::GET,
         "/v1/kv/app/x",
-        "ci",
+        &id,
         Some("phxkv_0_wrong"),
     )
     .await
     .error(StatusCode::UNAUTHORIZED, "unauthorized");
 
-    // A name no token has, or two tokens have, names nobody.
-    let nobody = with_cert(&router, Method::GET, "/v1/kv/app/x", "cj", None)
-        .await
-        .error(StatusCode::UNAUTHORIZED, "unauthorized");
-    let says = nobody["message"].as_str().expect("a message");
-    assert!(says.contains("no API token has that name"), "{says}");
-    let twin = json!({"name": "ci", "roles": ["app-reader"]}).to_string();
-    let r = as_caller(&router, Method::POST, "/v1/auth/tokens", Some(TOKEN), twin).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let twin_id = r.json()["id"].as_str().expect("an id").to_owned();
-    let both = with_cert(&router, Method::GET, "/v1/kv/app/x", "ci", None)
-        .await
-        .error(StatusCode::UNAUTHORIZED, "unauthorized");
-    let says = both["message"].as_str().expect("a message");
-    assert!(says.contains("more than one API token"), "{says}");
-
-    // Revoking the token the certificate names shuts the certificate out.
-    for revoked in [twin_id, id] {
-        let path = format!("/v1/auth/tokens/{revoked}");
-        let r = as_caller(&router, Method::DELETE, &path, Some(TOKEN), Body::empty()).await;
-        assert!(r.status.is_success(), "{:?}", r.body);
+    // The token's name is not its id, nor is anything but 16 hex digits.
+    for name in ["ci", "phxkv node"] {
+        let refused = with_cert(&router, Method::GET, "/v1/kv/app/x", name, None)
+            .await
+            .error(StatusCode::UNAUTHORIZED, "unauthorized");
+        let says = refused["message"].as_str().expect("a message");
+        assert!(says.contains("is not an API token id"), "{says}");
     }
-    with_cert(&router, Method::GET, "/v1/kv/app/x", "ci", None)
+    with_cert(
+        &router,
+        Method::GET,
+        "/v1/kv/app/x",
+        "0123456789abcdef",
+        None,
+    )
+    .await
+    .error(StatusCode::UNAUTHORIZED, "unauthorized");
+
+    // Revoking the token shuts its certificate out, and a new token of the
+    // same name has another id.
+    let path = format!("/v1/auth/tokens/{id}");
+    let r = as_caller(&router, Method::DELETE, &path, Some(TOKEN), Body::empty()).await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    let again = json!({"name": "ci", "roles": ["app-reader"]}).to_string();
+    let r = as_caller(&router, Method::POST, "/v1/auth/tokens", Some(TOKEN), again).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_ne!(r.json()["id"], id.as_str());
+    let gone = with_cert(&router, Method::GET, "/v1/kv/app/x", &id, None)
         .await
         .error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let says = gone["message"].as_str().expect("a message");
+    assert!(says.contains("does not hold"), "{says}");
 }
 
 #[tokio::test]
 async fn without_cert_identity_a_client_certificate_names_nobody() {
     let router = Fake::with_auth().router();
-    reader_of_app(&router).await;
-    with_cert(&router, Method::GET, "/v1/kv/app/x", "ci", None)
+    let reader = reader_of_app(&router).await;
+    let id = reader.split('_').nth(1).expect("an id").to_owned();
+    with_cert(&router, Method::GET, "/v1/kv/app/x", &id, None)
         .await
         .error(StatusCode::UNAUTHORIZED, "unauthorized");
 }

@@ -13,12 +13,15 @@
 //!
 //! With `--client-cert-identity` (on a client port with
 //! `--client-cert-auth`), a request without a bearer token acts as the API
-//! token named by its client certificate: the one token whose name is the
+//! token its client certificate names: the token whose id is the
 //! certificate's subject common name (see [`crate::tls::client_name`]). The
 //! token's roles are its rights, and revoking the token shuts the
 //! certificate out on every replica as it would the token's secret, since
-//! every check after the gate is by the token's id. A bearer token, when
-//! sent, is used instead.
+//! every check after the gate is by the token's id. Ids, unlike names, are
+//! random and never given to another token, so a revoked token's
+//! certificate stays out, and certificates the CA issued for other uses
+//! (a replica's, say) name no token. A bearer token, when sent, is used
+//! instead.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -587,68 +590,58 @@ async fn known<S: Service>(
         .await?)
 }
 
-/// Up to two ids of API tokens named `name`, in the rules read at
-/// `consistency`: two say the name is ambiguous.
-async fn tokens_named<S: Service>(
-    svc: &S,
-    name: &Arc<str>,
-    consistency: Consistency,
-) -> Result<Vec<String>, ApiError> {
-    let name = name.clone();
-    Ok(svc
-        .read(consistency, move |store| {
-            store
-                .auth()
-                .tokens()
-                .iter()
-                .filter(|(_, t)| *t.name == *name)
-                .map(|(id, _)| id.clone())
-                .take(2)
-                .collect()
-        })
-        .await?)
-}
-
-/// The token a client certificate names (see the module documentation).
-/// A certificate of the port's CA is not a guess, so a refusal here does
-/// not count towards the address's failed-attempt limit.
+/// The token a client certificate names (see the module documentation),
+/// if its common name is the id of a token the rules hold: those read here,
+/// or, when they do not hold it, those of every change chosen so far (a
+/// token made a moment ago elsewhere). A certificate of the port's CA is
+/// not a guess, so a refusal here does not count towards the address's
+/// failed-attempt limit; a name that is no token id is refused without a
+/// read.
 async fn by_certificate<S: Service>(
     svc: &S,
     gate: &Gate,
     name: &Arc<str>,
 ) -> Result<Caller, ApiError> {
-    let local = Consistency::Local { min_revision: None };
-    let mut ids = tokens_named(svc, name, local).await?;
-    if ids.is_empty() {
-        // Made a moment ago elsewhere, as for a bearer token.
-        ids = tokens_named(svc, name, Consistency::Linearizable).await?;
-    }
     let shown = crate::text::quoted(name);
-    match ids.as_slice() {
-        [id] => Ok(Caller::Token { id: id.clone() }),
-        [] => {
-            gate.0.metrics.inc_auth_failures("invalid");
-            Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                format!(
-                    "the client certificate names {shown} and no API token has that name: \
-                     an admin makes one (phxkv auth token create NAME --role ROLE), or send \
-                     Authorization: Bearer <token>"
-                ),
-            ))
-        }
-        _ => {
-            gate.0.metrics.inc_auth_failures("invalid");
-            Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                format!(
-                    "the client certificate names {shown}, and more than one API token has \
-                     that name: an admin keeps one (phxkv auth token revoke ID), or send \
-                     Authorization: Bearer <token>"
-                ),
-            ))
-        }
+    if token::check_id(name).is_err() {
+        gate.0.metrics.inc_auth_failures("invalid");
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            format!(
+                "the client certificate's common name {shown} is not an API token id (16 hex \
+                 digits): issue the certificate for the id of the token it stands for, or \
+                 send Authorization: Bearer <token>"
+            ),
+        ));
     }
+    let local = Consistency::Local { min_revision: None };
+    if token_exists(svc, name, local).await?
+        || token_exists(svc, name, Consistency::Linearizable).await?
+    {
+        return Ok(Caller::Token {
+            id: name.to_string(),
+        });
+    }
+    gate.0.metrics.inc_auth_failures("invalid");
+    Err(ApiError::new(
+        ErrorCode::Unauthorized,
+        format!(
+            "the client certificate names token {shown}, which this cluster does not hold: \
+             revoked, or of another cluster"
+        ),
+    ))
+}
+
+/// Whether the rules read at `consistency` hold a token with this id.
+async fn token_exists<S: Service>(
+    svc: &S,
+    id: &Arc<str>,
+    consistency: Consistency,
+) -> Result<bool, ApiError> {
+    let id = id.clone();
+    Ok(svc
+        .read(consistency, move |store| store.auth().token(&id).is_some())
+        .await?)
 }
 
 async fn identify<S: Service>(
@@ -673,10 +666,11 @@ async fn identify<S: Service>(
             });
         }
         if bearer.is_none()
-            && let Some(name) = &cert
-            && let [id] = tokens_named(svc, name, local).await?.as_slice()
+            && let Some(id) = &cert
+            && token::check_id(id).is_ok()
+            && token_exists(svc, id, local).await?
         {
-            return Ok(Caller::Token { id: id.clone() });
+            return Ok(Caller::Token { id: id.to_string() });
         }
         gate.0.metrics.inc_auth_failures("rate_limited");
         return Err(too_many_attempts(wait));

@@ -233,10 +233,9 @@ pub struct ServeArgs {
     pub client_cert_auth: bool,
 
     /// With auth on, a request that sends no bearer token acts as the API
-    /// token named by its client certificate: the one token whose name is
-    /// the certificate's subject common name (CN). Revoking that token
-    /// shuts the certificate out. Needs --client-cert-auth; give clients
-    /// their own CA, apart from the peers' (--peer-tls-ca).
+    /// token its client certificate names: the token whose id (16 hex
+    /// digits) is the certificate's subject common name (CN). Revoking that
+    /// token shuts the certificate out. Needs --client-cert-auth.
     #[arg(
         long,
         env = "PHXKV_CLIENT_CERT_IDENTITY",

@@ -53,9 +53,9 @@ use rustls::{
 
 /// The name a verified client certificate gives its holder: the common
 /// name (CN) of its subject, when it has exactly one and it is text. With
-/// `--client-cert-identity` that name is the API token a request without a
-/// bearer token acts as (see `crate::auth::gate`); a certificate without
-/// one, or with several, names nobody.
+/// `--client-cert-identity` that name is the id of the API token a request
+/// without a bearer token acts as (see `crate::auth::gate`); a certificate
+/// without one, or with several, names nobody.
 pub fn client_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let mut names = cert.subject().iter_common_name();

@@ -14,7 +14,7 @@ use crate::cli::CliError;
 const AFTER_HELP: &str = "\
 Campaigning prints `elected NAME/KEY term=R value=PROPOSAL` once this process
 leads; it then leads until Ctrl-C or SIGTERM (it resigns) or until its lease is lost
-(exit 1). R, the revision at which it became leader, grows with every new
+(exit 4). R, the revision at which it became leader, grows with every new
 leader: pass it to the services the leader talks to as a fencing token.
 
 With --listen, each change of leader prints one line:
