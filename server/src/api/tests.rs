@@ -1515,32 +1515,18 @@ async fn a_tokens_lease_is_its_own_and_its_admins() {
     assert_eq!(listed(TOKEN.to_owned()).await, all);
     // The other token, which may write app/ too, cannot use `mine`.
     let keep_alive = format!("/v1/leases/{mine}/keepalive");
-    as_caller(
-        &router,
-        Method::POST,
-        &keep_alive,
-        Some(&other),
-        Body::empty(),
-    )
-    .await
-    .error(StatusCode::FORBIDDEN, "permission_denied");
     let attach = format!("/v1/kv/app/x?lease={mine}");
-    as_caller(&router, Method::PUT, &attach, Some(&other), "v")
-        .await
-        .error(StatusCode::FORBIDDEN, "permission_denied");
     let revoke = format!("/v1/leases/{mine}");
-    as_caller(
-        &router,
-        Method::DELETE,
-        &revoke,
-        Some(&other),
-        Body::empty(),
-    )
-    .await
-    .error(StatusCode::FORBIDDEN, "permission_denied");
-    as_caller(&router, Method::GET, &revoke, Some(&other), Body::empty())
-        .await
-        .error(StatusCode::FORBIDDEN, "permission_denied");
+    for (method, path, body) in [
+        (Method::POST, &keep_alive, ""),
+        (Method::PUT, &attach, "v"),
+        (Method::DELETE, &revoke, ""),
+        (Method::GET, &revoke, ""),
+    ] {
+        as_caller(&router, method, path, Some(&other), body)
+            .await
+            .error(StatusCode::FORBIDDEN, "permission_denied");
+    }
     let r = as_caller(&router, Method::GET, &revoke, Some(&app), Body::empty()).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     // Nor release a lock held with it, though it may write the lock's key.

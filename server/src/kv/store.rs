@@ -1536,10 +1536,7 @@ mod tests {
         const ID: &str = "0123456789abcdef";
 
         fn as_token(op: Op) -> Op {
-            Op::As {
-                token: ID.into(),
-                op: Box::new(op),
-            }
+            as_other(ID, op)
         }
 
         fn refusal(result: OpResult) -> RefusalKind {
