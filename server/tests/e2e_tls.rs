@@ -386,6 +386,59 @@ async fn with_client_cert_auth_the_client_port_wants_a_certificate_of_the_ca() {
     assert_ne!(code, 0, "no certificate, no answer: {err}");
 }
 
+/// `--metrics-listen` serves the probes and metrics in plain HTTP beside a
+/// client port that wants certificates, and nothing else.
+#[tokio::test]
+async fn with_metrics_listen_probes_need_no_certificate_and_the_api_is_not_there() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, leaf, files) = pki_in(dir.path(), &["127.0.0.1"]);
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let c = Cluster::start_tls(
+        1,
+        &["--client-cert-auth", "--metrics-listen", &listen],
+        files,
+        pki::client(&ca, Some(&leaf)),
+    )
+    .await;
+    c.wait_for_master(Duration::from_secs(20)).await;
+    let plain = reqwest::Client::new();
+    let metrics = format!("http://{listen}");
+    for path in ["/healthz", "/readyz"] {
+        let r = plain
+            .get(format!("{metrics}{path}"))
+            .send()
+            .await
+            .expect("a probe over plain HTTP");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let r = plain
+        .get(format!("{metrics}/metrics"))
+        .send()
+        .await
+        .expect("metrics over plain HTTP");
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("metrics body");
+    assert!(text.contains("phxkv_"), "{text}");
+
+    let r = plain
+        .put(format!("{metrics}/v1/kv/k"))
+        .body("v")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+
+    // The client port still refuses a caller without a certificate.
+    let anonymous = pki::client(&ca, None)
+        .get(format!("{}/healthz", c.url(0)))
+        .send()
+        .await;
+    assert!(anonymous.is_err(), "no certificate: {anonymous:?}");
+}
+
 /// With `--client-cert-identity`, a client certificate stands for the API
 /// token whose id is its common name, on every replica, until that token
 /// is revoked; a certificate naming no token gets 401.

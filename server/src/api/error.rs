@@ -340,6 +340,18 @@ pub async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
     )
 }
 
+/// Answers unknown routes on the port of `serve --metrics-listen`.
+pub async fn not_on_probe_port(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!(
+            "no route for {method} {} on the metrics port, which serves /healthz, /readyz and \
+             /metrics only; the API is on the client port",
+            uri.path()
+        ),
+    )
+}
+
 /// Answers requests whose route exists but not with their method.
 pub async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(

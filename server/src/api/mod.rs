@@ -48,6 +48,19 @@ pub fn body_limit(limits: &Limits) -> usize {
         .saturating_add(BODY_SLACK)
 }
 
+/// Only the probes and `/metrics`, open to all, for `serve
+/// --metrics-listen`: what the kubelet and a scraper need from a replica
+/// whose client port asks for client certificates. Anything else is a
+/// JSON 404 that says where the API is.
+pub fn probe_router<S: Service>(svc: S) -> Router {
+    Router::new()
+        .merge(health::routes())
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .fallback(error::not_on_probe_port)
+        .layer(axum::middleware::from_fn(error::json_errors_only))
+        .with_state(svc)
+}
+
 /// The public API: `/v1/kv`, `/v1/txn`, `/v1/watch`, `/v1/cluster`, the
 /// probes, `/metrics`, `/openapi.json`, `/docs` and the `/ui` console,
 /// served from `svc`.

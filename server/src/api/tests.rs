@@ -1134,6 +1134,41 @@ async fn probes_and_metrics() {
 }
 
 #[tokio::test]
+async fn the_metrics_port_serves_probes_and_metrics_only_and_without_credentials() {
+    let fake = Fake::with_auth();
+    let router = crate::api::probe_router(fake.clone());
+    let live = call(&router, Method::GET, "/healthz", Body::empty()).await;
+    assert_eq!(
+        (live.status, live.json()),
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    let ready = call(&router, Method::GET, "/readyz", Body::empty()).await;
+    assert_eq!(ready.json(), json!({"status": "ready"}));
+    let metrics = call(&router, Method::GET, "/metrics", Body::empty()).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert_eq!(metrics.body.as_ref(), b"# EOF\n");
+
+    // The API is not there, with or without a token: a clear 404, not a
+    // way around the client port's certificates.
+    for (method, uri) in [
+        (Method::GET, "/v1/kv/app/x"),
+        (Method::PUT, "/v1/kv/app/x"),
+        (Method::GET, "/v1/cluster"),
+        (Method::GET, "/openapi.json"),
+    ] {
+        let reply = call(&router, method, uri, Body::from("x")).await;
+        let error = reply.error(StatusCode::NOT_FOUND, "not_found");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains("metrics port"), "{message}");
+    }
+    let post = call(&router, Method::POST, "/healthz", Body::empty()).await;
+    post.error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    // The client port still asks for credentials on the same node.
+    let kv = call(&fake.router(), Method::GET, "/v1/kv/app/x", Body::empty()).await;
+    kv.error(StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
 async fn backups_in_an_archive_need_the_token_and_an_archive() {
     let router = Fake::new().router();
     for (method, uri) in [

@@ -40,6 +40,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_PEER_LISTEN", default_value = "0.0.0.0:8081")]
     pub peer_listen: SocketAddr,
 
+    /// Also serve `/healthz`, `/readyz` and `/metrics`, and nothing else,
+    /// over plain HTTP at this address, as etcd's --listen-metrics-urls
+    /// does: for probes and scrapers that cannot present a client
+    /// certificate when --client-cert-auth is on. Unset: none.
+    #[arg(long, env = "PHXKV_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Bootstrap members of a new cluster: `name=http://host:peerport,...`
     /// (this node included, the same list on every member). Used only when
     /// the data directory is new: the member whose name sorts first creates
@@ -327,6 +334,8 @@ pub struct Validated {
     pub client_tls: Option<Arc<Material>>,
     pub listen: SocketAddr,
     pub peer_listen: SocketAddr,
+    /// Where the probes and metrics are also served, in plain HTTP.
+    pub metrics_listen: Option<SocketAddr>,
     pub http: HttpTimeouts,
     pub log_format: LogFormat,
 }
@@ -592,6 +601,7 @@ impl ServeArgs {
             client_tls,
             listen: self.listen,
             peer_listen: self.peer_listen,
+            metrics_listen: self.metrics_listen,
             http: HttpTimeouts {
                 idle: self.idle_timeout,
                 body: self.body_timeout,
@@ -817,11 +827,39 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let name = v.node.name.clone();
     let scheme = crate::tls::scheme(v.client_tls.is_some());
     let peer_scheme = crate::tls::scheme(v.node.peer_tls.is_some());
-    let running = start(v.node, v.client_tls, v.listen, v.peer_listen, v.http, rx).await?;
+    // Bound before the node starts, so that a taken address stops the
+    // start rather than leaving a replica without its probes.
+    let metrics_listener = match v.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| CliError::Usage(format!("--metrics-listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let running = start(
+        v.node,
+        v.client_tls,
+        v.listen,
+        v.peer_listen,
+        v.http,
+        rx.clone(),
+    )
+    .await?;
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            let app = crate::api::probe_router(running.node.clone());
+            serve_on(PlainListener(listener), app, v.http.idle, rx);
+            addr.map(|a| format!("http://{a}"))
+        }
+        None => None,
+    };
     tracing::info!(
         node = %name,
         client = %format!("{scheme}://{}", running.client_addr),
         peer = %format!("{peer_scheme}://{}", running.peer_addr),
+        metrics = metrics_addr.as_deref().unwrap_or("none"),
         "phxkv serving"
     );
     super::wait_for_signal().await;
