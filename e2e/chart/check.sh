@@ -149,6 +149,31 @@ assert tls == {"enabled": True, "issuerRef": {"name": "ca-issuer", "kind": "Clus
 PY
 check "TLS is on in the default PaxosKV, and tls.issuerRef reaches spec.tls.issuerRef"
 
+log "tls.clientCertAuth reaches the PaxosKV, and the ServiceMonitor scrapes the metrics port"
+render mtls --set tls.clientCertAuth=true,tls.clientCertIdentity=true,serviceMonitor.enabled=true
+validate "$work/mtls.yaml" --expect PaxosKV=1 --expect ServiceMonitor=2 || die "render with tls.clientCertAuth does not validate"
+"$python" - "$work/mtls.yaml" "$work/default.yaml" <<'PY' || die "tls.clientCertAuth"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+pkv = next(d for d in docs if d["kind"] == "PaxosKV")
+tls = pkv["spec"]["tls"]
+assert tls == {"enabled": True, "clientCertAuth": True, "clientCertIdentity": True}, tls
+name = pkv["metadata"]["name"]
+sm = next(d for d in docs if d["kind"] == "ServiceMonitor" and d["metadata"]["name"] == name)
+assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s",
+                                    "scrapeTimeout": "10s"}], sm["spec"]["endpoints"]
+PY
+render monitored --set serviceMonitor.enabled=true
+"$python" - "$work/monitored.yaml" <<'PY' || die "the default ServiceMonitor"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+pkv = next(d for d in docs if d["kind"] == "PaxosKV")
+sm = next(d for d in docs if d["kind"] == "ServiceMonitor" and d["metadata"]["name"] == pkv["metadata"]["name"])
+(ep,) = sm["spec"]["endpoints"]
+assert ep["port"] == "client" and ep["scheme"] == "https" and ep["tlsConfig"]["ca"]["secret"]["key"] == "ca.crt", ep
+PY
+check "tls.clientCertAuth reaches spec.tls and moves the scrape to the metrics port; HTTPS on the client port otherwise"
+
 # The operator's Deployment: two replicas (one leads, one stands by) spread
 # over nodes, liveness on /healthz so a standby is never restarted for being
 # one, readiness on /readyz, and the pod's name and namespace for the Lease.
@@ -285,6 +310,8 @@ expect_rejected "at '/tls/issuerRef/kind': value must be one of 'Issuer', 'Clust
 expect_rejected "at '/tls/issuerRef': value must be 'name (and optionally kind and group) of a cert-manager issuer" \
     --set tls.issuerRef.kind=ClusterIssuer
 expect_rejected "at '/tls/issuerRef/name': value must be 'a name of lower-case letters" --set tls.issuerRef.name=CA_Issuer
+expect_rejected "at '/tls/enabled': value must be true" --set tls.enabled=false,tls.clientCertAuth=true
+expect_rejected "at '/tls/clientCertAuth': value must be true" --set tls.clientCertIdentity=true
 check "bad values are rejected"
 
 log "NOTES.txt renders"

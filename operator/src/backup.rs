@@ -33,7 +33,7 @@ use crate::crd::{
     PaxosKVBackupStatus, RecoverablePoint, RetentionSpec,
 };
 use crate::members::{ArchiveListing, ArchivedBase, ClusterView, MembersClient, MembersError};
-use crate::render::{self, CA_CERT_KEY, MANAGER, Names, TOKEN_KEY, Transport};
+use crate::render::{self, MANAGER, Names, TOKEN_KEY, Transport};
 
 /// Label on the backups the schedule creates: the cluster's name.
 pub const CLUSTER_LABEL: &str = "phxkv.io/cluster";
@@ -256,14 +256,14 @@ async fn reconcile_unboxed(backup: Arc<PaxosKVBackup>, ctx: Arc<Context>) -> Res
     // A TLS cluster has its certificate Secret, with the CA to trust; a
     // plain one (or one whose certificate cert-manager has yet to write,
     // and whose replicas cannot run yet either) has none.
-    let ca = secrets
+    let tls = secrets
         .get_opt(&names.tls)
         .await?
-        .and_then(|s| crate::certs::text(&s, CA_CERT_KEY));
-    let http = match &ca {
-        Some(ca) => {
+        .and_then(|s| crate::certs::ClusterTls::from_secret(&s));
+    let http = match &tls {
+        Some(tls) => {
             names = Names::with_transport(&cluster, &ns, Transport::Tls);
-            crate::certs::http_client(ca)?
+            tls.http_client()?
         }
         None => ctx.http.clone(),
     };

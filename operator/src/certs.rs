@@ -350,15 +350,47 @@ pub fn leaf_step(secret: &Secret, ca: &CaState, names: &Names, ns: &str, now: i6
     }
 }
 
+/// What the operator calls a TLS cluster's replicas with: the CA to trust,
+/// and the replicas' own certificate and key (PEM), presented to a client
+/// port that asks for client certificates (`spec.tls.clientCertAuth`).
+/// The operator made that key or had cert-manager make it, and may read it
+/// already; presenting it gives no one else anything.
+#[derive(Clone, Debug)]
+pub struct ClusterTls {
+    pub ca: String,
+    pub identity: Option<String>,
+}
+
+impl ClusterTls {
+    /// From the certificate Secret (`ca.crt`, `tls.crt`, `tls.key`): `None`
+    /// without a CA in it.
+    pub fn from_secret(secret: &Secret) -> Option<ClusterTls> {
+        Some(ClusterTls {
+            ca: text(secret, CA_CERT_KEY)?,
+            identity: identity(text(secret, TLS_CERT_KEY), text(secret, TLS_KEY_KEY)),
+        })
+    }
+
+    /// An HTTP client that trusts only the cluster's CA and presents the
+    /// replicas' certificate when asked for one.
+    pub fn http_client(&self) -> Result<reqwest::Client, Error> {
+        http_client(&self.ca, self.identity.as_deref())
+    }
+}
+
+fn identity(cert: Option<String>, key: Option<String>) -> Option<String> {
+    Some(format!("{}\n{}", cert?.trim_end(), key?.trim_end()))
+}
+
 /// Makes sure the cluster's certificate Secret exists and is current.
-/// Returns the CA to trust when calling the replicas: `None` while
-/// cert-manager has yet to write the Secret.
+/// Returns what to call the replicas with: `None` while cert-manager has
+/// yet to write the Secret.
 pub async fn ensure(
     ctx: &Context,
     pkv: &PaxosKV,
     ns: &str,
     names: &Names,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<ClusterTls>, Error> {
     match &pkv.spec.tls.issuer_ref {
         Some(issuer) => from_cert_manager(ctx, pkv, ns, names, issuer).await,
         None => own_ca(ctx, pkv, ns, names).await.map(Some),
@@ -371,7 +403,7 @@ async fn from_cert_manager(
     ns: &str,
     names: &Names,
     issuer: &IssuerRef,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<ClusterTls>, Error> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), ns, &certificate_resource());
     if let Some(existing) = api.get_opt(&names.tls).await.map_err(not_installed)? {
@@ -388,7 +420,7 @@ async fn from_cert_manager(
     Ok(secrets
         .get_opt(&names.tls)
         .await?
-        .and_then(|s| text(&s, CA_CERT_KEY)))
+        .and_then(|s| ClusterTls::from_secret(&s)))
 }
 
 /// A 404 on the `Certificate` resource itself means cert-manager is not
@@ -405,7 +437,12 @@ fn not_installed(e: kube::Error) -> Error {
     }
 }
 
-async fn own_ca(ctx: &Context, pkv: &PaxosKV, ns: &str, names: &Names) -> Result<String, Error> {
+async fn own_ca(
+    ctx: &Context,
+    pkv: &PaxosKV,
+    ns: &str,
+    names: &Names,
+) -> Result<ClusterTls, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let now = Timestamp::now().as_second();
     let new_ca = || {
@@ -508,8 +545,10 @@ async fn own_ca(ctx: &Context, pkv: &PaxosKV, ns: &str, names: &Names) -> Result
                 .await
         }
     };
-    match step {
-        LeafStep::Keep => {}
+    let identity = match step {
+        LeafStep::Keep => existing
+            .as_ref()
+            .and_then(|secret| identity(text(secret, TLS_CERT_KEY), text(secret, TLS_KEY_KEY))),
         LeafStep::Retrust => {
             // Same certificate and key, the CA's bundle as `ca.crt`.
             if let Some(secret) = &existing
@@ -518,12 +557,15 @@ async fn own_ca(ctx: &Context, pkv: &PaxosKV, ns: &str, names: &Names) -> Result
             {
                 let not_after = issue::not_after_of(&cert_pem)
                     .map_err(|e| Error::Tls(format!("Secret {}: {e}", names.tls)))?;
-                apply(&Issued {
+                let leaf = Issued {
                     cert_pem,
                     key_pem,
                     not_after,
-                })
-                .await?;
+                };
+                apply(&leaf).await?;
+                identity(Some(leaf.cert_pem), Some(leaf.key_pem))
+            } else {
+                None
             }
         }
         LeafStep::Issue(reason) => {
@@ -554,20 +596,34 @@ async fn own_ca(ctx: &Context, pkv: &PaxosKV, ns: &str, names: &Names) -> Result
                 ),
             )
             .await;
+            identity(Some(leaf.cert_pem), Some(leaf.key_pem))
         }
-    }
-    Ok(bundle)
+    };
+    Ok(ClusterTls {
+        ca: bundle,
+        identity,
+    })
 }
 
-/// An HTTP client that trusts only the cluster's CA.
-pub fn http_client(ca_pem: &str) -> Result<reqwest::Client, Error> {
+/// An HTTP client that trusts only the cluster's CA and, given `identity`
+/// (a certificate and its key, PEM), presents it to servers that ask.
+pub fn http_client(ca_pem: &str, identity: Option<&str>) -> Result<reqwest::Client, Error> {
     let certs = reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes())
         .ok()
         .filter(|c| !c.is_empty())
         .ok_or_else(|| Error::Tls("the cluster's CA (ca.crt) holds no PEM certificate".into()))?;
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
-        .tls_certs_only(certs)
+        .tls_certs_only(certs);
+    if let Some(pem) = identity {
+        let identity = reqwest::Identity::from_pem(pem.as_bytes()).map_err(|e| {
+            Error::Tls(format!(
+                "the replicas' certificate and key (tls.crt, tls.key): {e}"
+            ))
+        })?;
+        builder = builder.identity(identity);
+    }
+    builder
         .build()
         .map_err(|e| Error::Tls(format!("HTTP client: {e}")))
 }
@@ -608,6 +664,33 @@ mod tests {
             LeafStep::Issue(reason) => reason,
             other => panic!("expected the certificate issued again, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_operator_presents_the_replicas_certificate_from_their_secret() {
+        let pkv = sample();
+        let names = names();
+        let ca = issue::new_ca("ca", CA_VALIDITY).expect("ca");
+        let leaf = leaf(&ca, CERT_VALIDITY);
+        let secret = tls_secret(&pkv, &names, &leaf, &ca.cert_pem);
+        let tls = ClusterTls::from_secret(&secret).expect("a CA");
+        assert_eq!(tls.ca, ca.cert_pem);
+        let identity = tls.identity.clone().expect("certificate and key");
+        assert!(identity.starts_with(leaf.cert_pem.trim_end()), "{identity}");
+        assert!(identity.ends_with(leaf.key_pem.trim_end()), "{identity}");
+        assert!(tls.http_client().is_ok());
+
+        // A Secret without the key: the CA alone, nothing presented.
+        let mut no_key = secret.clone();
+        if let Some(data) = no_key.data.as_mut() {
+            data.remove(TLS_KEY_KEY);
+        }
+        let tls = ClusterTls::from_secret(&no_key).expect("a CA");
+        assert!(tls.identity.is_none());
+        assert!(tls.http_client().is_ok());
+        // A key that is not one: a clear error, not a client without it.
+        let err = http_client(&ca.cert_pem, Some("not PEM")).expect_err("no identity");
+        assert!(err.to_string().contains("tls.key"), "{err}");
     }
 
     #[test]

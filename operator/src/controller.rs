@@ -372,6 +372,11 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         );
         return report_invalid(ctx, pkv, &message).await;
     }
+    if bootstrap.transport() == Transport::Plain && pkv.spec.tls.client_cert_auth {
+        let message = "spec.tls.clientCertAuth needs TLS, and this cluster was created before \
+                       TLS existed: it stays on plain HTTP; unset clientCertAuth";
+        return report_invalid(ctx, pkv, message).await;
+    }
     if bootstrap.tls.is_none() && pkv.spec.tls.enabled {
         tracing::debug!(
             paxoskv = %name,
@@ -382,7 +387,7 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     let http = match names.transport {
         Transport::Plain => ctx.http.clone(),
         Transport::Tls => match crate::certs::ensure(ctx, pkv, &ns, &names).await? {
-            Some(ca) => crate::certs::http_client(&ca)?,
+            Some(tls) => tls.http_client()?,
             // cert-manager has yet to write the Secret: the pods cannot
             // start without it either.
             None => ctx.http.clone(),

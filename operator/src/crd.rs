@@ -392,6 +392,13 @@ fn yes() -> bool {
 /// plain HTTP.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.clientCertAuth) || !self.clientCertAuth || !has(self.enabled) || self.enabled",
+    "message": "clientCertAuth needs TLS: set enabled to true"
+}, {
+    "rule": "!has(self.clientCertIdentity) || !self.clientCertIdentity || (has(self.clientCertAuth) && self.clientCertAuth)",
+    "message": "clientCertIdentity needs clientCertAuth"
+}]))]
 pub struct TlsSpec {
     /// TLS on both ports (the default).
     #[serde(default = "yes")]
@@ -403,6 +410,19 @@ pub struct TlsSpec {
     /// with each other until every one has loaded the new Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_ref: Option<IssuerRef>,
+    /// Refuse clients on the client port that do not present a certificate
+    /// of the cluster's CA (mutual TLS, like etcd's `--client-cert-auth`),
+    /// on top of the token. The probes and `/metrics` then move to a plain
+    /// HTTP port of their own, `metrics` (8082), which serves nothing else;
+    /// the operator presents the replicas' certificate. Turning it on or
+    /// off rolls the pods.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client_cert_auth: bool,
+    /// With `clientCertAuth` and auth on, a request without a token acts as
+    /// the API token whose id (16 hex digits) is its certificate's subject
+    /// common name; revoking the token shuts the certificate out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client_cert_identity: bool,
 }
 
 impl Default for TlsSpec {
@@ -410,6 +430,8 @@ impl Default for TlsSpec {
         TlsSpec {
             enabled: true,
             issuer_ref: None,
+            client_cert_auth: false,
+            client_cert_identity: false,
         }
     }
 }
@@ -913,6 +935,22 @@ impl PaxosKVSpec {
             out.push(format!(
                 "spec.service.port is {}; it must be between 1 and 65535",
                 self.service.port
+            ));
+        }
+        let tls = &self.tls;
+        if tls.client_cert_auth && !tls.enabled {
+            out.push("spec.tls.clientCertAuth needs spec.tls.enabled".into());
+        }
+        if tls.client_cert_identity && !(tls.client_cert_auth && self.auth.enabled) {
+            out.push(
+                "spec.tls.clientCertIdentity needs spec.tls.clientCertAuth and spec.auth.enabled"
+                    .into(),
+            );
+        }
+        if tls.client_cert_auth && self.service.port == crate::render::METRICS_PORT {
+            out.push(format!(
+                "spec.service.port must not be {}, the metrics port, with spec.tls.clientCertAuth",
+                crate::render::METRICS_PORT
             ));
         }
         if self.service.port == crate::render::PEER_PORT {

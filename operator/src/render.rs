@@ -48,6 +48,9 @@ use crate::crd::{ArchiveSpec, LogFormatSpec, PaxosKV, ReadModeSpec, ReclaimPolic
 pub const CLIENT_PORT: i32 = 8080;
 /// Port of the peer API inside the pod.
 pub const PEER_PORT: i32 = 8081;
+/// Port of the probes and `/metrics` in plain HTTP, with
+/// `spec.tls.clientCertAuth` (`phxkv serve --metrics-listen`).
+pub const METRICS_PORT: i32 = 8082;
 /// Where each replica's volume is mounted.
 pub const DATA_MOUNT: &str = "/var/lib/phxkv";
 /// Where the cluster token Secret is mounted.
@@ -542,13 +545,25 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
             env("PHXKV_TLS_CA", format!("{TLS_MOUNT}/{CA_CERT_KEY}")),
         ]);
     }
+    // Client certificates of the same CA; the kubelet cannot present one,
+    // so the probes go to a port that serves only them and the metrics.
+    let client_certs = tls && spec.tls.client_cert_auth;
+    if client_certs {
+        vars.extend([
+            env("PHXKV_CLIENT_CERT_AUTH", "true".to_string()),
+            env("PHXKV_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}")),
+        ]);
+        if spec.tls.client_cert_identity {
+            vars.push(env("PHXKV_CLIENT_CERT_IDENTITY", "true".to_string()));
+        }
+    }
 
     // The kubelet does not verify certificates of HTTPS probes.
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("client".into()),
-            scheme: tls.then(|| "HTTPS".into()),
+            port: IntOrString::String(if client_certs { "metrics" } else { "client" }.into()),
+            scheme: (tls && !client_certs).then(|| "HTTPS".into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -564,20 +579,22 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
         args: Some(vec!["serve".into()]),
         env: Some(vars),
         env_from,
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("client".into()),
-                container_port: CLIENT_PORT,
+        ports: Some(
+            [
+                Some(("client", CLIENT_PORT)),
+                Some(("peer", PEER_PORT)),
+                client_certs.then_some(("metrics", METRICS_PORT)),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|(name, port)| ContainerPort {
+                name: Some(name.into()),
+                container_port: port,
                 protocol: Some("TCP".into()),
                 ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("peer".into()),
-                container_port: PEER_PORT,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            },
-        ]),
+            })
+            .collect(),
+        ),
         // Ready = member of a cluster with a master, caught up.
         readiness_probe: Some(probe("/readyz", 5, 2)),
         // Alive = the process answers; generous, since a restart of a
@@ -799,13 +816,23 @@ pub fn client_service(pkv: &PaxosKV) -> Service {
         spec: Some(K8sServiceSpec {
             type_: Some(pkv.spec.service.type_.as_str().into()),
             selector: Some(selector_labels(&name)),
-            ports: Some(vec![ServicePort {
-                name: Some("client".into()),
-                port: pkv.spec.service.port,
-                target_port: Some(IntOrString::String("client".into())),
-                protocol: Some("TCP".into()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(
+                std::iter::once(ServicePort {
+                    name: Some("client".into()),
+                    port: pkv.spec.service.port,
+                    target_port: Some(IntOrString::String("client".into())),
+                    protocol: Some("TCP".into()),
+                    ..ServicePort::default()
+                })
+                // For scrapers (the chart's ServiceMonitor).
+                .chain(
+                    pkv.spec
+                        .tls
+                        .client_cert_auth
+                        .then(|| port("metrics", METRICS_PORT)),
+                )
+                .collect(),
+            ),
             ..K8sServiceSpec::default()
         }),
         status: None,
@@ -897,8 +924,14 @@ pub fn network_policy(pkv: &PaxosKV) -> NetworkPolicy {
                         ..NetworkPolicyPeer::default()
                     }]),
                 },
+                // The metrics port, when there is one, to whoever may
+                // reach the client port: scrapers do.
                 NetworkPolicyIngressRule {
-                    ports: Some(vec![tcp(CLIENT_PORT)]),
+                    ports: Some(
+                        std::iter::once(tcp(CLIENT_PORT))
+                            .chain(pkv.spec.tls.client_cert_auth.then(|| tcp(METRICS_PORT)))
+                            .collect(),
+                    ),
                     from: client_from,
                 },
             ]),
@@ -1260,6 +1293,131 @@ mod tests {
             .and_then(|s| s.template.spec.as_ref())
             .expect("pod");
         assert!(pod.volumes.iter().flatten().all(|v| v.name != "tls"));
+    }
+
+    #[test]
+    fn client_cert_auth_asks_clients_for_certificates_and_moves_probes_to_the_metrics_port() {
+        let mut spec = PaxosKVSpec {
+            replicas: 3,
+            ..PaxosKVSpec::default()
+        };
+        spec.tls.client_cert_auth = true;
+        spec.tls.client_cert_identity = true;
+        let pkv = sample(spec);
+        assert_eq!(pkv.spec.problems("kv"), Vec::<String>::new());
+        let sts = statefulset(&pkv, &defaults(), 3, Transport::Tls);
+        let env = env_of(&sts);
+        for (name, value) in [
+            ("PHXKV_CLIENT_CERT_AUTH", "true"),
+            ("PHXKV_CLIENT_CERT_IDENTITY", "true"),
+            ("PHXKV_METRICS_LISTEN", "0.0.0.0:8082"),
+        ] {
+            assert_eq!(env[name].value.as_deref(), Some(value), "{name}");
+        }
+        let c = &sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod")
+            .containers[0];
+        let ports: Vec<_> = c
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.as_deref().unwrap_or_default(), p.container_port))
+            .collect();
+        assert_eq!(
+            ports,
+            [("client", 8080), ("peer", 8081), ("metrics", METRICS_PORT)]
+        );
+        // The kubelet presents no certificate: plain HTTP on the port that
+        // serves only the probes and metrics.
+        for probe in [&c.readiness_probe, &c.liveness_probe, &c.startup_probe] {
+            let get = probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .expect("an HTTP probe");
+            assert_eq!(get.port, IntOrString::String("metrics".into()));
+            assert_eq!(get.scheme, None, "HTTP");
+        }
+        let service_ports: Vec<_> = client_service(&pkv)
+            .spec
+            .and_then(|s| s.ports)
+            .into_iter()
+            .flatten()
+            .map(|p| (p.name.unwrap_or_default(), p.port))
+            .collect();
+        assert_eq!(
+            service_ports,
+            [
+                ("client".to_string(), 8080),
+                ("metrics".to_string(), METRICS_PORT)
+            ]
+        );
+        let rules = network_policy(&pkv)
+            .spec
+            .and_then(|s| s.ingress)
+            .expect("rules");
+        let client_rule: Vec<_> = rules[1]
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.port.clone())
+            .collect();
+        assert_eq!(
+            client_rule,
+            [IntOrString::Int(8080), IntOrString::Int(METRICS_PORT)]
+        );
+
+        // Without it, none of that: no metrics port anywhere.
+        let off = sample(PaxosKVSpec::default());
+        let env = env_of(&statefulset(&off, &defaults(), 3, Transport::Tls));
+        for name in [
+            "PHXKV_CLIENT_CERT_AUTH",
+            "PHXKV_CLIENT_CERT_IDENTITY",
+            "PHXKV_METRICS_LISTEN",
+        ] {
+            assert!(!env.contains_key(name), "{name}");
+        }
+        let ports = client_service(&off)
+            .spec
+            .and_then(|s| s.ports)
+            .expect("ports");
+        assert_eq!(ports.len(), 1);
+        // A plain cluster (made before TLS existed) never gets the flag.
+        let env = env_of(&statefulset(&pkv, &defaults(), 3, Transport::Plain));
+        assert!(!env.contains_key("PHXKV_CLIENT_CERT_AUTH"));
+    }
+
+    #[test]
+    fn client_cert_settings_that_cannot_work_are_refused() {
+        let problems = |f: fn(&mut PaxosKVSpec)| {
+            let mut spec = PaxosKVSpec {
+                replicas: 3,
+                ..PaxosKVSpec::default()
+            };
+            f(&mut spec);
+            spec.problems("kv").join("; ")
+        };
+        let p = problems(|s| {
+            s.tls.enabled = false;
+            s.tls.client_cert_auth = true;
+        });
+        assert!(p.contains("clientCertAuth needs spec.tls.enabled"), "{p}");
+        let p = problems(|s| s.tls.client_cert_identity = true);
+        assert!(p.contains("clientCertIdentity needs"), "{p}");
+        let p = problems(|s| {
+            s.tls.client_cert_auth = true;
+            s.tls.client_cert_identity = true;
+            s.auth.enabled = false;
+        });
+        assert!(p.contains("clientCertIdentity needs"), "{p}");
+        let p = problems(|s| {
+            s.tls.client_cert_auth = true;
+            s.service.port = METRICS_PORT;
+        });
+        assert!(p.contains("the metrics port"), "{p}");
+        assert_eq!(problems(|s| s.service.port = METRICS_PORT), "");
     }
 
     #[test]

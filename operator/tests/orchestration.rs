@@ -738,3 +738,89 @@ async fn scale_3_to_5_to_3_then_upgrade_with_writes_throughout() {
     }
     eprintln!("{} acknowledged writes, all read back", acked.len());
 }
+
+/// A cluster with `spec.tls.clientCertAuth`: its replicas refuse a client
+/// without a certificate of the cluster's CA, and the operator, which
+/// presents the replicas' own certificate from their Secret, still reaches
+/// them (here one real replica, TLS and auth on, its files as the
+/// operator's Secret would hold them).
+#[tokio::test]
+async fn the_operator_reaches_replicas_that_want_client_certificates() {
+    use phxkv::tls::issue;
+    use phxkv_operator::certs::{self, ClusterTls};
+    use phxkv_operator::crd::{PaxosKV, PaxosKVSpec};
+
+    phxkv_operator::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let day = Duration::from_secs(86_400);
+    let ca = issue::new_ca("phxkv CA kv.test", day).expect("CA");
+    let leaf = issue::issue(&ca, "kv.test", &["localhost".to_string()], day).expect("leaf");
+    let mut pkv = PaxosKV::new("kv", PaxosKVSpec::default());
+    pkv.metadata.namespace = Some("test".into());
+    let secret = certs::tls_secret(&pkv, &Names::of("kv"), &leaf, &ca.cert_pem);
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let (cert, key, ca_file) = (
+        file("tls.crt", &leaf.cert_pem),
+        file("tls.key", &leaf.key_pem),
+        file("ca.crt", &ca.cert_pem),
+    );
+    let token = file("token", TOKEN);
+    let (client_port, peer_port) = (free_port(), free_port());
+    let log = std::fs::File::create(dir.path().join("kv-0.log")).expect("log file");
+    let child = Command::new(phxkv_bin())
+        .arg("serve")
+        .args(["--id", "kv-0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{client_port}")])
+        .args(["--peer-listen", &format!("127.0.0.1:{peer_port}")])
+        .args([
+            "--initial-members",
+            &format!("kv-0=https://localhost:{peer_port}"),
+        ])
+        .arg("--cluster-token-file")
+        .arg(&token)
+        .args(["--auth", "--client-cert-auth", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .arg("--tls-ca")
+        .arg(&ca_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn phxkv");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+
+    let base = format!("https://localhost:{client_port}");
+    let tls = ClusterTls::from_secret(&secret).expect("the Secret's CA");
+    assert!(tls.identity.is_some(), "tls.crt and tls.key");
+    let members = MembersClient::new(tls.http_client().expect("client"), TOKEN);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        match members.cluster_info(&base).await {
+            Ok(info) if info.master.is_some() => break info,
+            other if Instant::now() > deadline => {
+                let logs = std::fs::read_to_string(dir.path().join("kv-0.log")).unwrap_or_default();
+                panic!("no answer with the replicas' certificate: {other:?}\n{logs}");
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    assert_eq!(info.members.len(), 1, "{info:?}");
+
+    // The same CA without a certificate to present: refused in the handshake.
+    let bare = certs::http_client(&ca.cert_pem, None).expect("client");
+    let refused = MembersClient::new(bare, TOKEN).cluster_info(&base).await;
+    assert!(refused.is_err(), "no client certificate: {refused:?}");
+}
