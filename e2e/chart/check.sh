@@ -162,6 +162,9 @@ name = pkv["metadata"]["name"]
 sm = next(d for d in docs if d["kind"] == "ServiceMonitor" and d["metadata"]["name"] == name)
 assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s",
                                     "scrapeTimeout": "10s"}], sm["spec"]["endpoints"]
+assert sm["spec"]["selector"]["matchLabels"]["phxkv.io/service"] == "metrics", sm["spec"]["selector"]
+# The job stays the cluster's name, which the alerts select.
+assert sm["spec"]["jobLabel"] == "app.kubernetes.io/instance", sm["spec"]
 PY
 render monitored --set serviceMonitor.enabled=true
 "$python" - "$work/monitored.yaml" <<'PY' || die "the default ServiceMonitor"
@@ -172,7 +175,7 @@ sm = next(d for d in docs if d["kind"] == "ServiceMonitor" and d["metadata"]["na
 (ep,) = sm["spec"]["endpoints"]
 assert ep["port"] == "client" and ep["scheme"] == "https" and ep["tlsConfig"]["ca"]["secret"]["key"] == "ca.crt", ep
 PY
-check "tls.clientCertAuth reaches spec.tls and moves the scrape to the metrics port; HTTPS on the client port otherwise"
+check "tls.clientCertAuth reaches spec.tls and moves the scrape to the metrics Service (ClusterIP); HTTPS on the client port otherwise"
 
 # The operator's Deployment: two replicas (one leads, one stands by) spread
 # over nodes, liveness on /healthz so a standby is never restarted for being
@@ -312,6 +315,8 @@ expect_rejected "at '/tls/issuerRef': value must be 'name (and optionally kind a
 expect_rejected "at '/tls/issuerRef/name': value must be 'a name of lower-case letters" --set tls.issuerRef.name=CA_Issuer
 expect_rejected "at '/tls/enabled': value must be true" --set tls.enabled=false,tls.clientCertAuth=true
 expect_rejected "at '/tls/clientCertAuth': value must be true" --set tls.clientCertIdentity=true
+expect_rejected "at '/auth/enabled': value must be true" \
+    --set tls.clientCertAuth=true,tls.clientCertIdentity=true,auth.enabled=false
 check "bad values are rejected"
 
 log "NOTES.txt renders"
@@ -350,7 +355,7 @@ fi
 printf 'apiVersion: phxkv.io/v1alpha1\nkind: PaxosKV\nmetadata: {name: minimal, namespace: kv}\nspec: {}\n' >"$work/minimal-pkv.yaml"
 "$operator_bin" render "$work/minimal-pkv.yaml" >"$work/operator-minimal.yaml" || die "phxkv-operator render (empty spec)"
 for f in operator-sample operator-minimal; do
-    validate "$work/$f.yaml" --expect StatefulSet=1 --expect Service=2 --expect PodDisruptionBudget=1 \
+    validate "$work/$f.yaml" --expect StatefulSet=1 --expect Service=3 --expect PodDisruptionBudget=1 \
         --expect ServiceAccount=1 --expect ConfigMap=1 --expect Secret=1 || die "$f objects do not validate"
 done
 check "the operator's objects validate (README sample and empty spec)"
@@ -393,6 +398,24 @@ print(yaml.safe_dump(docs[0]))' "$work/full.yaml" >"$work/chart-pkv.yaml" || die
 "$python" "$here/scrape_targets.py" "$work/full.yaml" "$work/operator-chart.yaml" ||
     die "the cluster's ServiceMonitor must select exactly one Service"
 check "the cluster's ServiceMonitor scrapes each pod through one Service"
+"$python" -c 'import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "PaxosKV"]
+print(yaml.safe_dump(docs[0]))' "$work/mtls.yaml" >"$work/mtls-pkv.yaml" || die "extracting the PaxosKV"
+"$operator_bin" render "$work/mtls-pkv.yaml" >"$work/operator-mtls.yaml" || die "phxkv-operator render (clientCertAuth)"
+"$python" "$here/scrape_targets.py" "$work/mtls.yaml" "$work/operator-mtls.yaml" ||
+    die "with tls.clientCertAuth the ServiceMonitor must select exactly one Service"
+"$python" - "$work/operator-mtls.yaml" <<'PY' || die "the metrics Service"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-metrics"))
+assert svc["spec"]["type"] == "ClusterIP" and svc["spec"]["ports"][0]["port"] == 8082, svc["spec"]
+assert svc["metadata"]["labels"]["app.kubernetes.io/instance"] == svc["spec"]["selector"]["app.kubernetes.io/instance"]
+sts = next(d for d in docs if d["kind"] == "StatefulSet")
+c = sts["spec"]["template"]["spec"]["containers"][0]
+assert {"name": "metrics", "containerPort": 8082, "protocol": "TCP"} in c["ports"], c["ports"]
+assert c["readinessProbe"]["httpGet"]["port"] == "metrics", c["readinessProbe"]
+PY
+check "with tls.clientCertAuth it does too, through the ClusterIP metrics Service of the pods' metrics port"
 "$python" - "$work/full.yaml" <<'PY' || die "the cluster's ServiceMonitor must scrape over HTTPS with the cluster's CA"
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]

@@ -372,9 +372,18 @@ impl ClusterTls {
     }
 
     /// An HTTP client that trusts only the cluster's CA and presents the
-    /// replicas' certificate when asked for one.
+    /// replicas' certificate when asked for one. A certificate and key that
+    /// cannot be used leave a client without them, with a warning: only a
+    /// cluster that asks for client certificates needs them, and the
+    /// replicas, which load the same files, say what is wrong too.
     pub fn http_client(&self) -> Result<reqwest::Client, Error> {
-        http_client(&self.ca, self.identity.as_deref())
+        match http_client(&self.ca, self.identity.as_deref()) {
+            Err(e) if self.identity.is_some() => {
+                tracing::warn!("calling the replicas without a client certificate: {e}");
+                http_client(&self.ca, None)
+            }
+            other => other,
+        }
     }
 }
 
@@ -688,9 +697,15 @@ mod tests {
         let tls = ClusterTls::from_secret(&no_key).expect("a CA");
         assert!(tls.identity.is_none());
         assert!(tls.http_client().is_ok());
-        // A key that is not one: a clear error, not a client without it.
+        // A key that is not one: a clear error; the cluster's client does
+        // without it (and warns), since most clusters never ask for it.
         let err = http_client(&ca.cert_pem, Some("not PEM")).expect_err("no identity");
         assert!(err.to_string().contains("tls.key"), "{err}");
+        let broken = ClusterTls {
+            ca: ca.cert_pem.clone(),
+            identity: Some("not PEM".into()),
+        };
+        assert!(broken.http_client().is_ok());
     }
 
     #[test]

@@ -294,6 +294,7 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     apply_owned(client, pkv, &name, &render::service_account(pkv)).await?;
     apply_owned(client, pkv, &names.peers, &render::peer_service(pkv)).await?;
     apply_owned(client, pkv, &name, &render::client_service(pkv)).await?;
+    apply_owned(client, pkv, &names.metrics, &render::metrics_service(pkv)).await?;
     apply_owned(client, pkv, &name, &render::disruption_budget(pkv)).await?;
     if pkv.spec.network_policy.enabled {
         apply_owned(client, pkv, &name, &render::network_policy(pkv)).await?;

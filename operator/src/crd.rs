@@ -131,7 +131,8 @@ pub struct PaxosKVSpec {
     pub auth: AuthSpec,
 
     /// TLS on both ports: on by default, with certificates the operator
-    /// issues or cert-manager's. Fixed when the cluster is created.
+    /// issues or cert-manager's. `enabled` is fixed when the cluster is
+    /// created; the rest may change.
     #[serde(default)]
     pub tls: TlsSpec,
 
@@ -413,14 +414,17 @@ pub struct TlsSpec {
     /// Refuse clients on the client port that do not present a certificate
     /// of the cluster's CA (mutual TLS, like etcd's `--client-cert-auth`),
     /// on top of the token. The probes and `/metrics` then move to a plain
-    /// HTTP port of their own, `metrics` (8082), which serves nothing else;
-    /// the operator presents the replicas' certificate. Turning it on or
-    /// off rolls the pods.
+    /// HTTP port of their own, `metrics` (8082), which serves nothing else,
+    /// reached through the ClusterIP Service `<name>-metrics`; the operator
+    /// presents the replicas' certificate. Turning it on or off rolls the
+    /// pods; it needs replicas of this version or later.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub client_cert_auth: bool,
     /// With `clientCertAuth` and auth on, a request without a token acts as
     /// the API token whose id (16 hex digits) is its certificate's subject
-    /// common name; revoking the token shuts the certificate out.
+    /// common name; revoking the token shuts the certificate out. Whoever
+    /// can have the CA sign a certificate can then act as any token: with
+    /// `issuerRef`, everyone who may request certificates from that issuer.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub client_cert_identity: bool,
 }

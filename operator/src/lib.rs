@@ -73,6 +73,7 @@ pub fn render_all(
         ))?,
         serde_norway::to_string(&render::peer_service(&pkv))?,
         serde_norway::to_string(&render::client_service(&pkv))?,
+        serde_norway::to_string(&render::metrics_service(&pkv))?,
         serde_norway::to_string(&render::disruption_budget(&pkv))?,
         serde_norway::to_string(&render::service_account(&pkv))?,
         serde_norway::to_string(&render::bootstrap_config(

@@ -116,6 +116,8 @@ pub struct Names {
     pub cluster: String,
     /// Headless Service.
     pub peers: String,
+    /// Service of the metrics port (see [`metrics_service`]).
+    pub metrics: String,
     /// Token Secret.
     pub token: String,
     /// Bootstrap ConfigMap.
@@ -159,6 +161,7 @@ impl Names {
         Names {
             cluster: name.to_string(),
             peers: format!("{name}-peers"),
+            metrics: format!("{name}-metrics"),
             token: format!("{name}-token"),
             bootstrap: format!("{name}-bootstrap"),
             tls: format!("{name}-tls"),
@@ -816,23 +819,39 @@ pub fn client_service(pkv: &PaxosKV) -> Service {
         spec: Some(K8sServiceSpec {
             type_: Some(pkv.spec.service.type_.as_str().into()),
             selector: Some(selector_labels(&name)),
-            ports: Some(
-                std::iter::once(ServicePort {
-                    name: Some("client".into()),
-                    port: pkv.spec.service.port,
-                    target_port: Some(IntOrString::String("client".into())),
-                    protocol: Some("TCP".into()),
-                    ..ServicePort::default()
-                })
-                // For scrapers (the chart's ServiceMonitor).
-                .chain(
-                    pkv.spec
-                        .tls
-                        .client_cert_auth
-                        .then(|| port("metrics", METRICS_PORT)),
-                )
-                .collect(),
-            ),
+            ports: Some(vec![ServicePort {
+                name: Some("client".into()),
+                port: pkv.spec.service.port,
+                target_port: Some(IntOrString::String("client".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..K8sServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Service scrapers use when the client port wants client
+/// certificates (`spec.tls.clientCertAuth`): the pods' plain HTTP
+/// `metrics` port, which serves only the probes and `/metrics`. Always a
+/// ClusterIP Service, whatever `spec.service.type` is, so that port is
+/// never published outside the Kubernetes cluster; only ready pods, like
+/// the client Service. Without `clientCertAuth` the pods have no such
+/// port and it has no endpoints; it exists either way, so that turning
+/// the setting off leaves nothing to clean up.
+pub fn metrics_service(pkv: &PaxosKV) -> Service {
+    let name = pkv.name_any();
+    let mut metadata = meta(pkv, Names::of(&name).metrics);
+    if let Some(labels) = metadata.labels.as_mut() {
+        labels.insert(SERVICE_LABEL.into(), "metrics".into());
+    }
+    Service {
+        metadata,
+        spec: Some(K8sServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![port("metrics", METRICS_PORT)]),
             ..K8sServiceSpec::default()
         }),
         status: None,
@@ -1340,19 +1359,34 @@ mod tests {
             assert_eq!(get.port, IntOrString::String("metrics".into()));
             assert_eq!(get.scheme, None, "HTTP");
         }
-        let service_ports: Vec<_> = client_service(&pkv)
+        // Scrapers reach that port through a Service of its own, never
+        // published outside the Kubernetes cluster, whatever the client
+        // Service's type.
+        let mut exposed = pkv.clone();
+        exposed.spec.service.type_ = crate::crd::ServiceType::LoadBalancer;
+        let client = client_service(&exposed)
             .spec
             .and_then(|s| s.ports)
+            .expect("ports");
+        assert_eq!(client.len(), 1, "the client port only: {client:?}");
+        let metrics = metrics_service(&exposed);
+        assert_eq!(metrics.metadata.name.as_deref(), Some("kv-metrics"));
+        let spec = metrics.spec.expect("spec");
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.selector, Some(selector_labels("kv")));
+        let ports: Vec<_> = spec
+            .ports
             .into_iter()
             .flatten()
-            .map(|p| (p.name.unwrap_or_default(), p.port))
+            .map(|p| (p.name.unwrap_or_default(), p.port, p.target_port))
             .collect();
         assert_eq!(
-            service_ports,
-            [
-                ("client".to_string(), 8080),
-                ("metrics".to_string(), METRICS_PORT)
-            ]
+            ports,
+            [(
+                "metrics".to_string(),
+                METRICS_PORT,
+                Some(IntOrString::String("metrics".into()))
+            )]
         );
         let rules = network_policy(&pkv)
             .spec
@@ -1379,11 +1413,15 @@ mod tests {
         ] {
             assert!(!env.contains_key(name), "{name}");
         }
-        let ports = client_service(&off)
+        let rules = network_policy(&off)
             .spec
-            .and_then(|s| s.ports)
-            .expect("ports");
-        assert_eq!(ports.len(), 1);
+            .and_then(|s| s.ingress)
+            .expect("rules");
+        assert_eq!(
+            rules[1].ports.as_ref().map(Vec::len),
+            Some(1),
+            "the client port only"
+        );
         // A plain cluster (made before TLS existed) never gets the flag.
         let env = env_of(&statefulset(&pkv, &defaults(), 3, Transport::Plain));
         assert!(!env.contains_key("PHXKV_CLIENT_CERT_AUTH"));

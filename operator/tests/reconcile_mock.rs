@@ -327,6 +327,11 @@ async fn expect_static_objects(h: &mut ApiHandle) {
     expect_owned(h, &path, "v1", "Service").await;
     let client = expect(h, "PATCH", &path, echo).await;
     assert_eq!(client["spec"]["ports"][0]["port"], 8080);
+    let path = format!("{NS}/services/kv-metrics");
+    expect_owned(h, &path, "v1", "Service").await;
+    let metrics = expect(h, "PATCH", &path, echo).await;
+    assert_eq!(metrics["spec"]["type"], "ClusterIP");
+    assert_eq!(metrics["spec"]["ports"][0]["port"], 8082);
     let path = "/apis/policy/v1/namespaces/db/poddisruptionbudgets/kv";
     expect_owned(h, path, "policy/v1", "PodDisruptionBudget").await;
     let pdb = expect(h, "PATCH", path, echo).await;

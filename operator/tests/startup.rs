@@ -285,6 +285,7 @@ fn every_object_the_operator_creates_carries_the_watched_label() {
             .labels,
         render::peer_service(&pkv).metadata.labels,
         render::client_service(&pkv).metadata.labels,
+        render::metrics_service(&pkv).metadata.labels,
     ];
     for l in labels {
         let l = l.unwrap_or_default();
