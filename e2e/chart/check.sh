@@ -355,7 +355,7 @@ fi
 printf 'apiVersion: phxkv.io/v1alpha1\nkind: PaxosKV\nmetadata: {name: minimal, namespace: kv}\nspec: {}\n' >"$work/minimal-pkv.yaml"
 "$operator_bin" render "$work/minimal-pkv.yaml" >"$work/operator-minimal.yaml" || die "phxkv-operator render (empty spec)"
 for f in operator-sample operator-minimal; do
-    validate "$work/$f.yaml" --expect StatefulSet=1 --expect Service=3 --expect PodDisruptionBudget=1 \
+    validate "$work/$f.yaml" --expect StatefulSet=1 --expect Service=2 --expect PodDisruptionBudget=1 \
         --expect ServiceAccount=1 --expect ConfigMap=1 --expect Secret=1 || die "$f objects do not validate"
 done
 check "the operator's objects validate (README sample and empty spec)"

@@ -128,7 +128,7 @@ pub const RULES: &[Rule] = &[
         "",
         "services",
         &["get", "list", "watch", "create", "patch"],
-        "controller: check the owner, apply the peer and client Services; the owned-object watch",
+        "controller: check the owner, apply the peer, client and metrics Services; the owned-object watch",
     ),
     rule(
         Scope::Watched,

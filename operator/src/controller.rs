@@ -294,7 +294,12 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     apply_owned(client, pkv, &name, &render::service_account(pkv)).await?;
     apply_owned(client, pkv, &names.peers, &render::peer_service(pkv)).await?;
     apply_owned(client, pkv, &name, &render::client_service(pkv)).await?;
-    apply_owned(client, pkv, &names.metrics, &render::metrics_service(pkv)).await?;
+    // Only when asked for: a `<name>-metrics` that exists for another
+    // reason must not stop the clusters that do not need one. Turned off,
+    // an existing one stays, without endpoints, until the PaxosKV goes.
+    if render::wants_metrics_service(pkv) {
+        apply_owned(client, pkv, &names.metrics, &render::metrics_service(pkv)).await?;
+    }
     apply_owned(client, pkv, &name, &render::disruption_budget(pkv)).await?;
     if pkv.spec.network_policy.enabled {
         apply_owned(client, pkv, &name, &render::network_policy(pkv)).await?;

@@ -26,7 +26,7 @@ pub const MAX_NAME: usize = 52;
 pub const MAX_REPLICAS: i32 = 9;
 
 /// A phxkv cluster: a StatefulSet of replicas running Multi-Paxos, with
-/// services for clients and peers, a disruption budget that keeps a quorum,
+/// services for clients and peers (and metrics, with client certificates), a disruption budget that keeps a quorum,
 /// and a generated cluster token.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -334,8 +334,9 @@ pub struct NetworkPolicySpec {
     #[serde(default = "yes")]
     pub enabled: bool,
     /// networking.k8s.io/v1 NetworkPolicyPeer objects allowed to reach the
-    /// client port; empty: anyone. Prometheus scrapes /metrics there: list
-    /// it when you restrict the port. Pods labelled
+    /// client port (and the metrics port, 8082, with
+    /// `spec.tls.clientCertAuth`); empty: anyone. Prometheus scrapes
+    /// /metrics there: list it when you restrict the port. Pods labelled
     /// `app.kubernetes.io/name: phxkv-operator` are always allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub client_from: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,

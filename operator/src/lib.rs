@@ -73,7 +73,6 @@ pub fn render_all(
         ))?,
         serde_norway::to_string(&render::peer_service(&pkv))?,
         serde_norway::to_string(&render::client_service(&pkv))?,
-        serde_norway::to_string(&render::metrics_service(&pkv))?,
         serde_norway::to_string(&render::disruption_budget(&pkv))?,
         serde_norway::to_string(&render::service_account(&pkv))?,
         serde_norway::to_string(&render::bootstrap_config(
@@ -82,6 +81,9 @@ pub fn render_all(
         ))?,
         serde_norway::to_string(&render::token_secret(&pkv, "rendered-offline-placeholder"))?,
     ];
+    if render::wants_metrics_service(&pkv) {
+        docs.push(serde_norway::to_string(&render::metrics_service(&pkv))?);
+    }
     if pkv.spec.network_policy.enabled {
         docs.push(serde_norway::to_string(&render::network_policy(&pkv))?);
     }

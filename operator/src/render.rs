@@ -87,9 +87,11 @@ pub const RECOVERY_TARGET_KEY: &str = "recoveryTarget";
 /// restored replica runs (so a pod that later comes back on an empty volume
 /// starts empty and is replaced, as in any cluster).
 pub const RESTORE_MEMBER_KEY: &str = "restoreMember";
-/// Label telling the cluster's two Services apart: `client` on the client
-/// Service, `peers` on the headless one. Both select the same pods, so a
-/// ServiceMonitor selects `client` to scrape each pod once.
+/// Label telling the cluster's Services apart: `client` on the client
+/// Service, `peers` on the headless one, `metrics` on the one of the
+/// metrics port (see [`metrics_service`]). They select the same pods, so a
+/// ServiceMonitor selects one of them (`client`, or `metrics` with
+/// `spec.tls.clientCertAuth`) to scrape each pod once.
 pub const SERVICE_LABEL: &str = "phxkv.io/service";
 /// Annotation on a `PaxosKV` asking for mastership to move to the member
 /// it names (a switchover).
@@ -832,14 +834,19 @@ pub fn client_service(pkv: &PaxosKV) -> Service {
     }
 }
 
+/// Whether the cluster has a [`metrics_service`]: with
+/// `spec.tls.clientCertAuth` only.
+pub fn wants_metrics_service(pkv: &PaxosKV) -> bool {
+    pkv.spec.tls.enabled && pkv.spec.tls.client_cert_auth
+}
+
 /// The Service scrapers use when the client port wants client
 /// certificates (`spec.tls.clientCertAuth`): the pods' plain HTTP
 /// `metrics` port, which serves only the probes and `/metrics`. Always a
 /// ClusterIP Service, whatever `spec.service.type` is, so that port is
 /// never published outside the Kubernetes cluster; only ready pods, like
-/// the client Service. Without `clientCertAuth` the pods have no such
-/// port and it has no endpoints; it exists either way, so that turning
-/// the setting off leaves nothing to clean up.
+/// the client Service. Made only with `clientCertAuth`; turning that off
+/// leaves it, without endpoints (the pods no longer have the port).
 pub fn metrics_service(pkv: &PaxosKV) -> Service {
     let name = pkv.name_any();
     let mut metadata = meta(pkv, Names::of(&name).metrics);
@@ -1359,6 +1366,7 @@ mod tests {
             assert_eq!(get.port, IntOrString::String("metrics".into()));
             assert_eq!(get.scheme, None, "HTTP");
         }
+        assert!(wants_metrics_service(&pkv));
         // Scrapers reach that port through a Service of its own, never
         // published outside the Kubernetes cluster, whatever the client
         // Service's type.
@@ -1405,6 +1413,7 @@ mod tests {
 
         // Without it, none of that: no metrics port anywhere.
         let off = sample(PaxosKVSpec::default());
+        assert!(!wants_metrics_service(&off));
         let env = env_of(&statefulset(&off, &defaults(), 3, Transport::Tls));
         for name in [
             "PHXKV_CLIENT_CERT_AUTH",

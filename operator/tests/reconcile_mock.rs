@@ -327,11 +327,6 @@ async fn expect_static_objects(h: &mut ApiHandle) {
     expect_owned(h, &path, "v1", "Service").await;
     let client = expect(h, "PATCH", &path, echo).await;
     assert_eq!(client["spec"]["ports"][0]["port"], 8080);
-    let path = format!("{NS}/services/kv-metrics");
-    expect_owned(h, &path, "v1", "Service").await;
-    let metrics = expect(h, "PATCH", &path, echo).await;
-    assert_eq!(metrics["spec"]["type"], "ClusterIP");
-    assert_eq!(metrics["spec"]["ports"][0]["port"], 8082);
     let path = "/apis/policy/v1/namespaces/db/poddisruptionbudgets/kv";
     expect_owned(h, path, "policy/v1", "PodDisruptionBudget").await;
     let pdb = expect(h, "PATCH", path, echo).await;
@@ -1257,6 +1252,62 @@ async fn an_object_of_another_paxoskv_is_never_taken_over_and_the_conflict_shows
     let status = expect_status(&mut h).await;
     assert_eq!(condition(&status, "Reconciled")["reason"], "NameConflict");
     assert!(run.await.expect("joined").is_err());
+}
+
+/// With `spec.tls.clientCertAuth` the pass applies `<name>-metrics` after
+/// the client Service; a `kv-metrics` made by hand stops it with a
+/// NameConflict (without the setting it is never looked at: see
+/// `expect_static_objects`).
+#[tokio::test]
+async fn client_cert_auth_applies_the_metrics_service_and_a_foreign_one_conflicts() {
+    for foreign in [false, true] {
+        let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "db");
+        let ctx = context(client, "http://127.0.0.1:9".into());
+        let spec = json!({"replicas": 3, "tls": {"clientCertAuth": true}});
+        let run = tokio::spawn(reconcile(Arc::new(paxoskv(spec)), ctx));
+        for (path, kind) in [
+            (format!("{NS}/serviceaccounts/kv"), "ServiceAccount"),
+            (format!("{NS}/services/kv-peers"), "Service"),
+            (format!("{NS}/services/kv"), "Service"),
+        ] {
+            expect_owned(&mut h, &path, "v1", kind).await;
+            expect(&mut h, "PATCH", &path, echo).await;
+        }
+        let path = format!("{NS}/services/kv-metrics");
+        if foreign {
+            expect(&mut h, "GET", &path, |_| {
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Service",
+                           "metadata": {"name": "kv-metrics", "namespace": "db"}}),
+                )
+            })
+            .await;
+            let event = expect_event(&mut h, "ReconcileFailed").await;
+            let note = event["note"].as_str().unwrap_or("");
+            assert!(
+                note.contains("kv-metrics") && note.contains("has no owner"),
+                "{event}"
+            );
+            let status = expect_status(&mut h).await;
+            assert_eq!(condition(&status, "Reconciled")["reason"], "NameConflict");
+            assert!(run.await.expect("joined").is_err());
+        } else {
+            expect(&mut h, "GET", &path, |_| {
+                (404, not_found("services", "kv-metrics"))
+            })
+            .await;
+            let metrics = expect(&mut h, "PATCH", &path, echo).await;
+            assert_eq!(metrics["spec"]["type"], "ClusterIP");
+            assert_eq!(metrics["spec"]["ports"][0]["port"], 8082);
+            assert_eq!(metrics["metadata"]["labels"]["phxkv.io/service"], "metrics");
+            // Then the budget: the pass goes on.
+            let path = "/apis/policy/v1/namespaces/db/poddisruptionbudgets/kv";
+            expect_owned(&mut h, path, "policy/v1", "PodDisruptionBudget").await;
+            run.abort();
+        }
+    }
 }
 
 fn hibernated_set(replicas: i32, when_scaled: &str, keep: Option<i32>) -> Value {
