@@ -234,7 +234,8 @@ pub struct ServeArgs {
     pub tls_ca: Option<PathBuf>,
 
     /// Refuse clients on the client port that do not present a certificate
-    /// signed by --tls-ca.
+    /// signed by --tls-ca. Probes and scrapers that present none can use
+    /// --metrics-listen.
     #[arg(long, env = "PHXKV_CLIENT_CERT_AUTH", default_value_t = false,
           requires_all = ["tls_cert", "tls_ca"])]
     pub client_cert_auth: bool,
@@ -565,6 +566,15 @@ impl ServeArgs {
         }
         if self.listen == self.peer_listen && self.listen.port() != 0 {
             return Err(bad("peer-listen", "must differ from --listen".into()));
+        }
+        if let Some(m) = self.metrics_listen
+            && m.port() != 0
+            && (m == self.listen || m == self.peer_listen)
+        {
+            return Err(bad(
+                "metrics-listen",
+                "must differ from --listen and --peer-listen".into(),
+            ));
         }
         let mut engine = EngineConfig::new(0);
         engine.lease = self.lease;
@@ -952,6 +962,29 @@ mod tests {
                 "{flag} {value}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_metrics_address_is_optional_and_must_be_a_port_of_its_own() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "a-cluster-token-of-some-length").expect("token");
+        assert_eq!(pod("kv-0", &token).expect("valid").metrics_listen, None);
+        let v = pod_with("kv-0", &token, &["--metrics-listen", "0.0.0.0:8082"]).expect("valid");
+        assert_eq!(
+            v.metrics_listen,
+            Some("0.0.0.0:8082".parse().expect("addr"))
+        );
+        for taken in ["0.0.0.0:8080", "0.0.0.0:8081"] {
+            let err = pod_with("kv-0", &token, &["--metrics-listen", taken]).expect_err(taken);
+            assert!(
+                err.to_string()
+                    .contains("--metrics-listen: must differ from --listen and --peer-listen"),
+                "{err}"
+            );
+        }
+        let err = pod_with("kv-0", &token, &["--metrics-listen", "8082"]).expect_err("no host");
+        assert!(err.to_string().contains("--metrics-listen"), "{err}");
     }
 
     #[test]
