@@ -367,7 +367,7 @@ impl ClusterTls {
     pub fn from_secret(secret: &Secret) -> Option<ClusterTls> {
         Some(ClusterTls {
             ca: text(secret, CA_CERT_KEY)?,
-            identity: identity(text(secret, TLS_CERT_KEY), text(secret, TLS_KEY_KEY)),
+            identity: secret_identity(secret),
         })
     }
 
@@ -389,6 +389,11 @@ impl ClusterTls {
 
 fn identity(cert: Option<String>, key: Option<String>) -> Option<String> {
     Some(format!("{}\n{}", cert?.trim_end(), key?.trim_end()))
+}
+
+/// The certificate and key (`tls.crt`, `tls.key`) of a certificate Secret.
+fn secret_identity(secret: &Secret) -> Option<String> {
+    identity(text(secret, TLS_CERT_KEY), text(secret, TLS_KEY_KEY))
 }
 
 /// Makes sure the cluster's certificate Secret exists and is current.
@@ -555,9 +560,7 @@ async fn own_ca(
         }
     };
     let identity = match step {
-        LeafStep::Keep => existing
-            .as_ref()
-            .and_then(|secret| identity(text(secret, TLS_CERT_KEY), text(secret, TLS_KEY_KEY))),
+        LeafStep::Keep => existing.as_ref().and_then(secret_identity),
         LeafStep::Retrust => {
             // Same certificate and key, the CA's bundle as `ca.crt`.
             if let Some(secret) = &existing

@@ -955,7 +955,7 @@ pub fn network_policy(pkv: &PaxosKV) -> NetworkPolicy {
                 NetworkPolicyIngressRule {
                     ports: Some(
                         std::iter::once(tcp(CLIENT_PORT))
-                            .chain(pkv.spec.tls.client_cert_auth.then(|| tcp(METRICS_PORT)))
+                            .chain(wants_metrics_service(pkv).then(|| tcp(METRICS_PORT)))
                             .collect(),
                     ),
                     from: client_from,
