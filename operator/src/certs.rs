@@ -103,7 +103,7 @@ pub fn certificate(pkv: &PaxosKV, names: &Names, ns: &str, issuer: &IssuerRef) -
                 "kind": issuer.kind.name(),
                 "group": issuer.group,
             },
-            "commonName": format!("{}.{ns}", names.cluster),
+            "commonName": names.certificate_common_name(ns),
             "dnsNames": names.certificate_names(ns),
             "duration": format!("{}h", CERT_VALIDITY.as_secs() / 3600),
             "renewBefore": format!("{}h", RENEW_BEFORE.as_secs() / 3600),
@@ -307,9 +307,9 @@ pub enum LeafStep {
 
 /// What the certificate in `secret` needs at `now` (Unix seconds): it is
 /// kept while it verifies for the first pod's peer name against a CA that
-/// may sign it at `now` (see [`CaState::only_current_signs`]) and is more
-/// than [`RENEW_BEFORE`] from its end; its `ca.crt` must be the CA's
-/// bundle.
+/// may sign it at `now` (see [`CaState::only_current_signs`]), carries
+/// the replicas' common name and is more than [`RENEW_BEFORE`] from its
+/// end; its `ca.crt` must be the CA's bundle.
 pub fn leaf_step(secret: &Secret, ca: &CaState, names: &Names, ns: &str, now: i64) -> LeafStep {
     let (Some(cert), Some(_key)) = (text(secret, TLS_CERT_KEY), text(secret, TLS_KEY_KEY)) else {
         return LeafStep::Issue("the Secret has no certificate and key".into());
@@ -335,6 +335,16 @@ pub fn leaf_step(secret: &Secret, ca: &CaState, names: &Names, ns: &str, now: i6
                 format!("it does not verify for {host}: {e}")
             },
         );
+    }
+    // The replicas' peer ports admit only this name
+    // (PHXKV_PEER_CERT_ALLOWED_CN).
+    let common_name = names.certificate_common_name(ns);
+    match issue::common_name_of(&cert) {
+        Ok(Some(cn)) if cn == common_name => {}
+        Ok(_) => {
+            return LeafStep::Issue(format!("it does not carry the common name {common_name}"));
+        }
+        Err(e) => return LeafStep::Issue(e.to_string()),
     }
     let end = match issue::not_after_of(&cert) {
         Ok(end) => end,
@@ -583,7 +593,7 @@ async fn own_ca(
         LeafStep::Issue(reason) => {
             let leaf = issue::issue(
                 &ca.current,
-                &format!("{}.{ns}", names.cluster),
+                &names.certificate_common_name(ns),
                 &names.certificate_names(ns),
                 CERT_VALIDITY,
             )
@@ -660,7 +670,13 @@ mod tests {
     }
 
     fn leaf(ca: &Issued, valid_for: Duration) -> Issued {
-        issue::issue(ca, "kv.db", &names().certificate_names("db"), valid_for).expect("leaf")
+        issue::issue(
+            ca,
+            &names().certificate_common_name("db"),
+            &names().certificate_names("db"),
+            valid_for,
+        )
+        .expect("leaf")
     }
 
     fn state(ca: &Issued) -> CaState {
@@ -736,6 +752,20 @@ mod tests {
             issue_reason(leaf_step(&mixed, &st, &names, "db", now)).contains("does not verify")
         );
         issue_reason(leaf_step(&Secret::default(), &st, &names, "db", now));
+        // A certificate of the CA under another common name: the peer
+        // ports would refuse it.
+        let renamed = issue::issue(
+            &ca,
+            "someone else",
+            &names.certificate_names("db"),
+            CERT_VALIDITY,
+        )
+        .expect("leaf");
+        let renamed = tls_secret(&pkv, &names, &renamed, &ca.cert_pem);
+        assert_eq!(
+            issue_reason(leaf_step(&renamed, &st, &names, "db", now)),
+            "it does not carry the common name kv.db"
+        );
         // A good certificate under a stale `ca.crt` keeps its key.
         let stale = tls_secret(&pkv, &names, &leaf(&ca, CERT_VALIDITY), &other.cert_pem);
         assert_eq!(leaf_step(&stale, &st, &names, "db", now), LeafStep::Retrust);

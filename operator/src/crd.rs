@@ -407,7 +407,9 @@ pub struct TlsSpec {
     pub enabled: bool,
     /// A cert-manager issuer to request the certificate from instead (a
     /// `Certificate` named `<name>-tls` is created). The issuer must put
-    /// the CA in the Secret's `ca.crt`, as the CA and Vault issuers do.
+    /// the CA in the Secret's `ca.crt` and keep the common name
+    /// `<name>.<namespace>`, the only one the peer port admits, as the CA
+    /// and Vault issuers do.
     /// Changing the issuer changes the CA: the replicas lose contact
     /// with each other until every one has loaded the new Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]

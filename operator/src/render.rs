@@ -210,6 +210,13 @@ impl Names {
         ]
     }
 
+    /// The subject common name of the replicas' certificate, whoever
+    /// issues it: the only name their peer port admits (see
+    /// [`statefulset`]).
+    pub fn certificate_common_name(&self, ns: &str) -> String {
+        format!("{}.{ns}", self.cluster)
+    }
+
     /// Name of the pod with this ordinal.
     pub fn pod(&self, ordinal: i32) -> String {
         format!("{}-{ordinal}", self.cluster)
@@ -544,10 +551,19 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
     if tls {
         // One certificate for both ports, and the CA both to verify peers
         // (mutual TLS) and for the peers to verify this replica.
+        // The peer port admits only certificates that carry the replicas'
+        // common name: client certificates of the same CA (with
+        // clientCertAuth, or any certificate of a shared cert-manager
+        // issuer) name their holders, so they are refused there. An older
+        // replica ignores the variable.
         vars.extend([
             env("PHXKV_TLS_CERT", format!("{TLS_MOUNT}/{TLS_CERT_KEY}")),
             env("PHXKV_TLS_KEY", format!("{TLS_MOUNT}/{TLS_KEY_KEY}")),
             env("PHXKV_TLS_CA", format!("{TLS_MOUNT}/{CA_CERT_KEY}")),
+            env(
+                "PHXKV_PEER_CERT_ALLOWED_CN",
+                names.certificate_common_name(&ns),
+            ),
         ]);
     }
     // Client certificates of the same CA; the kubelet cannot present one,
@@ -1270,6 +1286,11 @@ mod tests {
             env["PHXKV_TLS_CA"].value.as_deref(),
             Some("/etc/phxkv/tls/ca.crt")
         );
+        // Only the replicas' own certificate gets through the peer port.
+        assert_eq!(
+            env["PHXKV_PEER_CERT_ALLOWED_CN"].value.as_deref(),
+            Some("kv.db")
+        );
         let pod = sts
             .spec
             .as_ref()
@@ -1313,6 +1334,7 @@ mod tests {
             Some("dns:kv-peers")
         );
         assert!(!env.contains_key("PHXKV_TLS_CERT"));
+        assert!(!env.contains_key("PHXKV_PEER_CERT_ALLOWED_CN"));
         let pod = plain
             .spec
             .as_ref()

@@ -512,6 +512,20 @@ async fn a_new_paxoskv_gets_its_objects_a_token_and_a_creating_status() {
         pod["containers"][0]["readinessProbe"]["httpGet"]["scheme"],
         "HTTPS"
     );
+    // The peer port admits the common name of the certificate just issued
+    // (and so refuses client certificates of the same CA, which name their
+    // holders).
+    let allowed = pod["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "PHXKV_PEER_CERT_ALLOWED_CN")
+        .and_then(|e| e["value"].as_str())
+        .expect("PHXKV_PEER_CERT_ALLOWED_CN");
+    use rustls::pki_types::pem::PemObject as _;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).expect("PEM");
+    assert_eq!(phxkv::tls::client_name(&der).as_deref(), Some(allowed));
+    assert_eq!(allowed, "kv.db");
     let event = expect_event(&mut h, "Created").await;
     assert_eq!(event["regarding"]["kind"], "PaxosKV");
     expect(&mut h, "GET", &format!("{NS}/pods"), |_| {
@@ -832,6 +846,8 @@ async fn with_an_issuer_ref_cert_manager_makes_the_certificate_and_no_ca_is_made
         json!({"name": "corp-ca", "kind": "Issuer", "group": "cert-manager.io"})
     );
     assert_eq!(cert["spec"]["dnsNames"], json!(kv_names()));
+    // The name the replicas' peer ports admit (PHXKV_PEER_CERT_ALLOWED_CN).
+    assert_eq!(cert["spec"]["commonName"], "kv.db");
     // cert-manager has not written the Secret yet: the pass goes on (the
     // pods wait for their volume).
     expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), |_| {

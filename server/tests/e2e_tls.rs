@@ -92,6 +92,83 @@ async fn the_peer_port_refuses_callers_without_a_certificate_of_the_cluster_ca()
     assert_eq!(member.status(), 401);
 }
 
+/// `--peer-cert-allowed-cn`: replicas whose certificates carry the name
+/// form a cluster; a client certificate of the same CA, which names its
+/// holder, is refused during the peer port's handshake; a replica whose own
+/// certificate names something else is refused at start, naming the flag.
+#[tokio::test]
+async fn with_peer_cert_allowed_cn_client_certificates_of_the_ca_stay_off_the_peer_port() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, leaf, files) = pki_in(dir.path(), &["127.0.0.1", "localhost"]);
+    let c = Cluster::start_tls(
+        3,
+        &["--peer-cert-allowed-cn", "phxkv node"],
+        files.clone(),
+        pki::client(&ca, None),
+    )
+    .await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let r = c.put(m, "tls/cn", "v").await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+
+    let url = format!("{}/peer/v1/messages", c.peer_url(0));
+    let app = ca.issue("app", &["127.0.0.1"]);
+    let refused = pki::client(&ca, Some(&app))
+        .post(&url)
+        .body("[]")
+        .send()
+        .await;
+    let refused = refused.expect_err("a client certificate of the same CA");
+    let reason = phxkv::tls::failure_reason(&refused).unwrap_or_default();
+    assert!(reason.contains("AccessDenied"), "{refused:?}");
+    // The replicas' certificate passes the handshake; the handler then
+    // wants the cluster token.
+    let member = pki::client(&ca, Some(&leaf))
+        .post(&url)
+        .body("[]")
+        .send()
+        .await
+        .expect("a handshake with the replicas' certificate");
+    assert_eq!(member.status(), 401);
+
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a-cluster-token-of-some-length").expect("token");
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let (cert, key, ca_file, token) = (
+        path(&files.cert),
+        path(&files.key),
+        path(&files.ca),
+        path(&token),
+    );
+    let (code, _, err) = common::run_phxkv(
+        &[
+            "serve",
+            "--id",
+            "a",
+            "--initial-members",
+            "a=https://127.0.0.1:1",
+            "--cluster-token-file",
+            &token,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-ca",
+            &ca_file,
+            "--peer-cert-allowed-cn",
+            "kv.db",
+        ],
+        &[],
+    );
+    assert_ne!(code, 0, "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("phxkv:")).collect();
+    assert_eq!(lines.len(), 1, "one readable line: {err}");
+    assert!(
+        lines[0].contains("--peer-cert-allowed-cn") && lines[0].contains("names \"phxkv node\""),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn plain_http_to_a_tls_port_gets_a_json_error_saying_to_use_https() {
     let (c, _ca, _leaf, _dir) = secured(1).await;

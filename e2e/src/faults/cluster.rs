@@ -154,6 +154,10 @@ impl Cluster {
                 t.key.as_os_str(),
                 "--tls-ca".as_ref(),
                 t.ca.as_deref().unwrap_or(&t.cert).as_os_str(),
+                // As the operator runs them: the peer port admits only the
+                // replicas' own common name.
+                "--peer-cert-allowed-cn".as_ref(),
+                phxkv::tls::dev_ca::COMMON_NAME.as_ref(),
             ],
             None => Vec::new(),
         };

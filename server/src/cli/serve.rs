@@ -276,10 +276,19 @@ pub struct ServeArgs {
 
     /// The CA (PEM) that signs every peer's certificate, when it is not
     /// --tls-ca. A peer without a certificate it signed is refused during
-    /// the handshake. Give one with --client-cert-auth: otherwise every
-    /// client certificate also passes the peer port's handshake.
+    /// the handshake. Give one with --client-cert-auth (or give
+    /// --peer-cert-allowed-cn): otherwise every client certificate also
+    /// passes the peer port's handshake.
     #[arg(long, env = "PHXKV_PEER_TLS_CA", value_name = "PATH")]
     pub peer_tls_ca: Option<PathBuf>,
+
+    /// Admit to the peer port only certificates whose subject common name
+    /// (CN) is NAME, besides being signed by the peer CA, as etcd's
+    /// --peer-cert-allowed-cn does. Client certificates of the same CA name
+    /// their holders, not NAME, so they are refused there. This node's own
+    /// peer certificate must carry NAME: its peers check it too.
+    #[arg(long, env = "PHXKV_PEER_CERT_ALLOWED_CN", value_name = "NAME")]
+    pub peer_cert_allowed_cn: Option<String>,
 
     /// Log format on stderr.
     #[arg(long, env = "PHXKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -417,12 +426,18 @@ impl ServeArgs {
             _ => match (&self.tls_cert, &self.tls_key) {
                 (Some(c), Some(k)) => (c, k, "tls-cert"),
                 _ => {
-                    if self.peer_tls_ca.is_some() {
-                        return Err(bad(
-                            "peer-tls-ca",
-                            "needs a certificate for the peer port (--peer-tls-cert or --tls-cert)"
-                                .into(),
-                        ));
+                    for (flag, given) in [
+                        ("peer-tls-ca", self.peer_tls_ca.is_some()),
+                        ("peer-cert-allowed-cn", self.peer_cert_allowed_cn.is_some()),
+                    ] {
+                        if given {
+                            return Err(bad(
+                                flag,
+                                "needs a certificate for the peer port (--peer-tls-cert or \
+                                 --tls-cert)"
+                                    .into(),
+                            ));
+                        }
                     }
                     return Ok((client, None));
                 }
@@ -442,8 +457,37 @@ impl ServeArgs {
             key: peer_key.clone(),
             ca: Some(ca),
         };
-        let peer = Material::load(paths, ClientAuth::Required)
-            .map_err(|e| bad(cert_flag, e.to_string()))?;
+        let auth = match &self.peer_cert_allowed_cn {
+            None => ClientAuth::Required,
+            Some(name) if name.trim().is_empty() || name.len() > 255 => {
+                return Err(bad(
+                    "peer-cert-allowed-cn",
+                    "give the common name of the peers' certificates (1 to 255 characters)".into(),
+                ));
+            }
+            Some(name) => ClientAuth::RequiredNamed(name.clone()),
+        };
+        let peer =
+            Material::load(paths, auth.clone()).map_err(|e| bad(cert_flag, e.to_string()))?;
+        if let ClientAuth::RequiredNamed(want) = &auth {
+            // Every peer checks this node's certificate the same way: one
+            // that names something else would be refused by all of them.
+            let own = peer.own_name();
+            if own.as_deref() != Some(want.as_str()) {
+                let named = match own {
+                    Some(n) => format!("names {n:?}"),
+                    None => "has no single common name in text".into(),
+                };
+                return Err(bad(
+                    "peer-cert-allowed-cn",
+                    format!(
+                        "this node's peer certificate ({}) {named}, not {want:?}: its peers \
+                         would refuse it",
+                        peer_cert.display()
+                    ),
+                ));
+            }
+        }
         Ok((client, Some(peer)))
     }
 
@@ -826,11 +870,12 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
              speak JSON only, which measured as fast once messages travel on streams"
         );
     }
-    if args.client_cert_auth && args.peer_tls_ca.is_none() {
+    if args.client_cert_auth && args.peer_tls_ca.is_none() && args.peer_cert_allowed_cn.is_none() {
         tracing::warn!(
-            "--client-cert-auth without --peer-tls-ca: the CA of client certificates also \
-             admits callers to the peer port's handshake (they still need the cluster token); \
-             give peers a CA of their own with --peer-tls-ca"
+            "--client-cert-auth without --peer-tls-ca or --peer-cert-allowed-cn: the CA of \
+             client certificates also admits callers to the peer port's handshake (they still \
+             need the cluster token); give peers a CA of their own with --peer-tls-ca, or \
+             admit only their certificates' common name with --peer-cert-allowed-cn"
         );
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -985,6 +1030,40 @@ mod tests {
         }
         let err = pod_with("kv-0", &token, &["--metrics-listen", "8082"]).expect_err("no host");
         assert!(err.to_string().contains("--metrics-listen"), "{err}");
+    }
+
+    #[test]
+    fn an_allowed_peer_name_needs_tls_on_the_peer_port_and_a_name() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "a-cluster-token-of-some-length").expect("token");
+        let err = pod_with("kv-0", &token, &["--peer-cert-allowed-cn", "kv.db"])
+            .expect_err("no certificate for the peer port");
+        assert!(
+            err.to_string()
+                .contains("--peer-cert-allowed-cn: needs a certificate for the peer port"),
+            "{err}"
+        );
+        let paths = crate::tls::TlsPaths {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            ca: Some(dir.path().join("ca.crt")),
+        };
+        crate::tls::dev_ca::make(&paths, &["localhost"]).expect("certificates");
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let (cert, key, ca) = (
+            path(&paths.cert),
+            path(&paths.key),
+            path(paths.ca.as_deref().expect("ca")),
+        );
+        let tls = ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca];
+        let err = pod_with(
+            "kv-0",
+            &token,
+            &[&tls[..], &["--peer-cert-allowed-cn", " "]].concat(),
+        )
+        .expect_err("an empty name");
+        assert!(err.to_string().contains("--peer-cert-allowed-cn"), "{err}");
     }
 
     #[test]

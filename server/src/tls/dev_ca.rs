@@ -13,6 +13,10 @@ use super::{TlsError, TlsPaths, issue};
 /// expected to outlive them.
 const DEV_CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
 
+/// The subject common name of the certificate [`make`] issues (what
+/// `--peer-cert-allowed-cn` would admit).
+pub const COMMON_NAME: &str = "phxkv dev replica";
+
 /// The names of the dev replicas' certificate: every one listens on
 /// loopback.
 const DEV_NAMES: [&str; 3] = ["127.0.0.1", "::1", "localhost"];
@@ -41,7 +45,7 @@ fn paths_in(dir: &Path) -> TlsPaths {
 pub(crate) fn make(paths: &TlsPaths, names: &[&str]) -> Result<(), TlsError> {
     let ca = issue::new_ca("phxkv dev CA", DEV_CA_VALIDITY)?;
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let leaf = issue::issue(&ca, "phxkv dev replica", &names, DEV_CA_VALIDITY)?;
+    let leaf = issue::issue(&ca, COMMON_NAME, &names, DEV_CA_VALIDITY)?;
     if let Some(dir) = paths.key.parent() {
         std::fs::create_dir_all(dir).map_err(|e| TlsError::file(dir, e))?;
     }

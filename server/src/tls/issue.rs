@@ -124,15 +124,25 @@ pub fn issue(
 
 /// When the first certificate in `pem` expires, in Unix seconds.
 pub fn not_after_of(pem: &str) -> Result<i64, TlsError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()
-        .ok_or_else(|| TlsError::Config("no certificate in PEM form".into()))?
-        .map_err(|e| TlsError::Config(format!("no certificate in PEM form: {e}")))?;
+    let der = first_der(pem)?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| TlsError::Config(format!("not an X.509 certificate: {e}")))?;
     Ok(cert.validity().not_after.timestamp())
+}
+
+/// The subject common name of the first certificate in `pem`, as
+/// [`super::client_name`] reads it (none unless exactly one, in text).
+pub fn common_name_of(pem: &str) -> Result<Option<String>, TlsError> {
+    Ok(super::client_name(&first_der(pem)?))
+}
+
+fn first_der(pem: &str) -> Result<rustls::pki_types::CertificateDer<'static>, TlsError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or_else(|| TlsError::Config("no certificate in PEM form".into()))?
+        .map_err(|e| TlsError::Config(format!("no certificate in PEM form: {e}")))
 }
 
 /// Whether `cert` was signed by `ca` and is valid now for the host name

@@ -23,7 +23,10 @@
 //!   refuses clients without a certificate signed by the CA.
 //! - The peer port always requires one (mutual TLS): a peer that presents
 //!   no certificate, or one signed by another CA, is refused during the
-//!   handshake, before any handler runs.
+//!   handshake, before any handler runs. With `--peer-cert-allowed-cn` the
+//!   certificate's common name must also be the one given, so that client
+//!   certificates of the same CA, which name their holders, are refused
+//!   there too.
 //! - Outgoing peer calls present this node's certificate and check the
 //!   other side's against the CA and against the host name of its peer URL.
 //!
@@ -35,6 +38,7 @@ pub mod issue;
 pub mod listener;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -218,9 +222,7 @@ fn load(paths: &TlsPaths, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsE
         .validity()
         .not_after
         .timestamp();
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = unix_seconds();
     if not_after <= now {
         tracing::warn!(
             cert = %paths.cert.display(),
@@ -290,6 +292,9 @@ pub struct Material {
     /// Held while loading, so that one caller loads and the others go on
     /// with what is held.
     failed: std::sync::Mutex<Option<Stamp>>,
+    /// The minute (Unix seconds / 60) in which a certificate was last
+    /// refused for its common name and logged.
+    refusal_logged: AtomicI64,
 }
 
 type ExpiryObserver = Box<dyn Fn(i64) + Send + Sync>;
@@ -304,18 +309,21 @@ impl std::fmt::Debug for Material {
 }
 
 /// Whether a port asks clients for a certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientAuth {
     /// Clients are not asked for a certificate.
     Off,
     /// Clients must present one signed by the CA, or the handshake fails.
     Required,
+    /// As `Required`, and the certificate's subject must have this one
+    /// common name ([`client_name`]), or the handshake fails.
+    RequiredNamed(String),
 }
 
 impl Material {
     /// Loads the files now; an error names the file and what is wrong.
     pub fn load(paths: TlsPaths, client_auth: ClientAuth) -> Result<Arc<Self>, TlsError> {
-        if client_auth == ClientAuth::Required && paths.ca.is_none() {
+        if client_auth != ClientAuth::Off && paths.ca.is_none() {
             return Err(TlsError::Config(
                 "client certificates are required but no CA is given to check them".into(),
             ));
@@ -329,11 +337,18 @@ impl Material {
             client_auth,
             observer: std::sync::Mutex::new(None),
             failed: std::sync::Mutex::new(None),
+            refusal_logged: AtomicI64::new(0),
         }))
     }
 
     pub fn paths(&self) -> &TlsPaths {
         &self.paths
+    }
+
+    /// The common name of the certificate this node presents (see
+    /// [`client_name`]), as loaded now.
+    pub fn own_name(&self) -> Option<String> {
+        own_name(&self.current())
     }
 
     /// Calls `f` with the certificate's expiry (Unix seconds) now and after
@@ -374,6 +389,22 @@ impl Material {
             return held;
         }
         match load(&self.paths, &self.provider) {
+            Ok(fresh)
+                if matches!(&self.client_auth, ClientAuth::RequiredNamed(want)
+                    if own_name(&fresh).as_deref() != Some(want.as_str())) =>
+            {
+                // Every peer would refuse it (they admit one name), and
+                // this node would refuse them if they switched too: keep
+                // the certificate that works, as with any failed load.
+                *failed = Some(now);
+                tracing::warn!(
+                    cert = %self.paths.cert.display(),
+                    name = ?own_name(&fresh),
+                    "the new certificate's common name is not the one peers admit \
+                     (--peer-cert-allowed-cn); still using the previous certificate"
+                );
+                held
+            }
             Ok(fresh) => {
                 *failed = None;
                 let fresh = Arc::new(fresh);
@@ -411,7 +442,7 @@ impl Material {
             ClientAuth::Off => builder
                 .with_no_client_auth()
                 .with_cert_resolver(Arc::new(Current(self.clone()))),
-            ClientAuth::Required => builder
+            ClientAuth::Required | ClientAuth::RequiredNamed(_) => builder
                 .with_client_cert_verifier(Arc::new(Current(self.clone())))
                 .with_cert_resolver(Arc::new(Current(self.clone()))),
         };
@@ -461,6 +492,20 @@ impl ResolvesClientCert for Current {
     fn has_certs(&self) -> bool {
         true
     }
+}
+
+fn unix_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn own_name(loaded: &Loaded) -> Option<String> {
+    loaded
+        .key
+        .cert
+        .first()
+        .and_then(|leaf| client_name(leaf.as_ref()))
 }
 
 /// Signature checks do not depend on which CA is current, only on the
@@ -530,12 +575,38 @@ impl ClientCertVerifier for Current {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match &self.0.current().client_verifier {
-            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
-            None => Err(rustls::Error::General(
-                "no CA to check clients against".into(),
-            )),
+        let verified = match &self.0.current().client_verifier {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now)?,
+            None => {
+                return Err(rustls::Error::General(
+                    "no CA to check clients against".into(),
+                ));
+            }
+        };
+        if let ClientAuth::RequiredNamed(want) = &self.0.client_auth {
+            let name = client_name(end_entity.as_ref());
+            if name.as_deref() != Some(want.as_str()) {
+                // Only holders of a certificate of our own CA get here: a
+                // peer with the wrong certificate, or a client's
+                // certificate tried on the peer port. Either is worth
+                // seeing in the log, once a minute at most (anyone with
+                // such a certificate can make handshakes fail at will).
+                let minute = unix_seconds() / 60;
+                if self.0.refusal_logged.swap(minute, Ordering::Relaxed) != minute {
+                    tracing::warn!(
+                        name = ?name,
+                        allowed = %want,
+                        "refused a certificate of the peer CA whose common name is not the \
+                         one peers carry (--peer-cert-allowed-cn); further refusals this \
+                         minute are not logged"
+                    );
+                }
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ));
+            }
         }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -650,6 +721,91 @@ mod tests {
         }
         let reason = failure_reason(&err).unwrap_or_else(|| panic!("no TLS reason in {chain:#?}"));
         assert!(reason.contains("not valid for"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn with_an_allowed_name_the_peer_port_refuses_other_certificates_of_its_ca() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = issue::new_ca("test CA", std::time::Duration::from_secs(3600)).expect("CA");
+        let ca_path = dir.path().join("ca.crt");
+        std::fs::write(&ca_path, &ca.cert_pem).expect("write CA");
+        // A certificate of that CA for localhost, named `cn`.
+        let leaf = |stem: &str, cn: &str| {
+            let issued = issue::issue(
+                &ca,
+                cn,
+                &["localhost".to_owned()],
+                std::time::Duration::from_secs(3600),
+            )
+            .expect("leaf");
+            let paths = TlsPaths {
+                cert: dir.path().join(format!("{stem}.crt")),
+                key: dir.path().join(format!("{stem}.key")),
+                ca: Some(ca_path.clone()),
+            };
+            std::fs::write(&paths.cert, &issued.cert_pem).expect("write cert");
+            std::fs::write(&paths.key, &issued.key_pem).expect("write key");
+            paths
+        };
+        let app = || axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let named = Material::load(
+            leaf("peer-a", "kv.db"),
+            ClientAuth::RequiredNamed("kv.db".into()),
+        )
+        .expect("load");
+        assert_eq!(named.own_name().as_deref(), Some("kv.db"));
+        let named_port = serve_tls(&named, app(), None).await.port();
+        let open = Material::load(leaf("peer-b", "kv.db"), ClientAuth::Required).expect("load");
+        let open_port = serve_tls(&open, app(), None).await.port();
+
+        let call = |paths: TlsPaths, port: u16| async move {
+            let m = Material::load(paths, ClientAuth::Off).expect("caller");
+            let client = reqwest::Client::builder()
+                .tls_backend_preconfigured(m.client_config().expect("client config"))
+                .build()
+                .expect("client");
+            client
+                .get(format!("https://localhost:{port}/"))
+                .send()
+                .await
+        };
+        let replica = leaf("peer-c", "kv.db");
+        let app_cert = leaf("my-app", "my-app");
+
+        let ok = call(replica.clone(), named_port)
+            .await
+            .expect("another replica's certificate carries the allowed name");
+        assert_eq!(ok.status(), 200);
+        let err = call(app_cert.clone(), named_port)
+            .await
+            .expect_err("a client certificate of the same CA names its holder");
+        let reason = failure_reason(&err).unwrap_or_else(|| panic!("no TLS reason in {err:?}"));
+        assert!(reason.contains("AccessDenied"), "{reason}");
+        // What the allowed name changes: without it the same CA admits the
+        // client certificate.
+        let passed = call(app_cert, open_port)
+            .await
+            .expect("without an allowed name, the CA alone decides");
+        assert_eq!(passed.status(), 200);
+
+        // Renewed under another name: every peer would refuse it, so the
+        // node keeps the certificate it has, until a good one arrives.
+        let served = || named.current().key.cert[0].as_ref().to_vec();
+        let before = served();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        leaf("peer-a", "someone else");
+        named.refresh();
+        assert_eq!(named.own_name().as_deref(), Some("kv.db"));
+        assert_eq!(served(), before, "the previous certificate is kept");
+        let ok = call(replica.clone(), named_port)
+            .await
+            .expect("peers still get through");
+        assert_eq!(ok.status(), 200);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        leaf("peer-a", "kv.db");
+        named.refresh();
+        assert_ne!(served(), before, "a certificate with the name is taken");
+        assert_eq!(named.own_name().as_deref(), Some("kv.db"));
     }
 
     #[tokio::test]
