@@ -441,10 +441,34 @@ async fn from_cert_manager(
     .await
     .map_err(not_installed)?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    Ok(secrets
-        .get_opt(&names.tls)
-        .await?
-        .and_then(|s| ClusterTls::from_secret(&s)))
+    let secret = secrets.get_opt(&names.tls).await?;
+    // An issuer that does not keep the common name asked for leaves the
+    // replicas with a certificate their peer ports refuse: they stop at
+    // start saying so, and the PaxosKV's events say why.
+    let want = names.certificate_common_name(ns);
+    if let Some(cert) = secret.as_ref().and_then(|s| text(s, TLS_CERT_KEY))
+        && issue::common_name_of(&cert).ok().flatten().as_deref() != Some(want.as_str())
+    {
+        let note = format!(
+            "Secret {}: the certificate issued by {} {} does not carry the common name {want} \
+             that the Certificate asks for, the only name the replicas' peer ports admit; \
+             replicas refuse to start with it: use an issuer that keeps the requested common \
+             name",
+            names.tls,
+            issuer.kind.name(),
+            issuer.name
+        );
+        publish(
+            ctx,
+            pkv,
+            EventType::Warning,
+            "CertificateNameMismatch",
+            "Certificates",
+            &note,
+        )
+        .await;
+    }
+    Ok(secret.and_then(|s| ClusterTls::from_secret(&s)))
 }
 
 /// A 404 on the `Certificate` resource itself means cert-manager is not

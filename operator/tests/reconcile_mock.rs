@@ -858,6 +858,42 @@ async fn with_an_issuer_ref_cert_manager_makes_the_certificate_and_no_ca_is_made
     run.await.expect("joined").expect("reconciled");
 }
 
+/// An issuer that drops the common name the Certificate asks for: the
+/// replicas would refuse to start with it, and the events say why.
+#[tokio::test]
+async fn a_cert_manager_certificate_without_the_replicas_common_name_is_reported() {
+    use phxkv::tls::issue;
+    const DAY: Duration = Duration::from_secs(86_400);
+    let (mut h, run) =
+        start_tls_pass(json!({"replicas": 3, "tls": {"issuerRef": {"name": "corp-ca"}}})).await;
+    let certs = "/apis/cert-manager.io/v1/namespaces/db/certificates/kv-tls";
+    expect(&mut h, "GET", certs, |_| {
+        (404, not_found("certificates.cert-manager.io", "kv-tls"))
+    })
+    .await;
+    expect(&mut h, "PATCH", certs, echo).await;
+    let ca = issue::new_ca("corp CA", 3650 * DAY).expect("ca");
+    let leaf = issue::issue(&ca, "renamed-by-issuer", &kv_names(), 80 * DAY).expect("leaf");
+    let written = secret(
+        "kv-tls",
+        json!({"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.cert_pem}),
+        json!({"cert-manager.io/certificate-name": "kv-tls"}),
+    );
+    expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), move |_| {
+        (200, written)
+    })
+    .await;
+    let event = expect_event(&mut h, "CertificateNameMismatch").await;
+    assert_eq!(event["type"], "Warning");
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("kv.db") && note.contains("Issuer corp-ca"),
+        "{note}"
+    );
+    expect_rest_of_pass(&mut h).await;
+    run.await.expect("joined").expect("reconciled");
+}
+
 #[tokio::test]
 async fn without_cert_manager_installed_an_issuer_ref_fails_with_a_reason() {
     let (mut h, run) =
