@@ -426,7 +426,7 @@ pub async fn delete_prefix<S: Service>(
              DELETE /v1/kv/{key} deletes one key",
         ));
     };
-    if !svc.prefix_deletes() {
+    if !features_known(|| svc.prefix_deletes()).await {
         return Err(ServiceError::Unavailable {
             message: "not every member has said it can apply a prefix delete yet: a replica \
                       that has just started hears from its peers within a round trip, and one \
@@ -454,6 +454,26 @@ pub async fn delete_prefix<S: Service>(
             more,
         })),
         other => Err(unexpected(&other)),
+    }
+}
+
+/// How long a request that needs every member to have said it decodes an
+/// op waits for that to be known: a replica that has just started learns
+/// its peers' features within a round trip or two (see
+/// `Node::exchange_digests`), and a moment's wait beats a 503.
+const FEATURES_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether `known()` holds now or within [`FEATURES_WAIT`].
+async fn features_known(known: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + FEATURES_WAIT;
+    loop {
+        if known() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

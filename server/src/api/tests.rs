@@ -2751,6 +2751,15 @@ async fn a_prefix_delete_removes_the_keys_under_it_in_rounds_of_limit() {
             .is_some_and(|m| m.contains("earlier version")),
         "{e}"
     );
+    // Learnt a moment later (a replica that has just started hearing from
+    // its peers): the request waits for it rather than answering 503.
+    let later = fake.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        later.inner.prefix_deletes.store(true, Ordering::Relaxed);
+    });
+    let r = call(&router, Method::DELETE, "/v1/kv?prefix=a", Body::empty()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 }
 
 #[tokio::test]

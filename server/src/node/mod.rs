@@ -298,6 +298,13 @@ struct ReadBatch {
 
 /// How often replicas exchange state digests.
 const DIGEST_INTERVAL: Duration = Duration::from_secs(2);
+/// How soon a report goes out again, in the first [`FEATURES_HURRY`] after
+/// a start, while some member's features are unknown (its answer to the
+/// first report was lost or late).
+const FEATURES_RETRY: Duration = Duration::from_millis(200);
+/// See [`FEATURES_RETRY`]; after it, a member not heard from is asked
+/// every [`DIGEST_INTERVAL`] like the others (it may be down for good).
+const FEATURES_HURRY: Duration = Duration::from_secs(10);
 
 /// Bound of the driver's input channel; beyond it requests are refused busy.
 const INPUT_QUEUE: usize = 65_536;
@@ -628,6 +635,7 @@ impl Node {
     }
 
     async fn exchange_digests(&self) {
+        let started = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(DIGEST_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -676,6 +684,9 @@ impl Node {
             self.judge_digests();
             // Keeps the gauge current through membership changes too.
             self.refresh_anonymous_gauge();
+            if started.elapsed() < FEATURES_HURRY && !self.members_do(|_| true) {
+                tick.reset_after(FEATURES_RETRY);
+            }
         }
     }
 
@@ -684,7 +695,9 @@ impl Node {
     /// restarted replica knows its peers' features one round trip after it
     /// starts, rather than once each of them next reports to it (up to
     /// [`DIGEST_INTERVAL`] later; until then it would refuse prefix deletes
-    /// and propose writes without a credential unwrapped). An answer
+    /// and propose writes without a credential unwrapped). A report whose
+    /// answer is lost is sent again after [`FEATURES_RETRY`] in the first
+    /// seconds. An answer
     /// without the header (a refusal, or a peer of a version that names its
     /// features in its requests only) says nothing, and what its requests
     /// said stands.
