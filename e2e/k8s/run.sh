@@ -414,9 +414,40 @@ wait_for_size demo 3
 peer_rule=$(k get networkpolicy demo -o jsonpath='{.spec.ingress[0].ports[0].port} {.spec.ingress[0].from[0].podSelector.matchLabels.app\.kubernetes\.io/instance}')
 [[ $peer_rule == "8081 demo" ]] ||
     die "NetworkPolicy demo does not close the peer port to demo's pods (got '$peer_rule')"
-forward svc/demo 8080
 bearer=$(token_of demo)
 cacert=$(ca_of demo) || die "Secret demo-tls holds no ca.crt"
+
+step "the peer port of demo admits the replicas' certificate only"
+allowed=$(k get statefulset demo \
+    -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="PHXKV_PEER_CERT_ALLOWED_CN")].value}')
+[[ $allowed == "demo.$ns" ]] || die "demo's peer ports admit '$allowed', not demo.$ns"
+# A client certificate from demo's CA, as the README shows how to make one.
+k get secret demo-ca -o jsonpath='{.data.ca\.crt}' | base64 -d >"$work/demo-ca.crt"
+k get secret demo-ca -o jsonpath='{.data.ca\.key}' | base64 -d >"$work/demo-ca.key"
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=app \
+    -keyout "$work/app.key" -out "$work/app.csr" 2>/dev/null &&
+    openssl x509 -req -in "$work/app.csr" -CA "$work/demo-ca.crt" -CAkey "$work/demo-ca.key" \
+        -CAcreateserial -days 1 -extfile <(echo extendedKeyUsage=clientAuth) \
+        -out "$work/app.crt" 2>/dev/null || die "cannot issue a client certificate from demo-ca"
+rm -f "$work/demo-ca.key"
+k get secret demo-tls -o jsonpath='{.data.tls\.crt}' | base64 -d >"$work/replica.crt"
+k get secret demo-tls -o jsonpath='{.data.tls\.key}' | base64 -d >"$work/replica.key"
+forward pod/demo-0 8081
+peer_call() { # cert key: the HTTP status of a peer call without the token (000: no answer)
+    tls_curl -s -o /dev/null -w '%{http_code}' --max-time 10 --cert "$1" --key "$2" \
+        -X POST -H 'Content-Type: application/json' --data '[]' \
+        "https://localhost:$forward_port/peer/v1/messages" || true
+}
+code=$(peer_call "$work/app.crt" "$work/app.key")
+[[ $code == 000 ]] ||
+    die "demo-0's peer port answered $code to a client certificate of demo's CA; it must refuse it in the handshake"
+code=$(peer_call "$work/replica.crt" "$work/replica.key")
+[[ $code == 401 ]] ||
+    die "demo-0's peer port answered $code to the replicas' certificate without the token, not 401"
+rm -f "$work/replica.key" "$work/app.key"
+log "demo-0's peer port refuses a client certificate of demo's CA and admits the replicas'"
+
+forward svc/demo 8080
 retry put "$forward_port" before-scaling kept >/dev/null || die "PUT before-scaling on demo"
 
 for size in 5 3; do
