@@ -828,8 +828,15 @@ async fn an_ageing_ca_is_rotated_trust_first_then_the_certificate() {
     run.await.expect("joined").expect("reconciled");
 }
 
-#[tokio::test]
-async fn with_an_issuer_ref_cert_manager_makes_the_certificate_and_no_ca_is_made() {
+/// A TLS pass with `issuerRef` up to the `Certificate` it applies (none
+/// existed), which it returns.
+async fn start_cert_manager_pass() -> (
+    ApiHandle,
+    tokio::task::JoinHandle<
+        Result<kube::runtime::controller::Action, phxkv_operator::controller::Error>,
+    >,
+    Value,
+) {
     let (mut h, run) =
         start_tls_pass(json!({"replicas": 3, "tls": {"issuerRef": {"name": "corp-ca"}}})).await;
     let certs = "/apis/cert-manager.io/v1/namespaces/db/certificates/kv-tls";
@@ -838,6 +845,12 @@ async fn with_an_issuer_ref_cert_manager_makes_the_certificate_and_no_ca_is_made
     })
     .await;
     let cert = expect(&mut h, "PATCH", certs, echo).await;
+    (h, run, cert)
+}
+
+#[tokio::test]
+async fn with_an_issuer_ref_cert_manager_makes_the_certificate_and_no_ca_is_made() {
+    let (mut h, run, cert) = start_cert_manager_pass().await;
     assert_eq!(cert["kind"], "Certificate");
     assert_eq!(cert["metadata"]["ownerReferences"][0]["uid"], "0000-1111");
     assert_eq!(cert["spec"]["secretName"], "kv-tls");
@@ -864,14 +877,7 @@ async fn with_an_issuer_ref_cert_manager_makes_the_certificate_and_no_ca_is_made
 async fn a_cert_manager_certificate_without_the_replicas_common_name_is_reported() {
     use phxkv::tls::issue;
     const DAY: Duration = Duration::from_secs(86_400);
-    let (mut h, run) =
-        start_tls_pass(json!({"replicas": 3, "tls": {"issuerRef": {"name": "corp-ca"}}})).await;
-    let certs = "/apis/cert-manager.io/v1/namespaces/db/certificates/kv-tls";
-    expect(&mut h, "GET", certs, |_| {
-        (404, not_found("certificates.cert-manager.io", "kv-tls"))
-    })
-    .await;
-    expect(&mut h, "PATCH", certs, echo).await;
+    let (mut h, run, _) = start_cert_manager_pass().await;
     let ca = issue::new_ca("corp CA", 3650 * DAY).expect("ca");
     let leaf = issue::issue(&ca, "renamed-by-issuer", &kv_names(), 80 * DAY).expect("leaf");
     let written = secret(

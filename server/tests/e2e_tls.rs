@@ -41,6 +41,16 @@ async fn served_certificate(ca: &Ca, url: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// An empty batch of peer messages posted to `url` (a peer port) without
+/// the cluster token, presenting `leaf` if given.
+async fn post_to_peer_port(
+    ca: &Ca,
+    leaf: Option<&Leaf>,
+    url: &str,
+) -> reqwest::Result<reqwest::Response> {
+    pki::client(ca, leaf).post(url).body("[]").send().await
+}
+
 fn der_of(pem: &str) -> Vec<u8> {
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     use base64::Engine as _;
@@ -68,25 +78,18 @@ async fn the_peer_port_refuses_callers_without_a_certificate_of_the_cluster_ca()
     let (c, ca, leaf, _dir) = secured(3).await;
     let url = format!("{}/peer/v1/messages", c.peer_url(0));
 
-    let anonymous = pki::client(&ca, None).post(&url).body("[]").send().await;
+    let anonymous = post_to_peer_port(&ca, None, &url).await;
     assert!(anonymous.is_err(), "no certificate: {anonymous:?}");
 
     let stranger_ca = Ca::new("another CA");
     let stranger = stranger_ca.issue("stranger", &["127.0.0.1"]);
-    let foreign = pki::client(&ca, Some(&stranger))
-        .post(&url)
-        .body("[]")
-        .send()
-        .await;
+    let foreign = post_to_peer_port(&ca, Some(&stranger), &url).await;
     assert!(foreign.is_err(), "certificate of another CA: {foreign:?}");
 
     // The cluster's own certificate gets through the handshake, so the
     // refusals above were the certificates' doing; without the cluster
     // token the handler then says no.
-    let member = pki::client(&ca, Some(&leaf))
-        .post(&url)
-        .body("[]")
-        .send()
+    let member = post_to_peer_port(&ca, Some(&leaf), &url)
         .await
         .expect("a handshake with the cluster's certificate");
     assert_eq!(member.status(), 401);
@@ -113,20 +116,14 @@ async fn with_peer_cert_allowed_cn_client_certificates_of_the_ca_stay_off_the_pe
 
     let url = format!("{}/peer/v1/messages", c.peer_url(0));
     let app = ca.issue("app", &["127.0.0.1"]);
-    let refused = pki::client(&ca, Some(&app))
-        .post(&url)
-        .body("[]")
-        .send()
-        .await;
-    let refused = refused.expect_err("a client certificate of the same CA");
+    let refused = post_to_peer_port(&ca, Some(&app), &url)
+        .await
+        .expect_err("a client certificate of the same CA");
     let reason = phxkv::tls::failure_reason(&refused).unwrap_or_default();
     assert!(reason.contains("AccessDenied"), "{refused:?}");
     // The replicas' certificate passes the handshake; the handler then
     // wants the cluster token.
-    let member = pki::client(&ca, Some(&leaf))
-        .post(&url)
-        .body("[]")
-        .send()
+    let member = post_to_peer_port(&ca, Some(&leaf), &url)
         .await
         .expect("a handshake with the replicas' certificate");
     assert_eq!(member.status(), 401);
