@@ -336,15 +336,8 @@ pub fn leaf_step(secret: &Secret, ca: &CaState, names: &Names, ns: &str, now: i6
             },
         );
     }
-    // The replicas' peer ports admit only this name
-    // (PHXKV_PEER_CERT_ALLOWED_CN).
-    let common_name = names.certificate_common_name(ns);
-    match issue::common_name_of(&cert) {
-        Ok(Some(cn)) if cn == common_name => {}
-        Ok(_) => {
-            return LeafStep::Issue(format!("it does not carry the common name {common_name}"));
-        }
-        Err(e) => return LeafStep::Issue(e.to_string()),
+    if let Err(missing) = carries_common_name(&cert, names, ns) {
+        return LeafStep::Issue(missing);
     }
     let end = match issue::not_after_of(&cert) {
         Ok(end) => end,
@@ -401,6 +394,17 @@ fn identity(cert: Option<String>, key: Option<String>) -> Option<String> {
     Some(format!("{}\n{}", cert?.trim_end(), key?.trim_end()))
 }
 
+/// Whether `cert` (PEM) carries the replicas' common name, the only one
+/// their peer ports admit (`PHXKV_PEER_CERT_ALLOWED_CN`); if not, why.
+fn carries_common_name(cert: &str, names: &Names, ns: &str) -> Result<(), String> {
+    let want = names.certificate_common_name(ns);
+    match issue::common_name_of(cert) {
+        Ok(Some(cn)) if cn == want => Ok(()),
+        Ok(_) => Err(format!("it does not carry the common name {want}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The certificate and key (`tls.crt`, `tls.key`) of a certificate Secret.
 fn secret_identity(secret: &Secret) -> Option<String> {
     identity(text(secret, TLS_CERT_KEY), text(secret, TLS_KEY_KEY))
@@ -445,18 +449,18 @@ async fn from_cert_manager(
     // An issuer that does not keep the common name asked for leaves the
     // replicas with a certificate their peer ports refuse: they stop at
     // start saying so, and the PaxosKV's events say why.
-    let want = names.certificate_common_name(ns);
     if let Some(cert) = secret.as_ref().and_then(|s| text(s, TLS_CERT_KEY))
-        && issue::common_name_of(&cert).ok().flatten().as_deref() != Some(want.as_str())
+        && carries_common_name(&cert, names, ns).is_err()
     {
         let note = format!(
-            "Secret {}: the certificate issued by {} {} does not carry the common name {want} \
+            "Secret {}: the certificate issued by {} {} does not carry the common name {} \
              that the Certificate asks for, the only name the replicas' peer ports admit; \
              replicas refuse to start with it: use an issuer that keeps the requested common \
              name",
             names.tls,
             issuer.kind.name(),
-            issuer.name
+            issuer.name,
+            names.certificate_common_name(ns)
         );
         publish(
             ctx,

@@ -467,27 +467,7 @@ impl ServeArgs {
             }
             Some(name) => ClientAuth::RequiredNamed(name.clone()),
         };
-        let peer =
-            Material::load(paths, auth.clone()).map_err(|e| bad(cert_flag, e.to_string()))?;
-        if let ClientAuth::RequiredNamed(want) = &auth {
-            // Every peer checks this node's certificate the same way: one
-            // that names something else would be refused by all of them.
-            let own = peer.own_name();
-            if own.as_deref() != Some(want.as_str()) {
-                let named = match own {
-                    Some(n) => format!("names {n:?}"),
-                    None => "has no single common name in text".into(),
-                };
-                return Err(bad(
-                    "peer-cert-allowed-cn",
-                    format!(
-                        "this node's peer certificate ({}) {named}, not {want:?}: its peers \
-                         would refuse it",
-                        peer_cert.display()
-                    ),
-                ));
-            }
-        }
+        let peer = Material::load(paths, auth).map_err(|e| bad(cert_flag, e.to_string()))?;
         Ok((client, Some(peer)))
     }
 

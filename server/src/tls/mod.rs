@@ -205,7 +205,15 @@ struct Loaded {
     client_verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
-fn load(paths: &TlsPaths, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsError> {
+/// Reads the files. With [`ClientAuth::RequiredNamed`] the certificate
+/// must carry that name itself: every peer checks it the same way, so one
+/// that names something else would be refused by all of them (at start
+/// that stops the node; on a reload the previous certificate is kept).
+fn load(
+    paths: &TlsPaths,
+    provider: &Arc<CryptoProvider>,
+    client_auth: &ClientAuth,
+) -> Result<Loaded, TlsError> {
     // The stamp is taken first: a file replaced while it is read gives a
     // stamp that no longer matches, so the next handshake reads it again.
     let stamp = stamp(paths).map_err(|e| {
@@ -257,13 +265,30 @@ fn load(paths: &TlsPaths, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsE
             (Some(server), Some(client))
         }
     };
-    Ok(Loaded {
+    let loaded = Loaded {
         stamp,
         not_after,
         key: Arc::new(key),
         server_verifier,
         client_verifier,
-    })
+    };
+    if let ClientAuth::RequiredNamed(want) = client_auth {
+        let own = own_name(&loaded);
+        if own.as_deref() != Some(want.as_str()) {
+            let named = match own {
+                Some(n) => format!("names {n:?}"),
+                None => "has no single common name in text".into(),
+            };
+            return Err(TlsError::file(
+                &paths.cert,
+                format!(
+                    "{named}, not {want:?}, the one name peers admit (--peer-cert-allowed-cn): \
+                     its peers would refuse it"
+                ),
+            ));
+        }
+    }
+    Ok(loaded)
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -329,7 +354,7 @@ impl Material {
             ));
         }
         let provider = provider();
-        let loaded = load(&paths, &provider)?;
+        let loaded = load(&paths, &provider, &client_auth)?;
         Ok(Arc::new(Material {
             paths,
             provider,
@@ -347,7 +372,8 @@ impl Material {
 
     /// The common name of the certificate this node presents (see
     /// [`client_name`]), as loaded now.
-    pub fn own_name(&self) -> Option<String> {
+    #[cfg(test)]
+    fn own_name(&self) -> Option<String> {
         own_name(&self.current())
     }
 
@@ -388,23 +414,7 @@ impl Material {
         if failed.as_ref() == Some(&now) {
             return held;
         }
-        match load(&self.paths, &self.provider) {
-            Ok(fresh)
-                if matches!(&self.client_auth, ClientAuth::RequiredNamed(want)
-                    if own_name(&fresh).as_deref() != Some(want.as_str())) =>
-            {
-                // Every peer would refuse it (they admit one name), and
-                // this node would refuse them if they switched too: keep
-                // the certificate that works, as with any failed load.
-                *failed = Some(now);
-                tracing::warn!(
-                    cert = %self.paths.cert.display(),
-                    name = ?own_name(&fresh),
-                    "the new certificate's common name is not the one peers admit \
-                     (--peer-cert-allowed-cn); still using the previous certificate"
-                );
-                held
-            }
+        match load(&self.paths, &self.provider, &self.client_auth) {
             Ok(fresh) => {
                 *failed = None;
                 let fresh = Arc::new(fresh);
