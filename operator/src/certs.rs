@@ -26,7 +26,9 @@
 //! 2. [`CA_TRUST_SPREAD`] later, when every replica trusts both, the
 //!    certificate is issued again from the new CA.
 //! 3. [`CA_OVERLAP`] after the rotation the old CA leaves `ca.crt`: clients
-//!    have had that long to fetch the new `ca.crt`.
+//!    have had that long to fetch the new `ca.crt`. Each replica, as it
+//!    reloads the Secret, closes the connections still open with a
+//!    certificate of the old CA (peers open theirs again with the new one).
 //!
 //! `<name>-ca` is only ever replaced with the resource version it was read
 //! at, so two writers cannot each make a CA and split the cluster.

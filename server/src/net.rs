@@ -14,6 +14,11 @@
 //! ever. An answer that takes long (a watch, a lock wait) is not cut: the
 //! clock only runs while the server waits for a request.
 //!
+//! A connection whose client presented a certificate is checked again each
+//! time the port's TLS files are reloaded (see `crate::tls`): one the new
+//! CA no longer admits is closed after its current exchange, or after
+//! [`DISTRUSTED_GRACE`] if that exchange is a stream that does not end.
+//!
 //! Closing: the server sometimes answers before it has read the whole
 //! request, above all a body over the size limit (413), which is refused
 //! after reading only up to the limit. The HTTP server then closes the
@@ -45,7 +50,10 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Bu
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument as _;
 
+use rustls::pki_types::CertificateDer;
+
 use crate::auth::gate::{ClientAddr, ClientCert};
+use crate::tls::Material;
 
 /// The longest a connection may wait, open or between two exchanges,
 /// before its next request head is complete, unless `serve --idle-timeout`
@@ -54,6 +62,11 @@ use crate::auth::gate::{ClientAddr, ClientCert};
 /// that they close an idle connection before the server does and never
 /// send a request on one the server is closing.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a connection whose certificate is no longer admitted may take
+/// to finish the exchange under way before it is cut: enough for a request
+/// (a write waiting for its quorum), not for a watch or a peer stream.
+pub const DISTRUSTED_GRACE: Duration = Duration::from_secs(5);
 
 /// The longest a closed connection is drained of what the client still sends.
 pub const LINGER_TIME: Duration = Duration::from_secs(10);
@@ -92,11 +105,13 @@ impl axum::serve::Listener for PlainListener {
 /// opening or of its previous answer is closed (see the module
 /// documentation). Handlers find the caller's address as
 /// `ConnectInfo<ClientAddr>`, and the name its certificate gives it, if it
-/// presented one, as [`ClientCert`].
+/// presented one, as [`ClientCert`]. With `tls`, the material of the port,
+/// a connection whose certificate a reload no longer admits is closed.
 pub async fn serve<L, S>(
     mut listener: L,
     app: axum::Router,
     idle: Duration,
+    tls: Option<Arc<Material>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) where
     L: axum::serve::Listener<Addr = std::net::SocketAddr, Io = Lingering<S>>,
@@ -115,6 +130,7 @@ pub async fn serve<L, S>(
         };
         let app = app.clone();
         let cert = io.get_ref().client_name().map(ClientCert);
+        let distrusted = distrusted(tls.clone(), io.get_ref().client_chain());
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
             req.extensions_mut().insert(ConnectInfo(ClientAddr(addr)));
             if let Some(cert) = &cert {
@@ -138,6 +154,19 @@ pub async fn serve<L, S>(
                         conn.as_mut().graceful_shutdown();
                         conn.await
                     }
+                    () = distrusted => {
+                        tracing::info!(
+                            client = %addr,
+                            "closing a connection: its client certificate is no longer admitted \
+                             by the reloaded CA"
+                        );
+                        conn.as_mut().graceful_shutdown();
+                        // Cut (dropped, with a lingering close) if the
+                        // exchange under way does not end in time.
+                        tokio::time::timeout(DISTRUSTED_GRACE, conn.as_mut())
+                            .await
+                            .unwrap_or(Ok(()))
+                    }
                 };
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, client = %addr, "connection ended");
@@ -153,6 +182,28 @@ pub async fn serve<L, S>(
     done_tx.closed().await;
 }
 
+/// Resolves when the certificate `chain` that a connection presented is no
+/// longer admitted by `tls`, checked after each reload of its files and
+/// once at the start (the files may have been reloaded between the
+/// connection's handshake and now). Never resolves for a connection that
+/// presented none.
+async fn distrusted(tls: Option<Arc<Material>>, chain: Option<Vec<CertificateDer<'static>>>) {
+    let (Some(tls), Some(chain)) = (tls, chain) else {
+        return std::future::pending().await;
+    };
+    let mut reloads = tls.reloads();
+    reloads.mark_changed();
+    loop {
+        if reloads.changed().await.is_err() {
+            // The material is gone with its port: nothing will change.
+            return std::future::pending().await;
+        }
+        if !tls.admits(&chain) {
+            return;
+        }
+    }
+}
+
 /// A stream over a TCP connection that can give that connection back once
 /// it is done with it.
 pub trait OverTcp: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -162,6 +213,11 @@ pub trait OverTcp: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The name the client's certificate gives it, if it presented one
     /// (see [`crate::tls::client_name`]).
     fn client_name(&self) -> Option<Arc<str>> {
+        None
+    }
+
+    /// The certificate chain the client presented, leaf first, if any.
+    fn client_chain(&self) -> Option<Vec<CertificateDer<'static>>> {
         None
     }
 }
@@ -189,6 +245,13 @@ impl OverTcp for crate::tls::listener::Accepted {
     fn client_name(&self) -> Option<Arc<str>> {
         let der = self.get_ref().1.peer_certificates()?.first()?;
         crate::tls::client_name(der).map(Arc::from)
+    }
+
+    fn client_chain(&self) -> Option<Vec<CertificateDer<'static>>> {
+        self.get_ref()
+            .1
+            .peer_certificates()
+            .map(<[CertificateDer<'static>]>::to_vec)
     }
 }
 
@@ -363,6 +426,7 @@ pub(crate) mod tests {
             PlainListener(tcp),
             small_body_app(),
             IDLE_TIMEOUT,
+            None,
             std::future::pending(),
         ));
         let conn = TcpStream::connect(addr).await.expect("connect");
@@ -382,7 +446,7 @@ pub(crate) mod tests {
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = tcp.local_addr().expect("address");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(PlainListener(tcp), app, idle, async move {
+        let server = tokio::spawn(serve(PlainListener(tcp), app, idle, None, async move {
             let _ = stopped.await;
         }));
         (addr, stop, server)

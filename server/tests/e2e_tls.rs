@@ -460,6 +460,64 @@ async fn with_client_cert_auth_the_client_port_wants_a_certificate_of_the_ca() {
     assert_ne!(code, 0, "no certificate, no answer: {err}");
 }
 
+/// Replacing a leaked CA on disk shuts out the connections its
+/// certificates opened, a watch stream among them, not only their next
+/// handshakes.
+#[tokio::test]
+async fn a_replaced_ca_closes_the_connections_its_certificates_opened() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, leaf, files) = pki_in(dir.path(), &["127.0.0.1"]);
+    let user = ca.issue("app", &["app.example"]);
+    let c = Cluster::start_tls(
+        1,
+        &["--client-cert-auth"],
+        files.clone(),
+        pki::client(&ca, Some(&leaf)),
+    )
+    .await;
+    let mut watch = pki::client(&ca, Some(&user))
+        .get(format!("{}/v1/watch?prefix=rotated/", c.url(0)))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(watch.status(), 200);
+
+    let new_ca = Ca::new("phxkv test CA, replaced");
+    let node = new_ca.issue("phxkv node", &["127.0.0.1"]);
+    pki::replace(&files.key, &node.key);
+    pki::replace(&files.cert, &node.cert);
+    pki::replace(&files.ca, &new_ca.cert_pem());
+    // The next handshake reads the new files (one that comes while they
+    // are half replaced may fail).
+    let fresh = pki::client(&new_ca, Some(&new_ca.issue("app", &["app.example"])));
+    let url = format!("{}/healthz", c.url(0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while fresh.get(&url).send().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new files were not taken"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The watch, open with a certificate of the old CA, ends.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(_)) = watch.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the old CA's watch stream is still open");
+    assert!(
+        c.log_of(0)
+            .contains("no longer admitted by the reloaded CA"),
+        "{}",
+        c.log_of(0)
+    );
+    // And its certificate gets no new connection.
+    let refused = pki::client(&new_ca, Some(&user)).get(&url).send().await;
+    assert!(refused.is_err(), "the old CA's certificate: {refused:?}");
+}
+
 /// `--metrics-listen` serves the probes and metrics in plain HTTP beside a
 /// client port that wants certificates, and nothing else.
 #[tokio::test]

@@ -811,20 +811,21 @@ fn serve_until(
     idle: Duration,
 ) -> Result<tokio::task::JoinHandle<()>, CliError> {
     let Some(tls) = tls else {
-        return Ok(serve_on(PlainListener(listener), app, idle, shutdown));
+        return Ok(serve_on(PlainListener(listener), app, idle, None, shutdown));
     };
     let config = tls
         .server_config()
         .map_err(|e| CliError::Fatal(format!("{what} port TLS: {e}")))?;
     let listener = crate::tls::listener::TlsListener::new(listener, config, what, read_buffer)
         .map_err(|e| CliError::Fatal(format!("{what} port: {e}")))?;
-    Ok(serve_on(listener, app, idle, shutdown))
+    Ok(serve_on(listener, app, idle, Some(tls), shutdown))
 }
 
 fn serve_on<L, S>(
     listener: L,
     app: axum::Router,
     idle: Duration,
+    tls: Option<Arc<Material>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -832,7 +833,7 @@ where
     S: crate::net::OverTcp,
 {
     tokio::spawn(
-        crate::net::serve(listener, app, idle, async move {
+        crate::net::serve(listener, app, idle, tls, async move {
             let _ = shutdown.wait_for(|v| *v).await;
         })
         .in_current_span(),
@@ -885,7 +886,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         Some(listener) => {
             let addr = listener.local_addr().ok();
             let app = crate::api::probe_router(running.node.clone());
-            serve_on(PlainListener(listener), app, v.http.idle, rx);
+            serve_on(PlainListener(listener), app, v.http.idle, None, rx);
             addr.map(|a| format!("http://{a}"))
         }
         None => None,

@@ -15,6 +15,14 @@
 //! file, a key that does not match the certificate) keeps the previous
 //! material and logs why, and the next handshake tries again.
 //!
+//! A connection whose client presented a certificate is admitted by the
+//! CA of its handshake, and may last for hours. So after every reload the
+//! certificates of open connections are checked again ([`Material::admits`],
+//! called by `crate::net::serve` when [`Material::reloads`] says so): one
+//! that the new CA (or the clock) no longer admits is closed. Replacing a
+//! leaked client CA, or a peer CA, then shuts out its certificates'
+//! connections too, not only their next handshakes.
+//!
 //! Everything else in rustls is used as it comes: [`ServerConfig`] and
 //! [`ClientConfig`] are built once, with resolvers and verifiers here that
 //! consult the current material on each handshake.
@@ -320,6 +328,8 @@ pub struct Material {
     /// The minute (Unix seconds / 60) in which a certificate was last
     /// refused for its common name and logged.
     refusal_logged: AtomicI64,
+    /// Counts successful reloads, for [`Material::reloads`].
+    reloaded: tokio::sync::watch::Sender<u64>,
 }
 
 type ExpiryObserver = Box<dyn Fn(i64) + Send + Sync>;
@@ -363,7 +373,72 @@ impl Material {
             observer: std::sync::Mutex::new(None),
             failed: std::sync::Mutex::new(None),
             refusal_logged: AtomicI64::new(0),
+            reloaded: tokio::sync::watch::Sender::new(0),
         }))
+    }
+
+    /// Changes after every successful reload of the files, so that
+    /// connections admitted under what was loaded before can be checked
+    /// again with [`Material::admits`].
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloaded.subscribe()
+    }
+
+    /// Whether a client presenting `chain` (leaf first) would be admitted
+    /// by a handshake now: against the CA loaded now, at the time now, and
+    /// with the port's common name if it has one. A port that asks for no
+    /// certificate admits anyone.
+    pub fn admits(&self, chain: &[CertificateDer<'_>]) -> bool {
+        if self.client_auth == ClientAuth::Off {
+            return true;
+        }
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        self.verify_client(leaf, intermediates, UnixTime::now())
+            .is_ok()
+    }
+
+    /// A client's certificate checked against the CA loaded now and, with
+    /// [`ClientAuth::RequiredNamed`], for the port's common name.
+    fn verify_client(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = match &self.current().client_verifier {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now)?,
+            None => {
+                return Err(rustls::Error::General(
+                    "no CA to check clients against".into(),
+                ));
+            }
+        };
+        if let ClientAuth::RequiredNamed(want) = &self.client_auth {
+            let name = client_name(end_entity.as_ref());
+            if name.as_deref() != Some(want.as_str()) {
+                // Only holders of a certificate of our own CA get here: a
+                // peer with the wrong certificate, or a client's
+                // certificate tried on the peer port. Either is worth
+                // seeing in the log, once a minute at most (anyone with
+                // such a certificate can make handshakes fail at will).
+                let minute = unix_seconds() / 60;
+                if self.refusal_logged.swap(minute, Ordering::Relaxed) != minute {
+                    tracing::warn!(
+                        name = ?name,
+                        allowed = %want,
+                        "refused a certificate of the peer CA whose common name is not the \
+                         one peers carry (--peer-cert-allowed-cn); further refusals this \
+                         minute are not logged"
+                    );
+                }
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ));
+            }
+        }
+        Ok(verified)
     }
 
     pub fn paths(&self) -> &TlsPaths {
@@ -425,6 +500,7 @@ impl Material {
                 };
                 *g = fresh.clone();
                 drop(g);
+                self.reloaded.send_modify(|n| *n += 1);
                 if let Ok(o) = self.observer.lock()
                     && let Some(f) = o.as_ref()
                 {
@@ -585,38 +661,7 @@ impl ClientCertVerifier for Current {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = match &self.0.current().client_verifier {
-            Some(v) => v.verify_client_cert(end_entity, intermediates, now)?,
-            None => {
-                return Err(rustls::Error::General(
-                    "no CA to check clients against".into(),
-                ));
-            }
-        };
-        if let ClientAuth::RequiredNamed(want) = &self.0.client_auth {
-            let name = client_name(end_entity.as_ref());
-            if name.as_deref() != Some(want.as_str()) {
-                // Only holders of a certificate of our own CA get here: a
-                // peer with the wrong certificate, or a client's
-                // certificate tried on the peer port. Either is worth
-                // seeing in the log, once a minute at most (anyone with
-                // such a certificate can make handshakes fail at will).
-                let minute = unix_seconds() / 60;
-                if self.0.refusal_logged.swap(minute, Ordering::Relaxed) != minute {
-                    tracing::warn!(
-                        name = ?name,
-                        allowed = %want,
-                        "refused a certificate of the peer CA whose common name is not the \
-                         one peers carry (--peer-cert-allowed-cn); further refusals this \
-                         minute are not logged"
-                    );
-                }
-                return Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::ApplicationVerificationFailure,
-                ));
-            }
-        }
-        Ok(verified)
+        self.0.verify_client(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -816,6 +861,150 @@ mod tests {
         named.refresh();
         assert_ne!(served(), before, "a certificate with the name is taken");
         assert_eq!(named.own_name().as_deref(), Some("kv.db"));
+    }
+
+    /// A request on an open connection: its status line, or the error
+    /// that shows the server closed it.
+    async fn exchange<S>(conn: &mut S) -> std::io::Result<String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await?;
+        conn.flush().await?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        // "ok" is the whole body: the answer is complete once it arrives.
+        while !got.ends_with(b"ok") {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut buf))
+                .await
+                .map_err(|_| std::io::Error::other("no answer in 10 s"))??;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        Ok(text.lines().next().unwrap_or_default().to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_certificate_a_reloaded_ca_no_longer_admits_is_closed() {
+        use tokio::io::AsyncReadExt as _;
+        let dir = tempfile::tempdir().expect("dir");
+        let hour = std::time::Duration::from_secs(3600);
+        let old_ca = issue::new_ca("old CA", hour).expect("CA");
+        let new_ca = issue::new_ca("new CA", hour).expect("CA");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            path
+        };
+        let leaf = |ca: &issue::Issued, cn: &str, stem: &str| {
+            let issued = issue::issue(ca, cn, &["localhost".to_owned()], hour).expect("leaf");
+            (
+                write(&format!("{stem}.crt"), &issued.cert_pem),
+                write(&format!("{stem}.key"), &issued.key_pem),
+            )
+        };
+        let both = format!("{}{}", old_ca.cert_pem, new_ca.cert_pem);
+        let (cert, key) = leaf(&old_ca, "server", "server");
+        let server = Material::load(
+            TlsPaths {
+                cert,
+                key,
+                ca: Some(write("ca.crt", &old_ca.cert_pem)),
+            },
+            ClientAuth::Required,
+        )
+        .expect("server");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        let listener =
+            listener::TlsListener::new(tcp, server.server_config().expect("config"), "test", None)
+                .expect("listener");
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(crate::net::serve(
+            listener,
+            app,
+            crate::net::IDLE_TIMEOUT,
+            Some(server.clone()),
+            std::future::pending(),
+        ));
+        // Clients that trust both CAs, so that only the server's view of
+        // their certificates changes.
+        let client_ca = write("clients-trust.crt", &both);
+        let connect = |ca: &issue::Issued, cn: &str| {
+            let (cert, key) = leaf(ca, cn, cn);
+            let m = Material::load(
+                TlsPaths {
+                    cert,
+                    key,
+                    ca: Some(client_ca.clone()),
+                },
+                ClientAuth::Off,
+            )
+            .expect("client");
+            let connector =
+                tokio_rustls::TlsConnector::from(Arc::new(m.client_config().expect("config")));
+            async move {
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                let name = ServerName::try_from("localhost").expect("name");
+                let mut tls = connector.connect(name, tcp).await?;
+                // TLS 1.3 reports a refused client certificate only on
+                // the first read after the handshake.
+                exchange(&mut tls).await?;
+                Ok::<_, std::io::Error>(tls)
+            }
+        };
+        let reload = || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+
+        let mut open = connect(&old_ca, "old-app").await.expect("admitted");
+        // A reload that keeps the CA (the server's certificate renewed)
+        // keeps the connection.
+        reload();
+        leaf(&old_ca, "server", "server");
+        server.refresh();
+        assert_eq!(
+            exchange(&mut open).await.expect("still open"),
+            "HTTP/1.1 200 OK"
+        );
+        // A bundle of the old and the new CA, as in a rotation, still
+        // admits it.
+        reload();
+        write("ca.crt", &both);
+        server.refresh();
+        let mut bundled = connect(&new_ca, "new-app").await.expect("admitted");
+        assert_eq!(
+            exchange(&mut open).await.expect("still open"),
+            "HTTP/1.1 200 OK"
+        );
+        // The old CA dropped: its certificate's connection is closed, with
+        // no request from it needed, and a new one is refused.
+        reload();
+        write("ca.crt", &new_ca.cert_pem);
+        server.refresh();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            open.read_to_end(&mut rest),
+        )
+        .await
+        .expect("closed within 10 s");
+        assert!(closed.is_ok(), "closed cleanly: {closed:?}");
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+        connect(&old_ca, "old-app-2")
+            .await
+            .expect_err("the old CA's certificates are refused");
+        assert_eq!(
+            exchange(&mut bundled).await.expect("the new CA's stays"),
+            "HTTP/1.1 200 OK"
+        );
     }
 
     #[tokio::test]
