@@ -518,6 +518,63 @@ async fn a_replaced_ca_closes_the_connections_its_certificates_opened() {
     assert!(refused.is_err(), "the old CA's certificate: {refused:?}");
 }
 
+/// `--tls-crl`: a client certificate put on the revocation list loses the
+/// connections it has open and gets no new one; other certificates of the
+/// CA are untouched.
+#[tokio::test]
+async fn a_certificate_put_on_the_revocation_list_is_shut_out() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, leaf, files) = pki_in(dir.path(), &["127.0.0.1"]);
+    let crl = dir.path().join("ca.crl");
+    std::fs::write(&crl, ca.revocation_list(&[], 1)).expect("write CRL");
+    let crl_arg = crl.to_string_lossy().into_owned();
+    let c = Cluster::start_tls(
+        1,
+        &["--client-cert-auth", "--tls-crl", &crl_arg],
+        files,
+        pki::client(&ca, Some(&leaf)),
+    )
+    .await;
+    let (leaked, kept) = (
+        ca.issue("leaked", &["app.example"]),
+        ca.issue("kept", &["app.example"]),
+    );
+    let mut watch = pki::client(&ca, Some(&leaked))
+        .get(format!("{}/v1/watch?prefix=revoked/", c.url(0)))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(watch.status(), 200);
+
+    pki::replace(&crl, &ca.revocation_list(&[&leaked], 2));
+    // The next handshake reads the new list.
+    let url = format!("{}/v1/kv/revoked/x", c.url(0));
+    let r = pki::client(&ca, Some(&kept))
+        .put(&url)
+        .body("v")
+        .send()
+        .await
+        .expect("a certificate the list does not name");
+    assert_eq!(r.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(_)) = watch.chunk().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the revoked certificate's watch is still open"
+    );
+    let refused = pki::client(&ca, Some(&leaked)).get(&url).send().await;
+    let err = refused.expect_err("a revoked certificate");
+    assert!(format!("{err:?}").contains("CertificateRevoked"), "{err:?}");
+    assert!(
+        c.log_of(0).contains("no longer admitted"),
+        "{}",
+        c.log_of(0)
+    );
+}
+
 /// `--metrics-listen` serves the probes and metrics in plain HTTP beside a
 /// client port that wants certificates, and nothing else.
 #[tokio::test]

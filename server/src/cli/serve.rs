@@ -233,6 +233,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_TLS_CA", value_name = "PATH")]
     pub tls_ca: Option<PathBuf>,
 
+    /// Certificate revocation lists (PEM, as `openssl ca -gencrl` writes
+    /// them) of the CAs in --tls-ca: a certificate they list is refused on
+    /// the client port (with --client-cert-auth) and, unless --peer-tls-ca
+    /// is given, on the peer port and by outgoing peer calls. Reloaded when
+    /// the file changes, like the certificates; connections open with a
+    /// certificate the new lists revoke are closed.
+    #[arg(long, env = "PHXKV_TLS_CRL", value_name = "PATH", requires = "tls_ca")]
+    pub tls_crl: Option<PathBuf>,
+
     /// Refuse clients on the client port that do not present a certificate
     /// signed by --tls-ca. Probes and scrapers that present none can use
     /// --metrics-listen.
@@ -281,6 +290,17 @@ pub struct ServeArgs {
     /// passes the peer port's handshake.
     #[arg(long, env = "PHXKV_PEER_TLS_CA", value_name = "PATH")]
     pub peer_tls_ca: Option<PathBuf>,
+
+    /// Certificate revocation lists (PEM) of --peer-tls-ca: a peer
+    /// certificate they list is refused in either direction. Without
+    /// --peer-tls-ca, --tls-crl covers peers.
+    #[arg(
+        long,
+        env = "PHXKV_PEER_TLS_CRL",
+        value_name = "PATH",
+        requires = "peer_tls_ca"
+    )]
+    pub peer_tls_crl: Option<PathBuf>,
 
     /// Admit to the peer port only certificates whose subject common name
     /// (CN) is NAME, besides being signed by the peer CA, as etcd's
@@ -416,8 +436,16 @@ impl ServeArgs {
                     cert: cert.clone(),
                     key: key.clone(),
                     ca: self.tls_ca.clone().filter(|_| self.client_cert_auth),
+                    crl: self.tls_crl.clone().filter(|_| self.client_cert_auth),
                 };
-                Some(Material::load(paths, auth).map_err(|e| bad("tls-cert", e.to_string()))?)
+                let flags = [
+                    (Some(&paths.key), "tls-key"),
+                    (paths.ca.as_ref(), "tls-ca"),
+                    (paths.crl.as_ref(), "tls-crl"),
+                ];
+                let flag = |e: &crate::tls::TlsError| flag_of_file(e, &flags, "tls-cert");
+                let loaded = Material::load(paths.clone(), auth);
+                Some(loaded.map_err(|e| bad(flag(&e), e.to_string()))?)
             }
             _ => None,
         };
@@ -428,6 +456,7 @@ impl ServeArgs {
                 _ => {
                     for (flag, given) in [
                         ("peer-tls-ca", self.peer_tls_ca.is_some()),
+                        ("tls-crl", self.tls_crl.is_some()),
                         ("peer-cert-allowed-cn", self.peer_cert_allowed_cn.is_some()),
                     ] {
                         if given {
@@ -452,10 +481,24 @@ impl ServeArgs {
                 ),
             ));
         };
+        if self.tls_crl.is_some() && !self.client_cert_auth && self.peer_tls_ca.is_some() {
+            return Err(bad(
+                "tls-crl",
+                "checks nothing here: the client port asks for no certificates without \
+                 --client-cert-auth, and peers have --peer-tls-ca (give their lists with \
+                 --peer-tls-crl)"
+                    .into(),
+            ));
+        }
+        let crl = match &self.peer_tls_ca {
+            Some(_) => self.peer_tls_crl.clone(),
+            None => self.tls_crl.clone(),
+        };
         let paths = TlsPaths {
             cert: peer_cert.clone(),
             key: peer_key.clone(),
             ca: Some(ca),
+            crl,
         };
         let auth = match &self.peer_cert_allowed_cn {
             None => ClientAuth::Required,
@@ -467,7 +510,19 @@ impl ServeArgs {
             }
             Some(name) => ClientAuth::RequiredNamed(name.clone()),
         };
-        let peer = Material::load(paths, auth).map_err(|e| bad(cert_flag, e.to_string()))?;
+        let (key_flag, ca_flag, crl_flag) = match (&self.peer_tls_cert, &self.peer_tls_ca) {
+            (Some(_), Some(_)) => ("peer-tls-key", "peer-tls-ca", "peer-tls-crl"),
+            (Some(_), None) => ("peer-tls-key", "tls-ca", "tls-crl"),
+            (None, Some(_)) => ("tls-key", "peer-tls-ca", "peer-tls-crl"),
+            (None, None) => ("tls-key", "tls-ca", "tls-crl"),
+        };
+        let flags = [
+            (Some(&paths.key), key_flag),
+            (paths.ca.as_ref(), ca_flag),
+            (paths.crl.as_ref(), crl_flag),
+        ];
+        let peer = Material::load(paths.clone(), auth)
+            .map_err(|e| bad(flag_of_file(&e, &flags, cert_flag), e.to_string()))?;
         Ok((client, Some(peer)))
     }
 
@@ -771,6 +826,22 @@ pub const SNAPSHOT_EVERY_BYTES: std::ops::RangeInclusive<u64> = (1 << 20)..=(16 
 pub const HTTP_TIMEOUTS: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(3600);
 
+/// The flag that names the file a TLS error is about: the one of `flags`
+/// whose path the error names, else `default` (the certificate's).
+fn flag_of_file(
+    e: &crate::tls::TlsError,
+    flags: &[(Option<&PathBuf>, &'static str)],
+    default: &'static str,
+) -> &'static str {
+    let crate::tls::TlsError::File { path, .. } = e else {
+        return default;
+    };
+    flags
+        .iter()
+        .find(|(p, _)| p.is_some_and(|p| p.display().to_string() == *path))
+        .map_or(default, |(_, flag)| flag)
+}
+
 /// How often certificate files are looked at besides at each handshake.
 const CERTIFICATE_CHECK: Duration = Duration::from_secs(30);
 
@@ -1029,6 +1100,7 @@ mod tests {
             cert: dir.path().join("tls.crt"),
             key: dir.path().join("tls.key"),
             ca: Some(dir.path().join("ca.crt")),
+            crl: None,
         };
         crate::tls::dev_ca::make(&paths, &["localhost"]).expect("certificates");
         let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
@@ -1045,6 +1117,53 @@ mod tests {
         )
         .expect_err("an empty name");
         assert!(err.to_string().contains("--peer-cert-allowed-cn"), "{err}");
+    }
+
+    #[test]
+    fn revocation_lists_are_checked_at_start_and_named_by_their_flag() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "a-cluster-token-of-some-length").expect("token");
+        let paths = crate::tls::TlsPaths {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            ca: Some(dir.path().join("ca.crt")),
+            crl: None,
+        };
+        crate::tls::dev_ca::make(&paths, &["localhost"]).expect("certificates");
+        let other = crate::tls::issue::new_ca("another CA", Duration::from_secs(3600)).expect("CA");
+        let foreign = dir.path().join("foreign.crl");
+        let list = crate::tls::issue::revocation_list(&other, &[], 1, Duration::from_secs(3600))
+            .expect("CRL");
+        std::fs::write(&foreign, list).expect("write CRL");
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let (cert, key, ca, crl) = (
+            path(&paths.cert),
+            path(&paths.key),
+            path(paths.ca.as_deref().expect("ca")),
+            path(&foreign),
+        );
+        let tls = ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca];
+        for auth in [&[][..], &["--client-cert-auth"][..]] {
+            let err = pod_with(
+                "kv-0",
+                &token,
+                &[&tls[..], auth, &["--tls-crl", &crl]].concat(),
+            )
+            .expect_err("a list of another CA");
+            let err = err.to_string();
+            assert!(err.starts_with("--tls-crl: "), "{err}");
+            assert!(err.contains("none of the CAs in"), "{err}");
+        }
+        let err = pod_with(
+            "kv-0",
+            &token,
+            &[&tls[..], &["--peer-tls-ca", &ca, "--tls-crl", &crl]].concat(),
+        )
+        .expect_err("a list that applies to nothing");
+        assert!(err.to_string().contains("checks nothing here"), "{err}");
+        let err = pod_with("kv-0", &token, &["--tls-crl", &crl]).expect_err("a list without a CA");
+        assert!(err.to_string().contains("--tls-ca"), "{err}");
     }
 
     #[test]

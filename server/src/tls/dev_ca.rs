@@ -37,6 +37,7 @@ fn paths_in(dir: &Path) -> TlsPaths {
         cert: dir.join("node.crt"),
         key: dir.join("node.key"),
         ca: Some(dir.join("ca.crt")),
+        crl: None,
     }
 }
 

@@ -122,6 +122,53 @@ pub fn issue(
     })
 }
 
+/// A certificate revocation list (PEM) signed by the CA `ca`, numbered
+/// `number` (each new list of a CA takes a higher one), that revokes the
+/// certificates `revoked` (PEM, each issued by `ca`) as of now, for
+/// `--tls-crl`. It says the next list comes within `valid_for`; phxkv
+/// keeps using a list past that time.
+pub fn revocation_list(
+    ca: &Issued,
+    revoked: &[&str],
+    number: u64,
+    valid_for: Duration,
+) -> Result<String, TlsError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem)
+        .map_err(|e| TlsError::Config(format!("the CA's private key is unusable: {e}")))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
+        .map_err(|e| TlsError::Config(format!("the CA certificate is unusable: {e}")))?;
+    let at = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .map_err(|e| TlsError::Config(format!("a time out of range: {e}")))
+    };
+    let now = unix_now();
+    let secs = i64::try_from(valid_for.as_secs()).unwrap_or(i64::MAX);
+    let mut revoked_certs = Vec::with_capacity(revoked.len());
+    for pem in revoked {
+        let der = first_der(pem)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| TlsError::Config(format!("not an X.509 certificate: {e}")))?;
+        revoked_certs.push(rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+            revocation_time: at(now)?,
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        });
+    }
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: at(now.saturating_sub(60))?,
+        next_update: at(now.saturating_add(secs.max(1)))?,
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params
+        .signed_by(&issuer)
+        .and_then(|crl| crl.pem())
+        .map_err(failed)
+}
+
 /// When the first certificate in `pem` expires, in Unix seconds.
 pub fn not_after_of(pem: &str) -> Result<i64, TlsError> {
     let der = first_der(pem)?;

@@ -37,6 +37,9 @@
 //!   there too.
 //! - Outgoing peer calls present this node's certificate and check the
 //!   other side's against the CA and against the host name of its peer URL.
+//! - With revocation lists (`--tls-crl`, `--peer-tls-crl`), a certificate
+//!   they list is refused in every one of these checks. The lists are read
+//!   and reloaded with the other files.
 //!
 //! [`listener`] accepts TLS connections for axum and answers a plain-HTTP
 //! request on a TLS port with a clear error instead of a stalled handshake.
@@ -54,7 +57,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -172,6 +177,9 @@ pub struct TlsPaths {
     /// CA certificates (PEM) that sign the certificates accepted from the
     /// other side; none means the other side is not asked for one.
     pub ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) of those CAs: a certificate they
+    /// list is refused, in either direction.
+    pub crl: Option<PathBuf>,
 }
 
 impl TlsPaths {
@@ -180,6 +188,7 @@ impl TlsPaths {
             Some(self.cert.as_path()),
             Some(self.key.as_path()),
             self.ca.as_deref(),
+            self.crl.as_deref(),
         ]
         .into_iter()
         .flatten()
@@ -256,20 +265,34 @@ fn load(
     let (server_verifier, client_verifier) = match &paths.ca {
         None => (None, None),
         Some(ca) => {
+            let cas = read_certs(ca)?;
+            let crls = match &paths.crl {
+                Some(crl) => read_crls(crl, &cas, ca)?,
+                None => Vec::new(),
+            };
             let mut roots = RootCertStore::empty();
-            for cert in read_certs(ca)? {
+            for cert in cas {
                 roots
                     .add(cert)
                     .map_err(|e| TlsError::file(ca, format!("not a usable CA certificate: {e}")))?;
             }
             let roots = Arc::new(roots);
+            // Revocation: a certificate of a CA without a list here is
+            // not refused for that, and a list past its next update still
+            // counts (a stale list refuses what it names rather than
+            // everyone).
+            let crl_file = paths.crl.as_deref().unwrap_or(ca);
             let server =
                 WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .with_crls(crls.clone())
+                    .allow_unknown_revocation_status()
                     .build()
-                    .map_err(|e| TlsError::file(ca, e))?;
+                    .map_err(|e| TlsError::file(crl_file, e))?;
             let client = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .with_crls(crls)
+                .allow_unknown_revocation_status()
                 .build()
-                .map_err(|e| TlsError::file(ca, e))?;
+                .map_err(|e| TlsError::file(crl_file, e))?;
             (Some(server), Some(client))
         }
     };
@@ -280,6 +303,9 @@ fn load(
         server_verifier,
         client_verifier,
     };
+    if let (Some(crl), Some(verifier)) = (&paths.crl, &loaded.client_verifier) {
+        check_own_revocation(&loaded.key, verifier.as_ref(), crl)?;
+    }
     if let ClientAuth::RequiredNamed(want) = client_auth {
         let own = own_name(&loaded);
         if own.as_deref() != Some(want.as_str()) {
@@ -297,6 +323,76 @@ fn load(
         }
     }
     Ok(loaded)
+}
+
+/// The revocation lists in `path` (PEM), each issued by one of `cas`
+/// (read from `ca_path`): a list of another CA would never apply, so it is
+/// a mistake worth naming at once.
+fn read_crls(
+    path: &Path,
+    cas: &[CertificateDer<'static>],
+    ca_path: &Path,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| TlsError::file(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::file(path, format!("not PEM revocation lists: {e}")))?;
+    if crls.is_empty() {
+        return Err(TlsError::file(
+            path,
+            "holds no PEM certificate revocation list (BEGIN X509 CRL)",
+        ));
+    }
+    let subjects: Vec<Vec<u8>> = cas
+        .iter()
+        .filter_map(|ca| x509_parser::parse_x509_certificate(ca).ok())
+        .map(|(_, ca)| ca.subject().as_raw().to_vec())
+        .collect();
+    for crl in &crls {
+        let (_, parsed) = x509_parser::parse_x509_crl(crl)
+            .map_err(|e| TlsError::file(path, format!("not a certificate revocation list: {e}")))?;
+        if !subjects.iter().any(|s| s == parsed.issuer().as_raw()) {
+            return Err(TlsError::file(
+                path,
+                format!(
+                    "holds a revocation list issued by {:?}, which is none of the CAs in {}",
+                    parsed.issuer().to_string(),
+                    ca_path.display()
+                ),
+            ));
+        }
+    }
+    Ok(crls)
+}
+
+/// Checks this node's own certificate against the revocation lists, when
+/// it comes from one of their CAs (the peer port's usually does): a list
+/// that revokes it, or whose signature does not verify, would have every
+/// peer refuse this node, or this node refuse every peer. At start that
+/// stops the node; on a reload the previous files are kept. Any other
+/// reason the certificate would not pass as a client (another CA, no
+/// client-authentication use) is not this check's business.
+fn check_own_revocation(
+    key: &CertifiedKey,
+    verifier: &dyn ClientCertVerifier,
+    crl: &Path,
+) -> Result<(), TlsError> {
+    let Some((leaf, intermediates)) = key.cert.split_first() else {
+        return Ok(());
+    };
+    match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+        Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
+            Err(TlsError::file(
+                crl,
+                "revokes this node's own certificate: its peers would refuse it",
+            ))
+        }
+        Err(rustls::Error::InvalidCertRevocationList(e)) => Err(TlsError::file(
+            crl,
+            format!("cannot be used to check certificates of its CA: {e:?}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -699,6 +795,7 @@ mod tests {
             cert: dir.join("tls.crt"),
             key: dir.join("tls.key"),
             ca: Some(dir.join("ca.crt")),
+            crl: None,
         };
         dev_ca::make(&paths, names).expect("certificates");
         paths
@@ -797,6 +894,7 @@ mod tests {
                 cert: dir.path().join(format!("{stem}.crt")),
                 key: dir.path().join(format!("{stem}.key")),
                 ca: Some(ca_path.clone()),
+                crl: None,
             };
             std::fs::write(&paths.cert, &issued.cert_pem).expect("write cert");
             std::fs::write(&paths.key, &issued.key_pem).expect("write key");
@@ -889,9 +987,75 @@ mod tests {
         Ok(text.lines().next().unwrap_or_default().to_owned())
     }
 
+    /// Serves "ok" at `/` with `material` on a loopback port, as the node
+    /// serves its ports: connections are checked again after reloads.
+    async fn serve_checked(material: &Arc<Material>) -> u16 {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        let listener = listener::TlsListener::new(
+            tcp,
+            material.server_config().expect("config"),
+            "test",
+            None,
+        )
+        .expect("listener");
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(crate::net::serve(
+            listener,
+            app,
+            crate::net::IDLE_TIMEOUT,
+            Some(material.clone()),
+            std::future::pending(),
+        ));
+        port
+    }
+
+    /// A TLS connection to `port` presenting `cert` and `key` (files),
+    /// trusting `ca`, after one exchange (TLS 1.3 reports a refused client
+    /// certificate only on the first read after the handshake).
+    async fn connect_with(
+        port: u16,
+        cert: PathBuf,
+        key: PathBuf,
+        ca: PathBuf,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let m = Material::load(
+            TlsPaths {
+                cert,
+                key,
+                ca: Some(ca),
+                crl: None,
+            },
+            ClientAuth::Off,
+        )
+        .expect("client");
+        let connector =
+            tokio_rustls::TlsConnector::from(Arc::new(m.client_config().expect("config")));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await?;
+        exchange(&mut tls).await?;
+        Ok(tls)
+    }
+
+    /// Reads until the server closes `conn`; what it sent first.
+    async fn closed_by_server<S: tokio::io::AsyncRead + Unpin>(conn: &mut S) -> Vec<u8> {
+        use tokio::io::AsyncReadExt as _;
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            conn.read_to_end(&mut rest),
+        )
+        .await
+        .expect("closed within 10 s");
+        assert!(closed.is_ok(), "closed cleanly: {closed:?}");
+        rest
+    }
+
     #[tokio::test]
     async fn a_connection_whose_certificate_a_reloaded_ca_no_longer_admits_is_closed() {
-        use tokio::io::AsyncReadExt as _;
         let dir = tempfile::tempdir().expect("dir");
         let hour = std::time::Duration::from_secs(3600);
         let old_ca = issue::new_ca("old CA", hour).expect("CA");
@@ -915,50 +1079,18 @@ mod tests {
                 cert,
                 key,
                 ca: Some(write("ca.crt", &old_ca.cert_pem)),
+                crl: None,
             },
             ClientAuth::Required,
         )
         .expect("server");
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = tcp.local_addr().expect("addr").port();
-        let listener =
-            listener::TlsListener::new(tcp, server.server_config().expect("config"), "test", None)
-                .expect("listener");
-        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        tokio::spawn(crate::net::serve(
-            listener,
-            app,
-            crate::net::IDLE_TIMEOUT,
-            Some(server.clone()),
-            std::future::pending(),
-        ));
+        let port = serve_checked(&server).await;
         // Clients that trust both CAs, so that only the server's view of
         // their certificates changes.
         let client_ca = write("clients-trust.crt", &both);
         let connect = |ca: &issue::Issued, cn: &str| {
             let (cert, key) = leaf(ca, cn, cn);
-            let m = Material::load(
-                TlsPaths {
-                    cert,
-                    key,
-                    ca: Some(client_ca.clone()),
-                },
-                ClientAuth::Off,
-            )
-            .expect("client");
-            let connector =
-                tokio_rustls::TlsConnector::from(Arc::new(m.client_config().expect("config")));
-            async move {
-                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-                let name = ServerName::try_from("localhost").expect("name");
-                let mut tls = connector.connect(name, tcp).await?;
-                // TLS 1.3 reports a refused client certificate only on
-                // the first read after the handshake.
-                exchange(&mut tls).await?;
-                Ok::<_, std::io::Error>(tls)
-            }
+            connect_with(port, cert, key, client_ca.clone())
         };
         let reload = || {
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -989,14 +1121,7 @@ mod tests {
         reload();
         write("ca.crt", &new_ca.cert_pem);
         server.refresh();
-        let mut rest = Vec::new();
-        let closed = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            open.read_to_end(&mut rest),
-        )
-        .await
-        .expect("closed within 10 s");
-        assert!(closed.is_ok(), "closed cleanly: {closed:?}");
+        let rest = closed_by_server(&mut open).await;
         assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
         connect(&old_ca, "old-app-2")
             .await
@@ -1005,6 +1130,158 @@ mod tests {
             exchange(&mut bundled).await.expect("the new CA's stays"),
             "HTTP/1.1 200 OK"
         );
+    }
+
+    /// A CA in `dir` (`ca.crt`), and a way to issue its certificates for
+    /// localhost as files: (certificate, key, the certificate's PEM).
+    struct TestCa {
+        dir: PathBuf,
+        ca: issue::Issued,
+    }
+
+    impl TestCa {
+        fn new(dir: &Path, name: &str) -> TestCa {
+            let ca = issue::new_ca(name, std::time::Duration::from_secs(3600)).expect("CA");
+            std::fs::write(dir.join("ca.crt"), &ca.cert_pem).expect("write CA");
+            TestCa {
+                dir: dir.to_owned(),
+                ca,
+            }
+        }
+
+        fn ca_file(&self) -> PathBuf {
+            self.dir.join("ca.crt")
+        }
+
+        fn leaf(&self, stem: &str) -> (PathBuf, PathBuf, String) {
+            let issued = issue::issue(
+                &self.ca,
+                stem,
+                &["localhost".to_owned()],
+                std::time::Duration::from_secs(3600),
+            )
+            .expect("leaf");
+            let (cert, key) = (
+                self.dir.join(format!("{stem}.crt")),
+                self.dir.join(format!("{stem}.key")),
+            );
+            std::fs::write(&cert, &issued.cert_pem).expect("write cert");
+            std::fs::write(&key, &issued.key_pem).expect("write key");
+            (cert, key, issued.cert_pem)
+        }
+
+        /// Writes a revocation list of this CA naming `revoked` to `ca.crl`.
+        fn revoke(&self, revoked: &[&str], number: u64) -> PathBuf {
+            let path = self.dir.join("ca.crl");
+            let pem = issue::revocation_list(
+                &self.ca,
+                revoked,
+                number,
+                std::time::Duration::from_secs(3600),
+            )
+            .expect("CRL");
+            std::fs::write(&path, pem).expect("write CRL");
+            path
+        }
+    }
+
+    #[tokio::test]
+    async fn a_certificate_on_the_revocation_list_is_refused_and_its_connection_closed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = TestCa::new(dir.path(), "CA");
+        let (cert, key, server_pem) = ca.leaf("server");
+        let server = Material::load(
+            TlsPaths {
+                cert,
+                key,
+                ca: Some(ca.ca_file()),
+                crl: Some(ca.revoke(&[], 1)),
+            },
+            ClientAuth::Required,
+        )
+        .expect("an empty list loads");
+        let port = serve_checked(&server).await;
+        let (leaked_cert, leaked_key, leaked_pem) = ca.leaf("leaked");
+        let (kept_cert, kept_key, _) = ca.leaf("kept");
+        let mut leaked = connect_with(port, leaked_cert.clone(), leaked_key.clone(), ca.ca_file())
+            .await
+            .expect("not revoked yet");
+        let mut kept = connect_with(port, kept_cert, kept_key, ca.ca_file())
+            .await
+            .expect("admitted");
+
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        ca.revoke(&[&leaked_pem], 2);
+        server.refresh();
+        let rest = closed_by_server(&mut leaked).await;
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+        connect_with(port, leaked_cert, leaked_key, ca.ca_file())
+            .await
+            .expect_err("a revoked certificate gets no new connection");
+        assert_eq!(
+            exchange(&mut kept).await.expect("others stay"),
+            "HTTP/1.1 200 OK"
+        );
+
+        // Calling out, as peers do: a server whose certificate the caller's
+        // list names is refused.
+        let (caller_cert, caller_key, _) = ca.leaf("caller");
+        let caller = Material::load(
+            TlsPaths {
+                cert: caller_cert,
+                key: caller_key,
+                ca: Some(ca.ca_file()),
+                crl: Some(ca.revoke(&[&server_pem], 3)),
+            },
+            ClientAuth::Off,
+        )
+        .expect("caller");
+        let connector =
+            tokio_rustls::TlsConnector::from(Arc::new(caller.client_config().expect("config")));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let err = connector
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect_err("a revoked server certificate");
+        assert!(format!("{err:?}").contains("Revoked"), "{err:?}");
+    }
+
+    #[test]
+    fn revocation_lists_that_cannot_apply_are_refused_by_name() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = TestCa::new(dir.path(), "CA");
+        let (cert, key, own) = ca.leaf("node");
+        let load = |crl: PathBuf| {
+            Material::load(
+                TlsPaths {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: Some(ca.ca_file()),
+                    crl: Some(crl),
+                },
+                ClientAuth::Required,
+            )
+            .expect_err("refused")
+            .to_string()
+        };
+        let err = load(ca.revoke(&[&own], 1));
+        assert!(err.contains("revokes this node's own certificate"), "{err}");
+
+        let other_dir = tempfile::tempdir().expect("dir");
+        let stranger = TestCa::new(other_dir.path(), "another CA");
+        let err = load(stranger.revoke(&[], 1));
+        assert!(err.contains("none of the CAs in"), "{err}");
+        // Same name, another key: the list's signature does not verify.
+        let namesake = TestCa::new(other_dir.path(), "CA");
+        let err = load(namesake.revoke(&[], 1));
+        assert!(err.contains("cannot be used"), "{err}");
+
+        let err = load(ca.ca_file());
+        assert!(err.contains("no PEM certificate revocation list"), "{err}");
+        let err = load(dir.path().join("missing.crl"));
+        assert!(err.contains("missing.crl"), "{err}");
     }
 
     #[tokio::test]

@@ -49,6 +49,13 @@ impl Ca {
         }
     }
 
+    /// A revocation list (PEM) of this CA naming `revoked`, numbered
+    /// `number`.
+    pub fn revocation_list(&self, revoked: &[&Leaf], number: u64) -> String {
+        let pems: Vec<&str> = revoked.iter().map(|l| l.cert.as_str()).collect();
+        issue::revocation_list(&self.ca, &pems, number, 30 * DAY).expect("revocation list")
+    }
+
     /// Writes `leaf` and this CA into `dir` as `<stem>.crt`, `<stem>.key`
     /// and `<stem>-ca.crt`.
     pub fn write(&self, dir: &Path, stem: &str, leaf: &Leaf) -> TlsFiles {
