@@ -187,21 +187,23 @@ pub async fn serve<L, S>(
 /// once at the start (the files may have been reloaded between the
 /// connection's handshake and now). Never resolves for a connection that
 /// presented none.
-async fn distrusted(tls: Option<Arc<Material>>, chain: Option<Vec<CertificateDer<'static>>>) {
+pub(crate) async fn distrusted(
+    tls: Option<Arc<Material>>,
+    chain: Option<Vec<CertificateDer<'static>>>,
+) {
     let (Some(tls), Some(chain)) = (tls, chain) else {
         return std::future::pending().await;
     };
     let mut reloads = tls.reloads();
     reloads.mark_changed();
-    loop {
-        if reloads.changed().await.is_err() {
-            // The material is gone with its port: nothing will change.
-            return std::future::pending().await;
-        }
+    // `changed` fails only once the material is dropped, which `tls` here
+    // prevents.
+    while reloads.changed().await.is_ok() {
         if !tls.admits(&chain) {
             return;
         }
     }
+    std::future::pending().await
 }
 
 /// A stream over a TCP connection that can give that connection back once

@@ -236,9 +236,9 @@ pub struct ServeArgs {
     /// Certificate revocation lists (PEM, as `openssl ca -gencrl` writes
     /// them) of the CAs in --tls-ca: a certificate they list is refused on
     /// the client port (with --client-cert-auth) and, unless --peer-tls-ca
-    /// is given, on the peer port and by outgoing peer calls. Reloaded when
-    /// the file changes, like the certificates; connections open with a
-    /// certificate the new lists revoke are closed.
+    /// is given, on the peer port and by new calls to peers. Reloaded when
+    /// the file changes, like the certificates; connections to this node
+    /// that are open with a certificate the new lists revoke are closed.
     #[arg(long, env = "PHXKV_TLS_CRL", value_name = "PATH", requires = "tls_ca")]
     pub tls_crl: Option<PathBuf>,
 
@@ -292,8 +292,8 @@ pub struct ServeArgs {
     pub peer_tls_ca: Option<PathBuf>,
 
     /// Certificate revocation lists (PEM) of --peer-tls-ca: a peer
-    /// certificate they list is refused in either direction. Without
-    /// --peer-tls-ca, --tls-crl covers peers.
+    /// certificate they list is refused on the peer port and by new calls
+    /// to peers. Without --peer-tls-ca, --tls-crl covers peers.
     #[arg(
         long,
         env = "PHXKV_PEER_TLS_CRL",
@@ -438,14 +438,9 @@ impl ServeArgs {
                     ca: self.tls_ca.clone().filter(|_| self.client_cert_auth),
                     crl: self.tls_crl.clone().filter(|_| self.client_cert_auth),
                 };
-                let flags = [
-                    (Some(&paths.key), "tls-key"),
-                    (paths.ca.as_ref(), "tls-ca"),
-                    (paths.crl.as_ref(), "tls-crl"),
-                ];
-                let flag = |e: &crate::tls::TlsError| flag_of_file(e, &flags, "tls-cert");
-                let loaded = Material::load(paths.clone(), auth);
-                Some(loaded.map_err(|e| bad(flag(&e), e.to_string()))?)
+                let flags = ["tls-cert", "tls-key", "tls-ca", "tls-crl"];
+                let loaded = Material::load(paths, auth);
+                Some(loaded.map_err(|e| bad(flag_of_file(&e, flags), e.to_string()))?)
             }
             _ => None,
         };
@@ -510,19 +505,17 @@ impl ServeArgs {
             }
             Some(name) => ClientAuth::RequiredNamed(name.clone()),
         };
-        let (key_flag, ca_flag, crl_flag) = match (&self.peer_tls_cert, &self.peer_tls_ca) {
-            (Some(_), Some(_)) => ("peer-tls-key", "peer-tls-ca", "peer-tls-crl"),
-            (Some(_), None) => ("peer-tls-key", "tls-ca", "tls-crl"),
-            (None, Some(_)) => ("tls-key", "peer-tls-ca", "peer-tls-crl"),
-            (None, None) => ("tls-key", "tls-ca", "tls-crl"),
+        let key_flag = match self.peer_tls_cert {
+            Some(_) => "peer-tls-key",
+            None => "tls-key",
         };
-        let flags = [
-            (Some(&paths.key), key_flag),
-            (paths.ca.as_ref(), ca_flag),
-            (paths.crl.as_ref(), crl_flag),
-        ];
-        let peer = Material::load(paths.clone(), auth)
-            .map_err(|e| bad(flag_of_file(&e, &flags, cert_flag), e.to_string()))?;
+        let (ca_flag, crl_flag) = match self.peer_tls_ca {
+            Some(_) => ("peer-tls-ca", "peer-tls-crl"),
+            None => ("tls-ca", "tls-crl"),
+        };
+        let flags = [cert_flag, key_flag, ca_flag, crl_flag];
+        let peer =
+            Material::load(paths, auth).map_err(|e| bad(flag_of_file(&e, flags), e.to_string()))?;
         Ok((client, Some(peer)))
     }
 
@@ -826,20 +819,23 @@ pub const SNAPSHOT_EVERY_BYTES: std::ops::RangeInclusive<u64> = (1 << 20)..=(16 
 pub const HTTP_TIMEOUTS: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(3600);
 
-/// The flag that names the file a TLS error is about: the one of `flags`
-/// whose path the error names, else `default` (the certificate's).
-fn flag_of_file(
-    e: &crate::tls::TlsError,
-    flags: &[(Option<&PathBuf>, &'static str)],
-    default: &'static str,
-) -> &'static str {
-    let crate::tls::TlsError::File { path, .. } = e else {
-        return default;
-    };
-    flags
-        .iter()
-        .find(|(p, _)| p.is_some_and(|p| p.display().to_string() == *path))
-        .map_or(default, |(_, flag)| flag)
+/// The flag of the file a TLS error is about, from `flags`: the
+/// certificate's, the key's, the CA's and the revocation lists' (the
+/// certificate's when the error names no file).
+fn flag_of_file(e: &crate::tls::TlsError, flags: [&'static str; 4]) -> &'static str {
+    use crate::tls::{FileRole, TlsError};
+    let [cert, key, ca, crl] = flags;
+    match e {
+        TlsError::File {
+            role: Some(role), ..
+        } => match role {
+            FileRole::Cert => cert,
+            FileRole::Key => key,
+            FileRole::Ca => ca,
+            FileRole::Crl => crl,
+        },
+        _ => cert,
+    }
 }
 
 /// How often certificate files are looked at besides at each handshake.

@@ -87,9 +87,24 @@ pub fn client_name(der: &[u8]) -> Option<String> {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {reason}")]
-    File { path: String, reason: String },
+    File {
+        path: String,
+        reason: String,
+        /// Which of a [`TlsPaths`]' files it is, when known: what the
+        /// error names to the user is that file's flag.
+        role: Option<FileRole>,
+    },
     #[error("{0}")]
     Config(String),
+}
+
+/// The files of a [`TlsPaths`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileRole {
+    Cert,
+    Key,
+    Ca,
+    Crl,
 }
 
 impl TlsError {
@@ -97,6 +112,32 @@ impl TlsError {
         TlsError::File {
             path: path.display().to_string(),
             reason: reason.to_string(),
+            role: None,
+        }
+    }
+
+    fn about(path: &Path, role: FileRole, reason: impl std::fmt::Display) -> Self {
+        TlsError::File {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+            role: Some(role),
+        }
+    }
+
+    /// This error, said to be about the file of `role` unless it already
+    /// names one.
+    fn of(self, role: FileRole) -> Self {
+        match self {
+            TlsError::File {
+                path,
+                reason,
+                role: None,
+            } => TlsError::File {
+                path,
+                reason,
+                role: Some(role),
+            },
+            other => other,
         }
     }
 }
@@ -226,23 +267,40 @@ struct Loaded {
 /// must carry that name itself: every peer checks it the same way, so one
 /// that names something else would be refused by all of them (at start
 /// that stops the node; on a reload the previous certificate is kept).
+/// `at_start` says which: see [`read_crls`] for the one difference.
 fn load(
     paths: &TlsPaths,
     provider: &Arc<CryptoProvider>,
     client_auth: &ClientAuth,
+    at_start: bool,
 ) -> Result<Loaded, TlsError> {
     // The stamp is taken first: a file replaced while it is read gives a
     // stamp that no longer matches, so the next handshake reads it again.
     let stamp = stamp(paths).map_err(|e| {
-        let missing = paths
-            .files()
-            .find(|p| std::fs::metadata(p).is_err())
-            .unwrap_or(&paths.cert);
-        TlsError::file(missing, e)
+        let roles = [
+            (Some(&paths.cert), FileRole::Cert),
+            (Some(&paths.key), FileRole::Key),
+            (paths.ca.as_ref(), FileRole::Ca),
+            (paths.crl.as_ref(), FileRole::Crl),
+        ];
+        let (missing, role) = roles
+            .into_iter()
+            .find_map(|(p, role)| {
+                p.filter(|p| std::fs::metadata(p).is_err())
+                    .map(|p| (p, role))
+            })
+            .unwrap_or((&paths.cert, FileRole::Cert));
+        TlsError::about(missing, role, e)
     })?;
-    let chain = read_certs(&paths.cert)?;
+    let chain = read_certs(&paths.cert).map_err(|e| e.of(FileRole::Cert))?;
     let not_after = x509_parser::parse_x509_certificate(&chain[0])
-        .map_err(|e| TlsError::file(&paths.cert, format!("not an X.509 certificate: {e}")))?
+        .map_err(|e| {
+            TlsError::about(
+                &paths.cert,
+                FileRole::Cert,
+                format!("not an X.509 certificate: {e}"),
+            )
+        })?
         .1
         .validity()
         .not_after
@@ -254,45 +312,58 @@ fn load(
             "this certificate has expired: clients and peers will refuse it"
         );
     }
-    let key = PrivateKeyDer::from_pem_file(&paths.key)
-        .map_err(|e| TlsError::file(&paths.key, format!("no private key in PEM form ({e})")))?;
-    let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        TlsError::file(
+    let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| {
+        TlsError::about(
             &paths.key,
+            FileRole::Key,
+            format!("no private key in PEM form ({e})"),
+        )
+    })?;
+    let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        TlsError::about(
+            &paths.key,
+            FileRole::Key,
             format!("does not go with {}: {e}", paths.cert.display()),
         )
     })?;
     let (server_verifier, client_verifier) = match &paths.ca {
         None => (None, None),
         Some(ca) => {
-            let cas = read_certs(ca)?;
+            let cas = read_certs(ca).map_err(|e| e.of(FileRole::Ca))?;
             let crls = match &paths.crl {
-                Some(crl) => read_crls(crl, &cas, ca)?,
+                Some(crl) => read_crls(crl, &cas, ca, at_start).map_err(|e| e.of(FileRole::Crl))?,
                 None => Vec::new(),
             };
             let mut roots = RootCertStore::empty();
             for cert in cas {
-                roots
-                    .add(cert)
-                    .map_err(|e| TlsError::file(ca, format!("not a usable CA certificate: {e}")))?;
+                roots.add(cert).map_err(|e| {
+                    TlsError::about(
+                        ca,
+                        FileRole::Ca,
+                        format!("not a usable CA certificate: {e}"),
+                    )
+                })?;
             }
             let roots = Arc::new(roots);
             // Revocation: a certificate of a CA without a list here is
             // not refused for that, and a list past its next update still
             // counts (a stale list refuses what it names rather than
             // everyone).
-            let crl_file = paths.crl.as_deref().unwrap_or(ca);
+            let (file, role) = match &paths.crl {
+                Some(crl) => (crl.as_path(), FileRole::Crl),
+                None => (ca.as_path(), FileRole::Ca),
+            };
             let server =
                 WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
                     .with_crls(crls.clone())
                     .allow_unknown_revocation_status()
                     .build()
-                    .map_err(|e| TlsError::file(crl_file, e))?;
+                    .map_err(|e| TlsError::about(file, role, e))?;
             let client = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
                 .with_crls(crls)
                 .allow_unknown_revocation_status()
                 .build()
-                .map_err(|e| TlsError::file(crl_file, e))?;
+                .map_err(|e| TlsError::about(file, role, e))?;
             (Some(server), Some(client))
         }
     };
@@ -313,8 +384,9 @@ fn load(
                 Some(n) => format!("names {n:?}"),
                 None => "has no single common name in text".into(),
             };
-            return Err(TlsError::file(
+            return Err(TlsError::about(
                 &paths.cert,
+                FileRole::Cert,
                 format!(
                     "{named}, not {want:?}, the one name peers admit (--peer-cert-allowed-cn): \
                      its peers would refuse it"
@@ -325,13 +397,23 @@ fn load(
     Ok(loaded)
 }
 
-/// The revocation lists in `path` (PEM), each issued by one of `cas`
-/// (read from `ca_path`): a list of another CA would never apply, so it is
-/// a mistake worth naming at once.
+/// The revocation lists in `path` (PEM) for the CAs `cas` (read from
+/// `ca_path`).
+///
+/// A list is matched to its CA by the issuer's name, so two CAs of one
+/// name in the bundle would have one's list refuse every certificate of
+/// the other (its signature does not verify with the other's key): a
+/// list for a name that two CAs share is refused. A list whose issuer is
+/// none of the CAs would never apply: at start that is a mistake worth
+/// naming, and on a reload it is what replacing a CA without its list
+/// looks like, so the list is left out with a warning and the new CA is
+/// taken (no certificate of the CAs loaded is then checked against it, so
+/// leaving it out revokes nothing less).
 fn read_crls(
     path: &Path,
     cas: &[CertificateDer<'static>],
     ca_path: &Path,
+    at_start: bool,
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let crls = CertificateRevocationListDer::pem_file_iter(path)
         .map_err(|e| TlsError::file(path, e))?
@@ -348,21 +430,47 @@ fn read_crls(
         .filter_map(|ca| x509_parser::parse_x509_certificate(ca).ok())
         .map(|(_, ca)| ca.subject().as_raw().to_vec())
         .collect();
-    for crl in &crls {
-        let (_, parsed) = x509_parser::parse_x509_crl(crl)
+    let mut kept = Vec::with_capacity(crls.len());
+    for crl in crls {
+        let (_, parsed) = x509_parser::parse_x509_crl(&crl)
             .map_err(|e| TlsError::file(path, format!("not a certificate revocation list: {e}")))?;
-        if !subjects.iter().any(|s| s == parsed.issuer().as_raw()) {
-            return Err(TlsError::file(
-                path,
-                format!(
-                    "holds a revocation list issued by {:?}, which is none of the CAs in {}",
-                    parsed.issuer().to_string(),
-                    ca_path.display()
-                ),
-            ));
+        let issuer = parsed.issuer().to_string();
+        match subjects
+            .iter()
+            .filter(|s| s.as_slice() == parsed.issuer().as_raw())
+            .count()
+        {
+            1 => kept.push(crl.clone()),
+            0 if at_start => {
+                return Err(TlsError::file(
+                    path,
+                    format!(
+                        "holds a revocation list issued by {issuer:?}, which is none of the CAs \
+                         in {}",
+                        ca_path.display()
+                    ),
+                ));
+            }
+            0 => tracing::warn!(
+                crl = %path.display(),
+                issuer = %issuer,
+                "a revocation list whose issuer is none of the CAs loaded is left out: replace \
+                 it with the new CA's"
+            ),
+            _ => {
+                return Err(TlsError::file(
+                    path,
+                    format!(
+                        "holds a revocation list issued by {issuer:?}, a name that more than one \
+                         CA in {} has: the list would refuse every certificate of the others; \
+                         give the CAs distinct names",
+                        ca_path.display()
+                    ),
+                ));
+            }
         }
     }
-    Ok(crls)
+    Ok(kept)
 }
 
 /// Checks this node's own certificate against the revocation lists, when
@@ -382,13 +490,15 @@ fn check_own_revocation(
     };
     match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
         Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
-            Err(TlsError::file(
+            Err(TlsError::about(
                 crl,
+                FileRole::Crl,
                 "revokes this node's own certificate: its peers would refuse it",
             ))
         }
-        Err(rustls::Error::InvalidCertRevocationList(e)) => Err(TlsError::file(
+        Err(rustls::Error::InvalidCertRevocationList(e)) => Err(TlsError::about(
             crl,
+            FileRole::Crl,
             format!("cannot be used to check certificates of its CA: {e:?}"),
         )),
         _ => Ok(()),
@@ -460,7 +570,7 @@ impl Material {
             ));
         }
         let provider = provider();
-        let loaded = load(&paths, &provider, &client_auth)?;
+        let loaded = load(&paths, &provider, &client_auth, true)?;
         Ok(Arc::new(Material {
             paths,
             provider,
@@ -585,7 +695,7 @@ impl Material {
         if failed.as_ref() == Some(&now) {
             return held;
         }
-        match load(&self.paths, &self.provider, &self.client_auth) {
+        match load(&self.paths, &self.provider, &self.client_auth, false) {
             Ok(fresh) => {
                 *failed = None;
                 let fresh = Arc::new(fresh);
@@ -596,7 +706,15 @@ impl Material {
                 };
                 *g = fresh.clone();
                 drop(g);
-                self.reloaded.send_modify(|n| *n += 1);
+                // Open connections are checked again only against files
+                // that did not change while they were read: a CA bundle
+                // rewritten in place and read half-way would otherwise
+                // close the connections of the CAs not read yet. Files
+                // still changing are read again by the next handshake or
+                // refresh, which tells the connections then.
+                if stamp(&self.paths).is_ok_and(|now| now == fresh.stamp) {
+                    self.reloaded.send_modify(|n| *n += 1);
+                }
                 if let Ok(o) = self.observer.lock()
                     && let Some(f) = o.as_ref()
                 {
@@ -1040,6 +1158,17 @@ mod tests {
         Ok(tls)
     }
 
+    /// Asserts that the files were reloaded since `reloads` last looked,
+    /// then gives the connections a moment to check themselves again.
+    async fn assert_reloaded(reloads: &mut tokio::sync::watch::Receiver<u64>) {
+        assert!(
+            reloads.has_changed().expect("material alive"),
+            "the files were not reloaded"
+        );
+        reloads.borrow_and_update();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
     /// Reads until the server closes `conn`; what it sent first.
     async fn closed_by_server<S: tokio::io::AsyncRead + Unpin>(conn: &mut S) -> Vec<u8> {
         use tokio::io::AsyncReadExt as _;
@@ -1095,6 +1224,7 @@ mod tests {
         let reload = || {
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
+        let mut reloads = server.reloads();
 
         let mut open = connect(&old_ca, "old-app").await.expect("admitted");
         // A reload that keeps the CA (the server's certificate renewed)
@@ -1102,6 +1232,7 @@ mod tests {
         reload();
         leaf(&old_ca, "server", "server");
         server.refresh();
+        assert_reloaded(&mut reloads).await;
         assert_eq!(
             exchange(&mut open).await.expect("still open"),
             "HTTP/1.1 200 OK"
@@ -1111,6 +1242,7 @@ mod tests {
         reload();
         write("ca.crt", &both);
         server.refresh();
+        assert_reloaded(&mut reloads).await;
         let mut bundled = connect(&new_ca, "new-app").await.expect("admitted");
         assert_eq!(
             exchange(&mut open).await.expect("still open"),
@@ -1223,6 +1355,22 @@ mod tests {
             "HTTP/1.1 200 OK"
         );
 
+        // A list that cannot be taken (it revokes the server's own
+        // certificate) is not loaded, and closes nothing.
+        let mut reloads = server.reloads();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let server_now = server.current().key.cert[0].clone();
+        ca.revoke(&[&leaked_pem, &server_pem], 3);
+        server.refresh();
+        assert!(!reloads.has_changed().expect("alive"), "a refused reload");
+        assert_eq!(server.current().key.cert[0], server_now);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(
+            exchange(&mut kept).await.expect("still open"),
+            "HTTP/1.1 200 OK"
+        );
+        reloads.borrow_and_update();
+
         // Calling out, as peers do: a server whose certificate the caller's
         // list names is refused.
         let (caller_cert, caller_key, _) = ca.leaf("caller");
@@ -1231,7 +1379,7 @@ mod tests {
                 cert: caller_cert,
                 key: caller_key,
                 ca: Some(ca.ca_file()),
-                crl: Some(ca.revoke(&[&server_pem], 3)),
+                crl: Some(ca.revoke(&[&server_pem], 4)),
             },
             ClientAuth::Off,
         )
@@ -1246,6 +1394,24 @@ mod tests {
             .await
             .expect_err("a revoked server certificate");
         assert!(format!("{err:?}").contains("Revoked"), "{err:?}");
+
+        // The CA replaced without its list: on a reload the list, which
+        // no longer applies to anything, is left out and the new CA taken.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        ca.revoke(&[&leaked_pem], 5);
+        let new_dir = tempfile::tempdir().expect("dir");
+        let new_ca = TestCa::new(new_dir.path(), "new CA");
+        let (new_cert, new_key, _) = new_ca.leaf("server");
+        std::fs::copy(&new_cert, dir.path().join("server.crt")).expect("copy");
+        std::fs::copy(&new_key, dir.path().join("server.key")).expect("copy");
+        std::fs::copy(new_ca.ca_file(), ca.ca_file()).expect("copy");
+        server.refresh();
+        assert_reloaded(&mut reloads).await;
+        connect_with(port, new_cert, new_key, new_ca.ca_file())
+            .await
+            .expect("the new CA's certificates are admitted");
+        let rest = closed_by_server(&mut kept).await;
+        assert!(rest.is_empty(), "the old CA's connection is closed");
     }
 
     #[test]
@@ -1278,10 +1444,65 @@ mod tests {
         let err = load(namesake.revoke(&[], 1));
         assert!(err.contains("cannot be used"), "{err}");
 
+        // Two CAs of one name in the bundle: the list of one would refuse
+        // every certificate of the other.
+        let bundle = format!(
+            "{}{}",
+            std::fs::read_to_string(ca.ca_file()).expect("CA"),
+            std::fs::read_to_string(namesake.ca_file()).expect("CA")
+        );
+        let list = ca.revoke(&[], 2);
+        std::fs::write(ca.ca_file(), bundle).expect("bundle");
+        let err = load(list);
+        assert!(err.contains("more than one CA"), "{err}");
+        std::fs::write(
+            ca.ca_file(),
+            issue::new_ca("unused", std::time::Duration::from_secs(60))
+                .expect("CA")
+                .cert_pem,
+        )
+        .expect("CA");
         let err = load(ca.ca_file());
         assert!(err.contains("no PEM certificate revocation list"), "{err}");
         let err = load(dir.path().join("missing.crl"));
         assert!(err.contains("missing.crl"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_admitted_just_before_a_reload_is_checked_against_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = TestCa::new(dir.path(), "CA");
+        let (cert, key, _) = ca.leaf("server");
+        let (_, _, client_pem) = ca.leaf("client");
+        let server = Material::load(
+            TlsPaths {
+                cert,
+                key,
+                ca: Some(ca.ca_file()),
+                crl: None,
+            },
+            ClientAuth::Required,
+        )
+        .expect("server");
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(client_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("chain");
+        let watching = |chain: Vec<CertificateDer<'static>>| {
+            tokio::time::timeout(
+                std::time::Duration::from_millis(300),
+                crate::net::distrusted(Some(server.clone()), Some(chain)),
+            )
+        };
+        assert!(watching(chain.clone()).await.is_err(), "still admitted");
+        // The CA replaced after the handshake, before the connection is
+        // served: the first check is against the new one.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let other_dir = tempfile::tempdir().expect("dir");
+        let other = TestCa::new(other_dir.path(), "other CA");
+        std::fs::copy(other.ca_file(), ca.ca_file()).expect("copy");
+        server.refresh();
+        assert!(watching(chain).await.is_ok(), "no longer admitted");
     }
 
     #[tokio::test]
