@@ -51,6 +51,27 @@ async fn post_to_peer_port(
     pki::client(ca, leaf).post(url).body("[]").send().await
 }
 
+/// A watch on `prefix` at `url` (a client port), opened with `leaf`.
+async fn watch_as(ca: &Ca, leaf: &Leaf, url: &str, prefix: &str) -> reqwest::Response {
+    let watch = pki::client(ca, Some(leaf))
+        .get(format!("{url}/v1/watch?prefix={prefix}"))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(watch.status(), 200);
+    watch
+}
+
+/// Whether the server ends `stream` within 30 s.
+async fn ends(mut stream: reqwest::Response) -> bool {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await
+    .is_ok()
+}
+
 fn der_of(pem: &str) -> Vec<u8> {
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     use base64::Engine as _;
@@ -475,13 +496,7 @@ async fn a_replaced_ca_closes_the_connections_its_certificates_opened() {
         pki::client(&ca, Some(&leaf)),
     )
     .await;
-    let mut watch = pki::client(&ca, Some(&user))
-        .get(format!("{}/v1/watch?prefix=rotated/", c.url(0)))
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await
-        .expect("watch");
-    assert_eq!(watch.status(), 200);
+    let watch = watch_as(&ca, &user, &c.url(0), "rotated/").await;
 
     let new_ca = Ca::new("phxkv test CA, replaced");
     let node = new_ca.issue("phxkv node", &["127.0.0.1"]);
@@ -502,11 +517,7 @@ async fn a_replaced_ca_closes_the_connections_its_certificates_opened() {
     }
 
     // The watch, open with a certificate of the old CA, ends.
-    let ended = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(_)) = watch.chunk().await {}
-    })
-    .await;
-    assert!(ended.is_ok(), "the old CA's watch stream is still open");
+    assert!(ends(watch).await, "the old CA's watch stream is still open");
     assert!(
         c.log_of(0)
             .contains("no longer admitted by the reloaded CA"),
@@ -539,13 +550,7 @@ async fn a_certificate_put_on_the_revocation_list_is_shut_out() {
         ca.issue("leaked", &["app.example"]),
         ca.issue("kept", &["app.example"]),
     );
-    let mut watch = pki::client(&ca, Some(&leaked))
-        .get(format!("{}/v1/watch?prefix=revoked/", c.url(0)))
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await
-        .expect("watch");
-    assert_eq!(watch.status(), 200);
+    let watch = watch_as(&ca, &leaked, &c.url(0), "revoked/").await;
 
     pki::replace(&crl, &ca.revocation_list(&[&leaked], 2));
     // The next handshake reads the new list.
@@ -557,12 +562,8 @@ async fn a_certificate_put_on_the_revocation_list_is_shut_out() {
         .await
         .expect("a certificate the list does not name");
     assert_eq!(r.status(), 200);
-    let ended = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(_)) = watch.chunk().await {}
-    })
-    .await;
     assert!(
-        ended.is_ok(),
+        ends(watch).await,
         "the revoked certificate's watch is still open"
     );
     let refused = pki::client(&ca, Some(&leaked)).get(&url).send().await;
