@@ -1080,6 +1080,27 @@ mod tests {
         assert!(err.to_string().contains("--metrics-listen"), "{err}");
     }
 
+    /// Certificates made in `dir` and the flags that give them to a node:
+    /// `--tls-cert`, `--tls-key` and `--tls-ca`, each with its path.
+    fn tls_flags(dir: &std::path::Path) -> Vec<String> {
+        let paths = crate::tls::TlsPaths {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            ca: Some(dir.join("ca.crt")),
+            crl: None,
+        };
+        crate::tls::dev_ca::make(&paths, &["localhost"]).expect("certificates");
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        vec![
+            "--tls-cert".into(),
+            path(&paths.cert),
+            "--tls-key".into(),
+            path(&paths.key),
+            "--tls-ca".into(),
+            path(&dir.join("ca.crt")),
+        ]
+    }
+
     #[test]
     fn an_allowed_peer_name_needs_tls_on_the_peer_port_and_a_name() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1092,20 +1113,8 @@ mod tests {
                 .contains("--peer-cert-allowed-cn: needs a certificate for the peer port"),
             "{err}"
         );
-        let paths = crate::tls::TlsPaths {
-            cert: dir.path().join("tls.crt"),
-            key: dir.path().join("tls.key"),
-            ca: Some(dir.path().join("ca.crt")),
-            crl: None,
-        };
-        crate::tls::dev_ca::make(&paths, &["localhost"]).expect("certificates");
-        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
-        let (cert, key, ca) = (
-            path(&paths.cert),
-            path(&paths.key),
-            path(paths.ca.as_deref().expect("ca")),
-        );
-        let tls = ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca];
+        let tls = tls_flags(dir.path());
+        let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
         let err = pod_with(
             "kv-0",
             &token,
@@ -1120,26 +1129,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let token = dir.path().join("token");
         std::fs::write(&token, "a-cluster-token-of-some-length").expect("token");
-        let paths = crate::tls::TlsPaths {
-            cert: dir.path().join("tls.crt"),
-            key: dir.path().join("tls.key"),
-            ca: Some(dir.path().join("ca.crt")),
-            crl: None,
-        };
-        crate::tls::dev_ca::make(&paths, &["localhost"]).expect("certificates");
+        let tls = tls_flags(dir.path());
+        let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+        let ca = tls[5];
         let other = crate::tls::issue::new_ca("another CA", Duration::from_secs(3600)).expect("CA");
         let foreign = dir.path().join("foreign.crl");
         let list = crate::tls::issue::revocation_list(&other, &[], 1, Duration::from_secs(3600))
             .expect("CRL");
         std::fs::write(&foreign, list).expect("write CRL");
-        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
-        let (cert, key, ca, crl) = (
-            path(&paths.cert),
-            path(&paths.key),
-            path(paths.ca.as_deref().expect("ca")),
-            path(&foreign),
-        );
-        let tls = ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca];
+        let crl = foreign.to_string_lossy().into_owned();
         for auth in [&[][..], &["--client-cert-auth"][..]] {
             let err = pod_with(
                 "kv-0",
@@ -1154,7 +1152,7 @@ mod tests {
         let err = pod_with(
             "kv-0",
             &token,
-            &[&tls[..], &["--peer-tls-ca", &ca, "--tls-crl", &crl]].concat(),
+            &[&tls[..], &["--peer-tls-ca", ca, "--tls-crl", &crl]].concat(),
         )
         .expect_err("a list that applies to nothing");
         assert!(err.to_string().contains("checks nothing here"), "{err}");

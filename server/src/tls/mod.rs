@@ -435,12 +435,12 @@ fn read_crls(
         let (_, parsed) = x509_parser::parse_x509_crl(&crl)
             .map_err(|e| TlsError::file(path, format!("not a certificate revocation list: {e}")))?;
         let issuer = parsed.issuer().to_string();
-        match subjects
+        let cas_of_that_name = subjects
             .iter()
             .filter(|s| s.as_slice() == parsed.issuer().as_raw())
-            .count()
-        {
-            1 => kept.push(crl.clone()),
+            .count();
+        match cas_of_that_name {
+            1 => kept.push(crl),
             0 if at_start => {
                 return Err(TlsError::file(
                     path,
@@ -1185,29 +1185,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_whose_certificate_a_reloaded_ca_no_longer_admits_is_closed() {
-        let dir = tempfile::tempdir().expect("dir");
-        let hour = std::time::Duration::from_secs(3600);
-        let old_ca = issue::new_ca("old CA", hour).expect("CA");
-        let new_ca = issue::new_ca("new CA", hour).expect("CA");
-        let write = |name: &str, text: &str| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).expect("write");
-            path
-        };
-        let leaf = |ca: &issue::Issued, cn: &str, stem: &str| {
-            let issued = issue::issue(ca, cn, &["localhost".to_owned()], hour).expect("leaf");
-            (
-                write(&format!("{stem}.crt"), &issued.cert_pem),
-                write(&format!("{stem}.key"), &issued.key_pem),
-            )
-        };
-        let both = format!("{}{}", old_ca.cert_pem, new_ca.cert_pem);
-        let (cert, key) = leaf(&old_ca, "server", "server");
+        let (dir, new_dir) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let old_ca = TestCa::new(dir.path(), "old CA");
+        let new_ca = TestCa::new(new_dir.path(), "new CA");
+        let both = format!("{}{}", old_ca.ca.cert_pem, new_ca.ca.cert_pem);
+        let (cert, key, _) = old_ca.leaf("server");
         let server = Material::load(
             TlsPaths {
                 cert,
                 key,
-                ca: Some(write("ca.crt", &old_ca.cert_pem)),
+                ca: Some(old_ca.ca_file()),
                 crl: None,
             },
             ClientAuth::Required,
@@ -1216,9 +1206,10 @@ mod tests {
         let port = serve_checked(&server).await;
         // Clients that trust both CAs, so that only the server's view of
         // their certificates changes.
-        let client_ca = write("clients-trust.crt", &both);
-        let connect = |ca: &issue::Issued, cn: &str| {
-            let (cert, key) = leaf(ca, cn, cn);
+        let client_ca = dir.path().join("clients-trust.crt");
+        std::fs::write(&client_ca, &both).expect("write");
+        let connect = |ca: &TestCa, cn: &str| {
+            let (cert, key, _) = ca.leaf(cn);
             connect_with(port, cert, key, client_ca.clone())
         };
         let reload = || {
@@ -1230,7 +1221,7 @@ mod tests {
         // A reload that keeps the CA (the server's certificate renewed)
         // keeps the connection.
         reload();
-        leaf(&old_ca, "server", "server");
+        old_ca.leaf("server");
         server.refresh();
         assert_reloaded(&mut reloads).await;
         assert_eq!(
@@ -1240,7 +1231,7 @@ mod tests {
         // A bundle of the old and the new CA, as in a rotation, still
         // admits it.
         reload();
-        write("ca.crt", &both);
+        std::fs::write(old_ca.ca_file(), &both).expect("write");
         server.refresh();
         assert_reloaded(&mut reloads).await;
         let mut bundled = connect(&new_ca, "new-app").await.expect("admitted");
@@ -1251,7 +1242,7 @@ mod tests {
         // The old CA dropped: its certificate's connection is closed, with
         // no request from it needed, and a new one is refused.
         reload();
-        write("ca.crt", &new_ca.cert_pem);
+        std::fs::write(old_ca.ca_file(), &new_ca.ca.cert_pem).expect("write");
         server.refresh();
         let rest = closed_by_server(&mut open).await;
         assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
