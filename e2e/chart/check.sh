@@ -149,15 +149,17 @@ assert tls == {"enabled": True, "issuerRef": {"name": "ca-issuer", "kind": "Clus
 PY
 check "TLS is on in the default PaxosKV, and tls.issuerRef reaches spec.tls.issuerRef"
 
-log "tls.clientCertAuth reaches the PaxosKV, and the ServiceMonitor scrapes the metrics port"
-render mtls --set tls.clientCertAuth=true,tls.clientCertIdentity=true,serviceMonitor.enabled=true
+log "tls.clientCertAuth and tls.revocationList reach the PaxosKV, and the ServiceMonitor scrapes the metrics port"
+render mtls --set tls.clientCertAuth=true,tls.clientCertIdentity=true,serviceMonitor.enabled=true \
+    --set tls.revocationList.name=phxkv-crl
 validate "$work/mtls.yaml" --expect PaxosKV=1 --expect ServiceMonitor=2 || die "render with tls.clientCertAuth does not validate"
 "$python" - "$work/mtls.yaml" "$work/default.yaml" <<'PY' || die "tls.clientCertAuth"
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 pkv = next(d for d in docs if d["kind"] == "PaxosKV")
 tls = pkv["spec"]["tls"]
-assert tls == {"enabled": True, "clientCertAuth": True, "clientCertIdentity": True}, tls
+assert tls == {"enabled": True, "clientCertAuth": True, "clientCertIdentity": True,
+               "revocationList": {"name": "phxkv-crl"}}, tls
 name = pkv["metadata"]["name"]
 sm = next(d for d in docs if d["kind"] == "ServiceMonitor" and d["metadata"]["name"] == name)
 assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s",
@@ -315,6 +317,8 @@ expect_rejected "at '/tls/issuerRef': value must be 'name (and optionally kind a
 expect_rejected "at '/tls/issuerRef/name': value must be 'a name of lower-case letters" --set tls.issuerRef.name=CA_Issuer
 expect_rejected "at '/tls/enabled': value must be true" --set tls.enabled=false,tls.clientCertAuth=true
 expect_rejected "at '/tls/clientCertAuth': value must be true" --set tls.clientCertIdentity=true
+expect_rejected "at '/tls/revocationList': value must be 'name (and optionally key)" --set tls.revocationList.key=a.crl
+expect_rejected "at '/tls/enabled': value must be true" --set tls.enabled=false,tls.revocationList.name=phxkv-crl
 expect_rejected "at '/auth/enabled': value must be true" \
     --set tls.clientCertAuth=true,tls.clientCertIdentity=true,auth.enabled=false
 check "bad values are rejected"

@@ -33,6 +33,15 @@
 //! `<name>-ca` is only ever replaced with the resource version it was read
 //! at, so two writers cannot each make a CA and split the cluster.
 //!
+//! Each CA the operator makes carries the time it was made in its name, so
+//! the two CAs trusted during a rotation have distinct names: revocation
+//! lists are matched to their CA by name.
+//!
+//! With `spec.tls.revocationList`, the replicas also mount that Secret's
+//! lists (`--tls-crl`), and each reconcile checks them the way a replica
+//! starting with them would, reporting a list that would stop one in a
+//! `RevocationListInvalid` event.
+//!
 //! With `issuerRef`, a reconcile applies a cert-manager `Certificate` that
 //! writes `<name>-tls`, and reads the Secret for its CA once it exists.
 //! Going back to the operator's own CA, it deletes that `Certificate`
@@ -53,7 +62,7 @@ use phxkv::tls::issue::{self, Issued};
 use serde_json::json;
 
 use crate::controller::{Context, Error, ensure_owned, ensure_owned_as, publish};
-use crate::crd::{IssuerRef, PaxosKV};
+use crate::crd::{IssuerRef, PaxosKV, SecretKey};
 use crate::render::{self, CA_CERT_KEY, CA_KEY_KEY, MANAGER, Names, TLS_CERT_KEY, TLS_KEY_KEY};
 
 /// How long the operator's CA is valid.
@@ -421,10 +430,67 @@ pub async fn ensure(
     ns: &str,
     names: &Names,
 ) -> Result<Option<ClusterTls>, Error> {
-    match &pkv.spec.tls.issuer_ref {
-        Some(issuer) => from_cert_manager(ctx, pkv, ns, names, issuer).await,
-        None => own_ca(ctx, pkv, ns, names).await.map(Some),
+    let tls = match &pkv.spec.tls.issuer_ref {
+        Some(issuer) => from_cert_manager(ctx, pkv, ns, names, issuer).await?,
+        None => Some(own_ca(ctx, pkv, ns, names).await?),
+    };
+    if let (Some(list), Some(tls)) = (&pkv.spec.tls.revocation_list, &tls) {
+        check_revocation_list(ctx, pkv, ns, list, tls).await?;
     }
+    Ok(tls)
+}
+
+/// Checks the revocation lists of `spec.tls.revocationList` as a replica
+/// starting with them would, and says in a Warning event why one would
+/// stop it. Nothing else is done about it: running replicas keep the
+/// lists they have until a usable one comes, and leaving a list out would
+/// admit what it revokes.
+async fn check_revocation_list(
+    ctx: &Context,
+    pkv: &PaxosKV,
+    ns: &str,
+    list: &SecretKey,
+    tls: &ClusterTls,
+) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let problem = match secrets.get_opt(&list.name).await? {
+        None => Some(format!(
+            "Secret {} (spec.tls.revocationList) does not exist: pods cannot start until it does",
+            list.name
+        )),
+        Some(secret) => match text(&secret, &list.key) {
+            None => Some(format!(
+                "Secret {} (spec.tls.revocationList) has no key {}: pods cannot start until it \
+                 does",
+                list.name, list.key
+            )),
+            Some(crls) => {
+                let own = tls.identity.as_deref().unwrap_or_default();
+                issue::check_revocation_lists(&tls.ca, &crls, own)
+                    .err()
+                    .map(|e| {
+                        format!(
+                            "Secret {}, key {} (spec.tls.revocationList): {e}; a replica that \
+                             starts with it stops, and running replicas keep the lists they \
+                             have: replace it with lists from a CA in ca.crt",
+                            list.name, list.key
+                        )
+                    })
+            }
+        },
+    };
+    if let Some(note) = problem {
+        publish(
+            ctx,
+            pkv,
+            EventType::Warning,
+            "RevocationListInvalid",
+            "Certificates",
+            &note,
+        )
+        .await;
+    }
+    Ok(())
 }
 
 async fn from_cert_manager(
@@ -500,8 +566,14 @@ async fn own_ca(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let now = Timestamp::now().as_second();
     let new_ca = || {
-        issue::new_ca(&format!("phxkv CA {}.{ns}", names.cluster), CA_VALIDITY)
-            .map_err(|e| Error::Tls(e.to_string()))
+        // Each CA of a cluster gets its own name: during a rotation both
+        // are trusted, and revocation lists are matched to their CA by
+        // name (a name shared by two CAs makes a list unusable).
+        issue::new_ca(
+            &format!("phxkv CA {}.{ns} {}", names.cluster, when(now)),
+            CA_VALIDITY,
+        )
+        .map_err(|e| Error::Tls(e.to_string()))
     };
     let ca = match secrets.get_opt(&names.ca).await? {
         Some(secret) => {

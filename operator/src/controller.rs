@@ -383,6 +383,11 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
                        TLS existed: it stays on plain HTTP; unset clientCertAuth";
         return report_invalid(ctx, pkv, message).await;
     }
+    if bootstrap.transport() == Transport::Plain && pkv.spec.tls.revocation_list.is_some() {
+        let message = "spec.tls.revocationList needs TLS, and this cluster was created before \
+                       TLS existed: it stays on plain HTTP; unset revocationList";
+        return report_invalid(ctx, pkv, message).await;
+    }
     if bootstrap.tls.is_none() && pkv.spec.tls.enabled {
         tracing::debug!(
             paxoskv = %name,

@@ -400,6 +400,9 @@ fn yes() -> bool {
 }, {
     "rule": "!has(self.clientCertIdentity) || !self.clientCertIdentity || (has(self.clientCertAuth) && self.clientCertAuth)",
     "message": "clientCertIdentity needs clientCertAuth"
+}, {
+    "rule": "!has(self.revocationList) || !has(self.enabled) || self.enabled",
+    "message": "revocationList needs TLS: set enabled to true"
 }]))]
 pub struct TlsSpec {
     /// TLS on both ports (the default).
@@ -430,6 +433,21 @@ pub struct TlsSpec {
     /// `issuerRef`, everyone who may request certificates from that issuer.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub client_cert_identity: bool,
+    /// Certificate revocation lists (PEM) of the cluster's CA, from a
+    /// Secret in the same namespace (`phxkv serve --tls-crl`). A
+    /// certificate they list is refused on the peer port and, with
+    /// `clientCertAuth`, on the client port; connections open with it are
+    /// closed as each replica reloads the Secret (the kubelet refreshes it
+    /// within about a minute; nothing restarts). Each list must be issued
+    /// by a CA in `ca.crt` of `<name>-tls` (the operator's CA signs with
+    /// the key in `<name>-ca`): a replica that starts with a list none of
+    /// them issued, or one revoking the replicas' own certificate, stops
+    /// with an error, and the operator reports such a list (event
+    /// `RevocationListInvalid`). After a CA rotation, replace the list
+    /// with the new CA's. Setting or removing this rolls the pods;
+    /// changing the Secret does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_list: Option<SecretKey>,
 }
 
 impl Default for TlsSpec {
@@ -439,8 +457,25 @@ impl Default for TlsSpec {
             issuer_ref: None,
             client_cert_auth: false,
             client_cert_identity: false,
+            revocation_list: None,
         }
     }
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretKey {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key (`ca.crl` unless given).
+    #[serde(default = "crl_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn crl_key() -> String {
+    "ca.crl".into()
 }
 
 /// A cert-manager issuer.
@@ -948,6 +983,9 @@ impl PaxosKVSpec {
         if tls.client_cert_auth && !tls.enabled {
             out.push("spec.tls.clientCertAuth needs spec.tls.enabled".into());
         }
+        if tls.revocation_list.is_some() && !tls.enabled {
+            out.push("spec.tls.revocationList needs spec.tls.enabled".into());
+        }
         if tls.client_cert_identity && !(tls.client_cert_auth && self.auth.enabled) {
             out.push(
                 "spec.tls.clientCertIdentity needs spec.tls.clientCertAuth and spec.auth.enabled"
@@ -1220,6 +1258,35 @@ mod tests {
                 other => panic!("{rule} on {old} -> {new}: {other:?}"),
             }
         })
+    }
+
+    #[test]
+    fn the_tls_rules_refuse_settings_that_need_tls_when_it_is_off() {
+        use kube::CustomResourceExt;
+        use serde_json::json;
+        let crd = serde_json::to_value(PaxosKV::crd()).expect("crd");
+        let tls = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["tls"];
+        let rules = rules(tls);
+        assert_eq!(rules.len(), 3, "{rules:?}");
+        let allowed = |value: serde_json::Value| {
+            rules.iter().all(|rule| {
+                let program = cel_interpreter::Program::compile(rule)
+                    .unwrap_or_else(|e| panic!("{rule} does not compile: {e:?}"));
+                let mut context = cel_interpreter::Context::default();
+                context.add_variable("self", &value).expect("self");
+                match program.execute(&context) {
+                    Ok(cel_interpreter::Value::Bool(ok)) => ok,
+                    other => panic!("{rule} on {value}: {other:?}"),
+                }
+            })
+        };
+        let list = json!({"name": "kv-crl", "key": "ca.crl"});
+        assert!(allowed(json!({"enabled": true, "revocationList": list})));
+        assert!(allowed(json!({"revocationList": list})));
+        assert!(!allowed(json!({"enabled": false, "revocationList": list})));
+        assert!(!allowed(json!({"enabled": false, "clientCertAuth": true})));
+        assert!(allowed(json!({"enabled": false})));
     }
 
     #[test]

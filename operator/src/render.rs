@@ -26,11 +26,12 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort,
-    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretEnvSource, SecretVolumeSource,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec as K8sServiceSpec, Volume,
-    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretEnvSource,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec as K8sServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -57,6 +58,11 @@ pub const DATA_MOUNT: &str = "/var/lib/phxkv";
 pub const TOKEN_MOUNT: &str = "/etc/phxkv/token";
 /// Where the certificate Secret is mounted.
 pub const TLS_MOUNT: &str = "/etc/phxkv/tls";
+/// Where the revocation list Secret (`spec.tls.revocationList`) is
+/// mounted: its key appears there as [`CRL_FILE`].
+pub const CRL_MOUNT: &str = "/etc/phxkv/crl";
+/// The file name of the revocation lists under [`CRL_MOUNT`].
+pub const CRL_FILE: &str = "ca.crl";
 /// Keys of a certificate Secret (`kubernetes.io/tls`, as cert-manager
 /// writes them): the certificate, its key, and the CA that signed it.
 pub const TLS_CERT_KEY: &str = "tls.crt";
@@ -402,14 +408,17 @@ fn pod_spec(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> PodSpec {
             .and_then(|b| b.recovery.as_ref())
             .map(|r| vec![restore_container(pkv, defaults, names, r)]),
         containers: vec![container(pkv, defaults, names)],
-        volumes: Some(volumes(names)),
+        volumes: Some(volumes(pkv, names)),
         ..PodSpec::default()
     }
 }
 
-/// The token Secret, and with TLS the certificate Secret (which the
-/// kubelet refreshes in place when it is renewed; the server reloads it).
-fn volumes(names: &Names) -> Vec<Volume> {
+/// The token Secret, and with TLS the certificate Secret and the
+/// revocation lists, if any (which the kubelet refreshes in place when
+/// they change; the server reloads them). A missing revocation list
+/// Secret keeps the pods from starting: a replica never runs without the
+/// lists it was asked to enforce.
+fn volumes(pkv: &PaxosKV, names: &Names) -> Vec<Volume> {
     let secret = |volume: &str, secret: &str| Volume {
         name: volume.into(),
         secret: Some(SecretVolumeSource {
@@ -422,6 +431,17 @@ fn volumes(names: &Names) -> Vec<Volume> {
     let mut volumes = vec![secret("token", &names.token)];
     if names.transport == Transport::Tls {
         volumes.push(secret("tls", &names.tls));
+        if let Some(list) = &pkv.spec.tls.revocation_list {
+            let mut crl = secret("crl", &list.name);
+            if let Some(source) = crl.secret.as_mut() {
+                source.items = Some(vec![KeyToPath {
+                    key: list.key.clone(),
+                    path: CRL_FILE.into(),
+                    mode: None,
+                }]);
+            }
+            volumes.push(crl);
+        }
     }
     volumes
 }
@@ -566,6 +586,10 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
             ),
         ]);
     }
+    let crl = tls && spec.tls.revocation_list.is_some();
+    if crl {
+        vars.push(env("PHXKV_TLS_CRL", format!("{CRL_MOUNT}/{CRL_FILE}")));
+    }
     // Client certificates of the same CA; the kubelet cannot present one,
     // so the probes go to a port that serves only them and the metrics.
     let client_certs = tls && spec.tls.client_cert_auth;
@@ -633,9 +657,14 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
                 ("data", DATA_MOUNT, false),
                 ("token", TOKEN_MOUNT, true),
                 ("tls", TLS_MOUNT, true),
+                ("crl", CRL_MOUNT, true),
             ]
             .into_iter()
-            .filter(|(volume, ..)| *volume != "tls" || tls)
+            .filter(|(volume, ..)| match *volume {
+                "tls" => tls,
+                "crl" => crl,
+                _ => true,
+            })
             .map(|(volume, path, read_only)| VolumeMount {
                 name: volume.into(),
                 mount_path: path.into(),
@@ -1344,6 +1373,88 @@ mod tests {
     }
 
     #[test]
+    fn a_revocation_list_is_mounted_from_its_secret_key_and_given_as_the_crl_file() {
+        let pkv = |list: Option<serde_json::Value>| -> PaxosKV {
+            let mut tls = serde_json::json!({});
+            if let Some(list) = list {
+                tls["revocationList"] = list;
+            }
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKV",
+                "metadata": {"name": "kv", "namespace": "db", "uid": "u"},
+                "spec": {"tls": tls}
+            }))
+            .expect("pkv")
+        };
+        let pod_of = |sts: &StatefulSet| {
+            sts.spec
+                .as_ref()
+                .and_then(|s| s.template.spec.clone())
+                .expect("pod")
+        };
+        let with = pkv(Some(
+            serde_json::json!({"name": "kv-crl", "key": "corp.crl"}),
+        ));
+        let sts = statefulset(&with, &defaults(), 3, Transport::Tls);
+        assert_eq!(
+            env_of(&sts)["PHXKV_TLS_CRL"].value.as_deref(),
+            Some("/etc/phxkv/crl/ca.crl")
+        );
+        let pod = pod_of(&sts);
+        let source = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "crl")
+            .and_then(|v| v.secret.clone())
+            .expect("the revocation list Secret is mounted");
+        assert_eq!(source.secret_name.as_deref(), Some("kv-crl"));
+        // Not optional: a pod never runs without the lists it must enforce.
+        assert_eq!(source.optional, None);
+        let items = source.items.expect("one key");
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("corp.crl", CRL_FILE)
+        );
+        assert!(
+            pod.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == "crl" && m.mount_path == CRL_MOUNT && m.read_only == Some(true))
+        );
+        // The key defaults to ca.crl.
+        let default_key = pkv(Some(serde_json::json!({"name": "kv-crl"})));
+        let sts = statefulset(&default_key, &defaults(), 3, Transport::Tls);
+        let pod = pod_of(&sts);
+        let items = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "crl")
+            .and_then(|v| v.secret.as_ref())
+            .and_then(|s| s.items.clone())
+            .expect("one key");
+        assert_eq!(items[0].key, "ca.crl");
+        // Without a list, or on a plain cluster: nothing of it.
+        for sts in [
+            statefulset(&pkv(None), &defaults(), 3, Transport::Tls),
+            statefulset(&with, &defaults(), 3, Transport::Plain),
+        ] {
+            assert!(!env_of(&sts).contains_key("PHXKV_TLS_CRL"));
+            let pod = pod_of(&sts);
+            assert!(pod.volumes.iter().flatten().all(|v| v.name != "crl"));
+            assert!(
+                pod.containers[0]
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .all(|m| m.name != "crl")
+            );
+        }
+    }
+
+    #[test]
     fn client_cert_auth_asks_clients_for_certificates_and_moves_probes_to_the_metrics_port() {
         let mut spec = PaxosKVSpec {
             replicas: 3,
@@ -1473,6 +1584,14 @@ mod tests {
             s.tls.client_cert_auth = true;
         });
         assert!(p.contains("clientCertAuth needs spec.tls.enabled"), "{p}");
+        let p = problems(|s| {
+            s.tls.enabled = false;
+            s.tls.revocation_list = Some(crate::crd::SecretKey {
+                name: "kv-crl".into(),
+                key: "ca.crl".into(),
+            });
+        });
+        assert!(p.contains("revocationList needs spec.tls.enabled"), "{p}");
         let p = problems(|s| s.tls.client_cert_identity = true);
         assert!(p.contains("clientCertIdentity needs"), "{p}");
         let p = problems(|s| {

@@ -677,6 +677,87 @@ async fn an_expiring_certificate_is_issued_again_from_the_same_ca_and_a_fresh_on
     }
 }
 
+/// `spec.tls.revocationList`: after the certificates, the pass reads the
+/// list's Secret and checks it as a replica starting with it would; a
+/// list that would stop a replica, or no list at all, is reported in a
+/// Warning event, and a usable one in nothing.
+#[tokio::test]
+async fn a_revocation_list_that_would_stop_a_replica_is_reported_and_a_usable_one_is_not() {
+    use phxkv::tls::issue;
+    const DAY: Duration = Duration::from_secs(86_400);
+    let ca = issue::new_ca("phxkv CA kv.db", 3650 * DAY).expect("ca");
+    let other = issue::new_ca("corp CA", 3650 * DAY).expect("other");
+    let leaf = issue::issue(&ca, "kv.db", &kv_names(), 80 * DAY).expect("leaf");
+    let client = issue::issue(&ca, "app", &kv_names(), 80 * DAY).expect("client");
+    let usable = issue::revocation_list(&ca, &[&client.cert_pem], 1, 7 * DAY).expect("list");
+    let foreign = issue::revocation_list(&other, &[], 1, 7 * DAY).expect("list");
+    let own = issue::revocation_list(&ca, &[&leaf.cert_pem], 2, 7 * DAY).expect("list");
+    let crl_secret = |key: &str, pem: &str| Some(secret("kv-crl", json!({key: pem}), json!({})));
+    let cases = [
+        (None, Some("does not exist")),
+        (crl_secret("other.crl", &usable), Some("has no key ca.crl")),
+        (crl_secret("ca.crl", &foreign), Some("corp CA")),
+        (crl_secret("ca.crl", &own), Some("own certificate")),
+        (crl_secret("ca.crl", &usable), None),
+    ];
+    for (stored, warning) in cases {
+        let (mut h, run) =
+            start_tls_pass(json!({"replicas": 3, "tls": {"revocationList": {"name": "kv-crl"}}}))
+                .await;
+        let ca_secret = secret(
+            "kv-ca",
+            json!({"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}),
+            json!({}),
+        );
+        expect(&mut h, "GET", &format!("{NS}/secrets/kv-ca"), move |_| {
+            (200, ca_secret)
+        })
+        .await;
+        let current = secret(
+            "kv-tls",
+            json!({"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.cert_pem}),
+            json!({}),
+        );
+        expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), move |_| {
+            (200, current)
+        })
+        .await;
+        expect(&mut h, "GET", &format!("{NS}/secrets/kv-crl"), move |_| {
+            stored.map_or_else(|| (404, not_found("secrets", "kv-crl")), |s| (200, s))
+        })
+        .await;
+        match warning {
+            Some(words) => {
+                let event = expect_event(&mut h, "RevocationListInvalid").await;
+                assert_eq!(event["type"], "Warning");
+                let note = event["note"].as_str().unwrap_or_default();
+                assert!(note.contains(words) && note.contains("kv-crl"), "{note}");
+            }
+            None => {
+                // Straight on to the StatefulSet, with the list mounted.
+                expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
+                    (200, statefulset(3))
+                })
+                .await;
+                let sts = expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), |_| {
+                    (200, statefulset(3))
+                })
+                .await;
+                let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
+                assert!(
+                    env.as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|v| v["name"] == "PHXKV_TLS_CRL"),
+                    "{env}"
+                );
+            }
+        }
+        expect_rest_of_pass(&mut h).await;
+        run.await.expect("joined").expect("reconciled");
+    }
+}
+
 /// A CA with less than a year left: the pass replaces `kv-ca` (as read, by
 /// resource version) with a new CA and keeps the old one's certificate as
 /// `previous-ca.crt`, then gives the replicas both CAs to trust while their
@@ -721,6 +802,17 @@ async fn an_ageing_ca_is_rotated_trust_first_then_the_certificate() {
         issue::not_after_of(&new_pem).expect("expiry") > old.not_after + 3000 * 86_400,
         "valid ten years"
     );
+    // Named apart from the old CA, so that a revocation list of either
+    // can be used while both are trusted.
+    let new_ca = issue::Issued {
+        cert_pem: new_pem.clone(),
+        key_pem: decoded(&rotated, "ca.key"),
+        not_after: 0,
+    };
+    let list = issue::revocation_list(&new_ca, &[], 1, 7 * DAY).expect("list");
+    let both = format!("{new_pem}{}", old.cert_pem);
+    issue::check_revocation_lists(&both, &list, &leaf.cert_pem)
+        .expect("a new CA's list beside the old CA");
     let rotated_at = rotated["metadata"]["annotations"]["phxkv.io/ca-rotated-at"]
         .as_str()
         .expect("time of rotation")
@@ -930,6 +1022,28 @@ async fn tls_stays_what_the_cluster_was_created_with() {
             .unwrap_or("")
             .contains("fixed at creation"),
         "{event}"
+    );
+    let status = expect_status(&mut h).await;
+    assert_eq!(status["phase"], "Invalid");
+    run.await.expect("joined").expect("reconciled");
+}
+
+/// A cluster created before TLS existed stays plain HTTP, where a
+/// revocation list would do nothing: it is refused, not ignored.
+#[tokio::test]
+async fn a_revocation_list_is_refused_on_a_cluster_that_stays_plain() {
+    let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "db");
+    let ctx = context(client, "http://127.0.0.1:9".into());
+    let pkv = paxoskv(json!({"replicas": 3, "tls": {"revocationList": {"name": "kv-crl"}}}));
+    let run = tokio::spawn(reconcile(Arc::new(pkv), ctx));
+    expect_static_objects(&mut h).await;
+    expect_existing_token_and_bootstrap(&mut h, 3).await;
+    let event = expect_event(&mut h, "InvalidSpec").await;
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("revocationList needs TLS") && note.contains("plain HTTP"),
+        "{note}"
     );
     let status = expect_status(&mut h).await;
     assert_eq!(status["phase"], "Invalid");

@@ -169,6 +169,62 @@ pub fn revocation_list(
         .map_err(failed)
 }
 
+/// What a replica would say at start about the revocation lists `crl_pem`
+/// (`--tls-crl`) beside the CA file `ca_pem` (`--tls-ca`) and its own
+/// certificate `cert_pem` (PEM each): how many lists there are, or why it
+/// would refuse them and stop. The operator checks a list with this before
+/// it reports the list as in use.
+pub fn check_revocation_lists(
+    ca_pem: &str,
+    crl_pem: &str,
+    cert_pem: &str,
+) -> Result<usize, TlsError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Config(format!("ca.crt: not PEM certificates: {e}")))?;
+    let crls: Vec<CertificateRevocationListDer<'static>> =
+        CertificateRevocationListDer::pem_slice_iter(crl_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Config(format!("not PEM revocation lists: {e}")))?;
+    if crls.is_empty() {
+        return Err(TlsError::Config(
+            "holds no PEM certificate revocation list (BEGIN X509 CRL)".into(),
+        ));
+    }
+    let subjects = super::ca_subjects(&cas);
+    for crl in &crls {
+        match super::issuers_of(crl, &subjects).map_err(TlsError::Config)? {
+            (_, 1) => {}
+            (issuer, 0) => return Err(TlsError::Config(super::no_such_ca(&issuer, "ca.crt"))),
+            (issuer, _) => {
+                return Err(TlsError::Config(super::shared_ca_name(&issuer, "ca.crt")));
+            }
+        }
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots
+            .add(ca)
+            .map_err(|e| TlsError::Config(format!("ca.crt: not a usable CA certificate: {e}")))?;
+    }
+    let count = crls.len();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.into(),
+        super::provider(),
+    )
+    .with_crls(crls)
+    .allow_unknown_revocation_status()
+    .build()
+    .map_err(|e| TlsError::Config(e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Config(format!("tls.crt: {e}")))?;
+    super::own_revocation(&chain, verifier.as_ref()).map_err(TlsError::Config)?;
+    Ok(count)
+}
+
 /// When the first certificate in `pem` expires, in Unix seconds.
 pub fn not_after_of(pem: &str) -> Result<i64, TlsError> {
     let der = first_der(pem)?;
@@ -296,5 +352,51 @@ mod tests {
         };
         assert!(issue(&broken, "x", &names(&["localhost"]), DAY).is_err());
         assert!(not_after_of("garbage").is_err());
+    }
+
+    #[test]
+    fn a_revocation_list_is_checked_as_a_replica_would_check_it_at_start() {
+        let ca = new_ca("phxkv CA kv.db", 3650 * DAY).expect("ca");
+        let other = new_ca("corp CA", 3650 * DAY).expect("other");
+        let own = issue(&ca, "kv.db", &names(&["localhost"]), 90 * DAY).expect("own");
+        let client = issue(&ca, "app", &names(&["localhost"]), 90 * DAY).expect("client");
+        let list = revocation_list(&ca, &[&client.cert_pem], 1, 7 * DAY).expect("list");
+        assert_eq!(
+            check_revocation_lists(&ca.cert_pem, &list, &own.cert_pem).expect("usable"),
+            1
+        );
+        // Another CA's list would never apply.
+        let foreign = revocation_list(&other, &[], 1, 7 * DAY).expect("foreign");
+        let e = check_revocation_lists(&ca.cert_pem, &foreign, &own.cert_pem)
+            .expect_err("another CA's list")
+            .to_string();
+        assert!(
+            e.contains("corp CA") && e.contains("none of the CAs"),
+            "{e}"
+        );
+        // One that revokes the replicas' own certificate.
+        let own_revoked = revocation_list(&ca, &[&own.cert_pem], 2, 7 * DAY).expect("list");
+        let e = check_revocation_lists(&ca.cert_pem, &own_revoked, &own.cert_pem)
+            .expect_err("own certificate revoked")
+            .to_string();
+        assert!(e.contains("own certificate"), "{e}");
+        // A CA of the same name but another key: the signature fails.
+        let impostor = new_ca("phxkv CA kv.db", 3650 * DAY).expect("impostor");
+        let forged = revocation_list(&impostor, &[], 3, 7 * DAY).expect("forged");
+        let e = check_revocation_lists(&ca.cert_pem, &forged, &own.cert_pem)
+            .expect_err("bad signature")
+            .to_string();
+        assert!(e.contains("cannot be used"), "{e}");
+        // Two CAs of one name in the bundle.
+        let both = format!("{}{}", ca.cert_pem, impostor.cert_pem);
+        let e = check_revocation_lists(&both, &list, &own.cert_pem)
+            .expect_err("shared name")
+            .to_string();
+        assert!(e.contains("more than one CA"), "{e}");
+        // Not a list at all.
+        let e = check_revocation_lists(&ca.cert_pem, &ca.cert_pem, &own.cert_pem)
+            .expect_err("a certificate, not a list")
+            .to_string();
+        assert!(e.contains("no PEM certificate revocation list"), "{e}");
     }
 }

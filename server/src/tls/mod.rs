@@ -425,30 +425,17 @@ fn read_crls(
             "holds no PEM certificate revocation list (BEGIN X509 CRL)",
         ));
     }
-    let subjects: Vec<Vec<u8>> = cas
-        .iter()
-        .filter_map(|ca| x509_parser::parse_x509_certificate(ca).ok())
-        .map(|(_, ca)| ca.subject().as_raw().to_vec())
-        .collect();
+    let subjects = ca_subjects(cas);
     let mut kept = Vec::with_capacity(crls.len());
     for crl in crls {
-        let (_, parsed) = x509_parser::parse_x509_crl(&crl)
-            .map_err(|e| TlsError::file(path, format!("not a certificate revocation list: {e}")))?;
-        let issuer = parsed.issuer().to_string();
-        let cas_of_that_name = subjects
-            .iter()
-            .filter(|s| s.as_slice() == parsed.issuer().as_raw())
-            .count();
+        let (issuer, cas_of_that_name) =
+            issuers_of(&crl, &subjects).map_err(|e| TlsError::file(path, e))?;
         match cas_of_that_name {
             1 => kept.push(crl),
             0 if at_start => {
                 return Err(TlsError::file(
                     path,
-                    format!(
-                        "holds a revocation list issued by {issuer:?}, which is none of the CAs \
-                         in {}",
-                        ca_path.display()
-                    ),
+                    no_such_ca(&issuer, &ca_path.display().to_string()),
                 ));
             }
             0 => tracing::warn!(
@@ -460,17 +447,48 @@ fn read_crls(
             _ => {
                 return Err(TlsError::file(
                     path,
-                    format!(
-                        "holds a revocation list issued by {issuer:?}, a name that more than one \
-                         CA in {} has: the list would refuse every certificate of the others; \
-                         give the CAs distinct names",
-                        ca_path.display()
-                    ),
+                    shared_ca_name(&issuer, &ca_path.display().to_string()),
                 ));
             }
         }
     }
     Ok(kept)
+}
+
+/// The subjects (DER) of the CAs `cas`, to match revocation lists with.
+fn ca_subjects(cas: &[CertificateDer<'_>]) -> Vec<Vec<u8>> {
+    cas.iter()
+        .filter_map(|ca| x509_parser::parse_x509_certificate(ca).ok())
+        .map(|(_, ca)| ca.subject().as_raw().to_vec())
+        .collect()
+}
+
+/// The issuer of the revocation list `crl` (as text) and how many of the
+/// CAs `subjects` (see [`ca_subjects`]) bear that name: the list applies
+/// only when exactly one does.
+fn issuers_of(
+    crl: &CertificateRevocationListDer<'_>,
+    subjects: &[Vec<u8>],
+) -> Result<(String, usize), String> {
+    let (_, parsed) = x509_parser::parse_x509_crl(crl)
+        .map_err(|e| format!("not a certificate revocation list: {e}"))?;
+    let count = subjects
+        .iter()
+        .filter(|s| s.as_slice() == parsed.issuer().as_raw())
+        .count();
+    Ok((parsed.issuer().to_string(), count))
+}
+
+fn no_such_ca(issuer: &str, ca_file: &str) -> String {
+    format!("holds a revocation list issued by {issuer:?}, which is none of the CAs in {ca_file}")
+}
+
+fn shared_ca_name(issuer: &str, ca_file: &str) -> String {
+    format!(
+        "holds a revocation list issued by {issuer:?}, a name that more than one CA in \
+         {ca_file} has: the list would refuse every certificate of the others; give the CAs \
+         distinct names"
+    )
 }
 
 /// Checks this node's own certificate against the revocation lists, when
@@ -485,21 +503,25 @@ fn check_own_revocation(
     verifier: &dyn ClientCertVerifier,
     crl: &Path,
 ) -> Result<(), TlsError> {
-    let Some((leaf, intermediates)) = key.cert.split_first() else {
+    own_revocation(&key.cert, verifier)
+        .map_err(|reason| TlsError::about(crl, FileRole::Crl, reason))
+}
+
+/// Why the revocation lists of `verifier` cannot stand beside this node's
+/// own certificate `chain` (see [`check_own_revocation`]), if they cannot.
+fn own_revocation(
+    chain: &[CertificateDer<'_>],
+    verifier: &dyn ClientCertVerifier,
+) -> Result<(), String> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
         return Ok(());
     };
     match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
         Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
-            Err(TlsError::about(
-                crl,
-                FileRole::Crl,
-                "revokes this node's own certificate: its peers would refuse it",
-            ))
+            Err("revokes this node's own certificate: its peers would refuse it".into())
         }
-        Err(rustls::Error::InvalidCertRevocationList(e)) => Err(TlsError::about(
-            crl,
-            FileRole::Crl,
-            format!("cannot be used to check certificates of its CA: {e:?}"),
+        Err(rustls::Error::InvalidCertRevocationList(e)) => Err(format!(
+            "cannot be used to check certificates of its CA: {e:?}"
         )),
         _ => Ok(()),
     }
