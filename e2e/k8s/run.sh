@@ -800,6 +800,85 @@ owner=$(k get service demo-peers -o jsonpath='{.metadata.ownerReferences[*].name
 [[ $owner == demo ]] || die "Service demo-peers belongs to '${owner:-nobody}' after the clean-up, not demo"
 log "demo-peers was refused and deleted; demo and its Service demo-peers are as they were"
 
+step "revocation: a client certificate put on spec.tls.revocationList is shut out, another of the CA is not"
+# One replica with client certificates required and a revocation list in
+# the Secret crl-list, which does not exist yet: the operator says so and
+# the pod waits for it (it never runs without the lists it must enforce).
+k apply -f - >&2 <<'EOF2'
+apiVersion: phxkv.io/v1alpha1
+kind: PaxosKV
+metadata:
+  name: crl
+spec:
+  replicas: 1
+  storage:
+    size: 1Gi
+    reclaimPolicy: Delete
+  tls:
+    clientCertAuth: true
+    revocationList:
+      name: crl-list
+EOF2
+: >"$work/crl-events-before"
+wait_until 120 "no RevocationListInvalid event about crl's missing Secret" \
+    new_event crl RevocationListInvalid "$work/crl-events-before"
+log "$(tail -n 1 "$work/wait.out")"
+grep -q "does not exist" "$work/wait.out" || die "the event does not say the Secret is missing"
+ca_key_ready() { k get secret crl-ca -o jsonpath='{.data.ca\.key}' | grep -q .; }
+wait_until 120 "Secret crl-ca was not made" ca_key_ready
+# The README's recipe: an openssl ca state beside the operator's CA.
+crl_dir=$work/crl
+mkdir -p "$crl_dir"
+k get secret crl-ca -o jsonpath='{.data.ca\.crt}' | base64 -d >"$crl_dir/ca.crt"
+k get secret crl-ca -o jsonpath='{.data.ca\.key}' | base64 -d >"$crl_dir/ca.key"
+for holder in app other; do
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$holder" \
+        -keyout "$crl_dir/$holder.key" -out "$crl_dir/$holder.csr" 2>/dev/null &&
+        openssl x509 -req -in "$crl_dir/$holder.csr" -CA "$crl_dir/ca.crt" -CAkey "$crl_dir/ca.key" \
+            -CAcreateserial -days 1 -extfile <(echo extendedKeyUsage=clientAuth) \
+            -out "$crl_dir/$holder.crt" 2>/dev/null || die "cannot issue a client certificate from crl-ca"
+done
+(
+    cd "$crl_dir" || exit 1
+    touch index.txt && echo 01 >crlnumber &&
+        printf '[ca]\ndefault_ca = c\n[c]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 30\n' >crl.cnf &&
+        openssl ca -config crl.cnf -cert ca.crt -keyfile ca.key -gencrl -out ca.crl 2>/dev/null
+) || die "openssl ca -gencrl with crl-ca"
+k create secret generic crl-list --from-file=ca.crl="$crl_dir/ca.crl" >&2
+k wait --for=condition=Available pkv/crl --timeout="${timeout}s" >&2
+bearer=$(token_of crl)
+cacert=$(ca_of crl) || die "Secret crl-tls holds no ca.crt"
+forward svc/crl 8080
+crl_port=$forward_port
+as_holder() { # HOLDER: the HTTP status of a write with the token and HOLDER's certificate (000: refused)
+    tls_curl -s -o /dev/null -w '%{http_code}' --max-time 10 --cert "$crl_dir/$1.crt" \
+        --key "$crl_dir/$1.key" -H "Authorization: Bearer $bearer" -X PUT --data-binary "$1" \
+        "https://localhost:$crl_port/v1/kv/written-by-$1" || true
+}
+admitted() { local code; code=$(as_holder "$1"); echo "$1: $code"; [[ $code == 200 ]]; }
+wait_until 60 "crl does not admit app's certificate before its revocation" admitted app
+[[ $(as_holder other) == 200 ]] || die "crl does not admit other's certificate"
+(
+    cd "$crl_dir" || exit 1
+    openssl ca -config crl.cnf -cert ca.crt -keyfile ca.key -revoke app.crt 2>/dev/null &&
+        openssl ca -config crl.cnf -cert ca.crt -keyfile ca.key -gencrl -out ca.crl 2>/dev/null
+) || die "openssl ca -revoke app.crt"
+k create secret generic crl-list --from-file=ca.crl="$crl_dir/ca.crl" --dry-run=client -o yaml |
+    k apply -f - >&2
+revoked_at=$SECONDS
+refused() { local code; code=$(as_holder app); echo "app: $code"; [[ $code == 000 ]]; }
+# The kubelet's refresh of the volume (about a minute), then the replica's
+# reload (within 30 s).
+wait_until 240 "app's certificate is still admitted after its revocation" refused
+log "app's certificate refused $((SECONDS - revoked_at))s after the list was replaced"
+[[ $(as_holder other) == 200 ]] || die "other's certificate is refused too"
+rm -f "$crl_dir/ca.key" "$crl_dir"/*.key
+k delete pkv crl --wait=true --timeout=120s >&2
+k delete secret crl-list >&2
+log "a revoked certificate is refused within minutes, without a restart; the CA's others still write"
+bearer=$(token_of demo)
+cacert=$(ca_of demo) || die "Secret demo-tls holds no ca.crt"
+
 if [[ $backups == 1 ]]; then
     step "backup and recovery: demo archives to MinIO, a PaxosKVBackup, a new PaxosKV recovered to its revision"
     minio_image=${PHXKV_E2E_MINIO_IMAGE:-quay.io/minio/minio}
