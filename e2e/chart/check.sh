@@ -358,11 +358,14 @@ fi
 "$operator_bin" render "$work/sample-pkv.yaml" >"$work/operator-sample.yaml" || die "phxkv-operator render (README sample)"
 printf 'apiVersion: phxkv.io/v1alpha1\nkind: PaxosKV\nmetadata: {name: minimal, namespace: kv}\nspec: {}\n' >"$work/minimal-pkv.yaml"
 "$operator_bin" render "$work/minimal-pkv.yaml" >"$work/operator-minimal.yaml" || die "phxkv-operator render (empty spec)"
-for f in operator-sample operator-minimal; do
+printf 'apiVersion: phxkv.io/v1alpha1\nkind: PaxosKV\nmetadata: {name: crl, namespace: kv}\nspec: {tls: {revocationList: {name: crl-list, key: corp.crl}}}\n' >"$work/crl-pkv.yaml"
+"$operator_bin" render "$work/crl-pkv.yaml" >"$work/operator-crl.yaml" || die "phxkv-operator render (revocation list)"
+grep -q 'secretName: crl-list' "$work/operator-crl.yaml" || die "the revocation list Secret is not mounted"
+for f in operator-sample operator-minimal operator-crl; do
     validate "$work/$f.yaml" --expect StatefulSet=1 --expect Service=2 --expect PodDisruptionBudget=1 \
         --expect ServiceAccount=1 --expect ConfigMap=1 --expect Secret=1 || die "$f objects do not validate"
 done
-check "the operator's objects validate (README sample and empty spec)"
+check "the operator's objects validate (README sample, empty spec, a revocation list)"
 
 # The operator's RBAC against the table of the calls its code makes
 # (`phxkv-operator rbac`, operator/src/access.rs, which the operator's tests

@@ -803,7 +803,8 @@ log "demo-peers was refused and deleted; demo and its Service demo-peers are as 
 step "revocation: a client certificate put on spec.tls.revocationList is shut out, another of the CA is not"
 # One replica with client certificates required and a revocation list in
 # the Secret crl-list, which does not exist yet: the operator says so and
-# the pod waits for it (it never runs without the lists it must enforce).
+# holds the list back, so the pod starts without one; once the Secret
+# holds a usable list, the pod rolls onto it.
 k apply -f - >&2 <<'EOF2'
 apiVersion: phxkv.io/v1alpha1
 kind: PaxosKV
@@ -844,7 +845,23 @@ done
         printf '[ca]\ndefault_ca = c\n[c]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 30\n' >crl.cnf &&
         openssl ca -config crl.cnf -cert ca.crt -keyfile ca.key -gencrl -out ca.crl 2>/dev/null
 ) || die "openssl ca -gencrl with crl-ca"
+k wait --for=condition=Available pkv/crl --timeout="${timeout}s" >&2
 k create secret generic crl-list --from-file=ca.crl="$crl_dir/ca.crl" >&2
+crl_given() {
+    local v
+    v=$(k get statefulset crl -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="PHXKV_TLS_CRL")].value}')
+    echo "PHXKV_TLS_CRL: ${v:-unset}"
+    [[ -n $v ]]
+}
+wait_until 120 "the pods of crl were not given the list" crl_given
+rolled() { # every pod of crl on the StatefulSet's template, and ready
+    local want table
+    want=$(k get statefulset crl -o jsonpath='{.status.updateRevision}')
+    table=$(pod_table crl)
+    echo "pods: ${table//$'\n'/; } (template $want)"
+    [[ -n $table ]] && ! awk -v w="$want" '$3 != w || $4 != "True"' <<<"$table" | grep -q .
+}
+wait_until "$timeout" "the pod of crl did not roll onto the list" rolled
 k wait --for=condition=Available pkv/crl --timeout="${timeout}s" >&2
 bearer=$(token_of crl)
 cacert=$(ca_of crl) || die "Secret crl-tls holds no ca.crt"
@@ -872,7 +889,7 @@ refused() { local code; code=$(as_holder app); echo "app: $code"; [[ $code == 00
 wait_until 240 "app's certificate is still admitted after its revocation" refused
 log "app's certificate refused $((SECONDS - revoked_at))s after the list was replaced"
 [[ $(as_holder other) == 200 ]] || die "other's certificate is refused too"
-rm -f "$crl_dir/ca.key" "$crl_dir"/*.key
+rm -f "$crl_dir"/*.key
 k delete pkv crl --wait=true --timeout=120s >&2
 k delete secret crl-list >&2
 log "a revoked certificate is refused within minutes, without a restart; the CA's others still write"

@@ -164,8 +164,9 @@ pub const RULES: &[Rule] = &[
         "secrets",
         &["get", "create", "patch"],
         "controller: read the token Secret and create it once (never patched); certs: read and \
-         create the CA Secret once, apply the certificate Secret when issuing or renewing it; \
-         backup: read the token and the cluster's CA to ask for a backup",
+         create the CA Secret once, apply the certificate Secret when issuing or renewing it, \
+         read the revocation list Secret to check it; backup: read the token and the \
+         cluster's CA to ask for a backup",
     ),
     rule(
         Scope::Watched,

@@ -422,75 +422,96 @@ fn secret_identity(secret: &Secret) -> Option<String> {
 }
 
 /// Makes sure the cluster's certificate Secret exists and is current.
-/// Returns what to call the replicas with: `None` while cert-manager has
-/// yet to write the Secret.
+/// Returns what to call the replicas with (`None` while cert-manager has
+/// yet to write the Secret) and, with `spec.tls.revocationList`, why a
+/// replica starting with that list would stop, if it would.
 pub async fn ensure(
     ctx: &Context,
     pkv: &PaxosKV,
     ns: &str,
     names: &Names,
-) -> Result<Option<ClusterTls>, Error> {
-    let tls = match &pkv.spec.tls.issuer_ref {
-        Some(issuer) => from_cert_manager(ctx, pkv, ns, names, issuer).await?,
-        None => Some(own_ca(ctx, pkv, ns, names).await?),
+) -> Result<(Option<ClusterTls>, Option<String>), Error> {
+    let (tls, retiring) = match &pkv.spec.tls.issuer_ref {
+        Some(issuer) => (from_cert_manager(ctx, pkv, ns, names, issuer).await?, None),
+        None => {
+            let (tls, retiring) = own_ca(ctx, pkv, ns, names).await?;
+            (Some(tls), retiring)
+        }
     };
-    if let (Some(list), Some(tls)) = (&pkv.spec.tls.revocation_list, &tls) {
-        check_revocation_list(ctx, pkv, ns, list, tls).await?;
+    let (Some(list), Some(tls)) = (&pkv.spec.tls.revocation_list, &tls) else {
+        return Ok((tls, None));
+    };
+    let pem = match read_revocation_list(ctx, ns, list).await? {
+        Ok(pem) => pem,
+        Err(problem) => return Ok((Some(tls.clone()), Some(problem))),
+    };
+    // Only the certificate in the identity is read; without one the
+    // replicas cannot start at all, for another reason.
+    let Some(own) = tls.identity.as_deref() else {
+        return Ok((Some(tls.clone()), None));
+    };
+    let at = format!(
+        "Secret {}, key {} (spec.tls.revocationList)",
+        list.name, list.key
+    );
+    if let Err(e) = issue::check_revocation_lists(&tls.ca, &pem, own) {
+        return Ok((Some(tls.clone()), Some(format!("{at}: {e}"))));
     }
-    Ok(tls)
-}
-
-/// Checks the revocation lists of `spec.tls.revocationList` as a replica
-/// starting with them would, and says in a Warning event why one would
-/// stop it. Nothing else is done about it: running replicas keep the
-/// lists they have until a usable one comes, and leaving a list out would
-/// admit what it revokes.
-async fn check_revocation_list(
-    ctx: &Context,
-    pkv: &PaxosKV,
-    ns: &str,
-    list: &SecretKey,
-    tls: &ClusterTls,
-) -> Result<(), Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let problem = match secrets.get_opt(&list.name).await? {
-        None => Some(format!(
-            "Secret {} (spec.tls.revocationList) does not exist: pods cannot start until it does",
-            list.name
-        )),
-        Some(secret) => match text(&secret, &list.key) {
-            None => Some(format!(
-                "Secret {} (spec.tls.revocationList) has no key {}: pods cannot start until it \
-                 does",
-                list.name, list.key
-            )),
-            Some(crls) => {
-                let own = tls.identity.as_deref().unwrap_or_default();
-                issue::check_revocation_lists(&tls.ca, &crls, own)
-                    .err()
-                    .map(|e| {
-                        format!(
-                            "Secret {}, key {} (spec.tls.revocationList): {e}; a replica that \
-                             starts with it stops, and running replicas keep the lists they \
-                             have: replace it with lists from a CA in ca.crt",
-                            list.name, list.key
-                        )
-                    })
-            }
-        },
-    };
-    if let Some(note) = problem {
+    // During a rotation the lists of the previous CA still apply; once it
+    // is retired they are left out, and without one of the new CA beside
+    // them a replica that starts stops.
+    if let Some((current, retired_at)) = retiring
+        && let Err(e) = issue::check_revocation_lists(&current, &pem, own)
+    {
+        let note = format!(
+            "{at}, with the CA of Secret {} alone: {e}. The previous CA is retired at {}; \
+             from then a replica that starts with these lists stops: add a list signed with \
+             ca.key of Secret {} before then",
+            names.ca,
+            when(retired_at),
+            names.ca
+        );
         publish(
             ctx,
             pkv,
             EventType::Warning,
-            "RevocationListInvalid",
+            "RevocationListOutdated",
             "Certificates",
             &note,
         )
         .await;
     }
-    Ok(())
+    Ok((Some(tls.clone()), None))
+}
+
+/// The PEM text of the revocation lists of `spec.tls.revocationList`, or
+/// why a replica cannot have it.
+async fn read_revocation_list(
+    ctx: &Context,
+    ns: &str,
+    list: &SecretKey,
+) -> Result<Result<String, String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(secret) = secrets.get_opt(&list.name).await? else {
+        return Ok(Err(format!(
+            "Secret {} (spec.tls.revocationList) does not exist",
+            list.name
+        )));
+    };
+    let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(&list.key)) else {
+        return Ok(Err(format!(
+            "Secret {} (spec.tls.revocationList) has no key {}",
+            list.name, list.key
+        )));
+    };
+    Ok(String::from_utf8(bytes.0.clone()).map_err(|_| {
+        format!(
+            "Secret {}, key {} (spec.tls.revocationList) is not text: the replicas read PEM \
+             lists (BEGIN X509 CRL); convert a DER list with `openssl crl -inform DER \
+             -outform PEM`",
+            list.name, list.key
+        )
+    }))
 }
 
 async fn from_cert_manager(
@@ -562,7 +583,7 @@ async fn own_ca(
     pkv: &PaxosKV,
     ns: &str,
     names: &Names,
-) -> Result<ClusterTls, Error> {
+) -> Result<(ClusterTls, Option<(String, i64)>), Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let now = Timestamp::now().as_second();
     let new_ca = || {
@@ -723,10 +744,21 @@ async fn own_ca(
             identity(Some(leaf.cert_pem), Some(leaf.key_pem))
         }
     };
-    Ok(ClusterTls {
-        ca: bundle,
-        identity,
-    })
+    // A rotation under way: the current CA, and when the previous retires.
+    let retiring = match (&ca.previous, ca.rotated_at) {
+        (Some(_), Some(at)) => Some((
+            ca.current.cert_pem.clone(),
+            at.saturating_add(secs(CA_OVERLAP)),
+        )),
+        _ => None,
+    };
+    Ok((
+        ClusterTls {
+            ca: bundle,
+            identity,
+        },
+        retiring,
+    ))
 }
 
 /// An HTTP client that trusts only the cluster's CA and, given `identity`

@@ -395,13 +395,13 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         );
     }
     let names = Names::with_transport(&name, &ns, bootstrap.transport());
-    let http = match names.transport {
-        Transport::Plain => ctx.http.clone(),
+    let (http, list_problem) = match names.transport {
+        Transport::Plain => (ctx.http.clone(), None),
         Transport::Tls => match crate::certs::ensure(ctx, pkv, &ns, &names).await? {
-            Some(tls) => tls.http_client()?,
+            (Some(tls), problem) => (tls.http_client()?, problem),
             // cert-manager has yet to write the Secret: the pods cannot
             // start without it either.
-            None => ctx.http.clone(),
+            (None, problem) => (ctx.http.clone(), problem),
         },
     };
     // The CRD refuses changing spec.bootstrap after creation; this catches
@@ -432,6 +432,19 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     if let Some(set) = &existing {
         ensure_owned(pkv, set, &name)?;
     }
+    let held_back;
+    let pkv = match &list_problem {
+        Some(problem) => {
+            match hold_back_revocation_list(ctx, pkv, existing.as_ref(), problem).await {
+                Some(previous) => {
+                    held_back = previous;
+                    &held_back
+                }
+                None => pkv,
+            }
+        }
+        None => pkv,
+    };
     let created = existing.is_none();
     let set_replicas = existing
         .as_ref()
@@ -794,6 +807,52 @@ fn failing_since(pkv: &PaxosKV, view: &ClusterView, now: Timestamp) -> BTreeMap<
             (m.name.clone(), since)
         })
         .collect()
+}
+
+/// A revocation list that a replica starting with it would stop on
+/// (`problem`) is reported, and not put into the pods' template: returns
+/// the `PaxosKV` to render, with the list its pods mount now (or none),
+/// when that is another one. A list the pods mount already stays (taking
+/// it out would admit what it revokes); running replicas keep the lists
+/// they loaded until a usable one comes.
+async fn hold_back_revocation_list(
+    ctx: &Context,
+    pkv: &PaxosKV,
+    existing: Option<&StatefulSet>,
+    problem: &str,
+) -> Option<PaxosKV> {
+    let mounted = existing.and_then(render::mounted_revocation_list);
+    let wanted = pkv.spec.tls.revocation_list.clone();
+    let (note, previous) = if mounted == wanted {
+        (
+            format!(
+                "{problem}. The pods mount it already: running replicas keep the lists they \
+                 loaded, and a replica that starts stops with this error"
+            ),
+            None,
+        )
+    } else {
+        let kept = match &mounted {
+            Some(m) => format!("the lists of Secret {}, key {}", m.name, m.key),
+            None => "no revocation list".to_string(),
+        };
+        let mut previous = pkv.clone();
+        previous.spec.tls.revocation_list = mounted;
+        (
+            format!("{problem}. It is not given to the pods until it is usable; they keep {kept}"),
+            Some(previous),
+        )
+    };
+    publish(
+        ctx,
+        pkv,
+        EventType::Warning,
+        "RevocationListInvalid",
+        "Certificates",
+        &note,
+    )
+    .await;
+    previous
 }
 
 /// `spec.hibernation`: stops every pod and keeps everything else. In two

@@ -438,14 +438,15 @@ pub struct TlsSpec {
     /// certificate they list is refused on the peer port and, with
     /// `clientCertAuth`, on the client port; connections open with it are
     /// closed as each replica reloads the Secret (the kubelet refreshes it
-    /// within about a minute; nothing restarts). Each list must be issued
-    /// by a CA in `ca.crt` of `<name>-tls` (the operator's CA signs with
-    /// the key in `<name>-ca`): a replica that starts with a list none of
-    /// them issued, or one revoking the replicas' own certificate, stops
-    /// with an error, and the operator reports such a list (event
-    /// `RevocationListInvalid`). After a CA rotation, replace the list
-    /// with the new CA's. Setting or removing this rolls the pods;
-    /// changing the Secret does not.
+    /// within about a minute; nothing restarts). At least one list must be
+    /// issued by a CA in `ca.crt` of `<name>-tls` (the operator's CA signs
+    /// with the key in `<name>-ca`), and none may revoke the replicas' own
+    /// certificate: the operator checks the lists on every pass, and one
+    /// that would stop a replica is reported (event
+    /// `RevocationListInvalid`) and not given to pods that do not mount it
+    /// yet. After a CA rotation, add the new CA's list (event
+    /// `RevocationListOutdated` until then). Setting or removing this
+    /// rolls the pods; changing the Secret does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_list: Option<SecretKey>,
 }
@@ -466,7 +467,10 @@ impl Default for TlsSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct SecretKey {
     /// The Secret's name.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// The key (`ca.crl` unless given).
     #[serde(default = "crl_key")]

@@ -43,7 +43,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{ArchiveSpec, LogFormatSpec, PaxosKV, ReadModeSpec, ReclaimPolicy, RecoverySpec};
+use crate::crd::{
+    ArchiveSpec, LogFormatSpec, PaxosKV, ReadModeSpec, ReclaimPolicy, RecoverySpec, SecretKey,
+};
 
 /// Port of the client API inside the pod.
 pub const CLIENT_PORT: i32 = 8080;
@@ -444,6 +446,26 @@ fn volumes(pkv: &PaxosKV, names: &Names) -> Vec<Volume> {
         }
     }
     volumes
+}
+
+/// The revocation list that `set`'s pods mount (see [`volumes`]), if any.
+pub fn mounted_revocation_list(set: &StatefulSet) -> Option<SecretKey> {
+    let source = set
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "crl")?
+        .secret
+        .as_ref()?;
+    Some(SecretKey {
+        name: source.secret_name.clone()?,
+        key: source.items.as_ref()?.first()?.key.clone(),
+    })
 }
 
 /// Without affinity rules in the spec, replicas prefer distinct nodes: a
@@ -1325,13 +1347,7 @@ mod tests {
             .as_ref()
             .and_then(|s| s.template.spec.as_ref())
             .expect("pod");
-        let volume = pod
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == "tls")
-            .and_then(|v| v.secret.as_ref())
-            .expect("the certificate Secret is mounted");
+        let volume = secret_volume(pod, "tls").expect("the certificate Secret is mounted");
         assert_eq!(volume.secret_name.as_deref(), Some("kv-tls"));
         let c = &pod.containers[0];
         assert!(
@@ -1372,6 +1388,15 @@ mod tests {
         assert!(pod.volumes.iter().flatten().all(|v| v.name != "tls"));
     }
 
+    /// The Secret source of the pod's volume `name`, if it has one.
+    fn secret_volume<'a>(pod: &'a PodSpec, name: &str) -> Option<&'a SecretVolumeSource> {
+        pod.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .and_then(|v| v.secret.as_ref())
+    }
+
     #[test]
     fn a_revocation_list_is_mounted_from_its_secret_key_and_given_as_the_crl_file() {
         let pkv = |list: Option<serde_json::Value>| -> PaxosKV {
@@ -1401,12 +1426,8 @@ mod tests {
             Some("/etc/phxkv/crl/ca.crl")
         );
         let pod = pod_of(&sts);
-        let source = pod
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == "crl")
-            .and_then(|v| v.secret.clone())
+        let source = secret_volume(&pod, "crl")
+            .cloned()
             .expect("the revocation list Secret is mounted");
         assert_eq!(source.secret_name.as_deref(), Some("kv-crl"));
         // Not optional: a pod never runs without the lists it must enforce.
@@ -1427,12 +1448,7 @@ mod tests {
         let default_key = pkv(Some(serde_json::json!({"name": "kv-crl"})));
         let sts = statefulset(&default_key, &defaults(), 3, Transport::Tls);
         let pod = pod_of(&sts);
-        let items = pod
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == "crl")
-            .and_then(|v| v.secret.as_ref())
+        let items = secret_volume(&pod, "crl")
             .and_then(|s| s.items.clone())
             .expect("one key");
         assert_eq!(items[0].key, "ca.crl");

@@ -631,33 +631,42 @@ async fn start_tls_pass(
     (h, run)
 }
 
-#[tokio::test]
-async fn an_expiring_certificate_is_issued_again_from_the_same_ca_and_a_fresh_one_is_kept() {
-    use phxkv::tls::issue;
-    const DAY: Duration = Duration::from_secs(86_400);
-    let ca = issue::new_ca("phxkv CA kv.db", 3650 * DAY).expect("ca");
+/// Answers a pass's reads of `kv-ca` with `ca` and of `kv-tls` with
+/// `leaf` (signed by `ca`).
+async fn answer_ca_and_certificate(
+    h: &mut ApiHandle,
+    ca: &phxkv::tls::issue::Issued,
+    leaf: &phxkv::tls::issue::Issued,
+) {
     let ca_secret = secret(
         "kv-ca",
         json!({"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}),
         json!({}),
     );
+    expect(h, "GET", &format!("{NS}/secrets/kv-ca"), move |_| {
+        (200, ca_secret)
+    })
+    .await;
+    let current = secret(
+        "kv-tls",
+        json!({"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.cert_pem}),
+        json!({}),
+    );
+    expect(h, "GET", &format!("{NS}/secrets/kv-tls"), move |_| {
+        (200, current)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_expiring_certificate_is_issued_again_from_the_same_ca_and_a_fresh_one_is_kept() {
+    use phxkv::tls::issue;
+    const DAY: Duration = Duration::from_secs(86_400);
+    let ca = issue::new_ca("phxkv CA kv.db", 3650 * DAY).expect("ca");
     for (valid_days, renewed) in [(10, true), (80, false)] {
         let (mut h, run) = start_tls_pass(json!({"replicas": 3})).await;
-        let answer = ca_secret.clone();
-        expect(&mut h, "GET", &format!("{NS}/secrets/kv-ca"), move |_| {
-            (200, answer)
-        })
-        .await;
         let old = issue::issue(&ca, "kv.db", &kv_names(), valid_days * DAY).expect("leaf");
-        let current = secret(
-            "kv-tls",
-            json!({"tls.crt": old.cert_pem, "tls.key": old.key_pem, "ca.crt": ca.cert_pem}),
-            json!({}),
-        );
-        expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), move |_| {
-            (200, current)
-        })
-        .await;
+        answer_ca_and_certificate(&mut h, &ca, &old).await;
         if renewed {
             let tls = expect(&mut h, "PATCH", &format!("{NS}/secrets/kv-tls"), echo).await;
             let cert = decoded(&tls, "tls.crt");
@@ -677,12 +686,53 @@ async fn an_expiring_certificate_is_issued_again_from_the_same_ca_and_a_fresh_on
     }
 }
 
+/// Whether a rendered StatefulSet gives its pods a revocation list.
+fn gives_crl(sts: &Value) -> bool {
+    sts["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| v["name"] == "PHXKV_TLS_CRL")
+}
+
+/// The StatefulSet `kv` of 3 whose pods mount `kv-crl`'s `ca.crl`, or
+/// nothing.
+fn statefulset_mounting(list: bool) -> Value {
+    let mut sts = statefulset(3);
+    let volumes = if list {
+        json!([{"name": "crl", "secret": {"secretName": "kv-crl",
+                "items": [{"key": "ca.crl", "path": "ca.crl"}]}}])
+    } else {
+        json!([])
+    };
+    sts["spec"]["template"] = json!({"spec": {"containers": [], "volumes": volumes}});
+    sts
+}
+
+/// The rest of a pass after it read the StatefulSet: its apply (returned)
+/// and what follows, to the end of the reconcile.
+async fn finish_after_statefulset_read(
+    mut h: ApiHandle,
+    run: tokio::task::JoinHandle<
+        Result<kube::runtime::controller::Action, phxkv_operator::controller::Error>,
+    >,
+) -> Value {
+    let sts = expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, statefulset(3))
+    })
+    .await;
+    expect_rest_of_pass(&mut h).await;
+    run.await.expect("joined").expect("reconciled");
+    sts
+}
+
 /// `spec.tls.revocationList`: after the certificates, the pass reads the
-/// list's Secret and checks it as a replica starting with it would; a
-/// list that would stop a replica, or no list at all, is reported in a
-/// Warning event, and a usable one in nothing.
+/// list's Secret and checks it as a replica starting with it would. A
+/// usable list is given to the pods. One that would stop a replica is
+/// reported in a Warning event and, unless the pods mount it already, not
+/// given to them: they keep what they mount (here nothing).
 #[tokio::test]
-async fn a_revocation_list_that_would_stop_a_replica_is_reported_and_a_usable_one_is_not() {
+async fn a_revocation_list_that_would_stop_a_replica_is_reported_and_held_back() {
     use phxkv::tls::issue;
     const DAY: Duration = Duration::from_secs(86_400);
     let ca = issue::new_ca("phxkv CA kv.db", 3650 * DAY).expect("ca");
@@ -693,68 +743,118 @@ async fn a_revocation_list_that_would_stop_a_replica_is_reported_and_a_usable_on
     let foreign = issue::revocation_list(&other, &[], 1, 7 * DAY).expect("list");
     let own = issue::revocation_list(&ca, &[&leaf.cert_pem], 2, 7 * DAY).expect("list");
     let crl_secret = |key: &str, pem: &str| Some(secret("kv-crl", json!({key: pem}), json!({})));
+    let mut der = secret("kv-crl", json!({}), json!({}));
+    der["data"] = json!({"ca.crl": "MIIB/w=="});
+    // (stored list, words of the warning, whether the pods mount it now)
     let cases = [
-        (None, Some("does not exist")),
-        (crl_secret("other.crl", &usable), Some("has no key ca.crl")),
-        (crl_secret("ca.crl", &foreign), Some("corp CA")),
-        (crl_secret("ca.crl", &own), Some("own certificate")),
-        (crl_secret("ca.crl", &usable), None),
+        (None, Some("does not exist"), false),
+        (
+            crl_secret("other.crl", &usable),
+            Some("has no key ca.crl"),
+            false,
+        ),
+        (Some(der), Some("is not text"), false),
+        (crl_secret("ca.crl", &foreign), Some("corp CA"), false),
+        (crl_secret("ca.crl", &own), Some("own certificate"), false),
+        (crl_secret("ca.crl", &own), Some("mount it already"), true),
+        (crl_secret("ca.crl", &usable), None, false),
     ];
-    for (stored, warning) in cases {
+    for (stored, warning, mounted) in cases {
         let (mut h, run) =
             start_tls_pass(json!({"replicas": 3, "tls": {"revocationList": {"name": "kv-crl"}}}))
                 .await;
-        let ca_secret = secret(
-            "kv-ca",
-            json!({"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}),
-            json!({}),
-        );
-        expect(&mut h, "GET", &format!("{NS}/secrets/kv-ca"), move |_| {
-            (200, ca_secret)
-        })
-        .await;
-        let current = secret(
-            "kv-tls",
-            json!({"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.cert_pem}),
-            json!({}),
-        );
-        expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), move |_| {
-            (200, current)
-        })
-        .await;
+        answer_ca_and_certificate(&mut h, &ca, &leaf).await;
         expect(&mut h, "GET", &format!("{NS}/secrets/kv-crl"), move |_| {
             stored.map_or_else(|| (404, not_found("secrets", "kv-crl")), |s| (200, s))
         })
         .await;
-        match warning {
-            Some(words) => {
-                let event = expect_event(&mut h, "RevocationListInvalid").await;
-                assert_eq!(event["type"], "Warning");
-                let note = event["note"].as_str().unwrap_or_default();
-                assert!(note.contains(words) && note.contains("kv-crl"), "{note}");
-            }
-            None => {
-                // Straight on to the StatefulSet, with the list mounted.
-                expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
-                    (200, statefulset(3))
-                })
-                .await;
-                let sts = expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), |_| {
-                    (200, statefulset(3))
-                })
-                .await;
-                let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
-                assert!(
-                    env.as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|v| v["name"] == "PHXKV_TLS_CRL"),
-                    "{env}"
-                );
+        expect(
+            &mut h,
+            "GET",
+            &format!("{APPS}/statefulsets/kv"),
+            move |_| (200, statefulset_mounting(mounted)),
+        )
+        .await;
+        if let Some(words) = warning {
+            let event = expect_event(&mut h, "RevocationListInvalid").await;
+            assert_eq!(event["type"], "Warning");
+            let note = event["note"].as_str().unwrap_or_default();
+            assert!(note.contains(words) && note.contains("kv-crl"), "{note}");
+            if !mounted {
+                assert!(note.contains("keep no revocation list"), "{note}");
             }
         }
-        expect_rest_of_pass(&mut h).await;
-        run.await.expect("joined").expect("reconciled");
+        let sts = finish_after_statefulset_read(h, run).await;
+        assert_eq!(
+            gives_crl(&sts),
+            warning.is_none() || mounted,
+            "{warning:?}, mounted: {mounted}"
+        );
+    }
+}
+
+/// During a CA rotation a list of the previous CA alone still applies, but
+/// a replica starting with it after the previous CA is retired would stop:
+/// the pass says so, and gives the list to the pods all the same.
+#[tokio::test]
+async fn during_a_ca_rotation_a_list_of_the_previous_ca_alone_is_reported() {
+    use phxkv::tls::issue;
+    const DAY: Duration = Duration::from_secs(86_400);
+    let old = issue::new_ca("phxkv CA kv.db 2020-01-01T00:00:00Z", 300 * DAY).expect("old");
+    let new = issue::new_ca("phxkv CA kv.db 2026-01-01T00:00:00Z", 3650 * DAY).expect("new");
+    let leaf = issue::issue(&new, "kv.db", &kv_names(), 80 * DAY).expect("leaf");
+    let bundle = format!("{}{}", new.cert_pem, old.cert_pem);
+    let rotated_at = k8s_openapi::jiff::Timestamp::from_second(
+        k8s_openapi::jiff::Timestamp::now().as_second() - 86_400,
+    )
+    .expect("a time");
+    let ca_secret = secret(
+        "kv-ca",
+        json!({"ca.crt": new.cert_pem, "ca.key": new.key_pem, "previous-ca.crt": old.cert_pem}),
+        json!({"phxkv.io/ca-rotated-at": rotated_at.to_string()}),
+    );
+    let tls_secret = secret(
+        "kv-tls",
+        json!({"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": bundle}),
+        json!({}),
+    );
+    let old_list = issue::revocation_list(&old, &[], 1, 7 * DAY).expect("list");
+    let new_list = issue::revocation_list(&new, &[], 1, 7 * DAY).expect("list");
+    for (lists, reported) in [
+        (old_list.clone(), true),
+        (format!("{old_list}{new_list}"), false),
+    ] {
+        let (mut h, run) =
+            start_tls_pass(json!({"replicas": 3, "tls": {"revocationList": {"name": "kv-crl"}}}))
+                .await;
+        let (ca_answer, tls_answer) = (ca_secret.clone(), tls_secret.clone());
+        expect(&mut h, "GET", &format!("{NS}/secrets/kv-ca"), move |_| {
+            (200, ca_answer)
+        })
+        .await;
+        expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), move |_| {
+            (200, tls_answer)
+        })
+        .await;
+        let stored = secret("kv-crl", json!({"ca.crl": lists}), json!({}));
+        expect(&mut h, "GET", &format!("{NS}/secrets/kv-crl"), move |_| {
+            (200, stored)
+        })
+        .await;
+        if reported {
+            let event = expect_event(&mut h, "RevocationListOutdated").await;
+            let note = event["note"].as_str().unwrap_or_default();
+            assert!(
+                note.contains("retired at") && note.contains("kv-ca"),
+                "{note}"
+            );
+        }
+        expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
+            (200, statefulset(3))
+        })
+        .await;
+        let sts = finish_after_statefulset_read(h, run).await;
+        assert!(gives_crl(&sts), "the list still applies");
     }
 }
 

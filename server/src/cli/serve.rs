@@ -1147,7 +1147,7 @@ mod tests {
             .expect_err("a list of another CA");
             let err = err.to_string();
             assert!(err.starts_with("--tls-crl: "), "{err}");
-            assert!(err.contains("none of the CAs in"), "{err}");
+            assert!(err.contains("no revocation list of the CAs in"), "{err}");
         }
         let err = pod_with(
             "kv-0",

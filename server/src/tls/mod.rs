@@ -261,18 +261,22 @@ struct Loaded {
     server_verifier: Option<Arc<WebPkiServerVerifier>>,
     /// Checks certificates presented by clients that call us.
     client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// The revocation lists as the file holds them, those left out
+    /// included (see [`read_crls`]).
+    crls_read: Vec<CertificateRevocationListDer<'static>>,
 }
 
 /// Reads the files. With [`ClientAuth::RequiredNamed`] the certificate
 /// must carry that name itself: every peer checks it the same way, so one
 /// that names something else would be refused by all of them (at start
 /// that stops the node; on a reload the previous certificate is kept).
-/// `at_start` says which: see [`read_crls`] for the one difference.
+/// `previous` is what is loaded now (none at start): see [`read_crls`]
+/// for the one difference it makes.
 fn load(
     paths: &TlsPaths,
     provider: &Arc<CryptoProvider>,
     client_auth: &ClientAuth,
-    at_start: bool,
+    previous: Option<&Loaded>,
 ) -> Result<Loaded, TlsError> {
     // The stamp is taken first: a file replaced while it is read gives a
     // stamp that no longer matches, so the next handshake reads it again.
@@ -326,12 +330,19 @@ fn load(
             format!("does not go with {}: {e}", paths.cert.display()),
         )
     })?;
+    let mut crls_read = Vec::new();
     let (server_verifier, client_verifier) = match &paths.ca {
         None => (None, None),
         Some(ca) => {
             let cas = read_certs(ca).map_err(|e| e.of(FileRole::Ca))?;
             let crls = match &paths.crl {
-                Some(crl) => read_crls(crl, &cas, ca, at_start).map_err(|e| e.of(FileRole::Crl))?,
+                Some(crl) => {
+                    let (kept, read) =
+                        read_crls(crl, &cas, ca, previous.map(|p| p.crls_read.as_slice()))
+                            .map_err(|e| e.of(FileRole::Crl))?;
+                    crls_read = read;
+                    kept
+                }
                 None => Vec::new(),
             };
             let mut roots = RootCertStore::empty();
@@ -373,6 +384,7 @@ fn load(
         key: Arc::new(key),
         server_verifier,
         client_verifier,
+        crls_read,
     };
     if let (Some(crl), Some(verifier)) = (&paths.crl, &loaded.client_verifier) {
         check_own_revocation(&loaded.key, verifier.as_ref(), crl)?;
@@ -398,23 +410,38 @@ fn load(
 }
 
 /// The revocation lists in `path` (PEM) for the CAs `cas` (read from
-/// `ca_path`).
+/// `ca_path`): those to check certificates against, and every list the
+/// file holds. `previous` is every list of the file as loaded now (none at
+/// start).
 ///
 /// A list is matched to its CA by the issuer's name, so two CAs of one
 /// name in the bundle would have one's list refuse every certificate of
 /// the other (its signature does not verify with the other's key): a
-/// list for a name that two CAs share is refused. A list whose issuer is
-/// none of the CAs would never apply: at start that is a mistake worth
-/// naming, and on a reload it is what replacing a CA without its list
-/// looks like, so the list is left out with a warning and the new CA is
-/// taken (no certificate of the CAs loaded is then checked against it, so
-/// leaving it out revokes nothing less).
+/// list for a name that two CAs share is refused.
+///
+/// A list whose issuer is none of the CAs is left out, with a warning: it
+/// could only refuse certificates that no CA here admits anyway. The list
+/// of a retired CA beside its successor's is the usual case. But when no
+/// list in the file applies at all:
+/// - at start the node stops: the file names something else than what was
+///   meant, and nothing it was meant to refuse would be refused;
+/// - on a reload the previous files are kept (a file replaced by lists of
+///   another CA would otherwise lift every revocation in force), unless
+///   the lists are the ones already loaded: then the CA file is what
+///   changed (a CA replaced, say a leaked one, without its list), and the
+///   new CA is taken, since keeping the old one would keep trusting it.
 fn read_crls(
     path: &Path,
     cas: &[CertificateDer<'static>],
     ca_path: &Path,
-    at_start: bool,
-) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    previous: Option<&[CertificateRevocationListDer<'static>]>,
+) -> Result<
+    (
+        Vec<CertificateRevocationListDer<'static>>,
+        Vec<CertificateRevocationListDer<'static>>,
+    ),
+    TlsError,
+> {
     let crls = CertificateRevocationListDer::pem_file_iter(path)
         .map_err(|e| TlsError::file(path, e))?
         .collect::<Result<Vec<_>, _>>()
@@ -426,33 +453,36 @@ fn read_crls(
         ));
     }
     let subjects = ca_subjects(cas);
+    let ca_file = ca_path.display().to_string();
     let mut kept = Vec::with_capacity(crls.len());
-    for crl in crls {
+    let mut orphans = Vec::new();
+    for crl in &crls {
         let (issuer, cas_of_that_name) =
-            issuers_of(&crl, &subjects).map_err(|e| TlsError::file(path, e))?;
+            issuers_of(crl, &subjects).map_err(|e| TlsError::file(path, e))?;
         match cas_of_that_name {
-            1 => kept.push(crl),
-            0 if at_start => {
-                return Err(TlsError::file(
-                    path,
-                    no_such_ca(&issuer, &ca_path.display().to_string()),
-                ));
-            }
-            0 => tracing::warn!(
-                crl = %path.display(),
-                issuer = %issuer,
-                "a revocation list whose issuer is none of the CAs loaded is left out: replace \
-                 it with the new CA's"
-            ),
-            _ => {
-                return Err(TlsError::file(
-                    path,
-                    shared_ca_name(&issuer, &ca_path.display().to_string()),
-                ));
-            }
+            1 => kept.push(crl.clone()),
+            0 => orphans.push(format!("{issuer:?}")),
+            _ => return Err(TlsError::file(path, shared_ca_name(&issuer, &ca_file))),
         }
     }
-    Ok(kept)
+    if kept.is_empty() {
+        let unchanged = previous.is_some_and(|p| p == crls.as_slice());
+        if !unchanged {
+            return Err(TlsError::file(
+                path,
+                no_such_ca(&orphans.join(", "), &ca_file),
+            ));
+        }
+    }
+    for issuer in &orphans {
+        tracing::warn!(
+            crl = %path.display(),
+            issuer = issuer.as_str(),
+            "a revocation list whose issuer is none of the CAs loaded is left out: it could \
+             only refuse certificates no CA admits"
+        );
+    }
+    Ok((kept, crls))
 }
 
 /// The subjects (DER) of the CAs `cas`, to match revocation lists with.
@@ -479,8 +509,11 @@ fn issuers_of(
     Ok((parsed.issuer().to_string(), count))
 }
 
-fn no_such_ca(issuer: &str, ca_file: &str) -> String {
-    format!("holds a revocation list issued by {issuer:?}, which is none of the CAs in {ca_file}")
+fn no_such_ca(issuers: &str, ca_file: &str) -> String {
+    format!(
+        "holds no revocation list of the CAs in {ca_file}, only of {issuers}: it would refuse \
+         nothing they admit"
+    )
 }
 
 fn shared_ca_name(issuer: &str, ca_file: &str) -> String {
@@ -592,7 +625,7 @@ impl Material {
             ));
         }
         let provider = provider();
-        let loaded = load(&paths, &provider, &client_auth, true)?;
+        let loaded = load(&paths, &provider, &client_auth, None)?;
         Ok(Arc::new(Material {
             paths,
             provider,
@@ -717,7 +750,7 @@ impl Material {
         if failed.as_ref() == Some(&now) {
             return held;
         }
-        match load(&self.paths, &self.provider, &self.client_auth, false) {
+        match load(&self.paths, &self.provider, &self.client_auth, Some(&held)) {
             Ok(fresh) => {
                 *failed = None;
                 let fresh = Arc::new(fresh);
@@ -1360,7 +1393,7 @@ mod tests {
         server.refresh();
         let rest = closed_by_server(&mut leaked).await;
         assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
-        connect_with(port, leaked_cert, leaked_key, ca.ca_file())
+        connect_with(port, leaked_cert.clone(), leaked_key.clone(), ca.ca_file())
             .await
             .expect_err("a revoked certificate gets no new connection");
         assert_eq!(
@@ -1408,10 +1441,44 @@ mod tests {
             .expect_err("a revoked server certificate");
         assert!(format!("{err:?}").contains("Revoked"), "{err:?}");
 
-        // The CA replaced without its list: on a reload the list, which
-        // no longer applies to anything, is left out and the new CA taken.
+        // A list that loads again.
         std::thread::sleep(std::time::Duration::from_millis(20));
         ca.revoke(&[&leaked_pem], 5);
+        server.refresh();
+        assert_reloaded(&mut reloads).await;
+
+        // The list replaced by one of another CA alone: taking it would
+        // lift every revocation of this CA, so the previous files stay.
+        let crl_file = server.paths().crl.clone().expect("crl");
+        let kept_list = std::fs::read(&crl_file).expect("list");
+        let stranger_dir = tempfile::tempdir().expect("dir");
+        let stranger = TestCa::new(stranger_dir.path(), "another CA");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::copy(stranger.revoke(&[], 1), &crl_file).expect("copy");
+        server.refresh();
+        assert!(!reloads.has_changed().expect("alive"), "a refused reload");
+        connect_with(port, leaked_cert.clone(), leaked_key.clone(), ca.ca_file())
+            .await
+            .expect_err("still revoked");
+        // Beside this CA's list, another CA's is left out.
+        let mut both = kept_list.clone();
+        both.extend(std::fs::read(stranger.revoke(&[], 2)).expect("list"));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&crl_file, &both).expect("write");
+        server.refresh();
+        assert_reloaded(&mut reloads).await;
+        connect_with(port, leaked_cert.clone(), leaked_key.clone(), ca.ca_file())
+            .await
+            .expect_err("still revoked beside another CA's list");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&crl_file, &kept_list).expect("write");
+        server.refresh();
+        assert_reloaded(&mut reloads).await;
+
+        // The CA replaced without its list: on a reload the list, which
+        // no longer applies to anything but is the one loaded, is left out
+        // and the new CA taken.
+        std::thread::sleep(std::time::Duration::from_millis(20));
         let new_dir = tempfile::tempdir().expect("dir");
         let new_ca = TestCa::new(new_dir.path(), "new CA");
         let (new_cert, new_key, _) = new_ca.leaf("server");
@@ -1451,7 +1518,7 @@ mod tests {
         let other_dir = tempfile::tempdir().expect("dir");
         let stranger = TestCa::new(other_dir.path(), "another CA");
         let err = load(stranger.revoke(&[], 1));
-        assert!(err.contains("none of the CAs in"), "{err}");
+        assert!(err.contains("no revocation list of the CAs in"), "{err}");
         // Same name, another key: the list's signature does not verify.
         let namesake = TestCa::new(other_dir.path(), "CA");
         let err = load(namesake.revoke(&[], 1));
