@@ -421,16 +421,27 @@ fn secret_identity(secret: &Secret) -> Option<String> {
     identity(text(secret, TLS_CERT_KEY), text(secret, TLS_KEY_KEY))
 }
 
+/// What a pass found of `spec.tls.revocationList`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListCheck {
+    /// None is asked for, or it is usable.
+    Usable,
+    /// A replica starting with it would stop, for this reason.
+    Unusable(String),
+    /// It cannot be checked yet: cert-manager has yet to write the
+    /// certificate Secret, whose CA it is checked against.
+    Unchecked,
+}
+
 /// Makes sure the cluster's certificate Secret exists and is current.
 /// Returns what to call the replicas with (`None` while cert-manager has
-/// yet to write the Secret) and, with `spec.tls.revocationList`, why a
-/// replica starting with that list would stop, if it would.
+/// yet to write the Secret) and what became of `spec.tls.revocationList`.
 pub async fn ensure(
     ctx: &Context,
     pkv: &PaxosKV,
     ns: &str,
     names: &Names,
-) -> Result<(Option<ClusterTls>, Option<String>), Error> {
+) -> Result<(Option<ClusterTls>, ListCheck), Error> {
     let (tls, retiring) = match &pkv.spec.tls.issuer_ref {
         Some(issuer) => (from_cert_manager(ctx, pkv, ns, names, issuer).await?, None),
         None => {
@@ -438,24 +449,25 @@ pub async fn ensure(
             (Some(tls), retiring)
         }
     };
-    let (Some(list), Some(tls)) = (&pkv.spec.tls.revocation_list, &tls) else {
-        return Ok((tls, None));
+    let Some(list) = &pkv.spec.tls.revocation_list else {
+        return Ok((tls, ListCheck::Usable));
+    };
+    let Some(tls) = tls else {
+        return Ok((None, ListCheck::Unchecked));
     };
     let pem = match read_revocation_list(ctx, ns, list).await? {
         Ok(pem) => pem,
-        Err(problem) => return Ok((Some(tls.clone()), Some(problem))),
+        Err(problem) => return Ok((Some(tls), ListCheck::Unusable(problem))),
     };
-    // Only the certificate in the identity is read; without one the
-    // replicas cannot start at all, for another reason.
-    let Some(own) = tls.identity.as_deref() else {
-        return Ok((Some(tls.clone()), None));
-    };
+    // Only the certificate in the identity is read. Without one the
+    // replicas cannot start at all; the lists are checked all the same.
+    let own = tls.identity.as_deref().unwrap_or_default();
     let at = format!(
         "Secret {}, key {} (spec.tls.revocationList)",
         list.name, list.key
     );
     if let Err(e) = issue::check_revocation_lists(&tls.ca, &pem, own) {
-        return Ok((Some(tls.clone()), Some(format!("{at}: {e}"))));
+        return Ok((Some(tls), ListCheck::Unusable(format!("{at}: {e}"))));
     }
     // During a rotation the lists of the previous CA still apply; once it
     // is retired they are left out, and without one of the new CA beside
@@ -481,7 +493,7 @@ pub async fn ensure(
         )
         .await;
     }
-    Ok((Some(tls.clone()), None))
+    Ok((Some(tls), ListCheck::Usable))
 }
 
 /// The PEM text of the revocation lists of `spec.tls.revocationList`, or

@@ -25,6 +25,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::certs::ListCheck;
 use crate::crd::{
     MemberStatus, PaxosKV, PaxosKVStatus, Phase, RecoveryPhase, RecoveryStatus, SwitchoverPhase,
     SwitchoverStatus,
@@ -395,13 +396,13 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         );
     }
     let names = Names::with_transport(&name, &ns, bootstrap.transport());
-    let (http, list_problem) = match names.transport {
-        Transport::Plain => (ctx.http.clone(), None),
+    let (http, list_check) = match names.transport {
+        Transport::Plain => (ctx.http.clone(), ListCheck::Usable),
         Transport::Tls => match crate::certs::ensure(ctx, pkv, &ns, &names).await? {
-            (Some(tls), problem) => (tls.http_client()?, problem),
+            (Some(tls), check) => (tls.http_client()?, check),
             // cert-manager has yet to write the Secret: the pods cannot
             // start without it either.
-            (None, problem) => (ctx.http.clone(), problem),
+            (None, check) => (ctx.http.clone(), check),
         },
     };
     // The CRD refuses changing spec.bootstrap after creation; this catches
@@ -433,7 +434,12 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         ensure_owned(pkv, set, &name)?;
     }
     let held_back;
-    let pkv = match &list_problem {
+    let problem = match &list_check {
+        ListCheck::Usable => None,
+        ListCheck::Unusable(problem) => Some(Some(problem.as_str())),
+        ListCheck::Unchecked => Some(None),
+    };
+    let pkv = match problem {
         Some(problem) => {
             match hold_back_revocation_list(ctx, pkv, existing.as_ref(), problem).await {
                 Some(previous) => {
@@ -810,19 +816,28 @@ fn failing_since(pkv: &PaxosKV, view: &ClusterView, now: Timestamp) -> BTreeMap<
 }
 
 /// A revocation list that a replica starting with it would stop on
-/// (`problem`) is reported, and not put into the pods' template: returns
-/// the `PaxosKV` to render, with the list its pods mount now (or none),
-/// when that is another one. A list the pods mount already stays (taking
-/// it out would admit what it revokes); running replicas keep the lists
-/// they loaded until a usable one comes.
+/// (`problem`), or that cannot be checked yet (no `problem`), is not put
+/// into the pods' template: returns the `PaxosKV` to render, with the list
+/// its pods mount now (or none), when that is another one. A list the pods
+/// mount already stays (taking it out would admit what it revokes);
+/// running replicas keep the lists they loaded until a usable one comes.
+/// A problem is reported in a Warning event.
 async fn hold_back_revocation_list(
     ctx: &Context,
     pkv: &PaxosKV,
     existing: Option<&StatefulSet>,
-    problem: &str,
+    problem: Option<&str>,
 ) -> Option<PaxosKV> {
     let mounted = existing.and_then(render::mounted_revocation_list);
     let wanted = pkv.spec.tls.revocation_list.clone();
+    let Some(problem) = problem else {
+        if mounted == wanted {
+            return None;
+        }
+        let mut previous = pkv.clone();
+        previous.spec.tls.revocation_list = mounted;
+        return Some(previous);
+    };
     let (note, previous) = if mounted == wanted {
         (
             format!(

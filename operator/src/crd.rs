@@ -445,8 +445,9 @@ pub struct TlsSpec {
     /// that would stop a replica is reported (event
     /// `RevocationListInvalid`) and not given to pods that do not mount it
     /// yet. After a CA rotation, add the new CA's list (event
-    /// `RevocationListOutdated` until then). Setting or removing this
-    /// rolls the pods; changing the Secret does not.
+    /// `RevocationListOutdated` until then). Setting this (once the list
+    /// is usable) or removing it rolls the pods; changing the Secret does
+    /// not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_list: Option<SecretKey>,
 }

@@ -417,9 +417,10 @@ fn pod_spec(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> PodSpec {
 
 /// The token Secret, and with TLS the certificate Secret and the
 /// revocation lists, if any (which the kubelet refreshes in place when
-/// they change; the server reloads them). A missing revocation list
-/// Secret keeps the pods from starting: a replica never runs without the
-/// lists it was asked to enforce.
+/// they change; the server reloads them). A revocation list Secret that
+/// goes missing keeps pods from starting rather than running without the
+/// lists they enforce (the controller gives pods a list only once it has
+/// checked it).
 fn volumes(pkv: &PaxosKV, names: &Names) -> Vec<Volume> {
     let secret = |volume: &str, secret: &str| Volume {
         name: volume.into(),

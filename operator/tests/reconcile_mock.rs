@@ -1092,6 +1092,33 @@ async fn a_cert_manager_certificate_without_the_replicas_common_name_is_reported
     run.await.expect("joined").expect("reconciled");
 }
 
+/// With `issuerRef`, before cert-manager has written the certificate
+/// Secret, a revocation list cannot be checked against its CA: it is not
+/// given to the pods yet, and nothing is reported.
+#[tokio::test]
+async fn a_revocation_list_is_held_back_until_it_can_be_checked() {
+    let (mut h, run) = start_tls_pass(json!({"replicas": 3, "tls": {
+        "issuerRef": {"name": "corp-ca"}, "revocationList": {"name": "kv-crl"}}}))
+    .await;
+    let certs = "/apis/cert-manager.io/v1/namespaces/db/certificates/kv-tls";
+    expect(&mut h, "GET", certs, |_| {
+        (404, not_found("certificates.cert-manager.io", "kv-tls"))
+    })
+    .await;
+    expect(&mut h, "PATCH", certs, echo).await;
+    expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), |_| {
+        (404, not_found("secrets", "kv-tls"))
+    })
+    .await;
+    // No read of kv-crl, no event: on to the StatefulSet, without the list.
+    expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
+        (200, statefulset(3))
+    })
+    .await;
+    let sts = finish_after_statefulset_read(h, run).await;
+    assert!(!gives_crl(&sts), "an unchecked list is held back");
+}
+
 #[tokio::test]
 async fn without_cert_manager_installed_an_issuer_ref_fails_with_a_reason() {
     let (mut h, run) =

@@ -171,9 +171,10 @@ pub fn revocation_list(
 
 /// What a replica would say at start about the revocation lists `crl_pem`
 /// (`--tls-crl`) beside the CA file `ca_pem` (`--tls-ca`) and its own
-/// certificate `cert_pem` (PEM each): how many of the lists apply (lists
-/// of CAs not in `ca_pem` are left out, unless no list applies), or why it
-/// would refuse them and stop. The operator checks a list with this.
+/// certificate `cert_pem` (PEM each): how many CAs of `ca_pem` have a list
+/// (lists of other issuers apply only to intermediate CAs, and at least one
+/// CA must have one), or why it would refuse them and stop. The operator
+/// checks a list with this.
 pub fn check_revocation_lists(
     ca_pem: &str,
     crl_pem: &str,
@@ -188,24 +189,9 @@ pub fn check_revocation_lists(
         CertificateRevocationListDer::pem_slice_iter(crl_pem.as_bytes())
             .collect::<Result<_, _>>()
             .map_err(|e| TlsError::Config(format!("not PEM revocation lists: {e}")))?;
-    if crls.is_empty() {
-        return Err(TlsError::Config(
-            "holds no PEM certificate revocation list (BEGIN X509 CRL)".into(),
-        ));
-    }
-    let subjects = super::ca_subjects(&cas);
-    let mut applying = Vec::with_capacity(crls.len());
-    let mut orphans = Vec::new();
-    for crl in crls {
-        match super::issuers_of(&crl, &subjects).map_err(TlsError::Config)? {
-            (_, 1) => applying.push(crl),
-            (issuer, 0) => orphans.push(format!("{issuer:?}")),
-            (issuer, _) => {
-                return Err(TlsError::Config(super::shared_ca_name(&issuer, "ca.crt")));
-            }
-        }
-    }
-    if applying.is_empty() {
+    let (enforced, orphans) =
+        super::match_crls(&crls, &super::ca_subjects(&cas), "ca.crt").map_err(TlsError::Config)?;
+    if enforced.is_empty() {
         return Err(TlsError::Config(super::no_such_ca(
             &orphans.join(", "),
             "ca.crt",
@@ -217,12 +203,12 @@ pub fn check_revocation_lists(
             .add(ca)
             .map_err(|e| TlsError::Config(format!("ca.crt: not a usable CA certificate: {e}")))?;
     }
-    let count = applying.len();
+    let count = enforced.len();
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         roots.into(),
         super::provider(),
     )
-    .with_crls(applying)
+    .with_crls(crls)
     .allow_unknown_revocation_status()
     .build()
     .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -407,6 +393,12 @@ mod tests {
             .expect_err("shared name")
             .to_string();
         assert!(e.contains("more than one CA"), "{e}");
+        // Two lists of one CA: only the first would be used.
+        let newer = revocation_list(&ca, &[], 4, 7 * DAY).expect("list");
+        let e = check_revocation_lists(&ca.cert_pem, &format!("{list}{newer}"), &own.cert_pem)
+            .expect_err("two lists of one CA")
+            .to_string();
+        assert!(e.contains("two revocation lists"), "{e}");
         // Not a list at all.
         let e = check_revocation_lists(&ca.cert_pem, &ca.cert_pem, &own.cert_pem)
             .expect_err("a certificate, not a list")

@@ -261,9 +261,9 @@ struct Loaded {
     server_verifier: Option<Arc<WebPkiServerVerifier>>,
     /// Checks certificates presented by clients that call us.
     client_verifier: Option<Arc<dyn ClientCertVerifier>>,
-    /// The revocation lists as the file holds them, those left out
-    /// included (see [`read_crls`]).
-    crls_read: Vec<CertificateRevocationListDer<'static>>,
+    /// The subjects of the CAs whose revocation lists are in force (see
+    /// [`read_crls`]).
+    enforced: Vec<Vec<u8>>,
 }
 
 /// Reads the files. With [`ClientAuth::RequiredNamed`] the certificate
@@ -330,18 +330,17 @@ fn load(
             format!("does not go with {}: {e}", paths.cert.display()),
         )
     })?;
-    let mut crls_read = Vec::new();
+    let mut enforced = Vec::new();
     let (server_verifier, client_verifier) = match &paths.ca {
         None => (None, None),
         Some(ca) => {
             let cas = read_certs(ca).map_err(|e| e.of(FileRole::Ca))?;
             let crls = match &paths.crl {
                 Some(crl) => {
-                    let (kept, read) =
-                        read_crls(crl, &cas, ca, previous.map(|p| p.crls_read.as_slice()))
-                            .map_err(|e| e.of(FileRole::Crl))?;
-                    crls_read = read;
-                    kept
+                    let read = read_crls(crl, &cas, ca, previous.map(|p| p.enforced.as_slice()))
+                        .map_err(|e| e.of(FileRole::Crl))?;
+                    enforced = read.enforced;
+                    read.lists
                 }
                 None => Vec::new(),
             };
@@ -384,7 +383,7 @@ fn load(
         key: Arc::new(key),
         server_verifier,
         client_verifier,
-        crls_read,
+        enforced,
     };
     if let (Some(crl), Some(verifier)) = (&paths.crl, &loaded.client_verifier) {
         check_own_revocation(&loaded.key, verifier.as_ref(), crl)?;
@@ -409,80 +408,128 @@ fn load(
     Ok(loaded)
 }
 
+/// What [`read_crls`] found.
+struct Crls {
+    /// Every list of the file, to check certificates against.
+    lists: Vec<CertificateRevocationListDer<'static>>,
+    /// The subjects of the CAs of the CA file that have a list there.
+    enforced: Vec<Vec<u8>>,
+}
+
 /// The revocation lists in `path` (PEM) for the CAs `cas` (read from
-/// `ca_path`): those to check certificates against, and every list the
-/// file holds. `previous` is every list of the file as loaded now (none at
+/// `ca_path`). `previous` is [`Crls::enforced`] as loaded now (none at
 /// start).
 ///
 /// A list is matched to its CA by the issuer's name, so two CAs of one
 /// name in the bundle would have one's list refuse every certificate of
 /// the other (its signature does not verify with the other's key): a
-/// list for a name that two CAs share is refused.
+/// list for a name that two CAs share is refused. So are two lists of one
+/// issuer, of which only the first would be used.
 ///
-/// A list whose issuer is none of the CAs is left out, with a warning: it
-/// could only refuse certificates that no CA here admits anyway. The list
-/// of a retired CA beside its successor's is the usual case. But when no
-/// list in the file applies at all:
-/// - at start the node stops: the file names something else than what was
-///   meant, and nothing it was meant to refuse would be refused;
-/// - on a reload the previous files are kept (a file replaced by lists of
-///   another CA would otherwise lift every revocation in force), unless
-///   the lists are the ones already loaded: then the CA file is what
-///   changed (a CA replaced, say a leaked one, without its list), and the
-///   new CA is taken, since keeping the old one would keep trusting it.
+/// A list whose issuer is none of the CAs is kept, with a warning: it
+/// applies only to certificates that arrive with that issuer as an
+/// intermediate CA. The list of a retired CA beside its successor's is the
+/// usual case. But:
+/// - at start, the file must hold a list of at least one CA of the CA
+///   file: otherwise it names something else than what was meant, and the
+///   node stops;
+/// - on a reload, every CA whose list was in force and that the CA file
+///   still holds must have a list in the new file: otherwise the files
+///   are not taken (a list file replaced by another CA's, or one left
+///   without a CA's list, would lift the revocations of a CA still
+///   trusted). A CA that leaves the CA file takes its list's force with
+///   it, so replacing a CA, say a leaked one, without its list takes
+///   effect. To stop checking a CA, give it an empty list.
 fn read_crls(
     path: &Path,
     cas: &[CertificateDer<'static>],
     ca_path: &Path,
-    previous: Option<&[CertificateRevocationListDer<'static>]>,
-) -> Result<
-    (
-        Vec<CertificateRevocationListDer<'static>>,
-        Vec<CertificateRevocationListDer<'static>>,
-    ),
-    TlsError,
-> {
-    let crls = CertificateRevocationListDer::pem_file_iter(path)
+    previous: Option<&[Vec<u8>]>,
+) -> Result<Crls, TlsError> {
+    let lists = CertificateRevocationListDer::pem_file_iter(path)
         .map_err(|e| TlsError::file(path, e))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::file(path, format!("not PEM revocation lists: {e}")))?;
-    if crls.is_empty() {
-        return Err(TlsError::file(
-            path,
-            "holds no PEM certificate revocation list (BEGIN X509 CRL)",
-        ));
-    }
-    let subjects = ca_subjects(cas);
     let ca_file = ca_path.display().to_string();
-    let mut kept = Vec::with_capacity(crls.len());
-    let mut orphans = Vec::new();
-    for crl in &crls {
-        let (issuer, cas_of_that_name) =
-            issuers_of(crl, &subjects).map_err(|e| TlsError::file(path, e))?;
-        match cas_of_that_name {
-            1 => kept.push(crl.clone()),
-            0 => orphans.push(format!("{issuer:?}")),
-            _ => return Err(TlsError::file(path, shared_ca_name(&issuer, &ca_file))),
-        }
-    }
-    if kept.is_empty() {
-        let unchanged = previous.is_some_and(|p| p == crls.as_slice());
-        if !unchanged {
+    let subjects = ca_subjects(cas);
+    let (enforced, orphans) =
+        match_crls(&lists, &subjects, &ca_file).map_err(|reason| TlsError::file(path, reason))?;
+    match previous {
+        None if enforced.is_empty() => {
             return Err(TlsError::file(
                 path,
                 no_such_ca(&orphans.join(", "), &ca_file),
             ));
+        }
+        None => {}
+        Some(previous) => {
+            if let Some(lost) = previous
+                .iter()
+                .find(|s| subjects.contains(s) && !enforced.contains(s))
+            {
+                let name = cas
+                    .iter()
+                    .filter_map(|ca| x509_parser::parse_x509_certificate(ca).ok())
+                    .find(|(_, ca)| ca.subject().as_raw() == lost.as_slice())
+                    .map(|(_, ca)| ca.subject().to_string())
+                    .unwrap_or_default();
+                return Err(TlsError::file(
+                    path,
+                    format!(
+                        "holds no revocation list of {name:?}, a CA of {ca_file} whose list \
+                         is in force: its revocations would be lifted; give it an empty list \
+                         to stop checking it"
+                    ),
+                ));
+            }
         }
     }
     for issuer in &orphans {
         tracing::warn!(
             crl = %path.display(),
             issuer = issuer.as_str(),
-            "a revocation list whose issuer is none of the CAs loaded is left out: it could \
-             only refuse certificates no CA admits"
+            "a revocation list whose issuer is none of the CAs loaded applies only to \
+             certificates that arrive with that issuer as an intermediate CA"
         );
     }
-    Ok((kept, crls))
+    Ok(Crls { lists, enforced })
+}
+
+/// Matches the revocation lists `lists` to the CAs `subjects` (see
+/// [`ca_subjects`], from the file `ca_file`): the subjects of the CAs that
+/// have a list, and the issuers (as text) of lists of none of them, or why
+/// the lists cannot be used (none at all, a name two CAs share, two lists
+/// of one issuer).
+fn match_crls(
+    lists: &[CertificateRevocationListDer<'_>],
+    subjects: &[Vec<u8>],
+    ca_file: &str,
+) -> Result<(Vec<Vec<u8>>, Vec<String>), String> {
+    if lists.is_empty() {
+        return Err("holds no PEM certificate revocation list (BEGIN X509 CRL)".into());
+    }
+    let mut issuers: Vec<Vec<u8>> = Vec::with_capacity(lists.len());
+    let mut enforced = Vec::new();
+    let mut orphans = Vec::new();
+    for crl in lists {
+        let (_, parsed) = x509_parser::parse_x509_crl(crl)
+            .map_err(|e| format!("not a certificate revocation list: {e}"))?;
+        let raw = parsed.issuer().as_raw().to_vec();
+        let text = parsed.issuer().to_string();
+        if issuers.contains(&raw) {
+            return Err(format!(
+                "holds two revocation lists of {text:?}: only the first would be used; keep \
+                 the newest alone"
+            ));
+        }
+        match subjects.iter().filter(|s| **s == raw).count() {
+            1 => enforced.push(raw.clone()),
+            0 => orphans.push(format!("{text:?}")),
+            _ => return Err(shared_ca_name(&text, ca_file)),
+        }
+        issuers.push(raw);
+    }
+    Ok((enforced, orphans))
 }
 
 /// The subjects (DER) of the CAs `cas`, to match revocation lists with.
@@ -491,22 +538,6 @@ fn ca_subjects(cas: &[CertificateDer<'_>]) -> Vec<Vec<u8>> {
         .filter_map(|ca| x509_parser::parse_x509_certificate(ca).ok())
         .map(|(_, ca)| ca.subject().as_raw().to_vec())
         .collect()
-}
-
-/// The issuer of the revocation list `crl` (as text) and how many of the
-/// CAs `subjects` (see [`ca_subjects`]) bear that name: the list applies
-/// only when exactly one does.
-fn issuers_of(
-    crl: &CertificateRevocationListDer<'_>,
-    subjects: &[Vec<u8>],
-) -> Result<(String, usize), String> {
-    let (_, parsed) = x509_parser::parse_x509_crl(crl)
-        .map_err(|e| format!("not a certificate revocation list: {e}"))?;
-    let count = subjects
-        .iter()
-        .filter(|s| s.as_slice() == parsed.issuer().as_raw())
-        .count();
-    Ok((parsed.issuer().to_string(), count))
 }
 
 fn no_such_ca(issuers: &str, ca_file: &str) -> String {
@@ -1448,7 +1479,8 @@ mod tests {
         assert_reloaded(&mut reloads).await;
 
         // The list replaced by one of another CA alone: taking it would
-        // lift every revocation of this CA, so the previous files stay.
+        // lift every revocation of this CA, still trusted, so the previous
+        // files stay.
         let crl_file = server.paths().crl.clone().expect("crl");
         let kept_list = std::fs::read(&crl_file).expect("list");
         let stranger_dir = tempfile::tempdir().expect("dir");
@@ -1475,9 +1507,9 @@ mod tests {
         server.refresh();
         assert_reloaded(&mut reloads).await;
 
-        // The CA replaced without its list: on a reload the list, which
-        // no longer applies to anything but is the one loaded, is left out
-        // and the new CA taken.
+        // The CA replaced without its list: the list in force was of a CA
+        // that is gone, so the reload is taken, and the list applies to
+        // nothing the new CA admits.
         std::thread::sleep(std::time::Duration::from_millis(20));
         let new_dir = tempfile::tempdir().expect("dir");
         let new_ca = TestCa::new(new_dir.path(), "new CA");
@@ -1523,6 +1555,14 @@ mod tests {
         let namesake = TestCa::new(other_dir.path(), "CA");
         let err = load(namesake.revoke(&[], 1));
         assert!(err.contains("cannot be used"), "{err}");
+        // Two lists of one CA: only the first would be used.
+        let older = std::fs::read(ca.revoke(&[], 1)).expect("list");
+        let mut two = older.clone();
+        two.extend(std::fs::read(ca.revoke(&[&own], 2)).expect("list"));
+        let two_lists = dir.path().join("two.crl");
+        std::fs::write(&two_lists, two).expect("write");
+        let err = load(two_lists);
+        assert!(err.contains("two revocation lists"), "{err}");
 
         // Two CAs of one name in the bundle: the list of one would refuse
         // every certificate of the other.
