@@ -469,8 +469,8 @@ pub async fn ensure(
     if let Err(e) = issue::check_revocation_lists(&tls.ca, &pem, own) {
         return Ok((Some(tls), ListCheck::Unusable(format!("{at}: {e}"))));
     }
-    // During a rotation the lists of the previous CA still apply; once it
-    // is retired they are left out, and without one of the new CA beside
+    // During a rotation the lists of the previous CA still count; once it
+    // is retired they no longer do, and without one of the new CA beside
     // them a replica that starts stops.
     if let Some((current, retired_at)) = retiring
         && let Err(e) = issue::check_revocation_lists(&current, &pem, own)
