@@ -433,24 +433,8 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     if let Some(set) = &existing {
         ensure_owned(pkv, set, &name)?;
     }
-    let held_back;
-    let problem = match &list_check {
-        ListCheck::Usable => None,
-        ListCheck::Unusable(problem) => Some(Some(problem.as_str())),
-        ListCheck::Unchecked => Some(None),
-    };
-    let pkv = match problem {
-        Some(problem) => {
-            match hold_back_revocation_list(ctx, pkv, existing.as_ref(), problem).await {
-                Some(previous) => {
-                    held_back = previous;
-                    &held_back
-                }
-                None => pkv,
-            }
-        }
-        None => pkv,
-    };
+    let held_back = hold_back_revocation_list(ctx, pkv, existing.as_ref(), &list_check).await;
+    let pkv = held_back.as_ref().unwrap_or(pkv);
     let created = existing.is_none();
     let set_replicas = existing
         .as_ref()
@@ -816,7 +800,7 @@ fn failing_since(pkv: &PaxosKV, view: &ClusterView, now: Timestamp) -> BTreeMap<
 }
 
 /// A revocation list that a replica starting with it would stop on
-/// (`problem`), or that cannot be checked yet (no `problem`), is not put
+/// ([`ListCheck::Unusable`]), or that cannot be checked yet, is not put
 /// into the pods' template: returns the `PaxosKV` to render, with the list
 /// its pods mount now (or none), when that is another one. A list the pods
 /// mount already stays (taking it out would admit what it revokes);
@@ -826,48 +810,46 @@ async fn hold_back_revocation_list(
     ctx: &Context,
     pkv: &PaxosKV,
     existing: Option<&StatefulSet>,
-    problem: Option<&str>,
+    check: &ListCheck,
 ) -> Option<PaxosKV> {
-    let mounted = existing.and_then(render::mounted_revocation_list);
-    let wanted = pkv.spec.tls.revocation_list.clone();
-    let Some(problem) = problem else {
-        if mounted == wanted {
-            return None;
-        }
-        let mut previous = pkv.clone();
-        previous.spec.tls.revocation_list = mounted;
-        return Some(previous);
+    let problem = match check {
+        ListCheck::Usable => return None,
+        ListCheck::Unusable(problem) => Some(problem),
+        ListCheck::Unchecked => None,
     };
-    let (note, previous) = if mounted == wanted {
-        (
-            format!(
+    let mounted = existing.and_then(render::mounted_revocation_list);
+    let held = (mounted != pkv.spec.tls.revocation_list).then(|| {
+        let mut previous = pkv.clone();
+        previous.spec.tls.revocation_list = mounted.clone();
+        previous
+    });
+    if let Some(problem) = problem {
+        let note = match (&held, &mounted) {
+            (None, _) => format!(
                 "{problem}. The pods mount it already: running replicas keep the lists they \
                  loaded, and a replica that starts stops with this error"
             ),
-            None,
-        )
-    } else {
-        let kept = match &mounted {
-            Some(m) => format!("the lists of Secret {}, key {}", m.name, m.key),
-            None => "no revocation list".to_string(),
+            (Some(_), Some(m)) => format!(
+                "{problem}. It is not given to the pods until it is usable; they keep the \
+                 lists of Secret {}, key {}",
+                m.name, m.key
+            ),
+            (Some(_), None) => format!(
+                "{problem}. It is not given to the pods until it is usable; they keep no \
+                 revocation list"
+            ),
         };
-        let mut previous = pkv.clone();
-        previous.spec.tls.revocation_list = mounted;
-        (
-            format!("{problem}. It is not given to the pods until it is usable; they keep {kept}"),
-            Some(previous),
+        publish(
+            ctx,
+            pkv,
+            EventType::Warning,
+            "RevocationListInvalid",
+            "Certificates",
+            &note,
         )
-    };
-    publish(
-        ctx,
-        pkv,
-        EventType::Warning,
-        "RevocationListInvalid",
-        "Certificates",
-        &note,
-    )
-    .await;
-    previous
+        .await;
+    }
+    held
 }
 
 /// `spec.hibernation`: stops every pod and keeps everything else. In two

@@ -189,34 +189,20 @@ pub fn check_revocation_lists(
         CertificateRevocationListDer::pem_slice_iter(crl_pem.as_bytes())
             .collect::<Result<_, _>>()
             .map_err(|e| TlsError::Config(format!("not PEM revocation lists: {e}")))?;
-    let (enforced, orphans) =
-        super::match_crls(&crls, &super::ca_subjects(&cas), "ca.crt").map_err(TlsError::Config)?;
-    if enforced.is_empty() {
-        return Err(TlsError::Config(super::no_such_ca(
-            &orphans.join(", "),
-            "ca.crt",
-        )));
-    }
+    let (enforced, _) = super::match_crls(&crls, &cas, "ca.crt", None).map_err(TlsError::Config)?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in cas {
         roots
             .add(ca)
             .map_err(|e| TlsError::Config(format!("ca.crt: not a usable CA certificate: {e}")))?;
     }
-    let count = enforced.len();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        roots.into(),
-        super::provider(),
-    )
-    .with_crls(crls)
-    .allow_unknown_revocation_status()
-    .build()
-    .map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifier = super::client_verifier(roots.into(), crls, &super::provider())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Config(format!("tls.crt: {e}")))?;
     super::own_revocation(&chain, verifier.as_ref()).map_err(TlsError::Config)?;
-    Ok(count)
+    Ok(enforced.len())
 }
 
 /// When the first certificate in `pem` expires, in Unix seconds.

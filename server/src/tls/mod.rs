@@ -369,10 +369,7 @@ fn load(
                     .allow_unknown_revocation_status()
                     .build()
                     .map_err(|e| TlsError::about(file, role, e))?;
-            let client = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-                .with_crls(crls)
-                .allow_unknown_revocation_status()
-                .build()
+            let client = client_verifier(roots, crls, provider)
                 .map_err(|e| TlsError::about(file, role, e))?;
             (Some(server), Some(client))
         }
@@ -450,40 +447,8 @@ fn read_crls(
         .map_err(|e| TlsError::file(path, e))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::file(path, format!("not PEM revocation lists: {e}")))?;
-    let ca_file = ca_path.display().to_string();
-    let subjects = ca_subjects(cas);
-    let (enforced, orphans) =
-        match_crls(&lists, &subjects, &ca_file).map_err(|reason| TlsError::file(path, reason))?;
-    match previous {
-        None if enforced.is_empty() => {
-            return Err(TlsError::file(
-                path,
-                no_such_ca(&orphans.join(", "), &ca_file),
-            ));
-        }
-        None => {}
-        Some(previous) => {
-            if let Some(lost) = previous
-                .iter()
-                .find(|s| subjects.contains(s) && !enforced.contains(s))
-            {
-                let name = cas
-                    .iter()
-                    .filter_map(|ca| x509_parser::parse_x509_certificate(ca).ok())
-                    .find(|(_, ca)| ca.subject().as_raw() == lost.as_slice())
-                    .map(|(_, ca)| ca.subject().to_string())
-                    .unwrap_or_default();
-                return Err(TlsError::file(
-                    path,
-                    format!(
-                        "holds no revocation list of {name:?}, a CA of {ca_file} whose list \
-                         is in force: its revocations would be lifted; give it an empty list \
-                         to stop checking it"
-                    ),
-                ));
-            }
-        }
-    }
+    let (enforced, orphans) = match_crls(&lists, cas, &ca_path.display().to_string(), previous)
+        .map_err(|reason| TlsError::file(path, reason))?;
     for issuer in &orphans {
         tracing::warn!(
             crl = %path.display(),
@@ -495,19 +460,21 @@ fn read_crls(
     Ok(Crls { lists, enforced })
 }
 
-/// Matches the revocation lists `lists` to the CAs `subjects` (see
-/// [`ca_subjects`], from the file `ca_file`): the subjects of the CAs that
-/// have a list, and the issuers (as text) of lists of none of them, or why
-/// the lists cannot be used (none at all, a name two CAs share, two lists
-/// of one issuer).
+/// Matches the revocation lists `lists` to the CAs `cas` (of the file
+/// `ca_file`) under the rules of [`read_crls`], `previous` being what is
+/// in force now (none at start): the subjects of the CAs that have a list,
+/// and the issuers (as text) of lists of none of them, or why the lists
+/// cannot be used.
 fn match_crls(
     lists: &[CertificateRevocationListDer<'_>],
-    subjects: &[Vec<u8>],
+    cas: &[CertificateDer<'_>],
     ca_file: &str,
+    previous: Option<&[Vec<u8>]>,
 ) -> Result<(Vec<Vec<u8>>, Vec<String>), String> {
     if lists.is_empty() {
         return Err("holds no PEM certificate revocation list (BEGIN X509 CRL)".into());
     }
+    let subjects = ca_subjects(cas);
     let mut issuers: Vec<Vec<u8>> = Vec::with_capacity(lists.len());
     let mut enforced = Vec::new();
     let mut orphans = Vec::new();
@@ -525,11 +492,58 @@ fn match_crls(
         match subjects.iter().filter(|s| **s == raw).count() {
             1 => enforced.push(raw.clone()),
             0 => orphans.push(format!("{text:?}")),
-            _ => return Err(shared_ca_name(&text, ca_file)),
+            _ => {
+                return Err(format!(
+                    "holds a revocation list issued by {text:?}, a name that more than one CA \
+                     in {ca_file} has: the list would refuse every certificate of the others; \
+                     give the CAs distinct names"
+                ));
+            }
         }
         issuers.push(raw);
     }
-    Ok((enforced, orphans))
+    match previous {
+        None if enforced.is_empty() => Err(format!(
+            "holds no revocation list of the CAs in {ca_file}, only of {}: it would refuse \
+             nothing they admit",
+            orphans.join(", ")
+        )),
+        None => Ok((enforced, orphans)),
+        Some(previous) => match previous
+            .iter()
+            .find(|s| subjects.contains(s) && !enforced.contains(s))
+        {
+            Some(lost) => {
+                let name = cas
+                    .iter()
+                    .filter_map(|ca| x509_parser::parse_x509_certificate(ca).ok())
+                    .find(|(_, ca)| ca.subject().as_raw() == lost.as_slice())
+                    .map(|(_, ca)| ca.subject().to_string())
+                    .unwrap_or_default();
+                Err(format!(
+                    "holds no revocation list of {name:?}, a CA of {ca_file} whose list is in \
+                     force: its revocations would be lifted; give it an empty list to stop \
+                     checking it"
+                ))
+            }
+            None => Ok((enforced, orphans)),
+        },
+    }
+}
+
+/// Checks certificates presented by clients against the CAs `roots` and
+/// the revocation lists `crls`. A certificate of a CA without a list is
+/// not refused for that, and a list past its next update still counts (a
+/// stale list refuses what it names rather than everyone).
+fn client_verifier(
+    roots: Arc<RootCertStore>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, rustls::server::VerifierBuilderError> {
+    WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .with_crls(crls)
+        .allow_unknown_revocation_status()
+        .build()
 }
 
 /// The subjects (DER) of the CAs `cas`, to match revocation lists with.
@@ -538,21 +552,6 @@ fn ca_subjects(cas: &[CertificateDer<'_>]) -> Vec<Vec<u8>> {
         .filter_map(|ca| x509_parser::parse_x509_certificate(ca).ok())
         .map(|(_, ca)| ca.subject().as_raw().to_vec())
         .collect()
-}
-
-fn no_such_ca(issuers: &str, ca_file: &str) -> String {
-    format!(
-        "holds no revocation list of the CAs in {ca_file}, only of {issuers}: it would refuse \
-         nothing they admit"
-    )
-}
-
-fn shared_ca_name(issuer: &str, ca_file: &str) -> String {
-    format!(
-        "holds a revocation list issued by {issuer:?}, a name that more than one CA in \
-         {ca_file} has: the list would refuse every certificate of the others; give the CAs \
-         distinct names"
-    )
 }
 
 /// Checks this node's own certificate against the revocation lists, when
