@@ -62,7 +62,7 @@ const SENT: &[(&str, &[&str])] = &[
 ];
 
 fn document() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/phxkv.json");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi/phxkv.json");
     let text = std::fs::read_to_string(path).expect("openapi/phxkv.json");
     serde_json::from_str(&text).expect("the OpenAPI document is JSON")
 }
