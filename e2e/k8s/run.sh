@@ -825,6 +825,13 @@ wait_until 120 "no RevocationListInvalid event about crl's missing Secret" \
     new_event crl RevocationListInvalid "$work/crl-events-before"
 log "$(tail -n 1 "$work/wait.out")"
 grep -q "does not exist" "$work/wait.out" || die "the event does not say the Secret is missing"
+list_held() {
+    local reason
+    reason=$(k get pkv crl -o jsonpath='{.status.conditions[?(@.type=="RevocationListApplied")].reason}')
+    echo "RevocationListApplied reason: ${reason:-none}"
+    [[ $reason == RevocationListInvalid ]]
+}
+wait_until 60 "crl's status does not say its list is held back" list_held
 ca_key_ready() { k get secret crl-ca -o jsonpath='{.data.ca\.key}' | grep -q .; }
 wait_until 120 "Secret crl-ca was not made" ca_key_ready
 # The README's recipe: an openssl ca state beside the operator's CA.
@@ -854,6 +861,8 @@ crl_given() {
     [[ -n $v ]]
 }
 wait_until 120 "the pods of crl were not given the list" crl_given
+k wait --for=condition=RevocationListApplied pkv/crl --timeout=60s >&2 ||
+    die "crl's condition RevocationListApplied did not become True with the list given"
 rolled() { # every pod of crl on the StatefulSet's template, and ready
     local want table
     want=$(k get statefulset crl -o jsonpath='{.status.updateRevision}')

@@ -433,7 +433,8 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     if let Some(set) = &existing {
         ensure_owned(pkv, set, &name)?;
     }
-    let held_back = hold_back_revocation_list(ctx, pkv, existing.as_ref(), &list_check).await;
+    let (held_back, list_condition) =
+        hold_back_revocation_list(ctx, pkv, existing.as_ref(), &list_check).await;
     let pkv = held_back.as_ref().unwrap_or(pkv);
     let created = existing.is_none();
     let set_replicas = existing
@@ -582,6 +583,11 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
             ),
         ));
         status.recovery = Some(r);
+    }
+    if let Some(c) = list_condition {
+        status
+            .conditions
+            .push(stamp(&old_conditions, pkv.metadata.generation, c));
     }
     let mut next_backup = None;
     if let Some(b) = backups {
@@ -805,51 +811,78 @@ fn failing_since(pkv: &PaxosKV, view: &ClusterView, now: Timestamp) -> BTreeMap<
 /// its pods mount now (or none), when that is another one. A list the pods
 /// mount already stays (taking it out would admit what it revokes);
 /// running replicas keep the lists they loaded until a usable one comes.
-/// A problem is reported in a Warning event.
+///
+/// Also returns the `RevocationListApplied` condition (none when no list
+/// is asked for): True once the pods' template carries the list of the
+/// spec, False while it is held back or cannot be used, so that
+/// `observedGeneration` reaching the spec's generation does not hide a
+/// list that did not go out. A problem is also reported in a Warning
+/// event.
 async fn hold_back_revocation_list(
     ctx: &Context,
     pkv: &PaxosKV,
     existing: Option<&StatefulSet>,
     check: &ListCheck,
-) -> Option<PaxosKV> {
+) -> (Option<PaxosKV>, Option<Condition>) {
+    const TYPE: &str = "RevocationListApplied";
+    let Some(wanted) = &pkv.spec.tls.revocation_list else {
+        return (None, None);
+    };
     let problem = match check {
-        ListCheck::Usable => return None,
+        ListCheck::Usable => {
+            let message = format!(
+                "the pods mount Secret {}, key {}; each replica reloads it when the kubelet \
+                 updates the Secret",
+                wanted.name, wanted.key
+            );
+            return (None, Some(cond(TYPE, true, "Mounted", &message)));
+        }
         ListCheck::Unusable(problem) => Some(problem),
         ListCheck::Unchecked => None,
     };
     let mounted = existing.and_then(render::mounted_revocation_list);
-    let held = (mounted != pkv.spec.tls.revocation_list).then(|| {
+    let held = (mounted.as_ref() != Some(wanted)).then(|| {
         let mut previous = pkv.clone();
         previous.spec.tls.revocation_list = mounted.clone();
         previous
     });
-    if let Some(problem) = problem {
-        let note = match (&held, &mounted) {
-            (None, _) => format!(
-                "{problem}. The pods mount it already: running replicas keep the lists they \
-                 loaded, and a replica that starts stops with this error"
-            ),
-            (Some(_), Some(m)) => format!(
-                "{problem}. It is not given to the pods until it is usable; they keep the \
-                 lists of Secret {}, key {}",
-                m.name, m.key
-            ),
-            (Some(_), None) => format!(
-                "{problem}. It is not given to the pods until it is usable; they keep no \
-                 revocation list"
-            ),
-        };
-        publish(
-            ctx,
-            pkv,
-            EventType::Warning,
-            "RevocationListInvalid",
-            "Certificates",
-            &note,
-        )
-        .await;
-    }
-    held
+    let kept = match (&held, &mounted) {
+        (None, _) => "The pods mount it already: running replicas keep the lists they loaded, \
+                      and a replica that starts stops with this error"
+            .to_owned(),
+        (Some(_), Some(m)) => format!(
+            "It is not given to the pods until it is usable; they keep the lists of Secret \
+             {}, key {}",
+            m.name, m.key
+        ),
+        (Some(_), None) => "It is not given to the pods until it is usable; they keep no \
+                            revocation list"
+            .to_owned(),
+    };
+    let Some(problem) = problem else {
+        let message = format!(
+            "checked once cert-manager has written the cluster's certificate Secret, whose CA \
+             the lists must match. {kept}"
+        );
+        return (
+            held,
+            Some(cond(TYPE, false, "WaitingForCertificate", &message)),
+        );
+    };
+    let note = format!("{problem}. {kept}");
+    publish(
+        ctx,
+        pkv,
+        EventType::Warning,
+        "RevocationListInvalid",
+        "Certificates",
+        &note,
+    )
+    .await;
+    (
+        held,
+        Some(cond(TYPE, false, "RevocationListInvalid", &note)),
+    )
 }
 
 /// `spec.hibernation`: stops every pod and keeps everything else. In two

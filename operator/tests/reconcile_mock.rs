@@ -541,6 +541,10 @@ async fn a_new_paxoskv_gets_its_objects_a_token_and_a_creating_status() {
     assert_eq!(condition(&status, "Available")["status"], "False");
     assert_eq!(condition(&status, "Available")["reason"], "NoMaster");
     assert_eq!(condition(&status, "Progressing")["status"], "True");
+    assert!(
+        condition(&status, "RevocationListApplied").is_null(),
+        "no list asked for, no condition about one"
+    );
 
     run.await.expect("joined").expect("reconciled");
 }
@@ -709,21 +713,31 @@ fn statefulset_mounting(list: bool) -> Value {
     sts
 }
 
-/// The rest of a pass after it read the StatefulSet: its apply (returned)
-/// and what follows, to the end of the reconcile.
+/// The rest of a pass after it read the StatefulSet: its apply and what
+/// follows, to the end of the reconcile. Returns the applied StatefulSet
+/// and the status written.
 async fn finish_after_statefulset_read(
     mut h: ApiHandle,
     run: tokio::task::JoinHandle<
         Result<kube::runtime::controller::Action, phxkv_operator::controller::Error>,
     >,
-) -> Value {
+) -> (Value, Value) {
     let sts = expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), |_| {
         (200, statefulset(3))
     })
     .await;
-    expect_rest_of_pass(&mut h).await;
+    let status = expect_rest_of_pass(&mut h).await;
     run.await.expect("joined").expect("reconciled");
-    sts
+    (sts, status)
+}
+
+/// The `RevocationListApplied` condition of `status`: (status, reason).
+fn list_condition(status: &Value) -> (String, String) {
+    let c = condition(status, "RevocationListApplied");
+    (
+        c["status"].as_str().unwrap_or_default().to_owned(),
+        c["reason"].as_str().unwrap_or_default().to_owned(),
+    )
 }
 
 /// `spec.tls.revocationList`: after the certificates, the pass reads the
@@ -784,12 +798,28 @@ async fn a_revocation_list_that_would_stop_a_replica_is_reported_and_held_back()
                 assert!(note.contains("keep no revocation list"), "{note}");
             }
         }
-        let sts = finish_after_statefulset_read(h, run).await;
+        let (sts, status) = finish_after_statefulset_read(h, run).await;
         assert_eq!(
             gives_crl(&sts),
             warning.is_none() || mounted,
             "{warning:?}, mounted: {mounted}"
         );
+        // The spec's generation is observed either way; the condition says
+        // whether its list went out.
+        let (state, reason) = list_condition(&status);
+        match warning {
+            Some(words) => {
+                assert_eq!(
+                    (state.as_str(), reason.as_str()),
+                    ("False", "RevocationListInvalid")
+                );
+                let message = condition(&status, "RevocationListApplied")["message"]
+                    .as_str()
+                    .unwrap_or_default();
+                assert!(message.contains(words), "{message}");
+            }
+            None => assert_eq!((state.as_str(), reason.as_str()), ("True", "Mounted")),
+        }
     }
 }
 
@@ -853,8 +883,9 @@ async fn during_a_ca_rotation_a_list_of_the_previous_ca_alone_is_reported() {
             (200, statefulset(3))
         })
         .await;
-        let sts = finish_after_statefulset_read(h, run).await;
+        let (sts, status) = finish_after_statefulset_read(h, run).await;
         assert!(gives_crl(&sts), "the list still applies");
+        assert_eq!(list_condition(&status), ("True".into(), "Mounted".into()));
     }
 }
 
@@ -1094,7 +1125,7 @@ async fn a_cert_manager_certificate_without_the_replicas_common_name_is_reported
 
 /// With `issuerRef`, before cert-manager has written the certificate
 /// Secret, a revocation list cannot be checked against its CA: it is not
-/// given to the pods yet, and nothing is reported.
+/// given to the pods yet, no event is published, and the status says why.
 #[tokio::test]
 async fn a_revocation_list_is_held_back_until_it_can_be_checked() {
     let (mut h, run) = start_tls_pass(json!({"replicas": 3, "tls": {
@@ -1115,8 +1146,12 @@ async fn a_revocation_list_is_held_back_until_it_can_be_checked() {
         (200, statefulset(3))
     })
     .await;
-    let sts = finish_after_statefulset_read(h, run).await;
+    let (sts, status) = finish_after_statefulset_read(h, run).await;
     assert!(!gives_crl(&sts), "an unchecked list is held back");
+    assert_eq!(
+        list_condition(&status),
+        ("False".into(), "WaitingForCertificate".into())
+    );
 }
 
 #[tokio::test]

@@ -263,7 +263,7 @@ struct Loaded {
     client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// The subjects of the CAs whose revocation lists are in force (see
     /// [`read_crls`]).
-    enforced: Vec<Vec<u8>>,
+    enforced: Vec<InForce>,
 }
 
 /// Reads the files. With [`ClientAuth::RequiredNamed`] the certificate
@@ -409,8 +409,8 @@ fn load(
 struct Crls {
     /// Every list of the file, to check certificates against.
     lists: Vec<CertificateRevocationListDer<'static>>,
-    /// The subjects of the CAs of the CA file that have a list there.
-    enforced: Vec<Vec<u8>>,
+    /// The lists of the CAs of the CA file that have one there.
+    enforced: Vec<InForce>,
 }
 
 /// The revocation lists in `path` (PEM) for the CAs `cas` (read from
@@ -441,7 +441,7 @@ fn read_crls(
     path: &Path,
     cas: &[CertificateDer<'static>],
     ca_path: &Path,
-    previous: Option<&[Vec<u8>]>,
+    previous: Option<&[InForce]>,
 ) -> Result<Crls, TlsError> {
     let lists = CertificateRevocationListDer::pem_file_iter(path)
         .map_err(|e| TlsError::file(path, e))?
@@ -460,23 +460,76 @@ fn read_crls(
     Ok(Crls { lists, enforced })
 }
 
+/// A CA's revocation list in force: whose it is and how new it is, so
+/// that a reload can refuse an older list of that CA.
+#[derive(Clone, Debug, PartialEq)]
+struct InForce {
+    /// The CA's subject (DER).
+    subject: Vec<u8>,
+    /// The list's CRL number (RFC 5280, 5.2.3), when it has one.
+    number: Option<x509_parser::num_bigint::BigUint>,
+    /// When the list was issued (its thisUpdate, Unix seconds).
+    issued: i64,
+}
+
+impl InForce {
+    /// Why `self`, a list of the same CA, is older than `current`, the
+    /// one in force, if it is. CRL numbers decide when both lists carry
+    /// one (a CA numbers its lists in increasing order); otherwise the
+    /// times they were issued do. A list as new as the one in force (the
+    /// same list, written again) is taken.
+    fn older_than(&self, current: &InForce) -> Option<String> {
+        match (&self.number, &current.number) {
+            (Some(new), Some(now)) => (new < now)
+                .then(|| format!("is number {new}, older than number {now}, the one in force")),
+            _ => (self.issued < current.issued).then(|| {
+                format!(
+                    "was issued at {}, before the one in force ({})",
+                    utc(self.issued),
+                    utc(current.issued)
+                )
+            }),
+        }
+    }
+}
+
+/// A time in UTC (RFC 2822), for messages.
+fn utc(unix: i64) -> String {
+    x509_parser::time::ASN1Time::from_timestamp(unix)
+        .ok()
+        .and_then(|t| t.to_rfc2822().ok())
+        .unwrap_or_else(|| format!("{unix} (Unix seconds)"))
+}
+
 /// Matches the revocation lists `lists` to the CAs `cas` (of the file
 /// `ca_file`) under the rules of [`read_crls`], `previous` being what is
-/// in force now (none at start): the subjects of the CAs that have a list,
-/// and the issuers (as text) of lists of none of them, or why the lists
-/// cannot be used.
+/// in force now (none at start): the lists of CAs in `cas`, and the
+/// issuers (as text) of lists of none of them, or why the lists cannot be
+/// used.
+///
+/// The signature of every list of a CA in `cas` is checked here with that
+/// CA's key. rustls checks it only when a certificate of that CA is
+/// presented, and a list that does not verify then refuses every one of
+/// them: a wrong file would shut out a whole CA's clients at their next
+/// handshake instead of being refused now. A signature algorithm that
+/// this check does not know is left to rustls (its check at a handshake
+/// still applies).
 fn match_crls(
     lists: &[CertificateRevocationListDer<'_>],
     cas: &[CertificateDer<'_>],
     ca_file: &str,
-    previous: Option<&[Vec<u8>]>,
-) -> Result<(Vec<Vec<u8>>, Vec<String>), String> {
+    previous: Option<&[InForce]>,
+) -> Result<(Vec<InForce>, Vec<String>), String> {
     if lists.is_empty() {
         return Err("holds no PEM certificate revocation list (BEGIN X509 CRL)".into());
     }
-    let subjects = ca_subjects(cas);
+    let cas: Vec<_> = cas
+        .iter()
+        .filter_map(|ca| x509_parser::parse_x509_certificate(ca).ok())
+        .map(|(_, ca)| ca)
+        .collect();
     let mut issuers: Vec<Vec<u8>> = Vec::with_capacity(lists.len());
-    let mut enforced = Vec::new();
+    let mut enforced: Vec<InForce> = Vec::new();
     let mut orphans = Vec::new();
     for crl in lists {
         let (_, parsed) = x509_parser::parse_x509_crl(crl)
@@ -489,10 +542,35 @@ fn match_crls(
                  the newest alone"
             ));
         }
-        match subjects.iter().filter(|s| **s == raw).count() {
-            1 => enforced.push(raw.clone()),
-            0 => orphans.push(format!("{text:?}")),
-            _ => {
+        let mut of_list = cas
+            .iter()
+            .filter(|ca| ca.subject().as_raw() == raw.as_slice());
+        match (of_list.next(), of_list.next()) {
+            (Some(ca), None) => {
+                match parsed.verify_signature(ca.public_key()) {
+                    Ok(()) => {}
+                    Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => {
+                        tracing::debug!(
+                            issuer = text.as_str(),
+                            "a revocation list's signature algorithm is checked at handshakes only"
+                        );
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "holds a revocation list of {text:?} whose signature does not verify \
+                             with the key of that CA in {ca_file} ({e}): it would refuse every \
+                             certificate of that CA; sign the list with the CA's own key"
+                        ));
+                    }
+                }
+                enforced.push(InForce {
+                    subject: raw.clone(),
+                    number: parsed.crl_number().cloned(),
+                    issued: parsed.last_update().timestamp(),
+                });
+            }
+            (None, _) => orphans.push(format!("{text:?}")),
+            (Some(_), Some(_)) => {
                 return Err(format!(
                     "holds a revocation list issued by {text:?}, a name that more than one CA \
                      in {ca_file} has: the list would refuse every certificate of the others; \
@@ -502,33 +580,49 @@ fn match_crls(
         }
         issuers.push(raw);
     }
-    match previous {
-        None if enforced.is_empty() => Err(format!(
-            "holds no revocation list of the CAs in {ca_file}, only of {}: it would refuse \
-             nothing they admit",
-            orphans.join(", ")
-        )),
-        None => Ok((enforced, orphans)),
-        Some(previous) => match previous
+    let Some(previous) = previous else {
+        if enforced.is_empty() {
+            return Err(format!(
+                "holds no revocation list of the CAs in {ca_file}, only of {}: it would refuse \
+                 nothing they admit",
+                orphans.join(", ")
+            ));
+        }
+        return Ok((enforced, orphans));
+    };
+    let name_of = |subject: &[u8]| {
+        cas.iter()
+            .find(|ca| ca.subject().as_raw() == subject)
+            .map(|ca| ca.subject().to_string())
+            .unwrap_or_default()
+    };
+    for current in previous {
+        if !cas
             .iter()
-            .find(|s| subjects.contains(s) && !enforced.contains(s))
+            .any(|ca| ca.subject().as_raw() == current.subject.as_slice())
         {
-            Some(lost) => {
-                let name = cas
-                    .iter()
-                    .filter_map(|ca| x509_parser::parse_x509_certificate(ca).ok())
-                    .find(|(_, ca)| ca.subject().as_raw() == lost.as_slice())
-                    .map(|(_, ca)| ca.subject().to_string())
-                    .unwrap_or_default();
-                Err(format!(
+            continue;
+        }
+        let name = name_of(&current.subject);
+        match enforced.iter().find(|e| e.subject == current.subject) {
+            None => {
+                return Err(format!(
                     "holds no revocation list of {name:?}, a CA of {ca_file} whose list is in \
                      force: its revocations would be lifted; give it an empty list to stop \
                      checking it"
-                ))
+                ));
             }
-            None => Ok((enforced, orphans)),
-        },
+            Some(new) => {
+                if let Some(why) = new.older_than(current) {
+                    return Err(format!(
+                        "holds a revocation list of {name:?} that {why}: it could admit \
+                         certificates revoked since; give the newest list of that CA"
+                    ));
+                }
+            }
+        }
     }
+    Ok((enforced, orphans))
 }
 
 /// Checks certificates presented by clients against the CAs `roots` and
@@ -544,14 +638,6 @@ fn client_verifier(
         .with_crls(crls)
         .allow_unknown_revocation_status()
         .build()
-}
-
-/// The subjects (DER) of the CAs `cas`, to match revocation lists with.
-fn ca_subjects(cas: &[CertificateDer<'_>]) -> Vec<Vec<u8>> {
-    cas.iter()
-        .filter_map(|ca| x509_parser::parse_x509_certificate(ca).ok())
-        .map(|(_, ca)| ca.subject().as_raw().to_vec())
-        .collect()
 }
 
 /// Checks this node's own certificate against the revocation lists, when
@@ -1477,6 +1563,22 @@ mod tests {
         server.refresh();
         assert_reloaded(&mut reloads).await;
 
+        // An older list of this CA, one from before the leak (a stale copy
+        // or a restored backup): taking it would admit the leaked
+        // certificate again, so the previous files stay. The same list
+        // written again is taken.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        ca.revoke(&[], 4);
+        server.refresh();
+        assert!(!reloads.has_changed().expect("alive"), "a refused reload");
+        connect_with(port, leaked_cert.clone(), leaked_key.clone(), ca.ca_file())
+            .await
+            .expect_err("still revoked after an older list");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        ca.revoke(&[&leaked_pem], 5);
+        server.refresh();
+        assert_reloaded(&mut reloads).await;
+
         // The list replaced by one of another CA alone: taking it would
         // lift every revocation of this CA, still trusted, so the previous
         // files stay.
@@ -1553,7 +1655,7 @@ mod tests {
         // Same name, another key: the list's signature does not verify.
         let namesake = TestCa::new(other_dir.path(), "CA");
         let err = load(namesake.revoke(&[], 1));
-        assert!(err.contains("cannot be used"), "{err}");
+        assert!(err.contains("does not verify"), "{err}");
         // Two lists of one CA: only the first would be used.
         let older = std::fs::read(ca.revoke(&[], 1)).expect("list");
         let mut two = older.clone();
@@ -1585,6 +1687,64 @@ mod tests {
         assert!(err.contains("no PEM certificate revocation list"), "{err}");
         let err = load(dir.path().join("missing.crl"));
         assert!(err.contains("missing.crl"), "{err}");
+    }
+
+    #[test]
+    fn the_list_of_any_ca_of_the_bundle_is_checked_against_that_cas_key_at_load() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = TestCa::new(dir.path(), "CA");
+        let (cert, key, _) = ca.leaf("node");
+        let second_dir = tempfile::tempdir().expect("dir");
+        let second = TestCa::new(second_dir.path(), "second CA");
+        let impostor_dir = tempfile::tempdir().expect("dir");
+        let impostor = TestCa::new(impostor_dir.path(), "second CA");
+        let bundle = dir.path().join("bundle.crt");
+        let read = |p: PathBuf| std::fs::read_to_string(p).expect("read");
+        std::fs::write(&bundle, read(ca.ca_file()) + &read(second.ca_file())).expect("bundle");
+        let lists = dir.path().join("lists.crl");
+        let load = |second_list: PathBuf| {
+            std::fs::write(&lists, read(ca.revoke(&[], 1)) + &read(second_list)).expect("lists");
+            Material::load(
+                TlsPaths {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: Some(bundle.clone()),
+                    crl: Some(lists.clone()),
+                },
+                ClientAuth::Required,
+            )
+        };
+        // This node's certificate is not of the second CA, so no handshake
+        // of its own would have found the bad list.
+        let err = load(impostor.revoke(&[], 1))
+            .expect_err("a list the second CA did not sign")
+            .to_string();
+        assert!(
+            err.contains("\"CN=second CA\"") && err.contains("does not verify"),
+            "{err}"
+        );
+        load(second.revoke(&[], 1)).expect("the second CA's own list");
+    }
+
+    #[test]
+    fn without_crl_numbers_the_older_list_is_the_one_issued_first() {
+        let at = |number: Option<u32>, issued: i64| InForce {
+            subject: b"CA".to_vec(),
+            number: number.map(x509_parser::num_bigint::BigUint::from),
+            issued,
+        };
+        let why = at(Some(2), 100)
+            .older_than(&at(Some(3), 50))
+            .expect("older");
+        assert!(why.contains("number 2, older than number 3"), "{why}");
+        assert_eq!(
+            at(Some(3), 50).older_than(&at(Some(3), 100)),
+            None,
+            "numbers decide"
+        );
+        let why = at(None, 100).older_than(&at(Some(3), 200)).expect("older");
+        assert!(why.contains("before the one in force"), "{why}");
+        assert_eq!(at(None, 200).older_than(&at(None, 200)), None);
     }
 
     #[tokio::test]
