@@ -7,6 +7,7 @@ mod archiving;
 pub mod digest;
 pub mod driver;
 pub mod peer;
+pub mod peer_client;
 mod replace;
 mod transfer;
 pub mod transport;
@@ -132,7 +133,7 @@ struct Inner {
     phase: RwLock<Phase>,
     /// The configuration the cluster was bootstrapped with, once recorded.
     bootstrap_record: RwLock<Option<Membership>>,
-    client: reqwest::Client,
+    client: Arc<peer_client::PeerClient>,
     outbox: Outbox,
     metrics: Metrics,
     client_id: u64,
@@ -382,37 +383,12 @@ impl Node {
         });
         let (events, _) = broadcast::channel(LIVE_EVENTS);
         let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE);
-        let mut own_headers = reqwest::header::HeaderMap::new();
-        own_headers.insert(
-            wire::READ_MODE_HEADER,
-            reqwest::header::HeaderValue::from_static(cfg.engine.read_mode.name()),
-        );
-        let mut builder = reqwest::Client::builder()
-            .default_headers(own_headers)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2));
-        // Every peer call goes through the proxy: plain HTTP as requests in
-        // absolute form, https through a CONNECT tunnel (TLS stays end to
-        // end: the proxy sees only encrypted bytes).
-        builder = match &cfg.peer_proxy {
-            Some(url) => builder.proxy(
-                reqwest::Proxy::all(url)
-                    .map_err(|e| StartError::State(format!("--peer-proxy {url}: {e}")))?,
-            ),
-            None => builder.no_proxy(),
-        };
-        if let Some(tls) = &cfg.peer_tls {
-            let config = tls
-                .client_config()
-                .map_err(|e| StartError::State(format!("peer TLS: {e}")))?;
-            // Never plain HTTP to a peer once peers speak TLS, whatever URL
-            // a configuration names.
-            builder = builder.tls_backend_preconfigured(config).https_only(true);
-        }
-        let client = builder
-            .build()
-            .map_err(|e| StartError::State(format!("cannot build the HTTP client: {e}")))?;
+        let client = peer_client::PeerClient::new(&peer_client::Settings {
+            read_mode: cfg.engine.read_mode.name(),
+            proxy: cfg.peer_proxy.clone(),
+            tls: cfg.peer_tls.clone(),
+        })
+        .map_err(StartError::State)?;
         let outbox = Outbox::new(
             id,
             client.clone(),
@@ -668,6 +644,7 @@ impl Node {
                 let answer = self
                     .inner
                     .client
+                    .get()
                     .post(format!("{url}/peer/v1/digests"))
                     .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
                     .header(wire::FEATURES_HEADER, wire::FEATURES)
@@ -934,6 +911,7 @@ impl Node {
         let resp = self
             .inner
             .client
+            .get()
             .get(&url)
             .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
             .timeout(Duration::from_secs(2))
@@ -1478,6 +1456,7 @@ impl Node {
         let resp = self
             .inner
             .client
+            .get()
             .post(url.clone())
             .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
             .headers(headers)

@@ -21,6 +21,7 @@ use tracing::Instrument as _;
 use crate::paxos::{Envelope, Membership, NodeId};
 use crate::telemetry::Metrics;
 
+use super::peer_client::PeerClient;
 use super::wire;
 
 /// Messages queued for one peer beyond which the oldest are dropped.
@@ -41,6 +42,9 @@ struct PeerQueue {
     notify: Notify,
     /// The open stream's line channel, to tell whether it has drained.
     stream: Mutex<Option<StreamLines>>,
+    /// A stream is being ended ([`close`]): its channel is closed, but
+    /// lines may still wait in it for the connection.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl PeerQueue {
@@ -55,7 +59,8 @@ impl PeerQueue {
             .ok()
             .and_then(|s| s.as_ref().and_then(|weak| weak.upgrade()))
             .is_some_and(|tx| tx.capacity() < tx.max_capacity());
-        queued == 0 && !streaming
+        let closing = self.closing.load(std::sync::atomic::Ordering::Acquire);
+        queued == 0 && !streaming && !closing
     }
 }
 
@@ -78,7 +83,7 @@ struct Inner {
     /// request, and peers rarely move.
     endpoints: Mutex<HashMap<(NodeId, &'static str), ParsedEndpoint>>,
     membership: watch::Receiver<Membership>,
-    client: reqwest::Client,
+    client: Arc<PeerClient>,
     /// `Bearer <cluster token>`.
     auth: reqwest::header::HeaderValue,
     runtime: tokio::runtime::Handle,
@@ -92,7 +97,7 @@ struct Inner {
 impl Outbox {
     pub fn new(
         self_id: NodeId,
-        client: reqwest::Client,
+        client: Arc<PeerClient>,
         token: String,
         membership: watch::Receiver<Membership>,
         runtime: tokio::runtime::Handle,
@@ -202,6 +207,7 @@ impl Outbox {
                 let to = crate::cluster::bootstrap::format_id(peer);
                 let res = inner
                     .client
+                    .get()
                     .post(format!("{url}/peer/v1/snapshot?to={to}"))
                     .header(reqwest::header::AUTHORIZATION, inner.auth.clone())
                     .header("content-type", "application/octet-stream")
@@ -323,6 +329,8 @@ const STREAM_STALL: Duration = Duration::from_secs(2);
 const STREAM_AHEAD: usize = 16;
 /// A stream with nothing to send for this long is ended.
 const STREAM_IDLE: Duration = Duration::from_secs(30);
+/// How long a stream that is ended on purpose waits for the peer's answer.
+const STREAM_CLOSE: Duration = Duration::from_secs(5);
 /// A stream that lived this long counts as a success for the backoff.
 const STREAM_HEALTHY: Duration = Duration::from_secs(5);
 
@@ -391,8 +399,14 @@ async fn stream_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &m
         *s = Some(tx.downgrade());
     }
     let _forget = ForgetStream(q);
+    // Seen before the client is taken: a renewal from here on ends this
+    // stream, so it never outlives the client it was opened with by more
+    // than a line.
+    let mut renewals = inner.client.renewals();
+    renewals.borrow_and_update();
     let mut req = inner
         .client
+        .get()
         .post(url.clone())
         .header(reqwest::header::AUTHORIZATION, inner.auth.clone())
         .header(reqwest::header::CONTENT_TYPE, wire::NDJSON)
@@ -410,18 +424,29 @@ async fn stream_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &m
         answer.unwrap_or_else(|e| Err(e.to_string()))
     };
     loop {
+        if renewals.has_changed().unwrap_or(false) {
+            // The TLS files were reloaded: end the stream cleanly (what it
+            // was handed is still sent) and let the sender reopen it at
+            // once, through the renewed client and a new handshake.
+            let a = close(q, tx, answer).await;
+            q.notify.notify_one();
+            return outcome(inner, peer, &url, a, true, link).await;
+        }
         let Some(batch) = take_batch(q) else { return };
         if batch.is_empty() {
             tokio::select! {
                 () = q.notify.notified() => continue,
+                Ok(()) = renewals.changed() => {
+                    renewals.mark_changed();
+                    continue;
+                }
                 a = &mut answer => {
                     let healthy = opened.elapsed() >= STREAM_HEALTHY;
                     return outcome(inner, peer, &url, ended(a), healthy, link).await;
                 }
                 () = tokio::time::sleep(STREAM_IDLE) => {
-                    drop(tx);
-                    let a = answer.await;
-                    return outcome(inner, peer, &url, ended(a), true, link).await;
+                    let a = close(q, tx, answer).await;
+                    return outcome(inner, peer, &url, a, true, link).await;
                 }
             }
         }
@@ -453,6 +478,31 @@ async fn stream_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &m
     }
 }
 
+/// Ends a stream cleanly: no more lines, then the peer's answer, once it
+/// has read what it was sent. Waited for at most [`STREAM_CLOSE`]: a
+/// paused or vanished peer would otherwise hold its sender (and every
+/// message queued behind it) until the connection times out.
+async fn close(
+    q: &PeerQueue,
+    tx: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>,
+    mut answer: tokio::task::JoinHandle<Result<reqwest::StatusCode, String>>,
+) -> Result<reqwest::StatusCode, String> {
+    use std::sync::atomic::Ordering;
+    // Until the answer, lines may still wait in the closed channel: the
+    // queue is not drained (see [`PeerQueue::drained`]).
+    q.closing.store(true, Ordering::Release);
+    drop(tx);
+    let a = match tokio::time::timeout(STREAM_CLOSE, &mut answer).await {
+        Ok(a) => a.unwrap_or_else(|e| Err(e.to_string())),
+        Err(_) => {
+            answer.abort();
+            Err("the peer did not answer the end of its stream".into())
+        }
+    };
+    q.closing.store(false, Ordering::Release);
+    a
+}
+
 /// Clears a peer's stream channel when its stream ends.
 struct ForgetStream<'a>(&'a PeerQueue);
 
@@ -476,6 +526,7 @@ async fn post_queued(inner: &Arc<Inner>, peer: NodeId, q: &PeerQueue, link: &mut
         };
         let mut req = inner
             .client
+            .get()
             .post(url.clone())
             .header(reqwest::header::AUTHORIZATION, inner.auth.clone())
             .header(wire::FEATURES_HEADER, wire::FEATURES);
@@ -602,6 +653,137 @@ mod tests {
     use crate::paxos::SnapshotMeta;
     use crate::storage::snapshot_file;
 
+    fn plain_client() -> Arc<PeerClient> {
+        PeerClient::new(&super::super::peer_client::Settings {
+            read_mode: "lease",
+            proxy: None,
+            tls: None,
+        })
+        .expect("client")
+    }
+
+    fn heartbeat(commit: u64) -> Envelope {
+        Envelope {
+            from: 1,
+            to: 2,
+            msg: crate::paxos::Message::Heartbeat {
+                ballot: crate::paxos::Ballot { round: 1, node: 1 },
+                commit,
+            },
+        }
+    }
+
+    /// A renewed client (the TLS files were reloaded) ends the open stream
+    /// cleanly and opens the next one through the new client: every message
+    /// arrives, in order, over two streams.
+    #[tokio::test]
+    async fn a_renewed_client_reopens_the_peer_stream_and_loses_nothing() {
+        use futures_util::StreamExt as _;
+        #[derive(Default)]
+        struct Seen {
+            streams: usize,
+            /// Whether each stream came from the renewed client.
+            renewed: Vec<bool>,
+            commits: Vec<u64>,
+        }
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let recorder = seen.clone();
+        let app = axum::Router::new().route(
+            "/peer/v1/stream",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Body| {
+                    let seen = recorder.clone();
+                    async move {
+                        if let Ok(mut s) = seen.lock() {
+                            s.streams += 1;
+                            s.renewed.push(headers.contains_key("x-renewed"));
+                        }
+                        let mut chunks = body.into_data_stream();
+                        let mut pending = Vec::new();
+                        while let Some(Ok(chunk)) = chunks.next().await {
+                            pending.extend_from_slice(&chunk);
+                            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                                let line: Vec<u8> = pending.drain(..=end).collect();
+                                let batch: Vec<Envelope> =
+                                    serde_json::from_slice(&line).expect("a batch");
+                                for env in batch {
+                                    if let crate::paxos::Message::Heartbeat { commit, .. } = env.msg
+                                    {
+                                        seen.lock().expect("seen").commits.push(commit);
+                                    }
+                                }
+                            }
+                        }
+                        "done"
+                    }
+                },
+            ),
+        );
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = tcp.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(tcp, app).await });
+        let client = plain_client();
+        let (_, membership) = watch::channel(Membership::default());
+        let outbox = Outbox::new(
+            1,
+            client.clone(),
+            "token".into(),
+            membership,
+            tokio::runtime::Handle::current(),
+            Metrics::new(),
+        );
+        outbox.learn_address(2, &format!("http://{addr}"));
+        let arrived = |n: usize| {
+            let seen = seen.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let (streams, count) = {
+                        let s = seen.lock().expect("seen");
+                        (s.streams, s.commits.len())
+                    };
+                    if count >= n {
+                        return streams;
+                    }
+                    assert!(Instant::now() < deadline, "{count} of {n} messages arrived");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        for commit in 0..50 {
+            outbox.send(heartbeat(commit));
+        }
+        assert_eq!(arrived(50).await, 1, "one stream so far");
+
+        // The renewed client marks its calls, so the handler can tell
+        // which client opened each stream.
+        let mut marked = reqwest::header::HeaderMap::new();
+        marked.insert(
+            "x-renewed",
+            reqwest::header::HeaderValue::from_static("yes"),
+        );
+        client.renew(
+            reqwest::Client::builder()
+                .no_proxy()
+                .default_headers(marked)
+                .build()
+                .expect("client"),
+        );
+        for commit in 50..100 {
+            outbox.send(heartbeat(commit));
+        }
+        assert_eq!(arrived(100).await, 2, "the renewal opened a second stream");
+        let s = seen.lock().expect("seen");
+        assert_eq!(
+            s.renewed,
+            [false, true],
+            "the second stream came from the renewed client"
+        );
+        assert_eq!(s.commits, (0..100).collect::<Vec<_>>(), "all, in order");
+    }
+
     #[tokio::test]
     async fn a_snapshot_goes_to_a_peer_once_until_the_send_in_flight_ends() {
         let tmp = TempDir::new().expect("tempdir");
@@ -618,7 +800,7 @@ mod tests {
         let (_, membership) = watch::channel(Membership::default());
         let outbox = Outbox::new(
             1,
-            reqwest::Client::new(),
+            plain_client(),
             "token".into(),
             membership,
             tokio::runtime::Handle::current(),
