@@ -863,6 +863,8 @@ crl_given() {
 wait_until 120 "the pods of crl were not given the list" crl_given
 k wait --for=condition=RevocationListApplied pkv/crl --timeout=60s >&2 ||
     die "crl's condition RevocationListApplied did not become True with the list given"
+[[ -n $(k get pkv crl -o jsonpath='{.status.revocationLists[0].number}') ]] ||
+    die "crl's status.revocationLists does not record the list given"
 rolled() { # every pod of crl on the StatefulSet's template, and ready
     local want table
     want=$(k get statefulset crl -o jsonpath='{.status.updateRevision}')

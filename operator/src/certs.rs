@@ -424,10 +424,16 @@ fn secret_identity(secret: &Secret) -> Option<String> {
 /// What a pass found of `spec.tls.revocationList`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListCheck {
-    /// None is asked for, or it is usable.
-    Usable,
+    /// None is asked for.
+    NotAsked,
+    /// It is usable; these are its lists of the cluster's CAs.
+    Usable(Vec<issue::ListVersion>),
     /// A replica starting with it would stop, for this reason.
     Unusable(String),
+    /// It is older than the list last given to the replicas, for this
+    /// reason: a replica that restarts would take it (running ones refuse
+    /// it on their reload) and admit what was revoked since.
+    Older(String),
     /// It cannot be checked yet: cert-manager has yet to write the
     /// certificate Secret, whose CA it is checked against.
     Unchecked,
@@ -450,7 +456,7 @@ pub async fn ensure(
         }
     };
     let Some(list) = &pkv.spec.tls.revocation_list else {
-        return Ok((tls, ListCheck::Usable));
+        return Ok((tls, ListCheck::NotAsked));
     };
     let Some(tls) = tls else {
         return Ok((None, ListCheck::Unchecked));
@@ -466,8 +472,28 @@ pub async fn ensure(
         "Secret {}, key {} (spec.tls.revocationList)",
         list.name, list.key
     );
-    if let Err(e) = issue::check_revocation_lists(&tls.ca, &pem, own) {
-        return Ok((Some(tls), ListCheck::Unusable(format!("{at}: {e}"))));
+    let versions = match issue::check_revocation_lists(&tls.ca, &pem, own) {
+        Ok(versions) => versions,
+        Err(e) => return Ok((Some(tls), ListCheck::Unusable(format!("{at}: {e}")))),
+    };
+    let given: Vec<issue::ListVersion> = pkv
+        .status
+        .iter()
+        .flat_map(|s| &s.revocation_lists)
+        .map(|l| issue::ListVersion {
+            issuer: l.issuer.clone(),
+            number: l.number.clone(),
+            issued: l.issued.0.as_second(),
+        })
+        .collect();
+    if let Some(why) = issue::older_lists(&versions, &given) {
+        return Ok((
+            Some(tls),
+            ListCheck::Older(format!(
+                "{at}: {why} (status.revocationLists): a replica that restarts would take it \
+                 and admit what was revoked since; put the newest lists in the Secret"
+            )),
+        ));
     }
     // During a rotation the lists of the previous CA still count; once it
     // is retired they no longer do, and without one of the new CA beside
@@ -493,7 +519,7 @@ pub async fn ensure(
         )
         .await;
     }
-    Ok((Some(tls), ListCheck::Usable))
+    Ok((Some(tls), ListCheck::Usable(versions)))
 }
 
 /// The PEM text of the revocation lists of `spec.tls.revocationList`, or

@@ -27,8 +27,8 @@ use serde::de::DeserializeOwned;
 
 use crate::certs::ListCheck;
 use crate::crd::{
-    MemberStatus, PaxosKV, PaxosKVStatus, Phase, RecoveryPhase, RecoveryStatus, SwitchoverPhase,
-    SwitchoverStatus,
+    MemberStatus, PaxosKV, PaxosKVStatus, Phase, RecoveryPhase, RecoveryStatus,
+    RevocationListStatus, SwitchoverPhase, SwitchoverStatus,
 };
 use crate::members::{ClusterView, MembersClient, MembersError};
 use crate::metrics::OperatorMetrics;
@@ -397,7 +397,7 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     }
     let names = Names::with_transport(&name, &ns, bootstrap.transport());
     let (http, list_check) = match names.transport {
-        Transport::Plain => (ctx.http.clone(), ListCheck::Usable),
+        Transport::Plain => (ctx.http.clone(), ListCheck::NotAsked),
         Transport::Tls => match crate::certs::ensure(ctx, pkv, &ns, &names).await? {
             (Some(tls), check) => (tls.http_client()?, check),
             // cert-manager has yet to write the Secret: the pods cannot
@@ -588,6 +588,12 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         status
             .conditions
             .push(stamp(&old_conditions, pkv.metadata.generation, c));
+    }
+    match &list_check {
+        ListCheck::NotAsked => status.revocation_lists.clear(),
+        ListCheck::Usable(versions) => status.revocation_lists = given_lists(versions),
+        // What was given last stays the mark.
+        ListCheck::Unusable(_) | ListCheck::Older(_) | ListCheck::Unchecked => {}
     }
     let mut next_backup = None;
     if let Some(b) = backups {
@@ -828,8 +834,9 @@ async fn hold_back_revocation_list(
     let Some(wanted) = &pkv.spec.tls.revocation_list else {
         return (None, None);
     };
+    // (the problem, the reason of its event and condition)
     let problem = match check {
-        ListCheck::Usable => {
+        ListCheck::NotAsked | ListCheck::Usable(_) => {
             let message = format!(
                 "the pods mount Secret {}, key {}; each replica reloads it when the kubelet \
                  updates the Secret",
@@ -837,7 +844,8 @@ async fn hold_back_revocation_list(
             );
             return (None, Some(cond(TYPE, true, "Mounted", &message)));
         }
-        ListCheck::Unusable(problem) => Some(problem),
+        ListCheck::Unusable(problem) => Some((problem, "RevocationListInvalid")),
+        ListCheck::Older(problem) => Some((problem, "RevocationListOlder")),
         ListCheck::Unchecked => None,
     };
     let mounted = existing.and_then(render::mounted_revocation_list);
@@ -846,16 +854,22 @@ async fn hold_back_revocation_list(
         previous.spec.tls.revocation_list = mounted.clone();
         previous
     });
-    let kept = match (&held, &mounted) {
-        (None, _) => "The pods mount it already: running replicas keep the lists they loaded, \
-                      and a replica that starts stops with this error"
+    let kept = match (&held, &mounted, problem) {
+        (None, _, None) => "The pods mount it already".to_owned(),
+        (None, _, Some((_, "RevocationListOlder"))) => {
+            "The pods mount it already: running replicas keep the newer lists they loaded, \
+             and a replica that restarts takes this one"
+                .to_owned()
+        }
+        (None, _, Some(_)) => "The pods mount it already: running replicas keep the lists \
+                               they loaded, and a replica that starts stops with this error"
             .to_owned(),
-        (Some(_), Some(m)) => format!(
+        (Some(_), Some(m), _) => format!(
             "It is not given to the pods until it is usable; they keep the lists of Secret \
              {}, key {}",
             m.name, m.key
         ),
-        (Some(_), None) => "It is not given to the pods until it is usable; they keep no \
+        (Some(_), None, _) => "It is not given to the pods until it is usable; they keep no \
                             revocation list"
             .to_owned(),
     };
@@ -869,20 +883,25 @@ async fn hold_back_revocation_list(
             Some(cond(TYPE, false, "WaitingForCertificate", &message)),
         );
     };
+    let (problem, reason) = problem;
     let note = format!("{problem}. {kept}");
-    publish(
-        ctx,
-        pkv,
-        EventType::Warning,
-        "RevocationListInvalid",
-        "Certificates",
-        &note,
-    )
-    .await;
-    (
-        held,
-        Some(cond(TYPE, false, "RevocationListInvalid", &note)),
-    )
+    publish(ctx, pkv, EventType::Warning, reason, "Certificates", &note).await;
+    (held, Some(cond(TYPE, false, reason, &note)))
+}
+
+/// The status record of the lists `versions`, given to the replicas now.
+fn given_lists(versions: &[phxkv::tls::issue::ListVersion]) -> Vec<RevocationListStatus> {
+    versions
+        .iter()
+        .filter_map(|v| {
+            let issued = Timestamp::from_second(v.issued).ok()?;
+            Some(RevocationListStatus {
+                issuer: v.issuer.clone(),
+                number: v.number.clone(),
+                issued: Time(issued),
+            })
+        })
+        .collect()
 }
 
 /// `spec.hibernation`: stops every pod and keeps everything else. In two
@@ -973,6 +992,7 @@ async fn hibernate(
         switchover: old.switchover.clone(),
         backup: old.backup.clone(),
         recovery: old.recovery.clone(),
+        revocation_lists: old.revocation_lists.clone(),
         observed_generation: generation,
         conditions: conditions(
             &old.conditions,
@@ -1377,6 +1397,7 @@ pub fn status_of(pkv: &PaxosKV, o: &Observed, view: &ClusterView, step: &Step) -
         switchover: None,
         backup: None,
         recovery: None,
+        revocation_lists: old.revocation_lists.clone(),
         observed_generation: generation,
         conditions: conditions(
             &old.conditions,

@@ -799,12 +799,31 @@ pub struct PaxosKVStatus {
     /// Where the cluster was recovered from, when it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryStatus>,
+    /// The revocation lists last given to the replicas
+    /// (`spec.tls.revocationList`), one per CA: a list older than one of
+    /// these is refused, since a replica that restarts would take it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revocation_lists: Vec<RevocationListStatus>,
     /// Available, Progressing, Degraded, VolumeLost, Hibernated, Ready and
     /// Reconciled (False with reason ReconcileError, or NameConflict when an
     /// object of that name belongs to something else, when the last pass
-    /// failed), with reasons.
+    /// failed), with reasons; RevocationListApplied with
+    /// `spec.tls.revocationList`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// A revocation list given to the replicas: whose, and how new.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationListStatus {
+    /// The issuing CA's name (RFC 4514), as in `CN=phxkv CA kv.db`.
+    pub issuer: String,
+    /// The list's CRL number, in decimal, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
+    /// When the list was issued (its thisUpdate).
+    pub issued: Time,
 }
 
 /// Archiving and backups of a cluster.

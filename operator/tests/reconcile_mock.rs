@@ -626,10 +626,22 @@ async fn start_tls_pass(
         Result<kube::runtime::controller::Action, phxkv_operator::controller::Error>,
     >,
 ) {
+    start_tls_pass_of(paxoskv(spec)).await
+}
+
+/// [`start_tls_pass`] of `pkv` as it is (with a status, say).
+async fn start_tls_pass_of(
+    pkv: PaxosKV,
+) -> (
+    ApiHandle,
+    tokio::task::JoinHandle<
+        Result<kube::runtime::controller::Action, phxkv_operator::controller::Error>,
+    >,
+) {
     let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "db");
     let ctx = context(client, "http://127.0.0.1:9".into());
-    let run = tokio::spawn(reconcile(Arc::new(paxoskv(spec)), ctx));
+    let run = tokio::spawn(reconcile(Arc::new(pkv), ctx));
     expect_static_objects(&mut h).await;
     expect_token_and_tls_bootstrap(&mut h).await;
     (h, run)
@@ -818,8 +830,71 @@ async fn a_revocation_list_that_would_stop_a_replica_is_reported_and_held_back()
                     .unwrap_or_default();
                 assert!(message.contains(words), "{message}");
             }
-            None => assert_eq!((state.as_str(), reason.as_str()), ("True", "Mounted")),
+            None => {
+                assert_eq!((state.as_str(), reason.as_str()), ("True", "Mounted"));
+                // What was given is recorded, to refuse an older list later.
+                assert_eq!(
+                    status["revocationLists"],
+                    json!([{"issuer": "CN=phxkv CA kv.db", "number": "1",
+                            "issued": status["revocationLists"][0]["issued"]}])
+                );
+                assert!(status["revocationLists"][0]["issued"].is_string());
+            }
         }
+    }
+}
+
+/// A list older than the one last given to the replicas (the PaxosKV's
+/// `status.revocationLists`) would be taken by a replica that restarts and
+/// admit what was revoked since: it is reported, held back unless the pods
+/// mount it already, and the record of what was given stays.
+#[tokio::test]
+async fn a_revocation_list_older_than_the_one_given_is_reported_and_held_back() {
+    use phxkv::tls::issue;
+    const DAY: Duration = Duration::from_secs(86_400);
+    let ca = issue::new_ca("phxkv CA kv.db", 3650 * DAY).expect("ca");
+    let leaf = issue::issue(&ca, "kv.db", &kv_names(), 80 * DAY).expect("leaf");
+    let older = issue::revocation_list(&ca, &[], 4, 7 * DAY).expect("list");
+    let given = json!([{"issuer": "CN=phxkv CA kv.db", "number": "5",
+                        "issued": "2026-01-01T00:00:00Z"}]);
+    for mounted in [false, true] {
+        let mut pkv =
+            paxoskv(json!({"replicas": 3, "tls": {"revocationList": {"name": "kv-crl"}}}));
+        pkv.status =
+            Some(serde_json::from_value(json!({"revocationLists": given})).expect("status"));
+        let (mut h, run) = start_tls_pass_of(pkv).await;
+        answer_ca_and_certificate(&mut h, &ca, &leaf).await;
+        let stored = secret("kv-crl", json!({"ca.crl": older}), json!({}));
+        expect(&mut h, "GET", &format!("{NS}/secrets/kv-crl"), move |_| {
+            (200, stored)
+        })
+        .await;
+        expect(
+            &mut h,
+            "GET",
+            &format!("{APPS}/statefulsets/kv"),
+            move |_| (200, statefulset_mounting(mounted)),
+        )
+        .await;
+        let event = expect_event(&mut h, "RevocationListOlder").await;
+        let note = event["note"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            note.contains("number 4, older than number 5") && note.contains("kv-crl"),
+            "{note}"
+        );
+        let (sts, status) = finish_after_statefulset_read(h, run).await;
+        assert_eq!(gives_crl(&sts), mounted, "held back unless mounted already");
+        assert_eq!(
+            list_condition(&status),
+            ("False".into(), "RevocationListOlder".into())
+        );
+        if mounted {
+            assert!(
+                note.contains("a replica that restarts takes this one"),
+                "{note}"
+            );
+        }
+        assert_eq!(status["revocationLists"], given, "the mark stays");
     }
 }
 
@@ -1125,33 +1200,51 @@ async fn a_cert_manager_certificate_without_the_replicas_common_name_is_reported
 
 /// With `issuerRef`, before cert-manager has written the certificate
 /// Secret, a revocation list cannot be checked against its CA: it is not
-/// given to the pods yet, no event is published, and the status says why.
+/// given to the pods yet (one they mount already stays), no event is
+/// published, and the status says why.
 #[tokio::test]
 async fn a_revocation_list_is_held_back_until_it_can_be_checked() {
-    let (mut h, run) = start_tls_pass(json!({"replicas": 3, "tls": {
-        "issuerRef": {"name": "corp-ca"}, "revocationList": {"name": "kv-crl"}}}))
-    .await;
-    let certs = "/apis/cert-manager.io/v1/namespaces/db/certificates/kv-tls";
-    expect(&mut h, "GET", certs, |_| {
-        (404, not_found("certificates.cert-manager.io", "kv-tls"))
-    })
-    .await;
-    expect(&mut h, "PATCH", certs, echo).await;
-    expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), |_| {
-        (404, not_found("secrets", "kv-tls"))
-    })
-    .await;
-    // No read of kv-crl, no event: on to the StatefulSet, without the list.
-    expect(&mut h, "GET", &format!("{APPS}/statefulsets/kv"), |_| {
-        (200, statefulset(3))
-    })
-    .await;
-    let (sts, status) = finish_after_statefulset_read(h, run).await;
-    assert!(!gives_crl(&sts), "an unchecked list is held back");
-    assert_eq!(
-        list_condition(&status),
-        ("False".into(), "WaitingForCertificate".into())
-    );
+    for mounted in [false, true] {
+        let (mut h, run) = start_tls_pass(json!({"replicas": 3, "tls": {
+            "issuerRef": {"name": "corp-ca"}, "revocationList": {"name": "kv-crl"}}}))
+        .await;
+        let certs = "/apis/cert-manager.io/v1/namespaces/db/certificates/kv-tls";
+        expect(&mut h, "GET", certs, |_| {
+            (404, not_found("certificates.cert-manager.io", "kv-tls"))
+        })
+        .await;
+        expect(&mut h, "PATCH", certs, echo).await;
+        expect(&mut h, "GET", &format!("{NS}/secrets/kv-tls"), |_| {
+            (404, not_found("secrets", "kv-tls"))
+        })
+        .await;
+        // No read of kv-crl, no event: on to the StatefulSet.
+        expect(
+            &mut h,
+            "GET",
+            &format!("{APPS}/statefulsets/kv"),
+            move |_| (200, statefulset_mounting(mounted)),
+        )
+        .await;
+        let (sts, status) = finish_after_statefulset_read(h, run).await;
+        assert_eq!(gives_crl(&sts), mounted, "held back unless mounted already");
+        assert_eq!(
+            list_condition(&status),
+            ("False".into(), "WaitingForCertificate".into())
+        );
+        let message = condition(&status, "RevocationListApplied")["message"]
+            .as_str()
+            .unwrap_or_default();
+        let kept = if mounted {
+            "mount it already"
+        } else {
+            "keep no revocation list"
+        };
+        assert!(
+            message.contains(kept) && !message.contains("stops"),
+            "{message}"
+        );
+    }
 }
 
 #[tokio::test]

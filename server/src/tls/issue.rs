@@ -169,9 +169,21 @@ pub fn revocation_list(
         .map_err(failed)
 }
 
+/// A CA's revocation list as the operator records it (in a `PaxosKV`'s
+/// status): whose it is and how new it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListVersion {
+    /// The CA's subject as text (RFC 4514), as in `CN=phxkv CA kv.db`.
+    pub issuer: String,
+    /// The list's CRL number in decimal, when it has one.
+    pub number: Option<String>,
+    /// When the list was issued (its thisUpdate), in Unix seconds.
+    pub issued: i64,
+}
+
 /// What a replica would say at start about the revocation lists `crl_pem`
 /// (`--tls-crl`) beside the CA file `ca_pem` (`--tls-ca`) and its own
-/// certificate `cert_pem` (PEM each): how many CAs of `ca_pem` have a list
+/// certificate `cert_pem` (PEM each): the lists of the CAs of `ca_pem`
 /// (lists of other issuers apply only to intermediate CAs, and at least one
 /// CA must have one), or why it would refuse them and stop. The operator
 /// checks a list with this.
@@ -179,7 +191,7 @@ pub fn check_revocation_lists(
     ca_pem: &str,
     crl_pem: &str,
     cert_pem: &str,
-) -> Result<usize, TlsError> {
+) -> Result<Vec<ListVersion>, TlsError> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
     let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
@@ -202,7 +214,19 @@ pub fn check_revocation_lists(
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Config(format!("tls.crt: {e}")))?;
     super::own_revocation(&chain, verifier.as_ref()).map_err(TlsError::Config)?;
-    Ok(enforced.len())
+    Ok(enforced.iter().map(ListVersion::from).collect())
+}
+
+/// Why the lists `new` hold one older than the list of the same CA in
+/// `given`, if they do: a lower CRL number, or without numbers an earlier
+/// issue time (the rule a replica applies on a reload). Lists of CAs that
+/// only one side has are not compared.
+pub fn older_lists(new: &[ListVersion], given: &[ListVersion]) -> Option<String> {
+    given.iter().find_map(|g| {
+        let n = new.iter().find(|n| n.issuer == g.issuer)?;
+        let why = super::InForce::of_version(n).older_than(&super::InForce::of_version(g))?;
+        Some(format!("its list of {:?} {why}", g.issuer))
+    })
 }
 
 /// When the first certificate in `pem` expires, in Unix seconds.
@@ -335,16 +359,41 @@ mod tests {
     }
 
     #[test]
+    fn a_list_older_than_the_one_given_is_named_and_other_cas_are_not_compared() {
+        let version = |issuer: &str, number: Option<&str>, issued| ListVersion {
+            issuer: issuer.into(),
+            number: number.map(Into::into),
+            issued,
+        };
+        let given = [version("CN=a", Some("5"), 100), version("CN=b", None, 100)];
+        let why = older_lists(&[version("CN=a", Some("4"), 200)], &given).expect("older");
+        assert!(
+            why.contains("\"CN=a\"") && why.contains("number 4"),
+            "{why}"
+        );
+        let why = older_lists(&[version("CN=b", None, 50)], &given).expect("older");
+        assert!(why.contains("\"CN=b\"") && why.contains("before"), "{why}");
+        assert_eq!(
+            older_lists(&[version("CN=a", Some("5"), 100)], &given),
+            None
+        );
+        assert_eq!(older_lists(&[version("CN=a", Some("6"), 1)], &given), None);
+        assert_eq!(older_lists(&[version("CN=c", Some("1"), 1)], &given), None);
+    }
+
+    #[test]
     fn a_revocation_list_is_checked_as_a_replica_would_check_it_at_start() {
         let ca = new_ca("phxkv CA kv.db", 3650 * DAY).expect("ca");
         let other = new_ca("corp CA", 3650 * DAY).expect("other");
         let own = issue(&ca, "kv.db", &names(&["localhost"]), 90 * DAY).expect("own");
         let client = issue(&ca, "app", &names(&["localhost"]), 90 * DAY).expect("client");
         let list = revocation_list(&ca, &[&client.cert_pem], 1, 7 * DAY).expect("list");
-        assert_eq!(
-            check_revocation_lists(&ca.cert_pem, &list, &own.cert_pem).expect("usable"),
-            1
-        );
+        let versions = check_revocation_lists(&ca.cert_pem, &list, &own.cert_pem).expect("usable");
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0].issuer, "CN=phxkv CA kv.db");
+        assert_eq!(versions[0].number.as_deref(), Some("1"));
+        // Issued a minute back (see `revocation_list`).
+        assert!((versions[0].issued - (unix_now() - 60)).abs() <= 5);
         // Another CA's list would never apply.
         let foreign = revocation_list(&other, &[], 1, 7 * DAY).expect("foreign");
         let e = check_revocation_lists(&ca.cert_pem, &foreign, &own.cert_pem)
@@ -357,7 +406,9 @@ mod tests {
         // Beside one of this CA, it is left out (a retired CA's list, say).
         let both_lists = format!("{list}{foreign}");
         assert_eq!(
-            check_revocation_lists(&ca.cert_pem, &both_lists, &own.cert_pem).expect("usable"),
+            check_revocation_lists(&ca.cert_pem, &both_lists, &own.cert_pem)
+                .expect("usable")
+                .len(),
             1
         );
         // One that revokes the replicas' own certificate.

@@ -466,6 +466,9 @@ fn read_crls(
 struct InForce {
     /// The CA's subject (DER).
     subject: Vec<u8>,
+    /// The CA's subject as text (RFC 4514), as messages and the operator
+    /// name it.
+    name: String,
     /// The list's CRL number (RFC 5280, 5.2.3), when it has one.
     number: Option<x509_parser::num_bigint::BigUint>,
     /// When the list was issued (its thisUpdate, Unix seconds).
@@ -489,6 +492,32 @@ impl InForce {
                     utc(current.issued)
                 )
             }),
+        }
+    }
+}
+
+impl From<&InForce> for issue::ListVersion {
+    fn from(list: &InForce) -> Self {
+        issue::ListVersion {
+            issuer: list.name.clone(),
+            number: list.number.as_ref().map(|n| n.to_string()),
+            issued: list.issued,
+        }
+    }
+}
+
+impl InForce {
+    /// The list `version` records, for [`InForce::older_than`] (a number
+    /// that is not decimal counts as none).
+    fn of_version(version: &issue::ListVersion) -> InForce {
+        InForce {
+            subject: Vec::new(),
+            name: version.issuer.clone(),
+            number: version
+                .number
+                .as_deref()
+                .and_then(|n| x509_parser::num_bigint::BigUint::parse_bytes(n.as_bytes(), 10)),
+            issued: version.issued,
         }
     }
 }
@@ -565,6 +594,7 @@ fn match_crls(
                 }
                 enforced.push(InForce {
                     subject: raw.clone(),
+                    name: text.clone(),
                     number: parsed.crl_number().cloned(),
                     issued: parsed.last_update().timestamp(),
                 });
@@ -590,12 +620,6 @@ fn match_crls(
         }
         return Ok((enforced, orphans));
     };
-    let name_of = |subject: &[u8]| {
-        cas.iter()
-            .find(|ca| ca.subject().as_raw() == subject)
-            .map(|ca| ca.subject().to_string())
-            .unwrap_or_default()
-    };
     for current in previous {
         if !cas
             .iter()
@@ -603,7 +627,7 @@ fn match_crls(
         {
             continue;
         }
-        let name = name_of(&current.subject);
+        let name = &current.name;
         match enforced.iter().find(|e| e.subject == current.subject) {
             None => {
                 return Err(format!(
@@ -1730,6 +1754,7 @@ mod tests {
     fn without_crl_numbers_the_older_list_is_the_one_issued_first() {
         let at = |number: Option<u32>, issued: i64| InForce {
             subject: b"CA".to_vec(),
+            name: "CN=CA".into(),
             number: number.map(x509_parser::num_bigint::BigUint::from),
             issued,
         };
