@@ -725,6 +725,14 @@ fn statefulset_mounting(list: bool) -> Value {
     sts
 }
 
+/// Answers a pass's read of the StatefulSet with [`statefulset_mounting`].
+async fn answer_statefulset_mounting(h: &mut ApiHandle, list: bool) {
+    expect(h, "GET", &format!("{APPS}/statefulsets/kv"), move |_| {
+        (200, statefulset_mounting(list))
+    })
+    .await;
+}
+
 /// The rest of a pass after it read the StatefulSet: its apply and what
 /// follows, to the end of the reconcile. Returns the applied StatefulSet
 /// and the status written.
@@ -794,13 +802,7 @@ async fn a_revocation_list_that_would_stop_a_replica_is_reported_and_held_back()
             stored.map_or_else(|| (404, not_found("secrets", "kv-crl")), |s| (200, s))
         })
         .await;
-        expect(
-            &mut h,
-            "GET",
-            &format!("{APPS}/statefulsets/kv"),
-            move |_| (200, statefulset_mounting(mounted)),
-        )
-        .await;
+        answer_statefulset_mounting(&mut h, mounted).await;
         if let Some(words) = warning {
             let event = expect_event(&mut h, "RevocationListInvalid").await;
             assert_eq!(event["type"], "Warning");
@@ -869,13 +871,7 @@ async fn a_revocation_list_older_than_the_one_given_is_reported_and_held_back() 
             (200, stored)
         })
         .await;
-        expect(
-            &mut h,
-            "GET",
-            &format!("{APPS}/statefulsets/kv"),
-            move |_| (200, statefulset_mounting(mounted)),
-        )
-        .await;
+        answer_statefulset_mounting(&mut h, mounted).await;
         let event = expect_event(&mut h, "RevocationListOlder").await;
         let note = event["note"].as_str().unwrap_or_default().to_owned();
         assert!(
@@ -1219,13 +1215,7 @@ async fn a_revocation_list_is_held_back_until_it_can_be_checked() {
         })
         .await;
         // No read of kv-crl, no event: on to the StatefulSet.
-        expect(
-            &mut h,
-            "GET",
-            &format!("{APPS}/statefulsets/kv"),
-            move |_| (200, statefulset_mounting(mounted)),
-        )
-        .await;
+        answer_statefulset_mounting(&mut h, mounted).await;
         let (sts, status) = finish_after_statefulset_read(h, run).await;
         assert_eq!(gives_crl(&sts), mounted, "held back unless mounted already");
         assert_eq!(
