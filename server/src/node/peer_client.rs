@@ -4,8 +4,10 @@
 //! One `reqwest::Client` serves every call to peers, and its pool keeps
 //! their connections open. A TLS handshake checks the peer's certificate
 //! against the CA and revocation lists loaded at that moment; a pooled
-//! connection is never checked again. So a reload (a new revocation list,
-//! a new CA, this node's own certificate renewed) builds a new client,
+//! connection is never checked again. So a reload that changes what the
+//! files hold (a new revocation list, a new CA, this node's own
+//! certificate renewed; see [`crate::tls::Material::reloads`]) builds a
+//! new client,
 //! with an empty pool, and announces it: the peer streams end cleanly
 //! (what a stream was handed is still sent, unless its peer does not
 //! answer within a few seconds; Paxos resends what is lost) and reopen

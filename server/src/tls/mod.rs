@@ -11,7 +11,8 @@
 //! either direction, first checks the stamp and reloads when it changed. A
 //! new certificate is therefore served by the next connection, with no
 //! restart and no dropped request (connections already open keep the
-//! certificate they started with). A reload that fails (a half-written
+//! certificate they started with). Files touched, or written again with
+//! the same bytes, are read and change nothing. A reload that fails (a half-written
 //! file, a key that does not match the certificate) keeps the previous
 //! material and logs why, and the next handshake tries again.
 //!
@@ -250,10 +251,31 @@ fn stamp(paths: &TlsPaths) -> std::io::Result<Stamp> {
         .collect()
 }
 
+/// The bytes of the files of one [`TlsPaths`].
+#[derive(Debug, PartialEq, Eq)]
+struct Contents {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: Option<Vec<u8>>,
+    crl: Option<Vec<u8>>,
+}
+
+fn read_file(path: &Path, role: FileRole) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::about(path, role, e))
+}
+
 /// One loaded version of the files.
 #[derive(Debug)]
 struct Loaded {
     stamp: Stamp,
+    /// The files' bytes as read: a reload whose files hold the same bytes
+    /// (a touch, a Secret volume refreshed with what it had) changes
+    /// nothing, so it renews nothing (see [`Material::reloads`]).
+    contents: Contents,
+    /// Whether [`Material::reloads`] told of these contents (or they were
+    /// loaded at start, before any connection): a reload that finds the
+    /// same bytes then has nothing to tell.
+    announced: bool,
     /// When the leaf certificate expires (Unix seconds).
     not_after: i64,
     key: Arc<CertifiedKey>,
@@ -296,7 +318,21 @@ fn load(
             .unwrap_or((&paths.cert, FileRole::Cert));
         TlsError::about(missing, role, e)
     })?;
-    let chain = read_certs(&paths.cert).map_err(|e| e.of(FileRole::Cert))?;
+    // Each file is read once and parsed from those bytes, so that what is
+    // kept to compare with the next reload is what was loaded.
+    let contents = Contents {
+        cert: read_file(&paths.cert, FileRole::Cert)?,
+        key: read_file(&paths.key, FileRole::Key)?,
+        ca: (paths.ca.as_deref())
+            .map(|p| read_file(p, FileRole::Ca))
+            .transpose()?,
+        crl: (paths.crl.as_deref())
+            .map(|p| read_file(p, FileRole::Crl))
+            .transpose()?,
+    };
+    let (cert_pem, key_pem) = (contents.cert.as_slice(), contents.key.as_slice());
+    let (ca_pem, crl_pem) = (contents.ca.as_deref(), contents.crl.as_deref());
+    let chain = read_certs(&paths.cert, cert_pem).map_err(|e| e.of(FileRole::Cert))?;
     let not_after = x509_parser::parse_x509_certificate(&chain[0])
         .map_err(|e| {
             TlsError::about(
@@ -316,7 +352,7 @@ fn load(
             "this certificate has expired: clients and peers will refuse it"
         );
     }
-    let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
         TlsError::about(
             &paths.key,
             FileRole::Key,
@@ -331,18 +367,18 @@ fn load(
         )
     })?;
     let mut enforced = Vec::new();
-    let (server_verifier, client_verifier) = match &paths.ca {
-        None => (None, None),
-        Some(ca) => {
-            let cas = read_certs(ca).map_err(|e| e.of(FileRole::Ca))?;
-            let crls = match &paths.crl {
-                Some(crl) => {
-                    let read = read_crls(crl, &cas, ca, previous.map(|p| p.enforced.as_slice()))
+    let (server_verifier, client_verifier) = match (&paths.ca, ca_pem) {
+        (Some(ca), Some(ca_pem)) => {
+            let cas = read_certs(ca, ca_pem).map_err(|e| e.of(FileRole::Ca))?;
+            let crls = match (&paths.crl, crl_pem) {
+                (Some(crl), Some(crl_pem)) => {
+                    let previous = previous.map(|p| p.enforced.as_slice());
+                    let read = read_crls(crl, crl_pem, &cas, ca, previous)
                         .map_err(|e| e.of(FileRole::Crl))?;
                     enforced = read.enforced;
                     read.lists
                 }
-                None => Vec::new(),
+                _ => Vec::new(),
             };
             let mut roots = RootCertStore::empty();
             for cert in cas {
@@ -373,9 +409,12 @@ fn load(
                 .map_err(|e| TlsError::about(file, role, e))?;
             (Some(server), Some(client))
         }
+        _ => (None, None),
     };
     let loaded = Loaded {
         stamp,
+        contents,
+        announced: true,
         not_after,
         key: Arc::new(key),
         server_verifier,
@@ -439,12 +478,12 @@ struct Crls {
 ///   effect. To stop checking a CA, give it an empty list.
 fn read_crls(
     path: &Path,
+    pem: &[u8],
     cas: &[CertificateDer<'static>],
     ca_path: &Path,
     previous: Option<&[InForce]>,
 ) -> Result<Crls, TlsError> {
-    let lists = CertificateRevocationListDer::pem_file_iter(path)
-        .map_err(|e| TlsError::file(path, e))?
+    let lists = CertificateRevocationListDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::file(path, format!("not PEM revocation lists: {e}")))?;
     let (enforced, orphans) = match_crls(&lists, cas, &ca_path.display().to_string(), previous)
@@ -700,9 +739,9 @@ fn own_revocation(
     }
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError::file(path, e))?
+/// The certificates in `pem`, read from `path` (for messages).
+fn read_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::file(path, format!("not PEM certificates: {e}")))?;
     if certs.is_empty() {
@@ -778,9 +817,11 @@ impl Material {
         }))
     }
 
-    /// Changes after every successful reload of the files, so that
-    /// connections admitted under what was loaded before can be checked
-    /// again with [`Material::admits`].
+    /// Changes after every successful reload of files whose contents
+    /// changed, so that connections admitted under what was loaded before
+    /// can be checked again with [`Material::admits`], and peer calls move
+    /// to connections checked against what is loaded now. Files touched,
+    /// or written again with the same bytes, do not count.
     pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
         self.reloaded.subscribe()
     }
@@ -891,23 +932,38 @@ impl Material {
             return held;
         }
         match load(&self.paths, &self.provider, &self.client_auth, Some(&held)) {
-            Ok(fresh) => {
+            Ok(mut fresh) => {
                 *failed = None;
+                // Open connections are checked again only against files
+                // that did not change while they were read: a CA bundle
+                // rewritten in place and read half-way would otherwise
+                // close the connections of the CAs not read yet. Files
+                // still changing are read again by the next handshake or
+                // refresh, which tells the connections then, even if it
+                // finds the bytes read this time.
+                let unchanged = held.announced && fresh.contents == held.contents;
+                let settled = stamp(&self.paths).is_ok_and(|now| now == fresh.stamp);
+                fresh.announced = unchanged || settled;
                 let fresh = Arc::new(fresh);
-                tracing::info!(cert = %self.paths.cert.display(), "TLS certificates reloaded");
                 let mut g = match self.current.write() {
                     Ok(g) => g,
                     Err(poisoned) => poisoned.into_inner(),
                 };
                 *g = fresh.clone();
                 drop(g);
-                // Open connections are checked again only against files
-                // that did not change while they were read: a CA bundle
-                // rewritten in place and read half-way would otherwise
-                // close the connections of the CAs not read yet. Files
-                // still changing are read again by the next handshake or
-                // refresh, which tells the connections then.
-                if stamp(&self.paths).is_ok_and(|now| now == fresh.stamp) {
+                if unchanged {
+                    // Touched or rewritten with the same bytes: the new
+                    // stamp is kept so they are not read again, and
+                    // nothing that depends on what they hold is renewed
+                    // (every peer stream would reopen for nothing).
+                    tracing::debug!(
+                        cert = %self.paths.cert.display(),
+                        "TLS files touched, their contents unchanged"
+                    );
+                    return fresh;
+                }
+                tracing::info!(cert = %self.paths.cert.display(), "TLS certificates reloaded");
+                if settled {
                     self.reloaded.send_modify(|n| *n += 1);
                 }
                 if let Ok(o) = self.observer.lock()
@@ -1809,6 +1865,59 @@ mod tests {
         assert!(watching(chain).await.is_ok(), "no longer admitted");
     }
 
+    #[test]
+    fn files_touched_or_written_again_unchanged_are_no_reload() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = TestCa::new(dir.path(), "CA");
+        let (cert, key, _) = ca.leaf("server");
+        let crl = ca.revoke(&[], 1);
+        let server = Material::load(
+            TlsPaths {
+                cert,
+                key,
+                ca: Some(ca.ca_file()),
+                crl: Some(crl.clone()),
+            },
+            ClientAuth::Required,
+        )
+        .expect("server");
+        let mut reloads = server.reloads();
+        let held_stamp = || server.current.read().expect("lock").stamp.clone();
+
+        // The same bytes written in place, and swapped in as a new file
+        // (as a Secret volume does): read again, not a reload.
+        for file in [ca.ca_file(), crl.clone()] {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let bytes = std::fs::read(&file).expect("read");
+            std::fs::write(&file, &bytes).expect("write");
+            server.refresh();
+            assert_eq!(held_stamp(), stamp(server.paths()).expect("stamp"));
+            let swap = dir.path().join("swap");
+            std::fs::write(&swap, &bytes).expect("write");
+            std::fs::rename(&swap, &file).expect("rename");
+            server.refresh();
+            assert_eq!(held_stamp(), stamp(server.paths()).expect("stamp"));
+            assert!(!reloads.has_changed().expect("alive"), "not a reload");
+        }
+
+        // New contents are.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        ca.revoke(&[], 2);
+        server.refresh();
+        assert!(reloads.has_changed().expect("alive"), "a new list");
+        reloads.borrow_and_update();
+
+        // Contents that changed while they were read were not told of
+        // (see `current`): reading the same bytes again, settled, is.
+        let mut unsettled =
+            load(server.paths(), &server.provider, &server.client_auth, None).expect("load");
+        unsettled.announced = false;
+        unsettled.stamp = Vec::new();
+        *server.current.write().expect("lock") = Arc::new(unsettled);
+        server.refresh();
+        assert!(reloads.has_changed().expect("alive"), "told once settled");
+    }
+
     #[tokio::test]
     async fn a_tls_client_still_sending_an_oversized_body_reads_the_413() {
         use crate::net::tests::{send_oversized, small_body_app};
@@ -1929,7 +2038,9 @@ mod tests {
 
         // A client with rustls' own order (AES-256-GCM first) gets it.
         let mut roots = RootCertStore::empty();
-        for ca in read_certs(material.paths().ca.as_deref().expect("ca")).expect("ca") {
+        let ca_file = material.paths().ca.clone().expect("ca");
+        let ca_pem = std::fs::read(&ca_file).expect("ca");
+        for ca in read_certs(&ca_file, &ca_pem).expect("ca") {
             roots.add(ca).expect("root");
         }
         let theirs = ClientConfig::builder_with_provider(Arc::new(
@@ -1939,7 +2050,10 @@ mod tests {
         .expect("versions")
         .with_root_certificates(roots)
         .with_client_auth_cert(
-            read_certs(&material.paths().cert).expect("cert"),
+            CertificateDer::pem_file_iter(&material.paths().cert)
+                .expect("cert")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("cert"),
             PrivateKeyDer::from_pem_file(&material.paths().key).expect("key"),
         )
         .expect("client auth");
