@@ -700,4 +700,14 @@ async fn the_auth_commands_manage_roles_and_tokens_from_the_command_line() {
     let (code, _, err) = cli(&c, &missing, &["auth", "token", "list"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("missing.token"), "{err}");
+    // A role name that cannot be one is refused for what it is, not as a
+    // route the endpoint lacks.
+    for args in [
+        &["auth", "role", "put", "", "--read", "app/"][..],
+        &["auth", "role", "delete", "a b"][..],
+    ] {
+        let (code, _, err) = cli(&c, &admin, args);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("role") && err.contains("1 to 64"), "{err}");
+    }
 }

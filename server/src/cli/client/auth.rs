@@ -106,6 +106,12 @@ fn permissions(read: &[String], write: &[String]) -> Vec<Value> {
         .collect()
 }
 
+/// A role name is a path segment: an empty one would reach no route, and
+/// the answer would blame the endpoint rather than the name.
+fn check_role_name(name: &str) -> Result<(), CliError> {
+    crate::auth::check_name("role", name).map_err(|refusal| CliError::Usage(refusal.message))
+}
+
 pub async fn run(args: AuthArgs) -> Result<(), CliError> {
     let client = Client::new(&args.connect)?;
     let format = args.output.format();
@@ -118,6 +124,7 @@ pub async fn run(args: AuthArgs) -> Result<(), CliError> {
             write,
             admin,
         }) => {
+            check_role_name(&name)?;
             if read.is_empty() && write.is_empty() && !admin {
                 return Err(CliError::Usage(
                     "give at least one of --read PREFIX, --write PREFIX or --admin".into(),
@@ -128,6 +135,7 @@ pub async fn run(args: AuthArgs) -> Result<(), CliError> {
             send(&client, reqwest::Method::PUT, &path, Some(body)).await?
         }
         AuthAction::Role(RoleAction::Delete { name }) => {
+            check_role_name(&name)?;
             let path = format!("/v1/auth/roles/{}", path_segment(name.as_bytes()));
             send(&client, reqwest::Method::DELETE, &path, None).await?
         }
