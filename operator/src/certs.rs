@@ -431,8 +431,10 @@ pub enum ListCheck {
     /// A replica starting with it would stop, for this reason.
     Unusable(String),
     /// It is older than the list last given to the replicas, for this
-    /// reason: a replica that restarts would take it (running ones refuse
-    /// it on their reload) and admit what was revoked since.
+    /// reason: a replica on a new volume (scaled up, or replacing a lost
+    /// one) would take it and admit what was revoked since (running ones
+    /// refuse it on their reload, and one that restarts keeps the newer
+    /// list its volume holds).
     Older(String),
     /// It cannot be checked yet: cert-manager has yet to write the
     /// certificate Secret, whose CA it is checked against.
@@ -490,8 +492,8 @@ pub async fn ensure(
         return Ok((
             Some(tls),
             ListCheck::Older(format!(
-                "{at}: {why} (status.revocationLists): a replica that restarts would take it \
-                 and admit what was revoked since; put the newest lists in the Secret"
+                "{at}: {why} (status.revocationLists): a replica on a new volume would take \
+                 it and admit what was revoked since; put the newest lists in the Secret"
             )),
         ));
     }

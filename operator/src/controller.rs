@@ -857,8 +857,10 @@ async fn hold_back_revocation_list(
     let kept = match (&held, &mounted, problem) {
         (None, _, None) => "The pods mount it already".to_owned(),
         (None, _, Some((_, "RevocationListOlder"))) => {
-            "The pods mount it already: running replicas keep the newer lists they loaded, \
-             and a replica that restarts takes this one"
+            "The pods mount it already: replicas keep the newer lists they loaded, also \
+             across restarts, and take no change to their TLS files (renewed certificates \
+             included) until the list is at least as new; a replica on a new volume takes \
+             this one"
                 .to_owned()
         }
         (None, _, Some(_)) => "The pods mount it already: running replicas keep the lists \

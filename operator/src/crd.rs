@@ -801,7 +801,7 @@ pub struct PaxosKVStatus {
     pub recovery: Option<RecoveryStatus>,
     /// The revocation lists last given to the replicas
     /// (`spec.tls.revocationList`), one per CA: a list older than one of
-    /// these is refused, since a replica that restarts would take it.
+    /// these is refused, since a replica on a new volume would take it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revocation_lists: Vec<RevocationListStatus>,
     /// Available, Progressing, Degraded, VolumeLost, Hibernated, Ready and

@@ -886,7 +886,7 @@ async fn a_revocation_list_older_than_the_one_given_is_reported_and_held_back() 
         );
         if mounted {
             assert!(
-                note.contains("a replica that restarts takes this one"),
+                note.contains("a replica on a new volume takes this one"),
                 "{note}"
             );
         }

@@ -530,8 +530,8 @@ async fn a_replaced_ca_closes_the_connections_its_certificates_opened() {
 }
 
 /// `--tls-crl`: a client certificate put on the revocation list loses the
-/// connections it has open and gets no new one; other certificates of the
-/// CA are untouched.
+/// connections it has open and gets no new one, also after a restart
+/// beside an older list; other certificates of the CA are untouched.
 #[tokio::test]
 async fn a_certificate_put_on_the_revocation_list_is_shut_out() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -571,6 +571,28 @@ async fn a_certificate_put_on_the_revocation_list_is_shut_out() {
     assert!(format!("{err:?}").contains("CertificateRevoked"), "{err:?}");
     assert!(
         c.log_of(0).contains("no longer admitted"),
+        "{}",
+        c.log_of(0)
+    );
+
+    // The list from before the revocation put back while the node is
+    // down: it starts on the newer list it kept, and says so.
+    let mut c = c;
+    c.kill9(0);
+    pki::replace(&crl, &ca.revocation_list(&[], 1));
+    c.spawn(0);
+    c.wait_for_master(Duration::from_secs(20)).await;
+    let r = pki::client(&ca, Some(&kept))
+        .get(&url)
+        .send()
+        .await
+        .expect("a certificate no list names");
+    assert_eq!(r.status(), 200);
+    let refused = pki::client(&ca, Some(&leaked)).get(&url).send().await;
+    let err = refused.expect_err("still revoked after a restart");
+    assert!(format!("{err:?}").contains("CertificateRevoked"), "{err:?}");
+    assert!(
+        c.log_of(0).contains("had in force before it stopped"),
         "{}",
         c.log_of(0)
     );

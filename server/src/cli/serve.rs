@@ -239,6 +239,8 @@ pub struct ServeArgs {
     /// is given, on the peer port and by new calls to peers. Reloaded when
     /// the file changes, like the certificates; connections to this node
     /// that are open with a certificate the new lists revoke are closed.
+    /// A list older than the one in force for its CA is refused, also
+    /// across restarts (the lists in force are kept in --data-dir).
     #[arg(long, env = "PHXKV_TLS_CRL", value_name = "PATH", requires = "tls_ca")]
     pub tls_crl: Option<PathBuf>,
 
@@ -439,7 +441,8 @@ impl ServeArgs {
                     crl: self.tls_crl.clone().filter(|_| self.client_cert_auth),
                 };
                 let flags = ["tls-cert", "tls-key", "tls-ca", "tls-crl"];
-                let loaded = Material::load(paths, auth);
+                let kept = crate::tls::kept::path_in(&self.data_dir, "client");
+                let loaded = Material::load_keeping(paths, auth, Some(kept));
                 Some(loaded.map_err(|e| bad(flag_of_file(&e, flags), e.to_string()))?)
             }
             _ => None,
@@ -514,23 +517,27 @@ impl ServeArgs {
             None => ("tls-ca", "tls-crl"),
         };
         let flags = [cert_flag, key_flag, ca_flag, crl_flag];
-        let peer =
-            Material::load(paths, auth).map_err(|e| bad(flag_of_file(&e, flags), e.to_string()))?;
+        let kept = crate::tls::kept::path_in(&self.data_dir, "peer");
+        let peer = Material::load_keeping(paths, auth, Some(kept))
+            .map_err(|e| bad(flag_of_file(&e, flags), e.to_string()))?;
         Ok((client, Some(peer)))
+    }
+
+    /// The node's name: `--id`, or else the host name (a pod's name).
+    fn node_name(&self) -> Result<String, CliError> {
+        let bad = |msg: String| CliError::Usage(format!("--id: {msg}"));
+        let name = match &self.id {
+            Some(n) => n.clone(),
+            None => hostname()
+                .ok_or_else(|| bad("no node name given and the host name is unknown".into()))?,
+        };
+        cluster::validate_name(&name).map_err(bad)?;
+        Ok(name)
     }
 
     pub fn validate(&self) -> Result<Validated, CliError> {
         let bad = |flag: &str, msg: String| CliError::Usage(format!("--{flag}: {msg}"));
-        let name = match &self.id {
-            Some(n) => n.clone(),
-            None => hostname().ok_or_else(|| {
-                bad(
-                    "id",
-                    "no node name given and the host name is unknown".into(),
-                )
-            })?,
-        };
-        cluster::validate_name(&name).map_err(|e| bad("id", e))?;
+        let name = self.node_name()?;
         if self.cluster_id.is_empty() {
             return Err(bad("cluster-id", "must not be empty".into()));
         }
@@ -909,9 +916,12 @@ where
 
 /// `phxkv serve`.
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
-    let v = args.validate()?;
-    let _telemetry = telemetry::init("phxkv", &v.node.name, v.log_format)
+    // Logging first: loading the TLS files (in `validate`) has warnings
+    // to give, such as a certificate that has expired or a revocation list
+    // kept from before a restart standing in for an older one.
+    let _telemetry = telemetry::init("phxkv", &args.node_name()?, args.log_format)
         .map_err(|e| CliError::Fatal(format!("cannot set up logging: {e}")))?;
+    let v = args.validate()?;
     if args.peer_encoding.as_deref() == Some("compact") {
         tracing::warn!(
             "--peer-encoding compact (PHXKV_PEER_ENCODING) is ignored: this version's peers \
@@ -940,6 +950,10 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         ),
         None => None,
     };
+    let keeping: Vec<Arc<Material>> = [v.client_tls.clone(), v.node.peer_tls.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
     let running = start(
         v.node,
         v.client_tls,
@@ -949,6 +963,11 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         rx.clone(),
     )
     .await?;
+    // The node holds its data directory now (locked, its identity
+    // checked): the revocation lists in force may be kept there.
+    for material in &keeping {
+        material.keep_in_force();
+    }
     let metrics_addr = match metrics_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();

@@ -40,13 +40,15 @@
 //!   other side's against the CA and against the host name of its peer URL.
 //! - With revocation lists (`--tls-crl`, `--peer-tls-crl`), a certificate
 //!   they list is refused in every one of these checks. The lists are read
-//!   and reloaded with the other files.
+//!   and reloaded with the other files, and kept in the data directory so
+//!   that a restart does not fall back to an older one ([`kept`]).
 //!
 //! [`listener`] accepts TLS connections for axum and answers a plain-HTTP
 //! request on a TLS port with a clear error instead of a stalled handshake.
 
 pub mod dev_ca;
 pub mod issue;
+pub mod kept;
 pub mod listener;
 
 use std::path::{Path, PathBuf};
@@ -237,6 +239,9 @@ impl TlsPaths {
     }
 }
 
+/// How many more times the files are read at start while they change.
+const START_READS: usize = 5;
+
 /// What identifies a version of the files: changes when any is replaced.
 type Stamp = Vec<(u64, u64, u64, Option<SystemTime>)>;
 
@@ -272,6 +277,9 @@ struct Loaded {
     /// (a touch, a Secret volume refreshed with what it had) changes
     /// nothing, so it renews nothing (see [`Material::reloads`]).
     contents: Contents,
+    /// The revocation lists in force, as PEM, for [`kept::write`] (empty
+    /// without lists).
+    in_force_pem: Vec<u8>,
     /// Whether [`Material::reloads`] told of these contents (or they were
     /// loaded at start, before any connection): a reload that finds the
     /// same bytes then has nothing to tell.
@@ -299,6 +307,7 @@ fn load(
     provider: &Arc<CryptoProvider>,
     client_auth: &ClientAuth,
     previous: Option<&Loaded>,
+    kept: Option<&Path>,
 ) -> Result<Loaded, TlsError> {
     // The stamp is taken first: a file replaced while it is read gives a
     // stamp that no longer matches, so the next handshake reads it again.
@@ -367,15 +376,19 @@ fn load(
         )
     })?;
     let mut enforced = Vec::new();
+    let mut in_force_pem = Vec::new();
+    let mut used_kept = false;
     let (server_verifier, client_verifier) = match (&paths.ca, ca_pem) {
         (Some(ca), Some(ca_pem)) => {
             let cas = read_certs(ca, ca_pem).map_err(|e| e.of(FileRole::Ca))?;
             let crls = match (&paths.crl, crl_pem) {
                 (Some(crl), Some(crl_pem)) => {
                     let previous = previous.map(|p| p.enforced.as_slice());
-                    let read = read_crls(crl, crl_pem, &cas, ca, previous)
+                    let read = read_crls(crl, crl_pem, &cas, ca, previous, kept)
                         .map_err(|e| e.of(FileRole::Crl))?;
                     enforced = read.enforced;
+                    in_force_pem = read.in_force_pem;
+                    used_kept = read.used_kept;
                     read.lists
                 }
                 _ => Vec::new(),
@@ -414,6 +427,7 @@ fn load(
     let loaded = Loaded {
         stamp,
         contents,
+        in_force_pem,
         announced: true,
         not_after,
         key: Arc::new(key),
@@ -422,7 +436,19 @@ fn load(
         enforced,
     };
     if let (Some(crl), Some(verifier)) = (&paths.crl, &loaded.client_verifier) {
-        check_own_revocation(&loaded.key, verifier.as_ref(), crl)?;
+        check_own_revocation(&loaded.key, verifier.as_ref(), crl).map_err(|e| match (e, kept) {
+            (TlsError::File { path, reason, role }, Some(record)) if used_kept => TlsError::File {
+                path,
+                reason: format!(
+                    "{reason} (with the lists this node had in force before it stopped, \
+                         kept in {}: give it a certificate they do not revoke, or delete that \
+                         file to start on the file's lists)",
+                    record.display()
+                ),
+                role,
+            },
+            (e, _) => e,
+        })?;
     }
     if let ClientAuth::RequiredNamed(want) = client_auth {
         let own = own_name(&loaded);
@@ -450,6 +476,11 @@ struct Crls {
     lists: Vec<CertificateRevocationListDer<'static>>,
     /// The lists of the CAs of the CA file that have one there.
     enforced: Vec<InForce>,
+    /// Those lists as PEM (see [`kept`]).
+    in_force_pem: Vec<u8>,
+    /// Whether a list kept from before a restart stands in for one of the
+    /// file's.
+    used_kept: bool,
 }
 
 /// The revocation lists in `path` (PEM) for the CAs `cas` (read from
@@ -482,10 +513,22 @@ fn read_crls(
     cas: &[CertificateDer<'static>],
     ca_path: &Path,
     previous: Option<&[InForce]>,
+    kept: Option<&Path>,
 ) -> Result<Crls, TlsError> {
-    let lists = CertificateRevocationListDer::pem_slice_iter(pem)
+    let mut lists = CertificateRevocationListDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::file(path, format!("not PEM revocation lists: {e}")))?;
+    // At start, the lists kept from before (see [`kept`]) stand in for
+    // older ones; on a reload, `previous` guards the same way.
+    let mut used_kept = false;
+    if previous.is_none()
+        && let Some(record) = kept
+    {
+        let held = kept::read(record);
+        if !held.is_empty() {
+            (lists, used_kept) = kept::newest(lists, held, cas, path, record);
+        }
+    }
     let (enforced, orphans) = match_crls(&lists, cas, &ca_path.display().to_string(), previous)
         .map_err(|reason| TlsError::file(path, reason))?;
     for issuer in &orphans {
@@ -496,7 +539,13 @@ fn read_crls(
              certificates that arrive with that issuer as an intermediate CA"
         );
     }
-    Ok(Crls { lists, enforced })
+    let in_force_pem = kept::pem_of(&lists, &enforced);
+    Ok(Crls {
+        lists,
+        enforced,
+        in_force_pem,
+        used_kept,
+    })
 }
 
 /// A CA's revocation list in force: whose it is and how new it is, so
@@ -770,6 +819,12 @@ pub struct Material {
     refusal_logged: AtomicI64,
     /// Counts successful reloads, for [`Material::reloads`].
     reloaded: tokio::sync::watch::Sender<u64>,
+    /// Where the revocation lists in force are kept across restarts (see
+    /// [`kept`]).
+    kept: Option<PathBuf>,
+    /// Set by [`Material::keep_in_force`]: until then nothing is written
+    /// to `kept`.
+    keeping: std::sync::atomic::AtomicBool,
 }
 
 type ExpiryObserver = Box<dyn Fn(i64) + Send + Sync>;
@@ -798,13 +853,38 @@ pub enum ClientAuth {
 impl Material {
     /// Loads the files now; an error names the file and what is wrong.
     pub fn load(paths: TlsPaths, client_auth: ClientAuth) -> Result<Arc<Self>, TlsError> {
+        Material::load_keeping(paths, client_auth, None)
+    }
+
+    /// As [`Material::load`], keeping the revocation lists in force at
+    /// `kept` (see [`kept::path_in`]): at start a CA's list kept there
+    /// stands in for an older one in the file, and every list that comes
+    /// into force is written there.
+    pub fn load_keeping(
+        paths: TlsPaths,
+        client_auth: ClientAuth,
+        kept: Option<PathBuf>,
+    ) -> Result<Arc<Self>, TlsError> {
         if client_auth != ClientAuth::Off && paths.ca.is_none() {
             return Err(TlsError::Config(
                 "client certificates are required but no CA is given to check them".into(),
             ));
         }
         let provider = provider();
-        let loaded = load(&paths, &provider, &client_auth, None)?;
+        // Files that change while they are read (a CA bundle half
+        // rewritten) are read again, a few times: what is loaded at start
+        // becomes what later reloads are held to, and what is kept.
+        let mut loaded = load(&paths, &provider, &client_auth, None, kept.as_deref())?;
+        for _ in 0..START_READS {
+            if stamp(&paths).is_ok_and(|now| now == loaded.stamp) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            loaded = load(&paths, &provider, &client_auth, None, kept.as_deref())?;
+        }
+        // Still changing: the next handshake or refresh reads them again
+        // and announces them then, and only then are they kept.
+        loaded.announced = stamp(&paths).is_ok_and(|now| now == loaded.stamp);
         Ok(Arc::new(Material {
             paths,
             provider,
@@ -814,7 +894,27 @@ impl Material {
             failed: std::sync::Mutex::new(None),
             refusal_logged: AtomicI64::new(0),
             reloaded: tokio::sync::watch::Sender::new(0),
+            kept,
+            keeping: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// From now on, writes the revocation lists in force where
+    /// [`Material::load_keeping`] was told to keep them: now, and after
+    /// every reload that changes them. Called once the node holds its data
+    /// directory, so that a process that fails to start (another one holds
+    /// the directory, or it belongs to another node) changes nothing there.
+    pub fn keep_in_force(&self) {
+        self.keeping.store(true, Ordering::SeqCst);
+        let held = match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if let Some(kept) = &self.kept
+            && held.announced
+        {
+            kept::write(kept, &held.in_force_pem);
+        }
     }
 
     /// Changes after every successful reload of files whose contents
@@ -931,7 +1031,13 @@ impl Material {
         if failed.as_ref() == Some(&now) {
             return held;
         }
-        match load(&self.paths, &self.provider, &self.client_auth, Some(&held)) {
+        match load(
+            &self.paths,
+            &self.provider,
+            &self.client_auth,
+            Some(&held),
+            None,
+        ) {
             Ok(mut fresh) => {
                 *failed = None;
                 // Open connections are checked again only against files
@@ -964,6 +1070,15 @@ impl Material {
                 }
                 tracing::info!(cert = %self.paths.cert.display(), "TLS certificates reloaded");
                 if settled {
+                    // Lists in force from an unsettled read are kept only
+                    // once a settled read confirms them: a crash in
+                    // between restarts on the lists kept before, which a
+                    // half-read file must never replace.
+                    if let Some(kept) = &self.kept
+                        && self.keeping.load(Ordering::SeqCst)
+                    {
+                        kept::write(kept, &fresh.in_force_pem);
+                    }
                     self.reloaded.send_modify(|n| *n += 1);
                 }
                 if let Ok(o) = self.observer.lock()
@@ -1866,6 +1981,141 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_keeps_the_newest_revocation_list_it_had_in_force() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = TestCa::new(dir.path(), "CA");
+        let (cert, key, _) = ca.leaf("server");
+        let (_, _, leaked_pem) = ca.leaf("leaked");
+        let leaked: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(leaked_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("chain");
+        let crl = ca.revoke(&[&leaked_pem], 5);
+        let paths = TlsPaths {
+            cert,
+            key,
+            ca: Some(ca.ca_file()),
+            crl: Some(crl.clone()),
+        };
+        let record = kept::path_in(&dir.path().join("data"), "peer");
+        let load = |paths: &TlsPaths| {
+            Material::load_keeping(paths.clone(), ClientAuth::Required, Some(record.clone()))
+                .expect("starts")
+        };
+        let start = |paths: &TlsPaths| {
+            let material = load(paths);
+            material.keep_in_force();
+            material
+        };
+        // Nothing is written before the node holds its data directory.
+        assert!(!load(&paths).admits(&leaked), "revoked");
+        assert!(!record.exists(), "kept before the node started");
+        assert!(!start(&paths).admits(&leaked), "revoked");
+        assert!(record.exists(), "the list in force is kept");
+
+        // An older list, from before the revocation, put back while the
+        // node was down: the kept one stands in for it. Without a record
+        // the node would take it, which is what this guards against.
+        let older = std::fs::read(ca.revoke(&[], 4)).expect("list");
+        assert!(
+            Material::load(paths.clone(), ClientAuth::Required)
+                .expect("starts")
+                .admits(&leaked),
+            "the file alone admits it"
+        );
+        assert!(
+            !start(&paths).admits(&leaked),
+            "still revoked after a restart"
+        );
+        // So does a file that lost this CA's list, beside another CA's.
+        let stranger_dir = tempfile::tempdir().expect("dir");
+        let stranger = TestCa::new(stranger_dir.path(), "another CA");
+        std::fs::copy(stranger.revoke(&[], 9), &crl).expect("copy");
+        assert!(!start(&paths).admits(&leaked), "still revoked");
+        std::fs::write(&crl, &older).expect("write");
+
+        // A newer list is taken as it is, and kept in turn: one that lifts
+        // the revocation (the CA's way of undoing one) holds from then on.
+        ca.revoke(&[], 6);
+        assert!(start(&paths).admits(&leaked), "lifted by a newer list");
+        std::fs::write(&crl, &older).expect("write");
+        assert!(start(&paths).admits(&leaked), "number 6 kept, 4 older");
+        // A list taken by a reload is kept too.
+        let running = start(&paths);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        ca.revoke(&[&leaked_pem], 7);
+        running.refresh();
+        assert!(!running.admits(&leaked), "revoked again by number 7");
+        std::fs::write(&crl, &older).expect("write");
+        assert!(
+            !start(&paths).admits(&leaked),
+            "number 7 kept at the reload"
+        );
+
+        // A CA replaced under the same name, with another key, takes its
+        // kept list's force with it: the node starts on the file's list.
+        let renewed_dir = tempfile::tempdir().expect("dir");
+        let renewed = TestCa::new(renewed_dir.path(), "CA");
+        let (cert, key, _) = renewed.leaf("server");
+        let (_, _, other_pem) = renewed.leaf("other");
+        let other: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(other_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("chain");
+        let paths = TlsPaths {
+            cert,
+            key,
+            ca: Some(renewed.ca_file()),
+            crl: Some(renewed.revoke(&[], 1)),
+        };
+        assert!(start(&paths).admits(&other), "the new CA's list, number 1");
+        let file_list = std::fs::read(paths.crl.as_ref().expect("crl")).expect("list");
+        assert_eq!(
+            kept::read(&record),
+            CertificateRevocationListDer::pem_slice_iter(&file_list)
+                .collect::<Result<Vec<_>, _>>()
+                .expect("list"),
+            "the new CA's list replaced the old one's"
+        );
+
+        // A record that is not PEM is ignored, with a warning.
+        std::fs::write(&record, b"-----BEGIN X509 CRL-----\nnot base64\n").expect("write");
+        assert!(start(&paths).admits(&other), "starts on the file's list");
+    }
+
+    #[test]
+    fn a_kept_list_that_revokes_the_certificate_given_is_named_at_start() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = TestCa::new(dir.path(), "CA");
+        let (cert, key, _) = ca.leaf("server");
+        let (old_cert, old_key, old_pem) = ca.leaf("old");
+        let crl = ca.revoke(&[&old_pem], 2);
+        let record = kept::path_in(&dir.path().join("data"), "client");
+        let paths = TlsPaths {
+            cert,
+            key,
+            ca: Some(ca.ca_file()),
+            crl: Some(crl),
+        };
+        Material::load_keeping(paths.clone(), ClientAuth::Required, Some(record.clone()))
+            .expect("starts")
+            .keep_in_force();
+        // Back on the revoked certificate, beside a list from before it
+        // was revoked.
+        ca.revoke(&[], 1);
+        let rolled_back = TlsPaths {
+            cert: old_cert,
+            key: old_key,
+            ..paths
+        };
+        let err = Material::load_keeping(rolled_back, ClientAuth::Required, Some(record.clone()))
+            .expect_err("its own certificate is revoked");
+        let err = err.to_string();
+        assert!(err.contains("revokes this node's own certificate"), "{err}");
+        assert!(err.contains(&record.display().to_string()), "{err}");
+    }
+
+    #[test]
     fn files_touched_or_written_again_unchanged_are_no_reload() {
         let dir = tempfile::tempdir().expect("dir");
         let ca = TestCa::new(dir.path(), "CA");
@@ -1909,8 +2159,14 @@ mod tests {
 
         // Contents that changed while they were read were not told of
         // (see `current`): reading the same bytes again, settled, is.
-        let mut unsettled =
-            load(server.paths(), &server.provider, &server.client_auth, None).expect("load");
+        let mut unsettled = load(
+            server.paths(),
+            &server.provider,
+            &server.client_auth,
+            None,
+            None,
+        )
+        .expect("load");
         unsettled.announced = false;
         unsettled.stamp = Vec::new();
         *server.current.write().expect("lock") = Arc::new(unsettled);
