@@ -566,9 +566,7 @@ async fn a_certificate_put_on_the_revocation_list_is_shut_out() {
         ends(watch).await,
         "the revoked certificate's watch is still open"
     );
-    let refused = pki::client(&ca, Some(&leaked)).get(&url).send().await;
-    let err = refused.expect_err("a revoked certificate");
-    assert!(format!("{err:?}").contains("CertificateRevoked"), "{err:?}");
+    refused_as_revoked(&ca, &leaked, &url).await;
     assert!(
         c.log_of(0).contains("no longer admitted"),
         "{}",
@@ -588,14 +586,20 @@ async fn a_certificate_put_on_the_revocation_list_is_shut_out() {
         .await
         .expect("a certificate no list names");
     assert_eq!(r.status(), 200);
-    let refused = pki::client(&ca, Some(&leaked)).get(&url).send().await;
-    let err = refused.expect_err("still revoked after a restart");
-    assert!(format!("{err:?}").contains("CertificateRevoked"), "{err:?}");
+    refused_as_revoked(&ca, &leaked, &url).await;
     assert!(
         c.log_of(0).contains("had in force before it stopped"),
         "{}",
         c.log_of(0)
     );
+}
+
+/// Asserts that a call to `url` with `leaf`'s certificate fails because
+/// the certificate is revoked.
+async fn refused_as_revoked(ca: &pki::Ca, leaf: &pki::Leaf, url: &str) {
+    let refused = pki::client(ca, Some(leaf)).get(url).send().await;
+    let err = refused.expect_err("a revoked certificate");
+    assert!(format!("{err:?}").contains("CertificateRevoked"), "{err:?}");
 }
 
 /// `--metrics-listen` serves the probes and metrics in plain HTTP beside a

@@ -1623,6 +1623,13 @@ mod tests {
 
     /// A CA in `dir` (`ca.crt`), and a way to issue its certificates for
     /// localhost as files: (certificate, key, the certificate's PEM).
+    /// The certificates of `pem`, leaf first.
+    fn chain_of(pem: &str) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("chain")
+    }
+
     struct TestCa {
         dir: PathBuf,
         ca: issue::Issued,
@@ -1959,10 +1966,7 @@ mod tests {
             ClientAuth::Required,
         )
         .expect("server");
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(client_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("chain");
+        let chain = chain_of(&client_pem);
         let watching = |chain: Vec<CertificateDer<'static>>| {
             tokio::time::timeout(
                 std::time::Duration::from_millis(300),
@@ -1986,10 +1990,7 @@ mod tests {
         let ca = TestCa::new(dir.path(), "CA");
         let (cert, key, _) = ca.leaf("server");
         let (_, _, leaked_pem) = ca.leaf("leaked");
-        let leaked: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(leaked_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("chain");
+        let leaked = chain_of(&leaked_pem);
         let crl = ca.revoke(&[&leaked_pem], 5);
         let paths = TlsPaths {
             cert,
@@ -2058,10 +2059,7 @@ mod tests {
         let renewed = TestCa::new(renewed_dir.path(), "CA");
         let (cert, key, _) = renewed.leaf("server");
         let (_, _, other_pem) = renewed.leaf("other");
-        let other: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(other_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("chain");
+        let other = chain_of(&other_pem);
         let paths = TlsPaths {
             cert,
             key,
