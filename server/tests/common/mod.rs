@@ -337,11 +337,32 @@ impl Cluster {
     }
 }
 
+/// Lines of each node's log a failing test prints.
+const LOG_LINES_ON_FAILURE: usize = 80;
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.procs.len() {
             self.resume(i);
             self.kill9(i);
+        }
+        // The logs live in a temporary directory that goes with the
+        // cluster: a test that failed (once, in CI, say) shows what its
+        // nodes said last, or nobody ever learns why.
+        if std::thread::panicking() {
+            for (i, p) in self.procs.iter().enumerate() {
+                let log = self.log_of(i);
+                let lines: Vec<&str> = log.lines().collect();
+                let from = lines.len().saturating_sub(LOG_LINES_ON_FAILURE);
+                eprintln!(
+                    "--- the last {} lines of {}'s log ---",
+                    lines.len() - from,
+                    p.name
+                );
+                for line in &lines[from..] {
+                    eprintln!("{line}");
+                }
+            }
         }
     }
 }
