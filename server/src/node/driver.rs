@@ -192,14 +192,23 @@ pub struct Driver {
     pub expiry_ids: RequestId,
 }
 
-/// Once this node sees another master (or none), writes it forwarded to the
-/// old one are answered "not master", to be sent again to the new one under
-/// the same request id: the old master may never propose them, and nothing
-/// else would tell. If it did propose them and they are chosen too, the
-/// state machine applies the second copy as a duplicate (see
+/// Once this node sees another master (or none), the writes waiting here
+/// that went to a node other than that one are answered "not master", to be
+/// sent again to the new one under the same request id: those it forwarded
+/// to the old master, which may never propose them, and, on a master that
+/// stepped down, those it proposed itself (`me`): ones in instances no
+/// majority accepted are never chosen, and nothing else would tell. If a
+/// first copy is chosen too (a new master re-proposes what it found
+/// accepted), the state machine applies the second as a duplicate (see
 /// [`crate::kv::dedup`]), so retrying is safe.
-fn answer_stale_forwards(waiters: &mut HashMap<RequestId, Waiter>, master: Option<NodeId>) {
-    for (_, w) in waiters.extract_if(|_, w| sent_elsewhere(w.forwarded_to, master)) {
+fn answer_stale_writes(
+    waiters: &mut HashMap<RequestId, Waiter>,
+    master: Option<NodeId>,
+    me: NodeId,
+) {
+    for (_, w) in
+        waiters.extract_if(|_, w| sent_elsewhere(Some(w.forwarded_to.unwrap_or(me)), master))
+    {
         let _ = w.reply.send(Err(ProposeError::NotMaster { hint: master }));
     }
 }
@@ -359,7 +368,7 @@ impl Driver {
             let now_master = self.replica.master_hint();
             if now_master != master {
                 master = now_master;
-                answer_stale_forwards(&mut waiters, master);
+                answer_stale_writes(&mut waiters, master, self.replica.id());
                 self.reads.answer_stale(master);
             }
             self.answer_lease_questions();
@@ -541,6 +550,10 @@ impl Driver {
                     hint: self.replica.master_hint(),
                 }));
             }
+        }
+        if ready.forwards_sent_again > 0 {
+            self.metrics
+                .inc_forwards_sent_again(ready.forwards_sent_again as u64);
         }
         for (id, e) in ready.refused {
             if let Some(w) = waiters.remove(&id) {
@@ -955,7 +968,42 @@ pub fn restore_store(snapshot: Option<snapshot_file::Reader>) -> Result<Store, S
 
 #[cfg(test)]
 mod tests {
-    use super::LogBytes;
+    use super::{LogBytes, Waiter, answer_stale_writes};
+    use crate::paxos::{ProposeError, RequestId};
+    use std::collections::HashMap;
+    use std::time::Instant;
+
+    #[test]
+    fn writes_that_went_to_a_node_other_than_the_master_are_answered_not_master() {
+        let me = 1;
+        let mut waiters = HashMap::new();
+        let mut answers = Vec::new();
+        let mut wait = |waiters: &mut HashMap<RequestId, Waiter>, seq, to| {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let waiter = Waiter {
+                reply,
+                since: Instant::now(),
+                forwarded_to: to,
+            };
+            waiters.insert(RequestId { client: 9, seq }, waiter);
+            answers.push((seq, rx));
+        };
+        // Proposed here while master: not stale while this node is master.
+        wait(&mut waiters, 1, None);
+        answer_stale_writes(&mut waiters, Some(me), me);
+        assert_eq!(waiters.len(), 1);
+        // Forwarded to node 2, and to node 3, which is master now.
+        wait(&mut waiters, 2, Some(2));
+        wait(&mut waiters, 3, Some(3));
+        answer_stale_writes(&mut waiters, Some(3), me);
+        let left: Vec<u64> = waiters.keys().map(|id| id.seq).collect();
+        assert_eq!(left, vec![3]);
+        for (seq, mut rx) in answers {
+            let got = rx.try_recv().ok();
+            let expected = (seq != 3).then_some(Err(ProposeError::NotMaster { hint: Some(3) }));
+            assert_eq!(got, expected, "request {seq}");
+        }
+    }
 
     #[test]
     fn log_bytes_count_what_no_published_snapshot_covers() {

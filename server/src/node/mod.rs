@@ -495,6 +495,8 @@ impl Node {
         }
         let mut engine = self.inner.cfg.engine.clone();
         engine.id = self.inner.id;
+        // A forward is sent again while its caller waits, and no longer.
+        engine.forward_for = self.inner.cfg.write_timeout;
         engine.seed = self.inner.id ^ self.inner.client_id;
         let now = self.inner.epoch.elapsed();
         let replica = Replica::new(engine, recovered, initial, now);
