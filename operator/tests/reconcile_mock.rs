@@ -615,29 +615,20 @@ fn kv_names() -> Vec<String> {
     .certificate_names("db")
 }
 
+/// A reconcile running in its own task.
+type Reconciling = tokio::task::JoinHandle<
+    Result<kube::runtime::controller::Action, phxkv_operator::controller::Error>,
+>;
+
 /// Starts a reconcile of `kv` with `spec`, a cluster created with TLS,
 /// and answers the pass up to its certificates: the static objects, the
 /// token and the bootstrap record.
-async fn start_tls_pass(
-    spec: Value,
-) -> (
-    ApiHandle,
-    tokio::task::JoinHandle<
-        Result<kube::runtime::controller::Action, phxkv_operator::controller::Error>,
-    >,
-) {
+async fn start_tls_pass(spec: Value) -> (ApiHandle, Reconciling) {
     start_tls_pass_of(paxoskv(spec)).await
 }
 
 /// [`start_tls_pass`] of `pkv` as it is (with a status, say).
-async fn start_tls_pass_of(
-    pkv: PaxosKV,
-) -> (
-    ApiHandle,
-    tokio::task::JoinHandle<
-        Result<kube::runtime::controller::Action, phxkv_operator::controller::Error>,
-    >,
-) {
+async fn start_tls_pass_of(pkv: PaxosKV) -> (ApiHandle, Reconciling) {
     let (service, mut h) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "db");
     let ctx = context(client, "http://127.0.0.1:9".into());
@@ -736,12 +727,7 @@ async fn answer_statefulset_mounting(h: &mut ApiHandle, list: bool) {
 /// The rest of a pass after it read the StatefulSet: its apply and what
 /// follows, to the end of the reconcile. Returns the applied StatefulSet
 /// and the status written.
-async fn finish_after_statefulset_read(
-    mut h: ApiHandle,
-    run: tokio::task::JoinHandle<
-        Result<kube::runtime::controller::Action, phxkv_operator::controller::Error>,
-    >,
-) -> (Value, Value) {
+async fn finish_after_statefulset_read(mut h: ApiHandle, run: Reconciling) -> (Value, Value) {
     let sts = expect(&mut h, "PATCH", &format!("{APPS}/statefulsets/kv"), |_| {
         (200, statefulset(3))
     })
@@ -1124,13 +1110,7 @@ async fn an_ageing_ca_is_rotated_trust_first_then_the_certificate() {
 
 /// A TLS pass with `issuerRef` up to the `Certificate` it applies (none
 /// existed), which it returns.
-async fn start_cert_manager_pass() -> (
-    ApiHandle,
-    tokio::task::JoinHandle<
-        Result<kube::runtime::controller::Action, phxkv_operator::controller::Error>,
-    >,
-    Value,
-) {
+async fn start_cert_manager_pass() -> (ApiHandle, Reconciling, Value) {
     let (mut h, run) =
         start_tls_pass(json!({"replicas": 3, "tls": {"issuerRef": {"name": "corp-ca"}}})).await;
     let certs = "/apis/cert-manager.io/v1/namespaces/db/certificates/kv-tls";

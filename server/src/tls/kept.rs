@@ -110,16 +110,15 @@ pub(super) fn newest(
             Err(_) => continue,
         }
         let held = version(&parsed);
-        let in_file = lists.iter().position(|l| {
-            x509_parser::parse_x509_crl(l).is_ok_and(|(_, l)| l.issuer().as_raw() == issuer)
+        // The file's list of that CA, and its version, in one parse.
+        let in_file = lists.iter().enumerate().find_map(|(i, l)| {
+            let (_, l) = x509_parser::parse_x509_crl(l).ok()?;
+            (l.issuer().as_raw() == issuer).then(|| (i, version(&l)))
         });
-        let why = match in_file {
+        let why = match &in_file {
             None => "the file holds no list of that CA".to_owned(),
-            Some(i) => {
-                let Some(why) = x509_parser::parse_x509_crl(&lists[i])
-                    .ok()
-                    .and_then(|(_, l)| version(&l).older_than(&held))
-                else {
+            Some((_, theirs)) => {
+                let Some(why) = theirs.older_than(&held) else {
                     continue;
                 };
                 format!("the file's {why}")
@@ -136,7 +135,7 @@ pub(super) fn newest(
              kept file and restart"
         );
         match in_file {
-            Some(i) => lists[i] = old,
+            Some((i, _)) => lists[i] = old,
             None => lists.push(old),
         }
         used = true;

@@ -906,10 +906,7 @@ impl Material {
     /// the directory, or it belongs to another node) changes nothing there.
     pub fn keep_in_force(&self) {
         self.keeping.store(true, Ordering::SeqCst);
-        let held = match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let held = self.held();
         if let Some(kept) = &self.kept
             && held.announced
         {
@@ -1011,13 +1008,19 @@ impl Material {
         let _ = self.current();
     }
 
+    /// The material held now, without looking at the files. A panic while
+    /// the lock was held left a whole `Arc` in it: still usable.
+    fn held(&self) -> Arc<Loaded> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// The material to use for a handshake starting now: reloaded first if
     /// any file changed since it was read.
     fn current(&self) -> Arc<Loaded> {
-        let held = match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let held = self.held();
         let now = match stamp(&self.paths) {
             Ok(now) if now != held.stamp => now,
             // Unchanged, or a file missing for a moment (mid-swap): keep
