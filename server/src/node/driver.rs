@@ -192,23 +192,20 @@ pub struct Driver {
     pub expiry_ids: RequestId,
 }
 
-/// Once this node sees another master (or none), the writes waiting here
-/// that went to a node other than that one are answered "not master", to be
-/// sent again to the new one under the same request id: those it forwarded
-/// to the old master, which may never propose them, and, on a master that
-/// stepped down, those it proposed itself (`me`): ones in instances no
-/// majority accepted are never chosen, and nothing else would tell. If a
-/// first copy is chosen too (a new master re-proposes what it found
-/// accepted), the state machine applies the second as a duplicate (see
+/// Once this node sees another master (or none), writes it forwarded to the
+/// old one are answered "not master", to be sent again to the new one under
+/// the same request id: the old master may never propose them, and nothing
+/// else would tell. If it did propose them and they are chosen too, the
+/// state machine applies the second copy as a duplicate (see
 /// [`crate::kv::dedup`]), so retrying is safe.
-fn answer_stale_writes(
-    waiters: &mut HashMap<RequestId, Waiter>,
-    master: Option<NodeId>,
-    me: NodeId,
-) {
-    for (_, w) in
-        waiters.extract_if(|_, w| sent_elsewhere(Some(w.forwarded_to.unwrap_or(me)), master))
-    {
+///
+/// Writes this node proposed itself, as a master that has since stepped
+/// down, wait for their deadline: one in an instance a new master may
+/// still choose must be answered "may still commit", never "retry", and
+/// the write loop could not tell that answer from an engine that refused
+/// it outright.
+fn answer_stale_forwards(waiters: &mut HashMap<RequestId, Waiter>, master: Option<NodeId>) {
+    for (_, w) in waiters.extract_if(|_, w| sent_elsewhere(w.forwarded_to, master)) {
         let _ = w.reply.send(Err(ProposeError::NotMaster { hint: master }));
     }
 }
@@ -368,7 +365,7 @@ impl Driver {
             let now_master = self.replica.master_hint();
             if now_master != master {
                 master = now_master;
-                answer_stale_writes(&mut waiters, master, self.replica.id());
+                answer_stale_forwards(&mut waiters, master);
                 self.reads.answer_stale(master);
             }
             self.answer_lease_questions();
@@ -968,14 +965,13 @@ pub fn restore_store(snapshot: Option<snapshot_file::Reader>) -> Result<Store, S
 
 #[cfg(test)]
 mod tests {
-    use super::{LogBytes, Waiter, answer_stale_writes};
+    use super::{LogBytes, Waiter, answer_stale_forwards};
     use crate::paxos::{ProposeError, RequestId};
     use std::collections::HashMap;
     use std::time::Instant;
 
     #[test]
-    fn writes_that_went_to_a_node_other_than_the_master_are_answered_not_master() {
-        let me = 1;
+    fn forwards_to_a_node_other_than_the_master_are_answered_not_master() {
         let mut waiters = HashMap::new();
         let mut answers = Vec::new();
         let mut wait = |waiters: &mut HashMap<RequestId, Waiter>, seq, to| {
@@ -988,19 +984,18 @@ mod tests {
             waiters.insert(RequestId { client: 9, seq }, waiter);
             answers.push((seq, rx));
         };
-        // Proposed here while master: not stale while this node is master.
+        // Proposed here (as a master, since stepped down), forwarded to
+        // node 2, and to node 3, which is master now.
         wait(&mut waiters, 1, None);
-        answer_stale_writes(&mut waiters, Some(me), me);
-        assert_eq!(waiters.len(), 1);
-        // Forwarded to node 2, and to node 3, which is master now.
         wait(&mut waiters, 2, Some(2));
         wait(&mut waiters, 3, Some(3));
-        answer_stale_writes(&mut waiters, Some(3), me);
-        let left: Vec<u64> = waiters.keys().map(|id| id.seq).collect();
-        assert_eq!(left, vec![3]);
+        answer_stale_forwards(&mut waiters, Some(3));
+        let mut left: Vec<u64> = waiters.keys().map(|id| id.seq).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec![1, 3]);
         for (seq, mut rx) in answers {
             let got = rx.try_recv().ok();
-            let expected = (seq != 3).then_some(Err(ProposeError::NotMaster { hint: Some(3) }));
+            let expected = (seq == 2).then_some(Err(ProposeError::NotMaster { hint: Some(3) }));
             assert_eq!(got, expected, "request {seq}");
         }
     }

@@ -204,6 +204,10 @@ struct Unanswered {
     cmd: Command,
     first_sent: Duration,
     last_sent: Duration,
+    /// Copies sent so far: each waits twice as long as the one before
+    /// (up to eight times `forward_retry`), so a master that is slow, not
+    /// lossy, is not sent every pending write again every second.
+    copies: u32,
 }
 
 #[derive(Debug)]
@@ -353,8 +357,12 @@ pub struct Replica {
     /// The [`Command::size_hint`]s of `unanswered`, bounded by
     /// [`MAX_UNANSWERED_FORWARD_BYTES`].
     unanswered_bytes: usize,
-    /// The highest commit index a master has reported to this replica.
+    /// The highest commit index a master has reported to this replica,
+    /// and when it last reported one.
     master_commit: Index,
+    master_report_at: Duration,
+    /// When [`Replica::resend_forwards`] next looks at `unanswered`.
+    next_forward_scan: Duration,
     /// Followers' read-index requests this master is answering, by the
     /// token it asked itself with (see [`REMOTE_READ_TOKEN`]): who asked,
     /// and their `seq`. Bounded; the oldest are forgotten first.
@@ -432,6 +440,8 @@ impl Replica {
             unanswered: BTreeMap::new(),
             unanswered_bytes: 0,
             master_commit: 0,
+            master_report_at: Duration::ZERO,
+            next_forward_scan: Duration::ZERO,
             remote_reads: BTreeMap::new(),
             next_remote_read: 0,
             ready: Ready::default(),
@@ -887,7 +897,14 @@ impl Replica {
                 self.ready.reads.push((seq, answer.into_result()));
             }
             Message::Forward { cmds } => self.on_forward(now, from, cmds),
-            Message::ForwardRefused { ids, hint, busy } => {
+            Message::ForwardRefused {
+                mut ids,
+                hint,
+                busy,
+            } => {
+                // A late refusal from a former master is not about the
+                // attempt sent since to the new one.
+                ids.retain(|id| self.unanswered.get(id).is_none_or(|u| u.to == from));
                 for id in &ids {
                     if let Some(u) = self.unanswered.remove(id) {
                         self.unanswered_bytes -= u.cmd.size_hint();
@@ -1196,6 +1213,7 @@ impl Replica {
     /// The master at `ballot` says every slot up to `commit` is chosen.
     fn learn_commit(&mut self, now: Duration, from: NodeId, ballot: Ballot, commit: Index) {
         self.master_commit = self.master_commit.max(commit);
+        self.master_report_at = self.master_report_at.max(now);
         if commit <= self.commit {
             return;
         }
@@ -2022,10 +2040,15 @@ impl Replica {
             return Err(ProposeError::Busy(self.cfg.max_queue));
         }
         let size = cmd.size_hint();
-        if let Some(u) = self.unanswered.remove(&cmd.id) {
-            // The caller sends it again (another attempt of one request).
-            self.unanswered_bytes -= u.cmd.size_hint();
-        }
+        // The caller may send one request again (to a new master): its
+        // copies still stop `forward_for` after its first send.
+        let first_sent = match self.unanswered.remove(&cmd.id) {
+            Some(u) => {
+                self.unanswered_bytes -= u.cmd.size_hint();
+                u.first_sent
+            }
+            None => now,
+        };
         if self.unanswered.len() < self.cfg.max_queue
             && self.unanswered_bytes + size <= MAX_UNANSWERED_FORWARD_BYTES
         {
@@ -2035,8 +2058,9 @@ impl Replica {
                 Unanswered {
                     to,
                     cmd: cmd.clone(),
-                    first_sent: now,
+                    first_sent,
                     last_sent: now,
+                    copies: 0,
                 },
             );
         }
@@ -2046,8 +2070,10 @@ impl Replica {
     }
 
     /// Sends again the forwards that have had no answer for
-    /// [`EngineConfig::forward_retry`], to the master they went to, once
-    /// this replica has applied everything that master reported committed;
+    /// [`EngineConfig::forward_retry`] (twice that after one copy, and so
+    /// on up to eight times), to the master they went to, once this replica
+    /// has applied everything that master reported committed in a report
+    /// that came after the forward's last send;
     /// forgets those that went to a node that is no longer the master this
     /// replica knows (the caller sends them again, to the new one) or
     /// were first sent [`EngineConfig::forward_for`] ago.
@@ -2060,26 +2086,30 @@ impl Replica {
     /// - the master proposes none while the first is queued, in flight or
     ///   chosen but not committed there (`Master::forwarded`);
     /// - this replica sends none while it lags behind the commit index the
-    ///   master reported: the first may be in what it has not applied yet.
-    ///   Once it has applied all of it (and so forgotten every forward of
+    ///   master reported, or before the master reported one after the last
+    ///   send: the first may be in what it has not applied yet. Once it has
+    ///   applied all of a fresh report (and so forgotten every forward of
     ///   its own in there), a copy meets a first that the master committed
-    ///   only after its report, moments before;
+    ///   only after that report, moments before;
     /// - none is sent past the caller's deadline.
     ///
     /// A new master holds no `forwarded` ids, but forwards to a former master
     /// are never sent again by the engine (the caller sends those under the
     /// same id, as it always has).
     fn resend_forwards(&mut self, now: Duration) {
-        if self.unanswered.is_empty() {
+        if self.unanswered.is_empty() || now < self.next_forward_scan {
             return;
         }
+        // A scan walks every entry: a few per `forward_retry`, not one per
+        // tick.
+        self.next_forward_scan = now + self.cfg.forward_retry / 4;
         let master = if self.is_master() {
             Some(self.cfg.id)
         } else {
             self.known_master
         };
         let (retry, until) = (self.cfg.forward_retry, self.cfg.forward_for);
-        let caught_up = self.emitted >= self.master_commit;
+        let (caught_up, report_at) = (self.emitted >= self.master_commit, self.master_report_at);
         let mut dropped = 0;
         let mut again: Vec<(NodeId, Command)> = Vec::new();
         self.unanswered.retain(|_, u| {
@@ -2087,8 +2117,10 @@ impl Replica {
                 dropped += u.cmd.size_hint();
                 return false;
             }
-            if caught_up && now >= u.last_sent + retry {
+            let due = u.last_sent + retry * (1 << u.copies.min(3));
+            if caught_up && report_at > u.last_sent && now >= due {
                 u.last_sent = now;
+                u.copies += 1;
                 again.push((u.to, u.cmd.clone()));
             }
             true

@@ -1008,7 +1008,7 @@ fn a_forward_lost_on_the_way_is_sent_again_and_applied_once() {
     assert!(net.batches(1).is_empty());
     // The network delivers again; the next copy goes through.
     net.dropper = None;
-    net.advance(Duration::from_millis(200), &[]);
+    net.advance(Duration::from_millis(500), &[]);
     for id in [1, 2, 3] {
         assert_eq!(net.batches(id), vec![vec![1]], "node {id}");
     }
@@ -1077,10 +1077,35 @@ fn a_follower_behind_the_masters_commit_does_not_send_a_forward_again() {
     assert_eq!(seen.get(), 1, "sent again while behind");
     // Caught up, it sends the forward again.
     net.dropper = None;
-    net.advance(Duration::from_millis(1100), &[]);
+    net.advance(Duration::from_millis(1500), &[]);
     for id in [1, 2, 3] {
         assert_eq!(net.batches(id), vec![vec![1], vec![2]], "node {id}");
     }
+}
+
+#[test]
+fn a_follower_that_hears_no_report_from_its_master_sends_no_copy() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.advance(Duration::from_millis(100), &[]);
+    // Node 2 stops hearing from node 1 (and never runs for master): what
+    // it knows of the commit index is as old as its forward.
+    net.nodes.get_mut(&2).expect("follower").forbid_candidacy();
+    let seen = Rc::new(Cell::new(0));
+    let counter = seen.clone();
+    net.dropper = Some(Box::new(move |env| {
+        let forward = env.from == 2 && matches!(env.msg, Message::Forward { .. });
+        if forward {
+            counter.set(counter.get() + 1);
+        }
+        forward || (env.from == 1 && env.to == 2)
+    }));
+    let now = net.now;
+    let f = net.nodes.get_mut(&2).expect("follower");
+    f.forward(now, 1, put(1, "a")).expect("queued");
+    net.advance(Duration::from_secs(5), &[]);
+    assert_eq!(net.nodes[&2].master_hint(), Some(1));
+    assert_eq!(seen.get(), 1, "a copy without a report since the forward");
 }
 
 #[test]
@@ -1092,10 +1117,40 @@ fn a_forward_is_sent_again_only_until_its_deadline() {
     let now = net.now;
     let f = net.nodes.get_mut(&2).expect("follower");
     f.forward(now, 1, put(1, "a")).expect("queued");
-    net.advance(Duration::from_secs(25), &[]);
-    // Sent at 0 s, then again each second up to 19 s: `forward_for` is 20 s.
-    assert_eq!(seen.get(), 20);
+    net.advance(Duration::from_secs(40), &[]);
+    // Sent at 0 s, then again 1, 2, 4 and 8 s after each send (about 1, 3,
+    // 7 and 15 s); the next, at about 23 s, would be past `forward_for`
+    // (20 s).
+    assert_eq!(seen.get(), 5);
     assert!(net.batches(1).is_empty());
+}
+
+#[test]
+fn a_late_refusal_from_another_node_leaves_a_forward_waiting() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.dropper = Some(counting_forwards(2, 1, false).1);
+    let now = net.now;
+    let f = net.nodes.get_mut(&2).expect("follower");
+    f.forward(now, 1, put(1, "a")).expect("queued");
+    net.settle(&[]);
+    let refused = |from| Envelope {
+        from,
+        to: 2,
+        msg: Message::ForwardRefused {
+            ids: vec![RequestId { client: 1, seq: 1 }],
+            hint: Some(1),
+            busy: false,
+        },
+    };
+    // Node 3 (say, a master it went to before) refuses it late: not about
+    // the attempt waiting at node 1.
+    net.wire.push_back(refused(3));
+    net.settle(&[]);
+    assert!(net.refused.get(&2).is_none_or(Vec::is_empty));
+    net.wire.push_back(refused(1));
+    net.settle(&[]);
+    assert_eq!(net.refused[&2].len(), 1);
 }
 
 #[test]
