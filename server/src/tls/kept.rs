@@ -156,7 +156,7 @@ fn version(list: &x509_parser::revocation_list::CertificateRevocationList<'_>) -
 /// The PEM of those of `lists` that are in force (`enforced`): what
 /// [`write`] keeps.
 pub(super) fn pem_of(lists: &[CertificateRevocationListDer<'_>], enforced: &[InForce]) -> Vec<u8> {
-    let mut pem = Vec::new();
+    let mut out = Vec::new();
     for list in lists {
         let in_force = x509_parser::parse_x509_crl(list).is_ok_and(|(_, l)| {
             enforced
@@ -164,23 +164,10 @@ pub(super) fn pem_of(lists: &[CertificateRevocationListDer<'_>], enforced: &[InF
                 .any(|e| e.subject.as_slice() == l.issuer().as_raw())
         });
         if in_force {
-            pem.extend_from_slice(b"-----BEGIN X509 CRL-----\n");
-            let encoded = base64_lines(list.as_ref());
-            pem.extend_from_slice(encoded.as_bytes());
-            pem.extend_from_slice(b"-----END X509 CRL-----\n");
+            let list = pem::Pem::new("X509 CRL", list.as_ref());
+            let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+            out.extend_from_slice(pem::encode_config(&list, lf).as_bytes());
         }
-    }
-    pem
-}
-
-fn base64_lines(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let text = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::with_capacity(text.len() + text.len() / 64 + 1);
-    for line in text.as_bytes().chunks(64) {
-        // Base64 is ASCII.
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
     }
     out
 }

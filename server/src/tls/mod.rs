@@ -1624,8 +1624,6 @@ mod tests {
         );
     }
 
-    /// A CA in `dir` (`ca.crt`), and a way to issue its certificates for
-    /// localhost as files: (certificate, key, the certificate's PEM).
     /// The certificates of `pem`, leaf first.
     fn chain_of(pem: &str) -> Vec<CertificateDer<'static>> {
         CertificateDer::pem_slice_iter(pem.as_bytes())
@@ -1633,6 +1631,8 @@ mod tests {
             .expect("chain")
     }
 
+    /// A CA in `dir` (`ca.crt`), and a way to issue its certificates for
+    /// localhost as files: (certificate, key, the certificate's PEM).
     struct TestCa {
         dir: PathBuf,
         ca: issue::Issued,
@@ -2133,7 +2133,7 @@ mod tests {
         )
         .expect("server");
         let mut reloads = server.reloads();
-        let held_stamp = || server.current.read().expect("lock").stamp.clone();
+        let held_stamp = || server.held().stamp.clone();
 
         // The same bytes written in place, and swapped in as a new file
         // (as a Secret volume does): read again, not a reload.
