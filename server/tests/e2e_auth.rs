@@ -441,7 +441,13 @@ async fn every_member_decodes_anonymous_ops(c: &Cluster) {
     for m in members {
         assert_eq!(
             m["peer_features"],
-            json!(["forward", "anonymous", "delete_prefix", "lease_owner"]),
+            json!([
+                "forward",
+                "anonymous",
+                "delete_prefix",
+                "lease_owner",
+                "lease_fence"
+            ]),
             "{info}"
         );
     }

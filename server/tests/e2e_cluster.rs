@@ -1050,12 +1050,20 @@ async fn large_writes_compact_the_log_by_size_before_the_instance_count() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_past_the_store_quota_are_refused_and_deletes_make_room() {
-    let c = Cluster::start(3, &["--quota-bytes", "1400"]).await;
+    let c = Cluster::start(3, &["--quota-bytes", "1600"]).await;
     let m = c.wait_for_master(Duration::from_secs(20)).await;
     let f = (m + 1) % c.procs.len();
+    // The master's lease fence is the store's first record: 182 bytes (14
+    // of key, 24 of value and 144 for the key's bookkeeping).
+    let held = |text: String| metric_sum(&text, "phxkv_store_bytes", "");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held(c.metrics_text(m).await) != 182.0 {
+        assert!(Instant::now() < deadline, "no lease fence on the master");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let big = "v".repeat(400);
     // 547 bytes each (key, value and 144 for the key's bookkeeping): two
-    // fit, a third would not.
+    // fit beside the fence, a third would not.
     assert_eq!(c.put(m, "q/1", &big).await.status(), 200);
     assert_eq!(c.put(m, "q/2", &big).await.status(), 200);
     let refused = c.put(m, "q/3", &big).await;
@@ -1063,7 +1071,7 @@ async fn writes_past_the_store_quota_are_refused_and_deletes_make_room() {
     let body = json_of(refused).await;
     assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("quota of 1400 bytes"), "{message}");
+    assert!(message.contains("quota of 1600 bytes"), "{message}");
     assert_eq!(c.get(m, "q/3", "").await.map(|(s, _)| s), Some(404));
     // A transaction that adds as much is refused the same way.
     let txn = c
@@ -1090,10 +1098,9 @@ async fn writes_past_the_store_quota_are_refused_and_deletes_make_room() {
 
     // A follower checks against what it has applied: once it has caught
     // up with the master, it refuses the next large write too.
-    let held = |text: String| metric_sum(&text, "phxkv_store_bytes", "");
     let on_master = held(c.metrics_text(m).await);
-    // q/2, q/s and q/3: 547 + 148 + 547.
-    assert_eq!(on_master, 1242.0);
+    // The fence, q/2, q/s and q/3: 182 + 547 + 148 + 547.
+    assert_eq!(on_master, 1424.0);
     let deadline = Instant::now() + Duration::from_secs(10);
     while held(c.metrics_text(f).await) != on_master {
         assert!(Instant::now() < deadline, "the follower never caught up");
@@ -1102,5 +1109,5 @@ async fn writes_past_the_store_quota_are_refused_and_deletes_make_room() {
     assert_eq!(c.put(f, "q/4", &big).await.status(), 507);
     let text = c.metrics_text(m).await;
     assert_eq!(metric_sum(&text, "phxkv_quota_refusals_total", ""), 2.0);
-    assert_eq!(metric_sum(&text, "phxkv_store_quota_bytes", ""), 1400.0);
+    assert_eq!(metric_sum(&text, "phxkv_store_quota_bytes", ""), 1600.0);
 }

@@ -100,6 +100,20 @@ fn commands() -> Vec<Command> {
                 granted: 12,
             }),
         },
+        Command {
+            id: RequestId { client: 9, seq: 2 },
+            op: Op::Lease(LeaseOp::Fence {
+                ballot: Ballot::new(4, 17),
+            }),
+        },
+        Command {
+            id: RequestId { client: 9, seq: 3 },
+            op: Op::Lease(LeaseOp::ExpireFenced {
+                id: 77,
+                granted: 12,
+                fence: 2,
+            }),
+        },
     ]
 }
 
@@ -270,6 +284,10 @@ fn results() -> Vec<OpResult> {
         },
         OpResult::LeaseNotFound { id: 77 },
         OpResult::LeaseIdTaken { id: 77 },
+        OpResult::LeaseFenced {
+            number: 2,
+            revision: 21,
+        },
     ]
 }
 

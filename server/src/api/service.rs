@@ -65,11 +65,11 @@ pub struct MemberInfo {
     pub healthy: bool,
     /// What the member does beyond the base peer protocol, as its latest
     /// request to the master said (the `phxkv-peer-features` header; see
-    /// the peer API document): `forward`, `anonymous`. During a rolling
+    /// the peer API document): `forward`, `anonymous` and so on. During a rolling
     /// upgrade this shows which members run a version that has them.
     /// `null` for a member not heard from since the master started.
     #[serde(default)]
-    #[schema(example = json!(["forward", "anonymous", "delete_prefix", "lease_owner"]))]
+    #[schema(example = json!(["forward", "anonymous", "delete_prefix", "lease_owner", "lease_fence"]))]
     pub peer_features: Option<Vec<String>>,
 }
 

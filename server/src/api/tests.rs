@@ -133,7 +133,9 @@ impl Service for Fake {
         let store = self.store();
         let mut timers = self.inner.timers.lock().expect("timers lock");
         let now = self.inner.epoch.elapsed();
-        timers.sync(now, crate::paxos::Ballot { round: 1, node: 1 }, &store);
+        // A single-replica fake: its own mastership, with no fence needed.
+        let ballot = crate::paxos::Ballot { round: 1, node: 1 };
+        let _ = timers.gate(now, ballot, &store, false);
         Ok(ids
             .into_iter()
             .map(|id| {

@@ -69,6 +69,7 @@ fn main() -> ExitCode {
     let refusals = Arc::new(AtomicU64::new(0));
     let renewals = Arc::new(AtomicU64::new(0));
     let expiries = Arc::new(AtomicU64::new(0));
+    let fenced_off = Arc::new(AtomicU64::new(0));
     let intrusions = Arc::new(AtomicU64::new(0));
     let forwarded = Arc::new(AtomicU64::new(0));
     let forward_refusals = Arc::new(AtomicU64::new(0));
@@ -79,6 +80,7 @@ fn main() -> ExitCode {
             let (next, failures, passed) = (next.clone(), failures.clone(), passed.clone());
             let refusals = refusals.clone();
             let (renewals, expiries) = (renewals.clone(), expiries.clone());
+            let fenced_off = fenced_off.clone();
             let (forwarded, follower_reads) = (forwarded.clone(), follower_reads.clone());
             let (forward_refusals, intrusions) = (forward_refusals.clone(), intrusions.clone());
             let verbose = args.verbose;
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
                     refusals.fetch_add(out.auth_refusals as u64, Ordering::SeqCst);
                     renewals.fetch_add(out.lease_renewals as u64, Ordering::SeqCst);
                     expiries.fetch_add(out.lease_expiries as u64, Ordering::SeqCst);
+                    fenced_off.fetch_add(out.lease_fenced_off as u64, Ordering::SeqCst);
                     intrusions.fetch_add(out.lease_intrusions_refused as u64, Ordering::SeqCst);
                     forwarded.fetch_add(out.forwarded_acks as u64, Ordering::SeqCst);
                     forward_refusals.fetch_add(out.forward_refusals as u64, Ordering::SeqCst);
@@ -148,7 +151,7 @@ fn main() -> ExitCode {
     }
     println!(
         "elapsed {:.1}s; {} writes refused alike on every replica by the auth rules (a revoked token, or no credential after auth enable); \
-         {} lease keep-alives, {} leases expired, none before its TTL; \
+         {} lease keep-alives, {} leases expired, none before its TTL, {} expiries fenced off by a later master; \
          {} uses of a lease by a token that does not hold it refused alike on every replica; \
          {} writes answered by the follower that forwarded them ({} sent back as not master), \
          {} reads served by a follower at the master's read index",
@@ -156,6 +159,7 @@ fn main() -> ExitCode {
         refusals.load(Ordering::SeqCst),
         renewals.load(Ordering::SeqCst),
         expiries.load(Ordering::SeqCst),
+        fenced_off.load(Ordering::SeqCst),
         intrusions.load(Ordering::SeqCst),
         forwarded.load(Ordering::SeqCst),
         forward_refusals.load(Ordering::SeqCst),

@@ -41,6 +41,52 @@
 //! - An expiry names the revision that granted the lease, and applies only
 //!   to that grant: a stale expiry chosen late cannot delete a lease that
 //!   was revoked and granted again under the same id.
+//!
+//! ## Fences: an expiry outlives the master that decided it
+//!
+//! The points above say when a master *decides* an expiry, but an op is
+//! applied where it is *chosen*, and Paxos may choose a master's proposal
+//! long after that master is gone: a master cut off in a minority (its
+//! master lease still valid) proposes an expiry that only the minority
+//! accepts; the majority elects a new master, which starts every deadline
+//! afresh and acknowledges keep-alives; that master fails before its own
+//! value for the instance reaches a quorum, and the next one finds the old
+//! expiry among its promises and gets it chosen, after keep-alives it knew
+//! nothing of. So every mastership first puts a **fence** in the log:
+//!
+//! - [`LeaseOp::Fence`] names the master's ballot. Applying it adds one to
+//!   the fence number kept in the state machine and records the ballot
+//!   (in a record clients never see, at no revision of its own).
+//! - A master answers no keep-alive and decides no expiry until it has
+//!   applied a fence that names its own ballot, and it proposes
+//!   [`LeaseOp::ExpireFenced`] carrying the number that fence gave. A
+//!   fenced expiry takes effect only where the fence number is still the
+//!   one it carries; anywhere else it changes nothing. Once any fence
+//!   exists, an unfenced [`LeaseOp::Expire`] changes nothing either.
+//!
+//! Why that is enough: say master M (ballot `b`) acknowledges a keep-alive
+//! having applied its fence, at log position `p`, and an expiry decided
+//! by master X takes effect at position `j`.
+//!
+//! - If `j` is before M's applied point, M applied the expiry before the
+//!   keep-alive and found the lease gone: it acknowledged nothing.
+//! - Otherwise `j` follows `p`, and the fence X's expiry carries is the
+//!   last fence before `j`, so it is at `p` or after. At `p`, X is M
+//!   (one ballot, one mastership), and M's own timers order its keep-alives
+//!   and its expiries, as above. After `p`, X had applied M's fence when it
+//!   decided, while its master lease was valid, so X's ballot is above `b`
+//!   (a master whose lease is valid once a higher ballot's value is chosen
+//!   would have had to get its lease chosen past a majority that promised
+//!   the higher ballot, or to hold it across the higher ballot's election,
+//!   which its acceptors refuse): X took over after M's lease ended, and
+//!   started every deadline afresh after M's last acknowledgement.
+//!
+//! A stale fence chosen late just moves the number on: the master whose
+//! fence it is no longer decides anything, and the current master, no
+//! longer finding its own ballot in the record, stops answering and
+//! fences again. Fences need every member to decode them (the
+//! `lease_fence` peer feature); until a fence exists, a master whose
+//! members do not all say so decides as before, without one.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -63,6 +109,9 @@ const ATTACHED: u8 = b'a';
 /// The API token that holds a lease: `o` + lease id -> the token's id.
 /// Only for leases granted with [`LeaseOp::GrantOwned`].
 const OWNER: u8 = b'o';
+/// The latest fence (see the module doc): `f` -> its number, then the
+/// round and the node of the ballot it names (8 bytes each, big-endian).
+const FENCE: u8 = b'f';
 /// What a refusal by [`Store::may_hold_lease`] says, for clients (and the
 /// CLI's advice) to recognise.
 pub const HELD_BY_ANOTHER: &str = "is held by another token";
@@ -104,6 +153,37 @@ pub enum LeaseOp {
         ttl_secs: u64,
         owner: String,
     },
+    /// Proposed by a master when it takes over, before it answers any
+    /// lease question: adds one to the fence number the state machine
+    /// keeps, and records `ballot`, the master's own. Proposed once every
+    /// member said it decodes it (the `lease_fence` peer feature).
+    Fence { ballot: Ballot },
+    /// The expiry of lease `id`, granted at revision `granted`, decided by
+    /// the master whose fence made the fence number `fence`: it ends the
+    /// lease and deletes its keys only while the fence number is still
+    /// `fence`, and changes nothing where a later fence came first. (Once
+    /// any fence exists, an `expire` changes nothing either.)
+    ExpireFenced { id: u64, granted: u64, fence: u64 },
+}
+
+impl LeaseOp {
+    /// Whether only the cluster itself (its master) proposes this op:
+    /// never a client, nor an op made on a caller's behalf.
+    pub fn is_the_clusters(&self) -> bool {
+        matches!(
+            self,
+            LeaseOp::Expire { .. } | LeaseOp::ExpireFenced { .. } | LeaseOp::Fence { .. }
+        )
+    }
+}
+
+/// The latest fence applied (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseFence {
+    /// How many fences were applied, this one included.
+    pub number: u64,
+    /// The ballot of the master that proposed it.
+    pub ballot: Ballot,
 }
 
 /// A lease as the state machine holds it.
@@ -142,6 +222,12 @@ fn owned_prefix(id: u64) -> Vec<u8> {
 fn owned_key(id: u64, key: &[u8]) -> Vec<u8> {
     let mut k = owned_prefix(id);
     k.extend_from_slice(key);
+    k
+}
+
+fn fence_key() -> Vec<u8> {
+    let mut k = LEASE_PREFIX.to_vec();
+    k.push(FENCE);
     k
 }
 
@@ -236,6 +322,23 @@ impl Store {
             })
     }
 
+    /// The latest fence applied, if any (see the module doc).
+    pub fn lease_fence(&self) -> Option<LeaseFence> {
+        let slot = self.kvs.get(fence_key().as_slice())?;
+        let v = &slot.value;
+        // Only this module writes the record, always 24 bytes; a record of
+        // another length reads as fence 0 of no master, which no master's
+        // ballot matches, so the master fences again.
+        let part = |i: usize| v.get(i * 8..(i + 1) * 8).map_or(0, u64_of);
+        Some(LeaseFence {
+            number: part(0),
+            ballot: Ballot {
+                round: part(1),
+                node: part(2),
+            },
+        })
+    }
+
     /// How many leases exist.
     pub fn lease_count(&self) -> usize {
         self.lease_count
@@ -326,8 +429,36 @@ impl Store {
                 ref owner,
             } => self.grant(id, ttl_secs, Some(owner)),
             LeaseOp::Revoke { id } => self.end_lease(id, None),
+            // Decided without a fence: stale once any fence exists.
+            LeaseOp::Expire { id, .. } if self.lease_fence().is_some() => {
+                OpResult::LeaseNotFound { id }
+            }
             LeaseOp::Expire { id, granted } => self.end_lease(id, Some(granted)),
+            LeaseOp::ExpireFenced { id, granted, fence } => {
+                if self.lease_fence().is_some_and(|f| f.number == fence) {
+                    self.end_lease(id, Some(granted))
+                } else {
+                    OpResult::LeaseNotFound { id }
+                }
+            }
+            LeaseOp::Fence { ballot } => self.fence(ballot),
         }
+    }
+
+    /// Applies a fence for the master at `ballot` (see the module doc).
+    ///
+    /// It takes no revision of its own: clients see neither the record nor
+    /// an event for it, and a change of master does not move the revision
+    /// they count. (Its record still goes into snapshots and the digest.)
+    fn fence(&mut self, ballot: Ballot) -> OpResult {
+        let number = self.lease_fence().map_or(0, |f| f.number) + 1;
+        let mut record = Vec::with_capacity(24);
+        for part in [number, ballot.round, ballot.node] {
+            record.extend_from_slice(&part.to_be_bytes());
+        }
+        let revision = self.revision;
+        self.write(&fence_key(), &record, revision);
+        OpResult::LeaseFenced { number, revision }
     }
 
     /// Creates lease `id`, held by the token `owner` when there is one.
@@ -435,6 +566,8 @@ pub enum RenewError {
     NotFound,
     /// Its deadline passed: its expiry is proposed or about to be.
     Expired,
+    /// This master may not answer yet (see [`LeaseTimers::gate`]).
+    NotReady,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -447,12 +580,30 @@ struct Timer {
     proposed: Option<Duration>,
 }
 
+/// Whether a master may answer lease questions now (see
+/// [`LeaseTimers::gate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// It may: renew, and propose the expiries [`LeaseTimers::due`] names.
+    Open,
+    /// Not until its fence is applied. Propose the op given, if any (its
+    /// fence, first or again), and ask again later.
+    Closed(Option<LeaseOp>),
+}
+
 /// The master's deadlines for every lease (the clock half; see the module
 /// doc). Times are the node's monotonic clock, as the engine's are.
 #[derive(Debug)]
 pub struct LeaseTimers {
     /// The mastership the deadlines belong to; another one starts afresh.
     ballot: Option<Ballot>,
+    /// The number of this mastership's fence, once applied: its expiries
+    /// carry it. `None` while it has none (not yet, or none needed).
+    fence: Option<u64>,
+    /// When this mastership last proposed its fence.
+    fence_proposed: Option<Duration>,
+    /// Whether [`LeaseTimers::gate`] last said open.
+    open: bool,
     /// The store's [`Store::lease_generation`] last read.
     generation: u64,
     timers: BTreeMap<u64, Timer>,
@@ -471,6 +622,9 @@ impl LeaseTimers {
     pub fn new(extension: Duration, max_drift_ppm: u32) -> LeaseTimers {
         LeaseTimers {
             ballot: None,
+            fence: None,
+            fence_proposed: None,
+            open: false,
             generation: 0,
             timers: BTreeMap::new(),
             extension,
@@ -498,17 +652,58 @@ impl LeaseTimers {
     /// Forgets everything: this node is not master.
     pub fn step_down(&mut self) {
         self.ballot = None;
+        self.fence = None;
+        self.fence_proposed = None;
+        self.open = false;
         self.timers.clear();
+    }
+
+    /// Whether the master at `ballot`, which may act on the whole log
+    /// (its lease valid, everything committed applied), may answer lease
+    /// questions at `now`, its timers brought in line with `store`.
+    /// `fences`: every member decodes [`LeaseOp::Fence`]. It may once
+    /// `store` holds its own fence; without fences, also while `store`
+    /// holds none at all (as before fences existed). Otherwise it is told
+    /// to propose its fence, again after [`REPROPOSE_AFTER`] if that is
+    /// not applied by then.
+    pub fn gate(&mut self, now: Duration, ballot: Ballot, store: &Store, fences: bool) -> Gate {
+        self.sync(now, ballot, store);
+        let gate = match store.lease_fence() {
+            Some(f) if f.ballot == ballot => {
+                self.fence = Some(f.number);
+                Gate::Open
+            }
+            None if !fences => {
+                self.fence = None;
+                Gate::Open
+            }
+            _ => {
+                let again = self
+                    .fence_proposed
+                    .is_none_or(|p| now >= p + REPROPOSE_AFTER);
+                if again {
+                    self.fence_proposed = Some(now);
+                    Gate::Closed(Some(LeaseOp::Fence { ballot }))
+                } else {
+                    Gate::Closed(None)
+                }
+            }
+        };
+        self.open = gate == Gate::Open;
+        gate
     }
 
     /// Brings the timers in line with `store` for the mastership `ballot`,
     /// at `now`. A new mastership starts every deadline afresh, with the
     /// extension; a lease seen for the first time starts at `now`; a lease
     /// gone from the store is forgotten.
-    pub fn sync(&mut self, now: Duration, ballot: Ballot, store: &Store) {
+    fn sync(&mut self, now: Duration, ballot: Ballot, store: &Store) {
         let fresh = self.ballot != Some(ballot);
         if fresh {
             self.ballot = Some(ballot);
+            self.fence = None;
+            self.fence_proposed = None;
+            self.open = false;
             self.timers.clear();
         }
         if !fresh && self.generation == store.lease_generation() {
@@ -536,9 +731,12 @@ impl LeaseTimers {
         self.timers = next;
     }
 
-    /// A keep-alive for `id` at `now`, after [`LeaseTimers::sync`]: the TTL
-    /// it now has, in seconds.
+    /// A keep-alive for `id` at `now`, after [`LeaseTimers::gate`] said
+    /// open: the TTL it now has, in seconds.
     pub fn renew(&mut self, id: u64, now: Duration) -> Result<u64, RenewError> {
+        if !self.open {
+            return Err(RenewError::NotReady);
+        }
         let stretched = |t: &Timer| self.stretched(t.ttl_secs);
         let timer = self.timers.get(&id).ok_or(RenewError::NotFound)?;
         if timer.deadline <= now || timer.proposed.is_some() {
@@ -557,15 +755,25 @@ impl LeaseTimers {
     }
 
     /// The leases whose deadline passed by `now` and whose expiry is not
-    /// already proposed recently, as `(id, granted)`; each is marked
-    /// proposed. The caller proposes [`LeaseOp::Expire`] for each.
-    pub fn due(&mut self, now: Duration) -> Vec<(u64, u64)> {
+    /// already proposed recently, after [`LeaseTimers::gate`] said open
+    /// (none otherwise): each is marked proposed, and comes with the op
+    /// that ends it (fenced when this mastership has a fence), for the
+    /// caller to propose.
+    pub fn due(&mut self, now: Duration) -> Vec<(u64, LeaseOp)> {
+        if !self.open {
+            return Vec::new();
+        }
         let mut out = Vec::new();
-        for (id, t) in &mut self.timers {
+        for (&id, t) in &mut self.timers {
             let again = t.proposed.is_none_or(|p| now >= p + REPROPOSE_AFTER);
             if t.deadline <= now && again {
                 t.proposed = Some(now);
-                out.push((*id, t.granted));
+                let granted = t.granted;
+                let op = match self.fence {
+                    Some(fence) => LeaseOp::ExpireFenced { id, granted, fence },
+                    None => LeaseOp::Expire { id, granted },
+                };
+                out.push((id, op));
             }
         }
         out
@@ -802,10 +1010,95 @@ mod tests {
         assert!(s.get(b"k").is_none());
     }
 
+    fn fence(ballot: Ballot) -> Op {
+        Op::Lease(LeaseOp::Fence { ballot })
+    }
+
+    fn expire_fenced(s: &Store, id: u64, fence: u64) -> Op {
+        let granted = s.lease(id).expect("granted").granted;
+        Op::Lease(LeaseOp::ExpireFenced { id, granted, fence })
+    }
+
+    #[test]
+    fn an_expiry_decided_before_a_later_masters_fence_changes_nothing() {
+        let mut s = store_with_lease(4);
+        run(&mut s, &leased(4, put(b"k", b"v")));
+        assert_eq!(s.lease_fence(), None);
+        let before = s.revision();
+        assert_eq!(
+            run(&mut s, &fence(B1)),
+            OpResult::LeaseFenced {
+                number: 1,
+                revision: before
+            }
+        );
+        assert_eq!(s.revision(), before, "a fence takes no revision");
+        // The master at B1 decides an expiry; the master at B2 fences
+        // before it is chosen.
+        let decided = expire_fenced(&s, 4, 1);
+        run(&mut s, &fence(B2));
+        assert_eq!(
+            s.lease_fence(),
+            Some(LeaseFence {
+                number: 2,
+                ballot: B2
+            })
+        );
+        assert_eq!(run(&mut s, &decided), OpResult::LeaseNotFound { id: 4 });
+        // An expiry decided without a fence is stale once one exists.
+        let unfenced = Op::Lease(LeaseOp::Expire {
+            id: 4,
+            granted: s.lease(4).expect("kept").granted,
+        });
+        assert_eq!(run(&mut s, &unfenced), OpResult::LeaseNotFound { id: 4 });
+        assert!(s.get(b"k").is_some(), "the key outlives both");
+        // A stale fence chosen late moves the number on, so the current
+        // master's expiry decided before it changes nothing either.
+        let current = expire_fenced(&s, 4, 2);
+        run(&mut s, &fence(B1));
+        assert_eq!(run(&mut s, &current), OpResult::LeaseNotFound { id: 4 });
+        // One decided under the latest fence takes effect.
+        let latest = expire_fenced(&s, 4, 3);
+        assert!(matches!(
+            run(&mut s, &latest),
+            OpResult::LeaseRevoked { deleted: 1, .. }
+        ));
+        assert!(s.get(b"k").is_none());
+    }
+
+    #[test]
+    fn only_the_cluster_expires_leases_and_fences_them() {
+        let mut s = store_with_lease(3);
+        let ops = [
+            fence(B1),
+            Op::Lease(LeaseOp::Expire { id: 3, granted: 1 }),
+            expire_fenced(&s, 3, 1),
+        ];
+        for op in ops {
+            for wrapped in [
+                Op::As {
+                    token: "0000000000000001".into(),
+                    op: Box::new(op.clone()),
+                },
+                Op::Anonymous {
+                    op: Box::new(op.clone()),
+                },
+            ] {
+                assert!(
+                    matches!(run(&mut s, &wrapped), OpResult::Refused(_)),
+                    "{wrapped:?}"
+                );
+            }
+        }
+        assert!(s.lease(3).is_some());
+        assert_eq!(s.lease_fence(), None);
+    }
+
     #[test]
     fn leases_survive_a_snapshot_and_replicas_agree_on_the_digest() {
         let mut s = store_with_lease(5);
         run(&mut s, &leased(5, put(b"a", b"1")));
+        run(&mut s, &fence(B2));
         let mut restored =
             Store::restore(StoreSnapshot::decode(&s.snapshot().encode()).expect("decodes"));
         assert_eq!(restored.digest(), s.digest());
@@ -814,6 +1107,7 @@ mod tests {
             (1, Some(5))
         );
         assert_ne!(restored.lease_generation(), s.lease_generation());
+        assert_eq!(restored.lease_fence(), s.lease_fence());
         run(&mut restored, &Op::Lease(LeaseOp::Revoke { id: 5 }));
         run(&mut s, &Op::Lease(LeaseOp::Revoke { id: 5 }));
         assert_eq!(restored.digest(), s.digest());
@@ -846,15 +1140,16 @@ mod tests {
     fn a_lease_expires_only_after_its_ttl_without_renewal() {
         let s = store_with_lease(1);
         let mut t = LeaseTimers::new(Duration::ZERO, 0);
-        t.sync(Duration::ZERO, B1, &s);
+        assert_eq!(t.gate(Duration::ZERO, B1, &s, false), Gate::Open);
         assert!(t.due(9 * SEC).is_empty());
         assert_eq!(t.renew(1, 9 * SEC), Ok(10));
         assert!(t.due(18 * SEC).is_empty());
         let granted = s.lease(1).expect("lease").granted;
-        assert_eq!(t.due(19 * SEC), vec![(1, granted)]);
+        let expire = vec![(1, LeaseOp::Expire { id: 1, granted })];
+        assert_eq!(t.due(19 * SEC), expire);
         // Proposed once; again only if it was not applied a while later.
         assert!(t.due(19 * SEC + SEC / 2).is_empty());
-        assert_eq!(t.due(20 * SEC), vec![(1, granted)]);
+        assert_eq!(t.due(20 * SEC), expire);
         // Too late to renew once the deadline passed.
         assert_eq!(t.renew(1, 20 * SEC), Err(RenewError::Expired));
         assert_eq!(t.renew(2, 20 * SEC), Err(RenewError::NotFound));
@@ -864,12 +1159,12 @@ mod tests {
     fn a_new_master_extends_every_lease_and_drift_lengthens_the_ttl() {
         let s = store_with_lease(1);
         let mut t = LeaseTimers::new(3 * SEC, 100_000);
-        t.sync(Duration::ZERO, B1, &s);
+        assert_eq!(t.gate(Duration::ZERO, B1, &s, false), Gate::Open);
         // 10 s stretched by 10% drift, plus the extension of a new master.
         assert_eq!(t.remaining(1, Duration::ZERO), Some(14 * SEC));
         assert!(t.due(13 * SEC).is_empty());
         // Another mastership starts afresh, even after the deadline passed.
-        t.sync(20 * SEC, B2, &s);
+        assert_eq!(t.gate(20 * SEC, B2, &s, false), Gate::Open);
         assert!(t.due(20 * SEC).is_empty());
         assert_eq!(t.remaining(1, 20 * SEC), Some(14 * SEC));
         assert_eq!(t.renew(1, 21 * SEC), Ok(10));
@@ -883,16 +1178,75 @@ mod tests {
     }
 
     #[test]
+    fn a_master_answers_only_once_its_own_fence_is_applied() {
+        let mut s = store_with_lease(1);
+        let granted = s.lease(1).expect("lease").granted;
+        let mut t = LeaseTimers::new(Duration::ZERO, 0);
+        let propose = Gate::Closed(Some(LeaseOp::Fence { ballot: B1 }));
+        assert_eq!(t.gate(Duration::ZERO, B1, &s, true), propose);
+        // Proposed once; again only if it was not applied a while later.
+        assert_eq!(t.gate(SEC / 2, B1, &s, true), Gate::Closed(None));
+        assert_eq!(t.renew(1, SEC / 2), Err(RenewError::NotReady));
+        assert!(t.due(20 * SEC).is_empty(), "no expiry before the fence");
+        assert_eq!(t.gate(SEC, B1, &s, true), propose);
+        run(&mut s, &fence(B1));
+        assert_eq!(t.gate(SEC, B1, &s, true), Gate::Open);
+        assert_eq!(t.renew(1, SEC), Ok(10));
+        assert_eq!(
+            t.due(11 * SEC),
+            vec![(
+                1,
+                LeaseOp::ExpireFenced {
+                    id: 1,
+                    granted,
+                    fence: 1
+                }
+            )]
+        );
+        // Another fence applied (a later master's, or a stale one chosen
+        // late): this master stops answering and fences again.
+        run(&mut s, &fence(B2));
+        assert_eq!(t.gate(12 * SEC, B1, &s, true), propose);
+        assert_eq!(t.renew(1, 12 * SEC), Err(RenewError::NotReady));
+        run(&mut s, &fence(B1));
+        assert_eq!(t.gate(12 * SEC, B1, &s, true), Gate::Open);
+        let expire = t.due(13 * SEC);
+        assert!(
+            matches!(expire[..], [(1, LeaseOp::ExpireFenced { fence: 3, .. })]),
+            "{expire:?}"
+        );
+    }
+
+    #[test]
+    fn without_fences_a_master_decides_as_before_until_one_exists() {
+        let mut s = store_with_lease(1);
+        let granted = s.lease(1).expect("lease").granted;
+        let mut t = LeaseTimers::new(Duration::ZERO, 0);
+        // Some member does not decode fences, and none is in the log.
+        assert_eq!(t.gate(Duration::ZERO, B1, &s, false), Gate::Open);
+        assert_eq!(
+            t.due(10 * SEC),
+            vec![(1, LeaseOp::Expire { id: 1, granted })]
+        );
+        // Once a fence is in the log, every master needs its own.
+        run(&mut s, &fence(B2));
+        assert_eq!(
+            t.gate(10 * SEC, B1, &s, false),
+            Gate::Closed(Some(LeaseOp::Fence { ballot: B1 }))
+        );
+    }
+
+    #[test]
     fn timers_follow_grants_and_revokes() {
         let mut s = store_with_lease(1);
         let mut t = LeaseTimers::new(Duration::ZERO, 0);
-        t.sync(Duration::ZERO, B1, &s);
+        assert_eq!(t.gate(Duration::ZERO, B1, &s, false), Gate::Open);
         run(&mut s, &grant(2, 5));
-        t.sync(4 * SEC, B1, &s);
+        assert_eq!(t.gate(4 * SEC, B1, &s, false), Gate::Open);
         assert_eq!((t.len(), t.remaining(2, 4 * SEC)), (2, Some(5 * SEC)));
         assert_eq!(t.remaining(1, 4 * SEC), Some(6 * SEC), "kept its deadline");
         run(&mut s, &Op::Lease(LeaseOp::Revoke { id: 1 }));
-        t.sync(5 * SEC, B1, &s);
+        assert_eq!(t.gate(5 * SEC, B1, &s, false), Gate::Open);
         assert_eq!((t.len(), t.remaining(1, 5 * SEC)), (1, None));
     }
 }

@@ -100,6 +100,10 @@ pub enum OpResult {
         deleted: u64,
         more: bool,
     },
+    /// A master's lease fence was applied, making the fence number
+    /// `number`; `revision` is the unchanged current revision (a fence
+    /// takes none of its own).
+    LeaseFenced { number: u64, revision: u64 },
 }
 
 /// The outcome of one operation inside a transaction.
@@ -185,10 +189,10 @@ pub(super) struct Slot {
 
 /// A lease's expiry wrapped for a client (on behalf of a token, or
 /// without a credential): only the master proposes expiries, unwrapped.
-fn only_the_cluster_expires_leases() -> OpResult {
+fn only_the_cluster() -> OpResult {
     OpResult::Refused(Refusal::new(
         RefusalKind::PermissionDenied,
-        "only the cluster expires leases",
+        "only the cluster itself expires leases and fences them",
     ))
 }
 
@@ -353,7 +357,7 @@ impl Store {
                     "an op on behalf of a token cannot nest another",
                 )),
                 // Only the master decides that a lease expired.
-                Op::Lease(crate::kv::LeaseOp::Expire { .. }) => only_the_cluster_expires_leases(),
+                Op::Lease(lease) if lease.is_the_clusters() => only_the_cluster(),
                 Op::Anonymous { .. } => OpResult::Refused(Refusal::new(
                     RefusalKind::Invalid,
                     "an op on behalf of a token cannot be anonymous",
@@ -372,7 +376,7 @@ impl Store {
                     RefusalKind::Invalid,
                     "an anonymous op cannot nest another wrapper",
                 )),
-                Op::Lease(crate::kv::LeaseOp::Expire { .. }) => only_the_cluster_expires_leases(),
+                Op::Lease(lease) if lease.is_the_clusters() => only_the_cluster(),
                 _ if self.auth.enabled() => OpResult::Refused(crate::auth::anonymous_refusal()),
                 inner => self.apply_op(inner),
             },

@@ -187,9 +187,11 @@ pub struct Driver {
     pub lease_timers: crate::kv::LeaseTimers,
     /// Lease questions waiting for the end of the turn.
     pub lease_questions: Vec<(Vec<u64>, bool, oneshot::Sender<LeaseReply>)>,
-    /// Request ids of this node's lease expiries: a client id of its own
-    /// and a counter.
+    /// Request ids of this node's lease expiries and fences: a client id
+    /// of its own and a counter.
     pub expiry_ids: RequestId,
+    /// What the peers said they do: lease fences once every member does.
+    pub peer_features: Arc<super::PeerFeatures>,
 }
 
 /// Once this node sees another master (or none), writes it forwarded to the
@@ -574,24 +576,54 @@ impl Driver {
 
     /// The mastership this node may decide lease questions in: master with
     /// a valid lease, everything earlier masters chose committed and
-    /// applied (see `crate::kv::lease` for why that is enough). Brings the
-    /// timers up to date for it; `None` (and timers dropped when no longer
-    /// master) otherwise.
+    /// applied, and its own lease fence applied (see `crate::kv::lease`
+    /// for why that is enough). Brings the timers up to date for it, and
+    /// proposes the fence when it is missing; `None` (and timers dropped
+    /// when no longer master) otherwise.
     fn lease_ballot(&mut self, store: &Store) -> Option<crate::paxos::Ballot> {
         let now = self.now();
         let ballot = self
             .replica
             .serving_ballot(now)
             .filter(|_| store.applied_index() >= self.replica.commit_index());
-        match ballot {
-            Some(b) => self.lease_timers.sync(now, b, store),
-            None if !self.replica.is_master() => self.lease_timers.step_down(),
-            None => {}
+        let Some(ballot) = ballot else {
+            if !self.replica.is_master() {
+                self.lease_timers.step_down();
+            }
+            return None;
+        };
+        let fences = super::members_do(
+            &self.peer_features,
+            self.replica.membership(),
+            self.replica.id(),
+            |f| f.lease_fence,
+        );
+        match self.lease_timers.gate(now, ballot, store, fences) {
+            crate::kv::lease::Gate::Open => Some(ballot),
+            crate::kv::lease::Gate::Closed(fence) => {
+                if let Some(op) = fence {
+                    tracing::debug!(%ballot, "proposing this mastership's lease fence");
+                    self.propose_lease_op(op);
+                }
+                None
+            }
         }
-        ballot
+    }
+
+    /// Proposes a lease op of the cluster's own (an expiry or a fence).
+    fn propose_lease_op(&mut self, op: crate::kv::LeaseOp) {
+        self.expiry_ids.seq += 1;
+        let cmd = Command {
+            id: self.expiry_ids,
+            op: crate::kv::Op::Lease(op),
+        };
+        if let Err(e) = self.replica.propose(self.now(), cmd) {
+            tracing::debug!(error = %e, "could not propose a lease op");
+        }
     }
 
     fn answer_lease_questions(&mut self) {
+        use crate::kv::lease::RenewError;
         if self.lease_questions.is_empty() {
             return;
         }
@@ -608,24 +640,21 @@ impl Driver {
                 let _ = reply.send(LeaseReply::NotMaster { hint });
                 continue;
             }
-            let answers = ids
+            let answers: Result<Vec<LeaseAnswer>, RenewError> = ids
                 .into_iter()
                 .map(|id| {
                     let Some(info) = store.lease(id) else {
-                        return LeaseAnswer::NotFound { id };
+                        return Ok(LeaseAnswer::NotFound { id });
                     };
                     if renew {
                         match self.lease_timers.renew(id, now) {
                             Ok(_) => {}
-                            Err(crate::kv::lease::RenewError::NotFound) => {
-                                return LeaseAnswer::NotFound { id };
-                            }
-                            Err(crate::kv::lease::RenewError::Expired) => {
-                                return LeaseAnswer::Expired { id };
-                            }
+                            Err(RenewError::NotFound) => return Ok(LeaseAnswer::NotFound { id }),
+                            Err(RenewError::Expired) => return Ok(LeaseAnswer::Expired { id }),
+                            Err(e @ RenewError::NotReady) => return Err(e),
                         }
                     }
-                    match self.lease_timers.remaining(id, now) {
+                    Ok(match self.lease_timers.remaining(id, now) {
                         Some(left) if !left.is_zero() => LeaseAnswer::Alive {
                             id,
                             ttl_secs: info.ttl_secs,
@@ -634,10 +663,17 @@ impl Driver {
                         },
                         Some(_) => LeaseAnswer::Expired { id },
                         None => LeaseAnswer::NotFound { id },
-                    }
+                    })
                 })
                 .collect();
-            let _ = reply.send(LeaseReply::Leases(answers));
+            let _ = reply.send(match answers {
+                Ok(answers) => LeaseReply::Leases(answers),
+                // Not after `lease_ballot` said this master may; if it
+                // ever were, the caller asks again.
+                Err(_) => LeaseReply::NotMaster {
+                    hint: self.replica.master_hint(),
+                },
+            });
         }
     }
 
@@ -654,16 +690,9 @@ impl Driver {
             }
             self.lease_timers.due(self.now())
         };
-        for (id, granted) in due {
-            self.expiry_ids.seq += 1;
-            let cmd = Command {
-                id: self.expiry_ids,
-                op: crate::kv::Op::Lease(crate::kv::LeaseOp::Expire { id, granted }),
-            };
+        for (id, op) in due {
             tracing::info!(lease = id, "lease expired; proposing its end");
-            if let Err(e) = self.replica.propose(self.now(), cmd) {
-                tracing::debug!(error = %e, lease = id, "could not propose a lease's expiry");
-            }
+            self.propose_lease_op(op);
         }
     }
 

@@ -95,6 +95,28 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
+/// What each peer does beyond the base protocol (see
+/// [`wire::FEATURES_HEADER`]), as its latest request said.
+pub(crate) type PeerFeatures = Mutex<HashMap<NodeId, wire::Features>>;
+
+/// Whether every member of `membership` but `me` said it does `feature`,
+/// as its latest request to this node said. A member not heard from since
+/// this node started counts as one that does not.
+pub(crate) fn members_do(
+    peers: &PeerFeatures,
+    membership: &Membership,
+    me: NodeId,
+    feature: impl Fn(&wire::Features) -> bool,
+) -> bool {
+    let Ok(peers) = peers.lock() else {
+        return false;
+    };
+    membership
+        .members
+        .keys()
+        .all(|id| *id == me || peers.get(id).is_some_and(&feature))
+}
+
 /// A running replica. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -152,7 +174,7 @@ struct Inner {
     forward_batch: Mutex<ForwardBatch>,
     /// What each peer does beyond the base protocol (see
     /// [`wire::FEATURES_HEADER`]), as its latest request said.
-    peer_features: Mutex<HashMap<NodeId, wire::Features>>,
+    peer_features: Arc<PeerFeatures>,
     /// Writes this node is forwarding to the master right now.
     forwarding: AtomicUsize,
     /// State digests of this replica and its peers (see [`digest`]).
@@ -436,7 +458,7 @@ impl Node {
                 read_lease: Arc::new(ReadLease::default()),
                 read_batch: Mutex::new(ReadBatch::default()),
                 forward_batch: Mutex::new(ForwardBatch::default()),
-                peer_features: Mutex::new(HashMap::new()),
+                peer_features: Arc::default(),
                 forwarding: AtomicUsize::new(0),
                 digests: Arc::new(Mutex::new(digest::Digests::default())),
                 diverged: std::sync::atomic::AtomicBool::new(false),
@@ -530,6 +552,7 @@ impl Node {
             archive_tail: self.inner.archive.clone(),
             lease_timers: crate::kv::LeaseTimers::for_engine(&self.inner.cfg.engine),
             lease_questions: Vec::new(),
+            peer_features: self.inner.peer_features.clone(),
             expiry_ids: RequestId {
                 // A client id of its own, never one of the idempotency keys'.
                 client: (self.inner.client_id ^ 0x5eed_1ea5e) & !crate::kv::dedup::IDEMPOTENT_BIT,
@@ -1279,13 +1302,12 @@ impl Node {
     /// `feature`, as its latest request to this node said.
     fn members_do(&self, feature: impl Fn(&wire::Features) -> bool) -> bool {
         let membership = self.inner.membership.borrow();
-        let Ok(peers) = self.inner.peer_features.lock() else {
-            return false;
-        };
-        membership
-            .members
-            .keys()
-            .all(|id| *id == self.inner.id || peers.get(id).is_some_and(&feature))
+        members_do(
+            &self.inner.peer_features,
+            &membership,
+            self.inner.id,
+            feature,
+        )
     }
 
     /// Sets `phxkv_anonymous_ops` from [`Node::members_decode_anonymous`].

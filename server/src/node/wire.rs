@@ -51,9 +51,13 @@ pub const PEER_URL_HEADER: &str = "x-phxkv-peer-url";
 /// - `lease_owner`: it decodes and applies the `grant_owned` lease op (a
 ///   lease held by the API token that granted it), proposed on the same
 ///   condition.
+/// - `lease_fence`: it decodes and applies the `fence` and `expire_fenced`
+///   lease ops (an expiry that takes effect only if no later master put
+///   its fence in the log before it; see `crate::kv::lease`), proposed on
+///   the same condition.
 pub const FEATURES_HEADER: &str = "phxkv-peer-features";
 /// What this version puts in [`FEATURES_HEADER`].
-pub const FEATURES: &str = "forward,anonymous,delete_prefix,lease_owner";
+pub const FEATURES: &str = "forward,anonymous,delete_prefix,lease_owner,lease_fence";
 
 /// What a peer's [`FEATURES_HEADER`] says it does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,6 +70,8 @@ pub struct Features {
     pub delete_prefix: bool,
     /// It decodes the `grant_owned` lease op.
     pub lease_owner: bool,
+    /// It decodes the `fence` and `expire_fenced` lease ops.
+    pub lease_fence: bool,
 }
 
 impl Features {
@@ -76,6 +82,7 @@ impl Features {
             anonymous: true,
             delete_prefix: true,
             lease_owner: true,
+            lease_fence: true,
         }
     }
 
@@ -86,6 +93,7 @@ impl Features {
             ("anonymous", self.anonymous),
             ("delete_prefix", self.delete_prefix),
             ("lease_owner", self.lease_owner),
+            ("lease_fence", self.lease_fence),
         ]
         .into_iter()
         .filter(|(_, on)| *on)
@@ -106,6 +114,7 @@ impl Features {
                 "anonymous" => out.anonymous = true,
                 "delete_prefix" => out.delete_prefix = true,
                 "lease_owner" => out.lease_owner = true,
+                "lease_fence" => out.lease_fence = true,
                 _ => {}
             }
         }
@@ -514,6 +523,7 @@ mod tests {
             anonymous: true,
             delete_prefix: true,
             lease_owner: true,
+            lease_fence: true,
         };
         assert_eq!(of(FEATURES), all);
         assert_eq!(
@@ -523,7 +533,7 @@ mod tests {
         );
         assert_eq!(all.names().join(","), FEATURES);
         assert_eq!(
-            of("something, delete_prefix, lease_owner,anonymous ,forward"),
+            of("something, delete_prefix, lease_fence,lease_owner,anonymous ,forward"),
             all
         );
         let forward_only = Features {

@@ -61,6 +61,8 @@ pub struct SeedOutcome {
     /// Lease keep-alives acknowledged, and leases that expired.
     pub lease_renewals: usize,
     pub lease_expiries: usize,
+    /// Expiries that changed nothing: a later master's fence came first.
+    pub lease_fenced_off: usize,
     /// Attempts by a token on a lease held by another token, refused.
     pub lease_intrusions_refused: usize,
     pub replacements: usize,
@@ -169,6 +171,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
                 auth_refusals: 0,
                 lease_renewals: 0,
                 lease_expiries: 0,
+                lease_fenced_off: 0,
                 lease_intrusions_refused: 0,
                 replacements: 0,
                 forwarded_acks: 0,
@@ -212,6 +215,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
         auth_refusals: report.auth_refusals,
         lease_renewals: report.lease_renewals,
         lease_expiries: report.lease_expiries,
+        lease_fenced_off: report.lease_fenced_off,
         lease_intrusions_refused: report.lease_intrusions_refused,
         replacements: report.replacements,
         forwarded_acks: report.forwarded_acks,

@@ -16,10 +16,11 @@ use rand::{Rng, SeedableRng};
 
 use super::lincheck::{KvCall, KvReturn, Operation};
 use crate::auth::{AuthChange, Permission, TokenRecord};
+use crate::kv::lease::Gate;
 use crate::kv::{Expect, LeaseOp, LeaseTimers, Op, OpResult, Store, StoreSnapshot};
 use crate::paxos::{
-    Command, ConfChange, EngineConfig, Envelope, Index, Member, Membership, NodeId, ProposeError,
-    ReadMode, Replica, RequestId, Role, SnapshotMeta, Value,
+    Ballot, Command, ConfChange, EngineConfig, Envelope, Index, Member, Membership, NodeId,
+    ProposeError, ReadMode, Replica, RequestId, Role, SnapshotMeta, Value,
 };
 use crate::storage::{DiskStore, Identity, LogStore, MemStore};
 
@@ -160,11 +161,21 @@ struct LeaseActor {
     silent_until: Time,
     renewals: usize,
     expiries: usize,
+    /// Expiries that changed nothing because a later fence preceded them.
+    fenced_off: usize,
     /// Its leases granted to [`LEASE_OWNER`] (half of them): the auth
     /// actor's token must never attach a key to one or revoke it.
     owned: BTreeSet<u64>,
     /// Attempts by the auth actor's token on such a lease, refused.
     intrusions_refused: BTreeSet<RequestId>,
+    /// The mastership that decided each expiry proposed.
+    deciders: BTreeMap<RequestId, Ballot>,
+    /// Each mastership that answered a lease question or decided an
+    /// expiry, with the index it had applied when it first did.
+    opened: BTreeMap<Ballot, Index>,
+    /// The expiries that took effect: where, and which mastership decided
+    /// them.
+    effective: Vec<(Index, Ballot)>,
 }
 
 /// The lease actor's request ids; the masters' expiries use
@@ -337,6 +348,8 @@ pub struct RunReport {
     /// Keep-alives acknowledged, and leases that expired.
     pub lease_renewals: usize,
     pub lease_expiries: usize,
+    /// Expiries that changed nothing: a later master's fence came first.
+    pub lease_fenced_off: usize,
     /// Attempts by a token on a lease held by another token, refused.
     pub lease_intrusions_refused: usize,
     /// Writes answered by a follower that had forwarded them to the master.
@@ -1716,8 +1729,17 @@ impl World {
                 self.lease.alive.insert(*id, sent);
                 self.lease.held = Some(*id);
             }
+            (Op::Lease(LeaseOp::ExpireFenced { fence, .. }), OpResult::LeaseNotFound { .. })
+                if self.nodes[i]
+                    .store
+                    .lease_fence()
+                    .is_some_and(|f| f.number != *fence) =>
+            {
+                self.lease.fenced_off += 1;
+            }
             (Op::Lease(op), OpResult::LeaseRevoked { id, .. }) => {
-                if let (LeaseOp::Expire { .. }, Some(&last)) = (op, self.lease.alive.get(id))
+                let expiry = matches!(op, LeaseOp::Expire { .. } | LeaseOp::ExpireFenced { .. });
+                if let (true, Some(&last)) = (expiry, self.lease.alive.get(id))
                     && self.clocks_in_bound()
                     && self.now < last + SIM_LEASE_TTL * 1_000_000
                 {
@@ -1727,8 +1749,12 @@ impl World {
                         (self.now - last) / 1000
                     ));
                 }
-                if matches!(op, LeaseOp::Expire { .. }) {
+                if expiry {
                     self.lease.expiries += 1;
+                    if let Some(&decider) = self.lease.deciders.get(&cmd.id) {
+                        self.check_expiry_order(index, decider)?;
+                        self.lease.effective.push((index, decider));
+                    }
                 }
                 self.lease.alive.remove(id);
                 if self.lease.held == Some(*id) {
@@ -1789,23 +1815,12 @@ impl World {
         if self.now > self.opts.active + self.opts.settle / 2 {
             return;
         }
+        let Some(ballot) = self.lease_gate(i) else {
+            return;
+        };
         let now = self.local_now(i);
-        let node = &mut self.nodes[i];
-        let Some(replica) = node.replica.as_mut() else {
-            return;
-        };
-        let ballot = replica
-            .serving_ballot(now)
-            .filter(|_| node.store.applied_index() >= replica.commit_index());
-        let Some(ballot) = ballot else {
-            if !replica.is_master() {
-                node.timers.step_down();
-            }
-            return;
-        };
-        node.timers.sync(now, ballot, &node.store);
-        let due = node.timers.due(now);
-        for (id, granted) in due {
+        let due = self.nodes[i].timers.due(now);
+        for (id, op) in due {
             if let Some(&last) = self.lease.alive.get(&id)
                 && self.clocks_in_bound()
                 && self.now < last + SIM_LEASE_TTL * 1_000_000
@@ -1817,14 +1832,8 @@ impl World {
                     (self.now - last) / 1000
                 ));
             }
-            self.expiry_seq += 1;
-            let cmd = Command {
-                id: RequestId {
-                    client: EXPIRY_CLIENT + i as u64,
-                    seq: self.expiry_seq,
-                },
-                op: Op::Lease(LeaseOp::Expire { id, granted }),
-            };
+            let cmd = self.clusters_own(i, op);
+            self.lease.deciders.insert(cmd.id, ballot);
             let name = self.nodes[i].name.clone();
             self.note(format!("{name} proposes the expiry of lease {id}"));
             if let Some(r) = self.nodes[i].replica.as_mut() {
@@ -1832,6 +1841,103 @@ impl World {
             }
         }
         self.process_ready(i);
+    }
+
+    /// The mastership node `i` may answer lease questions in, as the
+    /// node's engine thread decides it: master with a valid lease, the
+    /// whole committed log applied, and its own lease fence applied, which
+    /// it proposes when missing. Elsewhere the timers are dropped.
+    fn lease_gate(&mut self, i: usize) -> Option<Ballot> {
+        let now = self.local_now(i);
+        let node = &mut self.nodes[i];
+        let replica = node.replica.as_mut()?;
+        let ballot = replica
+            .serving_ballot(now)
+            .filter(|_| node.store.applied_index() >= replica.commit_index());
+        let Some(ballot) = ballot else {
+            if !replica.is_master() {
+                node.timers.step_down();
+            }
+            return None;
+        };
+        match node.timers.gate(now, ballot, &node.store, true) {
+            Gate::Open => {}
+            Gate::Closed(fence) => {
+                if let Some(op) = fence {
+                    let cmd = self.clusters_own(i, op);
+                    let name = self.nodes[i].name.clone();
+                    self.note(format!("{name} proposes its lease fence"));
+                    if let Some(r) = self.nodes[i].replica.as_mut() {
+                        let _ = r.propose(now, cmd);
+                    }
+                    self.process_ready(i);
+                }
+                return None;
+            }
+        }
+        let applied = self.nodes[i].store.applied_index();
+        if let Err(e) = self.note_lease_gate(ballot, applied) {
+            self.fail(e);
+            return None;
+        }
+        Some(ballot)
+    }
+
+    /// A command of node `i`'s own: a lease expiry or fence.
+    fn clusters_own(&mut self, i: usize, op: LeaseOp) -> Command {
+        self.expiry_seq += 1;
+        Command {
+            id: RequestId {
+                client: EXPIRY_CLIENT + i as u64,
+                seq: self.expiry_seq,
+            },
+            op: Op::Lease(op),
+        }
+    }
+
+    /// The order the lease guarantee rests on (see `crate::kv::lease`): an
+    /// expiry decided by one mastership takes effect only where no later
+    /// mastership had answered a lease question or decided an expiry
+    /// before applying the expiry's instance. A later master starts every
+    /// deadline afresh and acknowledges keep-alives its predecessor never
+    /// saw; an expiry decided before it and taking effect after it would
+    /// cut them short. Checked whichever of the two comes second, and
+    /// whether or not a keep-alive fell in between, so it fails far more
+    /// often than the TTL check would on the same fault.
+    fn check_expiry_order(&self, index: Index, decider: Ballot) -> Result<(), String> {
+        match self
+            .lease
+            .opened
+            .iter()
+            .find(|(ballot, applied)| **ballot > decider && **applied < index)
+        {
+            Some((ballot, applied)) => Err(format!(
+                "instance {index}: an expiry decided by the master at {decider} took effect, \
+                 but the master at {ballot} answered lease questions having applied only \
+                 up to {applied}"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Records that the master at `ballot`, having applied up to
+    /// `applied`, answers lease questions, and checks that against the
+    /// expiries that took effect (see [`World::check_expiry_order`]).
+    fn note_lease_gate(&mut self, ballot: Ballot, applied: Index) -> Result<(), String> {
+        let first = self.lease.opened.entry(ballot).or_insert(applied);
+        *first = (*first).min(applied);
+        if let Some((index, decider)) = self
+            .lease
+            .effective
+            .iter()
+            .find(|(index, decider)| *decider < ballot && applied < *index)
+        {
+            return Err(format!(
+                "the master at {ballot} answers lease questions having applied only up to \
+                 {applied}, but an expiry decided by the master at {decider} took effect at {index}"
+            ));
+        }
+        Ok(())
     }
 
     /// Whether every clock keeps to the drift bound the engine assumes:
@@ -1915,18 +2021,11 @@ impl World {
     /// node's API would answer it: a master that may act on the whole log
     /// and has applied it.
     fn keep_alive(&mut self, m: usize, id: u64) {
+        if self.lease_gate(m).is_none() {
+            return;
+        }
         let now = self.local_now(m);
         let node = &mut self.nodes[m];
-        let Some(replica) = node.replica.as_ref() else {
-            return;
-        };
-        let Some(ballot) = replica
-            .serving_ballot(now)
-            .filter(|_| node.store.applied_index() >= replica.commit_index())
-        else {
-            return;
-        };
-        node.timers.sync(now, ballot, &node.store);
         match node.timers.renew(id, now) {
             Ok(_) => {
                 self.lease.renewals += 1;
@@ -2225,6 +2324,7 @@ impl World {
             follower_reads: self.follower_reads,
             lease_renewals: self.lease.renewals,
             lease_expiries: self.lease.expiries,
+            lease_fenced_off: self.lease.fenced_off,
             lease_intrusions_refused: self.lease.intrusions_refused.len(),
             replacements: self.replacements,
             pauses: self.pauses,
