@@ -73,6 +73,8 @@ fn main() -> ExitCode {
     let intrusions = Arc::new(AtomicU64::new(0));
     let forwarded = Arc::new(AtomicU64::new(0));
     let forward_refusals = Arc::new(AtomicU64::new(0));
+    let sent_again = Arc::new(AtomicU64::new(0));
+    let timeouts = Arc::new(AtomicU64::new(0));
     let follower_reads = Arc::new(AtomicU64::new(0));
     let end = start + args.seeds;
     let workers: Vec<_> = (0..jobs)
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
             let fenced_off = fenced_off.clone();
             let (forwarded, follower_reads) = (forwarded.clone(), follower_reads.clone());
             let (forward_refusals, intrusions) = (forward_refusals.clone(), intrusions.clone());
+            let (sent_again, timeouts) = (sent_again.clone(), timeouts.clone());
             let verbose = args.verbose;
             let untrusted = args.untrusted_clocks;
             std::thread::spawn(move || {
@@ -116,6 +119,8 @@ fn main() -> ExitCode {
                     intrusions.fetch_add(out.lease_intrusions_refused as u64, Ordering::SeqCst);
                     forwarded.fetch_add(out.forwarded_acks as u64, Ordering::SeqCst);
                     forward_refusals.fetch_add(out.forward_refusals as u64, Ordering::SeqCst);
+                    sent_again.fetch_add(out.forwards_sent_again as u64, Ordering::SeqCst);
+                    timeouts.fetch_add(out.client_timeouts as u64, Ordering::SeqCst);
                     follower_reads.fetch_add(out.follower_reads as u64, Ordering::SeqCst);
                     if out.failure.is_some() {
                         if let Ok(mut f) = failures.lock() {
@@ -153,7 +158,8 @@ fn main() -> ExitCode {
         "elapsed {:.1}s; {} writes refused alike on every replica by the auth rules (a revoked token, or no credential after auth enable); \
          {} lease keep-alives, {} leases expired, none before its TTL, {} expiries fenced off by a later master; \
          {} uses of a lease by a token that does not hold it refused alike on every replica; \
-         {} writes answered by the follower that forwarded them ({} sent back as not master), \
+         {} writes answered by the follower that forwarded them ({} sent back as not master, \
+         {} forwards sent again unanswered), {} client attempts timed out, \
          {} reads served by a follower at the master's read index",
         began.elapsed().as_secs_f64(),
         refusals.load(Ordering::SeqCst),
@@ -163,6 +169,8 @@ fn main() -> ExitCode {
         intrusions.load(Ordering::SeqCst),
         forwarded.load(Ordering::SeqCst),
         forward_refusals.load(Ordering::SeqCst),
+        sent_again.load(Ordering::SeqCst),
+        timeouts.load(Ordering::SeqCst),
         follower_reads.load(Ordering::SeqCst)
     );
     let failed = failures.len() as u64;

@@ -200,6 +200,12 @@ pub struct Driver {
 /// else would tell. If it did propose them and they are chosen too, the
 /// state machine applies the second copy as a duplicate (see
 /// [`crate::kv::dedup`]), so retrying is safe.
+///
+/// Writes this node proposed itself, as a master that has since stepped
+/// down, wait for their deadline: one in an instance a new master may
+/// still choose must be answered "may still commit", never "retry", and
+/// the write loop could not tell that answer from an engine that refused
+/// it outright.
 fn answer_stale_forwards(waiters: &mut HashMap<RequestId, Waiter>, master: Option<NodeId>) {
     for (_, w) in waiters.extract_if(|_, w| sent_elsewhere(w.forwarded_to, master)) {
         let _ = w.reply.send(Err(ProposeError::NotMaster { hint: master }));
@@ -543,6 +549,10 @@ impl Driver {
                     hint: self.replica.master_hint(),
                 }));
             }
+        }
+        if ready.forwards_sent_again > 0 {
+            self.metrics
+                .inc_forwards_sent_again(ready.forwards_sent_again as u64);
         }
         for (id, e) in ready.refused {
             if let Some(w) = waiters.remove(&id) {
@@ -984,7 +994,40 @@ pub fn restore_store(snapshot: Option<snapshot_file::Reader>) -> Result<Store, S
 
 #[cfg(test)]
 mod tests {
-    use super::LogBytes;
+    use super::{LogBytes, Waiter, answer_stale_forwards};
+    use crate::paxos::{ProposeError, RequestId};
+    use std::collections::HashMap;
+    use std::time::Instant;
+
+    #[test]
+    fn forwards_to_a_node_other_than_the_master_are_answered_not_master() {
+        let mut waiters = HashMap::new();
+        let mut answers = Vec::new();
+        let mut wait = |waiters: &mut HashMap<RequestId, Waiter>, seq, to| {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let waiter = Waiter {
+                reply,
+                since: Instant::now(),
+                forwarded_to: to,
+            };
+            waiters.insert(RequestId { client: 9, seq }, waiter);
+            answers.push((seq, rx));
+        };
+        // Proposed here (as a master, since stepped down), forwarded to
+        // node 2, and to node 3, which is master now.
+        wait(&mut waiters, 1, None);
+        wait(&mut waiters, 2, Some(2));
+        wait(&mut waiters, 3, Some(3));
+        answer_stale_forwards(&mut waiters, Some(3));
+        let mut left: Vec<u64> = waiters.keys().map(|id| id.seq).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec![1, 3]);
+        for (seq, mut rx) in answers {
+            let got = rx.try_recv().ok();
+            let expected = (seq == 2).then_some(Err(ProposeError::NotMaster { hint: Some(3) }));
+            assert_eq!(got, expected, "request {seq}");
+        }
+    }
 
     #[test]
     fn log_bytes_count_what_no_published_snapshot_covers() {

@@ -517,6 +517,8 @@ impl Node {
         }
         let mut engine = self.inner.cfg.engine.clone();
         engine.id = self.inner.id;
+        // A forward is sent again while its caller waits, and no longer.
+        engine.forward_for = self.inner.cfg.write_timeout;
         engine.seed = self.inner.id ^ self.inner.client_id;
         let now = self.inner.epoch.elapsed();
         let replica = Replica::new(engine, recovered, initial, now);
@@ -1333,11 +1335,11 @@ impl Node {
     /// applies it, or "not master" once this node sees another master (then
     /// the caller sends it again, under the same id, to that one).
     ///
-    /// It is not sent again just because the answer is slow: every copy is
-    /// a new proposal, and the state machine recognises a copy as a
-    /// duplicate only while the first is among its most recent request ids
-    /// (see [`crate::kv::dedup`]). A forward lost with a broken stream is
-    /// therefore answered at the deadline, as "may still commit".
+    /// One lost on the way (a broken stream, an overflowing queue) is sent
+    /// again by the engine, under the same id, within limits that keep a
+    /// copy from being proposed long after the first (see
+    /// `Replica::resend_forwards`); one still unanswered at the deadline is
+    /// answered "may still commit".
     async fn forward_by_engine(
         &self,
         cmd: Command,

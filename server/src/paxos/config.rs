@@ -67,6 +67,16 @@ pub struct EngineConfig {
     pub election_timeout: Duration,
     /// Unanswered prepares, accepts and catch-up requests are resent after this.
     pub retry: Duration,
+    /// A forwarded command not yet applied here nor refused is forwarded
+    /// again, under the same request id, this long after it was last sent:
+    /// a forward lost on the way (a peer stream that broke, a queue that
+    /// overflowed) is not retransmitted by anything else.
+    pub forward_retry: Duration,
+    /// Forwards are sent again only this long after they were first sent:
+    /// the caller's deadline. Beyond it the caller has given up, and a late
+    /// copy could reach the log after the request-id table (see
+    /// [`crate::kv::dedup`]) forgot an earlier one.
+    pub forward_for: Duration,
     /// Upper bound of one batch in bytes (a single larger command still goes alone).
     pub max_batch_bytes: usize,
     /// Upper bound of commands in one batch.
@@ -95,6 +105,8 @@ impl EngineConfig {
             heartbeat: Duration::from_millis(500),
             election_timeout: Duration::from_millis(1000),
             retry: Duration::from_millis(300),
+            forward_retry: Duration::from_secs(1),
+            forward_for: Duration::from_secs(5),
             max_batch_bytes: 1 << 20,
             max_batch_commands: 4096,
             window: 4,

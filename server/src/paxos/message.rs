@@ -96,6 +96,10 @@ pub enum Message {
     /// Client writes that reached a follower, for the master to propose. No
     /// answer comes back for the ones it takes: the follower answers its
     /// clients when it applies them itself (their request ids name them).
+    /// A follower that has applied everything the master reported committed
+    /// and still not seen a write sends it again, under the same request
+    /// id; a master proposes no second copy while the first is queued or in
+    /// flight, and the state machine applies a later copy as a duplicate.
     Forward { cmds: Vec<Command> },
     /// The receiver did not take these forwarded writes: it is not master
     /// (`hint`: who is, as far as it knows), or its queue is full (`busy`).

@@ -47,6 +47,11 @@ pub const MAX_FORWARD_COMMANDS: usize = 1024;
 /// [`Message::Forward`] beyond its first command, so that a line of the peer
 /// stream stays far below its limit whatever the value sizes.
 pub const MAX_FORWARD_BYTES: usize = 4 << 20;
+/// Most bytes of commands ([`Command::size_hint`]) a replica keeps to
+/// forward again (see [`EngineConfig::forward_retry`]); a forward beyond
+/// it is sent once, as every forward was before, and its caller hears of a
+/// loss at its deadline.
+pub const MAX_UNANSWERED_FORWARD_BYTES: usize = 32 << 20;
 
 /// Panics with a message when a safety invariant is broken. Continuing after
 /// that would risk acknowledging or applying something that was not chosen.
@@ -141,6 +146,9 @@ pub struct Ready {
     /// Commands this node forwarded ([`Replica::forward`]) that the node they
     /// went to did not take, and why. Taken ones are answered at apply.
     pub refused: Vec<(RequestId, ProposeError)>,
+    /// Forwarded commands sent again among `messages` (see
+    /// [`Replica::resend_forwards`]), for the caller's metrics.
+    pub forwards_sent_again: usize,
 }
 
 impl Ready {
@@ -189,6 +197,19 @@ struct Queued {
     from: Option<NodeId>,
 }
 
+/// A command this replica forwarded and has not seen applied or refused.
+#[derive(Debug)]
+struct Unanswered {
+    to: NodeId,
+    cmd: Command,
+    first_sent: Duration,
+    last_sent: Duration,
+    /// Copies sent so far: each waits twice as long as the one before
+    /// (up to eight times `forward_retry`), so a master that is slow, not
+    /// lossy, is not sent every pending write again every second.
+    copies: u32,
+}
+
 #[derive(Debug)]
 struct Master {
     ballot: Ballot,
@@ -220,6 +241,11 @@ struct Master {
     /// Quorum read mode: reads waiting for a confirmation round (boxed:
     /// empty in lease mode).
     reads: Box<QuorumReads>,
+    /// Request ids of forwarded commands queued, in flight or chosen but
+    /// not yet committed here: a copy of one forwarded again (see
+    /// [`EngineConfig::forward_retry`]) is not proposed a second time.
+    /// Bounded by the queue and the window.
+    forwarded: BTreeSet<RequestId>,
 }
 
 /// Reads waiting for a confirmation round (see [`super::quorum_read`]).
@@ -325,6 +351,18 @@ pub struct Replica {
     /// Commands for another node to propose ([`Replica::forward`]), by that
     /// node, sent at the next [`Replica::take_ready`].
     forwards: BTreeMap<NodeId, Vec<Command>>,
+    /// Forwarded commands not yet applied here nor refused, sent again
+    /// until they are (see [`Replica::resend_forwards`]).
+    unanswered: BTreeMap<RequestId, Unanswered>,
+    /// The [`Command::size_hint`]s of `unanswered`, bounded by
+    /// [`MAX_UNANSWERED_FORWARD_BYTES`].
+    unanswered_bytes: usize,
+    /// The highest commit index a master has reported to this replica,
+    /// and when it last reported one.
+    master_commit: Index,
+    master_report_at: Duration,
+    /// When [`Replica::resend_forwards`] next looks at `unanswered`.
+    next_forward_scan: Duration,
     /// Followers' read-index requests this master is answering, by the
     /// token it asked itself with (see [`REMOTE_READ_TOKEN`]): who asked,
     /// and their `seq`. Bounded; the oldest are forgotten first.
@@ -399,6 +437,11 @@ impl Replica {
             election_deadline: now,
             last_now: now,
             forwards: BTreeMap::new(),
+            unanswered: BTreeMap::new(),
+            unanswered_bytes: 0,
+            master_commit: 0,
+            master_report_at: Duration::ZERO,
+            next_forward_scan: Duration::ZERO,
             remote_reads: BTreeMap::new(),
             next_remote_read: 0,
             ready: Ready::default(),
@@ -768,6 +811,18 @@ impl Replica {
             let Some(e) = self.log.get(&i) else {
                 break;
             };
+            if let Value::Batch(cmds) = &e.value {
+                let forwarded = match &mut self.state {
+                    State::Master(m) => Some(&mut m.forwarded),
+                    _ => None,
+                };
+                forget_committed(
+                    cmds,
+                    &mut self.unanswered,
+                    &mut self.unanswered_bytes,
+                    forwarded,
+                );
+            }
             self.ready.committed.push((i, e.value.clone()));
             self.emitted = i;
         }
@@ -842,7 +897,19 @@ impl Replica {
                 self.ready.reads.push((seq, answer.into_result()));
             }
             Message::Forward { cmds } => self.on_forward(now, from, cmds),
-            Message::ForwardRefused { ids, hint, busy } => {
+            Message::ForwardRefused {
+                mut ids,
+                hint,
+                busy,
+            } => {
+                // A late refusal from a former master is not about the
+                // attempt sent since to the new one.
+                ids.retain(|id| self.unanswered.get(id).is_none_or(|u| u.to == from));
+                for id in &ids {
+                    if let Some(u) = self.unanswered.remove(id) {
+                        self.unanswered_bytes -= u.cmd.size_hint();
+                    }
+                }
                 let max_queue = self.cfg.max_queue;
                 self.ready.refused.extend(ids.into_iter().map(|id| {
                     let e = if busy {
@@ -899,6 +966,7 @@ impl Replica {
     /// Advances timers: elections, retransmissions, heartbeats, lease renewal.
     pub fn tick(&mut self, now: Duration) {
         self.last_now = self.last_now.max(now);
+        self.resend_forwards(now);
         match &self.state {
             State::Follower => {
                 if now >= self.election_deadline {
@@ -1144,6 +1212,8 @@ impl Replica {
 
     /// The master at `ballot` says every slot up to `commit` is chosen.
     fn learn_commit(&mut self, now: Duration, from: NodeId, ballot: Ballot, commit: Index) {
+        self.master_commit = self.master_commit.max(commit);
+        self.master_report_at = self.master_report_at.max(now);
         if commit <= self.commit {
             return;
         }
@@ -1239,6 +1309,11 @@ impl Replica {
         // already in it: applying them on top would apply them twice and move
         // the applied index backwards.
         self.ready.committed.retain(|(i, _)| *i > index);
+        // This replica's forwards may be in the snapshot, where it cannot
+        // see them, applied any time before: never sent again (see
+        // `resend_forwards`); their callers hear at their deadlines.
+        self.unanswered.clear();
+        self.unanswered_bytes = 0;
         self.commit = self.commit.max(index);
         self.emitted = self.emitted.max(index);
         self.catchup_sent = None;
@@ -1458,6 +1533,7 @@ impl Replica {
             transfer: None,
             drain_until: None,
             reads: Box::default(),
+            forwarded: BTreeSet::new(),
         });
         let mut values: Vec<(Index, Value)> = Vec::new();
         for i in c.from_index.max(self.commit + 1)..=last {
@@ -1923,8 +1999,16 @@ impl Replica {
                 hint: Some(t.target),
             });
         }
+        if from.is_some() && m.forwarded.contains(&cmd.id) {
+            // Forwarded again while the first copy is queued or in flight
+            // (see `EngineConfig::forward_retry`): already taken.
+            return Ok(());
+        }
         if m.queue.len() >= max_queue {
             return Err(ProposeError::Busy(max_queue));
+        }
+        if from.is_some() {
+            m.forwarded.insert(cmd.id);
         }
         m.queue.push_back(Queued { cmd, from });
         // Packed at take_ready, with whatever else arrives before it.
@@ -1935,9 +2019,12 @@ impl Replica {
     /// Queues a client command for `to`, which this node believes is master,
     /// to propose; it is answered when this node applies it, or comes back in
     /// [`Ready::refused`] if `to` does not take it. A master proposes it
-    /// itself. Nothing answers a forward that is lost on the way: its caller
-    /// hears of it at its own deadline, or sends it again (under the same
-    /// request id) once this replica sees another master.
+    /// itself. A forward lost on the way is sent again, under the same
+    /// request id, every [`EngineConfig::forward_retry`] for
+    /// [`EngineConfig::forward_for`] while `to` is still the master this
+    /// replica knows (see [`Replica::resend_forwards`]); once this replica
+    /// sees another master its caller sends it again (under the same request
+    /// id) to that one.
     pub fn forward(&mut self, now: Duration, to: NodeId, cmd: Command) -> Result<(), ProposeError> {
         if self.is_master() || to == self.cfg.id {
             return self.propose(now, cmd);
@@ -1952,9 +2039,97 @@ impl Replica {
         if queued >= self.cfg.max_queue {
             return Err(ProposeError::Busy(self.cfg.max_queue));
         }
+        let size = cmd.size_hint();
+        // The caller may send one request again (to a new master): its
+        // copies still stop `forward_for` after its first send.
+        let first_sent = match self.unanswered.remove(&cmd.id) {
+            Some(u) => {
+                self.unanswered_bytes -= u.cmd.size_hint();
+                u.first_sent
+            }
+            None => now,
+        };
+        if self.unanswered.len() < self.cfg.max_queue
+            && self.unanswered_bytes + size <= MAX_UNANSWERED_FORWARD_BYTES
+        {
+            self.unanswered_bytes += size;
+            self.unanswered.insert(
+                cmd.id,
+                Unanswered {
+                    to,
+                    cmd: cmd.clone(),
+                    first_sent,
+                    last_sent: now,
+                    copies: 0,
+                },
+            );
+        }
         self.forwards.entry(to).or_default().push(cmd);
         self.last_now = self.last_now.max(now);
         Ok(())
+    }
+
+    /// Sends again the forwards that have had no answer for
+    /// [`EngineConfig::forward_retry`] (twice that after one copy, and so
+    /// on up to eight times), to the master they went to, once this replica
+    /// has applied everything that master reported committed in a report
+    /// that came after the forward's last send;
+    /// forgets those that went to a node that is no longer the master this
+    /// replica knows (the caller sends them again, to the new one) or
+    /// were first sent [`EngineConfig::forward_for`] ago.
+    ///
+    /// Why a copy is safe: every copy carries the same request id, and a
+    /// copy proposed as well as the first is applied as a duplicate that
+    /// answers with the first's result (see [`crate::kv::dedup`]), as long
+    /// as the request-id table still holds the first. So copies are kept
+    /// from being proposed long after the first:
+    /// - the master proposes none while the first is queued, in flight or
+    ///   chosen but not committed there (`Master::forwarded`);
+    /// - this replica sends none while it lags behind the commit index the
+    ///   master reported, or before the master reported one after the last
+    ///   send: the first may be in what it has not applied yet. Once it has
+    ///   applied all of a fresh report (and so forgotten every forward of
+    ///   its own in there), a copy meets a first that the master committed
+    ///   only after that report, moments before;
+    /// - none is sent past the caller's deadline.
+    ///
+    /// A new master holds no `forwarded` ids, but forwards to a former master
+    /// are never sent again by the engine (the caller sends those under the
+    /// same id, as it always has).
+    fn resend_forwards(&mut self, now: Duration) {
+        if self.unanswered.is_empty() || now < self.next_forward_scan {
+            return;
+        }
+        // A scan walks every entry: a few per `forward_retry`, not one per
+        // tick.
+        self.next_forward_scan = now + self.cfg.forward_retry / 4;
+        let master = if self.is_master() {
+            Some(self.cfg.id)
+        } else {
+            self.known_master
+        };
+        let (retry, until) = (self.cfg.forward_retry, self.cfg.forward_for);
+        let (caught_up, report_at) = (self.emitted >= self.master_commit, self.master_report_at);
+        let mut dropped = 0;
+        let mut again: Vec<(NodeId, Command)> = Vec::new();
+        self.unanswered.retain(|_, u| {
+            if Some(u.to) != master || now >= u.first_sent + until {
+                dropped += u.cmd.size_hint();
+                return false;
+            }
+            let due = u.last_sent + retry * (1 << u.copies.min(3));
+            if caught_up && report_at > u.last_sent && now >= due {
+                u.last_sent = now;
+                u.copies += 1;
+                again.push((u.to, u.cmd.clone()));
+            }
+            true
+        });
+        self.unanswered_bytes -= dropped;
+        self.ready.forwards_sent_again += again.len();
+        for (to, cmd) in again {
+            self.forwards.entry(to).or_default().push(cmd);
+        }
     }
 
     /// Proposes one membership change. Returns the instance it will occupy;
@@ -2283,4 +2458,30 @@ fn merge_promises(
         }
     }
     merged
+}
+
+/// Forgets the request ids of a committed batch: this replica's forwards
+/// among them are answered (applied), and, on a master, copies of them
+/// forwarded again may be proposed (the state machine takes them as
+/// duplicates).
+fn forget_committed(
+    cmds: &[Command],
+    unanswered: &mut BTreeMap<RequestId, Unanswered>,
+    unanswered_bytes: &mut usize,
+    forwarded: Option<&mut BTreeSet<RequestId>>,
+) {
+    if !unanswered.is_empty() {
+        for c in cmds {
+            if let Some(u) = unanswered.remove(&c.id) {
+                *unanswered_bytes -= u.cmd.size_hint();
+            }
+        }
+    }
+    if let Some(f) = forwarded
+        && !f.is_empty()
+    {
+        for c in cmds {
+            f.remove(&c.id);
+        }
+    }
 }

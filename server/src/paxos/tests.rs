@@ -1,7 +1,9 @@
 //! Unit tests of the engine's roles, driven by hand in one thread: a tiny
 //! network of replicas whose messages the test delivers, drops or inspects.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
 use std::time::Duration;
 
 use super::*;
@@ -37,6 +39,8 @@ fn config_in(id: NodeId, mode: ReadMode) -> EngineConfig {
     c.retry = Duration::from_millis(40);
     c.window = 4;
     c.max_batch_commands = 100;
+    c.forward_retry = Duration::from_secs(1);
+    c.forward_for = Duration::from_secs(20);
     c
 }
 
@@ -970,6 +974,212 @@ fn a_follower_forwards_writes_in_one_message_and_applies_them_like_everyone() {
     }
     assert!(net.refused.values().all(Vec::is_empty));
     net.assert_agreement();
+}
+
+/// Forward messages from `from` to `to` the network saw, and a dropper
+/// that loses them (and, with `isolate`, everything to or from `to`).
+fn counting_forwards(from: NodeId, to: NodeId, isolate: bool) -> (Rc<Cell<usize>>, Dropper) {
+    let seen = Rc::new(Cell::new(0));
+    let counter = seen.clone();
+    let dropper: Dropper = Box::new(move |env| {
+        let forward =
+            env.from == from && env.to == to && matches!(env.msg, Message::Forward { .. });
+        if forward {
+            counter.set(counter.get() + 1);
+        }
+        forward || (isolate && (env.to == to || env.from == to))
+    });
+    (seen, dropper)
+}
+
+#[test]
+fn a_forward_lost_on_the_way_is_sent_again_and_applied_once() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let (seen, dropper) = counting_forwards(2, 1, false);
+    net.dropper = Some(dropper);
+    let now = net.now;
+    let f = net.nodes.get_mut(&2).expect("follower");
+    f.forward(now, 1, put(1, "a")).expect("queued");
+    net.settle(&[]);
+    assert_eq!(seen.get(), 1);
+    net.advance(Duration::from_millis(900), &[]);
+    assert_eq!(seen.get(), 1, "sent again before forward_retry");
+    assert!(net.batches(1).is_empty());
+    // The network delivers again; the next copy goes through.
+    net.dropper = None;
+    net.advance(Duration::from_millis(500), &[]);
+    for id in [1, 2, 3] {
+        assert_eq!(net.batches(id), vec![vec![1]], "node {id}");
+    }
+    // Applied here: never sent again.
+    let (seen, dropper) = counting_forwards(2, 1, false);
+    net.dropper = Some(dropper);
+    net.advance(Duration::from_secs(3), &[]);
+    assert_eq!(seen.get(), 0);
+    net.assert_agreement();
+}
+
+#[test]
+fn copies_of_a_forward_are_proposed_once_while_one_is_queued_or_in_flight() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let copy = || Envelope {
+        from: 2,
+        to: 1,
+        msg: Message::Forward {
+            cmds: vec![put(1, "a"), put(2, "b")],
+        },
+    };
+    // The second copy arrives while the first is in flight (its accepts
+    // are on the wire behind it).
+    net.wire.push_back(copy());
+    net.wire.push_back(copy());
+    net.settle(&[]);
+    net.advance(Duration::from_millis(100), &[]);
+    for id in [1, 2, 3] {
+        assert_eq!(net.batches(id), vec![vec![1, 2]], "node {id}");
+    }
+    // One that arrives after the first was committed is proposed again:
+    // the state machine takes it as a duplicate (see `kv::dedup`). That the
+    // master proposes it at all shows the ids were forgotten at commit.
+    net.wire.push_back(copy());
+    net.settle(&[]);
+    net.advance(Duration::from_millis(100), &[]);
+    assert_eq!(net.batches(1), vec![vec![1, 2], vec![1, 2]]);
+    net.assert_agreement();
+}
+
+#[test]
+fn a_follower_behind_the_masters_commit_does_not_send_a_forward_again() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    // Node 2 hears heartbeats but no values: it lags behind the commit
+    // index they carry. Its forwards are lost.
+    let seen = Rc::new(Cell::new(0));
+    let counter = seen.clone();
+    net.dropper = Some(Box::new(move |env| {
+        let forward = env.from == 2 && matches!(env.msg, Message::Forward { .. });
+        if forward {
+            counter.set(counter.get() + 1);
+        }
+        let values =
+            env.to == 2 && matches!(env.msg, Message::Accept { .. } | Message::Catchup { .. });
+        forward || values
+    }));
+    let now = net.now;
+    net.nodes.get_mut(&1).map(|r| r.propose(now, put(1, "a")));
+    let f = net.nodes.get_mut(&2).expect("follower");
+    f.forward(now, 1, put(2, "b")).expect("queued");
+    net.advance(Duration::from_secs(3), &[]);
+    assert_eq!(net.batches(1), vec![vec![1]]);
+    assert!(net.batches(2).is_empty());
+    assert_eq!(seen.get(), 1, "sent again while behind");
+    // Caught up, it sends the forward again.
+    net.dropper = None;
+    net.advance(Duration::from_millis(1500), &[]);
+    for id in [1, 2, 3] {
+        assert_eq!(net.batches(id), vec![vec![1], vec![2]], "node {id}");
+    }
+}
+
+#[test]
+fn a_follower_that_hears_no_report_from_its_master_sends_no_copy() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.advance(Duration::from_millis(100), &[]);
+    // Node 2 stops hearing from node 1 (and never runs for master): what
+    // it knows of the commit index is as old as its forward.
+    net.nodes.get_mut(&2).expect("follower").forbid_candidacy();
+    let seen = Rc::new(Cell::new(0));
+    let counter = seen.clone();
+    net.dropper = Some(Box::new(move |env| {
+        let forward = env.from == 2 && matches!(env.msg, Message::Forward { .. });
+        if forward {
+            counter.set(counter.get() + 1);
+        }
+        forward || (env.from == 1 && env.to == 2)
+    }));
+    let now = net.now;
+    let f = net.nodes.get_mut(&2).expect("follower");
+    f.forward(now, 1, put(1, "a")).expect("queued");
+    net.advance(Duration::from_secs(5), &[]);
+    assert_eq!(net.nodes[&2].master_hint(), Some(1));
+    assert_eq!(seen.get(), 1, "a copy without a report since the forward");
+}
+
+#[test]
+fn a_forward_is_sent_again_only_until_its_deadline() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let (seen, dropper) = counting_forwards(2, 1, false);
+    net.dropper = Some(dropper);
+    let now = net.now;
+    let f = net.nodes.get_mut(&2).expect("follower");
+    f.forward(now, 1, put(1, "a")).expect("queued");
+    net.advance(Duration::from_secs(40), &[]);
+    // Sent at 0 s, then again 1, 2, 4 and 8 s after each send (about 1, 3,
+    // 7 and 15 s); the next, at about 23 s, would be past `forward_for`
+    // (20 s).
+    assert_eq!(seen.get(), 5);
+    assert!(net.batches(1).is_empty());
+}
+
+#[test]
+fn a_late_refusal_from_another_node_leaves_a_forward_waiting() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.dropper = Some(counting_forwards(2, 1, false).1);
+    let now = net.now;
+    let f = net.nodes.get_mut(&2).expect("follower");
+    f.forward(now, 1, put(1, "a")).expect("queued");
+    net.settle(&[]);
+    let refused = |from| Envelope {
+        from,
+        to: 2,
+        msg: Message::ForwardRefused {
+            ids: vec![RequestId { client: 1, seq: 1 }],
+            hint: Some(1),
+            busy: false,
+        },
+    };
+    // Node 3 (say, a master it went to before) refuses it late: not about
+    // the attempt waiting at node 1.
+    net.wire.push_back(refused(3));
+    net.settle(&[]);
+    assert!(net.refused.get(&2).is_none_or(Vec::is_empty));
+    net.wire.push_back(refused(1));
+    net.settle(&[]);
+    assert_eq!(net.refused[&2].len(), 1);
+}
+
+#[test]
+fn a_forward_is_not_sent_again_to_a_node_that_is_no_longer_master() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    // Node 1 is cut off from here on; the forward to it is lost.
+    let (seen, dropper) = counting_forwards(2, 1, true);
+    net.dropper = Some(dropper);
+    let now = net.now;
+    let f = net.nodes.get_mut(&2).expect("follower");
+    f.forward(now, 1, put(1, "a")).expect("queued");
+    let mut waited = Duration::ZERO;
+    while net.nodes[&2].master_hint().is_none_or(|m| m == 1) {
+        assert!(waited < Duration::from_secs(10), "no new master");
+        net.advance(Duration::from_millis(100), &[]);
+        waited += Duration::from_millis(100);
+    }
+    let before = seen.get();
+    net.advance(Duration::from_secs(5), &[]);
+    assert_eq!(seen.get(), before, "sent again to the former master");
+    // Nor does the engine send it to the new one: its caller does.
+    for id in [2, 3] {
+        assert!(
+            net.batches(id).iter().all(|b| !b.contains(&1)),
+            "node {id}: {:?}",
+            net.batches(id)
+        );
+    }
 }
 
 #[test]

@@ -71,6 +71,10 @@ pub struct SeedOutcome {
     /// Forwarded writes sent back by a node that was not, or stopped being,
     /// master.
     pub forward_refusals: usize,
+    /// Forwarded writes a follower sent to the master again, unanswered.
+    pub forwards_sent_again: usize,
+    /// Client attempts that had no answer within the client's timeout.
+    pub client_timeouts: usize,
     /// Reads a follower served at the master's read index.
     pub follower_reads: usize,
 }
@@ -176,6 +180,8 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
                 replacements: 0,
                 forwarded_acks: 0,
                 forward_refusals: 0,
+                forwards_sent_again: 0,
+                client_timeouts: 0,
                 follower_reads: 0,
             };
         }
@@ -220,6 +226,8 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
         replacements: report.replacements,
         forwarded_acks: report.forwarded_acks,
         forward_refusals: report.forward_refusals,
+        forwards_sent_again: report.forwards_sent_again,
+        client_timeouts: report.client_timeouts,
         follower_reads: report.follower_reads,
     }
 }

@@ -357,6 +357,10 @@ pub struct RunReport {
     /// Forwarded writes the master sent back as "not master": it was not,
     /// or it stopped before proposing them.
     pub forward_refusals: usize,
+    /// Forwarded writes a follower sent to the master again, unanswered.
+    pub forwards_sent_again: usize,
+    /// Client attempts that had no answer within the client's timeout.
+    pub client_timeouts: usize,
     /// Reads a follower served at the master's read index.
     pub follower_reads: usize,
 }
@@ -384,6 +388,8 @@ pub struct World {
     auth_refusals: usize,
     forwarded_acks: usize,
     forward_refusals: usize,
+    forwards_sent_again: usize,
+    client_timeouts: usize,
     follower_reads: usize,
     /// Where each of the actor's ops was first chosen: a copy chosen again
     /// later is answered from the dedup table, with the first outcome.
@@ -520,6 +526,8 @@ impl World {
             auth_refusals: 0,
             forwarded_acks: 0,
             forward_refusals: 0,
+            forwards_sent_again: 0,
+            client_timeouts: 0,
             follower_reads: 0,
             auth_first: BTreeMap::new(),
             lease: LeaseActor::default(),
@@ -637,6 +645,8 @@ impl World {
         cfg.heartbeat = Duration::from_millis(50);
         cfg.election_timeout = Duration::from_millis(150);
         cfg.retry = Duration::from_millis(60);
+        cfg.forward_retry = Duration::from_millis(120);
+        cfg.forward_for = Duration::from_micros(CLIENT_TIMEOUT);
         cfg.window = 8;
         cfg.max_batch_commands = 16;
         cfg.catchup_batch = 64;
@@ -790,6 +800,7 @@ impl World {
         for (index, value) in ready.committed {
             self.apply(i, index, value);
         }
+        self.forwards_sent_again += ready.forwards_sent_again;
         self.forward_refusals += ready
             .refused
             .iter()
@@ -1330,6 +1341,7 @@ impl World {
         if self.clients[c].attempt != attempt || self.clients[c].current.is_none() {
             return;
         }
+        self.client_timeouts += 1;
         if self.rng.random_bool(0.5) {
             self.clients[c].target = self.rng.random_range(0..self.nodes.len());
         }
@@ -2321,6 +2333,8 @@ impl World {
             auth_refusals: self.auth_refusals,
             forwarded_acks: self.forwarded_acks,
             forward_refusals: self.forward_refusals,
+            forwards_sent_again: self.forwards_sent_again,
+            client_timeouts: self.client_timeouts,
             follower_reads: self.follower_reads,
             lease_renewals: self.lease.renewals,
             lease_expiries: self.lease.expiries,

@@ -115,6 +115,7 @@ struct Inner {
     quota_refusals: Counter,
     snapshots: Family<KindLabels, Counter>,
     forwarded: Counter,
+    forwards_sent_again: Counter,
     peer_messages: Family<DirectionLabels, Counter>,
     peer_bytes_sent: Family<EncodingLabels, Counter>,
     node_state: Family<StateLabels, Gauge>,
@@ -171,6 +172,7 @@ impl Metrics {
             snapshots: Family::default(),
             auth_failures: Family::default(),
             forwarded: Counter::default(),
+            forwards_sent_again: Counter::default(),
             peer_messages: Family::default(),
             peer_bytes_sent: Family::default(),
             node_state: Family::default(),
@@ -283,6 +285,12 @@ impl Metrics {
             "forwarded_writes",
             "Writes forwarded to the master",
             inner.forwarded.clone(),
+        );
+        r.register(
+            "forwards_sent_again",
+            "Forwarded writes sent to the master again, under the same request id, \
+             after going unanswered for a while (lost on the way, or slow to commit)",
+            inner.forwards_sent_again.clone(),
         );
         r.register(
             "peer_messages",
@@ -471,6 +479,11 @@ impl Metrics {
         self.0.forwarded.inc();
     }
 
+    /// Counts forwarded writes the engine sent to the master again.
+    pub fn inc_forwards_sent_again(&self, n: u64) {
+        self.0.forwards_sent_again.inc_by(n);
+    }
+
     /// Counts peer messages; `direction` is `sent` or `received`.
     pub fn inc_peer_messages(&self, direction: &str, n: u64) {
         self.0
@@ -653,6 +666,7 @@ mod tests {
         m.inc_snapshots("sent");
         m.inc_snapshots("sent");
         m.inc_forwarded();
+        m.inc_forwards_sent_again(2);
         m.inc_peer_messages("sent", 3);
         m.inc_peer_messages("received", 4);
         m.inc_peer_bytes_sent("json", 100);
@@ -680,6 +694,7 @@ mod tests {
             r#"phxkv_snapshots_total{kind="taken"} 1"#,
             r#"phxkv_snapshots_total{kind="sent"} 2"#,
             "phxkv_forwarded_writes_total 1",
+            "phxkv_forwards_sent_again_total 2",
             r#"phxkv_peer_messages_total{direction="sent"} 3"#,
             r#"phxkv_peer_messages_total{direction="received"} 4"#,
             r#"phxkv_peer_message_bytes_sent_total{encoding="json"} 100"#,
