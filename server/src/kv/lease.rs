@@ -12,9 +12,9 @@
 //!   keys) and one under the key (to find its lease).
 //! - **The clock half** ([`LeaseTimers`]) lives only on the master. Renewals
 //!   (keep-alives) never go through the log: they move a deadline in the
-//!   master's memory. When a deadline passes, the master proposes
-//!   [`LeaseOp::Expire`], and every replica deletes the same keys at the
-//!   same revision when it applies it.
+//!   master's memory. When a deadline passes, the master proposes the
+//!   lease's expiry, and every replica deletes the same keys at the same
+//!   revision when it applies it.
 //!
 //! ## The guarantee, and why it holds
 //!
@@ -65,28 +65,37 @@
 //!   exists, an unfenced [`LeaseOp::Expire`] changes nothing either.
 //!
 //! Why that is enough: say master M (ballot `b`) acknowledges a keep-alive
-//! having applied its fence, at log position `p`, and an expiry decided
-//! by master X takes effect at position `j`.
+//! for a grant, having applied the log up to position `a`, where the last
+//! fence names `b`; and an expiry of that grant, decided by master X,
+//! takes effect at position `j`. Each fence adds one to the number, so
+//! the fence the expiry carries is the last fence before `j`, and X had
+//! applied it, and found its own ballot in it, when it decided.
 //!
-//! - If `j` is before M's applied point, M applied the expiry before the
-//!   keep-alive and found the lease gone: it acknowledged nothing.
-//! - Otherwise `j` follows `p`, and the fence X's expiry carries is the
-//!   last fence before `j`, so it is at `p` or after. At `p`, X is M
-//!   (one ballot, one mastership), and M's own timers order its keep-alives
-//!   and its expiries, as above. After `p`, X had applied M's fence when it
-//!   decided, while its master lease was valid, so X's ballot is above `b`
-//!   (a master whose lease is valid once a higher ballot's value is chosen
-//!   would have had to get its lease chosen past a majority that promised
-//!   the higher ballot, or to hold it across the higher ballot's election,
-//!   which its acceptors refuse): X took over after M's lease ended, and
-//!   started every deadline afresh after M's last acknowledgement.
+//! - If `j` is at or before `a`, M had applied the expiry and found the
+//!   grant gone: it acknowledged nothing.
+//! - Otherwise, if the last fence before `j` names `b`, X is M (one
+//!   ballot, one mastership), and M's own timers order its keep-alives and
+//!   its expiries, as above.
+//! - Otherwise that fence comes after `a`, so X had applied M's fence, a
+//!   value a majority accepted at a ballot of at least `b`, and still held
+//!   a valid master lease. A master with a lower ballot cannot: its lease
+//!   was chosen at its own ballot by acceptors that then refuse every
+//!   other proposer's prepare until the lease ends, so a majority promised
+//!   `b` only after it ended, and no lease at the lower ballot can be
+//!   chosen past that majority. So X's ballot is above `b`: X took over
+//!   after M's lease ended and started every deadline afresh after M's
+//!   last acknowledgement.
 //!
 //! A stale fence chosen late just moves the number on: the master whose
 //! fence it is no longer decides anything, and the current master, no
 //! longer finding its own ballot in the record, stops answering and
 //! fences again. Fences need every member to decode them (the
 //! `lease_fence` peer feature); until a fence exists, a master whose
-//! members do not all say so decides as before, without one.
+//! members do not all say so decides as before, without one. Once one
+//! exists, a replica of an earlier version would apply an unfenced expiry
+//! that this version ignores: rolling back, or adding a member of an
+//! earlier version, is then not supported. (A fence is proposed ahead of
+//! every queued write, so a master under load still gets one.)
 
 use std::collections::BTreeMap;
 use std::ops::Bound;

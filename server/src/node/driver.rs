@@ -620,14 +620,23 @@ impl Driver {
         }
     }
 
-    /// Proposes a lease op of the cluster's own (an expiry or a fence).
+    /// Proposes a lease op of the cluster's own: an expiry, or a fence,
+    /// which goes ahead of every client's write (see
+    /// [`Replica::propose_first`]).
     fn propose_lease_op(&mut self, op: crate::kv::LeaseOp) {
         self.expiry_ids.seq += 1;
+        let first = matches!(op, crate::kv::LeaseOp::Fence { .. });
         let cmd = Command {
             id: self.expiry_ids,
             op: crate::kv::Op::Lease(op),
         };
-        if let Err(e) = self.replica.propose(self.now(), cmd) {
+        let now = self.now();
+        let proposed = if first {
+            self.replica.propose_first(now, cmd)
+        } else {
+            self.replica.propose(now, cmd)
+        };
+        if let Err(e) = proposed {
             tracing::debug!(error = %e, "could not propose a lease op");
         }
     }

@@ -1981,6 +1981,27 @@ impl Replica {
         self.enqueue(now, cmd, None)
     }
 
+    /// Proposes a command of the cluster's own that must not wait behind
+    /// clients, or be refused because of them: a master's lease fence,
+    /// without which it answers no keep-alive (see `crate::kv::lease`). It
+    /// goes to the head of the queue, past the queue's bound; its caller
+    /// proposes at most one a second, so that bound is passed by at most
+    /// that.
+    pub fn propose_first(&mut self, now: Duration, cmd: Command) -> Result<(), ProposeError> {
+        let hint = self.known_master;
+        let State::Master(m) = &mut self.state else {
+            return Err(ProposeError::NotMaster { hint });
+        };
+        if let Some(t) = m.transfer {
+            return Err(ProposeError::NotMaster {
+                hint: Some(t.target),
+            });
+        }
+        m.queue.push_front(Queued { cmd, from: None });
+        self.last_now = self.last_now.max(now);
+        Ok(())
+    }
+
     /// [`Replica::propose`] for a client of this node (`from` is `None`) or
     /// of the follower `from`, which forwarded it.
     fn enqueue(

@@ -872,6 +872,46 @@ fn a_full_queue_refuses_proposals_as_busy() {
 }
 
 #[test]
+fn a_command_proposed_first_goes_ahead_of_a_full_queue() {
+    let mut cfg = config(1);
+    cfg.max_queue = 3;
+    cfg.window = 1;
+    let (mut r, t, ballot) = elected_alone(cfg);
+    // The lease instance occupies the window; the queue fills.
+    for seq in 1..=3 {
+        r.propose(t, put(seq, "k")).expect("queued");
+    }
+    assert_eq!(r.propose(t, put(4, "k")), Err(ProposeError::Busy(3)));
+    r.propose_first(t, put(100, "fence"))
+        .expect("taken past the bound");
+    let lease = r.status(t).last_index;
+    for from in [2, 3] {
+        r.step(
+            t,
+            from,
+            Message::Accepted {
+                ballot,
+                indexes: vec![lease],
+                commit: 0,
+            },
+        );
+    }
+    let ready = r.take_ready();
+    let proposed: Vec<u64> = ready
+        .messages
+        .iter()
+        .find_map(|env| match &env.msg {
+            Message::Accept { entries, .. } => entries.iter().find_map(|(_, v)| match v {
+                Value::Batch(cmds) => Some(cmds.iter().map(|c| c.id.seq).collect()),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .expect("the queue proposed once the lease was chosen");
+    assert_eq!(proposed, [100, 1, 2, 3]);
+}
+
+#[test]
 fn a_master_that_steps_down_refuses_queued_forwards_back_to_their_follower() {
     let mut cfg = config(1);
     cfg.window = 1;

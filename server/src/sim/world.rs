@@ -1880,7 +1880,7 @@ impl World {
                     let name = self.nodes[i].name.clone();
                     self.note(format!("{name} proposes its lease fence"));
                     if let Some(r) = self.nodes[i].replica.as_mut() {
-                        let _ = r.propose(now, cmd);
+                        let _ = r.propose_first(now, cmd);
                     }
                     self.process_ready(i);
                 }
