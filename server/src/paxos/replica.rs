@@ -1988,6 +1988,16 @@ impl Replica {
     /// proposes at most one a second, so that bound is passed by at most
     /// that.
     pub fn propose_first(&mut self, now: Duration, cmd: Command) -> Result<(), ProposeError> {
+        self.taking_master()?
+            .queue
+            .push_front(Queued { cmd, from: None });
+        self.last_now = self.last_now.max(now);
+        Ok(())
+    }
+
+    /// This node's mastership, if it takes commands now: not while it hands
+    /// mastership over.
+    fn taking_master(&mut self) -> Result<&mut Master, ProposeError> {
         let hint = self.known_master;
         let State::Master(m) = &mut self.state else {
             return Err(ProposeError::NotMaster { hint });
@@ -1997,9 +2007,7 @@ impl Replica {
                 hint: Some(t.target),
             });
         }
-        m.queue.push_front(Queued { cmd, from: None });
-        self.last_now = self.last_now.max(now);
-        Ok(())
+        Ok(m)
     }
 
     /// [`Replica::propose`] for a client of this node (`from` is `None`) or
@@ -2011,15 +2019,7 @@ impl Replica {
         from: Option<NodeId>,
     ) -> Result<(), ProposeError> {
         let max_queue = self.cfg.max_queue;
-        let hint = self.known_master;
-        let State::Master(m) = &mut self.state else {
-            return Err(ProposeError::NotMaster { hint });
-        };
-        if let Some(t) = m.transfer {
-            return Err(ProposeError::NotMaster {
-                hint: Some(t.target),
-            });
-        }
+        let m = self.taking_master()?;
         if from.is_some() && m.forwarded.contains(&cmd.id) {
             // Forwarded again while the first copy is queued or in flight
             // (see `EngineConfig::forward_retry`): already taken.

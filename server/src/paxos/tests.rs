@@ -832,12 +832,18 @@ fn elected_alone(cfg: EngineConfig) -> (Replica, Duration, Ballot) {
     (r, t, ballot)
 }
 
-#[test]
-fn a_full_queue_refuses_proposals_as_busy() {
+/// [`elected_alone`] with room for one instance in flight (its lease
+/// takes it) and three commands in the queue.
+fn elected_with_a_queue_of_three() -> (Replica, Duration, Ballot) {
     let mut cfg = config(1);
     cfg.max_queue = 3;
     cfg.window = 1;
-    let (mut r, t, _) = elected_alone(cfg);
+    elected_alone(cfg)
+}
+
+#[test]
+fn a_full_queue_refuses_proposals_as_busy() {
+    let (mut r, t, _) = elected_with_a_queue_of_three();
     // The lease instance occupies the window; everything else queues.
     let mut refused = 0;
     for seq in 1..=10 {
@@ -873,10 +879,7 @@ fn a_full_queue_refuses_proposals_as_busy() {
 
 #[test]
 fn a_command_proposed_first_goes_ahead_of_a_full_queue() {
-    let mut cfg = config(1);
-    cfg.max_queue = 3;
-    cfg.window = 1;
-    let (mut r, t, ballot) = elected_alone(cfg);
+    let (mut r, t, ballot) = elected_with_a_queue_of_three();
     // The lease instance occupies the window; the queue fills.
     for seq in 1..=3 {
         r.propose(t, put(seq, "k")).expect("queued");
@@ -1016,9 +1019,28 @@ fn a_follower_forwards_writes_in_one_message_and_applies_them_like_everyone() {
     net.assert_agreement();
 }
 
+/// {1, 2, 3} with 1 master, its follower 2 having just forwarded
+/// `put(1, "a")` to it, with the forwards from 2 to 1 counted and lost
+/// (see [`counting_forwards`]).
+fn forwarded_and_lost(isolate: bool) -> (Net, Rc<Cell<usize>>) {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    let (seen, dropper) =
+        counting_forwards(2, 1, move |env| isolate && (env.to == 1 || env.from == 1));
+    net.dropper = Some(dropper);
+    let now = net.now;
+    let f = net.nodes.get_mut(&2).expect("follower");
+    f.forward(now, 1, put(1, "a")).expect("queued");
+    (net, seen)
+}
+
 /// Forward messages from `from` to `to` the network saw, and a dropper
-/// that loses them (and, with `isolate`, everything to or from `to`).
-fn counting_forwards(from: NodeId, to: NodeId, isolate: bool) -> (Rc<Cell<usize>>, Dropper) {
+/// that loses them, and whatever else `also` says.
+fn counting_forwards(
+    from: NodeId,
+    to: NodeId,
+    also: impl Fn(&Envelope) -> bool + 'static,
+) -> (Rc<Cell<usize>>, Dropper) {
     let seen = Rc::new(Cell::new(0));
     let counter = seen.clone();
     let dropper: Dropper = Box::new(move |env| {
@@ -1027,20 +1049,14 @@ fn counting_forwards(from: NodeId, to: NodeId, isolate: bool) -> (Rc<Cell<usize>
         if forward {
             counter.set(counter.get() + 1);
         }
-        forward || (isolate && (env.to == to || env.from == to))
+        forward || also(env)
     });
     (seen, dropper)
 }
 
 #[test]
 fn a_forward_lost_on_the_way_is_sent_again_and_applied_once() {
-    let mut net = Net::new(&[1, 2, 3]);
-    net.elect(1);
-    let (seen, dropper) = counting_forwards(2, 1, false);
-    net.dropper = Some(dropper);
-    let now = net.now;
-    let f = net.nodes.get_mut(&2).expect("follower");
-    f.forward(now, 1, put(1, "a")).expect("queued");
+    let (mut net, seen) = forwarded_and_lost(false);
     net.settle(&[]);
     assert_eq!(seen.get(), 1);
     net.advance(Duration::from_millis(900), &[]);
@@ -1053,7 +1069,7 @@ fn a_forward_lost_on_the_way_is_sent_again_and_applied_once() {
         assert_eq!(net.batches(id), vec![vec![1]], "node {id}");
     }
     // Applied here: never sent again.
-    let (seen, dropper) = counting_forwards(2, 1, false);
+    let (seen, dropper) = counting_forwards(2, 1, |_| false);
     net.dropper = Some(dropper);
     net.advance(Duration::from_secs(3), &[]);
     assert_eq!(seen.get(), 0);
@@ -1096,17 +1112,10 @@ fn a_follower_behind_the_masters_commit_does_not_send_a_forward_again() {
     net.elect(1);
     // Node 2 hears heartbeats but no values: it lags behind the commit
     // index they carry. Its forwards are lost.
-    let seen = Rc::new(Cell::new(0));
-    let counter = seen.clone();
-    net.dropper = Some(Box::new(move |env| {
-        let forward = env.from == 2 && matches!(env.msg, Message::Forward { .. });
-        if forward {
-            counter.set(counter.get() + 1);
-        }
-        let values =
-            env.to == 2 && matches!(env.msg, Message::Accept { .. } | Message::Catchup { .. });
-        forward || values
-    }));
+    let (seen, dropper) = counting_forwards(2, 1, |env| {
+        env.to == 2 && matches!(env.msg, Message::Accept { .. } | Message::Catchup { .. })
+    });
+    net.dropper = Some(dropper);
     let now = net.now;
     net.nodes.get_mut(&1).map(|r| r.propose(now, put(1, "a")));
     let f = net.nodes.get_mut(&2).expect("follower");
@@ -1131,15 +1140,8 @@ fn a_follower_that_hears_no_report_from_its_master_sends_no_copy() {
     // Node 2 stops hearing from node 1 (and never runs for master): what
     // it knows of the commit index is as old as its forward.
     net.nodes.get_mut(&2).expect("follower").forbid_candidacy();
-    let seen = Rc::new(Cell::new(0));
-    let counter = seen.clone();
-    net.dropper = Some(Box::new(move |env| {
-        let forward = env.from == 2 && matches!(env.msg, Message::Forward { .. });
-        if forward {
-            counter.set(counter.get() + 1);
-        }
-        forward || (env.from == 1 && env.to == 2)
-    }));
+    let (seen, dropper) = counting_forwards(2, 1, |env| env.from == 1 && env.to == 2);
+    net.dropper = Some(dropper);
     let now = net.now;
     let f = net.nodes.get_mut(&2).expect("follower");
     f.forward(now, 1, put(1, "a")).expect("queued");
@@ -1150,13 +1152,7 @@ fn a_follower_that_hears_no_report_from_its_master_sends_no_copy() {
 
 #[test]
 fn a_forward_is_sent_again_only_until_its_deadline() {
-    let mut net = Net::new(&[1, 2, 3]);
-    net.elect(1);
-    let (seen, dropper) = counting_forwards(2, 1, false);
-    net.dropper = Some(dropper);
-    let now = net.now;
-    let f = net.nodes.get_mut(&2).expect("follower");
-    f.forward(now, 1, put(1, "a")).expect("queued");
+    let (mut net, seen) = forwarded_and_lost(false);
     net.advance(Duration::from_secs(40), &[]);
     // Sent at 0 s, then again 1, 2, 4 and 8 s after each send (about 1, 3,
     // 7 and 15 s); the next, at about 23 s, would be past `forward_for`
@@ -1167,12 +1163,7 @@ fn a_forward_is_sent_again_only_until_its_deadline() {
 
 #[test]
 fn a_late_refusal_from_another_node_leaves_a_forward_waiting() {
-    let mut net = Net::new(&[1, 2, 3]);
-    net.elect(1);
-    net.dropper = Some(counting_forwards(2, 1, false).1);
-    let now = net.now;
-    let f = net.nodes.get_mut(&2).expect("follower");
-    f.forward(now, 1, put(1, "a")).expect("queued");
+    let (mut net, _) = forwarded_and_lost(false);
     net.settle(&[]);
     let refused = |from| Envelope {
         from,
@@ -1195,14 +1186,8 @@ fn a_late_refusal_from_another_node_leaves_a_forward_waiting() {
 
 #[test]
 fn a_forward_is_not_sent_again_to_a_node_that_is_no_longer_master() {
-    let mut net = Net::new(&[1, 2, 3]);
-    net.elect(1);
     // Node 1 is cut off from here on; the forward to it is lost.
-    let (seen, dropper) = counting_forwards(2, 1, true);
-    net.dropper = Some(dropper);
-    let now = net.now;
-    let f = net.nodes.get_mut(&2).expect("follower");
-    f.forward(now, 1, put(1, "a")).expect("queued");
+    let (mut net, seen) = forwarded_and_lost(true);
     let mut waited = Duration::ZERO;
     while net.nodes[&2].master_hint().is_none_or(|m| m == 1) {
         assert!(waited < Duration::from_secs(10), "no new master");
