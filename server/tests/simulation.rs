@@ -297,9 +297,38 @@ fn clusters_on_real_databases_survive_crashes() {
     }
     assert!(failures.is_empty(), "{}", report(&failures));
 }
+fn rolling_upgrades_to_lease_fences_keep_every_invariant() {
+    // Every node restarts in turn while the lease actor's lease runs out;
+    // masters decide expiries without fences until the last is back, and
+    // with them after. Both kinds must take effect in these runs, and
+    // nothing decided before the upgrade may take effect past the start
+    // of a fenced mastership.
+    let (mut unfenced, mut fenced) = (0, 0);
+    let mut failures = Vec::new();
+    for seed in 5000..5120 {
+        let mut opts = options_for(seed);
+        opts.fences_from = opts.active * (1 + seed % 3) / 5;
+        let out = run_with(seed, opts);
+        unfenced += out.lease_unfenced;
+        fenced += out.lease_expiries - out.lease_unfenced;
+        if out.failure.is_some() {
+            failures.push(out);
+        }
+    }
+    assert!(failures.is_empty(), "{}", report(&failures));
+    println!("  {unfenced} expiries decided before an upgrade, {fenced} after");
+    assert!(
+        unfenced >= 10,
+        "only {unfenced} expiries decided before an upgrade"
+    );
+    assert!(
+        fenced >= 10,
+        "only {fenced} expiries decided after an upgrade"
+    );
+}
 
 fn main() {
-    let tests: [(&str, fn()); 11] = [
+    let tests: [(&str, fn()); 12] = [
         (
             "quorum_reads_stay_linearizable_when_clocks_drift_and_processes_pause",
             quorum_reads_stay_linearizable_when_clocks_drift_and_processes_pause,
@@ -343,6 +372,10 @@ fn main() {
         (
             "leases_overlap_when_clocks_drift_beyond_the_configured_bound",
             leases_overlap_when_clocks_drift_beyond_the_configured_bound,
+        ),
+        (
+            "rolling_upgrades_to_lease_fences_keep_every_invariant",
+            rolling_upgrades_to_lease_fences_keep_every_invariant,
         ),
     ];
     let filter: Vec<String> = std::env::args()

@@ -70,6 +70,7 @@ fn main() -> ExitCode {
     let renewals = Arc::new(AtomicU64::new(0));
     let expiries = Arc::new(AtomicU64::new(0));
     let fenced_off = Arc::new(AtomicU64::new(0));
+    let unfenced = Arc::new(AtomicU64::new(0));
     let intrusions = Arc::new(AtomicU64::new(0));
     let forwarded = Arc::new(AtomicU64::new(0));
     let forward_refusals = Arc::new(AtomicU64::new(0));
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
             let (next, failures, passed) = (next.clone(), failures.clone(), passed.clone());
             let refusals = refusals.clone();
             let (renewals, expiries) = (renewals.clone(), expiries.clone());
-            let fenced_off = fenced_off.clone();
+            let (fenced_off, unfenced) = (fenced_off.clone(), unfenced.clone());
             let (forwarded, follower_reads) = (forwarded.clone(), follower_reads.clone());
             let (forward_refusals, intrusions) = (forward_refusals.clone(), intrusions.clone());
             let (sent_again, timeouts) = (sent_again.clone(), timeouts.clone());
@@ -116,6 +117,7 @@ fn main() -> ExitCode {
                     renewals.fetch_add(out.lease_renewals as u64, Ordering::SeqCst);
                     expiries.fetch_add(out.lease_expiries as u64, Ordering::SeqCst);
                     fenced_off.fetch_add(out.lease_fenced_off as u64, Ordering::SeqCst);
+                    unfenced.fetch_add(out.lease_unfenced as u64, Ordering::SeqCst);
                     intrusions.fetch_add(out.lease_intrusions_refused as u64, Ordering::SeqCst);
                     forwarded.fetch_add(out.forwarded_acks as u64, Ordering::SeqCst);
                     forward_refusals.fetch_add(out.forward_refusals as u64, Ordering::SeqCst);
@@ -156,7 +158,9 @@ fn main() -> ExitCode {
     }
     println!(
         "elapsed {:.1}s; {} writes refused alike on every replica by the auth rules (a revoked token, or no credential after auth enable); \
-         {} lease keep-alives, {} leases expired, none before its TTL, {} expiries fenced off by a later master; \
+         {} lease keep-alives, {} leases expired, none before its TTL \
+         ({} of them decided without fences before an upgrade, whose TTL is not promised), \
+         {} expiries fenced off by a later master; \
          {} uses of a lease by a token that does not hold it refused alike on every replica; \
          {} writes answered by the follower that forwarded them ({} sent back as not master, \
          {} forwards sent again unanswered), {} client attempts timed out, \
@@ -165,6 +169,7 @@ fn main() -> ExitCode {
         refusals.load(Ordering::SeqCst),
         renewals.load(Ordering::SeqCst),
         expiries.load(Ordering::SeqCst),
+        unfenced.load(Ordering::SeqCst),
         fenced_off.load(Ordering::SeqCst),
         intrusions.load(Ordering::SeqCst),
         forwarded.load(Ordering::SeqCst),

@@ -17,6 +17,9 @@
 //! linearizable. An auth actor meanwhile creates and revokes a token and
 //! its role and writes as that token: every replica must refuse exactly the
 //! writes the log says were made without the rights (see `world::AuthModel`).
+//! A lease actor holds and renews leases that masters expire; a quarter of
+//! the runs start as a cluster mid-upgrade, whose masters decide expiries
+//! without lease fences until every member has them (see `crate::kv::lease`).
 //! The same seed replays the same run.
 
 pub mod bench;
@@ -63,6 +66,9 @@ pub struct SeedOutcome {
     pub lease_expiries: usize,
     /// Expiries that changed nothing: a later master's fence came first.
     pub lease_fenced_off: usize,
+    /// Expiries decided without a fence, before an upgrade, that took
+    /// effect.
+    pub lease_unfenced: usize,
     /// Attempts by a token on a lease held by another token, refused.
     pub lease_intrusions_refused: usize,
     pub replacements: usize,
@@ -92,7 +98,7 @@ pub fn options_for(seed: u64) -> WorldOptions {
         rng.random_range(0..3)
     };
     let quorum = rng.random_bool(0.35);
-    WorldOptions {
+    let mut opts = WorldOptions {
         nodes,
         clients: rng.random_range(2..8),
         keys: rng.random_range(2..6),
@@ -123,7 +129,16 @@ pub fn options_for(seed: u64) -> WorldOptions {
             ReadMode::Lease
         },
         pauses: quorum && faults,
+        fences_from: 0,
+    };
+    // Drawn last, so that every other option of a seed stays what it was
+    // before upgrades were simulated. A quarter of the runs upgrade: the
+    // members decode lease fences only from a time within the active
+    // phase (see `WorldOptions::fences_from`).
+    if rng.random_bool(0.25) {
+        opts.fences_from = rng.random_range(0..opts.active);
     }
+    opts
 }
 
 /// Options for a run in which clocks cannot be trusted: their rates stray
@@ -176,6 +191,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
                 lease_renewals: 0,
                 lease_expiries: 0,
                 lease_fenced_off: 0,
+                lease_unfenced: 0,
                 lease_intrusions_refused: 0,
                 replacements: 0,
                 forwarded_acks: 0,
@@ -222,6 +238,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
         lease_renewals: report.lease_renewals,
         lease_expiries: report.lease_expiries,
         lease_fenced_off: report.lease_fenced_off,
+        lease_unfenced: report.lease_unfenced,
         lease_intrusions_refused: report.lease_intrusions_refused,
         replacements: report.replacements,
         forwarded_acks: report.forwarded_acks,
