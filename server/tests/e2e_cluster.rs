@@ -1049,6 +1049,68 @@ async fn large_writes_compact_the_log_by_size_before_the_instance_count() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_replica_whose_volume_is_nearly_full_refuses_writes_and_takes_deletes() {
+    let mut c = Cluster::start(3, &[]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let f = (m + 1) % c.procs.len();
+    assert_eq!(c.put(m, "d/1", "one").await.status(), 200);
+    assert_eq!(c.put(m, "d/2", "two").await.status(), 200);
+    let free = |text: String| metric_sum(&text, "phxkv_disk_free_bytes", "");
+    assert!(
+        free(c.metrics_text(f).await) > 0.0,
+        "the free space is read"
+    );
+
+    // The follower comes back keeping more free than any volume has.
+    c.terminate(f);
+    c.env
+        .push(("PHXKV_DISK_RESERVE_BYTES".into(), (1u64 << 60).to_string()));
+    c.spawn(f);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.get(f, "d/2", "?consistency=local").await.map(|(s, _)| s) != Some(200) {
+        assert!(Instant::now() < deadline, "the follower never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let refused = c.put(f, "d/3", "three").await;
+    assert_eq!(refused.status(), 507);
+    let body = json_of(refused).await;
+    assert_eq!(body["error"]["code"], "disk_full", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("--disk-reserve-bytes"), "{message}");
+    let txn = c
+        .http
+        .post(format!("{}/v1/txn", c.url(f)))
+        .bearer_auth(TOKEN)
+        .json(&json!({"success": [{"put": {"key": "ZC8z", "value": "dGhyZWU="}}]}))
+        .send()
+        .await
+        .expect("txn");
+    assert_eq!(txn.status(), 507);
+    assert_eq!(c.get(m, "d/3", "").await.map(|(s, _)| s), Some(404));
+
+    // A delete adds nothing and is taken; the master, whose volume has
+    // room, still takes writes (each replica admits by its own).
+    let del = c
+        .http
+        .delete(format!("{}/v1/kv/d/1", c.url(f)))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(del.status(), 200);
+    assert_eq!(c.get(m, "d/1", "").await.map(|(s, _)| s), Some(404));
+    assert_eq!(c.put(m, "d/4", "four").await.status(), 200);
+
+    let text = c.metrics_text(f).await;
+    assert_eq!(metric_sum(&text, "phxkv_disk_full_refusals_total", ""), 2.0);
+    assert!(
+        c.log_of(f).contains("the data volume is nearly full"),
+        "the replica says why it refuses writes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn writes_past_the_store_quota_are_refused_and_deletes_make_room() {
     let c = Cluster::start(3, &["--quota-bytes", "1600"]).await;
     let m = c.wait_for_master(Duration::from_secs(20)).await;

@@ -135,7 +135,8 @@ impl Modify for CommonParts {
              with auth on, `request_timeout` (408: the body did not arrive in time), \
              `too_many_attempts` (429, with `Retry-After`), `unavailable` \
              (503, with `Retry-After`), `timeout` (504: the write may still commit), \
-             `quota_exceeded` (507: a write past the store quota) or `internal` (500).",
+             `quota_exceeded` (507: a write past the store quota), `disk_full` (507: the \
+             replica's volume is nearly full) or `internal` (500).",
         );
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(

@@ -96,6 +96,11 @@ pub enum ErrorCode {
     /// node's quota (`serve --quota-bytes`); nothing changed. Deletes are
     /// still taken.
     QuotaExceeded,
+    /// 507: the file system of the data directory of the replica that took
+    /// the write has less free than it keeps for its log and its next
+    /// snapshot (`serve --disk-reserve-bytes`, plus the store's size);
+    /// nothing changed. Deletes are still taken.
+    DiskFull,
 }
 
 impl ErrorCode {
@@ -127,7 +132,7 @@ impl ErrorCode {
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable | ErrorCode::ReplicaDiverged => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorCode::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::QuotaExceeded | ErrorCode::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -270,6 +275,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(_) => ApiError::invalid(message),
             ServiceError::TooLarge(_) => ApiError::new(ErrorCode::PayloadTooLarge, message),
             ServiceError::QuotaExceeded(_) => ApiError::new(ErrorCode::QuotaExceeded, message),
+            ServiceError::DiskFull(_) => ApiError::new(ErrorCode::DiskFull, message),
             ServiceError::Compacted { .. } => ApiError::new(ErrorCode::Compacted, message),
             ServiceError::Unauthorized(_) => ApiError::new(ErrorCode::Unauthorized, message),
             ServiceError::Unavailable {

@@ -236,7 +236,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdempotencyKey {
         (status = 409, description = "The condition did not hold (`compare_failed`); nothing changed.", body = ErrorResponse),
         (status = 413, description = "Key or value over the limit.", body = ErrorResponse),
         (status = 422, description = "The `Idempotency-Key` was used for a different write (`idempotency_key_reused`); nothing changed.", body = ErrorResponse),
-        (status = 507, description = "The write would take the store past its quota (`quota_exceeded`); nothing changed. Deletes are still taken.", body = ErrorResponse),
+        (status = 507, description = "The write would take the store past its quota (`quota_exceeded`), or the volume of the replica that took it is nearly full (`disk_full`); nothing changed. Deletes are still taken.", body = ErrorResponse),
     )
 )]
 pub async fn put_key<S: Service>(

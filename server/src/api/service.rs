@@ -225,6 +225,10 @@ pub enum ServiceError {
     /// `quota_exceeded`); nothing changed.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// The replica's data volume is nearly full (507, `disk_full`);
+    /// nothing changed.
+    #[error("{0}")]
+    DiskFull(String),
 }
 
 /// The backups in a node's archive (`GET /v1/admin/backups`).

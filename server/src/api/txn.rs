@@ -370,7 +370,7 @@ pub(crate) fn routes<S: Service>() -> Router<S> {
         (status = 404, description = "The `lease` does not exist (`lease_not_found`); nothing changed.", body = ErrorResponse),
         (status = 413, description = "A key or value, or the number of compares and operations, is over the limit.", body = ErrorResponse),
         (status = 422, description = "The `Idempotency-Key` was used for a different write (`idempotency_key_reused`); nothing changed.", body = ErrorResponse),
-        (status = 507, description = "The write would take the store past its quota (`quota_exceeded`); nothing changed. Deletes are still taken.", body = ErrorResponse),
+        (status = 507, description = "The write would take the store past its quota (`quota_exceeded`), or the volume of the replica that took it is nearly full (`disk_full`); nothing changed. Deletes are still taken.", body = ErrorResponse),
     )
 )]
 pub async fn txn<S: Service>(

@@ -141,6 +141,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             engine,
             limits: Limits::default(),
             quota_bytes: super::serve::DEFAULT_QUOTA_BYTES,
+            disk_reserve_bytes: super::serve::DEFAULT_DISK_RESERVE_BYTES,
             token: token.clone(),
             write_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(5),

@@ -169,6 +169,16 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_QUOTA_BYTES", value_name = "BYTES", default_value_t = DEFAULT_QUOTA_BYTES)]
     pub quota_bytes: u64,
 
+    /// Free space to keep on the data directory's file system (32 MiB by
+    /// default: two log segments; 0 for no check), on top of the store's
+    /// size (see --quota-bytes), which the next snapshot may take. While
+    /// less is free, writes that add data are refused with 507
+    /// `disk_full`; deletes are always taken. A replica that cannot write
+    /// its log stops, and equal volumes fill together, so without this a
+    /// full volume would stop every replica at once.
+    #[arg(long, env = "PHXKV_DISK_RESERVE_BYTES", value_name = "BYTES", default_value_t = DEFAULT_DISK_RESERVE_BYTES)]
+    pub disk_reserve_bytes: u64,
+
     /// Compact the log into a snapshot after this many applied instances.
     #[arg(long, env = "PHXKV_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
@@ -676,6 +686,7 @@ impl ServeArgs {
                     max_txn_ops: self.max_txn_ops,
                 },
                 quota_bytes: self.quota_bytes,
+                disk_reserve_bytes: self.disk_reserve_bytes,
                 token,
                 write_timeout: self.write_timeout,
                 read_timeout: self.write_timeout,
@@ -813,6 +824,9 @@ pub async fn start(
 /// The store quota when none is given: 2 GiB (keys, values and their
 /// bookkeeping), etcd's default backend quota too.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+
+/// The default of `--disk-reserve-bytes`: two log segments.
+pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 2 * crate::storage::SEGMENT_BYTES;
 
 /// `--snapshot-every-bytes` when none is given: 64 MiB, so that the log
 /// stays well inside the memory left beside the store quota the operator

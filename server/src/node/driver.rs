@@ -175,6 +175,10 @@ pub struct Driver {
     pub compact_after_bytes: u64,
     /// What was applied since the snapshot, in bytes.
     pub log_bytes: LogBytes,
+    /// The data volume has less free than the node keeps (see
+    /// `Node::check_disk`): compact as soon as a log segment's worth was
+    /// applied, since writes are refused until space comes back.
+    pub disk_tight: Arc<std::sync::atomic::AtomicBool>,
     pub epoch: Instant,
     pub read_lease: Arc<ReadLease>,
     /// Checkpoints of the state digest, compared with the peers'.
@@ -822,9 +826,13 @@ impl Driver {
             Err(_) => return,
         };
         let first = self.replica.status(Duration::ZERO).first_index;
-        if applied < first + self.compact_after
-            && self.log_bytes.since_snapshot() < self.compact_after_bytes
-        {
+        let since = self.log_bytes.since_snapshot();
+        // A full volume frees space only by compaction: deletes shrink the
+        // store, and the log that still holds what they deleted goes once
+        // a snapshot covers it.
+        let tight = self.disk_tight.load(std::sync::atomic::Ordering::Relaxed)
+            && since >= crate::storage::SEGMENT_BYTES;
+        if applied < first + self.compact_after && since < self.compact_after_bytes && !tight {
             return;
         }
         let Ok(mut store) = self.store.write() else {

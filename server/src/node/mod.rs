@@ -60,6 +60,10 @@ pub struct NodeConfig {
     /// before writes that add to it are refused; 0 for no quota. See
     /// [`Node::check_quota`].
     pub quota_bytes: u64,
+    /// Free space kept on the data directory's file system beyond the
+    /// store's own size: while less is free, writes that add data are
+    /// refused; 0 for no check. See [`Node::check_disk`].
+    pub disk_reserve_bytes: u64,
     pub token: String,
     /// How long a write may wait for its outcome before answering 504.
     pub write_timeout: Duration,
@@ -189,6 +193,16 @@ struct Inner {
     closing: watch::Sender<bool>,
     /// Continuous archiving, when configured.
     archive: Option<Arc<crate::archive::archiver::Archive>>,
+    /// Bytes free on the data directory's file system as last read
+    /// ([`watch_disk_space`]); `u64::MAX` until read, or when it cannot be.
+    disk_free: AtomicU64,
+    /// Bytes of writes admitted since [`Inner::disk_free`] was read: what
+    /// the log will take of it soon, so that a burst between two readings
+    /// cannot eat the reserve.
+    disk_admitted: AtomicU64,
+    /// Less is free than [`Node::check_disk`] asks for (the driver then
+    /// compacts early).
+    disk_tight: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The parts of a node that wait for its engine to start.
@@ -332,6 +346,74 @@ const FEATURES_HURRY: Duration = Duration::from_secs(10);
 /// Bound of the driver's input channel; beyond it requests are refused busy.
 const INPUT_QUEUE: usize = 65_536;
 
+/// How often the free space of the data directory's file system is read
+/// (see [`Node::check_disk`]).
+const DISK_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reads the free space of the data directory's file system every
+/// [`DISK_SAMPLE_INTERVAL`] for [`Node::check_disk`] and the metrics,
+/// until the node is gone. A file system that cannot be read leaves the
+/// check open (logged once): the log's own writes still fail safe.
+async fn watch_disk_space(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(DISK_SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        let Some(dir) = inner.upgrade().map(|i| i.cfg.data_dir.clone()) else {
+            return;
+        };
+        // statvfs may block on a network file system.
+        let read = tokio::task::spawn_blocking(move || free_bytes(&dir)).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let free = match read {
+            Ok(Ok(free)) => {
+                inner.metrics.set_disk_free_bytes(free);
+                free
+            }
+            Ok(Err(e)) => {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(
+                        data_dir = %inner.cfg.data_dir.display(),
+                        error = %e,
+                        "cannot read the free space of the data directory's file system; \
+                         writes are taken whatever it is"
+                    );
+                }
+                u64::MAX
+            }
+            Err(_) => u64::MAX,
+        };
+        inner.disk_free.store(free, Ordering::Relaxed);
+        inner.disk_admitted.store(0, Ordering::Relaxed);
+        let reserve = inner.cfg.disk_reserve_bytes;
+        let held = inner.published.borrow().store_bytes;
+        let tight = reserve > 0 && free < reserve.saturating_add(held);
+        if inner.disk_tight.swap(tight, Ordering::Relaxed) != tight {
+            if tight {
+                tracing::warn!(
+                    free,
+                    reserve,
+                    store_bytes = held,
+                    "the data volume is nearly full: writes that add data are refused \
+                     (507 disk_full) until more is free; delete keys or grow the volume"
+                );
+            } else {
+                tracing::info!(free, "the data volume has room again: writes are taken");
+            }
+        }
+    }
+}
+
+/// Bytes an unprivileged process may still write on the file system that
+/// holds `dir`.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 impl Node {
     /// Opens the data directory (refusing one that belongs to another node or
     /// cluster) and starts the engine: at once when the directory holds a
@@ -465,6 +547,9 @@ impl Node {
                 receiving_snapshot: std::sync::atomic::AtomicBool::new(false),
                 closing: watch::channel(false).0,
                 archive,
+                disk_free: AtomicU64::new(u64::MAX),
+                disk_admitted: AtomicU64::new(0),
+                disk_tight: Arc::default(),
                 cfg,
             }),
         };
@@ -547,6 +632,7 @@ impl Node {
             compact_after: self.inner.cfg.compact_after,
             compact_after_bytes: self.inner.cfg.compact_after_bytes,
             log_bytes: Default::default(),
+            disk_tight: self.inner.disk_tight.clone(),
             epoch: self.inner.epoch,
             read_lease: self.inner.read_lease.clone(),
             digests: self.inner.digests.clone(),
@@ -575,6 +661,11 @@ impl Node {
         }
         let node = self.clone();
         tokio::spawn(async move { node.exchange_digests().await }.in_current_span());
+        // Read once before the first write can arrive, then every interval.
+        if let Ok(free) = free_bytes(&self.inner.cfg.data_dir) {
+            self.inner.disk_free.store(free, Ordering::Relaxed);
+        }
+        tokio::spawn(watch_disk_space(Arc::downgrade(&self.inner)).in_current_span());
         if self.inner.cfg.auth {
             let node = self.clone();
             tokio::spawn(async move { node.enable_auth_for_the_cluster().await }.in_current_span());
@@ -1577,6 +1668,47 @@ impl Node {
         )))
     }
 
+    /// Refuses a write that adds `adds` bytes while the data directory's
+    /// file system has less free than the reserve
+    /// ([`NodeConfig::disk_reserve_bytes`]) plus the store's size plus the
+    /// write. A replica that cannot write its log stops (an error on a
+    /// durable write is never retried, since what reached the disk is then
+    /// unknown), and restarts into the same full disk; every replica
+    /// applies the same writes, so equal volumes fill together and the
+    /// whole cluster would stop at once. The reserve leaves room for what
+    /// a full replica still has to write: log segments (deletes, elections,
+    /// lease and auth changes, which are always taken) and the next
+    /// snapshot, which compaction writes before it removes the log it
+    /// replaces, and which is never larger than the store's size as the
+    /// quota counts it.
+    ///
+    /// Admission, like [`Node::check_quota`]: checked where the write
+    /// arrives, against that replica's volume: its reading of it (taken
+    /// every [`DISK_SAMPLE_INTERVAL`]) less the writes admitted since.
+    fn check_disk(&self, adds: u64) -> Result<(), ServiceError> {
+        let reserve = self.inner.cfg.disk_reserve_bytes;
+        if reserve == 0 || adds == 0 {
+            return Ok(());
+        }
+        let free = self
+            .inner
+            .disk_free
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.inner.disk_admitted.load(Ordering::Relaxed));
+        let held = self.inner.published.borrow().store_bytes;
+        if free >= reserve.saturating_add(held).saturating_add(adds) {
+            self.inner.disk_admitted.fetch_add(adds, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.inner.metrics.inc_disk_full_refusals();
+        Err(ServiceError::DiskFull(format!(
+            "the file system of this replica's data directory has {free} bytes free, and a \
+             replica keeps {reserve} (serve --disk-reserve-bytes) plus the store's size \
+             ({held}) free for its log and its next snapshot; delete keys, or give every \
+             replica's volume more space"
+        )))
+    }
+
     /// The read index straight from the lease, without asking the driver
     /// thread: `Some` only on a master whose lease is valid now.
     fn lease_read_index(&self) -> Option<Index> {
@@ -1841,6 +1973,7 @@ impl Service for Node {
             _ => ServiceError::TooLarge(e.to_string()),
         })?;
         self.check_quota(&op)?;
+        self.check_disk(op.stored_bytes() as u64)?;
         let deadline = Instant::now() + self.inner.cfg.write_timeout;
         let id = match &idempotency_key {
             Some(key) => crate::kv::dedup::idempotent_id(key, &op),

@@ -23,6 +23,7 @@ mod wal;
 pub use disk::{DiskStore, Identity, Incarnation};
 pub use error::StorageError;
 pub use mem::MemStore;
+pub(crate) use wal::SEGMENT_BYTES;
 
 use crate::paxos::{Persist, Recovered, SnapshotMeta};
 

@@ -61,7 +61,7 @@ const MAGIC: &[u8; 8] = b"PHXWAL\x00\x01";
 const FRAME_HEADER: usize = 12;
 /// A segment is closed and a new one started once it is this large; it is
 /// also how many zeros a segment is written with before it is used.
-pub(super) const SEGMENT_BYTES: u64 = 16 << 20;
+pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
 const DIR: &str = "wal";
 const SUFFIX: &str = ".wal";
 /// The file a helper thread fills with zeros for the next segment.

@@ -113,6 +113,8 @@ struct Inner {
     store_bytes: Gauge<u64, AtomicU64>,
     quota_bytes: Gauge<u64, AtomicU64>,
     quota_refusals: Counter,
+    disk_free_bytes: Gauge<u64, AtomicU64>,
+    disk_full_refusals: Counter,
     snapshots: Family<KindLabels, Counter>,
     forwarded: Counter,
     forwards_sent_again: Counter,
@@ -169,6 +171,8 @@ impl Metrics {
             store_bytes: Gauge::default(),
             quota_bytes: Gauge::default(),
             quota_refusals: Counter::default(),
+            disk_free_bytes: Gauge::default(),
+            disk_full_refusals: Counter::default(),
             snapshots: Family::default(),
             auth_failures: Family::default(),
             forwarded: Counter::default(),
@@ -268,6 +272,17 @@ impl Metrics {
             "quota_refusals",
             "Writes refused because they would take the store past its quota",
             inner.quota_refusals.clone(),
+        );
+        r.register(
+            "disk_free_bytes",
+            "Bytes free on the file system of this replica's data directory, as last read",
+            inner.disk_free_bytes.clone(),
+        );
+        r.register(
+            "disk_full_refusals",
+            "Writes refused because this replica's data volume had less free than it \
+             keeps for its log and its next snapshot (serve --disk-reserve-bytes)",
+            inner.disk_full_refusals.clone(),
         );
         r.register(
             "snapshots",
@@ -451,6 +466,16 @@ impl Metrics {
     /// Counts a write refused for the store quota.
     pub fn inc_quota_refusals(&self) {
         self.0.quota_refusals.inc();
+    }
+
+    /// Bytes free on the data directory's file system, as last read.
+    pub fn set_disk_free_bytes(&self, bytes: u64) {
+        self.0.disk_free_bytes.set(bytes);
+    }
+
+    /// A write refused because the data volume is nearly full.
+    pub fn inc_disk_full_refusals(&self) {
+        self.0.disk_full_refusals.inc();
     }
 
     /// Counts a snapshot event; `kind` is one of `taken`, `sent`, `installed`.
