@@ -625,6 +625,13 @@ pub struct LimitsSpec {
     /// server's default (2 GiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_bytes: Option<u64>,
+    /// Free space each replica keeps on its data volume beyond the
+    /// store's size, for its log and its next snapshot
+    /// (`--disk-reserve-bytes`; server default 32 MiB); while less is
+    /// free, writes that add data are refused (507 `disk_full`; deletes
+    /// are always taken). 0 for no check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_reserve_bytes: Option<u64>,
     /// Compact the log into a snapshot once this many bytes of writes were
     /// applied since the last one (`--snapshot-every-bytes`, 1 MiB to
     /// 16 GiB). The log since the last snapshot is held in memory, so when

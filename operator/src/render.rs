@@ -568,6 +568,9 @@ fn container(pkv: &PaxosKV, defaults: &Defaults, names: &Names) -> Container {
     if let Some(v) = quota_bytes(spec) {
         vars.push(env("PHXKV_QUOTA_BYTES", v.to_string()));
     }
+    if let Some(v) = spec.limits.disk_reserve_bytes {
+        vars.push(env("PHXKV_DISK_RESERVE_BYTES", v.to_string()));
+    }
     if let Some(v) = snapshot_every_bytes(spec) {
         vars.push(env("PHXKV_SNAPSHOT_EVERY_BYTES", v.to_string()));
     }
@@ -1707,6 +1710,20 @@ mod tests {
         assert_eq!(quota(serde_json::json!({})), None);
         // A limit this operator cannot read leaves the server's default.
         assert_eq!(quota(memory("1e9")), None);
+    }
+
+    #[test]
+    fn the_disk_reserve_is_passed_on_only_when_given() {
+        let reserve = |spec: serde_json::Value| {
+            let spec: PaxosKVSpec = serde_json::from_value(spec).expect("spec");
+            let sts = statefulset(&sample(spec), &defaults(), 3, Transport::Plain);
+            env_of(&sts)
+                .get("PHXKV_DISK_RESERVE_BYTES")
+                .and_then(|v| v.value.clone())
+        };
+        let given = serde_json::json!({"limits": {"diskReserveBytes": 104857600}});
+        assert_eq!(reserve(given).as_deref(), Some("104857600"));
+        assert_eq!(reserve(serde_json::json!({})), None);
     }
 
     #[test]
