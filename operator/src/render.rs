@@ -1690,15 +1690,17 @@ mod tests {
         );
     }
 
+    /// The value of the environment variable `name` of the replicas of a
+    /// cluster with `spec` (JSON), if it is set.
+    fn replica_env(spec: serde_json::Value, name: &str) -> Option<String> {
+        let spec: PaxosKVSpec = serde_json::from_value(spec).expect("spec");
+        let sts = statefulset(&sample(spec), &defaults(), 3, Transport::Plain);
+        env_of(&sts).get(name).and_then(|v| v.value.clone())
+    }
+
     #[test]
     fn the_store_quota_follows_the_memory_limit_unless_given() {
-        let quota = |spec: serde_json::Value| {
-            let spec: PaxosKVSpec = serde_json::from_value(spec).expect("spec");
-            let sts = statefulset(&sample(spec), &defaults(), 3, Transport::Plain);
-            env_of(&sts)
-                .get("PHXKV_QUOTA_BYTES")
-                .and_then(|v| v.value.clone())
-        };
+        let quota = |spec| replica_env(spec, "PHXKV_QUOTA_BYTES");
         let memory = |limit: &str| serde_json::json!({"resources": {"limits": {"memory": limit}}});
         assert_eq!(quota(memory("512Mi")).as_deref(), Some("134217728"));
         assert_eq!(quota(memory("2G")).as_deref(), Some("500000000"));
@@ -1714,13 +1716,7 @@ mod tests {
 
     #[test]
     fn the_disk_reserve_is_passed_on_only_when_given() {
-        let reserve = |spec: serde_json::Value| {
-            let spec: PaxosKVSpec = serde_json::from_value(spec).expect("spec");
-            let sts = statefulset(&sample(spec), &defaults(), 3, Transport::Plain);
-            env_of(&sts)
-                .get("PHXKV_DISK_RESERVE_BYTES")
-                .and_then(|v| v.value.clone())
-        };
+        let reserve = |spec| replica_env(spec, "PHXKV_DISK_RESERVE_BYTES");
         let given = serde_json::json!({"limits": {"diskReserveBytes": 104857600}});
         assert_eq!(reserve(given).as_deref(), Some("104857600"));
         assert_eq!(reserve(serde_json::json!({})), None);
@@ -1728,13 +1724,7 @@ mod tests {
 
     #[test]
     fn the_log_compacts_by_size_within_the_memory_limit_unless_given() {
-        let every = |spec: serde_json::Value| {
-            let spec: PaxosKVSpec = serde_json::from_value(spec).expect("spec");
-            let sts = statefulset(&sample(spec), &defaults(), 3, Transport::Plain);
-            env_of(&sts)
-                .get("PHXKV_SNAPSHOT_EVERY_BYTES")
-                .and_then(|v| v.value.clone())
-        };
+        let every = |spec| replica_env(spec, "PHXKV_SNAPSHOT_EVERY_BYTES");
         let memory = |limit: &str| serde_json::json!({"resources": {"limits": {"memory": limit}}});
         // An eighth of the limit while that is below the server's default.
         assert_eq!(every(memory("256Mi")).as_deref(), Some("33554432"));
