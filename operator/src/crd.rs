@@ -557,8 +557,12 @@ pub enum PullPolicy {
     "message": "storage.storageClassName cannot be set, changed or unset after creation"
 }]))]
 pub struct StorageSpec {
-    /// Size of each replica's volume, as a Kubernetes quantity.
-    /// Fixed at creation: volume claim templates cannot change.
+    /// Size of each replica's volume, as a Kubernetes quantity: at least
+    /// 64 MiB for the log's segments and a compaction's files plus
+    /// `limits.diskReserveBytes` (96 MiB with the default reserve), and
+    /// room for the store twice over (it is written to a snapshot beside
+    /// the previous one). Fixed at creation: volume claim templates
+    /// cannot change.
     #[serde(default = "default_storage_size")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"), extend("x-kubernetes-validations" = [{
         "rule": "self == oldSelf",
@@ -1102,11 +1106,26 @@ impl PaxosKVSpec {
                 ));
             }
         }
-        if !valid_quantity(&self.storage.size) {
-            out.push(format!(
+        match quantity_bytes(&self.storage.size) {
+            Some(bytes) if bytes > 0 => {
+                let reserve = self
+                    .limits
+                    .disk_reserve_bytes
+                    .unwrap_or(phxkv::cli::serve::DEFAULT_DISK_RESERVE_BYTES);
+                let least = phxkv::storage::min_volume_bytes(reserve);
+                if bytes < least {
+                    out.push(format!(
+                        "spec.storage.size is {}; a replica needs at least {} MiB: {} MiB for its log's segments and a compaction's files, and spec.limits.diskReserveBytes ({reserve}) free, or it refuses every write",
+                        self.storage.size,
+                        least.div_ceil(1 << 20),
+                        (least - reserve) >> 20,
+                    ));
+                }
+            }
+            _ => out.push(format!(
                 "spec.storage.size is {:?}; it must be a quantity such as 1Gi or 500Mi",
                 self.storage.size
-            ));
+            )),
         }
         out
     }
@@ -1125,14 +1144,30 @@ fn valid_archive_url(url: &str) -> bool {
     }
 }
 
-fn valid_quantity(q: &str) -> bool {
-    let digits_end = q
+/// A quantity in bytes ("512Mi", "2G", "1.5Gi", "1000"); `None` for forms
+/// this does not read (exponents, milli-units), which the spec refuses for
+/// sizes.
+pub(crate) fn quantity_bytes(q: &str) -> Option<u64> {
+    let split = q
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(q.len());
-    let (num, unit) = q.split_at(digits_end);
-    !num.is_empty()
-        && num.parse::<f64>().is_ok_and(|n| n > 0.0)
-        && ["", "Ki", "Mi", "Gi", "Ti", "Pi", "k", "M", "G", "T", "P"].contains(&unit)
+    let (num, unit) = q.split_at(split);
+    let scale: u64 = match unit {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        _ => return None,
+    };
+    let n: f64 = num.parse().ok()?;
+    (n.is_finite() && n >= 0.0).then_some((n * scale as f64) as u64)
 }
 
 /// One base backup of a cluster: the operator asks a replica of the
@@ -1463,6 +1498,7 @@ mod tests {
         assert!(spec(r#"{"lease": "soon"}"#).problems("kv")[0].contains("spec.lease"));
         assert!(spec(r#"{"lease": "10ms"}"#).problems("kv")[0].contains("100ms"));
         assert!(spec(r#"{"storage": {"size": "lots"}}"#).problems("kv")[0].contains("quantity"));
+        assert!(spec(r#"{"storage": {"size": "0"}}"#).problems("kv")[0].contains("quantity"));
         let limits = |l: &str| spec(&format!(r#"{{"limits": {l}}}"#)).problems("kv");
         assert!(
             limits(r#"{"idleTimeout": "500ms"}"#)[0]
@@ -1484,6 +1520,40 @@ mod tests {
         assert!(
             spec(r#"{"replicas": 5, "lease": "2s", "storage": {"size": "10Gi"}}"#)
                 .problems("kv")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_volume_too_small_for_the_log_and_the_disk_reserve_is_refused() {
+        let problems = |json: &str| {
+            serde_json::from_str::<PaxosKVSpec>(json)
+                .expect("parses")
+                .problems("kv")
+        };
+        // The default reserve is 32 MiB, the log and a compaction 64 MiB.
+        let p = problems(r#"{"storage": {"size": "64Mi"}}"#);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("spec.storage.size is 64Mi; a replica needs at least 96 MiB"),
+            "{p:?}"
+        );
+        assert!(problems(r#"{"storage": {"size": "96Mi"}}"#).is_empty());
+        assert!(
+            !problems(r#"{"storage": {"size": "100M"}}"#).is_empty(),
+            "100M is 95.4 MiB"
+        );
+        assert!(problems(r#"{"storage": {"size": "101M"}}"#).is_empty());
+        // A larger reserve needs a larger volume; none needs the log's room only.
+        let p =
+            problems(r#"{"storage": {"size": "1Gi"}, "limits": {"diskReserveBytes": 1073741824}}"#);
+        assert!(p[0].contains("at least 1088 MiB"), "{p:?}");
+        assert!(
+            problems(r#"{"storage": {"size": "64Mi"}, "limits": {"diskReserveBytes": 0}}"#)
+                .is_empty()
+        );
+        assert!(
+            !problems(r#"{"storage": {"size": "63Mi"}, "limits": {"diskReserveBytes": 0}}"#)
                 .is_empty()
         );
     }

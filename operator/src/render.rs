@@ -1185,7 +1185,7 @@ pub fn generate_token() -> String {
 fn quota_bytes(spec: &crate::crd::PaxosKVSpec) -> Option<u64> {
     spec.limits.quota_bytes.or_else(|| {
         let limit = spec.resources.as_ref()?.limits.as_ref()?.get("memory")?;
-        Some(quantity_bytes(&limit.0)? / 4)
+        Some(crate::crd::quantity_bytes(&limit.0)? / 4)
     })
 }
 
@@ -1197,32 +1197,9 @@ fn snapshot_every_bytes(spec: &crate::crd::PaxosKVSpec) -> Option<u64> {
     use phxkv::cli::serve::{DEFAULT_SNAPSHOT_EVERY_BYTES, SNAPSHOT_EVERY_BYTES};
     spec.limits.snapshot_every_bytes.or_else(|| {
         let limit = spec.resources.as_ref()?.limits.as_ref()?.get("memory")?;
-        let eighth = quantity_bytes(&limit.0)? / 8;
+        let eighth = crate::crd::quantity_bytes(&limit.0)? / 8;
         (eighth < DEFAULT_SNAPSHOT_EVERY_BYTES).then(|| eighth.max(*SNAPSHOT_EVERY_BYTES.start()))
     })
-}
-
-/// A memory quantity in bytes ("512Mi", "2G", "1.5Gi", "1000"); `None`
-/// for forms this does not read (exponents, milli-units).
-fn quantity_bytes(q: &str) -> Option<u64> {
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, unit) = q.split_at(split);
-    let scale: u64 = match unit {
-        "" => 1,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return None,
-    };
-    let n: f64 = num.parse().ok()?;
-    (n.is_finite() && n >= 0.0).then_some((n * scale as f64) as u64)
 }
 
 #[cfg(test)]

@@ -1104,9 +1104,18 @@ async fn a_replica_whose_volume_is_nearly_full_refuses_writes_and_takes_deletes(
 
     let text = c.metrics_text(f).await;
     assert_eq!(metric_sum(&text, "phxkv_disk_full_refusals_total", ""), 2.0);
+    let log = c.log_of(f);
     assert!(
-        c.log_of(f).contains("the data volume is nearly full"),
+        log.contains("the data volume is nearly full"),
         "the replica says why it refuses writes"
+    );
+    assert!(
+        log.contains("the data volume is smaller than a replica needs"),
+        "the replica says its volume can never hold the reserve"
+    );
+    assert!(
+        !c.log_of(m).contains("smaller than a replica needs"),
+        "a volume with room draws no such error"
     );
 }
 

@@ -358,6 +358,7 @@ async fn watch_disk_space(inner: std::sync::Weak<Inner>) {
     let mut tick = tokio::time::interval(DISK_SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
+    let mut warned_small = false;
     loop {
         tick.tick().await;
         let Some(dir) = inner.upgrade().map(|i| i.cfg.data_dir.clone()) else {
@@ -368,9 +369,24 @@ async fn watch_disk_space(inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        let reserve = inner.cfg.disk_reserve_bytes;
         let free = match read {
-            Ok(Ok(free)) => {
+            Ok(Ok((free, total))) => {
                 inner.metrics.set_disk_free_bytes(free);
+                let least = crate::storage::min_volume_bytes(reserve);
+                if total < least && !std::mem::replace(&mut warned_small, true) {
+                    tracing::error!(
+                        data_dir = %inner.cfg.data_dir.display(),
+                        volume_bytes = total,
+                        least,
+                        "the data volume is smaller than a replica needs: {least} bytes, \
+                         {} for the log's segments and a compaction's files plus \
+                         --disk-reserve-bytes ({reserve}); writes that add data will be \
+                         refused (507 disk_full), or with no reserve the log will fail to \
+                         grow; give the replica a larger volume",
+                        least - reserve
+                    );
+                }
                 free
             }
             Ok(Err(e)) => {
@@ -388,7 +404,6 @@ async fn watch_disk_space(inner: std::sync::Weak<Inner>) {
         };
         inner.disk_free.store(free, Ordering::Relaxed);
         inner.disk_admitted.store(0, Ordering::Relaxed);
-        let reserve = inner.cfg.disk_reserve_bytes;
         let held = inner.published.borrow().store_bytes;
         let tight = reserve > 0 && free < reserve.saturating_add(held);
         if inner.disk_tight.swap(tight, Ordering::Relaxed) != tight {
@@ -408,10 +423,13 @@ async fn watch_disk_space(inner: std::sync::Weak<Inner>) {
 }
 
 /// Bytes an unprivileged process may still write on the file system that
-/// holds `dir`.
-fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+/// holds `dir`, and that file system's size.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<(u64, u64)> {
     let st = rustix::fs::statvfs(dir)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    Ok((
+        st.f_bavail.saturating_mul(st.f_frsize),
+        st.f_blocks.saturating_mul(st.f_frsize),
+    ))
 }
 
 impl Node {
@@ -662,7 +680,7 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move { node.exchange_digests().await }.in_current_span());
         // Read once before the first write can arrive, then every interval.
-        if let Ok(free) = free_bytes(&self.inner.cfg.data_dir) {
+        if let Ok((free, _)) = free_bytes(&self.inner.cfg.data_dir) {
             self.inner.disk_free.store(free, Ordering::Relaxed);
         }
         tokio::spawn(watch_disk_space(Arc::downgrade(&self.inner)).in_current_span());

@@ -25,6 +25,18 @@ pub use error::StorageError;
 pub use mem::MemStore;
 pub(crate) use wal::SEGMENT_BYTES;
 
+/// The smallest data volume on which a replica that keeps `reserve` bytes
+/// free (`serve --disk-reserve-bytes`) can take writes: the log's current
+/// segment and the spare it switches to (each [`SEGMENT_BYTES`], written
+/// in full before use, so an empty replica already holds two), as much
+/// again for the snapshots and segments of a compaction in progress, and
+/// the reserve. On a smaller volume every write that adds data is refused
+/// from the start (507 `disk_full`), or, with no reserve, the log fails
+/// to grow.
+pub fn min_volume_bytes(reserve: u64) -> u64 {
+    reserve.saturating_add(4 * SEGMENT_BYTES)
+}
+
 use crate::paxos::{Persist, Recovered, SnapshotMeta};
 
 /// A durable home for one node's Paxos state: promise, log, commit index and
