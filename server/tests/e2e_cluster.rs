@@ -1049,7 +1049,7 @@ async fn large_writes_compact_the_log_by_size_before_the_instance_count() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_replica_whose_volume_is_nearly_full_refuses_writes_and_takes_deletes() {
+async fn a_replica_whose_volume_is_nearly_full_refuses_writes_takes_deletes_and_compacts_early() {
     let mut c = Cluster::start(3, &[]).await;
     let m = c.wait_for_master(Duration::from_secs(20)).await;
     let f = (m + 1) % c.procs.len();
@@ -1104,6 +1104,29 @@ async fn a_replica_whose_volume_is_nearly_full_refuses_writes_and_takes_deletes(
 
     let text = c.metrics_text(f).await;
     assert_eq!(metric_sum(&text, "phxkv_disk_full_refusals_total", ""), 2.0);
+
+    // Compaction is what gives a full volume space back, so the tight
+    // follower compacts once a log segment's worth (16 MiB) was applied,
+    // long before the 64 MiB (or 10,000 instances) the master waits for.
+    let taken = |text: String| metric_sum(&text, "phxkv_snapshots_total", "kind=\"taken\"");
+    let before = taken(c.metrics_text(f).await);
+    let big = "b".repeat(512 << 10);
+    for i in 0..36 {
+        assert_eq!(c.put(m, &format!("big/{i}"), &big).await.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while taken(c.metrics_text(f).await) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the tight follower never compacted its log"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        taken(c.metrics_text(m).await),
+        0.0,
+        "the master, with room, keeps its log until the usual threshold"
+    );
     let log = c.log_of(f);
     assert!(
         log.contains("the data volume is nearly full"),
