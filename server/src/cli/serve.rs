@@ -175,7 +175,9 @@ pub struct ServeArgs {
     /// less is free, writes that add data are refused with 507
     /// `disk_full`; deletes are always taken. A replica that cannot write
     /// its log stops, and equal volumes fill together, so without this a
-    /// full volume would stop every replica at once.
+    /// full volume would stop every replica at once. The log and a
+    /// compaction take 64 MiB besides, so a volume smaller than that plus
+    /// the reserve refuses every write (logged as an error at start).
     #[arg(long, env = "PHXKV_DISK_RESERVE_BYTES", value_name = "BYTES", default_value_t = DEFAULT_DISK_RESERVE_BYTES)]
     pub disk_reserve_bytes: u64,
 
