@@ -124,7 +124,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_MAX_DRIFT_PPM", default_value_t = 10_000)]
     pub max_drift_ppm: u32,
 
-    /// How long a write waits for its outcome before answering 504.
+    /// How long a write waits for its outcome before answering 504. Until
+    /// then a replica whose master failed sends the write again, under
+    /// the same request id, to the next one; a copy is recognised as such
+    /// while the first is among the last 100,000 writes applied, so keep
+    /// this short enough that fewer are applied within it.
     #[arg(long, env = "PHXKV_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub write_timeout: Duration,
 
