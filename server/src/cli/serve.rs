@@ -124,11 +124,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_MAX_DRIFT_PPM", default_value_t = 10_000)]
     pub max_drift_ppm: u32,
 
-    /// How long a write waits for its outcome before answering 504. Until
-    /// then a replica whose master failed sends the write again, under
-    /// the same request id, to the next one; a copy is recognised as such
-    /// while the first is among the last 100,000 writes applied, so keep
-    /// this short enough that fewer are applied within it.
+    /// How long a write waits for its outcome before answering 504 (the
+    /// write may still commit). A replica whose master failed sends the
+    /// write again, under the same request id, to the next master, but
+    /// only within 5 s of first sending it (or this timeout, if shorter):
+    /// a copy is recognised as one while the first is among the last
+    /// 100,000 writes applied, and a longer window would lower the write
+    /// rate below which none can apply twice.
     #[arg(long, env = "PHXKV_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub write_timeout: Duration,
 

@@ -10,14 +10,15 @@
 //! What bounds the guarantee: a second copy is recognised only while the
 //! first is among the last [`DEFAULT_DEDUP_CAPACITY`] ids applied. The
 //! engine's own resends keep to that (see `Replica::resend_forwards`), and
-//! a replica sends a write again to a new master only until the write's
-//! deadline (`serve --write-timeout`, 5 s by default). So a write forwarded
-//! to a master that then fails, from a replica cut off until shortly before
-//! that deadline, is applied once only if fewer than the capacity were
-//! applied in between: at 5 s, below 20,000 writes a second. Nothing checks
-//! this at apply time; doing so needs each copy to carry the log position
-//! it was first sent at and the table to keep the position of what it
-//! forgot (a change to the log and snapshot formats).
+//! a replica sends a write again to a new master only within 5 s of first
+//! sending it (`MAX_RESEND_WINDOW` in `crate::node`, or the write timeout
+//! if shorter). So a write forwarded to a master that then fails, from a
+//! replica cut off until shortly before those 5 s are over, is applied once
+//! only if fewer than the capacity were applied in between: below 20,000
+//! writes a second. Nothing checks this at apply time; doing so needs each
+//! copy to carry the log position it was first sent at and the table to
+//! keep the position of what it forgot (a change to the log and snapshot
+//! formats).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};

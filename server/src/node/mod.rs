@@ -343,6 +343,23 @@ const FEATURES_RETRY: Duration = Duration::from_millis(200);
 /// every [`DIGEST_INTERVAL`] like the others (it may be down for good).
 const FEATURES_HURRY: Duration = Duration::from_secs(10);
 
+/// The longest a replica keeps sending a write it already sent to a master
+/// (to the next master, after a failover), whatever `--write-timeout` says.
+/// Every copy carries the first's request id and is applied as a duplicate
+/// only while the first is in the request-id table, the last
+/// [`crate::kv::DEFAULT_DEDUP_CAPACITY`] ids applied (see
+/// [`crate::kv::dedup`]): the shorter the time in which copies may be
+/// proposed, the higher the write rate below which none can apply twice.
+/// A longer write timeout then means waiting longer for an outcome, not
+/// sending the write again later.
+const MAX_RESEND_WINDOW: Duration = Duration::from_secs(5);
+
+/// How long a write may be sent again after it is first sent: see
+/// [`MAX_RESEND_WINDOW`].
+fn resend_window(write_timeout: Duration) -> Duration {
+    write_timeout.min(MAX_RESEND_WINDOW)
+}
+
 /// Bound of the driver's input channel; beyond it requests are refused busy.
 const INPUT_QUEUE: usize = 65_536;
 
@@ -620,8 +637,9 @@ impl Node {
         }
         let mut engine = self.inner.cfg.engine.clone();
         engine.id = self.inner.id;
-        // A forward is sent again while its caller waits, and no longer.
-        engine.forward_for = self.inner.cfg.write_timeout;
+        // A forward is sent again while its caller may send it again, and
+        // no longer.
+        engine.forward_for = resend_window(self.inner.cfg.write_timeout);
         engine.seed = self.inner.id ^ self.inner.client_id;
         let now = self.inner.epoch.elapsed();
         let replica = Replica::new(engine, recovered, initial, now);
@@ -1992,7 +2010,9 @@ impl Service for Node {
         })?;
         self.check_quota(&op)?;
         self.check_disk(op.stored_bytes() as u64)?;
-        let deadline = Instant::now() + self.inner.cfg.write_timeout;
+        let started = Instant::now();
+        let deadline = started + self.inner.cfg.write_timeout;
+        let resend_until = started + resend_window(self.inner.cfg.write_timeout);
         let id = match &idempotency_key {
             Some(key) => crate::kv::dedup::idempotent_id(key, &op),
             None => self.next_request_id(),
@@ -2000,6 +2020,15 @@ impl Service for Node {
         let cmd = Command { id, op };
         let mut proposed = false;
         loop {
+            // Only with a write timeout above the window: otherwise the
+            // deadline below comes first.
+            if proposed && resend_until < deadline && Instant::now() >= resend_until {
+                return Err(ServiceError::Timeout(format!(
+                    "the master this write was sent to did not answer, and it is not sent \
+                     again after {} s: it may still commit",
+                    MAX_RESEND_WINDOW.as_secs()
+                )));
+            }
             // A follower that knows the master forwards at once; otherwise
             // the engine says whether this node is master, or who is.
             let known_master = {
