@@ -25,6 +25,8 @@ pub use error::StorageError;
 pub use mem::MemStore;
 pub(crate) use wal::SEGMENT_BYTES;
 
+use crate::paxos::{Persist, Recovered, SnapshotMeta};
+
 /// The smallest data volume on which a replica that keeps `reserve` bytes
 /// free (`serve --disk-reserve-bytes`) can take writes: the log's current
 /// segment and the spare it switches to (each [`SEGMENT_BYTES`], written
@@ -36,8 +38,6 @@ pub(crate) use wal::SEGMENT_BYTES;
 pub fn min_volume_bytes(reserve: u64) -> u64 {
     reserve.saturating_add(4 * SEGMENT_BYTES)
 }
-
-use crate::paxos::{Persist, Recovered, SnapshotMeta};
 
 /// A durable home for one node's Paxos state: promise, log, commit index and
 /// latest snapshot.
