@@ -2020,14 +2020,17 @@ impl Service for Node {
         let cmd = Command { id, op };
         let mut proposed = false;
         loop {
-            // Only with a write timeout above the window: otherwise the
-            // deadline below comes first.
-            if proposed && resend_until < deadline && Instant::now() >= resend_until {
+            // A write that reached a master is sent again only within its
+            // resend window, one that did not until its deadline.
+            if proposed && Instant::now() >= resend_until {
                 return Err(ServiceError::Timeout(format!(
                     "the master this write was sent to did not answer, and it is not sent \
                      again after {} s: it may still commit",
-                    MAX_RESEND_WINDOW.as_secs()
+                    (resend_until - started).as_secs_f64()
                 )));
+            }
+            if Instant::now() >= deadline {
+                return Err(self.no_master());
             }
             // A follower that knows the master forwards at once; otherwise
             // the engine says whether this node is master, or who is.
@@ -2074,16 +2077,6 @@ impl Service for Node {
                     });
                 }
                 ProposeReply::NotMaster { .. } => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(if proposed {
-                    ServiceError::Timeout(
-                        "no answer from the master before the deadline; the write may still commit"
-                            .into(),
-                    )
-                } else {
-                    self.no_master()
-                });
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
