@@ -446,7 +446,8 @@ async fn every_member_decodes_anonymous_ops(c: &Cluster) {
                 "anonymous",
                 "delete_prefix",
                 "lease_owner",
-                "lease_fence"
+                "lease_fence",
+                "once"
             ]),
             "{info}"
         );

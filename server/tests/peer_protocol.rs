@@ -114,6 +114,17 @@ fn commands() -> Vec<Command> {
                 fence: 2,
             }),
         },
+        Command {
+            id: RequestId { client: 1, seq: 7 },
+            op: Op::Once {
+                after: 41,
+                op: Box::new(Op::Put {
+                    key: b"once".to_vec(),
+                    value: b"v".to_vec(),
+                    expect: None,
+                }),
+            },
+        },
     ]
 }
 
@@ -288,6 +299,7 @@ fn results() -> Vec<OpResult> {
             number: 2,
             revision: 21,
         },
+        OpResult::Forgotten,
     ]
 }
 

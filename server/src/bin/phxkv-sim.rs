@@ -75,6 +75,7 @@ fn main() -> ExitCode {
     let forwarded = Arc::new(AtomicU64::new(0));
     let forward_refusals = Arc::new(AtomicU64::new(0));
     let sent_again = Arc::new(AtomicU64::new(0));
+    let forgotten = Arc::new(AtomicU64::new(0));
     let timeouts = Arc::new(AtomicU64::new(0));
     let follower_reads = Arc::new(AtomicU64::new(0));
     let end = start + args.seeds;
@@ -87,6 +88,7 @@ fn main() -> ExitCode {
             let (forwarded, follower_reads) = (forwarded.clone(), follower_reads.clone());
             let (forward_refusals, intrusions) = (forward_refusals.clone(), intrusions.clone());
             let (sent_again, timeouts) = (sent_again.clone(), timeouts.clone());
+            let forgotten = forgotten.clone();
             let verbose = args.verbose;
             let untrusted = args.untrusted_clocks;
             std::thread::spawn(move || {
@@ -122,6 +124,7 @@ fn main() -> ExitCode {
                     forwarded.fetch_add(out.forwarded_acks as u64, Ordering::SeqCst);
                     forward_refusals.fetch_add(out.forward_refusals as u64, Ordering::SeqCst);
                     sent_again.fetch_add(out.forwards_sent_again as u64, Ordering::SeqCst);
+                    forgotten.fetch_add(out.forgotten_copies as u64, Ordering::SeqCst);
                     timeouts.fetch_add(out.client_timeouts as u64, Ordering::SeqCst);
                     follower_reads.fetch_add(out.follower_reads as u64, Ordering::SeqCst);
                     if out.failure.is_some() {
@@ -163,7 +166,8 @@ fn main() -> ExitCode {
          {} expiries fenced off by a later master; \
          {} uses of a lease by a token that does not hold it refused alike on every replica; \
          {} writes answered by the follower that forwarded them ({} sent back as not master, \
-         {} forwards sent again unanswered), {} client attempts timed out, \
+         {} forwards sent again unanswered), {} copies of a write refused because the \
+         request-id table may have forgotten the first, {} client attempts timed out, \
          {} reads served by a follower at the master's read index",
         began.elapsed().as_secs_f64(),
         refusals.load(Ordering::SeqCst),
@@ -175,6 +179,7 @@ fn main() -> ExitCode {
         forwarded.load(Ordering::SeqCst),
         forward_refusals.load(Ordering::SeqCst),
         sent_again.load(Ordering::SeqCst),
+        forgotten.load(Ordering::SeqCst),
         timeouts.load(Ordering::SeqCst),
         follower_reads.load(Ordering::SeqCst)
     );

@@ -127,10 +127,10 @@ pub struct ServeArgs {
     /// How long a write waits for its outcome before answering 504 (the
     /// write may still commit). A replica whose master failed sends the
     /// write again, under the same request id, to the next master, but
-    /// only within 5 s of first sending it (or this timeout, if shorter):
-    /// a copy is recognised as one while the first is among the last
-    /// 100,000 writes applied, and a longer window would lower the write
-    /// rate below which none can apply twice.
+    /// only within 5 s of first sending it (or this timeout, if shorter).
+    /// A copy is never applied twice: one chosen after the first was
+    /// forgotten (more than 100,000 writes later) is refused, and the write
+    /// answered 504 too.
     #[arg(long, env = "PHXKV_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub write_timeout: Duration,
 

@@ -7,21 +7,47 @@
 //! replicated state: every replica must evict the same ids at the same time,
 //! so eviction follows apply order and its capacity must be equal everywhere.
 //!
-//! What bounds the guarantee: a second copy is recognised only while the
-//! first is among the last [`DEFAULT_DEDUP_CAPACITY`] ids applied. The
-//! engine's own resends keep to that (see `Replica::resend_forwards`), and
-//! a replica sends a write again to a new master only within 5 s of first
-//! sending it (`MAX_RESEND_WINDOW` in `crate::node`, or the write timeout
-//! if shorter). So a write forwarded to a master that then fails, from a
-//! replica cut off until shortly before those 5 s are over, is applied once
-//! only if fewer than the capacity were applied in between: below 20,000
-//! writes a second. Nothing checks this at apply time; doing so needs each
-//! copy to carry the log position it was first sent at and the table to
-//! keep the position of what it forgot (a change to the log and snapshot
-//! formats).
+//! # What bounds the guarantee, and how a copy past it is told apart
+//!
+//! The table remembers the last [`DEFAULT_DEDUP_CAPACITY`] ids applied. A
+//! second copy of a write arriving after its first was forgotten would be
+//! applied again, so a replica marks the writes it makes the ids of
+//! ([`Op::Once`], proposed once every member decodes it) with `after`: the
+//! highest index it knows every slot up to is chosen, read when the write
+//! reached it. The table keeps, for each such write it remembers, the index
+//! it was applied at, and the highest such index among the ones it has
+//! forgotten (`forgotten`). A copy it does not remember is applied only if
+//! `forgotten <= after`; otherwise it changes nothing and is answered
+//! [`OpResult::Forgotten`], which the replica that sent it reports as a
+//! write that may have committed.
+//!
+//! Why no write is applied twice: every slot at or below `after` was chosen
+//! before the write existed, so no copy is in one of them, and every copy
+//! is chosen in a slot above `after`. Say a first copy was applied at index
+//! `i > after`, was remembered with mark `i`, and a later copy at `j > i`
+//! is not found. Then the first was forgotten between `i` and `j`, which
+//! set `forgotten >= i > after`, and the later copy is refused. Every
+//! replica applies the same log in the same order with the same capacity,
+//! so every one remembers, forgets and refuses alike; the marks and
+//! `forgotten` travel in snapshots ([`DedupMarks`]), so a replica restored
+//! from one decides as the others do.
+//!
+//! What it costs: a write is refused this way only when more than the
+//! capacity of ids were applied between the moment it reached its replica
+//! and the moment a copy of it is chosen. A replica sends a write again for
+//! at most 5 s (`MAX_RESEND_WINDOW` in `crate::node`), so that takes more
+//! than 20,000 writes a second during a failover, and even then it is a
+//! 504, never a second apply.
+//!
+//! Writes with an `Idempotency-Key` are not marked: a client's retry may
+//! reach another replica long after, which cannot know where the first
+//! attempt stood. They are recognised while the first attempt is among the
+//! ids the table remembers, as the API documents.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
 
 use crate::kv::{LeaseOp, Op, OpResult};
 use crate::paxos::types::RequestId;
@@ -95,6 +121,29 @@ pub(crate) struct DedupTable {
     capacity: usize,
     order: VecDeque<RequestId>,
     results: BTreeMap<RequestId, OpResult>,
+    /// The index each remembered [`Op::Once`] write was applied at.
+    marks: HashMap<RequestId, u64>,
+    /// The highest mark of a forgotten write; 0 while none was forgotten.
+    forgotten: u64,
+}
+
+/// What a snapshot adds to the request table for [`Op::Once`] writes: the
+/// mark of each remembered request (in the table's order, `None` for one
+/// that is not such a write) and the highest mark forgotten. Encoded after
+/// the table only when there is something in it, so that a snapshot of a
+/// cluster that never proposed such a write is byte for byte what an
+/// earlier version wrote and reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupMarks {
+    pub forgotten: u64,
+    pub marks: Vec<Option<u64>>,
+}
+
+impl DedupMarks {
+    /// Whether a snapshot needs to carry these at all.
+    pub fn is_empty(&self) -> bool {
+        self.forgotten == 0 && self.marks.iter().all(Option::is_none)
+    }
 }
 
 impl DedupTable {
@@ -103,7 +152,37 @@ impl DedupTable {
             capacity,
             order: VecDeque::new(),
             results: BTreeMap::new(),
+            marks: HashMap::new(),
+            forgotten: 0,
         }
+    }
+
+    /// The table a snapshot at `applied_index` holds: `requests` oldest
+    /// first, with `marks` (in the same order) if the snapshot has them.
+    /// Beyond `capacity` the oldest are forgotten, as they would have been
+    /// when applied.
+    ///
+    /// Marks that do not name every request (which a decoded snapshot never
+    /// has: decoding checks) are dropped, and everything applied up to the
+    /// snapshot is taken as possibly forgotten: the safe side.
+    pub(crate) fn restore(
+        capacity: usize,
+        requests: Vec<(RequestId, OpResult)>,
+        marks: Option<DedupMarks>,
+        applied_index: u64,
+    ) -> Self {
+        let mut table = DedupTable::new(capacity);
+        let mut marks = marks.unwrap_or_default();
+        if !marks.marks.is_empty() && marks.marks.len() != requests.len() {
+            marks.marks.clear();
+            marks.forgotten = marks.forgotten.max(applied_index);
+        }
+        table.forgotten = marks.forgotten;
+        let mut marked = marks.marks.into_iter();
+        for (id, result) in requests {
+            table.insert_marked(id, result, marked.next().flatten());
+        }
+        table
     }
 
     pub(crate) fn get(&self, id: &RequestId) -> Option<&OpResult> {
@@ -123,28 +202,64 @@ impl DedupTable {
             .map(|(id, r)| (id.seq, r))
     }
 
+    /// Whether an [`Op::Once`] write applied above `after` may have been
+    /// forgotten, so that a copy of it not found here may not be applied.
+    pub(crate) fn may_have_forgotten(&self, after: u64) -> bool {
+        self.forgotten > after
+    }
+
     /// Remembers `result` for `id`, forgetting the oldest ids beyond capacity.
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, id: RequestId, result: OpResult) {
+        self.insert_marked(id, result, None);
+    }
+
+    /// Remembers `result` for `id`, forgetting the oldest ids beyond
+    /// capacity; `mark` is the index an [`Op::Once`] write was applied at.
+    pub(crate) fn insert_marked(&mut self, id: RequestId, result: OpResult, mark: Option<u64>) {
         if self.results.insert(id, result).is_none() {
             self.order.push_back(id);
+        }
+        if let Some(mark) = mark {
+            self.marks.insert(id, mark);
         }
         while self.order.len() > self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.results.remove(&old);
+                if let Some(mark) = self.marks.remove(&old) {
+                    self.forgotten = self.forgotten.max(mark);
+                }
             }
         }
     }
 
-    /// Entries oldest first, the order in which they will be evicted.
     /// Number of remembered requests.
     pub(crate) fn len(&self) -> usize {
         self.results.len()
     }
 
+    /// Entries oldest first, the order in which they will be evicted.
     pub(crate) fn entries(&self) -> impl Iterator<Item = (RequestId, &OpResult)> {
         self.order
             .iter()
             .filter_map(|id| self.results.get(id).map(|r| (*id, r)))
+    }
+
+    /// What a snapshot must carry besides [`DedupTable::entries`], in the
+    /// same order; `None` when there is nothing to carry.
+    pub(crate) fn marks(&self) -> Option<DedupMarks> {
+        if self.forgotten == 0 && self.marks.is_empty() {
+            return None;
+        }
+        Some(DedupMarks {
+            forgotten: self.forgotten,
+            marks: self
+                .order
+                .iter()
+                .filter(|id| self.results.contains_key(id))
+                .map(|id| self.marks.get(id).copied())
+                .collect(),
+        })
     }
 }
 
@@ -213,6 +328,70 @@ mod tests {
         assert_ne!(
             idempotent_id(key, &grant(true, 10)),
             idempotent_id(key, &another_token)
+        );
+    }
+
+    #[test]
+    fn forgetting_a_marked_write_raises_what_may_have_been_forgotten() {
+        let mut t = DedupTable::new(2);
+        t.insert_marked(id(1), result(1), Some(10));
+        t.insert(id(2), result(2));
+        assert!(!t.may_have_forgotten(9), "nothing forgotten yet");
+        // Forgetting a write that was not marked says nothing of marked ones.
+        t.insert_marked(id(3), result(3), Some(12));
+        assert_eq!(t.get(&id(1)), None);
+        assert!(t.may_have_forgotten(9), "the write at 10 is forgotten");
+        assert!(!t.may_have_forgotten(10), "nothing above 10 is");
+        t.insert(id(4), result(4));
+        assert!(!t.may_have_forgotten(10), "id 2 was not marked");
+        t.insert(id(5), result(5));
+        assert!(t.may_have_forgotten(11), "the write at 12 is forgotten");
+        assert!(!t.may_have_forgotten(12));
+    }
+
+    #[test]
+    fn marks_survive_a_restore_and_a_smaller_capacity_forgets_as_applying_would() {
+        let mut t = DedupTable::new(4);
+        for seq in 1..=4 {
+            t.insert_marked(id(seq), result(seq), (seq % 2 == 0).then_some(seq * 10));
+        }
+        let requests: Vec<_> = t.entries().map(|(id, r)| (id, r.clone())).collect();
+        let marks = t.marks().expect("two writes are marked");
+        assert_eq!(marks.marks, vec![None, Some(20), None, Some(40)]);
+        assert_eq!(
+            DedupTable::restore(4, requests.clone(), Some(marks.clone()), 99),
+            t
+        );
+        // With room for one, ids 1 to 3 go as they came: 20 is forgotten.
+        let smaller = DedupTable::restore(1, requests.clone(), Some(marks), 99);
+        assert!(smaller.may_have_forgotten(19));
+        assert!(!smaller.may_have_forgotten(20));
+        // Marks that do not fit the table: everything up to the snapshot may
+        // have been forgotten.
+        let odd = DedupMarks {
+            forgotten: 5,
+            marks: vec![Some(1)],
+        };
+        let t = DedupTable::restore(4, requests, Some(odd), 99);
+        assert!(t.may_have_forgotten(98));
+        assert!(!t.may_have_forgotten(99));
+    }
+
+    #[test]
+    fn a_table_without_marked_writes_has_nothing_for_a_snapshot() {
+        let mut t = DedupTable::new(1);
+        t.insert(id(1), result(1));
+        t.insert(id(2), result(2));
+        assert_eq!(t.marks(), None);
+        t.insert_marked(id(3), result(3), Some(7));
+        t.insert(id(4), result(4));
+        assert_eq!(
+            t.marks(),
+            Some(DedupMarks {
+                forgotten: 7,
+                marks: vec![None],
+            }),
+            "what was forgotten still counts"
         );
     }
 

@@ -135,7 +135,7 @@ impl Op {
             }
             // Checked against the auth rules where it is applied.
             Op::Auth(_) => Ok(()),
-            Op::As { op, .. } | Op::Anonymous { op } => op.validate(limits),
+            Op::As { op, .. } | Op::Anonymous { op } | Op::Once { op, .. } => op.validate(limits),
             Op::Lease(crate::kv::LeaseOp::Grant { id, ttl_secs }) => {
                 crate::kv::lease::check_grant(*id, *ttl_secs, None).map_err(KvError::InvalidLease)
             }

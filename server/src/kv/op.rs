@@ -150,6 +150,22 @@ pub enum Op {
         prefix: Vec<u8>,
         limit: u32,
     },
+    /// `op`, written by a replica for a client without an
+    /// `Idempotency-Key`, which may send it to a master again (under the
+    /// same request id) when the first master fails. `after` is an applied
+    /// index of that replica when the write reached it, so every copy of it
+    /// is chosen above `after`. A copy that the request-id table does not
+    /// remember is applied only if the table has forgotten nothing chosen
+    /// above `after`; otherwise it changes nothing and is answered
+    /// [`crate::kv::OpResult::Forgotten`] (see [`crate::kv::dedup`]).
+    /// Only ever the outermost op. Proposed only once every member said it
+    /// decodes it (the `once` peer feature). (Last, so that logs written
+    /// before it existed decode unchanged.)
+    Once {
+        after: u64,
+        #[schema(no_recursion)]
+        op: Box<Op>,
+    },
 }
 
 /// The most keys one [`Op::DeletePrefix`] deletes: what one chosen op may
@@ -198,6 +214,7 @@ impl Op {
             Op::Lease(_) => OVERHEAD + 16,
             Op::Leased { op, .. } => OVERHEAD + 8 + op.size_hint(),
             Op::Anonymous { op } => OVERHEAD + op.size_hint(),
+            Op::Once { op, .. } => 8 + op.size_hint(),
         }
     }
 
@@ -223,7 +240,10 @@ impl Op {
         match self {
             Op::Put { key, value, .. } => put(key, value),
             Op::Txn(txn) => puts(&txn.success).max(puts(&txn.failure)),
-            Op::As { op, .. } | Op::Leased { op, .. } | Op::Anonymous { op } => op.stored_bytes(),
+            Op::As { op, .. }
+            | Op::Leased { op, .. }
+            | Op::Anonymous { op }
+            | Op::Once { op, .. } => op.stored_bytes(),
             Op::Delete { .. } | Op::DeletePrefix { .. } | Op::Auth(_) | Op::Lease(_) => 0,
         }
     }

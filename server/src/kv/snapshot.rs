@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::kv::dedup::DedupTable;
+use crate::kv::dedup::{DedupMarks, DedupTable};
 use crate::kv::store::Slot;
 use crate::kv::watch::History;
 use crate::kv::{KeyValue, KvError, OpResult, Store, StoreConfig};
@@ -24,6 +24,10 @@ pub struct StoreSnapshot {
     pub kvs: Vec<KeyValue>,
     /// Remembered request ids, oldest first.
     pub requests: Vec<(RequestId, OpResult)>,
+    /// The marks of `requests` (see [`DedupMarks`]), encoded after them
+    /// when there are any.
+    #[serde(skip)]
+    pub marks: Option<DedupMarks>,
 }
 
 impl StoreSnapshot {
@@ -31,13 +35,48 @@ impl StoreSnapshot {
     pub fn encode(&self) -> Vec<u8> {
         // Postcard only fails on sequences of unknown length or on custom
         // serializer errors; the derived impls here produce neither.
-        postcard::to_stdvec(self).expect("a store snapshot always serializes")
+        let out = postcard::to_stdvec(self).expect("a store snapshot always serializes");
+        append_marks(self.marks.as_ref(), out)
     }
 
-    /// Parses a snapshot produced by [`StoreSnapshot::encode`].
+    /// Parses a snapshot produced by [`StoreSnapshot::encode`] (or by a
+    /// version before marks existed, which ends after the request table).
     pub fn decode(bytes: &[u8]) -> Result<StoreSnapshot, KvError> {
-        postcard::from_bytes(bytes).map_err(KvError::SnapshotDecode)
+        let (mut snap, rest): (StoreSnapshot, _) =
+            postcard::take_from_bytes(bytes).map_err(KvError::SnapshotDecode)?;
+        if !rest.is_empty() {
+            let marks: DedupMarks = postcard::from_bytes(rest).map_err(KvError::SnapshotDecode)?;
+            check_marks(&marks, snap.requests.len())?;
+            snap.marks = Some(marks);
+        }
+        Ok(snap)
     }
+}
+
+/// Appends `marks` to an encoded snapshot, unless there is nothing in them.
+pub(super) fn append_marks(marks: Option<&DedupMarks>, out: Vec<u8>) -> Vec<u8> {
+    match marks.filter(|m| !m.is_empty()) {
+        // As for the rest of the snapshot: nothing here fails.
+        Some(m) => postcard::to_extend(m, out).expect("request marks always serialize"),
+        None => out,
+    }
+}
+
+/// Marks are written only when there is something in them, and name
+/// every remembered request or none.
+pub(super) fn check_marks(marks: &DedupMarks, requests: usize) -> Result<(), KvError> {
+    if marks.is_empty() {
+        return Err(KvError::SnapshotRead(
+            "unexpected bytes after the end of the snapshot".into(),
+        ));
+    }
+    if marks.marks.is_empty() || marks.marks.len() == requests {
+        return Ok(());
+    }
+    Err(KvError::SnapshotRead(format!(
+        "the snapshot marks {} of its {requests} remembered requests",
+        marks.marks.len()
+    )))
 }
 
 /// [`StoreSnapshot`]'s shape over borrowed data, so that a snapshot of a
@@ -100,7 +139,8 @@ impl Store {
             requests: self.dedup.entries().collect(),
         };
         // As for StoreSnapshot::encode: every length is known, nothing fails.
-        postcard::to_extend(&view, out).expect("a store snapshot always serializes")
+        let out = postcard::to_extend(&view, out).expect("a store snapshot always serializes");
+        append_marks(self.dedup.marks().as_ref(), out)
     }
 
     /// Copies the replicated state.
@@ -114,6 +154,7 @@ impl Store {
                 .entries()
                 .map(|(id, result)| (id, result.clone()))
                 .collect(),
+            marks: self.dedup.marks(),
         }
     }
 
@@ -125,10 +166,12 @@ impl Store {
     /// Rebuilds a store from a snapshot. Its watch history starts empty, so
     /// revisions up to the snapshot's are reported as compacted.
     pub fn restore_with(snap: StoreSnapshot, config: StoreConfig) -> Store {
-        let mut dedup = DedupTable::new(config.dedup_capacity);
-        for (id, result) in snap.requests {
-            dedup.insert(id, result);
-        }
+        let dedup = DedupTable::restore(
+            config.dedup_capacity,
+            snap.requests,
+            snap.marks,
+            snap.applied_index,
+        );
         let data_bytes = snap
             .kvs
             .iter()
@@ -230,6 +273,101 @@ mod tests {
         assert_eq!(original.data_bytes(), restored.data_bytes());
         // The retried txn was deduplicated on both sides.
         assert_eq!(restored.revision(), 8);
+    }
+
+    /// A store with room for two ids, which has forgotten a write marked
+    /// [`Op::Once`] at index 11, and a copy of that write.
+    fn forgetful_store() -> (Store, RequestId, Op) {
+        let mut s = Store::with_config(StoreConfig {
+            dedup_capacity: 2,
+            ..StoreConfig::default()
+        });
+        let once = |after: u64, op: Op| Op::Once {
+            after,
+            op: Box::new(op),
+        };
+        s.set_applied_index(10);
+        let first = fresh_id();
+        let write = once(10, put(b"a", b"1"));
+        s.apply(first, &write);
+        for index in 11..=13 {
+            s.set_applied_index(index);
+            s.apply(fresh_id(), &once(index, put(b"b", b"2")));
+        }
+        s.set_applied_index(14);
+        run(&mut s, &put(b"c", b"3"));
+        (s, first, write)
+    }
+
+    #[test]
+    fn a_restored_replica_refuses_a_forgotten_copy_as_the_original_does() {
+        let (mut s, first, write) = forgetful_store();
+        let config = StoreConfig {
+            dedup_capacity: 2,
+            ..StoreConfig::default()
+        };
+        let snap = StoreSnapshot::decode(&s.encode_snapshot()).expect("decodes");
+        assert_eq!(snap, s.snapshot());
+        assert_eq!(
+            snap.marks,
+            Some(DedupMarks {
+                forgotten: 13,
+                marks: vec![Some(14), None],
+            })
+        );
+        let mut restored = Store::restore_with(snap, config);
+        let mut streamed =
+            Store::restore_from_reader(&s.encode_snapshot()[..], config).expect("restores");
+        for store in [&mut s, &mut restored, &mut streamed] {
+            assert_eq!(store.apply(first, &write), OpResult::Forgotten);
+            assert_eq!(store.revision(), 5);
+        }
+    }
+
+    /// A snapshot without marks is the format an earlier version wrote and
+    /// reads: a rolling upgrade sends such snapshots both ways.
+    #[test]
+    fn a_snapshot_of_a_store_without_once_writes_is_encoded_as_before() {
+        #[derive(Serialize, Deserialize)]
+        struct Earlier {
+            applied_index: u64,
+            revision: u64,
+            kvs: Vec<KeyValue>,
+            requests: Vec<(RequestId, OpResult)>,
+        }
+        let (s, _, _) = busy_store();
+        let bytes = s.encode_snapshot();
+        let snap = s.snapshot();
+        let earlier = Earlier {
+            applied_index: snap.applied_index,
+            revision: snap.revision,
+            kvs: snap.kvs.clone(),
+            requests: snap.requests.clone(),
+        };
+        assert_eq!(postcard::to_stdvec(&earlier).expect("encodes"), bytes);
+        assert_eq!(StoreSnapshot::decode(&bytes).expect("decodes"), snap);
+        // One with marks still reads as the earlier shape up to them, so an
+        // earlier version (which ignores what follows) keeps its data.
+        let (forgetful, _, _) = forgetful_store();
+        let encoded = forgetful.encode_snapshot();
+        let (read, rest): (Earlier, _) = postcard::take_from_bytes(&encoded).expect("decodes");
+        assert_eq!(read.kvs, forgetful.snapshot().kvs);
+        assert!(!rest.is_empty());
+    }
+
+    #[test]
+    fn marks_that_name_nothing_or_too_few_requests_are_an_error() {
+        let (s, _, _) = forgetful_store();
+        let mut bytes = Store::new().encode_snapshot();
+        bytes.extend_from_slice(&[0, 0]);
+        assert!(StoreSnapshot::decode(&bytes).is_err(), "empty marks");
+        let mut snap = s.snapshot();
+        snap.marks = Some(DedupMarks {
+            forgotten: 1,
+            marks: vec![Some(3)],
+        });
+        assert!(StoreSnapshot::decode(&snap.encode()).is_err());
+        assert!(Store::restore_from_reader(&snap.encode()[..], StoreConfig::default()).is_err());
     }
 
     #[test]

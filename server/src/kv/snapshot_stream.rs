@@ -37,7 +37,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::kv::dedup::DedupTable;
+use crate::kv::dedup::{DedupMarks, DedupTable};
 use crate::kv::snapshot::KeyValueView;
 use crate::kv::store::{Slot, digest_of};
 use crate::kv::watch::History;
@@ -158,6 +158,7 @@ impl Store {
         // Postcard writes only sequences of unknown length or custom errors
         // as failures; these have neither.
         let tail = postcard::to_stdvec(&requests).expect("the request table always serializes");
+        let tail = super::snapshot::append_marks(self.dedup.marks().as_ref(), tail);
         let head = postcard::to_stdvec(&(self.applied_index, self.revision, self.kvs.len()))
             .expect("integers always serialize");
         let snapshots = &mut self.snapshots;
@@ -316,11 +317,13 @@ impl Store {
             kvs.insert(kv.key.into_boxed_slice(), slot);
         }
         let requests: Vec<(RequestId, OpResult)> = r.next()?;
+        // Marks follow the table only if there are any (see `DedupMarks`).
+        let marks: Option<DedupMarks> = if r.at_end()? { None } else { Some(r.next()?) };
         r.finish()?;
-        let mut dedup = DedupTable::new(config.dedup_capacity);
-        for (id, result) in requests {
-            dedup.insert(id, result);
+        if let Some(marks) = &marks {
+            super::snapshot::check_marks(marks, requests.len())?;
         }
+        let dedup = DedupTable::restore(config.dedup_capacity, requests, marks, applied_index);
         let mut store = Store {
             digest: digest_of(&kvs),
             kvs,
@@ -393,12 +396,17 @@ impl<R: Read> Pieces<R> {
         Ok(())
     }
 
-    /// Fails if anything follows the snapshot.
-    fn finish(mut self) -> Result<(), KvError> {
-        if self.at == self.buf.len() {
+    /// Whether the input has nothing left.
+    fn at_end(&mut self) -> Result<bool, KvError> {
+        while self.at == self.buf.len() && !self.eof {
             self.fill()?;
         }
-        if self.at == self.buf.len() {
+        Ok(self.at == self.buf.len())
+    }
+
+    /// Fails if anything follows the snapshot.
+    fn finish(mut self) -> Result<(), KvError> {
+        if self.at_end()? {
             return Ok(());
         }
         Err(KvError::SnapshotRead(
@@ -680,6 +688,47 @@ mod tests {
         assert_eq!(restored.snapshot(), store.snapshot());
         assert_eq!(restored.digest(), store.digest());
         assert_eq!(restored.data_bytes(), store.data_bytes());
+    }
+
+    #[test]
+    fn a_snapshot_in_pieces_carries_the_request_marks_as_they_were_at_its_start() {
+        let config = StoreConfig {
+            dedup_capacity: 3,
+            ..StoreConfig::default()
+        };
+        let once = |after: u64, key: &[u8]| Op::Once {
+            after,
+            op: Box::new(put(key, b"v")),
+        };
+        let mut store = Store::with_config(config);
+        for index in 1..=10u64 {
+            store.apply(fresh_id(), &once(index - 1, format!("k{index}").as_bytes()));
+            store.set_applied_index(index);
+        }
+        let expected = store.encode_snapshot();
+        let start = store.begin_snapshot();
+        let mut bytes = start.head;
+        let mut index = 10;
+        // Writes between the pieces forget more marked ids.
+        while !store
+            .snapshot_chunk(start.id, 3, &mut bytes)
+            .expect("in progress")
+        {
+            index += 1;
+            store.apply(fresh_id(), &once(index - 1, b"k1"));
+            store.set_applied_index(index);
+        }
+        assert_eq!(bytes, expected);
+        let restored = Store::restore_from_reader(&bytes[..], config).expect("restores");
+        // Written at indexes 1 to 10 with room for three: 8, 9 and 10 are
+        // remembered, 7 was the last forgotten.
+        assert_eq!(
+            restored.snapshot().marks,
+            Some(DedupMarks {
+                forgotten: 7,
+                marks: vec![Some(8), Some(9), Some(10)],
+            })
+        );
     }
 
     #[test]

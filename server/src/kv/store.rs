@@ -104,6 +104,11 @@ pub enum OpResult {
     /// `number`; `revision` is the unchanged current revision (a fence
     /// takes none of its own).
     LeaseFenced { number: u64, revision: u64 },
+    /// A copy of an [`Op::Once`] write that the request-id table does not
+    /// remember, when it may have forgotten an earlier copy: nothing
+    /// changed, and whether an earlier copy was applied is not known here
+    /// (see [`crate::kv::dedup`]). Never remembered in the table.
+    Forgotten,
 }
 
 /// The outcome of one operation inside a transaction.
@@ -300,17 +305,32 @@ impl Store {
 
     /// Applies a chosen op. A request id seen recently gets its first result
     /// back and changes nothing, so retries are applied at most once.
+    ///
+    /// Called for each command of log instance `applied_index + 1`, in
+    /// order: every caller applies instances in order and records each with
+    /// [`Store::set_applied_index`] before the next, so that index is where
+    /// an [`Op::Once`] write is marked as applied (see [`crate::kv::dedup`]).
     pub fn apply(&mut self, id: RequestId, op: &Op) -> OpResult {
         if let Some(result) = self.dedup.get(&id) {
             return result.clone();
         }
+        let (op, mark) = match op {
+            // Not remembered, and an earlier copy applied above `after` may
+            // have been forgotten: not applied, and not remembered either,
+            // so every later copy is told the same.
+            Op::Once { after, .. } if self.dedup.may_have_forgotten(*after) => {
+                return OpResult::Forgotten;
+            }
+            Op::Once { op, .. } => (&**op, Some(self.applied_index + 1)),
+            op => (op, None),
+        };
         // An idempotency key reused for a different write: neither applied
         // again nor mistaken for the first.
         if id.client & IDEMPOTENT_BIT != 0 && self.dedup.of_client(id.client).is_some() {
             return OpResult::IdempotencyKeyReused;
         }
         let result = self.apply_op(op);
-        self.dedup.insert(id, result.clone());
+        self.dedup.insert_marked(id, result.clone(), mark);
         result
     }
 
@@ -380,6 +400,11 @@ impl Store {
                 _ if self.auth.enabled() => OpResult::Refused(crate::auth::anonymous_refusal()),
                 inner => self.apply_op(inner),
             },
+            // Unwrapped by `Store::apply`; anywhere else it is malformed.
+            Op::Once { .. } => OpResult::Refused(Refusal::new(
+                RefusalKind::Invalid,
+                "an op sent at most once is only ever the outermost",
+            )),
         }
     }
 
@@ -1350,6 +1375,70 @@ mod tests {
         // ...but the oldest was forgotten, so it applies again.
         s.apply(ids[0], &put(b"a", b"x"));
         assert_eq!(s.revision(), 6);
+    }
+
+    /// The case the table's bound used to let through (see
+    /// `crate::kv::dedup`): a copy chosen after more writes than the table
+    /// holds. Marked with where its write stood, it is refused, not applied
+    /// a second time; a write whose mark is past everything forgotten is
+    /// applied as usual.
+    #[test]
+    fn a_copy_of_a_once_write_is_applied_once_however_late_it_comes() {
+        let mut s = Store::with_config(StoreConfig {
+            dedup_capacity: 3,
+            ..StoreConfig::default()
+        });
+        s.set_applied_index(100);
+        let once = |after: u64, op: Op| Op::Once {
+            after,
+            op: Box::new(op),
+        };
+        let first = fresh_id();
+        let write = once(100, put(b"a", b"x"));
+        let applied = s.apply(first, &write);
+        assert!(matches!(applied, OpResult::Put { revision: 1, .. }));
+        s.set_applied_index(101);
+        // A copy while the table remembers it: the first result.
+        assert_eq!(s.apply(first, &write), applied);
+        for index in 102..=105 {
+            s.apply(fresh_id(), &once(index - 1, put(b"b", b"y")));
+            s.set_applied_index(index);
+        }
+        assert_eq!(s.apply(first, &write), OpResult::Forgotten);
+        assert_eq!(s.revision(), 5, "the late copy changed nothing");
+        assert_eq!(s.get(b"a").map(|kv| kv.version), Some(1));
+        // And it is told the same every time, on every replica alike: a
+        // refusal is not remembered as a result.
+        assert_eq!(s.apply(first, &write), OpResult::Forgotten);
+        // A write that reached its replica after everything forgotten was
+        // chosen is applied.
+        let fresh = s.apply(fresh_id(), &once(104, put(b"a", b"z")));
+        assert!(matches!(fresh, OpResult::Put { revision: 6, .. }));
+        // Without the mark the same late copy would be applied again: what
+        // an `Idempotency-Key` retry past the table's bound meets.
+        let plain = fresh_id();
+        s.apply(plain, &put(b"c", b"1"));
+        for _ in 0..3 {
+            run(&mut s, &put(b"d", b"1"));
+        }
+        assert!(matches!(
+            s.apply(plain, &put(b"c", b"1")),
+            OpResult::Put { version: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn a_once_op_anywhere_but_outermost_is_refused() {
+        let mut s = Store::new();
+        let nested = Op::Once {
+            after: 0,
+            op: Box::new(Op::Once {
+                after: 0,
+                op: Box::new(put(b"a", b"x")),
+            }),
+        };
+        assert!(matches!(run(&mut s, &nested), OpResult::Refused(_)));
+        assert_eq!(s.revision(), 0);
     }
 
     #[test]

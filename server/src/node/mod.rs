@@ -345,13 +345,14 @@ const FEATURES_HURRY: Duration = Duration::from_secs(10);
 
 /// The longest a replica keeps sending a write it already sent to a master
 /// (to the next master, after a failover), whatever `--write-timeout` says.
-/// Every copy carries the first's request id and is applied as a duplicate
-/// only while the first is in the request-id table, the last
-/// [`crate::kv::DEFAULT_DEDUP_CAPACITY`] ids applied (see
-/// [`crate::kv::dedup`]): the shorter the time in which copies may be
-/// proposed, the higher the write rate below which none can apply twice.
-/// A longer write timeout then means waiting longer for an outcome, not
-/// sending the write again later.
+/// Every copy carries the first's request id and is answered as a
+/// duplicate while the first is in the request-id table, the last
+/// [`crate::kv::DEFAULT_DEDUP_CAPACITY`] ids applied; one chosen after the
+/// table forgot the first is refused, not applied again (see
+/// [`crate::kv::dedup`]), and its write answered 504. The shorter the time
+/// in which copies may be proposed, the rarer that is. A longer write
+/// timeout then means waiting longer for an outcome, not sending the write
+/// again later.
 const MAX_RESEND_WINDOW: Duration = Duration::from_secs(5);
 
 /// How long a write may be sent again after it is first sent: see
@@ -505,6 +506,7 @@ impl Node {
             master: None,
             ballot: crate::paxos::Ballot::ZERO,
             commit: 0,
+            known_chosen: 0,
             last_index: 0,
             first_index: 1,
             membership: Membership::default(),
@@ -2013,9 +2015,21 @@ impl Service for Node {
         let started = Instant::now();
         let deadline = started + self.inner.cfg.write_timeout;
         let resend_until = started + resend_window(self.inner.cfg.write_timeout);
-        let id = match &idempotency_key {
-            Some(key) => crate::kv::dedup::idempotent_id(key, &op),
-            None => self.next_request_id(),
+        let (id, op) = match &idempotency_key {
+            Some(key) => (crate::kv::dedup::idempotent_id(key, &op), op),
+            // Every copy of this write will carry the slot below which all
+            // is chosen now, so that one the request-id table may have
+            // forgotten is told apart where it is applied (see
+            // `crate::kv::dedup`).
+            None if self.members_do(|f| f.once) => {
+                let after = self.inner.published.borrow().status.known_chosen;
+                let op = Op::Once {
+                    after,
+                    op: Box::new(op),
+                };
+                (self.next_request_id(), op)
+            }
+            None => (self.next_request_id(), op),
         };
         let cmd = Command { id, op };
         let mut proposed = false;
@@ -2062,6 +2076,15 @@ impl Service for Node {
                 other => other,
             };
             match reply {
+                ProposeReply::Applied(OpResult::Forgotten) => {
+                    self.inner.metrics.inc_forgotten_copies();
+                    return Err(ServiceError::Timeout(
+                        "this write was sent to a master again after more writes than the \
+                         cluster remembers request ids for, so it was not applied again: an \
+                         earlier attempt may have committed"
+                            .into(),
+                    ));
+                }
                 ProposeReply::Applied(result) => return Ok(result),
                 // An earlier attempt may have been taken: not "retry", which
                 // a client would do under a new id, but "may still commit".

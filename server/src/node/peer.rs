@@ -152,7 +152,7 @@ fn service_error(e: ServiceError) -> Response {
     params(("x-phxkv-peer-url" = Option<String>, Header,
         description = "The sender's own peer URL, so a member that does not know it yet can answer."),
         ("phxkv-peer-features" = Option<String>, Header,
-        description = "What the sender does beyond the messages every version understands, comma-separated. `forward`: as master it takes `forward` and `read_index_request` messages, so the receiver, as its follower, sends client writes and read-index requests that way instead of `POST /peer/v1/propose_batch` and `POST /peer/v1/read_index`. `anonymous`: it decodes the `anonymous` op, which the receiver proposes only once every member of its configuration said so. `delete_prefix`: the same for the `delete_prefix` op. `lease_owner`: the same for the `grant_owned` lease op. `lease_fence`: the same for the `fence` and `expire_fenced` lease ops.")),
+        description = "What the sender does beyond the messages every version understands, comma-separated. `forward`: as master it takes `forward` and `read_index_request` messages, so the receiver, as its follower, sends client writes and read-index requests that way instead of `POST /peer/v1/propose_batch` and `POST /peer/v1/read_index`. `anonymous`: it decodes the `anonymous` op, which the receiver proposes only once every member of its configuration said so. `delete_prefix`: the same for the `delete_prefix` op. `lease_owner`: the same for the `grant_owned` lease op. `lease_fence`: the same for the `fence` and `expire_fenced` lease ops. `once`: the same for the `once` op.")),
     request_body(content((Vec<Envelope> = "application/json"))),
     responses(
         (status = 204, description = "Handed to the engine."),

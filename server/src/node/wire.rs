@@ -55,9 +55,13 @@ pub const PEER_URL_HEADER: &str = "x-phxkv-peer-url";
 ///   lease ops (an expiry that takes effect only if no later master put
 ///   its fence in the log before it; see `crate::kv::lease`), proposed on
 ///   the same condition.
+/// - `once`: it decodes and applies the `once` op (a write that may be sent
+///   to a master again, applied only if the request-id table cannot have
+///   forgotten an earlier copy; see `crate::kv::dedup`), proposed on the
+///   same condition.
 pub const FEATURES_HEADER: &str = "phxkv-peer-features";
 /// What this version puts in [`FEATURES_HEADER`].
-pub const FEATURES: &str = "forward,anonymous,delete_prefix,lease_owner,lease_fence";
+pub const FEATURES: &str = "forward,anonymous,delete_prefix,lease_owner,lease_fence,once";
 
 /// What a peer's [`FEATURES_HEADER`] says it does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -72,6 +76,8 @@ pub struct Features {
     pub lease_owner: bool,
     /// It decodes the `fence` and `expire_fenced` lease ops.
     pub lease_fence: bool,
+    /// It decodes the `once` op.
+    pub once: bool,
 }
 
 impl Features {
@@ -83,6 +89,7 @@ impl Features {
             delete_prefix: true,
             lease_owner: true,
             lease_fence: true,
+            once: true,
         }
     }
 
@@ -94,6 +101,7 @@ impl Features {
             ("delete_prefix", self.delete_prefix),
             ("lease_owner", self.lease_owner),
             ("lease_fence", self.lease_fence),
+            ("once", self.once),
         ]
         .into_iter()
         .filter(|(_, on)| *on)
@@ -115,6 +123,7 @@ impl Features {
                 "delete_prefix" => out.delete_prefix = true,
                 "lease_owner" => out.lease_owner = true,
                 "lease_fence" => out.lease_fence = true,
+                "once" => out.once = true,
                 _ => {}
             }
         }
@@ -524,6 +533,7 @@ mod tests {
             delete_prefix: true,
             lease_owner: true,
             lease_fence: true,
+            once: true,
         };
         assert_eq!(of(FEATURES), all);
         assert_eq!(
@@ -533,7 +543,7 @@ mod tests {
         );
         assert_eq!(all.names().join(","), FEATURES);
         assert_eq!(
-            of("something, delete_prefix, lease_fence,lease_owner,anonymous ,forward"),
+            of("something, delete_prefix, once,lease_fence,lease_owner,anonymous ,forward"),
             all
         );
         let forward_only = Features {

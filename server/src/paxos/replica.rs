@@ -305,6 +305,11 @@ pub struct Status {
     pub master: Option<NodeId>,
     pub ballot: Ballot,
     pub commit: Index,
+    /// Every slot at or below it is chosen, as far as this replica knows:
+    /// its own `commit` or the highest a master reported to it, whichever
+    /// is higher (a lagging follower knows of more chosen slots than it
+    /// holds).
+    pub known_chosen: Index,
     pub last_index: Index,
     pub first_index: Index,
     pub membership: Membership,
@@ -512,6 +517,7 @@ impl Replica {
             master: self.master_hint(),
             ballot,
             commit: self.commit,
+            known_chosen: self.commit.max(self.master_commit),
             last_index: self.last_index(),
             first_index: self.snapshot_index + 1,
             membership: self.membership().clone(),

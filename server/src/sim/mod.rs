@@ -79,6 +79,8 @@ pub struct SeedOutcome {
     pub forward_refusals: usize,
     /// Forwarded writes a follower sent to the master again, unanswered.
     pub forwards_sent_again: usize,
+    /// Client writes refused as possibly forgotten copies.
+    pub forgotten_copies: usize,
     /// Client attempts that had no answer within the client's timeout.
     pub client_timeouts: usize,
     /// Reads a follower served at the master's read index.
@@ -130,6 +132,7 @@ pub fn options_for(seed: u64) -> WorldOptions {
         },
         pauses: quorum && faults,
         fences_from: 0,
+        dedup_capacity: crate::kv::DEFAULT_DEDUP_CAPACITY,
     };
     // Drawn last, so that every other option of a seed stays what it was
     // before upgrades were simulated. A quarter of the runs upgrade: the
@@ -137,6 +140,12 @@ pub fn options_for(seed: u64) -> WorldOptions {
     // phase (see `WorldOptions::fences_from`).
     if rng.random_bool(0.25) {
         opts.fences_from = rng.random_range(0..opts.active);
+    }
+    // Drawn after that, for the same reason. A quarter of the runs give
+    // the request-id table room for a few dozen ids only, so that copies of
+    // a write sent again arrive after the first was forgotten.
+    if rng.random_bool(0.25) {
+        opts.dedup_capacity = rng.random_range(4..40);
     }
     opts
 }
@@ -197,6 +206,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
                 forwarded_acks: 0,
                 forward_refusals: 0,
                 forwards_sent_again: 0,
+                forgotten_copies: 0,
                 client_timeouts: 0,
                 follower_reads: 0,
             };
@@ -244,6 +254,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
         forwarded_acks: report.forwarded_acks,
         forward_refusals: report.forward_refusals,
         forwards_sent_again: report.forwards_sent_again,
+        forgotten_copies: report.forgotten_copies,
         client_timeouts: report.client_timeouts,
         follower_reads: report.follower_reads,
     }

@@ -8,7 +8,7 @@
 //! After every event the world checks its invariants; the first violation
 //! ends the run with a message and the recent trace.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -88,6 +88,13 @@ pub struct WorldOptions {
     /// without fences, as a cluster does until every member has them.
     /// 0: no upgrade, fences from the start.
     pub fences_from: Time,
+    /// How many request ids each store remembers. Clients send a write
+    /// again under the same id until it is answered, each copy marked as
+    /// [`Op::Once`] from where the first attempt reached; with a small
+    /// table, copies meet a table that forgot the first, and each must be
+    /// answered from the table or refused as [`OpResult::Forgotten`],
+    /// never applied a second time.
+    pub dedup_capacity: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,6 +266,11 @@ impl AuthModel {
 enum Reply {
     Done(KvReturn),
     Redirect(Option<NodeId>),
+    /// The write was refused as [`OpResult::Forgotten`] and no copy of it
+    /// was applied before: it never takes effect (see
+    /// [`World::check_once`]). A client of the product would hear 504 and
+    /// not know; the simulator knows, and tells the checker.
+    NoEffect,
 }
 
 #[derive(Debug)]
@@ -317,6 +329,9 @@ struct Client {
     attempt: u32,
     /// Attempts made for the current operation.
     tries: u32,
+    /// Where its first attempt arrived, every slot up to this was chosen
+    /// (the `after` of its [`Op::Once`] copies).
+    after: Option<u64>,
     target: usize,
     done: bool,
 }
@@ -377,6 +392,9 @@ pub struct RunReport {
     pub forward_refusals: usize,
     /// Forwarded writes a follower sent to the master again, unanswered.
     pub forwards_sent_again: usize,
+    /// Client writes answered [`OpResult::Forgotten`]: a copy met a table
+    /// that may have forgotten an earlier one.
+    pub forgotten_copies: usize,
     /// Client attempts that had no answer within the client's timeout.
     pub client_timeouts: usize,
     /// Reads a follower served at the master's read index.
@@ -407,6 +425,16 @@ pub struct World {
     forwarded_acks: usize,
     forward_refusals: usize,
     forwards_sent_again: usize,
+    forgotten_copies: usize,
+    /// The instance each client write was first applied at, and how: a
+    /// copy applied later must be answered as that was (from the request-id
+    /// table) or [`OpResult::Forgotten`], never applied again.
+    first_applied: HashMap<RequestId, (Index, OpResult)>,
+    /// The first instance at which a copy of each client write was refused
+    /// as [`OpResult::Forgotten`].
+    refused_at: HashMap<RequestId, Index>,
+    /// Operations of the history known to have had no effect.
+    no_effect: BTreeSet<usize>,
     client_timeouts: usize,
     follower_reads: usize,
     /// Where each of the actor's ops was first chosen: a copy chosen again
@@ -484,7 +512,7 @@ impl World {
                 up: false,
                 alive: i < opts.nodes,
                 replica: None,
-                store: Store::new(),
+                store: Store::with_config(store_config(&opts)),
                 disk: Box::new(MemStore::new()),
                 clock_offset: rng.random_range(0..1_000_000_000),
                 // Within the engine's drift bound, at either extreme sometimes.
@@ -517,6 +545,7 @@ impl World {
                 current: None,
                 attempt: 0,
                 tries: 0,
+                after: None,
                 target: 0,
                 done: false,
             })
@@ -548,6 +577,10 @@ impl World {
             forwarded_acks: 0,
             forward_refusals: 0,
             forwards_sent_again: 0,
+            forgotten_copies: 0,
+            first_applied: HashMap::new(),
+            refused_at: HashMap::new(),
+            no_effect: BTreeSet::new(),
             client_timeouts: 0,
             follower_reads: 0,
             auth_first: BTreeMap::new(),
@@ -704,10 +737,10 @@ impl World {
         };
         let store = match data {
             Some(bytes) => match StoreSnapshot::decode(&bytes) {
-                Ok(s) => Store::restore(s),
+                Ok(s) => Store::restore_with(s, store_config(&self.opts)),
                 Err(e) => return self.fail(format!("{name} bad snapshot: {e}")),
             },
-            None => Store::new(),
+            None => Store::with_config(store_config(&self.opts)),
         };
         let node = &mut self.nodes[i];
         node.store = store;
@@ -896,6 +929,11 @@ impl World {
             let mut model = before;
             for cmd in cmds.iter() {
                 let result = self.nodes[i].store.apply(cmd.id, &cmd.op);
+                if matches!(cmd.op, Op::Once { .. })
+                    && let Err(e) = self.check_once(index, cmd.id, &result)
+                {
+                    return self.fail(e);
+                }
                 if let (Some(expected), AUTH_CLIENT) = (model.refuses(&cmd.op), cmd.id.client) {
                     let refused = matches!(result, OpResult::Refused(_));
                     let written =
@@ -927,8 +965,19 @@ impl World {
                     {
                         self.forwarded_acks += 1;
                     }
-                    let ret = to_return(&cmd.op, &result);
-                    self.reply(client, attempt, Reply::Done(ret));
+                    let reply = match &result {
+                        OpResult::Forgotten => {
+                            self.forgotten_copies += 1;
+                            match self.first_applied.get(&cmd.id) {
+                                // An earlier copy was applied: that was
+                                // its outcome, before this answer.
+                                Some((_, first)) => Reply::Done(to_return(&cmd.op, first)),
+                                None => Reply::NoEffect,
+                            }
+                        }
+                        _ => Reply::Done(to_return(&cmd.op, &result)),
+                    };
+                    self.reply(client, attempt, reply);
                 }
             }
             if model != before {
@@ -1089,7 +1138,7 @@ impl World {
         if let Err(e) = self.nodes[i].disk.install_snapshot(&meta, &data) {
             return self.fail(format!("install failed: {e}"));
         }
-        self.nodes[i].store = Store::restore(snap);
+        self.nodes[i].store = Store::restore_with(snap, store_config(&self.opts));
         self.nodes[i].applied = meta.index;
         let name = self.nodes[i].name.clone();
         self.note(format!("{name} installs snapshot at {}", meta.index));
@@ -1186,6 +1235,7 @@ impl World {
         let call = self.new_call();
         self.clients[c].seq += 1;
         self.clients[c].tries = 0;
+        self.clients[c].after = None;
         self.clients[c].target = self.rng.random_range(0..self.nodes.len());
         self.history.push(Operation {
             client: self.clients[c].id,
@@ -1256,6 +1306,12 @@ impl World {
         let Some(r) = self.nodes[i].replica.as_mut() else {
             return;
         };
+        // As a node does for a write it makes the id of (see
+        // `crate::kv::dedup`), fixed at the first attempt: every copy is
+        // chosen above what was chosen then.
+        let after = *self.clients[c]
+            .after
+            .get_or_insert(r.status(now).known_chosen);
         let op = match call {
             KvCall::Get { key } => {
                 let token = self.seq;
@@ -1308,8 +1364,21 @@ impl World {
         let reply = match op {
             None => None,
             Some(op) => match match forward_to {
-                Some(m) => r.forward(now, m, Command { id, op }),
-                None => r.propose(now, Command { id, op }),
+                Some(m) => r.forward(
+                    now,
+                    m,
+                    Command {
+                        id,
+                        op: once(after, op),
+                    },
+                ),
+                None => r.propose(
+                    now,
+                    Command {
+                        id,
+                        op: once(after, op),
+                    },
+                ),
             } {
                 Ok(()) => {
                     self.nodes[i].waiters.insert(id, (c, attempt));
@@ -1351,6 +1420,15 @@ impl World {
                 self.clients[c].current = None;
                 let think = self.rng.random_range(0..20_000);
                 self.schedule(think, Event::ClientSend { client: c });
+            }
+            Reply::NoEffect => {
+                self.note(format!(
+                    "client {} op {:?} -> refused as forgotten, never applied",
+                    self.clients[c].id, self.history[op].call
+                ));
+                self.no_effect.insert(op);
+                self.clients[c].current = None;
+                self.schedule(1_000, Event::ClientSend { client: c });
             }
             Reply::Redirect(hint) => {
                 self.clients[c].target = hint
@@ -1724,6 +1802,36 @@ impl World {
         self.process_ready(m);
         let next = self.rng.random_range(20_000..200_000);
         self.schedule(next, Event::Auth);
+    }
+
+    /// A client write applied at `index` with `result`: a copy chosen
+    /// after its first must come out as the first did (answered from the
+    /// request-id table) or be refused as forgotten, never applied again;
+    /// and once a copy was refused, none is applied for the first time
+    /// after it (what a table forgets stays forgotten), so a write refused
+    /// before any copy was applied never takes effect.
+    fn check_once(&mut self, index: Index, id: RequestId, result: &OpResult) -> Result<(), String> {
+        if matches!(result, OpResult::Forgotten) {
+            self.refused_at.entry(id).or_insert(index);
+            return Ok(());
+        }
+        match self.first_applied.get(&id) {
+            None => {
+                if let Some(refused) = self.refused_at.get(&id).filter(|r| **r < index) {
+                    return Err(format!(
+                        "request {id:?} applied at instance {index}, after a copy was refused \
+                         as forgotten at {refused}"
+                    ));
+                }
+                self.first_applied.insert(id, (index, result.clone()));
+                Ok(())
+            }
+            Some((_, first)) if first == result => Ok(()),
+            Some((at, first)) => Err(format!(
+                "request {id:?} applied twice: at instance {at} ({first:?}) and again at \
+                 {index} ({result:?})"
+            )),
+        }
     }
 
     /// Checks one applied command against the lease actor's model, and
@@ -2408,6 +2516,7 @@ impl World {
             forwarded_acks: self.forwarded_acks,
             forward_refusals: self.forward_refusals,
             forwards_sent_again: self.forwards_sent_again,
+            forgotten_copies: self.forgotten_copies,
             client_timeouts: self.client_timeouts,
             follower_reads: self.follower_reads,
             lease_renewals: self.lease.renewals,
@@ -2422,7 +2531,13 @@ impl World {
                 .iter()
                 .filter(|o| matches!(o.completed, Some((_, KvReturn::Get(_)))))
                 .count(),
-            history: self.history,
+            history: self
+                .history
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !self.no_effect.contains(i))
+                .map(|(_, op)| op)
+                .collect(),
         }
     }
 
@@ -2496,7 +2611,27 @@ impl World {
     }
 }
 
+/// `op` as a write sent at most once, every copy chosen above `after`.
+fn once(after: u64, op: Op) -> Op {
+    Op::Once {
+        after,
+        op: Box::new(op),
+    }
+}
+
+/// The store of every node, as the options say.
+fn store_config(opts: &WorldOptions) -> crate::kv::StoreConfig {
+    crate::kv::StoreConfig {
+        dedup_capacity: opts.dedup_capacity,
+        ..Default::default()
+    }
+}
+
 fn to_return(op: &Op, result: &OpResult) -> KvReturn {
+    let op = match op {
+        Op::Once { op, .. } => &**op,
+        op => op,
+    };
     match (op, result) {
         (
             Op::Put {

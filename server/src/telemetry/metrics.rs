@@ -118,6 +118,7 @@ struct Inner {
     snapshots: Family<KindLabels, Counter>,
     forwarded: Counter,
     forwards_sent_again: Counter,
+    forgotten_copies: Counter,
     peer_messages: Family<DirectionLabels, Counter>,
     peer_bytes_sent: Family<EncodingLabels, Counter>,
     node_state: Family<StateLabels, Gauge>,
@@ -177,6 +178,7 @@ impl Metrics {
             auth_failures: Family::default(),
             forwarded: Counter::default(),
             forwards_sent_again: Counter::default(),
+            forgotten_copies: Counter::default(),
             peer_messages: Family::default(),
             peer_bytes_sent: Family::default(),
             node_state: Family::default(),
@@ -306,6 +308,13 @@ impl Metrics {
             "Forwarded writes sent to the master again, under the same request id, \
              after going unanswered for a while (lost on the way, or slow to commit)",
             inner.forwards_sent_again.clone(),
+        );
+        r.register(
+            "forgotten_copies",
+            "Writes this node answered 504 because a copy it sent to a new master \
+             after a failover arrived after the cluster's request-id table (the last \
+             100,000 writes) may have forgotten the first: refused, never applied twice",
+            inner.forgotten_copies.clone(),
         );
         r.register(
             "peer_messages",
@@ -509,6 +518,12 @@ impl Metrics {
         self.0.forwards_sent_again.inc_by(n);
     }
 
+    /// Counts a write refused as a copy the request-id table may have
+    /// forgotten the first of.
+    pub fn inc_forgotten_copies(&self) {
+        self.0.forgotten_copies.inc();
+    }
+
     /// Counts peer messages; `direction` is `sent` or `received`.
     pub fn inc_peer_messages(&self, direction: &str, n: u64) {
         self.0
@@ -692,6 +707,7 @@ mod tests {
         m.inc_snapshots("sent");
         m.inc_forwarded();
         m.inc_forwards_sent_again(2);
+        m.inc_forgotten_copies();
         m.inc_peer_messages("sent", 3);
         m.inc_peer_messages("received", 4);
         m.inc_peer_bytes_sent("json", 100);
@@ -720,6 +736,7 @@ mod tests {
             r#"phxkv_snapshots_total{kind="sent"} 2"#,
             "phxkv_forwarded_writes_total 1",
             "phxkv_forwards_sent_again_total 2",
+            "phxkv_forgotten_copies_total 1",
             r#"phxkv_peer_messages_total{direction="sent"} 3"#,
             r#"phxkv_peer_messages_total{direction="received"} 4"#,
             r#"phxkv_peer_message_bytes_sent_total{encoding="json"} 100"#,
