@@ -45,7 +45,13 @@ impl StoreSnapshot {
         let (mut snap, rest): (StoreSnapshot, _) =
             postcard::take_from_bytes(bytes).map_err(KvError::SnapshotDecode)?;
         if !rest.is_empty() {
-            let marks: DedupMarks = postcard::from_bytes(rest).map_err(KvError::SnapshotDecode)?;
+            let (marks, rest): (DedupMarks, _) =
+                postcard::take_from_bytes(rest).map_err(KvError::SnapshotDecode)?;
+            if !rest.is_empty() {
+                return Err(KvError::SnapshotRead(
+                    "unexpected bytes after the end of the snapshot".into(),
+                ));
+            }
             check_marks(&marks, snap.requests.len())?;
             snap.marks = Some(marks);
         }
@@ -346,8 +352,9 @@ mod tests {
         };
         assert_eq!(postcard::to_stdvec(&earlier).expect("encodes"), bytes);
         assert_eq!(StoreSnapshot::decode(&bytes).expect("decodes"), snap);
-        // One with marks still reads as the earlier shape up to them, so an
-        // earlier version (which ignores what follows) keeps its data.
+        // One with marks reads as the earlier shape up to them, followed by
+        // the marks (which an earlier version's streaming decoder refuses:
+        // a rollback past the first marked write is not supported).
         let (forgetful, _, _) = forgetful_store();
         let encoded = forgetful.encode_snapshot();
         let (read, rest): (Earlier, _) = postcard::take_from_bytes(&encoded).expect("decodes");
@@ -367,6 +374,12 @@ mod tests {
             marks: vec![Some(3)],
         });
         assert!(StoreSnapshot::decode(&snap.encode()).is_err());
+        let mut padded = s.encode_snapshot();
+        padded.push(0);
+        assert!(
+            StoreSnapshot::decode(&padded).is_err(),
+            "bytes after the marks"
+        );
         assert!(Store::restore_from_reader(&snap.encode()[..], StoreConfig::default()).is_err());
     }
 

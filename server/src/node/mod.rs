@@ -2031,9 +2031,17 @@ impl Service for Node {
             }
             None => (self.next_request_id(), op),
         };
-        let cmd = Command { id, op };
+        let mut cmd = Command { id, op };
         let mut proposed = false;
         loop {
+            // Until a master took it, no copy is in any instance (a refusal
+            // by this node's own engine means it never proposed it), so
+            // `after` may still rise to what is chosen now: a write that
+            // waited long for a master is not refused for what was applied
+            // meanwhile.
+            if !proposed && let Op::Once { after, .. } = &mut cmd.op {
+                *after = (*after).max(self.inner.published.borrow().status.known_chosen);
+            }
             // A write that reached a master is sent again only within its
             // resend window, one that did not until its deadline.
             if proposed && Instant::now() >= resend_until {

@@ -272,13 +272,21 @@ async fn snapshot_body(path: std::path::PathBuf) -> Result<reqwest::Body, String
     );
     tokio::task::spawn_blocking(move || {
         let mut reader = reader;
+        // Ends the body with an error unless the last piece was read: a
+        // body that just stopped would look whole to the peer, and one cut
+        // right after the request table decodes as a snapshot without its
+        // request marks (see `crate::kv::dedup::DedupMarks`).
+        let mut unfinished = Unfinished(Some(tx.clone()));
         if tx.blocking_send(Ok(header.into())).is_err() {
             return;
         }
         loop {
             let piece = match reader.next_chunk(SNAPSHOT_PIECE) {
                 Ok(Some(p)) => Ok(p.into()),
-                Ok(None) => return,
+                Ok(None) => {
+                    unfinished.0 = None;
+                    return;
+                }
                 Err(e) => Err(std::io::Error::other(e.to_string())),
             };
             let failed = piece.is_err();
@@ -290,6 +298,20 @@ async fn snapshot_body(path: std::path::PathBuf) -> Result<reqwest::Body, String
     Ok(reqwest::Body::wrap_stream(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     ))
+}
+
+/// The sending end of a snapshot body that has not reached its last piece;
+/// dropped so (an error, a panic), it ends the body with an error.
+struct Unfinished(Option<tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.blocking_send(Err(std::io::Error::other(
+                "the snapshot file was not read to its end",
+            )));
+        }
+    }
 }
 
 /// The peer URL of `id` in the current configuration.
@@ -650,6 +672,29 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
+
+    #[test]
+    fn a_snapshot_body_that_stops_early_ends_with_an_error() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let unfinished = Unfinished(Some(tx.clone()));
+        tx.blocking_send(Ok(axum::body::Bytes::from_static(b"head")))
+            .expect("sent");
+        drop(unfinished);
+        drop(tx);
+        assert!(matches!(rx.blocking_recv(), Some(Ok(_))));
+        assert!(
+            matches!(rx.blocking_recv(), Some(Err(_))),
+            "an error, not an end"
+        );
+        assert!(rx.blocking_recv().is_none());
+        // One whose last piece was read just ends.
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(4);
+        let mut finished = Unfinished(Some(tx));
+        finished.0 = None;
+        drop(finished);
+        assert!(rx.blocking_recv().is_none());
+    }
     use crate::paxos::SnapshotMeta;
     use crate::storage::snapshot_file;
 
