@@ -33,11 +33,13 @@
 //! from one decides as the others do.
 //!
 //! What it costs: a write is refused this way only when more than the
-//! capacity of ids were applied between the moment it reached its replica
-//! and the moment a copy of it is chosen. A replica sends a write again for
-//! at most 5 s (`MAX_RESEND_WINDOW` in `crate::node`), so that takes more
-//! than 20,000 writes a second during a failover, and even then it is a
-//! 504, never a second apply.
+//! capacity of ids were applied between the moment its replica first sent
+//! it to a master (`after` is read again until then) and the moment a copy
+//! of it is chosen. A replica sends a write again for at most 5 s
+//! (`MAX_RESEND_WINDOW` in `crate::node`), so that takes more than 20,000
+//! writes a second during a failover (or a master whose queue and pipeline,
+//! up to about 82,000 commands, are full when the write joins them), and
+//! even then it is a 504, never a second apply.
 //!
 //! Writes with an `Idempotency-Key` are not marked: a client's retry may
 //! reach another replica long after, which cannot know where the first
