@@ -11,26 +11,28 @@
 //!
 //! The table remembers the last [`DEFAULT_DEDUP_CAPACITY`] ids applied. A
 //! second copy of a write arriving after its first was forgotten would be
-//! applied again, so a replica marks the writes it makes the ids of
-//! ([`Op::Once`], proposed once every member decodes it) with `after`: the
-//! highest index it knows every slot up to is chosen, read when the write
-//! reached it. The table keeps, for each such write it remembers, the index
-//! it was applied at, and the highest such index among the ones it has
-//! forgotten (`forgotten`). A copy it does not remember is applied only if
+//! applied again, so a replica marks each client write it sends to a
+//! master ([`Op::Once`], proposed once every member decodes it) with
+//! `after`: the highest index it knows every slot up to is chosen, read
+//! when the write reaches it and again until a master takes it. The table
+//! keeps, for each such write it remembers, the index it was applied at,
+//! and the highest such index among the ones it has forgotten
+//! (`forgotten`). A copy it does not remember is applied only if
 //! `forgotten <= after`; otherwise it changes nothing and is answered
 //! [`OpResult::Forgotten`], which the replica that sent it reports as a
 //! write that may have committed.
 //!
 //! Why no write is applied twice: every slot at or below `after` was chosen
-//! before the write existed, so no copy is in one of them, and every copy
-//! is chosen in a slot above `after`. Say a first copy was applied at index
-//! `i > after`, was remembered with mark `i`, and a later copy at `j > i`
-//! is not found. Then the first was forgotten between `i` and `j`, which
-//! set `forgotten >= i > after`, and the later copy is refused. Every
-//! replica applies the same log in the same order with the same capacity,
-//! so every one remembers, forgets and refuses alike; the marks and
-//! `forgotten` travel in snapshots ([`DedupMarks`]), so a replica restored
-//! from one decides as the others do.
+//! before the replica sent the write anywhere, so none of the copies it
+//! sends is in one of them, and each is chosen in a slot above `after`. Say
+//! a first copy was applied at index `i > after`, was remembered with mark
+//! `i`, and a later copy at `j > i` is not found. Then the first was
+//! forgotten between `i` and `j`, which set `forgotten >= i > after`, and
+//! the later copy is refused. Every replica applies the same log in the
+//! same order with the same capacity, so every one remembers, forgets and
+//! refuses alike; the marks and `forgotten` travel in snapshots
+//! ([`DedupMarks`]), so a replica restored from one decides as the others
+//! do.
 //!
 //! What it costs: a write is refused this way only when more than the
 //! capacity of ids were applied between the moment its replica first sent
@@ -41,10 +43,12 @@
 //! up to about 82,000 commands, are full when the write joins them), and
 //! even then it is a 504, never a second apply.
 //!
-//! Writes with an `Idempotency-Key` are not marked: a client's retry may
-//! reach another replica long after, which cannot know where the first
-//! attempt stood. They are recognised while the first attempt is among the
-//! ids the table remembers, as the API documents.
+//! A client's retry under the same `Idempotency-Key` is not a copy in this
+//! sense: it reaches a replica as a new write, perhaps long after, and is
+//! marked from where that replica stands then. So it is recognised while
+//! the first attempt is among the ids the table remembers, as the API
+//! documents, and may be applied again past that (the copies each replica
+//! sends of it are still told apart).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};

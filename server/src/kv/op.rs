@@ -150,17 +150,16 @@ pub enum Op {
         prefix: Vec<u8>,
         limit: u32,
     },
-    /// `op`, written by a replica for a client without an
-    /// `Idempotency-Key`, which may send it to a master again (under the
-    /// same request id) when the first master fails. `after` is an applied
-    /// index of that replica when the write reached it, so every copy of it
-    /// is chosen above `after`. A copy that the request-id table does not
-    /// remember is applied only if the table has forgotten nothing chosen
-    /// above `after`; otherwise it changes nothing and is answered
-    /// [`crate::kv::OpResult::Forgotten`] (see [`crate::kv::dedup`]).
-    /// Only ever the outermost op. Proposed only once every member said it
-    /// decodes it (the `once` peer feature). (Last, so that logs written
-    /// before it existed decode unchanged.)
+    /// `op`, a client's write as a replica sends it to the master, which
+    /// it may send again (under the same request id) when that master
+    /// fails. Every slot up to `after` was chosen before the replica sent
+    /// it anywhere, so every copy of it is chosen above `after`. A copy the
+    /// request-id table does not remember is applied only if the table has
+    /// forgotten no such write applied above `after`; otherwise it changes
+    /// nothing and is answered [`crate::kv::OpResult::Forgotten`] (see
+    /// [`crate::kv::dedup`]). Only ever the outermost op. Proposed only
+    /// once every member said it decodes it (the `once` peer feature).
+    /// (Last, so that logs written before it existed decode unchanged.)
     Once {
         after: u64,
         #[schema(no_recursion)]

@@ -2015,21 +2015,23 @@ impl Service for Node {
         let started = Instant::now();
         let deadline = started + self.inner.cfg.write_timeout;
         let resend_until = started + resend_window(self.inner.cfg.write_timeout);
-        let (id, op) = match &idempotency_key {
-            Some(key) => (crate::kv::dedup::idempotent_id(key, &op), op),
-            // Every copy of this write will carry the slot below which all
-            // is chosen now, so that one the request-id table may have
-            // forgotten is told apart where it is applied (see
-            // `crate::kv::dedup`).
-            None if self.members_do(|f| f.once) => {
-                let after = self.inner.published.borrow().status.known_chosen;
-                let op = Op::Once {
-                    after,
-                    op: Box::new(op),
-                };
-                (self.next_request_id(), op)
+        let id = match &idempotency_key {
+            Some(key) => crate::kv::dedup::idempotent_id(key, &op),
+            None => self.next_request_id(),
+        };
+        // Every copy of this write this node sends will carry the slot below
+        // which all is chosen now, so that one the request-id table may have
+        // forgotten is told apart where it is applied (see
+        // `crate::kv::dedup`). A client's retry under the same
+        // `Idempotency-Key` is another write to this node, with its own.
+        let op = if self.members_do(|f| f.once) {
+            let after = self.inner.published.borrow().status.known_chosen;
+            Op::Once {
+                after,
+                op: Box::new(op),
             }
-            None => (self.next_request_id(), op),
+        } else {
+            op
         };
         let mut cmd = Command { id, op };
         let mut proposed = false;
