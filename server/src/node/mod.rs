@@ -2019,15 +2019,15 @@ impl Service for Node {
             Some(key) => crate::kv::dedup::idempotent_id(key, &op),
             None => self.next_request_id(),
         };
-        // Every copy of this write this node sends will carry the slot below
-        // which all is chosen now, so that one the request-id table may have
-        // forgotten is told apart where it is applied (see
-        // `crate::kv::dedup`). A client's retry under the same
-        // `Idempotency-Key` is another write to this node, with its own.
+        // Every copy of this write this node sends will carry a slot below
+        // which all was chosen before it sent any (set in the loop), so
+        // that one the request-id table may have forgotten is told apart
+        // where it is applied (see `crate::kv::dedup`). A client's retry
+        // under the same `Idempotency-Key` is another write to this node,
+        // with its own.
         let op = if self.members_do(|f| f.once) {
-            let after = self.inner.published.borrow().status.known_chosen;
             Op::Once {
-                after,
+                after: 0,
                 op: Box::new(op),
             }
         } else {
