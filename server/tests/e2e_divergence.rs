@@ -11,10 +11,14 @@ use phxkv::kv::StoreSnapshot;
 use phxkv::storage::snapshot_file;
 use serde_json::Value;
 
-/// Changes one value inside the node's stored snapshot, keeping everything
-/// else (index, revision, versions) as it was: the kind of damage nothing
-/// but a comparison with the other replicas can notice.
-fn damage_snapshot(data_dir: &std::path::Path) -> String {
+/// Rewrites the node's stored snapshot after `damage` changed it, keeping
+/// everything else (index, revision, versions) as it was: the kind of
+/// damage nothing but a comparison with the other replicas can notice.
+/// Returns what `damage` says it changed.
+fn damage_snapshot(
+    data_dir: &std::path::Path,
+    damage: &dyn Fn(&mut StoreSnapshot) -> String,
+) -> String {
     let (_, path) = snapshot_file::latest(&snapshot_file::dir_of(data_dir))
         .expect("list snapshots")
         .expect("a snapshot was taken");
@@ -22,30 +26,40 @@ fn damage_snapshot(data_dir: &std::path::Path) -> String {
         .and_then(snapshot_file::Reader::read_all)
         .expect("read the snapshot");
     let mut snap = StoreSnapshot::decode(&bytes).expect("decodes");
+    let what = damage(&mut snap);
+    // Written as a whole new file, checksum and all: damage no check of the
+    // file itself can see.
+    snapshot_file::write(&snapshot_file::dir_of(data_dir), &meta, &snap.encode())
+        .expect("write the damaged snapshot");
+    what
+}
+
+/// One value changed; returns its key.
+fn damage_a_value(snap: &mut StoreSnapshot) -> String {
     let kv = snap
         .kvs
         .iter_mut()
         .find(|kv| kv.key.starts_with(b"d/"))
         .expect("a key to damage");
     kv.value = b"damaged".to_vec();
-    let key = String::from_utf8_lossy(&kv.key).into_owned();
-    // Written as a whole new file, checksum and all: damage no check of the
-    // file itself can see.
-    snapshot_file::write(&snapshot_file::dir_of(data_dir), &meta, &snap.encode())
-        .expect("write the damaged snapshot");
-    key
+    String::from_utf8_lossy(&kv.key).into_owned()
 }
 
-async fn metric(c: &Cluster, i: usize, name: &str) -> f64 {
-    let text = c.metrics_text(i).await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+/// One remembered request id changed, the keys left alone: a copy of that
+/// write would be applied here and not elsewhere. Returns a key to read.
+fn damage_a_request_id(snap: &mut StoreSnapshot) -> String {
+    let (id, _) = snap.requests.last_mut().expect("requests are remembered");
+    id.seq ^= 1;
+    "d/0".into()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_replica_with_damaged_data_is_caught_and_serves_no_reads() {
+/// Starts a 3-replica cluster, writes, damages one follower's snapshot
+/// while it is down and restarts it, until that replica finds it has
+/// diverged. Returns the cluster, its master, the victim, the victim's
+/// `divergence` and what the damage named.
+async fn damage_until_noticed(
+    damage: &dyn Fn(&mut StoreSnapshot) -> String,
+) -> (Cluster, usize, usize, Value, String) {
     let mut c = Cluster::start(3, &["--snapshot-every", "100"]).await;
     let m = c.wait_for_master(Duration::from_secs(20)).await;
     for k in 0..250 {
@@ -66,7 +80,7 @@ async fn a_replica_with_damaged_data_is_caught_and_serves_no_reads() {
         );
         c.kill9(victim);
         let installs_before = c.log_of(victim).matches("installed snapshot").count();
-        let damaged = damage_snapshot(&c.procs[victim].data_dir);
+        let damaged = damage_snapshot(&c.procs[victim].data_dir, damage);
         c.spawn(victim);
         // More writes move every replica past new checkpoints.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -83,15 +97,16 @@ async fn a_replica_with_damaged_data_is_caught_and_serves_no_reads() {
             }
         }
     };
-    let div = &info["divergence"];
-    assert!(div["index"].as_u64().is_some(), "{div}");
-    assert_eq!(div["agreeing"].as_array().map(Vec::len), Some(2), "{div}");
-    assert_ne!(div["ours"], div["majority"]);
-    // It refuses reads of every kind, readiness, and mastership.
+    (c, m, victim, info["divergence"].clone(), damaged)
+}
+
+/// The diverged replica refuses reads of every kind and readiness, and
+/// says so once in its log and in its metric.
+async fn refuses_reads(c: &Cluster, victim: usize, key: &str) {
     for query in ["", "?consistency=local"] {
         let r = c
             .http
-            .get(format!("{}/v1/kv/{damaged}{query}", c.url(victim)))
+            .get(format!("{}/v1/kv/{key}{query}", c.url(victim)))
             .send()
             .await
             .expect("get");
@@ -106,11 +121,29 @@ async fn a_replica_with_damaged_data_is_caught_and_serves_no_reads() {
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 503);
-    assert_eq!(metric(&c, victim, "phxkv_diverged").await, 1.0);
+    assert_eq!(metric(c, victim, "phxkv_diverged").await, 1.0);
     assert!(
         c.log_of(victim).contains("diverged from the cluster"),
         "one clear error line"
     );
+}
+
+async fn metric(c: &Cluster, i: usize, name: &str) -> f64 {
+    let text = c.metrics_text(i).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_with_damaged_data_is_caught_and_serves_no_reads() {
+    let (mut c, _, victim, div, damaged) = damage_until_noticed(&damage_a_value).await;
+    assert!(div["index"].as_u64().is_some(), "{div}");
+    assert_eq!(div["part"], "keys", "{div}");
+    assert_eq!(div["agreeing"].as_array().map(Vec::len), Some(2), "{div}");
+    assert_ne!(div["ours"], div["majority"]);
+    refuses_reads(&c, victim, &damaged).await;
     // The healthy replicas noticed the odd one out and keep serving the
     // right value.
     let healthy = (victim + 1) % 3;
@@ -151,4 +184,16 @@ async fn a_replica_with_damaged_data_is_caught_and_serves_no_reads() {
         Some(c.procs[survivor].name.as_str()),
         "the damaged replica never leads"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_with_a_damaged_request_table_is_caught_though_its_keys_agree() {
+    let (c, _, victim, div, key) = damage_until_noticed(&damage_a_request_id).await;
+    assert_eq!(div["part"], "requests", "{div}");
+    assert_eq!(div["agreeing"].as_array().map(Vec::len), Some(2), "{div}");
+    assert_ne!(div["ours"], div["majority"]);
+    refuses_reads(&c, victim, &key).await;
+    let healthy = (victim + 1) % 3;
+    let (status, value) = c.get(healthy, &key, "").await.expect("read");
+    assert_eq!((status, value), (200, b"good".to_vec()));
 }

@@ -447,10 +447,19 @@ fn every_peer_body_round_trips_and_can_be_checked_against_the_document() {
         "DigestReport",
         &DigestReport {
             name: "a".into(),
-            checkpoints: vec![Checkpoint {
-                index: 64,
-                digest: "0123456789abcdef0123456789abcdef".into(),
-            }],
+            checkpoints: vec![
+                Checkpoint {
+                    index: 64,
+                    digest: "0123456789abcdef0123456789abcdef".into(),
+                    requests: Some("fedcba9876543210fedcba9876543210".into()),
+                },
+                // As a replica of an earlier version sends it.
+                Checkpoint {
+                    index: 128,
+                    digest: "00112233445566778899aabbccddeeff".into(),
+                    requests: None,
+                },
+            ],
         },
     );
     s.add(

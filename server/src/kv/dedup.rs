@@ -131,6 +131,22 @@ pub(crate) struct DedupTable {
     marks: HashMap<RequestId, u64>,
     /// The highest mark of a forgotten write; 0 while none was forgotten.
     forgotten: u64,
+    /// The sum (mod 2^128) of [`entry_digest`] over the remembered ids, kept
+    /// up to date by every insert and eviction (see [`DedupTable::digest`]).
+    sum: u128,
+}
+
+/// One remembered id's share of [`DedupTable::digest`]: XXH3-128 (a fixed
+/// algorithm, so replicas built apart agree) of its id and mark.
+fn entry_digest(id: &RequestId, mark: Option<u64>) -> u128 {
+    let mut bytes = [0u8; 25];
+    bytes[..8].copy_from_slice(&id.client.to_le_bytes());
+    bytes[8..16].copy_from_slice(&id.seq.to_le_bytes());
+    if let Some(mark) = mark {
+        bytes[16] = 1;
+        bytes[17..].copy_from_slice(&mark.to_le_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_128(&bytes)
 }
 
 /// What a snapshot adds to the request table for [`Op::Once`] writes: the
@@ -160,6 +176,7 @@ impl DedupTable {
             results: BTreeMap::new(),
             marks: HashMap::new(),
             forgotten: 0,
+            sum: 0,
         }
     }
 
@@ -225,18 +242,46 @@ impl DedupTable {
     pub(crate) fn insert_marked(&mut self, id: RequestId, result: OpResult, mark: Option<u64>) {
         if self.results.insert(id, result).is_none() {
             self.order.push_back(id);
+        } else {
+            self.sum = self
+                .sum
+                .wrapping_sub(entry_digest(&id, self.marks.get(&id).copied()));
         }
         if let Some(mark) = mark {
             self.marks.insert(id, mark);
         }
+        self.sum = self
+            .sum
+            .wrapping_add(entry_digest(&id, self.marks.get(&id).copied()));
         while self.order.len() > self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.results.remove(&old);
-                if let Some(mark) = self.marks.remove(&old) {
+                let mark = self.marks.remove(&old);
+                self.sum = self.sum.wrapping_sub(entry_digest(&old, mark));
+                if let Some(mark) = mark {
                     self.forgotten = self.forgotten.max(mark);
                 }
             }
         }
+    }
+
+    /// A digest of what decides how a copy of a write is treated: the ids
+    /// remembered, with the marks of [`Op::Once`] writes, and the highest
+    /// mark forgotten. Replicas that applied the same log agree on it (the
+    /// simulator checks this at every index), and compare it as they
+    /// compare the keys' digest (`crate::node::digest`), so a replica whose
+    /// table went wrong is caught before a copy it would treat differently
+    /// from the others comes along.
+    ///
+    /// The results are left out: each is what applying the op to the keys
+    /// gave, and the keys have their own digest. So is the order of the
+    /// ids, which follows from the log as their presence does.
+    pub(crate) fn digest(&self) -> u128 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&self.sum.to_le_bytes());
+        h.update(&self.forgotten.to_le_bytes());
+        h.update(&(self.results.len() as u64).to_le_bytes());
+        h.digest128()
     }
 
     /// Number of remembered requests.
@@ -399,6 +444,46 @@ mod tests {
             }),
             "what was forgotten still counts"
         );
+    }
+
+    #[test]
+    fn the_digest_follows_ids_marks_and_what_was_forgotten() {
+        let build = |marks: &[Option<u64>]| {
+            let mut t = DedupTable::new(3);
+            for (seq, mark) in (1..).zip(marks) {
+                t.insert_marked(id(seq), result(seq), *mark);
+            }
+            t
+        };
+        let a = build(&[None, Some(20), None]);
+        assert_eq!(a.digest(), build(&[None, Some(20), None]).digest());
+        assert_ne!(a.digest(), build(&[None, Some(21), None]).digest());
+        assert_ne!(a.digest(), build(&[None, None, None]).digest());
+        assert_ne!(a.digest(), build(&[None, Some(20)]).digest());
+        // Results are the keys' business: another result, the same digest.
+        let mut other = DedupTable::new(3);
+        for (seq, mark) in [(1, None), (2, Some(20)), (3, None)] {
+            other.insert_marked(id(seq), result(seq + 100), mark);
+        }
+        assert_eq!(a.digest(), other.digest());
+
+        // Evictions take their share out: the table that forgot ids 1 and 2
+        // equals one restored from what it remembers, and differs from one
+        // that holds the same ids but never forgot the mark at 20.
+        let mut evicted = build(&[None, Some(20), None]);
+        evicted.insert(id(4), result(4));
+        evicted.insert(id(5), result(5));
+        let kept: Vec<_> = evicted.entries().map(|(id, r)| (id, r.clone())).collect();
+        assert_eq!(kept.len(), 3);
+        let restored = DedupTable::restore(3, kept.clone(), evicted.marks(), 99);
+        assert_eq!(restored.digest(), evicted.digest());
+        let unforgetting = DedupTable::restore(3, kept, None, 99);
+        assert_ne!(unforgetting.digest(), evicted.digest());
+
+        // An id remembered again counts once, with its latest mark.
+        let mut again = build(&[None, None, None]);
+        again.insert_marked(id(2), result(2), Some(20));
+        assert_eq!(again.digest(), a.digest());
     }
 
     #[test]

@@ -498,13 +498,22 @@ impl Store {
     /// A digest of the replicated state: the keys with their values and
     /// bookkeeping (order-independent) and the revision. Replicas that
     /// applied the same log agree on it; one whose data was damaged does
-    /// not. (The watch history and the dedup table are not covered.)
+    /// not. (The request-id table has its own, [`Store::requests_digest`];
+    /// the watch history is not covered.)
     pub fn digest(&self) -> u128 {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(&self.digest.to_le_bytes());
         h.update(&self.revision.to_le_bytes());
         h.update(&(self.kvs.len() as u64).to_le_bytes());
         h.digest128()
+    }
+
+    /// A digest of the request-id table: what decides whether a copy of a
+    /// write is applied (see [`crate::kv::dedup`]). Kept apart from
+    /// [`Store::digest`] so that replicas of versions without it still
+    /// compare the keys' digest with this version's.
+    pub fn requests_digest(&self) -> u128 {
+        self.dedup.digest()
     }
 
     /// Records the log instance this state reflects.

@@ -3,15 +3,20 @@
 //! trusted, in the spirit of etcd's corruption check.
 //!
 //! Every replica records the digest of its state machine
-//! ([`crate::kv::Store::digest`]) after applying each instance whose index is
-//! a multiple of [`CHECK_EVERY`]; replicas that applied the same log agree
-//! on it exactly (the simulator checks this at every index). Every few
+//! ([`crate::kv::Store::digest`]: the keys and the revision) and of its
+//! request-id table ([`crate::kv::Store::requests_digest`]: what decides
+//! whether a copy of a write is applied) after applying each instance whose
+//! index is a multiple of [`CHECK_EVERY`]; replicas that applied the same
+//! log agree on both exactly (the simulator checks this at every index).
+//! Replicas of versions before the table's digest send the keys' alone
+//! and are compared on it alone. Every few
 //! seconds each replica sends its newest checkpoints to its peers
 //! (`POST /peer/v1/digests`), and compares what it receives with its own for
 //! the same indexes.
 //!
 //! Who is wrong? At one index, if a majority of the voters agree on a digest
-//! other than this replica's, this replica has diverged: it logs an error,
+//! of the keys other than this replica's, or hold the same keys as it does
+//! and agree on another digest of the table, this replica has diverged: it logs an error,
 //! stops serving reads and watches, hands mastership over if it holds it and
 //! never runs for master again; `/readyz` fails and `/v1/cluster` says so.
 //! It stays that way until it is replaced (its volume wiped and the member
@@ -35,8 +40,44 @@ pub const SENT: usize = 16;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Checkpoint {
     pub index: u64,
-    /// 32 hex digits.
+    /// 32 hex digits: the keys, their values and bookkeeping, and the
+    /// revision.
     pub digest: String,
+    /// 32 hex digits: the request-id table (the ids remembered, the log
+    /// index each write sent as a `once` op was applied at, the highest
+    /// such index forgotten). Absent from replicas of earlier versions,
+    /// which are compared on `digest` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<String>,
+}
+
+/// The digests of the state at one index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateDigest {
+    /// [`crate::kv::Store::digest`].
+    pub keys: u128,
+    /// [`crate::kv::Store::requests_digest`]; `None` from a peer of an
+    /// earlier version.
+    pub requests: Option<u128>,
+}
+
+impl StateDigest {
+    /// Whether `other` shows a different state: different keys, or a
+    /// different table where both have one.
+    fn differs_from(&self, other: &StateDigest) -> bool {
+        self.keys != other.keys
+            || matches!((self.requests, other.requests), (Some(a), Some(b)) if a != b)
+    }
+}
+
+/// Which digest a replica was found to differ in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DivergedPart {
+    /// The keys, their values and bookkeeping, or the revision.
+    Keys,
+    /// The request-id table, with the keys alike.
+    Requests,
 }
 
 /// What a replica sends its peers.
@@ -52,6 +93,8 @@ pub struct DigestReport {
 pub struct Divergence {
     /// The log index whose state differs.
     pub index: u64,
+    /// Which digest differs.
+    pub part: DivergedPart,
     /// This replica's digest there.
     pub ours: String,
     /// The digest a majority of the voters agree on.
@@ -73,8 +116,8 @@ pub enum Finding {
 /// This replica's checkpoints, its peers', and the verdict.
 #[derive(Debug, Default)]
 pub struct Digests {
-    own: VecDeque<(u64, u128)>,
-    peers: BTreeMap<String, BTreeMap<u64, u128>>,
+    own: VecDeque<(u64, StateDigest)>,
+    peers: BTreeMap<String, BTreeMap<u64, StateDigest>>,
     diverged: Option<Divergence>,
     /// The newest index at which each peer was reported as differing.
     reported: BTreeMap<String, u64>,
@@ -85,8 +128,8 @@ pub fn format_digest(d: u128) -> String {
 }
 
 impl Digests {
-    /// Records this replica's digest after applying `index`.
-    pub fn record(&mut self, index: u64, digest: u128) {
+    /// Records this replica's digests after applying `index`.
+    pub fn record(&mut self, index: u64, digest: StateDigest) {
         if self.own.back().is_some_and(|(i, _)| *i >= index) {
             return;
         }
@@ -104,7 +147,8 @@ impl Digests {
             .skip(skip)
             .map(|(index, d)| Checkpoint {
                 index: *index,
-                digest: format_digest(*d),
+                digest: format_digest(d.keys),
+                requests: d.requests.map(format_digest),
             })
             .collect()
     }
@@ -113,8 +157,14 @@ impl Digests {
     pub fn receive(&mut self, report: &DigestReport) {
         let theirs = self.peers.entry(report.name.clone()).or_default();
         for c in &report.checkpoints {
-            if let Ok(d) = u128::from_str_radix(&c.digest, 16) {
-                theirs.insert(c.index, d);
+            let keys = u128::from_str_radix(&c.digest, 16);
+            let requests = c
+                .requests
+                .as_deref()
+                .map(|r| u128::from_str_radix(r, 16))
+                .transpose();
+            if let (Ok(keys), Ok(requests)) = (keys, requests) {
+                theirs.insert(c.index, StateDigest { keys, requests });
             }
         }
         while theirs.len() > KEPT {
@@ -136,36 +186,54 @@ impl Digests {
         }
         let quorum = voters.len() / 2 + 1;
         for (index, ours) in self.own.iter().rev() {
-            // Digest -> who reported it (voters only count for the verdict).
-            let mut by_digest: BTreeMap<u128, Vec<String>> = BTreeMap::new();
+            // Keys digest -> who reported it, and table digest -> who
+            // reported it with the same keys as ours (voters only count for
+            // the verdict).
+            let mut by_keys: BTreeMap<u128, Vec<String>> = BTreeMap::new();
+            let mut by_requests: BTreeMap<u128, Vec<String>> = BTreeMap::new();
             for (peer, theirs) in &self.peers {
-                if let Some(d) = theirs.get(index) {
-                    by_digest.entry(*d).or_default().push(peer.clone());
-                    if d != ours && self.reported.get(peer).is_none_or(|i| i < index) {
-                        self.reported.insert(peer.clone(), *index);
-                        found.push(Finding::PeerDiffers {
-                            peer: peer.clone(),
-                            index: *index,
-                        });
-                    }
+                let Some(d) = theirs.get(index) else {
+                    continue;
+                };
+                by_keys.entry(d.keys).or_default().push(peer.clone());
+                if let Some(requests) = d.requests.filter(|_| d.keys == ours.keys) {
+                    by_requests.entry(requests).or_default().push(peer.clone());
+                }
+                if ours.differs_from(d) && self.reported.get(peer).is_none_or(|i| i < index) {
+                    self.reported.insert(peer.clone(), *index);
+                    found.push(Finding::PeerDiffers {
+                        peer: peer.clone(),
+                        index: *index,
+                    });
                 }
             }
-            for (d, names) in &by_digest {
-                if d == ours {
-                    continue;
-                }
-                let votes = names.iter().filter(|n| voters.contains(n)).count();
-                if votes >= quorum && votes > 0 {
-                    let verdict = Divergence {
-                        index: *index,
-                        ours: format_digest(*ours),
-                        majority: format_digest(*d),
-                        agreeing: names.clone(),
-                    };
-                    self.diverged = Some(verdict.clone());
-                    found.push(Finding::Diverged(verdict));
-                    return found;
-                }
+            let outvoted = |ours: u128, by_digest: &BTreeMap<u128, Vec<String>>| {
+                by_digest
+                    .iter()
+                    .filter(|(d, _)| **d != ours)
+                    .find(|(_, names)| {
+                        let votes = names.iter().filter(|n| voters.contains(n)).count();
+                        votes >= quorum && votes > 0
+                    })
+                    .map(|(d, names)| (ours, *d, names.clone()))
+            };
+            let verdict = outvoted(ours.keys, &by_keys)
+                .map(|v| (DivergedPart::Keys, v))
+                .or_else(|| {
+                    let ours = ours.requests?;
+                    outvoted(ours, &by_requests).map(|v| (DivergedPart::Requests, v))
+                });
+            if let Some((part, (ours, majority, agreeing))) = verdict {
+                let verdict = Divergence {
+                    index: *index,
+                    part,
+                    ours: format_digest(ours),
+                    majority: format_digest(majority),
+                    agreeing,
+                };
+                self.diverged = Some(verdict.clone());
+                found.push(Finding::Diverged(verdict));
+                return found;
             }
         }
         found
@@ -176,16 +244,29 @@ impl Digests {
 mod tests {
     use super::*;
 
-    fn report(name: &str, points: &[(u64, u128)]) -> DigestReport {
+    fn report(name: &str, points: &[(u64, StateDigest)]) -> DigestReport {
+        let mut d = Digests::default();
+        for (i, digest) in points {
+            d.record(*i, *digest);
+        }
         DigestReport {
             name: name.into(),
-            checkpoints: points
-                .iter()
-                .map(|(i, d)| Checkpoint {
-                    index: *i,
-                    digest: format_digest(*d),
-                })
-                .collect(),
+            checkpoints: d.newest(),
+        }
+    }
+
+    /// The keys' digest alone, as a replica of an earlier version sends it.
+    fn keys(keys: u128) -> StateDigest {
+        StateDigest {
+            keys,
+            requests: None,
+        }
+    }
+
+    fn both(keys: u128, requests: u128) -> StateDigest {
+        StateDigest {
+            keys,
+            requests: Some(requests),
         }
     }
 
@@ -196,10 +277,10 @@ mod tests {
     #[test]
     fn agreeing_replicas_find_nothing() {
         let mut d = Digests::default();
-        d.record(64, 7);
-        d.record(128, 8);
-        d.receive(&report("b", &[(64, 7), (128, 8)]));
-        d.receive(&report("c", &[(64, 7)]));
+        d.record(64, keys(7));
+        d.record(128, keys(8));
+        d.receive(&report("b", &[(64, keys(7)), (128, keys(8))]));
+        d.receive(&report("c", &[(64, keys(7))]));
         assert!(d.judge(&voters()).is_empty());
         assert!(d.divergence().is_none());
     }
@@ -208,10 +289,10 @@ mod tests {
     fn a_replica_outvoted_by_a_majority_has_diverged() {
         // This is c, whose data was damaged: a and b agree on another state.
         let mut d = Digests::default();
-        d.record(64, 7);
-        d.record(128, 99);
-        d.receive(&report("a", &[(64, 7), (128, 8)]));
-        d.receive(&report("b", &[(128, 8)]));
+        d.record(64, keys(7));
+        d.record(128, keys(99));
+        d.receive(&report("a", &[(64, keys(7)), (128, keys(8))]));
+        d.receive(&report("b", &[(128, keys(8))]));
         let found = d.judge(&voters());
         let verdict = d.divergence().cloned().expect("diverged");
         assert_eq!(verdict.index, 128);
@@ -219,8 +300,8 @@ mod tests {
         assert_eq!(verdict.agreeing, vec!["a".to_string(), "b".to_string()]);
         assert!(found.contains(&Finding::Diverged(verdict)));
         // Sticky: later agreement does not clear it.
-        d.record(192, 5);
-        d.receive(&report("a", &[(192, 5)]));
+        d.record(192, keys(5));
+        d.receive(&report("a", &[(192, keys(5))]));
         assert!(d.judge(&voters()).is_empty());
         assert!(d.divergence().is_some());
     }
@@ -229,9 +310,9 @@ mod tests {
     fn a_healthy_replica_reports_the_odd_one_out_once_and_stays_trusted() {
         // This is a; c is the damaged one.
         let mut d = Digests::default();
-        d.record(128, 8);
-        d.receive(&report("b", &[(128, 8)]));
-        d.receive(&report("c", &[(128, 99)]));
+        d.record(128, keys(8));
+        d.receive(&report("b", &[(128, keys(8))]));
+        d.receive(&report("c", &[(128, keys(99))]));
         let found = d.judge(&voters());
         assert_eq!(
             found,
@@ -244,9 +325,9 @@ mod tests {
         assert!(d.judge(&voters()).is_empty(), "reported once");
         // Learners do not make a majority.
         let mut d = Digests::default();
-        d.record(64, 1);
-        d.receive(&report("x", &[(64, 2)]));
-        d.receive(&report("y", &[(64, 2)]));
+        d.record(64, keys(1));
+        d.receive(&report("x", &[(64, keys(2))]));
+        d.receive(&report("y", &[(64, keys(2))]));
         d.judge(&voters());
         assert!(d.divergence().is_none());
     }
@@ -255,16 +336,96 @@ mod tests {
     fn checkpoints_are_bounded_and_garbage_is_ignored() {
         let mut d = Digests::default();
         for i in 1..=500 {
-            d.record(i * 64, u128::from(i));
+            d.record(i * 64, keys(u128::from(i)));
         }
         assert_eq!(d.own.len(), KEPT);
         assert_eq!(d.newest().len(), SENT);
-        let mut r = report("b", &[(64, 1)]);
+        let mut r = report("b", &[(64, keys(1))]);
         r.checkpoints.push(Checkpoint {
             index: 128,
             digest: "not hex".into(),
+            requests: None,
+        });
+        r.checkpoints.push(Checkpoint {
+            index: 192,
+            digest: format_digest(1),
+            requests: Some("not hex either".into()),
         });
         d.receive(&r);
         assert_eq!(d.peers["b"].len(), 1);
+    }
+
+    #[test]
+    fn a_replica_whose_request_table_differs_from_the_majoritys_has_diverged() {
+        // This is c: its keys are right, its request-id table is not.
+        let mut d = Digests::default();
+        d.record(64, both(7, 1));
+        d.record(128, both(8, 99));
+        d.receive(&report("a", &[(64, both(7, 1)), (128, both(8, 2))]));
+        d.receive(&report("b", &[(128, both(8, 2))]));
+        d.judge(&voters());
+        let verdict = d.divergence().cloned().expect("diverged");
+        assert_eq!(verdict.index, 128);
+        assert_eq!(verdict.part, DivergedPart::Requests);
+        assert_eq!(verdict.ours, format_digest(99));
+        assert_eq!(verdict.majority, format_digest(2));
+        // Keys that differ are what is reported, whatever the tables say.
+        let mut d = Digests::default();
+        d.record(64, both(7, 1));
+        d.receive(&report("a", &[(64, both(9, 2))]));
+        d.receive(&report("b", &[(64, both(9, 3))]));
+        d.judge(&voters());
+        let verdict = d.divergence().cloned().expect("diverged");
+        assert_eq!(verdict.part, DivergedPart::Keys);
+        assert_eq!(verdict.majority, format_digest(9));
+    }
+
+    #[test]
+    fn peers_of_an_earlier_version_are_compared_on_the_keys_alone() {
+        // a runs an earlier version and sends no table digest; b agrees
+        // with us on both. Nothing differs.
+        let mut d = Digests::default();
+        d.record(64, both(7, 1));
+        d.receive(&report("a", &[(64, keys(7))]));
+        d.receive(&report("b", &[(64, both(7, 1))]));
+        assert!(d.judge(&voters()).is_empty());
+        assert_eq!(
+            d.newest(),
+            vec![Checkpoint {
+                index: 64,
+                digest: format_digest(7),
+                requests: Some(format_digest(1)),
+            }]
+        );
+        // b's table differs, with no majority against us: b is reported,
+        // and we stay trusted.
+        let mut d = Digests::default();
+        d.record(64, both(7, 1));
+        d.receive(&report("a", &[(64, keys(7))]));
+        d.receive(&report("b", &[(64, both(7, 5))]));
+        assert_eq!(
+            d.judge(&voters()),
+            vec![Finding::PeerDiffers {
+                peer: "b".into(),
+                index: 64
+            }]
+        );
+        assert!(d.divergence().is_none());
+        // An old peer and a new one that agree on other keys are a
+        // majority, whatever the new one's table says.
+        let mut d = Digests::default();
+        d.record(64, both(7, 1));
+        d.receive(&report("a", &[(64, keys(9))]));
+        d.receive(&report("b", &[(64, both(9, 4))]));
+        d.judge(&voters());
+        assert_eq!(
+            d.divergence().map(|v| (v.part, v.agreeing.clone())),
+            Some((DivergedPart::Keys, vec!["a".to_string(), "b".to_string()]))
+        );
+        // A report of an earlier version, without the field, still decodes.
+        let old: DigestReport =
+            serde_json::from_str(r#"{"name":"a","checkpoints":[{"index":64,"digest":"07"}]}"#)
+                .expect("decodes");
+        assert_eq!(old.checkpoints[0].requests, None);
     }
 }

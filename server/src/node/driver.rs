@@ -764,7 +764,13 @@ impl Driver {
             if index % super::digest::CHECK_EVERY == 0
                 && let Ok(mut d) = self.digests.lock()
             {
-                d.record(index, store.digest());
+                d.record(
+                    index,
+                    super::digest::StateDigest {
+                        keys: store.digest(),
+                        requests: Some(store.requests_digest()),
+                    },
+                );
             }
         }
         let after = store.revision();

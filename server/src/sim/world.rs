@@ -414,8 +414,9 @@ pub struct World {
     history: Vec<Operation>,
     /// The chosen value of every instance, as first applied anywhere.
     chosen: BTreeMap<Index, Value>,
-    /// The state digest after each instance, as first applied (by whom).
-    digests: BTreeMap<Index, (usize, u128)>,
+    /// The digests of the keys and of the request-id table after each
+    /// instance, as first applied (by whom).
+    digests: BTreeMap<Index, (usize, (u128, u128))>,
     /// The auth rules after each instance that changed them.
     auth_models: BTreeMap<Index, AuthModel>,
     /// The auth actor's ops so far, and how many of its writes were
@@ -985,14 +986,21 @@ impl World {
             }
         }
         self.nodes[i].store.set_applied_index(index);
-        // Replicas that applied the same log hold the same state: the digest
-        // the nodes compare in production must agree at every index.
-        let digest = self.nodes[i].store.digest();
+        // Replicas that applied the same log hold the same state: the
+        // digests the nodes compare in production (of the keys and of the
+        // request-id table) must agree at every index.
+        let store = &self.nodes[i].store;
+        let digest = (store.digest(), store.requests_digest());
         match self.digests.get(&index) {
             Some((first, d)) if *d != digest => {
                 let first = self.nodes[*first].name.clone();
+                let what = if d.0 != digest.0 {
+                    "state"
+                } else {
+                    "request-id table"
+                };
                 return self.fail(format!(
-                    "instance {index}: {name}'s state digest differs from {first}'s"
+                    "instance {index}: {name}'s {what} digest differs from {first}'s"
                 ));
             }
             Some(_) => {}
