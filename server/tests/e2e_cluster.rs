@@ -1245,3 +1245,98 @@ async fn writes_past_the_store_quota_are_refused_and_deletes_make_room() {
     assert_eq!(metric_sum(&text, "phxkv_quota_refusals_total", ""), 2.0);
     assert_eq!(metric_sum(&text, "phxkv_store_quota_bytes", ""), 1600.0);
 }
+
+/// Every client write reaches the log as a `once` op naming a slot below
+/// which all was chosen (see `phxkv::kv::dedup`), whichever replica took
+/// it and with or without an `Idempotency-Key`, and is chosen above that
+/// slot: read back from the master's own log on disk.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_writes_reach_the_log_as_once_ops_chosen_above_their_after() {
+    use phxkv::kv::Op;
+    use phxkv::paxos::Value as Chosen;
+    use phxkv::storage::{DiskStore, Identity};
+
+    let mut c = Cluster::start(3, &[]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let f = (m + 1) % 3;
+    // A replica proposes `once` ops once it has heard that every member
+    // decodes them: the master's view lists every member's features, and
+    // members report them to each other every 2 s.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all_once = c.cluster_info(m).await.is_some_and(|info| {
+            info["members"].as_array().is_some_and(|ms| {
+                ms.len() == 3
+                    && ms.iter().all(|x| {
+                        x["peer_features"]
+                            .as_array()
+                            .is_some_and(|fs| fs.iter().any(|f| f == "once"))
+                    })
+            })
+        });
+        if all_once {
+            break;
+        }
+        assert!(Instant::now() < deadline, "features never known");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(c.put(m, "once/master", "a").await.status(), 200);
+    assert_eq!(c.put(f, "once/follower", "b").await.status(), 200);
+    let keyed = c
+        .http
+        .put(format!("{}/v1/kv/once/keyed", c.url(f)))
+        .header("idempotency-key", "once-keyed-1")
+        .body("c")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(keyed.status(), 200);
+
+    c.kill9(m);
+    let dir = &c.procs[m].data_dir;
+    let identity: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("identity.json")).expect("identity.json"))
+            .expect("identity json");
+    let identity = Identity {
+        node: identity["node"].as_str().expect("node").into(),
+        cluster: identity["cluster"].as_str().expect("cluster").into(),
+    };
+    let store = DiskStore::open(dir, &identity).expect("open the master's data");
+    let (recovered, _) = store.recover_streaming().expect("recover");
+    let mut found = Vec::new();
+    for (index, entry) in &recovered.entries {
+        let Chosen::Batch(cmds) = &entry.value else {
+            continue;
+        };
+        for cmd in cmds.iter() {
+            let (after, op) = match &cmd.op {
+                Op::Once { after, op } => (Some(*after), &**op),
+                op => (None, op),
+            };
+            let op = match op {
+                Op::Anonymous { op } => &**op,
+                op => op,
+            };
+            if let Op::Put { key, .. } = op
+                && key.starts_with(b"once/")
+            {
+                found.push((String::from_utf8_lossy(key).into_owned(), after, *index));
+            }
+        }
+    }
+    found.sort();
+    let keys: Vec<&str> = found.iter().map(|(k, ..)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["once/follower", "once/keyed", "once/master"],
+        "each write chosen once: {found:?}"
+    );
+    for (key, after, index) in &found {
+        let after = after.unwrap_or_else(|| panic!("{key} was not proposed as a once op"));
+        assert!(
+            after >= 1 && after < *index,
+            "{key}: after {after}, chosen at {index}"
+        );
+    }
+}
