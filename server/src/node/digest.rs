@@ -71,10 +71,11 @@ impl StateDigest {
 }
 
 /// Which digest a replica was found to differ in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DivergedPart {
     /// The keys, their values and bookkeeping, or the revision.
+    #[default]
     Keys,
     /// The request-id table, with the keys alike.
     Requests,
@@ -93,7 +94,9 @@ pub struct DigestReport {
 pub struct Divergence {
     /// The log index whose state differs.
     pub index: u64,
-    /// Which digest differs.
+    /// Which digest differs. Absent from replicas of earlier versions,
+    /// which compared the keys alone: read as `keys`.
+    #[serde(default)]
     pub part: DivergedPart,
     /// This replica's digest there.
     pub ours: String,
@@ -422,6 +425,13 @@ mod tests {
             d.divergence().map(|v| (v.part, v.agreeing.clone())),
             Some((DivergedPart::Keys, vec!["a".to_string(), "b".to_string()]))
         );
+        // A verdict of an earlier version, without `part`, decodes as one
+        // on the keys (the operator and peers read each other's).
+        let old: Divergence = serde_json::from_str(
+            r#"{"index":64,"ours":"01","majority":"02","agreeing":["a","b"]}"#,
+        )
+        .expect("decodes");
+        assert_eq!(old.part, DivergedPart::Keys);
         // A report of an earlier version, without the field, still decodes.
         let old: DigestReport =
             serde_json::from_str(r#"{"name":"a","checkpoints":[{"index":64,"digest":"07"}]}"#)
