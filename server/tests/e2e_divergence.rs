@@ -46,10 +46,12 @@ fn damage_a_value(snap: &mut StoreSnapshot) -> String {
 }
 
 /// One remembered request id changed, the keys left alone: a copy of that
-/// write would be applied here and not elsewhere. Returns a key to read.
+/// write would be applied here and not elsewhere. The new id is one no
+/// node ever sends (had it been a later write's, that write would be taken
+/// for a copy here, and the keys would differ too). Returns a key to read.
 fn damage_a_request_id(snap: &mut StoreSnapshot) -> String {
     let (id, _) = snap.requests.last_mut().expect("requests are remembered");
-    id.seq ^= 1;
+    id.seq = u64::MAX;
     "d/0".into()
 }
 
@@ -190,6 +192,11 @@ async fn a_replica_with_damaged_data_is_caught_and_serves_no_reads() {
 async fn a_replica_with_a_damaged_request_table_is_caught_though_its_keys_agree() {
     let (c, _, victim, div, key) = damage_until_noticed(&damage_a_request_id).await;
     assert_eq!(div["part"], "requests", "{div}");
+    assert!(
+        c.log_of(victim)
+            .contains("this replica's request-id table diverged from the cluster's"),
+        "the log says which part differs"
+    );
     assert_eq!(div["agreeing"].as_array().map(Vec::len), Some(2), "{div}");
     assert_ne!(div["ours"], div["majority"]);
     refuses_reads(&c, victim, &key).await;

@@ -276,6 +276,11 @@ impl DedupTable {
     /// The results are left out: each is what applying the op to the keys
     /// gave, and the keys have their own digest. So is the order of the
     /// ids, which follows from the log as their presence does.
+    ///
+    /// Replicas of different versions compare it, so the formula is part
+    /// of the peer protocol: a version that changes it (or what the table
+    /// holds) must send the new one under a new checkpoint field, or the
+    /// upgraded replicas of a rolling upgrade would be found diverged.
     pub(crate) fn digest(&self) -> u128 {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(&self.sum.to_le_bytes());

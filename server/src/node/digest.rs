@@ -46,7 +46,8 @@ pub struct Checkpoint {
     /// 32 hex digits: the request-id table (the ids remembered, the log
     /// index each write sent as a `once` op was applied at, the highest
     /// such index forgotten). Absent from replicas of earlier versions,
-    /// which are compared on `digest` alone.
+    /// which are compared on `digest` alone. A version that computes it
+    /// differently will send it under another name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<String>,
 }

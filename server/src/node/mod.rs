@@ -887,12 +887,17 @@ impl Node {
                     self.inner.metrics.inc_digest_mismatches();
                     self.inner.metrics.set_diverged(true);
                     self.inner.diverged.store(true, Ordering::SeqCst);
+                    let what = match d.part {
+                        digest::DivergedPart::Keys => "state",
+                        digest::DivergedPart::Requests => "request-id table",
+                    };
                     tracing::error!(
                         index = d.index,
+                        part = ?d.part,
                         ours = %d.ours,
                         majority = %d.majority,
                         agreeing = %d.agreeing.join(","),
-                        "this replica's state diverged from the cluster's: it serves no reads \
+                        "this replica's {what} diverged from the cluster's: it serves no reads \
                          and will not be master; wipe its data directory and replace it \
                          (phxkv members replace {})",
                         self.inner.cfg.name

@@ -104,8 +104,13 @@ pub fn render(info: &ClusterInfo) -> String {
     if let Some(d) = &info.divergence
         && !d.is_null()
     {
+        // A replica of an earlier version names no part: it compared keys.
+        let part = match d["part"].as_str() {
+            Some("requests") => "its request-id table differs",
+            _ => "its keys differ",
+        };
         out.push_str(&format!(
-            "{} DIVERGED from the cluster at index {}: it serves no reads; replace it\n",
+            "{} DIVERGED from the cluster at index {} ({part}): it serves no reads; replace it\n",
             info.node, d["index"]
         ));
     }
@@ -151,5 +156,39 @@ pub fn print_info(info: &ClusterInfo, format: Output) -> Result<(), CliError> {
     match format {
         Output::Json => print_json(info),
         Output::Text | Output::Table => write_out(render(info).as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn diverged(divergence: serde_json::Value) -> ClusterInfo {
+        serde_json::from_value(serde_json::json!({
+            "cluster_id": "c", "node": "n2", "master": "n1", "revision": 5,
+            "commit_index": 9, "applied_index": 9, "members": [],
+            "divergence": divergence,
+        }))
+        .expect("a cluster view")
+    }
+
+    #[test]
+    fn status_says_which_digest_of_a_diverged_replica_differs() {
+        let keys = render(&diverged(serde_json::json!({"index": 64, "part": "keys"})));
+        assert!(
+            keys.contains("n2 DIVERGED from the cluster at index 64 (its keys differ)"),
+            "{keys}"
+        );
+        let table = render(&diverged(
+            serde_json::json!({"index": 128, "part": "requests"}),
+        ));
+        assert!(
+            table.contains("at index 128 (its request-id table differs)"),
+            "{table}"
+        );
+        // A replica of an earlier version names no part: it compared keys.
+        let old = render(&diverged(serde_json::json!({"index": 64})));
+        assert!(old.contains("(its keys differ)"), "{old}");
+        assert!(!render(&diverged(serde_json::Value::Null)).contains("DIVERGED"));
     }
 }
