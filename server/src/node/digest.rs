@@ -8,21 +8,21 @@
 //! whether a copy of a write is applied) after applying each instance whose
 //! index is a multiple of [`CHECK_EVERY`]; replicas that applied the same
 //! log agree on both exactly (the simulator checks this at every index).
-//! Replicas of versions before the table's digest send the keys' alone
-//! and are compared on it alone. Every few
-//! seconds each replica sends its newest checkpoints to its peers
-//! (`POST /peer/v1/digests`), and compares what it receives with its own for
-//! the same indexes.
+//! Replicas of versions before the table's digest send the keys' alone and
+//! are compared on it alone. Every few seconds each replica sends its
+//! newest checkpoints to its peers (`POST /peer/v1/digests`), and compares
+//! what it receives with its own for the same indexes.
 //!
 //! Who is wrong? At one index, if a majority of the voters agree on a digest
 //! of the keys other than this replica's, or hold the same keys as it does
-//! and agree on another digest of the table, this replica has diverged: it logs an error,
-//! stops serving reads and watches, hands mastership over if it holds it and
-//! never runs for master again; `/readyz` fails and `/v1/cluster` says so.
-//! It stays that way until it is replaced (its volume wiped and the member
-//! replaced). A replica that merely disagrees with a peer, without a
-//! majority against it, reports the peer (a log line and a metric): the
-//! peer's own check will condemn it if it is the one that is wrong.
+//! and agree on another digest of the table, this replica has diverged: it
+//! logs an error, stops serving reads and watches, hands mastership over if
+//! it holds it and never runs for master again; `/readyz` fails and
+//! `/v1/cluster` says so. It stays that way until it is replaced (its
+//! volume wiped and the member replaced). A replica that merely disagrees
+//! with a peer, without a majority against it, reports the peer (a log line
+//! and a metric): the peer's own check will condemn it if it is the one
+//! that is wrong.
 
 use std::collections::{BTreeMap, VecDeque};
 
