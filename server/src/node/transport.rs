@@ -672,6 +672,8 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
+    use crate::paxos::SnapshotMeta;
+    use crate::storage::snapshot_file;
 
     #[test]
     fn a_snapshot_body_that_stops_early_ends_with_an_error() {
@@ -695,8 +697,6 @@ mod tests {
         drop(finished);
         assert!(rx.blocking_recv().is_none());
     }
-    use crate::paxos::SnapshotMeta;
-    use crate::storage::snapshot_file;
 
     fn plain_client() -> Arc<PeerClient> {
         PeerClient::new(&super::super::peer_client::Settings {

@@ -1315,8 +1315,9 @@ impl World {
             return;
         };
         // As a node does for a write it makes the id of (see
-        // `crate::kv::dedup`), fixed at the first attempt: every copy is
-        // chosen above what was chosen then.
+        // `crate::kv::dedup`), though fixed at the first attempt where a
+        // node raises it until a master took the write: the stricter form,
+        // and every copy is still chosen above what was chosen then.
         let after = *self.clients[c]
             .after
             .get_or_insert(r.status(now).known_chosen);
@@ -1369,32 +1370,24 @@ impl World {
         // engine (as a node does when its master takes forwards) and answers
         // when it applies it; otherwise the client is redirected.
         let forward_to = r.master_hint().filter(|m| may_forward && *m != r.id());
-        let reply = match op {
+        let sent = op.map(|op| {
+            let cmd = Command {
+                id,
+                op: once(after, op),
+            };
+            match forward_to {
+                Some(m) => r.forward(now, m, cmd),
+                None => r.propose(now, cmd),
+            }
+        });
+        let reply = match sent {
             None => None,
-            Some(op) => match match forward_to {
-                Some(m) => r.forward(
-                    now,
-                    m,
-                    Command {
-                        id,
-                        op: once(after, op),
-                    },
-                ),
-                None => r.propose(
-                    now,
-                    Command {
-                        id,
-                        op: once(after, op),
-                    },
-                ),
-            } {
-                Ok(()) => {
-                    self.nodes[i].waiters.insert(id, (c, attempt));
-                    None
-                }
-                Err(ProposeError::NotMaster { hint }) => Some(Reply::Redirect(hint)),
-                Err(_) => Some(Reply::Redirect(None)),
-            },
+            Some(Ok(())) => {
+                self.nodes[i].waiters.insert(id, (c, attempt));
+                None
+            }
+            Some(Err(ProposeError::NotMaster { hint })) => Some(Reply::Redirect(hint)),
+            Some(Err(_)) => Some(Reply::Redirect(None)),
         };
         if let Some(reply) = reply {
             self.reply(c, attempt, reply);
