@@ -651,6 +651,31 @@ async fn the_auth_commands_manage_roles_and_tokens_from_the_command_line() {
 
     let (out, _) = ok(cli(&c, &reader, &["get", "app/x"]));
     assert_eq!(out, "v");
+
+    // The command line beats the environment: a --token-file given there
+    // is what is sent, though PHXKV_TOKEN holds another token (which,
+    // sent, would have been refused). Between the two variables, the token
+    // itself comes first.
+    let endpoints = format!("{},{}", c.url(0), c.url(1));
+    let reader_path = reader.display().to_string();
+    let (code, out, err) = common::run_phxkv(
+        &["get", "app/x", "--token-file", &reader_path],
+        &[
+            ("PHXKV_ENDPOINTS", endpoints.clone()),
+            ("PHXKV_TOKEN", "phxkv_0000_not-a-token".to_owned()),
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "v"), "{err}");
+    let admin_token = std::fs::read_to_string(&admin).expect("cluster token");
+    let (code, _, err) = common::run_phxkv(
+        &["put", "other/y", "v"],
+        &[
+            ("PHXKV_ENDPOINTS", endpoints),
+            ("PHXKV_TOKEN_FILE", reader_path),
+            ("PHXKV_TOKEN", admin_token.trim().to_owned()),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
     for args in [&["put", "app/x", "w"][..], &["get", "other/x"][..]] {
         let (code, _, err) = cli(&c, &reader, args);
         assert_eq!(code, 2, "{args:?}: {err}");

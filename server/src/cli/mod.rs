@@ -131,26 +131,47 @@ pub fn parse_args() -> Result<Cli, ExitCode> {
 /// An environment variable set to the empty string counts as not set, as
 /// most tools read them (`export PHXKV_TOKEN_FILE=` to stop using one),
 /// rather than as a flag given without its value.
+///
+/// What the command line says beats the environment: a `--token-file`
+/// given there is used even when `PHXKV_TOKEN` is set (which otherwise
+/// comes first, as the more specific of the two variables).
 fn parse_from<I, T>(argv: I) -> Result<Cli, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
     use clap::{CommandFactory, FromArgMatches};
-    fn prepare(cmd: clap::Command) -> clap::Command {
+    fn prepare(cmd: clap::Command, token_from_env: bool) -> clap::Command {
         cmd.allow_negative_numbers(true)
             .mut_args(|arg| {
-                let empty = arg
+                let unset = arg
                     .get_env()
                     .and_then(std::env::var_os)
-                    .is_some_and(|v| v.is_empty());
-                if empty { arg.env(None::<&str>) } else { arg }
+                    .is_some_and(|v| v.is_empty())
+                    || (!token_from_env && arg.get_id() == "token");
+                if unset { arg.env(None::<&str>) } else { arg }
             })
-            .mut_subcommands(prepare)
+            .mut_subcommands(|sub| prepare(sub, token_from_env))
     }
-    let mut cmd = prepare(Cli::command());
+    /// The matches of the command that runs (the innermost subcommand).
+    fn innermost(m: &clap::ArgMatches) -> &clap::ArgMatches {
+        match m.subcommand() {
+            Some((_, sub)) => innermost(sub),
+            None => m,
+        }
+    }
+    let mut cmd = prepare(Cli::command(), true);
     let argv = options_after_command(&mut cmd, argv.into_iter().map(Into::into).collect())?;
-    let matches = cmd.try_get_matches_from_mut(argv)?;
+    let mut matches = cmd.try_get_matches_from_mut(argv.clone())?;
+    let leaf = innermost(&matches);
+    let token_file_given = leaf.ids().any(|id| id == "token_file")
+        && leaf.value_source("token_file") == Some(clap::parser::ValueSource::CommandLine);
+    let token_from_env = leaf.ids().any(|id| id == "token")
+        && leaf.value_source("token") == Some(clap::parser::ValueSource::EnvVariable);
+    if token_file_given && token_from_env {
+        cmd = prepare(Cli::command(), false);
+        matches = cmd.try_get_matches_from_mut(argv)?;
+    }
     Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
 }
 

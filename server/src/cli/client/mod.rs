@@ -85,8 +85,9 @@ pub struct ConnectArgs {
     /// A file holding the bearer token to send: an API token
     /// (`phxkv auth token create`) for a cluster started with --auth, or
     /// the cluster token, which is also what membership changes and
-    /// backups need. PHXKV_CLUSTER_TOKEN_FILE is read when neither this
-    /// nor PHXKV_TOKEN is set.
+    /// backups need. Given here it beats PHXKV_TOKEN (the token itself),
+    /// which beats PHXKV_TOKEN_FILE; PHXKV_CLUSTER_TOKEN_FILE is read when
+    /// none of them is set.
     #[arg(long, env = "PHXKV_TOKEN_FILE", value_name = "PATH", global = true)]
     pub token_file: Option<PathBuf>,
     /// The bearer token itself, from the environment only (a command line
@@ -103,7 +104,8 @@ pub struct ConnectArgs {
 
 impl ConnectArgs {
     /// The bearer token to send, if any: PHXKV_TOKEN, --token-file, or
-    /// PHXKV_CLUSTER_TOKEN_FILE, in that order.
+    /// PHXKV_CLUSTER_TOKEN_FILE, in that order (a --token-file on the
+    /// command line has already cleared PHXKV_TOKEN: see `parse_from`).
     pub fn bearer(&self) -> Result<Option<String>, CliError> {
         if let Some(t) = self
             .token
@@ -142,7 +144,7 @@ fn read_token_file(what: &str, path: &std::path::Path) -> Result<String, CliErro
 /// How a read or status command prints its answer.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
-    /// What the command has always printed (see its help).
+    /// Lines for reading, as the command's help shows them.
     Text,
     /// One JSON document with the API's field names; keys and values in
     /// base64, with `key_utf8` and `value_utf8` copies when they are UTF-8.
@@ -154,8 +156,8 @@ pub enum Output {
 /// `-o/--output`, shared by the commands that print data.
 #[derive(Args, Debug, Clone)]
 pub struct OutputArgs {
-    /// How to print the answer: text, json or table (the JSON document is
-    /// described below).
+    /// How to print the answer: text, json (the API's document, for
+    /// scripts) or table.
     #[arg(
         short = 'o',
         long = "output",
