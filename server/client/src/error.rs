@@ -14,7 +14,9 @@ pub enum Error {
     /// No endpoint answered: each was unreachable or answered 503 (no
     /// master elected) for the whole retry window. A write may or may not
     /// have been applied; retrying it with the same idempotency key is safe.
-    #[error("no endpoint answered ({0})")]
+    /// The message says which: "no endpoint answered (...)" when any was
+    /// unreachable, "every endpoint answered 503: ..." when all answered.
+    #[error("{0}")]
     Unavailable(String),
     /// The API answered with an error.
     #[error("{0}")]

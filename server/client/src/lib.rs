@@ -222,6 +222,22 @@ impl Client {
                     "--endpoints: {raw:?}: only http and https URLs are supported"
                 )));
             }
+            // Paths are appended to the endpoint, so one that already names
+            // an API path would send every request somewhere else (a `put`
+            // to `http://h:8080/v1/kv` writes the key `v1/kv/KEY`). A path
+            // of a proxy in front of the cluster (`https://gw/phxkv`) is
+            // kept.
+            if url.query().is_some()
+                || url.fragment().is_some()
+                || url
+                    .path_segments()
+                    .is_some_and(|mut s| s.any(|s| s == "v1"))
+            {
+                return Err(Error::Config(format!(
+                    "--endpoints: {raw:?}: give each node's address only, like \
+                     http://127.0.0.1:8080, without an API path or query"
+                )));
+            }
             endpoints.push(with_scheme.trim_end_matches('/').to_string());
         }
         if endpoints.is_empty() {
@@ -314,15 +330,15 @@ impl Client {
         let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let (failures, saw_unavailable) = match self.round(&build, timeout).await {
+            let round = match self.round(&build, timeout).await {
                 Ok(resp) => return Ok(resp),
                 Err(round) => round,
             };
             // Only a cluster that answers, but without a master, is worth
             // waiting for: unreachable endpoints fail at once, so that a
             // wrong address is reported now.
-            if !saw_unavailable || started.elapsed() + backoff > self.retry_for {
-                return Err(Error::Unavailable(failures.join("; ")));
+            if round.answered_503 == 0 || started.elapsed() + backoff > self.retry_for {
+                return Err(Error::Unavailable(round.describe()));
             }
             tracing::debug!(?backoff, "no endpoint has a master; retrying");
             tokio::time::sleep(backoff).await;
@@ -331,18 +347,13 @@ impl Client {
     }
 
     /// One try of every endpoint, from the preferred one on.
-    async fn round<F>(
-        &self,
-        build: &F,
-        timeout: Option<Duration>,
-    ) -> Result<Response, (Vec<String>, bool)>
+    async fn round<F>(&self, build: &F, timeout: Option<Duration>) -> Result<Response, Round>
     where
         F: Fn(&reqwest::Client, &str) -> RequestBuilder,
     {
         let n = self.endpoints.len();
         let start = self.preferred.load(Ordering::Relaxed) % n;
-        let mut failures = Vec::new();
-        let mut saw_unavailable = false;
+        let mut failed = Round::default();
         for i in 0..n {
             let idx = (start + i) % n;
             let base = &self.endpoints[idx];
@@ -355,18 +366,53 @@ impl Client {
             }
             match req.send().await {
                 Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                    saw_unavailable = true;
+                    failed.answered_503 += 1;
                     let failure = ApiError::read(resp).await;
-                    failures.push(format!("{base}: unavailable: {}", failure.message));
+                    failed.failures.push((base.clone(), Ok(failure.message)));
                 }
                 Ok(resp) => {
                     self.preferred.store(idx, Ordering::Relaxed);
                     return Ok(resp);
                 }
-                Err(e) => failures.push(format!("{base}: {}", describe(&e, self.timeout))),
+                Err(e) => failed
+                    .failures
+                    .push((base.clone(), Err(describe(&e, self.timeout)))),
             }
         }
-        Err((failures, saw_unavailable))
+        Err(failed)
+    }
+}
+
+/// A round of tries in which no endpoint gave an answer to return.
+#[derive(Default)]
+struct Round {
+    /// Each endpoint with why it failed: the reason the 503 it answered
+    /// gave (`Ok`), or why it was not reached (`Err`).
+    failures: Vec<(String, Result<String, String>)>,
+    /// How many of them answered 503.
+    answered_503: usize,
+}
+
+impl Round {
+    /// What went wrong, in one line. When every endpoint answered 503 for
+    /// one reason, that is said alone: the cluster was reached and said
+    /// why it cannot serve.
+    fn describe(&self) -> String {
+        let mut reasons: Vec<&Result<String, String>> =
+            self.failures.iter().map(|(_, r)| r).collect();
+        reasons.dedup();
+        if let [Ok(reason)] = reasons[..] {
+            return format!("every endpoint answered 503: {reason}");
+        }
+        let each: Vec<String> = self
+            .failures
+            .iter()
+            .map(|(base, reason)| match reason {
+                Ok(reason) => format!("{base}: unavailable: {reason}"),
+                Err(reason) => format!("{base}: {reason}"),
+            })
+            .collect();
+        format!("no endpoint answered ({})", each.join("; "))
     }
 }
 
@@ -414,7 +460,43 @@ mod tests {
         let c = Client::new(Config::new(["127.0.0.1:1", " http://h:2/ ", ""])).expect("valid");
         assert_eq!(c.endpoints(), ["http://127.0.0.1:1", "http://h:2"]);
         assert!(Client::new(Config::new(["ftp://h"])).is_err());
+        for api_path in [
+            "http://h:1/v1/kv",
+            "h:1/v1",
+            "http://h:1/?x=1",
+            "http://h:1/#v",
+        ] {
+            let e = Client::new(Config::new([api_path])).expect_err(api_path);
+            assert!(e.to_string().contains("address only"), "{api_path}: {e}");
+        }
+        let proxied = Client::new(Config::new(["https://gw/phxkv/"])).expect("a proxy's path");
+        assert_eq!(proxied.endpoints(), ["https://gw/phxkv"]);
         assert!(Client::new(Config::new([""])).is_err());
+    }
+
+    #[test]
+    fn a_round_says_whether_the_cluster_answered() {
+        let answered = |base: &str| (base.to_owned(), Ok("cannot ask n4".to_owned()));
+        let all_503 = Round {
+            failures: vec![answered("http://a"), answered("http://b")],
+            answered_503: 2,
+        };
+        assert_eq!(
+            all_503.describe(),
+            "every endpoint answered 503: cannot ask n4"
+        );
+        let mixed = Round {
+            failures: vec![
+                answered("http://a"),
+                ("http://b".to_owned(), Err("connection refused".to_owned())),
+            ],
+            answered_503: 1,
+        };
+        assert_eq!(
+            mixed.describe(),
+            "no endpoint answered (http://a: unavailable: cannot ask n4; \
+             http://b: connection refused)"
+        );
     }
 
     #[test]
