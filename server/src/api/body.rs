@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
@@ -38,14 +39,25 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Clone, Copy, Debug)]
 pub struct BodyTimeout(pub Duration);
 
-/// The answer to a body over the limit, however it was found out.
-pub fn too_large() -> ApiError {
+/// The body limit of the router a request came through, in bytes: put
+/// on each request by [`refuse_declared_oversize`], so that a body found
+/// too large as it is read is refused with the number.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
+/// The answer to a body over `limit` bytes (when known), however it was
+/// found out.
+pub fn too_large(limit: Option<usize>) -> ApiError {
     // The framework's own text ("length limit exceeded") names neither the
     // limit nor what sets it.
+    let limit = limit.map_or(String::new(), |n| format!(" ({n} bytes)"));
     ApiError::new(
         ErrorCode::PayloadTooLarge,
-        "the request body is larger than this node accepts: one value of at most \
-         --max-value-bytes and room for the rest of the request",
+        format!(
+            "the request body is larger than this node accepts{limit}: one value of at \
+             most --max-value-bytes (base64 in a transaction) and room for the rest of \
+             the request"
+        ),
     )
 }
 
@@ -54,7 +66,7 @@ pub fn too_large() -> ApiError {
 /// with a smaller one) are still held to the limit as they are read.
 pub async fn refuse_declared_oversize(
     State(limit): State<usize>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let declared = req
@@ -63,8 +75,13 @@ pub async fn refuse_declared_oversize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     match declared {
-        Some(n) if n > u64::try_from(limit).unwrap_or(u64::MAX) => too_large().into_response(),
-        _ => next.run(req).await,
+        Some(n) if n > u64::try_from(limit).unwrap_or(u64::MAX) => {
+            too_large(Some(limit)).into_response()
+        }
+        _ => {
+            req.extensions_mut().insert(BodyLimit(limit));
+            next.run(req).await
+        }
     }
 }
 
@@ -80,8 +97,13 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
             .extensions()
             .get::<BodyTimeout>()
             .map_or(BODY_TIMEOUT, |t| t.0);
+        let size_limit = req.extensions().get::<BodyLimit>().map(|l| l.0);
         match tokio::time::timeout(limit, Bytes::from_request(req, state)).await {
-            Ok(body) => Ok(RawBody(body?)),
+            Ok(Ok(body)) => Ok(RawBody(body)),
+            Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(too_large(size_limit))
+            }
+            Ok(Err(rejection)) => Err(rejection.into()),
             Err(_) => Err(ApiError::new(
                 ErrorCode::RequestTimeout,
                 format!(
@@ -94,7 +116,8 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-/// A request body parsed as JSON into `T`.
+/// A request body parsed as JSON into `T`, which every route that takes
+/// one describes as an object.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -103,6 +126,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        // serde reads a struct from an array of its fields too, so `[]`
+        // would pass as an object with every field left out.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Err(ApiError::invalid(
+                "invalid request body: expected a JSON object, {...}",
+            ));
+        }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))

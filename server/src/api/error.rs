@@ -326,7 +326,7 @@ impl From<BytesRejection> for ApiError {
         let status = rejection.status();
         let code = ErrorCode::for_status(status);
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return super::body::too_large();
+            return super::body::too_large(None);
         }
         ApiError::new(code, rejection.body_text())
     }

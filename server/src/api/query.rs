@@ -90,9 +90,13 @@ impl QueryParams {
     pub fn u64(&mut self, name: &str) -> Result<Option<u64>, ApiError> {
         self.text(name)?
             .map(|t| {
-                t.parse::<u64>().map_err(|_| {
+                t.parse::<u64>().map_err(|e| {
+                    let what = match e.kind() {
+                        std::num::IntErrorKind::PosOverflow => "an integer of at most 2^64 - 1",
+                        _ => "a non-negative integer",
+                    };
                     ApiError::invalid(format!(
-                        "query parameter \"{name}\" must be a non-negative integer, got {}",
+                        "query parameter \"{name}\" must be {what}, got {}",
                         crate::text::quoted(&t)
                     ))
                 })

@@ -714,9 +714,11 @@ async fn a_declared_body_over_the_limit_is_413_before_any_of_it_is_read() {
     // Only the declared length can decide.
     let put = put_that_never_arrives;
     // Without the check this would wait out the body timeout and be 408.
-    send(&router, put(limit + 1))
+    let err = send(&router, put(limit + 1))
         .await
         .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    let message = err["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("({limit} bytes)")), "{message}");
     send(&router, put(usize::MAX))
         .await
         .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
@@ -734,6 +736,8 @@ async fn malformed_transactions_are_400_with_a_specific_message() {
     let router = Fake::new().router();
     let cases = [
         (json!("not an object"), "invalid request body"),
+        (json!([]), "expected a JSON object"),
+        (json!([[], [], []]), "expected a JSON object"),
         (json!({"succes": []}), "unknown field"),
         (
             json!({"compare": [{"key": "k", "target": "version", "value": "x"}]}),
