@@ -14,9 +14,25 @@ pub fn quoted(s: &str) -> String {
     format!("{head:?}… ({} bytes)", s.len())
 }
 
+/// `n` and a noun that takes an `s` when `n` is not 1: `1 key`, `2 keys`.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_take_the_plural_unless_one() {
+        assert_eq!(count(0, "key"), "0 keys");
+        assert_eq!(count(1, "key"), "1 key");
+        assert_eq!(count(1000, "key"), "1000 keys");
+    }
 
     #[test]
     fn short_input_is_quoted_whole_and_long_input_is_cut_with_its_length() {

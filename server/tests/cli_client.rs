@@ -609,6 +609,39 @@ fn completion_scripts_are_printed_for_each_shell() {
 }
 
 #[test]
+fn dev_refuses_a_lease_it_cannot_keep_and_ports_in_use_naming_its_own_flags() {
+    let dead = dead_endpoint();
+    let r = phxkv(&dead, &["dev", "--ephemeral", "--lease", "0s"], "");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("phxkv: --lease: must be between 100ms and 120s"),
+        "{}",
+        r.stderr
+    );
+    // The peer port of a one-node cluster taken by someone else.
+    let taken = (0..20)
+        .filter_map(|_| TcpListener::bind("127.0.0.1:0").ok())
+        .find(|l| l.local_addr().is_ok_and(|a| a.port() > 1124))
+        .expect("a port above 1124");
+    let peer = taken.local_addr().expect("address").port();
+    let first = (peer - 100).to_string();
+    let r = phxkv(
+        &dead,
+        &["dev", "--ephemeral", "--nodes", "1", "--port", &first],
+        "",
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with("phxkv: --port: 127.0.0.1:")
+            && r.stderr.contains("give another first port with --port"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn a_dead_endpoint_exits_3_with_one_line() {
     let dead = dead_endpoint();
     let r = phxkv(&dead, &["get", "k", "--timeout", "2s"], "");

@@ -48,6 +48,26 @@ pub struct DevArgs {
     pub secure: bool,
 }
 
+/// Refuses, naming `dev`'s own flag, ports another program holds: replica
+/// `i` listens on `port + i` for clients and `port + 100 + i` for peers.
+/// (A port taken between this check and the replica's start is still
+/// refused then, in `serve`'s words.)
+fn check_ports_free(port: u16, nodes: u16) -> Result<(), CliError> {
+    for i in 0..nodes {
+        for (what, p) in [("client", port + i), ("peer", port + 100 + i)] {
+            if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", p)) {
+                return Err(CliError::Usage(format!(
+                    "--port: 127.0.0.1:{p} (n{}'s {what} port) cannot be used: {e}; \
+                     give another first port with --port (replicas take it and the \
+                     ports after it for clients, and 100 above those for peers)",
+                    i + 1
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A secret for a dev cluster, from the OS's randomness.
 fn new_token() -> Result<String, CliError> {
     use std::io::Read;
@@ -73,6 +93,8 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             "--port: too high for this many nodes".into(),
         ));
     }
+    serve::check_lease(args.lease).map_err(|m| CliError::Usage(format!("--lease: {m}")))?;
+    check_ports_free(args.port, args.nodes)?;
     let _telemetry = telemetry::init_dev("phxkv", args.log_format)
         .map_err(|e| CliError::Fatal(format!("cannot set up logging: {e}")))?;
     // Removed when this function returns, whether it ends well or not.

@@ -621,9 +621,7 @@ impl ServeArgs {
                 "the token must be at least 16 characters".into(),
             ));
         }
-        if self.lease < Duration::from_millis(100) || self.lease > Duration::from_secs(120) {
-            return Err(bad("lease", "must be between 100ms and 120s".into()));
-        }
+        check_lease(self.lease).map_err(|m| bad("lease", m))?;
         if self.max_drift_ppm >= 500_000 {
             return Err(bad("max-drift-ppm", "must be below 500000".into()));
         }
@@ -834,6 +832,15 @@ pub async fn start(
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 
 /// The default of `--disk-reserve-bytes`: two log segments.
+/// The master leases a node takes (`--lease` of `serve` and `dev`): long
+/// enough for heartbeats at a tenth of it, short enough to fail over.
+pub fn check_lease(lease: Duration) -> Result<(), String> {
+    if lease < Duration::from_millis(100) || lease > Duration::from_secs(120) {
+        return Err(format!("must be between 100ms and 120s, got {lease:?}"));
+    }
+    Ok(())
+}
+
 pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 2 * crate::storage::SEGMENT_BYTES;
 
 /// `--snapshot-every-bytes` when none is given: 64 MiB, so that the log

@@ -214,7 +214,10 @@ impl Progress {
 
 async fn save(file: &Path, force: bool, connect: &ConnectArgs) -> Result<(), CliError> {
     if file.exists() && !force {
-        return Err(fatal(file, "already exists; pass --force to replace it"));
+        return Err(CliError::Usage(format!(
+            "{}: already exists; pass --force to replace it",
+            file.display()
+        )));
     }
     let client = Client::new(connect)?;
     let resp = client
@@ -299,7 +302,10 @@ fn read_backup<E: std::fmt::Display>(
     file: &Path,
     mut sink: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<(Header, u64), CliError> {
-    let mut input = File::open(file).map_err(|e| fatal(file, e))?;
+    // A file that cannot be opened is the caller's to fix (exit 2), as for
+    // every other file named on the command line.
+    let mut input =
+        File::open(file).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
     let mut decoder = Decoder::new();
     let mut buf = vec![0; READ_BYTES];
     loop {

@@ -64,9 +64,13 @@ async fn delete_prefix(client: &Client, prefix: &[u8]) -> Result<(), CliError> {
         let round = client.api().delete_prefix(prefix, None).await?;
         total += round.deleted;
         if !round.more {
-            crate::cli::say!("deleted {total} keys (revision {})", round.revision);
+            crate::cli::say!(
+                "deleted {} (revision {})",
+                crate::text::count(total, "key"),
+                round.revision
+            );
             return Ok(());
         }
-        crate::cli::tell!("deleted {total} keys so far...");
+        crate::cli::tell!("deleted {} so far...", crate::text::count(total, "key"));
     }
 }

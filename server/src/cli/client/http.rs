@@ -148,7 +148,8 @@ impl IntoCliError for ApiFailure {
                 self.message
             )),
             429 => CliError::Fatal(format!(
-                "{}; check the token (phxkv auth whoami) before trying again",
+                "{}; wait that long, then check the token sent (--token-file, PHXKV_TOKEN) \
+                 before trying again",
                 self.message
             )),
             // No such route: the endpoint is wrong (a path after the

@@ -127,8 +127,9 @@ pub async fn run(args: LeaseArgs) -> Result<(), CliError> {
             match format {
                 Output::Json => super::print_json(&r),
                 _ => super::write_line(&format!(
-                    "lease {id} revoked at revision {}; {} keys deleted",
-                    r.revision, r.deleted
+                    "lease {id} revoked at revision {}; {} deleted",
+                    r.revision,
+                    crate::text::count(r.deleted, "key")
                 )),
             }
         }

@@ -29,7 +29,7 @@ pub struct ListArgs {
     #[command(flatten)]
     pub prefix: PrefixArgs,
     /// Stop after N keys (default: all of them, fetched in pages of 1000).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = parse_limit)]
     pub limit: Option<u64>,
     #[command(flatten)]
     pub output: OutputArgs,
@@ -43,6 +43,15 @@ struct ListPage {
     more: bool,
     #[serde(default)]
     next_after: Option<String>,
+}
+
+/// `--limit`: a count of keys, at least 1.
+fn parse_limit(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 (leave --limit out for every key)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Calls `each` for the keys under `prefix` in byte order, at most `limit`
