@@ -275,7 +275,9 @@ impl DedupTable {
     ///
     /// The results are left out: each is what applying the op to the keys
     /// gave, and the keys have their own digest. So is the order of the
-    /// ids, which follows from the log as their presence does.
+    /// ids: it decides only which id is forgotten next, and an order gone
+    /// wrong shows, once it matters, as a different id forgotten, so as
+    /// different ids remembered.
     ///
     /// Replicas of different versions compare it, so the formula is part
     /// of the peer protocol: a version that changes it (or what the table
