@@ -47,7 +47,8 @@ use clap::{Parser, Subcommand};
 /// What `phxkv --help` says of exit codes (see [`CliError::exit_code`]).
 const EXIT_CODES: &str = "Exit codes: 0 done; 1 key or member not found, or a compare failed; \
 2 bad usage, or a missing, wrong or too narrow credential (401/403); \
-3 no endpoint answered (unreachable, or a certificate this client does not trust); \
+3 no endpoint answered (unreachable, or a certificate this client does not trust), \
+or every one answered 503 (no master elected yet, say); \
 4 anything else. Errors are one line on stderr.";
 
 /// phxkv: a strongly consistent key-value store on Multi-Paxos.
