@@ -111,6 +111,46 @@ async fn a_killed_lock_holder_frees_the_lock_after_its_ttl_and_fencing_tokens_gr
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn phxkv_lock_exits_as_a_shell_would_for_the_command_it_ran() {
+    let c = Cluster::start(3, &[]).await;
+    c.wait_for_master(Duration::from_secs(15)).await;
+    let run = |script: &str| {
+        lock_command(&c, 10, script)
+            .wait()
+            .expect("phxkv lock exits")
+    };
+    assert_eq!(run("exit 7").code(), Some(7));
+    // Ended by a signal: 128 and its number (SIGKILL, 9).
+    assert_eq!(run("kill -9 $$").code(), Some(137));
+    // A command that is not there, or cannot be run: 127 and 126, with one
+    // line that says so; the lock is released all the same.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_executable = dir.path().join("script");
+    std::fs::write(&not_executable, "#!/bin/sh\n").expect("write");
+    for (program, code) in [
+        (dir.path().join("missing"), 127),
+        (not_executable.clone(), 126),
+    ] {
+        let program = program.display().to_string();
+        let (got, _, err) = common::run_phxkv(
+            &["lock", "jobs", "--ttl", "10", "--", &program],
+            &[
+                ("PHXKV_ENDPOINTS", c.url(0)),
+                ("PHXKV_TOKEN", TOKEN.to_owned()),
+            ],
+        );
+        assert_eq!(got, code, "{program}: {err}");
+        assert!(
+            err.trim()
+                .starts_with(&format!("phxkv: cannot run {program}: "))
+                && err.trim().lines().count() == 1,
+            "{err}"
+        );
+    }
+    assert_eq!(run("exit 0").code(), Some(0), "the lock was released");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_reaches_the_locked_command_and_the_lock_is_released_once_it_exits() {
     let c = Cluster::start(3, &[]).await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -234,6 +234,17 @@ pub async fn run_lock(args: LockArgs) -> Result<(), CliError> {
     }
 }
 
+/// The exit code a command's end gives `phxkv lock`: its own, or 128 and
+/// the number of the signal that ended it, as a shell reports it.
+fn exit_code_of(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(1),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(1),
+        (None, None) => 1,
+    }
+}
+
 /// Acquires the lock, then runs the command (or waits for Ctrl-C or
 /// SIGTERM) while the lease lives.
 ///
@@ -265,19 +276,31 @@ async fn hold(
     // Listening before the command starts, so that no SIGTERM finds this
     // process without a handler while the command runs.
     let mut terminate = crate::cli::Terminate::listen()?;
-    let mut child = tokio::process::Command::new(program)
+    let child = tokio::process::Command::new(program)
         .args(rest)
         .env("PHXKV_LOCK_KEY", &key)
         .env("PHXKV_LOCK_LEASE", lease.to_string())
         .env("PHXKV_FENCING_TOKEN", locked.fencing_token.to_string())
         .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| CliError::Usage(format!("cannot run {program}: {e}")))?;
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            // As a shell says it: 127 for a command not found, 126 for one
+            // that cannot be run.
+            crate::cli::tell!("phxkv: cannot run {program}: {e}");
+            return Ok(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+        }
+    };
     loop {
         tokio::select! {
             status = child.wait() => {
                 let status = status.map_err(|e| CliError::Fatal(format!("waiting for {program}: {e}")))?;
-                return Ok(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)));
+                return Ok(exit_code_of(status));
             }
             why = keeper.lost() => {
                 // The lock may pass to another holder now: stop the command.
