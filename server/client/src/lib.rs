@@ -227,12 +227,7 @@ impl Client {
             // to `http://h:8080/v1/kv` writes the key `v1/kv/KEY`). A path
             // of a proxy in front of the cluster (`https://gw/phxkv`) is
             // kept.
-            if url.query().is_some()
-                || url.fragment().is_some()
-                || url
-                    .path_segments()
-                    .is_some_and(|mut s| s.any(|s| s == "v1"))
-            {
+            if url.query().is_some() || url.fragment().is_some() || names_api_path(&url) {
                 return Err(Error::Config(format!(
                     "--endpoints: {raw:?}: give each node's address only, like \
                      http://127.0.0.1:8080, without an API path or query"
@@ -383,6 +378,26 @@ impl Client {
     }
 }
 
+/// The first segments of the API's own paths (`/v1/kv/...`).
+const API_ROOTS: [&str; 9] = [
+    "kv", "txn", "watch", "cluster", "leases", "lock", "election", "auth", "admin",
+];
+
+/// Whether an endpoint's path ends in `v1`, or in `v1` and one of the
+/// API's routes after it: what a request path appended to it would double.
+fn names_api_path(url: &Url) -> bool {
+    let segments: Vec<&str> = url
+        .path_segments()
+        .map(|s| s.filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    segments.iter().enumerate().any(|(i, s)| {
+        *s == "v1"
+            && segments
+                .get(i + 1)
+                .is_none_or(|next| API_ROOTS.contains(next))
+    })
+}
+
 /// A round of tries in which no endpoint gave an answer to return.
 #[derive(Default)]
 struct Round {
@@ -394,15 +409,20 @@ struct Round {
 }
 
 impl Round {
-    /// What went wrong, in one line. When every endpoint answered 503 for
-    /// one reason, that is said alone: the cluster was reached and said
-    /// why it cannot serve.
+    /// What went wrong, in one line. When every endpoint answered 503,
+    /// that is said, with each reason given once: the cluster was reached
+    /// and said why it cannot serve.
     fn describe(&self) -> String {
-        let mut reasons: Vec<&Result<String, String>> =
-            self.failures.iter().map(|(_, r)| r).collect();
-        reasons.dedup();
-        if let [Ok(reason)] = reasons[..] {
-            return format!("every endpoint answered 503: {reason}");
+        if self.answered_503 == self.failures.len() {
+            let mut reasons: Vec<&str> = Vec::new();
+            for (_, reason) in &self.failures {
+                if let Ok(reason) = reason
+                    && !reasons.contains(&reason.as_str())
+                {
+                    reasons.push(reason);
+                }
+            }
+            return format!("every endpoint answered 503: {}", reasons.join("; "));
         }
         let each: Vec<String> = self
             .failures
@@ -463,14 +483,21 @@ mod tests {
         for api_path in [
             "http://h:1/v1/kv",
             "h:1/v1",
+            "http://h:1/v1/",
+            "https://gw/phxkv/v1/txn",
             "http://h:1/?x=1",
             "http://h:1/#v",
         ] {
             let e = Client::new(Config::new([api_path])).expect_err(api_path);
             assert!(e.to_string().contains("address only"), "{api_path}: {e}");
         }
-        let proxied = Client::new(Config::new(["https://gw/phxkv/"])).expect("a proxy's path");
-        assert_eq!(proxied.endpoints(), ["https://gw/phxkv"]);
+        // A proxy's own prefix, even one with a `v1` in it, is kept.
+        let proxied = Client::new(Config::new(["https://gw/phxkv/", "https://gw/v1/kv-proxy"]))
+            .expect("a proxy's path");
+        assert_eq!(
+            proxied.endpoints(),
+            ["https://gw/phxkv", "https://gw/v1/kv-proxy"]
+        );
         assert!(Client::new(Config::new([""])).is_err());
     }
 
@@ -484,6 +511,18 @@ mod tests {
         assert_eq!(
             all_503.describe(),
             "every endpoint answered 503: cannot ask n4"
+        );
+        let reasons = |rs: &[&str]| Round {
+            failures: rs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("http://{i}"), Ok((*r).to_owned())))
+                .collect(),
+            answered_503: rs.len(),
+        };
+        assert_eq!(
+            reasons(&["no master", "shutting down", "no master"]).describe(),
+            "every endpoint answered 503: no master; shutting down"
         );
         let mixed = Round {
             failures: vec![

@@ -641,9 +641,14 @@ async fn oversized_keys_values_and_bodies_are_413() {
         .await
         .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
     // Beyond the body limit the body is not even read.
-    call(&router, Method::PUT, "/v1/kv/k", vec![b'v'; 200_000])
+    let err = call(&router, Method::PUT, "/v1/kv/k", vec![b'v'; 200_000])
         .await
         .error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    // Found too large as it arrived (no declared length): the limit is
+    // named all the same.
+    let limit = crate::api::body_limit(&Fake::new().limits());
+    let message = err["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("({limit} bytes)")), "{message}");
     let too_many: Vec<Value> = (0..9).map(|_| json!({"get": {"key": "k"}})).collect();
     txn(&router, json!({"success": too_many}))
         .await

@@ -831,7 +831,6 @@ pub async fn start(
 /// bookkeeping), etcd's default backend quota too.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 
-/// The default of `--disk-reserve-bytes`: two log segments.
 /// The master leases a node takes (`--lease` of `serve` and `dev`): long
 /// enough for heartbeats at a tenth of it, short enough to fail over.
 pub fn check_lease(lease: Duration) -> Result<(), String> {
@@ -841,6 +840,7 @@ pub fn check_lease(lease: Duration) -> Result<(), String> {
     Ok(())
 }
 
+/// The default of `--disk-reserve-bytes`: two log segments.
 pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 2 * crate::storage::SEGMENT_BYTES;
 
 /// `--snapshot-every-bytes` when none is given: 64 MiB, so that the log
