@@ -332,7 +332,7 @@ impl Client {
             // Only a cluster that answers, but without a master, is worth
             // waiting for: unreachable endpoints fail at once, so that a
             // wrong address is reported now.
-            if round.answered_503 == 0 || started.elapsed() + backoff > self.retry_for {
+            if round.answered_503() == 0 || started.elapsed() + backoff > self.retry_for {
                 return Err(Error::Unavailable(round.describe()));
             }
             tracing::debug!(?backoff, "no endpoint has a master; retrying");
@@ -361,7 +361,6 @@ impl Client {
             }
             match req.send().await {
                 Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                    failed.answered_503 += 1;
                     let failure = ApiError::read(resp).await;
                     failed.failures.push((base.clone(), Ok(failure.message)));
                 }
@@ -404,16 +403,19 @@ struct Round {
     /// Each endpoint with why it failed: the reason the 503 it answered
     /// gave (`Ok`), or why it was not reached (`Err`).
     failures: Vec<(String, Result<String, String>)>,
-    /// How many of them answered 503.
-    answered_503: usize,
 }
 
 impl Round {
+    /// How many endpoints answered 503.
+    fn answered_503(&self) -> usize {
+        self.failures.iter().filter(|(_, r)| r.is_ok()).count()
+    }
+
     /// What went wrong, in one line. When every endpoint answered 503,
     /// that is said, with each reason given once: the cluster was reached
     /// and said why it cannot serve.
     fn describe(&self) -> String {
-        if self.answered_503 == self.failures.len() {
+        if self.answered_503() == self.failures.len() {
             let mut reasons: Vec<&str> = Vec::new();
             for (_, reason) in &self.failures {
                 if let Ok(reason) = reason
@@ -506,7 +508,6 @@ mod tests {
         let answered = |base: &str| (base.to_owned(), Ok("cannot ask n4".to_owned()));
         let all_503 = Round {
             failures: vec![answered("http://a"), answered("http://b")],
-            answered_503: 2,
         };
         assert_eq!(
             all_503.describe(),
@@ -518,7 +519,6 @@ mod tests {
                 .enumerate()
                 .map(|(i, r)| (format!("http://{i}"), Ok((*r).to_owned())))
                 .collect(),
-            answered_503: rs.len(),
         };
         assert_eq!(
             reasons(&["no master", "shutting down", "no master"]).describe(),
@@ -529,7 +529,6 @@ mod tests {
                 answered("http://a"),
                 ("http://b".to_owned(), Err("connection refused".to_owned())),
             ],
-            answered_503: 1,
         };
         assert_eq!(
             mixed.describe(),
