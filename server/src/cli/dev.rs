@@ -48,19 +48,18 @@ pub struct DevArgs {
     pub secure: bool,
 }
 
-/// Refuses, naming `dev`'s own flag, ports another program holds: replica
-/// `i` listens on `port + i` for clients and `port + 100 + i` for peers.
-/// (A port taken between this check and the replica's start is still
-/// refused then, in `serve`'s words.)
-fn check_ports_free(port: u16, nodes: u16) -> Result<(), CliError> {
-    for i in 0..nodes {
-        for (what, p) in [("client", port + i), ("peer", port + 100 + i)] {
-            if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", p)) {
+/// Refuses, naming `dev`'s own flag, ports another program holds, given as
+/// each replica's name, client port and peer port. (A port taken between
+/// this check and the replica's start is still refused then, in `serve`'s
+/// words.)
+fn check_ports_free(ports: &[(String, u16, u16)]) -> Result<(), CliError> {
+    for (name, client, peer) in ports {
+        for (what, p) in [("client", client), ("peer", peer)] {
+            if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", *p)) {
                 return Err(CliError::Usage(format!(
-                    "--port: 127.0.0.1:{p} (n{}'s {what} port) cannot be used: {e}; \
+                    "--port: 127.0.0.1:{p} ({name}'s {what} port) cannot be used: {e}; \
                      give another first port with --port (replicas take it and the \
-                     ports after it for clients, and 100 above those for peers)",
-                    i + 1
+                     ports after it for clients, and 100 above those for peers)"
                 )));
             }
         }
@@ -94,7 +93,11 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         ));
     }
     serve::check_lease(args.lease).map_err(|m| CliError::Usage(format!("--lease: {m}")))?;
-    check_ports_free(args.port, args.nodes)?;
+    // Replica i listens on port + i for clients and port + 100 + i for peers.
+    let ports: Vec<(String, u16, u16)> = (0..args.nodes)
+        .map(|i| (format!("n{}", i + 1), args.port + i, args.port + 100 + i))
+        .collect();
+    check_ports_free(&ports)?;
     let _telemetry = telemetry::init_dev("phxkv", args.log_format)
         .map_err(|e| CliError::Fatal(format!("cannot set up logging: {e}")))?;
     // Removed when this function returns, whether it ends well or not.
@@ -135,17 +138,13 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         (None, None)
     };
     let scheme = crate::tls::scheme(args.secure);
-    let mut members = Vec::new();
-    let mut ports = Vec::new();
-    for i in 0..args.nodes {
-        let name = format!("n{}", i + 1);
-        let (client, peer) = (args.port + i, args.port + 100 + i);
-        members.push(BootstrapPeer {
+    let members: Vec<BootstrapPeer> = ports
+        .iter()
+        .map(|(name, _, peer)| BootstrapPeer {
             name: name.clone(),
             peer_url: format!("{scheme}://127.0.0.1:{peer}"),
-        });
-        ports.push((name, client, peer));
-    }
+        })
+        .collect();
     let started = Instant::now();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut running = Vec::new();
@@ -196,9 +195,8 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         .map(|(_, c, _)| format!("{scheme}://127.0.0.1:{c}"))
         .collect();
     crate::cli::say!(
-        "phxkv dev: {} replica{}, data in {}{}",
-        args.nodes,
-        if args.nodes == 1 { "" } else { "s" },
+        "phxkv dev: {}, data in {}{}",
+        crate::text::count(u64::from(args.nodes), "replica"),
         root.display(),
         if args.ephemeral {
             " (discarded on exit)"
@@ -280,10 +278,9 @@ async fn announce_ready(nodes: Vec<Node>, started: Instant) {
     loop {
         match cluster_ready(&nodes) {
             Ok(master) => {
-                let n = nodes.len();
                 crate::cli::say!(
-                    "ready: {n} replica{}, master {master} (after {:.1} s)",
-                    if n == 1 { "" } else { "s" },
+                    "ready: {}, master {master} (after {:.1} s)",
+                    crate::text::count(nodes.len() as u64, "replica"),
                     started.elapsed().as_secs_f64()
                 );
                 return;
