@@ -201,3 +201,145 @@ async fn a_new_cluster_waits_for_every_bootstrap_member() {
     c.wait_for_master(Duration::from_secs(20)).await;
     assert_eq!(c.put(2, "k", "v").await.status(), 200);
 }
+
+/// Waits for node `i`'s process to exit; its exit status.
+async fn wait_for_exit(c: &mut Cluster, i: usize, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        let child = c.procs[i].child.as_mut().expect("spawned");
+        if let Some(status) = child.try_wait().expect("wait") {
+            c.procs[i].child = None;
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} kept running\n{}",
+            c.procs[i].name,
+            c.log_of(i)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// True once node `i`'s data directory holds a snapshot file.
+fn has_snapshot(c: &Cluster, i: usize) -> bool {
+    std::fs::read_dir(c.procs[i].data_dir.join("snapshots"))
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "snap"))
+        })
+        .unwrap_or(false)
+}
+
+/// The scenario above with only some files lost: F keeps its
+/// `identity.json` (and so its incarnation) but its log is gone. Opened as
+/// it was, F had promised nothing and accepted nothing, and with C it
+/// formed a majority that answered "not found" for acknowledged writes. It
+/// must refuse to start; the same for a node whose snapshot is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_log_or_snapshot_was_removed_refuses_to_start() {
+    let mut c = Cluster::start(3, &["--snapshot-every", "100"]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let f = (m + 1) % 3;
+    let cc = (m + 2) % 3;
+
+    // C is away while M and F take the writes.
+    c.kill9(cc);
+    for k in 0..150 {
+        let r = c.put(m, &format!("w{k}"), &format!("v{k}")).await;
+        assert_eq!(r.status(), 200, "write w{k}");
+    }
+    c.kill9(m);
+    c.kill9(f);
+    let wal = c.procs[f].data_dir.join("wal");
+    for segment in std::fs::read_dir(&wal).expect("F's log").flatten() {
+        std::fs::remove_file(segment.path()).expect("remove a segment");
+    }
+    assert!(c.procs[f].data_dir.join("identity.json").exists());
+
+    c.spawn(f);
+    c.spawn(cc);
+    let status = wait_for_exit(&mut c, f, Duration::from_secs(20)).await;
+    assert!(!status.success(), "F started without its log");
+    let log = c.log_of(f);
+    assert!(
+        log.contains("the log is gone") && log.contains("replace the member"),
+        "{log}"
+    );
+    // C alone is no majority: nothing reads as missing.
+    for k in [0, 99, 149] {
+        let got = c.get(cc, &format!("w{k}"), "").await.map(|(s, _)| s);
+        assert_ne!(got, Some(404), "acknowledged write w{k} reads as missing");
+    }
+
+    // M is back: M and C hold every write, and C catches up from M's
+    // snapshot. Then C loses its snapshot, and refuses to start too.
+    c.spawn(m);
+    for k in 0..150 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match c.get(cc, &format!("w{k}"), "").await {
+                Some((200, v)) => {
+                    assert_eq!(v, format!("v{k}").into_bytes());
+                    break;
+                }
+                Some((404, _)) => panic!("acknowledged write w{k} was lost"),
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "w{k} unreadable");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !has_snapshot(&c, cc) {
+        assert!(Instant::now() < deadline, "C never stored a snapshot");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(c.terminate(cc).success());
+    let snapshots = c.procs[cc].data_dir.join("snapshots");
+    let aside = c.dir.path().join("snapshots-aside");
+    std::fs::rename(&snapshots, &aside).expect("move the snapshots away");
+    c.spawn(cc);
+    let status = wait_for_exit(&mut c, cc, Duration::from_secs(20)).await;
+    assert!(!status.success(), "C started without its snapshot");
+    let log = c.log_of(cc);
+    assert!(log.contains("the snapshot at index"), "{log}");
+    // With the file back, C starts as it was.
+    std::fs::rename(&aside, &snapshots).expect("put the snapshots back");
+    c.spawn(cc);
+    wait_for_state(&c, cc, "member", Duration::from_secs(20)).await;
+
+    // The remedy the message names: a wiped directory is a new incarnation,
+    // which is replaced and catches up.
+    std::fs::remove_dir_all(&c.procs[f].data_dir).expect("wipe F");
+    c.spawn(f);
+    wait_for_state(&c, f, "awaiting_replacement", Duration::from_secs(20)).await;
+    let replace = format!("/v1/cluster/members/{}/replace", c.procs[f].name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c.post_with_token(m, &replace).await;
+        let status = r.status();
+        let body: Value = r.json().await.expect("json");
+        if status == 200 && body["state"] == "done" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replace never finished: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for_state(&c, f, "member", Duration::from_secs(20)).await;
+    assert_eq!(c.put(m, "after", "1").await.status(), 200);
+    for k in [0, 99, 149] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some((200, v)) = c.get(f, &format!("w{k}"), "?consistency=local").await {
+                assert_eq!(v, format!("v{k}").into_bytes());
+                break;
+            }
+            assert!(Instant::now() < deadline, "F never caught up on w{k}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -132,6 +132,34 @@ fn lost_disks_are_replaced_without_losing_a_write() {
     assert!(replaced >= 40, "only {replaced} replacements completed");
 }
 
+fn lost_files_on_real_directories_are_refused() {
+    // Disks lost as above, on real data directories: before each goes,
+    // some of its files go first (the whole log, one segment or the
+    // snapshot) and opening what is left must be refused, wherever in its
+    // life (rotations, compactions, crashes) the directory was.
+    let (mut refused, mut losses) = (0, 0);
+    let mut failures = Vec::new();
+    for seed in 2100..2124 {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut opts = options_for(seed);
+        opts.nodes = 3;
+        opts.faults = true;
+        opts.membership_changes = true;
+        opts.disk_loss = true;
+        opts.active = 4_000_000;
+        opts.disk_root = Some(dir.path().to_path_buf());
+        let out = run_with(seed, opts);
+        refused += out.lost_files_refused;
+        losses += out.disk_losses;
+        if out.failure.is_some() {
+            failures.push(out);
+        }
+    }
+    assert!(failures.is_empty(), "{}", report(&failures));
+    println!("  {refused} of {losses} lost disks lost some files first and were refused");
+    assert!(refused >= 15, "only {refused} directories lost some files");
+}
+
 fn a_node_back_from_a_lost_disk_under_its_old_identity_loses_writes() {
     // What phxkv did before incarnations: a node whose disk is gone starts
     // again under its old name with the bootstrap configuration and votes
@@ -328,7 +356,7 @@ fn rolling_upgrades_to_lease_fences_keep_every_invariant() {
 }
 
 fn main() {
-    let tests: [(&str, fn()); 12] = [
+    let tests: [(&str, fn()); 13] = [
         (
             "quorum_reads_stay_linearizable_when_clocks_drift_and_processes_pause",
             quorum_reads_stay_linearizable_when_clocks_drift_and_processes_pause,
@@ -356,6 +384,10 @@ fn main() {
         (
             "lost_disks_are_replaced_without_losing_a_write",
             lost_disks_are_replaced_without_losing_a_write,
+        ),
+        (
+            "lost_files_on_real_directories_are_refused",
+            lost_files_on_real_directories_are_refused,
         ),
         (
             "a_node_back_from_a_lost_disk_under_its_old_identity_loses_writes",

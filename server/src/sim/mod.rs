@@ -59,6 +59,8 @@ pub struct SeedOutcome {
     pub reads_answered: usize,
     pub crash_points: usize,
     pub disk_losses: usize,
+    /// Directories that lost some files but kept their identity, refused.
+    pub lost_files_refused: usize,
     /// Writes by a revoked token (or one whose role was deleted) refused.
     pub auth_refusals: usize,
     /// Lease keep-alives acknowledged, and leases that expired.
@@ -196,6 +198,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
                 reads_answered: 0,
                 crash_points: 0,
                 disk_losses: 0,
+                lost_files_refused: 0,
                 auth_refusals: 0,
                 lease_renewals: 0,
                 lease_expiries: 0,
@@ -244,6 +247,7 @@ pub fn run_with(seed: u64, opts: WorldOptions) -> SeedOutcome {
         reads_answered: report.reads_answered,
         crash_points: report.crash_points,
         disk_losses: report.disk_losses,
+        lost_files_refused: report.lost_files_refused,
         auth_refusals: report.auth_refusals,
         lease_renewals: report.lease_renewals,
         lease_expiries: report.lease_expiries,

@@ -372,6 +372,9 @@ pub struct RunReport {
     /// Disks lost, and replacements of their nodes that completed.
     pub disk_losses: usize,
     pub replacements: usize,
+    /// Data directories (with `disk_root`) that lost some of their files
+    /// but kept their identity, and were refused when opened.
+    pub lost_files_refused: usize,
     /// Writes by the auth actor's token refused because the log had
     /// revoked it or its role first (every replica must refuse the same).
     pub auth_refusals: usize,
@@ -473,6 +476,7 @@ pub struct World {
     crash_points: usize,
     disk_losses: usize,
     replacements: usize,
+    lost_files_refused: usize,
     pauses: usize,
     stopping: bool,
     /// Every member decodes lease fences (see [`WorldOptions::fences_from`]).
@@ -605,6 +609,7 @@ impl World {
             failure: None,
             crash_points: 0,
             disk_losses: 0,
+            lost_files_refused: 0,
             replacements: 0,
             pauses: 0,
             stopping: false,
@@ -2292,6 +2297,12 @@ impl World {
         if self.nodes[i].up {
             self.crash(i);
         }
+        if let Some(root) = self.opts.disk_root.clone()
+            && !self.opts.disk_loss_keeps_identity
+        {
+            let dir = root.join(&self.nodes[i].name);
+            self.lose_some_files(&dir);
+        }
         let node = &mut self.nodes[i];
         node.disk = Box::new(MemStore::new());
         if let Some(root) = &self.opts.disk_root {
@@ -2329,6 +2340,70 @@ impl World {
             self.admin_running = true;
             let d = self.opts.admin_interval;
             self.schedule(d, Event::Admin);
+        }
+    }
+
+    /// Before a lost disk goes whole: takes some of the files of the
+    /// (closed) data directory `dir` away, keeping its `identity.json`, and
+    /// checks that opening it is refused. A directory that kept its identity
+    /// but lost its log, a segment of it or its snapshot would vote under an
+    /// incarnation whose promises it forgot.
+    fn lose_some_files(&mut self, dir: &std::path::Path) {
+        let files = |sub: &str, ext: &str| -> Vec<std::path::PathBuf> {
+            let mut found: Vec<_> = std::fs::read_dir(dir.join(sub))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == ext))
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.sort();
+            found
+        };
+        let segments = files("wal", "wal");
+        let snapshots = files("snapshots", "snap");
+        let mut choices: Vec<(String, Vec<std::path::PathBuf>)> = Vec::new();
+        if !segments.is_empty() {
+            choices.push(("its whole log".into(), segments.clone()));
+            let one = self.rng.random_range(0..segments.len());
+            choices.push((
+                format!("log segment {}", one + 1),
+                vec![segments[one].clone()],
+            ));
+        }
+        if !snapshots.is_empty() {
+            choices.push(("its snapshot".into(), snapshots));
+        }
+        if choices.is_empty() {
+            return;
+        }
+        let (what, lost) = choices.swap_remove(self.rng.random_range(0..choices.len()));
+        for path in &lost {
+            if let Err(e) = std::fs::remove_file(path) {
+                return self.fail(format!("cannot remove {}: {e}", path.display()));
+            }
+        }
+        let identity = Identity {
+            node: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            cluster: "sim".into(),
+        };
+        match DiskStore::open(dir, &identity) {
+            Ok(_) => self.fail(format!(
+                "{} opened after losing {what} (its identity kept)",
+                identity.node
+            )),
+            Err(e) if e.to_string().contains("files were removed") => {
+                self.lost_files_refused += 1;
+                self.note(format!("{} lost {what} and is refused: {e}", identity.node));
+            }
+            Err(e) => self.fail(format!(
+                "{} lost {what} and failed to open for another reason: {e}",
+                identity.node
+            )),
         }
     }
 
@@ -2513,6 +2588,7 @@ impl World {
                 .unwrap_or(0),
             crash_points: self.crash_points,
             disk_losses: self.disk_losses,
+            lost_files_refused: self.lost_files_refused,
             auth_refusals: self.auth_refusals,
             forwarded_acks: self.forwarded_acks,
             forward_refusals: self.forward_refusals,

@@ -89,6 +89,47 @@ struct IdentityFile {
     incarnation: Incarnation,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bootstrap: Option<Membership>,
+    /// What the log and snapshots held when last recorded; absent in a
+    /// directory written by a version that did not keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    files: Option<Files>,
+}
+
+/// What must be in a data directory besides `identity.json`, recorded there
+/// so that files lost from under the node are noticed at start-up.
+///
+/// # Why a record outside the log
+///
+/// A node's promises and accepted values live in its log: a node that
+/// lost them and still voted under its incarnation could let a majority
+/// form that never saw a write another majority acknowledged, the very
+/// thing incarnations exist to prevent (see [`Incarnation`]). A directory
+/// that lost everything is safe, since it gets a new incarnation; one that
+/// lost only its log or its snapshot (a careless clean-up, a restore of
+/// some files, a volume mounted over a subdirectory) keeps the identity
+/// and would open as if nothing happened: with no log it has promised
+/// nothing, and with no snapshot it holds no data and no configuration
+/// beyond the bootstrap one. Nothing left in `wal/` or `snapshots/` can say
+/// what is missing from them, so the record lives beside the identity.
+///
+/// # Why it is checked with `>=`
+///
+/// Each field only grows, and it is written after what it describes is
+/// durable, so after a crash the files are at or ahead of the record.
+/// Versions before the record existed leave it as it was (they ignore the
+/// field), so after a rollback and an upgrade again it is behind, never
+/// ahead. A check that files are at least as new as the record therefore
+/// never fails on a directory that lost nothing. The oldest segment is
+/// checked only while the record is exactly current (the newest segment
+/// and the snapshot match it): only then is nothing since unrecorded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Files {
+    /// The newest log segment ever started.
+    newest_segment: u64,
+    /// The oldest log segment kept after the last compaction.
+    oldest_segment: u64,
+    /// The index of the newest snapshot stored (0: none).
+    snapshot: Index,
 }
 
 /// A [`LogStore`] in a data directory: a write-ahead log, a snapshot file
@@ -102,6 +143,8 @@ pub struct DiskStore {
     identity: Identity,
     incarnation: Incarnation,
     bootstrap: Option<Membership>,
+    /// What `identity.json` last recorded of the log and snapshots.
+    files: Files,
     /// Nothing durable yet: no promise, log entry, snapshot or configuration.
     fresh: bool,
     /// The index of the stored snapshot (0: none); entries at or below it
@@ -154,6 +197,7 @@ impl DiskStore {
                     migrated: false,
                 },
                 bootstrap: None,
+                files: None,
             };
             write_identity(dir, &file)?;
             file
@@ -164,6 +208,7 @@ impl DiskStore {
             Some((_, path)) => Reader::open(&path)?.meta().index,
             None => 0,
         };
+        check_files(dir, file.files.as_ref(), &Wal::present(dir)?, floor)?;
         let (wal, summary) = Wal::open(dir)?;
         let fresh = file.bootstrap.is_none()
             && floor == 0
@@ -171,19 +216,57 @@ impl DiskStore {
             && !summary.has_entries
             && !file.incarnation.migrated;
         let commit = summary.commit.max(floor);
-        Ok(DiskStore {
+        let mut store = DiskStore {
             dir: dir.to_path_buf(),
             _lock: lock,
             wal,
             identity: identity.clone(),
             incarnation: file.incarnation,
             bootstrap: file.bootstrap,
+            files: file.files.unwrap_or_default(),
             fresh,
             floor,
             promised: summary.promised,
             stored_commit: commit,
             commit,
-        })
+        };
+        if file.files.is_none() {
+            tracing::info!(
+                dir = %dir.display(),
+                "recording which log segments and snapshot this data directory holds"
+            );
+        }
+        store.record_files()?;
+        Ok(store)
+    }
+
+    /// Records in `identity.json` what the log and snapshots hold now, if
+    /// that differs from what it says (see [`Files`]).
+    fn record_files(&mut self) -> Result<(), StorageError> {
+        let (oldest_segment, newest_segment) = self.wal.seq_range();
+        let now = Files {
+            newest_segment,
+            oldest_segment,
+            snapshot: self.floor,
+        };
+        if now == self.files {
+            return Ok(());
+        }
+        write_identity(&self.dir, &self.identity_file(Some(now)))?;
+        self.files = now;
+        Ok(())
+    }
+
+    /// What `identity.json` holds, with `files` as given.
+    fn identity_file(&self, files: Option<Files>) -> IdentityFile {
+        IdentityFile {
+            format: FORMAT,
+            node: self.identity.node.clone(),
+            cluster: self.identity.cluster.clone(),
+            incarnation: self.incarnation,
+            bootstrap: self.bootstrap.clone(),
+            files,
+        }
     }
 
     /// This directory's incarnation: the node's id in the cluster.
@@ -213,13 +296,8 @@ impl DiskStore {
                 "a different bootstrap configuration is already recorded".into(),
             ));
         }
-        let file = IdentityFile {
-            format: FORMAT,
-            node: self.identity.node.clone(),
-            cluster: self.identity.cluster.clone(),
-            incarnation: self.incarnation,
-            bootstrap: Some(membership.clone()),
-        };
+        let mut file = self.identity_file(Some(self.files));
+        file.bootstrap = Some(membership.clone());
         write_identity(&self.dir, &file)?;
         self.bootstrap = Some(membership.clone());
         self.fresh = false;
@@ -255,7 +333,8 @@ impl DiskStore {
         self.stored_commit = self.stored_commit.max(meta.index);
         self.fresh = false;
         let state = self.summary();
-        self.wal.release_through(self.floor, &state)
+        self.wal.release_through(self.floor, &state)?;
+        self.record_files()
     }
 
     /// Like [`LogStore::recover`], but the snapshot's data is left in its
@@ -281,6 +360,16 @@ impl DiskStore {
             Persist::Commit(c) => recovered.commit = recovered.commit.max(c),
         })?;
         Ok((recovered, reader))
+    }
+
+    /// Appends one frame, first starting (and recording) a new segment if
+    /// the newest is full, so that no frame is ever written to a segment
+    /// `identity.json` does not know of.
+    fn append_frame(&mut self, records: &[Persist], state: &Summary) -> Result<(), StorageError> {
+        if self.wal.rotate_if_full(state)? {
+            self.record_files()?;
+        }
+        self.wal.append(records, state)
     }
 
     fn summary(&self) -> Summary {
@@ -354,6 +443,7 @@ fn convert(dir: &Path, identity: &Identity) -> Result<IdentityFile, StorageError
             migrated: true,
         }),
         bootstrap: old.bootstrap,
+        files: None,
     };
     check_identity(dir, identity, &file)?;
     // Whatever an interrupted conversion left is redone from the database.
@@ -389,6 +479,81 @@ fn random_id() -> Result<NodeId, StorageError> {
             return Ok(id);
         }
     }
+}
+
+/// Refuses a directory that lost log segments or its snapshot, going by
+/// what `identity.json` recorded (see [`Files`]) and by the segments'
+/// numbers, which are consecutive in a log nothing was taken from.
+/// `segments` are the sequence numbers found, oldest first; `snapshot` the
+/// index of the newest snapshot found (0: none).
+fn check_files(
+    dir: &Path,
+    recorded: Option<&Files>,
+    segments: &[u64],
+    snapshot: Index,
+) -> Result<(), StorageError> {
+    let lost = |what: String| {
+        StorageError::Corrupt(format!(
+            "{what} in {}: files were removed from this data directory, so this replica may \
+             have forgotten promises it made and values it accepted, and it must not vote \
+             again under its identity; wipe the whole directory and replace the member \
+             (phxkv members replace)",
+            dir.display()
+        ))
+    };
+    let wal = Wal::dir_of(dir);
+    if let Some(gap) = segments.windows(2).find(|w| w[1] != w[0] + 1) {
+        return Err(lost(format!(
+            "log segments {} to {} are missing from {}",
+            gap[0] + 1,
+            gap[1] - 1,
+            wal.display()
+        )));
+    }
+    let Some(files) = recorded else {
+        return Ok(());
+    };
+    match (segments.first(), segments.last()) {
+        (Some(&oldest), Some(&newest)) => {
+            if newest < files.newest_segment {
+                return Err(lost(format!(
+                    "log segments {} to {} are missing from {}",
+                    newest + 1,
+                    files.newest_segment,
+                    wal.display()
+                )));
+            }
+            let current = newest == files.newest_segment && snapshot == files.snapshot;
+            if current && oldest > files.oldest_segment {
+                return Err(lost(format!(
+                    "log segments {} to {} are missing from {}",
+                    files.oldest_segment,
+                    oldest - 1,
+                    wal.display()
+                )));
+            }
+        }
+        _ if files.newest_segment > 0 => {
+            return Err(lost(format!(
+                "the log is gone ({} holds no segment; it had up to segment {})",
+                wal.display(),
+                files.newest_segment
+            )));
+        }
+        _ => {}
+    }
+    if snapshot < files.snapshot {
+        let found = match snapshot {
+            0 => "none".to_string(),
+            i => format!("only one at index {i}"),
+        };
+        return Err(lost(format!(
+            "the snapshot at index {} is missing from {} (found {found})",
+            files.snapshot,
+            snapshot_file::dir_of(dir).display()
+        )));
+    }
+    Ok(())
 }
 
 fn check_identity(
@@ -433,7 +598,7 @@ impl LogStore for DiskStore {
             return Ok(());
         }
         let state = self.summary();
-        self.wal.append(records, &state)?;
+        self.append_frame(records, &state)?;
         if entries {
             self.fresh = false;
         }
@@ -468,7 +633,7 @@ impl Drop for DiskStore {
     fn drop(&mut self) {
         if self.commit > self.stored_commit {
             let state = self.summary();
-            if let Err(e) = self.wal.append(&[Persist::Commit(self.commit)], &state) {
+            if let Err(e) = self.append_frame(&[Persist::Commit(self.commit)], &state) {
                 tracing::warn!(error = %e, "could not write the commit index on close");
             }
         }
@@ -602,6 +767,157 @@ mod tests {
             matches!(&err, StorageError::Corrupt(m) if m.contains("no identity.json")),
             "{err}"
         );
+    }
+
+    /// A store in a harness with a promise and entries 1..=6 in its first
+    /// segment, a snapshot at 2 (which starts a second segment and keeps
+    /// the first, since it holds entries above 2) and entry 7 in the second.
+    fn two_segments_and_a_snapshot() -> DiskHarness {
+        let mut h = DiskHarness::new();
+        let mut records = vec![Persist::Promise(Ballot::new(3, 1))];
+        records.extend((1..=6).map(|i| Persist::Entry(i, entry(i, Value::Noop))));
+        h.store().append(&records).expect("append");
+        h.store()
+            .install_snapshot(&meta(2), b"at 2")
+            .expect("install");
+        h.store()
+            .append(&[Persist::Entry(7, entry(7, Value::Noop))])
+            .expect("append");
+        assert_eq!(h.store.as_ref().expect("open").wal.segment_count(), 2);
+        h.store = None;
+        h
+    }
+
+    /// The log segment files of `dir`, oldest first.
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(Wal::dir_of(dir))
+            .expect("wal dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn refused_for_lost_files(dir: &Path, what: &str) {
+        let err = DiskStore::open(dir, &identity("a", "c1")).expect_err("must refuse");
+        let msg = err.to_string();
+        assert!(
+            matches!(err, StorageError::Corrupt(_))
+                && msg.contains(what)
+                && msg.contains("replace the member"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_directory_whose_log_was_removed_is_refused_not_opened_empty() {
+        let h = two_segments_and_a_snapshot();
+        for f in segment_files(h.dir.path()) {
+            std::fs::remove_file(f).expect("remove");
+        }
+        refused_for_lost_files(h.dir.path(), "the log is gone");
+        std::fs::remove_dir_all(Wal::dir_of(h.dir.path())).expect("remove");
+        refused_for_lost_files(h.dir.path(), "the log is gone");
+    }
+
+    #[test]
+    fn a_directory_whose_snapshot_was_removed_is_refused() {
+        let h = two_segments_and_a_snapshot();
+        std::fs::remove_dir_all(snapshot_file::dir_of(h.dir.path())).expect("remove");
+        refused_for_lost_files(h.dir.path(), "the snapshot at index 2 is missing");
+    }
+
+    #[test]
+    fn a_directory_missing_its_newest_or_oldest_or_a_middle_segment_is_refused() {
+        for (lose, what) in [
+            (1, "log segments 2 to 2 are missing"),
+            (0, "log segments 1 to 1 are missing"),
+        ] {
+            let h = two_segments_and_a_snapshot();
+            std::fs::remove_file(&segment_files(h.dir.path())[lose]).expect("remove");
+            refused_for_lost_files(h.dir.path(), what);
+        }
+        // Three segments, the middle one lost.
+        let mut h = two_segments_and_a_snapshot();
+        h.restart();
+        h.store()
+            .install_snapshot(&meta(3), b"at 3")
+            .expect("install");
+        h.store = None;
+        let files = segment_files(h.dir.path());
+        assert_eq!(files.len(), 3);
+        std::fs::remove_file(&files[1]).expect("remove");
+        refused_for_lost_files(h.dir.path(), "log segments 2 to 2 are missing");
+    }
+
+    #[test]
+    fn a_directory_that_lost_nothing_opens_after_every_step_and_a_stale_record() {
+        let mut h = two_segments_and_a_snapshot();
+        h.restart();
+        let (r, data) = h.store().recover().expect("recover");
+        assert_eq!(
+            r.entries.keys().copied().collect::<Vec<_>>(),
+            [3, 4, 5, 6, 7]
+        );
+        assert_eq!(data.as_deref(), Some(&b"at 2"[..]));
+        // Compacting everything deletes the older segments: that is no loss.
+        h.store()
+            .install_snapshot(&meta(7), b"at 7")
+            .expect("install");
+        h.restart();
+        assert_eq!(h.store.as_ref().expect("open").wal.segment_count(), 1);
+        // A version that kept no record, or a record left behind by one that
+        // ran since (a rollback): the files are ahead of it, which is no loss.
+        h.store = None;
+        let path = h.dir.path().join(IDENTITY_FILE);
+        let mut file = read_identity(&path).expect("read");
+        file.files = Some(Files {
+            newest_segment: 1,
+            oldest_segment: 1,
+            snapshot: 2,
+        });
+        write_identity(h.dir.path(), &file).expect("write");
+        h.restart();
+        file.files = None;
+        write_identity(h.dir.path(), &file).expect("write");
+        h.restart();
+        h.store = None;
+        let recorded = read_identity(&path)
+            .expect("read")
+            .files
+            .expect("recorded again");
+        assert_eq!(recorded.snapshot, 7);
+        h.restart();
+        let (r, data) = h.store().recover().expect("recover");
+        assert_eq!((r.snapshot, data), (Some(meta(7)), Some(b"at 7".to_vec())));
+    }
+
+    #[test]
+    fn a_full_segment_is_recorded_before_a_frame_is_written_to_the_next() {
+        let mut h = DiskHarness::new();
+        let big = Value::Batch(
+            vec![crate::paxos::Command {
+                id: crate::paxos::RequestId { client: 1, seq: 1 },
+                op: crate::kv::Op::Put {
+                    key: b"k".to_vec(),
+                    value: vec![7u8; 1 << 20],
+                    expect: None,
+                },
+            }]
+            .into(),
+        );
+        let mut i = 0;
+        while h.store.as_ref().expect("open").wal.segment_count() < 2 {
+            i += 1;
+            h.store()
+                .append(&[Persist::Entry(i, entry(1, big.clone()))])
+                .expect("append");
+        }
+        h.store = None;
+        let files = segment_files(h.dir.path());
+        std::fs::remove_file(&files[1]).expect("remove");
+        refused_for_lost_files(h.dir.path(), "log segments 2 to 2 are missing");
     }
 
     #[test]

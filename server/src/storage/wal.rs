@@ -24,10 +24,13 @@
 //! file whose length grew but whose new blocks read as zeros. Only the frame
 //! being written can be damaged so: a frame is written only after the one
 //! before it was synced. So recovery accepts a damaged frame as a torn tail
-//! (and cuts it off) only in the newest segment and only when nothing but
-//! zeros follows the extent it claims; any other damage is corruption and
-//! recovery refuses to go on, rather than silently dropping acknowledged
-//! records.
+//! (and cuts it off) only in the newest segment, only when nothing but
+//! zeros follows the extent it claims, and, if the whole frame is there but
+//! fails its checksum, only when one of the sectors it spans still reads as
+//! the zeros it was written over (a disk writes whole sectors, so a frame
+//! with data in every sector was written in full, synced, and then
+//! damaged). Any other damage is corruption and recovery refuses to go on,
+//! rather than silently dropping records that were acknowledged.
 //!
 //! # Segments are written before they are used
 //!
@@ -121,11 +124,17 @@ impl Wal {
 
     /// True if `data_dir` has log segments.
     pub(super) fn exists(data_dir: &Path) -> Result<bool, StorageError> {
+        Ok(!Self::present(data_dir)?.is_empty())
+    }
+
+    /// The sequence numbers of the segments in `data_dir`, oldest first,
+    /// as they are on disk (before [`Wal::open`] tidies anything).
+    pub(super) fn present(data_dir: &Path) -> Result<Vec<u64>, StorageError> {
         let dir = Self::dir_of(data_dir);
         if !dir.exists() {
-            return Ok(false);
+            return Ok(Vec::new());
         }
-        Ok(!list(&dir)?.is_empty())
+        Ok(list(&dir)?.iter().map(|s| s.seq).collect())
     }
 
     /// Opens the log under `data_dir`, creating it if needed. A torn frame at
@@ -258,6 +267,23 @@ impl Wal {
             }
         }
         Ok(())
+    }
+
+    /// Starts a new segment if the newest one is full, as [`Wal::append`]
+    /// would before its next frame; true if it did. The caller can so record
+    /// the new segment before anything is written to it.
+    pub(super) fn rotate_if_full(&mut self, state: &Summary) -> Result<bool, StorageError> {
+        if self.newest().len < SEGMENT_BYTES {
+            return Ok(false);
+        }
+        self.rotate(state)?;
+        Ok(true)
+    }
+
+    /// The sequence numbers of the oldest and the newest segment.
+    pub(super) fn seq_range(&self) -> (u64, u64) {
+        let first = self.segments.first().map_or(0, |s| s.seq);
+        (first, self.newest().seq)
     }
 
     /// Closes the newest segment and starts another that opens with `state`.
@@ -478,7 +504,9 @@ fn scan(
         file.read_exact_at(&mut payload, at + FRAME_HEADER as u64)
             .map_err(io(path))?;
         if checksum(&payload, frame_len) != sum {
-            if torn(end)? || (last && zeros_from(at)?) {
+            let mut frame = header.to_vec();
+            frame.extend_from_slice(&payload);
+            if (torn(end)? && has_unwritten_sector(&frame, at)) || (last && zeros_from(at)?) {
                 return done(at);
             }
             return Err(corrupt(at, "checksum mismatch"));
@@ -526,6 +554,33 @@ fn zeros_in(file: &File, from: u64, to: u64) -> std::io::Result<bool> {
 
 fn zeros(bytes: &[u8]) -> bool {
     bytes.iter().all(|b| *b == 0)
+}
+
+/// The unit a disk writes whole or not at all, as far as telling a torn
+/// write from damage goes.
+const SECTOR: u64 = 512;
+
+/// True if some sector's share of `frame` (which starts at byte `at` of its
+/// file) is all zeros: what a write that stopped part way leaves over the
+/// zeros a segment is written with, since a disk writes sector by sector.
+/// A frame whose every sector holds data was written whole, so a checksum
+/// that fails on it is damage, not a crash during the append: it was synced
+/// and may have been acted on (a promise made, a value accepted), and
+/// cutting it off would forget that. A frame whose data happens to hold a
+/// sector's worth of zeros is still taken for torn; the check narrows what
+/// is forgiven, it cannot prove a tear.
+fn has_unwritten_sector(frame: &[u8], at: u64) -> bool {
+    let mut offset = 0usize;
+    while offset < frame.len() {
+        let pos = at + offset as u64;
+        let to_boundary = (SECTOR - pos % SECTOR) as usize;
+        let piece = &frame[offset..frame.len().min(offset + to_boundary)];
+        if zeros(piece) {
+            return true;
+        }
+        offset += piece.len();
+    }
+    false
 }
 
 /// Creates segment `seq`, opening with `state`, durable with its directory
@@ -675,20 +730,25 @@ mod tests {
         out
     }
 
-    #[test]
-    fn a_segment_cut_at_every_byte_of_its_last_frame_recovers_the_frames_before_it() {
-        let tmp = TempDir::new().expect("tempdir");
+    /// A log whose last frame spans several sectors: the bytes of the whole
+    /// segment, where that frame starts and ends, and the records before it.
+    fn log_with_a_long_last_frame(dir: &Path) -> (PathBuf, Vec<u8>, usize, usize, Vec<Persist>) {
         let state = Summary::default();
-        let (mut wal, _) = Wal::open(tmp.path()).expect("open");
+        let (mut wal, _) = Wal::open(dir).expect("open");
         wal.append(&[entry(1), Persist::Promise(Ballot::new(2, 1))], &state)
             .expect("append");
         wal.append(&[entry(2), entry(3), Persist::Commit(1)], &state)
             .expect("append");
         let path = wal.active_path().to_path_buf();
         let before_last = wal.active_len() as usize;
-        wal.append(&[entry(4), Persist::Commit(3)], &state)
-            .expect("append");
+        let mut last: Vec<Persist> = (4..200).map(entry).collect();
+        last.push(Persist::Commit(3));
+        wal.append(&last, &state).expect("append");
         let end = wal.active_len() as usize;
+        assert!(
+            end - before_last > 3 * SECTOR as usize,
+            "the frame spans sectors"
+        );
         drop(wal);
         let full = std::fs::read(&path).expect("read")[..end].to_vec();
         let kept = vec![
@@ -698,45 +758,81 @@ mod tests {
             entry(3),
             Persist::Commit(1),
         ];
+        (path, full, before_last, end, kept)
+    }
+
+    #[test]
+    fn a_segment_cut_anywhere_in_its_last_frame_recovers_the_frames_before_it() {
+        let tmp = TempDir::new().expect("tempdir");
+        let (path, full, before_last, end, kept) = log_with_a_long_last_frame(tmp.path());
         // A segment appended to (written by an older version, or when its
-        // zeros could not be written ahead), and one written ahead: the
-        // torn frame is then followed by the zeros it was written over.
-        for padded in [false, true] {
-            for cut in before_last..end {
-                let mut bytes = full[..cut].to_vec();
-                if padded {
-                    bytes.resize(end + 65_536, 0);
-                }
-                std::fs::write(&path, &bytes).expect("cut");
-                let (wal, summary) = Wal::open(tmp.path()).expect("a torn tail is not an error");
-                assert_eq!(replayed(&wal), kept, "cut at {cut}, padded {padded}");
-                assert_eq!(summary.commit, 1, "cut at {cut}, padded {padded}");
-                assert_eq!(wal.active_len() as usize, before_last);
-                let on_disk = std::fs::read(&path).expect("read");
-                assert_eq!(
-                    on_disk[..before_last],
-                    full[..before_last],
-                    "cut at {cut}, padded {padded}"
-                );
-                assert!(
-                    zeros(&on_disk[before_last..]),
-                    "no byte of the torn frame is left for a later frame to follow \
-                     (cut at {cut}, padded {padded})"
-                );
+        // zeros could not be written ahead) ends wherever the crash left
+        // it; one written ahead ends in the zeros the frame was written
+        // over, from a sector boundary on (a disk writes whole sectors),
+        // or from the frame's first byte.
+        let sector = SECTOR as usize;
+        let boundaries = (before_last.div_ceil(sector) * sector..end).step_by(sector);
+        let cuts = (before_last..end)
+            .map(|cut| (cut, false))
+            .chain(std::iter::once((before_last, true)))
+            .chain(boundaries.map(|cut| (cut, true)));
+        for (cut, padded) in cuts {
+            let mut bytes = full[..cut].to_vec();
+            if padded {
+                bytes.resize(end + 65_536, 0);
             }
-            // And appends continue after the last whole frame.
-            let mut bytes = full[..end - 1].to_vec();
+            std::fs::write(&path, &bytes).expect("cut");
+            let (wal, summary) = Wal::open(tmp.path()).expect("a torn tail is not an error");
+            assert_eq!(replayed(&wal), kept, "cut at {cut}, padded {padded}");
+            assert_eq!(summary.commit, 1, "cut at {cut}, padded {padded}");
+            assert_eq!(wal.active_len() as usize, before_last);
+            let on_disk = std::fs::read(&path).expect("read");
+            assert_eq!(
+                on_disk[..before_last],
+                full[..before_last],
+                "cut at {cut}, padded {padded}"
+            );
+            assert!(
+                zeros(&on_disk[before_last..]),
+                "no byte of the torn frame is left for a later frame to follow \
+                 (cut at {cut}, padded {padded})"
+            );
+        }
+        // And appends continue after the last whole frame.
+        for padded in [false, true] {
+            let mut bytes = full[..before_last + sector].to_vec();
             if padded {
                 bytes.resize(end + 65_536, 0);
             }
             std::fs::write(&path, &bytes).expect("cut");
             let (mut wal, _) = Wal::open(tmp.path()).expect("open");
-            wal.append(&[entry(9)], &state).expect("append");
+            wal.append(&[entry(9)], &Summary::default())
+                .expect("append");
             drop(wal);
             let (wal, _) = Wal::open(tmp.path()).expect("open");
             let mut expected = kept.clone();
             expected.push(entry(9));
             assert_eq!(replayed(&wal), expected, "padded {padded}");
+        }
+    }
+
+    #[test]
+    fn a_whole_last_frame_that_fails_its_checksum_is_damage_not_a_torn_write() {
+        let tmp = TempDir::new().expect("tempdir");
+        let (path, full, before_last, end, _) = log_with_a_long_last_frame(tmp.path());
+        // Synced, possibly acted on, then damaged: one bit anywhere in it,
+        // with the segment's unused zeros after it as usual.
+        for at in (before_last + FRAME_HEADER..end).step_by(97) {
+            let mut bytes = full.clone();
+            bytes[at] ^= 0x10;
+            bytes.resize(end + 65_536, 0);
+            std::fs::write(&path, &bytes).expect("write");
+            let err = Wal::open(tmp.path()).expect_err("a synced frame must not be dropped");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("checksum mismatch") && msg.contains(&format!("byte {before_last}")),
+                "flip at {at}: {msg}"
+            );
         }
     }
 
