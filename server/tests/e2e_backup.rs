@@ -354,6 +354,14 @@ async fn a_backup_saved_under_load_restores_every_key_version_and_revision_into_
     .expect("save ran");
     let save_took = save_started.elapsed();
     assert_eq!(code, 0, "save failed: {err}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&file).expect("backup file").permissions(),
+    );
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "a backup holds every value: its owner's alone"
+    );
     progress.saved.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + patience;
     while progress.after_save.load(Ordering::SeqCst) < WRITERS * WRITES_AFTER_SAVE {

@@ -1253,8 +1253,7 @@ impl Node {
             Ok(answer) => propose_reply(answer)
                 .ok_or_else(|| ServiceError::Internal("the engine stopped".into())),
             Err(_) => Err(ServiceError::Timeout(
-                "the write was proposed but not applied before the deadline; it may still commit"
-                    .into(),
+                "the write was proposed but not applied before the deadline".into(),
             )),
         }
     }
@@ -2054,7 +2053,7 @@ impl Service for Node {
             if proposed && Instant::now() >= resend_until {
                 return Err(ServiceError::Timeout(format!(
                     "the master this write was sent to did not answer, and it is not sent \
-                     again after {} s: it may still commit",
+                     again after {} s",
                     (resend_until - started).as_secs_f64()
                 )));
             }
@@ -2105,7 +2104,7 @@ impl Service for Node {
                 // a client would do under a new id, but "may still commit".
                 ProposeReply::Busy(m) if proposed => {
                     return Err(ServiceError::Timeout(format!(
-                        "{m}; an earlier attempt reached the master and may still commit"
+                        "{m}; an earlier attempt reached the master"
                     )));
                 }
                 ProposeReply::Busy(m) => {

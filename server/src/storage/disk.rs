@@ -167,7 +167,7 @@ impl DiskStore {
     /// [`StorageError::WrongNode`]. A directory another process has open is
     /// refused with [`StorageError::Locked`].
     pub fn open(dir: &Path, identity: &Identity) -> Result<DiskStore, StorageError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        make_private(dir)?;
         let lock = lock(dir)?;
         let id_path = dir.join(IDENTITY_FILE);
         let old_db = dir.join(legacy::FILE_NAME);
@@ -379,6 +379,44 @@ impl DiskStore {
             has_entries: false,
         }
     }
+}
+
+/// Creates `dir` if needed, readable by its owner alone (0700), and takes
+/// away what an existing one allows others: it holds every key and value
+/// and the promises this node made, which no other local user should read
+/// (or, through a writable directory, replace). Files inside keep the
+/// modes they were created with; the directory alone is what guards them.
+/// A directory this process may not change (not its owner) is used as it
+/// is, with a warning.
+fn make_private(dir: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(io(dir))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        let private = std::fs::Permissions::from_mode(mode & 0o700);
+        match std::fs::set_permissions(dir, private) {
+            Ok(()) => tracing::info!(
+                dir = %dir.display(),
+                was = format!("{:o}", mode & 0o777),
+                "made the data directory readable by its owner alone (700)"
+            ),
+            Err(e) => tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{:o}", mode & 0o777),
+                error = %e,
+                "the data directory is open to other users and cannot be changed; \
+                 make it 700 so that only phxkv can read it"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Takes the directory's lock, or says who (which directory) is in use.
@@ -701,6 +739,19 @@ mod tests {
             "{text}"
         );
         assert!(store.is_fresh());
+    }
+
+    #[test]
+    fn the_data_directory_is_made_readable_by_its_owner_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = TempDir::new().expect("tempdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        let dir = tmp.path().join("new").join("a");
+        drop(DiskStore::open(&dir, &identity("a", "c1")).expect("open"));
+        assert_eq!(mode(&dir), 0o700, "a new directory");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        drop(DiskStore::open(&dir, &identity("a", "c1")).expect("open"));
+        assert_eq!(mode(&dir), 0o700, "an existing directory open to others");
     }
 
     #[test]

@@ -177,8 +177,8 @@ impl Wal {
                 tracing::warn!(
                     segment = %seg.path.display(),
                     at = end,
-                    dropped = scanned.len - end,
-                    "the log ends in a torn write (a crash during an append); cutting it off"
+                    "the log ends in a torn write (a crash during an append); cutting it off \
+                     from this byte on"
                 );
                 let f = OpenOptions::new()
                     .write(true)

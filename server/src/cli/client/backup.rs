@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -228,7 +229,14 @@ async fn save(file: &Path, force: bool, connect: &ConnectArgs) -> Result<(), Cli
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
     let result = async {
-        let mut out = File::create(&tmp).map_err(|e| fatal(&tmp, e))?;
+        // Every key and value of the cluster: for its owner's eyes only.
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| fatal(&tmp, e))?;
         let mut decoder = Decoder::new();
         let mut progress = Progress::new();
         let mut total = 0u64;
