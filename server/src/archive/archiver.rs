@@ -24,7 +24,7 @@ use object_store::WriteMultipart;
 
 use super::segment;
 use super::tail::{Slice, Tail};
-use super::{Base, Catalog, Location, Segment, claim, now_ms};
+use super::{Base, Catalog, Location, Point, Segment, claim, now_ms};
 use crate::api::service::BackupStream;
 use crate::paxos::Value;
 use crate::storage::backup_file::{Encoder, FORMAT_VERSION, Header};
@@ -204,6 +204,59 @@ pub async fn take_base(archive: &Archive, source: &impl Source) -> Result<Base, 
     Ok(base)
 }
 
+/// Whether the archive ends in this cluster's history: the entry at its
+/// end, as this node applied it, must be the one archived there (same
+/// value, same revision after it). Another history under the same cluster
+/// id (a cluster recreated, or restored to an earlier point under its old
+/// name) is an error, never continued: segments of one history after a
+/// base of another would restore to a state that never existed. `false`
+/// when this node no longer holds that entry and cannot tell: a new base
+/// is then taken rather than continuing unchecked.
+///
+/// When the archive ends at a base, only the revision can be compared
+/// (the base is not downloaded for it).
+async fn ours_at_end(archive: &Archive, catalog: &Catalog, point: Point) -> Result<bool, String> {
+    let loc = &archive.location;
+    let Some(here) = archive.tail.entry_at(point.index) else {
+        return Ok(false);
+    };
+    let another = |what: &str| {
+        format!(
+            "the archive at {} ends at index {} with {what} than this cluster applied there: \
+             it holds another history with the same cluster id (a cluster recreated, or \
+             restored under its old name); give this cluster its own archive location",
+            loc.url, point.index
+        )
+    };
+    if here.revision != point.revision {
+        return Err(another(&format!(
+            "revision {} (this cluster's: {})",
+            point.revision, here.revision
+        )));
+    }
+    let Some(last) = catalog
+        .segments
+        .iter()
+        .rev()
+        .find(|s| s.last == point.index)
+    else {
+        return Ok(true);
+    };
+    let bytes = loc
+        .store
+        .get(&loc.path(&last.key))
+        .await
+        .map_err(|e| format!("downloading {} from {}: {e}", last.key, loc.url))?
+        .bytes()
+        .await
+        .map_err(|e| format!("downloading {} from {}: {e}", last.key, loc.url))?;
+    let (_, entries) = segment::decode(&bytes).map_err(|e| format!("{}: {e}", last.key))?;
+    match entries.iter().find(|e| e.index == point.index) {
+        Some(theirs) if theirs.value == here.value => Ok(true),
+        _ => Err(another("another entry")),
+    }
+}
+
 /// Runs until `closing` turns true.
 pub async fn run(
     archive: Arc<Archive>,
@@ -273,22 +326,24 @@ async fn round(
         claim(loc, &source.cluster_id()).await?;
         let catalog = Catalog::list(loc).await?;
         archive.update(|p| p.last_base_ms = catalog.bases.last().map(|b| b.created_ms));
-        let tail = catalog.tail();
-        // The archive must end where this cluster's history was at that
-        // index: another history under the same cluster id (a cluster
-        // recreated or restored under its old name) is not continued.
-        if let Some(point) = tail
-            && let Some(here) = archive.tail.revision_at(point.index)
-            && here != point.revision
-        {
-            return Err(format!(
-                "the archive at {} ends at index {} with revision {}, but this cluster was at \
-                 revision {here} there: it holds another history with the same cluster id; \
-                 give this cluster its own archive location",
-                loc.url, point.index, point.revision
-            ));
+        if let Some(point) = catalog.tail() {
+            if point.index > source.applied_index() {
+                // Not applied here yet (a new master still applying what
+                // the old one archived, or a cluster restored to an earlier
+                // point under the same id): nothing to compare with yet.
+                return Ok(false);
+            }
+            if ours_at_end(archive, &catalog, point).await? {
+                *end = Some(point.index);
+            } else {
+                tracing::warn!(
+                    url = %loc.url,
+                    archive_end = point.index,
+                    "the archive's end is no longer held here, so it cannot be checked against \
+                     this cluster's history; starting over from a new base"
+                );
+            }
         }
-        *end = tail.map(|p| p.index);
     }
     let mut gap_bases = 0;
     let mut caught_up = false;
@@ -297,7 +352,7 @@ async fn round(
         let Some(from) = end.map(|e| e + 1) else {
             let base = take_base(archive, source).await?;
             *end = Some(base.index);
-            archive.tail.release_through(base.index);
+            archive.tail.release_archived(base.index);
             continue;
         };
         match archive
@@ -332,7 +387,7 @@ async fn round(
                     .await
                     .map_err(|e| format!("uploading {key} to {}: {e}", loc.url))?;
                 *end = Some(last);
-                archive.tail.release_through(last);
+                archive.tail.release_archived(last);
                 archive.update(|p| p.last_upload_ms = Some(now_ms()));
             }
             Slice::Gone { oldest } => {
@@ -352,7 +407,7 @@ async fn round(
                 );
                 let base = take_base(archive, source).await?;
                 *end = Some(base.index);
-                archive.tail.release_through(base.index);
+                archive.tail.release_archived(base.index);
             }
         }
     }
@@ -380,9 +435,20 @@ mod tests {
     struct Fake {
         store: Mutex<Store>,
         master: AtomicBool,
+        /// The client id its writes carry: two fakes with different ones
+        /// write different histories of the same keys and revisions.
+        client: u64,
     }
 
     impl Fake {
+        fn new(client: u64) -> Fake {
+            Fake {
+                store: Mutex::new(Store::new()),
+                master: AtomicBool::new(true),
+                client,
+            }
+        }
+
         /// Applies one batch of `n` puts, pushing it to the tail.
         fn apply(&self, archive: &Archive, n: usize) {
             let mut store = self.store.lock().expect("store");
@@ -390,7 +456,7 @@ mod tests {
             let cmds: Vec<Command> = (0..n)
                 .map(|i| Command {
                     id: RequestId {
-                        client: 1,
+                        client: self.client,
                         seq: index * 100 + i as u64,
                     },
                     op: Op::Put {
@@ -471,6 +537,84 @@ mod tests {
             .collect()
     }
 
+    /// The keys of the objects under the archive's `wal/`.
+    async fn segment_keys(archive: &Archive) -> Vec<String> {
+        let catalog = Catalog::list(&archive.location).await.expect("list");
+        catalog.segments.iter().map(|s| s.key.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn another_history_under_the_same_id_is_never_continued() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}/a", dir.path().display());
+        // Cluster A archives indexes 1 to 10: a base at 5, a segment after.
+        let archive_a = Archive::open(Settings::new(url.clone())).expect("archive");
+        let a = Fake::new(1);
+        let mut end = None;
+        for n in 1..=10 {
+            a.apply(&archive_a, 1);
+            if n == 5 {
+                assert!(round(&archive_a, &a, &mut end).await.expect("base"));
+            }
+        }
+        assert!(round(&archive_a, &a, &mut end).await.expect("segment"));
+        assert_eq!(end, Some(10));
+        let archived = segment_keys(&archive_a).await;
+
+        // A master of A's history that lists the archive again (after an
+        // error, or a new master) continues it.
+        let mut again = None;
+        a.apply(&archive_a, 1);
+        assert!(round(&archive_a, &a, &mut again).await.expect("continued"));
+        assert_eq!(again, Some(11));
+
+        // Cluster B, under the same id, went its own way from index 5 (a
+        // restore to an earlier point): the same keys and revisions, other
+        // writes. Behind the archive's end it waits; at it, it refuses.
+        let archive_b = Archive::open(Settings::new(url.clone())).expect("archive");
+        let b = Fake::new(2);
+        for _ in 0..5 {
+            b.apply(&archive_b, 1);
+        }
+        let mut end_b = None;
+        assert!(!round(&archive_b, &b, &mut end_b).await.expect("waits"));
+        assert_eq!(end_b, None);
+        for _ in 0..6 {
+            b.apply(&archive_b, 1);
+        }
+        let err = round(&archive_b, &b, &mut end_b)
+            .await
+            .expect_err("another history");
+        assert!(err.contains("another history"), "{err}");
+        let mut expected = archived.clone();
+        expected.extend(
+            segment_keys(&archive_a)
+                .await
+                .into_iter()
+                .skip(archived.len()),
+        );
+        assert_eq!(
+            segment_keys(&archive_b).await,
+            expected,
+            "nothing of B's appended"
+        );
+
+        // A master that no longer holds the archive's end cannot tell: it
+        // starts over from a base of its own rather than append unchecked.
+        b.apply(&archive_b, 1);
+        archive_b.tail.release_archived(12);
+        let mut end_b = None;
+        assert!(round(&archive_b, &b, &mut end_b).await.expect("a new base"));
+        assert_eq!(end_b, Some(12));
+        let catalog = Catalog::list(&archive_b.location).await.expect("list");
+        assert_eq!(catalog.bases.last().map(|b| b.index), Some(12));
+        assert_eq!(
+            segment_keys(&archive_b).await,
+            expected,
+            "still nothing appended"
+        );
+    }
+
     #[tokio::test]
     async fn rounds_ship_the_log_start_over_after_a_gap_and_restore_to_any_revision() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -479,10 +623,7 @@ mod tests {
         settings.tail_bytes = 4 << 10;
         settings.segment_bytes = 1 << 10;
         let archive = Archive::open(settings).expect("archive");
-        let fake = Fake {
-            store: Mutex::new(Store::new()),
-            master: AtomicBool::new(true),
-        };
+        let fake = Fake::new(1);
         // Every state the store went through, by revision.
         let mut history: Vec<(u64, Contents)> = Vec::new();
         let mut record = |fake: &Fake| {

@@ -104,18 +104,27 @@ impl Tail {
 
     /// The store revision after entry `index`, if held.
     pub fn revision_at(&self, index: u64) -> Option<u64> {
+        self.entry_at(index).map(|e| e.revision)
+    }
+
+    /// A copy of the entry at `index`, if it is still held.
+    pub fn entry_at(&self, index: u64) -> Option<Entry> {
         let t = self.inner.lock().ok()?;
         let first = t.entries.front()?.index;
         let at = usize::try_from(index.checked_sub(first)?).ok()?;
-        t.entries.get(at).map(|e| e.revision)
+        t.entries.get(at).cloned()
     }
 
-    /// Drops the entries up to `index`, once archived.
-    pub fn release_through(&self, index: u64) {
+    /// Drops the entries the archive holds, now that it ends at `end`,
+    /// except the one at `end` itself: a master that lists the archive
+    /// again (after an error, say) checks the archive's end against it
+    /// (see `archiver::ours_at_end`), and without it would have to take a
+    /// new base.
+    pub fn release_archived(&self, end: u64) {
         let Ok(mut t) = self.inner.lock() else {
             return;
         };
-        while t.entries.front().is_some_and(|e| e.index <= index) {
+        while t.entries.front().is_some_and(|e| e.index < end) {
             if let Some(old) = t.entries.pop_front() {
                 t.bytes -= old.size_hint();
             }
@@ -154,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_come_back_from_any_held_index_and_release_drops_them() {
+    fn entries_come_back_from_any_held_index_and_release_drops_all_but_the_end() {
         let t = Tail::new(1 << 20);
         for i in 5..10 {
             t.push(e(i));
@@ -162,9 +171,14 @@ mod tests {
         assert_eq!(indexes(t.from(7, usize::MAX, 9)), vec![7, 8, 9]);
         assert_eq!(indexes(t.from(10, usize::MAX, 9)), Vec::<u64>::new());
         assert_eq!(t.from(4, usize::MAX, 9), Slice::Gone { oldest: Some(5) });
-        t.release_through(8);
+        t.release_archived(8);
         assert_eq!(indexes(t.from(9, usize::MAX, 9)), vec![9]);
-        assert_eq!(t.from(8, usize::MAX, 9), Slice::Gone { oldest: Some(9) });
+        assert_eq!(
+            t.entry_at(8).map(|e| e.index),
+            Some(8),
+            "the archive's end is kept"
+        );
+        assert_eq!(t.from(7, usize::MAX, 9), Slice::Gone { oldest: Some(8) });
     }
 
     #[test]
