@@ -361,6 +361,24 @@ async fn an_archived_cluster_restores_to_a_revision_a_time_and_the_latest_point(
     let master = c.wait_for_master(Duration::from_secs(10)).await;
     let metrics = c.metrics_text(master).await;
     assert!(metrics.contains("phxkv_archive_lag_entries"), "{metrics}");
+    // The newest base is what every point archived since is restored from.
+    let newest = names.last().expect("a base");
+    let r = c
+        .http
+        .delete(format!("{}/v1/admin/backups/{newest}", c.url(master)))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 409, "the newest base was deleted");
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("newest"),
+        "{body}"
+    );
     drop(c);
 
     let root = tempfile::tempdir().expect("temp dir");

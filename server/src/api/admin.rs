@@ -94,6 +94,7 @@ pub async fn list_backups<S: Service>(
         (status = 204, description = "Deleted."),
         (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
         (status = 404, description = "No backup has this name (`backup_not_found`).", body = ErrorResponse),
+        (status = 409, description = "The archive's newest backup, which every point archived since it needs (`conflict`); take a new one first.", body = ErrorResponse),
         (status = 412, description = "The node has no archive (`no_archive`).", body = ErrorResponse),
         (status = 503, description = "The archive cannot be written (`unavailable`).", body = ErrorResponse),
     )

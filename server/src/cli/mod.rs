@@ -448,6 +448,36 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_target_needs_an_archive() {
+        for target in [
+            ["--target-revision", "5"],
+            ["--target-time", "2026-01-01T00:00:00Z"],
+        ] {
+            let err = parse_from([
+                "phxkv",
+                "backup",
+                "restore",
+                "f.backup",
+                "--data-dir",
+                "d",
+                "--name",
+                "a",
+                "--cluster-id",
+                "c",
+                "--initial-members",
+                "a=http://h:1",
+                target[0],
+                target[1],
+            ])
+            .expect_err("a target applies to an archive only");
+            assert!(
+                err.to_string().contains(target[0]) && err.to_string().contains("FILE"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn a_client_key_and_a_key_to_read_do_not_collide() {
         for args in [
             &["phxkv", "get", "app/x", "--cert", "c.pem", "--key", "k.pem"][..],

@@ -103,6 +103,19 @@ pub(super) async fn delete(node: &Node, name: String) -> Result<(), ServiceError
             loc.url
         )));
     };
+    // Everything archived since the newest base is restored from it: with
+    // it gone the archive would end at the base before, and go on taking
+    // segments no restore can reach until the next base is due.
+    if catalog
+        .bases
+        .last()
+        .is_some_and(|newest| newest.name == name)
+    {
+        return Err(ServiceError::Conflict(format!(
+            "{name} is the archive's newest backup, which every point archived since it is \
+             restored from; take a new one first (POST /v1/admin/backups), then delete this"
+        )));
+    }
     loc.store
         .delete(&loc.path(&base.key()))
         .await

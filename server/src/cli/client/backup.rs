@@ -62,7 +62,9 @@ pub enum BackupAction {
     /// --listen, --peer-listen and --cluster-token-file; further members start
     /// with --join and are added (`phxkv members add`), and catch up from it.
     Restore {
-        /// The backup file (or give --from-archive).
+        /// The backup file (or give --from-archive). The options that
+        /// apply to an archive only conflict with it (clap does not check a
+        /// `requires` on an argument whose partner conflicts with another).
         #[arg(
             required_unless_present = "from_archive",
             conflicts_with = "from_archive"
@@ -79,7 +81,7 @@ pub enum BackupAction {
             long,
             env = "PHXKV_ARCHIVE_CREDENTIALS_FILE",
             value_name = "PATH",
-            requires = "from_archive"
+            conflicts_with = "file"
         )]
         archive_credentials_file: Option<PathBuf>,
         /// With --from-archive: restore exactly the writes with revision at
@@ -87,14 +89,13 @@ pub enum BackupAction {
         #[arg(
             long,
             value_name = "R",
-            requires = "from_archive",
-            conflicts_with = "target_time"
+            conflicts_with_all = ["file", "target_time"]
         )]
         target_revision: Option<u64>,
         /// With --from-archive: restore the writes the cluster applied at
         /// or before this time (RFC 3339, e.g. 2026-12-01T10:00:00Z, or
         /// seconds since the Unix epoch), as the master's clock saw it.
-        #[arg(long, value_name = "TIME", requires = "from_archive",
+        #[arg(long, value_name = "TIME", conflicts_with = "file",
               value_parser = parse_time)]
         target_time: Option<u64>,
         /// The new member's data directory; must be empty or absent.
