@@ -1207,6 +1207,8 @@ async fn writes_past_the_store_quota_are_refused_and_deletes_make_room() {
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("quota of 1600 bytes"), "{message}");
     assert_eq!(c.get(m, "q/3", "").await.map(|(s, _)| s), Some(404));
+    // Overwriting a value with one no larger adds nothing: taken.
+    assert_eq!(c.put(m, "q/2", &big).await.status(), 200);
     // A transaction that adds as much is refused the same way.
     let txn = c
         .http

@@ -246,6 +246,36 @@ impl Op {
             Op::Delete { .. } | Op::DeletePrefix { .. } | Op::Auth(_) | Op::Lease(_) => 0,
         }
     }
+
+    /// How much the store may grow by this op, counting what it replaces
+    /// or deletes (`held` says what a key holds now): negative when it
+    /// shrinks the store. A transaction counts its larger branch.
+    pub fn net_stored_bytes(&self, held: &dyn Fn(&[u8]) -> usize) -> i64 {
+        let size = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let put = |key: &[u8], value: &[u8]| {
+            size(key.len() + value.len() + crate::kv::store::KEY_OVERHEAD_BYTES)
+                .saturating_sub(size(held(key)))
+        };
+        let branch = |ops: &[TxnOp]| -> i64 {
+            ops.iter()
+                .map(|o| match o {
+                    TxnOp::Put { key, value } => put(key, value),
+                    TxnOp::Delete { key } => -size(held(key)),
+                    TxnOp::Get { .. } => 0,
+                })
+                .fold(0i64, i64::saturating_add)
+        };
+        match self {
+            Op::Put { key, value, .. } => put(key, value),
+            Op::Txn(txn) => branch(&txn.success).max(branch(&txn.failure)),
+            Op::As { op, .. }
+            | Op::Leased { op, .. }
+            | Op::Anonymous { op }
+            | Op::Once { op, .. } => op.net_stored_bytes(held),
+            Op::Delete { key, .. } => -size(held(key)),
+            Op::DeletePrefix { .. } | Op::Auth(_) | Op::Lease(_) => 0,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -287,6 +317,54 @@ mod tests {
             r#"{"put":{"key":"a2V5","value":"AAEC/w==","expect":{"version":3}}}"#
         );
         assert_eq!(serde_json::from_str::<Op>(&json).expect("decodes"), op);
+    }
+
+    #[test]
+    fn net_stored_bytes_counts_what_a_write_replaces_or_deletes() {
+        const KEY: i64 = crate::kv::store::KEY_OVERHEAD_BYTES as i64;
+        let held = |k: &[u8]| {
+            if k == b"big" {
+                3 + 100 + KEY as usize
+            } else {
+                0
+            }
+        };
+        let put = |k: &[u8], v: &[u8]| Op::Put {
+            key: k.to_vec(),
+            value: v.to_vec(),
+            expect: None,
+        };
+        assert_eq!(put(b"big", b"small").net_stored_bytes(&held), 5 - 100);
+        assert_eq!(put(b"new", b"v").net_stored_bytes(&held), 4 + KEY);
+        let swap = Op::Txn(Txn {
+            compare: vec![],
+            success: vec![
+                TxnOp::Delete {
+                    key: b"big".to_vec(),
+                },
+                TxnOp::Put {
+                    key: b"b".to_vec(),
+                    value: b"v".to_vec(),
+                },
+            ],
+            failure: vec![],
+        });
+        // Which branch runs is not known yet: the larger, here the empty one.
+        assert_eq!(swap.net_stored_bytes(&held), 0);
+        let Op::Txn(txn) = &swap else { unreachable!() };
+        let flipped = Op::Txn(Txn {
+            failure: vec![TxnOp::Put {
+                key: b"x".to_vec(),
+                value: vec![],
+            }],
+            ..txn.clone()
+        });
+        assert_eq!(flipped.net_stored_bytes(&held), 1 + KEY);
+        let wrapped = Op::Once {
+            after: 0,
+            op: Box::new(put(b"big", b"")),
+        };
+        assert!(wrapped.net_stored_bytes(&held) < 0);
     }
 
     #[test]

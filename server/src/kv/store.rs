@@ -531,6 +531,14 @@ impl Store {
         self.kvs.get(key).map(|slot| slot.to_kv(key))
     }
 
+    /// What `key` and its value count in [`Store::size_bytes`] now (0 when
+    /// it is absent): what a write that replaces or deletes it frees.
+    pub fn held_bytes(&self, key: &[u8]) -> usize {
+        self.kvs
+            .get(key)
+            .map_or(0, |slot| key.len() + slot.value.len() + KEY_OVERHEAD_BYTES)
+    }
+
     /// The revision of the last change.
     pub fn revision(&self) -> u64 {
         self.revision

@@ -1701,11 +1701,23 @@ impl Node {
         if held.saturating_add(adds) <= quota {
             return Ok(());
         }
+        // Past the quota by what it writes: count what it replaces too, so
+        // that a full store can still shrink a value or swap one key for a
+        // smaller one. Only here, since it reads the store.
+        let net = match self.inner.store.read() {
+            Ok(store) => op.net_stored_bytes(&|key| store.held_bytes(key)),
+            Err(_) => i64::try_from(adds).unwrap_or(i64::MAX),
+        };
+        let grows = u64::try_from(net).unwrap_or(0);
+        if grows == 0 || held.saturating_add(grows) <= quota {
+            return Ok(());
+        }
         self.inner.metrics.inc_quota_refusals();
         Err(ServiceError::QuotaExceeded(format!(
             "the store takes {held} bytes (its keys and values, and {overhead} bytes per key), \
-             and this write's {adds} would pass the quota of {quota} bytes \
-             (serve --quota-bytes); delete keys, or raise the quota on every replica",
+             and this write would add {grows} and pass the quota of {quota} bytes \
+             (serve --quota-bytes); delete keys, write smaller values, or raise the quota \
+             on every replica",
             overhead = crate::kv::store::KEY_OVERHEAD_BYTES
         )))
     }
