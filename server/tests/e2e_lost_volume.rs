@@ -80,6 +80,21 @@ async fn a_node_back_with_an_empty_volume_never_votes_and_is_replaced() {
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 503);
+    // A request to F says why F cannot serve it, not that no master exists.
+    let r = c
+        .http
+        .put(format!("{}/v1/kv/to-f", c.url(f)))
+        .body("x")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.expect("json");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("not a member") && message.contains("members replace"),
+        "{body}"
+    );
     let metrics = c.metrics_text(f).await;
     assert!(
         metrics.contains("phxkv_node_state{state=\"awaiting_replacement\"} 1"),

@@ -1667,9 +1667,21 @@ impl Node {
             .map(|m| m.name.clone())
     }
 
+    /// Why a request that needs the master cannot go on: no master known,
+    /// or, on a node that is not a member (still bootstrapping, joining, or
+    /// waiting to be replaced), why not; the cluster may well have one.
     fn no_master(&self) -> ServiceError {
+        let message = match self.state() {
+            (NodeStatus::Member, _) | (_, None) => {
+                "no master is elected right now; retry shortly".to_string()
+            }
+            (_, Some(why)) => format!(
+                "this node is not a member of the cluster and cannot serve: {why}; \
+                 the other members can"
+            ),
+        };
         ServiceError::Unavailable {
-            message: "no master is elected right now; retry shortly".into(),
+            message,
             retry_after_secs: 1,
         }
     }

@@ -2197,6 +2197,26 @@ impl Replica {
         let State::Master(m) = &mut self.state else {
             return Err(ProposeError::NotMaster { hint });
         };
+        let reachable = |v: &NodeId| {
+            *v == me
+                || m.peer_seen
+                    .get(v)
+                    .is_some_and(|t| now.saturating_sub(*t) <= recent)
+        };
+        // A change that leaves fewer live voters than its quorum can never
+        // be committed, and blocks every later one: the cluster would be
+        // stuck with it (etcd's strict reconfiguration check does the
+        // same). Checked before waiting for instances in flight, which
+        // without a quorum never drain: that is the reason to give.
+        let live = next.voters().filter(reachable).count();
+        if voters_change && live < next.quorum() {
+            return Err(ProposeError::InvalidChange(format!(
+                "after this change only {live} of its {} voters would be reachable, fewer than \
+                 the {} it needs to make progress; bring members back (or replace lost ones) first",
+                next.voter_count(),
+                next.quorum()
+            )));
+        }
         // Every instance below a configuration's slot must be chosen when it
         // is proposed (see `super::membership`, point 2): a change placed
         // above instances still in flight could outlive, at a later
@@ -2207,25 +2227,6 @@ impl Replica {
             return Err(ProposeError::ChangeInProgress);
         }
         if voters_change {
-            let reachable = |v: &NodeId| {
-                *v == me
-                    || m.peer_seen
-                        .get(v)
-                        .is_some_and(|t| now.saturating_sub(*t) <= recent)
-            };
-            let live = next.voters().filter(reachable).count();
-            // A change that leaves fewer live voters than its quorum can
-            // never be committed, and blocks every later one: the cluster
-            // would be stuck with it (etcd's strict reconfiguration check
-            // does the same).
-            if live < next.quorum() {
-                return Err(ProposeError::InvalidChange(format!(
-                    "after this change only {live} of its {} voters would be reachable, fewer than \
-                     the {} it needs to make progress; bring members back (or replace lost ones) first",
-                    next.voter_count(),
-                    next.quorum()
-                )));
-            }
             // And a quorum of the new voters must hold every instance chosen
             // so far (point 2 of `super::membership`): instances chosen by
             // older quorums may be known to none of the new configuration's

@@ -1395,6 +1395,29 @@ fn membership_changes_go_one_at_a_time_through_the_log() {
 }
 
 #[test]
+fn a_change_without_a_reachable_quorum_is_refused_for_that_reason_not_as_in_progress() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    // Nodes 2 and 3 fall silent while a write is in flight: it can never
+    // be chosen, so "in progress" would never end. The reason to give is
+    // that the change could not be committed.
+    let now = net.now;
+    net.nodes.get_mut(&1).map(|r| r.propose(now, put(1, "k")));
+    net.advance(Duration::from_millis(400), &[2, 3]);
+    let now = net.now;
+    let r = net.nodes.get_mut(&1).expect("master");
+    match r.propose_change(now, ConfChange::Remove { id: 2 }) {
+        Err(ProposeError::InvalidChange(m)) => {
+            assert!(
+                m.contains("only 1 of its 2 voters would be reachable"),
+                "{m}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn a_removed_master_steps_down() {
     let mut net = Net::new(&[1, 2, 3]);
     net.elect(1);
