@@ -789,3 +789,33 @@ async fn delete_by_prefix_removes_the_keys_under_it_on_every_replica_at_one_revi
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
     }
 }
+
+/// A switch set through its variable takes `1`/`0` and `yes`/`no` as well
+/// as `true`/`false`, as container specs and shells write them: the
+/// command line parses, and what fails next is the bad `--id` given on
+/// purpose (so nothing starts).
+#[test]
+fn switches_read_from_variables_take_1_and_yes() {
+    for (var, value) in [
+        ("PHXKV_AUTH", "1"),
+        ("PHXKV_JOIN", "yes"),
+        ("PHXKV_CLIENT_CERT_AUTH", "0"),
+        ("PHXKV_AUTH", "off"),
+    ] {
+        let (code, _, err) = common::run_phxkv(
+            &[
+                "serve",
+                "--id",
+                "not a name",
+                "--data-dir",
+                "/nonexistent/x",
+            ],
+            &[(var, value.to_string())],
+        );
+        assert_eq!(code, 2, "{var}={value}: {err}");
+        assert!(
+            !err.contains("invalid value") && err.contains("--id"),
+            "{var}={value}: {err}"
+        );
+    }
+}

@@ -150,7 +150,11 @@ where
                     .and_then(std::env::var_os)
                     .is_some_and(|v| v.is_empty())
                     || (!token_from_env && arg.get_id() == "token");
-                if unset { arg.env(None::<&str>) } else { arg }
+                if unset {
+                    arg.env(None::<&str>)
+                } else {
+                    boolish(arg)
+                }
             })
             .mut_subcommands(|sub| prepare(sub, token_from_env))
     }
@@ -174,6 +178,25 @@ where
         matches = cmd.try_get_matches_from_mut(argv)?;
     }
     Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
+/// A switch (`--auth`, `--join`, ...) read from its variable takes what
+/// shells and container specs write for yes and no (`1`, `yes`, `on`,
+/// `0`, `no`, `off`, as well as `true` and `false`). A variable that says
+/// no counts as not set: clap would otherwise count the switch as given
+/// (with the value false), and hold it to the options it requires.
+fn boolish(arg: clap::Arg) -> clap::Arg {
+    if !matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+        return arg;
+    }
+    let Some(value) = arg.get_env().and_then(std::env::var_os) else {
+        return arg;
+    };
+    let no = ["0", "false", "no", "off", "n", "f"];
+    if no.iter().any(|n| value.eq_ignore_ascii_case(n)) {
+        return arg.env(None::<&str>);
+    }
+    arg.value_parser(clap::builder::BoolishValueParser::new())
 }
 
 /// Options written before the command's name, as etcdctl takes them
