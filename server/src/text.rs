@@ -23,9 +23,34 @@ pub fn count(n: u64, noun: &str) -> String {
     }
 }
 
+/// A size in the largest binary unit that holds it exactly, as the byte
+/// options take it back: `64Mi`, `16Gi`, `1000` (no unit divides it).
+pub fn bytes(n: u64) -> String {
+    for (unit, size) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
+        if n >= size && n.is_multiple_of(size) {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    n.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_the_largest_unit_that_holds_them_exactly() {
+        assert_eq!(bytes(64 << 20), "64Mi");
+        assert_eq!(bytes(16 << 30), "16Gi");
+        assert_eq!(bytes(1536), "1536");
+        assert_eq!(bytes(1000), "1000");
+        assert_eq!(bytes(0), "0");
+    }
 
     #[test]
     fn counts_take_the_plural_unless_one() {

@@ -363,6 +363,45 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Reads a size in bytes: a whole number, optionally followed by a unit,
+/// as Kubernetes writes quantities: `Ki`, `Mi`, `Gi`, `Ti` (powers of
+/// 1024, also written `KiB`, `MiB`, ...) or `k`, `M`, `G`, `T` (powers of
+/// 1000, also `kB`, `MB`, ...), and `B` for bytes; `64Mi`, `2GiB`,
+/// `500M`, `1048576`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 1048576, 64Mi, 64MiB, 2Gi or 500M"))?;
+    let unit = unit.trim();
+    let scale: u64 = match unit.strip_suffix('B').unwrap_or(unit) {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "unknown size unit {unit:?} in {s:?} (use Ki, Mi, Gi, Ti, k, M, G, T or none)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// [`parse_bytes`] for a size the program holds as a `usize`.
+pub fn parse_bytes_usize(s: &str) -> Result<usize, String> {
+    let n = parse_bytes(s)?;
+    usize::try_from(n).map_err(|_| format!("{s:?} is too large"))
+}
+
 /// SIGTERM, listened for from [`Terminate::listen`] on, and passed on to
 /// a child process.
 #[derive(Debug)]
@@ -468,6 +507,21 @@ mod tests {
             one_line_usage_error(report),
             "the following required arguments were not provided: <KEY>"
         );
+    }
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("64Mi"), Ok(64 << 20));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes(" 2GiB "), Ok(2 << 30));
+        assert_eq!(parse_bytes("500M"), Ok(500_000_000));
+        assert_eq!(parse_bytes("1kB"), Ok(1_000));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        for bad in ["", "-1", "1.5Gi", "1 gigabyte", "GiB", "99999999999999Ti"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_bytes("1GB2").is_err());
     }
 
     #[test]

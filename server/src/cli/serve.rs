@@ -32,19 +32,24 @@ pub struct ServeArgs {
     #[arg(long, env = "PHXKV_DATA_DIR", default_value = "phxkv-data")]
     pub data_dir: PathBuf,
 
-    /// Client API address.
-    #[arg(long, env = "PHXKV_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Client API address: an IP address and a port (0.0.0.0:8080 for
+    /// every interface, 127.0.0.1:8080, [::]:8080), not a host name.
+    #[arg(long, env = "PHXKV_LISTEN", default_value = "0.0.0.0:8080",
+          value_parser = parse_listen, value_name = "IP:PORT")]
     pub listen: SocketAddr,
 
-    /// Peer API address (Paxos messages, snapshots, forwarded writes).
-    #[arg(long, env = "PHXKV_PEER_LISTEN", default_value = "0.0.0.0:8081")]
+    /// Peer API address (Paxos messages, snapshots, forwarded writes): an
+    /// IP address and a port, as for --listen.
+    #[arg(long, env = "PHXKV_PEER_LISTEN", default_value = "0.0.0.0:8081",
+          value_parser = parse_listen, value_name = "IP:PORT")]
     pub peer_listen: SocketAddr,
 
     /// Also serve `/healthz`, `/readyz` and `/metrics`, and nothing else,
     /// over plain HTTP at this address, as etcd's --listen-metrics-urls
     /// does: for probes and scrapers that cannot present a client
     /// certificate when --client-cert-auth is on. Unset: none.
-    #[arg(long, env = "PHXKV_METRICS_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "PHXKV_METRICS_LISTEN", value_name = "IP:PORT",
+          value_parser = parse_listen)]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Bootstrap members of a new cluster: `name=http://host:peerport,...`
@@ -153,12 +158,14 @@ pub struct ServeArgs {
           value_parser = parse_duration, value_name = "DURATION")]
     pub body_timeout: Duration,
 
-    /// Largest key, in bytes.
-    #[arg(long, env = "PHXKV_MAX_KEY_BYTES", default_value_t = 4096)]
+    /// Largest key, in bytes (units as for --quota-bytes).
+    #[arg(long, env = "PHXKV_MAX_KEY_BYTES", default_value_t = 4096,
+          value_parser = super::parse_bytes_usize, value_name = "BYTES")]
     pub max_key_bytes: usize,
 
-    /// Largest value, in bytes.
-    #[arg(long, env = "PHXKV_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
+    /// Largest value, in bytes (units as for --quota-bytes).
+    #[arg(long, env = "PHXKV_MAX_VALUE_BYTES", default_value_t = 1 << 20,
+          value_parser = super::parse_bytes_usize, value_name = "BYTES")]
     pub max_value_bytes: usize,
 
     /// Most compares plus operations in one transaction.
@@ -171,8 +178,11 @@ pub struct ServeArgs {
     /// every replica, so set it well below the memory each replica has,
     /// about a third of it. Past it, writes that add data are refused with
     /// 507 `quota_exceeded` until keys are deleted; deletes are always
-    /// taken. Give every replica the same quota.
-    #[arg(long, env = "PHXKV_QUOTA_BYTES", value_name = "BYTES", default_value_t = DEFAULT_QUOTA_BYTES)]
+    /// taken. Give every replica the same quota. Sizes here and in the
+    /// other byte options take a unit: 2Gi (or 2GiB) is 2 × 1024³, 2G is
+    /// 2 × 1000³; Ki, Mi, Ti and k, M, T alike.
+    #[arg(long, env = "PHXKV_QUOTA_BYTES", value_name = "BYTES", default_value_t = DEFAULT_QUOTA_BYTES,
+          value_parser = super::parse_bytes)]
     pub quota_bytes: u64,
 
     /// Free space to keep on the data directory's file system (32 MiB by
@@ -184,7 +194,8 @@ pub struct ServeArgs {
     /// full volume would stop every replica at once. The log and a
     /// compaction take 64 MiB besides, so a volume smaller than that plus
     /// the reserve refuses every write (logged as an error at start).
-    #[arg(long, env = "PHXKV_DISK_RESERVE_BYTES", value_name = "BYTES", default_value_t = DEFAULT_DISK_RESERVE_BYTES)]
+    #[arg(long, env = "PHXKV_DISK_RESERVE_BYTES", value_name = "BYTES", default_value_t = DEFAULT_DISK_RESERVE_BYTES,
+          value_parser = super::parse_bytes)]
     pub disk_reserve_bytes: u64,
 
     /// Compact the log into a snapshot after this many applied instances.
@@ -198,7 +209,7 @@ pub struct ServeArgs {
     /// 1 MiB values). Each compaction writes the whole store to disk.
     #[arg(long, env = "PHXKV_SNAPSHOT_EVERY_BYTES", value_name = "BYTES",
           default_value_t = DEFAULT_SNAPSHOT_EVERY_BYTES,
-          value_parser = clap::value_parser!(u64).range(SNAPSHOT_EVERY_BYTES))]
+          value_parser = |s: &str| bytes_in(s, SNAPSHOT_EVERY_BYTES))]
     pub snapshot_every_bytes: u64,
 
     /// Threads that serve the client and peer ports (the engine and the
@@ -371,7 +382,7 @@ pub struct ServeArgs {
     /// snapshot upload takes longer than this much writing, the archive
     /// starts over from a new base.
     #[arg(long, env = "PHXKV_ARCHIVE_TAIL_BYTES", default_value_t = 64 << 20,
-          value_parser = clap::value_parser!(u64).range((1 << 20)..=(16 << 30)),
+          value_parser = |s: &str| bytes_in(s, (1 << 20)..=(16 << 30)),
           value_name = "BYTES")]
     pub archive_tail_bytes: u64,
 }
@@ -847,6 +858,32 @@ pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 2 * crate::storage::SEGMENT_BYTES;
 /// stays well inside the memory left beside the store quota the operator
 /// derives (a quarter of the memory limit) on its smallest settings.
 pub const DEFAULT_SNAPSHOT_EVERY_BYTES: u64 = 64 << 20;
+
+/// An address to listen on: an IP address and a port. A host name is
+/// refused with what to write instead (it could resolve to several
+/// addresses, or to none at start).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        let port = s.rsplit_once(':').map_or("8080", |(_, p)| p);
+        format!(
+            "{s:?} is not an IP address and port; write 127.0.0.1:{port} for this machine \
+             only, 0.0.0.0:{port} for every interface, or [::]:{port} for IPv6"
+        )
+    })
+}
+
+/// A size (see [`super::parse_bytes`]) within `range`, or why not.
+fn bytes_in(s: &str, range: std::ops::RangeInclusive<u64>) -> Result<u64, String> {
+    let n = super::parse_bytes(s)?;
+    if range.contains(&n) {
+        return Ok(n);
+    }
+    Err(format!(
+        "{n} bytes is outside {} to {}",
+        crate::text::bytes(*range.start()),
+        crate::text::bytes(*range.end())
+    ))
+}
 
 /// What `--snapshot-every-bytes` may be: 1 MiB to 16 GiB.
 pub const SNAPSHOT_EVERY_BYTES: std::ops::RangeInclusive<u64> = (1 << 20)..=(16 << 30);
