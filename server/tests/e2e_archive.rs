@@ -471,6 +471,16 @@ async fn an_archived_cluster_restores_to_a_revision_a_time_and_the_latest_point(
     let (code, out, err) = phxkv(&s3, &if_empty);
     assert_eq!(code, 0, "--if-empty: {err}");
     assert!(out.contains("already holds data"), "{out}");
+    // A mount point's own lost+found is no data: the restore goes on.
+    let mount = root.path().join("mount");
+    std::fs::create_dir_all(mount.join("lost+found")).expect("lost+found");
+    let mut into_mount = base_args.to_vec();
+    into_mount[5] = mount.to_str().expect("utf-8 path");
+    into_mount.push("--if-empty");
+    let (code, out, err) = phxkv(&s3, &into_mount);
+    assert_eq!(code, 0, "into a mount point: {err}");
+    assert!(!out.contains("already holds data"), "{out}");
+    assert!(mount.join("identity.json").exists() && mount.join("lost+found").is_dir());
 
     // A damaged segment is refused by its checksum.
     let credentials = root.path().join("credentials");

@@ -391,8 +391,11 @@ fn check_member(m: &NewMember) -> Result<Option<String>, CliError> {
         }
     };
     match std::fs::read_dir(&m.dir) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
+        Ok(entries) => {
+            if entries
+                .flatten()
+                .any(|e| !belongs_to_the_volume(&e.file_name()))
+            {
                 if m.if_empty {
                     crate::cli::say!(
                         "{} already holds data; nothing restored (--if-empty)",
@@ -409,11 +412,21 @@ fn check_member(m: &NewMember) -> Result<Option<String>, CliError> {
     Ok(Some(peer_url))
 }
 
+/// What a mount point holds of its own, not data: `lost+found`, and
+/// hidden entries (a volume's `.snapshot` folder, say). A data directory
+/// holding only these counts as empty, as `phxkv serve` counts it.
+fn belongs_to_the_volume(name: &std::ffi::OsStr) -> bool {
+    name == "lost+found" || name.as_encoded_bytes().starts_with(b".")
+}
+
 /// Leaves the directory as it was found, empty or absent, after a failure.
 fn clean_up(dir: &Path, existed: bool) {
     if existed {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
+                if belongs_to_the_volume(&entry.file_name()) {
+                    continue;
+                }
                 let p = entry.path();
                 let _ = if p.is_dir() {
                     std::fs::remove_dir_all(&p)
