@@ -42,6 +42,51 @@ async fn wait_for_state(c: &Cluster, i: usize, want: &str, within: Duration) -> 
     }
 }
 
+/// Waits until node `i` reads every write `w{k}` for `k` in `keys` as
+/// `v{k}`, with `query`; a write that reads as missing was lost.
+async fn reads_every_write(c: &Cluster, i: usize, keys: &[u64], query: &str) {
+    for k in keys {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match c.get(i, &format!("w{k}"), query).await {
+                Some((200, v)) => {
+                    assert_eq!(v, format!("v{k}").into_bytes());
+                    break;
+                }
+                Some((404, _)) if query.is_empty() => panic!("acknowledged write w{k} was lost"),
+                _ => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "w{k} unreadable on {}",
+                c.procs[i].name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Calls replace for node `f`'s member through node `via` until it is
+/// done; the last report.
+async fn replace(c: &Cluster, via: usize, f: usize) -> Value {
+    let path = format!("/v1/cluster/members/{}/replace", c.procs[f].name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c.post_with_token(via, &path).await;
+        let status = r.status();
+        let body: Value = r.json().await.expect("json");
+        if status == 200 && body["state"] == "done" {
+            return body;
+        }
+        assert!(
+            status == 200 || status == 503 || status == 409,
+            "replace: {status} {body}"
+        );
+        assert!(Instant::now() < deadline, "replace never finished: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_back_with_an_empty_volume_never_votes_and_is_replaced() {
     let mut c = Cluster::start(3, &[]).await;
@@ -126,40 +171,12 @@ async fn a_node_back_with_an_empty_volume_never_votes_and_is_replaced() {
 
     // 4. M comes back: M and C are a majority holding every write.
     c.spawn(m);
-    for k in 0..20 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match c.get(cc, &format!("w{k}"), "").await {
-                Some((200, v)) => {
-                    assert_eq!(v, format!("v{k}").into_bytes());
-                    break;
-                }
-                Some((404, _)) => panic!("acknowledged write w{k} was lost"),
-                _ => {}
-            }
-            assert!(Instant::now() < deadline, "w{k} unreadable");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let all: Vec<u64> = (0..20).collect();
+    reads_every_write(&c, cc, &all, "").await;
 
     // 5. Replace F: its new incarnation becomes a voter holding the data.
     let name = c.procs[f].name.clone();
-    let replace = format!("/v1/cluster/members/{name}/replace");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let report: Value = loop {
-        let r = c.post_with_token(m, &replace).await;
-        let status = r.status();
-        let body: Value = r.json().await.expect("json");
-        if status == 200 && body["state"] == "done" {
-            break body;
-        }
-        assert!(
-            status == 200 || status == 503 || status == 409,
-            "replace: {status} {body}"
-        );
-        assert!(Instant::now() < deadline, "replace never finished: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let report = replace(&c, m, f).await;
     assert_eq!(report["incarnation"], Value::String(new_f.clone()));
     wait_for_state(&c, f, "member", Duration::from_secs(20)).await;
     let info = c.cluster_info(m).await.expect("cluster");
@@ -172,20 +189,11 @@ async fn a_node_back_with_an_empty_volume_never_votes_and_is_replaced() {
         .expect("F is a member");
     assert_eq!(member["id"], Value::String(new_f));
     assert_eq!(member["role"], "voter");
-    for k in 0..20 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some((200, v)) = c.get(f, &format!("w{k}"), "?consistency=local").await {
-                assert_eq!(v, format!("v{k}").into_bytes());
-                break;
-            }
-            assert!(Instant::now() < deadline, "F never caught up on w{k}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    reads_every_write(&c, f, &all, "?consistency=local").await;
     // Replacing a healthy member does nothing.
+    let path = format!("/v1/cluster/members/{name}/replace");
     let body: Value = c
-        .post_with_token(m, &replace)
+        .post_with_token(m, &path)
         .await
         .json()
         .await
@@ -290,21 +298,8 @@ async fn a_node_whose_log_or_snapshot_was_removed_refuses_to_start() {
     // M is back: M and C hold every write, and C catches up from M's
     // snapshot. Then C loses its snapshot, and refuses to start too.
     c.spawn(m);
-    for k in 0..150 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match c.get(cc, &format!("w{k}"), "").await {
-                Some((200, v)) => {
-                    assert_eq!(v, format!("v{k}").into_bytes());
-                    break;
-                }
-                Some((404, _)) => panic!("acknowledged write w{k} was lost"),
-                _ => {}
-            }
-            assert!(Instant::now() < deadline, "w{k} unreadable");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let all: Vec<u64> = (0..150).collect();
+    reads_every_write(&c, cc, &all, "").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !has_snapshot(&c, cc) {
         assert!(Instant::now() < deadline, "C never stored a snapshot");
@@ -329,32 +324,8 @@ async fn a_node_whose_log_or_snapshot_was_removed_refuses_to_start() {
     std::fs::remove_dir_all(&c.procs[f].data_dir).expect("wipe F");
     c.spawn(f);
     wait_for_state(&c, f, "awaiting_replacement", Duration::from_secs(20)).await;
-    let replace = format!("/v1/cluster/members/{}/replace", c.procs[f].name);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = c.post_with_token(m, &replace).await;
-        let status = r.status();
-        let body: Value = r.json().await.expect("json");
-        if status == 200 && body["state"] == "done" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replace never finished: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    replace(&c, m, f).await;
     wait_for_state(&c, f, "member", Duration::from_secs(20)).await;
     assert_eq!(c.put(m, "after", "1").await.status(), 200);
-    for k in [0, 99, 149] {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some((200, v)) = c.get(f, &format!("w{k}"), "?consistency=local").await {
-                assert_eq!(v, format!("v{k}").into_bytes());
-                break;
-            }
-            assert!(Instant::now() < deadline, "F never caught up on w{k}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    reads_every_write(&c, f, &[0, 99, 149], "?consistency=local").await;
 }
