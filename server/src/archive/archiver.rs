@@ -286,7 +286,21 @@ pub async fn run(
             continue;
         }
         let since = *master_since.get_or_insert_with(now_ms);
-        match round(&archive, &source, &mut end).await {
+        // The lag is reported while a round runs too: a round held up by an
+        // object store that does not answer (each try waits out its
+        // timeout) is when the lag grows, and an alert must see it.
+        let result = {
+            let this_round = round(&archive, &source, &mut end);
+            tokio::pin!(this_round);
+            let mut report = tokio::time::interval(LAG_REPORT_EVERY);
+            loop {
+                tokio::select! {
+                    r = &mut this_round => break r,
+                    _ = report.tick() => report_lag(&archive, &source, since, None),
+                }
+            }
+        };
+        match result {
             Ok(caught_up) => {
                 backoff = archive.settings.flush_every;
                 archive.update(|p| {
@@ -304,14 +318,25 @@ pub async fn run(
                 archive.update(|p| p.error = Some(e));
             }
         }
-        let applied = source.applied_index();
-        let lag = end.map_or(applied, |e| applied.saturating_sub(e));
-        // Counted from the last round that caught up, or from becoming
-        // master when none has yet.
-        let caught_up = archive.progress().last_success_ms.unwrap_or(0).max(since);
-        let stale = now_ms().saturating_sub(caught_up) / 1000;
-        source.set_archive_lag(lag, if lag == 0 { 0 } else { stale });
+        report_lag(&archive, &source, since, end);
     }
+}
+
+/// How often the lag is reported while a round runs.
+const LAG_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Reports how far the archive is behind what this master applied: from
+/// `end` when a round just told it, or else from the last end a round
+/// reached (the whole log when none has). The seconds count from the last
+/// round that caught up, or from `since` (becoming master) when none has.
+fn report_lag(archive: &Archive, source: &impl Source, since: u64, end: Option<u64>) {
+    let progress = archive.progress();
+    let applied = source.applied_index();
+    let end = end.or(progress.archived_index);
+    let lag = end.map_or(applied, |e| applied.saturating_sub(e));
+    let caught_up = progress.last_success_ms.unwrap_or(0).max(since);
+    let stale = now_ms().saturating_sub(caught_up) / 1000;
+    source.set_archive_lag(lag, if lag == 0 { 0 } else { stale });
 }
 
 /// One round; `end` is the archive's end as known (None: list it). True
@@ -535,6 +560,60 @@ mod tests {
                     .map(|kv| (key, kv.value.clone(), kv.mod_revision))
             })
             .collect()
+    }
+
+    /// A master whose base snapshot never finishes (as when the object
+    /// store stops answering), recording the lag it is told.
+    struct Stuck {
+        applied: u64,
+        lag: Arc<Mutex<Option<(u64, u64)>>>,
+    }
+
+    impl Source for Stuck {
+        fn alive(&self) -> bool {
+            true
+        }
+        fn cluster_id(&self) -> String {
+            "c1".into()
+        }
+        fn is_master(&self) -> bool {
+            true
+        }
+        fn applied_index(&self) -> u64 {
+            self.applied
+        }
+        async fn snapshot(&self) -> Result<BackupStream, String> {
+            std::future::pending().await
+        }
+        fn set_archive_lag(&self, entries: u64, seconds: u64) {
+            *self.lag.lock().expect("lag") = Some((entries, seconds));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_lag_is_reported_while_a_round_is_held_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = Settings::new(format!("file://{}/a", dir.path().display()));
+        settings.flush_every = Duration::from_millis(10);
+        let archive = Arc::new(Archive::open(settings).expect("archive"));
+        let lag = Arc::new(Mutex::new(None));
+        let source = Stuck {
+            applied: 42,
+            lag: lag.clone(),
+        };
+        let (close, closing) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(run(archive, source, closing));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lag.lock().expect("lag").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no lag reported while the first round hangs"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(lag.lock().expect("lag").map(|(e, _)| e), Some(42));
+        let _ = close.send(true);
+        task.abort();
     }
 
     /// The keys of the objects under the archive's `wal/`.
