@@ -102,11 +102,6 @@ impl Tail {
         }
     }
 
-    /// The store revision after entry `index`, if held.
-    pub fn revision_at(&self, index: u64) -> Option<u64> {
-        self.entry_at(index).map(|e| e.revision)
-    }
-
     /// A copy of the entry at `index`, if it is still held.
     pub fn entry_at(&self, index: u64) -> Option<Entry> {
         let t = self.inner.lock().ok()?;

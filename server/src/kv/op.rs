@@ -225,26 +225,8 @@ impl Op {
     /// possible when the store is full. What the store quota is checked
     /// against (see `Node::check_quota`).
     pub fn stored_bytes(&self) -> usize {
-        let put = |key: &[u8], value: &[u8]| {
-            key.len() + value.len() + crate::kv::store::KEY_OVERHEAD_BYTES
-        };
-        let puts = |ops: &[TxnOp]| -> usize {
-            ops.iter()
-                .map(|o| match o {
-                    TxnOp::Put { key, value } => put(key, value),
-                    TxnOp::Delete { .. } | TxnOp::Get { .. } => 0,
-                })
-                .sum()
-        };
-        match self {
-            Op::Put { key, value, .. } => put(key, value),
-            Op::Txn(txn) => puts(&txn.success).max(puts(&txn.failure)),
-            Op::As { op, .. }
-            | Op::Leased { op, .. }
-            | Op::Anonymous { op }
-            | Op::Once { op, .. } => op.stored_bytes(),
-            Op::Delete { .. } | Op::DeletePrefix { .. } | Op::Auth(_) | Op::Lease(_) => 0,
-        }
+        // What it adds with nothing to replace: never negative.
+        usize::try_from(self.net_stored_bytes(&|_| 0)).unwrap_or(0)
     }
 
     /// How much the store may grow by this op, counting what it replaces
