@@ -239,7 +239,13 @@ pub struct BackupList {
     /// Base snapshots, oldest first.
     pub backups: Vec<crate::archive::Base>,
     /// The first and last points a restore can reach; none without a base.
+    /// Points between them may fall in a gap: see `recoverable_ranges`.
     pub recoverable: Option<crate::archive::Recoverable>,
+    /// Every stretch a restore can reach, oldest first: one when the
+    /// archive has no gap. A point after one stretch's end and before the
+    /// next one's start cannot be restored.
+    #[serde(default)]
+    pub recoverable_ranges: Vec<crate::archive::Recoverable>,
     /// The archive's end as this node knows it, while it is the master that
     /// ships the log; absent on other nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -744,6 +744,16 @@ mod tests {
         );
         let recoverable = catalog.recoverable().expect("recoverable");
         assert_eq!((recoverable.first.index, recoverable.last.index), (5, 74));
+        let ranges: Vec<_> = catalog
+            .recoverable_ranges()
+            .iter()
+            .map(|r| (r.first.index, r.last.index))
+            .collect();
+        assert_eq!(
+            ranges,
+            vec![(5, 9), (69, 74)],
+            "the gap between 9 and 69 shows"
+        );
         // Every revision reachable from a base restores to exactly the store
         // as it was then; the ones in the gap are refused.
         // The first base's chain ends at index 9; the second base starts at 69.

@@ -229,6 +229,41 @@ impl Catalog {
         })
     }
 
+    /// The stretches a restore can reach, oldest first. Each base reaches
+    /// as far as the segments after it continue without a gap; stretches
+    /// that overlap are one. More than one means gaps: a point after one
+    /// stretch's end and before the next one's start cannot be restored
+    /// (segments were lost or deleted, or the archiver could not keep up
+    /// and a new base was taken).
+    pub fn recoverable_ranges(&self) -> Vec<Recoverable> {
+        let mut out: Vec<Recoverable> = Vec::new();
+        for base in &self.bases {
+            let first = Point {
+                revision: base.revision,
+                index: base.index,
+                time: base.created_at,
+            };
+            let last = restore::chain(base.index, &self.segments)
+                .last()
+                .map_or(first, |s| Point {
+                    revision: s.revision,
+                    index: s.last,
+                    time: s.time_ms / 1000,
+                });
+            match out.last_mut() {
+                Some(r) if base.index <= r.last.index => {
+                    if last.index > r.last.index {
+                        r.last = last;
+                    }
+                }
+                _ => out.push(Recoverable { first, last }),
+            }
+        }
+        out
+    }
+
+    /// The first and last points a restore can reach (with any gaps
+    /// between them: see [`Catalog::recoverable_ranges`]).
     pub fn recoverable(&self) -> Option<Recoverable> {
         let first = self.bases.first()?;
         Some(Recoverable {
@@ -355,5 +390,39 @@ mod tests {
         };
         assert_eq!(pruned.unneeded_segments(), vec![&seg(11, 15)]);
         assert_eq!(Catalog::default().recoverable(), None);
+    }
+
+    #[test]
+    fn recoverable_ranges_show_the_gaps_between_bases() {
+        let ranges = |bases: Vec<Base>, segments: Vec<Segment>| {
+            Catalog {
+                marker: None,
+                bases,
+                segments,
+            }
+            .recoverable_ranges()
+            .iter()
+            .map(|r| (r.first.index, r.last.index))
+            .collect::<Vec<_>>()
+        };
+        // The first base's segments stop at 15; the next base is at 50.
+        assert_eq!(
+            ranges(
+                vec![base(10, 5), base(50, 30)],
+                vec![seg(11, 15), seg(51, 60)]
+            ),
+            vec![(10, 15), (50, 60)]
+        );
+        // A base inside the first stretch extends it, it does not start one.
+        assert_eq!(
+            ranges(
+                vec![base(10, 5), base(12, 6), base(40, 20)],
+                vec![seg(11, 15), seg(16, 25)]
+            ),
+            vec![(10, 25), (40, 40)]
+        );
+        // A base with nothing after it is a stretch of one point.
+        assert_eq!(ranges(vec![base(10, 5)], vec![]), vec![(10, 10)]);
+        assert_eq!(ranges(vec![], vec![seg(1, 5)]), vec![]);
     }
 }

@@ -66,8 +66,46 @@ fn unavailable(message: String) -> ServiceError {
     }
 }
 
+/// How long an admin call waits for the object store to answer a listing
+/// or a delete. The store's client retries a server that does not answer
+/// for minutes (right for the archiver, which reports its lag meanwhile);
+/// a person or the operator asking about backups is told sooner.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `call` on the archive, or says it did not answer in
+/// [`ANSWER_WITHIN`], with the archiver's last error when it has one.
+async fn bounded<T>(
+    archive: &Archive,
+    doing: &str,
+    call: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, ServiceError> {
+    match tokio::time::timeout(ANSWER_WITHIN, call).await {
+        Ok(answer) => answer.map_err(unavailable),
+        Err(_) => {
+            let last = archive
+                .progress()
+                .error
+                .map(|e| format!("; the archiver's last error: {e}"))
+                .unwrap_or_default();
+            Err(unavailable(format!(
+                "the archive at {} did not answer within {}s while {doing}{last}",
+                archive.location.url,
+                ANSWER_WITHIN.as_secs()
+            )))
+        }
+    }
+}
+
 pub(super) async fn backup(node: &Node) -> Result<Base, ServiceError> {
     let archive = archive_of(node)?;
+    // Asked first, and bounded: an object store that does not answer is
+    // reported before a snapshot is taken for it.
+    bounded(
+        &archive,
+        "reading its marker",
+        crate::archive::claim(&archive.location, &node.inner.cfg.cluster_id),
+    )
+    .await?;
     let source = ArchiveSource(Arc::downgrade(&node.inner));
     archiver::take_base(&archive, &source)
         .await
@@ -76,14 +114,13 @@ pub(super) async fn backup(node: &Node) -> Result<Base, ServiceError> {
 
 pub(super) async fn list(node: &Node) -> Result<BackupList, ServiceError> {
     let archive = archive_of(node)?;
-    let catalog = Catalog::list(&archive.location)
-        .await
-        .map_err(unavailable)?;
+    let catalog = bounded(&archive, "listing it", Catalog::list(&archive.location)).await?;
     let progress = archive.progress();
     let applied = node.inner.published.borrow().applied;
     Ok(BackupList {
         archive_url: archive.location.url.clone(),
         recoverable: catalog.recoverable(),
+        recoverable_ranges: catalog.recoverable_ranges(),
         archived_index: progress.archived_index,
         archive_lag: progress
             .archived_index
@@ -96,7 +133,7 @@ pub(super) async fn list(node: &Node) -> Result<BackupList, ServiceError> {
 pub(super) async fn delete(node: &Node, name: String) -> Result<(), ServiceError> {
     let archive = archive_of(node)?;
     let loc = &archive.location;
-    let catalog = Catalog::list(loc).await.map_err(unavailable)?;
+    let catalog = bounded(&archive, "listing it", Catalog::list(loc)).await?;
     let Some(base) = catalog.bases.iter().find(|b| b.name == name) else {
         return Err(ServiceError::UnknownBackup(format!(
             "the archive at {} has no backup named {name:?}",
@@ -116,10 +153,14 @@ pub(super) async fn delete(node: &Node, name: String) -> Result<(), ServiceError
              restored from; take a new one first (POST /v1/admin/backups), then delete this"
         )));
     }
-    loc.store
-        .delete(&loc.path(&base.key()))
-        .await
-        .map_err(|e| unavailable(format!("deleting {}: {e}", base.key())))?;
+    let deleting = format!("deleting {}", base.key());
+    bounded(&archive, &deleting, async {
+        loc.store
+            .delete(&loc.path(&base.key()))
+            .await
+            .map_err(|e| format!("{deleting}: {e}"))
+    })
+    .await?;
     let remaining = Catalog {
         bases: catalog
             .bases
@@ -130,11 +171,51 @@ pub(super) async fn delete(node: &Node, name: String) -> Result<(), ServiceError
         ..catalog.clone()
     };
     for seg in remaining.unneeded_segments() {
-        loc.store
-            .delete(&loc.path(&seg.key))
-            .await
-            .map_err(|e| unavailable(format!("deleting {}: {e}", seg.key)))?;
+        let deleting = format!("deleting {}", seg.key);
+        bounded(&archive, &deleting, async {
+            loc.store
+                .delete(&loc.path(&seg.key))
+                .await
+                .map_err(|e| format!("{deleting}: {e}"))
+        })
+        .await?;
     }
     tracing::info!(backup = %name, url = %loc.url, "deleted a backup from the archive");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::archiver::Settings;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_archive_that_does_not_answer_is_reported_not_waited_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}/archive", dir.path().display());
+        let archive = Archive::open(Settings::new(url.clone())).expect("open");
+        let started = tokio::time::Instant::now();
+        let err = bounded(
+            &archive,
+            "listing it",
+            std::future::pending::<Result<(), String>>(),
+        )
+        .await
+        .expect_err("never answers");
+        assert_eq!(started.elapsed(), ANSWER_WITHIN);
+        match err {
+            ServiceError::Unavailable { message, .. } => assert_eq!(
+                message,
+                format!("the archive at {url} did not answer within 30s while listing it")
+            ),
+            other => panic!("{other:?}"),
+        }
+        let answered = bounded(&archive, "listing it", async { Ok(7) }).await;
+        assert!(matches!(answered, Ok(7)), "{answered:?}");
+        let failed = bounded(&archive, "listing it", async { Err::<(), _>("no".into()) }).await;
+        assert!(
+            matches!(&failed, Err(ServiceError::Unavailable { message, .. }) if message == "no"),
+            "{failed:?}"
+        );
+    }
 }
