@@ -329,3 +329,36 @@ async fn a_node_whose_log_or_snapshot_was_removed_refuses_to_start() {
     assert_eq!(c.put(m, "after", "1").await.status(), 200);
     reads_every_write(&c, f, &[0, 99, 149], "?consistency=local").await;
 }
+
+/// A volume lost while its replica runs: the replica notices that its data
+/// directory is gone and stops on its own, with a reason that says what to
+/// do; started again, it is a new incarnation that is replaced and catches
+/// up, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_whose_data_directory_is_removed_while_it_runs_stops_and_is_replaced() {
+    let mut c = Cluster::start(3, &[]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let f = (m + 1) % 3;
+    for k in 0..20 {
+        assert_eq!(
+            c.put(m, &format!("w{k}"), &format!("v{k}")).await.status(),
+            200
+        );
+    }
+    std::fs::remove_dir_all(&c.procs[f].data_dir).expect("remove F's data directory");
+    let status = wait_for_exit(&mut c, f, Duration::from_secs(20)).await;
+    assert!(!status.success(), "F went on without its data directory");
+    let log = c.log_of(f);
+    assert!(
+        log.contains("was removed while this replica ran") && log.contains("replaced"),
+        "{log}"
+    );
+    // The other two go on; F, started again, waits to be replaced.
+    assert_eq!(c.put(m, "while-away", "v").await.status(), 200);
+    c.spawn(f);
+    wait_for_state(&c, f, "awaiting_replacement", Duration::from_secs(20)).await;
+    replace(&c, m, f).await;
+    wait_for_state(&c, f, "member", Duration::from_secs(20)).await;
+    let all: Vec<u64> = (0..20).collect();
+    reads_every_write(&c, f, &all, "?consistency=local").await;
+}

@@ -1020,6 +1020,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         .into_iter()
         .flatten()
         .collect();
+    let data_dir = v.node.data_dir.clone();
     let running = start(
         v.node,
         v.client_tls,
@@ -1050,7 +1051,28 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         metrics = metrics_addr.as_deref().unwrap_or("none"),
         "phxkv serving"
     );
-    super::wait_for_signal().await;
+    let lost = match crate::storage::Presence::of(&data_dir) {
+        Ok(presence) => tokio::select! {
+            () = super::wait_for_signal() => None,
+            why = watch_data_dir(presence) => Some(why),
+        },
+        Err(e) => {
+            tracing::warn!(
+                data_dir = %data_dir.display(),
+                error = %e,
+                "cannot read the data directory to notice it removed while serving"
+            );
+            super::wait_for_signal().await;
+            None
+        }
+    };
+    if let Some(why) = &lost {
+        tracing::error!(
+            "{why} while this replica ran; stopping. Start it again: with an empty data \
+             directory it comes up as a new incarnation that waits to be replaced \
+             (the operator does that; by hand, `phxkv members replace NAME`)"
+        );
+    }
     tracing::info!("shutting down: handing off mastership, finishing in-flight requests");
     running.node.hand_off(Duration::from_secs(3)).await;
     let _ = tx.send(true);
@@ -1058,7 +1080,31 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let _ = running.peer.await;
     running.node.shutdown();
     tracing::info!("stopped");
-    Ok(())
+    match lost {
+        Some(why) => Err(CliError::Fatal(format!(
+            "{why} while this replica ran; start it again to have it replaced"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// How often a serving replica checks that its data directory is still
+/// the one it opened.
+const DATA_DIR_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Returns once the data directory is removed or replaced (see
+/// [`crate::storage::Presence`]), with what happened.
+async fn watch_data_dir(presence: crate::storage::Presence) -> String {
+    let mut tick = tokio::time::interval(DATA_DIR_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let p = presence.clone();
+        // A stat may block on a network file system.
+        if let Ok(Some(why)) = tokio::task::spawn_blocking(move || p.lost()).await {
+            return why;
+        }
+    }
 }
 
 #[cfg(test)]

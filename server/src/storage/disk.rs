@@ -437,6 +437,63 @@ fn lock(dir: &Path) -> Result<File, StorageError> {
     }
 }
 
+/// A data directory as a running replica opened it, to notice it removed
+/// or replaced underneath ([`Presence::lost`]).
+///
+/// A replica whose directory is deleted while it runs goes on writing to
+/// files no path leads to: its promises hold while it runs, and are gone at
+/// its next start, which then finds an empty directory and comes up as a
+/// new incarnation that waits to be replaced (the safe outcome of a lost
+/// volume). Noticed at once, the replica stops and restarts into that
+/// state now, instead of passing for a healthy member until some restart.
+#[derive(Clone, Debug)]
+pub struct Presence {
+    dir: PathBuf,
+    device: u64,
+    inode: u64,
+}
+
+impl Presence {
+    /// What `dir` is now; taken once the replica has opened it.
+    pub fn of(dir: &Path) -> std::io::Result<Presence> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(dir)?;
+        Ok(Presence {
+            dir: dir.to_path_buf(),
+            device: meta.dev(),
+            inode: meta.ino(),
+        })
+    }
+
+    /// Why the directory is no longer the one opened, if it is not: it was
+    /// removed, another one stands at its path, or its `identity.json` is
+    /// gone (which a replica never removes; it replaces it by a rename).
+    /// Any other failure to read it (permissions, a volume's I/O errors)
+    /// is not taken for a loss: the log's own writes fail safe on those.
+    pub fn lost(&self) -> Option<String> {
+        use std::io::ErrorKind::NotFound;
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = self.dir.display();
+        match std::fs::metadata(&self.dir) {
+            Err(e) if e.kind() == NotFound => {
+                return Some(format!("the data directory {dir} was removed"));
+            }
+            Ok(m) if (m.dev(), m.ino()) != (self.device, self.inode) => {
+                return Some(format!(
+                    "the data directory {dir} was replaced by another directory"
+                ));
+            }
+            _ => {}
+        }
+        match std::fs::symlink_metadata(self.dir.join(IDENTITY_FILE)) {
+            Err(e) if e.kind() == NotFound => Some(format!(
+                "{IDENTITY_FILE} was removed from the data directory {dir}"
+            )),
+            _ => None,
+        }
+    }
+}
+
 fn read_identity(path: &Path) -> Result<IdentityFile, StorageError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     let file: IdentityFile = serde_json::from_slice(&bytes)
@@ -1132,5 +1189,32 @@ mod tests {
             got.commit = expected.commit;
             assert_eq!((got, got_data), (expected, expected_data), "step {step}");
         }
+    }
+
+    #[test]
+    fn a_directory_removed_or_replaced_under_an_open_store_is_noticed() {
+        let parent = TempDir::new().expect("tempdir");
+        let dir = parent.path().join("data");
+        let store = DiskStore::open(&dir, &identity("a", "c1")).expect("open");
+        let presence = Presence::of(&dir).expect("presence");
+        assert_eq!(presence.lost(), None);
+        // The store's own rewrite of its identity (a rename) is no loss.
+        drop(store);
+        let store = DiskStore::open(&dir, &identity("a", "c1")).expect("reopen");
+        assert_eq!(presence.lost(), None);
+
+        std::fs::remove_file(dir.join(IDENTITY_FILE)).expect("remove identity");
+        let lost = presence.lost().expect("identity removed");
+        assert!(lost.contains("identity.json was removed"), "{lost}");
+
+        std::fs::remove_dir_all(&dir).expect("remove all");
+        let lost = presence.lost().expect("removed");
+        assert!(lost.ends_with("/data was removed"), "{lost}");
+
+        std::fs::create_dir(&dir).expect("a new directory");
+        std::fs::write(dir.join(IDENTITY_FILE), b"{}").expect("write");
+        let lost = presence.lost().expect("replaced");
+        assert!(lost.contains("was replaced by another directory"), "{lost}");
+        drop(store);
     }
 }

@@ -20,7 +20,7 @@ mod mem;
 pub mod snapshot_file;
 mod wal;
 
-pub use disk::{DiskStore, Identity, Incarnation};
+pub use disk::{DiskStore, Identity, Incarnation, Presence};
 pub use error::StorageError;
 pub use mem::MemStore;
 pub(crate) use wal::SEGMENT_BYTES;
