@@ -527,6 +527,41 @@ async fn auth_enabled_for_the_cluster_binds_replicas_started_without_auth() {
         assert_eq!(status, 200, "auth is off: node {i}: {body}");
     }
 
+    // So does managing roles and tokens: made while auth is off, they are
+    // in force once it is on, and anyone could otherwise make himself an
+    // admin of the cluster to come.
+    let admin_role = json!({"admin": true}).to_string();
+    let new_token = json!({"name": "t", "roles": ["boss"]}).to_string();
+    for (method, path, body) in [
+        (Method::PUT, "/v1/auth/roles/boss", Some(admin_role.clone())),
+        (Method::POST, "/v1/auth/tokens", Some(new_token.clone())),
+        (Method::GET, "/v1/auth/roles", None),
+        (Method::GET, "/v1/auth/tokens", None),
+        (Method::DELETE, "/v1/auth/roles/boss", None),
+    ] {
+        for token in [None, Some("wrong")] {
+            let (status, answer, _) = call(&c, 1, method.clone(), path, token, body.clone()).await;
+            assert_eq!(
+                (status, code(&answer)),
+                (401, "unauthorized"),
+                "{method} {path} with {token:?}: {answer}"
+            );
+        }
+    }
+    let (status, body, _) = call(
+        &c,
+        1,
+        Method::PUT,
+        "/v1/auth/roles/boss",
+        Some(TOKEN),
+        Some(admin_role),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body, _) = call(&c, 1, Method::GET, "/v1/auth/roles", Some(TOKEN), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["roles"][0]["name"], "boss", "{body}");
+
     // Switching it on takes the cluster token, even while auth is off.
     let (status, body, _) = call(&c, 1, Method::POST, "/v1/auth/enable", None, None).await;
     assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");

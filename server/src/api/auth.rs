@@ -1,8 +1,10 @@
 //! Managing roles and API tokens: `/v1/auth`.
 //!
 //! Everything here but `whoami` needs the admin permission (the cluster
-//! token, or a token with an admin role); `enable` and `disable` need the
-//! cluster token even while auth is off. Changes go through the log like
+//! token, or a token with an admin role), and the cluster token while auth
+//! is off: roles and tokens made then are in force the moment auth is
+//! enabled, so a caller without a credential must not be able to make
+//! itself an admin of the cluster to come. Changes go through the log like
 //! any write (see [`crate::auth`]), so they take effect on every replica
 //! once the call returns; listings are linearizable reads.
 
@@ -228,11 +230,13 @@ pub async fn whoami<S: Service>(
     security(("bearer_token" = [])),
     responses(
         (status = 200, description = "The roles, by name.", body = RoleList),
+        (status = 401, description = "No cluster token or admin token (`unauthorized`); needed while auth is off too.", body = ErrorResponse),
         (status = 403, description = "The caller is not an admin (`permission_denied`).", body = ErrorResponse),
     )
 )]
 pub async fn list_roles<S: Service>(
     State(svc): State<S>,
+    _admin: ClusterAuth,
     caller: Caller,
 ) -> Result<Json<RoleList>, ApiError> {
     let roles = admin_read(&svc, caller, |store| {
@@ -263,12 +267,14 @@ pub async fn list_roles<S: Service>(
     request_body = Role,
     responses(
         (status = 200, description = "In force on every replica.", body = AuthChanged),
+        (status = 401, description = "No cluster token or admin token (`unauthorized`); needed while auth is off too.", body = ErrorResponse),
         (status = 400, description = "A bad name, or a permission with neither read nor write, or over a bound (`invalid_argument`).", body = ErrorResponse),
         (status = 403, description = "The caller is not an admin (`permission_denied`).", body = ErrorResponse),
     )
 )]
 pub async fn put_role<S: Service>(
     State(svc): State<S>,
+    _admin: ClusterAuth,
     caller: Caller,
     Path(name): Path<String>,
     JsonBody(role): JsonBody<Role>,
@@ -287,12 +293,14 @@ pub async fn put_role<S: Service>(
     params(("name" = String, Path, description = "The role.")),
     responses(
         (status = 200, description = "In force on every replica.", body = AuthChanged),
+        (status = 401, description = "No cluster token or admin token (`unauthorized`); needed while auth is off too.", body = ErrorResponse),
         (status = 403, description = "The caller is not an admin (`permission_denied`).", body = ErrorResponse),
         (status = 404, description = "No such role (`not_found`).", body = ErrorResponse),
     )
 )]
 pub async fn delete_role<S: Service>(
     State(svc): State<S>,
+    _admin: ClusterAuth,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<AuthChanged>, ApiError> {
@@ -308,11 +316,13 @@ pub async fn delete_role<S: Service>(
     security(("bearer_token" = [])),
     responses(
         (status = 200, description = "The tokens, by id.", body = TokenList),
+        (status = 401, description = "No cluster token or admin token (`unauthorized`); needed while auth is off too.", body = ErrorResponse),
         (status = 403, description = "The caller is not an admin (`permission_denied`).", body = ErrorResponse),
     )
 )]
 pub async fn list_tokens<S: Service>(
     State(svc): State<S>,
+    _admin: ClusterAuth,
     caller: Caller,
 ) -> Result<Json<TokenList>, ApiError> {
     let tokens = admin_read(&svc, caller, |store| {
@@ -341,12 +351,14 @@ pub async fn list_tokens<S: Service>(
     request_body = CreateTokenRequest,
     responses(
         (status = 201, description = "Created; usable on every replica.", body = CreatedToken),
+        (status = 401, description = "No cluster token or admin token (`unauthorized`); needed while auth is off too.", body = ErrorResponse),
         (status = 400, description = "A bad name or role name, or too many roles (`invalid_argument`).", body = ErrorResponse),
         (status = 403, description = "The caller is not an admin (`permission_denied`).", body = ErrorResponse),
     )
 )]
 pub async fn create_token<S: Service>(
     State(svc): State<S>,
+    _admin: ClusterAuth,
     caller: Caller,
     JsonBody(request): JsonBody<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
@@ -381,12 +393,14 @@ pub async fn create_token<S: Service>(
     params(("id" = String, Path, description = "The token's id (16 hex digits).")),
     responses(
         (status = 200, description = "Revoked on every replica.", body = AuthChanged),
+        (status = 401, description = "No cluster token or admin token (`unauthorized`); needed while auth is off too.", body = ErrorResponse),
         (status = 403, description = "The caller is not an admin (`permission_denied`).", body = ErrorResponse),
         (status = 404, description = "No such token (`not_found`).", body = ErrorResponse),
     )
 )]
 pub async fn revoke_token<S: Service>(
     State(svc): State<S>,
+    _admin: ClusterAuth,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<AuthChanged>, ApiError> {
@@ -405,6 +419,7 @@ pub async fn revoke_token<S: Service>(
     request_body = TokenRoles,
     responses(
         (status = 200, description = "In force on every replica.", body = AuthChanged),
+        (status = 401, description = "No cluster token or admin token (`unauthorized`); needed while auth is off too.", body = ErrorResponse),
         (status = 400, description = "A bad role name, or too many roles (`invalid_argument`).", body = ErrorResponse),
         (status = 403, description = "The caller is not an admin (`permission_denied`).", body = ErrorResponse),
         (status = 404, description = "No such token (`not_found`).", body = ErrorResponse),
@@ -412,6 +427,7 @@ pub async fn revoke_token<S: Service>(
 )]
 pub async fn set_token_roles<S: Service>(
     State(svc): State<S>,
+    _admin: ClusterAuth,
     caller: Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<TokenRoles>,
