@@ -65,6 +65,41 @@ fn cross_origin(headers: &HeaderMap) -> Option<String> {
     }
 }
 
+/// The name a browser's request calls this node by, when that name could
+/// be any web site's: a page served from `evil.example` whose DNS name is
+/// then pointed at 127.0.0.1 ("DNS rebinding") talks to a local node as
+/// its own origin, so [`cross_origin`] passes it, and with auth off it
+/// could read and write everything. Such a page can only use a name its
+/// owner controls in public DNS, so a browser's request (one that carries
+/// `Sec-Fetch-Site` or `Origin`) is let in when its `Host` is an IP
+/// address, `localhost` or a name under it, a name of one label (resolved
+/// through the local search domains), or a Kubernetes cluster-internal
+/// name (`.svc`, `.cluster.local`); other names are returned. Only asked
+/// while auth is off: with it on, such a page has no credential to send.
+pub fn public_name_from_browser(headers: &HeaderMap) -> Option<String> {
+    let from_browser =
+        headers.contains_key("sec-fetch-site") || headers.contains_key(header::ORIGIN);
+    if !from_browser {
+        return None;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok())?;
+    if let Some(bracketed) = host.strip_prefix('[') {
+        // An IPv6 literal, with or without a port.
+        let literal = bracketed.split_once(']').map(|(address, _)| address);
+        let is_address = literal.is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+        return (!is_address).then(|| host.to_string());
+    }
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let local = name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || !name.contains('.')
+        || name.ends_with(".svc")
+        || name.ends_with(".cluster.local");
+    (!local).then(|| host.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +142,45 @@ mod tests {
             &[("origin", "http://127.0.0.1:8080")],
         ] {
             assert!(cross_origin(&headers(cross)).is_some(), "{cross:?}");
+        }
+    }
+
+    #[test]
+    fn a_browser_calling_a_node_by_a_public_name_is_told_apart() {
+        for local in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "[::1]:8080",
+            "[::1]",
+            "localhost:8080",
+            "LOCALHOST",
+            "app.localhost:3000",
+            "phxkv:8080",
+            "phxkv.default.svc:8080",
+            "phxkv-0.phxkv-peer.prod.svc.cluster.local:8080",
+            "10.1.2.3:8080",
+        ] {
+            let from_browser = headers(&[("host", local), ("sec-fetch-site", "same-origin")]);
+            assert_eq!(public_name_from_browser(&from_browser), None, "{local}");
+        }
+        for public in [
+            "evil.example:8080",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:8080",
+            "[not-an-address]:8080",
+        ] {
+            let from_browser = headers(&[("host", public), ("origin", "http://x")]);
+            assert_eq!(
+                public_name_from_browser(&from_browser).as_deref(),
+                Some(public),
+                "{public}"
+            );
+            // Programs say nothing of where they come from: any name.
+            assert_eq!(
+                public_name_from_browser(&headers(&[("host", public)])),
+                None
+            );
         }
     }
 }

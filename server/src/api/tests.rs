@@ -464,6 +464,55 @@ async fn a_web_page_on_another_site_cannot_write_through_a_browser() {
 }
 
 #[tokio::test]
+async fn a_page_that_rebinds_its_name_to_a_node_without_auth_can_neither_read_nor_write() {
+    let router = Fake::new().router();
+    assert_eq!(
+        call(&router, Method::PUT, "/v1/kv/k", "v").await.status,
+        StatusCode::OK
+    );
+    // A page from evil.example whose name now points at this node: to the
+    // browser it is same-origin.
+    let from = |host: &str, method: Method, token: Option<&str>| {
+        let mut r = Request::builder()
+            .method(method)
+            .uri("/v1/kv/k")
+            .header("host", host)
+            .header("origin", format!("http://{host}"))
+            .header("sec-fetch-site", "same-origin");
+        if let Some(t) = token {
+            r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        r.body(Body::from("evil")).expect("valid request")
+    };
+    for method in [Method::GET, Method::PUT] {
+        let refused = send(&router, from("evil.example:8080", method.clone(), None)).await;
+        let error = refused.error(StatusCode::FORBIDDEN, "permission_denied");
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("evil.example:8080") && m.contains("--auth")),
+            "{error}"
+        );
+        // The node's own pages, by address or a local name, and the
+        // cluster token (which such a page cannot have) pass.
+        for host in ["127.0.0.1:8080", "localhost:8080"] {
+            let ok = send(&router, from(host, method.clone(), None)).await;
+            assert_eq!(ok.status, StatusCode::OK, "{method} {host}");
+        }
+        let admin = send(&router, from("kv.example.com", method.clone(), Some(TOKEN))).await;
+        assert_eq!(admin.status, StatusCode::OK, "{method} with the cluster token");
+    }
+    // Its pages and probes are still served by any name.
+    let page = Request::builder()
+        .uri("/healthz")
+        .header("host", "evil.example")
+        .header("sec-fetch-site", "none")
+        .body(Body::empty())
+        .expect("valid request");
+    assert_eq!(send(&router, page).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_retried_write_with_an_idempotency_key_is_applied_once() {
     let router = Fake::new().router();
     let first = put_with_key(&router, "/v1/kv/k", "op-1", "v").await;

@@ -544,6 +544,21 @@ pub async fn authenticate<S: Service>(
                 }
                 _ => Caller::Anyone,
             };
+            if matches!(caller, Caller::Anyone)
+                && !is_open(req.uri().path())
+                && let Some(name) = crate::api::origin::public_name_from_browser(req.headers())
+            {
+                return ApiError::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "refused a browser's request to this node as {name}: while auth is off, \
+                         a web page may call it only by an IP address, localhost or a \
+                         cluster-internal name (any site's page could take a public name); \
+                         use one of those, or turn auth on (--auth) and give a token"
+                    ),
+                )
+                .into_response();
+            }
             req.extensions_mut().insert(caller);
             return next.run(req).await;
         }
