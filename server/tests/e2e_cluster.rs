@@ -377,6 +377,65 @@ async fn bad_input_gets_clear_json_errors_and_loses_nothing() {
     assert_eq!((status, body.as_slice()), (200, b"me".as_slice()));
 }
 
+/// Writes forwarded on the peer port are checked as a client's are: the
+/// cluster token is not a way around the key and value limits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_cannot_propose_what_a_client_could_not_write() {
+    let c = Cluster::start(1, &[]).await;
+    c.wait_for_master(Duration::from_secs(15)).await;
+    let peer = c.peer_url(0);
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let put = |seq: u64, key: &[u8]| json!({"id": {"client": 7, "seq": seq}, "op": {"put": {"key": b64(key), "value": b64(b"x")}}});
+    let post = |path: &str, body: Value| {
+        c.http
+            .post(format!("{peer}/peer/v1/{path}"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+    };
+    let long = vec![b'a'; 6000];
+    for (seq, key, status) in [(1, &b""[..], 400), (2, &long[..], 413)] {
+        let r = post("propose", put(seq, key)).await.expect("propose");
+        assert_eq!(r.status().as_u16(), status, "key of {} bytes", key.len());
+        let body: Value = r.json().await.expect("a JSON error");
+        assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    }
+    let r = post("propose", put(3, b"fine")).await.expect("propose");
+    assert_eq!(r.status(), 200);
+    // On the message route (and the stream), a bad forwarded write is
+    // dropped, and the good ones beside it are taken.
+    let info = c.cluster_info(0).await.expect("cluster info");
+    let id = u64::from_str_radix(info["node_id"].as_str().expect("node_id"), 16).expect("hex");
+    let forward = json!([{"from": 1, "to": id, "msg": {"forward": {"cmds": [put(4, b""), put(5, b"also-fine")]}}}]);
+    let r = post("messages", forward).await.expect("messages");
+    assert_eq!(r.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get(0, "also-fine", "").await.map(|(s, _)| s) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the good forward was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed: Value = c
+        .http
+        .get(format!("{}/v1/kv?prefix=", c.url(0)))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let keys: Vec<&str> = listed["kvs"]
+        .as_array()
+        .expect("kvs")
+        .iter()
+        .filter_map(|kv| kv["key_utf8"].as_str())
+        .collect();
+    assert_eq!(keys, ["also-fine", "fine"], "{listed}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_refuses_a_data_directory_of_another_node() {
     let mut c = Cluster::start(3, &[]).await;

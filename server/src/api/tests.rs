@@ -500,7 +500,11 @@ async fn a_page_that_rebinds_its_name_to_a_node_without_auth_can_neither_read_no
             assert_eq!(ok.status, StatusCode::OK, "{method} {host}");
         }
         let admin = send(&router, from("kv.example.com", method.clone(), Some(TOKEN))).await;
-        assert_eq!(admin.status, StatusCode::OK, "{method} with the cluster token");
+        assert_eq!(
+            admin.status,
+            StatusCode::OK,
+            "{method} with the cluster token"
+        );
     }
     // Its pages and probes are still served by any name.
     let page = Request::builder()

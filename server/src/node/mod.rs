@@ -1234,6 +1234,7 @@ impl Node {
             self.note_features(first.from, origin.features);
         }
         self.answer_read_index_requests(&mut envs);
+        self.drop_inadmissible_forwards(&mut envs);
         if envs.is_empty() {
             return Ok(());
         }
@@ -1241,8 +1242,62 @@ impl Node {
             .map_err(Misaddressed::Service)
     }
 
+    /// Checks `op` against this node's limits, as every op is where it
+    /// enters the cluster: from a client, or forwarded by a peer (a
+    /// follower has checked it already; anything else that holds the
+    /// cluster token and speaks the peer protocol has not).
+    fn admit(&self, op: &Op) -> Result<(), ServiceError> {
+        op.validate(&self.inner.cfg.limits).map_err(|e| match e {
+            crate::kv::KvError::EmptyKey
+            | crate::kv::KvError::ReservedKey
+            | crate::kv::KvError::InvalidLease(_)
+            | crate::kv::KvError::DuplicateTxnKey(_)
+            | crate::kv::KvError::DeleteLimit { .. } => ServiceError::Invalid(e.to_string()),
+            _ => ServiceError::TooLarge(e.to_string()),
+        })
+    }
+
+    /// Drops forwarded commands this node would not admit from a client
+    /// (see [`Node::admit`]), saying so in the log; the sender's client is
+    /// not answered for them (there is no refusal for it in the protocol)
+    /// and times out. Only a peer that skipped the check sends one, or one
+    /// with larger limits: every replica should have the same.
+    fn drop_inadmissible_forwards(&self, envs: &mut Vec<crate::paxos::Envelope>) {
+        for env in envs.iter_mut() {
+            if let crate::paxos::Message::Forward { cmds } = &mut env.msg {
+                cmds.retain(|cmd| match self.admit(&cmd.op) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(
+                            from = %bootstrap::format_id(env.from),
+                            error = %e,
+                            "dropped a forwarded write this node would refuse from a client; \
+                             give every replica the same limits (--max-key-bytes, \
+                             --max-value-bytes, --max-txn-ops)"
+                        );
+                        false
+                    }
+                });
+            }
+        }
+        envs.retain(
+            |e| !matches!(&e.msg, crate::paxos::Message::Forward { cmds } if cmds.is_empty()),
+        );
+    }
+
+    /// [`Node::propose_local`] for a command a peer sent, checked first as
+    /// a client's would be.
+    pub async fn propose_forwarded(
+        &self,
+        cmd: Command,
+        deadline: Instant,
+    ) -> Result<ProposeReply, ServiceError> {
+        self.admit(&cmd.op)?;
+        self.propose_local(cmd, deadline).await
+    }
+
     /// Proposes `cmd` on this node only and waits for it to be applied.
-    pub async fn propose_local(
+    async fn propose_local(
         &self,
         cmd: Command,
         deadline: Instant,
@@ -1323,7 +1378,7 @@ impl Node {
     ) -> Vec<wire::Forwarded> {
         futures_util::future::join_all(
             cmds.into_iter()
-                .map(|cmd| async move { self.propose_local(cmd, deadline).await }),
+                .map(|cmd| async move { self.propose_forwarded(cmd, deadline).await }),
         )
         .await
         .into_iter()
@@ -2030,14 +2085,7 @@ impl Service for Node {
         op: Op,
         idempotency_key: Option<String>,
     ) -> Result<OpResult, ServiceError> {
-        op.validate(&self.inner.cfg.limits).map_err(|e| match e {
-            crate::kv::KvError::EmptyKey
-            | crate::kv::KvError::ReservedKey
-            | crate::kv::KvError::InvalidLease(_)
-            | crate::kv::KvError::DuplicateTxnKey(_)
-            | crate::kv::KvError::DeleteLimit { .. } => ServiceError::Invalid(e.to_string()),
-            _ => ServiceError::TooLarge(e.to_string()),
-        })?;
+        self.admit(&op)?;
         self.check_quota(&op)?;
         self.check_disk(op.stored_bytes() as u64)?;
         let started = Instant::now();

@@ -137,6 +137,7 @@ fn service_error(e: ServiceError) -> Response {
         }
         ServiceError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, PeerErrorCode::Timeout),
         ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, PeerErrorCode::BadRequest),
+        ServiceError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, PeerErrorCode::BadRequest),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, PeerErrorCode::Internal),
     };
     error(status, code, &e.to_string())
@@ -539,11 +540,15 @@ async fn blocking<T: Send + 'static>(
     path = "/peer/v1/propose",
     tag = "forwarding",
     request_body(content((Command = "application/json"))),
-    responses((status = 200, description = "The outcome, or where the master is.", body = ProposeReply))
+    responses(
+        (status = 200, description = "The outcome, or where the master is.", body = ProposeReply),
+        (status = 400, description = "`bad_request`: an op a client could not send either (an empty or reserved key, say).", body = wire::PeerError),
+        (status = 413, description = "`bad_request`: a key, value or transaction over this node's limits.", body = wire::PeerError),
+    )
 )]
 async fn propose(State(node): State<Node>, body: PeerBody<Command>) -> Response {
     let deadline = Instant::now() + node.inner.cfg.write_timeout;
-    match node.propose_local(body.value, deadline).await {
+    match node.propose_forwarded(body.value, deadline).await {
         Ok(reply) => Reply::<ProposeReply>(reply).into_response(),
         Err(e) => service_error(e),
     }
@@ -556,7 +561,7 @@ async fn propose(State(node): State<Node>, body: PeerBody<Command>) -> Response 
     path = "/peer/v1/propose_batch",
     tag = "forwarding",
     request_body(content((Vec<Command> = "application/json"))),
-    responses((status = 200, description = "One answer per command, in order.", body = Vec<wire::Forwarded>))
+    responses((status = 200, description = "One answer per command, in order; a command a client could not send either (an empty key, one over this node's limits) is answered with its error.", body = Vec<wire::Forwarded>))
 )]
 async fn propose_batch(State(node): State<Node>, body: PeerBody<Vec<Command>>) -> Response {
     let deadline = Instant::now() + node.inner.cfg.write_timeout;
