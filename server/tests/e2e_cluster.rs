@@ -144,6 +144,49 @@ async fn every_operation_works_end_to_end_through_a_follower() {
     assert!(info["master"].is_string());
 }
 
+/// A rolling restart: a replica told to stop (SIGTERM) while a watch is
+/// open on it ends the watch with an error its client resumes from
+/// elsewhere, and exits, instead of waiting on the watcher while the
+/// stream stays silent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_stopped_with_a_watch_open_ends_the_watch_and_exits() {
+    let mut c = Cluster::start(3, &[]).await;
+    c.wait_for_master(Duration::from_secs(20)).await;
+    let mut watch = c
+        .http
+        .get(format!("{}/v1/watch?prefix=z/", c.url(0)))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(watch.status(), 200);
+    assert_eq!(c.put(1, "z/1", "before").await.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("event: put") {
+        match tokio::time::timeout(Duration::from_secs(10), watch.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("no put event: {other:?} {seen}"),
+        }
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let status = c.terminate(0);
+        (c, status)
+    });
+    // The stream ends with an error event, before the watcher's timeout.
+    let mut rest = String::new();
+    while let Ok(Ok(Some(chunk))) =
+        tokio::time::timeout(Duration::from_secs(30), watch.chunk()).await
+    {
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        rest.contains("event: error") && rest.contains("shutting down"),
+        "{rest}"
+    );
+    let (c, status) = status.await.expect("join");
+    assert!(status.success(), "{status:?}\n{}", c.log_of(0));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_resume_after_the_master_is_killed() {
     let mut c = Cluster::start(3, &[]).await;

@@ -1076,8 +1076,21 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     tracing::info!("shutting down: handing off mastership, finishing in-flight requests");
     running.node.hand_off(Duration::from_secs(3)).await;
     let _ = tx.send(true);
-    let _ = running.client.await;
-    let _ = running.peer.await;
+    // Watches end at once (their clients resume elsewhere); a long-lived
+    // exchange that does not end by itself (a keep-alive stream, a long
+    // wait for a lock) is cut after the grace, so that a rolling restart
+    // never waits on a client.
+    let grace_ends = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    for (what, server) in [("client", running.client), ("peer", running.peer)] {
+        let abort = server.abort_handle();
+        if tokio::time::timeout_at(grace_ends, server).await.is_err() {
+            tracing::warn!(
+                "{what} connections still open after {} s are closed",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            abort.abort();
+        }
+    }
     running.node.shutdown();
     tracing::info!("stopped");
     match lost {
@@ -1087,6 +1100,10 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         None => Ok(()),
     }
 }
+
+/// How long a replica that was told to stop lets requests in flight
+/// finish (after handing off mastership) before it closes what is left.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How often a serving replica checks that its data directory is still
 /// the one it opened.

@@ -2333,6 +2333,7 @@ impl Service for Node {
         // history is answered with a status code rather than a stream.
         let (mut page, mut seen) = replay_page(&store, start_revision, &prefix)?;
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let mut closing = self.closing();
         tokio::spawn(async move {
             // The rest of the history, a page at a time, each read once the
             // previous one is sent: a watcher that reads slowly holds a page
@@ -2363,6 +2364,20 @@ impl Service for Node {
                 let received = tokio::select! {
                     () = tx.closed() => return,
                     r = live.recv() => r,
+                    // A replica shutting down applies nothing more: its
+                    // watchers are told, and resume on another replica,
+                    // rather than wait on a stream that stays silent.
+                    true = async { closing.wait_for(|v| *v).await.is_ok() } => {
+                        let _ = tx
+                            .send(Err(ServiceError::Unavailable {
+                                message: "this replica is shutting down; resume the watch on \
+                                          another from the last revision received"
+                                    .into(),
+                                retry_after_secs: 0,
+                            }))
+                            .await;
+                        return;
+                    }
                 };
                 match received {
                     Ok(e) => {
