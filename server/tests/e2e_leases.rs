@@ -12,7 +12,8 @@ use common::{Cluster, TOKEN};
 use serde_json::{Value, json};
 
 /// `phxkv lock jobs --ttl TTL -- sh -c SCRIPT` against `c`, in its own
-/// process group (so that killing the group kills the command too).
+/// process group, its input not a terminal (so phxkv runs the command in
+/// a group of its own too).
 fn lock_command(c: &Cluster, ttl: u64, script: &str) -> std::process::Child {
     let endpoints: Vec<String> = (0..c.procs.len()).map(|i| c.url(i)).collect();
     Command::new(env!("CARGO_BIN_EXE_phxkv"))
@@ -59,11 +60,16 @@ async fn a_killed_lock_holder_frees_the_lock_after_its_ttl_and_fencing_tokens_gr
     let c = Cluster::start(3, &[]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let command_pid = dir.path().join("pid");
     const TTL: u64 = 3;
     let mut holder = lock_command(
         &c,
         TTL,
-        &format!("echo $PHXKV_FENCING_TOKEN > {}; sleep 600", a.display()),
+        &format!(
+            "echo $$ > {}; echo $PHXKV_FENCING_TOKEN > {}; exec sleep 600",
+            command_pid.display(),
+            a.display()
+        ),
     );
     let token_a: u64 = wait_for_file(&a, Duration::from_secs(20))
         .await
@@ -79,12 +85,13 @@ async fn a_killed_lock_holder_frees_the_lock_after_its_ttl_and_fencing_tokens_gr
     tokio::time::sleep(Duration::from_secs(TTL + 2)).await;
     assert!(!b.exists(), "the waiter got the lock while it was held");
     assert!(waiter.try_wait().expect("waiter").is_none());
-    // SIGKILL the holder and its command: nothing releases the lock but
-    // the lease's expiry.
+    // SIGKILL the holder and its command (which phxkv runs in a process
+    // group of its own): nothing releases the lock but the lease's expiry.
+    let command = wait_for_file(&command_pid, Duration::from_secs(5)).await;
     let killed = Instant::now();
     let group = i32::try_from(holder.id()).expect("pid");
     let killed_ok = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{group}")])
+        .args(["-KILL", "--", &format!("-{group}"), &format!("-{command}")])
         .status()
         .expect("run kill");
     assert!(killed_ok.success());
@@ -194,6 +201,82 @@ async fn sigterm_reaches_the_locked_command_and_the_lock_is_released_once_it_exi
         "released by expiry, not on exit"
     );
     assert!(waiter.wait().expect("waiter exits").success());
+}
+
+/// Lines in `path` now (0 when it does not exist).
+fn lines_in(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+/// A lock lost while its command runs stops the command and everything it
+/// started (a script's worker), not the script alone: the lock may belong
+/// to another holder from then on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_lock_stops_the_command_and_what_it_started() {
+    let c = Cluster::start(3, &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (lease, ticks) = (dir.path().join("lease"), dir.path().join("ticks"));
+    let mut holder = lock_command(
+        &c,
+        60,
+        &format!(
+            "(while :; do echo tick >> {t}; sleep 0.05; done) & \
+             echo $PHXKV_LOCK_LEASE > {l}; wait",
+            t = ticks.display(),
+            l = lease.display()
+        ),
+    );
+    let id = wait_for_file(&lease, Duration::from_secs(20)).await;
+    while lines_in(&ticks) < 3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = c
+        .http
+        .delete(format!("{}/v1/leases/{id}", c.url(0)))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("revoke");
+    assert!(r.status().is_success(), "revoke: {}", r.status());
+    let status = holder.wait().expect("holder exits");
+    assert_eq!(status.code(), Some(4), "a lost lock is an error");
+    let after = lines_in(&ticks);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        lines_in(&ticks),
+        after,
+        "the command's worker went on without the lock"
+    );
+}
+
+/// SIGINT sent to `phxkv lock` (by a supervisor, not a terminal) reaches
+/// the command, as SIGTERM does.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_to_phxkv_lock_reaches_the_command() {
+    let c = Cluster::start(1, &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a");
+    let mut holder = lock_command(
+        &c,
+        60,
+        &format!(
+            "trap 'echo interrupted >> {a}; exit 5' INT; echo held > {a}; \
+             while :; do sleep 0.1; done",
+            a = a.display()
+        ),
+    );
+    wait_for_file(&a, Duration::from_secs(20)).await;
+    let sent = Command::new("kill")
+        .args(["-INT", &holder.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let status = holder.wait().expect("holder exits");
+    assert_eq!(status.code(), Some(5), "the command's own exit code");
+    assert_eq!(
+        wait_for_file(&a, Duration::from_secs(5)).await,
+        "held\ninterrupted"
+    );
 }
 
 async fn post(c: &Cluster, i: usize, path: &str, body: Value) -> (u16, Value) {

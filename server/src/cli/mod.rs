@@ -424,18 +424,6 @@ impl Terminate {
             std::future::pending::<()>().await;
         }
     }
-
-    /// Sends SIGTERM to process `pid`; one that has exited is left alone.
-    pub fn send_to(pid: u32) {
-        let pid = i32::try_from(pid)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw);
-        if let Some(pid) = pid
-            && let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::TERM)
-        {
-            tracing::debug!(error = %e, "passing SIGTERM on failed");
-        }
-    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -224,13 +224,57 @@ pub async fn run_lock(args: LockArgs) -> Result<(), CliError> {
     let mut keeper = client.api().keep_alive(&[(lease.id, lease.ttl_secs)]);
     let outcome = hold(&client, &args, lease.id, &mut keeper).await;
     drop(keeper);
-    // Revoking the lease releases the lock (its key goes with it).
-    if let Err(e) = client.api().revoke(lease.id).await {
+    // Revoking the lease releases the lock (its key goes with it). A lease
+    // that could not be kept alive is gone, or about to be: asking the
+    // cluster that could not renew it would only hold up the exit.
+    if !matches!(outcome, Err(Held::Lost(_)))
+        && let Err(e) = client.api().revoke(lease.id).await
+    {
         tracing::debug!(error = %e, "revoking the lock's lease failed; it expires on its own");
     }
-    match outcome? {
-        0 => Ok(()),
-        code => Err(CliError::Child(code)),
+    match outcome {
+        Ok(0) => Ok(()),
+        Ok(code) => Err(CliError::Child(code)),
+        Err(Held::Lost(why)) => Err(CliError::Fatal(why)),
+        Err(Held::Failed(e)) => Err(e),
+    }
+}
+
+/// Why holding a lock ended other than with the command's exit code.
+enum Held {
+    /// The lease could not be kept alive: the lock may be another's now.
+    Lost(String),
+    Failed(CliError),
+}
+
+impl From<CliError> for Held {
+    fn from(e: CliError) -> Held {
+        Held::Failed(e)
+    }
+}
+
+impl From<phxkv_client::Error> for Held {
+    fn from(e: phxkv_client::Error) -> Held {
+        Held::Failed(e.into())
+    }
+}
+
+/// Sends `signal` to the command: to its process group when it has one of
+/// its own (see [`hold`]), so that what it started gets it too.
+fn signal_command(pid: Option<u32>, group: bool, signal: rustix::process::Signal) {
+    let Some(pid) = pid
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let sent = if group {
+        rustix::process::kill_process_group(pid, signal)
+    } else {
+        rustix::process::kill_process(pid, signal)
+    };
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, ?signal, "signalling the command failed");
     }
 }
 
@@ -254,35 +298,53 @@ fn exit_code_of(status: std::process::ExitStatus) -> u8 {
 /// kept, and released, only once the command has exited. Left to its
 /// default, SIGTERM would end this process at once and leave the command
 /// running without the lock, which passes to the next holder after the TTL.
+/// SIGINT and SIGHUP are passed on the same way.
+///
+/// Unless its input is a terminal, the command runs in a process group of
+/// its own, so that when the lock is lost everything it started (a script's
+/// workers) is killed with it, not only the script. At a terminal it stays
+/// in the terminal's group, where it may read the terminal and where
+/// Ctrl-C reaches it directly; only the command itself is killed then.
 async fn hold(
     client: &Client,
     args: &LockArgs,
     lease: u64,
     keeper: &mut KeepAlive,
-) -> Result<u8, CliError> {
+) -> Result<u8, Held> {
     let locked = tokio::select! {
         r = client.api().lock(args.name.as_bytes(), lease, args.wait) => r?,
         () = crate::cli::wait_for_signal() => return Ok(130),
-        why = keeper.lost() => return Err(CliError::Fatal(why)),
+        why = keeper.lost() => return Err(Held::Lost(why)),
     };
     let key = display_bytes(&locked.key);
     let Some((program, rest)) = args.command.split_first() else {
         super::write_line(&format!("{key} fencing_token={}", locked.fencing_token))?;
         return tokio::select! {
             () = crate::cli::wait_for_signal() => Ok(0),
-            why = keeper.lost() => Err(CliError::Fatal(format!("lock lost: {why}"))),
+            why = keeper.lost() => Err(Held::Lost(format!("lock lost: {why}"))),
         };
     };
-    // Listening before the command starts, so that no SIGTERM finds this
+    // Listening before the command starts, so that no signal finds this
     // process without a handler while the command runs.
-    let mut terminate = crate::cli::Terminate::listen()?;
-    let child = tokio::process::Command::new(program)
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| CliError::Fatal(format!("cannot handle {name}: {e}")))
+    };
+    let mut terminate = listen(SignalKind::terminate(), "SIGTERM")?;
+    let mut interrupt = listen(SignalKind::interrupt(), "SIGINT")?;
+    let mut hangup = listen(SignalKind::hangup(), "SIGHUP")?;
+    let own_group = !std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let mut command = tokio::process::Command::new(program);
+    command
         .args(rest)
         .env("PHXKV_LOCK_KEY", &key)
         .env("PHXKV_LOCK_LEASE", lease.to_string())
         .env("PHXKV_FENCING_TOKEN", locked.fencing_token.to_string())
-        .kill_on_drop(true)
-        .spawn();
+        .kill_on_drop(true);
+    if own_group {
+        command.process_group(0);
+    }
+    let child = command.spawn();
     let mut child = match child {
         Ok(child) => child,
         Err(e) => {
@@ -296,25 +358,34 @@ async fn hold(
             });
         }
     };
+    use rustix::process::Signal;
     loop {
-        tokio::select! {
+        // Passed on; the lock is held until the command exits. A signal
+        // that can no longer arrive waits for ever.
+        let pass_on = tokio::select! {
             status = child.wait() => {
                 let status = status.map_err(|e| CliError::Fatal(format!("waiting for {program}: {e}")))?;
                 return Ok(exit_code_of(status));
             }
             why = keeper.lost() => {
-                // The lock may pass to another holder now: stop the command.
+                // The lock may pass to another holder now: stop the command
+                // and everything it started, at once.
+                signal_command(child.id(), own_group, Signal::KILL);
                 let _ = child.kill().await;
-                return Err(CliError::Fatal(format!(
+                return Err(Held::Lost(format!(
                     "lock lost while {program} ran, so it was stopped: {why}"
                 )));
             }
-            () = terminate.recv() => {
-                // Passed on; the lock is held until the command exits.
-                if let Some(pid) = child.id() {
-                    crate::cli::Terminate::send_to(pid);
+            Some(()) = terminate.recv() => Signal::TERM,
+            Some(()) = hangup.recv() => Signal::HUP,
+            // At a terminal, Ctrl-C reached the command already.
+            Some(()) = interrupt.recv() => {
+                if !own_group {
+                    continue;
                 }
+                Signal::INT
             }
-        }
+        };
+        signal_command(child.id(), own_group, pass_on);
     }
 }
