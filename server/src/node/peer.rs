@@ -27,8 +27,10 @@ use super::wire::{
 };
 use super::{Misaddressed, Node, Origin};
 
-/// Largest peer request accepted (a snapshot travels in one request).
-const MAX_PEER_BODY: usize = 4 << 30;
+/// Largest peer request read whole: a batch of messages, as on one line of
+/// a stream. Streams and snapshots are read as they come, line by line or
+/// piece by piece, and are not bound by it.
+const MAX_PEER_BODY: usize = wire::MAX_STREAM_LINE;
 
 /// The router for the peer port.
 pub fn router(node: Node) -> axum::Router {
@@ -48,15 +50,27 @@ pub fn router(node: Node) -> axum::Router {
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .route("/peer/v1/openapi.json", get(openapi_json))
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                PeerErrorCode::MethodNotAllowed,
+                &format!("this peer route does not take {method}; see /peer/v1/openapi.json"),
+            )
+        })
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
                 PeerErrorCode::NotFound,
-                "no such peer route",
+                NO_PEER_ROUTE,
             )
         })
         .with_state(node)
 }
+
+/// What a request to no peer route hears; a client pointed at the peer
+/// port by mistake is told where to go.
+pub const NO_PEER_ROUTE: &str = "no such peer route: this is a replica's peer port, for its \
+    peers only; clients call its client port (8080 by default)";
 
 fn error(status: StatusCode, code: PeerErrorCode, message: &str) -> Response {
     wire::peer_error(status, code, message)
@@ -171,8 +185,10 @@ async fn messages(
             StatusCode::CONFLICT,
             PeerErrorCode::WrongIncarnation,
             &format!(
-                "these messages are for another incarnation of {}; this one is {mine} (its data \
-                 directory is new) and must be replaced in the membership",
+                "these messages are for another incarnation of {}; this one is {mine}: a \
+                 member whose data directory was lost must be replaced in the membership \
+                 (phxkv members replace NAME), and a sender that addressed it by a wrong id \
+                 should use {mine}",
                 node.name()
             ),
         ),
@@ -299,7 +315,10 @@ async fn stream(State(node): State<Node>, headers: HeaderMap, body: axum::body::
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 PeerErrorCode::BadRequest,
-                "a line of the stream is longer than the limit",
+                &format!(
+                    "a line of the stream is longer than the limit of {} bytes",
+                    wire::MAX_STREAM_LINE
+                ),
             );
         }
     }
@@ -329,10 +348,10 @@ async fn stream(State(node): State<Node>, headers: HeaderMap, body: axum::body::
 async fn digests(
     State(node): State<Node>,
     headers: HeaderMap,
-    Json(report): Json<super::digest::DigestReport>,
+    report: PeerBody<super::digest::DigestReport>,
 ) -> Response {
     node.receive_digests(
-        report,
+        report.value,
         wire::Features::of(headers.get(wire::FEATURES_HEADER)),
     );
     (

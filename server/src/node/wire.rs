@@ -245,6 +245,8 @@ pub enum PeerErrorCode {
     TooManyAttempts,
     /// No such peer route.
     NotFound,
+    /// The route does not take the request's method.
+    MethodNotAllowed,
     /// The body could not be decoded.
     BadRequest,
     /// The body's content type is not JSON.
