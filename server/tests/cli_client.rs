@@ -187,7 +187,22 @@ async fn kv_commands_round_trip_with_exit_codes() {
     let r = phxkv(&ep, &["delete", "greeting"], "");
     assert_eq!((r.code, r.stdout.trim()), (0, "deleted"));
     let r = phxkv(&ep, &["delete", "greeting"], "");
-    assert_eq!((r.code, r.stdout.trim()), (1, "not found"));
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (1, ""),
+        "errors go to stderr only"
+    );
+    assert_eq!(r.stderr.trim(), "phxkv: key not found: greeting");
+    // `b64:` alone would be the empty prefix, every key: refused.
+    for args in [&["delete", "--prefix", "b64:"][..], &["list", "b64:"]] {
+        let r = phxkv(&ep, args, "");
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("give the empty prefix ''"),
+            "{}",
+            r.stderr
+        );
+    }
     let r = phxkv(&ep, &["get", "greeting"], "");
     assert_eq!(r.code, 1);
     assert_eq!(r.stderr.trim(), "phxkv: key not found: greeting");
@@ -531,6 +546,11 @@ async fn shell_driven_through_stdin() {
     // Each error was one line, and the session went on.
     assert_eq!(r.stderr.lines().count(), 2, "{}", r.stderr);
     assert!(r.stderr.contains("key not found: missing"), "{}", r.stderr);
+
+    // A delete of a missing key fails as `phxkv delete` does.
+    let r = phxkv(&ep, &["shell"], "delete nope\n");
+    assert_eq!((r.code, r.stdout.as_str()), (1, ""), "{}", r.stderr);
+    assert!(r.stderr.contains("key not found: nope"), "{}", r.stderr);
 
     // End of input ends the session cleanly too.
     let r = phxkv(&ep, &["shell"], "get a\n");

@@ -18,15 +18,20 @@ use crate::telemetry::{self, LogFormat};
 use super::{CliError, serve};
 
 /// Runs a local cluster. Client ports are PORT, PORT+1, ...; peer ports
-/// PORT+100, PORT+101, ...
+/// PEER_PORT (PORT+100 by default), PEER_PORT+1, ...
 #[derive(Args, Debug, Clone)]
 pub struct DevArgs {
     /// Number of replicas (odd numbers make sense: 1, 3, 5).
     #[arg(long, default_value_t = 3)]
     pub nodes: u16,
-    /// First client port.
+    /// First client port: replica 1 serves clients on PORT, replica 2 on
+    /// PORT+1, and so on.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// First peer port (what replicas call each other on), counted up the
+    /// same way [default: PORT+100].
+    #[arg(long, value_name = "PORT")]
+    pub peer_port: Option<u16>,
     /// Where the replicas keep their data (kept across restarts).
     #[arg(long, default_value = "phxkv-dev")]
     pub data_dir: PathBuf,
@@ -87,15 +92,38 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
                 .into(),
         ));
     }
-    if u32::from(args.port) + 100 + u32::from(args.nodes) > 65_535 {
+    let peer_port = args.peer_port.map_or(u32::from(args.port) + 100, u32::from);
+    if peer_port == 0 {
         return Err(CliError::Usage(
-            "--port: too high for this many nodes".into(),
+            "--peer-port: give the first peer port, like 8180".into(),
         ));
     }
+    for (flag, first) in [("--port", u32::from(args.port)), ("--peer-port", peer_port)] {
+        if first + u32::from(args.nodes) > 65_535 {
+            return Err(CliError::Usage(format!(
+                "{flag}: too high for this many nodes"
+            )));
+        }
+    }
+    let (client_range, peer_range) = (
+        u32::from(args.port)..u32::from(args.port) + u32::from(args.nodes),
+        peer_port..peer_port + u32::from(args.nodes),
+    );
+    if client_range.start < peer_range.end && peer_range.start < client_range.end {
+        return Err(CliError::Usage(format!(
+            "--peer-port {peer_port}: the peer ports {}-{} overlap the client ports {}-{}",
+            peer_range.start,
+            peer_range.end - 1,
+            client_range.start,
+            client_range.end - 1
+        )));
+    }
     serve::check_lease(args.lease).map_err(|m| CliError::Usage(format!("--lease: {m}")))?;
-    // Replica i listens on port + i for clients and port + 100 + i for peers.
+    // Checked above: every port fits in a u16.
+    let peer_port = peer_port as u16;
+    // Replica i listens on port + i for clients and peer_port + i for peers.
     let ports: Vec<(String, u16, u16)> = (0..args.nodes)
-        .map(|i| (format!("n{}", i + 1), args.port + i, args.port + 100 + i))
+        .map(|i| (format!("n{}", i + 1), args.port + i, peer_port + i))
         .collect();
     check_ports_free(&ports)?;
     let _telemetry = telemetry::init_dev("phxkv", args.log_format)

@@ -48,7 +48,6 @@ pub async fn run(args: DeleteArgs) -> Result<(), CliError> {
         crate::cli::say!("deleted");
         Ok(())
     } else {
-        crate::cli::say!("not found");
         Err(CliError::NotFound(format!(
             "key not found: {}",
             super::display_bytes(&key.0)

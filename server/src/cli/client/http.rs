@@ -155,6 +155,13 @@ impl IntoCliError for ApiFailure {
             // No such route: the endpoint is wrong (a path after the
             // address, say), which says nothing about the key either. (A
             // missing role or token is `not_found` too, and says so.)
+            // A replica's peer port: the endpoint is wrong, not the key.
+            404 if self.code == "not_found" && self.message.starts_with("no such peer route") => {
+                CliError::Usage(format!(
+                    "{}; give --endpoints the client port's address",
+                    self.message
+                ))
+            }
             404 if self.code == "not_found" && self.message.starts_with(NO_ROUTE) => {
                 CliError::Usage(format!(
                     "{}; check --endpoints: give each node's address only, like \
@@ -236,6 +243,11 @@ mod tests {
         assert!(
             matches!(&route, CliError::Usage(m) if m.contains("--endpoints")),
             "{route:?}"
+        );
+        let peer = failure(crate::node::peer::NO_PEER_ROUTE).into_cli_error();
+        assert!(
+            matches!(&peer, CliError::Usage(m) if m.contains("client port")),
+            "{peer:?}"
         );
         let role = failure("no role \"nosuch\"").into_cli_error();
         assert!(

@@ -286,6 +286,13 @@ impl std::str::FromStr for KeyArg {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.strip_prefix("b64:") {
+            // The empty key, or as a prefix every key: too easy to reach
+            // by a slip (`delete --prefix b64:$(...)` of an empty result).
+            Some("") => Err(
+                "\"b64:\" with nothing after it names no bytes; for every key, give the \
+                 empty prefix '' instead"
+                    .into(),
+            ),
             Some(encoded) => B64.decode(encoded).map(KeyArg).map_err(|e| {
                 format!(
                     "{s:?} is not b64: followed by base64 ({e}); a key written b64:... \

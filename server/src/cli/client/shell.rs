@@ -268,8 +268,15 @@ async fn execute(client: &Client, line: &str) -> Result<Next, CliError> {
             write_line(&format!("OK revision={} version={}", r.revision, r.version))?;
         }
         Line::Delete(key) => {
-            let r = delete::delete(client, &key_bytes(&key)?, None).await?;
-            write_line(if r.deleted { "deleted" } else { "not found" })?;
+            let bytes = key_bytes(&key)?;
+            if !delete::delete(client, &bytes, None).await?.deleted {
+                // As `phxkv delete` says it: an error, exit code 1.
+                return Err(CliError::NotFound(format!(
+                    "key not found: {}",
+                    display_bytes(&bytes)
+                )));
+            }
+            write_line("deleted")?;
         }
         Line::List(prefix) => {
             list::list(client, &key_bytes(&prefix)?, None, |kv| {
