@@ -187,6 +187,54 @@ async fn a_replica_stopped_with_a_watch_open_ends_the_watch_and_exits() {
     assert!(status.success(), "{status:?}\n{}", c.log_of(0));
 }
 
+/// A master that stops without closing its connections (SIGSTOP) never
+/// answers the writes followers forwarded to it: a follower sends them to
+/// the next master instead, so the client's write succeeds, and exactly
+/// once even after the old master comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_forwarded_to_a_paused_master_goes_to_the_next_one() {
+    let c = Cluster::start(3, &[]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let f = (m + 1) % 3;
+    assert_eq!(c.put(f, "before", "1").await.status(), 200);
+    c.pause(m);
+    // Created only if missing: a second application would be refused.
+    let r = c
+        .http
+        .put(format!("{}/v1/kv/once?if_version=0", c.url(f)))
+        .body("1")
+        .send()
+        .await
+        .expect("write");
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    c.resume(m);
+    assert_eq!(status, 200, "{body}");
+    // Whichever copies were chosen, the write was applied once, and the old
+    // master, back, agrees.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c
+            .http
+            .get(format!("{}/v1/kv/once?consistency=local", c.url(m)))
+            .send()
+            .await
+            .expect("get");
+        if r.status() == 200 {
+            let version = r
+                .headers()
+                .get("x-phxkv-version")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            assert_eq!(version.as_deref(), Some("1"), "applied once");
+            assert_eq!(r.bytes().await.expect("body").as_ref(), b"1");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old master never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_resume_after_the_master_is_killed() {
     let mut c = Cluster::start(3, &[]).await;

@@ -355,6 +355,10 @@ const FEATURES_HURRY: Duration = Duration::from_secs(10);
 /// again later.
 const MAX_RESEND_WINDOW: Duration = Duration::from_secs(5);
 
+/// How often a write forwarded to a master that has not answered checks
+/// whether another node became master (see `Node::forward_while_master`).
+const MASTER_RECHECK: Duration = Duration::from_millis(250);
+
 /// How long a write may be sent again after it is first sent: see
 /// [`MAX_RESEND_WINDOW`].
 fn resend_window(write_timeout: Duration) -> Duration {
@@ -1435,6 +1439,39 @@ impl Node {
             .unwrap_or_else(|_| Err("the forwarder stopped".into()))
     }
 
+    /// [`Node::forward`] to `master`, given up when this node learns that
+    /// another node is master: a master that stopped (paused, partitioned)
+    /// without closing its connections never answers, and the write is
+    /// sent to the new one instead, under the same request id, within the
+    /// write's resend window. Should both copies be chosen, the state
+    /// machine applies the second as a duplicate of the first (see
+    /// [`crate::kv::dedup`]), as for any write sent again. Checked every
+    /// [`MASTER_RECHECK`], not on every change this node publishes: a
+    /// forward that is answered in time costs one timer.
+    async fn forward_while_master(
+        &self,
+        cmd: Command,
+        master: NodeId,
+        deadline: Instant,
+    ) -> Result<ProposeReply, String> {
+        let forward = self.forward(cmd, master, deadline);
+        tokio::pin!(forward);
+        loop {
+            match tokio::time::timeout(MASTER_RECHECK, &mut forward).await {
+                Ok(answer) => return answer,
+                Err(_) => {
+                    let now = self.inner.published.borrow().status.master;
+                    if now.is_some_and(|m| m != master) {
+                        return Err(format!(
+                            "no answer from the master it was sent to; {} is master now",
+                            now.map(bootstrap::format_id).unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
     /// Answers followers' read-index requests here, at once, while this
     /// node is a master with a valid lease, as `POST /peer/v1/read_index`
     /// does: the index is taken after the request arrived, which is all a
@@ -2145,7 +2182,7 @@ impl Service for Node {
             let reply = match local {
                 ProposeReply::NotMaster { hint: Some(m) } if m != self.inner.id => {
                     self.inner.metrics.inc_forwarded();
-                    match self.forward(cmd.clone(), m, deadline).await {
+                    match self.forward_while_master(cmd.clone(), m, deadline).await {
                         Ok(r) => {
                             proposed = true;
                             r
