@@ -163,6 +163,23 @@ def test_key_browser_pages_through_a_long_listing(page, env):
     expect(rows.nth(24)).to_contain_text(prefix + "024")
 
 
+def test_a_listed_key_with_a_line_break_opens_as_hex(page, env):
+    prefix = f"lines-{env.run}/"
+    env.put(prefix + "two\nlines", "kept")
+    open_view(page, env, "keys")
+    page.fill("#list-prefix", prefix)
+    page.click("#list-submit")
+    rows = page.locator("#list-table tbody tr")
+    expect(rows).to_have_count(1)
+    key_hex = (prefix + "two\nlines").encode().hex()
+    expect(rows.nth(0)).to_contain_text(key_hex)
+    # A text field would drop the line break and read another key.
+    rows.nth(0).click()
+    expect(page.locator("#kv-key-enc")).to_have_value("hex")
+    expect(page.locator("#kv-key")).to_have_value(key_hex)
+    expect(page.locator("#kv-view")).to_have_text("kept")
+
+
 def test_watch_shows_changes_live(page, env):
     prefix = f"watched-{env.run}/"
     open_view(page, env, "watch")

@@ -337,6 +337,20 @@ impl CliError {
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h` (a bare number means seconds).
+/// A lease's TTL in whole seconds: `10`, or a duration with a unit that
+/// comes to whole seconds (`10s`, `2m`).
+pub fn parse_ttl(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a TTL: give whole seconds, like 10, 10s or 2m");
+    if let Ok(secs) = s.trim().parse::<u64>() {
+        return Ok(secs);
+    }
+    let d = parse_duration(s).map_err(|_| bad())?;
+    if d.subsec_nanos() != 0 {
+        return Err(bad());
+    }
+    Ok(d.as_secs())
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -467,6 +481,17 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttls_take_whole_seconds_with_or_without_a_unit() {
+        assert_eq!(parse_ttl("10"), Ok(10));
+        assert_eq!(parse_ttl("10s"), Ok(10));
+        assert_eq!(parse_ttl("2m"), Ok(120));
+        for bad in ["-3", "1.5s", "500ms", "x"] {
+            let err = parse_ttl(bad).expect_err(bad);
+            assert!(err.contains("whole seconds"), "{err}");
+        }
+    }
 
     #[test]
     fn durations_parse_in_common_units_and_reject_garbage() {

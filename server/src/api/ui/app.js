@@ -138,10 +138,17 @@ function printable(text) {
   return text !== null && !/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/.test(text);
 }
 
+// Whether a key can be shown and typed as one line of text: a line break
+// would be dropped by the key field (and read as a space in a cell), so
+// such a key is shown and edited as hex.
+function printableKey(text) {
+  return printable(text) && !/[\r\n\t]/.test(text);
+}
+
 // A key or value from JSON (base64 plus optional `*_utf8`) for a table cell:
 // the text when it is printable, otherwise hex marked as such.
-function bytesCell(b64, utf8, max) {
-  if (utf8 !== undefined && utf8 !== null && printable(utf8)) {
+function bytesCell(b64, utf8, max, isKey) {
+  if (utf8 !== undefined && utf8 !== null && (isKey ? printableKey(utf8) : printable(utf8))) {
     const shown = utf8.length > max ? utf8.slice(0, max) + "\u2026" : utf8;
     return el("span", { class: "mono", title: utf8.length > max ? utf8.slice(0, 2000) : null }, shown);
   }
@@ -607,7 +614,7 @@ async function loadPage(page) {
   if (body.more && body.next_after) list.afters.push(b64ToBytes(body.next_after, "next_after"));
   const rows = body.kvs.map(kv => {
     const row = el("tr", { class: "clickable", title: "Open this key" },
-      el("td", {}, bytesCell(kv.key, kv.key_utf8, 60)),
+      el("td", {}, bytesCell(kv.key, kv.key_utf8, 60, true)),
       el("td", {}, bytesCell(kv.value, kv.value_utf8, 40)),
       el("td", { class: "num" }, fmtInt(kv.version)),
       el("td", { class: "num" }, fmtInt(kv.mod_revision)));
@@ -638,7 +645,7 @@ function startListing() {
 // Puts a listed key into the editor (as text when it is printable text,
 // otherwise as hex) and reads it.
 function openKey(kv) {
-  if (kv.key_utf8 !== undefined && printable(kv.key_utf8)) {
+  if (kv.key_utf8 !== undefined && printableKey(kv.key_utf8)) {
     $("kv-key").value = kv.key_utf8;
     $("kv-key-enc").value = "text";
   } else {
@@ -828,7 +835,7 @@ function addEvent(name, data) {
   const row = el("tr", { class: "event-" + name },
     el("td", {}, el("span", { class: "tag " + name }, name)),
     el("td", { class: "num" }, fmtInt(data.revision)),
-    el("td", {}, bytesCell(data.key, data.key_utf8, 60)),
+    el("td", {}, bytesCell(data.key, data.key_utf8, 60, true)),
     el("td", {}, name === "delete" ? el("span", { class: "muted" }, "\u2014") : bytesCell(data.value, data.value_utf8, 60)),
     el("td", { class: "num" }, name === "delete" ? "\u2014" : fmtInt(data.version)),
     el("td", { class: "muted" }, new Date().toLocaleTimeString()));

@@ -36,7 +36,7 @@ pub struct ElectArgs {
     /// The TTL of the lease behind the candidacy, in seconds: if this
     /// process dies, another candidate leads that long after its last
     /// keep-alive.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = crate::cli::parse_ttl)]
     pub ttl: u64,
     /// Give up (exit 1) if not elected within this long, like 30s or 5m;
     /// waits for ever when left out.

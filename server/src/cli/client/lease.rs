@@ -25,7 +25,9 @@ pub enum LeaseCommand {
     /// Grant a lease that lives TTL seconds without a keep-alive (2 to
     /// 604800). Prints its id; attach keys with `phxkv put --lease ID`.
     Grant {
-        /// Seconds without a keep-alive before the lease expires.
+        /// Seconds without a keep-alive before the lease expires (10, or
+        /// 10s, 2m).
+        #[arg(value_parser = crate::cli::parse_ttl)]
         ttl: u64,
         /// Ask for this id (1 to 2^53-1) instead of a random one.
         #[arg(long)]
@@ -205,7 +207,7 @@ pub struct LockArgs {
     pub command: Vec<String>,
     /// The TTL of the lease that holds the lock, in seconds: if this process
     /// dies, the lock is free again that long after its last keep-alive.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = crate::cli::parse_ttl)]
     pub ttl: u64,
     /// Give up (exit 1) if the lock is not acquired within this long, like
     /// 30s or 5m; waits for ever when left out.
