@@ -211,8 +211,12 @@ class ApiError extends Error {
       text += " (current version " + e.current_version +
         ", current mod revision " + e.current_mod_revision + ")";
     }
-    if (this.status === 401 || this.status === 403) {
-      text += "\nThis action needs the cluster token: paste it in the field at the top right.";
+    if (this.status === 401 && !token()) {
+      text += "\nThis node needs a token: paste the cluster token (or an API token) in the field at the top right.";
+    } else if (this.status === 401) {
+      text += "\nThe token in the field at the top right was refused: paste a valid one.";
+    } else if (this.status === 403) {
+      text += "\nThe token in use does not grant this: use the cluster token or one with an admin role.";
     }
     if (this.retryAfter) text += "\nRetry after " + this.retryAfter + " s.";
     return text;
@@ -373,7 +377,9 @@ async function refreshCluster() {
     renderMembersView(info);
   } catch (e) {
     say($("overview-error"), "error", "Cluster status: " + describe(e));
-    $("node-label").textContent = "not answering";
+    $("node-label").textContent =
+      e instanceof ApiError && e.status === 401 ? "needs a token" :
+      e instanceof ApiError && e.status !== 0 ? "answered " + e.status : "not answering";
   }
 }
 
