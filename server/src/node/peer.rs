@@ -120,12 +120,23 @@ async fn authenticate(
         .get(wire::READ_MODE_HEADER)
         .map_or(Ok("lease"), |v| v.to_str())
         .unwrap_or("?");
+    if !matches!(theirs, "lease" | "quorum") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            PeerErrorCode::BadRequest,
+            &format!(
+                "{} {theirs:?} is not a read mode: lease or quorum",
+                wire::READ_MODE_HEADER
+            ),
+        );
+    }
     if theirs != mine {
         let message = format!(
             "this node runs --read-mode {mine} and the sender {theirs}: every replica of a \
              cluster must use the same read mode"
         );
-        tracing::warn!(sender = %sender_url(&headers).unwrap_or_default(), "{message}");
+        let sender = sender_url(&headers).unwrap_or("(no peer URL given)");
+        tracing::warn!(sender, "{message}");
         return error(
             StatusCode::PRECONDITION_FAILED,
             PeerErrorCode::ReadModeMismatch,
