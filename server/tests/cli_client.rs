@@ -839,3 +839,50 @@ fn switches_read_from_variables_take_1_and_yes() {
         );
     }
 }
+
+/// `phxkv backup list|take|delete` manage the bases of the cluster's
+/// archive, as `/v1/admin/backups` does.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_list_take_and_delete_manage_the_archive() {
+    let archive = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}/a", archive.path().display());
+    let c = Cluster::start(1, &["--archive-url", &url]).await;
+    c.wait_for_master(std::time::Duration::from_secs(20)).await;
+    let ep = all_endpoints(&c);
+    let token = c.dir.path().join("token");
+    let token = token.to_str().expect("utf-8 path");
+    let admin = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--token-file", token]);
+        phxkv(&ep, &all, "")
+    };
+    let r = admin(&["backup", "take"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("stored base "), "{}", r.stdout);
+    let r = admin(&["backup", "list"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(&format!("archive {url}")), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("recoverable from revision"),
+        "{}",
+        r.stdout
+    );
+    let r = admin(&["backup", "list", "-o", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let bases = listed["backups"].as_array().expect("backups");
+    assert!(!bases.is_empty(), "{listed}");
+    let newest = bases
+        .last()
+        .and_then(|b| b["name"].as_str())
+        .expect("a name");
+    // The newest is refused; a name that is none is not found (exit 1).
+    let r = admin(&["backup", "delete", newest]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("take a new one first"), "{}", r.stderr);
+    let r = admin(&["backup", "delete", "nosuch"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    // Without the token: a usage error that says what to pass.
+    let r = phxkv(&ep, &["backup", "list"], "");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--token-file"), "{}", r.stderr);
+}

@@ -50,6 +50,32 @@ pub enum BackupAction {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// List the base snapshots in the cluster's archive (the node's
+    /// --archive-url), the stretches a restore can reach and how far the
+    /// archive is behind. Needs the cluster token.
+    List {
+        #[command(flatten)]
+        output: super::OutputArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Take a base snapshot into the cluster's archive now; prints it once
+    /// it is stored (minutes for a large store). Needs the cluster token.
+    Take {
+        #[command(flatten)]
+        output: super::OutputArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Delete a base snapshot from the archive, by the name `list` shows,
+    /// and the log segments no remaining base needs. The newest base is
+    /// refused: take a new one first. Needs the cluster token.
+    Delete {
+        /// The base's name.
+        name: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Print a backup's header and verify its checksum.
     Inspect {
         /// The backup file.
@@ -124,6 +150,105 @@ pub enum BackupAction {
     },
 }
 
+/// A point of the archive, as `list` prints it.
+fn point(p: &crate::archive::Point) -> String {
+    format!(
+        "revision {} ({})",
+        p.revision,
+        chrono::DateTime::from_timestamp(i64::try_from(p.time).unwrap_or(0), 0).map_or_else(
+            || p.time.to_string(),
+            |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+        )
+    )
+}
+
+/// What `backup list` prints for people.
+fn render_archive(list: &crate::api::service::BackupList) -> String {
+    let mut out = format!("archive {}\n", list.archive_url);
+    if list.backups.is_empty() {
+        out.push_str("no base snapshots yet\n");
+    }
+    for b in &list.backups {
+        out.push_str(&format!(
+            "base {}  {}  {} bytes\n",
+            b.name,
+            point(&crate::archive::Point {
+                revision: b.revision,
+                index: b.index,
+                time: b.created_at,
+            }),
+            b.bytes
+        ));
+    }
+    for (i, r) in list.recoverable_ranges.iter().enumerate() {
+        if i > 0 {
+            out.push_str("  (a gap: the points between cannot be restored)\n");
+        }
+        out.push_str(&format!(
+            "recoverable from {} to {}\n",
+            point(&r.first),
+            point(&r.last)
+        ));
+    }
+    if let Some(lag) = list.archive_lag {
+        out.push_str(&format!("archive lag: {lag} entries\n"));
+    }
+    if let Some(e) = &list.archive_error {
+        out.push_str(&format!("archiver's last error: {e}\n"));
+    }
+    out
+}
+
+async fn list_archive(connect: &ConnectArgs, format: super::Output) -> Result<(), CliError> {
+    let client = Client::new(connect)?;
+    let resp = client
+        .send(|h, base| h.get(format!("{base}/v1/admin/backups")))
+        .await?;
+    let list: crate::api::service::BackupList = http::json(http::check(resp).await?).await?;
+    match format {
+        super::Output::Json => super::print_json(&list),
+        _ => super::write_out(render_archive(&list).as_bytes()),
+    }
+}
+
+async fn take_base(connect: &ConnectArgs, format: super::Output) -> Result<(), CliError> {
+    let client = Client::new(connect)?;
+    crate::cli::tell!("taking a base snapshot into the archive (minutes for a large store)");
+    let resp = client
+        .send_streaming(|h, base| h.post(format!("{base}/v1/admin/backups")))
+        .await?;
+    let base: crate::archive::Base = http::json(http::check(resp).await?).await?;
+    match format {
+        super::Output::Json => super::print_json(&base),
+        _ => super::write_line(&format!(
+            "stored base {} at revision {} ({} bytes)",
+            base.name, base.revision, base.bytes
+        )),
+    }
+}
+
+async fn delete_base(connect: &ConnectArgs, name: &str) -> Result<(), CliError> {
+    let client = Client::new(connect)?;
+    let path = format!("/v1/admin/backups/{}", percent_encode_segment(name));
+    let resp = client
+        .send(|h, base| h.delete(format!("{base}{path}")))
+        .await?;
+    http::check(resp).await?;
+    super::write_line(&format!("deleted base {name}"))
+}
+
+/// `name` as one path segment.
+fn percent_encode_segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A time as milliseconds since the Unix epoch.
 fn parse_time(s: &str) -> Result<u64, String> {
     if let Ok(secs) = s.parse::<u64>() {
@@ -146,6 +271,9 @@ pub async fn run(args: BackupArgs) -> Result<(), CliError> {
             connect,
         } => save(&file, force, &connect).await,
         BackupAction::Inspect { file } => inspect(&file),
+        BackupAction::List { output, connect } => list_archive(&connect, output.format()).await,
+        BackupAction::Take { output, connect } => take_base(&connect, output.format()).await,
+        BackupAction::Delete { name, connect } => delete_base(&connect, &name).await,
         BackupAction::Restore {
             file,
             from_archive,
