@@ -12,21 +12,23 @@ fn base() -> Base {
 }
 
 fn list(on_master: bool) -> BackupList {
+    let recoverable = Recoverable {
+        first: Point {
+            revision: 77,
+            index: 120,
+            time: 1_764_500_000,
+        },
+        last: Point {
+            revision: 90,
+            index: 140,
+            time: 1_764_500_100,
+        },
+    };
     BackupList {
         archive_url: "s3://b/p/ns/kv".into(),
         backups: vec![base()],
-        recoverable: Some(Recoverable {
-            first: Point {
-                revision: 77,
-                index: 120,
-                time: 1_764_500_000,
-            },
-            last: Point {
-                revision: 90,
-                index: 140,
-                time: 1_764_500_100,
-            },
-        }),
+        recoverable: Some(recoverable),
+        recoverable_ranges: vec![recoverable],
         archived_index: on_master.then_some(140),
         archive_lag: on_master.then_some(3),
         archive_error: None,
