@@ -265,14 +265,10 @@ impl Catalog {
     /// The first and last points a restore can reach (with any gaps
     /// between them: see [`Catalog::recoverable_ranges`]).
     pub fn recoverable(&self) -> Option<Recoverable> {
-        let first = self.bases.first()?;
+        let ranges = self.recoverable_ranges();
         Some(Recoverable {
-            first: Point {
-                revision: first.revision,
-                index: first.index,
-                time: first.created_at,
-            },
-            last: self.tail()?,
+            first: ranges.first()?.first,
+            last: ranges.last()?.last,
         })
     }
 

@@ -229,24 +229,12 @@ async fn take_base(connect: &ConnectArgs, format: super::Output) -> Result<(), C
 
 async fn delete_base(connect: &ConnectArgs, name: &str) -> Result<(), CliError> {
     let client = Client::new(connect)?;
-    let path = format!("/v1/admin/backups/{}", percent_encode_segment(name));
+    let path = format!("/v1/admin/backups/{}", super::path_segment(name.as_bytes()));
     let resp = client
         .send(|h, base| h.delete(format!("{base}{path}")))
         .await?;
     http::check(resp).await?;
     super::write_line(&format!("deleted base {name}"))
-}
-
-/// `name` as one path segment.
-fn percent_encode_segment(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A time as milliseconds since the Unix epoch.
