@@ -54,6 +54,37 @@ fn committed_peer_openapi_document_is_current() {
     check("phxkv-peer.json", phxkv::node::peer::openapi());
 }
 
+/// Node ids are random and use all 64 bits: a peer written from the
+/// document must not read them as signed.
+#[test]
+fn peer_document_names_unsigned_integers_as_such() {
+    let doc = serde_json::to_value(phxkv::node::peer::openapi()).expect("JSON");
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["u64"]["format"], "uint64", "{}", schemas["u64"]);
+    assert_eq!(
+        schemas["RequestId"]["properties"]["client"]["format"],
+        "uint64"
+    );
+    fn signed_but_unsigned(v: &serde_json::Value, found: &mut usize) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("format")
+                    .is_some_and(|f| f == "int64" || f == "int32")
+                    && m.get("minimum").and_then(|n| n.as_f64()) == Some(0.0)
+                {
+                    *found += 1;
+                }
+                m.values().for_each(|v| signed_but_unsigned(v, found));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| signed_but_unsigned(v, found)),
+            _ => {}
+        }
+    }
+    let mut found = 0;
+    signed_but_unsigned(&doc, &mut found);
+    assert_eq!(found, 0, "unsigned integers still described as signed");
+}
+
 fn collect_refs(v: &serde_json::Value, out: &mut Vec<String>) {
     match v {
         serde_json::Value::Object(map) => {

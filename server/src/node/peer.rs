@@ -704,6 +704,10 @@ an address that sent 10 wrong tokens within 60 s (to either port) gets 429 \
 passed. Every request also carries the sender's `--read-mode` as `phxkv-read-mode: lease` or `quorum` \
 (`lease` when absent); a node refuses a sender in another mode with 412 \
 `read_mode_mismatch`. \
+With `--tls-cert`, the port speaks TLS only and asks for a client \
+certificate signed by the cluster CA: a connection without one fails in the \
+handshake, before any route, and a plain-HTTP request gets 400 \
+`tls_required` and a closed connection.\n\n\
 Bodies are JSON (`application/json`); byte strings (keys, values) are \
 standard base64; node ids are unsigned 64-bit integers (incarnation ids, \
 shown elsewhere as 16 hex digits) that a reader must keep exact; enum values \
@@ -772,5 +776,48 @@ impl Modify for PeerCommon {
 
 /// The OpenAPI 3.1 document of the peer API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    PeerDoc::openapi()
+    unsigned_formats(PeerDoc::openapi())
+}
+
+/// The document with every unsigned integer's format named as such.
+///
+/// utoipa describes Rust's `u64` as `format: int64` with `minimum: 0`. A
+/// peer written from that would keep node ids, which are random and use
+/// all 64 bits, in a signed 64-bit integer, and fail on half of them; so
+/// this document says `uint64` (and `uint32`), the names the OpenAPI
+/// format registry gives them. Tools that do not know a format ignore it.
+fn unsigned_formats(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let integer = match m.get("type") {
+                    Some(serde_json::Value::String(t)) => t == "integer",
+                    Some(serde_json::Value::Array(ts)) => ts.iter().any(|t| t == "integer"),
+                    _ => false,
+                };
+                let unsigned = m
+                    .get("minimum")
+                    .and_then(serde_json::Value::as_f64)
+                    .is_some_and(|min| min == 0.0);
+                if integer
+                    && unsigned
+                    && let Some(format) = m.get_mut("format")
+                {
+                    match format.as_str() {
+                        Some("int64") => *format = "uint64".into(),
+                        Some("int32") => *format = "uint32".into(),
+                        _ => {}
+                    }
+                }
+                m.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&doc) else {
+        return doc;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(doc)
 }
