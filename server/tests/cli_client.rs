@@ -425,6 +425,12 @@ async fn status_members_and_failover() {
         let members = v["members"].as_array().expect("members");
         assert_eq!(members.len(), 3, "{v}");
         assert_eq!(members.iter().filter(|m| m["role"] == "voter").count(), 3);
+        // In name order, as the text view shows them (the configuration
+        // keeps them by random incarnation id).
+        let names: Vec<&str> = members.iter().filter_map(|m| m["name"].as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted, "{args:?}: {v}");
         for m in members {
             for field in ["name", "id", "peer_url", "is_master", "healthy"] {
                 assert!(!m[field].is_null(), "{args:?} {field}: {m}");
@@ -518,6 +524,16 @@ async fn members_transfer_moves_mastership_and_explains_refusals() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("no member is named"), "{}", r.stderr);
+    // Replacing a member that does not exist is a missing member (exit 1,
+    // as for any 404), not a usage error.
+    let r = phxkv(
+        &ep,
+        &["members", "replace", "nobody", "--token-file", token],
+        "",
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("peer_url"), "{}", r.stderr);
     let r = phxkv(&ep, &["members", "transfer", &name], "");
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("cluster token"), "{}", r.stderr);

@@ -264,8 +264,9 @@ pub async fn remove_member<S: Service>(
     ),
     responses(
         (status = 200, description = "What was done; `state` says whether to call again.", body = ReplaceReport),
-        (status = 400, description = "Bad parameters, a name that is not 1 to 63 letters, digits, `-`, `_` or `.`, or no such member and no `peer_url` (`invalid_argument`).", body = ErrorResponse),
+        (status = 400, description = "Bad parameters, or a name that is not 1 to 63 letters, digits, `-`, `_` or `.` (`invalid_argument`).", body = ErrorResponse),
         (status = 401, description = "Missing or wrong cluster token.", body = ErrorResponse),
+        (status = 404, description = "No member has that name and no `peer_url` was given to add one (`member_not_found`).", body = ErrorResponse),
         (status = 409, description = "The node belongs elsewhere, or a change would lose quorum (`conflict`).", body = ErrorResponse),
         (status = 503, description = "The node at the peer URL does not answer, or no master (`unavailable`).", body = ErrorResponse),
     )

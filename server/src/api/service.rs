@@ -129,6 +129,7 @@ pub struct ClusterInfo {
     pub revision: u64,
     pub applied_index: u64,
     pub commit_index: u64,
+    /// The members of the configuration this node holds, sorted by name.
     pub members: Vec<MemberInfo>,
 }
 

@@ -1973,7 +1973,7 @@ impl Node {
             .map(|f| f.clone())
             .unwrap_or_default();
         let master = p.status.master;
-        let members = membership
+        let mut members: Vec<MemberInfo> = membership
             .members
             .iter()
             .map(|(id, m)| {
@@ -2003,6 +2003,9 @@ impl Node {
                 }
             })
             .collect();
+        // By name, as a person reads them (the configuration orders them by
+        // incarnation id, which is random).
+        members.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
         let (node_state, node_state_reason) = self.state();
         let divergence = self
             .inner

@@ -78,8 +78,9 @@ impl Node {
         let url = peer_url
             .or_else(|| current.as_ref().map(|m| m.peer_url.clone()))
             .ok_or_else(|| {
-                ServiceError::Invalid(format!(
-                    "no member is named {name:?}; give the new node's peer_url to add it"
+                ServiceError::UnknownMember(format!(
+                    "no member is named {}; give the new node's peer_url to add it",
+                    crate::text::quoted(&name)
                 ))
             })?;
         let url = url.trim_end_matches('/').to_string();
