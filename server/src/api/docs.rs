@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 use axum::Json;
 use axum::Router;
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{Redirect, Response};
 use axum::routing::get;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
@@ -220,6 +220,8 @@ pub(crate) fn routes<S: Service>() -> Router<S> {
     Router::new()
         .route("/openapi.json", get(openapi_json))
         .route("/docs", get(docs_page))
+        // As `/ui/`: the page's relative links are written for `/docs`.
+        .route("/docs/", get(|| async { Redirect::permanent("/docs") }))
 }
 
 /// This API's OpenAPI 3.1 document.

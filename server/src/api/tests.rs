@@ -1385,7 +1385,14 @@ async fn docs_page_is_self_contained() {
     assert!(reply.header("content-type").starts_with("text/html"));
     let html = String::from_utf8_lossy(&reply.body);
     assert!(html.contains("fetch(\"openapi.json\")"));
+    // The icon is inline; the SVG namespace in it is a name, not a fetch.
+    assert!(html.contains("<link rel=\"icon\" href=\"data:image/svg+xml,"));
+    let html = html.replace("xmlns='http://www.w3.org/2000/svg'", "");
     assert!(!html.contains("http://") && !html.contains("https://"));
+    // With a slash, the page's relative links would resolve under /docs/.
+    let slash = call(&router, Method::GET, "/docs/", Body::empty()).await;
+    assert_eq!(slash.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(slash.header("location"), "/docs");
 }
 
 #[tokio::test]

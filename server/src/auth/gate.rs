@@ -502,7 +502,7 @@ impl Limiter {
 fn is_open(path: &str) -> bool {
     matches!(
         path,
-        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs"
+        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs" | "/docs/"
     ) || path == "/ui"
         || path.starts_with("/ui/")
 }
@@ -855,6 +855,7 @@ mod tests {
             "/metrics",
             "/openapi.json",
             "/docs",
+            "/docs/",
             "/ui",
             "/ui/app.js",
         ] {
@@ -865,6 +866,7 @@ mod tests {
             "/v1/cluster",
             "/v1/watch",
             "/uix",
+            "/docs/x",
             "/v1/auth/tokens",
         ] {
             assert!(!is_open(closed), "{closed}");
