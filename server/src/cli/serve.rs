@@ -614,6 +614,25 @@ impl ServeArgs {
                 "one of --initial-members, --discovery dns:<service> or --join is required".into(),
             ));
         };
+        if let Some(peer) = &peer_tls {
+            // This node's peer URL is known when it is in the bootstrap
+            // list; one that joins learns it only when added.
+            let own_url = bootstrap
+                .iter()
+                .find(|m| m.name == name)
+                .and_then(|m| reqwest::Url::parse(&m.peer_url).ok());
+            let host = own_url.as_ref().and_then(|u| u.host_str());
+            let flag = match self.peer_tls_cert {
+                Some(_) => "peer-tls-cert",
+                None => "tls-cert",
+            };
+            peer.check_as_peer(host).map_err(|why| {
+                bad(
+                    flag,
+                    format!("{}: this certificate {why}", peer.paths().cert.display()),
+                )
+            })?;
+        }
         let token = match &self.cluster_token_file {
             Some(path) => std::fs::read_to_string(path)
                 .map_err(|e| bad("cluster-token-file", format!("{}: {e}", path.display())))?

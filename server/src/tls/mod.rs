@@ -984,6 +984,113 @@ impl Material {
         &self.paths
     }
 
+    /// Why peers would refuse this node's own certificate, if they would,
+    /// checked as they check it: as a client certificate on their peer
+    /// ports (signed by the peer CA, for client authentication, with the
+    /// allowed common name if there is one) and, when `host` (the host of
+    /// this node's peer URL) is known, as a server certificate for that
+    /// name. Validity in time is left out: a clock that is off, or a
+    /// certificate about to be replaced, is reported where it is loaded
+    /// and may mend itself; these cannot.
+    ///
+    /// A certificate made by hand without `extendedKeyUsage=clientAuth`,
+    /// or for another name than the peer URL's, would otherwise start a
+    /// node whose every peer call fails in its handshake.
+    pub fn check_as_peer(&self, host: Option<&str>) -> Result<(), String> {
+        let loaded = self.current();
+        let Some((leaf, intermediates)) = loaded.key.cert.split_first() else {
+            return Ok(());
+        };
+        // Now, or the nearest time within the leaf's validity: when only
+        // the chain, the names and the usages can fail.
+        let now = unix_seconds();
+        let at = x509_parser::parse_x509_certificate(leaf)
+            .ok()
+            .map(|(_, c)| {
+                let v = c.validity();
+                let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
+                now.min(to.saturating_sub(1)).max(from.saturating_add(1))
+            })
+            .unwrap_or(now);
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(at).unwrap_or(0),
+        ));
+        use rustls::CertificateError as E;
+        let ignored = |e: &rustls::Error| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(
+                    E::Expired
+                        | E::ExpiredContext { .. }
+                        | E::NotValidYet
+                        | E::NotValidYetContext { .. }
+                )
+            )
+        };
+        let purpose = |e: &rustls::Error| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(
+                    E::InvalidPurpose | E::InvalidPurposeContext { .. }
+                )
+            )
+        };
+        let issuer =
+            |e: &rustls::Error| matches!(e, rustls::Error::InvalidCertificate(E::UnknownIssuer));
+        match self.verify_client(leaf, intermediates, at) {
+            Err(e) if ignored(&e) => {}
+            Err(e) if purpose(&e) => {
+                return Err(
+                    "is not a certificate for client authentication (its extended key \
+                            usage lacks clientAuth): replicas present their certificates to \
+                            each other as clients too, so its peers would refuse it"
+                        .into(),
+                );
+            }
+            Err(e) if issuer(&e) => {
+                return Err(
+                    "is not signed by the peers' CA (--peer-tls-ca, or --tls-ca): its \
+                            peers would refuse it"
+                        .into(),
+                );
+            }
+            Err(rustls::Error::InvalidCertificate(E::ApplicationVerificationFailure))
+                if matches!(self.client_auth, ClientAuth::RequiredNamed(_)) =>
+            {
+                // Its common name: reported by `load` with the name wanted.
+            }
+            Err(e) => return Err(format!("would be refused by its peers: {e}")),
+            Ok(_) => {}
+        }
+        let Some(host) = host else {
+            return Ok(());
+        };
+        let Ok(name) = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
+        else {
+            return Ok(());
+        };
+        let Some(verifier) = &loaded.server_verifier else {
+            return Ok(());
+        };
+        match verifier.verify_server_cert(leaf, intermediates, &name, &[], at) {
+            Err(e) if ignored(&e) => Ok(()),
+            Err(e) if purpose(&e) => Err("is not a certificate for server authentication (its \
+                                          extended key usage lacks serverAuth): its peers \
+                                          would refuse it"
+                .into()),
+            Err(rustls::Error::InvalidCertificate(
+                E::NotValidForName | E::NotValidForNameContext { .. },
+            )) => Err(format!(
+                "does not name {host}, the host of this node's peer URL: peers calling it \
+                 there would refuse it (add {host} to its subject alternative names)"
+            )),
+            Err(e) => Err(format!(
+                "would be refused by peers calling it at {host}: {e}"
+            )),
+            Ok(_) => Ok(()),
+        }
+    }
+
     /// The common name of the certificate this node presents (see
     /// [`client_name`]), as loaded now.
     #[cfg(test)]
@@ -1326,6 +1433,72 @@ mod tests {
         assert_eq!(client_name(&cert(Some("app"))).as_deref(), Some("app"));
         assert_eq!(client_name(&cert(None)), None);
         assert_eq!(client_name(b"not a certificate"), None);
+    }
+
+    /// Writes a certificate for `localhost` with the extended key usages
+    /// `usages`, signed by the CA `ca`, and `trusted` as the CA file.
+    fn peer_files(
+        dir: &Path,
+        ca: &issue::Issued,
+        trusted: &issue::Issued,
+        usages: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    ) -> TlsPaths {
+        let ca_key = KeyPair::from_pem(&ca.key_pem).expect("CA key");
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).expect("issuer");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        params.extended_key_usages = usages;
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &issuer).expect("certificate");
+        let paths = TlsPaths {
+            cert: dir.join("peer.crt"),
+            key: dir.join("peer.key"),
+            ca: Some(dir.join("ca.crt")),
+            crl: None,
+        };
+        std::fs::write(&paths.cert, cert.pem()).expect("write");
+        std::fs::write(&paths.key, key.serialize_pem()).expect("write");
+        std::fs::write(dir.join("ca.crt"), &trusted.cert_pem).expect("write");
+        paths
+    }
+
+    #[test]
+    fn a_peer_certificate_its_peers_would_refuse_is_named_for_why() {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth as Client, ServerAuth as Server};
+        let day = std::time::Duration::from_secs(86_400);
+        let ca = issue::new_ca("peers", day).expect("CA");
+        let other = issue::new_ca("someone else", day).expect("CA");
+        let dir = tempfile::tempdir().expect("dir");
+        let check = |paths: TlsPaths, host: Option<&str>| {
+            Material::load(paths, ClientAuth::Required)
+                .expect("load")
+                .check_as_peer(host)
+        };
+
+        let both = peer_files(dir.path(), &ca, &ca, vec![Server, Client]);
+        assert_eq!(check(both.clone(), Some("localhost")), Ok(()));
+        // A node that joins does not know its peer URL: only the client
+        // side is checked.
+        assert_eq!(check(both.clone(), None), Ok(()));
+        let why = check(both, Some("db-0.example")).expect_err("another name");
+        assert!(why.contains("does not name db-0.example"), "{why}");
+
+        // Made for a web server: no client authentication.
+        let server_only = peer_files(dir.path(), &ca, &ca, vec![Server]);
+        let why = check(server_only, Some("localhost")).expect_err("server only");
+        assert!(why.contains("lacks clientAuth"), "{why}");
+        let client_only = peer_files(dir.path(), &ca, &ca, vec![Client]);
+        let why = check(client_only, Some("localhost")).expect_err("client only");
+        assert!(why.contains("lacks serverAuth"), "{why}");
+        // No extended key usage at all is good for both.
+        assert_eq!(
+            check(peer_files(dir.path(), &ca, &ca, vec![]), Some("localhost")),
+            Ok(())
+        );
+
+        let foreign = peer_files(dir.path(), &other, &ca, vec![Server, Client]);
+        let why = check(foreign, Some("localhost")).expect_err("another CA");
+        assert!(why.contains("not signed by the peers' CA"), "{why}");
     }
 
     #[tokio::test]

@@ -49,6 +49,33 @@ impl Ca {
         }
     }
 
+    /// A certificate for `names` whose extended key usage lists only
+    /// `usages` (`serverAuth`, `clientAuth`): one made for another job.
+    pub fn issue_with_usages(&self, common_name: &str, names: &[&str], usages: &[&str]) -> Leaf {
+        use rcgen::ExtendedKeyUsagePurpose as Purpose;
+        let ca_key = rcgen::KeyPair::from_pem(&self.ca.key_pem).expect("CA key");
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&self.ca.cert_pem, ca_key).expect("issuer");
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("names");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.extended_key_usages = usages
+            .iter()
+            .map(|u| match *u {
+                "serverAuth" => Purpose::ServerAuth,
+                "clientAuth" => Purpose::ClientAuth,
+                other => panic!("no such usage in these tests: {other}"),
+            })
+            .collect();
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &issuer).expect("certificate");
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
     /// A revocation list (PEM) of this CA naming `revoked`, numbered
     /// `number`.
     pub fn revocation_list(&self, revoked: &[&Leaf], number: u64) -> String {
