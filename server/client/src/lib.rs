@@ -300,13 +300,37 @@ impl Client {
     /// Like [`Client::send`], for a write: every attempt carries one
     /// `Idempotency-Key`, so a write that reached a node before the
     /// connection failed is not applied a second time by the next attempt.
+    ///
+    /// A 504 (the outcome is unknown: the master failed or was cut off
+    /// while the write was in flight) is sent again under the same key,
+    /// with backoff, until an answer other than 504 comes or
+    /// [`Config::timeout`] has passed since the first attempt (the last
+    /// attempt then runs its own course). The key makes that safe: a node
+    /// that finds the write applied answers its first outcome, and a copy
+    /// chosen twice is applied once.
     pub async fn send_write<F>(&self, build: F) -> Result<Response, Error>
     where
         F: Fn(&reqwest::Client, &str) -> RequestBuilder,
     {
         let key = idempotency_key();
-        self.send(|h, base| build(h, base).header("idempotency-key", key.as_str()))
-            .await
+        let started = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let resp = self
+                .send(|h, base| build(h, base).header("idempotency-key", key.as_str()))
+                .await?;
+            if resp.status() != StatusCode::GATEWAY_TIMEOUT
+                || started.elapsed() + backoff >= self.timeout
+            {
+                return Ok(resp);
+            }
+            tracing::debug!(
+                ?backoff,
+                "a write's outcome is unknown (504); sending it again under its idempotency key"
+            );
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
     }
 
     /// Like [`Client::send`] but without a deadline for the whole answer,

@@ -177,7 +177,14 @@ impl Watch {
         loop {
             let chunk = match tokio::time::timeout(IDLE, resp.chunk()).await {
                 Err(_) => return Ok(Ended::Resumable(format!("no data for {IDLE:?}"))),
-                Ok(Err(e)) => return Ok(Ended::Resumable(e.to_string())),
+                // reqwest's own text ("error decoding response body") says
+                // nothing of the cause; the innermost error does.
+                Ok(Err(e)) => {
+                    return Ok(Ended::Resumable(format!(
+                        "the connection broke: {}",
+                        crate::error::describe(&e, IDLE)
+                    )));
+                }
                 Ok(Ok(None)) => return Ok(Ended::Resumable("the stream ended".into())),
                 Ok(Ok(Some(c))) => c,
             };

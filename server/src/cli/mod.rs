@@ -169,6 +169,15 @@ where
     let argv = options_after_command(&mut cmd, argv.into_iter().map(Into::into).collect())?;
     let mut matches = cmd.try_get_matches_from_mut(argv.clone())?;
     let leaf = innermost(&matches);
+    if leaf.ids().any(|id| id == "token")
+        && leaf.value_source("token") == Some(clap::parser::ValueSource::CommandLine)
+    {
+        return Err(cmd.error(
+            clap::error::ErrorKind::ArgumentConflict,
+            "--token is not taken on the command line, where every user of the machine \
+             can read it: put the token in a file for --token-file, or in PHXKV_TOKEN",
+        ));
+    }
     let token_file_given = leaf.ids().any(|id| id == "token_file")
         && leaf.value_source("token_file") == Some(clap::parser::ValueSource::CommandLine);
     let token_from_env = leaf.ids().any(|id| id == "token")
@@ -612,6 +621,10 @@ mod tests {
         for part in ["https://a:8080", "https://b:8080", "ca.crt", "Json", "2s"] {
             assert!(debug.contains(part), "{part} lost: {debug}");
         }
+        // The token itself only from the environment.
+        let err = parse_from(["phxkv", "get", "k", "--token", "secret"])
+            .expect_err("--token on the command line");
+        assert!(err.to_string().contains("--token-file"), "{err}");
         // Under a command with commands of its own too.
         let cli = parse_from(["phxkv", "--token-file", "t", "auth", "token", "list"]);
         assert!(

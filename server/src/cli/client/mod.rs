@@ -47,7 +47,9 @@ pub struct ConnectArgs {
     )]
     pub endpoints: Vec<String>,
     /// How long to wait for one endpoint (connecting and answering) before
-    /// trying the next, like 500ms, 10s or 1m.
+    /// trying the next, like 500ms, 10s or 1m. A write answered 504 (its
+    /// outcome unknown) is sent again, under the same idempotency key, until
+    /// this much time has passed since the first attempt.
     #[arg(
         long,
         default_value = "10s",
@@ -90,8 +92,9 @@ pub struct ConnectArgs {
     /// none of them is set.
     #[arg(long, env = "PHXKV_TOKEN_FILE", value_name = "PATH", global = true)]
     pub token_file: Option<PathBuf>,
-    /// The bearer token itself, from the environment only (a command line
-    /// is visible to every user of the machine).
+    /// The bearer token itself, from the environment only: a command line
+    /// is visible to every user of the machine, so `--token` given there
+    /// is refused (see `parse_from`); it exists for the variable.
     #[arg(
         long,
         env = "PHXKV_TOKEN",
