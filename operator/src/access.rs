@@ -162,9 +162,10 @@ pub const RULES: &[Rule] = &[
         Scope::Watched,
         "",
         "secrets",
-        &["get", "create", "patch"],
+        &["get", "create", "patch", "update"],
         "controller: read the token Secret and create it once (never patched); certs: read and \
-         create the CA Secret once, apply the certificate Secret when issuing or renewing it, \
+         create the CA Secret once, replace it as read (update) when rotating the CA and when \
+         retiring the previous one, apply the certificate Secret when issuing or renewing it, \
          read the revocation list Secret to check it; backup: read the token and the \
          cluster's CA to ask for a backup",
     ),

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Path;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use axum::routing::get;
 use axum::{Json, Router};
 use kube::CustomResourceExt;
@@ -202,6 +204,32 @@ async fn the_access_table_lists_exactly_the_calls_the_operator_makes() {
             .iter()
             .any(|s| s.method == "DELETE" && s.path.starts_with(policy)),
         "the NetworkPolicy of a cluster that turned it off was not deleted"
+    );
+
+    // A CA with less than a year left: the operator replaces its Secret
+    // (a PUT, as read, so an `update`).
+    let aged = paxoskv("aged", json!({"replicas": 3}));
+    api.put(
+        &format!("{PKVS}/aged"),
+        serde_json::to_value(&aged).expect("pkv"),
+    );
+    let old = phxkv::tls::issue::new_ca("phxkv CA aged.db", Duration::from_secs(300 * 86_400))
+        .expect("CA");
+    api.put(
+        &format!("{NS}/secrets/aged-ca"),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "aged-ca", "namespace": "db", "resourceVersion": "7",
+                            "ownerReferences": [
+                   {"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKV", "name": "aged",
+                    "uid": "uid-aged", "controller": true}]},
+               "data": {"ca.crt": B64.encode(&old.cert_pem), "ca.key": B64.encode(&old.key_pem)}}),
+    );
+    let _ = controller::reconcile(Arc::new(aged), ctx.clone()).await;
+    assert!(
+        api.log()
+            .iter()
+            .any(|s| s.method == "PUT" && s.route() == format!("{NS}/secrets/aged-ca")),
+        "the ageing CA was rotated"
     );
 
     // Certificates from cert-manager: the Certificate is applied.
