@@ -303,7 +303,13 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     }
     apply_owned(client, pkv, &name, &render::disruption_budget(pkv)).await?;
     if pkv.spec.network_policy.enabled {
-        apply_owned(client, pkv, &name, &render::network_policy(pkv)).await?;
+        apply_owned(
+            client,
+            pkv,
+            &name,
+            &render::network_policy(pkv, &ctx.defaults.operator_pods),
+        )
+        .await?;
     } else {
         delete_owned::<NetworkPolicy>(client, pkv, &name).await?;
     }

@@ -336,8 +336,9 @@ pub struct NetworkPolicySpec {
     /// networking.k8s.io/v1 NetworkPolicyPeer objects allowed to reach the
     /// client port (and the metrics port, 8082, with
     /// `spec.tls.clientCertAuth`); empty: anyone. Prometheus scrapes
-    /// /metrics there: list it when you restrict the port. Pods labelled
-    /// `app.kubernetes.io/name: phxkv-operator` are always allowed.
+    /// /metrics there: list it when you restrict the port. The operator's
+    /// own pods (in its namespace, with the labels the chart gives them)
+    /// are always allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub client_from: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
 }

@@ -85,7 +85,10 @@ pub fn render_all(
         docs.push(serde_norway::to_string(&render::metrics_service(&pkv))?);
     }
     if pkv.spec.network_policy.enabled {
-        docs.push(serde_norway::to_string(&render::network_policy(&pkv))?);
+        docs.push(serde_norway::to_string(&render::network_policy(
+            &pkv,
+            &defaults.operator_pods,
+        ))?);
     }
     Ok(docs.iter().map(|d| format!("---\n{d}")).collect())
 }

@@ -118,6 +118,18 @@ struct RunArgs {
     /// for them).
     #[arg(long, env = "PHXKV_OPERATOR_MANAGE_CRD", default_value_t = true, action = ArgAction::Set)]
     manage_crd: bool,
+    /// Labels of this operator's own pods, as `key=value,key=value` (the
+    /// chart passes its selector labels). A cluster whose client port is
+    /// restricted (`networkPolicy.clientFrom`) lets in the pods with these
+    /// labels in the operator's namespace (POD_NAMESPACE; any namespace when
+    /// that is not set), since the operator reads each member's view there.
+    #[arg(
+        long,
+        env = "PHXKV_OPERATOR_POD_LABELS",
+        default_value = "app.kubernetes.io/name=phxkv-operator",
+        value_parser = phxkv_operator::render::OperatorPods::parse_labels
+    )]
+    pod_labels: std::collections::BTreeMap<String, String>,
 }
 
 fn main() -> ExitCode {
@@ -192,6 +204,7 @@ fn render(args: &RenderArgs) -> Result<String, String> {
     }
     let defaults = Defaults {
         image: args.default_image.clone(),
+        operator_pods: Default::default(),
     };
     phxkv_operator::render_all(pkv, &defaults).map_err(|e| format!("rendering: {e}"))
 }
@@ -241,6 +254,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
         client: client.clone(),
         defaults: Defaults {
             image: args.default_image.clone(),
+            operator_pods: phxkv_operator::render::OperatorPods {
+                namespace: args.lease_namespace.clone(),
+                labels: args.pod_labels.clone(),
+            },
         },
         recorder: Recorder::new(
             client.clone(),

@@ -117,6 +117,54 @@ const RUN_AS: i64 = 65532;
 pub struct Defaults {
     /// Image used when `spec.image` is not set.
     pub image: String,
+    /// The operator's own pods, let through a restricted client port.
+    pub operator_pods: OperatorPods,
+}
+
+/// Which pods are the operator's: the NetworkPolicy of a cluster whose
+/// client port is restricted (`networkPolicy.clientFrom`) lets them in,
+/// since the operator reads each member's view there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorPods {
+    /// Their namespace (`POD_NAMESPACE`); `None` (an operator run outside
+    /// the cluster, that did not say) matches pods of any namespace.
+    pub namespace: Option<String>,
+    /// Labels that select them (the chart passes its selector labels).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for OperatorPods {
+    /// Pods labelled as the chart labels them by default, anywhere.
+    fn default() -> Self {
+        OperatorPods {
+            namespace: None,
+            labels: BTreeMap::from([(
+                OPERATOR_POD_LABEL.0.to_string(),
+                OPERATOR_POD_LABEL.1.to_string(),
+            )]),
+        }
+    }
+}
+
+impl OperatorPods {
+    /// Parses `k=v,k=v` (as `--pod-labels` takes them).
+    pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+        let mut labels = BTreeMap::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+            let (k, v) = (k.trim(), v.trim());
+            if k.is_empty() {
+                return Err(format!("{pair:?} has no key"));
+            }
+            labels.insert(k.to_string(), v.to_string());
+        }
+        if labels.is_empty() {
+            return Err("no labels given: they would select every pod".into());
+        }
+        Ok(labels)
+    }
 }
 
 /// Names of the objects of cluster `name`.
@@ -971,12 +1019,13 @@ pub fn disruption_budget(pkv: &PaxosKV) -> PodDisruptionBudget {
     }
 }
 
-/// Labels of the operator's pods, let through a restricted client port.
+/// The label of the operator's pods when it is not told theirs (see
+/// [`OperatorPods`]).
 pub const OPERATOR_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "phxkv-operator");
 
 /// The cluster's NetworkPolicy (see [`crate::crd::NetworkPolicySpec`]).
 /// Pod ports, not Service ports: policies apply at the pod.
-pub fn network_policy(pkv: &PaxosKV) -> NetworkPolicy {
+pub fn network_policy(pkv: &PaxosKV, operator: &OperatorPods) -> NetworkPolicy {
     let name = pkv.name_any();
     let pods = || LabelSelector {
         match_labels: Some(selector_labels(&name)),
@@ -991,13 +1040,17 @@ pub fn network_policy(pkv: &PaxosKV) -> NetworkPolicy {
     let client_from = if spec.client_from.is_empty() {
         None
     } else {
+        // Its own namespace only, when known: pods elsewhere that copy
+        // its labels are not the operator.
         let operator = NetworkPolicyPeer {
-            namespace_selector: Some(LabelSelector::default()),
+            namespace_selector: Some(LabelSelector {
+                match_labels: operator.namespace.as_ref().map(|ns| {
+                    BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.clone())])
+                }),
+                match_expressions: None,
+            }),
             pod_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    OPERATOR_POD_LABEL.0.to_string(),
-                    OPERATOR_POD_LABEL.1.to_string(),
-                )])),
+                match_labels: Some(operator.labels.clone()),
                 match_expressions: None,
             }),
             ip_block: None,
@@ -1217,6 +1270,7 @@ mod tests {
     fn defaults() -> Defaults {
         Defaults {
             image: "ghcr.io/phxkv/phxkv:0.1.0".into(),
+            operator_pods: OperatorPods::default(),
         }
     }
 
@@ -1526,7 +1580,7 @@ mod tests {
                 Some(IntOrString::String("metrics".into()))
             )]
         );
-        let rules = network_policy(&pkv)
+        let rules = network_policy(&pkv, &OperatorPods::default())
             .spec
             .and_then(|s| s.ingress)
             .expect("rules");
@@ -1552,7 +1606,7 @@ mod tests {
         ] {
             assert!(!env.contains_key(name), "{name}");
         }
-        let rules = network_policy(&off)
+        let rules = network_policy(&off, &OperatorPods::default())
             .spec
             .and_then(|s| s.ingress)
             .expect("rules");
@@ -1621,7 +1675,7 @@ mod tests {
 
     #[test]
     fn the_network_policy_closes_the_peer_port_to_all_but_the_clusters_pods() {
-        let open = network_policy(&sample(PaxosKVSpec::default()));
+        let open = network_policy(&sample(PaxosKVSpec::default()), &OperatorPods::default());
         let spec = open.spec.as_ref().expect("spec");
         let own = Some(LabelSelector {
             match_labels: Some(selector_labels("kv")),
@@ -1649,7 +1703,7 @@ mod tests {
             ]}
         }))
         .expect("spec");
-        let np = network_policy(&sample(restricted));
+        let np = network_policy(&sample(restricted.clone()), &OperatorPods::default());
         let rules = np
             .spec
             .as_ref()
@@ -1665,6 +1719,47 @@ mod tests {
             operator.and_then(|l| l.get(OPERATOR_POD_LABEL.0).cloned()),
             Some(OPERATOR_POD_LABEL.1.to_string())
         );
+
+        // Told who it is (as the chart tells it), the operator lets in its
+        // own pods, in its own namespace only.
+        let told = OperatorPods {
+            namespace: Some("ops".into()),
+            labels: OperatorPods::parse_labels(
+                "app.kubernetes.io/name=kv-operator,app.kubernetes.io/instance=kv",
+            )
+            .expect("labels"),
+        };
+        let np = network_policy(&sample(restricted), &told);
+        let rules = np.spec.and_then(|s| s.ingress).expect("rules");
+        let operator = &rules[1].from.as_ref().expect("restricted")[0];
+        assert_eq!(
+            operator
+                .namespace_selector
+                .as_ref()
+                .and_then(|n| n.match_labels.clone()),
+            Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                "ops".to_string()
+            )]))
+        );
+        assert_eq!(
+            operator
+                .pod_selector
+                .as_ref()
+                .and_then(|p| p.match_labels.clone()),
+            Some(told.labels.clone())
+        );
+    }
+
+    #[test]
+    fn operator_pod_labels_are_parsed_or_refused() {
+        assert_eq!(
+            OperatorPods::parse_labels(" a=b , c=d ").expect("labels"),
+            BTreeMap::from([("a".into(), "b".into()), ("c".into(), "d".into())])
+        );
+        for bad in ["", "a", "=b", " , "] {
+            assert!(OperatorPods::parse_labels(bad).is_err(), "{bad:?}");
+        }
     }
 
     /// The value of the environment variable `name` of the replicas of a

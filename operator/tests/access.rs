@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Path;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use axum::routing::get;
 use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use kube::CustomResourceExt;
 use phxkv_operator::access::{self, Permission, Settings};
 use phxkv_operator::backup;

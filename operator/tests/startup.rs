@@ -276,6 +276,7 @@ fn every_object_the_operator_creates_carries_the_watched_label() {
     pkv.metadata.uid = Some("0000-1111".into());
     let defaults = Defaults {
         image: "ghcr.io/phxkv/phxkv:0.1.0".into(),
+        operator_pods: Default::default(),
     };
     let selector = run::owned_selector();
     let (key, value) = selector.split_once('=').expect("key=value");

@@ -328,6 +328,7 @@ pub fn context(
         client: client.clone(),
         defaults: phxkv_operator::render::Defaults {
             image: "ghcr.io/phxkv/phxkv:0.1.0".into(),
+            operator_pods: Default::default(),
         },
         recorder: kube::runtime::events::Recorder::new(
             client,
