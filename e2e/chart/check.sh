@@ -247,6 +247,14 @@ assert b["schedule"] == "0 3 * * *" and b["retention"] == {"keep": 7, "maxAge": 
 np = pkv["spec"]["networkPolicy"]
 assert np == {"enabled": True, "clientFrom": [
     {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}]}, np
+# The pull Secret reaches the cluster's pods too, not only the operator's.
+assert pkv["spec"]["imagePullSecrets"] == [{"name": "regcred"}], pkv["spec"].get("imagePullSecrets")
+# The operator is told its own pods' labels, for the NetworkPolicy's exception.
+op = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Deployment")
+env = {e["name"]: e.get("value") for e in op["spec"]["template"]["spec"]["containers"][0]["env"]}
+labels = dict(kv.split("=", 1) for kv in env["PHXKV_OPERATOR_POD_LABELS"].split(","))
+assert labels.items() <= op["spec"]["template"]["metadata"]["labels"].items(), (labels, op["spec"]["template"]["metadata"]["labels"])
+assert labels == op["spec"]["selector"]["matchLabels"], labels
 PY
 grep -q '^  backup:' "$work/default.yaml" && die "cluster.backup is off by default"
 check "networkPolicy + serviceMonitor + prometheusRule + grafanaDashboard + every cluster option render validates"
@@ -288,6 +296,16 @@ expect_rejected "at '': additional properties 'replicas' not allowed" --set repl
 expect_rejected "at '/cluster': additional properties 'replica' not allowed" --set cluster.replica=3
 expect_rejected "at '/cluster/resources/requests/cpu': 'anyOf' failed" --set-json cluster.resources.requests.cpu=0.5
 expect_rejected "at '/cluster/lease': value must be 'a duration" --set cluster.lease=5sec
+expect_rejected "at '/cluster/lease': value must be 'a duration" --set cluster.lease=1.5s
+expect_rejected "at '/cluster/lease': value must be 'a duration" --set cluster.lease=1h
+expect_rejected "at '/cluster/limits/maxKeyBytes': maximum" --set cluster.limits.maxKeyBytes=2000000
+expect_rejected "at '/cluster/limits/maxValueBytes': maximum" --set cluster.limits.maxValueBytes=100000000
+expect_rejected "at '/cluster/limits/maxTxnOps': maximum" --set cluster.limits.maxTxnOps=20000
+expect_rejected "at '/cluster/storage/size': value must be 'a size such as 1Gi" --set cluster.storage.size=1Ei
+expect_rejected "at '/cluster/selfHealing/replaceAfter': '0m' does not match pattern" \
+    --set cluster.selfHealing.replaceAfter=0m
+expect_rejected "at '/cluster/service/port': value must be 'a port other than 8081" --set cluster.service.port=8081
+expect_rejected "at '/cluster/imagePullSecrets/0': missing property 'name'" --set-json 'cluster.imagePullSecrets=[{}]'
 expect_rejected "at '/cluster/selfHealing/replaceAfter': '5s' does not match pattern" \
     --set cluster.selfHealing.replaceAfter=5s
 expect_rejected "at '/cluster/selfHealing/maxLag': minimum" --set cluster.selfHealing.maxLag=0
