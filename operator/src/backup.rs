@@ -30,7 +30,7 @@ use kube::{Resource, ResourceExt};
 use crate::controller::{Context, Error, cond, publish_to, stamp};
 use crate::crd::{
     BackupPhase, BackupRef, BackupStatus, PaxosKV, PaxosKVBackup, PaxosKVBackupSpec,
-    PaxosKVBackupStatus, RecoverablePoint, RetentionSpec,
+    PaxosKVBackupStatus, RecoverablePoint, RecoverableRange, RetentionSpec,
 };
 use crate::members::{ArchiveListing, ArchivedBase, ClusterView, MembersClient, MembersError};
 use crate::render::{self, MANAGER, Names, TOKEN_KEY, Transport};
@@ -649,6 +649,23 @@ fn record_listing(status: &mut BackupStatus, listing: &ArchiveListing) {
         revision: r.last.revision,
         time: unix(r.last.time),
     });
+    let point = |p: &crate::members::ArchivePoint| RecoverablePoint {
+        revision: p.revision,
+        time: unix(p.time),
+    };
+    // Only gaps are news: one stretch is what first and last say.
+    status.recoverable_ranges = if listing.recoverable_ranges.len() > 1 {
+        listing
+            .recoverable_ranges
+            .iter()
+            .map(|r| RecoverableRange {
+                first: point(&r.first),
+                last: point(&r.last),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
 }
 
 /// Creates the backup scheduled at `fire`; true when created, false when

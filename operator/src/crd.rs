@@ -856,6 +856,12 @@ pub struct BackupStatus {
     /// The newest point the archive can recover to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_recoverable: Option<RecoverablePoint>,
+    /// When the archive has gaps (log segments lost or deleted), the
+    /// stretches between `firstRecoverable` and `lastRecoverable` it can
+    /// recover to, oldest first: a point in between two of them cannot be
+    /// reached. Empty when the archive is one stretch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recoverable_ranges: Vec<RecoverableRange>,
     /// Log entries committed but not yet archived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_lag: Option<u64>,
@@ -881,6 +887,16 @@ pub struct RecoverablePoint {
     pub revision: u64,
     /// When it was committed.
     pub time: Time,
+}
+
+/// A stretch of points the archive can recover to.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoverableRange {
+    /// Its oldest point.
+    pub first: RecoverablePoint,
+    /// Its newest point.
+    pub last: RecoverablePoint,
 }
 
 /// Where a cluster was recovered from.

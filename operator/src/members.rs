@@ -187,6 +187,10 @@ pub struct ArchiveListing {
     /// What it can recover to; none before the first base.
     #[serde(default)]
     pub recoverable: Option<Recoverable>,
+    /// Every stretch it can recover to, oldest first: more than one when
+    /// the archive has gaps (older servers do not say: empty).
+    #[serde(default)]
+    pub recoverable_ranges: Vec<Recoverable>,
     /// The last log index archived.
     #[serde(default)]
     pub archived_index: u64,

@@ -52,6 +52,7 @@ fn the_servers_backup_answers_read_as_the_operators() {
         assert_eq!(read.backups.len(), 1);
         let r = read.recoverable.expect("recoverable");
         assert_eq!((r.first.revision, r.last.revision), (77, 90));
+        assert_eq!(read.recoverable_ranges, vec![r]);
         let expected = if on_master { (140, 3) } else { (0, 0) };
         assert_eq!((read.archived_index, read.archive_lag), expected);
     }

@@ -94,6 +94,12 @@ async fn fake_phxkv(fake: Arc<Fake>) -> String {
             json!({"archive_url": "s3://backups/prod/db/kv", "backups": bases,
                     "recoverable": {"first": {"revision": 3, "index": 30, "time": 1_767_225_600},
                                     "last": {"revision": 90, "index": 900, "time": 1_767_312_000}},
+                    // A gap: revisions 41 to 59 were in segments lost.
+                    "recoverable_ranges": [
+                        {"first": {"revision": 3, "index": 30, "time": 1_767_225_600},
+                         "last": {"revision": 40, "index": 400, "time": 1_767_260_000}},
+                        {"first": {"revision": 60, "index": 600, "time": 1_767_290_000},
+                         "last": {"revision": 90, "index": 900, "time": 1_767_312_000}}],
                     "archived_index": 900, "archive_lag": 4}),
         )
     }
@@ -241,6 +247,13 @@ async fn a_due_schedule_creates_one_owned_backup_and_never_a_second_while_it_run
         status.last_recoverable.as_ref().map(|p| p.revision),
         Some(90)
     );
+    // The gap shows: the stretches either side of it.
+    let ranges: Vec<(u64, u64)> = status
+        .recoverable_ranges
+        .iter()
+        .map(|r| (r.first.revision, r.last.revision))
+        .collect();
+    assert_eq!(ranges, vec![(3, 40), (60, 90)]);
 
     // The same fire time again (a pass that lost its status): the backup
     // scheduled for it has not finished, so nothing new is created.
