@@ -207,6 +207,19 @@ async fn kv_commands_round_trip_with_exit_codes() {
     assert_eq!(r.code, 1);
     assert_eq!(r.stderr.trim(), "phxkv: key not found: greeting");
     assert!(r.stdout.is_empty());
+
+    // A lease's keys in JSON come with text copies, as list gives them.
+    let r = phxkv(&ep, &["lease", "grant", "1m", "--id", "4242"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = phxkv(&ep, &["put", "leased key", "v", "--lease", "4242"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = phxkv(&ep, &["lease", "get", "4242", "--keys", "-o", "json"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+    assert_eq!(v["keys"], serde_json::json!(["bGVhc2VkIGtleQ=="]), "{v}");
+    assert_eq!(v["keys_utf8"], serde_json::json!(["leased key"]), "{v}");
+    let r = phxkv(&ep, &["lease", "revoke", "4242"], "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]

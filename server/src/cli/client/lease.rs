@@ -48,7 +48,8 @@ pub enum LeaseCommand {
         id: u64,
     },
     /// Show a lease's TTL and the time it has left, and with --keys the keys
-    /// attached to it.
+    /// attached to it. With -o json: the API's answer (keys base64), plus
+    /// `keys_utf8`, each key as text or null when it is not UTF-8.
     Get {
         /// The lease to show.
         id: u64,
@@ -138,7 +139,21 @@ pub async fn run(args: LeaseArgs) -> Result<(), CliError> {
         LeaseCommand::Get { id, keys } => {
             let s = client.api().lease(id, keys).await?;
             match format {
-                Output::Json => super::print_json(&s),
+                Output::Json => {
+                    // The API's answer, with text copies of the keys as
+                    // `list -o json` gives them (null where not UTF-8).
+                    let mut json = serde_json::to_value(&s)
+                        .map_err(|e| CliError::Fatal(format!("cannot format JSON: {e}")))?;
+                    if s.keys.is_some() {
+                        let text: Vec<Option<String>> = s
+                            .key_bytes()?
+                            .into_iter()
+                            .map(|k| String::from_utf8(k).ok())
+                            .collect();
+                        json["keys_utf8"] = serde_json::json!(text);
+                    }
+                    super::print_json(&json)
+                }
                 _ => {
                     super::write_line(&format!(
                         "lease {} TTL {}s, {:.1}s left, granted at revision {}",

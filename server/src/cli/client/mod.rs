@@ -205,17 +205,20 @@ pub fn write_line(line: &str) -> Result<(), CliError> {
 /// Lines of cells under a header, each column as wide as its widest cell
 /// (counted in characters), two spaces between columns, no trailing blanks.
 pub fn render_table<R: AsRef<[String]>>(header: &[&str], rows: &[R]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    // Columns are as wide as a terminal shows them: CJK and most emoji
+    // take two cells, combining marks none.
+    use unicode_width::UnicodeWidthStr as _;
+    let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row.as_ref()) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(cell.width());
         }
     }
     let mut out = String::new();
     let mut push_row = |cells: &mut dyn Iterator<Item = &str>| {
         let line: Vec<String> = cells
             .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w.saturating_sub(c.width()))))
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
@@ -227,14 +230,25 @@ pub fn render_table<R: AsRef<[String]>>(header: &[&str], rows: &[R]) -> String {
     out
 }
 
-/// Text for a table cell: [`display_bytes`], cut to `max` characters with
-/// `…` so that one long value does not push every other column away.
+/// Text for a table cell: [`display_bytes`], cut to `max` terminal
+/// columns with `…` so that one long value does not push every other
+/// column away.
 pub fn table_cell(bytes: &[u8], max: usize) -> String {
+    use unicode_width::{UnicodeWidthChar as _, UnicodeWidthStr as _};
     let s = display_bytes(bytes);
-    if s.chars().count() <= max {
+    if s.width() <= max {
         return s;
     }
-    let mut cut: String = s.chars().take(max.saturating_sub(1)).collect();
+    let mut cut = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w > max.saturating_sub(1) {
+            break;
+        }
+        used += w;
+        cut.push(c);
+    }
     cut.push('…');
     cut
 }
@@ -464,17 +478,20 @@ mod tests {
     }
 
     #[test]
-    fn tables_align_columns_by_characters() {
+    fn tables_align_columns_by_the_width_a_terminal_shows() {
         let rows = vec![
             vec!["é".to_string(), "1".to_string()],
             vec!["long key".to_string(), String::new()],
+            // Two columns each.
+            vec!["日本".to_string(), "2".to_string()],
         ];
         assert_eq!(
             render_table(&["KEY", "VALUE"], &rows),
-            "KEY       VALUE\né         1\nlong key\n"
+            "KEY       VALUE\né         1\nlong key\n日本      2\n"
         );
         assert_eq!(table_cell(b"abcdef", 4), "abc…");
         assert_eq!(table_cell(b"abcd", 4), "abcd");
+        assert_eq!(table_cell("日本語です".as_bytes(), 6), "日本…");
     }
 
     #[test]
