@@ -404,6 +404,9 @@ fn yes() -> bool {
 }, {
     "rule": "!has(self.revocationList) || !has(self.enabled) || self.enabled",
     "message": "revocationList needs TLS: set enabled to true"
+}, {
+    "rule": "(has(self.enabled) ? self.enabled : true) == (has(oldSelf.enabled) ? oldSelf.enabled : true)",
+    "message": "tls.enabled is fixed when the cluster is created (its replicas record each other's peer URLs, https:// or http://): put it back"
 }]))]
 pub struct TlsSpec {
     /// TLS on both ports (the default).
@@ -1350,7 +1353,11 @@ mod tests {
         let crd = serde_json::to_value(PaxosKV::crd()).expect("crd");
         let tls = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
             ["tls"];
-        let rules = rules(tls);
+        // The rules on one object (the transition rule has its own test).
+        let rules: Vec<String> = rules(tls)
+            .into_iter()
+            .filter(|r| !r.contains("oldSelf"))
+            .collect();
         assert_eq!(rules.len(), 3, "{rules:?}");
         let allowed = |value: serde_json::Value| {
             rules.iter().all(|rule| {
@@ -1370,6 +1377,23 @@ mod tests {
         assert!(!allowed(json!({"enabled": false, "revocationList": list})));
         assert!(!allowed(json!({"enabled": false, "clientCertAuth": true})));
         assert!(allowed(json!({"enabled": false})));
+    }
+
+    #[test]
+    fn tls_cannot_be_turned_on_or_off_after_creation() {
+        use serde_json::json;
+        let tls = &spec_schema()["properties"]["tls"];
+        let on = json!({"enabled": true});
+        let off = json!({"enabled": false});
+        assert!(allowed(tls, None, &off), "chosen at creation");
+        assert!(allowed(tls, Some(&on), &on));
+        assert!(!allowed(tls, Some(&on), &off), "turned off");
+        assert!(!allowed(tls, Some(&off), &on), "turned on");
+        assert!(
+            allowed(tls, Some(&on), &json!({"enabled": true, "clientCertAuth": true})),
+            "other TLS settings change at any time"
+        );
+        assert!(allowed(tls, Some(&json!({})), &on), "absent means on");
     }
 
     #[test]
