@@ -1390,7 +1390,11 @@ mod tests {
         assert!(!allowed(tls, Some(&on), &off), "turned off");
         assert!(!allowed(tls, Some(&off), &on), "turned on");
         assert!(
-            allowed(tls, Some(&on), &json!({"enabled": true, "clientCertAuth": true})),
+            allowed(
+                tls,
+                Some(&on),
+                &json!({"enabled": true, "clientCertAuth": true})
+            ),
             "other TLS settings change at any time"
         );
         assert!(allowed(tls, Some(&json!({})), &on), "absent means on");

@@ -148,6 +148,79 @@ async fn every_operation_works_end_to_end_through_a_follower() {
 /// open on it ends the watch with an error its client resumes from
 /// elsewhere, and exits, instead of waiting on the watcher while the
 /// stream stays silent.
+/// Readiness follows what a node can serve: a master left without a
+/// majority says so (it can neither write nor read), and so does a
+/// follower that hears from no master; both are ready again once the
+/// others are back.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_ends_when_a_node_loses_the_majority_and_comes_back_with_it() {
+    let mut c = Cluster::start(3, &[]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let urls: Vec<String> = (0..3).map(|i| format!("{}/readyz", c.url(i))).collect();
+    let http = c.http.clone();
+    let ready = |i: usize| {
+        let url = urls[i].clone();
+        let http = http.clone();
+        async move {
+            // A node restarting does not listen yet: status 0.
+            match http.get(url).send().await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    (status, json_of(r).await)
+                }
+                Err(e) => (0, Value::String(e.to_string())),
+            }
+        }
+    };
+    let wait_for = |i: usize, want: u16| {
+        let ready = &ready;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let (status, body) = ready(i).await;
+                if status == want {
+                    return body;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {i} stayed {status}: {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    for i in 0..3 {
+        wait_for(i, 200).await;
+    }
+    let others: Vec<usize> = (0..3).filter(|i| *i != m).collect();
+    for &o in &others {
+        c.kill9(o);
+    }
+    let body = wait_for(m, 503).await;
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not a majority")),
+        "{body}"
+    );
+    for &o in &others {
+        c.spawn(o);
+    }
+    for i in 0..3 {
+        wait_for(i, 200).await;
+    }
+
+    // One follower paused: the others keep a majority and stay ready.
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let f = (m + 1) % 3;
+    c.pause(f);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, body) = ready(m).await;
+    assert_eq!(status, 200, "{body}");
+    c.resume(f);
+    wait_for(f, 200).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_stopped_with_a_watch_open_ends_the_watch_and_exits() {
     let mut c = Cluster::start(3, &[]).await;
@@ -688,17 +761,50 @@ async fn membership_changes_on_a_live_cluster() {
         })
         .collect();
     assert!(roles.contains(&("n4".into(), "voter".into())), "{roles:?}");
-    // Remove an original member; writes keep working.
-    let remove_n3 = || {
+    // Remove an original member, through its own endpoint (the change
+    // never reaches it, so it must not wait to apply it); writes keep
+    // working.
+    let remove_n3 = |at: String| {
         c.http
-            .delete(format!("{url}/v1/cluster/members/n3"))
+            .delete(format!("{at}/v1/cluster/members/n3"))
             .bearer_auth(TOKEN)
             .send()
     };
-    assert_eq!(remove_n3().await.expect("remove").status(), 200);
+    let r = remove_n3(c.url(2)).await.expect("remove");
+    assert_eq!(r.status(), 200);
+    let names: Vec<String> = json_of(r).await["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["name"].as_str().map(str::to_string))
+        .collect();
+    assert!(!names.contains(&"n3".to_string()), "{names:?}");
+    // The removed node hears from no master any more, and says it is not
+    // ready instead of taking a load balancer's traffic.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c
+            .http
+            .get(format!("{}/readyz", c.url(2)))
+            .send()
+            .await
+            .expect("readyz");
+        if r.status() == 503 {
+            let body = json_of(r).await;
+            assert!(
+                body["reason"]
+                    .as_str()
+                    .is_some_and(|w| w.contains("master")),
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removed node stayed ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Removing it again (a retry whose first answer was lost) and promoting
     // a name no member has are both "no such member".
-    let r = remove_n3().await.expect("remove again");
+    let r = remove_n3(url.clone()).await.expect("remove again");
     assert_eq!(r.status(), 404);
     assert_eq!(json_of(r).await["error"]["code"], "member_not_found");
     let r = c.post_with_token(1, "/v1/cluster/members/n9/promote").await;

@@ -53,7 +53,8 @@ pub async fn healthz() -> Json<HealthStatus> {
     })
 }
 
-/// Readiness: the node is in a cluster that has a master, and has caught up.
+/// Readiness: the node is a member of a cluster with a master it hears from
+/// (as master: a majority of the voters it hears from), and has caught up.
 #[utoipa::path(
     get,
     path = "/readyz",

@@ -113,6 +113,9 @@ pub struct Published {
     pub peer_commit: std::collections::BTreeMap<NodeId, Index>,
     /// On the master: members it has not heard from lately.
     pub silent: std::collections::BTreeSet<NodeId>,
+    /// Elsewhere: the master has not been heard from lately (see
+    /// [`crate::paxos::Replica::master_silent`]).
+    pub master_silent: bool,
     /// Auth is on for the whole cluster, as far as this node has applied.
     pub auth_enabled: bool,
     /// The store's size as the quota counts it, as applied here
@@ -982,11 +985,13 @@ impl Driver {
         self.metrics.set_applied_index(applied);
         let peer_commit = self.replica.peer_progress();
         let silent = self.replica.silent_peers(now);
+        let master_silent = self.replica.master_silent(now);
         self.published.send_if_modified(|p| {
             let changed = p.status != status
                 || p.applied != applied
                 || p.peer_commit != peer_commit
                 || p.silent != silent
+                || p.master_silent != master_silent
                 || p.auth_enabled != auth_enabled
                 || p.store_bytes != store_bytes;
             if changed {
@@ -996,6 +1001,7 @@ impl Driver {
                     revision,
                     peer_commit: peer_commit.clone(),
                     silent: silent.clone(),
+                    master_silent,
                     auth_enabled,
                     store_bytes,
                 };

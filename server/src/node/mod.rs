@@ -523,6 +523,7 @@ impl Node {
             revision: 0,
             peer_commit: Default::default(),
             silent: Default::default(),
+            master_silent: false,
             auth_enabled: false,
             store_bytes: 0,
         });
@@ -656,6 +657,7 @@ impl Node {
             revision: revision0,
             peer_commit: Default::default(),
             silent: Default::default(),
+            master_silent: false,
             auth_enabled: auth0,
             store_bytes: store_bytes0,
         });
@@ -2542,18 +2544,22 @@ impl Service for Node {
                 }
             }
         };
-        self.wait_until(deadline, "apply the membership change", |p| {
-            p.applied >= index || p.status.commit >= index
-        })
-        .await?;
+        // A node the change removes may never learn that it was chosen:
+        // the master tells only members of the new configuration. It goes
+        // by the master's view below instead of waiting for its own.
+        let removes_me = matches!(change, ConfChange::Remove { id } if id == self.inner.id);
+        if !removes_me || self.inner.published.borrow().status.is_master {
+            self.wait_until(deadline, "apply the membership change", |p| {
+                p.applied >= index || p.status.commit >= index
+            })
+            .await?;
+        }
         // Answer with a view that shows the change: the master's, or this
         // node's own when the master cannot be asked, and either may not
         // have applied the change yet when this node learns it was chosen.
-        // A node the change removes may never learn that it was applied
-        // and answers with what it has.
+        // One that has not by the deadline is answered as it is.
         let mut info = self.cluster().await?;
-        let removes_me = matches!(change, ConfChange::Remove { id } if id == self.inner.id);
-        while !removes_me && !shows(&info, &change) && Instant::now() < deadline {
+        while !shows(&info, &change) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
             info = self.cluster().await?;
         }
@@ -2624,8 +2630,37 @@ impl Service for Node {
             };
         }
         let p = self.inner.published.borrow();
+        // A master that cannot reach a majority, and a node the master has
+        // not spoken to lately (cut off, or removed from the cluster), cannot
+        // serve what a client expects of a ready replica.
+        let voters: Vec<NodeId> = p.status.membership.voters().collect();
+        let heard = voters
+            .iter()
+            .filter(|v| **v == self.inner.id || !p.silent.contains(v))
+            .count();
         let (ready, reason) = if p.status.master.is_none() {
             (false, Some("no master is known".to_string()))
+        } else if p.status.is_master && heard * 2 <= voters.len() {
+            (
+                false,
+                Some(format!(
+                    "this node is master but has heard from {heard} of {} voters lately, \
+                     not a majority",
+                    voters.len()
+                )),
+            )
+        } else if !p.status.is_master && p.master_silent {
+            (
+                false,
+                Some(format!(
+                    "no word from the master ({}) for over {:?}: this node is cut off, or no \
+                     longer a member",
+                    p.status
+                        .master
+                        .map_or_else(|| "unknown".into(), bootstrap::format_id),
+                    self.inner.cfg.engine.lease * 3
+                )),
+            )
         } else if p.applied < p.status.commit {
             (
                 false,

@@ -2431,6 +2431,19 @@ impl Replica {
         }
     }
 
+    /// On a follower or learner: whether the master it knows of has said
+    /// nothing for longer than three leases (a live master sends several
+    /// heartbeats per lease, and a failover elects another within about
+    /// one), or none is known. False on the master. For status only (a
+    /// node that was removed, or cut off from the others, is told so by
+    /// its silence): nothing in the protocol depends on it.
+    pub fn master_silent(&self, now: Duration) -> bool {
+        if self.is_master() {
+            return false;
+        }
+        self.known_master.is_none() || now.saturating_sub(self.last_heard) > self.cfg.lease * 3
+    }
+
     /// On the master: the other members it has not heard from for longer
     /// than twice the lease (a live member answers every heartbeat, several
     /// per lease). A member never heard from counts from when this node

@@ -2229,6 +2229,25 @@ fn commands_queued_when_mastership_is_handed_over_come_back() {
 }
 
 #[test]
+fn a_follower_reports_a_master_silent_for_three_leases() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.advance(Duration::from_millis(100), &[]);
+    assert!(!net.nodes[&2].master_silent(net.now));
+    assert!(!net.nodes[&1].master_silent(net.now), "never on the master");
+    // Node 2 hears from nobody (and cannot be elected alone): while it
+    // holds the master's lease it waits; then it stands for election,
+    // knowing no master, and never wins.
+    net.advance(Duration::from_millis(500), &[1, 3]);
+    assert!(!net.nodes[&2].master_silent(net.now), "a moment's silence");
+    net.advance(Duration::from_millis(2600), &[1, 3]);
+    assert!(net.nodes[&2].master_silent(net.now));
+    // Back in touch: a master (the old one, or another) is heard again.
+    net.advance(Duration::from_secs(3), &[]);
+    assert!(!net.nodes[&2].master_silent(net.now));
+}
+
+#[test]
 fn the_master_reports_members_it_has_not_heard_from_for_two_leases() {
     let mut net = Net::new(&[1, 2, 3]);
     net.elect(1);
