@@ -2194,6 +2194,8 @@ impl Replica {
         let voters_change = !next.voters().eq(self.membership().voters());
         let recent = self.cfg.election_timeout * 2;
         let me = self.cfg.id;
+        let current_voters: Vec<NodeId> = self.membership().voters().collect();
+        let current_quorum = self.membership().quorum();
         let State::Master(m) = &mut self.state else {
             return Err(ProposeError::NotMaster { hint });
         };
@@ -2208,6 +2210,18 @@ impl Replica {
         // stuck with it (etcd's strict reconfiguration check does the
         // same). Checked before waiting for instances in flight, which
         // without a quorum never drain: that is the reason to give.
+        // Nor can one whose own configuration has no live quorum to
+        // choose it (a two-voter cluster that lost one): it would wait in
+        // flight for good, and every later change behind it.
+        let live_now = current_voters.iter().filter(|v| reachable(v)).count();
+        if live_now < current_quorum {
+            return Err(ProposeError::InvalidChange(format!(
+                "only {live_now} of the {} voters are reachable, fewer than the {current_quorum} \
+                 needed to choose any change; bring members back first (if a majority is lost \
+                 for good, restore from a backup)",
+                current_voters.len(),
+            )));
+        }
         let live = next.voters().filter(reachable).count();
         if voters_change && live < next.quorum() {
             return Err(ProposeError::InvalidChange(format!(
