@@ -867,6 +867,16 @@ fn switches_read_from_variables_take_1_and_yes() {
             "{var}={value}: {err}"
         );
     }
+    // Anything else says what it takes.
+    let (code, _, err) = common::run_phxkv(
+        &["serve", "--data-dir", "/nonexistent/x"],
+        &[("PHXKV_AUTH", "maybe".to_string())],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--auth") && err.contains("1, yes, on or true"),
+        "{err}"
+    );
 }
 
 /// `phxkv backup list|take|delete` manage the bases of the cluster's

@@ -175,7 +175,35 @@ async fn a_node_back_with_an_empty_volume_never_votes_and_is_replaced() {
     reads_every_write(&c, cc, &all, "").await;
 
     // 5. Replace F: its new incarnation becomes a voter holding the data.
+    // Adding it again instead is refused with the way out.
     let name = c.procs[f].name.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c
+            .http
+            .post(format!("{}/v1/cluster/members", c.url(m)))
+            .bearer_auth(common::TOKEN)
+            .json(&serde_json::json!({"name": name, "peer_url": c.peer_url(f)}))
+            .send()
+            .await
+            .expect("add");
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if status == 409 {
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains(&format!("members replace {name}")),
+                "{body}"
+            );
+            break;
+        }
+        // No master yet while M rejoins: 503, asked again.
+        assert!(
+            status == 503 && Instant::now() < deadline,
+            "add: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let report = replace(&c, m, f).await;
     assert_eq!(report["incarnation"], Value::String(new_f.clone()));
     wait_for_state(&c, f, "member", Duration::from_secs(20)).await;

@@ -156,6 +156,18 @@ pub fn one_line(s: &str) -> String {
         )
     } else if line.contains("CertificateRequired") || line.contains("certificate required") {
         format!("{line} (the server requires a client certificate: give --cert and --key)")
+    } else if line.contains("alert: UnsupportedCertificate") {
+        format!(
+            "{line} (the server refused the client certificate (--cert) for its use: a client \
+             certificate needs extendedKeyUsage clientAuth)"
+        )
+    } else if line.contains("alert: UnknownCA") || line.contains("alert: BadCertificate") {
+        format!(
+            "{line} (the server does not trust the CA that signed the client certificate \
+             (--cert): use one of the cluster's client CA; and is this the client port?)"
+        )
+    } else if line.contains("alert: CertificateRevoked") {
+        format!("{line} (the client certificate (--cert) was revoked: ask for a new one)")
     } else if line.contains("InvalidContentType") {
         // What rustls says when the answer to its hello is not TLS.
         format!("{line} (the server does not speak TLS there: use http:// for this endpoint)")
@@ -182,6 +194,14 @@ mod tests {
             "{name}"
         );
         assert_eq!(one_line("connection\n  refused"), "connection refused");
+        for (alert, hint) in [
+            ("UnsupportedCertificate", "clientAuth"),
+            ("UnknownCA", "client CA"),
+            ("CertificateRevoked", "was revoked"),
+        ] {
+            let said = one_line(&format!("received fatal alert: {alert}"));
+            assert!(said.contains(hint), "{said}");
+        }
     }
 
     #[test]

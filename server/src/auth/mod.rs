@@ -208,11 +208,18 @@ pub enum Need<'a> {
 impl Need<'_> {
     fn describe(&self) -> String {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let under = |p: &[u8]| {
+            if p.is_empty() {
+                "every key".to_string()
+            } else {
+                format!("every key under {:?}", text(p))
+            }
+        };
         match self {
-            Need::Read(k) => format!("read {:?}", text(k)),
-            Need::ReadPrefix(p) => format!("read every key under {:?}", text(p)),
-            Need::Write(k) => format!("write {:?}", text(k)),
-            Need::WritePrefix(p) => format!("write every key under {:?}", text(p)),
+            Need::Read(k) => format!("read on {:?}", text(k)),
+            Need::ReadPrefix(p) => format!("read on {}", under(p)),
+            Need::Write(k) => format!("write on {:?}", text(k)),
+            Need::WritePrefix(p) => format!("write on {}", under(p)),
             Need::Admin => "the admin permission".into(),
         }
     }

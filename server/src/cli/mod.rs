@@ -205,7 +205,18 @@ fn boolish(arg: clap::Arg) -> clap::Arg {
     if no.iter().any(|n| value.eq_ignore_ascii_case(n)) {
         return arg.env(None::<&str>);
     }
-    arg.value_parser(clap::builder::BoolishValueParser::new())
+    arg.value_parser(switch_value)
+}
+
+/// A switch's value from its variable, as [`boolish`] takes it.
+fn switch_value(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" | "y" | "t" => Ok(true),
+        "0" | "false" | "no" | "off" | "n" | "f" => Ok(false),
+        _ => Err(
+            "write 1, yes, on or true to turn it on, and 0, no, off or false to turn it off".into(),
+        ),
+    }
 }
 
 /// Options written before the command's name, as etcdctl takes them

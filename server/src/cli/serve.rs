@@ -884,6 +884,19 @@ pub const DEFAULT_SNAPSHOT_EVERY_BYTES: u64 = 64 << 20;
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     s.trim().parse().map_err(|_| {
         let port = s.rsplit_once(':').map_or("8080", |(_, p)| p);
+        if !port.is_empty()
+            && port.chars().all(|c| c.is_ascii_digit())
+            && port.parse::<u16>().is_err()
+        {
+            return format!(
+                "{s:?}: port {port} is out of range (1 to 65535, or 0 for any free one)"
+            );
+        }
+        let port = if port.parse::<u16>().is_ok() {
+            port
+        } else {
+            "8080"
+        };
         format!(
             "{s:?} is not an IP address and port; write 127.0.0.1:{port} for this machine \
              only, 0.0.0.0:{port} for every interface, or [::]:{port} for IPv6"
@@ -1153,6 +1166,17 @@ mod tests {
     struct Harness {
         #[command(flatten)]
         args: ServeArgs,
+    }
+
+    #[test]
+    fn a_listen_address_is_refused_with_what_to_write() {
+        assert!(parse_listen("127.0.0.1:8080").is_ok());
+        let why = parse_listen("127.0.0.1:99999").expect_err("no such port");
+        assert!(why.contains("port 99999 is out of range"), "{why}");
+        let why = parse_listen("db-0:8080").expect_err("a host name");
+        assert!(why.contains("write 127.0.0.1:8080"), "{why}");
+        let why = parse_listen("127.0.0.1:").expect_err("no port");
+        assert!(why.contains("write 127.0.0.1:8080"), "{why}");
     }
 
     #[test]

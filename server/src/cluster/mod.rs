@@ -27,6 +27,7 @@ pub fn parse_initial_members(spec: &str) -> Result<Vec<BootstrapPeer>, String> {
                 "member {name:?}: {url:?} must start with http:// or https://"
             ));
         }
+        check_peer_url(url).map_err(|e| format!("member {name:?}: {e}"))?;
         if !seen.insert(name.to_string()) {
             return Err(format!("member {name:?} is listed twice"));
         }
@@ -39,6 +40,20 @@ pub fn parse_initial_members(spec: &str) -> Result<Vec<BootstrapPeer>, String> {
         return Err("the member list is empty".into());
     }
     Ok(peers)
+}
+
+/// Refuses a peer URL that is no `http(s)://host:port` a peer could be
+/// called at (a port out of range, no host): the HTTP client would refuse
+/// it only when first used, as a "builder error" that names nothing.
+pub fn check_peer_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("{url:?} must start with http:// or https://"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} names no host"));
+    }
+    Ok(())
 }
 
 /// Refuses a peer URL whose scheme is not the one peer ports speak: https
@@ -136,6 +151,13 @@ mod tests {
         assert!(parse_initial_members("a=ftp://x").is_err());
         assert!(parse_initial_members("a=http://x,a=http://y").is_err());
         assert!(parse_initial_members("a b=http://x").is_err());
+        // A URL the HTTP client could not call is refused here, saying why.
+        let why = parse_initial_members("a=http://127.0.0.1:99999").expect_err("bad port");
+        assert!(
+            why.contains("member \"a\"") && why.contains("port"),
+            "{why}"
+        );
+        assert!(parse_initial_members("a=http://").is_err());
     }
 
     #[test]

@@ -1015,8 +1015,17 @@ impl Driver {
 /// starts empty.
 pub fn restore_store(snapshot: Option<snapshot_file::Reader>) -> Result<Store, String> {
     match snapshot {
-        Some(reader) => Store::restore_from_reader(reader, StoreConfig::default())
-            .map_err(|e| format!("the stored snapshot cannot be read: {e}")),
+        Some(reader) => {
+            // Its checksum is checked at the end: damage before that shows
+            // as a record that does not decode. Either way the file is bad.
+            let path = reader.path().display().to_string();
+            Store::restore_from_reader(reader, StoreConfig::default()).map_err(|e| {
+                format!(
+                    "snapshot file {path} is damaged or unreadable ({e}): {}",
+                    crate::storage::DAMAGED_ADVICE
+                )
+            })
+        }
         None => Ok(Store::new()),
     }
 }

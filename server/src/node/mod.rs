@@ -247,9 +247,13 @@ impl Node {
     /// http:// peer when peers speak TLS, or the other way round.
     fn check_peer_scheme(&self, url: &str) -> Result<(), ServiceError> {
         crate::cluster::check_peer_scheme(url, self.inner.cfg.peer_tls.is_some())
+            .and_then(|()| crate::cluster::check_peer_url(url))
             .map_err(|e| ServiceError::Invalid(format!("peer_url {e}")))
     }
 }
+
+/// Why [`Node::hello_of`] failed when the node answered 401.
+const TOKEN_REFUSED: &str = "it refused this node's cluster token";
 
 /// Counts a write as forwarded until it is dropped.
 struct Forwarding<'a>(&'a AtomicUsize);
@@ -1070,7 +1074,8 @@ impl Node {
             .collect()
     }
 
-    /// `GET /peer/v1/hello` on the node at `peer_url`.
+    /// `GET /peer/v1/hello` on the node at `peer_url`; [`TOKEN_REFUSED`]
+    /// when it holds another cluster token.
     async fn hello_of(&self, peer_url: &str) -> Result<Hello, String> {
         let url = format!("{}/peer/v1/hello", peer_url.trim_end_matches('/'));
         let resp = self
@@ -1086,7 +1091,7 @@ impl Node {
         match resp.status() {
             s if s.is_success() => {}
             reqwest::StatusCode::UNAUTHORIZED => {
-                return Err("it refused this node's cluster token".into());
+                return Err(TOKEN_REFUSED.into());
             }
             s => return Err(format!("HTTP {s}")),
         }
@@ -2496,6 +2501,21 @@ impl Service for Node {
                 let peer_url = peer_url.trim_end_matches('/').to_string();
                 self.check_peer_scheme(&peer_url)?;
                 let id = self.incarnation_at(&name, &peer_url).await?;
+                if let Some(m) = view.members.iter().find(|m| m.name == name)
+                    && bootstrap::parse_id(&m.id) != Ok(id)
+                {
+                    // Most likely its volume was lost and it came back as a
+                    // new incarnation: adding cannot fix that, replacing can.
+                    return Err(ServiceError::Conflict(format!(
+                        "a member named {} already exists, as incarnation {}, and the node at \
+                         {peer_url} runs incarnation {}: if its data directory was lost, \
+                         replace it (phxkv members replace {name}, or POST \
+                         /v1/cluster/members/{name}/replace)",
+                        crate::text::quoted(&name),
+                        m.id,
+                        bootstrap::format_id(id)
+                    )));
+                }
                 ConfChange::AddLearner {
                     id,
                     name,

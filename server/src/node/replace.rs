@@ -41,16 +41,23 @@ impl Node {
     }
 
     async fn asked(&self, name: &str, peer_url: &str) -> Result<bootstrap::Hello, ServiceError> {
-        let hello = self
-            .hello_of(peer_url)
-            .await
-            .map_err(|e| ServiceError::Unavailable {
+        let hello = self.hello_of(peer_url).await.map_err(|e| {
+            if e == super::TOKEN_REFUSED {
+                // It runs, but for another cluster token: waiting will not
+                // help.
+                return ServiceError::Conflict(format!(
+                    "{name} at {peer_url} refused this cluster's token: start it with this \
+                     cluster's --cluster-token-file"
+                ));
+            }
+            ServiceError::Unavailable {
                 message: format!(
                     "cannot ask {name} at {peer_url} which incarnation it runs: {e}; it must be \
                      running (with --join, or with the cluster's member list) first"
                 ),
                 retry_after_secs: 2,
-            })?;
+            }
+        })?;
         if hello.cluster_id != self.inner.cfg.cluster_id {
             return Err(ServiceError::Conflict(format!(
                 "the node at {peer_url} belongs to cluster {:?}, not {:?}",

@@ -22,6 +22,11 @@ mod wal;
 
 pub use disk::{DiskStore, Identity, Incarnation, Presence};
 pub use error::StorageError;
+
+/// What to do about a data directory whose files are damaged: its data
+/// cannot be trusted, and the cluster holds it all.
+pub const DAMAGED_ADVICE: &str = "this replica's data cannot be trusted: wipe the whole data \
+     directory, start the node again and replace the member (phxkv members replace NAME)";
 pub use mem::MemStore;
 pub(crate) use wal::SEGMENT_BYTES;
 

@@ -421,6 +421,13 @@ impl Read for Reader {
     }
 }
 
+impl Reader {
+    /// The file it reads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tempfile::TempDir;

@@ -454,8 +454,9 @@ fn scan(
 ) -> Result<Scanned, StorageError> {
     let corrupt = |at: u64, what: &str| {
         StorageError::Corrupt(format!(
-            "log segment {} is damaged at byte {at}: {what}",
-            path.display()
+            "log segment {} is damaged at byte {at}: {what}; {}",
+            path.display(),
+            super::DAMAGED_ADVICE
         ))
     };
     let file = File::open(path).map_err(io(path))?;

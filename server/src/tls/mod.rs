@@ -369,10 +369,16 @@ fn load(
         )
     })?;
     let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        let why = match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                "it is the key of another certificate".to_string()
+            }
+            e => e.to_string(),
+        };
         TlsError::about(
             &paths.key,
             FileRole::Key,
-            format!("does not go with {}: {e}", paths.cert.display()),
+            format!("does not go with {}: {why}", paths.cert.display()),
         )
     })?;
     let mut enforced = Vec::new();
@@ -2505,5 +2511,6 @@ mod tests {
         let e = Material::load(paths, ClientAuth::Off).expect_err("mismatched pair");
         assert!(e.to_string().contains("tls.key"), "{e}");
         assert!(e.to_string().contains("does not go with"), "{e}");
+        assert!(e.to_string().contains("key of another certificate"), "{e}");
     }
 }
