@@ -390,6 +390,15 @@ async fn a_backup_saved_under_load_restores_every_key_version_and_revision_into_
     assert!(err.contains("token"), "{err}");
     let (code, inspect, err) = phxkv(&["backup", "inspect", file_s]);
     assert_eq!(code, 0, "inspect failed: {err}");
+    // Unix seconds, then the same time in RFC 3339.
+    let created = inspect
+        .lines()
+        .find_map(|l| l.strip_prefix("created_at: "))
+        .unwrap_or_else(|| panic!("no created_at in: {inspect}"));
+    assert!(
+        created.contains(" (20") && created.ends_with("Z)"),
+        "{created}"
+    );
     let revision: u64 = inspect
         .lines()
         .find_map(|l| l.strip_prefix("revision: "))

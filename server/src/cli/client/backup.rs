@@ -457,10 +457,15 @@ fn inspect(file: &Path) -> Result<(), CliError> {
     crate::cli::say!("cluster_id: {}", h.cluster_id);
     crate::cli::say!("revision: {}", h.revision);
     crate::cli::say!("index: {}", h.index);
-    crate::cli::say!(
-        "created_at: {} (seconds since the Unix epoch)",
-        h.created_at
-    );
+    // Unix seconds first, for scripts; then the time for people.
+    let when = i64::try_from(h.created_at)
+        .ok()
+        .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+        .map_or_else(
+            || "out of range".to_string(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+    crate::cli::say!("created_at: {} ({when})", h.created_at);
     crate::cli::say!("data_bytes: {data_bytes}");
     crate::cli::say!("checksum: ok");
     Ok(())
