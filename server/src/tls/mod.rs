@@ -265,6 +265,27 @@ struct Contents {
     crl: Option<Vec<u8>>,
 }
 
+impl Contents {
+    /// What differs from `new`, in the words of the flags that name the
+    /// files, for the log line of a reload.
+    fn changed_parts(&self, new: &Contents) -> Vec<&'static str> {
+        let mut parts = Vec::new();
+        if self.cert != new.cert {
+            parts.push("certificate");
+        }
+        if self.key != new.key {
+            parts.push("key");
+        }
+        if self.ca != new.ca {
+            parts.push("CA");
+        }
+        if self.crl != new.crl {
+            parts.push("revocation list");
+        }
+        parts
+    }
+}
+
 fn read_file(path: &Path, role: FileRole) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::about(path, role, e))
 }
@@ -1184,7 +1205,11 @@ impl Material {
                     );
                     return fresh;
                 }
-                tracing::info!(cert = %self.paths.cert.display(), "TLS certificates reloaded");
+                tracing::info!(
+                    cert = %self.paths.cert.display(),
+                    changed = %held.contents.changed_parts(&fresh.contents).join(", "),
+                    "TLS files reloaded"
+                );
                 if settled {
                     // Lists in force from an unsettled read are kept only
                     // once a settled read confirms them: a crash in
