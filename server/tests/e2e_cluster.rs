@@ -203,6 +203,23 @@ async fn readiness_ends_when_a_node_loses_the_majority_and_comes_back_with_it() 
             .is_some_and(|r| r.contains("not a majority")),
         "{body}"
     );
+    // Nor does it name itself master to someone asking who is: the others
+    // may have chosen another behind its back.
+    let info = json_of(
+        c.http
+            .get(format!("{}/v1/cluster", c.url(m)))
+            .send()
+            .await
+            .expect("cluster"),
+    )
+    .await;
+    assert!(info["master"].is_null(), "{info}");
+    assert!(
+        info["members"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().all(|x| x["is_master"] == false)),
+        "{info}"
+    );
     for &o in &others {
         c.spawn(o);
     }
@@ -802,6 +819,19 @@ async fn membership_changes_on_a_live_cluster() {
         assert!(Instant::now() < deadline, "the removed node stayed ready");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Its log and its view of the cluster say why.
+    let log = c.log_of(2);
+    assert!(log.contains("no word from the master"), "{log}");
+    let info = c
+        .cluster_info(2)
+        .await
+        .expect("cluster info of the removed node");
+    assert!(
+        info["node_state_reason"]
+            .as_str()
+            .is_some_and(|w| w.contains("removed from the cluster")),
+        "{info}"
+    );
     // Removing it again (a retry whose first answer was lost) and promoting
     // a name no member has are both "no such member".
     let r = remove_n3(url.clone()).await.expect("remove again");

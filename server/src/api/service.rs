@@ -108,7 +108,8 @@ pub struct ClusterInfo {
     /// Missing from nodes older than incarnations, which are members.
     #[serde(default = "member_status")]
     pub node_state: NodeStatus,
-    /// Why the node is not (yet) a member, for people.
+    /// Why the node is not (yet) a member, or no longer one (removed while
+    /// it ran), for people.
     #[serde(default)]
     pub node_state_reason: Option<String>,
     /// Set when the answering replica's state differs from what a majority

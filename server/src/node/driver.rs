@@ -199,6 +199,9 @@ pub struct Driver {
     pub expiry_ids: RequestId,
     /// What the peers said they do: lease fences once every member does.
     pub peer_features: Arc<super::PeerFeatures>,
+    /// The master this node followed fell silent and this was logged; the
+    /// next word from a master is logged too.
+    pub cut_off_logged: bool,
 }
 
 /// Once this node sees another master (or none), writes it forwarded to the
@@ -960,9 +963,11 @@ impl Driver {
         Ok(())
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         let now = self.now();
         let status = self.replica.status(now);
+        let master_silent = self.replica.master_silent(now);
+        self.log_cut_off(master_silent, status.master);
         let (applied, revision, auth_enabled, store_bytes) = self
             .store
             .read()
@@ -985,7 +990,6 @@ impl Driver {
         self.metrics.set_applied_index(applied);
         let peer_commit = self.replica.peer_progress();
         let silent = self.replica.silent_peers(now);
-        let master_silent = self.replica.master_silent(now);
         self.published.send_if_modified(|p| {
             let changed = p.status != status
                 || p.applied != applied
@@ -1008,6 +1012,35 @@ impl Driver {
             }
             changed
         });
+    }
+}
+
+impl Driver {
+    /// Says in the log when the master this node followed falls silent (the
+    /// node was cut off, or removed from the cluster: a removed member is
+    /// sent nothing more, so this is how it learns), and when a master is
+    /// heard from again. The engine's state says when a node starts without
+    /// a master, so that is not logged here.
+    fn log_cut_off(&mut self, master_silent: bool, master: Option<NodeId>) {
+        if master_silent && !self.cut_off_logged {
+            if let Some(m) = master {
+                let name = self.replica.membership().name_of(m);
+                tracing::warn!(
+                    master = %name,
+                    "no word from the master for over three leases: this node is cut off from \
+                     the others, or was removed from the cluster (it answers /readyz with 503 \
+                     until a master is heard from)"
+                );
+                self.cut_off_logged = true;
+            }
+        } else if !master_silent && self.cut_off_logged {
+            let name = master.map(|m| self.replica.membership().name_of(m));
+            tracing::info!(
+                master = name.as_deref().unwrap_or("this node"),
+                "a master is heard from again"
+            );
+            self.cut_off_logged = false;
+        }
     }
 }
 

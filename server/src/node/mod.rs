@@ -252,8 +252,17 @@ impl Node {
     }
 }
 
-/// Why [`Node::hello_of`] failed when the node answered 401.
-const TOKEN_REFUSED: &str = "it refused this node's cluster token";
+/// Why [`Node::hello_of`] got no answer to use.
+#[derive(Debug, thiserror::Error)]
+enum HelloError {
+    /// It answered 401: it runs with another cluster token, and waiting
+    /// will not change that.
+    #[error("it refused this node's cluster token")]
+    TokenRefused,
+    /// Unreachable, another status, or an answer that does not decode.
+    #[error("{0}")]
+    Other(String),
+}
 
 /// Counts a write as forwarded until it is dropped.
 struct Forwarding<'a>(&'a AtomicUsize);
@@ -694,6 +703,7 @@ impl Node {
                 client: (self.inner.client_id ^ 0x5eed_1ea5e) & !crate::kv::dedup::IDEMPOTENT_BIT,
                 seq: 0,
             },
+            cut_off_logged: false,
         };
         // Say what this node is before its engine says anything.
         self.set_phase(phase);
@@ -1064,7 +1074,7 @@ impl Node {
             .map(|p| async move {
                 let answer = match self.hello_of(&p.peer_url).await {
                     Ok(h) => bootstrap::Answer::Hello(h),
-                    Err(e) => bootstrap::Answer::Unreachable(e),
+                    Err(e) => bootstrap::Answer::Unreachable(e.to_string()),
                 };
                 (p.name.clone(), answer)
             });
@@ -1074,9 +1084,8 @@ impl Node {
             .collect()
     }
 
-    /// `GET /peer/v1/hello` on the node at `peer_url`; [`TOKEN_REFUSED`]
-    /// when it holds another cluster token.
-    async fn hello_of(&self, peer_url: &str) -> Result<Hello, String> {
+    /// `GET /peer/v1/hello` on the node at `peer_url`.
+    async fn hello_of(&self, peer_url: &str) -> Result<Hello, HelloError> {
         let url = format!("{}/peer/v1/hello", peer_url.trim_end_matches('/'));
         let resp = self
             .inner
@@ -1087,17 +1096,15 @@ impl Node {
             .timeout(Duration::from_secs(2))
             .send()
             .await
-            .map_err(short_error)?;
+            .map_err(|e| HelloError::Other(short_error(e)))?;
         match resp.status() {
             s if s.is_success() => {}
-            reqwest::StatusCode::UNAUTHORIZED => {
-                return Err(TOKEN_REFUSED.into());
-            }
-            s => return Err(format!("HTTP {s}")),
+            reqwest::StatusCode::UNAUTHORIZED => return Err(HelloError::TokenRefused),
+            s => return Err(HelloError::Other(format!("HTTP {s}"))),
         }
         resp.json::<Hello>()
             .await
-            .map_err(|e| format!("unreadable answer: {e}"))
+            .map_err(|e| HelloError::Other(format!("unreadable answer: {e}")))
     }
 
     /// What this node tells a peer that asks who it is.
@@ -1970,6 +1977,39 @@ impl Node {
 
 impl Node {
     /// The cluster as this node alone sees it.
+    /// Why the master this node knows of may no longer be the master, if
+    /// it may not: this node is master but has not heard from a majority
+    /// of the voters lately, or is a follower that has not heard from its
+    /// master for three leases (cut off, or no longer a member). Neither
+    /// node can serve what a client expects, and the master it names may
+    /// have been replaced behind its back. For status only.
+    fn master_in_doubt(&self, p: &Published) -> Option<String> {
+        let voters: Vec<NodeId> = p.status.membership.voters().collect();
+        let heard = voters
+            .iter()
+            .filter(|v| **v == self.inner.id || !p.silent.contains(v))
+            .count();
+        if p.status.is_master && heard * 2 <= voters.len() {
+            Some(format!(
+                "this node is master but has heard from {heard} of {} voters lately, not a \
+                 majority",
+                voters.len()
+            ))
+        } else if !p.status.is_master && p.master_silent {
+            Some(format!(
+                "no word from the master ({}) for over {:?}: this node is cut off, or no longer \
+                 a member",
+                p.status
+                    .master
+                    .and_then(|m| self.member_name(m))
+                    .unwrap_or_else(|| "unknown".into()),
+                self.inner.cfg.engine.lease * 3
+            ))
+        } else {
+            None
+        }
+    }
+
     pub fn local_cluster(&self) -> ClusterInfo {
         let p = self.inner.published.borrow().clone();
         let membership = self.inner.membership.borrow().clone();
@@ -1979,7 +2019,12 @@ impl Node {
             .lock()
             .map(|f| f.clone())
             .unwrap_or_default();
-        let master = p.status.master;
+        // A master this node has lost touch with is not named: the others
+        // may have chosen another since (see `master_in_doubt`).
+        let master = p
+            .status
+            .master
+            .filter(|_| self.master_in_doubt(&p).is_none());
         let mut members: Vec<MemberInfo> = membership
             .members
             .iter()
@@ -2044,9 +2089,22 @@ impl Node {
     fn with_own_state(&self, mut info: ClusterInfo) -> ClusterInfo {
         let local = self.local_cluster();
         info.node = local.node;
-        info.node_id = local.node_id;
+        let removed = local.node_state == NodeStatus::Member
+            && !info.members.iter().any(|m| m.id == local.node_id);
+        info.node_id = local.node_id.clone();
         info.node_state = local.node_state;
-        info.node_state_reason = local.node_state_reason;
+        info.node_state_reason = if removed {
+            // A removed member is sent nothing more, so its own
+            // configuration still counts it in: the master's tells.
+            Some(format!(
+                "the master's configuration no longer includes this node (incarnation {}): it \
+                 was removed from the cluster; stop it (to bring it back, start it with an \
+                 empty data directory and add it again)",
+                local.node_id
+            ))
+        } else {
+            local.node_state_reason
+        };
         info.divergence = local.divergence;
         info.revision = local.revision;
         info.applied_index = local.applied_index;
@@ -2650,37 +2708,10 @@ impl Service for Node {
             };
         }
         let p = self.inner.published.borrow();
-        // A master that cannot reach a majority, and a node the master has
-        // not spoken to lately (cut off, or removed from the cluster), cannot
-        // serve what a client expects of a ready replica.
-        let voters: Vec<NodeId> = p.status.membership.voters().collect();
-        let heard = voters
-            .iter()
-            .filter(|v| **v == self.inner.id || !p.silent.contains(v))
-            .count();
         let (ready, reason) = if p.status.master.is_none() {
             (false, Some("no master is known".to_string()))
-        } else if p.status.is_master && heard * 2 <= voters.len() {
-            (
-                false,
-                Some(format!(
-                    "this node is master but has heard from {heard} of {} voters lately, \
-                     not a majority",
-                    voters.len()
-                )),
-            )
-        } else if !p.status.is_master && p.master_silent {
-            (
-                false,
-                Some(format!(
-                    "no word from the master ({}) for over {:?}: this node is cut off, or no \
-                     longer a member",
-                    p.status
-                        .master
-                        .map_or_else(|| "unknown".into(), bootstrap::format_id),
-                    self.inner.cfg.engine.lease * 3
-                )),
-            )
+        } else if let Some(why) = self.master_in_doubt(&p) {
+            (false, Some(why))
         } else if p.applied < p.status.commit {
             (
                 false,

@@ -42,7 +42,7 @@ impl Node {
 
     async fn asked(&self, name: &str, peer_url: &str) -> Result<bootstrap::Hello, ServiceError> {
         let hello = self.hello_of(peer_url).await.map_err(|e| {
-            if e == super::TOKEN_REFUSED {
+            if matches!(e, super::HelloError::TokenRefused) {
                 // It runs, but for another cluster token: waiting will not
                 // help.
                 return ServiceError::Conflict(format!(

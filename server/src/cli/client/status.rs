@@ -96,10 +96,12 @@ pub fn render(info: &ClusterInfo) -> String {
         info.commit_index,
         info.applied_index,
     ));
-    if let (Some(state), Some(why)) = (&info.node_state, &info.node_state_reason)
-        && state != "member"
-    {
-        out.push_str(&format!("{} is {state}: {why}\n", info.node));
+    match (&info.node_state, &info.node_state_reason) {
+        (Some(state), Some(why)) if state != "member" => {
+            out.push_str(&format!("{} is {state}: {why}\n", info.node));
+        }
+        (_, Some(why)) => out.push_str(&format!("{}: {why}\n", info.node)),
+        _ => {}
     }
     if let Some(d) = &info.divergence
         && !d.is_null()
