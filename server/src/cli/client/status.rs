@@ -193,4 +193,28 @@ mod tests {
         assert!(old.contains("(its keys differ)"), "{old}");
         assert!(!render(&diverged(serde_json::Value::Null)).contains("DIVERGED"));
     }
+
+    #[test]
+    fn status_gives_the_reason_of_a_member_that_was_removed_and_of_a_joining_node() {
+        let with = |state: &str, reason: &str| {
+            render(
+                &serde_json::from_value(serde_json::json!({
+                    "cluster_id": "c", "node": "n3", "master": "n1", "revision": 5,
+                    "commit_index": 9, "applied_index": 9, "members": [],
+                    "node_state": state, "node_state_reason": reason,
+                }))
+                .expect("a cluster view"),
+            )
+        };
+        let removed = with("member", "it was removed from the cluster");
+        assert!(
+            removed.contains("n3: it was removed from the cluster\n"),
+            "{removed}"
+        );
+        let joining = with("joining", "waiting to be added");
+        assert!(
+            joining.contains("n3 is joining: waiting to be added\n"),
+            "{joining}"
+        );
+    }
 }
