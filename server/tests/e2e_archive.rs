@@ -174,6 +174,20 @@ async fn restore_and_start(
     name: &str,
     target: &[&str],
 ) -> Restored {
+    restore_as(s3, http, root, name, "restored", target, &[]).await
+}
+
+/// [`restore_and_start`] as cluster `cluster_id`, started with `serve_args`
+/// too.
+async fn restore_as(
+    s3: &S3,
+    http: &reqwest::Client,
+    root: &Path,
+    name: &str,
+    cluster_id: &str,
+    target: &[&str],
+    serve_args: &[&str],
+) -> Restored {
     let dir: PathBuf = root.join(name);
     let peer = free_port();
     let client = free_port();
@@ -190,7 +204,7 @@ async fn restore_and_start(
         "--name",
         name,
         "--cluster-id",
-        "restored",
+        cluster_id,
         "--initial-members",
         &members,
     ];
@@ -202,8 +216,10 @@ async fn restore_and_start(
     std::fs::write(&token, TOKEN).expect("token");
     let log = std::fs::File::create(root.join(format!("{name}.log"))).expect("log");
     let child = Command::new(env!("CARGO_BIN_EXE_phxkv"))
-        .args(["serve", "--id", name, "--cluster-id", "restored"])
+        .args(["serve", "--id", name, "--cluster-id", cluster_id])
         .args(["--data-dir", dir_s])
+        .args(serve_args)
+        .envs(s3.env())
         .args(["--listen", &format!("127.0.0.1:{client}")])
         .args(["--peer-listen", &format!("127.0.0.1:{peer}")])
         .args(["--initial-members", &members])
@@ -230,6 +246,17 @@ async fn restore_and_start(
         assert!(Instant::now() < deadline, "the restored node did not serve");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn archive_listing(http: &reqwest::Client, url: &str) -> Value {
+    let r = http
+        .get(format!("{url}/v1/admin/backups"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("list backups");
+    assert_eq!(r.status(), 200);
+    r.json().await.expect("backups body")
 }
 
 fn now_ms() -> u64 {
@@ -499,6 +526,7 @@ async fn an_archived_cluster_restores_to_a_revision_a_time_and_the_latest_point(
         .await
         .expect("segment bytes")
         .to_vec();
+    let intact = bytes.clone();
     let at = bytes.len() / 2;
     bytes[at] ^= 0x01;
     loc.store
@@ -514,6 +542,62 @@ async fn an_archived_cluster_restores_to_a_revision_a_time_and_the_latest_point(
         "a progress line and the error: {err}"
     );
     assert!(!fresh.exists());
+    loc.store
+        .put(&path, intact.into())
+        .await
+        .expect("put the segment back");
+
+    // Restored under the archived cluster's own id and pointed at its
+    // archive: a restore to an earlier point starts a history of its own,
+    // and is refused (even once it passes the archive's end); one from the
+    // latest point continues the archive.
+    let archive_flags = [
+        "--archive-url",
+        archive.as_str(),
+        "--archive-flush-every",
+        "200ms",
+    ];
+    let forked = restore_as(
+        &s3,
+        &http,
+        root.path(),
+        "r4",
+        "phxkv",
+        &["--target-revision", &r_s],
+        &archive_flags,
+    )
+    .await;
+    let forked_write = put(&http, &forked.url, "forked", "x").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = archive_listing(&http, &forked.url).await;
+        if l["archive_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("restored at index"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the fork was not refused: {l}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(forked);
+    let continued = restore_as(&s3, &http, root.path(), "r5", "phxkv", &[], &archive_flags).await;
+    let continued_write = put(&http, &continued.url, "continued", "x").await;
+    assert!(continued_write > last && forked_write > middle);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = archive_listing(&http, &continued.url).await;
+        if l["recoverable"]["last"]["revision"].as_u64() >= Some(continued_write) {
+            assert!(l["archive_error"].is_null(), "{l}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restore from the latest point did not continue the archive: {l}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(continued);
 }
 
 /// `ms` since the epoch as RFC 3339 with milliseconds, in UTC.

@@ -69,7 +69,7 @@ pub struct MemberInfo {
     /// upgrade this shows which members run a version that has them.
     /// `null` for a member not heard from since the master started.
     #[serde(default)]
-    #[schema(example = json!(["forward", "anonymous", "delete_prefix", "lease_owner", "lease_fence", "once"]))]
+    #[schema(example = json!(["forward", "anonymous", "delete_prefix", "lease_owner", "lease_fence", "once", "timeline"]))]
     pub peer_features: Option<Vec<String>>,
 }
 

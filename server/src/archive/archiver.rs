@@ -24,8 +24,9 @@ use object_store::WriteMultipart;
 
 use super::segment;
 use super::tail::{Slice, Tail};
-use super::{Base, Catalog, Location, Point, Segment, claim, now_ms};
+use super::{Base, Catalog, Claimed, Location, Point, Segment, claim, now_ms, write_marker};
 use crate::api::service::BackupStream;
+use crate::kv::timeline::Timeline;
 use crate::paxos::Value;
 use crate::storage::backup_file::{Encoder, FORMAT_VERSION, Header};
 
@@ -33,6 +34,10 @@ use crate::storage::backup_file::{Encoder, FORMAT_VERSION, Header};
 const MAX_SEGMENTS_PER_ROUND: usize = 64;
 /// How often an idle cluster (only leases and no-ops applied) uploads.
 const IDLE_FLUSH_MS: u64 = 30_000;
+/// How long a master behind the archive's end waits before it says so, as
+/// an error (in the log and `backup list`): a new master still applying
+/// what the old one archived gets there within moments.
+const BEHIND_QUIETLY_MS: u64 = 10_000;
 
 /// How archiving is set up (`phxkv serve --archive-*`).
 #[derive(Clone, Debug)]
@@ -74,6 +79,8 @@ pub struct Progress {
     /// The last segment uploaded, in ms since the epoch.
     pub last_upload_ms: Option<u64>,
     pub error: Option<String>,
+    /// Since when this master has been behind the archive's end.
+    pub behind_since_ms: Option<u64>,
 }
 
 /// A node's archive: its location, tail and progress.
@@ -117,6 +124,12 @@ pub trait Source: Send + Sync + 'static {
     /// A consistent snapshot, as for a backup.
     fn snapshot(&self) -> impl Future<Output = Result<BackupStream, String>> + Send;
     fn set_archive_lag(&self, entries: u64, seconds: u64);
+    /// The timeline the node's store is on, if it has one yet (see
+    /// [`crate::kv::timeline`]).
+    fn timeline(&self) -> Option<Timeline>;
+    /// Gives the cluster its first timeline through the log, or says why
+    /// it cannot yet (a member that does not decode it, no master).
+    fn start_timeline(&self) -> impl Future<Output = Result<Timeline, String>> + Send;
 }
 
 /// Uploads a base snapshot from `stream`; memory stays bounded (a few
@@ -188,9 +201,9 @@ pub async fn upload_base(
 }
 
 /// Takes and uploads a base now (a one-off backup, or the archiver's).
+/// The caller has claimed the archive (see [`claim`]).
 pub async fn take_base(archive: &Archive, source: &impl Source) -> Result<Base, String> {
     let cluster_id = source.cluster_id();
-    claim(&archive.location, &cluster_id).await?;
     let stream = source.snapshot().await?;
     let base = upload_base(&archive.location, &cluster_id, stream).await?;
     archive.update(|p| p.last_base_ms = Some(base.created_ms));
@@ -348,26 +361,73 @@ async fn round(
 ) -> Result<bool, String> {
     let loc = &archive.location;
     if end.is_none() {
-        claim(loc, &source.cluster_id()).await?;
+        let timeline = match source.timeline() {
+            Some(t) => Some(t),
+            None => source
+                .start_timeline()
+                .await
+                .inspect_err(|e| tracing::debug!(error = %e, "no timeline for the cluster yet"))
+                .ok(),
+        };
+        let cluster_id = source.cluster_id();
         let catalog = Catalog::list(loc).await?;
+        let tail = catalog.tail();
+        let claimed = claim(loc, &cluster_id, timeline.as_ref(), tail.map(|p| p.index)).await?;
         archive.update(|p| p.last_base_ms = catalog.bases.last().map(|b| b.created_ms));
-        if let Some(point) = catalog.tail() {
-            if point.index > source.applied_index() {
+        if let Some(point) = tail {
+            let behind = point.index > source.applied_index();
+            let now = now_ms();
+            let mut since = now;
+            archive.update(|p| {
+                p.behind_since_ms = behind.then(|| *p.behind_since_ms.get_or_insert(now));
+                since = p.behind_since_ms.unwrap_or(now);
+            });
+            if behind && now.saturating_sub(since) < BEHIND_QUIETLY_MS {
+                return Ok(false);
+            }
+            if behind {
                 // Not applied here yet (a new master still applying what
                 // the old one archived, or a cluster restored to an earlier
-                // point under the same id): nothing to compare with yet.
-                return Ok(false);
+                // point under the same id in an archive of an earlier
+                // version): nothing to compare with yet.
+                return Err(format!(
+                    "the archive ends at index {}, past what this node applied ({}): waiting \
+                     for this node to get there (if it never does, the archive holds another \
+                     history of this cluster: give this cluster its own archive location)",
+                    point.index,
+                    source.applied_index()
+                ));
             }
             if ours_at_end(archive, &catalog, point).await? {
                 *end = Some(point.index);
+                if claimed == Claimed::Unchecked
+                    && let Some(t) = &timeline
+                {
+                    // Its end is checked to be ours: mark it, so that from
+                    // now on the check no longer needs the entry there.
+                    write_marker(loc, &cluster_id, Some(t)).await?;
+                }
+            } else if claimed == Claimed::Ours {
+                // On this cluster's timeline: the entries after the end
+                // are this cluster's, and a new base continues it.
+                tracing::info!(
+                    url = %loc.url,
+                    archive_end = point.index,
+                    "the archive's end is no longer held here; starting from a new base"
+                );
             } else {
                 tracing::warn!(
                     url = %loc.url,
                     archive_end = point.index,
-                    "the archive's end is no longer held here, so it cannot be checked against \
-                     this cluster's history; starting over from a new base"
+                    "the archive's end is no longer held here, and the archive is not marked \
+                     with this cluster's timeline, so its history cannot be checked; starting \
+                     over from a new base"
                 );
             }
+        } else if claimed == Claimed::Unchecked
+            && let Some(t) = &timeline
+        {
+            write_marker(loc, &cluster_id, Some(t)).await?;
         }
     }
     let mut gap_bases = 0;
@@ -451,6 +511,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
+    use crate::archive::read_marker;
     use crate::archive::restore::{self, Target};
     use crate::archive::segment::Entry;
     use crate::kv::{Op, Store};
@@ -463,14 +524,26 @@ mod tests {
         /// The client id its writes carry: two fakes with different ones
         /// write different histories of the same keys and revisions.
         client: u64,
+        /// Whether its cluster takes a timeline (a version that has them).
+        timelines: bool,
     }
 
     impl Fake {
+        /// A cluster of a version before timelines.
         fn new(client: u64) -> Fake {
             Fake {
                 store: Mutex::new(Store::new()),
                 master: AtomicBool::new(true),
                 client,
+                timelines: false,
+            }
+        }
+
+        /// A cluster that takes a timeline when its archiver asks.
+        fn with_timelines(client: u64) -> Fake {
+            Fake {
+                timelines: true,
+                ..Fake::new(client)
             }
         }
 
@@ -545,6 +618,26 @@ mod tests {
             })
         }
         fn set_archive_lag(&self, _: u64, _: u64) {}
+        fn timeline(&self) -> Option<Timeline> {
+            self.store.lock().expect("store").timeline()
+        }
+        async fn start_timeline(&self) -> Result<Timeline, String> {
+            if !self.timelines {
+                return Err("an earlier version".into());
+            }
+            let mut store = self.store.lock().expect("store");
+            let id = RequestId {
+                client: self.client,
+                seq: u64::MAX,
+            };
+            store.apply(
+                id,
+                &Op::Timeline {
+                    id: format!("{:016x}", self.client),
+                },
+            );
+            store.timeline().ok_or_else(|| "not applied".into())
+        }
     }
 
     /// Keys with their values and mod revisions.
@@ -587,6 +680,12 @@ mod tests {
         }
         fn set_archive_lag(&self, entries: u64, seconds: u64) {
             *self.lag.lock().expect("lag") = Some((entries, seconds));
+        }
+        fn timeline(&self) -> Option<Timeline> {
+            None
+        }
+        async fn start_timeline(&self) -> Result<Timeline, String> {
+            Err("an earlier version".into())
         }
     }
 
@@ -692,6 +791,123 @@ mod tests {
             expected,
             "still nothing appended"
         );
+    }
+
+    #[tokio::test]
+    async fn another_timeline_is_refused_even_where_the_end_cannot_be_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}/a", dir.path().display());
+        // Cluster A, on a timeline of its own, archives indexes 1 to 10.
+        let archive_a = Archive::open(Settings::new(url.clone())).expect("archive");
+        let a = Fake::with_timelines(0xa);
+        let mut end = None;
+        for n in 1..=10 {
+            a.apply(&archive_a, 1);
+            if n == 5 {
+                assert!(round(&archive_a, &a, &mut end).await.expect("base"));
+            }
+        }
+        assert!(round(&archive_a, &a, &mut end).await.expect("segment"));
+        let a_timeline = a.timeline().expect("A took a timeline");
+        let marker = read_marker(&archive_a.location).await.expect("marker");
+        assert_eq!(marker.and_then(|m| m.timeline), Some(a_timeline.id.clone()));
+        let archived = segment_keys(&archive_a).await;
+
+        // B was restored from A at index 5 and went its own way. Whether or
+        // not it still holds the entry at the archive's end (after a
+        // restart it does not), it is refused, and appends nothing.
+        let archive_b = Archive::open(Settings::new(url.clone())).expect("archive");
+        let b = Fake::with_timelines(0xb);
+        for _ in 0..5 {
+            b.apply(&archive_b, 1);
+        }
+        b.store.lock().expect("store").apply(
+            RequestId {
+                client: 0xb,
+                seq: 1 << 40,
+            },
+            &Op::Timeline {
+                id: a_timeline.id.clone(),
+            },
+        );
+        b.store
+            .lock()
+            .expect("store")
+            .fork_timeline("000000000000000b");
+        for _ in 0..7 {
+            b.apply(&archive_b, 1);
+        }
+        for held in [true, false] {
+            if !held {
+                archive_b.tail.release_archived(12);
+            }
+            let mut end_b = None;
+            let err = round(&archive_b, &b, &mut end_b)
+                .await
+                .expect_err("another timeline");
+            assert!(
+                err.contains("timeline") && err.contains("restored at index 5"),
+                "{err}"
+            );
+        }
+        assert_eq!(segment_keys(&archive_b).await, archived, "nothing of B's");
+
+        // C was restored from A's latest point (index 10): it continues
+        // the archive, and A, if it still runs, is refused from then on.
+        let archive_c = Archive::open(Settings::new(url.clone())).expect("archive");
+        let c = Fake::with_timelines(0xc);
+        {
+            let mut store = c.store.lock().expect("store");
+            *store = Store::restore(a.store.lock().expect("store").snapshot());
+            store.fork_timeline("000000000000000c");
+        }
+        c.apply(&archive_c, 1);
+        let mut end_c = None;
+        assert!(round(&archive_c, &c, &mut end_c).await.expect("adopted"));
+        assert_eq!(end_c, Some(11), "a base of its own, then on");
+        let marker = read_marker(&archive_c.location).await.expect("marker");
+        assert_eq!(
+            marker.and_then(|m| m.timeline).as_deref(),
+            Some("000000000000000c")
+        );
+        let mut again = None;
+        a.apply(&archive_a, 1);
+        let err = round(&archive_a, &a, &mut again)
+            .await
+            .expect_err("A is refused now");
+        assert!(err.contains("timeline 000000000000000c"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_archive_of_an_earlier_version_is_marked_once_its_end_is_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}/a", dir.path().display());
+        let archive = Archive::open(Settings::new(url)).expect("archive");
+        let old = Fake::new(1);
+        let mut end = None;
+        for _ in 0..4 {
+            old.apply(&archive, 1);
+        }
+        assert!(round(&archive, &old, &mut end).await.expect("archived"));
+        let marker = read_marker(&archive.location).await.expect("marker");
+        assert_eq!(marker.as_ref().map(|m| m.timeline.clone()), Some(None));
+        // The same cluster, upgraded: it takes a timeline, checks the end
+        // against what it applied, and marks the archive.
+        let upgraded = Fake {
+            timelines: true,
+            ..old
+        };
+        upgraded.apply(&archive, 1);
+        let mut end = None;
+        assert!(
+            round(&archive, &upgraded, &mut end)
+                .await
+                .expect("continued")
+        );
+        assert_eq!(end, Some(5));
+        let timeline = upgraded.timeline().expect("a timeline");
+        let marker = read_marker(&archive.location).await.expect("marker");
+        assert_eq!(marker.and_then(|m| m.timeline), Some(timeline.id));
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //! An archive is a set of objects under one location ([`location`]):
 //!
 //! ```text
-//! archive.json                                   the cluster it belongs to
+//! archive.json                                   the cluster it belongs to,
+//!                                                and the timeline writing it
 //! base/<index:020>-r<revision>-t<unix ms>.backup  base snapshots (backup files)
 //! wal/<first:020>-<last:020>-r<revision>-t<unix ms>.seg
 //!                                                log segments: chosen entries
@@ -43,6 +44,8 @@ use serde::{Deserialize, Serialize};
 
 pub use location::Location;
 
+use crate::kv::timeline::Timeline;
+
 /// The object naming the cluster an archive belongs to.
 pub const MARKER: &str = "archive.json";
 /// The layout this version writes and reads.
@@ -53,6 +56,11 @@ pub const FORMAT_VERSION: u32 = 1;
 pub struct Marker {
     pub format_version: u32,
     pub cluster_id: String,
+    /// The timeline that writes here (see [`claim`]); absent in an archive
+    /// of an earlier version, until a cluster on a timeline checked its end
+    /// and marked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<String>,
 }
 
 /// A base snapshot in the archive.
@@ -301,9 +309,37 @@ async fn read_marker(loc: &Location) -> Result<Option<Marker>, String> {
     }
 }
 
-/// Makes sure the archive at `loc` is `cluster_id`'s: claims an empty one,
-/// refuses one that belongs to another cluster or has a newer layout.
-pub async fn claim(loc: &Location, cluster_id: &str) -> Result<(), String> {
+/// What an archive's marker says about the caller writing to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claimed {
+    /// The marker names the caller's timeline: claimed now (an empty
+    /// archive), adopted (see [`claim`]), or already so.
+    Ours,
+    /// The marker or the caller has no timeline (an archive or a cluster
+    /// of an earlier version): only the entry at the archive's end can tell
+    /// whose history it holds (see `archiver::ours_at_end`).
+    Unchecked,
+}
+
+/// Makes sure the archive at `loc` is `cluster_id`'s, and on `timeline`:
+/// claims an empty one, refuses one that belongs to another cluster or has
+/// a newer layout, and one that another history of this cluster writes to.
+///
+/// `end` is the index the archive ends at (its [`Catalog::tail`]), `None`
+/// when it holds no base. A cluster restored from timeline `a` at index
+/// `r` takes over an archive on `a` that ends exactly at `r`: nothing was
+/// archived after the point it was restored from, so it continues that
+/// history (the way back after losing a whole cluster). Its marker then
+/// names the new timeline, and the cluster it came from, if it still runs,
+/// is refused from then on. Any other archive on another timeline is
+/// refused: segments of one history after a base of another would restore
+/// to a state that never existed (see [`crate::kv::timeline`]).
+pub async fn claim(
+    loc: &Location,
+    cluster_id: &str,
+    timeline: Option<&Timeline>,
+    end: Option<u64>,
+) -> Result<Claimed, String> {
     match read_marker(loc).await? {
         Some(m) if m.format_version > FORMAT_VERSION => Err(format!(
             "the archive at {} has layout version {}; this version writes {FORMAT_VERSION}",
@@ -313,20 +349,60 @@ pub async fn claim(loc: &Location, cluster_id: &str) -> Result<(), String> {
             "the archive at {} belongs to cluster {}, not {cluster_id}; give each cluster its own location",
             loc.url, m.cluster_id
         )),
-        Some(_) => Ok(()),
+        Some(m) => match (m.timeline.as_deref(), timeline) {
+            (None, _) => Ok(Claimed::Unchecked),
+            (Some(theirs), Some(ours)) if theirs == ours.id => Ok(Claimed::Ours),
+            (Some(theirs), Some(ours))
+                if ours.parent.as_deref() == Some(theirs) && end == Some(ours.from_index) =>
+            {
+                write_marker(loc, cluster_id, Some(ours)).await?;
+                tracing::info!(
+                    url = %loc.url,
+                    timeline = %ours.id,
+                    from = %theirs,
+                    index = ours.from_index,
+                    "this cluster was restored from the archive's end: it continues the archive"
+                );
+                Ok(Claimed::Ours)
+            }
+            (Some(theirs), ours) => Err(format!(
+                "the archive at {} holds timeline {theirs} of cluster {cluster_id}, and this \
+                 cluster is on {} (a restore starts a timeline of its own): writing here would \
+                 mix two histories, so nothing is archived; give this cluster its own archive \
+                 location (--archive-url). A cluster restored from this archive's latest point \
+                 continues it only while nothing was archived after that point",
+                loc.url,
+                ours.map_or_else(|| "no timeline yet".to_string(), Timeline::describe),
+            )),
+        },
         None => {
-            let marker = Marker {
-                format_version: FORMAT_VERSION,
-                cluster_id: cluster_id.to_string(),
-            };
-            let body = serde_json::to_vec(&marker).map_err(|e| e.to_string())?;
-            loc.store
-                .put(&loc.path(MARKER), body.into())
-                .await
-                .map_err(|e| format!("writing {MARKER} in {}: {e}", loc.url))?;
-            Ok(())
+            write_marker(loc, cluster_id, timeline).await?;
+            Ok(if timeline.is_some() {
+                Claimed::Ours
+            } else {
+                Claimed::Unchecked
+            })
         }
     }
+}
+
+/// Marks the archive at `loc` as `cluster_id`'s, on `timeline`.
+pub async fn write_marker(
+    loc: &Location,
+    cluster_id: &str,
+    timeline: Option<&Timeline>,
+) -> Result<(), String> {
+    let marker = Marker {
+        format_version: FORMAT_VERSION,
+        cluster_id: cluster_id.to_string(),
+        timeline: timeline.map(|t| t.id.clone()),
+    };
+    let body = serde_json::to_vec(&marker).map_err(|e| e.to_string())?;
+    loc.store
+        .put(&loc.path(MARKER), body.into())
+        .await
+        .map_err(|e| format!("writing {MARKER} in {}: {e}", loc.url))?;
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch.

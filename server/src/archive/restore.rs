@@ -289,6 +289,7 @@ mod tests {
             marker: Some(super::super::Marker {
                 format_version: 1,
                 cluster_id: "c".into(),
+                timeline: None,
             }),
             bases: vec![base(10, 5, 10_000), base(30, 20, 30_000)],
             segments: vec![

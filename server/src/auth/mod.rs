@@ -261,7 +261,13 @@ pub fn needs(op: &Op) -> Vec<Need<'_>> {
             out
         }
         Op::DeletePrefix { prefix, .. } => vec![Need::WritePrefix(prefix)],
-        Op::Auth(_) | Op::As { .. } | Op::Anonymous { .. } | Op::Once { .. } => vec![Need::Admin],
+        Op::Auth(_)
+        | Op::As { .. }
+        | Op::Anonymous { .. }
+        | Op::Once { .. }
+        | Op::Timeline { .. } => {
+            vec![Need::Admin]
+        }
         // Any token may hold leases; a revoke is also checked against the
         // keys it deletes, where it is applied (they are known only there).
         Op::Lease(_) => Vec::new(),
@@ -292,7 +298,7 @@ pub fn touches_system_key(op: &Op) -> bool {
                     }
                 })
         }
-        Op::Auth(_) | Op::Lease(_) => false,
+        Op::Auth(_) | Op::Lease(_) | Op::Timeline { .. } => false,
         Op::As { op, .. } | Op::Leased { op, .. } | Op::Anonymous { op } | Op::Once { op, .. } => {
             touches_system_key(op)
         }

@@ -135,6 +135,13 @@ impl Op {
             }
             // Checked against the auth rules where it is applied.
             Op::Auth(_) => Ok(()),
+            // Only the cluster proposes it, with 16 hex digits; anything
+            // longer is refused like an oversized key.
+            Op::Timeline { id } if id.len() > 64 => Err(KvError::KeyTooLarge {
+                len: id.len(),
+                max: 64,
+            }),
+            Op::Timeline { .. } => Ok(()),
             Op::As { op, .. } | Op::Anonymous { op } | Op::Once { op, .. } => op.validate(limits),
             Op::Lease(crate::kv::LeaseOp::Grant { id, ttl_secs }) => {
                 crate::kv::lease::check_grant(*id, *ttl_secs, None).map_err(KvError::InvalidLease)

@@ -9,6 +9,7 @@ pub mod op;
 pub mod snapshot;
 pub mod snapshot_stream;
 pub mod store;
+pub mod timeline;
 pub mod watch;
 
 #[cfg(test)]

@@ -165,6 +165,14 @@ pub enum Op {
         #[schema(no_recursion)]
         op: Box<Op>,
     },
+    /// Gives a store that has no timeline yet its first, `id` (see
+    /// [`crate::kv::timeline`]); changes nothing on a store that has one.
+    /// Proposed by the cluster itself, only once every member said it
+    /// decodes it (the `timeline` peer feature). (Last, so that logs
+    /// written before it existed decode unchanged.)
+    Timeline {
+        id: String,
+    },
 }
 
 /// The most keys one [`Op::DeletePrefix`] deletes: what one chosen op may
@@ -214,6 +222,7 @@ impl Op {
             Op::Leased { op, .. } => OVERHEAD + 8 + op.size_hint(),
             Op::Anonymous { op } => OVERHEAD + op.size_hint(),
             Op::Once { op, .. } => 8 + op.size_hint(),
+            Op::Timeline { id } => OVERHEAD + id.len(),
         }
     }
 
@@ -255,7 +264,7 @@ impl Op {
             | Op::Anonymous { op }
             | Op::Once { op, .. } => op.net_stored_bytes(held),
             Op::Delete { key, .. } => -size(held(key)),
-            Op::DeletePrefix { .. } | Op::Auth(_) | Op::Lease(_) => 0,
+            Op::DeletePrefix { .. } | Op::Auth(_) | Op::Lease(_) | Op::Timeline { .. } => 0,
         }
     }
 }

@@ -109,6 +109,9 @@ pub enum OpResult {
     /// changed, and whether an earlier copy was applied is not known here
     /// (see [`crate::kv::dedup`]). Never remembered in the table.
     Forgotten,
+    /// The store is on timeline `id` (see [`crate::kv::timeline`]): the
+    /// one just given, or the one it had. No revision of its own.
+    Timeline { id: String },
 }
 
 /// The outcome of one operation inside a transaction.
@@ -351,6 +354,7 @@ impl Store {
             Op::Txn(txn) => self.apply_txn(txn, 0),
             Op::Auth(change) => self.apply_auth(change),
             Op::Lease(change) => self.apply_lease(change),
+            Op::Timeline { id } => self.apply_timeline(id),
             // A put or transaction whose written keys are attached to
             // `lease`, which must exist when it is applied.
             Op::Leased { lease, op } => {

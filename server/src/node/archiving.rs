@@ -8,6 +8,7 @@ use super::{Inner, Node};
 use crate::api::service::{BackupList, BackupStream, Service, ServiceError};
 use crate::archive::archiver::{self, Archive, Source};
 use crate::archive::{Base, Catalog};
+use crate::kv::timeline::Timeline;
 
 /// The archiver's view of its node; it does not keep the node alive.
 #[derive(Debug)]
@@ -49,6 +50,27 @@ impl Source for ArchiveSource {
             n.inner.metrics.set_archive_lag(entries, seconds);
         }
     }
+
+    fn timeline(&self) -> Option<Timeline> {
+        self.node().and_then(|n| timeline_of(&n))
+    }
+
+    async fn start_timeline(&self) -> Result<Timeline, String> {
+        let node = self.node().ok_or("the node has stopped")?;
+        if !node.members_do(|f| f.timeline) {
+            return Err("a member does not know timelines yet (an earlier version)".into());
+        }
+        let op = crate::kv::Op::Timeline {
+            id: Timeline::new_id(),
+        };
+        node.write(op, None).await.map_err(|e| e.to_string())?;
+        // The one applied first stays: read it back rather than assume.
+        timeline_of(&node).ok_or_else(|| "the timeline is not applied here yet".into())
+    }
+}
+
+fn timeline_of(node: &Node) -> Option<Timeline> {
+    node.inner.store.read().ok().and_then(|s| s.timeline())
 }
 
 fn archive_of(node: &Node) -> Result<Arc<Archive>, ServiceError> {
@@ -100,11 +122,17 @@ pub(super) async fn backup(node: &Node) -> Result<Base, ServiceError> {
     let archive = archive_of(node)?;
     // Asked first, and bounded: an object store that does not answer is
     // reported before a snapshot is taken for it.
-    bounded(
-        &archive,
-        "reading its marker",
-        crate::archive::claim(&archive.location, &node.inner.cfg.cluster_id),
-    )
+    let timeline = timeline_of(node);
+    bounded(&archive, "reading its marker", async {
+        let catalog = Catalog::list(&archive.location).await?;
+        crate::archive::claim(
+            &archive.location,
+            &node.inner.cfg.cluster_id,
+            timeline.as_ref(),
+            catalog.tail().map(|p| p.index),
+        )
+        .await
+    })
     .await?;
     let source = ArchiveSource(Arc::downgrade(&node.inner));
     archiver::take_base(&archive, &source)

@@ -61,7 +61,7 @@ pub const PEER_URL_HEADER: &str = "x-phxkv-peer-url";
 ///   same condition.
 pub const FEATURES_HEADER: &str = "phxkv-peer-features";
 /// What this version puts in [`FEATURES_HEADER`].
-pub const FEATURES: &str = "forward,anonymous,delete_prefix,lease_owner,lease_fence,once";
+pub const FEATURES: &str = "forward,anonymous,delete_prefix,lease_owner,lease_fence,once,timeline";
 
 /// What a peer's [`FEATURES_HEADER`] says it does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,6 +78,8 @@ pub struct Features {
     pub lease_fence: bool,
     /// It decodes the `once` op.
     pub once: bool,
+    /// It decodes the `timeline` op.
+    pub timeline: bool,
 }
 
 impl Features {
@@ -90,6 +92,7 @@ impl Features {
             lease_owner: true,
             lease_fence: true,
             once: true,
+            timeline: true,
         }
     }
 
@@ -102,6 +105,7 @@ impl Features {
             ("lease_owner", self.lease_owner),
             ("lease_fence", self.lease_fence),
             ("once", self.once),
+            ("timeline", self.timeline),
         ]
         .into_iter()
         .filter(|(_, on)| *on)
@@ -124,6 +128,7 @@ impl Features {
                 "lease_owner" => out.lease_owner = true,
                 "lease_fence" => out.lease_fence = true,
                 "once" => out.once = true,
+                "timeline" => out.timeline = true,
                 _ => {}
             }
         }
@@ -536,6 +541,7 @@ mod tests {
             lease_owner: true,
             lease_fence: true,
             once: true,
+            timeline: true,
         };
         assert_eq!(of(FEATURES), all);
         assert_eq!(
@@ -545,7 +551,9 @@ mod tests {
         );
         assert_eq!(all.names().join(","), FEATURES);
         assert_eq!(
-            of("something, delete_prefix, once,lease_fence,lease_owner,anonymous ,forward"),
+            of(
+                "something, delete_prefix, once,lease_fence,timeline,lease_owner,anonymous ,forward"
+            ),
             all
         );
         let forward_only = Features {

@@ -21,6 +21,7 @@ use crate::archive::restore::{self as archive_restore, Target};
 use crate::archive::{Catalog, Location, Segment as ArchivedSegment};
 use crate::cli::CliError;
 use crate::cluster::bootstrap::{self, MemberRecord};
+use crate::kv::timeline::Timeline;
 use crate::kv::{Store, StoreConfig};
 use crate::paxos::SnapshotMeta;
 use crate::storage::backup_file::{BackupError, Decoder, FeedError, Header};
@@ -628,16 +629,17 @@ async fn restore(
         let _ = std::fs::remove_dir_all(&staging);
         clean_up(&m.dir, existed);
     }
-    let (index, revision) = result?;
+    let (index, revision, timeline) = result?;
     crate::cli::say!(
-        "restored revision {revision} (index {index}) of cluster {} into {} as {} of cluster {}; \
-         start it with phxkv serve --id {} --data-dir {} --cluster-id {} \
+        "restored revision {revision} (index {index}) of cluster {} into {} as {} of cluster {}, \
+         on {}; start it with phxkv serve --id {} --data-dir {} --cluster-id {} \
          --initial-members {}={peer_url} (with its --listen, --peer-listen and \
          --cluster-token-file)",
         header.cluster_id,
         m.dir.display(),
         m.name,
         m.cluster_id,
+        timeline.describe(),
         m.name,
         m.dir.display(),
         m.cluster_id,
@@ -706,7 +708,7 @@ async fn seed(
     peer_url: &str,
     header: &Header,
     replay: Option<(&Location, &str, &[ArchivedSegment], Target)>,
-) -> Result<(u64, u64), CliError> {
+) -> Result<(u64, u64, Timeline), CliError> {
     let identity = Identity {
         node: m.name.clone(),
         cluster: m.cluster_id.clone(),
@@ -745,72 +747,63 @@ async fn seed(
             ),
         ));
     }
-    let Some((loc, cluster, segments, target)) = replay else {
-        drop(store);
-        sealed.publish().map_err(|e| fatal(dir, e))?;
-        disk.snapshot_stored(&meta).map_err(|e| fatal(dir, e))?;
-        disk.record_bootstrap(&membership)
-            .map_err(|e| fatal(dir, e))?;
-        return Ok((header.index, header.revision));
-    };
-    if header.cluster_id != cluster {
-        return Err(CliError::Fatal(format!(
-            "{}: its base is of cluster {}, the archive is cluster {cluster}'s",
-            loc.url, header.cluster_id
-        )));
-    }
-    let mut shown = Instant::now();
-    let terminal = std::io::stderr().is_terminal();
-    archive_restore::replay(
-        loc,
-        cluster,
-        segments,
-        target,
-        &mut store,
-        |index, revision| {
-            if terminal && shown.elapsed() > Duration::from_millis(200) {
-                shown = Instant::now();
-                crate::cli::tell_part!("\rreplaying: index {index} revision {revision}");
-            }
-        },
-    )
-    .await
-    .map_err(|e| CliError::Fatal(format!("{}: {e}", loc.url)))?;
-    if terminal {
-        crate::cli::tell!();
-    }
-    let restored = (store.applied_index(), store.revision());
-    if store.applied_index() == header.index {
-        drop(store);
-        sealed.publish().map_err(|e| fatal(dir, e))?;
-        disk.snapshot_stored(&meta).map_err(|e| fatal(dir, e))?;
-    } else {
-        // The replayed store replaces the base's image.
-        drop(sealed);
-        let meta = SnapshotMeta {
-            index: store.applied_index(),
-            membership: membership.clone(),
-        };
-        let mut writer = Writer::create(&disk.snapshot_dir(), &meta).map_err(|e| fatal(dir, e))?;
-        let start = store.begin_snapshot();
-        writer.write(&start.head).map_err(|e| fatal(dir, e))?;
-        let mut piece = Vec::new();
-        loop {
-            piece.clear();
-            let done = store
-                .snapshot_chunk(start.id, 4096, &mut piece)
-                .map_err(|e| fatal(dir, e))?;
-            writer.write(&piece).map_err(|e| fatal(dir, e))?;
-            if done {
-                break;
-            }
+    if let Some((loc, cluster, segments, target)) = replay {
+        if header.cluster_id != cluster {
+            return Err(CliError::Fatal(format!(
+                "{}: its base is of cluster {}, the archive is cluster {cluster}'s",
+                loc.url, header.cluster_id
+            )));
         }
-        writer
-            .seal()
-            .and_then(|s| s.publish())
-            .map_err(|e| fatal(dir, e))?;
-        disk.snapshot_stored(&meta).map_err(|e| fatal(dir, e))?;
+        let mut shown = Instant::now();
+        let terminal = std::io::stderr().is_terminal();
+        archive_restore::replay(
+            loc,
+            cluster,
+            segments,
+            target,
+            &mut store,
+            |index, revision| {
+                if terminal && shown.elapsed() > Duration::from_millis(200) {
+                    shown = Instant::now();
+                    crate::cli::tell_part!("\rreplaying: index {index} revision {revision}");
+                }
+            },
+        )
+        .await
+        .map_err(|e| CliError::Fatal(format!("{}: {e}", loc.url)))?;
+        if terminal {
+            crate::cli::tell!();
+        }
     }
+    // A restore starts a history of its own (see `crate::kv::timeline`):
+    // the image written is the store with its new timeline, which every
+    // member added later receives from this one.
+    drop(sealed);
+    let timeline = store.fork_timeline(&Timeline::new_id());
+    let restored = (store.applied_index(), store.revision(), timeline);
+    let meta = SnapshotMeta {
+        index: store.applied_index(),
+        membership: membership.clone(),
+    };
+    let mut writer = Writer::create(&disk.snapshot_dir(), &meta).map_err(|e| fatal(dir, e))?;
+    let start = store.begin_snapshot();
+    writer.write(&start.head).map_err(|e| fatal(dir, e))?;
+    let mut piece = Vec::new();
+    loop {
+        piece.clear();
+        let done = store
+            .snapshot_chunk(start.id, 4096, &mut piece)
+            .map_err(|e| fatal(dir, e))?;
+        writer.write(&piece).map_err(|e| fatal(dir, e))?;
+        if done {
+            break;
+        }
+    }
+    writer
+        .seal()
+        .and_then(|s| s.publish())
+        .map_err(|e| fatal(dir, e))?;
+    disk.snapshot_stored(&meta).map_err(|e| fatal(dir, e))?;
     disk.record_bootstrap(&membership)
         .map_err(|e| fatal(dir, e))?;
     Ok(restored)
