@@ -1502,6 +1502,10 @@ impl Replica {
             let reads = m.reads.drain();
             self.give_back(m.queue, hint);
             self.fail_reads(reads, hint);
+            // A master heard no master but itself: the silence that
+            // `master_silent` reports counts from here, not from before it
+            // became master.
+            self.last_heard = self.last_now;
         }
         self.known_master = hint;
     }

@@ -2271,6 +2271,35 @@ fn a_follower_reports_a_master_silent_for_three_leases() {
 }
 
 #[test]
+fn a_master_that_hands_over_is_never_reported_cut_off_from_the_new_one() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    // Master for many leases: it heard no other master all that time.
+    net.advance(Duration::from_secs(10), &[]);
+    let now = net.now;
+    let r = net.nodes.get_mut(&1).expect("master");
+    assert_eq!(r.hand_off(now, Some(2)), Ok(2));
+    // Checked after every message (the node publishes its status after
+    // every turn): in particular between stepping down and the new
+    // master's first word.
+    net.drain_all();
+    let mut steps = 0;
+    while let Some(env) = net.wire.pop_front() {
+        steps += 1;
+        assert!(steps < 10_000, "message storm");
+        if let Some(r) = net.nodes.get_mut(&env.to) {
+            r.step(now, env.from, env.msg);
+        }
+        net.drain(env.to);
+        assert!(
+            !net.nodes[&1].master_silent(now),
+            "the old master called itself cut off after {steps} messages"
+        );
+    }
+    assert_eq!(net.master(), Some(2));
+}
+
+#[test]
 fn the_master_reports_members_it_has_not_heard_from_for_two_leases() {
     let mut net = Net::new(&[1, 2, 3]);
     net.elect(1);
