@@ -434,6 +434,22 @@ async fn dev_secure_serves_https_with_a_ca_it_keeps_in_the_data_directory() {
         "{printed}"
     );
     assert!(printed.contains(&url), "{printed}");
+
+    // The same directory without --secure would never elect a master (its
+    // peer URLs and auth are replicated state): refused, saying how to run.
+    let plain = std::process::Command::new(env!("CARGO_BIN_EXE_phxkv"))
+        .args(["dev", "--nodes", "1", "--port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("phxkv dev");
+    assert_eq!(plain.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        err.contains("made with --secure") && err.contains("phxkv dev --secure"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 #[tokio::test]

@@ -325,6 +325,7 @@ pub async fn run(
                 });
             }
             Err(e) => {
+                let e = super::location::tidy_error(&e);
                 tracing::warn!(error = %e, url = %archive.location.url, "archiving failed; will retry");
                 end = None;
                 backoff = (backoff * 2).min(Duration::from_secs(30));

@@ -17,6 +17,39 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 
+/// An object store's error as one line a person can act on: an S3 error
+/// reply's XML becomes its code and message, line breaks go, and a failed
+/// call to the instance metadata service (where the S3 client looks for
+/// credentials when the environment has none) says that no credentials
+/// were given.
+pub fn tidy_error(message: &str) -> String {
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = message.find(&open)? + open.len();
+        let len = message[start..].find(&format!("</{name}>"))?;
+        Some(message[start..start + len].trim().to_string())
+    };
+    let mut out = match (
+        message.find("<?xml").or_else(|| message.find("<Error>")),
+        tag("Code"),
+    ) {
+        (Some(at), Some(code)) => {
+            let said = tag("Message").map(|m| format!(": {m}")).unwrap_or_default();
+            format!("{}S3 error {code}{said}", &message[..at])
+        }
+        _ => message.to_string(),
+    };
+    if out.contains("169.254.169.254") {
+        out = format!(
+            "no S3 credentials were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the \
+             environment, or give --archive-credentials-file (the S3 client then asked the \
+             instance metadata service, which refused: {})",
+            out.rsplit(": ").next().unwrap_or_default().trim()
+        );
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// An archive location, opened.
 #[derive(Clone)]
 pub struct Location {
@@ -207,5 +240,32 @@ mod tests {
         let bad = dir.path().join("bad");
         std::fs::write(&bad, "PASSWORD=x\n").expect("write");
         assert!(read_credentials(&bad).expect_err("bad").contains("line 1"));
+    }
+
+    #[test]
+    fn s3_errors_read_as_one_line_with_their_code() {
+        let raw = "listing archive s3://b/p: Generic S3 error: Error performing GET http://h/b in 3ms \
+                   - Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\" \
+                   encoding=\"utf-8\"?>\n<Error><Code>NoSuchBucket</Code><Message>The specified \
+                   bucket does not exist</Message><BucketName>b</BucketName></Error>";
+        let tidy = tidy_error(raw);
+        assert!(!tidy.contains('\n') && !tidy.contains('<'), "{tidy}");
+        assert!(
+            tidy.ends_with(
+                "404 Not Found: S3 error NoSuchBucket: The specified bucket does not exist"
+            ),
+            "{tidy}"
+        );
+        let metadata = tidy_error(
+            "listing archive s3://b/p: Generic S3 error: Error performing PUT \
+             http://169.254.169.254/latest/api/token in 1ms - Server returned non-2xx status \
+             code: 403 Forbidden: resolve_deny: denied destination",
+        );
+        assert!(
+            metadata.starts_with("no S3 credentials were found"),
+            "{metadata}"
+        );
+        assert!(metadata.contains("AWS_ACCESS_KEY_ID"), "{metadata}");
+        assert_eq!(tidy_error("a plain\nerror"), "a plain error");
     }
 }

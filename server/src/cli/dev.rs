@@ -140,6 +140,10 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     };
     std::fs::create_dir_all(&root)
         .map_err(|e| CliError::Usage(format!("--data-dir {}: {e}", root.display())))?;
+    // Printed paths must work from any directory (the banner's exports).
+    let root = std::path::absolute(&root)
+        .map_err(|e| CliError::Usage(format!("--data-dir {}: {e}", root.display())))?;
+    check_mode(&root, args.secure)?;
     let token_path = root.join("cluster-token");
     let token = match std::fs::read_to_string(&token_path) {
         Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
@@ -291,7 +295,61 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         r.node.shutdown();
     }
     drop(ephemeral);
-    crate::cli::say!("stopped");
+    if args.ephemeral {
+        crate::cli::say!("stopped; its data is discarded");
+    } else {
+        crate::cli::say!(
+            "stopped; its data is kept in {} (phxkv dev{} again starts it where it was)",
+            root.display(),
+            if args.secure { " --secure" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// What a dev cluster's directory records of how it was made.
+const MODE_FILE: &str = "mode";
+
+/// Refuses a dev cluster's directory made with the other `--secure`
+/// setting, and records the setting in a new one. A cluster keeps its
+/// replicas' peer URLs (http or https) and auth in its replicated state,
+/// so started the other way it would never elect a master.
+fn check_mode(root: &std::path::Path, secure: bool) -> Result<(), CliError> {
+    let want = if secure { "secure" } else { "plain" };
+    let path = root.join(MODE_FILE);
+    let had = match std::fs::read_to_string(&path) {
+        Ok(mode) => Some(mode.trim().to_string()),
+        // Made before the file existed: only `--secure` makes `tls/`.
+        Err(_) if root.join("n1").join("identity.json").exists() => Some(
+            if root.join("tls").exists() {
+                "secure"
+            } else {
+                "plain"
+            }
+            .to_string(),
+        ),
+        Err(_) => None,
+    };
+    match had {
+        Some(mode) if mode == want => {}
+        Some(mode) => {
+            let (made, run) = if mode == "secure" {
+                ("with --secure", "phxkv dev --secure")
+            } else {
+                ("without --secure", "phxkv dev")
+            };
+            return Err(CliError::Usage(format!(
+                "--data-dir {}: this dev cluster was made {made}, which its replicas keep \
+                 (their peer URLs and auth are replicated state): run `{run}` again, or give \
+                 another --data-dir (or delete this one) for a new cluster",
+                root.display()
+            )));
+        }
+        None => {
+            std::fs::write(&path, format!("{want}\n"))
+                .map_err(|e| CliError::Fatal(format!("{}: {e}", path.display())))?;
+        }
+    }
     Ok(())
 }
 

@@ -83,7 +83,7 @@ fn archive_of(node: &Node) -> Result<Arc<Archive>, ServiceError> {
 
 fn unavailable(message: String) -> ServiceError {
     ServiceError::Unavailable {
-        message,
+        message: crate::archive::location::tidy_error(&message),
         retry_after_secs: 5,
     }
 }

@@ -203,6 +203,9 @@ struct Inner {
     /// Less is free than [`Node::check_disk`] asks for (the driver then
     /// compacts early).
     disk_tight: Arc<std::sync::atomic::AtomicBool>,
+    /// The largest write [`Node::check_disk`] refused since the volume
+    /// turned tight: it stays tight until a write that large would fit.
+    disk_refused_adds: AtomicU64,
 }
 
 /// The parts of a node that wait for its engine to start.
@@ -417,8 +420,8 @@ async fn watch_disk_space(inner: std::sync::Weak<Inner>) {
                         "the data volume is smaller than a replica needs: {least} bytes, \
                          {} for the log's segments and a compaction's files plus \
                          --disk-reserve-bytes ({reserve}); writes that add data will be \
-                         refused (507 disk_full), or with no reserve the log will fail to \
-                         grow; give the replica a larger volume",
+                         refused (507 disk_full) after the first few MiB, or with no reserve \
+                         the log will fail to grow; give the replica a larger volume",
                         least - reserve
                     );
                 }
@@ -440,21 +443,32 @@ async fn watch_disk_space(inner: std::sync::Weak<Inner>) {
         inner.disk_free.store(free, Ordering::Relaxed);
         inner.disk_admitted.store(0, Ordering::Relaxed);
         let held = inner.published.borrow().store_bytes;
-        let tight = reserve > 0 && free < reserve.saturating_add(held);
+        // Tight while even the largest write refused since would be.
+        let refused = inner.disk_refused_adds.load(Ordering::Relaxed);
+        let tight = reserve > 0 && free < reserve.saturating_add(held).saturating_add(refused);
+        if !tight {
+            inner.disk_refused_adds.store(0, Ordering::Relaxed);
+        }
         if inner.disk_tight.swap(tight, Ordering::Relaxed) != tight {
             if tight {
-                tracing::warn!(
-                    free,
-                    reserve,
-                    store_bytes = held,
-                    "the data volume is nearly full: writes that add data are refused \
-                     (507 disk_full) until more is free; delete keys or grow the volume"
-                );
+                log_disk_tight(free, reserve, held);
             } else {
                 tracing::info!(free, "the data volume has room again: writes are taken");
             }
         }
     }
+}
+
+/// Says that writes that add data are refused for want of space: once, when
+/// the volume turns tight (the sampler, or the first write refused).
+fn log_disk_tight(free: u64, reserve: u64, held: u64) {
+    tracing::warn!(
+        free,
+        reserve,
+        store_bytes = held,
+        "the data volume is nearly full: writes that add data are refused (507 disk_full) \
+         until more is free; delete keys or grow the volume"
+    );
 }
 
 /// Bytes an unprivileged process may still write on the file system that
@@ -605,6 +619,7 @@ impl Node {
                 disk_free: AtomicU64::new(u64::MAX),
                 disk_admitted: AtomicU64::new(0),
                 disk_tight: Arc::default(),
+                disk_refused_adds: AtomicU64::new(0),
                 cfg,
             }),
         };
@@ -1873,6 +1888,15 @@ impl Node {
             return Ok(());
         }
         self.inner.metrics.inc_disk_full_refusals();
+        // The sampler compares the volume with the store alone: a write
+        // refused just above that line turns it tight here, so that the
+        // refusal is logged and the log compacted early.
+        self.inner
+            .disk_refused_adds
+            .fetch_max(adds, Ordering::Relaxed);
+        if !self.inner.disk_tight.swap(true, Ordering::Relaxed) {
+            log_disk_tight(free, reserve, held);
+        }
         Err(ServiceError::DiskFull(format!(
             "the file system of this replica's data directory has {free} bytes free, and a \
              replica keeps {reserve} (serve --disk-reserve-bytes) plus the store's size \

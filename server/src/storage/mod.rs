@@ -37,9 +37,9 @@ use crate::paxos::{Persist, Recovered, SnapshotMeta};
 /// segment and the spare it switches to (each [`SEGMENT_BYTES`], written
 /// in full before use, so an empty replica already holds two), as much
 /// again for the snapshots and segments of a compaction in progress, and
-/// the reserve. On a smaller volume every write that adds data is refused
-/// from the start (507 `disk_full`), or, with no reserve, the log fails
-/// to grow.
+/// the reserve. On a smaller volume writes that add data are refused (507
+/// `disk_full`) once the little room left is used, before a compaction
+/// could make more, or, with no reserve, the log fails to grow.
 pub fn min_volume_bytes(reserve: u64) -> u64 {
     reserve.saturating_add(4 * SEGMENT_BYTES)
 }

@@ -648,6 +648,11 @@ async fn restore(
     Ok(())
 }
 
+/// An archive's error, as one line (see [`crate::archive::location::tidy_error`]).
+fn archive_error(message: String) -> CliError {
+    CliError::Fatal(crate::archive::location::tidy_error(&message))
+}
+
 /// Restores from an archive: the newest base before the target, then the
 /// log up to it.
 async fn restore_archive(
@@ -659,8 +664,8 @@ async fn restore_archive(
     if check_member(m)?.is_none() {
         return Ok(());
     }
-    let loc = Location::open(url, credentials).map_err(CliError::Fatal)?;
-    let catalog = Catalog::list(&loc).await.map_err(CliError::Fatal)?;
+    let loc = Location::open(url, credentials).map_err(archive_error)?;
+    let catalog = Catalog::list(&loc).await.map_err(archive_error)?;
     let plan = archive_restore::plan(&catalog, target)
         .map_err(|e| CliError::Fatal(format!("{url}: {e}")))?;
     // The plan needs the marker; it names the cluster the archive is of.
@@ -686,7 +691,7 @@ async fn restore_archive(
     let result = async {
         archive_restore::download(&loc, &plan.base.key(), &base_file)
             .await
-            .map_err(CliError::Fatal)?;
+            .map_err(archive_error)?;
         restore(
             &base_file,
             m,
@@ -770,7 +775,7 @@ async fn seed(
             },
         )
         .await
-        .map_err(|e| CliError::Fatal(format!("{}: {e}", loc.url)))?;
+        .map_err(|e| archive_error(format!("{}: {e}", loc.url)))?;
         if terminal {
             crate::cli::tell!();
         }
