@@ -190,7 +190,7 @@ async fn a_replica_with_damaged_data_is_caught_and_serves_no_reads() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_with_a_damaged_request_table_is_caught_though_its_keys_agree() {
-    let (c, _, victim, div, key) = damage_until_noticed(&damage_a_request_id).await;
+    let (mut c, _, victim, div, key) = damage_until_noticed(&damage_a_request_id).await;
     assert_eq!(div["part"], "requests", "{div}");
     assert!(
         c.log_of(victim)
@@ -203,4 +203,26 @@ async fn a_replica_with_a_damaged_request_table_is_caught_though_its_keys_agree(
     let healthy = (victim + 1) % 3;
     let (status, value) = c.get(healthy, &key, "").await.expect("read");
     assert_eq!((status, value), (200, b"good".to_vec()));
+
+    // Restarted, it is still out of service from its first answer on, not
+    // only once the next comparison finds it out again.
+    c.terminate(victim);
+    c.spawn(victim);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c
+        .http
+        .get(format!("{}/healthz", c.url(victim)))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the victim did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    refuses_reads(&c, victim, &key).await;
+    let log = c.log_of(victim);
+    assert!(
+        log.contains("was found diverged from the cluster before it stopped"),
+        "{log}"
+    );
 }

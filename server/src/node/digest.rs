@@ -19,7 +19,10 @@
 //! logs an error, stops serving reads and watches, hands mastership over if
 //! it holds it and never runs for master again; `/readyz` fails and
 //! `/v1/cluster` says so. It stays that way until it is replaced (its
-//! volume wiped and the member replaced). A replica that merely disagrees
+//! volume wiped and the member replaced): the verdict is written to the
+//! data directory ([`DIVERGED_FILE`]) and read back at every start, so a
+//! restart does not let it serve or lead before the next comparison. A
+//! replica that merely disagrees
 //! with a peer, without a majority against it, reports the peer (a log line
 //! and a metric): the peer's own check will condemn it if it is the one
 //! that is wrong.
@@ -107,6 +110,37 @@ pub struct Divergence {
     pub agreeing: Vec<String>,
 }
 
+/// Where a replica's data directory keeps the verdict that it diverged.
+pub const DIVERGED_FILE: &str = "diverged.json";
+
+/// Records `d` in `data_dir`, durably (written beside, synced, renamed, the
+/// directory synced).
+pub fn record_divergence(data_dir: &std::path::Path, d: &Divergence) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let body = serde_json::to_vec_pretty(d).map_err(std::io::Error::other)?;
+    let tmp = data_dir.join(format!("{DIVERGED_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, data_dir.join(DIVERGED_FILE))?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// The verdict recorded in `data_dir`, if any. A file that does not decode
+/// still counts: something marked this replica, and only a wipe clears it.
+pub fn recorded_divergence(data_dir: &std::path::Path) -> Option<Divergence> {
+    let bytes = std::fs::read(data_dir.join(DIVERGED_FILE)).ok()?;
+    Some(
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Divergence {
+            index: 0,
+            part: DivergedPart::default(),
+            ours: "unknown".into(),
+            majority: "unknown".into(),
+            agreeing: Vec::new(),
+        }),
+    )
+}
+
 /// Something a comparison found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finding {
@@ -179,6 +213,11 @@ impl Digests {
     /// The verdict so far.
     pub fn divergence(&self) -> Option<&Divergence> {
         self.diverged.as_ref()
+    }
+
+    /// Takes the verdict a previous run of this replica recorded.
+    pub fn restore_divergence(&mut self, d: Divergence) {
+        self.diverged = Some(d);
     }
 
     /// Compares what is known. `voters` are the voting members' names.

@@ -732,6 +732,25 @@ impl Node {
         if let Ok(mut t) = self.inner.thread.lock() {
             *t = Some(thread);
         }
+        if let Some(d) = digest::recorded_divergence(&self.inner.cfg.data_dir) {
+            // Marked before it stopped: still diverged (only a wipe clears
+            // it), before any comparison.
+            tracing::error!(
+                index = d.index,
+                part = ?d.part,
+                "this replica was found diverged from the cluster before it stopped ({} in its \
+                 data directory): it serves no reads and will not be master; wipe its data \
+                 directory and replace it (phxkv members replace {})",
+                digest::DIVERGED_FILE,
+                self.inner.cfg.name
+            );
+            self.inner.metrics.set_diverged(true);
+            self.inner.diverged.store(true, Ordering::SeqCst);
+            if let Ok(mut digests) = self.inner.digests.lock() {
+                digests.restore_divergence(d);
+            }
+            let _ = self.submit(Input::ForbidCandidacy);
+        }
         let node = self.clone();
         tokio::spawn(async move { node.exchange_digests().await }.in_current_span());
         // Read once before the first write can arrive, then every interval.
@@ -937,6 +956,13 @@ impl Node {
                          (phxkv members replace {})",
                         self.inner.cfg.name
                     );
+                    if let Err(e) = digest::record_divergence(&self.inner.cfg.data_dir, &d) {
+                        tracing::warn!(
+                            error = %e,
+                            "cannot record the divergence in the data directory: a restart \
+                             forgets it until the next comparison"
+                        );
+                    }
                     let _ = self.submit(Input::ForbidCandidacy);
                     let node = self.clone();
                     tokio::spawn(

@@ -148,8 +148,9 @@ impl IntoCliError for ApiFailure {
                 self.message
             )),
             429 => CliError::Fatal(format!(
-                "{}; wait that long, then check the token sent (--token-file, PHXKV_TOKEN) \
-                 before trying again",
+                "{}; wait that long, then check the token sent (--token-file, \
+                 PHXKV_TOKEN_FILE or PHXKV_TOKEN) before trying again (each replica counts \
+                 the failures it saw)",
                 self.message
             )),
             // No such route: the endpoint is wrong (a path after the

@@ -39,6 +39,9 @@ pub struct ClusterInfo {
     pub master: Option<String>,
     #[serde(default)]
     pub lease_remaining_ms: Option<u64>,
+    /// `lease` or `quorum`; absent from replicas of an earlier version.
+    #[serde(default)]
+    pub read_mode: Option<String>,
     pub members: Vec<MemberInfo>,
     /// Why the answering node is not a member, when it is not.
     #[serde(default)]
@@ -83,14 +86,16 @@ pub async fn fetch(client: &Client) -> Result<ClusterInfo, CliError> {
 pub fn render(info: &ClusterInfo) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "cluster {}  (as seen by {})\nmaster {}  lease {}\nrevision {}  commit index {}  applied index {}\n",
+        "cluster {}  (as seen by {})\nmaster {}  {}\nrevision {}  commit index {}  applied index {}\n",
         info.cluster_id,
         info.node,
         info.master.as_deref().unwrap_or("(none)"),
-        match info.lease_remaining_ms {
-            Some(ms) => format!("{ms}ms left"),
+        match (info.read_mode.as_deref(), info.lease_remaining_ms) {
+            // No lease is relied on: reads are confirmed by a quorum.
+            (Some("quorum"), _) => "read mode quorum".to_string(),
+            (_, Some(ms)) => format!("lease {ms}ms left"),
             // Only the master knows its lease.
-            None => "(known to the master only)".into(),
+            (_, None) => "lease (known to the master only)".into(),
         },
         info.revision,
         info.commit_index,
@@ -215,6 +220,29 @@ mod tests {
         assert!(
             joining.contains("n3 is joining: waiting to be added\n"),
             "{joining}"
+        );
+    }
+
+    #[test]
+    fn status_names_the_read_mode_instead_of_a_lease_under_quorum_reads() {
+        let with = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({
+                "cluster_id": "c", "node": "n1", "master": "n1", "revision": 5,
+                "commit_index": 9, "applied_index": 9, "members": [],
+            });
+            if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+                v.extend(extra.clone());
+            }
+            render(&serde_json::from_value(v).expect("a cluster view"))
+        };
+        let quorum = with(serde_json::json!({"read_mode": "quorum"}));
+        assert!(quorum.contains("master n1  read mode quorum\n"), "{quorum}");
+        let lease = with(serde_json::json!({"read_mode": "lease", "lease_remaining_ms": 812}));
+        assert!(lease.contains("master n1  lease 812ms left\n"), "{lease}");
+        let follower = with(serde_json::json!({}));
+        assert!(
+            follower.contains("lease (known to the master only)"),
+            "{follower}"
         );
     }
 }
