@@ -581,7 +581,11 @@ async fn an_archived_cluster_restores_to_a_revision_a_time_and_the_latest_point(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(forked);
-    let continued = restore_as(&s3, &http, root.path(), "r5", "phxkv", &[], &archive_flags).await;
+    // The archived cluster stopped long enough ago (its two seconds here;
+    // two minutes by default) for the restored one to take over.
+    let mut takeover = archive_flags.to_vec();
+    takeover.extend(["--archive-takeover-after", "2s"]);
+    let continued = restore_as(&s3, &http, root.path(), "r5", "phxkv", &[], &takeover).await;
     let continued_write = put(&http, &continued.url, "continued", "x").await;
     assert!(continued_write > last && forked_write > middle);
     let deadline = Instant::now() + Duration::from_secs(30);

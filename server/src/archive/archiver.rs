@@ -38,6 +38,9 @@ const IDLE_FLUSH_MS: u64 = 30_000;
 /// an error (in the log and `backup list`): a new master still applying
 /// what the old one archived gets there within moments.
 const BEHIND_QUIETLY_MS: u64 = 10_000;
+/// How often a master whose cluster has no timeline yet (a member's
+/// features not known yet, say) tries again to give it one.
+const TIMELINE_RETRY_MS: u64 = 60_000;
 
 /// How archiving is set up (`phxkv serve --archive-*`).
 #[derive(Clone, Debug)]
@@ -52,6 +55,9 @@ pub struct Settings {
     pub tail_bytes: usize,
     /// The largest segment (before encoding).
     pub segment_bytes: usize,
+    /// How long an archive must have had no new object before a cluster
+    /// restored from its end takes it over (see [`claim`]).
+    pub takeover_after: Duration,
 }
 
 impl Settings {
@@ -63,6 +69,7 @@ impl Settings {
             flush_every: Duration::from_secs(1),
             tail_bytes: 64 << 20,
             segment_bytes: 4 << 20,
+            takeover_after: Duration::from_secs(120),
         }
     }
 }
@@ -81,6 +88,8 @@ pub struct Progress {
     pub error: Option<String>,
     /// Since when this master has been behind the archive's end.
     pub behind_since_ms: Option<u64>,
+    /// When this master last tried to give its cluster a timeline.
+    pub timeline_tried_ms: Option<u64>,
 }
 
 /// A node's archive: its location, tail and progress.
@@ -293,7 +302,10 @@ pub async fn run(
             // the lag.
             end = None;
             master_since = None;
-            archive.update(|p| p.archived_index = None);
+            archive.update(|p| {
+                p.archived_index = None;
+                p.behind_since_ms = None;
+            });
             source.set_archive_lag(0, 0);
             backoff = archive.settings.flush_every;
             continue;
@@ -361,6 +373,25 @@ async fn round(
     end: &mut Option<u64>,
 ) -> Result<bool, String> {
     let loc = &archive.location;
+    if end.is_some() {
+        // Another writer may have taken the archive over since it was
+        // listed (a cluster restored from its end), or this cluster may
+        // have got its timeline since: either way, list and claim again.
+        let marked = super::marked_timeline(loc).await?;
+        let ours = source.timeline();
+        let retry_timeline = marked.is_none()
+            && ours.is_none()
+            && archive
+                .progress()
+                .timeline_tried_ms
+                .is_none_or(|t| now_ms().saturating_sub(t) >= TIMELINE_RETRY_MS);
+        if retry_timeline {
+            archive.update(|p| p.timeline_tried_ms = Some(now_ms()));
+        }
+        if marked != ours.map(|t| t.id) || retry_timeline {
+            *end = None;
+        }
+    }
     if end.is_none() {
         let timeline = match source.timeline() {
             Some(t) => Some(t),
@@ -373,7 +404,14 @@ async fn round(
         let cluster_id = source.cluster_id();
         let catalog = Catalog::list(loc).await?;
         let tail = catalog.tail();
-        let claimed = claim(loc, &cluster_id, timeline.as_ref(), tail.map(|p| p.index)).await?;
+        let claimed = claim(
+            loc,
+            &cluster_id,
+            timeline.as_ref(),
+            &catalog,
+            archive.settings.takeover_after,
+        )
+        .await?;
         archive.update(|p| p.last_base_ms = catalog.bases.last().map(|b| b.created_ms));
         if let Some(point) = tail {
             let behind = point.index > source.applied_index();
@@ -853,30 +891,48 @@ mod tests {
         }
         assert_eq!(segment_keys(&archive_b).await, archived, "nothing of B's");
 
-        // C was restored from A's latest point (index 10): it continues
-        // the archive, and A, if it still runs, is refused from then on.
-        let archive_c = Archive::open(Settings::new(url.clone())).expect("archive");
+        // C was restored from A's latest point (index 10). While the
+        // archive had an upload lately, A may still run: C waits. Once it
+        // is quiet, C continues the archive.
         let c = Fake::with_timelines(0xc);
         {
             let mut store = c.store.lock().expect("store");
             *store = Store::restore(a.store.lock().expect("store").snapshot());
             store.fork_timeline("000000000000000c");
         }
+        let waiting = Archive::open(Settings::new(url.clone())).expect("archive");
+        c.apply(&waiting, 1);
+        let err = round(&waiting, &c, &mut None)
+            .await
+            .expect_err("the archive had an upload moments ago");
+        assert!(err.contains("will continue it once"), "{err}");
+        let mut quiet = Settings::new(url.clone());
+        quiet.takeover_after = Duration::ZERO;
+        let archive_c = Archive::open(quiet).expect("archive");
+        c.store.lock().expect("store").set_applied_index(10);
         c.apply(&archive_c, 1);
         let mut end_c = None;
-        assert!(round(&archive_c, &c, &mut end_c).await.expect("adopted"));
+        assert!(round(&archive_c, &c, &mut end_c).await.expect("taken over"));
         assert_eq!(end_c, Some(11), "a base of its own, then on");
         let marker = read_marker(&archive_c.location).await.expect("marker");
         assert_eq!(
-            marker.and_then(|m| m.timeline).as_deref(),
+            marker.as_ref().and_then(|m| m.timeline.as_deref()),
             Some("000000000000000c")
         );
-        let mut again = None;
+        assert_eq!(
+            marker.map(|m| m.format_version),
+            Some(2),
+            "earlier versions refuse it"
+        );
+        // A, still running with the archive's end it knew, reads the marker
+        // at its next round and is refused.
+        assert_eq!(end, Some(10));
         a.apply(&archive_a, 1);
-        let err = round(&archive_a, &a, &mut again)
+        let err = round(&archive_a, &a, &mut end)
             .await
             .expect_err("A is refused now");
         assert!(err.contains("timeline 000000000000000c"), "{err}");
+        assert_eq!(end, None);
     }
 
     #[tokio::test]

@@ -48,8 +48,9 @@ use crate::kv::timeline::Timeline;
 
 /// The object naming the cluster an archive belongs to.
 pub const MARKER: &str = "archive.json";
-/// The layout this version writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The layout this version writes and reads: 2 when `archive.json` names
+/// a timeline (an earlier version refuses the archive then), 1 otherwise.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The contents of [`MARKER`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,25 +322,73 @@ pub enum Claimed {
     Unchecked,
 }
 
-/// Makes sure the archive at `loc` is `cluster_id`'s, and on `timeline`:
-/// claims an empty one, refuses one that belongs to another cluster or has
-/// a newer layout, and one that another history of this cluster writes to.
+/// Makes sure the archive at `loc` (listed as `catalog`) is `cluster_id`'s,
+/// and on `timeline`: claims an empty one, refuses one that belongs to
+/// another cluster or has a newer layout, and one that another history of
+/// this cluster writes to.
 ///
-/// `end` is the index the archive ends at (its [`Catalog::tail`]), `None`
-/// when it holds no base. A cluster restored from timeline `a` at index
-/// `r` takes over an archive on `a` that ends exactly at `r`: nothing was
-/// archived after the point it was restored from, so it continues that
-/// history (the way back after losing a whole cluster). Its marker then
-/// names the new timeline, and the cluster it came from, if it still runs,
-/// is refused from then on. Any other archive on another timeline is
-/// refused: segments of one history after a base of another would restore
-/// to a state that never existed (see [`crate::kv::timeline`]).
+/// A cluster restored from timeline `a` at index `r` and revision `v`
+/// takes over an archive on `a` whose end is exactly `(r, v)` (nothing was
+/// archived after the point it was restored from: the way back after
+/// losing a whole cluster), once nothing was uploaded there for `quiet`
+/// (`--archive-takeover-after`: a running cluster uploads at least every
+/// 30 s, its lease renewals, so the one it came from has stopped). Its marker
+/// then names the new timeline; the cluster it came from, should it run
+/// again, is refused at its next round (the archiver reads the marker
+/// every round). Any other archive on another timeline is refused: segments
+/// of one history after a base of another would restore to a state that
+/// never existed (see [`crate::kv::timeline`]). An archive without a
+/// timeline (an earlier version's) is one a restored cluster takes over on
+/// the same terms, and any other cluster checks by the entry at its end.
 pub async fn claim(
     loc: &Location,
     cluster_id: &str,
     timeline: Option<&Timeline>,
-    end: Option<u64>,
+    catalog: &Catalog,
+    quiet: std::time::Duration,
 ) -> Result<Claimed, String> {
+    let end = catalog.tail();
+    // A restored cluster may take over an archive that ends where it was
+    // restored from, and that nobody writes any more.
+    let take_over = |ours: &Timeline| -> Result<(), String> {
+        let at_end =
+            end.is_some_and(|p| p.index == ours.from_index && p.revision == ours.from_revision);
+        if !at_end {
+            return Err(format!(
+                "the archive at {} ends at {}, and this cluster is on {}, at revision {}: it \
+                 holds another history of cluster {cluster_id}, so nothing is archived; give \
+                 this cluster its own archive location (--archive-url). A cluster restored \
+                 from an archive's latest point continues it only while nothing was archived \
+                 after that point",
+                loc.url,
+                end.map_or_else(
+                    || "no base".to_string(),
+                    |p| format!("index {} revision {}", p.index, p.revision)
+                ),
+                ours.describe(),
+                ours.from_revision
+            ));
+        }
+        let newest = catalog
+            .bases
+            .iter()
+            .map(|b| b.created_ms)
+            .chain(catalog.segments.iter().map(|s| s.time_ms))
+            .max()
+            .unwrap_or(0);
+        let since = now_ms().saturating_sub(newest);
+        if u128::from(since) < quiet.as_millis() {
+            return Err(format!(
+                "this cluster was restored from the end of the archive at {} and will continue \
+                 it once nothing was uploaded there for {} s (--archive-takeover-after; the \
+                 last upload was {} s ago): the cluster it came from may still run",
+                loc.url,
+                quiet.as_secs(),
+                since / 1000
+            ));
+        }
+        Ok(())
+    };
     match read_marker(loc).await? {
         Some(m) if m.format_version > FORMAT_VERSION => Err(format!(
             "the archive at {} has layout version {}; this version writes {FORMAT_VERSION}",
@@ -350,11 +399,17 @@ pub async fn claim(
             loc.url, m.cluster_id
         )),
         Some(m) => match (m.timeline.as_deref(), timeline) {
+            (None, Some(ours)) if ours.from_index > 0 && end.is_some() => {
+                // Restored, on an archive of an earlier version: only its
+                // end can say the restore came from it.
+                take_over(ours)?;
+                write_marker(loc, cluster_id, Some(ours)).await?;
+                Ok(Claimed::Ours)
+            }
             (None, _) => Ok(Claimed::Unchecked),
             (Some(theirs), Some(ours)) if theirs == ours.id => Ok(Claimed::Ours),
-            (Some(theirs), Some(ours))
-                if ours.parent.as_deref() == Some(theirs) && end == Some(ours.from_index) =>
-            {
+            (Some(theirs), Some(ours)) if ours.parent.as_deref() == Some(theirs) => {
+                take_over(ours)?;
                 write_marker(loc, cluster_id, Some(ours)).await?;
                 tracing::info!(
                     url = %loc.url,
@@ -365,14 +420,19 @@ pub async fn claim(
                 );
                 Ok(Claimed::Ours)
             }
-            (Some(theirs), ours) => Err(format!(
+            (Some(theirs), Some(ours)) => Err(format!(
                 "the archive at {} holds timeline {theirs} of cluster {cluster_id}, and this \
                  cluster is on {} (a restore starts a timeline of its own): writing here would \
                  mix two histories, so nothing is archived; give this cluster its own archive \
-                 location (--archive-url). A cluster restored from this archive's latest point \
-                 continues it only while nothing was archived after that point",
+                 location (--archive-url)",
                 loc.url,
-                ours.map_or_else(|| "no timeline yet".to_string(), Timeline::describe),
+                ours.describe(),
+            )),
+            (Some(theirs), None) => Err(format!(
+                "the archive at {} holds timeline {theirs} of cluster {cluster_id}, and this \
+                 node knows no timeline of its cluster yet (not applied here yet, or a member \
+                 of an earlier version): nothing is archived until it does",
+                loc.url
             )),
         },
         None => {
@@ -386,6 +446,11 @@ pub async fn claim(
     }
 }
 
+/// The timeline the marker of the archive at `loc` names, if any.
+pub async fn marked_timeline(loc: &Location) -> Result<Option<String>, String> {
+    Ok(read_marker(loc).await?.and_then(|m| m.timeline))
+}
+
 /// Marks the archive at `loc` as `cluster_id`'s, on `timeline`.
 pub async fn write_marker(
     loc: &Location,
@@ -393,7 +458,13 @@ pub async fn write_marker(
     timeline: Option<&Timeline>,
 ) -> Result<(), String> {
     let marker = Marker {
-        format_version: FORMAT_VERSION,
+        // An earlier version would write into an archive on any timeline:
+        // one that names a timeline has a layout it refuses.
+        format_version: if timeline.is_some() {
+            FORMAT_VERSION
+        } else {
+            1
+        },
         cluster_id: cluster_id.to_string(),
         timeline: timeline.map(|t| t.id.clone()),
     };

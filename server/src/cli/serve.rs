@@ -377,6 +377,14 @@ pub struct ServeArgs {
           value_parser = parse_duration, value_name = "DURATION")]
     pub archive_flush_every: Duration,
 
+    /// How long nothing may have been uploaded to an archive before a
+    /// cluster restored from its latest point continues it (takes it over
+    /// from the cluster it came from, which should have stopped: a running
+    /// one uploads at least every 30 s).
+    #[arg(long, env = "PHXKV_ARCHIVE_TAKEOVER_AFTER", default_value = "2m",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub archive_takeover_after: Duration,
+
     /// Memory each replica keeps for applied log entries not yet archived
     /// (in bytes). The master continues the archive from it; when a base
     /// snapshot upload takes longer than this much writing, the archive
@@ -448,6 +456,7 @@ impl ServeArgs {
         settings.credentials = self.archive_credentials_file.clone();
         settings.base_every = self.archive_base_every;
         settings.flush_every = self.archive_flush_every;
+        settings.takeover_after = self.archive_takeover_after;
         settings.tail_bytes = usize::try_from(self.archive_tail_bytes).unwrap_or(usize::MAX);
         Ok(Some(settings))
     }

@@ -49,6 +49,10 @@ pub struct Timeline {
     /// timeline.
     #[serde(default)]
     pub from_index: u64,
+    /// The store revision there (a restore to a revision may cut a batch:
+    /// its index then says less than the revision).
+    #[serde(default)]
+    pub from_revision: u64,
 }
 
 impl Timeline {
@@ -92,6 +96,7 @@ impl Store {
             id: id.to_string(),
             parent: None,
             from_index: 0,
+            from_revision: 0,
         });
         OpResult::Timeline { id: id.to_string() }
     }
@@ -104,13 +109,17 @@ impl Store {
             id: id.to_string(),
             parent: self.timeline().map(|t| t.id),
             from_index: self.applied_index(),
+            from_revision: self.revision(),
         };
         self.set_timeline(&timeline);
         timeline
     }
 
     fn set_timeline(&mut self, timeline: &Timeline) {
-        // Serialising a struct of strings and a number cannot fail.
+        // Every replica writes the same bytes for the same op: this
+        // encoding is part of the replicated state (digests compare it),
+        // so a later version must not change it for `Op::Timeline`.
+        // Serialising a struct of strings and numbers cannot fail.
         let record = serde_json::to_vec(timeline).unwrap_or_default();
         let revision = self.revision;
         self.write(TIMELINE_KEY, &record, revision);
@@ -162,7 +171,8 @@ mod tests {
             Some(Timeline {
                 id: "00000000000000aa".into(),
                 parent: None,
-                from_index: 0
+                from_index: 0,
+                from_revision: 0
             })
         );
         assert_eq!(s.revision(), 1, "clients count no revision for it");
@@ -192,7 +202,8 @@ mod tests {
             Timeline {
                 id: "00000000000000cc".into(),
                 parent: Some("00000000000000aa".into()),
-                from_index: 41
+                from_index: 41,
+                from_revision: 0
             }
         );
         assert!(

@@ -129,7 +129,8 @@ pub(super) async fn backup(node: &Node) -> Result<Base, ServiceError> {
             &archive.location,
             &node.inner.cfg.cluster_id,
             timeline.as_ref(),
-            catalog.tail().map(|p| p.index),
+            &catalog,
+            archive.settings.takeover_after,
         )
         .await
     })
