@@ -289,6 +289,10 @@ pub async fn run(
     let mut backoff = archive.settings.flush_every;
     // Since when this node has been master without a successful round.
     let mut master_since: Option<u64> = None;
+    // While not master: when the archive was last looked at, and whether
+    // its standing still was logged.
+    let mut watched: Option<std::time::Instant> = None;
+    let mut warned_stalled = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -298,18 +302,43 @@ pub async fn run(
             return;
         }
         if !source.is_master() {
-            // Whoever is master now may move the archive on, and reports
-            // the lag.
+            // Whoever is master now moves the archive on, and reports the
+            // lag. Unless it does not archive at all (started without
+            // --archive-url): that is watched from here.
             end = None;
             master_since = None;
             archive.update(|p| {
                 p.archived_index = None;
                 p.behind_since_ms = None;
             });
-            source.set_archive_lag(0, 0);
+            if watched.is_none_or(|t: std::time::Instant| t.elapsed() >= FOLLOWER_WATCH_EVERY) {
+                watched = Some(std::time::Instant::now());
+                let stalled = stalled_under_another_master(&archive, &source).await;
+                match stalled {
+                    Some((lag, secs)) => {
+                        if !std::mem::replace(&mut warned_stalled, true) {
+                            tracing::warn!(
+                                url = %archive.location.url,
+                                lag_entries = lag,
+                                last_upload_secs_ago = secs,
+                                "the archive is not moving: nothing was uploaded for {secs} s and \
+                                 it is {lag} entries behind what this replica applied; the master \
+                                 may not archive (is it started with --archive-url?)"
+                            );
+                        }
+                        source.set_archive_lag(lag, secs);
+                    }
+                    None => {
+                        warned_stalled = false;
+                        source.set_archive_lag(0, 0);
+                    }
+                }
+            }
             backoff = archive.settings.flush_every;
             continue;
         }
+        watched = None;
+        warned_stalled = false;
         let since = *master_since.get_or_insert_with(now_ms);
         // The lag is reported while a round runs too: a round held up by an
         // object store that does not answer (each try waits out its
@@ -346,6 +375,34 @@ pub async fn run(
         }
         report_lag(&archive, &source, since, end);
     }
+}
+
+/// How often a replica that is not master looks at the archive.
+const FOLLOWER_WATCH_EVERY: Duration = Duration::from_secs(60);
+/// How long an archive may have had no upload before a replica that is not
+/// master reports it as standing still: a master that archives uploads at
+/// least every 30 s (lease renewals are entries too).
+const STALLED_AFTER_MS: u64 = 90_000;
+
+/// On a replica that is not master: `(lag, seconds)` when the archive has
+/// had no upload for [`STALLED_AFTER_MS`] and ends before what this
+/// replica applied, as when the master does not archive at all. `None`
+/// when it moves, or cannot be listed (the master's archiver reports that).
+async fn stalled_under_another_master(
+    archive: &Archive,
+    source: &impl Source,
+) -> Option<(u64, u64)> {
+    let catalog = Catalog::list(&archive.location).await.ok()?;
+    let end = catalog.tail()?;
+    let newest = catalog
+        .bases
+        .iter()
+        .map(|b| b.created_ms)
+        .chain(catalog.segments.iter().map(|s| s.time_ms))
+        .max()?;
+    let since = now_ms().saturating_sub(newest);
+    let lag = source.applied_index().saturating_sub(end.index);
+    (since >= STALLED_AFTER_MS && lag > 0).then_some((lag, since / 1000))
 }
 
 /// How often the lag is reported while a round runs.
@@ -726,6 +783,90 @@ mod tests {
         async fn start_timeline(&self) -> Result<Timeline, String> {
             Err("an earlier version".into())
         }
+    }
+
+    /// A replica that is not master, recording the lag it reports.
+    struct Follower {
+        applied: u64,
+        lag: Arc<Mutex<Option<(u64, u64)>>>,
+    }
+
+    impl Source for Follower {
+        fn alive(&self) -> bool {
+            true
+        }
+        fn cluster_id(&self) -> String {
+            "c1".into()
+        }
+        fn is_master(&self) -> bool {
+            false
+        }
+        fn applied_index(&self) -> u64 {
+            self.applied
+        }
+        async fn snapshot(&self) -> Result<BackupStream, String> {
+            Err("not master".into())
+        }
+        fn set_archive_lag(&self, entries: u64, seconds: u64) {
+            *self.lag.lock().expect("lag") = Some((entries, seconds));
+        }
+        fn timeline(&self) -> Option<Timeline> {
+            None
+        }
+        async fn start_timeline(&self) -> Result<Timeline, String> {
+            Err("not master".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_is_not_master_reports_an_archive_standing_still() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}/a", dir.path().display());
+        // A master archived up to index 6 long ago (the fake's entries
+        // carry times near the epoch), then stopped archiving.
+        let archive = Archive::open(Settings::new(url.clone())).expect("archive");
+        let master = Fake::new(1);
+        let mut end = None;
+        for _ in 0..6 {
+            master.apply(&archive, 1);
+        }
+        assert!(round(&archive, &master, &mut end).await.expect("archived"));
+        let catalog = Catalog::list(&archive.location).await.expect("list");
+        let base = catalog.bases.last().expect("a base").clone();
+        // Its base is fresh: make it as old as the rest.
+        let old_name = Base::object_name(base.index, base.revision, 1_000);
+        let from = archive.location.path(&format!("base/{}.backup", base.name));
+        let to = archive.location.path(&format!("base/{old_name}.backup"));
+        archive
+            .location
+            .store
+            .rename(&from, &to)
+            .await
+            .expect("rename");
+
+        let mut settings = Settings::new(url);
+        settings.flush_every = Duration::from_millis(10);
+        let watcher = Arc::new(Archive::open(settings).expect("archive"));
+        let lag = Arc::new(Mutex::new(None));
+        let (close, closing) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(run(
+            watcher,
+            Follower {
+                applied: 40,
+                lag: lag.clone(),
+            },
+            closing,
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lag.lock().expect("lag").is_none() {
+            assert!(std::time::Instant::now() < deadline, "no lag reported");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let reported = lag.lock().expect("lag").expect("lag");
+        assert_eq!(reported.0, 34, "applied 40, archived to 6");
+        assert!(reported.1 > 1_000_000, "stale for ages: {reported:?}");
+        let _ = close.send(true);
+        task.abort();
     }
 
     #[tokio::test]
