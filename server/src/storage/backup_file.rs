@@ -51,7 +51,10 @@ pub struct Header {
 pub enum BackupError {
     #[error("not a phxkv backup file")]
     NotABackup,
-    #[error("backup format version {0} is not supported (this version reads {FORMAT_VERSION})")]
+    #[error(
+        "backup format version {0} is not supported (this version reads {FORMAT_VERSION}): a \
+         backup of a later version, or a damaged file"
+    )]
     UnknownVersion(u32),
     #[error("the backup file is truncated")]
     Truncated,

@@ -89,9 +89,10 @@ pub enum BackupAction {
     /// --listen, --peer-listen and --cluster-token-file; further members start
     /// with --join and are added (`phxkv members add`), and catch up from it.
     Restore {
-        /// The backup file (or give --from-archive). The options that
-        /// apply to an archive only conflict with it (clap does not check a
-        /// `requires` on an argument whose partner conflicts with another).
+        /// The backup file (or give --from-archive instead).
+        // The options that apply to an archive only conflict with it (clap
+        // does not check a `requires` on an argument whose partner
+        // conflicts with another).
         #[arg(
             required_unless_present = "from_archive",
             conflicts_with = "from_archive"
