@@ -266,15 +266,7 @@ fn now_ms() -> u64 {
 }
 
 async fn backups(c: &Cluster, i: usize) -> Value {
-    let r = c
-        .http
-        .get(format!("{}/v1/admin/backups", c.url(i)))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("list backups");
-    assert_eq!(r.status(), 200);
-    r.json().await.expect("backups body")
+    archive_listing(&c.http, &c.url(i)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

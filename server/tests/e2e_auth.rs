@@ -447,7 +447,8 @@ async fn every_member_decodes_anonymous_ops(c: &Cluster) {
                 "delete_prefix",
                 "lease_owner",
                 "lease_fence",
-                "once"
+                "once",
+                "timeline"
             ]),
             "{info}"
         );

@@ -751,11 +751,13 @@ mod tests {
             .collect()
     }
 
-    /// A master whose base snapshot never finishes (as when the object
-    /// store stops answering), recording the lag it is told.
+    /// A node at a fixed applied index, recording the lag it is told: a
+    /// master whose base snapshot never finishes (as when the object store
+    /// stops answering), or a replica that is not master.
     struct Stuck {
         applied: u64,
         lag: Arc<Mutex<Option<(u64, u64)>>>,
+        master: bool,
     }
 
     impl Source for Stuck {
@@ -766,7 +768,7 @@ mod tests {
             "c1".into()
         }
         fn is_master(&self) -> bool {
-            true
+            self.master
         }
         fn applied_index(&self) -> u64 {
             self.applied
@@ -782,39 +784,6 @@ mod tests {
         }
         async fn start_timeline(&self) -> Result<Timeline, String> {
             Err("an earlier version".into())
-        }
-    }
-
-    /// A replica that is not master, recording the lag it reports.
-    struct Follower {
-        applied: u64,
-        lag: Arc<Mutex<Option<(u64, u64)>>>,
-    }
-
-    impl Source for Follower {
-        fn alive(&self) -> bool {
-            true
-        }
-        fn cluster_id(&self) -> String {
-            "c1".into()
-        }
-        fn is_master(&self) -> bool {
-            false
-        }
-        fn applied_index(&self) -> u64 {
-            self.applied
-        }
-        async fn snapshot(&self) -> Result<BackupStream, String> {
-            Err("not master".into())
-        }
-        fn set_archive_lag(&self, entries: u64, seconds: u64) {
-            *self.lag.lock().expect("lag") = Some((entries, seconds));
-        }
-        fn timeline(&self) -> Option<Timeline> {
-            None
-        }
-        async fn start_timeline(&self) -> Result<Timeline, String> {
-            Err("not master".into())
         }
     }
 
@@ -851,9 +820,10 @@ mod tests {
         let (close, closing) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(run(
             watcher,
-            Follower {
+            Stuck {
                 applied: 40,
                 lag: lag.clone(),
+                master: false,
             },
             closing,
         ));
@@ -879,6 +849,7 @@ mod tests {
         let source = Stuck {
             applied: 42,
             lag: lag.clone(),
+            master: true,
         };
         let (close, closing) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(run(archive, source, closing));
