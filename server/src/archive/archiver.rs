@@ -394,12 +394,7 @@ async fn stalled_under_another_master(
 ) -> Option<(u64, u64)> {
     let catalog = Catalog::list(&archive.location).await.ok()?;
     let end = catalog.tail()?;
-    let newest = catalog
-        .bases
-        .iter()
-        .map(|b| b.created_ms)
-        .chain(catalog.segments.iter().map(|s| s.time_ms))
-        .max()?;
+    let newest = catalog.newest_upload_ms()?;
     let since = now_ms().saturating_sub(newest);
     let lag = source.applied_index().saturating_sub(end.index);
     (since >= STALLED_AFTER_MS && lag > 0).then_some((lag, since / 1000))
@@ -872,6 +867,20 @@ mod tests {
         catalog.segments.iter().map(|s| s.key.clone()).collect()
     }
 
+    /// `fake` applies indexes 1 to 10 and archives them: a base at 5, a
+    /// segment after. Returns the archive's end as its archiver knows it.
+    async fn archive_ten(archive: &Archive, fake: &Fake) -> Option<u64> {
+        let mut end = None;
+        for n in 1..=10 {
+            fake.apply(archive, 1);
+            if n == 5 {
+                assert!(round(archive, fake, &mut end).await.expect("base"));
+            }
+        }
+        assert!(round(archive, fake, &mut end).await.expect("segment"));
+        end
+    }
+
     #[tokio::test]
     async fn another_history_under_the_same_id_is_never_continued() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -879,14 +888,7 @@ mod tests {
         // Cluster A archives indexes 1 to 10: a base at 5, a segment after.
         let archive_a = Archive::open(Settings::new(url.clone())).expect("archive");
         let a = Fake::new(1);
-        let mut end = None;
-        for n in 1..=10 {
-            a.apply(&archive_a, 1);
-            if n == 5 {
-                assert!(round(&archive_a, &a, &mut end).await.expect("base"));
-            }
-        }
-        assert!(round(&archive_a, &a, &mut end).await.expect("segment"));
+        let end = archive_ten(&archive_a, &a).await;
         assert_eq!(end, Some(10));
         let archived = segment_keys(&archive_a).await;
 
@@ -951,14 +953,7 @@ mod tests {
         // Cluster A, on a timeline of its own, archives indexes 1 to 10.
         let archive_a = Archive::open(Settings::new(url.clone())).expect("archive");
         let a = Fake::with_timelines(0xa);
-        let mut end = None;
-        for n in 1..=10 {
-            a.apply(&archive_a, 1);
-            if n == 5 {
-                assert!(round(&archive_a, &a, &mut end).await.expect("base"));
-            }
-        }
-        assert!(round(&archive_a, &a, &mut end).await.expect("segment"));
+        let mut end = archive_ten(&archive_a, &a).await;
         let a_timeline = a.timeline().expect("A took a timeline");
         let marker = read_marker(&archive_a.location).await.expect("marker");
         assert_eq!(marker.and_then(|m| m.timeline), Some(a_timeline.id.clone()));

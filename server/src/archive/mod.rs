@@ -175,6 +175,16 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// When the newest object was uploaded (a base's creation, a segment's
+    /// last entry), in ms since the epoch; `None` for an empty archive.
+    pub fn newest_upload_ms(&self) -> Option<u64> {
+        self.bases
+            .iter()
+            .map(|b| b.created_ms)
+            .chain(self.segments.iter().map(|s| s.time_ms))
+            .max()
+    }
+
     /// Lists the archive at `loc`.
     pub async fn list(loc: &Location) -> Result<Catalog, String> {
         use futures_util::StreamExt as _;
@@ -369,13 +379,7 @@ pub async fn claim(
                 ours.from_revision
             ));
         }
-        let newest = catalog
-            .bases
-            .iter()
-            .map(|b| b.created_ms)
-            .chain(catalog.segments.iter().map(|s| s.time_ms))
-            .max()
-            .unwrap_or(0);
+        let newest = catalog.newest_upload_ms().unwrap_or(0);
         let since = now_ms().saturating_sub(newest);
         if u128::from(since) < quiet.as_millis() {
             return Err(format!(
