@@ -14,6 +14,7 @@ use phxkv::kv::{
     TxnResponse,
 };
 use phxkv::node::digest::{Checkpoint, DigestReport};
+use phxkv::node::rollback::Mark as AcceptorMark;
 use phxkv::node::wire::{
     self as wire, ChangeReply, Forwarded, PeerError, PeerErrorCode, PeerErrorDetail, ProposeReply,
     ReadIndexReply, TransferRefusal, TransferReply, TransferRequest,
@@ -460,6 +461,18 @@ fn every_peer_body_round_trips_and_can_be_checked_against_the_document() {
                     requests: None,
                 },
             ],
+            durable: Some(AcceptorMark {
+                promised: Ballot::new(7, 0x0123_4567_89ab_cdef),
+                accepted_to: 130,
+            }),
+            incarnation: Some("0123456789abcdef".into()),
+        },
+    );
+    s.add(
+        "AcceptorMark",
+        &AcceptorMark {
+            promised: Ballot::new(7, 0x0123_4567_89ab_cdef),
+            accepted_to: 130,
         },
     );
     s.add(

@@ -91,6 +91,17 @@ pub struct DigestReport {
     /// The sender's member name.
     pub name: String,
     pub checkpoints: Vec<Checkpoint>,
+    /// How far the sender's durable acceptor state reaches, for the check
+    /// a replica makes of its data directory when it starts (see
+    /// `GET /peer/v1/acknowledged/{incarnation}`). Absent from replicas of
+    /// earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable: Option<super::rollback::Mark>,
+    /// The sender's incarnation id (16 hex digits): `durable` counts only
+    /// for the incarnation the receiver knows under `name`. Absent from
+    /// replicas of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
 }
 
 /// Why this replica counts as diverged.
@@ -295,6 +306,8 @@ mod tests {
         DigestReport {
             name: name.into(),
             checkpoints: d.newest(),
+            durable: None,
+            incarnation: None,
         }
     }
 

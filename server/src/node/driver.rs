@@ -202,6 +202,11 @@ pub struct Driver {
     /// The master this node followed fell silent and this was logged; the
     /// next word from a master is logged too.
     pub cut_off_logged: bool,
+    /// What peers acknowledged (see [`super::rollback`]).
+    pub seen: Arc<std::sync::Mutex<super::rollback::Seen>>,
+    /// How far this replica's durable acceptor state reaches, raised once
+    /// each turn's records are synced (see [`super::rollback`]).
+    pub durable: Arc<std::sync::Mutex<super::rollback::Mark>>,
 }
 
 /// Once this node sees another master (or none), writes it forwarded to the
@@ -417,6 +422,12 @@ impl Driver {
         match input {
             Input::Peer(envs) => {
                 self.metrics.inc_peer_messages("in", envs.len() as u64);
+                if let Ok(mut seen) = self.seen.lock() {
+                    for env in &envs {
+                        seen.observe(env.from, &env.msg);
+                    }
+                    seen.bound(self.replica.membership());
+                }
                 for env in envs {
                     self.replica.step(now, env.from, env.msg);
                 }
@@ -542,6 +553,10 @@ impl Driver {
                 std::process::exit(70);
             }
             self.metrics.observe_fsync(started.elapsed());
+            // Synced: what these records say may now be stated to peers.
+            if let Ok(mut durable) = self.durable.lock() {
+                durable.raise_by(&ready.persist);
+            }
         }
         for env in after_persist {
             if env.to == me {

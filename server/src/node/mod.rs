@@ -9,6 +9,7 @@ pub mod driver;
 pub mod peer;
 pub mod peer_client;
 mod replace;
+pub mod rollback;
 mod transfer;
 pub mod transport;
 pub mod wire;
@@ -206,6 +207,10 @@ struct Inner {
     /// The largest write [`Node::check_disk`] refused since the volume
     /// turned tight: it stays tight until a write that large would fit.
     disk_refused_adds: AtomicU64,
+    /// What each peer incarnation was seen to acknowledge (see [`rollback`]).
+    seen: Arc<Mutex<rollback::Seen>>,
+    /// How far this replica's own durable acceptor state reaches.
+    durable: Arc<Mutex<rollback::Mark>>,
 }
 
 /// The parts of a node that wait for its engine to start.
@@ -351,6 +356,12 @@ struct ReadBatch {
 
 /// How often replicas exchange state digests.
 const DIGEST_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a starting replica waits for each member's answer about its
+/// data directory (see [`rollback`]).
+const ROLLBACK_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The exit status of a replica whose data directory is older than what
+/// it acknowledged (EX_DATAERR).
+pub const EXIT_ROLLED_BACK: i32 = 65;
 /// How soon a report goes out again, in the first [`FEATURES_HURRY`] after
 /// a start, while some member's features are unknown (its answer to the
 /// first report was lost or late).
@@ -620,6 +631,8 @@ impl Node {
                 disk_admitted: AtomicU64::new(0),
                 disk_tight: Arc::default(),
                 disk_refused_adds: AtomicU64::new(0),
+                seen: Arc::default(),
+                durable: Arc::default(),
                 cfg,
             }),
         };
@@ -663,6 +676,10 @@ impl Node {
             }
         }
         let (recovered, snapshot) = disk.recover_streaming()?;
+        let own_mark = rollback::Mark::of_recovered(&recovered);
+        if let Ok(mut d) = self.inner.durable.lock() {
+            *d = own_mark;
+        }
         let restored = driver::restore_store(snapshot).map_err(StartError::State)?;
         let (applied0, revision0) = (restored.applied_index(), restored.revision());
         let auth0 = restored.auth().enabled();
@@ -719,9 +736,47 @@ impl Node {
                 seq: 0,
             },
             cut_off_logged: false,
+            seen: self.inner.seen.clone(),
+            durable: self.inner.durable.clone(),
+        };
+        // A directory that holds a configuration is checked against what
+        // the other members saw it acknowledge (see `rollback`); a new one
+        // has nothing to check.
+        let me = self.inner.id;
+        let check: Vec<(String, String)> = if matches!(phase, Phase::Running) && !own_mark.is_zero()
+        {
+            driver
+                .replica
+                .membership()
+                .members
+                .iter()
+                .filter(|(id, _)| **id != me)
+                .map(|(_, m)| (m.name.clone(), m.addr.clone()))
+                .collect()
+        } else {
+            Vec::new()
         };
         // Say what this node is before its engine says anything.
         self.set_phase(phase);
+        if check.is_empty() {
+            return self.run_engine(driver);
+        }
+        let node = self.clone();
+        tokio::spawn(
+            async move {
+                node.check_not_rolled_back(own_mark, check).await;
+                if let Err(e) = node.run_engine(driver) {
+                    tracing::error!(error = %e, "cannot start the engine; exiting");
+                    std::process::exit(70);
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(())
+    }
+
+    /// Starts the driver thread and the tasks that go with a running engine.
+    fn run_engine(&self, driver: Driver) -> Result<(), StartError> {
         self.inner.running.store(true, Ordering::SeqCst);
         // The engine's log lines name this replica (see `telemetry::replica_span`).
         let span = tracing::Span::current();
@@ -834,9 +889,12 @@ impl Node {
             // Sent even with nothing to compare: the report's features
             // header is how members that never exchange Paxos messages
             // (two followers) learn what the other decodes.
+            let durable = self.inner.durable.lock().ok().map(|d| *d);
             let report = digest::DigestReport {
                 name: self.inner.cfg.name.clone(),
                 checkpoints,
+                durable: durable.filter(|d| !d.is_zero()),
+                incarnation: Some(bootstrap::format_id(self.inner.id)),
             };
             let peers: Vec<(NodeId, String)> = self
                 .inner
@@ -909,6 +967,13 @@ impl Node {
             && id != self.inner.id
         {
             self.note_features(id, features);
+            let from = report.incarnation.as_deref().map(bootstrap::parse_id);
+            if let Some(mark) = report.durable
+                && from == Some(Ok(id))
+                && let Ok(mut seen) = self.inner.seen.lock()
+            {
+                seen.raise(id, mark);
+            }
         }
         if let Ok(mut d) = self.inner.digests.lock() {
             d.receive(&report);
@@ -1123,6 +1188,86 @@ impl Node {
             .await
             .into_iter()
             .collect()
+    }
+
+    /// Asks the members in `peers` (name, peer URL) what they saw this
+    /// replica acknowledge, and exits when its data directory, which holds
+    /// `own`, is older than that (see [`rollback`]). Peers that cannot be
+    /// reached, or of versions that do not keep the record, are skipped.
+    async fn check_not_rolled_back(&self, own: rollback::Mark, peers: Vec<(String, String)>) {
+        let me = bootstrap::format_id(self.inner.id);
+        let asks = peers.iter().map(|(name, url)| {
+            let me = &me;
+            async move { (name.clone(), self.acknowledged_by(url, me).await) }
+        });
+        let mut heard = Vec::new();
+        let mut unheard = Vec::new();
+        for (name, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(mark) => heard.push((name, mark)),
+                Err(e) => unheard.push(format!("{name} ({e})")),
+            }
+        }
+        if let Some(behind) = rollback::judge(own, &heard) {
+            tracing::error!(
+                data_dir = %self.inner.cfg.data_dir.display(),
+                "{behind}. It was put back from an older copy (a volume snapshot, a backup of \
+                 the directory) or the disk lost synced writes; voting with it could lose \
+                 acknowledged writes, so this replica will not start. Move the directory away \
+                 (in Kubernetes: delete the pod's PersistentVolumeClaim and the pod) and start \
+                 the node again: it comes back empty, as a new incarnation, and is replaced \
+                 (phxkv members replace {})",
+                self.inner.cfg.name
+            );
+            std::process::exit(EXIT_ROLLED_BACK);
+        }
+        if unheard.is_empty() {
+            tracing::debug!(%own, "every member agrees this data directory is current");
+        } else if heard.is_empty() {
+            tracing::warn!(
+                %own,
+                unreachable = %unheard.join(", "),
+                "started without checking this data directory against the other members \
+                 (none answered): an older copy of it would go unnoticed"
+            );
+        } else {
+            tracing::info!(
+                %own,
+                unreachable = %unheard.join(", "),
+                "this data directory was checked against the members that answered"
+            );
+        }
+    }
+
+    /// `GET /peer/v1/acknowledged/{me}` on the node at `peer_url`.
+    async fn acknowledged_by(&self, peer_url: &str, me: &str) -> Result<rollback::Mark, String> {
+        let url = format!(
+            "{}/peer/v1/acknowledged/{me}",
+            peer_url.trim_end_matches('/')
+        );
+        let resp = self
+            .inner
+            .client
+            .get()
+            .get(&url)
+            .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
+            .header(wire::FEATURES_HEADER, wire::FEATURES)
+            .timeout(ROLLBACK_CHECK_TIMEOUT)
+            .send()
+            .await
+            .map_err(short_error)?;
+        if !resp.status().is_success() {
+            // 404 from a version without the record.
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        resp.json::<rollback::Mark>()
+            .await
+            .map_err(|e| format!("unreadable answer: {e}"))
+    }
+
+    /// What this node saw incarnation `id` acknowledge (peer API).
+    pub fn acknowledged(&self, id: NodeId) -> rollback::Mark {
+        self.inner.seen.lock().map(|s| s.of(id)).unwrap_or_default()
     }
 
     /// `GET /peer/v1/hello` on the node at `peer_url`.

@@ -46,6 +46,7 @@ pub fn router(node: Node) -> axum::Router {
         .route("/peer/v1/transfer", post(transfer))
         .route("/peer/v1/cluster", post(cluster))
         .route("/peer/v1/hello", get(hello))
+        .route("/peer/v1/acknowledged/{incarnation}", get(acknowledged))
         .route("/peer/v1/digests", post(digests))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
@@ -382,6 +383,33 @@ async fn digests(
 )]
 async fn hello(State(node): State<Node>) -> Response {
     Json(node.hello()).into_response()
+}
+
+/// What this node saw an incarnation acknowledge: the highest ballot it
+/// promised and the highest log index it held, from its `promise` and
+/// `accepted` messages and the marks in its digest reports. A replica that
+/// starts with a data directory asks every other member before its engine
+/// handles anything, and refuses to start when its directory holds less
+/// than a member saw (an older copy of its volume). Zeros: nothing seen
+/// since this node started.
+#[utoipa::path(
+    get,
+    path = "/peer/v1/acknowledged/{incarnation}",
+    tag = "consistency",
+    params(("incarnation" = String, Path, description = "An incarnation id, 16 hex digits.")),
+    responses(
+        (status = 200, description = "What this node saw it acknowledge.", body = super::rollback::Mark),
+        (status = 400, description = "`bad_request`: not an incarnation id.", body = wire::PeerError),
+    )
+)]
+async fn acknowledged(
+    State(node): State<Node>,
+    axum::extract::Path(incarnation): axum::extract::Path<String>,
+) -> Response {
+    match crate::cluster::bootstrap::parse_id(&incarnation) {
+        Ok(id) => Json(node.acknowledged(id)).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, PeerErrorCode::BadRequest, &e),
+    }
 }
 
 /// A state machine snapshot for this node to install. The body is a 4-byte
@@ -731,6 +759,7 @@ an incompatible change of these bodies.",
         transfer,
         cluster,
         hello,
+        acknowledged,
         digests,
         openapi_json,
     ),

@@ -18,6 +18,7 @@ use super::lincheck::{KvCall, KvReturn, Operation};
 use crate::auth::{AuthChange, Permission, TokenRecord};
 use crate::kv::lease::Gate;
 use crate::kv::{Expect, LeaseOp, LeaseTimers, Op, OpResult, Store, StoreSnapshot};
+use crate::node::rollback::{Mark, Seen};
 use crate::paxos::{
     Ballot, Command, ConfChange, EngineConfig, Envelope, Index, Member, Membership, NodeId,
     ProposeError, ReadMode, Replica, RequestId, Role, SnapshotMeta, Value,
@@ -305,6 +306,13 @@ struct Node {
     paused_until: Time,
     /// The lease deadlines, kept while this node is master.
     timers: LeaseTimers,
+    /// The highest promise and log index this incarnation told anyone,
+    /// in `promise` and `accepted` messages, and the mark its driver would
+    /// state once its records are synced: what peers may remember of it
+    /// (see `crate::node::rollback`). Every restart must recover at least
+    /// as much, or the check of a starting replica would refuse a correct
+    /// data directory.
+    told: Mark,
 }
 
 /// A snapshot being taken in pieces: its id in the store, what it covers,
@@ -541,6 +549,7 @@ impl World {
                 pending_reads: BTreeMap::new(),
                 paused_until: 0,
                 timers: LeaseTimers::for_engine(&EngineConfig::new(node_id(i))),
+                told: Mark::default(),
             })
             .collect();
         let clients = (0..opts.clients)
@@ -741,6 +750,14 @@ impl World {
             Ok(r) => r,
             Err(e) => return self.fail(format!("{name} cannot recover: {e}")),
         };
+        let recovered_mark = Mark::of_recovered(&recovered);
+        let told = self.nodes[i].told;
+        if !recovered_mark.covers(&told) {
+            return self.fail(format!(
+                "{name} recovered {recovered_mark} but had told its peers {told}: \
+                 the start-up check would refuse a correct data directory"
+            ));
+        }
         let store = match data {
             Some(bytes) => match StoreSnapshot::decode(&bytes) {
                 Ok(s) => Store::restore_with(s, store_config(&self.opts)),
@@ -837,6 +854,16 @@ impl World {
         if let Err(e) = self.nodes[i].disk.append(&ready.persist) {
             return self.fail(format!("persist failed: {e}"));
         }
+        // What a node states once its records are synced, and what its
+        // acceptor messages (all of which leave after that) tell.
+        let mut told = Seen::default();
+        let me = self.nodes[i].id;
+        for env in &ready.messages {
+            told.observe(me, &env.msg);
+        }
+        let node = &mut self.nodes[i];
+        node.told.raise_by(&ready.persist);
+        node.told = node.told.max(told.of(me));
         if crash_point == Some(CrashPoint::AfterPersist) && !ready.persist.is_empty() {
             self.crash_points += 1;
             self.note(format!(
@@ -847,7 +874,6 @@ impl World {
         }
         // A replica's messages to itself are its own votes: handed back once
         // the records are durable, never through the (lossy) network.
-        let me = self.nodes[i].id;
         let (own, others): (Vec<_>, Vec<_>) =
             ready.messages.into_iter().partition(|env| env.to == me);
         for env in others {
@@ -2305,6 +2331,11 @@ impl World {
         }
         let node = &mut self.nodes[i];
         node.disk = Box::new(MemStore::new());
+        // An empty volume told nobody anything; under a new id (the
+        // product) the old id's record stays with the old id, and under
+        // the old one (the bug this option shows) the check is what is
+        // missing.
+        node.told = Mark::default();
         if let Some(root) = &self.opts.disk_root {
             let _ = std::fs::remove_dir_all(root.join(&node.name));
         }
