@@ -7,8 +7,8 @@
 //! volume snapshot does). The follower must refuse to start, say why and
 //! exit with status 65, while the cluster keeps every write; once the
 //! directory is moved away it comes back as a new incarnation, like any
-//! lost volume. Restarts with a current directory (a follower's and the
-//! master's) must not be refused.
+//! lost volume. Restarts with a current directory (every member's) must
+//! not be refused, and what the members saw survives their own restarts.
 
 mod common;
 
@@ -103,16 +103,32 @@ async fn a_replica_whose_directory_went_back_in_time_refuses_to_start() {
     serving(&c, f).await;
     write_all(&c, m, 10..60).await;
     applied(&c, f, 59).await;
-    // Long enough for a digest report to carry F's synced state too.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Long enough for a digest report to carry F's synced state, and for
+    // the others to write what they saw to their directories.
+    tokio::time::sleep(Duration::from_secs(5)).await;
 
-    // 3. The master restarts: its directory is current, and it comes back.
+    // 3. F stops; the other two restart (their directories are current,
+    // and they come back), so that what they remember of F comes from
+    // their files alone.
+    c.kill9(f);
+    let other = (m + 2) % 3;
     c.kill9(m);
+    c.kill9(other);
     c.spawn(m);
+    c.spawn(other);
     serving(&c, m).await;
+    serving(&c, other).await;
+    for i in [m, other] {
+        let log = c.log_of(i);
+        assert!(
+            log.contains("this data directory was checked against what the other members saw")
+                && !log.contains("started without checking"),
+            "{} did not check its directory on restart\n{log}",
+            c.procs[i].name
+        );
+    }
 
     // 4. The copy is put back in place of F's directory.
-    c.kill9(f);
     std::fs::remove_dir_all(&c.procs[f].data_dir).expect("remove F's directory");
     std::fs::rename(&copy, &c.procs[f].data_dir).expect("put the copy back");
     c.spawn(f);
@@ -140,7 +156,6 @@ async fn a_replica_whose_directory_went_back_in_time_refuses_to_start() {
     );
 
     // 5. The other two hold every write.
-    let other = (m + 2) % 3;
     for k in [0, 9, 10, 35, 59] {
         let got = c.get(other, &format!("w{k}"), "").await;
         assert_eq!(

@@ -51,6 +51,13 @@ const EXIT_CODES: &str = "Exit codes: 0 done; 1 key or member not found, or a co
 or every one answered 503 (no master elected yet, say); \
 4 anything else. Errors are one line on stderr.";
 
+/// What `phxkv serve --help` says of exit codes.
+const SERVE_EXIT_CODES: &str = "Exit codes: 0 stopped (SIGTERM or SIGINT); 2 bad flags; \
+4 could not start (the reason is on stderr), or the data directory was removed or replaced \
+while running; 65 the data directory is older than what this replica acknowledged to its \
+peers (an older copy put back: move it away and let the node be replaced); 70 the data \
+directory cannot be written.";
+
 /// phxkv: a strongly consistent key-value store on Multi-Paxos.
 #[derive(Parser, Debug)]
 #[command(name = "phxkv", version, about, long_about = None, after_help = EXIT_CODES)]
@@ -62,6 +69,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run one replica (what each Kubernetes pod runs).
+    #[command(after_help = SERVE_EXIT_CODES)]
     Serve(Box<serve::ServeArgs>),
     /// Run a local cluster on this machine, for development.
     Dev(dev::DevArgs),

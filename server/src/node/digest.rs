@@ -127,14 +127,8 @@ pub const DIVERGED_FILE: &str = "diverged.json";
 /// Records `d` in `data_dir`, durably (written beside, synced, renamed, the
 /// directory synced).
 pub fn record_divergence(data_dir: &std::path::Path, d: &Divergence) -> std::io::Result<()> {
-    use std::io::Write as _;
     let body = serde_json::to_vec_pretty(d).map_err(std::io::Error::other)?;
-    let tmp = data_dir.join(format!("{DIVERGED_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, data_dir.join(DIVERGED_FILE))?;
-    std::fs::File::open(data_dir)?.sync_all()
+    crate::storage::replace_file(data_dir, DIVERGED_FILE, &body)
 }
 
 /// The verdict recorded in `data_dir`, if any. A file that does not decode

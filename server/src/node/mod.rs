@@ -222,6 +222,15 @@ struct Pending {
     membership: watch::Sender<Membership>,
 }
 
+/// What [`Node::keep_seen`] last wrote.
+#[derive(Debug, Default)]
+struct SeenWritten {
+    /// [`rollback::Seen::changes`] at the last write.
+    changes: u64,
+    /// The last write failed (and said so).
+    failing: bool,
+}
+
 /// Forwarded writes travel to the master in batches: at most
 /// [`FORWARDS_IN_FLIGHT`] requests are out at a time, and writes that arrive
 /// meanwhile go together in the next one. A lone write still leaves at once;
@@ -359,6 +368,10 @@ const DIGEST_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a starting replica waits for each member's answer about its
 /// data directory (see [`rollback`]).
 const ROLLBACK_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a starting replica keeps asking when no member answers its
+/// check (see [`rollback`]), and how often.
+const ROLLBACK_CHECK_PATIENCE: Duration = Duration::from_secs(5);
+const ROLLBACK_CHECK_RETRY: Duration = Duration::from_millis(500);
 /// The exit status of a replica whose data directory is older than what
 /// it acknowledged (EX_DATAERR).
 pub const EXIT_ROLLED_BACK: i32 = 65;
@@ -506,6 +519,12 @@ impl Node {
             cluster: cfg.cluster_id.clone(),
         };
         let mut disk = DiskStore::open(&cfg.data_dir, &identity)?;
+        let seen = rollback::Seen::load(&cfg.data_dir).unwrap_or_else(|e| {
+            // Only what peers acknowledged: the check of their directories
+            // is weaker until they speak again, nothing else.
+            tracing::warn!(error = %e, "starting without the record of what peers acknowledged");
+            rollback::Seen::default()
+        });
         let incarnation = disk.incarnation();
         let id = incarnation.id;
         let listed = cfg.bootstrap.iter().any(|p| p.name == cfg.name);
@@ -631,7 +650,7 @@ impl Node {
                 disk_admitted: AtomicU64::new(0),
                 disk_tight: Arc::default(),
                 disk_refused_adds: AtomicU64::new(0),
-                seen: Arc::default(),
+                seen: Arc::new(Mutex::new(seen)),
                 durable: Arc::default(),
                 cfg,
             }),
@@ -739,23 +758,29 @@ impl Node {
             seen: self.inner.seen.clone(),
             durable: self.inner.durable.clone(),
         };
-        // A directory that holds a configuration is checked against what
-        // the other members saw it acknowledge (see `rollback`); a new one
-        // has nothing to check.
+        // Every directory is checked against what the other members saw
+        // its incarnation acknowledge (see `rollback`): those of its
+        // configuration, and the bootstrap members (a copy taken before
+        // the directory recorded a configuration, or an empty one, would
+        // otherwise go unchecked). A new directory gets zeros back.
         let me = self.inner.id;
-        let check: Vec<(String, String)> = if matches!(phase, Phase::Running) && !own_mark.is_zero()
-        {
-            driver
-                .replica
-                .membership()
-                .members
-                .iter()
-                .filter(|(id, _)| **id != me)
-                .map(|(_, m)| (m.name.clone(), m.addr.clone()))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let mut check: Vec<(String, String)> = driver
+            .replica
+            .membership()
+            .members
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(_, m)| (m.name.clone(), m.addr.clone()))
+            .collect();
+        for p in &self.inner.cfg.bootstrap {
+            if p.name != self.inner.cfg.name
+                && !check
+                    .iter()
+                    .any(|(_, url)| url.trim_end_matches('/') == p.peer_url.trim_end_matches('/'))
+            {
+                check.push((p.name.clone(), p.peer_url.clone()));
+            }
+        }
         // Say what this node is before its engine says anything.
         self.set_phase(phase);
         if check.is_empty() {
@@ -765,6 +790,9 @@ impl Node {
         tokio::spawn(
             async move {
                 node.check_not_rolled_back(own_mark, check).await;
+                if *node.inner.closing.borrow() {
+                    return;
+                }
                 if let Err(e) = node.run_engine(driver) {
                     tracing::error!(error = %e, "cannot start the engine; exiting");
                     std::process::exit(70);
@@ -877,6 +905,7 @@ impl Node {
         let started = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(DIGEST_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen_written = SeenWritten::default();
         loop {
             tick.tick().await;
             if Arc::strong_count(&self.inner) <= 1 {
@@ -924,12 +953,46 @@ impl Node {
             for (id, answer) in futures_util::future::join_all(sends).await {
                 self.note_answered_features(id, answer.ok().as_ref());
             }
+            self.keep_seen(&mut seen_written).await;
             self.judge_digests();
             // Keeps the gauge current through membership changes too.
             self.refresh_anonymous_gauge();
             if started.elapsed() < FEATURES_HURRY && !self.members_do(|_| true) {
                 tick.reset_after(FEATURES_RETRY);
             }
+        }
+    }
+
+    /// Writes what peers were seen to acknowledge to the data directory
+    /// when it changed since the last write (at most once per digest
+    /// round), so that this replica can still answer a restarted peer's
+    /// check after it restarted itself (see [`rollback`]).
+    async fn keep_seen(&self, written: &mut SeenWritten) {
+        let due = match self.inner.seen.lock() {
+            Ok(s) if s.changes() != written.changes => Some((s.changes(), s.to_file())),
+            _ => None,
+        };
+        let Some((changes, bytes)) = due else { return };
+        let dir = self.inner.cfg.data_dir.clone();
+        let wrote = tokio::task::spawn_blocking(move || {
+            crate::storage::replace_file(&dir, rollback::SEEN_FILE, &bytes)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match wrote {
+            Ok(()) => {
+                written.changes = changes;
+                written.failing = false;
+            }
+            Err(e) if !written.failing => {
+                written.failing = true;
+                tracing::warn!(
+                    error = %e,
+                    "cannot keep the record of what peers acknowledged ({}); will retry",
+                    rollback::SEEN_FILE
+                );
+            }
+            Err(_) => {}
         }
     }
 
@@ -955,21 +1018,26 @@ impl Node {
 
     /// Takes a peer's digest report (peer API), sent with `features`.
     pub fn receive_digests(&self, report: digest::DigestReport, features: wire::Features) {
+        // By incarnation when the report names one (two members may share
+        // a name for a moment during a replacement), by name otherwise.
+        let named = report
+            .incarnation
+            .as_deref()
+            .and_then(|i| bootstrap::parse_id(i).ok());
         let sender = self
             .inner
             .membership
             .borrow()
             .members
             .iter()
-            .find(|(_, m)| m.name == report.name)
+            .find(|(id, m)| m.name == report.name && named.is_none_or(|n| n == **id))
             .map(|(id, _)| *id);
         if let Some(id) = sender
             && id != self.inner.id
         {
             self.note_features(id, features);
-            let from = report.incarnation.as_deref().map(bootstrap::parse_id);
             if let Some(mark) = report.durable
-                && from == Some(Ok(id))
+                && named == Some(id)
                 && let Ok(mut seen) = self.inner.seen.lock()
             {
                 seen.raise(id, mark);
@@ -1196,17 +1264,37 @@ impl Node {
     /// reached, or of versions that do not keep the record, are skipped.
     async fn check_not_rolled_back(&self, own: rollback::Mark, peers: Vec<(String, String)>) {
         let me = bootstrap::format_id(self.inner.id);
-        let asks = peers.iter().map(|(name, url)| {
-            let me = &me;
-            async move { (name.clone(), self.acknowledged_by(url, me).await) }
-        });
+        let started = Instant::now();
         let mut heard = Vec::new();
+        let mut asking = peers;
         let mut unheard = Vec::new();
-        for (name, answer) in futures_util::future::join_all(asks).await {
-            match answer {
-                Ok(mark) => heard.push((name, mark)),
-                Err(e) => unheard.push(format!("{name} ({e})")),
+        loop {
+            let asks = asking.iter().map(|(name, url)| {
+                let me = &me;
+                async move { (name, url, self.acknowledged_by(url, me).await) }
+            });
+            let mut again = Vec::new();
+            unheard.clear();
+            for (name, url, answer) in futures_util::future::join_all(asks).await {
+                match answer {
+                    Ok(Some(mark)) => heard.push((name.clone(), mark)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        unheard.push(format!("{name} ({e})"));
+                        again.push((name.clone(), url.clone()));
+                    }
+                }
             }
+            // One member that answers is enough to go on with: each has
+            // seen every other's synced state within a digest round. When
+            // none does (the whole cluster starting at once), they get a
+            // few seconds to come up.
+            if !heard.is_empty() || again.is_empty() || started.elapsed() >= ROLLBACK_CHECK_PATIENCE
+            {
+                break;
+            }
+            asking = again;
+            tokio::time::sleep(ROLLBACK_CHECK_RETRY).await;
         }
         if let Some(behind) = rollback::judge(own, &heard) {
             tracing::error!(
@@ -1221,26 +1309,38 @@ impl Node {
             );
             std::process::exit(EXIT_ROLLED_BACK);
         }
-        if unheard.is_empty() {
-            tracing::debug!(%own, "every member agrees this data directory is current");
-        } else if heard.is_empty() {
+        let with_record: Vec<&str> = heard
+            .iter()
+            .filter(|(_, m)| !m.is_zero())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if !with_record.is_empty() {
+            tracing::info!(
+                %own,
+                checked_with = %with_record.join(", "),
+                unreachable = %unheard.join(", "),
+                "this data directory was checked against what the other members saw"
+            );
+        } else if own.is_zero() {
+            tracing::debug!("a new data directory: nothing to check");
+        } else {
             tracing::warn!(
                 %own,
                 unreachable = %unheard.join(", "),
                 "started without checking this data directory against the other members \
-                 (none answered): an older copy of it would go unnoticed"
-            );
-        } else {
-            tracing::info!(
-                %own,
-                unreachable = %unheard.join(", "),
-                "this data directory was checked against the members that answered"
+                 (none that answered had a record of it): an older copy of it would go \
+                 unnoticed"
             );
         }
     }
 
-    /// `GET /peer/v1/acknowledged/{me}` on the node at `peer_url`.
-    async fn acknowledged_by(&self, peer_url: &str, me: &str) -> Result<rollback::Mark, String> {
+    /// `GET /peer/v1/acknowledged/{me}` on the node at `peer_url`; `None`
+    /// from a node of a version without the route.
+    async fn acknowledged_by(
+        &self,
+        peer_url: &str,
+        me: &str,
+    ) -> Result<Option<rollback::Mark>, String> {
         let url = format!(
             "{}/peer/v1/acknowledged/{me}",
             peer_url.trim_end_matches('/')
@@ -1256,12 +1356,17 @@ impl Node {
             .send()
             .await
             .map_err(short_error)?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            // A version that keeps no record: nothing to compare, and
+            // nothing to wait for.
+            return Ok(None);
+        }
         if !resp.status().is_success() {
-            // 404 from a version without the record.
             return Err(format!("HTTP {}", resp.status()));
         }
         resp.json::<rollback::Mark>()
             .await
+            .map(Some)
             .map_err(|e| format!("unreadable answer: {e}"))
     }
 
@@ -1383,7 +1488,15 @@ impl Node {
 
     fn submit(&self, input: Input) -> Result<(), ServiceError> {
         if !self.inner.running.load(Ordering::SeqCst) {
-            let (_, why) = self.state();
+            let (status, why) = self.state();
+            if status == NodeStatus::Member {
+                return Err(ServiceError::Unavailable {
+                    message: "this node is starting: it is checking its data directory against \
+                              the other members"
+                        .into(),
+                    retry_after_secs: 1,
+                });
+            }
             return Err(ServiceError::Unavailable {
                 message: format!(
                     "this node has not joined its cluster yet: {}",

@@ -50,14 +50,21 @@
 //! included: the recovered mark is at least every acceptor fact the node
 //! sent and every mark it stated (`sim::world`).
 //!
+//! Each replica writes what it saw to its own data directory
+//! ([`SEEN_FILE`], at most once per digest round, when it changed), so a
+//! peer that restarted still answers. A starting replica goes on once one
+//! member answered (each has seen every other's synced state within a
+//! digest round); when none does (the whole cluster starting at once) it
+//! keeps asking for a few seconds.
+//!
 //! # What it does not catch
 //!
-//! Peers remember in memory only. A replica whose peers all restarted
-//! since it last spoke to them, or that reaches none of them within two
-//! seconds when it starts (the peers may all be starting too), starts
-//! unchecked, and says so. A copy taken after the replica last said
-//! anything is caught by nothing, and loses nothing either: whatever it
-//! forgot, it never told anyone.
+//! A replica that reaches no member with a record of it when it starts
+//! starts unchecked, and says so. What a peer saw in the last moments
+//! before it stopped may be missing from its file, so a copy only a few
+//! seconds old can pass a peer that restarted since. A copy taken after
+//! the replica last said anything is caught by nothing, and loses nothing
+//! either: whatever it forgot, it never told anyone.
 
 use std::collections::HashMap;
 
@@ -133,10 +140,23 @@ impl std::fmt::Display for Mark {
 /// are forgotten.
 const SEEN_BOUND: usize = 256;
 
+/// Where a replica keeps what it saw its peers acknowledge, so that a
+/// restart does not forget it.
+pub const SEEN_FILE: &str = "acknowledged.json";
+
 /// What this replica saw each incarnation acknowledge.
 #[derive(Debug, Default)]
 pub struct Seen {
     marks: HashMap<NodeId, Mark>,
+    /// Counts the changes, so that the file is written only after one.
+    changes: u64,
+}
+
+/// [`Seen`] as [`SEEN_FILE`] holds it: marks by incarnation id (16 hex
+/// digits).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SeenFile {
+    marks: std::collections::BTreeMap<String, Mark>,
 }
 
 impl Seen {
@@ -162,7 +182,48 @@ impl Seen {
             return;
         }
         let m = self.marks.entry(from).or_default();
-        *m = m.max(mark);
+        let raised = m.max(mark);
+        if raised != *m {
+            *m = raised;
+            self.changes += 1;
+        }
+    }
+
+    /// How many times a mark rose: the file is due when this changed.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// The contents of [`SEEN_FILE`].
+    pub fn to_file(&self) -> Vec<u8> {
+        let file = SeenFile {
+            marks: self
+                .marks
+                .iter()
+                .map(|(id, m)| (crate::cluster::bootstrap::format_id(*id), *m))
+                .collect(),
+        };
+        serde_json::to_vec_pretty(&file).unwrap_or_default()
+    }
+
+    /// What [`SEEN_FILE`] in `data_dir` holds; empty when there is none.
+    /// A file that does not decode is an error: the caller decides.
+    pub fn load(data_dir: &std::path::Path) -> Result<Seen, String> {
+        let path = data_dir.join(SEEN_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Seen::default()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let file: SeenFile = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("cannot decode {}: {e}", path.display()))?;
+        let mut seen = Seen::default();
+        for (id, mark) in file.marks {
+            let id = crate::cluster::bootstrap::parse_id(&id)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            seen.raise(id, mark);
+        }
+        Ok(seen)
     }
 
     /// What was seen of `id` (zero: nothing).
@@ -175,6 +236,7 @@ impl Seen {
     pub fn bound(&mut self, m: &Membership) {
         if self.marks.len() > SEEN_BOUND {
             self.marks.retain(|id, _| m.members.contains_key(id));
+            self.changes += 1;
         }
     }
 }
@@ -337,6 +399,28 @@ mod tests {
             accepted_to: 0,
         };
         assert!(judge(own, &[("b".to_string(), more_promise)]).is_some());
+    }
+
+    #[test]
+    fn the_table_comes_back_from_its_file_and_a_damaged_file_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(Seen::load(dir.path()).expect("no file").marks.is_empty());
+        let mut seen = Seen::default();
+        let mark = Mark {
+            promised: Ballot::new(3, 0xfeed),
+            accepted_to: 77,
+        };
+        seen.raise(0x0123_4567_89ab_cdef, mark);
+        assert_eq!(seen.changes(), 1);
+        // The same mark again changes nothing, so nothing is written.
+        seen.raise(0x0123_4567_89ab_cdef, mark);
+        assert_eq!(seen.changes(), 1);
+        crate::storage::replace_file(dir.path(), SEEN_FILE, &seen.to_file()).expect("write");
+        let back = Seen::load(dir.path()).expect("load");
+        assert_eq!(back.of(0x0123_4567_89ab_cdef), mark);
+        std::fs::write(dir.path().join(SEEN_FILE), b"{\"marks\": {\"zz\": 1}}").expect("damage");
+        let e = Seen::load(dir.path()).expect_err("damaged");
+        assert!(e.contains(SEEN_FILE), "{e}");
     }
 
     #[test]

@@ -758,6 +758,9 @@ impl World {
                  the start-up check would refuse a correct data directory"
             ));
         }
+        // A started node states what it recovered: the next recovery must
+        // not go below it either.
+        self.nodes[i].told = told.max(recovered_mark);
         let store = match data {
             Some(bytes) => match StoreSnapshot::decode(&bytes) {
                 Ok(s) => Store::restore_with(s, store_config(&self.opts)),
@@ -839,9 +842,16 @@ impl World {
                 .into_iter()
                 .partition(|env| env.msg.may_precede_persist());
             ready.messages = late;
+            let me = self.nodes[i].id;
+            let mut told = Seen::default();
             for env in early {
+                told.observe(me, &env.msg);
                 self.send(env);
             }
+            // None of these states an acceptor fact today; if one ever
+            // did, a crash right here must still find it on disk.
+            let node = &mut self.nodes[i];
+            node.told = node.told.max(told.of(me));
             if crash_point == Some(CrashPoint::BeforePersist) {
                 self.crash_points += 1;
                 self.note(format!(

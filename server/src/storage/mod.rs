@@ -44,6 +44,19 @@ pub fn min_volume_bytes(reserve: u64) -> u64 {
     reserve.saturating_add(4 * SEGMENT_BYTES)
 }
 
+/// Replaces the small file `name` in `dir` atomically and durably: written
+/// beside it, synced, renamed over it, and the directory synced.
+pub fn replace_file(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// A durable home for one node's Paxos state: promise, log, commit index and
 /// latest snapshot.
 ///
