@@ -109,9 +109,11 @@ pub fn scheduled_name(cluster: &str, fire: Timestamp) -> String {
 }
 
 /// The bases retention deletes: past the `keep` newest, or older than
-/// `maxAge` at `now` (Unix seconds). The newest base is never deleted,
-/// whatever its age. `bases` may come in any order; the answer is oldest
-/// first.
+/// `maxAge` at `now` (Unix seconds) but for the newest of those: a
+/// recovery to a point just inside `maxAge` starts from the base before
+/// it, so deleting that one would make the window shorter than promised.
+/// The newest base is never deleted, whatever its age. `bases` may come in
+/// any order; the answer is oldest first.
 pub fn to_prune(bases: &[ArchivedBase], retention: &RetentionSpec, now: i64) -> Vec<String> {
     let max_age = retention
         .max_age
@@ -122,13 +124,16 @@ pub fn to_prune(bases: &[ArchivedBase], retention: &RetentionSpec, now: i64) -> 
     newest_first
         .sort_by(|a, b| (b.created_at, b.index, &b.name).cmp(&(a.created_at, a.index, &a.name)));
     let keep = retention.keep.map(|k| k.max(1) as usize);
+    let too_old =
+        |base: &ArchivedBase| max_age.is_some_and(|age| now.saturating_sub(base.created_at) > age);
+    // The base a recovery to the window's oldest point starts from.
+    let window_base = newest_first.iter().position(|b| too_old(b));
     let mut out: Vec<&ArchivedBase> = newest_first
         .iter()
         .enumerate()
         .skip(1)
         .filter(|(i, base)| {
-            keep.is_some_and(|k| *i >= k)
-                || max_age.is_some_and(|age| now.saturating_sub(base.created_at) > age)
+            keep.is_some_and(|k| *i >= k) || (too_old(base) && Some(*i) != window_base)
         })
         .map(|(_, base)| *base)
         .collect();
@@ -788,8 +793,17 @@ mod tests {
             Vec::<String>::new()
         );
         assert_eq!(to_prune(&bases, &keep(Some(2), None), now), ["a", "b"]);
-        assert_eq!(to_prune(&bases, &keep(None, Some("15d")), now), ["a", "b"]);
+        // b (20 days old) is where a recovery to 15 days ago starts: kept.
+        assert_eq!(to_prune(&bases, &keep(None, Some("15d")), now), ["a"]);
+        assert_eq!(
+            to_prune(&bases, &keep(None, Some("50d")), now),
+            Vec::<String>::new()
+        );
         assert_eq!(to_prune(&bases, &keep(Some(3), Some("30d")), now), ["a"]);
+        assert_eq!(
+            to_prune(&bases, &keep(Some(2), Some("15d")), now),
+            ["a", "b"]
+        );
         // Everything is older than a day: only the newest stays.
         assert_eq!(
             to_prune(&bases, &keep(None, Some("1h")), now),

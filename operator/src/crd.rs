@@ -214,17 +214,24 @@ pub struct SecretName {
 
 /// Retention of base backups. After each completed backup, and
 /// periodically, the operator deletes the bases past `keep` (newest kept)
-/// and those older than `maxAge`; the newest base is never deleted. The
-/// server then drops the log no remaining base needs. Without either,
-/// everything is kept.
+/// and those older than `maxAge` but the newest of them (a recovery to
+/// any point within `maxAge` starts from it); the newest base is never
+/// deleted. `keep` counts every base in the archive: scheduled, asked for,
+/// and those each master takes on its own every 6 hours. The server then
+/// drops the log no remaining base needs. Without either, everything is
+/// kept.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionSpec {
-    /// How many bases to keep at most.
+    /// How many bases to keep at most, counting every base in the archive
+    /// (with the one each master takes every 6 hours, four a day): to keep
+    /// a span of time, use `maxAge`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub keep: Option<u32>,
-    /// How old a base may get (for example `30d`, `12h`).
+    /// How far back a recovery can go (for example `30d`, `12h`): bases
+    /// older than this are deleted, but for the newest of them, which a
+    /// recovery to the window's oldest point starts from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(m|h|d)$"))]
     pub max_age: Option<String>,
