@@ -558,6 +558,11 @@ pub async fn cluster_pass(
         match members.list_backups(via).await {
             Ok(listing) => {
                 record_listing(&mut status, &listing);
+                if let Some(e) = &listing.archive_error {
+                    // Continuous archiving stopped: no scheduled backup
+                    // may fail for a day to show it.
+                    problems.push(("ArchivingFailed", format!("archiving failed: {e}")));
+                }
                 let prune = to_prune(&listing.backups, &spec.retention, now.as_second());
                 let mut pruned = Vec::new();
                 for base in &prune {
@@ -601,9 +606,12 @@ pub async fn cluster_pass(
             true,
             "Archiving",
             &format!(
-                "archiving to {}; {} entries behind; last backup: {}",
+                "archiving to {}; {}; last backup: {}",
                 status.archive_url,
-                status.archive_lag.unwrap_or_default(),
+                status
+                    .archive_lag
+                    .map(|l| format!("{l} entries behind"))
+                    .unwrap_or_else(|| "lag not known yet".into()),
                 status
                     .last_successful_backup
                     .as_ref()
@@ -645,7 +653,7 @@ pub async fn cluster_pass(
 
 /// The archive's range and lag into the status.
 fn record_listing(status: &mut BackupStatus, listing: &ArchiveListing) {
-    status.archive_lag = Some(listing.archive_lag);
+    status.archive_lag = listing.archive_lag;
     status.first_recoverable = listing.recoverable.as_ref().map(|r| RecoverablePoint {
         revision: r.first.revision,
         time: unix(r.first.time),

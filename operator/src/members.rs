@@ -194,9 +194,14 @@ pub struct ArchiveListing {
     /// The last log index archived.
     #[serde(default)]
     pub archived_index: u64,
-    /// Log entries committed and not yet archived.
+    /// Log entries committed and not yet archived; only the master that
+    /// ships the log says (absent elsewhere, and while it has not
+    /// learned the archive's end).
     #[serde(default)]
-    pub archive_lag: u64,
+    pub archive_lag: Option<u64>,
+    /// The archiver's error, when its last round failed (the master only).
+    #[serde(default)]
+    pub archive_error: Option<String>,
 }
 
 impl MembersClient {

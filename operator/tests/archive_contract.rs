@@ -31,7 +31,7 @@ fn list(on_master: bool) -> BackupList {
         recoverable_ranges: vec![recoverable],
         archived_index: on_master.then_some(140),
         archive_lag: on_master.then_some(3),
-        archive_error: None,
+        archive_error: on_master.then(|| "PUT wal/...: access denied".into()),
     }
 }
 
@@ -53,7 +53,12 @@ fn the_servers_backup_answers_read_as_the_operators() {
         let r = read.recoverable.expect("recoverable");
         assert_eq!((r.first.revision, r.last.revision), (77, 90));
         assert_eq!(read.recoverable_ranges, vec![r]);
-        let expected = if on_master { (140, 3) } else { (0, 0) };
+        let expected = if on_master { (140, Some(3)) } else { (0, None) };
         assert_eq!((read.archived_index, read.archive_lag), expected);
+        assert_eq!(
+            read.archive_error.is_some(),
+            on_master,
+            "the archiver's error reaches the operator"
+        );
     }
 }

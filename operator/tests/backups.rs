@@ -44,6 +44,8 @@ struct Fake {
     taken: Mutex<Vec<Option<String>>>,
     /// Bases deleted.
     deleted: Mutex<Vec<String>>,
+    /// The archiver's last error, as the master reports it.
+    archive_error: Mutex<Option<String>>,
 }
 
 fn member(name: &str, master: bool) -> Value {
@@ -90,8 +92,10 @@ async fn fake_phxkv(fake: Arc<Fake>) -> String {
     }
     async fn list(State(f): State<Arc<Fake>>) -> Json<Value> {
         let bases = f.bases.lock().expect("lock").clone();
+        let archive_error = f.archive_error.lock().expect("lock").clone();
         Json(
             json!({"archive_url": "s3://backups/prod/db/kv", "backups": bases,
+                    "archive_error": archive_error,
                     "recoverable": {"first": {"revision": 3, "index": 30, "time": 1_767_225_600},
                                     "last": {"revision": 90, "index": 900, "time": 1_767_312_000}},
                     // A gap: revisions 41 to 59 were in segments lost.
@@ -474,8 +478,31 @@ async fn retention_deletes_the_bases_past_keep_and_max_age_but_never_the_newest(
             .any(|(r, n)| r == "BackupsPruned" && n.contains("b40, b20")),
         "{evs:?}"
     );
-    let (status, reason, _) = condition(&stored(&api), "BackupHealthy");
+    let (status, reason, message) = condition(&stored(&api), "BackupHealthy");
     assert_eq!((status.as_str(), reason.as_str()), ("True", "Archiving"));
+    assert!(message.contains("4 entries behind"), "{message}");
+
+    // Continuous archiving failing shows at once, not when a scheduled
+    // backup fails.
+    *fake.archive_error.lock().expect("lock") =
+        Some("PUT wal/000000000901: AccessDenied: access denied".into());
+    controller::reconcile(Arc::new(stored(&api)), ctx.clone())
+        .await
+        .expect("reconciled");
+    let (status, reason, message) = condition(&stored(&api), "BackupHealthy");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ArchivingFailed")
+    );
+    assert!(message.contains("AccessDenied"), "{message}");
+    assert!(
+        events(&api)
+            .iter()
+            .any(|(r, n)| r == "BackupUnhealthy" && n.contains("AccessDenied")),
+        "{:?}",
+        events(&api)
+    );
+    *fake.archive_error.lock().expect("lock") = None;
 
     // Tighter: keep 1 and a day; the newest stays even when it is old.
     *fake.bases.lock().expect("lock") = vec![base("old", 30), base("older", 60)];
