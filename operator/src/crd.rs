@@ -167,7 +167,7 @@ pub struct BackupSpec {
     /// month day-of-week), in UTC; for example `0 3 * * *`. Without it only
     /// the backups you create and the server's periodic bases are taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(regex(pattern = r"^\s*\S+(\s+\S+){4}\s*$"))]
     pub schedule: Option<String>,
     /// Which base backups to keep in the archive.
     #[serde(default)]
@@ -264,9 +264,14 @@ pub struct RecoverySpec {
     #[schemars(range(min = 1))]
     pub target_revision: Option<u64>,
     /// Recover up to this time (RFC 3339, for example
-    /// `2026-01-31T12:00:00Z`).
+    /// `2026-01-31T12:00:00Z`, or Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(
+            pattern = r"^([0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+        )
+    )]
     pub target_time: Option<String>,
 }
 
@@ -1303,6 +1308,43 @@ mod tests {
         crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
             ["storage"]
             .clone()
+    }
+
+    /// The `pattern` at `path` under `spec` in the generated CRD, compiled
+    /// as the API server would (both are RE2-like for these).
+    fn spec_pattern(path: &[&str]) -> regex::Regex {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(PaxosKV::crd()).expect("crd");
+        let mut at = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        for p in path {
+            at = &at["properties"][p];
+        }
+        let pattern = at["pattern"].as_str().expect("a pattern");
+        regex::Regex::new(pattern).expect("a pattern that compiles")
+    }
+
+    #[test]
+    fn schedules_and_target_times_are_refused_at_admission_when_malformed() {
+        let schedule = spec_pattern(&["backup", "schedule"]);
+        for good in ["0 3 * * *", "*/15 * * * *", "0 3 * * 1-5", "30 2 1 * *"] {
+            assert!(schedule.is_match(good), "{good}");
+        }
+        // Six fields (with seconds, as some other operators take) would
+        // otherwise stop the whole cluster's reconcile at the first pass.
+        for bad in ["0 0 3 * * *", "daily", "0 3 * *", ""] {
+            assert!(!schedule.is_match(bad), "{bad}");
+        }
+        let time = spec_pattern(&["bootstrap", "recovery", "targetTime"]);
+        for good in [
+            "2026-01-31T12:00:00Z",
+            "2026-01-31T12:00:00.250+01:00",
+            "1767225600",
+        ] {
+            assert!(time.is_match(good), "{good}");
+        }
+        for bad in ["2026-01-31 12:00", "yesterday", "2026-01-31", "12:00:00Z"] {
+            assert!(!time.is_match(bad), "{bad}");
+        }
     }
 
     fn rules(schema: &serde_json::Value) -> Vec<String> {
