@@ -224,12 +224,7 @@ async fn reconcile_unboxed(backup: Arc<PaxosKVBackup>, ctx: Arc<Context>) -> Res
     }
     let mut names = Names::of(&cluster);
     let Some(pod) = replica_to_ask(&pkv) else {
-        let waited = backup
-            .meta()
-            .creation_timestamp
-            .as_ref()
-            .map(|t| now.duration_since(t.0))
-            .unwrap_or(SignedDuration::ZERO);
+        let waited = waited(&backup, now);
         if waited.unsigned_abs() > PENDING_LIMIT {
             return fail(
                 &ctx,
@@ -322,6 +317,21 @@ async fn reconcile_unboxed(backup: Arc<PaxosKVBackup>, ctx: Arc<Context>) -> Res
             .await;
             Ok(Action::await_change())
         }
+        Err(MembersError::Refused { code, message, .. })
+            if code == "no_archive" && waited(&backup, now).unsigned_abs() <= PENDING_LIMIT =>
+        {
+            // spec.backup is set (checked above), so the replicas are
+            // still restarting, one at a time, to pick the archive up: a
+            // backup asked for as it was added waits for them, as for a
+            // master, instead of failing for a day's schedule.
+            status.phase = Some(BackupPhase::Pending);
+            status.message = Some(format!(
+                "waiting for the replicas of PaxosKV {cluster} to run with the archive \
+                 ({pod} said: {message})"
+            ));
+            write_status(&ctx, &backup, &status).await?;
+            Ok(Action::requeue(Duration::from_secs(15)))
+        }
         Err(e) if is_final(&e) || status.attempts >= MAX_ATTEMPTS => {
             fail(&ctx, &backup, status, now, &e.to_string()).await
         }
@@ -347,6 +357,16 @@ fn replica_to_ask(pkv: &PaxosKV) -> Option<String> {
             .find(|m| m.healthy && m.role == "voter")
             .map(|m| m.name.clone())
     })
+}
+
+/// How long `backup` has existed at `now`.
+fn waited(backup: &PaxosKVBackup, now: Timestamp) -> SignedDuration {
+    backup
+        .meta()
+        .creation_timestamp
+        .as_ref()
+        .map(|t| now.duration_since(t.0))
+        .unwrap_or(SignedDuration::ZERO)
 }
 
 /// An answer that trying again does not change: the request was refused

@@ -409,6 +409,34 @@ async fn a_backup_the_server_refuses_fails_once_with_the_reason_and_a_warning() 
         .expect("reconciled");
     assert_eq!(fake.taken.lock().expect("lock").len(), 1, "never re-run");
 
+    // Asked for as spec.backup was added, while the replicas still
+    // restart to pick the archive up: it waits, as for a master.
+    api.put(
+        &format!("{BACKUPS}/early"),
+        json!({"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKVBackup",
+               "metadata": {"name": "early", "namespace": "db", "uid": "uid-early",
+                            "creationTimestamp": k8s_openapi::jiff::Timestamp::now().to_string()},
+               "spec": {"cluster": "kv"}}),
+    );
+    let action = backup::reconcile(Arc::new(stored_backup(&api, "early")), ctx.clone())
+        .await
+        .expect("reconciled");
+    assert_ne!(action, Action::await_change());
+    let status = stored_backup(&api, "early").status.expect("status");
+    assert_eq!(
+        serde_json::to_value(status.phase).expect("phase"),
+        "Pending"
+    );
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("run with the archive") && message.contains("no archive configured"),
+        "{message}"
+    );
+    assert!(
+        !events(&api).iter().any(|(_, n)| n.contains("early")),
+        "no failure event while it waits"
+    );
+
     // A backup of a cluster that has no archive fails without asking.
     paxoskv(&api, json!({"replicas": 3}), running_status());
     let b = one_off(&api, "nowhere", "kv");
