@@ -561,7 +561,16 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
     }
 
     let switchover = switchover(ctx, pkv, &members, &view, &step).await;
-    let recovery = recovery(ctx, pkv, &ns, &names, &view, &mut bootstrap).await?;
+    let recovery = recovery(
+        ctx,
+        pkv,
+        &ns,
+        &names,
+        &view,
+        &mut bootstrap,
+        &pod_list.items,
+    )
+    .await?;
     let backups = crate::backup::cluster_pass(ctx, pkv, &ns, &members, &view).await;
 
     let mut status = status_of(pkv, &observed, &view, &step);
@@ -573,20 +582,19 @@ async fn reconcile_inner(pkv: &PaxosKV, ctx: &Context) -> Result<Action, Error> 
         .unwrap_or_default();
     if let Some(r) = recovery {
         let done = r.phase == RecoveryPhase::Recovered;
-        let message = format!("from {} to {}", r.source, r.target);
+        let message = match &r.failure {
+            Some(why) => why.clone(),
+            None => format!("from {} to {}", r.source, r.target),
+        };
+        let reason = match (done, &r.failure) {
+            (true, _) => "RestoredFromArchive",
+            (false, Some(_)) => "RestoreFailed",
+            (false, None) => "Restoring",
+        };
         status.conditions.push(stamp(
             &old_conditions,
             pkv.metadata.generation,
-            cond(
-                "Recovered",
-                done,
-                if done {
-                    "RestoredFromArchive"
-                } else {
-                    "Restoring"
-                },
-                &message,
-            ),
+            cond("Recovered", done, reason, &message),
         ));
         status.recovery = Some(r);
     }
@@ -651,11 +659,35 @@ async fn recovery(
     names: &Names,
     view: &ClusterView,
     bootstrap: &mut Bootstrap,
+    pods: &[Pod],
 ) -> Result<Option<RecoveryStatus>, Error> {
     let Some(record) = bootstrap.recovery.clone() else {
         return Ok(None);
     };
     let restoring = !record.restore_member.is_empty();
+    let failure = if restoring {
+        restore_failure(pods, &record.restore_member)
+    } else {
+        None
+    };
+    if let Some(why) = &failure {
+        let old = pkv
+            .status
+            .as_ref()
+            .and_then(|s| s.recovery.as_ref())
+            .and_then(|r| r.failure.as_deref());
+        if old != Some(why.as_str()) {
+            publish(
+                ctx,
+                pkv,
+                EventType::Warning,
+                "RestoreFailed",
+                "Recover",
+                why,
+            )
+            .await;
+        }
+    }
     if restoring && view.master.is_some() && !view.members.is_empty() {
         let mut done = bootstrap.clone();
         if let Some(r) = done.recovery.as_mut() {
@@ -695,7 +727,42 @@ async fn recovery(
         } else {
             RecoveryPhase::Restoring
         },
+        failure,
     }))
+}
+
+/// Why the restore in pod `member` failed, from its `restore` init
+/// container's status: it exited non-zero (now, or before the kubelet
+/// started it again). The message is the end of its output, which is
+/// where the CLI says what went wrong (a target before the first base, a
+/// wrong URL, refused credentials). `None` while it runs or succeeded.
+pub fn restore_failure(pods: &[Pod], member: &str) -> Option<String> {
+    let pod = pods.iter().find(|p| p.name_any() == member)?;
+    let status = pod
+        .status
+        .as_ref()?
+        .init_container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "restore")?;
+    let failed = |s: Option<&k8s_openapi::api::core::v1::ContainerState>| {
+        s.and_then(|s| s.terminated.as_ref())
+            .filter(|t| t.exit_code != 0)
+            .cloned()
+    };
+    let t = failed(status.state.as_ref()).or_else(|| failed(status.last_state.as_ref()))?;
+    let said = t
+        .message
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .and_then(|m| m.lines().last())
+        .unwrap_or("no output");
+    Some(format!(
+        "the restore in {member} failed (exit {}, {} restart(s)): {said}; fix spec.bootstrap.recovery \
+         or the archive, then delete and create the PaxosKV again (spec.bootstrap cannot change)",
+        t.exit_code, status.restart_count
+    ))
 }
 
 /// The `phxkv.io/switchover` annotation: moves mastership to the member it
@@ -1618,4 +1685,53 @@ pub(crate) async fn publish_to(
         tracing::warn!(error = %e, reason, "could not publish an event");
     }
     tracing::info!(reason, note, "event");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, restore: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"initContainerStatuses": [restore]},
+        }))
+        .expect("a pod")
+    }
+
+    #[test]
+    fn a_failed_restore_is_told_with_the_end_of_its_output() {
+        let crashed = pod(
+            "kv-0",
+            serde_json::json!({
+                "name": "restore", "image": "phxkv", "imageID": "", "ready": false,
+                "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 2,
+                    "message": "restoring from s3://b/p\nerror: --target-time 2020-01-01T00:00:00Z is before the first recoverable point\n"}},
+            }),
+        );
+        let why = restore_failure(std::slice::from_ref(&crashed), "kv-0").expect("failed");
+        assert!(
+            why.contains("exit 2, 3 restart(s)")
+                && why.contains("before the first recoverable point")
+                && !why.contains("restoring from"),
+            "{why}"
+        );
+        // Another pod's, a running one and a finished one say nothing.
+        assert_eq!(restore_failure(&[crashed], "kv-1"), None);
+        let running = pod(
+            "kv-0",
+            serde_json::json!({"name": "restore", "image": "phxkv", "imageID": "",
+                "ready": false, "restartCount": 0, "state": {"running": {}}}),
+        );
+        assert_eq!(restore_failure(&[running], "kv-0"), None);
+        let done = pod(
+            "kv-0",
+            serde_json::json!({"name": "restore", "image": "phxkv", "imageID": "",
+                "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0}}}),
+        );
+        assert_eq!(restore_failure(&[done], "kv-0"), None);
+    }
 }

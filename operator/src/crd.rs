@@ -925,6 +925,9 @@ pub struct RecoveryStatus {
     /// Restoring (the first replica restores and starts) or Recovered (it
     /// runs; the others join it).
     pub phase: RecoveryPhase,
+    /// Why the restore failed, while it does (the end of its output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// Where a recovery stands.

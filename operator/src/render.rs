@@ -848,6 +848,9 @@ fn restore_container(
     vars.extend(archive_env(&recovery.source));
     Container {
         name: "restore".into(),
+        // Its last lines (the CLI's one-line error) become the
+        // termination message the operator reports when it fails.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         image: Some(image(pkv, defaults)),
         image_pull_policy: pkv.spec.image_pull_policy.map(|p| format!("{p:?}")),
         args: Some(restore_args(pkv, names, recovery)),

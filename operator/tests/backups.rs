@@ -627,6 +627,48 @@ async fn a_recovered_cluster_starts_with_its_first_pod_restoring_alone() {
     assert_eq!((status.as_str(), reason.as_str()), ("False", "Restoring"));
     assert!(message.contains("s3://backups/prod/db/old") && message.contains("revision 40"));
 
+    // A restore that fails says why, in the condition and a Warning, and
+    // does not look like one in progress.
+    api.put(
+        &format!("{NS}/pods/kv-0"),
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "kv-0", "namespace": "db",
+                            "labels": {"app.kubernetes.io/name": "phxkv",
+                                       "app.kubernetes.io/instance": "kv"}},
+               "status": {"initContainerStatuses": [{
+                   "name": "restore", "image": "phxkv", "imageID": "", "ready": false,
+                   "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                   "lastState": {"terminated": {"exitCode": 4,
+                       "message": "error: s3://backups/prod/db/old: AccessDenied: access denied"}}}]}}),
+    );
+    controller::reconcile(Arc::new(stored(&api)), ctx.clone())
+        .await
+        .expect("reconciled");
+    let (status, reason, message) = condition(&stored(&api), "Recovered");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "RestoreFailed")
+    );
+    assert!(
+        message.contains("AccessDenied") && message.contains("delete and create"),
+        "{message}"
+    );
+    let warned = |api: &FakeApi| {
+        events(api)
+            .iter()
+            .filter(|(r, n)| r == "RestoreFailed" && n.contains("AccessDenied"))
+            .count()
+    };
+    assert_eq!(warned(&api), 1);
+    controller::reconcile(Arc::new(stored(&api)), ctx.clone())
+        .await
+        .expect("reconciled");
+    assert_eq!(
+        warned(&api),
+        1,
+        "one Warning for one failure, not one per pass"
+    );
+
     // The restored pod runs with a master: no pod restores from now on.
     running_cluster(&api);
     *fake.master.lock().expect("lock") = true;
