@@ -1346,13 +1346,8 @@ impl Node {
             peer_url.trim_end_matches('/')
         );
         let resp = self
-            .inner
-            .client
-            .get()
-            .get(&url)
-            .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
+            .peer_get(&url, ROLLBACK_CHECK_TIMEOUT)
             .header(wire::FEATURES_HEADER, wire::FEATURES)
-            .timeout(ROLLBACK_CHECK_TIMEOUT)
             .send()
             .await
             .map_err(short_error)?;
@@ -1375,16 +1370,21 @@ impl Node {
         self.inner.seen.lock().map(|s| s.of(id)).unwrap_or_default()
     }
 
+    /// A GET of a peer route, with the cluster token and a deadline.
+    fn peer_get(&self, url: &str, within: Duration) -> reqwest::RequestBuilder {
+        self.inner
+            .client
+            .get()
+            .get(url)
+            .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
+            .timeout(within)
+    }
+
     /// `GET /peer/v1/hello` on the node at `peer_url`.
     async fn hello_of(&self, peer_url: &str) -> Result<Hello, HelloError> {
         let url = format!("{}/peer/v1/hello", peer_url.trim_end_matches('/'));
         let resp = self
-            .inner
-            .client
-            .get()
-            .get(&url)
-            .header(reqwest::header::AUTHORIZATION, &self.inner.auth)
-            .timeout(Duration::from_secs(2))
+            .peer_get(&url, Duration::from_secs(2))
             .send()
             .await
             .map_err(|e| HelloError::Other(short_error(e)))?;

@@ -120,6 +120,22 @@ impl Mark {
         self.promised >= other.promised && self.accepted_to >= other.accepted_to
     }
 
+    /// The durable fact a message states about its sender: a `Promise`'s
+    /// ballot, an `Accepted`'s highest index; `None` for the others.
+    pub fn told_by(msg: &Message) -> Option<Mark> {
+        match msg {
+            Message::Promise { ballot, .. } => Some(Mark {
+                promised: *ballot,
+                accepted_to: 0,
+            }),
+            Message::Accepted { indexes, .. } => Some(Mark {
+                promised: Ballot::ZERO,
+                accepted_to: indexes.iter().copied().max().unwrap_or(0),
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether nothing was ever promised or held.
     pub fn is_zero(&self) -> bool {
         *self == Mark::default()
@@ -162,18 +178,9 @@ struct SeenFile {
 impl Seen {
     /// Takes note of a message `from` sent, if it states a durable fact.
     pub fn observe(&mut self, from: NodeId, msg: &Message) {
-        let mark = match msg {
-            Message::Promise { ballot, .. } => Mark {
-                promised: *ballot,
-                accepted_to: 0,
-            },
-            Message::Accepted { indexes, .. } => Mark {
-                promised: Ballot::ZERO,
-                accepted_to: indexes.iter().copied().max().unwrap_or(0),
-            },
-            _ => return,
-        };
-        self.raise(from, mark);
+        if let Some(mark) = Mark::told_by(msg) {
+            self.raise(from, mark);
+        }
     }
 
     /// Takes note of the mark `from` stated.

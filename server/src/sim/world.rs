@@ -18,7 +18,7 @@ use super::lincheck::{KvCall, KvReturn, Operation};
 use crate::auth::{AuthChange, Permission, TokenRecord};
 use crate::kv::lease::Gate;
 use crate::kv::{Expect, LeaseOp, LeaseTimers, Op, OpResult, Store, StoreSnapshot};
-use crate::node::rollback::{Mark, Seen};
+use crate::node::rollback::Mark;
 use crate::paxos::{
     Ballot, Command, ConfChange, EngineConfig, Envelope, Index, Member, Membership, NodeId,
     ProposeError, ReadMode, Replica, RequestId, Role, SnapshotMeta, Value,
@@ -842,16 +842,14 @@ impl World {
                 .into_iter()
                 .partition(|env| env.msg.may_precede_persist());
             ready.messages = late;
-            let me = self.nodes[i].id;
-            let mut told = Seen::default();
             for env in early {
-                told.observe(me, &env.msg);
+                // None of these states an acceptor fact today; if one ever
+                // did, a crash right here must still find it on disk.
+                if let Some(m) = Mark::told_by(&env.msg) {
+                    self.nodes[i].told = self.nodes[i].told.max(m);
+                }
                 self.send(env);
             }
-            // None of these states an acceptor fact today; if one ever
-            // did, a crash right here must still find it on disk.
-            let node = &mut self.nodes[i];
-            node.told = node.told.max(told.of(me));
             if crash_point == Some(CrashPoint::BeforePersist) {
                 self.crash_points += 1;
                 self.note(format!(
@@ -866,14 +864,15 @@ impl World {
         }
         // What a node states once its records are synced, and what its
         // acceptor messages (all of which leave after that) tell.
-        let mut told = Seen::default();
-        let me = self.nodes[i].id;
-        for env in &ready.messages {
-            told.observe(me, &env.msg);
-        }
         let node = &mut self.nodes[i];
         node.told.raise_by(&ready.persist);
-        node.told = node.told.max(told.of(me));
+        for m in ready
+            .messages
+            .iter()
+            .filter_map(|env| Mark::told_by(&env.msg))
+        {
+            node.told = node.told.max(m);
+        }
         if crash_point == Some(CrashPoint::AfterPersist) && !ready.persist.is_empty() {
             self.crash_points += 1;
             self.note(format!(
@@ -884,6 +883,7 @@ impl World {
         }
         // A replica's messages to itself are its own votes: handed back once
         // the records are durable, never through the (lossy) network.
+        let me = self.nodes[i].id;
         let (own, others): (Vec<_>, Vec<_>) =
             ready.messages.into_iter().partition(|env| env.to == me);
         for env in others {
