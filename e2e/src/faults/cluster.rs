@@ -245,6 +245,60 @@ impl Cluster {
         }
     }
 
+    /// Copies node `i`'s data directory (the node must be stopped, so the
+    /// copy is what a volume snapshot taken at that moment would hold) and
+    /// returns where the copy is.
+    pub fn copy_volume(&self, i: usize) -> std::io::Result<PathBuf> {
+        let copy = self.dir.join(format!("{}.copy", self.nodes[i].name));
+        match std::fs::remove_dir_all(&copy) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        copy_dir(&self.nodes[i].data_dir, &copy)?;
+        Ok(copy)
+    }
+
+    /// Kills node `i` and puts `copy` back in place of its data directory:
+    /// a volume restored from an older snapshot.
+    pub fn put_back(&mut self, i: usize, copy: &Path) -> std::io::Result<()> {
+        self.wipe(i)?;
+        std::fs::rename(copy, &self.nodes[i].data_dir)
+    }
+
+    /// Waits up to `within` for node `i`'s process to end on its own; its
+    /// exit status if it did (-1 for a signal), `None` if it still runs.
+    pub async fn exit_within(&mut self, i: usize, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            let child = self.nodes[i].child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.nodes[i].child = None;
+                self.nodes[i].paused = false;
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The highest commit index any running node reports.
+    pub async fn commit_index(&self) -> u64 {
+        let mut highest = 0;
+        for i in 0..self.nodes.len() {
+            if let Some(info) = self.info(i).await {
+                highest = highest.max(info["commit_index"].as_u64().unwrap_or(0));
+            }
+        }
+        highest
+    }
+
+    /// Node `i`'s applied index, if it answers.
+    pub async fn applied(&self, i: usize) -> Option<u64> {
+        self.info(i).await?["applied_index"].as_u64()
+    }
+
     /// `GET /v1/cluster` on node `i`.
     pub async fn info(&self, i: usize) -> Option<Value> {
         if !self.up(i) {
@@ -448,6 +502,21 @@ impl Cluster {
             self.kill(i);
         }
     }
+}
+
+/// Copies the directory tree at `from` to `to`.
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// A client for the nodes' client ports: never through a proxy, and with

@@ -34,8 +34,9 @@ use cluster::Cluster;
 use nemesis::Fault;
 
 /// Fault injection against real phxkv processes: kill -9, SIGSTOP,
-/// partitions, lost volumes and membership changes under concurrent
-/// clients; every history is checked for linearizability.
+/// partitions, lost volumes, membership changes and volumes put back from
+/// an older copy, under concurrent clients; every history is checked for
+/// linearizability.
 #[derive(Parser, Debug)]
 #[command(name = "phxkv-faults", version)]
 struct Args {
@@ -161,11 +162,17 @@ async fn run(args: &Args, bin: &std::path::Path, seed: u64, dir: PathBuf) -> Run
         })
         .collect();
     let mut rng = SmallRng::seed_from_u64(seed);
+    let mut nemesis_failure = None;
     tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
     while Instant::now() + Duration::from_secs(2) < until {
         let kind = faults[rng.random_range(0..faults.len())];
-        let what = nemesis::inject(&mut c, &mut rng, kind).await;
-        result.faults.push(what);
+        match nemesis::inject(&mut c, &mut rng, kind).await {
+            Ok(what) => result.faults.push(what),
+            Err(wrong) => {
+                result.faults.push(wrong.clone());
+                nemesis_failure.get_or_insert(format!("UNSAFE: {wrong}"));
+            }
+        }
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..2000))).await;
     }
     for h in clients {
@@ -214,6 +221,11 @@ async fn run(args: &Args, bin: &std::path::Path, seed: u64, dir: PathBuf) -> Run
         }
     }
     c.stop_all();
+    // A fault the system got wrong fails the run even when the history
+    // passed.
+    if result.failure.is_none() {
+        result.failure = nemesis_failure;
+    }
     result
 }
 
@@ -309,7 +321,7 @@ async fn main() -> ExitCode {
         let verdict = match &result.failure {
             None => "linearizable".to_string(),
             Some(f) => {
-                if f.starts_with("NOT LINEARIZABLE") {
+                if f.starts_with("NOT LINEARIZABLE") || f.starts_with("UNSAFE") {
                     anomalies += 1;
                 } else {
                     failed += 1;
