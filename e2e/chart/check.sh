@@ -313,6 +313,8 @@ expect_rejected "at '/cluster/backup/destination/url': value must be 'an archive
     --set cluster.backup.destination.url=https://bucket.example
 expect_rejected "at '/cluster/backup/retention/maxAge': value must be 'an age such as 30d" \
     --set cluster.backup.retention.maxAge=1y
+expect_rejected "at '/cluster/backup/retention/maxAge': value must be 'an age such as 30d" \
+    --set cluster.backup.retention.maxAge=0d
 expect_rejected "at '/cluster/backup/retention/keep': minimum" --set cluster.backup.retention.keep=-1
 expect_rejected "at '/image/pullPolicy': value must be one of" --set image.pullPolicy=Sometimes
 expect_rejected "at '/operator/leaderElection/leaseDuration': value must be 'whole seconds" \

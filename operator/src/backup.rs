@@ -72,6 +72,12 @@ pub fn parse_age(age: &str) -> Result<Duration, String> {
         'd' => 86_400,
         _ => return Err(bad()),
     };
+    if n == 0 {
+        return Err(format!(
+            "{age:?} would delete every base but the newest, leaving no recovery window; \
+             give an age such as 30d, 12h or 90m"
+        ));
+    }
     Ok(Duration::from_secs(n.saturating_mul(secs)))
 }
 
@@ -222,50 +228,14 @@ async fn reconcile_unboxed(backup: Arc<PaxosKVBackup>, ctx: Arc<Context>) -> Res
     if let Some(message) = refusal {
         return fail(&ctx, &backup, status, now, &message).await;
     }
-    let mut names = Names::of(&cluster);
     let Some(pod) = replica_to_ask(&pkv) else {
-        let waited = waited(&backup, now);
-        if waited.unsigned_abs() > PENDING_LIMIT {
-            return fail(
-                &ctx,
-                &backup,
-                status,
-                now,
-                &format!(
-                    "PaxosKV {cluster} has had no master for {}s",
-                    waited.as_secs()
-                ),
-            )
-            .await;
-        }
-        status.phase = Some(BackupPhase::Pending);
-        status.message = Some(format!("waiting for PaxosKV {cluster} to have a master"));
-        write_status(&ctx, &backup, &status).await?;
-        return Ok(Action::requeue(Duration::from_secs(15)));
+        let why = format!("waiting for PaxosKV {cluster} to have a master");
+        return wait_or_fail(&ctx, &backup, status, now, why).await;
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let token = secrets
-        .get_opt(&names.token)
-        .await?
-        .and_then(|s| s.data)
-        .and_then(|d| d.get(TOKEN_KEY).cloned())
-        .and_then(|b| String::from_utf8(b.0).ok())
-        .map(|t| t.trim().to_string())
-        .filter(|t| t.len() >= 16)
-        .ok_or_else(|| Error::BadToken(names.token.clone()))?;
-    // A TLS cluster has its certificate Secret, with the CA to trust; a
-    // plain one (or one whose certificate cert-manager has yet to write,
-    // and whose replicas cannot run yet either) has none.
-    let tls = secrets
-        .get_opt(&names.tls)
-        .await?
-        .and_then(|s| crate::certs::ClusterTls::from_secret(&s));
-    let http = match &tls {
-        Some(tls) => {
-            names = Names::with_transport(&cluster, &ns, Transport::Tls);
-            tls.http_client()?
-        }
-        None => ctx.http.clone(),
+    let (names, http, token) = match access(&ctx, &secrets, &cluster, &ns).await? {
+        Ok(access) => access,
+        Err(why) => return wait_or_fail(&ctx, &backup, status, now, why).await,
     };
 
     // Running is written before the long call: a restarted operator sees
@@ -317,20 +287,16 @@ async fn reconcile_unboxed(backup: Arc<PaxosKVBackup>, ctx: Arc<Context>) -> Res
             .await;
             Ok(Action::await_change())
         }
-        Err(MembersError::Refused { code, message, .. })
-            if code == "no_archive" && waited(&backup, now).unsigned_abs() <= PENDING_LIMIT =>
-        {
+        Err(MembersError::Refused { code, message, .. }) if code == "no_archive" => {
             // spec.backup is set (checked above), so the replicas are
             // still restarting, one at a time, to pick the archive up: a
             // backup asked for as it was added waits for them, as for a
             // master, instead of failing for a day's schedule.
-            status.phase = Some(BackupPhase::Pending);
-            status.message = Some(format!(
+            let why = format!(
                 "waiting for the replicas of PaxosKV {cluster} to run with the archive \
                  ({pod} said: {message})"
-            ));
-            write_status(&ctx, &backup, &status).await?;
-            Ok(Action::requeue(Duration::from_secs(15)))
+            );
+            wait_or_fail(&ctx, &backup, status, now, why).await
         }
         Err(e) if is_final(&e) || status.attempts >= MAX_ATTEMPTS => {
             fail(&ctx, &backup, status, now, &e.to_string()).await
@@ -344,6 +310,73 @@ async fn reconcile_unboxed(backup: Arc<PaxosKVBackup>, ctx: Arc<Context>) -> Res
             Ok(Action::requeue(Duration::from_secs(30)))
         }
     }
+}
+
+/// How to reach the replicas of `cluster`: their names for this
+/// transport, an HTTP client trusting their CA (with TLS) and the cluster
+/// token; or what is missing, as a sentence (the operator writes the
+/// Secrets as it reconciles the cluster, so a backup asked for at once
+/// may come before them).
+async fn access(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    cluster: &str,
+    ns: &str,
+) -> Result<Result<(Names, reqwest::Client, String), String>, Error> {
+    let names = Names::of(cluster);
+    let token = secrets
+        .get_opt(&names.token)
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(TOKEN_KEY).cloned())
+        .and_then(|b| String::from_utf8(b.0).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| t.len() >= 16);
+    let Some(token) = token else {
+        return Ok(Err(format!(
+            "waiting for Secret {} to hold the cluster token (key {TOKEN_KEY}, at least 16 \
+             characters)",
+            names.token
+        )));
+    };
+    // A TLS cluster has its certificate Secret, with the CA to trust; a
+    // plain one (or one whose certificate cert-manager has yet to write,
+    // and whose replicas cannot run yet either) has none.
+    let tls = secrets
+        .get_opt(&names.tls)
+        .await?
+        .and_then(|s| crate::certs::ClusterTls::from_secret(&s));
+    Ok(match &tls {
+        Some(tls) => match tls.http_client() {
+            Ok(http) => Ok((
+                Names::with_transport(cluster, ns, Transport::Tls),
+                http,
+                token,
+            )),
+            Err(e) => Err(format!("waiting for a usable Secret {}: {e}", names.tls)),
+        },
+        None => Ok((names, ctx.http.clone(), token)),
+    })
+}
+
+/// Leaves `backup` Pending with `why`, to look again in a while; fails it
+/// once it has waited [`PENDING_LIMIT`].
+async fn wait_or_fail(
+    ctx: &Context,
+    backup: &PaxosKVBackup,
+    mut status: PaxosKVBackupStatus,
+    now: Timestamp,
+    why: String,
+) -> Result<Action, Error> {
+    let waited = waited(backup, now);
+    if waited.unsigned_abs() > PENDING_LIMIT {
+        let message = format!("gave up after {}s: {why}", waited.as_secs());
+        return fail(ctx, backup, status, now, &message).await;
+    }
+    status.phase = Some(BackupPhase::Pending);
+    status.message = Some(why);
+    write_status(ctx, backup, &status).await?;
+    Ok(Action::requeue(Duration::from_secs(15)))
 }
 
 /// A replica of `pkv` to ask: its master, else a healthy member, as its
@@ -797,7 +830,7 @@ mod tests {
         assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
         assert_eq!(parse_age("90m"), Ok(Duration::from_secs(90 * 60)));
-        for bad in ["", "d", "3w", "-1d", "1.5h"] {
+        for bad in ["", "d", "3w", "-1d", "1.5h", "0m", "00d"] {
             assert!(parse_age(bad).is_err(), "{bad}");
         }
     }

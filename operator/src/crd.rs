@@ -229,11 +229,11 @@ pub struct RetentionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub keep: Option<u32>,
-    /// How far back a recovery can go (for example `30d`, `12h`): bases
-    /// older than this are deleted, but for the newest of them, which a
-    /// recovery to the window's oldest point starts from.
+    /// How far back a recovery can go (for example `30d`, `12h`; not
+    /// zero): bases older than this are deleted, but for the newest of
+    /// them, which a recovery to the window's oldest point starts from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(m|h|d)$"))]
+    #[schemars(regex(pattern = r"^0*[1-9][0-9]*(m|h|d)$"))]
     pub max_age: Option<String>,
 }
 
@@ -1327,7 +1327,7 @@ mod tests {
     }
 
     #[test]
-    fn schedules_and_target_times_are_refused_at_admission_when_malformed() {
+    fn schedules_target_times_and_ages_are_refused_at_admission_when_malformed() {
         let schedule = spec_pattern(&["backup", "schedule"]);
         for good in ["0 3 * * *", "*/15 * * * *", "0 3 * * 1-5", "30 2 1 * *"] {
             assert!(schedule.is_match(good), "{good}");
@@ -1347,6 +1347,14 @@ mod tests {
         }
         for bad in ["2026-01-31 12:00", "yesterday", "2026-01-31", "12:00:00Z"] {
             assert!(!time.is_match(bad), "{bad}");
+        }
+        // A zero age would delete every base but the newest: no window.
+        let age = spec_pattern(&["backup", "retention", "maxAge"]);
+        for good in ["30d", "12h", "90m", "1m", "010d"] {
+            assert!(age.is_match(good), "{good}");
+        }
+        for bad in ["0m", "00d", "0h", "1y", "d", "", "1.5h"] {
+            assert!(!age.is_match(bad), "{bad}");
         }
     }
 

@@ -366,6 +366,77 @@ async fn a_backup_completes_once_with_its_result_and_an_event() {
 }
 
 #[tokio::test]
+async fn a_backup_waits_pending_for_a_usable_token_secret_and_says_which() {
+    let api = FakeApi::new();
+    let fake = Arc::new(Fake::default());
+    *fake.backup_answer.lock().expect("lock") = Some((
+        201,
+        json!({"name": "00000000000000012345-1767312000", "revision": 123, "index": 12345,
+               "created_at": 1_767_312_000, "bytes": 4096}),
+    ));
+    let ctx = context(api.client("db"), fake_phxkv(fake.clone()).await);
+    running_cluster(&api);
+    paxoskv(&api, backup_spec(), running_status());
+    // A token too short to be the operator's (as if edited by hand).
+    api.put(
+        &format!("{NS}/secrets/kv-token"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kv-token"},
+               "data": {"token": "c2hvcnQ="}}),
+    );
+    api.put(
+        &format!("{BACKUPS}/early"),
+        json!({"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKVBackup",
+               "metadata": {"name": "early", "namespace": "db", "uid": "uid-early",
+                            "creationTimestamp": k8s_openapi::jiff::Timestamp::now().to_string()},
+               "spec": {"cluster": "kv"}}),
+    );
+    let action = backup::reconcile(Arc::new(stored_backup(&api, "early")), ctx.clone())
+        .await
+        .expect("a missing token is a wait, not an error retried without a status");
+    assert_ne!(action, Action::await_change());
+    let status = stored_backup(&api, "early").status.expect("status");
+    assert_eq!(
+        serde_json::to_value(status.phase).expect("phase"),
+        "Pending"
+    );
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("Secret kv-token") && message.contains("token"),
+        "{message}"
+    );
+    assert!(fake.taken.lock().expect("lock").is_empty(), "nothing asked");
+
+    // Once the Secret is right, the backup runs.
+    running_cluster(&api);
+    backup::reconcile(Arc::new(stored_backup(&api, "early")), ctx.clone())
+        .await
+        .expect("reconciled");
+    let status = stored_backup(&api, "early").status.expect("status");
+    assert_eq!(
+        serde_json::to_value(status.phase).expect("phase"),
+        "Completed"
+    );
+
+    // One that has waited past the limit fails, saying for what.
+    api.put(
+        &format!("{NS}/secrets/kv-token"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kv-token"},
+               "data": {}}),
+    );
+    let late = one_off(&api, "late", "kv");
+    backup::reconcile(Arc::new(late), ctx)
+        .await
+        .expect("reconciled");
+    let status = stored_backup(&api, "late").status.expect("status");
+    assert_eq!(serde_json::to_value(status.phase).expect("phase"), "Failed");
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.starts_with("gave up after") && message.contains("Secret kv-token"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn a_backup_the_server_refuses_fails_once_with_the_reason_and_a_warning() {
     let api = FakeApi::new();
     let fake = Arc::new(Fake::default());
