@@ -105,9 +105,10 @@ pub const RULES: &[Rule] = &[
         Scope::Watched,
         "phxkv.io",
         "paxoskvbackups",
-        &["list", "watch", "create"],
+        &["list", "watch", "create", "delete"],
         "the backup controller's watch and the owned-backup watch; backup::cluster_pass lists a \
-         cluster's backups and creates the scheduled ones",
+         cluster's backups, creates the scheduled ones and deletes those of pruned bases and old \
+         failures (backup::to_forget)",
     ),
     rule(
         Scope::Watched,

@@ -43,6 +43,9 @@ pub const MAX_ATTEMPTS: u32 = 5;
 /// How long a backup may wait for its cluster to have a master before it
 /// fails.
 pub const PENDING_LIMIT: Duration = Duration::from_secs(3600);
+/// Failed scheduled backups kept as a record; older ones are deleted, so
+/// that a schedule failing every day does not pile up objects.
+pub const FAILED_SCHEDULED_KEPT: usize = 3;
 /// Most occurrences of a schedule looked at in one computation.
 const SCHEDULE_SEARCH: usize = 100_000;
 
@@ -169,6 +172,58 @@ pub fn scheduled_backup(pkv: &PaxosKV, fire: Timestamp) -> PaxosKVBackup {
         spec: PaxosKVBackupSpec { cluster: name },
         status: None,
     }
+}
+
+/// The `PaxosKVBackup`s of `pkv` that its schedule created (labelled and
+/// owned by it) and that are no longer worth keeping: those Completed
+/// whose base retention deleted (`pruned`: bases deleted by this pass, so
+/// one completed since the archive was listed is never taken for pruned),
+/// and Failed ones past the [`FAILED_SCHEDULED_KEPT`] newest. Backups a
+/// person created are theirs to delete.
+pub fn to_forget(pkv: &PaxosKV, backups: &[PaxosKVBackup], pruned: &[String]) -> Vec<String> {
+    let name = pkv.name_any();
+    let uid = pkv.uid();
+    let scheduled = |b: &&PaxosKVBackup| {
+        b.labels().get(CLUSTER_LABEL) == Some(&name)
+            && b.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+    };
+    let phase = |b: &PaxosKVBackup| b.status.as_ref().and_then(|s| s.phase);
+    let mut out: Vec<String> = backups
+        .iter()
+        .filter(scheduled)
+        .filter(|b| phase(b) == Some(BackupPhase::Completed))
+        .filter(|b| {
+            b.status
+                .as_ref()
+                .and_then(|s| s.backup_name.as_ref())
+                .is_some_and(|base| pruned.contains(base))
+        })
+        .map(ResourceExt::name_any)
+        .collect();
+    let mut failed: Vec<&PaxosKVBackup> = backups
+        .iter()
+        .filter(scheduled)
+        .filter(|b| phase(b) == Some(BackupPhase::Failed))
+        .collect();
+    // Newest first; the name (the fire time) breaks ties.
+    failed.sort_by_key(|b| {
+        std::cmp::Reverse((
+            b.status
+                .as_ref()
+                .and_then(|s| s.completed_at.as_ref())
+                .map(|t| t.0),
+            b.name_any(),
+        ))
+    });
+    out.extend(
+        failed
+            .iter()
+            .skip(FAILED_SCHEDULED_KEPT)
+            .map(|b| b.name_any()),
+    );
+    out
 }
 
 // --- one PaxosKVBackup ------------------------------------------------------
@@ -505,6 +560,7 @@ pub async fn cluster_pass(
     let mut next = None;
 
     let api: Api<PaxosKVBackup> = Api::namespaced(ctx.client.clone(), ns);
+    let mut listed = None;
     match api.list(&ListParams::default()).await {
         Ok(list) => {
             let ours: Vec<&PaxosKVBackup> = list
@@ -602,11 +658,13 @@ pub async fn cluster_pass(
                     Err(e) => problems.push(("InvalidSchedule", e)),
                 }
             }
+            listed = Some(list.items);
         }
         Err(e) => problems.push(("ScheduleFailed", format!("listing PaxosKVBackups: {e}"))),
     }
 
     // The archive, through a replica, once there is a master to ask.
+    let mut pruned = Vec::new();
     if let (Some(_), Some(via)) = (&view.master, view.via()) {
         match members.list_backups(via).await {
             Ok(listing) => {
@@ -617,7 +675,6 @@ pub async fn cluster_pass(
                     problems.push(("ArchivingFailed", format!("archiving failed: {e}")));
                 }
                 let prune = to_prune(&listing.backups, &spec.retention, now.as_second());
-                let mut pruned = Vec::new();
                 for base in &prune {
                     match members.delete_backup(via, base).await {
                         Ok(()) => pruned.push(base.clone()),
@@ -650,6 +707,24 @@ pub async fn cluster_pass(
                     .into(),
             )),
             Err(e) => problems.push(("ArchiveUnavailable", format!("listing the archive: {e}"))),
+        }
+    }
+
+    // The schedule's own records of what no longer exists, and of old
+    // failures: without this they would grow by one a fire time, forever.
+    if let Some(backups) = &listed {
+        for gone in to_forget(pkv, backups, &pruned) {
+            match api.delete(&gone, &Default::default()).await {
+                Ok(_) => {
+                    tracing::info!(paxoskvbackup = %gone, "deleted a scheduled backup's record")
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => tracing::warn!(
+                    paxoskvbackup = %gone,
+                    error = %e,
+                    "could not delete a scheduled backup's record"
+                ),
+            }
         }
     }
 

@@ -144,9 +144,28 @@ async fn the_access_table_lists_exactly_the_calls_the_operator_makes() {
         &format!("{PKVS}/kv"),
         serde_json::to_value(&kv).expect("pkv"),
     );
+    // More failed scheduled backups than are kept: the oldest is deleted.
+    for n in 1..=backup::FAILED_SCHEDULED_KEPT + 1 {
+        api.put(
+            &format!("{BACKUPS}/kv-failed-{n}"),
+            json!({"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKVBackup",
+                   "metadata": {"name": format!("kv-failed-{n}"), "namespace": "db",
+                                "labels": {"phxkv.io/cluster": "kv"},
+                                "ownerReferences": [{"apiVersion": "phxkv.io/v1alpha1",
+                                    "kind": "PaxosKV", "name": "kv", "uid": "uid-kv",
+                                    "controller": true}]},
+                   "spec": {"cluster": "kv"},
+                   "status": {"phase": "Failed",
+                              "completedAt": format!("2026-01-0{n}T00:00:00Z")}}),
+        );
+    }
     controller::reconcile(Arc::new(kv), ctx.clone())
         .await
         .expect("reconciled a new cluster");
+    assert!(
+        api.get(&format!("{BACKUPS}/kv-failed-1")).is_none(),
+        "the oldest failed scheduled backup was deleted"
+    );
 
     assert!(
         api.log()

@@ -536,6 +536,34 @@ async fn a_backup_the_server_refuses_fails_once_with_the_reason_and_a_warning() 
     assert_eq!(status.attempts, 1);
 }
 
+/// A finished `PaxosKVBackup` of cluster kv, `days_ago` old; `scheduled`
+/// ones carry the schedule's label and owner.
+fn record(
+    api: &FakeApi,
+    name: &str,
+    scheduled: bool,
+    phase: &str,
+    base: Option<&str>,
+    days_ago: i64,
+) {
+    let done = k8s_openapi::jiff::Timestamp::now().as_second() - days_ago * 86_400;
+    let done = k8s_openapi::jiff::Timestamp::from_second(done)
+        .expect("a time")
+        .to_string();
+    let mut metadata = json!({"name": name, "namespace": "db", "uid": format!("uid-{name}")});
+    if scheduled {
+        metadata["labels"] = json!({"phxkv.io/cluster": "kv"});
+        metadata["ownerReferences"] = json!([{"apiVersion": "phxkv.io/v1alpha1",
+            "kind": "PaxosKV", "name": "kv", "uid": "0000-1111", "controller": true}]);
+    }
+    api.put(
+        &format!("{BACKUPS}/{name}"),
+        json!({"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKVBackup",
+               "metadata": metadata, "spec": {"cluster": "kv"},
+               "status": {"phase": phase, "backupName": base, "completedAt": done}}),
+    );
+}
+
 fn base(name: &str, days_ago: i64) -> Value {
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
     json!({"name": name, "revision": 100 - days_ago, "index": 1000 - days_ago,
@@ -563,6 +591,21 @@ async fn retention_deletes_the_bases_past_keep_and_max_age_but_never_the_newest(
                "retention": {"keep": 4, "maxAge": "15d"}}}),
         json!({}),
     );
+    // The records: scheduled ones of the bases retention deletes and
+    // keeps, one a person made, and five older scheduled failures.
+    record(&api, "kv-sched-b40", true, "Completed", Some("b40"), 40);
+    record(&api, "kv-sched-b9", true, "Completed", Some("b9"), 9);
+    record(&api, "by-hand-b20", false, "Completed", Some("b20"), 20);
+    for n in 1..=5 {
+        record(
+            &api,
+            &format!("kv-failed-{n}"),
+            true,
+            "Failed",
+            None,
+            40 + n,
+        );
+    }
     controller::reconcile(Arc::new(stored(&api)), ctx.clone())
         .await
         .expect("reconciled");
@@ -570,6 +613,21 @@ async fn retention_deletes_the_bases_past_keep_and_max_age_but_never_the_newest(
         fake.deleted.lock().expect("lock").as_slice(),
         ["b40", "b20"],
         "past the 4 newest: b9 is kept (9 days < 15), b40 and b20 go"
+    );
+    let left = |name: &str| api.get(&format!("{BACKUPS}/{name}")).is_some();
+    assert!(
+        !left("kv-sched-b40"),
+        "the schedule's record of a deleted base goes"
+    );
+    assert!(left("kv-sched-b9"), "a kept base keeps its record");
+    assert!(left("by-hand-b20"), "what a person created stays theirs");
+    assert!(
+        left("kv-failed-1") && left("kv-failed-2") && left("kv-failed-3"),
+        "the three newest failures stay"
+    );
+    assert!(
+        !left("kv-failed-4") && !left("kv-failed-5"),
+        "older failures go"
     );
     let evs = events(&api);
     assert!(
