@@ -185,3 +185,35 @@ async fn a_replica_whose_directory_went_back_in_time_refuses_to_start() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A replica told to stop writes what it saw its peers acknowledge on the
+/// way out, not only every digest round: after a rolling restart, a peer
+/// put back on a copy only moments old is judged against that file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_stops_keeps_what_its_peers_acknowledged_up_to_the_end() {
+    let mut c = Cluster::start(3, &[]).await;
+    let m = c.wait_for_master(Duration::from_secs(20)).await;
+    let f = (m + 1) % 3;
+    let f_id = c.cluster_info(f).await.expect("F answers")["node_id"]
+        .as_str()
+        .expect("a node id")
+        .to_string();
+    write_all(&c, m, 0..40).await;
+    applied(&c, f, 39).await;
+    let held = c.cluster_info(f).await.expect("F answers")["applied_index"]
+        .as_u64()
+        .expect("an applied index");
+    // F's `accepted` for what it applied is on its way to the master.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = c.terminate(m);
+    assert!(status.success(), "{}", c.log_of(m));
+    let path = c.procs[m].data_dir.join("acknowledged.json");
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("the record")).expect("JSON");
+    let seen = file["marks"][&f_id]["accepted_to"].as_u64().unwrap_or(0);
+    assert!(
+        seen >= held,
+        "the master's record of F ends at index {seen}, before the {held} F held when the \
+         master stopped: {file}"
+    );
+}

@@ -1477,12 +1477,28 @@ impl Node {
         self.inner.closing.subscribe()
     }
 
-    /// Stops the driver thread after its current turn.
+    /// Stops the driver thread after its current turn, then writes what
+    /// peers were seen to acknowledge: the digest rounds write it at most
+    /// every few seconds, and a peer put back on an older copy while this
+    /// replica restarts is judged against this file alone.
     pub fn shutdown(&self) {
         let _ = self.inner.inputs.try_send(Input::Shutdown);
         let handle = self.inner.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(h) = handle {
             let _ = h.join();
+        }
+        let bytes = match self.inner.seen.lock() {
+            Ok(s) if s.changes() > 0 => s.to_file(),
+            _ => return,
+        };
+        if let Err(e) =
+            crate::storage::replace_file(&self.inner.cfg.data_dir, rollback::SEEN_FILE, &bytes)
+        {
+            tracing::warn!(
+                error = %e,
+                "cannot keep the record of what peers acknowledged ({}) on the way out",
+                rollback::SEEN_FILE
+            );
         }
     }
 

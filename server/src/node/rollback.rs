@@ -51,8 +51,8 @@
 //! sent and every mark it stated (`sim::world`).
 //!
 //! Each replica writes what it saw to its own data directory
-//! ([`SEEN_FILE`], at most once per digest round, when it changed), so a
-//! peer that restarted still answers. A starting replica goes on once one
+//! ([`SEEN_FILE`], at most once per digest round, when it changed, and
+//! once more when it shuts down), so a peer that restarted still answers. A starting replica goes on once one
 //! member answered (each has seen every other's synced state within a
 //! digest round); when none does (the whole cluster starting at once) it
 //! keeps asking for a few seconds.
@@ -61,8 +61,9 @@
 //!
 //! A replica that reaches no member with a record of it when it starts
 //! starts unchecked, and says so. What a peer saw in the last moments
-//! before it stopped may be missing from its file, so a copy only a few
-//! seconds old can pass a peer that restarted since. A copy taken after
+//! before it was killed (rather than told to stop) may be missing from its
+//! file, so a copy only a few seconds old can pass a peer that restarted
+//! since. A copy taken after
 //! the replica last said anything is caught by nothing, and loses nothing
 //! either: whatever it forgot, it never told anyone.
 
