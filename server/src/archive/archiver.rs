@@ -98,6 +98,8 @@ pub struct Archive {
     pub location: Location,
     pub tail: Tail,
     pub settings: Settings,
+    /// The catalog the backup routes and a follower's watch read.
+    pub catalog: super::CatalogCache,
     progress: Mutex<Progress>,
 }
 
@@ -108,6 +110,7 @@ impl Archive {
             location,
             tail: Tail::new(settings.tail_bytes),
             settings,
+            catalog: super::CatalogCache::default(),
             progress: Mutex::new(Progress::default()),
         })
     }
@@ -392,7 +395,7 @@ async fn stalled_under_another_master(
     archive: &Archive,
     source: &impl Source,
 ) -> Option<(u64, u64)> {
-    let catalog = Catalog::list(&archive.location).await.ok()?;
+    let catalog = archive.catalog.get(&archive.location).await.ok()?;
     let end = catalog.tail()?;
     let newest = catalog.newest_upload_ms()?;
     let since = now_ms().saturating_sub(newest);

@@ -185,16 +185,58 @@ impl Catalog {
             .max()
     }
 
-    /// Lists the archive at `loc`.
+    /// Lists the archive at `loc`, every object of it.
     pub async fn list(loc: &Location) -> Result<Catalog, String> {
-        use futures_util::StreamExt as _;
         let mut catalog = Catalog::default();
-        let root = if loc.prefix.as_ref().is_empty() {
-            None
-        } else {
-            Some(&loc.prefix)
+        let root = (!loc.prefix.as_ref().is_empty()).then_some(&loc.prefix);
+        catalog.take_listing(loc, loc.store.list(root)).await?;
+        catalog.marker = read_marker(loc).await?;
+        catalog.sort();
+        Ok(catalog)
+    }
+
+    /// `earlier` brought up to date by listing only what can have changed:
+    /// every base (few), and the segments named after the last one it
+    /// knows (names sort by first index, and each upload continues past
+    /// the archive's end). Segments that end at or before the oldest base
+    /// are dropped, as deleting that base's predecessor deletes them (see
+    /// [`Catalog::unneeded_segments`]); nothing else is ever removed.
+    /// A segment uploaded out of order (one a deposed master finished after
+    /// its successor continued) is missed until the next whole listing.
+    pub async fn list_since(loc: &Location, earlier: &Catalog) -> Result<Catalog, String> {
+        let mut catalog = Catalog {
+            segments: earlier.segments.clone(),
+            ..Catalog::default()
         };
-        let mut listing = loc.store.list(root);
+        let bases = loc.path("base");
+        catalog
+            .take_listing(loc, loc.store.list(Some(&bases)))
+            .await?;
+        let wal = loc.path("wal");
+        let new_segments = match earlier.segments.last() {
+            Some(last) => loc.store.list_with_offset(Some(&wal), &loc.path(&last.key)),
+            None => loc.store.list(Some(&wal)),
+        };
+        catalog.take_listing(loc, new_segments).await?;
+        catalog.marker = read_marker(loc).await?;
+        catalog.sort();
+        catalog.segments.dedup_by(|a, b| a.key == b.key);
+        if let Some(oldest) = catalog.bases.first().map(|b| b.index) {
+            catalog.segments.retain(|s| s.last > oldest);
+        }
+        Ok(catalog)
+    }
+
+    /// Adds the bases and segments of a listing of `loc`'s objects.
+    async fn take_listing(
+        &mut self,
+        loc: &Location,
+        mut listing: futures_util::stream::BoxStream<
+            '_,
+            object_store::Result<object_store::ObjectMeta>,
+        >,
+    ) -> Result<(), String> {
+        use futures_util::StreamExt as _;
         while let Some(item) = listing.next().await {
             let meta = item.map_err(|e| format!("listing archive {}: {e}", loc.url))?;
             let rel: Vec<_> = meta
@@ -213,21 +255,24 @@ impl Catalog {
                         .strip_suffix(".backup")
                         .and_then(|n| Base::parse(n, meta.size))
                     {
-                        catalog.bases.push(b);
+                        self.bases.push(b);
                     }
                 }
                 ["wal", file] => {
                     if let Some(s) = Segment::parse(file) {
-                        catalog.segments.push(s);
+                        self.segments.push(s);
                     }
                 }
                 _ => {}
             }
         }
-        catalog.marker = read_marker(loc).await?;
-        catalog.bases.sort_by_key(|b| (b.index, b.created_ms));
-        catalog.segments.sort_by_key(|s| (s.first, s.last));
-        Ok(catalog)
+        Ok(())
+    }
+
+    fn sort(&mut self) {
+        self.bases.sort_by_key(|b| (b.index, b.created_ms));
+        self.segments
+            .sort_by(|a, b| (a.first, a.last, &a.key).cmp(&(b.first, b.last, &b.key)));
     }
 
     /// The last index the archive covers without a gap from its newest
@@ -301,6 +346,78 @@ impl Catalog {
                 .collect(),
             None => Vec::new(),
         }
+    }
+}
+
+/// How long listings brought up to date ([`Catalog::list_since`]) are
+/// trusted before the archive is listed whole again.
+pub const WHOLE_LISTING_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The catalog a replica keeps between listings of its archive.
+///
+/// A busy cluster uploads a segment every `--archive-flush-every` (one a
+/// second by default), so an archive that keeps 30 days holds millions of
+/// objects, a thousand to each listing request. Listed whole on every
+/// question (`backup list`, the operator's passes, each backup, each
+/// follower's watch), it would take minutes per answer. This keeps the last
+/// catalog and lists only what can have changed since; the archive is
+/// listed whole once an hour, and whenever a listing failed.
+///
+/// What reads it: the public backup routes and a follower's watch. The
+/// archiver itself, which decides where uploads continue, and a restore,
+/// which decides what to replay, list the archive whole.
+///
+/// A listing runs as a task of its own: a caller that stops waiting (its
+/// answer is bounded) does not cut it short, so a whole listing that takes
+/// longer than one answer still completes, and later callers get it.
+/// Callers that queued behind one listing share the next one.
+#[derive(Clone, Debug, Default)]
+pub struct CatalogCache {
+    kept: std::sync::Arc<tokio::sync::Mutex<Option<Kept>>>,
+}
+
+#[derive(Debug)]
+struct Kept {
+    catalog: Catalog,
+    /// When the archive was last listed whole.
+    whole_at: std::time::Instant,
+    /// When the listing that brought the catalog up to date started: it
+    /// holds everything uploaded before then.
+    at: std::time::Instant,
+}
+
+impl CatalogCache {
+    /// The archive at `loc` as it stands now (see [`CatalogCache`]).
+    pub async fn get(&self, loc: &Location) -> Result<Catalog, String> {
+        let kept = self.kept.clone();
+        let loc = loc.clone();
+        let asked = std::time::Instant::now();
+        let listing = tokio::spawn(async move {
+            let mut kept = kept.lock().await;
+            let started = std::time::Instant::now();
+            let fresh = match kept.take() {
+                // A listing that started after this caller asked, while
+                // it waited for the lock: it holds all the caller can
+                // expect (a base it just took or deleted included).
+                Some(k) if k.at >= asked => k,
+                Some(k) if k.whole_at.elapsed() < WHOLE_LISTING_EVERY => Kept {
+                    catalog: Catalog::list_since(&loc, &k.catalog).await?,
+                    whole_at: k.whole_at,
+                    at: started,
+                },
+                _ => Kept {
+                    catalog: Catalog::list(&loc).await?,
+                    whole_at: started,
+                    at: started,
+                },
+            };
+            let catalog = fresh.catalog.clone();
+            *kept = Some(fresh);
+            Ok(catalog)
+        });
+        listing
+            .await
+            .map_err(|e| format!("listing the archive stopped: {e}"))?
     }
 }
 
@@ -500,6 +617,67 @@ mod tests {
             Segment::object_name(first, last, last * 2, last * 1000).trim_start_matches("wal/"),
         )
         .expect("parse")
+    }
+
+    async fn put(loc: &Location, key: &str) {
+        loc.store
+            .put(&loc.path(key), b"x".to_vec().into())
+            .await
+            .expect("put");
+    }
+
+    async fn remove(loc: &Location, key: &str) {
+        loc.store.delete(&loc.path(key)).await.expect("delete");
+    }
+
+    fn names(c: &Catalog) -> (Vec<String>, Vec<String>) {
+        (
+            c.bases.iter().map(|b| b.name.clone()).collect(),
+            c.segments.iter().map(|s| s.key.clone()).collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_kept_catalog_brought_up_to_date_matches_a_whole_listing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}", dir.path().display());
+        let loc = Location::open(&url, None).expect("open");
+        for b in [base(100, 10), base(200, 20)] {
+            put(&loc, &b.key()).await;
+        }
+        for (first, last) in [(1, 50), (51, 120), (121, 180), (181, 250)] {
+            put(&loc, &seg(first, last).key).await;
+        }
+        let cache = CatalogCache::default();
+        let first = cache.get(&loc).await.expect("listed whole");
+        assert_eq!(
+            names(&first),
+            names(&Catalog::list(&loc).await.expect("list"))
+        );
+        assert_eq!(first.segments.len(), 4);
+
+        // The archive moves on: new segments and a base; retention deletes
+        // the oldest base and the segments only it needed.
+        put(&loc, &seg(251, 300).key).await;
+        put(&loc, &seg(301, 320).key).await;
+        put(&loc, &base(300, 30).key()).await;
+        remove(&loc, &base(100, 10).key()).await;
+        for (first, last) in [(1, 50), (51, 120), (121, 180)] {
+            remove(&loc, &seg(first, last).key).await;
+        }
+        let second = cache.get(&loc).await.expect("brought up to date");
+        let whole = Catalog::list(&loc).await.expect("list");
+        assert_eq!(names(&second), names(&whole));
+        assert_eq!(second.recoverable_ranges(), whole.recoverable_ranges());
+        assert_eq!(second.tail().map(|p| p.index), Some(320));
+
+        // A segment uploaded out of order (a deposed master's last) is
+        // missed until the next whole listing; it adds nothing the
+        // others do not cover.
+        put(&loc, &seg(190, 260).key).await;
+        let third = cache.get(&loc).await.expect("brought up to date");
+        assert!(!names(&third).1.contains(&seg(190, 260).key));
+        assert_eq!(third.tail().map(|p| p.index), Some(320));
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub(super) async fn backup(node: &Node) -> Result<Base, ServiceError> {
     // reported before a snapshot is taken for it.
     let timeline = timeline_of(node);
     bounded(&archive, "reading its marker", async {
-        let catalog = Catalog::list(&archive.location).await?;
+        let catalog = archive.catalog.get(&archive.location).await?;
         crate::archive::claim(
             &archive.location,
             &node.inner.cfg.cluster_id,
@@ -143,7 +143,12 @@ pub(super) async fn backup(node: &Node) -> Result<Base, ServiceError> {
 
 pub(super) async fn list(node: &Node) -> Result<BackupList, ServiceError> {
     let archive = archive_of(node)?;
-    let catalog = bounded(&archive, "listing it", Catalog::list(&archive.location)).await?;
+    let catalog = bounded(
+        &archive,
+        "listing it",
+        archive.catalog.get(&archive.location),
+    )
+    .await?;
     let progress = archive.progress();
     let applied = node.inner.published.borrow().applied;
     Ok(BackupList {
@@ -162,7 +167,7 @@ pub(super) async fn list(node: &Node) -> Result<BackupList, ServiceError> {
 pub(super) async fn delete(node: &Node, name: String) -> Result<(), ServiceError> {
     let archive = archive_of(node)?;
     let loc = &archive.location;
-    let catalog = bounded(&archive, "listing it", Catalog::list(loc)).await?;
+    let catalog = bounded(&archive, "listing it", archive.catalog.get(loc)).await?;
     let Some(base) = catalog.bases.iter().find(|b| b.name == name) else {
         return Err(ServiceError::UnknownBackup(format!(
             "the archive at {} has no backup named {name:?}",
