@@ -363,9 +363,11 @@ pub const WHOLE_LISTING_EVERY: std::time::Duration = std::time::Duration::from_s
 /// catalog and lists only what can have changed since; the archive is
 /// listed whole once an hour, and whenever a listing failed.
 ///
-/// What reads it: the public backup routes and a follower's watch. The
-/// archiver itself, which decides where uploads continue, and a restore,
-/// which decides what to replay, list the archive whole.
+/// What reads it: the public backup routes and a follower's watch, for
+/// what they report and for deleting bases. What decides where uploads
+/// continue or whether an archive is taken over (the archiver's rounds,
+/// [`claim`] when a backup finds the archive not yet its own) and what a
+/// restore replays list the archive whole.
 ///
 /// A listing runs as a task of its own: a caller that stops waiting (its
 /// answer is bounded) does not cut it short, so a whole listing that takes
@@ -567,6 +569,25 @@ pub async fn claim(
     }
 }
 
+/// Whether the archive at `loc` is already `cluster_id`'s on `timeline`,
+/// in a layout this version writes: then [`claim`] would answer
+/// [`Claimed::Ours`] without looking at the catalog, and a caller needs no
+/// listing. False when it would have to look (or refuse).
+pub async fn claimed_already(
+    loc: &Location,
+    cluster_id: &str,
+    timeline: Option<&Timeline>,
+) -> Result<bool, String> {
+    let Some(ours) = timeline else {
+        return Ok(false);
+    };
+    Ok(read_marker(loc).await?.is_some_and(|m| {
+        m.format_version <= FORMAT_VERSION
+            && m.cluster_id == cluster_id
+            && m.timeline.as_deref() == Some(ours.id.as_str())
+    }))
+}
+
 /// The timeline the marker of the archive at `loc` names, if any.
 pub async fn marked_timeline(loc: &Location) -> Result<Option<String>, String> {
     Ok(read_marker(loc).await?.and_then(|m| m.timeline))
@@ -678,6 +699,38 @@ mod tests {
         let third = cache.get(&loc).await.expect("brought up to date");
         assert!(!names(&third).1.contains(&seg(190, 260).key));
         assert_eq!(third.tail().map(|p| p.index), Some(320));
+    }
+
+    #[tokio::test]
+    async fn an_archive_is_claimed_already_only_by_its_cluster_on_its_timeline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}", dir.path().display());
+        let loc = Location::open(&url, None).expect("open");
+        let timeline = |id: &str| Timeline {
+            id: id.into(),
+            parent: None,
+            from_index: 0,
+            from_revision: 0,
+        };
+        let ours = timeline("00000000000000aa");
+        assert!(
+            !claimed_already(&loc, "c", Some(&ours)).await.expect("read"),
+            "no marker yet: claim must look"
+        );
+        write_marker(&loc, "c", Some(&ours)).await.expect("marker");
+        assert!(claimed_already(&loc, "c", Some(&ours)).await.expect("read"));
+        assert!(
+            !claimed_already(&loc, "other", Some(&ours))
+                .await
+                .expect("read")
+        );
+        let theirs = timeline("00000000000000bb");
+        assert!(
+            !claimed_already(&loc, "c", Some(&theirs))
+                .await
+                .expect("read")
+        );
+        assert!(!claimed_already(&loc, "c", None).await.expect("read"));
     }
 
     #[test]

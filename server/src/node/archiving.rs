@@ -124,7 +124,13 @@ pub(super) async fn backup(node: &Node) -> Result<Base, ServiceError> {
     // reported before a snapshot is taken for it.
     let timeline = timeline_of(node);
     bounded(&archive, "reading its marker", async {
-        let catalog = archive.catalog.get(&archive.location).await?;
+        let loc = &archive.location;
+        let cluster_id = &node.inner.cfg.cluster_id;
+        if crate::archive::claimed_already(loc, cluster_id, timeline.as_ref()).await? {
+            return Ok(crate::archive::Claimed::Ours);
+        }
+        // Whether to take the archive over is decided on a whole listing.
+        let catalog = Catalog::list(loc).await?;
         crate::archive::claim(
             &archive.location,
             &node.inner.cfg.cluster_id,
