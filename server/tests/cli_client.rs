@@ -920,6 +920,21 @@ async fn backup_list_take_and_delete_manage_the_archive() {
     assert!(r.stderr.contains("take a new one first"), "{}", r.stderr);
     let r = admin(&["backup", "delete", "nosuch"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
+    // With a second base the first can go, and with it a segment only it
+    // needed, here one an earlier deletion cut short left behind.
+    let first = newest.to_string();
+    let leftover = archive
+        .path()
+        .join("a/wal/00000000000000000001-00000000000000000002-r1-t1.seg");
+    std::fs::create_dir_all(leftover.parent().expect("wal/")).expect("wal/");
+    std::fs::write(&leftover, b"left behind").expect("a leftover segment");
+    let r = admin(&["backup", "take"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = admin(&["backup", "delete", &first]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!leftover.exists(), "the leftover segment was not deleted");
+    let r = admin(&["backup", "list", "-o", "json"]);
+    assert!(!r.stdout.contains(&first), "{}", r.stdout);
     // Without the token: a usage error that says what to pass.
     let r = phxkv(&ep, &["backup", "list"], "");
     assert_eq!(r.code, 2, "{}", r.stderr);

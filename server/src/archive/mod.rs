@@ -39,6 +39,10 @@ pub mod restore;
 pub mod segment;
 pub mod tail;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use object_store::ObjectStoreExt as _;
 use serde::{Deserialize, Serialize};
 
@@ -187,10 +191,14 @@ impl Catalog {
 
     /// Lists the archive at `loc`, every object of it.
     pub async fn list(loc: &Location) -> Result<Catalog, String> {
-        let mut catalog = Catalog::default();
+        // The marker first: one that cannot be read fails the listing
+        // before, not after, what may be thousands of list requests.
+        let mut catalog = Catalog {
+            marker: read_marker(loc).await?,
+            ..Catalog::default()
+        };
         let root = (!loc.prefix.as_ref().is_empty()).then_some(&loc.prefix);
         catalog.take_listing(loc, loc.store.list(root)).await?;
-        catalog.marker = read_marker(loc).await?;
         catalog.sort();
         Ok(catalog)
     }
@@ -199,12 +207,14 @@ impl Catalog {
     /// every base (few), and the segments named after the last one it
     /// knows (names sort by first index, and each upload continues past
     /// the archive's end). Segments that end at or before the oldest base
-    /// are dropped, as deleting that base's predecessor deletes them (see
-    /// [`Catalog::unneeded_segments`]); nothing else is ever removed.
+    /// are dropped: no restore reads them, and deleting that base's
+    /// predecessor deletes them ([`Catalog::segments_ending_by`] finds any
+    /// a deletion cut short left behind); nothing else is ever removed.
     /// A segment uploaded out of order (one a deposed master finished after
     /// its successor continued) is missed until the next whole listing.
     pub async fn list_since(loc: &Location, earlier: &Catalog) -> Result<Catalog, String> {
         let mut catalog = Catalog {
+            marker: read_marker(loc).await?,
             segments: earlier.segments.clone(),
             ..Catalog::default()
         };
@@ -218,7 +228,6 @@ impl Catalog {
             None => loc.store.list(Some(&wal)),
         };
         catalog.take_listing(loc, new_segments).await?;
-        catalog.marker = read_marker(loc).await?;
         catalog.sort();
         catalog.segments.dedup_by(|a, b| a.key == b.key);
         if let Some(oldest) = catalog.bases.first().map(|b| b.index) {
@@ -336,90 +345,181 @@ impl Catalog {
         })
     }
 
-    /// Segments that end before the oldest base: no restore needs them.
-    pub fn unneeded_segments(&self) -> Vec<&Segment> {
-        match self.bases.first() {
-            Some(oldest) => self
-                .segments
-                .iter()
-                .filter(|s| s.last <= oldest.index)
-                .collect(),
-            None => Vec::new(),
+    /// The segments in the archive at `loc` that end at or before `index`:
+    /// what no restore needs once the oldest base is at `index`. Asked of
+    /// the store itself, so that segments a deletion cut short left behind
+    /// are found by the next. S3 lists in key order (first index), so the
+    /// listing stops at the first segment that starts past `index`; other
+    /// stores are listed whole.
+    pub async fn segments_ending_by(loc: &Location, index: u64) -> Result<Vec<Segment>, String> {
+        use futures_util::StreamExt as _;
+        let sorted = loc.url.starts_with("s3://");
+        let mut listing = loc.store.list(Some(&loc.path("wal")));
+        let mut out = Vec::new();
+        while let Some(item) = listing.next().await {
+            let meta = item.map_err(|e| format!("listing archive {}: {e}", loc.url))?;
+            let Some(seg) = meta.location.filename().and_then(Segment::parse) else {
+                continue;
+            };
+            if sorted && seg.first > index {
+                break;
+            }
+            if seg.last <= index {
+                out.push(seg);
+            }
         }
+        Ok(out)
     }
 }
 
 /// How long listings brought up to date ([`Catalog::list_since`]) are
 /// trusted before the archive is listed whole again.
-pub const WHOLE_LISTING_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+pub const WHOLE_LISTING_EVERY: Duration = Duration::from_secs(3600);
+/// How long after a whole listing failed another is tried.
+const WHOLE_LISTING_RETRY: Duration = Duration::from_secs(300);
 
 /// The catalog a replica keeps between listings of its archive.
 ///
 /// A busy cluster uploads a segment every `--archive-flush-every` (one a
 /// second by default), so an archive that keeps 30 days holds millions of
 /// objects, a thousand to each listing request. Listed whole on every
-/// question (`backup list`, the operator's passes, each backup, each
-/// follower's watch), it would take minutes per answer. This keeps the last
-/// catalog and lists only what can have changed since; the archive is
-/// listed whole once an hour, and whenever a listing failed.
+/// question (`backup list`, the operator's passes, each follower's watch),
+/// it would take minutes per answer. This keeps the last catalog and lists
+/// only what can have changed since ([`Catalog::list_since`]).
+///
+/// - The first answer lists the archive whole. After that, once an hour, a
+///   whole listing runs in the background while answers go on from the
+///   kept catalog; what it missed while it ran is then brought up to date
+///   like any answer. A whole listing that fails is tried again 5 minutes
+///   later.
+/// - A listing runs as a task of its own: a caller that stops waiting (its
+///   answer is bounded) does not cut it short, so a first listing that
+///   takes longer than one answer still completes for the next.
+/// - A caller gets the result of a listing that started after it asked (a
+///   base it just took or deleted shows), success or failure: callers that
+///   queued behind one listing share the next one, and a failure is not
+///   repeated for each of them.
 ///
 /// What reads it: the public backup routes and a follower's watch, for
-/// what they report and for deleting bases. What decides where uploads
-/// continue or whether an archive is taken over (the archiver's rounds,
-/// [`claim`] when a backup finds the archive not yet its own) and what a
-/// restore replays list the archive whole.
-///
-/// A listing runs as a task of its own: a caller that stops waiting (its
-/// answer is bounded) does not cut it short, so a whole listing that takes
-/// longer than one answer still completes, and later callers get it.
-/// Callers that queued behind one listing share the next one.
+/// what they report and to find a base to delete. What decides where
+/// uploads continue or whether an archive is taken over (the archiver's
+/// rounds, [`claim`] when a backup finds the archive not yet its own), what
+/// a restore replays, and which segments a deletion removes
+/// ([`Catalog::segments_ending_by`]) come from the store itself.
 #[derive(Clone, Debug, Default)]
 pub struct CatalogCache {
-    kept: std::sync::Arc<tokio::sync::Mutex<Option<Kept>>>,
+    state: Arc<tokio::sync::Mutex<CacheState>>,
+    /// Set while a whole listing runs in the background.
+    relisting: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    kept: Option<Kept>,
+    /// The last listing that failed: when it started, and why.
+    failed: Option<(Instant, String)>,
 }
 
 #[derive(Debug)]
 struct Kept {
     catalog: Catalog,
-    /// When the archive was last listed whole.
-    whole_at: std::time::Instant,
+    /// When the archive is next listed whole.
+    relist_at: Instant,
     /// When the listing that brought the catalog up to date started: it
     /// holds everything uploaded before then.
-    at: std::time::Instant,
+    at: Instant,
 }
 
 impl CatalogCache {
     /// The archive at `loc` as it stands now (see [`CatalogCache`]).
     pub async fn get(&self, loc: &Location) -> Result<Catalog, String> {
-        let kept = self.kept.clone();
+        let asked = Instant::now();
+        let this = self.clone();
         let loc = loc.clone();
-        let asked = std::time::Instant::now();
-        let listing = tokio::spawn(async move {
-            let mut kept = kept.lock().await;
-            let started = std::time::Instant::now();
-            let fresh = match kept.take() {
-                // A listing that started after this caller asked, while
-                // it waited for the lock: it holds all the caller can
-                // expect (a base it just took or deleted included).
-                Some(k) if k.at >= asked => k,
-                Some(k) if k.whole_at.elapsed() < WHOLE_LISTING_EVERY => Kept {
-                    catalog: Catalog::list_since(&loc, &k.catalog).await?,
-                    whole_at: k.whole_at,
-                    at: started,
-                },
-                _ => Kept {
-                    catalog: Catalog::list(&loc).await?,
-                    whole_at: started,
-                    at: started,
-                },
-            };
-            let catalog = fresh.catalog.clone();
-            *kept = Some(fresh);
-            Ok(catalog)
-        });
-        listing
+        tokio::spawn(async move { this.answer(&loc, asked).await })
             .await
             .map_err(|e| format!("listing the archive stopped: {e}"))?
+    }
+
+    async fn answer(&self, loc: &Location, asked: Instant) -> Result<Catalog, String> {
+        let mut state = self.state.lock().await;
+        if let Some(k) = &state.kept
+            && k.at > asked
+        {
+            return Ok(k.catalog.clone());
+        }
+        if let Some((at, why)) = &state.failed
+            && *at > asked
+        {
+            return Err(why.clone());
+        }
+        let started = Instant::now();
+        let listed = match &state.kept {
+            Some(k) => {
+                if Instant::now() >= k.relist_at {
+                    self.relist_in_background(loc);
+                }
+                Catalog::list_since(loc, &k.catalog)
+                    .await
+                    .map(|c| (c, k.relist_at))
+            }
+            None => Catalog::list(loc)
+                .await
+                .map(|c| (c, started + WHOLE_LISTING_EVERY)),
+        };
+        match listed {
+            Ok((catalog, relist_at)) => {
+                state.kept = Some(Kept {
+                    catalog: catalog.clone(),
+                    relist_at,
+                    at: started,
+                });
+                state.failed = None;
+                Ok(catalog)
+            }
+            Err(why) => {
+                state.failed = Some((started, why.clone()));
+                Err(why)
+            }
+        }
+    }
+
+    /// Lists the archive whole in a task of its own, unless one runs, and
+    /// puts the result (brought up to date) in place of the kept catalog.
+    fn relist_in_background(&self, loc: &Location) {
+        if self.relisting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = self.clone();
+        let loc = loc.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let whole = Catalog::list(&loc).await;
+            let mut state = this.state.lock().await;
+            // Uploads and deletions while it listed come in the way every
+            // answer's do.
+            let fresh = match whole {
+                Ok(whole) => Catalog::list_since(&loc, &whole).await,
+                Err(e) => Err(e),
+            };
+            match fresh {
+                Ok(catalog) => {
+                    state.kept = Some(Kept {
+                        catalog,
+                        relist_at: started + WHOLE_LISTING_EVERY,
+                        at: started,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(url = %loc.url, error = %e, "listing the whole archive failed; \
+                                   answers go on from the catalog kept");
+                    if let Some(k) = state.kept.as_mut() {
+                        k.relist_at = Instant::now() + WHOLE_LISTING_RETRY;
+                    }
+                }
+            }
+            this.relisting.store(false, Ordering::SeqCst);
+        });
     }
 }
 
@@ -692,13 +792,44 @@ mod tests {
         assert_eq!(second.recoverable_ranges(), whole.recoverable_ranges());
         assert_eq!(second.tail().map(|p| p.index), Some(320));
 
-        // A segment uploaded out of order (a deposed master's last) is
-        // missed until the next whole listing; it adds nothing the
-        // others do not cover.
+        // A segment a deletion cut short left behind: the kept catalog no
+        // longer shows it (no restore reads it), and the store still
+        // names it to the next deletion.
+        put(&loc, &seg(51, 120).key).await;
+        let kept = cache.get(&loc).await.expect("brought up to date");
+        assert!(!names(&kept).1.contains(&seg(51, 120).key));
+        let leftovers = Catalog::segments_ending_by(&loc, 200).await.expect("list");
+        assert_eq!(leftovers, vec![seg(51, 120)]);
+        remove(&loc, &seg(51, 120).key).await;
+
+        // A segment uploaded out of order (a deposed master's last,
+        // finished after its successor went on) is missed until the next
+        // whole listing.
         put(&loc, &seg(190, 260).key).await;
         let third = cache.get(&loc).await.expect("brought up to date");
         assert!(!names(&third).1.contains(&seg(190, 260).key));
         assert_eq!(third.tail().map(|p| p.index), Some(320));
+    }
+
+    #[tokio::test]
+    async fn a_failed_listing_is_shared_not_kept_and_the_next_caller_lists_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}", dir.path().display());
+        let loc = Location::open(&url, None).expect("open");
+        put(&loc, &base(100, 10).key()).await;
+        let cache = CatalogCache::default();
+        loc.store
+            .put(&loc.path(MARKER), b"not json".to_vec().into())
+            .await
+            .expect("put");
+        let err = cache.get(&loc).await.expect_err("an unreadable marker");
+        assert!(err.contains("not an archive marker"), "{err}");
+        remove(&loc, MARKER).await;
+        let listed = cache
+            .get(&loc)
+            .await
+            .expect("listed once the marker is gone");
+        assert_eq!(listed.bases.len(), 1);
     }
 
     #[tokio::test]
@@ -757,16 +888,6 @@ mod tests {
         assert_eq!(r.first.index, 10);
         assert_eq!(r.last.index, 30, "segment 32..40 is after a gap");
         assert_eq!(r.last.revision, 60);
-        assert_eq!(
-            catalog.unneeded_segments(),
-            Vec::<&Segment>::new(),
-            "15 > 10"
-        );
-        let pruned = Catalog {
-            bases: vec![base(20, 9)],
-            ..catalog
-        };
-        assert_eq!(pruned.unneeded_segments(), vec![&seg(11, 15)]);
         assert_eq!(Catalog::default().recoverable(), None);
     }
 

@@ -201,24 +201,31 @@ pub(super) async fn delete(node: &Node, name: String) -> Result<(), ServiceError
             .map_err(|e| format!("{deleting}: {e}"))
     })
     .await?;
-    let remaining = Catalog {
-        bases: catalog
-            .bases
-            .iter()
-            .filter(|b| b.name != name)
-            .cloned()
-            .collect(),
-        ..catalog.clone()
-    };
-    for seg in remaining.unneeded_segments() {
-        let deleting = format!("deleting {}", seg.key);
-        bounded(&archive, &deleting, async {
-            loc.store
-                .delete(&loc.path(&seg.key))
-                .await
-                .map_err(|e| format!("{deleting}: {e}"))
-        })
+    // The segments only bases up to it needed, asked of the store rather
+    // than the kept catalog: those a deletion cut short are found again.
+    let oldest = catalog
+        .bases
+        .iter()
+        .find(|b| b.name != name)
+        .map(|b| b.index);
+    if let Some(oldest) = oldest {
+        let unneeded = bounded(
+            &archive,
+            "listing the segments only it needed",
+            Catalog::segments_ending_by(loc, oldest),
+        )
         .await?;
+        for seg in unneeded {
+            let deleting = format!("deleting {}", seg.key);
+            bounded(&archive, &deleting, async {
+                match loc.store.delete(&loc.path(&seg.key)).await {
+                    // Another replica's deletion got there first.
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(format!("{deleting}: {e}")),
+                }
+            })
+            .await?;
+        }
     }
     tracing::info!(backup = %name, url = %loc.url, "deleted a backup from the archive");
     Ok(())
