@@ -299,6 +299,29 @@ fn one_off(api: &FakeApi, name: &str, cluster: &str) -> PaxosKVBackup {
     stored_backup(api, name)
 }
 
+/// Creates `PaxosKVBackup` `name` of cluster kv, made just now, reconciles
+/// it once and checks that it waits as Pending (a wait, not an error
+/// retried without a status); its message.
+async fn a_new_backup_waits(api: &FakeApi, ctx: &Arc<Context>, name: &str) -> String {
+    api.put(
+        &format!("{BACKUPS}/{name}"),
+        json!({"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKVBackup",
+               "metadata": {"name": name, "namespace": "db", "uid": format!("uid-{name}"),
+                            "creationTimestamp": k8s_openapi::jiff::Timestamp::now().to_string()},
+               "spec": {"cluster": "kv"}}),
+    );
+    let action = backup::reconcile(Arc::new(stored_backup(api, name)), ctx.clone())
+        .await
+        .expect("a wait is not an error");
+    assert_ne!(action, Action::await_change());
+    let status = stored_backup(api, name).status.expect("status");
+    assert_eq!(
+        serde_json::to_value(status.phase).expect("phase"),
+        "Pending"
+    );
+    status.message.unwrap_or_default()
+}
+
 fn stored_backup(api: &FakeApi, name: &str) -> PaxosKVBackup {
     serde_json::from_value(api.get(&format!("{BACKUPS}/{name}")).expect("stored"))
         .expect("a PaxosKVBackup")
@@ -383,23 +406,7 @@ async fn a_backup_waits_pending_for_a_usable_token_secret_and_says_which() {
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kv-token"},
                "data": {"token": "c2hvcnQ="}}),
     );
-    api.put(
-        &format!("{BACKUPS}/early"),
-        json!({"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKVBackup",
-               "metadata": {"name": "early", "namespace": "db", "uid": "uid-early",
-                            "creationTimestamp": k8s_openapi::jiff::Timestamp::now().to_string()},
-               "spec": {"cluster": "kv"}}),
-    );
-    let action = backup::reconcile(Arc::new(stored_backup(&api, "early")), ctx.clone())
-        .await
-        .expect("a missing token is a wait, not an error retried without a status");
-    assert_ne!(action, Action::await_change());
-    let status = stored_backup(&api, "early").status.expect("status");
-    assert_eq!(
-        serde_json::to_value(status.phase).expect("phase"),
-        "Pending"
-    );
-    let message = status.message.unwrap_or_default();
+    let message = a_new_backup_waits(&api, &ctx, "early").await;
     assert!(
         message.contains("Secret kv-token") && message.contains("token"),
         "{message}"
@@ -482,23 +489,7 @@ async fn a_backup_the_server_refuses_fails_once_with_the_reason_and_a_warning() 
 
     // Asked for as spec.backup was added, while the replicas still
     // restart to pick the archive up: it waits, as for a master.
-    api.put(
-        &format!("{BACKUPS}/early"),
-        json!({"apiVersion": "phxkv.io/v1alpha1", "kind": "PaxosKVBackup",
-               "metadata": {"name": "early", "namespace": "db", "uid": "uid-early",
-                            "creationTimestamp": k8s_openapi::jiff::Timestamp::now().to_string()},
-               "spec": {"cluster": "kv"}}),
-    );
-    let action = backup::reconcile(Arc::new(stored_backup(&api, "early")), ctx.clone())
-        .await
-        .expect("reconciled");
-    assert_ne!(action, Action::await_change());
-    let status = stored_backup(&api, "early").status.expect("status");
-    assert_eq!(
-        serde_json::to_value(status.phase).expect("phase"),
-        "Pending"
-    );
-    let message = status.message.unwrap_or_default();
+    let message = a_new_backup_waits(&api, &ctx, "early").await;
     assert!(
         message.contains("run with the archive") && message.contains("no archive configured"),
         "{message}"

@@ -348,12 +348,17 @@ impl Catalog {
     /// The segments in the archive at `loc` that end at or before `index`:
     /// what no restore needs once the oldest base is at `index`. Asked of
     /// the store itself, so that segments a deletion cut short left behind
-    /// are found by the next. S3 lists in key order (first index), so the
-    /// listing stops at the first segment that starts past `index`; other
-    /// stores are listed whole.
+    /// are found by the next. An S3 bucket lists in key order (first
+    /// index), so the listing stops at the first segment that starts past
+    /// `index`; a directory bucket (`--x-s3`) and other stores do not, and
+    /// are listed whole.
     pub async fn segments_ending_by(loc: &Location, index: u64) -> Result<Vec<Segment>, String> {
         use futures_util::StreamExt as _;
-        let sorted = loc.url.starts_with("s3://");
+        let sorted = loc
+            .url
+            .strip_prefix("s3://")
+            .and_then(|rest| rest.split('/').next())
+            .is_some_and(|bucket| !bucket.ends_with("--x-s3"));
         let mut listing = loc.store.list(Some(&loc.path("wal")));
         let mut out = Vec::new();
         while let Some(item) = listing.next().await {
