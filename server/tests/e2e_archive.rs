@@ -286,6 +286,10 @@ async fn an_archived_cluster_restores_to_a_revision_a_time_and_the_latest_point(
             &archive,
             "--archive-flush-every",
             "200ms",
+            // Windows of 2 s merged while the writes go on: every restore
+            // below reads merged segments.
+            "--archive-merge-every",
+            "2s",
             "--snapshot-every",
             "500",
         ],
@@ -398,9 +402,38 @@ async fn an_archived_cluster_restores_to_a_revision_a_time_and_the_latest_point(
             .contains("newest"),
         "{body}"
     );
+
+    // Each window of 2 s, once settled, is one segment.
+    let root = tempfile::tempdir().expect("temp dir");
+    let credentials = root.path().join("credentials");
+    let lines: String = s3.env().iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    std::fs::write(&credentials, lines).expect("credentials");
+    let loc = Location::open(&archive, Some(&credentials)).expect("open the archive");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let catalog = Catalog::list(&loc).await.expect("list the archive");
+        let oldest = catalog.bases.first().map_or(0, |b| b.index);
+        // Settled a third of a second after the window, and looked at
+        // within a second after that.
+        let settled = (now_ms() - 1_400) / 2_000;
+        let mut per_window = BTreeMap::<u64, usize>::new();
+        for s in catalog.segments.iter().filter(|s| s.last > oldest) {
+            let w = s.time_ms / 2_000;
+            if w < settled {
+                *per_window.entry(w).or_default() += 1;
+            }
+        }
+        if per_window.len() >= 3 && per_window.values().all(|n| *n == 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "settled windows were not merged (segments per window: {per_window:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     drop(c);
 
-    let root = tempfile::tempdir().expect("temp dir");
     // A revision in the middle of the concurrent writes.
     let mut revisions: Vec<u64> = writes.iter().map(|w| w.revision).collect();
     revisions.sort_unstable();
@@ -502,10 +535,6 @@ async fn an_archived_cluster_restores_to_a_revision_a_time_and_the_latest_point(
     assert!(mount.join("identity.json").exists() && mount.join("lost+found").is_dir());
 
     // A damaged segment is refused by its checksum.
-    let credentials = root.path().join("credentials");
-    let lines: String = s3.env().iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    std::fs::write(&credentials, lines).expect("credentials");
-    let loc = Location::open(&archive, Some(&credentials)).expect("open the archive");
     let catalog = Catalog::list(&loc).await.expect("list the archive");
     let seg = catalog.segments.last().expect("a segment");
     let path = loc.path(&seg.key);

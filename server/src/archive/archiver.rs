@@ -58,6 +58,9 @@ pub struct Settings {
     /// How long an archive must have had no new object before a cluster
     /// restored from its end takes it over (see [`claim`]).
     pub takeover_after: Duration,
+    /// The window whose segments the master merges into one (see
+    /// [`super::merge`]); `None` merges nothing.
+    pub merge_every: Option<Duration>,
 }
 
 impl Settings {
@@ -70,6 +73,7 @@ impl Settings {
             tail_bytes: 64 << 20,
             segment_bytes: 4 << 20,
             takeover_after: Duration::from_secs(120),
+            merge_every: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -380,6 +384,75 @@ pub async fn run(
     }
 }
 
+/// Runs until `closing` turns true: while this node is master, its rounds
+/// succeed and the archive is marked with its cluster's timeline, merges
+/// the log segments of settled windows (see [`super::merge`]).
+pub async fn merge_segments(
+    archive: Arc<Archive>,
+    source: impl Source,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(window) = archive.settings.merge_every else {
+        return;
+    };
+    let limits = super::merge::Limits::new(window);
+    let loc = &archive.location;
+    let mut resume_at = None;
+    let mut wait = limits.pass_every();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = closing.changed() => {}
+        }
+        if *closing.borrow() || !source.alive() {
+            return;
+        }
+        wait = limits.pass_every();
+        let progress = archive.progress();
+        if !source.is_master() || progress.archived_index.is_none() || progress.error.is_some() {
+            // A new master lists from the start (its first pass is the
+            // only one that lists every segment).
+            resume_at = None;
+            continue;
+        }
+        let cluster_id = source.cluster_id();
+        match super::claimed_already(loc, &cluster_id, source.timeline().as_ref()).await {
+            Ok(true) => {}
+            // Not this cluster's timeline's (yet): the archiver's rounds
+            // sort that out, or report it.
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "merging waits for the archive's marker");
+                continue;
+            }
+        }
+        let keep_going = || source.is_master() && source.alive();
+        let pass =
+            super::merge::pass(loc, &cluster_id, limits, resume_at, now_ms(), &keep_going).await;
+        match pass {
+            Ok(done) => {
+                resume_at = done.resume_at;
+                if done.merged + done.skipped > 0 {
+                    tracing::info!(
+                        url = %loc.url,
+                        merged = done.merged,
+                        segments_removed = done.removed,
+                        runs_left_alone = done.skipped,
+                        "merged log segments in the archive"
+                    );
+                }
+                if done.more {
+                    wait = Duration::from_secs(1);
+                }
+            }
+            Err(e) => {
+                let e = super::location::tidy_error(&e);
+                tracing::warn!(url = %loc.url, error = %e, "merging log segments failed; will retry");
+            }
+        }
+    }
+}
+
 /// How often a replica that is not master looks at the archive.
 const FOLLOWER_WATCH_EVERY: Duration = Duration::from_secs(60);
 /// How long an archive may have had no upload before a replica that is not
@@ -526,6 +599,11 @@ async fn round(
     }
     let mut gap_bases = 0;
     let mut caught_up = false;
+    // What was applied when the round began, and no more: entries applied
+    // while this round uploads go in the next one. Chasing them instead
+    // uploaded a segment after every upload under steady writes, tens of
+    // objects a second where `flush_every` promises one.
+    let upto = source.applied_index();
     // Bounded, so that a lost mastership or a shutdown is noticed.
     for _ in 0..MAX_SEGMENTS_PER_ROUND {
         let Some(from) = end.map(|e| e + 1) else {
@@ -534,13 +612,15 @@ async fn round(
             archive.tail.release_archived(base.index);
             continue;
         };
+        let upto = upto.max(end.unwrap_or(0));
         match archive
             .tail
-            .from(from, archive.settings.segment_bytes, source.applied_index())
+            .from(from, archive.settings.segment_bytes, upto)
+            .up_to(upto)
         {
             Slice::Entries(entries) if entries.is_empty() => {
                 // Behind the archive's end is not caught up: the lag shows.
-                caught_up = source.applied_index() + 1 >= from;
+                caught_up = upto + 1 >= from;
                 break;
             }
             Slice::Entries(entries)
@@ -620,6 +700,9 @@ mod tests {
         client: u64,
         /// Whether its cluster takes a timeline (a version that has them).
         timelines: bool,
+        /// What `applied_index` says at most: the entries after it in the
+        /// tail are as if applied while a round runs.
+        seen_up_to: Mutex<Option<u64>>,
     }
 
     impl Fake {
@@ -630,6 +713,7 @@ mod tests {
                 master: AtomicBool::new(true),
                 client,
                 timelines: false,
+                seen_up_to: Mutex::new(None),
             }
         }
 
@@ -685,7 +769,9 @@ mod tests {
             self.master.load(Ordering::SeqCst)
         }
         fn applied_index(&self) -> u64 {
-            self.store.lock().expect("store").applied_index()
+            let applied = self.store.lock().expect("store").applied_index();
+            let cap = *self.seen_up_to.lock().expect("cap");
+            cap.map_or(applied, |c| applied.min(c))
         }
         async fn snapshot(&self) -> Result<BackupStream, String> {
             let mut store = self.store.lock().expect("store");
@@ -1159,32 +1245,153 @@ mod tests {
                     continue;
                 }
             };
-            let file = dir.path().join(format!("base-{revision}"));
-            restore::download(&archive.location, &plan.base.key(), &file)
-                .await
-                .expect("download");
-            let bytes = std::fs::read(&file).expect("read");
-            let mut decoder = crate::storage::backup_file::Decoder::new();
-            let mut image = Vec::new();
-            decoder
-                .feed(&bytes, &mut |d: &[u8]| {
-                    image.extend_from_slice(d);
-                    Ok::<(), String>(())
-                })
-                .expect("a whole backup");
-            let mut store =
-                Store::restore_from_reader(&image[..], Default::default()).expect("a store");
-            restore::replay(
-                &archive.location,
-                "c1",
-                &plan.segments,
-                Target::Revision(*revision),
-                &mut store,
-                |_, _| {},
-            )
-            .await
-            .expect("replay");
+            let store = restored(&archive, dir.path(), &plan, Target::Revision(*revision)).await;
             assert_eq!(store.revision(), *revision);
+            assert_eq!(&contents(&store), expected, "at revision {revision}");
+        }
+    }
+
+    /// The store `plan` restores to at `target`.
+    async fn restored(
+        archive: &Archive,
+        dir: &std::path::Path,
+        plan: &restore::Plan,
+        target: Target,
+    ) -> Store {
+        static FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let file = dir.join(format!("base-{}", FILES.fetch_add(1, Ordering::SeqCst)));
+        restore::download(&archive.location, &plan.base.key(), &file)
+            .await
+            .expect("download");
+        let bytes = std::fs::read(&file).expect("read");
+        let mut decoder = crate::storage::backup_file::Decoder::new();
+        let mut image = Vec::new();
+        decoder
+            .feed(&bytes, &mut |d: &[u8]| {
+                image.extend_from_slice(d);
+                Ok::<(), String>(())
+            })
+            .expect("a whole backup");
+        let mut store =
+            Store::restore_from_reader(&image[..], Default::default()).expect("a store");
+        restore::replay(
+            &archive.location,
+            "c1",
+            &plan.segments,
+            target,
+            &mut store,
+            |_, _| {},
+        )
+        .await
+        .expect("replay");
+        store
+    }
+
+    #[tokio::test]
+    async fn a_round_uploads_what_was_applied_when_it_began_not_what_comes_during_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let archive = Archive::open(Settings::new(format!("file://{}/a", dir.path().display())))
+            .expect("open");
+        let fake = Fake::new(1);
+        for _ in 0..5 {
+            fake.apply(&archive, 2);
+        }
+        let mut end = None;
+        assert!(round(&archive, &fake, &mut end).await.expect("round"));
+        assert_eq!(end, Some(5));
+        // Entries 6 to 10 are in the tail; only 6 to 8 were applied when
+        // the next round began.
+        for _ in 0..5 {
+            fake.apply(&archive, 2);
+        }
+        *fake.seen_up_to.lock().expect("cap") = Some(8);
+        assert!(round(&archive, &fake, &mut end).await.expect("round"));
+        assert_eq!(end, Some(8));
+        assert_eq!(
+            segment_keys(&archive).await,
+            vec![Segment::object_name(6, 8, 16, 8)]
+        );
+        *fake.seen_up_to.lock().expect("cap") = None;
+        assert!(round(&archive, &fake, &mut end).await.expect("round"));
+        assert_eq!(end, Some(10));
+    }
+
+    #[tokio::test]
+    async fn merged_segments_restore_every_revision_and_a_restore_under_way_goes_on() {
+        use crate::archive::merge;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = Settings::new(format!("file://{}/a", dir.path().display()));
+        // Several small segments to each round.
+        settings.segment_bytes = 100;
+        let archive = Archive::open(settings).expect("archive");
+        let loc = &archive.location;
+        let fake = Fake::new(1);
+        let mut history: Vec<(u64, Contents)> = Vec::new();
+        let mut end = None;
+        for _ in 0..6 {
+            for _ in 0..6 {
+                fake.apply(&archive, 2);
+                let store = fake.store.lock().expect("store");
+                history.push((store.revision(), contents(&store)));
+            }
+            assert!(round(&archive, &fake, &mut end).await.expect("round"));
+        }
+        let before = Catalog::list(loc).await.expect("list");
+        assert_eq!(before.bases.len(), 1);
+        assert!(
+            before.segments.len() >= 20,
+            "{} segments",
+            before.segments.len()
+        );
+        // A restore planned before the merge, downloading after it.
+        let planned = restore::plan(&before, Target::Latest).expect("plan");
+
+        // Segments from the 1970s (the fake's clock) are long settled.
+        let limits = merge::Limits {
+            window: Duration::from_secs(3600),
+            max_bytes: 1 << 20,
+            max_members: 4,
+        };
+        let mut resume_at = None;
+        let mut merged = 0;
+        for _ in 0..10 {
+            let pass = merge::pass(loc, "c1", limits, resume_at, now_ms(), &|| true)
+                .await
+                .expect("pass");
+            assert_eq!(pass.skipped, 0);
+            merged += pass.merged;
+            resume_at = pass.resume_at;
+            if !pass.more {
+                break;
+            }
+        }
+        let after = Catalog::list(loc).await.expect("list");
+        assert_eq!(merged, after.segments.len());
+        assert!(
+            after.segments.len() * 3 <= before.segments.len(),
+            "{} segments merged into {}",
+            before.segments.len(),
+            after.segments.len()
+        );
+        assert_eq!(after.recoverable_ranges(), before.recoverable_ranges());
+        assert_eq!(after.tail(), before.tail());
+        let again = merge::pass(loc, "c1", limits, resume_at, now_ms(), &|| true)
+            .await
+            .expect("pass");
+        assert_eq!((again.merged, again.removed), (0, 0), "merged once");
+
+        // The restore planned on segments that are gone lists again.
+        let latest = restored(&archive, dir.path(), &planned, Target::Latest).await;
+        assert_eq!(
+            Some(&contents(&latest)),
+            history.last().map(|(_, c)| c),
+            "the planned restore reached the end"
+        );
+        // Every revision from the base on restores from the merged segments.
+        let base = after.bases[0].revision;
+        for (revision, expected) in history.iter().filter(|(r, _)| *r >= base) {
+            let plan = restore::plan(&after, Target::Revision(*revision)).expect("plan");
+            let store = restored(&archive, dir.path(), &plan, Target::Revision(*revision)).await;
             assert_eq!(&contents(&store), expected, "at revision {revision}");
         }
     }

@@ -136,6 +136,36 @@ impl Location {
         }
         p
     }
+
+    /// Whether listings come in key order, so that a listing can stop
+    /// early: an S3 bucket's do; a directory bucket's (`--x-s3`) and a file
+    /// system's do not.
+    pub fn lists_in_order(&self) -> bool {
+        self.url
+            .strip_prefix("s3://")
+            .and_then(|rest| rest.split('/').next())
+            .is_some_and(|bucket| !bucket.ends_with("--x-s3"))
+    }
+
+    /// Deletes the objects `keys` names, in bulk (S3 takes up to 1,000 a
+    /// request, where one request each could not keep up with a busy
+    /// cluster's segments). An object already gone counts as deleted:
+    /// another replica's deletion may have got there first.
+    pub async fn delete_all(&self, keys: &[String]) -> Result<(), String> {
+        use futures_util::StreamExt as _;
+        let paths: Vec<object_store::Result<ObjectPath>> =
+            keys.iter().map(|k| Ok(self.path(k))).collect();
+        let mut deleted = self
+            .store
+            .delete_stream(futures_util::stream::iter(paths).boxed());
+        while let Some(done) = deleted.next().await {
+            match done {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(format!("deleting from {}: {e}", self.url)),
+            }
+        }
+        Ok(())
+    }
 }
 
 fn object_prefix(url: &str, prefix: &str) -> Result<ObjectPath, String> {

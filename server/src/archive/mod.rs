@@ -35,6 +35,7 @@
 
 pub mod archiver;
 pub mod location;
+pub mod merge;
 pub mod restore;
 pub mod segment;
 pub mod tail;
@@ -354,11 +355,7 @@ impl Catalog {
     /// are listed whole.
     pub async fn segments_ending_by(loc: &Location, index: u64) -> Result<Vec<Segment>, String> {
         use futures_util::StreamExt as _;
-        let sorted = loc
-            .url
-            .strip_prefix("s3://")
-            .and_then(|rest| rest.split('/').next())
-            .is_some_and(|bucket| !bucket.ends_with("--x-s3"));
+        let sorted = loc.lists_in_order();
         let mut listing = loc.store.list(Some(&loc.path("wal")));
         let mut out = Vec::new();
         while let Some(item) = listing.next().await {

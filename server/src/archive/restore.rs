@@ -158,8 +158,17 @@ pub async fn download(loc: &Location, key: &str, to: &Path) -> Result<u64, Strin
     Ok(bytes)
 }
 
+/// How often a replay lists the archive again for segments merged away
+/// while it ran, before it gives up.
+const RELISTS: usize = 3;
+
 /// Replays the plan's segments onto `store` (restored from the plan's base)
 /// up to `target`. Checks every revision against the one archived.
+///
+/// A segment that is gone when its turn comes (the master merged it into a
+/// larger one meanwhile: see [`super::merge`]) is no reason to fail: the
+/// archive is listed again, and the replay goes on with the segments that
+/// continue what it has applied.
 pub async fn replay(
     loc: &Location,
     cluster_id: &str,
@@ -168,15 +177,37 @@ pub async fn replay(
     store: &mut Store,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<(), String> {
-    'segments: for seg in segments {
+    let mut plan = segments.to_vec();
+    let mut relists = 0;
+    let mut next = 0;
+    'segments: while let Some(seg) = plan.get(next).cloned() {
+        next += 1;
         if seg.last <= store.applied_index() {
             continue;
         }
-        let bytes = loc
-            .store
-            .get(&loc.path(&seg.key))
-            .await
-            .map_err(|e| format!("downloading {}: {e}", seg.key))?
+        let got = match loc.store.get(&loc.path(&seg.key)).await {
+            Err(object_store::Error::NotFound { .. }) if relists < RELISTS => {
+                relists += 1;
+                let catalog = Catalog::list(loc).await?;
+                let from = store.applied_index();
+                let chained = chain(from, &catalog.segments);
+                if chained.is_empty() {
+                    return Err(format!(
+                        "{} was deleted while it was restored from, and no other segment \
+                         holds entry {}",
+                        seg.key,
+                        from + 1
+                    ));
+                }
+                tracing::info!(segment = %seg.key, "a segment was merged away during the \
+                               restore; continuing from the archive as it is now");
+                plan = chained;
+                next = 0;
+                continue;
+            }
+            got => got.map_err(|e| format!("downloading {}: {e}", seg.key))?,
+        };
+        let bytes = got
             .bytes()
             .await
             .map_err(|e| format!("downloading {}: {e}", seg.key))?;
@@ -256,7 +287,7 @@ pub async fn replay(
             store.revision()
         ));
     }
-    if let (Target::Latest, Some(last)) = (target, segments.last())
+    if let (Target::Latest, Some(last)) = (target, plan.last())
         && store.applied_index() < last.last
     {
         return Err(format!(

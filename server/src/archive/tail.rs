@@ -36,6 +36,19 @@ pub enum Slice {
     Gone { oldest: Option<u64> },
 }
 
+impl Slice {
+    /// Without the entries past `index`.
+    pub fn up_to(self, index: u64) -> Slice {
+        match self {
+            Slice::Entries(mut entries) => {
+                entries.retain(|e| e.index <= index);
+                Slice::Entries(entries)
+            }
+            gone => gone,
+        }
+    }
+}
+
 impl Tail {
     pub fn new(cap_bytes: usize) -> Tail {
         Tail {

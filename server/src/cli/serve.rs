@@ -385,6 +385,15 @@ pub struct ServeArgs {
           value_parser = parse_duration, value_name = "DURATION")]
     pub archive_takeover_after: Duration,
 
+    /// How much time's log segments the master merges into one object,
+    /// once that window (aligned to the epoch) has been over for a sixth of
+    /// it: an archive then grows by one object an hour, not one a second
+    /// (merged segments hold at most 16 MiB or 3,600 segments). 0 merges
+    /// nothing.
+    #[arg(long, env = "PHXKV_ARCHIVE_MERGE_EVERY", default_value = "1h",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub archive_merge_every: Duration,
+
     /// Memory each replica keeps for applied log entries not yet archived
     /// (in bytes). The master continues the archive from it; when a base
     /// snapshot upload takes longer than this much writing, the archive
@@ -457,6 +466,16 @@ impl ServeArgs {
         settings.base_every = self.archive_base_every;
         settings.flush_every = self.archive_flush_every;
         settings.takeover_after = self.archive_takeover_after;
+        settings.merge_every = match self.archive_merge_every {
+            d if d.is_zero() => None,
+            d if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) => {
+                return Err(bad(
+                    "archive-merge-every",
+                    "must be 0 (no merging) or between 1s and 24h".into(),
+                ));
+            }
+            d => Some(d),
+        };
         settings.tail_bytes = usize::try_from(self.archive_tail_bytes).unwrap_or(usize::MAX);
         Ok(Some(settings))
     }

@@ -215,24 +215,12 @@ pub(super) async fn delete(node: &Node, name: String) -> Result<(), ServiceError
             Catalog::segments_ending_by(loc, oldest),
         )
         .await?;
-        // In bulk: S3 deletes up to 1,000 objects a request, and a day of
-        // a busy cluster's segments is 86,400 of them.
         let deleting = format!("deleting the {} segments only it needed", unneeded.len());
+        let keys: Vec<String> = unneeded.into_iter().map(|s| s.key).collect();
         bounded(&archive, &deleting, async {
-            use futures_util::StreamExt as _;
-            let paths: Vec<object_store::Result<object_store::path::Path>> =
-                unneeded.iter().map(|s| Ok(loc.path(&s.key))).collect();
-            let mut deleted = loc
-                .store
-                .delete_stream(futures_util::stream::iter(paths).boxed());
-            while let Some(done) = deleted.next().await {
-                match done {
-                    // Another replica's deletion got there first.
-                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(format!("{deleting}: {e}")),
-                }
-            }
-            Ok(())
+            loc.delete_all(&keys)
+                .await
+                .map_err(|e| format!("{deleting}: {e}"))
         })
         .await?;
     }

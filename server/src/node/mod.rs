@@ -854,6 +854,14 @@ impl Node {
                 )
                 .in_current_span(),
             );
+            tokio::spawn(
+                crate::archive::archiver::merge_segments(
+                    archive.clone(),
+                    archiving::ArchiveSource(Arc::downgrade(&self.inner)),
+                    self.closing(),
+                )
+                .in_current_span(),
+            );
         }
         Ok(())
     }
