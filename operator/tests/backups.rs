@@ -332,8 +332,8 @@ fn running_status() -> Value {
         {"name": "kv-0", "id": "0000000000000001", "role": "voter", "healthy": true}]})
 }
 
-#[tokio::test]
-async fn a_backup_completes_once_with_its_result_and_an_event() {
+/// A running cluster whose master answers a backup with base 12345.
+async fn cluster_that_takes_backups() -> (FakeApi, Arc<Fake>, Arc<Context>) {
     let api = FakeApi::new();
     let fake = Arc::new(Fake::default());
     *fake.backup_answer.lock().expect("lock") = Some((
@@ -344,6 +344,12 @@ async fn a_backup_completes_once_with_its_result_and_an_event() {
     let ctx = context(api.client("db"), fake_phxkv(fake.clone()).await);
     running_cluster(&api);
     paxoskv(&api, backup_spec(), running_status());
+    (api, fake, ctx)
+}
+
+#[tokio::test]
+async fn a_backup_completes_once_with_its_result_and_an_event() {
+    let (api, fake, ctx) = cluster_that_takes_backups().await;
     let b = one_off(&api, "nightly", "kv");
 
     let action = backup::reconcile(Arc::new(b), ctx.clone())
@@ -390,16 +396,7 @@ async fn a_backup_completes_once_with_its_result_and_an_event() {
 
 #[tokio::test]
 async fn a_backup_waits_pending_for_a_usable_token_secret_and_says_which() {
-    let api = FakeApi::new();
-    let fake = Arc::new(Fake::default());
-    *fake.backup_answer.lock().expect("lock") = Some((
-        201,
-        json!({"name": "00000000000000012345-1767312000", "revision": 123, "index": 12345,
-               "created_at": 1_767_312_000, "bytes": 4096}),
-    ));
-    let ctx = context(api.client("db"), fake_phxkv(fake.clone()).await);
-    running_cluster(&api);
-    paxoskv(&api, backup_spec(), running_status());
+    let (api, fake, ctx) = cluster_that_takes_backups().await;
     // A token too short to be the operator's (as if edited by hand).
     api.put(
         &format!("{NS}/secrets/kv-token"),

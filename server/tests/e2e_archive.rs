@@ -413,9 +413,9 @@ async fn an_archived_cluster_restores_to_a_revision_a_time_and_the_latest_point(
     loop {
         let catalog = Catalog::list(&loc).await.expect("list the archive");
         let oldest = catalog.bases.first().map_or(0, |b| b.index);
-        // Settled a third of a second after the window, and looked at
-        // within a second after that.
-        let settled = (now_ms() - 1_400) / 2_000;
+        // Settled a third of a second after the window, merged within a
+        // second after that, its members deleted 2 s later, within a second.
+        let settled = (now_ms() - 4_500) / 2_000;
         let mut per_window = BTreeMap::<u64, usize>::new();
         for s in catalog.segments.iter().filter(|s| s.last > oldest) {
             let w = s.time_ms / 2_000;

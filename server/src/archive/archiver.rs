@@ -397,7 +397,7 @@ pub async fn merge_segments(
     };
     let limits = super::merge::Limits::new(window);
     let loc = &archive.location;
-    let mut resume_at = None;
+    let mut state = super::merge::State::default();
     let mut wait = limits.pass_every();
     loop {
         tokio::select! {
@@ -412,7 +412,7 @@ pub async fn merge_segments(
         if !source.is_master() || progress.archived_index.is_none() || progress.error.is_some() {
             // A new master lists from the start (its first pass is the
             // only one that lists every segment).
-            resume_at = None;
+            state.resume_at = None;
             continue;
         }
         let cluster_id = source.cluster_id();
@@ -428,11 +428,10 @@ pub async fn merge_segments(
         }
         let keep_going = || source.is_master() && source.alive();
         let pass =
-            super::merge::pass(loc, &cluster_id, limits, resume_at, now_ms(), &keep_going).await;
+            super::merge::pass(loc, &cluster_id, limits, &mut state, now_ms(), &keep_going).await;
         match pass {
             Ok(done) => {
-                resume_at = done.resume_at;
-                if done.merged + done.skipped > 0 {
+                if done.merged + done.skipped + done.removed > 0 {
                     tracing::info!(
                         url = %loc.url,
                         merged = done.merged,
@@ -1345,6 +1344,19 @@ mod tests {
         );
         // A restore planned before the merge, downloading after it.
         let planned = restore::plan(&before, Target::Latest).expect("plan");
+        // One planned on a listing that missed the archive's second half
+        // (as one that ran while a merge deleted could).
+        let half = Catalog {
+            segments: before.segments[..before.segments.len() / 2].to_vec(),
+            ..before.clone()
+        };
+        let short = restore::plan(&half, Target::Latest).expect("plan");
+        let latest = restored(&archive, dir.path(), &short, Target::Latest).await;
+        assert_eq!(
+            Some(&contents(&latest)),
+            history.last().map(|(_, c)| c),
+            "a restore to the latest point looks for more at its end"
+        );
 
         // Segments from the 1970s (the fake's clock) are long settled.
         let limits = merge::Limits {
@@ -1352,19 +1364,30 @@ mod tests {
             max_bytes: 1 << 20,
             max_members: 4,
         };
-        let mut resume_at = None;
+        let mut state = merge::State::default();
         let mut merged = 0;
         for _ in 0..10 {
-            let pass = merge::pass(loc, "c1", limits, resume_at, now_ms(), &|| true)
+            let pass = merge::pass(loc, "c1", limits, &mut state, now_ms(), &|| true)
                 .await
                 .expect("pass");
-            assert_eq!(pass.skipped, 0);
+            assert_eq!((pass.skipped, pass.removed), (0, 0));
             merged += pass.merged;
-            resume_at = pass.resume_at;
             if !pass.more {
                 break;
             }
         }
+        // The members stay a while after the merged segments are uploaded.
+        let both = Catalog::list(loc).await.expect("list");
+        assert_eq!(both.segments.len(), before.segments.len() + merged);
+        assert_eq!(both.recoverable_ranges(), before.recoverable_ranges());
+        let later = now_ms() + merge::DELETE_AFTER.as_millis() as u64;
+        let deleting = merge::pass(loc, "c1", limits, &mut state, later, &|| true)
+            .await
+            .expect("pass");
+        assert_eq!(
+            (deleting.merged, deleting.removed),
+            (0, before.segments.len())
+        );
         let after = Catalog::list(loc).await.expect("list");
         assert_eq!(merged, after.segments.len());
         assert!(
@@ -1375,7 +1398,7 @@ mod tests {
         );
         assert_eq!(after.recoverable_ranges(), before.recoverable_ranges());
         assert_eq!(after.tail(), before.tail());
-        let again = merge::pass(loc, "c1", limits, resume_at, now_ms(), &|| true)
+        let again = merge::pass(loc, "c1", limits, &mut state, later, &|| true)
             .await
             .expect("pass");
         assert_eq!((again.merged, again.removed), (0, 0), "merged once");

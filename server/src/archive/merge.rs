@@ -10,8 +10,9 @@
 //! one segment (or several, of at most [`MAX_MERGED_BYTES`] and
 //! [`MAX_MEMBERS`] segments each), once the window has been over for a
 //! sixth of its length (late uploads, a deposed master's, are in by then).
-//! A window is merged once: what it holds afterwards is one run, left
-//! alone. A light cluster's month is then some 720 objects.
+//! A window is merged once, when a pass first finds it settled (a new
+//! master's first pass lists every segment, and may merge further what a
+//! run left in pieces). A light cluster's month is then some 720 objects.
 //!
 //! **Why no recoverable point is lost.**
 //! - A merged segment holds exactly its run's entries: each member is
@@ -23,8 +24,14 @@
 //!   may overlap, and replay skips what it has (see [`super`]).
 //! - A segment is deleted only after the merged segment covering its whole
 //!   range was uploaded (the PUT returned; S3 reads after writes are
-//!   consistent). A merge cut short between the two leaves both, which
-//!   restores read, and the next pass or retention removes them.
+//!   consistent), and [`DELETE_AFTER`] later: a listing is not a snapshot,
+//!   and one that passed the merged segment's key just before it was
+//!   uploaded must not then find its members gone, or it would see a gap
+//!   that is not there. A merge cut short before the deletion leaves both,
+//!   which restores read alike, and a later pass or retention removes them.
+//! - A segment inside a run's range that is not one of its members (the
+//!   same range uploaded twice) is downloaded and checked too: it must hold
+//!   the same entries, or the run is left alone.
 //! - Merges that run at once (a deposed master that does not know it yet)
 //!   each delete only what their own upload covers. A segment one deletes
 //!   is covered by the one it uploaded; that one can be deleted only by a
@@ -34,12 +41,17 @@
 //!   Retention deletes only segments that end at or before the oldest base,
 //!   which no restore reads, and merges leave those alone.
 //! - A restore that planned on a segment deleted meanwhile lists the
-//!   archive again and continues from where it stands
-//!   ([`super::restore::replay`]).
+//!   archive again and continues from where it stands, and one to the
+//!   latest point lists again at its end, so that a listing that ran while
+//!   a merge deleted does not cut it short ([`super::restore::replay`]).
+//! - Passes stop at the first segment of a window not settled yet; a
+//!   master whose clock ran far ahead would hold them up until that window
+//!   settles (clocks are assumed within bounds, as for leases).
 //!
 //! Memory: a merge holds its members' bytes and entries and the merged
 //! segment's bytes, a few times [`MAX_MERGED_BYTES`] at most.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -92,6 +104,11 @@ impl Limits {
         end.saturating_add(self.window_ms() / 6) <= now_ms
     }
 
+    /// How long after a merge its members are deleted.
+    fn delete_after_ms(&self) -> u64 {
+        DELETE_AFTER.min(self.window).as_millis() as u64
+    }
+
     /// How often the master looks for windows to merge.
     pub fn pass_every(&self) -> Duration {
         (self.window / 6).clamp(Duration::from_secs(1), Duration::from_secs(300))
@@ -103,14 +120,11 @@ impl Limits {
 pub struct Pass {
     /// Merged segments uploaded.
     pub merged: usize,
-    /// Segments deleted once a merged one covered them.
+    /// Segments deleted that merged ones cover (merged in earlier passes).
     pub removed: usize,
     /// Runs left as they were, for a reason logged (a member that could
     /// not be read, or disagrees with another).
     pub skipped: usize,
-    /// The first index the next pass lists from: everything before it was
-    /// merged or left for good.
-    pub resume_at: Option<u64>,
     /// Runs wait that this pass left for the next.
     pub more: bool,
 }
@@ -127,35 +141,69 @@ struct Listed {
 struct Run {
     /// Downloaded and concatenated, in index order; each goes past the last.
     members: Vec<Segment>,
-    /// Inside the run's range already (a duplicate upload): deleted with
-    /// the members, not read.
+    /// Inside the run's range already (a duplicate upload): read to check
+    /// they hold the same entries, and deleted with the members.
     contained: Vec<Segment>,
 }
 
+/// How long merged segments' members stay after the merged segment is
+/// uploaded (or the window, when shorter: tests): a listing that runs while a merge deletes (listings are not
+/// snapshots) could otherwise miss both the merged segment (uploaded after
+/// it passed that key) and members (deleted before it got to them), and
+/// see a gap that is not there.
+pub const DELETE_AFTER: Duration = Duration::from_secs(60);
+/// Passes in a row that fail at the same run before it is left alone (a
+/// member the store will not give, say).
+const FAILURES_BEFORE_SKIPPING: u32 = 3;
+
+/// What a master's merging carries from one pass to the next.
+#[derive(Debug, Default)]
+pub struct State {
+    /// The first index the next pass lists from: everything before it was
+    /// merged or left for good. `None`: list from the start.
+    pub resume_at: Option<u64>,
+    /// Members of merged segments, and when they may be deleted (ms since
+    /// the epoch): see [`DELETE_AFTER`]. Kept when the node stops being
+    /// master (deleting them is safe whoever does it); lost if it stops,
+    /// and then merged (into the same segment) and deleted again by a later
+    /// pass.
+    pending: VecDeque<(u64, Vec<String>)>,
+    /// The last index of the run that the last passes failed at, and how
+    /// many did.
+    failing: Option<(u64, u32)>,
+}
+
 /// Merges what is due in the archive at `loc` (of `cluster_id`), listing
-/// segments from `resume_at` on; `keep_going` is asked before each merge
-/// (false once the node is no longer master, or stops). An error (the
-/// store did not answer) leaves the rest for the next pass, from the same
-/// place; a run whose segments cannot be merged (one unreadable, or two
+/// segments from `state.resume_at` on, and deletes the members of earlier
+/// merges once [`DELETE_AFTER`] has passed. `keep_going` is asked before
+/// each merge (false once the node is no longer master, or stops). An
+/// error (the store did not answer) leaves the rest for the next pass, from
+/// the same place, unless it is the same run's [`FAILURES_BEFORE_SKIPPING`]
+/// times; a run whose segments cannot be merged (one unreadable, or two
 /// that disagree) is logged and left as it is.
 pub async fn pass(
     loc: &Location,
     cluster_id: &str,
     limits: Limits,
-    resume_at: Option<u64>,
+    state: &mut State,
     now_ms: u64,
     keep_going: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<Pass, String> {
-    let mut done = Pass {
-        resume_at,
-        ..Pass::default()
-    };
+    let mut done = Pass::default();
+    while let Some((due, keys)) = state.pending.front() {
+        if *due > now_ms {
+            break;
+        }
+        loc.delete_all(keys).await?;
+        done.removed += keys.len();
+        state.pending.pop_front();
+    }
     // Segments that end by the oldest base are retention's to delete, and
     // without a base nothing is restorable to merge for.
     let Some(oldest) = oldest_base(loc).await? else {
         return Ok(done);
     };
-    let due = settled_segments(loc, limits, resume_at, now_ms, oldest).await?;
+    let due = settled_segments(loc, limits, state.resume_at, now_ms, oldest).await?;
     let listed = &due.segments;
     let mut at = 0;
     while at < listed.len() {
@@ -165,30 +213,48 @@ pub async fn pass(
             continue;
         }
         if done.merged + done.skipped >= MERGES_PER_PASS || !keep_going() {
-            done.resume_at = Some(listed[at].seg.first);
+            state.resume_at = Some(listed[at].seg.first);
             done.more = true;
             return Ok(done);
         }
+        let run_last = run.members.last().map_or(0, |s| s.last);
         match merge(loc, cluster_id, &run).await {
-            Ok(removed) => {
+            Ok(gone) => {
                 done.merged += 1;
-                done.removed += removed;
+                state
+                    .pending
+                    .push_back((now_ms.saturating_add(limits.delete_after_ms()), gone));
+                state.failing = None;
             }
             Err(Unmerged::Skip(why)) => {
                 tracing::warn!(url = %loc.url, error = %why, "a run of log segments was not \
                                merged; its segments stay as they are");
                 done.skipped += 1;
             }
-            Err(Unmerged::Fail(why)) => return Err(why),
+            Err(Unmerged::Fail(why)) => {
+                let failed = match state.failing {
+                    Some((last, n)) if last == run_last => n + 1,
+                    _ => 1,
+                };
+                if failed < FAILURES_BEFORE_SKIPPING {
+                    state.failing = Some((run_last, failed));
+                    state.resume_at = Some(listed[at].seg.first);
+                    return Err(why);
+                }
+                tracing::warn!(url = %loc.url, error = %why, "a run of log segments failed to \
+                               merge {failed} times; its segments stay as they are");
+                state.failing = None;
+                done.skipped += 1;
+            }
         }
         at = next;
     }
     // Everything listed is done: the next pass starts where this listing
     // stopped, or after the last segment it saw.
-    done.resume_at = due
+    state.resume_at = due
         .stopped_at
         .or_else(|| listed.iter().map(|l| l.seg.last + 1).max())
-        .or(resume_at);
+        .or(state.resume_at);
     done.more = due.budget_spent;
     Ok(done)
 }
@@ -289,16 +355,35 @@ async fn settled_segments(
             bytes: meta.size,
             seg,
         });
+        // Out of order, the whole listing is read, but only the budget's
+        // worth of the lowest segments is kept.
+        if !in_order && due.segments.len() >= 2 * listing_budget(limits) {
+            keep_lowest(&mut due, listing_budget(limits));
+        }
     }
-    // What starts at or after the stop is listed again by the next pass,
-    // whole (a run is never split between two passes' listings).
+    keep_lowest(&mut due, listing_budget(limits));
+    // What starts at or after the stop is listed again by the next pass
+    // (segments that start at one index are never split between two).
     if let Some(stop) = due.stopped_at {
         due.segments.retain(|l| l.seg.first < stop);
     }
+    Ok(due)
+}
+
+/// Sorts the segments by first index and keeps the `budget` lowest; the
+/// listing then stops at the first one dropped.
+fn keep_lowest(due: &mut Due, budget: usize) {
     due.segments.sort_by(|a, b| {
         (a.seg.first, a.seg.last, &a.seg.key).cmp(&(b.seg.first, b.seg.last, &b.seg.key))
     });
-    Ok(due)
+    if let Some(first_dropped) = due.segments.get(budget).map(|l| l.seg.first) {
+        due.segments.truncate(budget);
+        due.stopped_at = Some(
+            due.stopped_at
+                .map_or(first_dropped, |s| s.min(first_dropped)),
+        );
+        due.budget_spent = true;
+    }
 }
 
 /// The run that starts at `listed[at]`, and where the next one starts:
@@ -334,12 +419,16 @@ fn run_from(listed: &[Listed], at: usize, limits: Limits) -> (Run, usize) {
     (run, next)
 }
 
-/// Merges one run: downloads and checks its members, uploads the merged
-/// segment, then deletes the members. The number of segments deleted.
-async fn merge(loc: &Location, cluster_id: &str, run: &Run) -> Result<usize, Unmerged> {
+/// Merges one run: downloads and checks its members and the segments it
+/// contains, and uploads the merged segment. The keys of the segments it
+/// covers, to delete.
+async fn merge(loc: &Location, cluster_id: &str, run: &Run) -> Result<Vec<String>, Unmerged> {
+    // The contained come last: every entry they hold is in the members'
+    // range, so `append` only checks that it is the same.
     let downloads: Vec<_> = run
         .members
         .iter()
+        .chain(&run.contained)
         .map(|seg| download(loc, seg.clone()))
         .collect();
     let mut downloads = futures_util::stream::iter(downloads).buffered(DOWNLOADS_AT_ONCE);
@@ -354,7 +443,8 @@ async fn merge(loc: &Location, cluster_id: &str, run: &Run) -> Result<usize, Unm
         let (Some(first), Some(last)) = (theirs.first(), theirs.last()) else {
             return Err(skip("an empty segment".into()));
         };
-        if (first.index, last.index, last.revision) != (seg.first, seg.last, seg.revision) {
+        let says = (seg.first, seg.last, seg.revision, seg.time_ms);
+        if (first.index, last.index, last.revision, last.time_ms) != says {
             return Err(skip(format!(
                 "holds entries {}..={} at revision {}, not what its name says",
                 first.index, last.index, last.revision
@@ -373,7 +463,7 @@ async fn merge(loc: &Location, cluster_id: &str, run: &Run) -> Result<usize, Unm
         .put(&loc.path(&key), body.into())
         .await
         .map_err(|e| Unmerged::Fail(format!("uploading {key} to {}: {e}", loc.url)))?;
-    // Only now, with the merged segment in the store, do its members go.
+    // Only now, with the merged segment in the store, may its members go.
     let gone: Vec<String> = run
         .members
         .iter()
@@ -381,10 +471,9 @@ async fn merge(loc: &Location, cluster_id: &str, run: &Run) -> Result<usize, Unm
         .map(|s| s.key.clone())
         .filter(|k| *k != key)
         .collect();
-    loc.delete_all(&gone).await.map_err(Unmerged::Fail)?;
     tracing::debug!(url = %loc.url, merged = %key, entries = count, bytes = size,
                     segments = gone.len(), "merged log segments");
-    Ok(gone.len())
+    Ok(gone)
 }
 
 /// A member's bytes.
@@ -590,9 +679,7 @@ mod tests {
             .await
             .expect("put");
         let before = keys(&loc).await;
-        let pass = pass(&loc, "c", hour(), None, 10_000_000, &|| true)
-            .await
-            .expect("pass");
+        let pass = pass_of(&loc, "c").await;
         assert_eq!((pass.merged, pass.skipped, pass.removed), (0, 1, 0));
         assert_eq!(keys(&loc).await, before);
         // A member of another cluster is left alone the same way.
@@ -601,10 +688,19 @@ mod tests {
         assert_eq!(keys(&loc).await, before);
     }
 
+    /// A pass from the start, and a second once members may be deleted.
     async fn pass_of(loc: &Location, cluster: &str) -> Pass {
-        pass(loc, cluster, hour(), None, 10_000_000, &|| true)
+        let mut state = State::default();
+        let now = 10_000_000;
+        let mut done = pass(loc, cluster, hour(), &mut state, now, &|| true)
             .await
-            .expect("pass")
+            .expect("pass");
+        let later = now + DELETE_AFTER.as_millis() as u64;
+        let then = pass(loc, cluster, hour(), &mut state, later, &|| true)
+            .await
+            .expect("pass");
+        done.removed += then.removed;
+        done
     }
 
     #[tokio::test]
@@ -641,36 +737,95 @@ mod tests {
         }
         // Ten minutes after the first hour: only it has settled.
         let now = hour_ms + hour_ms / 6;
-        let first = pass(&loc, "c", hour(), None, now, &|| true)
+        let mut state = State::default();
+        let first = pass(&loc, "c", hour(), &mut state, now, &|| true)
             .await
             .expect("pass");
-        assert_eq!((first.merged, first.removed), (1, 3));
-        assert_eq!(first.resume_at, Some(8));
+        assert_eq!((first.merged, first.removed), (1, 0));
+        assert_eq!(state.resume_at, Some(8));
+        let merged = Segment::object_name(2, 7, 7, 30);
+        assert_eq!(keys(&loc).await.len(), 6, "the members are still there");
+        // Not yet settled: nothing moves, and the members stay a while.
+        let second = pass(&loc, "c", hour(), &mut state, now + 1000, &|| true)
+            .await
+            .expect("pass");
+        assert_eq!((second.merged, second.removed), (0, 0));
+        assert_eq!(state.resume_at, Some(8));
+        let later = 2 * hour_ms + hour_ms / 6;
+        // A node no longer master stops before merging; the members of the
+        // merge before go all the same.
+        let stopped = pass(&loc, "c", hour(), &mut state, later, &|| false)
+            .await
+            .expect("pass");
+        assert_eq!(
+            (stopped.merged, stopped.removed, stopped.more),
+            (0, 3, true)
+        );
         assert_eq!(
             keys(&loc).await,
             vec![
-                Segment::object_name(2, 7, 7, 30),
+                merged.clone(),
                 Segment::object_name(8, 9, 9, hour_ms + 10),
                 Segment::object_name(10, 11, 11, hour_ms + 20),
             ]
         );
-        // Not yet settled: nothing moves.
-        let second = pass(&loc, "c", hour(), first.resume_at, now + 1000, &|| true)
+        let third = pass(&loc, "c", hour(), &mut state, later, &|| true)
             .await
             .expect("pass");
-        assert_eq!((second.merged, second.resume_at), (0, Some(8)));
-        // Settled; a node no longer master stops before merging.
-        let later = 2 * hour_ms + hour_ms / 6;
-        let stopped = pass(&loc, "c", hour(), Some(8), later, &|| false)
+        assert_eq!((third.merged, third.removed), (1, 0));
+        assert_eq!(state.resume_at, Some(12));
+        let fourth = pass(&loc, "c", hour(), &mut state, later + 60_000, &|| true)
             .await
             .expect("pass");
-        assert_eq!((stopped.merged, stopped.more), (0, true));
-        let third = pass(&loc, "c", hour(), Some(8), later, &|| true)
+        assert_eq!(fourth.removed, 2);
+        assert_eq!(
+            keys(&loc).await,
+            vec![merged, Segment::object_name(8, 11, 11, hour_ms + 20)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_inside_a_run_is_checked_and_goes_with_it() {
+        let (_dir, loc) = archive().await;
+        upload(&loc, 2, 4, 10).await;
+        upload(&loc, 5, 7, 10).await;
+        // Entries 5 to 6 again (a retried upload), the same ones.
+        let entries: Vec<Entry> = (5..=6)
+            .map(|i| Entry {
+                time_ms: 10,
+                ..entry(i, i)
+            })
+            .collect();
+        let key = Segment::object_name(5, 6, 6, 10);
+        let body = segment::encode("c", entries).expect("encode");
+        loc.store
+            .put(&loc.path(&key), body.into())
             .await
-            .expect("pass");
-        assert_eq!((third.merged, third.removed), (1, 2));
-        assert_eq!(third.resume_at, Some(12));
-        assert_eq!(keys(&loc).await.len(), 2);
+            .expect("put");
+        let pass = pass_of(&loc, "c").await;
+        assert_eq!((pass.merged, pass.removed), (1, 3));
+        assert_eq!(keys(&loc).await, vec![Segment::object_name(2, 7, 7, 10)]);
+
+        // The same range, with entries of another history: left alone.
+        let (_dir, loc) = archive().await;
+        upload(&loc, 2, 4, 10).await;
+        upload(&loc, 5, 7, 10).await;
+        let entries: Vec<Entry> = (5..=6)
+            .map(|i| Entry {
+                time_ms: 10,
+                ..entry(i, i + 50)
+            })
+            .collect();
+        let key = Segment::object_name(5, 6, 56, 10);
+        let body = segment::encode("c", entries).expect("encode");
+        loc.store
+            .put(&loc.path(&key), body.into())
+            .await
+            .expect("put");
+        let before = keys(&loc).await;
+        let pass = pass_of(&loc, "c").await;
+        assert_eq!((pass.merged, pass.skipped), (0, 1));
+        assert_eq!(keys(&loc).await, before);
     }
 
     #[test]

@@ -210,9 +210,12 @@ impl Catalog {
     /// the archive's end). Segments that end at or before the oldest base
     /// are dropped: no restore reads them, and deleting that base's
     /// predecessor deletes them ([`Catalog::segments_ending_by`] finds any
-    /// a deletion cut short left behind); nothing else is ever removed.
-    /// A segment uploaded out of order (one a deposed master finished after
-    /// its successor continued) is missed until the next whole listing.
+    /// a deletion cut short left behind). Missed until the next whole
+    /// listing: a segment uploaded out of order (one a deposed master
+    /// finished after its successor continued), and merges ([`merge`]),
+    /// whose merged segments sort before the last one known and whose
+    /// members this keeps showing: they cover the same entries, so what
+    /// the catalog says can be restored is the same.
     pub async fn list_since(loc: &Location, earlier: &Catalog) -> Result<Catalog, String> {
         let mut catalog = Catalog {
             marker: read_marker(loc).await?,

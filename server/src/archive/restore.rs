@@ -158,9 +158,13 @@ pub async fn download(loc: &Location, key: &str, to: &Path) -> Result<u64, Strin
     Ok(bytes)
 }
 
-/// How often a replay lists the archive again for segments merged away
-/// while it ran, before it gives up.
+/// How often in a row a replay lists the archive again for segments merged
+/// away while it ran, without applying anything in between, before it
+/// gives up.
 const RELISTS: usize = 3;
+/// How often a replay to the latest point lists the archive again at its
+/// end to look for more.
+const END_RELISTS: usize = 2;
 
 /// Replays the plan's segments onto `store` (restored from the plan's base)
 /// up to `target`. Checks every revision against the one archived.
@@ -168,7 +172,11 @@ const RELISTS: usize = 3;
 /// A segment that is gone when its turn comes (the master merged it into a
 /// larger one meanwhile: see [`super::merge`]) is no reason to fail: the
 /// archive is listed again, and the replay goes on with the segments that
-/// continue what it has applied.
+/// continue what it has applied. A replay to the latest point lists the
+/// archive again once it has replayed the plan, and goes on while there is
+/// more: the listing the plan came from may have run while a merge deleted
+/// segments, and missed some of the archive's end (see
+/// [`super::merge::DELETE_AFTER`] for why that is unlikely).
 pub async fn replay(
     loc: &Location,
     cluster_id: &str,
@@ -179,17 +187,46 @@ pub async fn replay(
 ) -> Result<(), String> {
     let mut plan = segments.to_vec();
     let mut relists = 0;
+    let mut relisted_at = store.applied_index();
+    let mut end_relists = 0;
     let mut next = 0;
-    'segments: while let Some(seg) = plan.get(next).cloned() {
+    // The segment read that reaches furthest.
+    let mut furthest: Option<Segment> = None;
+    'segments: loop {
+        let Some(seg) = plan.get(next).cloned() else {
+            if target != Target::Latest || end_relists >= END_RELISTS {
+                break;
+            }
+            end_relists += 1;
+            let catalog = Catalog::list(loc).await?;
+            plan = chain(store.applied_index(), &catalog.segments);
+            next = 0;
+            if plan.is_empty() {
+                break;
+            }
+            continue;
+        };
         next += 1;
         if seg.last <= store.applied_index() {
             continue;
         }
         let got = match loc.store.get(&loc.path(&seg.key)).await {
-            Err(object_store::Error::NotFound { .. }) if relists < RELISTS => {
-                relists += 1;
-                let catalog = Catalog::list(loc).await?;
+            Err(object_store::Error::NotFound { .. }) => {
                 let from = store.applied_index();
+                if from > relisted_at {
+                    relists = 0;
+                }
+                relisted_at = from;
+                relists += 1;
+                if relists > RELISTS {
+                    return Err(format!(
+                        "downloading {}: gone, and {RELISTS} listings of the archive did not \
+                         find entry {} anywhere else",
+                        seg.key,
+                        from + 1
+                    ));
+                }
+                let catalog = Catalog::list(loc).await?;
                 let chained = chain(from, &catalog.segments);
                 if chained.is_empty() {
                     return Err(format!(
@@ -211,6 +248,12 @@ pub async fn replay(
             .bytes()
             .await
             .map_err(|e| format!("downloading {}: {e}", seg.key))?;
+        if furthest
+            .as_ref()
+            .is_none_or(|f: &Segment| seg.last > f.last)
+        {
+            furthest = Some(seg.clone());
+        }
         let (from, entries) = segment::decode(&bytes).map_err(|e| format!("{}: {e}", seg.key))?;
         if from != cluster_id {
             return Err(format!(
@@ -287,7 +330,7 @@ pub async fn replay(
             store.revision()
         ));
     }
-    if let (Target::Latest, Some(last)) = (target, plan.last())
+    if let (Target::Latest, Some(last)) = (target, furthest)
         && store.applied_index() < last.last
     {
         return Err(format!(
