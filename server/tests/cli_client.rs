@@ -788,6 +788,11 @@ async fn delete_by_prefix_removes_the_keys_under_it_on_every_replica_at_one_revi
     }
     let r = phxkv(&ep, &["list"], "");
     assert_eq!(r.stdout, "keep\tv\ntmpx\tv\n");
+    // Every key only when confirmed.
+    let r = phxkv(&ep, &["delete", "--prefix", ""], "");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("add --yes to confirm"), "{}", r.stderr);
+    assert_eq!(phxkv(&ep, &["list"], "").stdout, "keep\tv\ntmpx\tv\n");
     // A watcher sees the three deletes at the one revision.
     let mut watch = phxkv_command(
         &ep,
@@ -832,11 +837,21 @@ async fn delete_by_prefix_removes_the_keys_under_it_on_every_replica_at_one_revi
         (r.code, r.stdout.as_str()),
         (0, "deleted 0 keys (revision 6)\n")
     );
-    // A key and a prefix, or neither: usage errors.
-    for args in [&["delete"][..], &["delete", "k", "--prefix", "tmp/"]] {
+    // A key and a prefix, or neither, or --yes for one key: usage errors.
+    for args in [
+        &["delete"][..],
+        &["delete", "k", "--prefix", "tmp/"],
+        &["delete", "keep", "--yes"],
+    ] {
         let r = phxkv(&ep, args, "");
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
     }
+    let r = phxkv(&ep, &["delete", "--prefix", "", "--yes"], "");
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "deleted 2 keys (revision 7)\n")
+    );
+    assert_eq!(phxkv(&ep, &["list"], "").stdout, "");
 }
 
 /// A switch set through its variable takes `1`/`0` and `yes`/`no` as well

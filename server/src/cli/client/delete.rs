@@ -19,10 +19,13 @@ pub struct DeleteArgs {
     #[arg(long, value_name = "N")]
     pub if_version: Option<u64>,
     /// Delete every key starting with P instead of one key ("" for every
-    /// key), up to 1000 at one revision per request, repeated until none
-    /// is left. Keys written under P meanwhile may be deleted too.
+    /// key, with --yes), up to 1000 at one revision per request, repeated
+    /// until none is left. Keys written under P meanwhile may be deleted too.
     #[arg(long, value_name = "P", conflicts_with_all = ["key", "if_version"])]
     pub prefix: Option<KeyArg>,
+    /// Confirms `--prefix ''`: every key in the cluster is deleted.
+    #[arg(long)]
+    pub yes: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -38,7 +41,17 @@ pub async fn delete(
 
 pub async fn run(args: DeleteArgs) -> Result<(), CliError> {
     let client = Client::new(&args.connect)?;
+    if args.yes && args.prefix.is_none() {
+        return Err(CliError::Usage(
+            "--yes confirms --prefix '' (every key); a single key needs no confirmation".into(),
+        ));
+    }
     let key = match (args.key, args.prefix) {
+        (_, Some(prefix)) if prefix.0.is_empty() && !args.yes => {
+            return Err(CliError::Usage(
+                "--prefix '' deletes every key in the cluster; add --yes to confirm".into(),
+            ));
+        }
         (_, Some(prefix)) => return delete_prefix(&client, &prefix.0).await,
         (Some(key), None) => key,
         (None, None) => return Err(CliError::Usage("give a KEY or --prefix P".into())),
