@@ -650,8 +650,23 @@ async fn restore(
 }
 
 /// An archive's error, as one line (see [`crate::archive::location::tidy_error`]).
+/// A credential the object store refused, or none found, exits 2 like a
+/// refused token (see the exit codes in `phxkv --help`); anything else 4.
 fn archive_error(message: String) -> CliError {
-    CliError::Fatal(crate::archive::location::tidy_error(&message))
+    let line = crate::archive::location::tidy_error(&message);
+    const REFUSED: [&str; 6] = [
+        "S3 error AccessDenied",
+        "S3 error InvalidAccessKeyId",
+        "S3 error SignatureDoesNotMatch",
+        "S3 error ExpiredToken",
+        "S3 error InvalidToken",
+        "no S3 credentials were found",
+    ];
+    if REFUSED.iter().any(|r| line.contains(r)) {
+        CliError::Usage(line)
+    } else {
+        CliError::Fatal(line)
+    }
 }
 
 /// Restores from an archive: the newest base before the target, then the
@@ -813,4 +828,38 @@ async fn seed(
     disk.record_bootstrap(&membership)
         .map_err(|e| fatal(dir, e))?;
     Ok(restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_or_missing_s3_credential_exits_2_and_other_archive_errors_4() {
+        let s3 = |code: &str, status: &str| {
+            format!(
+                "listing archive s3://b/p: Generic S3 error: Error performing GET http://h/b \
+                 in 3ms - Server returned non-2xx status code: {status}: <?xml \
+                 version=\"1.0\"?>\n<Error><Code>{code}</Code><Message>m</Message></Error>"
+            )
+        };
+        for code in [
+            "AccessDenied",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+        ] {
+            let e = archive_error(s3(code, "403 Forbidden"));
+            assert_eq!(e.exit_code(), 2, "{code}: {e}");
+            assert!(e.to_string().contains(code), "{e}");
+        }
+        let none = archive_error(
+            "listing archive s3://b/p: Generic S3 error: Error performing PUT \
+             http://169.254.169.254/latest/api/token in 1ms - Server returned non-2xx status \
+             code: 403 Forbidden: denied"
+                .into(),
+        );
+        assert_eq!(none.exit_code(), 2, "{none}");
+        let missing = archive_error(s3("NoSuchBucket", "404 Not Found"));
+        assert_eq!(missing.exit_code(), 4, "{missing}");
+    }
 }
