@@ -894,6 +894,24 @@ fn switches_read_from_variables_take_1_and_yes() {
     );
 }
 
+/// A refusal comes alone, without the line that says a snapshot is under
+/// way.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_take_without_an_archive_is_one_line() {
+    let c = Cluster::start(1, &[]).await;
+    c.wait_for_master(std::time::Duration::from_secs(20)).await;
+    let token = c.dir.path().join("token");
+    let token = token.to_str().expect("utf-8 path");
+    let r = phxkv(
+        &all_endpoints(&c),
+        &["backup", "take", "--token-file", token],
+        "",
+    );
+    assert_ne!(r.code, 0);
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("--archive-url"), "{}", r.stderr);
+}
+
 /// `phxkv backup list|take|delete` manage the bases of the cluster's
 /// archive, as `/v1/admin/backups` does.
 #[tokio::test(flavor = "multi_thread")]

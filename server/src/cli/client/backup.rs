@@ -215,10 +215,17 @@ async fn list_archive(connect: &ConnectArgs, format: super::Output) -> Result<()
 
 async fn take_base(connect: &ConnectArgs, format: super::Output) -> Result<(), CliError> {
     let client = Client::new(connect)?;
-    crate::cli::tell!("taking a base snapshot into the archive (minutes for a large store)");
-    let resp = client
-        .send_streaming(|h, base| h.post(format!("{base}/v1/admin/backups")))
-        .await?;
+    let send = client.send_streaming(|h, base| h.post(format!("{base}/v1/admin/backups")));
+    tokio::pin!(send);
+    // Said only once the snapshot is under way: a refusal (no archive, no
+    // credential) comes at once, as its one line.
+    let resp = tokio::select! {
+        resp = &mut send => resp?,
+        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+            crate::cli::tell!("taking a base snapshot into the archive (minutes for a large store)");
+            send.await?
+        }
+    };
     let base: crate::archive::Base = http::json(http::check(resp).await?).await?;
     match format {
         super::Output::Json => super::print_json(&base),
