@@ -428,7 +428,7 @@ pub async fn merge_segments(
         }
         let keep_going = || source.is_master() && source.alive();
         let pass =
-            super::merge::pass(loc, &cluster_id, limits, &mut state, now_ms(), &keep_going).await;
+            super::merge::pass(loc, &cluster_id, limits, &mut state, &now_ms, &keep_going).await;
         match pass {
             Ok(done) => {
                 if done.merged + done.skipped + done.removed > 0 {
@@ -1257,6 +1257,18 @@ mod tests {
         plan: &restore::Plan,
         target: Target,
     ) -> Store {
+        try_restore(archive, dir, plan, target)
+            .await
+            .expect("replay")
+    }
+
+    /// The store `plan` restores to at `target`, or why it does not.
+    async fn try_restore(
+        archive: &Archive,
+        dir: &std::path::Path,
+        plan: &restore::Plan,
+        target: Target,
+    ) -> Result<Store, String> {
         static FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let file = dir.join(format!("base-{}", FILES.fetch_add(1, Ordering::SeqCst)));
         restore::download(&archive.location, &plan.base.key(), &file)
@@ -1281,9 +1293,8 @@ mod tests {
             &mut store,
             |_, _| {},
         )
-        .await
-        .expect("replay");
-        store
+        .await?;
+        Ok(store)
     }
 
     #[tokio::test]
@@ -1367,7 +1378,7 @@ mod tests {
         let mut state = merge::State::default();
         let mut merged = 0;
         for _ in 0..10 {
-            let pass = merge::pass(loc, "c1", limits, &mut state, now_ms(), &|| true)
+            let pass = merge::pass(loc, "c1", limits, &mut state, &now_ms, &|| true)
                 .await
                 .expect("pass");
             assert_eq!((pass.skipped, pass.removed), (0, 0));
@@ -1381,7 +1392,7 @@ mod tests {
         assert_eq!(both.segments.len(), before.segments.len() + merged);
         assert_eq!(both.recoverable_ranges(), before.recoverable_ranges());
         let later = now_ms() + merge::DELETE_AFTER.as_millis() as u64;
-        let deleting = merge::pass(loc, "c1", limits, &mut state, later, &|| true)
+        let deleting = merge::pass(loc, "c1", limits, &mut state, &|| later, &|| true)
             .await
             .expect("pass");
         assert_eq!(
@@ -1398,7 +1409,7 @@ mod tests {
         );
         assert_eq!(after.recoverable_ranges(), before.recoverable_ranges());
         assert_eq!(after.tail(), before.tail());
-        let again = merge::pass(loc, "c1", limits, &mut state, later, &|| true)
+        let again = merge::pass(loc, "c1", limits, &mut state, &|| later, &|| true)
             .await
             .expect("pass");
         assert_eq!((again.merged, again.removed), (0, 0), "merged once");
@@ -1410,6 +1421,24 @@ mod tests {
             history.last().map(|(_, c)| c),
             "the planned restore reached the end"
         );
+        // A plan that reached further than the archive now does (as if a
+        // listing raced a merge) fails; it never restores less quietly.
+        let end = after.tail().expect("an end").index;
+        let base_index = after.bases[0].index;
+        let beyond = restore::Plan {
+            base: after.bases[0].clone(),
+            segments: vec![
+                Segment::parse(
+                    Segment::object_name(base_index + 1, end + 10, 1, 1).trim_start_matches("wal/"),
+                )
+                .expect("parse"),
+            ],
+        };
+        let err = try_restore(&archive, dir.path(), &beyond, Target::Latest)
+            .await
+            .map(|_| ())
+            .expect_err("restored less than planned");
+        assert!(err.contains("the archive changed"), "{err}");
         // Every revision from the base on restores from the merged segments.
         let base = after.bases[0].revision;
         for (revision, expected) in history.iter().filter(|(r, _)| *r >= base) {

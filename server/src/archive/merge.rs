@@ -147,13 +147,21 @@ struct Run {
 }
 
 /// How long merged segments' members stay after the merged segment is
-/// uploaded (or the window, when shorter: tests): a listing that runs while a merge deletes (listings are not
-/// snapshots) could otherwise miss both the merged segment (uploaded after
-/// it passed that key) and members (deleted before it got to them), and
-/// see a gap that is not there.
+/// uploaded (or the window, when shorter). A listing is not a snapshot: one
+/// that passed the merged segment's key just before it was uploaded, and
+/// reached its members after they were deleted, would see a gap that is not
+/// there. With the delay, that takes a listing that spends more than a
+/// minute between the two: on S3, whose listings come in key order and put
+/// a merged segment's members right after it, a page held up that long
+/// (retries); on a store that lists out of order (a file system, a
+/// directory bucket), a whole listing that long, so a very large archive's.
+/// Restores guard against it too: see [`super::restore::replay`].
 pub const DELETE_AFTER: Duration = Duration::from_secs(60);
-/// Passes in a row that fail at the same run before it is left alone (a
-/// member the store will not give, say).
+/// Passes in a row that cannot download a member of the same run before
+/// it is left alone (one the store will not give: moved to a cold storage
+/// class, say). A store that fails uploads or deletions holds merging up
+/// until it no longer does: merging without deleting would only add
+/// objects.
 const FAILURES_BEFORE_SKIPPING: u32 = 3;
 
 /// What a master's merging carries from one pass to the next.
@@ -164,16 +172,19 @@ pub struct State {
     pub resume_at: Option<u64>,
     /// Members of merged segments, and when they may be deleted (ms since
     /// the epoch): see [`DELETE_AFTER`]. Kept when the node stops being
-    /// master (deleting them is safe whoever does it); lost if it stops,
-    /// and then merged (into the same segment) and deleted again by a later
-    /// pass.
+    /// master (deleting them is safe whoever does it); lost if it stops.
+    /// What they then leave behind is merged again with its merged segment
+    /// by a later master's first pass where that fits in the limits, and
+    /// otherwise stays, duplicating entries the merged segment holds, until
+    /// retention deletes it.
     pending: VecDeque<(u64, Vec<String>)>,
     /// The last index of the run that the last passes failed at, and how
     /// many did.
     failing: Option<(u64, u32)>,
 }
 
-/// Merges what is due in the archive at `loc` (of `cluster_id`), listing
+/// Merges what is due in the archive at `loc` (of `cluster_id`) at the
+/// time `clock` gives (ms since the epoch), listing
 /// segments from `state.resume_at` on, and deletes the members of earlier
 /// merges once [`DELETE_AFTER`] has passed. `keep_going` is asked before
 /// each merge (false once the node is no longer master, or stops). An
@@ -186,10 +197,11 @@ pub async fn pass(
     cluster_id: &str,
     limits: Limits,
     state: &mut State,
-    now_ms: u64,
+    clock: &(dyn Fn() -> u64 + Send + Sync),
     keep_going: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<Pass, String> {
     let mut done = Pass::default();
+    let now_ms = clock();
     while let Some((due, keys)) = state.pending.front() {
         if *due > now_ms {
             break;
@@ -221,9 +233,10 @@ pub async fn pass(
         match merge(loc, cluster_id, &run).await {
             Ok(gone) => {
                 done.merged += 1;
-                state
-                    .pending
-                    .push_back((now_ms.saturating_add(limits.delete_after_ms()), gone));
+                // Counted from the upload, which a long pass made well
+                // after it began.
+                let due = clock().saturating_add(limits.delete_after_ms());
+                state.pending.push_back((due, gone));
                 state.failing = None;
             }
             Err(Unmerged::Skip(why)) => {
@@ -232,6 +245,10 @@ pub async fn pass(
                 done.skipped += 1;
             }
             Err(Unmerged::Fail(why)) => {
+                state.resume_at = Some(listed[at].seg.first);
+                return Err(why);
+            }
+            Err(Unmerged::Unreadable(why)) => {
                 let failed = match state.failing {
                     Some((last, n)) if last == run_last => n + 1,
                     _ => 1,
@@ -264,6 +281,9 @@ pub async fn pass(
 enum Unmerged {
     /// Its segments cannot be merged as they are; they stay.
     Skip(String),
+    /// A member could not be downloaded: try again later, and leave the
+    /// run alone if that goes on.
+    Unreadable(String),
     /// The store failed: try again later.
     Fail(String),
 }
@@ -485,12 +505,17 @@ async fn download(loc: &Location, seg: Segment) -> Result<(Segment, axum::body::
         Err(object_store::Error::NotFound { .. }) => {
             return Err(Unmerged::Skip(format!("{} is gone", seg.key)));
         }
-        Err(e) => return Err(Unmerged::Fail(format!("downloading {}: {e}", seg.key))),
+        Err(e) => {
+            return Err(Unmerged::Unreadable(format!(
+                "downloading {}: {e}",
+                seg.key
+            )));
+        }
     };
     let bytes = got
         .bytes()
         .await
-        .map_err(|e| Unmerged::Fail(format!("downloading {}: {e}", seg.key)))?;
+        .map_err(|e| Unmerged::Unreadable(format!("downloading {}: {e}", seg.key)))?;
     Ok((seg, bytes))
 }
 
@@ -692,11 +717,11 @@ mod tests {
     async fn pass_of(loc: &Location, cluster: &str) -> Pass {
         let mut state = State::default();
         let now = 10_000_000;
-        let mut done = pass(loc, cluster, hour(), &mut state, now, &|| true)
+        let mut done = pass(loc, cluster, hour(), &mut state, &|| now, &|| true)
             .await
             .expect("pass");
         let later = now + DELETE_AFTER.as_millis() as u64;
-        let then = pass(loc, cluster, hour(), &mut state, later, &|| true)
+        let then = pass(loc, cluster, hour(), &mut state, &|| later, &|| true)
             .await
             .expect("pass");
         done.removed += then.removed;
@@ -738,7 +763,7 @@ mod tests {
         // Ten minutes after the first hour: only it has settled.
         let now = hour_ms + hour_ms / 6;
         let mut state = State::default();
-        let first = pass(&loc, "c", hour(), &mut state, now, &|| true)
+        let first = pass(&loc, "c", hour(), &mut state, &|| now, &|| true)
             .await
             .expect("pass");
         assert_eq!((first.merged, first.removed), (1, 0));
@@ -746,7 +771,7 @@ mod tests {
         let merged = Segment::object_name(2, 7, 7, 30);
         assert_eq!(keys(&loc).await.len(), 6, "the members are still there");
         // Not yet settled: nothing moves, and the members stay a while.
-        let second = pass(&loc, "c", hour(), &mut state, now + 1000, &|| true)
+        let second = pass(&loc, "c", hour(), &mut state, &|| now + 1000, &|| true)
             .await
             .expect("pass");
         assert_eq!((second.merged, second.removed), (0, 0));
@@ -754,7 +779,7 @@ mod tests {
         let later = 2 * hour_ms + hour_ms / 6;
         // A node no longer master stops before merging; the members of the
         // merge before go all the same.
-        let stopped = pass(&loc, "c", hour(), &mut state, later, &|| false)
+        let stopped = pass(&loc, "c", hour(), &mut state, &|| later, &|| false)
             .await
             .expect("pass");
         assert_eq!(
@@ -769,12 +794,12 @@ mod tests {
                 Segment::object_name(10, 11, 11, hour_ms + 20),
             ]
         );
-        let third = pass(&loc, "c", hour(), &mut state, later, &|| true)
+        let third = pass(&loc, "c", hour(), &mut state, &|| later, &|| true)
             .await
             .expect("pass");
         assert_eq!((third.merged, third.removed), (1, 0));
         assert_eq!(state.resume_at, Some(12));
-        let fourth = pass(&loc, "c", hour(), &mut state, later + 60_000, &|| true)
+        let fourth = pass(&loc, "c", hour(), &mut state, &|| later + 60_000, &|| true)
             .await
             .expect("pass");
         assert_eq!(fourth.removed, 2);
@@ -782,6 +807,36 @@ mod tests {
             keys(&loc).await,
             vec![merged, Segment::object_name(8, 11, 11, hour_ms + 20)]
         );
+    }
+
+    #[tokio::test]
+    async fn members_stay_a_minute_after_the_upload_however_long_the_pass_took() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let (_dir, loc) = archive().await;
+        upload(&loc, 2, 3, 10).await;
+        upload(&loc, 4, 5, 10).await;
+        // The pass begins at 10,000 s; its upload ends 100 s later.
+        let start = 10_000_000;
+        let calls = AtomicU64::new(0);
+        let slow = || start + 100_000 * calls.fetch_add(1, Ordering::SeqCst).min(1);
+        let mut state = State::default();
+        let first = pass(&loc, "c", hour(), &mut state, &slow, &|| true)
+            .await
+            .expect("pass");
+        assert_eq!(first.merged, 1);
+        let uploaded = start + 100_000;
+        let early = uploaded + DELETE_AFTER.as_millis() as u64 - 1;
+        let kept = pass(&loc, "c", hour(), &mut state, &|| early, &|| true)
+            .await
+            .expect("pass");
+        assert_eq!(
+            kept.removed, 0,
+            "a minute after the pass began is too early"
+        );
+        let due = pass(&loc, "c", hour(), &mut state, &|| early + 1, &|| true)
+            .await
+            .expect("pass");
+        assert_eq!(due.removed, 2);
     }
 
     #[tokio::test]

@@ -162,8 +162,8 @@ pub async fn download(loc: &Location, key: &str, to: &Path) -> Result<u64, Strin
 /// away while it ran, without applying anything in between, before it
 /// gives up.
 const RELISTS: usize = 3;
-/// How often a replay to the latest point lists the archive again at its
-/// end to look for more.
+/// How often a replay that has replayed its plan without reaching its
+/// target lists the archive again to look for more.
 const END_RELISTS: usize = 2;
 
 /// Replays the plan's segments onto `store` (restored from the plan's base)
@@ -172,11 +172,13 @@ const END_RELISTS: usize = 2;
 /// A segment that is gone when its turn comes (the master merged it into a
 /// larger one meanwhile: see [`super::merge`]) is no reason to fail: the
 /// archive is listed again, and the replay goes on with the segments that
-/// continue what it has applied. A replay to the latest point lists the
-/// archive again once it has replayed the plan, and goes on while there is
-/// more: the listing the plan came from may have run while a merge deleted
-/// segments, and missed some of the archive's end (see
-/// [`super::merge::DELETE_AFTER`] for why that is unlikely).
+/// continue what it has applied. A replay that has replayed its plan
+/// without reaching its target (every replay to the latest point) lists
+/// the archive again, and goes on while there is more: the listing a plan
+/// came from may have run while a merge deleted segments, and missed some
+/// of the archive (see [`super::merge::DELETE_AFTER`] for when). If it then
+/// still ends before a point its plans reached, that is an error, never a
+/// restore cut short.
 pub async fn replay(
     loc: &Location,
     cluster_id: &str,
@@ -186,6 +188,9 @@ pub async fn replay(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<(), String> {
     let mut plan = segments.to_vec();
+    // How far the plans reach: a replay must get at least there.
+    let mut planned = plan.iter().map(|s| s.last).max().unwrap_or(0);
+    let mut target_reached = false;
     let mut relists = 0;
     let mut relisted_at = store.applied_index();
     let mut end_relists = 0;
@@ -194,12 +199,15 @@ pub async fn replay(
     let mut furthest: Option<Segment> = None;
     'segments: loop {
         let Some(seg) = plan.get(next).cloned() else {
-            if target != Target::Latest || end_relists >= END_RELISTS {
+            // The plan is replayed and the target not reached (a Time or
+            // Revision target that is reached ends the loop below).
+            if end_relists >= END_RELISTS {
                 break;
             }
             end_relists += 1;
             let catalog = Catalog::list(loc).await?;
             plan = chain(store.applied_index(), &catalog.segments);
+            planned = planned.max(plan.iter().map(|s| s.last).max().unwrap_or(0));
             next = 0;
             if plan.is_empty() {
                 break;
@@ -238,6 +246,7 @@ pub async fn replay(
                 }
                 tracing::info!(segment = %seg.key, "a segment was merged away during the \
                                restore; continuing from the archive as it is now");
+                planned = planned.max(chained.iter().map(|s| s.last).max().unwrap_or(0));
                 plan = chained;
                 next = 0;
                 continue;
@@ -277,6 +286,7 @@ pub async fn replay(
             if let Target::Time(t) = target
                 && entry.time_ms > t
             {
+                target_reached = true;
                 break 'segments;
             }
             let mut reached = false;
@@ -310,6 +320,7 @@ pub async fn replay(
             store.set_applied_index(entry.index);
             progress(entry.index, store.revision());
             if reached {
+                target_reached = true;
                 break 'segments;
             }
             if store.revision() != entry.revision {
@@ -328,6 +339,13 @@ pub async fn replay(
         return Err(format!(
             "the archive reaches revision {}, not {r}",
             store.revision()
+        ));
+    }
+    if !target_reached && store.applied_index() < planned {
+        return Err(format!(
+            "the archive changed while it was restored from: segments up to index {planned} \
+             were listed, and only {} could be read; try again",
+            store.applied_index()
         ));
     }
     if let (Target::Latest, Some(last)) = (target, furthest)
