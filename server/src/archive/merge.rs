@@ -41,9 +41,10 @@
 //!   Retention deletes only segments that end at or before the oldest base,
 //!   which no restore reads, and merges leave those alone.
 //! - A restore that planned on a segment deleted meanwhile lists the
-//!   archive again and continues from where it stands, and one to the
-//!   latest point lists again at its end, so that a listing that ran while
-//!   a merge deleted does not cut it short ([`super::restore::replay`]).
+//!   archive again and continues from where it stands, and one whose plan
+//!   ran out before its target lists again too; one that still ends before
+//!   a point it had listed fails rather than restore less
+//!   ([`super::restore::replay`]).
 //! - Passes stop at the first segment of a window not settled yet; a
 //!   master whose clock ran far ahead would hold them up until that window
 //!   settles (clocks are assumed within bounds, as for leases).
@@ -189,9 +190,10 @@ pub struct State {
 /// merges once [`DELETE_AFTER`] has passed. `keep_going` is asked before
 /// each merge (false once the node is no longer master, or stops). An
 /// error (the store did not answer) leaves the rest for the next pass, from
-/// the same place, unless it is the same run's [`FAILURES_BEFORE_SKIPPING`]
-/// times; a run whose segments cannot be merged (one unreadable, or two
-/// that disagree) is logged and left as it is.
+/// the same place; a member that cannot be downloaded
+/// [`FAILURES_BEFORE_SKIPPING`] passes in a row, or segments that cannot be
+/// merged (one that does not decode, two that disagree), leave their run
+/// as it is, with a warning in the log.
 pub async fn pass(
     loc: &Location,
     cluster_id: &str,
@@ -306,8 +308,8 @@ async fn oldest_base(loc: &Location) -> Result<Option<u64>, String> {
     Ok(oldest)
 }
 
-/// Segments listed in one pass at most, so that a pass's memory is bounded
-/// on an archive with a long backlog (on stores that list in key order).
+/// Segments a pass keeps from its listing at most, so that its memory is
+/// bounded on an archive with a long backlog.
 fn listing_budget(limits: Limits) -> usize {
     MERGES_PER_PASS.saturating_mul(limits.max_members) + 1
 }
@@ -649,21 +651,33 @@ mod tests {
         (dir, loc)
     }
 
-    /// Uploads a segment of entries `first..=last` applied at `time_ms`.
-    async fn upload(loc: &Location, first: u64, last: u64, time_ms: u64) -> String {
+    /// Uploads a segment of entries `first..=last` applied at `time_ms`,
+    /// each at the revision of its index plus `shift` (0: this history).
+    async fn upload_shifted(
+        loc: &Location,
+        first: u64,
+        last: u64,
+        time_ms: u64,
+        shift: u64,
+    ) -> String {
         let entries: Vec<Entry> = (first..=last)
             .map(|i| Entry {
                 time_ms,
-                ..entry(i, i)
+                ..entry(i, i + shift)
             })
             .collect();
-        let key = Segment::object_name(first, last, last, time_ms);
+        let key = Segment::object_name(first, last, last + shift, time_ms);
         let body = segment::encode("c", entries).expect("encode");
         loc.store
             .put(&loc.path(&key), body.into())
             .await
             .expect("put");
         key
+    }
+
+    /// Uploads a segment of this history's entries `first..=last`.
+    async fn upload(loc: &Location, first: u64, last: u64, time_ms: u64) -> String {
+        upload_shifted(loc, first, last, time_ms, 0).await
     }
 
     async fn keys(loc: &Location) -> Vec<String> {
@@ -733,13 +747,7 @@ mod tests {
         let (_dir, loc) = archive().await;
         upload(&loc, 2, 5, 10).await;
         // Entries 4 and 5 again, with other revisions: not the same history.
-        let entries: Vec<Entry> = (4..=8).map(|i| entry(i, i + 100)).collect();
-        let key = Segment::object_name(4, 8, 108, 8);
-        let body = segment::encode("c", entries).expect("encode");
-        loc.store
-            .put(&loc.path(&key), body.into())
-            .await
-            .expect("put");
+        upload_shifted(&loc, 4, 8, 10, 100).await;
         let before = keys(&loc).await;
         let pass = pass_of(&loc, "c").await;
         assert_eq!((pass.merged, pass.skipped), (0, 1));
@@ -845,18 +853,7 @@ mod tests {
         upload(&loc, 2, 4, 10).await;
         upload(&loc, 5, 7, 10).await;
         // Entries 5 to 6 again (a retried upload), the same ones.
-        let entries: Vec<Entry> = (5..=6)
-            .map(|i| Entry {
-                time_ms: 10,
-                ..entry(i, i)
-            })
-            .collect();
-        let key = Segment::object_name(5, 6, 6, 10);
-        let body = segment::encode("c", entries).expect("encode");
-        loc.store
-            .put(&loc.path(&key), body.into())
-            .await
-            .expect("put");
+        upload(&loc, 5, 6, 10).await;
         let pass = pass_of(&loc, "c").await;
         assert_eq!((pass.merged, pass.removed), (1, 3));
         assert_eq!(keys(&loc).await, vec![Segment::object_name(2, 7, 7, 10)]);
@@ -865,18 +862,7 @@ mod tests {
         let (_dir, loc) = archive().await;
         upload(&loc, 2, 4, 10).await;
         upload(&loc, 5, 7, 10).await;
-        let entries: Vec<Entry> = (5..=6)
-            .map(|i| Entry {
-                time_ms: 10,
-                ..entry(i, i + 50)
-            })
-            .collect();
-        let key = Segment::object_name(5, 6, 56, 10);
-        let body = segment::encode("c", entries).expect("encode");
-        loc.store
-            .put(&loc.path(&key), body.into())
-            .await
-            .expect("put");
+        upload_shifted(&loc, 5, 6, 10, 50).await;
         let before = keys(&loc).await;
         let pass = pass_of(&loc, "c").await;
         assert_eq!((pass.merged, pass.skipped), (0, 1));
